@@ -1,0 +1,4 @@
+//! `starling-bench`: load generator (see issue "bench").
+fn main() {
+    println!("starling-bench: not yet implemented");
+}
