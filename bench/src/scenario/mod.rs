@@ -1,0 +1,6 @@
+//! The load scenarios; each owns its options, runs K times and reports medians.
+
+pub mod chat;
+pub mod idle;
+pub mod login;
+pub mod presence;

@@ -1,0 +1,211 @@
+//! `presence`: N users, each with a roster of R contacts (provisioned beforehand, e.g. the peers'
+//! `ROSTER=R` provisioning), broadcast presence updates at a fixed total rate.
+//! Figures: presence stanzas delivered/s, fan-out ratio (delivered / (updates × R)), fan-out
+//! latency (update sent → each contact's copy received), server CPU per delivered presence.
+
+use crate::client::{self, Reader};
+use crate::common::{Common, MAX_SECS, add_cpu, login_many, now_us, pct_ms};
+use crate::frame::{self, Frame};
+use crate::procstat::CpuWindow;
+use crate::report::Figures;
+use crate::scenario::chat::hist;
+use anyhow::{Result, bail};
+use clap::Args;
+use hdrhistogram::Histogram;
+use serde_json::json;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::watch;
+
+#[derive(Args, Clone, Debug)]
+pub struct PresenceArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Users online (accounts first_user .. first_user+N).
+    #[arg(long, default_value_t = 100)]
+    pub users: u64,
+    /// Contacts per roster, as provisioned: the expected fan-out of each update.
+    #[arg(long, default_value_t = 10)]
+    pub roster: u64,
+    /// Presence updates per user per run.
+    #[arg(long, default_value_t = 10)]
+    pub updates: u64,
+    /// Offered presence updates per second over all users.
+    #[arg(long, default_value_t = 100)]
+    pub rate: u64,
+    /// Pause after login so initial-presence broadcasts settle, seconds.
+    #[arg(long, default_value_t = 2)]
+    pub settle_secs: u64,
+    /// Longest wait for the last deliveries after sending stops, seconds.
+    #[arg(long, default_value_t = 10)]
+    pub drain_secs: u64,
+}
+
+pub async fn run(a: PresenceArgs) -> Result<()> {
+    let c = &a.common;
+    if c.echo {
+        bail!("presence has no meaning against the echo server");
+    }
+    if a.users == 0 || a.users > crate::common::MAX_SESSIONS_PER_PROCESS || a.rate == 0 {
+        bail!(
+            "--users must be 1..={} and --rate > 0",
+            crate::common::MAX_SESSIONS_PER_PROCESS
+        );
+    }
+    c.provision(a.users).await?;
+    let mut runs = Vec::new();
+    for r in 0..c.runs {
+        runs.push(one_run(&a, r).await?);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let params =
+        json!({"users": a.users, "roster": a.roster, "updates": a.updates, "rate": a.rate});
+    c.finish("presence", params, &runs)
+}
+
+async fn receive(
+    mut rd: Reader,
+    me: String,
+    mut stop: watch::Receiver<bool>,
+    got: Arc<AtomicU64>,
+    last: Arc<AtomicU64>,
+) -> Histogram<u64> {
+    let mut h = hist();
+    loop {
+        let f = tokio::select! {
+            f = rd.next() => f,
+            _ = stop.changed() => break,
+        };
+        match f {
+            Ok(Frame::Stanza(s)) if frame::name(&s) == "presence" => {
+                let from = frame::attr(&s, "from").map(client::bare).unwrap_or("");
+                if from == me {
+                    continue; // our own broadcast reflected to us
+                }
+                let ts = frame::child_text(&s, "status")
+                    .and_then(|t| t.strip_prefix("pb "))
+                    .and_then(|t| t.split(' ').nth(1))
+                    .and_then(|t| t.parse::<u64>().ok());
+                if let Some(ts) = ts {
+                    let now = now_us();
+                    let _ = h.record(now.saturating_sub(ts).max(1));
+                    last.fetch_max(now, Ordering::Relaxed);
+                    got.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Ok(Frame::StreamClose) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    h
+}
+
+async fn one_run(a: &PresenceArgs, run: u32) -> Result<Figures> {
+    let c = &a.common;
+    let t = c.target().await?;
+    let users: Vec<u64> = (c.first_user..c.first_user + a.users).collect();
+    let (sessions, _, errs) = login_many(
+        c,
+        &t,
+        &users,
+        "presence",
+        true,
+        &format!("login r{}", run + 1),
+    )
+    .await;
+    if !errs.is_empty() {
+        bail!("{} logins failed; first: {}", errs.len(), errs[0]);
+    }
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let got = Arc::new(AtomicU64::new(0));
+    let last = Arc::new(AtomicU64::new(0));
+    let sent = Arc::new(AtomicU64::new(0));
+    let n = a.users;
+    let interval = Duration::from_secs_f64(1.0 / a.rate as f64);
+    let send_time = interval.mul_f64((a.updates * n) as f64);
+    if send_time > Duration::from_secs(MAX_SECS) {
+        bail!(
+            "{} updates at {}/s exceed the {MAX_SECS} s bound",
+            a.updates * n,
+            a.rate
+        );
+    }
+    let settle = Duration::from_secs(a.settle_secs.min(60));
+    let start = Instant::now() + settle;
+    let mut receivers = Vec::new();
+    let mut senders = Vec::new();
+    for (u, s) in sessions.into_iter().flatten().enumerate() {
+        let me = client::bare(&s.jid).to_string();
+        let (rd, mut w) = s.split();
+        receivers.push(tokio::spawn(receive(
+            rd,
+            me,
+            stop_rx.clone(),
+            got.clone(),
+            last.clone(),
+        )));
+        let (updates, sent) = (a.updates, sent.clone());
+        senders.push(tokio::spawn(async move {
+            for j in 0..updates {
+                let at = start + interval.mul_f64((j * n + u as u64) as f64);
+                tokio::time::sleep_until(at.into()).await;
+                let p = format!("<presence><status>pb {j} {}</status></presence>", now_us());
+                if w.write_all(p.as_bytes()).await.is_err() || w.flush().await.is_err() {
+                    break;
+                }
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+            w
+        }));
+    }
+    tokio::time::sleep_until(start.into()).await;
+    got.store(0, Ordering::Relaxed);
+    let cpu = CpuWindow::start(c.server_pid)?;
+    let t_start_us = now_us();
+    let pb = c.bar(a.updates * n, &format!("presence r{}", run + 1));
+    let mut writers = Vec::new();
+    for s in senders {
+        writers.push(s.await?);
+        pb.set_position(sent.load(Ordering::Relaxed));
+    }
+    pb.finish_and_clear();
+    let total_sent = sent.load(Ordering::Relaxed);
+    let expected = total_sent * a.roster;
+    let drain_until = Instant::now() + Duration::from_secs(a.drain_secs.clamp(1, MAX_SECS));
+    while got.load(Ordering::Relaxed) < expected && Instant::now() < drain_until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cpu = cpu.stop()?;
+    let delivered = got.load(Ordering::Relaxed);
+    let _ = stop_tx.send(true);
+    let mut h = hist();
+    for r in receivers {
+        h.add(&r.await?)?;
+    }
+    for mut w in writers {
+        let _ = w.write_all(b"</stream:stream>").await;
+        let _ = tokio::time::timeout(Duration::from_millis(200), w.shutdown()).await;
+    }
+    let window_s = (last.load(Ordering::Relaxed).saturating_sub(t_start_us)) as f64 / 1e6;
+    let mut f = Figures::default();
+    f.add("updates_sent", total_sent as f64);
+    f.add("presence_delivered", delivered as f64);
+    f.add("fanout_ratio", delivered as f64 / expected.max(1) as f64);
+    f.add(
+        "delivered_per_s",
+        delivered as f64 / window_s.max(send_time.as_secs_f64()).max(1e-3),
+    );
+    f.add("fanout_p50_ms", pct_ms(&h, 0.5));
+    f.add("fanout_p99_ms", pct_ms(&h, 0.99));
+    f.add("fanout_p999_ms", pct_ms(&h, 0.999));
+    add_cpu(&mut f, "delivered", delivered, cpu);
+    if let Some(s) = cpu.0 {
+        f.add(
+            "server_cpu_us_per_update",
+            s as f64 / total_sent.max(1) as f64,
+        );
+    }
+    Ok(f)
+}
