@@ -4,8 +4,36 @@
 //! A single node is a cluster of one. Callers see only this module's types:
 //! no openraft, sled or tonic type appears in the public API.
 
+mod batcher;
+mod codec;
+pub mod kv;
+mod metrics;
+mod raft;
+mod store;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use openraft::error::{CheckIsLeaderError, RaftError};
+use openraft::{BasicNode, ServerState};
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::batcher::{Counters, Pending};
+use crate::kv::{Kv, KvTree, SledKv};
+use crate::store::{LogStore, StateMachine, space_tree};
+
+/// Storage internals exposed for openraft's conformance suite and other
+/// tests; not part of the stable API.
+#[doc(hidden)]
+pub mod testing {
+    pub use crate::raft::TypeConfig;
+    pub use crate::store::{LogStore, StateMachine};
+}
 
 /// One operation of a write. A write is a list of operations applied
 /// atomically and in order: if any conditional operation fails, nothing of
@@ -13,9 +41,17 @@ use std::path::PathBuf;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
     /// Set `key` to `value`.
-    Put { space: String, key: Vec<u8>, value: Vec<u8> },
+    Put {
+        space: String,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
     /// Set `key` only if it is absent; fails with `OpResult::Exists`.
-    Insert { space: String, key: Vec<u8>, value: Vec<u8> },
+    Insert {
+        space: String,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
     /// Remove `key` (no error if absent).
     Delete { space: String, key: Vec<u8> },
     /// Remove every key starting with `prefix`.
@@ -23,7 +59,12 @@ pub enum Op {
     /// Store `value` under `prefix ++ u64 big-endian sequence number` (the
     /// sequence grows monotonically per space); fails with `OpResult::Full`
     /// when `max` keys already exist under `prefix`.
-    Append { space: String, prefix: Vec<u8>, value: Vec<u8>, max: u64 },
+    Append {
+        space: String,
+        prefix: Vec<u8>,
+        value: Vec<u8>,
+        max: u64,
+    },
 }
 
 /// What happened to one operation.
@@ -64,50 +105,264 @@ pub struct StoreConfig {
 /// Handle on the replicated store. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    _private: (),
+    inner: Arc<Inner>,
 }
+
+struct Inner {
+    raft: raft::Raft,
+    kv: SledKv,
+    writes: mpsc::Sender<Pending>,
+    counters: Arc<Counters>,
+    closed: AtomicBool,
+    stop: watch::Sender<bool>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The last handle went away without `shutdown`: stop Raft anyway so
+        // the database is released.
+        if !self.closed.swap(true, Ordering::SeqCst) {
+            let _ = self.stop.send(true);
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                let raft = self.raft.clone();
+                rt.spawn(async move {
+                    let _ = raft.shutdown().await;
+                });
+            }
+        }
+    }
+}
+
+/// Write-path counters since `open` (diagnostics).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Raft entries proposed by the write batcher.
+    pub raft_entries: u64,
+    /// `Store::write` calls carried by those entries.
+    pub writes: u64,
+}
+
+fn storage(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Storage(e.to_string())
+}
+
+fn leader_error(e: RaftError<u64, CheckIsLeaderError<u64, BasicNode>>) -> StoreError {
+    match e {
+        RaftError::APIError(e) => StoreError::Unavailable(e.to_string()),
+        RaftError::Fatal(f) => batcher::fatal(f),
+    }
+}
+
+/// Opens sled, waiting a little if a previous owner (an instance being shut
+/// down, or a process still exiting) holds its lock.
+async fn open_kv(dir: &Path) -> Result<SledKv, StoreError> {
+    let mut tries = 0;
+    loop {
+        match SledKv::open(dir) {
+            Ok(kv) => return Ok(kv),
+            Err(e) if tries < 100 && e.0.contains("lock") => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(storage(e)),
+        }
+    }
+}
+
+const WRITE_QUEUE: usize = 16 * 1024;
+const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Store {
     /// Opens (or creates) the store and starts the Raft node. Must be called
     /// on a multi-thread tokio runtime. A fresh single node initialises
     /// itself as a one-member cluster.
-    pub async fn open(_cfg: StoreConfig) -> Result<Store, StoreError> {
-        todo!()
+    pub async fn open(cfg: StoreConfig) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(&cfg.data_dir).map_err(storage)?;
+        let kv = open_kv(&cfg.data_dir).await?;
+        let log = LogStore::new(kv.clone()).map_err(storage)?;
+        let sm = StateMachine::new(kv.clone()).map_err(storage)?;
+        let config = Arc::new(raft::config().validate().map_err(storage)?);
+        let raft = raft::Raft::new(cfg.node_id, config, raft::network::Network, log, sm)
+            .await
+            .map_err(storage)?;
+
+        if !raft.is_initialized().await.map_err(batcher::fatal)? {
+            let members = BTreeMap::from([(cfg.node_id, BasicNode::new(&cfg.raft_addr))]);
+            raft.initialize(members).await.map_err(storage)?;
+        }
+        let m = raft
+            .wait(Some(START_TIMEOUT))
+            .metrics(
+                |m| {
+                    m.membership_config
+                        .membership()
+                        .voter_ids()
+                        .next()
+                        .is_some()
+                },
+                "membership loaded",
+            )
+            .await
+            .map_err(storage)?;
+        let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
+        if voters == [cfg.node_id] {
+            // Cluster of one: become leader and catch the state machine up
+            // with the durable log before serving reads.
+            raft.wait(Some(START_TIMEOUT))
+                .state(ServerState::Leader, "sole voter becomes leader")
+                .await
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            raft.ensure_linearizable().await.map_err(leader_error)?;
+        }
+
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+        let counters = Arc::new(Counters::default());
+        tokio::spawn(batcher::run(raft.clone(), rx, counters.clone()));
+        tokio::spawn(report_metrics(raft.clone()));
+        let (stop, _) = watch::channel(false);
+        Ok(Store {
+            inner: Arc::new(Inner {
+                raft,
+                kv,
+                writes: tx,
+                counters,
+                closed: AtomicBool::new(false),
+                stop,
+            }),
+        })
     }
 
     /// Replicates and applies one write. Concurrent writes are batched into
     /// one Raft entry. Returns once committed and applied, one result per op.
-    pub async fn write(&self, _ops: Vec<Op>) -> Result<Vec<OpResult>, StoreError> {
-        todo!()
+    pub async fn write(&self, ops: Vec<Op>) -> Result<Vec<OpResult>, StoreError> {
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return Err(StoreError::Shutdown);
+        }
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .writes
+            .send(Pending { ops, reply })
+            .await
+            .map_err(|_| StoreError::Shutdown)?;
+        rx.await.map_err(|_| StoreError::Shutdown)?
+    }
+
+    fn space(&self, space: &str) -> Result<kv::SledTree, StoreError> {
+        self.inner.kv.tree(&space_tree(space)).map_err(storage)
     }
 
     /// Reads one key from the local replica.
-    pub fn get(&self, _space: &str, _key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        todo!()
+    pub fn get(&self, space: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.space(space)?.get(key).map_err(storage)
     }
 
     /// All keys and values under `prefix`, in key order, from the local replica.
+    #[allow(clippy::type_complexity)] // the signature is the fixed public API
     pub fn scan_prefix(
         &self,
-        _space: &str,
-        _prefix: &[u8],
+        space: &str,
+        prefix: &[u8],
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
-        todo!()
+        self.space(space)?.scan_prefix(prefix).map_err(storage)
     }
 
     /// Number of keys under `prefix` in the local replica.
-    pub fn count_prefix(&self, _space: &str, _prefix: &[u8]) -> Result<u64, StoreError> {
-        todo!()
+    pub fn count_prefix(&self, space: &str, prefix: &[u8]) -> Result<u64, StoreError> {
+        self.space(space)?.count_prefix(prefix).map_err(storage)
     }
 
     /// Waits until the local replica has applied everything committed
     /// before this call (a linearizable read barrier).
     pub async fn read_barrier(&self) -> Result<(), StoreError> {
-        todo!()
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return Err(StoreError::Shutdown);
+        }
+        self.inner
+            .raft
+            .ensure_linearizable()
+            .await
+            .map(|_| ())
+            .map_err(leader_error)
     }
 
     /// Stops Raft and flushes storage.
     pub async fn shutdown(&self) -> Result<(), StoreError> {
-        todo!()
+        if self.inner.closed.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let _ = self.inner.stop.send(true);
+        self.inner.raft.shutdown().await.map_err(storage)?;
+        let kv = self.inner.kv.clone();
+        tokio::task::spawn_blocking(move || kv.flush())
+            .await
+            .map_err(storage)?
+            .map_err(storage)
+    }
+
+    /// Write-path counters since `open`: how many Raft entries carried how
+    /// many writes.
+    pub fn stats(&self) -> StoreStats {
+        StoreStats {
+            raft_entries: self.inner.counters.entries.load(Ordering::Relaxed),
+            writes: self.inner.counters.writes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Builds a snapshot of the state machine now and purges the log it
+    /// covers. Raft also does this by itself every 10 000 entries.
+    pub async fn compact(&self) -> Result<(), StoreError> {
+        let raft = &self.inner.raft;
+        let applied = raft.metrics().borrow().last_applied;
+        let Some(applied) = applied else {
+            return Ok(());
+        };
+        raft.trigger().snapshot().await.map_err(batcher::fatal)?;
+        raft.wait(Some(START_TIMEOUT))
+            .snapshot(applied, "snapshot built")
+            .await
+            .or_else(|_| {
+                // A later entry may have been included: accept any snapshot
+                // at or past `applied`.
+                let snap = raft.metrics().borrow().snapshot;
+                if snap.is_some_and(|s| s.index >= applied.index) {
+                    Ok(raft.metrics().borrow().clone())
+                } else {
+                    Err(StoreError::Storage("snapshot not built in time".into()))
+                }
+            })?;
+        raft.trigger()
+            .purge_log(applied.index)
+            .await
+            .map_err(batcher::fatal)
+    }
+
+    /// Serves this node's Raft RPCs (gRPC, plain TCP for now) on `addr`
+    /// until the store shuts down.
+    pub async fn serve_grpc(&self, addr: SocketAddr) -> Result<(), StoreError> {
+        let mut stop = self.inner.stop.subscribe();
+        let signal = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        raft::grpc::serve(self.inner.raft.clone(), addr, signal)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("raft gRPC on {addr}: {e}")))
+    }
+}
+
+/// Mirrors openraft's metrics into gauges until Raft stops.
+async fn report_metrics(raft: raft::Raft) {
+    let mut rx = raft.metrics();
+    drop(raft);
+    loop {
+        {
+            let m = rx.borrow_and_update();
+            metrics::term(m.current_term);
+            if let Some(a) = m.last_applied {
+                metrics::applied_index(a.index);
+            }
+        }
+        if rx.changed().await.is_err() {
+            break;
+        }
     }
 }

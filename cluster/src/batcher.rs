@@ -1,0 +1,93 @@
+//! Group commit: concurrent `Store::write` calls become one Raft entry.
+//!
+//! One task owns the Raft write path. It waits for a first write, takes
+//! everything else queued (up to `MAX_WRITES_PER_ENTRY`) and proposes it as
+//! one entry; while that entry is being replicated and applied, new writes
+//! queue up and form the next entry. A login storm is therefore a handful of
+//! fsyncs, not one per login.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use openraft::error::{ClientWriteError, Fatal, RaftError};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::metrics;
+use crate::raft::{NodeId, Raft, Request};
+use crate::{Op, OpResult, StoreError};
+
+pub const MAX_WRITES_PER_ENTRY: usize = 512;
+
+pub struct Pending {
+    pub ops: Vec<Op>,
+    pub reply: oneshot::Sender<Result<Vec<OpResult>, StoreError>>,
+}
+
+/// Counters for diagnostics and tests.
+#[derive(Default)]
+pub struct Counters {
+    pub entries: AtomicU64,
+    pub writes: AtomicU64,
+}
+
+pub fn client_write_error(
+    e: RaftError<NodeId, ClientWriteError<NodeId, crate::raft::Node>>,
+) -> StoreError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            StoreError::Unavailable(format!("not the leader (leader: {:?})", f.leader_id))
+        }
+        RaftError::APIError(e) => StoreError::Unavailable(e.to_string()),
+        RaftError::Fatal(f) => fatal(f),
+    }
+}
+
+pub fn fatal(f: Fatal<NodeId>) -> StoreError {
+    match f {
+        Fatal::Stopped => StoreError::Shutdown,
+        other => StoreError::Storage(other.to_string()),
+    }
+}
+
+pub async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, counters: Arc<Counters>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_WRITES_PER_ENTRY {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let (writes, replies): (Vec<_>, Vec<_>) =
+            batch.into_iter().map(|p| (p.ops, p.reply)).unzip();
+        let n = writes.len();
+        metrics::writes_per_entry(n);
+        counters.entries.fetch_add(1, Ordering::Relaxed);
+        counters.writes.fetch_add(n as u64, Ordering::Relaxed);
+        match raft.client_write(Request { writes }).await {
+            Ok(resp) => {
+                let mut results = resp.data.results.into_iter();
+                for reply in replies {
+                    let r = results
+                        .next()
+                        .ok_or_else(|| StoreError::Storage("missing result for a write".into()));
+                    let _ = reply.send(r);
+                }
+            }
+            Err(e) => {
+                let e = client_write_error(e);
+                for reply in replies {
+                    let _ = reply.send(Err(clone_err(&e)));
+                }
+            }
+        }
+    }
+}
+
+fn clone_err(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Storage(s) => StoreError::Storage(s.clone()),
+        StoreError::Unavailable(s) => StoreError::Unavailable(s.clone()),
+        StoreError::Shutdown => StoreError::Shutdown,
+    }
+}

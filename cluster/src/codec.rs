@@ -1,0 +1,14 @@
+//! The one byte encoding of everything this crate stores or sends: log
+//! entries, votes, snapshots and Raft RPCs (MessagePack through serde).
+//! Keeping it in one place lets the format change in one place.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub fn encode<T: Serialize + ?Sized>(v: &T) -> Result<Vec<u8>, String> {
+    rmp_serde::to_vec(v).map_err(|e| format!("encode: {e}"))
+}
+
+pub fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, String> {
+    rmp_serde::from_slice(b).map_err(|e| format!("decode: {e}"))
+}

@@ -1,0 +1,237 @@
+//! The key-value seam under Raft: the log store and the state machine speak
+//! only to these traits, never to sled directly, so a second backend can go
+//! behind them (DESIGN.md, "sled is the embedded default, behind a seam").
+//!
+//! The model is sled's: a database of named trees (ordered byte maps), with
+//! atomic batches that may span several trees and an explicit durable flush.
+
+use std::ops::Bound;
+use std::path::Path;
+
+/// A failure of the backend (I/O, corruption, lock held by another process).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("kv backend: {0}")]
+pub struct KvError(pub String);
+
+pub type KvResult<T> = Result<T, KvError>;
+
+/// One pending change: `Some(value)` sets, `None` removes.
+pub type Change = (Vec<u8>, Option<Vec<u8>>);
+
+/// Key-value pairs in key order.
+pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// An ordered map of bytes to bytes inside a [`Kv`] database.
+pub trait KvTree: Clone + Send + Sync + 'static {
+    fn get(&self, key: &[u8]) -> KvResult<Option<Vec<u8>>>;
+    fn insert(&self, key: &[u8], value: &[u8]) -> KvResult<()>;
+    fn remove(&self, key: &[u8]) -> KvResult<()>;
+    /// Entries with `start <= key < end` (`end = None`: to the end), ascending.
+    fn range(&self, start: &[u8], end: Option<&[u8]>) -> KvResult<Pairs>;
+    /// Entries whose key starts with `prefix`, ascending.
+    fn scan_prefix(&self, prefix: &[u8]) -> KvResult<Pairs>;
+    /// Number of keys starting with `prefix`.
+    fn count_prefix(&self, prefix: &[u8]) -> KvResult<u64>;
+    /// The entry with the greatest key.
+    fn last(&self) -> KvResult<Option<(Vec<u8>, Vec<u8>)>>;
+    /// Applies all changes atomically.
+    fn write(&self, changes: Vec<Change>) -> KvResult<()>;
+    /// Removes `start <= key < end` (`end = None`: to the end) atomically.
+    fn remove_range(&self, start: &[u8], end: Option<&[u8]>) -> KvResult<()>;
+    /// Removes every entry.
+    fn clear(&self) -> KvResult<()>;
+}
+
+/// A database of named trees.
+pub trait Kv: Clone + Send + Sync + 'static {
+    type Tree: KvTree;
+    /// Opens the tree `name`, creating it on first use.
+    fn tree(&self, name: &str) -> KvResult<Self::Tree>;
+    /// Names of all trees that exist.
+    fn tree_names(&self) -> KvResult<Vec<String>>;
+    /// Applies changes to several trees as one atomic unit, also across a crash.
+    fn write_multi(&self, changes: Vec<(Self::Tree, Vec<Change>)>) -> KvResult<()>;
+    /// Makes everything written so far durable. Blocks on I/O: call it off
+    /// the async executor (`spawn_blocking`).
+    fn flush(&self) -> KvResult<()>;
+}
+
+fn err(e: impl std::fmt::Display) -> KvError {
+    KvError(e.to_string())
+}
+
+/// sled 0.34, the embedded default.
+#[derive(Clone)]
+pub struct SledKv {
+    db: sled::Db,
+}
+
+impl SledKv {
+    pub fn open(path: &Path) -> KvResult<SledKv> {
+        let db = sled::Config::new().path(path).open().map_err(err)?;
+        Ok(SledKv { db })
+    }
+}
+
+#[derive(Clone)]
+pub struct SledTree {
+    tree: sled::Tree,
+}
+
+fn pairs(it: impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>) -> KvResult<Pairs> {
+    it.map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(err))
+        .collect()
+}
+
+fn bounds<'a>(start: &'a [u8], end: Option<&'a [u8]>) -> (Bound<&'a [u8]>, Bound<&'a [u8]>) {
+    (
+        Bound::Included(start),
+        end.map_or(Bound::Unbounded, Bound::Excluded),
+    )
+}
+
+impl KvTree for SledTree {
+    fn get(&self, key: &[u8]) -> KvResult<Option<Vec<u8>>> {
+        Ok(self.tree.get(key).map_err(err)?.map(|v| v.to_vec()))
+    }
+
+    fn insert(&self, key: &[u8], value: &[u8]) -> KvResult<()> {
+        self.tree.insert(key, value).map_err(err)?;
+        Ok(())
+    }
+
+    fn remove(&self, key: &[u8]) -> KvResult<()> {
+        self.tree.remove(key).map_err(err)?;
+        Ok(())
+    }
+
+    fn range(&self, start: &[u8], end: Option<&[u8]>) -> KvResult<Pairs> {
+        pairs(self.tree.range::<&[u8], _>(bounds(start, end)))
+    }
+
+    fn scan_prefix(&self, prefix: &[u8]) -> KvResult<Pairs> {
+        pairs(self.tree.scan_prefix(prefix))
+    }
+
+    fn count_prefix(&self, prefix: &[u8]) -> KvResult<u64> {
+        let mut n = 0;
+        for k in self.tree.scan_prefix(prefix).keys() {
+            k.map_err(err)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    fn last(&self) -> KvResult<Option<(Vec<u8>, Vec<u8>)>> {
+        Ok(self
+            .tree
+            .last()
+            .map_err(err)?
+            .map(|(k, v)| (k.to_vec(), v.to_vec())))
+    }
+
+    fn write(&self, changes: Vec<Change>) -> KvResult<()> {
+        self.tree.apply_batch(batch(changes)).map_err(err)
+    }
+
+    fn remove_range(&self, start: &[u8], end: Option<&[u8]>) -> KvResult<()> {
+        let mut b = sled::Batch::default();
+        for k in self.tree.range::<&[u8], _>(bounds(start, end)).keys() {
+            b.remove(k.map_err(err)?);
+        }
+        self.tree.apply_batch(b).map_err(err)
+    }
+
+    fn clear(&self) -> KvResult<()> {
+        self.tree.clear().map_err(err)
+    }
+}
+
+fn batch(changes: Vec<Change>) -> sled::Batch {
+    let mut b = sled::Batch::default();
+    for (k, v) in changes {
+        match v {
+            Some(v) => b.insert(k, v),
+            None => b.remove(k),
+        }
+    }
+    b
+}
+
+impl Kv for SledKv {
+    type Tree = SledTree;
+
+    fn tree(&self, name: &str) -> KvResult<SledTree> {
+        Ok(SledTree {
+            tree: self.db.open_tree(name).map_err(err)?,
+        })
+    }
+
+    fn tree_names(&self) -> KvResult<Vec<String>> {
+        Ok(self
+            .db
+            .tree_names()
+            .into_iter()
+            .map(|n| String::from_utf8_lossy(&n).into_owned())
+            .collect())
+    }
+
+    fn write_multi(&self, changes: Vec<(SledTree, Vec<Change>)>) -> KvResult<()> {
+        use sled::transaction::{TransactionError, Transactional};
+        match changes.len() {
+            0 => return Ok(()),
+            1 => {
+                let (t, c) = changes.into_iter().next().expect("one");
+                return t.write(c);
+            }
+            _ => {}
+        }
+        let trees: Vec<sled::Tree> = changes.iter().map(|(t, _)| t.tree.clone()).collect();
+        let batches: Vec<sled::Batch> = changes.into_iter().map(|(_, c)| batch(c)).collect();
+        trees
+            .as_slice()
+            .transaction(|views| {
+                for (view, b) in views.iter().zip(&batches) {
+                    view.apply_batch(b)?;
+                }
+                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e: TransactionError<()>| err(format!("{e:?}")))
+    }
+
+    fn flush(&self) -> KvResult<()> {
+        self.db.flush().map_err(err)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trees_ranges_and_multi_tree_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = SledKv::open(dir.path()).unwrap();
+        let a = kv.tree("a").unwrap();
+        let b = kv.tree("b").unwrap();
+        a.insert(b"k1", b"1").unwrap();
+        a.insert(b"k2", b"2").unwrap();
+        a.insert(b"x", b"3").unwrap();
+        assert_eq!(a.count_prefix(b"k").unwrap(), 2);
+        assert_eq!(a.range(b"k2", None).unwrap().len(), 2);
+        assert_eq!(a.range(b"k1", Some(b"k2")).unwrap().len(), 1);
+        kv.write_multi(vec![
+            (a.clone(), vec![(b"k1".to_vec(), None)]),
+            (b.clone(), vec![(b"y".to_vec(), Some(b"4".to_vec()))]),
+        ])
+        .unwrap();
+        assert_eq!(a.get(b"k1").unwrap(), None);
+        assert_eq!(b.get(b"y").unwrap(), Some(b"4".to_vec()));
+        a.remove_range(b"k", Some(b"l")).unwrap();
+        assert_eq!(a.scan_prefix(b"").unwrap().len(), 1);
+        assert_eq!(a.last().unwrap().unwrap().0, b"x".to_vec());
+        assert!(kv.tree_names().unwrap().contains(&"b".to_string()));
+        kv.flush().unwrap();
+    }
+}

@@ -1,0 +1,63 @@
+//! The `starling.cluster.v1.Raft` gRPC service: decodes openraft requests,
+//! hands them to the local Raft node and encodes its `Result` back.
+
+use std::net::SocketAddr;
+
+use serde::Serialize;
+use starling_proto::cluster::raft_server::{Raft as RaftRpc, RaftServer};
+use starling_proto::cluster::{RaftReply, RaftRequest};
+use tonic::{Request, Response, Status};
+
+use crate::codec::{decode, encode};
+use crate::raft::Raft;
+
+pub struct RaftService {
+    raft: Raft,
+}
+
+fn reply<T: Serialize>(res: &T) -> Result<Response<RaftReply>, Status> {
+    let data = encode(res).map_err(Status::internal)?;
+    Ok(Response::new(RaftReply {
+        data,
+        error: String::new(),
+    }))
+}
+
+#[tonic::async_trait]
+impl RaftRpc for RaftService {
+    async fn append_entries(
+        &self,
+        req: Request<RaftRequest>,
+    ) -> Result<Response<RaftReply>, Status> {
+        let rpc = decode(&req.into_inner().data).map_err(Status::invalid_argument)?;
+        reply(&self.raft.append_entries(rpc).await)
+    }
+
+    async fn vote(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        let rpc = decode(&req.into_inner().data).map_err(Status::invalid_argument)?;
+        reply(&self.raft.vote(rpc).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: Request<RaftRequest>,
+    ) -> Result<Response<RaftReply>, Status> {
+        let rpc = decode(&req.into_inner().data).map_err(Status::invalid_argument)?;
+        reply(&self.raft.install_snapshot(rpc).await)
+    }
+}
+
+/// Serves Raft RPCs on `addr` until `shutdown` resolves.
+pub async fn serve(
+    raft: Raft,
+    addr: SocketAddr,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let svc = RaftServer::new(RaftService { raft })
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX);
+    tonic::transport::Server::builder()
+        .add_service(svc)
+        .serve_with_shutdown(addr, shutdown)
+        .await
+}

@@ -1,0 +1,61 @@
+//! The openraft type configuration of Starling's replicated store and the
+//! wiring of a Raft node (configuration, network, gRPC service).
+//!
+//! One Raft entry carries a batch of client writes (group commit): see
+//! `batcher.rs`.
+
+pub mod grpc;
+pub mod network;
+
+use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Op, OpResult};
+
+/// The application data of one Raft entry: the writes of many callers,
+/// applied in order, each atomically.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    pub writes: Vec<Vec<Op>>,
+}
+
+/// One result list per write of the entry's [`Request`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    pub results: Vec<Vec<OpResult>>,
+}
+
+openraft::declare_raft_types!(
+    /// Starling's openraft types.
+    pub TypeConfig:
+        D = Request,
+        R = Response,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+pub type NodeId = u64;
+pub type Node = openraft::BasicNode;
+pub type Entry = openraft::Entry<TypeConfig>;
+pub type LogId = openraft::LogId<NodeId>;
+pub type StorageError = openraft::StorageError<NodeId>;
+pub type Raft = openraft::Raft<TypeConfig>;
+
+/// Raft timing and compaction. Election timeouts are generous because the
+/// machines are small and shared; a single node does not wait for them at
+/// start (openraft elects a sole voter at once).
+pub fn config() -> openraft::Config {
+    openraft::Config {
+        cluster_name: "starling".into(),
+        heartbeat_interval: 250,
+        election_timeout_min: 1000,
+        election_timeout_max: 2000,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(10_000),
+        max_in_snapshot_log_to_keep: 1000,
+        ..Default::default()
+    }
+}

@@ -1,0 +1,146 @@
+//! openraft's outgoing RPCs over tonic: one lazily connected channel per
+//! target node. Requests and replies are this crate's codec bytes inside the
+//! `starling.cluster.v1.Raft` messages; a reply carries the remote openraft
+//! `Result`, so remote Raft errors come back typed.
+
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use starling_proto::cluster::RaftRequest;
+use starling_proto::cluster::raft_client::RaftClient;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::codec::{decode, encode};
+use crate::raft::{Node, NodeId, TypeConfig};
+
+/// Creates a [`Connection`] per target.
+#[derive(Clone, Default)]
+pub struct Network;
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = Connection;
+
+    async fn new_client(&mut self, target: NodeId, node: &Node) -> Connection {
+        Connection {
+            target,
+            addr: node.addr.clone(),
+            client: None,
+        }
+    }
+}
+
+pub struct Connection {
+    target: NodeId,
+    addr: String,
+    client: Option<RaftClient<Channel>>,
+}
+
+#[derive(Clone, Copy)]
+enum Method {
+    AppendEntries,
+    Vote,
+    InstallSnapshot,
+}
+
+fn net_err<E: std::error::Error>(
+    msg: impl ToString,
+) -> RPCError<NodeId, Node, RaftError<NodeId, E>> {
+    RPCError::Network(NetworkError::new(&std::io::Error::other(msg.to_string())))
+}
+
+impl Connection {
+    fn client(&mut self) -> Result<RaftClient<Channel>, String> {
+        if let Some(c) = &self.client {
+            return Ok(c.clone());
+        }
+        let uri = if self.addr.contains("://") {
+            self.addr.clone()
+        } else {
+            format!("http://{}", self.addr)
+        };
+        let channel = Endpoint::from_shared(uri)
+            .map_err(|e| e.to_string())?
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        let c = RaftClient::new(channel)
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX);
+        self.client = Some(c.clone());
+        Ok(c)
+    }
+
+    async fn call<Q, P, E>(
+        &mut self,
+        method: Method,
+        req: &Q,
+        option: &RPCOption,
+    ) -> Result<P, RPCError<NodeId, Node, RaftError<NodeId, E>>>
+    where
+        Q: Serialize,
+        P: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let data = encode(req).map_err(net_err)?;
+        let mut client = self.client().map_err(net_err)?;
+        let mut request = tonic::Request::new(RaftRequest { data });
+        request.set_timeout(option.hard_ttl());
+        let reply = match method {
+            Method::AppendEntries => client.append_entries(request).await,
+            Method::Vote => client.vote(request).await,
+            Method::InstallSnapshot => client.install_snapshot(request).await,
+        };
+        let reply = match reply {
+            Ok(r) => r.into_inner(),
+            Err(status) => {
+                return Err(match status.code() {
+                    tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&status)),
+                    _ => RPCError::Network(NetworkError::new(&status)),
+                });
+            }
+        };
+        if !reply.error.is_empty() {
+            return Err(net_err(reply.error));
+        }
+        let res: Result<P, RaftError<NodeId, E>> = decode(&reply.data).map_err(net_err)?;
+        res.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Connection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
+        self.call(Method::AppendEntries, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, Node, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        self.call(Method::InstallSnapshot, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
+        self.call(Method::Vote, &rpc, &option).await
+    }
+}

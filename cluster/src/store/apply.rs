@@ -1,0 +1,273 @@
+//! What a write means: evaluating `Op`s against the state machine.
+//!
+//! All writes of the entries of one `apply` call are evaluated into an
+//! in-memory overlay over the stored state, which is then committed as one
+//! atomic multi-tree batch together with the applied log id. A write whose
+//! conditional op fails is rolled back out of the overlay (an undo log), so
+//! nothing of it is applied and later writes do not see it.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::kv::KvResult;
+use crate::{Op, OpResult};
+
+/// Read access to the committed state under the overlay.
+pub trait Base {
+    fn get(&self, space: &str, key: &[u8]) -> KvResult<Option<Vec<u8>>>;
+    fn keys_with_prefix(&self, space: &str, prefix: &[u8]) -> KvResult<Vec<Vec<u8>>>;
+    fn count_prefix(&self, space: &str, prefix: &[u8]) -> KvResult<u64>;
+    /// The last sequence number `Append` used in `space` (0: none yet).
+    fn seq(&self, space: &str) -> KvResult<u64>;
+}
+
+/// Pending changes: per space, key -> `Some(value)` (set) or `None` (removed);
+/// per space, the last `Append` sequence number.
+#[derive(Default, Debug)]
+pub struct Overlay {
+    pub spaces: BTreeMap<String, BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
+    pub seqs: BTreeMap<String, u64>,
+}
+
+enum Undo {
+    Key(String, Vec<u8>, Option<Option<Vec<u8>>>),
+    Seq(String, Option<u64>),
+}
+
+impl Overlay {
+    fn under<'a>(
+        &'a self,
+        space: &str,
+        prefix: &'a [u8],
+    ) -> impl Iterator<Item = (&'a Vec<u8>, &'a Option<Vec<u8>>)> + 'a {
+        self.spaces
+            .get(space)
+            .into_iter()
+            .flat_map(move |m| m.range(prefix.to_vec()..))
+            .take_while(move |(k, _)| k.starts_with(prefix))
+    }
+
+    fn get(&self, base: &impl Base, space: &str, key: &[u8]) -> KvResult<Option<Vec<u8>>> {
+        match self.spaces.get(space).and_then(|m| m.get(key)) {
+            Some(v) => Ok(v.clone()),
+            None => base.get(space, key),
+        }
+    }
+
+    fn set(&mut self, space: &str, key: Vec<u8>, value: Option<Vec<u8>>, undo: &mut Vec<Undo>) {
+        let prev = self
+            .spaces
+            .entry(space.to_string())
+            .or_default()
+            .insert(key.clone(), value);
+        undo.push(Undo::Key(space.to_string(), key, prev));
+    }
+
+    fn count(&self, base: &impl Base, space: &str, prefix: &[u8]) -> KvResult<u64> {
+        let mut n = base.count_prefix(space, prefix)?;
+        for (k, v) in self.under(space, prefix) {
+            match (base.get(space, k)?.is_some(), v.is_some()) {
+                (false, true) => n += 1,
+                (true, false) => n -= 1,
+                _ => {}
+            }
+        }
+        Ok(n)
+    }
+
+    fn keys(&self, base: &impl Base, space: &str, prefix: &[u8]) -> KvResult<Vec<Vec<u8>>> {
+        let mut keys: BTreeSet<Vec<u8>> =
+            base.keys_with_prefix(space, prefix)?.into_iter().collect();
+        for (k, v) in self.under(space, prefix) {
+            if v.is_some() {
+                keys.insert(k.clone());
+            } else {
+                keys.remove(k);
+            }
+        }
+        Ok(keys.into_iter().collect())
+    }
+
+    fn next_seq(&mut self, base: &impl Base, space: &str, undo: &mut Vec<Undo>) -> KvResult<u64> {
+        let cur = match self.seqs.get(space) {
+            Some(s) => *s,
+            None => base.seq(space)?,
+        };
+        let next = cur + 1;
+        let prev = self.seqs.insert(space.to_string(), next);
+        undo.push(Undo::Seq(space.to_string(), prev));
+        Ok(next)
+    }
+
+    fn rollback(&mut self, undo: Vec<Undo>) {
+        for u in undo.into_iter().rev() {
+            match u {
+                Undo::Key(space, key, prev) => {
+                    let m = self.spaces.entry(space).or_default();
+                    match prev {
+                        Some(p) => m.insert(key, p),
+                        None => m.remove(&key),
+                    };
+                }
+                Undo::Seq(space, prev) => {
+                    match prev {
+                        Some(p) => self.seqs.insert(space, p),
+                        None => self.seqs.remove(&space),
+                    };
+                }
+            }
+        }
+    }
+
+    /// Evaluates one write: all its ops in order, or none of them.
+    pub fn apply_write(&mut self, base: &impl Base, ops: &[Op]) -> KvResult<Vec<OpResult>> {
+        let mut undo = Vec::new();
+        let mut results = Vec::with_capacity(ops.len());
+        for (i, op) in ops.iter().enumerate() {
+            let r = match op {
+                Op::Put { space, key, value } => {
+                    self.set(space, key.clone(), Some(value.clone()), &mut undo);
+                    OpResult::Done
+                }
+                Op::Insert { space, key, value } => {
+                    if self.get(base, space, key)?.is_some() {
+                        OpResult::Exists
+                    } else {
+                        self.set(space, key.clone(), Some(value.clone()), &mut undo);
+                        OpResult::Done
+                    }
+                }
+                Op::Delete { space, key } => {
+                    self.set(space, key.clone(), None, &mut undo);
+                    OpResult::Done
+                }
+                Op::DeletePrefix { space, prefix } => {
+                    for k in self.keys(base, space, prefix)? {
+                        self.set(space, k, None, &mut undo);
+                    }
+                    OpResult::Done
+                }
+                Op::Append {
+                    space,
+                    prefix,
+                    value,
+                    max,
+                } => {
+                    if self.count(base, space, prefix)? >= *max {
+                        OpResult::Full
+                    } else {
+                        let seq = self.next_seq(base, space, &mut undo)?;
+                        let mut key = prefix.clone();
+                        key.extend_from_slice(&seq.to_be_bytes());
+                        self.set(space, key, Some(value.clone()), &mut undo);
+                        OpResult::Seq(seq)
+                    }
+                }
+            };
+            if matches!(r, OpResult::Exists | OpResult::Full) {
+                self.rollback(undo);
+                let mut out = vec![OpResult::Aborted; ops.len()];
+                out[i] = r;
+                return Ok(out);
+            }
+            results.push(r);
+        }
+        Ok(results)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct Mem(BTreeMap<(String, Vec<u8>), Vec<u8>>);
+
+    impl Base for Mem {
+        fn get(&self, space: &str, key: &[u8]) -> KvResult<Option<Vec<u8>>> {
+            Ok(self.0.get(&(space.to_string(), key.to_vec())).cloned())
+        }
+        fn keys_with_prefix(&self, space: &str, prefix: &[u8]) -> KvResult<Vec<Vec<u8>>> {
+            Ok(self
+                .0
+                .keys()
+                .filter(|(s, k)| s == space && k.starts_with(prefix))
+                .map(|(_, k)| k.clone())
+                .collect())
+        }
+        fn count_prefix(&self, space: &str, prefix: &[u8]) -> KvResult<u64> {
+            Ok(self.keys_with_prefix(space, prefix)?.len() as u64)
+        }
+        fn seq(&self, _space: &str) -> KvResult<u64> {
+            Ok(0)
+        }
+    }
+
+    fn put(k: &str) -> Op {
+        Op::Put {
+            space: "s".into(),
+            key: k.into(),
+            value: b"v".to_vec(),
+        }
+    }
+
+    fn append(max: u64) -> Op {
+        Op::Append {
+            space: "s".into(),
+            prefix: b"q/".to_vec(),
+            value: b"m".to_vec(),
+            max,
+        }
+    }
+
+    #[test]
+    fn abort_rolls_back_only_that_write() {
+        let mut base = Mem::default();
+        base.0
+            .insert(("s".into(), b"taken".to_vec()), b"x".to_vec());
+        let mut ov = Overlay::default();
+        let r = ov
+            .apply_write(
+                &base,
+                &[
+                    put("a"),
+                    append(10),
+                    Op::Insert {
+                        space: "s".into(),
+                        key: b"taken".to_vec(),
+                        value: b"y".to_vec(),
+                    },
+                ],
+            )
+            .unwrap();
+        assert_eq!(
+            r,
+            vec![OpResult::Aborted, OpResult::Aborted, OpResult::Exists]
+        );
+        assert!(ov.spaces.values().all(|m| m.is_empty()));
+        assert!(ov.seqs.is_empty());
+        let r = ov
+            .apply_write(&base, &[append(2), append(2), append(2)])
+            .unwrap();
+        assert_eq!(
+            r,
+            vec![OpResult::Aborted, OpResult::Aborted, OpResult::Full]
+        );
+        let r = ov.apply_write(&base, &[append(2), append(2)]).unwrap();
+        assert_eq!(r, vec![OpResult::Seq(1), OpResult::Seq(2)]);
+        let r = ov.apply_write(&base, &[append(2)]).unwrap();
+        assert_eq!(r, vec![OpResult::Full]);
+        let r = ov
+            .apply_write(
+                &base,
+                &[
+                    Op::DeletePrefix {
+                        space: "s".into(),
+                        prefix: b"q/".to_vec(),
+                    },
+                    append(1),
+                ],
+            )
+            .unwrap();
+        assert_eq!(r, vec![OpResult::Done, OpResult::Seq(3)]);
+    }
+}

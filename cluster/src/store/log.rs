@@ -1,0 +1,215 @@
+//! The Raft log and vote on the key-value seam.
+//!
+//! Tree `raft_log`: big-endian index -> encoded entry. Tree `raft_meta`:
+//! `vote`, `committed`, `last_purged`. An append is readable at once and
+//! acknowledged to openraft (its `LogFlushed` callback) only after a durable
+//! flush; one flusher task serves all appends queued meanwhile, so a burst of
+//! appends costs one fsync.
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+
+use openraft::storage::{LogFlushed, RaftLogStorage};
+use openraft::{LogState, OptionalSend, RaftLogReader, StorageIOError, Vote};
+use tokio::sync::mpsc;
+
+use crate::codec::{decode, encode};
+use crate::kv::{Kv, KvTree};
+use crate::metrics;
+use crate::raft::{Entry, LogId, NodeId, StorageError, TypeConfig};
+
+const VOTE: &[u8] = b"vote";
+const COMMITTED: &[u8] = b"committed";
+const LAST_PURGED: &[u8] = b"last_purged";
+
+/// Log storage; clones share the same trees and flusher.
+#[derive(Clone)]
+pub struct LogStore<K: Kv> {
+    kv: K,
+    log: K::Tree,
+    meta: K::Tree,
+    flusher: mpsc::UnboundedSender<LogFlushed<TypeConfig>>,
+}
+
+fn rd(e: impl ToString) -> StorageError {
+    StorageIOError::read_logs(openraft::AnyError::error(e.to_string())).into()
+}
+
+fn wr(e: impl ToString) -> StorageError {
+    StorageIOError::write_logs(openraft::AnyError::error(e.to_string())).into()
+}
+
+impl<K: Kv> LogStore<K> {
+    /// Opens the log trees and starts the flusher task on the current
+    /// tokio runtime.
+    pub fn new(kv: K) -> Result<Self, StorageError> {
+        let log = kv.tree("raft_log").map_err(rd)?;
+        let meta = kv.tree("raft_meta").map_err(rd)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(flusher(kv.clone(), rx));
+        Ok(LogStore {
+            kv,
+            log,
+            meta,
+            flusher: tx,
+        })
+    }
+
+    async fn flush(&self) -> Result<(), StorageError> {
+        let kv = self.kv.clone();
+        tokio::task::spawn_blocking(move || kv.flush())
+            .await
+            .map_err(wr)?
+            .map_err(wr)
+    }
+
+    fn get_meta<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &[u8],
+    ) -> Result<Option<T>, StorageError> {
+        match self.meta.get(key).map_err(rd)? {
+            Some(b) => Ok(Some(decode(&b).map_err(rd)?)),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Makes appended entries durable, then acknowledges them in order: every
+/// callback queued before a flush starts is covered by that flush.
+async fn flusher<K: Kv>(kv: K, mut rx: mpsc::UnboundedReceiver<LogFlushed<TypeConfig>>) {
+    while let Some(first) = rx.recv().await {
+        let mut waiting = vec![first];
+        while let Ok(cb) = rx.try_recv() {
+            waiting.push(cb);
+        }
+        let kv = kv.clone();
+        let res = match tokio::task::spawn_blocking(move || kv.flush()).await {
+            Ok(r) => r.map_err(|e| e.0),
+            Err(e) => Err(e.to_string()),
+        };
+        for cb in waiting {
+            cb.log_io_completed(res.clone().map_err(io::Error::other));
+        }
+    }
+}
+
+fn range_keys(range: impl RangeBounds<u64>) -> Option<(Vec<u8>, Option<Vec<u8>>)> {
+    let start = match range.start_bound() {
+        Bound::Included(s) => *s,
+        Bound::Excluded(s) => s.checked_add(1)?,
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(e) => e.checked_add(1),
+        Bound::Excluded(e) => Some(*e),
+        Bound::Unbounded => None,
+    };
+    if end.is_some_and(|e| e <= start) {
+        return None;
+    }
+    Some((
+        start.to_be_bytes().to_vec(),
+        end.map(|e| e.to_be_bytes().to_vec()),
+    ))
+}
+
+impl<K: Kv> RaftLogReader<TypeConfig> for LogStore<K> {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let Some((start, end)) = range_keys(range) else {
+            return Ok(Vec::new());
+        };
+        self.log
+            .range(&start, end.as_deref())
+            .map_err(rd)?
+            .into_iter()
+            .map(|(_, v)| decode::<Entry>(&v).map_err(rd))
+            .collect()
+    }
+}
+
+impl<K: Kv> RaftLogStorage<TypeConfig> for LogStore<K> {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged_log_id: Option<LogId> = self.get_meta(LAST_PURGED)?;
+        let last = match self.log.last().map_err(rd)? {
+            Some((_, v)) => Some(decode::<Entry>(&v).map_err(rd)?.log_id),
+            None => last_purged_log_id,
+        };
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id: last,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
+        let b = encode(vote).map_err(wr)?;
+        self.meta
+            .insert(VOTE, &b)
+            .map_err(|e| StorageIOError::write_vote(openraft::AnyError::error(e)))?;
+        self.flush().await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
+        self.get_meta(VOTE)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        if let Some(c) = &committed {
+            metrics::commit_index(c.index);
+        }
+        let b = encode(&committed).map_err(wr)?;
+        self.meta.insert(COMMITTED, &b).map_err(wr)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.get_meta::<Option<LogId>>(COMMITTED)?.flatten())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut changes = Vec::new();
+        for e in entries {
+            let b = encode(&e).map_err(wr)?;
+            changes.push((e.log_id.index.to_be_bytes().to_vec(), Some(b)));
+        }
+        self.log.write(changes).map_err(wr)?;
+        // The flusher may be gone only while the runtime shuts down.
+        if let Err(e) = self.flusher.send(callback) {
+            e.0.log_io_completed(Err(io::Error::other("log flusher stopped")));
+        }
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.log
+            .remove_range(&log_id.index.to_be_bytes(), None)
+            .map_err(wr)
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // Record the purge point first: a crash in between leaves entries
+        // that are merely redundant, never a hole.
+        let b = encode(&log_id).map_err(wr)?;
+        self.meta.insert(LAST_PURGED, &b).map_err(wr)?;
+        let end = log_id.index.checked_add(1).map(u64::to_be_bytes);
+        self.log
+            .remove_range(&0u64.to_be_bytes(), end.as_ref().map(|e| &e[..]))
+            .map_err(wr)
+    }
+}

@@ -1,0 +1,14 @@
+//! Raft storage on the key-value seam: the log (`log.rs`), the state
+//! machine with its snapshots (`state_machine.rs`) and the meaning of a
+//! write (`apply.rs`).
+
+// openraft's trait methods fix `StorageError` (224 bytes) as the error type;
+// the helpers here return it too rather than boxing and unboxing.
+#![allow(clippy::result_large_err)]
+
+pub mod apply;
+pub mod log;
+pub mod state_machine;
+
+pub use log::LogStore;
+pub use state_machine::{StateMachine, space_tree};

@@ -1,0 +1,27 @@
+//! openraft's storage conformance suite against our sled log store and
+//! state machine (STYLE.md lesson 8).
+
+use openraft::StorageError;
+use openraft::testing::{StoreBuilder, Suite};
+use starling_cluster::kv::SledKv;
+use starling_cluster::testing::{LogStore, StateMachine, TypeConfig};
+use tempfile::TempDir;
+
+struct SledBuilder;
+
+impl StoreBuilder<TypeConfig, LogStore<SledKv>, StateMachine<SledKv>, TempDir> for SledBuilder {
+    async fn build(
+        &self,
+    ) -> Result<(TempDir, LogStore<SledKv>, StateMachine<SledKv>), StorageError<u64>> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let kv = SledKv::open(dir.path()).expect("open sled");
+        let log = LogStore::new(kv.clone())?;
+        let sm = StateMachine::new(kv)?;
+        Ok((dir, log, sm))
+    }
+}
+
+#[test]
+fn openraft_storage_suite() {
+    Suite::test_all(SledBuilder).expect("storage suite");
+}

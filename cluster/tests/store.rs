@@ -1,0 +1,334 @@
+//! The `Store` API on a single node: reads and writes, conditional aborts,
+//! `Append` quotas, durability across restarts and group commit.
+
+use std::path::Path;
+use std::time::Duration;
+
+use starling_cluster::{Op, OpResult, Store, StoreConfig};
+
+fn cfg(dir: &Path) -> StoreConfig {
+    StoreConfig {
+        data_dir: dir.to_path_buf(),
+        node_id: 1,
+        raft_addr: "127.0.0.1:0".into(),
+    }
+}
+
+fn put(space: &str, key: &str, value: &str) -> Op {
+    Op::Put {
+        space: space.into(),
+        key: key.into(),
+        value: value.into(),
+    }
+}
+
+fn insert(space: &str, key: &str, value: &str) -> Op {
+    Op::Insert {
+        space: space.into(),
+        key: key.into(),
+        value: value.into(),
+    }
+}
+
+fn append(prefix: &str, value: &str, max: u64) -> Op {
+    Op::Append {
+        space: "offline".into(),
+        prefix: prefix.into(),
+        value: value.into(),
+        max,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_then_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(cfg(dir.path())).await.unwrap();
+    let r = store
+        .write(vec![
+            put("roster", "alice/bob", "both"),
+            put("roster", "alice/carol", "to"),
+            put("roster", "bob/alice", "both"),
+            put("vcard", "alice", "<vCard/>"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(r, vec![OpResult::Done; 4]);
+    assert_eq!(
+        store.get("vcard", b"alice").unwrap(),
+        Some(b"<vCard/>".to_vec())
+    );
+    assert_eq!(store.get("vcard", b"bob").unwrap(), None);
+    assert_eq!(store.count_prefix("roster", b"alice/").unwrap(), 2);
+    let alice = store.scan_prefix("roster", b"alice/").unwrap();
+    assert_eq!(
+        alice,
+        vec![
+            (b"alice/bob".to_vec(), b"both".to_vec()),
+            (b"alice/carol".to_vec(), b"to".to_vec())
+        ]
+    );
+
+    let r = store
+        .write(vec![
+            Op::Delete {
+                space: "vcard".into(),
+                key: b"alice".to_vec(),
+            },
+            Op::DeletePrefix {
+                space: "roster".into(),
+                prefix: b"alice/".to_vec(),
+            },
+        ])
+        .await
+        .unwrap();
+    assert_eq!(r, vec![OpResult::Done; 2]);
+    assert_eq!(store.get("vcard", b"alice").unwrap(), None);
+    assert_eq!(store.count_prefix("roster", b"").unwrap(), 1);
+    store.read_barrier().await.unwrap();
+    store.shutdown().await.unwrap();
+    assert!(matches!(
+        store.write(vec![put("a", "b", "c")]).await,
+        Err(starling_cluster::StoreError::Shutdown)
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_insert_aborts_the_whole_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(cfg(dir.path())).await.unwrap();
+    let r = store
+        .write(vec![insert("accounts", "alice", "v1")])
+        .await
+        .unwrap();
+    assert_eq!(r, vec![OpResult::Done]);
+
+    let r = store
+        .write(vec![
+            put("accounts", "bob", "x"),
+            append("alice/", "hello", 10),
+            insert("accounts", "alice", "v2"),
+            put("accounts", "carol", "y"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        r,
+        vec![
+            OpResult::Aborted,
+            OpResult::Aborted,
+            OpResult::Exists,
+            OpResult::Aborted
+        ]
+    );
+    assert_eq!(
+        store.get("accounts", b"alice").unwrap(),
+        Some(b"v1".to_vec())
+    );
+    assert_eq!(store.get("accounts", b"bob").unwrap(), None);
+    assert_eq!(store.get("accounts", b"carol").unwrap(), None);
+    assert_eq!(store.count_prefix("offline", b"").unwrap(), 0);
+
+    // Insert then Insert of the same key inside one write also conflicts.
+    let r = store
+        .write(vec![
+            insert("accounts", "dave", "1"),
+            insert("accounts", "dave", "2"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(r, vec![OpResult::Aborted, OpResult::Exists]);
+    assert_eq!(store.get("accounts", b"dave").unwrap(), None);
+    store.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn append_respects_quota_and_sequence() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(cfg(dir.path())).await.unwrap();
+    let mut seqs = Vec::new();
+    for i in 0..3 {
+        let r = store
+            .write(vec![append("alice/", &format!("m{i}"), 3)])
+            .await
+            .unwrap();
+        match r[..] {
+            [OpResult::Seq(s)] => seqs.push(s),
+            ref other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    let r = store.write(vec![append("alice/", "m3", 3)]).await.unwrap();
+    assert_eq!(r, vec![OpResult::Full]);
+    // Another prefix has its own quota but shares the space's sequence.
+    let r = store.write(vec![append("bob/", "x", 3)]).await.unwrap();
+    assert_eq!(r, vec![OpResult::Seq(seqs[2] + 1)]);
+
+    let msgs = store.scan_prefix("offline", b"alice/").unwrap();
+    assert_eq!(msgs.len(), 3);
+    let mut key = b"alice/".to_vec();
+    key.extend_from_slice(&seqs[0].to_be_bytes());
+    assert_eq!(msgs[0], (key, b"m0".to_vec()));
+
+    // Emptying the queue frees the quota; sequence numbers never repeat.
+    store
+        .write(vec![Op::DeletePrefix {
+            space: "offline".into(),
+            prefix: b"alice/".to_vec(),
+        }])
+        .await
+        .unwrap();
+    let r = store
+        .write(vec![append("alice/", "again", 3)])
+        .await
+        .unwrap();
+    assert_eq!(r, vec![OpResult::Seq(seqs[2] + 2)]);
+    store.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reopen_keeps_data_and_sequence() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(cfg(dir.path())).await.unwrap();
+        store.write(vec![put("s", "k", "v")]).await.unwrap();
+        store.write(vec![append("q/", "1", 10)]).await.unwrap();
+        store.shutdown().await.unwrap();
+    }
+    {
+        let store = Store::open(cfg(dir.path())).await.unwrap();
+        assert_eq!(store.get("s", b"k").unwrap(), Some(b"v".to_vec()));
+        assert_eq!(
+            store.write(vec![append("q/", "2", 10)]).await.unwrap(),
+            vec![OpResult::Seq(2)]
+        );
+        store.write(vec![put("s", "k2", "v2")]).await.unwrap();
+        // Dropped without shutdown: the next open must still succeed.
+        drop(store);
+    }
+    let store = Store::open(cfg(dir.path())).await.unwrap();
+    assert_eq!(store.get("s", b"k2").unwrap(), Some(b"v2".to_vec()));
+    assert_eq!(store.count_prefix("offline", b"q/").unwrap(), 2);
+    store.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_then_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(cfg(dir.path())).await.unwrap();
+        for i in 0..50 {
+            store
+                .write(vec![put("s", &format!("k{i:02}"), "v")])
+                .await
+                .unwrap();
+        }
+        store.compact().await.unwrap();
+        for i in 50..60 {
+            store
+                .write(vec![put("s", &format!("k{i:02}"), "v")])
+                .await
+                .unwrap();
+        }
+        store.shutdown().await.unwrap();
+    }
+    let store = Store::open(cfg(dir.path())).await.unwrap();
+    assert_eq!(store.count_prefix("s", b"k").unwrap(), 60);
+    store.write(vec![put("s", "after", "v")]).await.unwrap();
+    assert_eq!(store.count_prefix("s", b"").unwrap(), 61);
+    store.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_are_batched() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(cfg(dir.path())).await.unwrap();
+    let before = store.stats();
+    const N: usize = 400;
+    let tasks: Vec<_> = (0..N)
+        .map(|i| {
+            let s = store.clone();
+            tokio::spawn(async move {
+                s.write(vec![
+                    insert("sessions", &format!("user{i}"), "node1"),
+                    append(&format!("user{i}/"), "hi", 5),
+                ])
+                .await
+            })
+        })
+        .collect();
+    for t in tasks {
+        let r = t.await.unwrap().unwrap();
+        assert_eq!(r[0], OpResult::Done);
+        assert!(matches!(r[1], OpResult::Seq(_)));
+    }
+    let after = store.stats();
+    let writes = after.writes - before.writes;
+    let entries = after.raft_entries - before.raft_entries;
+    assert_eq!(writes, N as u64);
+    assert!(
+        entries < writes / 4,
+        "{entries} entries for {writes} writes"
+    );
+    assert_eq!(store.count_prefix("sessions", b"user").unwrap(), N as u64);
+    store.shutdown().await.unwrap();
+}
+
+/// The child half of `acknowledged_write_survives_kill`: writes, reports
+/// each acknowledgement on stdout, then waits to be killed.
+#[test]
+fn child_writer() {
+    let Ok(dir) = std::env::var("STARLING_CLUSTER_CHILD_DIR") else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let store = Store::open(cfg(Path::new(&dir))).await.unwrap();
+        for i in 0..20 {
+            store
+                .write(vec![put("s", &format!("k{i}"), "v")])
+                .await
+                .unwrap();
+            println!("ACK {i}");
+        }
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_write_survives_kill() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_writer", "--nocapture", "--test-threads=1"])
+        .env("STARLING_CLUSTER_CHILD_DIR", dir.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = BufReader::new(child.stdout.take().unwrap());
+    let mut acked = 0;
+    for line in out.lines() {
+        let line = line.unwrap();
+        if line.contains("ACK ") {
+            acked += 1;
+            if acked == 20 {
+                break;
+            }
+        }
+    }
+    child.kill().unwrap(); // SIGKILL: no shutdown, no flush
+    child.wait().unwrap();
+    assert_eq!(acked, 20);
+    let store = Store::open(cfg(dir.path())).await.unwrap();
+    for i in 0..20 {
+        assert_eq!(
+            store.get("s", format!("k{i}").as_bytes()).unwrap(),
+            Some(b"v".to_vec()),
+            "k{i}"
+        );
+    }
+    store.shutdown().await.unwrap();
+}
