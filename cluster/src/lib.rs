@@ -177,6 +177,18 @@ impl Store {
     /// on a multi-thread tokio runtime. A fresh single node initialises
     /// itself as a one-member cluster.
     pub async fn open(cfg: StoreConfig) -> Result<Store, StoreError> {
+        Store::start(cfg, true).await
+    }
+
+    /// Opens the store of a node that joins an existing cluster: a fresh
+    /// node does not initialise itself but waits until a member adds it
+    /// (`add_member` on the leader). A node that already belongs to a
+    /// cluster restarts as with `open`.
+    pub async fn open_joining(cfg: StoreConfig) -> Result<Store, StoreError> {
+        Store::start(cfg, false).await
+    }
+
+    async fn start(cfg: StoreConfig, init_alone: bool) -> Result<Store, StoreError> {
         std::fs::create_dir_all(&cfg.data_dir).map_err(storage)?;
         let kv = open_kv(&cfg.data_dir).await?;
         let log = LogStore::new(kv.clone()).map_err(storage)?;
@@ -186,33 +198,13 @@ impl Store {
             .await
             .map_err(storage)?;
 
-        if !raft.is_initialized().await.map_err(batcher::fatal)? {
+        let initialized = raft.is_initialized().await.map_err(batcher::fatal)?;
+        if !initialized && init_alone {
             let members = BTreeMap::from([(cfg.node_id, BasicNode::new(&cfg.raft_addr))]);
             raft.initialize(members).await.map_err(storage)?;
         }
-        let m = raft
-            .wait(Some(START_TIMEOUT))
-            .metrics(
-                |m| {
-                    m.membership_config
-                        .membership()
-                        .voter_ids()
-                        .next()
-                        .is_some()
-                },
-                "membership loaded",
-            )
-            .await
-            .map_err(storage)?;
-        let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
-        if voters == [cfg.node_id] {
-            // Cluster of one: become leader and catch the state machine up
-            // with the durable log before serving reads.
-            raft.wait(Some(START_TIMEOUT))
-                .state(ServerState::Leader, "sole voter becomes leader")
-                .await
-                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-            raft.ensure_linearizable().await.map_err(leader_error)?;
+        if initialized || init_alone {
+            Store::await_start(&raft, cfg.node_id).await?;
         }
 
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
@@ -230,6 +222,67 @@ impl Store {
                 stop,
             }),
         })
+    }
+
+    /// Waits until the membership is loaded; a cluster of one also waits
+    /// to be leader and to have applied its whole durable log before it
+    /// serves reads.
+    async fn await_start(raft: &raft::Raft, node_id: u64) -> Result<(), StoreError> {
+        let m = raft
+            .wait(Some(START_TIMEOUT))
+            .metrics(
+                |m| {
+                    m.membership_config
+                        .membership()
+                        .voter_ids()
+                        .next()
+                        .is_some()
+                },
+                "membership loaded",
+            )
+            .await
+            .map_err(storage)?;
+        let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
+        if voters == [node_id] {
+            raft.wait(Some(START_TIMEOUT))
+                .state(ServerState::Leader, "sole voter becomes leader")
+                .await
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            raft.ensure_linearizable().await.map_err(leader_error)?;
+        }
+        Ok(())
+    }
+
+    /// Adds a node to the cluster as a voter: first as a learner that
+    /// catches up over gRPC, then into the voting membership. Call it on
+    /// the leader; the new node must already serve gRPC on `raft_addr`.
+    pub async fn add_member(&self, node_id: u64, raft_addr: &str) -> Result<(), StoreError> {
+        let raft = &self.inner.raft;
+        raft.add_learner(node_id, BasicNode::new(raft_addr), true)
+            .await
+            .map_err(batcher::client_write_error)?;
+        raft.change_membership(
+            openraft::ChangeMembers::AddVoterIds(std::collections::BTreeSet::from([node_id])),
+            false,
+        )
+        .await
+        .map_err(batcher::client_write_error)?;
+        Ok(())
+    }
+
+    /// The current leader's node id, as far as this node knows.
+    pub fn leader(&self) -> Option<u64> {
+        self.inner.raft.metrics().borrow().current_leader
+    }
+
+    /// The index of the last log entry this replica has applied.
+    pub fn applied_index(&self) -> u64 {
+        self.inner
+            .raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map_or(0, |l| l.index)
     }
 
     /// Replicates and applies one write. Concurrent writes are batched into
@@ -333,7 +386,15 @@ impl Store {
         raft.trigger()
             .purge_log(applied.index)
             .await
-            .map_err(batcher::fatal)
+            .map_err(batcher::fatal)?;
+        raft.wait(Some(START_TIMEOUT))
+            .metrics(
+                |m| m.purged.is_some_and(|p| p.index >= applied.index),
+                "log purged",
+            )
+            .await
+            .map_err(storage)?;
+        Ok(())
     }
 
     /// Serves this node's Raft RPCs (gRPC, plain TCP for now) on `addr`
