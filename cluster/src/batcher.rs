@@ -17,6 +17,29 @@ use crate::raft::{NodeId, Raft, Request};
 use crate::{Op, OpResult, StoreError};
 
 pub const MAX_WRITES_PER_ENTRY: usize = 512;
+/// Stop adding writes to an entry once its payload passes this size, so one
+/// entry stays cheap to replicate and to apply.
+pub const MAX_ENTRY_BYTES: usize = 4 << 20;
+
+fn op_bytes(op: &Op) -> usize {
+    match op {
+        Op::Put { space, key, value } | Op::Insert { space, key, value } => {
+            space.len() + key.len() + value.len()
+        }
+        Op::Delete { space, key } => space.len() + key.len(),
+        Op::DeletePrefix { space, prefix } => space.len() + prefix.len(),
+        Op::Append {
+            space,
+            prefix,
+            value,
+            ..
+        } => space.len() + prefix.len() + value.len() + 8,
+    }
+}
+
+fn write_bytes(ops: &[Op]) -> usize {
+    ops.iter().map(op_bytes).sum::<usize>() + 16
+}
 
 pub struct Pending {
     pub ops: Vec<Op>,
@@ -51,10 +74,14 @@ pub fn fatal(f: Fatal<NodeId>) -> StoreError {
 
 pub async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, counters: Arc<Counters>) {
     while let Some(first) = rx.recv().await {
+        let mut bytes = write_bytes(&first.ops);
         let mut batch = vec![first];
-        while batch.len() < MAX_WRITES_PER_ENTRY {
+        while batch.len() < MAX_WRITES_PER_ENTRY && bytes < MAX_ENTRY_BYTES {
             match rx.try_recv() {
-                Ok(p) => batch.push(p),
+                Ok(p) => {
+                    bytes += write_bytes(&p.ops);
+                    batch.push(p);
+                }
                 Err(_) => break,
             }
         }

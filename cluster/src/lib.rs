@@ -27,14 +27,6 @@ use crate::batcher::{Counters, Pending};
 use crate::kv::{Kv, KvTree, SledKv};
 use crate::store::{LogStore, StateMachine, space_tree};
 
-/// Storage internals exposed for openraft's conformance suite and other
-/// tests; not part of the stable API.
-#[doc(hidden)]
-pub mod testing {
-    pub use crate::raft::TypeConfig;
-    pub use crate::store::{LogStore, StateMachine};
-}
-
 /// One operation of a write. A write is a list of operations applied
 /// atomically and in order: if any conditional operation fails, nothing of
 /// that write is applied and the results say which one failed.

@@ -332,3 +332,40 @@ async fn acknowledged_write_survives_kill() {
     }
     store.shutdown().await.unwrap();
 }
+
+/// A login storm: many concurrent small writes. Prints throughput and how
+/// many writes each Raft entry carried. `cargo test -- --ignored storm`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn storm() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(cfg(dir.path())).await.unwrap();
+    const TASKS: usize = 500;
+    const PER_TASK: usize = 40;
+    let start = std::time::Instant::now();
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|t| {
+            let s = store.clone();
+            tokio::spawn(async move {
+                for i in 0..PER_TASK {
+                    s.write(vec![put("sessions", &format!("u{t}/r{i}"), "node1")])
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let st = store.stats();
+    println!(
+        "{} writes in {secs:.2}s = {:.0}/s, {} entries, {:.1} writes/entry",
+        st.writes,
+        st.writes as f64 / secs,
+        st.raft_entries,
+        st.writes as f64 / st.raft_entries as f64
+    );
+    store.shutdown().await.unwrap();
+}

@@ -9,6 +9,8 @@
 pub mod apply;
 pub mod log;
 pub mod state_machine;
+#[cfg(test)]
+mod suite;
 
 pub use log::LogStore;
 pub use state_machine::{StateMachine, space_tree};

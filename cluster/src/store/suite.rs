@@ -3,9 +3,11 @@
 
 use openraft::StorageError;
 use openraft::testing::{StoreBuilder, Suite};
-use starling_cluster::kv::SledKv;
-use starling_cluster::testing::{LogStore, StateMachine, TypeConfig};
 use tempfile::TempDir;
+
+use crate::kv::SledKv;
+use crate::raft::TypeConfig;
+use crate::store::{LogStore, StateMachine};
 
 struct SledBuilder;
 
