@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Create tests/interop/.venv with the pinned interop-test dependencies.
+# Idempotent: returns at once when the venv already has exactly these pins.
+set -euo pipefail
+HERE="$(cd "$(dirname "$0")" && pwd)"
+VENV="$HERE/.venv"
+PINS="slixmpp==1.10.0 pytest==8.3.5 pytest-timeout==2.4.0 pytest-xdist==3.6.1"
+STAMP="$VENV/.pins"
+if [ -x "$VENV/bin/python" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$PINS" ]; then
+  exit 0
+fi
+PY="${PYTHON:-python3}"
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PY" -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check $PINS
+echo "$PINS" > "$STAMP"
