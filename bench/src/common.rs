@@ -268,7 +268,7 @@ pub fn pct_ms(h: &hdrhistogram::Histogram<u64>, q: f64) -> f64 {
 
 /// Server CPU per operation (µs) and bench CPU per operation, added to the figures.
 pub fn add_cpu(f: &mut Figures, what: &str, ops: u64, cpu: (Option<u64>, u64)) {
-    let ops = ops.max(1) as f64;
+    let ops = if ops == 0 { f64::NAN } else { ops as f64 };
     if let Some(s) = cpu.0 {
         f.add(&format!("server_cpu_us_per_{what}"), s as f64 / ops);
     }

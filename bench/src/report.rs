@@ -112,6 +112,7 @@ pub fn to_json(scenario: &str, target: Value, params: Value, runs: &[Figures]) -
         "unix_time": secs,
         "target": target,
         "params": params,
+        "figures": runs.first().map(|r| r.0.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>()),
         "median": to_obj(&medians(runs)),
         "runs": runs.iter().map(to_obj).collect::<Vec<_>>(),
     })

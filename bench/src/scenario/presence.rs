@@ -1,6 +1,8 @@
-//! `presence`: N users, each with a roster of R contacts (provisioned beforehand, e.g. the peers'
-//! `ROSTER=R` provisioning), broadcast presence updates at a fixed total rate.
-//! Figures: presence stanzas delivered/s, fan-out ratio (delivered / (updates × R)), fan-out
+//! `presence`: N users with rosters (provisioned beforehand, e.g. the peers' `ROSTER=R`
+//! provisioning) broadcast presence updates at a fixed total rate.
+//! Each user fetches its roster after login; the expected fan-out of an update is the number of its
+//! contacts with subscription `both` or `from` that are among the N online users.
+//! Figures: presence stanzas delivered/s, fan-out ratio (delivered / expected, should be 1), fan-out
 //! latency (update sent → each contact's copy received), server CPU per delivered presence.
 
 use crate::client::{self, Reader};
@@ -26,9 +28,6 @@ pub struct PresenceArgs {
     /// Users online (accounts first_user .. first_user+N).
     #[arg(long, default_value_t = 100)]
     pub users: u64,
-    /// Contacts per roster, as provisioned: the expected fan-out of each update.
-    #[arg(long, default_value_t = 10)]
-    pub roster: u64,
     /// Presence updates per user per run.
     #[arg(long, default_value_t = 10)]
     pub updates: u64,
@@ -60,9 +59,35 @@ pub async fn run(a: PresenceArgs) -> Result<()> {
         runs.push(one_run(&a, r).await?);
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    let params =
-        json!({"users": a.users, "roster": a.roster, "updates": a.updates, "rate": a.rate});
+    let params = json!({"users": a.users, "updates": a.updates, "rate": a.rate});
     c.finish("presence", params, &runs)
+}
+
+/// Fetch the roster: the bare JIDs this user's presence goes to (subscription both/from).
+async fn roster(s: &mut client::Session) -> Result<Vec<String>> {
+    s.send("<iq type='get' id='roster1'><query xmlns='jabber:iq:roster'/></iq>")
+        .await?;
+    loop {
+        let st = match client::read_frame(&mut s.io, &mut s.framer).await? {
+            Frame::Stanza(st) => st,
+            Frame::StreamOpen => continue,
+            Frame::StreamClose => bail!("stream closed while fetching the roster"),
+        };
+        if frame::name(&st) != "iq" || frame::attr(&st, "id") != Some("roster1") {
+            continue;
+        }
+        let mut out = Vec::new();
+        let mut rest = &st[..];
+        while let Some(p) = frame::find(rest, b"<item ") {
+            rest = &rest[p..];
+            let sub = frame::attr(rest, "subscription").unwrap_or("none");
+            if let (Some(jid), true) = (frame::attr(rest, "jid"), sub == "both" || sub == "from") {
+                out.push(jid.to_string());
+            }
+            rest = &rest[6..];
+        }
+        return Ok(out);
+    }
 }
 
 async fn receive(
@@ -118,6 +143,20 @@ async fn one_run(a: &PresenceArgs, run: u32) -> Result<Figures> {
     if !errs.is_empty() {
         bail!("{} logins failed; first: {}", errs.len(), errs[0]);
     }
+    let mut sessions: Vec<_> = sessions.into_iter().flatten().collect();
+    let mut rosters = Vec::new();
+    for s in &mut sessions {
+        rosters.push(roster(s).await?);
+    }
+    let online: std::collections::HashSet<String> = sessions
+        .iter()
+        .map(|s| client::bare(&s.jid).to_string())
+        .collect();
+    let fanout: Vec<u64> = rosters
+        .iter()
+        .map(|r| r.iter().filter(|j| online.contains(j.as_str())).count() as u64)
+        .collect();
+    let expected = Arc::new(AtomicU64::new(0));
     let (stop_tx, stop_rx) = watch::channel(false);
     let got = Arc::new(AtomicU64::new(0));
     let last = Arc::new(AtomicU64::new(0));
@@ -136,7 +175,7 @@ async fn one_run(a: &PresenceArgs, run: u32) -> Result<Figures> {
     let start = Instant::now() + settle;
     let mut receivers = Vec::new();
     let mut senders = Vec::new();
-    for (u, s) in sessions.into_iter().flatten().enumerate() {
+    for (u, s) in sessions.into_iter().enumerate() {
         let me = client::bare(&s.jid).to_string();
         let (rd, mut w) = s.split();
         receivers.push(tokio::spawn(receive(
@@ -146,7 +185,7 @@ async fn one_run(a: &PresenceArgs, run: u32) -> Result<Figures> {
             got.clone(),
             last.clone(),
         )));
-        let (updates, sent) = (a.updates, sent.clone());
+        let (updates, sent, expected, fan) = (a.updates, sent.clone(), expected.clone(), fanout[u]);
         senders.push(tokio::spawn(async move {
             for j in 0..updates {
                 let at = start + interval.mul_f64((j * n + u as u64) as f64);
@@ -156,6 +195,7 @@ async fn one_run(a: &PresenceArgs, run: u32) -> Result<Figures> {
                     break;
                 }
                 sent.fetch_add(1, Ordering::Relaxed);
+                expected.fetch_add(fan, Ordering::Relaxed);
             }
             w
         }));
@@ -172,7 +212,7 @@ async fn one_run(a: &PresenceArgs, run: u32) -> Result<Figures> {
     }
     pb.finish_and_clear();
     let total_sent = sent.load(Ordering::Relaxed);
-    let expected = total_sent * a.roster;
+    let expected = expected.load(Ordering::Relaxed);
     let drain_until = Instant::now() + Duration::from_secs(a.drain_secs.clamp(1, MAX_SECS));
     while got.load(Ordering::Relaxed) < expected && Instant::now() < drain_until {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -191,8 +231,20 @@ async fn one_run(a: &PresenceArgs, run: u32) -> Result<Figures> {
     let window_s = (last.load(Ordering::Relaxed).saturating_sub(t_start_us)) as f64 / 1e6;
     let mut f = Figures::default();
     f.add("updates_sent", total_sent as f64);
+    f.add(
+        "contacts_online_avg",
+        fanout.iter().sum::<u64>() as f64 / fanout.len().max(1) as f64,
+    );
+    f.add("presence_expected", expected as f64);
     f.add("presence_delivered", delivered as f64);
-    f.add("fanout_ratio", delivered as f64 / expected.max(1) as f64);
+    f.add(
+        "fanout_ratio",
+        if expected == 0 {
+            f64::NAN
+        } else {
+            delivered as f64 / expected as f64
+        },
+    );
     f.add(
         "delivered_per_s",
         delivered as f64 / window_s.max(send_time.as_secs_f64()).max(1e-3),

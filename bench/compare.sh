@@ -1,0 +1,149 @@
+#!/bin/bash
+# Side-by-side run of one scenario against ejabberd, Prosody, Starling and a TCP echo server.
+#
+#   bench/compare.sh SCENARIO [extra starling-bench options...]
+#   SCENARIO: login | idle | chat | chat-sat | presence
+#
+# Starts ejabberd and Prosody through the peers scripts with REQUIRE_TLS=1 (STARTTLS required, as
+# Starling does), Starling from target/release/starling if it exists (skipped with a message if it is
+# missing or does not come up), and `starling-bench echo` as the physical limit. Runs the scenario
+# interleaved (A,B,C,D, A,B,C,D, ...) RUNS times, one bench run per server per round, and prints the
+# median of each figure per server and its ratio to ejabberd and Prosody. Stops, by PID, every server
+# it started (KEEP=1 leaves the peers running).
+#
+# Environment: RUNS (3), OUT (/tmp/starling-bench-compare), PEERS (/work/shared/peers or
+# ../shared/peers), SERVERS ("ejabberd prosody starling echo"), sizes per scenario below.
+set -euo pipefail
+SCEN="${1:?usage: bench/compare.sh login|idle|chat|chat-sat|presence [bench options]}"; shift
+HERE="$(cd "$(dirname "$0")" && pwd)"; ROOT="$(cd "$HERE/.." && pwd)"
+RUNS="${RUNS:-3}"
+OUT="${OUT:-/tmp/starling-bench-compare}/$SCEN-$(date +%Y%m%d-%H%M%S)"
+SERVERS="${SERVERS:-ejabberd prosody starling echo}"
+if [ -z "${PEERS:-}" ]; then
+  for d in /work/shared/peers "$ROOT/../shared/peers"; do [ -x "$d/prosody-start.sh" ] && PEERS="$d" && break; done
+fi
+PEERS="${PEERS:?set PEERS to the peers scripts directory}"
+BENCH="$ROOT/target/release/starling-bench"
+STARLING_BIN="${STARLING_BIN:-$ROOT/target/release/starling}"
+ST_DIR="${ST_DIR:-/tmp/perf-starling}"; ST_PORT="${ST_PORT:-45222}"; ST_TLS_PORT="${ST_TLS_PORT:-45223}"; ST_METRICS="${ST_METRICS:-45290}"
+ECHO_PORT="${ECHO_PORT:-47777}"
+export REQUIRE_TLS=1
+mkdir -p "$OUT"
+
+# scenario sizes (override through the environment)
+ACCOUNTS="${ACCOUNTS:-2000}"; ROSTER=0
+case "$SCEN" in
+  login)    ARGS=(login --logins "${LOGINS:-2000}" --concurrency "${CONC:-20}" --users "${USERS:-1000}") ;;
+  idle)     S="${SESSIONS:-5000}"; ACCOUNTS=$(( S > ACCOUNTS ? S : ACCOUNTS ))
+            ARGS=(idle --sessions "$S" --spawn "${SPAWN:-$(( (S + 18999) / 19000 ))}") ;;
+  chat)     ARGS=(chat --pairs "${PAIRS:-50}" --rate "${RATE:-1000}" --size "${SIZE:-100}" --duration-secs "${DURATION:-10}") ;;
+  chat-sat) ARGS=(chat --pairs "${PAIRS:-50}" --rate 0 --window "${WINDOW:-16}" --size "${SIZE:-100}" --duration-secs "${DURATION:-10}") ;;
+  presence) ACCOUNTS="${USERS:-500}"; ROSTER="${ROSTER_SIZE:-10}"
+            ARGS=(presence --users "$ACCOUNTS" --updates "${UPDATES:-5}" --rate "${RATE:-200}") ;;
+  *) echo "unknown scenario $SCEN" >&2; exit 2 ;;
+esac
+
+[ -x "$BENCH" ] || (cd "$ROOT" && cargo build --release -p starling-bench)
+
+STARTED_ECHO=""; STARTED_ST=""
+cleanup() {
+  [ -n "$STARTED_ECHO" ] && kill "$STARTED_ECHO" 2>/dev/null || true
+  if [ -n "$STARTED_ST" ]; then kill "$STARTED_ST" 2>/dev/null || true; sleep 1; kill -9 "$STARTED_ST" 2>/dev/null || true; fi
+  if [ "${KEEP:-0}" != 1 ]; then
+    case " $SERVERS " in *" ejabberd "*) "$PEERS/ejabberd-stop.sh" || true ;; esac
+    case " $SERVERS " in *" prosody "*) "$PEERS/prosody-stop.sh" || true ;; esac
+  fi
+}
+trap cleanup EXIT
+
+declare -A PORT PID EXTRA
+ACTIVE=""
+for s in $SERVERS; do
+  case "$s" in
+    ejabberd)
+      "$PEERS/ejabberd-start.sh"; ROSTER="$ROSTER" "$PEERS/ejabberd-provision.sh" "$ACCOUNTS"
+      . "$PEERS/common.sh"; PORT[$s]="$EJ_PORT"; PID[$s]="$(cat "$EJ_DIR/beam.pid")"; EXTRA[$s]="" ;;
+    prosody)
+      "$PEERS/prosody-start.sh"; ROSTER="$ROSTER" "$PEERS/prosody-provision.sh" "$ACCOUNTS"
+      . "$PEERS/common.sh"; PORT[$s]="$PR_PORT"; PID[$s]="$(cat "$PR_DIR/server.pid")"; EXTRA[$s]="" ;;
+    starling)
+      if [ ! -x "$STARLING_BIN" ]; then
+        echo "starling: $STARLING_BIN not built (cargo build --release -p starling-node): column skipped" >&2; continue; fi
+      if [ "$SCEN" = presence ]; then
+        echo "starling: no roster provisioning yet: presence fan-out will show what its rosters give" >&2; fi
+      rm -rf "$ST_DIR"; mkdir -p "$ST_DIR/data"
+      echo "starling: adding $ACCOUNTS accounts..." >&2
+      if ! seq 1 "$ACCOUNTS" | xargs -P 2 -I{} "$STARLING_BIN" user add "user{}@perf.test" "perfpass{}" --data-dir "$ST_DIR/data" \
+           > "$ST_DIR/useradd.log" 2>&1; then
+        echo "starling: 'starling user add' failed (see $ST_DIR/useradd.log): column skipped" >&2; continue; fi
+      (ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+       exec setsid "$STARLING_BIN" serve --data-dir "$ST_DIR/data" --domain perf.test --c2s-port "$ST_PORT" \
+         --c2s-tls-port "$ST_TLS_PORT" --metrics-port "$ST_METRICS" > "$ST_DIR/console.log" 2>&1 < /dev/null) &
+      STARTED_ST=$!
+      ok=0; for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$ST_PORT") 2>/dev/null && { ok=1; break; }; sleep 0.2; done
+      if [ $ok != 1 ] || ! kill -0 "$STARTED_ST" 2>/dev/null; then
+        echo "starling: did not open port $ST_PORT (see $ST_DIR/console.log): column skipped" >&2
+        kill "$STARTED_ST" 2>/dev/null || true; STARTED_ST=""; continue; fi
+      if ! "$BENCH" login --port "$ST_PORT" --logins 1 --concurrency 1 --quiet > "$ST_DIR/probe.log" 2>&1 \
+           || ! grep -q "errors  *0 " "$ST_DIR/probe.log"; then
+        echo "starling: listening, but a test login failed (see $ST_DIR/probe.log): column skipped" >&2
+        kill "$STARTED_ST" 2>/dev/null || true; STARTED_ST=""; continue; fi
+      PORT[$s]="$ST_PORT"; PID[$s]="$STARTED_ST"; EXTRA[$s]="" ;;
+    echo)
+      if [ "$SCEN" = presence ]; then continue; fi
+      "$BENCH" echo --listen "127.0.0.1:$ECHO_PORT" --max-secs 7200 --pid-file "$OUT/echo.pid" 2> "$OUT/echo.log" &
+      STARTED_ECHO=$!; sleep 0.5
+      PORT[$s]="$ECHO_PORT"; PID[$s]="$STARTED_ECHO"; EXTRA[$s]="--echo" ;;
+    *) echo "unknown server $s" >&2; exit 2 ;;
+  esac
+  ACTIVE="$ACTIVE $s"
+done
+
+echo "== $SCEN: ${ARGS[*]} $* | servers:$ACTIVE | $RUNS interleaved rounds | $(nproc) cores | results in $OUT"
+for r in $(seq 1 "$RUNS"); do
+  for s in $ACTIVE; do
+    echo "-- round $r/$RUNS: $s"
+    # shellcheck disable=SC2086
+    "$BENCH" "${ARGS[@]}" --port "${PORT[$s]}" --server-pid "${PID[$s]}" ${EXTRA[$s]} --label "$s" \
+      --runs 1 --quiet --json "$OUT/$s-$r.json" "$@" > "$OUT/$s-$r.txt" 2>&1 \
+      || { echo "   $s failed: $(tail -1 "$OUT/$s-$r.txt")"; }
+    sleep 2
+  done
+done
+
+python3 - "$OUT" $ACTIVE <<'PY'
+import json, os, sys, statistics
+out, servers = sys.argv[1], sys.argv[2:]
+med, names = {}, []
+for s in servers:
+    runs = []
+    for f in sorted(os.listdir(out)):
+        if f.startswith(s + '-') and f.endswith('.json'):
+            doc = json.load(open(os.path.join(out, f)))
+            runs.append(doc['runs'][0])
+            for k in doc.get('figures') or doc['runs'][0]:
+                if k not in names: names.append(k)
+    med[s] = {}
+    for k in names:
+        vals = [r[k] for r in runs if r.get(k) is not None]
+        med[s][k] = statistics.median(vals) if vals else None
+    med[s]['_n'] = len(runs)
+def f(v):
+    if v is None: return '-'
+    return f'{v:.0f}' if abs(v) >= 100 else f'{v:.3g}'
+refs = [r for r in ('ejabberd', 'prosody') if r in servers]
+pairs = [(s, r) for r in refs for s in servers[servers.index(r) + 1:]]
+hdr = ['figure'] + [f'{s} (n={med[s]["_n"]})' for s in servers] + [f'{s}/{r}' for s, r in pairs]
+rows = [hdr]
+for k in names:
+    row = [k] + [f(med[s].get(k)) for s in servers]
+    for s, r in pairs:
+        a, b = med[s].get(k), med[r].get(k)
+        row.append(f'{a / b:.2f}' if a is not None and b else '-')
+    rows.append(row)
+w = [max(len(r[i]) for r in rows) for i in range(len(hdr))]
+for i, r in enumerate(rows):
+    print('  '.join(c.rjust(w[j]) if j else c.ljust(w[j]) for j, c in enumerate(r)))
+    if i == 0: print('-' * (sum(w) + 2 * len(w)))
+json.dump({'servers': servers, 'median': med}, open(os.path.join(out, 'summary.json'), 'w'), indent=1)
+PY
