@@ -1,1 +1,141 @@
-fn main() {}
+//! `starling`: the server binary. `serve` runs a node; `user` manages
+//! accounts through the running node (or the store, when none runs).
+
+use clap::{Args, Parser, Subcommand};
+use starling::admin::Request;
+use starling::config::Config;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "starling",
+    version,
+    about = "Starling: a clustered XMPP server"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where to find the node: its config file and data directory.
+#[derive(Args, Clone)]
+struct NodeArgs {
+    /// TOML configuration file.
+    #[arg(long, short = 'c', env = "STARLING_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Data directory (overrides `data_dir`).
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node.
+    Serve {
+        #[command(flatten)]
+        node: NodeArgs,
+        /// A domain to serve; repeat for virtual hosting (replaces `domains`).
+        #[arg(long = "domain")]
+        domains: Vec<String>,
+        /// STARTTLS c2s port.
+        #[arg(long)]
+        c2s_port: Option<u16>,
+        /// Direct TLS c2s port (XEP-0368); 0 disables.
+        #[arg(long)]
+        c2s_tls_port: Option<u16>,
+        /// Prometheus /metrics port; 0 disables.
+        #[arg(long)]
+        metrics_port: Option<u16>,
+        /// Node-to-node gRPC port.
+        #[arg(long)]
+        cluster_port: Option<u16>,
+        /// Log as JSON lines.
+        #[arg(long)]
+        log_json: bool,
+    },
+    /// Manage accounts.
+    User {
+        #[command(subcommand)]
+        action: UserAction,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserAction {
+    /// Create an account: `starling user add alice@localhost s3cret`.
+    Add { jid: String, password: String },
+    /// Delete an account, its data, and end its sessions.
+    Del { jid: String },
+    /// Set a new password.
+    Passwd { jid: String, password: String },
+    /// List accounts, optionally of one domain.
+    List { domain: Option<String> },
+}
+
+fn load(node: &NodeArgs) -> anyhow::Result<Config> {
+    let mut cfg = Config::load(node.config.as_deref())?;
+    if let Some(d) = &node.data_dir {
+        cfg.data_dir = d.clone();
+    }
+    Ok(cfg)
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve {
+            node,
+            domains,
+            c2s_port,
+            c2s_tls_port,
+            metrics_port,
+            cluster_port,
+            log_json,
+        } => load(&node).and_then(|mut cfg| {
+            if !domains.is_empty() {
+                cfg.domains = domains;
+            }
+            if let Some(p) = c2s_port {
+                cfg.c2s.port = p;
+            }
+            if let Some(p) = c2s_tls_port {
+                cfg.c2s.tls_port = p;
+            }
+            if let Some(p) = metrics_port {
+                cfg.metrics.port = p;
+            }
+            if let Some(p) = cluster_port {
+                cfg.cluster.port = p;
+            }
+            starling::run::init_tracing(log_json);
+            cfg.check()?;
+            starling::run::serve(cfg)
+        }),
+        Command::User { action, node } => load(&node).and_then(|mut cfg| {
+            cfg.check()?;
+            let req = match action {
+                UserAction::Add { jid, password } => Request::UserAdd { jid, password },
+                UserAction::Del { jid } => Request::UserDel { jid },
+                UserAction::Passwd { jid, password } => Request::UserPasswd { jid, password },
+                UserAction::List { domain } => Request::UserList { domain },
+            };
+            let resp = starling::run::admin_request(cfg, req)?;
+            if !resp.ok {
+                anyhow::bail!(resp.error.unwrap_or_else(|| "failed".into()));
+            }
+            for u in resp.users {
+                println!("{u}");
+            }
+            Ok(())
+        }),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("starling: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -5,4 +5,6 @@ mod element;
 mod parser;
 
 pub use element::{Element, Node, escape, escape_into};
-pub use parser::{Limits, NS_STREAMS, StreamEvent, StreamHeader, StreamParser, XmlError, parse_element};
+pub use parser::{
+    Limits, NS_STREAMS, StreamEvent, StreamHeader, StreamParser, XmlError, parse_element,
+};

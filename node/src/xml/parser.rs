@@ -373,8 +373,8 @@ impl StreamParser {
     }
 
     fn parse_header(&mut self, start: usize, end: usize) -> Result<StreamHeader, XmlError> {
-        let text =
-            std::str::from_utf8(&self.buf[start..end]).map_err(|_| XmlError::UnsupportedEncoding)?;
+        let text = std::str::from_utf8(&self.buf[start..end])
+            .map_err(|_| XmlError::UnsupportedEncoding)?;
         let mut reader = quick_xml::Reader::from_str(text);
         let tag = match reader.read_event() {
             Ok(Event::Start(t)) => t,
@@ -677,8 +677,14 @@ mod tests {
     fn prefixed_payload_resolves() {
         let mut p = parser();
         events(&mut p, HEADER.as_bytes()).unwrap();
-        let evs = events(&mut p, b"<iq type='get' id='1'><q:query xmlns:q='jabber:iq:roster'/></iq>").unwrap();
-        let StreamEvent::Stanza(iq) = &evs[0] else { panic!() };
+        let evs = events(
+            &mut p,
+            b"<iq type='get' id='1'><q:query xmlns:q='jabber:iq:roster'/></iq>",
+        )
+        .unwrap();
+        let StreamEvent::Stanza(iq) = &evs[0] else {
+            panic!()
+        };
         assert!(iq.has_child("query", "jabber:iq:roster"));
     }
 
@@ -689,9 +695,18 @@ mod tests {
 
     #[test]
     fn restricted_xml() {
-        assert_eq!(first_error("<!DOCTYPE x [<!ENTITY a 'b'>]>"), XmlError::RestrictedXml);
-        assert_eq!(first_error(&format!("{HEADER}<!-- c -->")), XmlError::RestrictedXml);
-        assert_eq!(first_error(&format!("{HEADER}<?pi x?>")), XmlError::RestrictedXml);
+        assert_eq!(
+            first_error("<!DOCTYPE x [<!ENTITY a 'b'>]>"),
+            XmlError::RestrictedXml
+        );
+        assert_eq!(
+            first_error(&format!("{HEADER}<!-- c -->")),
+            XmlError::RestrictedXml
+        );
+        assert_eq!(
+            first_error(&format!("{HEADER}<?pi x?>")),
+            XmlError::RestrictedXml
+        );
         assert_eq!(
             first_error(&format!("{HEADER}<message><body>&ent;</body></message>")),
             XmlError::RestrictedXml
@@ -700,15 +715,24 @@ mod tests {
 
     #[test]
     fn malformed() {
-        assert_eq!(first_error(&format!("{HEADER}<message></presence>")), XmlError::BadFormat);
+        assert_eq!(
+            first_error(&format!("{HEADER}<message></presence>")),
+            XmlError::BadFormat
+        );
         assert_eq!(first_error(&format!("{HEADER}hello")), XmlError::BadFormat);
         assert_eq!(
             first_error(&format!("{HEADER}<message a='1' a='2'/>")),
             XmlError::BadFormat
         );
-        assert_eq!(first_error(&format!("{HEADER}<x:message/>")), XmlError::BadFormat);
+        assert_eq!(
+            first_error(&format!("{HEADER}<x:message/>")),
+            XmlError::BadFormat
+        );
         let second = HEADER.trim_start_matches("<?xml version='1.0'?>");
-        assert_eq!(first_error(&format!("{HEADER}{second}")), XmlError::BadFormat);
+        assert_eq!(
+            first_error(&format!("{HEADER}{second}")),
+            XmlError::BadFormat
+        );
     }
 
     #[test]
@@ -725,7 +749,10 @@ mod tests {
             first_error("<stream:stream xmlns:stream='urn:wrong' xmlns='jabber:client'>"),
             XmlError::InvalidNamespace
         );
-        assert_eq!(first_error("<stream xmlns='jabber:client'>"), XmlError::InvalidNamespace);
+        assert_eq!(
+            first_error("<stream xmlns='jabber:client'>"),
+            XmlError::InvalidNamespace
+        );
     }
 
     #[test]
@@ -736,7 +763,10 @@ mod tests {
         });
         events(&mut p, HEADER.as_bytes()).unwrap();
         let big = format!("<message><body>{}</body></message>", "a".repeat(2000));
-        assert_eq!(events(&mut p, big.as_bytes()).unwrap_err(), XmlError::PolicyViolation);
+        assert_eq!(
+            events(&mut p, big.as_bytes()).unwrap_err(),
+            XmlError::PolicyViolation
+        );
 
         let deep = format!("{HEADER}{}", "<a>".repeat(100));
         assert_eq!(first_error(&deep), XmlError::PolicyViolation);

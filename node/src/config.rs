@@ -1,0 +1,255 @@
+//! Typed configuration: one struct per section, every field with a default,
+//! so `starling serve` with no file starts a working server for `localhost`.
+//! Sources, later wins: defaults, the TOML file, `STARLING_*` environment
+//! variables (`STARLING_C2S__PORT=5222`), command-line flags. Checked once
+//! at start by [`Config::check`].
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// The whole configuration.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Domains this node serves (virtual hosting). Each has its own
+    /// accounts and certificate.
+    pub domains: Vec<String>,
+    /// Where the replicated store, generated certificates and the admin
+    /// socket live.
+    pub data_dir: PathBuf,
+    pub c2s: C2sConfig,
+    pub tls: TlsConfig,
+    pub auth: AuthConfig,
+    pub registration: RegistrationConfig,
+    pub offline: OfflineConfig,
+    pub metrics: MetricsConfig,
+    pub cluster: ClusterConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            domains: vec!["localhost".into()],
+            data_dir: PathBuf::from("./starling-data"),
+            c2s: C2sConfig::default(),
+            tls: TlsConfig::default(),
+            auth: AuthConfig::default(),
+            registration: RegistrationConfig::default(),
+            offline: OfflineConfig::default(),
+            metrics: MetricsConfig::default(),
+            cluster: ClusterConfig::default(),
+        }
+    }
+}
+
+/// Client-to-server listeners and stream limits.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct C2sConfig {
+    /// Address to listen on.
+    pub bind: String,
+    /// STARTTLS port (RFC 6120). TLS is required before authentication.
+    pub port: u16,
+    /// Direct TLS port (XEP-0368); 0 disables it.
+    pub tls_port: u16,
+    /// Largest stanza accepted, in bytes; larger ones end the stream with
+    /// `<policy-violation/>`.
+    pub max_stanza_size: usize,
+    /// Deepest element nesting accepted inside a stanza.
+    pub max_depth: usize,
+    /// Most attributes accepted on one element.
+    pub max_attributes: usize,
+    /// Seconds a connection has to authenticate and bind.
+    pub handshake_timeout_secs: u64,
+    /// Seconds without any data from the client before the stream is
+    /// closed with `<connection-timeout/>`.
+    pub idle_timeout_secs: u64,
+    /// Seconds between whitespace keepalives sent to a quiet client.
+    pub keepalive_secs: u64,
+    /// Stanzas queued for one session before it counts as stalled.
+    pub mailbox_size: usize,
+    /// Seconds a write to the client may block before the session is closed.
+    pub write_timeout_secs: u64,
+    /// Most simultaneous connections that have not yet authenticated.
+    pub max_unauthenticated: usize,
+}
+
+impl Default for C2sConfig {
+    fn default() -> Self {
+        C2sConfig {
+            bind: "0.0.0.0".into(),
+            port: 5222,
+            tls_port: 5223,
+            max_stanza_size: 256 * 1024,
+            max_depth: 32,
+            max_attributes: 64,
+            handshake_timeout_secs: 30,
+            idle_timeout_secs: 600,
+            keepalive_secs: 120,
+            mailbox_size: 1024,
+            write_timeout_secs: 30,
+            max_unauthenticated: 10_000,
+        }
+    }
+}
+
+/// Certificates. Domains without an entry get a self-signed certificate
+/// generated at first start under `data_dir/certs/`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    pub certs: Vec<CertConfig>,
+}
+
+/// A PEM certificate chain and key for one domain.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertConfig {
+    pub domain: String,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Authentication policy.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// PBKDF2 iterations for new SCRAM credentials.
+    pub scram_iterations: u32,
+    /// Delay before answering a failed attempt, in milliseconds.
+    pub failure_delay_ms: u64,
+    /// Failed attempts per account within `failure_window_secs` before
+    /// further attempts are refused with `<temporary-auth-failure/>`.
+    pub max_failures_per_account: u32,
+    /// The same per client IP address.
+    pub max_failures_per_ip: u32,
+    pub failure_window_secs: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            scram_iterations: 4096,
+            failure_delay_ms: 300,
+            max_failures_per_account: 10,
+            max_failures_per_ip: 30,
+            failure_window_secs: 60,
+        }
+    }
+}
+
+/// XEP-0077 in-band registration.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistrationConfig {
+    /// Lets anyone create an account over XMPP. Off by default.
+    pub enabled: bool,
+}
+
+/// Offline message storage (RFC 6121 §8.5.2.1.1, XEP-0160).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OfflineConfig {
+    /// Messages kept per user; more are refused with `<service-unavailable/>`.
+    pub max_messages: u64,
+}
+
+impl Default for OfflineConfig {
+    fn default() -> Self {
+        OfflineConfig { max_messages: 1000 }
+    }
+}
+
+/// Prometheus exporter.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub bind: String,
+    /// Port of `/metrics`; 0 disables it.
+    pub port: u16,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            bind: "127.0.0.1".into(),
+            port: 9090,
+        }
+    }
+}
+
+/// This node's identity in the Raft group.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub node_id: u64,
+    /// gRPC port for node-to-node traffic (never the c2s port).
+    pub port: u16,
+    pub bind: String,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            node_id: 1,
+            port: 7070,
+            bind: "127.0.0.1".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads defaults, then `file` (if any), then `STARLING_*` variables.
+    pub fn load(file: Option<&std::path::Path>) -> anyhow::Result<Config> {
+        use figment::providers::{Env, Format, Serialized, Toml};
+        let mut fig = figment::Figment::from(Serialized::defaults(Config::default()));
+        if let Some(f) = file {
+            if !f.exists() {
+                anyhow::bail!("config file {} does not exist", f.display());
+            }
+            fig = fig.merge(Toml::file(f));
+        }
+        fig = fig.merge(Env::prefixed("STARLING_").split("__"));
+        Ok(fig.extract()?)
+    }
+
+    /// Rejects settings that cannot work, with a message naming the key.
+    pub fn check(&mut self) -> anyhow::Result<()> {
+        if self.domains.is_empty() {
+            anyhow::bail!("domains: at least one domain is required");
+        }
+        let mut normalized = Vec::new();
+        for d in &self.domains {
+            let jid = jid::BareJid::new(d)
+                .map_err(|e| anyhow::anyhow!("domains: {d:?} is not a valid domain: {e}"))?;
+            if jid.node().is_some() {
+                anyhow::bail!("domains: {d:?} is not a bare domain");
+            }
+            let d = jid.domain().as_str().to_owned();
+            if !normalized.contains(&d) {
+                normalized.push(d);
+            }
+        }
+        self.domains = normalized;
+        if self.c2s.max_stanza_size < 10_000 {
+            anyhow::bail!("c2s.max_stanza_size must be at least 10000 (RFC 6120 §13.12)");
+        }
+        if self.c2s.port == 0 {
+            anyhow::bail!("c2s.port must not be 0");
+        }
+        if self.c2s.port == self.cluster.port || self.c2s.tls_port == self.cluster.port {
+            anyhow::bail!("cluster.port must differ from the c2s ports");
+        }
+        if self.auth.scram_iterations < 4096 {
+            anyhow::bail!("auth.scram_iterations must be at least 4096 (RFC 7677)");
+        }
+        if self.c2s.mailbox_size == 0 || self.c2s.handshake_timeout_secs == 0 {
+            anyhow::bail!("c2s.mailbox_size and c2s.handshake_timeout_secs must be positive");
+        }
+        Ok(())
+    }
+
+    pub fn serves(&self, domain: &str) -> bool {
+        self.domains.iter().any(|d| d == domain)
+    }
+}

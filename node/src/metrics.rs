@@ -1,0 +1,54 @@
+//! Metric names and descriptions. Components record through the `metrics`
+//! facade; names follow `starling_<component>_<thing>_<unit>`.
+
+pub fn describe() {
+    use metrics::{describe_counter, describe_gauge};
+    describe_gauge!(
+        "starling_c2s_sessions",
+        "Bound client sessions on this node"
+    );
+    describe_counter!(
+        "starling_c2s_connections_total",
+        "Accepted client TCP connections"
+    );
+    describe_counter!(
+        "starling_c2s_stanzas_received_total",
+        "Stanzas received from clients, by kind"
+    );
+    describe_counter!(
+        "starling_c2s_stream_errors_total",
+        "Streams ended with a stream error, by condition"
+    );
+    describe_counter!(
+        "starling_c2s_bytes_received_total",
+        "Bytes read from client connections"
+    );
+    describe_counter!("starling_stanzas_routed_total", "Stanzas routed, by kind");
+    describe_counter!(
+        "starling_router_delivered_total",
+        "Stanzas queued to a local session"
+    );
+    describe_counter!(
+        "starling_router_mailbox_full_total",
+        "Deliveries refused because a session's mailbox was full"
+    );
+    describe_counter!(
+        "starling_auth_success_total",
+        "Successful SASL authentications, by mechanism"
+    );
+    describe_counter!(
+        "starling_auth_failures_total",
+        "Failed SASL authentications, by mechanism"
+    );
+    describe_counter!(
+        "starling_offline_stored_total",
+        "Messages stored for offline users"
+    );
+    describe_counter!(
+        "starling_offline_quota_full_total",
+        "Messages refused because offline storage was full"
+    );
+    // Emit the session gauge at zero so dashboards see it from the start.
+    metrics::gauge!("starling_c2s_sessions").set(0.0);
+    metrics::counter!("starling_auth_failures_total", "mechanism" => "PLAIN").absolute(0);
+}

@@ -1,0 +1,69 @@
+//! XEP-0012 Last Activity: the server's uptime, and for an account the
+//! time since its last resource went offline — only to requesters the
+//! account shares presence with (its presence subscribers).
+
+use super::{IqCtx, IqResult, IqTarget, Module};
+use crate::stanza::Condition;
+use crate::xml::Element;
+use futures::FutureExt;
+
+pub const NS_LAST: &str = "jabber:iq:last";
+
+pub static MODULE: Module = Module {
+    name: "last",
+    spec: "XEP-0012",
+    features: &[NS_LAST],
+    namespaces: &[NS_LAST],
+    handle: Some(handle),
+};
+
+fn handle<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
+    async move {
+        if ctx.set {
+            return Err(Condition::NotAllowed.into());
+        }
+        let bare = match ctx.target {
+            IqTarget::Server(_) => {
+                let secs = ctx.server.started.elapsed().as_secs();
+                return Ok(Some(
+                    Element::new("query", NS_LAST).attr("seconds", secs.to_string()),
+                ));
+            }
+            IqTarget::Own => ctx.origin.bare,
+            IqTarget::Account(b) => {
+                let allowed = ctx
+                    .server
+                    .storage
+                    .roster_item(b, ctx.origin.bare)?
+                    .is_some_and(|i| i.subscription.from());
+                if !allowed {
+                    return Err(Condition::Forbidden.into());
+                }
+                b
+            }
+        };
+        let online = ctx
+            .server
+            .router
+            .with_resources(bare, |rs| rs.iter().any(|r| r.available));
+        if online {
+            return Ok(Some(Element::new("query", NS_LAST).attr("seconds", "0")));
+        }
+        let Some(doc) = ctx
+            .server
+            .storage
+            .doc(crate::storage::LAST, bare.as_bytes())?
+        else {
+            return Err(Condition::ServiceUnavailable.into());
+        };
+        let v: serde_json::Value = serde_json::from_str(&doc).unwrap_or_default();
+        let then = v["time"].as_i64().unwrap_or(0);
+        let secs = (chrono::Utc::now().timestamp() - then).max(0);
+        let mut q = Element::new("query", NS_LAST).attr("seconds", secs.to_string());
+        if let Some(s) = v["status"].as_str().filter(|s| !s.is_empty()) {
+            q = q.text(s);
+        }
+        Ok(Some(q))
+    }
+    .boxed()
+}

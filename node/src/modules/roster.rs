@@ -1,0 +1,168 @@
+//! RFC 6121 §2 roster management: get (with §2.6 versioning), set, remove,
+//! pushes to interested resources. Subscription states change only through
+//! presence stanzas (see `session::im`); a remove cancels both directions.
+
+use super::{IqCtx, IqResult, Module, own_only};
+use crate::session::im::{self, Origin};
+use crate::stanza::{Condition, NS_CLIENT, StanzaError};
+use crate::storage::{RosterItem, Storage};
+use crate::xml::Element;
+use futures::FutureExt;
+
+pub const NS_ROSTER: &str = "jabber:iq:roster";
+/// Longest item name or group name accepted.
+const MAX_NAME: usize = 1024;
+
+pub static MODULE: Module = Module {
+    name: "roster",
+    spec: "RFC 6121 §2, §3",
+    features: &[NS_ROSTER],
+    namespaces: &[NS_ROSTER],
+    handle: Some(handle),
+};
+
+/// The `<item/>` of a roster result or push.
+pub fn item_element(item: &RosterItem, removed: bool) -> Element {
+    let mut e = Element::new("item", NS_ROSTER).attr("jid", item.jid.as_str());
+    if removed {
+        return e.attr("subscription", "remove");
+    }
+    if let Some(n) = &item.name {
+        e.set_attr("name", n.as_str());
+    }
+    e.set_attr("subscription", item.subscription.as_str());
+    if item.ask {
+        e.set_attr("ask", "subscribe");
+    }
+    if item.approved {
+        e.set_attr("approved", "true");
+    }
+    for g in &item.groups {
+        e = e.child(Element::new("group", NS_ROSTER).text(g.as_str()));
+    }
+    e
+}
+
+fn handle<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
+    async move {
+        own_only(ctx)?;
+        if ctx.payload.name != "query" {
+            return Err(Condition::BadRequest.into());
+        }
+        if ctx.set { set(ctx).await } else { get(ctx) }
+    }
+    .boxed()
+}
+
+fn get(ctx: &IqCtx<'_>) -> IqResult {
+    let server = ctx.server;
+    let bare = ctx.origin.bare;
+    server
+        .router
+        .update(bare, ctx.origin.session_id, |r| r.interested = true);
+    let ver = server.storage.roster_version(bare)?;
+    // §2.6.3: an unchanged roster is an empty result; pushes follow.
+    if ctx.payload.get_attr("ver") == Some(ver.to_string().as_str()) {
+        return Ok(None);
+    }
+    let mut q = Element::new("query", NS_ROSTER).attr("ver", ver.to_string());
+    for item in server.storage.roster(bare)? {
+        q = q.child(item_element(&item, false));
+    }
+    Ok(Some(q))
+}
+
+async fn set(ctx: &IqCtx<'_>) -> IqResult {
+    let items: Vec<&Element> = ctx.payload.elements().collect();
+    let [item] = items.as_slice() else {
+        return Err(StanzaError::with_text(
+            Condition::BadRequest,
+            "exactly one item",
+        ));
+    };
+    if !item.is("item", NS_ROSTER) {
+        return Err(Condition::BadRequest.into());
+    }
+    let jid_attr = item.get_attr("jid").ok_or(Condition::BadRequest)?;
+    let jid = jid::Jid::new(jid_attr).map_err(|_| Condition::JidMalformed)?;
+    if jid.resource().is_some() {
+        return Err(Condition::JidMalformed.into());
+    }
+    let contact = jid.to_string();
+    let server = ctx.server;
+    let bare = ctx.origin.bare;
+    if item.get_attr("subscription") == Some("remove") {
+        return remove(ctx.server, ctx.origin, &contact).await;
+    }
+    let name = item.get_attr("name").map(str::to_owned);
+    if name.as_ref().is_some_and(|n| n.len() > MAX_NAME) {
+        return Err(Condition::NotAcceptable.into());
+    }
+    let mut groups: Vec<String> = Vec::new();
+    for g in item.elements().filter(|g| g.is("group", NS_ROSTER)) {
+        let g = g.text_content();
+        if g.is_empty() || g.len() > MAX_NAME {
+            return Err(Condition::NotAcceptable.into());
+        }
+        if groups.contains(&g) {
+            return Err(StanzaError::with_text(
+                Condition::BadRequest,
+                "duplicate group",
+            ));
+        }
+        groups.push(g);
+    }
+    let _guard = server.lock_user(bare).await;
+    let mut entry = server
+        .storage
+        .roster_item(bare, &contact)?
+        .unwrap_or_else(|| RosterItem {
+            jid: contact.clone(),
+            ..Default::default()
+        });
+    entry.name = name.filter(|n| !n.is_empty());
+    entry.groups = groups;
+    im::save_item(server, bare, &entry, false, Vec::new()).await?;
+    Ok(None)
+}
+
+/// §2.5: removing an item cancels the subscriptions both ways.
+async fn remove(server: &crate::server::Server, origin: &Origin<'_>, contact: &str) -> IqResult {
+    let existing = {
+        let _guard = server.lock_user(origin.bare).await;
+        let Some(existing) = server.storage.roster_item(origin.bare, contact)? else {
+            return Err(Condition::ItemNotFound.into());
+        };
+        let extra = vec![Storage::pending_in_op(origin.bare, contact, None)];
+        im::save_item(server, origin.bare, &existing, true, extra).await?;
+        existing
+    };
+    let presence = |t: &str| {
+        Element::new("presence", NS_CLIENT)
+            .attr("from", origin.bare)
+            .attr("to", contact)
+            .attr("type", t)
+    };
+    if existing.subscription.to() || existing.ask {
+        im::deliver_subscription(
+            server,
+            origin.bare,
+            contact,
+            "unsubscribe",
+            presence("unsubscribe"),
+        )
+        .await?;
+    }
+    if existing.subscription.from() {
+        im::unavailable_to(server, origin.bare, contact);
+        im::deliver_subscription(
+            server,
+            origin.bare,
+            contact,
+            "unsubscribed",
+            presence("unsubscribed"),
+        )
+        .await?;
+    }
+    Ok(None)
+}

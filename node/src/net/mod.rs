@@ -1,0 +1,43 @@
+//! Listeners: accept TCP connections and spread them over the session
+//! arbiters (one actix arbiter per core). Bytes only; negotiation starts in
+//! `stream::negotiate`.
+
+pub mod tls;
+
+use crate::server::Server;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use tokio::net::TcpListener;
+
+/// Accepts connections on `listener` until the process ends.
+pub async fn accept_loop(
+    server: Arc<Server>,
+    listener: TcpListener,
+    direct_tls: bool,
+    arbiters: Arc<Vec<actix_rt::ArbiterHandle>>,
+) {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of descriptors and the like: back off, keep serving.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        // Move the socket to an arbiter's own reactor.
+        let std = match tcp.into_std() {
+            Ok(s) => s,
+            Err(_) => continue,
+        };
+        let server = server.clone();
+        let i = NEXT.fetch_add(1, Ordering::Relaxed) % arbiters.len();
+        arbiters[i].spawn(async move {
+            if let Ok(tcp) = tokio::net::TcpStream::from_std(std) {
+                crate::stream::negotiate::serve_connection(server, tcp, peer, direct_tls).await;
+            }
+        });
+    }
+}

@@ -1,0 +1,153 @@
+//! Process wiring: runtimes, storage, listeners, metrics, shutdown.
+//!
+//! Two kinds of threads: a multi-thread tokio runtime for the replicated
+//! store (openraft), the metrics exporter and the admin socket; and one
+//! actix arbiter per core for the sessions (each a current-thread runtime),
+//! fed by accept loops on the actix system thread.
+
+use crate::admin::{self, Request, Response};
+use crate::config::Config;
+use crate::server::Server;
+use crate::storage::Storage;
+use anyhow::Context as _;
+use starling_cluster::{Store, StoreConfig};
+use std::sync::Arc;
+
+pub fn init_tracing(json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("STARLING_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn store_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("starling-store")
+        .enable_all()
+        .build()?)
+}
+
+fn store_config(cfg: &Config) -> StoreConfig {
+    StoreConfig {
+        data_dir: cfg.data_dir.join("store"),
+        node_id: cfg.cluster.node_id,
+        raft_addr: format!("{}:{}", cfg.cluster.bind, cfg.cluster.port),
+    }
+}
+
+/// Runs a node until SIGINT or SIGTERM.
+pub fn serve(cfg: Config) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
+    let rt = store_runtime()?;
+    if cfg.metrics.port != 0 {
+        let _guard = rt.enter();
+        let addr: std::net::SocketAddr = format!("{}:{}", cfg.metrics.bind, cfg.metrics.port)
+            .parse()
+            .context("metrics.bind")?;
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .set_buckets(&[
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0,
+            ])?
+            .install()
+            .context("starting the metrics exporter")?;
+    }
+    crate::metrics::describe();
+    let store = rt
+        .block_on(Store::open(store_config(&cfg)))
+        .context("opening the store")?;
+    let tls = crate::net::tls::server_config(&cfg)?;
+    let server = Arc::new(Server::new(cfg, Storage::new(store.clone()), tls));
+    {
+        let s = server.clone();
+        rt.spawn(async move {
+            if let Err(e) = admin::serve(s).await {
+                tracing::error!(error = %e, "admin socket failed");
+            }
+        });
+    }
+    let system = actix_rt::System::new();
+    let result = system.block_on(run_listeners(server.clone()));
+    // Let the streams see their errors before the store goes.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    rt.block_on(async {
+        if let Err(e) = store.shutdown().await {
+            tracing::error!(error = %e, "store shutdown");
+        }
+    });
+    let _ = std::fs::remove_file(admin::socket_path(&server.config.data_dir));
+    tracing::info!("stopped");
+    result
+}
+
+async fn run_listeners(server: Arc<Server>) -> anyhow::Result<()> {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let arbiters: Vec<actix_rt::Arbiter> = (0..cores).map(|_| actix_rt::Arbiter::new()).collect();
+    let handles = Arc::new(arbiters.iter().map(|a| a.handle()).collect::<Vec<_>>());
+    let c2s = &server.config.c2s;
+    let mut ports = vec![(c2s.port, false)];
+    if c2s.tls_port != 0 {
+        ports.push((c2s.tls_port, true));
+    }
+    for (port, direct_tls) in ports {
+        let addr = format!("{}:{}", c2s.bind, port);
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("listening on {addr}"))?;
+        tracing::info!(%addr, direct_tls, domains = ?server.config.domains, "c2s listening");
+        actix_rt::spawn(crate::net::accept_loop(
+            server.clone(),
+            listener,
+            direct_tls,
+            handles.clone(),
+        ));
+    }
+    shutdown_signal().await;
+    tracing::info!(sessions = server.router.session_count(), "shutting down");
+    for bare in server.router.users() {
+        server.router.close_all(&bare, "system-shutdown");
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    for a in arbiters {
+        a.stop();
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("signal handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Runs an admin request against the running node, or against the store
+/// directly when no node runs on this data directory.
+pub fn admin_request(cfg: Config, req: Request) -> anyhow::Result<Response> {
+    let rt = store_runtime()?;
+    rt.block_on(async {
+        if let Some(r) = admin::call(&cfg.data_dir, &req).await {
+            return r;
+        }
+        std::fs::create_dir_all(&cfg.data_dir)?;
+        let store = Store::open(store_config(&cfg))
+            .await
+            .context("opening the store (is a node running with another data directory?)")?;
+        let storage = Storage::new(store.clone());
+        let resp = admin::execute(&storage, &cfg, None, req).await;
+        store.shutdown().await?;
+        Ok(resp)
+    })
+}

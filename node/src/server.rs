@@ -1,0 +1,119 @@
+//! The state every session shares: configuration, storage, router, TLS,
+//! and the authentication throttle. Built once at start.
+
+use crate::config::Config;
+use crate::router::Router;
+use crate::storage::Storage;
+use dashmap::DashMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::{Duration, Instant};
+
+pub struct Server {
+    pub config: Config,
+    pub storage: Storage,
+    pub router: Router,
+    pub tls: Arc<rustls::ServerConfig>,
+    pub started: Instant,
+    pub throttle: Throttle,
+    /// Secret for SCRAM's fake salts of unknown users.
+    pub scram_secret: Vec<u8>,
+    /// Connections that have not yet authenticated.
+    pub unauthenticated: AtomicUsize,
+    /// Serialises read-modify-write of one user's roster and subscription
+    /// state; striped by bare JID.
+    user_locks: Vec<tokio::sync::Mutex<()>>,
+}
+
+impl Server {
+    pub fn new(config: Config, storage: Storage, tls: Arc<rustls::ServerConfig>) -> Self {
+        let scram_secret = load_or_make_secret(&config.data_dir);
+        Server {
+            throttle: Throttle::new(&config),
+            config,
+            storage,
+            router: Router::new(),
+            tls,
+            started: Instant::now(),
+            scram_secret,
+            unauthenticated: AtomicUsize::new(0),
+            user_locks: (0..256).map(|_| tokio::sync::Mutex::new(())).collect(),
+        }
+    }
+
+    /// Locks `bare`'s roster state for a read-modify-write.
+    pub async fn lock_user(&self, bare: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        bare.hash(&mut h);
+        let i = (h.finish() as usize) % self.user_locks.len();
+        self.user_locks[i].lock().await
+    }
+
+    /// Whether `domain` is served here.
+    pub fn is_local(&self, domain: &str) -> bool {
+        self.config.serves(domain)
+    }
+}
+
+fn load_or_make_secret(dir: &std::path::Path) -> Vec<u8> {
+    let path = dir.join("scram-secret");
+    if let Ok(s) = std::fs::read(&path)
+        && s.len() == 32
+    {
+        return s;
+    }
+    let s: [u8; 32] = rand::random();
+    let _ = std::fs::create_dir_all(dir);
+    let _ = std::fs::write(&path, s);
+    s.to_vec()
+}
+
+/// Counts failed authentications per account and per client address in a
+/// sliding window; past the limit, attempts are refused without checking.
+pub struct Throttle {
+    failures: DashMap<String, (u32, Instant)>,
+    window: Duration,
+    per_account: u32,
+    per_ip: u32,
+}
+
+impl Throttle {
+    fn new(cfg: &Config) -> Self {
+        Throttle {
+            failures: DashMap::new(),
+            window: Duration::from_secs(cfg.auth.failure_window_secs),
+            per_account: cfg.auth.max_failures_per_account,
+            per_ip: cfg.auth.max_failures_per_ip,
+        }
+    }
+
+    fn count(&self, key: &str) -> u32 {
+        match self.failures.get(key) {
+            Some(e) if e.1.elapsed() < self.window => e.0,
+            _ => 0,
+        }
+    }
+
+    /// Whether an attempt from `ip` (for `account`, if known) is refused.
+    pub fn blocked(&self, ip: &str, account: Option<&str>) -> bool {
+        self.count(ip) >= self.per_ip || account.is_some_and(|a| self.count(a) >= self.per_account)
+    }
+
+    pub fn record_failure(&self, ip: &str, account: Option<&str>) {
+        for key in std::iter::once(ip).chain(account) {
+            let mut e = self
+                .failures
+                .entry(key.to_owned())
+                .or_insert((0, Instant::now()));
+            if e.1.elapsed() >= self.window {
+                *e = (0, Instant::now());
+            }
+            e.0 += 1;
+        }
+        if self.failures.len() > 100_000 {
+            let window = self.window;
+            self.failures.retain(|_, v| v.1.elapsed() < window);
+        }
+    }
+}

@@ -1,0 +1,327 @@
+//! A bound client session: one task per connection that owns the stream,
+//! reads the client's stanzas, stamps and checks their addresses, hands them
+//! to IM routing or the modules, and writes what its mailbox receives.
+
+use super::im::{self, Origin, PresenceState};
+use crate::modules::{self, IqCtx, IqTarget};
+use crate::router::{SessionHandle, SessionMsg};
+use crate::server::Server;
+use crate::stanza::{Condition, NS_CLIENT, StanzaError, error_reply, iq_result};
+use crate::stream::negotiate::{Bound, read_failed};
+use crate::stream::xmlstream::XmlStream;
+use crate::xml::{Element, StreamEvent};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
+
+/// Why the session loop ended.
+enum End {
+    /// Already closed (stream error sent, or the peer went away).
+    Done,
+    /// Close with this stream error.
+    Error(&'static str),
+}
+
+struct Session<'a, S> {
+    server: &'a Server,
+    xs: XmlStream<S>,
+    bare: String,
+    full: String,
+    id: u64,
+    presence: PresenceState,
+}
+
+pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(server: Arc<Server>, bound: Bound<S>) {
+    let (tx, mut rx) = mpsc::channel(server.config.c2s.mailbox_size);
+    let kill = Arc::new(Notify::new());
+    let handle = SessionHandle::new(tx, kill.clone());
+    let bare = bound.bare.to_string();
+    let resource = bound.full.resource().to_string();
+    let id = handle.id;
+    if let Some(old) = server.router.bind(&bare, &resource, handle) {
+        // RFC 6120 §7.7.2.2: the new session replaces the old one.
+        old.close("conflict");
+    }
+    let span = tracing::info_span!("c2s", jid = %bound.full);
+    let _enter = span.enter();
+    tracing::info!("session bound");
+    let mut s = Session {
+        server: &server,
+        xs: bound.stream,
+        bare,
+        full: bound.full.to_string(),
+        id,
+        presence: PresenceState::default(),
+    };
+    let end = s.run(&mut rx, &kill).await;
+    if let End::Error(condition) = end {
+        s.xs.fail(condition, None).await;
+    }
+    server.router.unbind(&s.bare, id);
+    let origin = Origin {
+        bare: &s.bare,
+        full: &s.full,
+        session_id: id,
+    };
+    im::session_ended(&server, &origin, &mut s.presence).await;
+    tracing::info!("session ended");
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
+    async fn run(&mut self, rx: &mut mpsc::Receiver<SessionMsg>, kill: &Notify) -> End {
+        let idle = Duration::from_secs(self.server.config.c2s.idle_timeout_secs);
+        let keepalive = Duration::from_secs(self.server.config.c2s.keepalive_secs);
+        let mut last_read = Instant::now();
+        let mut last_write = Instant::now();
+        loop {
+            // Handle everything already parsed before waiting again.
+            loop {
+                match self.xs.next_buffered() {
+                    Ok(Some(StreamEvent::Stanza(el))) => {
+                        if let Err(end) = self.handle_stanza(el).await {
+                            return end;
+                        }
+                    }
+                    Ok(Some(StreamEvent::End)) => {
+                        self.xs.close().await;
+                        return End::Done;
+                    }
+                    Ok(Some(StreamEvent::Header(_))) => return End::Error("bad-format"),
+                    Ok(None) => break,
+                    Err(e) => {
+                        read_failed(&mut self.xs, e).await;
+                        return End::Done;
+                    }
+                }
+            }
+            let keepalive_at = last_write + keepalive;
+            tokio::select! {
+                r = self.xs.fill(Some(last_read + idle)) => {
+                    match r {
+                        Ok(()) => last_read = Instant::now(),
+                        Err(e) => {
+                            read_failed(&mut self.xs, e).await;
+                            return End::Done;
+                        }
+                    }
+                }
+                msg = rx.recv() => {
+                    let Some(msg) = msg else { return End::Done };
+                    if let Err(end) = self.write_msg(msg).await {
+                        return end;
+                    }
+                    // Write whatever else is queued in the same go.
+                    while let Ok(msg) = rx.try_recv() {
+                        if let Err(end) = self.write_msg(msg).await {
+                            return end;
+                        }
+                    }
+                    last_write = Instant::now();
+                }
+                _ = kill.notified() => {
+                    // The mailbox overflowed: this client does not read.
+                    return End::Error("resource-constraint");
+                }
+                _ = tokio::time::sleep_until(keepalive_at) => {
+                    if self.xs.send_raw(" ").await.is_err() {
+                        return End::Done;
+                    }
+                    last_write = Instant::now();
+                }
+            }
+        }
+    }
+
+    async fn write_msg(&mut self, msg: SessionMsg) -> Result<(), End> {
+        match msg {
+            SessionMsg::Stanza(el) => self.xs.send(&el).await.map_err(|_| End::Done),
+            SessionMsg::Close(condition) => Err(End::Error(condition)),
+        }
+    }
+
+    async fn reply(&mut self, el: &Element) -> Result<(), End> {
+        self.xs.send(el).await.map_err(|_| End::Done)
+    }
+
+    async fn reply_error(&mut self, stanza: &Element, err: StanzaError) -> Result<(), End> {
+        match error_reply(stanza, &err) {
+            Some(mut r) => {
+                // The error comes from the server about the stanza; make sure
+                // it is addressed to this client.
+                r.set_attr("to", self.full.as_str());
+                self.reply(&r).await
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Checks and stamps addresses (RFC 6120 §8.1.2), then dispatches.
+    async fn handle_stanza(&mut self, mut el: Element) -> Result<(), End> {
+        if el.ns != NS_CLIENT || !matches!(el.name.as_str(), "message" | "presence" | "iq") {
+            return Err(End::Error("unsupported-stanza-type"));
+        }
+        metrics::counter!("starling_c2s_stanzas_received_total", "kind" => stanza_kind(&el.name))
+            .increment(1);
+        if let Some(from) = el.get_attr("from") {
+            // A client may only name itself (§8.1.2.1, §4.9.3.9).
+            let ok = jid::Jid::new(from)
+                .map(|j| j.as_str() == self.full || j.as_str() == self.bare)
+                .unwrap_or(false);
+            if !ok {
+                return Err(End::Error("invalid-from"));
+            }
+        }
+        el.set_attr("from", self.full.as_str());
+        if let Some(to) = el.get_attr("to") {
+            match jid::Jid::new(to) {
+                Ok(j) => {
+                    let normalized = j.to_string();
+                    el.set_attr("to", normalized);
+                }
+                Err(_) => {
+                    let mut orig = el.clone();
+                    orig.remove_attr("to");
+                    return self
+                        .reply_error(&orig, Condition::JidMalformed.into())
+                        .await;
+                }
+            }
+        }
+        match el.name.as_str() {
+            "iq" => self.handle_iq(el).await,
+            "message" => {
+                if el.get_attr("to").is_none() {
+                    // §10.3: no 'to' means the sender's own bare JID.
+                    el.set_attr("to", self.bare.as_str());
+                }
+                if let Err(e) = im::route_message(self.server, el.clone()).await {
+                    return self.reply_error(&el, e).await;
+                }
+                Ok(())
+            }
+            _ => {
+                let origin = Origin {
+                    bare: &self.bare,
+                    full: &self.full,
+                    session_id: self.id,
+                };
+                if let Err(e) =
+                    im::presence(self.server, &origin, &mut self.presence, el.clone()).await
+                {
+                    return self.reply_error(&el, e).await;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn handle_iq(&mut self, el: Element) -> Result<(), End> {
+        let itype = el.get_attr("type").unwrap_or("");
+        if el.get_attr("id").is_none() || !matches!(itype, "get" | "set" | "result" | "error") {
+            return self.reply_error(&el, Condition::BadRequest.into()).await;
+        }
+        let to = el.get_attr("to").map(str::to_owned);
+        let (to_bare, to_res) = match &to {
+            Some(t) => {
+                let (b, r) = im::split(t);
+                (Some(b.to_owned()), r.map(str::to_owned))
+            }
+            None => (None, None),
+        };
+        // IQs to another full JID are routed to that session.
+        if let (Some(b), Some(_)) = (&to_bare, &to_res) {
+            return self.route_iq(b.clone(), to.unwrap_or_default(), el).await;
+        }
+        if matches!(itype, "result" | "error") {
+            // Answers to the server (e.g. pushes) need nothing more.
+            return Ok(());
+        }
+        let payloads: Vec<&Element> = el.elements().collect();
+        let [payload] = payloads.as_slice() else {
+            return self.reply_error(&el, Condition::BadRequest.into()).await;
+        };
+        let target = match to_bare.as_deref() {
+            None => IqTarget::Own,
+            Some(b) if b == self.bare => IqTarget::Own,
+            Some(b) if !b.contains('@') => {
+                if !self.server.is_local(b) {
+                    return self
+                        .reply_error(&el, Condition::RemoteServerNotFound.into())
+                        .await;
+                }
+                IqTarget::Server(b)
+            }
+            Some(b) => {
+                let domain = b.rsplit('@').next().unwrap_or_default();
+                if !self.server.is_local(domain) {
+                    return self
+                        .reply_error(&el, Condition::RemoteServerNotFound.into())
+                        .await;
+                }
+                match self.server.storage.account_exists(b) {
+                    Ok(true) => IqTarget::Account(b),
+                    Ok(false) => {
+                        return self
+                            .reply_error(&el, Condition::ServiceUnavailable.into())
+                            .await;
+                    }
+                    Err(e) => return self.reply_error(&el, e.into()).await,
+                }
+            }
+        };
+        let origin = Origin {
+            bare: &self.bare,
+            full: &self.full,
+            session_id: self.id,
+        };
+        let ctx = IqCtx {
+            server: self.server,
+            origin: &origin,
+            target,
+            iq: &el,
+            payload,
+            set: itype == "set",
+        };
+        let result = modules::handle_iq(&ctx).await;
+        metrics::counter!("starling_stanzas_routed_total", "kind" => "iq").increment(1);
+        match result {
+            Ok(Some(p)) if p.ns == modules::register::NS_ANSWERED => Ok(()),
+            Ok(payload) => {
+                let mut r = iq_result(&el, payload);
+                r.set_attr("to", self.full.as_str());
+                self.reply(&r).await
+            }
+            Err(e) => self.reply_error(&el, e).await,
+        }
+    }
+
+    /// An IQ to a full JID: delivered to that session, or answered with
+    /// `<service-unavailable/>` (RFC 6121 §8.5.3.2.3).
+    async fn route_iq(&mut self, bare: String, to: String, el: Element) -> Result<(), End> {
+        let domain = bare.rsplit('@').next().unwrap_or(&bare).to_owned();
+        if !self.server.is_local(&domain) {
+            return self
+                .reply_error(&el, Condition::RemoteServerNotFound.into())
+                .await;
+        }
+        let reply_needed = matches!(el.get_attr("type"), Some("get" | "set"));
+        match im::deliver_to_full(self.server, &to, el) {
+            Ok(()) => Ok(()),
+            Err(el) if reply_needed => {
+                self.reply_error(&el, Condition::ServiceUnavailable.into())
+                    .await
+            }
+            Err(_) => Ok(()),
+        }
+    }
+}
+
+fn stanza_kind(name: &str) -> &'static str {
+    match name {
+        "message" => "message",
+        "presence" => "presence",
+        _ => "iq",
+    }
+}

@@ -1,0 +1,732 @@
+//! Instant messaging semantics of RFC 6121 for one user's sessions:
+//! message delivery (§8.5), presence broadcast and probes (§4), directed
+//! presence, the subscription state machine (§3) and offline storage.
+//!
+//! Functions here decide *who* gets a stanza and change roster state; they
+//! hand stanzas to the router and never touch a socket.
+
+use crate::server::Server;
+use crate::stanza::{Condition, NS_CLIENT, NS_DELAY, StanzaError, error_reply};
+use crate::storage::{RosterItem, Storage, Subscription};
+use crate::xml::Element;
+use starling_cluster::Op;
+use std::collections::HashSet;
+
+/// Who is sending, as the session knows itself.
+pub struct Origin<'a> {
+    pub bare: &'a str,
+    pub full: &'a str,
+    pub session_id: u64,
+}
+
+/// Per-session presence state that must outlive single stanzas.
+#[derive(Default)]
+pub struct PresenceState {
+    /// Sent initial presence and not yet unavailable.
+    pub available: bool,
+    /// Full or bare JIDs that received directed available presence
+    /// (RFC 6121 §4.6): they get our unavailable presence too.
+    pub directed: HashSet<String>,
+}
+
+/// Splits a normalised JID string into (bare, resource).
+pub fn split(jid: &str) -> (&str, Option<&str>) {
+    match jid.split_once('/') {
+        Some((b, r)) => (b, Some(r)),
+        None => (jid, None),
+    }
+}
+
+fn domain_of(bare: &str) -> &str {
+    bare.rsplit_once('@').map(|(_, d)| d).unwrap_or(bare)
+}
+
+/// Sends an error reply for `stanza` to its sender, wherever it is.
+pub fn bounce(server: &Server, stanza: &Element, condition: Condition) {
+    if let Some(reply) = error_reply(stanza, &StanzaError::new(condition)) {
+        if let Some(to) = reply.get_attr("to").map(str::to_owned) {
+            let _ = deliver_to_full(server, &to, reply);
+        }
+    }
+}
+
+/// Delivers to one full JID if that session is bound here; hands the
+/// stanza back otherwise.
+pub fn deliver_to_full(server: &Server, full: &str, el: Element) -> Result<(), Element> {
+    let (bare, Some(res)) = split(full) else {
+        return Err(el);
+    };
+    match server.router.handle(bare, res) {
+        Some(h) => h.send(el),
+        None => Err(el),
+    }
+}
+
+// ---------------------------------------------------------------- messages
+
+/// Routes a message whose `from` is stamped and `to` normalised
+/// (RFC 6121 §8.5). Returns an error to send back to the sender, if any.
+pub async fn route_message(server: &Server, el: Element) -> Result<(), StanzaError> {
+    let to = el.get_attr("to").unwrap_or_default().to_owned();
+    let (bare, resource) = split(&to);
+    let mtype = el.get_attr("type").unwrap_or("normal").to_owned();
+    if !bare.contains('@') {
+        // To a server: hosted ones do not take messages (yet); no S2S yet.
+        if mtype == "error" {
+            return Ok(());
+        }
+        return Err(if server.is_local(bare) {
+            Condition::ServiceUnavailable.into()
+        } else {
+            Condition::RemoteServerNotFound.into()
+        });
+    }
+    if !server.is_local(domain_of(bare)) {
+        return Err(Condition::RemoteServerNotFound.into());
+    }
+    if !server.storage.account_exists(bare)? {
+        // §8.5.1: no such account.
+        return match mtype.as_str() {
+            "error" | "headline" | "groupchat" => Ok(()),
+            _ => Err(Condition::ServiceUnavailable.into()),
+        };
+    }
+    metrics::counter!("starling_stanzas_routed_total", "kind" => "message").increment(1);
+    if let Some(res) = resource {
+        // §8.5.3: full JID.
+        let el = match server.router.handle(bare, res) {
+            Some(h) => match h.send(el) {
+                Ok(()) => return Ok(()),
+                Err(el) => el,
+            },
+            None => el,
+        };
+        return match mtype.as_str() {
+            "chat" => deliver_to_bare(server, bare, el).await,
+            "error" | "headline" => Ok(()),
+            _ => Err(Condition::ServiceUnavailable.into()),
+        };
+    }
+    deliver_to_bare(server, bare, el).await
+}
+
+/// §8.5.2: a message to a bare JID of an existing local account.
+async fn deliver_to_bare(server: &Server, bare: &str, el: Element) -> Result<(), StanzaError> {
+    let mtype = el.get_attr("type").unwrap_or("normal");
+    let targets: Vec<_> = server.router.with_resources(bare, |rs| {
+        let eligible = rs.iter().filter(|r| r.available && r.priority >= 0);
+        match mtype {
+            "headline" => eligible.map(|r| r.handle.clone()).collect(),
+            "normal" | "chat" => {
+                let max = rs
+                    .iter()
+                    .filter(|r| r.available && r.priority >= 0)
+                    .map(|r| r.priority)
+                    .max();
+                eligible
+                    .filter(|r| Some(r.priority) == max)
+                    .map(|r| r.handle.clone())
+                    .collect()
+            }
+            _ => Vec::new(),
+        }
+    });
+    match mtype {
+        "error" => return Ok(()),
+        "groupchat" => return Err(Condition::ServiceUnavailable.into()),
+        _ => {}
+    }
+    let mut delivered = false;
+    for h in targets {
+        delivered |= h.send(el.clone()).is_ok();
+    }
+    if delivered {
+        return Ok(());
+    }
+    if mtype == "headline" {
+        return Ok(());
+    }
+    store_offline(server, bare, el).await
+}
+
+/// Keeps a message for later with a XEP-0203 delay stamp; a full store is
+/// `<service-unavailable/>` (RFC 6121 §8.5.2.1.1).
+async fn store_offline(server: &Server, bare: &str, mut el: Element) -> Result<(), StanzaError> {
+    // Only messages worth keeping: with a body or other payload.
+    if el.children.is_empty() {
+        return Ok(());
+    }
+    el.children.push(crate::xml::Node::Element(
+        Element::new("delay", NS_DELAY)
+            .attr("from", domain_of(bare))
+            .attr("stamp", crate::stanza::now_stamp())
+            .text("Offline Storage"),
+    ));
+    let xml = el.to_stream_xml(NS_CLIENT);
+    if server
+        .storage
+        .store_offline(bare, xml, server.config.offline.max_messages)
+        .await?
+    {
+        metrics::counter!("starling_offline_stored_total").increment(1);
+        Ok(())
+    } else {
+        metrics::counter!("starling_offline_quota_full_total").increment(1);
+        Err(StanzaError::with_text(
+            Condition::ServiceUnavailable,
+            "the recipient's offline storage is full",
+        ))
+    }
+}
+
+/// Sends the stored messages to a session that became available with a
+/// non-negative priority, then deletes them.
+pub async fn flush_offline(server: &Server, origin: &Origin<'_>) {
+    let Ok(msgs) = server.storage.offline(origin.bare) else {
+        return;
+    };
+    if msgs.is_empty() {
+        return;
+    }
+    let Some(handle) = split(origin.full)
+        .1
+        .and_then(|r| server.router.handle(origin.bare, r))
+    else {
+        return;
+    };
+    let limits = crate::xml::Limits {
+        max_stanza_bytes: usize::MAX,
+        ..Default::default()
+    };
+    let scope = [(String::new(), NS_CLIENT.to_owned())];
+    let mut done = Vec::new();
+    for (key, xml) in msgs {
+        if let Ok(mut el) = crate::xml::parse_element(xml.as_bytes(), &scope, &limits) {
+            el.set_attr("to", origin.full);
+            if handle.send(el).is_err() {
+                break;
+            }
+        }
+        done.push(key);
+    }
+    if let Err(e) = server.storage.delete_offline(done).await {
+        tracing::error!(error = %e, "could not delete delivered offline messages");
+    }
+}
+
+// ---------------------------------------------------------------- presence
+
+/// Handles a presence stanza from a client (RFC 6121 §3, §4).
+pub async fn presence(
+    server: &Server,
+    origin: &Origin<'_>,
+    state: &mut PresenceState,
+    el: Element,
+) -> Result<(), StanzaError> {
+    let ptype = el.get_attr("type").unwrap_or("").to_owned();
+    let to = el.get_attr("to").map(str::to_owned);
+    match (ptype.as_str(), to) {
+        ("subscribe" | "subscribed" | "unsubscribe" | "unsubscribed", Some(to)) => {
+            let contact = split(&to).0.to_owned();
+            subscription_out(server, origin, &ptype, &contact, el).await
+        }
+        ("subscribe" | "subscribed" | "unsubscribe" | "unsubscribed", None) => {
+            Err(Condition::BadRequest.into())
+        }
+        ("probe", Some(to)) => {
+            probe(server, origin.bare, origin.full, split(&to).0)?;
+            Ok(())
+        }
+        ("probe", None) => Ok(()),
+        ("" | "unavailable", None) => broadcast(server, origin, state, el).await,
+        ("" | "unavailable" | "error", Some(to)) => {
+            directed(server, origin, state, &ptype, &to, el);
+            Ok(())
+        }
+        ("error", None) => Ok(()),
+        _ => Err(Condition::BadRequest.into()),
+    }
+}
+
+/// Priority of an available presence (RFC 6121 §4.7.2.3), 0 by default.
+fn priority_of(el: &Element) -> i32 {
+    el.child_text("priority", NS_CLIENT)
+        .and_then(|p| p.trim().parse::<i8>().ok())
+        .map(i32::from)
+        .unwrap_or(0)
+}
+
+/// Available or unavailable broadcast (no `to`).
+async fn broadcast(
+    server: &Server,
+    origin: &Origin<'_>,
+    state: &mut PresenceState,
+    el: Element,
+) -> Result<(), StanzaError> {
+    let available = el.get_attr("type").is_none();
+    let initial = available && !state.available;
+    let priority = priority_of(&el);
+    let stored = available.then(|| el.clone());
+    server.router.update(origin.bare, origin.session_id, |r| {
+        r.available = available;
+        r.priority = priority;
+        r.presence = stored;
+    });
+    metrics::counter!("starling_stanzas_routed_total", "kind" => "presence").increment(1);
+    let roster = server.storage.roster(origin.bare)?;
+    // To every contact with a subscription from us (their available resources).
+    for item in roster.iter().filter(|i| i.subscription.from()) {
+        send_to_available(server, &item.jid, &el);
+    }
+    // To the user's own other available resources (and back to itself).
+    send_to_available(server, origin.bare, &el);
+    if !available {
+        for target in state.directed.drain() {
+            if !roster
+                .iter()
+                .any(|i| i.subscription.from() && i.jid == split(&target).0)
+            {
+                let mut copy = el.clone();
+                copy.set_attr("to", target.as_str());
+                send_presence_to(server, &target, copy);
+            }
+        }
+        state.available = false;
+        record_last(server, origin.bare, &el).await;
+        return Ok(());
+    }
+    state.available = true;
+    if initial {
+        // Probe: current presence of every contact we are subscribed to.
+        for item in roster.iter().filter(|i| i.subscription.to()) {
+            probe(server, origin.bare, origin.full, &item.jid)?;
+        }
+        // Presence of the user's other resources.
+        for r in server.router.resources(origin.bare) {
+            if r.handle.id != origin.session_id
+                && let Some(p) = r.presence
+            {
+                let _ = deliver_to_full(server, origin.full, with_to(p, origin.full));
+            }
+        }
+        // Pending subscription requests (RFC 6121 §3.1.3).
+        if let Ok(pending) = server.storage.pending_in(origin.bare) {
+            let scope = [(String::new(), NS_CLIENT.to_owned())];
+            for (_, xml) in pending {
+                if let Ok(p) =
+                    crate::xml::parse_element(xml.as_bytes(), &scope, &Default::default())
+                {
+                    let _ = deliver_to_full(server, origin.full, p);
+                }
+            }
+        }
+        if priority >= 0 {
+            flush_offline(server, origin).await;
+        }
+    }
+    Ok(())
+}
+
+fn with_to(mut el: Element, to: &str) -> Element {
+    el.set_attr("to", to);
+    el
+}
+
+/// Sends `el` to every available resource of `bare`.
+fn send_to_available(server: &Server, bare: &str, el: &Element) {
+    let targets: Vec<_> = server.router.with_resources(bare, |rs| {
+        rs.iter()
+            .filter(|r| r.available)
+            .map(|r| (r.handle.clone(), r.resource.clone()))
+            .collect()
+    });
+    for (h, res) in targets {
+        let mut copy = el.clone();
+        copy.set_attr("to", format!("{bare}/{res}"));
+        let _ = h.send(copy);
+    }
+}
+
+/// Presence to a bare JID goes to its available resources; to a full JID
+/// to that resource only.
+fn send_presence_to(server: &Server, to: &str, el: Element) {
+    match split(to) {
+        (bare, None) => send_to_available(server, bare, &el),
+        (_, Some(_)) => {
+            let _ = deliver_to_full(server, to, el);
+        }
+    }
+}
+
+/// Answers a probe from `prober` for `contact`'s presence, if the contact
+/// has approved the prober (RFC 6121 §4.3.2).
+fn probe(
+    server: &Server,
+    prober_bare: &str,
+    prober_full: &str,
+    contact: &str,
+) -> Result<(), StanzaError> {
+    if !contact.contains('@') || !server.is_local(domain_of(contact)) {
+        return Ok(());
+    }
+    let approved = server
+        .storage
+        .roster_item(contact, prober_bare)?
+        .is_some_and(|i| i.subscription.from());
+    if !approved && contact != prober_bare {
+        return Ok(());
+    }
+    for r in server.router.resources(contact) {
+        if let Some(p) = r.presence.filter(|_| r.available) {
+            let _ = deliver_to_full(server, prober_full, with_to(p, prober_full));
+        }
+    }
+    Ok(())
+}
+
+/// Directed presence (RFC 6121 §4.6).
+fn directed(
+    server: &Server,
+    origin: &Origin<'_>,
+    state: &mut PresenceState,
+    ptype: &str,
+    to: &str,
+    el: Element,
+) {
+    let (bare, _) = split(to);
+    if bare.contains('@') && !server.is_local(domain_of(bare)) {
+        bounce(server, &el, Condition::RemoteServerNotFound);
+        return;
+    }
+    match ptype {
+        "" => {
+            state.directed.insert(to.to_owned());
+        }
+        "unavailable" => {
+            state.directed.remove(to);
+        }
+        _ => {}
+    }
+    let _ = origin;
+    send_presence_to(server, to, el);
+}
+
+/// Remembers the time and status of the last unavailable presence
+/// (XEP-0012 for offline users).
+async fn record_last(server: &Server, bare: &str, el: &Element) {
+    // Only when the last resource goes.
+    if server
+        .router
+        .with_resources(bare, |rs| rs.iter().any(|r| r.available))
+    {
+        return;
+    }
+    let status = el.child_text("status", NS_CLIENT).unwrap_or_default();
+    let value = serde_json::json!({ "time": chrono::Utc::now().timestamp(), "status": status });
+    let _ = server
+        .storage
+        .put_doc(
+            crate::storage::LAST,
+            bare.as_bytes().to_vec(),
+            value.to_string(),
+        )
+        .await;
+}
+
+/// The session ended: unavailable to everyone who saw it available.
+pub async fn session_ended(server: &Server, origin: &Origin<'_>, state: &mut PresenceState) {
+    if state.available {
+        let el = Element::new("presence", NS_CLIENT)
+            .attr("from", origin.full)
+            .attr("type", "unavailable");
+        let _ = broadcast(server, origin, state, el).await;
+    }
+}
+
+// ------------------------------------------------------------ subscriptions
+
+/// Unavailable presence from each of `user`'s available resources to
+/// `contact` (who may no longer see them).
+pub fn unavailable_to(server: &Server, user: &str, contact: &str) {
+    for r in server.router.resources(user) {
+        if r.available {
+            let un = Element::new("presence", NS_CLIENT)
+                .attr("from", format!("{user}/{}", r.resource))
+                .attr("type", "unavailable");
+            send_presence_to(server, contact, un);
+        }
+    }
+}
+
+/// Pushes a roster item change to every interested resource of `bare`
+/// (RFC 6121 §2.1.6).
+pub fn roster_push(server: &Server, bare: &str, item: &RosterItem, removed: bool, ver: u64) {
+    let targets: Vec<_> = server.router.with_resources(bare, |rs| {
+        rs.iter()
+            .filter(|r| r.interested)
+            .map(|r| (r.handle.clone(), r.resource.clone()))
+            .collect()
+    });
+    for (h, res) in targets {
+        let push = Element::new("iq", NS_CLIENT)
+            .attr("type", "set")
+            .attr("id", format!("push-{}", &crate::stream::new_id()[..10]))
+            .attr("to", format!("{bare}/{res}"))
+            .child(
+                Element::new("query", crate::modules::roster::NS_ROSTER)
+                    .attr("ver", ver.to_string())
+                    .child(crate::modules::roster::item_element(item, removed)),
+            );
+        let _ = h.send(push);
+    }
+}
+
+/// Writes `item` (or removes it) for `bare` and pushes it.
+pub async fn save_item(
+    server: &Server,
+    bare: &str,
+    item: &RosterItem,
+    remove: bool,
+    mut extra: Vec<Op>,
+) -> Result<(), StanzaError> {
+    let ver = server
+        .storage
+        .roster_ops(bare, &item.jid, (!remove).then_some(item), &mut extra)?;
+    server.storage.write(extra).await?;
+    roster_push(server, bare, item, remove, ver);
+    Ok(())
+}
+
+/// An outbound subscription stanza from the user (RFC 6121 §3.1.2,
+/// §3.2.2, §3.3.2, §3.1.5 for approvals and pre-approval).
+pub async fn subscription_out(
+    server: &Server,
+    origin: &Origin<'_>,
+    ptype: &str,
+    contact: &str,
+    mut el: Element,
+) -> Result<(), StanzaError> {
+    // Outbound subscription stanzas carry the bare JID (§3.1.2).
+    el.set_attr("from", origin.bare);
+    el.set_attr("to", contact);
+    if contact == origin.bare {
+        return Ok(());
+    }
+    {
+        let _guard = server.lock_user(origin.bare).await;
+        let storage: &Storage = &server.storage;
+        let existing = storage.roster_item(origin.bare, contact)?;
+        let mut item = existing.clone().unwrap_or_else(|| RosterItem {
+            jid: contact.to_owned(),
+            ..Default::default()
+        });
+        let mut extra = Vec::new();
+        let mut route = true;
+        match ptype {
+            "subscribe" => {
+                if !item.subscription.to() {
+                    item.ask = true;
+                }
+            }
+            "unsubscribe" => {
+                item.subscription = Subscription::with(false, item.subscription.from());
+                item.ask = false;
+            }
+            "subscribed" => {
+                if storage.has_pending_in(origin.bare, contact)? {
+                    item.subscription = Subscription::with(item.subscription.to(), true);
+                    item.approved = false;
+                    extra.push(Storage::pending_in_op(origin.bare, contact, None));
+                } else if !item.subscription.from() {
+                    // Pre-approval (§3.4): remember, do not route.
+                    item.approved = true;
+                    route = false;
+                } else {
+                    route = false;
+                }
+            }
+            "unsubscribed" => {
+                let had_pending = storage.has_pending_in(origin.bare, contact)?;
+                if had_pending {
+                    extra.push(Storage::pending_in_op(origin.bare, contact, None));
+                }
+                route = had_pending || item.subscription.from() || item.approved;
+                item.subscription = Subscription::with(item.subscription.to(), false);
+                item.approved = false;
+            }
+            _ => unreachable!(),
+        }
+        let changed = existing.as_ref() != Some(&item);
+        let worth_keeping = existing.is_some()
+            || item.subscription != Subscription::None
+            || item.ask
+            || item.approved;
+        if changed && worth_keeping {
+            save_item(server, origin.bare, &item, false, extra).await?;
+        } else if !extra.is_empty() {
+            server.storage.write(extra).await?;
+        }
+        if !route {
+            return Ok(());
+        }
+        if ptype == "subscribed" {
+            // §3.1.5: the contact gets our current presence.
+            deliver_subscription(server, origin.bare, contact, ptype, el).await?;
+            for r in server.router.resources(origin.bare) {
+                if let Some(p) = r.presence.filter(|_| r.available) {
+                    send_presence_to(server, contact, p);
+                }
+            }
+            return Ok(());
+        }
+        if ptype == "unsubscribed" {
+            // §3.2.2: the contact sees us go unavailable.
+            unavailable_to(server, origin.bare, contact);
+        }
+    }
+    deliver_subscription(server, origin.bare, contact, ptype, el).await
+}
+
+/// The inbound half: `user` receives a subscription stanza from `from`.
+pub async fn deliver_subscription(
+    server: &Server,
+    from: &str,
+    user: &str,
+    ptype: &str,
+    el: Element,
+) -> Result<(), StanzaError> {
+    if !user.contains('@') {
+        return Ok(());
+    }
+    if !server.is_local(domain_of(user)) {
+        // No federation yet.
+        return Ok(());
+    }
+    metrics::counter!("starling_stanzas_routed_total", "kind" => "subscription").increment(1);
+    if !server.storage.account_exists(user)? {
+        if ptype == "subscribe" {
+            // §3.1.3: no such contact: the user gets "unsubscribed".
+            let reply = Element::new("presence", NS_CLIENT)
+                .attr("from", user)
+                .attr("to", from)
+                .attr("type", "unsubscribed");
+            Box::pin(subscription_in_simple(
+                server,
+                user,
+                from,
+                "unsubscribed",
+                reply,
+            ))
+            .await?;
+        }
+        return Ok(());
+    }
+    subscription_in_simple(server, from, user, ptype, el).await
+}
+
+/// Applies an inbound subscription stanza at `user` (RFC 6121 §3.1.3,
+/// §3.1.6, §3.2.3, §3.3.3).
+async fn subscription_in_simple(
+    server: &Server,
+    from: &str,
+    user: &str,
+    ptype: &str,
+    el: Element,
+) -> Result<(), StanzaError> {
+    let _guard = server.lock_user(user).await;
+    let storage = &server.storage;
+    let existing = storage.roster_item(user, from)?;
+    let mut item = existing.clone().unwrap_or_else(|| RosterItem {
+        jid: from.to_owned(),
+        ..Default::default()
+    });
+    let mut extra = Vec::new();
+    let mut deliver = false;
+    match ptype {
+        "subscribe" => {
+            if item.subscription.from() {
+                // Already approved: answer for the user (§3.1.3).
+                drop(_guard);
+                let reply = Element::new("presence", NS_CLIENT)
+                    .attr("from", user)
+                    .attr("to", from)
+                    .attr("type", "subscribed");
+                return Box::pin(subscription_in_simple(
+                    server,
+                    user,
+                    from,
+                    "subscribed",
+                    reply,
+                ))
+                .await;
+            }
+            if item.approved {
+                item.approved = false;
+                item.subscription = Subscription::with(item.subscription.to(), true);
+                save_item(server, user, &item, false, extra).await?;
+                drop(_guard);
+                let reply = Element::new("presence", NS_CLIENT)
+                    .attr("from", user)
+                    .attr("to", from)
+                    .attr("type", "subscribed");
+                Box::pin(subscription_in_simple(
+                    server,
+                    user,
+                    from,
+                    "subscribed",
+                    reply,
+                ))
+                .await?;
+                for r in server.router.resources(user) {
+                    if let Some(p) = r.presence.filter(|_| r.available) {
+                        send_presence_to(server, from, p);
+                    }
+                }
+                return Ok(());
+            }
+            // Keep the request until the user answers (survives restarts).
+            let xml = el.to_stream_xml(NS_CLIENT);
+            storage
+                .write(vec![Storage::pending_in_op(user, from, Some(xml))])
+                .await?;
+            deliver = true;
+        }
+        "subscribed" => {
+            if item.ask {
+                item.ask = false;
+                item.subscription = Subscription::with(true, item.subscription.from());
+                save_item(server, user, &item, false, extra).await?;
+                deliver = true;
+            }
+        }
+        "unsubscribe" => {
+            if storage.has_pending_in(user, from)? {
+                extra.push(Storage::pending_in_op(user, from, None));
+            }
+            if item.subscription.from() {
+                item.subscription = Subscription::with(item.subscription.to(), false);
+                save_item(server, user, &item, false, extra).await?;
+                deliver = true;
+                // §3.3.3: the unsubscriber sees the user go unavailable.
+                unavailable_to(server, user, from);
+            } else if !extra.is_empty() {
+                storage.write(extra).await?;
+            }
+        }
+        "unsubscribed" => {
+            if item.subscription.to() || item.ask {
+                item.subscription = Subscription::with(false, item.subscription.from());
+                item.ask = false;
+                if existing.is_some() {
+                    save_item(server, user, &item, false, extra).await?;
+                }
+                deliver = true;
+            }
+        }
+        _ => {}
+    }
+    if deliver {
+        send_to_available(server, user, &el);
+    }
+    Ok(())
+}

@@ -1,0 +1,5 @@
+//! Sessions: the bound client session task and the RFC 6121 logic it
+//! applies on behalf of its user.
+
+pub mod c2s;
+pub mod im;

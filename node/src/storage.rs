@@ -1,0 +1,349 @@
+//! Typed access to the replicated store: every durable thing Starling
+//! keeps, each in its own key space so a space can later move to its own
+//! Raft group without changing callers. Reads come from the local replica;
+//! writes go through Raft (batched by the store).
+//!
+//! Keys start with the bare JID (`node@domain`) and a NUL, so one prefix
+//! scan finds everything of one user.
+
+use crate::auth::scram::StoredCredentials;
+use serde::{Deserialize, Serialize};
+use starling_cluster::{Op, OpResult, Store, StoreError};
+
+pub const ACCOUNTS: &str = "user_account";
+pub const ROSTER: &str = "user_roster";
+pub const ROSTER_VER: &str = "user_roster_ver";
+pub const PENDING_IN: &str = "user_pending_in";
+pub const OFFLINE: &str = "user_offline";
+pub const VCARD: &str = "user_vcard";
+pub const PRIVATE: &str = "user_private";
+pub const LAST: &str = "user_last";
+
+/// Every per-user space, for account deletion.
+const USER_SPACES: &[&str] = &[
+    ROSTER, ROSTER_VER, PENDING_IN, OFFLINE, VCARD, PRIVATE, LAST,
+];
+
+pub fn user_prefix(bare: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(bare.len() + 1);
+    k.extend_from_slice(bare.as_bytes());
+    k.push(0);
+    k
+}
+
+pub fn user_key(bare: &str, rest: &str) -> Vec<u8> {
+    let mut k = user_prefix(bare);
+    k.extend_from_slice(rest.as_bytes());
+    k
+}
+
+/// An account as stored: SCRAM keys only, never the password.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Account {
+    pub credentials: StoredCredentials,
+    pub created: i64,
+}
+
+/// Subscription state of a roster item (RFC 6121 §2.1.2.5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Subscription {
+    #[default]
+    None,
+    To,
+    From,
+    Both,
+}
+
+impl Subscription {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Subscription::None => "none",
+            Subscription::To => "to",
+            Subscription::From => "from",
+            Subscription::Both => "both",
+        }
+    }
+    /// The user receives the contact's presence.
+    pub fn to(self) -> bool {
+        matches!(self, Subscription::To | Subscription::Both)
+    }
+    /// The contact receives the user's presence.
+    pub fn from(self) -> bool {
+        matches!(self, Subscription::From | Subscription::Both)
+    }
+    pub fn with(to: bool, from: bool) -> Self {
+        match (to, from) {
+            (true, true) => Subscription::Both,
+            (true, false) => Subscription::To,
+            (false, true) => Subscription::From,
+            (false, false) => Subscription::None,
+        }
+    }
+}
+
+/// One roster item with the server-side subscription flags.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct RosterItem {
+    pub jid: String,
+    pub name: Option<String>,
+    pub groups: Vec<String>,
+    pub subscription: Subscription,
+    /// Pending-out: the user asked to subscribe to the contact.
+    pub ask: bool,
+    /// Pre-approved: a subscribe from the contact is accepted at once.
+    pub approved: bool,
+}
+
+fn de<T: for<'a> Deserialize<'a>>(v: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(v).map_err(|e| StoreError::Storage(format!("corrupt record: {e}")))
+}
+
+fn ser<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("records serialise")
+}
+
+/// Typed facade over the [`Store`].
+#[derive(Clone)]
+pub struct Storage {
+    pub store: Store,
+}
+
+impl Storage {
+    pub fn new(store: Store) -> Self {
+        Storage { store }
+    }
+
+    // --- accounts ---
+
+    pub fn account(&self, bare: &str) -> Result<Option<Account>, StoreError> {
+        self.store
+            .get(ACCOUNTS, bare.as_bytes())?
+            .map(|v| de(&v))
+            .transpose()
+    }
+
+    pub fn account_exists(&self, bare: &str) -> Result<bool, StoreError> {
+        Ok(self.store.get(ACCOUNTS, bare.as_bytes())?.is_some())
+    }
+
+    /// Creates an account; `Ok(false)` if it already exists.
+    pub async fn create_account(&self, bare: &str, account: &Account) -> Result<bool, StoreError> {
+        let r = self
+            .store
+            .write(vec![Op::Insert {
+                space: ACCOUNTS.into(),
+                key: bare.as_bytes().to_vec(),
+                value: ser(account),
+            }])
+            .await?;
+        Ok(r.first() == Some(&OpResult::Done))
+    }
+
+    pub async fn set_account(&self, bare: &str, account: &Account) -> Result<(), StoreError> {
+        self.store
+            .write(vec![Op::Put {
+                space: ACCOUNTS.into(),
+                key: bare.as_bytes().to_vec(),
+                value: ser(account),
+            }])
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes an account and everything stored for it, in one write.
+    pub async fn delete_account(&self, bare: &str) -> Result<(), StoreError> {
+        let mut ops = vec![Op::Delete {
+            space: ACCOUNTS.into(),
+            key: bare.as_bytes().to_vec(),
+        }];
+        for space in USER_SPACES {
+            ops.push(Op::DeletePrefix {
+                space: (*space).into(),
+                prefix: user_prefix(bare),
+            });
+        }
+        self.store.write(ops).await?;
+        Ok(())
+    }
+
+    /// Bare JIDs of all accounts, optionally of one domain.
+    pub fn list_accounts(&self, domain: Option<&str>) -> Result<Vec<String>, StoreError> {
+        let all = self.store.scan_prefix(ACCOUNTS, b"")?;
+        Ok(all
+            .into_iter()
+            .filter_map(|(k, _)| String::from_utf8(k).ok())
+            .filter(|j| domain.is_none_or(|d| j.rsplit('@').next() == Some(d)))
+            .collect())
+    }
+
+    // --- roster ---
+
+    pub fn roster(&self, bare: &str) -> Result<Vec<RosterItem>, StoreError> {
+        self.store
+            .scan_prefix(ROSTER, &user_prefix(bare))?
+            .iter()
+            .map(|(_, v)| de(v))
+            .collect()
+    }
+
+    pub fn roster_item(&self, bare: &str, contact: &str) -> Result<Option<RosterItem>, StoreError> {
+        self.store
+            .get(ROSTER, &user_key(bare, contact))?
+            .map(|v| de(&v))
+            .transpose()
+    }
+
+    pub fn roster_version(&self, bare: &str) -> Result<u64, StoreError> {
+        Ok(self
+            .store
+            .get(ROSTER_VER, bare.as_bytes())?
+            .and_then(|v| v.try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(0))
+    }
+
+    /// Ops that store (or, with `None`, remove) an item and bump the
+    /// roster version; returns the new version.
+    pub fn roster_ops(
+        &self,
+        bare: &str,
+        contact: &str,
+        item: Option<&RosterItem>,
+        ops: &mut Vec<Op>,
+    ) -> Result<u64, StoreError> {
+        let key = user_key(bare, contact);
+        ops.push(match item {
+            Some(item) => Op::Put {
+                space: ROSTER.into(),
+                key,
+                value: ser(item),
+            },
+            None => Op::Delete {
+                space: ROSTER.into(),
+                key,
+            },
+        });
+        let ver = self.roster_version(bare)? + 1;
+        ops.push(Op::Put {
+            space: ROSTER_VER.into(),
+            key: bare.as_bytes().to_vec(),
+            value: ver.to_be_bytes().to_vec(),
+        });
+        Ok(ver)
+    }
+
+    // --- pending inbound subscription requests ---
+
+    pub fn pending_in(&self, bare: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let prefix = user_prefix(bare);
+        Ok(self
+            .store
+            .scan_prefix(PENDING_IN, &prefix)?
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let contact = String::from_utf8(k[prefix.len()..].to_vec()).ok()?;
+                Some((contact, String::from_utf8(v).ok()?))
+            })
+            .collect())
+    }
+
+    pub fn has_pending_in(&self, bare: &str, contact: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .store
+            .get(PENDING_IN, &user_key(bare, contact))?
+            .is_some())
+    }
+
+    pub fn pending_in_op(bare: &str, contact: &str, stanza: Option<String>) -> Op {
+        let key = user_key(bare, contact);
+        match stanza {
+            Some(s) => Op::Put {
+                space: PENDING_IN.into(),
+                key,
+                value: s.into_bytes(),
+            },
+            None => Op::Delete {
+                space: PENDING_IN.into(),
+                key,
+            },
+        }
+    }
+
+    // --- offline messages ---
+
+    /// Stores a message; `Ok(false)` when the user's quota is full.
+    pub async fn store_offline(
+        &self,
+        bare: &str,
+        xml: String,
+        max: u64,
+    ) -> Result<bool, StoreError> {
+        let r = self
+            .store
+            .write(vec![Op::Append {
+                space: OFFLINE.into(),
+                prefix: user_prefix(bare),
+                value: xml.into_bytes(),
+                max,
+            }])
+            .await?;
+        Ok(matches!(r.first(), Some(OpResult::Seq(_))))
+    }
+
+    /// The stored messages with their keys, oldest first.
+    pub fn offline(&self, bare: &str) -> Result<Vec<(Vec<u8>, String)>, StoreError> {
+        Ok(self
+            .store
+            .scan_prefix(OFFLINE, &user_prefix(bare))?
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, String::from_utf8(v).ok()?)))
+            .collect())
+    }
+
+    pub async fn delete_offline(&self, keys: Vec<Vec<u8>>) -> Result<(), StoreError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let ops = keys
+            .into_iter()
+            .map(|key| Op::Delete {
+                space: OFFLINE.into(),
+                key,
+            })
+            .collect();
+        self.store.write(ops).await?;
+        Ok(())
+    }
+
+    // --- simple per-user documents (vCard, private XML, last activity) ---
+
+    pub fn doc(&self, space: &str, key: &[u8]) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .store
+            .get(space, key)?
+            .and_then(|v| String::from_utf8(v).ok()))
+    }
+
+    pub async fn put_doc(
+        &self,
+        space: &str,
+        key: Vec<u8>,
+        value: String,
+    ) -> Result<(), StoreError> {
+        self.store
+            .write(vec![Op::Put {
+                space: space.into(),
+                key,
+                value: value.into_bytes(),
+            }])
+            .await?;
+        Ok(())
+    }
+
+    pub async fn write(&self, ops: Vec<Op>) -> Result<Vec<OpResult>, StoreError> {
+        if ops.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.store.write(ops).await
+    }
+}

@@ -1,0 +1,369 @@
+//! Client stream negotiation (RFC 6120 §4–§7) as a sequence of typed
+//! phases: plain TCP (only STARTTLS is possible) → TLS (SASL, optionally
+//! XEP-0077 registration) → authenticated (resource binding) → a bound
+//! session. A phase is a function that consumes the stream of the previous
+//! one, so a stanza handler cannot run on a stream that is not bound.
+
+use super::sasl::{self, SaslOutcome};
+use super::xmlstream::{ReadError, XmlStream, new_id};
+use crate::server::Server;
+use crate::stanza::{self, NS_BIND, NS_CLIENT, NS_SASL, NS_SESSION, NS_TLS};
+use crate::xml::{Element, Limits, StreamEvent, StreamHeader};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+/// A connection that passed negotiation: authenticated and bound.
+pub struct Bound<S> {
+    pub stream: XmlStream<S>,
+    pub bare: jid::BareJid,
+    pub full: jid::FullJid,
+}
+
+/// Decrements the unauthenticated-connection count when dropped.
+struct UnauthGuard<'a>(&'a Server, bool);
+
+impl UnauthGuard<'_> {
+    fn done(&mut self) {
+        if self.1 {
+            self.0.unauthenticated.fetch_sub(1, Ordering::Relaxed);
+            self.1 = false;
+        }
+    }
+}
+
+impl Drop for UnauthGuard<'_> {
+    fn drop(&mut self) {
+        self.done();
+    }
+}
+
+fn limits(server: &Server) -> Limits {
+    Limits {
+        max_stanza_bytes: server.config.c2s.max_stanza_size,
+        max_depth: server.config.c2s.max_depth,
+        max_attrs: server.config.c2s.max_attributes,
+    }
+}
+
+/// Serves one accepted TCP connection to the end.
+pub async fn serve_connection(
+    server: Arc<Server>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    direct_tls: bool,
+) {
+    let _ = tcp.set_nodelay(true);
+    metrics::counter!("starling_c2s_connections_total").increment(1);
+    let n = server.unauthenticated.fetch_add(1, Ordering::Relaxed);
+    let mut guard = UnauthGuard(&server, true);
+    let deadline = Instant::now() + Duration::from_secs(server.config.c2s.handshake_timeout_secs);
+    let write_timeout = Duration::from_secs(server.config.c2s.write_timeout_secs);
+    let default_domain = server.config.domains[0].clone();
+    if n >= server.config.c2s.max_unauthenticated {
+        let mut xs = XmlStream::new(tcp, limits(&server), default_domain, write_timeout);
+        xs.fail("resource-constraint", Some("too many connections"))
+            .await;
+        return;
+    }
+    let acceptor = tokio_rustls::TlsAcceptor::from(server.tls.clone());
+    let tls = if direct_tls {
+        match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => tls,
+            _ => return,
+        }
+    } else {
+        let mut xs = XmlStream::new(tcp, limits(&server), default_domain.clone(), write_timeout);
+        match plain_phase(&server, &mut xs, deadline).await {
+            Some(()) => {}
+            None => return,
+        }
+        match tokio::time::timeout_at(deadline, acceptor.accept(xs.io)).await {
+            Ok(Ok(tls)) => tls,
+            _ => return,
+        }
+    };
+    let xs = XmlStream::new(tls, limits(&server), default_domain, write_timeout);
+    let ip = peer.ip().to_string();
+    let Some(bound) = secure_phases(&server, xs, &ip, deadline).await else {
+        return;
+    };
+    guard.done();
+    crate::session::c2s::run(server.clone(), bound).await;
+}
+
+/// Reads and checks a stream header, answers with ours; `None` when the
+/// stream was ended with an error.
+async fn open_stream<S: AsyncRead + AsyncWrite + Unpin>(
+    server: &Server,
+    xs: &mut XmlStream<S>,
+    deadline: Instant,
+    required_domain: Option<&str>,
+) -> Option<StreamHeader> {
+    let header = match xs.next(Some(deadline)).await {
+        Ok(StreamEvent::Header(h)) => h,
+        Ok(_) => {
+            xs.fail("bad-format", None).await;
+            return None;
+        }
+        Err(e) => {
+            read_failed(xs, e).await;
+            return None;
+        }
+    };
+    // The domain the client asked for; an unknown one is host-unknown.
+    let domain = match header.to.as_deref().map(jid::BareJid::new) {
+        Some(Ok(j)) if j.node().is_none() && server.is_local(j.domain().as_str()) => {
+            j.domain().as_str().to_owned()
+        }
+        None => required_domain
+            .map(str::to_owned)
+            .unwrap_or_else(|| server.config.domains[0].clone()),
+        _ => {
+            xs.fail("host-unknown", None).await;
+            return None;
+        }
+    };
+    if required_domain.is_some_and(|d| d != domain) {
+        xs.fail(
+            "host-unknown",
+            Some("the domain changed after a stream restart"),
+        )
+        .await;
+        return None;
+    }
+    xs.domain = domain;
+    let from = header.from.clone();
+    if let Err(e) = xs.send_header(from.as_deref(), &new_id()).await {
+        tracing::debug!(error = %e, "writing the stream header failed");
+        return None;
+    }
+    if header.default_ns != NS_CLIENT {
+        xs.fail("invalid-namespace", None).await;
+        return None;
+    }
+    match header.version.as_deref().map(|v| v.split_once('.')) {
+        Some(Some(("1", minor))) if minor.parse::<u32>().is_ok() => {}
+        _ => {
+            xs.fail("unsupported-version", None).await;
+            return None;
+        }
+    }
+    Some(header)
+}
+
+/// Maps a read failure to its stream error.
+pub async fn read_failed<S: AsyncRead + AsyncWrite + Unpin>(xs: &mut XmlStream<S>, e: ReadError) {
+    match e {
+        ReadError::Closed => {}
+        ReadError::Xml(x) => xs.fail(x.condition(), None).await,
+        ReadError::Timeout => xs.fail("connection-timeout", None).await,
+    }
+}
+
+/// Plain TCP: the only way forward is STARTTLS (required, RFC 6120 §5.3.1).
+async fn plain_phase(
+    server: &Server,
+    xs: &mut XmlStream<TcpStream>,
+    deadline: Instant,
+) -> Option<()> {
+    open_stream(server, xs, deadline, None).await?;
+    let features = "<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls></stream:features>";
+    xs.send_raw(features).await.ok()?;
+    loop {
+        match xs.next(Some(deadline)).await {
+            Ok(StreamEvent::Stanza(el)) if el.is("starttls", NS_TLS) => {
+                if xs.buffered() > 0 {
+                    // Data pipelined after <starttls/> would bypass TLS.
+                    xs.fail("policy-violation", None).await;
+                    return None;
+                }
+                xs.send_raw("<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+                    .await
+                    .ok()?;
+                return Some(());
+            }
+            Ok(StreamEvent::Stanza(el)) if el.ns == NS_SASL && el.name == "auth" => {
+                // PLAIN (or anything) before TLS: RFC 6120 §6.4.5.
+                xs.send_raw("<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><encryption-required/></failure>")
+                    .await
+                    .ok()?;
+            }
+            Ok(StreamEvent::Stanza(el)) => {
+                unexpected_element(xs, &el).await;
+                return None;
+            }
+            Ok(StreamEvent::End) => {
+                xs.close().await;
+                return None;
+            }
+            Ok(StreamEvent::Header(_)) => {
+                xs.fail("bad-format", None).await;
+                return None;
+            }
+            Err(e) => {
+                read_failed(xs, e).await;
+                return None;
+            }
+        }
+    }
+}
+
+/// A stanza where negotiation expects something else.
+async fn unexpected_element<S: AsyncRead + AsyncWrite + Unpin>(
+    xs: &mut XmlStream<S>,
+    el: &Element,
+) {
+    let condition =
+        if el.ns == NS_CLIENT && matches!(el.name.as_str(), "message" | "presence" | "iq") {
+            "not-authorized"
+        } else if el.ns == NS_CLIENT {
+            "unsupported-stanza-type"
+        } else {
+            "policy-violation"
+        };
+    xs.fail(condition, None).await;
+}
+
+/// TLS is up: SASL (and registration), then binding.
+async fn secure_phases<S: AsyncRead + AsyncWrite + Unpin>(
+    server: &Server,
+    mut xs: XmlStream<S>,
+    ip: &str,
+    deadline: Instant,
+) -> Option<Bound<S>> {
+    open_stream(server, &mut xs, deadline, None).await?;
+    let domain = xs.domain.clone();
+    let mut features =
+        String::from("<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>");
+    for m in sasl::MECHANISMS {
+        features.push_str("<mechanism>");
+        features.push_str(m);
+        features.push_str("</mechanism>");
+    }
+    features.push_str("</mechanisms>");
+    if server.config.registration.enabled {
+        features.push_str("<register xmlns='http://jabber.org/features/iq-register'/>");
+    }
+    features.push_str("</stream:features>");
+    xs.send_raw(&features).await.ok()?;
+
+    let mut failures = 0;
+    let bare = loop {
+        let el = match xs.next(Some(deadline)).await {
+            Ok(StreamEvent::Stanza(el)) => el,
+            Ok(StreamEvent::End) => {
+                xs.close().await;
+                return None;
+            }
+            Ok(StreamEvent::Header(_)) => {
+                xs.fail("bad-format", None).await;
+                return None;
+            }
+            Err(e) => {
+                read_failed(&mut xs, e).await;
+                return None;
+            }
+        };
+        if el.is("auth", NS_SASL) {
+            match sasl::authenticate(server, &mut xs, &el, &domain, ip, deadline).await {
+                SaslOutcome::Success(bare) => break bare,
+                SaslOutcome::Failure => {
+                    failures += 1;
+                    if failures >= 5 {
+                        // RFC 6120 §6.4.5: too many retries.
+                        xs.fail("policy-violation", Some("too many failed attempts"))
+                            .await;
+                        return None;
+                    }
+                }
+                SaslOutcome::StreamEnded => return None,
+            }
+        } else if el.is("iq", NS_CLIENT)
+            && el
+                .elements()
+                .any(|c| c.ns == crate::modules::register::NS_REGISTER)
+        {
+            let reply = crate::modules::register::pre_auth(server, &domain, &el).await;
+            xs.send(&reply).await.ok()?;
+        } else {
+            unexpected_element(&mut xs, &el).await;
+            return None;
+        }
+    };
+
+    // Authenticated: a new stream, then resource binding (RFC 6120 §7).
+    xs.restart();
+    open_stream(server, &mut xs, deadline, Some(&domain)).await?;
+    xs.send_raw("<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/><session xmlns='urn:ietf:params:xml:ns:xmpp-session'><optional/></session><sub xmlns='urn:xmpp:features:pre-approval'/><ver xmlns='urn:xmpp:features:rosterver'/></stream:features>")
+        .await
+        .ok()?;
+    loop {
+        let el = match xs.next(Some(deadline)).await {
+            Ok(StreamEvent::Stanza(el)) => el,
+            Ok(StreamEvent::End) => {
+                xs.close().await;
+                return None;
+            }
+            Ok(StreamEvent::Header(_)) => {
+                xs.fail("bad-format", None).await;
+                return None;
+            }
+            Err(e) => {
+                read_failed(&mut xs, e).await;
+                return None;
+            }
+        };
+        if !el.is("iq", NS_CLIENT) {
+            unexpected_element(&mut xs, &el).await;
+            return None;
+        }
+        let Some(bind) = el.get_child("bind", NS_BIND) else {
+            // Anything but binding before a resource is bound.
+            let reply = stanza::error_reply(&el, &stanza::Condition::NotAuthorized.into());
+            if let Some(r) = reply {
+                xs.send(&r).await.ok()?;
+            }
+            continue;
+        };
+        if el.get_attr("type") != Some("set") {
+            if let Some(r) = stanza::error_reply(&el, &stanza::Condition::BadRequest.into()) {
+                xs.send(&r).await.ok()?;
+            }
+            continue;
+        }
+        let requested = bind
+            .child_text("resource", NS_BIND)
+            .map(|r| r.trim().to_owned())
+            .filter(|r| !r.is_empty());
+        let resource = requested.unwrap_or_else(|| format!("starling-{}", &new_id()[..12]));
+        let full = match bare.with_resource_str(&resource) {
+            Ok(f) => f,
+            Err(_) => {
+                if let Some(r) = stanza::error_reply(&el, &stanza::Condition::BadRequest.into()) {
+                    xs.send(&r).await.ok()?;
+                }
+                continue;
+            }
+        };
+        let mut reply = Element::new("iq", NS_CLIENT).attr("type", "result");
+        if let Some(id) = el.get_attr("id") {
+            reply.set_attr("id", id);
+        }
+        let reply = reply.child(
+            Element::new("bind", NS_BIND)
+                .child(Element::new("jid", NS_BIND).text(full.to_string())),
+        );
+        xs.send(&reply).await.ok()?;
+        let _ = NS_SESSION;
+        return Some(Bound {
+            stream: xs,
+            bare,
+            full,
+        });
+    }
+}

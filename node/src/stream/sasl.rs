@@ -1,0 +1,272 @@
+//! The SASL exchange of RFC 6120 §6 over an XML stream: SCRAM-SHA-512,
+//! -256, -1 and PLAIN (PLAIN is reached only over TLS, since the plain
+//! phase offers nothing but STARTTLS). Failed attempts are delayed and
+//! counted per account and per client address.
+
+use super::negotiate::read_failed;
+use super::xmlstream::XmlStream;
+use crate::auth::scram::{ScramHash, ScramServer, ScramStep};
+use crate::auth::{SaslFailure, decode_b64, encode_b64, plain::parse_plain};
+use crate::server::Server;
+use crate::stanza::NS_SASL;
+use crate::xml::{Element, StreamEvent};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
+
+/// Offered mechanisms, strongest first.
+pub const MECHANISMS: [&str; 4] = ["SCRAM-SHA-512", "SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN"];
+
+pub enum SaslOutcome {
+    Success(jid::BareJid),
+    /// A `<failure/>` was sent; the client may try again.
+    Failure,
+    /// The stream was closed.
+    StreamEnded,
+}
+
+/// What the client sent during an exchange.
+enum Reply {
+    Data(Vec<u8>),
+    Abort,
+}
+
+/// Runs one exchange that starts with `auth`.
+pub async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
+    server: &Server,
+    xs: &mut XmlStream<S>,
+    auth: &Element,
+    domain: &str,
+    ip: &str,
+    deadline: Instant,
+) -> SaslOutcome {
+    let mechanism = auth.get_attr("mechanism").unwrap_or("");
+    let mut account: Option<String> = None;
+    let result = if server.throttle.blocked(ip, None) {
+        Err(SaslFailure::TemporaryAuthFailure)
+    } else {
+        match mechanism {
+            "PLAIN" => plain(server, xs, auth, domain, deadline, &mut account).await,
+            m => match ScramHash::from_mechanism(m) {
+                Some(h) => scram(server, xs, auth, h, domain, ip, deadline, &mut account).await,
+                None => Err(SaslFailure::InvalidMechanism),
+            },
+        }
+    };
+    match result {
+        Ok(Some((bare, additional))) => {
+            let msg = match additional {
+                Some(data) => format!("<success xmlns='{NS_SASL}'>{}</success>", encode_b64(&data)),
+                None => format!("<success xmlns='{NS_SASL}'/>"),
+            };
+            if xs.send_raw(&msg).await.is_err() {
+                return SaslOutcome::StreamEnded;
+            }
+            metrics::counter!("starling_auth_success_total", "mechanism" => mechanism_label(mechanism))
+                .increment(1);
+            SaslOutcome::Success(bare)
+        }
+        Ok(None) => SaslOutcome::StreamEnded,
+        Err(failure) => {
+            metrics::counter!("starling_auth_failures_total", "mechanism" => mechanism_label(mechanism))
+                .increment(1);
+            if matches!(
+                failure,
+                SaslFailure::NotAuthorized | SaslFailure::InvalidAuthzid
+            ) {
+                server.throttle.record_failure(ip, account.as_deref());
+            }
+            if failure != SaslFailure::Aborted {
+                // Slow down guessing (RFC 6120 §13.8 on dictionary attacks).
+                tokio::time::sleep(Duration::from_millis(server.config.auth.failure_delay_ms))
+                    .await;
+            }
+            let msg = format!(
+                "<failure xmlns='{NS_SASL}'><{}/></failure>",
+                failure.condition()
+            );
+            if xs.send_raw(&msg).await.is_err() {
+                return SaslOutcome::StreamEnded;
+            }
+            SaslOutcome::Failure
+        }
+    }
+}
+
+fn mechanism_label(m: &str) -> &'static str {
+    MECHANISMS
+        .iter()
+        .find(|x| **x == m)
+        .copied()
+        .unwrap_or("other")
+}
+
+/// The payload of `<auth>`; `None` when it carried none (the client waits
+/// for an empty challenge), per RFC 6120 §6.4.2.
+fn initial_response(auth: &Element) -> Result<Option<Vec<u8>>, SaslFailure> {
+    let text = auth.text_content();
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    decode_b64(&text).map(Some)
+}
+
+/// Sends a challenge and waits for the response (or abort).
+async fn challenge<S: AsyncRead + AsyncWrite + Unpin>(
+    xs: &mut XmlStream<S>,
+    data: &[u8],
+    deadline: Instant,
+) -> Result<Option<Reply>, SaslFailure> {
+    let msg = if data.is_empty() {
+        format!("<challenge xmlns='{NS_SASL}'/>")
+    } else {
+        format!(
+            "<challenge xmlns='{NS_SASL}'>{}</challenge>",
+            encode_b64(data)
+        )
+    };
+    if xs.send_raw(&msg).await.is_err() {
+        return Ok(None);
+    }
+    match xs.next(Some(deadline)).await {
+        Ok(StreamEvent::Stanza(el)) if el.is("response", NS_SASL) => {
+            let text = el.text_content();
+            let data = if text.trim().is_empty() {
+                Vec::new()
+            } else {
+                decode_b64(&text)?
+            };
+            Ok(Some(Reply::Data(data)))
+        }
+        Ok(StreamEvent::Stanza(el)) if el.is("abort", NS_SASL) => Ok(Some(Reply::Abort)),
+        Ok(StreamEvent::Stanza(_)) => Err(SaslFailure::MalformedRequest),
+        Ok(StreamEvent::End) => {
+            xs.close().await;
+            Ok(None)
+        }
+        Ok(StreamEvent::Header(_)) => {
+            xs.fail("bad-format", None).await;
+            Ok(None)
+        }
+        Err(e) => {
+            read_failed(xs, e).await;
+            Ok(None)
+        }
+    }
+}
+
+type Authenticated = Option<(jid::BareJid, Option<Vec<u8>>)>;
+
+/// The account JID for a SASL username: the localpart at this domain.
+fn account_jid(username: &str, domain: &str) -> Result<jid::BareJid, SaslFailure> {
+    if username.contains('@') {
+        return Err(SaslFailure::NotAuthorized);
+    }
+    jid::BareJid::new(&format!("{username}@{domain}")).map_err(|_| SaslFailure::NotAuthorized)
+}
+
+/// An authzid, if any, must name the authenticated account itself.
+fn check_authzid(authzid: Option<&str>, bare: &jid::BareJid) -> Result<(), SaslFailure> {
+    match authzid {
+        None | Some("") => Ok(()),
+        Some(z) => match jid::BareJid::new(z) {
+            Ok(j) if &j == bare => Ok(()),
+            _ => Err(SaslFailure::InvalidAuthzid),
+        },
+    }
+}
+
+async fn plain<S: AsyncRead + AsyncWrite + Unpin>(
+    server: &Server,
+    xs: &mut XmlStream<S>,
+    auth: &Element,
+    domain: &str,
+    deadline: Instant,
+    account: &mut Option<String>,
+) -> Result<Authenticated, SaslFailure> {
+    let data = match initial_response(auth)? {
+        Some(d) => d,
+        None => match challenge(xs, &[], deadline).await? {
+            Some(Reply::Data(d)) => d,
+            Some(Reply::Abort) => return Err(SaslFailure::Aborted),
+            None => return Ok(None),
+        },
+    };
+    let creds = parse_plain(&data)?;
+    let bare = account_jid(&creds.authcid, domain)?;
+    *account = Some(bare.to_string());
+    if server.throttle.blocked("", account.as_deref()) {
+        return Err(SaslFailure::TemporaryAuthFailure);
+    }
+    let stored = server
+        .storage
+        .account(bare.as_str())
+        .map_err(|_| SaslFailure::TemporaryAuthFailure)?;
+    let password = creds.password.clone();
+    // PBKDF2 is CPU work: keep it off the session threads.
+    let ok = tokio::task::spawn_blocking(move || {
+        stored.is_some_and(|a| a.credentials.verify_plain(&password))
+    })
+    .await
+    .unwrap_or(false);
+    if !ok {
+        return Err(SaslFailure::NotAuthorized);
+    }
+    check_authzid(creds.authzid.as_deref(), &bare)?;
+    Ok(Some((bare, None)))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn scram<S: AsyncRead + AsyncWrite + Unpin>(
+    server: &Server,
+    xs: &mut XmlStream<S>,
+    auth: &Element,
+    hash: ScramHash,
+    domain: &str,
+    ip: &str,
+    deadline: Instant,
+    account: &mut Option<String>,
+) -> Result<Authenticated, SaslFailure> {
+    let first = match initial_response(auth)? {
+        Some(d) => d,
+        None => match challenge(xs, &[], deadline).await? {
+            Some(Reply::Data(d)) => d,
+            Some(Reply::Abort) => return Err(SaslFailure::Aborted),
+            None => return Ok(None),
+        },
+    };
+    let mut scram = ScramServer::with_secret(hash, &server.scram_secret)
+        .fake_iterations(server.config.auth.scram_iterations);
+    let username = scram.client_first(&first)?;
+    let bare = account_jid(&username, domain);
+    if let Ok(b) = &bare {
+        *account = Some(b.to_string());
+    }
+    if server.throttle.blocked(ip, account.as_deref()) {
+        return Err(SaslFailure::TemporaryAuthFailure);
+    }
+    let stored = match &bare {
+        Ok(b) => server
+            .storage
+            .account(b.as_str())
+            .map_err(|_| SaslFailure::TemporaryAuthFailure)?,
+        Err(_) => None,
+    };
+    let server_first = scram.server_first(stored.as_ref().map(|a| a.credentials.get(hash)));
+    let client_final = match challenge(xs, &server_first, deadline).await? {
+        Some(Reply::Data(d)) => d,
+        Some(Reply::Abort) => return Err(SaslFailure::Aborted),
+        None => return Ok(None),
+    };
+    match scram.client_final(&client_final)? {
+        ScramStep::Success { server_final, .. } => {
+            let bare = bare?;
+            if stored.is_none() {
+                return Err(SaslFailure::NotAuthorized);
+            }
+            check_authzid(scram.authzid(), &bare)?;
+            Ok(Some((bare, Some(server_final))))
+        }
+        ScramStep::Challenge(_) => Err(SaslFailure::MalformedRequest),
+    }
+}

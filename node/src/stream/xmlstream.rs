@@ -1,0 +1,159 @@
+//! One XML stream over any byte stream: reads events through the bounded
+//! parser, writes serialised XML, and ends the stream with a stream error
+//! the way RFC 6120 §4.9.1 asks (our header first if not yet sent, then
+//! the error, then `</stream:stream>`, then the TCP close).
+
+use crate::stanza::stream_error;
+use crate::xml::{Element, Limits, StreamEvent, StreamParser, XmlError};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+
+/// Why reading the stream stopped.
+#[derive(Debug)]
+pub enum ReadError {
+    /// The peer closed the TCP connection (or it broke).
+    Closed,
+    /// The parser rejected the input; answer with this stream error.
+    Xml(XmlError),
+    /// No data before the deadline.
+    Timeout,
+}
+
+impl From<XmlError> for ReadError {
+    fn from(e: XmlError) -> Self {
+        ReadError::Xml(e)
+    }
+}
+
+pub struct XmlStream<S> {
+    pub io: S,
+    parser: StreamParser,
+    limits: Limits,
+    /// Whether our stream header went out on this stream.
+    pub header_sent: bool,
+    /// Our domain, for the header sent before an early error.
+    pub domain: String,
+    write_timeout: Duration,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> XmlStream<S> {
+    pub fn new(io: S, limits: Limits, domain: String, write_timeout: Duration) -> Self {
+        XmlStream {
+            io,
+            parser: StreamParser::new(limits),
+            limits,
+            header_sent: false,
+            domain,
+            write_timeout,
+        }
+    }
+
+    /// Starts a new stream on the same transport (after SASL success).
+    pub fn restart(&mut self) {
+        self.parser = StreamParser::new(self.limits);
+        self.header_sent = false;
+    }
+
+    /// Bytes held for an unfinished stanza (must be none at a TLS upgrade).
+    pub fn buffered(&self) -> usize {
+        self.parser.buffered()
+    }
+
+    /// The next event: from what is buffered, else read more. `deadline`
+    /// bounds the wait.
+    pub async fn next(&mut self, deadline: Option<Instant>) -> Result<StreamEvent, ReadError> {
+        loop {
+            if let Some(ev) = self.parser.next_event()? {
+                return Ok(ev);
+            }
+            self.fill(deadline).await?;
+        }
+    }
+
+    /// The next event from what is already buffered, without reading.
+    pub fn next_buffered(&mut self) -> Result<Option<StreamEvent>, ReadError> {
+        Ok(self.parser.next_event()?)
+    }
+
+    /// Reads once from the transport into the parser.
+    pub async fn fill(&mut self, deadline: Option<Instant>) -> Result<(), ReadError> {
+        let mut buf = [0u8; 4096];
+        let read = self.io.read(&mut buf);
+        let n = match deadline {
+            Some(d) => tokio::time::timeout_at(d, read)
+                .await
+                .map_err(|_| ReadError::Timeout)?,
+            None => read.await,
+        }
+        .map_err(|_| ReadError::Closed)?;
+        if n == 0 {
+            return Err(ReadError::Closed);
+        }
+        metrics::counter!("starling_c2s_bytes_received_total").increment(n as u64);
+        self.parser.feed(&buf[..n]);
+        Ok(())
+    }
+
+    /// Writes and flushes, giving up after the write timeout (a client that
+    /// does not read cannot make us buffer without limit).
+    pub async fn send_raw(&mut self, data: &str) -> std::io::Result<()> {
+        let io = &mut self.io;
+        let fut = async move {
+            io.write_all(data.as_bytes()).await?;
+            io.flush().await
+        };
+        match tokio::time::timeout(self.write_timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "client does not read",
+            )),
+        }
+    }
+
+    pub async fn send(&mut self, el: &Element) -> std::io::Result<()> {
+        let s = el.to_stream_xml(crate::stanza::NS_CLIENT);
+        self.send_raw(&s).await
+    }
+
+    /// Sends our stream header in reply to the client's.
+    pub async fn send_header(&mut self, to: Option<&str>, id: &str) -> std::io::Result<()> {
+        let mut h = String::with_capacity(256);
+        h.push_str("<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0' xml:lang='en' id='");
+        h.push_str(id);
+        h.push_str("' from='");
+        crate::xml::escape_into(&mut h, &self.domain, true);
+        h.push('\'');
+        if let Some(to) = to {
+            h.push_str(" to='");
+            crate::xml::escape_into(&mut h, to, true);
+            h.push('\'');
+        }
+        h.push('>');
+        self.header_sent = true;
+        self.send_raw(&h).await
+    }
+
+    /// Ends the stream with a stream error and closes the connection.
+    pub async fn fail(&mut self, condition: &str, text: Option<&str>) {
+        metrics::counter!("starling_c2s_stream_errors_total", "condition" => condition.to_owned())
+            .increment(1);
+        if !self.header_sent {
+            let _ = self.send_header(None, &new_id()).await;
+        }
+        let _ = self.send_raw(&stream_error(condition, text)).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.io.shutdown()).await;
+    }
+
+    /// Closes the stream cleanly (answering the client's `</stream:stream>`).
+    pub async fn close(&mut self) {
+        let _ = self.send_raw("</stream:stream>").await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.io.shutdown()).await;
+    }
+}
+
+/// A fresh stream id.
+pub fn new_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
