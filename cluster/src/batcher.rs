@@ -5,6 +5,8 @@
 //! one entry; while that entry is being replicated and applied, new writes
 //! queue up and form the next entry. A login storm is therefore a handful of
 //! fsyncs, not one per login.
+//!
+//! On a follower the batch goes to the leader's `ForwardWrite` instead.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,6 +15,7 @@ use openraft::error::{ClientWriteError, Fatal, RaftError};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics;
+use crate::raft::admin::Forwarder;
 use crate::raft::{NodeId, Raft, Request};
 use crate::{Op, OpResult, StoreError};
 
@@ -43,7 +46,8 @@ fn write_bytes(ops: &[Op]) -> usize {
 
 pub struct Pending {
     pub ops: Vec<Op>,
-    pub reply: oneshot::Sender<Result<Vec<OpResult>, StoreError>>,
+    /// The write's results and the log index of the entry that carried it.
+    pub reply: oneshot::Sender<Result<(Vec<OpResult>, u64), StoreError>>,
 }
 
 /// Counters for diagnostics and tests.
@@ -73,6 +77,7 @@ pub fn fatal(f: Fatal<NodeId>) -> StoreError {
 }
 
 pub async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, counters: Arc<Counters>) {
+    let mut forwarder = Forwarder::default();
     while let Some(first) = rx.recv().await {
         let mut bytes = write_bytes(&first.ops);
         let mut batch = vec![first];
@@ -91,24 +96,48 @@ pub async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, counters: Arc<Coun
         metrics::writes_per_entry(n);
         counters.entries.fetch_add(1, Ordering::Relaxed);
         counters.writes.fetch_add(n as u64, Ordering::Relaxed);
-        match raft.client_write(Request { writes }).await {
+        let request = Request { writes };
+        let outcome = match leader_elsewhere(&raft) {
+            Some(addr) => forwarder.forward(&addr, &request).await,
+            None => raft
+                .client_write(request)
+                .await
+                .map(|r| r.data)
+                .map_err(client_write_error),
+        };
+        match outcome {
             Ok(resp) => {
-                let mut results = resp.data.results.into_iter();
+                let mut results = resp.results.into_iter();
                 for reply in replies {
                     let r = results
                         .next()
+                        .map(|r| (r, resp.index))
                         .ok_or_else(|| StoreError::Storage("missing result for a write".into()));
                     let _ = reply.send(r);
                 }
             }
             Err(e) => {
-                let e = client_write_error(e);
                 for reply in replies {
                     let _ = reply.send(Err(clone_err(&e)));
                 }
             }
         }
     }
+}
+
+/// The leader's address when another node is known to lead; `None` when
+/// this node leads or no leader is known (openraft then answers).
+fn leader_elsewhere(raft: &Raft) -> Option<String> {
+    let m = raft.metrics();
+    let m = m.borrow();
+    let leader = m.current_leader?;
+    if leader == m.id {
+        return None;
+    }
+    m.membership_config
+        .membership()
+        .get_node(&leader)
+        .map(|n| n.addr.clone())
 }
 
 fn clone_err(e: &StoreError) -> StoreError {

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use openraft::error::{CheckIsLeaderError, RaftError};
@@ -105,6 +105,7 @@ struct Inner {
     kv: SledKv,
     writes: mpsc::Sender<Pending>,
     counters: Arc<Counters>,
+    committed: Arc<AtomicU64>,
     closed: AtomicBool,
     stop: watch::Sender<bool>,
 }
@@ -184,6 +185,7 @@ impl Store {
         std::fs::create_dir_all(&cfg.data_dir).map_err(storage)?;
         let kv = open_kv(&cfg.data_dir).await?;
         let log = LogStore::new(kv.clone()).map_err(storage)?;
+        let committed = log.committed_index();
         let sm = StateMachine::new(kv.clone()).map_err(storage)?;
         let config = Arc::new(raft::config().validate().map_err(storage)?);
         let raft = raft::Raft::new(cfg.node_id, config, raft::network::Network, log, sm)
@@ -210,6 +212,7 @@ impl Store {
                 kv,
                 writes: tx,
                 counters,
+                committed,
                 closed: AtomicBool::new(false),
                 stop,
             }),
@@ -249,17 +252,12 @@ impl Store {
     /// catches up over gRPC, then into the voting membership. Call it on
     /// the leader; the new node must already serve gRPC on `raft_addr`.
     pub async fn add_member(&self, node_id: u64, raft_addr: &str) -> Result<(), StoreError> {
-        let raft = &self.inner.raft;
-        raft.add_learner(node_id, BasicNode::new(raft_addr), true)
-            .await
-            .map_err(batcher::client_write_error)?;
-        raft.change_membership(
-            openraft::ChangeMembers::AddVoterIds(std::collections::BTreeSet::from([node_id])),
-            false,
-        )
-        .await
-        .map_err(batcher::client_write_error)?;
-        Ok(())
+        raft::admin::add_member(&self.inner.raft, node_id, raft_addr).await
+    }
+
+    /// Removes a node from the cluster. Call it on the leader.
+    pub async fn remove_member(&self, node_id: u64) -> Result<(), StoreError> {
+        raft::admin::remove_member(&self.inner.raft, node_id).await
     }
 
     /// The current leader's node id, as far as this node knows.
@@ -280,6 +278,11 @@ impl Store {
     /// Replicates and applies one write. Concurrent writes are batched into
     /// one Raft entry. Returns once committed and applied, one result per op.
     pub async fn write(&self, ops: Vec<Op>) -> Result<Vec<OpResult>, StoreError> {
+        Ok(self.write_at(ops).await?.0)
+    }
+
+    /// `write`, also returning the log index of the entry that carried it.
+    async fn write_at(&self, ops: Vec<Op>) -> Result<(Vec<OpResult>, u64), StoreError> {
         if self.inner.closed.load(Ordering::SeqCst) {
             return Err(StoreError::Shutdown);
         }
@@ -322,12 +325,24 @@ impl Store {
         if self.inner.closed.load(Ordering::SeqCst) {
             return Err(StoreError::Shutdown);
         }
-        self.inner
-            .raft
-            .ensure_linearizable()
-            .await
-            .map(|_| ())
-            .map_err(leader_error)
+        let raft = &self.inner.raft;
+        match raft.ensure_linearizable().await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
+                // A follower: an empty write through the leader marks a
+                // point at or after every write committed before this
+                // call; once applied here, reads see all of them. It rides
+                // in a batch with other writes, so it rarely costs an fsync
+                // of its own.
+                let (_, index) = self.write_at(Vec::new()).await?;
+                raft.wait(Some(START_TIMEOUT))
+                    .applied_index_at_least(Some(index), "read barrier")
+                    .await
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                Ok(())
+            }
+            Err(e) => Err(leader_error(e)),
+        }
     }
 
     /// Stops Raft and flushes storage.
@@ -389,16 +404,22 @@ impl Store {
         Ok(())
     }
 
-    /// Serves this node's Raft RPCs (gRPC, plain TCP for now) on `addr`
-    /// until the store shuts down.
+    /// Serves this node's cluster gRPC (the Raft and Admin services of
+    /// `starling.cluster.v1`, plain TCP for now) on `addr` until the store
+    /// shuts down.
     pub async fn serve_grpc(&self, addr: SocketAddr) -> Result<(), StoreError> {
         let mut stop = self.inner.stop.subscribe();
         let signal = async move {
             let _ = stop.wait_for(|s| *s).await;
         };
-        raft::grpc::serve(self.inner.raft.clone(), addr, signal)
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("raft gRPC on {addr}: {e}")))
+        raft::grpc::serve(
+            self.inner.raft.clone(),
+            self.inner.committed.clone(),
+            addr,
+            signal,
+        )
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("raft gRPC on {addr}: {e}")))
     }
 }
 

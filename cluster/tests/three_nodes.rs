@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use starling_cluster::{Op, OpResult, Store, StoreConfig, StoreError};
+use starling_cluster::{Op, OpResult, Store, StoreConfig};
 
 fn free_addr() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -79,12 +79,41 @@ async fn three_nodes_replicate_over_grpc() {
         .await;
         assert_eq!(f.count_prefix("s", b"before").unwrap(), 30);
         assert_eq!(f.leader(), Some(1));
-        assert!(matches!(
-            f.write(vec![put("x")]).await,
-            Err(StoreError::Unavailable(_))
-        ));
     }
+
+    // A follower forwards its writes to the leader (group-committed there).
+    let tasks: Vec<_> = (0..50)
+        .map(|i| {
+            let f = followers[i % 2].clone();
+            tokio::spawn(async move { f.write(vec![put(&format!("fwd{i:02}"))]).await })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap(), vec![OpResult::Done]);
+    }
+    assert_eq!(s1.count_prefix("s", b"fwd").unwrap(), 50);
+    let r = followers[0]
+        .write(vec![Op::Insert {
+            space: "s".into(),
+            key: b"fwd00".to_vec(),
+            value: vec![],
+        }])
+        .await
+        .unwrap();
+    assert_eq!(r, vec![OpResult::Exists]);
     s1.read_barrier().await.unwrap();
+    // A follower's read barrier makes the leader's last write visible.
+    s1.write(vec![put("barrier")]).await.unwrap();
+    followers[1].read_barrier().await.unwrap();
+    assert!(followers[1].get("s", b"barrier").unwrap().is_some());
+
+    // Node 3 leaves; the two others keep committing.
+    s1.remove_member(3).await.unwrap();
+    s1.write(vec![put("after_leave")]).await.unwrap();
+    eventually("node 2 applies after the leave", || {
+        followers[0].get("s", b"after_leave").unwrap().is_some()
+    })
+    .await;
 
     for f in &followers {
         f.shutdown().await.unwrap();

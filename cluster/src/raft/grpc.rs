@@ -1,15 +1,20 @@
 //! The `starling.cluster.v1.Raft` gRPC service: decodes openraft requests,
-//! hands them to the local Raft node and encodes its `Result` back.
+//! hands them to the local Raft node and encodes its `Result` back; and the
+//! server that carries it together with the Admin service.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use serde::Serialize;
+use starling_proto::cluster::admin_server::AdminServer;
 use starling_proto::cluster::raft_server::{Raft as RaftRpc, RaftServer};
 use starling_proto::cluster::{RaftReply, RaftRequest};
 use tonic::{Request, Response, Status};
 
 use crate::codec::{decode, encode};
 use crate::raft::Raft;
+use crate::raft::admin::AdminService;
 
 pub struct RaftService {
     raft: Raft,
@@ -47,17 +52,25 @@ impl RaftRpc for RaftService {
     }
 }
 
-/// Serves Raft RPCs on `addr` until `shutdown` resolves.
+/// Serves the Raft and Admin services on `addr` until `shutdown` resolves.
 pub async fn serve(
     raft: Raft,
+    committed: Arc<AtomicU64>,
     addr: SocketAddr,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
+    let admin = AdminServer::new(AdminService {
+        raft: raft.clone(),
+        committed,
+    })
+    .max_decoding_message_size(usize::MAX)
+    .max_encoding_message_size(usize::MAX);
     let svc = RaftServer::new(RaftService { raft })
         .max_decoding_message_size(usize::MAX)
         .max_encoding_message_size(usize::MAX);
     tonic::transport::Server::builder()
         .add_service(svc)
+        .add_service(admin)
         .serve_with_shutdown(addr, shutdown)
         .await
 }

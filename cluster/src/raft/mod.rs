@@ -4,6 +4,7 @@
 //! One Raft entry carries a batch of client writes (group commit): see
 //! `batcher.rs`.
 
+pub mod admin;
 pub mod grpc;
 pub mod network;
 
@@ -20,10 +21,12 @@ pub struct Request {
     pub writes: Vec<Vec<Op>>,
 }
 
-/// One result list per write of the entry's [`Request`].
+/// One result list per write of the entry's [`Request`], and the entry's
+/// log index (a follower's read barrier waits until it has applied it).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Response {
     pub results: Vec<Vec<OpResult>>,
+    pub index: u64,
 }
 
 openraft::declare_raft_types!(

@@ -9,6 +9,8 @@
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{LogState, OptionalSend, RaftLogReader, StorageIOError, Vote};
@@ -30,6 +32,9 @@ pub struct LogStore<K: Kv> {
     log: K::Tree,
     meta: K::Tree,
     flusher: mpsc::UnboundedSender<LogFlushed<TypeConfig>>,
+    /// The last committed index openraft reported (openraft 0.9's metrics
+    /// do not carry it).
+    committed: Arc<AtomicU64>,
 }
 
 fn rd(e: impl ToString) -> StorageError {
@@ -53,7 +58,13 @@ impl<K: Kv> LogStore<K> {
             log,
             meta,
             flusher: tx,
+            committed: Arc::default(),
         })
+    }
+
+    /// A live view of the last committed log index.
+    pub fn committed_index(&self) -> Arc<AtomicU64> {
+        self.committed.clone()
     }
 
     async fn flush(&self) -> Result<(), StorageError> {
@@ -165,13 +176,18 @@ impl<K: Kv> RaftLogStorage<TypeConfig> for LogStore<K> {
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         if let Some(c) = &committed {
             metrics::commit_index(c.index);
+            self.committed.store(c.index, Ordering::Relaxed);
         }
         let b = encode(&committed).map_err(wr)?;
         self.meta.insert(COMMITTED, &b).map_err(wr)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(self.get_meta::<Option<LogId>>(COMMITTED)?.flatten())
+        let c = self.get_meta::<Option<LogId>>(COMMITTED)?.flatten();
+        if let Some(c) = &c {
+            self.committed.fetch_max(c.index, Ordering::Relaxed);
+        }
+        Ok(c)
     }
 
     async fn append<I>(

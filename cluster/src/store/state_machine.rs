@@ -235,7 +235,10 @@ impl<K: Kv> RaftStateMachine<TypeConfig> for StateMachine<K> {
                             StorageIOError::apply(entry.log_id, openraft::AnyError::error(e))
                         })?);
                     }
-                    replies.push(Response { results });
+                    replies.push(Response {
+                        results,
+                        index: entry.log_id.index,
+                    });
                 }
                 EntryPayload::Membership(m) => {
                     membership = Some(StoredMembership::new(Some(entry.log_id), m));
