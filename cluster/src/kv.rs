@@ -66,9 +66,17 @@ pub struct SledKv {
     db: sled::Db,
 }
 
+/// sled's page cache; its default (1 GiB) is too much beside a node that
+/// counts kilobytes per session.
+const SLED_CACHE_BYTES: u64 = 128 << 20;
+
 impl SledKv {
     pub fn open(path: &Path) -> KvResult<SledKv> {
-        let db = sled::Config::new().path(path).open().map_err(err)?;
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(SLED_CACHE_BYTES)
+            .open()
+            .map_err(err)?;
         Ok(SledKv { db })
     }
 }
