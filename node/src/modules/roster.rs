@@ -91,6 +91,10 @@ async fn set(ctx: &IqCtx<'_>) -> IqResult {
     let contact = jid.to_string();
     let server = ctx.server;
     let bare = ctx.origin.bare;
+    if contact == bare {
+        // The user's own JID is not a contact (RFC 6121 §2.3.3).
+        return Err(Condition::NotAllowed.into());
+    }
     if item.get_attr("subscription") == Some("remove") {
         return remove(ctx.server, ctx.origin, &contact).await;
     }

@@ -196,11 +196,18 @@ impl StreamParser {
                 return Ok(None);
             }
             let b = self.buf[self.pos];
+            if b == 0 && self.depth == 0 {
+                // NUL before the header: UTF-16 or UTF-32 (§11.6).
+                return Err(XmlError::UnsupportedEncoding);
+            }
             match self.state {
                 Scan::Text => {
                     if b == b'<' {
                         self.tag_start = self.pos;
                         self.state = Scan::Lt;
+                    } else if self.depth == 0 && (b == 0 || b >= 0x80) {
+                        // A byte-order mark or UTF-16/32 text: not UTF-8 (§11.6).
+                        return Err(XmlError::UnsupportedEncoding);
                     } else if self.depth <= 1 && !matches!(b, b' ' | b'\t' | b'\r' | b'\n') {
                         // Character data outside any stanza.
                         return Err(XmlError::BadFormat);
@@ -255,7 +262,11 @@ impl StreamParser {
                         if !decl.starts_with(b"<?xml ") && !decl.starts_with(b"<?xml?") {
                             return Err(XmlError::RestrictedXml);
                         }
-                        if std::str::from_utf8(decl).is_err() {
+                        let Ok(decl) = std::str::from_utf8(decl) else {
+                            return Err(XmlError::UnsupportedEncoding);
+                        };
+                        if declared_encoding(decl).is_some_and(|e| !e.eq_ignore_ascii_case("utf-8"))
+                        {
                             return Err(XmlError::UnsupportedEncoding);
                         }
                         self.state = Scan::Text;
@@ -407,6 +418,15 @@ impl StreamParser {
         self.header_qname = qname;
         Ok(header)
     }
+}
+
+/// The `encoding` pseudo-attribute of an XML declaration.
+fn declared_encoding(decl: &str) -> Option<&str> {
+    let rest = &decl[decl.find("encoding")? + "encoding".len()..];
+    let rest = rest.trim_start().strip_prefix('=')?.trim_start();
+    let quote = rest.chars().next()?;
+    let rest = &rest[1..];
+    Some(&rest[..rest.find(quote)?])
 }
 
 fn split_qname(q: &str) -> (&str, &str) {
@@ -741,6 +761,34 @@ mod tests {
         events(&mut p, HEADER.as_bytes()).unwrap();
         let e = events(&mut p, b"<message><body>\xff\xfe</body></message>").unwrap_err();
         assert_eq!(e, XmlError::UnsupportedEncoding);
+    }
+
+    #[test]
+    fn other_encodings() {
+        let utf16: Vec<u8> = HEADER
+            .encode_utf16()
+            .flat_map(|u| u.to_le_bytes())
+            .collect();
+        let mut p = parser();
+        assert_eq!(
+            events(&mut p, &[0xFF, 0xFE]).unwrap_err(),
+            XmlError::UnsupportedEncoding
+        );
+        let mut p = parser();
+        assert_eq!(
+            events(&mut p, &utf16).unwrap_err(),
+            XmlError::UnsupportedEncoding
+        );
+        assert_eq!(
+            first_error("<?xml version='1.0' encoding='UTF-16'?><stream:stream>"),
+            XmlError::UnsupportedEncoding
+        );
+        let mut p = parser();
+        let ok = HEADER.replace("version='1.0'?>", "version='1.0' encoding=\"utf-8\"?>");
+        assert!(matches!(
+            events(&mut p, ok.as_bytes()).unwrap()[0],
+            StreamEvent::Header(_)
+        ));
     }
 
     #[test]
