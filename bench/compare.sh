@@ -6,7 +6,8 @@
 #
 # Starts ejabberd and Prosody through the peers scripts with REQUIRE_TLS=1 (STARTTLS required, as
 # Starling does), Starling from target/release/starling if it exists (skipped with a message if it is
-# missing or does not come up), and `starling-bench echo` as the physical limit. Runs the scenario
+# missing or does not come up), and `starling-bench echo` (plain, and `--tls` with the same RSA-2048
+# certificate) as the physical limit. Runs the scenario
 # interleaved (A,B,C,D, A,B,C,D, ...) RUNS times, one bench run per server per round, and prints the
 # median of each figure per server and its ratio to ejabberd and Prosody. Stops, by PID, every server
 # it started (KEEP=1 leaves the peers running).
@@ -18,7 +19,7 @@ SCEN="${1:?usage: bench/compare.sh login|idle|chat|chat-sat|presence [bench opti
 HERE="$(cd "$(dirname "$0")" && pwd)"; ROOT="$(cd "$HERE/.." && pwd)"
 RUNS="${RUNS:-3}"
 OUT="${OUT:-/tmp/starling-bench-compare}/$SCEN-$(date +%Y%m%d-%H%M%S)"
-SERVERS="${SERVERS:-ejabberd prosody starling echo}"
+SERVERS="${SERVERS:-ejabberd prosody starling echo echo-tls}"
 if [ -z "${PEERS:-}" ]; then
   for d in /work/shared/peers "$ROOT/../shared/peers"; do [ -x "$d/prosody-start.sh" ] && PEERS="$d" && break; done
 fi
@@ -26,14 +27,14 @@ PEERS="${PEERS:?set PEERS to the peers scripts directory}"
 BENCH="$ROOT/target/release/starling-bench"
 STARLING_BIN="${STARLING_BIN:-$ROOT/target/release/starling}"
 ST_DIR="${ST_DIR:-/tmp/perf-starling}"; ST_PORT="${ST_PORT:-45222}"; ST_TLS_PORT="${ST_TLS_PORT:-45223}"; ST_METRICS="${ST_METRICS:-45290}"
-ECHO_PORT="${ECHO_PORT:-47777}"
+ECHO_PORT="${ECHO_PORT:-47777}"; ECHO_TLS_PORT="${ECHO_TLS_PORT:-47778}"
 export REQUIRE_TLS=1
 mkdir -p "$OUT"
 
 # scenario sizes (override through the environment)
 ACCOUNTS="${ACCOUNTS:-2000}"; ROSTER=0
 case "$SCEN" in
-  login)    ARGS=(login --logins "${LOGINS:-2000}" --concurrency "${CONC:-20}" --users "${USERS:-1000}") ;;
+  login)    ARGS=(login --logins "${LOGINS:-2000}" --concurrency "${CONC:-20}" --users "${USERS:-500}") ;;
   idle)     S="${SESSIONS:-5000}"; ACCOUNTS=$(( S > ACCOUNTS ? S : ACCOUNTS ))
             ARGS=(idle --sessions "$S" --spawn "${SPAWN:-$(( (S + 18999) / 19000 ))}") ;;
   chat)     ARGS=(chat --pairs "${PAIRS:-50}" --rate "${RATE:-1000}" --size "${SIZE:-100}" --duration-secs "${DURATION:-10}") ;;
@@ -45,9 +46,10 @@ esac
 
 [ -x "$BENCH" ] || (cd "$ROOT" && cargo build --release -p starling-bench)
 
-STARTED_ECHO=""; STARTED_ST=""
+STARTED_ECHO=""; STARTED_ECHO_TLS=""; STARTED_ST=""
 cleanup() {
   [ -n "$STARTED_ECHO" ] && kill "$STARTED_ECHO" 2>/dev/null || true
+  [ -n "$STARTED_ECHO_TLS" ] && kill "$STARTED_ECHO_TLS" 2>/dev/null || true
   if [ -n "$STARTED_ST" ]; then kill "$STARTED_ST" 2>/dev/null || true; sleep 1; kill -9 "$STARTED_ST" 2>/dev/null || true; fi
   if [ "${KEEP:-0}" != 1 ]; then
     case " $SERVERS " in *" ejabberd "*) "$PEERS/ejabberd-stop.sh" || true ;; esac
@@ -94,6 +96,15 @@ for s in $SERVERS; do
       "$BENCH" echo --listen "127.0.0.1:$ECHO_PORT" --max-secs 7200 --pid-file "$OUT/echo.pid" 2> "$OUT/echo.log" &
       STARTED_ECHO=$!; sleep 0.5
       PORT[$s]="$ECHO_PORT"; PID[$s]="$STARTED_ECHO"; EXTRA[$s]="--echo" ;;
+    echo-tls)
+      # TLS-terminating echo, with the same RSA-2048 certificate as Prosody when there is one
+      if [ "$SCEN" = presence ]; then continue; fi
+      . "$PEERS/common.sh"; CERT=()
+      [ -s "$PR_DIR/certs/cert.pem" ] && CERT=(--tls-cert "$PR_DIR/certs/cert.pem")
+      "$BENCH" echo --tls "${CERT[@]}" --listen "127.0.0.1:$ECHO_TLS_PORT" --max-secs 7200 \
+        --pid-file "$OUT/echo-tls.pid" 2> "$OUT/echo-tls.log" &
+      STARTED_ECHO_TLS=$!; sleep 0.5
+      PORT[$s]="$ECHO_TLS_PORT"; PID[$s]="$STARTED_ECHO_TLS"; EXTRA[$s]="--echo --tls direct" ;;
     *) echo "unknown server $s" >&2; exit 2 ;;
   esac
   ACTIVE="$ACTIVE $s"

@@ -33,7 +33,8 @@ pub struct Target {
     pub connector: TlsConnector,
     /// Bound on each login and each wait for an answer.
     pub timeout: Duration,
-    /// The peer is a raw echo server, not XMPP: "login" is connect plus one round trip.
+    /// The peer is a raw echo server, not XMPP: "login" is connect (plus TLS with `Direct`)
+    /// and one round trip.
     pub echo: bool,
 }
 
@@ -276,7 +277,10 @@ pub async fn login(
         let tcp = TcpStream::connect(t.addr).await.context("connect")?;
         tcp.set_nodelay(true)?;
         if t.echo {
-            let mut io: Box<dyn Io> = Box::new(tcp);
+            let mut io: Box<dyn Io> = match t.tls {
+                TlsMode::Direct => tls_wrap(t, tcp).await?,
+                _ => Box::new(tcp),
+            };
             let mut fr = Framer::in_stream();
             send(&mut io, "<ping/>").await?;
             read_stanza(&mut io, &mut fr).await?;

@@ -59,13 +59,40 @@ impl ServerCertVerifier for NoVerify {
     }
 }
 
-/// A connector (ring provider, TLS 1.2 and 1.3) that accepts any server certificate.
+/// A connector (ring provider, TLS 1.2 and 1.3, no resumption) that accepts any server certificate.
 pub fn connector() -> anyhow::Result<TlsConnector> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
         .with_no_client_auth();
+    // every emulated client is a different client: no session resumption across logins
+    cfg.resumption = rustls::client::Resumption::disabled();
     Ok(TlsConnector::from(Arc::new(cfg)))
+}
+
+/// A server-side acceptor for the TLS echo server: the key and certificate from a PEM file, or a
+/// fresh self-signed certificate for "localhost".
+pub fn acceptor(pem: Option<&std::path::Path>) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use rustls::pki_types::PrivateKeyDer;
+    use rustls::pki_types::pem::PemObject;
+    let (certs, key) = match pem {
+        Some(p) => {
+            let certs = CertificateDer::pem_file_iter(p)?.collect::<Result<Vec<_>, _>>()?;
+            (certs, PrivateKeyDer::from_pem_file(p)?)
+        }
+        None => {
+            let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()])?;
+            let key = PrivateKeyDer::try_from(ck.signing_key.serialize_der())
+                .map_err(anyhow::Error::msg)?;
+            (vec![ck.cert.der().clone()], key)
+        }
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
 }
