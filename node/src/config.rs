@@ -121,7 +121,8 @@ pub struct AuthConfig {
     /// Failed attempts per account within `failure_window_secs` before
     /// further attempts are refused with `<temporary-auth-failure/>`.
     pub max_failures_per_account: u32,
-    /// The same per client IP address.
+    /// Failed attempts per client address within the window before each
+    /// further failure is answered 8 times slower.
     pub max_failures_per_ip: u32,
     pub failure_window_secs: u64,
 }

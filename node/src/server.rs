@@ -70,12 +70,14 @@ fn load_or_make_secret(dir: &std::path::Path) -> Vec<u8> {
 }
 
 /// Counts failed authentications per account and per client address in a
-/// sliding window; past the limit, attempts are refused without checking.
+/// window: an account past its limit is locked until the window passes; an
+/// address past its limit gets longer delays.
 pub struct Throttle {
     failures: DashMap<String, (u32, Instant)>,
     window: Duration,
     per_account: u32,
     per_ip: u32,
+    base_delay: Duration,
 }
 
 impl Throttle {
@@ -85,6 +87,7 @@ impl Throttle {
             window: Duration::from_secs(cfg.auth.failure_window_secs),
             per_account: cfg.auth.max_failures_per_account,
             per_ip: cfg.auth.max_failures_per_ip,
+            base_delay: Duration::from_millis(cfg.auth.failure_delay_ms),
         }
     }
 
@@ -95,9 +98,20 @@ impl Throttle {
         }
     }
 
-    /// Whether an attempt from `ip` (for `account`, if known) is refused.
-    pub fn blocked(&self, ip: &str, account: Option<&str>) -> bool {
-        self.count(ip) >= self.per_ip || account.is_some_and(|a| self.count(a) >= self.per_account)
+    /// Whether `account` is locked out for now (too many failures). A
+    /// client address is never refused outright: behind a load balancer or
+    /// NAT one address carries many users; it is slowed down instead.
+    pub fn locked(&self, account: Option<&str>) -> bool {
+        account.is_some_and(|a| self.count(a) >= self.per_account)
+    }
+
+    /// How long to wait before answering a failed attempt from `ip`.
+    pub fn failure_delay(&self, ip: &str) -> Duration {
+        if self.count(ip) >= self.per_ip {
+            self.base_delay * 8
+        } else {
+            self.base_delay
+        }
     }
 
     pub fn record_failure(&self, ip: &str, account: Option<&str>) {

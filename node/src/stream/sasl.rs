@@ -10,7 +10,6 @@ use crate::auth::{SaslFailure, decode_b64, encode_b64, plain::parse_plain};
 use crate::server::Server;
 use crate::stanza::NS_SASL;
 use crate::xml::{Element, StreamEvent};
-use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
@@ -42,16 +41,12 @@ pub async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> SaslOutcome {
     let mechanism = auth.get_attr("mechanism").unwrap_or("");
     let mut account: Option<String> = None;
-    let result = if server.throttle.blocked(ip, None) {
-        Err(SaslFailure::TemporaryAuthFailure)
-    } else {
-        match mechanism {
-            "PLAIN" => plain(server, xs, auth, domain, deadline, &mut account).await,
-            m => match ScramHash::from_mechanism(m) {
-                Some(h) => scram(server, xs, auth, h, domain, ip, deadline, &mut account).await,
-                None => Err(SaslFailure::InvalidMechanism),
-            },
-        }
+    let result = match mechanism {
+        "PLAIN" => plain(server, xs, auth, domain, deadline, &mut account).await,
+        m => match ScramHash::from_mechanism(m) {
+            Some(h) => scram(server, xs, auth, h, domain, deadline, &mut account).await,
+            None => Err(SaslFailure::InvalidMechanism),
+        },
     };
     match result {
         Ok(Some((bare, additional))) => {
@@ -77,9 +72,9 @@ pub async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
                 server.throttle.record_failure(ip, account.as_deref());
             }
             if failure != SaslFailure::Aborted {
-                // Slow down guessing (RFC 6120 §13.8 on dictionary attacks).
-                tokio::time::sleep(Duration::from_millis(server.config.auth.failure_delay_ms))
-                    .await;
+                // Slow down guessing (RFC 6120 §13.8 on dictionary attacks),
+                // more so for an address that keeps failing.
+                tokio::time::sleep(server.throttle.failure_delay(ip)).await;
             }
             let msg = format!(
                 "<failure xmlns='{NS_SASL}'><{}/></failure>",
@@ -195,7 +190,7 @@ async fn plain<S: AsyncRead + AsyncWrite + Unpin>(
     let creds = parse_plain(&data)?;
     let bare = account_jid(&creds.authcid, domain)?;
     *account = Some(bare.to_string());
-    if server.throttle.blocked("", account.as_deref()) {
+    if server.throttle.locked(account.as_deref()) {
         return Err(SaslFailure::TemporaryAuthFailure);
     }
     let stored = server
@@ -216,14 +211,12 @@ async fn plain<S: AsyncRead + AsyncWrite + Unpin>(
     Ok(Some((bare, None)))
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn scram<S: AsyncRead + AsyncWrite + Unpin>(
     server: &Server,
     xs: &mut XmlStream<S>,
     auth: &Element,
     hash: ScramHash,
     domain: &str,
-    ip: &str,
     deadline: Instant,
     account: &mut Option<String>,
 ) -> Result<Authenticated, SaslFailure> {
@@ -242,7 +235,7 @@ async fn scram<S: AsyncRead + AsyncWrite + Unpin>(
     if let Ok(b) = &bare {
         *account = Some(b.to_string());
     }
-    if server.throttle.blocked(ip, account.as_deref()) {
+    if server.throttle.locked(account.as_deref()) {
         return Err(SaslFailure::TemporaryAuthFailure);
     }
     let stored = match &bare {
