@@ -41,7 +41,13 @@ impl Default for Limits {
 /// Why the stream cannot go on; each maps to an RFC 6120 §4.9.3 condition.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum XmlError {
-    /// Not well-formed XML.
+    /// Not well-formed XML (the RECOMMENDED specific condition of
+    /// RFC 6120 §4.9.3.13).
+    NotWellFormed,
+    /// A prefix with no namespace declaration (§4.9.3.2).
+    BadNamespacePrefix,
+    /// Well-formed but not processable here, e.g. a second stream header
+    /// inside the stream (§4.9.3.1).
     BadFormat,
     /// DTD, comment, processing instruction or entity reference (§11.1).
     RestrictedXml,
@@ -56,6 +62,8 @@ pub enum XmlError {
 impl XmlError {
     pub fn condition(self) -> &'static str {
         match self {
+            XmlError::NotWellFormed => "not-well-formed",
+            XmlError::BadNamespacePrefix => "bad-namespace-prefix",
             XmlError::BadFormat => "bad-format",
             XmlError::RestrictedXml => "restricted-xml",
             XmlError::PolicyViolation => "policy-violation",
@@ -210,7 +218,7 @@ impl StreamParser {
                         return Err(XmlError::UnsupportedEncoding);
                     } else if self.depth <= 1 && !matches!(b, b' ' | b'\t' | b'\r' | b'\n') {
                         // Character data outside any stanza.
-                        return Err(XmlError::BadFormat);
+                        return Err(XmlError::NotWellFormed);
                     }
                     self.pos += 1;
                 }
@@ -241,7 +249,7 @@ impl StreamParser {
                                 return Ok(None);
                             }
                             if self.depth < 2 {
-                                return Err(XmlError::BadFormat);
+                                return Err(XmlError::NotWellFormed);
                             }
                             self.pos += CDATA.len();
                             self.state = Scan::CData;
@@ -286,10 +294,10 @@ impl StreamParser {
                     self.pos += 1;
                     match (quote, b) {
                         (Some(q), c) if c == q => self.state = Scan::StartTag(None),
-                        (Some(_), b'<') => return Err(XmlError::BadFormat),
+                        (Some(_), b'<') => return Err(XmlError::NotWellFormed),
                         (Some(_), _) => {}
                         (None, b'"' | b'\'') => self.state = Scan::StartTag(Some(b)),
-                        (None, b'<') => return Err(XmlError::BadFormat),
+                        (None, b'<') => return Err(XmlError::NotWellFormed),
                         (None, b'>') => {
                             self.state = Scan::Text;
                             let empty = self.buf[self.pos - 2] == b'/';
@@ -308,7 +316,7 @@ impl StreamParser {
                             return Ok(Some(ev));
                         }
                     } else if b == b'<' {
-                        return Err(XmlError::BadFormat);
+                        return Err(XmlError::NotWellFormed);
                     }
                 }
             }
@@ -318,7 +326,7 @@ impl StreamParser {
     fn start_tag_done(&mut self, empty: bool) -> Result<Option<StreamEvent>, XmlError> {
         if self.depth == 0 {
             if empty {
-                return Err(XmlError::BadFormat);
+                return Err(XmlError::NotWellFormed);
             }
             let end = self.pos;
             let header = self.parse_header(self.tag_start, end)?;
@@ -352,12 +360,12 @@ impl StreamParser {
 
     fn end_tag_done(&mut self) -> Result<Option<StreamEvent>, XmlError> {
         match self.depth {
-            0 => Err(XmlError::BadFormat),
+            0 => Err(XmlError::NotWellFormed),
             1 => {
                 let name = &self.buf[self.tag_start + 2..self.pos - 1];
                 let name = name.trim_ascii_end();
                 if name != self.header_qname.as_bytes() {
-                    return Err(XmlError::BadFormat);
+                    return Err(XmlError::NotWellFormed);
                 }
                 self.depth = 0;
                 let end = self.pos;
@@ -389,13 +397,13 @@ impl StreamParser {
         let mut reader = quick_xml::Reader::from_str(text);
         let tag = match reader.read_event() {
             Ok(Event::Start(t)) => t,
-            _ => return Err(XmlError::BadFormat),
+            _ => return Err(XmlError::NotWellFormed),
         };
         let qname = tag.name().as_ref().to_owned();
         let mut header = StreamHeader::default();
         let mut scope = Vec::new();
         for attr in tag.attributes() {
-            let attr = attr.map_err(|_| XmlError::BadFormat)?;
+            let attr = attr.map_err(|_| XmlError::NotWellFormed)?;
             let key: &str = attr.key.as_ref();
             let value = attr_value(&attr)?.into_owned();
             match key {
@@ -461,7 +469,7 @@ pub fn parse_element(
     // For each open element: the element and how long `scope` was before it.
     let mut stack: Vec<(Element, usize)> = Vec::new();
     loop {
-        let ev = reader.read_event().map_err(|_| XmlError::BadFormat)?;
+        let ev = reader.read_event().map_err(|_| XmlError::NotWellFormed)?;
         match ev {
             Event::Start(t) => {
                 let mark = scope.len();
@@ -478,7 +486,7 @@ pub fn parse_element(
                 }
             }
             Event::End(_) => {
-                let (el, mark) = stack.pop().ok_or(XmlError::BadFormat)?;
+                let (el, mark) = stack.pop().ok_or(XmlError::NotWellFormed)?;
                 scope.truncate(mark);
                 match stack.last_mut() {
                     Some((parent, _)) => parent.children.push(Node::Element(el)),
@@ -501,7 +509,7 @@ pub fn parse_element(
             Event::Comment(_) | Event::PI(_) | Event::DocType(_) | Event::Decl(_) => {
                 return Err(XmlError::RestrictedXml);
             }
-            Event::Eof => return Err(XmlError::BadFormat),
+            Event::Eof => return Err(XmlError::NotWellFormed),
         }
     }
 }
@@ -509,7 +517,7 @@ pub fn parse_element(
 fn finish(el: Element, reader: &mut quick_xml::Reader<&[u8]>) -> Result<Element, XmlError> {
     match reader.read_event() {
         Ok(Event::Eof) => Ok(el),
-        _ => Err(XmlError::BadFormat),
+        _ => Err(XmlError::NotWellFormed),
     }
 }
 
@@ -518,11 +526,11 @@ fn push_text(stack: &mut [(Element, usize)], s: &str) -> Result<(), XmlError> {
         return if s.trim().is_empty() {
             Ok(())
         } else {
-            Err(XmlError::BadFormat)
+            Err(XmlError::NotWellFormed)
         };
     };
     if s.chars().any(is_forbidden_char) {
-        return Err(XmlError::BadFormat);
+        return Err(XmlError::NotWellFormed);
     }
     if let Some(Node::Text(t)) = el.children.last_mut() {
         t.push_str(s);
@@ -550,16 +558,16 @@ fn resolve_ref(name: &str) -> Result<char, XmlError> {
         n if n.starts_with("#x") => u32::from_str_radix(&n[2..], 16)
             .ok()
             .and_then(char::from_u32)
-            .ok_or(XmlError::BadFormat)?,
+            .ok_or(XmlError::NotWellFormed)?,
         n if n.starts_with('#') => n[1..]
             .parse::<u32>()
             .ok()
             .and_then(char::from_u32)
-            .ok_or(XmlError::BadFormat)?,
+            .ok_or(XmlError::NotWellFormed)?,
         _ => return Err(XmlError::RestrictedXml),
     };
     if is_forbidden_char(c) {
-        return Err(XmlError::BadFormat);
+        return Err(XmlError::NotWellFormed);
     }
     Ok(c)
 }
@@ -574,7 +582,7 @@ fn attr_value<'a>(
             quick_xml::Error::Escape(quick_xml::escape::EscapeError::UnrecognizedEntity(..)) => {
                 XmlError::RestrictedXml
             }
-            _ => XmlError::BadFormat,
+            _ => XmlError::NotWellFormed,
         })
 }
 
@@ -590,17 +598,17 @@ fn open_element(
         if count >= limits.max_attrs {
             return Err(XmlError::PolicyViolation);
         }
-        let attr = attr.map_err(|_| XmlError::BadFormat)?;
+        let attr = attr.map_err(|_| XmlError::NotWellFormed)?;
         let key: &str = attr.key.as_ref();
         let value = attr_value(&attr)?;
         if value.chars().any(is_forbidden_char) {
-            return Err(XmlError::BadFormat);
+            return Err(XmlError::NotWellFormed);
         }
         if key == "xmlns" {
             scope.push((String::new(), value.into_owned()));
         } else if let Some(p) = key.strip_prefix("xmlns:") {
             if value.is_empty() {
-                return Err(XmlError::BadFormat);
+                return Err(XmlError::NotWellFormed);
             }
             scope.push((p.to_owned(), value.into_owned()));
         } else {
@@ -612,11 +620,11 @@ fn open_element(
         if let Some((p, _)) = k.split_once(':')
             && lookup(scope, p).is_none()
         {
-            return Err(XmlError::BadFormat);
+            return Err(XmlError::BadNamespacePrefix);
         }
     }
     let (prefix, local) = split_qname(qname);
-    let ns = lookup(scope, prefix).ok_or(XmlError::BadFormat)?;
+    let ns = lookup(scope, prefix).ok_or(XmlError::BadNamespacePrefix)?;
     // Keep declarations that prefixed attributes need when re-serialised.
     for (p, u) in scope.iter() {
         if !p.is_empty()
@@ -737,16 +745,19 @@ mod tests {
     fn malformed() {
         assert_eq!(
             first_error(&format!("{HEADER}<message></presence>")),
-            XmlError::BadFormat
+            XmlError::NotWellFormed
         );
-        assert_eq!(first_error(&format!("{HEADER}hello")), XmlError::BadFormat);
+        assert_eq!(
+            first_error(&format!("{HEADER}hello")),
+            XmlError::NotWellFormed
+        );
         assert_eq!(
             first_error(&format!("{HEADER}<message a='1' a='2'/>")),
-            XmlError::BadFormat
+            XmlError::NotWellFormed
         );
         assert_eq!(
             first_error(&format!("{HEADER}<x:message/>")),
-            XmlError::BadFormat
+            XmlError::BadNamespacePrefix
         );
         let second = HEADER.trim_start_matches("<?xml version='1.0'?>");
         assert_eq!(
