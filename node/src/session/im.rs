@@ -69,7 +69,7 @@ pub fn deliver_to_full(server: &Server, full: &str, el: Element) -> Result<(), E
 pub async fn route_message(server: &Server, el: Element) -> Result<(), StanzaError> {
     let to = el.get_attr("to").unwrap_or_default().to_owned();
     let (bare, resource) = split(&to);
-    let mtype = el.get_attr("type").unwrap_or("normal").to_owned();
+    let mtype = message_type(&el);
     if !bare.contains('@') {
         // To a server: hosted ones do not take messages (yet); no S2S yet.
         if mtype == "error" {
@@ -86,7 +86,7 @@ pub async fn route_message(server: &Server, el: Element) -> Result<(), StanzaErr
     }
     if !server.storage.account_exists(bare)? {
         // §8.5.1: no such account.
-        return match mtype.as_str() {
+        return match mtype {
             "error" | "headline" | "groupchat" => Ok(()),
             _ => Err(Condition::ServiceUnavailable.into()),
         };
@@ -101,18 +101,33 @@ pub async fn route_message(server: &Server, el: Element) -> Result<(), StanzaErr
             },
             None => el,
         };
-        return match mtype.as_str() {
-            "chat" => deliver_to_bare(server, bare, el).await,
+        return match mtype {
+            "chat" => deliver_to_bare(server, bare, mtype, el).await,
             "error" | "headline" => Ok(()),
             _ => Err(Condition::ServiceUnavailable.into()),
         };
     }
-    deliver_to_bare(server, bare, el).await
+    deliver_to_bare(server, bare, mtype, el).await
+}
+
+/// The message type; absent or unknown types are "normal" (RFC 6121 §5.2.2).
+fn message_type(el: &Element) -> &'static str {
+    match el.get_attr("type") {
+        Some("chat") => "chat",
+        Some("groupchat") => "groupchat",
+        Some("headline") => "headline",
+        Some("error") => "error",
+        _ => "normal",
+    }
 }
 
 /// §8.5.2: a message to a bare JID of an existing local account.
-async fn deliver_to_bare(server: &Server, bare: &str, el: Element) -> Result<(), StanzaError> {
-    let mtype = el.get_attr("type").unwrap_or("normal");
+async fn deliver_to_bare(
+    server: &Server,
+    bare: &str,
+    mtype: &str,
+    el: Element,
+) -> Result<(), StanzaError> {
     let targets: Vec<_> = server.router.with_resources(bare, |rs| {
         let eligible = rs.iter().filter(|r| r.available && r.priority >= 0);
         match mtype {
