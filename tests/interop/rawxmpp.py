@@ -455,6 +455,9 @@ class Client:
         self.auth(user, password, mech)
         self.bind(resource)
         if presence or priority is not None:
+            # like a real client: request the roster (becoming an "interested resource",
+            # RFC 6121 2.1.6) before sending initial presence
+            self.iq("get", "<query xmlns='jabber:iq:roster'/>")
             self.presence(priority=priority)
         return self
 
