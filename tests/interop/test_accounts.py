@@ -1,0 +1,112 @@
+"""Accounts: starling user add|del|passwd|list while running, XEP-0077, deletion ends sessions."""
+
+import pytest
+
+from rawxmpp import C, SASLFailure, StreamClosed, q, stanza_error, tostring
+
+REG = "jabber:iq:register"
+
+
+def register_client(server, clients):
+    c = clients.add(server.client()).start()
+    return c
+
+
+@pytest.mark.starling_only
+def test_cli_user_add_list_passwd_del_while_running(server, clients):
+    jid, user, pw = server.new_user("cli")
+    assert jid in server.list_users()
+    c = clients.add(server.login(jid, pw))
+    server.passwd(jid, "new-pass-1")
+    d = clients.add(server.client()).start()
+    with pytest.raises(SASLFailure) as e:
+        d.auth(user, pw)
+    assert e.value.condition == "not-authorized"
+    d.auth(user, "new-pass-1")
+    d.bind()
+    server.del_user(jid)
+    assert jid not in server.list_users()
+    # deleting the account ends its sessions
+    for s in (c, d):
+        cond = s.wait_closed(10)
+        assert cond in (None, "not-authorized", "policy-violation", "reset"), cond
+    e2 = clients.add(server.client()).start()
+    with pytest.raises(SASLFailure):
+        e2.auth(user, "new-pass-1")
+
+
+@pytest.mark.starling_only
+def test_cli_user_add_duplicate_fails(server):
+    jid, user, pw = server.new_user("dup")
+    r = server.cli("user", "add", jid, "other", check=False)
+    assert r.returncode != 0
+
+
+@pytest.mark.starling_only
+def test_cli_user_del_unknown_fails(server):
+    r = server.cli("user", "del", "never-existed-xyz@localhost", check=False)
+    assert r.returncode != 0
+
+
+def test_account_deletion_ends_sessions_and_removes_data(server, clients):
+    jid, user, pw = server.new_user("del")
+    c = clients.add(server.login(jid, pw, presence=True))
+    r = c.iq("set", "<vCard xmlns='vcard-temp'><FN>To be deleted</FN></vCard>")
+    assert r.get("type") == "result"
+    server.del_user(jid)
+    c.wait_closed(10)
+    # recreate with the same name: old data is gone
+    server.add_user(jid, "fresh-pass")
+    n = clients.add(server.login(jid, "fresh-pass"))
+    r = n.iq("get", "<vCard xmlns='vcard-temp'/>")
+    v = r.find("{vcard-temp}vCard")
+    assert v is None or v.findtext("{vcard-temp}FN") is None, tostring(r)
+    server.assert_healthy()
+
+
+def test_inband_registration(server, clients):
+    """XEP-0077: enabled by config on the shared server."""
+    c = clients.add(server.client()).start()
+    assert c.feature("http://jabber.org/features/iq-register", "register") is not None, tostring(c.features)
+    r = c.iq("get", f"<query xmlns='{REG}'/>")
+    assert r.get("type") == "result", tostring(r)
+    qel = r.find(q(REG, "query"))
+    assert qel.find(q(REG, "username")) is not None and qel.find(q(REG, "password")) is not None
+    import uuid
+    user = "ibr" + uuid.uuid4().hex[:8]
+    r = c.iq("set", f"<query xmlns='{REG}'><username>{user}</username><password>ibr-pass</password></query>")
+    assert r.get("type") == "result", tostring(r)
+    # same username again -> <conflict/> (XEP-0077 3.1)
+    d = clients.add(server.client()).start()
+    r = d.iq("set", f"<query xmlns='{REG}'><username>{user}</username><password>x</password></query>")
+    assert stanza_error(r) == ("cancel", "conflict"), tostring(r)
+    # the new account works
+    e = clients.add(server.login(f"{user}@{server.domain}", "ibr-pass"))
+    # and can cancel itself (XEP-0077 3.2): the stream ends
+    e.send_raw(f"<iq type='set' id='unreg1'><query xmlns='{REG}'><remove/></query></iq>")
+    try:
+        res = e.recv(lambda x: x.get("id") == "unreg1", timeout=5)
+        assert res.get("type") == "result", tostring(res)
+    except StreamClosed:
+        pass
+    e.wait_closed(10)
+    f = clients.add(server.client()).start()
+    with pytest.raises(SASLFailure):
+        f.auth(user, "ibr-pass")
+
+
+def test_inband_registration_missing_fields(server, clients):
+    c = clients.add(server.client()).start()
+    r = c.iq("set", f"<query xmlns='{REG}'><username>onlyname</username></query>")
+    assert stanza_error(r) == ("modify", "not-acceptable"), tostring(r)
+
+
+def test_inband_registration_off_by_default(default_server, clients):
+    c = clients.add(default_server.client()).start()
+    assert c.feature("http://jabber.org/features/iq-register", "register") is None, tostring(c.features)
+    r = c.iq("set", f"<query xmlns='{REG}'><username>nope</username><password>x</password></query>")
+    assert r.get("type") == "error", tostring(r)
+    assert stanza_error(r)[1] in ("service-unavailable", "not-allowed", "feature-not-implemented"), tostring(r)
+    d = clients.add(default_server.client()).start()
+    with pytest.raises(SASLFailure):
+        d.auth("nope", "x")
