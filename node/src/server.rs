@@ -105,13 +105,14 @@ impl Throttle {
         account.is_some_and(|a| self.count(a) >= self.per_account)
     }
 
-    /// How long to wait before answering a failed attempt from `ip`.
-    pub fn failure_delay(&self, ip: &str) -> Duration {
-        if self.count(ip) >= self.per_ip {
-            self.base_delay * 8
-        } else {
-            self.base_delay
-        }
+    /// How long to wait before answering a failed attempt from `ip` on
+    /// `account` (the failure already recorded): longer with each repeated
+    /// failure on the account, and longer still for an address that keeps
+    /// failing.
+    pub fn failure_delay(&self, ip: &str, account: Option<&str>) -> Duration {
+        let repeats = account.map_or(1, |a| self.count(a)).clamp(1, 10);
+        let ip_factor = if self.count(ip) >= self.per_ip { 4 } else { 1 };
+        self.base_delay * repeats * ip_factor
     }
 
     pub fn record_failure(&self, ip: &str, account: Option<&str>) {

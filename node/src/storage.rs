@@ -158,6 +158,11 @@ impl Storage {
             key: bare.as_bytes().to_vec(),
         }];
         for space in USER_SPACES {
+            // Keyed `bare` alone or `bare\0...`.
+            ops.push(Op::Delete {
+                space: (*space).into(),
+                key: bare.as_bytes().to_vec(),
+            });
             ops.push(Op::DeletePrefix {
                 space: (*space).into(),
                 prefix: user_prefix(bare),

@@ -11,62 +11,119 @@
 
 use crate::xml::Element;
 use dashmap::DashMap;
-use std::sync::Arc;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use tokio::sync::{Notify, mpsc};
+use std::sync::{Arc, Mutex};
+use tokio::sync::Notify;
 
-/// What a session's mailbox carries.
+/// What a session takes out of its mailbox.
 #[derive(Debug)]
 pub enum SessionMsg {
-    /// A stanza to write to the client as is.
-    Stanza(Element),
+    /// Stanzas to write to the client as they are, oldest first.
+    Stanzas(VecDeque<Element>),
     /// Close the stream with this stream error condition.
     Close(&'static str),
+}
+
+/// A session's bounded mailbox. Unlike a channel it allocates nothing
+/// while empty: an idle session's queue has no capacity.
+#[derive(Debug)]
+pub struct Mailbox {
+    state: Mutex<MailboxState>,
+    notify: Notify,
+    capacity: usize,
+}
+
+#[derive(Debug, Default)]
+struct MailboxState {
+    queue: VecDeque<Element>,
+    close: Option<&'static str>,
+    /// The session ended: nothing more is accepted.
+    ended: bool,
+}
+
+impl Mailbox {
+    pub fn new(capacity: usize) -> Self {
+        Mailbox {
+            state: Mutex::new(MailboxState::default()),
+            notify: Notify::new(),
+            capacity,
+        }
+    }
+
+    /// Waits for stanzas or a close request.
+    pub async fn recv(&self) -> SessionMsg {
+        loop {
+            {
+                let mut st = self.state.lock().expect("mailbox lock");
+                if let Some(c) = st.close.take() {
+                    return SessionMsg::Close(c);
+                }
+                if !st.queue.is_empty() {
+                    // Taking the deque leaves one with no allocation.
+                    return SessionMsg::Stanzas(std::mem::take(&mut st.queue));
+                }
+            }
+            self.notify.notified().await;
+        }
+    }
+
+    /// Refuses everything from now on (the session is ending).
+    pub fn end(&self) {
+        self.state.lock().expect("mailbox lock").ended = true;
+    }
 }
 
 /// The sending side of one session.
 #[derive(Clone, Debug)]
 pub struct SessionHandle {
     pub id: u64,
-    tx: mpsc::Sender<SessionMsg>,
-    /// Woken when the session must end even though its mailbox is full.
-    kill: Arc<Notify>,
+    mailbox: Arc<Mailbox>,
 }
 
 impl SessionHandle {
-    pub fn new(tx: mpsc::Sender<SessionMsg>, kill: Arc<Notify>) -> Self {
+    pub fn new(mailbox: Arc<Mailbox>) -> Self {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         SessionHandle {
             id: NEXT.fetch_add(1, Ordering::Relaxed),
-            tx,
-            kill,
+            mailbox,
         }
     }
 
     /// Queues a stanza. A full mailbox means the client does not read: the
     /// session is told to end rather than letting the queue grow, and the
-    /// stanza is handed back so the caller can store or bounce it.
+    /// stanza is handed back so the caller can store or bounce it, as it is
+    /// when the session has already ended.
     pub fn send(&self, el: Element) -> Result<(), Element> {
-        match self.tx.try_send(SessionMsg::Stanza(el)) {
-            Ok(()) => {
-                metrics::counter!("starling_router_delivered_total").increment(1);
-                Ok(())
+        let mb = &self.mailbox;
+        {
+            let mut st = mb.state.lock().expect("mailbox lock");
+            if st.ended {
+                return Err(el);
             }
-            Err(mpsc::error::TrySendError::Full(SessionMsg::Stanza(el))) => {
+            if st.queue.len() >= mb.capacity {
+                st.close.get_or_insert("resource-constraint");
+                drop(st);
+                mb.notify.notify_one();
                 metrics::counter!("starling_router_mailbox_full_total").increment(1);
-                self.kill.notify_one();
-                Err(el)
+                return Err(el);
             }
-            Err(mpsc::error::TrySendError::Closed(SessionMsg::Stanza(el))) => Err(el),
-            Err(_) => unreachable!("only stanzas are sent here"),
+            st.queue.push_back(el);
         }
+        mb.notify.notify_one();
+        metrics::counter!("starling_router_delivered_total").increment(1);
+        Ok(())
     }
 
     /// Asks the session to close its stream with `condition`.
     pub fn close(&self, condition: &'static str) {
-        if self.tx.try_send(SessionMsg::Close(condition)).is_err() {
-            self.kill.notify_one();
-        }
+        self.mailbox
+            .state
+            .lock()
+            .expect("mailbox lock")
+            .close
+            .get_or_insert(condition);
+        self.mailbox.notify.notify_one();
     }
 }
 

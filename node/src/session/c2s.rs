@@ -4,7 +4,8 @@
 
 use super::im::{self, Origin, PresenceState};
 use crate::modules::{self, IqCtx, IqTarget};
-use crate::router::{SessionHandle, SessionMsg};
+use crate::net::transport::Transport;
+use crate::router::{Mailbox, SessionHandle, SessionMsg};
 use crate::server::Server;
 use crate::stanza::{Condition, NS_CLIENT, StanzaError, error_reply, iq_result};
 use crate::stream::negotiate::{Bound, read_failed};
@@ -12,8 +13,6 @@ use crate::stream::xmlstream::XmlStream;
 use crate::xml::{Element, StreamEvent};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
 /// Why the session loop ended.
@@ -33,10 +32,9 @@ struct Session<'a, S> {
     presence: PresenceState,
 }
 
-pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(server: Arc<Server>, bound: Bound<S>) {
-    let (tx, mut rx) = mpsc::channel(server.config.c2s.mailbox_size);
-    let kill = Arc::new(Notify::new());
-    let handle = SessionHandle::new(tx, kill.clone());
+pub async fn run<S: Transport>(server: Arc<Server>, bound: Bound<S>) {
+    let mailbox = Arc::new(Mailbox::new(server.config.c2s.mailbox_size));
+    let handle = SessionHandle::new(mailbox.clone());
     let bare = bound.bare.to_string();
     let resource = bound.full.resource().to_string();
     let id = handle.id;
@@ -55,11 +53,12 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(server: Arc<Server>, bound: 
         id,
         presence: PresenceState::default(),
     };
-    let end = s.run(&mut rx, &kill).await;
+    let end = s.run(&mailbox).await;
+    mailbox.end();
+    server.router.unbind(&s.bare, id);
     if let End::Error(condition) = end {
         s.xs.fail(condition, None).await;
     }
-    server.router.unbind(&s.bare, id);
     let origin = Origin {
         bare: &s.bare,
         full: &s.full,
@@ -69,8 +68,8 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(server: Arc<Server>, bound: 
     tracing::info!("session ended");
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
-    async fn run(&mut self, rx: &mut mpsc::Receiver<SessionMsg>, kill: &Notify) -> End {
+impl<S: Transport> Session<'_, S> {
+    async fn run(&mut self, mailbox: &Mailbox) -> End {
         let idle = Duration::from_secs(self.server.config.c2s.idle_timeout_secs);
         let keepalive = Duration::from_secs(self.server.config.c2s.keepalive_secs);
         let mut last_read = Instant::now();
@@ -107,22 +106,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
                         }
                     }
                 }
-                msg = rx.recv() => {
-                    let Some(msg) = msg else { return End::Done };
+                msg = mailbox.recv() => {
                     if let Err(end) = self.write_msg(msg).await {
                         return end;
                     }
-                    // Write whatever else is queued in the same go.
-                    while let Ok(msg) = rx.try_recv() {
-                        if let Err(end) = self.write_msg(msg).await {
-                            return end;
-                        }
-                    }
                     last_write = Instant::now();
-                }
-                _ = kill.notified() => {
-                    // The mailbox overflowed: this client does not read.
-                    return End::Error("resource-constraint");
                 }
                 _ = tokio::time::sleep_until(keepalive_at) => {
                     if self.xs.send_raw(" ").await.is_err() {
@@ -134,9 +122,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
         }
     }
 
+    /// Writes a batch of queued stanzas in one write.
     async fn write_msg(&mut self, msg: SessionMsg) -> Result<(), End> {
         match msg {
-            SessionMsg::Stanza(el) => self.xs.send(&el).await.map_err(|_| End::Done),
+            SessionMsg::Stanzas(batch) => {
+                let mut out = String::with_capacity(256 * batch.len());
+                for el in &batch {
+                    el.write_to(&mut out, NS_CLIENT);
+                }
+                drop(batch);
+                self.xs.send_raw(&out).await.map_err(|_| End::Done)
+            }
             SessionMsg::Close(condition) => Err(End::Error(condition)),
         }
     }

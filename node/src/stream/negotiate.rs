@@ -6,6 +6,7 @@
 
 use super::sasl::{self, SaslOutcome};
 use super::xmlstream::{ReadError, XmlStream, new_id};
+use crate::net::transport::Transport;
 use crate::server::Server;
 use crate::stanza::{self, NS_BIND, NS_CLIENT, NS_SASL, NS_SESSION, NS_TLS};
 use crate::xml::{Element, Limits, StreamEvent, StreamHeader};
@@ -13,7 +14,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -72,24 +72,25 @@ pub async fn serve_connection(
     }
     let acceptor = tokio_rustls::TlsAcceptor::from(server.tls.clone());
     let tls = if direct_tls {
-        match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
+        // Boxed: short-lived futures must not size the long-lived task.
+        match tokio::time::timeout_at(deadline, Box::pin(acceptor.accept(tcp))).await {
             Ok(Ok(tls)) => tls,
             _ => return,
         }
     } else {
         let mut xs = XmlStream::new(tcp, limits(&server), default_domain.clone(), write_timeout);
-        match plain_phase(&server, &mut xs, deadline).await {
+        match Box::pin(plain_phase(&server, &mut xs, deadline)).await {
             Some(()) => {}
             None => return,
         }
-        match tokio::time::timeout_at(deadline, acceptor.accept(xs.io)).await {
+        match tokio::time::timeout_at(deadline, Box::pin(acceptor.accept(xs.io))).await {
             Ok(Ok(tls)) => tls,
             _ => return,
         }
     };
     let xs = XmlStream::new(tls, limits(&server), default_domain, write_timeout);
     let ip = peer.ip().to_string();
-    let Some(bound) = secure_phases(&server, xs, &ip, deadline).await else {
+    let Some(bound) = Box::pin(secure_phases(&server, xs, &ip, deadline)).await else {
         return;
     };
     guard.done();
@@ -98,7 +99,7 @@ pub async fn serve_connection(
 
 /// Reads and checks a stream header, answers with ours; `None` when the
 /// stream was ended with an error.
-async fn open_stream<S: AsyncRead + AsyncWrite + Unpin>(
+async fn open_stream<S: Transport>(
     server: &Server,
     xs: &mut XmlStream<S>,
     deadline: Instant,
@@ -157,7 +158,7 @@ async fn open_stream<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// Maps a read failure to its stream error.
-pub async fn read_failed<S: AsyncRead + AsyncWrite + Unpin>(xs: &mut XmlStream<S>, e: ReadError) {
+pub async fn read_failed<S: Transport>(xs: &mut XmlStream<S>, e: ReadError) {
     match e {
         ReadError::Closed => {}
         ReadError::Xml(x) => xs.fail(x.condition(), None).await,
@@ -214,10 +215,7 @@ async fn plain_phase(
 }
 
 /// A stanza where negotiation expects something else.
-async fn unexpected_element<S: AsyncRead + AsyncWrite + Unpin>(
-    xs: &mut XmlStream<S>,
-    el: &Element,
-) {
+async fn unexpected_element<S: Transport>(xs: &mut XmlStream<S>, el: &Element) {
     let condition =
         if el.ns == NS_CLIENT && matches!(el.name.as_str(), "message" | "presence" | "iq") {
             "not-authorized"
@@ -230,7 +228,7 @@ async fn unexpected_element<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// TLS is up: SASL (and registration), then binding.
-async fn secure_phases<S: AsyncRead + AsyncWrite + Unpin>(
+async fn secure_phases<S: Transport>(
     server: &Server,
     mut xs: XmlStream<S>,
     ip: &str,

@@ -7,10 +7,10 @@ use super::negotiate::read_failed;
 use super::xmlstream::XmlStream;
 use crate::auth::scram::{ScramHash, ScramServer, ScramStep};
 use crate::auth::{SaslFailure, decode_b64, encode_b64, plain::parse_plain};
+use crate::net::transport::Transport;
 use crate::server::Server;
 use crate::stanza::NS_SASL;
 use crate::xml::{Element, StreamEvent};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
 /// Offered mechanisms, strongest first.
@@ -31,7 +31,7 @@ enum Reply {
 }
 
 /// Runs one exchange that starts with `auth`.
-pub async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
+pub async fn authenticate<S: Transport>(
     server: &Server,
     xs: &mut XmlStream<S>,
     auth: &Element,
@@ -74,7 +74,7 @@ pub async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
             if failure != SaslFailure::Aborted {
                 // Slow down guessing (RFC 6120 §13.8 on dictionary attacks),
                 // more so for an address that keeps failing.
-                tokio::time::sleep(server.throttle.failure_delay(ip)).await;
+                tokio::time::sleep(server.throttle.failure_delay(ip, account.as_deref())).await;
             }
             let msg = format!(
                 "<failure xmlns='{NS_SASL}'><{}/></failure>",
@@ -107,7 +107,7 @@ fn initial_response(auth: &Element) -> Result<Option<Vec<u8>>, SaslFailure> {
 }
 
 /// Sends a challenge and waits for the response (or abort).
-async fn challenge<S: AsyncRead + AsyncWrite + Unpin>(
+async fn challenge<S: Transport>(
     xs: &mut XmlStream<S>,
     data: &[u8],
     deadline: Instant,
@@ -171,7 +171,7 @@ fn check_authzid(authzid: Option<&str>, bare: &jid::BareJid) -> Result<(), SaslF
     }
 }
 
-async fn plain<S: AsyncRead + AsyncWrite + Unpin>(
+async fn plain<S: Transport>(
     server: &Server,
     xs: &mut XmlStream<S>,
     auth: &Element,
@@ -211,7 +211,7 @@ async fn plain<S: AsyncRead + AsyncWrite + Unpin>(
     Ok(Some((bare, None)))
 }
 
-async fn scram<S: AsyncRead + AsyncWrite + Unpin>(
+async fn scram<S: Transport>(
     server: &Server,
     xs: &mut XmlStream<S>,
     auth: &Element,

@@ -3,10 +3,10 @@
 //! the way RFC 6120 §4.9.1 asks (our header first if not yet sent, then
 //! the error, then `</stream:stream>`, then the TCP close).
 
+use crate::net::transport::Transport;
 use crate::stanza::stream_error;
 use crate::xml::{Element, Limits, StreamEvent, StreamParser, XmlError};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
 /// Why reading the stream stopped.
@@ -37,7 +37,7 @@ pub struct XmlStream<S> {
     write_timeout: Duration,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> XmlStream<S> {
+impl<S: Transport> XmlStream<S> {
     pub fn new(io: S, limits: Limits, domain: String, write_timeout: Duration) -> Self {
         XmlStream {
             io,
@@ -76,34 +76,35 @@ impl<S: AsyncRead + AsyncWrite + Unpin> XmlStream<S> {
         Ok(self.parser.next_event()?)
     }
 
-    /// Reads once from the transport into the parser.
+    /// Reads what the transport has into the parser, waiting (without a
+    /// buffer) until something arrives or `deadline` passes.
     pub async fn fill(&mut self, deadline: Option<Instant>) -> Result<(), ReadError> {
-        let mut buf = [0u8; 4096];
-        let read = self.io.read(&mut buf);
-        let n = match deadline {
-            Some(d) => tokio::time::timeout_at(d, read)
-                .await
-                .map_err(|_| ReadError::Timeout)?,
-            None => read.await,
+        loop {
+            let parser = &mut self.parser;
+            match self.io.try_read(&mut |bytes| parser.feed(bytes)) {
+                Ok(0) => return Err(ReadError::Closed),
+                Ok(n) => {
+                    metrics::counter!("starling_c2s_bytes_received_total").increment(n as u64);
+                    return Ok(());
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return Err(ReadError::Closed),
+            }
+            let ready = self.io.readable();
+            match deadline {
+                Some(d) => tokio::time::timeout_at(d, ready)
+                    .await
+                    .map_err(|_| ReadError::Timeout)?,
+                None => ready.await,
+            }
+            .map_err(|_| ReadError::Closed)?;
         }
-        .map_err(|_| ReadError::Closed)?;
-        if n == 0 {
-            return Err(ReadError::Closed);
-        }
-        metrics::counter!("starling_c2s_bytes_received_total").increment(n as u64);
-        self.parser.feed(&buf[..n]);
-        Ok(())
     }
 
     /// Writes and flushes, giving up after the write timeout (a client that
     /// does not read cannot make us buffer without limit).
     pub async fn send_raw(&mut self, data: &str) -> std::io::Result<()> {
-        let io = &mut self.io;
-        let fut = async move {
-            io.write_all(data.as_bytes()).await?;
-            io.flush().await
-        };
-        match tokio::time::timeout(self.write_timeout, fut).await {
+        match tokio::time::timeout(self.write_timeout, self.io.write_all(data.as_bytes())).await {
             Ok(r) => r,
             Err(_) => Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,

@@ -46,9 +46,9 @@ pub enum XmlError {
     NotWellFormed,
     /// A prefix with no namespace declaration (§4.9.3.2).
     BadNamespacePrefix,
-    /// Well-formed but not processable here, e.g. a second stream header
-    /// inside the stream (§4.9.3.1).
-    BadFormat,
+    /// Well-formed but not valid XMPP, e.g. a second stream header inside
+    /// the stream (§4.9.3.11).
+    InvalidXml,
     /// DTD, comment, processing instruction or entity reference (§11.1).
     RestrictedXml,
     /// A limit was exceeded (size, depth, attributes).
@@ -64,7 +64,7 @@ impl XmlError {
         match self {
             XmlError::NotWellFormed => "not-well-formed",
             XmlError::BadNamespacePrefix => "bad-namespace-prefix",
-            XmlError::BadFormat => "bad-format",
+            XmlError::InvalidXml => "invalid-xml",
             XmlError::RestrictedXml => "restricted-xml",
             XmlError::PolicyViolation => "policy-violation",
             XmlError::UnsupportedEncoding => "unsupported-encoding",
@@ -342,7 +342,7 @@ impl StreamParser {
                 .position(|c| matches!(c, b' ' | b'\t' | b'\r' | b'\n' | b'>' | b'/'))
                 .unwrap_or(tag.len());
             if tag[..name_len] == *self.header_qname.as_bytes() {
-                return Err(XmlError::BadFormat);
+                return Err(XmlError::InvalidXml);
             }
         }
         if empty {
@@ -418,7 +418,14 @@ impl StreamParser {
         }
         let (prefix, local) = split_qname(&qname);
         let ns = lookup(&scope, prefix);
-        if local != "stream" || ns != Some(NS_STREAMS) {
+        if local != "stream" || ns.is_none() {
+            return Err(XmlError::InvalidNamespace);
+        }
+        if ns == Some(NS_STREAMS) && prefix != "stream" {
+            // RFC 6120 §4.8.5 and the example of §4.9.3.2.
+            return Err(XmlError::BadNamespacePrefix);
+        }
+        if ns != Some(NS_STREAMS) {
             return Err(XmlError::InvalidNamespace);
         }
         header.default_ns = lookup(&scope, "").unwrap_or("").to_owned();
@@ -620,11 +627,11 @@ fn open_element(
         if let Some((p, _)) = k.split_once(':')
             && lookup(scope, p).is_none()
         {
-            return Err(XmlError::BadNamespacePrefix);
+            return Err(XmlError::NotWellFormed);
         }
     }
     let (prefix, local) = split_qname(qname);
-    let ns = lookup(scope, prefix).ok_or(XmlError::BadNamespacePrefix)?;
+    let ns = lookup(scope, prefix).ok_or(XmlError::NotWellFormed)?;
     // Keep declarations that prefixed attributes need when re-serialised.
     for (p, u) in scope.iter() {
         if !p.is_empty()
@@ -757,12 +764,12 @@ mod tests {
         );
         assert_eq!(
             first_error(&format!("{HEADER}<x:message/>")),
-            XmlError::BadNamespacePrefix
+            XmlError::NotWellFormed
         );
         let second = HEADER.trim_start_matches("<?xml version='1.0'?>");
         assert_eq!(
             first_error(&format!("{HEADER}{second}")),
-            XmlError::BadFormat
+            XmlError::InvalidXml
         );
     }
 
