@@ -37,7 +37,8 @@ import rawxmpp  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TARGET = os.environ.get("XMPP_TARGET", "starling").lower()
-STARLING_BIN = os.environ.get("STARLING_BIN", "/work/main/target/debug/starling")
+STARLING_BIN = os.environ.get(
+    "STARLING_BIN", os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../target/debug/starling")))
 HOST = "127.0.0.1"
 
 # Limits configured on the shared server (the same values for both targets).
@@ -101,10 +102,13 @@ class Server:
 
     kind = "abstract"
 
-    def __init__(self, workdir: str, *, registration: bool = True, limits: bool = True):
+    def __init__(self, workdir: str, *, registration: bool = True, limits: bool = True,
+                 max_stanza: int = MAX_STANZA, idle_timeout: int = IDLE_TIMEOUT):
         self.workdir = workdir
         self.registration = registration
         self.limits = limits
+        self.max_stanza = max_stanza
+        self.idle_timeout = idle_timeout
         self.host = HOST
         self.domain = "localhost"
         self.domains = ["localhost", "example.org"]
@@ -200,9 +204,9 @@ class StarlingServer(Server):
                 lines += ["", "[registration]", "enabled = true"]
             if self.limits:
                 lines += ["", "[offline]", f"max_messages = {OFFLINE_MAX}",
-                          "", "[c2s]", f"max_stanza_size = {MAX_STANZA}",
+                          "", "[c2s]", f"max_stanza_size = {self.max_stanza}",
                           f"handshake_timeout_secs = {HANDSHAKE_TIMEOUT}",
-                          f"idle_timeout_secs = {IDLE_TIMEOUT}"]
+                          f"idle_timeout_secs = {self.idle_timeout}"]
             with open(self.config_path, "w") as f:
                 f.write("\n".join(lines) + "\n")
 
@@ -295,7 +299,7 @@ class ProsodyServer(Server):
         self.config_path = os.path.join(workdir, "prosody.cfg.lua")
         with open(self.config_path, "w") as f:
             f.write(PROSODY_CFG.format(dir=workdir, c2s=self.c2s_port, tls=self.tls_port,
-                                       max_stanza=MAX_STANZA, hs_timeout=HANDSHAKE_TIMEOUT,
+                                       max_stanza=self.max_stanza, hs_timeout=HANDSHAKE_TIMEOUT,
                                        registration="true" if self.registration else "false"))
 
     def start(self) -> None:
@@ -362,6 +366,15 @@ def server(tmp_path_factory):
 def fresh_server(tmp_path_factory):
     """A private server for tests that restart it or trip server-wide limits."""
     s = make_server(tmp_path_factory, "fresh")
+    s.start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def tight_server(tmp_path_factory):
+    """Small limits from the config file: 16 KiB stanzas, 2 s idle timeout (Starling-only keys)."""
+    s = make_server(tmp_path_factory, "tight", max_stanza=16384, idle_timeout=2)
     s.start()
     yield s
     s.stop()

@@ -1,0 +1,74 @@
+"""Limits and behaviour set from the config file, the certificate, restarts."""
+
+import hashlib
+import socket
+import ssl
+import time
+
+import pytest
+
+from rawxmpp import C
+
+
+def cert_fingerprint(server):
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with socket.create_connection((server.host, server.tls_port), timeout=5) as raw:
+        with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+            return hashlib.sha256(s.getpeercert(binary_form=True)).hexdigest()
+
+
+def test_certificate_and_accounts_persist_across_restart(fresh_server, clients):
+    """The certificate generated at first start is kept, and so are accounts and data."""
+    fp = cert_fingerprint(fresh_server)
+    c = clients.add(fresh_server.online("keep"))
+    r = c.iq("set", "<vCard xmlns='vcard-temp'><FN>Persisted</FN></vCard>")
+    assert r.get("type") == "result"
+    c.close()
+    fresh_server.restart()
+    assert cert_fingerprint(fresh_server) == fp
+    d = clients.add(fresh_server.login(c.bare, c.password))
+    r = d.iq("get", "<vCard xmlns='vcard-temp'/>")
+    assert r.find("{vcard-temp}vCard").findtext("{vcard-temp}FN") == "Persisted"
+
+
+def test_default_config_starts_and_serves(default_server, clients):
+    """`starling serve` without a config file: a working server with STARTTLS and login."""
+    a = clients.add(default_server.online("d1"))
+    b = clients.add(default_server.online("d2"))
+    mid = a.message(b.jid, "defaults")
+    assert b.recv_stanza("message", id=mid).findtext(C("body")) == "defaults"
+
+
+@pytest.mark.starling_only
+def test_configured_max_stanza_size(tight_server, clients):
+    good = clients.add(tight_server.online("good"))
+    a = clients.add(tight_server.online("a"))
+    mid = a.message(good.jid, "y" * 8000)
+    assert good.recv_stanza("message", id=mid) is not None
+    a.message(good.jid, "y" * 20000)
+    assert a.expect_stream_error() == "policy-violation"
+    tight_server.assert_healthy(good)
+
+
+@pytest.mark.starling_only
+def test_idle_timeout(tight_server, clients):
+    """An authenticated client that sends nothing at all is closed after idle_timeout_secs;
+    whitespace keepalives keep a session alive."""
+    idle = clients.add(tight_server.online("idle"))
+    alive = clients.add(tight_server.online("alive"))
+    t0 = time.monotonic()
+    deadline = t0 + 6
+    closed_at = None
+    while time.monotonic() < deadline:
+        alive.send_raw(" ")
+        try:
+            idle._read_some(time.monotonic() + 0.5)
+        except Exception:
+            closed_at = time.monotonic() - t0
+            break
+    assert closed_at is not None, "idle client not closed within 6 s (idle_timeout_secs = 2)"
+    assert closed_at >= 1.5, f"closed after {closed_at:.1f}s, before the idle timeout"
+    assert idle.stream_error in (None, "connection-timeout"), idle.stream_error
+    assert alive.ping_server().get("type") == "result"
