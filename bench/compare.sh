@@ -74,12 +74,13 @@ for s in $SERVERS; do
       if [ "$SCEN" = presence ]; then
         echo "starling: no roster provisioning yet: presence fan-out will show what its rosters give" >&2; fi
       rm -rf "$ST_DIR"; mkdir -p "$ST_DIR/data"
+      printf 'domains = ["perf.test"]\ndata_dir = "%s"\n[auth]\nscram_iterations = 4096\n' "$ST_DIR/data" > "$ST_DIR/starling.toml"
       echo "starling: adding $ACCOUNTS accounts..." >&2
-      if ! seq 1 "$ACCOUNTS" | xargs -P 2 -I{} "$STARLING_BIN" user add "user{}@perf.test" "perfpass{}" --data-dir "$ST_DIR/data" \
-           > "$ST_DIR/useradd.log" 2>&1; then
+      if ! seq 1 "$ACCOUNTS" | xargs -P 1 -I{} "$STARLING_BIN" user add "user{}@perf.test" "perfpass{}" \
+           --config "$ST_DIR/starling.toml" --data-dir "$ST_DIR/data" > "$ST_DIR/useradd.log" 2>&1; then
         echo "starling: 'starling user add' failed (see $ST_DIR/useradd.log): column skipped" >&2; continue; fi
       (ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-       exec setsid "$STARLING_BIN" serve --data-dir "$ST_DIR/data" --domain perf.test --c2s-port "$ST_PORT" \
+       exec setsid "$STARLING_BIN" serve --config "$ST_DIR/starling.toml" --data-dir "$ST_DIR/data" --domain perf.test --c2s-port "$ST_PORT" \
          --c2s-tls-port "$ST_TLS_PORT" --metrics-port "$ST_METRICS" > "$ST_DIR/console.log" 2>&1 < /dev/null) &
       STARTED_ST=$!
       ok=0; for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$ST_PORT") 2>/dev/null && { ok=1; break; }; sleep 0.2; done

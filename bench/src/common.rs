@@ -267,10 +267,14 @@ pub fn pct_ms(h: &hdrhistogram::Histogram<u64>, q: f64) -> f64 {
 }
 
 /// Server CPU per operation (µs) and bench CPU per operation, added to the figures.
-pub fn add_cpu(f: &mut Figures, what: &str, ops: u64, cpu: (Option<u64>, u64)) {
+/// Also the server's CPU use over the window in cores (1.0 = one core busy all the time).
+pub fn add_cpu(f: &mut Figures, what: &str, ops: u64, cpu: (Option<u64>, u64, u64)) {
     let ops = if ops == 0 { f64::NAN } else { ops as f64 };
     if let Some(s) = cpu.0 {
         f.add(&format!("server_cpu_us_per_{what}"), s as f64 / ops);
     }
     f.add(&format!("bench_cpu_us_per_{what}"), cpu.1 as f64 / ops);
+    if let Some(s) = cpu.0 {
+        f.add("server_cpu_cores", s as f64 / cpu.2.max(1) as f64);
+    }
 }

@@ -47,6 +47,7 @@ pub fn rss_kib(pid: u32) -> Result<u64> {
 pub struct CpuWindow {
     server: Option<(u32, u64)>,
     me: u64,
+    t0: std::time::Instant,
 }
 
 impl CpuWindow {
@@ -62,12 +63,13 @@ impl CpuWindow {
         })
     }
 
-    /// (server µs, bench µs) used since start.
-    pub fn stop(&self) -> Result<(Option<u64>, u64)> {
+    /// (server µs, bench µs, wall-clock µs) since start.
+    pub fn stop(&self) -> Result<(Option<u64>, u64, u64)> {
         let server = match self.server {
             Some((p, c0)) => Some(cpu_us(p)?.saturating_sub(c0)),
             None => None,
         };
-        Ok((server, cpu_us(std::process::id())?.saturating_sub(self.me)))
+        let me = cpu_us(std::process::id())?.saturating_sub(self.me);
+        Ok((server, me, self.t0.elapsed().as_micros() as u64))
     }
 }
