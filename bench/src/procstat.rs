@@ -60,6 +60,7 @@ impl CpuWindow {
         Ok(CpuWindow {
             server,
             me: cpu_us(std::process::id())?,
+            t0: std::time::Instant::now(),
         })
     }
 
