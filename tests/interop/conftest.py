@@ -189,6 +189,19 @@ class Server:
             b.close()
 
 
+_flags_cache = {}
+
+
+def _starling_has_flag(flag: str) -> bool:
+    if "help" not in _flags_cache:
+        try:
+            _flags_cache["help"] = subprocess.run([STARLING_BIN, "serve", "--help"], capture_output=True,
+                                                  text=True, timeout=30).stdout
+        except (OSError, subprocess.SubprocessError):
+            _flags_cache["help"] = ""
+    return flag in _flags_cache["help"]
+
+
 class StarlingServer(Server):
     kind = "starling"
 
@@ -220,6 +233,10 @@ class StarlingServer(Server):
                 "--metrics-port", str(self.metrics_port)]
         if self.config_path:
             cmd += ["--config", self.config_path]
+        if _starling_has_flag("--cluster-port"):  # not part of the contract; avoid clashes when present
+            if not hasattr(self, "cluster_port"):
+                self.cluster_port = free_port()
+            cmd += ["--cluster-port", str(self.cluster_port)]
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      cwd=self.workdir, env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "info")})

@@ -459,6 +459,10 @@ class Client:
             # RFC 6121 2.1.6) before sending initial presence
             self.iq("get", "<query xmlns='jabber:iq:roster'/>")
             self.presence(priority=priority)
+            # RFC 6121 4.2.2: the server reflects initial presence to the sending resource;
+            # waiting for it means the session is available before the test goes on
+            self.recv(lambda e: e.tag == C("presence") and e.get("from") == self.jid and
+                      e.get("type") is None, what="own initial presence")
         return self
 
     # ------------------------------------------------------------ stanzas
