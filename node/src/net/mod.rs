@@ -3,6 +3,7 @@
 //! `stream::negotiate`.
 
 pub mod tls;
+pub mod tls_conn;
 pub mod transport;
 
 use crate::server::Server;

@@ -584,22 +584,23 @@ pub async fn subscription_out(
         if !route {
             return Ok(());
         }
-        if ptype == "subscribed" {
-            // §3.1.5: the contact gets our current presence.
-            deliver_subscription(server, origin.bare, contact, ptype, el).await?;
-            for r in server.router.resources(origin.bare) {
-                if let Some(p) = r.presence.filter(|_| r.available) {
-                    send_presence_to(server, contact, p);
-                }
+        // The user's lock is released here: delivery takes the contact's,
+        // and holding both could deadlock against the reverse direction.
+    }
+    if ptype == "unsubscribed" {
+        // §3.2.2: the contact sees us go unavailable.
+        unavailable_to(server, origin.bare, contact);
+    }
+    deliver_subscription(server, origin.bare, contact, ptype, el).await?;
+    if ptype == "subscribed" {
+        // §3.1.5: the contact gets our current presence.
+        for r in server.router.resources(origin.bare) {
+            if let Some(p) = r.presence.filter(|_| r.available) {
+                send_presence_to(server, contact, p);
             }
-            return Ok(());
-        }
-        if ptype == "unsubscribed" {
-            // §3.2.2: the contact sees us go unavailable.
-            unavailable_to(server, origin.bare, contact);
         }
     }
-    deliver_subscription(server, origin.bare, contact, ptype, el).await
+    Ok(())
 }
 
 /// The inbound half: `user` receives a subscription stanza from `from`.
