@@ -64,6 +64,14 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.xfail(strict=True, reason="Prosody deviates: " + (m.args[0] if m.args else "")))
 
 
+def child_env() -> dict:
+    """Environment for starling processes: none of the harness's STARLING_* variables
+    (starling reads STARLING_* as configuration overrides)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STARLING_")}
+    env.setdefault("RUST_LOG", "info")
+    return env
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))
@@ -196,7 +204,7 @@ def _starling_has_flag(flag: str) -> bool:
     if "help" not in _flags_cache:
         try:
             _flags_cache["help"] = subprocess.run([STARLING_BIN, "serve", "--help"], capture_output=True,
-                                                  text=True, timeout=30).stdout
+                                                  text=True, timeout=30, env=child_env()).stdout
         except (OSError, subprocess.SubprocessError):
             _flags_cache["help"] = ""
     return flag in _flags_cache["help"]
@@ -239,7 +247,7 @@ class StarlingServer(Server):
             cmd += ["--cluster-port", str(self.cluster_port)]
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     cwd=self.workdir, env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "info")})
+                                     cwd=self.workdir, env=child_env())
         log.close()
         try:
             wait_port(self.c2s_port, 60, self.proc)
@@ -250,7 +258,7 @@ class StarlingServer(Server):
 
     def cli(self, *args, check=True) -> subprocess.CompletedProcess:
         cmd = [STARLING_BIN, *args, "--data-dir", self.data_dir]
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=self.workdir)
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=self.workdir, env=child_env())
         if check and r.returncode != 0:
             raise AssertionError(f"{cmd} failed ({r.returncode}): {r.stdout}\n{r.stderr}")
         return r
