@@ -53,6 +53,10 @@ def test_account_deletion_ends_sessions_and_removes_data(server, clients):
     c = clients.add(server.login(jid, pw, presence=True))
     r = c.iq("set", "<vCard xmlns='vcard-temp'><FN>To be deleted</FN></vCard>")
     assert r.get("type") == "result"
+    r = c.iq("set", "<query xmlns='jabber:iq:roster'><item jid='friend@example.org'/></query>")
+    assert r.get("type") == "result"
+    r = c.iq("set", "<query xmlns='jabber:iq:private'><p xmlns='urn:example:p'>secret</p></query>")
+    assert r.get("type") == "result"
     server.del_user(jid)
     c.wait_closed(10)
     # recreate with the same name: old data is gone
@@ -61,6 +65,11 @@ def test_account_deletion_ends_sessions_and_removes_data(server, clients):
     r = n.iq("get", "<vCard xmlns='vcard-temp'/>")
     v = r.find("{vcard-temp}vCard")
     assert v is None or v.findtext("{vcard-temp}FN") is None, tostring(r)
+    r = n.iq("get", "<query xmlns='jabber:iq:roster'/>")
+    assert r.find("{jabber:iq:roster}query/{jabber:iq:roster}item") is None, tostring(r)
+    r = n.iq("get", "<query xmlns='jabber:iq:private'><p xmlns='urn:example:p'/></query>")
+    p = r.find("{jabber:iq:private}query/{urn:example:p}p")
+    assert p is None or not (p.text or "").strip(), tostring(r)
     server.assert_healthy()
 
 

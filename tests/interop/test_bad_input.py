@@ -375,3 +375,37 @@ def test_repeated_wrong_passwords_throttled(fresh_server, clients, source_ip):
     other = clients.add(srv.online("other"))
     assert time.monotonic() - t0 < 5
     srv.assert_healthy(other)
+
+
+@pytest.mark.prosody_deviates("no throttling of failed authentication attempts by default")
+def test_wrong_passwords_from_one_address_throttled(fresh_server, clients, source_ip):
+    """Per-address limit: failures spread over many accounts from one address are slowed too,
+    while another address is served promptly."""
+    srv = fresh_server
+    victims = [srv.new_user("spray") for _ in range(8)]
+    durations, refused = [], 0
+    for i, (jid, user, pw) in enumerate(victims):
+        c = clients.add(srv.client(source_ip=source_ip, timeout=15))
+        t0 = time.monotonic()
+        try:
+            c.start()
+            c.auth_scram(user, "wrong", "SCRAM-SHA-1")
+        except SASLFailure as e:
+            if e.condition == "temporary-auth-failure":
+                refused += 1
+            else:
+                assert e.condition == "not-authorized", e.condition
+        except (StreamClosed, XMPPTimeout, OSError):
+            refused += 1
+        else:
+            raise AssertionError("wrong password accepted")
+        durations.append(time.monotonic() - t0)
+        c.shutdown()
+    late = sum(durations[4:])
+    assert refused > 0 or late >= 2.0, f"no per-address throttling: durations={['%.2f' % d for d in durations]}"
+    # a victim account itself is not locked for its owner coming from elsewhere
+    jid, user, pw = victims[0]
+    t0 = time.monotonic()
+    ok = clients.add(srv.login(jid, pw))
+    assert time.monotonic() - t0 < 5
+    srv.assert_healthy(ok)
