@@ -115,7 +115,8 @@ impl TlsConn {
                 Some(_) => shown,
                 None => incoming.len(),
             };
-            let UnbufferedStatus { discard, state } = conn.process_tls_records(&mut incoming[..limit]);
+            let UnbufferedStatus { discard, state } =
+                conn.process_tls_records(&mut incoming[..limit]);
             let state = match state {
                 Ok(state) => state,
                 Err(e) => {
@@ -425,7 +426,8 @@ fn decrypt(
     let mut delivered = 0;
     let mut out = Vec::new();
     loop {
-        let UnbufferedStatus { mut discard, state } = conn.process_tls_records(&mut buf[consumed..]);
+        let UnbufferedStatus { mut discard, state } =
+            conn.process_tls_records(&mut buf[consumed..]);
         let state = match state {
             Ok(state) => state,
             Err(e) => {
@@ -508,13 +510,21 @@ fn take_alert(conn: &mut UnbufferedServerConnection, buf: &mut [u8]) -> Vec<u8> 
 }
 
 /// Appends the handshake (or alert) record rustls has ready to `out`.
-fn encode(state: &mut EncodeTlsData<'_, ServerConnectionData>, out: &mut Vec<u8>) -> io::Result<()> {
-    fill(out, 0, |buf| state.encode(buf), |e| match e {
-        EncodeError::InsufficientSize(InsufficientSizeError { required_size }) => {
-            Ok(*required_size)
-        }
-        other => Err(io::Error::other(other.to_string())),
-    })
+fn encode(
+    state: &mut EncodeTlsData<'_, ServerConnectionData>,
+    out: &mut Vec<u8>,
+) -> io::Result<()> {
+    fill(
+        out,
+        0,
+        |buf| state.encode(buf),
+        |e| match e {
+            EncodeError::InsufficientSize(InsufficientSizeError { required_size }) => {
+                Ok(*required_size)
+            }
+            other => Err(io::Error::other(other.to_string())),
+        },
+    )
 }
 
 fn encrypt_size(e: &EncryptError) -> io::Result<usize> {
@@ -681,5 +691,549 @@ impl<'a> Reader<'a> {
     fn u16(&mut self) -> Option<usize> {
         let b = self.take(2)?;
         Some(usize::from(u16::from_be_bytes([b[0], b[1]])))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme, SupportedProtocolVersion};
+    use std::sync::OnceLock;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+    use tokio_rustls::TlsConnector;
+    use tokio_rustls::client::TlsStream;
+
+    /// The server's configuration as `net::tls` builds it, with generated
+    /// self-signed certificates for two domains, and those certificates.
+    fn server_setup() -> &'static (Arc<rustls::ServerConfig>, Vec<CertificateDer<'static>>) {
+        static SETUP: OnceLock<(Arc<rustls::ServerConfig>, Vec<CertificateDer<'static>>)> =
+            OnceLock::new();
+        SETUP.get_or_init(|| {
+            let dir =
+                std::env::temp_dir().join(format!("starling-tls-conn-{}", std::process::id()));
+            let cfg = crate::config::Config {
+                domains: vec!["localhost".into(), "example.org".into()],
+                data_dir: dir.clone(),
+                ..Default::default()
+            };
+            let server = crate::net::tls::server_config(&cfg).expect("server config");
+            use rustls::pki_types::pem::PemObject;
+            let certs = ["localhost", "example.org"]
+                .iter()
+                .map(|d| {
+                    CertificateDer::from_pem_file(dir.join("certs").join(format!("{d}.crt")))
+                        .expect("generated certificate")
+                })
+                .collect();
+            (server, certs)
+        })
+    }
+
+    fn server_config() -> Arc<rustls::ServerConfig> {
+        server_setup().0.clone()
+    }
+
+    /// Accepts exactly the server's self-signed certificates.
+    #[derive(Debug)]
+    struct Pinned {
+        certs: Vec<CertificateDer<'static>>,
+        provider: Arc<rustls::crypto::CryptoProvider>,
+    }
+
+    impl ServerCertVerifier for Pinned {
+        fn verify_server_cert(
+            &self,
+            end_entity: &CertificateDer<'_>,
+            _intermediates: &[CertificateDer<'_>],
+            _server_name: &ServerName<'_>,
+            _ocsp: &[u8],
+            _now: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            if self.certs.iter().any(|c| c.as_ref() == end_entity.as_ref()) {
+                Ok(ServerCertVerified::assertion())
+            } else {
+                Err(rustls::Error::General("unknown certificate".into()))
+            }
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(
+                message,
+                cert,
+                dss,
+                &self.provider.signature_verification_algorithms,
+            )
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(
+                message,
+                cert,
+                dss,
+                &self.provider.signature_verification_algorithms,
+            )
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.provider
+                .signature_verification_algorithms
+                .supported_schemes()
+        }
+    }
+
+    fn client_config(versions: &[&'static SupportedProtocolVersion]) -> Arc<ClientConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = Pinned {
+            certs: server_setup().1.clone(),
+            provider: provider.clone(),
+        };
+        let mut cfg = ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(versions)
+            .expect("versions")
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth();
+        cfg.alpn_protocols = vec![b"xmpp-client".to_vec()];
+        Arc::new(cfg)
+    }
+
+    async fn listener() -> (TcpListener, std::net::SocketAddr) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        (l, addr)
+    }
+
+    async fn connect(
+        addr: std::net::SocketAddr,
+        versions: &[&'static SupportedProtocolVersion],
+        name: &'static str,
+    ) -> TlsStream<TcpStream> {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        TlsConnector::from(client_config(versions))
+            .connect(ServerName::try_from(name).unwrap(), tcp)
+            .await
+            .expect("client handshake")
+    }
+
+    /// Reads once (after waiting), collecting the plaintext.
+    async fn read_some(conn: &mut TlsConn) -> io::Result<Vec<u8>> {
+        loop {
+            conn.readable().await?;
+            let mut got = Vec::new();
+            match conn.try_read(&mut |b: &[u8]| got.extend_from_slice(b)) {
+                Ok(n) => {
+                    assert_eq!(n, got.len());
+                    return Ok(got);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Echoes everything back until the peer's close_notify (`Ok(0)`).
+    async fn echo(mut conn: TlsConn) -> io::Result<TlsConn> {
+        loop {
+            let got = read_some(&mut conn).await?;
+            if got.is_empty() {
+                return Ok(conn);
+            }
+            conn.write_all(&got).await?;
+        }
+    }
+
+    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 9) as u8)
+            .collect()
+    }
+
+    /// Handshake, small and 1 MiB echoes, a 300 KiB server write, and
+    /// close_notify both ways, over `versions`.
+    async fn exchange(
+        versions: &[&'static SupportedProtocolVersion],
+        expect: rustls::ProtocolVersion,
+    ) {
+        let (l, addr) = listener().await;
+        let server = tokio::spawn(async move {
+            let (tcp, _) = l.accept().await.unwrap();
+            let mut conn = TlsConn::accept(tcp, server_config()).await.expect("accept");
+            assert_eq!(conn.server_name(), Some("example.org"));
+            assert_eq!(conn.protocol_version(), Some(expect));
+            assert_eq!(conn.alpn_protocol(), Some(&b"xmpp-client"[..]));
+            // Server speaks first: one big write, split into records.
+            conn.write_all(&pattern(300 * 1024, 7)).await.unwrap();
+            let mut conn = echo(conn).await.expect("echo");
+            // Nothing kept after a full exchange.
+            assert_eq!(conn.partial.capacity(), 0);
+            assert_eq!(conn.unsent.capacity(), 0);
+            conn.shutdown().await.unwrap();
+        });
+
+        let client = connect(addr, versions, "Example.ORG").await;
+        let (mut rd, mut wr) = tokio::io::split(client);
+        let mut first = vec![0; 300 * 1024];
+        rd.read_exact(&mut first).await.unwrap();
+        assert!(first == pattern(300 * 1024, 7));
+
+        wr.write_all(b"hello").await.unwrap();
+        let mut small = [0; 5];
+        rd.read_exact(&mut small).await.unwrap();
+        assert_eq!(&small, b"hello");
+
+        let big = pattern(1024 * 1024, 3);
+        let sent = big.clone();
+        let writer = tokio::spawn(async move {
+            wr.write_all(&sent).await.unwrap();
+            wr.flush().await.unwrap();
+            wr
+        });
+        let mut back = vec![0; big.len()];
+        rd.read_exact(&mut back).await.unwrap();
+        assert!(back == big, "1 MiB echo differs");
+        let mut wr = writer.await.unwrap();
+        // close_notify: the server sees Ok(0), then closes its side.
+        wr.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        rd.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn tls13_exchange() {
+        exchange(&[&rustls::version::TLS13], rustls::ProtocolVersion::TLSv1_3).await;
+    }
+
+    #[tokio::test]
+    async fn tls12_exchange() {
+        exchange(&[&rustls::version::TLS12], rustls::ProtocolVersion::TLSv1_2).await;
+    }
+
+    #[tokio::test]
+    async fn sni_absent_and_default_domain() {
+        let (l, addr) = listener().await;
+        let server = tokio::spawn(async move {
+            let (tcp, _) = l.accept().await.unwrap();
+            let conn = TlsConn::accept(tcp, server_config()).await.expect("accept");
+            assert_eq!(conn.server_name(), None);
+            echo(conn).await.unwrap();
+        });
+        // An IP address is not sent as SNI.
+        let mut client = connect(addr, &[&rustls::version::TLS13], "127.0.0.1").await;
+        client.write_all(b"x").await.unwrap();
+        let mut b = [0; 1];
+        client.read_exact(&mut b).await.unwrap();
+        client.shutdown().await.unwrap();
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn key_update_is_answered() {
+        let (l, addr) = listener().await;
+        let server = tokio::spawn(async move {
+            let (tcp, _) = l.accept().await.unwrap();
+            let conn = TlsConn::accept(tcp, server_config()).await.unwrap();
+            echo(conn).await.unwrap();
+        });
+        let mut client = connect(addr, &[&rustls::version::TLS13], "localhost").await;
+        for round in 0..3u8 {
+            // Asks the server to update its keys too.
+            client.get_mut().1.refresh_traffic_keys().unwrap();
+            let msg = pattern(20_000, round);
+            client.write_all(&msg).await.unwrap();
+            let mut back = vec![0; msg.len()];
+            client.read_exact(&mut back).await.unwrap();
+            assert!(back == msg);
+        }
+        client.shutdown().await.unwrap();
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn garbage_fails_fast() {
+        for garbage in [
+            &b"GET / HTTP/1.1\r\nHost: example.org\r\n\r\n"[..],
+            // A plausible handshake record holding nonsense.
+            &[22, 3, 1, 0, 8, 1, 0, 0, 4, 0xde, 0xad, 0xbe, 0xef][..],
+            // <stream:stream where a ClientHello should be.
+            &b"<?xml version='1.0'?><stream:stream to='localhost'>"[..],
+        ] {
+            let (l, addr) = listener().await;
+            let mut client = TcpStream::connect(addr).await.unwrap();
+            let (tcp, _) = l.accept().await.unwrap();
+            AsyncWriteExt::write_all(&mut client, garbage)
+                .await
+                .unwrap();
+            let result = tokio::time::timeout(
+                Duration::from_secs(2),
+                TlsConn::accept(tcp, server_config()),
+            )
+            .await
+            .expect("no hang on garbage");
+            assert!(result.is_err());
+        }
+    }
+
+    #[tokio::test]
+    async fn client_gone_mid_handshake() {
+        let (l, addr) = listener().await;
+        let client = TcpStream::connect(addr).await.unwrap();
+        let (tcp, _) = l.accept().await.unwrap();
+        drop(client);
+        let err = TlsConn::accept(tcp, server_config()).await.err().unwrap();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    /// A rustls client that writes before the handshake ends sends its data
+    /// right behind its Finished, in one segment: the server must keep it.
+    #[tokio::test]
+    async fn data_pipelined_after_handshake_is_kept() {
+        let (l, addr) = listener().await;
+        let cfg = client_config(&[&rustls::version::TLS13]);
+        let client = std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            let mut sock = std::net::TcpStream::connect(addr).unwrap();
+            let mut c =
+                rustls::ClientConnection::new(cfg, ServerName::try_from("localhost").unwrap())
+                    .unwrap();
+            c.writer()
+                .write_all(b"<stream:stream to='localhost'>")
+                .unwrap();
+            while c.is_handshaking() {
+                c.complete_io(&mut sock).unwrap();
+            }
+            while c.wants_write() {
+                c.write_tls(&mut sock).unwrap();
+            }
+            let mut stream = rustls::Stream::new(&mut c, &mut sock);
+            let mut back = [0; 30];
+            stream.read_exact(&mut back).unwrap();
+            assert_eq!(&back, b"<stream:stream to='localhost'>");
+            c.send_close_notify();
+            c.write_tls(&mut sock).unwrap();
+        });
+        let (tcp, _) = l.accept().await.unwrap();
+        let mut conn = TlsConn::accept(tcp, server_config()).await.unwrap();
+        // The bytes came in the handshake's last read.
+        assert_eq!(conn.phase, Phase::Fresh);
+        assert!(!conn.partial.is_empty());
+        // ...so there is something to read without the socket.
+        tokio::time::timeout(Duration::from_millis(1), conn.readable())
+            .await
+            .expect("readable at once")
+            .unwrap();
+        let got = read_some(&mut conn).await.unwrap();
+        assert_eq!(got, b"<stream:stream to='localhost'>");
+        conn.write_all(&got).await.unwrap();
+        let conn = echo(conn).await.unwrap();
+        assert_eq!(conn.partial.capacity(), 0);
+        client.join().unwrap();
+    }
+
+    /// Records cut at every possible point still come out whole.
+    #[tokio::test]
+    async fn records_split_across_reads() {
+        let (l, addr) = listener().await;
+        let server = tokio::spawn(async move {
+            let (tcp, _) = l.accept().await.unwrap();
+            let conn = TlsConn::accept(tcp, server_config()).await.unwrap();
+            echo(conn).await.unwrap();
+        });
+        // Encrypt with a buffered client, then send the TLS bytes in odd
+        // slices with pauses, so reads end inside records and headers.
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let mut client = TlsConnector::from(client_config(&[&rustls::version::TLS13]))
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .unwrap();
+        let msg = pattern(40_000, 9);
+        {
+            let (sock, c) = client.get_mut();
+            use std::io::Write;
+            c.writer().write_all(&msg).unwrap();
+            let mut wire = Vec::new();
+            while c.wants_write() {
+                c.write_tls(&mut wire).unwrap();
+            }
+            for (i, piece) in wire.chunks(997).enumerate() {
+                let (a, b) = piece.split_at(piece.len().min(3 + i % 5));
+                AsyncWriteExt::write_all(sock, a).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                AsyncWriteExt::write_all(sock, b).await.unwrap();
+            }
+        }
+        let mut back = vec![0; msg.len()];
+        client.read_exact(&mut back).await.unwrap();
+        assert!(back == msg);
+        client.shutdown().await.unwrap();
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn idle_connection_holds_no_buffer() {
+        let size = std::mem::size_of::<TlsConn>();
+        println!("size_of::<TlsConn>() = {size} bytes");
+        assert!(size <= 128, "TlsConn grew to {size} bytes");
+
+        let (l, addr) = listener().await;
+        let server = tokio::spawn(async move {
+            let (tcp, _) = l.accept().await.unwrap();
+            let mut conn = TlsConn::accept(tcp, server_config()).await.unwrap();
+            let got = read_some(&mut conn).await.unwrap();
+            conn.write_all(&got).await.unwrap();
+            conn
+        });
+        let mut client = connect(addr, &[&rustls::version::TLS13], "localhost").await;
+        client.write_all(&pattern(50_000, 1)).await.unwrap();
+        let mut back = Vec::new();
+        while back.len() < 50_000 {
+            let mut buf = [0; 4096];
+            let n = client.read(&mut buf).await.unwrap();
+            back.extend_from_slice(&buf[..n]);
+            if back.len() < 50_000 && n == 0 {
+                break;
+            }
+        }
+        let mut conn = server.await.unwrap();
+        // read_some returned after one read; drain what the client sent.
+        while conn.partial.capacity() != 0 || back.len() < 50_000 {
+            let got = read_some(&mut conn).await.unwrap();
+            conn.write_all(&got).await.unwrap();
+            let mut buf = vec![0; got.len()];
+            client.read_exact(&mut buf).await.unwrap();
+            back.extend_from_slice(&buf);
+        }
+        assert!(back == pattern(50_000, 1));
+        assert_eq!(conn.partial.capacity(), 0);
+        assert_eq!(conn.unsent.capacity(), 0);
+        assert_eq!(conn.phase, Phase::Open);
+    }
+
+    #[test]
+    fn sni_parsing() {
+        // No records yet, or half a record: need more.
+        assert!(client_hello_sni(&[]).is_none());
+        assert!(client_hello_sni(&[22, 3, 1, 0, 10, 1]).is_none());
+        // Not a handshake record.
+        assert_eq!(client_hello_sni(&[23, 3, 3, 0, 1, 0]), Some(None));
+        assert_eq!(record_end(&[22, 3, 1, 0, 2, 1, 2, 9], 0), Some(7));
+        assert_eq!(record_end(&[22, 3, 1, 0, 3, 1, 2], 0), None);
+    }
+
+    fn rss_kib() -> usize {
+        let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+        let pages: usize = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+        pages * 4
+    }
+
+    /// Client side of `rss_per_idle_connection`, run in a child process so
+    /// its memory is not counted: opens `STARLING_RSS_N` connections to
+    /// `STARLING_RSS_ADDR`, one small exchange each, then holds them until
+    /// stdin closes.
+    #[tokio::test]
+    #[ignore]
+    async fn rss_clients() {
+        let Ok(addr) = std::env::var("STARLING_RSS_ADDR") else {
+            return;
+        };
+        let addr: std::net::SocketAddr = addr.parse().unwrap();
+        let n: usize = std::env::var("STARLING_RSS_N").unwrap().parse().unwrap();
+        let mut held = Vec::with_capacity(n);
+        for _ in 0..n {
+            let mut c = connect(addr, &[&rustls::version::TLS13], "localhost").await;
+            c.write_all(b"<presence/>").await.unwrap();
+            let mut b = [0; 11];
+            c.read_exact(&mut b).await.unwrap();
+            held.push(c);
+        }
+        let mut stdin = tokio::io::stdin();
+        let mut sink = Vec::new();
+        let _ = stdin.read_to_end(&mut sink).await;
+        drop(held);
+    }
+
+    /// Server RSS growth per idle TLS connection: each connection is a task
+    /// (boxed handshake, then waiting on `readable()`), as in the server.
+    /// Run by hand:
+    /// `cargo test -p starling --release rss_per_idle_connection -- --ignored --nocapture`
+    #[tokio::test]
+    #[ignore]
+    async fn rss_per_idle_connection() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        const WARM: usize = 200;
+        const N: usize = 2000;
+        let (l, addr) = listener().await;
+        let config = server_config();
+        let done = Arc::new(AtomicUsize::new(0));
+        let counter = done.clone();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = l.accept().await.unwrap();
+                let config = config.clone();
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let mut conn = Box::pin(TlsConn::accept(tcp, config)).await.unwrap();
+                    let got = read_some(&mut conn).await.unwrap();
+                    conn.write_all(&got).await.unwrap();
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    while !read_some(&mut conn).await.unwrap_or_default().is_empty() {}
+                });
+            }
+        });
+        let spawn_clients = |n: usize| {
+            std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "net::tls_conn::tests::rss_clients",
+                    "--exact",
+                    "--ignored",
+                    "--nocapture",
+                ])
+                .env("STARLING_RSS_ADDR", addr.to_string())
+                .env("STARLING_RSS_N", n.to_string())
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        };
+        let wait_for = |target: usize| {
+            let done = done.clone();
+            async move {
+                while done.load(Ordering::SeqCst) < target {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                // Let the tasks settle into readable().
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        };
+        let mut warm = spawn_clients(WARM);
+        wait_for(WARM).await;
+        let before = rss_kib();
+        let mut main = spawn_clients(N);
+        wait_for(WARM + N).await;
+        let after = rss_kib();
+        let per = (after - before) as f64 / N as f64;
+        println!(
+            "size_of::<TlsConn>() = {} B; RSS {before} KiB -> {after} KiB for {N} idle TLS connections: {per:.2} KiB per connection",
+            std::mem::size_of::<TlsConn>()
+        );
+        for child in [&mut warm, &mut main] {
+            drop(child.stdin.take());
+            let _ = child.wait();
+        }
     }
 }

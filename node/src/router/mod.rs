@@ -68,9 +68,12 @@ impl Mailbox {
         }
     }
 
-    /// Refuses everything from now on (the session is ending).
-    pub fn end(&self) {
-        self.state.lock().expect("mailbox lock").ended = true;
+    /// Refuses everything from now on (the session is ending) and returns
+    /// what was queued but not written, for the caller to re-route.
+    pub fn end(&self) -> VecDeque<Element> {
+        let mut st = self.state.lock().expect("mailbox lock");
+        st.ended = true;
+        std::mem::take(&mut st.queue)
     }
 }
 

@@ -21,6 +21,8 @@ enum End {
     Done,
     /// Close with this stream error.
     Error(&'static str),
+    /// The client sent `</stream:stream>`: answer in kind.
+    ClientClosed,
 }
 
 struct Session<'a, S> {
@@ -54,17 +56,24 @@ pub async fn run<S: Transport>(server: Arc<Server>, bound: Bound<S>) {
         presence: PresenceState::default(),
     };
     let end = s.run(&mailbox).await;
-    mailbox.end();
+    // Leave the router first, so nothing more is queued here, then hand on
+    // what was queued but never written: it is owed to the user.
     server.router.unbind(&s.bare, id);
-    if let End::Error(condition) = end {
-        s.xs.fail(condition, None).await;
-    }
+    let leftovers = mailbox.end();
     let origin = Origin {
         bare: &s.bare,
         full: &s.full,
         session_id: id,
     };
     im::session_ended(&server, &origin, &mut s.presence).await;
+    for el in leftovers {
+        im::reroute(&server, el).await;
+    }
+    match end {
+        End::Error(condition) => s.xs.fail(condition, None).await,
+        End::ClientClosed => s.xs.close().await,
+        End::Done => {}
+    }
     tracing::info!("session ended");
 }
 
@@ -83,10 +92,7 @@ impl<S: Transport> Session<'_, S> {
                             return end;
                         }
                     }
-                    Ok(Some(StreamEvent::End)) => {
-                        self.xs.close().await;
-                        return End::Done;
-                    }
+                    Ok(Some(StreamEvent::End)) => return End::ClientClosed,
                     Ok(Some(StreamEvent::Header(_))) => return End::Error("bad-format"),
                     Ok(None) => break,
                     Err(e) => {

@@ -121,6 +121,23 @@ fn message_type(el: &Element) -> &'static str {
     }
 }
 
+/// A stanza that was queued for a session that ended before writing it:
+/// messages are routed again (to another resource, or offline storage);
+/// presence and IQs addressed to the gone session are dropped, as they
+/// would have been a moment later.
+pub async fn reroute(server: &Server, el: Element) {
+    if el.name != "message" {
+        return;
+    }
+    if let Err(e) = route_message(server, el.clone()).await {
+        if let Some(reply) = error_reply(&el, &e)
+            && let Some(to) = reply.get_attr("to").map(str::to_owned)
+        {
+            let _ = deliver_to_full(server, &to, reply);
+        }
+    }
+}
+
 /// §8.5.2: a message to a bare JID of an existing local account.
 async fn deliver_to_bare(
     server: &Server,
