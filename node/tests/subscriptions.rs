@@ -1,0 +1,191 @@
+//! The RFC 6121 subscription state machine (§3 and the tables of Appendix
+//! A), driven through the server's own code on a real store, with two
+//! users whose sessions are bound in the router.
+
+use starling::config::Config;
+use starling::router::{Mailbox, SessionHandle};
+use starling::server::Server;
+use starling::session::im::{self, Origin};
+use starling::storage::{Storage, Subscription};
+use starling::xml::Element;
+use starling_cluster::{Store, StoreConfig};
+use std::sync::Arc;
+
+struct World {
+    server: Arc<Server>,
+    _dir: tempfile::TempDir,
+    boxes: Vec<(String, u64, Arc<Mailbox>)>,
+}
+
+impl World {
+    async fn new(users: &[&str]) -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = Config::default();
+        cfg.data_dir = dir.path().to_path_buf();
+        cfg.check().unwrap();
+        let store = Store::open(StoreConfig {
+            data_dir: dir.path().join("store"),
+            node_id: 1,
+            raft_addr: "127.0.0.1:1".into(),
+        })
+        .await
+        .unwrap();
+        let storage = Storage::new(store);
+        for u in users {
+            starling::accounts::create(&storage, &format!("{u}@localhost"), "pw", 4096)
+                .await
+                .unwrap();
+        }
+        let tls = starling::net::tls::server_config(&cfg).unwrap();
+        let server = Arc::new(Server::new(cfg, storage, tls));
+        let mut boxes = Vec::new();
+        for u in users {
+            let bare = format!("{u}@localhost");
+            let mb = Arc::new(Mailbox::new(100));
+            let h = SessionHandle::new(mb.clone());
+            let id = h.id;
+            server.router.bind(&bare, "r", h);
+            server.router.update(&bare, id, |r| {
+                r.available = true;
+                r.interested = true;
+            });
+            boxes.push((bare, id, mb));
+        }
+        World {
+            server,
+            _dir: dir,
+            boxes,
+        }
+    }
+
+    /// `user` sends a subscription presence of `ptype` to `contact`.
+    async fn send(&self, user: &str, ptype: &str, contact: &str) {
+        let bare = format!("{user}@localhost");
+        let full = format!("{bare}/r");
+        let id = self.boxes.iter().find(|b| b.0 == bare).unwrap().1;
+        let origin = Origin {
+            bare: &bare,
+            full: &full,
+            session_id: id,
+        };
+        let contact = format!("{contact}@localhost");
+        let el = Element::new("presence", "jabber:client")
+            .attr("to", contact.as_str())
+            .attr("type", ptype);
+        im::subscription_out(&self.server, &origin, ptype, &contact, el)
+            .await
+            .unwrap();
+    }
+
+    /// (subscription, ask, approved) of `contact` in `user`'s roster.
+    fn item(&self, user: &str, contact: &str) -> Option<(Subscription, bool, bool)> {
+        self.server
+            .storage
+            .roster_item(
+                &format!("{user}@localhost"),
+                &format!("{contact}@localhost"),
+            )
+            .unwrap()
+            .map(|i| (i.subscription, i.ask, i.approved))
+    }
+
+    fn pending(&self, user: &str, from: &str) -> bool {
+        self.server
+            .storage
+            .has_pending_in(&format!("{user}@localhost"), &format!("{from}@localhost"))
+            .unwrap()
+    }
+
+    /// Presence stanzas of `ptype` that `user`'s session received, cleared.
+    fn received(&self, user: &str, ptype: &str) -> usize {
+        let bare = format!("{user}@localhost");
+        let mb = &self.boxes.iter().find(|b| b.0 == bare).unwrap().2;
+        // Take the queue without ending the mailbox for good.
+        let taken = futures::executor::block_on(async {
+            tokio::time::timeout(std::time::Duration::from_millis(10), mb.recv()).await
+        });
+        match taken {
+            Ok(starling::router::SessionMsg::Stanzas(q)) => q
+                .iter()
+                .filter(|e| e.name == "presence" && e.get_attr("type").unwrap_or("") == ptype)
+                .count(),
+            _ => 0,
+        }
+    }
+}
+
+use Subscription::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_approve_both_ways_then_cancel() {
+    let w = World::new(&["a", "b"]).await;
+    // §3.1.2: outbound subscribe: none + pending out, routed to the contact.
+    w.send("a", "subscribe", "b").await;
+    assert_eq!(w.item("a", "b"), Some((None, true, false)));
+    assert!(w.pending("b", "a"));
+    assert_eq!(w.item("b", "a"), Option::None, "no item before approval");
+    assert_eq!(w.received("b", "subscribe"), 1);
+    // §3.1.5: approval: contact gets from, user gets to.
+    w.send("b", "subscribed", "a").await;
+    assert_eq!(w.item("b", "a"), Some((From, false, false)));
+    assert_eq!(w.item("a", "b"), Some((To, false, false)));
+    assert!(!w.pending("b", "a"));
+    assert_eq!(w.received("a", "subscribed"), 1);
+    // The other direction gives both on each side.
+    w.send("b", "subscribe", "a").await;
+    assert_eq!(w.item("b", "a"), Some((From, true, false)));
+    w.send("a", "subscribed", "b").await;
+    assert_eq!(w.item("a", "b"), Some((Both, false, false)));
+    assert_eq!(w.item("b", "a"), Some((Both, false, false)));
+    // §3.3: a unsubscribes from b: a has from, b has to.
+    w.send("a", "unsubscribe", "b").await;
+    assert_eq!(w.item("a", "b"), Some((From, false, false)));
+    assert_eq!(w.item("b", "a"), Some((To, false, false)));
+    // §3.2: a cancels b's subscription: none on both sides.
+    w.send("a", "unsubscribed", "b").await;
+    assert_eq!(w.item("a", "b"), Some((None, false, false)));
+    assert_eq!(w.item("b", "a"), Some((None, false, false)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pre_approval_and_denial() {
+    let w = World::new(&["a", "b", "c"]).await;
+    // §3.4: a pre-approves c: not routed, remembered.
+    w.send("a", "subscribed", "c").await;
+    assert_eq!(w.item("a", "c"), Some((None, false, true)));
+    assert_eq!(w.received("c", "subscribed"), 0);
+    // c's request is approved at once.
+    w.send("c", "subscribe", "a").await;
+    assert_eq!(w.item("a", "c"), Some((From, false, false)));
+    assert_eq!(w.item("c", "a"), Some((To, false, false)));
+    assert!(!w.pending("a", "c"));
+    // §3.2.1: b asks, a denies: the request is gone, b's ask is cleared.
+    w.send("b", "subscribe", "a").await;
+    assert!(w.pending("a", "b"));
+    w.send("a", "unsubscribed", "b").await;
+    assert!(!w.pending("a", "b"));
+    assert_eq!(w.item("b", "a"), Some((None, false, false)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_and_unsolicited_stanzas_change_nothing() {
+    let w = World::new(&["a", "b"]).await;
+    // An unsolicited "subscribed" is a pre-approval, never a subscription.
+    w.send("b", "subscribed", "a").await;
+    assert_eq!(w.item("a", "b"), Option::None);
+    // A second subscribe while already subscribed keeps "to".
+    w.send("a", "subscribe", "b").await;
+    assert_eq!(
+        w.item("a", "b"),
+        Some((To, false, false)),
+        "pre-approved by b"
+    );
+    w.send("a", "subscribe", "b").await;
+    assert_eq!(w.item("a", "b"), Some((To, false, false)));
+    assert_eq!(w.item("b", "a"), Some((From, false, false)));
+    // Unsubscribed from someone with no subscription is not routed.
+    w.received("b", "unsubscribed");
+    w.send("b", "unsubscribe", "a").await;
+    w.send("b", "unsubscribe", "a").await;
+    assert_eq!(w.item("b", "a"), Some((From, false, false)));
+}
