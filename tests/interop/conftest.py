@@ -300,7 +300,7 @@ c2s_timeout = {hs_timeout}
 allow_registration = {registration}
 modules_enabled = {{ "roster"; "saslauth"; "tls"; "disco"; "ping"; "register"; "offline"; "vcard";
   "private"; "version"; "time"; "uptime"; "lastactivity"; "admin_shell" }}
-modules_disabled = {{ "s2s"; "carbons"; "smacks"; "csi_simple"; "mam" }}
+modules_disabled = {{ "carbons"; "smacks"; "csi_simple"; "mam" }}
 ssl = {{ key = "{dir}/certs/key.pem"; certificate = "{dir}/certs/crt.pem" }}
 VirtualHost "localhost"
 VirtualHost "example.org"

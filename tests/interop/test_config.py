@@ -72,3 +72,13 @@ def test_idle_timeout(tight_server, clients):
     assert closed_at >= 1.5, f"closed after {closed_at:.1f}s, before the idle timeout"
     assert idle.stream_error in (None, "connection-timeout"), idle.stream_error
     assert alive.ping_server().get("type") == "result"
+
+
+def test_system_shutdown_stream_error(fresh_server, clients):
+    """RFC 6120 4.9.3.17: stopping the server closes streams with <system-shutdown/>."""
+    a = clients.add(fresh_server.online("sd"))
+    b = clients.add(fresh_server.online("se"))
+    fresh_server.stop()
+    for c in (a, b):
+        assert c.wait_closed(10) == "system-shutdown"
+        assert c.stream_ended or c.closed

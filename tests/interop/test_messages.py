@@ -151,10 +151,29 @@ def test_iq_to_full_jid_routed_and_answered(server, clients):
 
 
 def test_message_to_nonexistent_user(server, clients):
-    """8.5.1: no such account -> <service-unavailable/> for message (chat)."""
+    """8.5.1: no such account -> <service-unavailable/> for message (chat); the error comes
+    from the address the message was sent to (RFC 6120 8.3.1)."""
     s = clients.add(server.online("snd"))
-    mid = s.message("nobody-here-" + new_id() + "@" + server.domain, "anyone?")
-    assert error_reply(s, mid) == ("cancel", "service-unavailable")
+    to = "nobody-here-" + new_id() + "@" + server.domain
+    mid = s.message(to, "anyone?")
+    e = s.recv(lambda e: e.get("id") == mid and e.get("type") == "error", what="error reply")
+    assert stanza_error(e) == ("cancel", "service-unavailable"), tostring(e)
+    assert e.get("from") == to and e.get("to") in (s.jid, None), tostring(e)
+
+
+def test_message_to_unknown_remote_domain(server, clients):
+    """RFC 6120 8.3.3.15: a domain that cannot be resolved -> <remote-server-not-found/>."""
+    s = clients.add(server.online("snd"))
+    mid = s.message("someone@no-such-domain.invalid", "hello?")
+    assert error_reply(s, mid, timeout=15) == ("cancel", "remote-server-not-found")
+    server.assert_healthy(s)
+
+
+def test_message_to_own_bare_jid(server, clients):
+    """8.5.2.1.1 applies to the user's own bare JID too: delivered to the available resource(s)."""
+    jid, pw, (a, b) = user_with(server, clients, 1, 5)
+    mid = a.message(jid, "note to self")
+    assert got(b, mid).get("from") == a.jid
 
 
 def test_iq_to_nonexistent_user(server, clients):
