@@ -43,10 +43,15 @@ fn domain_of(bare: &str) -> &str {
 
 /// Sends an error reply for `stanza` to its sender, wherever it is.
 pub fn bounce(server: &Server, stanza: &Element, condition: Condition) {
-    if let Some(reply) = error_reply(stanza, &StanzaError::new(condition)) {
-        if let Some(to) = reply.get_attr("to").map(str::to_owned) {
-            let _ = deliver_to_full(server, &to, reply);
-        }
+    bounce_with(server, stanza, &StanzaError::new(condition));
+}
+
+/// Sends the error reply `err` for `stanza` to its sender.
+pub fn bounce_with(server: &Server, stanza: &Element, err: &StanzaError) {
+    if let Some(reply) = error_reply(stanza, err)
+        && let Some(to) = reply.get_attr("to").map(str::to_owned)
+    {
+        let _ = deliver_to_full(server, &to, reply);
     }
 }
 
@@ -130,11 +135,7 @@ pub async fn reroute(server: &Server, el: Element) {
         return;
     }
     if let Err(e) = route_message(server, el.clone()).await {
-        if let Some(reply) = error_reply(&el, &e)
-            && let Some(to) = reply.get_attr("to").map(str::to_owned)
-        {
-            let _ = deliver_to_full(server, &to, reply);
-        }
+        bounce_with(server, &el, &e);
     }
 }
 
@@ -724,13 +725,11 @@ async fn subscription_in_simple(
                 .await?;
             deliver = true;
         }
-        "subscribed" => {
-            if item.ask {
-                item.ask = false;
-                item.subscription = Subscription::with(true, item.subscription.from());
-                save_item(server, user, &item, false, extra).await?;
-                deliver = true;
-            }
+        "subscribed" if item.ask => {
+            item.ask = false;
+            item.subscription = Subscription::with(true, item.subscription.from());
+            save_item(server, user, &item, false, extra).await?;
+            deliver = true;
         }
         "unsubscribe" => {
             if storage.has_pending_in(user, from)? {
@@ -746,15 +745,13 @@ async fn subscription_in_simple(
                 storage.write(extra).await?;
             }
         }
-        "unsubscribed" => {
-            if item.subscription.to() || item.ask {
-                item.subscription = Subscription::with(false, item.subscription.from());
-                item.ask = false;
-                if existing.is_some() {
-                    save_item(server, user, &item, false, extra).await?;
-                }
-                deliver = true;
+        "unsubscribed" if item.subscription.to() || item.ask => {
+            item.subscription = Subscription::with(false, item.subscription.from());
+            item.ask = false;
+            if existing.is_some() {
+                save_item(server, user, &item, false, extra).await?;
             }
+            deliver = true;
         }
         _ => {}
     }
