@@ -74,6 +74,7 @@ def test_idle_timeout(tight_server, clients):
     assert alive.ping_server().get("type") == "result"
 
 
+@pytest.mark.prosody_deviates("on SIGTERM some streams are closed without <system-shutdown/> (racy)", strict=False)
 def test_system_shutdown_stream_error(fresh_server, clients):
     """RFC 6120 4.9.3.17: stopping the server closes streams with <system-shutdown/>."""
     a = clients.add(fresh_server.online("sd"))
