@@ -104,9 +104,11 @@ def test_tls_versions_below_1_2_refused(server):
     except (ValueError, ssl.SSLError):
         pytest.skip("local OpenSSL cannot even offer TLS<1.2")
     with socket.create_connection((server.host, server.tls_port), timeout=5) as raw:
-        with pytest.raises((ssl.SSLError, ConnectionResetError, OSError)):
+        with pytest.raises((ssl.SSLError, ConnectionResetError, OSError)) as e:
             with ctx.wrap_socket(raw, server_hostname="localhost"):
                 pass
+    if "NO_PROTOCOLS_AVAILABLE" in str(e.value).upper() or "NO PROTOCOLS AVAILABLE" in str(e.value).upper():
+        pytest.skip("local OpenSSL cannot offer TLS<1.2: " + str(e.value))
     server.assert_healthy()
 
 
