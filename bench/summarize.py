@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
 """Medians per server of the per-round JSON files compare.sh wrote, and their ratios.
 
-usage: summarize.py OUT_DIR SERVER...   (files OUT_DIR/SERVER-ROUND.json; writes OUT_DIR/summary.json)
+usage: summarize.py [--md] OUT_DIR SERVER...
+  reads OUT_DIR/SERVER-ROUND.json, prints a table (--md: Markdown), writes OUT_DIR/summary.json
 """
 import json, os, re, sys, statistics
-out, servers = sys.argv[1], sys.argv[2:]
+md = sys.argv[1] == '--md'
+args = sys.argv[2:] if md else sys.argv[1:]
+out, servers = args[0], args[1:]
 med, names = {}, []
 for s in servers:
     runs = []
@@ -24,6 +27,8 @@ def f(v):
     return f'{v:.0f}' if abs(v) >= 100 else f'{v:.3g}'
 refs = [r for r in ('ejabberd', 'prosody') if r in servers]
 pairs = [(s, r) for r in refs for s in servers[servers.index(r) + 1:]]
+if md:  # the ratios that matter in a report: Starling against each peer
+    pairs = [p for p in pairs if p[0] == 'starling'] or [p for p in pairs if p == ('prosody', 'ejabberd')]
 hdr = ['figure'] + [f'{s} (n={med[s]["_n"]})' for s in servers] + [f'{s}/{r}' for s, r in pairs]
 rows = [hdr]
 for k in names:
@@ -33,6 +38,11 @@ for k in names:
         row.append(f'{a / b:.2f}' if a is not None and b else '-')
     rows.append(row)
 w = [max(len(r[i]) for r in rows) for i in range(len(hdr))]
+if md:
+    for i, r in enumerate(rows):
+        print('| ' + ' | '.join(r) + ' |')
+        if i == 0: print('|' + '---|' * len(r))
+    rows = []
 for i, r in enumerate(rows):
     print('  '.join(c.rjust(w[j]) if j else c.ljust(w[j]) for j, c in enumerate(r)))
     if i == 0: print('-' * (sum(w) + 2 * len(w)))
