@@ -119,3 +119,28 @@ def test_inband_registration_off_by_default(default_server, clients):
     d = clients.add(default_server.client()).start()
     with pytest.raises(SASLFailure):
         d.auth("nope", "x")
+
+
+def test_inband_password_change(server, clients):
+    """XEP-0077 3.3: an authenticated user changes the password."""
+    jid, user, pw = server.new_user("chg")
+    c = clients.add(server.login(jid, pw))
+    r = c.iq("set", f"<query xmlns='{REG}'><username>{user}</username><password>changed-pw</password></query>")
+    assert r.get("type") == "result", tostring(r)
+    d = clients.add(server.client()).start()
+    with pytest.raises(SASLFailure):
+        d.auth(user, pw)
+    d.auth(user, "changed-pw")
+
+
+def test_inband_registration_on_second_domain(server, clients):
+    import uuid
+    user = "ibr2" + uuid.uuid4().hex[:8]
+    c = clients.add(server.client(domain="example.org")).start()
+    r = c.iq("set", f"<query xmlns='{REG}'><username>{user}</username><password>pw2</password></query>")
+    assert r.get("type") == "result", tostring(r)
+    e = clients.add(server.login(f"{user}@example.org", "pw2"))
+    assert e.jid.startswith(f"{user}@example.org/")
+    f = clients.add(server.client(domain="localhost")).start()
+    with pytest.raises(SASLFailure):
+        f.auth(user, "pw2")

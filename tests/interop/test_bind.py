@@ -112,3 +112,45 @@ def test_iq_without_id_is_bad_request(server, clients):
         assert a.stream_error in ("invalid-xml", "bad-format"), a.stream_error
     else:
         assert stanza_error(r) == ("modify", "bad-request"), tostring(r)
+
+
+def _spoof_outcome(sender, receiver, pred, timeout=3.0):
+    """Either the receiver gets the stanza (returned) or the sender gets <invalid-from/> (None)."""
+    import time
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            return receiver.recv(pred, timeout=0.2)
+        except AssertionError:
+            pass
+        try:
+            sender.recv(lambda e: False, timeout=0.2)
+        except StreamClosed:
+            pass
+        except AssertionError:
+            pass
+        if sender.stream_error is not None:
+            assert sender.stream_error == "invalid-from", sender.stream_error
+            return None
+    raise AssertionError("spoofed stanza neither delivered (stamped) nor rejected with <invalid-from/>")
+
+
+def test_spoofed_from_in_presence(server, clients):
+    a = clients.add(server.online("spp"))
+    b = clients.add(server.online("rcp"))
+    a.send_raw(f"<presence from='someone@else.example/x' to='{b.jid}'><status>spoof</status></presence>")
+    p = _spoof_outcome(a, b, lambda e: e.tag == C("presence") and e.findtext(C("status")) == "spoof")
+    if p is not None:
+        assert p.get("from") == a.jid, tostring(p)
+    server.assert_healthy(b)
+
+
+def test_spoofed_from_in_iq(server, clients):
+    a = clients.add(server.online("spi"))
+    b = clients.add(server.online("rci"))
+    iid = new_id()
+    a.send_raw(f"<iq type='get' id='{iid}' from='{b.jid}' to='{b.jid}'><query xmlns='urn:example:q'/></iq>")
+    req = _spoof_outcome(a, b, lambda e: e.get("id") == iid)
+    if req is not None:
+        assert req.get("from") == a.jid, tostring(req)
+    server.assert_healthy(b)

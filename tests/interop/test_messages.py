@@ -222,15 +222,17 @@ STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 def test_offline_storage_delivered_on_initial_presence(server, clients):
     s = clients.add(server.online("snd"))
     jid, user, pw = server.new_user("off")
-    mids = [s.message(jid, f"offline {i}", type_=t) for i, t in enumerate(["chat", "normal"])]
+    mids = [s.message(jid, f"offline {i}", type_=t) for i, t in enumerate(["chat", "normal", "chat", "normal"])]
     s.expect_nothing(lambda e: e.get("type") == "error", 0.5)
     time.sleep(0.2)
     r = clients.add(server.login(jid, pw, resource="late"))
     # not before initial presence (8.5.2.2.1 / XEP-0160)
     r.expect_nothing(lambda e: e.tag == C("message"), 0.7)
     r.presence()
-    for i, mid in enumerate(mids):
-        m = got(r, mid)
+    # XEP-0160 2: delivered in the order they were received
+    msgs = [r.recv(lambda e: e.tag == C("message"), what="offline message") for _ in mids]
+    assert [m.get("id") for m in msgs] == mids
+    for i, m in enumerate(msgs):
         assert m.findtext(C("body")) == f"offline {i}"
         assert bare(m.get("from")) == s.bare
         d = m.find(q(NS_DELAY, "delay"))
