@@ -106,13 +106,15 @@ impl Throttle {
     }
 
     /// How long to wait before answering a failed attempt from `ip` on
-    /// `account` (the failure already recorded): longer with each repeated
-    /// failure on the account, and longer still for an address that keeps
-    /// failing.
+    /// `account` (the failure already recorded): it grows with repeated
+    /// failures on the account and, more slowly, from the address, up to 6
+    /// times the base delay; past the address limit it is 4 times that.
     pub fn failure_delay(&self, ip: &str, account: Option<&str>) -> Duration {
-        let repeats = account.map_or(1, |a| self.count(a)).clamp(1, 10);
-        let ip_factor = if self.count(ip) >= self.per_ip { 4 } else { 1 };
-        self.base_delay * repeats * ip_factor
+        let by_account = account.map_or(1, |a| self.count(a));
+        let by_ip = self.count(ip);
+        let factor = by_account.max(by_ip / 2).clamp(1, 6);
+        let ip_factor = if by_ip >= self.per_ip { 4 } else { 1 };
+        self.base_delay * factor * ip_factor
     }
 
     pub fn record_failure(&self, ip: &str, account: Option<&str>) {

@@ -198,10 +198,10 @@ impl<S: Transport> Session<'_, S> {
                     // §10.3: no 'to' means the sender's own bare JID.
                     el.set_attr("to", self.bare.as_str());
                 }
-                if let Err(e) = im::route_message(self.server, el.clone()).await {
-                    return self.reply_error(&el, e).await;
+                match im::route_message(self.server, el).await {
+                    Ok(()) => Ok(()),
+                    Err((e, el)) => self.reply_error(&el, e).await,
                 }
-                Ok(())
             }
             _ => {
                 let origin = Origin {
@@ -209,12 +209,13 @@ impl<S: Transport> Session<'_, S> {
                     full: &self.full,
                     session_id: self.id,
                 };
-                if let Err(e) =
-                    im::presence(self.server, &origin, &mut self.presence, el.clone()).await
-                {
-                    return self.reply_error(&el, e).await;
+                // Errors carry the addresses and id, not the payload
+                // (RFC 6120 §8.3.1 makes the payload optional).
+                let shell = shell_of(&el);
+                match im::presence(self.server, &origin, &mut self.presence, el).await {
+                    Ok(()) => Ok(()),
+                    Err(e) => self.reply_error(&shell, e).await,
                 }
-                Ok(())
             }
         }
     }
@@ -317,6 +318,16 @@ impl<S: Transport> Session<'_, S> {
             }
             Err(_) => Ok(()),
         }
+    }
+}
+
+/// The stanza without its payload.
+fn shell_of(el: &Element) -> Element {
+    Element {
+        name: el.name.clone(),
+        ns: el.ns.clone(),
+        attrs: el.attrs.clone(),
+        children: Vec::new(),
     }
 }
 

@@ -69,9 +69,17 @@ pub fn deliver_to_full(server: &Server, full: &str, el: Element) -> Result<(), E
 
 // ---------------------------------------------------------------- messages
 
+/// A stanza that could not be delivered, with the error its sender gets.
+pub type Bounce = (StanzaError, Element);
+
+fn bounce_of(condition: Condition, el: Element) -> Result<(), Bounce> {
+    Err((condition.into(), el))
+}
+
 /// Routes a message whose `from` is stamped and `to` normalised
-/// (RFC 6121 §8.5). Returns an error to send back to the sender, if any.
-pub async fn route_message(server: &Server, el: Element) -> Result<(), StanzaError> {
+/// (RFC 6121 §8.5). On failure the message comes back with the error its
+/// sender should get, so the hot path never copies a stanza.
+pub async fn route_message(server: &Server, el: Element) -> Result<(), Bounce> {
     let to = el.get_attr("to").unwrap_or_default().to_owned();
     let (bare, resource) = split(&to);
     let mtype = message_type(&el);
@@ -80,21 +88,24 @@ pub async fn route_message(server: &Server, el: Element) -> Result<(), StanzaErr
         if mtype == "error" {
             return Ok(());
         }
-        return Err(if server.is_local(bare) {
-            Condition::ServiceUnavailable.into()
-        } else {
-            Condition::RemoteServerNotFound.into()
-        });
+        if server.is_local(bare) {
+            return bounce_of(Condition::ServiceUnavailable, el);
+        }
+        return bounce_of(Condition::RemoteServerNotFound, el);
     }
     if !server.is_local(domain_of(bare)) {
-        return Err(Condition::RemoteServerNotFound.into());
+        return bounce_of(Condition::RemoteServerNotFound, el);
     }
-    if !server.storage.account_exists(bare)? {
+    match server.storage.account_exists(bare) {
+        Ok(true) => {}
         // §8.5.1: no such account.
-        return match mtype {
-            "error" | "headline" | "groupchat" => Ok(()),
-            _ => Err(Condition::ServiceUnavailable.into()),
-        };
+        Ok(false) => {
+            return match mtype {
+                "error" | "headline" | "groupchat" => Ok(()),
+                _ => bounce_of(Condition::ServiceUnavailable, el),
+            };
+        }
+        Err(e) => return Err((e.into(), el)),
     }
     metrics::counter!("starling_stanzas_routed_total", "kind" => "message").increment(1);
     if let Some(res) = resource {
@@ -109,7 +120,7 @@ pub async fn route_message(server: &Server, el: Element) -> Result<(), StanzaErr
         return match mtype {
             "chat" => deliver_to_bare(server, bare, mtype, el).await,
             "error" | "headline" => Ok(()),
-            _ => Err(Condition::ServiceUnavailable.into()),
+            _ => bounce_of(Condition::ServiceUnavailable, el),
         };
     }
     deliver_to_bare(server, bare, mtype, el).await
@@ -134,7 +145,7 @@ pub async fn reroute(server: &Server, el: Element) {
     if el.name != "message" {
         return;
     }
-    if let Err(e) = route_message(server, el.clone()).await {
+    if let Err((e, el)) = route_message(server, el).await {
         bounce_with(server, &el, &e);
     }
 }
@@ -145,46 +156,46 @@ async fn deliver_to_bare(
     bare: &str,
     mtype: &str,
     el: Element,
-) -> Result<(), StanzaError> {
-    let targets: Vec<_> = server.router.with_resources(bare, |rs| {
-        let eligible = rs.iter().filter(|r| r.available && r.priority >= 0);
-        match mtype {
-            "headline" => eligible.map(|r| r.handle.clone()).collect(),
-            "normal" | "chat" => {
-                let max = rs
-                    .iter()
-                    .filter(|r| r.available && r.priority >= 0)
-                    .map(|r| r.priority)
-                    .max();
-                eligible
-                    .filter(|r| Some(r.priority) == max)
-                    .map(|r| r.handle.clone())
-                    .collect()
-            }
-            _ => Vec::new(),
-        }
-    });
+) -> Result<(), Bounce> {
     match mtype {
         "error" => return Ok(()),
-        "groupchat" => return Err(Condition::ServiceUnavailable.into()),
+        "groupchat" => return bounce_of(Condition::ServiceUnavailable, el),
         _ => {}
     }
+    let mut targets: Vec<_> = server.router.with_resources(bare, |rs| {
+        let eligible = rs.iter().filter(|r| r.available && r.priority >= 0);
+        if mtype == "headline" {
+            return eligible.map(|r| r.handle.clone()).collect();
+        }
+        let max = eligible.clone().map(|r| r.priority).max();
+        eligible
+            .filter(|r| Some(r.priority) == max)
+            .map(|r| r.handle.clone())
+            .collect()
+    });
+    // Copies for all but the last recipient, which takes the original.
+    let mut el = Some(el);
+    let last = targets.pop();
     let mut delivered = false;
     for h in targets {
-        delivered |= h.send(el.clone()).is_ok();
+        delivered |= h.send(el.clone().expect("present until the last")).is_ok();
     }
-    if delivered {
-        return Ok(());
+    if let Some(h) = last {
+        match h.send(el.take().expect("present")) {
+            Ok(()) => delivered = true,
+            Err(back) => el = Some(back),
+        }
     }
-    if mtype == "headline" {
-        return Ok(());
+    match el {
+        None => Ok(()),
+        Some(_) if delivered || mtype == "headline" => Ok(()),
+        Some(el) => store_offline(server, bare, el).await,
     }
-    store_offline(server, bare, el).await
 }
 
 /// Keeps a message for later with a XEP-0203 delay stamp; a full store is
 /// `<service-unavailable/>` (RFC 6121 §8.5.2.1.1).
-async fn store_offline(server: &Server, bare: &str, mut el: Element) -> Result<(), StanzaError> {
+async fn store_offline(server: &Server, bare: &str, mut el: Element) -> Result<(), Bounce> {
     // Only messages worth keeping: with a body or other payload.
     if el.children.is_empty() {
         return Ok(());
@@ -196,19 +207,25 @@ async fn store_offline(server: &Server, bare: &str, mut el: Element) -> Result<(
             .text("Offline Storage"),
     ));
     let xml = el.to_stream_xml(NS_CLIENT);
-    if server
+    let stored = server
         .storage
         .store_offline(bare, xml, server.config.offline.max_messages)
-        .await?
-    {
-        metrics::counter!("starling_offline_stored_total").increment(1);
-        Ok(())
-    } else {
-        metrics::counter!("starling_offline_quota_full_total").increment(1);
-        Err(StanzaError::with_text(
-            Condition::ServiceUnavailable,
-            "the recipient's offline storage is full",
-        ))
+        .await;
+    el.children.pop();
+    match stored {
+        Ok(true) => {
+            metrics::counter!("starling_offline_stored_total").increment(1);
+            Ok(())
+        }
+        Ok(false) => {
+            metrics::counter!("starling_offline_quota_full_total").increment(1);
+            let err = StanzaError::with_text(
+                Condition::ServiceUnavailable,
+                "the recipient's offline storage is full",
+            );
+            Err((err, el))
+        }
+        Err(e) => Err((e.into(), el)),
     }
 }
 
