@@ -134,6 +134,50 @@ def test_pending_in_survives_restart(fresh_server, clients):
     assert recv_push_until(a2, bjid, subscription="to").get("subscription") == "to"
 
 
+def test_cancel_pending_request_with_unsubscribe(server, clients):
+    """Appendix A.2.1 / A.3.1: 'None + Pending Out' -> unsubscribe -> 'None'; the contact's
+    pending-in is cleared, so the request is not delivered at the contact's next login."""
+    a = clients.add(server.online("cpa"))
+    bjid, buser, bpw = server.new_user("cpb")
+    a.presence(to=bjid, type_="subscribe")
+    assert recv_push(a, bjid).get("ask") == "subscribe"
+    a.presence(to=bjid, type_="unsubscribe")
+    item = recv_push(a, bjid)
+    assert item.get("ask") is None and item.get("subscription") == "none", tostring(item)
+    time.sleep(0.3)
+    b = clients.add(server.login(bjid, bpw, presence=True))
+    no_presence(b, a.bare, "subscribe", timeout=1.0)
+
+
+def test_roster_remove_with_both_cancels_subscriptions(server, clients):
+    """RFC 6121 2.5.2: removing an item with subscription 'both' sends unsubscribe and
+    unsubscribed to the contact, whose roster becomes 'none' and who sees the user go unavailable."""
+    a = clients.add(server.online("rma"))
+    b = clients.add(server.online("rmb"))
+    make_mutual(a, b)
+    assert roster_set(a, b.bare, remove=True).get("type") == "result"
+    assert recv_push(a, b.bare).get("subscription") == "remove"
+    recv_presence(b, a.bare, "unsubscribe", by_bare=True)
+    recv_presence(b, a.bare, "unsubscribed", by_bare=True)
+    recv_push_until(b, a.bare, subscription="none")
+    recv_presence(b, a.jid, "unavailable")
+    assert roster_items(roster_get(b))[a.bare].get("subscription") == "none"
+
+
+def test_resubscribe_after_cancel(server, clients):
+    a = clients.add(server.online("rsa"))
+    b = clients.add(server.online("rsb"))
+    make_mutual(a, b)
+    b.presence(to=a.bare, type_="unsubscribed")
+    recv_push_until(a, b.bare, subscription="from")
+    a.drain(0.3), b.drain(0.3)
+    a.presence(to=b.bare, type_="subscribe")
+    recv_presence(b, a.bare, "subscribe")
+    b.presence(to=a.bare, type_="subscribed")
+    recv_push_until(a, b.bare, subscription="both")
+    recv_presence(a, b.jid, None)
+
+
 def test_pre_approval(server, clients):
     """3.4: contact pre-approves; the later request is approved without asking the contact."""
     a = clients.add(server.online("qa"))
