@@ -395,6 +395,7 @@ class Client:
         sf = base64.b64decode(el.text or "").decode()
         attrs = dict(kv.split("=", 1) for kv in sf.split(","))
         nonce, salt, it = attrs["r"], base64.b64decode(attrs["s"]), int(attrs["i"])
+        self.scram_params = {"iterations": it, "salt": salt, "nonce": nonce}
         assert nonce.startswith(cnonce), f"server nonce {nonce!r} does not extend ours {cnonce!r}"
         if abort_after_first:
             self.send_raw(f"<abort xmlns='{NS_SASL}'/>")

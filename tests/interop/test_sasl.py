@@ -17,7 +17,11 @@ def test_scram_login(server, clients, mech):
     c = clients.add(server.client()).start()
     assert mech in c.mechanisms(), c.mechanisms()
     c.auth(user, pw, mech)  # verifies the server signature too
-    assert c.bind() .startswith(jid + "/")
+    assert c.bind().startswith(jid + "/")
+    # RFC 7677 4 / RFC 5802 9: at least 4096 iterations, a real salt, a server nonce part
+    p = c.scram_params
+    assert p["iterations"] >= 4096, p
+    assert len(p["salt"]) >= 8, p
 
 
 def test_plain_after_tls(server, clients):
