@@ -383,16 +383,31 @@ fn with_to(mut el: Element, to: &str) -> Element {
 }
 
 /// Sends `el` to every available resource of `bare`.
+/// The stanza keeps the address it was sent to: a broadcast or a
+/// subscription stanza reaches each resource addressed to the bare JID, as
+/// in the examples of RFC 6121 §3 and §4.
 fn send_to_available(server: &Server, bare: &str, el: &Element) {
     let targets: Vec<_> = server.router.with_resources(bare, |rs| {
         rs.iter()
             .filter(|r| r.available)
-            .map(|r| (r.handle.clone(), r.resource.clone()))
+            .map(|r| r.handle.clone())
             .collect()
     });
-    for (h, res) in targets {
-        let mut copy = el.clone();
-        copy.set_attr("to", format!("{bare}/{res}"));
+    if targets.is_empty() {
+        return;
+    }
+    let mut el = el.clone();
+    if el.get_attr("to").is_none_or(|to| split(to).0 != bare) {
+        el.set_attr("to", bare);
+    }
+    let mut el = Some(el);
+    let n = targets.len();
+    for (i, h) in targets.into_iter().enumerate() {
+        let copy = if i + 1 == n {
+            el.take().expect("last")
+        } else {
+            el.clone().expect("present")
+        };
         let _ = h.send(copy);
     }
 }
@@ -748,6 +763,9 @@ async fn subscription_in_simple(
             save_item(server, user, &item, false, extra).await?;
             deliver = true;
         }
+        // The contact's server answering a repeated request (§3.1.3):
+        // nothing changes, but the user learns the request is granted.
+        "subscribed" if item.subscription.to() => deliver = true,
         "unsubscribe" => {
             if storage.has_pending_in(user, from)? {
                 extra.push(Storage::pending_in_op(user, from, None));
