@@ -409,3 +409,66 @@ def test_wrong_passwords_from_one_address_throttled(fresh_server, clients, sourc
     ok = clients.add(srv.login(jid, pw))
     assert time.monotonic() - t0 < 5
     srv.assert_healthy(ok)
+
+
+def _read_until_closed(sock, timeout):
+    sock.settimeout(0.5)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if not sock.recv(4096):
+                return True
+        except socket.timeout:
+            continue
+        except OSError:
+            return True
+    return False
+
+
+def test_garbage_instead_of_tls_handshake(server, clients):
+    good = clients.add(server.online("good"))
+    c = clients.add(server.client().connect())
+    c.open_stream()
+    c.send_raw("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+    c.recv(lambda e: e.tag.endswith("}proceed"), what="proceed")
+    c.sock.sendall(os.urandom(2048))
+    assert _read_until_closed(c.sock, 5), "connection not closed after a garbage TLS handshake"
+    server.assert_healthy(good)
+
+
+@pytest.mark.prosody_deviates('c2s_timeout does not cover a stalled STARTTLS handshake')
+def test_tls_handshake_never_finished_times_out(server, clients):
+    """<proceed/>, then silence: the handshake timeout covers the TLS stage too."""
+    good = clients.add(server.online("good"))
+    c = clients.add(server.client().connect())
+    c.open_stream()
+    c.send_raw("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+    c.recv(lambda e: e.tag.endswith("}proceed"), what="proceed")
+    assert _read_until_closed(c.sock, HANDSHAKE_TIMEOUT + 8), "stalled TLS handshake never timed out"
+    server.assert_healthy(good)
+
+
+@pytest.mark.prosody_deviates('c2s_timeout does not cover a stalled direct-TLS handshake')
+def test_direct_tls_partial_client_hello_times_out(server, clients):
+    good = clients.add(server.online("good"))
+    s = socket.create_connection((server.host, server.tls_port), timeout=5)
+    try:
+        s.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")  # a truncated ClientHello
+        t0 = time.monotonic()
+        assert _read_until_closed(s, HANDSHAKE_TIMEOUT + 8), "stalled direct-TLS handshake never timed out"
+        assert time.monotonic() - t0 >= HANDSHAKE_TIMEOUT - 1
+    finally:
+        s.close()
+    server.assert_healthy(good)
+
+
+@pytest.mark.prosody_deviates('c2s_timeout ends at SASL success; an unbound session stays open')
+def test_authenticated_but_never_bound_times_out(server, clients):
+    """SASL done, no bind: still inside the handshake, so the handshake timeout applies."""
+    jid, user, pw = server.new_user("nobind")
+    good = clients.add(server.online("good"))
+    c = clients.add(server.client(timeout=HANDSHAKE_TIMEOUT + 10)).start()
+    c.auth(user, pw)
+    cond = c.wait_closed(HANDSHAKE_TIMEOUT + 12)
+    assert cond in (None, "connection-timeout"), cond
+    server.assert_healthy(good)
