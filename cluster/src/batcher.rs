@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::metrics;
 use crate::raft::admin::Forwarder;
 use crate::raft::{NodeId, Raft, Request};
+use crate::transport::Transport;
 use crate::{Op, OpResult, StoreError};
 
 pub const MAX_WRITES_PER_ENTRY: usize = 512;
@@ -76,8 +77,13 @@ pub fn fatal(f: Fatal<NodeId>) -> StoreError {
     }
 }
 
-pub async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, counters: Arc<Counters>) {
-    let mut forwarder = Forwarder::default();
+pub async fn run(
+    raft: Raft,
+    transport: Arc<Transport>,
+    mut rx: mpsc::Receiver<Pending>,
+    counters: Arc<Counters>,
+) {
+    let mut forwarder = Forwarder::new(transport);
     while let Some(first) = rx.recv().await {
         let mut bytes = write_bytes(&first.ops);
         let mut batch = vec![first];

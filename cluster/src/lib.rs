@@ -8,11 +8,13 @@ mod batcher;
 mod codec;
 pub mod kv;
 mod metrics;
+pub mod pki;
 mod raft;
 mod store;
+mod transport;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,6 +28,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::batcher::{Counters, Pending};
 use crate::kv::{Kv, KvTree, SledKv};
 use crate::store::{LogStore, StateMachine, space_tree};
+use crate::transport::Transport;
 
 /// One operation of a write. A write is a list of operations applied
 /// atomically and in order: if any conditional operation fails, nothing of
@@ -94,18 +97,50 @@ pub struct StoreConfig {
     pub raft_addr: String,
 }
 
+/// Mutual TLS between nodes: PEM files of the cluster CA and of this
+/// node's certificate (SAN `starling-node`, see [`pki`]) and key. Every
+/// peer must present a certificate signed by that CA, as server and as
+/// client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterTls {
+    pub ca_cert: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// What [`StoreConfig`] leaves out, each with a default: `Store::open` is
+/// `Store::open_with(cfg, StoreOptions::default())`.
+#[derive(Clone, Debug, Default)]
+pub struct StoreOptions {
+    /// Mutual TLS between nodes; `None` is plain HTTP/2 (a single node, or
+    /// a private network).
+    pub tls: Option<ClusterTls>,
+    /// Source address of this node's outgoing connections (multi-homed
+    /// hosts); `None` lets the system choose.
+    pub source_ip: Option<IpAddr>,
+}
+
 /// Handle on the replicated store. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Inner>,
 }
 
+/// What the gRPC services and background tasks share with the handle.
+/// Holding it does not keep a `Store` alive.
+pub(crate) struct Shared {
+    pub node_id: u64,
+    pub raft: raft::Raft,
+    pub committed: Arc<AtomicU64>,
+    pub transport: Arc<Transport>,
+}
+
 struct Inner {
+    shared: Arc<Shared>,
     raft: raft::Raft,
     kv: SledKv,
     writes: mpsc::Sender<Pending>,
     counters: Arc<Counters>,
-    committed: Arc<AtomicU64>,
     closed: AtomicBool,
     stop: watch::Sender<bool>,
 }
@@ -170,7 +205,20 @@ impl Store {
     /// on a multi-thread tokio runtime. A fresh single node initialises
     /// itself as a one-member cluster.
     pub async fn open(cfg: StoreConfig) -> Result<Store, StoreError> {
-        Store::start(cfg, true).await
+        Store::start(cfg, StoreOptions::default(), true).await
+    }
+
+    /// `open` with options (TLS, leases, delivery).
+    pub async fn open_with(cfg: StoreConfig, opts: StoreOptions) -> Result<Store, StoreError> {
+        Store::start(cfg, opts, true).await
+    }
+
+    /// `open_joining` with options (TLS, leases, delivery).
+    pub async fn open_joining_with(
+        cfg: StoreConfig,
+        opts: StoreOptions,
+    ) -> Result<Store, StoreError> {
+        Store::start(cfg, opts, false).await
     }
 
     /// Opens the store of a node that joins an existing cluster: a fresh
@@ -178,19 +226,32 @@ impl Store {
     /// (`add_member` on the leader). A node that already belongs to a
     /// cluster restarts as with `open`.
     pub async fn open_joining(cfg: StoreConfig) -> Result<Store, StoreError> {
-        Store::start(cfg, false).await
+        Store::start(cfg, StoreOptions::default(), false).await
     }
 
-    async fn start(cfg: StoreConfig, init_alone: bool) -> Result<Store, StoreError> {
+    async fn start(
+        cfg: StoreConfig,
+        opts: StoreOptions,
+        init_alone: bool,
+    ) -> Result<Store, StoreError> {
+        let transport = Arc::new(Transport::new(opts.tls.as_ref(), opts.source_ip)?);
         std::fs::create_dir_all(&cfg.data_dir).map_err(storage)?;
         let kv = open_kv(&cfg.data_dir).await?;
         let log = LogStore::new(kv.clone()).map_err(storage)?;
         let committed = log.committed_index();
         let sm = StateMachine::new(kv.clone()).map_err(storage)?;
         let config = Arc::new(raft::config().validate().map_err(storage)?);
-        let raft = raft::Raft::new(cfg.node_id, config, raft::network::Network, log, sm)
-            .await
-            .map_err(storage)?;
+        let raft = raft::Raft::new(
+            cfg.node_id,
+            config,
+            raft::network::Network {
+                transport: transport.clone(),
+            },
+            log,
+            sm,
+        )
+        .await
+        .map_err(storage)?;
 
         let initialized = raft.is_initialized().await.map_err(batcher::fatal)?;
         if !initialized && init_alone {
@@ -203,16 +264,27 @@ impl Store {
 
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         let counters = Arc::new(Counters::default());
-        tokio::spawn(batcher::run(raft.clone(), rx, counters.clone()));
+        tokio::spawn(batcher::run(
+            raft.clone(),
+            transport.clone(),
+            rx,
+            counters.clone(),
+        ));
         tokio::spawn(report_metrics(raft.clone()));
         let (stop, _) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            node_id: cfg.node_id,
+            raft: raft.clone(),
+            committed: committed.clone(),
+            transport,
+        });
         Ok(Store {
             inner: Arc::new(Inner {
+                shared,
                 raft,
                 kv,
                 writes: tx,
                 counters,
-                committed,
                 closed: AtomicBool::new(false),
                 stop,
             }),
@@ -405,21 +477,16 @@ impl Store {
     }
 
     /// Serves this node's cluster gRPC (the Raft and Admin services of
-    /// `starling.cluster.v1`, plain TCP for now) on `addr` until the store
-    /// shuts down.
+    /// `starling.cluster.v1`; mutual TLS when the options carry
+    /// [`ClusterTls`]) on `addr` until the store shuts down.
     pub async fn serve_grpc(&self, addr: SocketAddr) -> Result<(), StoreError> {
         let mut stop = self.inner.stop.subscribe();
         let signal = async move {
             let _ = stop.wait_for(|s| *s).await;
         };
-        raft::grpc::serve(
-            self.inner.raft.clone(),
-            self.inner.committed.clone(),
-            addr,
-            signal,
-        )
-        .await
-        .map_err(|e| StoreError::Unavailable(format!("raft gRPC on {addr}: {e}")))
+        raft::grpc::serve(self.inner.shared.clone(), addr, signal)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("raft gRPC on {addr}: {e}")))
     }
 }
 

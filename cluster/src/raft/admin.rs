@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use openraft::{BasicNode, ChangeMembers};
@@ -18,13 +18,14 @@ use starling_proto::cluster::{
     JoinReply, JoinRequest, LeaveReply, LeaveRequest, NodeStatus, RaftReply, RaftRequest,
     StatusReply, StatusRequest,
 };
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-use crate::StoreError;
 use crate::batcher::client_write_error;
 use crate::codec::{decode, encode};
 use crate::raft::{NodeId, Raft, Request as WriteRequest, Response as WriteResponse};
+use crate::transport::Transport;
+use crate::{Shared, StoreError};
 
 /// Adds `node_id` as a learner, waits for it to catch up, then makes it a
 /// voter. Leader only.
@@ -50,13 +51,17 @@ pub async fn remove_member(raft: &Raft, node_id: NodeId) -> Result<(), StoreErro
 }
 
 pub struct AdminService {
-    pub raft: Raft,
-    pub committed: Arc<AtomicU64>,
+    pub shared: Arc<Shared>,
 }
 
 impl AdminService {
     fn leader_id(&self) -> u64 {
-        self.raft.metrics().borrow().current_leader.unwrap_or(0)
+        self.shared
+            .raft
+            .metrics()
+            .borrow()
+            .current_leader
+            .unwrap_or(0)
     }
 }
 
@@ -64,7 +69,7 @@ impl AdminService {
 impl Admin for AdminService {
     async fn join(&self, req: Request<JoinRequest>) -> Result<Response<JoinReply>, Status> {
         let req = req.into_inner();
-        let res = add_member(&self.raft, req.node_id, &req.raft_addr).await;
+        let res = add_member(&self.shared.raft, req.node_id, &req.raft_addr).await;
         Ok(Response::new(JoinReply {
             ok: res.is_ok(),
             error: res.err().map(|e| e.to_string()).unwrap_or_default(),
@@ -73,7 +78,7 @@ impl Admin for AdminService {
     }
 
     async fn leave(&self, req: Request<LeaveRequest>) -> Result<Response<LeaveReply>, Status> {
-        let res = remove_member(&self.raft, req.into_inner().node_id).await;
+        let res = remove_member(&self.shared.raft, req.into_inner().node_id).await;
         Ok(Response::new(LeaveReply {
             ok: res.is_ok(),
             error: res.err().map(|e| e.to_string()).unwrap_or_default(),
@@ -81,7 +86,7 @@ impl Admin for AdminService {
     }
 
     async fn status(&self, _req: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
-        let m = self.raft.metrics().borrow().clone();
+        let m = self.shared.raft.metrics().borrow().clone();
         let matched = |id: &NodeId| {
             m.replication
                 .as_ref()
@@ -102,7 +107,7 @@ impl Admin for AdminService {
         Ok(Response::new(StatusReply {
             leader_id: m.current_leader.unwrap_or(0),
             term: m.current_term,
-            commit_index: self.committed.load(Ordering::Relaxed),
+            commit_index: self.shared.committed.load(Ordering::Relaxed),
             applied_index: m.last_applied.map_or(0, |l| l.index),
             members,
         }))
@@ -114,7 +119,7 @@ impl Admin for AdminService {
     ) -> Result<Response<RaftReply>, Status> {
         let write: WriteRequest =
             decode(&req.into_inner().data).map_err(Status::invalid_argument)?;
-        let reply = match self.raft.client_write(write).await {
+        let reply = match self.shared.raft.client_write(write).await {
             Ok(resp) => RaftReply {
                 data: encode(&resp.data).map_err(Status::internal)?,
                 error: String::new(),
@@ -129,28 +134,29 @@ impl Admin for AdminService {
 }
 
 /// Admin clients by address, for forwarding writes.
-#[derive(Default)]
 pub struct Forwarder {
+    transport: Arc<Transport>,
     clients: HashMap<String, AdminClient<Channel>>,
 }
 
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Forwarder {
+    pub fn new(transport: Arc<Transport>) -> Self {
+        Forwarder {
+            transport,
+            clients: HashMap::new(),
+        }
+    }
+
     fn client(&mut self, addr: &str) -> Result<AdminClient<Channel>, StoreError> {
         if let Some(c) = self.clients.get(addr) {
             return Ok(c.clone());
         }
-        let uri = if addr.contains("://") {
-            addr.to_string()
-        } else {
-            format!("http://{addr}")
-        };
-        let channel = Endpoint::from_shared(uri)
-            .map_err(|e| StoreError::Unavailable(format!("leader address {addr}: {e}")))?
-            .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
-            .connect_lazy();
+        let channel = self
+            .transport
+            .channel(addr)
+            .map_err(|e| StoreError::Unavailable(format!("leader address {e}")))?;
         let c = AdminClient::new(channel)
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX);

@@ -4,7 +4,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 
 use serde::Serialize;
 use starling_proto::cluster::admin_server::AdminServer;
@@ -12,6 +11,7 @@ use starling_proto::cluster::raft_server::{Raft as RaftRpc, RaftServer};
 use starling_proto::cluster::{RaftReply, RaftRequest};
 use tonic::{Request, Response, Status};
 
+use crate::Shared;
 use crate::codec::{decode, encode};
 use crate::raft::Raft;
 use crate::raft::admin::AdminService;
@@ -54,21 +54,22 @@ impl RaftRpc for RaftService {
 
 /// Serves the Raft and Admin services on `addr` until `shutdown` resolves.
 pub async fn serve(
-    raft: Raft,
-    committed: Arc<AtomicU64>,
+    shared: Arc<Shared>,
     addr: SocketAddr,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
+    let raft = shared.raft.clone();
     let admin = AdminServer::new(AdminService {
-        raft: raft.clone(),
-        committed,
+        shared: shared.clone(),
     })
     .max_decoding_message_size(usize::MAX)
     .max_encoding_message_size(usize::MAX);
     let svc = RaftServer::new(RaftService { raft })
         .max_decoding_message_size(usize::MAX)
         .max_encoding_message_size(usize::MAX);
-    tonic::transport::Server::builder()
+    shared
+        .transport
+        .server()?
         .add_service(svc)
         .add_service(admin)
         .serve_with_shutdown(addr, shutdown)

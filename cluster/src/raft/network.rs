@@ -3,7 +3,7 @@
 //! `starling.cluster.v1.Raft` messages; a reply carries the remote openraft
 //! `Result`, so remote Raft errors come back typed.
 
-use std::time::Duration;
+use std::sync::Arc;
 
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
@@ -17,14 +17,17 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use starling_proto::cluster::RaftRequest;
 use starling_proto::cluster::raft_client::RaftClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::codec::{decode, encode};
 use crate::raft::{Node, NodeId, TypeConfig};
+use crate::transport::Transport;
 
 /// Creates a [`Connection`] per target.
-#[derive(Clone, Default)]
-pub struct Network;
+#[derive(Clone)]
+pub struct Network {
+    pub transport: Arc<Transport>,
+}
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Connection;
@@ -34,6 +37,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             addr: node.addr.clone(),
             client: None,
+            transport: self.transport.clone(),
         }
     }
 }
@@ -42,6 +46,7 @@ pub struct Connection {
     target: NodeId,
     addr: String,
     client: Option<RaftClient<Channel>>,
+    transport: Arc<Transport>,
 }
 
 #[derive(Clone, Copy)]
@@ -62,16 +67,7 @@ impl Connection {
         if let Some(c) = &self.client {
             return Ok(c.clone());
         }
-        let uri = if self.addr.contains("://") {
-            self.addr.clone()
-        } else {
-            format!("http://{}", self.addr)
-        };
-        let channel = Endpoint::from_shared(uri)
-            .map_err(|e| e.to_string())?
-            .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
-            .connect_lazy();
+        let channel = self.transport.channel(&self.addr)?;
         let c = RaftClient::new(channel)
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX);
