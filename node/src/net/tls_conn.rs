@@ -654,22 +654,19 @@ fn hello_host_name(body: &[u8]) -> Option<Box<str>> {
         }
         let mut data = Reader(data);
         let n = data.u16()?;
+        // rustls reads only the first entry, which must be a host name.
         let mut names = Reader(data.take(n)?);
-        while !names.0.is_empty() {
-            let name_type = names.u8()?;
-            let n = names.u16()?;
-            let name = names.take(n)?;
-            if name_type != 0 {
-                return None;
-            }
-            return match rustls::pki_types::ServerName::try_from(name).ok()? {
-                rustls::pki_types::ServerName::DnsName(dns) => {
-                    Some(dns.to_lowercase_owned().as_ref().into())
-                }
-                _ => None,
-            };
+        if names.u8()? != 0 {
+            return None;
         }
-        return None;
+        let n = names.u16()?;
+        let name = names.take(n)?;
+        return match rustls::pki_types::ServerName::try_from(name).ok()? {
+            rustls::pki_types::ServerName::DnsName(dns) => {
+                Some(dns.to_lowercase_owned().as_ref().into())
+            }
+            _ => None,
+        };
     }
     None
 }

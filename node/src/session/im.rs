@@ -5,6 +5,7 @@
 //! Functions here decide *who* gets a stanza and change roster state; they
 //! hand stanzas to the router and never touch a socket.
 
+use crate::router::Resource;
 use crate::server::Server;
 use crate::stanza::{Condition, NS_CLIENT, NS_DELAY, StanzaError, error_reply};
 use crate::storage::{RosterItem, Storage, Subscription};
@@ -387,9 +388,14 @@ fn with_to(mut el: Element, to: &str) -> Element {
 /// subscription stanza reaches each resource addressed to the bare JID, as
 /// in the examples of RFC 6121 §3 and §4.
 fn send_to_available(server: &Server, bare: &str, el: &Element) {
+    send_to(server, bare, el, |r| r.available);
+}
+
+/// Sends `el` to the resources of `bare` that `which` selects.
+fn send_to(server: &Server, bare: &str, el: &Element, which: impl Fn(&Resource) -> bool) {
     let targets: Vec<_> = server.router.with_resources(bare, |rs| {
         rs.iter()
-            .filter(|r| r.available)
+            .filter(|r| which(r))
             .map(|r| r.handle.clone())
             .collect()
     });
@@ -708,6 +714,7 @@ async fn subscription_in_simple(
     });
     let mut extra = Vec::new();
     let mut deliver = false;
+    let mut save = false;
     match ptype {
         "subscribe" => {
             if item.subscription.from() {
@@ -760,7 +767,7 @@ async fn subscription_in_simple(
         "subscribed" if item.ask => {
             item.ask = false;
             item.subscription = Subscription::with(true, item.subscription.from());
-            save_item(server, user, &item, false, extra).await?;
+            save = true;
             deliver = true;
         }
         // The contact's server answering a repeated request (§3.1.3):
@@ -772,26 +779,36 @@ async fn subscription_in_simple(
             }
             if item.subscription.from() {
                 item.subscription = Subscription::with(item.subscription.to(), false);
-                save_item(server, user, &item, false, extra).await?;
+                save = true;
                 deliver = true;
-                // §3.3.3: the unsubscriber sees the user go unavailable.
-                unavailable_to(server, user, from);
-            } else if !extra.is_empty() {
-                storage.write(extra).await?;
             }
         }
         "unsubscribed" if item.subscription.to() || item.ask => {
             item.subscription = Subscription::with(false, item.subscription.from());
             item.ask = false;
-            if existing.is_some() {
-                save_item(server, user, &item, false, extra).await?;
-            }
+            save = existing.is_some();
             deliver = true;
         }
         _ => {}
     }
+    // §3.1.6: the presence reaches the user before the roster push. A
+    // request goes to available resources (§3.1.3); the outcome of one to
+    // interested resources too (§3.1.6, §3.2.3, §3.3.3).
     if deliver {
-        send_to_available(server, user, &el);
+        if ptype == "subscribe" {
+            send_to(server, user, &el, |r| r.available);
+        } else {
+            send_to(server, user, &el, |r| r.available || r.interested);
+        }
+    }
+    if save {
+        save_item(server, user, &item, false, extra).await?;
+    } else if !extra.is_empty() {
+        storage.write(extra).await?;
+    }
+    if ptype == "unsubscribe" && deliver {
+        // §3.3.3: the unsubscriber sees the user go unavailable.
+        unavailable_to(server, user, from);
     }
     Ok(())
 }
