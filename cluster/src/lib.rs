@@ -6,6 +6,7 @@
 
 mod batcher;
 mod codec;
+mod delivery;
 pub mod kv;
 mod metrics;
 pub mod pki;
@@ -24,6 +25,8 @@ use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::{BasicNode, ServerState};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
+
+pub use crate::delivery::{DeliveryError, DeliveryResult, Envelope, LocalDelivery};
 
 use crate::batcher::{Counters, Pending};
 use crate::kv::{Kv, KvTree, SledKv};
@@ -110,7 +113,7 @@ pub struct ClusterTls {
 
 /// What [`StoreConfig`] leaves out, each with a default: `Store::open` is
 /// `Store::open_with(cfg, StoreOptions::default())`.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct StoreOptions {
     /// Mutual TLS between nodes; `None` is plain HTTP/2 (a single node, or
     /// a private network).
@@ -118,6 +121,19 @@ pub struct StoreOptions {
     /// Source address of this node's outgoing connections (multi-homed
     /// hosts); `None` lets the system choose.
     pub source_ip: Option<IpAddr>,
+    /// Envelopes queued per peer for `Store::deliver` before it answers
+    /// `DeliveryError::Backpressure` (default 4096).
+    pub delivery_queue: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            tls: None,
+            source_ip: None,
+            delivery_queue: 4096,
+        }
+    }
 }
 
 /// Handle on the replicated store. Cheap to clone.
@@ -133,6 +149,11 @@ pub(crate) struct Shared {
     pub raft: raft::Raft,
     pub committed: Arc<AtomicU64>,
     pub transport: Arc<Transport>,
+    /// Set once when the store stops; every task and stream watches it.
+    pub stop: watch::Sender<bool>,
+    pub local: std::sync::RwLock<Option<Arc<dyn LocalDelivery>>>,
+    pub peers: delivery::Peers,
+    pub delivery_queue: usize,
 }
 
 struct Inner {
@@ -142,7 +163,6 @@ struct Inner {
     writes: mpsc::Sender<Pending>,
     counters: Arc<Counters>,
     closed: AtomicBool,
-    stop: watch::Sender<bool>,
 }
 
 impl Drop for Inner {
@@ -150,7 +170,7 @@ impl Drop for Inner {
         // The last handle went away without `shutdown`: stop Raft anyway so
         // the database is released.
         if !self.closed.swap(true, Ordering::SeqCst) {
-            let _ = self.stop.send(true);
+            let _ = self.shared.stop.send(true);
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
                 let raft = self.raft.clone();
                 rt.spawn(async move {
@@ -277,6 +297,10 @@ impl Store {
             raft: raft.clone(),
             committed: committed.clone(),
             transport,
+            stop,
+            local: std::sync::RwLock::new(None),
+            peers: delivery::Peers::default(),
+            delivery_queue: opts.delivery_queue.max(1),
         });
         Ok(Store {
             inner: Arc::new(Inner {
@@ -286,7 +310,6 @@ impl Store {
                 writes: tx,
                 counters,
                 closed: AtomicBool::new(false),
-                stop,
             }),
         })
     }
@@ -422,13 +445,55 @@ impl Store {
         if self.inner.closed.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
-        let _ = self.inner.stop.send(true);
+        let _ = self.inner.shared.stop.send(true);
         self.inner.raft.shutdown().await.map_err(storage)?;
         let kv = self.inner.kv.clone();
         tokio::task::spawn_blocking(move || kv.flush())
             .await
             .map_err(storage)?
             .map_err(storage)
+    }
+
+    /// Registers the node's handler for stanzas other nodes route here
+    /// (replacing any earlier one). Until then they are refused.
+    pub fn set_local_delivery(&self, handler: Arc<dyn LocalDelivery>) {
+        *self
+            .inner
+            .shared
+            .local
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Some(handler);
+    }
+
+    /// Sends `env` to node `node_id` over its delivery stream without
+    /// waiting: `Ok` means queued. A full queue to that node is
+    /// `Backpressure` at once. Whether it was delivered is only counted
+    /// (`starling_cluster_delivered_total`); use `deliver_acked` to know.
+    pub fn deliver(&self, node_id: u64, env: Envelope) -> Result<(), DeliveryError> {
+        delivery::send(&self.inner.shared, node_id, env, None)
+    }
+
+    /// Sends `env` to node `node_id` and waits for that node's answer, so
+    /// the caller can fall back (offline storage) when it was not
+    /// delivered. Queueing fails as `deliver` does; a stream that breaks
+    /// before the ack, or no ack within 10 s, is `Unavailable`.
+    pub async fn deliver_acked(
+        &self,
+        node_id: u64,
+        env: Envelope,
+    ) -> Result<DeliveryResult, DeliveryError> {
+        let (tx, rx) = oneshot::channel();
+        delivery::send(&self.inner.shared, node_id, env, Some(tx))?;
+        match tokio::time::timeout(delivery::ACK_TIMEOUT, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(DeliveryError::Shutdown),
+            Err(_) => {
+                metrics::delivery_error("timeout");
+                Err(DeliveryError::Unavailable(format!(
+                    "no ack from node {node_id}"
+                )))
+            }
+        }
     }
 
     /// Write-path counters since `open`: how many Raft entries carried how
@@ -480,7 +545,7 @@ impl Store {
     /// `starling.cluster.v1`; mutual TLS when the options carry
     /// [`ClusterTls`]) on `addr` until the store shuts down.
     pub async fn serve_grpc(&self, addr: SocketAddr) -> Result<(), StoreError> {
-        let mut stop = self.inner.stop.subscribe();
+        let mut stop = self.inner.shared.stop.subscribe();
         let signal = async move {
             let _ = stop.wait_for(|s| *s).await;
         };

@@ -24,3 +24,20 @@ pub fn commit_index(i: u64) {
 pub fn applied_index(i: u64) {
     metrics::gauge!("starling_raft_applied_index").set(i as f64);
 }
+
+/// Envelopes waiting in the queue to `peer`.
+pub fn delivery_queue_depth(peer: u64, n: usize) {
+    metrics::gauge!("starling_cluster_delivery_queue_depth", "peer" => peer.to_string())
+        .set(n as f64);
+}
+
+/// Envelopes another node acknowledged as delivered.
+pub fn delivered() {
+    metrics::counter!("starling_cluster_delivered_total").increment(1);
+}
+
+/// Envelopes not delivered, by `kind`: `backpressure`, `unknown_node`,
+/// `unavailable`, `disconnected`, `timeout`, `no_session`, `refused`.
+pub fn delivery_error(kind: &'static str) {
+    metrics::counter!("starling_cluster_delivery_errors_total", "kind" => kind).increment(1);
+}

@@ -7,12 +7,14 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use starling_proto::cluster::admin_server::AdminServer;
+use starling_proto::cluster::delivery_server::DeliveryServer;
 use starling_proto::cluster::raft_server::{Raft as RaftRpc, RaftServer};
 use starling_proto::cluster::{RaftReply, RaftRequest};
 use tonic::{Request, Response, Status};
 
 use crate::Shared;
 use crate::codec::{decode, encode};
+use crate::delivery::DeliveryService;
 use crate::raft::Raft;
 use crate::raft::admin::AdminService;
 
@@ -72,6 +74,9 @@ pub async fn serve(
         .server()?
         .add_service(svc)
         .add_service(admin)
+        .add_service(DeliveryServer::new(DeliveryService {
+            shared: shared.clone(),
+        }))
         .serve_with_shutdown(addr, shutdown)
         .await
 }

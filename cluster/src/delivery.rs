@@ -1,0 +1,402 @@
+//! Stanza delivery between nodes (`starling.cluster.v1.Delivery.Stream`):
+//! one long-lived bidirectional stream per ordered pair of nodes.
+//!
+//! Sending: `Store::deliver` puts an envelope on the peer's bounded queue
+//! and returns at once; a full queue is `DeliveryError::Backpressure`, never
+//! growth. One task per peer owns the stream: it connects (mutual TLS when
+//! configured), keeps at most `WINDOW` envelopes unacknowledged, and
+//! reconnects with exponential backoff. Envelopes unacknowledged when a
+//! stream breaks, and envelopes queued while the peer is unreachable, fail
+//! (`Unavailable`) rather than being retried: a retry could deliver twice,
+//! and the caller can fall back (offline storage) on its own terms.
+//!
+//! Receiving: each envelope goes to the node's [`LocalDelivery`], whose
+//! answer travels back in the ack.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use starling_proto::cluster as pb;
+use starling_proto::cluster::delivery_client::DeliveryClient;
+use starling_proto::cluster::delivery_server::Delivery;
+use tokio::sync::{mpsc, oneshot, watch};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::{Shared, metrics};
+
+/// A stanza travelling to another node, with the routing the sender
+/// resolved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Envelope {
+    /// Full or bare JID the sender resolved.
+    pub to: String,
+    pub from: String,
+    /// The serialized XML element.
+    pub stanza: Vec<u8>,
+    /// The recipient session the route named (0: any).
+    pub session_id: u64,
+}
+
+/// What the receiving node did with an envelope.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeliveryResult {
+    /// Handed to a local session.
+    Delivered,
+    /// No such session on that node: fall back (other resource, offline
+    /// storage).
+    NoSession,
+    /// The node did not take it (no handler registered, overloaded).
+    Refused,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeliveryError {
+    /// The queue to that node is full: the node is slow or unreachable.
+    #[error("delivery queue to the node is full")]
+    Backpressure,
+    /// The node is not a member of the cluster.
+    #[error("node {0} is not a cluster member")]
+    UnknownNode(u64),
+    /// The node could not be reached, or the stream broke before the ack.
+    #[error("node unavailable: {0}")]
+    Unavailable(String),
+    #[error("store is shut down")]
+    Shutdown,
+}
+
+/// Implemented by the node: takes a stanza that another node routed here.
+/// Called on the gRPC task of the stream, so it must not block: hand the
+/// stanza to a session's mailbox and return.
+pub trait LocalDelivery: Send + Sync + 'static {
+    fn deliver(&self, env: Envelope) -> DeliveryResult;
+}
+
+/// Envelopes sent and not yet acknowledged, per stream.
+pub const WINDOW: usize = 256;
+/// How long `deliver_acked` waits for the ack.
+pub const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+pub struct Outgoing {
+    env: Envelope,
+    ack: Option<oneshot::Sender<Result<DeliveryResult, DeliveryError>>>,
+}
+
+impl Outgoing {
+    fn fail(self, e: DeliveryError, kind: &'static str) {
+        metrics::delivery_error(kind);
+        if let Some(a) = self.ack {
+            let _ = a.send(Err(e));
+        }
+    }
+
+    fn done(self, r: DeliveryResult) {
+        record(r);
+        if let Some(a) = self.ack {
+            let _ = a.send(Ok(r));
+        }
+    }
+}
+
+fn record(r: DeliveryResult) {
+    match r {
+        DeliveryResult::Delivered => metrics::delivered(),
+        DeliveryResult::NoSession => metrics::delivery_error("no_session"),
+        DeliveryResult::Refused => metrics::delivery_error("refused"),
+    }
+}
+
+/// The sending side: one queue and task per peer.
+#[derive(Default)]
+pub struct Peers {
+    queues: std::sync::Mutex<HashMap<u64, mpsc::Sender<Outgoing>>>,
+}
+
+fn result_code(r: DeliveryResult) -> u32 {
+    match r {
+        DeliveryResult::Delivered => 0,
+        DeliveryResult::NoSession => 1,
+        DeliveryResult::Refused => 2,
+    }
+}
+
+fn from_code(delivered: bool, code: u32) -> DeliveryResult {
+    match (delivered, code) {
+        (true, _) | (_, 0) => DeliveryResult::Delivered,
+        (_, 1) => DeliveryResult::NoSession,
+        _ => DeliveryResult::Refused,
+    }
+}
+
+fn peer_addr(shared: &Shared, peer: u64) -> Option<String> {
+    shared
+        .raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .get_node(&peer)
+        .map(|n| n.addr.clone())
+}
+
+fn local(shared: &Shared, env: Envelope) -> DeliveryResult {
+    let handler = shared
+        .local
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    match handler {
+        Some(h) => h.deliver(env),
+        None => DeliveryResult::Refused,
+    }
+}
+
+/// Queues `env` for `peer` (or delivers it here when `peer` is this node).
+pub fn send(
+    shared: &Arc<Shared>,
+    peer: u64,
+    env: Envelope,
+    ack: Option<oneshot::Sender<Result<DeliveryResult, DeliveryError>>>,
+) -> Result<(), DeliveryError> {
+    if *shared.stop.borrow() {
+        return Err(DeliveryError::Shutdown);
+    }
+    if peer == shared.node_id {
+        let r = local(shared, env);
+        Outgoing { env: empty(), ack }.done(r);
+        return Ok(());
+    }
+    let tx = {
+        let mut queues = shared
+            .peers
+            .queues
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match queues.get(&peer) {
+            Some(tx) if !tx.is_closed() => tx.clone(),
+            _ => {
+                if peer_addr(shared, peer).is_none() {
+                    metrics::delivery_error("unknown_node");
+                    return Err(DeliveryError::UnknownNode(peer));
+                }
+                let (tx, rx) = mpsc::channel(shared.delivery_queue);
+                tokio::spawn(run_peer(shared.clone(), peer, rx));
+                queues.insert(peer, tx.clone());
+                tx
+            }
+        }
+    };
+    match tx.try_send(Outgoing { env, ack }) {
+        Ok(()) => {
+            depth(peer, &tx);
+            Ok(())
+        }
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            metrics::delivery_error("backpressure");
+            Err(DeliveryError::Backpressure)
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => {
+            metrics::delivery_error("unavailable");
+            Err(DeliveryError::Unavailable("peer task ended".into()))
+        }
+    }
+}
+
+fn empty() -> Envelope {
+    Envelope {
+        to: String::new(),
+        from: String::new(),
+        stanza: Vec::new(),
+        session_id: 0,
+    }
+}
+
+fn depth(peer: u64, tx: &mpsc::Sender<Outgoing>) {
+    metrics::delivery_queue_depth(peer, tx.max_capacity() - tx.capacity());
+}
+
+/// Owns the stream to `peer` until the store stops or the peer leaves the
+/// membership.
+async fn run_peer(shared: Arc<Shared>, peer: u64, mut rx: mpsc::Receiver<Outgoing>) {
+    let mut stop = shared.stop.subscribe();
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        let Some(addr) = peer_addr(&shared, peer) else {
+            break;
+        };
+        match session(&shared, peer, &addr, &mut rx, &mut stop).await {
+            Ok(()) => break, // stopped
+            Err(Connected(true, e)) => {
+                tracing::info!(peer, error = %e, "delivery stream to node broke; reconnecting");
+                backoff = BACKOFF_MIN;
+            }
+            Err(Connected(false, e)) => {
+                tracing::debug!(peer, error = %e, "cannot open delivery stream to node");
+            }
+        }
+        // Unreachable for now: what is queued, and what comes during the
+        // backoff, fails at once so senders can fall back.
+        let until = tokio::time::Instant::now() + backoff;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => break,
+                item = rx.recv() => match item {
+                    Some(o) => o.fail(DeliveryError::Unavailable(format!("node {peer} unreachable")), "unavailable"),
+                    None => return,
+                },
+                _ = stop.wait_for(|s| *s) => break,
+            }
+            metrics::delivery_queue_depth(peer, rx.len());
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+    shared
+        .peers
+        .queues
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&peer);
+    rx.close();
+    while let Some(o) = rx.recv().await {
+        o.fail(DeliveryError::Shutdown, "unavailable");
+    }
+    metrics::delivery_queue_depth(peer, 0);
+}
+
+/// Why a stream ended: whether it had been established, and the error.
+struct Connected(bool, String);
+
+async fn session(
+    shared: &Shared,
+    peer: u64,
+    addr: &str,
+    rx: &mut mpsc::Receiver<Outgoing>,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(), Connected> {
+    let ep = shared
+        .transport
+        .endpoint(addr)
+        .map_err(|e| Connected(false, e))?;
+    let channel = ep
+        .connect()
+        .await
+        .map_err(|e| Connected(false, format!("{e:?}")))?;
+    let (out_tx, out_rx) = mpsc::channel::<pb::Envelope>(WINDOW);
+    let outbound =
+        futures::stream::unfold(
+            out_rx,
+            |mut rx| async move { rx.recv().await.map(|e| (e, rx)) },
+        );
+    let mut acks = tokio::time::timeout(
+        crate::transport::CONNECT_TIMEOUT * 2,
+        DeliveryClient::new(channel).stream(Request::new(outbound)),
+    )
+    .await
+    .map_err(|_| Connected(false, "no answer to the stream request".into()))?
+    .map_err(|s| Connected(false, s.to_string()))?
+    .into_inner();
+    tracing::debug!(peer, addr, "delivery stream open");
+
+    let mut inflight: HashMap<u64, Outgoing> = HashMap::new();
+    let mut seq = 0u64;
+    let end = loop {
+        tokio::select! {
+            item = rx.recv(), if inflight.len() < WINDOW => {
+                let Some(o) = item else { break Ok(()) };
+                metrics::delivery_queue_depth(peer, rx.len());
+                seq += 1;
+                let msg = pb::Envelope {
+                    seq,
+                    to: o.env.to.clone(),
+                    from: o.env.from.clone(),
+                    stanza: o.env.stanza.clone(),
+                    session_id: o.env.session_id,
+                };
+                // Cannot be full: at most WINDOW are in flight.
+                if out_tx.try_send(msg).is_err() {
+                    o.fail(DeliveryError::Unavailable("stream closed".into()), "disconnected");
+                    break Err(Connected(true, "outbound stream closed".into()));
+                }
+                inflight.insert(seq, Outgoing { env: empty(), ack: o.ack });
+            }
+            ack = acks.message() => match ack {
+                Ok(Some(a)) => {
+                    if let Some(o) = inflight.remove(&a.seq) {
+                        o.done(from_code(a.delivered, a.result));
+                    }
+                }
+                Ok(None) => break Err(Connected(true, "stream ended".into())),
+                Err(s) => break Err(Connected(true, s.to_string())),
+            },
+            _ = stop.wait_for(|s| *s) => break Ok(()),
+        }
+    };
+    for (_, o) in inflight.drain() {
+        o.fail(
+            DeliveryError::Unavailable(format!("stream to node {peer} broke before the ack")),
+            "disconnected",
+        );
+    }
+    end
+}
+
+/// The receiving side of `Delivery.Stream`.
+pub struct DeliveryService {
+    pub shared: Arc<Shared>,
+}
+
+type AckStream = Pin<Box<dyn Stream<Item = Result<pb::Ack, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Delivery for DeliveryService {
+    type StreamStream = AckStream;
+
+    async fn stream(
+        &self,
+        req: Request<Streaming<pb::Envelope>>,
+    ) -> Result<Response<AckStream>, Status> {
+        let mut inbound = req.into_inner();
+        let shared = self.shared.clone();
+        let (tx, rx) = mpsc::channel::<pb::Ack>(WINDOW);
+        tokio::spawn(async move {
+            let mut stop = shared.stop.subscribe();
+            loop {
+                let msg = tokio::select! {
+                    m = inbound.message() => m,
+                    _ = stop.wait_for(|s| *s) => break,
+                };
+                let Ok(Some(e)) = msg else { break };
+                let r = local(
+                    &shared,
+                    Envelope {
+                        to: e.to,
+                        from: e.from,
+                        stanza: e.stanza,
+                        session_id: e.session_id,
+                    },
+                );
+                let ack = pb::Ack {
+                    seq: e.seq,
+                    delivered: r == DeliveryResult::Delivered,
+                    result: result_code(r),
+                };
+                if tx.send(ack).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let out =
+            futures::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|a| (Ok(a), rx)) },
+            );
+        Ok(Response::new(Box::pin(out)))
+    }
+}
