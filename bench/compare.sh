@@ -9,8 +9,9 @@
 # missing or does not come up), and `starling-bench echo` (plain, and `--tls` with the same RSA-2048
 # certificate) as the physical limit. Runs the scenario
 # interleaved (A,B,C,D, A,B,C,D, ...) RUNS times, one bench run per server per round, and prints the
-# median of each figure per server and its ratio to ejabberd and Prosody. Stops, by PID, every server
-# it started (KEEP=1 leaves the peers running).
+# median of each figure per server and its ratio to ejabberd and Prosody. For `idle` every server is
+# restarted before each round (FRESH=1), as a heap keeps what earlier sessions freed. Stops, by PID,
+# every server it started (KEEP=1 leaves the peers running).
 #
 # Environment: RUNS (3), OUT (/tmp/starling-bench-compare), PEERS (/work/shared/peers or
 # ../shared/peers), SERVERS ("ejabberd prosody starling echo"), sizes per scenario below.
@@ -36,21 +37,20 @@ ACCOUNTS="${ACCOUNTS:-2000}"; ROSTER=0
 case "$SCEN" in
   login)    ARGS=(login --logins "${LOGINS:-2000}" --concurrency "${CONC:-20}" --users "${USERS:-500}") ;;
   idle)     S="${SESSIONS:-5000}"; ACCOUNTS=$(( S > ACCOUNTS ? S : ACCOUNTS ))
-            ARGS=(idle --sessions "$S" --spawn "${SPAWN:-$(( (S + 18999) / 19000 ))}") ;;
+            ARGS=(idle --sessions "$S" --spawn "${SPAWN:-$(( (S + 18999) / 19000 ))}"); FRESH="${FRESH:-1}" ;;
   chat)     ARGS=(chat --pairs "${PAIRS:-50}" --rate "${RATE:-1000}" --size "${SIZE:-100}" --duration-secs "${DURATION:-10}") ;;
   chat-sat) ARGS=(chat --pairs "${PAIRS:-50}" --rate 0 --window "${WINDOW:-16}" --size "${SIZE:-100}" --duration-secs "${DURATION:-10}") ;;
   presence) ACCOUNTS="${USERS:-500}"; ROSTER="${ROSTER_SIZE:-10}"
             ARGS=(presence --users "$ACCOUNTS" --updates "${UPDATES:-5}" --rate "${RATE:-200}") ;;
   *) echo "unknown scenario $SCEN" >&2; exit 2 ;;
 esac
+FRESH="${FRESH:-0}"   # 1: restart each server before each round after the first (default for idle)
 
 [ -x "$BENCH" ] || (cd "$ROOT" && cargo build --release -p starling-bench)
 
 STARTED_ECHO=""; STARTED_ECHO_TLS=""; STARTED_ST=""
 cleanup() {
-  [ -n "$STARTED_ECHO" ] && kill "$STARTED_ECHO" 2>/dev/null || true
-  [ -n "$STARTED_ECHO_TLS" ] && kill "$STARTED_ECHO_TLS" 2>/dev/null || true
-  if [ -n "$STARTED_ST" ]; then kill "$STARTED_ST" 2>/dev/null || true; sleep 1; kill -9 "$STARTED_ST" 2>/dev/null || true; fi
+  for s in echo echo-tls starling; do halt "$s"; done
   if [ "${KEEP:-0}" != 1 ]; then
     case " $SERVERS " in *" ejabberd "*) "$PEERS/ejabberd-stop.sh" || true ;; esac
     case " $SERVERS " in *" prosody "*) "$PEERS/prosody-stop.sh" || true ;; esac
@@ -59,15 +59,65 @@ cleanup() {
 trap cleanup EXIT
 
 declare -A PORT PID EXTRA
+
+wait_port() { local i; for i in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.2; done; return 1; }
+
+launch() { # start server $1 (accounts already set up); sets PORT, PID, EXTRA; non-zero if it did not come up
+  case "$1" in
+    ejabberd)
+      "$PEERS/ejabberd-start.sh" >&2 || return 1
+      . "$PEERS/common.sh"; PORT[$1]="$EJ_PORT"; PID[$1]="$(cat "$EJ_DIR/beam.pid")"; EXTRA[$1]="" ;;
+    prosody)
+      "$PEERS/prosody-start.sh" >&2 || return 1
+      . "$PEERS/common.sh"; PORT[$1]="$PR_PORT"; PID[$1]="$(cat "$PR_DIR/server.pid")"; EXTRA[$1]="" ;;
+    starling)
+      (ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+       exec "$STARLING_BIN" serve --config "$ST_DIR/starling.toml" --data-dir "$ST_DIR/data" --domain perf.test \
+         --c2s-port "$ST_PORT" --c2s-tls-port "$ST_TLS_PORT" --metrics-port "$ST_METRICS" >> "$ST_DIR/console.log" 2>&1 < /dev/null) &
+      STARTED_ST=$!
+      if ! wait_port "$ST_PORT" || ! kill -0 "$STARTED_ST" 2>/dev/null; then
+        echo "starling: did not open port $ST_PORT (see $ST_DIR/console.log)" >&2; halt starling; return 1; fi
+      PORT[$1]="$ST_PORT"; PID[$1]="$STARTED_ST"; EXTRA[$1]="" ;;
+    echo)
+      "$BENCH" echo --listen "127.0.0.1:$ECHO_PORT" --max-secs 7200 2>> "$OUT/echo.log" &
+      STARTED_ECHO=$!; wait_port "$ECHO_PORT" || return 1
+      PORT[$1]="$ECHO_PORT"; PID[$1]="$STARTED_ECHO"; EXTRA[$1]="--echo" ;;
+    echo-tls)
+      # TLS-terminating echo, with the same RSA-2048 certificate as Prosody when there is one
+      . "$PEERS/common.sh"; CERT=()
+      [ -s "$PR_DIR/certs/cert.pem" ] && CERT=(--tls-cert "$PR_DIR/certs/cert.pem")
+      "$BENCH" echo --tls "${CERT[@]}" --listen "127.0.0.1:$ECHO_TLS_PORT" --max-secs 7200 2>> "$OUT/echo-tls.log" &
+      STARTED_ECHO_TLS=$!; wait_port "$ECHO_TLS_PORT" || return 1
+      PORT[$1]="$ECHO_TLS_PORT"; PID[$1]="$STARTED_ECHO_TLS"; EXTRA[$1]="--echo --tls direct" ;;
+  esac
+}
+
+stop_pid() { # $1=pid we started: TERM, wait up to 10 s, then KILL
+  [ -n "$1" ] || return 0
+  kill "$1" 2>/dev/null || return 0
+  local i; for i in $(seq 1 50); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.2; done
+  kill -9 "$1" 2>/dev/null || true
+}
+
+halt() { # stop server $1
+  case "$1" in
+    ejabberd) "$PEERS/ejabberd-stop.sh" >&2 || true ;;
+    prosody)  "$PEERS/prosody-stop.sh" >&2 || true ;;
+    starling) stop_pid "$STARTED_ST"; STARTED_ST="" ;;
+    echo)     stop_pid "$STARTED_ECHO"; STARTED_ECHO="" ;;
+    echo-tls) stop_pid "$STARTED_ECHO_TLS"; STARTED_ECHO_TLS="" ;;
+  esac
+}
+
 ACTIVE=""
 for s in $SERVERS; do
   case "$s" in
     ejabberd)
-      "$PEERS/ejabberd-start.sh"; ROSTER="$ROSTER" "$PEERS/ejabberd-provision.sh" "$ACCOUNTS"
-      . "$PEERS/common.sh"; PORT[$s]="$EJ_PORT"; PID[$s]="$(cat "$EJ_DIR/beam.pid")"; EXTRA[$s]="" ;;
+      launch "$s" || { echo "ejabberd did not start: column skipped" >&2; continue; }
+      ROSTER="$ROSTER" "$PEERS/ejabberd-provision.sh" "$ACCOUNTS" ;;
     prosody)
-      "$PEERS/prosody-start.sh"; ROSTER="$ROSTER" "$PEERS/prosody-provision.sh" "$ACCOUNTS"
-      . "$PEERS/common.sh"; PORT[$s]="$PR_PORT"; PID[$s]="$(cat "$PR_DIR/server.pid")"; EXTRA[$s]="" ;;
+      launch "$s" || { echo "prosody did not start: column skipped" >&2; continue; }
+      ROSTER="$ROSTER" "$PEERS/prosody-provision.sh" "$ACCOUNTS" ;;
     starling)
       if [ ! -x "$STARLING_BIN" ]; then
         echo "starling: $STARLING_BIN not built (cargo build --release -p starling-node): column skipped" >&2; continue; fi
@@ -76,36 +126,18 @@ for s in $SERVERS; do
       rm -rf "$ST_DIR"; mkdir -p "$ST_DIR/data"
       printf 'domains = ["perf.test"]\ndata_dir = "%s"\n[auth]\nscram_iterations = 4096\n' "$ST_DIR/data" > "$ST_DIR/starling.toml"
       echo "starling: adding $ACCOUNTS accounts..." >&2
+      # one at a time: the store is opened by one process at a time
       if ! seq 1 "$ACCOUNTS" | xargs -P 1 -I{} "$STARLING_BIN" user add "user{}@perf.test" "perfpass{}" \
            --config "$ST_DIR/starling.toml" --data-dir "$ST_DIR/data" > "$ST_DIR/useradd.log" 2>&1; then
         echo "starling: 'starling user add' failed (see $ST_DIR/useradd.log): column skipped" >&2; continue; fi
-      (ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-       exec setsid "$STARLING_BIN" serve --config "$ST_DIR/starling.toml" --data-dir "$ST_DIR/data" --domain perf.test --c2s-port "$ST_PORT" \
-         --c2s-tls-port "$ST_TLS_PORT" --metrics-port "$ST_METRICS" > "$ST_DIR/console.log" 2>&1 < /dev/null) &
-      STARTED_ST=$!
-      ok=0; for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$ST_PORT") 2>/dev/null && { ok=1; break; }; sleep 0.2; done
-      if [ $ok != 1 ] || ! kill -0 "$STARTED_ST" 2>/dev/null; then
-        echo "starling: did not open port $ST_PORT (see $ST_DIR/console.log): column skipped" >&2
-        kill "$STARTED_ST" 2>/dev/null || true; STARTED_ST=""; continue; fi
-      if ! "$BENCH" login --port "$ST_PORT" --logins 1 --concurrency 1 --quiet > "$ST_DIR/probe.log" 2>&1 \
+      launch "$s" || { echo "starling: column skipped" >&2; continue; }
+      if ! "$BENCH" login --port "$ST_PORT" --logins 1 --concurrency 1 --users 1 --quiet > "$ST_DIR/probe.log" 2>&1 \
            || ! grep -q "errors  *0 " "$ST_DIR/probe.log"; then
         echo "starling: listening, but a test login failed (see $ST_DIR/probe.log): column skipped" >&2
-        kill "$STARTED_ST" 2>/dev/null || true; STARTED_ST=""; continue; fi
-      PORT[$s]="$ST_PORT"; PID[$s]="$STARTED_ST"; EXTRA[$s]="" ;;
-    echo)
+        halt starling; continue; fi ;;
+    echo|echo-tls)
       if [ "$SCEN" = presence ]; then continue; fi
-      "$BENCH" echo --listen "127.0.0.1:$ECHO_PORT" --max-secs 7200 --pid-file "$OUT/echo.pid" 2> "$OUT/echo.log" &
-      STARTED_ECHO=$!; sleep 0.5
-      PORT[$s]="$ECHO_PORT"; PID[$s]="$STARTED_ECHO"; EXTRA[$s]="--echo" ;;
-    echo-tls)
-      # TLS-terminating echo, with the same RSA-2048 certificate as Prosody when there is one
-      if [ "$SCEN" = presence ]; then continue; fi
-      . "$PEERS/common.sh"; CERT=()
-      [ -s "$PR_DIR/certs/cert.pem" ] && CERT=(--tls-cert "$PR_DIR/certs/cert.pem")
-      "$BENCH" echo --tls "${CERT[@]}" --listen "127.0.0.1:$ECHO_TLS_PORT" --max-secs 7200 \
-        --pid-file "$OUT/echo-tls.pid" 2> "$OUT/echo-tls.log" &
-      STARTED_ECHO_TLS=$!; sleep 0.5
-      PORT[$s]="$ECHO_TLS_PORT"; PID[$s]="$STARTED_ECHO_TLS"; EXTRA[$s]="--echo --tls direct" ;;
+      launch "$s" || { echo "$s did not start" >&2; exit 1; } ;;
     *) echo "unknown server $s" >&2; exit 2 ;;
   esac
   ACTIVE="$ACTIVE $s"
@@ -115,6 +147,10 @@ echo "== $SCEN: ${ARGS[*]} $* | servers:$ACTIVE | $RUNS interleaved rounds | $(n
 for r in $(seq 1 "$RUNS"); do
   for s in $ACTIVE; do
     echo "-- round $r/$RUNS: $s"
+    if [ "$FRESH" = 1 ] && [ "$r" -gt 1 ]; then
+      # memory figures need a server that has never held sessions: freed memory stays in its heap
+      halt "$s"; sleep 1; launch "$s" || { echo "   $s did not restart"; continue; }
+    fi
     # shellcheck disable=SC2086
     "$BENCH" "${ARGS[@]}" --port "${PORT[$s]}" --server-pid "${PID[$s]}" ${EXTRA[$s]} --label "$s" \
       --runs 1 --quiet --json "$OUT/$s-$r.json" "$@" > "$OUT/$s-$r.txt" 2>&1 \
