@@ -65,7 +65,9 @@ fn load_or_make_secret(dir: &std::path::Path) -> Vec<u8> {
     }
     let s: [u8; 32] = rand::random();
     let _ = std::fs::create_dir_all(dir);
-    let _ = std::fs::write(&path, s);
+    if let Err(e) = crate::net::tls::write_private(&path, &s) {
+        tracing::warn!(error = %e, path = %path.display(), "could not keep the SCRAM secret; unknown users' fake salts will change at restart");
+    }
     s.to_vec()
 }
 

@@ -79,7 +79,8 @@ fn self_signed(data_dir: &Path, domain: &str) -> anyhow::Result<(PathBuf, PathBu
     Ok((cert, key))
 }
 
-fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+/// Writes a file only its owner can read (keys, secrets).
+pub fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
