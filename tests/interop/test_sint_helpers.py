@@ -175,3 +175,49 @@ def recv_push_until_any(c, jid):
 
 def bare_jid(c):
     return c.jid.split("/", 1)[0]
+
+
+# priority sets of the Java 8.5.3.2.x tests (including "no resource at all")
+PRIOS2 = [
+    ("NoResource", []),
+    ("OneResourcePrioPositive", [1]),
+    ("OneResourcePrioZero", [0]),
+    ("OneResourcePrioNegative", [-1]),
+    ("MultipleResourcesPrioPositive", [1, 1]),
+    ("MultipleResourcesPrioPositiveAndNegative", [1, -1]),
+    ("MultipleResourcesPrioDifferentPositive", [3, 1]),
+    ("MultipleResourcesPrioZero", [0, 0]),
+    ("MultipleResourcesPrioZeroAndNegative", [0, -1]),
+    ("MultipleResourcesPrioDifferentNonNegative", [3, 0]),
+    ("MultipleResourcesPrioDifferentNonNegativeAndNegative", [1, -1]),
+    ("MultipleResourcesPrioNegative", [-1, -1]),
+]
+IDS2 = [p[0] for p in PRIOS2]
+VALS2 = [p[1] for p in PRIOS2]
+
+
+def user_with_resources_or_none(server, clients, prios):
+    """Like user_resources, but an empty list gives an existing account with no session."""
+    if not prios:
+        jid, user, pw = server.new_user("sint")
+        return jid, pw, []
+    return user_resources(server, clients, prios)
+
+
+def barrier(server, clients, sender, resources, timeout=5.0):
+    """Java 8.5.3.2.x barrier: 'stop' to every resource (if any), then a 'stop' from a third
+    user (conThree) back to the sender."""
+    needle = "STOP LISTENING, STANZAS HAVE BEEN PROCESSED " + rnd(7)
+    for r in resources:
+        sender.send_raw(f"<message to='{r.jid}' id='{new_id('stop')}'><body>{needle}</body></message>")
+    for r in resources:
+        r.recv(is_msg_body(needle, from_=sender.jid), timeout, what="stop marker")
+    three = clients.add(server.online("sint3"))
+    back = "STOP LISTENING, ALL RECIPIENTS ARE DONE " + rnd(7)
+    three.send_raw(f"<message to='{sender.jid}' id='{new_id('stop')}'><body>{back}</body></message>")
+    sender.recv(is_msg_body(back), timeout, what="stop marker back to sender")
+    for c in [sender, *resources]:
+        try:
+            c._read_some(time.monotonic() + 0.05)
+        except Exception:
+            pass
