@@ -10,6 +10,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use openraft::error::{ClientWriteError, Fatal, RaftError};
 use tokio::sync::{mpsc, oneshot};
@@ -32,6 +33,11 @@ fn op_bytes(op: &Op) -> usize {
         }
         Op::Delete { space, key } => space.len() + key.len(),
         Op::DeletePrefix { space, prefix } => space.len() + prefix.len(),
+        Op::DeleteIndexed {
+            space,
+            index,
+            prefix,
+        } => space.len() + index.len() + prefix.len(),
         Op::Append {
             space,
             prefix,
@@ -49,6 +55,9 @@ pub struct Pending {
     pub ops: Vec<Op>,
     /// The write's results and the log index of the entry that carried it.
     pub reply: oneshot::Sender<Result<(Vec<OpResult>, u64), StoreError>>,
+    /// The store's own bookkeeping (lease renewals, expiry): not counted
+    /// in `StoreStats`.
+    pub internal: bool,
 }
 
 /// Counters for diagnostics and tests.
@@ -82,8 +91,9 @@ pub async fn run(
     transport: Arc<Transport>,
     mut rx: mpsc::Receiver<Pending>,
     counters: Arc<Counters>,
+    timeout: Duration,
 ) {
-    let mut forwarder = Forwarder::new(transport);
+    let mut forwarder = Forwarder::new(transport, timeout);
     while let Some(first) = rx.recv().await {
         let mut bytes = write_bytes(&first.ops);
         let mut batch = vec![first];
@@ -96,21 +106,31 @@ pub async fn run(
                 Err(_) => break,
             }
         }
+        let external = batch.iter().filter(|p| !p.internal).count();
         let (writes, replies): (Vec<_>, Vec<_>) =
             batch.into_iter().map(|p| (p.ops, p.reply)).unzip();
         let n = writes.len();
         metrics::writes_per_entry(n);
-        counters.entries.fetch_add(1, Ordering::Relaxed);
-        counters.writes.fetch_add(n as u64, Ordering::Relaxed);
+        if external > 0 {
+            counters.entries.fetch_add(1, Ordering::Relaxed);
+            counters
+                .writes
+                .fetch_add(external as u64, Ordering::Relaxed);
+        }
         let request = Request { writes };
+        let started = Instant::now();
         let outcome = match leader_elsewhere(&raft) {
             Some(addr) => forwarder.forward(&addr, &request).await,
-            None => raft
-                .client_write(request)
-                .await
-                .map(|r| r.data)
-                .map_err(client_write_error),
+            None => match tokio::time::timeout(timeout, raft.client_write(request)).await {
+                Ok(r) => r.map(|r| r.data).map_err(client_write_error),
+                Err(_) => Err(StoreError::Unavailable(
+                    "write not committed in time (no quorum?)".into(),
+                )),
+            },
         };
+        if outcome.is_ok() {
+            metrics::commit_seconds(started.elapsed());
+        }
         match outcome {
             Ok(resp) => {
                 let mut results = resp.results.into_iter();

@@ -8,9 +8,11 @@ mod batcher;
 mod codec;
 mod delivery;
 pub mod kv;
+mod lease;
 mod metrics;
 pub mod pki;
 mod raft;
+pub mod routes;
 mod store;
 mod transport;
 
@@ -27,6 +29,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use crate::delivery::{DeliveryError, DeliveryResult, Envelope, LocalDelivery};
+pub use crate::lease::{
+    ClusterEvents, EXPIRED as EXPIRED_SPACE, LEASES as LEASE_SPACE, LeaseConfig,
+};
 
 use crate::batcher::{Counters, Pending};
 use crate::kv::{Kv, KvTree, SledKv};
@@ -54,6 +59,15 @@ pub enum Op {
     Delete { space: String, key: Vec<u8> },
     /// Remove every key starting with `prefix`.
     DeletePrefix { space: String, prefix: Vec<u8> },
+    /// Drop what an index names: for every key `prefix ++ rest` in space
+    /// `index`, remove that index key, and remove key `rest` of `space`
+    /// if its value starts with `prefix` (the index entry is only trusted
+    /// while the value still names the same owner). See [`routes`].
+    DeleteIndexed {
+        space: String,
+        index: String,
+        prefix: Vec<u8>,
+    },
     /// Store `value` under `prefix ++ u64 big-endian sequence number` (the
     /// sequence grows monotonically per space); fails with `OpResult::Full`
     /// when `max` keys already exist under `prefix`.
@@ -124,6 +138,13 @@ pub struct StoreOptions {
     /// Envelopes queued per peer for `Store::deliver` before it answers
     /// `DeliveryError::Backpressure` (default 4096).
     pub delivery_queue: usize,
+    /// Lease renewal and failure detection (default: renew every second,
+    /// expire after 4 s).
+    pub lease: LeaseConfig,
+    /// How long a write may wait for its commit before it fails with
+    /// `Unavailable` (default 10 s): a node without quorum fails writes
+    /// instead of hanging. The write may still commit later.
+    pub write_timeout_ms: u64,
 }
 
 impl Default for StoreOptions {
@@ -132,6 +153,8 @@ impl Default for StoreOptions {
             tls: None,
             source_ip: None,
             delivery_queue: 4096,
+            lease: LeaseConfig::default(),
+            write_timeout_ms: 10_000,
         }
     }
 }
@@ -154,6 +177,28 @@ pub(crate) struct Shared {
     pub local: std::sync::RwLock<Option<Arc<dyn LocalDelivery>>>,
     pub peers: delivery::Peers,
     pub delivery_queue: usize,
+    pub lease: LeaseConfig,
+    pub health: lease::Health,
+    pub hooks: Arc<lease::Hooks>,
+    pub events: std::sync::RwLock<Option<Arc<dyn ClusterEvents>>>,
+    pub write_timeout: Duration,
+    pub kv: SledKv,
+}
+
+impl Shared {
+    fn lease_space(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        self.kv
+            .tree(&space_tree(lease::LEASES))
+            .and_then(|t| t.scan_prefix(b""))
+            .map_err(storage)
+    }
+
+    fn is_expired(&self, id: u64) -> bool {
+        self.kv
+            .tree(&space_tree(lease::EXPIRED))
+            .and_then(|t| t.get(&lease::node_key(id)))
+            .is_ok_and(|v| v.is_some())
+    }
 }
 
 struct Inner {
@@ -259,7 +304,10 @@ impl Store {
         let kv = open_kv(&cfg.data_dir).await?;
         let log = LogStore::new(kv.clone()).map_err(storage)?;
         let committed = log.committed_index();
-        let sm = StateMachine::new(kv.clone()).map_err(storage)?;
+        let (hooks, expired_rx) = lease::Hooks::new();
+        let sm = StateMachine::new(kv.clone())
+            .map_err(storage)?
+            .with_hooks(hooks.clone());
         let config = Arc::new(raft::config().validate().map_err(storage)?);
         let raft = raft::Raft::new(
             cfg.node_id,
@@ -278,8 +326,9 @@ impl Store {
             let members = BTreeMap::from([(cfg.node_id, BasicNode::new(&cfg.raft_addr))]);
             raft.initialize(members).await.map_err(storage)?;
         }
+        let mut alone = false;
         if initialized || init_alone {
-            Store::await_start(&raft, cfg.node_id).await?;
+            alone = Store::await_start(&raft, cfg.node_id).await?;
         }
 
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
@@ -289,6 +338,7 @@ impl Store {
             transport.clone(),
             rx,
             counters.clone(),
+            Duration::from_millis(opts.write_timeout_ms.max(1)),
         ));
         tokio::spawn(report_metrics(raft.clone()));
         let (stop, _) = watch::channel(false);
@@ -301,7 +351,21 @@ impl Store {
             local: std::sync::RwLock::new(None),
             peers: delivery::Peers::default(),
             delivery_queue: opts.delivery_queue.max(1),
+            lease: opts.lease,
+            health: lease::Health::default(),
+            hooks,
+            events: std::sync::RwLock::new(None),
+            write_timeout: Duration::from_millis(opts.write_timeout_ms.max(1)),
+            kv: kv.clone(),
         });
+        if alone {
+            // The sole voter commits on its own: healthy from the start.
+            shared.health.renewed(std::time::Instant::now());
+        }
+        if opts.lease.renew_ms > 0 {
+            tokio::spawn(lease::renew(shared.clone(), tx.clone()));
+        }
+        tokio::spawn(lease::monitor(shared.clone(), tx.clone(), expired_rx));
         Ok(Store {
             inner: Arc::new(Inner {
                 shared,
@@ -316,8 +380,8 @@ impl Store {
 
     /// Waits until the membership is loaded; a cluster of one also waits
     /// to be leader and to have applied its whole durable log before it
-    /// serves reads.
-    async fn await_start(raft: &raft::Raft, node_id: u64) -> Result<(), StoreError> {
+    /// serves reads (and says so).
+    async fn await_start(raft: &raft::Raft, node_id: u64) -> Result<bool, StoreError> {
         let m = raft
             .wait(Some(START_TIMEOUT))
             .metrics(
@@ -339,8 +403,9 @@ impl Store {
                 .await
                 .map_err(|e| StoreError::Unavailable(e.to_string()))?;
             raft.ensure_linearizable().await.map_err(leader_error)?;
+            return Ok(true);
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Adds a node to the cluster as a voter: first as a learner that
@@ -384,7 +449,11 @@ impl Store {
         let (reply, rx) = oneshot::channel();
         self.inner
             .writes
-            .send(Pending { ops, reply })
+            .send(Pending {
+                ops,
+                reply,
+                internal: false,
+            })
             .await
             .map_err(|_| StoreError::Shutdown)?;
         rx.await.map_err(|_| StoreError::Shutdown)?
@@ -452,6 +521,30 @@ impl Store {
             .await
             .map_err(storage)?
             .map_err(storage)
+    }
+
+    /// This node's Raft id.
+    pub fn node_id(&self) -> u64 {
+        self.inner.shared.node_id
+    }
+
+    /// Whether this node can commit: its last lease renewal committed
+    /// within the lease TTL (with leases off: a leader is known). A node
+    /// on the minority side of a partition turns unhealthy within the TTL;
+    /// the node should then refuse logins.
+    pub fn is_healthy(&self) -> bool {
+        !self.inner.closed.load(Ordering::SeqCst) && lease::check_health(&self.inner.shared)
+    }
+
+    /// Registers the node's handler of cluster events (node expiry),
+    /// replacing any earlier one. Register it right after `open`.
+    pub fn set_cluster_events(&self, handler: Arc<dyn ClusterEvents>) {
+        *self
+            .inner
+            .shared
+            .events
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Some(handler);
     }
 
     /// Registers the node's handler for stanzas other nodes route here
@@ -559,9 +652,16 @@ impl Store {
 async fn report_metrics(raft: raft::Raft) {
     let mut rx = raft.metrics();
     drop(raft);
+    let mut leader = None;
     loop {
         {
             let m = rx.borrow_and_update();
+            if m.current_leader != leader {
+                if m.current_leader.is_some() {
+                    metrics::leader_change();
+                }
+                leader = m.current_leader;
+            }
             metrics::term(m.current_term);
             if let Some(a) = m.last_applied {
                 metrics::applied_index(a.index);

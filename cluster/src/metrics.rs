@@ -41,3 +41,27 @@ pub fn delivered() {
 pub fn delivery_error(kind: &'static str) {
     metrics::counter!("starling_cluster_delivery_errors_total", "kind" => kind).increment(1);
 }
+
+/// 1 while this node's lease renewals commit, 0 when it cannot commit.
+pub fn healthy(ok: bool) {
+    metrics::gauge!("starling_cluster_healthy").set(if ok { 1.0 } else { 0.0 });
+}
+
+/// Node expiries this replica applied.
+pub fn node_expired() {
+    metrics::counter!("starling_cluster_nodes_expired_total").increment(1);
+}
+
+/// From proposing a Raft entry (or forwarding it) to its result.
+pub fn commit_seconds(d: Duration) {
+    metrics::histogram!("starling_raft_commit_seconds").record(d.as_secs_f64());
+}
+
+pub fn leader_change() {
+    metrics::counter!("starling_raft_leader_changes_total").increment(1);
+}
+
+/// Size of the last snapshot built or installed.
+pub fn snapshot_bytes(n: usize) {
+    metrics::gauge!("starling_raft_snapshot_bytes").set(n as f64);
+}

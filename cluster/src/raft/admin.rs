@@ -136,15 +136,15 @@ impl Admin for AdminService {
 /// Admin clients by address, for forwarding writes.
 pub struct Forwarder {
     transport: Arc<Transport>,
+    timeout: Duration,
     clients: HashMap<String, AdminClient<Channel>>,
 }
 
-const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
-
 impl Forwarder {
-    pub fn new(transport: Arc<Transport>) -> Self {
+    pub fn new(transport: Arc<Transport>, timeout: Duration) -> Self {
         Forwarder {
             transport,
+            timeout,
             clients: HashMap::new(),
         }
     }
@@ -174,10 +174,12 @@ impl Forwarder {
         let data = encode(write).map_err(StoreError::Storage)?;
         let mut client = self.client(addr)?;
         let mut req = Request::new(RaftRequest { data });
-        req.set_timeout(FORWARD_TIMEOUT);
-        let reply = client
-            .forward_write(req)
+        req.set_timeout(self.timeout);
+        let reply = tokio::time::timeout(self.timeout, client.forward_write(req))
             .await
+            .map_err(|_| {
+                StoreError::Unavailable(format!("forwarding to leader {addr}: timed out"))
+            })?
             .map_err(|s| {
                 StoreError::Unavailable(format!("forwarding to leader {addr}: {}", s.message()))
             })?

@@ -146,6 +146,23 @@ impl Overlay {
                     }
                     OpResult::Done
                 }
+                Op::DeleteIndexed {
+                    space,
+                    index,
+                    prefix,
+                } => {
+                    for k in self.keys(base, index, prefix)? {
+                        let rest = k[prefix.len()..].to_vec();
+                        let owned = self
+                            .get(base, space, &rest)?
+                            .is_some_and(|v| v.starts_with(prefix));
+                        if owned {
+                            self.set(space, rest, None, &mut undo);
+                        }
+                        self.set(index, k, None, &mut undo);
+                    }
+                    OpResult::Done
+                }
                 Op::Append {
                     space,
                     prefix,
@@ -269,5 +286,36 @@ mod tests {
             )
             .unwrap();
         assert_eq!(r, vec![OpResult::Done, OpResult::Seq(3)]);
+    }
+
+    #[test]
+    fn delete_indexed_spares_entries_another_owner_took() {
+        let mut base = Mem::default();
+        let mut add = |space: &str, k: &[u8], v: &[u8]| {
+            base.0.insert((space.into(), k.to_vec()), v.to_vec());
+        };
+        add("route", b"a\0r1", b"\x01node1");
+        add("route", b"a\0r2", b"\x02node2");
+        add("index", b"\x01a\0r1", b"");
+        add("index", b"\x01a\0r2", b""); // stale: r2 moved to owner 2
+        add("index", b"\x02a\0r2", b"");
+        let mut ov = Overlay::default();
+        let r = ov
+            .apply_write(
+                &base,
+                &[Op::DeleteIndexed {
+                    space: "route".into(),
+                    index: "index".into(),
+                    prefix: vec![1],
+                }],
+            )
+            .unwrap();
+        assert_eq!(r, vec![OpResult::Done]);
+        let route = &ov.spaces["route"];
+        assert_eq!(route.get(&b"a\0r1"[..]), Some(&None));
+        assert_eq!(route.get(&b"a\0r2"[..]), None);
+        let index = &ov.spaces["index"];
+        assert_eq!(index.len(), 2);
+        assert!(index.values().all(|v| v.is_none()));
     }
 }

@@ -8,6 +8,7 @@
 //! re-applies the rest from the durable log.
 
 use std::io::Cursor;
+use std::sync::Arc;
 use std::time::Instant;
 
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -18,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::{decode, encode};
 use crate::kv::{Change, Kv, KvResult, KvTree, Pairs};
+use crate::lease::{Hooks, Observed};
 use crate::metrics;
 use crate::raft::{Entry, LogId, Node, NodeId, Response, StorageError, TypeConfig};
 use crate::store::apply::{Base, Overlay};
@@ -78,6 +80,7 @@ pub struct StateMachine<K: Kv> {
     kv: K,
     meta: K::Tree,
     snap: K::Tree,
+    hooks: Option<Arc<Hooks>>,
 }
 
 impl<K: Kv> Base for StateMachine<K> {
@@ -116,6 +119,7 @@ impl<K: Kv> StateMachine<K> {
             meta: kv.tree("sm_meta").map_err(rd)?,
             snap: kv.tree("raft_snapshot").map_err(rd)?,
             kv,
+            hooks: None,
         };
         if sm.meta.get(INSTALLING).map_err(rd)?.is_some() {
             let (meta, data) = sm
@@ -124,6 +128,12 @@ impl<K: Kv> StateMachine<K> {
             sm.restore(&meta, &data)?;
         }
         Ok(sm)
+    }
+
+    /// Reports lease writes to `hooks` as they apply.
+    pub fn with_hooks(mut self, hooks: Arc<Hooks>) -> Self {
+        self.hooks = Some(hooks);
+        self
     }
 
     fn space_trees(&self) -> KvResult<Vec<(String, K::Tree)>> {
@@ -224,6 +234,7 @@ impl<K: Kv> RaftStateMachine<TypeConfig> for StateMachine<K> {
         let mut replies = Vec::new();
         let mut last_applied = None;
         let mut membership = None;
+        let mut observed = Observed::default();
         for entry in entries {
             last_applied = Some(entry.log_id);
             match entry.payload {
@@ -231,9 +242,11 @@ impl<K: Kv> RaftStateMachine<TypeConfig> for StateMachine<K> {
                 EntryPayload::Normal(req) => {
                     let mut results = Vec::with_capacity(req.writes.len());
                     for w in &req.writes {
-                        results.push(overlay.apply_write(self, w).map_err(|e| {
+                        let r = overlay.apply_write(self, w).map_err(|e| {
                             StorageIOError::apply(entry.log_id, openraft::AnyError::error(e))
-                        })?);
+                        })?;
+                        observed.write(w, &r);
+                        results.push(r);
                     }
                     replies.push(Response {
                         results,
@@ -270,6 +283,9 @@ impl<K: Kv> RaftStateMachine<TypeConfig> for StateMachine<K> {
         }
         changes.push((self.meta.clone(), meta));
         self.kv.write_multi(changes).map_err(wr)?;
+        if let Some(h) = &self.hooks {
+            h.fire(observed);
+        }
         metrics::apply_seconds(started.elapsed());
         Ok(replies)
     }
@@ -322,6 +338,7 @@ impl<K: Kv> RaftStateMachine<TypeConfig> for StateMachine<K> {
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
         decode::<SnapshotData>(&data).map_err(snap_err)?;
+        metrics::snapshot_bytes(data.len());
         self.snap
             .write(vec![
                 (SNAP_META.to_vec(), Some(encode(meta).map_err(snap_err)?)),
@@ -355,6 +372,7 @@ impl<K: Kv> RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder<K> {
             .prepared
             .take()
             .ok_or_else(|| snap_err("snapshot builder used twice"))??;
+        metrics::snapshot_bytes(data.len());
         self.snap
             .write(vec![
                 (SNAP_META.to_vec(), Some(encode(&meta).map_err(snap_err)?)),

@@ -2,6 +2,8 @@
 //! configurations and bounded waiting.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -72,4 +74,88 @@ pub async fn eventually(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Records the cluster events a node receives.
+#[derive(Default)]
+pub struct Events(pub std::sync::Mutex<Vec<u64>>);
+
+impl starling_cluster::ClusterEvents for Events {
+    fn node_expired(&self, node_id: u64) {
+        self.0.lock().unwrap().push(node_id);
+    }
+}
+
+impl Events {
+    pub fn saw(&self, id: u64) -> bool {
+        self.0.lock().unwrap().contains(&id)
+    }
+}
+
+/// Fast leases for tests.
+pub fn fast_lease() -> starling_cluster::LeaseConfig {
+    starling_cluster::LeaseConfig {
+        renew_ms: 200,
+        ttl_ms: 1500,
+    }
+}
+
+/// One node of a test cluster: its store, its gRPC server task, what it
+/// was opened with.
+pub struct Node {
+    pub id: u64,
+    pub store: starling_cluster::Store,
+    pub server: tokio::task::JoinHandle<Result<(), starling_cluster::StoreError>>,
+    pub events: std::sync::Arc<Events>,
+    pub cfg: StoreConfig,
+    pub opts: starling_cluster::StoreOptions,
+    pub listen: SocketAddr,
+}
+
+impl Node {
+    /// Opens (joining unless `first`) and serves on `listen`.
+    pub async fn start(
+        cfg: StoreConfig,
+        opts: starling_cluster::StoreOptions,
+        listen: SocketAddr,
+        first: bool,
+    ) -> Node {
+        let store = if first {
+            starling_cluster::Store::open_with(cfg.clone(), opts.clone()).await
+        } else {
+            starling_cluster::Store::open_joining_with(cfg.clone(), opts.clone()).await
+        }
+        .unwrap();
+        let events = std::sync::Arc::new(Events::default());
+        store.set_cluster_events(events.clone());
+        let server = tokio::spawn({
+            let s = store.clone();
+            async move { s.serve_grpc(listen).await }
+        });
+        Node {
+            id: cfg.node_id,
+            store,
+            server,
+            events,
+            cfg,
+            opts,
+            listen,
+        }
+    }
+
+    /// Stops the node the way a crash looks to its peers: Raft, server
+    /// and streams stop, no leave, no goodbye.
+    pub async fn crash(self) -> (StoreConfig, starling_cluster::StoreOptions, SocketAddr) {
+        let _ = self.store.shutdown().await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.server).await;
+        (self.cfg, self.opts, self.listen)
+    }
+}
+
+pub fn leader_of(nodes: &[&Node]) -> Option<u64> {
+    let l = nodes[0].store.leader()?;
+    nodes
+        .iter()
+        .all(|n| n.store.leader() == Some(l))
+        .then_some(l)
 }

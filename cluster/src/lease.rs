@@ -1,0 +1,404 @@
+//! Node leases and failure detection.
+//!
+//! Every node renews its lease through Raft every `renew_ms`: a `Put` of
+//! `node_lease/<id be>` (a counter), batched with other writes. Every
+//! replica notes, with its own clock, when it applied each node's latest
+//! renewal. The leader alone judges: a node in the membership (or holding
+//! a lease) that has not renewed for `ttl_ms` — counted from the latest of
+//! its last renewal, the moment this leader took office and the moment the
+//! leader first saw the node — is expired by one write that removes its
+//! lease, records `node_expired/<id be>` and drops its routes
+//! (`Op::DeleteIndexed` over `routes::ROUTES` / `routes::NODE_ROUTES`).
+//! Applying that write calls [`ClusterEvents::node_expired`] on every
+//! replica, the expired node included once it hears of it.
+//!
+//! A node's own health is whether its last renewal committed within
+//! `ttl_ms`: a node on the minority side of a partition cannot commit, so
+//! it turns unhealthy (gauge `starling_cluster_healthy`, a log line) and
+//! the node refuses logins.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::batcher::Pending;
+use crate::{Op, OpResult, Shared, StoreError, metrics, routes};
+
+/// Space of leases: key node id (u64 big-endian), value the node's renewal
+/// counter (u64 big-endian).
+pub const LEASES: &str = "node_lease";
+/// Space of expirations: key node id (u64 big-endian), value the leader's
+/// wall clock (ms since the epoch) when it expired the node.
+pub const EXPIRED: &str = "node_expired";
+
+/// Lease timing. `renew_ms == 0` turns leases off (health is then "a
+/// leader is known").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseConfig {
+    /// How often this node renews its lease.
+    pub renew_ms: u64,
+    /// How long without renewal before the leader expires a node, and
+    /// before a node that cannot commit calls itself unhealthy.
+    pub ttl_ms: u64,
+}
+
+impl Default for LeaseConfig {
+    fn default() -> Self {
+        LeaseConfig {
+            renew_ms: 1000,
+            ttl_ms: 4000,
+        }
+    }
+}
+
+/// Implemented by the node: cluster events, called on a task of the
+/// store (not while applying), in log order.
+pub trait ClusterEvents: Send + Sync + 'static {
+    /// Node `node_id` was expired (it stopped renewing its lease): its
+    /// routes are already gone from the routing table; tell the contacts
+    /// of its users. Called on every node when the expiry applies,
+    /// including the expired node itself if it is alive after all (it
+    /// should then end its sessions: their routes are gone). May be
+    /// called again for an old expiry when a log is replayed at start, so
+    /// it must be idempotent.
+    fn node_expired(&self, node_id: u64);
+}
+
+pub fn node_key(id: u64) -> Vec<u8> {
+    id.to_be_bytes().to_vec()
+}
+
+fn key_id(k: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(k.try_into().ok()?))
+}
+
+enum Event {
+    Renewed(u64),
+    Expired(u64),
+}
+
+/// What the state machine tells the lease logic as it applies writes.
+pub struct Hooks {
+    seen: Mutex<HashMap<u64, Instant>>,
+    expired: mpsc::UnboundedSender<u64>,
+}
+
+/// Lease and expiry writes found in applied writes, reported after the
+/// batch is durable.
+#[derive(Default)]
+pub struct Observed(Vec<Event>);
+
+impl Observed {
+    /// Notes the lease writes of one applied write.
+    pub fn write(&mut self, ops: &[Op], results: &[OpResult]) {
+        if results
+            .iter()
+            .any(|r| matches!(r, OpResult::Aborted | OpResult::Exists | OpResult::Full))
+        {
+            return;
+        }
+        for op in ops {
+            if let Op::Put { space, key, .. } = op {
+                match (space.as_str(), key_id(key)) {
+                    (LEASES, Some(id)) => self.0.push(Event::Renewed(id)),
+                    (EXPIRED, Some(id)) => self.0.push(Event::Expired(id)),
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+impl Hooks {
+    /// Also returns the receiving end of expiry events (unbounded, but
+    /// expiries are rare: one per dead node).
+    pub fn new() -> (Arc<Hooks>, mpsc::UnboundedReceiver<u64>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (
+            Arc::new(Hooks {
+                seen: Mutex::default(),
+                expired: tx,
+            }),
+            rx,
+        )
+    }
+
+    pub fn fire(&self, observed: Observed) {
+        let now = Instant::now();
+        for e in observed.0 {
+            match e {
+                Event::Renewed(id) => {
+                    self.seen
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(id, now);
+                }
+                Event::Expired(id) => {
+                    self.seen
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&id);
+                    let _ = self.expired.send(id);
+                }
+            }
+        }
+    }
+
+    /// When this replica last applied a renewal of `id`.
+    pub fn last_renewal(&self, id: u64) -> Option<Instant> {
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .copied()
+    }
+}
+
+/// This node's view of its own health.
+#[derive(Default)]
+pub struct Health {
+    /// Start of the last renewal that committed.
+    last_ok: Mutex<Option<Instant>>,
+    healthy: AtomicBool,
+}
+
+impl Health {
+    pub fn renewed(&self, at: Instant) {
+        let mut l = self.last_ok.lock().unwrap_or_else(|e| e.into_inner());
+        if l.is_none_or(|p| p < at) {
+            *l = Some(at);
+        }
+    }
+
+    pub fn last_ok(&self) -> Option<Instant> {
+        *self.last_ok.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Recomputes health; logs and reports a change.
+    fn update(&self, node_id: u64, ok: bool) {
+        let was = self.healthy.swap(ok, Ordering::SeqCst);
+        metrics::healthy(ok);
+        if was != ok {
+            if ok {
+                tracing::info!(node_id, "cluster: this node commits again (healthy)");
+            } else {
+                tracing::warn!(
+                    node_id,
+                    "cluster: this node cannot commit (no quorum?): unhealthy, refusing logins"
+                );
+            }
+        }
+    }
+}
+
+/// Computes health now.
+pub fn check_health(shared: &Shared) -> bool {
+    if *shared.stop.borrow() {
+        return false;
+    }
+    if shared.lease.renew_ms == 0 {
+        return shared.raft.metrics().borrow().current_leader.is_some();
+    }
+    let ttl = Duration::from_millis(shared.lease.ttl_ms);
+    shared.health.last_ok().is_some_and(|t| t.elapsed() < ttl)
+}
+
+async fn internal_write(
+    writes: &mpsc::Sender<Pending>,
+    ops: Vec<Op>,
+    timeout: Duration,
+) -> Result<(), StoreError> {
+    let (reply, rx) = oneshot::channel();
+    writes
+        .send(Pending {
+            ops,
+            reply,
+            internal: true,
+        })
+        .await
+        .map_err(|_| StoreError::Shutdown)?;
+    match tokio::time::timeout(timeout, rx).await {
+        Ok(Ok(r)) => r.map(|_| ()),
+        Ok(Err(_)) => Err(StoreError::Shutdown),
+        Err(_) => Err(StoreError::Unavailable("lease write timed out".into())),
+    }
+}
+
+/// Renews this node's lease until the store stops.
+pub async fn renew(shared: Arc<Shared>, writes: mpsc::Sender<Pending>) {
+    let cfg = shared.lease;
+    let mut stop = shared.stop.subscribe();
+    let mut tick = tokio::time::interval(Duration::from_millis(cfg.renew_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut counter = 0u64;
+    let ttl = Duration::from_millis(cfg.ttl_ms);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        // Not yet a member (a joining node): nothing to renew.
+        if !is_member(&shared) {
+            continue;
+        }
+        counter += 1;
+        let started = Instant::now();
+        let op = Op::Put {
+            space: LEASES.into(),
+            key: node_key(shared.node_id),
+            value: counter.to_be_bytes().to_vec(),
+        };
+        let res = tokio::select! {
+            r = internal_write(&writes, vec![op], ttl) => r,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        match res {
+            Ok(()) => shared.health.renewed(started),
+            Err(StoreError::Shutdown) => return,
+            Err(e) => tracing::debug!(error = %e, "lease renewal failed"),
+        }
+    }
+}
+
+fn is_member(shared: &Shared) -> bool {
+    let m = shared.raft.metrics();
+    let m = m.borrow();
+    m.membership_config
+        .membership()
+        .get_node(&shared.node_id)
+        .is_some()
+}
+
+/// Watches this node's health and, while it leads, the others' leases.
+pub async fn monitor(
+    shared: Arc<Shared>,
+    writes: mpsc::Sender<Pending>,
+    events: mpsc::UnboundedReceiver<u64>,
+) {
+    tokio::spawn(dispatch(shared.clone(), events));
+    let cfg = shared.lease;
+    let ttl = Duration::from_millis(cfg.ttl_ms);
+    let period = Duration::from_millis((cfg.renew_ms / 2).clamp(50, 500));
+    let mut stop = shared.stop.subscribe();
+    let mut leader_since: Option<Instant> = None;
+    let mut first_seen: HashMap<u64, Instant> = HashMap::new();
+    let expiring: Arc<Mutex<HashSet<u64>>> = Arc::default();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = stop.wait_for(|s| *s) => break,
+        }
+        shared.health.update(shared.node_id, check_health(&shared));
+
+        let (leading, members) = {
+            let m = shared.raft.metrics();
+            let m = m.borrow();
+            let leading = m.current_leader == Some(shared.node_id)
+                && m.state == openraft::ServerState::Leader;
+            let members: Vec<u64> = m
+                .membership_config
+                .membership()
+                .nodes()
+                .map(|(id, _)| *id)
+                .collect();
+            (leading, members)
+        };
+        if !leading {
+            leader_since = None;
+            first_seen.clear();
+            continue;
+        }
+        let now = Instant::now();
+        let since = *leader_since.get_or_insert(now);
+        let Ok(leases) = shared.lease_space() else {
+            continue;
+        };
+        let holders: HashSet<u64> = leases.iter().filter_map(|(k, _)| key_id(k)).collect();
+        let mut candidates: HashSet<u64> = members.into_iter().collect();
+        candidates.extend(holders.iter().copied());
+        candidates.remove(&shared.node_id);
+        first_seen.retain(|id, _| candidates.contains(id));
+        for id in candidates {
+            let seen = *first_seen.entry(id).or_insert(now);
+            let last = [Some(since), Some(seen), shared.hooks.last_renewal(id)]
+                .into_iter()
+                .flatten()
+                .max()
+                .unwrap_or(now);
+            if now.duration_since(last) < ttl {
+                continue;
+            }
+            // Already expired and not back since.
+            if !holders.contains(&id) && shared.is_expired(id) {
+                continue;
+            }
+            if !expiring
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id)
+            {
+                continue;
+            }
+            tracing::warn!(
+                node_id = id,
+                silent_ms = now.duration_since(last).as_millis() as u64,
+                "cluster: node stopped renewing its lease; expiring it"
+            );
+            let writes = writes.clone();
+            let expiring = expiring.clone();
+            let timeout = shared.write_timeout;
+            tokio::spawn(async move {
+                if let Err(e) = internal_write(&writes, expire_ops(id), timeout).await {
+                    tracing::warn!(node_id = id, error = %e, "expiring a node failed");
+                }
+                expiring
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&id);
+            });
+        }
+    }
+    shared.health.update(shared.node_id, false);
+}
+
+/// The write that expires node `id`: its lease, a record, its routes.
+pub fn expire_ops(id: u64) -> Vec<Op> {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    vec![
+        Op::Delete {
+            space: LEASES.into(),
+            key: node_key(id),
+        },
+        Op::Put {
+            space: EXPIRED.into(),
+            key: node_key(id),
+            value: now_ms.to_be_bytes().to_vec(),
+        },
+        routes::drop_node(id),
+    ]
+}
+
+/// Calls the node's `ClusterEvents` for each applied expiry.
+async fn dispatch(shared: Arc<Shared>, mut events: mpsc::UnboundedReceiver<u64>) {
+    let mut stop = shared.stop.subscribe();
+    loop {
+        let id = tokio::select! {
+            e = events.recv() => match e { Some(id) => id, None => return },
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        metrics::node_expired();
+        let handler = shared
+            .events
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(h) = handler {
+            h.node_expired(id);
+        }
+    }
+}

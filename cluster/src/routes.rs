@@ -1,0 +1,96 @@
+//! The recommended layout of the routing table, so that a node's routes
+//! can be dropped in one operation when it dies (`Op::DeleteIndexed`,
+//! used by lease expiry).
+//!
+//! - space `jid_route`, key `bare \0 resource`, value
+//!   `node_id (u64 big-endian) ++ payload` (the node's own encoding of the
+//!   session: session id, priority, ...). All resources of a bare JID are
+//!   `scan_prefix("jid_route", bare \0)`.
+//! - space `node_route`, key `node_id (u64 big-endian) ++ bare \0
+//!   resource`, value empty: the index of each node's routes. The node id
+//!   is fixed-width, so no separator follows it.
+//!
+//! A resource that moves to another node is simply put again: the route's
+//! value then names the new node and the old node's stale index entry no
+//! longer owns it (`DeleteIndexed` checks the value's prefix).
+
+use crate::Op;
+
+pub const ROUTES: &str = "jid_route";
+pub const NODE_ROUTES: &str = "node_route";
+
+/// `bare \0 resource`.
+pub fn route_key(bare: &str, resource: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(bare.len() + 1 + resource.len());
+    k.extend_from_slice(bare.as_bytes());
+    k.push(0);
+    k.extend_from_slice(resource.as_bytes());
+    k
+}
+
+/// The prefix of every route of `bare`.
+pub fn bare_prefix(bare: &str) -> Vec<u8> {
+    let mut k = bare.as_bytes().to_vec();
+    k.push(0);
+    k
+}
+
+/// `node_id ++ payload`.
+pub fn route_value(node_id: u64, payload: &[u8]) -> Vec<u8> {
+    let mut v = node_id.to_be_bytes().to_vec();
+    v.extend_from_slice(payload);
+    v
+}
+
+/// The node and payload of a stored route value.
+pub fn parse_route_value(v: &[u8]) -> Option<(u64, &[u8])> {
+    let (id, payload) = v.split_at_checked(8)?;
+    Some((u64::from_be_bytes(id.try_into().ok()?), payload))
+}
+
+fn index_key(node_id: u64, bare: &str, resource: &str) -> Vec<u8> {
+    let mut k = node_id.to_be_bytes().to_vec();
+    k.extend_from_slice(&route_key(bare, resource));
+    k
+}
+
+/// The ops that set the route of `bare/resource` to `node_id` (with its
+/// index entry); put them in one write with whatever else a login does.
+pub fn put(node_id: u64, bare: &str, resource: &str, payload: &[u8]) -> Vec<Op> {
+    vec![
+        Op::Put {
+            space: ROUTES.into(),
+            key: route_key(bare, resource),
+            value: route_value(node_id, payload),
+        },
+        Op::Put {
+            space: NODE_ROUTES.into(),
+            key: index_key(node_id, bare, resource),
+            value: Vec::new(),
+        },
+    ]
+}
+
+/// The ops that remove the route of `bare/resource` held by `node_id`.
+/// (Unconditional: call it from the node that owns the session.)
+pub fn delete(node_id: u64, bare: &str, resource: &str) -> Vec<Op> {
+    vec![
+        Op::Delete {
+            space: ROUTES.into(),
+            key: route_key(bare, resource),
+        },
+        Op::Delete {
+            space: NODE_ROUTES.into(),
+            key: index_key(node_id, bare, resource),
+        },
+    ]
+}
+
+/// The op that drops every route `node_id` still owns.
+pub fn drop_node(node_id: u64) -> Op {
+    Op::DeleteIndexed {
+        space: ROUTES.into(),
+        index: NODE_ROUTES.into(),
+        prefix: node_id.to_be_bytes().to_vec(),
+    }
+}
