@@ -210,7 +210,26 @@ impl Config {
             }
             fig = fig.merge(Toml::file(f));
         }
-        fig = fig.merge(Env::prefixed("STARLING_").split("__"));
+        // Only variables that name a config key: STARLING_LOG, STARLING_CONFIG
+        // and the like belong to other parts of the program or its tooling.
+        const SECTIONS: &[&str] = &[
+            "domains",
+            "data_dir",
+            "c2s",
+            "tls",
+            "auth",
+            "registration",
+            "offline",
+            "metrics",
+            "cluster",
+        ];
+        let env = Env::prefixed("STARLING_")
+            .filter(|k| {
+                let first = k.as_str().split("__").next().unwrap_or_default();
+                SECTIONS.iter().any(|s| first.eq_ignore_ascii_case(s))
+            })
+            .split("__");
+        fig = fig.merge(env);
         Ok(fig.extract()?)
     }
 
