@@ -241,7 +241,7 @@ pub async fn renew(shared: Arc<Shared>, writes: mpsc::Sender<Pending>) {
             _ = stop.wait_for(|s| *s) => return,
         }
         // Not yet a member (a joining node): nothing to renew.
-        if !is_member(&shared) {
+        if !is_member(&shared) || shared.leaving.load(Ordering::SeqCst) {
             continue;
         }
         counter += 1;

@@ -13,6 +13,7 @@ mod metrics;
 pub mod pki;
 mod raft;
 pub mod routes;
+mod status;
 mod store;
 mod transport;
 
@@ -32,6 +33,7 @@ pub use crate::delivery::{DeliveryError, DeliveryResult, Envelope, LocalDelivery
 pub use crate::lease::{
     ClusterEvents, EXPIRED as EXPIRED_SPACE, LEASES as LEASE_SPACE, LeaseConfig,
 };
+pub use crate::status::{ClusterStatus, MemberStatus};
 
 use crate::batcher::{Counters, Pending};
 use crate::kv::{Kv, KvTree, SledKv};
@@ -169,6 +171,7 @@ pub struct Store {
 /// Holding it does not keep a `Store` alive.
 pub(crate) struct Shared {
     pub node_id: u64,
+    pub raft_addr: String,
     pub raft: raft::Raft,
     pub committed: Arc<AtomicU64>,
     pub transport: Arc<Transport>,
@@ -183,6 +186,8 @@ pub(crate) struct Shared {
     pub events: std::sync::RwLock<Option<Arc<dyn ClusterEvents>>>,
     pub write_timeout: Duration,
     pub kv: SledKv,
+    /// Set by `leave`: lease renewals stop.
+    pub leaving: AtomicBool,
 }
 
 impl Shared {
@@ -344,6 +349,7 @@ impl Store {
         let (stop, _) = watch::channel(false);
         let shared = Arc::new(Shared {
             node_id: cfg.node_id,
+            raft_addr: cfg.raft_addr.clone(),
             raft: raft.clone(),
             committed: committed.clone(),
             transport,
@@ -357,6 +363,7 @@ impl Store {
             events: std::sync::RwLock::new(None),
             write_timeout: Duration::from_millis(opts.write_timeout_ms.max(1)),
             kv: kv.clone(),
+            leaving: AtomicBool::new(false),
         });
         if alone {
             // The sole voter commits on its own: healthy from the start.
@@ -418,6 +425,112 @@ impl Store {
     /// Removes a node from the cluster. Call it on the leader.
     pub async fn remove_member(&self, node_id: u64) -> Result<(), StoreError> {
         raft::admin::remove_member(&self.inner.raft, node_id).await
+    }
+
+    /// Joins the cluster that the member at `seed_addr` (any member; a
+    /// follower forwards to the leader) belongs to: this node is added as
+    /// a learner, catches up, and becomes a voter before this returns.
+    /// Open the store with `open_joining[_with]` and serve gRPC first (the
+    /// leader must reach this node at its `raft_addr`).
+    pub async fn join(&self, seed_addr: &str) -> Result<(), StoreError> {
+        let s = &self.inner.shared;
+        raft::admin::join(&s.transport, seed_addr, s.node_id, &s.raft_addr).await?;
+        // Learn the new membership before returning.
+        self.inner
+            .raft
+            .wait(Some(START_TIMEOUT))
+            .metrics(
+                |m| {
+                    m.membership_config
+                        .membership()
+                        .voter_ids()
+                        .any(|v| v == s.node_id)
+                },
+                "joined as a voter",
+            )
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        // The membership is known once appended; reads should also see
+        // everything committed before the join returned.
+        self.read_barrier().await
+    }
+
+    /// Leaves the cluster for good: expires this node (its routes go and
+    /// every node's `ClusterEvents::node_expired` runs), has the leader
+    /// remove it from the membership, then shuts down. End local sessions
+    /// first.
+    pub async fn leave(&self) -> Result<(), StoreError> {
+        let s = &self.inner.shared;
+        let (leader, members) = {
+            let m = self.inner.raft.metrics();
+            let m = m.borrow();
+            let members: Vec<(u64, String)> = m
+                .membership_config
+                .membership()
+                .nodes()
+                .map(|(id, n)| (*id, n.addr.clone()))
+                .collect();
+            (m.current_leader, members)
+        };
+        if members.iter().all(|(id, _)| *id == s.node_id) {
+            return Err(StoreError::Unavailable(
+                "the only member cannot leave its cluster".into(),
+            ));
+        }
+        s.leaving.store(true, Ordering::SeqCst);
+        if let Err(e) = self.write_internal(lease::expire_ops(s.node_id)).await {
+            s.leaving.store(false, Ordering::SeqCst);
+            return Err(e);
+        }
+        if leader == Some(s.node_id) {
+            raft::admin::remove_member(&self.inner.raft, s.node_id).await?;
+        } else {
+            // Through any other member: a follower forwards to the leader.
+            let mut last = StoreError::Unavailable("no other member".into());
+            let mut done = false;
+            let order = members
+                .iter()
+                .filter(|(id, _)| *id != s.node_id)
+                .map(|(id, a)| (Some(*id) != leader, a));
+            let mut order: Vec<_> = order.collect();
+            order.sort();
+            for (_, addr) in order {
+                match raft::admin::leave(&s.transport, addr, s.node_id).await {
+                    Ok(()) => {
+                        done = true;
+                        break;
+                    }
+                    Err(e) => last = e,
+                }
+            }
+            if !done {
+                return Err(last);
+            }
+        }
+        self.shutdown().await
+    }
+
+    /// This node's view of the cluster (replication state on the leader
+    /// only). Also served as `Admin.Status`; see [`query_status`].
+    pub fn status(&self) -> ClusterStatus {
+        status::local(&self.inner.shared)
+    }
+
+    async fn write_internal(&self, ops: Vec<Op>) -> Result<(), StoreError> {
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return Err(StoreError::Shutdown);
+        }
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .writes
+            .send(Pending {
+                ops,
+                reply,
+                internal: true,
+            })
+            .await
+            .map_err(|_| StoreError::Shutdown)?;
+        rx.await.map_err(|_| StoreError::Shutdown)?.map(|_| ())
     }
 
     /// The current leader's node id, as far as this node knows.
@@ -646,6 +759,17 @@ impl Store {
             .await
             .map_err(|e| StoreError::Unavailable(format!("raft gRPC on {addr}: {e}")))
     }
+}
+
+/// Asks the node whose cluster gRPC is at `addr` for its view of the
+/// cluster (`starling cluster status --addr`). With the cluster's TLS
+/// files when it uses mutual TLS (a node certificate of the cluster CA).
+pub async fn query_status(
+    addr: &str,
+    tls: Option<&ClusterTls>,
+) -> Result<ClusterStatus, StoreError> {
+    let transport = Transport::new(tls, None)?;
+    Ok(raft::admin::status(&transport, addr).await?.into())
 }
 
 /// Mirrors openraft's metrics into gauges until Raft stops.

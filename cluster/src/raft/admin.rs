@@ -8,15 +8,14 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use openraft::{BasicNode, ChangeMembers};
 use starling_proto::cluster::admin_client::AdminClient;
 use starling_proto::cluster::admin_server::Admin;
 use starling_proto::cluster::{
-    JoinReply, JoinRequest, LeaveReply, LeaveRequest, NodeStatus, RaftReply, RaftRequest,
-    StatusReply, StatusRequest,
+    JoinReply, JoinRequest, LeaveReply, LeaveRequest, RaftReply, RaftRequest, StatusReply,
+    StatusRequest,
 };
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
@@ -65,11 +64,76 @@ impl AdminService {
     }
 }
 
+/// Metadata marking a request a follower already forwarded to the leader:
+/// it is not forwarded again (no ping-pong between stale views).
+const FORWARDED: &str = "x-starling-forwarded";
+/// Adding a member waits for it to catch up.
+pub const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl AdminService {
+    /// `None` when this node leads; otherwise a client to the leader, if
+    /// the request may still be forwarded.
+    fn leader_client(&self, forwarded: bool) -> Result<Option<AdminClient<Channel>>, StoreError> {
+        let m = self.shared.raft.metrics();
+        let (leader, addr) = {
+            let m = m.borrow();
+            let leader = m.current_leader;
+            let addr = leader.and_then(|l| {
+                m.membership_config
+                    .membership()
+                    .get_node(&l)
+                    .map(|n| n.addr.clone())
+            });
+            (leader, addr)
+        };
+        match (leader, addr) {
+            (Some(l), _) if l == self.shared.node_id => Ok(None),
+            (Some(l), Some(addr)) if !forwarded => {
+                let ch = self
+                    .shared
+                    .transport
+                    .channel(&addr)
+                    .map_err(|e| StoreError::Unavailable(format!("leader {l}: {e}")))?;
+                Ok(Some(AdminClient::new(ch)))
+            }
+            (Some(l), _) => Err(StoreError::Unavailable(format!(
+                "not the leader (leader: {l})"
+            ))),
+            (None, _) => Err(StoreError::Unavailable("no leader known".into())),
+        }
+    }
+}
+
+fn forwarded<T>(req: &Request<T>) -> bool {
+    req.metadata().contains_key(FORWARDED)
+}
+
+fn forward_req<T>(msg: T, timeout: Duration) -> Request<T> {
+    let mut r = Request::new(msg);
+    r.metadata_mut()
+        .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+    r.set_timeout(timeout);
+    r
+}
+
 #[tonic::async_trait]
 impl Admin for AdminService {
+    /// Adds the caller as a learner, waits for it to catch up, then makes
+    /// it a voter; a follower forwards the request to the leader.
     async fn join(&self, req: Request<JoinRequest>) -> Result<Response<JoinReply>, Status> {
+        let fwd = forwarded(&req);
         let req = req.into_inner();
-        let res = add_member(&self.shared.raft, req.node_id, &req.raft_addr).await;
+        let res = match self.leader_client(fwd) {
+            Ok(None) => add_member(&self.shared.raft, req.node_id, &req.raft_addr).await,
+            Ok(Some(mut c)) => match c.join(forward_req(req, JOIN_TIMEOUT)).await {
+                Ok(r) => return Ok(r),
+                Err(s) => Err(StoreError::Unavailable(format!(
+                    "forwarding to the leader: {}",
+                    s.message()
+                ))),
+            },
+            Err(e) => Err(e),
+        };
         Ok(Response::new(JoinReply {
             ok: res.is_ok(),
             error: res.err().map(|e| e.to_string()).unwrap_or_default(),
@@ -77,8 +141,22 @@ impl Admin for AdminService {
         }))
     }
 
+    /// Removes a node from the cluster; a follower forwards the request to
+    /// the leader.
     async fn leave(&self, req: Request<LeaveRequest>) -> Result<Response<LeaveReply>, Status> {
-        let res = remove_member(&self.shared.raft, req.into_inner().node_id).await;
+        let fwd = forwarded(&req);
+        let req = req.into_inner();
+        let res = match self.leader_client(fwd) {
+            Ok(None) => remove_member(&self.shared.raft, req.node_id).await,
+            Ok(Some(mut c)) => match c.leave(forward_req(req, JOIN_TIMEOUT)).await {
+                Ok(r) => return Ok(r),
+                Err(s) => Err(StoreError::Unavailable(format!(
+                    "forwarding to the leader: {}",
+                    s.message()
+                ))),
+            },
+            Err(e) => Err(e),
+        };
         Ok(Response::new(LeaveReply {
             ok: res.is_ok(),
             error: res.err().map(|e| e.to_string()).unwrap_or_default(),
@@ -86,31 +164,7 @@ impl Admin for AdminService {
     }
 
     async fn status(&self, _req: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
-        let m = self.shared.raft.metrics().borrow().clone();
-        let matched = |id: &NodeId| {
-            m.replication
-                .as_ref()
-                .and_then(|r| r.get(id).cloned().flatten())
-                .map_or(0, |l| l.index)
-        };
-        let members = m
-            .membership_config
-            .membership()
-            .nodes()
-            .map(|(id, node)| NodeStatus {
-                node_id: *id,
-                addr: node.addr.clone(),
-                matched_index: matched(id),
-                sessions: 0,
-            })
-            .collect();
-        Ok(Response::new(StatusReply {
-            leader_id: m.current_leader.unwrap_or(0),
-            term: m.current_term,
-            commit_index: self.shared.committed.load(Ordering::Relaxed),
-            applied_index: m.last_applied.map_or(0, |l| l.index),
-            members,
-        }))
+        Ok(Response::new(crate::status::local(&self.shared).into()))
     }
 
     async fn forward_write(
@@ -192,4 +246,69 @@ impl Forwarder {
         }
         decode(&reply.data).map_err(StoreError::Storage)
     }
+}
+
+fn unavailable(what: &str, addr: &str) -> impl Fn(tonic::Status) -> StoreError {
+    move |s| StoreError::Unavailable(format!("{what} at {addr}: {}", s.message()))
+}
+
+/// Asks the member at `seed` (any member) to add this node.
+pub async fn join(
+    transport: &Transport,
+    seed: &str,
+    node_id: NodeId,
+    raft_addr: &str,
+) -> Result<(), StoreError> {
+    let ch = transport.channel(seed).map_err(StoreError::Unavailable)?;
+    let mut req = Request::new(JoinRequest {
+        node_id,
+        raft_addr: raft_addr.to_string(),
+        c2s_addr: String::new(),
+    });
+    req.set_timeout(JOIN_TIMEOUT);
+    let r = AdminClient::new(ch)
+        .join(req)
+        .await
+        .map_err(unavailable("join", seed))?
+        .into_inner();
+    if r.ok {
+        Ok(())
+    } else {
+        Err(StoreError::Unavailable(format!(
+            "join refused: {}",
+            r.error
+        )))
+    }
+}
+
+/// Asks the member at `addr` to remove `node_id`.
+pub async fn leave(transport: &Transport, addr: &str, node_id: NodeId) -> Result<(), StoreError> {
+    let ch = transport.channel(addr).map_err(StoreError::Unavailable)?;
+    let mut req = Request::new(LeaveRequest { node_id });
+    req.set_timeout(JOIN_TIMEOUT);
+    let r = AdminClient::new(ch)
+        .leave(req)
+        .await
+        .map_err(unavailable("leave", addr))?
+        .into_inner();
+    if r.ok {
+        Ok(())
+    } else {
+        Err(StoreError::Unavailable(format!(
+            "leave refused: {}",
+            r.error
+        )))
+    }
+}
+
+/// The status the node at `addr` reports.
+pub async fn status(transport: &Transport, addr: &str) -> Result<StatusReply, StoreError> {
+    let ch = transport.channel(addr).map_err(StoreError::Unavailable)?;
+    let mut req = Request::new(StatusRequest {});
+    req.set_timeout(Duration::from_secs(5));
+    Ok(AdminClient::new(ch)
+        .status(req)
+        .await
+        .map_err(unavailable("status", addr))?
+        .into_inner())
 }

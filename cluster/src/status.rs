@@ -1,0 +1,142 @@
+//! The cluster as one node sees it: leader, indexes, members with their
+//! replication and lease state. Plain types for callers and for
+//! `Admin.Status` (so `starling cluster status --addr` can ask any node).
+
+use std::time::Duration;
+
+use starling_proto::cluster as pb;
+
+use crate::Shared;
+
+/// One node's view of the cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterStatus {
+    /// The node that answered.
+    pub node_id: u64,
+    pub leader_id: Option<u64>,
+    pub term: u64,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub members: Vec<MemberStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberStatus {
+    pub node_id: u64,
+    /// Address its peers reach it on.
+    pub addr: String,
+    /// A voter (false: a learner still catching up).
+    pub voter: bool,
+    /// Last log index known replicated to it (answered by the leader
+    /// only; the leader's own is its last log index).
+    pub matched_index: Option<u64>,
+    /// `commit_index - matched_index` (leader only).
+    pub lag: Option<u64>,
+    /// Renewed its lease within the TTL as this node saw it (for the
+    /// answering node itself: `Store::is_healthy`).
+    pub healthy: bool,
+    /// Since this node applied that node's last lease renewal (`None`:
+    /// not since this node started).
+    pub last_lease_age_ms: Option<u64>,
+}
+
+pub fn local(shared: &Shared) -> ClusterStatus {
+    let m = shared.raft.metrics().borrow().clone();
+    let commit_index = shared.committed.load(std::sync::atomic::Ordering::Relaxed);
+    let leading = m.current_leader == Some(shared.node_id);
+    let membership = m.membership_config.membership();
+    let voters: Vec<u64> = membership.voter_ids().collect();
+    let ttl = Duration::from_millis(shared.lease.ttl_ms);
+    let members = membership
+        .nodes()
+        .map(|(id, node)| {
+            let matched = if !leading {
+                None
+            } else if *id == shared.node_id {
+                m.last_log_index
+            } else {
+                m.replication
+                    .as_ref()
+                    .and_then(|r| r.get(id).cloned())
+                    .map(|l| l.map_or(0, |l| l.index))
+            };
+            let age = shared.hooks.last_renewal(*id).map(|t| t.elapsed());
+            let healthy = if *id == shared.node_id {
+                crate::lease::check_health(shared)
+            } else if shared.lease.renew_ms == 0 {
+                true
+            } else {
+                age.is_some_and(|a| a < ttl)
+            };
+            MemberStatus {
+                node_id: *id,
+                addr: node.addr.clone(),
+                voter: voters.contains(id),
+                matched_index: matched,
+                lag: matched.map(|x| commit_index.saturating_sub(x)),
+                healthy,
+                last_lease_age_ms: age.map(|a| a.as_millis() as u64),
+            }
+        })
+        .collect();
+    ClusterStatus {
+        node_id: shared.node_id,
+        leader_id: m.current_leader,
+        term: m.current_term,
+        commit_index,
+        applied_index: m.last_applied.map_or(0, |l| l.index),
+        members,
+    }
+}
+
+impl From<ClusterStatus> for pb::StatusReply {
+    fn from(s: ClusterStatus) -> Self {
+        pb::StatusReply {
+            leader_id: s.leader_id.unwrap_or(0),
+            term: s.term,
+            commit_index: s.commit_index,
+            applied_index: s.applied_index,
+            members: s
+                .members
+                .into_iter()
+                .map(|m| pb::NodeStatus {
+                    node_id: m.node_id,
+                    addr: m.addr,
+                    matched_index: m.matched_index.unwrap_or(0),
+                    sessions: 0,
+                    voter: m.voter,
+                    matched: m.matched_index,
+                    lag: m.lag,
+                    healthy: m.healthy,
+                    last_lease_age_ms: m.last_lease_age_ms,
+                })
+                .collect(),
+            node_id: s.node_id,
+        }
+    }
+}
+
+impl From<pb::StatusReply> for ClusterStatus {
+    fn from(r: pb::StatusReply) -> Self {
+        ClusterStatus {
+            node_id: r.node_id,
+            leader_id: (r.leader_id != 0).then_some(r.leader_id),
+            term: r.term,
+            commit_index: r.commit_index,
+            applied_index: r.applied_index,
+            members: r
+                .members
+                .into_iter()
+                .map(|m| MemberStatus {
+                    node_id: m.node_id,
+                    addr: m.addr,
+                    voter: m.voter,
+                    matched_index: m.matched,
+                    lag: m.lag,
+                    healthy: m.healthy,
+                    last_lease_age_ms: m.last_lease_age_ms,
+                })
+                .collect(),
+        }
+    }
+}
