@@ -221,3 +221,21 @@ def barrier(server, clients, sender, resources, timeout=5.0):
             c._read_some(time.monotonic() + 0.05)
         except Exception:
             pass
+
+
+NS_DISCO_INFO = "http://jabber.org/protocol/disco#info"
+
+
+def disco_info(c, to):
+    iid = new_id("disco")
+    t = f" to='{to}'" if to else ""
+    c.send_raw(f"<iq type='get' id='{iid}'{t}><query xmlns='{NS_DISCO_INFO}'/></iq>")
+    return iq_reply(c, iid)
+
+
+def server_features(c, domain):
+    r = disco_info(c, domain)
+    if r is None or r.get("type") != "result":
+        return set()
+    q = r.find(f"{{{NS_DISCO_INFO}}}query")
+    return {f.get("var") for f in q.findall(f"{{{NS_DISCO_INFO}}}feature")} if q is not None else set()
