@@ -40,8 +40,8 @@ case "$SCEN" in
             ARGS=(idle --sessions "$S" --spawn "${SPAWN:-$(( (S + 18999) / 19000 ))}"); FRESH="${FRESH:-1}" ;;
   chat)     ARGS=(chat --pairs "${PAIRS:-50}" --rate "${RATE:-1000}" --size "${SIZE:-100}" --duration-secs "${DURATION:-10}") ;;
   chat-sat) ARGS=(chat --pairs "${PAIRS:-50}" --rate 0 --window "${WINDOW:-16}" --size "${SIZE:-100}" --duration-secs "${DURATION:-10}") ;;
-  presence) ACCOUNTS="${USERS:-500}"; ROSTER="${ROSTER_SIZE:-10}"
-            ARGS=(presence --users "$ACCOUNTS" --updates "${UPDATES:-5}" --rate "${RATE:-200}") ;;
+  presence) # rosters made over XMPP by the bench itself (--subscribe), the same way on every server
+            ARGS=(presence --users "${USERS:-500}" --subscribe "${ROSTER_SIZE:-10}" --updates "${UPDATES:-5}" --rate "${RATE:-200}") ;;
   *) echo "unknown scenario $SCEN" >&2; exit 2 ;;
 esac
 FRESH="${FRESH:-0}"   # 1: restart each server before each round after the first (default for idle)
@@ -121,8 +121,6 @@ for s in $SERVERS; do
     starling)
       if [ ! -x "$STARLING_BIN" ]; then
         echo "starling: $STARLING_BIN not built (cargo build --release -p starling-node): column skipped" >&2; continue; fi
-      if [ "$SCEN" = presence ]; then
-        echo "starling: no roster provisioning yet: presence fan-out will show what its rosters give" >&2; fi
       rm -rf "$ST_DIR"; mkdir -p "$ST_DIR/data"
       printf 'domains = ["perf.test"]\ndata_dir = "%s"\n[auth]\nscram_iterations = 4096\n' "$ST_DIR/data" > "$ST_DIR/starling.toml"
       echo "starling: adding $ACCOUNTS accounts..." >&2

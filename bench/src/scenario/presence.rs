@@ -37,6 +37,10 @@ pub struct PresenceArgs {
     /// Pause after login so initial-presence broadcasts settle, seconds.
     #[arg(long, default_value_t = 2)]
     pub settle_secs: u64,
+    /// Before measuring, make user i subscribe to users i+1..i+K (mod N) over XMPP, every contact
+    /// approving: works on any server, without provisioning rosters (0: use the rosters as they are).
+    #[arg(long, default_value_t = 0)]
+    pub subscribe: u64,
     /// Longest wait for the last deliveries after sending stops, seconds.
     #[arg(long, default_value_t = 10)]
     pub drain_secs: u64,
@@ -59,12 +63,104 @@ pub async fn run(a: PresenceArgs) -> Result<()> {
         runs.push(one_run(&a, r).await?);
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    let params = json!({"users": a.users, "updates": a.updates, "rate": a.rate});
+    let params =
+        json!({"users": a.users, "subscribe": a.subscribe, "updates": a.updates, "rate": a.rate});
     c.finish("presence", params, &runs)
 }
 
-/// Fetch the roster: the bare JIDs this user's presence goes to (subscription both/from).
-async fn roster(s: &mut client::Session) -> Result<Vec<String>> {
+/// Subscription phase: user i asks for the presence of users i+1..i+k and approves every request
+/// it gets, until every request has been answered `subscribed` (or the timeout).
+async fn subscribe(
+    c: &Common,
+    sessions: Vec<client::Session>,
+    k: u64,
+) -> Result<Vec<client::Session>> {
+    let n = sessions.len();
+    let k = (k as usize).min(n.saturating_sub(1));
+    let jids: Vec<String> = sessions
+        .iter()
+        .map(|s| client::bare(&s.jid).to_string())
+        .collect();
+    let answered = Arc::new(AtomicU64::new(0));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    for (u, mut s) in sessions.into_iter().enumerate() {
+        let targets: Vec<String> = (1..=k).map(|j| jids[(u + j) % n].clone()).collect();
+        let (answered, mut stop) = (answered.clone(), stop_rx.clone());
+        tasks.push(tokio::spawn(async move {
+            // contacts we already see need no request (servers do not answer a repeated one)
+            let have: std::collections::HashSet<String> = roster_items(&mut s)
+                .await?
+                .into_iter()
+                .filter(|(_, sub)| sub == "both" || sub == "to")
+                .map(|(j, _)| j)
+                .collect();
+            let targets: Vec<String> = targets.into_iter().filter(|t| !have.contains(t)).collect();
+            answered.fetch_add((k - targets.len()) as u64, Ordering::Relaxed);
+            let mut out = String::new();
+            for t in &targets {
+                out += &format!("<presence to='{t}' type='subscribe'/>");
+            }
+            if !out.is_empty() {
+                s.send(&out).await?;
+            }
+            let mut pending: std::collections::HashSet<String> = targets.into_iter().collect();
+            loop {
+                let f = tokio::select! {
+                    f = client::read_frame(&mut s.io, &mut s.framer) => f?,
+                    _ = stop.changed() => break,
+                };
+                let Frame::Stanza(st) = f else { continue };
+                if frame::name(&st) != "presence" {
+                    continue;
+                }
+                let from = frame::attr(&st, "from")
+                    .map(client::bare)
+                    .unwrap_or("")
+                    .to_string();
+                match frame::attr(&st, "type") {
+                    Some("subscribe") => {
+                        s.send(&format!("<presence to='{from}' type='subscribed'/>"))
+                            .await?
+                    }
+                    Some("subscribed") if pending.remove(&from) => {
+                        answered.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {}
+                }
+            }
+            Ok::<_, anyhow::Error>(s)
+        }));
+    }
+    let want = (n * k) as u64;
+    let pb = c.bar(want, "subscribe");
+    let until = Instant::now() + Duration::from_secs(c.timeout_secs.clamp(1, MAX_SECS));
+    while answered.load(Ordering::Relaxed) < want && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        pb.set_position(answered.load(Ordering::Relaxed));
+    }
+    pb.finish_and_clear();
+    let got = answered.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(500)).await; // approvals still in flight
+    let _ = stop_tx.send(true);
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await??);
+    }
+    if got < want {
+        eprintln!("presence: {got} of {want} subscription requests answered");
+    }
+    Ok(out)
+}
+
+/// Fetch the roster: (bare JID, subscription) of every item.
+async fn roster_items(s: &mut client::Session) -> Result<Vec<(String, String)>> {
+    tokio::time::timeout(Duration::from_secs(10), roster_items_inner(s))
+        .await
+        .map_err(|_| anyhow::anyhow!("no roster result within 10 s"))?
+}
+
+async fn roster_items_inner(s: &mut client::Session) -> Result<Vec<(String, String)>> {
     s.send("<iq type='get' id='roster1'><query xmlns='jabber:iq:roster'/></iq>")
         .await?;
     loop {
@@ -81,13 +177,23 @@ async fn roster(s: &mut client::Session) -> Result<Vec<String>> {
         while let Some(p) = frame::find(rest, b"<item ") {
             rest = &rest[p..];
             let sub = frame::attr(rest, "subscription").unwrap_or("none");
-            if let (Some(jid), true) = (frame::attr(rest, "jid"), sub == "both" || sub == "from") {
-                out.push(jid.to_string());
+            if let Some(jid) = frame::attr(rest, "jid") {
+                out.push((jid.to_string(), sub.to_string()));
             }
             rest = &rest[6..];
         }
         return Ok(out);
     }
+}
+
+/// The bare JIDs this user's presence goes to (subscription both/from).
+async fn roster(s: &mut client::Session) -> Result<Vec<String>> {
+    Ok(roster_items(s)
+        .await?
+        .into_iter()
+        .filter(|(_, sub)| sub == "both" || sub == "from")
+        .map(|(j, _)| j)
+        .collect())
 }
 
 async fn receive(
@@ -144,6 +250,9 @@ async fn one_run(a: &PresenceArgs, run: u32) -> Result<Figures> {
         bail!("{} logins failed; first: {}", errs.len(), errs[0]);
     }
     let mut sessions: Vec<_> = sessions.into_iter().flatten().collect();
+    if a.subscribe > 0 {
+        sessions = subscribe(c, sessions, a.subscribe).await?;
+    }
     let mut rosters = Vec::new();
     for s in &mut sessions {
         rosters.push(roster(s).await?);
