@@ -60,7 +60,7 @@ trap cleanup EXIT
 
 declare -A PORT PID EXTRA
 
-wait_port() { local i; for i in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.2; done; return 1; }
+port_up() { local i; for i in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.2; done; return 1; }
 
 launch() { # start server $1 (accounts already set up); sets PORT, PID, EXTRA; non-zero if it did not come up
   case "$1" in
@@ -75,19 +75,19 @@ launch() { # start server $1 (accounts already set up); sets PORT, PID, EXTRA; n
        exec "$STARLING_BIN" serve --config "$ST_DIR/starling.toml" --data-dir "$ST_DIR/data" --domain perf.test \
          --c2s-port "$ST_PORT" --c2s-tls-port "$ST_TLS_PORT" --metrics-port "$ST_METRICS" >> "$ST_DIR/console.log" 2>&1 < /dev/null) &
       STARTED_ST=$!
-      if ! wait_port "$ST_PORT" || ! kill -0 "$STARTED_ST" 2>/dev/null; then
+      if ! port_up "$ST_PORT" || ! kill -0 "$STARTED_ST" 2>/dev/null; then
         echo "starling: did not open port $ST_PORT (see $ST_DIR/console.log)" >&2; halt starling; return 1; fi
       PORT[$1]="$ST_PORT"; PID[$1]="$STARTED_ST"; EXTRA[$1]="" ;;
     echo)
       "$BENCH" echo --listen "127.0.0.1:$ECHO_PORT" --max-secs 7200 2>> "$OUT/echo.log" &
-      STARTED_ECHO=$!; wait_port "$ECHO_PORT" || return 1
+      STARTED_ECHO=$!; port_up "$ECHO_PORT" || return 1
       PORT[$1]="$ECHO_PORT"; PID[$1]="$STARTED_ECHO"; EXTRA[$1]="--echo" ;;
     echo-tls)
       # TLS-terminating echo, with the same RSA-2048 certificate as Prosody when there is one
       . "$PEERS/common.sh"; CERT=()
       [ -s "$PR_DIR/certs/cert.pem" ] && CERT=(--tls-cert "$PR_DIR/certs/cert.pem")
       "$BENCH" echo --tls "${CERT[@]}" --listen "127.0.0.1:$ECHO_TLS_PORT" --max-secs 7200 2>> "$OUT/echo-tls.log" &
-      STARTED_ECHO_TLS=$!; wait_port "$ECHO_TLS_PORT" || return 1
+      STARTED_ECHO_TLS=$!; port_up "$ECHO_TLS_PORT" || return 1
       PORT[$1]="$ECHO_TLS_PORT"; PID[$1]="$STARTED_ECHO_TLS"; EXTRA[$1]="--echo --tls direct" ;;
   esac
 }
