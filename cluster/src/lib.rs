@@ -191,7 +191,7 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    fn lease_space(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn lease_space(&self) -> Result<kv::Pairs, StoreError> {
         self.kv
             .tree(&space_tree(lease::LEASES))
             .and_then(|t| t.scan_prefix(b""))

@@ -1,12 +1,12 @@
 //! Stanza delivery between two nodes over the mTLS delivery stream:
-//! acks carry the receiver's answer, a stalled receiver makes the sender's
-//! bounded queue answer `Backpressure` instead of growing, and a stopped
-//! receiver fails deliveries instead of holding them.
+//! acks carry the receiver's answer, a hung receiver (its traffic held by a
+//! paused proxy) makes the sender's bounded queue answer `Backpressure`
+//! instead of growing, and a stopped receiver fails deliveries instead of
+//! holding them.
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -17,29 +17,10 @@ use starling_cluster::{
 #[derive(Default)]
 struct Receiver {
     got: Mutex<Vec<Envelope>>,
-    stall: AtomicBool,
-    gate: (Mutex<bool>, Condvar),
-}
-
-impl Receiver {
-    fn release(&self) {
-        self.stall.store(false, Ordering::SeqCst);
-        *self.gate.0.lock().unwrap() = true;
-        self.gate.1.notify_all();
-    }
 }
 
 impl LocalDelivery for Receiver {
     fn deliver(&self, env: Envelope) -> DeliveryResult {
-        if self.stall.load(Ordering::SeqCst) {
-            // A stalled node: blocks (bounded) until released.
-            let g = self.gate.0.lock().unwrap();
-            let _ = self
-                .gate
-                .1
-                .wait_timeout_while(g, Duration::from_secs(15), |open| !*open)
-                .unwrap();
-        }
         let r = if env.to.starts_with("alice@") {
             DeliveryResult::Delivered
         } else {
@@ -62,12 +43,17 @@ fn env(to: &str, n: usize) -> Envelope {
 const QUEUE: usize = 64;
 const WINDOW: usize = 256;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delivery_with_acks_and_backpressure() {
+    let values = Arc::new(common::recorder::Values::default());
+    metrics::set_global_recorder(common::recorder::TestRecorder(values.clone())).unwrap();
     let pkidir = tempfile::tempdir().unwrap();
     let ca = Pki::new(pkidir.path());
     let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
     let addrs: Vec<_> = (0..2).map(|_| free_addr()).collect();
+    // Node 1 reaches node 2 through a proxy that can hold its traffic.
+    let net = Arc::new(common::proxy::Net::default());
+    let via = net.proxy(2, addrs[1]).await;
     let opts = |name: &str| StoreOptions {
         tls: Some(ca.node(name)),
         delivery_queue: QUEUE,
@@ -76,7 +62,7 @@ async fn delivery_with_acks_and_backpressure() {
     let s1 = Store::open_with(cfg(dirs[0].path(), 1, addrs[0]), opts("n1"))
         .await
         .unwrap();
-    let s2 = Store::open_joining_with(cfg(dirs[1].path(), 2, addrs[1]), opts("n2"))
+    let s2 = Store::open_joining_with(cfg(dirs[1].path(), 2, via), opts("n2"))
         .await
         .unwrap();
     let mut servers = Vec::new();
@@ -84,7 +70,7 @@ async fn delivery_with_acks_and_backpressure() {
         let s = s.clone();
         servers.push(tokio::spawn(async move { s.serve_grpc(a).await }));
     }
-    s1.add_member(2, &addrs[1].to_string()).await.unwrap();
+    s1.add_member(2, &via.to_string()).await.unwrap();
     let rx = Arc::new(Receiver::default());
     s2.set_local_delivery(rx.clone());
 
@@ -118,9 +104,10 @@ async fn delivery_with_acks_and_backpressure() {
         assert_eq!(got[2].session_id, 7);
     }
 
-    // A stalled receiver: no acks come back, at most WINDOW are in flight
-    // and then the bounded queue refuses.
-    rx.stall.store(true, Ordering::SeqCst);
+    // A hung receiver: nothing gets through, no acks come back, at most
+    // WINDOW are in flight and then the bounded queue refuses. (Resumed
+    // well within the streams' 1 s + 3 s keep-alive.)
+    net.pause();
     let mut accepted = 0usize;
     let mut refused = false;
     for i in 0..10_000 {
@@ -143,17 +130,33 @@ async fn delivery_with_acks_and_backpressure() {
     );
     // Still full while stalled.
     tokio::time::sleep(Duration::from_millis(100)).await;
+    let depth = values.get("starling_cluster_delivery_queue_depth{peer=2}");
+    assert_eq!(depth, Some((QUEUE as f64, 0)));
+    assert!(
+        values
+            .get("starling_cluster_delivery_errors_total{kind=backpressure}")
+            .is_some_and(|v| v.0 >= 1.0)
+    );
     assert_eq!(
         s1.deliver(2, env("alice@example.com/a", 99_999)),
         Err(DeliveryError::Backpressure)
     );
-    rx.release();
+    net.resume();
     eventually("backlog delivered", 10, || {
         rx.got.lock().unwrap().len() == 52 + accepted
     })
     .await;
     let r = s1.deliver_acked(2, env("alice@example.com/a", 5)).await;
     assert_eq!(r, Ok(DeliveryResult::Delivered));
+    assert_eq!(
+        values.get("starling_cluster_delivery_queue_depth{peer=2}"),
+        Some((0.0, 0))
+    );
+    assert!(
+        values
+            .get("starling_cluster_delivered_total")
+            .is_some_and(|v| v.0 >= 52.0)
+    );
 
     // The receiver goes away: deliveries fail promptly instead of queueing.
     s2.shutdown().await.unwrap();
@@ -163,6 +166,7 @@ async fn delivery_with_acks_and_backpressure() {
     assert!(start.elapsed() < Duration::from_secs(8));
 
     s1.shutdown().await.unwrap();
+    net.stop();
     for t in servers {
         let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
     }

@@ -8,7 +8,26 @@ mod common;
 use std::time::Instant;
 
 use common::*;
-use starling_cluster::{OpResult, StoreOptions, routes};
+use starling_cluster::{
+    DeliveryError, DeliveryResult, Envelope, LocalDelivery, OpResult, StoreOptions, routes,
+};
+
+struct Accept;
+
+impl LocalDelivery for Accept {
+    fn deliver(&self, _: Envelope) -> DeliveryResult {
+        DeliveryResult::Delivered
+    }
+}
+
+fn env() -> Envelope {
+    Envelope {
+        to: "alice@example.com/phone".into(),
+        from: "bob@example.com/pc".into(),
+        stanza: b"<message><body>hi</body></message>".to_vec(),
+        session_id: 1,
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_crash_failover_expiry_and_restart() {
@@ -16,7 +35,7 @@ async fn leader_crash_failover_expiry_and_restart() {
     let ca = Pki::new(pkidir.path());
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut nodes: Vec<Node> = Vec::new();
-    for i in 0..3 {
+    for (i, dir) in dirs.iter().enumerate().take(3) {
         let id = i as u64 + 1;
         let addr = free_addr();
         let opts = StoreOptions {
@@ -25,7 +44,7 @@ async fn leader_crash_failover_expiry_and_restart() {
             write_timeout_ms: 3000,
             ..Default::default()
         };
-        let n = Node::start(cfg(dirs[i].path(), id, addr), opts, addr, i == 0).await;
+        let n = Node::start(cfg(dir.path(), id, addr), opts, addr, i == 0).await;
         if i > 0 {
             nodes[0]
                 .store
@@ -47,6 +66,11 @@ async fn leader_crash_failover_expiry_and_restart() {
     })
     .await;
     assert_eq!(leader_of(&[&n1, n2, n3]), Some(1));
+    n1.store.set_local_delivery(std::sync::Arc::new(Accept));
+    assert_eq!(
+        n2.store.deliver_acked(1, env()).await,
+        Ok(DeliveryResult::Delivered)
+    );
 
     // The leader crashes.
     let crashed_at = Instant::now();
@@ -58,6 +82,9 @@ async fn leader_crash_failover_expiry_and_restart() {
     let elected = crashed_at.elapsed();
     let r = n3.store.write(vec![put("after_crash")]).await.unwrap();
     assert_eq!(r, vec![OpResult::Done]);
+    // Its delivery stream broke: deliveries fail (the sender falls back).
+    let r = n2.store.deliver_acked(1, env()).await;
+    assert!(matches!(r, Err(DeliveryError::Unavailable(_))), "got {r:?}");
 
     // Its lease expires: its routes go and both survivors hear of it.
     eventually("node_expired(1) on the survivors", 15, || {
@@ -98,6 +125,19 @@ async fn leader_crash_failover_expiry_and_restart() {
     .await;
     assert!(n1.store.get("s", b"after_crash").unwrap().is_some());
     eventually("restarted node healthy", 10, || n1.store.is_healthy()).await;
+    // Node 2's delivery stream to it reconnects (after backoff).
+    n1.store.set_local_delivery(std::sync::Arc::new(Accept));
+    let start = Instant::now();
+    loop {
+        match n2.store.deliver_acked(1, env()).await {
+            Ok(r) => {
+                assert_eq!(r, DeliveryResult::Delivered);
+                break;
+            }
+            Err(e) => assert!(start.elapsed().as_secs() < 10, "no reconnect: {e}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     eventually("it learns it was expired", 10, || n1.events.saw(1)).await;
     // It renews again: the leader no longer counts it as expired.
     n1.store.write(vec![put("back")]).await.unwrap();

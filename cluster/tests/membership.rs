@@ -21,11 +21,11 @@ async fn join_via_follower_status_leave_and_foreign_ca() {
         ..Default::default()
     };
     let mut nodes: Vec<Node> = Vec::new();
-    for i in 0..3 {
+    for (i, dir) in dirs.iter().enumerate().take(3) {
         let id = i as u64 + 1;
         let addr = free_addr();
         let n = Node::start(
-            cfg(dirs[i].path(), id, addr),
+            cfg(dir.path(), id, addr),
             opts(ca.node(&format!("n{id}"))),
             addr,
             i == 0,

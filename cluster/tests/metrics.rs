@@ -1,73 +1,29 @@
 //! The cluster's metrics reach the `metrics` facade. A minimal recorder
 //! keeps the last value of each gauge and the count of each histogram.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+mod common;
 
-use metrics::{
-    Counter, Gauge, GaugeFn, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder,
-    SharedString, Unit,
+use std::sync::Arc;
+
+use common::recorder::{TestRecorder, Values};
+use starling_cluster::{
+    DeliveryError, DeliveryResult, Envelope, LocalDelivery, Op, Store, StoreConfig,
 };
-use starling_cluster::{Op, Store, StoreConfig};
 
-#[derive(Default)]
-struct Values(Mutex<HashMap<String, (f64, u64)>>);
+struct Sink;
 
-struct Handle(Arc<Values>, String);
-
-impl GaugeFn for Handle {
-    fn increment(&self, v: f64) {
-        self.0
-            .0
-            .lock()
-            .unwrap()
-            .entry(self.1.clone())
-            .or_default()
-            .0 += v;
-    }
-    fn decrement(&self, v: f64) {
-        self.0
-            .0
-            .lock()
-            .unwrap()
-            .entry(self.1.clone())
-            .or_default()
-            .0 -= v;
-    }
-    fn set(&self, v: f64) {
-        self.0
-            .0
-            .lock()
-            .unwrap()
-            .entry(self.1.clone())
-            .or_default()
-            .0 = v;
+impl LocalDelivery for Sink {
+    fn deliver(&self, _: Envelope) -> DeliveryResult {
+        DeliveryResult::Delivered
     }
 }
 
-impl HistogramFn for Handle {
-    fn record(&self, v: f64) {
-        let mut m = self.0.0.lock().unwrap();
-        let e = m.entry(self.1.clone()).or_default();
-        e.0 = v;
-        e.1 += 1;
-    }
-}
-
-struct TestRecorder(Arc<Values>);
-
-impl Recorder for TestRecorder {
-    fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-    fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-    fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-    fn register_counter(&self, _: &Key, _: &Metadata<'_>) -> Counter {
-        Counter::noop()
-    }
-    fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
-        Gauge::from_arc(Arc::new(Handle(self.0.clone(), key.name().to_string())))
-    }
-    fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
-        Histogram::from_arc(Arc::new(Handle(self.0.clone(), key.name().to_string())))
+fn env() -> Envelope {
+    Envelope {
+        to: "a@b/c".into(),
+        from: "d@e/f".into(),
+        stanza: b"<message/>".to_vec(),
+        session_id: 1,
     }
 }
 
@@ -95,6 +51,21 @@ async fn raft_metrics_are_reported() {
             .unwrap();
     }
     store.read_barrier().await.unwrap();
+    // Delivery to this node itself, refused without a handler, then taken.
+    assert_eq!(
+        store.deliver_acked(1, env()).await,
+        Ok(DeliveryResult::Refused)
+    );
+    assert_eq!(store.deliver(7, env()), Err(DeliveryError::UnknownNode(7)));
+    store.set_local_delivery(Arc::new(Sink));
+    assert_eq!(
+        store.deliver_acked(1, env()).await,
+        Ok(DeliveryResult::Delivered)
+    );
+    assert!(store.is_healthy());
+    // The health gauge is refreshed twice a second.
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    assert_eq!(values.get("starling_cluster_healthy"), Some((1.0, 0)));
     store.shutdown().await.unwrap();
 
     let m = values.0.lock().unwrap();
@@ -107,4 +78,16 @@ async fn raft_metrics_are_reported() {
     assert!(get("starling_raft_term").0 >= 1.0);
     assert!(get("starling_raft_commit_index").0 >= 5.0);
     assert!(get("starling_raft_applied_index").0 >= 5.0);
+    assert!(get("starling_raft_commit_seconds").1 >= 5);
+    assert!(get("starling_raft_leader_changes_total").0 >= 1.0);
+    assert_eq!(get("starling_cluster_delivered_total").0, 1.0);
+    assert_eq!(
+        get("starling_cluster_delivery_errors_total{kind=refused}").0,
+        1.0
+    );
+    assert_eq!(
+        get("starling_cluster_delivery_errors_total{kind=unknown_node}").0,
+        1.0
+    );
+    assert_eq!(get("starling_cluster_healthy").0, 0.0, "0 once shut down");
 }

@@ -20,7 +20,7 @@ async fn partitioned_leader_turns_unhealthy_and_does_not_diverge() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let net = Arc::new(Net::default());
     let mut nodes: Vec<Node> = Vec::new();
-    for i in 0..3 {
+    for (i, dir) in dirs.iter().enumerate().take(3) {
         let id = i as u64 + 1;
         let listen = free_addr();
         let advertised = net.proxy(id, listen).await;
@@ -31,7 +31,7 @@ async fn partitioned_leader_turns_unhealthy_and_does_not_diverge() {
             source_ip: Some(node_ip(id)),
             ..Default::default()
         };
-        let n = Node::start(cfg(dirs[i].path(), id, advertised), opts, listen, i == 0).await;
+        let n = Node::start(cfg(dir.path(), id, advertised), opts, listen, i == 0).await;
         if i > 0 {
             nodes[0]
                 .store

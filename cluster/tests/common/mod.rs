@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod proxy;
+pub mod recorder;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

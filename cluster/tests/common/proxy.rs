@@ -2,13 +2,16 @@
 //! is reached through its proxy and connects out from its own loopback
 //! address (127.0.0.1x), so a proxy knows which node a connection comes
 //! from. `partition(k)` drops every connection to or from node `k` and
-//! refuses new ones until `heal`.
+//! refuses new ones until `heal`. `pause` holds every byte in flight
+//! (connections stay open: a hung peer) until `resume`.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub fn node_ip(id: u64) -> IpAddr {
@@ -23,11 +26,44 @@ struct State {
     conns: Vec<(Option<u64>, u64, JoinHandle<()>)>,
 }
 
-#[derive(Default)]
 pub struct Net {
     state: Mutex<State>,
     ips: Mutex<HashMap<IpAddr, u64>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    paused: watch::Sender<bool>,
+}
+
+impl Default for Net {
+    fn default() -> Self {
+        Net {
+            state: Mutex::default(),
+            ips: Mutex::default(),
+            tasks: Mutex::default(),
+            paused: watch::channel(false).0,
+        }
+    }
+}
+
+/// Copies `from` to `to`, holding the bytes while paused.
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut paused: watch::Receiver<bool>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if paused.wait_for(|p| !*p).await.is_err() {
+            break;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
 }
 
 impl Net {
@@ -40,7 +76,7 @@ impl Net {
         let net = self.clone();
         let t = tokio::spawn(async move {
             loop {
-                let Ok((mut inbound, peer)) = l.accept().await else {
+                let Ok((inbound, peer)) = l.accept().await else {
                     return;
                 };
                 let from = net.ips.lock().unwrap().get(&peer.ip()).copied();
@@ -49,9 +85,12 @@ impl Net {
                     drop(inbound);
                     continue;
                 }
+                let paused = net.paused.subscribe();
                 let pipe = tokio::spawn(async move {
-                    if let Ok(mut out) = TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    if let Ok(out) = TcpStream::connect(target).await {
+                        let (ir, iw) = inbound.into_split();
+                        let (or, ow) = out.into_split();
+                        tokio::join!(pipe(ir, ow, paused.clone()), pipe(or, iw, paused));
                     }
                 });
                 st.conns.retain(|(_, _, h)| !h.is_finished());
@@ -70,6 +109,14 @@ impl Net {
                 h.abort();
             }
         }
+    }
+
+    pub fn pause(&self) {
+        self.paused.send_replace(true);
+    }
+
+    pub fn resume(&self) {
+        self.paused.send_replace(false);
     }
 
     pub fn heal(&self) {
