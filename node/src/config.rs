@@ -68,6 +68,8 @@ pub struct C2sConfig {
     pub keepalive_secs: u64,
     /// Stanzas queued for one session before it counts as stalled.
     pub mailbox_size: usize,
+    /// Bytes queued for one session before it counts as stalled.
+    pub mailbox_bytes: usize,
     /// Seconds a write to the client may block before the session is closed.
     pub write_timeout_secs: u64,
     /// Most simultaneous connections that have not yet authenticated.
@@ -87,6 +89,7 @@ impl Default for C2sConfig {
             idle_timeout_secs: 600,
             keepalive_secs: 120,
             mailbox_size: 1024,
+            mailbox_bytes: 4 * 1024 * 1024,
             write_timeout_secs: 30,
             max_unauthenticated: 10_000,
         }
@@ -265,6 +268,9 @@ impl Config {
         }
         if self.c2s.mailbox_size == 0 || self.c2s.handshake_timeout_secs == 0 {
             anyhow::bail!("c2s.mailbox_size and c2s.handshake_timeout_secs must be positive");
+        }
+        if self.c2s.mailbox_bytes < self.c2s.max_stanza_size {
+            anyhow::bail!("c2s.mailbox_bytes must hold at least one stanza of c2s.max_stanza_size");
         }
         Ok(())
     }

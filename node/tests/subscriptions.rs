@@ -20,8 +20,10 @@ struct World {
 impl World {
     async fn new(users: &[&str]) -> World {
         let dir = tempfile::tempdir().unwrap();
-        let mut cfg = Config::default();
-        cfg.data_dir = dir.path().to_path_buf();
+        let mut cfg = Config {
+            data_dir: dir.path().to_path_buf(),
+            ..Config::default()
+        };
         cfg.check().unwrap();
         let store = Store::open(StoreConfig {
             data_dir: dir.path().join("store"),
@@ -41,7 +43,7 @@ impl World {
         let mut boxes = Vec::new();
         for u in users {
             let bare = format!("{u}@localhost");
-            let mb = Arc::new(Mailbox::new(100));
+            let mb = Arc::new(Mailbox::new(100, 1 << 20));
             let h = SessionHandle::new(mb.clone());
             let id = h.id;
             server.router.bind(&bare, "r", h);
@@ -107,7 +109,7 @@ impl World {
         match taken {
             Ok(starling::router::SessionMsg::Stanzas(q)) => q
                 .iter()
-                .filter(|e| e.name == "presence" && e.get_attr("type").unwrap_or("") == ptype)
+                .filter(|x| x.starts_with("<presence") && x.contains(&format!("type=\"{ptype}\"")))
                 .count(),
             _ => 0,
         }

@@ -25,14 +25,35 @@ fn handle<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
         if ctx.payload.name != "query" {
             return Err(Condition::BadRequest.into());
         }
+        let ns = ctx.payload.ns.as_str();
         let node = ctx.payload.get_attr("node");
+        let mut q = Element::new("query", ns);
+        if let Some(n) = node {
+            q.set_attr("node", n);
+        }
+        if ns == NS_ITEMS {
+            // XEP-0030 §8: no items (also for an account that does not
+            // exist or does not share its presence with the requester).
+            return Ok(Some(q));
+        }
+        // XEP-0030 §8: info about an account needs its presence (or is
+        // the requester's own); an unknown account is service-unavailable.
+        match ctx.target {
+            IqTarget::NoAccount(_) => return Err(Condition::ServiceUnavailable.into()),
+            IqTarget::Account(b) => {
+                let shares = ctx
+                    .server
+                    .storage
+                    .roster_item(b, ctx.origin.bare)?
+                    .is_some_and(|i| i.subscription.from());
+                if !shares {
+                    return Err(Condition::ServiceUnavailable.into());
+                }
+            }
+            _ => {}
+        }
         if node.is_some() {
             return Err(Condition::ItemNotFound.into());
-        }
-        let ns = ctx.payload.ns.as_str();
-        let mut q = Element::new("query", ns);
-        if ns == NS_ITEMS {
-            return Ok(Some(q));
         }
         match ctx.target {
             IqTarget::Server(_) => {
@@ -50,7 +71,7 @@ fn handle<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
                     q = q.child(Element::new("feature", NS_INFO).attr("var", f));
                 }
             }
-            IqTarget::Own | IqTarget::Account(_) => {
+            IqTarget::Own | IqTarget::Account(_) | IqTarget::NoAccount(_) => {
                 q = q
                     .child(
                         Element::new("identity", NS_INFO)

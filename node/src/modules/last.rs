@@ -30,6 +30,7 @@ fn handle<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
                 ));
             }
             IqTarget::Own => ctx.origin.bare,
+            IqTarget::NoAccount(_) => return Err(Condition::ServiceUnavailable.into()),
             IqTarget::Account(b) => {
                 let allowed = ctx
                     .server

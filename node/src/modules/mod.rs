@@ -31,6 +31,8 @@ pub enum IqTarget<'a> {
     Own,
     /// Another local account's bare JID (answered on its behalf).
     Account(&'a str),
+    /// A bare JID at a local domain with no such account.
+    NoAccount(&'a str),
 }
 
 /// Everything a handler gets.
@@ -90,6 +92,10 @@ static OFFLINE: Module = Module {
 /// Answers an IQ get/set addressed to the server or to an account.
 pub async fn handle_iq(ctx: &IqCtx<'_>) -> IqResult {
     let ns = ctx.payload.ns.as_str();
+    if matches!(ctx.target, IqTarget::NoAccount(_)) && !disco::MODULE.namespaces.contains(&ns) {
+        // RFC 6121 §8.5.1: no such user.
+        return Err(Condition::ServiceUnavailable.into());
+    }
     for m in MODULES {
         if m.namespaces.contains(&ns)
             && let Some(h) = m.handle

@@ -21,7 +21,9 @@ fn handle<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
         }
         match ctx.target {
             IqTarget::Server(_) | IqTarget::Own => Ok(None),
-            IqTarget::Account(_) => Err(Condition::ServiceUnavailable.into()),
+            IqTarget::Account(_) | IqTarget::NoAccount(_) => {
+                Err(Condition::ServiceUnavailable.into())
+            }
         }
     }
     .boxed()

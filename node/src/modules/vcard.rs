@@ -26,7 +26,9 @@ fn handle<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
             IqTarget::Own => ctx.origin.bare,
             IqTarget::Account(b) if !ctx.set => b,
             IqTarget::Account(_) => return Err(Condition::Forbidden.into()),
-            IqTarget::Server(_) => return Err(Condition::ServiceUnavailable.into()),
+            IqTarget::Server(_) | IqTarget::NoAccount(_) => {
+                return Err(Condition::ServiceUnavailable.into());
+            }
         };
         if ctx.set {
             let xml = ctx.payload.to_stream_xml(NS_CLIENT);
@@ -44,7 +46,11 @@ fn handle<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
         };
         match stored.and_then(|x| crate::xml::parse_element(x.as_bytes(), &scope, &limits).ok()) {
             Some(v) => Ok(Some(v)),
-            None => Ok(Some(Element::new("vCard", NS_VCARD))),
+            // §3.1: one's own missing vCard is an empty one.
+            None if ctx.target == IqTarget::Own => Ok(Some(Element::new("vCard", NS_VCARD))),
+            // §3.3: someone else's is the same error as for no such user,
+            // so accounts cannot be discovered this way.
+            None => Err(Condition::ServiceUnavailable.into()),
         }
     }
     .boxed()

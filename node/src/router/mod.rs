@@ -19,35 +19,41 @@ use tokio::sync::Notify;
 /// What a session takes out of its mailbox.
 #[derive(Debug)]
 pub enum SessionMsg {
-    /// Stanzas to write to the client as they are, oldest first.
-    Stanzas(VecDeque<Element>),
+    /// Serialised stanzas to write to the client as they are, oldest first.
+    Stanzas(VecDeque<Arc<str>>),
     /// Close the stream with this stream error condition.
     Close(&'static str),
 }
 
-/// A session's bounded mailbox. Unlike a channel it allocates nothing
-/// while empty: an idle session's queue has no capacity.
+/// A session's bounded mailbox of serialised stanzas. Bounded in count and
+/// in bytes, so a client that does not read cannot make the server buffer
+/// without limit; and unlike a channel it allocates nothing while empty.
+/// Stanzas are serialised once by the sender, so one broadcast is shared
+/// by every recipient.
 #[derive(Debug)]
 pub struct Mailbox {
     state: Mutex<MailboxState>,
     notify: Notify,
-    capacity: usize,
+    max_count: usize,
+    max_bytes: usize,
 }
 
 #[derive(Debug, Default)]
 struct MailboxState {
-    queue: VecDeque<Element>,
+    queue: VecDeque<Arc<str>>,
+    bytes: usize,
     close: Option<&'static str>,
     /// The session ended: nothing more is accepted.
     ended: bool,
 }
 
 impl Mailbox {
-    pub fn new(capacity: usize) -> Self {
+    pub fn new(max_count: usize, max_bytes: usize) -> Self {
         Mailbox {
             state: Mutex::new(MailboxState::default()),
             notify: Notify::new(),
-            capacity,
+            max_count,
+            max_bytes,
         }
     }
 
@@ -60,6 +66,7 @@ impl Mailbox {
                     return SessionMsg::Close(c);
                 }
                 if !st.queue.is_empty() {
+                    st.bytes = 0;
                     // Taking the deque leaves one with no allocation.
                     return SessionMsg::Stanzas(std::mem::take(&mut st.queue));
                 }
@@ -70,10 +77,34 @@ impl Mailbox {
 
     /// Refuses everything from now on (the session is ending) and returns
     /// what was queued but not written, for the caller to re-route.
-    pub fn end(&self) -> VecDeque<Element> {
+    pub fn end(&self) -> VecDeque<Arc<str>> {
         let mut st = self.state.lock().expect("mailbox lock");
         st.ended = true;
+        st.bytes = 0;
         std::mem::take(&mut st.queue)
+    }
+
+    /// Queues `xml`; false when the session ended or the mailbox is full
+    /// (then the session is told to close: its client does not read).
+    fn push(&self, xml: Arc<str>) -> bool {
+        {
+            let mut st = self.state.lock().expect("mailbox lock");
+            if st.ended {
+                return false;
+            }
+            if st.queue.len() >= self.max_count || st.bytes + xml.len() > self.max_bytes {
+                st.close.get_or_insert("resource-constraint");
+                drop(st);
+                self.notify.notify_one();
+                metrics::counter!("starling_router_mailbox_full_total").increment(1);
+                return false;
+            }
+            st.bytes += xml.len();
+            st.queue.push_back(xml);
+        }
+        self.notify.notify_one();
+        metrics::counter!("starling_router_delivered_total").increment(1);
+        true
     }
 }
 
@@ -93,29 +124,20 @@ impl SessionHandle {
         }
     }
 
-    /// Queues a stanza. A full mailbox means the client does not read: the
-    /// session is told to end rather than letting the queue grow, and the
-    /// stanza is handed back so the caller can store or bounce it, as it is
-    /// when the session has already ended.
+    /// Queues a stanza; hands it back when the session has ended or its
+    /// mailbox is full, so the caller can store or bounce it.
     pub fn send(&self, el: Element) -> Result<(), Element> {
-        let mb = &self.mailbox;
-        {
-            let mut st = mb.state.lock().expect("mailbox lock");
-            if st.ended {
-                return Err(el);
-            }
-            if st.queue.len() >= mb.capacity {
-                st.close.get_or_insert("resource-constraint");
-                drop(st);
-                mb.notify.notify_one();
-                metrics::counter!("starling_router_mailbox_full_total").increment(1);
-                return Err(el);
-            }
-            st.queue.push_back(el);
+        let xml: Arc<str> = el.to_stream_xml(crate::stanza::NS_CLIENT).into();
+        if self.mailbox.push(xml) {
+            Ok(())
+        } else {
+            Err(el)
         }
-        mb.notify.notify_one();
-        metrics::counter!("starling_router_delivered_total").increment(1);
-        Ok(())
+    }
+
+    /// Queues an already serialised stanza (shared by many recipients).
+    pub fn send_shared(&self, xml: &Arc<str>) -> bool {
+        self.mailbox.push(xml.clone())
     }
 
     /// Asks the session to close its stream with `condition`.

@@ -35,7 +35,10 @@ struct Session<'a, S> {
 }
 
 pub async fn run<S: Transport>(server: Arc<Server>, bound: Bound<S>) {
-    let mailbox = Arc::new(Mailbox::new(server.config.c2s.mailbox_size));
+    let mailbox = Arc::new(Mailbox::new(
+        server.config.c2s.mailbox_size,
+        server.config.c2s.mailbox_bytes,
+    ));
     let handle = SessionHandle::new(mailbox.clone());
     let bare = bound.bare.to_string();
     let resource = bound.full.resource().to_string();
@@ -66,8 +69,8 @@ pub async fn run<S: Transport>(server: Arc<Server>, bound: Bound<S>) {
         session_id: id,
     };
     im::session_ended(&server, &origin, &mut s.presence).await;
-    for el in leftovers {
-        im::reroute(&server, el).await;
+    for xml in leftovers {
+        im::reroute(&server, &xml).await;
     }
     match end {
         End::Error(condition) => s.xs.fail(condition, None).await,
@@ -132,12 +135,16 @@ impl<S: Transport> Session<'_, S> {
     async fn write_msg(&mut self, msg: SessionMsg) -> Result<(), End> {
         match msg {
             SessionMsg::Stanzas(batch) => {
-                let mut out = String::with_capacity(256 * batch.len());
-                for el in &batch {
-                    el.write_to(&mut out, NS_CLIENT);
-                }
-                drop(batch);
-                self.xs.send_raw(&out).await.map_err(|_| End::Done)
+                let r = if batch.len() == 1 {
+                    self.xs.send_raw(&batch[0]).await
+                } else {
+                    let mut out = String::with_capacity(batch.iter().map(|x| x.len()).sum());
+                    for xml in &batch {
+                        out.push_str(xml);
+                    }
+                    self.xs.send_raw(&out).await
+                };
+                r.map_err(|_| End::Done)
             }
             SessionMsg::Close(condition) => Err(End::Error(condition)),
         }
@@ -200,7 +207,10 @@ impl<S: Transport> Session<'_, S> {
                 }
                 match im::route_message(self.server, el).await {
                     Ok(()) => Ok(()),
-                    Err((e, el)) => self.reply_error(&el, e).await,
+                    Err(b) => {
+                        let (e, el) = *b;
+                        self.reply_error(&el, e).await
+                    }
                 }
             }
             _ => {
@@ -265,11 +275,7 @@ impl<S: Transport> Session<'_, S> {
                 }
                 match self.server.storage.account_exists(b) {
                     Ok(true) => IqTarget::Account(b),
-                    Ok(false) => {
-                        return self
-                            .reply_error(&el, Condition::ServiceUnavailable.into())
-                            .await;
-                    }
+                    Ok(false) => IqTarget::NoAccount(b),
                     Err(e) => return self.reply_error(&el, e.into()).await,
                 }
             }

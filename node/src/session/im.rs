@@ -70,11 +70,12 @@ pub fn deliver_to_full(server: &Server, full: &str, el: Element) -> Result<(), E
 
 // ---------------------------------------------------------------- messages
 
-/// A stanza that could not be delivered, with the error its sender gets.
-pub type Bounce = (StanzaError, Element);
+/// A stanza that could not be delivered, with the error its sender gets
+/// (boxed: the error path must not make every result large).
+pub type Bounce = Box<(StanzaError, Element)>;
 
 fn bounce_of(condition: Condition, el: Element) -> Result<(), Bounce> {
-    Err((condition.into(), el))
+    Err(Box::new((condition.into(), el)))
 }
 
 /// Routes a message whose `from` is stamped and `to` normalised
@@ -106,7 +107,7 @@ pub async fn route_message(server: &Server, el: Element) -> Result<(), Bounce> {
                 _ => bounce_of(Condition::ServiceUnavailable, el),
             };
         }
-        Err(e) => return Err((e.into(), el)),
+        Err(e) => return Err(Box::new((e.into(), el))),
     }
     metrics::counter!("starling_stanzas_routed_total", "kind" => "message").increment(1);
     if let Some(res) = resource {
@@ -142,13 +143,24 @@ fn message_type(el: &Element) -> &'static str {
 /// messages are routed again (to another resource, or offline storage);
 /// presence and IQs addressed to the gone session are dropped, as they
 /// would have been a moment later.
-pub async fn reroute(server: &Server, el: Element) {
-    if el.name != "message" {
+pub async fn reroute(server: &Server, xml: &str) {
+    if !xml.starts_with("<message") {
         return;
     }
-    if let Err((e, el)) = route_message(server, el).await {
-        bounce_with(server, &el, &e);
+    let Some(el) = parse_stored(xml) else { return };
+    if let Err(b) = route_message(server, el).await {
+        bounce_with(server, &b.1, &b.0);
     }
+}
+
+/// Parses a stanza the server serialised itself (offline store, mailbox).
+fn parse_stored(xml: &str) -> Option<Element> {
+    let scope = [(String::new(), NS_CLIENT.to_owned())];
+    let limits = crate::xml::Limits {
+        max_stanza_bytes: usize::MAX,
+        ..Default::default()
+    };
+    crate::xml::parse_element(xml.as_bytes(), &scope, &limits).ok()
 }
 
 /// §8.5.2: a message to a bare JID of an existing local account.
@@ -174,24 +186,18 @@ async fn deliver_to_bare(
             .map(|r| r.handle.clone())
             .collect()
     });
-    // Copies for all but the last recipient, which takes the original.
-    let mut el = Some(el);
-    let last = targets.pop();
+    // Serialised once, shared by every recipient.
     let mut delivered = false;
-    for h in targets {
-        delivered |= h.send(el.clone().expect("present until the last")).is_ok();
-    }
-    if let Some(h) = last {
-        match h.send(el.take().expect("present")) {
-            Ok(()) => delivered = true,
-            Err(back) => el = Some(back),
+    if !targets.is_empty() {
+        let xml: std::sync::Arc<str> = el.to_stream_xml(NS_CLIENT).into();
+        for h in targets.drain(..) {
+            delivered |= h.send_shared(&xml);
         }
     }
-    match el {
-        None => Ok(()),
-        Some(_) if delivered || mtype == "headline" => Ok(()),
-        Some(el) => store_offline(server, bare, el).await,
+    if delivered || mtype == "headline" {
+        return Ok(());
     }
+    store_offline(server, bare, el).await
 }
 
 /// Keeps a message for later with a XEP-0203 delay stamp; a full store is
@@ -224,9 +230,9 @@ async fn store_offline(server: &Server, bare: &str, mut el: Element) -> Result<(
                 Condition::ServiceUnavailable,
                 "the recipient's offline storage is full",
             );
-            Err((err, el))
+            Err(Box::new((err, el)))
         }
-        Err(e) => Err((e.into(), el)),
+        Err(e) => Err(Box::new((e.into(), el))),
     }
 }
 
@@ -245,18 +251,11 @@ pub async fn flush_offline(server: &Server, origin: &Origin<'_>) {
     else {
         return;
     };
-    let limits = crate::xml::Limits {
-        max_stanza_bytes: usize::MAX,
-        ..Default::default()
-    };
-    let scope = [(String::new(), NS_CLIENT.to_owned())];
+    // Stored serialised: handed on as they are, without parsing.
     let mut done = Vec::new();
     for (key, xml) in msgs {
-        if let Ok(mut el) = crate::xml::parse_element(xml.as_bytes(), &scope, &limits) {
-            el.set_attr("to", origin.full);
-            if handle.send(el).is_err() {
-                break;
-            }
+        if !handle.send_shared(&xml.into()) {
+            break;
         }
         done.push(key);
     }
@@ -361,14 +360,13 @@ async fn broadcast(
             }
         }
         // Pending subscription requests (RFC 6121 §3.1.3).
-        if let Ok(pending) = server.storage.pending_in(origin.bare) {
-            let scope = [(String::new(), NS_CLIENT.to_owned())];
+        if let Ok(pending) = server.storage.pending_in(origin.bare)
+            && let Some(h) = split(origin.full)
+                .1
+                .and_then(|r| server.router.handle(origin.bare, r))
+        {
             for (_, xml) in pending {
-                if let Ok(p) =
-                    crate::xml::parse_element(xml.as_bytes(), &scope, &Default::default())
-                {
-                    let _ = deliver_to_full(server, origin.full, p);
-                }
+                h.send_shared(&xml.into());
             }
         }
         if priority >= 0 {
@@ -402,19 +400,15 @@ fn send_to(server: &Server, bare: &str, el: &Element, which: impl Fn(&Resource) 
     if targets.is_empty() {
         return;
     }
-    let mut el = el.clone();
-    if el.get_attr("to").is_none_or(|to| split(to).0 != bare) {
+    let xml: std::sync::Arc<str> = if el.get_attr("to").is_none_or(|to| split(to).0 != bare) {
+        let mut el = el.clone();
         el.set_attr("to", bare);
-    }
-    let mut el = Some(el);
-    let n = targets.len();
-    for (i, h) in targets.into_iter().enumerate() {
-        let copy = if i + 1 == n {
-            el.take().expect("last")
-        } else {
-            el.clone().expect("present")
-        };
-        let _ = h.send(copy);
+        el.to_stream_xml(NS_CLIENT).into()
+    } else {
+        el.to_stream_xml(NS_CLIENT).into()
+    };
+    for h in targets {
+        h.send_shared(&xml);
     }
 }
 
@@ -676,21 +670,7 @@ pub async fn deliver_subscription(
     }
     metrics::counter!("starling_stanzas_routed_total", "kind" => "subscription").increment(1);
     if !server.storage.account_exists(user)? {
-        if ptype == "subscribe" {
-            // §3.1.3: no such contact: the user gets "unsubscribed".
-            let reply = Element::new("presence", NS_CLIENT)
-                .attr("from", user)
-                .attr("to", from)
-                .attr("type", "unsubscribed");
-            Box::pin(subscription_in_simple(
-                server,
-                user,
-                from,
-                "unsubscribed",
-                reply,
-            ))
-            .await?;
-        }
+        // §8.5.1: subscription stanzas to no such user are ignored.
         return Ok(());
     }
     subscription_in_simple(server, from, user, ptype, el).await
