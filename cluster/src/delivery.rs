@@ -264,8 +264,13 @@ async fn run_peer(shared: Arc<Shared>, peer: u64, mut rx: mpsc::Receiver<Outgoin
         .unwrap_or_else(|e| e.into_inner())
         .remove(&peer);
     rx.close();
+    let stopped = *stop.borrow();
     while let Some(o) = rx.recv().await {
-        o.fail(DeliveryError::Shutdown, "unavailable");
+        if stopped {
+            o.fail(DeliveryError::Shutdown, "unavailable");
+        } else {
+            o.fail(DeliveryError::UnknownNode(peer), "unknown_node");
+        }
     }
     metrics::delivery_queue_depth(peer, 0);
 }

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::batcher::Pending;
+use crate::kv::{Kv, KvTree};
 use crate::{Op, OpResult, Shared, StoreError, metrics, routes};
 
 /// Space of leases: key node id (u64 big-endian), value the node's renewal
@@ -233,7 +234,15 @@ pub async fn renew(shared: Arc<Shared>, writes: mpsc::Sender<Pending>) {
     let mut stop = shared.stop.subscribe();
     let mut tick = tokio::time::interval(Duration::from_millis(cfg.renew_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut counter = 0u64;
+    // Monotonic across restarts: continue from the replica's last value.
+    let mut counter = shared
+        .kv
+        .tree(&crate::store::space_tree(LEASES))
+        .and_then(|t| t.get(&node_key(shared.node_id)))
+        .ok()
+        .flatten()
+        .and_then(|v| key_id(&v))
+        .unwrap_or(0);
     let ttl = Duration::from_millis(cfg.ttl_ms);
     loop {
         tokio::select! {

@@ -628,6 +628,7 @@ impl Store {
             return Ok(());
         }
         let _ = self.inner.shared.stop.send(true);
+        metrics::healthy(false);
         self.inner.raft.shutdown().await.map_err(storage)?;
         let kv = self.inner.kv.clone();
         tokio::task::spawn_blocking(move || kv.flush())

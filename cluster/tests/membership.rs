@@ -124,6 +124,25 @@ async fn join_via_follower_status_leave_and_foreign_ca() {
     assert!(n4.store.write(vec![put("x")]).await.is_err());
     let _ = n4.crash().await;
 
+    // The leader leaves too: the two others elect a leader and go on.
+    let n1 = nodes.remove(0);
+    assert_eq!(n1.store.leader(), Some(1));
+    n1.store.leave().await.unwrap();
+    eventually("two members, a new leader", 15, || {
+        nodes.iter().all(|n| {
+            let st = n.store.status();
+            st.members.len() == 2 && matches!(st.leader_id, Some(2 | 3))
+        })
+    })
+    .await;
+    let r = nodes[0].store.write(vec![put("after_leader_left")]).await;
+    assert_eq!(r.unwrap(), vec![OpResult::Done]);
+    eventually("node 1's expiry announced", 10, || {
+        nodes.iter().all(|n| n.events.saw(1))
+    })
+    .await;
+    let _ = n1.crash().await;
+
     for n in nodes {
         n.crash().await;
     }
