@@ -697,6 +697,7 @@ mod tests {
     use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
     use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
     use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme, SupportedProtocolVersion};
+    use std::path::PathBuf;
     use std::sync::OnceLock;
     use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -704,14 +705,20 @@ mod tests {
     use tokio_rustls::TlsConnector;
     use tokio_rustls::client::TlsStream;
 
+    const CERT_DIR_ENV: &str = "STARLING_TLS_CONN_TEST_DIR";
+
     /// The server's configuration as `net::tls` builds it, with generated
     /// self-signed certificates for two domains, and those certificates.
     fn server_setup() -> &'static (Arc<rustls::ServerConfig>, Vec<CertificateDer<'static>>) {
         static SETUP: OnceLock<(Arc<rustls::ServerConfig>, Vec<CertificateDer<'static>>)> =
             OnceLock::new();
         SETUP.get_or_init(|| {
-            let dir =
-                std::env::temp_dir().join(format!("starling-tls-conn-{}", std::process::id()));
+            // A child process (see `rss_clients`) shares its parent's.
+            let dir = std::env::var_os(CERT_DIR_ENV)
+                .map(PathBuf::from)
+                .unwrap_or_else(|| {
+                    std::env::temp_dir().join(format!("starling-tls-conn-{}", std::process::id()))
+                });
             let cfg = crate::config::Config {
                 domains: vec!["localhost".into(), "example.org".into()],
                 data_dir: dir.clone(),
@@ -1165,6 +1172,8 @@ mod tests {
         const N: usize = 2000;
         let (l, addr) = listener().await;
         let config = server_config();
+        let cert_dir =
+            std::env::temp_dir().join(format!("starling-tls-conn-{}", std::process::id()));
         let done = Arc::new(AtomicUsize::new(0));
         let counter = done.clone();
         tokio::spawn(async move {
@@ -1191,6 +1200,7 @@ mod tests {
                 ])
                 .env("STARLING_RSS_ADDR", addr.to_string())
                 .env("STARLING_RSS_N", n.to_string())
+                .env(CERT_DIR_ENV, &cert_dir)
                 .stdin(std::process::Stdio::piped())
                 .stdout(std::process::Stdio::null())
                 .spawn()
@@ -1199,7 +1209,9 @@ mod tests {
         let wait_for = |target: usize| {
             let done = done.clone();
             async move {
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
                 while done.load(Ordering::SeqCst) < target {
+                    assert!(tokio::time::Instant::now() < deadline, "clients stalled");
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 // Let the tasks settle into readable().

@@ -144,13 +144,36 @@ impl<S: Transport> XmlStream<S> {
             let _ = self.send_header(None, &new_id()).await;
         }
         let _ = self.send_raw(&stream_error(condition, text)).await;
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.io.shutdown()).await;
+        self.linger().await;
     }
 
     /// Closes the stream cleanly (answering the client's `</stream:stream>`).
     pub async fn close(&mut self) {
         let _ = self.send_raw("</stream:stream>").await;
+        self.linger().await;
+    }
+
+    /// Ends our side, then reads and discards what the client still sends
+    /// until it closes (at most a second and 1 MiB): closing a socket with
+    /// unread input makes the kernel send a reset, which can destroy the
+    /// stream error before the client has read it.
+    async fn linger(&mut self) {
         let _ = tokio::time::timeout(Duration::from_secs(1), self.io.shutdown()).await;
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let mut budget: usize = 1 << 20;
+        while budget > 0 {
+            match self.io.try_read(&mut |_| {}) {
+                Ok(0) => return,
+                Ok(n) => budget = budget.saturating_sub(n),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    match tokio::time::timeout_at(deadline, self.io.readable()).await {
+                        Ok(Ok(())) => {}
+                        _ => return,
+                    }
+                }
+                Err(_) => return,
+            }
+        }
     }
 }
 
