@@ -184,7 +184,7 @@ pub fn send(
                     return Err(DeliveryError::UnknownNode(peer));
                 }
                 let (tx, rx) = mpsc::channel(shared.delivery_queue);
-                tokio::spawn(run_peer(shared.clone(), peer, rx));
+                shared.rt.spawn(run_peer(shared.clone(), peer, rx));
                 queues.insert(peer, tx.clone());
                 tx
             }

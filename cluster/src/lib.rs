@@ -188,6 +188,9 @@ pub(crate) struct Shared {
     pub kv: SledKv,
     /// Set by `leave`: lease renewals stop.
     pub leaving: AtomicBool,
+    /// The runtime the store was opened on: tasks started from calls made
+    /// on other runtimes (an actix arbiter calling `deliver`) run here.
+    pub rt: tokio::runtime::Handle,
 }
 
 impl Shared {
@@ -364,6 +367,7 @@ impl Store {
             write_timeout: Duration::from_millis(opts.write_timeout_ms.max(1)),
             kv: kv.clone(),
             leaving: AtomicBool::new(false),
+            rt: tokio::runtime::Handle::current(),
         });
         if alone {
             // The sole voter commits on its own: healthy from the start.
@@ -673,8 +677,8 @@ impl Store {
     }
 
     /// Sends `env` to node `node_id` over its delivery stream without
-    /// waiting: `Ok` means queued. A full queue to that node is
-    /// `Backpressure` at once. Whether it was delivered is only counted
+    /// waiting (callable from any thread or runtime): `Ok` means queued.
+    /// A full queue to that node is `Backpressure` at once. Whether it was delivered is only counted
     /// (`starling_cluster_delivered_total`); use `deliver_acked` to know.
     pub fn deliver(&self, node_id: u64, env: Envelope) -> Result<(), DeliveryError> {
         delivery::send(&self.inner.shared, node_id, env, None)
@@ -683,7 +687,8 @@ impl Store {
     /// Sends `env` to node `node_id` and waits for that node's answer, so
     /// the caller can fall back (offline storage) when it was not
     /// delivered. Queueing fails as `deliver` does; a stream that breaks
-    /// before the ack, or no ack within 10 s, is `Unavailable`.
+    /// before the ack, or no ack within 10 s, is `Unavailable`. The future
+    /// may be awaited on any executor.
     pub async fn deliver_acked(
         &self,
         node_id: u64,
@@ -691,7 +696,13 @@ impl Store {
     ) -> Result<DeliveryResult, DeliveryError> {
         let (tx, rx) = oneshot::channel();
         delivery::send(&self.inner.shared, node_id, env, Some(tx))?;
-        match tokio::time::timeout(delivery::ACK_TIMEOUT, rx).await {
+        // The timer runs on the store's runtime: callers may be anywhere.
+        let wait = self
+            .inner
+            .shared
+            .rt
+            .spawn(async move { tokio::time::timeout(delivery::ACK_TIMEOUT, rx).await });
+        match wait.await.map_err(|_| DeliveryError::Shutdown)? {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err(DeliveryError::Shutdown),
             Err(_) => {

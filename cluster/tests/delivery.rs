@@ -86,6 +86,19 @@ async fn delivery_with_acks_and_backpressure() {
         s1.deliver(9, env("alice@example.com/a", 3)),
         Err(DeliveryError::UnknownNode(9))
     );
+    // From a thread outside any runtime (as from another executor).
+    let r = std::thread::spawn({
+        let s1 = s1.clone();
+        move || {
+            s1.deliver(2, env("alice@example.com/a", 90)).unwrap();
+            futures::executor::block_on(s1.deliver_acked(2, env("alice@example.com/a", 91)))
+        }
+    })
+    .join()
+    .unwrap();
+    assert_eq!(r, Ok(DeliveryResult::Delivered));
+    eventually("both delivered", 10, || rx.got.lock().unwrap().len() == 4).await;
+    rx.got.lock().unwrap().drain(2..);
     // Fire and forget, in order.
     for i in 0..50 {
         s1.deliver(2, env("alice@example.com/a", 100 + i)).unwrap();
