@@ -1,5 +1,12 @@
 //! Starling's replicated state: an openraft group whose log and state machine
-//! live in sled (behind the `kv` seam), reached over tonic between nodes.
+//! live in sled (behind the `kv` seam), reached over tonic between nodes
+//! (mutual TLS with a cluster CA when configured).
+//!
+//! Besides the store itself this crate carries what nodes say to each other:
+//! stanza delivery over one stream per peer (`deliver`, `LocalDelivery`),
+//! membership (`join`, `leave`, `status`), node leases with failure
+//! detection (`ClusterEvents`, `is_healthy`) and the routing-table layout
+//! that lets a dead node's routes go in one operation (`routes`).
 //!
 //! A single node is a cluster of one. Callers see only this module's types:
 //! no openraft, sled or tonic type appears in the public API.
