@@ -48,6 +48,15 @@ impl Transport {
             .ca_certificate(ca)
             .identity(identity)
             .domain_name(NODE_NAME);
+        // Checked now, so a bad certificate or key fails `open`, not the
+        // first connection.
+        let bad = |e: tonic::transport::Error| {
+            StoreError::Storage(format!("cluster TLS: {e:?} (check {})", tls.cert.display()))
+        };
+        Server::builder().tls_config(server.clone()).map_err(bad)?;
+        Endpoint::from_static("https://starling-node")
+            .tls_config(client.clone())
+            .map_err(bad)?;
         Ok(Transport {
             server: Some(server),
             client: Some(client),

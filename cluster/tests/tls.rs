@@ -115,6 +115,16 @@ async fn members_replicate_over_mtls_and_strangers_are_refused() {
     .await;
     assert!(!matches!(r, Ok(Ok(_))), "plaintext accepted");
 
+    // Unreadable or malformed TLS files fail at open.
+    let dir = tempfile::tempdir().unwrap();
+    let mut bad = ca.node("bad");
+    bad.key = pkidir.path().join("missing.pem");
+    let r = Store::open_with(cfg(dir.path(), 9, free_addr()), opts(bad.clone())).await;
+    assert!(r.is_err(), "missing key accepted");
+    bad.key = bad.ca_cert.clone(); // a certificate where the key should be
+    let r = Store::open_with(cfg(dir.path(), 9, free_addr()), opts(bad)).await;
+    assert!(r.is_err(), "certificate accepted as a key");
+
     for s in stores.iter().rev() {
         s.shutdown().await.unwrap();
     }
