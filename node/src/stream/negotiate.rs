@@ -6,6 +6,7 @@
 
 use super::sasl::{self, SaslOutcome};
 use super::xmlstream::{ReadError, XmlStream, new_id};
+use crate::net::tls_conn::TlsConn;
 use crate::net::transport::Transport;
 use crate::server::Server;
 use crate::stanza::{self, NS_BIND, NS_CLIENT, NS_SASL, NS_SESSION, NS_TLS};
@@ -70,10 +71,11 @@ pub async fn serve_connection(
             .await;
         return;
     }
-    let acceptor = tokio_rustls::TlsAcceptor::from(server.tls.clone());
     let tls = if direct_tls {
         // Boxed: short-lived futures must not size the long-lived task.
-        match tokio::time::timeout_at(deadline, Box::pin(acceptor.accept(tcp))).await {
+        match tokio::time::timeout_at(deadline, Box::pin(TlsConn::accept(tcp, server.tls.clone())))
+            .await
+        {
             Ok(Ok(tls)) => tls,
             _ => return,
         }
@@ -83,7 +85,12 @@ pub async fn serve_connection(
             Some(()) => {}
             None => return,
         }
-        match tokio::time::timeout_at(deadline, Box::pin(acceptor.accept(xs.io))).await {
+        match tokio::time::timeout_at(
+            deadline,
+            Box::pin(TlsConn::accept(xs.io, server.tls.clone())),
+        )
+        .await
+        {
             Ok(Ok(tls)) => tls,
             _ => return,
         }
