@@ -83,14 +83,18 @@ async fn subscribe(
         .collect();
     let answered = Arc::new(AtomicU64::new(0));
     let (stop_tx, stop_rx) = watch::channel(false);
+    // RFC 6121 §3.1.3: a request reaches only resources that have fetched the roster, so every
+    // session fetches its roster before anyone sends a request
+    let barrier = Arc::new(tokio::sync::Barrier::new(n));
     let mut tasks = Vec::new();
     for (u, mut s) in sessions.into_iter().enumerate() {
         let targets: Vec<String> = (1..=k).map(|j| jids[(u + j) % n].clone()).collect();
-        let (answered, mut stop) = (answered.clone(), stop_rx.clone());
+        let (answered, mut stop, barrier) = (answered.clone(), stop_rx.clone(), barrier.clone());
         tasks.push(tokio::spawn(async move {
             // contacts we already see need no request (servers do not answer a repeated one)
-            let have: std::collections::HashSet<String> = roster_items(&mut s)
-                .await?
+            let items = roster_items(&mut s).await;
+            barrier.wait().await; // reached even on error, so the others are not held up
+            let have: std::collections::HashSet<String> = items?
                 .into_iter()
                 .filter(|(_, sub)| sub == "both" || sub == "to")
                 .map(|(j, _)| j)
@@ -132,6 +136,7 @@ async fn subscribe(
             Ok::<_, anyhow::Error>(s)
         }));
     }
+    let t0 = Instant::now();
     let want = (n * k) as u64;
     let pb = c.bar(want, "subscribe");
     let until = Instant::now() + Duration::from_secs(c.timeout_secs.clamp(1, MAX_SECS));
@@ -147,9 +152,10 @@ async fn subscribe(
     for t in tasks {
         out.push(t.await??);
     }
-    if got < want {
-        eprintln!("presence: {got} of {want} subscription requests answered");
-    }
+    eprintln!(
+        "presence: {got} of {want} subscription requests answered in {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
     Ok(out)
 }
 
