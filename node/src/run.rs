@@ -76,6 +76,7 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
             }
         });
     }
+    rt.spawn(trim_heap_periodically());
     let system = actix_rt::System::new();
     let result = system.block_on(run_listeners(server.clone()));
     // Let the streams see their errors before the store goes.
@@ -122,6 +123,22 @@ async fn run_listeners(server: Arc<Server>) -> anyhow::Result<()> {
         a.stop();
     }
     Ok(())
+}
+
+/// Gives memory freed after a load spike (a login storm's TLS handshakes)
+/// back to the kernel. glibc keeps freed memory in its arenas otherwise,
+/// and an idle server would look as big as its busiest minute.
+async fn trim_heap_periodically() {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+    loop {
+        tick.tick().await;
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: malloc_trim only releases free memory; it takes the
+        // allocator's own locks and has no preconditions.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -14,6 +14,7 @@ use crate::xml::{Element, StreamEvent};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 /// Why the session loop ended.
 enum End {
@@ -48,17 +49,45 @@ pub async fn run<S: Transport>(server: Arc<Server>, bound: Bound<S>) {
         old.close("conflict");
     }
     let span = tracing::info_span!("c2s", jid = %bound.full);
-    let _enter = span.enter();
-    tracing::info!("session bound");
+    let full = bound.full.to_string();
+    async move {
+        tracing::info!("session bound");
+        serve(&server, bound.stream, bare, full, id, mailbox).await;
+        tracing::info!("session ended");
+    }
+    .instrument(span)
+    .await;
+}
+
+async fn serve<S: Transport>(
+    server: &Server,
+    stream: XmlStream<S>,
+    bare: String,
+    full: String,
+    id: u64,
+    mailbox: Arc<Mailbox>,
+) {
     let mut s = Session {
-        server: &server,
-        xs: bound.stream,
+        server,
+        xs: stream,
         bare,
-        full: bound.full.to_string(),
+        full,
         id,
         presence: PresenceState::default(),
     };
     let end = s.run(&mailbox).await;
+    Box::pin(finish(server, s, id, &mailbox, end)).await;
+}
+
+/// Leaves the router, tells contacts, re-routes what was still queued and
+/// closes the stream (boxed by the caller: it runs once).
+async fn finish<S: Transport>(
+    server: &Server,
+    mut s: Session<'_, S>,
+    id: u64,
+    mailbox: &Mailbox,
+    end: End,
+) {
     // Leave the router first, so nothing more is queued here, then hand on
     // what was queued but never written: it is owed to the user.
     server.router.unbind(&s.bare, id);
@@ -68,16 +97,15 @@ pub async fn run<S: Transport>(server: Arc<Server>, bound: Bound<S>) {
         full: &s.full,
         session_id: id,
     };
-    im::session_ended(&server, &origin, &mut s.presence).await;
+    im::session_ended(server, &origin, &mut s.presence).await;
     for xml in leftovers {
-        im::reroute(&server, &xml).await;
+        im::reroute(server, &xml).await;
     }
     match end {
         End::Error(condition) => s.xs.fail(condition, None).await,
         End::ClientClosed => s.xs.close().await,
         End::Done => {}
     }
-    tracing::info!("session ended");
 }
 
 impl<S: Transport> Session<'_, S> {
@@ -91,7 +119,9 @@ impl<S: Transport> Session<'_, S> {
             loop {
                 match self.xs.next_buffered() {
                     Ok(Some(StreamEvent::Stanza(el))) => {
-                        if let Err(end) = self.handle_stanza(el).await {
+                        // Boxed: handling a stanza awaits deep futures that
+                        // must not size the idle session's task.
+                        if let Err(end) = Box::pin(self.handle_stanza(el)).await {
                             return end;
                         }
                     }
@@ -99,7 +129,7 @@ impl<S: Transport> Session<'_, S> {
                     Ok(Some(StreamEvent::Header(_))) => return End::Error("bad-format"),
                     Ok(None) => break,
                     Err(e) => {
-                        read_failed(&mut self.xs, e).await;
+                        Box::pin(read_failed(&mut self.xs, e)).await;
                         return End::Done;
                     }
                 }
@@ -110,19 +140,19 @@ impl<S: Transport> Session<'_, S> {
                     match r {
                         Ok(()) => last_read = Instant::now(),
                         Err(e) => {
-                            read_failed(&mut self.xs, e).await;
+                            Box::pin(read_failed(&mut self.xs, e)).await;
                             return End::Done;
                         }
                     }
                 }
                 msg = mailbox.recv() => {
-                    if let Err(end) = self.write_msg(msg).await {
+                    if let Err(end) = Box::pin(self.write_msg(msg)).await {
                         return end;
                     }
                     last_write = Instant::now();
                 }
                 _ = tokio::time::sleep_until(keepalive_at) => {
-                    if self.xs.send_raw(" ").await.is_err() {
+                    if Box::pin(self.xs.send_raw(" ")).await.is_err() {
                         return End::Done;
                     }
                     last_write = Instant::now();
