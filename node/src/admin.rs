@@ -22,6 +22,9 @@ pub enum Request {
     UserDel { jid: String },
     UserPasswd { jid: String, password: String },
     UserList { domain: Option<String> },
+    ClusterStatus,
+    ClusterJoin { addr: String },
+    ClusterLeave,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -31,6 +34,9 @@ pub struct Response {
     pub error: Option<String>,
     #[serde(default)]
     pub users: Vec<String>,
+    /// Human-readable lines (cluster status).
+    #[serde(default)]
+    pub lines: Vec<String>,
 }
 
 pub fn socket_path(data_dir: &Path) -> PathBuf {
@@ -45,13 +51,14 @@ pub async fn execute(
     server: Option<&Server>,
     req: Request,
 ) -> Response {
-    let result: Result<Vec<String>, AccountError> = async {
+    let result: Result<(Vec<String>, Vec<String>), String> = async {
+        let none = (vec![], vec![]);
         match req {
             Request::UserAdd { jid, password } => {
                 let j = accounts::account_jid(&jid, &config.domains)?;
                 accounts::create(storage, j.as_str(), &password, config.auth.scram_iterations)
                     .await?;
-                Ok(vec![])
+                Ok(none)
             }
             Request::UserDel { jid } => {
                 let j = accounts::account_jid(&jid, &config.domains)?;
@@ -59,7 +66,7 @@ pub async fn execute(
                 if let Some(s) = server {
                     s.router.close_all(j.as_str(), "not-authorized");
                 }
-                Ok(vec![])
+                Ok(none)
             }
             Request::UserPasswd { jid, password } => {
                 let j = accounts::account_jid(&jid, &config.domains)?;
@@ -70,24 +77,95 @@ pub async fn execute(
                     config.auth.scram_iterations,
                 )
                 .await?;
-                Ok(vec![])
+                Ok(none)
             }
-            Request::UserList { domain } => Ok(storage.list_accounts(domain.as_deref())?),
+            Request::UserList { domain } => Ok((
+                storage
+                    .list_accounts(domain.as_deref())
+                    .map_err(AccountError::from)?,
+                vec![],
+            )),
+            Request::ClusterStatus => Ok((vec![], status_lines(&storage.store.status()))),
+            Request::ClusterJoin { addr } => {
+                storage.store.join(&addr).await.map_err(|e| e.to_string())?;
+                Ok(none)
+            }
+            Request::ClusterLeave => {
+                if let Some(s) = server {
+                    // Clients reconnect through the load balancer elsewhere.
+                    for bare in s.router.users() {
+                        s.router.close_all(&bare, "system-shutdown");
+                    }
+                }
+                storage.store.leave().await.map_err(|e| e.to_string())?;
+                Ok(none)
+            }
         }
     }
-    .await;
+    .await
+    .map_err(|e: AccountErrorOrString| e.0);
     match result {
-        Ok(users) => Response {
+        Ok((users, lines)) => Response {
             ok: true,
             error: None,
             users,
+            lines,
         },
         Err(e) => Response {
             ok: false,
-            error: Some(e.to_string()),
+            error: Some(e),
             users: vec![],
+            lines: vec![],
         },
     }
+}
+
+/// Any error of an admin request, as its message.
+struct AccountErrorOrString(String);
+
+impl From<AccountError> for AccountErrorOrString {
+    fn from(e: AccountError) -> Self {
+        AccountErrorOrString(e.to_string())
+    }
+}
+
+impl From<String> for AccountErrorOrString {
+    fn from(e: String) -> Self {
+        AccountErrorOrString(e)
+    }
+}
+
+/// `starling cluster status` as lines of text.
+pub fn status_lines(st: &starling_cluster::ClusterStatus) -> Vec<String> {
+    let opt = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
+    let mut lines = vec![
+        format!(
+            "answered by node {}; leader {}; term {}; commit {}; applied {}",
+            st.node_id,
+            opt(st.leader_id),
+            st.term,
+            st.commit_index,
+            st.applied_index
+        ),
+        format!(
+            "{:>6}  {:<24} {:>6} {:>9} {:>6} {:>8} {:>10}",
+            "node", "address", "voter", "matched", "lag", "healthy", "lease age"
+        ),
+    ];
+    for m in &st.members {
+        lines.push(format!(
+            "{:>6}  {:<24} {:>6} {:>9} {:>6} {:>8} {:>10}",
+            m.node_id,
+            m.addr,
+            m.voter,
+            opt(m.matched_index),
+            opt(m.lag),
+            m.healthy,
+            m.last_lease_age_ms
+                .map_or("-".to_owned(), |a| format!("{a} ms"))
+        ));
+    }
+    lines
 }
 
 /// Serves the admin socket of a running node.
@@ -112,6 +190,7 @@ pub async fn serve(server: Arc<Server>) -> anyhow::Result<()> {
                         ok: false,
                         error: Some(format!("bad request: {e}")),
                         users: vec![],
+                        lines: vec![],
                     },
                 };
                 let mut out = serde_json::to_string(&resp).unwrap_or_default();

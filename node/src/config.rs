@@ -182,14 +182,24 @@ impl Default for MetricsConfig {
     }
 }
 
-/// This node's identity in the Raft group.
+/// This node's identity in the Raft group and its node-to-node listener.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterConfig {
+    /// Unique per node; 1 for the embedded default.
     pub node_id: u64,
     /// gRPC port for node-to-node traffic (never the c2s port).
     pub port: u16,
     pub bind: String,
+    /// Address other nodes reach this one on (default: bind:port).
+    pub advertise: Option<String>,
+    /// Any member's cluster address, for a fresh node to join through.
+    pub join: Option<String>,
+    /// Mutual TLS between nodes (all three, or none: a single node).
+    /// `starling cluster ca` and `starling cluster cert` make them.
+    pub ca_cert: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
 }
 
 impl Default for ClusterConfig {
@@ -198,7 +208,29 @@ impl Default for ClusterConfig {
             node_id: 1,
             port: 7070,
             bind: "127.0.0.1".into(),
+            advertise: None,
+            join: None,
+            ca_cert: None,
+            cert: None,
+            key: None,
         }
+    }
+}
+
+impl ClusterConfig {
+    /// The mutual-TLS files, when configured.
+    pub fn tls(&self) -> Option<starling_cluster::ClusterTls> {
+        Some(starling_cluster::ClusterTls {
+            ca_cert: self.ca_cert.clone()?,
+            cert: self.cert.clone()?,
+            key: self.key.clone()?,
+        })
+    }
+
+    pub fn advertised(&self) -> String {
+        self.advertise
+            .clone()
+            .unwrap_or_else(|| format!("{}:{}", self.bind, self.port))
     }
 }
 
@@ -262,6 +294,18 @@ impl Config {
         }
         if self.c2s.port == self.cluster.port || self.c2s.tls_port == self.cluster.port {
             anyhow::bail!("cluster.port must differ from the c2s ports");
+        }
+        let tls_parts = [&self.cluster.ca_cert, &self.cluster.cert, &self.cluster.key];
+        if tls_parts.iter().any(|p| p.is_some()) && tls_parts.iter().any(|p| p.is_none()) {
+            anyhow::bail!("cluster.ca_cert, cluster.cert and cluster.key go together");
+        }
+        if self.cluster.join.is_some() && self.cluster.tls().is_none() {
+            anyhow::bail!(
+                "cluster.join needs cluster.ca_cert, cluster.cert and cluster.key: nodes talk over mutual TLS"
+            );
+        }
+        if self.cluster.node_id == 0 {
+            anyhow::bail!("cluster.node_id must be positive");
         }
         if self.auth.scram_iterations < 4096 {
             anyhow::bail!("auth.scram_iterations must be at least 4096 (RFC 7677)");

@@ -49,6 +49,13 @@ enum Command {
         /// Node-to-node gRPC port.
         #[arg(long)]
         cluster_port: Option<u16>,
+        /// This node's id in the cluster (unique per node).
+        #[arg(long)]
+        node_id: Option<u64>,
+        /// Join the cluster through this member's cluster address (a fresh
+        /// node only; needs the cluster certificates in the config).
+        #[arg(long)]
+        join: Option<String>,
         /// Log as JSON lines.
         #[arg(long)]
         log_json: bool,
@@ -60,6 +67,46 @@ enum Command {
         #[command(flatten)]
         node: NodeArgs,
     },
+    /// Cluster membership and certificates.
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterAction,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterAction {
+    /// Make the cluster CA (ca.pem, ca-key.pem) in DIR.
+    Ca {
+        #[arg(long, default_value = "cluster-ca")]
+        out: PathBuf,
+    },
+    /// Make a node certificate signed by the cluster CA.
+    Cert {
+        /// Directory holding ca.pem and ca-key.pem.
+        #[arg(long, default_value = "cluster-ca")]
+        ca_dir: PathBuf,
+        /// File name stem, e.g. node1.
+        #[arg(long)]
+        name: String,
+        /// Extra subject names (IP addresses or host names of the node).
+        #[arg(long = "san")]
+        sans: Vec<String>,
+        #[arg(long, default_value = "cluster-ca")]
+        out: PathBuf,
+    },
+    /// Members, leader, term, commit/applied index, lag per node.
+    Status {
+        /// Ask this member's cluster address instead of the local node.
+        #[arg(long)]
+        addr: Option<String>,
+    },
+    /// Join the running local node to a cluster through ADDR.
+    Join { addr: String },
+    /// Move the local node's users off and leave the cluster.
+    Leave,
 }
 
 #[derive(Subcommand)]
@@ -92,8 +139,16 @@ fn main() -> std::process::ExitCode {
             c2s_tls_port,
             metrics_port,
             cluster_port,
+            node_id,
+            join,
             log_json,
         } => load(&node).and_then(|mut cfg| {
+            if let Some(n) = node_id {
+                cfg.cluster.node_id = n;
+            }
+            if join.is_some() {
+                cfg.cluster.join = join;
+            }
             if !domains.is_empty() {
                 cfg.domains = domains;
             }
@@ -130,6 +185,10 @@ fn main() -> std::process::ExitCode {
             }
             Ok(())
         }),
+        Command::Cluster { action, node } => load(&node).and_then(|mut cfg| {
+            cfg.check()?;
+            cluster_command(cfg, action)
+        }),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -138,4 +197,58 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+fn cluster_command(cfg: Config, action: ClusterAction) -> anyhow::Result<()> {
+    use starling_cluster::pki;
+    match action {
+        ClusterAction::Ca { out } => {
+            let (cert, key) = pki::make_ca(&out)?;
+            println!(
+                "CA certificate {}\nCA key         {} (keep it off the nodes)",
+                cert.display(),
+                key.display()
+            );
+        }
+        ClusterAction::Cert {
+            ca_dir,
+            name,
+            sans,
+            out,
+        } => {
+            let (cert, key) = pki::make_node_cert(
+                &ca_dir.join("ca.pem"),
+                &ca_dir.join("ca-key.pem"),
+                &out,
+                &name,
+                &sans,
+            )?;
+            println!(
+                "node certificate {}\nnode key         {}",
+                cert.display(),
+                key.display()
+            );
+        }
+        ClusterAction::Status { addr: Some(addr) } => {
+            let st = starling::run::remote_status(&cfg, &addr)?;
+            for l in starling::admin::status_lines(&st) {
+                println!("{l}");
+            }
+        }
+        ClusterAction::Status { addr: None } => print_admin(cfg, Request::ClusterStatus)?,
+        ClusterAction::Join { addr } => print_admin(cfg, Request::ClusterJoin { addr })?,
+        ClusterAction::Leave => print_admin(cfg, Request::ClusterLeave)?,
+    }
+    Ok(())
+}
+
+fn print_admin(cfg: Config, req: Request) -> anyhow::Result<()> {
+    let resp = starling::run::admin_request(cfg, req)?;
+    if !resp.ok {
+        anyhow::bail!(resp.error.unwrap_or_else(|| "failed".into()));
+    }
+    for l in resp.users.iter().chain(&resp.lines) {
+        println!("{l}");
+    }
+    Ok(())
 }

@@ -10,7 +10,7 @@ use crate::config::Config;
 use crate::server::Server;
 use crate::storage::Storage;
 use anyhow::Context as _;
-use starling_cluster::{Store, StoreConfig};
+use starling_cluster::{Store, StoreConfig, StoreOptions};
 use std::sync::Arc;
 
 pub fn init_tracing(json: bool) {
@@ -39,8 +39,47 @@ fn store_config(cfg: &Config) -> StoreConfig {
     StoreConfig {
         data_dir: cfg.data_dir.join("store"),
         node_id: cfg.cluster.node_id,
-        raft_addr: format!("{}:{}", cfg.cluster.bind, cfg.cluster.port),
+        raft_addr: cfg.cluster.advertised(),
     }
+}
+
+fn store_options(cfg: &Config) -> StoreOptions {
+    StoreOptions {
+        tls: cfg.cluster.tls(),
+        ..StoreOptions::default()
+    }
+}
+
+/// Opens the store: a fresh node with `cluster.join` joins that cluster,
+/// any other fresh node starts a cluster of one, a known node recovers.
+/// With cluster TLS configured, the node serves its gRPC port so that
+/// others can join and replicate.
+async fn open_store(cfg: &Config) -> anyhow::Result<Store> {
+    let fresh = !cfg.data_dir.join("store").exists();
+    let store = match (&cfg.cluster.join, fresh) {
+        (Some(_), true) => Store::open_joining_with(store_config(cfg), store_options(cfg)).await?,
+        _ => Store::open_with(store_config(cfg), store_options(cfg)).await?,
+    };
+    if cfg.cluster.tls().is_some() {
+        let addr: std::net::SocketAddr = format!("{}:{}", cfg.cluster.bind, cfg.cluster.port)
+            .parse()
+            .context("cluster.bind / cluster.port")?;
+        let s = store.clone();
+        tokio::spawn(async move {
+            if let Err(e) = s.serve_grpc(addr).await {
+                tracing::error!(error = %e, "cluster gRPC server failed");
+            }
+        });
+        tracing::info!(%addr, node_id = cfg.cluster.node_id, "cluster port listening (mutual TLS)");
+    }
+    if let (Some(seed), true) = (&cfg.cluster.join, fresh) {
+        store
+            .join(seed)
+            .await
+            .with_context(|| format!("joining the cluster through {seed}"))?;
+        tracing::info!(%seed, "joined the cluster");
+    }
+    Ok(store)
 }
 
 /// Runs a node until SIGINT or SIGTERM.
@@ -63,9 +102,7 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
             .context("starting the metrics exporter")?;
     }
     crate::metrics::describe();
-    let store = rt
-        .block_on(Store::open(store_config(&cfg)))
-        .context("opening the store")?;
+    let store = rt.block_on(open_store(&cfg)).context("opening the store")?;
     let tls = crate::net::tls::server_config(&cfg)?;
     let server = Arc::new(Server::new(cfg, Storage::new(store.clone()), tls));
     {
@@ -159,7 +196,7 @@ pub fn admin_request(cfg: Config, req: Request) -> anyhow::Result<Response> {
             return r;
         }
         std::fs::create_dir_all(&cfg.data_dir)?;
-        let store = Store::open(store_config(&cfg))
+        let store = Store::open_with(store_config(&cfg), store_options(&cfg))
             .await
             .context("opening the store (is a node running with another data directory?)")?;
         let storage = Storage::new(store.clone());
@@ -167,4 +204,11 @@ pub fn admin_request(cfg: Config, req: Request) -> anyhow::Result<Response> {
         store.shutdown().await?;
         Ok(resp)
     })
+}
+
+/// `starling cluster status --addr`: asks any member over mutual TLS.
+pub fn remote_status(cfg: &Config, addr: &str) -> anyhow::Result<starling_cluster::ClusterStatus> {
+    let rt = store_runtime()?;
+    let tls = cfg.cluster.tls();
+    rt.block_on(async { Ok(starling_cluster::query_status(addr, tls.as_ref()).await?) })
 }
