@@ -41,7 +41,14 @@ pub async fn authenticate<S: Transport>(
 ) -> SaslOutcome {
     let mechanism = auth.get_attr("mechanism").unwrap_or("");
     let mut account: Option<String> = None;
+    // A node cut off from its cluster's majority cannot commit: it takes
+    // no new logins until it can (clients retry, or go elsewhere).
+    let healthy = server.storage.store.is_healthy();
+    if !healthy {
+        tracing::warn!("refusing a login: this node cannot commit to the cluster");
+    }
     let result = match mechanism {
+        _ if !healthy => Err(SaslFailure::TemporaryAuthFailure),
         "PLAIN" => plain(server, xs, auth, domain, deadline, &mut account).await,
         m => match ScramHash::from_mechanism(m) {
             Some(h) => scram(server, xs, auth, h, domain, deadline, &mut account).await,
