@@ -13,6 +13,7 @@
 
 use super::element::{Element, Node};
 use quick_xml::events::{BytesStart, Event};
+use std::borrow::Cow;
 
 pub const NS_STREAMS: &str = "http://etherx.jabber.org/streams";
 const NS_XML: &str = "http://www.w3.org/XML/1998/namespace";
@@ -113,6 +114,8 @@ enum Scan {
 pub struct StreamParser {
     limits: Limits,
     buf: Vec<u8>,
+    /// Bytes before this offset are consumed (dropped at the next feed).
+    start: usize,
     /// Next byte to scan.
     pos: usize,
     state: Scan,
@@ -136,6 +139,7 @@ impl StreamParser {
         StreamParser {
             limits,
             buf: Vec::new(),
+            start: 0,
             pos: 0,
             state: Scan::Text,
             tag_start: 0,
@@ -150,16 +154,29 @@ impl StreamParser {
 
     /// True when no partial data is held.
     pub fn is_idle(&self) -> bool {
-        self.buf.is_empty()
+        self.buffered() == 0
     }
 
     /// Bytes held for an incomplete stanza.
     pub fn buffered(&self) -> usize {
-        self.buf.len()
+        self.buf.len() - self.start
     }
 
     /// Appends bytes read from the connection.
     pub fn feed(&mut self, data: &[u8]) {
+        // Drop what earlier events consumed, once per read rather than
+        // once per stanza (a burst of N stanzas would otherwise move the
+        // rest of the buffer N times).
+        if self.start > 0 {
+            let start = self.start;
+            self.buf.drain(..start);
+            self.pos -= start;
+            self.tag_start = self.tag_start.saturating_sub(start);
+            if let Some(s) = self.stanza_start.as_mut() {
+                *s -= start;
+            }
+            self.start = 0;
+        }
         self.buf.extend_from_slice(data);
     }
 
@@ -181,17 +198,21 @@ impl StreamParser {
         if end >= self.buf.len() {
             // Give the memory back: an idle stream holds no buffer.
             self.buf = Vec::new();
+            self.start = 0;
+            self.pos = 0;
+            self.tag_start = 0;
         } else {
-            self.buf.drain(..end);
+            self.start = end;
         }
-        self.pos -= end.min(self.pos);
-        self.tag_start = self.tag_start.saturating_sub(end);
     }
 
     fn scan(&mut self) -> Result<Option<StreamEvent>, XmlError> {
         loop {
             // Bound what an unfinished stanza (or header) may hold.
-            let held_from = self.stanza_start.unwrap_or(self.tag_start.min(self.pos));
+            let held_from = self
+                .stanza_start
+                .unwrap_or(self.tag_start.min(self.pos))
+                .max(self.start);
             if self.buf.len().saturating_sub(held_from) > self.limits.max_stanza_bytes {
                 return Err(XmlError::PolicyViolation);
             }
@@ -278,7 +299,8 @@ impl StreamParser {
                             return Err(XmlError::UnsupportedEncoding);
                         }
                         self.state = Scan::Text;
-                        let end = self.pos + 1;
+                        self.pos += 1;
+                        let end = self.pos;
                         self.consume(end);
                         continue;
                     }
@@ -451,16 +473,20 @@ fn split_qname(q: &str) -> (&str, &str) {
     }
 }
 
-fn lookup<'a>(scope: &'a [(String, String)], prefix: &str) -> Option<&'a str> {
+fn lookup<'a, S: AsRef<str>>(scope: &'a [(S, S)], prefix: &str) -> Option<&'a str> {
     if prefix == "xml" {
         return Some(NS_XML);
     }
     scope
         .iter()
         .rev()
-        .find(|(p, _)| p == prefix)
-        .map(|(_, u)| u.as_str())
+        .find(|(p, _)| p.as_ref() == prefix)
+        .map(|(_, u)| u.as_ref())
 }
+
+/// Namespace declarations in scope while parsing one stanza: the stream
+/// header's are borrowed, the stanza's own are added on top.
+type Scope<'a> = Vec<(Cow<'a, str>, Cow<'a, str>)>;
 
 /// Parses one complete element with quick-xml, resolving namespaces
 /// against `outer` (the stream header's declarations).
@@ -472,7 +498,10 @@ pub fn parse_element(
     let text = std::str::from_utf8(bytes).map_err(|_| XmlError::UnsupportedEncoding)?;
     let mut reader = quick_xml::Reader::from_str(text);
     reader.config_mut().check_end_names = true;
-    let mut scope: Vec<(String, String)> = outer.to_vec();
+    let mut scope: Scope<'_> = outer
+        .iter()
+        .map(|(p, u)| (Cow::Borrowed(p.as_str()), Cow::Borrowed(u.as_str())))
+        .collect();
     // For each open element: the element and how long `scope` was before it.
     let mut stack: Vec<(Element, usize)> = Vec::new();
     loop {
@@ -593,9 +622,9 @@ fn attr_value<'a>(
         })
 }
 
-fn open_element(
+fn open_element<'a>(
     t: &BytesStart<'_>,
-    scope: &mut Vec<(String, String)>,
+    scope: &mut Scope<'a>,
     limits: &Limits,
 ) -> Result<Element, XmlError> {
     let qname_owned = t.name();
@@ -612,12 +641,12 @@ fn open_element(
             return Err(XmlError::NotWellFormed);
         }
         if key == "xmlns" {
-            scope.push((String::new(), value.into_owned()));
+            scope.push((Cow::Borrowed(""), Cow::Owned(value.into_owned())));
         } else if let Some(p) = key.strip_prefix("xmlns:") {
             if value.is_empty() {
                 return Err(XmlError::NotWellFormed);
             }
-            scope.push((p.to_owned(), value.into_owned()));
+            scope.push((Cow::Owned(p.to_owned()), Cow::Owned(value.into_owned())));
         } else {
             attrs.push((key.to_owned(), value.into_owned()));
         }
@@ -641,7 +670,7 @@ fn open_element(
         {
             let decl = format!("xmlns:{p}");
             if !attrs.iter().any(|(k, _)| *k == decl) {
-                attrs.push((decl, u.clone()));
+                attrs.push((decl, u.to_string()));
             }
         }
     }

@@ -1,0 +1,156 @@
+//! Micro-benchmarks of the per-stanza and per-login hot paths:
+//! `cargo bench -p starling --bench hot_paths`.
+//!
+//! - the stream parser (framing + element building) against raw quick-xml
+//!   tokenizing of the same bytes, the limit for any parser built on it;
+//! - stanza serialisation;
+//! - the router lookup of a bound resource among 10,000 users;
+//! - a server-side SCRAM-SHA-256 exchange (the client's salted password
+//!   cached, as real clients do) and PLAIN verification (PBKDF2, 4096).
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use hmac::{KeyInit, Mac};
+use sha2::{Digest, Sha256};
+use starling::auth::scram::{ScramHash, ScramServer, ScramStep, StoredCredentials};
+use starling::router::{Mailbox, Router, SessionHandle};
+use starling::xml::{Element, Limits, StreamEvent, StreamParser};
+use std::hint::black_box;
+use std::sync::Arc;
+
+const HEADER: &str = "<stream:stream to='example.org' version='1.0' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>";
+
+fn messages(n: usize) -> String {
+    let mut s = String::new();
+    for i in 0..n {
+        s.push_str(&format!(
+            "<message to='juliet@example.org/balcony' id='m{i}' type='chat'><body>Wherefore art thou, Romeo? {i} and some more text to make a hundred bytes.</body><active xmlns='http://jabber.org/protocol/chatstates'/></message>"
+        ));
+    }
+    s
+}
+
+fn parser(c: &mut Criterion) {
+    let n = 1000;
+    let body = messages(n);
+    let mut g = c.benchmark_group("parse");
+    g.throughput(Throughput::Bytes(body.len() as u64));
+    g.bench_function("starling StreamParser, 1000 messages", |b| {
+        b.iter(|| {
+            let mut p = StreamParser::new(Limits::default());
+            p.feed(HEADER.as_bytes());
+            let _ = p.next_event().unwrap();
+            p.feed(body.as_bytes());
+            let mut count = 0;
+            while let Some(ev) = p.next_event().unwrap() {
+                if let StreamEvent::Stanza(el) = ev {
+                    black_box(&el);
+                    count += 1;
+                }
+            }
+            assert_eq!(count, n);
+        })
+    });
+    g.bench_function("raw quick-xml tokenizing, same bytes", |b| {
+        b.iter(|| {
+            let mut r = quick_xml::Reader::from_str(&body);
+            let mut events = 0usize;
+            loop {
+                match r.read_event().unwrap() {
+                    quick_xml::events::Event::Eof => break,
+                    e => {
+                        black_box(&e);
+                        events += 1;
+                    }
+                }
+            }
+            black_box(events);
+        })
+    });
+    g.finish();
+}
+
+fn sample() -> Element {
+    Element::new("message", "jabber:client")
+        .attr("from", "romeo@example.net/orchard")
+        .attr("to", "juliet@example.org/balcony")
+        .attr("id", "m1")
+        .attr("type", "chat")
+        .child(Element::new("body", "jabber:client").text("Wherefore art thou, Romeo? <&>"))
+        .child(Element::new(
+            "active",
+            "http://jabber.org/protocol/chatstates",
+        ))
+}
+
+fn serialize(c: &mut Criterion) {
+    let el = sample();
+    c.bench_function("serialize a chat message", |b| {
+        b.iter(|| black_box(el.to_stream_xml("jabber:client")))
+    });
+}
+
+fn router(c: &mut Criterion) {
+    let r = Router::new();
+    let mut keep = Vec::new();
+    for i in 0..10_000 {
+        let mb = Arc::new(Mailbox::new(16, 1 << 16));
+        r.bind(
+            &format!("user{i}@example.org"),
+            "res",
+            SessionHandle::new(mb.clone()),
+        );
+        keep.push(mb);
+    }
+    c.bench_function("router lookup among 10k users", |b| {
+        let mut i = 0u32;
+        b.iter(|| {
+            i = (i + 7919) % 10_000;
+            black_box(r.handle(&format!("user{i}@example.org"), "res"))
+        })
+    });
+}
+
+fn hmac256(key: &[u8], data: &[u8]) -> Vec<u8> {
+    let mut m = hmac::Hmac::<Sha256>::new_from_slice(key).unwrap();
+    m.update(data);
+    m.finalize().into_bytes().to_vec()
+}
+
+fn scram(c: &mut Criterion) {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let creds = StoredCredentials::new("pencil", 4096);
+    let stored = creds.get(ScramHash::Sha256).clone();
+    // The client's salted password, computed once (clients cache it).
+    let mut salted = [0u8; 32];
+    pbkdf2::pbkdf2_hmac::<Sha256>(b"pencil", &stored.salt, stored.iterations, &mut salted);
+    let client_key = hmac256(&salted, b"Client Key");
+    let stored_key = Sha256::digest(&client_key);
+    c.bench_function("SCRAM-SHA-256 exchange, server side + client proof", |b| {
+        b.iter(|| {
+            let mut s = ScramServer::new(ScramHash::Sha256);
+            let first_bare = "n=user,r=rOprNGfwEbeRWgbNEkqO";
+            let user = s
+                .client_first(format!("n,,{first_bare}").as_bytes())
+                .unwrap();
+            black_box(user);
+            let server_first = String::from_utf8(s.server_first(Some(&stored))).unwrap();
+            let nonce = server_first.split(',').next().unwrap();
+            let without_proof = format!("c=biws,{nonce}");
+            let auth_message = format!("{first_bare},{server_first},{without_proof}");
+            let sig = hmac256(&stored_key, auth_message.as_bytes());
+            let proof: Vec<u8> = client_key.iter().zip(&sig).map(|(a, b)| a ^ b).collect();
+            let fin = format!("{without_proof},p={}", b64.encode(proof));
+            match s.client_final(fin.as_bytes()).unwrap() {
+                ScramStep::Success { .. } => {}
+                _ => panic!("not authenticated"),
+            }
+        })
+    });
+    c.bench_function("PLAIN verification (PBKDF2-SHA-256, 4096)", |b| {
+        b.iter(|| assert!(creds.verify_plain("pencil")))
+    });
+}
+
+criterion_group!(benches, parser, serialize, router, scram);
+criterion_main!(benches);
