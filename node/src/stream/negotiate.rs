@@ -183,40 +183,45 @@ async fn plain_phase(
     let features = "<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls></stream:features>";
     xs.send_raw(features).await.ok()?;
     loop {
-        match xs.next(Some(deadline)).await {
-            Ok(StreamEvent::Stanza(el)) if el.is("starttls", NS_TLS) => {
-                if xs.buffered() > 0 {
-                    // Data pipelined after <starttls/> would bypass TLS.
-                    xs.fail("policy-violation", None).await;
-                    return None;
-                }
-                xs.send_raw("<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
-                    .await
-                    .ok()?;
-                return Some(());
-            }
-            Ok(StreamEvent::Stanza(el)) if el.ns == NS_SASL && el.name == "auth" => {
-                // PLAIN (or anything) before TLS: RFC 6120 §6.4.5.
-                xs.send_raw("<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><encryption-required/></failure>")
-                    .await
-                    .ok()?;
-            }
-            Ok(StreamEvent::Stanza(el)) => {
-                unexpected_element(xs, &el).await;
+        let el = next_element(xs, deadline).await?;
+        if el.is("starttls", NS_TLS) {
+            if xs.buffered() > 0 {
+                // Data pipelined after <starttls/> would bypass TLS.
+                xs.fail("policy-violation", None).await;
                 return None;
             }
-            Ok(StreamEvent::End) => {
-                xs.close().await;
-                return None;
-            }
-            Ok(StreamEvent::Header(_)) => {
-                xs.fail("bad-format", None).await;
-                return None;
-            }
-            Err(e) => {
-                read_failed(xs, e).await;
-                return None;
-            }
+            xs.send_raw("<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+                .await
+                .ok()?;
+            return Some(());
+        } else if el.is("auth", NS_SASL) {
+            // PLAIN (or anything) before TLS: RFC 6120 §6.4.5.
+            xs.send_raw("<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><encryption-required/></failure>")
+                .await
+                .ok()?;
+        } else {
+            unexpected_element(xs, &el).await;
+            return None;
+        }
+    }
+}
+
+/// The next top-level element during negotiation; `None` once the stream
+/// has ended (closed by the client, or ended here with the right error).
+async fn next_element<S: Transport>(xs: &mut XmlStream<S>, deadline: Instant) -> Option<Element> {
+    match xs.next(Some(deadline)).await {
+        Ok(StreamEvent::Stanza(el)) => Some(el),
+        Ok(StreamEvent::End) => {
+            xs.close().await;
+            None
+        }
+        Ok(StreamEvent::Header(_)) => {
+            xs.fail("bad-format", None).await;
+            None
+        }
+        Err(e) => {
+            read_failed(xs, e).await;
+            None
         }
     }
 }
@@ -259,21 +264,7 @@ async fn secure_phases<S: Transport>(
 
     let mut failures = 0;
     let bare = loop {
-        let el = match xs.next(Some(deadline)).await {
-            Ok(StreamEvent::Stanza(el)) => el,
-            Ok(StreamEvent::End) => {
-                xs.close().await;
-                return None;
-            }
-            Ok(StreamEvent::Header(_)) => {
-                xs.fail("bad-format", None).await;
-                return None;
-            }
-            Err(e) => {
-                read_failed(&mut xs, e).await;
-                return None;
-            }
-        };
+        let el = next_element(&mut xs, deadline).await?;
         if el.is("auth", NS_SASL) {
             match sasl::authenticate(server, &mut xs, &el, &domain, ip, deadline).await {
                 SaslOutcome::Success(bare) => break bare,
@@ -308,21 +299,7 @@ async fn secure_phases<S: Transport>(
         .await
         .ok()?;
     loop {
-        let el = match xs.next(Some(deadline)).await {
-            Ok(StreamEvent::Stanza(el)) => el,
-            Ok(StreamEvent::End) => {
-                xs.close().await;
-                return None;
-            }
-            Ok(StreamEvent::Header(_)) => {
-                xs.fail("bad-format", None).await;
-                return None;
-            }
-            Err(e) => {
-                read_failed(&mut xs, e).await;
-                return None;
-            }
-        };
+        let el = next_element(&mut xs, deadline).await?;
         if !el.is("iq", NS_CLIENT) {
             unexpected_element(&mut xs, &el).await;
             return None;
