@@ -8,6 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
 TARGET="${CARGO_TARGET_DIR:-target}"
+case "$TARGET" in /*) ;; *) TARGET="$PWD/$TARGET" ;; esac
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
@@ -21,7 +22,7 @@ cargo clippy --workspace --all-targets 2>&1 | grep -E "^(warning|error)" | sort 
 echo "== cargo test"
 cargo test --workspace
 
-export STARLING_BIN="$PWD/$TARGET/debug/starling"
+export STARLING_BIN="$TARGET/debug/starling"
 echo "== interop suite (slixmpp + raw XML) against $STARLING_BIN"
 tests/interop/run.sh
 
