@@ -134,9 +134,12 @@ impl<S: Transport> Session<'_, S> {
                     }
                 }
             }
-            let keepalive_at = last_write + keepalive;
+            // One timer per session: the nearer of the idle deadline and
+            // the next whitespace keepalive.
+            let idle_at = last_read + idle;
+            let wake_at = idle_at.min(last_write + keepalive);
             tokio::select! {
-                r = self.xs.fill(Some(last_read + idle)) => {
+                r = self.xs.fill(None) => {
                     match r {
                         Ok(()) => last_read = Instant::now(),
                         Err(e) => {
@@ -151,7 +154,10 @@ impl<S: Transport> Session<'_, S> {
                     }
                     last_write = Instant::now();
                 }
-                _ = tokio::time::sleep_until(keepalive_at) => {
+                _ = tokio::time::sleep_until(wake_at) => {
+                    if Instant::now() >= idle_at {
+                        return End::Error("connection-timeout");
+                    }
                     if Box::pin(self.xs.send_raw(" ")).await.is_err() {
                         return End::Done;
                     }
