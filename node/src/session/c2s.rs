@@ -26,8 +26,8 @@ enum End {
     ClientClosed,
 }
 
-struct Session<'a, S> {
-    server: &'a Server,
+struct Session<S> {
+    server: Arc<Server>,
     xs: XmlStream<S>,
     bare: String,
     full: String,
@@ -35,7 +35,13 @@ struct Session<'a, S> {
     presence: PresenceState,
 }
 
-pub async fn run<S: Transport>(server: Arc<Server>, bound: Bound<S>) {
+/// Serves a bound session to its end. The session's state is boxed before
+/// the returned future starts, so the long-lived task holds a pointer to it
+/// rather than copies of it at every level of `async fn` nesting.
+pub fn run<S: Transport + 'static>(
+    server: Arc<Server>,
+    bound: Bound<S>,
+) -> impl std::future::Future<Output = ()> {
     let mailbox = Arc::new(Mailbox::new(
         server.config.c2s.mailbox_size,
         server.config.c2s.mailbox_bytes,
@@ -49,53 +55,35 @@ pub async fn run<S: Transport>(server: Arc<Server>, bound: Bound<S>) {
         old.close("conflict");
     }
     let span = tracing::info_span!("c2s", jid = %bound.full);
-    let full = bound.full.to_string();
+    let mut s = Box::new(Session {
+        server,
+        xs: bound.stream,
+        bare,
+        full: bound.full.to_string(),
+        id,
+        presence: PresenceState::default(),
+    });
     async move {
         tracing::info!("session bound");
-        serve(&server, bound.stream, bare, full, id, mailbox).await;
+        let end = s.run(&mailbox).await;
+        Box::pin(finish(&mut s, &mailbox, end)).await;
         tracing::info!("session ended");
     }
     .instrument(span)
-    .await;
-}
-
-async fn serve<S: Transport>(
-    server: &Server,
-    stream: XmlStream<S>,
-    bare: String,
-    full: String,
-    id: u64,
-    mailbox: Arc<Mailbox>,
-) {
-    let mut s = Session {
-        server,
-        xs: stream,
-        bare,
-        full,
-        id,
-        presence: PresenceState::default(),
-    };
-    let end = s.run(&mailbox).await;
-    Box::pin(finish(server, s, id, &mailbox, end)).await;
 }
 
 /// Leaves the router, tells contacts, re-routes what was still queued and
 /// closes the stream (boxed by the caller: it runs once).
-async fn finish<S: Transport>(
-    server: &Server,
-    mut s: Session<'_, S>,
-    id: u64,
-    mailbox: &Mailbox,
-    end: End,
-) {
+async fn finish<S: Transport>(s: &mut Session<S>, mailbox: &Mailbox, end: End) {
+    let server: &Server = &s.server;
     // Leave the router first, so nothing more is queued here, then hand on
     // what was queued but never written: it is owed to the user.
-    server.router.unbind(&s.bare, id);
+    server.router.unbind(&s.bare, s.id);
     let leftovers = mailbox.end();
     let origin = Origin {
         bare: &s.bare,
         full: &s.full,
-        session_id: id,
+        session_id: s.id,
     };
     im::session_ended(server, &origin, &mut s.presence).await;
     for xml in leftovers {
@@ -108,7 +96,7 @@ async fn finish<S: Transport>(
     }
 }
 
-impl<S: Transport> Session<'_, S> {
+impl<S: Transport> Session<S> {
     async fn run(&mut self, mailbox: &Mailbox) -> End {
         let idle = Duration::from_secs(self.server.config.c2s.idle_timeout_secs);
         let keepalive = Duration::from_secs(self.server.config.c2s.keepalive_secs);
@@ -241,7 +229,7 @@ impl<S: Transport> Session<'_, S> {
                     // §10.3: no 'to' means the sender's own bare JID.
                     el.set_attr("to", self.bare.as_str());
                 }
-                match im::route_message(self.server, el).await {
+                match im::route_message(&self.server, el).await {
                     Ok(()) => Ok(()),
                     Err(b) => {
                         let (e, el) = *b;
@@ -258,7 +246,7 @@ impl<S: Transport> Session<'_, S> {
                 // Errors carry the addresses and id, not the payload
                 // (RFC 6120 §8.3.1 makes the payload optional).
                 let shell = shell_of(&el);
-                match im::presence(self.server, &origin, &mut self.presence, el).await {
+                match im::presence(&self.server, &origin, &mut self.presence, el).await {
                     Ok(()) => Ok(()),
                     Err(e) => self.reply_error(&shell, e).await,
                 }
@@ -322,7 +310,7 @@ impl<S: Transport> Session<'_, S> {
             session_id: self.id,
         };
         let ctx = IqCtx {
-            server: self.server,
+            server: &self.server,
             origin: &origin,
             target,
             iq: &el,
@@ -352,7 +340,7 @@ impl<S: Transport> Session<'_, S> {
                 .await;
         }
         let reply_needed = matches!(el.get_attr("type"), Some("get" | "set"));
-        match im::deliver_to_full(self.server, &to, el) {
+        match im::deliver_to_full(&self.server, &to, el) {
             Ok(()) => Ok(()),
             Err(el) if reply_needed => {
                 self.reply_error(&el, Condition::ServiceUnavailable.into())
