@@ -528,6 +528,15 @@ impl Store {
     }
 
     async fn write_internal(&self, ops: Vec<Op>) -> Result<(), StoreError> {
+        self.submit(ops, true).await.map(|_| ())
+    }
+
+    /// Queues `ops` for the batcher and waits for the applied result.
+    async fn submit(
+        &self,
+        ops: Vec<Op>,
+        internal: bool,
+    ) -> Result<(Vec<OpResult>, u64), StoreError> {
         if self.inner.closed.load(Ordering::SeqCst) {
             return Err(StoreError::Shutdown);
         }
@@ -537,11 +546,11 @@ impl Store {
             .send(Pending {
                 ops,
                 reply,
-                internal: true,
+                internal,
             })
             .await
             .map_err(|_| StoreError::Shutdown)?;
-        rx.await.map_err(|_| StoreError::Shutdown)?.map(|_| ())
+        rx.await.map_err(|_| StoreError::Shutdown)?
     }
 
     /// The current leader's node id, as far as this node knows.
@@ -567,20 +576,7 @@ impl Store {
 
     /// `write`, also returning the log index of the entry that carried it.
     async fn write_at(&self, ops: Vec<Op>) -> Result<(Vec<OpResult>, u64), StoreError> {
-        if self.inner.closed.load(Ordering::SeqCst) {
-            return Err(StoreError::Shutdown);
-        }
-        let (reply, rx) = oneshot::channel();
-        self.inner
-            .writes
-            .send(Pending {
-                ops,
-                reply,
-                internal: false,
-            })
-            .await
-            .map_err(|_| StoreError::Shutdown)?;
-        rx.await.map_err(|_| StoreError::Shutdown)?
+        self.submit(ops, false).await
     }
 
     fn space(&self, space: &str) -> Result<kv::SledTree, StoreError> {

@@ -290,7 +290,7 @@ pub async fn presence(
         ("probe", None) => Ok(()),
         ("" | "unavailable", None) => broadcast(server, origin, state, el).await,
         ("" | "unavailable" | "error", Some(to)) => {
-            directed(server, origin, state, &ptype, &to, el);
+            directed(server, state, &ptype, &to, el);
             Ok(())
         }
         ("error", None) => Ok(()),
@@ -450,14 +450,7 @@ fn probe(
 }
 
 /// Directed presence (RFC 6121 §4.6).
-fn directed(
-    server: &Server,
-    origin: &Origin<'_>,
-    state: &mut PresenceState,
-    ptype: &str,
-    to: &str,
-    el: Element,
-) {
+fn directed(server: &Server, state: &mut PresenceState, ptype: &str, to: &str, el: Element) {
     let (bare, _) = split(to);
     if bare.contains('@') && !server.is_local(domain_of(bare)) {
         bounce(server, &el, Condition::RemoteServerNotFound);
@@ -472,7 +465,6 @@ fn directed(
         }
         _ => {}
     }
-    let _ = origin;
     send_presence_to(server, to, el);
 }
 

@@ -9,7 +9,7 @@ use super::xmlstream::{ReadError, XmlStream, new_id};
 use crate::net::tls_conn::TlsConn;
 use crate::net::transport::Transport;
 use crate::server::Server;
-use crate::stanza::{self, NS_BIND, NS_CLIENT, NS_SASL, NS_SESSION, NS_TLS};
+use crate::stanza::{self, NS_BIND, NS_CLIENT, NS_SASL, NS_TLS};
 use crate::xml::{Element, Limits, StreamEvent, StreamHeader};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -341,7 +341,6 @@ async fn secure_phases<S: Transport>(
                 .child(Element::new("jid", NS_BIND).text(full.to_string())),
         );
         xs.send(&reply).await.ok()?;
-        let _ = NS_SESSION;
         return Some(Bound {
             stream: xs,
             bare,
