@@ -33,6 +33,9 @@ fn op_bytes(op: &Op) -> usize {
         }
         Op::Delete { space, key } => space.len() + key.len(),
         Op::DeletePrefix { space, prefix } => space.len() + prefix.len(),
+        Op::DeleteIf { space, key, prefix } | Op::Expect { space, key, prefix } => {
+            space.len() + key.len() + prefix.len()
+        }
         Op::DeleteIndexed {
             space,
             index,

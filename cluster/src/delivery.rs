@@ -29,7 +29,7 @@ use crate::{Shared, metrics};
 
 /// A stanza travelling to another node, with the routing the sender
 /// resolved.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Envelope {
     /// Full or bare JID the sender resolved.
     pub to: String,
@@ -38,6 +38,9 @@ pub struct Envelope {
     pub stanza: Vec<u8>,
     /// The recipient session the route named (0: any).
     pub session_id: u64,
+    /// Non-empty: not a stanza but a request to close that session with
+    /// this stream error condition.
+    pub close: String,
 }
 
 /// What the receiving node did with an envelope.
@@ -167,7 +170,11 @@ pub fn send(
     }
     if peer == shared.node_id {
         let r = local(shared, env);
-        Outgoing { env: empty(), ack }.done(r);
+        Outgoing {
+            env: Envelope::default(),
+            ack,
+        }
+        .done(r);
         return Ok(());
     }
     let tx = {
@@ -203,15 +210,6 @@ pub fn send(
             metrics::delivery_error("unavailable");
             Err(DeliveryError::Unavailable("peer task ended".into()))
         }
-    }
-}
-
-fn empty() -> Envelope {
-    Envelope {
-        to: String::new(),
-        from: String::new(),
-        stanza: Vec::new(),
-        session_id: 0,
     }
 }
 
@@ -317,19 +315,22 @@ async fn session(
                 let Some(o) = item else { break Ok(()) };
                 metrics::delivery_queue_depth(peer, rx.len());
                 seq += 1;
+                let Outgoing { env, ack } = o;
                 let msg = pb::Envelope {
                     seq,
-                    to: o.env.to.clone(),
-                    from: o.env.from.clone(),
-                    stanza: o.env.stanza.clone(),
-                    session_id: o.env.session_id,
+                    to: env.to,
+                    from: env.from,
+                    stanza: env.stanza,
+                    session_id: env.session_id,
+                    close: env.close,
                 };
+                let o = Outgoing { env: Envelope::default(), ack };
                 // Cannot be full: at most WINDOW are in flight.
                 if out_tx.try_send(msg).is_err() {
                     o.fail(DeliveryError::Unavailable("stream closed".into()), "disconnected");
                     break Err(Connected(true, "outbound stream closed".into()));
                 }
-                inflight.insert(seq, Outgoing { env: empty(), ack: o.ack });
+                inflight.insert(seq, o);
             }
             ack = acks.message() => match ack {
                 Ok(Some(a)) => {
@@ -385,6 +386,7 @@ impl Delivery for DeliveryService {
                         from: e.from,
                         stanza: e.stanza,
                         session_id: e.session_id,
+                        close: e.close,
                     },
                 );
                 let ack = pb::Ack {

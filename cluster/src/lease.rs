@@ -66,6 +66,21 @@ pub trait ClusterEvents: Send + Sync + 'static {
     /// called again for an old expiry when a log is replayed at start, so
     /// it must be idempotent.
     fn node_expired(&self, node_id: u64);
+
+    /// Routes were dropped in bulk (`routes::drop_node`: a node expired,
+    /// or a restarted node cleared what its previous run left): the users
+    /// of those sessions are gone, tell their contacts. Called on every
+    /// node after the write applied, like `node_expired`; each node should
+    /// tell only its own sessions, so that nobody is told twice.
+    fn routes_dropped(&self, routes: Vec<routes::Route>) {
+        let _ = routes;
+    }
+}
+
+/// What the state machine reports to the node, in log order.
+pub enum Event {
+    Expired(u64),
+    RoutesDropped(Vec<routes::Route>),
 }
 
 pub fn node_key(id: u64) -> Vec<u8> {
@@ -76,21 +91,22 @@ fn key_id(k: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(k.try_into().ok()?))
 }
 
-enum Event {
+enum Seen {
     Renewed(u64),
     Expired(u64),
+    RoutesDropped(Vec<routes::Route>),
 }
 
 /// What the state machine tells the lease logic as it applies writes.
 pub struct Hooks {
     seen: Mutex<HashMap<u64, Instant>>,
-    expired: mpsc::UnboundedSender<u64>,
+    events: mpsc::UnboundedSender<Event>,
 }
 
 /// Lease and expiry writes found in applied writes, reported after the
 /// batch is durable.
 #[derive(Default)]
-pub struct Observed(Vec<Event>);
+pub struct Observed(Vec<Seen>);
 
 impl Observed {
     /// Notes the lease writes of one applied write.
@@ -101,11 +117,21 @@ impl Observed {
         {
             return;
         }
-        for op in ops {
+        for (op, result) in ops.iter().zip(results) {
+            if let (Op::DeleteIndexed { space, .. }, OpResult::Removed(removed)) = (op, result)
+                && space == routes::ROUTES
+                && !removed.is_empty()
+            {
+                let dropped = removed
+                    .iter()
+                    .filter_map(|(k, v)| routes::Route::parse(k, v))
+                    .collect();
+                self.0.push(Seen::RoutesDropped(dropped));
+            }
             if let Op::Put { space, key, .. } = op {
                 match (space.as_str(), key_id(key)) {
-                    (LEASES, Some(id)) => self.0.push(Event::Renewed(id)),
-                    (EXPIRED, Some(id)) => self.0.push(Event::Expired(id)),
+                    (LEASES, Some(id)) => self.0.push(Seen::Renewed(id)),
+                    (EXPIRED, Some(id)) => self.0.push(Seen::Expired(id)),
                     _ => {}
                 }
             }
@@ -116,12 +142,12 @@ impl Observed {
 impl Hooks {
     /// Also returns the receiving end of expiry events (unbounded, but
     /// expiries are rare: one per dead node).
-    pub fn new() -> (Arc<Hooks>, mpsc::UnboundedReceiver<u64>) {
+    pub fn new() -> (Arc<Hooks>, mpsc::UnboundedReceiver<Event>) {
         let (tx, rx) = mpsc::unbounded_channel();
         (
             Arc::new(Hooks {
                 seen: Mutex::default(),
-                expired: tx,
+                events: tx,
             }),
             rx,
         )
@@ -131,18 +157,21 @@ impl Hooks {
         let now = Instant::now();
         for e in observed.0 {
             match e {
-                Event::Renewed(id) => {
+                Seen::Renewed(id) => {
                     self.seen
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .insert(id, now);
                 }
-                Event::Expired(id) => {
+                Seen::Expired(id) => {
                     self.seen
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .remove(&id);
-                    let _ = self.expired.send(id);
+                    let _ = self.events.send(Event::Expired(id));
+                }
+                Seen::RoutesDropped(r) => {
+                    let _ = self.events.send(Event::RoutesDropped(r));
                 }
             }
         }
@@ -300,7 +329,7 @@ fn is_member(shared: &Shared) -> bool {
 pub async fn monitor(
     shared: Arc<Shared>,
     writes: mpsc::Sender<Pending>,
-    events: mpsc::UnboundedReceiver<u64>,
+    events: mpsc::UnboundedReceiver<Event>,
 ) {
     tokio::spawn(dispatch(shared.clone(), events));
     let cfg = shared.lease;
@@ -394,6 +423,8 @@ pub fn expire_ops(id: u64) -> Vec<Op> {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
     vec![
+        // First, so that `routes_dropped` is reported before `node_expired`.
+        routes::drop_node(id),
         Op::Delete {
             space: LEASES.into(),
             key: node_key(id),
@@ -403,26 +434,35 @@ pub fn expire_ops(id: u64) -> Vec<Op> {
             key: node_key(id),
             value: now_ms.to_be_bytes().to_vec(),
         },
-        routes::drop_node(id),
     ]
 }
 
-/// Calls the node's `ClusterEvents` for each applied expiry.
-async fn dispatch(shared: Arc<Shared>, mut events: mpsc::UnboundedReceiver<u64>) {
+/// Calls the node's `ClusterEvents` for each applied expiry and bulk
+/// route drop.
+async fn dispatch(shared: Arc<Shared>, mut events: mpsc::UnboundedReceiver<Event>) {
     let mut stop = shared.stop.subscribe();
     loop {
-        let id = tokio::select! {
-            e = events.recv() => match e { Some(id) => id, None => return },
+        let event = tokio::select! {
+            e = events.recv() => match e { Some(e) => e, None => return },
             _ = stop.wait_for(|s| *s) => return,
         };
-        metrics::node_expired();
         let handler = shared
             .events
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        if let Some(h) = handler {
-            h.node_expired(id);
+        match event {
+            Event::Expired(id) => {
+                metrics::node_expired();
+                if let Some(h) = handler {
+                    h.node_expired(id);
+                }
+            }
+            Event::RoutesDropped(routes) => {
+                if let Some(h) = handler {
+                    h.routes_dropped(routes);
+                }
+            }
         }
     }
 }

@@ -68,6 +68,20 @@ pub enum Op {
     Delete { space: String, key: Vec<u8> },
     /// Remove every key starting with `prefix`.
     DeletePrefix { space: String, prefix: Vec<u8> },
+    /// Remove `key` if its value starts with `prefix` (no error
+    /// otherwise): "remove it if it is still mine".
+    DeleteIf {
+        space: String,
+        key: Vec<u8>,
+        prefix: Vec<u8>,
+    },
+    /// Go on only if `key` exists and its value starts with `prefix`;
+    /// otherwise the write fails with `OpResult::Mismatch`.
+    Expect {
+        space: String,
+        key: Vec<u8>,
+        prefix: Vec<u8>,
+    },
     /// Drop what an index names: for every key `prefix ++ rest` in space
     /// `index`, remove that index key, and remove key `rest` of `space`
     /// if its value starts with `prefix` (the index entry is only trusted
@@ -98,6 +112,10 @@ pub enum OpResult {
     Exists,
     /// `Append` found the quota reached: the write was aborted.
     Full,
+    /// `Expect` found another value (or none): the write was aborted.
+    Mismatch,
+    /// `DeleteIndexed` removed these `(key, value)` pairs of its space.
+    Removed(Vec<(Vec<u8>, Vec<u8>)>),
     /// Not applied because another operation of the same write failed.
     Aborted,
 }
@@ -647,6 +665,22 @@ impl Store {
     /// This node's Raft id.
     pub fn node_id(&self) -> u64 {
         self.inner.shared.node_id
+    }
+
+    /// Whether the cluster has members besides this node (from the latest
+    /// membership this node knows): only then can a user have sessions
+    /// elsewhere.
+    pub fn has_peers(&self) -> bool {
+        let me = self.inner.shared.node_id;
+        self.inner
+            .shared
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .any(|(id, _)| *id != me)
     }
 
     /// Whether this node can commit: its last lease renewal committed

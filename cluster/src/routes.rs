@@ -86,6 +86,30 @@ pub fn delete(node_id: u64, bare: &str, resource: &str) -> Vec<Op> {
     ]
 }
 
+/// One route as stored: `bare/resource` is bound on `node_id`, with the
+/// owning node's payload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub bare: String,
+    pub resource: String,
+    pub node_id: u64,
+    pub payload: Vec<u8>,
+}
+
+impl Route {
+    /// A route from its key and value in `ROUTES`.
+    pub fn parse(key: &[u8], value: &[u8]) -> Option<Route> {
+        let sep = key.iter().position(|b| *b == 0)?;
+        let (node_id, payload) = parse_route_value(value)?;
+        Some(Route {
+            bare: String::from_utf8(key[..sep].to_vec()).ok()?,
+            resource: String::from_utf8(key[sep + 1..].to_vec()).ok()?,
+            node_id,
+            payload: payload.to_vec(),
+        })
+    }
+}
+
 /// The op that drops every route `node_id` still owns.
 pub fn drop_node(node_id: u64) -> Op {
     Op::DeleteIndexed {

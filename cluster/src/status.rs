@@ -7,6 +7,7 @@ use std::time::Duration;
 use starling_proto::cluster as pb;
 
 use crate::Shared;
+use crate::kv::{Kv, KvTree};
 
 /// One node's view of the cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,6 +39,9 @@ pub struct MemberStatus {
     /// Since this node applied that node's last lease renewal (`None`:
     /// not since this node started).
     pub last_lease_age_ms: Option<u64>,
+    /// Client sessions the routing table places on that node (this
+    /// node's replica).
+    pub sessions: u64,
 }
 
 pub fn local(shared: &Shared) -> ClusterStatus {
@@ -68,7 +72,13 @@ pub fn local(shared: &Shared) -> ClusterStatus {
             } else {
                 age.is_some_and(|a| a < ttl)
             };
+            let sessions = shared
+                .kv
+                .tree(&crate::store::space_tree(crate::routes::NODE_ROUTES))
+                .and_then(|t| t.count_prefix(&id.to_be_bytes()))
+                .unwrap_or(0);
             MemberStatus {
+                sessions,
                 node_id: *id,
                 addr: node.addr.clone(),
                 voter: voters.contains(id),
@@ -103,7 +113,7 @@ impl From<ClusterStatus> for pb::StatusReply {
                     node_id: m.node_id,
                     addr: m.addr,
                     matched_index: m.matched_index.unwrap_or(0),
-                    sessions: 0,
+                    sessions: m.sessions,
                     voter: m.voter,
                     matched: m.matched_index,
                     lag: m.lag,
@@ -128,6 +138,7 @@ impl From<pb::StatusReply> for ClusterStatus {
                 .members
                 .into_iter()
                 .map(|m| MemberStatus {
+                    sessions: m.sessions,
                     node_id: m.node_id,
                     addr: m.addr,
                     voter: m.voter,

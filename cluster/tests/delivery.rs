@@ -37,6 +37,7 @@ fn env(to: &str, n: usize) -> Envelope {
         from: "bob@example.com/x".into(),
         stanza: format!("<message id='{n}'/>").into_bytes(),
         session_id: 7,
+        close: String::new(),
     }
 }
 

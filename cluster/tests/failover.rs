@@ -26,6 +26,7 @@ fn env() -> Envelope {
         from: "bob@example.com/pc".into(),
         stanza: b"<message><body>hi</body></message>".to_vec(),
         session_id: 1,
+        close: String::new(),
     }
 }
 
@@ -108,6 +109,17 @@ async fn leader_crash_failover_expiry_and_restart() {
             1
         );
         assert!(!n.events.saw(2) && !n.events.saw(3));
+        // The node is told which sessions went, to tell their contacts.
+        let dropped = n.events.1.lock().unwrap().clone();
+        assert_eq!(
+            dropped,
+            vec![routes::Route {
+                bare: "alice@example.com".into(),
+                resource: "phone".into(),
+                node_id: 1,
+                payload: b"s1".to_vec(),
+            }]
+        );
         assert!(n.store.is_healthy());
     }
     for i in 0..20 {

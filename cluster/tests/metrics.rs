@@ -24,6 +24,7 @@ fn env() -> Envelope {
         from: "d@e/f".into(),
         stanza: b"<message/>".to_vec(),
         session_id: 1,
+        close: String::new(),
     }
 }
 

@@ -92,9 +92,11 @@ pub async fn execute(
             }
             Request::ClusterLeave => {
                 if let Some(s) = server {
-                    // Clients reconnect through the load balancer elsewhere.
+                    // Clients reconnect through the load balancer elsewhere
+                    // (`<see-other-host/>` when `cluster.see_other_host`
+                    // names it, `<system-shutdown/>` otherwise).
                     for bare in s.router.users() {
-                        s.router.close_all(&bare, "system-shutdown");
+                        s.router.close_all(&bare, "see-other-host");
                     }
                 }
                 storage.store.leave().await.map_err(|e| e.to_string())?;
@@ -148,13 +150,13 @@ pub fn status_lines(st: &starling_cluster::ClusterStatus) -> Vec<String> {
             st.applied_index
         ),
         format!(
-            "{:>6}  {:<24} {:>6} {:>9} {:>6} {:>8} {:>10}",
-            "node", "address", "voter", "matched", "lag", "healthy", "lease age"
+            "{:>6}  {:<24} {:>6} {:>9} {:>6} {:>8} {:>10} {:>9}",
+            "node", "address", "voter", "matched", "lag", "healthy", "lease age", "sessions"
         ),
     ];
     for m in &st.members {
         lines.push(format!(
-            "{:>6}  {:<24} {:>6} {:>9} {:>6} {:>8} {:>10}",
+            "{:>6}  {:<24} {:>6} {:>9} {:>6} {:>8} {:>10} {:>9}",
             m.node_id,
             m.addr,
             m.voter,
@@ -162,7 +164,8 @@ pub fn status_lines(st: &starling_cluster::ClusterStatus) -> Vec<String> {
             opt(m.lag),
             m.healthy,
             m.last_lease_age_ms
-                .map_or("-".to_owned(), |a| format!("{a} ms"))
+                .map_or("-".to_owned(), |a| format!("{a} ms")),
+            m.sessions
         ));
     }
     lines

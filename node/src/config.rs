@@ -200,6 +200,11 @@ pub struct ClusterConfig {
     pub ca_cert: Option<PathBuf>,
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
+    /// Where clients are sent when this node leaves the cluster
+    /// (`<see-other-host>HOST[:PORT]</see-other-host>`, RFC 6120
+    /// §4.9.3.19), normally the load balancer's name. Unset: their streams
+    /// end with `<system-shutdown/>` and they reconnect as configured.
+    pub see_other_host: Option<String>,
 }
 
 impl Default for ClusterConfig {
@@ -213,6 +218,7 @@ impl Default for ClusterConfig {
             ca_cert: None,
             cert: None,
             key: None,
+            see_other_host: None,
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod modules;
 pub mod net;
 pub mod router;
+pub mod routing;
 pub mod run;
 pub mod server;
 pub mod session;

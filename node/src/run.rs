@@ -105,6 +105,14 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
     let store = rt.block_on(open_store(&cfg)).context("opening the store")?;
     let tls = crate::net::tls::server_config(&cfg)?;
     let server = Arc::new(Server::new(cfg, Storage::new(store.clone()), tls));
+    store.set_local_delivery(Arc::new(crate::routing::NodeDelivery(Arc::downgrade(
+        &server,
+    ))));
+    store.set_cluster_events(Arc::new(crate::routing::NodeEvents(Arc::downgrade(
+        &server,
+    ))));
+    rt.block_on(crate::routing::clear_own_routes(&server))
+        .context("clearing the routes of this node's previous run")?;
     {
         let s = server.clone();
         rt.spawn(async move {

@@ -196,6 +196,15 @@ pub fn stream_error(condition: &str, text: Option<&str>) -> String {
     s
 }
 
+/// A stream error whose condition element carries character data (as
+/// `<see-other-host/>` carries the host to reconnect to).
+pub fn stream_error_with_content(condition: &str, content: &str) -> String {
+    format!(
+        "<stream:error><{condition} xmlns='{NS_STREAM_ERRORS}'>{}</{condition}></stream:error></stream:stream>",
+        crate::xml::escape(content)
+    )
+}
+
 /// A JID parsed and normalised (RFC 7622 via the `jid` crate).
 pub fn parse_jid(s: &str) -> Result<jid::Jid, StanzaError> {
     jid::Jid::new(s).map_err(|_| StanzaError::new(Condition::JidMalformed))

@@ -146,22 +146,42 @@ impl Overlay {
                     }
                     OpResult::Done
                 }
+                Op::DeleteIf { space, key, prefix } => {
+                    if self
+                        .get(base, space, key)?
+                        .is_some_and(|v| v.starts_with(prefix))
+                    {
+                        self.set(space, key.clone(), None, &mut undo);
+                    }
+                    OpResult::Done
+                }
+                Op::Expect { space, key, prefix } => {
+                    if self
+                        .get(base, space, key)?
+                        .is_some_and(|v| v.starts_with(prefix))
+                    {
+                        OpResult::Done
+                    } else {
+                        OpResult::Mismatch
+                    }
+                }
                 Op::DeleteIndexed {
                     space,
                     index,
                     prefix,
                 } => {
+                    let mut removed = Vec::new();
                     for k in self.keys(base, index, prefix)? {
                         let rest = k[prefix.len()..].to_vec();
-                        let owned = self
-                            .get(base, space, &rest)?
-                            .is_some_and(|v| v.starts_with(prefix));
-                        if owned {
-                            self.set(space, rest, None, &mut undo);
+                        if let Some(v) = self.get(base, space, &rest)?
+                            && v.starts_with(prefix)
+                        {
+                            self.set(space, rest.clone(), None, &mut undo);
+                            removed.push((rest, v));
                         }
                         self.set(index, k, None, &mut undo);
                     }
-                    OpResult::Done
+                    OpResult::Removed(removed)
                 }
                 Op::Append {
                     space,
@@ -180,7 +200,7 @@ impl Overlay {
                     }
                 }
             };
-            if matches!(r, OpResult::Exists | OpResult::Full) {
+            if matches!(r, OpResult::Exists | OpResult::Full | OpResult::Mismatch) {
                 self.rollback(undo);
                 let mut out = vec![OpResult::Aborted; ops.len()];
                 out[i] = r;
@@ -310,12 +330,69 @@ mod tests {
                 }],
             )
             .unwrap();
-        assert_eq!(r, vec![OpResult::Done]);
+        assert_eq!(
+            r,
+            vec![OpResult::Removed(vec![(
+                b"a\0r1".to_vec(),
+                b"\x01node1".to_vec()
+            )])]
+        );
         let route = &ov.spaces["route"];
         assert_eq!(route.get(&b"a\0r1"[..]), Some(&None));
         assert_eq!(route.get(&b"a\0r2"[..]), None);
         let index = &ov.spaces["index"];
         assert_eq!(index.len(), 2);
         assert!(index.values().all(|v| v.is_none()));
+    }
+
+    #[test]
+    fn delete_if_and_expect_check_the_owner() {
+        let mut base = Mem::default();
+        base.0
+            .insert(("route".into(), b"a\0r".to_vec()), b"\x02s7".to_vec());
+        let del = |prefix: &[u8]| Op::DeleteIf {
+            space: "route".into(),
+            key: b"a\0r".to_vec(),
+            prefix: prefix.to_vec(),
+        };
+        let expect = |prefix: &[u8]| Op::Expect {
+            space: "route".into(),
+            key: b"a\0r".to_vec(),
+            prefix: prefix.to_vec(),
+        };
+        let put = Op::Put {
+            space: "other".into(),
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+        };
+        // Not the owner: nothing removed, no failure.
+        let mut ov = Overlay::default();
+        assert_eq!(
+            ov.apply_write(&base, &[del(b"\x01")]).unwrap(),
+            vec![OpResult::Done]
+        );
+        assert!(ov.spaces.get("route").is_none_or(|m| m.is_empty()));
+        // The owner: removed.
+        assert_eq!(
+            ov.apply_write(&base, &[del(b"\x02s")]).unwrap(),
+            vec![OpResult::Done]
+        );
+        assert_eq!(ov.spaces["route"].get(&b"a\0r"[..]), Some(&None));
+        // Expect aborts the whole write on another owner or no value.
+        let mut ov = Overlay::default();
+        assert_eq!(
+            ov.apply_write(&base, &[put.clone(), expect(b"\x01")])
+                .unwrap(),
+            vec![OpResult::Aborted, OpResult::Mismatch]
+        );
+        assert!(ov.spaces.get("other").is_none_or(|m| m.is_empty()));
+        assert_eq!(
+            ov.apply_write(&base, &[expect(b"\x02"), put]).unwrap(),
+            vec![OpResult::Done, OpResult::Done]
+        );
+        assert_eq!(
+            ov.spaces["other"].get(&b"k"[..]),
+            Some(&Some(b"v".to_vec()))
+        );
     }
 }

@@ -77,13 +77,21 @@ pub async fn eventually(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     }
 }
 
-/// Records the cluster events a node receives.
+/// Records the cluster events a node receives: expired nodes, and the
+/// routes dropped in bulk.
 #[derive(Default)]
-pub struct Events(pub std::sync::Mutex<Vec<u64>>);
+pub struct Events(
+    pub std::sync::Mutex<Vec<u64>>,
+    pub std::sync::Mutex<Vec<starling_cluster::routes::Route>>,
+);
 
 impl starling_cluster::ClusterEvents for Events {
     fn node_expired(&self, node_id: u64) {
         self.0.lock().unwrap().push(node_id);
+    }
+
+    fn routes_dropped(&self, routes: Vec<starling_cluster::routes::Route>) {
+        self.1.lock().unwrap().extend(routes);
     }
 }
 

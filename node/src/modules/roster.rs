@@ -49,17 +49,27 @@ fn handle<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
         if ctx.payload.name != "query" {
             return Err(Condition::BadRequest.into());
         }
-        if ctx.set { set(ctx).await } else { get(ctx) }
+        if ctx.set {
+            set(ctx).await
+        } else {
+            get(ctx).await
+        }
     }
     .boxed()
 }
 
-fn get(ctx: &IqCtx<'_>) -> IqResult {
+async fn get(ctx: &IqCtx<'_>) -> IqResult {
     let server = ctx.server;
     let bare = ctx.origin.bare;
-    server
-        .router
-        .update(bare, ctx.origin.session_id, |r| r.interested = true);
+    let id = ctx.origin.session_id;
+    let newly = server.router.with_resources(bare, |rs| {
+        rs.iter().any(|r| r.handle.id == id && !r.interested)
+    });
+    if newly {
+        // Roster pushes reach it from any node from now on.
+        server.router.update(bare, id, |r| r.interested = true);
+        crate::routing::publish(server, bare, id).await?;
+    }
     let ver = server.storage.roster_version(bare)?;
     // §2.6.3: an unchanged roster is an empty result; pushes follow.
     if ctx.payload.get_attr("ver") == Some(ver.to_string().as_str()) {

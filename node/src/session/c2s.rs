@@ -65,7 +65,16 @@ pub fn run<S: Transport + 'static>(
     });
     async move {
         tracing::info!("session bound");
-        let end = s.run(&mailbox).await;
+        // The route goes into the replicated table before the session
+        // handles anything, so its presence updates follow it.
+        let resource = im::split(&s.full).1.unwrap_or_default().to_owned();
+        let end = match crate::routing::bind(&s.server, &s.bare, &resource, s.id).await {
+            Ok(()) => s.run(&mailbox).await,
+            Err(e) => {
+                tracing::error!(error = %e, "could not record the session's route");
+                End::Error("internal-server-error")
+            }
+        };
         Box::pin(finish(&mut s, &mailbox, end)).await;
         tracing::info!("session ended");
     }
@@ -78,7 +87,7 @@ async fn finish<S: Transport>(s: &mut Session<S>, mailbox: &Mailbox, end: End) {
     let server: &Server = &s.server;
     // Leave the router first, so nothing more is queued here, then hand on
     // what was queued but never written: it is owed to the user.
-    server.router.unbind(&s.bare, s.id);
+    let owned = server.router.unbind(&s.bare, s.id);
     let leftovers = mailbox.end();
     let origin = Origin {
         bare: &s.bare,
@@ -86,10 +95,19 @@ async fn finish<S: Transport>(s: &mut Session<S>, mailbox: &Mailbox, end: End) {
         session_id: s.id,
     };
     im::session_ended(server, &origin, &mut s.presence).await;
+    let resource = im::split(&s.full).1.unwrap_or_default();
+    if let Err(e) = crate::routing::unbind(server, &s.bare, resource, s.id, owned).await {
+        // Left for the node's lease expiry or its next start to clear.
+        tracing::warn!(error = %e, "could not remove the session's route");
+    }
     for xml in leftovers {
         im::reroute(server, &xml).await;
     }
     match end {
+        End::Error("see-other-host") => match &server.config.cluster.see_other_host {
+            Some(host) => s.xs.fail_see_other_host(host).await,
+            None => s.xs.fail("system-shutdown", None).await,
+        },
         End::Error(condition) => s.xs.fail(condition, None).await,
         End::ClientClosed => s.xs.close().await,
         End::Done => {}

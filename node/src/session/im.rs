@@ -5,7 +5,7 @@
 //! Functions here decide *who* gets a stanza and change roster state; they
 //! hand stanzas to the router and never touch a socket.
 
-use crate::router::Resource;
+use crate::routing::{self, RemoteResource};
 use crate::server::Server;
 use crate::stanza::{Condition, NS_CLIENT, NS_DELAY, StanzaError, error_reply};
 use crate::storage::{RosterItem, Storage, Subscription};
@@ -56,15 +56,19 @@ pub fn bounce_with(server: &Server, stanza: &Element, err: &StanzaError) {
     }
 }
 
-/// Delivers to one full JID if that session is bound here; hands the
-/// stanza back otherwise.
+/// Delivers to one full JID, bound here or on another node (without
+/// waiting for the other node's answer); hands the stanza back when no
+/// such session is known.
 pub fn deliver_to_full(server: &Server, full: &str, el: Element) -> Result<(), Element> {
     let (bare, Some(res)) = split(full) else {
         return Err(el);
     };
     match server.router.handle(bare, res) {
         Some(h) => h.send(el),
-        None => Err(el),
+        None => match routing::remote_one(server, bare, res) {
+            Some(r) if routing::send(server, bare, &r, &el.to_stream_xml(NS_CLIENT)) => Ok(()),
+            _ => Err(el),
+        },
     }
 }
 
@@ -117,7 +121,16 @@ pub async fn route_message(server: &Server, el: Element) -> Result<(), Bounce> {
                 Ok(()) => return Ok(()),
                 Err(el) => el,
             },
-            None => el,
+            None => match routing::remote_one(server, bare, res) {
+                Some(r) => {
+                    let xml = el.to_stream_xml(NS_CLIENT);
+                    if routing::send_acked(server, bare, &r, &xml).await {
+                        return Ok(());
+                    }
+                    el
+                }
+                None => el,
+            },
         };
         return match mtype {
             "chat" => deliver_to_bare(server, bare, mtype, el).await,
@@ -153,8 +166,9 @@ pub async fn reroute(server: &Server, xml: &str) {
     }
 }
 
-/// Parses a stanza the server serialised itself (offline store, mailbox).
-fn parse_stored(xml: &str) -> Option<Element> {
+/// Parses a stanza the server serialised itself (offline store, mailbox,
+/// routing table).
+pub fn parse_stored(xml: &str) -> Option<Element> {
     let scope = [(String::new(), NS_CLIENT.to_owned())];
     let limits = crate::xml::Limits {
         max_stanza_bytes: usize::MAX,
@@ -175,23 +189,47 @@ async fn deliver_to_bare(
         "groupchat" => return bounce_of(Condition::ServiceUnavailable, el),
         _ => {}
     }
-    let mut targets: Vec<_> = server.router.with_resources(bare, |rs| {
-        let eligible = rs.iter().filter(|r| r.available && r.priority >= 0);
-        if mtype == "headline" {
-            return eligible.map(|r| r.handle.clone()).collect();
+    let mut remote = routing::remote(server, bare);
+    if remote.is_empty()
+        && server.storage.store.has_peers()
+        && !server
+            .router
+            .with_resources(bare, |rs| rs.iter().any(|r| r.available))
+    {
+        // No session known here: make sure this replica is not behind
+        // before treating the user as offline (a login on another node
+        // may be committed but not yet applied here).
+        if server.storage.store.read_barrier().await.is_ok() {
+            remote = routing::remote(server, bare);
         }
-        let max = eligible.clone().map(|r| r.priority).max();
-        eligible
-            .filter(|r| Some(r.priority) == max)
+    }
+    remote.retain(|r| r.info.available && r.info.priority >= 0);
+    let local_max = server.router.with_resources(bare, |rs| {
+        rs.iter()
+            .filter(|r| r.available && r.priority >= 0)
+            .map(|r| r.priority)
+            .max()
+    });
+    let max = local_max.max(remote.iter().map(|r| r.info.priority).max());
+    // Headlines go to every eligible resource, the rest to those of the
+    // highest priority (§8.5.2.1.1), wherever they are bound.
+    let chosen = |priority: i32| mtype == "headline" || Some(priority) == max;
+    let mut targets: Vec<_> = server.router.with_resources(bare, |rs| {
+        rs.iter()
+            .filter(|r| r.available && r.priority >= 0 && chosen(r.priority))
             .map(|r| r.handle.clone())
             .collect()
     });
+    remote.retain(|r| chosen(r.info.priority));
     // Serialised once, shared by every recipient.
     let mut delivered = false;
-    if !targets.is_empty() {
+    if !targets.is_empty() || !remote.is_empty() {
         let xml: std::sync::Arc<str> = el.to_stream_xml(NS_CLIENT).into();
         for h in targets.drain(..) {
             delivered |= h.send_shared(&xml);
+        }
+        for r in &remote {
+            delivered |= routing::send_acked(server, bare, r, &xml).await;
         }
     }
     if delivered || mtype == "headline" {
@@ -322,6 +360,8 @@ async fn broadcast(
         r.priority = priority;
         r.presence = stored;
     });
+    // The presence registry: other nodes route and answer probes from it.
+    routing::publish(server, origin.bare, origin.session_id).await?;
     metrics::counter!("starling_stanzas_routed_total", "kind" => "presence").increment(1);
     let roster = server.storage.roster(origin.bare)?;
     // To every contact with a subscription from us (their available resources).
@@ -352,12 +392,8 @@ async fn broadcast(
             probe(server, origin.bare, origin.full, &item.jid)?;
         }
         // Presence of the user's other resources.
-        for r in server.router.resources(origin.bare) {
-            if r.handle.id != origin.session_id
-                && let Some(p) = r.presence
-            {
-                let _ = deliver_to_full(server, origin.full, with_to(p, origin.full));
-            }
+        for p in available_presences(server, origin.bare, origin.session_id) {
+            let _ = deliver_to_full(server, origin.full, with_to(p, origin.full));
         }
         // Pending subscription requests (RFC 6121 §3.1.3).
         if let Ok(pending) = server.storage.pending_in(origin.bare)
@@ -381,34 +417,95 @@ fn with_to(mut el: Element, to: &str) -> Element {
     el
 }
 
+/// The last available presence of each available resource of `bare`, on
+/// this node and on others, except the session `except`.
+fn available_presences(server: &Server, bare: &str, except: u64) -> Vec<Element> {
+    let mut out: Vec<Element> = server.router.with_resources(bare, |rs| {
+        rs.iter()
+            .filter(|r| r.available && r.handle.id != except)
+            .filter_map(|r| r.presence.clone())
+            .collect()
+    });
+    out.extend(
+        routing::remote(server, bare)
+            .iter()
+            .filter_map(RemoteResource::presence),
+    );
+    out
+}
+
+/// Which resources of a user a stanza goes to.
+#[derive(Clone, Copy)]
+enum Want {
+    Available,
+    AvailableOrInterested,
+}
+
+impl Want {
+    fn wants(self, available: bool, interested: bool) -> bool {
+        match self {
+            Want::Available => available,
+            Want::AvailableOrInterested => available || interested,
+        }
+    }
+}
+
 /// Sends `el` to every available resource of `bare`.
 /// The stanza keeps the address it was sent to: a broadcast or a
 /// subscription stanza reaches each resource addressed to the bare JID, as
 /// in the examples of RFC 6121 §3 and §4.
 fn send_to_available(server: &Server, bare: &str, el: &Element) {
-    send_to(server, bare, el, |r| r.available);
+    send_to(server, bare, el, Want::Available);
 }
 
-/// Sends `el` to the resources of `bare` that `which` selects.
-fn send_to(server: &Server, bare: &str, el: &Element, which: impl Fn(&Resource) -> bool) {
+/// As `send_to_available`, to this node's sessions only (each node tells
+/// its own); returns how many got it.
+pub fn send_to_local_available(server: &Server, bare: &str, el: &Element) -> usize {
     let targets: Vec<_> = server.router.with_resources(bare, |rs| {
         rs.iter()
-            .filter(|r| which(r))
+            .filter(|r| r.available)
             .map(|r| r.handle.clone())
             .collect()
     });
     if targets.is_empty() {
-        return;
+        return 0;
     }
-    let xml: std::sync::Arc<str> = if el.get_attr("to").is_none_or(|to| split(to).0 != bare) {
+    let xml = addressed_to(el, bare);
+    targets.iter().filter(|h| h.send_shared(&xml)).count()
+}
+
+/// `el` serialised, addressed to `bare` unless it already names one of
+/// its resources.
+fn addressed_to(el: &Element, bare: &str) -> std::sync::Arc<str> {
+    if el.get_attr("to").is_none_or(|to| split(to).0 != bare) {
         let mut el = el.clone();
         el.set_attr("to", bare);
         el.to_stream_xml(NS_CLIENT).into()
     } else {
         el.to_stream_xml(NS_CLIENT).into()
-    };
+    }
+}
+
+/// Sends `el` to the resources of `bare` that `want` selects, here and on
+/// other nodes.
+fn send_to(server: &Server, bare: &str, el: &Element, want: Want) {
+    let targets: Vec<_> = server.router.with_resources(bare, |rs| {
+        rs.iter()
+            .filter(|r| want.wants(r.available, r.interested))
+            .map(|r| r.handle.clone())
+            .collect()
+    });
+    let mut remote = routing::remote(server, bare);
+    remote.retain(|r| want.wants(r.info.available, r.info.interested));
+    if targets.is_empty() && remote.is_empty() {
+        return;
+    }
+    let xml = addressed_to(el, bare);
     for h in targets {
         h.send_shared(&xml);
+    }
+    for r in &remote {
+        routing::send(server, bare, r, &xml);
     }
 }
 
@@ -441,10 +538,8 @@ fn probe(
     if !approved && contact != prober_bare {
         return Ok(());
     }
-    for r in server.router.resources(contact) {
-        if let Some(p) = r.presence.filter(|_| r.available) {
-            let _ = deliver_to_full(server, prober_full, with_to(p, prober_full));
-        }
+    for p in available_presences(server, contact, 0) {
+        let _ = deliver_to_full(server, prober_full, with_to(p, prober_full));
     }
     Ok(())
 }
@@ -475,6 +570,9 @@ async fn record_last(server: &Server, bare: &str, el: &Element) {
     if server
         .router
         .with_resources(bare, |rs| rs.iter().any(|r| r.available))
+        || routing::remote(server, bare)
+            .iter()
+            .any(|r| r.info.available)
     {
         return;
     }
@@ -505,13 +603,23 @@ pub async fn session_ended(server: &Server, origin: &Origin<'_>, state: &mut Pre
 /// Unavailable presence from each of `user`'s available resources to
 /// `contact` (who may no longer see them).
 pub fn unavailable_to(server: &Server, user: &str, contact: &str) {
-    for r in server.router.resources(user) {
-        if r.available {
-            let un = Element::new("presence", NS_CLIENT)
-                .attr("from", format!("{user}/{}", r.resource))
-                .attr("type", "unavailable");
-            send_presence_to(server, contact, un);
-        }
+    let mut resources: Vec<String> = server.router.with_resources(user, |rs| {
+        rs.iter()
+            .filter(|r| r.available)
+            .map(|r| r.resource.clone())
+            .collect()
+    });
+    resources.extend(
+        routing::remote(server, user)
+            .into_iter()
+            .filter(|r| r.info.available)
+            .map(|r| r.resource),
+    );
+    for res in resources {
+        let un = Element::new("presence", NS_CLIENT)
+            .attr("from", format!("{user}/{res}"))
+            .attr("type", "unavailable");
+        send_presence_to(server, contact, un);
     }
 }
 
@@ -524,8 +632,8 @@ pub fn roster_push(server: &Server, bare: &str, item: &RosterItem, removed: bool
             .map(|r| (r.handle.clone(), r.resource.clone()))
             .collect()
     });
-    for (h, res) in targets {
-        let push = Element::new("iq", NS_CLIENT)
+    let push = |res: &str| {
+        Element::new("iq", NS_CLIENT)
             .attr("type", "set")
             .attr("id", format!("push-{}", &crate::stream::new_id()[..10]))
             .attr("to", format!("{bare}/{res}"))
@@ -533,8 +641,20 @@ pub fn roster_push(server: &Server, bare: &str, item: &RosterItem, removed: bool
                 Element::new("query", crate::modules::roster::NS_ROSTER)
                     .attr("ver", ver.to_string())
                     .child(crate::modules::roster::item_element(item, removed)),
+            )
+    };
+    for (h, res) in targets {
+        let _ = h.send(push(&res));
+    }
+    for r in routing::remote(server, bare) {
+        if r.info.interested {
+            routing::send(
+                server,
+                bare,
+                &r,
+                &push(&r.resource).to_stream_xml(NS_CLIENT),
             );
-        let _ = h.send(push);
+        }
     }
 }
 
@@ -636,10 +756,8 @@ pub async fn subscription_out(
     deliver_subscription(server, origin.bare, contact, ptype, el).await?;
     if ptype == "subscribed" {
         // §3.1.5: the contact gets our current presence.
-        for r in server.router.resources(origin.bare) {
-            if let Some(p) = r.presence.filter(|_| r.available) {
-                send_presence_to(server, contact, p);
-            }
+        for p in available_presences(server, origin.bare, 0) {
+            send_presence_to(server, contact, p);
         }
     }
     Ok(())
@@ -722,10 +840,8 @@ async fn subscription_in_simple(
                     reply,
                 ))
                 .await?;
-                for r in server.router.resources(user) {
-                    if let Some(p) = r.presence.filter(|_| r.available) {
-                        send_presence_to(server, from, p);
-                    }
+                for p in available_presences(server, user, 0) {
+                    send_presence_to(server, from, p);
                 }
                 return Ok(());
             }
@@ -768,9 +884,9 @@ async fn subscription_in_simple(
     // interested resources too (§3.1.6, §3.2.3, §3.3.3).
     if deliver {
         if ptype == "subscribe" {
-            send_to(server, user, &el, |r| r.available);
+            send_to(server, user, &el, Want::Available);
         } else {
-            send_to(server, user, &el, |r| r.available || r.interested);
+            send_to(server, user, &el, Want::AvailableOrInterested);
         }
     }
     if save {

@@ -147,6 +147,23 @@ impl<S: Transport> XmlStream<S> {
         self.linger().await;
     }
 
+    /// Ends the stream with `<see-other-host/>` naming `host` (RFC 6120
+    /// §4.9.3.19): the client reconnects there.
+    pub async fn fail_see_other_host(&mut self, host: &str) {
+        metrics::counter!("starling_c2s_stream_errors_total", "condition" => "see-other-host")
+            .increment(1);
+        if !self.header_sent {
+            let _ = self.send_header(None, &new_id()).await;
+        }
+        let _ = self
+            .send_raw(&crate::stanza::stream_error_with_content(
+                "see-other-host",
+                host,
+            ))
+            .await;
+        self.linger().await;
+    }
+
     /// Closes the stream cleanly (answering the client's `</stream:stream>`).
     pub async fn close(&mut self) {
         let _ = self.send_raw("</stream:stream>").await;
