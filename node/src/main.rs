@@ -26,6 +26,15 @@ struct NodeArgs {
     /// Data directory (overrides `data_dir`).
     #[arg(long, global = true)]
     data_dir: Option<PathBuf>,
+    /// The cluster CA certificate (overrides `cluster.ca_cert`).
+    #[arg(long, value_name = "PEM", global = true)]
+    cluster_ca: Option<PathBuf>,
+    /// This node's cluster certificate (overrides `cluster.cert`).
+    #[arg(long, value_name = "PEM", global = true)]
+    cluster_cert: Option<PathBuf>,
+    /// This node's cluster key (overrides `cluster.key`).
+    #[arg(long, value_name = "PEM", global = true)]
+    cluster_key: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -53,7 +62,7 @@ enum Command {
         #[arg(long)]
         node_id: Option<u64>,
         /// Join the cluster through this member's cluster address (a fresh
-        /// node only; needs the cluster certificates in the config).
+        /// node only; needs the cluster certificates).
         #[arg(long)]
         join: Option<String>,
         /// Log as JSON lines.
@@ -125,6 +134,15 @@ fn load(node: &NodeArgs) -> anyhow::Result<Config> {
     let mut cfg = Config::load(node.config.as_deref())?;
     if let Some(d) = &node.data_dir {
         cfg.data_dir = d.clone();
+    }
+    for (flag, key) in [
+        (&node.cluster_ca, &mut cfg.cluster.ca_cert),
+        (&node.cluster_cert, &mut cfg.cluster.cert),
+        (&node.cluster_key, &mut cfg.cluster.key),
+    ] {
+        if flag.is_some() {
+            key.clone_from(flag);
+        }
     }
     Ok(cfg)
 }
