@@ -539,6 +539,36 @@ impl Store {
         self.shutdown().await
     }
 
+    /// Removes another member that is gone for good (its machine or disk
+    /// was lost) from the membership: its routes are dropped (contacts
+    /// are told, as on expiry) and the leader removes it. A node that can
+    /// still run should `leave` instead.
+    pub async fn remove_node(&self, node_id: u64) -> Result<(), StoreError> {
+        let s = &self.inner.shared;
+        if node_id == s.node_id {
+            return Err(StoreError::Unavailable(
+                "a node removes itself with leave".into(),
+            ));
+        }
+        let (leader, leader_addr) = {
+            let m = self.inner.raft.metrics();
+            let m = m.borrow();
+            let addr = m
+                .current_leader
+                .and_then(|l| m.membership_config.membership().get_node(&l))
+                .map(|n| n.addr.clone());
+            (m.current_leader, addr)
+        };
+        self.write_internal(lease::expire_ops(node_id)).await?;
+        match (leader, leader_addr) {
+            (Some(l), _) if l == s.node_id => {
+                raft::admin::remove_member(&self.inner.raft, node_id).await
+            }
+            (_, Some(addr)) => raft::admin::leave(&s.transport, &addr, node_id).await,
+            _ => Err(StoreError::Unavailable("no leader known".into())),
+        }
+    }
+
     /// This node's view of the cluster (replication state on the leader
     /// only). Also served as `Admin.Status`; see [`query_status`].
     pub fn status(&self) -> ClusterStatus {

@@ -25,6 +25,7 @@ pub enum Request {
     ClusterStatus,
     ClusterJoin { addr: String },
     ClusterLeave,
+    ClusterRemove { node_id: u64 },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -88,6 +89,14 @@ pub async fn execute(
             Request::ClusterStatus => Ok((vec![], status_lines(&storage.store.status()))),
             Request::ClusterJoin { addr } => {
                 storage.store.join(&addr).await.map_err(|e| e.to_string())?;
+                Ok(none)
+            }
+            Request::ClusterRemove { node_id } => {
+                storage
+                    .store
+                    .remove_node(node_id)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 Ok(none)
             }
             Request::ClusterLeave => {

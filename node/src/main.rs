@@ -116,6 +116,8 @@ enum ClusterAction {
     Join { addr: String },
     /// Move the local node's users off and leave the cluster.
     Leave,
+    /// Remove a member that is gone for good (run on any live node).
+    Remove { node_id: u64 },
 }
 
 #[derive(Subcommand)]
@@ -256,6 +258,7 @@ fn cluster_command(cfg: Config, action: ClusterAction) -> anyhow::Result<()> {
         ClusterAction::Status { addr: None } => print_admin(cfg, Request::ClusterStatus)?,
         ClusterAction::Join { addr } => print_admin(cfg, Request::ClusterJoin { addr })?,
         ClusterAction::Leave => print_admin(cfg, Request::ClusterLeave)?,
+        ClusterAction::Remove { node_id } => print_admin(cfg, Request::ClusterRemove { node_id })?,
     }
     Ok(())
 }
