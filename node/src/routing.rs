@@ -163,20 +163,22 @@ pub async fn publish(server: &Server, bare: &str, session: u64) -> Result<(), St
 
 /// Removes an ended session's route if it still owns it; `index` also
 /// removes this node's index entry for the full JID (when no newer local
-/// session of the same resource uses it).
+/// session of the same resource uses it). `extra` goes in the same write.
 pub async fn unbind(
     server: &Server,
     bare: &str,
     resource: &str,
     session: u64,
     index: bool,
+    extra: Option<Op>,
 ) -> Result<(), StoreError> {
     let me = server.storage.store.node_id();
-    let mut ops = vec![Op::DeleteIf {
+    let mut ops: Vec<Op> = extra.into_iter().collect();
+    ops.push(Op::DeleteIf {
         space: routes::ROUTES.into(),
         key: routes::route_key(bare, resource),
         prefix: owner_prefix(me, session),
-    }];
+    });
     if index {
         // The index entry alone (the route is guarded above).
         ops.extend(

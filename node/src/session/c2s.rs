@@ -96,7 +96,8 @@ async fn finish<S: Transport>(s: &mut Session<S>, mailbox: &Mailbox, end: End) {
     };
     im::session_ended(server, &origin, &mut s.presence).await;
     let resource = im::split(&s.full).1.unwrap_or_default();
-    if let Err(e) = crate::routing::unbind(server, &s.bare, resource, s.id, owned).await {
+    let last = s.presence.last_activity.take();
+    if let Err(e) = crate::routing::unbind(server, &s.bare, resource, s.id, owned, last).await {
         // Left for the node's lease expiry or its next start to clear.
         tracing::warn!(error = %e, "could not remove the session's route");
     }

@@ -28,6 +28,10 @@ pub struct PresenceState {
     /// Full or bare JIDs that received directed available presence
     /// (RFC 6121 §4.6): they get our unavailable presence too.
     pub directed: HashSet<String>,
+    /// The session is ending: the last-activity record is left here to be
+    /// written with the removal of its route, in one write.
+    pub ending: bool,
+    pub last_activity: Option<Op>,
 }
 
 /// Splits a normalised JID string into (bare, resource).
@@ -382,7 +386,13 @@ async fn broadcast(
             }
         }
         state.available = false;
-        record_last(server, origin.bare, &el).await;
+        if let Some(op) = last_activity_op(server, origin.bare, &el) {
+            if state.ending {
+                state.last_activity = Some(op);
+            } else {
+                let _ = server.storage.write(vec![op]).await;
+            }
+        }
         return Ok(());
     }
     state.available = true;
@@ -563,10 +573,10 @@ fn directed(server: &Server, state: &mut PresenceState, ptype: &str, to: &str, e
     send_presence_to(server, to, el);
 }
 
-/// Remembers the time and status of the last unavailable presence
-/// (XEP-0012 for offline users).
-async fn record_last(server: &Server, bare: &str, el: &Element) {
-    // Only when the last resource goes.
+/// The write that remembers the time and status of the last unavailable
+/// presence (XEP-0012 for offline users), when the user's last available
+/// resource goes.
+fn last_activity_op(server: &Server, bare: &str, el: &Element) -> Option<Op> {
     if server
         .router
         .with_resources(bare, |rs| rs.iter().any(|r| r.available))
@@ -574,22 +584,20 @@ async fn record_last(server: &Server, bare: &str, el: &Element) {
             .iter()
             .any(|r| r.info.available)
     {
-        return;
+        return None;
     }
     let status = el.child_text("status", NS_CLIENT).unwrap_or_default();
     let value = serde_json::json!({ "time": chrono::Utc::now().timestamp(), "status": status });
-    let _ = server
-        .storage
-        .put_doc(
-            crate::storage::LAST,
-            bare.as_bytes().to_vec(),
-            value.to_string(),
-        )
-        .await;
+    Some(Op::Put {
+        space: crate::storage::LAST.into(),
+        key: bare.as_bytes().to_vec(),
+        value: value.to_string().into_bytes(),
+    })
 }
 
 /// The session ended: unavailable to everyone who saw it available.
 pub async fn session_ended(server: &Server, origin: &Origin<'_>, state: &mut PresenceState) {
+    state.ending = true;
     if state.available {
         let el = Element::new("presence", NS_CLIENT)
             .attr("from", origin.full)
