@@ -47,6 +47,10 @@ use crate::kv::{Kv, KvTree, SledKv};
 use crate::store::{LogStore, StateMachine, space_tree};
 use crate::transport::Transport;
 
+/// How long a write waits for this replica to apply what the leader
+/// committed.
+const APPLY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// One operation of a write. A write is a list of operations applied
 /// atomically and in order: if any conditional operation fails, nothing of
 /// that write is applied and the results say which one failed.
@@ -623,8 +627,24 @@ impl Store {
     }
 
     /// `write`, also returning the log index of the entry that carried it.
+    /// Returns once this replica has applied it too, so that reads here
+    /// after a write see it (read-your-writes on a follower, whose writes
+    /// the leader commits before this replica hears of the commit).
     async fn write_at(&self, ops: Vec<Op>) -> Result<(Vec<OpResult>, u64), StoreError> {
-        self.submit(ops, false).await
+        let (results, index) = self.submit(ops, false).await?;
+        if self.applied_index() < index {
+            let waited = self
+                .inner
+                .raft
+                .wait(Some(APPLY_WAIT))
+                .applied_index_at_least(Some(index), "a write applied locally")
+                .await;
+            if let Err(e) = waited {
+                // Committed all the same: only this replica lags.
+                tracing::warn!(index, error = %e, "write committed but not yet applied here");
+            }
+        }
+        Ok((results, index))
     }
 
     fn space(&self, space: &str) -> Result<kv::SledTree, StoreError> {
@@ -695,6 +715,28 @@ impl Store {
     /// This node's Raft id.
     pub fn node_id(&self) -> u64 {
         self.inner.shared.node_id
+    }
+
+    /// Whether this node is a voting member of the cluster it knows (false
+    /// for a fresh joining node, or one whose join never completed, or one
+    /// that left). Right after `open` the Raft core may not have reported
+    /// the stored membership yet: this waits up to `within` for it.
+    pub async fn is_voter(&self, within: Duration) -> bool {
+        let me = self.inner.shared.node_id;
+        self.inner
+            .raft
+            .wait(Some(within))
+            .metrics(
+                |m| {
+                    m.membership_config
+                        .membership()
+                        .voter_ids()
+                        .any(|id| id == me)
+                },
+                "this node among the voters",
+            )
+            .await
+            .is_ok()
     }
 
     /// Whether the cluster has members besides this node (from the latest

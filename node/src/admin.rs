@@ -109,6 +109,15 @@ pub async fn execute(
                     }
                 }
                 storage.store.leave().await.map_err(|e| e.to_string())?;
+                if server.is_some() {
+                    // No longer a member: nothing left to serve. Stop as on
+                    // SIGTERM (after this answer is written).
+                    tracing::info!("left the cluster; stopping");
+                    // SAFETY: kill(2) on our own pid with a valid signal.
+                    unsafe {
+                        libc::kill(libc::getpid(), libc::SIGTERM);
+                    }
+                }
                 Ok(none)
             }
         }

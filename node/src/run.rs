@@ -50,15 +50,17 @@ fn store_options(cfg: &Config) -> StoreOptions {
     }
 }
 
-/// Opens the store: a fresh node with `cluster.join` joins that cluster,
-/// any other fresh node starts a cluster of one, a known node recovers.
+/// Opens the store: a node with `cluster.join` that is not a voter yet
+/// joins that cluster (again, if an earlier join did not complete), any
+/// other fresh node starts a cluster of one, a known node recovers.
 /// With cluster TLS configured, the node serves its gRPC port so that
 /// others can join and replicate.
 async fn open_store(cfg: &Config) -> anyhow::Result<Store> {
-    let fresh = !cfg.data_dir.join("store").exists();
-    let store = match (&cfg.cluster.join, fresh) {
-        (Some(_), true) => Store::open_joining_with(store_config(cfg), store_options(cfg)).await?,
-        _ => Store::open_with(store_config(cfg), store_options(cfg)).await?,
+    // With `join`, never bootstrap a cluster of one: a node whose earlier
+    // join failed half-way must try again, not come up on its own.
+    let store = match &cfg.cluster.join {
+        Some(_) => Store::open_joining_with(store_config(cfg), store_options(cfg)).await?,
+        None => Store::open_with(store_config(cfg), store_options(cfg)).await?,
     };
     if cfg.cluster.tls().is_some() {
         let addr: std::net::SocketAddr = format!("{}:{}", cfg.cluster.bind, cfg.cluster.port)
@@ -72,14 +74,43 @@ async fn open_store(cfg: &Config) -> anyhow::Result<Store> {
         });
         tracing::info!(%addr, node_id = cfg.cluster.node_id, "cluster port listening (mutual TLS)");
     }
-    if let (Some(seed), true) = (&cfg.cluster.join, fresh) {
-        store
-            .join(seed)
-            .await
-            .with_context(|| format!("joining the cluster through {seed}"))?;
+    if let Some(seed) = &cfg.cluster.join
+        && !store.is_voter(std::time::Duration::from_secs(2)).await
+    {
+        if let Err(e) = join_with_retries(&store, seed).await {
+            let _ = store.shutdown().await;
+            return Err(e).with_context(|| format!("joining the cluster through {seed}"));
+        }
         tracing::info!(%seed, "joined the cluster");
     }
     Ok(store)
+}
+
+/// Joins through `seed`, retrying for a minute: the seed may not be up
+/// yet (nodes started together), or another node's join may be changing
+/// the membership right now (one change at a time).
+async fn join_with_retries(store: &Store, seed: &str) -> Result<(), starling_cluster::StoreError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut pause = std::time::Duration::from_millis(200);
+    loop {
+        match store.join(seed).await {
+            Ok(()) => return Ok(()),
+            Err(e) if retriable(&e) && std::time::Instant::now() + pause < deadline => {
+                tracing::warn!(%seed, error = %e, "could not join yet; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// A refused certificate will not become valid by waiting.
+fn retriable(e: &starling_cluster::StoreError) -> bool {
+    let msg = e.to_string().to_ascii_lowercase();
+    !["certificate", "handshake", "tls"]
+        .iter()
+        .any(|w| msg.contains(w))
 }
 
 /// Runs a node until SIGINT or SIGTERM.

@@ -50,11 +50,13 @@ pub type Raft = openraft::Raft<TypeConfig>;
 
 /// Raft timing and compaction. Election timeouts are generous because the
 /// machines are small and shared; a single node does not wait for them at
-/// start (openraft elects a sole voter at once).
+/// start (openraft elects a sole voter at once). Heartbeats also carry the
+/// commit index to followers, so every 100 ms bounds how far behind the
+/// leader a follower's reads (routes, presence) normally are.
 pub fn config() -> openraft::Config {
     openraft::Config {
         cluster_name: "starling".into(),
-        heartbeat_interval: 250,
+        heartbeat_interval: 100,
         election_timeout_min: 1000,
         election_timeout_max: 2000,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(10_000),
