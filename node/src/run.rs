@@ -58,6 +58,7 @@ fn store_options(cfg: &Config) -> StoreOptions {
 async fn open_store(cfg: &Config) -> anyhow::Result<Store> {
     // With `join`, never bootstrap a cluster of one: a node whose earlier
     // join failed half-way must try again, not come up on its own.
+    let fresh = !cfg.data_dir.join("store").exists();
     let store = match &cfg.cluster.join {
         Some(_) => Store::open_joining_with(store_config(cfg), store_options(cfg)).await?,
         None => Store::open_with(store_config(cfg), store_options(cfg)).await?,
@@ -75,7 +76,7 @@ async fn open_store(cfg: &Config) -> anyhow::Result<Store> {
         tracing::info!(%addr, node_id = cfg.cluster.node_id, "cluster port listening (mutual TLS)");
     }
     if let Some(seed) = &cfg.cluster.join
-        && !store.is_voter(std::time::Duration::from_secs(2)).await
+        && (fresh || !store.is_voter(std::time::Duration::from_secs(2)).await)
     {
         if let Err(e) = join_with_retries(&store, seed).await {
             let _ = store.shutdown().await;

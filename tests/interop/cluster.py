@@ -385,17 +385,11 @@ class ClusterNode(StarlingServer):
             time.sleep(0.25)
 
     def online(self, prefix="u", resource=None, presence=True, priority=None, domain=None):
-        """New account made through this node, logged in on it (and available unless
-        presence=False). A refused first login is retried for up to 5 s: a write through
-        a follower returns when the leader committed it, possibly before this node applied
-        it (see test_cluster_basic.py's read-your-writes tests, which are strict); the
-        retry is printed and recorded as a figure."""
+        """New account made through this node, logged in on it at once (and available
+        unless presence=False): a write returns once the node it went through applied it,
+        so the login must not be refused."""
         jid, user, pw = self.new_user(prefix, domain=domain)
-        c, took = self.login_eventually(jid, pw, timeout=5, resource=resource, presence=presence,
-                                        priority=priority)
-        if c.login_attempts > 1:
-            figure("login_retried_after_user_add_s", took, "s", self.cluster.workdir, node=self.node_id,
-                   attempts=c.login_attempts)
+        c = self.login(jid, pw, resource=resource, presence=presence, priority=priority)
         c.password = pw
         c.bare = jid
         return c
