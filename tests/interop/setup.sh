@@ -3,6 +3,10 @@
 # Idempotent: returns at once when the venv already has exactly these pins.
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
+# The partition tests make network namespaces with `ip` (Debian's iproute2).
+if ! command -v ip >/dev/null && command -v apt-get >/dev/null; then
+  (apt-get update -qq && apt-get install -y -qq iproute2) >/dev/null
+fi
 VENV="$HERE/.venv"
 PINS="slixmpp==1.10.0 pytest==8.3.5 pytest-timeout==2.4.0 pytest-xdist==3.6.1"
 STAMP="$VENV/.pins"
