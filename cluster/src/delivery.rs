@@ -41,6 +41,9 @@ pub struct Envelope {
     /// Non-empty: not a stanza but a request to close that session with
     /// this stream error condition.
     pub close: String,
+    /// Set by `send`: the sender's applied log index, which the receiver
+    /// reaches before delivering (causal order across nodes).
+    pub min_applied: u64,
 }
 
 /// What the receiving node did with an envelope.
@@ -81,6 +84,8 @@ pub trait LocalDelivery: Send + Sync + 'static {
 pub const WINDOW: usize = 256;
 /// How long `deliver_acked` waits for the ack.
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a receiver waits to apply what the sender had applied.
+const CAUSAL_WAIT: Duration = Duration::from_secs(2);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
@@ -177,6 +182,13 @@ pub fn send(
         .done(r);
         return Ok(());
     }
+    let mut env = env;
+    env.min_applied = shared
+        .raft
+        .metrics()
+        .borrow()
+        .last_applied
+        .map_or(0, |l| l.index);
     let tx = {
         let mut queues = shared
             .peers
@@ -323,6 +335,7 @@ async fn session(
                     stanza: env.stanza,
                     session_id: env.session_id,
                     close: env.close,
+                    min_applied: env.min_applied,
                 };
                 let o = Outgoing { env: Envelope::default(), ack };
                 // Cannot be full: at most WINDOW are in flight.
@@ -379,6 +392,15 @@ impl Delivery for DeliveryService {
                     _ = stop.wait_for(|s| *s) => break,
                 };
                 let Ok(Some(e)) = msg else { break };
+                if e.min_applied > 0 {
+                    // Causal order: what the sender had applied first.
+                    // Bounded: a lagging replica delays, never drops.
+                    let _ = shared
+                        .raft
+                        .wait(Some(CAUSAL_WAIT))
+                        .applied_index_at_least(Some(e.min_applied), "the sender's state")
+                        .await;
+                }
                 let r = local(
                     &shared,
                     Envelope {
@@ -387,6 +409,7 @@ impl Delivery for DeliveryService {
                         stanza: e.stanza,
                         session_id: e.session_id,
                         close: e.close,
+                        min_applied: e.min_applied,
                     },
                 );
                 let ack = pb::Ack {

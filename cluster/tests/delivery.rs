@@ -38,6 +38,7 @@ fn env(to: &str, n: usize) -> Envelope {
         stanza: format!("<message id='{n}'/>").into_bytes(),
         session_id: 7,
         close: String::new(),
+        min_applied: 0,
     }
 }
 

@@ -27,6 +27,7 @@ fn env() -> Envelope {
         stanza: b"<message><body>hi</body></message>".to_vec(),
         session_id: 1,
         close: String::new(),
+        min_applied: 0,
     }
 }
 

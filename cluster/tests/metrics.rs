@@ -25,6 +25,7 @@ fn env() -> Envelope {
         stanza: b"<message/>".to_vec(),
         session_id: 1,
         close: String::new(),
+        min_applied: 0,
     }
 }
 

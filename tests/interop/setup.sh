@@ -3,9 +3,13 @@
 # Idempotent: returns at once when the venv already has exactly these pins.
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
-# The partition tests make network namespaces with `ip` (Debian's iproute2).
-if ! command -v ip >/dev/null && command -v apt-get >/dev/null; then
-  (apt-get update -qq && apt-get install -y -qq iproute2) >/dev/null
+# The cluster tests need `ip` (iproute2: network namespaces for the partition
+# tests) and HAProxy (the load balancer in front of the nodes), from Debian.
+missing=()
+command -v ip >/dev/null || missing+=(iproute2)
+command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
+if [ ${#missing[@]} -gt 0 ] && command -v apt-get >/dev/null; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}") >/dev/null
 fi
 VENV="$HERE/.venv"
 PINS="slixmpp==1.10.0 pytest==8.3.5 pytest-timeout==2.4.0 pytest-xdist==3.6.1"
