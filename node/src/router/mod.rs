@@ -6,8 +6,8 @@
 //! also holds what RFC 6121 delivery needs per resource (availability,
 //! priority, last presence, whether it asked for the roster).
 //!
-//! Remote sessions (other nodes) come from the replicated routing table in
-//! a later step; this map holds only the sessions of this node.
+//! This map holds only the sessions of this node; sessions on other nodes
+//! are found in the replicated routing table (`crate::routing`).
 
 use crate::xml::Element;
 use dashmap::DashMap;
