@@ -9,6 +9,8 @@
 //! leader first saw the node — is expired by one write that removes its
 //! lease, records `node_expired/<id be>` and drops its routes
 //! (`Op::DeleteIndexed` over `routes::ROUTES` / `routes::NODE_ROUTES`).
+//! A node that has not renewed for two renewal periods and whose cluster
+//! port refuses connections (it crashed) is expired at once (`gone`).
 //! Applying that write calls [`ClusterEvents::node_expired`] on every
 //! replica, the expired node included once it hears of it.
 //!
@@ -381,11 +383,11 @@ pub async fn monitor(
                 .flatten()
                 .max()
                 .unwrap_or(now);
-            if now.duration_since(last) < ttl {
-                continue;
-            }
             // Already expired and not back since.
             if !holders.contains(&id) && shared.is_expired(id) {
+                continue;
+            }
+            if now.duration_since(last) < ttl && !gone(&shared, id, now).await {
                 continue;
             }
             if !expiring
@@ -415,6 +417,39 @@ pub async fn monitor(
         }
     }
     shared.health.update(shared.node_id, false);
+}
+
+/// Whether node `id` is certainly gone, before its lease runs out: it has
+/// not renewed for two renewal periods (as this replica saw) and its
+/// cluster port refuses connections, i.e. no process listens there (it
+/// crashed; a partitioned or overloaded node times out instead of
+/// refusing). Its sessions died with it, so its contacts can be told at
+/// once rather than after a full TTL counted from this leader's election.
+async fn gone(shared: &Shared, id: u64, now: Instant) -> bool {
+    let quiet = Duration::from_millis(2 * shared.lease.renew_ms);
+    let Some(last) = shared.hooks.last_renewal(id) else {
+        return false;
+    };
+    if now.duration_since(last) < quiet {
+        return false;
+    }
+    let addr = {
+        let m = shared.raft.metrics();
+        let m = m.borrow();
+        m.membership_config
+            .membership()
+            .get_node(&id)
+            .map(|n| n.addr.clone())
+    };
+    let Some(addr) = addr else { return false };
+    matches!(
+        tokio::time::timeout(
+            Duration::from_millis(300),
+            tokio::net::TcpStream::connect(addr.as_str())
+        )
+        .await,
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused
+    )
 }
 
 /// The write that expires node `id`: its lease, a record, its routes.

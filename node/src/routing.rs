@@ -343,21 +343,35 @@ impl ClusterEvents for NodeEvents {
         let Some(server) = self.0.upgrade() else {
             return;
         };
-        if node_id == server.storage.store.node_id() {
-            // The cluster gave up on this node (it was cut off): the
-            // routes of its sessions are gone, so they must end; their
-            // clients reconnect, through the load balancer, to a node
-            // that can serve them.
-            let n = server.router.session_count();
-            if n > 0 {
-                tracing::warn!(
-                    sessions = n,
-                    "this node was expired by the cluster; ending its sessions"
-                );
+        let store = &server.storage.store;
+        let me = store.node_id();
+        if node_id != me {
+            return;
+        }
+        // The cluster gave up on this node (it was cut off, or stopped for
+        // a moment): the routes of its sessions are gone, so those sessions
+        // must end; their clients reconnect, through the load balancer, to
+        // a node that can serve them. Sessions bound since (their routes
+        // were written after the expiry) stay.
+        let mut ended = 0;
+        for bare in server.router.users() {
+            for r in server.router.resources(&bare) {
+                let owned = store
+                    .get(routes::ROUTES, &routes::route_key(&bare, &r.resource))
+                    .ok()
+                    .flatten()
+                    .is_some_and(|v| v.starts_with(&owner_prefix(me, r.handle.id)));
+                if !owned {
+                    r.handle.close("system-shutdown");
+                    ended += 1;
+                }
             }
-            for bare in server.router.users() {
-                server.router.close_all(&bare, "system-shutdown");
-            }
+        }
+        if ended > 0 {
+            tracing::warn!(
+                sessions = ended,
+                "this node was expired by the cluster; ended its sessions"
+            );
         }
     }
 

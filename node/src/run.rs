@@ -143,8 +143,19 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
     store.set_cluster_events(Arc::new(crate::routing::NodeEvents(Arc::downgrade(
         &server,
     ))));
-    rt.block_on(crate::routing::clear_own_routes(&server))
-        .context("clearing the routes of this node's previous run")?;
+    rt.block_on(async {
+        crate::routing::clear_own_routes(&server).await?;
+        // Catch up before taking logins, so that what happened while this
+        // node was away (its own expiry, say) is applied before any
+        // session binds here.
+        if server.storage.store.has_peers()
+            && let Err(e) = server.storage.store.read_barrier().await
+        {
+            tracing::warn!(error = %e, "could not catch up with the cluster before serving");
+        }
+        Ok::<_, starling_cluster::StoreError>(())
+    })
+    .context("clearing the routes of this node's previous run")?;
     {
         let s = server.clone();
         rt.spawn(async move {

@@ -169,3 +169,30 @@ def test_kill9_under_traffic(cluster, clients, role):
         chk.expect(m is not None and m.findtext(C("body")) == "after restart", "message body")
     shutdown_all(*watchers)
     chk.done()
+
+
+def test_node_stopped_and_restarted_keeps_its_new_sessions(cluster):
+    """A node stopped long enough to be expired (its port refuses connections), then
+    started again: its old users' contacts were told they went unavailable, and the
+    sessions bound on it after the restart are served and stay (its own expiry, which
+    it applies when it catches up, must not end them)."""
+    cl = cluster
+    alice = online_on(cl[1], "ra")
+    bob = online_on(cl[3], "rb")
+    try:
+        make_mutual(alice, bob)
+        bjid, bpw = bob.bare, bob.password
+        cl[3].stop()
+        from im import recv_presence
+        recv_presence(alice, bob.jid, "unavailable", timeout=4 * LEASE_TTL)
+        cl[3].start()
+        bob2 = cl[3].login(bjid, bpw, presence=True)
+        recv_presence(alice, bob2.jid, None, timeout=10)
+        # Well past the moment the restarted node applied its own expiry.
+        time.sleep(LEASE_TTL)
+        assert bob2.ping_server().get("type") == "result"
+        mid = alice.message(bob2.jid, "still there?")
+        assert bob2.recv_stanza("message", id=mid).findtext(C("body")) == "still there?"
+        bob2.close()
+    finally:
+        alice.close()
