@@ -9,7 +9,8 @@ missing=()
 command -v ip >/dev/null || missing+=(iproute2)
 command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 if [ ${#missing[@]} -gt 0 ] && command -v apt-get >/dev/null; then
-  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}") >/dev/null
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}") >/dev/null \
+    || echo "setup.sh: could not install ${missing[*]}; the cluster tests that need them will fail" >&2
 fi
 VENV="$HERE/.venv"
 PINS="slixmpp==1.10.0 pytest==8.3.5 pytest-timeout==2.4.0 pytest-xdist==3.6.1"
