@@ -110,6 +110,15 @@ impl Route {
     }
 }
 
+/// The op that removes only `node_id`'s index entry for `bare/resource`
+/// (when the route itself is removed conditionally, `Op::DeleteIf`).
+pub fn delete_index(node_id: u64, bare: &str, resource: &str) -> Op {
+    Op::Delete {
+        space: NODE_ROUTES.into(),
+        key: index_key(node_id, bare, resource),
+    }
+}
+
 /// The op that drops every route `node_id` still owns.
 pub fn drop_node(node_id: u64) -> Op {
     Op::DeleteIndexed {

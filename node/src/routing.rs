@@ -180,12 +180,7 @@ pub async fn unbind(
         prefix: owner_prefix(me, session),
     });
     if index {
-        // The index entry alone (the route is guarded above).
-        ops.extend(
-            routes::delete(me, bare, resource).into_iter().filter(
-                |op| matches!(op, Op::Delete { space, .. } if space == routes::NODE_ROUTES),
-            ),
-        );
+        ops.push(routes::delete_index(me, bare, resource));
     }
     server.storage.write(ops).await.map(drop)
 }
