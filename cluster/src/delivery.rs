@@ -167,7 +167,7 @@ fn local(shared: &Shared, env: Envelope) -> DeliveryResult {
 pub fn send(
     shared: &Arc<Shared>,
     peer: u64,
-    env: Envelope,
+    mut env: Envelope,
     ack: Option<oneshot::Sender<Result<DeliveryResult, DeliveryError>>>,
 ) -> Result<(), DeliveryError> {
     if *shared.stop.borrow() {
@@ -182,7 +182,6 @@ pub fn send(
         .done(r);
         return Ok(());
     }
-    let mut env = env;
     env.min_applied = shared
         .raft
         .metrics()

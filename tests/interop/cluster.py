@@ -143,15 +143,8 @@ class NetnsClient(rawxmpp.Client):
 
     netns: Optional[str] = None
 
-    def connect(self) -> "NetnsClient":
-        s = socket_in_netns(self.netns)
-        s.settimeout(self.timeout)
-        s.connect((self.host, self.port))
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.sock = s
-        if self.direct_tls:
-            self._wrap_tls(alpn=["xmpp-client"])
-        return self
+    def _new_socket(self) -> socket.socket:
+        return socket_in_netns(self.netns)
 
 
 def _ip(*args, check=True) -> subprocess.CompletedProcess:

@@ -176,10 +176,14 @@ class Client:
         self.log: list = []  # raw bytes received, for failure messages
 
     # ------------------------------------------------------------ transport
-    def connect(self) -> "Client":
+    def _new_socket(self) -> socket.socket:
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if self.source_ip:
             s.bind((self.source_ip, 0))
+        return s
+
+    def connect(self) -> "Client":
+        s = self._new_socket()
         s.settimeout(self.timeout)
         s.connect((self.host, self.port))
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -193,13 +193,16 @@ async fn deliver_to_bare(
         "groupchat" => return bounce_of(Condition::ServiceUnavailable, el),
         _ => {}
     }
+    // Eligible resources (available, non-negative priority), here and on
+    // other nodes.
+    let mut local: Vec<_> = server.router.with_resources(bare, |rs| {
+        rs.iter()
+            .filter(|r| r.available && r.priority >= 0)
+            .map(|r| (r.priority, r.handle.clone()))
+            .collect()
+    });
     let mut remote = routing::remote(server, bare);
-    if remote.is_empty()
-        && server.storage.store.has_peers()
-        && !server
-            .router
-            .with_resources(bare, |rs| rs.iter().any(|r| r.available))
-    {
+    if local.is_empty() && remote.is_empty() && server.storage.store.has_peers() {
         // No session known here: make sure this replica is not behind
         // before treating the user as offline (a login on another node
         // may be committed but not yet applied here).
@@ -208,28 +211,21 @@ async fn deliver_to_bare(
         }
     }
     remote.retain(|r| r.info.available && r.info.priority >= 0);
-    let local_max = server.router.with_resources(bare, |rs| {
-        rs.iter()
-            .filter(|r| r.available && r.priority >= 0)
-            .map(|r| r.priority)
-            .max()
-    });
-    let max = local_max.max(remote.iter().map(|r| r.info.priority).max());
+    let max = local
+        .iter()
+        .map(|(p, _)| *p)
+        .chain(remote.iter().map(|r| r.info.priority))
+        .max();
     // Headlines go to every eligible resource, the rest to those of the
     // highest priority (§8.5.2.1.1), wherever they are bound.
     let chosen = |priority: i32| mtype == "headline" || Some(priority) == max;
-    let mut targets: Vec<_> = server.router.with_resources(bare, |rs| {
-        rs.iter()
-            .filter(|r| r.available && r.priority >= 0 && chosen(r.priority))
-            .map(|r| r.handle.clone())
-            .collect()
-    });
+    local.retain(|(p, _)| chosen(*p));
     remote.retain(|r| chosen(r.info.priority));
     // Serialised once, shared by every recipient.
     let mut delivered = false;
-    if !targets.is_empty() || !remote.is_empty() {
+    if !local.is_empty() || !remote.is_empty() {
         let xml: std::sync::Arc<str> = el.to_stream_xml(NS_CLIENT).into();
-        for h in targets.drain(..) {
+        for (_, h) in &local {
             delivered |= h.send_shared(&xml);
         }
         for r in &remote {
@@ -468,15 +464,20 @@ fn send_to_available(server: &Server, bare: &str, el: &Element) {
     send_to(server, bare, el, Want::Available);
 }
 
+/// This node's sessions of `bare` that `want` selects.
+fn local_targets(server: &Server, bare: &str, want: Want) -> Vec<crate::router::SessionHandle> {
+    server.router.with_resources(bare, |rs| {
+        rs.iter()
+            .filter(|r| want.wants(r.available, r.interested))
+            .map(|r| r.handle.clone())
+            .collect()
+    })
+}
+
 /// As `send_to_available`, to this node's sessions only (each node tells
 /// its own); returns how many got it.
 pub fn send_to_local_available(server: &Server, bare: &str, el: &Element) -> usize {
-    let targets: Vec<_> = server.router.with_resources(bare, |rs| {
-        rs.iter()
-            .filter(|r| r.available)
-            .map(|r| r.handle.clone())
-            .collect()
-    });
+    let targets = local_targets(server, bare, Want::Available);
     if targets.is_empty() {
         return 0;
     }
@@ -499,12 +500,7 @@ fn addressed_to(el: &Element, bare: &str) -> std::sync::Arc<str> {
 /// Sends `el` to the resources of `bare` that `want` selects, here and on
 /// other nodes.
 fn send_to(server: &Server, bare: &str, el: &Element, want: Want) {
-    let targets: Vec<_> = server.router.with_resources(bare, |rs| {
-        rs.iter()
-            .filter(|r| want.wants(r.available, r.interested))
-            .map(|r| r.handle.clone())
-            .collect()
-    });
+    let targets = local_targets(server, bare, want);
     let mut remote = routing::remote(server, bare);
     remote.retain(|r| want.wants(r.info.available, r.info.interested));
     if targets.is_empty() && remote.is_empty() {

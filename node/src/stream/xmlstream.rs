@@ -138,29 +138,26 @@ impl<S: Transport> XmlStream<S> {
 
     /// Ends the stream with a stream error and closes the connection.
     pub async fn fail(&mut self, condition: &str, text: Option<&str>) {
-        metrics::counter!("starling_c2s_stream_errors_total", "condition" => condition.to_owned())
-            .increment(1);
-        if !self.header_sent {
-            let _ = self.send_header(None, &new_id()).await;
-        }
-        let _ = self.send_raw(&stream_error(condition, text)).await;
-        self.linger().await;
+        self.fail_with(condition, &stream_error(condition, text))
+            .await;
     }
 
     /// Ends the stream with `<see-other-host/>` naming `host` (RFC 6120
     /// §4.9.3.19): the client reconnects there.
     pub async fn fail_see_other_host(&mut self, host: &str) {
-        metrics::counter!("starling_c2s_stream_errors_total", "condition" => "see-other-host")
+        let error = crate::stanza::stream_error_with_content("see-other-host", host);
+        self.fail_with("see-other-host", &error).await;
+    }
+
+    /// Sends the serialised stream error `error` (of `condition`) and ends
+    /// the stream.
+    async fn fail_with(&mut self, condition: &str, error: &str) {
+        metrics::counter!("starling_c2s_stream_errors_total", "condition" => condition.to_owned())
             .increment(1);
         if !self.header_sent {
             let _ = self.send_header(None, &new_id()).await;
         }
-        let _ = self
-            .send_raw(&crate::stanza::stream_error_with_content(
-                "see-other-host",
-                host,
-            ))
-            .await;
+        let _ = self.send_raw(error).await;
         self.linger().await;
     }
 
