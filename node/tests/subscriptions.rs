@@ -2,19 +2,68 @@
 //! A), driven through the server's own code on a real store, with two
 //! users whose sessions are bound in the router.
 
+use actix::{Actor, Addr, Context, Handler, Message};
 use starling::config::Config;
-use starling::router::{Mailbox, SessionHandle};
+use starling::router::{SessionHandle, ToSession};
 use starling::server::Server;
 use starling::session::im::{self, Origin};
 use starling::storage::{Storage, Subscription};
 use starling::xml::Element;
 use starling_cluster::{Store, StoreConfig};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+/// Stands in for a session actor: keeps what it is sent.
+struct Recorder(Arc<Mutex<Vec<Arc<str>>>>);
+
+impl Actor for Recorder {
+    type Context = Context<Self>;
+}
+
+impl Handler<ToSession> for Recorder {
+    type Result = ();
+    fn handle(&mut self, msg: ToSession, _: &mut Context<Self>) {
+        if let ToSession::Stanza(xml) = msg {
+            self.0.lock().unwrap().push(xml);
+        }
+    }
+}
+
+/// Answered after everything sent before it was handled.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Flush;
+
+impl Handler<Flush> for Recorder {
+    type Result = ();
+    fn handle(&mut self, _: Flush, _: &mut Context<Self>) {}
+}
+
+type Log = Arc<Mutex<Vec<Arc<str>>>>;
+
+/// `n` recorders on an actix system of their own thread (the test itself
+/// runs on a multi-thread tokio runtime, as the store wants).
+fn recorders(n: usize) -> Vec<(Addr<Recorder>, Log)> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let sys = actix::System::new();
+        sys.block_on(async move {
+            let all = (0..n)
+                .map(|_| {
+                    let log = Log::default();
+                    (Recorder(log.clone()).start(), log)
+                })
+                .collect::<Vec<_>>();
+            tx.send(all).unwrap();
+        });
+        sys.run().unwrap();
+    });
+    rx.recv().unwrap()
+}
 
 struct World {
     server: Arc<Server>,
     _dir: tempfile::TempDir,
-    boxes: Vec<(String, u64, Arc<Mailbox>)>,
+    boxes: Vec<(String, u64, Addr<Recorder>, Log)>,
 }
 
 impl World {
@@ -41,17 +90,16 @@ impl World {
         let tls = starling::net::tls::server_config(&cfg).unwrap();
         let server = Arc::new(Server::new(cfg, storage, tls));
         let mut boxes = Vec::new();
-        for u in users {
+        for (u, (addr, log)) in users.iter().zip(recorders(users.len())) {
             let bare = format!("{u}@localhost");
-            let mb = Arc::new(Mailbox::new(100, 1 << 20));
-            let h = SessionHandle::new(mb.clone());
+            let h = SessionHandle::new(addr.clone().recipient());
             let id = h.id;
             server.router.bind(&bare, "r", h);
             server.router.update(&bare, id, |r| {
                 r.available = true;
                 r.interested = true;
             });
-            boxes.push((bare, id, mb));
+            boxes.push((bare, id, addr, log));
         }
         World {
             server,
@@ -99,20 +147,15 @@ impl World {
     }
 
     /// Presence stanzas of `ptype` that `user`'s session received, cleared.
-    fn received(&self, user: &str, ptype: &str) -> usize {
+    async fn received(&self, user: &str, ptype: &str) -> usize {
         let bare = format!("{user}@localhost");
-        let mb = &self.boxes.iter().find(|b| b.0 == bare).unwrap().2;
-        // Take the queue without ending the mailbox for good.
-        let taken = futures::executor::block_on(async {
-            tokio::time::timeout(std::time::Duration::from_millis(10), mb.recv()).await
-        });
-        match taken {
-            Ok(starling::router::SessionMsg::Stanzas(q)) => q
-                .iter()
-                .filter(|x| x.starts_with("<presence") && x.contains(&format!("type=\"{ptype}\"")))
-                .count(),
-            _ => 0,
-        }
+        let (_, _, addr, log) = self.boxes.iter().find(|b| b.0 == bare).unwrap();
+        addr.send(Flush).await.unwrap();
+        let taken = std::mem::take(&mut *log.lock().unwrap());
+        taken
+            .iter()
+            .filter(|x| x.starts_with("<presence") && x.contains(&format!("type=\"{ptype}\"")))
+            .count()
     }
 }
 
@@ -126,13 +169,13 @@ async fn subscribe_approve_both_ways_then_cancel() {
     assert_eq!(w.item("a", "b"), Some((None, true, false)));
     assert!(w.pending("b", "a"));
     assert_eq!(w.item("b", "a"), Option::None, "no item before approval");
-    assert_eq!(w.received("b", "subscribe"), 1);
+    assert_eq!(w.received("b", "subscribe").await, 1);
     // §3.1.5: approval: contact gets from, user gets to.
     w.send("b", "subscribed", "a").await;
     assert_eq!(w.item("b", "a"), Some((From, false, false)));
     assert_eq!(w.item("a", "b"), Some((To, false, false)));
     assert!(!w.pending("b", "a"));
-    assert_eq!(w.received("a", "subscribed"), 1);
+    assert_eq!(w.received("a", "subscribed").await, 1);
     // The other direction gives both on each side.
     w.send("b", "subscribe", "a").await;
     assert_eq!(w.item("b", "a"), Some((From, true, false)));
@@ -155,7 +198,7 @@ async fn pre_approval_and_denial() {
     // §3.4: a pre-approves c: not routed, remembered.
     w.send("a", "subscribed", "c").await;
     assert_eq!(w.item("a", "c"), Some((None, false, true)));
-    assert_eq!(w.received("c", "subscribed"), 0);
+    assert_eq!(w.received("c", "subscribed").await, 0);
     // c's request is approved at once.
     w.send("c", "subscribe", "a").await;
     assert_eq!(w.item("a", "c"), Some((From, false, false)));
@@ -186,7 +229,7 @@ async fn repeated_and_unsolicited_stanzas_change_nothing() {
     assert_eq!(w.item("a", "b"), Some((To, false, false)));
     assert_eq!(w.item("b", "a"), Some((From, false, false)));
     // Unsubscribed from someone with no subscription is not routed.
-    w.received("b", "unsubscribed");
+    w.received("b", "unsubscribed").await;
     w.send("b", "unsubscribe", "a").await;
     w.send("b", "unsubscribe", "a").await;
     assert_eq!(w.item("b", "a"), Some((From, false, false)));

@@ -1,6 +1,6 @@
 //! Listeners: accept TCP connections and spread them over the session
-//! arbiters (one actix arbiter per core). Bytes only; negotiation starts in
-//! `stream::negotiate`.
+//! arbiters (one actix arbiter per core), negotiate (`stream::negotiate`),
+//! and start the session actor of each bound stream (`session::c2s`).
 
 pub mod tls;
 pub mod tls_conn;
@@ -37,8 +37,15 @@ pub async fn accept_loop(
         let server = server.clone();
         let i = NEXT.fetch_add(1, Ordering::Relaxed) % arbiters.len();
         arbiters[i].spawn(async move {
-            if let Ok(tcp) = tokio::net::TcpStream::from_std(std) {
-                crate::stream::negotiate::serve_connection(server, tcp, peer, direct_tls).await;
+            let Ok(tcp) = tokio::net::TcpStream::from_std(std) else {
+                return;
+            };
+            let negotiated =
+                crate::stream::negotiate::serve_connection(server.clone(), tcp, peer, direct_tls);
+            // Negotiation ends by handing over a bound stream; the session
+            // actor takes it from there on this same arbiter.
+            if let Some(bound) = negotiated.await {
+                crate::session::c2s::start(server, bound);
             }
         });
     }

@@ -2,7 +2,7 @@
 //!
 //! A concurrent map from bare JID to the user's bound resources, not an
 //! actor everything funnels through: a sender looks the recipient up and
-//! pushes into the recipient session's bounded mailbox itself. Each entry
+//! sends to the recipient session actor's address itself. Each entry
 //! also holds what RFC 6121 delivery needs per resource (availability,
 //! priority, last presence, whether it asked for the roster).
 //!
@@ -11,116 +11,45 @@
 
 use crate::xml::Element;
 use dashmap::DashMap;
-use std::collections::VecDeque;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use tokio::sync::Notify;
 
-/// What a session takes out of its mailbox.
-#[derive(Debug)]
-pub enum SessionMsg {
-    /// Serialised stanzas to write to the client as they are, oldest first.
-    Stanzas(VecDeque<Arc<str>>),
+/// What other parts of the server send a session actor: its address
+/// (behind a [`SessionHandle`]) is the only way into a bound session.
+#[derive(Debug, actix::Message)]
+#[rtype(result = "()")]
+pub enum ToSession {
+    /// A serialised stanza to write to the client as it is. Serialised
+    /// once by the sender, so one broadcast is shared by every recipient.
+    Stanza(Arc<str>),
     /// Close the stream with this stream error condition.
     Close(&'static str),
 }
 
-/// A session's bounded mailbox of serialised stanzas. Bounded in count and
-/// in bytes, so a client that does not read cannot make the server buffer
-/// without limit; and unlike a channel it allocates nothing while empty.
-/// Stanzas are serialised once by the sender, so one broadcast is shared
-/// by every recipient.
-#[derive(Debug)]
-pub struct Mailbox {
-    state: Mutex<MailboxState>,
-    notify: Notify,
-    max_count: usize,
-    max_bytes: usize,
-}
-
-#[derive(Debug, Default)]
-struct MailboxState {
-    queue: VecDeque<Arc<str>>,
-    bytes: usize,
-    close: Option<&'static str>,
-    /// The session ended: nothing more is accepted.
-    ended: bool,
-}
-
-impl Mailbox {
-    pub fn new(max_count: usize, max_bytes: usize) -> Self {
-        Mailbox {
-            state: Mutex::new(MailboxState::default()),
-            notify: Notify::new(),
-            max_count,
-            max_bytes,
-        }
-    }
-
-    /// Waits for stanzas or a close request.
-    pub async fn recv(&self) -> SessionMsg {
-        loop {
-            {
-                let mut st = self.state.lock().expect("mailbox lock");
-                if let Some(c) = st.close.take() {
-                    return SessionMsg::Close(c);
-                }
-                if !st.queue.is_empty() {
-                    st.bytes = 0;
-                    // Taking the deque leaves one with no allocation.
-                    return SessionMsg::Stanzas(std::mem::take(&mut st.queue));
-                }
-            }
-            self.notify.notified().await;
-        }
-    }
-
-    /// Refuses everything from now on (the session is ending) and returns
-    /// what was queued but not written, for the caller to re-route.
-    pub fn end(&self) -> VecDeque<Arc<str>> {
-        let mut st = self.state.lock().expect("mailbox lock");
-        st.ended = true;
-        st.bytes = 0;
-        std::mem::take(&mut st.queue)
-    }
-
-    /// Queues `xml`; false when the session ended or the mailbox is full
-    /// (then the session is told to close: its client does not read).
-    fn push(&self, xml: Arc<str>) -> bool {
-        {
-            let mut st = self.state.lock().expect("mailbox lock");
-            if st.ended {
-                return false;
-            }
-            if st.queue.len() >= self.max_count || st.bytes + xml.len() > self.max_bytes {
-                st.close.get_or_insert("resource-constraint");
-                drop(st);
-                self.notify.notify_one();
-                metrics::counter!("starling_router_mailbox_full_total").increment(1);
-                return false;
-            }
-            st.bytes += xml.len();
-            st.queue.push_back(xml);
-        }
-        self.notify.notify_one();
-        metrics::counter!("starling_router_delivered_total").increment(1);
-        true
-    }
-}
-
-/// The sending side of one session.
-#[derive(Clone, Debug)]
+/// The sending side of one session: its id and the session actor's
+/// address, typed by message rather than by actor so that the router
+/// does not depend on the session module.
+#[derive(Clone)]
 pub struct SessionHandle {
     pub id: u64,
-    mailbox: Arc<Mailbox>,
+    /// Shared: cloning an actix address allocates, cloning this does not.
+    to: Arc<actix::Recipient<ToSession>>,
+}
+
+impl std::fmt::Debug for SessionHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionHandle")
+            .field("id", &self.id)
+            .finish()
+    }
 }
 
 impl SessionHandle {
-    pub fn new(mailbox: Arc<Mailbox>) -> Self {
+    pub fn new(to: actix::Recipient<ToSession>) -> Self {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         SessionHandle {
             id: NEXT.fetch_add(1, Ordering::Relaxed),
-            mailbox,
+            to: Arc::new(to),
         }
     }
 
@@ -128,27 +57,28 @@ impl SessionHandle {
     /// mailbox is full, so the caller can store or bounce it.
     pub fn send(&self, el: Element) -> Result<(), Element> {
         let xml: Arc<str> = el.to_stream_xml(crate::stanza::NS_CLIENT).into();
-        if self.mailbox.push(xml) {
+        if self.send_shared(&xml) {
             Ok(())
         } else {
             Err(el)
         }
     }
 
-    /// Queues an already serialised stanza (shared by many recipients).
+    /// Queues an already serialised stanza (shared by many recipients);
+    /// false when the session has ended or its mailbox is full.
     pub fn send_shared(&self, xml: &Arc<str>) -> bool {
-        self.mailbox.push(xml.clone())
+        match self.to.try_send(ToSession::Stanza(xml.clone())) {
+            Ok(()) => true,
+            Err(_) => {
+                metrics::counter!("starling_router_mailbox_full_total").increment(1);
+                false
+            }
+        }
     }
 
     /// Asks the session to close its stream with `condition`.
     pub fn close(&self, condition: &'static str) {
-        self.mailbox
-            .state
-            .lock()
-            .expect("mailbox lock")
-            .close
-            .get_or_insert(condition);
-        self.mailbox.notify.notify_one();
+        self.to.do_send(ToSession::Close(condition));
     }
 }
 

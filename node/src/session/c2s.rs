@@ -1,16 +1,21 @@
-//! A bound client session: one task per connection that owns the stream,
-//! reads the client's stanzas, stamps and checks their addresses, hands them
-//! to IM routing or the modules, and writes what its mailbox receives.
+//! A bound client session: one actix actor per connection. Its address
+//! (a [`SessionHandle`] in the router) is the only way in: other sessions,
+//! other nodes and the server send it typed [`ToSession`] messages. The
+//! actor owns the stream through one task in its context that reads the
+//! client's stanzas, stamps and checks their addresses, hands them to IM
+//! routing or the modules, and writes what the actor's outbox receives.
 
 use super::im::{self, Origin, PresenceState};
+use super::outbox::{Outbox, Outgoing};
 use crate::modules::{self, IqCtx, IqTarget};
 use crate::net::transport::Transport;
-use crate::router::{Mailbox, SessionHandle, SessionMsg};
+use crate::router::{SessionHandle, ToSession};
 use crate::server::Server;
 use crate::stanza::{Condition, NS_CLIENT, StanzaError, error_reply, iq_result};
 use crate::stream::negotiate::{Bound, read_failed};
 use crate::stream::xmlstream::XmlStream;
 use crate::xml::{Element, StreamEvent};
+use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -26,6 +31,36 @@ enum End {
     ClientClosed,
 }
 
+/// The session actor. Its state is what its message handlers need; the
+/// stream and the per-stanza state live in the stream task it runs.
+pub struct C2s {
+    outbox: Arc<Outbox>,
+    server: Arc<Server>,
+}
+
+impl Actor for C2s {
+    type Context = Context<Self>;
+}
+
+impl Handler<ToSession> for C2s {
+    type Result = ();
+
+    fn handle(&mut self, msg: ToSession, _: &mut Context<Self>) {
+        match msg {
+            ToSession::Stanza(xml) => {
+                if self.outbox.push(xml.clone()).is_err() {
+                    // Sent while the session was ending: it is owed to
+                    // the user, so it goes where the user can still get
+                    // it (another resource, offline storage).
+                    let server = self.server.clone();
+                    actix_rt::spawn(async move { im::reroute(&server, &xml).await });
+                }
+            }
+            ToSession::Close(condition) => self.outbox.close(condition),
+        }
+    }
+}
+
 struct Session<S> {
     server: Arc<Server>,
     xs: XmlStream<S>,
@@ -35,60 +70,67 @@ struct Session<S> {
     presence: PresenceState,
 }
 
-/// Serves a bound session to its end. The session's state is boxed before
-/// the returned future starts, so the long-lived task holds a pointer to it
-/// rather than copies of it at every level of `async fn` nesting.
-pub fn run<S: Transport + 'static>(
-    server: Arc<Server>,
-    bound: Bound<S>,
-) -> impl std::future::Future<Output = ()> {
-    let mailbox = Arc::new(Mailbox::new(
-        server.config.c2s.mailbox_size,
-        server.config.c2s.mailbox_bytes,
-    ));
-    let handle = SessionHandle::new(mailbox.clone());
-    let bare = bound.bare.to_string();
-    let resource = bound.full.resource().to_string();
-    let id = handle.id;
-    if let Some(old) = server.router.bind(&bare, &resource, handle) {
-        // RFC 6120 §7.7.2.2: the new session replaces the old one.
-        old.close("conflict");
-    }
-    let span = tracing::info_span!("c2s", jid = %bound.full);
-    let mut s = Box::new(Session {
-        server,
-        xs: bound.stream,
-        bare,
-        full: bound.full.to_string(),
-        id,
-        presence: PresenceState::default(),
+/// Starts the session actor of a bound connection on the current arbiter.
+/// The session's state is boxed before its task starts, so the long-lived
+/// task holds a pointer to it rather than copies of it at every level of
+/// `async fn` nesting.
+pub fn start<S: Transport + 'static>(server: Arc<Server>, bound: Bound<S>) {
+    C2s::create(move |ctx| {
+        // The outbox bounds what waits for the socket; the actor's own
+        // mailbox only carries messages to their handler.
+        ctx.set_mailbox_capacity(server.config.c2s.mailbox_size);
+        let outbox = Arc::new(Outbox::new(
+            server.config.c2s.mailbox_size,
+            server.config.c2s.mailbox_bytes,
+        ));
+        let handle = SessionHandle::new(ctx.address().recipient());
+        let bare = bound.bare.to_string();
+        let resource = bound.full.resource().to_string();
+        let id = handle.id;
+        if let Some(old) = server.router.bind(&bare, &resource, handle) {
+            // RFC 6120 §7.7.2.2: the new session replaces the old one.
+            old.close("conflict");
+        }
+        let span = tracing::info_span!("c2s", jid = %bound.full);
+        let s = Box::new(Session {
+            server: server.clone(),
+            xs: bound.stream,
+            bare,
+            full: bound.full.to_string(),
+            id,
+            presence: PresenceState::default(),
+        });
+        let task = serve(s, outbox.clone()).instrument(span);
+        ctx.spawn(actix::fut::wrap_future::<_, C2s>(task).map(|(), _, ctx| ctx.stop()));
+        C2s { outbox, server }
     });
-    async move {
-        tracing::info!("session bound");
-        // The route goes into the replicated table before the session
-        // handles anything, so its presence updates follow it.
-        let resource = im::split(&s.full).1.unwrap_or_default().to_owned();
-        let end = match crate::routing::bind(&s.server, &s.bare, &resource, s.id).await {
-            Ok(()) => s.run(&mailbox).await,
-            Err(e) => {
-                tracing::error!(error = %e, "could not record the session's route");
-                End::Error("internal-server-error")
-            }
-        };
-        Box::pin(finish(&mut s, &mailbox, end)).await;
-        tracing::info!("session ended");
-    }
-    .instrument(span)
+}
+
+/// The stream task: serves the bound stream to its end.
+async fn serve<S: Transport>(mut s: Box<Session<S>>, outbox: Arc<Outbox>) {
+    tracing::info!("session bound");
+    // The route goes into the replicated table before the session
+    // handles anything, so its presence updates follow it.
+    let resource = im::split(&s.full).1.unwrap_or_default().to_owned();
+    let end = match crate::routing::bind(&s.server, &s.bare, &resource, s.id).await {
+        Ok(()) => s.run(&outbox).await,
+        Err(e) => {
+            tracing::error!(error = %e, "could not record the session's route");
+            End::Error("internal-server-error")
+        }
+    };
+    Box::pin(finish(&mut s, &outbox, end)).await;
+    tracing::info!("session ended");
 }
 
 /// Leaves the router, tells contacts, re-routes what was still queued and
 /// closes the stream (boxed by the caller: it runs once).
-async fn finish<S: Transport>(s: &mut Session<S>, mailbox: &Mailbox, end: End) {
+async fn finish<S: Transport>(s: &mut Session<S>, outbox: &Outbox, end: End) {
     let server: &Server = &s.server;
     // Leave the router first, so nothing more is queued here, then hand on
     // what was queued but never written: it is owed to the user.
     let owned = server.router.unbind(&s.bare, s.id);
-    let leftovers = mailbox.end();
+    let leftovers = outbox.end();
     let origin = Origin {
         bare: &s.bare,
         full: &s.full,
@@ -116,7 +158,7 @@ async fn finish<S: Transport>(s: &mut Session<S>, mailbox: &Mailbox, end: End) {
 }
 
 impl<S: Transport> Session<S> {
-    async fn run(&mut self, mailbox: &Mailbox) -> End {
+    async fn run(&mut self, outbox: &Outbox) -> End {
         let idle = Duration::from_secs(self.server.config.c2s.idle_timeout_secs);
         let keepalive = Duration::from_secs(self.server.config.c2s.keepalive_secs);
         let mut last_read = Instant::now();
@@ -155,7 +197,7 @@ impl<S: Transport> Session<S> {
                         }
                     }
                 }
-                msg = mailbox.recv() => {
+                msg = outbox.recv() => {
                     if let Err(end) = Box::pin(self.write_msg(msg)).await {
                         return end;
                     }
@@ -175,9 +217,9 @@ impl<S: Transport> Session<S> {
     }
 
     /// Writes a batch of queued stanzas in one write.
-    async fn write_msg(&mut self, msg: SessionMsg) -> Result<(), End> {
+    async fn write_msg(&mut self, msg: Outgoing) -> Result<(), End> {
         match msg {
-            SessionMsg::Stanzas(batch) => {
+            Outgoing::Stanzas(batch) => {
                 let r = if batch.len() == 1 {
                     self.xs.send_raw(&batch[0]).await
                 } else {
@@ -189,7 +231,7 @@ impl<S: Transport> Session<S> {
                 };
                 r.map_err(|_| End::Done)
             }
-            SessionMsg::Close(condition) => Err(End::Error(condition)),
+            Outgoing::Close(condition) => Err(End::Error(condition)),
         }
     }
 

@@ -51,13 +51,14 @@ fn limits(server: &Server) -> Limits {
     }
 }
 
-/// Serves one accepted TCP connection to the end.
+/// Negotiates one accepted TCP connection up to a bound session, which
+/// the caller then serves; `None` when the connection ended before that.
 pub async fn serve_connection(
     server: Arc<Server>,
     tcp: TcpStream,
     peer: SocketAddr,
     direct_tls: bool,
-) {
+) -> Option<Bound<TlsConn>> {
     let _ = tcp.set_nodelay(true);
     metrics::counter!("starling_c2s_connections_total").increment(1);
     let n = server.unauthenticated.fetch_add(1, Ordering::Relaxed);
@@ -69,7 +70,7 @@ pub async fn serve_connection(
         let mut xs = XmlStream::new(tcp, limits(&server), default_domain, write_timeout);
         xs.fail("resource-constraint", Some("too many connections"))
             .await;
-        return;
+        return None;
     }
     let tls = if direct_tls {
         // Boxed: short-lived futures must not size the long-lived task.
@@ -77,14 +78,11 @@ pub async fn serve_connection(
             .await
         {
             Ok(Ok(tls)) => tls,
-            _ => return,
+            _ => return None,
         }
     } else {
         let mut xs = XmlStream::new(tcp, limits(&server), default_domain.clone(), write_timeout);
-        match Box::pin(plain_phase(&server, &mut xs, deadline)).await {
-            Some(()) => {}
-            None => return,
-        }
+        Box::pin(plain_phase(&server, &mut xs, deadline)).await?;
         match tokio::time::timeout_at(
             deadline,
             Box::pin(TlsConn::accept(xs.io, server.tls.clone())),
@@ -92,16 +90,14 @@ pub async fn serve_connection(
         .await
         {
             Ok(Ok(tls)) => tls,
-            _ => return,
+            _ => return None,
         }
     };
     let xs = XmlStream::new(tls, limits(&server), default_domain, write_timeout);
     let ip = peer.ip().to_string();
-    let Some(bound) = Box::pin(secure_phases(&server, xs, &ip, deadline)).await else {
-        return;
-    };
+    let bound = Box::pin(secure_phases(&server, xs, &ip, deadline)).await?;
     guard.done();
-    crate::session::c2s::run(server.clone(), bound).await;
+    Some(bound)
 }
 
 /// Reads and checks a stream header, answers with ours; `None` when the
