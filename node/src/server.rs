@@ -20,9 +20,6 @@ pub struct Server {
     pub scram_secret: Vec<u8>,
     /// Connections that have not yet authenticated.
     pub unauthenticated: AtomicUsize,
-    /// Serialises read-modify-write of one user's roster and subscription
-    /// state; striped by bare JID.
-    user_locks: Vec<tokio::sync::Mutex<()>>,
 }
 
 impl Server {
@@ -37,17 +34,7 @@ impl Server {
             started: Instant::now(),
             scram_secret,
             unauthenticated: AtomicUsize::new(0),
-            user_locks: (0..256).map(|_| tokio::sync::Mutex::new(())).collect(),
         }
-    }
-
-    /// Locks `bare`'s roster state for a read-modify-write.
-    pub async fn lock_user(&self, bare: &str) -> tokio::sync::MutexGuard<'_, ()> {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        bare.hash(&mut h);
-        let i = (h.finish() as usize) % self.user_locks.len();
-        self.user_locks[i].lock().await
     }
 
     /// Whether `domain` is served here.

@@ -24,6 +24,10 @@ const USER_SPACES: &[&str] = &[
     ROSTER, ROSTER_VER, PENDING_IN, OFFLINE, VCARD, PRIVATE, LAST,
 ];
 
+/// How often a per-user read-modify-write is tried against concurrent
+/// writers before giving up.
+const MAX_TXN_ATTEMPTS: usize = 64;
+
 pub fn user_prefix(bare: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(bare.len() + 1);
     k.extend_from_slice(bare.as_bytes());
@@ -210,34 +214,62 @@ impl Storage {
             .unwrap_or(0))
     }
 
-    /// Ops that store (or, with `None`, remove) an item and bump the
-    /// roster version; returns the new version.
-    pub fn roster_ops(
+    /// Runs a read-modify-write of `bare`'s roster and subscription state
+    /// (items, roster version, pending inbound requests) as a
+    /// compare-and-set: `f` reads through the [`UserTxn`] and stages
+    /// changes; the write commits only if everything `f` read is still
+    /// current when the leader applies it, and otherwise `f` runs again on
+    /// the newer state. So two nodes acting for one user (a roster set here,
+    /// a subscription from a contact there) never lose each other's update,
+    /// and the roster version stays one sequence.
+    pub async fn update_user<T>(
         &self,
         bare: &str,
-        contact: &str,
-        item: Option<&RosterItem>,
-        ops: &mut Vec<Op>,
-    ) -> Result<u64, StoreError> {
-        let key = user_key(bare, contact);
-        ops.push(match item {
-            Some(item) => Op::Put {
-                space: ROSTER.into(),
-                key,
-                value: ser(item),
-            },
-            None => Op::Delete {
-                space: ROSTER.into(),
-                key,
-            },
-        });
-        let ver = self.roster_version(bare)? + 1;
-        ops.push(Op::Put {
-            space: ROSTER_VER.into(),
-            key: bare.as_bytes().to_vec(),
-            value: ver.to_be_bytes().to_vec(),
-        });
-        Ok(ver)
+        mut f: impl FnMut(&mut UserTxn<'_>) -> Result<T, TxnError>,
+    ) -> Result<(T, Committed), TxnError> {
+        for attempt in 0..MAX_TXN_ATTEMPTS {
+            let mut txn = UserTxn {
+                storage: self,
+                bare,
+                checks: Vec::new(),
+                checked: Vec::new(),
+                ops: Vec::new(),
+                roster_ver: None,
+                new_ver: None,
+            };
+            let out = f(&mut txn)?;
+            let new_ver = txn.new_ver;
+            if txn.ops.is_empty() {
+                return Ok((out, Committed { roster_ver: None }));
+            }
+            let mut ops = txn.checks;
+            ops.append(&mut txn.ops);
+            let results = self.store.write(ops).await?;
+            if !results.contains(&OpResult::Mismatch) {
+                return Ok((
+                    out,
+                    Committed {
+                        roster_ver: new_ver,
+                    },
+                ));
+            }
+            // Another write changed what we read; the local replica has
+            // applied it by now (it came first in the log), so read again.
+            // Many writers for one user (contacts' sessions answering at
+            // once) mostly land in one Raft entry where only the first
+            // wins: after two lost rounds, step aside for a random moment so
+            // every writer gets its turn.
+            metrics::counter!("starling_storage_txn_retries_total").increment(1);
+            tracing::debug!(bare, attempt, "per-user write raced another; retrying");
+            if attempt >= 1 {
+                let cap_ms = (2u64 << attempt.min(5)).min(50);
+                let pause = rand::random_range(1..=cap_ms);
+                tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+            }
+        }
+        Err(TxnError::Store(StoreError::Unavailable(
+            "too much contention on one user's records".into(),
+        )))
     }
 
     // --- pending inbound subscription requests ---
@@ -260,21 +292,6 @@ impl Storage {
             .store
             .get(PENDING_IN, &user_key(bare, contact))?
             .is_some())
-    }
-
-    pub fn pending_in_op(bare: &str, contact: &str, stanza: Option<String>) -> Op {
-        let key = user_key(bare, contact);
-        match stanza {
-            Some(s) => Op::Put {
-                space: PENDING_IN.into(),
-                key,
-                value: s.into_bytes(),
-            },
-            None => Op::Delete {
-                space: PENDING_IN.into(),
-                key,
-            },
-        }
     }
 
     // --- offline messages ---
@@ -353,5 +370,151 @@ impl Storage {
             return Ok(Vec::new());
         }
         self.store.write(ops).await
+    }
+}
+
+/// An error from the closure of [`Storage::update_user`] or its write.
+#[derive(Debug)]
+pub enum TxnError {
+    Store(StoreError),
+    /// The closure refused the change (e.g. an item that does not exist):
+    /// nothing was written.
+    Stanza(crate::stanza::StanzaError),
+}
+
+impl From<StoreError> for TxnError {
+    fn from(e: StoreError) -> Self {
+        TxnError::Store(e)
+    }
+}
+
+impl From<crate::stanza::StanzaError> for TxnError {
+    fn from(e: crate::stanza::StanzaError) -> Self {
+        TxnError::Stanza(e)
+    }
+}
+
+impl From<crate::stanza::Condition> for TxnError {
+    fn from(c: crate::stanza::Condition) -> Self {
+        TxnError::Stanza(c.into())
+    }
+}
+
+impl From<TxnError> for crate::stanza::StanzaError {
+    fn from(e: TxnError) -> Self {
+        match e {
+            TxnError::Store(e) => e.into(),
+            TxnError::Stanza(e) => e,
+        }
+    }
+}
+
+/// What a committed [`Storage::update_user`] changed.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Committed {
+    /// The new roster version, when the roster changed (for the pushes).
+    pub roster_ver: Option<u64>,
+}
+
+/// One attempt of a per-user read-modify-write: reads go to the local
+/// replica and are remembered as conditions of the write; changes are
+/// staged until the closure returns.
+pub struct UserTxn<'a> {
+    storage: &'a Storage,
+    bare: &'a str,
+    /// `ExpectValue` conditions: the records as they were read.
+    checks: Vec<Op>,
+    /// The (space, key) pairs already in `checks`.
+    checked: Vec<(&'static str, Vec<u8>)>,
+    ops: Vec<Op>,
+    roster_ver: Option<u64>,
+    new_ver: Option<u64>,
+}
+
+impl UserTxn<'_> {
+    /// Reads a record and makes the write depend on its staying as read.
+    fn read(&mut self, space: &'static str, key: Vec<u8>) -> Result<Option<Vec<u8>>, StoreError> {
+        let value = self.storage.store.get(space, &key)?;
+        if !self.checked.iter().any(|(s, k)| *s == space && *k == key) {
+            self.checked.push((space, key.clone()));
+            self.checks.push(Op::ExpectValue {
+                space: space.into(),
+                key,
+                value: value.clone(),
+            });
+        }
+        Ok(value)
+    }
+
+    /// The roster version as read (every roster change bumps it, so a
+    /// condition on it covers every item).
+    fn roster_version(&mut self) -> Result<u64, StoreError> {
+        if let Some(v) = self.roster_ver {
+            return Ok(v);
+        }
+        let v = self
+            .read(ROSTER_VER, self.bare.as_bytes().to_vec())?
+            .and_then(|v| v.try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(0);
+        self.roster_ver = Some(v);
+        Ok(v)
+    }
+
+    /// One roster item of the user.
+    pub fn roster_item(&mut self, contact: &str) -> Result<Option<RosterItem>, StoreError> {
+        self.roster_version()?;
+        self.storage.roster_item(self.bare, contact)
+    }
+
+    /// Whether `contact` has a subscription request waiting for the user.
+    pub fn has_pending_in(&mut self, contact: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .read(PENDING_IN, user_key(self.bare, contact))?
+            .is_some())
+    }
+
+    /// Stores `item` (or, with `remove`, deletes it) and bumps the roster
+    /// version once per transaction.
+    pub fn save_item(&mut self, item: &RosterItem, remove: bool) -> Result<(), StoreError> {
+        let key = user_key(self.bare, &item.jid);
+        self.ops.push(if remove {
+            Op::Delete {
+                space: ROSTER.into(),
+                key,
+            }
+        } else {
+            Op::Put {
+                space: ROSTER.into(),
+                key,
+                value: ser(item),
+            }
+        });
+        if self.new_ver.is_none() {
+            let ver = self.roster_version()? + 1;
+            self.new_ver = Some(ver);
+            self.ops.push(Op::Put {
+                space: ROSTER_VER.into(),
+                key: self.bare.as_bytes().to_vec(),
+                value: ver.to_be_bytes().to_vec(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Keeps an inbound subscription request (serialised) until the user
+    /// answers it, or (`None`) forgets it.
+    pub fn set_pending_in(&mut self, contact: &str, stanza: Option<String>) {
+        let key = user_key(self.bare, contact);
+        self.ops.push(match stanza {
+            Some(s) => Op::Put {
+                space: PENDING_IN.into(),
+                key,
+                value: s.into_bytes(),
+            },
+            None => Op::Delete {
+                space: PENDING_IN.into(),
+                key,
+            },
+        });
     }
 }

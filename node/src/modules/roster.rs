@@ -5,7 +5,7 @@
 use super::{IqCtx, IqResult, Module, own_only};
 use crate::session::im::{self, Origin};
 use crate::stanza::{Condition, NS_CLIENT, StanzaError};
-use crate::storage::{RosterItem, Storage};
+use crate::storage::RosterItem;
 use crate::xml::Element;
 use futures::FutureExt;
 
@@ -126,31 +126,36 @@ async fn set(ctx: &IqCtx<'_>) -> IqResult {
         }
         groups.push(g);
     }
-    let _guard = server.lock_user(bare).await;
-    let mut entry = server
+    let name = name.filter(|n| !n.is_empty());
+    let (entry, committed) = server
         .storage
-        .roster_item(bare, &contact)?
-        .unwrap_or_else(|| RosterItem {
-            jid: contact.clone(),
-            ..Default::default()
-        });
-    entry.name = name.filter(|n| !n.is_empty());
-    entry.groups = groups;
-    im::save_item(server, bare, &entry, false, Vec::new()).await?;
+        .update_user(bare, |txn| {
+            let mut entry = txn.roster_item(&contact)?.unwrap_or_else(|| RosterItem {
+                jid: contact.clone(),
+                ..Default::default()
+            });
+            entry.name = name.clone();
+            entry.groups = groups.clone();
+            txn.save_item(&entry, false)?;
+            Ok(entry)
+        })
+        .await?;
+    im::push_committed(server, bare, Some(&entry), false, committed);
     Ok(None)
 }
 
 /// §2.5: removing an item cancels the subscriptions both ways.
 async fn remove(server: &crate::server::Server, origin: &Origin<'_>, contact: &str) -> IqResult {
-    let existing = {
-        let _guard = server.lock_user(origin.bare).await;
-        let Some(existing) = server.storage.roster_item(origin.bare, contact)? else {
-            return Err(Condition::ItemNotFound.into());
-        };
-        let extra = vec![Storage::pending_in_op(origin.bare, contact, None)];
-        im::save_item(server, origin.bare, &existing, true, extra).await?;
-        existing
-    };
+    let (existing, committed) = server
+        .storage
+        .update_user(origin.bare, |txn| {
+            let existing = txn.roster_item(contact)?.ok_or(Condition::ItemNotFound)?;
+            txn.save_item(&existing, true)?;
+            txn.set_pending_in(contact, None);
+            Ok(existing)
+        })
+        .await?;
+    im::push_committed(server, origin.bare, Some(&existing), true, committed);
     let presence = |t: &str| {
         Element::new("presence", NS_CLIENT)
             .attr("from", origin.bare)

@@ -8,7 +8,7 @@
 use crate::routing::{self, RemoteResource};
 use crate::server::Server;
 use crate::stanza::{Condition, NS_CLIENT, NS_DELAY, StanzaError, error_reply};
-use crate::storage::{RosterItem, Storage, Subscription};
+use crate::storage::{Committed, RosterItem, Subscription};
 use crate::xml::Element;
 use starling_cluster::Op;
 use std::collections::HashSet;
@@ -662,20 +662,17 @@ pub fn roster_push(server: &Server, bare: &str, item: &RosterItem, removed: bool
     }
 }
 
-/// Writes `item` (or removes it) for `bare` and pushes it.
-pub async fn save_item(
+/// Pushes the roster change a committed transaction made, if it made one.
+pub fn push_committed(
     server: &Server,
     bare: &str,
-    item: &RosterItem,
-    remove: bool,
-    mut extra: Vec<Op>,
-) -> Result<(), StanzaError> {
-    let ver = server
-        .storage
-        .roster_ops(bare, &item.jid, (!remove).then_some(item), &mut extra)?;
-    server.storage.write(extra).await?;
-    roster_push(server, bare, item, remove, ver);
-    Ok(())
+    item: Option<&RosterItem>,
+    removed: bool,
+    committed: Committed,
+) {
+    if let (Some(item), Some(ver)) = (item, committed.roster_ver) {
+        roster_push(server, bare, item, removed, ver);
+    }
 }
 
 /// An outbound subscription stanza from the user (RFC 6121 §3.1.2,
@@ -693,65 +690,64 @@ pub async fn subscription_out(
     if contact == origin.bare {
         return Ok(());
     }
-    {
-        let _guard = server.lock_user(origin.bare).await;
-        let storage: &Storage = &server.storage;
-        let existing = storage.roster_item(origin.bare, contact)?;
-        let mut item = existing.clone().unwrap_or_else(|| RosterItem {
-            jid: contact.to_owned(),
-            ..Default::default()
-        });
-        let mut extra = Vec::new();
-        let mut route = true;
-        match ptype {
-            "subscribe" => {
-                if !item.subscription.to() {
-                    item.ask = true;
+    let ((route, saved), committed) = server
+        .storage
+        .update_user(origin.bare, |txn| {
+            let existing = txn.roster_item(contact)?;
+            let mut item = existing.clone().unwrap_or_else(|| RosterItem {
+                jid: contact.to_owned(),
+                ..Default::default()
+            });
+            let mut route = true;
+            match ptype {
+                "subscribe" => {
+                    if !item.subscription.to() {
+                        item.ask = true;
+                    }
                 }
-            }
-            "unsubscribe" => {
-                item.subscription = Subscription::with(false, item.subscription.from());
-                item.ask = false;
-            }
-            "subscribed" => {
-                if storage.has_pending_in(origin.bare, contact)? {
-                    item.subscription = Subscription::with(item.subscription.to(), true);
+                "unsubscribe" => {
+                    item.subscription = Subscription::with(false, item.subscription.from());
+                    item.ask = false;
+                }
+                "subscribed" => {
+                    if txn.has_pending_in(contact)? {
+                        item.subscription = Subscription::with(item.subscription.to(), true);
+                        item.approved = false;
+                        txn.set_pending_in(contact, None);
+                    } else if !item.subscription.from() {
+                        // Pre-approval (§3.4): remember, do not route.
+                        item.approved = true;
+                        route = false;
+                    } else {
+                        route = false;
+                    }
+                }
+                "unsubscribed" => {
+                    let had_pending = txn.has_pending_in(contact)?;
+                    if had_pending {
+                        txn.set_pending_in(contact, None);
+                    }
+                    route = had_pending || item.subscription.from() || item.approved;
+                    item.subscription = Subscription::with(item.subscription.to(), false);
                     item.approved = false;
-                    extra.push(Storage::pending_in_op(origin.bare, contact, None));
-                } else if !item.subscription.from() {
-                    // Pre-approval (§3.4): remember, do not route.
-                    item.approved = true;
-                    route = false;
-                } else {
-                    route = false;
                 }
+                _ => unreachable!(),
             }
-            "unsubscribed" => {
-                let had_pending = storage.has_pending_in(origin.bare, contact)?;
-                if had_pending {
-                    extra.push(Storage::pending_in_op(origin.bare, contact, None));
-                }
-                route = had_pending || item.subscription.from() || item.approved;
-                item.subscription = Subscription::with(item.subscription.to(), false);
-                item.approved = false;
+            let changed = existing.as_ref() != Some(&item);
+            let worth_keeping = existing.is_some()
+                || item.subscription != Subscription::None
+                || item.ask
+                || item.approved;
+            let saved = changed && worth_keeping;
+            if saved {
+                txn.save_item(&item, false)?;
             }
-            _ => unreachable!(),
-        }
-        let changed = existing.as_ref() != Some(&item);
-        let worth_keeping = existing.is_some()
-            || item.subscription != Subscription::None
-            || item.ask
-            || item.approved;
-        if changed && worth_keeping {
-            save_item(server, origin.bare, &item, false, extra).await?;
-        } else if !extra.is_empty() {
-            server.storage.write(extra).await?;
-        }
-        if !route {
-            return Ok(());
-        }
-        // The user's lock is released here: delivery takes the contact's,
-        // and holding both could deadlock against the reverse direction.
+            Ok((route, saved.then_some(item)))
+        })
+        .await?;
+    push_committed(server, origin.bare, saved.as_ref(), false, committed);
+    if !route {
+        return Ok(());
     }
     if ptype == "unsubscribed" {
         // §3.2.2: the contact sees us go unavailable.
@@ -790,6 +786,18 @@ pub async fn deliver_subscription(
     subscription_in_simple(server, from, user, ptype, el).await
 }
 
+/// What an inbound subscription stanza leads to, decided on the user's
+/// roster state as committed.
+enum Inbound {
+    /// Nothing for the user to see.
+    Nothing,
+    /// Show the stanza to the user (and push the saved item, if any).
+    Deliver,
+    /// The user approved already: answer `subscribed` on the user's behalf
+    /// (and, when a pre-approval was used, send the user's presence).
+    AutoApprove { presence: bool },
+}
+
 /// Applies an inbound subscription stanza at `user` (RFC 6121 §3.1.3,
 /// §3.1.6, §3.2.3, §3.3.3).
 async fn subscription_in_simple(
@@ -799,108 +807,102 @@ async fn subscription_in_simple(
     ptype: &str,
     el: Element,
 ) -> Result<(), StanzaError> {
-    let _guard = server.lock_user(user).await;
-    let storage = &server.storage;
-    let existing = storage.roster_item(user, from)?;
-    let mut item = existing.clone().unwrap_or_else(|| RosterItem {
-        jid: from.to_owned(),
-        ..Default::default()
-    });
-    let mut extra = Vec::new();
-    let mut deliver = false;
-    let mut save = false;
-    match ptype {
-        "subscribe" => {
-            if item.subscription.from() {
-                // Already approved: answer for the user (§3.1.3).
-                drop(_guard);
-                let reply = Element::new("presence", NS_CLIENT)
-                    .attr("from", user)
-                    .attr("to", from)
-                    .attr("type", "subscribed");
-                return Box::pin(subscription_in_simple(
-                    server,
-                    user,
-                    from,
-                    "subscribed",
-                    reply,
-                ))
-                .await;
+    // Kept until the user answers (survives restarts), serialised once.
+    let request = (ptype == "subscribe").then(|| el.to_stream_xml(NS_CLIENT));
+    let ((outcome, saved), committed) = server
+        .storage
+        .update_user(user, |txn| {
+            let existing = txn.roster_item(from)?;
+            let mut item = existing.clone().unwrap_or_else(|| RosterItem {
+                jid: from.to_owned(),
+                ..Default::default()
+            });
+            let mut outcome = Inbound::Nothing;
+            let mut save = false;
+            match ptype {
+                "subscribe" if item.subscription.from() => {
+                    outcome = Inbound::AutoApprove { presence: false };
+                }
+                "subscribe" if item.approved => {
+                    item.approved = false;
+                    item.subscription = Subscription::with(item.subscription.to(), true);
+                    save = true;
+                    outcome = Inbound::AutoApprove { presence: true };
+                }
+                "subscribe" => {
+                    txn.set_pending_in(from, request.clone());
+                    outcome = Inbound::Deliver;
+                }
+                "subscribed" if item.ask => {
+                    item.ask = false;
+                    item.subscription = Subscription::with(true, item.subscription.from());
+                    save = true;
+                    outcome = Inbound::Deliver;
+                }
+                // The contact's server answering a repeated request (§3.1.3):
+                // nothing changes, but the user learns the request is granted.
+                "subscribed" if item.subscription.to() => outcome = Inbound::Deliver,
+                "unsubscribe" => {
+                    if txn.has_pending_in(from)? {
+                        txn.set_pending_in(from, None);
+                    }
+                    if item.subscription.from() {
+                        item.subscription = Subscription::with(item.subscription.to(), false);
+                        save = true;
+                        outcome = Inbound::Deliver;
+                    }
+                }
+                "unsubscribed" if item.subscription.to() || item.ask => {
+                    item.subscription = Subscription::with(false, item.subscription.from());
+                    item.ask = false;
+                    save = existing.is_some();
+                    outcome = Inbound::Deliver;
+                }
+                _ => {}
             }
-            if item.approved {
-                item.approved = false;
-                item.subscription = Subscription::with(item.subscription.to(), true);
-                save_item(server, user, &item, false, extra).await?;
-                drop(_guard);
-                let reply = Element::new("presence", NS_CLIENT)
-                    .attr("from", user)
-                    .attr("to", from)
-                    .attr("type", "subscribed");
-                Box::pin(subscription_in_simple(
-                    server,
-                    user,
-                    from,
-                    "subscribed",
-                    reply,
-                ))
-                .await?;
+            if save {
+                txn.save_item(&item, false)?;
+            }
+            Ok((outcome, save.then_some(item)))
+        })
+        .await?;
+    match outcome {
+        Inbound::AutoApprove { presence } => {
+            push_committed(server, user, saved.as_ref(), false, committed);
+            let reply = Element::new("presence", NS_CLIENT)
+                .attr("from", user)
+                .attr("to", from)
+                .attr("type", "subscribed");
+            Box::pin(subscription_in_simple(
+                server,
+                user,
+                from,
+                "subscribed",
+                reply,
+            ))
+            .await?;
+            if presence {
                 for p in available_presences(server, user, 0) {
                     send_presence_to(server, from, p);
                 }
-                return Ok(());
-            }
-            // Keep the request until the user answers (survives restarts).
-            let xml = el.to_stream_xml(NS_CLIENT);
-            storage
-                .write(vec![Storage::pending_in_op(user, from, Some(xml))])
-                .await?;
-            deliver = true;
-        }
-        "subscribed" if item.ask => {
-            item.ask = false;
-            item.subscription = Subscription::with(true, item.subscription.from());
-            save = true;
-            deliver = true;
-        }
-        // The contact's server answering a repeated request (§3.1.3):
-        // nothing changes, but the user learns the request is granted.
-        "subscribed" if item.subscription.to() => deliver = true,
-        "unsubscribe" => {
-            if storage.has_pending_in(user, from)? {
-                extra.push(Storage::pending_in_op(user, from, None));
-            }
-            if item.subscription.from() {
-                item.subscription = Subscription::with(item.subscription.to(), false);
-                save = true;
-                deliver = true;
             }
         }
-        "unsubscribed" if item.subscription.to() || item.ask => {
-            item.subscription = Subscription::with(false, item.subscription.from());
-            item.ask = false;
-            save = existing.is_some();
-            deliver = true;
+        Inbound::Deliver => {
+            // §3.1.6: the presence reaches the user before the roster push.
+            // A request goes to available resources (§3.1.3); the outcome
+            // of one to interested resources too (§3.1.6, §3.2.3, §3.3.3).
+            if ptype == "subscribe" {
+                send_to(server, user, &el, Want::Available);
+            } else {
+                send_to(server, user, &el, Want::AvailableOrInterested);
+            }
+            push_committed(server, user, saved.as_ref(), false, committed);
+            if ptype == "unsubscribe" {
+                // §3.3.3: the unsubscriber sees the user go unavailable.
+                unavailable_to(server, user, from);
+            }
         }
-        _ => {}
-    }
-    // §3.1.6: the presence reaches the user before the roster push. A
-    // request goes to available resources (§3.1.3); the outcome of one to
-    // interested resources too (§3.1.6, §3.2.3, §3.3.3).
-    if deliver {
-        if ptype == "subscribe" {
-            send_to(server, user, &el, Want::Available);
-        } else {
-            send_to(server, user, &el, Want::AvailableOrInterested);
-        }
-    }
-    if save {
-        save_item(server, user, &item, false, extra).await?;
-    } else if !extra.is_empty() {
-        storage.write(extra).await?;
-    }
-    if ptype == "unsubscribe" && deliver {
-        // §3.3.3: the unsubscriber sees the user go unavailable.
-        unavailable_to(server, user, from);
+        Inbound::Nothing => {}
     }
     Ok(())
 }
