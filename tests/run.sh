@@ -16,8 +16,8 @@ cargo fmt --all -- --check
 echo "== cargo build"
 cargo build --workspace --all-targets
 
-echo "== cargo clippy (warnings are reported, not fatal here)"
-cargo clippy --workspace --all-targets 2>&1 | grep -E "^(warning|error)" | sort | uniq -c || true
+echo "== cargo clippy (warnings are errors)"
+cargo clippy --workspace --all-targets -- -D warnings
 
 echo "== cargo test"
 cargo test --workspace

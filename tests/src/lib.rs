@@ -1,1 +1,0 @@
-//! Harness for black-box tests that start real `starling` processes.
