@@ -15,6 +15,8 @@
 #
 # Environment: RUNS (3), OUT (/tmp/starling-bench-compare), PEERS (/work/shared/peers or
 # ../shared/peers), SERVERS ("ejabberd prosody starling echo"), sizes per scenario below.
+# Before/after a change in one run: SERVERS="starling starling-base ..." with STARLING_BASE_BIN
+# pointing at the binary built from the commit before it (its own data dir and ports).
 set -euo pipefail
 SCEN="${1:?usage: bench/compare.sh login|idle|chat|chat-sat|presence [bench options]}"; shift
 HERE="$(cd "$(dirname "$0")" && pwd)"; ROOT="$(cd "$HERE/.." && pwd)"
@@ -25,9 +27,16 @@ if [ -z "${PEERS:-}" ]; then
   for d in /work/shared/peers "$ROOT/../shared/peers"; do [ -x "$d/prosody-start.sh" ] && PEERS="$d" && break; done
 fi
 PEERS="${PEERS:?set PEERS to the peers scripts directory}"
-BENCH="$ROOT/target/release/starling-bench"
+BENCH="${BENCH:-$ROOT/target/release/starling-bench}"
 STARLING_BIN="${STARLING_BIN:-$ROOT/target/release/starling}"
 ST_DIR="${ST_DIR:-/tmp/perf-starling}"; ST_PORT="${ST_PORT:-45222}"; ST_TLS_PORT="${ST_TLS_PORT:-45223}"; ST_METRICS="${ST_METRICS:-45290}"
+STARLING_BASE_BIN="${STARLING_BASE_BIN:-}"
+# per Starling column: binary, data dir, c2s, direct TLS and metrics ports
+declare -A ST_BIN=([starling]="$STARLING_BIN" [starling-base]="$STARLING_BASE_BIN")
+declare -A ST_D=([starling]="$ST_DIR" [starling-base]="$ST_DIR-base")
+declare -A ST_P=([starling]="$ST_PORT" [starling-base]="$((ST_PORT + 100))")
+declare -A ST_TP=([starling]="$ST_TLS_PORT" [starling-base]="$((ST_TLS_PORT + 100))")
+declare -A ST_MP=([starling]="$ST_METRICS" [starling-base]="$((ST_METRICS + 100))")
 ECHO_PORT="${ECHO_PORT:-47777}"; ECHO_TLS_PORT="${ECHO_TLS_PORT:-47778}"
 export REQUIRE_TLS=1
 mkdir -p "$OUT"
@@ -48,9 +57,9 @@ FRESH="${FRESH:-0}"   # 1: restart each server before each round after the first
 
 [ -x "$BENCH" ] || (cd "$ROOT" && cargo build --release -p starling-bench)
 
-STARTED_ECHO=""; STARTED_ECHO_TLS=""; STARTED_ST=""
+STARTED_ECHO=""; STARTED_ECHO_TLS=""; declare -A STARTED_ST=()
 cleanup() {
-  for s in echo echo-tls starling; do halt "$s"; done
+  for s in echo echo-tls starling starling-base; do halt "$s"; done
   if [ "${KEEP:-0}" != 1 ]; then
     case " $SERVERS " in *" ejabberd "*) "$PEERS/ejabberd-stop.sh" || true ;; esac
     case " $SERVERS " in *" prosody "*) "$PEERS/prosody-stop.sh" || true ;; esac
@@ -70,14 +79,15 @@ launch() { # start server $1 (accounts already set up); sets PORT, PID, EXTRA; n
     prosody)
       "$PEERS/prosody-start.sh" >&2 || return 1
       . "$PEERS/common.sh"; PORT[$1]="$PR_PORT"; PID[$1]="$(cat "$PR_DIR/server.pid")"; EXTRA[$1]="" ;;
-    starling)
+    starling|starling-base)
+      local d="${ST_D[$1]}"
       (ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-       exec "$STARLING_BIN" serve --config "$ST_DIR/starling.toml" --data-dir "$ST_DIR/data" --domain perf.test \
-         --c2s-port "$ST_PORT" --c2s-tls-port "$ST_TLS_PORT" --metrics-port "$ST_METRICS" >> "$ST_DIR/console.log" 2>&1 < /dev/null) &
-      STARTED_ST=$!
-      if ! port_up "$ST_PORT" || ! kill -0 "$STARTED_ST" 2>/dev/null; then
-        echo "starling: did not open port $ST_PORT (see $ST_DIR/console.log)" >&2; halt starling; return 1; fi
-      PORT[$1]="$ST_PORT"; PID[$1]="$STARTED_ST"; EXTRA[$1]="" ;;
+       exec "${ST_BIN[$1]}" serve --config "$d/starling.toml" --data-dir "$d/data" --domain perf.test \
+         --c2s-port "${ST_P[$1]}" --c2s-tls-port "${ST_TP[$1]}" --metrics-port "${ST_MP[$1]}" >> "$d/console.log" 2>&1 < /dev/null) &
+      STARTED_ST[$1]=$!
+      if ! port_up "${ST_P[$1]}" || ! kill -0 "${STARTED_ST[$1]}" 2>/dev/null; then
+        echo "$1: did not open port ${ST_P[$1]} (see $d/console.log)" >&2; halt "$1"; return 1; fi
+      PORT[$1]="${ST_P[$1]}"; PID[$1]="${STARTED_ST[$1]}"; EXTRA[$1]="" ;;
     echo)
       "$BENCH" echo --listen "127.0.0.1:$ECHO_PORT" --max-secs 7200 2>> "$OUT/echo.log" &
       STARTED_ECHO=$!; port_up "$ECHO_PORT" || return 1
@@ -103,7 +113,7 @@ halt() { # stop server $1
   case "$1" in
     ejabberd) "$PEERS/ejabberd-stop.sh" >&2 || true ;;
     prosody)  "$PEERS/prosody-stop.sh" >&2 || true ;;
-    starling) stop_pid "$STARTED_ST"; STARTED_ST="" ;;
+    starling|starling-base) stop_pid "${STARTED_ST[$1]:-}"; STARTED_ST[$1]="" ;;
     echo)     stop_pid "$STARTED_ECHO"; STARTED_ECHO="" ;;
     echo-tls) stop_pid "$STARTED_ECHO_TLS"; STARTED_ECHO_TLS="" ;;
   esac
@@ -118,21 +128,22 @@ for s in $SERVERS; do
     prosody)
       launch "$s" || { echo "prosody did not start: column skipped" >&2; continue; }
       ROSTER="$ROSTER" "$PEERS/prosody-provision.sh" "$ACCOUNTS" ;;
-    starling)
-      if [ ! -x "$STARLING_BIN" ]; then
-        echo "starling: $STARLING_BIN not built (cargo build --release -p starling-node): column skipped" >&2; continue; fi
-      rm -rf "$ST_DIR"; mkdir -p "$ST_DIR/data"
-      printf 'domains = ["perf.test"]\ndata_dir = "%s"\n[auth]\nscram_iterations = 4096\n' "$ST_DIR/data" > "$ST_DIR/starling.toml"
-      echo "starling: adding $ACCOUNTS accounts..." >&2
+    starling|starling-base)
+      bin="${ST_BIN[$s]}"; d="${ST_D[$s]}"
+      if [ ! -x "$bin" ]; then
+        echo "$s: '$bin' not built (cargo build --release -p starling): column skipped" >&2; continue; fi
+      rm -rf "$d"; mkdir -p "$d/data"
+      printf 'domains = ["perf.test"]\ndata_dir = "%s"\n[auth]\nscram_iterations = 4096\n' "$d/data" > "$d/starling.toml"
+      echo "$s: adding $ACCOUNTS accounts..." >&2
       # one at a time: the store is opened by one process at a time
-      if ! seq 1 "$ACCOUNTS" | xargs -P 1 -I{} "$STARLING_BIN" user add "user{}@perf.test" "perfpass{}" \
-           --config "$ST_DIR/starling.toml" --data-dir "$ST_DIR/data" > "$ST_DIR/useradd.log" 2>&1; then
-        echo "starling: 'starling user add' failed (see $ST_DIR/useradd.log): column skipped" >&2; continue; fi
-      launch "$s" || { echo "starling: column skipped" >&2; continue; }
-      if ! "$BENCH" login --port "$ST_PORT" --logins 1 --concurrency 1 --users 1 --quiet > "$ST_DIR/probe.log" 2>&1 \
-           || ! grep -q "errors  *0 " "$ST_DIR/probe.log"; then
-        echo "starling: listening, but a test login failed (see $ST_DIR/probe.log): column skipped" >&2
-        halt starling; continue; fi ;;
+      if ! seq 1 "$ACCOUNTS" | xargs -P 1 -I{} "$bin" user add "user{}@perf.test" "perfpass{}" \
+           --config "$d/starling.toml" --data-dir "$d/data" > "$d/useradd.log" 2>&1; then
+        echo "$s: 'starling user add' failed (see $d/useradd.log): column skipped" >&2; continue; fi
+      launch "$s" || { echo "$s: column skipped" >&2; continue; }
+      if ! "$BENCH" login --port "${ST_P[$s]}" --logins 1 --concurrency 1 --users 1 --quiet > "$d/probe.log" 2>&1 \
+           || ! grep -q "errors  *0 " "$d/probe.log"; then
+        echo "$s: listening, but a test login failed (see $d/probe.log): column skipped" >&2
+        halt "$s"; continue; fi ;;
     echo|echo-tls)
       if [ "$SCEN" = presence ]; then continue; fi
       launch "$s" || { echo "$s did not start" >&2; exit 1; } ;;
