@@ -339,8 +339,8 @@ impl<S: Transport> Session<S> {
         let result = modules::handle_iq(&ctx).await;
         metrics::counter!("starling_stanzas_routed_total", "kind" => "iq").increment(1);
         match result {
-            Ok(Some(p)) if p.ns == modules::register::NS_ANSWERED => Ok(()),
-            Ok(payload) => {
+            Ok(modules::IqReply::Sent) => Ok(()),
+            Ok(modules::IqReply::Result(payload)) => {
                 let mut r = iq_result(&el, payload);
                 r.set_attr("to", self.full.as_str());
                 self.reply(&r).await
