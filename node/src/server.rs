@@ -1,7 +1,9 @@
 //! The state every session shares: configuration, storage, router, TLS,
-//! and the authentication throttle. Built once at start.
+//! the module registry and the authentication throttle. Built once at
+//! start.
 
 use crate::config::Config;
+use crate::modules::Registry;
 use crate::router::Router;
 use crate::storage::Storage;
 use dashmap::DashMap;
@@ -14,6 +16,9 @@ pub struct Server {
     pub storage: Storage,
     pub router: Router,
     pub tls: Arc<rustls::ServerConfig>,
+    /// What the modules declared: IQ dispatch, hooks, disco and stream
+    /// features.
+    pub modules: Registry,
     pub started: Instant,
     pub throttle: Throttle,
     /// Secret for SCRAM's fake salts of unknown users.
@@ -24,6 +29,17 @@ pub struct Server {
 
 impl Server {
     pub fn new(config: Config, storage: Storage, tls: Arc<rustls::ServerConfig>) -> Self {
+        Server::with_modules(config, storage, tls, Registry::default())
+    }
+
+    /// Like [`Server::new`] with another set of modules (tests add their
+    /// own to the built-in ones with [`Registry::new`]).
+    pub fn with_modules(
+        config: Config,
+        storage: Storage,
+        tls: Arc<rustls::ServerConfig>,
+        modules: Registry,
+    ) -> Self {
         let scram_secret = load_or_make_secret(&config.data_dir);
         Server {
             throttle: Throttle::new(&config),
@@ -31,6 +47,7 @@ impl Server {
             storage,
             router: Router::new(),
             tls,
+            modules,
             started: Instant::now(),
             scram_secret,
             unauthenticated: AtomicUsize::new(0),

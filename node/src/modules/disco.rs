@@ -1,7 +1,7 @@
 //! XEP-0030 Service Discovery. Knows no module by name: the server's
 //! features are what the registered modules declare.
 
-use super::{IqCtx, IqResult, IqTarget, MODULES, Module};
+use super::{IqCtx, IqHandler, IqResult, IqTarget, Module};
 use crate::stanza::Condition;
 use crate::xml::Element;
 use futures::FutureExt;
@@ -13,18 +13,29 @@ pub static MODULE: Module = Module {
     name: "disco",
     spec: "XEP-0030",
     features: &[NS_INFO, NS_ITEMS],
-    namespaces: &[NS_INFO, NS_ITEMS],
-    handle: Some(handle),
+    // Disco answers for missing accounts itself (XEP-0030 §8): items are
+    // empty, info is service-unavailable.
+    iq: &[
+        IqHandler {
+            ns: NS_INFO,
+            name: "query",
+            get: Some(handle),
+            set: None,
+            no_account: true,
+        },
+        IqHandler {
+            ns: NS_ITEMS,
+            name: "query",
+            get: Some(handle),
+            set: None,
+            no_account: true,
+        },
+    ],
+    ..Module::EMPTY
 };
 
 fn handle<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
     async move {
-        if ctx.set {
-            return Err(Condition::NotAllowed.into());
-        }
-        if ctx.payload.name != "query" {
-            return Err(Condition::BadRequest.into());
-        }
         let ns = ctx.payload.ns.as_str();
         let node = ctx.payload.get_attr("node");
         let mut q = Element::new("query", ns);
@@ -34,7 +45,7 @@ fn handle<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
         if ns == NS_ITEMS {
             // XEP-0030 §8: no items (also for an account that does not
             // exist or does not share its presence with the requester).
-            return Ok(Some(q));
+            return Ok(q.into());
         }
         // XEP-0030 §8: info about an account needs its presence (or is
         // the requester's own); an unknown account is service-unavailable.
@@ -63,11 +74,7 @@ fn handle<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
                         .attr("type", "im")
                         .attr("name", "Starling"),
                 );
-                let mut features: Vec<&str> =
-                    MODULES.iter().flat_map(|m| m.features).copied().collect();
-                features.sort_unstable();
-                features.dedup();
-                for f in features {
+                for &f in ctx.server.modules.disco_features() {
                     q = q.child(Element::new("feature", NS_INFO).attr("var", f));
                 }
             }
@@ -81,7 +88,7 @@ fn handle<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
                     .child(Element::new("feature", NS_INFO).attr("var", NS_INFO));
             }
         }
-        Ok(Some(q))
+        Ok(q.into())
     }
     .boxed()
 }

@@ -2,7 +2,7 @@
 //! time since its last resource went offline — only to requesters the
 //! account shares presence with (its presence subscribers).
 
-use super::{IqCtx, IqResult, IqTarget, Module};
+use super::{IqCtx, IqHandler, IqResult, IqTarget, Module};
 use crate::stanza::Condition;
 use crate::xml::Element;
 use futures::FutureExt;
@@ -13,21 +13,25 @@ pub static MODULE: Module = Module {
     name: "last",
     spec: "XEP-0012",
     features: &[NS_LAST],
-    namespaces: &[NS_LAST],
-    handle: Some(handle),
+    iq: &[IqHandler {
+        ns: NS_LAST,
+        name: "query",
+        get: Some(handle),
+        set: None,
+        no_account: false,
+    }],
+    spaces: &[crate::storage::LAST],
+    ..Module::EMPTY
 };
 
 fn handle<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
     async move {
-        if ctx.set {
-            return Err(Condition::NotAllowed.into());
-        }
         let bare = match ctx.target {
             IqTarget::Server(_) => {
                 let secs = ctx.server.started.elapsed().as_secs();
-                return Ok(Some(
-                    Element::new("query", NS_LAST).attr("seconds", secs.to_string()),
-                ));
+                return Ok(Element::new("query", NS_LAST)
+                    .attr("seconds", secs.to_string())
+                    .into());
             }
             IqTarget::Own => ctx.origin.bare,
             IqTarget::NoAccount(_) => return Err(Condition::ServiceUnavailable.into()),
@@ -48,7 +52,7 @@ fn handle<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
             .router
             .with_resources(bare, |rs| rs.iter().any(|r| r.available));
         if online {
-            return Ok(Some(Element::new("query", NS_LAST).attr("seconds", "0")));
+            return Ok(Element::new("query", NS_LAST).attr("seconds", "0").into());
         }
         let Some(doc) = ctx
             .server
@@ -64,7 +68,7 @@ fn handle<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
         if let Some(s) = v["status"].as_str().filter(|s| !s.is_empty()) {
             q = q.text(s);
         }
-        Ok(Some(q))
+        Ok(q.into())
     }
     .boxed()
 }

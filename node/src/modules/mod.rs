@@ -1,21 +1,32 @@
 //! Server-side features, one file per RFC section or XEP. Each module
-//! declares what it implements and which IQ namespaces it answers as
-//! data ([`Module`]); [`MODULES`] registers them, disco only collects what
-//! they declare, and [`handle_iq`] dispatches on the payload namespace.
-//! Modules see the [`Server`] and the requesting session; they never touch
-//! sockets.
+//! declares as data ([`Module`]) what it implements: disco features, stream
+//! features, the IQ payloads it answers, the message and presence events it
+//! hooks, its configuration section and its storage key spaces. [`MODULES`]
+//! lists them; a [`Registry`] built once at start precomputes the dispatch
+//! tables, so disco, stream negotiation and IQ dispatch know no module by
+//! name. Modules see the [`Server`] and the requesting session; they never
+//! touch sockets.
+//!
+//! Adding a XEP is one new file declaring a `static MODULE: Module` and one
+//! line in [`MODULES`] (or, in tests, an extra module given to
+//! [`Registry::new`]).
 
 pub mod disco;
 pub mod last;
 pub mod ping;
+pub mod presence;
 pub mod private;
 pub mod register;
+pub mod registry;
 pub mod roster;
 pub mod session;
 pub mod time;
 pub mod vcard;
 pub mod version;
 
+pub use registry::Registry;
+
+use crate::config::Config;
 use crate::server::Server;
 use crate::session::im::Origin;
 use crate::stanza::{Condition, StanzaError};
@@ -35,7 +46,7 @@ pub enum IqTarget<'a> {
     NoAccount(&'a str),
 }
 
-/// Everything a handler gets.
+/// Everything an IQ handler gets.
 pub struct IqCtx<'a> {
     pub server: &'a Server,
     pub origin: &'a Origin<'a>,
@@ -48,10 +59,134 @@ pub struct IqCtx<'a> {
     pub set: bool,
 }
 
-/// A result payload (or none), or a stanza error.
-pub type IqResult = Result<Option<Element>, StanzaError>;
+/// What a handler did with an IQ it answered without error.
+#[derive(Debug)]
+pub enum IqReply {
+    /// The session answers with a result carrying this payload (or none).
+    Result(Option<Element>),
+    /// The handler already sent its own reply (e.g. an account removal,
+    /// whose result must reach the client before its sessions are closed);
+    /// the session sends nothing.
+    Sent,
+}
 
+impl IqReply {
+    /// An empty result.
+    pub const EMPTY: IqReply = IqReply::Result(None);
+}
+
+impl From<Element> for IqReply {
+    fn from(payload: Element) -> Self {
+        IqReply::Result(Some(payload))
+    }
+}
+
+/// A reply, or a stanza error.
+pub type IqResult = Result<IqReply, StanzaError>;
+
+/// Answers one IQ payload. Async: most handlers read or write storage.
 pub type Handler = for<'a> fn(&'a IqCtx<'a>) -> BoxFuture<'a, IqResult>;
+
+/// An IQ payload a module answers, keyed like Prosody's
+/// `iq-get/<ns>:<name>` events: the payload's namespace and element name,
+/// with a handler per type. A type with no handler is `<not-allowed/>`.
+pub struct IqHandler {
+    pub ns: &'static str,
+    pub name: &'static str,
+    pub get: Option<Handler>,
+    pub set: Option<Handler>,
+    /// Whether it also answers for a bare JID at a local domain that has
+    /// no account; if not, the registry answers `<service-unavailable/>`
+    /// for it (RFC 6121 §8.5.1), so no handler can leak whether an
+    /// account exists.
+    pub no_account: bool,
+}
+
+/// When a stream feature is advertised (RFC 6120 §4.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// On the TLS stream before authentication, after the SASL mechanisms.
+    PreAuth,
+    /// On the authenticated stream, after resource binding.
+    PostAuth,
+}
+
+/// A stream feature: the element advertised in `<stream:features/>`.
+pub struct StreamFeature {
+    pub stage: Stage,
+    /// The element, exactly as advertised.
+    pub xml: &'static str,
+    /// Advertised only when this returns true for the configuration;
+    /// `None` is always.
+    pub when: Option<fn(&Config) -> bool>,
+}
+
+/// A point in a stanza's path where modules can look at it, change it or
+/// take it over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Event {
+    /// A message a local session sent, before it is routed (carbons of
+    /// sent messages, blocking of the recipient, archiving).
+    MessageOut,
+    /// A message for a local account, after routing and before delivery
+    /// to its sessions or offline storage (blocking of the sender,
+    /// carbons, archiving, client state indication).
+    MessageIn,
+    /// A presence a local session sent, before it is routed or broadcast.
+    PresenceOut,
+    /// A presence for a local account, before delivery to its sessions.
+    PresenceIn,
+}
+
+impl Event {
+    pub const ALL: [Event; 4] = [
+        Event::MessageOut,
+        Event::MessageIn,
+        Event::PresenceOut,
+        Event::PresenceIn,
+    ];
+
+    /// Position in [`Event::ALL`], for the registry's per-event tables.
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// What a hook did with a stanza (Prosody's event handlers return a value
+/// to stop the chain, or nothing to let it go on).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    /// Go on: the next hook, then the normal path.
+    Pass,
+    /// The hook took the stanza over (answered, dropped or queued it): no
+    /// further hook runs and the caller does nothing more with it.
+    Handled,
+}
+
+/// What a hook gets besides the stanza.
+pub struct HookCtx<'a> {
+    pub server: &'a Server,
+    /// The local account the event belongs to: the sender for `*Out`
+    /// events, the recipient for `*In` events.
+    pub user: &'a str,
+    /// That account's session the event concerns, when one does (the
+    /// sending session, or the one resource a stanza is delivered to).
+    pub full: Option<&'a str>,
+}
+
+/// A hook handler. Synchronous on purpose: it runs for every message or
+/// presence that passes its event, and a future per hook per stanza would
+/// cost an allocation each; a hook that needs to write (archive) starts
+/// the write and returns.
+pub type HookFn = fn(&HookCtx<'_>, &mut Element) -> Flow;
+
+/// A handler for one event, run in priority order (higher first; equal
+/// priorities in registry order).
+pub struct Hook {
+    pub event: Event,
+    pub priority: i32,
+    pub handler: HookFn,
+}
 
 /// A module's declaration.
 pub struct Module {
@@ -60,13 +195,37 @@ pub struct Module {
     pub spec: &'static str,
     /// Features it adds to the server's disco#info.
     pub features: &'static [&'static str],
-    /// IQ payload namespaces it answers.
-    pub namespaces: &'static [&'static str],
-    pub handle: Option<Handler>,
+    /// Stream features it advertises, in order.
+    pub stream_features: &'static [StreamFeature],
+    /// IQ payloads it answers.
+    pub iq: &'static [IqHandler],
+    /// Message and presence events it hooks.
+    pub hooks: &'static [Hook],
+    /// The section of the configuration file it reads, if any.
+    pub config_section: Option<&'static str>,
+    /// The storage key spaces it owns (see `storage`).
+    pub spaces: &'static [&'static str],
+}
+
+impl Module {
+    /// A module that declares nothing yet: the base for `..Module::EMPTY`.
+    pub const EMPTY: Module = Module {
+        name: "",
+        spec: "",
+        features: &[],
+        stream_features: &[],
+        iq: &[],
+        hooks: &[],
+        config_section: None,
+        spaces: &[],
+    };
 }
 
 /// Every module of the server. Adding a XEP is adding a file and a line.
+/// Stream features are advertised in this order.
 pub static MODULES: &[&Module] = &[
+    &session::MODULE,
+    &presence::MODULE,
     &roster::MODULE,
     &disco::MODULE,
     &ping::MODULE,
@@ -76,7 +235,6 @@ pub static MODULES: &[&Module] = &[
     &vcard::MODULE,
     &private::MODULE,
     &register::MODULE,
-    &session::MODULE,
     &OFFLINE,
 ];
 
@@ -85,25 +243,23 @@ static OFFLINE: Module = Module {
     name: "offline",
     spec: "RFC 6121 §8.5.2.1.1, XEP-0160, XEP-0203",
     features: &["msgoffline", "urn:xmpp:delay"],
-    namespaces: &[],
-    handle: None,
+    config_section: Some("offline"),
+    spaces: &[crate::storage::OFFLINE],
+    ..Module::EMPTY
 };
+
+/// The compliance list: each built-in module and the specification it
+/// implements (as ejabberd's `-protocol` attributes make its DOAP file).
+pub fn compliance() -> Vec<(&'static str, &'static str)> {
+    MODULES.iter().map(|m| (m.name, m.spec)).collect()
+}
 
 /// Answers an IQ get/set addressed to the server or to an account.
 pub async fn handle_iq(ctx: &IqCtx<'_>) -> IqResult {
-    let ns = ctx.payload.ns.as_str();
-    if matches!(ctx.target, IqTarget::NoAccount(_)) && !disco::MODULE.namespaces.contains(&ns) {
-        // RFC 6121 §8.5.1: no such user.
-        return Err(Condition::ServiceUnavailable.into());
+    match ctx.server.modules.iq_handler(ctx) {
+        Ok(h) => h(ctx).await,
+        Err(e) => Err(e),
     }
-    for m in MODULES {
-        if m.namespaces.contains(&ns)
-            && let Some(h) = m.handle
-        {
-            return h(ctx).await;
-        }
-    }
-    Err(Condition::ServiceUnavailable.into())
 }
 
 /// Requires the IQ to address the requester's own account.

@@ -1,6 +1,6 @@
 //! XEP-0199 XMPP Ping: the server answers pings addressed to it.
 
-use super::{IqCtx, IqResult, IqTarget, Module};
+use super::{IqCtx, IqHandler, IqReply, IqResult, IqTarget, Module};
 use crate::stanza::Condition;
 use futures::FutureExt;
 
@@ -10,17 +10,20 @@ pub static MODULE: Module = Module {
     name: "ping",
     spec: "XEP-0199",
     features: &[NS_PING],
-    namespaces: &[NS_PING],
-    handle: Some(handle),
+    iq: &[IqHandler {
+        ns: NS_PING,
+        name: "ping",
+        get: Some(handle),
+        set: None,
+        no_account: false,
+    }],
+    ..Module::EMPTY
 };
 
 fn handle<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
     async move {
-        if ctx.set || ctx.payload.name != "ping" {
-            return Err(Condition::BadRequest.into());
-        }
         match ctx.target {
-            IqTarget::Server(_) | IqTarget::Own => Ok(None),
+            IqTarget::Server(_) | IqTarget::Own => Ok(IqReply::EMPTY),
             IqTarget::Account(_) | IqTarget::NoAccount(_) => {
                 Err(Condition::ServiceUnavailable.into())
             }

@@ -1,7 +1,7 @@
 //! XEP-0049 Private XML Storage: per account, keyed by the stored
 //! element's name and namespace; only the owner can read or write.
 
-use super::{IqCtx, IqResult, Module, own_only};
+use super::{IqCtx, IqHandler, IqReply, IqResult, Module, own_only};
 use crate::stanza::{Condition, NS_CLIENT};
 use crate::storage::{PRIVATE, user_key};
 use crate::xml::{Element, Limits};
@@ -13,8 +13,15 @@ pub static MODULE: Module = Module {
     name: "private",
     spec: "XEP-0049",
     features: &[NS_PRIVATE],
-    namespaces: &[NS_PRIVATE],
-    handle: Some(handle),
+    iq: &[IqHandler {
+        ns: NS_PRIVATE,
+        name: "query",
+        get: Some(handle),
+        set: Some(handle),
+        no_account: false,
+    }],
+    spaces: &[PRIVATE],
+    ..Module::EMPTY
 };
 
 fn key(bare: &str, el: &Element) -> Vec<u8> {
@@ -24,9 +31,6 @@ fn key(bare: &str, el: &Element) -> Vec<u8> {
 fn handle<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
     async move {
         own_only(ctx)?;
-        if ctx.payload.name != "query" {
-            return Err(Condition::BadRequest.into());
-        }
         let children: Vec<&Element> = ctx.payload.elements().collect();
         if children.is_empty() || (!ctx.set && children.len() != 1) {
             return Err(Condition::BadRequest.into());
@@ -48,7 +52,7 @@ fn handle<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
                 })
                 .collect();
             ctx.server.storage.write(ops).await?;
-            return Ok(None);
+            return Ok(IqReply::EMPTY);
         }
         let wanted = children[0];
         let scope = [(String::new(), NS_PRIVATE.to_owned())];
@@ -62,7 +66,7 @@ fn handle<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
             .doc(PRIVATE, &key(bare, wanted))?
             .and_then(|x| crate::xml::parse_element(x.as_bytes(), &scope, &limits).ok())
             .unwrap_or_else(|| Element::new(wanted.name.clone(), wanted.ns.clone()));
-        Ok(Some(Element::new("query", NS_PRIVATE).child(stored)))
+        Ok(Element::new("query", NS_PRIVATE).child(stored).into())
     }
     .boxed()
 }

@@ -2,7 +2,7 @@
 //! (only when `registration.enabled`), password change and account removal
 //! after it.
 
-use super::{IqCtx, IqResult, IqTarget, Module};
+use super::{IqCtx, IqHandler, IqReply, IqResult, IqTarget, Module, Stage, StreamFeature};
 use crate::accounts::{self, AccountError};
 use crate::server::Server;
 use crate::stanza::{Condition, StanzaError, error_reply, iq_result};
@@ -15,8 +15,22 @@ pub static MODULE: Module = Module {
     name: "register",
     spec: "XEP-0077",
     features: &[NS_REGISTER],
-    namespaces: &[NS_REGISTER],
-    handle: Some(handle),
+    stream_features: &[StreamFeature {
+        stage: Stage::PreAuth,
+        xml: "<register xmlns='http://jabber.org/features/iq-register'/>",
+        when: Some(|c| c.registration.enabled),
+    }],
+    // After authentication: password change and account removal. Before
+    // it, stream negotiation calls [`pre_auth`].
+    iq: &[IqHandler {
+        ns: NS_REGISTER,
+        name: "query",
+        get: Some(handle),
+        set: Some(handle),
+        no_account: false,
+    }],
+    config_section: Some("registration"),
+    ..Module::EMPTY
 };
 
 fn fields(q: &Element) -> (Option<String>, Option<String>) {
@@ -93,11 +107,10 @@ fn handle<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
         let bare = ctx.origin.bare;
         let node = bare.split('@').next().unwrap_or_default();
         if !ctx.set {
-            return Ok(Some(
-                Element::new("query", NS_REGISTER)
-                    .child(Element::new("registered", NS_REGISTER))
-                    .child(Element::new("username", NS_REGISTER).text(node)),
-            ));
+            return Ok(Element::new("query", NS_REGISTER)
+                .child(Element::new("registered", NS_REGISTER))
+                .child(Element::new("username", NS_REGISTER).text(node))
+                .into());
         }
         if ctx.payload.has_child("remove", NS_REGISTER) {
             accounts::delete(&ctx.server.storage, bare)
@@ -108,7 +121,7 @@ fn handle<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
             let result = iq_result(ctx.iq, None);
             let _ = crate::session::im::deliver_to_full(ctx.server, ctx.origin.full, result);
             ctx.server.router.close_all(bare, "not-authorized");
-            return Ok(Some(Element::new("handled", NS_ANSWERED)));
+            return Ok(IqReply::Sent);
         }
         let (user, pass) = fields(ctx.payload);
         let Some(pass) = pass else {
@@ -125,11 +138,7 @@ fn handle<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
         )
         .await
         .map_err(map_err)?;
-        Ok(None)
+        Ok(IqReply::EMPTY)
     }
     .boxed()
 }
-
-/// Namespace of the marker a handler returns when it already sent its
-/// own reply.
-pub const NS_ANSWERED: &str = "urn:starling:internal:answered";

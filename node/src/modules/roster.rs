@@ -2,10 +2,10 @@
 //! pushes to interested resources. Subscription states change only through
 //! presence stanzas (see `session::im`); a remove cancels both directions.
 
-use super::{IqCtx, IqResult, Module, own_only};
+use super::{IqCtx, IqHandler, IqReply, IqResult, Module, Stage, StreamFeature, own_only};
 use crate::session::im::{self, Origin};
 use crate::stanza::{Condition, NS_CLIENT, StanzaError};
-use crate::storage::RosterItem;
+use crate::storage::{ROSTER, ROSTER_VER, RosterItem};
 use crate::xml::Element;
 use futures::FutureExt;
 
@@ -15,10 +15,22 @@ const MAX_NAME: usize = 1024;
 
 pub static MODULE: Module = Module {
     name: "roster",
-    spec: "RFC 6121 §2, §3",
+    spec: "RFC 6121 §2 (with §2.6 versioning)",
     features: &[NS_ROSTER],
-    namespaces: &[NS_ROSTER],
-    handle: Some(handle),
+    stream_features: &[StreamFeature {
+        stage: Stage::PostAuth,
+        xml: "<ver xmlns='urn:xmpp:features:rosterver'/>",
+        when: None,
+    }],
+    iq: &[IqHandler {
+        ns: NS_ROSTER,
+        name: "query",
+        get: Some(get),
+        set: Some(set),
+        no_account: false,
+    }],
+    spaces: &[ROSTER, ROSTER_VER],
+    ..Module::EMPTY
 };
 
 /// The `<item/>` of a roster result or push.
@@ -43,22 +55,23 @@ pub fn item_element(item: &RosterItem, removed: bool) -> Element {
     e
 }
 
-fn handle<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
+fn get<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
     async move {
         own_only(ctx)?;
-        if ctx.payload.name != "query" {
-            return Err(Condition::BadRequest.into());
-        }
-        if ctx.set {
-            set(ctx).await
-        } else {
-            get(ctx).await
-        }
+        roster_get(ctx).await
     }
     .boxed()
 }
 
-async fn get(ctx: &IqCtx<'_>) -> IqResult {
+fn set<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
+    async move {
+        own_only(ctx)?;
+        roster_set(ctx).await
+    }
+    .boxed()
+}
+
+async fn roster_get(ctx: &IqCtx<'_>) -> IqResult {
     let server = ctx.server;
     let bare = ctx.origin.bare;
     let id = ctx.origin.session_id;
@@ -73,16 +86,16 @@ async fn get(ctx: &IqCtx<'_>) -> IqResult {
     let ver = server.storage.roster_version(bare)?;
     // §2.6.3: an unchanged roster is an empty result; pushes follow.
     if ctx.payload.get_attr("ver") == Some(ver.to_string().as_str()) {
-        return Ok(None);
+        return Ok(IqReply::EMPTY);
     }
     let mut q = Element::new("query", NS_ROSTER).attr("ver", ver.to_string());
     for item in server.storage.roster(bare)? {
         q = q.child(item_element(&item, false));
     }
-    Ok(Some(q))
+    Ok(q.into())
 }
 
-async fn set(ctx: &IqCtx<'_>) -> IqResult {
+async fn roster_set(ctx: &IqCtx<'_>) -> IqResult {
     let items: Vec<&Element> = ctx.payload.elements().collect();
     let [item] = items.as_slice() else {
         return Err(StanzaError::with_text(
@@ -141,7 +154,7 @@ async fn set(ctx: &IqCtx<'_>) -> IqResult {
         })
         .await?;
     im::push_committed(server, bare, Some(&entry), false, committed);
-    Ok(None)
+    Ok(IqReply::EMPTY)
 }
 
 /// §2.5: removing an item cancels the subscriptions both ways.
@@ -183,5 +196,5 @@ async fn remove(server: &crate::server::Server, origin: &Origin<'_>, contact: &s
         )
         .await?;
     }
-    Ok(None)
+    Ok(IqReply::EMPTY)
 }

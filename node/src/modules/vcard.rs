@@ -1,7 +1,7 @@
 //! XEP-0054 vcard-temp: each account's vCard, readable by anyone, written
 //! only by its owner.
 
-use super::{IqCtx, IqResult, IqTarget, Module};
+use super::{IqCtx, IqHandler, IqReply, IqResult, IqTarget, Module};
 use crate::stanza::{Condition, NS_CLIENT};
 use crate::storage::VCARD;
 use crate::xml::{Element, Limits};
@@ -13,15 +13,19 @@ pub static MODULE: Module = Module {
     name: "vcard",
     spec: "XEP-0054",
     features: &[NS_VCARD],
-    namespaces: &[NS_VCARD],
-    handle: Some(handle),
+    iq: &[IqHandler {
+        ns: NS_VCARD,
+        name: "vCard",
+        get: Some(handle),
+        set: Some(handle),
+        no_account: false,
+    }],
+    spaces: &[VCARD],
+    ..Module::EMPTY
 };
 
 fn handle<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
     async move {
-        if ctx.payload.name != "vCard" {
-            return Err(Condition::BadRequest.into());
-        }
         let bare = match ctx.target {
             IqTarget::Own => ctx.origin.bare,
             IqTarget::Account(b) if !ctx.set => b,
@@ -36,7 +40,7 @@ fn handle<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
                 .storage
                 .put_doc(VCARD, bare.as_bytes().to_vec(), xml)
                 .await?;
-            return Ok(None);
+            return Ok(IqReply::EMPTY);
         }
         let stored = ctx.server.storage.doc(VCARD, bare.as_bytes())?;
         let scope = [(String::new(), NS_CLIENT.to_owned())];
@@ -45,9 +49,9 @@ fn handle<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
             ..Default::default()
         };
         match stored.and_then(|x| crate::xml::parse_element(x.as_bytes(), &scope, &limits).ok()) {
-            Some(v) => Ok(Some(v)),
+            Some(v) => Ok(v.into()),
             // §3.1: one's own missing vCard is an empty one.
-            None if ctx.target == IqTarget::Own => Ok(Some(Element::new("vCard", NS_VCARD))),
+            None if ctx.target == IqTarget::Own => Ok(Element::new("vCard", NS_VCARD).into()),
             // §3.3: someone else's is the same error as for no such user,
             // so accounts cannot be discovered this way.
             None => Err(Condition::ServiceUnavailable.into()),

@@ -1,6 +1,6 @@
 //! XEP-0092 Software Version of the server.
 
-use super::{IqCtx, IqResult, IqTarget, Module};
+use super::{IqCtx, IqHandler, IqResult, IqTarget, Module};
 use crate::stanza::Condition;
 use crate::xml::Element;
 use futures::FutureExt;
@@ -11,8 +11,14 @@ pub static MODULE: Module = Module {
     name: "version",
     spec: "XEP-0092",
     features: &[NS_VERSION],
-    namespaces: &[NS_VERSION],
-    handle: Some(handle),
+    iq: &[IqHandler {
+        ns: NS_VERSION,
+        name: "query",
+        get: Some(handle),
+        set: None,
+        no_account: false,
+    }],
+    ..Module::EMPTY
 };
 
 fn handle<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
@@ -20,15 +26,11 @@ fn handle<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
         if !matches!(ctx.target, IqTarget::Server(_)) {
             return Err(Condition::ServiceUnavailable.into());
         }
-        if ctx.set {
-            return Err(Condition::NotAllowed.into());
-        }
-        Ok(Some(
-            Element::new("query", NS_VERSION)
-                .child(Element::new("name", NS_VERSION).text("Starling"))
-                .child(Element::new("version", NS_VERSION).text(env!("CARGO_PKG_VERSION")))
-                .child(Element::new("os", NS_VERSION).text(std::env::consts::OS)),
-        ))
+        Ok(Element::new("query", NS_VERSION)
+            .child(Element::new("name", NS_VERSION).text("Starling"))
+            .child(Element::new("version", NS_VERSION).text(env!("CARGO_PKG_VERSION")))
+            .child(Element::new("os", NS_VERSION).text(std::env::consts::OS))
+            .into())
     }
     .boxed()
 }

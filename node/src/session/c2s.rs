@@ -7,7 +7,7 @@
 
 use super::im::{self, Origin, PresenceState};
 use super::outbox::{Outbox, Outgoing};
-use crate::modules::{self, IqCtx, IqTarget};
+use crate::modules::{self, Event, Flow, HookCtx, IqCtx, IqTarget};
 use crate::net::transport::Transport;
 use crate::router::{SessionHandle, ToSession};
 use crate::server::Server;
@@ -290,6 +290,9 @@ impl<S: Transport> Session<S> {
                     // §10.3: no 'to' means the sender's own bare JID.
                     el.set_attr("to", self.bare.as_str());
                 }
+                if self.outbound_hooks(Event::MessageOut, &mut el) == Flow::Handled {
+                    return Ok(());
+                }
                 match im::route_message(&self.server, el).await {
                     Ok(()) => Ok(()),
                     Err(b) => {
@@ -299,6 +302,9 @@ impl<S: Transport> Session<S> {
                 }
             }
             _ => {
+                if self.outbound_hooks(Event::PresenceOut, &mut el) == Flow::Handled {
+                    return Ok(());
+                }
                 let origin = Origin {
                     bare: &self.bare,
                     full: &self.full,
@@ -313,6 +319,21 @@ impl<S: Transport> Session<S> {
                 }
             }
         }
+    }
+
+    /// The modules' hooks for a stanza this session sent (the registry
+    /// is asked first, so a server without such hooks pays one lookup).
+    fn outbound_hooks(&self, event: Event, el: &mut Element) -> Flow {
+        let modules = &self.server.modules;
+        if !modules.has_hooks(event) {
+            return Flow::Pass;
+        }
+        let ctx = HookCtx {
+            server: &self.server,
+            user: &self.bare,
+            full: Some(&self.full),
+        };
+        modules.run_hooks(event, &ctx, el)
     }
 
     async fn handle_iq(&mut self, el: Element) -> Result<(), End> {
@@ -381,8 +402,8 @@ impl<S: Transport> Session<S> {
         let result = modules::handle_iq(&ctx).await;
         metrics::counter!("starling_stanzas_routed_total", "kind" => "iq").increment(1);
         match result {
-            Ok(Some(p)) if p.ns == modules::register::NS_ANSWERED => Ok(()),
-            Ok(payload) => {
+            Ok(modules::IqReply::Sent) => Ok(()),
+            Ok(modules::IqReply::Result(payload)) => {
                 let mut r = iq_result(&el, payload);
                 r.set_attr("to", self.full.as_str());
                 self.reply(&r).await

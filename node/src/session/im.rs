@@ -5,6 +5,7 @@
 //! Functions here decide *who* gets a stanza and change roster state; they
 //! hand stanzas to the router and never touch a socket.
 
+use crate::modules::{Event, Flow, HookCtx};
 use crate::routing::{self, RemoteResource};
 use crate::server::Server;
 use crate::stanza::{Condition, NS_CLIENT, NS_DELAY, StanzaError, error_reply};
@@ -118,6 +119,17 @@ pub async fn route_message(server: &Server, el: Element) -> Result<(), Bounce> {
         Err(e) => return Err(Box::new((e.into(), el))),
     }
     metrics::counter!("starling_stanzas_routed_total", "kind" => "message").increment(1);
+    let mut el = el;
+    if server.modules.has_hooks(Event::MessageIn) {
+        let ctx = HookCtx {
+            server,
+            user: bare,
+            full: resource.is_some().then_some(to.as_str()),
+        };
+        if server.modules.run_hooks(Event::MessageIn, &ctx, &mut el) == Flow::Handled {
+            return Ok(());
+        }
+    }
     if let Some(res) = resource {
         // §8.5.3: full JID.
         let el = match server.router.handle(bare, res) {

@@ -252,8 +252,11 @@ async fn secure_phases<S: Transport>(
         features.push_str("</mechanism>");
     }
     features.push_str("</mechanisms>");
-    if server.config.registration.enabled {
-        features.push_str("<register xmlns='http://jabber.org/features/iq-register'/>");
+    for f in server
+        .modules
+        .stream_features(crate::modules::Stage::PreAuth, &server.config)
+    {
+        features.push_str(f);
     }
     features.push_str("</stream:features>");
     xs.send_raw(&features).await.ok()?;
@@ -291,9 +294,17 @@ async fn secure_phases<S: Transport>(
     // Authenticated: a new stream, then resource binding (RFC 6120 §7).
     xs.restart();
     open_stream(server, &mut xs, deadline, Some(&domain)).await?;
-    xs.send_raw("<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/><session xmlns='urn:ietf:params:xml:ns:xmpp-session'><optional/></session><sub xmlns='urn:xmpp:features:pre-approval'/><ver xmlns='urn:xmpp:features:rosterver'/></stream:features>")
-        .await
-        .ok()?;
+    // Binding is core (RFC 6120 §7); the rest is what the modules declare.
+    let mut features =
+        String::from("<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/>");
+    for f in server
+        .modules
+        .stream_features(crate::modules::Stage::PostAuth, &server.config)
+    {
+        features.push_str(f);
+    }
+    features.push_str("</stream:features>");
+    xs.send_raw(&features).await.ok()?;
     loop {
         let el = next_element(&mut xs, deadline).await?;
         if !el.is("iq", NS_CLIENT) {
