@@ -96,9 +96,37 @@ pub struct Resource {
     pub interested: bool,
 }
 
+/// What a session sends its user's actor (one per bare JID with a
+/// session on this node): the operations on the user's online state, run
+/// one at a time in the order they were sent.
+#[derive(Debug, actix::Message)]
+#[rtype(result = "Result<(), crate::stanza::StanzaError>")]
+pub enum ToUser {
+    /// A session was bound (`full`): record its route in the cluster.
+    Attach { session: u64, full: String },
+    /// A presence stanza the session's client sent (`from` stamped).
+    Presence { session: u64, el: Element },
+    /// The session ended: unavailable to whoever saw it, route removed.
+    /// `owned`: the session still held its resource in the router.
+    Detach { session: u64, owned: bool },
+}
+
+/// A user actor's address, shared (cloning an actix address allocates).
+pub type UserHandle = Arc<actix::Recipient<ToUser>>;
+
+/// A user with sessions on this node: its actor and a view of its bound
+/// resources for delivery to read without asking the actor.
+struct UserEntry {
+    /// Tells this user's actor from a later one for the same user.
+    actor_id: u64,
+    actor: UserHandle,
+    resources: Vec<Resource>,
+}
+
+/// The local sessions, by bare JID.
 #[derive(Default)]
 pub struct Router {
-    users: DashMap<String, Vec<Resource>>,
+    users: DashMap<String, UserEntry>,
 }
 
 impl Router {
@@ -106,16 +134,32 @@ impl Router {
         Router::default()
     }
 
-    /// Binds `resource` for `bare`. An existing session with the same
-    /// resource is returned so the caller can close it with `<conflict/>`
-    /// (RFC 6120 §7.7.2.2: the older session is replaced).
-    pub fn bind(&self, bare: &str, resource: &str, handle: SessionHandle) -> Option<SessionHandle> {
-        let mut entry = self.users.entry(bare.to_owned()).or_default();
-        let old = entry
+    /// Binds `resource` for `bare`, starting the user's actor with
+    /// `start_user` (which returns the actor's id and address) if the user
+    /// had no session here. An existing session
+    /// with the same resource is returned so the caller can close it with
+    /// `<conflict/>` (RFC 6120 §7.7.2.2: the older session is replaced).
+    pub fn bind(
+        &self,
+        bare: &str,
+        resource: &str,
+        handle: SessionHandle,
+        start_user: impl FnOnce() -> (u64, actix::Recipient<ToUser>),
+    ) -> (Option<SessionHandle>, UserHandle) {
+        let mut entry = self.users.entry(bare.to_owned()).or_insert_with(|| {
+            let (actor_id, actor) = start_user();
+            UserEntry {
+                actor_id,
+                actor: Arc::new(actor),
+                resources: Vec::new(),
+            }
+        });
+        let list = &mut entry.resources;
+        let old = list
             .iter()
             .position(|r| r.resource == resource)
-            .map(|i| entry.remove(i).handle);
-        entry.push(Resource {
+            .map(|i| list.remove(i).handle);
+        list.push(Resource {
             resource: resource.to_owned(),
             handle,
             available: false,
@@ -127,29 +171,40 @@ impl Router {
         if old.is_some() {
             metrics::gauge!("starling_c2s_sessions").decrement(1.0);
         }
-        old
+        (old, entry.actor.clone())
     }
 
-    /// Removes the session `id`; returns whether it was still bound.
+    /// Removes the session `id`; returns whether it was still bound. The
+    /// user's entry stays until its actor lets it go ([`Router::release`]).
     pub fn unbind(&self, bare: &str, id: u64) -> bool {
         let mut removed = false;
-        self.users.remove_if_mut(bare, |_, list| {
-            if let Some(i) = list.iter().position(|r| r.handle.id == id) {
-                list.remove(i);
-                removed = true;
-            }
-            list.is_empty()
-        });
+        if let Some(mut entry) = self.users.get_mut(bare)
+            && let Some(i) = entry.resources.iter().position(|r| r.handle.id == id)
+        {
+            entry.resources.remove(i);
+            removed = true;
+        }
         if removed {
             metrics::gauge!("starling_c2s_sessions").decrement(1.0);
         }
         removed
     }
 
+    /// Forgets `bare`'s entry if it has no session left and `actor_id`
+    /// is still its actor; the user actor calls this when it has finished
+    /// with its last session, so a login meanwhile finds the same actor.
+    pub fn release(&self, bare: &str, actor_id: u64) -> bool {
+        self.users
+            .remove_if(bare, |_, e| {
+                e.resources.is_empty() && e.actor_id == actor_id
+            })
+            .is_some()
+    }
+
     /// Changes one resource's state under the map's lock.
     pub fn update(&self, bare: &str, id: u64, f: impl FnOnce(&mut Resource)) {
-        if let Some(mut list) = self.users.get_mut(bare)
-            && let Some(r) = list.iter_mut().find(|r| r.handle.id == id)
+        if let Some(mut entry) = self.users.get_mut(bare)
+            && let Some(r) = entry.resources.iter_mut().find(|r| r.handle.id == id)
         {
             f(r);
         }
@@ -157,13 +212,16 @@ impl Router {
 
     /// A snapshot of the user's resources on this node.
     pub fn resources(&self, bare: &str) -> Vec<Resource> {
-        self.users.get(bare).map(|l| l.clone()).unwrap_or_default()
+        self.users
+            .get(bare)
+            .map(|e| e.resources.clone())
+            .unwrap_or_default()
     }
 
     /// Runs `f` over the user's resources without copying them.
     pub fn with_resources<T>(&self, bare: &str, f: impl FnOnce(&[Resource]) -> T) -> T {
         match self.users.get(bare) {
-            Some(list) => f(&list),
+            Some(e) => f(&e.resources),
             None => f(&[]),
         }
     }
@@ -190,6 +248,11 @@ impl Router {
 
     /// Number of bound sessions on this node.
     pub fn session_count(&self) -> usize {
-        self.users.iter().map(|e| e.value().len()).sum()
+        self.users.iter().map(|e| e.value().resources.len()).sum()
+    }
+
+    /// Number of user actors on this node.
+    pub fn user_count(&self) -> usize {
+        self.users.len()
     }
 }

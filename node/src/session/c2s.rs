@@ -5,11 +5,11 @@
 //! client's stanzas, stamps and checks their addresses, hands them to IM
 //! routing or the modules, and writes what the actor's outbox receives.
 
-use super::im::{self, Origin, PresenceState};
+use super::im::{self, Origin};
 use super::outbox::{Outbox, Outgoing};
 use crate::modules::{self, Event, Flow, HookCtx, IqCtx, IqTarget};
 use crate::net::transport::Transport;
-use crate::router::{SessionHandle, ToSession};
+use crate::router::{SessionHandle, ToSession, ToUser, UserHandle};
 use crate::server::Server;
 use crate::stanza::{Condition, NS_CLIENT, StanzaError, error_reply, iq_result};
 use crate::stream::negotiate::{Bound, read_failed};
@@ -67,7 +67,8 @@ struct Session<S> {
     bare: String,
     full: String,
     id: u64,
-    presence: PresenceState,
+    /// The actor of this session's user on this node.
+    user: UserHandle,
 }
 
 /// Starts the session actor of a bound connection on the current arbiter.
@@ -87,7 +88,10 @@ pub fn start<S: Transport + 'static>(server: Arc<Server>, bound: Bound<S>) {
         let bare = bound.bare.to_string();
         let resource = bound.full.resource().to_string();
         let id = handle.id;
-        if let Some(old) = server.router.bind(&bare, &resource, handle) {
+        let (old, user) = server.router.bind(&bare, &resource, handle, || {
+            super::user::start(server.clone(), &bare)
+        });
+        if let Some(old) = old {
             // RFC 6120 §7.7.2.2: the new session replaces the old one.
             old.close("conflict");
         }
@@ -98,7 +102,7 @@ pub fn start<S: Transport + 'static>(server: Arc<Server>, bound: Bound<S>) {
             bare,
             full: bound.full.to_string(),
             id,
-            presence: PresenceState::default(),
+            user,
         });
         let task = serve(s, outbox.clone()).instrument(span);
         ctx.spawn(actix::fut::wrap_future::<_, C2s>(task).map(|(), _, ctx| ctx.stop()));
@@ -109,13 +113,14 @@ pub fn start<S: Transport + 'static>(server: Arc<Server>, bound: Bound<S>) {
 /// The stream task: serves the bound stream to its end.
 async fn serve<S: Transport>(mut s: Box<Session<S>>, outbox: Arc<Outbox>) {
     tracing::info!("session bound");
-    // The route goes into the replicated table before the session
-    // handles anything, so its presence updates follow it.
-    let resource = im::split(&s.full).1.unwrap_or_default().to_owned();
-    let end = match crate::routing::bind(&s.server, &s.bare, &resource, s.id).await {
-        Ok(()) => s.run(&outbox).await,
-        Err(e) => {
-            tracing::error!(error = %e, "could not record the session's route");
+    let attach = ToUser::Attach {
+        session: s.id,
+        full: s.full.clone(),
+    };
+    let end = match s.user.send(attach).await {
+        Ok(Ok(())) => s.run(&outbox).await,
+        Ok(Err(_)) | Err(_) => {
+            tracing::error!("could not record the session's route");
             End::Error("internal-server-error")
         }
     };
@@ -123,25 +128,21 @@ async fn serve<S: Transport>(mut s: Box<Session<S>>, outbox: Arc<Outbox>) {
     tracing::info!("session ended");
 }
 
-/// Leaves the router, tells contacts, re-routes what was still queued and
-/// closes the stream (boxed by the caller: it runs once).
+/// Leaves the router, has the user actor tell contacts and remove the
+/// route, re-routes what was still queued and closes the stream (boxed by
+/// the caller: it runs once).
 async fn finish<S: Transport>(s: &mut Session<S>, outbox: &Outbox, end: End) {
     let server: &Server = &s.server;
     // Leave the router first, so nothing more is queued here, then hand on
     // what was queued but never written: it is owed to the user.
     let owned = server.router.unbind(&s.bare, s.id);
     let leftovers = outbox.end();
-    let origin = Origin {
-        bare: &s.bare,
-        full: &s.full,
-        session_id: s.id,
+    let detach = ToUser::Detach {
+        session: s.id,
+        owned,
     };
-    im::session_ended(server, &origin, &mut s.presence).await;
-    let resource = im::split(&s.full).1.unwrap_or_default();
-    let last = s.presence.last_activity.take();
-    if let Err(e) = crate::routing::unbind(server, &s.bare, resource, s.id, owned, last).await {
-        // Left for the node's lease expiry or its next start to clear.
-        tracing::warn!(error = %e, "could not remove the session's route");
+    if s.user.send(detach).await.is_err() {
+        tracing::warn!("the user actor was gone before the session ended");
     }
     for xml in leftovers {
         im::reroute(server, &xml).await;
@@ -305,17 +306,22 @@ impl<S: Transport> Session<S> {
                 if self.outbound_hooks(Event::PresenceOut, &mut el) == Flow::Handled {
                     return Ok(());
                 }
-                let origin = Origin {
-                    bare: &self.bare,
-                    full: &self.full,
-                    session_id: self.id,
-                };
                 // Errors carry the addresses and id, not the payload
                 // (RFC 6120 §8.3.1 makes the payload optional).
                 let shell = shell_of(&el);
-                match im::presence(&self.server, &origin, &mut self.presence, el).await {
-                    Ok(()) => Ok(()),
-                    Err(e) => self.reply_error(&shell, e).await,
+                // Presence changes the user's online state: its actor
+                // applies RFC 6121 to it, one operation at a time.
+                let msg = ToUser::Presence {
+                    session: self.id,
+                    el,
+                };
+                match self.user.send(msg).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => self.reply_error(&shell, e).await,
+                    Err(_) => {
+                        self.reply_error(&shell, Condition::InternalServerError.into())
+                            .await
+                    }
                 }
             }
         }

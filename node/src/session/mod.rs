@@ -1,6 +1,8 @@
-//! Sessions: the bound client session actor and the RFC 6121 logic it
-//! applies on behalf of its user.
+//! Sessions: the bound client session actor (`c2s`), the actor of each
+//! user with a session on this node (`user`), and the RFC 6121 logic they
+//! apply (`im`).
 
 pub mod c2s;
 pub mod im;
 mod outbox;
+pub mod user;
