@@ -47,6 +47,9 @@ fn op_bytes(op: &Op) -> usize {
             value,
             ..
         } => space.len() + prefix.len() + value.len() + 8,
+        Op::ExpectValue { space, key, value } => {
+            space.len() + key.len() + value.as_ref().map_or(0, Vec::len)
+        }
     }
 }
 

@@ -104,6 +104,16 @@ pub enum Op {
         value: Vec<u8>,
         max: u64,
     },
+    /// Go on only if `key`'s current value equals `value` (`None`: the key is
+    /// absent); otherwise the write fails with `OpResult::Mismatch`. The
+    /// compare half of a compare-and-set: per-user read-modify-writes put
+    /// the version they read here, so two nodes never lose each other's update.
+    // Last on purpose: a variant's position is part of the log encoding.
+    ExpectValue {
+        space: String,
+        key: Vec<u8>,
+        value: Option<Vec<u8>>,
+    },
 }
 
 /// What happened to one operation.
@@ -116,7 +126,8 @@ pub enum OpResult {
     Exists,
     /// `Append` found the quota reached: the write was aborted.
     Full,
-    /// `Expect` found another value (or none): the write was aborted.
+    /// `Expect` or `ExpectValue` found another value (or none): the write
+    /// was aborted.
     Mismatch,
     /// `DeleteIndexed` removed these `(key, value)` pairs of its space.
     Removed(Vec<(Vec<u8>, Vec<u8>)>),

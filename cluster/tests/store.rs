@@ -1,5 +1,6 @@
-//! The `Store` API on a single node: reads and writes, conditional aborts,
-//! `Append` quotas, durability across restarts and group commit.
+//! The `Store` API on a single node: reads and writes, conditional aborts
+//! (compare-and-set among them), `Append` quotas, durability across restarts
+//! and group commit.
 
 use std::path::Path;
 use std::time::Duration;
@@ -138,6 +139,68 @@ async fn failed_insert_aborts_the_whole_write() {
         .unwrap();
     assert_eq!(r, vec![OpResult::Aborted, OpResult::Exists]);
     assert_eq!(store.get("accounts", b"dave").unwrap(), None);
+    store.shutdown().await.unwrap();
+}
+
+fn expect_value(space: &str, key: &str, value: Option<&str>) -> Op {
+    Op::ExpectValue {
+        space: space.into(),
+        key: key.into(),
+        value: value.map(Into::into),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_value_is_a_compare_and_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(cfg(dir.path())).await.unwrap();
+
+    // Created only if still absent.
+    let r = store
+        .write(vec![
+            expect_value("roster", "alice", None),
+            put("roster", "alice", "v1"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(r, vec![OpResult::Done, OpResult::Done]);
+
+    // Updated from the version read.
+    let r = store
+        .write(vec![
+            expect_value("roster", "alice", Some("v1")),
+            put("roster", "alice", "v2"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(r, vec![OpResult::Done, OpResult::Done]);
+
+    // A stale version: nothing of the write applies.
+    let r = store
+        .write(vec![
+            put("roster", "bob", "x"),
+            expect_value("roster", "alice", Some("v1")),
+            put("roster", "alice", "lost update"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        r,
+        vec![OpResult::Aborted, OpResult::Mismatch, OpResult::Aborted]
+    );
+    assert_eq!(store.get("roster", b"alice").unwrap(), Some(b"v2".to_vec()));
+    assert_eq!(store.get("roster", b"bob").unwrap(), None);
+
+    // Absence expected, but the key is there.
+    let r = store
+        .write(vec![
+            expect_value("roster", "alice", None),
+            put("roster", "alice", "v1 again"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(r, vec![OpResult::Mismatch, OpResult::Aborted]);
+    assert_eq!(store.get("roster", b"alice").unwrap(), Some(b"v2".to_vec()));
     store.shutdown().await.unwrap();
 }
 

@@ -165,6 +165,13 @@ impl Overlay {
                         OpResult::Mismatch
                     }
                 }
+                Op::ExpectValue { space, key, value } => {
+                    if self.get(base, space, key)? == *value {
+                        OpResult::Done
+                    } else {
+                        OpResult::Mismatch
+                    }
+                }
                 Op::DeleteIndexed {
                     space,
                     index,
@@ -393,6 +400,104 @@ mod tests {
         assert_eq!(
             ov.spaces["other"].get(&b"k"[..]),
             Some(&Some(b"v".to_vec()))
+        );
+    }
+
+    #[test]
+    fn expect_value_compares_the_whole_value_or_absence() {
+        let mut base = Mem::default();
+        base.0
+            .insert(("roster".into(), b"alice".to_vec()), b"v7".to_vec());
+        let expect = |key: &[u8], value: Option<&[u8]>| Op::ExpectValue {
+            space: "roster".into(),
+            key: key.to_vec(),
+            value: value.map(<[u8]>::to_vec),
+        };
+        let set = |key: &[u8], value: &[u8]| Op::Put {
+            space: "roster".into(),
+            key: key.to_vec(),
+            value: value.to_vec(),
+        };
+        let untouched = |ov: &Overlay| ov.spaces.get("roster").is_none_or(|m| m.is_empty());
+
+        // The present value matches: the write goes on.
+        let mut ov = Overlay::default();
+        assert_eq!(
+            ov.apply_write(
+                &base,
+                &[expect(b"alice", Some(b"v7")), set(b"alice", b"v8")]
+            )
+            .unwrap(),
+            vec![OpResult::Done, OpResult::Done]
+        );
+        assert_eq!(
+            ov.spaces["roster"].get(&b"alice"[..]),
+            Some(&Some(b"v8".to_vec()))
+        );
+
+        // Absent, and absence expected: the write goes on.
+        let mut ov = Overlay::default();
+        assert_eq!(
+            ov.apply_write(&base, &[expect(b"bob", None), set(b"bob", b"v1")])
+                .unwrap(),
+            vec![OpResult::Done, OpResult::Done]
+        );
+        assert_eq!(
+            ov.spaces["roster"].get(&b"bob"[..]),
+            Some(&Some(b"v1".to_vec()))
+        );
+
+        // Another value (a prefix of it is not enough): the whole write is
+        // aborted, ops before and after the compare alike.
+        for stale in [&b"v6"[..], b"v", b"v77"] {
+            let mut ov = Overlay::default();
+            assert_eq!(
+                ov.apply_write(
+                    &base,
+                    &[
+                        set(b"carol", b"x"),
+                        expect(b"alice", Some(stale)),
+                        set(b"alice", b"v8"),
+                    ],
+                )
+                .unwrap(),
+                vec![OpResult::Aborted, OpResult::Mismatch, OpResult::Aborted]
+            );
+            assert!(untouched(&ov));
+        }
+
+        // Present, but absence expected (someone created it first).
+        let mut ov = Overlay::default();
+        assert_eq!(
+            ov.apply_write(&base, &[expect(b"alice", None), set(b"alice", b"v1")])
+                .unwrap(),
+            vec![OpResult::Mismatch, OpResult::Aborted]
+        );
+        assert!(untouched(&ov));
+
+        // Absent, but a value expected (someone removed it).
+        let mut ov = Overlay::default();
+        assert_eq!(
+            ov.apply_write(&base, &[expect(b"bob", Some(b"v1"))])
+                .unwrap(),
+            vec![OpResult::Mismatch]
+        );
+
+        // Within one apply, a write compares against the writes before it:
+        // of two read-modify-writes from the same version, the second fails.
+        let mut ov = Overlay::default();
+        let rmw = |next: &[u8]| [expect(b"alice", Some(b"v7")), set(b"alice", next)];
+        assert_eq!(
+            ov.apply_write(&base, &rmw(b"from node 1")).unwrap(),
+            vec![OpResult::Done, OpResult::Done]
+        );
+        assert_eq!(
+            ov.apply_write(&base, &rmw(b"from node 2")).unwrap(),
+            vec![OpResult::Mismatch, OpResult::Aborted]
+        );
+        assert_eq!(
+            ov.spaces["roster"].get(&b"alice"[..]),
+            Some(&Some(b"from node 1".to_vec()))
         );
     }
 }
