@@ -15,11 +15,12 @@ use std::time::{Duration, Instant};
 use openraft::error::{ClientWriteError, Fatal, RaftError};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::error::StoreError;
 use crate::metrics;
+use crate::op::{Op, OpResult};
 use crate::raft::admin::Forwarder;
 use crate::raft::{NodeId, Raft, Request};
 use crate::transport::Transport;
-use crate::{Op, OpResult, StoreError};
 
 pub const MAX_WRITES_PER_ENTRY: usize = 512;
 /// Stop adding writes to an entry once its payload passes this size, so one

@@ -25,7 +25,8 @@ use starling_proto::cluster::delivery_server::Delivery;
 use tokio::sync::{mpsc, oneshot, watch};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::{Shared, metrics};
+use crate::metrics;
+use crate::shared::Shared;
 
 /// A stanza travelling to another node, with the routing the sender
 /// resolved.

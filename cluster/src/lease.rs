@@ -27,8 +27,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::batcher::Pending;
+use crate::error::StoreError;
 use crate::kv::{Kv, KvTree};
-use crate::{Op, OpResult, Shared, StoreError, metrics, routes};
+use crate::op::{Op, OpResult};
+use crate::shared::Shared;
+use crate::{metrics, routes};
 
 /// Space of leases: key node id (u64 big-endian), value the node's renewal
 /// counter (u64 big-endian).

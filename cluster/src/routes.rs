@@ -14,7 +14,7 @@
 //! value then names the new node and the old node's stale index entry no
 //! longer owns it (`DeleteIndexed` checks the value's prefix).
 
-use crate::Op;
+use crate::op::Op;
 
 pub const ROUTES: &str = "jid_route";
 pub const NODE_ROUTES: &str = "node_route";

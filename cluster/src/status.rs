@@ -6,8 +6,15 @@ use std::time::Duration;
 
 use starling_proto::cluster as pb;
 
-use crate::Shared;
+use std::sync::atomic::Ordering;
+
+use crate::config::ClusterTls;
+use crate::error::StoreError;
+use crate::handle::Store;
 use crate::kv::{Kv, KvTree};
+use crate::shared::Shared;
+use crate::transport::Transport;
+use crate::{lease, raft};
 
 /// One node's view of the cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -150,4 +157,35 @@ impl From<pb::StatusReply> for ClusterStatus {
                 .collect(),
         }
     }
+}
+impl Store {
+    /// This node's view of the cluster (replication state on the leader
+    /// only). Also served as `Admin.Status`; see [`query_status`].
+    pub fn status(&self) -> ClusterStatus {
+        local(&self.inner.shared)
+    }
+
+    /// The current leader's node id, as far as this node knows.
+    pub fn leader(&self) -> Option<u64> {
+        self.inner.raft.metrics().borrow().current_leader
+    }
+
+    /// Whether this node can commit: its last lease renewal committed
+    /// within the lease TTL (with leases off: a leader is known). A node
+    /// on the minority side of a partition turns unhealthy within the TTL;
+    /// the node should then refuse logins.
+    pub fn is_healthy(&self) -> bool {
+        !self.inner.closed.load(Ordering::SeqCst) && lease::check_health(&self.inner.shared)
+    }
+}
+
+/// Asks the node whose cluster gRPC is at `addr` for its view of the
+/// cluster (`starling cluster status --addr`). With the cluster's TLS
+/// files when it uses mutual TLS (a node certificate of the cluster CA).
+pub async fn query_status(
+    addr: &str,
+    tls: Option<&ClusterTls>,
+) -> Result<ClusterStatus, StoreError> {
+    let transport = Transport::new(tls, None)?;
+    Ok(raft::admin::status(&transport, addr).await?.into())
 }

@@ -9,8 +9,9 @@ use std::time::Duration;
 use tonic::transport::ServerTlsConfig;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Server};
 
+use crate::config::ClusterTls;
+use crate::error::StoreError;
 use crate::pki::NODE_NAME;
-use crate::{ClusterTls, StoreError};
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 

@@ -22,9 +22,10 @@ use tonic::{Request, Response, Status};
 
 use crate::batcher::client_write_error;
 use crate::codec::{decode, encode};
+use crate::error::StoreError;
 use crate::raft::{NodeId, Raft, Request as WriteRequest, Response as WriteResponse};
+use crate::shared::Shared;
 use crate::transport::Transport;
-use crate::{Shared, StoreError};
 
 /// Adds `node_id` as a learner, waits for it to catch up, then makes it a
 /// voter. Leader only.

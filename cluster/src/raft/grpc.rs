@@ -12,11 +12,11 @@ use starling_proto::cluster::raft_server::{Raft as RaftRpc, RaftServer};
 use starling_proto::cluster::{RaftReply, RaftRequest};
 use tonic::{Request, Response, Status};
 
-use crate::Shared;
 use crate::codec::{decode, encode};
 use crate::delivery::DeliveryService;
 use crate::raft::Raft;
 use crate::raft::admin::AdminService;
+use crate::shared::Shared;
 
 pub struct RaftService {
     raft: Raft,

@@ -12,7 +12,7 @@ use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Op, OpResult};
+use crate::op::{Op, OpResult};
 
 /// The application data of one Raft entry: the writes of many callers,
 /// applied in order, each atomically.

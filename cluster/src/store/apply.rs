@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::kv::KvResult;
-use crate::{Op, OpResult};
+use crate::op::{Op, OpResult};
 
 /// Read access to the committed state under the overlay.
 pub trait Base {
