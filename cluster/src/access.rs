@@ -7,8 +7,8 @@ use std::sync::atomic::Ordering;
 use openraft::error::{CheckIsLeaderError, RaftError};
 use tokio::sync::oneshot;
 
-use crate::batcher::{self, Pending};
-use crate::error::{StoreError, leader_error, storage};
+use crate::batcher::Pending;
+use crate::error::{StoreError, fatal, leader_error, storage};
 use crate::handle::{START_TIMEOUT, Store};
 use crate::kv::{self, Kv, KvTree};
 use crate::op::{Op, OpResult};
@@ -158,7 +158,7 @@ impl Store {
         let Some(applied) = applied else {
             return Ok(());
         };
-        raft.trigger().snapshot().await.map_err(batcher::fatal)?;
+        raft.trigger().snapshot().await.map_err(fatal)?;
         raft.wait(Some(START_TIMEOUT))
             .snapshot(applied, "snapshot built")
             .await
@@ -175,7 +175,7 @@ impl Store {
         raft.trigger()
             .purge_log(applied.index)
             .await
-            .map_err(batcher::fatal)?;
+            .map_err(fatal)?;
         raft.wait(Some(START_TIMEOUT))
             .metrics(
                 |m| m.purged.is_some_and(|p| p.index >= applied.index),

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::batcher::{self, Counters};
 use crate::config::{StoreConfig, StoreOptions};
-use crate::error::{StoreError, leader_error, storage};
+use crate::error::{StoreError, fatal, leader_error, storage};
 use crate::handle::{Inner, START_TIMEOUT, Store};
 use crate::kv::SledKv;
 use crate::shared::Shared;
@@ -94,7 +94,7 @@ impl Store {
         .await
         .map_err(storage)?;
 
-        let initialized = raft.is_initialized().await.map_err(batcher::fatal)?;
+        let initialized = raft.is_initialized().await.map_err(fatal)?;
         if !initialized && init_alone {
             let members = BTreeMap::from([(cfg.node_id, BasicNode::new(&cfg.raft_addr))]);
             raft.initialize(members).await.map_err(storage)?;

@@ -2,9 +2,9 @@
 //! turn lower errors into it.
 
 use openraft::BasicNode;
-use openraft::error::{CheckIsLeaderError, RaftError};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, Fatal, RaftError};
 
-use crate::batcher;
+use crate::raft::{Node, NodeId};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -23,6 +23,25 @@ pub(crate) fn storage(e: impl std::fmt::Display) -> StoreError {
 pub(crate) fn leader_error(e: RaftError<u64, CheckIsLeaderError<u64, BasicNode>>) -> StoreError {
     match e {
         RaftError::APIError(e) => StoreError::Unavailable(e.to_string()),
-        RaftError::Fatal(f) => batcher::fatal(f),
+        RaftError::Fatal(f) => fatal(f),
+    }
+}
+
+pub(crate) fn client_write_error(
+    e: RaftError<NodeId, ClientWriteError<NodeId, Node>>,
+) -> StoreError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            StoreError::Unavailable(format!("not the leader (leader: {:?})", f.leader_id))
+        }
+        RaftError::APIError(e) => StoreError::Unavailable(e.to_string()),
+        RaftError::Fatal(f) => fatal(f),
+    }
+}
+
+pub(crate) fn fatal(f: Fatal<NodeId>) -> StoreError {
+    match f {
+        Fatal::Stopped => StoreError::Shutdown,
+        other => StoreError::Storage(other.to_string()),
     }
 }

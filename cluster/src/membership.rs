@@ -30,7 +30,7 @@ impl Store {
     /// leader must reach this node at its `raft_addr`).
     pub async fn join(&self, seed_addr: &str) -> Result<(), StoreError> {
         let s = &self.inner.shared;
-        raft::admin::join(&s.transport, seed_addr, s.node_id, &s.raft_addr).await?;
+        raft::admin_client::join(&s.transport, seed_addr, s.node_id, &s.raft_addr).await?;
         // Learn the new membership before returning.
         self.inner
             .raft
@@ -91,7 +91,7 @@ impl Store {
             let mut order: Vec<_> = order.collect();
             order.sort();
             for (_, addr) in order {
-                match raft::admin::leave(&s.transport, addr, s.node_id).await {
+                match raft::admin_client::leave(&s.transport, addr, s.node_id).await {
                     Ok(()) => {
                         done = true;
                         break;
@@ -131,7 +131,7 @@ impl Store {
             (Some(l), _) if l == s.node_id => {
                 raft::admin::remove_member(&self.inner.raft, node_id).await
             }
-            (_, Some(addr)) => raft::admin::leave(&s.transport, &addr, node_id).await,
+            (_, Some(addr)) => raft::admin_client::leave(&s.transport, &addr, node_id).await,
             _ => Err(StoreError::Unavailable("no leader known".into())),
         }
     }

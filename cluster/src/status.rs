@@ -187,5 +187,5 @@ pub async fn query_status(
     tls: Option<&ClusterTls>,
 ) -> Result<ClusterStatus, StoreError> {
     let transport = Transport::new(tls, None)?;
-    Ok(raft::admin::status(&transport, addr).await?.into())
+    Ok(raft::admin_client::status(&transport, addr).await?.into())
 }

@@ -5,6 +5,7 @@
 //! `batcher.rs`.
 
 pub mod admin;
+pub mod admin_client;
 pub mod grpc;
 pub mod network;
 
