@@ -18,7 +18,7 @@ use crate::kv::SledKv;
 use crate::shared::Shared;
 use crate::store::{LogStore, StateMachine};
 use crate::transport::Transport;
-use crate::{delivery, lease, metrics, raft};
+use crate::{delivery, events, lease, metrics, raft};
 
 /// Opens sled, waiting a little if a previous owner (an instance being shut
 /// down, or a process still exiting) holds its lock.
@@ -77,7 +77,7 @@ impl Store {
         let kv = open_kv(&cfg.data_dir).await?;
         let log = LogStore::new(kv.clone()).map_err(storage)?;
         let committed = log.committed_index();
-        let (hooks, expired_rx) = lease::Hooks::new();
+        let (hooks, expired_rx) = events::Hooks::new();
         let sm = StateMachine::new(kv.clone())
             .map_err(storage)?
             .with_hooks(hooks.clone());

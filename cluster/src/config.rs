@@ -3,8 +3,6 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use crate::lease::LeaseConfig;
-
 /// How to open the store.
 #[derive(Clone, Debug)]
 pub struct StoreConfig {
@@ -57,6 +55,26 @@ impl Default for StoreOptions {
             delivery_queue: 4096,
             lease: LeaseConfig::default(),
             write_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// Lease timing. `renew_ms == 0` turns leases off (health is then "a
+/// leader is known").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseConfig {
+    /// How often this node renews its lease.
+    pub renew_ms: u64,
+    /// How long without renewal before the leader expires a node, and
+    /// before a node that cannot commit calls itself unhealthy.
+    pub ttl_ms: u64,
+}
+
+impl Default for LeaseConfig {
+    fn default() -> Self {
+        LeaseConfig {
+            renew_ms: 1000,
+            ttl_ms: 4000,
         }
     }
 }

@@ -19,6 +19,7 @@ mod config;
 mod deliver;
 mod delivery;
 mod error;
+mod events;
 mod handle;
 pub mod kv;
 mod lease;
@@ -35,12 +36,10 @@ mod store;
 mod transport;
 
 pub use crate::access::StoreStats;
-pub use crate::config::{ClusterTls, StoreConfig, StoreOptions};
+pub use crate::config::{ClusterTls, LeaseConfig, StoreConfig, StoreOptions};
 pub use crate::delivery::{DeliveryError, DeliveryResult, Envelope, LocalDelivery};
 pub use crate::error::StoreError;
+pub use crate::events::{ClusterEvents, EXPIRED as EXPIRED_SPACE, LEASES as LEASE_SPACE};
 pub use crate::handle::Store;
-pub use crate::lease::{
-    ClusterEvents, EXPIRED as EXPIRED_SPACE, LEASES as LEASE_SPACE, LeaseConfig,
-};
 pub use crate::op::{Op, OpResult};
 pub use crate::status::{ClusterStatus, MemberStatus, query_status};

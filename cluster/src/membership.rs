@@ -6,8 +6,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::error::StoreError;
+use crate::events::ClusterEvents;
 use crate::handle::{START_TIMEOUT, Store};
-use crate::lease::{self, ClusterEvents};
+use crate::lease;
 use crate::raft;
 
 impl Store {

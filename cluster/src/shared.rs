@@ -7,10 +7,12 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::config::LeaseConfig;
 use crate::delivery::{self, LocalDelivery};
 use crate::error::{StoreError, storage};
+use crate::events::{self, ClusterEvents};
 use crate::kv::{self, Kv, KvTree, SledKv};
-use crate::lease::{self, ClusterEvents, LeaseConfig};
+use crate::lease;
 use crate::raft;
 use crate::store::space_tree;
 use crate::transport::Transport;
@@ -30,7 +32,7 @@ pub(crate) struct Shared {
     pub delivery_queue: usize,
     pub lease: LeaseConfig,
     pub health: lease::Health,
-    pub hooks: Arc<lease::Hooks>,
+    pub hooks: Arc<events::Hooks>,
     pub events: std::sync::RwLock<Option<Arc<dyn ClusterEvents>>>,
     pub write_timeout: Duration,
     pub kv: SledKv,
@@ -44,15 +46,15 @@ pub(crate) struct Shared {
 impl Shared {
     pub fn lease_space(&self) -> Result<kv::Pairs, StoreError> {
         self.kv
-            .tree(&space_tree(lease::LEASES))
+            .tree(&space_tree(events::LEASES))
             .and_then(|t| t.scan_prefix(b""))
             .map_err(storage)
     }
 
     pub fn is_expired(&self, id: u64) -> bool {
         self.kv
-            .tree(&space_tree(lease::EXPIRED))
-            .and_then(|t| t.get(&lease::node_key(id)))
+            .tree(&space_tree(events::EXPIRED))
+            .and_then(|t| t.get(&events::node_key(id)))
             .is_ok_and(|v| v.is_some())
     }
 }

@@ -18,8 +18,8 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{decode, encode};
+use crate::events::{Hooks, Observed};
 use crate::kv::{Change, Kv, KvResult, KvTree, Pairs};
-use crate::lease::{Hooks, Observed};
 use crate::metrics;
 use crate::raft::{Entry, LogId, Node, NodeId, Response, StorageError, TypeConfig};
 use crate::store::apply::{Base, Overlay};
