@@ -12,9 +12,11 @@ use tokio::sync::{mpsc, watch};
 
 use crate::batcher::{self, Counters};
 use crate::config::{StoreConfig, StoreOptions};
+use crate::delivery::Hub;
 use crate::error::{StoreError, fatal, leader_error, storage};
 use crate::handle::{Inner, START_TIMEOUT, Store};
 use crate::kv::SledKv;
+use crate::lease::Leases;
 use crate::shared::Shared;
 use crate::store::{LogStore, StateMachine};
 use crate::transport::Transport;
@@ -122,29 +124,37 @@ impl Store {
             committed: committed.clone(),
             transport,
             stop,
-            local: std::sync::RwLock::new(None),
-            peers: delivery::Peers::default(),
-            delivery_queue: opts.delivery_queue.max(1),
-            lease: opts.lease,
+            write_timeout: Duration::from_millis(opts.write_timeout_ms.max(1)),
+            kv: kv.clone(),
+            rt: tokio::runtime::Handle::current(),
+        });
+        let leases = Arc::new(Leases {
+            shared: shared.clone(),
+            cfg: opts.lease,
             health: lease::Health::default(),
             hooks,
             events: std::sync::RwLock::new(None),
-            write_timeout: Duration::from_millis(opts.write_timeout_ms.max(1)),
-            kv: kv.clone(),
             leaving: AtomicBool::new(false),
-            rt: tokio::runtime::Handle::current(),
+        });
+        let hub = Arc::new(Hub {
+            shared: shared.clone(),
+            local: std::sync::RwLock::new(None),
+            peers: delivery::Peers::default(),
+            queue: opts.delivery_queue.max(1),
         });
         if alone {
             // The sole voter commits on its own: healthy from the start.
-            shared.health.renewed(std::time::Instant::now());
+            leases.health.renewed(std::time::Instant::now());
         }
         if opts.lease.renew_ms > 0 {
-            tokio::spawn(lease::renew(shared.clone(), tx.clone()));
+            tokio::spawn(lease::renew(leases.clone(), tx.clone()));
         }
-        tokio::spawn(lease::monitor(shared.clone(), tx.clone(), expired_rx));
+        tokio::spawn(lease::monitor(leases.clone(), tx.clone(), expired_rx));
         Ok(Store {
             inner: Arc::new(Inner {
                 shared,
+                leases,
+                hub,
                 raft,
                 kv,
                 writes: tx,

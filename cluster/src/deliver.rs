@@ -15,7 +15,7 @@ impl Store {
     pub fn set_local_delivery(&self, handler: Arc<dyn LocalDelivery>) {
         *self
             .inner
-            .shared
+            .hub
             .local
             .write()
             .unwrap_or_else(|e| e.into_inner()) = Some(handler);
@@ -26,7 +26,7 @@ impl Store {
     /// A full queue to that node is `Backpressure` at once. Whether it was delivered is only counted
     /// (`starling_cluster_delivered_total`); use `deliver_acked` to know.
     pub fn deliver(&self, node_id: u64, env: Envelope) -> Result<(), DeliveryError> {
-        delivery::send(&self.inner.shared, node_id, env, None)
+        delivery::send(&self.inner.hub, node_id, env, None)
     }
 
     /// Sends `env` to node `node_id` and waits for that node's answer, so
@@ -40,7 +40,7 @@ impl Store {
         env: Envelope,
     ) -> Result<DeliveryResult, DeliveryError> {
         let (tx, rx) = oneshot::channel();
-        delivery::send(&self.inner.shared, node_id, env, Some(tx))?;
+        delivery::send(&self.inner.hub, node_id, env, Some(tx))?;
         // The timer runs on the store's runtime: callers may be anywhere.
         let wait = self
             .inner

@@ -125,6 +125,17 @@ pub struct Peers {
     queues: std::sync::Mutex<HashMap<u64, mpsc::Sender<Outgoing>>>,
 }
 
+/// This node's end of delivery: the node's handler for what arrives and
+/// the queues of what leaves. Holding it does not keep a `Store` alive.
+pub struct Hub {
+    pub shared: Arc<Shared>,
+    /// The node's handler; `None` until it registers one.
+    pub local: std::sync::RwLock<Option<Arc<dyn LocalDelivery>>>,
+    pub peers: Peers,
+    /// Envelopes queued per peer before `send` answers `Backpressure`.
+    pub queue: usize,
+}
+
 fn result_code(r: DeliveryResult) -> u32 {
     match r {
         DeliveryResult::Delivered => 0,
@@ -152,12 +163,8 @@ fn peer_addr(shared: &Shared, peer: u64) -> Option<String> {
         .map(|n| n.addr.clone())
 }
 
-fn local(shared: &Shared, env: Envelope) -> DeliveryResult {
-    let handler = shared
-        .local
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
+fn local(hub: &Hub, env: Envelope) -> DeliveryResult {
+    let handler = hub.local.read().unwrap_or_else(|e| e.into_inner()).clone();
     match handler {
         Some(h) => h.deliver(env),
         None => DeliveryResult::Refused,
@@ -166,16 +173,17 @@ fn local(shared: &Shared, env: Envelope) -> DeliveryResult {
 
 /// Queues `env` for `peer` (or delivers it here when `peer` is this node).
 pub fn send(
-    shared: &Arc<Shared>,
+    hub: &Arc<Hub>,
     peer: u64,
     mut env: Envelope,
     ack: Option<oneshot::Sender<Result<DeliveryResult, DeliveryError>>>,
 ) -> Result<(), DeliveryError> {
+    let shared = &hub.shared;
     if *shared.stop.borrow() {
         return Err(DeliveryError::Shutdown);
     }
     if peer == shared.node_id {
-        let r = local(shared, env);
+        let r = local(hub, env);
         Outgoing {
             env: Envelope::default(),
             ack,
@@ -190,11 +198,7 @@ pub fn send(
         .last_applied
         .map_or(0, |l| l.index);
     let tx = {
-        let mut queues = shared
-            .peers
-            .queues
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut queues = hub.peers.queues.lock().unwrap_or_else(|e| e.into_inner());
         match queues.get(&peer) {
             Some(tx) if !tx.is_closed() => tx.clone(),
             _ => {
@@ -202,8 +206,8 @@ pub fn send(
                     metrics::delivery_error("unknown_node");
                     return Err(DeliveryError::UnknownNode(peer));
                 }
-                let (tx, rx) = mpsc::channel(shared.delivery_queue);
-                shared.rt.spawn(run_peer(shared.clone(), peer, rx));
+                let (tx, rx) = mpsc::channel(hub.queue);
+                shared.rt.spawn(run_peer(hub.clone(), peer, rx));
                 queues.insert(peer, tx.clone());
                 tx
             }
@@ -231,17 +235,18 @@ fn depth(peer: u64, tx: &mpsc::Sender<Outgoing>) {
 
 /// Owns the stream to `peer` until the store stops or the peer leaves the
 /// membership.
-async fn run_peer(shared: Arc<Shared>, peer: u64, mut rx: mpsc::Receiver<Outgoing>) {
+async fn run_peer(hub: Arc<Hub>, peer: u64, mut rx: mpsc::Receiver<Outgoing>) {
+    let shared = &hub.shared;
     let mut stop = shared.stop.subscribe();
     let mut backoff = BACKOFF_MIN;
     loop {
         if *stop.borrow() {
             break;
         }
-        let Some(addr) = peer_addr(&shared, peer) else {
+        let Some(addr) = peer_addr(shared, peer) else {
             break;
         };
-        match session(&shared, peer, &addr, &mut rx, &mut stop).await {
+        match session(shared, peer, &addr, &mut rx, &mut stop).await {
             Ok(()) => break, // stopped
             Err(Connected(true, e)) => {
                 tracing::info!(peer, error = %e, "delivery stream to node broke; reconnecting");
@@ -267,8 +272,7 @@ async fn run_peer(shared: Arc<Shared>, peer: u64, mut rx: mpsc::Receiver<Outgoin
         }
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
-    shared
-        .peers
+    hub.peers
         .queues
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -368,7 +372,7 @@ async fn session(
 
 /// The receiving side of `Delivery.Stream`.
 pub struct DeliveryService {
-    pub shared: Arc<Shared>,
+    pub hub: Arc<Hub>,
 }
 
 type AckStream = Pin<Box<dyn Stream<Item = Result<pb::Ack, Status>> + Send>>;
@@ -382,9 +386,10 @@ impl Delivery for DeliveryService {
         req: Request<Streaming<pb::Envelope>>,
     ) -> Result<Response<AckStream>, Status> {
         let mut inbound = req.into_inner();
-        let shared = self.shared.clone();
+        let hub = self.hub.clone();
         let (tx, rx) = mpsc::channel::<pb::Ack>(WINDOW);
         tokio::spawn(async move {
+            let shared = &hub.shared;
             let mut stop = shared.stop.subscribe();
             loop {
                 let msg = tokio::select! {
@@ -402,7 +407,7 @@ impl Delivery for DeliveryService {
                         .await;
                 }
                 let r = local(
-                    &shared,
+                    &hub,
                     Envelope {
                         to: e.to,
                         from: e.from,

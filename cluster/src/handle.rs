@@ -7,8 +7,10 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use crate::batcher::{Counters, Pending};
+use crate::delivery::Hub;
 use crate::error::{StoreError, storage};
 use crate::kv::{Kv, SledKv};
+use crate::lease::Leases;
 use crate::shared::Shared;
 use crate::{metrics, raft};
 
@@ -24,6 +26,8 @@ pub struct Store {
 
 pub(crate) struct Inner {
     pub shared: Arc<Shared>,
+    pub leases: Arc<Leases>,
+    pub hub: Arc<Hub>,
     pub raft: raft::Raft,
     pub kv: SledKv,
     pub writes: mpsc::Sender<Pending>,

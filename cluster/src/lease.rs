@@ -21,18 +21,51 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
 use crate::batcher::Pending;
-use crate::error::StoreError;
-use crate::events::{EXPIRED, Event, LEASES, key_id, node_key};
-use crate::kv::{Kv, KvTree};
+use crate::config::LeaseConfig;
+use crate::error::{StoreError, storage};
+use crate::events::{ClusterEvents, EXPIRED, Event, Hooks, LEASES, key_id, node_key};
+use crate::kv::{self, Kv, KvTree};
 use crate::op::Op;
 use crate::shared::Shared;
+use crate::store::space_tree;
 use crate::{metrics, routes};
+
+/// This node's lease state, shared by its tasks, the Admin service and the
+/// handle. Holding it does not keep a `Store` alive.
+pub struct Leases {
+    pub shared: Arc<Shared>,
+    pub cfg: LeaseConfig,
+    pub health: Health,
+    pub hooks: Arc<Hooks>,
+    /// The node's handler of cluster events; `None` until it registers one.
+    pub events: RwLock<Option<Arc<dyn ClusterEvents>>>,
+    /// Set by `leave`: lease renewals stop.
+    pub leaving: AtomicBool,
+}
+
+impl Leases {
+    fn lease_space(&self) -> Result<kv::Pairs, StoreError> {
+        self.shared
+            .kv
+            .tree(&space_tree(LEASES))
+            .and_then(|t| t.scan_prefix(b""))
+            .map_err(storage)
+    }
+
+    fn is_expired(&self, id: u64) -> bool {
+        self.shared
+            .kv
+            .tree(&space_tree(EXPIRED))
+            .and_then(|t| t.get(&node_key(id)))
+            .is_ok_and(|v| v.is_some())
+    }
+}
 
 /// This node's view of its own health.
 #[derive(Default)]
@@ -72,15 +105,16 @@ impl Health {
 }
 
 /// Computes health now.
-pub fn check_health(shared: &Shared) -> bool {
+pub fn check_health(leases: &Leases) -> bool {
+    let shared = &leases.shared;
     if *shared.stop.borrow() {
         return false;
     }
-    if shared.lease.renew_ms == 0 {
+    if leases.cfg.renew_ms == 0 {
         return shared.raft.metrics().borrow().current_leader.is_some();
     }
-    let ttl = Duration::from_millis(shared.lease.ttl_ms);
-    shared.health.last_ok().is_some_and(|t| t.elapsed() < ttl)
+    let ttl = Duration::from_millis(leases.cfg.ttl_ms);
+    leases.health.last_ok().is_some_and(|t| t.elapsed() < ttl)
 }
 
 async fn internal_write(
@@ -105,15 +139,16 @@ async fn internal_write(
 }
 
 /// Renews this node's lease until the store stops.
-pub async fn renew(shared: Arc<Shared>, writes: mpsc::Sender<Pending>) {
-    let cfg = shared.lease;
+pub async fn renew(leases: Arc<Leases>, writes: mpsc::Sender<Pending>) {
+    let shared = &leases.shared;
+    let cfg = leases.cfg;
     let mut stop = shared.stop.subscribe();
     let mut tick = tokio::time::interval(Duration::from_millis(cfg.renew_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Monotonic across restarts: continue from the replica's last value.
     let mut counter = shared
         .kv
-        .tree(&crate::store::space_tree(LEASES))
+        .tree(&space_tree(LEASES))
         .and_then(|t| t.get(&node_key(shared.node_id)))
         .ok()
         .flatten()
@@ -126,13 +161,13 @@ pub async fn renew(shared: Arc<Shared>, writes: mpsc::Sender<Pending>) {
             _ = stop.wait_for(|s| *s) => return,
         }
         // Not yet a member (a joining node): nothing to renew.
-        if !is_member(&shared) || shared.leaving.load(Ordering::SeqCst) {
+        if !is_member(shared) || leases.leaving.load(Ordering::SeqCst) {
             continue;
         }
         // A cluster of one commits by itself: no write needed (and no
         // fsync a second on an idle server).
-        if alone(&shared) {
-            shared.health.renewed(Instant::now());
+        if alone(shared) {
+            leases.health.renewed(Instant::now());
             continue;
         }
         counter += 1;
@@ -147,7 +182,7 @@ pub async fn renew(shared: Arc<Shared>, writes: mpsc::Sender<Pending>) {
             _ = stop.wait_for(|s| *s) => return,
         };
         match res {
-            Ok(()) => shared.health.renewed(started),
+            Ok(()) => leases.health.renewed(started),
             Err(StoreError::Shutdown) => return,
             Err(e) => tracing::debug!(error = %e, "lease renewal failed"),
         }
@@ -174,12 +209,13 @@ fn is_member(shared: &Shared) -> bool {
 
 /// Watches this node's health and, while it leads, the others' leases.
 pub async fn monitor(
-    shared: Arc<Shared>,
+    leases: Arc<Leases>,
     writes: mpsc::Sender<Pending>,
     events: mpsc::UnboundedReceiver<Event>,
 ) {
-    tokio::spawn(dispatch(shared.clone(), events));
-    let cfg = shared.lease;
+    tokio::spawn(dispatch(leases.clone(), events));
+    let shared = &leases.shared;
+    let cfg = leases.cfg;
     let ttl = Duration::from_millis(cfg.ttl_ms);
     let period = Duration::from_millis((cfg.renew_ms / 2).clamp(50, 500));
     let mut stop = shared.stop.subscribe();
@@ -191,7 +227,7 @@ pub async fn monitor(
             _ = tokio::time::sleep(period) => {}
             _ = stop.wait_for(|s| *s) => break,
         }
-        shared.health.update(shared.node_id, check_health(&shared));
+        leases.health.update(shared.node_id, check_health(&leases));
 
         let (leading, members) = {
             let m = shared.raft.metrics();
@@ -213,26 +249,26 @@ pub async fn monitor(
         }
         let now = Instant::now();
         let since = *leader_since.get_or_insert(now);
-        let Ok(leases) = shared.lease_space() else {
+        let Ok(held) = leases.lease_space() else {
             continue;
         };
-        let holders: HashSet<u64> = leases.iter().filter_map(|(k, _)| key_id(k)).collect();
+        let holders: HashSet<u64> = held.iter().filter_map(|(k, _)| key_id(k)).collect();
         let mut candidates: HashSet<u64> = members.into_iter().collect();
         candidates.extend(holders.iter().copied());
         candidates.remove(&shared.node_id);
         first_seen.retain(|id, _| candidates.contains(id));
         for id in candidates {
             let seen = *first_seen.entry(id).or_insert(now);
-            let last = [Some(since), Some(seen), shared.hooks.last_renewal(id)]
+            let last = [Some(since), Some(seen), leases.hooks.last_renewal(id)]
                 .into_iter()
                 .flatten()
                 .max()
                 .unwrap_or(now);
             // Already expired and not back since.
-            if !holders.contains(&id) && shared.is_expired(id) {
+            if !holders.contains(&id) && leases.is_expired(id) {
                 continue;
             }
-            if now.duration_since(last) < ttl && !gone(&shared, id, now).await {
+            if now.duration_since(last) < ttl && !gone(&leases, id, now).await {
                 continue;
             }
             if !expiring
@@ -261,7 +297,7 @@ pub async fn monitor(
             });
         }
     }
-    shared.health.update(shared.node_id, false);
+    leases.health.update(shared.node_id, false);
 }
 
 /// Whether node `id` is certainly gone, before its lease runs out: it has
@@ -270,9 +306,10 @@ pub async fn monitor(
 /// crashed; a partitioned or overloaded node times out instead of
 /// refusing). Its sessions died with it, so its contacts can be told at
 /// once rather than after a full TTL counted from this leader's election.
-async fn gone(shared: &Shared, id: u64, now: Instant) -> bool {
-    let quiet = Duration::from_millis(2 * shared.lease.renew_ms);
-    let Some(last) = shared.hooks.last_renewal(id) else {
+async fn gone(leases: &Leases, id: u64, now: Instant) -> bool {
+    let shared = &leases.shared;
+    let quiet = Duration::from_millis(2 * leases.cfg.renew_ms);
+    let Some(last) = leases.hooks.last_renewal(id) else {
         return false;
     };
     if now.duration_since(last) < quiet {
@@ -319,14 +356,14 @@ pub fn expire_ops(id: u64) -> Vec<Op> {
 
 /// Calls the node's `ClusterEvents` for each applied expiry and bulk
 /// route drop.
-async fn dispatch(shared: Arc<Shared>, mut events: mpsc::UnboundedReceiver<Event>) {
-    let mut stop = shared.stop.subscribe();
+async fn dispatch(leases: Arc<Leases>, mut events: mpsc::UnboundedReceiver<Event>) {
+    let mut stop = leases.shared.stop.subscribe();
     loop {
         let event = tokio::select! {
             e = events.recv() => match e { Some(e) => e, None => return },
             _ = stop.wait_for(|s| *s) => return,
         };
-        let handler = shared
+        let handler = leases
             .events
             .read()
             .unwrap_or_else(|e| e.into_inner())

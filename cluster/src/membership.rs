@@ -74,9 +74,10 @@ impl Store {
                 "the only member cannot leave its cluster".into(),
             ));
         }
-        s.leaving.store(true, Ordering::SeqCst);
+        let leaving = &self.inner.leases.leaving;
+        leaving.store(true, Ordering::SeqCst);
         if let Err(e) = self.write_internal(lease::expire_ops(s.node_id)).await {
-            s.leaving.store(false, Ordering::SeqCst);
+            leaving.store(false, Ordering::SeqCst);
             return Err(e);
         }
         if leader == Some(s.node_id) {
@@ -180,7 +181,7 @@ impl Store {
     pub fn set_cluster_events(&self, handler: Arc<dyn ClusterEvents>) {
         *self
             .inner
-            .shared
+            .leases
             .events
             .write()
             .unwrap_or_else(|e| e.into_inner()) = Some(handler);

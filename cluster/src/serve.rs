@@ -15,8 +15,15 @@ impl Store {
         let signal = async move {
             let _ = stop.wait_for(|s| *s).await;
         };
-        raft::grpc::serve(self.inner.shared.clone(), addr, signal)
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("raft gRPC on {addr}: {e}")))
+        let inner = &self.inner;
+        raft::grpc::serve(
+            inner.shared.clone(),
+            inner.leases.clone(),
+            inner.hub.clone(),
+            addr,
+            signal,
+        )
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("raft gRPC on {addr}: {e}")))
     }
 }

@@ -12,7 +12,7 @@ use crate::config::ClusterTls;
 use crate::error::StoreError;
 use crate::handle::Store;
 use crate::kv::{Kv, KvTree};
-use crate::shared::Shared;
+use crate::lease::Leases;
 use crate::transport::Transport;
 use crate::{lease, raft};
 
@@ -51,13 +51,14 @@ pub struct MemberStatus {
     pub sessions: u64,
 }
 
-pub fn local(shared: &Shared) -> ClusterStatus {
+pub fn local(leases: &Leases) -> ClusterStatus {
+    let shared = &leases.shared;
     let m = shared.raft.metrics().borrow().clone();
     let commit_index = shared.committed.load(std::sync::atomic::Ordering::Relaxed);
     let leading = m.current_leader == Some(shared.node_id);
     let membership = m.membership_config.membership();
     let voters: Vec<u64> = membership.voter_ids().collect();
-    let ttl = Duration::from_millis(shared.lease.ttl_ms);
+    let ttl = Duration::from_millis(leases.cfg.ttl_ms);
     let members = membership
         .nodes()
         .map(|(id, node)| {
@@ -71,10 +72,10 @@ pub fn local(shared: &Shared) -> ClusterStatus {
                     .and_then(|r| r.get(id).cloned())
                     .map(|l| l.map_or(0, |l| l.index))
             };
-            let age = shared.hooks.last_renewal(*id).map(|t| t.elapsed());
+            let age = leases.hooks.last_renewal(*id).map(|t| t.elapsed());
             let healthy = if *id == shared.node_id {
-                crate::lease::check_health(shared)
-            } else if shared.lease.renew_ms == 0 {
+                lease::check_health(leases)
+            } else if leases.cfg.renew_ms == 0 {
                 true
             } else {
                 age.is_some_and(|a| a < ttl)
@@ -162,7 +163,7 @@ impl Store {
     /// This node's view of the cluster (replication state on the leader
     /// only). Also served as `Admin.Status`; see [`query_status`].
     pub fn status(&self) -> ClusterStatus {
-        local(&self.inner.shared)
+        local(&self.inner.leases)
     }
 
     /// The current leader's node id, as far as this node knows.
@@ -175,7 +176,7 @@ impl Store {
     /// on the minority side of a partition turns unhealthy within the TTL;
     /// the node should then refuse logins.
     pub fn is_healthy(&self) -> bool {
-        !self.inner.closed.load(Ordering::SeqCst) && lease::check_health(&self.inner.shared)
+        !self.inner.closed.load(Ordering::SeqCst) && lease::check_health(&self.inner.leases)
     }
 }
 

@@ -23,9 +23,11 @@ use tonic::{Request, Response, Status};
 
 use crate::codec::{decode, encode};
 use crate::error::{StoreError, client_write_error};
+use crate::lease::Leases;
 use crate::raft::admin_client::JOIN_TIMEOUT;
 use crate::raft::{NodeId, Raft, Request as WriteRequest};
 use crate::shared::Shared;
+use crate::status;
 
 /// Adds `node_id` as a learner, waits for it to catch up, then makes it a
 /// voter. Leader only.
@@ -52,6 +54,8 @@ pub async fn remove_member(raft: &Raft, node_id: NodeId) -> Result<(), StoreErro
 
 pub struct AdminService {
     pub shared: Arc<Shared>,
+    /// For the status it reports (lease health).
+    pub leases: Arc<Leases>,
 }
 
 impl AdminService {
@@ -163,7 +167,7 @@ impl Admin for AdminService {
     }
 
     async fn status(&self, _req: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
-        Ok(Response::new(crate::status::local(&self.shared).into()))
+        Ok(Response::new(status::local(&self.leases).into()))
     }
 
     async fn forward_write(

@@ -13,7 +13,8 @@ use starling_proto::cluster::{RaftReply, RaftRequest};
 use tonic::{Request, Response, Status};
 
 use crate::codec::{decode, encode};
-use crate::delivery::DeliveryService;
+use crate::delivery::{DeliveryService, Hub};
+use crate::lease::Leases;
 use crate::raft::Raft;
 use crate::raft::admin::AdminService;
 use crate::shared::Shared;
@@ -54,15 +55,19 @@ impl RaftRpc for RaftService {
     }
 }
 
-/// Serves the Raft and Admin services on `addr` until `shutdown` resolves.
+/// Serves the Raft, Admin and Delivery services on `addr` until `shutdown`
+/// resolves.
 pub async fn serve(
     shared: Arc<Shared>,
+    leases: Arc<Leases>,
+    hub: Arc<Hub>,
     addr: SocketAddr,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let raft = shared.raft.clone();
     let admin = AdminServer::new(AdminService {
         shared: shared.clone(),
+        leases,
     })
     .max_decoding_message_size(usize::MAX)
     .max_encoding_message_size(usize::MAX);
@@ -74,9 +79,7 @@ pub async fn serve(
         .server()?
         .add_service(svc)
         .add_service(admin)
-        .add_service(DeliveryServer::new(DeliveryService {
-            shared: shared.clone(),
-        }))
+        .add_service(DeliveryServer::new(DeliveryService { hub }))
         .serve_with_shutdown(addr, shutdown)
         .await
 }
