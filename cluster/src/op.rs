@@ -6,6 +6,10 @@ use serde::{Deserialize, Serialize};
 /// One operation of a write. A write is a list of operations applied
 /// atomically and in order: if any conditional operation fails, nothing of
 /// that write is applied and the results say which one failed.
+///
+/// Ops are in the Raft log (MessagePack through `codec`): a variant is
+/// written by its name and its fields by position, so a variant must not
+/// be renamed nor its fields reordered; new variants go at the end.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
     /// Set `key` to `value`.
@@ -60,7 +64,6 @@ pub enum Op {
     /// absent); otherwise the write fails with `OpResult::Mismatch`. The
     /// compare half of a compare-and-set: per-user read-modify-writes put
     /// the version they read here, so two nodes never lose each other's update.
-    // Last on purpose: a variant's position is part of the log encoding.
     ExpectValue {
         space: String,
         key: Vec<u8>,
@@ -85,4 +88,128 @@ pub enum OpResult {
     Removed(Vec<(Vec<u8>, Vec<u8>)>),
     /// Not applied because another operation of the same write failed.
     Aborted,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{decode, encode};
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    /// The bytes each variant has in Raft logs already written: a change
+    /// here means old logs no longer decode.
+    #[test]
+    fn log_encoding_is_stable() {
+        let s = || "s".to_string();
+        let k = || b"k".to_vec();
+        let p = || b"p".to_vec();
+        let v = || b"v".to_vec();
+        let ops = [
+            (
+                Op::Put {
+                    space: s(),
+                    key: k(),
+                    value: v(),
+                },
+                "81a350757493a173916b9176",
+            ),
+            (
+                Op::Insert {
+                    space: s(),
+                    key: k(),
+                    value: v(),
+                },
+                "81a6496e7365727493a173916b9176",
+            ),
+            (
+                Op::Delete {
+                    space: s(),
+                    key: k(),
+                },
+                "81a644656c65746592a173916b",
+            ),
+            (
+                Op::DeletePrefix {
+                    space: s(),
+                    prefix: p(),
+                },
+                "81ac44656c65746550726566697892a1739170",
+            ),
+            (
+                Op::DeleteIf {
+                    space: s(),
+                    key: k(),
+                    prefix: p(),
+                },
+                "81a844656c657465496693a173916b9170",
+            ),
+            (
+                Op::Expect {
+                    space: s(),
+                    key: k(),
+                    prefix: p(),
+                },
+                "81a645787065637493a173916b9170",
+            ),
+            (
+                Op::DeleteIndexed {
+                    space: s(),
+                    index: "i".into(),
+                    prefix: p(),
+                },
+                "81ad44656c657465496e646578656493a173a1699170",
+            ),
+            (
+                Op::Append {
+                    space: s(),
+                    prefix: p(),
+                    value: v(),
+                    max: 3,
+                },
+                "81a6417070656e6494a1739170917603",
+            ),
+            (
+                Op::ExpectValue {
+                    space: s(),
+                    key: k(),
+                    value: None,
+                },
+                "81ab45787065637456616c756593a173916bc0",
+            ),
+            (
+                Op::ExpectValue {
+                    space: s(),
+                    key: k(),
+                    value: Some(v()),
+                },
+                "81ab45787065637456616c756593a173916b9176",
+            ),
+        ];
+        for (op, bytes) in ops {
+            assert_eq!(hex(&encode(&op).unwrap()), bytes, "{op:?}");
+            let b: Vec<u8> = (0..bytes.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&bytes[i..i + 2], 16).unwrap())
+                .collect();
+            assert_eq!(decode::<Op>(&b).unwrap(), op);
+        }
+        let results = [
+            (OpResult::Done, "a4446f6e65"),
+            (OpResult::Seq(7), "81a353657107"),
+            (OpResult::Exists, "a6457869737473"),
+            (OpResult::Full, "a446756c6c"),
+            (OpResult::Mismatch, "a84d69736d61746368"),
+            (
+                OpResult::Removed(vec![(k(), v())]),
+                "81a752656d6f7665649192916b9176",
+            ),
+            (OpResult::Aborted, "a741626f72746564"),
+        ];
+        for (r, bytes) in results {
+            assert_eq!(hex(&encode(&r).unwrap()), bytes, "{r:?}");
+        }
+    }
 }
