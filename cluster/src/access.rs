@@ -1,6 +1,10 @@
 //! Reading and writing the replicated key spaces through a `Store`: writes
-//! (through the batcher), local reads, the read barrier, write-path
-//! counters and log compaction.
+//! (queued to the batcher, answered once applied on this replica), reads of
+//! this replica, the read barrier, write-path counters (`StoreStats`) and log
+//! compaction.
+//!
+//! Must not change sled directly: every change is an `Op` through the batcher
+//! and Raft; sled is only read here.
 
 use std::sync::atomic::Ordering;
 

@@ -7,6 +7,10 @@
 //! fsyncs, not one per login.
 //!
 //! On a follower the batch goes to the leader's `ForwardWrite` instead.
+//!
+//! Must not interpret a write (that is `store::apply`) nor wait for this
+//! replica to apply it (`access` does): it only batches, proposes or
+//! forwards, and hands each caller its results.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,5 +1,10 @@
-//! Opening a store: sled, the Raft node (initialising a cluster of one, or
-//! waiting to be added), the write batcher and the background tasks.
+//! Opening a store: sled, the Raft node (initialising a fresh cluster of
+//! one, or waiting to be added), the write batcher and the background tasks
+//! (lease renewal and monitoring, metrics). The only place that builds
+//! `Shared`, `Leases`, `Hub` and the handle's `Inner`.
+//!
+//! Must not serve gRPC or join a cluster by itself: the caller does that
+//! through `serve` and `membership` once it holds the handle.
 
 use std::collections::BTreeMap;
 use std::path::Path;

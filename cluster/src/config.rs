@@ -1,4 +1,8 @@
-//! How a store is opened: `StoreConfig`, `StoreOptions` and `ClusterTls`.
+//! How a store is opened: `StoreConfig`, `StoreOptions`, `ClusterTls` and
+//! `LeaseConfig`, with their defaults.
+//!
+//! Plain data: must not read files, open sockets or start anything (the TLS
+//! files are read by `transport` when the store opens).
 
 use std::net::IpAddr;
 use std::path::PathBuf;

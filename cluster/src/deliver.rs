@@ -1,5 +1,8 @@
-//! Delivery through a `Store`: registering the node's handler, and
-//! sending envelopes to other nodes. The streams are `delivery.rs`.
+//! `Store`'s delivery calls: registering the node's `LocalDelivery` and
+//! sending envelopes to other nodes (`deliver`, `deliver_acked`).
+//!
+//! Only a front: the queues, streams and receiving service are
+//! `delivery.rs`, and this module must not keep delivery state of its own.
 
 use std::sync::Arc;
 

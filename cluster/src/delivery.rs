@@ -12,6 +12,12 @@
 //!
 //! Receiving: each envelope goes to the node's [`LocalDelivery`], whose
 //! answer travels back in the ack.
+//!
+//! Owns the delivery contract with the node (`Envelope`, `DeliveryResult`,
+//! `DeliveryError`, `LocalDelivery`) and its state (`Hub`). Must not parse
+//! stanzas (`Envelope::stanza` is opaque bytes), read or write the key spaces
+//! (from Raft it reads only peer addresses and the applied index) or resend
+//! an envelope.
 
 use std::collections::HashMap;
 use std::pin::Pin;

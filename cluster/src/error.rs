@@ -1,5 +1,8 @@
-//! `StoreError`, what every `Store` call fails with, and the helpers that
-//! turn lower errors into it.
+//! `StoreError`, what every `Store` call fails with, and how storage and
+//! openraft errors become one.
+//!
+//! Must not let a lower type out: callers see three variants carrying
+//! strings, never an openraft, sled or tonic error.
 
 use openraft::BasicNode;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, Fatal, RaftError};

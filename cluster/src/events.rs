@@ -1,5 +1,11 @@
-//! What applying writes tells the rest of the node, and the key layout of
-//! the lease spaces that those writes touch.
+//! What applying writes tells the rest of the node: lease renewals (when
+//! this replica applied them), expiries and bulk route drops; the
+//! `ClusterEvents` trait the node implements to hear them; and the key layout
+//! of the lease spaces those writes touch (`LEASES`, `EXPIRED`).
+//!
+//! The state machine reports here while it applies (`Observed`,
+//! `Hooks::fire`), so nothing here may call the node or block: events are
+//! queued, and `lease` hands them to the node from a task.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -1,4 +1,12 @@
-//! `Store`, the handle callers hold: what it keeps alive, and how it stops.
+//! `Store`, the handle callers hold: what it keeps alive (`Inner`: Raft,
+//! sled, the batcher's queue, the lease and delivery parts) and how it stops
+//! (`shutdown`, or dropping the last handle).
+//!
+//! The calls a `Store` offers live with their concern (`bootstrap`,
+//! `access`, `membership`, `deliver`, `status`, `serve`); this module keeps
+//! only identity and stopping. Nothing below it may hold a `Store`: tasks
+//! and services hold `Shared`, `Leases` or `Hub`, so that dropping the last
+//! handle stops the store.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

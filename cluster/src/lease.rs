@@ -18,6 +18,12 @@
 //! `ttl_ms`: a node on the minority side of a partition cannot commit, so
 //! it turns unhealthy (gauge `starling_cluster_healthy`, a log line) and
 //! the node refuses logins.
+//!
+//! Owns `Leases`: the lease timing, this node's `Health`, when each node last
+//! renewed (`Hooks`), the node's `ClusterEvents` handler and the leaving
+//! flag. Writes only through the batcher (as internal writes) and judges
+//! other nodes only while leading; must not touch the routing table except
+//! through `routes::drop_node`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -6,10 +6,14 @@
 //! stanza delivery over one stream per peer (`deliver`, `LocalDelivery`),
 //! membership (`join`, `leave`, `status`), node leases with failure
 //! detection (`ClusterEvents`, `is_healthy`) and the routing-table layout
-//! that lets a dead node's routes go in one operation (`routes`).
+//! that lets a dead node's routes go in one operation (`routes`). A single
+//! node is a cluster of one.
 //!
-//! A single node is a cluster of one. Callers see only this module's types:
-//! no openraft, sled or tonic type appears in the public API.
+//! It must not touch XMPP or the node: stanzas and session payloads are
+//! opaque bytes here, the `node` crate is never imported (it plugs in through
+//! `LocalDelivery` and `ClusterEvents`), and no openraft, sled or tonic type
+//! appears in the public API. Inside, the module graph has no cycles; the
+//! README's layout table lists the modules from the bottom up.
 
 mod access;
 mod batcher;

@@ -1,5 +1,11 @@
-//! Who is in the cluster, through a `Store`: adding and removing members,
-//! joining, leaving, and hearing when a node is expired.
+//! Who is in the cluster, through a `Store`: adding and removing members
+//! (on the leader), joining through any member, leaving, removing a dead
+//! node, whether this node votes or has peers, and registering the node's
+//! `ClusterEvents`.
+//!
+//! The membership changes only through Raft (`raft::admin` on the leader,
+//! `raft::admin_client` to reach it). Must not end the node's sessions: the
+//! node does that when `ClusterEvents` tells it.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

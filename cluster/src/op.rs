@@ -1,5 +1,9 @@
 //! The write language: `Op`, one operation of an atomic write, and
 //! `OpResult`, what became of it.
+//!
+//! What an op does is `store::apply`; this module must not evaluate
+//! anything. Both types are in the Raft log: read `Op`'s doc before changing
+//! either.
 
 use serde::{Deserialize, Serialize};
 

@@ -1,4 +1,8 @@
-//! Serving this node's cluster gRPC through a `Store`.
+//! Serving this node's cluster gRPC through a `Store` (`serve_grpc`), until
+//! the store stops.
+//!
+//! Only starts `raft::grpc::serve` with the handle's parts; must not add
+//! services or listeners of its own.
 
 use std::net::SocketAddr;
 

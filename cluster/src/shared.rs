@@ -1,5 +1,10 @@
-//! `Shared`: what the gRPC services and background tasks share with the
-//! `Store` handle.
+//! `Shared`: the context every task and gRPC service of this node runs in:
+//! its identity, the Raft handle, the transport, sled, the stop signal and
+//! the runtime.
+//!
+//! It must stay below the parts that use it: delivery, lease and status
+//! state does not go here (`delivery::Hub` and `lease::Leases` own theirs),
+//! and holding it must not keep a `Store` alive.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;

@@ -1,6 +1,10 @@
 //! The cluster as one node sees it: leader, indexes, members with their
 //! replication and lease state. Plain types for callers and for
-//! `Admin.Status` (so `starling cluster status --addr` can ask any node).
+//! `Admin.Status` (so `starling cluster status --addr` can ask any node),
+//! computed by `local`; the `Store` calls that report it (`status`, `leader`,
+//! `is_healthy`) and `query_status`, which asks another node.
+//!
+//! Read-only: must not write; this node's own health comes from `lease`.
 
 use std::time::Duration;
 

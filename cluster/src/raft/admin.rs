@@ -6,6 +6,9 @@
 //! `ForwardWrite`, which proposes it as one entry; the reply carries one
 //! result list per write. Membership changes are accepted by the leader only;
 //! other nodes answer with the leader's id so the caller can go there.
+//!
+//! A follower forwards a request once, to the leader; it must not forward a
+//! request that reached it forwarded (no ping-pong between stale views).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

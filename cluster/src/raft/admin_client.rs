@@ -2,6 +2,9 @@
 //! or remove a node, asking a node for its status, and forwarding a
 //! follower's batch of writes to the leader (`ForwardWrite`). Every call
 //! goes through the `Transport`, so it carries the cluster's TLS.
+//!
+//! Must not retry a forwarded write: a lost reply may hide a write that was
+//! applied.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -1,6 +1,9 @@
 //! The `starling.cluster.v1.Raft` gRPC service: decodes openraft requests,
-//! hands them to the local Raft node and encodes its `Result` back; and the
-//! server that carries it together with the Admin service.
+//! hands them to the local Raft node and encodes its `Result` back; and
+//! `serve`, the one server that carries it with the Admin and Delivery
+//! services (built by `transport`, so with the cluster's TLS).
+//!
+//! Must not interpret what it carries: Raft decides, the codec encodes.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
