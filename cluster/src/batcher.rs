@@ -7,19 +7,23 @@
 //! fsyncs, not one per login.
 //!
 //! On a follower the batch goes to the leader's `ForwardWrite` instead.
+//!
+//! Must not interpret a write (that is `store::apply`) nor wait for this
+//! replica to apply it (`access` does): it only batches, proposes or
+//! forwards, and hands each caller its results.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use openraft::error::{ClientWriteError, Fatal, RaftError};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::error::{StoreError, client_write_error};
 use crate::metrics;
-use crate::raft::admin::Forwarder;
-use crate::raft::{NodeId, Raft, Request};
+use crate::op::{Op, OpResult};
+use crate::raft::admin_client::Forwarder;
+use crate::raft::{Raft, Request};
 use crate::transport::Transport;
-use crate::{Op, OpResult, StoreError};
 
 pub const MAX_WRITES_PER_ENTRY: usize = 512;
 /// Stop adding writes to an entry once its payload passes this size, so one
@@ -71,25 +75,6 @@ pub struct Pending {
 pub struct Counters {
     pub entries: AtomicU64,
     pub writes: AtomicU64,
-}
-
-pub fn client_write_error(
-    e: RaftError<NodeId, ClientWriteError<NodeId, crate::raft::Node>>,
-) -> StoreError {
-    match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
-            StoreError::Unavailable(format!("not the leader (leader: {:?})", f.leader_id))
-        }
-        RaftError::APIError(e) => StoreError::Unavailable(e.to_string()),
-        RaftError::Fatal(f) => fatal(f),
-    }
-}
-
-pub fn fatal(f: Fatal<NodeId>) -> StoreError {
-    match f {
-        Fatal::Stopped => StoreError::Shutdown,
-        other => StoreError::Storage(other.to_string()),
-    }
 }
 
 pub async fn run(

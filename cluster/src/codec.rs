@@ -1,6 +1,9 @@
 //! The one byte encoding of everything this crate stores or sends: log
 //! entries, votes, snapshots and Raft RPCs (MessagePack through serde).
 //! Keeping it in one place lets the format change in one place.
+//!
+//! It knows none of the types it encodes; the rule that keeps bytes already
+//! written decodable lives with the types (see `Op`).
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;

@@ -12,6 +12,12 @@
 //!
 //! Receiving: each envelope goes to the node's [`LocalDelivery`], whose
 //! answer travels back in the ack.
+//!
+//! Owns the delivery contract with the node (`Envelope`, `DeliveryResult`,
+//! `DeliveryError`, `LocalDelivery`) and its state (`Hub`). Must not parse
+//! stanzas (`Envelope::stanza` is opaque bytes), read or write the key spaces
+//! (from Raft it reads only peer addresses and the applied index) or resend
+//! an envelope.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -25,7 +31,8 @@ use starling_proto::cluster::delivery_server::Delivery;
 use tokio::sync::{mpsc, oneshot, watch};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::{Shared, metrics};
+use crate::metrics;
+use crate::shared::Shared;
 
 /// A stanza travelling to another node, with the routing the sender
 /// resolved.
@@ -124,6 +131,17 @@ pub struct Peers {
     queues: std::sync::Mutex<HashMap<u64, mpsc::Sender<Outgoing>>>,
 }
 
+/// This node's end of delivery: the node's handler for what arrives and
+/// the queues of what leaves. Holding it does not keep a `Store` alive.
+pub struct Hub {
+    pub shared: Arc<Shared>,
+    /// The node's handler; `None` until it registers one.
+    pub local: std::sync::RwLock<Option<Arc<dyn LocalDelivery>>>,
+    pub peers: Peers,
+    /// Envelopes queued per peer before `send` answers `Backpressure`.
+    pub queue: usize,
+}
+
 fn result_code(r: DeliveryResult) -> u32 {
     match r {
         DeliveryResult::Delivered => 0,
@@ -151,12 +169,8 @@ fn peer_addr(shared: &Shared, peer: u64) -> Option<String> {
         .map(|n| n.addr.clone())
 }
 
-fn local(shared: &Shared, env: Envelope) -> DeliveryResult {
-    let handler = shared
-        .local
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
+fn local(hub: &Hub, env: Envelope) -> DeliveryResult {
+    let handler = hub.local.read().unwrap_or_else(|e| e.into_inner()).clone();
     match handler {
         Some(h) => h.deliver(env),
         None => DeliveryResult::Refused,
@@ -165,16 +179,17 @@ fn local(shared: &Shared, env: Envelope) -> DeliveryResult {
 
 /// Queues `env` for `peer` (or delivers it here when `peer` is this node).
 pub fn send(
-    shared: &Arc<Shared>,
+    hub: &Arc<Hub>,
     peer: u64,
     mut env: Envelope,
     ack: Option<oneshot::Sender<Result<DeliveryResult, DeliveryError>>>,
 ) -> Result<(), DeliveryError> {
+    let shared = &hub.shared;
     if *shared.stop.borrow() {
         return Err(DeliveryError::Shutdown);
     }
     if peer == shared.node_id {
-        let r = local(shared, env);
+        let r = local(hub, env);
         Outgoing {
             env: Envelope::default(),
             ack,
@@ -189,11 +204,7 @@ pub fn send(
         .last_applied
         .map_or(0, |l| l.index);
     let tx = {
-        let mut queues = shared
-            .peers
-            .queues
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut queues = hub.peers.queues.lock().unwrap_or_else(|e| e.into_inner());
         match queues.get(&peer) {
             Some(tx) if !tx.is_closed() => tx.clone(),
             _ => {
@@ -201,8 +212,8 @@ pub fn send(
                     metrics::delivery_error("unknown_node");
                     return Err(DeliveryError::UnknownNode(peer));
                 }
-                let (tx, rx) = mpsc::channel(shared.delivery_queue);
-                shared.rt.spawn(run_peer(shared.clone(), peer, rx));
+                let (tx, rx) = mpsc::channel(hub.queue);
+                shared.rt.spawn(run_peer(hub.clone(), peer, rx));
                 queues.insert(peer, tx.clone());
                 tx
             }
@@ -230,17 +241,18 @@ fn depth(peer: u64, tx: &mpsc::Sender<Outgoing>) {
 
 /// Owns the stream to `peer` until the store stops or the peer leaves the
 /// membership.
-async fn run_peer(shared: Arc<Shared>, peer: u64, mut rx: mpsc::Receiver<Outgoing>) {
+async fn run_peer(hub: Arc<Hub>, peer: u64, mut rx: mpsc::Receiver<Outgoing>) {
+    let shared = &hub.shared;
     let mut stop = shared.stop.subscribe();
     let mut backoff = BACKOFF_MIN;
     loop {
         if *stop.borrow() {
             break;
         }
-        let Some(addr) = peer_addr(&shared, peer) else {
+        let Some(addr) = peer_addr(shared, peer) else {
             break;
         };
-        match session(&shared, peer, &addr, &mut rx, &mut stop).await {
+        match session(shared, peer, &addr, &mut rx, &mut stop).await {
             Ok(()) => break, // stopped
             Err(Connected(true, e)) => {
                 tracing::info!(peer, error = %e, "delivery stream to node broke; reconnecting");
@@ -266,8 +278,7 @@ async fn run_peer(shared: Arc<Shared>, peer: u64, mut rx: mpsc::Receiver<Outgoin
         }
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
-    shared
-        .peers
+    hub.peers
         .queues
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -367,7 +378,7 @@ async fn session(
 
 /// The receiving side of `Delivery.Stream`.
 pub struct DeliveryService {
-    pub shared: Arc<Shared>,
+    pub hub: Arc<Hub>,
 }
 
 type AckStream = Pin<Box<dyn Stream<Item = Result<pb::Ack, Status>> + Send>>;
@@ -381,9 +392,10 @@ impl Delivery for DeliveryService {
         req: Request<Streaming<pb::Envelope>>,
     ) -> Result<Response<AckStream>, Status> {
         let mut inbound = req.into_inner();
-        let shared = self.shared.clone();
+        let hub = self.hub.clone();
         let (tx, rx) = mpsc::channel::<pb::Ack>(WINDOW);
         tokio::spawn(async move {
+            let shared = &hub.shared;
             let mut stop = shared.stop.subscribe();
             loop {
                 let msg = tokio::select! {
@@ -401,7 +413,7 @@ impl Delivery for DeliveryService {
                         .await;
                 }
                 let r = local(
-                    &shared,
+                    &hub,
                     Envelope {
                         to: e.to,
                         from: e.from,

@@ -4,6 +4,9 @@
 //!
 //! The model is sled's: a database of named trees (ordered byte maps), with
 //! atomic batches that may span several trees and an explicit durable flush.
+//!
+//! It must not know about Raft, key spaces or `Op`s: only bytes in named
+//! trees.
 
 use std::ops::Bound;
 use std::path::Path;

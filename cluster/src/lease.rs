@@ -18,174 +18,58 @@
 //! `ttl_ms`: a node on the minority side of a partition cannot commit, so
 //! it turns unhealthy (gauge `starling_cluster_healthy`, a log line) and
 //! the node refuses logins.
+//!
+//! Owns `Leases`: the lease timing, this node's `Health`, when each node last
+//! renewed (`Hooks`), the node's `ClusterEvents` handler and the leaving
+//! flag. Writes only through the batcher (as internal writes) and judges
+//! other nodes only while leading; must not touch the routing table except
+//! through `routes::drop_node`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
 use crate::batcher::Pending;
-use crate::kv::{Kv, KvTree};
-use crate::{Op, OpResult, Shared, StoreError, metrics, routes};
+use crate::config::LeaseConfig;
+use crate::error::{StoreError, storage};
+use crate::events::{ClusterEvents, EXPIRED, Event, Hooks, LEASES, key_id, node_key};
+use crate::kv::{self, Kv, KvTree};
+use crate::op::Op;
+use crate::shared::Shared;
+use crate::store::space_tree;
+use crate::{metrics, routes};
 
-/// Space of leases: key node id (u64 big-endian), value the node's renewal
-/// counter (u64 big-endian).
-pub const LEASES: &str = "node_lease";
-/// Space of expirations: key node id (u64 big-endian), value the leader's
-/// wall clock (ms since the epoch) when it expired the node.
-pub const EXPIRED: &str = "node_expired";
-
-/// Lease timing. `renew_ms == 0` turns leases off (health is then "a
-/// leader is known").
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LeaseConfig {
-    /// How often this node renews its lease.
-    pub renew_ms: u64,
-    /// How long without renewal before the leader expires a node, and
-    /// before a node that cannot commit calls itself unhealthy.
-    pub ttl_ms: u64,
+/// This node's lease state, shared by its tasks, the Admin service and the
+/// handle. Holding it does not keep a `Store` alive.
+pub struct Leases {
+    pub shared: Arc<Shared>,
+    pub cfg: LeaseConfig,
+    pub health: Health,
+    pub hooks: Arc<Hooks>,
+    /// The node's handler of cluster events; `None` until it registers one.
+    pub events: RwLock<Option<Arc<dyn ClusterEvents>>>,
+    /// Set by `leave`: lease renewals stop.
+    pub leaving: AtomicBool,
 }
 
-impl Default for LeaseConfig {
-    fn default() -> Self {
-        LeaseConfig {
-            renew_ms: 1000,
-            ttl_ms: 4000,
-        }
-    }
-}
-
-/// Implemented by the node: cluster events, called on a task of the
-/// store (not while applying), in log order.
-pub trait ClusterEvents: Send + Sync + 'static {
-    /// Node `node_id` was expired (it stopped renewing its lease): its
-    /// routes are already gone from the routing table; tell the contacts
-    /// of its users. Called on every node when the expiry applies,
-    /// including the expired node itself if it is alive after all (it
-    /// should then end its sessions: their routes are gone). May be
-    /// called again for an old expiry when a log is replayed at start, so
-    /// it must be idempotent.
-    fn node_expired(&self, node_id: u64);
-
-    /// Routes were dropped in bulk (`routes::drop_node`: a node expired,
-    /// or a restarted node cleared what its previous run left): the users
-    /// of those sessions are gone, tell their contacts. Called on every
-    /// node after the write applied, like `node_expired`; each node should
-    /// tell only its own sessions, so that nobody is told twice.
-    fn routes_dropped(&self, routes: Vec<routes::Route>) {
-        let _ = routes;
-    }
-}
-
-/// What the state machine reports to the node, in log order.
-pub enum Event {
-    Expired(u64),
-    RoutesDropped(Vec<routes::Route>),
-}
-
-pub fn node_key(id: u64) -> Vec<u8> {
-    id.to_be_bytes().to_vec()
-}
-
-fn key_id(k: &[u8]) -> Option<u64> {
-    Some(u64::from_be_bytes(k.try_into().ok()?))
-}
-
-enum Seen {
-    Renewed(u64),
-    Expired(u64),
-    RoutesDropped(Vec<routes::Route>),
-}
-
-/// What the state machine tells the lease logic as it applies writes.
-pub struct Hooks {
-    seen: Mutex<HashMap<u64, Instant>>,
-    events: mpsc::UnboundedSender<Event>,
-}
-
-/// Lease and expiry writes found in applied writes, reported after the
-/// batch is durable.
-#[derive(Default)]
-pub struct Observed(Vec<Seen>);
-
-impl Observed {
-    /// Notes the lease writes of one applied write.
-    pub fn write(&mut self, ops: &[Op], results: &[OpResult]) {
-        if results
-            .iter()
-            .any(|r| matches!(r, OpResult::Aborted | OpResult::Exists | OpResult::Full))
-        {
-            return;
-        }
-        for (op, result) in ops.iter().zip(results) {
-            if let (Op::DeleteIndexed { space, .. }, OpResult::Removed(removed)) = (op, result)
-                && space == routes::ROUTES
-                && !removed.is_empty()
-            {
-                let dropped = removed
-                    .iter()
-                    .filter_map(|(k, v)| routes::Route::parse(k, v))
-                    .collect();
-                self.0.push(Seen::RoutesDropped(dropped));
-            }
-            if let Op::Put { space, key, .. } = op {
-                match (space.as_str(), key_id(key)) {
-                    (LEASES, Some(id)) => self.0.push(Seen::Renewed(id)),
-                    (EXPIRED, Some(id)) => self.0.push(Seen::Expired(id)),
-                    _ => {}
-                }
-            }
-        }
-    }
-}
-
-impl Hooks {
-    /// Also returns the receiving end of expiry events (unbounded, but
-    /// expiries are rare: one per dead node).
-    pub fn new() -> (Arc<Hooks>, mpsc::UnboundedReceiver<Event>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        (
-            Arc::new(Hooks {
-                seen: Mutex::default(),
-                events: tx,
-            }),
-            rx,
-        )
+impl Leases {
+    fn lease_space(&self) -> Result<kv::Pairs, StoreError> {
+        self.shared
+            .kv
+            .tree(&space_tree(LEASES))
+            .and_then(|t| t.scan_prefix(b""))
+            .map_err(storage)
     }
 
-    pub fn fire(&self, observed: Observed) {
-        let now = Instant::now();
-        for e in observed.0 {
-            match e {
-                Seen::Renewed(id) => {
-                    self.seen
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(id, now);
-                }
-                Seen::Expired(id) => {
-                    self.seen
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .remove(&id);
-                    let _ = self.events.send(Event::Expired(id));
-                }
-                Seen::RoutesDropped(r) => {
-                    let _ = self.events.send(Event::RoutesDropped(r));
-                }
-            }
-        }
-    }
-
-    /// When this replica last applied a renewal of `id`.
-    pub fn last_renewal(&self, id: u64) -> Option<Instant> {
-        self.seen
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&id)
-            .copied()
+    fn is_expired(&self, id: u64) -> bool {
+        self.shared
+            .kv
+            .tree(&space_tree(EXPIRED))
+            .and_then(|t| t.get(&node_key(id)))
+            .is_ok_and(|v| v.is_some())
     }
 }
 
@@ -227,15 +111,16 @@ impl Health {
 }
 
 /// Computes health now.
-pub fn check_health(shared: &Shared) -> bool {
+pub fn check_health(leases: &Leases) -> bool {
+    let shared = &leases.shared;
     if *shared.stop.borrow() {
         return false;
     }
-    if shared.lease.renew_ms == 0 {
+    if leases.cfg.renew_ms == 0 {
         return shared.raft.metrics().borrow().current_leader.is_some();
     }
-    let ttl = Duration::from_millis(shared.lease.ttl_ms);
-    shared.health.last_ok().is_some_and(|t| t.elapsed() < ttl)
+    let ttl = Duration::from_millis(leases.cfg.ttl_ms);
+    leases.health.last_ok().is_some_and(|t| t.elapsed() < ttl)
 }
 
 async fn internal_write(
@@ -260,15 +145,16 @@ async fn internal_write(
 }
 
 /// Renews this node's lease until the store stops.
-pub async fn renew(shared: Arc<Shared>, writes: mpsc::Sender<Pending>) {
-    let cfg = shared.lease;
+pub async fn renew(leases: Arc<Leases>, writes: mpsc::Sender<Pending>) {
+    let shared = &leases.shared;
+    let cfg = leases.cfg;
     let mut stop = shared.stop.subscribe();
     let mut tick = tokio::time::interval(Duration::from_millis(cfg.renew_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Monotonic across restarts: continue from the replica's last value.
     let mut counter = shared
         .kv
-        .tree(&crate::store::space_tree(LEASES))
+        .tree(&space_tree(LEASES))
         .and_then(|t| t.get(&node_key(shared.node_id)))
         .ok()
         .flatten()
@@ -281,13 +167,13 @@ pub async fn renew(shared: Arc<Shared>, writes: mpsc::Sender<Pending>) {
             _ = stop.wait_for(|s| *s) => return,
         }
         // Not yet a member (a joining node): nothing to renew.
-        if !is_member(&shared) || shared.leaving.load(Ordering::SeqCst) {
+        if !is_member(shared) || leases.leaving.load(Ordering::SeqCst) {
             continue;
         }
         // A cluster of one commits by itself: no write needed (and no
         // fsync a second on an idle server).
-        if alone(&shared) {
-            shared.health.renewed(Instant::now());
+        if alone(shared) {
+            leases.health.renewed(Instant::now());
             continue;
         }
         counter += 1;
@@ -302,7 +188,7 @@ pub async fn renew(shared: Arc<Shared>, writes: mpsc::Sender<Pending>) {
             _ = stop.wait_for(|s| *s) => return,
         };
         match res {
-            Ok(()) => shared.health.renewed(started),
+            Ok(()) => leases.health.renewed(started),
             Err(StoreError::Shutdown) => return,
             Err(e) => tracing::debug!(error = %e, "lease renewal failed"),
         }
@@ -329,12 +215,13 @@ fn is_member(shared: &Shared) -> bool {
 
 /// Watches this node's health and, while it leads, the others' leases.
 pub async fn monitor(
-    shared: Arc<Shared>,
+    leases: Arc<Leases>,
     writes: mpsc::Sender<Pending>,
     events: mpsc::UnboundedReceiver<Event>,
 ) {
-    tokio::spawn(dispatch(shared.clone(), events));
-    let cfg = shared.lease;
+    tokio::spawn(dispatch(leases.clone(), events));
+    let shared = &leases.shared;
+    let cfg = leases.cfg;
     let ttl = Duration::from_millis(cfg.ttl_ms);
     let period = Duration::from_millis((cfg.renew_ms / 2).clamp(50, 500));
     let mut stop = shared.stop.subscribe();
@@ -346,7 +233,7 @@ pub async fn monitor(
             _ = tokio::time::sleep(period) => {}
             _ = stop.wait_for(|s| *s) => break,
         }
-        shared.health.update(shared.node_id, check_health(&shared));
+        leases.health.update(shared.node_id, check_health(&leases));
 
         let (leading, members) = {
             let m = shared.raft.metrics();
@@ -368,26 +255,26 @@ pub async fn monitor(
         }
         let now = Instant::now();
         let since = *leader_since.get_or_insert(now);
-        let Ok(leases) = shared.lease_space() else {
+        let Ok(held) = leases.lease_space() else {
             continue;
         };
-        let holders: HashSet<u64> = leases.iter().filter_map(|(k, _)| key_id(k)).collect();
+        let holders: HashSet<u64> = held.iter().filter_map(|(k, _)| key_id(k)).collect();
         let mut candidates: HashSet<u64> = members.into_iter().collect();
         candidates.extend(holders.iter().copied());
         candidates.remove(&shared.node_id);
         first_seen.retain(|id, _| candidates.contains(id));
         for id in candidates {
             let seen = *first_seen.entry(id).or_insert(now);
-            let last = [Some(since), Some(seen), shared.hooks.last_renewal(id)]
+            let last = [Some(since), Some(seen), leases.hooks.last_renewal(id)]
                 .into_iter()
                 .flatten()
                 .max()
                 .unwrap_or(now);
             // Already expired and not back since.
-            if !holders.contains(&id) && shared.is_expired(id) {
+            if !holders.contains(&id) && leases.is_expired(id) {
                 continue;
             }
-            if now.duration_since(last) < ttl && !gone(&shared, id, now).await {
+            if now.duration_since(last) < ttl && !gone(&leases, id, now).await {
                 continue;
             }
             if !expiring
@@ -416,7 +303,7 @@ pub async fn monitor(
             });
         }
     }
-    shared.health.update(shared.node_id, false);
+    leases.health.update(shared.node_id, false);
 }
 
 /// Whether node `id` is certainly gone, before its lease runs out: it has
@@ -425,9 +312,10 @@ pub async fn monitor(
 /// crashed; a partitioned or overloaded node times out instead of
 /// refusing). Its sessions died with it, so its contacts can be told at
 /// once rather than after a full TTL counted from this leader's election.
-async fn gone(shared: &Shared, id: u64, now: Instant) -> bool {
-    let quiet = Duration::from_millis(2 * shared.lease.renew_ms);
-    let Some(last) = shared.hooks.last_renewal(id) else {
+async fn gone(leases: &Leases, id: u64, now: Instant) -> bool {
+    let shared = &leases.shared;
+    let quiet = Duration::from_millis(2 * leases.cfg.renew_ms);
+    let Some(last) = leases.hooks.last_renewal(id) else {
         return false;
     };
     if now.duration_since(last) < quiet {
@@ -474,14 +362,14 @@ pub fn expire_ops(id: u64) -> Vec<Op> {
 
 /// Calls the node's `ClusterEvents` for each applied expiry and bulk
 /// route drop.
-async fn dispatch(shared: Arc<Shared>, mut events: mpsc::UnboundedReceiver<Event>) {
-    let mut stop = shared.stop.subscribe();
+async fn dispatch(leases: Arc<Leases>, mut events: mpsc::UnboundedReceiver<Event>) {
+    let mut stop = leases.shared.stop.subscribe();
     loop {
         let event = tokio::select! {
             e = events.recv() => match e { Some(e) => e, None => return },
             _ = stop.wait_for(|s| *s) => return,
         };
-        let handler = shared
+        let handler = leases
             .events
             .read()
             .unwrap_or_else(|e| e.into_inner())

@@ -1,5 +1,8 @@
-//! The cluster's metrics (names `starling_raft_*`), through the `metrics`
-//! facade; the node installs the exporter.
+//! The cluster's metrics (names `starling_raft_*`, `starling_cluster_*`),
+//! through the `metrics` facade; the node installs the exporter.
+//!
+//! The only module that names a metric: others call these functions, never
+//! the facade.
 
 use std::time::Duration;
 

@@ -13,8 +13,11 @@
 //! A resource that moves to another node is simply put again: the route's
 //! value then names the new node and the old node's stale index entry no
 //! longer owns it (`DeleteIndexed` checks the value's prefix).
+//!
+//! Only layout and the ops that keep it: it must not read or write the store
+//! (callers pass these ops to `Store::write`).
 
-use crate::Op;
+use crate::op::Op;
 
 pub const ROUTES: &str = "jid_route";
 pub const NODE_ROUTES: &str = "node_route";

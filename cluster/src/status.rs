@@ -1,13 +1,24 @@
 //! The cluster as one node sees it: leader, indexes, members with their
 //! replication and lease state. Plain types for callers and for
-//! `Admin.Status` (so `starling cluster status --addr` can ask any node).
+//! `Admin.Status` (so `starling cluster status --addr` can ask any node),
+//! computed by `local`; the `Store` calls that report it (`status`, `leader`,
+//! `is_healthy`) and `query_status`, which asks another node.
+//!
+//! Read-only: must not write; this node's own health comes from `lease`.
 
 use std::time::Duration;
 
 use starling_proto::cluster as pb;
 
-use crate::Shared;
+use std::sync::atomic::Ordering;
+
+use crate::config::ClusterTls;
+use crate::error::StoreError;
+use crate::handle::Store;
 use crate::kv::{Kv, KvTree};
+use crate::lease::Leases;
+use crate::transport::Transport;
+use crate::{lease, raft};
 
 /// One node's view of the cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,13 +55,14 @@ pub struct MemberStatus {
     pub sessions: u64,
 }
 
-pub fn local(shared: &Shared) -> ClusterStatus {
+pub fn local(leases: &Leases) -> ClusterStatus {
+    let shared = &leases.shared;
     let m = shared.raft.metrics().borrow().clone();
     let commit_index = shared.committed.load(std::sync::atomic::Ordering::Relaxed);
     let leading = m.current_leader == Some(shared.node_id);
     let membership = m.membership_config.membership();
     let voters: Vec<u64> = membership.voter_ids().collect();
-    let ttl = Duration::from_millis(shared.lease.ttl_ms);
+    let ttl = Duration::from_millis(leases.cfg.ttl_ms);
     let members = membership
         .nodes()
         .map(|(id, node)| {
@@ -64,10 +76,10 @@ pub fn local(shared: &Shared) -> ClusterStatus {
                     .and_then(|r| r.get(id).cloned())
                     .map(|l| l.map_or(0, |l| l.index))
             };
-            let age = shared.hooks.last_renewal(*id).map(|t| t.elapsed());
+            let age = leases.hooks.last_renewal(*id).map(|t| t.elapsed());
             let healthy = if *id == shared.node_id {
-                crate::lease::check_health(shared)
-            } else if shared.lease.renew_ms == 0 {
+                lease::check_health(leases)
+            } else if leases.cfg.renew_ms == 0 {
                 true
             } else {
                 age.is_some_and(|a| a < ttl)
@@ -150,4 +162,35 @@ impl From<pb::StatusReply> for ClusterStatus {
                 .collect(),
         }
     }
+}
+impl Store {
+    /// This node's view of the cluster (replication state on the leader
+    /// only). Also served as `Admin.Status`; see [`query_status`].
+    pub fn status(&self) -> ClusterStatus {
+        local(&self.inner.leases)
+    }
+
+    /// The current leader's node id, as far as this node knows.
+    pub fn leader(&self) -> Option<u64> {
+        self.inner.raft.metrics().borrow().current_leader
+    }
+
+    /// Whether this node can commit: its last lease renewal committed
+    /// within the lease TTL (with leases off: a leader is known). A node
+    /// on the minority side of a partition turns unhealthy within the TTL;
+    /// the node should then refuse logins.
+    pub fn is_healthy(&self) -> bool {
+        !self.inner.closed.load(Ordering::SeqCst) && lease::check_health(&self.inner.leases)
+    }
+}
+
+/// Asks the node whose cluster gRPC is at `addr` for its view of the
+/// cluster (`starling cluster status --addr`). With the cluster's TLS
+/// files when it uses mutual TLS (a node certificate of the cluster CA).
+pub async fn query_status(
+    addr: &str,
+    tls: Option<&ClusterTls>,
+) -> Result<ClusterStatus, StoreError> {
+    let transport = Transport::new(tls, None)?;
+    Ok(raft::admin_client::status(&transport, addr).await?.into())
 }

@@ -1,7 +1,10 @@
 //! How this node reaches its peers and is reached by them: plain HTTP/2, or
 //! mutual TLS with the cluster CA (rustls on ring through tonic). Every
-//! client of this crate (Raft, write forwarding, join, delivery) gets its
-//! channel here, so no connection can skip the certificate check.
+//! gRPC client of this crate (Raft, write forwarding, join, leave, status,
+//! delivery) gets its channel here, and the server its TLS, so no RPC can
+//! skip the certificate check.
+//!
+//! It must not know what travels over the channels it makes.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -9,8 +12,9 @@ use std::time::Duration;
 use tonic::transport::ServerTlsConfig;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Server};
 
+use crate::config::ClusterTls;
+use crate::error::StoreError;
 use crate::pki::NODE_NAME;
-use crate::{ClusterTls, StoreError};
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 

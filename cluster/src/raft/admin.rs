@@ -1,12 +1,16 @@
 //! The `starling.cluster.v1.Admin` gRPC service (membership, status, write
-//! forwarding) and its client side, write forwarding to the leader.
+//! forwarding) and the leader's membership changes behind it. Its client
+//! side is `admin_client.rs`.
 //!
 //! A follower's batcher sends its whole batch to the leader's
 //! `ForwardWrite`, which proposes it as one entry; the reply carries one
 //! result list per write. Membership changes are accepted by the leader only;
 //! other nodes answer with the leader's id so the caller can go there.
+//!
+//! A follower forwards a request once, to the leader; it must not forward a
+//! request that reached it forwarded (no ping-pong between stale views).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,11 +24,13 @@ use starling_proto::cluster::{
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-use crate::batcher::client_write_error;
 use crate::codec::{decode, encode};
-use crate::raft::{NodeId, Raft, Request as WriteRequest, Response as WriteResponse};
-use crate::transport::Transport;
-use crate::{Shared, StoreError};
+use crate::error::{StoreError, client_write_error};
+use crate::lease::Leases;
+use crate::raft::admin_client::JOIN_TIMEOUT;
+use crate::raft::{NodeId, Raft, Request as WriteRequest};
+use crate::shared::Shared;
+use crate::status;
 
 /// Adds `node_id` as a learner, waits for it to catch up, then makes it a
 /// voter. Leader only.
@@ -51,6 +57,8 @@ pub async fn remove_member(raft: &Raft, node_id: NodeId) -> Result<(), StoreErro
 
 pub struct AdminService {
     pub shared: Arc<Shared>,
+    /// For the status it reports (lease health).
+    pub leases: Arc<Leases>,
 }
 
 impl AdminService {
@@ -67,8 +75,6 @@ impl AdminService {
 /// Metadata marking a request a follower already forwarded to the leader:
 /// it is not forwarded again (no ping-pong between stale views).
 const FORWARDED: &str = "x-starling-forwarded";
-/// Adding a member waits for it to catch up.
-pub const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl AdminService {
     /// `None` when this node leads; otherwise a client to the leader, if
@@ -164,7 +170,7 @@ impl Admin for AdminService {
     }
 
     async fn status(&self, _req: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
-        Ok(Response::new(crate::status::local(&self.shared).into()))
+        Ok(Response::new(status::local(&self.leases).into()))
     }
 
     async fn forward_write(
@@ -185,130 +191,4 @@ impl Admin for AdminService {
         };
         Ok(Response::new(reply))
     }
-}
-
-/// Admin clients by address, for forwarding writes.
-pub struct Forwarder {
-    transport: Arc<Transport>,
-    timeout: Duration,
-    clients: HashMap<String, AdminClient<Channel>>,
-}
-
-impl Forwarder {
-    pub fn new(transport: Arc<Transport>, timeout: Duration) -> Self {
-        Forwarder {
-            transport,
-            timeout,
-            clients: HashMap::new(),
-        }
-    }
-
-    fn client(&mut self, addr: &str) -> Result<AdminClient<Channel>, StoreError> {
-        if let Some(c) = self.clients.get(addr) {
-            return Ok(c.clone());
-        }
-        let channel = self
-            .transport
-            .channel(addr)
-            .map_err(|e| StoreError::Unavailable(format!("leader address {e}")))?;
-        let c = AdminClient::new(channel)
-            .max_decoding_message_size(usize::MAX)
-            .max_encoding_message_size(usize::MAX);
-        self.clients.insert(addr.to_string(), c.clone());
-        Ok(c)
-    }
-
-    /// Has the leader at `addr` propose `write`. Not retried: a lost reply
-    /// may hide a write that was applied.
-    pub async fn forward(
-        &mut self,
-        addr: &str,
-        write: &WriteRequest,
-    ) -> Result<WriteResponse, StoreError> {
-        let data = encode(write).map_err(StoreError::Storage)?;
-        let mut client = self.client(addr)?;
-        let mut req = Request::new(RaftRequest { data });
-        req.set_timeout(self.timeout);
-        let reply = tokio::time::timeout(self.timeout, client.forward_write(req))
-            .await
-            .map_err(|_| {
-                StoreError::Unavailable(format!("forwarding to leader {addr}: timed out"))
-            })?
-            .map_err(|s| {
-                StoreError::Unavailable(format!("forwarding to leader {addr}: {}", s.message()))
-            })?
-            .into_inner();
-        if !reply.error.is_empty() {
-            return Err(StoreError::Unavailable(format!(
-                "leader {addr}: {}",
-                reply.error
-            )));
-        }
-        decode(&reply.data).map_err(StoreError::Storage)
-    }
-}
-
-fn unavailable(what: &str, addr: &str) -> impl Fn(tonic::Status) -> StoreError {
-    move |s| StoreError::Unavailable(format!("{what} at {addr}: {}", s.message()))
-}
-
-/// Asks the member at `seed` (any member) to add this node.
-pub async fn join(
-    transport: &Transport,
-    seed: &str,
-    node_id: NodeId,
-    raft_addr: &str,
-) -> Result<(), StoreError> {
-    let ch = transport.channel(seed).map_err(StoreError::Unavailable)?;
-    let mut req = Request::new(JoinRequest {
-        node_id,
-        raft_addr: raft_addr.to_string(),
-        c2s_addr: String::new(),
-    });
-    req.set_timeout(JOIN_TIMEOUT);
-    let r = AdminClient::new(ch)
-        .join(req)
-        .await
-        .map_err(unavailable("join", seed))?
-        .into_inner();
-    if r.ok {
-        Ok(())
-    } else {
-        Err(StoreError::Unavailable(format!(
-            "join refused: {}",
-            r.error
-        )))
-    }
-}
-
-/// Asks the member at `addr` to remove `node_id`.
-pub async fn leave(transport: &Transport, addr: &str, node_id: NodeId) -> Result<(), StoreError> {
-    let ch = transport.channel(addr).map_err(StoreError::Unavailable)?;
-    let mut req = Request::new(LeaveRequest { node_id });
-    req.set_timeout(JOIN_TIMEOUT);
-    let r = AdminClient::new(ch)
-        .leave(req)
-        .await
-        .map_err(unavailable("leave", addr))?
-        .into_inner();
-    if r.ok {
-        Ok(())
-    } else {
-        Err(StoreError::Unavailable(format!(
-            "leave refused: {}",
-            r.error
-        )))
-    }
-}
-
-/// The status the node at `addr` reports.
-pub async fn status(transport: &Transport, addr: &str) -> Result<StatusReply, StoreError> {
-    let ch = transport.channel(addr).map_err(StoreError::Unavailable)?;
-    let mut req = Request::new(StatusRequest {});
-    req.set_timeout(Duration::from_secs(5));
-    Ok(AdminClient::new(ch)
-        .status(req)
-        .await
-        .map_err(unavailable("status", addr))?
-        .into_inner())
 }

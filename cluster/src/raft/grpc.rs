@@ -1,6 +1,9 @@
 //! The `starling.cluster.v1.Raft` gRPC service: decodes openraft requests,
-//! hands them to the local Raft node and encodes its `Result` back; and the
-//! server that carries it together with the Admin service.
+//! hands them to the local Raft node and encodes its `Result` back; and
+//! `serve`, the one server that carries it with the Admin and Delivery
+//! services (built by `transport`, so with the cluster's TLS).
+//!
+//! Must not interpret what it carries: Raft decides, the codec encodes.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,11 +15,12 @@ use starling_proto::cluster::raft_server::{Raft as RaftRpc, RaftServer};
 use starling_proto::cluster::{RaftReply, RaftRequest};
 use tonic::{Request, Response, Status};
 
-use crate::Shared;
 use crate::codec::{decode, encode};
-use crate::delivery::DeliveryService;
+use crate::delivery::{DeliveryService, Hub};
+use crate::lease::Leases;
 use crate::raft::Raft;
 use crate::raft::admin::AdminService;
+use crate::shared::Shared;
 
 pub struct RaftService {
     raft: Raft,
@@ -54,15 +58,19 @@ impl RaftRpc for RaftService {
     }
 }
 
-/// Serves the Raft and Admin services on `addr` until `shutdown` resolves.
+/// Serves the Raft, Admin and Delivery services on `addr` until `shutdown`
+/// resolves.
 pub async fn serve(
     shared: Arc<Shared>,
+    leases: Arc<Leases>,
+    hub: Arc<Hub>,
     addr: SocketAddr,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let raft = shared.raft.clone();
     let admin = AdminServer::new(AdminService {
         shared: shared.clone(),
+        leases,
     })
     .max_decoding_message_size(usize::MAX)
     .max_encoding_message_size(usize::MAX);
@@ -74,9 +82,7 @@ pub async fn serve(
         .server()?
         .add_service(svc)
         .add_service(admin)
-        .add_service(DeliveryServer::new(DeliveryService {
-            shared: shared.clone(),
-        }))
+        .add_service(DeliveryServer::new(DeliveryService { hub }))
         .serve_with_shutdown(addr, shutdown)
         .await
 }

@@ -1,10 +1,15 @@
-//! The openraft type configuration of Starling's replicated store and the
-//! wiring of a Raft node (configuration, network, gRPC service).
+//! The openraft type configuration of Starling's replicated store (`Request`,
+//! `Response`, `TypeConfig` and aliases) and its timing (`config`), with the
+//! modules that connect a Raft node to its peers: `network` (outgoing Raft
+//! RPCs), `grpc` (the Raft service and the server), `admin` and
+//! `admin_client` (membership, status, write forwarding).
 //!
 //! One Raft entry carries a batch of client writes (group commit): see
-//! `batcher.rs`.
+//! `batcher.rs`. This file must depend on nothing above `op`: storage, error
+//! mapping and the services all build on its types.
 
 pub mod admin;
+pub mod admin_client;
 pub mod grpc;
 pub mod network;
 
@@ -12,7 +17,7 @@ use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Op, OpResult};
+use crate::op::{Op, OpResult};
 
 /// The application data of one Raft entry: the writes of many callers,
 /// applied in order, each atomically.

@@ -2,6 +2,9 @@
 //! target node. Requests and replies are this crate's codec bytes inside the
 //! `starling.cluster.v1.Raft` messages; a reply carries the remote openraft
 //! `Result`, so remote Raft errors come back typed.
+//!
+//! It only carries what openraft sends: which RPC goes where, and when, is
+//! openraft's.
 
 use std::sync::Arc;
 

@@ -5,11 +5,14 @@
 //! atomic multi-tree batch together with the applied log id. A write whose
 //! conditional op fails is rolled back out of the overlay (an undo log), so
 //! nothing of it is applied and later writes do not see it.
+//!
+//! Pure evaluation: it reads through `Base` and writes only into the
+//! overlay; it must not touch sled or Raft.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::kv::KvResult;
-use crate::{Op, OpResult};
+use crate::op::{Op, OpResult};
 
 /// Read access to the committed state under the overlay.
 pub trait Base {

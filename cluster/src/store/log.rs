@@ -5,6 +5,8 @@
 //! acknowledged to openraft (its `LogFlushed` callback) only after a durable
 //! flush; one flusher task serves all appends queued meanwhile, so a burst of
 //! appends costs one fsync.
+//!
+//! It must not look inside entries: what they mean is the state machine's.
 
 use std::fmt::Debug;
 use std::io;

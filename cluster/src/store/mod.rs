@@ -1,6 +1,9 @@
 //! Raft storage on the key-value seam: the log (`log.rs`), the state
 //! machine with its snapshots (`state_machine.rs`) and the meaning of a
 //! write (`apply.rs`).
+//!
+//! Storage only: must not reach the network, the batcher or the handle;
+//! what applying reveals goes out through `events`.
 
 // openraft's trait methods fix `StorageError` (224 bytes) as the error type;
 // the helpers here return it too rather than boxing and unboxing.

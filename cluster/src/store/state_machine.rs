@@ -6,6 +6,9 @@
 //! the current snapshot. Data and applied log id change in one atomic batch,
 //! so after a crash the state is some prefix of the log and openraft
 //! re-applies the rest from the durable log.
+//!
+//! It must not evaluate ops itself (`apply` does) nor call the node: what
+//! applying reveals goes to `events`.
 
 use std::io::Cursor;
 use std::sync::Arc;
@@ -18,8 +21,8 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{decode, encode};
+use crate::events::{Hooks, Observed};
 use crate::kv::{Change, Kv, KvResult, KvTree, Pairs};
-use crate::lease::{Hooks, Observed};
 use crate::metrics;
 use crate::raft::{Entry, LogId, Node, NodeId, Response, StorageError, TypeConfig};
 use crate::store::apply::{Base, Overlay};

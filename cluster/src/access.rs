@@ -1,0 +1,192 @@
+//! Reading and writing the replicated key spaces through a `Store`: writes
+//! (queued to the batcher, answered once applied on this replica), reads of
+//! this replica, the read barrier, write-path counters (`StoreStats`) and log
+//! compaction.
+//!
+//! Must not change sled directly: every change is an `Op` through the batcher
+//! and Raft; sled is only read here.
+
+use std::sync::atomic::Ordering;
+
+use openraft::error::{CheckIsLeaderError, RaftError};
+use tokio::sync::oneshot;
+
+use crate::batcher::Pending;
+use crate::error::{StoreError, fatal, leader_error, storage};
+use crate::handle::{START_TIMEOUT, Store};
+use crate::kv::{self, Kv, KvTree};
+use crate::op::{Op, OpResult};
+use crate::store::space_tree;
+
+/// How long a write waits for this replica to apply what the leader
+/// committed.
+const APPLY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Write-path counters since `open` (diagnostics).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Raft entries proposed by the write batcher.
+    pub raft_entries: u64,
+    /// `Store::write` calls carried by those entries.
+    pub writes: u64,
+}
+
+impl Store {
+    pub(crate) async fn write_internal(&self, ops: Vec<Op>) -> Result<(), StoreError> {
+        self.submit(ops, true).await.map(|_| ())
+    }
+
+    /// Queues `ops` for the batcher and waits for the applied result.
+    async fn submit(
+        &self,
+        ops: Vec<Op>,
+        internal: bool,
+    ) -> Result<(Vec<OpResult>, u64), StoreError> {
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return Err(StoreError::Shutdown);
+        }
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .writes
+            .send(Pending {
+                ops,
+                reply,
+                internal,
+            })
+            .await
+            .map_err(|_| StoreError::Shutdown)?;
+        rx.await.map_err(|_| StoreError::Shutdown)?
+    }
+
+    /// The index of the last log entry this replica has applied.
+    pub fn applied_index(&self) -> u64 {
+        self.inner
+            .raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map_or(0, |l| l.index)
+    }
+
+    /// Replicates and applies one write. Concurrent writes are batched into
+    /// one Raft entry. Returns once committed and applied, one result per op.
+    pub async fn write(&self, ops: Vec<Op>) -> Result<Vec<OpResult>, StoreError> {
+        Ok(self.write_at(ops).await?.0)
+    }
+
+    /// `write`, also returning the log index of the entry that carried it.
+    /// Returns once this replica has applied it too, so that reads here
+    /// after a write see it (read-your-writes on a follower, whose writes
+    /// the leader commits before this replica hears of the commit).
+    async fn write_at(&self, ops: Vec<Op>) -> Result<(Vec<OpResult>, u64), StoreError> {
+        let (results, index) = self.submit(ops, false).await?;
+        if self.applied_index() < index {
+            let waited = self
+                .inner
+                .raft
+                .wait(Some(APPLY_WAIT))
+                .applied_index_at_least(Some(index), "a write applied locally")
+                .await;
+            if let Err(e) = waited {
+                // Committed all the same: only this replica lags.
+                tracing::warn!(index, error = %e, "write committed but not yet applied here");
+            }
+        }
+        Ok((results, index))
+    }
+
+    fn space(&self, space: &str) -> Result<kv::SledTree, StoreError> {
+        self.inner.kv.tree(&space_tree(space)).map_err(storage)
+    }
+
+    /// Reads one key from the local replica.
+    pub fn get(&self, space: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.space(space)?.get(key).map_err(storage)
+    }
+
+    /// All keys and values under `prefix`, in key order, from the local replica.
+    #[allow(clippy::type_complexity)] // the signature is the fixed public API
+    pub fn scan_prefix(
+        &self,
+        space: &str,
+        prefix: &[u8],
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        self.space(space)?.scan_prefix(prefix).map_err(storage)
+    }
+
+    /// Number of keys under `prefix` in the local replica.
+    pub fn count_prefix(&self, space: &str, prefix: &[u8]) -> Result<u64, StoreError> {
+        self.space(space)?.count_prefix(prefix).map_err(storage)
+    }
+
+    /// Waits until the local replica has applied everything committed
+    /// before this call (a linearizable read barrier).
+    pub async fn read_barrier(&self) -> Result<(), StoreError> {
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return Err(StoreError::Shutdown);
+        }
+        let raft = &self.inner.raft;
+        match raft.ensure_linearizable().await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
+                // A follower: an empty write through the leader marks a
+                // point at or after every write committed before this
+                // call; once applied here, reads see all of them. It rides
+                // in a batch with other writes, so it rarely costs an fsync
+                // of its own.
+                let (_, index) = self.write_at(Vec::new()).await?;
+                raft.wait(Some(START_TIMEOUT))
+                    .applied_index_at_least(Some(index), "read barrier")
+                    .await
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                Ok(())
+            }
+            Err(e) => Err(leader_error(e)),
+        }
+    }
+
+    /// Write-path counters since `open`: how many Raft entries carried how
+    /// many writes.
+    pub fn stats(&self) -> StoreStats {
+        StoreStats {
+            raft_entries: self.inner.counters.entries.load(Ordering::Relaxed),
+            writes: self.inner.counters.writes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Builds a snapshot of the state machine now and purges the log it
+    /// covers. Raft also does this by itself every 10 000 entries.
+    pub async fn compact(&self) -> Result<(), StoreError> {
+        let raft = &self.inner.raft;
+        let applied = raft.metrics().borrow().last_applied;
+        let Some(applied) = applied else {
+            return Ok(());
+        };
+        raft.trigger().snapshot().await.map_err(fatal)?;
+        raft.wait(Some(START_TIMEOUT))
+            .snapshot(applied, "snapshot built")
+            .await
+            .or_else(|_| {
+                // A later entry may have been included: accept any snapshot
+                // at or past `applied`.
+                let snap = raft.metrics().borrow().snapshot;
+                if snap.is_some_and(|s| s.index >= applied.index) {
+                    Ok(raft.metrics().borrow().clone())
+                } else {
+                    Err(StoreError::Storage("snapshot not built in time".into()))
+                }
+            })?;
+        raft.trigger()
+            .purge_log(applied.index)
+            .await
+            .map_err(fatal)?;
+        raft.wait(Some(START_TIMEOUT))
+            .metrics(
+                |m| m.purged.is_some_and(|p| p.index >= applied.index),
+                "log purged",
+            )
+            .await
+            .map_err(storage)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,156 @@
+//! What applying writes tells the rest of the node: lease renewals (when
+//! this replica applied them), expiries and bulk route drops; the
+//! `ClusterEvents` trait the node implements to hear them; and the key layout
+//! of the lease spaces those writes touch (`LEASES`, `EXPIRED`).
+//!
+//! The state machine reports here while it applies (`Observed`,
+//! `Hooks::fire`), so nothing here may call the node or block: events are
+//! queued, and `lease` hands them to the node from a task.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+
+use crate::op::{Op, OpResult};
+use crate::routes;
+
+/// Space of leases: key node id (u64 big-endian), value the node's renewal
+/// counter (u64 big-endian).
+pub const LEASES: &str = "node_lease";
+/// Space of expirations: key node id (u64 big-endian), value the leader's
+/// wall clock (ms since the epoch) when it expired the node.
+pub const EXPIRED: &str = "node_expired";
+
+/// Implemented by the node: cluster events, called on a task of the
+/// store (not while applying), in log order.
+pub trait ClusterEvents: Send + Sync + 'static {
+    /// Node `node_id` was expired (it stopped renewing its lease): its
+    /// routes are already gone from the routing table; tell the contacts
+    /// of its users. Called on every node when the expiry applies,
+    /// including the expired node itself if it is alive after all (it
+    /// should then end its sessions: their routes are gone). May be
+    /// called again for an old expiry when a log is replayed at start, so
+    /// it must be idempotent.
+    fn node_expired(&self, node_id: u64);
+
+    /// Routes were dropped in bulk (`routes::drop_node`: a node expired,
+    /// or a restarted node cleared what its previous run left): the users
+    /// of those sessions are gone, tell their contacts. Called on every
+    /// node after the write applied, like `node_expired`; each node should
+    /// tell only its own sessions, so that nobody is told twice.
+    fn routes_dropped(&self, routes: Vec<routes::Route>) {
+        let _ = routes;
+    }
+}
+
+/// What the state machine reports to the node, in log order.
+pub enum Event {
+    Expired(u64),
+    RoutesDropped(Vec<routes::Route>),
+}
+
+pub fn node_key(id: u64) -> Vec<u8> {
+    id.to_be_bytes().to_vec()
+}
+
+pub fn key_id(k: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(k.try_into().ok()?))
+}
+
+enum Seen {
+    Renewed(u64),
+    Expired(u64),
+    RoutesDropped(Vec<routes::Route>),
+}
+
+/// What the state machine tells the lease logic as it applies writes.
+pub struct Hooks {
+    seen: Mutex<HashMap<u64, Instant>>,
+    events: mpsc::UnboundedSender<Event>,
+}
+
+/// Lease and expiry writes found in applied writes, reported after the
+/// batch is durable.
+#[derive(Default)]
+pub struct Observed(Vec<Seen>);
+
+impl Observed {
+    /// Notes the lease writes of one applied write.
+    pub fn write(&mut self, ops: &[Op], results: &[OpResult]) {
+        if results
+            .iter()
+            .any(|r| matches!(r, OpResult::Aborted | OpResult::Exists | OpResult::Full))
+        {
+            return;
+        }
+        for (op, result) in ops.iter().zip(results) {
+            if let (Op::DeleteIndexed { space, .. }, OpResult::Removed(removed)) = (op, result)
+                && space == routes::ROUTES
+                && !removed.is_empty()
+            {
+                let dropped = removed
+                    .iter()
+                    .filter_map(|(k, v)| routes::Route::parse(k, v))
+                    .collect();
+                self.0.push(Seen::RoutesDropped(dropped));
+            }
+            if let Op::Put { space, key, .. } = op {
+                match (space.as_str(), key_id(key)) {
+                    (LEASES, Some(id)) => self.0.push(Seen::Renewed(id)),
+                    (EXPIRED, Some(id)) => self.0.push(Seen::Expired(id)),
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+impl Hooks {
+    /// Also returns the receiving end of expiry events (unbounded, but
+    /// expiries are rare: one per dead node).
+    pub fn new() -> (Arc<Hooks>, mpsc::UnboundedReceiver<Event>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (
+            Arc::new(Hooks {
+                seen: Mutex::default(),
+                events: tx,
+            }),
+            rx,
+        )
+    }
+
+    pub fn fire(&self, observed: Observed) {
+        let now = Instant::now();
+        for e in observed.0 {
+            match e {
+                Seen::Renewed(id) => {
+                    self.seen
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(id, now);
+                }
+                Seen::Expired(id) => {
+                    self.seen
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&id);
+                    let _ = self.events.send(Event::Expired(id));
+                }
+                Seen::RoutesDropped(r) => {
+                    let _ = self.events.send(Event::RoutesDropped(r));
+                }
+            }
+        }
+    }
+
+    /// When this replica last applied a renewal of `id`.
+    pub fn last_renewal(&self, id: u64) -> Option<Instant> {
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .copied()
+    }
+}

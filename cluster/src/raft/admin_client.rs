@@ -1,0 +1,150 @@
+//! The client side of `starling.cluster.v1.Admin`: asking a member to add
+//! or remove a node, asking a node for its status, and forwarding a
+//! follower's batch of writes to the leader (`ForwardWrite`). Every call
+//! goes through the `Transport`, so it carries the cluster's TLS.
+//!
+//! Must not retry a forwarded write: a lost reply may hide a write that was
+//! applied.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use starling_proto::cluster::admin_client::AdminClient;
+use starling_proto::cluster::{JoinRequest, LeaveRequest, RaftRequest, StatusReply, StatusRequest};
+use tonic::Request;
+use tonic::transport::Channel;
+
+use crate::codec::{decode, encode};
+use crate::error::StoreError;
+use crate::raft::{NodeId, Request as WriteRequest, Response as WriteResponse};
+use crate::transport::Transport;
+
+/// Adding a member waits for it to catch up.
+pub const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Admin clients by address, for forwarding writes.
+pub struct Forwarder {
+    transport: Arc<Transport>,
+    timeout: Duration,
+    clients: HashMap<String, AdminClient<Channel>>,
+}
+
+impl Forwarder {
+    pub fn new(transport: Arc<Transport>, timeout: Duration) -> Self {
+        Forwarder {
+            transport,
+            timeout,
+            clients: HashMap::new(),
+        }
+    }
+
+    fn client(&mut self, addr: &str) -> Result<AdminClient<Channel>, StoreError> {
+        if let Some(c) = self.clients.get(addr) {
+            return Ok(c.clone());
+        }
+        let channel = self
+            .transport
+            .channel(addr)
+            .map_err(|e| StoreError::Unavailable(format!("leader address {e}")))?;
+        let c = AdminClient::new(channel)
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX);
+        self.clients.insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
+
+    /// Has the leader at `addr` propose `write`. Not retried: a lost reply
+    /// may hide a write that was applied.
+    pub async fn forward(
+        &mut self,
+        addr: &str,
+        write: &WriteRequest,
+    ) -> Result<WriteResponse, StoreError> {
+        let data = encode(write).map_err(StoreError::Storage)?;
+        let mut client = self.client(addr)?;
+        let mut req = Request::new(RaftRequest { data });
+        req.set_timeout(self.timeout);
+        let reply = tokio::time::timeout(self.timeout, client.forward_write(req))
+            .await
+            .map_err(|_| {
+                StoreError::Unavailable(format!("forwarding to leader {addr}: timed out"))
+            })?
+            .map_err(|s| {
+                StoreError::Unavailable(format!("forwarding to leader {addr}: {}", s.message()))
+            })?
+            .into_inner();
+        if !reply.error.is_empty() {
+            return Err(StoreError::Unavailable(format!(
+                "leader {addr}: {}",
+                reply.error
+            )));
+        }
+        decode(&reply.data).map_err(StoreError::Storage)
+    }
+}
+
+fn unavailable(what: &str, addr: &str) -> impl Fn(tonic::Status) -> StoreError {
+    move |s| StoreError::Unavailable(format!("{what} at {addr}: {}", s.message()))
+}
+
+/// Asks the member at `seed` (any member) to add this node.
+pub async fn join(
+    transport: &Transport,
+    seed: &str,
+    node_id: NodeId,
+    raft_addr: &str,
+) -> Result<(), StoreError> {
+    let ch = transport.channel(seed).map_err(StoreError::Unavailable)?;
+    let mut req = Request::new(JoinRequest {
+        node_id,
+        raft_addr: raft_addr.to_string(),
+        c2s_addr: String::new(),
+    });
+    req.set_timeout(JOIN_TIMEOUT);
+    let r = AdminClient::new(ch)
+        .join(req)
+        .await
+        .map_err(unavailable("join", seed))?
+        .into_inner();
+    if r.ok {
+        Ok(())
+    } else {
+        Err(StoreError::Unavailable(format!(
+            "join refused: {}",
+            r.error
+        )))
+    }
+}
+
+/// Asks the member at `addr` to remove `node_id`.
+pub async fn leave(transport: &Transport, addr: &str, node_id: NodeId) -> Result<(), StoreError> {
+    let ch = transport.channel(addr).map_err(StoreError::Unavailable)?;
+    let mut req = Request::new(LeaveRequest { node_id });
+    req.set_timeout(JOIN_TIMEOUT);
+    let r = AdminClient::new(ch)
+        .leave(req)
+        .await
+        .map_err(unavailable("leave", addr))?
+        .into_inner();
+    if r.ok {
+        Ok(())
+    } else {
+        Err(StoreError::Unavailable(format!(
+            "leave refused: {}",
+            r.error
+        )))
+    }
+}
+
+/// The status the node at `addr` reports.
+pub async fn status(transport: &Transport, addr: &str) -> Result<StatusReply, StoreError> {
+    let ch = transport.channel(addr).map_err(StoreError::Unavailable)?;
+    let mut req = Request::new(StatusRequest {});
+    req.set_timeout(Duration::from_secs(5));
+    Ok(AdminClient::new(ch)
+        .status(req)
+        .await
+        .map_err(unavailable("status", addr))?
+        .into_inner())
+}
