@@ -8,11 +8,11 @@
 //! - a server-side SCRAM-SHA-256 exchange (the client's salted password
 //!   cached, as real clients do) and PLAIN verification (PBKDF2, 4096).
 
+use actix::{Actor, Context, Handler};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use hmac::{KeyInit, Mac};
 use sha2::{Digest, Sha256};
 use starling::auth::scram::{ScramHash, ScramServer, ScramStep, StoredCredentials};
-use actix::{Actor, Context, Handler};
 use starling::router::{Router, SessionHandle, ToSession};
 use starling::xml::{Element, Limits, StreamEvent, StreamParser};
 use std::hint::black_box;
