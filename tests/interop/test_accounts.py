@@ -1,5 +1,7 @@
 """Accounts: starling user add|del|passwd|list while running, XEP-0077, deletion ends sessions."""
 
+import uuid
+
 import pytest
 
 from rawxmpp import C, SASLFailure, StreamClosed, q, stanza_error, tostring
@@ -33,6 +35,65 @@ def test_cli_user_add_list_passwd_del_while_running(server, clients):
     e2 = clients.add(server.client()).start()
     with pytest.raises(SASLFailure):
         e2.auth(user, "new-pass-1")
+
+
+def _can_log_in(server, clients, jid, password, mech="SCRAM-SHA-1"):
+    user = jid.split("@")[0]
+    c = clients.add(server.client()).start()
+    try:
+        c.auth(user, password, mech)
+    except SASLFailure:
+        return False
+    c.bind()
+    return True
+
+
+@pytest.mark.starling_only
+def test_cli_password_beginning_with_hyphen_after_double_dash(server, clients):
+    """`starling user add JID -- -PASSWORD`: the password is not taken for an option."""
+    jid = f"dash{uuid.uuid4().hex[:8]}@{server.domain}"
+    pw = "-s3cret-" + uuid.uuid4().hex[:6]
+    server.cli("user", "add", jid, after=["--", pw])
+    assert jid in server.list_users()
+    assert _can_log_in(server, clients, jid, pw)
+    assert _can_log_in(server, clients, jid, pw, mech="SCRAM-SHA-256")
+    assert not _can_log_in(server, clients, jid, pw.lstrip("-"))
+    # and `user passwd JID -- -NEW` likewise
+    new = "--n3w-" + uuid.uuid4().hex[:6]
+    server.cli("user", "passwd", jid, after=["--", new])
+    assert _can_log_in(server, clients, jid, new)
+    assert not _can_log_in(server, clients, jid, pw)
+
+
+@pytest.mark.starling_only
+def test_cli_password_from_stdin(server, clients):
+    """No PASSWORD argument: one line of standard input is the password, without its line end."""
+    jid = f"stdin{uuid.uuid4().hex[:8]}@{server.domain}"
+    pw = "-from stdin " + uuid.uuid4().hex[:6]
+    server.cli("user", "add", jid, stdin=pw + "\n")
+    assert jid in server.list_users()
+    assert _can_log_in(server, clients, jid, pw)
+    assert not _can_log_in(server, clients, jid, pw + "\n")
+
+
+@pytest.mark.starling_only
+def test_cli_passwd_from_stdin(server, clients):
+    jid, user, pw = server.new_user("pwstdin")
+    new = "-changed via stdin " + uuid.uuid4().hex[:6]
+    server.cli("user", "passwd", jid, stdin=new + "\r\n")
+    assert _can_log_in(server, clients, jid, new)
+    assert not _can_log_in(server, clients, jid, pw)
+
+
+@pytest.mark.starling_only
+def test_cli_password_missing_from_stdin_fails(server):
+    """Nothing (or an empty line) on standard input is an error, and no account is made."""
+    for stdin in ("", "\n"):
+        jid = f"nopw{uuid.uuid4().hex[:8]}@{server.domain}"
+        r = server.cli("user", "add", jid, stdin=stdin, check=False)
+        assert r.returncode != 0, (r.stdout, r.stderr)
+        assert "password" in r.stderr, r.stderr
+        assert jid not in server.list_users()
 
 
 @pytest.mark.starling_only
