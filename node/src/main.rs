@@ -335,12 +335,12 @@ fn read_password_line(input: &mut impl std::io::BufRead) -> anyhow::Result<Strin
     Ok(line)
 }
 
-/// Prints `prompt` on standard error and reads a line from the terminal on
-/// standard input with echo off (termios), restoring the terminal after.
+/// Reads a line from the terminal on standard input with echo off
+/// (termios), after printing `prompt` on standard error; the terminal's
+/// settings are restored after. Echo goes off before the prompt shows, so
+/// nothing typed after it is echoed.
 fn prompt_hidden(prompt: &str) -> anyhow::Result<String> {
     use std::io::Write;
-    eprint!("{prompt}");
-    std::io::stderr().flush()?;
     let fd = libc::STDIN_FILENO;
     // SAFETY: termios is plain data; tcgetattr fills it for a valid fd.
     let mut saved: libc::termios = unsafe { std::mem::zeroed() };
@@ -355,7 +355,11 @@ fn prompt_hidden(prompt: &str) -> anyhow::Result<String> {
     if unsafe { libc::tcsetattr(fd, libc::TCSANOW, &quiet) } != 0 {
         return Err(std::io::Error::last_os_error().into());
     }
-    let line = read_password_line(&mut std::io::stdin().lock());
+    eprint!("{prompt}");
+    let line = std::io::stderr()
+        .flush()
+        .map_err(anyhow::Error::from)
+        .and_then(|()| read_password_line(&mut std::io::stdin().lock()));
     // SAFETY: restores the settings read above.
     unsafe { libc::tcsetattr(fd, libc::TCSANOW, &saved) };
     line

@@ -85,6 +85,57 @@ def test_cli_passwd_from_stdin(server, clients):
     assert not _can_log_in(server, clients, jid, pw)
 
 
+def _cli_on_a_terminal(server, args, lines):
+    """Runs `starling ARGS --data-dir D` on a pseudo-terminal, typing each of `lines` after the
+    prompt that ends with the matching text; returns (exit code, everything it showed)."""
+    import os
+    import pty
+    import time
+    from conftest import STARLING_BIN, child_env
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: exec at once, nothing else
+        os.execve(STARLING_BIN, ["starling", *args, "--data-dir", server.data_dir], child_env())
+    shown = b""
+    try:
+        for prompt, line in lines:
+            deadline = time.monotonic() + 20
+            while prompt not in shown and time.monotonic() < deadline:
+                shown += os.read(fd, 1024)
+            os.write(fd, line)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(pid, 9)
+            done, status = os.waitpid(pid, 0)
+        try:
+            shown += os.read(fd, 4096)
+        except OSError:
+            pass
+        return os.waitstatus_to_exitcode(status), shown
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.starling_only
+def test_cli_password_prompt_at_a_terminal(server, clients):
+    """At a terminal the password is asked twice, without echo; different answers are refused."""
+    jid = f"tty{uuid.uuid4().hex[:8]}@{server.domain}"
+    pw = "-typed " + uuid.uuid4().hex[:6]
+    code, shown = _cli_on_a_terminal(server, ["user", "add", jid],
+                                     [(b"Password for", pw.encode() + b"\n"), (b"Again", b"other\n")])
+    assert code != 0 and b"differ" in shown, shown
+    assert jid not in server.list_users()
+    code, shown = _cli_on_a_terminal(server, ["user", "add", jid],
+                                     [(b"Password for", pw.encode() + b"\n"), (b"Again", pw.encode() + b"\n")])
+    assert code == 0, shown
+    assert pw.encode() not in shown, f"the password was echoed: {shown!r}"
+    assert _can_log_in(server, clients, jid, pw)
+
+
 @pytest.mark.starling_only
 def test_cli_password_missing_from_stdin_fails(server):
     """Nothing (or an empty line) on standard input is an error, and no account is made."""
