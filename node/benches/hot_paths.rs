@@ -10,8 +10,7 @@
 
 use actix::{Actor, Context, Handler};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use hmac::{KeyInit, Mac};
-use sha2::{Digest, Sha256};
+use starling::auth::ScramClient;
 use starling::auth::scram::{ScramHash, ScramServer, ScramStep, StoredCredentials};
 use starling::router::{Router, SessionHandle, ToSession};
 use starling::xml::{Element, Limits, StreamEvent, StreamParser};
@@ -123,37 +122,22 @@ fn router(c: &mut Criterion) {
     });
 }
 
-fn hmac256(key: &[u8], data: &[u8]) -> Vec<u8> {
-    let mut m = hmac::Hmac::<Sha256>::new_from_slice(key).unwrap();
-    m.update(data);
-    m.finalize().into_bytes().to_vec()
-}
-
 fn scram(c: &mut Criterion) {
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::STANDARD;
     let creds = StoredCredentials::new("pencil", 4096);
     let stored = creds.get(ScramHash::Sha256).clone();
     // The client's salted password, computed once (clients cache it).
-    let mut salted = [0u8; 32];
-    pbkdf2::pbkdf2_hmac::<Sha256>(b"pencil", &stored.salt, stored.iterations, &mut salted);
-    let client_key = hmac256(&salted, b"Client Key");
-    let stored_key = Sha256::digest(&client_key);
+    let salted =
+        ScramClient::salted_password(ScramHash::Sha256, "pencil", &stored.salt, stored.iterations);
     c.bench_function("SCRAM-SHA-256 exchange, server side + client proof", |b| {
         b.iter(|| {
             let mut s = ScramServer::new(ScramHash::Sha256);
-            let first_bare = "n=user,r=rOprNGfwEbeRWgbNEkqO";
-            let user = s
-                .client_first(format!("n,,{first_bare}").as_bytes())
-                .unwrap();
+            let (mut client, first) = ScramClient::start(ScramHash::Sha256, "user", "pencil");
+            let user = s.client_first(first.as_bytes()).unwrap();
             black_box(user);
-            let server_first = String::from_utf8(s.server_first(Some(&stored))).unwrap();
-            let nonce = server_first.split(',').next().unwrap();
-            let without_proof = format!("c=biws,{nonce}");
-            let auth_message = format!("{first_bare},{server_first},{without_proof}");
-            let sig = hmac256(&stored_key, auth_message.as_bytes());
-            let proof: Vec<u8> = client_key.iter().zip(&sig).map(|(a, b)| a ^ b).collect();
-            let fin = format!("{without_proof},p={}", b64.encode(proof));
+            let server_first = s.server_first(Some(&stored));
+            let fin = client
+                .client_final_with(&server_first, |_, _| salted.clone())
+                .unwrap();
             match s.client_final(fin.as_bytes()).unwrap() {
                 ScramStep::Success { .. } => {}
                 _ => panic!("not authenticated"),

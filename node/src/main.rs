@@ -122,12 +122,26 @@ enum ClusterAction {
 
 #[derive(Subcommand)]
 enum UserAction {
-    /// Create an account: `starling user add alice@localhost s3cret`.
-    Add { jid: String, password: String },
+    /// Create an account: `starling user add alice@localhost` (the password
+    /// is read from standard input), or `starling user add alice@localhost -- PASSWORD`.
+    Add {
+        jid: String,
+        /// The password; read from standard input when left out (a password
+        /// on the command line shows in `ps` and in the shell's history).
+        /// One that begins with `-` is taken as is unless it is one of
+        /// the options (`-c`): put it after `--` to be sure.
+        #[arg(allow_hyphen_values = true)]
+        password: Option<String>,
+    },
     /// Delete an account, its data, and end its sessions.
     Del { jid: String },
-    /// Set a new password.
-    Passwd { jid: String, password: String },
+    /// Set a new password (read from standard input when left out).
+    Passwd {
+        jid: String,
+        /// The new password; read from standard input when left out.
+        #[arg(allow_hyphen_values = true)]
+        password: Option<String>,
+    },
     /// List accounts, optionally of one domain.
     List { domain: Option<String> },
 }
@@ -191,9 +205,15 @@ fn main() -> std::process::ExitCode {
         Command::User { action, node } => load(&node).and_then(|mut cfg| {
             cfg.check()?;
             let req = match action {
-                UserAction::Add { jid, password } => Request::UserAdd { jid, password },
+                UserAction::Add { jid, password } => {
+                    let password = password_or_stdin(password, &jid)?;
+                    Request::UserAdd { jid, password }
+                }
                 UserAction::Del { jid } => Request::UserDel { jid },
-                UserAction::Passwd { jid, password } => Request::UserPasswd { jid, password },
+                UserAction::Passwd { jid, password } => {
+                    let password = password_or_stdin(password, &jid)?;
+                    Request::UserPasswd { jid, password }
+                }
                 UserAction::List { domain } => Request::UserList { domain },
             };
             let resp = starling::run::admin_request(cfg, req)?;
@@ -272,4 +292,129 @@ fn print_admin(cfg: Config, req: Request) -> anyhow::Result<()> {
         println!("{l}");
     }
     Ok(())
+}
+
+/// The password given on the command line, or one line of standard input:
+/// typed at a prompt without echo (twice) when standard input is a
+/// terminal, else read as is (`echo "$PW" | starling user add JID`). The
+/// line's end (`\n` or `\r\n`) is not part of the password.
+fn password_or_stdin(given: Option<String>, jid: &str) -> anyhow::Result<String> {
+    use std::io::IsTerminal;
+    if let Some(p) = given {
+        return Ok(p);
+    }
+    let stdin = std::io::stdin();
+    let password = if stdin.is_terminal() {
+        let first = prompt_hidden(&format!("Password for {jid}: "))?;
+        let again = prompt_hidden("Again: ")?;
+        if first != again {
+            anyhow::bail!("the two passwords differ");
+        }
+        first
+    } else {
+        read_password_line(&mut stdin.lock())?
+    };
+    if password.is_empty() {
+        anyhow::bail!("empty password");
+    }
+    Ok(password)
+}
+
+/// One line, without its line end; an error at end of input.
+fn read_password_line(input: &mut impl std::io::BufRead) -> anyhow::Result<String> {
+    let mut line = String::new();
+    if input.read_line(&mut line)? == 0 {
+        anyhow::bail!("no password on standard input");
+    }
+    if line.ends_with('\n') {
+        line.pop();
+        if line.ends_with('\r') {
+            line.pop();
+        }
+    }
+    Ok(line)
+}
+
+/// Reads a line from the terminal on standard input with echo off
+/// (termios), after printing `prompt` on standard error; the terminal's
+/// settings are restored after. Echo goes off before the prompt shows, so
+/// nothing typed after it is echoed.
+fn prompt_hidden(prompt: &str) -> anyhow::Result<String> {
+    use std::io::Write;
+    let fd = libc::STDIN_FILENO;
+    // SAFETY: termios is plain data; tcgetattr fills it for a valid fd.
+    let mut saved: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: fd 0 is open (it is a terminal) and `saved` is writable.
+    if unsafe { libc::tcgetattr(fd, &mut saved) } != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    let mut quiet = saved;
+    quiet.c_lflag &= !libc::ECHO;
+    quiet.c_lflag |= libc::ECHONL;
+    // SAFETY: as above, with a termios derived from the terminal's own.
+    if unsafe { libc::tcsetattr(fd, libc::TCSANOW, &quiet) } != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    eprint!("{prompt}");
+    let line = std::io::stderr()
+        .flush()
+        .map_err(anyhow::Error::from)
+        .and_then(|()| read_password_line(&mut std::io::stdin().lock()));
+    // SAFETY: restores the settings read above.
+    unsafe { libc::tcsetattr(fd, libc::TCSANOW, &saved) };
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn password_line_loses_only_its_line_end() {
+        let read = |s: &str| read_password_line(&mut s.as_bytes()).unwrap();
+        assert_eq!(read("-s3cret\n"), "-s3cret");
+        assert_eq!(read("pw with spaces \r\n"), "pw with spaces ");
+        assert_eq!(read("no-newline"), "no-newline");
+        assert_eq!(read("first\nsecond\n"), "first");
+        assert!(read_password_line(&mut "".as_bytes()).is_err());
+    }
+
+    /// (jid, password, data_dir) of a `user add` or `user passwd` command line.
+    fn parse(args: &[&str]) -> (String, Option<String>, Option<PathBuf>) {
+        let Command::User { action, node } = Cli::try_parse_from(args).unwrap().command else {
+            panic!("not a user command");
+        };
+        match action {
+            UserAction::Add { jid, password } | UserAction::Passwd { jid, password } => {
+                (jid, password, node.data_dir)
+            }
+            _ => panic!("not add or passwd"),
+        }
+    }
+
+    #[test]
+    fn passwords_beginning_with_a_hyphen() {
+        let d = Some(PathBuf::from("d"));
+        let pw = |p: &str| Some(p.to_owned());
+        for cmd in ["add", "passwd"] {
+            let with = |rest: &[&'static str]| {
+                let mut args = vec!["starling", "user", cmd, "a@l"];
+                args.extend_from_slice(rest);
+                let (jid, password, data_dir) = parse(&args);
+                assert_eq!(jid, "a@l");
+                (password, data_dir)
+            };
+            assert_eq!(with(&["--", "-s3cret"]), (pw("-s3cret"), None));
+            assert_eq!(
+                with(&["--data-dir", "d", "--", "-c"]),
+                (pw("-c"), d.clone())
+            );
+            assert_eq!(
+                with(&["-s3cret", "--data-dir", "d"]),
+                (pw("-s3cret"), d.clone())
+            );
+            assert_eq!(with(&["--data-dir", "d"]), (None, d.clone()));
+            assert_eq!(with(&[]), (None, None));
+        }
+    }
 }

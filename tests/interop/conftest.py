@@ -257,9 +257,11 @@ class StarlingServer(Server):
             self.stop()
             pytest.fail(f"{e}\n{self.log_tail()}")
 
-    def cli(self, *args, check=True) -> subprocess.CompletedProcess:
-        cmd = [STARLING_BIN, *args, "--data-dir", self.data_dir]
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=self.workdir, env=child_env())
+    def cli(self, *args, check=True, stdin=None, after=()) -> subprocess.CompletedProcess:
+        """``starling ARGS --data-dir D AFTER``; ``stdin`` (text) is piped to it (else it gets none)."""
+        cmd = [STARLING_BIN, *args, "--data-dir", self.data_dir, *after]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=self.workdir, env=child_env(),
+                           input=stdin if stdin is not None else "")
         if check and r.returncode != 0:
             raise AssertionError(f"{cmd} failed ({r.returncode}): {r.stdout}\n{r.stderr}")
         return r

@@ -1,5 +1,7 @@
 """Accounts: starling user add|del|passwd|list while running, XEP-0077, deletion ends sessions."""
 
+import uuid
+
 import pytest
 
 from rawxmpp import C, SASLFailure, StreamClosed, q, stanza_error, tostring
@@ -33,6 +35,116 @@ def test_cli_user_add_list_passwd_del_while_running(server, clients):
     e2 = clients.add(server.client()).start()
     with pytest.raises(SASLFailure):
         e2.auth(user, "new-pass-1")
+
+
+def _can_log_in(server, clients, jid, password, mech="SCRAM-SHA-1"):
+    user = jid.split("@")[0]
+    c = clients.add(server.client()).start()
+    try:
+        c.auth(user, password, mech)
+    except SASLFailure:
+        return False
+    c.bind()
+    return True
+
+
+@pytest.mark.starling_only
+def test_cli_password_beginning_with_hyphen_after_double_dash(server, clients):
+    """`starling user add JID -- -PASSWORD`: the password is not taken for an option."""
+    jid = f"dash{uuid.uuid4().hex[:8]}@{server.domain}"
+    pw = "-s3cret-" + uuid.uuid4().hex[:6]
+    server.cli("user", "add", jid, after=["--", pw])
+    assert jid in server.list_users()
+    assert _can_log_in(server, clients, jid, pw)
+    assert _can_log_in(server, clients, jid, pw, mech="SCRAM-SHA-256")
+    assert not _can_log_in(server, clients, jid, pw.lstrip("-"))
+    # and `user passwd JID -- -NEW` likewise
+    new = "--n3w-" + uuid.uuid4().hex[:6]
+    server.cli("user", "passwd", jid, after=["--", new])
+    assert _can_log_in(server, clients, jid, new)
+    assert not _can_log_in(server, clients, jid, pw)
+
+
+@pytest.mark.starling_only
+def test_cli_password_from_stdin(server, clients):
+    """No PASSWORD argument: one line of standard input is the password, without its line end."""
+    jid = f"stdin{uuid.uuid4().hex[:8]}@{server.domain}"
+    pw = "-from stdin " + uuid.uuid4().hex[:6]
+    server.cli("user", "add", jid, stdin=pw + "\n")
+    assert jid in server.list_users()
+    assert _can_log_in(server, clients, jid, pw)
+    assert not _can_log_in(server, clients, jid, pw + "\n")
+
+
+@pytest.mark.starling_only
+def test_cli_passwd_from_stdin(server, clients):
+    jid, user, pw = server.new_user("pwstdin")
+    new = "-changed via stdin " + uuid.uuid4().hex[:6]
+    server.cli("user", "passwd", jid, stdin=new + "\r\n")
+    assert _can_log_in(server, clients, jid, new)
+    assert not _can_log_in(server, clients, jid, pw)
+
+
+def _cli_on_a_terminal(server, args, lines):
+    """Runs `starling ARGS --data-dir D` on a pseudo-terminal, typing each of `lines` after the
+    prompt that ends with the matching text; returns (exit code, everything it showed)."""
+    import os
+    import pty
+    import time
+    from conftest import STARLING_BIN, child_env
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: exec at once, nothing else
+        os.execve(STARLING_BIN, ["starling", *args, "--data-dir", server.data_dir], child_env())
+    shown = b""
+    try:
+        for prompt, line in lines:
+            deadline = time.monotonic() + 20
+            while prompt not in shown and time.monotonic() < deadline:
+                shown += os.read(fd, 1024)
+            os.write(fd, line)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(pid, 9)
+            done, status = os.waitpid(pid, 0)
+        try:
+            shown += os.read(fd, 4096)
+        except OSError:
+            pass
+        return os.waitstatus_to_exitcode(status), shown
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.starling_only
+def test_cli_password_prompt_at_a_terminal(server, clients):
+    """At a terminal the password is asked twice, without echo; different answers are refused."""
+    jid = f"tty{uuid.uuid4().hex[:8]}@{server.domain}"
+    pw = "-typed " + uuid.uuid4().hex[:6]
+    code, shown = _cli_on_a_terminal(server, ["user", "add", jid],
+                                     [(b"Password for", pw.encode() + b"\n"), (b"Again", b"other\n")])
+    assert code != 0 and b"differ" in shown, shown
+    assert jid not in server.list_users()
+    code, shown = _cli_on_a_terminal(server, ["user", "add", jid],
+                                     [(b"Password for", pw.encode() + b"\n"), (b"Again", pw.encode() + b"\n")])
+    assert code == 0, shown
+    assert pw.encode() not in shown, f"the password was echoed: {shown!r}"
+    assert _can_log_in(server, clients, jid, pw)
+
+
+@pytest.mark.starling_only
+def test_cli_password_missing_from_stdin_fails(server):
+    """Nothing (or an empty line) on standard input is an error, and no account is made."""
+    for stdin in ("", "\n"):
+        jid = f"nopw{uuid.uuid4().hex[:8]}@{server.domain}"
+        r = server.cli("user", "add", jid, stdin=stdin, check=False)
+        assert r.returncode != 0, (r.stdout, r.stderr)
+        assert "password" in r.stderr, r.stderr
+        assert jid not in server.list_users()
 
 
 @pytest.mark.starling_only

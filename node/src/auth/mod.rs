@@ -8,9 +8,11 @@
 
 pub mod plain;
 pub mod scram;
+pub mod scram_client;
 
 pub use plain::{PlainCredentials, parse_plain};
 pub use scram::{ScramCredentials, ScramHash, ScramServer, ScramStep, StoredCredentials};
+pub use scram_client::{ScramClient, ScramClientError};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;

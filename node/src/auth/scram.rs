@@ -73,7 +73,7 @@ impl ScramHash {
         }
     }
 
-    fn hmac(&self, key: &[u8], data: &[u8]) -> Vec<u8> {
+    pub(crate) fn hmac(&self, key: &[u8], data: &[u8]) -> Vec<u8> {
         match self {
             ScramHash::Sha1 => hmac_with::<Sha1>(key, data),
             ScramHash::Sha256 => hmac_with::<Sha256>(key, data),
@@ -81,7 +81,7 @@ impl ScramHash {
         }
     }
 
-    fn hash(&self, data: &[u8]) -> Vec<u8> {
+    pub(crate) fn hash(&self, data: &[u8]) -> Vec<u8> {
         match self {
             ScramHash::Sha1 => Sha1::digest(data).to_vec(),
             ScramHash::Sha256 => Sha256::digest(data).to_vec(),
@@ -90,7 +90,7 @@ impl ScramHash {
     }
 
     /// Hi() of RFC 5802 §2.2, i.e. PBKDF2-HMAC with dkLen = output length.
-    fn hi(&self, password: &[u8], salt: &[u8], iterations: u32) -> Vec<u8> {
+    pub(crate) fn hi(&self, password: &[u8], salt: &[u8], iterations: u32) -> Vec<u8> {
         let mut out = vec![0u8; self.output_len()];
         let rounds = iterations.max(1);
         match self {
@@ -111,7 +111,7 @@ fn hmac_with<D: EagerHash>(key: &[u8], data: &[u8]) -> Vec<u8> {
 
 /// Normalize(password) of RFC 5802 §2.2: SASLprep (query mode); a password that
 /// SASLprep rejects is used as raw UTF-8 (consistently for SCRAM and PLAIN).
-fn normalize_password(password: &str) -> Cow<'_, str> {
+pub(crate) fn normalize_password(password: &str) -> Cow<'_, str> {
     saslprep(password).unwrap_or(Cow::Borrowed(password))
 }
 

@@ -1,7 +1,12 @@
 //! TLS configuration: one certificate per served domain, chosen by SNI
 //! (the first domain's when the client sends none). A domain without a
 //! configured certificate gets a self-signed one generated at first start
-//! and kept under `data_dir/certs/` so restarts present the same key.
+//! and kept under `data_dir/certs/` so restarts present the same key: a
+//! certificate *for the domain* (subject CN and DNS subjectAltName), valid
+//! for a year, so a client that trusts it can also check the name. At
+//! start, one that is about to expire, unreadable, or of the kind older
+//! versions made (CN "rcgen self signed cert", valid until 4096) is made
+//! anew; certificates from `[tls] certs` are never touched.
 
 use crate::config::Config;
 use anyhow::Context as _;
@@ -62,21 +67,109 @@ pub fn server_config(cfg: &Config) -> anyhow::Result<Arc<rustls::ServerConfig>> 
     Ok(Arc::new(config))
 }
 
-/// Returns the paths of a self-signed certificate for `domain`, making it
-/// on first use.
+/// How long a generated certificate is valid.
+const GENERATED_VALID_DAYS: i64 = 365;
+/// A generated certificate that expires within this many days is made anew
+/// at start.
+const RENEW_WITHIN_DAYS: i64 = 30;
+
+/// Returns the paths of the self-signed certificate for `domain`, making it
+/// on first use and again when [`renewal_reason`] finds one.
 fn self_signed(data_dir: &Path, domain: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
     let dir = data_dir.join("certs");
     let cert = dir.join(format!("{domain}.crt"));
     let key = dir.join(format!("{domain}.key"));
+    let now = time::OffsetDateTime::now_utc();
     if cert.exists() && key.exists() {
-        return Ok((cert, key));
+        let reason = match std::fs::read(&cert) {
+            Ok(pem) => renewal_reason(&pem, domain, now),
+            Err(e) => Some(format!("unreadable: {e}")),
+        };
+        let Some(reason) = reason else {
+            return Ok((cert, key));
+        };
+        tracing::warn!(%domain, path = %cert.display(), %reason, "renewing the generated certificate");
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let generated = rcgen::generate_simple_self_signed(vec![domain.to_owned()])?;
-    std::fs::write(&cert, generated.cert.pem())?;
-    write_private(&key, generated.signing_key.serialize_pem().as_bytes())?;
-    tracing::warn!(%domain, path = %cert.display(), "generated a self-signed certificate");
+    let (cert_pem, key_pem) = generate(domain, now)?;
+    // Each file is replaced whole (write, then rename), key first: a crash
+    // in between leaves an old certificate, which is renewed at next start.
+    let tmp = |p: &Path| p.with_extension("tmp");
+    write_private(&tmp(&key), key_pem.as_bytes())?;
+    std::fs::rename(tmp(&key), &key)?;
+    std::fs::write(tmp(&cert), cert_pem)?;
+    std::fs::rename(tmp(&cert), &cert)?;
+    tracing::warn!(%domain, path = %cert.display(), days = GENERATED_VALID_DAYS, "generated a self-signed certificate");
     Ok((cert, key))
+}
+
+/// A self-signed certificate and its key (PEM) for `domain`: subject CN and
+/// DNS subjectAltName the domain, valid from a day before `now` (clients
+/// with a slow clock) for [`GENERATED_VALID_DAYS`].
+fn generate(domain: &str, now: time::OffsetDateTime) -> anyhow::Result<(String, String)> {
+    let mut params = rcgen::CertificateParams::new(vec![domain.to_owned()])?;
+    let mut name = rcgen::DistinguishedName::new();
+    name.push(rcgen::DnType::CommonName, domain);
+    params.distinguished_name = name;
+    params.not_before = now - time::Duration::days(1);
+    params.not_after = now + time::Duration::days(GENERATED_VALID_DAYS);
+    let key = rcgen::KeyPair::generate()?;
+    let cert = params.self_signed(&key)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// Why the certificate file `pem` in `data_dir/certs/` must be generated
+/// again for `domain`, or `None` to keep it. A certificate someone put
+/// there that is not self-signed (issued by a CA) is kept whatever it says.
+fn renewal_reason(pem: &[u8], domain: &str, now: time::OffsetDateTime) -> Option<String> {
+    let der = match CertificateDer::from_pem_slice(pem) {
+        Ok(der) => der,
+        Err(e) => return Some(format!("not a PEM certificate: {e}")),
+    };
+    let cert = match x509_parser::parse_x509_certificate(&der) {
+        Ok((_, cert)) => cert,
+        Err(e) => return Some(format!("not a certificate: {e}")),
+    };
+    let not_after = cert.validity().not_after.timestamp();
+    let days_left = (not_after - now.unix_timestamp()).div_euclid(86_400);
+    if cert.issuer().as_raw() != cert.subject().as_raw() {
+        if days_left < RENEW_WITHIN_DAYS {
+            tracing::warn!(%domain, days_left, "the CA-issued certificate in the certificate directory expires soon; replace it");
+        }
+        return None;
+    }
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok());
+    if cn != Some(domain) {
+        return Some(format!("subject CN is {cn:?}, not the domain"));
+    }
+    let names_domain = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .is_some_and(|san| {
+            san.value.general_names.iter().any(
+                |n| matches!(n, x509_parser::extensions::GeneralName::DNSName(d) if *d == domain),
+            )
+        });
+    if !names_domain {
+        return Some("no DNS subjectAltName for the domain".into());
+    }
+    if days_left < RENEW_WITHIN_DAYS {
+        return Some(format!("expires in {days_left} days"));
+    }
+    if cert.validity().not_before.timestamp() > now.unix_timestamp() {
+        return Some("not valid yet".into());
+    }
+    if days_left > GENERATED_VALID_DAYS {
+        return Some(format!(
+            "valid for {days_left} more days, more than a generated one"
+        ));
+    }
+    None
 }
 
 /// Writes a file only its owner can read (keys, secrets).
@@ -90,4 +183,113 @@ pub fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
         .mode(0o600)
         .open(path)?;
     f.write_all(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::{Duration, OffsetDateTime};
+
+    fn parse(pem: &[u8]) -> (Option<String>, Vec<String>, i64, i64) {
+        let der = CertificateDer::from_pem_slice(pem).unwrap();
+        let (_, c) = x509_parser::parse_x509_certificate(&der).unwrap();
+        let cn = c
+            .subject()
+            .iter_common_name()
+            .next()
+            .map(|cn| cn.as_str().unwrap().to_owned());
+        let sans = c
+            .subject_alternative_name()
+            .unwrap()
+            .unwrap()
+            .value
+            .general_names
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        let v = c.validity();
+        (cn, sans, v.not_before.timestamp(), v.not_after.timestamp())
+    }
+
+    #[test]
+    fn generated_certificate_names_the_domain_for_a_year() {
+        let now = OffsetDateTime::now_utc();
+        let (cert, _) = generate("example.org", now).unwrap();
+        let (cn, sans, from, until) = parse(cert.as_bytes());
+        assert_eq!(cn.as_deref(), Some("example.org"));
+        assert_eq!(sans, ["DNSName(example.org)"]);
+        let t = now.unix_timestamp();
+        assert!(
+            (t - 86_400 - 1..=t - 86_400 + 1).contains(&from),
+            "{from} vs {t}"
+        );
+        assert!((until - t - 365 * 86_400).abs() <= 1);
+        assert_eq!(renewal_reason(cert.as_bytes(), "example.org", now), None);
+        // another domain's certificate is not this domain's
+        assert!(renewal_reason(cert.as_bytes(), "example.net", now).is_some());
+    }
+
+    #[test]
+    fn renewed_when_expiring_unreadable_or_of_the_old_kind() {
+        let now = OffsetDateTime::now_utc();
+        let (cert, _) = generate("localhost", now).unwrap();
+        // 336 days later, 29 left: renewed; at 31 left, kept.
+        assert!(renewal_reason(cert.as_bytes(), "localhost", now + Duration::days(336)).is_some());
+        assert_eq!(
+            renewal_reason(cert.as_bytes(), "localhost", now + Duration::days(334)),
+            None
+        );
+        assert!(renewal_reason(b"garbage", "localhost", now).is_some());
+        let old = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let reason = renewal_reason(old.cert.pem().as_bytes(), "localhost", now).unwrap();
+        assert!(reason.contains("CN"), "{reason}");
+    }
+
+    #[test]
+    fn a_ca_issued_certificate_is_kept_even_when_expiring() {
+        let now = OffsetDateTime::now_utc();
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.distinguished_name = rcgen::DistinguishedName::new();
+        ca.distinguished_name
+            .push(rcgen::DnType::CommonName, "Test CA");
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params.not_after = now + Duration::days(2);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        assert_eq!(
+            renewal_reason(cert.pem().as_bytes(), "localhost", now),
+            None
+        );
+    }
+
+    #[test]
+    fn server_config_renews_an_expiring_generated_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config {
+            domains: vec!["localhost".into()],
+            data_dir: dir.path().to_owned(),
+            ..Default::default()
+        };
+        server_config(&cfg).unwrap();
+        let path = dir.path().join("certs/localhost.crt");
+        let first = std::fs::read(&path).unwrap();
+        server_config(&cfg).unwrap();
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            first,
+            "a good certificate is kept"
+        );
+        let (old, key) =
+            generate("localhost", OffsetDateTime::now_utc() - Duration::days(350)).unwrap();
+        std::fs::write(&path, &old).unwrap();
+        std::fs::write(dir.path().join("certs/localhost.key"), key).unwrap();
+        server_config(&cfg).unwrap();
+        let renewed = std::fs::read(&path).unwrap();
+        assert_ne!(renewed, old.as_bytes());
+        let until = parse(&renewed).3;
+        assert!(until - OffsetDateTime::now_utc().unix_timestamp() > 364 * 86_400);
+    }
 }
