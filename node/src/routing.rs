@@ -1,85 +1,27 @@
-//! The replicated routing table and presence registry, and delivery to
-//! sessions on other nodes.
+//! Writes to the replicated routing table and presence registry, and
+//! what other nodes hand this one.
 //!
-//! Every bound session has a route in the store (`starling_cluster::routes`:
-//! `bare \0 resource` -> node id ++ payload), written through Raft when it
-//! binds, when its presence or roster interest changes, and removed when
-//! it ends. The payload is the session id followed by [`RouteInfo`] in
-//! MessagePack: what RFC 6121 delivery needs to know about a resource on
-//! another node (availability, priority, last presence, roster interest).
-//!
-//! The local [`Router`](crate::router::Router) stays the fast path: a node
-//! looks at the table only when the cluster has other members, reading its
-//! own replica (no network). Stanzas for a session on another node go over
-//! that node's delivery stream already serialised; the receiving node
-//! pushes them into the session's mailbox as they are ([`NodeDelivery`]).
-//!
-//! When routes are dropped in bulk (a node's lease lapsed, or a restarted
-//! node clears what its previous run left), every node tells its own
-//! sessions that those users went unavailable ([`NodeEvents`]).
+//! Every bound session has a route in the store (`starling_cluster::routes`,
+//! layout and reads in [`crate::router::table`]), written through Raft when
+//! it binds (by its user actor), when its presence or roster interest
+//! changes, and removed when it ends. Stanzas other nodes route to this
+//! node's sessions arrive through [`NodeDelivery`] and go into the session
+//! actor's mailbox as they are. When routes are dropped in bulk (a node's
+//! lease lapsed, or a restarted node clears what its previous run left),
+//! every node tells its own sessions that those users went unavailable
+//! ([`NodeEvents`]).
 
+use crate::router::table::{RouteInfo, owner_prefix, parse_payload, payload};
 use crate::server::Server;
 use crate::session::im;
 use crate::stanza::NS_CLIENT;
 use crate::storage::Subscription;
 use crate::xml::Element;
-use serde::{Deserialize, Serialize};
 use starling_cluster::routes::{self, Route};
 use starling_cluster::{
     ClusterEvents, DeliveryResult, Envelope, LocalDelivery, Op, OpResult, StoreError,
 };
 use std::sync::{Arc, Weak};
-
-/// What the routing table knows of a session besides its node.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct RouteInfo {
-    /// Sent initial presence and not yet unavailable.
-    pub available: bool,
-    pub priority: i32,
-    /// Asked for the roster (gets roster pushes).
-    pub interested: bool,
-    /// The last available presence it broadcast, serialised.
-    pub presence: Option<String>,
-}
-
-/// A session bound on another node.
-#[derive(Clone, Debug)]
-pub struct RemoteResource {
-    pub node: u64,
-    pub resource: String,
-    pub session: u64,
-    pub info: RouteInfo,
-}
-
-impl RemoteResource {
-    /// Its last available presence, if it is available.
-    pub fn presence(&self) -> Option<Element> {
-        if !self.info.available {
-            return None;
-        }
-        self.info.presence.as_deref().and_then(im::parse_stored)
-    }
-}
-
-/// `session id ++ info`.
-fn payload(session: u64, info: &RouteInfo) -> Vec<u8> {
-    let mut p = session.to_be_bytes().to_vec();
-    p.extend(rmp_serde::to_vec_named(info).expect("route info serialises"));
-    p
-}
-
-fn parse_payload(p: &[u8]) -> Option<(u64, RouteInfo)> {
-    let (id, rest) = p.split_at_checked(8)?;
-    let session = u64::from_be_bytes(id.try_into().ok()?);
-    Some((session, rmp_serde::from_slice(rest).ok()?))
-}
-
-/// The prefix of the stored value of a route this session owns.
-fn owner_prefix(node: u64, session: u64) -> Vec<u8> {
-    let mut p = node.to_be_bytes().to_vec();
-    p.extend_from_slice(&session.to_be_bytes());
-    p
-}
 
 /// Records a newly bound session. A session of the same full JID on
 /// another node is asked to close with `<conflict/>` (RFC 6120 §7.7.2.2:
@@ -208,89 +150,6 @@ pub async fn clear_own_routes(server: &Server) -> Result<(), StoreError> {
             Err(e) => return Err(e),
         }
     }
-}
-
-/// The sessions of `bare` on other nodes, from this node's replica (empty
-/// while the cluster has no other member).
-pub fn remote(server: &Server, bare: &str) -> Vec<RemoteResource> {
-    let store = &server.storage.store;
-    if !store.has_peers() {
-        return Vec::new();
-    }
-    let me = store.node_id();
-    let Ok(pairs) = store.scan_prefix(routes::ROUTES, &routes::bare_prefix(bare)) else {
-        return Vec::new();
-    };
-    pairs
-        .into_iter()
-        .filter_map(|(k, v)| {
-            let r = Route::parse(&k, &v)?;
-            if r.node_id == me {
-                return None;
-            }
-            let (session, info) = parse_payload(&r.payload)?;
-            Some(RemoteResource {
-                node: r.node_id,
-                resource: r.resource,
-                session,
-                info,
-            })
-        })
-        .collect()
-}
-
-/// The session of `bare/resource` if it is bound on another node.
-pub fn remote_one(server: &Server, bare: &str, resource: &str) -> Option<RemoteResource> {
-    let store = &server.storage.store;
-    if !store.has_peers() {
-        return None;
-    }
-    let v = store
-        .get(routes::ROUTES, &routes::route_key(bare, resource))
-        .ok()??;
-    let (node, p) = routes::parse_route_value(&v)?;
-    if node == store.node_id() {
-        return None;
-    }
-    let (session, info) = parse_payload(p)?;
-    Some(RemoteResource {
-        node,
-        resource: resource.to_owned(),
-        session,
-        info,
-    })
-}
-
-fn envelope(bare: &str, r: &RemoteResource, xml: &str) -> Envelope {
-    Envelope {
-        to: format!("{bare}/{}", r.resource),
-        session_id: r.session,
-        stanza: xml.as_bytes().to_vec(),
-        ..Envelope::default()
-    }
-}
-
-/// Queues a serialised stanza for a remote session without waiting for
-/// its answer: false when the queue to that node is full or it is gone.
-pub fn send(server: &Server, bare: &str, r: &RemoteResource, xml: &str) -> bool {
-    server
-        .storage
-        .store
-        .deliver(r.node, envelope(bare, r, xml))
-        .is_ok()
-}
-
-/// Sends a serialised stanza to a remote session and waits for that
-/// node's answer: true only when it reached the session's mailbox.
-pub async fn send_acked(server: &Server, bare: &str, r: &RemoteResource, xml: &str) -> bool {
-    matches!(
-        server
-            .storage
-            .store
-            .deliver_acked(r.node, envelope(bare, r, xml))
-            .await,
-        Ok(DeliveryResult::Delivered)
-    )
 }
 
 /// Takes the stanzas other nodes route to this node's sessions.

@@ -44,8 +44,8 @@ impl Server {
         Server {
             throttle: Throttle::new(&config),
             config,
+            router: Router::new(storage.store.clone()),
             storage,
-            router: Router::new(),
             tls,
             modules,
             started: Instant::now(),

@@ -217,6 +217,17 @@ pub fn now_stamp() -> String {
         .to_string()
 }
 
+/// Parses a stanza the server serialised itself (offline store, mailbox,
+/// routing table): trusted input, so no size limit.
+pub fn parse_serialised(xml: &str) -> Option<Element> {
+    let scope = [(String::new(), NS_CLIENT.to_owned())];
+    let limits = crate::xml::Limits {
+        max_stanza_bytes: usize::MAX,
+        ..Default::default()
+    };
+    crate::xml::parse_element(xml.as_bytes(), &scope, &limits).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

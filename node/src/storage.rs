@@ -227,6 +227,7 @@ impl Storage {
         bare: &str,
         mut f: impl FnMut(&mut UserTxn<'_>) -> Result<T, TxnError>,
     ) -> Result<(T, Committed), TxnError> {
+        let mut confirmed = !self.store.has_peers();
         for attempt in 0..MAX_TXN_ATTEMPTS {
             let mut txn = UserTxn {
                 storage: self,
@@ -237,7 +238,17 @@ impl Storage {
                 roster_ver: None,
                 new_ver: None,
             };
-            let out = f(&mut txn)?;
+            let out = f(&mut txn);
+            if !confirmed && (out.is_err() || txn.ops.is_empty()) {
+                // A decision to write nothing (an item not found, a
+                // request already answered) is not checked by a write:
+                // on a replica that may lag (a write through another
+                // node), catch up first and decide again.
+                self.store.read_barrier().await?;
+                confirmed = true;
+                continue;
+            }
+            let out = out?;
             let new_ver = txn.new_ver;
             if txn.ops.is_empty() {
                 return Ok((out, Committed { roster_ver: None }));

@@ -6,11 +6,21 @@
 //! also holds what RFC 6121 delivery needs per resource (availability,
 //! priority, last presence, whether it asked for the roster).
 //!
-//! This map holds only the sessions of this node; sessions on other nodes
-//! are found in the replicated routing table (`crate::routing`).
+//! The router is the one place that knows whether a resource is bound on
+//! this node or on another: [`Router::bound`] and [`Router::find`] give a
+//! user's resources wherever they are ([`Bound`], with [`At`] saying
+//! where), and [`Router::send`] / [`Router::send_acked`] deliver to one:
+//! into the session actor's mailbox here, or on the delivery stream to the
+//! node that holds it. What to deliver to whom (RFC 6121) is decided by
+//! `session::im` on top of this view; nothing else branches on local
+//! versus remote. Sessions of this node are in a concurrent map; those of
+//! other nodes in this node's replica of the routing table ([`table`]).
+
+pub mod table;
 
 use crate::xml::Element;
 use dashmap::DashMap;
+use starling_cluster::{DeliveryResult, Store};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -123,15 +133,144 @@ struct UserEntry {
     resources: Vec<Resource>,
 }
 
-/// The local sessions, by bare JID.
-#[derive(Default)]
+/// Where a bound resource is.
+#[derive(Clone, Debug)]
+pub enum At {
+    /// On this node: its session actor.
+    Here(SessionHandle),
+    /// On another node: that node, and the session's id there (so a stanza
+    /// never reaches a newer session of the same full JID by mistake).
+    Node { node: u64, session: u64 },
+}
+
+/// A bound resource of a user, on this node or another, with what RFC 6121
+/// delivery needs to know about it.
+#[derive(Clone, Debug)]
+pub struct Bound {
+    pub resource: String,
+    /// Sent initial presence and not yet unavailable.
+    pub available: bool,
+    pub priority: i32,
+    /// Requested the roster (RFC 6121 §2.1.6).
+    pub interested: bool,
+    pub at: At,
+}
+
+/// The sessions of this node by bare JID, and the way to those of others.
 pub struct Router {
     users: DashMap<String, UserEntry>,
+    store: Store,
 }
 
 impl Router {
-    pub fn new() -> Self {
-        Router::default()
+    pub fn new(store: Store) -> Self {
+        Router {
+            users: DashMap::new(),
+            store,
+        }
+    }
+
+    /// Every bound resource of `bare` in the cluster: this node's from its
+    /// own map, the others' from this node's replica of the routing table.
+    pub fn bound(&self, bare: &str) -> Vec<Bound> {
+        let mut out: Vec<Bound> = self.with_resources(bare, |rs| {
+            rs.iter()
+                .map(|r| Bound {
+                    resource: r.resource.clone(),
+                    available: r.available,
+                    priority: r.priority,
+                    interested: r.interested,
+                    at: At::Here(r.handle.clone()),
+                })
+                .collect()
+        });
+        out.extend(table::remote(&self.store, bare).into_iter().map(|r| Bound {
+            resource: r.resource,
+            available: r.info.available,
+            priority: r.info.priority,
+            interested: r.info.interested,
+            at: At::Node {
+                node: r.node,
+                session: r.session,
+            },
+        }));
+        out
+    }
+
+    /// As [`Router::bound`]; when nothing is bound, first makes sure this
+    /// replica is not behind (a login on another node may be committed but
+    /// not yet applied here), so a user is never taken for offline by a
+    /// lagging replica.
+    pub async fn bound_confirmed(&self, bare: &str) -> Vec<Bound> {
+        let found = self.bound(bare);
+        if !found.is_empty() || !self.store.has_peers() {
+            return found;
+        }
+        match self.store.read_barrier().await {
+            Ok(()) => self.bound(bare),
+            Err(_) => found,
+        }
+    }
+
+    /// `bare/resource`, wherever it is bound.
+    pub fn find(&self, bare: &str, resource: &str) -> Option<At> {
+        if let Some(h) = self.handle(bare, resource) {
+            return Some(At::Here(h));
+        }
+        table::remote_one(&self.store, bare, resource).map(|r| At::Node {
+            node: r.node,
+            session: r.session,
+        })
+    }
+
+    /// The last available presence of each available resource of `bare`,
+    /// here and on other nodes, except the session `except` of this node.
+    pub fn presences(&self, bare: &str, except: u64) -> Vec<Element> {
+        let mut out: Vec<Element> = self.with_resources(bare, |rs| {
+            rs.iter()
+                .filter(|r| r.available && r.handle.id != except)
+                .filter_map(|r| r.presence.clone())
+                .collect()
+        });
+        out.extend(
+            table::remote(&self.store, bare)
+                .into_iter()
+                .filter(|r| r.info.available)
+                .filter_map(|r| {
+                    r.info
+                        .presence
+                        .as_deref()
+                        .and_then(crate::stanza::parse_serialised)
+                }),
+        );
+        out
+    }
+
+    /// Queues a serialised stanza for `bare/resource` at `at` without
+    /// waiting: false when the session has ended or its mailbox is full
+    /// (here), or the queue to its node is full or the node is gone.
+    pub fn send(&self, bare: &str, resource: &str, at: &At, xml: &Arc<str>) -> bool {
+        match at {
+            At::Here(h) => h.send_shared(xml),
+            At::Node { node, session } => self
+                .store
+                .deliver(*node, table::envelope(bare, resource, *session, xml))
+                .is_ok(),
+        }
+    }
+
+    /// Sends a serialised stanza and, for another node, waits for its
+    /// answer: true only when it reached the session's mailbox.
+    pub async fn send_acked(&self, bare: &str, resource: &str, at: &At, xml: &Arc<str>) -> bool {
+        match at {
+            At::Here(h) => h.send_shared(xml),
+            At::Node { node, session } => matches!(
+                self.store
+                    .deliver_acked(*node, table::envelope(bare, resource, *session, xml))
+                    .await,
+                Ok(DeliveryResult::Delivered)
+            ),
+        }
     }
 
     /// Binds `resource` for `bare`, starting the user's actor with

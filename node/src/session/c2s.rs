@@ -428,7 +428,10 @@ impl<S: Transport> Session<S> {
                 .await;
         }
         let reply_needed = matches!(el.get_attr("type"), Some("get" | "set"));
-        match im::deliver_to_full(&self.server, &to, el) {
+        // Waits for another node's answer, as a message to a full JID
+        // does: a request to a session that is gone there must still be
+        // answered.
+        match im::deliver_to_full_acked(&self.server, &to, el).await {
             Ok(()) => Ok(()),
             Err(el) if reply_needed => {
                 self.reply_error(&el, Condition::ServiceUnavailable.into())

@@ -6,7 +6,8 @@
 //! hand stanzas to the router and never touch a socket.
 
 use crate::modules::{Event, Flow, HookCtx};
-use crate::routing::{self, RemoteResource};
+use crate::router::Bound;
+use crate::routing;
 use crate::server::Server;
 use crate::stanza::{Condition, NS_CLIENT, NS_DELAY, StanzaError, error_reply};
 use crate::storage::{Committed, RosterItem, Subscription};
@@ -61,19 +62,44 @@ pub fn bounce_with(server: &Server, stanza: &Element, err: &StanzaError) {
     }
 }
 
-/// Delivers to one full JID, bound here or on another node (without
-/// waiting for the other node's answer); hands the stanza back when no
-/// such session is known.
+/// Delivers to one full JID, wherever it is bound (without waiting for
+/// another node's answer); hands the stanza back when no such session is
+/// known.
 pub fn deliver_to_full(server: &Server, full: &str, el: Element) -> Result<(), Element> {
     let (bare, Some(res)) = split(full) else {
         return Err(el);
     };
-    match server.router.handle(bare, res) {
-        Some(h) => h.send(el),
-        None => match routing::remote_one(server, bare, res) {
-            Some(r) if routing::send(server, bare, &r, &el.to_stream_xml(NS_CLIENT)) => Ok(()),
-            _ => Err(el),
-        },
+    match server.router.find(bare, res) {
+        Some(at) => {
+            let xml: std::sync::Arc<str> = el.to_stream_xml(NS_CLIENT).into();
+            if server.router.send(bare, res, &at, &xml) {
+                Ok(())
+            } else {
+                Err(el)
+            }
+        }
+        None => Err(el),
+    }
+}
+
+/// Delivers to one full JID and waits until it reached the session's
+/// mailbox (another node answers); hands the stanza back otherwise.
+pub async fn deliver_to_full_acked(
+    server: &Server,
+    full: &str,
+    el: Element,
+) -> Result<(), Element> {
+    let (bare, Some(res)) = split(full) else {
+        return Err(el);
+    };
+    let Some(at) = server.router.find(bare, res) else {
+        return Err(el);
+    };
+    let xml: std::sync::Arc<str> = el.to_stream_xml(NS_CLIENT).into();
+    if server.router.send_acked(bare, res, &at, &xml).await {
+        Ok(())
+    } else {
+        Err(el)
     }
 }
 
@@ -132,21 +158,15 @@ pub async fn route_message(server: &Server, el: Element) -> Result<(), Bounce> {
     }
     if let Some(res) = resource {
         // §8.5.3: full JID.
-        let el = match server.router.handle(bare, res) {
-            Some(h) => match h.send(el) {
-                Ok(()) => return Ok(()),
-                Err(el) => el,
-            },
-            None => match routing::remote_one(server, bare, res) {
-                Some(r) => {
-                    let xml = el.to_stream_xml(NS_CLIENT);
-                    if routing::send_acked(server, bare, &r, &xml).await {
-                        return Ok(());
-                    }
-                    el
+        let el = match server.router.find(bare, res) {
+            Some(at) => {
+                let xml: std::sync::Arc<str> = el.to_stream_xml(NS_CLIENT).into();
+                if server.router.send_acked(bare, res, &at, &xml).await {
+                    return Ok(());
                 }
-                None => el,
-            },
+                el
+            }
+            None => el,
         };
         return match mtype {
             "chat" => deliver_to_bare(server, bare, mtype, el).await,
@@ -170,27 +190,29 @@ fn message_type(el: &Element) -> &'static str {
 
 /// A stanza that was queued for a session that ended before writing it:
 /// messages are routed again (to another resource, or offline storage);
-/// presence and IQs addressed to the gone session are dropped, as they
-/// would have been a moment later.
+/// a request (IQ get or set) gets the `<service-unavailable/>` it would
+/// have got a moment later (RFC 6121 §8.5.3.2.3), so its sender is not
+/// left waiting; presence to the gone session is dropped.
 pub async fn reroute(server: &Server, xml: &str) {
-    if !xml.starts_with("<message") {
-        return;
-    }
-    let Some(el) = parse_stored(xml) else { return };
-    if let Err(b) = route_message(server, el).await {
-        bounce_with(server, &b.1, &b.0);
+    if xml.starts_with("<message") {
+        let Some(el) = parse_stored(xml) else {
+            return;
+        };
+        if let Err(b) = route_message(server, el).await {
+            bounce_with(server, &b.1, &b.0);
+        }
+    } else if xml.starts_with("<iq")
+        && let Some(el) = parse_stored(xml)
+        && matches!(el.get_attr("type"), Some("get" | "set"))
+    {
+        bounce(server, &el, Condition::ServiceUnavailable);
     }
 }
 
 /// Parses a stanza the server serialised itself (offline store, mailbox,
 /// routing table).
 pub fn parse_stored(xml: &str) -> Option<Element> {
-    let scope = [(String::new(), NS_CLIENT.to_owned())];
-    let limits = crate::xml::Limits {
-        max_stanza_bytes: usize::MAX,
-        ..Default::default()
-    };
-    crate::xml::parse_element(xml.as_bytes(), &scope, &limits).ok()
+    crate::stanza::parse_serialised(xml)
 }
 
 /// §8.5.2: a message to a bare JID of an existing local account.
@@ -205,43 +227,23 @@ async fn deliver_to_bare(
         "groupchat" => return bounce_of(Condition::ServiceUnavailable, el),
         _ => {}
     }
-    // Eligible resources (available, non-negative priority), here and on
-    // other nodes.
-    let mut local: Vec<_> = server.router.with_resources(bare, |rs| {
-        rs.iter()
-            .filter(|r| r.available && r.priority >= 0)
-            .map(|r| (r.priority, r.handle.clone()))
-            .collect()
-    });
-    let mut remote = routing::remote(server, bare);
-    if local.is_empty() && remote.is_empty() && server.storage.store.has_peers() {
-        // No session known here: make sure this replica is not behind
-        // before treating the user as offline (a login on another node
-        // may be committed but not yet applied here).
-        if server.storage.store.read_barrier().await.is_ok() {
-            remote = routing::remote(server, bare);
-        }
-    }
-    remote.retain(|r| r.info.available && r.info.priority >= 0);
-    let max = local
-        .iter()
-        .map(|(p, _)| *p)
-        .chain(remote.iter().map(|r| r.info.priority))
-        .max();
+    // Eligible resources (available, non-negative priority), wherever
+    // they are bound; confirmed before the user is taken for offline.
+    let mut eligible = server.router.bound_confirmed(bare).await;
+    eligible.retain(|b| b.available && b.priority >= 0);
+    let max = eligible.iter().map(|b| b.priority).max();
     // Headlines go to every eligible resource, the rest to those of the
-    // highest priority (§8.5.2.1.1), wherever they are bound.
-    let chosen = |priority: i32| mtype == "headline" || Some(priority) == max;
-    local.retain(|(p, _)| chosen(*p));
-    remote.retain(|r| chosen(r.info.priority));
+    // highest priority (§8.5.2.1.1).
+    eligible.retain(|b| mtype == "headline" || Some(b.priority) == max);
     // Serialised once, shared by every recipient.
     let mut delivered = false;
-    if !local.is_empty() || !remote.is_empty() {
+    if !eligible.is_empty() {
         let xml: std::sync::Arc<str> = el.to_stream_xml(NS_CLIENT).into();
-        for (_, h) in &local {
-            delivered |= h.send_shared(&xml);
-        }
-        for r in &remote {
-            delivered |= routing::send_acked(server, bare, r, &xml).await;
+        for b in &eligible {
+            delivered |= server
+                .router
+                .send_acked(bare, &b.resource, &b.at, &xml)
+                .await;
         }
     }
     if delivered || mtype == "headline" {
@@ -435,21 +437,10 @@ fn with_to(mut el: Element, to: &str) -> Element {
     el
 }
 
-/// The last available presence of each available resource of `bare`, on
-/// this node and on others, except the session `except`.
+/// The last available presence of each available resource of `bare`,
+/// wherever bound, except this node's session `except`.
 fn available_presences(server: &Server, bare: &str, except: u64) -> Vec<Element> {
-    let mut out: Vec<Element> = server.router.with_resources(bare, |rs| {
-        rs.iter()
-            .filter(|r| r.available && r.handle.id != except)
-            .filter_map(|r| r.presence.clone())
-            .collect()
-    });
-    out.extend(
-        routing::remote(server, bare)
-            .iter()
-            .filter_map(RemoteResource::presence),
-    );
-    out
+    server.router.presences(bare, except)
 }
 
 /// Which resources of a user a stanza goes to.
@@ -509,21 +500,17 @@ fn addressed_to(el: &Element, bare: &str) -> std::sync::Arc<str> {
     }
 }
 
-/// Sends `el` to the resources of `bare` that `want` selects, here and on
-/// other nodes.
+/// Sends `el` to the resources of `bare` that `want` selects, wherever
+/// they are bound.
 fn send_to(server: &Server, bare: &str, el: &Element, want: Want) {
-    let targets = local_targets(server, bare, want);
-    let mut remote = routing::remote(server, bare);
-    remote.retain(|r| want.wants(r.info.available, r.info.interested));
-    if targets.is_empty() && remote.is_empty() {
+    let mut targets = server.router.bound(bare);
+    targets.retain(|b| want.wants(b.available, b.interested));
+    if targets.is_empty() {
         return;
     }
     let xml = addressed_to(el, bare);
-    for h in targets {
-        h.send_shared(&xml);
-    }
-    for r in &remote {
-        routing::send(server, bare, r, &xml);
+    for b in &targets {
+        server.router.send(bare, &b.resource, &b.at, &xml);
     }
 }
 
@@ -585,13 +572,7 @@ fn directed(server: &Server, state: &mut PresenceState, ptype: &str, to: &str, e
 /// presence (XEP-0012 for offline users), when the user's last available
 /// resource goes.
 fn last_activity_op(server: &Server, bare: &str, el: &Element) -> Option<Op> {
-    if server
-        .router
-        .with_resources(bare, |rs| rs.iter().any(|r| r.available))
-        || routing::remote(server, bare)
-            .iter()
-            .any(|r| r.info.available)
-    {
+    if server.router.bound(bare).iter().any(|b| b.available) {
         return None;
     }
     let status = el.child_text("status", NS_CLIENT).unwrap_or_default();
@@ -619,19 +600,12 @@ pub async fn session_ended(server: &Server, origin: &Origin<'_>, state: &mut Pre
 /// Unavailable presence from each of `user`'s available resources to
 /// `contact` (who may no longer see them).
 pub fn unavailable_to(server: &Server, user: &str, contact: &str) {
-    let mut resources: Vec<String> = server.router.with_resources(user, |rs| {
-        rs.iter()
-            .filter(|r| r.available)
-            .map(|r| r.resource.clone())
-            .collect()
-    });
-    resources.extend(
-        routing::remote(server, user)
-            .into_iter()
-            .filter(|r| r.info.available)
-            .map(|r| r.resource),
-    );
-    for res in resources {
+    let available = server
+        .router
+        .bound(user)
+        .into_iter()
+        .filter(|b| b.available);
+    for Bound { resource: res, .. } in available {
         let un = Element::new("presence", NS_CLIENT)
             .attr("from", format!("{user}/{res}"))
             .attr("type", "unavailable");
@@ -642,35 +616,23 @@ pub fn unavailable_to(server: &Server, user: &str, contact: &str) {
 /// Pushes a roster item change to every interested resource of `bare`
 /// (RFC 6121 §2.1.6).
 pub fn roster_push(server: &Server, bare: &str, item: &RosterItem, removed: bool, ver: u64) {
-    let targets: Vec<_> = server.router.with_resources(bare, |rs| {
-        rs.iter()
-            .filter(|r| r.interested)
-            .map(|r| (r.handle.clone(), r.resource.clone()))
-            .collect()
-    });
-    let push = |res: &str| {
-        Element::new("iq", NS_CLIENT)
+    for b in server
+        .router
+        .bound(bare)
+        .into_iter()
+        .filter(|b| b.interested)
+    {
+        let push = Element::new("iq", NS_CLIENT)
             .attr("type", "set")
             .attr("id", format!("push-{}", &crate::stream::new_id()[..10]))
-            .attr("to", format!("{bare}/{res}"))
+            .attr("to", format!("{bare}/{}", b.resource))
             .child(
                 Element::new("query", crate::modules::roster::NS_ROSTER)
                     .attr("ver", ver.to_string())
                     .child(crate::modules::roster::item_element(item, removed)),
-            )
-    };
-    for (h, res) in targets {
-        let _ = h.send(push(&res));
-    }
-    for r in routing::remote(server, bare) {
-        if r.info.interested {
-            routing::send(
-                server,
-                bare,
-                &r,
-                &push(&r.resource).to_stream_xml(NS_CLIENT),
             );
-        }
+        let xml: std::sync::Arc<str> = push.to_stream_xml(NS_CLIENT).into();
+        server.router.send(bare, &b.resource, &b.at, &xml);
     }
 }
 
