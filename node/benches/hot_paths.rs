@@ -12,7 +12,7 @@ use actix::{Actor, Context, Handler};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use starling::auth::ScramClient;
 use starling::auth::scram::{ScramHash, ScramServer, ScramStep, StoredCredentials};
-use starling::router::{Router, SessionHandle, ToSession};
+use starling::router::{Router, SessionHandle, ToSession, ToUser};
 use starling::xml::{Element, Limits, StreamEvent, StreamParser};
 use std::hint::black_box;
 
@@ -88,7 +88,8 @@ fn serialize(c: &mut Criterion) {
     });
 }
 
-/// Stands in for session actors: the router only holds their addresses.
+/// Stands in for session and user actors: the router only holds their
+/// addresses.
 struct Sink;
 
 impl Actor for Sink {
@@ -100,16 +101,37 @@ impl Handler<ToSession> for Sink {
     fn handle(&mut self, _: ToSession, _: &mut Context<Self>) {}
 }
 
+impl Handler<ToUser> for Sink {
+    type Result = Result<(), starling::stanza::StanzaError>;
+    fn handle(&mut self, _: ToUser, _: &mut Context<Self>) -> Self::Result {
+        Ok(())
+    }
+}
+
 fn router(c: &mut Criterion) {
-    let r = Router::new();
+    // The router reads other nodes' sessions from the store; a cluster of
+    // one has none, so the lookup measured is the local map's.
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store = rt
+        .block_on(starling_cluster::Store::open(
+            starling_cluster::StoreConfig {
+                data_dir: dir.path().join("store"),
+                node_id: 1,
+                raft_addr: "127.0.0.1:1".into(),
+            },
+        ))
+        .unwrap();
+    let r = Router::new(store);
     let system = actix::System::new();
     system.block_on(async {
-        let sink = Sink.start().recipient::<ToSession>();
+        let sink = Sink.start();
         for i in 0..10_000 {
             r.bind(
                 &format!("user{i}@example.org"),
                 "res",
-                SessionHandle::new(sink.clone()),
+                SessionHandle::new(sink.clone().recipient()),
+                || (0, sink.clone().recipient()),
             );
         }
     });

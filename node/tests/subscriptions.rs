@@ -1,12 +1,12 @@
 //! The RFC 6121 subscription state machine (§3 and the tables of Appendix
-//! A), driven through the server's own code on a real store, with two
-//! users whose sessions are bound in the router.
+//! A), driven through the users' own actors (`session::user`) on a real
+//! single-node store, no sockets: each user has one session, bound in the
+//! router, whose actor is a recorder of what it is sent.
 
 use actix::{Actor, Addr, Context, Handler, Message};
 use starling::config::Config;
-use starling::router::{SessionHandle, ToSession};
+use starling::router::{SessionHandle, ToSession, ToUser, UserHandle};
 use starling::server::Server;
-use starling::session::im::{self, Origin};
 use starling::storage::{Storage, Subscription};
 use starling::xml::Element;
 use starling_cluster::{Store, StoreConfig};
@@ -40,19 +40,37 @@ impl Handler<Flush> for Recorder {
 
 type Log = Arc<Mutex<Vec<Arc<str>>>>;
 
-/// `n` recorders on an actix system of their own thread (the test itself
-/// runs on a multi-thread tokio runtime, as the store wants).
-fn recorders(n: usize) -> Vec<(Addr<Recorder>, Log)> {
+/// Binds one session per user, each a recorder, with the users' real
+/// actors, on an actix system of its own thread (the test itself runs on a
+/// multi-thread tokio runtime, as the store wants).
+fn bind_all(server: Arc<Server>, users: Vec<String>) -> Vec<Bound> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let sys = actix::System::new();
         sys.block_on(async move {
-            let all = (0..n)
-                .map(|_| {
-                    let log = Log::default();
-                    (Recorder(log.clone()).start(), log)
-                })
-                .collect::<Vec<_>>();
+            let mut all = Vec::new();
+            for bare in users {
+                let log = Log::default();
+                let recorder = Recorder(log.clone()).start();
+                let h = SessionHandle::new(recorder.clone().recipient());
+                let id = h.id;
+                let (_, user) = server.router.bind(&bare, "r", h, || {
+                    starling::session::user::start(server.clone(), &bare)
+                });
+                // Available and interested, as after initial presence and
+                // a roster get.
+                server.router.update(&bare, id, |r| {
+                    r.available = true;
+                    r.interested = true;
+                });
+                all.push(Bound {
+                    bare,
+                    id,
+                    recorder,
+                    log,
+                    user,
+                });
+            }
             tx.send(all).unwrap();
         });
         sys.run().unwrap();
@@ -60,10 +78,18 @@ fn recorders(n: usize) -> Vec<(Addr<Recorder>, Log)> {
     rx.recv().unwrap()
 }
 
+struct Bound {
+    bare: String,
+    id: u64,
+    recorder: Addr<Recorder>,
+    log: Log,
+    user: UserHandle,
+}
+
 struct World {
     server: Arc<Server>,
     _dir: tempfile::TempDir,
-    boxes: Vec<(String, u64, Addr<Recorder>, Log)>,
+    boxes: Vec<Bound>,
 }
 
 impl World {
@@ -89,17 +115,16 @@ impl World {
         }
         let tls = starling::net::tls::server_config(&cfg).unwrap();
         let server = Arc::new(Server::new(cfg, storage, tls));
-        let mut boxes = Vec::new();
-        for (u, (addr, log)) in users.iter().zip(recorders(users.len())) {
-            let bare = format!("{u}@localhost");
-            let h = SessionHandle::new(addr.clone().recipient());
-            let id = h.id;
-            server.router.bind(&bare, "r", h);
-            server.router.update(&bare, id, |r| {
-                r.available = true;
-                r.interested = true;
-            });
-            boxes.push((bare, id, addr, log));
+        let boxes = bind_all(
+            server.clone(),
+            users.iter().map(|u| format!("{u}@localhost")).collect(),
+        );
+        for b in &boxes {
+            let attach = ToUser::Attach {
+                session: b.id,
+                full: format!("{}/r", b.bare),
+            };
+            b.user.send(attach).await.unwrap().unwrap();
         }
         World {
             server,
@@ -108,23 +133,17 @@ impl World {
         }
     }
 
-    /// `user` sends a subscription presence of `ptype` to `contact`.
+    /// `user`'s client sends a subscription presence of `ptype` to
+    /// `contact`; its user actor applies it.
     async fn send(&self, user: &str, ptype: &str, contact: &str) {
         let bare = format!("{user}@localhost");
-        let full = format!("{bare}/r");
-        let id = self.boxes.iter().find(|b| b.0 == bare).unwrap().1;
-        let origin = Origin {
-            bare: &bare,
-            full: &full,
-            session_id: id,
-        };
-        let contact = format!("{contact}@localhost");
+        let b = self.boxes.iter().find(|b| b.bare == bare).unwrap();
         let el = Element::new("presence", "jabber:client")
-            .attr("to", contact.as_str())
+            .attr("from", format!("{bare}/r"))
+            .attr("to", format!("{contact}@localhost"))
             .attr("type", ptype);
-        im::subscription_out(&self.server, &origin, ptype, &contact, el)
-            .await
-            .unwrap();
+        let msg = ToUser::Presence { session: b.id, el };
+        b.user.send(msg).await.unwrap().unwrap();
     }
 
     /// (subscription, ask, approved) of `contact` in `user`'s roster.
@@ -149,9 +168,9 @@ impl World {
     /// Presence stanzas of `ptype` that `user`'s session received, cleared.
     async fn received(&self, user: &str, ptype: &str) -> usize {
         let bare = format!("{user}@localhost");
-        let (_, _, addr, log) = self.boxes.iter().find(|b| b.0 == bare).unwrap();
-        addr.send(Flush).await.unwrap();
-        let taken = std::mem::take(&mut *log.lock().unwrap());
+        let b = self.boxes.iter().find(|b| b.bare == bare).unwrap();
+        b.recorder.send(Flush).await.unwrap();
+        let taken = std::mem::take(&mut *b.log.lock().unwrap());
         taken
             .iter()
             .filter(|x| x.starts_with("<presence") && x.contains(&format!("type=\"{ptype}\"")))
