@@ -15,12 +15,10 @@ use crate::router::table::{RouteInfo, owner_prefix, parse_payload, payload};
 use crate::server::Server;
 use crate::session::im;
 use crate::stanza::NS_CLIENT;
-use crate::storage::Subscription;
+use crate::storage::{LastActivity, Subscription};
 use crate::xml::Element;
 use starling_cluster::routes::{self, Route};
-use starling_cluster::{
-    ClusterEvents, DeliveryResult, Envelope, LocalDelivery, Op, OpResult, StoreError,
-};
+use starling_cluster::{ClusterEvents, DeliveryResult, Envelope, LocalDelivery, StoreError};
 use std::sync::{Arc, Weak};
 
 /// Records a newly bound session. A session of the same full JID on
@@ -50,8 +48,8 @@ pub async fn bind(
             },
         );
     }
-    let ops = routes::put(me, bare, resource, &payload(session, &RouteInfo::default()));
-    server.storage.write(ops).await.map(drop)
+    let route = payload(session, &RouteInfo::default());
+    server.storage.put_route(bare, resource, &route).await
 }
 
 /// Records a session's new presence or roster interest, if the route is
@@ -64,20 +62,13 @@ pub async fn update(
     info: &RouteInfo,
 ) -> Result<(), StoreError> {
     let me = server.storage.store.node_id();
-    let key = routes::route_key(bare, resource);
-    let ops = vec![
-        Op::Expect {
-            space: routes::ROUTES.into(),
-            key: key.clone(),
-            prefix: owner_prefix(me, session),
-        },
-        Op::Put {
-            space: routes::ROUTES.into(),
-            key,
-            value: routes::route_value(me, &payload(session, info)),
-        },
-    ];
-    if let Some(OpResult::Mismatch) = server.storage.write(ops).await?.first() {
+    let owner = owner_prefix(me, session);
+    let route = payload(session, info);
+    if !server
+        .storage
+        .update_route(bare, resource, owner, &route)
+        .await?
+    {
         tracing::debug!("route taken over by a newer session; not updated");
     }
     Ok(())
@@ -105,26 +96,21 @@ pub async fn publish(server: &Server, bare: &str, session: u64) -> Result<(), St
 
 /// Removes an ended session's route if it still owns it; `index` also
 /// removes this node's index entry for the full JID (when no newer local
-/// session of the same resource uses it). `extra` goes in the same write.
+/// session of the same resource uses it). The user's last activity, when
+/// given, goes in the same write.
 pub async fn unbind(
     server: &Server,
     bare: &str,
     resource: &str,
     session: u64,
     index: bool,
-    extra: Option<Op>,
+    last: Option<LastActivity>,
 ) -> Result<(), StoreError> {
-    let me = server.storage.store.node_id();
-    let mut ops: Vec<Op> = extra.into_iter().collect();
-    ops.push(Op::DeleteIf {
-        space: routes::ROUTES.into(),
-        key: routes::route_key(bare, resource),
-        prefix: owner_prefix(me, session),
-    });
-    if index {
-        ops.push(routes::delete_index(me, bare, resource));
-    }
-    server.storage.write(ops).await.map(drop)
+    let owner = owner_prefix(server.storage.store.node_id(), session);
+    server
+        .storage
+        .remove_route(bare, resource, owner, index, last)
+        .await
 }
 
 /// Drops every route this node left from an earlier run (it crashed, or
@@ -141,7 +127,7 @@ pub async fn clear_own_routes(server: &Server) -> Result<(), StoreError> {
     // this node), so wait for a quorum: a whole cluster restarting comes
     // up node by node.
     loop {
-        match server.storage.write(vec![routes::drop_node(me)]).await {
+        match server.storage.drop_own_routes().await {
             Ok(_) => return Ok(()),
             Err(StoreError::Unavailable(e)) => {
                 tracing::warn!(error = %e, "waiting for a quorum to clear this node's old routes");

@@ -8,7 +8,7 @@
 
 use crate::auth::scram::StoredCredentials;
 use serde::{Deserialize, Serialize};
-use starling_cluster::{Op, OpResult, Store, StoreError};
+use starling_cluster::{Op, OpResult, Store, StoreError, routes};
 
 pub const ACCOUNTS: &str = "user_account";
 pub const ROSTER: &str = "user_roster";
@@ -376,7 +376,108 @@ impl Storage {
         Ok(())
     }
 
-    pub async fn write(&self, ops: Vec<Op>) -> Result<Vec<OpResult>, StoreError> {
+    /// A private XML fragment (XEP-0049), serialised.
+    pub fn private(&self, bare: &str, name_ns: &str) -> Result<Option<String>, StoreError> {
+        self.doc(PRIVATE, &user_key(bare, name_ns))
+    }
+
+    /// Stores private XML fragments (XEP-0049), each under its element
+    /// name and namespace, in one write.
+    pub async fn put_private(
+        &self,
+        bare: &str,
+        fragments: Vec<(String, String)>,
+    ) -> Result<(), StoreError> {
+        let ops = fragments
+            .into_iter()
+            .map(|(name_ns, xml)| Op::Put {
+                space: PRIVATE.into(),
+                key: user_key(bare, &name_ns),
+                value: xml.into_bytes(),
+            })
+            .collect();
+        self.write(ops).await.map(drop)
+    }
+
+    // --- the routing table (layout in `starling_cluster::routes`) ---
+
+    /// Records `bare/resource`'s route: this node, then `payload`.
+    pub async fn put_route(
+        &self,
+        bare: &str,
+        resource: &str,
+        payload: &[u8],
+    ) -> Result<(), StoreError> {
+        let ops = routes::put(self.store.node_id(), bare, resource, payload);
+        self.write(ops).await.map(drop)
+    }
+
+    /// Replaces the payload of `bare/resource`'s route if the route still
+    /// begins with `owner` (a newer session elsewhere may have taken it);
+    /// false when it did not.
+    pub async fn update_route(
+        &self,
+        bare: &str,
+        resource: &str,
+        owner: Vec<u8>,
+        payload: &[u8],
+    ) -> Result<bool, StoreError> {
+        let key = routes::route_key(bare, resource);
+        let ops = vec![
+            Op::Expect {
+                space: routes::ROUTES.into(),
+                key: key.clone(),
+                prefix: owner,
+            },
+            Op::Put {
+                space: routes::ROUTES.into(),
+                key,
+                value: routes::route_value(self.store.node_id(), payload),
+            },
+        ];
+        Ok(self.write(ops).await?.first() != Some(&OpResult::Mismatch))
+    }
+
+    /// Removes `bare/resource`'s route if it still begins with `owner`;
+    /// `index` also removes this node's index entry for it. A last-activity
+    /// record, when given, goes in the same write (one write per logout).
+    pub async fn remove_route(
+        &self,
+        bare: &str,
+        resource: &str,
+        owner: Vec<u8>,
+        index: bool,
+        last: Option<LastActivity>,
+    ) -> Result<(), StoreError> {
+        let mut ops: Vec<Op> = last.map(|l| l.op(bare)).into_iter().collect();
+        ops.push(Op::DeleteIf {
+            space: routes::ROUTES.into(),
+            key: routes::route_key(bare, resource),
+            prefix: owner,
+        });
+        if index {
+            ops.push(routes::delete_index(self.store.node_id(), bare, resource));
+        }
+        self.write(ops).await.map(drop)
+    }
+
+    /// Drops every route naming this node (what an earlier run left).
+    pub async fn drop_own_routes(&self) -> Result<(), StoreError> {
+        self.write(vec![routes::drop_node(self.store.node_id())])
+            .await
+            .map(drop)
+    }
+
+    /// Keeps the time and status of a user's last unavailable presence.
+    pub async fn set_last_activity(
+        &self,
+        bare: &str,
+        last: LastActivity,
+    ) -> Result<(), StoreError> {
+        self.write(vec![last.op(bare)]).await.map(drop)
+    }
+
+    async fn write(&self, ops: Vec<Op>) -> Result<Vec<OpResult>, StoreError> {
         if ops.is_empty() {
             return Ok(Vec::new());
         }
@@ -527,5 +628,25 @@ impl UserTxn<'_> {
                 key,
             },
         });
+    }
+}
+
+/// XEP-0012 for a user with no available resource: when its last one went
+/// unavailable, and with what status.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LastActivity {
+    /// Seconds since the Unix epoch.
+    pub time: i64,
+    pub status: String,
+}
+
+impl LastActivity {
+    fn op(&self, bare: &str) -> Op {
+        let value = serde_json::json!({ "time": self.time, "status": self.status });
+        Op::Put {
+            space: LAST.into(),
+            key: bare.as_bytes().to_vec(),
+            value: value.to_string().into_bytes(),
+        }
     }
 }

@@ -3,7 +3,7 @@
 
 use super::{IqCtx, IqHandler, IqReply, IqResult, Module, own_only};
 use crate::stanza::{Condition, NS_CLIENT};
-use crate::storage::{PRIVATE, user_key};
+use crate::storage::PRIVATE;
 use crate::xml::{Element, Limits};
 use futures::FutureExt;
 
@@ -24,8 +24,9 @@ pub static MODULE: Module = Module {
     ..Module::EMPTY
 };
 
-fn key(bare: &str, el: &Element) -> Vec<u8> {
-    user_key(bare, &format!("{}\u{0}{}", el.ns, el.name))
+/// What a fragment is stored under: its namespace and element name.
+fn name_ns(el: &Element) -> String {
+    format!("{}\u{0}{}", el.ns, el.name)
 }
 
 fn handle<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
@@ -43,15 +44,11 @@ fn handle<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
         }
         let bare = ctx.origin.bare;
         if ctx.set {
-            let ops = children
+            let fragments = children
                 .iter()
-                .map(|c| starling_cluster::Op::Put {
-                    space: PRIVATE.into(),
-                    key: key(bare, c),
-                    value: c.to_stream_xml(NS_PRIVATE).into_bytes(),
-                })
+                .map(|c| (name_ns(c), c.to_stream_xml(NS_PRIVATE)))
                 .collect();
-            ctx.server.storage.write(ops).await?;
+            ctx.server.storage.put_private(bare, fragments).await?;
             return Ok(IqReply::EMPTY);
         }
         let wanted = children[0];
@@ -63,7 +60,7 @@ fn handle<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
         let stored = ctx
             .server
             .storage
-            .doc(PRIVATE, &key(bare, wanted))?
+            .private(bare, &name_ns(wanted))?
             .and_then(|x| crate::xml::parse_element(x.as_bytes(), &scope, &limits).ok())
             .unwrap_or_else(|| Element::new(wanted.name.clone(), wanted.ns.clone()));
         Ok(Element::new("query", NS_PRIVATE).child(stored).into())

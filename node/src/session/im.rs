@@ -10,9 +10,8 @@ use crate::router::Bound;
 use crate::routing;
 use crate::server::Server;
 use crate::stanza::{Condition, NS_CLIENT, NS_DELAY, StanzaError, error_reply};
-use crate::storage::{Committed, RosterItem, Subscription};
+use crate::storage::{Committed, LastActivity, RosterItem, Subscription};
 use crate::xml::Element;
-use starling_cluster::Op;
 use std::collections::HashSet;
 
 /// Who is sending, as the session knows itself.
@@ -33,7 +32,7 @@ pub struct PresenceState {
     /// The session is ending: the last-activity record is left here to be
     /// written with the removal of its route, in one write.
     pub ending: bool,
-    pub last_activity: Option<Op>,
+    pub last_activity: Option<LastActivity>,
 }
 
 /// Splits a normalised JID string into (bare, resource).
@@ -396,11 +395,11 @@ async fn broadcast(
             }
         }
         state.available = false;
-        if let Some(op) = last_activity_op(server, origin.bare, &el) {
+        if let Some(last) = last_activity(server, origin.bare, &el) {
             if state.ending {
-                state.last_activity = Some(op);
+                state.last_activity = Some(last);
             } else {
-                let _ = server.storage.write(vec![op]).await;
+                let _ = server.storage.set_last_activity(origin.bare, last).await;
             }
         }
         return Ok(());
@@ -568,19 +567,15 @@ fn directed(server: &Server, state: &mut PresenceState, ptype: &str, to: &str, e
     send_presence_to(server, to, el);
 }
 
-/// The write that remembers the time and status of the last unavailable
-/// presence (XEP-0012 for offline users), when the user's last available
-/// resource goes.
-fn last_activity_op(server: &Server, bare: &str, el: &Element) -> Option<Op> {
+/// The time and status of the last unavailable presence (XEP-0012 for
+/// offline users), when the user's last available resource goes.
+fn last_activity(server: &Server, bare: &str, el: &Element) -> Option<LastActivity> {
     if server.router.bound(bare).iter().any(|b| b.available) {
         return None;
     }
-    let status = el.child_text("status", NS_CLIENT).unwrap_or_default();
-    let value = serde_json::json!({ "time": chrono::Utc::now().timestamp(), "status": status });
-    Some(Op::Put {
-        space: crate::storage::LAST.into(),
-        key: bare.as_bytes().to_vec(),
-        value: value.to_string().into_bytes(),
+    Some(LastActivity {
+        time: chrono::Utc::now().timestamp(),
+        status: el.child_text("status", NS_CLIENT).unwrap_or_default(),
     })
 }
 
