@@ -6,19 +6,15 @@
 //! it binds (by its user actor), when its presence or roster interest
 //! changes, and removed when it ends. Stanzas other nodes route to this
 //! node's sessions arrive through [`NodeDelivery`] and go into the session
-//! actor's mailbox as they are. When routes are dropped in bulk (a node's
-//! lease lapsed, or a restarted node clears what its previous run left),
-//! every node tells its own sessions that those users went unavailable
-//! ([`NodeEvents`]).
+//! actor's mailbox as they are. What the cluster reports about nodes and
+//! dropped routes is turned into presence by `session::cluster_events`.
 
 use crate::router::table::{RouteInfo, owner_prefix, parse_payload, payload};
 use crate::server::Server;
-use crate::session::im;
 use crate::stanza::NS_CLIENT;
-use crate::storage::{LastActivity, Subscription};
-use crate::xml::Element;
-use starling_cluster::routes::{self, Route};
-use starling_cluster::{ClusterEvents, DeliveryResult, Envelope, LocalDelivery, StoreError};
+use crate::storage::LastActivity;
+use starling_cluster::routes;
+use starling_cluster::{DeliveryResult, Envelope, LocalDelivery, StoreError};
 use std::sync::{Arc, Weak};
 
 /// Records a newly bound session. A session of the same full JID on
@@ -146,7 +142,7 @@ impl LocalDelivery for NodeDelivery {
         let Some(server) = self.0.upgrade() else {
             return DeliveryResult::Refused;
         };
-        let (bare, Some(resource)) = im::split(&env.to) else {
+        let (bare, Some(resource)) = crate::stanza::split(&env.to) else {
             return DeliveryResult::NoSession;
         };
         let Some(handle) = server
@@ -171,82 +167,6 @@ impl LocalDelivery for NodeDelivery {
             DeliveryResult::Delivered
         } else {
             DeliveryResult::NoSession
-        }
-    }
-}
-
-/// Turns cluster events into presence for this node's sessions.
-pub struct NodeEvents(pub Weak<Server>);
-
-impl ClusterEvents for NodeEvents {
-    fn node_expired(&self, node_id: u64) {
-        let Some(server) = self.0.upgrade() else {
-            return;
-        };
-        let store = &server.storage.store;
-        let me = store.node_id();
-        if node_id != me {
-            return;
-        }
-        // The cluster gave up on this node (it was cut off, or stopped for
-        // a moment): the routes of its sessions are gone, so those sessions
-        // must end; their clients reconnect, through the load balancer, to
-        // a node that can serve them. Sessions bound since (their routes
-        // were written after the expiry) stay.
-        let mut ended = 0;
-        for bare in server.router.users() {
-            for r in server.router.resources(&bare) {
-                let owned = store
-                    .get(routes::ROUTES, &routes::route_key(&bare, &r.resource))
-                    .ok()
-                    .flatten()
-                    .is_some_and(|v| v.starts_with(&owner_prefix(me, r.handle.id)));
-                if !owned {
-                    r.handle.close("system-shutdown");
-                    ended += 1;
-                }
-            }
-        }
-        if ended > 0 {
-            tracing::warn!(
-                sessions = ended,
-                "this node was expired by the cluster; ended its sessions"
-            );
-        }
-    }
-
-    fn routes_dropped(&self, dropped: Vec<Route>) {
-        let Some(server) = self.0.upgrade() else {
-            return;
-        };
-        let mut notified = 0u64;
-        for r in dropped {
-            let Some((_, info)) = parse_payload(&r.payload) else {
-                continue;
-            };
-            if !info.available {
-                continue;
-            }
-            let unavailable = Element::new("presence", NS_CLIENT)
-                .attr("from", format!("{}/{}", r.bare, r.resource))
-                .attr("type", "unavailable");
-            // The user's contacts with a subscription from the user, and
-            // the user's own other resources, on this node only: every
-            // node does the same for its own sessions.
-            let roster = server.storage.roster(&r.bare).unwrap_or_default();
-            let contacts = roster
-                .iter()
-                .filter(|i| matches!(i.subscription, Subscription::From | Subscription::Both))
-                .map(|i| i.jid.as_str());
-            for bare in contacts.chain(std::iter::once(r.bare.as_str())) {
-                notified += im::send_to_local_available(&server, bare, &unavailable) as u64;
-            }
-        }
-        if notified > 0 {
-            tracing::info!(
-                notified,
-                "told contacts that users of a lost node went unavailable"
-            );
         }
     }
 }

@@ -140,9 +140,9 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
     store.set_local_delivery(Arc::new(crate::routing::NodeDelivery(Arc::downgrade(
         &server,
     ))));
-    store.set_cluster_events(Arc::new(crate::routing::NodeEvents(Arc::downgrade(
-        &server,
-    ))));
+    store.set_cluster_events(Arc::new(crate::session::cluster_events::NodeEvents(
+        Arc::downgrade(&server),
+    )));
     rt.block_on(async {
         crate::routing::clear_own_routes(&server).await?;
         // Catch up before taking logins, so that what happened while this

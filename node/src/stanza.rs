@@ -12,6 +12,7 @@ pub const NS_SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
 pub const NS_BIND: &str = "urn:ietf:params:xml:ns:xmpp-bind";
 pub const NS_SESSION: &str = "urn:ietf:params:xml:ns:xmpp-session";
 pub const NS_DELAY: &str = "urn:xmpp:delay";
+pub const NS_ROSTER: &str = "jabber:iq:roster";
 
 /// The defined conditions of RFC 6120 §8.3.3, each with its default type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -226,6 +227,14 @@ pub fn parse_serialised(xml: &str) -> Option<Element> {
         ..Default::default()
     };
     crate::xml::parse_element(xml.as_bytes(), &scope, &limits).ok()
+}
+
+/// Splits a normalised JID string into (bare, resource).
+pub fn split(jid: &str) -> (&str, Option<&str>) {
+    match jid.split_once('/') {
+        Some((b, r)) => (b, Some(r)),
+        None => (jid, None),
+    }
 }
 
 #[cfg(test)]

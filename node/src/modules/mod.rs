@@ -28,7 +28,7 @@ pub use registry::Registry;
 
 use crate::config::Config;
 use crate::server::Server;
-use crate::session::im::Origin;
+use crate::session::Origin;
 use crate::stanza::{Condition, StanzaError};
 use crate::xml::Element;
 use futures::future::BoxFuture;

@@ -9,7 +9,7 @@ use crate::storage::{ROSTER, ROSTER_VER, RosterItem};
 use crate::xml::Element;
 use futures::FutureExt;
 
-pub const NS_ROSTER: &str = "jabber:iq:roster";
+pub use crate::stanza::NS_ROSTER;
 /// Longest item name or group name accepted.
 const MAX_NAME: usize = 1024;
 
@@ -32,28 +32,6 @@ pub static MODULE: Module = Module {
     spaces: &[ROSTER, ROSTER_VER],
     ..Module::EMPTY
 };
-
-/// The `<item/>` of a roster result or push.
-pub fn item_element(item: &RosterItem, removed: bool) -> Element {
-    let mut e = Element::new("item", NS_ROSTER).attr("jid", item.jid.as_str());
-    if removed {
-        return e.attr("subscription", "remove");
-    }
-    if let Some(n) = &item.name {
-        e.set_attr("name", n.as_str());
-    }
-    e.set_attr("subscription", item.subscription.as_str());
-    if item.ask {
-        e.set_attr("ask", "subscribe");
-    }
-    if item.approved {
-        e.set_attr("approved", "true");
-    }
-    for g in &item.groups {
-        e = e.child(Element::new("group", NS_ROSTER).text(g.as_str()));
-    }
-    e
-}
 
 fn get<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
     async move {
@@ -90,7 +68,7 @@ async fn roster_get(ctx: &IqCtx<'_>) -> IqResult {
     }
     let mut q = Element::new("query", NS_ROSTER).attr("ver", ver.to_string());
     for item in server.storage.roster(bare)? {
-        q = q.child(item_element(&item, false));
+        q = q.child(im::item_element(&item, false));
     }
     Ok(q.into())
 }

@@ -9,17 +9,12 @@ use crate::modules::{Event, Flow, HookCtx};
 use crate::router::Bound;
 use crate::routing;
 use crate::server::Server;
-use crate::stanza::{Condition, NS_CLIENT, NS_DELAY, StanzaError, error_reply};
+use crate::stanza::{Condition, NS_CLIENT, NS_DELAY, NS_ROSTER, StanzaError, error_reply};
 use crate::storage::{Committed, LastActivity, RosterItem, Subscription};
 use crate::xml::Element;
 use std::collections::HashSet;
 
-/// Who is sending, as the session knows itself.
-pub struct Origin<'a> {
-    pub bare: &'a str,
-    pub full: &'a str,
-    pub session_id: u64,
-}
+pub use super::Origin;
 
 /// Per-session presence state that must outlive single stanzas.
 #[derive(Default)]
@@ -35,13 +30,7 @@ pub struct PresenceState {
     pub last_activity: Option<LastActivity>,
 }
 
-/// Splits a normalised JID string into (bare, resource).
-pub fn split(jid: &str) -> (&str, Option<&str>) {
-    match jid.split_once('/') {
-        Some((b, r)) => (b, Some(r)),
-        None => (jid, None),
-    }
-}
+pub use crate::stanza::split;
 
 fn domain_of(bare: &str) -> &str {
     bare.rsplit_once('@').map(|(_, d)| d).unwrap_or(bare)
@@ -608,6 +597,28 @@ pub fn unavailable_to(server: &Server, user: &str, contact: &str) {
     }
 }
 
+/// The `<item/>` of a roster result or push.
+pub fn item_element(item: &RosterItem, removed: bool) -> Element {
+    let mut e = Element::new("item", NS_ROSTER).attr("jid", item.jid.as_str());
+    if removed {
+        return e.attr("subscription", "remove");
+    }
+    if let Some(n) = &item.name {
+        e.set_attr("name", n.as_str());
+    }
+    e.set_attr("subscription", item.subscription.as_str());
+    if item.ask {
+        e.set_attr("ask", "subscribe");
+    }
+    if item.approved {
+        e.set_attr("approved", "true");
+    }
+    for g in &item.groups {
+        e = e.child(Element::new("group", NS_ROSTER).text(g.as_str()));
+    }
+    e
+}
+
 /// Pushes a roster item change to every interested resource of `bare`
 /// (RFC 6121 §2.1.6).
 pub fn roster_push(server: &Server, bare: &str, item: &RosterItem, removed: bool, ver: u64) {
@@ -622,9 +633,9 @@ pub fn roster_push(server: &Server, bare: &str, item: &RosterItem, removed: bool
             .attr("id", format!("push-{}", &crate::stream::new_id()[..10]))
             .attr("to", format!("{bare}/{}", b.resource))
             .child(
-                Element::new("query", crate::modules::roster::NS_ROSTER)
+                Element::new("query", NS_ROSTER)
                     .attr("ver", ver.to_string())
-                    .child(crate::modules::roster::item_element(item, removed)),
+                    .child(item_element(item, removed)),
             );
         let xml: std::sync::Arc<str> = push.to_stream_xml(NS_CLIENT).into();
         server.router.send(bare, &b.resource, &b.at, &xml);

@@ -3,6 +3,14 @@
 //! apply (`im`).
 
 pub mod c2s;
+pub mod cluster_events;
 pub mod im;
 mod outbox;
 pub mod user;
+
+/// Who is sending, as the session knows itself.
+pub struct Origin<'a> {
+    pub bare: &'a str,
+    pub full: &'a str,
+    pub session_id: u64,
+}

@@ -5,7 +5,7 @@
 //! one, so a stanza handler cannot run on a stream that is not bound.
 
 use super::sasl::{self, SaslOutcome};
-use super::xmlstream::{ReadError, XmlStream, new_id};
+use super::xmlstream::{XmlStream, new_id, read_failed};
 use crate::net::tls_conn::TlsConn;
 use crate::net::transport::Transport;
 use crate::server::Server;
@@ -158,15 +158,6 @@ async fn open_stream<S: Transport>(
         }
     }
     Some(header)
-}
-
-/// Maps a read failure to its stream error.
-pub async fn read_failed<S: Transport>(xs: &mut XmlStream<S>, e: ReadError) {
-    match e {
-        ReadError::Closed => {}
-        ReadError::Xml(x) => xs.fail(x.condition(), None).await,
-        ReadError::Timeout => xs.fail("connection-timeout", None).await,
-    }
 }
 
 /// Plain TCP: the only way forward is STARTTLS (required, RFC 6120 §5.3.1).

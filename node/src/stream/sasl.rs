@@ -3,8 +3,8 @@
 //! phase offers nothing but STARTTLS). Failed attempts are delayed and
 //! counted per account and per client address.
 
-use super::negotiate::read_failed;
 use super::xmlstream::XmlStream;
+use super::xmlstream::read_failed;
 use crate::auth::scram::{ScramHash, ScramServer, ScramStep};
 use crate::auth::{SaslFailure, decode_b64, encode_b64, plain::parse_plain};
 use crate::net::transport::Transport;

@@ -191,6 +191,15 @@ impl<S: Transport> XmlStream<S> {
     }
 }
 
+/// Maps a read failure to its stream error.
+pub async fn read_failed<S: Transport>(xs: &mut XmlStream<S>, e: ReadError) {
+    match e {
+        ReadError::Closed => {}
+        ReadError::Xml(x) => xs.fail(x.condition(), None).await,
+        ReadError::Timeout => xs.fail("connection-timeout", None).await,
+    }
+}
+
 /// A fresh stream id.
 pub fn new_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()
