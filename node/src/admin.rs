@@ -8,6 +8,7 @@
 use crate::accounts::{self, AccountError};
 use crate::config::Config;
 use crate::server::Server;
+use crate::stanza::StreamCondition;
 use crate::storage::Storage;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -65,7 +66,8 @@ pub async fn execute(
                 let j = accounts::account_jid(&jid, &config.domains)?;
                 accounts::delete(storage, j.as_str()).await?;
                 if let Some(s) = server {
-                    s.router.close_all(j.as_str(), "not-authorized");
+                    s.router
+                        .close_all(j.as_str(), StreamCondition::NotAuthorized);
                 }
                 Ok(none)
             }
@@ -105,7 +107,7 @@ pub async fn execute(
                     // (`<see-other-host/>` when `cluster.see_other_host`
                     // names it, `<system-shutdown/>` otherwise).
                     for bare in s.router.users() {
-                        s.router.close_all(&bare, "see-other-host");
+                        s.router.close_all(&bare, StreamCondition::SeeOtherHost);
                     }
                 }
                 storage.store.leave().await.map_err(|e| e.to_string())?;

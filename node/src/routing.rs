@@ -11,7 +11,7 @@
 
 use crate::router::table::{RouteInfo, owner_prefix, parse_payload, payload};
 use crate::server::Server;
-use crate::stanza::NS_CLIENT;
+use crate::stanza::{NS_CLIENT, StreamCondition};
 use crate::storage::LastActivity;
 use starling_cluster::routes;
 use starling_cluster::{DeliveryResult, Envelope, LocalDelivery, StoreError};
@@ -39,7 +39,7 @@ pub async fn bind(
             Envelope {
                 to: format!("{bare}/{resource}"),
                 session_id: old,
-                close: "conflict".into(),
+                close: StreamCondition::Conflict.name().into(),
                 ..Envelope::default()
             },
         );
@@ -153,11 +153,12 @@ impl LocalDelivery for NodeDelivery {
             return DeliveryResult::NoSession;
         };
         if !env.close.is_empty() {
-            handle.close(if env.close == "conflict" {
-                "conflict"
-            } else {
-                "system-shutdown"
-            });
+            // Another node asks: `conflict` (the full JID bound there) or
+            // whatever else it names; unknown names end the stream as a
+            // shutdown would.
+            let condition =
+                StreamCondition::from_name(&env.close).unwrap_or(StreamCondition::SystemShutdown);
+            handle.close(condition);
             return DeliveryResult::Delivered;
         }
         let Ok(xml) = String::from_utf8(env.stanza) else {

@@ -8,6 +8,7 @@
 use crate::admin::{self, Request, Response};
 use crate::config::Config;
 use crate::server::Server;
+use crate::stanza::StreamCondition;
 use crate::storage::Storage;
 use anyhow::Context as _;
 use starling_cluster::{Store, StoreConfig, StoreOptions};
@@ -204,7 +205,9 @@ async fn run_listeners(server: Arc<Server>) -> anyhow::Result<()> {
     shutdown_signal().await;
     tracing::info!(sessions = server.router.session_count(), "shutting down");
     for bare in server.router.users() {
-        server.router.close_all(&bare, "system-shutdown");
+        server
+            .router
+            .close_all(&bare, StreamCondition::SystemShutdown);
     }
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     for a in arbiters {

@@ -184,8 +184,110 @@ pub fn iq_result(iq: &Element, payload: Option<Element>) -> Element {
     r
 }
 
-/// The stream error element for `condition` (RFC 6120 §4.9.3).
-pub fn stream_error(condition: &str, text: Option<&str>) -> String {
+/// The stream error conditions of RFC 6120 §4.9.3.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamCondition {
+    BadFormat,
+    BadNamespacePrefix,
+    Conflict,
+    ConnectionTimeout,
+    HostGone,
+    HostUnknown,
+    ImproperAddressing,
+    InternalServerError,
+    InvalidFrom,
+    InvalidNamespace,
+    InvalidXml,
+    NotAuthorized,
+    NotWellFormed,
+    PolicyViolation,
+    RemoteConnectionFailed,
+    Reset,
+    ResourceConstraint,
+    RestrictedXml,
+    SeeOtherHost,
+    SystemShutdown,
+    UndefinedCondition,
+    UnsupportedEncoding,
+    UnsupportedFeature,
+    UnsupportedStanzaType,
+    UnsupportedVersion,
+}
+
+impl StreamCondition {
+    /// Every condition, for lookups by name.
+    pub const ALL: [StreamCondition; 25] = {
+        use StreamCondition::*;
+        [
+            BadFormat,
+            BadNamespacePrefix,
+            Conflict,
+            ConnectionTimeout,
+            HostGone,
+            HostUnknown,
+            ImproperAddressing,
+            InternalServerError,
+            InvalidFrom,
+            InvalidNamespace,
+            InvalidXml,
+            NotAuthorized,
+            NotWellFormed,
+            PolicyViolation,
+            RemoteConnectionFailed,
+            Reset,
+            ResourceConstraint,
+            RestrictedXml,
+            SeeOtherHost,
+            SystemShutdown,
+            UndefinedCondition,
+            UnsupportedEncoding,
+            UnsupportedFeature,
+            UnsupportedStanzaType,
+            UnsupportedVersion,
+        ]
+    };
+
+    /// The condition's element name.
+    pub fn name(self) -> &'static str {
+        use StreamCondition::*;
+        match self {
+            BadFormat => "bad-format",
+            BadNamespacePrefix => "bad-namespace-prefix",
+            Conflict => "conflict",
+            ConnectionTimeout => "connection-timeout",
+            HostGone => "host-gone",
+            HostUnknown => "host-unknown",
+            ImproperAddressing => "improper-addressing",
+            InternalServerError => "internal-server-error",
+            InvalidFrom => "invalid-from",
+            InvalidNamespace => "invalid-namespace",
+            InvalidXml => "invalid-xml",
+            NotAuthorized => "not-authorized",
+            NotWellFormed => "not-well-formed",
+            PolicyViolation => "policy-violation",
+            RemoteConnectionFailed => "remote-connection-failed",
+            Reset => "reset",
+            ResourceConstraint => "resource-constraint",
+            RestrictedXml => "restricted-xml",
+            SeeOtherHost => "see-other-host",
+            SystemShutdown => "system-shutdown",
+            UndefinedCondition => "undefined-condition",
+            UnsupportedEncoding => "unsupported-encoding",
+            UnsupportedFeature => "unsupported-feature",
+            UnsupportedStanzaType => "unsupported-stanza-type",
+            UnsupportedVersion => "unsupported-version",
+        }
+    }
+
+    /// The condition named `name`, if RFC 6120 defines one.
+    pub fn from_name(name: &str) -> Option<StreamCondition> {
+        Self::ALL.into_iter().find(|c| c.name() == name)
+    }
+}
+
+/// A serialised stream error followed by the stream's end.
+pub fn stream_error(condition: StreamCondition, text: Option<&str>) -> String {
+    let condition = condition.name();
     let mut s = format!("<stream:error><{condition} xmlns='{NS_STREAM_ERRORS}'/>");
     if let Some(t) = text {
         s.push_str(&format!(
@@ -199,7 +301,8 @@ pub fn stream_error(condition: &str, text: Option<&str>) -> String {
 
 /// A stream error whose condition element carries character data (as
 /// `<see-other-host/>` carries the host to reconnect to).
-pub fn stream_error_with_content(condition: &str, content: &str) -> String {
+pub fn stream_error_with_content(condition: StreamCondition, content: &str) -> String {
+    let condition = condition.name();
     format!(
         "<stream:error><{condition} xmlns='{NS_STREAM_ERRORS}'>{}</{condition}></stream:error></stream:stream>",
         crate::xml::escape(content)
@@ -237,8 +340,285 @@ pub fn split(jid: &str) -> (&str, Option<&str>) {
     }
 }
 
+/// The type of a message (RFC 6121 §5.2.2); absent or unknown is normal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MessageType {
+    Chat,
+    Error,
+    Groupchat,
+    Headline,
+    Normal,
+}
+
+impl MessageType {
+    pub fn of(el: &Element) -> MessageType {
+        match el.get_attr("type") {
+            Some("chat") => MessageType::Chat,
+            Some("groupchat") => MessageType::Groupchat,
+            Some("headline") => MessageType::Headline,
+            Some("error") => MessageType::Error,
+            _ => MessageType::Normal,
+        }
+    }
+}
+
+/// The type of a presence (RFC 6121 §4.7.1); absent means available.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PresenceType {
+    Available,
+    Unavailable,
+    Subscribe,
+    Subscribed,
+    Unsubscribe,
+    Unsubscribed,
+    Probe,
+    Error,
+}
+
+impl PresenceType {
+    /// `None` for a type RFC 6121 does not define (answered with
+    /// `<bad-request/>`).
+    pub fn of(el: &Element) -> Option<PresenceType> {
+        Some(match el.get_attr("type") {
+            None => PresenceType::Available,
+            Some("unavailable") => PresenceType::Unavailable,
+            Some("subscribe") => PresenceType::Subscribe,
+            Some("subscribed") => PresenceType::Subscribed,
+            Some("unsubscribe") => PresenceType::Unsubscribe,
+            Some("unsubscribed") => PresenceType::Unsubscribed,
+            Some("probe") => PresenceType::Probe,
+            Some("error") => PresenceType::Error,
+            Some(_) => return None,
+        })
+    }
+
+    /// The `type` attribute's value (`None` for available).
+    pub fn attr(self) -> Option<&'static str> {
+        match self {
+            PresenceType::Available => None,
+            PresenceType::Unavailable => Some("unavailable"),
+            PresenceType::Subscribe => Some("subscribe"),
+            PresenceType::Subscribed => Some("subscribed"),
+            PresenceType::Unsubscribe => Some("unsubscribe"),
+            PresenceType::Unsubscribed => Some("unsubscribed"),
+            PresenceType::Probe => Some("probe"),
+            PresenceType::Error => Some("error"),
+        }
+    }
+
+    /// One of the four subscription types (RFC 6121 §3).
+    pub fn is_subscription(self) -> bool {
+        matches!(
+            self,
+            PresenceType::Subscribe
+                | PresenceType::Subscribed
+                | PresenceType::Unsubscribe
+                | PresenceType::Unsubscribed
+        )
+    }
+}
+
+/// The type of an IQ (RFC 6120 §8.2.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IqType {
+    Get,
+    Set,
+    Result,
+    Error,
+}
+
+impl IqType {
+    pub fn of(el: &Element) -> Option<IqType> {
+        Some(match el.get_attr("type")? {
+            "get" => IqType::Get,
+            "set" => IqType::Set,
+            "result" => IqType::Result,
+            "error" => IqType::Error,
+            _ => return None,
+        })
+    }
+
+    /// A request, which must be answered (get or set).
+    pub fn is_request(self) -> bool {
+        matches!(self, IqType::Get | IqType::Set)
+    }
+}
+
+/// A `<message/>` of the client namespace, with its type.
+#[derive(Debug)]
+pub struct Message {
+    pub kind: MessageType,
+    pub el: Element,
+}
+
+/// A `<presence/>` of the client namespace, with its type (`None`: a type
+/// RFC 6121 does not define).
+#[derive(Debug)]
+pub struct Presence {
+    pub kind: Option<PresenceType>,
+    pub el: Element,
+}
+
+/// An `<iq/>` of the client namespace, with its type (`None`: missing or
+/// not one of the four, a `<bad-request/>`).
+#[derive(Debug)]
+pub struct Iq {
+    pub kind: Option<IqType>,
+    pub el: Element,
+}
+
+/// One of the three stanzas; anything else in a client stream is
+/// `<unsupported-stanza-type/>` (RFC 6120 §4.9.3.22).
+#[derive(Debug)]
+pub enum Stanza {
+    Message(Message),
+    Presence(Presence),
+    Iq(Iq),
+}
+
+impl Stanza {
+    /// The element, whichever kind it is.
+    pub fn el_mut(&mut self) -> &mut Element {
+        match self {
+            Stanza::Message(m) => &mut m.el,
+            Stanza::Presence(p) => &mut p.el,
+            Stanza::Iq(i) => &mut i.el,
+        }
+    }
+}
+
+fn is_client(el: &Element, name: &str) -> bool {
+    el.name == name && el.ns == NS_CLIENT
+}
+
+/// Each conversion hands the element back when it is not of that kind, so
+/// the next kind can be tried without a copy.
+impl TryFrom<Element> for Message {
+    type Error = Element;
+    fn try_from(el: Element) -> Result<Self, Element> {
+        if !is_client(&el, "message") {
+            return Err(el);
+        }
+        Ok(Message {
+            kind: MessageType::of(&el),
+            el,
+        })
+    }
+}
+
+impl TryFrom<Element> for Presence {
+    type Error = Element;
+    fn try_from(el: Element) -> Result<Self, Element> {
+        if !is_client(&el, "presence") {
+            return Err(el);
+        }
+        Ok(Presence {
+            kind: PresenceType::of(&el),
+            el,
+        })
+    }
+}
+
+impl TryFrom<Element> for Iq {
+    type Error = Element;
+    fn try_from(el: Element) -> Result<Self, Element> {
+        if !is_client(&el, "iq") {
+            return Err(el);
+        }
+        Ok(Iq {
+            kind: IqType::of(&el),
+            el,
+        })
+    }
+}
+
+impl TryFrom<Element> for Stanza {
+    type Error = Element;
+    fn try_from(el: Element) -> Result<Self, Element> {
+        let el = match Message::try_from(el) {
+            Ok(m) => return Ok(Stanza::Message(m)),
+            Err(el) => el,
+        };
+        let el = match Presence::try_from(el) {
+            Ok(p) => return Ok(Stanza::Presence(p)),
+            Err(el) => el,
+        };
+        Iq::try_from(el).map(Stanza::Iq)
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    fn parse(xml: &str) -> Element {
+        parse_serialised(xml).expect("test XML parses")
+    }
+
+    #[test]
+    fn stanzas_from_rfc_examples() {
+        // RFC 6121 §5.2.2 example, §4.2.1, §3.1.1; RFC 6120 §8.2.3.
+        let m = parse(
+            "<message to='juliet@example.com' type='chat'><body>Art thou not Romeo?</body></message>",
+        );
+        assert!(matches!(
+            Stanza::try_from(m),
+            Ok(Stanza::Message(Message {
+                kind: MessageType::Chat,
+                ..
+            }))
+        ));
+        let m = parse("<message to='juliet@example.com' type='bogus'><body>x</body></message>");
+        assert!(matches!(
+            Stanza::try_from(m),
+            Ok(Stanza::Message(Message {
+                kind: MessageType::Normal,
+                ..
+            }))
+        ));
+        let p = parse("<presence/>");
+        assert!(matches!(
+            Stanza::try_from(p),
+            Ok(Stanza::Presence(Presence {
+                kind: Some(PresenceType::Available),
+                ..
+            }))
+        ));
+        let p = parse("<presence id='xk3h1v69' to='juliet@example.com' type='subscribe'/>");
+        let Ok(Stanza::Presence(p)) = Stanza::try_from(p) else {
+            panic!()
+        };
+        assert_eq!(p.kind, Some(PresenceType::Subscribe));
+        assert!(p.kind.unwrap().is_subscription());
+        assert_eq!(
+            PresenceType::of(&parse("<presence type='invisible'/>")),
+            None
+        );
+        let iq = parse("<iq id='rr82a1z7' type='get'><query xmlns='jabber:iq:roster'/></iq>");
+        let Ok(Stanza::Iq(iq)) = Stanza::try_from(iq) else {
+            panic!()
+        };
+        assert_eq!(iq.kind, Some(IqType::Get));
+        assert!(iq.kind.unwrap().is_request());
+        assert_eq!(IqType::of(&parse("<iq id='a'/>")), None);
+    }
+
+    #[test]
+    fn a_mismatch_hands_the_element_back() {
+        let el = Element::new("foo", "urn:example");
+        let back = Stanza::try_from(el).unwrap_err();
+        assert_eq!(back.name, "foo");
+        // Right name, wrong namespace.
+        let el = Element::new("message", "jabber:server");
+        assert!(Message::try_from(el).is_err());
+    }
+
+    #[test]
+    fn stream_conditions_round_trip_by_name() {
+        for c in super::StreamCondition::ALL {
+            assert_eq!(super::StreamCondition::from_name(c.name()), Some(c));
+        }
+        assert_eq!(super::StreamCondition::from_name("no-such-condition"), None);
+    }
+
     use super::*;
 
     #[test]

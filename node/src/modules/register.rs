@@ -5,6 +5,7 @@
 use super::{IqCtx, IqHandler, IqReply, IqResult, IqTarget, Module, Stage, StreamFeature};
 use crate::accounts::{self, AccountError};
 use crate::server::Server;
+use crate::stanza::StreamCondition;
 use crate::stanza::{Condition, StanzaError, error_reply, iq_result};
 use crate::xml::Element;
 use futures::FutureExt;
@@ -120,7 +121,9 @@ fn handle<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
             // ends (XEP-0077 §3.2).
             let result = iq_result(ctx.iq, None);
             let _ = crate::session::im::deliver_to_full(ctx.server, ctx.origin.full, result);
-            ctx.server.router.close_all(bare, "not-authorized");
+            ctx.server
+                .router
+                .close_all(bare, StreamCondition::NotAuthorized);
             return Ok(IqReply::Sent);
         }
         let (user, pass) = fields(ctx.payload);

@@ -18,6 +18,7 @@
 
 pub mod table;
 
+use crate::stanza::StreamCondition;
 use crate::xml::Element;
 use dashmap::DashMap;
 use starling_cluster::{DeliveryResult, Store};
@@ -33,7 +34,7 @@ pub enum ToSession {
     /// once by the sender, so one broadcast is shared by every recipient.
     Stanza(Arc<str>),
     /// Close the stream with this stream error condition.
-    Close(&'static str),
+    Close(StreamCondition),
 }
 
 /// The sending side of one session: its id and the session actor's
@@ -87,7 +88,7 @@ impl SessionHandle {
     }
 
     /// Asks the session to close its stream with `condition`.
-    pub fn close(&self, condition: &'static str) {
+    pub fn close(&self, condition: StreamCondition) {
         self.to.do_send(ToSession::Close(condition));
     }
 }
@@ -374,7 +375,7 @@ impl Router {
     }
 
     /// Ends every session of `bare` with `condition`.
-    pub fn close_all(&self, bare: &str, condition: &'static str) {
+    pub fn close_all(&self, bare: &str, condition: StreamCondition) {
         for r in self.resources(bare) {
             r.handle.close(condition);
         }

@@ -11,7 +11,10 @@ use crate::modules::{self, Event, Flow, HookCtx, IqCtx, IqTarget};
 use crate::net::transport::Transport;
 use crate::router::{SessionHandle, ToSession, ToUser, UserHandle};
 use crate::server::Server;
-use crate::stanza::{Condition, NS_CLIENT, StanzaError, error_reply, iq_result};
+use crate::stanza::StreamCondition;
+use crate::stanza::{
+    Condition, Iq, IqType, Message, Presence, Stanza, StanzaError, error_reply, iq_result,
+};
 use crate::stream::negotiate::Bound;
 use crate::stream::xmlstream::XmlStream;
 use crate::stream::xmlstream::read_failed;
@@ -27,7 +30,7 @@ enum End {
     /// Already closed (stream error sent, or the peer went away).
     Done,
     /// Close with this stream error.
-    Error(&'static str),
+    Error(StreamCondition),
     /// The client sent `</stream:stream>`: answer in kind.
     ClientClosed,
 }
@@ -94,7 +97,7 @@ pub fn start<S: Transport + 'static>(server: Arc<Server>, bound: Bound<S>) {
         });
         if let Some(old) = old {
             // RFC 6120 §7.7.2.2: the new session replaces the old one.
-            old.close("conflict");
+            old.close(StreamCondition::Conflict);
         }
         let span = tracing::info_span!("c2s", jid = %bound.full);
         let s = Box::new(Session {
@@ -122,7 +125,7 @@ async fn serve<S: Transport>(mut s: Box<Session<S>>, outbox: Arc<Outbox>) {
         Ok(Ok(())) => s.run(&outbox).await,
         Ok(Err(_)) | Err(_) => {
             tracing::error!("could not record the session's route");
-            End::Error("internal-server-error")
+            End::Error(StreamCondition::InternalServerError)
         }
     };
     Box::pin(finish(&mut s, &outbox, end)).await;
@@ -149,9 +152,9 @@ async fn finish<S: Transport>(s: &mut Session<S>, outbox: &Outbox, end: End) {
         im::reroute(server, &xml).await;
     }
     match end {
-        End::Error("see-other-host") => match &server.config.cluster.see_other_host {
+        End::Error(StreamCondition::SeeOtherHost) => match &server.config.cluster.see_other_host {
             Some(host) => s.xs.fail_see_other_host(host).await,
-            None => s.xs.fail("system-shutdown", None).await,
+            None => s.xs.fail(StreamCondition::SystemShutdown, None).await,
         },
         End::Error(condition) => s.xs.fail(condition, None).await,
         End::ClientClosed => s.xs.close().await,
@@ -177,7 +180,9 @@ impl<S: Transport> Session<S> {
                         }
                     }
                     Ok(Some(StreamEvent::End)) => return End::ClientClosed,
-                    Ok(Some(StreamEvent::Header(_))) => return End::Error("bad-format"),
+                    Ok(Some(StreamEvent::Header(_))) => {
+                        return End::Error(StreamCondition::BadFormat);
+                    }
                     Ok(None) => break,
                     Err(e) => {
                         Box::pin(read_failed(&mut self.xs, e)).await;
@@ -207,7 +212,7 @@ impl<S: Transport> Session<S> {
                 }
                 _ = tokio::time::sleep_until(wake_at) => {
                     if Instant::now() >= idle_at {
-                        return End::Error("connection-timeout");
+                        return End::Error(StreamCondition::ConnectionTimeout);
                     }
                     if Box::pin(self.xs.send_raw(" ")).await.is_err() {
                         return End::Done;
@@ -254,19 +259,23 @@ impl<S: Transport> Session<S> {
     }
 
     /// Checks and stamps addresses (RFC 6120 §8.1.2), then dispatches.
-    async fn handle_stanza(&mut self, mut el: Element) -> Result<(), End> {
-        if el.ns != NS_CLIENT || !matches!(el.name.as_str(), "message" | "presence" | "iq") {
-            return Err(End::Error("unsupported-stanza-type"));
-        }
-        metrics::counter!("starling_c2s_stanzas_received_total", "kind" => stanza_kind(&el.name))
-            .increment(1);
+    async fn handle_stanza(&mut self, el: Element) -> Result<(), End> {
+        let mut stanza =
+            Stanza::try_from(el).map_err(|_| End::Error(StreamCondition::UnsupportedStanzaType))?;
+        let kind = match &stanza {
+            Stanza::Message(_) => "message",
+            Stanza::Presence(_) => "presence",
+            Stanza::Iq(_) => "iq",
+        };
+        metrics::counter!("starling_c2s_stanzas_received_total", "kind" => kind).increment(1);
+        let el = stanza.el_mut();
         if let Some(from) = el.get_attr("from") {
             // A client may only name itself (§8.1.2.1, §4.9.3.9).
             let ok = jid::Jid::new(from)
                 .map(|j| j.as_str() == self.full || j.as_str() == self.bare)
                 .unwrap_or(false);
             if !ok {
-                return Err(End::Error("invalid-from"));
+                return Err(End::Error(StreamCondition::InvalidFrom));
             }
         }
         el.set_attr("from", self.full.as_str());
@@ -285,9 +294,9 @@ impl<S: Transport> Session<S> {
                 }
             }
         }
-        match el.name.as_str() {
-            "iq" => self.handle_iq(el).await,
-            "message" => {
+        match stanza {
+            Stanza::Iq(iq) => self.handle_iq(iq).await,
+            Stanza::Message(Message { mut el, .. }) => {
                 if el.get_attr("to").is_none() {
                     // §10.3: no 'to' means the sender's own bare JID.
                     el.set_attr("to", self.bare.as_str());
@@ -303,7 +312,7 @@ impl<S: Transport> Session<S> {
                     }
                 }
             }
-            _ => {
+            Stanza::Presence(Presence { mut el, .. }) => {
                 if self.outbound_hooks(Event::PresenceOut, &mut el) == Flow::Handled {
                     return Ok(());
                 }
@@ -343,11 +352,11 @@ impl<S: Transport> Session<S> {
         modules.run_hooks(event, &ctx, el)
     }
 
-    async fn handle_iq(&mut self, el: Element) -> Result<(), End> {
-        let itype = el.get_attr("type").unwrap_or("");
-        if el.get_attr("id").is_none() || !matches!(itype, "get" | "set" | "result" | "error") {
+    async fn handle_iq(&mut self, iq: Iq) -> Result<(), End> {
+        let Iq { kind, el } = iq;
+        let Some(kind) = kind.filter(|_| el.get_attr("id").is_some()) else {
             return self.reply_error(&el, Condition::BadRequest.into()).await;
-        }
+        };
         let to = el.get_attr("to").map(str::to_owned);
         let (to_bare, to_res) = match &to {
             Some(t) => {
@@ -360,7 +369,7 @@ impl<S: Transport> Session<S> {
         if let (Some(b), Some(_)) = (&to_bare, &to_res) {
             return self.route_iq(b.clone(), to.unwrap_or_default(), el).await;
         }
-        if matches!(itype, "result" | "error") {
+        if !kind.is_request() {
             // Answers to the server (e.g. pushes) need nothing more.
             return Ok(());
         }
@@ -404,7 +413,7 @@ impl<S: Transport> Session<S> {
             target,
             iq: &el,
             payload,
-            set: itype == "set",
+            set: kind == IqType::Set,
         };
         let result = modules::handle_iq(&ctx).await;
         metrics::counter!("starling_stanzas_routed_total", "kind" => "iq").increment(1);
@@ -450,13 +459,5 @@ fn shell_of(el: &Element) -> Element {
         ns: el.ns.clone(),
         attrs: el.attrs.clone(),
         children: Vec::new(),
-    }
-}
-
-fn stanza_kind(name: &str) -> &'static str {
-    match name {
-        "message" => "message",
-        "presence" => "presence",
-        _ => "iq",
     }
 }

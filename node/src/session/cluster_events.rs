@@ -8,6 +8,7 @@ use crate::router::table::{owner_prefix, parse_payload};
 use crate::server::Server;
 use crate::session::im;
 use crate::stanza::NS_CLIENT;
+use crate::stanza::StreamCondition;
 use crate::storage::Subscription;
 use crate::xml::Element;
 use starling_cluster::ClusterEvents;
@@ -41,7 +42,7 @@ impl ClusterEvents for NodeEvents {
                     .flatten()
                     .is_some_and(|v| v.starts_with(&owner_prefix(me, r.handle.id)));
                 if !owned {
-                    r.handle.close("system-shutdown");
+                    r.handle.close(StreamCondition::SystemShutdown);
                     ended += 1;
                 }
             }

@@ -9,7 +9,9 @@ use crate::modules::{Event, Flow, HookCtx};
 use crate::router::Bound;
 use crate::routing;
 use crate::server::Server;
-use crate::stanza::{Condition, NS_CLIENT, NS_DELAY, NS_ROSTER, StanzaError, error_reply};
+use crate::stanza::{
+    Condition, MessageType, NS_CLIENT, NS_DELAY, NS_ROSTER, PresenceType, StanzaError, error_reply,
+};
 use crate::storage::{Committed, LastActivity, RosterItem, Subscription};
 use crate::xml::Element;
 use std::collections::HashSet;
@@ -107,10 +109,10 @@ fn bounce_of(condition: Condition, el: Element) -> Result<(), Bounce> {
 pub async fn route_message(server: &Server, el: Element) -> Result<(), Bounce> {
     let to = el.get_attr("to").unwrap_or_default().to_owned();
     let (bare, resource) = split(&to);
-    let mtype = message_type(&el);
+    let mtype = MessageType::of(&el);
     if !bare.contains('@') {
         // To a server: hosted ones do not take messages (yet); no S2S yet.
-        if mtype == "error" {
+        if mtype == MessageType::Error {
             return Ok(());
         }
         if server.is_local(bare) {
@@ -126,7 +128,7 @@ pub async fn route_message(server: &Server, el: Element) -> Result<(), Bounce> {
         // §8.5.1: no such account.
         Ok(false) => {
             return match mtype {
-                "error" | "headline" | "groupchat" => Ok(()),
+                MessageType::Error | MessageType::Headline | MessageType::Groupchat => Ok(()),
                 _ => bounce_of(Condition::ServiceUnavailable, el),
             };
         }
@@ -157,23 +159,12 @@ pub async fn route_message(server: &Server, el: Element) -> Result<(), Bounce> {
             None => el,
         };
         return match mtype {
-            "chat" => deliver_to_bare(server, bare, mtype, el).await,
-            "error" | "headline" => Ok(()),
+            MessageType::Chat => deliver_to_bare(server, bare, mtype, el).await,
+            MessageType::Error | MessageType::Headline => Ok(()),
             _ => bounce_of(Condition::ServiceUnavailable, el),
         };
     }
     deliver_to_bare(server, bare, mtype, el).await
-}
-
-/// The message type; absent or unknown types are "normal" (RFC 6121 §5.2.2).
-fn message_type(el: &Element) -> &'static str {
-    match el.get_attr("type") {
-        Some("chat") => "chat",
-        Some("groupchat") => "groupchat",
-        Some("headline") => "headline",
-        Some("error") => "error",
-        _ => "normal",
-    }
 }
 
 /// A stanza that was queued for a session that ended before writing it:
@@ -207,12 +198,12 @@ pub fn parse_stored(xml: &str) -> Option<Element> {
 async fn deliver_to_bare(
     server: &Server,
     bare: &str,
-    mtype: &str,
+    mtype: MessageType,
     el: Element,
 ) -> Result<(), Bounce> {
     match mtype {
-        "error" => return Ok(()),
-        "groupchat" => return bounce_of(Condition::ServiceUnavailable, el),
+        MessageType::Error => return Ok(()),
+        MessageType::Groupchat => return bounce_of(Condition::ServiceUnavailable, el),
         _ => {}
     }
     // Eligible resources (available, non-negative priority), wherever
@@ -222,7 +213,8 @@ async fn deliver_to_bare(
     let max = eligible.iter().map(|b| b.priority).max();
     // Headlines go to every eligible resource, the rest to those of the
     // highest priority (§8.5.2.1.1).
-    eligible.retain(|b| mtype == "headline" || Some(b.priority) == max);
+    let headline = mtype == MessageType::Headline;
+    eligible.retain(|b| headline || Some(b.priority) == max);
     // Serialised once, shared by every recipient.
     let mut delivered = false;
     if !eligible.is_empty() {
@@ -234,7 +226,7 @@ async fn deliver_to_bare(
                 .await;
         }
     }
-    if delivered || mtype == "headline" {
+    if delivered || headline {
         return Ok(());
     }
     store_offline(server, bare, el).await
@@ -313,28 +305,32 @@ pub async fn presence(
     state: &mut PresenceState,
     el: Element,
 ) -> Result<(), StanzaError> {
-    let ptype = el.get_attr("type").unwrap_or("").to_owned();
+    use PresenceType::*;
+    let Some(ptype) = PresenceType::of(&el) else {
+        return Err(Condition::BadRequest.into());
+    };
     let to = el.get_attr("to").map(str::to_owned);
-    match (ptype.as_str(), to) {
-        ("subscribe" | "subscribed" | "unsubscribe" | "unsubscribed", Some(to)) => {
+    match (ptype, to) {
+        (Subscribe | Subscribed | Unsubscribe | Unsubscribed, Some(to)) => {
             let contact = split(&to).0.to_owned();
-            subscription_out(server, origin, &ptype, &contact, el).await
+            let t = ptype.attr().unwrap_or_default();
+            subscription_out(server, origin, t, &contact, el).await
         }
-        ("subscribe" | "subscribed" | "unsubscribe" | "unsubscribed", None) => {
+        (Subscribe | Subscribed | Unsubscribe | Unsubscribed, None) => {
             Err(Condition::BadRequest.into())
         }
-        ("probe", Some(to)) => {
+        (Probe, Some(to)) => {
             probe(server, origin.bare, origin.full, split(&to).0)?;
             Ok(())
         }
-        ("probe", None) => Ok(()),
-        ("" | "unavailable", None) => broadcast(server, origin, state, el).await,
-        ("" | "unavailable" | "error", Some(to)) => {
-            directed(server, state, &ptype, &to, el);
+        (Probe, None) => Ok(()),
+        (Available | Unavailable, None) => broadcast(server, origin, state, el).await,
+        (Available | Unavailable | Error, Some(to)) => {
+            directed(server, state, ptype, &to, el);
             Ok(())
         }
-        ("error", None) => Ok(()),
-        _ => Err(Condition::BadRequest.into()),
+        // A presence error to nobody: nothing to do.
+        (Error, None) => Ok(()),
     }
 }
 
@@ -538,17 +534,23 @@ fn probe(
 }
 
 /// Directed presence (RFC 6121 §4.6).
-fn directed(server: &Server, state: &mut PresenceState, ptype: &str, to: &str, el: Element) {
+fn directed(
+    server: &Server,
+    state: &mut PresenceState,
+    ptype: PresenceType,
+    to: &str,
+    el: Element,
+) {
     let (bare, _) = split(to);
     if bare.contains('@') && !server.is_local(domain_of(bare)) {
         bounce(server, &el, Condition::RemoteServerNotFound);
         return;
     }
     match ptype {
-        "" => {
+        PresenceType::Available => {
             state.directed.insert(to.to_owned());
         }
-        "unavailable" => {
+        PresenceType::Unavailable => {
             state.directed.remove(to);
         }
         _ => {}

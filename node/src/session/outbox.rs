@@ -5,6 +5,7 @@
 //! nothing while empty. Only the session actor touches it: its message
 //! handlers push, its stream task drains.
 
+use crate::stanza::StreamCondition;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
@@ -15,7 +16,7 @@ pub enum Outgoing {
     /// Serialised stanzas to write to the client as they are, oldest first.
     Stanzas(VecDeque<Arc<str>>),
     /// Close the stream with this stream error condition.
-    Close(&'static str),
+    Close(StreamCondition),
 }
 
 /// Why a stanza was not queued.
@@ -40,7 +41,7 @@ struct State {
     /// Stanzas that arrived while the outbox was full: kept (they are owed
     /// to the user) and routed again when the session ends.
     overflow: Vec<Arc<str>>,
-    close: Option<&'static str>,
+    close: Option<StreamCondition>,
     ended: bool,
 }
 
@@ -82,7 +83,7 @@ impl Outbox {
                 return Err(Refused::Ended);
             }
             if st.queue.len() >= self.max_count || st.bytes + xml.len() > self.max_bytes {
-                st.close.get_or_insert("resource-constraint");
+                st.close.get_or_insert(StreamCondition::ResourceConstraint);
                 st.overflow.push(xml);
                 drop(st);
                 self.notify.notify_one();
@@ -98,7 +99,7 @@ impl Outbox {
     }
 
     /// Asks the stream task to close with `condition` (the first asked wins).
-    pub fn close(&self, condition: &'static str) {
+    pub fn close(&self, condition: StreamCondition) {
         self.state
             .lock()
             .expect("outbox lock")
@@ -134,7 +135,10 @@ mod tests {
             ["<a/>", "<b/>"]
         );
         assert_eq!(o.push("<c/>".into()), Err(Refused::Ended));
-        assert_eq!(o.state.lock().unwrap().close, Some("resource-constraint"));
+        assert_eq!(
+            o.state.lock().unwrap().close,
+            Some(StreamCondition::ResourceConstraint)
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ use super::xmlstream::{XmlStream, new_id, read_failed};
 use crate::net::tls_conn::TlsConn;
 use crate::net::transport::Transport;
 use crate::server::Server;
+use crate::stanza::StreamCondition;
 use crate::stanza::{self, NS_BIND, NS_CLIENT, NS_SASL, NS_TLS};
 use crate::xml::{Element, Limits, StreamEvent, StreamHeader};
 use std::net::SocketAddr;
@@ -68,8 +69,11 @@ pub async fn serve_connection(
     let default_domain = server.config.domains[0].clone();
     if n >= server.config.c2s.max_unauthenticated {
         let mut xs = XmlStream::new(tcp, limits(&server), default_domain, write_timeout);
-        xs.fail("resource-constraint", Some("too many connections"))
-            .await;
+        xs.fail(
+            StreamCondition::ResourceConstraint,
+            Some("too many connections"),
+        )
+        .await;
         return None;
     }
     let tls = if direct_tls {
@@ -111,7 +115,7 @@ async fn open_stream<S: Transport>(
     let header = match xs.next(Some(deadline)).await {
         Ok(StreamEvent::Header(h)) => h,
         Ok(_) => {
-            xs.fail("bad-format", None).await;
+            xs.fail(StreamCondition::BadFormat, None).await;
             return None;
         }
         Err(e) => {
@@ -128,13 +132,13 @@ async fn open_stream<S: Transport>(
             .map(str::to_owned)
             .unwrap_or_else(|| server.config.domains[0].clone()),
         _ => {
-            xs.fail("host-unknown", None).await;
+            xs.fail(StreamCondition::HostUnknown, None).await;
             return None;
         }
     };
     if required_domain.is_some_and(|d| d != domain) {
         xs.fail(
-            "host-unknown",
+            StreamCondition::HostUnknown,
             Some("the domain changed after a stream restart"),
         )
         .await;
@@ -147,13 +151,13 @@ async fn open_stream<S: Transport>(
         return None;
     }
     if header.default_ns != NS_CLIENT {
-        xs.fail("invalid-namespace", None).await;
+        xs.fail(StreamCondition::InvalidNamespace, None).await;
         return None;
     }
     match header.version.as_deref().map(|v| v.split_once('.')) {
         Some(Some(("1", minor))) if minor.parse::<u32>().is_ok() => {}
         _ => {
-            xs.fail("unsupported-version", None).await;
+            xs.fail(StreamCondition::UnsupportedVersion, None).await;
             return None;
         }
     }
@@ -174,7 +178,7 @@ async fn plain_phase(
         if el.is("starttls", NS_TLS) {
             if xs.buffered() > 0 {
                 // Data pipelined after <starttls/> would bypass TLS.
-                xs.fail("policy-violation", None).await;
+                xs.fail(StreamCondition::PolicyViolation, None).await;
                 return None;
             }
             xs.send_raw("<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
@@ -203,7 +207,7 @@ async fn next_element<S: Transport>(xs: &mut XmlStream<S>, deadline: Instant) ->
             None
         }
         Ok(StreamEvent::Header(_)) => {
-            xs.fail("bad-format", None).await;
+            xs.fail(StreamCondition::BadFormat, None).await;
             None
         }
         Err(e) => {
@@ -217,11 +221,11 @@ async fn next_element<S: Transport>(xs: &mut XmlStream<S>, deadline: Instant) ->
 async fn unexpected_element<S: Transport>(xs: &mut XmlStream<S>, el: &Element) {
     let condition =
         if el.ns == NS_CLIENT && matches!(el.name.as_str(), "message" | "presence" | "iq") {
-            "not-authorized"
+            StreamCondition::NotAuthorized
         } else if el.ns == NS_CLIENT {
-            "unsupported-stanza-type"
+            StreamCondition::UnsupportedStanzaType
         } else {
-            "policy-violation"
+            StreamCondition::PolicyViolation
         };
     xs.fail(condition, None).await;
 }
@@ -262,8 +266,11 @@ async fn secure_phases<S: Transport>(
                     failures += 1;
                     if failures >= 5 {
                         // RFC 6120 §6.4.5: too many retries.
-                        xs.fail("policy-violation", Some("too many failed attempts"))
-                            .await;
+                        xs.fail(
+                            StreamCondition::PolicyViolation,
+                            Some("too many failed attempts"),
+                        )
+                        .await;
                         return None;
                     }
                 }

@@ -10,6 +10,7 @@ use crate::auth::{SaslFailure, decode_b64, encode_b64, plain::parse_plain};
 use crate::net::transport::Transport;
 use crate::server::Server;
 use crate::stanza::NS_SASL;
+use crate::stanza::StreamCondition;
 use crate::xml::{Element, StreamEvent};
 use tokio::time::Instant;
 
@@ -147,7 +148,7 @@ async fn challenge<S: Transport>(
             Ok(None)
         }
         Ok(StreamEvent::Header(_)) => {
-            xs.fail("bad-format", None).await;
+            xs.fail(StreamCondition::BadFormat, None).await;
             Ok(None)
         }
         Err(e) => {

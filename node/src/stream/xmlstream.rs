@@ -4,7 +4,7 @@
 //! the error, then `</stream:stream>`, then the TCP close).
 
 use crate::net::transport::Transport;
-use crate::stanza::stream_error;
+use crate::stanza::{StreamCondition, stream_error};
 use crate::xml::{Element, Limits, StreamEvent, StreamParser, XmlError};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -137,7 +137,7 @@ impl<S: Transport> XmlStream<S> {
     }
 
     /// Ends the stream with a stream error and closes the connection.
-    pub async fn fail(&mut self, condition: &str, text: Option<&str>) {
+    pub async fn fail(&mut self, condition: StreamCondition, text: Option<&str>) {
         self.fail_with(condition, &stream_error(condition, text))
             .await;
     }
@@ -145,14 +145,15 @@ impl<S: Transport> XmlStream<S> {
     /// Ends the stream with `<see-other-host/>` naming `host` (RFC 6120
     /// §4.9.3.19): the client reconnects there.
     pub async fn fail_see_other_host(&mut self, host: &str) {
-        let error = crate::stanza::stream_error_with_content("see-other-host", host);
-        self.fail_with("see-other-host", &error).await;
+        let condition = StreamCondition::SeeOtherHost;
+        let error = crate::stanza::stream_error_with_content(condition, host);
+        self.fail_with(condition, &error).await;
     }
 
     /// Sends the serialised stream error `error` (of `condition`) and ends
     /// the stream.
-    async fn fail_with(&mut self, condition: &str, error: &str) {
-        metrics::counter!("starling_c2s_stream_errors_total", "condition" => condition.to_owned())
+    async fn fail_with(&mut self, condition: StreamCondition, error: &str) {
+        metrics::counter!("starling_c2s_stream_errors_total", "condition" => condition.name())
             .increment(1);
         if !self.header_sent {
             let _ = self.send_header(None, &new_id()).await;
@@ -191,12 +192,25 @@ impl<S: Transport> XmlStream<S> {
     }
 }
 
+/// The stream error RFC 6120 names for what the parser refused.
+fn xml_condition(e: XmlError) -> StreamCondition {
+    match e {
+        XmlError::NotWellFormed => StreamCondition::NotWellFormed,
+        XmlError::BadNamespacePrefix => StreamCondition::BadNamespacePrefix,
+        XmlError::InvalidXml => StreamCondition::InvalidXml,
+        XmlError::RestrictedXml => StreamCondition::RestrictedXml,
+        XmlError::PolicyViolation => StreamCondition::PolicyViolation,
+        XmlError::UnsupportedEncoding => StreamCondition::UnsupportedEncoding,
+        XmlError::InvalidNamespace => StreamCondition::InvalidNamespace,
+    }
+}
+
 /// Maps a read failure to its stream error.
 pub async fn read_failed<S: Transport>(xs: &mut XmlStream<S>, e: ReadError) {
     match e {
         ReadError::Closed => {}
-        ReadError::Xml(x) => xs.fail(x.condition(), None).await,
-        ReadError::Timeout => xs.fail("connection-timeout", None).await,
+        ReadError::Xml(x) => xs.fail(xml_condition(x), None).await,
+        ReadError::Timeout => xs.fail(StreamCondition::ConnectionTimeout, None).await,
     }
 }
 

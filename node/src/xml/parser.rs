@@ -60,20 +60,6 @@ pub enum XmlError {
     InvalidNamespace,
 }
 
-impl XmlError {
-    pub fn condition(self) -> &'static str {
-        match self {
-            XmlError::NotWellFormed => "not-well-formed",
-            XmlError::BadNamespacePrefix => "bad-namespace-prefix",
-            XmlError::InvalidXml => "invalid-xml",
-            XmlError::RestrictedXml => "restricted-xml",
-            XmlError::PolicyViolation => "policy-violation",
-            XmlError::UnsupportedEncoding => "unsupported-encoding",
-            XmlError::InvalidNamespace => "invalid-namespace",
-        }
-    }
-}
-
 /// The opening `<stream:stream>` tag.
 #[derive(Clone, Debug, Default)]
 pub struct StreamHeader {
