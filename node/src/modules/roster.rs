@@ -3,6 +3,7 @@
 //! presence stanzas (see `session::im`); a remove cancels both directions.
 
 use super::{IqCtx, IqHandler, IqReply, IqResult, Module, Stage, StreamFeature, own_only};
+use crate::router::ToUser;
 use crate::session::im::{self, Origin};
 use crate::stanza::{Condition, NS_CLIENT, StanzaError};
 use crate::storage::{ROSTER, ROSTER_VER, RosterItem};
@@ -56,10 +57,13 @@ async fn roster_get(ctx: &IqCtx<'_>) -> IqResult {
     let newly = server.router.with_resources(bare, |rs| {
         rs.iter().any(|r| r.handle.id == id && !r.interested)
     });
-    if newly {
-        // Roster pushes reach it from any node from now on.
-        server.router.update(bare, id, |r| r.interested = true);
-        crate::routing::publish(server, bare, id).await?;
+    if newly && let Some(user) = server.router.user(bare) {
+        // Roster pushes reach it from any node from now on: the user's
+        // actor records the interest (here and in the routing table).
+        let msg = ToUser::Interested { session: id };
+        user.send(msg)
+            .await
+            .map_err(|_| StanzaError::from(Condition::InternalServerError))??;
     }
     let ver = server.storage.roster_version(bare)?;
     // §2.6.3: an unchanged roster is an empty result; pushes follow.

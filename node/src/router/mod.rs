@@ -117,6 +117,9 @@ pub enum ToUser {
     Attach { session: u64, full: String },
     /// A presence stanza the session's client sent (`from` stamped).
     Presence { session: u64, el: Element },
+    /// The session asked for the roster: it gets roster pushes from now
+    /// on (RFC 6121 §2.1.6), wherever they come from.
+    Interested { session: u64 },
     /// The session ended: unavailable to whoever saw it, route removed.
     /// `owned`: the session still held its resource in the router.
     Detach { session: u64, owned: bool },
@@ -341,7 +344,13 @@ impl Router {
             .is_some()
     }
 
-    /// Changes one resource's state under the map's lock.
+    /// The actor of `bare`, if the user has a session here.
+    pub fn user(&self, bare: &str) -> Option<UserHandle> {
+        self.users.get(bare).map(|e| e.actor.clone())
+    }
+
+    /// Changes one resource's state under the map's lock (the user's actor
+    /// does, for its own sessions).
     pub fn update(&self, bare: &str, id: u64, f: impl FnOnce(&mut Resource)) {
         if let Some(mut entry) = self.users.get_mut(bare)
             && let Some(r) = entry.resources.iter_mut().find(|r| r.handle.id == id)

@@ -4,8 +4,8 @@
 //! state: availability, directed presence, the last-activity record of an
 //! ending session) and is where RFC 6121's presence rules run for what the
 //! user's clients send: broadcast and probes (§4), directed presence
-//! (§4.6), outbound subscription stanzas (§3) and the unavailable presence
-//! when a session ends. Its mailbox serialises these operations for the
+//! (§4.6), outbound subscription stanzas (§3), roster interest (§2.1.6) and
+//! the unavailable presence when a session ends. Its mailbox serialises these operations for the
 //! user on this node (each runs to its end before the next starts), so no
 //! lock guards them; durable per-user records are written compare-and-set
 //! (`Storage::update_user`), so another node acting for the same user
@@ -113,6 +113,19 @@ impl Handler<ToUser> for User {
                         }
                         r
                     }),
+                ))
+            }
+            ToUser::Interested { session } => {
+                self.server
+                    .router
+                    .update(&bare, session, |r| r.interested = true);
+                AtomicResponse::new(Box::pin(
+                    async move {
+                        crate::routing::publish(&server, &bare, session)
+                            .await
+                            .map_err(StanzaError::from)
+                    }
+                    .into_actor(self),
                 ))
             }
             ToUser::Detach { session, owned } => {
