@@ -29,6 +29,8 @@ refs = [r for r in ('ejabberd', 'prosody') if r in servers]
 pairs = [(s, r) for r in refs for s in servers[servers.index(r) + 1:]]
 if md:  # the ratios that matter in a report: Starling against each peer
     pairs = [p for p in pairs if p[0] == 'starling'] or [p for p in pairs if p == ('prosody', 'ejabberd')]
+if 'starling' in servers and 'starling-base' in servers:  # a change against the build before it
+    pairs.append(('starling', 'starling-base'))
 hdr = ['figure'] + [f'{s} (n={med[s]["_n"]})' for s in servers] + [f'{s}/{r}' for s, r in pairs]
 rows = [hdr]
 for k in names:

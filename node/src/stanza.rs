@@ -493,44 +493,26 @@ fn is_client(el: &Element, name: &str) -> bool {
 
 /// Each conversion hands the element back when it is not of that kind, so
 /// the next kind can be tried without a copy.
-impl TryFrom<Element> for Message {
-    type Error = Element;
-    fn try_from(el: Element) -> Result<Self, Element> {
-        if !is_client(&el, "message") {
-            return Err(el);
+macro_rules! stanza_from_element {
+    ($ty:ident, $name:literal, $kind:expr) => {
+        impl TryFrom<Element> for $ty {
+            type Error = Element;
+            fn try_from(el: Element) -> Result<Self, Element> {
+                if !is_client(&el, $name) {
+                    return Err(el);
+                }
+                Ok($ty {
+                    kind: $kind(&el),
+                    el,
+                })
+            }
         }
-        Ok(Message {
-            kind: MessageType::of(&el),
-            el,
-        })
-    }
+    };
 }
 
-impl TryFrom<Element> for Presence {
-    type Error = Element;
-    fn try_from(el: Element) -> Result<Self, Element> {
-        if !is_client(&el, "presence") {
-            return Err(el);
-        }
-        Ok(Presence {
-            kind: PresenceType::of(&el),
-            el,
-        })
-    }
-}
-
-impl TryFrom<Element> for Iq {
-    type Error = Element;
-    fn try_from(el: Element) -> Result<Self, Element> {
-        if !is_client(&el, "iq") {
-            return Err(el);
-        }
-        Ok(Iq {
-            kind: IqType::of(&el),
-            el,
-        })
-    }
-}
+stanza_from_element!(Message, "message", MessageType::of);
+stanza_from_element!(Presence, "presence", PresenceType::of);
+stanza_from_element!(Iq, "iq", IqType::of);
 
 impl TryFrom<Element> for Stanza {
     type Error = Element;

@@ -80,15 +80,10 @@ impl Handler<ToUser> for User {
                 });
                 // The route goes into the replicated table before the
                 // session handles anything, so its presence updates follow.
-                AtomicResponse::new(Box::pin(
-                    async move {
-                        let resource = im::split(&full).1.unwrap_or_default();
-                        crate::routing::bind(&server, &bare, resource, session)
-                            .await
-                            .map_err(StanzaError::from)
-                    }
-                    .into_actor(self),
-                ))
+                self.store(async move {
+                    let resource = im::split(&full).1.unwrap_or_default();
+                    crate::routing::bind(&server, &bare, resource, session).await
+                })
             }
             ToUser::Presence { session, el } => {
                 let Some(s) = self.sessions.iter_mut().find(|s| s.session == session) else {
@@ -119,14 +114,7 @@ impl Handler<ToUser> for User {
                 self.server
                     .router
                     .update(&bare, session, |r| r.interested = true);
-                AtomicResponse::new(Box::pin(
-                    async move {
-                        crate::routing::publish(&server, &bare, session)
-                            .await
-                            .map_err(StanzaError::from)
-                    }
-                    .into_actor(self),
-                ))
+                self.store(async move { crate::routing::publish(&server, &bare, session).await })
             }
             ToUser::Detach { session, owned } => {
                 let Some(i) = self.sessions.iter().position(|s| s.session == session) else {
@@ -168,6 +156,17 @@ impl Handler<ToUser> for User {
 }
 
 impl User {
+    /// Runs a store write as this actor's next operation; its failure is
+    /// the sender's stanza error.
+    fn store(
+        &self,
+        write: impl std::future::Future<Output = Result<(), starling_cluster::StoreError>> + 'static,
+    ) -> Reply {
+        AtomicResponse::new(Box::pin(
+            async move { write.await.map_err(StanzaError::from) }.into_actor(self),
+        ))
+    }
+
     /// With no session left, leaves the router and stops (unless a session
     /// bound meanwhile: then this actor goes on serving it).
     fn release(&mut self, ctx: &mut Context<Self>) {
