@@ -7,6 +7,7 @@ use actix::{Actor, Addr, Context, Handler, Message};
 use starling::config::Config;
 use starling::router::{SessionHandle, ToSession, ToUser, UserHandle};
 use starling::server::Server;
+use starling::session::im;
 use starling::storage::{Storage, Subscription};
 use starling::xml::Element;
 use starling_cluster::{Store, StoreConfig};
@@ -252,4 +253,49 @@ async fn repeated_and_unsolicited_stanzas_change_nothing() {
     w.send("b", "unsubscribe", "a").await;
     w.send("b", "unsubscribe", "a").await;
     assert_eq!(w.item("b", "a"), Some((From, false, false)));
+}
+
+/// The one place that tells what is served here from another domain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destinations_of_addresses() {
+    use starling::router::Destination;
+    let w = World::new(&["a"]).await;
+    let dest = |to: &'static str| im::destination(&w.server, to).unwrap();
+    assert_eq!(
+        dest("localhost"),
+        Destination::Server {
+            domain: "localhost",
+            resource: Option::None
+        }
+    );
+    assert_eq!(
+        dest("a@localhost/r"),
+        Destination::Account {
+            bare: "a@localhost",
+            resource: Some("r"),
+            exists: true
+        }
+    );
+    assert_eq!(
+        dest("nobody@localhost"),
+        Destination::Account {
+            bare: "nobody@localhost",
+            resource: Option::None,
+            exists: false
+        }
+    );
+    assert_eq!(
+        dest("example.org"),
+        Destination::Remote {
+            domain: "example.org",
+            has_node: false
+        }
+    );
+    assert_eq!(
+        dest("x@example.org/r"),
+        Destination::Remote {
+            domain: "example.org",
+            has_node: true
+        }
+    );
 }

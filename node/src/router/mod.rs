@@ -137,6 +137,27 @@ struct UserEntry {
     resources: Vec<Resource>,
 }
 
+/// Where an address points, seen from this server: the one distinction
+/// between what is served here and another domain (where federation will
+/// route). `session::im::destination` computes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Destination<'a> {
+    /// A domain this server hosts (or a resource of it).
+    Server {
+        domain: &'a str,
+        resource: Option<&'a str>,
+    },
+    /// An account at a hosted domain, or one of its resources.
+    Account {
+        bare: &'a str,
+        resource: Option<&'a str>,
+        exists: bool,
+    },
+    /// Another domain's server (`has_node: false`) or one of its accounts:
+    /// no federation yet.
+    Remote { domain: &'a str, has_node: bool },
+}
+
 /// Where a bound resource is.
 #[derive(Clone, Debug)]
 pub enum At {

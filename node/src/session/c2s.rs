@@ -9,7 +9,7 @@ use super::im::{self, Origin};
 use super::outbox::{Outbox, Outgoing};
 use crate::modules::{self, Event, Flow, HookCtx, IqCtx, IqTarget};
 use crate::net::transport::Transport;
-use crate::router::{SessionHandle, ToSession, ToUser, UserHandle};
+use crate::router::{Destination, SessionHandle, ToSession, ToUser, UserHandle};
 use crate::server::Server;
 use crate::stanza::StreamCondition;
 use crate::stanza::{
@@ -358,16 +358,22 @@ impl<S: Transport> Session<S> {
             return self.reply_error(&el, Condition::BadRequest.into()).await;
         };
         let to = el.get_attr("to").map(str::to_owned);
-        let (to_bare, to_res) = match &to {
-            Some(t) => {
-                let (b, r) = im::split(t);
-                (Some(b.to_owned()), r.map(str::to_owned))
-            }
-            None => (None, None),
+        let dest = match to.as_deref().map(|t| im::destination(&self.server, t)) {
+            None => None,
+            Some(Ok(d)) => Some(d),
+            Some(Err(e)) => return self.reply_error(&el, e.into()).await,
         };
-        // IQs to another full JID are routed to that session.
-        if let (Some(b), Some(_)) = (&to_bare, &to_res) {
-            return self.route_iq(b.clone(), to.unwrap_or_default(), el).await;
+        // IQs to a full JID go to that session, wherever it is bound.
+        if let Some(to) = &to
+            && im::split(to).1.is_some()
+        {
+            return match dest {
+                Some(Destination::Remote { .. }) => {
+                    self.reply_error(&el, Condition::RemoteServerNotFound.into())
+                        .await
+                }
+                _ => self.route_iq(to, el).await,
+            };
         }
         if !kind.is_request() {
             // Answers to the server (e.g. pushes) need nothing more.
@@ -377,29 +383,18 @@ impl<S: Transport> Session<S> {
         let [payload] = payloads.as_slice() else {
             return self.reply_error(&el, Condition::BadRequest.into()).await;
         };
-        let target = match to_bare.as_deref() {
+        let target = match dest {
             None => IqTarget::Own,
-            Some(b) if b == self.bare => IqTarget::Own,
-            Some(b) if !b.contains('@') => {
-                if !self.server.is_local(b) {
-                    return self
-                        .reply_error(&el, Condition::RemoteServerNotFound.into())
-                        .await;
-                }
-                IqTarget::Server(b)
-            }
-            Some(b) => {
-                let domain = b.rsplit('@').next().unwrap_or_default();
-                if !self.server.is_local(domain) {
-                    return self
-                        .reply_error(&el, Condition::RemoteServerNotFound.into())
-                        .await;
-                }
-                match self.server.storage.account_exists(b) {
-                    Ok(true) => IqTarget::Account(b),
-                    Ok(false) => IqTarget::NoAccount(b),
-                    Err(e) => return self.reply_error(&el, e.into()).await,
-                }
+            Some(Destination::Account { bare, .. }) if bare == self.bare => IqTarget::Own,
+            Some(Destination::Server { domain, .. }) => IqTarget::Server(domain),
+            Some(Destination::Account {
+                bare, exists: true, ..
+            }) => IqTarget::Account(bare),
+            Some(Destination::Account { bare, .. }) => IqTarget::NoAccount(bare),
+            Some(Destination::Remote { .. }) => {
+                return self
+                    .reply_error(&el, Condition::RemoteServerNotFound.into())
+                    .await;
             }
         };
         let origin = Origin {
@@ -430,18 +425,12 @@ impl<S: Transport> Session<S> {
 
     /// An IQ to a full JID: delivered to that session, or answered with
     /// `<service-unavailable/>` (RFC 6121 §8.5.3.2.3).
-    async fn route_iq(&mut self, bare: String, to: String, el: Element) -> Result<(), End> {
-        let domain = bare.rsplit('@').next().unwrap_or(&bare).to_owned();
-        if !self.server.is_local(&domain) {
-            return self
-                .reply_error(&el, Condition::RemoteServerNotFound.into())
-                .await;
-        }
+    async fn route_iq(&mut self, to: &str, el: Element) -> Result<(), End> {
         let reply_needed = matches!(el.get_attr("type"), Some("get" | "set"));
         // Waits for another node's answer, as a message to a full JID
         // does: a request to a session that is gone there must still be
         // answered.
-        match im::deliver_to_full_acked(&self.server, &to, el).await {
+        match im::deliver_to_full_acked(&self.server, to, el).await {
             Ok(()) => Ok(()),
             Err(el) if reply_needed => {
                 self.reply_error(&el, Condition::ServiceUnavailable.into())

@@ -6,7 +6,7 @@
 //! hand stanzas to the router and never touch a socket.
 
 use crate::modules::{Event, Flow, HookCtx};
-use crate::router::Bound;
+use crate::router::{Bound, Destination};
 use crate::routing;
 use crate::server::Server;
 use crate::stanza::{
@@ -14,6 +14,7 @@ use crate::stanza::{
 };
 use crate::storage::{Committed, LastActivity, RosterItem, Subscription};
 use crate::xml::Element;
+use starling_cluster::StoreError;
 use std::collections::HashSet;
 
 pub use super::Origin;
@@ -36,6 +37,31 @@ pub use crate::stanza::split;
 
 fn domain_of(bare: &str) -> &str {
     bare.rsplit_once('@').map(|(_, d)| d).unwrap_or(bare)
+}
+
+/// Where the normalised address `to` points: a domain served here, an
+/// account of one (and whether it exists), or another domain.
+pub fn destination<'a>(server: &Server, to: &'a str) -> Result<Destination<'a>, StoreError> {
+    let (bare, resource) = split(to);
+    Ok(match bare.split_once('@') {
+        None if server.is_local(bare) => Destination::Server {
+            domain: bare,
+            resource,
+        },
+        None => Destination::Remote {
+            domain: bare,
+            has_node: false,
+        },
+        Some((_, domain)) if !server.is_local(domain) => Destination::Remote {
+            domain,
+            has_node: true,
+        },
+        Some(_) => Destination::Account {
+            bare,
+            resource,
+            exists: server.storage.account_exists(bare)?,
+        },
+    })
 }
 
 /// Sends an error reply for `stanza` to its sender, wherever it is.
@@ -108,32 +134,34 @@ fn bounce_of(condition: Condition, el: Element) -> Result<(), Bounce> {
 /// sender should get, so the hot path never copies a stanza.
 pub async fn route_message(server: &Server, el: Element) -> Result<(), Bounce> {
     let to = el.get_attr("to").unwrap_or_default().to_owned();
-    let (bare, resource) = split(&to);
     let mtype = MessageType::of(&el);
-    if !bare.contains('@') {
-        // To a server: hosted ones do not take messages (yet); no S2S yet.
-        if mtype == MessageType::Error {
-            return Ok(());
-        }
-        if server.is_local(bare) {
-            return bounce_of(Condition::ServiceUnavailable, el);
-        }
-        return bounce_of(Condition::RemoteServerNotFound, el);
-    }
-    if !server.is_local(domain_of(bare)) {
-        return bounce_of(Condition::RemoteServerNotFound, el);
-    }
-    match server.storage.account_exists(bare) {
-        Ok(true) => {}
+    let (bare, resource) = match destination(server, &to) {
+        Ok(Destination::Account {
+            bare,
+            resource,
+            exists: true,
+        }) => (bare, resource),
         // §8.5.1: no such account.
-        Ok(false) => {
+        Ok(Destination::Account { exists: false, .. }) => {
             return match mtype {
                 MessageType::Error | MessageType::Headline | MessageType::Groupchat => Ok(()),
                 _ => bounce_of(Condition::ServiceUnavailable, el),
             };
         }
+        // To a server: errors end there; hosted ones take no messages
+        // (yet), others are not reachable (no federation yet).
+        Ok(
+            Destination::Server { .. }
+            | Destination::Remote {
+                has_node: false, ..
+            },
+        ) if mtype == MessageType::Error => {
+            return Ok(());
+        }
+        Ok(Destination::Server { .. }) => return bounce_of(Condition::ServiceUnavailable, el),
+        Ok(Destination::Remote { .. }) => return bounce_of(Condition::RemoteServerNotFound, el),
         Err(e) => return Err(Box::new((e.into(), el))),
-    }
+    };
     metrics::counter!("starling_stanzas_routed_total", "kind" => "message").increment(1);
     let mut el = el;
     if server.modules.has_hooks(Event::MessageIn) {
@@ -517,7 +545,7 @@ fn probe(
     prober_full: &str,
     contact: &str,
 ) -> Result<(), StanzaError> {
-    if !contact.contains('@') || !server.is_local(domain_of(contact)) {
+    if !matches!(destination(server, contact)?, Destination::Account { .. }) {
         return Ok(());
     }
     let approved = server
@@ -541,8 +569,7 @@ fn directed(
     to: &str,
     el: Element,
 ) {
-    let (bare, _) = split(to);
-    if bare.contains('@') && !server.is_local(domain_of(bare)) {
+    if let Ok(Destination::Remote { has_node: true, .. }) = destination(server, to) {
         bounce(server, &el, Condition::RemoteServerNotFound);
         return;
     }
@@ -753,18 +780,13 @@ pub async fn deliver_subscription(
     ptype: &str,
     el: Element,
 ) -> Result<(), StanzaError> {
-    if !user.contains('@') {
-        return Ok(());
-    }
-    if !server.is_local(domain_of(user)) {
-        // No federation yet.
-        return Ok(());
+    match destination(server, user)? {
+        Destination::Account { exists: true, .. } => {}
+        // §8.5.1: subscription stanzas to no such user are ignored; to
+        // another domain, too (no federation yet).
+        _ => return Ok(()),
     }
     metrics::counter!("starling_stanzas_routed_total", "kind" => "subscription").increment(1);
-    if !server.storage.account_exists(user)? {
-        // §8.5.1: subscription stanzas to no such user are ignored.
-        return Ok(());
-    }
     subscription_in_simple(server, from, user, ptype, el).await
 }
 
