@@ -12,7 +12,7 @@ use actix::{Actor, Context, Handler};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use starling::auth::ScramClient;
 use starling::auth::scram::{ScramHash, ScramServer, ScramStep, StoredCredentials};
-use starling::router::{Router, SessionHandle, ToSession, ToUser};
+use starling::router::{Gate, Router, SessionHandle, ToSession, ToUser};
 use starling::xml::{Element, Limits, StreamEvent, StreamParser};
 use std::hint::black_box;
 
@@ -130,7 +130,10 @@ fn router(c: &mut Criterion) {
             r.bind(
                 &format!("user{i}@example.org"),
                 "res",
-                SessionHandle::new(sink.clone().recipient()),
+                SessionHandle::new(
+                    sink.clone().recipient(),
+                    std::sync::Arc::new(Gate::new(16, 1 << 16)),
+                ),
                 || (0, sink.clone().recipient()),
             );
         }

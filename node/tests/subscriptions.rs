@@ -5,7 +5,7 @@
 
 use actix::{Actor, Addr, Context, Handler, Message};
 use starling::config::Config;
-use starling::router::{SessionHandle, ToSession, ToUser, UserHandle};
+use starling::router::{Gate, SessionHandle, ToSession, ToUser, UserHandle};
 use starling::server::Server;
 use starling::session::im;
 use starling::storage::{Storage, Subscription};
@@ -53,7 +53,10 @@ fn bind_all(server: Arc<Server>, users: Vec<String>) -> Vec<Bound> {
             for bare in users {
                 let log = Log::default();
                 let recorder = Recorder(log.clone()).start();
-                let h = SessionHandle::new(recorder.clone().recipient());
+                let h = SessionHandle::new(
+                    recorder.clone().recipient(),
+                    Arc::new(Gate::new(1000, 1 << 24)),
+                );
                 let id = h.id;
                 let (_, user) = server.router.bind(&bare, "r", h, || {
                     starling::session::user::start(server.clone(), &bare)

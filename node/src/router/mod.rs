@@ -23,7 +23,7 @@ use crate::xml::Element;
 use dashmap::DashMap;
 use starling_cluster::{DeliveryResult, Store};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 /// What other parts of the server send a session actor: its address
 /// (behind a [`SessionHandle`]) is the only way into a bound session.
@@ -37,14 +37,78 @@ pub enum ToSession {
     Close(StreamCondition),
 }
 
-/// The sending side of one session: its id and the session actor's
-/// address, typed by message rather than by actor so that the router
-/// does not depend on the session module.
+/// Admission to one session: what is queued for its socket (in its actor's
+/// mailbox or its outbox) in stanzas and bytes, and whether it has ended.
+/// Senders check it before they send, so a session that does not drain
+/// (its client stopped reading) or that is ending refuses at once and the
+/// sender does what RFC 6121 says for an unreachable resource (another
+/// resource, offline storage, an error) — the actor's mailbox itself never
+/// refuses, and never grows past these bounds.
+#[derive(Debug)]
+pub struct Gate {
+    count: AtomicUsize,
+    bytes: AtomicUsize,
+    max_count: usize,
+    max_bytes: usize,
+    ended: AtomicBool,
+}
+
+impl Gate {
+    pub fn new(max_count: usize, max_bytes: usize) -> Self {
+        Gate {
+            count: AtomicUsize::new(0),
+            bytes: AtomicUsize::new(0),
+            max_count,
+            max_bytes,
+            ended: AtomicBool::new(false),
+        }
+    }
+
+    /// Takes room for one stanza of `len` bytes; false when there is none.
+    pub(crate) fn admit(&self, len: usize) -> bool {
+        if self.ended.load(Ordering::Acquire) {
+            return false;
+        }
+        let n = self.count.fetch_add(1, Ordering::AcqRel);
+        let b = self.bytes.fetch_add(len, Ordering::AcqRel);
+        if n >= self.max_count || b + len > self.max_bytes {
+            self.release(1, len);
+            return false;
+        }
+        true
+    }
+
+    /// The session wrote (or handed on) `count` stanzas of `bytes` bytes.
+    pub fn release(&self, count: usize, bytes: usize) {
+        self.count.fetch_sub(count, Ordering::AcqRel);
+        self.bytes.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
+    /// The session is ending: nothing more is admitted.
+    pub fn end(&self) {
+        self.ended.store(true, Ordering::Release);
+    }
+}
+
+/// What [`SessionHandle::offer`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Offer {
+    Queued,
+    /// No room now: the client has not read what is queued yet.
+    Full,
+    /// The session ended.
+    Ended,
+}
+
+/// The sending side of one session: its id, its admission gate and the
+/// session actor's address, typed by message rather than by actor so that
+/// the router does not depend on the session module.
 #[derive(Clone)]
 pub struct SessionHandle {
     pub id: u64,
     /// Shared: cloning an actix address allocates, cloning this does not.
     to: Arc<actix::Recipient<ToSession>>,
+    gate: Arc<Gate>,
 }
 
 impl std::fmt::Debug for SessionHandle {
@@ -56,16 +120,17 @@ impl std::fmt::Debug for SessionHandle {
 }
 
 impl SessionHandle {
-    pub fn new(to: actix::Recipient<ToSession>) -> Self {
+    pub fn new(to: actix::Recipient<ToSession>, gate: Arc<Gate>) -> Self {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         SessionHandle {
             id: NEXT.fetch_add(1, Ordering::Relaxed),
             to: Arc::new(to),
+            gate,
         }
     }
 
-    /// Queues a stanza; hands it back when the session has ended or its
-    /// mailbox is full, so the caller can store or bounce it.
+    /// Queues a stanza; hands it back when the session has ended or is
+    /// full, so the caller can store or bounce it.
     pub fn send(&self, el: Element) -> Result<(), Element> {
         let xml: Arc<str> = el.to_stream_xml(crate::stanza::NS_CLIENT).into();
         if self.send_shared(&xml) {
@@ -76,14 +141,32 @@ impl SessionHandle {
     }
 
     /// Queues an already serialised stanza (shared by many recipients);
-    /// false when the session has ended or its mailbox is full.
+    /// false when the session has ended or is full. A full session is a
+    /// client that does not read: it is told to close with
+    /// `<resource-constraint/>`.
     pub fn send_shared(&self, xml: &Arc<str>) -> bool {
-        match self.to.try_send(ToSession::Stanza(xml.clone())) {
-            Ok(()) => true,
-            Err(_) => {
+        if !self.gate.admit(xml.len()) {
+            if !self.gate.ended.load(Ordering::Acquire) {
                 metrics::counter!("starling_router_mailbox_full_total").increment(1);
-                false
+                self.close(StreamCondition::ResourceConstraint);
             }
+            return false;
+        }
+        self.to.do_send(ToSession::Stanza(xml.clone()));
+        metrics::counter!("starling_router_delivered_total").increment(1);
+        true
+    }
+
+    /// Queues a serialised stanza if there is room, without asking a full
+    /// session to close (a sender that can wait: an offline backlog).
+    pub fn offer(&self, xml: &Arc<str>) -> Offer {
+        if self.gate.admit(xml.len()) {
+            self.to.do_send(ToSession::Stanza(xml.clone()));
+            Offer::Queued
+        } else if self.gate.ended.load(Ordering::Acquire) {
+            Offer::Ended
+        } else {
+            Offer::Full
         }
     }
 

@@ -9,7 +9,7 @@ use super::im::{self, Origin};
 use super::outbox::{Outbox, Outgoing};
 use crate::modules::{self, Event, Flow, HookCtx, IqCtx, IqTarget};
 use crate::net::transport::Transport;
-use crate::router::{Destination, SessionHandle, ToSession, ToUser, UserHandle};
+use crate::router::{Destination, Gate, SessionHandle, ToSession, ToUser, UserHandle};
 use crate::server::Server;
 use crate::stanza::StreamCondition;
 use crate::stanza::{
@@ -81,14 +81,14 @@ struct Session<S> {
 /// `async fn` nesting.
 pub fn start<S: Transport + 'static>(server: Arc<Server>, bound: Bound<S>) {
     C2s::create(move |ctx| {
-        // The outbox bounds what waits for the socket; the actor's own
-        // mailbox only carries messages to their handler.
-        ctx.set_mailbox_capacity(server.config.c2s.mailbox_size);
-        let outbox = Arc::new(Outbox::new(
+        // The gate bounds what is queued for the socket (in the mailbox
+        // and the outbox together): senders are refused at once past it.
+        let gate = Arc::new(Gate::new(
             server.config.c2s.mailbox_size,
             server.config.c2s.mailbox_bytes,
         ));
-        let handle = SessionHandle::new(ctx.address().recipient());
+        let outbox = Arc::new(Outbox::new(gate.clone()));
+        let handle = SessionHandle::new(ctx.address().recipient(), gate);
         let bare = bound.bare.to_string();
         let resource = bound.full.resource().to_string();
         let id = handle.id;

@@ -6,7 +6,7 @@
 //! hand stanzas to the router and never touch a socket.
 
 use crate::modules::{Event, Flow, HookCtx};
-use crate::router::{Bound, Destination};
+use crate::router::{Bound, Destination, Offer};
 use crate::routing;
 use crate::server::Server;
 use crate::stanza::{
@@ -31,6 +31,11 @@ pub struct PresenceState {
     /// written with the removal of its route, in one write.
     pub ending: bool,
     pub last_activity: Option<LastActivity>,
+    /// Initial presence with a non-negative priority was just sent: the
+    /// stored offline messages are owed to this session. Whoever applied
+    /// the presence hands them on ([`flush_offline`]) without holding up
+    /// anything the session waits for.
+    pub flush_offline: bool,
 }
 
 pub use crate::stanza::split;
@@ -298,6 +303,9 @@ async fn store_offline(server: &Server, bare: &str, mut el: Element) -> Result<(
 
 /// Sends the stored messages to a session that became available with a
 /// non-negative priority, then deletes them.
+/// Runs on its own (the user actor spawns it): it waits for the client to
+/// read when the backlog is larger than the session's bound, and the
+/// session must not be waiting for it meanwhile.
 pub async fn flush_offline(server: &Server, origin: &Origin<'_>) {
     let Ok(msgs) = server.storage.offline(origin.bare) else {
         return;
@@ -311,11 +319,22 @@ pub async fn flush_offline(server: &Server, origin: &Origin<'_>) {
     else {
         return;
     };
-    // Stored serialised: handed on as they are, without parsing.
+    // Stored serialised: handed on as they are, without parsing. A backlog
+    // larger than the session's bound goes out as the client reads it (the
+    // session is not closed for it); what is not handed on within the write
+    // timeout stays stored for the next time.
+    let patience = std::time::Duration::from_secs(server.config.c2s.write_timeout_secs);
     let mut done = Vec::new();
-    for (key, xml) in msgs {
-        if !handle.send_shared(&xml.into()) {
-            break;
+    'messages: for (key, xml) in msgs {
+        let xml: std::sync::Arc<str> = xml.into();
+        let since = std::time::Instant::now();
+        loop {
+            match handle.offer(&xml) {
+                Offer::Queued => break,
+                Offer::Ended => break 'messages,
+                Offer::Full if since.elapsed() >= patience => break 'messages,
+                Offer::Full => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
+            }
         }
         done.push(key);
     }
@@ -438,7 +457,7 @@ async fn broadcast(
             }
         }
         if priority >= 0 {
-            flush_offline(server, origin).await;
+            state.flush_offline = true;
         }
     }
     Ok(())

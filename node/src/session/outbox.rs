@@ -1,10 +1,11 @@
 //! A session actor's outbox: the serialised stanzas waiting for its socket.
 //!
-//! Bounded in count and in bytes, so a client that does not read cannot
-//! make the server buffer without limit; unlike a channel it allocates
-//! nothing while empty. Only the session actor touches it: its message
-//! handlers push, its stream task drains.
+//! Only the session actor touches it: its message handler pushes, its
+//! stream task drains. It allocates nothing while empty. Its bound is the
+//! session's admission [`Gate`] (count and bytes, checked by senders before
+//! they send): taking stanzas out to write them gives their room back.
 
+use crate::router::Gate;
 use crate::stanza::StreamCondition;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -30,28 +31,22 @@ pub enum Refused {
 pub struct Outbox {
     state: Mutex<State>,
     notify: Notify,
-    max_count: usize,
-    max_bytes: usize,
+    gate: Arc<Gate>,
 }
 
 #[derive(Debug, Default)]
 struct State {
     queue: VecDeque<Arc<str>>,
-    bytes: usize,
-    /// Stanzas that arrived while the outbox was full: kept (they are owed
-    /// to the user) and routed again when the session ends.
-    overflow: Vec<Arc<str>>,
     close: Option<StreamCondition>,
     ended: bool,
 }
 
 impl Outbox {
-    pub fn new(max_count: usize, max_bytes: usize) -> Self {
+    pub fn new(gate: Arc<Gate>) -> Self {
         Outbox {
             state: Mutex::new(State::default()),
             notify: Notify::new(),
-            max_count,
-            max_bytes,
+            gate,
         }
     }
 
@@ -64,37 +59,28 @@ impl Outbox {
                     return Outgoing::Close(c);
                 }
                 if !st.queue.is_empty() {
-                    st.bytes = 0;
                     // Taking the deque leaves one with no allocation.
-                    return Outgoing::Stanzas(std::mem::take(&mut st.queue));
+                    let batch = std::mem::take(&mut st.queue);
+                    drop(st);
+                    let bytes = batch.iter().map(|x| x.len()).sum();
+                    self.gate.release(batch.len(), bytes);
+                    return Outgoing::Stanzas(batch);
                 }
             }
             self.notify.notified().await;
         }
     }
 
-    /// Queues `xml`. A full outbox means the client does not read: the
-    /// session is told to close with `<resource-constraint/>` and the
-    /// stanza is kept for [`Outbox::end`] to hand back.
+    /// Queues `xml` (admitted by the gate when it was sent).
     pub fn push(&self, xml: Arc<str>) -> Result<(), Refused> {
         {
             let mut st = self.state.lock().expect("outbox lock");
             if st.ended {
                 return Err(Refused::Ended);
             }
-            if st.queue.len() >= self.max_count || st.bytes + xml.len() > self.max_bytes {
-                st.close.get_or_insert(StreamCondition::ResourceConstraint);
-                st.overflow.push(xml);
-                drop(st);
-                self.notify.notify_one();
-                metrics::counter!("starling_router_mailbox_full_total").increment(1);
-                return Ok(());
-            }
-            st.bytes += xml.len();
             st.queue.push_back(xml);
         }
         self.notify.notify_one();
-        metrics::counter!("starling_router_delivered_total").increment(1);
         Ok(())
     }
 
@@ -108,15 +94,14 @@ impl Outbox {
         self.notify.notify_one();
     }
 
-    /// Refuses everything from now on (the session is ending) and returns
-    /// what was queued but not written, for the caller to route again.
-    pub fn end(&self) -> Vec<Arc<str>> {
+    /// Refuses everything from now on (the session is ending; senders are
+    /// refused at the gate) and returns what was queued but not written,
+    /// for the caller to route again.
+    pub fn end(&self) -> VecDeque<Arc<str>> {
+        self.gate.end();
         let mut st = self.state.lock().expect("outbox lock");
         st.ended = true;
-        st.bytes = 0;
-        let mut rest: Vec<Arc<str>> = std::mem::take(&mut st.queue).into();
-        rest.append(&mut st.overflow);
-        rest
+        std::mem::take(&mut st.queue)
     }
 }
 
@@ -125,26 +110,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn full_outbox_keeps_the_stanza_and_asks_to_close() {
-        let o = Outbox::new(1, 1024);
-        o.push("<a/>".into()).unwrap();
-        o.push("<b/>".into()).unwrap();
-        let rest = o.end();
-        assert_eq!(
-            rest.iter().map(|s| &**s).collect::<Vec<_>>(),
-            ["<a/>", "<b/>"]
+    fn the_gate_bounds_what_waits_and_taking_it_out_gives_room_back() {
+        let gate = Arc::new(Gate::new(2, 1024));
+        let o = Outbox::new(gate.clone());
+        let h = |xml: &str| xml.to_owned();
+        for x in ["<a/>", "<b/>"] {
+            assert!(gate_admit(&gate, x));
+            o.push(h(x).into()).unwrap();
+        }
+        assert!(
+            !gate_admit(&gate, "<c/>"),
+            "a third stanza is over the count"
         );
-        assert_eq!(o.push("<c/>".into()), Err(Refused::Ended));
-        assert_eq!(
-            o.state.lock().unwrap().close,
-            Some(StreamCondition::ResourceConstraint)
+        let Outgoing::Stanzas(batch) = futures::executor::block_on(o.recv()) else {
+            panic!("stanzas expected")
+        };
+        assert_eq!(batch.len(), 2);
+        assert!(gate_admit(&gate, "<c/>"), "room is given back once written");
+        let rest = o.end();
+        assert!(rest.is_empty());
+        assert_eq!(o.push("<d/>".into()), Err(Refused::Ended));
+        assert!(
+            !gate_admit(&gate, "<e/>"),
+            "an ended session admits nothing"
         );
     }
 
-    #[test]
-    fn byte_bound() {
-        let o = Outbox::new(100, 6);
-        o.push("<aaaa/>".into()).unwrap();
-        assert_eq!(o.state.lock().unwrap().overflow.len(), 1);
+    fn gate_admit(gate: &Gate, xml: &str) -> bool {
+        gate.admit(xml.len())
     }
 }

@@ -102,7 +102,10 @@ impl Handler<ToUser> for User {
                         (presence, r)
                     }
                     .into_actor(self)
-                    .map(move |(presence, r), act, _| {
+                    .map(move |(mut presence, r), act, _| {
+                        if std::mem::take(&mut presence.flush_offline) {
+                            act.spawn_offline_flush(session);
+                        }
                         if let Some(s) = act.sessions.iter_mut().find(|s| s.session == session) {
                             s.presence = presence;
                         }
@@ -165,6 +168,24 @@ impl User {
         AtomicResponse::new(Box::pin(
             async move { write.await.map_err(StanzaError::from) }.into_actor(self),
         ))
+    }
+
+    /// Hands the stored offline messages to `session` as a task of its own:
+    /// a large backlog goes out as the client reads it, and the session
+    /// (which may be waiting for this actor) must not wait for that.
+    fn spawn_offline_flush(&self, session: u64) {
+        let Some(s) = self.sessions.iter().find(|s| s.session == session) else {
+            return;
+        };
+        let (server, bare, full) = (self.server.clone(), self.bare.clone(), s.full.clone());
+        actix_rt::spawn(async move {
+            let origin = Origin {
+                bare: &bare,
+                full: &full,
+                session_id: session,
+            };
+            im::flush_offline(&server, &origin).await;
+        });
     }
 
     /// With no session left, leaves the router and stops (unless a session
