@@ -184,104 +184,61 @@ pub fn iq_result(iq: &Element, payload: Option<Element>) -> Element {
     r
 }
 
-/// The stream error conditions of RFC 6120 §4.9.3.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StreamCondition {
-    BadFormat,
-    BadNamespacePrefix,
-    Conflict,
-    ConnectionTimeout,
-    HostGone,
-    HostUnknown,
-    ImproperAddressing,
-    InternalServerError,
-    InvalidFrom,
-    InvalidNamespace,
-    InvalidXml,
-    NotAuthorized,
-    NotWellFormed,
-    PolicyViolation,
-    RemoteConnectionFailed,
-    Reset,
-    ResourceConstraint,
-    RestrictedXml,
-    SeeOtherHost,
-    SystemShutdown,
-    UndefinedCondition,
-    UnsupportedEncoding,
-    UnsupportedFeature,
-    UnsupportedStanzaType,
-    UnsupportedVersion,
+/// Declares the stream conditions once: the enum, every value, its name.
+macro_rules! stream_conditions {
+    ($($variant:ident => $name:literal,)*) => {
+        /// The stream error conditions of RFC 6120 §4.9.3.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum StreamCondition {
+            $($variant,)*
+        }
+
+        impl StreamCondition {
+            /// Every condition, for lookups by name.
+            pub const ALL: &'static [StreamCondition] = &[$(StreamCondition::$variant,)*];
+
+            /// The condition's element name.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(StreamCondition::$variant => $name,)*
+                }
+            }
+        }
+    };
+}
+
+stream_conditions! {
+    BadFormat => "bad-format",
+    BadNamespacePrefix => "bad-namespace-prefix",
+    Conflict => "conflict",
+    ConnectionTimeout => "connection-timeout",
+    HostGone => "host-gone",
+    HostUnknown => "host-unknown",
+    ImproperAddressing => "improper-addressing",
+    InternalServerError => "internal-server-error",
+    InvalidFrom => "invalid-from",
+    InvalidNamespace => "invalid-namespace",
+    InvalidXml => "invalid-xml",
+    NotAuthorized => "not-authorized",
+    NotWellFormed => "not-well-formed",
+    PolicyViolation => "policy-violation",
+    RemoteConnectionFailed => "remote-connection-failed",
+    Reset => "reset",
+    ResourceConstraint => "resource-constraint",
+    RestrictedXml => "restricted-xml",
+    SeeOtherHost => "see-other-host",
+    SystemShutdown => "system-shutdown",
+    UndefinedCondition => "undefined-condition",
+    UnsupportedEncoding => "unsupported-encoding",
+    UnsupportedFeature => "unsupported-feature",
+    UnsupportedStanzaType => "unsupported-stanza-type",
+    UnsupportedVersion => "unsupported-version",
 }
 
 impl StreamCondition {
-    /// Every condition, for lookups by name.
-    pub const ALL: [StreamCondition; 25] = {
-        use StreamCondition::*;
-        [
-            BadFormat,
-            BadNamespacePrefix,
-            Conflict,
-            ConnectionTimeout,
-            HostGone,
-            HostUnknown,
-            ImproperAddressing,
-            InternalServerError,
-            InvalidFrom,
-            InvalidNamespace,
-            InvalidXml,
-            NotAuthorized,
-            NotWellFormed,
-            PolicyViolation,
-            RemoteConnectionFailed,
-            Reset,
-            ResourceConstraint,
-            RestrictedXml,
-            SeeOtherHost,
-            SystemShutdown,
-            UndefinedCondition,
-            UnsupportedEncoding,
-            UnsupportedFeature,
-            UnsupportedStanzaType,
-            UnsupportedVersion,
-        ]
-    };
-
-    /// The condition's element name.
-    pub fn name(self) -> &'static str {
-        use StreamCondition::*;
-        match self {
-            BadFormat => "bad-format",
-            BadNamespacePrefix => "bad-namespace-prefix",
-            Conflict => "conflict",
-            ConnectionTimeout => "connection-timeout",
-            HostGone => "host-gone",
-            HostUnknown => "host-unknown",
-            ImproperAddressing => "improper-addressing",
-            InternalServerError => "internal-server-error",
-            InvalidFrom => "invalid-from",
-            InvalidNamespace => "invalid-namespace",
-            InvalidXml => "invalid-xml",
-            NotAuthorized => "not-authorized",
-            NotWellFormed => "not-well-formed",
-            PolicyViolation => "policy-violation",
-            RemoteConnectionFailed => "remote-connection-failed",
-            Reset => "reset",
-            ResourceConstraint => "resource-constraint",
-            RestrictedXml => "restricted-xml",
-            SeeOtherHost => "see-other-host",
-            SystemShutdown => "system-shutdown",
-            UndefinedCondition => "undefined-condition",
-            UnsupportedEncoding => "unsupported-encoding",
-            UnsupportedFeature => "unsupported-feature",
-            UnsupportedStanzaType => "unsupported-stanza-type",
-            UnsupportedVersion => "unsupported-version",
-        }
-    }
-
     /// The condition named `name`, if RFC 6120 defines one.
     pub fn from_name(name: &str) -> Option<StreamCondition> {
-        Self::ALL.into_iter().find(|c| c.name() == name)
+        Self::ALL.iter().copied().find(|c| c.name() == name)
     }
 }
 
@@ -595,7 +552,7 @@ mod tests {
 
     #[test]
     fn stream_conditions_round_trip_by_name() {
-        for c in super::StreamCondition::ALL {
+        for &c in super::StreamCondition::ALL {
             assert_eq!(super::StreamCondition::from_name(c.name()), Some(c));
         }
         assert_eq!(super::StreamCondition::from_name("no-such-condition"), None);
