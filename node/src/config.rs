@@ -74,6 +74,15 @@ pub struct C2sConfig {
     pub write_timeout_secs: u64,
     /// Most simultaneous connections that have not yet authenticated.
     pub max_unauthenticated: usize,
+    /// New connections accepted per second on this node (a token bucket
+    /// with a burst of one second's worth); beyond it, connections wait in
+    /// the listen backlog instead of all being served slowly at once.
+    /// 0: no limit.
+    pub connect_rate: u32,
+    /// New connections accepted per second from one client address (same
+    /// bucket shape); beyond it the stream is refused with
+    /// `<policy-violation/>` (on the direct TLS port: closed). 0: no limit.
+    pub connect_rate_per_ip: u32,
 }
 
 impl Default for C2sConfig {
@@ -92,6 +101,8 @@ impl Default for C2sConfig {
             mailbox_bytes: 4 * 1024 * 1024,
             write_timeout_secs: 30,
             max_unauthenticated: 10_000,
+            connect_rate: 0,
+            connect_rate_per_ip: 0,
         }
     }
 }

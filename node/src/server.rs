@@ -25,6 +25,8 @@ pub struct Server {
     pub scram_secret: Vec<u8>,
     /// Connections that have not yet authenticated.
     pub unauthenticated: AtomicUsize,
+    /// New connections per second, for the node and per address.
+    pub shaper: crate::net::shaping::Shaper,
 }
 
 impl Server {
@@ -43,6 +45,10 @@ impl Server {
         let scram_secret = load_or_make_secret(&config.data_dir);
         Server {
             throttle: Throttle::new(&config),
+            shaper: crate::net::shaping::Shaper::new(
+                config.c2s.connect_rate,
+                config.c2s.connect_rate_per_ip,
+            ),
             config,
             router: Router::new(storage.store.clone()),
             storage,

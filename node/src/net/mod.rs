@@ -2,6 +2,7 @@
 //! arbiters (one actix arbiter per core), negotiate (`stream::negotiate`),
 //! and start the session actor of each bound stream (`session::c2s`).
 
+pub mod shaping;
 pub mod tls;
 pub mod tls_conn;
 pub mod transport;
@@ -20,6 +21,8 @@ pub async fn accept_loop(
 ) {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     loop {
+        // A login storm waits in the listen backlog, not in slow handshakes.
+        server.shaper.admit_node().await;
         let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {

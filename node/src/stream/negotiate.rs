@@ -76,6 +76,17 @@ pub async fn serve_connection(
         .await;
         return None;
     }
+    if !server.shaper.admit_address(peer.ip()) {
+        // Over this address's connection rate (`c2s.connect_rate_per_ip`).
+        // A direct TLS connection has no stream to say it on before the
+        // handshake this is meant to spare: it is closed.
+        if !direct_tls {
+            let mut xs = XmlStream::new(tcp, limits(&server), default_domain, write_timeout);
+            let text = Some("too many new connections from your address; retry later");
+            xs.fail(StreamCondition::PolicyViolation, text).await;
+        }
+        return None;
+    }
     let tls = if direct_tls {
         // Boxed: short-lived futures must not size the long-lived task.
         match tokio::time::timeout_at(deadline, Box::pin(TlsConn::accept(tcp, server.tls.clone())))
