@@ -362,17 +362,6 @@ impl PresenceType {
             PresenceType::Error => Some("error"),
         }
     }
-
-    /// One of the four subscription types (RFC 6121 §3).
-    pub fn is_subscription(self) -> bool {
-        matches!(
-            self,
-            PresenceType::Subscribe
-                | PresenceType::Subscribed
-                | PresenceType::Unsubscribe
-                | PresenceType::Unsubscribed
-        )
-    }
 }
 
 /// The type of an IQ (RFC 6120 §8.2.3).
@@ -526,7 +515,6 @@ mod tests {
             panic!()
         };
         assert_eq!(p.kind, Some(PresenceType::Subscribe));
-        assert!(p.kind.unwrap().is_subscription());
         assert_eq!(
             PresenceType::of(&parse("<presence type='invisible'/>")),
             None

@@ -129,17 +129,6 @@ impl SessionHandle {
         }
     }
 
-    /// Queues a stanza; hands it back when the session has ended or is
-    /// full, so the caller can store or bounce it.
-    pub fn send(&self, el: Element) -> Result<(), Element> {
-        let xml: Arc<str> = el.to_stream_xml(crate::stanza::NS_CLIENT).into();
-        if self.send_shared(&xml) {
-            Ok(())
-        } else {
-            Err(el)
-        }
-    }
-
     /// Queues an already serialised stanza (shared by many recipients);
     /// false when the session has ended or is full. A full session is a
     /// client that does not read: it is told to close with
@@ -179,7 +168,8 @@ impl SessionHandle {
 /// One bound resource of a user.
 #[derive(Clone, Debug)]
 pub struct Resource {
-    pub resource: String,
+    /// Shared: the router's views of a user's resources copy it often.
+    pub resource: Arc<str>,
     pub handle: SessionHandle,
     /// Sent initial presence and not yet unavailable.
     pub available: bool,
@@ -255,7 +245,7 @@ pub enum At {
 /// delivery needs to know about it.
 #[derive(Clone, Debug)]
 pub struct Bound {
-    pub resource: String,
+    pub resource: Arc<str>,
     /// Sent initial presence and not yet unavailable.
     pub available: bool,
     pub priority: i32,
@@ -293,7 +283,7 @@ impl Router {
                 .collect()
         });
         out.extend(table::remote(&self.store, bare).into_iter().map(|r| Bound {
-            resource: r.resource,
+            resource: r.resource.into(),
             available: r.info.available,
             priority: r.info.priority,
             interested: r.info.interested,
@@ -404,10 +394,10 @@ impl Router {
         let list = &mut entry.resources;
         let old = list
             .iter()
-            .position(|r| r.resource == resource)
+            .position(|r| &*r.resource == resource)
             .map(|i| list.remove(i).handle);
         list.push(Resource {
-            resource: resource.to_owned(),
+            resource: resource.into(),
             handle,
             available: false,
             priority: 0,
@@ -482,7 +472,7 @@ impl Router {
     pub fn handle(&self, bare: &str, resource: &str) -> Option<SessionHandle> {
         self.with_resources(bare, |rs| {
             rs.iter()
-                .find(|r| r.resource == resource)
+                .find(|r| &*r.resource == resource)
                 .map(|r| r.handle.clone())
         })
     }
@@ -502,10 +492,5 @@ impl Router {
     /// Number of bound sessions on this node.
     pub fn session_count(&self) -> usize {
         self.users.iter().map(|e| e.value().resources.len()).sum()
-    }
-
-    /// Number of user actors on this node.
-    pub fn user_count(&self) -> usize {
-        self.users.len()
     }
 }
