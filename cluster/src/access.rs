@@ -16,11 +16,46 @@ use crate::error::{StoreError, fatal, leader_error, storage};
 use crate::handle::{START_TIMEOUT, Store};
 use crate::kv::{self, Kv, KvTree};
 use crate::op::{Op, OpResult};
+use crate::registry::{self, is_registry_space};
 use crate::store::space_tree;
 
 /// How long a write waits for this replica to apply what the leader
 /// committed.
 const APPLY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A key space's tree in the group that holds it.
+enum Tree {
+    Durable(kv::SledTree),
+    Registry(kv::MemTree),
+    /// A registry space while this node is in no registry group.
+    None,
+}
+
+impl Tree {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        match self {
+            Tree::Durable(t) => t.get(key).map_err(storage),
+            Tree::Registry(t) => t.get(key).map_err(storage),
+            Tree::None => Ok(None),
+        }
+    }
+
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<kv::Pairs, StoreError> {
+        match self {
+            Tree::Durable(t) => t.scan_prefix(prefix).map_err(storage),
+            Tree::Registry(t) => t.scan_prefix(prefix).map_err(storage),
+            Tree::None => Ok(Vec::new()),
+        }
+    }
+
+    fn count_prefix(&self, prefix: &[u8]) -> Result<u64, StoreError> {
+        match self {
+            Tree::Durable(t) => t.count_prefix(prefix).map_err(storage),
+            Tree::Registry(t) => t.count_prefix(prefix).map_err(storage),
+            Tree::None => Ok(0),
+        }
+    }
+}
 
 /// Write-path counters since `open` (diagnostics).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -29,13 +64,13 @@ pub struct StoreStats {
     pub raft_entries: u64,
     /// `Store::write` calls carried by those entries.
     pub writes: u64,
+    /// The same for the registry group this node is in (since it joined
+    /// that epoch).
+    pub registry_entries: u64,
+    pub registry_writes: u64,
 }
 
 impl Store {
-    pub(crate) async fn write_internal(&self, ops: Vec<Op>) -> Result<(), StoreError> {
-        self.submit(ops, true).await.map(|_| ())
-    }
-
     /// Queues `ops` for the batcher and waits for the applied result.
     async fn submit(
         &self,
@@ -70,8 +105,65 @@ impl Store {
 
     /// Replicates and applies one write. Concurrent writes are batched into
     /// one Raft entry. Returns once committed and applied, one result per op.
+    ///
+    /// A write whose ops all touch registry spaces (routes, presence:
+    /// [`is_registry_space`](crate::is_registry_space)) goes to the
+    /// registry group (memory, no fsync), and fails with `Unavailable`
+    /// while this node is not a member of one (check
+    /// [`Store::registry_active`]); other writes go to the durable group.
+    /// One write may not mix the two.
     pub async fn write(&self, ops: Vec<Op>) -> Result<Vec<OpResult>, StoreError> {
-        Ok(self.write_at(ops).await?.0)
+        match registry::write_group(&ops) {
+            Some(false) => Ok(self.write_at(ops).await?.0),
+            Some(true) => {
+                if self.inner.closed.load(Ordering::SeqCst) {
+                    return Err(StoreError::Shutdown);
+                }
+                let g = self.inner.registry.active().ok_or_else(|| {
+                    StoreError::Unavailable("this node is not in a registry group".into())
+                })?;
+                Ok(g.write(ops).await?.0)
+            }
+            None => Err(StoreError::Storage(
+                "a write may not mix registry and durable key spaces".into(),
+            )),
+        }
+    }
+
+    /// Whether this node is a member of a registry group, so that routes
+    /// and presence written now are seen by the other nodes. False on a
+    /// node without peers (nothing to share) and while the registry is
+    /// being founded or joined: the node's sessions are written when it
+    /// becomes true (`ClusterEvents::registry_reset`).
+    pub fn registry_active(&self) -> bool {
+        self.inner.registry.active().is_some()
+    }
+
+    /// Marks this node's sessions as all written in registry `epoch` (the
+    /// end of `ClusterEvents::registry_reset`).
+    pub async fn registry_ready(&self, epoch: u64) -> Result<(), StoreError> {
+        let reg = &self.inner.registry;
+        let g = reg
+            .active()
+            .filter(|g| g.epoch == epoch)
+            .ok_or_else(|| StoreError::Unavailable(format!("not in registry epoch {epoch}")))?;
+        g.write(reg.ready_ops(epoch)).await?;
+        reg.mark_ready(epoch);
+        Ok(())
+    }
+
+    /// The registry's read barrier: waits until this replica applied every
+    /// route write committed before the call and every live node has
+    /// written its sessions in the current epoch (bounded: after 5 s it
+    /// answers on what it has). Call it before taking a user for offline.
+    pub async fn registry_barrier(&self) -> Result<(), StoreError> {
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return Err(StoreError::Shutdown);
+        }
+        if !self.inner.registry.barrier().await? {
+            tracing::debug!("registry barrier: not every node is ready; reading what is there");
+        }
+        Ok(())
     }
 
     /// `write`, also returning the log index of the entry that carried it.
@@ -95,13 +187,22 @@ impl Store {
         Ok((results, index))
     }
 
-    fn space(&self, space: &str) -> Result<kv::SledTree, StoreError> {
-        self.inner.kv.tree(&space_tree(space)).map_err(storage)
+    fn space(&self, space: &str) -> Result<Tree, StoreError> {
+        if is_registry_space(space) {
+            return Ok(match self.inner.registry.active() {
+                Some(g) => Tree::Registry(g.tree(space)?),
+                None => Tree::None,
+            });
+        }
+        Ok(Tree::Durable(
+            self.inner.kv.tree(&space_tree(space)).map_err(storage)?,
+        ))
     }
 
-    /// Reads one key from the local replica.
+    /// Reads one key from the local replica (of the registry group for a
+    /// registry space: nothing while this node is in none).
     pub fn get(&self, space: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        self.space(space)?.get(key).map_err(storage)
+        self.space(space)?.get(key)
     }
 
     /// All keys and values under `prefix`, in key order, from the local replica.
@@ -111,12 +212,12 @@ impl Store {
         space: &str,
         prefix: &[u8],
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
-        self.space(space)?.scan_prefix(prefix).map_err(storage)
+        self.space(space)?.scan_prefix(prefix)
     }
 
     /// Number of keys under `prefix` in the local replica.
     pub fn count_prefix(&self, space: &str, prefix: &[u8]) -> Result<u64, StoreError> {
-        self.space(space)?.count_prefix(prefix).map_err(storage)
+        self.space(space)?.count_prefix(prefix)
     }
 
     /// Waits until the local replica has applied everything committed
@@ -148,9 +249,13 @@ impl Store {
     /// Write-path counters since `open`: how many Raft entries carried how
     /// many writes.
     pub fn stats(&self) -> StoreStats {
+        let reg = self.inner.registry.active();
+        let reg = reg.as_ref().map(|g| &g.counters);
         StoreStats {
             raft_entries: self.inner.counters.entries.load(Ordering::Relaxed),
             writes: self.inner.counters.writes.load(Ordering::Relaxed),
+            registry_entries: reg.map_or(0, |c| c.entries.load(Ordering::Relaxed)),
+            registry_writes: reg.map_or(0, |c| c.writes.load(Ordering::Relaxed)),
         }
     }
 

@@ -22,10 +22,13 @@ use crate::error::{StoreError, client_write_error};
 use crate::metrics;
 use crate::op::{Op, OpResult};
 use crate::raft::admin_client::Forwarder;
-use crate::raft::{Raft, Request};
+use crate::raft::{GroupTag, Raft, Request};
 use crate::transport::Transport;
 
 pub const MAX_WRITES_PER_ENTRY: usize = 512;
+/// Writes waiting for the batcher before callers wait to queue.
+pub const WRITE_QUEUE: usize = 16 * 1024;
+
 /// Stop adding writes to an entry once its payload passes this size, so one
 /// entry stays cheap to replicate and to apply.
 pub const MAX_ENTRY_BYTES: usize = 4 << 20;
@@ -83,8 +86,10 @@ pub async fn run(
     mut rx: mpsc::Receiver<Pending>,
     counters: Arc<Counters>,
     timeout: Duration,
+    tag: GroupTag,
 ) {
-    let mut forwarder = Forwarder::new(transport, timeout);
+    let durable = tag.durable();
+    let mut forwarder = Forwarder::new(transport, timeout, tag);
     while let Some(first) = rx.recv().await {
         let mut bytes = write_bytes(&first.ops);
         let mut batch = vec![first];
@@ -101,7 +106,7 @@ pub async fn run(
         let (writes, replies): (Vec<_>, Vec<_>) =
             batch.into_iter().map(|p| (p.ops, p.reply)).unzip();
         let n = writes.len();
-        metrics::writes_per_entry(n);
+        metrics::writes_per_entry(durable, n);
         if external > 0 {
             counters.entries.fetch_add(1, Ordering::Relaxed);
             counters
@@ -120,7 +125,7 @@ pub async fn run(
             },
         };
         if outcome.is_ok() {
-            metrics::commit_seconds(started.elapsed());
+            metrics::commit_seconds(durable, started.elapsed());
         }
         match outcome {
             Ok(resp) => {

@@ -22,10 +22,11 @@ use crate::error::{StoreError, fatal, leader_error, storage};
 use crate::handle::{Inner, START_TIMEOUT, Store};
 use crate::kv::SledKv;
 use crate::lease::Leases;
+use crate::registry::Registry;
 use crate::shared::Shared;
 use crate::store::{LogStore, StateMachine};
 use crate::transport::Transport;
-use crate::{delivery, events, lease, metrics, raft};
+use crate::{delivery, events, lease, metrics, raft, registry};
 
 /// Opens sled, waiting a little if a previous owner (an instance being shut
 /// down, or a process still exiting) holds its lock.
@@ -42,8 +43,6 @@ async fn open_kv(dir: &Path) -> Result<SledKv, StoreError> {
         }
     }
 }
-
-const WRITE_QUEUE: usize = 16 * 1024;
 
 impl Store {
     /// Opens (or creates) the store and starts the Raft node. Must be called
@@ -79,6 +78,13 @@ impl Store {
         opts: StoreOptions,
         init_alone: bool,
     ) -> Result<Store, StoreError> {
+        if cfg.node_id == 0 || cfg.node_id > registry::MAX_NODE_ID {
+            return Err(StoreError::Storage(format!(
+                "node id {} out of range (1 to {})",
+                cfg.node_id,
+                registry::MAX_NODE_ID
+            )));
+        }
         let transport = Arc::new(Transport::new(opts.tls.as_ref(), opts.source_ip)?);
         std::fs::create_dir_all(&cfg.data_dir).map_err(storage)?;
         let kv = open_kv(&cfg.data_dir).await?;
@@ -94,6 +100,7 @@ impl Store {
             config,
             raft::network::Network {
                 transport: transport.clone(),
+                tag: raft::GroupTag::default(),
             },
             log,
             sm,
@@ -111,7 +118,7 @@ impl Store {
             alone = Store::await_start(&raft, cfg.node_id).await?;
         }
 
-        let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+        let (tx, rx) = mpsc::channel(batcher::WRITE_QUEUE);
         let counters = Arc::new(Counters::default());
         tokio::spawn(batcher::run(
             raft.clone(),
@@ -119,6 +126,7 @@ impl Store {
             rx,
             counters.clone(),
             Duration::from_millis(opts.write_timeout_ms.max(1)),
+            raft::GroupTag::default(),
         ));
         tokio::spawn(report_metrics(raft.clone()));
         let (stop, _) = watch::channel(false);
@@ -133,6 +141,12 @@ impl Store {
             kv: kv.clone(),
             rt: tokio::runtime::Handle::current(),
         });
+        let registry = Arc::new(Registry::new(
+            shared.clone(),
+            hooks.clone(),
+            tx.clone(),
+            opts.lease,
+        ));
         let leases = Arc::new(Leases {
             shared: shared.clone(),
             cfg: opts.lease,
@@ -140,9 +154,11 @@ impl Store {
             hooks,
             events: std::sync::RwLock::new(None),
             leaving: AtomicBool::new(false),
+            registry: registry.clone(),
         });
         let hub = Arc::new(Hub {
             shared: shared.clone(),
+            registry: registry.clone(),
             local: std::sync::RwLock::new(None),
             peers: delivery::Peers::default(),
             queue: opts.delivery_queue.max(1),
@@ -155,11 +171,13 @@ impl Store {
             tokio::spawn(lease::renew(leases.clone(), tx.clone()));
         }
         tokio::spawn(lease::monitor(leases.clone(), tx.clone(), expired_rx));
+        tokio::spawn(registry::supervise(registry.clone()));
         Ok(Store {
             inner: Arc::new(Inner {
                 shared,
                 leases,
                 hub,
+                registry,
                 raft,
                 kv,
                 writes: tx,

@@ -32,6 +32,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::metrics;
+use crate::registry::Registry;
 use crate::shared::Shared;
 
 /// A stanza travelling to another node, with the routing the sender
@@ -51,6 +52,10 @@ pub struct Envelope {
     /// Set by `send`: the sender's applied log index, which the receiver
     /// reaches before delivering (causal order across nodes).
     pub min_applied: u64,
+    /// Set by `send`: the same for the registry group, in the sender's
+    /// registry epoch (ignored by a receiver in another epoch).
+    pub min_applied_registry: u64,
+    pub registry_epoch: u64,
 }
 
 /// What the receiving node did with an envelope.
@@ -135,6 +140,8 @@ pub struct Peers {
 /// the queues of what leaves. Holding it does not keep a `Store` alive.
 pub struct Hub {
     pub shared: Arc<Shared>,
+    /// For the registry's applied index (causal order of route changes).
+    pub registry: Arc<Registry>,
     /// The node's handler; `None` until it registers one.
     pub local: std::sync::RwLock<Option<Arc<dyn LocalDelivery>>>,
     pub peers: Peers,
@@ -203,6 +210,12 @@ pub fn send(
         .borrow()
         .last_applied
         .map_or(0, |l| l.index);
+    let registry = hub.registry.active();
+    let (registry_epoch, registry_applied) = registry
+        .as_ref()
+        .map_or((0, 0), |g| (g.epoch, g.applied_index()));
+    env.registry_epoch = registry_epoch;
+    env.min_applied_registry = registry_applied;
     let tx = {
         let mut queues = hub.peers.queues.lock().unwrap_or_else(|e| e.into_inner());
         match queues.get(&peer) {
@@ -346,6 +359,8 @@ async fn session(
                     session_id: env.session_id,
                     close: env.close,
                     min_applied: env.min_applied,
+                    min_applied_registry: env.min_applied_registry,
+                    registry_epoch: env.registry_epoch,
                 };
                 let o = Outgoing { env: Envelope::default(), ack };
                 // Cannot be full: at most WINDOW are in flight.
@@ -412,6 +427,21 @@ impl Delivery for DeliveryService {
                         .applied_index_at_least(Some(e.min_applied), "the sender's state")
                         .await;
                 }
+                if e.min_applied_registry > 0
+                    && let Some(g) = hub
+                        .registry
+                        .active()
+                        .filter(|g| g.epoch == e.registry_epoch)
+                {
+                    let _ = g
+                        .raft
+                        .wait(Some(CAUSAL_WAIT))
+                        .applied_index_at_least(
+                            Some(e.min_applied_registry),
+                            "the sender's registry state",
+                        )
+                        .await;
+                }
                 let r = local(
                     &hub,
                     Envelope {
@@ -421,6 +451,8 @@ impl Delivery for DeliveryService {
                         session_id: e.session_id,
                         close: e.close,
                         min_applied: e.min_applied,
+                        min_applied_registry: e.min_applied_registry,
+                        registry_epoch: e.registry_epoch,
                     },
                 );
                 let ack = pb::Ack {

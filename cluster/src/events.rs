@@ -43,12 +43,23 @@ pub trait ClusterEvents: Send + Sync + 'static {
     fn routes_dropped(&self, routes: Vec<routes::Route>) {
         let _ = routes;
     }
+
+    /// This node became a member of registry epoch `epoch` (the registry
+    /// was founded, re-founded, or this node joined it after a restart):
+    /// the group holds none of this node's sessions. Write every local
+    /// session's route again, then call `Store::registry_ready(epoch)`;
+    /// until every live node did, readers wait before taking a user for
+    /// offline. Called on a store task: spawn the work, do not block.
+    fn registry_reset(&self, epoch: u64) {
+        let _ = epoch;
+    }
 }
 
 /// What the state machine reports to the node, in log order.
 pub enum Event {
     Expired(u64),
     RoutesDropped(Vec<routes::Route>),
+    RegistryReset(u64),
 }
 
 pub fn node_key(id: u64) -> Vec<u8> {
@@ -143,6 +154,11 @@ impl Hooks {
                 }
             }
         }
+    }
+
+    /// Queues an event that did not come from applying a write.
+    pub fn send(&self, event: Event) {
+        let _ = self.events.send(event);
     }
 
     /// When this replica last applied a renewal of `id`.

@@ -19,6 +19,7 @@ use crate::delivery::Hub;
 use crate::error::{StoreError, storage};
 use crate::kv::{Kv, SledKv};
 use crate::lease::Leases;
+use crate::registry::Registry;
 use crate::shared::Shared;
 use crate::{metrics, raft};
 
@@ -36,6 +37,7 @@ pub(crate) struct Inner {
     pub shared: Arc<Shared>,
     pub leases: Arc<Leases>,
     pub hub: Arc<Hub>,
+    pub registry: Arc<Registry>,
     pub raft: raft::Raft,
     pub kv: SledKv,
     pub writes: mpsc::Sender<Pending>,
@@ -51,7 +53,9 @@ impl Drop for Inner {
             let _ = self.shared.stop.send(true);
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
                 let raft = self.raft.clone();
+                let registry = self.registry.clone();
                 rt.spawn(async move {
+                    registry.shutdown().await;
                     let _ = raft.shutdown().await;
                 });
             }
@@ -67,6 +71,7 @@ impl Store {
         }
         let _ = self.inner.shared.stop.send(true);
         metrics::healthy(false);
+        self.inner.registry.shutdown().await;
         self.inner.raft.shutdown().await.map_err(storage)?;
         let kv = self.inner.kv.clone();
         tokio::task::spawn_blocking(move || kv.flush())

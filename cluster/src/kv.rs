@@ -8,8 +8,10 @@
 //! It must not know about Raft, key spaces or `Op`s: only bytes in named
 //! trees.
 
+use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::path::Path;
+use std::sync::{Arc, RwLock};
 
 /// A failure of the backend (I/O, corruption, lock held by another process).
 #[derive(Debug, Clone, thiserror::Error)]
@@ -48,6 +50,9 @@ pub trait KvTree: Clone + Send + Sync + 'static {
 /// A database of named trees.
 pub trait Kv: Clone + Send + Sync + 'static {
     type Tree: KvTree;
+    /// Whether `flush` makes anything durable. A volatile backend (the
+    /// in-memory registry) skips the flush and the thread it would take.
+    const DURABLE: bool = true;
     /// Opens the tree `name`, creating it on first use.
     fn tree(&self, name: &str) -> KvResult<Self::Tree>;
     /// Names of all trees that exist.
@@ -216,6 +221,168 @@ impl Kv for SledKv {
     }
 }
 
+/// An in-memory database: the registry group's log and state machine
+/// (soft state, rebuilt from the nodes' sessions after a restart). Trees
+/// are ordered maps behind a lock each; `flush` does nothing.
+#[derive(Clone, Default)]
+pub struct MemKv {
+    trees: Arc<RwLock<BTreeMap<String, MemTree>>>,
+}
+
+#[derive(Clone, Default)]
+pub struct MemTree {
+    map: Arc<RwLock<BTreeMap<Vec<u8>, Vec<u8>>>>,
+}
+
+impl MemTree {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<Vec<u8>, Vec<u8>>> {
+        self.map.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_map(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<Vec<u8>, Vec<u8>>> {
+        self.map.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn apply(map: &mut BTreeMap<Vec<u8>, Vec<u8>>, changes: Vec<Change>) {
+    for (k, v) in changes {
+        match v {
+            Some(v) => {
+                map.insert(k, v);
+            }
+            None => {
+                map.remove(&k);
+            }
+        }
+    }
+}
+
+fn owned_bounds(start: &[u8], end: Option<&[u8]>) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
+    (
+        Bound::Included(start.to_vec()),
+        end.map_or(Bound::Unbounded, |e| Bound::Excluded(e.to_vec())),
+    )
+}
+
+impl KvTree for MemTree {
+    fn get(&self, key: &[u8]) -> KvResult<Option<Vec<u8>>> {
+        Ok(self.read().get(key).cloned())
+    }
+
+    fn insert(&self, key: &[u8], value: &[u8]) -> KvResult<()> {
+        self.write_map().insert(key.to_vec(), value.to_vec());
+        Ok(())
+    }
+
+    fn remove(&self, key: &[u8]) -> KvResult<()> {
+        self.write_map().remove(key);
+        Ok(())
+    }
+
+    fn range(&self, start: &[u8], end: Option<&[u8]>) -> KvResult<Pairs> {
+        if end.is_some_and(|e| e <= start) {
+            return Ok(Vec::new());
+        }
+        Ok(self
+            .read()
+            .range(owned_bounds(start, end))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
+    fn scan_prefix(&self, prefix: &[u8]) -> KvResult<Pairs> {
+        Ok(self
+            .read()
+            .range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
+    fn count_prefix(&self, prefix: &[u8]) -> KvResult<u64> {
+        Ok(self
+            .read()
+            .range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .count() as u64)
+    }
+
+    fn last(&self) -> KvResult<Option<(Vec<u8>, Vec<u8>)>> {
+        Ok(self
+            .read()
+            .last_key_value()
+            .map(|(k, v)| (k.clone(), v.clone())))
+    }
+
+    fn write(&self, changes: Vec<Change>) -> KvResult<()> {
+        apply(&mut self.write_map(), changes);
+        Ok(())
+    }
+
+    fn remove_range(&self, start: &[u8], end: Option<&[u8]>) -> KvResult<()> {
+        if end.is_some_and(|e| e <= start) {
+            return Ok(());
+        }
+        let mut map = self.write_map();
+        let keys: Vec<Vec<u8>> = map
+            .range(owned_bounds(start, end))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in keys {
+            map.remove(&k);
+        }
+        Ok(())
+    }
+
+    fn clear(&self) -> KvResult<()> {
+        self.write_map().clear();
+        Ok(())
+    }
+}
+
+impl Kv for MemKv {
+    type Tree = MemTree;
+    const DURABLE: bool = false;
+
+    fn tree(&self, name: &str) -> KvResult<MemTree> {
+        if let Some(t) = self
+            .trees
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+        {
+            return Ok(t.clone());
+        }
+        let mut trees = self.trees.write().unwrap_or_else(|e| e.into_inner());
+        Ok(trees.entry(name.to_string()).or_default().clone())
+    }
+
+    fn tree_names(&self) -> KvResult<Vec<String>> {
+        Ok(self
+            .trees
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect())
+    }
+
+    /// Atomic for readers of one tree at a time: a reader may see one tree
+    /// changed before another. The state machine applies an entry's writes
+    /// here while nothing else writes, and readers of the registry read one
+    /// key space at a time.
+    fn write_multi(&self, changes: Vec<(MemTree, Vec<Change>)>) -> KvResult<()> {
+        for (t, c) in changes {
+            t.write(c)?;
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> KvResult<()> {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,5 +411,40 @@ mod tests {
         assert_eq!(a.last().unwrap().unwrap().0, b"x".to_vec());
         assert!(kv.tree_names().unwrap().contains(&"b".to_string()));
         kv.flush().unwrap();
+    }
+
+    #[test]
+    fn memory_backend_behaves_like_sled() {
+        let dir = tempfile::tempdir().unwrap();
+        let sled = SledKv::open(dir.path()).unwrap();
+        let mem = MemKv::default();
+        fn exercise<K: Kv>(kv: &K) -> Vec<String> {
+            let a = kv.tree("a").unwrap();
+            let b = kv.tree("b").unwrap();
+            for k in [&b"k1"[..], b"k2", b"k\xff", b"x", b"j"] {
+                a.insert(k, b"v").unwrap();
+            }
+            a.remove(b"j").unwrap();
+            kv.write_multi(vec![
+                (a.clone(), vec![(b"k1".to_vec(), None)]),
+                (b.clone(), vec![(b"y".to_vec(), Some(b"4".to_vec()))]),
+            ])
+            .unwrap();
+            let mut out = vec![
+                format!("{:?}", a.scan_prefix(b"k").unwrap()),
+                format!("{}", a.count_prefix(b"k").unwrap()),
+                format!("{:?}", a.range(b"k2", Some(b"x")).unwrap()),
+                format!("{:?}", a.range(b"x", Some(b"k")).unwrap()),
+                format!("{:?}", a.last().unwrap()),
+                format!("{:?}", b.get(b"y").unwrap()),
+            ];
+            a.remove_range(b"k", Some(b"l")).unwrap();
+            out.push(format!("{:?}", a.scan_prefix(b"").unwrap()));
+            a.clear().unwrap();
+            out.push(format!("{:?}", a.last().unwrap()));
+            out
+        }
+        assert_eq!(exercise(&sled), exercise(&mem));
+        assert!(mem.tree_names().unwrap().contains(&"b".to_string()));
     }
 }

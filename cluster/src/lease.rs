@@ -6,12 +6,13 @@
 //! renewal. The leader alone judges: a node in the membership (or holding
 //! a lease) that has not renewed for `ttl_ms` — counted from the latest of
 //! its last renewal, the moment this leader took office and the moment the
-//! leader first saw the node — is expired by one write that removes its
-//! lease, records `node_expired/<id be>` and drops its routes
-//! (`Op::DeleteIndexed` over `routes::ROUTES` / `routes::NODE_ROUTES`).
+//! leader first saw the node — is expired: its routes are dropped from the
+//! registry group (`Op::DeleteIndexed` over `routes::ROUTES` /
+//! `routes::NODE_ROUTES`), then one durable write removes its lease and
+//! records `node_expired/<id be>`.
 //! A node that has not renewed for two renewal periods and whose cluster
 //! port refuses connections (it crashed) is expired at once (`gone`).
-//! Applying that write calls [`ClusterEvents::node_expired`] on every
+//! Applying the durable write calls [`ClusterEvents::node_expired`] on every
 //! replica, the expired node included once it hears of it.
 //!
 //! A node's own health is whether its last renewal committed within
@@ -38,6 +39,7 @@ use crate::error::{StoreError, storage};
 use crate::events::{ClusterEvents, EXPIRED, Event, Hooks, LEASES, key_id, node_key};
 use crate::kv::{self, Kv, KvTree};
 use crate::op::Op;
+use crate::registry::Registry;
 use crate::shared::Shared;
 use crate::store::space_tree;
 use crate::{metrics, routes};
@@ -53,6 +55,8 @@ pub struct Leases {
     pub events: RwLock<Option<Arc<dyn ClusterEvents>>>,
     /// Set by `leave`: lease renewals stop.
     pub leaving: AtomicBool,
+    /// Where an expired node's routes are dropped.
+    pub registry: Arc<Registry>,
 }
 
 impl Leases {
@@ -292,8 +296,9 @@ pub async fn monitor(
             let writes = writes.clone();
             let expiring = expiring.clone();
             let timeout = shared.write_timeout;
+            let registry = leases.registry.clone();
             tokio::spawn(async move {
-                if let Err(e) = internal_write(&writes, expire_ops(id), timeout).await {
+                if let Err(e) = expire(&registry, &writes, id, timeout).await {
                     tracing::warn!(node_id = id, error = %e, "expiring a node failed");
                 }
                 expiring
@@ -340,14 +345,12 @@ async fn gone(leases: &Leases, id: u64, now: Instant) -> bool {
     )
 }
 
-/// The write that expires node `id`: its lease, a record, its routes.
+/// The durable write that expires node `id`: its lease and a record.
 pub fn expire_ops(id: u64) -> Vec<Op> {
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
     vec![
-        // First, so that `routes_dropped` is reported before `node_expired`.
-        routes::drop_node(id),
         Op::Delete {
             space: LEASES.into(),
             key: node_key(id),
@@ -358,6 +361,30 @@ pub fn expire_ops(id: u64) -> Vec<Op> {
             value: now_ms.to_be_bytes().to_vec(),
         },
     ]
+}
+
+/// Expires node `id`: first its routes go from the registry (so that
+/// `routes_dropped` is reported before `node_expired`), then its lease,
+/// with a record, from the durable group. Without an active registry (a
+/// cluster re-founding it) the routes are left to the new epoch, which
+/// the dead node does not publish in.
+pub async fn expire(
+    registry: &Registry,
+    writes: &mpsc::Sender<Pending>,
+    id: u64,
+    timeout: Duration,
+) -> Result<(), StoreError> {
+    if let Some(g) = registry.active() {
+        match tokio::time::timeout(timeout, g.submit(vec![routes::drop_node(id)], true)).await {
+            Ok(r) => r.map(drop)?,
+            Err(_) => {
+                return Err(StoreError::Unavailable(
+                    "dropping the node's routes timed out".into(),
+                ));
+            }
+        }
+    }
+    internal_write(writes, expire_ops(id), timeout).await
 }
 
 /// Calls the node's `ClusterEvents` for each applied expiry and bulk
@@ -384,6 +411,11 @@ async fn dispatch(leases: Arc<Leases>, mut events: mpsc::UnboundedReceiver<Event
             Event::RoutesDropped(routes) => {
                 if let Some(h) = handler {
                     h.routes_dropped(routes);
+                }
+            }
+            Event::RegistryReset(epoch) => {
+                if let Some(h) = handler {
+                    h.registry_reset(epoch);
                 }
             }
         }

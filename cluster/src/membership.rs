@@ -82,7 +82,14 @@ impl Store {
         }
         let leaving = &self.inner.leases.leaving;
         leaving.store(true, Ordering::SeqCst);
-        if let Err(e) = self.write_internal(lease::expire_ops(s.node_id)).await {
+        if let Err(e) = lease::expire(
+            &self.inner.registry,
+            &self.inner.writes,
+            s.node_id,
+            s.write_timeout,
+        )
+        .await
+        {
             leaving.store(false, Ordering::SeqCst);
             return Err(e);
         }
@@ -134,7 +141,13 @@ impl Store {
                 .map(|n| n.addr.clone());
             (m.current_leader, addr)
         };
-        self.write_internal(lease::expire_ops(node_id)).await?;
+        lease::expire(
+            &self.inner.registry,
+            &self.inner.writes,
+            node_id,
+            s.write_timeout,
+        )
+        .await?;
         match (leader, leader_addr) {
             (Some(l), _) if l == s.node_id => {
                 raft::admin::remove_member(&self.inner.raft, node_id).await
@@ -190,6 +203,14 @@ impl Store {
             .leases
             .events
             .write()
-            .unwrap_or_else(|e| e.into_inner()) = Some(handler);
+            .unwrap_or_else(|e| e.into_inner()) = Some(handler.clone());
+        // A registry epoch joined before the handler was there (while the
+        // node joined the cluster): its reset was not heard; run it now.
+        if let Some(epoch) = self.inner.registry.unpublished_epoch() {
+            self.inner
+                .shared
+                .rt
+                .spawn(async move { handler.registry_reset(epoch) });
+        }
     }
 }

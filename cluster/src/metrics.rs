@@ -1,4 +1,5 @@
-//! The cluster's metrics (names `starling_raft_*`, `starling_cluster_*`),
+//! The cluster's metrics (names `starling_raft_*` for the durable group,
+//! `starling_registry_*` for the registry group, `starling_cluster_*`),
 //! through the `metrics` facade; the node installs the exporter.
 //!
 //! The only module that names a metric: others call these functions, never
@@ -7,21 +8,33 @@
 use std::time::Duration;
 
 /// Time to apply one batch of committed entries to the state machine.
-pub fn apply_seconds(d: Duration) {
-    metrics::histogram!("starling_raft_apply_seconds").record(d.as_secs_f64());
+pub fn apply_seconds(durable: bool, d: Duration) {
+    if durable {
+        metrics::histogram!("starling_raft_apply_seconds").record(d.as_secs_f64());
+    } else {
+        metrics::histogram!("starling_registry_apply_seconds").record(d.as_secs_f64());
+    }
 }
 
 /// Client writes carried by one Raft entry (group commit).
-pub fn writes_per_entry(n: usize) {
-    metrics::histogram!("starling_raft_writes_per_entry").record(n as f64);
+pub fn writes_per_entry(durable: bool, n: usize) {
+    if durable {
+        metrics::histogram!("starling_raft_writes_per_entry").record(n as f64);
+    } else {
+        metrics::histogram!("starling_registry_writes_per_entry").record(n as f64);
+    }
 }
 
 pub fn term(t: u64) {
     metrics::gauge!("starling_raft_term").set(t as f64);
 }
 
-pub fn commit_index(i: u64) {
-    metrics::gauge!("starling_raft_commit_index").set(i as f64);
+pub fn commit_index(durable: bool, i: u64) {
+    if durable {
+        metrics::gauge!("starling_raft_commit_index").set(i as f64);
+    } else {
+        metrics::gauge!("starling_registry_commit_index").set(i as f64);
+    }
 }
 
 pub fn applied_index(i: u64) {
@@ -56,8 +69,12 @@ pub fn node_expired() {
 }
 
 /// From proposing a Raft entry (or forwarding it) to its result.
-pub fn commit_seconds(d: Duration) {
-    metrics::histogram!("starling_raft_commit_seconds").record(d.as_secs_f64());
+pub fn commit_seconds(durable: bool, d: Duration) {
+    if durable {
+        metrics::histogram!("starling_raft_commit_seconds").record(d.as_secs_f64());
+    } else {
+        metrics::histogram!("starling_registry_commit_seconds").record(d.as_secs_f64());
+    }
 }
 
 pub fn leader_change() {
@@ -67,4 +84,14 @@ pub fn leader_change() {
 /// Size of the last snapshot built or installed.
 pub fn snapshot_bytes(n: usize) {
     metrics::gauge!("starling_raft_snapshot_bytes").set(n as f64);
+}
+
+/// The registry group's epoch this node serves (0: none yet).
+pub fn registry_epoch(e: u64) {
+    metrics::gauge!("starling_registry_epoch").set(e as f64);
+}
+
+/// Times this node moved to a new registry epoch (re-founded or joined).
+pub fn registry_switch() {
+    metrics::counter!("starling_registry_switches_total").increment(1);
 }

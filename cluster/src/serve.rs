@@ -24,6 +24,7 @@ impl Store {
             inner.shared.clone(),
             inner.leases.clone(),
             inner.hub.clone(),
+            inner.registry.clone(),
             addr,
             signal,
         )

@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use crate::config::ClusterTls;
 use crate::error::StoreError;
 use crate::handle::Store;
-use crate::kv::{Kv, KvTree};
+use crate::kv::KvTree;
 use crate::lease::Leases;
 use crate::transport::Transport;
 use crate::{lease, raft};
@@ -84,10 +84,12 @@ pub fn local(leases: &Leases) -> ClusterStatus {
             } else {
                 age.is_some_and(|a| a < ttl)
             };
-            let sessions = shared
-                .kv
-                .tree(&crate::store::space_tree(crate::routes::NODE_ROUTES))
-                .and_then(|t| t.count_prefix(&id.to_be_bytes()))
+            // Routes each node published in the registry (none without one).
+            let sessions = leases
+                .registry
+                .active()
+                .and_then(|g| g.tree(crate::routes::NODE_ROUTES).ok())
+                .and_then(|t| t.count_prefix(&id.to_be_bytes()).ok())
                 .unwrap_or(0);
             MemberStatus {
                 sessions,

@@ -39,6 +39,8 @@ fn env(to: &str, n: usize) -> Envelope {
         session_id: 7,
         close: String::new(),
         min_applied: 0,
+        min_applied_registry: 0,
+        registry_epoch: 0,
     }
 }
 

@@ -28,6 +28,8 @@ fn env() -> Envelope {
         session_id: 1,
         close: String::new(),
         min_applied: 0,
+        min_applied_registry: 0,
+        registry_epoch: 0,
     }
 }
 
@@ -59,6 +61,12 @@ async fn leader_crash_failover_expiry_and_restart() {
     let n1 = nodes.remove(0);
     let (n2, n3) = (&nodes[0], &nodes[1]);
 
+    // Routes live in the registry group, which the nodes found and join
+    // once they have peers.
+    eventually("all in the registry", 15, || {
+        [&n1, n2, n3].iter().all(|n| n.store.registry_active())
+    })
+    .await;
     // Routes held by node 1 and node 2.
     let mut ops = routes::put(1, "alice@example.com", "phone", b"s1");
     ops.extend(routes::put(2, "bob@example.com", "pc", b"s2"));

@@ -26,6 +26,8 @@ fn env() -> Envelope {
         session_id: 1,
         close: String::new(),
         min_applied: 0,
+        min_applied_registry: 0,
+        registry_epoch: 0,
     }
 }
 

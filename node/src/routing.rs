@@ -1,10 +1,14 @@
 //! Writes to the replicated routing table and presence registry, and
 //! what other nodes hand this one.
 //!
-//! Every bound session has a route in the store (`starling_cluster::routes`,
-//! layout and reads in [`crate::router::table`]), written through Raft when
-//! it binds (by its user actor), when its presence or roster interest
-//! changes, and removed when it ends. Stanzas other nodes route to this
+//! In a cluster every bound session has a route in the registry group
+//! (`starling_cluster::routes`, layout and reads in
+//! [`crate::router::table`]; Raft in memory, no fsync), written when it
+//! binds (by its user actor), when its presence or roster interest changes,
+//! and removed when it ends. A node without peers writes none: its router
+//! answers from memory. When the node joins a registry epoch (the first
+//! peer appeared, it restarted, or the registry was re-founded) it writes
+//! all its sessions again (`republish`). Stanzas other nodes route to this
 //! node's sessions arrive through [`NodeDelivery`] and go into the session
 //! actor's mailbox as they are. What the cluster reports about nodes and
 //! dropped routes is turned into presence by `session::cluster_events`.
@@ -74,15 +78,9 @@ pub async fn update(
 /// presence, roster interest) from the router to the table.
 pub async fn publish(server: &Server, bare: &str, session: u64) -> Result<(), StoreError> {
     let found = server.router.with_resources(bare, |rs| {
-        rs.iter().find(|r| r.handle.id == session).map(|r| {
-            let info = RouteInfo {
-                available: r.available,
-                priority: r.priority,
-                interested: r.interested,
-                presence: r.presence.as_ref().map(|p| p.to_stream_xml(NS_CLIENT)),
-            };
-            (r.resource.clone(), info)
-        })
+        rs.iter()
+            .find(|r| r.handle.id == session)
+            .map(|r| (r.resource.clone(), route_info(r)))
     });
     match found {
         Some((resource, info)) => update(server, bare, &resource, session, &info).await,
@@ -109,28 +107,86 @@ pub async fn unbind(
         .await
 }
 
-/// Drops every route this node left from an earlier run (it crashed, or
-/// was stopped before its sessions' routes were removed): the contacts of
-/// those users are told they went unavailable. Run at start, before the
-/// listeners.
-pub async fn clear_own_routes(server: &Server) -> Result<(), StoreError> {
+/// Sessions written per registry write when a node re-publishes them.
+const REPUBLISH_BATCH: usize = 256;
+
+/// Writes the route of every session of this node into registry `epoch`
+/// (this node just joined it, or founded it: it holds none of them), then
+/// marks the node ready there. A session that ended meanwhile has its route
+/// removed again, so none is left stale. Gives up when the node moved to
+/// another epoch (that one's reset publishes again).
+pub async fn republish(server: &Server, epoch: u64) {
     let store = &server.storage.store;
     let me = store.node_id();
-    if store.count_prefix(routes::NODE_ROUTES, &me.to_be_bytes())? == 0 {
-        return Ok(());
-    }
-    // Before any session binds here (the drop takes every route naming
-    // this node), so wait for a quorum: a whole cluster restarting comes
-    // up node by node.
+    let mut tries = 0u32;
     loop {
-        match server.storage.drop_own_routes().await {
-            Ok(_) => return Ok(()),
-            Err(StoreError::Unavailable(e)) => {
-                tracing::warn!(error = %e, "waiting for a quorum to clear this node's old routes");
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        match republish_once(server, me)
+            .await
+            .and(store.registry_ready(epoch).await)
+        {
+            Ok(()) => return,
+            Err(e) => {
+                tries += 1;
+                if !store.registry_active() || tries >= 20 {
+                    tracing::warn!(epoch, error = %e, "registry: re-publishing sessions failed");
+                    return;
+                }
+                tracing::debug!(epoch, error = %e, "registry: re-publishing again");
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
             }
-            Err(e) => return Err(e),
         }
+    }
+}
+
+async fn republish_once(server: &Server, me: u64) -> Result<(), StoreError> {
+    let mut written: Vec<(String, Arc<str>, u64)> = Vec::new();
+    let mut ops = Vec::new();
+    let mut in_batch = 0;
+    for bare in server.router.users() {
+        let routes: Vec<(Arc<str>, u64, RouteInfo)> = server.router.with_resources(&bare, |rs| {
+            rs.iter()
+                .map(|r| (r.resource.clone(), r.handle.id, route_info(r)))
+                .collect()
+        });
+        for (resource, session, info) in routes {
+            ops.extend(routes::put(me, &bare, &resource, &payload(session, &info)));
+            written.push((bare.clone(), resource, session));
+            in_batch += 1;
+            if in_batch == REPUBLISH_BATCH {
+                server.storage.store.write(std::mem::take(&mut ops)).await?;
+                in_batch = 0;
+            }
+        }
+    }
+    if !ops.is_empty() {
+        server.storage.store.write(ops).await?;
+    }
+    // Sessions that ended while their route was being written: their own
+    // removal may have come first.
+    for (bare, resource, session) in written {
+        if server
+            .router
+            .handle(&bare, &resource)
+            .is_none_or(|h| h.id != session)
+        {
+            let owner = owner_prefix(me, session);
+            let index = server.router.handle(&bare, &resource).is_none();
+            server
+                .storage
+                .remove_route(&bare, &resource, owner, index, None)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// What the registry says of a local session.
+fn route_info(r: &crate::router::Resource) -> RouteInfo {
+    RouteInfo {
+        available: r.available,
+        priority: r.priority,
+        interested: r.interested,
+        presence: r.presence.as_ref().map(|p| p.to_stream_xml(NS_CLIENT)),
     }
 }
 

@@ -145,7 +145,6 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         Arc::downgrade(&server),
     )));
     rt.block_on(async {
-        crate::routing::clear_own_routes(&server).await?;
         // Catch up before taking logins, so that what happened while this
         // node was away (its own expiry, say) is applied before any
         // session binds here.

@@ -401,13 +401,19 @@ impl Storage {
 
     // --- the routing table (layout in `starling_cluster::routes`) ---
 
-    /// Records `bare/resource`'s route: this node, then `payload`.
+    /// Records `bare/resource`'s route: this node, then `payload`. Routes
+    /// live in the registry group; a node in none (no peers, or while it
+    /// joins one) writes nothing and publishes its sessions when it joins
+    /// (`routing::republish`).
     pub async fn put_route(
         &self,
         bare: &str,
         resource: &str,
         payload: &[u8],
     ) -> Result<(), StoreError> {
+        if !self.store.registry_active() {
+            return Ok(());
+        }
         let ops = routes::put(self.store.node_id(), bare, resource, payload);
         self.write(ops).await.map(drop)
     }
@@ -422,6 +428,9 @@ impl Storage {
         owner: Vec<u8>,
         payload: &[u8],
     ) -> Result<bool, StoreError> {
+        if !self.store.registry_active() {
+            return Ok(true);
+        }
         let key = routes::route_key(bare, resource);
         let ops = vec![
             Op::Expect {
@@ -439,8 +448,9 @@ impl Storage {
     }
 
     /// Removes `bare/resource`'s route if it still begins with `owner`;
-    /// `index` also removes this node's index entry for it. A last-activity
-    /// record, when given, goes in the same write (one write per logout).
+    /// `index` also removes this node's index entry for it. The user's
+    /// last activity, when given, is written to the durable group at the
+    /// same time (the route is in the registry group).
     pub async fn remove_route(
         &self,
         bare: &str,
@@ -449,23 +459,28 @@ impl Storage {
         index: bool,
         last: Option<LastActivity>,
     ) -> Result<(), StoreError> {
-        let mut ops: Vec<Op> = last.map(|l| l.op(bare)).into_iter().collect();
-        ops.push(Op::DeleteIf {
-            space: routes::ROUTES.into(),
-            key: routes::route_key(bare, resource),
-            prefix: owner,
-        });
-        if index {
-            ops.push(routes::delete_index(self.store.node_id(), bare, resource));
-        }
-        self.write(ops).await.map(drop)
-    }
-
-    /// Drops every route naming this node (what an earlier run left).
-    pub async fn drop_own_routes(&self) -> Result<(), StoreError> {
-        self.write(vec![routes::drop_node(self.store.node_id())])
-            .await
-            .map(drop)
+        let route = async {
+            if !self.store.registry_active() {
+                return Ok(());
+            }
+            let mut ops = vec![Op::DeleteIf {
+                space: routes::ROUTES.into(),
+                key: routes::route_key(bare, resource),
+                prefix: owner,
+            }];
+            if index {
+                ops.push(routes::delete_index(self.store.node_id(), bare, resource));
+            }
+            self.write(ops).await.map(drop)
+        };
+        let last = async {
+            match last {
+                Some(l) => self.write(vec![l.op(bare)]).await.map(drop),
+                None => Ok(()),
+            }
+        };
+        let (route, last) = futures::join!(route, last);
+        route.and(last)
     }
 
     /// Keeps the time and status of a user's last unavailable presence.

@@ -18,8 +18,8 @@ use openraft::{BasicNode, ChangeMembers};
 use starling_proto::cluster::admin_client::AdminClient;
 use starling_proto::cluster::admin_server::Admin;
 use starling_proto::cluster::{
-    JoinReply, JoinRequest, LeaveReply, LeaveRequest, RaftReply, RaftRequest, StatusReply,
-    StatusRequest,
+    JoinReply, JoinRequest, LeaveReply, LeaveRequest, RaftReply, RaftRequest, RegistryJoinRequest,
+    StatusReply, StatusRequest,
 };
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
@@ -27,8 +27,9 @@ use tonic::{Request, Response, Status};
 use crate::codec::{decode, encode};
 use crate::error::{StoreError, client_write_error};
 use crate::lease::Leases;
-use crate::raft::admin_client::JOIN_TIMEOUT;
+use crate::raft::admin_client::{JOIN_TIMEOUT, REGISTRY_JOIN_TIMEOUT};
 use crate::raft::{NodeId, Raft, Request as WriteRequest};
+use crate::registry::{GROUP_REGISTRY, Registry};
 use crate::shared::Shared;
 use crate::status;
 
@@ -59,6 +60,7 @@ pub struct AdminService {
     pub shared: Arc<Shared>,
     /// For the status it reports (lease health).
     pub leases: Arc<Leases>,
+    pub registry: Arc<Registry>,
 }
 
 impl AdminService {
@@ -169,6 +171,52 @@ impl Admin for AdminService {
         }))
     }
 
+    /// Adds a member to the registry group of the request's epoch: the
+    /// group's leader does; another member forwards once.
+    async fn registry_join(
+        &self,
+        req: Request<RegistryJoinRequest>,
+    ) -> Result<Response<JoinReply>, Status> {
+        let fwd = forwarded(&req);
+        let req = req.into_inner();
+        let group = self.registry.find(req.epoch, None);
+        let leader_addr = group.as_ref().and_then(|g| {
+            let m = g.raft.metrics();
+            let m = m.borrow();
+            let l = m.current_leader.filter(|l| *l != g.member)?;
+            m.membership_config
+                .membership()
+                .get_node(&l)
+                .map(|n| n.addr.clone())
+        });
+        let res = match (group, leader_addr) {
+            (None, _) => Err(StoreError::Unavailable(format!(
+                "not in registry epoch {}",
+                req.epoch
+            ))),
+            (Some(_), Some(addr)) if !fwd => {
+                let ch = self
+                    .shared
+                    .transport
+                    .channel(&addr)
+                    .map_err(|e| Status::unavailable(e.to_string()))?;
+                return AdminClient::new(ch)
+                    .registry_join(forward_req(req, REGISTRY_JOIN_TIMEOUT))
+                    .await;
+            }
+            (Some(_), _) => {
+                self.registry
+                    .add_member(req.epoch, req.member_id, req.node_id, &req.raft_addr)
+                    .await
+            }
+        };
+        Ok(Response::new(JoinReply {
+            ok: res.is_ok(),
+            error: res.err().map(|e| e.to_string()).unwrap_or_default(),
+            leader_id: 0,
+        }))
+    }
+
     async fn status(&self, _req: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
         Ok(Response::new(status::local(&self.leases).into()))
     }
@@ -177,9 +225,22 @@ impl Admin for AdminService {
         &self,
         req: Request<RaftRequest>,
     ) -> Result<Response<RaftReply>, Status> {
-        let write: WriteRequest =
-            decode(&req.into_inner().data).map_err(Status::invalid_argument)?;
-        let reply = match self.shared.raft.client_write(write).await {
+        let req = req.into_inner();
+        let raft = match req.group {
+            0 => self.shared.raft.clone(),
+            GROUP_REGISTRY => match self.registry.find(req.epoch, None) {
+                Some(g) => g.raft.clone(),
+                None => {
+                    return Ok(Response::new(RaftReply {
+                        data: Vec::new(),
+                        error: format!("not in registry epoch {}", req.epoch),
+                    }));
+                }
+            },
+            g => return Err(Status::invalid_argument(format!("unknown group {g}"))),
+        };
+        let write: WriteRequest = decode(&req.data).map_err(Status::invalid_argument)?;
+        let reply = match raft.client_write(write).await {
             Ok(resp) => RaftReply {
                 data: encode(&resp.data).map_err(Status::internal)?,
                 error: String::new(),

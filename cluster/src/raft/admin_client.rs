@@ -11,13 +11,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use starling_proto::cluster::admin_client::AdminClient;
-use starling_proto::cluster::{JoinRequest, LeaveRequest, RaftRequest, StatusReply, StatusRequest};
+use starling_proto::cluster::{
+    JoinRequest, LeaveRequest, RaftRequest, RegistryJoinRequest, StatusReply, StatusRequest,
+};
 use tonic::Request;
 use tonic::transport::Channel;
 
 use crate::codec::{decode, encode};
 use crate::error::StoreError;
-use crate::raft::{NodeId, Request as WriteRequest, Response as WriteResponse};
+use crate::raft::{GroupTag, NodeId, Request as WriteRequest, Response as WriteResponse};
 use crate::transport::Transport;
 
 /// Adding a member waits for it to catch up.
@@ -27,14 +29,16 @@ pub const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct Forwarder {
     transport: Arc<Transport>,
     timeout: Duration,
+    tag: GroupTag,
     clients: HashMap<String, AdminClient<Channel>>,
 }
 
 impl Forwarder {
-    pub fn new(transport: Arc<Transport>, timeout: Duration) -> Self {
+    pub fn new(transport: Arc<Transport>, timeout: Duration, tag: GroupTag) -> Self {
         Forwarder {
             transport,
             timeout,
+            tag,
             clients: HashMap::new(),
         }
     }
@@ -63,7 +67,12 @@ impl Forwarder {
     ) -> Result<WriteResponse, StoreError> {
         let data = encode(write).map_err(StoreError::Storage)?;
         let mut client = self.client(addr)?;
-        let mut req = Request::new(RaftRequest { data });
+        let mut req = Request::new(RaftRequest {
+            data,
+            group: self.tag.group,
+            epoch: self.tag.epoch,
+            target: 0,
+        });
         req.set_timeout(self.timeout);
         let reply = tokio::time::timeout(self.timeout, client.forward_write(req))
             .await
@@ -116,6 +125,43 @@ pub async fn join(
         )))
     }
 }
+
+/// Asks the node at `addr` to add member `member` (of node `node_id`, at
+/// `raft_addr`) to the registry group of `epoch` (it forwards to the
+/// group's leader).
+pub async fn registry_join(
+    transport: &Transport,
+    addr: &str,
+    epoch: u64,
+    member: u64,
+    node_id: NodeId,
+    raft_addr: &str,
+) -> Result<(), StoreError> {
+    let ch = transport.channel(addr).map_err(StoreError::Unavailable)?;
+    let mut req = Request::new(RegistryJoinRequest {
+        epoch,
+        member_id: member,
+        raft_addr: raft_addr.to_string(),
+        node_id,
+    });
+    req.set_timeout(REGISTRY_JOIN_TIMEOUT);
+    let r = AdminClient::new(ch)
+        .registry_join(req)
+        .await
+        .map_err(unavailable("registry join", addr))?
+        .into_inner();
+    if r.ok {
+        Ok(())
+    } else {
+        Err(StoreError::Unavailable(format!(
+            "registry join refused: {}",
+            r.error
+        )))
+    }
+}
+
+/// Joining the registry: its state is memory, catching up is quick.
+pub const REGISTRY_JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Asks the member at `addr` to remove `node_id`.
 pub async fn leave(transport: &Transport, addr: &str, node_id: NodeId) -> Result<(), StoreError> {

@@ -20,10 +20,29 @@ use crate::delivery::{DeliveryService, Hub};
 use crate::lease::Leases;
 use crate::raft::Raft;
 use crate::raft::admin::AdminService;
+use crate::registry::{GROUP_REGISTRY, Registry};
 use crate::shared::Shared;
 
 pub struct RaftService {
     raft: Raft,
+    registry: Arc<Registry>,
+}
+
+impl RaftService {
+    /// The Raft node a request is for: the durable group's, or the
+    /// registry member it names in the epoch it names (a member restarted
+    /// under a new id does not answer for its predecessor).
+    fn target(&self, req: &RaftRequest) -> Result<Raft, Status> {
+        match req.group {
+            0 => Ok(self.raft.clone()),
+            GROUP_REGISTRY => self
+                .registry
+                .find(req.epoch, Some(req.target))
+                .map(|g| g.raft.clone())
+                .ok_or_else(|| Status::unavailable("no such registry member here")),
+            g => Err(Status::invalid_argument(format!("unknown group {g}"))),
+        }
+    }
 }
 
 fn reply<T: Serialize>(res: &T) -> Result<Response<RaftReply>, Status> {
@@ -40,21 +59,27 @@ impl RaftRpc for RaftService {
         &self,
         req: Request<RaftRequest>,
     ) -> Result<Response<RaftReply>, Status> {
-        let rpc = decode(&req.into_inner().data).map_err(Status::invalid_argument)?;
-        reply(&self.raft.append_entries(rpc).await)
+        let req = req.into_inner();
+        let raft = self.target(&req)?;
+        let rpc = decode(&req.data).map_err(Status::invalid_argument)?;
+        reply(&raft.append_entries(rpc).await)
     }
 
     async fn vote(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
-        let rpc = decode(&req.into_inner().data).map_err(Status::invalid_argument)?;
-        reply(&self.raft.vote(rpc).await)
+        let req = req.into_inner();
+        let raft = self.target(&req)?;
+        let rpc = decode(&req.data).map_err(Status::invalid_argument)?;
+        reply(&raft.vote(rpc).await)
     }
 
     async fn install_snapshot(
         &self,
         req: Request<RaftRequest>,
     ) -> Result<Response<RaftReply>, Status> {
-        let rpc = decode(&req.into_inner().data).map_err(Status::invalid_argument)?;
-        reply(&self.raft.install_snapshot(rpc).await)
+        let req = req.into_inner();
+        let raft = self.target(&req)?;
+        let rpc = decode(&req.data).map_err(Status::invalid_argument)?;
+        reply(&raft.install_snapshot(rpc).await)
     }
 }
 
@@ -64,6 +89,7 @@ pub async fn serve(
     shared: Arc<Shared>,
     leases: Arc<Leases>,
     hub: Arc<Hub>,
+    registry: Arc<Registry>,
     addr: SocketAddr,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
@@ -71,10 +97,11 @@ pub async fn serve(
     let admin = AdminServer::new(AdminService {
         shared: shared.clone(),
         leases,
+        registry: registry.clone(),
     })
     .max_decoding_message_size(usize::MAX)
     .max_encoding_message_size(usize::MAX);
-    let svc = RaftServer::new(RaftService { raft })
+    let svc = RaftServer::new(RaftService { raft, registry })
         .max_decoding_message_size(usize::MAX)
         .max_encoding_message_size(usize::MAX);
     shared

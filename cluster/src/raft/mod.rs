@@ -46,6 +46,20 @@ openraft::declare_raft_types!(
         AsyncRuntime = openraft::TokioRuntime,
 );
 
+/// Which group a batcher (and its forwarded writes, and Raft RPCs) serves:
+/// `group` 0 is the durable group; the registry's carries its epoch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GroupTag {
+    pub group: u32,
+    pub epoch: u64,
+}
+
+impl GroupTag {
+    pub fn durable(self) -> bool {
+        self.group == 0
+    }
+}
+
 pub type NodeId = u64;
 pub type Node = openraft::BasicNode;
 pub type Entry = openraft::Entry<TypeConfig>;

@@ -23,13 +23,15 @@ use starling_proto::cluster::raft_client::RaftClient;
 use tonic::transport::Channel;
 
 use crate::codec::{decode, encode};
-use crate::raft::{Node, NodeId, TypeConfig};
+use crate::raft::{GroupTag, Node, NodeId, TypeConfig};
 use crate::transport::Transport;
 
 /// Creates a [`Connection`] per target.
 #[derive(Clone)]
 pub struct Network {
     pub transport: Arc<Transport>,
+    /// The group (and registry epoch) this Raft node belongs to.
+    pub tag: GroupTag,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -41,6 +43,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             addr: node.addr.clone(),
             client: None,
             transport: self.transport.clone(),
+            tag: self.tag,
         }
     }
 }
@@ -50,6 +53,7 @@ pub struct Connection {
     addr: String,
     client: Option<RaftClient<Channel>>,
     transport: Arc<Transport>,
+    tag: GroupTag,
 }
 
 #[derive(Clone, Copy)]
@@ -91,7 +95,12 @@ impl Connection {
     {
         let data = encode(req).map_err(net_err)?;
         let mut client = self.client().map_err(net_err)?;
-        let mut request = tonic::Request::new(RaftRequest { data });
+        let mut request = tonic::Request::new(RaftRequest {
+            data,
+            group: self.tag.group,
+            epoch: self.tag.epoch,
+            target: self.target,
+        });
         request.set_timeout(option.hard_ttl());
         let reply = match method {
             Method::AppendEntries => client.append_entries(request).await,

@@ -54,7 +54,9 @@ impl<K: Kv> LogStore<K> {
         let log = kv.tree("raft_log").map_err(rd)?;
         let meta = kv.tree("raft_meta").map_err(rd)?;
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(flusher(kv.clone(), rx));
+        if K::DURABLE {
+            tokio::spawn(flusher(kv.clone(), rx));
+        }
         Ok(LogStore {
             kv,
             log,
@@ -70,6 +72,9 @@ impl<K: Kv> LogStore<K> {
     }
 
     async fn flush(&self) -> Result<(), StorageError> {
+        if !K::DURABLE {
+            return Ok(());
+        }
         let kv = self.kv.clone();
         tokio::task::spawn_blocking(move || kv.flush())
             .await
@@ -177,7 +182,7 @@ impl<K: Kv> RaftLogStorage<TypeConfig> for LogStore<K> {
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         if let Some(c) = &committed {
-            metrics::commit_index(c.index);
+            metrics::commit_index(K::DURABLE, c.index);
             self.committed.store(c.index, Ordering::Relaxed);
         }
         let b = encode(&committed).map_err(wr)?;
@@ -207,6 +212,11 @@ impl<K: Kv> RaftLogStorage<TypeConfig> for LogStore<K> {
             changes.push((e.log_id.index.to_be_bytes().to_vec(), Some(b)));
         }
         self.log.write(changes).map_err(wr)?;
+        if !K::DURABLE {
+            // Nothing to wait for: the entry is as safe as it will get.
+            callback.log_io_completed(Ok(()));
+            return Ok(());
+        }
         // The flusher may be gone only while the runtime shuts down.
         if let Err(e) = self.flusher.send(callback) {
             e.0.log_io_completed(Err(io::Error::other("log flusher stopped")));

@@ -72,6 +72,9 @@ fn snap_err(e: impl ToString) -> StorageError {
 }
 
 async fn flush<K: Kv>(kv: &K) -> Result<(), StorageError> {
+    if !K::DURABLE {
+        return Ok(());
+    }
     let kv = kv.clone();
     tokio::task::spawn_blocking(move || kv.flush())
         .await
@@ -289,7 +292,7 @@ impl<K: Kv> RaftStateMachine<TypeConfig> for StateMachine<K> {
         if let Some(h) = &self.hooks {
             h.fire(observed);
         }
-        metrics::apply_seconds(started.elapsed());
+        metrics::apply_seconds(K::DURABLE, started.elapsed());
         Ok(replies)
     }
 
@@ -341,7 +344,9 @@ impl<K: Kv> RaftStateMachine<TypeConfig> for StateMachine<K> {
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
         decode::<SnapshotData>(&data).map_err(snap_err)?;
-        metrics::snapshot_bytes(data.len());
+        if K::DURABLE {
+            metrics::snapshot_bytes(data.len());
+        }
         self.snap
             .write(vec![
                 (SNAP_META.to_vec(), Some(encode(meta).map_err(snap_err)?)),
@@ -375,7 +380,9 @@ impl<K: Kv> RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder<K> {
             .prepared
             .take()
             .ok_or_else(|| snap_err("snapshot builder used twice"))??;
-        metrics::snapshot_bytes(data.len());
+        if K::DURABLE {
+            metrics::snapshot_bytes(data.len());
+        }
         self.snap
             .write(vec![
                 (SNAP_META.to_vec(), Some(encode(&meta).map_err(snap_err)?)),

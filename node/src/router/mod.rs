@@ -296,15 +296,16 @@ impl Router {
     }
 
     /// As [`Router::bound`]; when nothing is bound, first makes sure this
-    /// replica is not behind (a login on another node may be committed but
-    /// not yet applied here), so a user is never taken for offline by a
-    /// lagging replica.
+    /// replica of the registry is not behind (a login on another node may be
+    /// committed but not yet applied here, or a node may still be writing
+    /// its sessions into a new registry epoch), so a user is never taken
+    /// for offline by a lagging replica.
     pub async fn bound_confirmed(&self, bare: &str) -> Vec<Bound> {
         let found = self.bound(bare);
         if !found.is_empty() || !self.store.has_peers() {
             return found;
         }
-        match self.store.read_barrier().await {
+        match self.store.registry_barrier().await {
             Ok(()) => self.bound(bare),
             Err(_) => found,
         }

@@ -2,7 +2,8 @@
 //! when routes are dropped in bulk (a node's lease lapsed, or a restarted
 //! node cleared what its previous run left), every node tells its own
 //! sessions of the contacts that those users went unavailable; when the
-//! cluster gave up on this node, the sessions whose routes went end.
+//! cluster gave up on this node, the sessions whose routes went end; when
+//! the node joins a registry epoch, it writes its sessions there again.
 
 use crate::router::table::{owner_prefix, parse_payload};
 use crate::server::Server;
@@ -33,14 +34,18 @@ impl ClusterEvents for NodeEvents {
         // must end; their clients reconnect, through the load balancer, to
         // a node that can serve them. Sessions bound since (their routes
         // were written after the expiry) stay.
+        // Without a registry group now, nothing says which sessions were
+        // written after the expiry: all end.
+        let registry = store.registry_active();
         let mut ended = 0;
         for bare in server.router.users() {
             for r in server.router.resources(&bare) {
-                let owned = store
-                    .get(routes::ROUTES, &routes::route_key(&bare, &r.resource))
-                    .ok()
-                    .flatten()
-                    .is_some_and(|v| v.starts_with(&owner_prefix(me, r.handle.id)));
+                let owned = registry
+                    && store
+                        .get(routes::ROUTES, &routes::route_key(&bare, &r.resource))
+                        .ok()
+                        .flatten()
+                        .is_some_and(|v| v.starts_with(&owner_prefix(me, r.handle.id)));
                 if !owned {
                     r.handle.close(StreamCondition::SystemShutdown);
                     ended += 1;
@@ -53,6 +58,13 @@ impl ClusterEvents for NodeEvents {
                 "this node was expired by the cluster; ended its sessions"
             );
         }
+    }
+
+    fn registry_reset(&self, epoch: u64) {
+        let Some(server) = self.0.upgrade() else {
+            return;
+        };
+        tokio::spawn(async move { crate::routing::republish(&server, epoch).await });
     }
 
     fn routes_dropped(&self, dropped: Vec<Route>) {
