@@ -28,7 +28,7 @@ OUT="${OUT:-/tmp/starling-login-cost}/$(date +%Y%m%d-%H%M%S)"; mkdir -p "$OUT"
 declare -A BIN=([new]="${STARLING_BIN:-$ROOT/target/release/starling}")
 BUILDS="new"
 if [ -n "${STARLING_BASE_BIN:-}" ]; then BIN[base]="$STARLING_BASE_BIN"; BUILDS="new base"; fi
-declare -A PORT=([new]=46222 [base]=46322) MPORT=([new]=46290 [base]=46390) SPID=()
+declare -A PORT=([new]=${PORT_NEW:-21222} [base]=${PORT_BASE:-21322}) MPORT=([new]=$((${PORT_NEW:-21222} + 68)) [base]=$((${PORT_BASE:-21322} + 68))) SPID=()
 
 free_port_check() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 port_up() { local i; for i in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }

@@ -165,11 +165,15 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         });
     }
     rt.spawn(trim_heap_periodically());
+    rt.spawn(flush_last_activity_periodically(server.clone()));
     let system = actix_rt::System::new();
     let result = system.block_on(run_listeners(server.clone()));
     // Let the streams see their errors before the store goes.
     std::thread::sleep(std::time::Duration::from_millis(300));
     rt.block_on(async {
+        if let Err(e) = server.storage.flush_last_activity().await {
+            tracing::warn!(error = %e, "last activity not written at shutdown");
+        }
         if let Err(e) = store.shutdown().await {
             tracing::error!(error = %e, "store shutdown");
         }
@@ -213,6 +217,19 @@ async fn run_listeners(server: Arc<Server>) -> anyhow::Result<()> {
         a.stop();
     }
     Ok(())
+}
+
+/// Writes the last-activity records of the past second (XEP-0012), all in
+/// a few durable writes (`Storage::record_last_activity`).
+async fn flush_last_activity_periodically(server: Arc<Server>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = server.storage.flush_last_activity().await {
+            tracing::debug!(error = %e, "writing last activity; retried next second");
+        }
+    }
 }
 
 /// Gives memory freed after a load spike (a login storm's TLS handshakes)

@@ -114,11 +114,19 @@ fn ser<T: Serialize>(v: &T) -> Vec<u8> {
 #[derive(Clone)]
 pub struct Storage {
     pub store: Store,
+    /// Last-activity records not yet written (`flush_last_activity`).
+    last_pending: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, LastActivity>>>,
 }
+
+/// Last-activity records per durable write.
+const LAST_BATCH: usize = 512;
 
 impl Storage {
     pub fn new(store: Store) -> Self {
-        Storage { store }
+        Storage {
+            store,
+            last_pending: Default::default(),
+        }
     }
 
     // --- accounts ---
@@ -175,6 +183,7 @@ impl Storage {
                 prefix: user_prefix(bare),
             });
         }
+        self.pending_last().remove(bare);
         self.store.write(ops).await?;
         Ok(())
     }
@@ -449,8 +458,7 @@ impl Storage {
 
     /// Removes `bare/resource`'s route if it still begins with `owner`;
     /// `index` also removes this node's index entry for it. The user's
-    /// last activity, when given, is written to the durable group at the
-    /// same time (the route is in the registry group).
+    /// last activity, when given, is recorded (`record_last_activity`).
     pub async fn remove_route(
         &self,
         bare: &str,
@@ -473,23 +481,59 @@ impl Storage {
             }
             self.write(ops).await.map(drop)
         };
-        let last = async {
-            match last {
-                Some(l) => self.write(vec![l.op(bare)]).await.map(drop),
-                None => Ok(()),
-            }
-        };
-        let (route, last) = futures::join!(route, last);
-        route.and(last)
+        if let Some(l) = last {
+            self.record_last_activity(bare, l);
+        }
+        route.await
     }
 
-    /// Keeps the time and status of a user's last unavailable presence.
-    pub async fn set_last_activity(
+    fn pending_last(
         &self,
-        bare: &str,
-        last: LastActivity,
-    ) -> Result<(), StoreError> {
-        self.write(vec![last.op(bare)]).await.map(drop)
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, LastActivity>> {
+        self.last_pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps the time and status of a user's last unavailable presence
+    /// (XEP-0012). Written behind: `flush_last_activity` (every second, and
+    /// at shutdown) stores every record kept since in a few durable writes,
+    /// so a logout costs no Raft write of its own and a reconnect storm's
+    /// logouts share a handful of fsyncs. A crash loses at most the last
+    /// second's records (the user then shows the logout before).
+    pub fn record_last_activity(&self, bare: &str, last: LastActivity) {
+        self.pending_last().insert(bare.to_string(), last);
+    }
+
+    /// The user's last activity: a record not yet written, else the stored one.
+    pub fn last_activity(&self, bare: &str) -> Result<Option<LastActivity>, StoreError> {
+        if let Some(l) = self.pending_last().get(bare) {
+            return Ok(Some(l.clone()));
+        }
+        let Some(doc) = self.store.get(LAST, bare.as_bytes())? else {
+            return Ok(None);
+        };
+        let v: serde_json::Value = serde_json::from_slice(&doc).unwrap_or_default();
+        Ok(Some(LastActivity {
+            time: v["time"].as_i64().unwrap_or(0),
+            status: v["status"].as_str().unwrap_or_default().to_string(),
+        }))
+    }
+
+    /// Writes the last-activity records kept since the last call. Records
+    /// a failed write held go back (unless a newer one came meanwhile).
+    pub async fn flush_last_activity(&self) -> Result<(), StoreError> {
+        let pending: Vec<(String, LastActivity)> = self.pending_last().drain().collect();
+        let mut result = Ok(());
+        for chunk in pending.chunks(LAST_BATCH) {
+            let ops = chunk.iter().map(|(bare, l)| l.op(bare)).collect();
+            if let Err(e) = self.write(ops).await {
+                let mut map = self.pending_last();
+                for (bare, l) in chunk {
+                    map.entry(bare.clone()).or_insert_with(|| l.clone());
+                }
+                result = Err(e);
+            }
+        }
+        result
     }
 
     async fn write(&self, ops: Vec<Op>) -> Result<Vec<OpResult>, StoreError> {

@@ -7,6 +7,7 @@ IQ sent after a batch of messages acknowledges the whole batch.
 
 import os
 import signal
+import time
 
 import pytest
 
@@ -63,3 +64,49 @@ def test_account_created_just_before_kill9_survives(fresh_server, clients):
     kill9_and_restart(srv)
     c = clients.add(srv.login(jid, pw))
     assert c.ping_server().get("type") == "result"
+
+
+def _last_status(srv, clients, viewer_jid, viewer_pw, target):
+    v = clients.add(srv.login(viewer_jid, viewer_pw, resource="lastq"))
+    r = v.iq("get", "<query xmlns='jabber:iq:last'/>", to=target)
+    assert r.get("type") == "result", tostring(r)
+    q = r.find("{jabber:iq:last}query")
+    return int(q.get("seconds")), (q.text or "")
+
+
+@pytest.mark.starling_only
+def test_last_activity_survives_kill9_after_a_second(fresh_server, clients):
+    """XEP-0012 records are written behind, at most a second after the logout
+    (storage.rs, record_last_activity): one that old survives SIGKILL."""
+    srv = fresh_server
+    a = clients.add(srv.online("lastka"))
+    b = clients.add(srv.online("lastkb"))
+    make_mutual(a, b)
+    a_jid, a_pw = a.bare, a.password
+    b.presence(type_="unavailable", status="gone before the crash")
+    b.close()
+    a.close()
+    time.sleep(2.5)
+    kill9_and_restart(srv)
+    secs, status = _last_status(srv, clients, a_jid, a_pw, b.bare)
+    assert status == "gone before the crash"
+    assert secs >= 2
+
+
+@pytest.mark.starling_only
+def test_last_activity_written_at_graceful_stop(fresh_server, clients):
+    """A logout right before a clean stop (SIGTERM) is not lost: the records kept
+    behind are written before the store closes."""
+    srv = fresh_server
+    a = clients.add(srv.online("lastga"))
+    b = clients.add(srv.online("lastgb"))
+    make_mutual(a, b)
+    a_jid, a_pw = a.bare, a.password
+    a.close()
+    b.presence(type_="unavailable", status="gone right before the stop")
+    b.close()
+    os.kill(srv.proc.pid, signal.SIGTERM)
+    srv.proc.wait(20)
+    srv.start()
+    _, status = _last_status(srv, clients, a_jid, a_pw, b.bare)
+    assert status == "gone right before the stop"

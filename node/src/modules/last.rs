@@ -54,19 +54,13 @@ fn handle<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
         if online {
             return Ok(Element::new("query", NS_LAST).attr("seconds", "0").into());
         }
-        let Some(doc) = ctx
-            .server
-            .storage
-            .doc(crate::storage::LAST, bare.as_bytes())?
-        else {
+        let Some(last) = ctx.server.storage.last_activity(bare)? else {
             return Err(Condition::ServiceUnavailable.into());
         };
-        let v: serde_json::Value = serde_json::from_str(&doc).unwrap_or_default();
-        let then = v["time"].as_i64().unwrap_or(0);
-        let secs = (chrono::Utc::now().timestamp() - then).max(0);
+        let secs = (chrono::Utc::now().timestamp() - last.time).max(0);
         let mut q = Element::new("query", NS_LAST).attr("seconds", secs.to_string());
-        if let Some(s) = v["status"].as_str().filter(|s| !s.is_empty()) {
-            q = q.text(s);
+        if !last.status.is_empty() {
+            q = q.text(last.status);
         }
         Ok(q.into())
     }

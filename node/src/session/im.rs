@@ -431,7 +431,7 @@ async fn broadcast(
             if state.ending {
                 state.last_activity = Some(last);
             } else {
-                let _ = server.storage.set_last_activity(origin.bare, last).await;
+                server.storage.record_last_activity(origin.bare, last);
             }
         }
         return Ok(());
