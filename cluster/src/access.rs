@@ -139,6 +139,41 @@ impl Store {
         self.inner.registry.active().is_some()
     }
 
+    /// Waits up to `within` for this node to be in a registry group (true)
+    /// or to have no peers. A node that starts in a cluster calls it before
+    /// it takes logins, so its sessions are published from the first one
+    /// and what its previous run left is gone first.
+    pub async fn registry_wait(&self, within: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if self.registry_active() {
+                return true;
+            }
+            if !self.has_peers() || std::time::Instant::now() >= deadline {
+                return !self.has_peers();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Returns at once once this node has seen every live node publish its
+    /// sessions in the current registry epoch; before that (right after
+    /// this node joined or the registry was re-founded) waits like
+    /// `registry_barrier`. Call it before a decision that needs every
+    /// session of the cluster, where a full barrier each time would cost
+    /// too much (a presence broadcast).
+    pub async fn registry_settled(&self) -> Result<(), StoreError> {
+        if self.inner.registry.settled() {
+            return Ok(());
+        }
+        self.registry_barrier().await
+    }
+
+    /// The registry epoch this node is in (0: none).
+    pub fn registry_epoch(&self) -> u64 {
+        self.inner.registry.active().map_or(0, |g| g.epoch)
+    }
+
     /// Marks this node's sessions as all written in registry `epoch` (the
     /// end of `ClusterEvents::registry_reset`).
     pub async fn registry_ready(&self, epoch: u64) -> Result<(), StoreError> {

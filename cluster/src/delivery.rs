@@ -258,6 +258,9 @@ async fn run_peer(hub: Arc<Hub>, peer: u64, mut rx: mpsc::Receiver<Outgoing>) {
     let shared = &hub.shared;
     let mut stop = shared.stop.subscribe();
     let mut backoff = BACKOFF_MIN;
+    // An envelope that came during a backoff and made this task try again
+    // at once: it goes first on the new stream, or fails if there is none.
+    let mut held: Option<Outgoing> = None;
     loop {
         if *stop.borrow() {
             break;
@@ -265,7 +268,15 @@ async fn run_peer(hub: Arc<Hub>, peer: u64, mut rx: mpsc::Receiver<Outgoing>) {
         let Some(addr) = peer_addr(shared, peer) else {
             break;
         };
-        match session(shared, peer, &addr, &mut rx, &mut stop).await {
+        let attempt = tokio::time::Instant::now();
+        let res = session(shared, peer, &addr, &mut rx, &mut stop, &mut held).await;
+        if let Some(o) = held.take() {
+            o.fail(
+                DeliveryError::Unavailable(format!("node {peer} unreachable")),
+                "unavailable",
+            );
+        }
+        match res {
             Ok(()) => break, // stopped
             Err(Connected(true, e)) => {
                 tracing::info!(peer, error = %e, "delivery stream to node broke; reconnecting");
@@ -276,18 +287,28 @@ async fn run_peer(hub: Arc<Hub>, peer: u64, mut rx: mpsc::Receiver<Outgoing>) {
             }
         }
         // Unreachable for now: what is queued, and what comes during the
-        // backoff, fails at once so senders can fall back.
+        // backoff, fails at once so senders can fall back; but an envelope
+        // that comes once BACKOFF_MIN has passed since the last attempt is
+        // held and tried on a new connection at once (a restarted node is
+        // reached as soon as it listens, not after the backoff).
         let until = tokio::time::Instant::now() + backoff;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(until) => break,
                 item = rx.recv() => match item {
+                    Some(o) if attempt.elapsed() >= BACKOFF_MIN => {
+                        held = Some(o);
+                        break;
+                    }
                     Some(o) => o.fail(DeliveryError::Unavailable(format!("node {peer} unreachable")), "unavailable"),
                     None => return,
                 },
                 _ = stop.wait_for(|s| *s) => break,
             }
             metrics::delivery_queue_depth(peer, rx.len());
+        }
+        if held.is_some() {
+            continue;
         }
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
@@ -317,6 +338,7 @@ async fn session(
     addr: &str,
     rx: &mut mpsc::Receiver<Outgoing>,
     stop: &mut watch::Receiver<bool>,
+    held: &mut Option<Outgoing>,
 ) -> Result<(), Connected> {
     let ep = shared
         .transport
@@ -346,7 +368,7 @@ async fn session(
     let mut seq = 0u64;
     let end = loop {
         tokio::select! {
-            item = rx.recv(), if inflight.len() < WINDOW => {
+            item = async { match held.take() { Some(o) => Some(o), None => rx.recv().await } }, if inflight.len() < WINDOW => {
                 let Some(o) = item else { break Ok(()) };
                 metrics::delivery_queue_depth(peer, rx.len());
                 seq += 1;

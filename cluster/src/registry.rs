@@ -71,6 +71,10 @@ pub const GROUP_REGISTRY: u32 = 1;
 /// How long a node tries to join the current epoch (or waits for its
 /// group to elect a leader) before it re-founds the registry.
 const FOUND_AFTER: Duration = Duration::from_secs(5);
+/// How long a node that finds a majority of the cluster outside the
+/// current epoch keeps trying before it re-founds (the epoch's founder
+/// starts its group right after recording it).
+const ORPHAN_GRACE: Duration = Duration::from_secs(1);
 /// How often the supervisor looks at the epoch record and the group.
 const TICK: Duration = Duration::from_millis(200);
 /// How long `registry_barrier` waits for every live node to be ready.
@@ -119,6 +123,18 @@ pub fn member_node(member: u64) -> u64 {
 /// The largest node id a cluster with a registry accepts (member ids keep
 /// 16 bits for the incarnation).
 pub const MAX_NODE_ID: u64 = (1 << 48) - 1;
+
+/// What a node serving no group of the epoch asked for answers (in the
+/// error of `RegistryJoin`): a joining node counts these.
+pub const NOT_IN_EPOCH: &str = "not in registry epoch";
+
+/// How an attempt to join an epoch ended.
+enum JoinOutcome {
+    Joined,
+    /// A majority of the cluster's nodes are in no group of that epoch:
+    /// it has no quorum; re-found at once.
+    Orphaned,
+}
 
 /// The durable record of the current epoch.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -248,6 +264,9 @@ pub struct Registry {
     /// The epoch this node last marked itself ready in (reported by the
     /// node through `Store::registry_ready`).
     ready_epoch: AtomicU64,
+    /// The epoch in which this node saw every live node ready: from then
+    /// on its replica has every session of the cluster.
+    settled_epoch: AtomicU64,
 }
 
 fn read_lock<T: Clone>(l: &RwLock<Option<T>>) -> Option<T> {
@@ -275,12 +294,18 @@ impl Registry {
             cleaned: AtomicBool::new(false),
             last_leader: std::sync::Mutex::new(Instant::now()),
             ready_epoch: AtomicU64::new(0),
+            settled_epoch: AtomicU64::new(0),
         }
     }
 
     /// The group reads and writes go to, once this node is a member.
     pub fn active(&self) -> Option<Arc<Group>> {
         read_lock(&self.active)
+    }
+
+    /// (epoch, member) of the active group and of the one being joined.
+    pub fn members(&self) -> [Option<(u64, u64)>; 2] {
+        [read_lock(&self.active), read_lock(&self.joining)].map(|g| g.map(|g| (g.epoch, g.member)))
     }
 
     /// The group (active or being joined) that is member `member` of
@@ -405,12 +430,30 @@ impl Registry {
     /// Replaces the active group (the previous one, and a group being
     /// joined that is not this one, stop).
     async fn activate(self: &Arc<Self>, group: Arc<Group>) {
+        // What an earlier run of this node left (it crashed, or the cluster
+        // kept the group while it restarted): gone before this run's
+        // sessions are published, and their contacts are told.
+        if !self.cleaned.swap(true, Ordering::SeqCst) {
+            let me = self.shared.node_id;
+            let _ = group.barrier().await;
+            let left = group
+                .tree(routes::NODE_ROUTES)
+                .and_then(|t| t.count_prefix(&me.to_be_bytes()).map_err(storage))
+                .unwrap_or(0);
+            if left > 0
+                && let Err(e) = group.write(vec![routes::drop_node(me)]).await
+            {
+                tracing::warn!(error = %e, "registry: dropping this node's old routes failed");
+            }
+        }
+        // The group stays reachable (as the one being joined) until it is
+        // the active one: the cleanup above needs its leader.
+        let old = set_lock(&self.active, Some(group.clone()));
         if let Some(j) = set_lock(&self.joining, None)
             && j.member != group.member
         {
             let _ = j.raft.shutdown().await;
         }
-        let old = set_lock(&self.active, Some(group.clone()));
         *self.last_leader.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
         metrics::registry_epoch(group.epoch);
         metrics::registry_switch();
@@ -437,21 +480,6 @@ impl Registry {
                 let registry = self.clone();
                 let epoch = group.epoch;
                 tokio::spawn(async move { registry.report_lost(epoch, before).await });
-            }
-        }
-        // What an earlier run of this node left (it crashed, or the cluster
-        // kept the group while it restarted): gone before this run's
-        // sessions are published, and their contacts are told.
-        if !self.cleaned.swap(true, Ordering::SeqCst) {
-            let me = self.shared.node_id;
-            let left = group
-                .tree(routes::NODE_ROUTES)
-                .and_then(|t| t.count_prefix(&me.to_be_bytes()).map_err(storage))
-                .unwrap_or(0);
-            if left > 0
-                && let Err(e) = group.write(vec![routes::drop_node(me)]).await
-            {
-                tracing::warn!(error = %e, "registry: dropping this node's old routes failed");
             }
         }
         self.hooks.send(Event::RegistryReset(group.epoch));
@@ -513,7 +541,7 @@ impl Registry {
     }
 
     /// Joins epoch `epoch` under a new member id through any other node.
-    async fn join(self: &Arc<Self>, epoch: u64) -> Result<(), StoreError> {
+    async fn join(self: &Arc<Self>, epoch: u64) -> Result<JoinOutcome, StoreError> {
         let group = match read_lock(&self.joining).filter(|g| g.epoch == epoch) {
             Some(g) => g,
             None => {
@@ -521,18 +549,25 @@ impl Registry {
                 if let Some(old) = set_lock(&self.joining, Some(g.clone())) {
                     let _ = old.raft.shutdown().await;
                 }
+                tracing::debug!(epoch, member = g.member, "registry: joining");
                 g
             }
         };
         let me = self.shared.node_id;
+        let members = self.durable_members();
         let mut last = StoreError::Unavailable("no other node".into());
-        for (id, addr) in self.durable_members() {
+        // Nodes that answered that they are not in `epoch` (this one
+        // neither): when they are a majority of the cluster, the epoch's
+        // group cannot have a quorum any more.
+        let mut outside = 1;
+        for (id, addr) in &members {
+            let (id, addr) = (*id, addr.as_str());
             if id == me {
                 continue;
             }
             match raft::admin_client::registry_join(
                 &self.shared.transport,
-                &addr,
+                addr,
                 epoch,
                 group.member,
                 me,
@@ -556,10 +591,18 @@ impl Registry {
                         .await
                         .map_err(|e| StoreError::Unavailable(e.to_string()))?;
                     self.activate(group).await;
-                    return Ok(());
+                    return Ok(JoinOutcome::Joined);
                 }
-                Err(e) => last = e,
+                Err(e) => {
+                    if e.to_string().contains(NOT_IN_EPOCH) {
+                        outside += 1;
+                    }
+                    last = e;
+                }
             }
+        }
+        if outside * 2 > members.len() {
+            return Ok(JoinOutcome::Orphaned);
         }
         Err(last)
     }
@@ -677,6 +720,7 @@ impl Registry {
                         .is_some_and(|e| u64::from_be_bytes(e) == g.epoch)
                 });
                 if all {
+                    self.settled_epoch.fetch_max(g.epoch, Ordering::SeqCst);
                     return Ok(true);
                 }
             } else if !self.durable_has_peers() {
@@ -714,6 +758,14 @@ impl Registry {
                 "registry: routes not re-published in the new epoch are gone"
             );
             self.hooks.send(Event::RoutesDropped(lost));
+        }
+    }
+
+    /// Whether this node saw every live node ready in the active epoch.
+    pub fn settled(&self) -> bool {
+        match self.active() {
+            Some(g) => self.settled_epoch.load(Ordering::SeqCst) >= g.epoch,
+            None => !self.durable_has_peers(),
         }
     }
 
@@ -768,10 +820,18 @@ pub async fn supervise(registry: Arc<Registry>) {
             (_, Some(r)) => {
                 let since = *trying_since.entry(r.epoch).or_insert_with(Instant::now);
                 match registry.join(r.epoch).await {
-                    Ok(()) => {
+                    Ok(JoinOutcome::Joined) => {
                         trying_since.clear();
                         Ok(())
                     }
+                    Ok(JoinOutcome::Orphaned) if since.elapsed() >= ORPHAN_GRACE => {
+                        tracing::warn!(
+                            epoch = r.epoch,
+                            "registry: a majority of the nodes is in no group of the current epoch; re-founding it"
+                        );
+                        registry.found(Some(r)).await.map(drop)
+                    }
+                    Ok(JoinOutcome::Orphaned) => Ok(()), // its founder may be starting it
                     Err(e) if since.elapsed() >= FOUND_AFTER => {
                         tracing::warn!(
                             epoch = r.epoch,

@@ -153,6 +153,20 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         {
             tracing::warn!(error = %e, "could not catch up with the cluster before serving");
         }
+        // Sessions are published in the registry from the first login on
+        // (and this node's previous routes are gone before it): wait for
+        // the registry group, a while.
+        if server.storage.store.has_peers()
+            && !server
+                .storage
+                .store
+                .registry_wait(std::time::Duration::from_secs(10))
+                .await
+        {
+            tracing::warn!(
+                "not in a registry group yet; serving, sessions are published when it is"
+            );
+        }
         Ok::<_, starling_cluster::StoreError>(())
     })
     .context("clearing the routes of this node's previous run")?;

@@ -15,11 +15,11 @@ before and after that move:
   a session on the third stays connected; it must stay connected and reachable from users
   of the restarted nodes (messages to its full and bare JID, presence through a probe and
   through a new subscription), and the killed nodes' old sessions are gone.
-* Two tests marked xfail (strict=False) document what the current build does not do yet:
-  test_no_presence_of_a_node_still_down_after_full_restart (stale presence for about a
-  lease TTL; expected to pass once the registry is re-founded after losing its quorum) and
-  test_survivor_reaches_restarted_node_at_once (a bug in node-to-node delivery, see its
-  reason). Run them with --runxfail to see the failures.
+* test_no_presence_of_a_node_still_down_after_full_restart (no stale presence once the
+  registry is re-founded after losing its quorum) and
+  test_survivor_reaches_restarted_node_at_once (node-to-node delivery reaches a restarted
+  peer at once, not after its reconnect back-off) failed before issue 9's registry group
+  and delivery fix.
 * test_one_node_kill9_restarted_at_once: a node is killed and started again at once (before
   its lease could run out). Its old sessions' routes are gone everywhere (contacts get
   the unavailable presence the server sends for a session that ended uncleanly, RFC 6121
@@ -393,10 +393,6 @@ def test_all_nodes_kill9_and_restarted(cluster, clients):
     chk.done()
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "before issue 9 the routes are in the durable group: after a full restart, the routes of a "
-    "node that is still down stay, and answer probes, until its lease runs out (~1 lease TTL); "
-    "a registry re-founded after losing its quorum holds none"))
 def test_no_presence_of_a_node_still_down_after_full_restart(cluster, clients):
     """All three nodes killed, two restarted: nobody is online, so a user logging in gets no
     available presence at all, in particular none of a session of the node still down
@@ -518,11 +514,6 @@ def test_majority_restarted_while_one_node_survives(cluster, clients, survivor_r
     chk.done()
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "server bug: a node whose delivery stream to a peer broke keeps failing every envelope to it "
-    "during its reconnect back-off (cluster/src/delivery.rs run_peer, up to BACKOFF_MAX = 2 s), "
-    "also after the peer is back: the chat goes to offline storage, the IQ gets "
-    "<service-unavailable/>"))
 def test_survivor_reaches_restarted_node_at_once(cluster, clients):
     """Two nodes down for a few seconds and restarted; c logs in on one of them and a, on the
     survivor, sees c available. A chat a sends to c's full JID right then must be delivered

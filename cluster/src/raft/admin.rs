@@ -29,7 +29,7 @@ use crate::error::{StoreError, client_write_error};
 use crate::lease::Leases;
 use crate::raft::admin_client::{JOIN_TIMEOUT, REGISTRY_JOIN_TIMEOUT};
 use crate::raft::{NodeId, Raft, Request as WriteRequest};
-use crate::registry::{GROUP_REGISTRY, Registry};
+use crate::registry::{GROUP_REGISTRY, NOT_IN_EPOCH, Registry};
 use crate::shared::Shared;
 use crate::status;
 
@@ -179,7 +179,9 @@ impl Admin for AdminService {
     ) -> Result<Response<JoinReply>, Status> {
         let fwd = forwarded(&req);
         let req = req.into_inner();
-        let group = self.registry.find(req.epoch, None);
+        // Only a member of the epoch's group can add one (not a node that
+        // is itself still joining it).
+        let group = self.registry.active().filter(|g| g.epoch == req.epoch);
         let leader_addr = group.as_ref().and_then(|g| {
             let m = g.raft.metrics();
             let m = m.borrow();
@@ -191,7 +193,7 @@ impl Admin for AdminService {
         });
         let res = match (group, leader_addr) {
             (None, _) => Err(StoreError::Unavailable(format!(
-                "not in registry epoch {}",
+                "{NOT_IN_EPOCH} {}",
                 req.epoch
             ))),
             (Some(_), Some(addr)) if !fwd => {
@@ -200,9 +202,20 @@ impl Admin for AdminService {
                     .transport
                     .channel(&addr)
                     .map_err(|e| Status::unavailable(e.to_string()))?;
-                return AdminClient::new(ch)
+                // This node is in the epoch: a refusal from the leader it
+                // knows (say, one that restarted) must not read as "not in
+                // the epoch" to the joining node, which counts those.
+                let mut reply = AdminClient::new(ch)
                     .registry_join(forward_req(req, REGISTRY_JOIN_TIMEOUT))
-                    .await;
+                    .await?;
+                let r = reply.get_mut();
+                if !r.ok {
+                    r.error = format!(
+                        "forwarded to the leader at {addr}: {}",
+                        r.error.replace(NOT_IN_EPOCH, "leader not in")
+                    );
+                }
+                return Ok(reply);
             }
             (Some(_), _) => {
                 self.registry

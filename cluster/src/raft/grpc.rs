@@ -39,7 +39,16 @@ impl RaftService {
                 .registry
                 .find(req.epoch, Some(req.target))
                 .map(|g| g.raft.clone())
-                .ok_or_else(|| Status::unavailable("no such registry member here")),
+                .ok_or_else(|| {
+                    tracing::debug!(
+                        epoch = req.epoch,
+                        target = req.target,
+                        node = self.registry.shared.node_id,
+                        have = ?self.registry.members(),
+                        "registry RPC for a member this node is not"
+                    );
+                    Status::unavailable("no such registry member here")
+                }),
             g => Err(Status::invalid_argument(format!("unknown group {g}"))),
         }
     }

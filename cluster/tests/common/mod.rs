@@ -83,6 +83,8 @@ pub async fn eventually(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
 pub struct Events(
     pub std::sync::Mutex<Vec<u64>>,
     pub std::sync::Mutex<Vec<starling_cluster::routes::Route>>,
+    /// Registry epochs this node was told to re-publish in.
+    pub std::sync::Mutex<Vec<u64>>,
 );
 
 impl starling_cluster::ClusterEvents for Events {
@@ -92,6 +94,10 @@ impl starling_cluster::ClusterEvents for Events {
 
     fn routes_dropped(&self, routes: Vec<starling_cluster::routes::Route>) {
         self.1.lock().unwrap().extend(routes);
+    }
+
+    fn registry_reset(&self, epoch: u64) {
+        self.2.lock().unwrap().push(epoch);
     }
 }
 

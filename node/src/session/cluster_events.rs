@@ -5,6 +5,7 @@
 //! cluster gave up on this node, the sessions whose routes went end; when
 //! the node joins a registry epoch, it writes its sessions there again.
 
+use crate::router::At;
 use crate::router::table::{owner_prefix, parse_payload};
 use crate::server::Server;
 use crate::session::im;
@@ -73,10 +74,21 @@ impl ClusterEvents for NodeEvents {
         };
         let mut notified = 0u64;
         for r in dropped {
-            let Some((_, info)) = parse_payload(&r.payload) else {
+            let Some((old, info)) = parse_payload(&r.payload) else {
                 continue;
             };
             if !info.available {
+                continue;
+            }
+            // The full JID is bound again (its client reconnected at once):
+            // the new session's presence already went out and stands; an
+            // unavailable for the old one, arriving after it, would undo it.
+            let rebound = match server.router.find(&r.bare, &r.resource) {
+                Some(At::Here(h)) => r.node_id != server.storage.store.node_id() || h.id != old,
+                Some(At::Node { node, session }) => node != r.node_id || session != old,
+                None => false,
+            };
+            if rebound {
                 continue;
             }
             let unavailable = Element::new("presence", NS_CLIENT)

@@ -407,6 +407,13 @@ async fn broadcast(
     });
     // The presence registry: other nodes route and answer probes from it.
     routing::publish(server, origin.bare, origin.session_id).await?;
+    // Who gets it is read from the registry: right after this node joined
+    // it (or it was re-founded), wait until every node published there.
+    if server.storage.store.has_peers()
+        && let Err(e) = server.storage.store.registry_settled().await
+    {
+        tracing::debug!(error = %e, "registry not settled; broadcasting to what it has");
+    }
     metrics::counter!("starling_stanzas_routed_total", "kind" => "presence").increment(1);
     let roster = server.storage.roster(origin.bare)?;
     // To every contact with a subscription from us (their available resources).
