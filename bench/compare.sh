@@ -2,7 +2,7 @@
 # Side-by-side run of one scenario against ejabberd, Prosody, Starling and a TCP echo server.
 #
 #   bench/compare.sh SCENARIO [extra starling-bench options...]
-#   SCENARIO: login | idle | chat | chat-sat | presence
+#   SCENARIO: login | idle | chat | chat-sat | presence | storm
 #
 # Starts ejabberd and Prosody through the peers scripts with REQUIRE_TLS=1 (STARTTLS required, as
 # Starling does), Starling from target/release/starling if it exists (skipped with a message if it is
@@ -19,7 +19,7 @@
 # pointing at the binary built from the commit before it (its own data dir and ports).
 # REUSE_DATA=1 keeps a Starling data dir that already holds enough accounts (15,000 take minutes).
 set -euo pipefail
-SCEN="${1:?usage: bench/compare.sh login|idle|chat|chat-sat|presence [bench options]}"; shift
+SCEN="${1:?usage: bench/compare.sh login|idle|chat|chat-sat|presence|storm [bench options]}"; shift
 HERE="$(cd "$(dirname "$0")" && pwd)"; ROOT="$(cd "$HERE/.." && pwd)"
 RUNS="${RUNS:-3}"
 OUT="${OUT:-/tmp/starling-bench-compare}/$SCEN-$(date +%Y%m%d-%H%M%S)"
@@ -50,6 +50,11 @@ case "$SCEN" in
             ARGS=(idle --sessions "$S" --spawn "${SPAWN:-$(( (S + 18999) / 19000 ))}"); FRESH="${FRESH:-1}" ;;
   chat)     ARGS=(chat --pairs "${PAIRS:-50}" --rate "${RATE:-1000}" --size "${SIZE:-100}" --duration-secs "${DURATION:-10}") ;;
   chat-sat) ARGS=(chat --pairs "${PAIRS:-50}" --rate 0 --window "${WINDOW:-16}" --size "${SIZE:-100}" --duration-secs "${DURATION:-10}") ;;
+  storm)    # reconnect storm: SESSIONS log in, all dropped at once, back within JITTER ms (+ retries);
+            # STORM_SECS bounds each login and the storm from the drop
+            S="${SESSIONS:-2000}"; ACCOUNTS=$(( S > ACCOUNTS ? S : ACCOUNTS ))
+            ARGS=(storm --sessions "$S" --spawn "${SPAWN:-$(( (S + 18999) / 19000 ))}" --jitter-ms "${JITTER:-2000}"
+                  --timeout-secs "${STORM_SECS:-60}") ;;
   presence) # rosters made over XMPP by the bench itself (--subscribe), the same way on every server
             ARGS=(presence --users "${USERS:-500}" --subscribe "${ROSTER_SIZE:-10}" --updates "${UPDATES:-5}" --rate "${RATE:-200}") ;;
   *) echo "unknown scenario $SCEN" >&2; exit 2 ;;
