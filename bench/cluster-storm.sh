@@ -14,7 +14,8 @@
 # `starling-bench storm --port P1,P2,P3 --server-pid PID1,PID2,PID3` (SPAWN child processes; server
 # CPU and context switches are summed over the nodes). NODES=1 gives a cluster of one with the same
 # configuration, for comparison. Per round the table also shows the Raft entries and writes every
-# node's /metrics counted, and the ERROR lines each node logged.
+# node's /metrics counted and the ERROR lines each node logged, both over the whole bench process
+# (warm-up logins, the drop and the storm).
 #
 # Environment: STARLING_BIN (target/release/starling), BENCH_BIN (target/release/starling-bench),
 # SESSIONS (15000), SPAWN (0: one child per 19,000 sessions), JITTER (2000 ms), RECONNECT (same:
@@ -154,4 +155,5 @@ for k in names:
         ok = [v for v in vals if v is not None]
         line += " | " + (fmt(statistics.median(ok)) if ok else "-")
     print(line + " |")
+print("\nRaft and log figures cover the whole bench process: warm-up logins, the drop and the storm.")
 PY
