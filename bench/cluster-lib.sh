@@ -79,23 +79,6 @@ wait_replicated() { # $@ = node ns: until every node applied what the first one 
   echo "nodes $* did not all apply index $want within 30 s" >&2; return 1
 }
 
-add_accounts() { # $1 = admin socket, $2 = first, $3 = last: user<i>@DOMAIN / perfpass<i>, 4 connections
-  python3 - "$1" "$2" "$3" "$DOMAIN" <<'PY'
-import json, socket, sys, threading
-sock, first, last, domain = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-failed = []
-def worker(k, n):
-    s = socket.socket(socket.AF_UNIX); s.connect(sock); f = s.makefile("rw")
-    for i in range(first + k, last + 1, n):
-        f.write(json.dumps({"cmd": "user_add", "jid": f"user{i}@{domain}", "password": f"perfpass{i}"}) + "\n")
-        f.flush()
-        r = json.loads(f.readline())
-        if not r["ok"] and "exist" not in (r.get("error") or ""):
-            failed.append((i, r.get("error")))
-ts = [threading.Thread(target=worker, args=(k, 4)) for k in range(4)]
-for t in ts: t.start()
-for t in ts: t.join()
-if failed:
-    sys.exit(f"{len(failed)} accounts not added; first: {failed[0]}")
-PY
+add_accounts() { # $1 = admin socket, $2 = first, $3 = last: user<i>@DOMAIN / perfpass<i>
+  "$(dirname "${BASH_SOURCE[0]}")/add-accounts.py" "$1" "$2" "$3" "$DOMAIN" > /dev/null
 }
