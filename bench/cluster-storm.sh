@@ -14,7 +14,7 @@
 # `starling-bench storm --port P1,P2,P3 --server-pid PID1,PID2,PID3` (SPAWN child processes; server
 # CPU and context switches are summed over the nodes). NODES=1 gives a cluster of one with the same
 # configuration, for comparison. Per round the table also shows the Raft entries and writes every
-# node's /metrics counted and the ERROR lines each node logged, both over the whole bench process
+# node's /metrics counted and the ERROR and WARN lines each node logged, over the whole bench process
 # (warm-up logins, the drop and the storm).
 #
 # Environment: STARLING_BIN (target/release/starling), BENCH_BIN (target/release/starling-bench),
@@ -83,10 +83,15 @@ for n in "${IDS[@]}"; do
   PORTS="$PORTS${PORTS:+,}$(c2s_port "$n")"; PIDS="$PIDS${PIDS:+,}${NODE_PID[$n]}"
 done
 
-errors() { grep -c " ERROR" "$DIR/node$1.log" 2>/dev/null || true; }
+log_lines() { # $1 = node n, $2 = level (ERROR, WARN): lines of that level in its log so far (colours stripped)
+  sed 's/\x1b\[[0-9;]*m//g' "$DIR/node$1.log" 2>/dev/null | grep -c " $2 " || true
+}
 for r in $(seq 1 "$RUNS"); do
   echo "  round $r/$RUNS" >&2
-  for n in "${IDS[@]}"; do scrape "$n" "$DIR/before$r.$n.prom"; errors "$n" > "$DIR/errors-before$r.$n"; done
+  for n in "${IDS[@]}"; do
+    scrape "$n" "$DIR/before$r.$n.prom"
+    for l in ERROR WARN; do log_lines "$n" "$l" > "$DIR/$l-before$r.$n"; done
+  done
   timeout $(( STORM_SECS + 900 )) "$BENCH_BIN" storm --port "$PORTS" --server-pid "$PIDS" --domain "$DOMAIN" \
     --sessions "$SESSIONS" --spawn "$SPAWN" --jitter-ms "$JITTER" --reconnect-to "$RECONNECT" \
     --timeout-secs "$STORM_SECS" --label "$NODES-node" --quiet --json "$DIR/storm$r.json" > "$DIR/storm$r.txt" 2>&1 &
@@ -94,7 +99,10 @@ for r in $(seq 1 "$RUNS"); do
   rc=0; wait "$BENCH_PID" || rc=$?; BENCH_PID=""
   [ "$rc" = 0 ] || echo "  bench exited $rc: $(tail -1 "$DIR/storm$r.txt")" >&2
   grep "^storm r" "$DIR/storm$r.txt" | sed 's/^/  /' >&2 || true
-  for n in "${IDS[@]}"; do scrape "$n" "$DIR/after$r.$n.prom"; errors "$n" > "$DIR/errors-after$r.$n"; done
+  for n in "${IDS[@]}"; do
+    scrape "$n" "$DIR/after$r.$n.prom"
+    for l in ERROR WARN; do log_lines "$n" "$l" > "$DIR/$l-after$r.$n"; done
+  done
   if [ "$r" -lt "$RUNS" ]; then sleep 5; fi
 done
 "$STARLING_BIN" cluster status --config "$DIR/node1.toml" > "$DIR/status-end.txt" 2>&1 || true
@@ -130,10 +138,11 @@ for r in range(1, runs + 1):
     f["raft_writes"] = sum(dl(n, W) for n in ids)
     f["raft_batches"] = sum(dl(n, C) for n in ids)
     for n in ids:
-        try:
-            f[f"node{n}_error_log_lines"] = int(open(f"{d}/errors-after{r}.{n}").read() or 0) - int(open(f"{d}/errors-before{r}.{n}").read() or 0)
-        except (OSError, ValueError):
-            pass
+        for level in ("ERROR", "WARN"):
+            try:
+                f[f"node{n}_{level.lower()}_log_lines"] = int(open(f"{d}/{level}-after{r}.{n}").read() or 0) - int(open(f"{d}/{level}-before{r}.{n}").read() or 0)
+            except (OSError, ValueError):
+                pass
     for k in f:
         if k not in names: names.append(k)
     rows.append(f)
