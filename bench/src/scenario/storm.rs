@@ -276,6 +276,7 @@ async fn one_run(a: &StormArgs, procs: u64, seed: u64, run: u32) -> Result<Figur
     // warm-up: every child logs its sessions in and says `ready N`
     let mut total = 0u64;
     let mut answered = vec![false; k];
+    let mut finished = vec![false; k]; // a child that ended (its stdout closed) or said `done`
     let warm_until = t0 + Duration::from_secs(MAX_SECS);
     while answered.iter().any(|x| !x) {
         match tokio::time::timeout_at(warm_until.into(), rx.recv()).await {
@@ -285,7 +286,7 @@ async fn one_run(a: &StormArgs, procs: u64, seed: u64, run: u32) -> Result<Figur
                     answered[i] = true;
                 }
             }
-            Ok(Some((i, None))) => answered[i] = true, // the child ended
+            Ok(Some((i, None))) => (answered[i], finished[i]) = (true, true), // the child ended
             Ok(None) | Err(_) => break,
         }
     }
@@ -317,7 +318,6 @@ async fn one_run(a: &StormArgs, procs: u64, seed: u64, run: u32) -> Result<Figur
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     let mut gave_up = 0u64;
     let mut resolved = 0u64;
-    let mut finished = vec![false; k];
     let mut end: Option<Snapshot> = None;
     let hard = s0.at + Duration::from_secs(c.timeout_secs.clamp(1, MAX_SECS) + 15);
     while finished.iter().any(|x| !x) {
