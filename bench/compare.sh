@@ -2,7 +2,7 @@
 # Side-by-side run of one scenario against ejabberd, Prosody, Starling and a TCP echo server.
 #
 #   bench/compare.sh SCENARIO [extra starling-bench options...]
-#   SCENARIO: login | idle | chat | chat-sat | presence
+#   SCENARIO: login | idle | chat | chat-sat | presence | storm
 #
 # Starts ejabberd and Prosody through the peers scripts with REQUIRE_TLS=1 (STARTTLS required, as
 # Starling does), Starling from target/release/starling if it exists (skipped with a message if it is
@@ -17,9 +17,10 @@
 # ../shared/peers), SERVERS ("ejabberd prosody starling echo"), sizes per scenario below.
 # Before/after a change in one run: SERVERS="starling starling-base ..." with STARLING_BASE_BIN
 # pointing at the binary built from the commit before it (its own data dir and ports).
-# REUSE_DATA=1 keeps a Starling data dir that already holds enough accounts (15,000 take minutes).
+# REUSE_DATA=1 keeps a Starling data dir that already holds enough accounts; otherwise a new one is
+# made and the accounts are added through the running node's admin socket (15,000 in under a minute).
 set -euo pipefail
-SCEN="${1:?usage: bench/compare.sh login|idle|chat|chat-sat|presence [bench options]}"; shift
+SCEN="${1:?usage: bench/compare.sh login|idle|chat|chat-sat|presence|storm [bench options]}"; shift
 HERE="$(cd "$(dirname "$0")" && pwd)"; ROOT="$(cd "$HERE/.." && pwd)"
 RUNS="${RUNS:-3}"
 OUT="${OUT:-/tmp/starling-bench-compare}/$SCEN-$(date +%Y%m%d-%H%M%S)"
@@ -50,6 +51,11 @@ case "$SCEN" in
             ARGS=(idle --sessions "$S" --spawn "${SPAWN:-$(( (S + 18999) / 19000 ))}"); FRESH="${FRESH:-1}" ;;
   chat)     ARGS=(chat --pairs "${PAIRS:-50}" --rate "${RATE:-1000}" --size "${SIZE:-100}" --duration-secs "${DURATION:-10}") ;;
   chat-sat) ARGS=(chat --pairs "${PAIRS:-50}" --rate 0 --window "${WINDOW:-16}" --size "${SIZE:-100}" --duration-secs "${DURATION:-10}") ;;
+  storm)    # reconnect storm: SESSIONS log in, all dropped at once, back within JITTER ms (+ retries);
+            # STORM_SECS bounds each login and the storm from the drop
+            S="${SESSIONS:-2000}"; ACCOUNTS=$(( S > ACCOUNTS ? S : ACCOUNTS ))
+            ARGS=(storm --sessions "$S" --spawn "${SPAWN:-$(( (S + 18999) / 19000 ))}" --jitter-ms "${JITTER:-2000}"
+                  --timeout-secs "${STORM_SECS:-60}") ;;
   presence) # rosters made over XMPP by the bench itself (--subscribe), the same way on every server
             ARGS=(presence --users "${USERS:-500}" --subscribe "${ROSTER_SIZE:-10}" --updates "${UPDATES:-5}" --rate "${RATE:-200}") ;;
   *) echo "unknown scenario $SCEN" >&2; exit 2 ;;
@@ -135,17 +141,16 @@ for s in $SERVERS; do
         echo "$s: '$bin' not built (cargo build --release -p starling): column skipped" >&2; continue; fi
       if [ "${REUSE_DATA:-0}" = 1 ] && [ -s "$d/accounts" ] && [ "$(cat "$d/accounts")" -ge "$ACCOUNTS" ]; then
         echo "$s: reusing $(cat "$d/accounts") accounts in $d (REUSE_DATA=1)" >&2
+        launch "$s" || { echo "$s: column skipped" >&2; continue; }
       else
         rm -rf "$d"; mkdir -p "$d/data"
         printf 'domains = ["perf.test"]\ndata_dir = "%s"\n[auth]\nscram_iterations = 4096\n' "$d/data" > "$d/starling.toml"
-        echo "$s: adding $ACCOUNTS accounts..." >&2
-        # one at a time: the store is opened by one process at a time
-        if ! seq 1 "$ACCOUNTS" | xargs -P 1 -I{} "$bin" user add "user{}@perf.test" "perfpass{}" \
-             --config "$d/starling.toml" --data-dir "$d/data" > "$d/useradd.log" 2>&1; then
-          echo "$s: 'starling user add' failed (see $d/useradd.log): column skipped" >&2; continue; fi
+        launch "$s" || { echo "$s: column skipped" >&2; continue; }
+        echo "$s: adding $ACCOUNTS accounts through its admin socket..." >&2
+        if ! "$HERE/add-accounts.py" "$d/data/admin.sock" 1 "$ACCOUNTS" perf.test > "$d/useradd.log" 2>&1; then
+          echo "$s: adding accounts failed (see $d/useradd.log): column skipped" >&2; halt "$s"; continue; fi
         echo "$ACCOUNTS" > "$d/accounts"
       fi
-      launch "$s" || { echo "$s: column skipped" >&2; continue; }
       if ! "$BENCH" login --port "${ST_P[$s]}" --logins 1 --concurrency 1 --users 1 --quiet > "$d/probe.log" 2>&1 \
            || ! grep -q "errors  *0 " "$d/probe.log"; then
         echo "$s: listening, but a test login failed (see $d/probe.log): column skipped" >&2

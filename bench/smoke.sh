@@ -41,5 +41,7 @@ step chat-sat chat --pairs 5 --rate 0 --duration-secs 2 --drain-secs 5 &&
   check chat-sat "$OUT/chat-sat.json" "m['sent'] > 0 and m['lost'] == 0 and m['error_replies'] == 0"
 step presence presence --users 20 --subscribe "$SUBSCRIBE" --updates 2 --rate 40 --settle-secs 1 --drain-secs 5 &&
   check presence "$OUT/presence.json" "m['updates_sent'] == 40 and m['presence_expected'] > 0 and m['fanout_ratio'] >= 0.999"
+step storm storm --sessions 50 --jitter-ms 500 --settle-secs 0 &&
+  check storm "$OUT/storm.json" "m['reconnected'] == 50 and m['errors_unshaped'] == 0"
 echo "smoke: outputs in $OUT"
 exit $fail

@@ -36,6 +36,68 @@ pub struct Target {
     /// The peer is a raw echo server, not XMPP: "login" is connect (plus TLS with `Direct`)
     /// and one round trip.
     pub echo: bool,
+    /// SO_LINGER 0 on every connection: dropping the session resets the TCP connection (RST)
+    /// instead of closing it (FIN), as a failing load balancer does.
+    pub zero_linger: bool,
+}
+
+/// Why a login was turned down or cut short, where the caller may want to tell the cases apart
+/// (carried inside `anyhow::Error`; `storm` counts its errors by these).
+#[derive(Debug)]
+pub enum Refusal {
+    /// `<stream:error/>` with this condition (`policy-violation`, `resource-constraint`, ...).
+    Stream { condition: String, raw: String },
+    /// SASL `<failure/>` with this condition.
+    Sasl { condition: String, raw: String },
+    /// The bind answered an error.
+    Bind { raw: String },
+    /// The server closed the stream or the connection during negotiation without a stream error.
+    Closed,
+    /// The login did not finish within the target's timeout.
+    Timeout(Duration),
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Stream { condition, raw } => write!(f, "stream error {condition}: {raw}"),
+            Refusal::Sasl { condition, raw } => write!(f, "SASL failure {condition}: {raw}"),
+            Refusal::Bind { raw } => write!(f, "bind failed: {raw}"),
+            Refusal::Closed => write!(f, "connection closed by server"),
+            Refusal::Timeout(d) => write!(f, "login timed out after {d:?}"),
+        }
+    }
+}
+
+impl std::error::Error for Refusal {}
+
+/// The defined condition of a `<stream:error/>` or SASL `<failure/>`: its first child element
+/// other than `<text/>` (empty if there is none).
+pub fn condition(st: &[u8]) -> String {
+    let mut rest = &st[1..];
+    while let Some(p) = rest.iter().position(|&c| c == b'<') {
+        rest = &rest[p..];
+        let n = frame::name(rest);
+        if !n.is_empty() && !n.starts_with('/') && n != "text" {
+            return n.rsplit(':').next().unwrap_or(n).to_string();
+        }
+        rest = &rest[1..];
+    }
+    String::new()
+}
+
+fn stream_error(st: &[u8]) -> anyhow::Error {
+    Refusal::Stream {
+        condition: condition(st),
+        raw: String::from_utf8_lossy(st).into_owned(),
+    }
+    .into()
+}
+
+/// A top-level `<stream:error/>` (no stanza of the client namespaces is named `error`).
+fn is_stream_error(st: &[u8]) -> bool {
+    let n = frame::name(st);
+    n == "error" || n.ends_with(":error")
 }
 
 /// Anything a session can run over (TCP or TLS over TCP).
@@ -67,18 +129,19 @@ pub async fn read_frame<S: AsyncRead + Unpin + ?Sized>(
         }
         let n = s.read_buf(&mut fr.buf).await?;
         if n == 0 {
-            bail!("connection closed by server");
+            return Err(Refusal::Closed.into());
         }
     }
 }
 
-/// Read frames until a stanza arrives; errors on stream close.
+/// Read frames until a stanza arrives; errors on stream close and on a stream error.
 async fn read_stanza<S: AsyncRead + Unpin + ?Sized>(s: &mut S, fr: &mut Framer) -> Result<Vec<u8>> {
     loop {
         match read_frame(s, fr).await? {
+            Frame::Stanza(st) if is_stream_error(&st) => return Err(stream_error(&st)),
             Frame::Stanza(st) => return Ok(st),
             Frame::StreamOpen => continue,
-            Frame::StreamClose => bail!("server closed the stream"),
+            Frame::StreamClose => return Err(Refusal::Closed.into()),
         }
     }
 }
@@ -99,14 +162,13 @@ async fn open_stream<S: AsyncRead + AsyncWrite + Unpin + ?Sized>(
     loop {
         match read_frame(s, fr).await? {
             Frame::StreamOpen => continue,
-            Frame::StreamClose => bail!("server closed the stream during negotiation"),
+            Frame::StreamClose => return Err(Refusal::Closed.into()),
             Frame::Stanza(st) => {
-                let n = frame::name(&st);
-                if n.ends_with("features") {
+                if frame::name(&st).ends_with("features") {
                     return Ok(st);
                 }
-                if n.ends_with("error") {
-                    bail!("stream error: {}", String::from_utf8_lossy(&st));
+                if is_stream_error(&st) {
+                    return Err(stream_error(&st));
                 }
             }
         }
@@ -187,11 +249,13 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin + ?Sized>(
                 }
                 return Ok(());
             }
-            "failure" => bail!(
-                "SASL {} failed for {user}: {}",
-                m.name(),
-                String::from_utf8_lossy(&st)
-            ),
+            "failure" => {
+                return Err(anyhow::Error::new(Refusal::Sasl {
+                    condition: condition(&st),
+                    raw: String::from_utf8_lossy(&st).into_owned(),
+                })
+                .context(format!("SASL {} for {user}", m.name())));
+            }
             _ => {}
         }
     }
@@ -215,7 +279,10 @@ async fn bind<S: AsyncRead + AsyncWrite + Unpin + ?Sized>(
         let st = read_stanza(s, fr).await?;
         if frame::name(&st) == "iq" && frame::attr(&st, "id") == Some("bind1") {
             if frame::attr(&st, "type") != Some("result") {
-                bail!("bind failed: {}", String::from_utf8_lossy(&st));
+                return Err(Refusal::Bind {
+                    raw: String::from_utf8_lossy(&st).into_owned(),
+                }
+                .into());
             }
             break frame::child_text(&st, "jid")
                 .unwrap_or_default()
@@ -276,6 +343,9 @@ pub async fn login(
     let fut = async {
         let tcp = TcpStream::connect(t.addr).await.context("connect")?;
         tcp.set_nodelay(true)?;
+        if t.zero_linger {
+            tcp.set_zero_linger()?;
+        }
         if t.echo {
             let mut io: Box<dyn Io> = match t.tls {
                 TlsMode::Direct => tls_wrap(t, tcp).await?,
@@ -321,7 +391,7 @@ pub async fn login(
     };
     let s = tokio::time::timeout(t.timeout, fut)
         .await
-        .map_err(|_| anyhow!("login of {user} timed out after {:?}", t.timeout))??;
+        .map_err(|_| anyhow::Error::new(Refusal::Timeout(t.timeout)).context(user.to_string()))??;
     Ok((s, t0.elapsed()))
 }
 

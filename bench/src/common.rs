@@ -22,9 +22,15 @@ pub struct Common {
     /// Server host (must resolve to loopback unless --allow-non-loopback).
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
-    /// c2s port (the direct-TLS port with --tls direct).
-    #[arg(long, default_value_t = 5222)]
-    pub port: u16,
+    /// c2s port (the direct-TLS port with --tls direct). Only `storm` takes several (repeat the
+    /// option or give a comma-separated list, also as `--ports`): its sessions go round-robin over them.
+    #[arg(
+        long = "port",
+        visible_alias = "ports",
+        value_delimiter = ',',
+        default_value = "5222"
+    )]
+    pub ports: Vec<u16>,
     /// XMPP domain of the accounts.
     #[arg(long, default_value = "perf.test")]
     pub domain: String,
@@ -51,9 +57,10 @@ pub struct Common {
     /// e.g. 'ejabberdctl register {user} {domain} {password}'. Without it accounts must exist.
     #[arg(long)]
     pub provision: Option<String>,
-    /// PID of the server process: adds its CPU per operation and memory figures.
-    #[arg(long)]
-    pub server_pid: Option<u32>,
+    /// PID of the server process: adds its CPU per operation and memory figures. Only `storm`
+    /// takes several (repeat the option, or a comma-separated list): their figures are added up.
+    #[arg(long = "server-pid", value_delimiter = ',')]
+    pub server_pids: Vec<u32>,
     /// Repeat the scenario K times; figures are medians.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=50))]
     pub runs: u32,
@@ -84,12 +91,51 @@ impl Common {
     pub fn label(&self) -> String {
         self.label
             .clone()
-            .unwrap_or_else(|| format!("{}:{}", self.host, self.port))
+            .unwrap_or_else(|| format!("{}:{}", self.host, self.ports_list()))
     }
 
-    /// Resolve and check the target, build the TLS connector.
+    /// The (first) c2s port.
+    pub fn port(&self) -> u16 {
+        self.ports.first().copied().unwrap_or(5222)
+    }
+
+    /// The ports as `--port` takes them: comma-separated.
+    pub fn ports_list(&self) -> String {
+        let v: Vec<String> = self.ports.iter().map(u16::to_string).collect();
+        v.join(",")
+    }
+
+    /// The (first) server PID.
+    pub fn server_pid(&self) -> Option<u32> {
+        self.server_pids.first().copied()
+    }
+
+    /// Refuse several ports or server PIDs in a scenario that uses one.
+    pub fn check_single(&self) -> Result<()> {
+        if self.ports.len() > 1 || self.server_pids.len() > 1 {
+            bail!("only `storm` takes several --port or --server-pid values");
+        }
+        Ok(())
+    }
+
+    /// Resolve and check the target, build the TLS connector (one port only).
     pub async fn target(&self) -> Result<Arc<Target>> {
-        let addrs: Vec<_> = tokio::net::lookup_host((self.host.as_str(), self.port))
+        self.check_single()?;
+        self.target_at(self.port()).await
+    }
+
+    /// One target per port (`storm`), in the order given.
+    pub async fn targets(&self) -> Result<Vec<Arc<Target>>> {
+        let mut v = Vec::with_capacity(self.ports.len());
+        for &p in &self.ports {
+            v.push(self.target_at(p).await?);
+        }
+        Ok(v)
+    }
+
+    /// The target on one port.
+    async fn target_at(&self, port: u16) -> Result<Arc<Target>> {
+        let addrs: Vec<_> = tokio::net::lookup_host((self.host.as_str(), port))
             .await
             .with_context(|| format!("resolve {}", self.host))?
             .collect();
@@ -110,12 +156,56 @@ impl Common {
             connector: crate::tls::connector()?,
             timeout: Duration::from_secs(self.timeout_secs.clamp(1, MAX_SECS)),
             echo: self.echo,
+            zero_linger: false,
         }))
     }
 
     pub fn target_json(&self) -> Value {
-        json!({"label": self.label(), "host": self.host, "port": self.port, "domain": self.domain,
-               "tls": self.tls, "mech": self.mech, "echo": self.echo, "server_pid": self.server_pid})
+        let mut v = json!({"label": self.label(), "host": self.host, "port": self.port(),
+               "domain": self.domain, "tls": self.tls, "mech": self.mech, "echo": self.echo,
+               "server_pid": self.server_pid()});
+        if self.ports.len() > 1 {
+            v["ports"] = json!(self.ports);
+        }
+        if self.server_pids.len() > 1 {
+            v["server_pids"] = json!(self.server_pids);
+        }
+        v
+    }
+
+    /// These options as arguments for a child process of this binary, with its own first account
+    /// (every port is passed on; the server PIDs and reporting options are the parent's).
+    pub fn child_args(&self, first: u64) -> Vec<String> {
+        let mut v = vec![
+            "--host".into(),
+            self.host.clone(),
+            "--port".into(),
+            self.ports_list(),
+            "--domain".into(),
+            self.domain.clone(),
+            "--tls".into(),
+            format!("{:?}", self.tls).to_lowercase(),
+            "--mech".into(),
+            self.mech.name().to_string(),
+            "--user-prefix".into(),
+            self.user_prefix.clone(),
+            "--pass-prefix".into(),
+            self.pass_prefix.clone(),
+            "--first-user".into(),
+            first.to_string(),
+            "--timeout-secs".into(),
+            self.timeout_secs.to_string(),
+            "--login-concurrency".into(),
+            self.login_concurrency.to_string(),
+            "--quiet".into(),
+        ];
+        if self.echo {
+            v.push("--echo".into());
+        }
+        if self.allow_non_loopback {
+            v.push("--allow-non-loopback".into());
+        }
+        v
     }
 
     pub fn bar(&self, len: u64, msg: &str) -> ProgressBar {
@@ -204,11 +294,31 @@ pub async fn login_many(
     presence: bool,
     label: &str,
 ) -> (Vec<Option<Session>>, Vec<Duration>, Vec<String>) {
+    login_spread(c, std::slice::from_ref(t), users, resource, presence, label).await
+}
+
+/// The target (index into the ports) of account `u` when sessions are spread over `n` ports:
+/// round-robin over the account numbers, so the split does not depend on how the accounts are
+/// divided between processes.
+pub fn port_index(u: u64, n: usize) -> usize {
+    (u % n.max(1) as u64) as usize
+}
+
+/// [`login_many`] over several targets: account `u` logs in at `targets[port_index(u, n)]`.
+pub async fn login_spread(
+    c: &Common,
+    targets: &[Arc<Target>],
+    users: &[u64],
+    resource: &str,
+    presence: bool,
+    label: &str,
+) -> (Vec<Option<Session>>, Vec<Duration>, Vec<String>) {
     let pb = c.bar(users.len() as u64, label);
     let sem = Arc::new(Semaphore::new(c.login_concurrency.max(1)));
     let mut set = tokio::task::JoinSet::new();
     for (k, &u) in users.iter().enumerate() {
-        let (t, user, pass, res) = (t.clone(), c.user(u), c.pass(u), resource.to_string());
+        let t = targets[port_index(u, targets.len())].clone();
+        let (user, pass, res) = (c.user(u), c.pass(u), resource.to_string());
         let permit = sem.clone().acquire_owned().await.expect("semaphore");
         set.spawn(async move {
             let r = async {

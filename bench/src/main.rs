@@ -1,6 +1,6 @@
 //! `starling-bench`: an XMPP load generator for any server (Starling, ejabberd, Prosody) on loopback.
 //!
-//! Scenarios: `login`, `idle`, `chat`, `presence`; `echo` is a TCP echo server giving the physical
+//! Scenarios: `login`, `idle`, `chat`, `presence`, `storm`; `echo` is a TCP echo server giving the physical
 //! limit of the machine. Every loop is bounded in count and time, and non-loopback targets are
 //! refused unless `--allow-non-loopback` is given.
 
@@ -37,11 +37,16 @@ enum Cmd {
     Chat(scenario::chat::ChatArgs),
     /// Presence broadcast to rosters: delivered/s and fan-out latency.
     Presence(scenario::presence::PresenceArgs),
+    /// Reconnect storm: every session dropped at once, back to bound after a random delay.
+    Storm(scenario::storm::StormArgs),
     /// TCP echo server on loopback (the physical limit).
     Echo(echo::EchoArgs),
     /// Internal: one child process of `idle --spawn K`.
     #[command(hide = true)]
     IdleChild(scenario::idle::IdleChildArgs),
+    /// Internal: one child process of `storm`.
+    #[command(hide = true)]
+    StormChild(scenario::storm::StormChildArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -63,8 +68,10 @@ fn main() -> std::process::ExitCode {
             Cmd::Idle(a) => scenario::idle::run(a).await,
             Cmd::Chat(a) => scenario::chat::run(a).await,
             Cmd::Presence(a) => scenario::presence::run(a).await,
+            Cmd::Storm(a) => scenario::storm::run(a).await,
             Cmd::Echo(a) => echo::run(a).await,
             Cmd::IdleChild(a) => scenario::idle::child(a).await,
+            Cmd::StormChild(a) => scenario::storm::child(a).await,
         }
     });
     // sessions still held by aborted tasks are dropped with the runtime, without waiting

@@ -43,6 +43,29 @@ pub fn rss_kib(pid: u32) -> Result<u64> {
         .parse()?)
 }
 
+/// Voluntary plus involuntary context switches of every live thread of a process, from
+/// `/proc/PID/task/*/status` (`/proc/PID/status` alone counts only the main thread; a thread that
+/// exits takes its count with it).
+pub fn ctx_switches(pid: u32) -> Result<u64> {
+    let dir =
+        std::fs::read_dir(format!("/proc/{pid}/task")).with_context(|| format!("process {pid}"))?;
+    let mut n = 0;
+    for task in dir.flatten() {
+        let Ok(s) = std::fs::read_to_string(task.path().join("status")) else {
+            continue; // the thread ended meanwhile
+        };
+        for l in s.lines() {
+            if let Some(v) = l
+                .strip_prefix("voluntary_ctxt_switches:")
+                .or_else(|| l.strip_prefix("nonvoluntary_ctxt_switches:"))
+            {
+                n += v.trim().parse::<u64>()?;
+            }
+        }
+    }
+    Ok(n)
+}
+
 /// CPU used by the server and by this bench process over a measured window.
 pub struct CpuWindow {
     server: Option<(u32, u64)>,

@@ -244,7 +244,7 @@ async fn one_run(a: &ChatArgs, run: u32) -> Result<Figures> {
     }
     let pb = c.bar(dur.as_secs(), &format!("chat r{}", run + 1));
     tokio::time::sleep_until(start.into()).await;
-    let cpu = CpuWindow::start(c.server_pid)?;
+    let cpu = CpuWindow::start(c.server_pid())?;
     let t_start_us = now_us();
     while Instant::now() < end {
         tokio::time::sleep(Duration::from_millis(250)).await;

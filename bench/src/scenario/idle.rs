@@ -42,6 +42,7 @@ pub struct IdleChildArgs {
 
 pub async fn run(a: IdleArgs) -> Result<()> {
     let c = &a.common;
+    c.check_single()?;
     let procs = if a.spawn == 0 { 1 } else { a.spawn };
     if a.sessions.div_ceil(procs) > MAX_SESSIONS_PER_PROCESS {
         bail!(
@@ -50,7 +51,7 @@ pub async fn run(a: IdleArgs) -> Result<()> {
             a.sessions.div_ceil(MAX_SESSIONS_PER_PROCESS)
         );
     }
-    if c.server_pid.is_none() {
+    if c.server_pid().is_none() {
         eprintln!("idle: no --server-pid, so no memory figures; only login counts");
     }
     c.provision(a.sessions).await?;
@@ -86,11 +87,11 @@ async fn plateau(pid: u32, max: Duration) -> Result<u64> {
 
 async fn one_run(a: &IdleArgs, run: u32) -> Result<Figures> {
     let c = &a.common;
-    let rss0 = match c.server_pid {
+    let rss0 = match c.server_pid() {
         Some(p) => Some(rss_kib(p)?),
         None => None,
     };
-    let cpu = CpuWindow::start(c.server_pid)?;
+    let cpu = CpuWindow::start(c.server_pid())?;
     let t0 = Instant::now();
     let mut held = Vec::new();
     let mut children = Vec::new();
@@ -111,7 +112,7 @@ async fn one_run(a: &IdleArgs, run: u32) -> Result<Figures> {
             let n = per.min(left);
             let mut cmd = tokio::process::Command::new(&exe);
             cmd.arg("idle-child")
-                .args(child_args(c, first))
+                .args(c.child_args(first))
                 .arg("--count")
                 .arg(n.to_string());
             cmd.stdin(Stdio::piped())
@@ -139,7 +140,7 @@ async fn one_run(a: &IdleArgs, run: u32) -> Result<Figures> {
     let mut f = Figures::default();
     f.add("sessions_held", ok as f64);
     f.add("setup_logins_per_s", ok as f64 / login_secs);
-    if let (Some(p), Some(r0)) = (c.server_pid, rss0) {
+    if let (Some(p), Some(r0)) = (c.server_pid(), rss0) {
         let r1 = plateau(p, Duration::from_secs(a.plateau_secs.clamp(1, MAX_SECS))).await?;
         f.add("server_rss_before_kib", r0 as f64);
         f.add("server_rss_plateau_kib", r1 as f64);
@@ -164,40 +165,6 @@ async fn one_run(a: &IdleArgs, run: u32) -> Result<Figures> {
         }
     }
     Ok(f)
-}
-
-/// The Common options as arguments for a child, with its own first account.
-fn child_args(c: &Common, first: u64) -> Vec<String> {
-    let mut v = vec![
-        "--host".into(),
-        c.host.clone(),
-        "--port".into(),
-        c.port.to_string(),
-        "--domain".into(),
-        c.domain.clone(),
-        "--tls".into(),
-        format!("{:?}", c.tls).to_lowercase(),
-        "--mech".into(),
-        c.mech.name().to_string(),
-        "--user-prefix".into(),
-        c.user_prefix.clone(),
-        "--pass-prefix".into(),
-        c.pass_prefix.clone(),
-        "--first-user".into(),
-        first.to_string(),
-        "--timeout-secs".into(),
-        c.timeout_secs.to_string(),
-        "--login-concurrency".into(),
-        c.login_concurrency.to_string(),
-        "--quiet".into(),
-    ];
-    if c.echo {
-        v.push("--echo".into());
-    }
-    if c.allow_non_loopback {
-        v.push("--allow-non-loopback".into());
-    }
-    v
 }
 
 /// Child: log in `count` sessions, print `ready N`, hold them until stdin closes or the bound.

@@ -71,7 +71,7 @@ async fn one_run(a: &LoginArgs, t: &Arc<client::Target>, run: u32) -> Result<Fig
     )?));
     let deadline = Instant::now() + Duration::from_secs(a.max_secs.clamp(1, MAX_SECS));
     let pb = c.bar(a.logins, &format!("login r{}", run + 1));
-    let cpu = CpuWindow::start(c.server_pid)?;
+    let cpu = CpuWindow::start(c.server_pid())?;
     let t0 = Instant::now();
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..a.concurrency.clamp(1, 5000) {

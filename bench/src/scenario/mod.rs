@@ -4,3 +4,4 @@ pub mod chat;
 pub mod idle;
 pub mod login;
 pub mod presence;
+pub mod storm;

@@ -317,7 +317,7 @@ async fn one_run(a: &PresenceArgs, run: u32) -> Result<Figures> {
     }
     tokio::time::sleep_until(start.into()).await;
     got.store(0, Ordering::Relaxed);
-    let cpu = CpuWindow::start(c.server_pid)?;
+    let cpu = CpuWindow::start(c.server_pid())?;
     let t_start_us = now_us();
     let pb = c.bar(a.updates * n, &format!("presence r{}", run + 1));
     let mut writers = Vec::new();
