@@ -22,6 +22,7 @@ mod probe;
 #[allow(dead_code)] // shared with starling-bench, which uses all of it
 mod procstat;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -337,15 +338,38 @@ async fn writer(
 struct Cpu {
     total: u64,
     bench: u64,
+    /// Context switches (voluntary and not) of each live thread, by thread id.
+    switches: HashMap<u32, u64>,
+}
+
+impl Cpu {
+    /// Context switches since `before`, over the threads alive now (a thread that exited in
+    /// between takes its switches with it).
+    fn switches_since(&self, before: &Cpu) -> u64 {
+        self.switches
+            .iter()
+            .map(|(tid, n)| n.saturating_sub(before.switches.get(tid).copied().unwrap_or(0)))
+            .sum()
+    }
+}
+
+/// Voluntary plus involuntary context switches of one thread (`/proc/self/task/TID/status`).
+fn switches(status: &str) -> u64 {
+    status
+        .lines()
+        .filter(|l| l.starts_with("voluntary_ctxt_switches") || l.starts_with("nonvoluntary_ctxt"))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum()
 }
 
 /// utime+stime of the whole process (exited threads included) and of the threads named
 /// `bench*` (the writers' runtime) plus the main thread; the rest is the stores (their runtime,
-/// tokio's blocking pool, sled's threads).
+/// tokio's blocking pool, sled's threads). Also every live thread's context switches.
 fn cpu() -> Result<Cpu> {
     let pid = std::process::id();
     let total = procstat::cpu_us(pid)?;
     let mut bench = 0;
+    let mut switched = HashMap::new();
     for e in std::fs::read_dir("/proc/self/task")? {
         let e = e?;
         let Ok(s) = std::fs::read_to_string(e.path().join("stat")) else {
@@ -356,6 +380,9 @@ fn cpu() -> Result<Cpu> {
         };
         let comm = &s[open + 1..close];
         let tid: u32 = s[..open].trim().parse().unwrap_or(0);
+        if let Ok(status) = std::fs::read_to_string(e.path().join("status")) {
+            switched.insert(tid, switches(&status));
+        }
         if !(comm.starts_with("bench") || tid == pid) {
             continue;
         }
@@ -364,7 +391,11 @@ fn cpu() -> Result<Cpu> {
             + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
         bench += ticks * 1_000_000 / procstat::clk_tck();
     }
-    Ok(Cpu { total, bench })
+    Ok(Cpu {
+        total,
+        bench,
+        switches: switched,
+    })
 }
 
 /// Figures of one step.
@@ -388,6 +419,8 @@ struct Step {
     cpu_us_per_write: f64,
     store_cpu_us_per_write: f64,
     cpu_cores: f64,
+    /// Context switches of the process's threads per write (see `Cpu::switches_since`).
+    switches_per_write: f64,
     /// Mean time from proposing (or forwarding) an entry to its result, ms.
     commit_ms: f64,
     /// Mean time to apply a batch of committed entries, ms (every node).
@@ -423,6 +456,7 @@ impl Step {
             "cpu_us_per_write": self.cpu_us_per_write,
             "store_cpu_us_per_write": self.store_cpu_us_per_write,
             "cpu_cores": self.cpu_cores,
+            "context_switches_per_write": self.switches_per_write,
             "commit_ms": self.commit_ms,
             "apply_ms": self.apply_ms,
             "snapshots": self.snapshots,
@@ -540,6 +574,7 @@ async fn step(load: &Arc<Load>, writers: usize, rate: u64, secs: f64, base: u64)
             (cpu1.total - cpu0.total).saturating_sub(cpu1.bench.saturating_sub(cpu0.bench)),
         ),
         cpu_cores: (cpu1.total - cpu0.total) as f64 / 1e6 / wall,
+        switches_per_write: per_write(cpu1.switches_since(&cpu0)),
         commit_ms: commit.mean() * 1000.0,
         apply_ms: apply.mean() * 1000.0,
         snapshots: snap.count,
@@ -707,7 +742,7 @@ fn fmt(v: f64) -> String {
     }
 }
 
-const COLUMNS: [(&str, usize); 18] = [
+const COLUMNS: [(&str, usize); 19] = [
     ("offered", 8),
     ("achieved", 8),
     ("p50 ms", 7),
@@ -725,6 +760,7 @@ const COLUMNS: [(&str, usize); 18] = [
     ("us/w", 6),
     ("store", 6),
     ("cores", 5),
+    ("cs/w", 5),
     ("verdict", 0),
 ];
 
@@ -769,6 +805,7 @@ fn row(s: &Step) -> String {
         fmt(s.cpu_us_per_write),
         fmt(s.store_cpu_us_per_write),
         fmt(s.cpu_cores),
+        fmt(s.switches_per_write),
         verdict,
     ])
 }
