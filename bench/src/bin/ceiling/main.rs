@@ -254,15 +254,19 @@ struct Tally {
     done: u64,
     done_in_window: u64,
     errors: u64,
-    /// Writes due in the step that the writer had not started by its end (it was behind).
+    /// Writes due in the step that the writer had not started a step's length after its end.
     missed: u64,
     bytes: u64,
     first_error: Option<String>,
 }
 
 /// Writer `k` of `w`: takes writes `k, k+w, k+2w, ...` of the step, each at its due time
-/// `t0 + s/rate`, until the step ends at `end`. Bounded: at most `rate·secs/w + 1` writes, each
-/// within `WRITE_TIMEOUT`.
+/// `t0 + s/rate`, for those due before the step ends at `end`. A writer that is behind goes on
+/// with the writes already due after `end`, until `give_up`; what it has not started by then is
+/// `missed`, and each missed write's latency is recorded as `give_up - due` (a lower bound), so
+/// that a stall near the end of a step still shows. Bounded: at most `rate·secs/w + 1` writes,
+/// each within `WRITE_TIMEOUT`.
+#[allow(clippy::too_many_arguments)] // one writer's schedule, spelt out
 async fn writer(
     load: Arc<Load>,
     k: u64,
@@ -271,6 +275,7 @@ async fn writer(
     rate: u64,
     t0: Instant,
     end: Instant,
+    give_up: Instant,
 ) -> Tally {
     let store = &load.stores[k as usize % load.stores.len()];
     let node_id = store.node_id();
@@ -291,10 +296,18 @@ async fn writer(
             break;
         }
         let now = Instant::now();
-        if now >= end {
-            // Behind schedule at the end of the step: what is left is counted, not sent.
-            let total = ((end - t0).as_secs_f64() * rate as f64).ceil() as u64;
-            t.missed += total.saturating_sub(s).div_ceil(w);
+        if now >= give_up {
+            // Still behind well after the step: what is left is counted, not sent.
+            let mut m = s;
+            loop {
+                let due = t0 + Duration::from_secs_f64(m as f64 / rate as f64);
+                if due >= end {
+                    break;
+                }
+                t.missed += 1;
+                t.lat.push(micros(now - due));
+                m += w;
+            }
             break;
         }
         let slept = due > now;
@@ -483,17 +496,18 @@ async fn step(load: &Arc<Load>, writers: usize, rate: u64, secs: f64, base: u64)
     // Start a little ahead so every writer is waiting when the first write is due.
     let t0 = Instant::now() + Duration::from_millis(20);
     let end = t0 + Duration::from_secs_f64(secs);
+    let give_up = end + Duration::from_secs_f64(secs.max(1.0));
     let w = writers as u64;
     let mut set = tokio::task::JoinSet::new();
     for k in 0..w {
-        set.spawn(writer(load.clone(), k, w, base, rate, t0, end));
+        set.spawn(writer(load.clone(), k, w, base, rate, t0, end, give_up));
     }
     let mut lat = hist();
     let mut svc = hist();
     let (mut done, mut in_window, mut errors, mut missed, mut bytes) = (0, 0, 0, 0, 0);
     let mut first_error = None;
-    // Every writer stops starting writes at `end` and each write is bounded.
-    let deadline = end + WRITE_TIMEOUT + Duration::from_secs(5);
+    // Every writer stops starting writes at `give_up` and each write is bounded.
+    let deadline = give_up + WRITE_TIMEOUT + Duration::from_secs(5);
     loop {
         let next = tokio::time::timeout_at(deadline.into(), set.join_next()).await;
         let t = match next {
