@@ -75,6 +75,8 @@ const FOUND_AFTER: Duration = Duration::from_secs(5);
 /// current epoch keeps trying before it re-founds (the epoch's founder
 /// starts its group right after recording it).
 const ORPHAN_GRACE: Duration = Duration::from_secs(1);
+/// How long a registry write waits for a leader to be known.
+const LEADER_WAIT: Duration = Duration::from_secs(3);
 /// How often the supervisor looks at the epoch record and the group.
 const TICK: Duration = Duration::from_millis(200);
 /// How long `registry_barrier` waits for every live node to be ready.
@@ -205,6 +207,15 @@ impl Group {
         ops: Vec<Op>,
         internal: bool,
     ) -> Result<(Vec<OpResult>, u64), StoreError> {
+        if self.leader().is_none() {
+            // Right after an election or a healed partition: a leader is
+            // usually known within a heartbeat or two.
+            let _ = self
+                .raft
+                .wait(Some(LEADER_WAIT))
+                .metrics(|m| m.current_leader.is_some(), "a registry leader")
+                .await;
+        }
         let (reply, rx) = oneshot::channel();
         self.writes
             .send(Pending {
@@ -672,13 +683,20 @@ impl Registry {
         Ok(())
     }
 
-    /// Whether the active group has had a leader within `FOUND_AFTER`.
+    /// Whether the active group has had a leader within `FOUND_AFTER`,
+    /// counting only the time the durable group had one: a node cut off
+    /// from the others cannot tell a dead registry from its own isolation,
+    /// and must not re-found it the moment the partition heals.
     fn group_alive(&self, g: &Group) -> bool {
         let mut last = self.last_leader.lock().unwrap_or_else(|e| e.into_inner());
-        if g.leader().is_some() {
+        if g.leader().is_some() || !self.durable_has_leader() {
             *last = Instant::now();
         }
         last.elapsed() < FOUND_AFTER
+    }
+
+    fn durable_has_leader(&self) -> bool {
+        self.shared.raft.metrics().borrow().current_leader.is_some()
     }
 
     /// Nodes whose registry state this node waits for before it takes a
@@ -805,6 +823,11 @@ pub async fn supervise(registry: Arc<Registry>) {
             continue;
         }
         let record = registry.record();
+        if !registry.durable_has_leader() {
+            // Cut off (or the cluster is electing): no time counts toward
+            // re-founding while this node cannot tell.
+            trying_since.clear();
+        }
         let res = match (&active, &record) {
             (Some(g), Some(r)) if g.epoch == r.epoch => {
                 if registry.group_alive(g) {

@@ -77,12 +77,20 @@ pub struct C2sConfig {
     /// New connections accepted per second on this node (a token bucket
     /// with a burst of one second's worth); beyond it, connections wait in
     /// the listen backlog instead of all being served slowly at once.
-    /// 0: no limit.
+    /// 0: no limit. Default: 1,000 per core, about half of what a core
+    /// logs in (STARTTLS, SCRAM, bind) when it does nothing else, so that a
+    /// reconnect storm leaves room for the sessions already back.
     pub connect_rate: u32,
     /// New connections accepted per second from one client address (same
     /// bucket shape); beyond it the stream is refused with
     /// `<policy-violation/>` (on the direct TLS port: closed). 0: no limit.
     pub connect_rate_per_ip: u32,
+}
+
+/// `c2s.connect_rate` when the configuration does not set it.
+pub fn default_connect_rate() -> u32 {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    u32::try_from(cores * 1000).unwrap_or(u32::MAX)
 }
 
 impl Default for C2sConfig {
@@ -101,7 +109,7 @@ impl Default for C2sConfig {
             mailbox_bytes: 4 * 1024 * 1024,
             write_timeout_secs: 30,
             max_unauthenticated: 10_000,
-            connect_rate: 0,
+            connect_rate: default_connect_rate(),
             connect_rate_per_ip: 0,
         }
     }

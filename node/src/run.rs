@@ -208,9 +208,12 @@ async fn run_listeners(server: Arc<Server>) -> anyhow::Result<()> {
     }
     for (port, direct_tls) in ports {
         let addr = format!("{}:{}", c2s.bind, port);
-        let listener = tokio::net::TcpListener::bind(&addr)
+        let sock: std::net::SocketAddr = tokio::net::lookup_host(&addr)
             .await
-            .with_context(|| format!("listening on {addr}"))?;
+            .with_context(|| format!("resolving {addr}"))?
+            .next()
+            .with_context(|| format!("no address for {addr}"))?;
+        let listener = crate::net::listen(sock).with_context(|| format!("listening on {addr}"))?;
         tracing::info!(%addr, direct_tls, domains = ?server.config.domains, "c2s listening");
         actix_rt::spawn(crate::net::accept_loop(
             server.clone(),

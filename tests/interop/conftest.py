@@ -235,7 +235,8 @@ class StarlingServer(Server):
     def start(self) -> None:
         if not os.path.exists(STARLING_BIN):
             pytest.fail(f"starling binary not found at {STARLING_BIN} (set STARLING_BIN)")
-        cmd = [STARLING_BIN, "serve", "--data-dir", self.data_dir]
+        # ``cmd_prefix``: e.g. ``prlimit --nofile=N:N --`` (a test of the descriptor limit).
+        cmd = [*getattr(self, "cmd_prefix", []), STARLING_BIN, "serve", "--data-dir", self.data_dir]
         for d in self.domains:
             cmd += ["--domain", d]
         cmd += ["--c2s-port", str(self.c2s_port), "--c2s-tls-port", str(self.tls_port),

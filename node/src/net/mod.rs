@@ -8,9 +8,79 @@ pub mod tls_conn;
 pub mod transport;
 
 use crate::server::Server;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use tokio::net::TcpListener;
+
+/// Client connections of this process: accepted and not yet closed.
+static OPEN: AtomicUsize = AtomicUsize::new(0);
+
+/// One open client connection, counted in `OPEN` until it is dropped with
+/// the connection (by the negotiation, or by the session that took it).
+pub struct ConnSlot(());
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        OPEN.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Descriptors kept free for everything that is not a client connection:
+/// the store's files, cluster links, the admin and metrics sockets.
+const RESERVED_FDS: usize = 1024;
+
+/// Most client connections this process may hold: its descriptor limit
+/// less a reserve. A login storm that would take the last descriptors
+/// leaves the rest waiting in the listen backlog instead, so the store
+/// never fails to open a file (a store that cannot write stops Raft).
+pub fn max_connections() -> usize {
+    static MAX: OnceLock<usize> = OnceLock::new();
+    *MAX.get_or_init(|| {
+        let limit = raise_fd_limit();
+        limit.saturating_sub(RESERVED_FDS.min(limit / 4)).max(1)
+    })
+}
+
+/// Raises the soft limit of open descriptors to the hard limit (as servers
+/// do) and returns the soft limit in force.
+fn raise_fd_limit() -> usize {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read or write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
+            return 1024;
+        }
+        if r.rlim_cur < r.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: r.rlim_max,
+                rlim_max: r.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                r = raised;
+            }
+        }
+    }
+    usize::try_from(r.rlim_cur).unwrap_or(usize::MAX)
+}
+
+/// Pending connections the kernel keeps for a listener while the node is
+/// busy (a storm): the kernel caps it at `net.core.somaxconn`.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a c2s listener with a backlog for login storms.
+pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
 
 /// Accepts connections on `listener` until the process ends.
 pub async fn accept_loop(
@@ -20,9 +90,20 @@ pub async fn accept_loop(
     arbiters: Arc<Vec<actix_rt::ArbiterHandle>>,
 ) {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let max = max_connections();
     loop {
         // A login storm waits in the listen backlog, not in slow handshakes.
         server.shaper.admit_node().await;
+        if OPEN.load(Ordering::Relaxed) >= max {
+            metrics::counter!("starling_c2s_shaped_total", "reason" => "descriptors").increment(1);
+            tracing::warn!(
+                max,
+                "at the connection limit (descriptors): new connections wait"
+            );
+            while OPEN.load(Ordering::Relaxed) >= max {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
         let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
@@ -32,6 +113,8 @@ pub async fn accept_loop(
                 continue;
             }
         };
+        OPEN.fetch_add(1, Ordering::Relaxed);
+        let slot = ConnSlot(());
         // Move the socket to an arbiter's own reactor.
         let std = match tcp.into_std() {
             Ok(s) => s,
@@ -48,7 +131,7 @@ pub async fn accept_loop(
             // Negotiation ends by handing over a bound stream; the session
             // actor takes it from there on this same arbiter.
             if let Some(bound) = negotiated.await {
-                crate::session::c2s::start(server, bound);
+                crate::session::c2s::start(server, bound, slot);
             }
         });
     }

@@ -73,13 +73,19 @@ struct Session<S> {
     id: u64,
     /// The actor of this session's user on this node.
     user: UserHandle,
+    /// Counts the connection until it closes (`net::max_connections`).
+    _slot: crate::net::ConnSlot,
 }
 
 /// Starts the session actor of a bound connection on the current arbiter.
 /// The session's state is boxed before its task starts, so the long-lived
 /// task holds a pointer to it rather than copies of it at every level of
 /// `async fn` nesting.
-pub fn start<S: Transport + 'static>(server: Arc<Server>, bound: Bound<S>) {
+pub fn start<S: Transport + 'static>(
+    server: Arc<Server>,
+    bound: Bound<S>,
+    slot: crate::net::ConnSlot,
+) {
     C2s::create(move |ctx| {
         // The gate bounds what is queued for the socket (in the mailbox
         // and the outbox together): senders are refused at once past it.
@@ -107,6 +113,7 @@ pub fn start<S: Transport + 'static>(server: Arc<Server>, bound: Bound<S>) {
             full: bound.full.to_string(),
             id,
             user,
+            _slot: slot,
         });
         let task = serve(s, outbox.clone()).instrument(span);
         ctx.spawn(actix::fut::wrap_future::<_, C2s>(task).map(|(), _, ctx| ctx.stop()));
