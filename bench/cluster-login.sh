@@ -22,7 +22,9 @@
 # has applied them.
 # Raft figures come from every node's /metrics before and after each round:
 #   starling_raft_writes_per_entry (histogram: one sample per batch a node's batcher proposes or
-#   forwards, value = writes in it, lease renewals included) and starling_raft_commit_index.
+#   forwards, value = writes in it, lease renewals included) and starling_raft_commit_index, for
+#   the durable group; starling_registry_writes_per_entry, the same for the registry group
+#   (routes and presence, in memory; a node without peers has none).
 # They cover the whole bench process, i.e. its unmeasured warm-up login of each account as well
 # as the measured logins. "idle entries/s" is the commit-index rate during IDLE_SECS before the
 # round (lease renewals, one per node per second by default).
@@ -223,6 +225,15 @@ def one_round(rd):
     if f.get("logins_ok", 0) + warm:
         f["raft_writes_per_login"] = writes / (f.get("logins_ok", 0) + warm)
     f["idle_entries_per_s"] = max(delta(rd, "idle-start", "before", n, I) for n in ns) / idle_secs
+    RW, RC = "starling_registry_writes_per_entry_sum", "starling_registry_writes_per_entry_count"
+    rwrites = sum(delta(rd, "before", "after", n, RW) for n in ns)
+    rbatches = sum(delta(rd, "before", "after", n, RC) for n in ns)
+    f["registry_batches"] = rbatches
+    f["registry_writes"] = rwrites
+    if rbatches:
+        f["registry_writes_per_batch"] = rwrites / rbatches
+    if f.get("logins_ok", 0) + warm:
+        f["registry_writes_per_login"] = rwrites / (f.get("logins_ok", 0) + warm)
     return f
 
 def setup(k):
@@ -258,6 +269,10 @@ rows = [
     ("Raft writes per measured login", "raft_writes_per_measured_login"),
     ("Raft writes per login, warm-ups included", "raft_writes_per_login"),
     ("idle Raft entries/s before the storm", "idle_entries_per_s"),
+    ("registry batches proposed (Σ starling_registry_writes_per_entry_count)", "registry_batches"),
+    ("registry writes in them", "registry_writes"),
+    ("registry writes per batch", "registry_writes_per_batch"),
+    ("registry writes per login, warm-ups included", "registry_writes_per_login"),
 ]
 meta = open(f"{out}/meta.txt").read().strip().splitlines()
 print(f"`{meta[0].split(': ', 1)[1]}`\n")
