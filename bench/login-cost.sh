@@ -18,7 +18,8 @@
 #
 # Environment: STARLING_BIN (target/release/starling), STARLING_BASE_BIN (unset: only one build),
 # BENCH (target/release/starling-bench), RUNS (3), LOGINS (2000), CONC (20), USERS (300),
-# ACCOUNTS (300), OUT (/tmp/starling-login-cost), STRACE (1: count fsyncs).
+# ACCOUNTS (300), OUT (/tmp/starling-login-cost), STRACE (1: count fsyncs), MECH (the bench's
+# default, the strongest offered: SCRAM-SHA-256; PLAIN verifies PBKDF2 on the server).
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"; ROOT="$(cd "$HERE/.." && pwd)"
 BENCH="${BENCH:-$ROOT/target/release/starling-bench}"
@@ -91,7 +92,8 @@ for r in $(seq 1 "$RUNS"); do
     de0=$(metric "$mp" starling_raft_writes_per_entry_count); dw0=$(metric "$mp" starling_raft_writes_per_entry_sum)
     re0=$(metric "$mp" starling_registry_writes_per_entry_count); rw0=$(metric "$mp" starling_registry_writes_per_entry_sum)
     "$BENCH" login --port "${PORT[$b]}" --domain perf.test --logins "$LOGINS" --concurrency "$CONC" \
-      --users "$USERS" --server-pid "$pid" --runs 1 --quiet --json "$OUT/$b-$r.json" > "$OUT/$b-$r.txt" 2>&1
+      --users "$USERS" --server-pid "$pid" --runs 1 --quiet --json "$OUT/$b-$r.json" ${MECH:+--mech "$MECH"} \
+      > "$OUT/$b-$r.txt" 2>&1
     sleep 1 # the last logouts' writes
     c1=$(ctxsw "$pid")
     de1=$(metric "$mp" starling_raft_writes_per_entry_count); dw1=$(metric "$mp" starling_raft_writes_per_entry_sum)

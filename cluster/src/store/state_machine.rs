@@ -297,12 +297,15 @@ impl<K: Kv> RaftStateMachine<TypeConfig> for StateMachine<K> {
     }
 
     /// Copies the state now, while nothing applies, so the snapshot is
-    /// consistent even though it is written after more entries applied.
+    /// consistent even though it is encoded and written after more entries
+    /// applied.
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         let prepared = (|| {
             let last_applied = self.last_applied()?;
             let membership = self.membership()?;
-            let data = encode(&self.dump().map_err(rd)?).map_err(rd)?;
+            // Only the copy happens here, while nothing applies; encoding
+            // it (the slow part) is the builder's, off the apply path.
+            let data = self.dump().map_err(rd)?;
             let counter = self
                 .meta
                 .get(SNAPSHOT_COUNTER)
@@ -371,7 +374,7 @@ impl<K: Kv> RaftStateMachine<TypeConfig> for StateMachine<K> {
 pub struct SnapshotBuilder<K: Kv> {
     kv: K,
     snap: K::Tree,
-    prepared: Option<Result<(Meta, Vec<u8>), StorageError>>,
+    prepared: Option<Result<(Meta, SnapshotData), StorageError>>,
 }
 
 impl<K: Kv> RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder<K> {
@@ -380,6 +383,7 @@ impl<K: Kv> RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder<K> {
             .prepared
             .take()
             .ok_or_else(|| snap_err("snapshot builder used twice"))??;
+        let data = encode(&data).map_err(snap_err)?;
         if K::DURABLE {
             metrics::snapshot_bytes(data.len());
         }

@@ -176,6 +176,12 @@ impl Args {
                 self.space
             );
         }
+        if self.group == Group::Registry && self.nodes < 2 {
+            bail!(
+                "a node without peers runs no registry group (its routes stay in memory): \
+                 use --nodes 3 with --group registry"
+            );
+        }
         if self.confirm > 3 {
             bail!("--confirm must be 0..=3");
         }
@@ -736,6 +742,15 @@ async fn form(dir: &Path, nodes: usize) -> Result<Vec<Store>> {
             bail!("the nodes do not agree on node 1 as leader");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Routes go to the registry group, which the nodes found and join once
+    // they have peers.
+    if nodes > 1 {
+        for s in &stores {
+            if !s.registry_wait(Duration::from_secs(30)).await {
+                bail!("node {} did not join the registry group", s.node_id());
+            }
+        }
     }
     Ok(stores)
 }
