@@ -9,9 +9,8 @@
 use std::sync::atomic::Ordering;
 
 use openraft::error::{CheckIsLeaderError, RaftError};
-use tokio::sync::oneshot;
 
-use crate::batcher::Pending;
+use crate::batcher;
 use crate::error::{StoreError, fatal, leader_error, storage};
 use crate::handle::{START_TIMEOUT, Store};
 use crate::kv::{self, Kv, KvTree};
@@ -80,17 +79,7 @@ impl Store {
         if self.inner.closed.load(Ordering::SeqCst) {
             return Err(StoreError::Shutdown);
         }
-        let (reply, rx) = oneshot::channel();
-        self.inner
-            .writes
-            .send(Pending {
-                ops,
-                reply,
-                internal,
-            })
-            .await
-            .map_err(|_| StoreError::Shutdown)?;
-        rx.await.map_err(|_| StoreError::Shutdown)?
+        batcher::submit(&self.inner.writes, ops, internal).await
     }
 
     /// The index of the last log entry this replica has applied.

@@ -73,6 +73,25 @@ pub struct Pending {
     pub internal: bool,
 }
 
+/// Queues `ops` for the batcher behind `writes` and waits for their
+/// results and the log index of the entry that carried them.
+pub async fn submit(
+    writes: &mpsc::Sender<Pending>,
+    ops: Vec<Op>,
+    internal: bool,
+) -> Result<(Vec<OpResult>, u64), StoreError> {
+    let (reply, rx) = oneshot::channel();
+    writes
+        .send(Pending {
+            ops,
+            reply,
+            internal,
+        })
+        .await
+        .map_err(|_| StoreError::Shutdown)?;
+    rx.await.map_err(|_| StoreError::Shutdown)?
+}
+
 /// Counters for diagnostics and tests.
 #[derive(Default)]
 pub struct Counters {

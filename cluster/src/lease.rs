@@ -31,9 +31,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
-use crate::batcher::Pending;
+use crate::batcher::{self, Pending};
 use crate::config::LeaseConfig;
 use crate::error::{StoreError, storage};
 use crate::events::{ClusterEvents, EXPIRED, Event, Hooks, LEASES, key_id, node_key};
@@ -132,18 +132,8 @@ async fn internal_write(
     ops: Vec<Op>,
     timeout: Duration,
 ) -> Result<(), StoreError> {
-    let (reply, rx) = oneshot::channel();
-    writes
-        .send(Pending {
-            ops,
-            reply,
-            internal: true,
-        })
-        .await
-        .map_err(|_| StoreError::Shutdown)?;
-    match tokio::time::timeout(timeout, rx).await {
-        Ok(Ok(r)) => r.map(|_| ()),
-        Ok(Err(_)) => Err(StoreError::Shutdown),
+    match tokio::time::timeout(timeout, batcher::submit(writes, ops, true)).await {
+        Ok(r) => r.map(drop),
         Err(_) => Err(StoreError::Unavailable("lease write timed out".into())),
     }
 }
@@ -375,14 +365,7 @@ pub async fn expire(
     timeout: Duration,
 ) -> Result<(), StoreError> {
     if let Some(g) = registry.active() {
-        match tokio::time::timeout(timeout, g.submit(vec![routes::drop_node(id)], true)).await {
-            Ok(r) => r.map(drop)?,
-            Err(_) => {
-                return Err(StoreError::Unavailable(
-                    "dropping the node's routes timed out".into(),
-                ));
-            }
-        }
+        internal_write(&g.writes, vec![routes::drop_node(id)], timeout).await?;
     }
     internal_write(writes, expire_ops(id), timeout).await
 }

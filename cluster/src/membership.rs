@@ -183,16 +183,7 @@ impl Store {
     /// membership this node knows): only then can a user have sessions
     /// elsewhere.
     pub fn has_peers(&self) -> bool {
-        let me = self.inner.shared.node_id;
-        self.inner
-            .shared
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .nodes()
-            .any(|(id, _)| *id != me)
+        self.inner.shared.has_peers()
     }
 
     /// Registers the node's handler of cluster events (node expiry),

@@ -41,14 +41,14 @@ use std::time::{Duration, Instant};
 
 use openraft::{BasicNode, ChangeMembers, ServerState};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use crate::batcher::{self, Counters, Pending};
 use crate::codec::{decode, encode};
 use crate::config::LeaseConfig;
 use crate::error::{StoreError, client_write_error, storage};
 use crate::events::{Event, Hooks};
-use crate::kv::{Kv, KvTree, MemKv};
+use crate::kv::{Kv, KvTree, MemKv, MemTree};
 use crate::op::{Op, OpResult};
 use crate::raft::{self, GroupTag, Raft};
 use crate::shared::Shared;
@@ -169,6 +169,8 @@ pub struct Group {
     pub kv: MemKv,
     pub writes: mpsc::Sender<Pending>,
     pub counters: Arc<Counters>,
+    /// The trees of `routes::ROUTES`, `routes::NODE_ROUTES` and `READY`.
+    trees: [MemTree; 3],
 }
 
 impl Group {
@@ -200,8 +202,14 @@ impl Group {
             .is_some()
     }
 
-    pub fn tree(&self, space: &str) -> Result<crate::kv::MemTree, StoreError> {
-        self.kv.tree(&space_tree(space)).map_err(storage)
+    /// A registry space's tree (opened once: lookups run per stanza).
+    pub fn tree(&self, space: &str) -> Result<MemTree, StoreError> {
+        match space {
+            routes::ROUTES => Ok(self.trees[0].clone()),
+            routes::NODE_ROUTES => Ok(self.trees[1].clone()),
+            READY => Ok(self.trees[2].clone()),
+            other => self.kv.tree(&space_tree(other)).map_err(storage),
+        }
     }
 
     /// Queues a write for this group's batcher and waits for its result
@@ -220,16 +228,7 @@ impl Group {
                 .metrics(|m| m.current_leader.is_some(), "a registry leader")
                 .await;
         }
-        let (reply, rx) = oneshot::channel();
-        self.writes
-            .send(Pending {
-                ops,
-                reply,
-                internal,
-            })
-            .await
-            .map_err(|_| StoreError::Shutdown)?;
-        rx.await.map_err(|_| StoreError::Shutdown)?
+        batcher::submit(&self.writes, ops, internal).await
     }
 
     /// `submit`, returning once this replica applied the write too.
@@ -344,27 +343,11 @@ impl Registry {
     }
 
     fn durable_has_peers(&self) -> bool {
-        let me = self.shared.node_id;
-        self.shared
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .nodes()
-            .any(|(id, _)| *id != me)
+        self.shared.has_peers()
     }
 
     fn durable_members(&self) -> Vec<(u64, String)> {
-        self.shared
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .nodes()
-            .map(|(id, n)| (*id, n.addr.clone()))
-            .collect()
+        self.shared.members()
     }
 
     fn record(&self) -> Option<EpochRecord> {
@@ -432,6 +415,12 @@ impl Registry {
             self.shared.write_timeout,
             tag,
         ));
+        let open = |space: &str| kv.tree(&space_tree(space)).map_err(storage);
+        let trees = [
+            open(routes::ROUTES)?,
+            open(routes::NODE_ROUTES)?,
+            open(READY)?,
+        ];
         Ok(Arc::new(Group {
             epoch,
             member,
@@ -439,6 +428,7 @@ impl Registry {
             kv,
             writes: tx,
             counters,
+            trees,
         }))
     }
 
@@ -525,16 +515,7 @@ impl Registry {
                 value: encode(&record).map_err(StoreError::Storage)?,
             },
         ];
-        let (reply, rx) = oneshot::channel();
-        self.durable_writes
-            .send(Pending {
-                ops,
-                reply,
-                internal: true,
-            })
-            .await
-            .map_err(|_| StoreError::Shutdown)?;
-        let (results, _) = rx.await.map_err(|_| StoreError::Shutdown)??;
+        let (results, _) = batcher::submit(&self.durable_writes, ops, true).await?;
         if results.contains(&OpResult::Mismatch) {
             let _ = group.raft.shutdown().await;
             return Ok(false);

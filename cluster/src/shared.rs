@@ -32,3 +32,29 @@ pub(crate) struct Shared {
     /// on other runtimes (an actix arbiter calling `deliver`) run here.
     pub rt: tokio::runtime::Handle,
 }
+
+impl Shared {
+    /// Whether the durable membership this node knows has other nodes.
+    pub fn has_peers(&self) -> bool {
+        let me = self.node_id;
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .any(|(id, _)| *id != me)
+    }
+
+    /// The durable membership's nodes and their cluster addresses.
+    pub fn members(&self) -> Vec<(u64, String)> {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, n)| (*id, n.addr.clone()))
+            .collect()
+    }
+}
