@@ -120,14 +120,39 @@ def test_node_with_certificate_of_other_ca_cannot_join(shared_cluster, trust):
             # Still retrying (a refused handshake looks like a transport
             # error to the joiner): it has not opened its c2s port.
             assert "could not join yet" in log, log[-2000:]
-            with pytest.raises(OSError):
-                socket.create_connection(("127.0.0.1", rogue.c2s_port), timeout=2).close()
+            assert "c2s listening" not in log, log[-2000:]
+            # The rogue process itself listens on no TCP port but its cluster port (its c2s
+            # port number may meanwhile be taken by another test's process: ask the kernel
+            # whose sockets they are rather than connecting).
+            ours = _listening_ports(rogue.proc.pid)
+            assert rogue.c2s_port not in ours and rogue.tls_port not in ours, ours
         else:
             assert rogue.proc.returncode != 0, f"exited 0:\n{log[-2000:]}"
             assert "joining the cluster" in log, f"exited for another reason:\n{log[-2000:]}"
     finally:
         rogue.stop()
     _assert_unaffected(cl, [node_id])
+
+
+def _listening_ports(pid: int) -> set:
+    """TCP ports process ``pid`` listens on (from its socket inodes and /proc/net/tcp*)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            next(f)
+            for line in f:
+                cols = line.split()
+                if cols[3] == "0A" and cols[9] in inodes:  # 0A: LISTEN
+                    ports.add(int(cols[1].rsplit(":", 1)[1], 16))
+    return ports
 
 
 def test_node_without_cluster_certificate_cannot_join(shared_cluster):
