@@ -21,15 +21,12 @@ use starling_cluster::routes;
 use starling_cluster::{DeliveryResult, Envelope, LocalDelivery, StoreError};
 use std::sync::{Arc, Weak};
 
-/// Records a newly bound session. A session of the same full JID on
-/// another node is asked to close with `<conflict/>` (RFC 6120 §7.7.2.2:
-/// the new one replaces it).
-pub async fn bind(
-    server: &Server,
-    bare: &str,
-    resource: &str,
-    session: u64,
-) -> Result<(), StoreError> {
+/// A newly bound session: a session of the same full JID on another node
+/// is asked to close with `<conflict/>` (RFC 6120 §7.7.2.2: the new one
+/// replaces it). Its own route is written when it is first needed
+/// ([`publish`]): usually together with its initial presence, so a login
+/// costs one registry write, not two.
+pub fn bind(server: &Server, bare: &str, resource: &str) -> Result<(), StoreError> {
     let store = &server.storage.store;
     let me = store.node_id();
     if store.has_peers()
@@ -48,8 +45,7 @@ pub async fn bind(
             },
         );
     }
-    let route = payload(session, &RouteInfo::default());
-    server.storage.put_route(bare, resource, &route).await
+    Ok(())
 }
 
 /// Records a session's new presence or roster interest, if the route is
@@ -75,17 +71,31 @@ pub async fn update(
 }
 
 /// Writes a local session's current state (availability, priority, last
-/// presence, roster interest) from the router to the table.
-pub async fn publish(server: &Server, bare: &str, session: u64) -> Result<(), StoreError> {
+/// presence, roster interest) from the router to the table: the route
+/// itself the first time (`published` false), else an update of it.
+pub async fn publish(
+    server: &Server,
+    bare: &str,
+    session: u64,
+    published: &mut bool,
+) -> Result<(), StoreError> {
     let found = server.router.with_resources(bare, |rs| {
         rs.iter()
             .find(|r| r.handle.id == session)
             .map(|r| (r.resource.clone(), route_info(r)))
     });
-    match found {
-        Some((resource, info)) => update(server, bare, &resource, session, &info).await,
-        None => Ok(()),
+    let Some((resource, info)) = found else {
+        return Ok(());
+    };
+    if *published {
+        return update(server, bare, &resource, session, &info).await;
     }
+    let route = payload(session, &info);
+    server.storage.put_route(bare, &resource, &route).await?;
+    // Without a registry group nothing was written: the node's sessions
+    // are all written when it joins one (`republish`).
+    *published = server.storage.store.registry_active();
+    Ok(())
 }
 
 /// Removes an ended session's route if it still owns it; `index` also

@@ -186,8 +186,12 @@ pub struct Resource {
 #[derive(Debug, actix::Message)]
 #[rtype(result = "Result<(), crate::stanza::StanzaError>")]
 pub enum ToUser {
-    /// A session was bound (`full`): record its route in the cluster.
+    /// A session was bound (`full`): close a session of the same full JID
+    /// on another node; its route is written when first needed.
     Attach { session: u64, full: String },
+    /// Write the session's route now if it is not yet (before the first
+    /// stanza it sends, or a second after bind).
+    Publish { session: u64 },
     /// A presence stanza the session's client sent (`from` stamped).
     Presence { session: u64, el: Element },
     /// The session asked for the roster: it gets roster pushes from now

@@ -75,6 +75,9 @@ struct Session<S> {
     user: UserHandle,
     /// Counts the connection until it closes (`net::max_connections`).
     _slot: crate::net::ConnSlot,
+    /// The user actor was asked to write this session's route
+    /// (`ToUser::Publish`) before a stanza to someone else.
+    route_asked: bool,
 }
 
 /// Starts the session actor of a bound connection on the current arbiter.
@@ -114,6 +117,7 @@ pub fn start<S: Transport + 'static>(
             id,
             user,
             _slot: slot,
+            route_asked: false,
         });
         let task = serve(s, outbox.clone()).instrument(span);
         ctx.spawn(actix::fut::wrap_future::<_, C2s>(task).map(|(), _, ctx| ctx.stop()));
@@ -300,6 +304,19 @@ impl<S: Transport> Session<S> {
                         .await;
                 }
             }
+        }
+        // Someone else may answer this at once, maybe from another node:
+        // the session's route must be there first (it is written with the
+        // initial presence otherwise).
+        if !self.route_asked
+            && !matches!(stanza, Stanza::Presence(_))
+            && stanza
+                .el_mut()
+                .get_attr("to")
+                .is_some_and(|to| !self.server.config.domains.iter().any(|d| d == to))
+        {
+            self.route_asked = true;
+            let _ = self.user.send(ToUser::Publish { session: self.id }).await;
         }
         match stanza {
             Stanza::Iq(iq) => self.handle_iq(iq).await,

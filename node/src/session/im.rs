@@ -28,8 +28,12 @@ pub struct PresenceState {
     /// (RFC 6121 §4.6): they get our unavailable presence too.
     pub directed: HashSet<String>,
     /// The session is ending: the last-activity record is left here to be
-    /// written with the removal of its route, in one write.
+    /// recorded when its route is removed.
     pub ending: bool,
+    /// The session's route is in the registry (written at the first of its
+    /// initial presence, roster request, first other stanza, or a second
+    /// after bind: `routing::publish`).
+    pub published: bool,
     pub last_activity: Option<LastActivity>,
     /// Initial presence with a non-negative priority was just sent: the
     /// stored offline messages are owed to this session. Whoever applied
@@ -406,7 +410,7 @@ async fn broadcast(
         r.presence = stored;
     });
     // The presence registry: other nodes route and answer probes from it.
-    routing::publish(server, origin.bare, origin.session_id).await?;
+    routing::publish(server, origin.bare, origin.session_id, &mut state.published).await?;
     // Who gets it is read from the registry: right after this node joined
     // it (or it was re-founded), wait until every node published there.
     if server.storage.store.has_peers()

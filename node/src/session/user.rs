@@ -21,7 +21,9 @@ use super::im::{self, Origin, PresenceState};
 use crate::router::ToUser;
 use crate::server::Server;
 use crate::stanza::StanzaError;
-use actix::{Actor, ActorContext, ActorFutureExt, AtomicResponse, Context, Handler, WrapFuture};
+use actix::{
+    Actor, ActorContext, ActorFutureExt, AsyncContext, AtomicResponse, Context, Handler, WrapFuture,
+};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -60,6 +62,10 @@ pub fn start(server: Arc<Server>, bare: &str) -> (u64, actix::Recipient<ToUser>)
 
 type Reply = AtomicResponse<User, Result<(), StanzaError>>;
 
+/// A session that sends neither presence nor anything else is written to
+/// the registry this long after bind.
+const PUBLISH_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 fn done(r: Result<(), StanzaError>) -> Reply {
     AtomicResponse::new(Box::pin(actix::fut::ready(r)))
 }
@@ -78,12 +84,24 @@ impl Handler<ToUser> for User {
                     full: full.clone(),
                     presence: PresenceState::default(),
                 });
-                // The route goes into the replicated table before the
-                // session handles anything, so its presence updates follow.
-                self.store(async move {
-                    let resource = im::split(&full).1.unwrap_or_default();
-                    crate::routing::bind(&server, &bare, resource, session).await
-                })
+                // The route is written with the session's initial presence
+                // (one write), or before the first other stanza it sends,
+                // or after PUBLISH_AFTER if it sends neither: a session is
+                // reachable from other nodes by then, whatever it does.
+                ctx.run_later(PUBLISH_AFTER, move |_, ctx| {
+                    ctx.notify(ToUser::Publish { session });
+                });
+                let resource = im::split(&full).1.unwrap_or_default();
+                done(crate::routing::bind(&server, &bare, resource).map_err(StanzaError::from))
+            }
+            ToUser::Publish { session } => {
+                let Some(s) = self.sessions.iter_mut().find(|s| s.session == session) else {
+                    return done(Ok(()));
+                };
+                if s.presence.published {
+                    return done(Ok(()));
+                }
+                self.publish(session)
             }
             ToUser::Presence { session, el } => {
                 let Some(s) = self.sessions.iter_mut().find(|s| s.session == session) else {
@@ -117,7 +135,7 @@ impl Handler<ToUser> for User {
                 self.server
                     .router
                     .update(&bare, session, |r| r.interested = true);
-                self.store(async move { crate::routing::publish(&server, &bare, session).await })
+                self.publish(session)
             }
             ToUser::Detach { session, owned } => {
                 let Some(i) = self.sessions.iter().position(|s| s.session == session) else {
@@ -159,14 +177,26 @@ impl Handler<ToUser> for User {
 }
 
 impl User {
-    /// Runs a store write as this actor's next operation; its failure is
-    /// the sender's stanza error.
-    fn store(
-        &self,
-        write: impl std::future::Future<Output = Result<(), starling_cluster::StoreError>> + 'static,
-    ) -> Reply {
+    /// Writes `session`'s route (or its update) as this actor's next
+    /// operation.
+    fn publish(&mut self, session: u64) -> Reply {
+        let Some(s) = self.sessions.iter().find(|s| s.session == session) else {
+            return done(Ok(()));
+        };
+        let mut published = s.presence.published;
+        let (server, bare) = (self.server.clone(), self.bare.clone());
         AtomicResponse::new(Box::pin(
-            async move { write.await.map_err(StanzaError::from) }.into_actor(self),
+            async move {
+                let r = crate::routing::publish(&server, &bare, session, &mut published).await;
+                (published, r)
+            }
+            .into_actor(self)
+            .map(move |(published, r), act, _| {
+                if let Some(s) = act.sessions.iter_mut().find(|s| s.session == session) {
+                    s.presence.published = published;
+                }
+                r.map_err(StanzaError::from)
+            }),
         ))
     }
 
