@@ -307,9 +307,11 @@ impl<S: Transport> Session<S> {
         }
         // Someone else may answer this at once, maybe from another node:
         // the session's route must be there first (it is written with the
-        // initial presence otherwise).
+        // initial presence otherwise). A node without a registry group
+        // writes none (and publishes every session when it joins one).
         if !self.route_asked
             && !matches!(stanza, Stanza::Presence(_))
+            && self.server.storage.store.registry_active()
             && stanza
                 .el_mut()
                 .get_attr("to")

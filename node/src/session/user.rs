@@ -88,9 +88,13 @@ impl Handler<ToUser> for User {
                 // (one write), or before the first other stanza it sends,
                 // or after PUBLISH_AFTER if it sends neither: a session is
                 // reachable from other nodes by then, whatever it does.
-                ctx.run_later(PUBLISH_AFTER, move |_, ctx| {
-                    ctx.notify(ToUser::Publish { session });
-                });
+                // Without a registry group (no peers) nothing is written,
+                // and joining one writes every session (`republish`).
+                if server.storage.store.registry_active() {
+                    ctx.run_later(PUBLISH_AFTER, move |_, ctx| {
+                        ctx.notify(ToUser::Publish { session });
+                    });
+                }
                 let resource = im::split(&full).1.unwrap_or_default();
                 done(crate::routing::bind(&server, &bare, resource).map_err(StanzaError::from))
             }
