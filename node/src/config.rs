@@ -22,6 +22,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub registration: RegistrationConfig,
     pub offline: OfflineConfig,
+    pub sm: SmConfig,
     pub metrics: MetricsConfig,
     pub cluster: ClusterConfig,
 }
@@ -36,6 +37,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             registration: RegistrationConfig::default(),
             offline: OfflineConfig::default(),
+            sm: SmConfig::default(),
             metrics: MetricsConfig::default(),
             cluster: ClusterConfig::default(),
         }
@@ -183,6 +185,36 @@ impl Default for OfflineConfig {
     }
 }
 
+/// XEP-0198 stream management.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SmConfig {
+    /// Offer stream management (`urn:xmpp:sm:3`).
+    pub enabled: bool,
+    /// Seconds a resumable session whose connection was lost waits for its
+    /// client to resume it; a client's `max` may ask for less, not more.
+    pub resume_timeout_secs: u32,
+    /// Ask the client for an ack (`<r/>`) after this many stanzas...
+    pub request_every: u32,
+    /// ...or this many bytes written since the last request...
+    pub request_bytes: usize,
+    /// ...or this many milliseconds after a stanza was written that no
+    /// request covers yet (so the last of a burst is acked too).
+    pub request_after_ms: u64,
+}
+
+impl Default for SmConfig {
+    fn default() -> Self {
+        SmConfig {
+            enabled: true,
+            resume_timeout_secs: 300,
+            request_every: 5,
+            request_bytes: 64 * 1024,
+            request_after_ms: 1000,
+        }
+    }
+}
+
 /// Prometheus exporter.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -280,6 +312,7 @@ impl Config {
             "auth",
             "registration",
             "offline",
+            "sm",
             "metrics",
             "cluster",
         ];

@@ -27,6 +27,8 @@ pub struct Server {
     pub unauthenticated: AtomicUsize,
     /// New connections per second, for the node and per address.
     pub shaper: crate::net::shaping::Shaper,
+    /// This node's resumable sessions (XEP-0198), by SM-ID.
+    pub resumable: crate::session::sm::Resumable,
 }
 
 impl Server {
@@ -57,6 +59,7 @@ impl Server {
             started: Instant::now(),
             scram_secret,
             unauthenticated: AtomicUsize::new(0),
+            resumable: Default::default(),
         }
     }
 

@@ -266,6 +266,15 @@ pub fn stream_error_with_content(condition: StreamCondition, content: &str) -> S
     )
 }
 
+/// A stream error with an application-specific condition element after
+/// the defined one (RFC 6120 §4.9.4), given serialised.
+pub fn stream_error_with_app(condition: StreamCondition, app: &str) -> String {
+    let condition = condition.name();
+    format!(
+        "<stream:error><{condition} xmlns='{NS_STREAM_ERRORS}'/>{app}</stream:error></stream:stream>"
+    )
+}
+
 /// A JID parsed and normalised (RFC 7622 via the `jid` crate).
 pub fn parse_jid(s: &str) -> Result<jid::Jid, StanzaError> {
     jid::Jid::new(s).map_err(|_| StanzaError::new(Condition::JidMalformed))

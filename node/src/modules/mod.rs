@@ -20,6 +20,7 @@ pub mod register;
 pub mod registry;
 pub mod roster;
 pub mod session;
+pub mod sm;
 pub mod time;
 pub mod vcard;
 pub mod version;
@@ -225,6 +226,7 @@ impl Module {
 /// Stream features are advertised in this order.
 pub static MODULES: &[&Module] = &[
     &session::MODULE,
+    &sm::MODULE,
     &presence::MODULE,
     &roster::MODULE,
     &disco::MODULE,

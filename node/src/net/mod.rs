@@ -126,13 +126,29 @@ pub async fn accept_loop(
             let Ok(tcp) = tokio::net::TcpStream::from_std(std) else {
                 return;
             };
-            let negotiated =
-                crate::stream::negotiate::serve_connection(server.clone(), tcp, peer, direct_tls);
-            // Negotiation ends by handing over a bound stream; the session
-            // actor takes it from there on this same arbiter.
-            if let Some(bound) = negotiated.await {
-                crate::session::c2s::start(server, bound, slot);
-            }
+            // On the arbiter's own thread from here: negotiation may hold
+            // the context of a session actor it is about to start
+            // (XEP-0198 resumption), which never leaves its thread.
+            actix_rt::spawn(async move {
+                use crate::stream::negotiate::Negotiated;
+                let negotiated = crate::stream::negotiate::serve_connection(
+                    server.clone(),
+                    tcp,
+                    peer,
+                    direct_tls,
+                );
+                // Negotiation ends by handing over a bound stream; the
+                // session actor takes it from there on this same arbiter.
+                match negotiated.await {
+                    Some(Negotiated::Bound(bound)) => {
+                        crate::session::c2s::start(server, bound, slot)
+                    }
+                    Some(Negotiated::Resumed(stream, r)) => {
+                        crate::session::c2s::start_resumed(server, stream, r, slot)
+                    }
+                    None => {}
+                }
+            });
         });
     }
 }

@@ -122,8 +122,14 @@ impl std::fmt::Debug for SessionHandle {
 impl SessionHandle {
     pub fn new(to: actix::Recipient<ToSession>, gate: Arc<Gate>) -> Self {
         static NEXT: AtomicU64 = AtomicU64::new(1);
+        Self::with_id(NEXT.fetch_add(1, Ordering::Relaxed), to, gate)
+    }
+
+    /// The handle of a session that continues session `id` of this node
+    /// (XEP-0198 resumption): its user actor and route know it by that id.
+    pub fn with_id(id: u64, to: actix::Recipient<ToSession>, gate: Arc<Gate>) -> Self {
         SessionHandle {
-            id: NEXT.fetch_add(1, Ordering::Relaxed),
+            id,
             to: Arc::new(to),
             gate,
         }
@@ -430,6 +436,22 @@ impl Router {
             metrics::gauge!("starling_c2s_sessions").decrement(1.0);
         }
         removed
+    }
+
+    /// Points session `handle.id` of `bare` at a new handle (the session is
+    /// resumed on another connection, XEP-0198): what is sent to it from
+    /// now on goes there. False when no such session is bound.
+    pub fn replace_handle(&self, bare: &str, handle: SessionHandle) -> bool {
+        if let Some(mut entry) = self.users.get_mut(bare)
+            && let Some(r) = entry
+                .resources
+                .iter_mut()
+                .find(|r| r.handle.id == handle.id)
+        {
+            r.handle = handle;
+            return true;
+        }
+        false
     }
 
     /// Forgets `bare`'s entry if it has no session left and `actor_id`

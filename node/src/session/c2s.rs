@@ -6,7 +6,8 @@
 //! routing or the modules, and writes what the actor's outbox receives.
 
 use super::im::{self, Origin};
-use super::outbox::{Outbox, Outgoing};
+use super::outbox::{Control, Outbox, Outgoing};
+use super::sm::{self, NS_SM, Sm, TakenOver, Takeover};
 use crate::modules::{self, Event, Flow, HookCtx, IqCtx, IqTarget};
 use crate::net::transport::Transport;
 use crate::router::{Destination, Gate, SessionHandle, ToSession, ToUser, UserHandle};
@@ -16,19 +17,25 @@ use crate::stanza::{
     Condition, Iq, IqType, Message, Presence, Stanza, StanzaError, error_reply, iq_result,
 };
 use crate::stream::negotiate::Bound;
-use crate::stream::xmlstream::XmlStream;
-use crate::stream::xmlstream::read_failed;
+use crate::stream::xmlstream::{ReadError, XmlStream, read_failed};
 use crate::xml::{Element, StreamEvent};
 use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler};
+use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::time::Instant;
 use tracing::Instrument;
 
 /// Why the session loop ended.
 enum End {
-    /// Already closed (stream error sent, or the peer went away).
+    /// Already closed (a stream error was sent).
     Done,
+    /// The connection broke (closed by the peer, reset, or a write that
+    /// failed): a resumable session waits for its client (XEP-0198).
+    Lost,
+    /// Another connection resumes this session.
+    TakenOver(Takeover),
     /// Close with this stream error.
     Error(StreamCondition),
     /// The client sent `</stream:stream>`: answer in kind.
@@ -40,6 +47,7 @@ enum End {
 pub struct C2s {
     outbox: Arc<Outbox>,
     server: Arc<Server>,
+    bare: Arc<str>,
 }
 
 impl Actor for C2s {
@@ -65,6 +73,22 @@ impl Handler<ToSession> for C2s {
     }
 }
 
+impl Handler<Takeover> for C2s {
+    type Result = ();
+
+    /// Another connection resumes this session: from now on the router
+    /// sends to it, and the stream task hands it the session's state.
+    /// A session that has ended for good drops the request (its reply
+    /// then says so).
+    fn handle(&mut self, t: Takeover, _: &mut Context<Self>) {
+        let to = t.to.clone();
+        if self.outbox.is_ended() || !self.server.router.replace_handle(&self.bare, to) {
+            return;
+        }
+        let _ = self.outbox.takeover(t);
+    }
+}
+
 struct Session<S> {
     server: Arc<Server>,
     xs: XmlStream<S>,
@@ -78,6 +102,21 @@ struct Session<S> {
     /// The user actor was asked to write this session's route
     /// (`ToUser::Publish`) before a stanza to someone else.
     route_asked: bool,
+    /// XEP-0198 state, once the client enabled stream management.
+    sm: Option<Sm>,
+    /// This connection's entry in the resumable table (`Resumable::remove`
+    /// must not remove the one of the connection that resumed it).
+    generation: u64,
+    /// A stanza was written that no `<r/>` covers yet: ask by then.
+    request_at: Option<Instant>,
+    /// The session actor's address, for the resumable table.
+    addr: actix::Addr<C2s>,
+}
+
+/// Tells one connection's entry in the resumable table from another's.
+fn next_generation() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 /// Starts the session actor of a bound connection on the current arbiter.
@@ -109,6 +148,7 @@ pub fn start<S: Transport + 'static>(
             old.close(StreamCondition::Conflict);
         }
         let span = tracing::info_span!("c2s", jid = %bound.full);
+        let actor_bare: Arc<str> = bare.as_str().into();
         let s = Box::new(Session {
             server: server.clone(),
             xs: bound.stream,
@@ -118,11 +158,167 @@ pub fn start<S: Transport + 'static>(
             user,
             _slot: slot,
             route_asked: false,
+            sm: None,
+            generation: next_generation(),
+            request_at: None,
+            addr: ctx.address(),
         });
         let task = serve(s, outbox.clone()).instrument(span);
         ctx.spawn(actix::fut::wrap_future::<_, C2s>(task).map(|(), _, ctx| ctx.stop()));
-        C2s { outbox, server }
+        C2s {
+            outbox,
+            server,
+            bare: actor_bare,
+        }
     });
+}
+
+/// A session taken over from its old connection, ready to run on the new
+/// one (`start_resumed`): the actor's context and address exist already,
+/// so the router could point at it before the old connection let go.
+pub struct Resumption {
+    ctx: Context<C2s>,
+    outbox: Arc<Outbox>,
+    handle: crate::router::SessionHandle,
+    user: UserHandle,
+    bare: String,
+    full: String,
+    sm: Sm,
+    resend: VecDeque<Arc<str>>,
+}
+
+/// Takes over the session `previd` of `bare` for a client that handled
+/// `h` of its stanzas (XEP-0198 §5); on failure, the `<failed/>` to send
+/// (the client may bind a new session instead).
+pub async fn take_over(
+    server: &Arc<Server>,
+    bare: &str,
+    previd: &str,
+    h: u32,
+) -> Result<Resumption, String> {
+    let not_found = || sm::failed_xml("item-not-found", None, "");
+    // Someone else's session is not found either: ids are not secrets
+    // worth confirming.
+    let entry = match server.resumable.get(previd) {
+        Some(e) if &*e.bare == bare => e,
+        _ => return Err(not_found()),
+    };
+    if !entry.counts.valid(h) {
+        let (sent, _) = entry.counts.get();
+        let too_high = sm::too_high_xml(&sm::TooHigh { h, sent });
+        // The client lost track of the stream: the old session ends (what
+        // it owes goes where XEP-0198 §4 says).
+        entry
+            .close
+            .do_send(ToSession::Close(StreamCondition::UndefinedCondition));
+        return Err(sm::failed_xml("undefined-condition", None, &too_high));
+    }
+    let Some(user) = server.router.user(bare) else {
+        return Err(not_found());
+    };
+    let ctx = Context::<C2s>::new();
+    let gate = Arc::new(Gate::new(
+        server.config.c2s.mailbox_size,
+        server.config.c2s.mailbox_bytes,
+    ));
+    let outbox = Arc::new(Outbox::new(gate.clone()));
+    let handle =
+        crate::router::SessionHandle::with_id(entry.session, ctx.address().recipient(), gate);
+    let (reply, taken) = tokio::sync::oneshot::channel();
+    let ask = Takeover {
+        to: handle.clone(),
+        reply,
+    };
+    if entry.takeover.try_send(ask).is_err() {
+        return Err(not_found());
+    }
+    let Ok(Some(TakenOver { sm: state, full })) = taken.await else {
+        return Err(not_found());
+    };
+    // Checked above against counters that only grow; should the client's
+    // `h` still not fit, everything unacknowledged is sent again.
+    let acked = state.acked;
+    let (sm, resend) = match Sm::resumed(state, h) {
+        Ok(r) => r,
+        Err(_) => unreachable_resume(acked),
+    };
+    metrics::counter!("starling_sm_resumed_total", "from" => "local").increment(1);
+    Ok(Resumption {
+        ctx,
+        outbox,
+        handle,
+        user,
+        bare: bare.to_owned(),
+        full,
+        sm,
+        resend,
+    })
+}
+
+/// `Sm::resumed` refused an `h` that `Counts::valid` accepted: cannot
+/// happen, since both counters only grow while the session waits.
+fn unreachable_resume(acked: u32) -> ! {
+    panic!("resumption state changed under the takeover (acked {acked})")
+}
+
+/// Runs a taken-over session on its new connection: `<resumed/>`, then
+/// what the client had not acknowledged, then as any session.
+pub fn start_resumed<S: Transport + 'static>(
+    server: Arc<Server>,
+    stream: XmlStream<S>,
+    r: Box<Resumption>,
+    slot: crate::net::ConnSlot,
+) {
+    let Resumption {
+        ctx,
+        outbox,
+        handle,
+        user,
+        bare,
+        full,
+        sm,
+        resend,
+    } = *r;
+    let span = tracing::info_span!("c2s", jid = %full);
+    let actor_bare: Arc<str> = bare.as_str().into();
+    let s = Box::new(Session {
+        server: server.clone(),
+        xs: stream,
+        bare,
+        full,
+        id: handle.id,
+        user,
+        _slot: slot,
+        route_asked: true,
+        sm: Some(sm),
+        generation: next_generation(),
+        request_at: None,
+        addr: ctx.address(),
+    });
+    let task = serve_resumed(s, outbox.clone(), resend).instrument(span);
+    let mut ctx = ctx;
+    ctx.spawn(actix::fut::wrap_future::<_, C2s>(task).map(|(), _, ctx| ctx.stop()));
+    ctx.run(C2s {
+        outbox,
+        server,
+        bare: actor_bare,
+    });
+}
+
+/// The stream task of a resumed session.
+async fn serve_resumed<S: Transport>(
+    mut s: Box<Session<S>>,
+    outbox: Arc<Outbox>,
+    resend: VecDeque<Arc<str>>,
+) {
+    tracing::info!(resent = resend.len(), "session resumed");
+    s.register_resumable();
+    let end = match Box::pin(s.resumed(resend)).await {
+        Ok(()) => s.run(&outbox).await,
+        Err(end) => end,
+    };
+    Box::pin(finish(&mut s, &outbox, end)).await;
+    tracing::info!("session ended");
 }
 
 /// The stream task: serves the bound stream to its end.
@@ -143,15 +339,43 @@ async fn serve<S: Transport>(mut s: Box<Session<S>>, outbox: Arc<Outbox>) {
     tracing::info!("session ended");
 }
 
-/// Leaves the router, has the user actor tell contacts and remove the
-/// route, re-routes what was still queued and closes the stream (boxed by
-/// the caller: it runs once).
+/// Ends the session: after the connection broke, a resumable session
+/// first waits for its client to resume it (on another connection, which
+/// takes it over). Otherwise it leaves the router, has the user actor tell
+/// contacts and remove the route, hands on what was owed to the client
+/// (XEP-0198 §4) and closes the stream (boxed by the caller: it runs once).
 async fn finish<S: Transport>(s: &mut Session<S>, outbox: &Outbox, end: End) {
+    let end = match end {
+        End::TakenOver(t) => return s.hand_over(outbox, t, true).await,
+        End::Lost | End::Error(StreamCondition::ConnectionTimeout) if s.resumable() => {
+            if let End::Error(condition) = end {
+                s.xs.fail(condition, None).await;
+            }
+            match s.wait_detached(outbox).await {
+                Some(t) => return s.hand_over(outbox, t, false).await,
+                None => End::Done,
+            }
+        }
+        end => end,
+    };
+    // Resumed just as it ended: the new connection has it.
+    if let Some(t) = outbox.take_takeover() {
+        return s.hand_over(outbox, t, true).await;
+    }
     let server: &Server = &s.server;
     // Leave the router first, so nothing more is queued here, then hand on
     // what was queued but never written: it is owed to the user.
     let owned = server.router.unbind(&s.bare, s.id);
     let leftovers = outbox.end();
+    let unacked = match s.sm.take() {
+        Some(sm) => {
+            if let Some(id) = &sm.id {
+                server.resumable.remove(id, s.generation);
+            }
+            sm.into_unacked()
+        }
+        None => VecDeque::new(),
+    };
     let detach = ToUser::Detach {
         session: s.id,
         owned,
@@ -159,8 +383,13 @@ async fn finish<S: Transport>(s: &mut Session<S>, outbox: &Outbox, end: End) {
     if s.user.send(detach).await.is_err() {
         tracing::warn!("the user actor was gone before the session ended");
     }
-    for xml in leftovers {
-        im::reroute(server, &xml).await;
+    if !unacked.is_empty() {
+        metrics::counter!("starling_sm_unacked_rerouted_total").increment(unacked.len() as u64);
+    }
+    for xml in unacked.iter().chain(leftovers.iter()) {
+        if owed(xml) {
+            im::reroute(server, xml).await;
+        }
     }
     match end {
         End::Error(StreamCondition::SeeOtherHost) => match &server.config.cluster.see_other_host {
@@ -169,8 +398,20 @@ async fn finish<S: Transport>(s: &mut Session<S>, outbox: &Outbox, end: End) {
         },
         End::Error(condition) => s.xs.fail(condition, None).await,
         End::ClientClosed => s.xs.close().await,
-        End::Done => {}
+        End::Done | End::Lost | End::TakenOver(_) => {}
     }
+}
+
+/// Whether a stanza the client never got is owed to the user elsewhere:
+/// not the server's own copies for this session (carbons, archive query
+/// results), which mean nothing to another resource or offline storage.
+fn owed(xml: &str) -> bool {
+    const COPIES: [&str; 3] = [
+        "<received xmlns='urn:xmpp:carbons:2'",
+        "<sent xmlns='urn:xmpp:carbons:2'",
+        "<result xmlns='urn:xmpp:mam:",
+    ];
+    !COPIES.iter().any(|c| xml.contains(c))
 }
 
 impl<S: Transport> Session<S> {
@@ -195,24 +436,21 @@ impl<S: Transport> Session<S> {
                         return End::Error(StreamCondition::BadFormat);
                     }
                     Ok(None) => break,
-                    Err(e) => {
-                        Box::pin(read_failed(&mut self.xs, e)).await;
-                        return End::Done;
-                    }
+                    Err(e) => return Box::pin(self.read_end(e)).await,
                 }
             }
-            // One timer per session: the nearer of the idle deadline and
-            // the next whitespace keepalive.
+            // One timer per session: the nearest of the idle deadline, the
+            // next whitespace keepalive and a due ack request.
             let idle_at = last_read + idle;
-            let wake_at = idle_at.min(last_write + keepalive);
+            let mut wake_at = idle_at.min(last_write + keepalive);
+            if let Some(at) = self.request_at {
+                wake_at = wake_at.min(at);
+            }
             tokio::select! {
                 r = self.xs.fill(None) => {
                     match r {
                         Ok(()) => last_read = Instant::now(),
-                        Err(e) => {
-                            Box::pin(read_failed(&mut self.xs, e)).await;
-                            return End::Done;
-                        }
+                        Err(e) => return Box::pin(self.read_end(e)).await,
                     }
                 }
                 msg = outbox.recv() => {
@@ -222,39 +460,96 @@ impl<S: Transport> Session<S> {
                     last_write = Instant::now();
                 }
                 _ = tokio::time::sleep_until(wake_at) => {
-                    if Instant::now() >= idle_at {
+                    let now = Instant::now();
+                    if now >= idle_at {
                         return End::Error(StreamCondition::ConnectionTimeout);
                     }
-                    if Box::pin(self.xs.send_raw(" ")).await.is_err() {
-                        return End::Done;
+                    let data = if self.request_at.is_some_and(|at| now >= at) {
+                        self.request_at = None;
+                        if let Some(sm) = &mut self.sm {
+                            sm.requested();
+                        }
+                        sm::REQUEST_XML
+                    } else {
+                        " "
+                    };
+                    if Box::pin(self.xs.send_raw(data)).await.is_err() {
+                        return End::Lost;
                     }
-                    last_write = Instant::now();
+                    last_write = now;
                 }
             }
         }
     }
 
-    /// Writes a batch of queued stanzas in one write.
+    /// A read that failed: a broken connection is lost (a resumable
+    /// session waits for its client), bad input ends the stream with the
+    /// error RFC 6120 names.
+    async fn read_end(&mut self, e: ReadError) -> End {
+        if matches!(e, ReadError::Closed) {
+            return End::Lost;
+        }
+        read_failed(&mut self.xs, e).await;
+        End::Done
+    }
+
+    /// Writes a batch of queued stanzas in one write (with an ack request
+    /// after them when one is due).
     async fn write_msg(&mut self, msg: Outgoing) -> Result<(), End> {
         match msg {
             Outgoing::Stanzas(batch) => {
-                let r = if batch.len() == 1 {
+                let request = self.count_sent(batch.iter());
+                let r = if batch.len() == 1 && !request {
                     self.xs.send_raw(&batch[0]).await
                 } else {
-                    let mut out = String::with_capacity(batch.iter().map(|x| x.len()).sum());
+                    let mut out = String::with_capacity(
+                        batch.iter().map(|x| x.len()).sum::<usize>() + sm::REQUEST_XML.len(),
+                    );
                     for xml in &batch {
                         out.push_str(xml);
                     }
+                    if request {
+                        out.push_str(sm::REQUEST_XML);
+                    }
                     self.xs.send_raw(&out).await
                 };
-                r.map_err(|_| End::Done)
+                r.map_err(|_| End::Lost)
             }
             Outgoing::Close(condition) => Err(End::Error(condition)),
+            Outgoing::Takeover(t) => Err(End::TakenOver(t)),
         }
     }
 
+    /// Counts stanzas about to be written (XEP-0198) and keeps them until
+    /// acknowledged; returns whether to ask for an ack after them. Counted
+    /// before the write: if it fails, they are sent again on resumption.
+    fn count_sent<'x>(&mut self, stanzas: impl Iterator<Item = &'x Arc<str>>) -> bool {
+        let Some(sm) = &mut self.sm else {
+            return false;
+        };
+        for xml in stanzas {
+            sm.sent(xml.clone());
+        }
+        let cfg = &self.server.config.sm;
+        if sm.request_due(cfg.request_every, cfg.request_bytes) {
+            self.request_at = None;
+            return true;
+        }
+        if self.request_at.is_none() {
+            self.request_at = Some(Instant::now() + Duration::from_millis(cfg.request_after_ms));
+        }
+        false
+    }
+
+    /// Writes one stanza the session itself answers with.
     async fn reply(&mut self, el: &Element) -> Result<(), End> {
-        self.xs.send(el).await.map_err(|_| End::Done)
+        if self.sm.is_none() {
+            return self.xs.send(el).await.map_err(|_| End::Lost);
+        }
+        let xml: Arc<str> = el.to_stream_xml(crate::stanza::NS_CLIENT).into();
+        let mut batch = VecDeque::with_capacity(1);
+        batch.push_back(xml);
+        self.write_msg(Outgoing::Stanzas(batch)).await
     }
 
     async fn reply_error(&mut self, stanza: &Element, err: StanzaError) -> Result<(), End> {
@@ -269,8 +564,20 @@ impl<S: Transport> Session<S> {
         }
     }
 
-    /// Checks and stamps addresses (RFC 6120 §8.1.2), then dispatches.
+    /// Checks and stamps addresses (RFC 6120 §8.1.2), then dispatches;
+    /// stream management's elements are not stanzas and are not counted.
     async fn handle_stanza(&mut self, el: Element) -> Result<(), End> {
+        if el.ns == NS_SM {
+            return self.handle_sm(el).await;
+        }
+        let r = self.handle_counted(el).await;
+        if let Some(sm) = &mut self.sm {
+            sm.handled();
+        }
+        r
+    }
+
+    async fn handle_counted(&mut self, el: Element) -> Result<(), End> {
         let mut stanza =
             Stanza::try_from(el).map_err(|_| End::Error(StreamCondition::UnsupportedStanzaType))?;
         let kind = match &stanza {
@@ -464,6 +771,182 @@ impl<S: Transport> Session<S> {
             }
             Err(_) => Ok(()),
         }
+    }
+}
+
+/// XEP-0198 on the session's side.
+impl<S: Transport> Session<S> {
+    /// `<enable/>`, `<r/>`, `<a/>` (and what may not come on a bound stream).
+    async fn handle_sm(&mut self, el: Element) -> Result<(), End> {
+        match el.name.as_str() {
+            "enable" => {
+                if !self.server.config.sm.enabled {
+                    return self
+                        .send_nonza(&sm::failed_xml("feature-not-implemented", None, ""))
+                        .await;
+                }
+                if self.sm.is_some() {
+                    return self
+                        .send_nonza(&sm::failed_xml("unexpected-request", None, ""))
+                        .await;
+                }
+                let resume = matches!(el.get_attr("resume"), Some("true" | "1"));
+                let ours = self.server.config.sm.resume_timeout_secs;
+                let max = sm::parse_h(el.get_attr("max"))
+                    .filter(|m| *m > 0)
+                    .map_or(ours, |m| m.min(ours));
+                let id = resume.then(|| sm::new_id(self.server.storage.store.node_id()));
+                let enabled = match &id {
+                    Some(id) => {
+                        format!("<enabled xmlns='{NS_SM}' id='{id}' resume='true' max='{max}'/>")
+                    }
+                    None => format!("<enabled xmlns='{NS_SM}'/>"),
+                };
+                self.sm = Some(Sm::new(id, max));
+                metrics::counter!("starling_sm_enabled_total", "resume" => if resume { "true" } else { "false" })
+                    .increment(1);
+                self.send_nonza(&enabled).await?;
+                if resume {
+                    self.register_resumable();
+                }
+                Ok(())
+            }
+            "r" => match &self.sm {
+                Some(sm) => {
+                    let a = sm::ack_xml(sm.h_in);
+                    self.send_nonza(&a).await
+                }
+                None => {
+                    self.send_nonza(&sm::failed_xml("unexpected-request", None, ""))
+                        .await
+                }
+            },
+            "a" => {
+                let Some(sm) = &mut self.sm else {
+                    return self
+                        .send_nonza(&sm::failed_xml("unexpected-request", None, ""))
+                        .await;
+                };
+                let Some(h) = sm::parse_h(el.get_attr("h")) else {
+                    // Not a number within 0..2^32: not valid XEP-0198.
+                    return Err(End::Error(StreamCondition::InvalidXml));
+                };
+                match sm.ack(h) {
+                    Ok(()) => {
+                        if sm.unacked().next().is_none() {
+                            self.request_at = None;
+                        }
+                        Ok(())
+                    }
+                    Err(too_high) => {
+                        // §4: the stream ends; the stanzas stay owed.
+                        let condition = StreamCondition::UndefinedCondition;
+                        let error = crate::stanza::stream_error_with_app(
+                            condition,
+                            &sm::too_high_xml(&too_high),
+                        );
+                        self.xs.fail_with(condition, &error).await;
+                        Err(End::Done)
+                    }
+                }
+            }
+            // Resumption is instead of binding, not on a bound stream.
+            "resume" => {
+                self.send_nonza(&sm::failed_xml("unexpected-request", None, ""))
+                    .await
+            }
+            _ => Err(End::Error(StreamCondition::UnsupportedStanzaType)),
+        }
+    }
+
+    async fn send_nonza(&mut self, xml: &str) -> Result<(), End> {
+        self.xs.send_raw(xml).await.map_err(|_| End::Lost)
+    }
+
+    /// Whether a lost connection leaves this session waiting for its client.
+    fn resumable(&self) -> bool {
+        self.sm
+            .as_ref()
+            .is_some_and(|sm| sm.id.is_some() && sm.max > 0)
+    }
+
+    /// Lists the session in the node's resumable table.
+    fn register_resumable(&mut self) {
+        let addr = &self.addr;
+        let Some(sm) = &self.sm else { return };
+        let Some(id) = &sm.id else { return };
+        self.server.resumable.insert(
+            id.clone(),
+            sm::Entry {
+                bare: self.bare.as_str().into(),
+                session: self.id,
+                generation: self.generation,
+                counts: sm.counts(),
+                takeover: addr.clone().recipient(),
+                close: addr.clone().recipient(),
+            },
+        );
+    }
+
+    /// The connection is gone: waits up to `max` seconds for a resumption
+    /// (stanzas keep queueing in the outbox, within its bounds). `None`
+    /// when the session is to end (timed out, closed, or replaced).
+    async fn wait_detached(&mut self, outbox: &Outbox) -> Option<Takeover> {
+        let max = self.sm.as_ref().map_or(0, |sm| sm.max);
+        tracing::debug!(max, "connection lost; waiting for resumption");
+        metrics::gauge!("starling_sm_detached_sessions").increment(1.0);
+        let r = tokio::select! {
+            c = outbox.control() => match c {
+                Control::Takeover(t) => Some(t),
+                Control::Close => None,
+            },
+            _ = tokio::time::sleep(Duration::from_secs(u64::from(max))) => {
+                metrics::counter!("starling_sm_timed_out_total").increment(1);
+                None
+            }
+        };
+        metrics::gauge!("starling_sm_detached_sessions").decrement(1.0);
+        r
+    }
+
+    /// Gives the session to the connection that resumes it: what was
+    /// queued goes with it, the old connection (if still open) is closed.
+    async fn hand_over(&mut self, outbox: &Outbox, t: Takeover, connected: bool) {
+        let pending = outbox.end();
+        let Some(sm) = self.sm.take() else { return };
+        if let Some(id) = &sm.id {
+            self.server.resumable.remove(id, self.generation);
+        }
+        if let Some(state) = sm.detach(pending) {
+            let _ = t.reply.send(Some(TakenOver {
+                sm: state,
+                full: self.full.clone(),
+            }));
+        }
+        if connected {
+            self.xs
+                .fail(
+                    StreamCondition::Conflict,
+                    Some("resumed on another connection"),
+                )
+                .await;
+        }
+    }
+
+    /// Tells the client its session is back and writes what it had not
+    /// acknowledged (counted again).
+    async fn resumed(&mut self, resend: VecDeque<Arc<str>>) -> Result<(), End> {
+        let Some(sm) = &self.sm else { return Ok(()) };
+        let resumed = format!(
+            "<resumed xmlns='{NS_SM}' previd='{}' h='{}'/>",
+            sm.id.as_deref().unwrap_or_default(),
+            sm.h_in
+        );
+        self.send_nonza(&resumed).await?;
+        if resend.is_empty() {
+            return Ok(());
+        }
+        self.write_msg(Outgoing::Stanzas(resend)).await
     }
 }
 

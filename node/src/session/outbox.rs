@@ -5,6 +5,7 @@
 //! session's admission [`Gate`] (count and bytes, checked by senders before
 //! they send): taking stanzas out to write them gives their room back.
 
+use super::sm::Takeover;
 use crate::router::Gate;
 use crate::stanza::StreamCondition;
 use std::collections::VecDeque;
@@ -12,12 +13,19 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
 /// What the stream task takes out of the outbox.
-#[derive(Debug)]
 pub enum Outgoing {
     /// Serialised stanzas to write to the client as they are, oldest first.
     Stanzas(VecDeque<Arc<str>>),
     /// Close the stream with this stream error condition.
     Close(StreamCondition),
+    /// Another connection resumes this session (XEP-0198).
+    Takeover(Takeover),
+}
+
+/// What a detached session waits for (it writes nothing meanwhile).
+pub enum Control {
+    Close,
+    Takeover(Takeover),
 }
 
 /// Why a stanza was not queued.
@@ -27,17 +35,17 @@ pub enum Refused {
     Ended,
 }
 
-#[derive(Debug)]
 pub struct Outbox {
     state: Mutex<State>,
     notify: Notify,
     gate: Arc<Gate>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct State {
     queue: VecDeque<Arc<str>>,
     close: Option<StreamCondition>,
+    takeover: Option<Takeover>,
     ended: bool,
 }
 
@@ -58,6 +66,9 @@ impl Outbox {
                 if let Some(c) = st.close.take() {
                     return Outgoing::Close(c);
                 }
+                if let Some(t) = st.takeover.take() {
+                    return Outgoing::Takeover(t);
+                }
                 if !st.queue.is_empty() {
                     // Taking the deque leaves one with no allocation.
                     let batch = std::mem::take(&mut st.queue);
@@ -69,6 +80,47 @@ impl Outbox {
             }
             self.notify.notified().await;
         }
+    }
+
+    /// Waits for a close request or a takeover, leaving stanzas queued (a
+    /// detached session: the gate still bounds them).
+    pub async fn control(&self) -> Control {
+        loop {
+            {
+                let mut st = self.state.lock().expect("outbox lock");
+                if st.close.take().is_some() {
+                    return Control::Close;
+                }
+                if let Some(t) = st.takeover.take() {
+                    return Control::Takeover(t);
+                }
+            }
+            self.notify.notified().await;
+        }
+    }
+
+    /// Hands a resumption request to the stream task; gives it back when
+    /// the session has ended (it cannot be resumed any more).
+    pub fn takeover(&self, t: Takeover) -> Result<(), Takeover> {
+        {
+            let mut st = self.state.lock().expect("outbox lock");
+            if st.ended {
+                return Err(t);
+            }
+            st.takeover = Some(t);
+        }
+        self.notify.notify_one();
+        Ok(())
+    }
+
+    /// Whether the session has ended (nothing is queued any more).
+    pub fn is_ended(&self) -> bool {
+        self.state.lock().expect("outbox lock").ended
+    }
+
+    /// A resumption request that arrived but was not taken yet.
+    pub fn take_takeover(&self) -> Option<Takeover> {
+        self.state.lock().expect("outbox lock").takeover.take()
     }
 
     /// Queues `xml` (admitted by the gate when it was sent).

@@ -26,6 +26,13 @@ pub struct Bound<S> {
     pub full: jid::FullJid,
 }
 
+/// How negotiation ended: a new session, or an earlier one resumed
+/// (XEP-0198) instead of binding.
+pub enum Negotiated<S> {
+    Bound(Bound<S>),
+    Resumed(XmlStream<S>, Box<crate::session::c2s::Resumption>),
+}
+
 /// Decrements the unauthenticated-connection count when dropped.
 struct UnauthGuard<'a>(&'a Server, bool);
 
@@ -59,7 +66,7 @@ pub async fn serve_connection(
     tcp: TcpStream,
     peer: SocketAddr,
     direct_tls: bool,
-) -> Option<Bound<TlsConn>> {
+) -> Option<Negotiated<TlsConn>> {
     let _ = tcp.set_nodelay(true);
     metrics::counter!("starling_c2s_connections_total").increment(1);
     let n = server.unauthenticated.fetch_add(1, Ordering::Relaxed);
@@ -110,9 +117,9 @@ pub async fn serve_connection(
     };
     let xs = XmlStream::new(tls, limits(&server), default_domain, write_timeout);
     let ip = peer.ip().to_string();
-    let bound = Box::pin(secure_phases(&server, xs, &ip, deadline)).await?;
+    let negotiated = Box::pin(secure_phases(&server, xs, &ip, deadline)).await?;
     guard.done();
-    Some(bound)
+    Some(negotiated)
 }
 
 /// Reads and checks a stream header, answers with ours; `None` when the
@@ -243,11 +250,11 @@ async fn unexpected_element<S: Transport>(xs: &mut XmlStream<S>, el: &Element) {
 
 /// TLS is up: SASL (and registration), then binding.
 async fn secure_phases<S: Transport>(
-    server: &Server,
+    server: &Arc<Server>,
     mut xs: XmlStream<S>,
     ip: &str,
     deadline: Instant,
-) -> Option<Bound<S>> {
+) -> Option<Negotiated<S>> {
     open_stream(server, &mut xs, deadline, None).await?;
     let domain = xs.domain.clone();
     let mut features =
@@ -316,6 +323,15 @@ async fn secure_phases<S: Transport>(
     xs.send_raw(&features).await.ok()?;
     loop {
         let el = next_element(&mut xs, deadline).await?;
+        if el.ns == crate::session::sm::NS_SM {
+            match resume(server, &bare, &el).await {
+                Ok(r) => return Some(Negotiated::Resumed(xs, Box::new(r))),
+                Err(failed) => {
+                    xs.send_raw(&failed).await.ok()?;
+                    continue;
+                }
+            }
+        }
         if !el.is("iq", NS_CLIENT) {
             unexpected_element(&mut xs, &el).await;
             return None;
@@ -357,10 +373,31 @@ async fn secure_phases<S: Transport>(
                 .child(Element::new("jid", NS_BIND).text(full.to_string())),
         );
         xs.send(&reply).await.ok()?;
-        return Some(Bound {
+        return Some(Negotiated::Bound(Bound {
             stream: xs,
             bare,
             full,
-        });
+        }));
     }
+}
+
+/// A stream management element before binding: only `<resume/>` may come
+/// here (XEP-0198 §5); `<enable/>` and the rest are `<unexpected-request/>`
+/// until a resource is bound (§3). `Err` is the `<failed/>` to send.
+async fn resume(
+    server: &Arc<Server>,
+    bare: &jid::BareJid,
+    el: &Element,
+) -> Result<crate::session::c2s::Resumption, String> {
+    use crate::session::sm;
+    if el.name != "resume" {
+        return Err(sm::failed_xml("unexpected-request", None, ""));
+    }
+    if !server.config.sm.enabled {
+        return Err(sm::failed_xml("feature-not-implemented", None, ""));
+    }
+    let (Some(previd), Some(h)) = (el.get_attr("previd"), sm::parse_h(el.get_attr("h"))) else {
+        return Err(sm::failed_xml("bad-request", None, ""));
+    };
+    crate::session::c2s::take_over(server, bare.as_str(), previd, h).await
 }

@@ -152,7 +152,7 @@ impl<S: Transport> XmlStream<S> {
 
     /// Sends the serialised stream error `error` (of `condition`) and ends
     /// the stream.
-    async fn fail_with(&mut self, condition: StreamCondition, error: &str) {
+    pub async fn fail_with(&mut self, condition: StreamCondition, error: &str) {
         metrics::counter!("starling_c2s_stream_errors_total", "condition" => condition.name())
             .increment(1);
         if !self.header_sent {

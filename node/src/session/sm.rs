@@ -1,0 +1,405 @@
+//! XEP-0198 stream management: the counters and the queue of stanzas the
+//! client has not acknowledged, for one session.
+//!
+//! `h` counts stanzas (never nonzas) modulo 2^32 in both directions: the
+//! session counts what it handled of the client's (`h_in`, reported in
+//! `<a/>` and `<resumed/>`) and what it wrote (`sent`); the client's `<a/>`
+//! says how many of those it handled, and the ones after that stay in
+//! `unacked` until it does. When a resumable session loses its connection
+//! it waits (detached) for `<resume/>` for up to `max` seconds; a new
+//! connection takes its state over ([`Detached`]) and resends what is
+//! still unacknowledged. Whatever is left when the session finally ends is
+//! treated as undelivered (XEP-0198 §4): messages are routed again,
+//! requests get an error.
+//!
+//! Resumption is found through [`Resumable`], this node's table of
+//! resumable sessions by SM-ID.
+
+use crate::router::{SessionHandle, ToSession};
+use dashmap::DashMap;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub const NS_SM: &str = "urn:xmpp:sm:3";
+
+/// The stream management state of one session.
+#[derive(Debug)]
+pub struct Sm {
+    /// The SM-ID, when the client asked for resumption.
+    pub id: Option<Arc<str>>,
+    /// Seconds the session waits for resumption once detached.
+    pub max: u32,
+    /// Stanzas handled of the client's.
+    pub h_in: u32,
+    /// Stanzas written to the client (and sent + acked, shared with the
+    /// resumption table so a resume's `h` is checked without asking the
+    /// session).
+    counts: Arc<Counts>,
+    /// Written and not yet acknowledged, oldest first: `sent - acked` of them.
+    unacked: VecDeque<Arc<str>>,
+    /// Stanzas and bytes written since the last `<r/>` this side sent.
+    since_request: u32,
+    bytes_since_request: usize,
+}
+
+/// `sent` and `acked` in one word, so a reader sees a consistent pair.
+#[derive(Debug, Default)]
+pub struct Counts(AtomicU64);
+
+impl Counts {
+    fn new(sent: u32, acked: u32) -> Arc<Self> {
+        Arc::new(Counts(AtomicU64::new(pack(sent, acked))))
+    }
+
+    /// (sent, acked).
+    pub fn get(&self) -> (u32, u32) {
+        unpack(self.0.load(Ordering::Acquire))
+    }
+
+    fn set(&self, sent: u32, acked: u32) {
+        self.0.store(pack(sent, acked), Ordering::Release);
+    }
+
+    /// Whether a client that handled `h` of our stanzas claims no more
+    /// than were sent.
+    pub fn valid(&self, h: u32) -> bool {
+        let (sent, acked) = self.get();
+        h.wrapping_sub(acked) <= sent.wrapping_sub(acked)
+    }
+}
+
+fn pack(sent: u32, acked: u32) -> u64 {
+    (u64::from(sent) << 32) | u64::from(acked)
+}
+
+fn unpack(v: u64) -> (u32, u32) {
+    ((v >> 32) as u32, v as u32)
+}
+
+/// An `<a/>` acknowledged more stanzas than were sent.
+#[derive(Debug, PartialEq, Eq)]
+pub struct TooHigh {
+    pub h: u32,
+    pub sent: u32,
+}
+
+impl Sm {
+    pub fn new(id: Option<Arc<str>>, max: u32) -> Self {
+        Sm {
+            id,
+            max,
+            h_in: 0,
+            counts: Counts::new(0, 0),
+            unacked: VecDeque::new(),
+            since_request: 0,
+            bytes_since_request: 0,
+        }
+    }
+
+    /// Continues a detached session's state on a new stream whose client
+    /// handled `h` of the stanzas sent: returns it with what is to be
+    /// written again (counted again, after `h`, as the client counts them).
+    pub fn resumed(d: Detached, h: u32) -> Result<(Self, VecDeque<Arc<str>>), TooHigh> {
+        let written = d.sent.wrapping_sub(d.acked);
+        let n = h.wrapping_sub(d.acked);
+        if n > written {
+            return Err(TooHigh { h, sent: d.sent });
+        }
+        let mut resend = d.unacked;
+        resend.drain(..n as usize);
+        let sm = Sm {
+            id: Some(d.id),
+            max: d.max,
+            h_in: d.h_in,
+            counts: Counts::new(h, h),
+            unacked: VecDeque::new(),
+            since_request: 0,
+            bytes_since_request: 0,
+        };
+        Ok((sm, resend))
+    }
+
+    pub fn counts(&self) -> Arc<Counts> {
+        self.counts.clone()
+    }
+
+    /// One more stanza of the client's handled.
+    pub fn handled(&mut self) {
+        self.h_in = self.h_in.wrapping_add(1);
+    }
+
+    /// One more stanza written to the client.
+    pub fn sent(&mut self, xml: Arc<str>) {
+        let (sent, acked) = self.counts.get();
+        self.since_request += 1;
+        self.bytes_since_request += xml.len();
+        self.unacked.push_back(xml);
+        self.counts.set(sent.wrapping_add(1), acked);
+    }
+
+    /// The client handled `h` of the stanzas written to it.
+    pub fn ack(&mut self, h: u32) -> Result<(), TooHigh> {
+        let (sent, acked) = self.counts.get();
+        let n = h.wrapping_sub(acked);
+        if n > sent.wrapping_sub(acked) {
+            return Err(TooHigh { h, sent });
+        }
+        self.unacked.drain(..n as usize);
+        self.counts.set(sent, h);
+        Ok(())
+    }
+
+    /// Whether to ask the client for an ack now: after `every` stanzas or
+    /// `bytes` bytes written since the last request (0 disables either).
+    pub fn request_due(&mut self, every: u32, bytes: usize) -> bool {
+        let due = (every > 0 && self.since_request >= every)
+            || (bytes > 0 && self.bytes_since_request >= bytes);
+        if due {
+            self.since_request = 0;
+            self.bytes_since_request = 0;
+        }
+        due
+    }
+
+    /// An `<r/>` went out for what was written so far.
+    pub fn requested(&mut self) {
+        self.since_request = 0;
+        self.bytes_since_request = 0;
+    }
+
+    /// The stanzas written and not acknowledged, oldest first.
+    pub fn unacked(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.unacked.iter()
+    }
+
+    /// Hands the state over for resumption elsewhere, with `pending` (queued
+    /// for the socket and never written) after the unacknowledged ones.
+    pub fn detach(self, pending: impl IntoIterator<Item = Arc<str>>) -> Option<Detached> {
+        let id = self.id?;
+        let (sent, acked) = self.counts.get();
+        let mut unacked = self.unacked;
+        unacked.extend(pending);
+        Some(Detached {
+            id,
+            max: self.max,
+            h_in: self.h_in,
+            sent,
+            acked,
+            unacked,
+        })
+    }
+
+    /// What was never acknowledged, for the session's end (§4).
+    pub fn into_unacked(self) -> VecDeque<Arc<str>> {
+        self.unacked
+    }
+}
+
+/// A session's stream management state handed from its old connection to
+/// the one that resumes it. `unacked` also holds what was queued and never
+/// written: on resumption all of it is written, and counted, again.
+#[derive(Debug)]
+pub struct Detached {
+    pub id: Arc<str>,
+    pub max: u32,
+    pub h_in: u32,
+    /// Stanzas counted as written when the old connection stopped: the
+    /// first `sent - acked` of `unacked` were written, the rest never.
+    pub sent: u32,
+    pub acked: u32,
+    pub unacked: VecDeque<Arc<str>>,
+}
+
+/// What the resuming side asks a detached (or still connected) session.
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+pub struct Takeover {
+    /// The resuming session's handle: from now on the router sends there.
+    pub to: SessionHandle,
+    /// Answered with the state, or nothing if the session ended meanwhile.
+    pub reply: tokio::sync::oneshot::Sender<Option<TakenOver>>,
+}
+
+/// A session's state as its new connection continues it.
+#[derive(Debug)]
+pub struct TakenOver {
+    pub sm: Detached,
+    pub full: String,
+}
+
+/// This node's resumable sessions, by SM-ID.
+#[derive(Default)]
+pub struct Resumable {
+    sessions: DashMap<Arc<str>, Entry>,
+}
+
+/// One resumable session.
+#[derive(Clone)]
+pub struct Entry {
+    pub bare: Arc<str>,
+    pub session: u64,
+    /// The connection that listed it (see `remove`).
+    pub generation: u64,
+    pub counts: Arc<Counts>,
+    pub takeover: actix::Recipient<Takeover>,
+    /// Asks the session to end (a resumption it cannot grant).
+    pub close: actix::Recipient<ToSession>,
+}
+
+impl Resumable {
+    pub fn insert(&self, id: Arc<str>, entry: Entry) {
+        self.sessions.insert(id, entry);
+    }
+
+    pub fn get(&self, id: &str) -> Option<Entry> {
+        self.sessions.get(id).map(|e| e.clone())
+    }
+
+    /// Removes `id` if it is still the one connection `generation` listed
+    /// (a resumed session keeps its id and session number).
+    pub fn remove(&self, id: &str, generation: u64) {
+        self.sessions
+            .remove_if(id, |_, e| e.generation == generation);
+    }
+}
+
+/// A new SM-ID: unguessable, and naming this node so another node can
+/// find where the session was (`node_of`).
+pub fn new_id(node: u64) -> Arc<str> {
+    format!("{node:x}-{}", crate::stream::new_id()).into()
+}
+
+/// The node an SM-ID was issued by.
+pub fn node_of(id: &str) -> Option<u64> {
+    u64::from_str_radix(id.split_once('-')?.0, 16).ok()
+}
+
+/// `<a h='N'/>`.
+pub fn ack_xml(h: u32) -> String {
+    format!("<a xmlns='{NS_SM}' h='{h}'/>")
+}
+
+pub const REQUEST_XML: &str = "<r xmlns='urn:xmpp:sm:3'/>";
+
+/// `<failed/>` with a stanza error condition (and `h` when known).
+pub fn failed_xml(condition: &str, h: Option<u32>, extra: &str) -> String {
+    let h = h.map(|h| format!(" h='{h}'")).unwrap_or_default();
+    format!(
+        "<failed xmlns='{NS_SM}'{h}><{condition} xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>{extra}</failed>"
+    )
+}
+
+/// The `<handled-count-too-high/>` that explains an `h` beyond what was sent.
+pub fn too_high_xml(t: &TooHigh) -> String {
+    format!(
+        "<handled-count-too-high xmlns='{NS_SM}' h='{}' send-count='{}'/>",
+        t.h, t.sent
+    )
+}
+
+/// Parses an `h` attribute: a number within 0..2^32.
+pub fn parse_h(v: Option<&str>) -> Option<u32> {
+    v?.trim().parse::<u32>().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn xml(s: &str) -> Arc<str> {
+        s.into()
+    }
+
+    #[test]
+    fn acks_drop_what_the_client_handled_and_refuse_more_than_was_sent() {
+        let mut sm = Sm::new(Some("x".into()), 300);
+        for s in ["<a/>", "<b/>", "<c/>"] {
+            sm.sent(xml(s));
+        }
+        assert_eq!(sm.ack(1), Ok(()));
+        assert_eq!(sm.unacked().count(), 2);
+        assert_eq!(sm.ack(1), Ok(()), "a repeated ack is no error");
+        assert_eq!(sm.ack(4), Err(TooHigh { h: 4, sent: 3 }));
+        assert_eq!(sm.ack(3), Ok(()));
+        assert_eq!(sm.unacked().count(), 0);
+        assert!(sm.counts().valid(3));
+        assert!(!sm.counts().valid(4));
+    }
+
+    #[test]
+    fn resumption_resends_what_the_client_did_not_handle_and_counts_it_again() {
+        let d = || Detached {
+            id: "x".into(),
+            max: 300,
+            h_in: 7,
+            sent: 5,
+            acked: 2,
+            // three written and unacknowledged, one never written
+            unacked: ["<c/>", "<d/>", "<e/>", "<f/>"].map(xml).into(),
+        };
+        let (mut sm, resend) = Sm::resumed(d(), 3).unwrap();
+        assert_eq!(
+            resend.iter().map(|x| &**x).collect::<Vec<_>>(),
+            ["<d/>", "<e/>", "<f/>"]
+        );
+        assert_eq!(sm.h_in, 7);
+        assert_eq!(sm.counts().get(), (3, 3));
+        for x in resend {
+            sm.sent(x);
+        }
+        assert_eq!(sm.ack(6), Ok(()));
+        assert_eq!(
+            Sm::resumed(d(), 6).err(),
+            Some(TooHigh { h: 6, sent: 5 }),
+            "the never-written stanza cannot have been handled"
+        );
+        assert!(Sm::resumed(d(), 1).is_err(), "h before the last ack");
+    }
+
+    #[test]
+    fn counters_wrap_at_two_to_the_32() {
+        let d = Detached {
+            id: "x".into(),
+            max: 300,
+            h_in: u32::MAX,
+            sent: u32::MAX - 1,
+            acked: u32::MAX - 1,
+            unacked: VecDeque::new(),
+        };
+        let (mut sm, _) = Sm::resumed(d, u32::MAX - 1).unwrap();
+        sm.handled();
+        assert_eq!(sm.h_in, 0);
+        for s in ["<a/>", "<b/>", "<c/>"] {
+            sm.sent(xml(s));
+        }
+        assert_eq!(sm.counts().get().0, 1, "sent wrapped past 2^32 - 1");
+        assert!(sm.counts().valid(0));
+        assert_eq!(sm.ack(0), Ok(()));
+        assert_eq!(sm.unacked().map(|x| &**x).collect::<Vec<_>>(), ["<c/>"]);
+        assert_eq!(sm.ack(2), Err(TooHigh { h: 2, sent: 1 }));
+    }
+
+    #[test]
+    fn requests_are_due_every_n_stanzas_or_bytes() {
+        let mut sm = Sm::new(None, 0);
+        sm.sent(xml("<a/>"));
+        assert!(!sm.request_due(2, 0));
+        sm.sent(xml("<b/>"));
+        assert!(sm.request_due(2, 0));
+        assert!(!sm.request_due(2, 0), "counted again from the request");
+        sm.sent(xml("<long-stanza/>"));
+        assert!(sm.request_due(0, 10));
+    }
+
+    #[test]
+    fn ids_name_their_node() {
+        let id = new_id(0x2a);
+        assert_eq!(node_of(&id), Some(0x2a));
+        assert_eq!(node_of("nonsense"), None);
+        assert_eq!(parse_h(Some("12")), Some(12));
+        assert_eq!(parse_h(Some("-1")), None);
+        assert_eq!(parse_h(Some("4294967296")), None);
+        assert_eq!(parse_h(Some("x")), None);
+    }
+}
