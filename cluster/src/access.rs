@@ -47,6 +47,30 @@ impl Tree {
         }
     }
 
+    fn range_limited(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        reverse: bool,
+        limit: usize,
+    ) -> Result<kv::Pairs, StoreError> {
+        match self {
+            Tree::Durable(t) => t.range_limited(start, end, reverse, limit),
+            Tree::Registry(t) => t.range_limited(start, end, reverse, limit),
+            Tree::None => Ok(Vec::new()),
+        }
+        .map_err(storage)
+    }
+
+    fn count_range(&self, start: &[u8], end: &[u8]) -> Result<u64, StoreError> {
+        match self {
+            Tree::Durable(t) => t.count_range(start, end),
+            Tree::Registry(t) => t.count_range(start, end),
+            Tree::None => Ok(0),
+        }
+        .map_err(storage)
+    }
+
     fn count_prefix(&self, prefix: &[u8]) -> Result<u64, StoreError> {
         match self {
             Tree::Durable(t) => t.count_prefix(prefix).map_err(storage),
@@ -237,6 +261,28 @@ impl Store {
         prefix: &[u8],
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
         self.space(space)?.scan_prefix(prefix)
+    }
+
+    /// At most `limit` keys and values with `start <= key < end`, from the
+    /// local replica: ascending from `start`, or with `reverse` descending
+    /// from the greatest key below `end`. Reads only what it returns, so
+    /// the newest page of a long per-user range costs one page.
+    #[allow(clippy::type_complexity)] // the same pairs as `scan_prefix`
+    pub fn scan_range(
+        &self,
+        space: &str,
+        start: &[u8],
+        end: &[u8],
+        reverse: bool,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        self.space(space)?.range_limited(start, end, reverse, limit)
+    }
+
+    /// Number of keys with `start <= key < end` in the local replica
+    /// (reads every such key).
+    pub fn count_range(&self, space: &str, start: &[u8], end: &[u8]) -> Result<u64, StoreError> {
+        self.space(space)?.count_range(start, end)
     }
 
     /// Number of keys under `prefix` in the local replica.

@@ -33,6 +33,18 @@ pub trait KvTree: Clone + Send + Sync + 'static {
     fn remove(&self, key: &[u8]) -> KvResult<()>;
     /// Entries with `start <= key < end` (`end = None`: to the end), ascending.
     fn range(&self, start: &[u8], end: Option<&[u8]>) -> KvResult<Pairs>;
+    /// At most `limit` entries with `start <= key < end`, ascending, or
+    /// with `reverse` descending from the greatest: a page of a long range
+    /// reads only that page.
+    fn range_limited(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        reverse: bool,
+        limit: usize,
+    ) -> KvResult<Pairs>;
+    /// Number of keys with `start <= key < end` (reads keys only).
+    fn count_range(&self, start: &[u8], end: &[u8]) -> KvResult<u64>;
     /// Entries whose key starts with `prefix`, ascending.
     fn scan_prefix(&self, prefix: &[u8]) -> KvResult<Pairs>;
     /// Number of keys starting with `prefix`.
@@ -123,6 +135,36 @@ impl KvTree for SledTree {
 
     fn range(&self, start: &[u8], end: Option<&[u8]>) -> KvResult<Pairs> {
         pairs(self.tree.range::<&[u8], _>(bounds(start, end)))
+    }
+
+    fn range_limited(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        reverse: bool,
+        limit: usize,
+    ) -> KvResult<Pairs> {
+        if end <= start {
+            return Ok(Vec::new());
+        }
+        let range = self.tree.range::<&[u8], _>(start..end);
+        if reverse {
+            pairs(range.rev().take(limit))
+        } else {
+            pairs(range.take(limit))
+        }
+    }
+
+    fn count_range(&self, start: &[u8], end: &[u8]) -> KvResult<u64> {
+        if end <= start {
+            return Ok(0);
+        }
+        let mut n = 0;
+        for k in self.tree.range::<&[u8], _>(start..end).keys() {
+            k.map_err(err)?;
+            n += 1;
+        }
+        Ok(n)
     }
 
     fn scan_prefix(&self, prefix: &[u8]) -> KvResult<Pairs> {
@@ -290,6 +332,36 @@ impl KvTree for MemTree {
             .collect())
     }
 
+    fn range_limited(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        reverse: bool,
+        limit: usize,
+    ) -> KvResult<Pairs> {
+        if end <= start {
+            return Ok(Vec::new());
+        }
+        let map = self.read();
+        let range = map.range::<[u8], _>((Bound::Included(start), Bound::Excluded(end)));
+        let pair = |(k, v): (&Vec<u8>, &Vec<u8>)| (k.clone(), v.clone());
+        Ok(if reverse {
+            range.rev().take(limit).map(pair).collect()
+        } else {
+            range.take(limit).map(pair).collect()
+        })
+    }
+
+    fn count_range(&self, start: &[u8], end: &[u8]) -> KvResult<u64> {
+        if end <= start {
+            return Ok(0);
+        }
+        Ok(self
+            .read()
+            .range::<[u8], _>((Bound::Included(start), Bound::Excluded(end)))
+            .count() as u64)
+    }
+
     fn scan_prefix(&self, prefix: &[u8]) -> KvResult<Pairs> {
         Ok(self
             .read()
@@ -435,6 +507,12 @@ mod tests {
                 format!("{}", a.count_prefix(b"k").unwrap()),
                 format!("{:?}", a.range(b"k2", Some(b"x")).unwrap()),
                 format!("{:?}", a.range(b"x", Some(b"k")).unwrap()),
+                format!("{:?}", a.range_limited(b"k", b"l", false, 1).unwrap()),
+                format!("{:?}", a.range_limited(b"k", b"l", true, 2).unwrap()),
+                format!("{:?}", a.range_limited(b"k", b"zz", true, 9).unwrap()),
+                format!("{:?}", a.range_limited(b"x", b"k", false, 9).unwrap()),
+                format!("{}", a.count_range(b"k", b"l").unwrap()),
+                format!("{}", a.count_range(b"l", b"k").unwrap()),
                 format!("{:?}", a.last().unwrap()),
                 format!("{:?}", b.get(b"y").unwrap()),
             ];

@@ -432,3 +432,79 @@ async fn storm() {
     );
     store.shutdown().await.unwrap();
 }
+
+/// `scan_range` reads a bounded page of an ordered range, from either end,
+/// and `count_range` counts it: a user's newest messages out of many cost
+/// one page, and keys of a neighbouring prefix never leak in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limited_range_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(cfg(dir.path())).await.unwrap();
+    let key = |user: &str, n: u64| {
+        let mut k = format!("{user}\0").into_bytes();
+        k.extend_from_slice(&n.to_be_bytes());
+        k
+    };
+    let mut ops = Vec::new();
+    for n in 0..1000u64 {
+        ops.push(Op::Put {
+            space: "archive".into(),
+            key: key("alice", n),
+            value: n.to_string().into_bytes(),
+        });
+    }
+    ops.push(Op::Put {
+        space: "archive".into(),
+        key: key("alicf", 0),
+        value: b"other".to_vec(),
+    });
+    store.write(ops).await.unwrap();
+    let (lo, hi) = (key("alice", 0), key("alice", u64::MAX));
+    let values = |pairs: Vec<(Vec<u8>, Vec<u8>)>| -> Vec<String> {
+        pairs
+            .into_iter()
+            .map(|(_, v)| String::from_utf8(v).unwrap())
+            .collect()
+    };
+    let newest = store.scan_range("archive", &lo, &hi, true, 3).unwrap();
+    assert_eq!(values(newest), ["999", "998", "997"]);
+    let oldest = store.scan_range("archive", &lo, &hi, false, 2).unwrap();
+    assert_eq!(values(oldest), ["0", "1"]);
+    // A window in the middle; the end is exclusive.
+    let mid = store
+        .scan_range("archive", &key("alice", 500), &key("alice", 503), false, 10)
+        .unwrap();
+    assert_eq!(values(mid), ["500", "501", "502"]);
+    let mid_rev = store
+        .scan_range("archive", &key("alice", 500), &key("alice", 503), true, 2)
+        .unwrap();
+    assert_eq!(values(mid_rev), ["502", "501"]);
+    assert_eq!(store.count_range("archive", &lo, &hi).unwrap(), 1000);
+    assert_eq!(
+        store
+            .count_range("archive", &key("alice", 10), &key("alice", 20))
+            .unwrap(),
+        10
+    );
+    // Empty and inverted ranges, and a limit of zero.
+    assert!(
+        store
+            .scan_range("archive", &hi, &lo, false, 5)
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .scan_range("archive", &lo, &hi, false, 0)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.count_range("archive", &hi, &lo).unwrap(), 0);
+    assert!(
+        store
+            .scan_range("nothing", &lo, &hi, true, 5)
+            .unwrap()
+            .is_empty()
+    );
+    store.shutdown().await.unwrap();
+}

@@ -23,6 +23,7 @@ pub struct Config {
     pub registration: RegistrationConfig,
     pub offline: OfflineConfig,
     pub sm: SmConfig,
+    pub mam: MamConfig,
     pub metrics: MetricsConfig,
     pub cluster: ClusterConfig,
 }
@@ -38,6 +39,7 @@ impl Default for Config {
             registration: RegistrationConfig::default(),
             offline: OfflineConfig::default(),
             sm: SmConfig::default(),
+            mam: MamConfig::default(),
             metrics: MetricsConfig::default(),
             cluster: ClusterConfig::default(),
         }
@@ -211,6 +213,92 @@ impl Default for SmConfig {
             request_every: 5,
             request_bytes: 64 * 1024,
             request_after_ms: 1000,
+/// XEP-0313 message archive (with XEP-0441 preferences): what is kept
+/// and for how long.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MamConfig {
+    /// Archives chat and normal messages of local accounts. Off: nothing is
+    /// archived, no stanza-id is added and the features are not advertised.
+    pub enabled: bool,
+    /// What a user who never set preferences gets (XEP-0441 `default`).
+    pub default_policy: ArchivePolicy,
+    /// Most results in one page; a larger RSM `max` is clamped to it, and
+    /// it is the page size when the client gives none.
+    pub max_page: usize,
+    /// Archived messages older than this many days are deleted; 0 keeps
+    /// them forever.
+    pub max_age_days: u64,
+    /// Most archived messages per user (the oldest go first); 0: no limit.
+    pub max_messages: u64,
+    /// Seconds between two retention passes (run by the node that leads
+    /// the durable group).
+    pub cleanup_interval_secs: u64,
+    /// Per-domain retention overrides (`[mam.domains."example.org"]`).
+    pub domains: std::collections::BTreeMap<String, MamRetention>,
+}
+
+impl Default for MamConfig {
+    fn default() -> Self {
+        MamConfig {
+            enabled: true,
+            default_policy: ArchivePolicy::Always,
+            max_page: 250,
+            max_age_days: 0,
+            max_messages: 0,
+            cleanup_interval_secs: 3600,
+            domains: Default::default(),
+        }
+    }
+}
+
+impl MamConfig {
+    /// The retention that applies to accounts of `domain`:
+    /// (max_age_days, max_messages), 0 meaning unlimited.
+    pub fn retention(&self, domain: &str) -> (u64, u64) {
+        let own = self.domains.get(domain);
+        (
+            own.and_then(|r| r.max_age_days)
+                .unwrap_or(self.max_age_days),
+            own.and_then(|r| r.max_messages)
+                .unwrap_or(self.max_messages),
+        )
+    }
+}
+
+/// Archive retention for one domain; an absent key keeps the `[mam]` value.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MamRetention {
+    pub max_age_days: Option<u64>,
+    pub max_messages: Option<u64>,
+}
+
+/// Which messages are archived by default (XEP-0441 §2.1.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ArchivePolicy {
+    Always,
+    Never,
+    /// Only with contacts in the user's roster.
+    Roster,
+}
+
+impl ArchivePolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ArchivePolicy::Always => "always",
+            ArchivePolicy::Never => "never",
+            ArchivePolicy::Roster => "roster",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ArchivePolicy> {
+        match s {
+            "always" => Some(ArchivePolicy::Always),
+            "never" => Some(ArchivePolicy::Never),
+            "roster" => Some(ArchivePolicy::Roster),
+            _ => None,
         }
     }
 }
@@ -313,6 +401,7 @@ impl Config {
             "registration",
             "offline",
             "sm",
+            "mam",
             "metrics",
             "cluster",
         ];
@@ -373,6 +462,15 @@ impl Config {
         }
         if self.c2s.mailbox_bytes < self.c2s.max_stanza_size {
             anyhow::bail!("c2s.mailbox_bytes must hold at least one stanza of c2s.max_stanza_size");
+        }
+        if !(1..=10_000).contains(&self.mam.max_page) {
+            anyhow::bail!("mam.max_page must be between 1 and 10000");
+        }
+        if self.mam.cleanup_interval_secs == 0 {
+            anyhow::bail!("mam.cleanup_interval_secs must be positive");
+        }
+        if let Some(d) = self.mam.domains.keys().find(|d| !self.serves(d)) {
+            anyhow::bail!("mam.domains: {d:?} is not one of the served domains");
         }
         Ok(())
     }

@@ -48,6 +48,20 @@ pub fn describe() {
         "starling_offline_quota_full_total",
         "Messages refused because offline storage was full"
     );
+    describe_counter!(
+        "starling_mam_archived_total",
+        "Message copies written to user archives (XEP-0313)"
+    );
+    metrics::describe_histogram!(
+        "starling_mam_write_seconds",
+        metrics::Unit::Seconds,
+        "Time to write a message's archive copies (one durable write, before delivery)"
+    );
+    describe_counter!("starling_mam_queries_total", "Archive queries answered");
+    describe_counter!(
+        "starling_mam_retention_deleted_total",
+        "Archived messages deleted by retention passes"
+    );
     // Emit the session gauge at zero so dashboards see it from the start.
     metrics::gauge!("starling_c2s_sessions").set(0.0);
     metrics::counter!("starling_auth_failures_total", "mechanism" => "PLAIN").absolute(0);

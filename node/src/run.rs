@@ -180,6 +180,7 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
     }
     rt.spawn(trim_heap_periodically());
     rt.spawn(flush_last_activity_periodically(server.clone()));
+    rt.spawn(crate::modules::mam::run_retention(server.clone()));
     let system = actix_rt::System::new();
     let result = system.block_on(run_listeners(server.clone()));
     // Let the streams see their errors before the store goes.

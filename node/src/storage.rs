@@ -18,10 +18,20 @@ pub const OFFLINE: &str = "user_offline";
 pub const VCARD: &str = "user_vcard";
 pub const PRIVATE: &str = "user_private";
 pub const LAST: &str = "user_last";
+pub const ARCHIVE: &str = "user_archive";
+pub const ARCHIVE_PREFS: &str = "user_archive_prefs";
 
 /// Every per-user space, for account deletion.
 const USER_SPACES: &[&str] = &[
-    ROSTER, ROSTER_VER, PENDING_IN, OFFLINE, VCARD, PRIVATE, LAST,
+    ROSTER,
+    ROSTER_VER,
+    PENDING_IN,
+    OFFLINE,
+    VCARD,
+    PRIVATE,
+    LAST,
+    ARCHIVE,
+    ARCHIVE_PREFS,
 ];
 
 /// How often a per-user read-modify-write is tried against concurrent
@@ -707,5 +717,185 @@ impl LastActivity {
             key: bare.as_bytes().to_vec(),
             value: value.to_string().into_bytes(),
         }
+    }
+}
+
+// ------------------------------------------------------------ message archive
+
+/// One message in one user's archive (XEP-0313). Keyed `bare\0` + the
+/// archive id as 8 bytes big-endian, so a user's archive is one ordered
+/// range and a page of it one bounded read. The message's time is the
+/// id's (`modules::mam` makes ids from the clock), so it is not stored
+/// again; field names are one letter because there is one record per
+/// archived message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchivedMessage {
+    /// Sent by the archive's owner (else received).
+    #[serde(rename = "o")]
+    pub outgoing: bool,
+    /// The other party's bare JID (the recipient of a sent message, the
+    /// sender of a received one), for `with` queries.
+    #[serde(rename = "w")]
+    pub with: String,
+    /// Its resource, when the message named one, for `with` queries on a
+    /// full JID.
+    #[serde(rename = "r", default, skip_serializing_if = "Option::is_none")]
+    pub with_resource: Option<String>,
+    /// The message as delivered (with its stanza-id), serialised with its
+    /// `jabber:client` namespace declared so it can be embedded as it is.
+    #[serde(rename = "x")]
+    pub xml: String,
+}
+
+/// A user's archiving preferences (XEP-0441); absent: the configured
+/// default and empty lists.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchivePrefs {
+    pub default: crate::config::ArchivePolicy,
+    /// JIDs (bare or full, normalised) always archived.
+    pub always: Vec<String>,
+    /// JIDs never archived (this list wins over `always`).
+    pub never: Vec<String>,
+}
+
+fn archive_key(bare: &str, id: u64) -> Vec<u8> {
+    let mut k = user_prefix(bare);
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+/// The key after every archive key of `bare` up to `id`: the range end
+/// (exclusive) of ids `..=id`.
+fn archive_end(bare: &str, id: u64) -> Vec<u8> {
+    match id.checked_add(1) {
+        Some(next) => archive_key(bare, next),
+        None => {
+            let mut k = bare.as_bytes().to_vec();
+            k.push(1);
+            k
+        }
+    }
+}
+
+fn archive_id(key: &[u8]) -> Option<u64> {
+    let tail: [u8; 8] = key.get(key.len().checked_sub(8)?..)?.try_into().ok()?;
+    Some(u64::from_be_bytes(tail))
+}
+
+impl Storage {
+    /// Stores archived messages, each `(owner, id, record)`, in one write
+    /// (a message's copies in its sender's and recipient's archives are
+    /// one Raft entry). Returns once committed and applied.
+    pub async fn archive(
+        &self,
+        entries: &[(&str, u64, &ArchivedMessage)],
+    ) -> Result<(), StoreError> {
+        let ops = entries
+            .iter()
+            .map(|(bare, id, m)| Op::Put {
+                space: ARCHIVE.into(),
+                key: archive_key(bare, *id),
+                value: ser(m),
+            })
+            .collect();
+        self.write(ops).await.map(drop)
+    }
+
+    /// At most `limit` archived messages of `bare` with ids in `lo..=hi`,
+    /// oldest first, or with `reverse` newest first.
+    pub fn archive_range(
+        &self,
+        bare: &str,
+        lo: u64,
+        hi: u64,
+        reverse: bool,
+        limit: usize,
+    ) -> Result<Vec<(u64, ArchivedMessage)>, StoreError> {
+        if lo > hi {
+            return Ok(Vec::new());
+        }
+        let pairs = self.store.scan_range(
+            ARCHIVE,
+            &archive_key(bare, lo),
+            &archive_end(bare, hi),
+            reverse,
+            limit,
+        )?;
+        pairs
+            .into_iter()
+            .map(|(k, v)| {
+                let id = archive_id(&k)
+                    .ok_or_else(|| StoreError::Storage("corrupt archive key".into()))?;
+                Ok((id, de(&v)?))
+            })
+            .collect()
+    }
+
+    /// Number of archived messages of `bare` with ids in `lo..=hi` (reads
+    /// their keys).
+    pub fn archive_count(&self, bare: &str, lo: u64, hi: u64) -> Result<u64, StoreError> {
+        if lo > hi {
+            return Ok(0);
+        }
+        self.store
+            .count_range(ARCHIVE, &archive_key(bare, lo), &archive_end(bare, hi))
+    }
+
+    /// One archived message.
+    pub fn archived(&self, bare: &str, id: u64) -> Result<Option<ArchivedMessage>, StoreError> {
+        self.store
+            .get(ARCHIVE, &archive_key(bare, id))?
+            .map(|v| de(&v))
+            .transpose()
+    }
+
+    /// The first user after `after` (exclusive; `None`: from the start)
+    /// that has an archive: one seek, for retention passes that visit
+    /// users without reading their messages.
+    pub fn next_archive_owner(&self, after: Option<&str>) -> Result<Option<String>, StoreError> {
+        let start = after.map_or_else(Vec::new, |b| {
+            let mut k = b.as_bytes().to_vec();
+            k.push(1);
+            k
+        });
+        // No UTF-8 string starts with 0xff: the end of every key.
+        let first = self.store.scan_range(ARCHIVE, &start, &[0xff], false, 1)?;
+        Ok(first.into_iter().next().and_then(|(k, _)| {
+            let nul = k.iter().position(|&b| b == 0)?;
+            String::from_utf8(k[..nul].to_vec()).ok()
+        }))
+    }
+
+    /// Deletes archived messages of `bare`, in one write.
+    pub async fn delete_archived(&self, bare: &str, ids: &[u64]) -> Result<(), StoreError> {
+        let ops = ids
+            .iter()
+            .map(|id| Op::Delete {
+                space: ARCHIVE.into(),
+                key: archive_key(bare, *id),
+            })
+            .collect();
+        self.write(ops).await.map(drop)
+    }
+
+    pub fn archive_prefs(&self, bare: &str) -> Result<Option<ArchivePrefs>, StoreError> {
+        self.store
+            .get(ARCHIVE_PREFS, bare.as_bytes())?
+            .map(|v| de(&v))
+            .transpose()
+    }
+
+    pub async fn set_archive_prefs(
+        &self,
+        bare: &str,
+        prefs: &ArchivePrefs,
+    ) -> Result<(), StoreError> {
+        self.write(vec![Op::Put {
+            space: ARCHIVE_PREFS.into(),
+            key: bare.as_bytes().to_vec(),
+            value: ser(prefs),
+        }])
+        .await
+        .map(drop)
     }
 }

@@ -86,6 +86,9 @@ fn handle<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
                             .attr("type", "registered"),
                     )
                     .child(Element::new("feature", NS_INFO).attr("var", NS_INFO));
+                for f in ctx.server.modules.account_features(&ctx.server.config) {
+                    q = q.child(Element::new("feature", NS_INFO).attr("var", f));
+                }
             }
         }
         Ok(q.into())

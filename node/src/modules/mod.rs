@@ -13,6 +13,7 @@
 
 pub mod disco;
 pub mod last;
+pub mod mam;
 pub mod ping;
 pub mod presence;
 pub mod private;
@@ -122,6 +123,15 @@ pub struct StreamFeature {
     pub when: Option<fn(&Config) -> bool>,
 }
 
+/// A feature of every account's disco#info (XEP-0030 on a user's bare
+/// JID), such as the archive an account hosts (XEP-0313 §7).
+pub struct AccountFeature {
+    pub var: &'static str,
+    /// Advertised only when this returns true for the configuration;
+    /// `None` is always.
+    pub when: Option<fn(&Config) -> bool>,
+}
+
 /// A point in a stanza's path where modules can look at it, change it or
 /// take it over.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -196,6 +206,8 @@ pub struct Module {
     pub spec: &'static str,
     /// Features it adds to the server's disco#info.
     pub features: &'static [&'static str],
+    /// Features it adds to each account's disco#info.
+    pub account_features: &'static [AccountFeature],
     /// Stream features it advertises, in order.
     pub stream_features: &'static [StreamFeature],
     /// IQ payloads it answers.
@@ -214,6 +226,7 @@ impl Module {
         name: "",
         spec: "",
         features: &[],
+        account_features: &[],
         stream_features: &[],
         iq: &[],
         hooks: &[],
@@ -238,6 +251,7 @@ pub static MODULES: &[&Module] = &[
     &private::MODULE,
     &register::MODULE,
     &OFFLINE,
+    &mam::MODULE,
 ];
 
 /// Offline storage lives in the message path; it only declares itself.

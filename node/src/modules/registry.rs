@@ -7,8 +7,8 @@
 //! errors and stop the server at start.
 
 use super::{
-    Event, Flow, Handler, Hook, HookCtx, IqCtx, IqHandler, IqTarget, MODULES, Module, Stage,
-    StreamFeature,
+    AccountFeature, Event, Flow, Handler, Hook, HookCtx, IqCtx, IqHandler, IqTarget, MODULES,
+    Module, Stage, StreamFeature,
 };
 use crate::config::Config;
 use crate::stanza::{Condition, StanzaError};
@@ -26,6 +26,8 @@ pub struct Registry {
     hooks: [Vec<&'static Hook>; Event::ALL.len()],
     /// Sorted, without duplicates.
     features: Vec<&'static str>,
+    /// Features of each account's disco#info, in registry order.
+    account_features: Vec<&'static AccountFeature>,
     pre_auth: Vec<&'static StreamFeature>,
     post_auth: Vec<&'static StreamFeature>,
 }
@@ -50,6 +52,7 @@ impl Registry {
         let mut namespaces = HashSet::new();
         let mut hooks: [Vec<&'static Hook>; Event::ALL.len()] = Default::default();
         let mut features = Vec::new();
+        let mut account_features = Vec::new();
         let (mut pre_auth, mut post_auth) = (Vec::new(), Vec::new());
         let mut names = HashSet::new();
         let mut spaces = HashMap::new();
@@ -70,6 +73,7 @@ impl Registry {
                 hooks[h.event.index()].push(h);
             }
             features.extend_from_slice(m.features);
+            account_features.extend(m.account_features);
             for f in m.stream_features {
                 match f.stage {
                     Stage::PreAuth => pre_auth.push(f),
@@ -97,6 +101,7 @@ impl Registry {
             namespaces,
             hooks,
             features,
+            account_features,
             pre_auth,
             post_auth,
         }
@@ -115,6 +120,17 @@ impl Registry {
     /// The features of the server's disco#info, sorted.
     pub fn disco_features(&self) -> &[&'static str] {
         &self.features
+    }
+
+    /// The features of an account's disco#info under `config`.
+    pub fn account_features<'a>(
+        &'a self,
+        config: &'a Config,
+    ) -> impl Iterator<Item = &'static str> + 'a {
+        self.account_features
+            .iter()
+            .filter(move |f| f.when.is_none_or(|w| w(config)))
+            .map(|f| f.var)
     }
 
     /// The stream features to advertise at `stage` under `config`, in

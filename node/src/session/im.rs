@@ -138,10 +138,25 @@ fn bounce_of(condition: Condition, el: Element) -> Result<(), Bounce> {
     Err(Box::new((condition.into(), el)))
 }
 
-/// Routes a message whose `from` is stamped and `to` normalised
+/// Whether a message is routed for the first time, from a client, or
+/// again by the server (it was queued for a session that ended). Only the
+/// first pass archives it (XEP-0313) and strips client-made stanza-ids: a
+/// message routed again carries the stanza-id the archive gave it, which
+/// nothing a client sends can claim.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pass {
+    First,
+    Again,
+}
+
+/// Routes a message a client sent, `from` stamped and `to` normalised
 /// (RFC 6121 §8.5). On failure the message comes back with the error its
 /// sender should get, so the hot path never copies a stanza.
 pub async fn route_message(server: &Server, el: Element) -> Result<(), Bounce> {
+    route(server, el, Pass::First).await
+}
+
+async fn route(server: &Server, el: Element, pass: Pass) -> Result<(), Bounce> {
     let to = el.get_attr("to").unwrap_or_default().to_owned();
     let mtype = MessageType::of(&el);
     let (bare, resource) = match destination(server, &to) {
@@ -183,6 +198,13 @@ pub async fn route_message(server: &Server, el: Element) -> Result<(), Bounce> {
             return Ok(());
         }
     }
+    // Archived (durably) before anyone can receive it, offline storage
+    // included: it carries its stanza-id from here on.
+    if pass == Pass::First
+        && let Err(e) = crate::modules::mam::archive(server, &mut el, bare).await
+    {
+        return Err(Box::new((e.into(), el)));
+    }
     if let Some(res) = resource {
         // §8.5.3: full JID.
         let el = match server.router.find(bare, res) {
@@ -214,7 +236,7 @@ pub async fn reroute(server: &Server, xml: &str) {
         let Some(el) = parse_stored(xml) else {
             return;
         };
-        if let Err(b) = route_message(server, el).await {
+        if let Err(b) = route(server, el, Pass::Again).await {
             bounce_with(server, &b.1, &b.0);
         }
     } else if xml.starts_with("<iq")

@@ -1,0 +1,1399 @@
+//! XEP-0313 Message Archive Management (`urn:xmpp:mam:2` and `#extended`)
+//! for user archives, with XEP-0359 stanza ids, XEP-0441 preferences and
+//! XEP-0059 paging.
+//!
+//! It owns the archive's key spaces (`storage::ARCHIVE`, one record per
+//! message and owner, keyed by the archive id; `storage::ARCHIVE_PREFS`)
+//! and four things: the archiving point ([`archive`], which
+//! `session::im::route_message` calls once per message, before delivery
+//! and before offline storage, so an offline message carries the same
+//! stanza-id as its archived copy), the queries and preferences (IQ
+//! handlers), the retention pass ([`run_retention`]) and the reads a
+//! resumed session replays from ([`incoming_after`], [`last_id`]).
+//!
+//! Archive ids come from the clock and the node id (see [`next_id`]), so
+//! every node makes them without asking another, and they order a user's
+//! archive in time: `start`/`end` filters are key ranges. Modules never
+//! touch sockets: query results go through the requesting session's
+//! handle, in order, followed by the final IQ result.
+
+use super::{AccountFeature, IqCtx, IqHandler, IqReply, IqResult, IqTarget, Module};
+use crate::config::{ArchivePolicy, Config};
+use crate::router::{Offer, SessionHandle};
+use crate::server::Server;
+use crate::stanza::{Condition, MessageType, NS_CLIENT, NS_DELAY, StanzaError, iq_result, split};
+use crate::storage::{ARCHIVE, ARCHIVE_PREFS, ArchivePrefs, ArchivedMessage, Storage};
+use crate::xml::{Element, Node, escape_into};
+use futures::FutureExt;
+use starling_cluster::StoreError;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub const NS_MAM: &str = "urn:xmpp:mam:2";
+pub const NS_MAM_EXTENDED: &str = "urn:xmpp:mam:2#extended";
+pub const NS_SID: &str = "urn:xmpp:sid:0";
+pub const NS_RSM: &str = "http://jabber.org/protocol/rsm";
+pub const NS_FORWARD: &str = "urn:xmpp:forward:0";
+const NS_DATA: &str = "jabber:x:data";
+const NS_HINTS: &str = "urn:xmpp:hints";
+const NS_XDATA_VALIDATE: &str = "http://jabber.org/protocol/xdata-validate";
+
+fn enabled(config: &Config) -> bool {
+    config.mam.enabled
+}
+
+pub static MODULE: Module = Module {
+    name: "mam",
+    spec: "XEP-0313 (urn:xmpp:mam:2, #extended), XEP-0359, XEP-0441, XEP-0059",
+    account_features: &[
+        AccountFeature {
+            var: NS_MAM,
+            when: Some(enabled),
+        },
+        AccountFeature {
+            var: NS_MAM_EXTENDED,
+            when: Some(enabled),
+        },
+        AccountFeature {
+            var: NS_SID,
+            when: Some(enabled),
+        },
+    ],
+    iq: &[
+        IqHandler {
+            ns: NS_MAM,
+            name: "query",
+            get: Some(form),
+            set: Some(query),
+            no_account: false,
+        },
+        IqHandler {
+            ns: NS_MAM,
+            name: "prefs",
+            get: Some(prefs),
+            set: Some(prefs),
+            no_account: false,
+        },
+        IqHandler {
+            ns: NS_MAM,
+            name: "metadata",
+            get: Some(metadata),
+            set: None,
+            no_account: false,
+        },
+    ],
+    config_section: Some("mam"),
+    spaces: &[ARCHIVE, ARCHIVE_PREFS],
+    ..Module::EMPTY
+};
+
+// ---------------------------------------------------------------- ids
+
+/// Microseconds of 2024-01-01T00:00:00Z since the Unix epoch: ids count
+/// from there, so 52 bits last until 2166.
+const ID_EPOCH_MICROS: i64 = 1_704_067_200_000_000;
+/// Low bits of an id: the node id's, so two nodes never make the same id.
+const NODE_BITS: u32 = 12;
+
+/// The next archive id of this process: the time in microseconds since
+/// 2024 in the high 52 bits, the node id's low 12 bits in the low ones.
+/// Strictly increasing per process (an id made in the same microsecond as
+/// the last takes the next microsecond), unique in the cluster without
+/// coordination (nodes differ in the low bits), and in time order across
+/// nodes as far as their clocks agree.
+pub fn next_id(node_id: u64) -> u64 {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = u64::try_from(chrono::Utc::now().timestamp_micros() - ID_EPOCH_MICROS).unwrap_or(0);
+    let mut last = LAST.load(Ordering::Relaxed);
+    loop {
+        let t = now.max(last + 1);
+        match LAST.compare_exchange_weak(last, t, Ordering::AcqRel, Ordering::Relaxed) {
+            Ok(_) => return (t << NODE_BITS) | (node_id & ((1 << NODE_BITS) - 1)),
+            Err(seen) => last = seen,
+        }
+    }
+}
+
+/// The id's time, in microseconds since the Unix epoch.
+pub fn id_micros(id: u64) -> i64 {
+    (id >> NODE_BITS) as i64 + ID_EPOCH_MICROS
+}
+
+/// The smallest id made at or after `micros` (since the Unix epoch).
+fn first_id_at(micros: i64) -> u64 {
+    u64::try_from(micros - ID_EPOCH_MICROS).map_or(0, |t| t.saturating_mul(1 << NODE_BITS))
+}
+
+/// The greatest id made at or before `micros`.
+fn last_id_at(micros: i64) -> Option<u64> {
+    let t = u64::try_from(micros - ID_EPOCH_MICROS).ok()?;
+    Some(
+        t.checked_add(1)
+            .and_then(|n| n.checked_mul(1 << NODE_BITS))
+            .map_or(u64::MAX, |n| n - 1),
+    )
+}
+
+/// The string form of an id (stanza-id, RSM, `before-id`...): its 8 bytes
+/// in URL-safe base64, 11 characters.
+pub fn encode_id(id: u64) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id.to_be_bytes())
+}
+
+/// The id a string names, if it is the exact form [`encode_id`] makes.
+pub fn decode_id(s: &str) -> Option<u64> {
+    use base64::Engine;
+    if s.len() != 11 {
+        return None;
+    }
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s)
+        .ok()?;
+    let id = u64::from_be_bytes(bytes.try_into().ok()?);
+    // Only the canonical spelling: the last character carries 2 spare bits.
+    (encode_id(id) == s).then_some(id)
+}
+
+/// XEP-0082 DateTime of an id's time, in UTC with microseconds.
+fn stamp(id: u64) -> String {
+    chrono::DateTime::from_timestamp_micros(id_micros(id))
+        .unwrap_or_default()
+        .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+        .to_string()
+}
+
+// ---------------------------------------------------------------- archiving
+
+/// Whether a message belongs in an archive (XEP-0313 §5.1.1): chat and
+/// normal messages with a body or an encrypted payload (or a XEP-0334
+/// `<store/>` hint), never errors, headlines, groupchat, or chat states
+/// alone; a `<no-store/>` or `<no-permanent-store/>` hint keeps it out.
+fn worth_archiving(el: &Element) -> bool {
+    if !matches!(MessageType::of(el), MessageType::Chat | MessageType::Normal) {
+        return false;
+    }
+    if el.has_child("no-store", NS_HINTS) || el.has_child("no-permanent-store", NS_HINTS) {
+        return false;
+    }
+    el.elements().any(|c| {
+        matches!(
+            (c.name.as_str(), c.ns.as_str()),
+            ("body", NS_CLIENT)
+                | ("store", NS_HINTS)
+                | ("encrypted", "eu.siacs.conversations.axolotl")
+                | ("encrypted", "urn:xmpp:omemo:2")
+                | ("openpgp", "urn:xmpp:openpgp:0")
+                | ("x", "jabber:x:encrypted")
+                | ("reactions", "urn:xmpp:reactions:0")
+                | ("retract", "urn:xmpp:message-retract:1")
+        )
+    })
+}
+
+/// XEP-0359 §5: a `<stanza-id/>` only the archive may set. Those a client
+/// put in, naming the recipient's or the sender's archive, go.
+fn strip_spoofed(el: &mut Element, recipient: &str, sender: &str) {
+    el.children.retain(|c| match c {
+        Node::Element(e) if e.is("stanza-id", NS_SID) => {
+            !matches!(e.get_attr("by"), Some(by) if by == recipient || by == sender)
+        }
+        _ => true,
+    });
+}
+
+fn stanza_id(by: &str, id: u64) -> Element {
+    Element::new("stanza-id", NS_SID)
+        .attr("by", by)
+        .attr("id", encode_id(id))
+}
+
+/// A user's preferences, or the configured default.
+fn prefs_of(server: &Server, bare: &str) -> Result<ArchivePrefs, StoreError> {
+    Ok(server
+        .storage
+        .archive_prefs(bare)?
+        .unwrap_or_else(|| ArchivePrefs {
+            default: server.config.mam.default_policy,
+            always: Vec::new(),
+            never: Vec::new(),
+        }))
+}
+
+/// Whether `owner`'s preferences archive a message with `with` (the
+/// recipient of a sent message, the sender of a received one), by
+/// XEP-0441 §2.3's matching: a listed bare JID matches every resource, a
+/// listed full JID only itself; `never` wins over `always`.
+fn archives_with(
+    server: &Server,
+    owner: &str,
+    prefs: &ArchivePrefs,
+    with: &str,
+) -> Result<bool, StoreError> {
+    let bare = split(with).0;
+    let listed = |list: &[String]| {
+        list.iter().any(|j| match split(j).1 {
+            Some(_) => j == with,
+            None => j == bare,
+        })
+    };
+    if listed(&prefs.never) {
+        return Ok(false);
+    }
+    if listed(&prefs.always) {
+        return Ok(true);
+    }
+    Ok(match prefs.default {
+        ArchivePolicy::Always => true,
+        ArchivePolicy::Never => false,
+        // Notes to self are always in the user's "roster".
+        ArchivePolicy::Roster => {
+            bare == owner || server.storage.roster_item(owner, bare)?.is_some()
+        }
+    })
+}
+
+/// The archiving point, once per message a client sent to a local
+/// account (`session::im::route_message`, after the `MessageIn` hooks and
+/// before delivery or offline storage; a message the server routes again
+/// does not come here). Strips spoofed stanza-ids; then, when the message
+/// is worth keeping, writes the recipient's copy and the sender's (each
+/// if that account's preferences allow it) in one durable write, and adds
+/// the recipient archive's `<stanza-id/>` to the message about to be
+/// delivered. Returns once the write is committed: a stanza a session
+/// owes its client is in the archive before it is in the session.
+pub async fn archive(server: &Server, el: &mut Element, recipient: &str) -> Result<(), StoreError> {
+    let from = el.get_attr("from").unwrap_or_default().to_owned();
+    let sender = split(&from).0.to_owned();
+    strip_spoofed(el, recipient, &sender);
+    if !server.config.mam.enabled || !worth_archiving(el) {
+        return Ok(());
+    }
+    let to = el.get_attr("to").unwrap_or_default().to_owned();
+    let keep_in = archives_with(server, recipient, &prefs_of(server, recipient)?, &from)?;
+    // The sender's copy: a local account other than the recipient (a note
+    // to self is archived once, as received).
+    let keep_out = sender != recipient
+        && sender
+            .rsplit_once('@')
+            .is_some_and(|(_, d)| server.is_local(d))
+        && server.storage.account_exists(&sender)?
+        && archives_with(server, &sender, &prefs_of(server, &sender)?, &to)?;
+    if !keep_in && !keep_out {
+        return Ok(());
+    }
+    let id = next_id(server.storage.store.node_id());
+    let mut records = Vec::with_capacity(2);
+    // The sender's copy carries the sender archive's stanza-id, never the
+    // recipient's (XEP-0313 §3.5: only those who may read an archive see
+    // its ids); the message delivered carries the recipient's.
+    if keep_out {
+        el.children.push(Node::Element(stanza_id(&sender, id)));
+        let (bare, resource) = split(&to);
+        records.push((
+            sender.as_str(),
+            ArchivedMessage {
+                outgoing: true,
+                with: bare.to_owned(),
+                with_resource: resource.map(str::to_owned),
+                xml: el.to_stream_xml(""),
+            },
+        ));
+        el.children.pop();
+    }
+    if keep_in {
+        el.children.push(Node::Element(stanza_id(recipient, id)));
+        let (bare, resource) = split(&from);
+        records.push((
+            recipient,
+            ArchivedMessage {
+                outgoing: false,
+                with: bare.to_owned(),
+                with_resource: resource.map(str::to_owned),
+                xml: el.to_stream_xml(""),
+            },
+        ));
+    }
+    let entries: Vec<(&str, u64, &ArchivedMessage)> =
+        records.iter().map(|(owner, m)| (*owner, id, m)).collect();
+    let started = std::time::Instant::now();
+    let written = server.storage.archive(&entries).await;
+    metrics::histogram!("starling_mam_write_seconds").record(started.elapsed().as_secs_f64());
+    if written.is_err() && keep_in {
+        // Not archived: the message must not claim it was.
+        el.children.pop();
+    }
+    written?;
+    metrics::counter!("starling_mam_archived_total").increment(records.len() as u64);
+    Ok(())
+}
+
+// ------------------------------------------------------- replay (XEP-0198)
+
+/// Messages `bare` received (serialised as delivered, with their
+/// stanza-id) with ids after `after_id` (`None`: from the start), oldest
+/// first, at most `limit`: what a resumed session replays of what its
+/// client had not acknowledged.
+pub fn incoming_after(
+    storage: &Storage,
+    bare: &str,
+    after_id: Option<u64>,
+    limit: usize,
+) -> Result<Vec<(u64, String)>, StoreError> {
+    let mut lo = match after_id {
+        Some(id) => match id.checked_add(1) {
+            Some(lo) => lo,
+            None => return Ok(Vec::new()),
+        },
+        None => 0,
+    };
+    let mut out = Vec::new();
+    while out.len() < limit {
+        let chunk = storage.archive_range(bare, lo, u64::MAX, false, CHUNK)?;
+        let Some(&(last, _)) = chunk.last() else {
+            break;
+        };
+        let full = chunk.len() == CHUNK;
+        let room = limit - out.len();
+        out.extend(
+            chunk
+                .into_iter()
+                .filter(|(_, m)| !m.outgoing)
+                .map(|(id, m)| (id, m.xml))
+                .take(room),
+        );
+        match last.checked_add(1) {
+            Some(next) if full => lo = next,
+            _ => break,
+        }
+    }
+    Ok(out)
+}
+
+/// The newest id in `bare`'s archive (sent or received), if any.
+pub fn last_id(storage: &Storage, bare: &str) -> Result<Option<u64>, StoreError> {
+    Ok(storage
+        .archive_range(bare, 0, u64::MAX, true, 1)?
+        .first()
+        .map(|(id, _)| *id))
+}
+
+// ---------------------------------------------------------------- queries
+
+/// Records read per storage call while filtering.
+const CHUNK: usize = 256;
+
+fn bad_request(text: &str) -> StanzaError {
+    StanzaError::with_text(Condition::BadRequest, text)
+}
+
+/// Answers for the requester's own archive only (XEP-0313 §8.1); a
+/// missing account is `<service-unavailable/>` before this runs.
+fn own_archive(ctx: &IqCtx<'_>) -> Result<(), StanzaError> {
+    if !ctx.server.config.mam.enabled {
+        return Err(Condition::ServiceUnavailable.into());
+    }
+    match ctx.target {
+        IqTarget::Own => Ok(()),
+        IqTarget::Account(_) => Err(Condition::Forbidden.into()),
+        IqTarget::Server(_) | IqTarget::NoAccount(_) => Err(Condition::ServiceUnavailable.into()),
+    }
+}
+
+/// `with` of a query: a bare JID matches every resource, a full JID only
+/// messages that named it.
+enum With {
+    Bare(String),
+    Full(String, String),
+}
+
+impl With {
+    fn matches(&self, m: &ArchivedMessage) -> bool {
+        match self {
+            With::Bare(b) => m.with == *b,
+            With::Full(b, r) => m.with == *b && m.with_resource.as_deref() == Some(r.as_str()),
+        }
+    }
+}
+
+/// A query, parsed and checked.
+#[derive(Default)]
+struct Query {
+    with: Option<With>,
+    /// Ids in `lo..=hi` (from `start`, `end`, `after-id`, `before-id`).
+    lo: u64,
+    hi: u64,
+    /// `ids`: only these.
+    ids: Option<Vec<u64>>,
+    max: usize,
+    /// RSM `after`.
+    after: Option<u64>,
+    /// RSM `before`: `Some(None)` is the last page.
+    before: Option<Option<u64>>,
+    /// RSM `index`.
+    index: Option<u64>,
+    flip: bool,
+}
+
+impl Query {
+    /// Makes the range empty (`lo` only grows and `hi` only shrinks after).
+    fn nothing(&mut self) {
+        self.hi = 0;
+        self.lo = self.lo.max(1);
+    }
+}
+
+/// The values of one form field (checked to be a field type of XEP-0004).
+fn field_values(field: &Element) -> Result<Vec<String>, StanzaError> {
+    const TYPES: &[&str] = &[
+        "boolean",
+        "fixed",
+        "hidden",
+        "jid-multi",
+        "jid-single",
+        "list-multi",
+        "list-single",
+        "text-multi",
+        "text-private",
+        "text-single",
+    ];
+    if let Some(t) = field.get_attr("type")
+        && !TYPES.contains(&t)
+    {
+        return Err(bad_request("unknown field type"));
+    }
+    Ok(field
+        .elements()
+        .filter(|v| v.is("value", NS_DATA))
+        .map(Element::text_content)
+        .collect())
+}
+
+/// The single value of a field (empty: none).
+fn single(field: &Element) -> Result<Option<String>, StanzaError> {
+    let mut values = field_values(field)?;
+    if values.len() > 1 {
+        return Err(bad_request("a single-valued field has several values"));
+    }
+    Ok(values.pop().filter(|v| !v.is_empty()))
+}
+
+/// A XEP-0082 DateTime in microseconds since the Unix epoch.
+fn parse_date(s: &str) -> Result<i64, StanzaError> {
+    chrono::DateTime::parse_from_rfc3339(s.trim())
+        .map(|d| d.timestamp_micros())
+        .map_err(|_| bad_request("not a XEP-0082 DateTime"))
+}
+
+/// An id the client names, which must be in the archive (XEP-0313 §4.1.3,
+/// §4.3.2): otherwise `<item-not-found/>`.
+fn known_id(storage: &Storage, bare: &str, s: &str) -> Result<u64, StanzaError> {
+    let id = decode_id(s.trim()).ok_or(Condition::ItemNotFound)?;
+    if storage.archived(bare, id)?.is_none() {
+        return Err(Condition::ItemNotFound.into());
+    }
+    Ok(id)
+}
+
+fn parse_query(ctx: &IqCtx<'_>) -> Result<Query, StanzaError> {
+    let storage = &ctx.server.storage;
+    let bare = ctx.origin.bare;
+    let max_page = ctx.server.config.mam.max_page;
+    let mut q = Query {
+        hi: u64::MAX,
+        max: max_page,
+        ..Default::default()
+    };
+    if ctx.payload.get_attr("node").is_some() {
+        // Pubsub archives (XEP-0442) are not a user archive's.
+        return Err(Condition::FeatureNotImplemented.into());
+    }
+    for child in ctx.payload.elements() {
+        match (child.name.as_str(), child.ns.as_str()) {
+            ("x", NS_DATA) => parse_form(ctx, child, &mut q)?,
+            ("set", NS_RSM) => parse_rsm(storage, bare, max_page, child, &mut q)?,
+            ("flip-page", NS_MAM) => q.flip = true,
+            _ => {}
+        }
+    }
+    Ok(q)
+}
+
+fn parse_form(ctx: &IqCtx<'_>, x: &Element, q: &mut Query) -> Result<(), StanzaError> {
+    let storage = &ctx.server.storage;
+    let bare = ctx.origin.bare;
+    if !matches!(x.get_attr("type"), None | Some("submit")) {
+        return Err(bad_request("the query form must be of type 'submit'"));
+    }
+    for field in x.elements().filter(|f| f.is("field", NS_DATA)) {
+        let var = field
+            .get_attr("var")
+            .ok_or_else(|| bad_request("a field without 'var'"))?;
+        match var {
+            "FORM_TYPE" => {
+                if single(field)?.as_deref().is_some_and(|v| v != NS_MAM) {
+                    return Err(bad_request("FORM_TYPE is not urn:xmpp:mam:2"));
+                }
+            }
+            "with" => {
+                if let Some(v) = single(field)? {
+                    let jid =
+                        jid::Jid::new(v.trim()).map_err(|_| bad_request("bad JID in 'with'"))?;
+                    let jid = jid.to_string();
+                    q.with = Some(match split(&jid) {
+                        (b, Some(r)) => With::Full(b.to_owned(), r.to_owned()),
+                        (b, None) => With::Bare(b.to_owned()),
+                    });
+                }
+            }
+            "start" => {
+                if let Some(v) = single(field)? {
+                    q.lo = q.lo.max(first_id_at(parse_date(&v)?));
+                }
+            }
+            "end" => {
+                if let Some(v) = single(field)? {
+                    match last_id_at(parse_date(&v)?) {
+                        Some(hi) => q.hi = q.hi.min(hi),
+                        // Before the first id could be made.
+                        None => q.nothing(),
+                    }
+                }
+            }
+            "after-id" => {
+                if let Some(v) = single(field)? {
+                    q.lo = q.lo.max(known_id(storage, bare, &v)?.saturating_add(1));
+                }
+            }
+            "before-id" => {
+                if let Some(v) = single(field)? {
+                    match known_id(storage, bare, &v)?.checked_sub(1) {
+                        Some(hi) => q.hi = q.hi.min(hi),
+                        None => q.nothing(),
+                    }
+                }
+            }
+            "ids" => {
+                let mut ids = Vec::new();
+                for v in field_values(field)?.iter().filter(|v| !v.is_empty()) {
+                    ids.push(known_id(storage, bare, v)?);
+                }
+                if ids.len() > ctx.server.config.mam.max_page {
+                    return Err(bad_request("more ids than a page holds"));
+                }
+                ids.sort_unstable();
+                ids.dedup();
+                q.ids = Some(ids);
+            }
+            // XEP-0313 §4.1.5: a field the server does not know.
+            _ => return Err(Condition::FeatureNotImplemented.into()),
+        }
+    }
+    Ok(())
+}
+
+fn parse_rsm(
+    storage: &Storage,
+    bare: &str,
+    max_page: usize,
+    set: &Element,
+    q: &mut Query,
+) -> Result<(), StanzaError> {
+    for c in set.elements().filter(|c| c.ns == NS_RSM) {
+        let text = c.text_content();
+        match c.name.as_str() {
+            "max" => {
+                let max: usize = text
+                    .trim()
+                    .parse()
+                    .map_err(|_| bad_request("RSM <max/> is not a non-negative integer"))?;
+                q.max = max.min(max_page);
+            }
+            "after" => {
+                if text.is_empty() {
+                    return Err(bad_request("empty RSM <after/>"));
+                }
+                q.after = Some(known_id(storage, bare, &text)?);
+            }
+            "before" if text.is_empty() => q.before = Some(None),
+            "before" => q.before = Some(Some(known_id(storage, bare, &text)?)),
+            "index" => {
+                q.index = Some(
+                    text.trim()
+                        .parse()
+                        .map_err(|_| bad_request("RSM <index/> is not a non-negative integer"))?,
+                );
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Where a query's results come from: the user's archive in id order,
+/// filtered by `with`, or the few messages `ids` named.
+enum Source<'a> {
+    Archive {
+        storage: &'a Storage,
+        bare: &'a str,
+        with: Option<&'a With>,
+    },
+    Listed(Vec<(u64, ArchivedMessage)>),
+}
+
+impl Source<'_> {
+    /// Up to `n` matching messages in `lo..=hi`, from the low end or (with
+    /// `reverse`) the high end.
+    fn take(
+        &self,
+        lo: u64,
+        hi: u64,
+        reverse: bool,
+        n: usize,
+    ) -> Result<Vec<(u64, ArchivedMessage)>, StoreError> {
+        if lo > hi || n == 0 {
+            return Ok(Vec::new());
+        }
+        match self {
+            Source::Listed(list) => {
+                let within = list.iter().filter(|(id, _)| (lo..=hi).contains(id));
+                Ok(if reverse {
+                    within.rev().take(n).cloned().collect()
+                } else {
+                    within.take(n).cloned().collect()
+                })
+            }
+            Source::Archive {
+                storage,
+                bare,
+                with: None,
+            } => storage.archive_range(bare, lo, hi, reverse, n),
+            Source::Archive {
+                storage,
+                bare,
+                with: Some(with),
+            } => {
+                // Filtered: read in chunks until enough match.
+                let (mut lo, mut hi) = (lo, hi);
+                let mut out = Vec::new();
+                loop {
+                    let chunk = storage.archive_range(bare, lo, hi, reverse, CHUNK)?;
+                    let Some(&(edge, _)) = chunk.last() else {
+                        break;
+                    };
+                    let full = chunk.len() == CHUNK;
+                    for (id, m) in chunk {
+                        if with.matches(&m) && out.len() < n {
+                            out.push((id, m));
+                        }
+                    }
+                    if out.len() >= n || !full {
+                        break;
+                    }
+                    if reverse {
+                        match edge.checked_sub(1) {
+                            Some(h) if h >= lo => hi = h,
+                            _ => break,
+                        }
+                    } else {
+                        match edge.checked_add(1) {
+                            Some(l) if l <= hi => lo = l,
+                            _ => break,
+                        }
+                    }
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// Number of matching messages in `lo..=hi` (RSM `<count/>` and
+    /// `index`): keys only, unless a `with` filter needs the records.
+    fn count(&self, lo: u64, hi: u64) -> Result<u64, StoreError> {
+        if lo > hi {
+            return Ok(0);
+        }
+        match self {
+            Source::Listed(list) => {
+                Ok(list.iter().filter(|(id, _)| (lo..=hi).contains(id)).count() as u64)
+            }
+            Source::Archive {
+                storage,
+                bare,
+                with: None,
+            } => storage.archive_count(bare, lo, hi),
+            Source::Archive { with: Some(_), .. } => {
+                let mut n = 0;
+                let mut from = lo;
+                loop {
+                    let chunk = self.take(from, hi, false, CHUNK)?;
+                    n += chunk.len() as u64;
+                    match chunk.last().and_then(|(id, _)| id.checked_add(1)) {
+                        Some(next) if chunk.len() == CHUNK => from = next,
+                        _ => break,
+                    }
+                }
+                Ok(n)
+            }
+        }
+    }
+}
+
+/// One page of a query's result set (XEP-0059 over XEP-0313 §4.3).
+struct Page {
+    items: Vec<(u64, ArchivedMessage)>,
+    /// Nothing more in the direction the page was taken.
+    complete: bool,
+    count: u64,
+    /// Position of the page's first item in the whole result set.
+    first_index: u64,
+}
+
+fn page(q: &Query, source: &Source<'_>) -> Result<Page, StanzaError> {
+    let (lo, hi) = (q.lo, q.hi);
+    let count = source.count(lo, hi)?;
+    // RSM <before/> pages back from its id (or, empty, from the end);
+    // with <after/> too (undefined by RSM), the items between the two.
+    let top = match q.before {
+        Some(Some(b)) => b.checked_sub(1).map(|b| b.min(hi)),
+        _ => Some(hi),
+    };
+    let mut bottom = lo;
+    if let Some(a) = q.after {
+        bottom = bottom.max(a.saturating_add(1));
+    }
+    let mut items = Vec::new();
+    let mut complete = true;
+    if let Some(top) = top {
+        if q.before.is_some() && q.after.is_none() {
+            items = source.take(bottom, top, true, q.max + 1)?;
+            complete = items.len() <= q.max;
+            items.truncate(q.max);
+            items.reverse();
+        } else {
+            if let (Some(skip), None) = (q.index, q.after) {
+                // Start `index` items into the result set.
+                let skip = usize::try_from(skip).unwrap_or(usize::MAX);
+                if skip > 0 {
+                    let skipped = source.take(bottom, top, false, skip)?;
+                    bottom = match skipped.last() {
+                        Some((id, _)) if skipped.len() == skip => id.saturating_add(1),
+                        _ => top.saturating_add(1),
+                    };
+                }
+            }
+            if bottom <= top {
+                items = source.take(bottom, top, false, q.max + 1)?;
+                complete = items.len() <= q.max;
+                items.truncate(q.max);
+            }
+        }
+    }
+    let first_index = match items.first() {
+        Some((first, _)) if *first > lo => source.count(lo, first - 1)?,
+        _ => 0,
+    };
+    Ok(Page {
+        items,
+        complete,
+        count,
+        first_index,
+    })
+}
+
+/// `get` of the query: the form of the fields it takes (XEP-0313 §4.1.5).
+fn form<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
+    async move {
+        own_archive(ctx)?;
+        let field = |var: &str, t: &str| {
+            Element::new("field", NS_DATA)
+                .attr("var", var)
+                .attr("type", t)
+        };
+        let x = Element::new("x", NS_DATA)
+            .attr("type", "form")
+            .child(field("FORM_TYPE", "hidden").child(Element::new("value", NS_DATA).text(NS_MAM)))
+            .child(field("with", "jid-single"))
+            .child(field("start", "text-single"))
+            .child(field("end", "text-single"))
+            .child(field("before-id", "text-single"))
+            .child(field("after-id", "text-single"))
+            .child(
+                field("ids", "list-multi").child(
+                    Element::new("validate", NS_XDATA_VALIDATE)
+                        .attr("datatype", "xs:string")
+                        .child(Element::new("open", NS_XDATA_VALIDATE)),
+                ),
+            );
+        Ok(Element::new("query", NS_MAM).child(x).into())
+    }
+    .boxed()
+}
+
+/// `set` of the query: the matching messages, then the `<fin/>` result.
+fn query<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
+    async move {
+        own_archive(ctx)?;
+        let q = parse_query(ctx)?;
+        let storage = &ctx.server.storage;
+        let bare = ctx.origin.bare;
+        let source = match &q.ids {
+            Some(ids) => {
+                let mut listed = Vec::with_capacity(ids.len());
+                for &id in ids {
+                    if let Some(m) = storage.archived(bare, id)?
+                        && q.with.as_ref().is_none_or(|w| w.matches(&m))
+                    {
+                        listed.push((id, m));
+                    }
+                }
+                Source::Listed(listed)
+            }
+            None => Source::Archive {
+                storage,
+                bare,
+                with: q.with.as_ref(),
+            },
+        };
+        let page = page(&q, &source)?;
+        metrics::counter!("starling_mam_queries_total").increment(1);
+        let queryid = ctx.payload.get_attr("queryid");
+        let full = ctx.origin.full;
+        let mut out: Vec<Arc<str>> = Vec::with_capacity(page.items.len() + 1);
+        let mut order: Vec<&(u64, ArchivedMessage)> = page.items.iter().collect();
+        if q.flip {
+            order.reverse();
+        }
+        for (n, (id, m)) in order.into_iter().enumerate() {
+            out.push(result_message(full, bare, queryid, *id, &m.xml, n).into());
+        }
+        let mut set = Element::new("set", NS_RSM);
+        if let (Some((first, _)), Some((last, _))) = (page.items.first(), page.items.last()) {
+            set = set
+                .child(
+                    Element::new("first", NS_RSM)
+                        .attr("index", page.first_index.to_string())
+                        .text(encode_id(*first)),
+                )
+                .child(Element::new("last", NS_RSM).text(encode_id(*last)));
+        }
+        set = set.child(Element::new("count", NS_RSM).text(page.count.to_string()));
+        let mut fin = Element::new("fin", NS_MAM);
+        if let Some(qid) = queryid {
+            fin.set_attr("queryid", qid);
+        }
+        fin.set_attr("complete", if page.complete { "true" } else { "false" });
+        let mut reply = iq_result(ctx.iq, Some(fin.child(set)));
+        reply.set_attr("to", full);
+        out.push(reply.to_stream_xml(NS_CLIENT).into());
+        let handle = split(full)
+            .1
+            .and_then(|r| ctx.server.router.handle(bare, r));
+        if let Some(handle) = handle {
+            let patience = std::time::Duration::from_secs(ctx.server.config.c2s.write_timeout_secs);
+            send_in_order(handle, out, patience);
+        }
+        Ok(IqReply::Sent)
+    }
+    .boxed()
+}
+
+/// One result of a query (XEP-0313 §4.2): the stored message, forwarded
+/// as it is (it was serialised with its namespace declared).
+fn result_message(
+    to: &str,
+    from: &str,
+    queryid: Option<&str>,
+    id: u64,
+    xml: &str,
+    n: usize,
+) -> String {
+    let mut s = String::with_capacity(xml.len() + 320);
+    s.push_str("<message to=\"");
+    escape_into(&mut s, to, true);
+    s.push_str("\" from=\"");
+    escape_into(&mut s, from, true);
+    s.push_str("\" id=\"");
+    s.push_str(&encode_id(id));
+    s.push('-');
+    s.push_str(&n.to_string());
+    s.push_str("\"><result xmlns=\"");
+    s.push_str(NS_MAM);
+    s.push('"');
+    if let Some(qid) = queryid {
+        s.push_str(" queryid=\"");
+        escape_into(&mut s, qid, true);
+        s.push('"');
+    }
+    s.push_str(" id=\"");
+    s.push_str(&encode_id(id));
+    s.push_str("\"><forwarded xmlns=\"");
+    s.push_str(NS_FORWARD);
+    s.push_str("\"><delay xmlns=\"");
+    s.push_str(NS_DELAY);
+    s.push_str("\" stamp=\"");
+    s.push_str(&stamp(id));
+    s.push_str("\"/>");
+    s.push_str(xml);
+    s.push_str("</forwarded></result></message>");
+    s
+}
+
+/// Queues `stanzas` for the session in order. The IQ handler runs in the
+/// session's own stream task, which writes the session's queue only
+/// between stanzas: what does not fit now is handed on by a task of its
+/// own that waits for room (at most `patience` per stanza), so a page
+/// larger than the session's bound still arrives whole, before its
+/// result.
+fn send_in_order(handle: SessionHandle, stanzas: Vec<Arc<str>>, patience: std::time::Duration) {
+    let mut rest = stanzas.into_iter();
+    for xml in rest.by_ref() {
+        match handle.offer(&xml) {
+            Offer::Queued => continue,
+            Offer::Ended => return,
+            Offer::Full => {
+                let pending: Vec<Arc<str>> = std::iter::once(xml).chain(rest).collect();
+                actix_rt::spawn(async move {
+                    for xml in pending {
+                        let since = std::time::Instant::now();
+                        loop {
+                            match handle.offer(&xml) {
+                                Offer::Queued => break,
+                                Offer::Full if since.elapsed() < patience => {
+                                    tokio::time::sleep(std::time::Duration::from_millis(5)).await
+                                }
+                                Offer::Full | Offer::Ended => return,
+                            }
+                        }
+                    }
+                });
+                return;
+            }
+        }
+    }
+}
+
+/// The archive's first and last message (XEP-0313 §6, `#extended`).
+fn metadata<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
+    async move {
+        own_archive(ctx)?;
+        let storage = &ctx.server.storage;
+        let bare = ctx.origin.bare;
+        let mut md = Element::new("metadata", NS_MAM);
+        let first = storage.archive_range(bare, 0, u64::MAX, false, 1)?;
+        let last = storage.archive_range(bare, 0, u64::MAX, true, 1)?;
+        if let (Some((first, _)), Some((last, _))) = (first.first(), last.first()) {
+            for (name, id) in [("start", *first), ("end", *last)] {
+                md = md.child(
+                    Element::new(name, NS_MAM)
+                        .attr("id", encode_id(id))
+                        .attr("timestamp", stamp(id)),
+                );
+            }
+        }
+        Ok(md.into())
+    }
+    .boxed()
+}
+
+// ---------------------------------------------------------------- preferences
+
+fn prefs_element(p: &ArchivePrefs) -> Element {
+    let list = |name: &str, jids: &[String]| {
+        jids.iter().fold(Element::new(name, NS_MAM), |e, j| {
+            e.child(Element::new("jid", NS_MAM).text(j.as_str()))
+        })
+    };
+    Element::new("prefs", NS_MAM)
+        .attr("default", p.default.as_str())
+        .child(list("always", &p.always))
+        .child(list("never", &p.never))
+}
+
+/// The JIDs of an `<always/>` or `<never/>` list, normalised.
+fn jid_list(prefs: &Element, name: &str) -> Result<Vec<String>, StanzaError> {
+    let mut out: Vec<String> = Vec::new();
+    for list in prefs.elements().filter(|e| e.is(name, NS_MAM)) {
+        for j in list.elements().filter(|e| e.is("jid", NS_MAM)) {
+            let jid = jid::Jid::new(j.text_content().trim())
+                .map_err(|_| StanzaError::with_text(Condition::BadRequest, "bad JID in prefs"))?
+                .to_string();
+            if !out.contains(&jid) {
+                out.push(jid);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// XEP-0441 preferences: get, or set and answer with what applies.
+fn prefs<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
+    async move {
+        own_archive(ctx)?;
+        let server = ctx.server;
+        let bare = ctx.origin.bare;
+        if !ctx.set {
+            return Ok(prefs_element(&prefs_of(server, bare)?).into());
+        }
+        let default = ctx
+            .payload
+            .get_attr("default")
+            .and_then(ArchivePolicy::parse)
+            .ok_or_else(|| bad_request("'default' must be always, never or roster"))?;
+        let never = jid_list(ctx.payload, "never")?;
+        let always: Vec<String> = jid_list(ctx.payload, "always")?
+            .into_iter()
+            .filter(|j| !never.contains(j))
+            .collect();
+        let prefs = ArchivePrefs {
+            default,
+            always,
+            never,
+        };
+        server.storage.set_archive_prefs(bare, &prefs).await?;
+        Ok(prefs_element(&prefs).into())
+    }
+    .boxed()
+}
+
+// ---------------------------------------------------------------- retention
+
+/// Deletes per write during a retention pass.
+const RETENTION_BATCH: usize = 512;
+
+/// Runs the retention pass every `mam.cleanup_interval_secs` on the node
+/// that leads the durable group (every node runs the loop; the others
+/// skip the pass), when any retention is configured.
+pub async fn run_retention(server: Arc<Server>) {
+    let cfg = &server.config.mam;
+    let limited = cfg.max_age_days > 0
+        || cfg.max_messages > 0
+        || cfg
+            .domains
+            .values()
+            .any(|r| r.max_age_days.unwrap_or(0) > 0 || r.max_messages.unwrap_or(0) > 0);
+    if !limited {
+        return;
+    }
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(cfg.cleanup_interval_secs));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let store = &server.storage.store;
+        if store.leader() != Some(store.node_id()) {
+            continue;
+        }
+        match enforce_retention(&server.storage, &server.config, chrono::Utc::now()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "archive retention pass"),
+            Err(e) => tracing::warn!(error = %e, "archive retention pass stopped; next interval"),
+        }
+    }
+}
+
+/// One retention pass over every archive: messages older than their
+/// domain's `max_age_days`, then the oldest beyond `max_messages`, deleted
+/// in bounded batches. Visits users with one seek each (never the whole
+/// archive) and reads only the messages it deletes (and, for
+/// `max_messages`, the keys it counts). Returns how many were deleted.
+pub async fn enforce_retention(
+    storage: &Storage,
+    config: &Config,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<u64, StoreError> {
+    let mut deleted = 0;
+    let mut user = storage.next_archive_owner(None)?;
+    while let Some(bare) = user {
+        let domain = bare.rsplit_once('@').map_or(bare.as_str(), |(_, d)| d);
+        let (max_age_days, max_messages) = config.mam.retention(domain);
+        if max_age_days > 0 {
+            let age = i64::try_from(max_age_days)
+                .unwrap_or(i64::MAX / 86_400_000_000)
+                .saturating_mul(86_400_000_000);
+            let cutoff = first_id_at(now.timestamp_micros().saturating_sub(age));
+            if let Some(hi) = cutoff.checked_sub(1) {
+                deleted += delete_oldest(storage, &bare, hi, u64::MAX).await?;
+            }
+        }
+        if max_messages > 0 {
+            let n = storage.archive_count(&bare, 0, u64::MAX)?;
+            if n > max_messages {
+                deleted += delete_oldest(storage, &bare, u64::MAX, n - max_messages).await?;
+            }
+        }
+        user = storage.next_archive_owner(Some(&bare))?;
+    }
+    metrics::counter!("starling_mam_retention_deleted_total").increment(deleted);
+    Ok(deleted)
+}
+
+/// Deletes up to `limit` of the oldest messages of `bare` with ids up to
+/// `hi`, a batch per write.
+async fn delete_oldest(
+    storage: &Storage,
+    bare: &str,
+    hi: u64,
+    limit: u64,
+) -> Result<u64, StoreError> {
+    let mut done = 0;
+    while done < limit {
+        let want =
+            usize::try_from(limit - done).map_or(RETENTION_BATCH, |l| l.min(RETENTION_BATCH));
+        let ids: Vec<u64> = storage
+            .archive_range(bare, 0, hi, false, want)?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        if ids.is_empty() {
+            break;
+        }
+        storage.delete_archived(bare, &ids).await?;
+        done += ids.len() as u64;
+        tokio::task::yield_now().await;
+    }
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_increase_and_keep_node_and_time() {
+        let a = next_id(7);
+        let b = next_id(7);
+        assert!(b > a);
+        assert_eq!(a & 0xfff, 7);
+        let now = chrono::Utc::now().timestamp_micros();
+        assert!(
+            (now - id_micros(b)).abs() < 5_000_000,
+            "{now} vs {}",
+            id_micros(b)
+        );
+        // Another node's id in the same microsecond differs.
+        assert_ne!(next_id(8) & 0xfff, next_id(7) & 0xfff);
+        let many: Vec<u64> = (0..10_000).map(|_| next_id(1)).collect();
+        assert!(many.windows(2).all(|w| w[1] > w[0]));
+    }
+
+    #[test]
+    fn id_strings_round_trip_and_only_canonical_ones_decode() {
+        for id in [0, 1, 4095, 1 << 40, u64::MAX, next_id(3)] {
+            let s = encode_id(id);
+            assert_eq!(s.len(), 11);
+            assert!(
+                s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            );
+            assert_eq!(decode_id(&s), Some(id));
+        }
+        assert_eq!(decode_id(""), None);
+        assert_eq!(decode_id("AAAAAAAAAAAA"), None);
+        assert_eq!(decode_id("AAAAAAAAA+A"), None);
+        // Same bytes, non-canonical last character (spare bits set).
+        assert_eq!(decode_id("AAAAAAAAAAB"), None);
+    }
+
+    #[test]
+    fn time_bounds_bracket_ids() {
+        let id = next_id(5);
+        let t = id_micros(id);
+        assert!(first_id_at(t) <= id && id <= last_id_at(t).unwrap());
+        assert!(last_id_at(t - 1).unwrap() < id);
+        assert!(first_id_at(t + 1) > id);
+        assert_eq!(first_id_at(0), 0);
+        assert_eq!(last_id_at(0), None);
+    }
+
+    fn msg(xml: &str) -> Element {
+        crate::stanza::parse_serialised(xml).unwrap()
+    }
+
+    #[test]
+    fn what_is_worth_archiving() {
+        assert!(worth_archiving(&msg(
+            "<message type='chat'><body>x</body></message>"
+        )));
+        assert!(worth_archiving(&msg("<message><body>x</body></message>")));
+        assert!(worth_archiving(&msg(
+            "<message type='chat'><encrypted xmlns='eu.siacs.conversations.axolotl'/></message>"
+        )));
+        assert!(!worth_archiving(&msg(
+            "<message type='chat'><active xmlns='http://jabber.org/protocol/chatstates'/></message>"
+        )));
+        for t in ["headline", "groupchat", "error"] {
+            let m = msg(&format!("<message type='{t}'><body>x</body></message>"));
+            assert!(!worth_archiving(&m), "{t}");
+        }
+        assert!(!worth_archiving(&msg(
+            "<message type='chat'><body>x</body><no-store xmlns='urn:xmpp:hints'/></message>"
+        )));
+        assert!(worth_archiving(&msg(
+            "<message type='chat'><store xmlns='urn:xmpp:hints'/></message>"
+        )));
+    }
+
+    #[test]
+    fn spoofed_stanza_ids_go_and_others_stay() {
+        let mut m = msg("<message><body>x</body>\
+             <stanza-id xmlns='urn:xmpp:sid:0' by='b@x' id='1'/>\
+             <stanza-id xmlns='urn:xmpp:sid:0' by='a@x' id='2'/>\
+             <stanza-id xmlns='urn:xmpp:sid:0' by='room@muc.x' id='3'/></message>");
+        strip_spoofed(&mut m, "b@x", "a@x");
+        let left: Vec<_> = m
+            .elements()
+            .filter(|e| e.is("stanza-id", NS_SID))
+            .map(|e| e.get_attr("id").unwrap().to_owned())
+            .collect();
+        assert_eq!(left, ["3"]);
+    }
+
+    #[test]
+    fn results_embed_the_stored_message_in_its_namespace() {
+        let stored =
+            msg("<message from='a@x/r' to='b@x' type='chat'><body>hi &amp; bye</body></message>")
+                .to_stream_xml("");
+        let r = result_message("b@x/r", "b@x", Some("q'1"), 77, &stored, 0);
+        let el = msg(&r);
+        let result = el.get_child("result", NS_MAM).unwrap();
+        assert_eq!(result.get_attr("queryid"), Some("q'1"));
+        assert_eq!(result.get_attr("id"), Some(encode_id(77).as_str()));
+        let fwd = result.get_child("forwarded", NS_FORWARD).unwrap();
+        assert!(fwd.has_child("delay", NS_DELAY));
+        let inner = fwd.get_child("message", NS_CLIENT).unwrap();
+        assert_eq!(
+            inner.child_text("body", NS_CLIENT).as_deref(),
+            Some("hi & bye")
+        );
+    }
+
+    async fn storage(dir: &std::path::Path) -> Storage {
+        let store = starling_cluster::Store::open(starling_cluster::StoreConfig {
+            data_dir: dir.join("store"),
+            node_id: 1,
+            raft_addr: "127.0.0.1:1".into(),
+        })
+        .await
+        .unwrap();
+        Storage::new(store)
+    }
+
+    fn record(outgoing: bool, n: u64) -> ArchivedMessage {
+        ArchivedMessage {
+            outgoing,
+            with: "c@x".into(),
+            with_resource: None,
+            xml: format!("<message xmlns='jabber:client'><body>{n}</body></message>"),
+        }
+    }
+
+    async fn put(storage: &Storage, owner: &str, items: &[(u64, bool)]) {
+        let records: Vec<_> = items
+            .iter()
+            .map(|&(id, out)| (id, record(out, id)))
+            .collect();
+        let entries: Vec<_> = records.iter().map(|(id, m)| (owner, *id, m)).collect();
+        storage.archive(&entries).await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replay_reads_received_messages_after_an_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = storage(dir.path()).await;
+        assert_eq!(last_id(&storage, "b@x").unwrap(), None);
+        assert!(
+            incoming_after(&storage, "b@x", None, 10)
+                .unwrap()
+                .is_empty()
+        );
+        // 600 messages (more than one read chunk), every third one sent.
+        let items: Vec<(u64, bool)> = (1..=600).map(|i| (i * 10, i % 3 == 0)).collect();
+        put(&storage, "b@x", &items).await;
+        put(&storage, "b@y", &[(5, false), (7000, false)]).await;
+        assert_eq!(last_id(&storage, "b@x").unwrap(), Some(6000));
+        let all = incoming_after(&storage, "b@x", None, 1000).unwrap();
+        assert_eq!(all.len(), 400);
+        assert!(all.windows(2).all(|w| w[0].0 < w[1].0));
+        assert_eq!(all[0], (10, record(false, 10).xml));
+        let after: Vec<u64> = incoming_after(&storage, "b@x", Some(5000), 3)
+            .unwrap()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(after, [5020, 5030, 5050]);
+        assert!(
+            incoming_after(&storage, "b@x", Some(6000), 5)
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            incoming_after(&storage, "b@x", Some(u64::MAX), 5)
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(incoming_after(&storage, "b@x", None, 0).unwrap().len(), 0);
+        storage.store.shutdown().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn retention_deletes_old_and_excess_messages_per_domain() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = storage(dir.path()).await;
+        let now = chrono::Utc::now();
+        let day = 86_400_000_000i64;
+        let at = |days_ago: i64, n: u64| first_id_at(now.timestamp_micros() - days_ago * day) + n;
+        // a@old keeps 5 days; a@few keeps 3 messages; a@all keeps everything.
+        let mut config = Config {
+            domains: vec!["old".into(), "few".into(), "all".into()],
+            ..Config::default()
+        };
+        config.mam.max_age_days = 5;
+        config.mam.domains.insert(
+            "few".into(),
+            crate::config::MamRetention {
+                max_age_days: Some(0),
+                max_messages: Some(3),
+            },
+        );
+        config.mam.domains.insert(
+            "all".into(),
+            crate::config::MamRetention {
+                max_age_days: Some(0),
+                max_messages: None,
+            },
+        );
+        let old: Vec<(u64, bool)> = (0..1200)
+            .map(|n| (at(10, n), false))
+            .chain([(at(1, 0), true)])
+            .collect();
+        put(&storage, "a@old", &old).await;
+        put(
+            &storage,
+            "a@few",
+            &[
+                (at(9, 0), false),
+                (at(3, 0), false),
+                (at(2, 0), true),
+                (at(1, 0), false),
+                (at(0, 0), false),
+            ],
+        )
+        .await;
+        put(&storage, "a@all", &[(at(400, 0), false), (at(1, 0), false)]).await;
+        let deleted = enforce_retention(&storage, &config, now).await.unwrap();
+        assert_eq!(deleted, 1200 + 2);
+        let ids = |bare: &str| -> Vec<u64> {
+            storage
+                .archive_range(bare, 0, u64::MAX, false, 100)
+                .unwrap()
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect()
+        };
+        assert_eq!(ids("a@old"), [at(1, 0)]);
+        assert_eq!(ids("a@few"), [at(2, 0), at(1, 0), at(0, 0)]);
+        assert_eq!(ids("a@all").len(), 2);
+        assert_eq!(enforce_retention(&storage, &config, now).await.unwrap(), 0);
+        storage.store.shutdown().await.unwrap();
+    }
+}
