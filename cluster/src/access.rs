@@ -182,6 +182,11 @@ impl Store {
         self.registry_barrier().await
     }
 
+    /// The members whose lease is current (this node always).
+    pub fn live_nodes(&self) -> Vec<u64> {
+        self.inner.registry.live_nodes()
+    }
+
     /// The registry epoch this node is in (0: none).
     pub fn registry_epoch(&self) -> u64 {
         self.inner.registry.active().map_or(0, |g| g.epoch)

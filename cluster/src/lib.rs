@@ -47,5 +47,5 @@ pub use crate::error::StoreError;
 pub use crate::events::{ClusterEvents, EXPIRED as EXPIRED_SPACE, LEASES as LEASE_SPACE};
 pub use crate::handle::Store;
 pub use crate::op::{Op, OpResult};
-pub use crate::registry::is_registry_space;
+pub use crate::registry::{SM_SESSIONS, is_registry_space};
 pub use crate::status::{ClusterStatus, MemberStatus, query_status};

@@ -61,6 +61,9 @@ const CURRENT: &[u8] = b"current";
 /// Space (registry group): node id (u64 big-endian) -> the epoch (u64
 /// big-endian) in which that node has re-published all its sessions.
 pub const READY: &str = "registry_ready";
+/// Space (registry group): SM-ID -> a resumable session's stream
+/// management record (XEP-0198; written and read by the node).
+pub const SM_SESSIONS: &str = "sm_session";
 /// Local (not replicated) tree of this node's own counters.
 const LOCAL_TREE: &str = "local";
 const INCARNATION: &[u8] = b"registry_incarnation";
@@ -84,7 +87,10 @@ const READY_WAIT: Duration = Duration::from_secs(5);
 
 /// Whether `space` lives in the registry group.
 pub fn is_registry_space(space: &str) -> bool {
-    matches!(space, routes::ROUTES | routes::NODE_ROUTES | READY)
+    matches!(
+        space,
+        routes::ROUTES | routes::NODE_ROUTES | READY | SM_SESSIONS
+    )
 }
 
 /// Whether every op of a write touches a registry space (`Some(true)`),
@@ -687,7 +693,7 @@ impl Registry {
     /// Nodes whose registry state this node waits for before it takes a
     /// user for offline: the durable members that renewed their lease
     /// lately (a dead node's sessions are gone anyway).
-    fn live_nodes(&self) -> Vec<u64> {
+    pub(crate) fn live_nodes(&self) -> Vec<u64> {
         let ttl = Duration::from_millis(self.lease.ttl_ms.max(1));
         let me = self.shared.node_id;
         self.durable_members()

@@ -213,6 +213,10 @@ impl Default for SmConfig {
             request_every: 5,
             request_bytes: 64 * 1024,
             request_after_ms: 1000,
+        }
+    }
+}
+
 /// XEP-0313 message archive (with XEP-0441 preferences): what is kept
 /// and for how long.
 #[derive(Clone, Debug, Serialize, Deserialize)]

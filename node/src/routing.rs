@@ -218,6 +218,18 @@ impl LocalDelivery for NodeDelivery {
         else {
             return DeliveryResult::NoSession;
         };
+        if env.close == crate::session::resume::RELEASE {
+            let h = std::str::from_utf8(&env.stanza)
+                .ok()
+                .and_then(|h| h.parse().ok());
+            return match h {
+                Some(h) => {
+                    handle.release(h);
+                    DeliveryResult::Delivered
+                }
+                None => DeliveryResult::Refused,
+            };
+        }
         if !env.close.is_empty() {
             // Another node asks: `conflict` (the full JID bound there) or
             // whatever else it names; unknown names end the stream as a

@@ -35,6 +35,9 @@ pub enum ToSession {
     Stanza(Arc<str>),
     /// Close the stream with this stream error condition.
     Close(StreamCondition),
+    /// Let the session go: its client resumes it on another node, having
+    /// handled this many of its stanzas (XEP-0198).
+    Release(u32),
 }
 
 /// Admission to one session: what is queued for its socket (in its actor's
@@ -169,6 +172,11 @@ impl SessionHandle {
     pub fn close(&self, condition: StreamCondition) {
         self.to.do_send(ToSession::Close(condition));
     }
+
+    /// Asks the session to let go for resumption on another node.
+    pub fn release(&self, h: u32) {
+        self.to.do_send(ToSession::Release(h));
+    }
 }
 
 /// One bound resource of a user.
@@ -205,7 +213,13 @@ pub enum ToUser {
     Interested { session: u64 },
     /// The session ended: unavailable to whoever saw it, route removed.
     /// `owned`: the session still held its resource in the router.
-    Detach { session: u64, owned: bool },
+    /// `silent`: it continues on another node (XEP-0198 resumption), so
+    /// nobody is told it went unavailable.
+    Detach {
+        session: u64,
+        owned: bool,
+        silent: bool,
+    },
 }
 
 /// A user actor's address, shared (cloning an actix address allocates).

@@ -36,6 +36,8 @@ enum End {
     Lost,
     /// Another connection resumes this session.
     TakenOver(Takeover),
+    /// Another node resumes it; its client handled this many stanzas.
+    Released(u32),
     /// Close with this stream error.
     Error(StreamCondition),
     /// The client sent `</stream:stream>`: answer in kind.
@@ -69,6 +71,7 @@ impl Handler<ToSession> for C2s {
                 }
             }
             ToSession::Close(condition) => self.outbox.close(condition),
+            ToSession::Release(h) => self.outbox.release(h),
         }
     }
 }
@@ -111,6 +114,31 @@ struct Session<S> {
     request_at: Option<Instant>,
     /// The session actor's address, for the resumable table.
     addr: actix::Addr<C2s>,
+    /// Where the client is in the user's message archive, kept in the
+    /// cluster's record of a resumable session (with peers only).
+    archive: Option<ArchivePosition>,
+}
+
+/// How far a resumable session's client acknowledged the user's message
+/// archive, and when that was last written to its record.
+struct ArchivePosition {
+    /// Nothing at or before this id is owed to the client.
+    floor: u64,
+    /// The newest archive id written to the client.
+    written: u64,
+    checkpoint_at: Option<Instant>,
+    dirty: bool,
+}
+
+impl ArchivePosition {
+    fn new(floor: u64) -> Self {
+        ArchivePosition {
+            floor,
+            written: floor,
+            checkpoint_at: None,
+            dirty: false,
+        }
+    }
 }
 
 /// Tells one connection's entry in the resumable table from another's.
@@ -120,13 +148,37 @@ fn next_generation() -> u64 {
 }
 
 /// Starts the session actor of a bound connection on the current arbiter.
-/// The session's state is boxed before its task starts, so the long-lived
-/// task holds a pointer to it rather than copies of it at every level of
-/// `async fn` nesting.
 pub fn start<S: Transport + 'static>(
     server: Arc<Server>,
     bound: Bound<S>,
     slot: crate::net::ConnSlot,
+) {
+    let (bare, full) = (bound.bare.to_string(), bound.full.to_string());
+    start_with(server, bound.stream, bare, full, slot, None);
+}
+
+/// A session resumed from another node's (or a dead node's) record: what
+/// the new session continues with.
+pub struct Transferred {
+    sm: Sm,
+    resend: VecDeque<Arc<str>>,
+    /// Its last available presence, broadcast again (its contacts may have
+    /// been told it went unavailable when its node died).
+    presence: Option<String>,
+    archive: u64,
+}
+
+/// Starts a session actor (new, or resumed from another node) on the
+/// current arbiter. The session's state is boxed before its task starts,
+/// so the long-lived task holds a pointer to it rather than copies of it
+/// at every level of `async fn` nesting.
+fn start_with<S: Transport + 'static>(
+    server: Arc<Server>,
+    stream: XmlStream<S>,
+    bare: String,
+    full: String,
+    slot: crate::net::ConnSlot,
+    transferred: Option<Transferred>,
 ) {
     C2s::create(move |ctx| {
         // The gate bounds what is queued for the socket (in the mailbox
@@ -137,8 +189,7 @@ pub fn start<S: Transport + 'static>(
         ));
         let outbox = Arc::new(Outbox::new(gate.clone()));
         let handle = SessionHandle::new(ctx.address().recipient(), gate);
-        let bare = bound.bare.to_string();
-        let resource = bound.full.resource().to_string();
+        let resource = im::split(&full).1.unwrap_or_default().to_owned();
         let id = handle.id;
         let (old, user) = server.router.bind(&bare, &resource, handle, || {
             super::user::start(server.clone(), &bare)
@@ -147,13 +198,13 @@ pub fn start<S: Transport + 'static>(
             // RFC 6120 §7.7.2.2: the new session replaces the old one.
             old.close(StreamCondition::Conflict);
         }
-        let span = tracing::info_span!("c2s", jid = %bound.full);
+        let span = tracing::info_span!("c2s", jid = %full);
         let actor_bare: Arc<str> = bare.as_str().into();
-        let s = Box::new(Session {
+        let mut s = Box::new(Session {
             server: server.clone(),
-            xs: bound.stream,
+            xs: stream,
             bare,
-            full: bound.full.to_string(),
+            full,
             id,
             user,
             _slot: slot,
@@ -162,8 +213,24 @@ pub fn start<S: Transport + 'static>(
             generation: next_generation(),
             request_at: None,
             addr: ctx.address(),
+            archive: None,
         });
-        let task = serve(s, outbox.clone()).instrument(span);
+        let task = match transferred {
+            None => Box::pin(serve(s, outbox.clone()).instrument(span))
+                as std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>,
+            Some(t) => {
+                s.sm = Some(t.sm);
+                s.archive = s
+                    .server
+                    .storage
+                    .store
+                    .registry_active()
+                    .then(|| ArchivePosition::new(t.archive));
+                Box::pin(
+                    serve_transferred(s, outbox.clone(), t.resend, t.presence).instrument(span),
+                )
+            }
+        };
         ctx.spawn(actix::fut::wrap_future::<_, C2s>(task).map(|(), _, ctx| ctx.stop()));
         C2s {
             outbox,
@@ -173,10 +240,21 @@ pub fn start<S: Transport + 'static>(
     });
 }
 
-/// A session taken over from its old connection, ready to run on the new
-/// one (`start_resumed`): the actor's context and address exist already,
-/// so the router could point at it before the old connection let go.
-pub struct Resumption {
+/// A resumption ready to run on the new connection (`start_resumed`).
+pub enum Resumption {
+    /// A session of this node, taken over from its old connection: the
+    /// actor's context and address exist already, so the router could
+    /// point at it before the old connection let go.
+    Local(Box<LocalResumption>),
+    /// A session of another node (or of this one before it restarted).
+    Transferred {
+        bare: String,
+        full: String,
+        state: Box<Transferred>,
+    },
+}
+
+pub struct LocalResumption {
     ctx: Context<C2s>,
     outbox: Arc<Outbox>,
     handle: crate::router::SessionHandle,
@@ -185,11 +263,13 @@ pub struct Resumption {
     full: String,
     sm: Sm,
     resend: VecDeque<Arc<str>>,
+    archive: u64,
 }
 
 /// Takes over the session `previd` of `bare` for a client that handled
-/// `h` of its stanzas (XEP-0198 §5); on failure, the `<failed/>` to send
-/// (the client may bind a new session instead).
+/// `h` of its stanzas (XEP-0198 §5): on this node from its old connection,
+/// else from the cluster's record of it. On failure, the `<failed/>` to
+/// send (the client may bind a new session instead).
 pub async fn take_over(
     server: &Arc<Server>,
     bare: &str,
@@ -201,7 +281,11 @@ pub async fn take_over(
     // worth confirming.
     let entry = match server.resumable.get(previd) {
         Some(e) if &*e.bare == bare => e,
-        _ => return Err(not_found()),
+        Some(_) => return Err(not_found()),
+        None if server.storage.store.registry_active() => {
+            return take_over_elsewhere(server, bare, previd, h).await;
+        }
+        None => return Err(not_found()),
     };
     if !entry.counts.valid(h) {
         let (sent, _) = entry.counts.get();
@@ -237,13 +321,13 @@ pub async fn take_over(
     };
     // Checked above against counters that only grow; should the client's
     // `h` still not fit, everything unacknowledged is sent again.
-    let acked = state.acked;
+    let (acked, archive) = (state.acked, state.archive);
     let (sm, resend) = match Sm::resumed(state, h) {
         Ok(r) => r,
         Err(_) => unreachable_resume(acked),
     };
-    metrics::counter!("starling_sm_resumed_total", "from" => "local").increment(1);
-    Ok(Resumption {
+    metrics::counter!("starling_sm_resumed_total", "from" => "this_node").increment(1);
+    Ok(Resumption::Local(Box::new(LocalResumption {
         ctx,
         outbox,
         handle,
@@ -252,24 +336,78 @@ pub async fn take_over(
         full,
         sm,
         resend,
+        archive,
+    })))
+}
+
+/// Resumes a session this node does not hold, from its record in the
+/// registry: its node lets go first if it is alive (`resume::fetch`);
+/// what the client had not acknowledged is replayed from the archive.
+async fn take_over_elsewhere(
+    server: &Arc<Server>,
+    bare: &str,
+    previd: &str,
+    h: u32,
+) -> Result<Resumption, String> {
+    let Some(rec) = super::resume::fetch(server, bare, previd, h).await else {
+        return Err(sm::failed_xml("item-not-found", None, ""));
+    };
+    let from = if rec.released {
+        "other_node"
+    } else {
+        "dead_node"
+    };
+    let owed = super::resume::owed(server, &rec).await;
+    let state = sm::Detached {
+        id: previd.into(),
+        max: rec.max,
+        h_in: rec.h_in,
+        // What the old node sent is not known past its last checkpoint:
+        // the client's count is taken as it is, and what is owed is
+        // counted on from there.
+        sent: h,
+        acked: h,
+        unacked: owed,
+        archive: rec.acked_archive,
+    };
+    let (sm, resend) = match Sm::resumed(state, h) {
+        Ok(r) => r,
+        Err(_) => unreachable_resume(h),
+    };
+    metrics::counter!("starling_sm_resumed_total", "from" => from).increment(1);
+    Ok(Resumption::Transferred {
+        bare: bare.to_owned(),
+        full: rec.full,
+        state: Box::new(Transferred {
+            sm,
+            resend,
+            presence: rec.presence,
+            archive: rec.acked_archive,
+        }),
     })
 }
 
-/// `Sm::resumed` refused an `h` that `Counts::valid` accepted: cannot
-/// happen, since both counters only grow while the session waits.
+/// `Sm::resumed` refused an `h` that was checked before: cannot happen,
+/// since both counters only grow while the session waits.
 fn unreachable_resume(acked: u32) -> ! {
     panic!("resumption state changed under the takeover (acked {acked})")
 }
 
-/// Runs a taken-over session on its new connection: `<resumed/>`, then
-/// what the client had not acknowledged, then as any session.
+/// Runs a resumed session on its new connection: `<resumed/>`, then what
+/// the client had not acknowledged, then as any session.
 pub fn start_resumed<S: Transport + 'static>(
     server: Arc<Server>,
     stream: XmlStream<S>,
-    r: Box<Resumption>,
+    r: Resumption,
     slot: crate::net::ConnSlot,
 ) {
-    let Resumption {
+    let r = match r {
+        Resumption::Local(r) => r,
+        Resumption::Transferred { bare, full, state } => {
+            return start_with(server, stream, bare, full, slot, Some(*state));
+        }
+    };
+    let LocalResumption {
         ctx,
         outbox,
         handle,
@@ -278,9 +416,11 @@ pub fn start_resumed<S: Transport + 'static>(
         full,
         sm,
         resend,
+        archive,
     } = *r;
     let span = tracing::info_span!("c2s", jid = %full);
     let actor_bare: Arc<str> = bare.as_str().into();
+    let registry = server.storage.store.registry_active();
     let s = Box::new(Session {
         server: server.clone(),
         xs: stream,
@@ -294,6 +434,7 @@ pub fn start_resumed<S: Transport + 'static>(
         generation: next_generation(),
         request_at: None,
         addr: ctx.address(),
+        archive: registry.then(|| ArchivePosition::new(archive)),
     });
     let task = serve_resumed(s, outbox.clone(), resend).instrument(span);
     let mut ctx = ctx;
@@ -305,7 +446,7 @@ pub fn start_resumed<S: Transport + 'static>(
     });
 }
 
-/// The stream task of a resumed session.
+/// The stream task of a session resumed on this node.
 async fn serve_resumed<S: Transport>(
     mut s: Box<Session<S>>,
     outbox: Arc<Outbox>,
@@ -315,6 +456,43 @@ async fn serve_resumed<S: Transport>(
     s.register_resumable();
     let end = match Box::pin(s.resumed(resend)).await {
         Ok(()) => s.run(&outbox).await,
+        Err(end) => end,
+    };
+    Box::pin(finish(&mut s, &outbox, end)).await;
+    tracing::info!("session ended");
+}
+
+/// The stream task of a session resumed from another node: bound here
+/// as a new session, its presence restored, then as `serve_resumed`.
+async fn serve_transferred<S: Transport>(
+    mut s: Box<Session<S>>,
+    outbox: Arc<Outbox>,
+    resend: VecDeque<Arc<str>>,
+    presence: Option<String>,
+) {
+    tracing::info!(resent = resend.len(), "session resumed from another node");
+    let attach = ToUser::Attach {
+        session: s.id,
+        full: s.full.clone(),
+    };
+    if !matches!(s.user.send(attach).await, Ok(Ok(()))) {
+        tracing::error!("could not record the resumed session's route");
+    }
+    s.register_resumable();
+    s.checkpoint(true).await;
+    let end = match Box::pin(s.resumed(resend)).await {
+        Ok(()) => {
+            if let Some(el) = presence
+                .as_deref()
+                .and_then(crate::stanza::parse_serialised)
+            {
+                let msg = ToUser::Presence { session: s.id, el };
+                if !matches!(s.user.send(msg).await, Ok(Ok(()))) {
+                    tracing::warn!("could not restore the resumed session's presence");
+                }
+            }
+            s.run(&outbox).await
+        }
         Err(end) => end,
     };
     Box::pin(finish(&mut s, &outbox, end)).await;
@@ -347,13 +525,15 @@ async fn serve<S: Transport>(mut s: Box<Session<S>>, outbox: Arc<Outbox>) {
 async fn finish<S: Transport>(s: &mut Session<S>, outbox: &Outbox, end: End) {
     let end = match end {
         End::TakenOver(t) => return s.hand_over(outbox, t, true).await,
+        End::Released(h) => return s.release(outbox, h, true).await,
         End::Lost | End::Error(StreamCondition::ConnectionTimeout) if s.resumable() => {
             if let End::Error(condition) = end {
                 s.xs.fail(condition, None).await;
             }
             match s.wait_detached(outbox).await {
-                Some(t) => return s.hand_over(outbox, t, false).await,
-                None => End::Done,
+                Some(Control::Takeover(t)) => return s.hand_over(outbox, t, false).await,
+                Some(Control::Released(h)) => return s.release(outbox, h, false).await,
+                Some(Control::Close) | None => End::Done,
             }
         }
         end => end,
@@ -371,6 +551,9 @@ async fn finish<S: Transport>(s: &mut Session<S>, outbox: &Outbox, end: End) {
         Some(sm) => {
             if let Some(id) = &sm.id {
                 server.resumable.remove(id, s.generation);
+                if s.archive.is_some() {
+                    super::resume::remove(server, id).await;
+                }
             }
             sm.into_unacked()
         }
@@ -379,6 +562,7 @@ async fn finish<S: Transport>(s: &mut Session<S>, outbox: &Outbox, end: End) {
     let detach = ToUser::Detach {
         session: s.id,
         owned,
+        silent: false,
     };
     if s.user.send(detach).await.is_err() {
         tracing::warn!("the user actor was gone before the session ended");
@@ -398,7 +582,7 @@ async fn finish<S: Transport>(s: &mut Session<S>, outbox: &Outbox, end: End) {
         },
         End::Error(condition) => s.xs.fail(condition, None).await,
         End::ClientClosed => s.xs.close().await,
-        End::Done | End::Lost | End::TakenOver(_) => {}
+        End::Done | End::Lost | End::TakenOver(_) | End::Released(_) => {}
     }
 }
 
@@ -406,10 +590,11 @@ async fn finish<S: Transport>(s: &mut Session<S>, outbox: &Outbox, end: End) {
 /// not the server's own copies for this session (carbons, archive query
 /// results), which mean nothing to another resource or offline storage.
 fn owed(xml: &str) -> bool {
+    // As `Element::write_to` writes them.
     const COPIES: [&str; 3] = [
-        "<received xmlns='urn:xmpp:carbons:2'",
-        "<sent xmlns='urn:xmpp:carbons:2'",
-        "<result xmlns='urn:xmpp:mam:",
+        r#"<received xmlns="urn:xmpp:carbons:2""#,
+        r#"<sent xmlns="urn:xmpp:carbons:2""#,
+        r#"<result xmlns="urn:xmpp:mam:"#,
     ];
     !COPIES.iter().any(|c| xml.contains(c))
 }
@@ -446,6 +631,9 @@ impl<S: Transport> Session<S> {
             if let Some(at) = self.request_at {
                 wake_at = wake_at.min(at);
             }
+            if let Some(at) = self.checkpoint_due() {
+                wake_at = wake_at.min(at);
+            }
             tokio::select! {
                 r = self.xs.fill(None) => {
                     match r {
@@ -463,6 +651,12 @@ impl<S: Transport> Session<S> {
                     let now = Instant::now();
                     if now >= idle_at {
                         return End::Error(StreamCondition::ConnectionTimeout);
+                    }
+                    if self.checkpoint_due().is_some_and(|at| now >= at) {
+                        self.checkpoint(false).await;
+                        if self.request_at.is_none_or(|at| now < at) {
+                            continue;
+                        }
                     }
                     let data = if self.request_at.is_some_and(|at| now >= at) {
                         self.request_at = None;
@@ -517,6 +711,7 @@ impl<S: Transport> Session<S> {
             }
             Outgoing::Close(condition) => Err(End::Error(condition)),
             Outgoing::Takeover(t) => Err(End::TakenOver(t)),
+            Outgoing::Released(h) => Err(End::Released(h)),
         }
     }
 
@@ -528,6 +723,11 @@ impl<S: Transport> Session<S> {
             return false;
         };
         for xml in stanzas {
+            if let Some(pos) = &mut self.archive
+                && let Some(id) = super::resume::archive_id(xml, &self.bare)
+            {
+                pos.written = pos.written.max(id);
+            }
             sm.sent(xml.clone());
         }
         let cfg = &self.server.config.sm;
@@ -808,6 +1008,15 @@ impl<S: Transport> Session<S> {
                 self.send_nonza(&enabled).await?;
                 if resume {
                     self.register_resumable();
+                    if self.server.storage.store.registry_active() {
+                        // Nothing archived before now is owed to this session.
+                        let floor = crate::modules::mam::last_id(&self.server.storage, &self.bare)
+                            .ok()
+                            .flatten()
+                            .unwrap_or(0);
+                        self.archive = Some(ArchivePosition::new(floor));
+                        self.checkpoint(true).await;
+                    }
                 }
                 Ok(())
             }
@@ -835,6 +1044,10 @@ impl<S: Transport> Session<S> {
                     Ok(()) => {
                         if sm.unacked().next().is_none() {
                             self.request_at = None;
+                        }
+                        if let Some(pos) = &mut self.archive {
+                            pos.dirty = true;
+                            self.checkpoint(false).await;
                         }
                         Ok(())
                     }
@@ -891,15 +1104,12 @@ impl<S: Transport> Session<S> {
     /// The connection is gone: waits up to `max` seconds for a resumption
     /// (stanzas keep queueing in the outbox, within its bounds). `None`
     /// when the session is to end (timed out, closed, or replaced).
-    async fn wait_detached(&mut self, outbox: &Outbox) -> Option<Takeover> {
+    async fn wait_detached(&mut self, outbox: &Outbox) -> Option<Control> {
         let max = self.sm.as_ref().map_or(0, |sm| sm.max);
         tracing::debug!(max, "connection lost; waiting for resumption");
         metrics::gauge!("starling_sm_detached_sessions").increment(1.0);
         let r = tokio::select! {
-            c = outbox.control() => match c {
-                Control::Takeover(t) => Some(t),
-                Control::Close => None,
-            },
+            c = outbox.control() => Some(c),
             _ = tokio::time::sleep(Duration::from_secs(u64::from(max))) => {
                 metrics::counter!("starling_sm_timed_out_total").increment(1);
                 None
@@ -917,7 +1127,8 @@ impl<S: Transport> Session<S> {
         if let Some(id) = &sm.id {
             self.server.resumable.remove(id, self.generation);
         }
-        if let Some(state) = sm.detach(pending) {
+        let archive = self.acked_archive(&sm);
+        if let Some(state) = sm.detach(pending, archive) {
             let _ = t.reply.send(Some(TakenOver {
                 sm: state,
                 full: self.full.clone(),
@@ -929,6 +1140,118 @@ impl<S: Transport> Session<S> {
                     StreamCondition::Conflict,
                     Some("resumed on another connection"),
                 )
+                .await;
+        }
+    }
+
+    /// How far the client acknowledged the user's archive (0 without a
+    /// record).
+    fn acked_archive(&self, sm: &Sm) -> u64 {
+        self.archive.as_ref().map_or(0, |pos| {
+            super::resume::acked_position(sm.unacked(), &self.bare, pos.written).max(pos.floor)
+        })
+    }
+
+    /// When a checkpoint left pending by `CHECKPOINT_EVERY` is due.
+    fn checkpoint_due(&self) -> Option<Instant> {
+        let pos = self.archive.as_ref().filter(|p| p.dirty)?;
+        Some(pos.checkpoint_at? + super::resume::CHECKPOINT_EVERY)
+    }
+
+    /// Writes the session's record (`resume::Record`) if it changed and
+    /// the last write is old enough (or `force`).
+    async fn checkpoint(&mut self, force: bool) {
+        let Some(sm) = &self.sm else { return };
+        let Some(id) = sm.id.clone() else { return };
+        let Some(pos) = &self.archive else { return };
+        if !force
+            && pos
+                .checkpoint_at
+                .is_some_and(|at| at.elapsed() < super::resume::CHECKPOINT_EVERY)
+        {
+            return;
+        }
+        let rec = self.record(sm, false);
+        if let Some(pos) = &mut self.archive {
+            pos.dirty = false;
+            pos.checkpoint_at = Some(Instant::now());
+        }
+        if let Err(e) = super::resume::write(&self.server, &id, &rec).await {
+            tracing::debug!(error = %e, "could not write the stream management record");
+        }
+    }
+
+    fn record(&self, sm: &Sm, released: bool) -> super::resume::Record {
+        self.record_with(sm, released, self.presence())
+    }
+
+    /// The session's last available presence, serialised.
+    fn presence(&self) -> Option<String> {
+        self.server.router.with_resources(&self.bare, |rs| {
+            rs.iter()
+                .find(|r| r.handle.id == self.id)
+                .and_then(|r| r.presence.as_ref())
+                .map(|p| p.to_stream_xml(crate::stanza::NS_CLIENT))
+        })
+    }
+
+    fn record_with(
+        &self,
+        sm: &Sm,
+        released: bool,
+        presence: Option<String>,
+    ) -> super::resume::Record {
+        super::resume::Record {
+            bare: self.bare.clone(),
+            full: self.full.clone(),
+            node: self.server.storage.store.node_id(),
+            session: self.id,
+            max: sm.max,
+            h_in: sm.h_in,
+            acked_archive: self.acked_archive(sm),
+            presence,
+            released,
+        }
+    }
+
+    /// Lets the session go to another node, whose client handled `h` of
+    /// its stanzas: records exactly how far the client got in the archive
+    /// (the new node replays the rest from there), hands on what the
+    /// archive does not hold (XEP-0198 §4), and leaves without telling
+    /// anyone it went unavailable.
+    async fn release(&mut self, outbox: &Outbox, h: u32, connected: bool) {
+        let server = self.server.clone();
+        let presence = self.presence();
+        let owned = server.router.unbind(&self.bare, self.id);
+        let pending = outbox.end();
+        let Some(mut sm) = self.sm.take() else { return };
+        let _ = sm.ack(h);
+        for xml in pending {
+            sm.sent(xml);
+        }
+        let id = sm.id.clone().unwrap_or_default();
+        server.resumable.remove(&id, self.generation);
+        let rec = self.record_with(&sm, true, presence);
+        if let Err(e) = super::resume::write(&server, &id, &rec).await {
+            tracing::warn!(error = %e, "could not record the released session");
+        }
+        let detach = ToUser::Detach {
+            session: self.id,
+            owned,
+            silent: true,
+        };
+        if self.user.send(detach).await.is_err() {
+            tracing::warn!("the user actor was gone before the session was released");
+        }
+        for xml in sm.into_unacked() {
+            if owed(&xml) && super::resume::archive_id(&xml, &self.bare).is_none() {
+                im::reroute(&server, &xml).await;
+            }
+        }
+        metrics::counter!("starling_sm_released_total").increment(1);
+        if connected {
+            self.xs
+                .fail(StreamCondition::Conflict, Some("resumed on another node"))
                 .await;
         }
     }

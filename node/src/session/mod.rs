@@ -6,6 +6,7 @@ pub mod c2s;
 pub mod cluster_events;
 pub mod im;
 mod outbox;
+pub mod resume;
 pub mod sm;
 pub mod user;
 

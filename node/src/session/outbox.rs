@@ -20,12 +20,15 @@ pub enum Outgoing {
     Close(StreamCondition),
     /// Another connection resumes this session (XEP-0198).
     Takeover(Takeover),
+    /// Another node resumes it; its client handled this many stanzas.
+    Released(u32),
 }
 
 /// What a detached session waits for (it writes nothing meanwhile).
 pub enum Control {
     Close,
     Takeover(Takeover),
+    Released(u32),
 }
 
 /// Why a stanza was not queued.
@@ -46,6 +49,7 @@ struct State {
     queue: VecDeque<Arc<str>>,
     close: Option<StreamCondition>,
     takeover: Option<Takeover>,
+    release: Option<u32>,
     ended: bool,
 }
 
@@ -68,6 +72,9 @@ impl Outbox {
                 }
                 if let Some(t) = st.takeover.take() {
                     return Outgoing::Takeover(t);
+                }
+                if let Some(h) = st.release.take() {
+                    return Outgoing::Released(h);
                 }
                 if !st.queue.is_empty() {
                     // Taking the deque leaves one with no allocation.
@@ -94,6 +101,9 @@ impl Outbox {
                 if let Some(t) = st.takeover.take() {
                     return Control::Takeover(t);
                 }
+                if let Some(h) = st.release.take() {
+                    return Control::Released(h);
+                }
             }
             self.notify.notified().await;
         }
@@ -111,6 +121,16 @@ impl Outbox {
         }
         self.notify.notify_one();
         Ok(())
+    }
+
+    /// Asks the stream task to let the session go (resumed on another node).
+    pub fn release(&self, h: u32) {
+        self.state
+            .lock()
+            .expect("outbox lock")
+            .release
+            .get_or_insert(h);
+        self.notify.notify_one();
     }
 
     /// Whether the session has ended (nothing is queued any more).

@@ -175,7 +175,11 @@ impl Sm {
 
     /// Hands the state over for resumption elsewhere, with `pending` (queued
     /// for the socket and never written) after the unacknowledged ones.
-    pub fn detach(self, pending: impl IntoIterator<Item = Arc<str>>) -> Option<Detached> {
+    pub fn detach(
+        self,
+        pending: impl IntoIterator<Item = Arc<str>>,
+        archive: u64,
+    ) -> Option<Detached> {
         let id = self.id?;
         let (sent, acked) = self.counts.get();
         let mut unacked = self.unacked;
@@ -187,6 +191,7 @@ impl Sm {
             sent,
             acked,
             unacked,
+            archive,
         })
     }
 
@@ -209,6 +214,9 @@ pub struct Detached {
     pub sent: u32,
     pub acked: u32,
     pub unacked: VecDeque<Arc<str>>,
+    /// How far the client acknowledged the user's message archive
+    /// (`resume::Record::acked_archive`).
+    pub archive: u64,
 }
 
 /// What the resuming side asks a detached (or still connected) session.
@@ -337,6 +345,7 @@ mod tests {
             acked: 2,
             // three written and unacknowledged, one never written
             unacked: ["<c/>", "<d/>", "<e/>", "<f/>"].map(xml).into(),
+            archive: 0,
         };
         let (mut sm, resend) = Sm::resumed(d(), 3).unwrap();
         assert_eq!(
@@ -366,6 +375,7 @@ mod tests {
             sent: u32::MAX - 1,
             acked: u32::MAX - 1,
             unacked: VecDeque::new(),
+            archive: 0,
         };
         let (mut sm, _) = Sm::resumed(d, u32::MAX - 1).unwrap();
         sm.handled();

@@ -141,7 +141,11 @@ impl Handler<ToUser> for User {
                     .update(&bare, session, |r| r.interested = true);
                 self.publish(session)
             }
-            ToUser::Detach { session, owned } => {
+            ToUser::Detach {
+                session,
+                owned,
+                silent,
+            } => {
                 let Some(i) = self.sessions.iter().position(|s| s.session == session) else {
                     self.release(ctx);
                     return done(Ok(()));
@@ -156,7 +160,9 @@ impl Handler<ToUser> for User {
                             full: &full,
                             session_id: session,
                         };
-                        im::session_ended(&server, &origin, &mut presence).await;
+                        if !silent {
+                            im::session_ended(&server, &origin, &mut presence).await;
+                        }
                         let resource = im::split(&full).1.unwrap_or_default();
                         let last = presence.last_activity.take();
                         if let Err(e) =

@@ -30,7 +30,7 @@ pub struct Bound<S> {
 /// (XEP-0198) instead of binding.
 pub enum Negotiated<S> {
     Bound(Bound<S>),
-    Resumed(XmlStream<S>, Box<crate::session::c2s::Resumption>),
+    Resumed(XmlStream<S>, crate::session::c2s::Resumption),
 }
 
 /// Decrements the unauthenticated-connection count when dropped.
@@ -325,7 +325,7 @@ async fn secure_phases<S: Transport>(
         let el = next_element(&mut xs, deadline).await?;
         if el.ns == crate::session::sm::NS_SM {
             match resume(server, &bare, &el).await {
-                Ok(r) => return Some(Negotiated::Resumed(xs, Box::new(r))),
+                Ok(r) => return Some(Negotiated::Resumed(xs, r)),
                 Err(failed) => {
                     xs.send_raw(&failed).await.ok()?;
                     continue;

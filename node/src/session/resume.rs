@@ -1,0 +1,240 @@
+//! XEP-0198 resumption anywhere in the cluster, and after the node that
+//! held the session died.
+//!
+//! A resumable session of a node with peers has a [`Record`] in the
+//! registry group (`sm_session`, by SM-ID): who it is, the `h` it reported
+//! last, its last available presence, and how far the client acknowledged
+//! what was archived for it (`acked_archive`, a message archive id:
+//! messages are archived durably before they are delivered). The record is
+//! written when stream management is enabled and then at most every
+//! [`CHECKPOINT_EVERY`] when acks move it on; nothing per stanza.
+//!
+//! Another node resumes it from the record: if the session's node is alive
+//! it is asked to let go first ([`RELEASE`]: it records exactly what the
+//! client acknowledged and hands on what the archive does not hold); if
+//! that node died, the record's last checkpoint is what is known. Either
+//! way the new node replays, from the archive, the messages to the user's
+//! bare JID or to that full JID after `acked_archive`, and removes from
+//! offline storage those it replayed.
+
+use crate::server::Server;
+use crate::stanza::NS_CLIENT;
+use serde::{Deserialize, Serialize};
+use starling_cluster::{Envelope, Op, SM_SESSIONS, StoreError};
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// `Envelope::close` that asks a node to let a session go for resumption
+/// elsewhere; `Envelope::stanza` carries the client's `h`.
+pub const RELEASE: &str = "sm-release";
+
+/// Least time between two checkpoints of one session.
+pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
+/// How long the resuming node waits for the old one to let go.
+const RELEASE_WAIT: Duration = Duration::from_secs(3);
+
+/// Most messages replayed on one resumption.
+const MAX_REPLAY: usize = 10_000;
+
+/// A resumable session, as the cluster knows it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Record {
+    pub bare: String,
+    pub full: String,
+    pub node: u64,
+    pub session: u64,
+    pub max: u32,
+    /// Stanzas of the client's handled (at the last checkpoint).
+    pub h_in: u32,
+    /// Every archived message for this session up to this archive id was
+    /// acknowledged by the client (or was not this session's to get).
+    pub acked_archive: u64,
+    /// The last available presence it broadcast (serialised).
+    pub presence: Option<String>,
+    /// The node let the session go: the fields are exact, not a checkpoint.
+    #[serde(default)]
+    pub released: bool,
+}
+
+pub fn read(server: &Server, id: &str) -> Option<Record> {
+    let v = server
+        .storage
+        .store
+        .get(SM_SESSIONS, id.as_bytes())
+        .ok()
+        .flatten()?;
+    rmp_serde::from_slice(&v).ok()
+}
+
+pub async fn write(server: &Server, id: &str, rec: &Record) -> Result<(), StoreError> {
+    let value = rmp_serde::to_vec_named(rec).expect("records serialise");
+    server
+        .storage
+        .store
+        .write(vec![Op::Put {
+            space: SM_SESSIONS.into(),
+            key: id.as_bytes().to_vec(),
+            value,
+        }])
+        .await?;
+    Ok(())
+}
+
+pub async fn remove(server: &Server, id: &str) {
+    let op = Op::Delete {
+        space: SM_SESSIONS.into(),
+        key: id.as_bytes().to_vec(),
+    };
+    if let Err(e) = server.storage.store.write(vec![op]).await {
+        tracing::debug!(error = %e, "could not remove a stream management record");
+    }
+}
+
+/// The message archive id in a stanza delivered to `bare`, from the
+/// XEP-0359 `<stanza-id/>` the archive added (by `bare`).
+pub fn archive_id(xml: &str, bare: &str) -> Option<u64> {
+    const SID: &str = "<stanza-id xmlns=\"urn:xmpp:sid:0\"";
+    let mut rest = xml;
+    while let Some(i) = rest.find(SID) {
+        let el = &rest[i..];
+        let end = el.find("/>").unwrap_or(el.len());
+        let el = &el[..end];
+        if attr(el, "by") == Some(bare)
+            && let Some(id) = attr(el, "id")
+        {
+            return crate::modules::mam::decode_id(id);
+        }
+        rest = &rest[i + SID.len()..];
+    }
+    None
+}
+
+/// The value of attribute `name` in a start tag the server serialised
+/// (`Element::write_to`: double quotes, no spaces around `=`).
+fn attr<'a>(tag: &'a str, name: &str) -> Option<&'a str> {
+    let key = format!(" {name}=\"");
+    let i = tag.find(&key)? + key.len();
+    let j = tag[i..].find('"')?;
+    Some(&tag[i..i + j])
+}
+
+/// How far the client acknowledged the archive: just before the oldest
+/// archived message still unacknowledged, else up to the newest written.
+pub fn acked_position<'x>(
+    unacked: impl Iterator<Item = &'x Arc<str>>,
+    bare: &str,
+    written: u64,
+) -> u64 {
+    unacked
+        .filter_map(|x| archive_id(x, bare))
+        .min()
+        .map_or(written, |oldest| oldest.saturating_sub(1).min(written))
+}
+
+/// What a resuming node knows of a session of another node (or of this
+/// node before it restarted): its record, once the old node let go or is
+/// known dead. `None`: not resumable by `bare` (unknown, expired, someone
+/// else's).
+pub async fn fetch(server: &Server, bare: &str, id: &str, h: u32) -> Option<Record> {
+    let store = &server.storage.store;
+    let rec = read(server, id).filter(|r| r.bare == bare)?;
+    let me = store.node_id();
+    if rec.released || (rec.node == me) || !store.live_nodes().contains(&rec.node) {
+        return Some(rec);
+    }
+    // Alive elsewhere: ask that node to let go, then read what it wrote.
+    let env = Envelope {
+        to: rec.full.clone(),
+        session_id: rec.session,
+        close: RELEASE.into(),
+        stanza: h.to_string().into_bytes(),
+        ..Envelope::default()
+    };
+    let asked = store.deliver_acked(rec.node, env).await;
+    if !matches!(asked, Ok(starling_cluster::DeliveryResult::Delivered)) {
+        // Gone there already (or unreachable): the record is what is known.
+        return read(server, id).filter(|r| r.bare == bare);
+    }
+    let deadline = std::time::Instant::now() + RELEASE_WAIT;
+    loop {
+        let rec = read(server, id).filter(|r| r.bare == bare)?;
+        if rec.released || std::time::Instant::now() >= deadline {
+            return Some(rec);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The messages owed to a session resumed from `rec`: archived for its
+/// user after `acked_archive`, addressed to the bare JID or to that full
+/// JID. Those that offline storage also kept are removed from it (they
+/// are delivered now, once).
+pub async fn owed(server: &Server, rec: &Record) -> VecDeque<Arc<str>> {
+    let msgs = match crate::modules::mam::incoming_after(
+        &server.storage,
+        &rec.bare,
+        Some(rec.acked_archive),
+        MAX_REPLAY,
+    ) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read the archive to resume a session");
+            return VecDeque::new();
+        }
+    };
+    let mut ids = HashSet::new();
+    let mut out = VecDeque::new();
+    for (id, xml) in msgs {
+        let Some(el) = crate::stanza::parse_serialised(&xml) else {
+            continue;
+        };
+        let to = el.get_attr("to").unwrap_or_default();
+        if to == rec.bare || to == rec.full {
+            ids.insert(id);
+            out.push_back(el.to_stream_xml(NS_CLIENT).into());
+        }
+    }
+    if !ids.is_empty()
+        && let Ok(stored) = server.storage.offline(&rec.bare)
+    {
+        let replayed: Vec<_> = stored
+            .into_iter()
+            .filter(|(_, xml)| archive_id(xml, &rec.bare).is_some_and(|i| ids.contains(&i)))
+            .map(|(k, _)| k)
+            .collect();
+        if !replayed.is_empty()
+            && let Err(e) = server.storage.delete_offline(replayed).await
+        {
+            tracing::warn!(error = %e, "could not remove replayed messages from offline storage");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_archive_id_the_user_s_archive_stamped() {
+        let id = crate::modules::mam::encode_id(42);
+        let xml = format!(
+            r#"<message to="a@x/r"><body>hi</body><stanza-id xmlns="urn:xmpp:sid:0" by="b@x" id="zzz"/><stanza-id xmlns="urn:xmpp:sid:0" by="a@x" id="{id}"/></message>"#
+        );
+        assert_eq!(archive_id(&xml, "a@x"), Some(42));
+        assert_eq!(archive_id(&xml, "c@x"), None);
+        let unacked: Vec<Arc<str>> = vec![
+            "<presence/>".into(),
+            xml.as_str().into(),
+            format!(
+                r#"<message><stanza-id xmlns="urn:xmpp:sid:0" by="a@x" id="{}"/></message>"#,
+                crate::modules::mam::encode_id(50)
+            )
+            .into(),
+        ];
+        assert_eq!(acked_position(unacked.iter(), "a@x", 60), 41);
+        assert_eq!(acked_position(unacked[..1].iter(), "a@x", 60), 60);
+    }
+}

@@ -1,0 +1,112 @@
+"""XEP-0198 resumption anywhere in a 3-node cluster (issue 10, items 2 and 3): a session
+resumes through another node than the one that held it, and after that node was killed
+with SIGKILL; what the client had not acknowledged comes from the message archive."""
+
+import time
+
+import pytest
+
+from cluster import cluster, shared_cluster  # noqa: F401 (fixtures)
+from rawxmpp import C, tostring
+from test_sm import NS_SM, bodies, drop, login_sm, resume, sm
+
+pytestmark = [pytest.mark.starling_only, pytest.mark.cluster, pytest.mark.timeout(180)]
+
+
+def settle_acks(c, n_received):
+    """Acks everything received and lets the node record it (checkpoints are written at
+    most every 250 ms)."""
+    c.send_raw(f"<a xmlns='{NS_SM}' h='{n_received}'/>")
+    assert c.ping_server().get("type") == "result"
+    time.sleep(0.6)
+
+
+def test_resume_through_another_node(shared_cluster, clients):
+    cl = shared_cluster
+    sender = clients.add(cl[2].online("csa"))
+    jid, _, pw = cl[1].new_user("csr")
+    c, enabled = login_sm(cl[1], jid, pw)
+    clients.add(c)
+    for i in range(10):
+        sender.message(jid, f"m{i}")
+    got = bodies(c, 10)
+    received = 1 + 10  # own presence and ten messages
+    c.send_raw(f"<a xmlns='{NS_SM}' h='4'/>")  # acknowledges only part of them
+    drop(c)
+    for i in range(10, 20):
+        sender.message(jid, f"m{i}")
+    assert sender.ping_server().get("type") == "result"
+    t0 = time.monotonic()
+    c3, r = resume(cl[3], jid, pw, enabled.get("id"), received)
+    clients.add(c3)
+    took = time.monotonic() - t0
+    assert r.tag == sm("resumed"), tostring(r)
+    assert r.get("previd") == enabled.get("id")
+    assert int(r.get("h")) == 1, "the node that held it handled one stanza of ours"
+    got += bodies(c3, 10)
+    assert got == [f"m{i}" for i in range(20)], got
+    c3.expect_nothing(lambda e: e.tag == C("message"), 0.7, what="a duplicate")
+    # the session lives on node 3 now: same full JID, reachable from node 2
+    mid = sender.message(c.jid, "after the move")
+    assert c3.recv_stanza("message", id=mid).get("to") == c.jid
+    cl.figure("sm_resume_other_node_s", round(took, 3), "s")
+
+
+def test_resume_after_the_hosting_node_was_killed(cluster, clients):
+    """200 messages around a kill -9 of the node that holds the session: after resuming on
+    a survivor the client has every one that the server accepted; duplicates are counted
+    (only messages received after the last acknowledgement the dead node recorded can
+    come twice) and reported."""
+    cl = cluster
+    sender = clients.add(cl[2].online("cka"))
+    jid, _, pw = cl[1].new_user("ckv")
+    c, enabled = login_sm(cl[1], jid, pw)
+    clients.add(c)
+    # 100 messages, received and acknowledged
+    for i in range(100):
+        sender.message(jid, f"k{i}")
+    got = bodies(c, 100, timeout=30)
+    received = 1 + 100
+    settle_acks(c, received)
+    # 50 more, received (most of them) but not acknowledged, then the node dies
+    for i in range(100, 150):
+        sender.message(jid, f"k{i}")
+    assert sender.ping_server().get("type") == "result"
+    while True:
+        try:
+            m = c.recv(lambda e: e.tag == C("message") and e.find(C("body")) is not None, 0.5)
+        except AssertionError:
+            break
+        got.append(m.findtext(C("body")))
+        received += 1
+    t_kill = cl.kill9(1)
+    drop(c)
+    # 50 more while the user's node is dead; those the cluster cannot take while it elects
+    # a new leader come back as errors: not accepted, so not owed
+    for i in range(150, 200):
+        sender.message(jid, f"k{i}")
+    assert sender.ping_server().get("type") == "result"
+    refused = {e.findtext(C("body")) for e in sender.drain(1.0)
+               if e.tag == C("message") and e.get("type") == "error"}
+    c3, r = resume(cl[3], jid, pw, enabled.get("id"), received)
+    clients.add(c3)
+    resumed_after = time.monotonic() - t_kill
+    assert r.tag == sm("resumed"), tostring(r)
+    deadline = time.monotonic() + 30
+    accepted = {f"k{i}" for i in range(200)} - refused
+    while not accepted <= set(got) and time.monotonic() < deadline:
+        try:
+            m = c3.recv(lambda e: e.tag == C("message") and e.find(C("body")) is not None, 1.0)
+        except AssertionError:
+            continue
+        got.append(m.findtext(C("body")))
+    missing = sorted(accepted - set(got), key=lambda b: int(b[1:]))
+    duplicated = len(got) - len(set(got))
+    cl.figure("sm_crash_resume_sent", 200)
+    cl.figure("sm_crash_resume_refused", len(refused))
+    cl.figure("sm_crash_resume_received_distinct", len(set(got)))
+    cl.figure("sm_crash_resume_duplicated", duplicated)
+    cl.figure("sm_crash_resume_kill_to_resumed_s", round(resumed_after, 3), "s")
+    assert not missing, f"lost: {missing}"
+    # only what was received after the last recorded acknowledgement can come twice
+    assert duplicated <= 50, duplicated
