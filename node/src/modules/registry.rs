@@ -346,9 +346,13 @@ mod tests {
         assert_eq!(
             post,
             "<session xmlns='urn:ietf:params:xml:ns:xmpp-session'><optional/></session>\
+             <sm xmlns='urn:xmpp:sm:3'/>\
              <sub xmlns='urn:xmpp:features:pre-approval'/>\
              <ver xmlns='urn:xmpp:features:rosterver'/>"
         );
+        cfg.sm.enabled = false;
+        let post: String = reg.stream_features(Stage::PostAuth, &cfg).collect();
+        assert!(!post.contains("urn:xmpp:sm:3"), "not offered when disabled");
         cfg.registration.enabled = false;
         assert_eq!(reg.stream_features(Stage::PreAuth, &cfg).count(), 0);
         cfg.registration.enabled = true;
