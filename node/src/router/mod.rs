@@ -178,6 +178,8 @@ pub struct Resource {
     pub presence: Option<Element>,
     /// Requested the roster (RFC 6121 §2.1.6 "interested resource").
     pub interested: bool,
+    /// Requested the blocklist (gets XEP-0191 pushes).
+    pub blocklist: bool,
 }
 
 /// What a session sends its user's actor (one per bare JID with a
@@ -197,6 +199,9 @@ pub enum ToUser {
     /// The session asked for the roster: it gets roster pushes from now
     /// on (RFC 6121 §2.1.6), wherever they come from.
     Interested { session: u64 },
+    /// The session asked for the blocklist: it gets blocklist pushes from
+    /// now on (XEP-0191 §3.3), wherever they come from.
+    BlocklistRequested { session: u64 },
     /// The session ended: unavailable to whoever saw it, route removed.
     /// `owned`: the session still held its resource in the router.
     Detach { session: u64, owned: bool },
@@ -255,6 +260,8 @@ pub struct Bound {
     pub priority: i32,
     /// Requested the roster (RFC 6121 §2.1.6).
     pub interested: bool,
+    /// Requested the blocklist (XEP-0191 §3.3).
+    pub blocklist: bool,
     pub at: At,
 }
 
@@ -282,6 +289,7 @@ impl Router {
                     available: r.available,
                     priority: r.priority,
                     interested: r.interested,
+                    blocklist: r.blocklist,
                     at: At::Here(r.handle.clone()),
                 })
                 .collect()
@@ -291,6 +299,7 @@ impl Router {
             available: r.info.available,
             priority: r.info.priority,
             interested: r.info.interested,
+            blocklist: r.info.blocklist,
             at: At::Node {
                 node: r.node,
                 session: r.session,
@@ -408,6 +417,7 @@ impl Router {
             priority: 0,
             presence: None,
             interested: false,
+            blocklist: false,
         });
         metrics::gauge!("starling_c2s_sessions").increment(1.0);
         if old.is_some() {

@@ -141,6 +141,12 @@ impl Handler<ToUser> for User {
                     .update(&bare, session, |r| r.interested = true);
                 self.publish(session)
             }
+            ToUser::BlocklistRequested { session } => {
+                self.server
+                    .router
+                    .update(&bare, session, |r| r.blocklist = true);
+                self.publish(session)
+            }
             ToUser::Detach { session, owned } => {
                 let Some(i) = self.sessions.iter().position(|s| s.session == session) else {
                     self.release(ctx);
