@@ -271,6 +271,49 @@ def test_presence_from_blocked_contact_is_dropped(server, clients):
     assert not queued(b, presence_from(e)), "subscription request from a blocked JID delivered"
 
 
+def self_marker(c):
+    """A message to the session itself: once it is back, everything the server queued for
+    the session before (probe answers, stored requests) has arrived."""
+    mid = c.message(c.jid, "marker")
+    c.recv_stanza("message", id=mid)
+
+
+def test_probes_are_not_answered_between_blocker_and_blocked(server, clients):
+    """RFC 6121 4.3: a new available resource gets its contacts' presence through probes;
+    none between a user and a contact one of them blocks, in either direction."""
+    b1 = clients.add(server.online("bqb", resource="first"))
+    c1 = clients.add(server.online("bqc", resource="first"))
+    make_mutual(b1, c1)
+    ok(block(b1, c1.bare))
+    b2 = clients.add(server.login(b1.bare, b1.password, resource="second", presence=True))
+    self_marker(b2)
+    assert queued(b2, presence_from(b1)), "the probe of the user's own resources stopped working"
+    assert not queued(b2, presence_from(c1)), "a blocked contact's presence answered the user's probe"
+    c2 = clients.add(server.login(c1.bare, c1.password, resource="second", presence=True))
+    self_marker(c2)
+    assert queued(c2, presence_from(c1)), "the probe of the contact's own resources stopped working"
+    assert not queued(c2, presence_from(b1)), "the blocking user's presence answered a probe"
+
+
+def test_stored_subscription_request_from_blocked_jid_is_not_delivered(server, clients):
+    """RFC 6121 3.1.3: a request kept while the user was offline comes with its initial
+    presence, unless the user blocks its sender by then."""
+    bjid, _, bpw = server.new_user("bsb")
+    e = clients.add(server.online("bse"))
+    f = clients.add(server.online("bsf"))
+    e.presence(to=bjid, type_="subscribe", status="kept while offline")
+    f.presence(to=bjid, type_="subscribe", status="kept too")
+    ok(e.ping_server())
+    ok(f.ping_server())
+    b = clients.add(server.login(bjid, bpw, presence=False))
+    ok(block(b, e.bare))
+    b.presence()
+    b.recv(lambda x: presence_from(f, "kept too")(x) and x.get("type") == "subscribe",
+           what="the request kept from an unblocked JID")
+    self_marker(b)
+    assert not queued(b, presence_from(e)), "stored request from a blocked JID delivered"
+
+
 def test_blocked_contact_sees_the_user_go_unavailable_and_come_back(server, clients):
     """3.3: unavailable presence to the contact that received the user's presence; 3.4: the
     current presence again after the unblock."""

@@ -355,9 +355,10 @@ fn items(payload: &Element) -> Result<Vec<String>, StanzaError> {
     Ok(jids)
 }
 
+/// A list past [`MAX_ITEMS`]: a local policy (RFC 6120 §8.3.3.12).
 fn too_many() -> StanzaError {
     StanzaError::with_text(
-        Condition::NotAcceptable,
+        Condition::PolicyViolation,
         format!("a blocklist holds at most {MAX_ITEMS} items"),
     )
 }
