@@ -335,6 +335,23 @@ def test_blocked_contact_sees_the_user_go_unavailable_and_come_back(server, clie
     assert got[0].findtext(C("status")) == "busy while blocking", tostring(got[0])
 
 
+def test_directed_presence_recipient_sees_the_user_go_unavailable(server, clients):
+    """3.3: a JID that got the user's directed presence (RFC 6121 4.6) sees the user go
+    unavailable when blocked, and gets no more presence from it."""
+    b = clients.add(server.online("bdb"))
+    x = clients.add(server.online("bdx"))
+    b.presence(to=x.jid, status="directed")
+    x.recv(presence_from(b, "directed"), what="directed presence")
+    ok(block(b, x.bare))
+    un = x.recv(presence_from(b), what="unavailable from the blocking user")
+    assert un.get("from") == b.jid and un.get("type") == "unavailable", tostring(un)
+    ok(unblock(b, x.bare))
+    b.presence(type_="unavailable")
+    mid = b.message(x.jid, "marker")
+    x.recv_stanza("message", id=mid)
+    assert not queued(x, presence_from(b)), "presence after the block"
+
+
 def test_blocking_one_resource_blocks_only_that_resource(server, clients):
     b = clients.add(server.online("brb"))
     c1 = clients.add(server.online("brc", resource="phone"))

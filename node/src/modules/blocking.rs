@@ -414,7 +414,54 @@ async fn change(ctx: &IqCtx<'_>, change: Change) -> IqResult {
     if let Err(e) = tell_contacts(server, bare, &old, &new) {
         tracing::warn!(error = %e, "could not tell contacts of a blocklist change");
     }
+    if let Change::Block(jids) = &change
+        && let Some(user) = server.router.user(bare)
+    {
+        // Directed presence is the user actor's state (of this node's
+        // sessions only: a session on another node keeps its own).
+        user.do_send(ToUser::Blocked {
+            items: jids.clone(),
+        });
+    }
     Ok(IqReply::Sent)
+}
+
+/// Unavailable presence from the session `full` to each JID it sent
+/// directed presence to (RFC 6121 §4.6) that `items` (sorted) now blocks,
+/// resource by resource, and forgets them: the user's actor calls this for
+/// its sessions after a block (§3.3). A roster contact is told by
+/// [`tell_contacts`] already; a second unavailable changes nothing.
+pub fn end_directed(
+    server: &Server,
+    full: &str,
+    directed: &mut std::collections::HashSet<String>,
+    items: &[String],
+) {
+    let unavailable = |to: &str| {
+        Element::new("presence", NS_CLIENT)
+            .attr("from", full)
+            .attr("to", to)
+            .attr("type", "unavailable")
+    };
+    directed.retain(|target| {
+        let (target_bare, resource) = split(target);
+        if resource.is_some() {
+            if !list_matches(items, target) {
+                return true;
+            }
+            let _ = im::deliver_to_full(server, target, unavailable(target));
+            return false;
+        }
+        // To a bare JID: each available resource an item blocks; the JID
+        // stays directed to unless the item blocks all of them.
+        for r in server.router.bound(target_bare) {
+            let to = format!("{target_bare}/{}", r.resource);
+            if r.available && list_matches(items, &to) {
+                let _ = im::deliver_to_full(server, &to, unavailable(&to));
+            }
+        }
+        !list_matches(items, target)
+    });
 }
 
 /// Sends `payload` in an IQ set to every resource of `bare` that requested

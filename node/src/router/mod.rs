@@ -202,6 +202,10 @@ pub enum ToUser {
     /// The session asked for the blocklist: it gets blocklist pushes from
     /// now on (XEP-0191 §3.3), wherever they come from.
     BlocklistRequested { session: u64 },
+    /// The user blocked these JIDs (sorted): those of them that got
+    /// directed presence from a session here see it go unavailable
+    /// (XEP-0191 §3.3).
+    Blocked { items: Vec<String> },
     /// The session ended: unavailable to whoever saw it, route removed.
     /// `owned`: the session still held its resource in the router.
     Detach { session: u64, owned: bool },
