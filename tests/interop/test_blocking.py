@@ -514,3 +514,64 @@ def test_blocking_holds_across_nodes(shared_cluster, clients):
             "a blocked message was delivered on node " + a.jid[-1]
         assert not queued(a, lambda e: e.tag == C("iq") and e.find(q(NS_PING, "ping")) is not None)
 
+
+
+@pytest.mark.starling_only
+@pytest.mark.cluster
+@pytest.mark.timeout(120)
+def test_concurrent_changes_through_two_nodes_are_all_kept(shared_cluster, clients):
+    """Changes to one list made at the same moment through two nodes are compare-and-set
+    writes: none is lost, and a list left with items is enforced (an unblock racing a block
+    must not leave items behind without the record that says the user blocks anyone)."""
+    cl = shared_cluster
+    a1 = clients.add(online_on(cl[1], "bcx", resource="n1"))
+    a2 = clients.add(relogin(cl[2], a1, resource="n2"))
+    ours = [cl[1].new_user(f"bcx{i}_")[0] for i in range(8)]
+    theirs = [cl[2].new_user(f"bcy{i}_")[0] for i in range(8)]
+
+    def send_all(c, requests):
+        ids = []
+        for payload in requests:
+            iid = f"cc-{len(ids)}-{id(c)}"
+            c.send_raw(f"<iq type='set' id='{iid}'>{payload}</iq>")
+            ids.append(iid)
+        return ids
+
+    def results(c, ids):
+        for iid in ids:
+            ok(c.recv(lambda e: e.tag == C("iq") and e.get("id") == iid, what=f"reply {iid}"))
+
+    def caught_up(sender, receiver):
+        """A stanza is delivered on its receiver's node after what its sender's node had
+        applied: from then on, that node has applied the sender's writes too."""
+        mid = sender.message(receiver.jid, "sync")
+        receiver.recv_stanza("message", id=mid)
+
+    blocks = lambda jids: [f"<block xmlns='{NS_BLOCK}'><item jid='{j}'/></block>" for j in jids]  # noqa: E731
+    ids1, ids2 = send_all(a1, blocks(ours)), send_all(a2, blocks(theirs))
+    results(a1, ids1)
+    results(a2, ids2)
+    caught_up(a2, a1)
+    assert blocklist(a1) == sorted(ours + theirs)
+
+    # Unblocking everything through one node while blocking one more through the other.
+    last = cl[3].new_user("bcz")
+    ids1 = send_all(a1, [f"<unblock xmlns='{NS_BLOCK}'/>"])
+    ids2 = send_all(a2, blocks([last[0]]))
+    results(a1, ids1)
+    results(a2, ids2)
+    caught_up(a2, a1)
+    caught_up(a1, a2)
+    final = blocklist(a1)
+    assert final in ([], [last[0]]), final
+    assert blocklist(a2) == final
+    # What the list says is what holds, on a third node too.
+    z = clients.add(cl[3].login(last[0], last[2], presence=True))
+    w = clients.add(online_on(cl[3], "bcw"))
+    caught_up(a1, w)
+    mid = z.message(a1.jid, "who is blocked?")
+    if final:
+        err = z.recv_stanza("message", id=mid, type="error")
+        assert stanza_error(err)[1] == "service-unavailable", tostring(err)
+    else:
+        a1.recv_stanza("message", id=mid)
