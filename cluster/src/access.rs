@@ -16,7 +16,7 @@ use crate::handle::{START_TIMEOUT, Store};
 use crate::kv::{self, Kv, KvTree};
 use crate::op::{Op, OpResult};
 use crate::registry::{self, is_registry_space};
-use crate::store::space_tree;
+use crate::store::with_space_tree;
 
 /// How long a write waits for this replica to apply what the leader
 /// committed.
@@ -247,9 +247,8 @@ impl Store {
                 None => Tree::None,
             });
         }
-        Ok(Tree::Durable(
-            self.inner.kv.tree(&space_tree(space)).map_err(storage)?,
-        ))
+        let tree = with_space_tree(space, |name| self.inner.kv.tree(name));
+        Ok(Tree::Durable(tree.map_err(storage)?))
     }
 
     /// Reads one key from the local replica (of the registry group for a

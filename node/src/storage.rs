@@ -20,6 +20,9 @@ pub const PRIVATE: &str = "user_private";
 pub const LAST: &str = "user_last";
 pub const ARCHIVE: &str = "user_archive";
 pub const ARCHIVE_PREFS: &str = "user_archive_prefs";
+/// XEP-0191 blocklists: `bare` -> a marker rewritten by every change (only
+/// while the list has items), `bare \0 jid` -> an item.
+pub const BLOCKLIST: &str = "user_blocklist";
 
 /// Every per-user space, for account deletion.
 const USER_SPACES: &[&str] = &[
@@ -32,6 +35,7 @@ const USER_SPACES: &[&str] = &[
     LAST,
     ARCHIVE,
     ARCHIVE_PREFS,
+    BLOCKLIST,
 ];
 
 /// How often a per-user read-modify-write is tried against concurrent
@@ -418,6 +422,30 @@ impl Storage {
         self.write(ops).await.map(drop)
     }
 
+    // --- blocklists (XEP-0191) ---
+
+    /// Whether `bare` blocks anyone: the one lookup (of an absent key, for
+    /// most users) a stanza costs before any item is looked at.
+    pub fn blocks_anyone(&self, bare: &str) -> Result<bool, StoreError> {
+        Ok(self.store.get(BLOCKLIST, bare.as_bytes())?.is_some())
+    }
+
+    /// Whether `jid` (normalised) is an item of `bare`'s blocklist.
+    pub fn blocklist_has(&self, bare: &str, jid: &str) -> Result<bool, StoreError> {
+        Ok(self.store.get(BLOCKLIST, &user_key(bare, jid))?.is_some())
+    }
+
+    /// `bare`'s blocklist, sorted (in key order).
+    pub fn blocklist(&self, bare: &str) -> Result<Vec<String>, StoreError> {
+        let prefix = user_prefix(bare);
+        Ok(self
+            .store
+            .scan_prefix(BLOCKLIST, &prefix)?
+            .into_iter()
+            .filter_map(|(k, _)| String::from_utf8(k[prefix.len()..].to_vec()).ok())
+            .collect())
+    }
+
     // --- the routing table (layout in `starling_cluster::routes`) ---
 
     /// Records `bare/resource`'s route: this node, then `payload`. Routes
@@ -680,6 +708,60 @@ impl UserTxn<'_> {
             });
         }
         Ok(())
+    }
+
+    /// The user's blocklist (XEP-0191) as read: the write depends on its
+    /// marker, which every change rewrites, so it covers every item.
+    pub fn blocklist(&mut self) -> Result<Vec<String>, StoreError> {
+        if self
+            .read(BLOCKLIST, self.bare.as_bytes().to_vec())?
+            .is_none()
+        {
+            return Ok(Vec::new());
+        }
+        self.storage.blocklist(self.bare)
+    }
+
+    /// Replaces the blocklist `old` (as read with [`UserTxn::blocklist`])
+    /// with `new`, both sorted (as the store keeps them): only the items
+    /// that differ are written, and the marker
+    /// gets a fresh random value (a value it never had, so a writer that
+    /// read an older list cannot match it), or goes with the last item.
+    pub fn save_blocklist(&mut self, old: &[String], new: &[String]) {
+        let added = new.iter().filter(|j| old.binary_search(j).is_err());
+        let removed = old.iter().filter(|j| new.binary_search(j).is_err());
+        let mut changed = false;
+        for jid in added {
+            changed = true;
+            self.ops.push(Op::Put {
+                space: BLOCKLIST.into(),
+                key: user_key(self.bare, jid),
+                value: Vec::new(),
+            });
+        }
+        for jid in removed {
+            changed = true;
+            self.ops.push(Op::Delete {
+                space: BLOCKLIST.into(),
+                key: user_key(self.bare, jid),
+            });
+        }
+        if !changed {
+            return;
+        }
+        let key = self.bare.as_bytes().to_vec();
+        self.ops.push(if new.is_empty() {
+            Op::Delete {
+                space: BLOCKLIST.into(),
+                key,
+            }
+        } else {
+            Op::Put {
+                space: BLOCKLIST.into(),
+                key,
+                value: rand::random::<u64>().to_be_bytes().to_vec(),
+            }
+        });
     }
 
     /// Keeps an inbound subscription request (serialised) until the user

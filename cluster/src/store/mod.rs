@@ -16,4 +16,4 @@ pub mod state_machine;
 mod suite;
 
 pub use log::LogStore;
-pub use state_machine::{StateMachine, space_tree};
+pub use state_machine::{StateMachine, space_tree, with_space_tree};

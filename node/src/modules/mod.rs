@@ -11,6 +11,7 @@
 //! line in [`MODULES`] (or, in tests, an extra module given to
 //! [`Registry::new`]).
 
+pub mod blocking;
 pub mod disco;
 pub mod last;
 pub mod mam;
@@ -250,6 +251,7 @@ pub static MODULES: &[&Module] = &[
     &vcard::MODULE,
     &private::MODULE,
     &register::MODULE,
+    &blocking::MODULE,
     &OFFLINE,
     &mam::MODULE,
 ];

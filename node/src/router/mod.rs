@@ -192,6 +192,8 @@ pub struct Resource {
     pub presence: Option<Element>,
     /// Requested the roster (RFC 6121 §2.1.6 "interested resource").
     pub interested: bool,
+    /// Requested the blocklist (gets XEP-0191 pushes).
+    pub blocklist: bool,
 }
 
 /// What a session sends its user's actor (one per bare JID with a
@@ -211,6 +213,13 @@ pub enum ToUser {
     /// The session asked for the roster: it gets roster pushes from now
     /// on (RFC 6121 §2.1.6), wherever they come from.
     Interested { session: u64 },
+    /// The session asked for the blocklist: it gets blocklist pushes from
+    /// now on (XEP-0191 §3.3), wherever they come from.
+    BlocklistRequested { session: u64 },
+    /// The user blocked these JIDs (sorted): those of them that got
+    /// directed presence from a session here see it go unavailable
+    /// (XEP-0191 §3.3).
+    Blocked { items: Vec<String> },
     /// The session ended: unavailable to whoever saw it, route removed.
     /// `owned`: the session still held its resource in the router.
     /// `silent`: it continues on another node (XEP-0198 resumption), so
@@ -275,6 +284,8 @@ pub struct Bound {
     pub priority: i32,
     /// Requested the roster (RFC 6121 §2.1.6).
     pub interested: bool,
+    /// Requested the blocklist (XEP-0191 §3.3).
+    pub blocklist: bool,
     pub at: At,
 }
 
@@ -302,6 +313,7 @@ impl Router {
                     available: r.available,
                     priority: r.priority,
                     interested: r.interested,
+                    blocklist: r.blocklist,
                     at: At::Here(r.handle.clone()),
                 })
                 .collect()
@@ -311,6 +323,7 @@ impl Router {
             available: r.info.available,
             priority: r.info.priority,
             interested: r.info.interested,
+            blocklist: r.info.blocklist,
             at: At::Node {
                 node: r.node,
                 session: r.session,
@@ -428,6 +441,7 @@ impl Router {
             priority: 0,
             presence: None,
             interested: false,
+            blocklist: false,
         });
         metrics::gauge!("starling_c2s_sessions").increment(1.0);
         if old.is_some() {

@@ -20,6 +20,10 @@ pub struct RouteInfo {
     pub priority: i32,
     /// Asked for the roster (gets roster pushes).
     pub interested: bool,
+    /// Asked for the blocklist (gets XEP-0191 pushes); absent in routes
+    /// written before blocking existed.
+    #[serde(default)]
+    pub blocklist: bool,
     /// The last available presence it broadcast, serialised.
     pub presence: Option<String>,
 }

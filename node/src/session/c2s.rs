@@ -896,6 +896,13 @@ impl<S: Transport> Session<S> {
             Some(Ok(d)) => Some(d),
             Some(Err(e)) => return self.reply_error(&el, e.into()).await,
         };
+        // XEP-0191: no IQ passes between the user and a JID either blocks.
+        if let Some(refusal) = modules::blocking::refuse_iq(&self.server, &self.bare, &el, dest) {
+            return match refusal {
+                modules::blocking::Refusal::Drop => Ok(()),
+                modules::blocking::Refusal::Reply(error) => self.reply(&error).await,
+            };
+        }
         // IQs to a full JID go to that session, wherever it is bound.
         if let Some(to) = &to
             && im::split(to).1.is_some()

@@ -5,6 +5,7 @@
 //! Functions here decide *who* gets a stanza and change roster state; they
 //! hand stanzas to the router and never touch a socket.
 
+use crate::modules::blocking::either_blocks;
 use crate::modules::{Event, Flow, HookCtx};
 use crate::router::{Bound, Destination, Offer};
 use crate::routing;
@@ -444,7 +445,9 @@ async fn broadcast(
     let roster = server.storage.roster(origin.bare)?;
     // To every contact with a subscription from us (their available resources).
     for item in roster.iter().filter(|i| i.subscription.from()) {
-        send_to_available(server, &item.jid, &el);
+        if !either_blocks(server, origin.full, &item.jid) {
+            send_to_available(server, &item.jid, &el);
+        }
     }
     // To the user's own other available resources (and back to itself).
     send_to_available(server, origin.bare, &el);
@@ -485,8 +488,10 @@ async fn broadcast(
                 .1
                 .and_then(|r| server.router.handle(origin.bare, r))
         {
-            for (_, xml) in pending {
-                h.send_shared(&xml.into());
+            for (contact, xml) in pending {
+                if !either_blocks(server, &contact, origin.bare) {
+                    h.send_shared(&xml.into());
+                }
             }
         }
         if priority >= 0 {
@@ -581,6 +586,12 @@ fn send_to(server: &Server, bare: &str, el: &Element, want: Want) {
 /// Presence to a bare JID goes to its available resources; to a full JID
 /// to that resource only.
 fn send_presence_to(server: &Server, to: &str, el: Element) {
+    if el
+        .get_attr("from")
+        .is_some_and(|from| either_blocks(server, from, to))
+    {
+        return;
+    }
     match split(to) {
         (bare, None) => send_to_available(server, bare, &el),
         (_, Some(_)) => {
@@ -597,7 +608,9 @@ fn probe(
     prober_full: &str,
     contact: &str,
 ) -> Result<(), StanzaError> {
-    if !matches!(destination(server, contact)?, Destination::Account { .. }) {
+    if !matches!(destination(server, contact)?, Destination::Account { .. })
+        || either_blocks(server, prober_full, contact)
+    {
         return Ok(());
     }
     let approved = server
@@ -837,6 +850,9 @@ pub async fn deliver_subscription(
         // §8.5.1: subscription stanzas to no such user are ignored; to
         // another domain, too (no federation yet).
         _ => return Ok(()),
+    }
+    if either_blocks(server, from, user) {
+        return Ok(());
     }
     metrics::counter!("starling_stanzas_routed_total", "kind" => "subscription").increment(1);
     subscription_in_simple(server, from, user, ptype, el).await

@@ -141,6 +141,19 @@ impl Handler<ToUser> for User {
                     .update(&bare, session, |r| r.interested = true);
                 self.publish(session)
             }
+            ToUser::BlocklistRequested { session } => {
+                self.server
+                    .router
+                    .update(&bare, session, |r| r.blocklist = true);
+                self.publish(session)
+            }
+            ToUser::Blocked { items } => {
+                for s in &mut self.sessions {
+                    let directed = &mut s.presence.directed;
+                    crate::modules::blocking::end_directed(&server, &s.full, directed, &items);
+                }
+                done(Ok(()))
+            }
             ToUser::Detach {
                 session,
                 owned,
