@@ -541,6 +541,54 @@ def test_bad_queries_get_the_errors_the_xep_names(server, clients):
     server.assert_healthy(a, b)
 
 
+# ----------------------------------------------------------------------------- configuration
+
+def server_with(tmp_path_factory, name, extra: str):
+    s = make_server(tmp_path_factory, name)
+    with open(s.config_path, "a") as f:
+        f.write("\n" + extra + "\n")
+    s.start()
+    return s
+
+
+def test_archive_off_adds_nothing_and_advertises_nothing(tmp_path_factory, clients):
+    s = server_with(tmp_path_factory, "mamoff", "[mam]\nenabled = false")
+    try:
+        a = clients.add(s.online("fa"))
+        b = clients.add(s.online("fb"))
+        got = chat(a, b, "not kept")
+        assert not got.findall(q(NS_SID, "stanza-id")), tostring(got)
+        r = b.iq("get", f"<query xmlns='{NS_INFO}'/>", to=b.bare)
+        feats = {f.get("var") for f in r.iter(q(NS_INFO, "feature"))}
+        assert NS_MAM not in feats and NS_SID not in feats, feats
+        assert mam_error(b) == "service-unavailable"
+    finally:
+        s.stop()
+
+
+def test_configured_default_policy_and_account_deletion(tmp_path_factory, clients):
+    s = server_with(tmp_path_factory, "mamnever", '[mam]\ndefault_policy = "never"')
+    try:
+        a = clients.add(s.online("na"))
+        b = clients.add(s.online("nb"))
+        assert prefs_of(b.iq("get", f"<prefs xmlns='{NS_MAM}'/>")) == ("never", [], [])
+        got = chat(a, b, "not kept")
+        assert not stanza_ids(got, by=b.bare)
+        assert archived_bodies(b) == [] and archived_bodies(a) == []
+        prefs_set(b, "always")
+        chat(a, b, "kept")
+        assert archived_bodies(b) == ["kept"]
+        # Deleting the account deletes its archive and preferences.
+        b.close()
+        s.del_user(b.bare)
+        s.add_user(b.bare, b.password)
+        b2 = clients.add(s.login(b.bare, b.password))
+        assert archived_bodies(b2) == []
+        assert prefs_of(b2.iq("get", f"<prefs xmlns='{NS_MAM}'/>"))[0] == "never"
+    finally:
+        s.stop()
+
+
 # ----------------------------------------------------------------------------- re-routing
 
 @pytest.fixture
