@@ -387,6 +387,16 @@ fn bad_request(text: &str) -> StanzaError {
     StanzaError::with_text(Condition::BadRequest, text)
 }
 
+/// Reads of the archive are linearizable in a cluster: a message
+/// archived through another node a moment ago (and maybe delivered to the
+/// requester already) is in the answer.
+async fn caught_up(server: &Server) -> Result<(), StanzaError> {
+    if server.storage.store.has_peers() {
+        server.storage.store.read_barrier().await?;
+    }
+    Ok(())
+}
+
 /// Answers for the requester's own archive only (XEP-0313 §8.1); a
 /// missing account is `<service-unavailable/>` before this runs.
 fn own_archive(ctx: &IqCtx<'_>) -> Result<(), StanzaError> {
@@ -834,6 +844,7 @@ fn form<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
 fn query<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
     async move {
         own_archive(ctx)?;
+        caught_up(ctx.server).await?;
         let q = parse_query(ctx)?;
         let storage = &ctx.server.storage;
         let bare = ctx.origin.bare;
@@ -977,6 +988,7 @@ fn send_in_order(handle: SessionHandle, stanzas: Vec<Arc<str>>, patience: std::t
 fn metadata<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
     async move {
         own_archive(ctx)?;
+        caught_up(ctx.server).await?;
         let storage = &ctx.server.storage;
         let bare = ctx.origin.bare;
         let mut md = Element::new("metadata", NS_MAM);
