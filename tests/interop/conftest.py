@@ -303,7 +303,7 @@ c2s_stanza_size_limit = {max_stanza}
 c2s_timeout = {hs_timeout}
 allow_registration = {registration}
 modules_enabled = {{ "roster"; "saslauth"; "tls"; "disco"; "ping"; "register"; "offline"; "vcard";
-  "private"; "version"; "time"; "uptime"; "lastactivity"; "admin_shell" }}
+  "private"; "version"; "time"; "uptime"; "lastactivity"; "admin_shell"; "blocklist" }}
 modules_disabled = {{ "carbons"; "smacks"; "csi_simple"; "mam" }}
 ssl = {{ key = "{dir}/certs/key.pem"; certificate = "{dir}/certs/crt.pem" }}
 VirtualHost "localhost"

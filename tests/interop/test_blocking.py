@@ -176,12 +176,13 @@ def test_bad_requests_change_nothing(server, clients):
     r = a.iq("set", f"<block xmlns='{NS_BLOCK}'/>")
     assert stanza_error(r) == ("modify", "bad-request"), tostring(r)
     assert blocklist(a) == [good]
-    # Someone else's list is not the user's to read or change.
+    # Someone else's list is not the user's to read or change (the XEP names no error:
+    # Starling says <forbidden/> as for a roster, Prosody <service-unavailable/>).
     b = clients.add(server.online("bbb", presence=False))
     for payload, type_ in ((f"<blocklist xmlns='{NS_BLOCK}'/>", "get"),
                            (f"<block xmlns='{NS_BLOCK}'><item jid='{good}'/></block>", "set")):
         r = b.iq(type_, payload, to=a.bare)
-        assert stanza_error(r) == ("auth", "forbidden"), tostring(r)
+        assert stanza_error(r) in (("auth", "forbidden"), ("cancel", "service-unavailable")), tostring(r)
     assert blocklist(b) == []
     assert blocklist(a) == [good]
     # The errors affected nothing but their requests.
@@ -190,6 +191,7 @@ def test_bad_requests_change_nothing(server, clients):
 
 # ------------------------------------------------------------------ inbound
 
+@pytest.mark.prosody_deviates("drops a blocked JID's message without the <service-unavailable/> of 3.3")
 def test_message_from_blocked_contact_is_refused_and_not_delivered(server, clients):
     b = clients.add(server.online("bmb"))
     c = clients.add(server.online("bmc"))
@@ -288,7 +290,9 @@ def test_probes_are_not_answered_between_blocker_and_blocked(server, clients):
     b2 = clients.add(server.login(b1.bare, b1.password, resource="second", presence=True))
     self_marker(b2)
     assert queued(b2, presence_from(b1)), "the probe of the user's own resources stopped working"
-    assert not queued(b2, presence_from(c1)), "a blocked contact's presence answered the user's probe"
+    # (Prosody bounces the server's own probe as a presence error: not the contact's presence.)
+    assert not queued(b2, lambda e: presence_from(c1)(e) and e.get("type") != "error"), \
+        "a blocked contact's presence answered the user's probe"
     c2 = clients.add(server.login(c1.bare, c1.password, resource="second", presence=True))
     self_marker(c2)
     assert queued(c2, presence_from(c1)), "the probe of the contact's own resources stopped working"
@@ -335,6 +339,7 @@ def test_blocked_contact_sees_the_user_go_unavailable_and_come_back(server, clie
     assert got[0].findtext(C("status")) == "busy while blocking", tostring(got[0])
 
 
+@pytest.mark.prosody_deviates("tells only roster contacts, not directed-presence recipients, of a block")
 def test_directed_presence_recipient_sees_the_user_go_unavailable(server, clients):
     """3.3: a JID that got the user's directed presence (RFC 6121 4.6) sees the user go
     unavailable when blocked, and gets no more presence from it."""
@@ -352,6 +357,7 @@ def test_directed_presence_recipient_sees_the_user_go_unavailable(server, client
     assert not queued(x, presence_from(b)), "presence after the block"
 
 
+@pytest.mark.prosody_deviates("drops a blocked JID's message without the <service-unavailable/> of 3.3")
 def test_blocking_one_resource_blocks_only_that_resource(server, clients):
     b = clients.add(server.online("brb"))
     c1 = clients.add(server.online("brc", resource="phone"))
@@ -364,6 +370,7 @@ def test_blocking_one_resource_blocks_only_that_resource(server, clients):
     assert not queued(b, lambda e: e.findtext(C("body")) == "from the phone")
 
 
+@pytest.mark.prosody_deviates("drops a blocked JID's message without the <service-unavailable/> of 3.3")
 def test_domain_item_blocks_everyone_at_the_domain(server, clients):
     b = clients.add(server.online("bdb"))
     d = clients.add(server.online("bdd", domain="example.org"))

@@ -586,6 +586,7 @@ fn send_to(server: &Server, bare: &str, el: &Element, want: Want) {
 /// Presence to a bare JID goes to its available resources; to a full JID
 /// to that resource only.
 fn send_presence_to(server: &Server, to: &str, el: Element) {
+    // XEP-0191: none between a user and a JID either of them blocks.
     if el
         .get_attr("from")
         .is_some_and(|from| either_blocks(server, from, to))
@@ -851,6 +852,7 @@ pub async fn deliver_subscription(
         // another domain, too (no federation yet).
         _ => return Ok(()),
     }
+    // XEP-0191: dropped without a word, and without changing any state.
     if either_blocks(server, from, user) {
         return Ok(());
     }
