@@ -134,14 +134,48 @@ pub async fn run(
         }
         let request = Request { writes };
         let started = Instant::now();
-        let outcome = match leader_elsewhere(&raft) {
-            Some(addr) => forwarder.forward(&addr, &request).await,
-            None => match tokio::time::timeout(timeout, raft.client_write(request)).await {
-                Ok(r) => r.map(|r| r.data).map_err(client_write_error),
-                Err(_) => Err(StoreError::Unavailable(
-                    "write not committed in time (no quorum?)".into(),
-                )),
-            },
+        // While a new leader is being elected (the old one died or left)
+        // the write waits for it, bounded (`retryable`: never applied twice
+        // where that would change anything).
+        let mut request = Some(request);
+        let outcome = loop {
+            let Some(req) = request.take() else {
+                break Err(StoreError::Unavailable("write lost its request".into()));
+            };
+            let attempt = match leader(&raft) {
+                Leader::Elsewhere(addr) => {
+                    let r = forwarder.forward(&addr, &req).await;
+                    request = Some(req);
+                    r
+                }
+                Leader::Unknown if started.elapsed() < LEADER_WAIT => {
+                    request = Some(req);
+                    Err(StoreError::Unavailable("no leader known".into()))
+                }
+                // This node leads (or none is known, for too long: openraft
+                // answers). A leader that steps down meanwhile fails the
+                // write; with peers, an idempotent one is kept to retry
+                // through the next leader.
+                Leader::Me | Leader::Unknown => {
+                    let keep = (has_peers(&raft) && idempotent(&req)).then(|| req.clone());
+                    let r = tokio::time::timeout(timeout, raft.client_write(req));
+                    let r = match r.await {
+                        Ok(r) => r.map(|r| r.data).map_err(client_write_error),
+                        Err(_) => Err(StoreError::Unavailable(
+                            "write not committed in time (no quorum?)".into(),
+                        )),
+                    };
+                    request = keep;
+                    r
+                }
+            };
+            match (attempt, &request) {
+                (Err(e), Some(req)) if retryable(&e, req) && started.elapsed() < LEADER_WAIT => {
+                    metrics::write_retried(durable);
+                    tokio::time::sleep(RETRY_EVERY).await;
+                }
+                (other, _) => break other,
+            }
         };
         if outcome.is_ok() {
             metrics::commit_seconds(durable, started.elapsed());
@@ -166,19 +200,70 @@ pub async fn run(
     }
 }
 
-/// The leader's address when another node is known to lead; `None` when
-/// this node leads or no leader is known (openraft then answers).
-fn leader_elsewhere(raft: &Raft) -> Option<String> {
+/// How long a write waits for a leader (an election after the leader
+/// died takes one to a few seconds: timeouts of 1-2 s, split votes).
+const LEADER_WAIT: Duration = Duration::from_secs(5);
+const RETRY_EVERY: Duration = Duration::from_millis(50);
+
+/// Whether a failed write may be tried again: when it certainly never
+/// reached a leader (none was known, or the connection to it could not
+/// even be made: it died), always; when it may have (the leader stepped
+/// down or died while answering), only if applying it twice changes
+/// nothing (`idempotent`). A timeout is not retried.
+fn retryable(e: &StoreError, request: &Request) -> bool {
+    let StoreError::Unavailable(m) = e else {
+        return false;
+    };
+    let never_sent = m.contains("no leader known")
+        || m.contains("connect error")
+        || m.contains("Connection refused");
+    let timed_out = m.contains("timed out") || m.contains("in time");
+    never_sent || (!timed_out && idempotent(request))
+}
+
+/// Whether applying the writes a second time leaves the same state: sets,
+/// deletes and conditions do (a repeated condition fails and its caller
+/// reads again); `Insert` and `Append` do not.
+fn idempotent(request: &Request) -> bool {
+    request
+        .writes
+        .iter()
+        .flatten()
+        .all(|op| !matches!(op, Op::Insert { .. } | Op::Append { .. }))
+}
+
+/// Whether the group has other voters (a leader can then lose its place).
+fn has_peers(raft: &Raft) -> bool {
     let m = raft.metrics();
     let m = m.borrow();
-    let leader = m.current_leader?;
-    if leader == m.id {
-        return None;
-    }
     m.membership_config
         .membership()
-        .get_node(&leader)
-        .map(|n| n.addr.clone())
+        .voter_ids()
+        .nth(1)
+        .is_some()
+}
+
+/// Who leads, as this replica knows.
+enum Leader {
+    Me,
+    /// Another node, at this address.
+    Elsewhere(String),
+    Unknown,
+}
+
+fn leader(raft: &Raft) -> Leader {
+    let m = raft.metrics();
+    let m = m.borrow();
+    let Some(leader) = m.current_leader else {
+        return Leader::Unknown;
+    };
+    if leader == m.id {
+        return Leader::Me;
+    }
+    match m.membership_config.membership().get_node(&leader) {
+        Some(n) => Leader::Elsewhere(n.addr.clone()),
+        None => Leader::Unknown,
+    }
 }
 
 fn clone_err(e: &StoreError) -> StoreError {

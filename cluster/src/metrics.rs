@@ -25,6 +25,12 @@ pub fn writes_per_entry(durable: bool, n: usize) {
     }
 }
 
+/// A write retried while no leader could take it (an election).
+pub fn write_retried(durable: bool) {
+    let group = if durable { "durable" } else { "registry" };
+    metrics::counter!("starling_raft_write_retries_total", "group" => group).increment(1);
+}
+
 pub fn term(t: u64) {
     metrics::gauge!("starling_raft_term").set(t as f64);
 }

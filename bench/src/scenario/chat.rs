@@ -40,6 +40,13 @@ pub struct ChatArgs {
     /// Longest wait for the last messages after sending stops, seconds.
     #[arg(long, default_value_t = 10)]
     pub drain_secs: u64,
+    /// Clients enable XEP-0198 stream management (with resumption) and
+    /// receivers answer every `<r/>` of the server.
+    #[arg(long)]
+    pub sm: bool,
+    /// With --sm: receivers also send `<a/>` unasked after this many stanzas (0: only when asked).
+    #[arg(long, default_value_t = 0)]
+    pub sm_ack_every: u64,
 }
 
 /// Receive-side state of one pair.
@@ -74,7 +81,8 @@ pub async fn run(a: ChatArgs) -> Result<()> {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let params = json!({"pairs": a.pairs, "rate": a.rate, "size": a.size,
-                        "duration_secs": a.duration_secs, "window": a.window});
+                        "duration_secs": a.duration_secs, "window": a.window,
+                        "sm": a.sm, "sm_ack_every": a.sm_ack_every});
     let name = if a.rate == 0 {
         "chat-saturation"
     } else {
@@ -83,13 +91,44 @@ pub async fn run(a: ChatArgs) -> Result<()> {
     c.finish(name, params, &runs)
 }
 
-/// Read frames until `stop`, recording message latencies.
+/// XEP-0198 on the receiving side: counts stanzas and acks them on the
+/// writer it was given.
+struct Acker {
+    w: WriteHalf<Box<dyn Io>>,
+    handled: u32,
+    every: u64,
+}
+
+impl Acker {
+    async fn ack(&mut self) {
+        let a = format!("<a xmlns='urn:xmpp:sm:3' h='{}'/>", self.handled);
+        let _ = self.w.write_all(a.as_bytes()).await;
+    }
+
+    /// One frame read: counts it if it is a stanza, answers `<r/>`.
+    async fn saw(&mut self, s: &[u8]) {
+        match frame::name(s) {
+            "message" | "presence" | "iq" => {
+                self.handled = self.handled.wrapping_add(1);
+                if self.every > 0 && u64::from(self.handled) % self.every == 0 {
+                    self.ack().await;
+                }
+            }
+            "r" => self.ack().await,
+            _ => {}
+        }
+    }
+}
+
+/// Read frames until `stop`, recording message latencies (and acking them
+/// with `acker`, under --sm).
 async fn receive(
     mut rd: Reader,
     pair: Arc<Pair>,
     mut stop: watch::Receiver<bool>,
     last: Arc<AtomicU64>,
-) -> (Histogram<u64>, u64) {
+    mut acker: Option<Acker>,
+) -> (Histogram<u64>, u64, Option<WriteHalf<Box<dyn Io>>>) {
     let mut h = hist();
     let mut errors = 0;
     loop {
@@ -97,6 +136,9 @@ async fn receive(
             f = rd.next() => f,
             _ = stop.changed() => break,
         };
+        if let (Some(a), Ok(Frame::Stanza(s))) = (&mut acker, &f) {
+            a.saw(s).await;
+        }
         match f {
             Ok(Frame::Stanza(s)) if frame::name(&s) == "message" => {
                 if frame::attr(&s, "type") == Some("error") {
@@ -115,7 +157,7 @@ async fn receive(
             Ok(_) => {}
         }
     }
-    (h, errors)
+    (h, errors, acker.map(|a| a.w))
 }
 
 /// Drain and drop everything a sender's own connection receives.
@@ -196,6 +238,12 @@ async fn one_run(a: &ChatArgs, run: u32) -> Result<Figures> {
         bail!("{} logins failed; first: {}", errs.len(), errs[0]);
     }
     let mut sessions: Vec<_> = sessions.into_iter().flatten().collect();
+    if a.sm && !c.echo {
+        for s in &mut sessions {
+            s.send("<enable xmlns='urn:xmpp:sm:3' resume='true'/>")
+                .await?;
+        }
+    }
     tokio::time::sleep(Duration::from_millis(500)).await; // let presence broadcasts settle
     let (stop_tx, stop_rx) = watch::channel(false);
     let last = Arc::new(AtomicU64::new(0));
@@ -210,26 +258,36 @@ async fn one_run(a: &ChatArgs, run: u32) -> Result<Figures> {
     for i in 0..a.pairs as usize {
         let pair = Arc::new(Pair::default());
         pairs.push(pair.clone());
-        let (to, w, rd) = if c.echo {
+        let (to, w, rd, acker) = if c.echo {
             let s = sessions.remove(0);
             let jid = s.jid.clone();
             let (rd, w) = s.split();
-            (jid, w, rd)
+            (jid, w, rd, None)
         } else {
             let sender = sessions.remove(0);
             let receiver = sessions.remove(0);
             let to = receiver.jid.clone();
             let (srd, w) = sender.split();
             let (rrd, rw) = receiver.split();
-            keep.push(rw);
+            let acker = if a.sm {
+                Some(Acker {
+                    w: rw,
+                    handled: 0,
+                    every: a.sm_ack_every,
+                })
+            } else {
+                keep.push(rw);
+                None
+            };
             tokio::spawn(discard(srd, stop_rx.clone()));
-            (to, w, rrd)
+            (to, w, rrd, acker)
         };
         receivers.push(tokio::spawn(receive(
             rd,
             pair.clone(),
             stop_rx.clone(),
             last.clone(),
+            acker,
         )));
         senders.push(tokio::spawn(send(
             w,
@@ -272,9 +330,10 @@ async fn one_run(a: &ChatArgs, run: u32) -> Result<Figures> {
     let mut h = hist();
     let mut errors = 0;
     for r in receivers {
-        let (hh, e) = r.await?;
+        let (hh, e, w) = r.await?;
         h.add(&hh)?;
         errors += e;
+        keep.extend(w);
     }
     for mut w in writers.into_iter().chain(keep) {
         let _ = w

@@ -357,7 +357,7 @@ async fn take_over_elsewhere(
     } else {
         "dead_node"
     };
-    let owed = super::resume::owed(server, &rec).await;
+    let owed = super::resume::owed(server, &rec, &rec.received(h)).await;
     let state = sm::Detached {
         id: previd.into(),
         max: rec.max,
@@ -479,9 +479,9 @@ async fn serve_transferred<S: Transport>(
         tracing::error!("could not record the resumed session's route");
     }
     s.register_resumable();
-    s.checkpoint(true).await;
     let end = match Box::pin(s.resumed(resend)).await {
         Ok(()) => {
+            s.checkpoint(true).await;
             if let Some(el) = presence
                 .as_deref()
                 .and_then(crate::stanza::parse_serialised)
@@ -723,10 +723,12 @@ impl<S: Transport> Session<S> {
             return false;
         };
         for xml in stanzas {
-            if let Some(pos) = &mut self.archive
-                && let Some(id) = super::resume::archive_id(xml, &self.bare)
-            {
-                pos.written = pos.written.max(id);
+            if let Some(pos) = &mut self.archive {
+                // The record lists what was written and not acknowledged.
+                pos.dirty = true;
+                if let Some(id) = super::resume::archive_id(xml, &self.bare) {
+                    pos.written = pos.written.max(id);
+                }
             }
             sm.sent(xml.clone());
         }
@@ -1208,6 +1210,11 @@ impl<S: Transport> Session<S> {
         released: bool,
         presence: Option<String>,
     ) -> super::resume::Record {
+        let unacked = sm
+            .unacked()
+            .take(super::resume::MAX_LISTED)
+            .map(|x| super::resume::archive_id(x, &self.bare).unwrap_or(0))
+            .collect();
         super::resume::Record {
             bare: self.bare.clone(),
             full: self.full.clone(),
@@ -1218,6 +1225,8 @@ impl<S: Transport> Session<S> {
             acked_archive: self.acked_archive(sm),
             presence,
             released,
+            acked_h: sm.acked(),
+            unacked,
         }
     }
 

@@ -56,6 +56,31 @@ pub struct Record {
     /// The node let the session go: the fields are exact, not a checkpoint.
     #[serde(default)]
     pub released: bool,
+    /// The client's `h` when this was written (what it had acknowledged)...
+    #[serde(default)]
+    pub acked_h: u32,
+    /// ...and the stanzas written after that, oldest first, by archive id
+    /// (0: not archived): the client's `h` on resumption says how many of
+    /// these it has, so those are not replayed.
+    #[serde(default)]
+    pub unacked: Vec<u64>,
+}
+
+/// Most unacknowledged stanzas a record lists.
+pub const MAX_LISTED: usize = 256;
+
+impl Record {
+    /// The archive ids of the messages a client that reports `h` received
+    /// after the record was written.
+    pub fn received(&self, h: u32) -> HashSet<u64> {
+        let n = h.wrapping_sub(self.acked_h) as usize;
+        self.unacked
+            .iter()
+            .take(n)
+            .copied()
+            .filter(|id| *id != 0)
+            .collect()
+    }
 }
 
 pub fn read(server: &Server, id: &str) -> Option<Record> {
@@ -171,7 +196,7 @@ pub async fn fetch(server: &Server, bare: &str, id: &str, h: u32) -> Option<Reco
 /// user after `acked_archive`, addressed to the bare JID or to that full
 /// JID. Those that offline storage also kept are removed from it (they
 /// are delivered now, once).
-pub async fn owed(server: &Server, rec: &Record) -> VecDeque<Arc<str>> {
+pub async fn owed(server: &Server, rec: &Record, received: &HashSet<u64>) -> VecDeque<Arc<str>> {
     let msgs = match crate::modules::mam::incoming_after(
         &server.storage,
         &rec.bare,
@@ -191,7 +216,7 @@ pub async fn owed(server: &Server, rec: &Record) -> VecDeque<Arc<str>> {
             continue;
         };
         let to = el.get_attr("to").unwrap_or_default();
-        if to == rec.bare || to == rec.full {
+        if (to == rec.bare || to == rec.full) && !received.contains(&id) {
             ids.insert(id);
             out.push_back(el.to_stream_xml(NS_CLIENT).into());
         }
@@ -216,6 +241,31 @@ pub async fn owed(server: &Server, rec: &Record) -> VecDeque<Arc<str>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_client_s_h_says_which_listed_messages_it_has() {
+        let rec = Record {
+            bare: "a@x".into(),
+            full: "a@x/r".into(),
+            node: 1,
+            session: 1,
+            max: 300,
+            h_in: 0,
+            acked_archive: 10,
+            presence: None,
+            released: false,
+            acked_h: u32::MAX,
+            // a presence, then two archived messages
+            unacked: vec![0, 11, 12],
+        };
+        assert!(rec.received(u32::MAX).is_empty());
+        assert!(
+            rec.received(0).is_empty(),
+            "h wrapped past 2^32: only the presence"
+        );
+        assert_eq!(rec.received(1), HashSet::from([11]));
+        assert_eq!(rec.received(7), HashSet::from([11, 12]));
+    }
 
     #[test]
     fn finds_the_archive_id_the_user_s_archive_stamped() {

@@ -120,6 +120,11 @@ impl Sm {
         Ok((sm, resend))
     }
 
+    /// The client's last `h`.
+    pub fn acked(&self) -> u32 {
+        self.counts.get().1
+    }
+
     pub fn counts(&self) -> Arc<Counts> {
         self.counts.clone()
     }
