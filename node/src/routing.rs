@@ -196,6 +196,7 @@ fn route_info(r: &crate::router::Resource) -> RouteInfo {
         available: r.available,
         priority: r.priority,
         interested: r.interested,
+        carbons: r.carbons,
         presence: r.presence.as_ref().map(|p| p.to_stream_xml(NS_CLIENT)),
     }
 }

@@ -11,6 +11,7 @@
 //! line in [`MODULES`] (or, in tests, an extra module given to
 //! [`Registry::new`]).
 
+pub mod carbons;
 pub mod disco;
 pub mod last;
 pub mod ping;
@@ -235,6 +236,7 @@ pub static MODULES: &[&Module] = &[
     &vcard::MODULE,
     &private::MODULE,
     &register::MODULE,
+    &carbons::MODULE,
     &OFFLINE,
 ];
 

@@ -178,6 +178,8 @@ pub struct Resource {
     pub presence: Option<Element>,
     /// Requested the roster (RFC 6121 §2.1.6 "interested resource").
     pub interested: bool,
+    /// Enabled XEP-0280 message carbons.
+    pub carbons: bool,
 }
 
 /// What a session sends its user's actor (one per bare JID with a
@@ -197,6 +199,9 @@ pub enum ToUser {
     /// The session asked for the roster: it gets roster pushes from now
     /// on (RFC 6121 §2.1.6), wherever they come from.
     Interested { session: u64 },
+    /// The session enabled or disabled message carbons (XEP-0280): copies
+    /// reach it from any node while enabled.
+    Carbons { session: u64, enabled: bool },
     /// The session ended: unavailable to whoever saw it, route removed.
     /// `owned`: the session still held its resource in the router.
     Detach { session: u64, owned: bool },
@@ -255,6 +260,8 @@ pub struct Bound {
     pub priority: i32,
     /// Requested the roster (RFC 6121 §2.1.6).
     pub interested: bool,
+    /// Enabled message carbons (XEP-0280).
+    pub carbons: bool,
     pub at: At,
 }
 
@@ -282,6 +289,7 @@ impl Router {
                     available: r.available,
                     priority: r.priority,
                     interested: r.interested,
+                    carbons: r.carbons,
                     at: At::Here(r.handle.clone()),
                 })
                 .collect()
@@ -291,6 +299,7 @@ impl Router {
             available: r.info.available,
             priority: r.info.priority,
             interested: r.info.interested,
+            carbons: r.info.carbons,
             at: At::Node {
                 node: r.node,
                 session: r.session,
@@ -408,6 +417,7 @@ impl Router {
             priority: 0,
             presence: None,
             interested: false,
+            carbons: false,
         });
         metrics::gauge!("starling_c2s_sessions").increment(1.0);
         if old.is_some() {
