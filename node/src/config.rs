@@ -21,6 +21,7 @@ pub struct Config {
     pub tls: TlsConfig,
     pub auth: AuthConfig,
     pub registration: RegistrationConfig,
+    pub csi: CsiConfig,
     pub offline: OfflineConfig,
     pub metrics: MetricsConfig,
     pub cluster: ClusterConfig,
@@ -35,6 +36,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             auth: AuthConfig::default(),
             registration: RegistrationConfig::default(),
+            csi: CsiConfig::default(),
             offline: OfflineConfig::default(),
             metrics: MetricsConfig::default(),
             cluster: ClusterConfig::default(),
@@ -169,6 +171,22 @@ pub struct RegistrationConfig {
     pub enabled: bool,
 }
 
+/// XEP-0352 client state indication: what an inactive client is spared.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CsiConfig {
+    /// Presence stanzas held back per inactive session (the latest of each
+    /// sender); one more sender sends them all. They wait in the session's
+    /// queue, so this must stay below `c2s.mailbox_size`.
+    pub max_held: usize,
+}
+
+impl Default for CsiConfig {
+    fn default() -> Self {
+        CsiConfig { max_held: 512 }
+    }
+}
+
 /// Offline message storage (RFC 6121 §8.5.2.1.1, XEP-0160).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -279,6 +297,7 @@ impl Config {
             "tls",
             "auth",
             "registration",
+            "csi",
             "offline",
             "metrics",
             "cluster",
@@ -337,6 +356,9 @@ impl Config {
         }
         if self.c2s.mailbox_size == 0 || self.c2s.handshake_timeout_secs == 0 {
             anyhow::bail!("c2s.mailbox_size and c2s.handshake_timeout_secs must be positive");
+        }
+        if self.csi.max_held >= self.c2s.mailbox_size {
+            anyhow::bail!("csi.max_held must be less than c2s.mailbox_size");
         }
         if self.c2s.mailbox_bytes < self.c2s.max_stanza_size {
             anyhow::bail!("c2s.mailbox_bytes must hold at least one stanza of c2s.max_stanza_size");

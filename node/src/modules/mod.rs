@@ -12,6 +12,7 @@
 //! [`Registry::new`]).
 
 pub mod carbons;
+pub mod csi;
 pub mod disco;
 pub mod last;
 pub mod ping;
@@ -237,6 +238,7 @@ pub static MODULES: &[&Module] = &[
     &private::MODULE,
     &register::MODULE,
     &carbons::MODULE,
+    &csi::MODULE,
     &OFFLINE,
 ];
 

@@ -331,7 +331,8 @@ mod tests {
             post,
             "<session xmlns='urn:ietf:params:xml:ns:xmpp-session'><optional/></session>\
              <sub xmlns='urn:xmpp:features:pre-approval'/>\
-             <ver xmlns='urn:xmpp:features:rosterver'/>"
+             <ver xmlns='urn:xmpp:features:rosterver'/>\
+             <csi xmlns='urn:xmpp:csi:0'/>"
         );
         cfg.registration.enabled = false;
         assert_eq!(reg.stream_features(Stage::PreAuth, &cfg).count(), 0);

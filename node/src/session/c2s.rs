@@ -5,6 +5,7 @@
 //! client's stanzas, stamps and checks their addresses, hands them to IM
 //! routing or the modules, and writes what the actor's outbox receives.
 
+use super::csi::{ClientState, Csi, NS_CSI};
 use super::im::{self, Origin};
 use super::outbox::{Outbox, Outgoing};
 use crate::modules::{self, Event, Flow, HookCtx, IqCtx, IqTarget};
@@ -40,6 +41,8 @@ enum End {
 pub struct C2s {
     outbox: Arc<Outbox>,
     server: Arc<Server>,
+    /// XEP-0352: holds presence back while the client is inactive.
+    csi: Csi,
 }
 
 impl Actor for C2s {
@@ -52,16 +55,31 @@ impl Handler<ToSession> for C2s {
     fn handle(&mut self, msg: ToSession, _: &mut Context<Self>) {
         match msg {
             ToSession::Stanza(xml) => {
-                if self.outbox.push(xml.clone()).is_err() {
-                    // Sent while the session was ending: it is owed to
-                    // the user, so it goes where the user can still get
-                    // it (another resource, offline storage).
-                    let server = self.server.clone();
-                    actix_rt::spawn(async move { im::reroute(&server, &xml).await });
-                }
+                let (outbox, server) = (&self.outbox, &self.server);
+                self.csi.pass(xml, |xml| queue(outbox, server, xml));
             }
             ToSession::Close(condition) => self.outbox.close(condition),
         }
+    }
+}
+
+impl Handler<ClientState> for C2s {
+    type Result = ();
+
+    fn handle(&mut self, state: ClientState, _: &mut Context<Self>) {
+        let (outbox, server) = (&self.outbox, &self.server);
+        self.csi.set(state, |xml| queue(outbox, server, xml));
+    }
+}
+
+/// Puts a stanza in the outbox for the stream task to write.
+fn queue(outbox: &Outbox, server: &Arc<Server>, xml: Arc<str>) {
+    if outbox.push(xml.clone()).is_err() {
+        // Sent while the session was ending: it is owed to the user, so it
+        // goes where the user can still get it (another resource, offline
+        // storage).
+        let server = server.clone();
+        actix_rt::spawn(async move { im::reroute(&server, &xml).await });
     }
 }
 
@@ -73,6 +91,8 @@ struct Session<S> {
     id: u64,
     /// The actor of this session's user on this node.
     user: UserHandle,
+    /// This session's actor, told the client's state (XEP-0352).
+    csi: actix::Recipient<ClientState>,
     /// Counts the connection until it closes (`net::max_connections`).
     _slot: crate::net::ConnSlot,
     /// The user actor was asked to write this session's route
@@ -97,7 +117,7 @@ pub fn start<S: Transport + 'static>(
             server.config.c2s.mailbox_bytes,
         ));
         let outbox = Arc::new(Outbox::new(gate.clone()));
-        let handle = SessionHandle::new(ctx.address().recipient(), gate);
+        let handle = SessionHandle::new(ctx.address().recipient(), gate.clone());
         let bare = bound.bare.to_string();
         let resource = bound.full.resource().to_string();
         let id = handle.id;
@@ -116,12 +136,18 @@ pub fn start<S: Transport + 'static>(
             full: bound.full.to_string(),
             id,
             user,
+            csi: ctx.address().recipient(),
             _slot: slot,
             route_asked: false,
         });
         let task = serve(s, outbox.clone()).instrument(span);
         ctx.spawn(actix::fut::wrap_future::<_, C2s>(task).map(|(), _, ctx| ctx.stop()));
-        C2s { outbox, server }
+        let csi = Csi::new(gate, server.config.csi.max_held);
+        C2s {
+            outbox,
+            server,
+            csi,
+        }
     });
 }
 
@@ -271,6 +297,11 @@ impl<S: Transport> Session<S> {
 
     /// Checks and stamps addresses (RFC 6120 §8.1.2), then dispatches.
     async fn handle_stanza(&mut self, el: Element) -> Result<(), End> {
+        // A client state nonza (XEP-0352) is for this session's actor.
+        if el.ns == NS_CSI {
+            self.csi.do_send(ClientState::of(&el).map_err(End::Error)?);
+            return Ok(());
+        }
         let mut stanza =
             Stanza::try_from(el).map_err(|_| End::Error(StreamCondition::UnsupportedStanzaType))?;
         let kind = match &stanza {
