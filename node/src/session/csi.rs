@@ -53,16 +53,23 @@ impl ClientState {
     }
 }
 
-/// The filter in front of one session's outbox. Holds nothing, and
-/// allocates nothing, while its client is active.
+/// The filter in front of one session's outbox. While its client is
+/// active (the usual state) it is a pointer and a count: nothing is
+/// allocated until the client says it is inactive.
 #[derive(Debug)]
 pub struct Csi {
     gate: Arc<Gate>,
     max_held: usize,
-    inactive: bool,
+    /// Present while the client is inactive.
+    inactive: Option<Box<Held>>,
+}
+
+/// What an inactive client's session holds.
+#[derive(Debug, Default)]
+struct Held {
     /// Held presence, in the order its senders were first held.
-    held: Vec<Arc<str>>,
-    /// Sender (the `from` attribute as serialised) → its place in `held`.
+    order: Vec<Arc<str>>,
+    /// Sender (the `from` attribute as serialised) → its place in `order`.
     by_sender: HashMap<Box<str>, usize>,
 }
 
@@ -82,38 +89,46 @@ impl Csi {
         Csi {
             gate,
             max_held,
-            inactive: false,
-            held: Vec::new(),
-            by_sender: HashMap::new(),
+            inactive: None,
         }
     }
 
     /// Hands `xml` to `out` now, or holds it for later.
     #[inline]
     pub fn pass(&mut self, xml: Arc<str>, mut out: impl FnMut(Arc<str>)) {
-        if self.inactive {
-            self.filter(xml, out);
-        } else {
-            out(xml);
+        match &mut self.inactive {
+            None => out(xml),
+            Some(held) => held.filter(xml, &self.gate, self.max_held, &mut out),
         }
     }
 
     /// The client's new state; becoming active sends what was held.
     pub fn set(&mut self, state: ClientState, mut out: impl FnMut(Arc<str>)) {
         match state {
-            ClientState::Inactive => self.inactive = true,
+            ClientState::Inactive => {
+                self.inactive.get_or_insert_default();
+            }
             ClientState::Active => {
-                self.inactive = false;
-                self.flush(&mut out);
+                if let Some(mut held) = self.inactive.take() {
+                    held.flush(&mut out);
+                }
             }
         }
     }
+}
 
-    fn filter(&mut self, xml: Arc<str>, mut out: impl FnMut(Arc<str>)) {
+impl Held {
+    fn filter(
+        &mut self,
+        xml: Arc<str>,
+        gate: &Gate,
+        max_held: usize,
+        out: &mut impl FnMut(Arc<str>),
+    ) {
         let sender = match classify(&xml) {
             Class::Presence(from) => Box::<str>::from(from),
             Class::Urgent => {
-                self.flush(&mut out);
+                self.flush(out);
                 out(xml);
                 return;
             }
@@ -124,28 +139,28 @@ impl Csi {
         };
         metrics::counter!("starling_csi_presence_held_total").increment(1);
         if let Some(&i) = self.by_sender.get(&sender) {
-            let old = std::mem::replace(&mut self.held[i], xml);
+            let old = std::mem::replace(&mut self.order[i], xml);
             // Superseded: it will never be written, so its room is free.
-            self.gate.release(1, old.len());
+            gate.release(1, old.len());
             metrics::counter!("starling_csi_presence_superseded_total").increment(1);
             return;
         }
-        self.by_sender.insert(sender, self.held.len());
-        self.held.push(xml);
-        if self.held.len() > self.max_held {
-            self.flush(&mut out);
+        self.by_sender.insert(sender, self.order.len());
+        self.order.push(xml);
+        if self.order.len() > max_held {
+            self.flush(out);
         }
     }
 
     /// Sends everything held, oldest sender first, and lets go of the
     /// memory that held it.
     fn flush(&mut self, out: &mut impl FnMut(Arc<str>)) {
-        if self.held.is_empty() {
+        if self.order.is_empty() {
             return;
         }
         metrics::counter!("starling_csi_flushes_total").increment(1);
         self.by_sender = HashMap::new();
-        for xml in std::mem::take(&mut self.held) {
+        for xml in std::mem::take(&mut self.order) {
             out(xml);
         }
     }
@@ -252,7 +267,7 @@ mod tests {
         assert!(got.is_empty());
         let got = run(&mut c, |c, out| c.set(ClientState::Active, out));
         assert_eq!(got, [&*presence("a@b/c", "4"), &*presence("z@b/c", "z")]);
-        assert!(c.held.capacity() == 0 && c.by_sender.capacity() == 0);
+        assert!(c.inactive.is_none());
     }
 
     #[test]
@@ -277,6 +292,7 @@ mod tests {
         }
         let got = run(&mut c, |c, out| c.pass(presence("a@b/3", "x"), out));
         assert_eq!(got.len(), 3);
-        assert!(c.held.is_empty());
+        let held = c.inactive.as_ref().expect("still inactive");
+        assert!(held.order.capacity() == 0 && held.by_sender.capacity() == 0);
     }
 }
