@@ -122,8 +122,10 @@ def test_unavailable_is_held_too_and_replaces_available(server, clients):
     other = clients.add(server.login(contact.bare, contact.password, resource="second"))
     other.presence(to=bare(u.jid), type_="unavailable")  # directed, from another resource
     contact.presence(type_="unavailable")
-    held = seen_before(u, marker(other, u.jid), lambda e: e.tag == C("presence"))
-    assert not held, tostring(held[0])
+    # One marker per connection: each follows that connection's presence.
+    for sender in (other, contact):
+        held = seen_before(u, marker(sender, u.jid), lambda e: e.tag == C("presence"))
+        assert not held, tostring(held[0])
     u.send_raw(ACTIVE)
     p = u.recv(lambda e: e.tag == C("presence") and e.get("from") == contact.jid, what="held presence")
     assert p.get("type") == "unavailable", tostring(p)
@@ -135,6 +137,8 @@ def test_message_with_body_flushes_held_presence_before_itself(server, clients):
     u, contact = pair(server, clients)
     go_inactive(u)
     contact.presence(status="before the message")
+    held = seen_before(u, marker(contact, u.jid), presence_from(u, contact.jid))
+    assert not held, tostring(held[0])
     mid = contact.message(u.jid, "wake up")
     first = u.recv(lambda e: e.get("from") == contact.jid and e.tag in (C("presence"), C("message")),
                    what="presence or message")
@@ -145,6 +149,20 @@ def test_message_with_body_flushes_held_presence_before_itself(server, clients):
     # Still inactive: the next update is held again.
     contact.presence(status="after")
     held = seen_before(u, marker(contact, u.jid), presence_from(u, contact.jid))
+    assert not held, tostring(held[0])
+
+
+def test_own_presence_reflection_is_not_held(server, clients):
+    """The client's own presence, reflected back to it (RFC 6121 §4.4.2), is its own doing:
+    it arrives while the contact's update still waits."""
+    u, contact = pair(server, clients)
+    go_inactive(u)
+    contact.presence(status="contact update")
+    contact_marker = marker(contact, u.jid)
+    u.presence(status="my new status")
+    mine = u.recv(presence_from(u, u.jid, "my new status"), what="own presence reflected")
+    assert mine is not None
+    held = seen_before(u, contact_marker, presence_from(u, contact.jid))
     assert not held, tostring(held[0])
 
 
@@ -165,6 +183,8 @@ def test_iq_flushes_held_presence(server, clients):
     u2.iq("get", "<query xmlns='jabber:iq:roster'/>")
     go_inactive(u)
     contact.presence(status="then a push")
+    held = seen_before(u, marker(contact, u.jid), presence_from(u, contact.jid))
+    assert not held, tostring(held[0])
     u2.iq("set", "<query xmlns='jabber:iq:roster'><item jid='someone@example.org' name='S'/></query>")
     first = u.recv(lambda e: (e.tag == C("presence") and e.get("from") == contact.jid) or
                    (e.tag == C("iq") and e.get("type") == "set"), what="presence or roster push")
@@ -201,8 +221,9 @@ def test_one_sender_past_the_bound_sends_everything(csi_server, clients):
     go_inactive(u)
     for c in cs[:3]:
         c.presence(status="held")
-    held = seen_before(u, marker(c0, u.jid), lambda e: e.tag == C("presence"))
-    assert not held, "three senders are within the bound: " + tostring(held[0])
+    for c in cs[:3]:
+        held = seen_before(u, marker(c, u.jid), lambda e: e.tag == C("presence"))
+        assert not held, "three senders are within the bound: " + tostring(held[0])
     cs[3].presence(status="one too many")
     for c in cs:
         p = u.recv(presence_from(u, c.jid), what=f"presence of {c.jid}")

@@ -140,9 +140,9 @@ pub fn start<S: Transport + 'static>(
             _slot: slot,
             route_asked: false,
         });
+        let csi = Csi::new(gate, server.config.csi.max_held, &s.full);
         let task = serve(s, outbox.clone()).instrument(span);
         ctx.spawn(actix::fut::wrap_future::<_, C2s>(task).map(|(), _, ctx| ctx.stop()));
-        let csi = Csi::new(gate, server.config.csi.max_held);
         C2s {
             outbox,
             server,

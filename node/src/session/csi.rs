@@ -6,8 +6,8 @@
 //! outbox. While the client is active it hands every stanza straight on
 //! (one branch). While inactive it looks at the start tag of each
 //! serialised stanza:
-//! - available and unavailable presence is held: only the latest per
-//!   sender full JID, in the order the senders were first held, at most
+//! - available and unavailable presence is held (but for the client's own,
+//!   reflected back to it): only the latest per sender full JID, in the order the senders were first held, at most
 //!   `csi.max_held` senders (one more sends them all);
 //! - what the client must see at once and in order (a message with a body,
 //!   also inside a carbon; an IQ; a subscription request or answer, or any
@@ -60,6 +60,9 @@ impl ClientState {
 pub struct Csi {
     gate: Arc<Gate>,
     max_held: usize,
+    /// The session's own full JID as serialised in a `from`: the client's
+    /// own presence, reflected back to it, is never held (it caused it).
+    me: Box<str>,
     /// Present while the client is inactive.
     inactive: Option<Box<Held>>,
 }
@@ -85,10 +88,11 @@ enum Class<'a> {
 }
 
 impl Csi {
-    pub fn new(gate: Arc<Gate>, max_held: usize) -> Self {
+    pub fn new(gate: Arc<Gate>, max_held: usize, full: &str) -> Self {
         Csi {
             gate,
             max_held,
+            me: crate::xml::escape(full).into(),
             inactive: None,
         }
     }
@@ -98,7 +102,7 @@ impl Csi {
     pub fn pass(&mut self, xml: Arc<str>, mut out: impl FnMut(Arc<str>)) {
         match &mut self.inactive {
             None => out(xml),
-            Some(held) => held.filter(xml, &self.gate, self.max_held, &mut out),
+            Some(held) => held.filter(xml, &self.gate, self.max_held, &self.me, &mut out),
         }
     }
 
@@ -123,9 +127,14 @@ impl Held {
         xml: Arc<str>,
         gate: &Gate,
         max_held: usize,
+        me: &str,
         out: &mut impl FnMut(Arc<str>),
     ) {
         let sender = match classify(&xml) {
+            Class::Presence(from) if from == me => {
+                out(xml);
+                return;
+            }
             Class::Presence(from) => Box::<str>::from(from),
             Class::Urgent => {
                 self.flush(out);
@@ -220,7 +229,7 @@ mod tests {
     }
 
     fn csi(max_held: usize) -> Csi {
-        Csi::new(Arc::new(Gate::new(1024, 1 << 20)), max_held)
+        Csi::new(Arc::new(Gate::new(1024, 1 << 20)), max_held, "me@x/r")
     }
 
     #[test]
@@ -281,6 +290,15 @@ mod tests {
         let msg = "<message from=\"a@b/c\"><body>hi</body></message>";
         let got = run(&mut c, |c, out| c.pass(msg.into(), out));
         assert_eq!(got, [&*presence("a@b/c", "1"), msg]);
+    }
+
+    #[test]
+    fn the_clients_own_presence_is_not_held() {
+        let mut c = csi(10);
+        run(&mut c, |c, out| c.set(ClientState::Inactive, out));
+        let got = run(&mut c, |c, out| c.pass(presence("me@x/r", "mine"), out));
+        assert_eq!(got, [&*presence("me@x/r", "mine")]);
+        assert!(run(&mut c, |c, out| c.pass(presence("me@x/other", "x"), out)).is_empty());
     }
 
     #[test]
