@@ -177,7 +177,8 @@ pub struct RegistrationConfig {
 pub struct CsiConfig {
     /// Presence stanzas held back per inactive session (the latest of each
     /// sender); one more sender sends them all. They wait in the session's
-    /// queue, so this must stay below `c2s.mailbox_size`.
+    /// queue, so at most half of `c2s.mailbox_size` are held whatever this
+    /// says.
     pub max_held: usize,
 }
 
@@ -357,9 +358,9 @@ impl Config {
         if self.c2s.mailbox_size == 0 || self.c2s.handshake_timeout_secs == 0 {
             anyhow::bail!("c2s.mailbox_size and c2s.handshake_timeout_secs must be positive");
         }
-        if self.csi.max_held >= self.c2s.mailbox_size {
-            anyhow::bail!("csi.max_held must be less than c2s.mailbox_size");
-        }
+        // Held presence waits in the session's queue: half of it at most, so
+        // what the client must see at once always has room.
+        self.csi.max_held = self.csi.max_held.min(self.c2s.mailbox_size / 2);
         if self.c2s.mailbox_bytes < self.c2s.max_stanza_size {
             anyhow::bail!("c2s.mailbox_bytes must hold at least one stanza of c2s.max_stanza_size");
         }
