@@ -21,6 +21,7 @@ pub struct Config {
     pub tls: TlsConfig,
     pub auth: AuthConfig,
     pub registration: RegistrationConfig,
+    pub csi: CsiConfig,
     pub offline: OfflineConfig,
     pub sm: SmConfig,
     pub mam: MamConfig,
@@ -37,6 +38,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             auth: AuthConfig::default(),
             registration: RegistrationConfig::default(),
+            csi: CsiConfig::default(),
             offline: OfflineConfig::default(),
             sm: SmConfig::default(),
             mam: MamConfig::default(),
@@ -171,6 +173,23 @@ impl Default for AuthConfig {
 pub struct RegistrationConfig {
     /// Lets anyone create an account over XMPP. Off by default.
     pub enabled: bool,
+}
+
+/// XEP-0352 client state indication: what an inactive client is spared.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CsiConfig {
+    /// Presence stanzas held back per inactive session (the latest of each
+    /// sender); one more sender sends them all. They wait in the session's
+    /// queue, so at most half of `c2s.mailbox_size` are held whatever this
+    /// says.
+    pub max_held: usize,
+}
+
+impl Default for CsiConfig {
+    fn default() -> Self {
+        CsiConfig { max_held: 512 }
+    }
 }
 
 /// Offline message storage (RFC 6121 §8.5.2.1.1, XEP-0160).
@@ -403,6 +422,7 @@ impl Config {
             "tls",
             "auth",
             "registration",
+            "csi",
             "offline",
             "sm",
             "mam",
@@ -464,6 +484,9 @@ impl Config {
         if self.c2s.mailbox_size == 0 || self.c2s.handshake_timeout_secs == 0 {
             anyhow::bail!("c2s.mailbox_size and c2s.handshake_timeout_secs must be positive");
         }
+        // Held presence waits in the session's queue: half of it at most, so
+        // what the client must see at once always has room.
+        self.csi.max_held = self.csi.max_held.min(self.c2s.mailbox_size / 2);
         if self.c2s.mailbox_bytes < self.c2s.max_stanza_size {
             anyhow::bail!("c2s.mailbox_bytes must hold at least one stanza of c2s.max_stanza_size");
         }

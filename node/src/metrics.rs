@@ -62,6 +62,26 @@ pub fn describe() {
         "starling_mam_retention_deleted_total",
         "Archived messages deleted by retention passes"
     );
+    describe_counter!(
+        "starling_carbons_copies_total",
+        "XEP-0280 carbon copies sent, by direction (sent, received)"
+    );
+    describe_counter!(
+        "starling_carbons_forged_total",
+        "Messages refused because their client wrapped them as carbons"
+    );
+    describe_counter!(
+        "starling_csi_presence_held_total",
+        "Presence stanzas held back from inactive clients (XEP-0352)"
+    );
+    describe_counter!(
+        "starling_csi_presence_superseded_total",
+        "Held presence stanzas replaced by a newer one from the same sender"
+    );
+    describe_counter!(
+        "starling_csi_flushes_total",
+        "Times an inactive client's held presence was sent"
+    );
     // Emit the session gauge at zero so dashboards see it from the start.
     metrics::gauge!("starling_c2s_sessions").set(0.0);
     metrics::counter!("starling_auth_failures_total", "mechanism" => "PLAIN").absolute(0);

@@ -197,6 +197,7 @@ fn route_info(r: &crate::router::Resource) -> RouteInfo {
         priority: r.priority,
         interested: r.interested,
         blocklist: r.blocklist,
+        carbons: r.carbons,
         presence: r.presence.as_ref().map(|p| p.to_stream_xml(NS_CLIENT)),
     }
 }

@@ -166,7 +166,7 @@ async fn an_extra_module_adds_its_feature_everywhere() {
         .stream_features(Stage::PostAuth, &s.config)
         .collect();
     assert_eq!(post.last(), Some(&ECHO_FEATURE), "{post:?}");
-    assert_eq!(post.len(), 5, "session, sm, sub, ver, echo: {post:?}");
+    assert_eq!(post.len(), 6, "session, sm, sub, ver, csi, echo: {post:?}");
     assert!(
         !s.modules
             .stream_features(Stage::PreAuth, &s.config)
@@ -243,4 +243,16 @@ async fn without_the_module_nothing_of_it_exists() {
     );
     let r = iq(&s, IqTarget::Own, "get", Element::new("echo", NS_ECHO)).await;
     assert_eq!(condition(r), Condition::ServiceUnavailable);
+    // Its hooks are not run: a message it would mark passes unmarked.
+    let ctx = HookCtx {
+        server: &s,
+        user: "a@localhost",
+        full: Some("a@localhost/r"),
+    };
+    let mut msg = Element::new("message", NS_CLIENT).attr("to", "b@localhost");
+    assert_eq!(
+        s.modules.run_hooks(Event::MessageOut, &ctx, &mut msg),
+        Flow::Pass
+    );
+    assert_eq!(msg.get_attr("seen"), None);
 }

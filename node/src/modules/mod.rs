@@ -12,6 +12,8 @@
 //! [`Registry::new`]).
 
 pub mod blocking;
+pub mod carbons;
+pub mod csi;
 pub mod disco;
 pub mod last;
 pub mod mam;
@@ -252,6 +254,8 @@ pub static MODULES: &[&Module] = &[
     &private::MODULE,
     &register::MODULE,
     &blocking::MODULE,
+    &carbons::MODULE,
+    &csi::MODULE,
     &OFFLINE,
     &mam::MODULE,
 ];

@@ -321,7 +321,7 @@ mod tests {
         assert_eq!(marks(&pres), ["stop"]);
 
         // Only built-in hooks, none of which applies to an unaddressed
-        // message: pass, untouched.
+        // message (carbons: from no session): pass, untouched.
         let mut out = Element::new("message", crate::stanza::NS_CLIENT);
         assert_eq!(reg.run_hooks(Event::MessageOut, &ctx, &mut out), Flow::Pass);
         assert!(out.children.is_empty());
@@ -348,7 +348,8 @@ mod tests {
             "<session xmlns='urn:ietf:params:xml:ns:xmpp-session'><optional/></session>\
              <sm xmlns='urn:xmpp:sm:3'/>\
              <sub xmlns='urn:xmpp:features:pre-approval'/>\
-             <ver xmlns='urn:xmpp:features:rosterver'/>"
+             <ver xmlns='urn:xmpp:features:rosterver'/>\
+             <csi xmlns='urn:xmpp:csi:0'/>"
         );
         cfg.sm.enabled = false;
         let post: String = reg.stream_features(Stage::PostAuth, &cfg).collect();

@@ -194,6 +194,8 @@ pub struct Resource {
     pub interested: bool,
     /// Requested the blocklist (gets XEP-0191 pushes).
     pub blocklist: bool,
+    /// Enabled XEP-0280 message carbons.
+    pub carbons: bool,
 }
 
 /// What a session sends its user's actor (one per bare JID with a
@@ -220,6 +222,9 @@ pub enum ToUser {
     /// directed presence from a session here see it go unavailable
     /// (XEP-0191 §3.3).
     Blocked { items: Vec<String> },
+    /// The session enabled or disabled message carbons (XEP-0280): copies
+    /// reach it from any node while enabled.
+    Carbons { session: u64, enabled: bool },
     /// The session ended: unavailable to whoever saw it, route removed.
     /// `owned`: the session still held its resource in the router.
     /// `silent`: it continues on another node (XEP-0198 resumption), so
@@ -286,6 +291,8 @@ pub struct Bound {
     pub interested: bool,
     /// Requested the blocklist (XEP-0191 §3.3).
     pub blocklist: bool,
+    /// Enabled message carbons (XEP-0280).
+    pub carbons: bool,
     pub at: At,
 }
 
@@ -314,6 +321,7 @@ impl Router {
                     priority: r.priority,
                     interested: r.interested,
                     blocklist: r.blocklist,
+                    carbons: r.carbons,
                     at: At::Here(r.handle.clone()),
                 })
                 .collect()
@@ -324,6 +332,7 @@ impl Router {
             priority: r.info.priority,
             interested: r.info.interested,
             blocklist: r.info.blocklist,
+            carbons: r.info.carbons,
             at: At::Node {
                 node: r.node,
                 session: r.session,
@@ -442,6 +451,7 @@ impl Router {
             presence: None,
             interested: false,
             blocklist: false,
+            carbons: false,
         });
         metrics::gauge!("starling_c2s_sessions").increment(1.0);
         if old.is_some() {

@@ -26,6 +26,10 @@ pub struct RouteInfo {
     pub blocklist: bool,
     /// The last available presence it broadcast, serialised.
     pub presence: Option<String>,
+    /// Enabled message carbons (XEP-0280). Absent in routes written
+    /// before carbons existed.
+    #[serde(default)]
+    pub carbons: bool,
 }
 
 /// A session bound on another node.

@@ -5,6 +5,7 @@
 //! client's stanzas, stamps and checks their addresses, hands them to IM
 //! routing or the modules, and writes what the actor's outbox receives.
 
+use super::csi::{ClientState, Csi, NS_CSI};
 use super::im::{self, Origin};
 use super::outbox::{Control, Outbox, Outgoing};
 use super::sm::{self, NS_SM, Sm, TakenOver, Takeover};
@@ -50,6 +51,8 @@ pub struct C2s {
     outbox: Arc<Outbox>,
     server: Arc<Server>,
     bare: Arc<str>,
+    /// XEP-0352: holds presence back while the client is inactive.
+    csi: Csi,
 }
 
 impl Actor for C2s {
@@ -62,13 +65,8 @@ impl Handler<ToSession> for C2s {
     fn handle(&mut self, msg: ToSession, _: &mut Context<Self>) {
         match msg {
             ToSession::Stanza(xml) => {
-                if self.outbox.push(xml.clone()).is_err() {
-                    // Sent while the session was ending: it is owed to
-                    // the user, so it goes where the user can still get
-                    // it (another resource, offline storage).
-                    let server = self.server.clone();
-                    actix_rt::spawn(async move { im::reroute(&server, &xml).await });
-                }
+                let (outbox, server) = (&self.outbox, &self.server);
+                self.csi.pass(xml, |xml| queue(outbox, server, xml));
             }
             ToSession::Close(condition) => self.outbox.close(condition),
             ToSession::Release(h) => self.outbox.release(h),
@@ -89,6 +87,26 @@ impl Handler<Takeover> for C2s {
             return;
         }
         let _ = self.outbox.takeover(t);
+    }
+}
+
+impl Handler<ClientState> for C2s {
+    type Result = ();
+
+    fn handle(&mut self, state: ClientState, _: &mut Context<Self>) {
+        let (outbox, server) = (&self.outbox, &self.server);
+        self.csi.set(state, |xml| queue(outbox, server, xml));
+    }
+}
+
+/// Puts a stanza in the outbox for the stream task to write.
+fn queue(outbox: &Outbox, server: &Arc<Server>, xml: Arc<str>) {
+    if outbox.push(xml.clone()).is_err() {
+        // Sent while the session was ending: it is owed to the user, so it
+        // goes where the user can still get it (another resource, offline
+        // storage).
+        let server = server.clone();
+        actix_rt::spawn(async move { im::reroute(&server, &xml).await });
     }
 }
 
@@ -188,7 +206,7 @@ fn start_with<S: Transport + 'static>(
             server.config.c2s.mailbox_bytes,
         ));
         let outbox = Arc::new(Outbox::new(gate.clone()));
-        let handle = SessionHandle::new(ctx.address().recipient(), gate);
+        let handle = SessionHandle::new(ctx.address().recipient(), gate.clone());
         let resource = im::split(&full).1.unwrap_or_default().to_owned();
         let id = handle.id;
         let (old, user) = server.router.bind(&bare, &resource, handle, || {
@@ -215,6 +233,7 @@ fn start_with<S: Transport + 'static>(
             addr: ctx.address(),
             archive: None,
         });
+        let csi = Csi::new(gate, server.config.csi.max_held, &s.full);
         let task = match transferred {
             None => Box::pin(serve(s, outbox.clone()).instrument(span))
                 as std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>,
@@ -236,6 +255,7 @@ fn start_with<S: Transport + 'static>(
             outbox,
             server,
             bare: actor_bare,
+            csi,
         }
     });
 }
@@ -257,6 +277,7 @@ pub enum Resumption {
 pub struct LocalResumption {
     ctx: Context<C2s>,
     outbox: Arc<Outbox>,
+    gate: Arc<Gate>,
     handle: crate::router::SessionHandle,
     user: UserHandle,
     bare: String,
@@ -306,8 +327,11 @@ pub async fn take_over(
         server.config.c2s.mailbox_bytes,
     ));
     let outbox = Arc::new(Outbox::new(gate.clone()));
-    let handle =
-        crate::router::SessionHandle::with_id(entry.session, ctx.address().recipient(), gate);
+    let handle = crate::router::SessionHandle::with_id(
+        entry.session,
+        ctx.address().recipient(),
+        gate.clone(),
+    );
     let (reply, taken) = tokio::sync::oneshot::channel();
     let ask = Takeover {
         to: handle.clone(),
@@ -330,6 +354,7 @@ pub async fn take_over(
     Ok(Resumption::Local(Box::new(LocalResumption {
         ctx,
         outbox,
+        gate,
         handle,
         user,
         bare: bare.to_owned(),
@@ -410,6 +435,7 @@ pub fn start_resumed<S: Transport + 'static>(
     let LocalResumption {
         ctx,
         outbox,
+        gate,
         handle,
         user,
         bare,
@@ -421,6 +447,8 @@ pub fn start_resumed<S: Transport + 'static>(
     let span = tracing::info_span!("c2s", jid = %full);
     let actor_bare: Arc<str> = bare.as_str().into();
     let registry = server.storage.store.registry_active();
+    // A new stream starts active (XEP-0352): the client says again if not.
+    let csi = Csi::new(gate, server.config.csi.max_held, &full);
     let s = Box::new(Session {
         server: server.clone(),
         xs: stream,
@@ -443,6 +471,7 @@ pub fn start_resumed<S: Transport + 'static>(
         outbox,
         server,
         bare: actor_bare,
+        csi,
     });
 }
 
@@ -769,6 +798,11 @@ impl<S: Transport> Session<S> {
     /// Checks and stamps addresses (RFC 6120 §8.1.2), then dispatches;
     /// stream management's elements are not stanzas and are not counted.
     async fn handle_stanza(&mut self, el: Element) -> Result<(), End> {
+        // A client state nonza (XEP-0352) is for this session's actor.
+        if el.ns == NS_CSI {
+            self.addr.do_send(ClientState::of(&el).map_err(End::Error)?);
+            return Ok(());
+        }
         if el.ns == NS_SM {
             return self.handle_sm(el).await;
         }

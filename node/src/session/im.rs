@@ -212,6 +212,7 @@ async fn route(server: &Server, el: Element, pass: Pass) -> Result<(), Bounce> {
             Some(at) => {
                 let xml: std::sync::Arc<str> = el.to_stream_xml(NS_CLIENT).into();
                 if server.router.send_acked(bare, res, &at, &xml).await {
+                    crate::modules::carbons::received(server, bare, &el, [res]);
                     return Ok(());
                 }
                 el
@@ -286,6 +287,9 @@ async fn deliver_to_bare(
                 .await;
         }
     }
+    // XEP-0280: copies for the user's other resources, whether the message
+    // reached one or waits offline.
+    crate::modules::carbons::received(server, bare, &el, eligible.iter().map(|b| &*b.resource));
     if delivered || headline {
         return Ok(());
     }

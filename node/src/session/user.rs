@@ -141,6 +141,12 @@ impl Handler<ToUser> for User {
                     .update(&bare, session, |r| r.interested = true);
                 self.publish(session)
             }
+            ToUser::Carbons { session, enabled } => {
+                self.server
+                    .router
+                    .update(&bare, session, |r| r.carbons = enabled);
+                self.publish(session)
+            }
             ToUser::BlocklistRequested { session } => {
                 self.server
                     .router
