@@ -19,12 +19,22 @@
 # pointing at the binary built from the commit before it (its own data dir and ports).
 # REUSE_DATA=1 keeps a Starling data dir that already holds enough accounts; otherwise a new one is
 # made and the accounts are added through the running node's admin socket (15,000 in under a minute).
+# Message archive (XEP-0313): by default the peers run without MAM (FEATURES=core), and so does the
+# `starling` column (`[mam] enabled = false`). MAM=1 runs the peers with FEATURES=full (they archive
+# every message) and Starling with its archive on, next to a `starling-nomam` column (the same binary,
+# archive off, its own data dir and ports): `MAM=1 bench/compare.sh chat` is the archive's cost.
 set -euo pipefail
 SCEN="${1:?usage: bench/compare.sh login|idle|chat|chat-sat|presence|storm [bench options]}"; shift
 HERE="$(cd "$(dirname "$0")" && pwd)"; ROOT="$(cd "$HERE/.." && pwd)"
 RUNS="${RUNS:-3}"
 OUT="${OUT:-/tmp/starling-bench-compare}/$SCEN-$(date +%Y%m%d-%H%M%S)"
-SERVERS="${SERVERS:-ejabberd prosody starling echo echo-tls}"
+MAM="${MAM:-0}"
+if [ "$MAM" = 1 ]; then
+  export FEATURES=full
+  SERVERS="${SERVERS:-ejabberd prosody starling starling-nomam}"
+else
+  SERVERS="${SERVERS:-ejabberd prosody starling echo echo-tls}"
+fi
 if [ -z "${PEERS:-}" ]; then
   for d in /work/shared/peers "$ROOT/../shared/peers"; do [ -x "$d/prosody-start.sh" ] && PEERS="$d" && break; done
 fi
@@ -34,11 +44,14 @@ STARLING_BIN="${STARLING_BIN:-$ROOT/target/release/starling}"
 ST_DIR="${ST_DIR:-/tmp/perf-starling}"; ST_PORT="${ST_PORT:-45222}"; ST_TLS_PORT="${ST_TLS_PORT:-45223}"; ST_METRICS="${ST_METRICS:-45290}"
 STARLING_BASE_BIN="${STARLING_BASE_BIN:-}"
 # per Starling column: binary, data dir, c2s, direct TLS and metrics ports
-declare -A ST_BIN=([starling]="$STARLING_BIN" [starling-base]="$STARLING_BASE_BIN")
-declare -A ST_D=([starling]="$ST_DIR" [starling-base]="$ST_DIR-base")
-declare -A ST_P=([starling]="$ST_PORT" [starling-base]="$((ST_PORT + 100))")
-declare -A ST_TP=([starling]="$ST_TLS_PORT" [starling-base]="$((ST_TLS_PORT + 100))")
-declare -A ST_MP=([starling]="$ST_METRICS" [starling-base]="$((ST_METRICS + 100))")
+declare -A ST_BIN=([starling]="$STARLING_BIN" [starling-base]="$STARLING_BASE_BIN" [starling-nomam]="$STARLING_BIN")
+declare -A ST_D=([starling]="$ST_DIR" [starling-base]="$ST_DIR-base" [starling-nomam]="$ST_DIR-nomam")
+declare -A ST_P=([starling]="$ST_PORT" [starling-base]="$((ST_PORT + 100))" [starling-nomam]="$((ST_PORT + 200))")
+declare -A ST_TP=([starling]="$ST_TLS_PORT" [starling-base]="$((ST_TLS_PORT + 100))" [starling-nomam]="$((ST_TLS_PORT + 200))")
+declare -A ST_MP=([starling]="$ST_METRICS" [starling-base]="$((ST_METRICS + 100))" [starling-nomam]="$((ST_METRICS + 200))")
+# [mam] enabled per Starling column: the archive is on only where the peers archive too (MAM=1),
+# and never in the starling-nomam column.
+declare -A ST_MAM=([starling]="$([ "$MAM" = 1 ] && echo true || echo false)" [starling-base]="$([ "$MAM" = 1 ] && echo true || echo false)" [starling-nomam]=false)
 ECHO_PORT="${ECHO_PORT:-47777}"; ECHO_TLS_PORT="${ECHO_TLS_PORT:-47778}"
 export REQUIRE_TLS=1
 mkdir -p "$OUT"
@@ -66,7 +79,7 @@ FRESH="${FRESH:-0}"   # 1: restart each server before each round after the first
 
 STARTED_ECHO=""; STARTED_ECHO_TLS=""; declare -A STARTED_ST=()
 cleanup() {
-  for s in echo echo-tls starling starling-base; do halt "$s"; done
+  for s in echo echo-tls starling starling-base starling-nomam; do halt "$s"; done
   if [ "${KEEP:-0}" != 1 ]; then
     case " $SERVERS " in *" ejabberd "*) "$PEERS/ejabberd-stop.sh" || true ;; esac
     case " $SERVERS " in *" prosody "*) "$PEERS/prosody-stop.sh" || true ;; esac
@@ -86,8 +99,9 @@ launch() { # start server $1 (accounts already set up); sets PORT, PID, EXTRA; n
     prosody)
       "$PEERS/prosody-start.sh" >&2 || return 1
       . "$PEERS/common.sh"; PORT[$1]="$PR_PORT"; PID[$1]="$(cat "$PR_DIR/server.pid")"; EXTRA[$1]="" ;;
-    starling|starling-base)
+    starling|starling-base|starling-nomam)
       local d="${ST_D[$1]}"
+      sed -i '/^\[mam\]$/,$d' "$d/starling.toml"; printf '[mam]\nenabled = %s\n' "${ST_MAM[$1]}" >> "$d/starling.toml"
       (ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
        exec "${ST_BIN[$1]}" serve --config "$d/starling.toml" --data-dir "$d/data" --domain perf.test \
          --c2s-port "${ST_P[$1]}" --c2s-tls-port "${ST_TP[$1]}" --metrics-port "${ST_MP[$1]}" >> "$d/console.log" 2>&1 < /dev/null) &
@@ -120,7 +134,7 @@ halt() { # stop server $1
   case "$1" in
     ejabberd) "$PEERS/ejabberd-stop.sh" >&2 || true ;;
     prosody)  "$PEERS/prosody-stop.sh" >&2 || true ;;
-    starling|starling-base) stop_pid "${STARTED_ST[$1]:-}"; STARTED_ST[$1]="" ;;
+    starling|starling-base|starling-nomam) stop_pid "${STARTED_ST[$1]:-}"; STARTED_ST[$1]="" ;;
     echo)     stop_pid "$STARTED_ECHO"; STARTED_ECHO="" ;;
     echo-tls) stop_pid "$STARTED_ECHO_TLS"; STARTED_ECHO_TLS="" ;;
   esac
@@ -135,7 +149,7 @@ for s in $SERVERS; do
     prosody)
       launch "$s" || { echo "prosody did not start: column skipped" >&2; continue; }
       ROSTER="$ROSTER" "$PEERS/prosody-provision.sh" "$ACCOUNTS" ;;
-    starling|starling-base)
+    starling|starling-base|starling-nomam)
       bin="${ST_BIN[$s]}"; d="${ST_D[$s]}"
       if [ ! -x "$bin" ]; then
         echo "$s: '$bin' not built (cargo build --release -p starling): column skipped" >&2; continue; fi

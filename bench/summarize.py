@@ -31,6 +31,8 @@ if md:  # the ratios that matter in a report: Starling against each peer
     pairs = [p for p in pairs if p[0] == 'starling'] or [p for p in pairs if p == ('prosody', 'ejabberd')]
 if 'starling' in servers and 'starling-base' in servers:  # a change against the build before it
     pairs.append(('starling', 'starling-base'))
+if 'starling' in servers and 'starling-nomam' in servers:  # the archive's cost (MAM=1)
+    pairs.append(('starling', 'starling-nomam'))
 hdr = ['figure'] + [f'{s} (n={med[s]["_n"]})' for s in servers] + [f'{s}/{r}' for s, r in pairs]
 rows = [hdr]
 for k in names:

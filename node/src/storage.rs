@@ -868,19 +868,21 @@ impl Storage {
     /// Stores archived messages, each `(owner, id, record)`, in one write
     /// (a message's copies in its sender's and recipient's archives are
     /// one Raft entry). Returns once committed and applied.
+    /// `Ok(false)`: an id was taken already, nothing was written (ids are
+    /// never reused, XEP-0313 §5.2).
     pub async fn archive(
         &self,
         entries: &[(&str, u64, &ArchivedMessage)],
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let ops = entries
             .iter()
-            .map(|(bare, id, m)| Op::Put {
+            .map(|(bare, id, m)| Op::Insert {
                 space: ARCHIVE.into(),
                 key: archive_key(bare, *id),
                 value: ser(m),
             })
             .collect();
-        self.write(ops).await.map(drop)
+        Ok(!self.write(ops).await?.contains(&OpResult::Exists))
     }
 
     /// At most `limit` archived messages of `bare` with ids in `lo..=hi`,

@@ -282,50 +282,58 @@ pub async fn archive(server: &Server, el: &mut Element, recipient: &str) -> Resu
     if !keep_in && !keep_out {
         return Ok(());
     }
-    let id = next_id(server.storage.store.node_id());
-    let mut records = Vec::with_capacity(2);
-    // The sender's copy carries the sender archive's stanza-id, never the
-    // recipient's (XEP-0313 §3.5: only those who may read an archive see
-    // its ids); the message delivered carries the recipient's.
-    if keep_out {
-        el.children.push(Node::Element(stanza_id(&sender, id)));
-        let (bare, resource) = split(&to);
-        records.push((
-            sender.as_str(),
-            ArchivedMessage {
-                outgoing: true,
-                with: bare.to_owned(),
-                with_resource: resource.map(str::to_owned),
-                xml: el.to_stream_xml(""),
-            },
-        ));
-        el.children.pop();
-    }
-    if keep_in {
-        el.children.push(Node::Element(stanza_id(recipient, id)));
-        let (bare, resource) = split(&from);
-        records.push((
-            recipient,
-            ArchivedMessage {
-                outgoing: false,
-                with: bare.to_owned(),
-                with_resource: resource.map(str::to_owned),
-                xml: el.to_stream_xml(""),
-            },
-        ));
-    }
-    let entries: Vec<(&str, u64, &ArchivedMessage)> =
-        records.iter().map(|(owner, m)| (*owner, id, m)).collect();
     let started = std::time::Instant::now();
-    let written = server.storage.archive(&entries).await;
-    metrics::histogram!("starling_mam_write_seconds").record(started.elapsed().as_secs_f64());
-    if written.is_err() && keep_in {
-        // Not archived: the message must not claim it was.
-        el.children.pop();
+    // An id is new unless this node's clock went back across a restart:
+    // then the write finds the key taken, and a later id is tried.
+    for _ in 0..ID_ATTEMPTS {
+        let id = next_id(server.storage.store.node_id());
+        let mut records = Vec::with_capacity(2);
+        // The sender's copy carries the sender archive's stanza-id, never
+        // the recipient's (XEP-0313 §3.5: only those who may read an
+        // archive see its ids); the message delivered carries the
+        // recipient's.
+        if keep_out {
+            el.children.push(Node::Element(stanza_id(&sender, id)));
+            records.push((sender.as_str(), copy(el, true, &to)));
+            el.children.pop();
+        }
+        if keep_in {
+            el.children.push(Node::Element(stanza_id(recipient, id)));
+            records.push((recipient, copy(el, false, &from)));
+        }
+        let entries: Vec<(&str, u64, &ArchivedMessage)> =
+            records.iter().map(|(owner, m)| (*owner, id, m)).collect();
+        let written = server.storage.archive(&entries).await;
+        if !matches!(written, Ok(true)) && keep_in {
+            // Not archived under this id: the message must not claim it.
+            el.children.pop();
+        }
+        if written? {
+            metrics::histogram!("starling_mam_write_seconds")
+                .record(started.elapsed().as_secs_f64());
+            metrics::counter!("starling_mam_archived_total").increment(records.len() as u64);
+            return Ok(());
+        }
+        tracing::warn!(
+            id,
+            "archive id already taken (clock went back?); taking the next"
+        );
     }
-    written?;
-    metrics::counter!("starling_mam_archived_total").increment(records.len() as u64);
-    Ok(())
+    Err(StoreError::Storage("no free archive id".into()))
+}
+
+/// Tries for an unused archive id before a message is refused.
+const ID_ATTEMPTS: usize = 8;
+
+/// The record of `el` in one archive: sent to, or received from, `with`.
+fn copy(el: &Element, outgoing: bool, with: &str) -> ArchivedMessage {
+    let (bare, resource) = split(with);
+    ArchivedMessage {
+        outgoing,
+        with: bare.to_owned(),
+        with_resource: resource.map(str::to_owned),
+        xml: el.to_stream_xml(""),
+    }
 }
 
 // ------------------------------------------------------- replay (XEP-0198)
@@ -1305,7 +1313,7 @@ mod tests {
             .map(|&(id, out)| (id, record(out, id)))
             .collect();
         let entries: Vec<_> = records.iter().map(|(id, m)| (owner, *id, m)).collect();
-        storage.archive(&entries).await.unwrap();
+        assert!(storage.archive(&entries).await.unwrap());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1318,6 +1326,18 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+        // An id is never written twice: the second write of a taken id
+        // writes nothing, not even its other copies.
+        let (m, other) = (record(false, 1), record(true, 1));
+        assert!(storage.archive(&[("b@z", 99, &m)]).await.unwrap());
+        assert!(
+            !storage
+                .archive(&[("c@z", 99, &other), ("b@z", 99, &other)])
+                .await
+                .unwrap()
+        );
+        assert_eq!(storage.archived("b@z", 99).unwrap(), Some(m));
+        assert_eq!(storage.archived("c@z", 99).unwrap(), None);
         // 600 messages (more than one read chunk), every third one sent.
         let items: Vec<(u64, bool)> = (1..=600).map(|i| (i * 10, i % 3 == 0)).collect();
         put(&storage, "b@x", &items).await;
