@@ -222,14 +222,14 @@ fn retryable(e: &StoreError, request: &Request) -> bool {
 }
 
 /// Whether applying the writes a second time leaves the same state: sets,
-/// deletes and conditions do (a repeated condition fails and its caller
-/// reads again); `Insert` and `Append` do not.
+/// deletes, inserts (the same one again is `Done`) and conditions do (a
+/// repeated condition fails and its caller reads again); `Append` does not.
 fn idempotent(request: &Request) -> bool {
     request
         .writes
         .iter()
         .flatten()
-        .all(|op| !matches!(op, Op::Insert { .. } | Op::Append { .. }))
+        .all(|op| !matches!(op, Op::Append { .. }))
 }
 
 /// Whether the group has other voters (a leader can then lose its place).

@@ -22,7 +22,9 @@ pub enum Op {
         key: Vec<u8>,
         value: Vec<u8>,
     },
-    /// Set `key` only if it is absent; fails with `OpResult::Exists`.
+    /// Set `key` only if it is absent; fails with `OpResult::Exists`
+    /// (unless it holds exactly `value`: the same insert again, `Done`, so
+    /// that a write retried after a lost reply is harmless).
     Insert {
         space: String,
         key: Vec<u8>,

@@ -132,7 +132,12 @@ impl Overlay {
                     OpResult::Done
                 }
                 Op::Insert { space, key, value } => {
-                    if self.get(base, space, key)?.is_some() {
+                    let found = self.get(base, space, key)?;
+                    if found.as_ref() == Some(value) {
+                        // The same insert again (a write retried through a
+                        // new leader): it happened, nothing changes.
+                        OpResult::Done
+                    } else if found.is_some() {
                         OpResult::Exists
                     } else {
                         self.set(space, key.clone(), Some(value.clone()), &mut undo);
@@ -264,6 +269,23 @@ mod tests {
             value: b"m".to_vec(),
             max,
         }
+    }
+
+    #[test]
+    fn the_same_insert_again_is_done_another_value_exists() {
+        let mut base = Mem::default();
+        base.0
+            .insert(("s".into(), b"taken".to_vec()), b"x".to_vec());
+        let mut ov = Overlay::default();
+        let insert = |v: &[u8]| Op::Insert {
+            space: "s".into(),
+            key: b"taken".to_vec(),
+            value: v.to_vec(),
+        };
+        let r = ov.apply_write(&base, &[insert(b"x")]).unwrap();
+        assert_eq!(r, vec![OpResult::Done]);
+        let r = ov.apply_write(&base, &[insert(b"y")]).unwrap();
+        assert_eq!(r, vec![OpResult::Exists]);
     }
 
     #[test]
