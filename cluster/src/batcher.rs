@@ -105,20 +105,34 @@ pub async fn run(
     mut rx: mpsc::Receiver<Pending>,
     counters: Arc<Counters>,
     timeout: Duration,
+    linger: Duration,
     tag: GroupTag,
 ) {
     let durable = tag.durable();
     let mut forwarder = Forwarder::new(transport, timeout, tag);
+    // When the last entry was committed: a write that comes soon after it
+    // finds the group busy, and lingers for company.
+    let mut last_commit: Option<Instant> = None;
     while let Some(first) = rx.recv().await {
         let mut bytes = write_bytes(&first.ops);
         let mut batch = vec![first];
+        let busy = last_commit.is_some_and(|at| at.elapsed() < linger);
+        let until = tokio::time::Instant::now() + linger;
         while batch.len() < MAX_WRITES_PER_ENTRY && bytes < MAX_ENTRY_BYTES {
-            match rx.try_recv() {
-                Ok(p) => {
+            let next = match rx.try_recv() {
+                Ok(p) => Some(p),
+                Err(_) if busy => tokio::time::timeout_at(until, rx.recv())
+                    .await
+                    .ok()
+                    .flatten(),
+                Err(_) => None,
+            };
+            match next {
+                Some(p) => {
                     bytes += write_bytes(&p.ops);
                     batch.push(p);
                 }
-                Err(_) => break,
+                None => break,
             }
         }
         let external = batch.iter().filter(|p| !p.internal).count();
@@ -180,6 +194,7 @@ pub async fn run(
         if outcome.is_ok() {
             metrics::commit_seconds(durable, started.elapsed());
         }
+        last_commit = Some(Instant::now());
         match outcome {
             Ok(resp) => {
                 let mut results = resp.results.into_iter();

@@ -126,6 +126,7 @@ impl Store {
             rx,
             counters.clone(),
             Duration::from_millis(opts.write_timeout_ms.max(1)),
+            Duration::from_micros(opts.write_linger_us),
             raft::GroupTag::default(),
         ));
         tokio::spawn(report_metrics(raft.clone()));

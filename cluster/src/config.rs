@@ -49,6 +49,10 @@ pub struct StoreOptions {
     /// `Unavailable` (default 10 s): a node without quorum fails writes
     /// instead of hanging. The write may still commit later.
     pub write_timeout_ms: u64,
+    /// Under load (a write arriving within this long of the previous
+    /// entry's commit), the durable group waits up to this long for more
+    /// writes to share the entry (default 0: never).
+    pub write_linger_us: u64,
 }
 
 impl Default for StoreOptions {
@@ -59,6 +63,7 @@ impl Default for StoreOptions {
             delivery_queue: 4096,
             lease: LeaseConfig::default(),
             write_timeout_ms: 10_000,
+            write_linger_us: 0,
         }
     }
 }

@@ -419,6 +419,8 @@ impl Registry {
             rx,
             counters.clone(),
             self.shared.write_timeout,
+            // The registry's entries are cheap (no fsync): no linger.
+            Duration::ZERO,
             tag,
         ));
         let open = |space: &str| kv.tree(&space_tree(space)).map_err(storage);

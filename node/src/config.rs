@@ -367,6 +367,12 @@ pub struct ClusterConfig {
     /// §4.9.3.19), normally the load balancer's name. Unset: their streams
     /// end with `<system-shutdown/>` and they reconnect as configured.
     pub see_other_host: Option<String>,
+    /// Under load (a durable write arriving within this many microseconds
+    /// of the previous entry's commit), wait up to this long for more
+    /// writes to share one Raft entry: one fsync and one round of thread
+    /// hand-offs for many. At 1,000 archived messages a second, 2 ms
+    /// halves the server CPU per message for ~2 ms more latency. 0: never.
+    pub write_linger_us: u64,
 }
 
 impl Default for ClusterConfig {
@@ -381,6 +387,7 @@ impl Default for ClusterConfig {
             cert: None,
             key: None,
             see_other_host: None,
+            write_linger_us: 2000,
         }
     }
 }

@@ -47,6 +47,7 @@ fn store_config(cfg: &Config) -> StoreConfig {
 fn store_options(cfg: &Config) -> StoreOptions {
     StoreOptions {
         tls: cfg.cluster.tls(),
+        write_linger_us: cfg.cluster.write_linger_us,
         ..StoreOptions::default()
     }
 }

@@ -95,6 +95,9 @@ pub async fn run(a: ChatArgs) -> Result<()> {
 /// writer it was given.
 struct Acker {
     w: WriteHalf<Box<dyn Io>>,
+    /// Stanzas count from the server's `<enabled/>` on (what it wrote
+    /// before that, e.g. the reflected presence, is not counted).
+    enabled: bool,
     handled: u32,
     every: u64,
 }
@@ -108,7 +111,8 @@ impl Acker {
     /// One frame read: counts it if it is a stanza, answers `<r/>`.
     async fn saw(&mut self, s: &[u8]) {
         match frame::name(s) {
-            "message" | "presence" | "iq" => {
+            "enabled" => self.enabled = true,
+            "message" | "presence" | "iq" if self.enabled => {
                 self.handled = self.handled.wrapping_add(1);
                 if self.every > 0 && u64::from(self.handled) % self.every == 0 {
                     self.ack().await;
@@ -272,6 +276,7 @@ async fn one_run(a: &ChatArgs, run: u32) -> Result<Figures> {
             let acker = if a.sm {
                 Some(Acker {
                     w: rw,
+                    enabled: false,
                     handled: 0,
                     every: a.sm_ack_every,
                 })
