@@ -183,6 +183,7 @@ pub struct Transferred {
     /// Its last available presence, broadcast again (its contacts may have
     /// been told it went unavailable when its node died).
     presence: Option<String>,
+    flags: super::resume::Flags,
     archive: u64,
 }
 
@@ -246,7 +247,8 @@ fn start_with<S: Transport + 'static>(
                     .registry_active()
                     .then(|| ArchivePosition::new(t.archive));
                 Box::pin(
-                    serve_transferred(s, outbox.clone(), t.resend, t.presence).instrument(span),
+                    serve_transferred(s, outbox.clone(), t.resend, t.presence, t.flags)
+                        .instrument(span),
                 )
             }
         };
@@ -407,6 +409,7 @@ async fn take_over_elsewhere(
             sm,
             resend,
             presence: rec.presence,
+            flags: rec.flags,
             archive: rec.acked_archive,
         }),
     })
@@ -498,6 +501,7 @@ async fn serve_transferred<S: Transport>(
     outbox: Arc<Outbox>,
     resend: VecDeque<Arc<str>>,
     presence: Option<String>,
+    flags: super::resume::Flags,
 ) {
     tracing::info!(resent = resend.len(), "session resumed from another node");
     let attach = ToUser::Attach {
@@ -510,7 +514,24 @@ async fn serve_transferred<S: Transport>(
     s.register_resumable();
     let end = match Box::pin(s.resumed(resend)).await {
         Ok(()) => {
-            s.checkpoint(true).await;
+            // What it asked for, then its presence, as its client did.
+            let id = s.id;
+            let asked = [
+                (flags.interested, ToUser::Interested { session: id }),
+                (
+                    flags.carbons,
+                    ToUser::Carbons {
+                        session: id,
+                        enabled: true,
+                    },
+                ),
+                (flags.blocklist, ToUser::BlocklistRequested { session: id }),
+            ];
+            for (_, msg) in asked.into_iter().filter(|(on, _)| *on) {
+                if !matches!(s.user.send(msg).await, Ok(Ok(()))) {
+                    tracing::warn!("could not restore what the resumed session asked for");
+                }
+            }
             if let Some(el) = presence
                 .as_deref()
                 .and_then(crate::stanza::parse_serialised)
@@ -520,6 +541,7 @@ async fn serve_transferred<S: Transport>(
                     tracing::warn!("could not restore the resumed session's presence");
                 }
             }
+            s.checkpoint(true).await;
             s.run(&outbox).await
         }
         Err(end) => end,
@@ -1228,13 +1250,22 @@ impl<S: Transport> Session<S> {
         self.record_with(sm, released, self.presence())
     }
 
-    /// The session's last available presence, serialised.
-    fn presence(&self) -> Option<String> {
+    /// The session's last available presence, serialised, and what it asked for.
+    fn presence(&self) -> (Option<String>, super::resume::Flags) {
         self.server.router.with_resources(&self.bare, |rs| {
-            rs.iter()
-                .find(|r| r.handle.id == self.id)
-                .and_then(|r| r.presence.as_ref())
-                .map(|p| p.to_stream_xml(crate::stanza::NS_CLIENT))
+            let Some(r) = rs.iter().find(|r| r.handle.id == self.id) else {
+                return (None, Default::default());
+            };
+            let presence = r
+                .presence
+                .as_ref()
+                .map(|p| p.to_stream_xml(crate::stanza::NS_CLIENT));
+            let flags = super::resume::Flags {
+                interested: r.interested,
+                carbons: r.carbons,
+                blocklist: r.blocklist,
+            };
+            (presence, flags)
         })
     }
 
@@ -1242,7 +1273,7 @@ impl<S: Transport> Session<S> {
         &self,
         sm: &Sm,
         released: bool,
-        presence: Option<String>,
+        (presence, flags): (Option<String>, super::resume::Flags),
     ) -> super::resume::Record {
         let unacked = sm
             .unacked()
@@ -1261,6 +1292,7 @@ impl<S: Transport> Session<S> {
             released,
             acked_h: sm.acked(),
             unacked,
+            flags,
         }
     }
 

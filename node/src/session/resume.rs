@@ -64,6 +64,21 @@ pub struct Record {
     /// these it has, so those are not replayed.
     #[serde(default)]
     pub unacked: Vec<u64>,
+    /// What the session asked for, restored where it resumes.
+    #[serde(default)]
+    pub flags: Flags,
+}
+
+/// Per-resource requests a resumed session keeps (they live in the
+/// router's entry of its node).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Flags {
+    /// Asked for the roster (RFC 6121 §2.1.6).
+    pub interested: bool,
+    /// Enabled message carbons (XEP-0280).
+    pub carbons: bool,
+    /// Asked for the blocklist (XEP-0191).
+    pub blocklist: bool,
 }
 
 /// Most unacknowledged stanzas a record lists.
@@ -257,6 +272,7 @@ mod tests {
             acked_h: u32::MAX,
             // a presence, then two archived messages
             unacked: vec![0, 11, 12],
+            flags: Flags::default(),
         };
         assert!(rec.received(u32::MAX).is_empty());
         assert!(

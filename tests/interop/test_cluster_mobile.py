@@ -1,0 +1,65 @@
+"""Issue 10 across nodes: client state indication holds presence that comes from another
+node, and a session resumed on another node keeps what it asked for (carbons, roster
+pushes) and its presence."""
+
+import pytest
+
+from cluster import shared_cluster  # noqa: F401 (fixture)
+from im import make_mutual
+from rawxmpp import C, tostring
+from test_carbons import carbon, enable
+from test_csi import ACTIVE, go_inactive, marker, presence_from, seen_before
+from test_sm import NS_SM, drop, login_sm, resume, sm
+
+pytestmark = [pytest.mark.starling_only, pytest.mark.cluster, pytest.mark.timeout(120)]
+
+
+def test_inactive_client_holds_presence_from_another_node(shared_cluster, clients):
+    cl = shared_cluster
+    u = clients.add(cl[1].online("cmu"))
+    contact = clients.add(cl[2].online("cmc"))
+    make_mutual(u, contact)
+    go_inactive(u)
+    for i in range(4):
+        contact.presence(status=f"n{i}")
+    held = seen_before(u, marker(contact, u.jid), lambda e: e.tag == C("presence"))
+    assert not held, "presence from node 2 reached an inactive client: " + tostring(held[0])
+    u.send_raw(ACTIVE)
+    p = u.recv(presence_from(u, contact.jid), what="the held presence")
+    assert p.findtext(C("status")) == "n3", tostring(p)
+    extra = seen_before(u, marker(contact, u.jid), presence_from(u, contact.jid))
+    assert not extra, "more than the latest presence: " + tostring(extra[0])
+
+
+def test_session_resumed_on_another_node_keeps_carbons_roster_pushes_and_presence(
+        shared_cluster, clients):
+    cl = shared_cluster
+    jid, _, pw = cl[1].new_user("cmr")
+    phone, enabled = login_sm(cl[1], jid, pw, resource="phone", presence=False)
+    clients.add(phone)
+    phone.iq("get", "<query xmlns='jabber:iq:roster'/>")  # an interested resource
+    enable(phone)
+    phone.presence(status="on the train")
+    phone.recv(presence_from(phone, phone.jid), what="own presence")
+    laptop, _ = cl[3].login_eventually(jid, pw, resource="laptop", presence=True)
+    clients.add(laptop)
+    seen = laptop.recv(presence_from(laptop, phone.jid), what="the phone's presence")
+    assert seen.findtext(C("status")) == "on the train"
+    phone.recv(presence_from(phone, laptop.jid), what="the laptop's presence")
+    received = 1 + 1 + 1 + 1  # roster result, carbons result, own presence, laptop's presence
+    phone.send_raw(f"<a xmlns='{NS_SM}' h='{received}'/>")
+    drop(phone)
+    p2, r = resume(cl[2], jid, pw, enabled.get("id"), received)
+    clients.add(p2)
+    assert r.tag == sm("resumed"), tostring(r)
+    # the resumed session's presence is broadcast again from node 2, with the same status
+    again = laptop.recv(presence_from(laptop, phone.jid), what="the phone's presence again")
+    assert again.findtext(C("status")) == "on the train", tostring(again)
+    # carbons: a message the laptop sends reaches the resumed phone as a sent carbon
+    mid = laptop.message("someone-else@localhost", "from the laptop")
+    carbon(p2, "sent", mid)
+    # roster pushes still reach it
+    laptop.iq("set", "<query xmlns='jabber:iq:roster'><item jid='friend@localhost'/></query>")
+    push = p2.recv(lambda e: e.tag == C("iq") and e.get("type") == "set"
+                   and e.find("{jabber:iq:roster}query") is not None, what="roster push")
+    assert push.find("{jabber:iq:roster}query/{jabber:iq:roster}item").get("jid") == "friend@localhost"
