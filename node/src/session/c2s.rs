@@ -146,6 +146,8 @@ struct ArchivePosition {
     written: u64,
     checkpoint_at: Option<Instant>,
     dirty: bool,
+    /// `acked_archive` as last written to the record.
+    recorded: u64,
 }
 
 impl ArchivePosition {
@@ -155,6 +157,7 @@ impl ArchivePosition {
             written: floor,
             checkpoint_at: None,
             dirty: false,
+            recorded: floor,
         }
     }
 }
@@ -774,12 +777,13 @@ impl<S: Transport> Session<S> {
             return false;
         };
         for xml in stanzas {
-            if let Some(pos) = &mut self.archive {
-                // The record lists what was written and not acknowledged.
+            // The record lists the archived messages written and not
+            // acknowledged; other stanzas need no record of their own.
+            if let Some(pos) = &mut self.archive
+                && let Some(id) = super::resume::archive_id(xml, &self.bare)
+            {
+                pos.written = pos.written.max(id);
                 pos.dirty = true;
-                if let Some(id) = super::resume::archive_id(xml, &self.bare) {
-                    pos.written = pos.written.max(id);
-                }
             }
             sm.sent(xml.clone());
         }
@@ -1110,10 +1114,7 @@ impl<S: Transport> Session<S> {
                         if sm.unacked().next().is_none() {
                             self.request_at = None;
                         }
-                        if let Some(pos) = &mut self.archive {
-                            pos.dirty = true;
-                            self.checkpoint(false).await;
-                        }
+                        self.after_ack().await;
                         Ok(())
                     }
                     Err(too_high) => {
@@ -1225,6 +1226,22 @@ impl<S: Transport> Session<S> {
 
     /// Writes the session's record (`resume::Record`) if it changed and
     /// the last write is old enough (or `force`).
+    /// After an ack: the record is written again only when the client's
+    /// position in the archive moved (acks that cover only presence, IQ
+    /// results and the like write nothing: an idle user's presence traffic
+    /// costs no registry writes).
+    async fn after_ack(&mut self) {
+        let (Some(sm), Some(pos)) = (&self.sm, &self.archive) else {
+            return;
+        };
+        if self.acked_archive(sm) != pos.recorded {
+            if let Some(pos) = &mut self.archive {
+                pos.dirty = true;
+            }
+            self.checkpoint(false).await;
+        }
+    }
+
     async fn checkpoint(&mut self, force: bool) {
         let Some(sm) = &self.sm else { return };
         let Some(id) = sm.id.clone() else { return };
@@ -1238,6 +1255,7 @@ impl<S: Transport> Session<S> {
         }
         let rec = self.record(sm, false);
         if let Some(pos) = &mut self.archive {
+            pos.recorded = rec.acked_archive;
             pos.dirty = false;
             pos.checkpoint_at = Some(Instant::now());
         }
