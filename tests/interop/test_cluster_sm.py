@@ -43,8 +43,15 @@ def test_resume_through_another_node(shared_cluster, clients):
     assert r.tag == sm("resumed"), tostring(r)
     assert r.get("previd") == enabled.get("id")
     assert int(r.get("h")) == 1, "the node that held it handled one stanza of ours"
-    got += bodies(c3, 10)
+    replayed = []
+    for _ in range(10):
+        m = c3.recv(lambda e: e.tag == C("message") and e.find(C("body")) is not None,
+                    what="a replayed message")
+        replayed.append(m)
+        got.append(m.findtext(C("body")))
     assert got == [f"m{i}" for i in range(20)], got
+    # sent late, so stamped with when they came (XEP-0203)
+    assert all(m.find("{urn:xmpp:delay}delay") is not None for m in replayed), tostring(replayed[0])
     c3.expect_nothing(lambda e: e.tag == C("message"), 0.7, what="a duplicate")
     # the session lives on node 3 now: same full JID, reachable from node 2
     mid = sender.message(c.jid, "after the move")

@@ -156,7 +156,7 @@ pub fn decode_id(s: &str) -> Option<u64> {
 }
 
 /// XEP-0082 DateTime of an id's time, in UTC with microseconds.
-fn stamp(id: u64) -> String {
+pub fn stamp(id: u64) -> String {
     chrono::DateTime::from_timestamp_micros(id_micros(id))
         .unwrap_or_default()
         .format("%Y-%m-%dT%H:%M:%S%.6fZ")

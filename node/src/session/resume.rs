@@ -18,7 +18,7 @@
 //! offline storage those it replayed.
 
 use crate::server::Server;
-use crate::stanza::NS_CLIENT;
+use crate::stanza::{NS_CLIENT, NS_DELAY};
 use serde::{Deserialize, Serialize};
 use starling_cluster::{Envelope, Op, SM_SESSIONS, StoreError};
 use std::collections::{HashSet, VecDeque};
@@ -227,12 +227,22 @@ pub async fn owed(server: &Server, rec: &Record, received: &HashSet<u64>) -> Vec
     let mut ids = HashSet::new();
     let mut out = VecDeque::new();
     for (id, xml) in msgs {
-        let Some(el) = crate::stanza::parse_serialised(&xml) else {
+        let Some(mut el) = crate::stanza::parse_serialised(&xml) else {
             continue;
         };
         let to = el.get_attr("to").unwrap_or_default();
         if (to == rec.bare || to == rec.full) && !received.contains(&id) {
             ids.insert(id);
+            // Sent late: when it came, as XEP-0203 says (an offline copy
+            // has its stamp already).
+            if el.get_child("delay", NS_DELAY).is_none() {
+                let domain = rec.bare.rsplit_once('@').map_or("", |(_, d)| d);
+                el.children.push(crate::xml::Node::Element(
+                    crate::xml::Element::new("delay", NS_DELAY)
+                        .attr("from", domain)
+                        .attr("stamp", crate::modules::mam::stamp(id)),
+                ));
+            }
             out.push_back(el.to_stream_xml(NS_CLIENT).into());
         }
     }
