@@ -13,6 +13,7 @@
 //! actor's mailbox as they are. What the cluster reports about nodes and
 //! dropped routes is turned into presence by `session::cluster_events`.
 
+use crate::router::ToSession;
 use crate::router::table::{RouteInfo, owner_prefix, parse_payload, payload};
 use crate::server::Server;
 use crate::stanza::{NS_CLIENT, StreamCondition};
@@ -134,7 +135,14 @@ pub async fn republish(server: &Server, epoch: u64) {
             .await
             .and(store.registry_ready(epoch).await)
         {
-            Ok(()) => return,
+            Ok(()) => {
+                // Resumable sessions' records (XEP-0198) were in the old
+                // epoch too: each session writes its own again.
+                for e in server.resumable.entries() {
+                    e.close.do_send(ToSession::Checkpoint);
+                }
+                return;
+            }
             Err(e) => {
                 tries += 1;
                 if !store.registry_active() || tries >= 20 {

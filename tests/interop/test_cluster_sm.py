@@ -123,3 +123,38 @@ def test_resume_after_the_hosting_node_was_killed(cluster, clients):
     # them in its record); none comes twice
     twice = sorted({b for b in got if got.count(b) > 1})
     assert duplicated == 0, f"{duplicated} duplicated: {twice}; refused: {sorted(refused)}"
+
+
+def test_resumable_after_the_registry_was_founded_again(cluster, clients):
+    """A majority of nodes is killed and restarted: the registry group (memory only) is
+    founded again, empty. The survivor's sessions write their stream management records
+    into the new one, so a client of the survivor can still resume through a restarted node."""
+    from test_cluster_restart import wait_serving
+
+    cl = cluster
+    s = cl.leader()
+    k1, k2 = [i for i in (1, 2, 3) if i != s]
+    jid, _, pw = cl[s].new_user("crf")
+    probe_jid, _, probe_pw = cl[s].new_user("crp")
+    c, enabled = login_sm(cl[s], jid, pw)
+    clients.add(c)
+    cl.kill9(k1)
+    cl.kill9(k2)
+    for i in (k1, k2):
+        cl[i].start(wait=False)
+    for i in (k1, k2):
+        cl[i].wait_ready()
+    for i in (s, k1, k2):
+        wait_serving(cl[i], probe_jid, probe_pw)
+    assert c.ping_server().get("type") == "result"
+    drop(c)
+    # the record reaches the new epoch within moments of its founding
+    deadline, r = time.monotonic() + 20, None
+    while time.monotonic() < deadline:
+        c2, r = resume(cl[k1], jid, pw, enabled.get("id"), 2)  # own presence, the ping's result
+        clients.add(c2)
+        if r.tag == sm("resumed"):
+            break
+        c2.close()
+        time.sleep(0.5)
+    assert r is not None and r.tag == sm("resumed"), tostring(r)

@@ -38,6 +38,9 @@ pub enum ToSession {
     /// Let the session go: its client resumes it on another node, having
     /// handled this many of its stanzas (XEP-0198).
     Release(u32),
+    /// Write the session's stream management record again (the node
+    /// joined a new registry epoch, which starts empty).
+    Checkpoint,
 }
 
 /// Admission to one session: what is queued for its socket (in its actor's

@@ -70,6 +70,7 @@ impl Handler<ToSession> for C2s {
             }
             ToSession::Close(condition) => self.outbox.close(condition),
             ToSession::Release(h) => self.outbox.release(h),
+            ToSession::Checkpoint => self.outbox.checkpoint(),
         }
     }
 }
@@ -587,7 +588,7 @@ async fn finish<S: Transport>(s: &mut Session<S>, outbox: &Outbox, end: End) {
             match s.wait_detached(outbox).await {
                 Some(Control::Takeover(t)) => return s.hand_over(outbox, t, false).await,
                 Some(Control::Released(h)) => return s.release(outbox, h, false).await,
-                Some(Control::Close) | None => End::Done,
+                Some(Control::Close | Control::Checkpoint) | None => End::Done,
             }
         }
         end => end,
@@ -766,6 +767,10 @@ impl<S: Transport> Session<S> {
             Outgoing::Close(condition) => Err(End::Error(condition)),
             Outgoing::Takeover(t) => Err(End::TakenOver(t)),
             Outgoing::Released(h) => Err(End::Released(h)),
+            Outgoing::Checkpoint => {
+                self.record_again().await;
+                Ok(())
+            }
         }
     }
 
@@ -1174,11 +1179,17 @@ impl<S: Transport> Session<S> {
         let max = self.sm.as_ref().map_or(0, |sm| sm.max);
         tracing::debug!(max, "connection lost; waiting for resumption");
         metrics::gauge!("starling_sm_detached_sessions").increment(1.0);
-        let r = tokio::select! {
-            c = outbox.control() => Some(c),
-            _ = tokio::time::sleep(Duration::from_secs(u64::from(max))) => {
-                metrics::counter!("starling_sm_timed_out_total").increment(1);
-                None
+        let deadline = Instant::now() + Duration::from_secs(u64::from(max));
+        let r = loop {
+            tokio::select! {
+                c = outbox.control() => match c {
+                    Control::Checkpoint => self.record_again().await,
+                    c => break Some(c),
+                },
+                _ = tokio::time::sleep_until(deadline) => {
+                    metrics::counter!("starling_sm_timed_out_total").increment(1);
+                    break None;
+                }
             }
         };
         metrics::gauge!("starling_sm_detached_sessions").decrement(1.0);
@@ -1226,6 +1237,27 @@ impl<S: Transport> Session<S> {
 
     /// Writes the session's record (`resume::Record`) if it changed and
     /// the last write is old enough (or `force`).
+    /// Writes the record again (the node joined a new registry epoch, which
+    /// starts empty); a session that enabled resumption while the node had
+    /// no peers starts keeping one.
+    async fn record_again(&mut self) {
+        let Some(sm) = &self.sm else { return };
+        if sm.id.is_none() || !self.server.storage.store.registry_active() {
+            return;
+        }
+        if self.archive.is_none() {
+            // Nothing before the oldest unacknowledged archived message is
+            // owed; without one, nothing archived before now.
+            let newest = crate::modules::mam::last_id(&self.server.storage, &self.bare)
+                .ok()
+                .flatten()
+                .unwrap_or(0);
+            let floor = super::resume::acked_position(sm.unacked(), &self.bare, newest);
+            self.archive = Some(ArchivePosition::new(floor));
+        }
+        self.checkpoint(true).await;
+    }
+
     /// After an ack: the record is written again only when the client's
     /// position in the archive moved (acks that cover only presence, IQ
     /// results and the like write nothing: an idle user's presence traffic

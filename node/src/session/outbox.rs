@@ -22,6 +22,8 @@ pub enum Outgoing {
     Takeover(Takeover),
     /// Another node resumes it; its client handled this many stanzas.
     Released(u32),
+    /// Write the stream management record again.
+    Checkpoint,
 }
 
 /// What a detached session waits for (it writes nothing meanwhile).
@@ -29,6 +31,7 @@ pub enum Control {
     Close,
     Takeover(Takeover),
     Released(u32),
+    Checkpoint,
 }
 
 /// Why a stanza was not queued.
@@ -50,6 +53,7 @@ struct State {
     close: Option<StreamCondition>,
     takeover: Option<Takeover>,
     release: Option<u32>,
+    checkpoint: bool,
     ended: bool,
 }
 
@@ -75,6 +79,9 @@ impl Outbox {
                 }
                 if let Some(h) = st.release.take() {
                     return Outgoing::Released(h);
+                }
+                if std::mem::take(&mut st.checkpoint) {
+                    return Outgoing::Checkpoint;
                 }
                 if !st.queue.is_empty() {
                     // Taking the deque leaves one with no allocation.
@@ -104,6 +111,9 @@ impl Outbox {
                 if let Some(h) = st.release.take() {
                     return Control::Released(h);
                 }
+                if std::mem::take(&mut st.checkpoint) {
+                    return Control::Checkpoint;
+                }
             }
             self.notify.notified().await;
         }
@@ -130,6 +140,12 @@ impl Outbox {
             .expect("outbox lock")
             .release
             .get_or_insert(h);
+        self.notify.notify_one();
+    }
+
+    /// Asks the stream task to write its stream management record again.
+    pub fn checkpoint(&self) {
+        self.state.lock().expect("outbox lock").checkpoint = true;
         self.notify.notify_one();
     }
 

@@ -269,6 +269,11 @@ impl Resumable {
         self.sessions.get(id).map(|e| e.clone())
     }
 
+    /// Every resumable session of this node.
+    pub fn entries(&self) -> Vec<Entry> {
+        self.sessions.iter().map(|e| e.value().clone()).collect()
+    }
+
     /// Removes `id` if it is still the one connection `generation` listed
     /// (a resumed session keeps its id and session number).
     pub fn remove(&self, id: &str, generation: u64) {
