@@ -620,17 +620,8 @@ class Cluster:
         figure(name, value, unit, self.workdir, **extra)
 
 
-def pick_port(lo: int = 20000, hi: int = 32000) -> int:
-    """A free TCP port on 127.0.0.1 below the ephemeral range."""
-    import random
-    for _ in range(200):
-        p = random.randrange(lo, hi)
-        with socket.socket() as s:
-            try:
-                s.bind((HOST, p))
-            except OSError:
-                continue
-            return p
+def pick_port() -> int:
+    """A free TCP port below the ephemeral range (`conftest.free_port`)."""
     return free_port()
 
 

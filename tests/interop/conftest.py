@@ -23,6 +23,7 @@ import contextlib
 import os
 import shutil
 import signal
+import random
 import socket
 import subprocess
 import sys
@@ -73,7 +74,34 @@ def child_env() -> dict:
     return env
 
 
+_given_ports = set()
+
+
+def _ephemeral_start() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
+    """A free port below the kernel's ephemeral range: a port the kernel hands out itself can
+    be taken by any outgoing connection between this choice and the server's bind (seen in CI
+    as "Address already in use"). Each worker process draws at random and never hands out the
+    same port twice."""
+    hi = min(_ephemeral_start(), 32768) - 1
+    for _ in range(500):
+        p = random.randint(10000, hi)
+        if p in _given_ports:
+            continue
+        try:
+            with socket.socket() as s:
+                s.bind(("0.0.0.0", p))
+        except OSError:
+            continue
+        _given_ports.add(p)
+        return p
     with socket.socket() as s:
         s.bind((HOST, 0))
         return s.getsockname()[1]
