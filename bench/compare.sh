@@ -101,7 +101,11 @@ launch() { # start server $1 (accounts already set up); sets PORT, PID, EXTRA; n
       . "$PEERS/common.sh"; PORT[$1]="$PR_PORT"; PID[$1]="$(cat "$PR_DIR/server.pid")"; EXTRA[$1]="" ;;
     starling|starling-base|starling-nomam)
       local d="${ST_D[$1]}"
-      sed -i '/^\[mam\]$/,$d' "$d/starling.toml"; printf '[mam]\nenabled = %s\n' "${ST_MAM[$1]}" >> "$d/starling.toml"
+      sed -i '/^\[mam\]$/,$d' "$d/starling.toml"
+      # A build from before the archive (issue 10) refuses the section, and archives nothing anyway.
+      if grep -qa cleanup_interval_secs "${ST_BIN[$1]}"; then
+        printf '[mam]\nenabled = %s\n' "${ST_MAM[$1]}" >> "$d/starling.toml"
+      fi
       (ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
        exec "${ST_BIN[$1]}" serve --config "$d/starling.toml" --data-dir "$d/data" --domain perf.test \
          --c2s-port "${ST_P[$1]}" --c2s-tls-port "${ST_TP[$1]}" --metrics-port "${ST_MP[$1]}" >> "$d/console.log" 2>&1 < /dev/null) &
