@@ -303,7 +303,7 @@ pub async fn take_over(
     previd: &str,
     h: u32,
 ) -> Result<Resumption, String> {
-    let not_found = || sm::failed_xml("item-not-found", None, "");
+    let not_found = || sm::failed_xml("item-not-found", "");
     // Someone else's session is not found either: ids are not secrets
     // worth confirming.
     let entry = match server.resumable.get(previd) {
@@ -322,7 +322,7 @@ pub async fn take_over(
         entry
             .close
             .do_send(ToSession::Close(StreamCondition::UndefinedCondition));
-        return Err(sm::failed_xml("undefined-condition", None, &too_high));
+        return Err(sm::failed_xml("undefined-condition", &too_high));
     }
     let Some(user) = server.router.user(bare) else {
         return Err(not_found());
@@ -351,11 +351,8 @@ pub async fn take_over(
     };
     // Checked above against counters that only grow; should the client's
     // `h` still not fit, everything unacknowledged is sent again.
-    let (acked, archive) = (state.acked, state.archive);
-    let (sm, resend) = match Sm::resumed(state, h) {
-        Ok(r) => r,
-        Err(_) => unreachable_resume(acked),
-    };
+    let archive = state.archive;
+    let (sm, resend) = Sm::resumed_or_all(state, h);
     metrics::counter!("starling_sm_resumed_total", "from" => "this_node").increment(1);
     Ok(Resumption::Local(Box::new(LocalResumption {
         ctx,
@@ -381,7 +378,7 @@ async fn take_over_elsewhere(
     h: u32,
 ) -> Result<Resumption, String> {
     let Some(rec) = super::resume::fetch(server, bare, previd, h).await else {
-        return Err(sm::failed_xml("item-not-found", None, ""));
+        return Err(sm::failed_xml("item-not-found", ""));
     };
     let from = if rec.released {
         "other_node"
@@ -401,10 +398,7 @@ async fn take_over_elsewhere(
         unacked: owed,
         archive: rec.acked_archive,
     };
-    let (sm, resend) = match Sm::resumed(state, h) {
-        Ok(r) => r,
-        Err(_) => unreachable_resume(h),
-    };
+    let (sm, resend) = Sm::resumed_or_all(state, h);
     metrics::counter!("starling_sm_resumed_total", "from" => from).increment(1);
     Ok(Resumption::Transferred {
         bare: bare.to_owned(),
@@ -417,12 +411,6 @@ async fn take_over_elsewhere(
             archive: rec.acked_archive,
         }),
     })
-}
-
-/// `Sm::resumed` refused an `h` that was checked before: cannot happen,
-/// since both counters only grow while the session waits.
-fn unreachable_resume(acked: u32) -> ! {
-    panic!("resumption state changed under the takeover (acked {acked})")
 }
 
 /// Runs a resumed session on its new connection: `<resumed/>`, then what
@@ -1056,12 +1044,12 @@ impl<S: Transport> Session<S> {
             "enable" => {
                 if !self.server.config.sm.enabled {
                     return self
-                        .send_nonza(&sm::failed_xml("feature-not-implemented", None, ""))
+                        .send_nonza(&sm::failed_xml("feature-not-implemented", ""))
                         .await;
                 }
                 if self.sm.is_some() {
                     return self
-                        .send_nonza(&sm::failed_xml("unexpected-request", None, ""))
+                        .send_nonza(&sm::failed_xml("unexpected-request", ""))
                         .await;
                 }
                 let resume = matches!(el.get_attr("resume"), Some("true" | "1"));
@@ -1100,14 +1088,14 @@ impl<S: Transport> Session<S> {
                     self.send_nonza(&a).await
                 }
                 None => {
-                    self.send_nonza(&sm::failed_xml("unexpected-request", None, ""))
+                    self.send_nonza(&sm::failed_xml("unexpected-request", ""))
                         .await
                 }
             },
             "a" => {
                 let Some(sm) = &mut self.sm else {
                     return self
-                        .send_nonza(&sm::failed_xml("unexpected-request", None, ""))
+                        .send_nonza(&sm::failed_xml("unexpected-request", ""))
                         .await;
                 };
                 let Some(h) = sm::parse_h(el.get_attr("h")) else {
@@ -1136,7 +1124,7 @@ impl<S: Transport> Session<S> {
             }
             // Resumption is instead of binding, not on a bound stream.
             "resume" => {
-                self.send_nonza(&sm::failed_xml("unexpected-request", None, ""))
+                self.send_nonza(&sm::failed_xml("unexpected-request", ""))
                     .await
             }
             _ => Err(End::Error(StreamCondition::UnsupportedStanzaType)),

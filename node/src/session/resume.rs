@@ -141,8 +141,8 @@ pub fn archive_id(xml: &str, bare: &str) -> Option<u64> {
         let el = &rest[i..];
         let end = el.find("/>").unwrap_or(el.len());
         let el = &el[..end];
-        if attr(el, "by") == Some(bare)
-            && let Some(id) = attr(el, "id")
+        if attr(el, " by=\"") == Some(bare)
+            && let Some(id) = attr(el, " id=\"")
         {
             return crate::modules::mam::decode_id(id);
         }
@@ -151,11 +151,10 @@ pub fn archive_id(xml: &str, bare: &str) -> Option<u64> {
     None
 }
 
-/// The value of attribute `name` in a start tag the server serialised
+/// The value after `key` (` name="`) in a start tag the server serialised
 /// (`Element::write_to`: double quotes, no spaces around `=`).
-fn attr<'a>(tag: &'a str, name: &str) -> Option<&'a str> {
-    let key = format!(" {name}=\"");
-    let i = tag.find(&key)? + key.len();
+fn attr<'a>(tag: &'a str, key: &str) -> Option<&'a str> {
+    let i = tag.find(key)? + key.len();
     let j = tag[i..].find('"')?;
     Some(&tag[i..i + j])
 }

@@ -101,13 +101,18 @@ impl Sm {
     /// handled `h` of the stanzas sent: returns it with what is to be
     /// written again (counted again, after `h`, as the client counts them).
     pub fn resumed(d: Detached, h: u32) -> Result<(Self, VecDeque<Arc<str>>), TooHigh> {
-        let written = d.sent.wrapping_sub(d.acked);
-        let n = h.wrapping_sub(d.acked);
-        if n > written {
+        if !d.fits(h) {
             return Err(TooHigh { h, sent: d.sent });
         }
+        Ok(Self::resumed_or_all(d, h))
+    }
+
+    /// As [`Sm::resumed`] for an `h` checked before (`Counts::valid`):
+    /// should it no longer fit, everything unacknowledged is sent again.
+    pub fn resumed_or_all(d: Detached, h: u32) -> (Self, VecDeque<Arc<str>>) {
+        let h = if d.fits(h) { h } else { d.acked };
         let mut resend = d.unacked;
-        resend.drain(..n as usize);
+        resend.drain(..h.wrapping_sub(d.acked) as usize);
         let sm = Sm {
             id: Some(d.id),
             max: d.max,
@@ -117,7 +122,7 @@ impl Sm {
             since_request: 0,
             bytes_since_request: 0,
         };
-        Ok((sm, resend))
+        (sm, resend)
     }
 
     /// The client's last `h`.
@@ -224,6 +229,13 @@ pub struct Detached {
     pub archive: u64,
 }
 
+impl Detached {
+    /// Whether a client that reports `h` handled no more than was written.
+    fn fits(&self, h: u32) -> bool {
+        h.wrapping_sub(self.acked) <= self.sent.wrapping_sub(self.acked)
+    }
+}
+
 /// What the resuming side asks a detached (or still connected) session.
 #[derive(actix::Message)]
 #[rtype(result = "()")]
@@ -282,15 +294,10 @@ impl Resumable {
     }
 }
 
-/// A new SM-ID: unguessable, and naming this node so another node can
-/// find where the session was (`node_of`).
+/// A new SM-ID: unguessable, and naming the node that issued it (for
+/// operators reading logs; resumption finds sessions by their record).
 pub fn new_id(node: u64) -> Arc<str> {
     format!("{node:x}-{}", crate::stream::new_id()).into()
-}
-
-/// The node an SM-ID was issued by.
-pub fn node_of(id: &str) -> Option<u64> {
-    u64::from_str_radix(id.split_once('-')?.0, 16).ok()
 }
 
 /// `<a h='N'/>`.
@@ -300,11 +307,10 @@ pub fn ack_xml(h: u32) -> String {
 
 pub const REQUEST_XML: &str = "<r xmlns='urn:xmpp:sm:3'/>";
 
-/// `<failed/>` with a stanza error condition (and `h` when known).
-pub fn failed_xml(condition: &str, h: Option<u32>, extra: &str) -> String {
-    let h = h.map(|h| format!(" h='{h}'")).unwrap_or_default();
+/// `<failed/>` with a stanza error condition (and `extra` after it).
+pub fn failed_xml(condition: &str, extra: &str) -> String {
     format!(
-        "<failed xmlns='{NS_SM}'{h}><{condition} xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>{extra}</failed>"
+        "<failed xmlns='{NS_SM}'><{condition} xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>{extra}</failed>"
     )
 }
 
@@ -415,8 +421,7 @@ mod tests {
     #[test]
     fn ids_name_their_node() {
         let id = new_id(0x2a);
-        assert_eq!(node_of(&id), Some(0x2a));
-        assert_eq!(node_of("nonsense"), None);
+        assert!(id.starts_with("2a-") && id.len() > 10, "{id}");
         assert_eq!(parse_h(Some("12")), Some(12));
         assert_eq!(parse_h(Some("-1")), None);
         assert_eq!(parse_h(Some("4294967296")), None);

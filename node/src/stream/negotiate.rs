@@ -391,13 +391,13 @@ async fn resume(
 ) -> Result<crate::session::c2s::Resumption, String> {
     use crate::session::sm;
     if el.name != "resume" {
-        return Err(sm::failed_xml("unexpected-request", None, ""));
+        return Err(sm::failed_xml("unexpected-request", ""));
     }
     if !server.config.sm.enabled {
-        return Err(sm::failed_xml("feature-not-implemented", None, ""));
+        return Err(sm::failed_xml("feature-not-implemented", ""));
     }
     let (Some(previd), Some(h)) = (el.get_attr("previd"), sm::parse_h(el.get_attr("h"))) else {
-        return Err(sm::failed_xml("bad-request", None, ""));
+        return Err(sm::failed_xml("bad-request", ""));
     };
     crate::session::c2s::take_over(server, bare.as_str(), previd, h).await
 }
