@@ -56,6 +56,15 @@ pub struct Envelope {
     /// registry epoch (ignored by a receiver in another epoch).
     pub min_applied_registry: u64,
     pub registry_epoch: u64,
+    /// 0: a stanza for one session (or a close); 1: a stanza for a service
+    /// hosted in the cluster (a MUC room); 2: one stanza for several local
+    /// sessions, `stanza` and `suffix` around the value of its `to`,
+    /// `recipients` their full JIDs. The node interprets it.
+    pub kind: u32,
+    pub recipients: Vec<String>,
+    pub suffix: Vec<u8>,
+    /// Times a service stanza was forwarded between nodes.
+    pub hops: u32,
 }
 
 /// What the receiving node did with an envelope.
@@ -383,6 +392,10 @@ async fn session(
                     min_applied: env.min_applied,
                     min_applied_registry: env.min_applied_registry,
                     registry_epoch: env.registry_epoch,
+                    kind: env.kind,
+                    recipients: env.recipients,
+                    suffix: env.suffix,
+                    hops: env.hops,
                 };
                 let o = Outgoing { env: Envelope::default(), ack };
                 // Cannot be full: at most WINDOW are in flight.
@@ -475,6 +488,10 @@ impl Delivery for DeliveryService {
                         min_applied: e.min_applied,
                         min_applied_registry: e.min_applied_registry,
                         registry_epoch: e.registry_epoch,
+                        kind: e.kind,
+                        recipients: e.recipients,
+                        suffix: e.suffix,
+                        hops: e.hops,
                     },
                 );
                 let ack = pb::Ack {

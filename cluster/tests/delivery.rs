@@ -41,6 +41,7 @@ fn env(to: &str, n: usize) -> Envelope {
         min_applied: 0,
         min_applied_registry: 0,
         registry_epoch: 0,
+        ..Envelope::default()
     }
 }
 

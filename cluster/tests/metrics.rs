@@ -28,6 +28,7 @@ fn env() -> Envelope {
         min_applied: 0,
         min_applied_registry: 0,
         registry_epoch: 0,
+        ..Envelope::default()
     }
 }
 

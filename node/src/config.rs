@@ -25,6 +25,7 @@ pub struct Config {
     pub offline: OfflineConfig,
     pub sm: SmConfig,
     pub mam: MamConfig,
+    pub muc: MucConfig,
     pub metrics: MetricsConfig,
     pub cluster: ClusterConfig,
 }
@@ -42,6 +43,7 @@ impl Default for Config {
             offline: OfflineConfig::default(),
             sm: SmConfig::default(),
             mam: MamConfig::default(),
+            muc: MucConfig::default(),
             metrics: MetricsConfig::default(),
             cluster: ClusterConfig::default(),
         }
@@ -289,6 +291,55 @@ impl MamConfig {
     }
 }
 
+/// XEP-0045 multi-user chat, hosted at `<subdomain>.<domain>` of every
+/// served domain; its rooms live in the cluster (one node each).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MucConfig {
+    /// Hosts the service (listed in each domain's disco#items).
+    pub enabled: bool,
+    /// The service's domain is `<subdomain>.<served domain>`.
+    pub subdomain: String,
+    /// The service's name in disco (identity and item).
+    pub name: String,
+    /// Who may create rooms: `"anyone"` (any local user) or `"admins"`
+    /// (only the JIDs of `admins`).
+    pub create: MucCreate,
+    /// Bare JIDs that own every room (may create rooms when `create =
+    /// "admins"`).
+    pub admins: Vec<String>,
+    /// Messages a joining occupant gets as history at most (and the
+    /// default when it asks for none); 0: no history.
+    pub max_history: usize,
+    /// Default `muc#roomconfig_maxusers` of a new room (0: no limit).
+    pub default_max_users: u32,
+    /// Most occupants any room may allow.
+    pub max_users_limit: u32,
+}
+
+impl Default for MucConfig {
+    fn default() -> Self {
+        MucConfig {
+            enabled: true,
+            subdomain: "conference".into(),
+            name: "Chatrooms".into(),
+            create: MucCreate::Anyone,
+            admins: Vec::new(),
+            max_history: 20,
+            default_max_users: 200,
+            max_users_limit: 1000,
+        }
+    }
+}
+
+/// Who may create MUC rooms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MucCreate {
+    Anyone,
+    Admins,
+}
+
 /// Archive retention for one domain; an absent key keeps the `[mam]` value.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -433,6 +484,7 @@ impl Config {
             "offline",
             "sm",
             "mam",
+            "muc",
             "metrics",
             "cluster",
         ];
@@ -502,6 +554,21 @@ impl Config {
         }
         if self.mam.cleanup_interval_secs == 0 {
             anyhow::bail!("mam.cleanup_interval_secs must be positive");
+        }
+        if self.muc.enabled {
+            let sub = &self.muc.subdomain;
+            if sub.is_empty() || sub.contains(['.', '@', '/']) {
+                anyhow::bail!("muc.subdomain must be one non-empty DNS label");
+            }
+            if self.muc.max_users_limit == 0 {
+                anyhow::bail!("muc.max_users_limit must be positive");
+            }
+            self.muc.default_max_users = self.muc.default_max_users.min(self.muc.max_users_limit);
+            for d in &self.domains {
+                if self.domains.contains(&format!("{sub}.{d}")) {
+                    anyhow::bail!("muc.subdomain: {sub}.{d} is a served domain");
+                }
+            }
         }
         if let Some(d) = self.mam.domains.keys().find(|d| !self.serves(d)) {
             anyhow::bail!("mam.domains: {d:?} is not one of the served domains");

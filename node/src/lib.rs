@@ -16,6 +16,7 @@ pub mod router;
 pub mod routing;
 pub mod run;
 pub mod server;
+pub mod services;
 pub mod session;
 pub mod stanza;
 pub mod storage;

@@ -218,6 +218,13 @@ impl LocalDelivery for NodeDelivery {
         let Some(server) = self.0.upgrade() else {
             return DeliveryResult::Refused;
         };
+        match env.kind {
+            crate::services::KIND_SERVICE => return crate::services::from_node(&server, env),
+            crate::services::KIND_FANOUT => {
+                return crate::services::fanout_from_node(&server, env);
+            }
+            _ => {}
+        }
         let (bare, Some(resource)) = crate::stanza::split(&env.to) else {
             return DeliveryResult::NoSession;
         };

@@ -203,6 +203,10 @@ async fn run_listeners(server: Arc<Server>) -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let arbiters: Vec<actix_rt::Arbiter> = (0..cores).map(|_| actix_rt::Arbiter::new()).collect();
     let handles = Arc::new(arbiters.iter().map(|a| a.handle()).collect::<Vec<_>>());
+    // Rooms (and other services' actors) run on the same arbiters.
+    server
+        .services
+        .init(Arc::downgrade(&server), handles.clone());
     let c2s = &server.config.c2s;
     let mut ports = vec![(c2s.port, false)];
     if c2s.tls_port != 0 {

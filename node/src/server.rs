@@ -29,6 +29,8 @@ pub struct Server {
     pub shaper: crate::net::shaping::Shaper,
     /// This node's resumable sessions (XEP-0198), by SM-ID.
     pub resumable: crate::session::sm::Resumable,
+    /// Services hosted on subdomains (MUC), and the rooms this node runs.
+    pub services: crate::services::Services,
 }
 
 impl Server {
@@ -45,6 +47,7 @@ impl Server {
         modules: Registry,
     ) -> Self {
         let scram_secret = load_or_make_secret(&config.data_dir);
+        let config_services = config.clone();
         Server {
             throttle: Throttle::new(&config),
             shaper: crate::net::shaping::Shaper::new(
@@ -60,6 +63,7 @@ impl Server {
             scram_secret,
             unauthenticated: AtomicUsize::new(0),
             resumable: Default::default(),
+            services: crate::services::Services::new(&config_services),
         }
     }
 

@@ -983,3 +983,117 @@ impl Storage {
         .map(drop)
     }
 }
+
+// ------------------------------------------------------------ MUC rooms
+
+/// XEP-0045 rooms: room bare JID -> the room's record (configuration,
+/// affiliations, subject), a MessagePack document the MUC service defines.
+pub const MUC_ROOMS: &str = "muc_room";
+/// A room's occupants: `room \0 nick` -> the occupant's record (real JID,
+/// role, presence), so a room restarted on another node has them.
+pub const MUC_OCCUPANTS: &str = "muc_occupant";
+
+impl Storage {
+    /// A room's record.
+    pub fn muc_room<T: for<'a> Deserialize<'a>>(
+        &self,
+        room: &str,
+    ) -> Result<Option<T>, StoreError> {
+        self.store
+            .get(MUC_ROOMS, room.as_bytes())?
+            .map(|v| de(&v))
+            .transpose()
+    }
+
+    /// Every room of the service `service` (by its domain), with its record.
+    pub fn muc_rooms<T: for<'a> Deserialize<'a>>(
+        &self,
+        service: &str,
+    ) -> Result<Vec<(String, T)>, StoreError> {
+        let suffix = format!("@{service}");
+        let mut out = Vec::new();
+        for (k, v) in self.store.scan_prefix(MUC_ROOMS, &[])? {
+            if let Ok(room) = String::from_utf8(k)
+                && room.ends_with(&suffix)
+            {
+                out.push((room, de(&v)?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// A room's occupant records, by nick.
+    pub fn muc_occupants<T: for<'a> Deserialize<'a>>(
+        &self,
+        room: &str,
+    ) -> Result<Vec<(String, T)>, StoreError> {
+        let prefix = user_prefix(room);
+        self.store
+            .scan_prefix(MUC_OCCUPANTS, &prefix)?
+            .into_iter()
+            .map(|(k, v)| {
+                let nick = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+                Ok((nick, de(&v)?))
+            })
+            .collect()
+    }
+
+    /// Number of occupants of a room (keys only).
+    pub fn muc_occupant_count(&self, room: &str) -> Result<u64, StoreError> {
+        self.store.count_prefix(MUC_OCCUPANTS, &user_prefix(room))
+    }
+
+    /// Writes a room's record (when given) and occupant changes (`None`
+    /// removes the nick) in one write.
+    pub async fn muc_write<R: Serialize, O: Serialize>(
+        &self,
+        room: &str,
+        record: Option<&R>,
+        occupants: &[(&str, Option<&O>)],
+    ) -> Result<(), StoreError> {
+        let mut ops = Vec::with_capacity(occupants.len() + 1);
+        if let Some(r) = record {
+            ops.push(Op::Put {
+                space: MUC_ROOMS.into(),
+                key: room.as_bytes().to_vec(),
+                value: ser(r),
+            });
+        }
+        for (nick, o) in occupants {
+            let key = user_key(room, nick);
+            ops.push(match o {
+                Some(o) => Op::Put {
+                    space: MUC_OCCUPANTS.into(),
+                    key,
+                    value: ser(o),
+                },
+                None => Op::Delete {
+                    space: MUC_OCCUPANTS.into(),
+                    key,
+                },
+            });
+        }
+        self.write(ops).await.map(drop)
+    }
+
+    /// Removes a room: its record, occupants and archive, in one write.
+    pub async fn muc_destroy(&self, room: &str) -> Result<(), StoreError> {
+        let prefix = user_prefix(room);
+        self.write(vec![
+            Op::Delete {
+                space: MUC_ROOMS.into(),
+                key: room.as_bytes().to_vec(),
+            },
+            Op::DeletePrefix {
+                space: MUC_OCCUPANTS.into(),
+                prefix: prefix.clone(),
+            },
+            Op::DeletePrefix {
+                space: ARCHIVE.into(),
+                prefix,
+            },
+        ])
+        .await
+        .map(drop)
+    }
+}

@@ -43,8 +43,18 @@ fn handle<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
             q.set_attr("node", n);
         }
         if ns == NS_ITEMS {
-            // XEP-0030 §8: no items (also for an account that does not
-            // exist or does not share its presence with the requester).
+            // The services hosted on the domain's subdomains (a MUC
+            // service); accounts have no items (XEP-0030 §8, also for one
+            // that does not exist or does not share its presence).
+            if let (IqTarget::Server(domain), None) = (ctx.target, node) {
+                for (jid, h) in ctx.server.services.of_parent(domain) {
+                    q = q.child(
+                        Element::new("item", NS_ITEMS)
+                            .attr("jid", jid)
+                            .attr("name", h.name.as_str()),
+                    );
+                }
+            }
             return Ok(q.into());
         }
         // XEP-0030 §8: info about an account needs its presence (or is

@@ -513,9 +513,9 @@ fn known_id(storage: &Storage, bare: &str, s: &str) -> Result<u64, StanzaError> 
     Ok(id)
 }
 
-fn parse_query(ctx: &IqCtx<'_>) -> Result<Query, StanzaError> {
+fn parse_query(ctx: &Req<'_>) -> Result<Query, StanzaError> {
     let storage = &ctx.server.storage;
-    let bare = ctx.origin.bare;
+    let bare = ctx.owner;
     let max_page = ctx.server.config.mam.max_page;
     let mut q = Query {
         hi: u64::MAX,
@@ -537,9 +537,9 @@ fn parse_query(ctx: &IqCtx<'_>) -> Result<Query, StanzaError> {
     Ok(q)
 }
 
-fn parse_form(ctx: &IqCtx<'_>, x: &Element, q: &mut Query) -> Result<(), StanzaError> {
+fn parse_form(ctx: &Req<'_>, x: &Element, q: &mut Query) -> Result<(), StanzaError> {
     let storage = &ctx.server.storage;
-    let bare = ctx.origin.bare;
+    let bare = ctx.owner;
     if !matches!(x.get_attr("type"), None | Some("submit")) {
         return Err(bad_request("the query form must be of type 'submit'"));
     }
@@ -823,98 +823,156 @@ fn page(q: &Query, source: &Source<'_>) -> Result<Page, StanzaError> {
 fn form<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
     async move {
         own_archive(ctx)?;
-        let field = |var: &str, t: &str| {
-            Element::new("field", NS_DATA)
-                .attr("var", var)
-                .attr("type", t)
-        };
-        let x = Element::new("x", NS_DATA)
-            .attr("type", "form")
-            .child(field("FORM_TYPE", "hidden").child(Element::new("value", NS_DATA).text(NS_MAM)))
-            .child(field("with", "jid-single"))
-            .child(field("start", "text-single"))
-            .child(field("end", "text-single"))
-            .child(field("before-id", "text-single"))
-            .child(field("after-id", "text-single"))
-            .child(
-                field("ids", "list-multi").child(
-                    Element::new("validate", NS_XDATA_VALIDATE)
-                        .attr("datatype", "xs:string")
-                        .child(Element::new("open", NS_XDATA_VALIDATE)),
-                ),
-            );
-        Ok(Element::new("query", NS_MAM).child(x).into())
+        Ok(form_element().into())
     }
     .boxed()
+}
+
+fn form_element() -> Element {
+    let field = |var: &str, t: &str| {
+        Element::new("field", NS_DATA)
+            .attr("var", var)
+            .attr("type", t)
+    };
+    let x = Element::new("x", NS_DATA)
+        .attr("type", "form")
+        .child(field("FORM_TYPE", "hidden").child(Element::new("value", NS_DATA).text(NS_MAM)))
+        .child(field("with", "jid-single"))
+        .child(field("start", "text-single"))
+        .child(field("end", "text-single"))
+        .child(field("before-id", "text-single"))
+        .child(field("after-id", "text-single"))
+        .child(
+            field("ids", "list-multi").child(
+                Element::new("validate", NS_XDATA_VALIDATE)
+                    .attr("datatype", "xs:string")
+                    .child(Element::new("open", NS_XDATA_VALIDATE)),
+            ),
+        );
+    Element::new("query", NS_MAM).child(x)
+}
+
+/// A query on one archive: whose (`owner`: the requester's own, or a
+/// room's, XEP-0313 §4 on a MUC room), by whom, in which IQ.
+struct Req<'a> {
+    server: &'a Server,
+    owner: &'a str,
+    /// The requester's full JID (a session of this node).
+    requester: &'a str,
+    iq: &'a Element,
+    payload: &'a Element,
 }
 
 /// `set` of the query: the matching messages, then the `<fin/>` result.
 fn query<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
     async move {
         own_archive(ctx)?;
-        caught_up(ctx.server).await?;
-        let q = parse_query(ctx)?;
-        let storage = &ctx.server.storage;
-        let bare = ctx.origin.bare;
-        let source = match &q.ids {
-            Some(ids) => {
-                let mut listed = Vec::with_capacity(ids.len());
-                for &id in ids {
-                    if let Some(m) = storage.archived(bare, id)?
-                        && q.with.as_ref().is_none_or(|w| w.matches(&m))
-                    {
-                        listed.push((id, m));
-                    }
-                }
-                Source::Listed(listed)
-            }
-            None => Source::Archive {
-                storage,
-                bare,
-                with: q.with.as_ref(),
-            },
-        };
-        let page = page(&q, &source)?;
-        metrics::counter!("starling_mam_queries_total").increment(1);
-        let queryid = ctx.payload.get_attr("queryid");
-        let full = ctx.origin.full;
-        let mut out: Vec<Arc<str>> = Vec::with_capacity(page.items.len() + 1);
-        let mut order: Vec<&(u64, ArchivedMessage)> = page.items.iter().collect();
-        if q.flip {
-            order.reverse();
-        }
-        for (n, (id, m)) in order.into_iter().enumerate() {
-            out.push(result_message(full, bare, queryid, *id, &m.xml, n).into());
-        }
-        let mut set = Element::new("set", NS_RSM);
-        if let (Some((first, _)), Some((last, _))) = (page.items.first(), page.items.last()) {
-            set = set
-                .child(
-                    Element::new("first", NS_RSM)
-                        .attr("index", page.first_index.to_string())
-                        .text(encode_id(*first)),
-                )
-                .child(Element::new("last", NS_RSM).text(encode_id(*last)));
-        }
-        set = set.child(Element::new("count", NS_RSM).text(page.count.to_string()));
-        let mut fin = Element::new("fin", NS_MAM);
-        if let Some(qid) = queryid {
-            fin.set_attr("queryid", qid);
-        }
-        fin.set_attr("complete", if page.complete { "true" } else { "false" });
-        let mut reply = iq_result(ctx.iq, Some(fin.child(set)));
-        reply.set_attr("to", full);
-        out.push(reply.to_stream_xml(NS_CLIENT).into());
-        let handle = split(full)
-            .1
-            .and_then(|r| ctx.server.router.handle(bare, r));
-        if let Some(handle) = handle {
-            let patience = std::time::Duration::from_secs(ctx.server.config.c2s.write_timeout_secs);
-            send_in_order(handle, out, patience);
-        }
+        run_query(&Req {
+            server: ctx.server,
+            owner: ctx.origin.bare,
+            requester: ctx.origin.full,
+            iq: ctx.iq,
+            payload: ctx.payload,
+        })
+        .await?;
         Ok(IqReply::Sent)
     }
     .boxed()
+}
+
+/// A query (`get`: the form; `set`: the messages) on the archive of
+/// `owner` that is not the requester's own (a MUC room's, whose service
+/// checked the requester may read it). The requester is a session of this
+/// node (`iq`'s `from`); errors are sent to it.
+pub async fn query_archive(server: &Server, iq: &Element, owner: &str) {
+    let requester = iq.get_attr("from").unwrap_or_default();
+    let Some(payload) = iq.elements().next() else {
+        crate::session::im::bounce(server, iq, Condition::BadRequest.into());
+        return;
+    };
+    let r = if !server.config.mam.enabled {
+        Err(Condition::ServiceUnavailable.into())
+    } else if iq.get_attr("type") == Some("get") {
+        let mut reply = iq_result(iq, Some(form_element()));
+        reply.set_attr("to", requester);
+        let _ = crate::session::im::deliver_to_full(server, requester, reply);
+        Ok(())
+    } else {
+        run_query(&Req {
+            server,
+            owner,
+            requester,
+            iq,
+            payload,
+        })
+        .await
+    };
+    if let Err(e) = r {
+        crate::session::im::bounce_with(server, iq, &e);
+    }
+}
+
+async fn run_query(ctx: &Req<'_>) -> Result<(), StanzaError> {
+    caught_up(ctx.server).await?;
+    let q = parse_query(ctx)?;
+    let storage = &ctx.server.storage;
+    let bare = ctx.owner;
+    let source = match &q.ids {
+        Some(ids) => {
+            let mut listed = Vec::with_capacity(ids.len());
+            for &id in ids {
+                if let Some(m) = storage.archived(bare, id)?
+                    && q.with.as_ref().is_none_or(|w| w.matches(&m))
+                {
+                    listed.push((id, m));
+                }
+            }
+            Source::Listed(listed)
+        }
+        None => Source::Archive {
+            storage,
+            bare,
+            with: q.with.as_ref(),
+        },
+    };
+    let page = page(&q, &source)?;
+    metrics::counter!("starling_mam_queries_total").increment(1);
+    let queryid = ctx.payload.get_attr("queryid");
+    let full = ctx.requester;
+    let mut out: Vec<Arc<str>> = Vec::with_capacity(page.items.len() + 1);
+    let mut order: Vec<&(u64, ArchivedMessage)> = page.items.iter().collect();
+    if q.flip {
+        order.reverse();
+    }
+    for (n, (id, m)) in order.into_iter().enumerate() {
+        out.push(result_message(full, bare, queryid, *id, &m.xml, n).into());
+    }
+    let mut set = Element::new("set", NS_RSM);
+    if let (Some((first, _)), Some((last, _))) = (page.items.first(), page.items.last()) {
+        set = set
+            .child(
+                Element::new("first", NS_RSM)
+                    .attr("index", page.first_index.to_string())
+                    .text(encode_id(*first)),
+            )
+            .child(Element::new("last", NS_RSM).text(encode_id(*last)));
+    }
+    set = set.child(Element::new("count", NS_RSM).text(page.count.to_string()));
+    let mut fin = Element::new("fin", NS_MAM);
+    if let Some(qid) = queryid {
+        fin.set_attr("queryid", qid);
+    }
+    fin.set_attr("complete", if page.complete { "true" } else { "false" });
+    let mut reply = iq_result(ctx.iq, Some(fin.child(set)));
+    reply.set_attr("to", full);
+    out.push(reply.to_stream_xml(NS_CLIENT).into());
+    let (req_bare, res) = split(full);
+    let handle = res.and_then(|r| ctx.server.router.handle(req_bare, r));
+    if let Some(handle) = handle {
+        let patience = std::time::Duration::from_secs(ctx.server.config.c2s.write_timeout_secs);
+        send_in_order(handle, out, patience);
+    }
+    Ok(())
 }
 
 /// One result of a query (XEP-0313 §4.2): the stored message, forwarded

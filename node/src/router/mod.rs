@@ -270,6 +270,14 @@ pub enum Destination<'a> {
     /// Another domain's server (`has_node: false`) or one of its accounts:
     /// no federation yet.
     Remote { domain: &'a str, has_node: bool },
+    /// A service hosted on a subdomain of a served domain (`domain`), or
+    /// an entity of it (`node`: a MUC room) and its resource (an occupant).
+    Service {
+        domain: &'a str,
+        kind: crate::services::ServiceKind,
+        node: Option<&'a str>,
+        resource: Option<&'a str>,
+    },
 }
 
 /// Where a bound resource is.

@@ -958,6 +958,14 @@ impl<S: Transport> Session<S> {
                 modules::blocking::Refusal::Reply(error) => self.reply(&error).await,
             };
         }
+        // IQs to a hosted service (a MUC room, an occupant) go to it,
+        // wherever it runs; it answers.
+        if let Some(Destination::Service { .. }) = dest {
+            if kind.is_request() || to.as_deref().is_some_and(|t| im::split(t).1.is_some()) {
+                crate::services::route(&self.server, el).await;
+            }
+            return Ok(());
+        }
         // IQs to a full JID go to that session, wherever it is bound.
         if let Some(to) = &to
             && im::split(to).1.is_some()
@@ -991,6 +999,7 @@ impl<S: Transport> Session<S> {
                     .reply_error(&el, Condition::RemoteServerNotFound.into())
                     .await;
             }
+            Some(Destination::Service { .. }) => return Ok(()),
         };
         let origin = Origin {
             bare: &self.bare,

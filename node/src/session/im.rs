@@ -53,6 +53,15 @@ fn domain_of(bare: &str) -> &str {
 /// account of one (and whether it exists), or another domain.
 pub fn destination<'a>(server: &Server, to: &'a str) -> Result<Destination<'a>, StoreError> {
     let (bare, resource) = split(to);
+    let domain = bare.rsplit_once('@').map_or(bare, |(_, d)| d);
+    if let Some(h) = server.services.get(domain) {
+        return Ok(Destination::Service {
+            domain,
+            kind: h.kind,
+            node: bare.rsplit_once('@').map(|(n, _)| n),
+            resource,
+        });
+    }
     Ok(match bare.split_once('@') {
         None if server.is_local(bare) => Destination::Server {
             domain: bare,
@@ -181,6 +190,10 @@ async fn route(server: &Server, el: Element, pass: Pass) -> Result<(), Bounce> {
                 has_node: false, ..
             },
         ) if mtype == MessageType::Error => {
+            return Ok(());
+        }
+        Ok(Destination::Service { .. }) => {
+            crate::services::route(server, el).await;
             return Ok(());
         }
         Ok(Destination::Server { .. }) => return bounce_of(Condition::ServiceUnavailable, el),
@@ -404,7 +417,7 @@ pub async fn presence(
         (Probe, None) => Ok(()),
         (Available | Unavailable, None) => broadcast(server, origin, state, el).await,
         (Available | Unavailable | Error, Some(to)) => {
-            directed(server, state, ptype, &to, el);
+            directed(server, state, ptype, &to, el).await;
             Ok(())
         }
         // A presence error to nobody: nothing to do.
@@ -463,7 +476,14 @@ async fn broadcast(
             {
                 let mut copy = el.clone();
                 copy.set_attr("to", target.as_str());
-                send_presence_to(server, &target, copy);
+                if matches!(
+                    destination(server, &target),
+                    Ok(Destination::Service { .. })
+                ) {
+                    crate::services::route(server, copy).await;
+                } else {
+                    send_presence_to(server, &target, copy);
+                }
             }
         }
         state.available = false;
@@ -631,26 +651,35 @@ fn probe(
     Ok(())
 }
 
-/// Directed presence (RFC 6121 §4.6).
-fn directed(
+/// Directed presence (RFC 6121 §4.6). To a hosted service (a MUC room)
+/// it is tracked like any other, so the room sees the session go.
+async fn directed(
     server: &Server,
     state: &mut PresenceState,
     ptype: PresenceType,
     to: &str,
     el: Element,
 ) {
-    if let Ok(Destination::Remote { has_node: true, .. }) = destination(server, to) {
-        bounce(server, &el, Condition::RemoteServerNotFound);
-        return;
-    }
+    let service = match destination(server, to) {
+        Ok(Destination::Remote { has_node: true, .. }) => {
+            bounce(server, &el, Condition::RemoteServerNotFound);
+            return;
+        }
+        Ok(Destination::Service { .. }) => true,
+        _ => false,
+    };
     match ptype {
         PresenceType::Available => {
             state.directed.insert(to.to_owned());
         }
-        PresenceType::Unavailable => {
+        PresenceType::Unavailable | PresenceType::Error => {
             state.directed.remove(to);
         }
         _ => {}
+    }
+    if service {
+        crate::services::route(server, el).await;
+        return;
     }
     send_presence_to(server, to, el);
 }

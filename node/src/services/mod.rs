@@ -1,0 +1,414 @@
+//! Services hosted on a subdomain of every served domain (XEP-0045 rooms
+//! at `conference.<domain>` now; upload and pubsub would be more entries):
+//! which domains are services ([`Services`], from the configuration), and
+//! how a stanza for one gets to where it is handled.
+//!
+//! A service's entities (a MUC room) each live on exactly one node of the
+//! cluster, chosen by rendezvous (highest-random-weight) hashing of the
+//! entity's key over the live members ([`owner`]). Every path that routes
+//! a stanza (a client's message, presence through its user actor, IQ, and
+//! what other nodes hand this one) calls [`route`]; it runs the stanza
+//! here when this node is the owner, else it sends it on the node-to-node
+//! delivery stream as a service envelope (kind [`KIND_SERVICE`]) and waits
+//! for the owner's answer, trying again with the current membership while
+//! a dead owner is still counted live (the lease has not lapsed yet). The
+//! receiving node checks ownership again ([`from_node`]) and forwards at
+//! most [`MAX_HOPS`] times, so nodes whose views of the membership differ
+//! for a moment still agree on one place.
+
+pub mod muc;
+
+use crate::config::Config;
+use crate::server::Server;
+use crate::stanza::{Condition, NS_CLIENT, split};
+use crate::xml::Element;
+use starling_cluster::{DeliveryResult, Envelope};
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+/// Envelope kind of a stanza for a hosted service (see `cluster.proto`).
+pub const KIND_SERVICE: u32 = 1;
+/// Envelope kind of one stanza for several sessions of the receiving node.
+pub const KIND_FANOUT: u32 = 2;
+/// Forwards of one service stanza between nodes at most.
+pub const MAX_HOPS: u32 = 2;
+/// How long a stanza for a service entity waits for an owner that answers
+/// (a dead owner stays counted live until its lease lapses).
+const OWNER_PATIENCE: Duration = Duration::from_secs(15);
+
+/// What a service domain hosts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServiceKind {
+    /// XEP-0045 multi-user chat.
+    Muc,
+}
+
+/// A service domain: what it hosts and the served domain it belongs to.
+#[derive(Clone, Debug)]
+pub struct Hosted {
+    pub kind: ServiceKind,
+    pub parent: String,
+    /// Its name in the parent's disco#items and its own identity.
+    pub name: String,
+}
+
+/// The hosted services of this server, and the state each keeps on this
+/// node (the rooms it hosts).
+pub struct Services {
+    by_domain: HashMap<String, Hosted>,
+    pub muc: muc::Rooms,
+    /// The server itself (actors of services hold it) and the arbiter
+    /// their actors run on; set once at start.
+    server: OnceLock<Weak<Server>>,
+    arbiters: OnceLock<Arc<Vec<actix_rt::ArbiterHandle>>>,
+}
+
+impl Services {
+    pub fn new(config: &Config) -> Self {
+        let mut by_domain = HashMap::new();
+        if config.muc.enabled {
+            for d in &config.domains {
+                by_domain.insert(
+                    format!("{}.{d}", config.muc.subdomain),
+                    Hosted {
+                        kind: ServiceKind::Muc,
+                        parent: d.clone(),
+                        name: config.muc.name.clone(),
+                    },
+                );
+            }
+        }
+        Services {
+            by_domain,
+            muc: muc::Rooms::default(),
+            server: OnceLock::new(),
+            arbiters: OnceLock::new(),
+        }
+    }
+
+    /// Gives the services their server and the arbiters their actors run
+    /// on (the node's start does, before it serves; until then stanzas for
+    /// them are refused and their senders try again).
+    pub fn init(&self, server: Weak<Server>, arbiters: Arc<Vec<actix_rt::ArbiterHandle>>) {
+        let _ = self.server.set(server);
+        if !arbiters.is_empty() {
+            let _ = self.arbiters.set(arbiters);
+        }
+    }
+
+    pub fn server(&self) -> Option<Arc<Server>> {
+        self.server.get().and_then(Weak::upgrade)
+    }
+
+    /// The arbiter the actor of `key` runs on (spread by its hash).
+    pub fn arbiter(&self, key: &str) -> Option<&actix_rt::ArbiterHandle> {
+        let all = self.arbiters.get()?;
+        let i = (score(0, key) % all.len() as u64) as usize;
+        all.get(i)
+    }
+
+    /// The service at `domain`, if it is one.
+    pub fn get(&self, domain: &str) -> Option<&Hosted> {
+        if self.by_domain.is_empty() {
+            return None;
+        }
+        self.by_domain.get(domain)
+    }
+
+    /// The services of the served domain `parent` (its disco#items).
+    pub fn of_parent<'a>(&'a self, parent: &'a str) -> impl Iterator<Item = (&'a str, &'a Hosted)> {
+        let mut v: Vec<(&str, &Hosted)> = self
+            .by_domain
+            .iter()
+            .filter(|(_, h)| h.parent == parent)
+            .map(|(d, h)| (d.as_str(), h))
+            .collect();
+        v.sort_by_key(|(d, _)| *d);
+        v.into_iter()
+    }
+}
+
+// ------------------------------------------------------------ placement
+
+/// 64-bit FNV-1a, then a splitmix64 finaliser: stable across builds and
+/// nodes (every node must compute the same owner).
+fn score(node: u64, key: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in node.to_be_bytes().iter().chain(key.as_bytes()) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+/// The node among `nodes` that owns `key` (highest random weight); a
+/// node leaving moves only the keys it owned.
+pub fn owner_among(nodes: &[u64], key: &str) -> Option<u64> {
+    nodes.iter().copied().max_by_key(|n| (score(*n, key), *n))
+}
+
+/// The live node that owns `key` now (this node alone without peers).
+pub fn owner(server: &Server, key: &str) -> u64 {
+    let store = &server.storage.store;
+    let me = store.node_id();
+    if !store.has_peers() {
+        return me;
+    }
+    owner_among(&store.live_nodes(), key).unwrap_or(me)
+}
+
+// ------------------------------------------------------------ routing
+
+/// Where a stanza for a service goes: its kind, and the key of the entity
+/// that handles it (a room's bare JID), `None` for the service domain
+/// itself (answered by any node).
+fn entity_of<'a>(server: &Server, to: &'a str) -> Option<(ServiceKind, Option<&'a str>)> {
+    let bare = split(to).0;
+    match bare.split_once('@') {
+        Some((_, domain)) => server.services.get(domain).map(|h| (h.kind, Some(bare))),
+        None => server.services.get(bare).map(|h| (h.kind, None)),
+    }
+}
+
+/// Routes a stanza (`from` stamped, `to` normalised) addressed to a
+/// service domain or an entity of it, from any path of this node; errors
+/// go back to the sender as stanzas.
+pub async fn route(server: &Server, el: Element) {
+    let to = el.get_attr("to").unwrap_or_default().to_owned();
+    let Some((kind, entity)) = entity_of(server, &to) else {
+        crate::session::im::bounce(server, &el, Condition::ServiceUnavailable);
+        return;
+    };
+    metrics::counter!("starling_stanzas_routed_total", "kind" => "service").increment(1);
+    let Some(key) = entity else {
+        // The service itself: any node answers from the replicated store.
+        match kind {
+            ServiceKind::Muc => muc::service_stanza(server, el).await,
+        }
+        return;
+    };
+    // What any node can answer from the store (a room's archive).
+    let el = match kind {
+        ServiceKind::Muc => match muc::answer_here(server, el).await {
+            Some(el) => el,
+            None => return,
+        },
+    };
+    to_owner(server, kind, key, el, 0).await;
+}
+
+/// Runs `el` at the owner of `key`: here, or on the owner's node (acked;
+/// tried again with the current membership until one answers).
+async fn to_owner(server: &Server, kind: ServiceKind, key: &str, el: Element, hops: u32) {
+    let store = &server.storage.store;
+    let me = store.node_id();
+    let mut xml: Option<Vec<u8>> = None;
+    let since = Instant::now();
+    loop {
+        let node = owner(server, key);
+        if (node == me || hops >= MAX_HOPS) && server.services.arbiters.get().is_some() {
+            local(server, kind, key, el);
+            return;
+        }
+        if node == me {
+            if since.elapsed() >= OWNER_PATIENCE {
+                crate::session::im::bounce(server, &el, Condition::ServiceUnavailable);
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        // Not ours (any more): an actor left here from an earlier
+        // membership goes, so it cannot answer with stale state later.
+        match kind {
+            ServiceKind::Muc => server.services.muc.stop(key),
+        }
+        let stanza = xml
+            .get_or_insert_with(|| el.to_stream_xml(NS_CLIENT).into_bytes())
+            .clone();
+        let env = Envelope {
+            kind: KIND_SERVICE,
+            to: el.get_attr("to").unwrap_or_default().to_owned(),
+            from: el.get_attr("from").unwrap_or_default().to_owned(),
+            stanza,
+            hops: hops + 1,
+            ..Envelope::default()
+        };
+        match store.deliver_acked(node, env).await {
+            Ok(DeliveryResult::Delivered) => return,
+            r => {
+                tracing::debug!(node, key, result = ?r, "service owner did not take a stanza");
+                if since.elapsed() >= OWNER_PATIENCE {
+                    crate::session::im::bounce(server, &el, Condition::RemoteServerTimeout);
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Hands a stanza to the service's actor on this node; false when the
+/// node does not run actors yet (it is starting).
+fn local(server: &Server, kind: ServiceKind, key: &str, el: Element) -> bool {
+    match kind {
+        ServiceKind::Muc => server.services.muc.deliver(server, key, el),
+    }
+}
+
+/// A service envelope from another node: run here if this node owns the
+/// entity, else forward it once more (non-blocking: called on the
+/// delivery stream's task).
+pub fn from_node(server: &Server, env: Envelope) -> DeliveryResult {
+    let Ok(xml) = std::str::from_utf8(&env.stanza) else {
+        return DeliveryResult::Refused;
+    };
+    let Some(el) = crate::stanza::parse_serialised(xml) else {
+        return DeliveryResult::Refused;
+    };
+    let to = el.get_attr("to").unwrap_or_default().to_owned();
+    let Some((kind, Some(key))) = entity_of(server, &to) else {
+        return DeliveryResult::Refused;
+    };
+    let node = owner(server, key);
+    let me = server.storage.store.node_id();
+    if node == me || env.hops >= MAX_HOPS {
+        return if local(server, kind, key, el) {
+            DeliveryResult::Delivered
+        } else {
+            DeliveryResult::Refused
+        };
+    }
+    match kind {
+        ServiceKind::Muc => server.services.muc.stop(key),
+    }
+    let fwd = Envelope {
+        hops: env.hops + 1,
+        ..env
+    };
+    match server.storage.store.deliver(node, fwd) {
+        Ok(()) => DeliveryResult::Delivered,
+        Err(_) => DeliveryResult::Refused,
+    }
+}
+
+/// A stanza serialised once for many recipients: the text before and
+/// after the value of its `to` attribute.
+pub struct Spliced {
+    pub prefix: Arc<str>,
+    pub suffix: Arc<str>,
+}
+
+impl Spliced {
+    /// `el` without a `to`, serialised with its namespace declared so the
+    /// parts before and after `to` can be put around each recipient.
+    pub fn of(el: &Element) -> Spliced {
+        const MARK: &str = "\u{1}";
+        let mut e = Element::new(el.name.clone(), el.ns.clone());
+        e.attrs.reserve(el.attrs.len() + 1);
+        e.attrs.push(("to".into(), MARK.into()));
+        e.attrs
+            .extend(el.attrs.iter().filter(|(k, _)| k != "to").cloned());
+        e.children = el.children.clone();
+        let s = e.to_xml();
+        let at = s.find(MARK).expect("mark is in the serialisation");
+        Spliced {
+            prefix: s[..at].into(),
+            suffix: s[at + MARK.len()..].into(),
+        }
+    }
+
+    /// The stanza addressed to `to` (a normalised JID).
+    pub fn to(&self, to: &str) -> Arc<str> {
+        let mut s = String::with_capacity(self.prefix.len() + to.len() + self.suffix.len() + 8);
+        s.push_str(&self.prefix);
+        crate::xml::escape_into(&mut s, to, true);
+        s.push_str(&self.suffix);
+        s.into()
+    }
+
+    /// The stanza without a `to` (what an archive keeps).
+    pub fn without_to(&self) -> String {
+        let head = self.prefix.strip_suffix(" to=\"").unwrap_or(&self.prefix);
+        let tail = self.suffix.strip_prefix('"').unwrap_or(&self.suffix);
+        let mut s = String::with_capacity(head.len() + tail.len());
+        s.push_str(head);
+        s.push_str(tail);
+        s
+    }
+}
+
+/// A fan-out envelope from another node: one stanza for several of this
+/// node's sessions (`stanza`/`suffix` around each recipient's JID).
+pub fn fanout_from_node(server: &Server, env: Envelope) -> DeliveryResult {
+    let (Ok(prefix), Ok(suffix)) = (
+        std::str::from_utf8(&env.stanza),
+        std::str::from_utf8(&env.suffix),
+    ) else {
+        return DeliveryResult::Refused;
+    };
+    let mut any = false;
+    for to in &env.recipients {
+        let (bare, Some(res)) = split(to) else {
+            continue;
+        };
+        if let Some(h) = server.router.handle(bare, res) {
+            let mut s = String::with_capacity(prefix.len() + to.len() + suffix.len() + 8);
+            s.push_str(prefix);
+            crate::xml::escape_into(&mut s, to, true);
+            s.push_str(suffix);
+            any |= h.send_shared(&s.into());
+        }
+    }
+    if any || env.recipients.is_empty() {
+        DeliveryResult::Delivered
+    } else {
+        DeliveryResult::NoSession
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rendezvous_moves_only_the_keys_of_a_node_that_goes() {
+        let all = [1u64, 2, 3];
+        let mut moved = 0;
+        for i in 0..300 {
+            let key = format!("room{i}@conference.localhost");
+            let before = owner_among(&all, &key).unwrap();
+            let after = owner_among(&[1, 3], &key).unwrap();
+            if before != 2 {
+                assert_eq!(before, after, "{key} moved though its owner stayed");
+            } else {
+                moved += 1;
+            }
+        }
+        // Roughly a third each.
+        assert!((60..=140).contains(&moved), "{moved}");
+    }
+
+    #[test]
+    fn spliced_puts_the_recipient_in_and_keeps_the_rest() {
+        let el = Element::new("message", NS_CLIENT)
+            .attr("from", "r@c/n")
+            .attr("to", "old@x")
+            .attr("type", "groupchat")
+            .child(Element::new("body", NS_CLIENT).text("a<b"));
+        let s = Spliced::of(&el);
+        assert_eq!(
+            &*s.to("u@d/\"r"),
+            "<message xmlns=\"jabber:client\" to=\"u@d/&quot;r\" from=\"r@c/n\" type=\"groupchat\"><body>a&lt;b</body></message>"
+        );
+        assert_eq!(
+            s.without_to(),
+            "<message xmlns=\"jabber:client\" from=\"r@c/n\" type=\"groupchat\"><body>a&lt;b</body></message>"
+        );
+    }
+}

@@ -1,0 +1,268 @@
+//! XEP-0045 multi-user chat: the service at `<subdomain>.<domain>` and its
+//! rooms. Each room is an actix actor ([`room::Room`]) on the one node that
+//! owns it (`services::owner`); [`Rooms`] is this node's map of the rooms
+//! it runs. What any node can answer from the replicated store is answered
+//! where the requester is: the service's own disco (its public rooms are
+//! the directory) and a room's archive (XEP-0313 on the room JID, through
+//! `modules::mam`'s query code).
+//!
+//! Durable state (config, affiliations, subject, occupants) is in the
+//! key spaces `storage::MUC_ROOMS` and `storage::MUC_OCCUPANTS`; the
+//! room's messages are in the message archive under the room's JID, which
+//! is its history too.
+
+pub mod room;
+
+use crate::modules::disco::{NS_INFO, NS_ITEMS};
+use crate::server::Server;
+use crate::session::im::{bounce, deliver_to_full};
+use crate::stanza::{Condition, NS_CLIENT, iq_result, split};
+use crate::xml::Element;
+use actix::{Actor, Addr};
+use dashmap::DashMap;
+use room::{Room, RoomRecord, RoomStanza, Stop};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub const NS_MUC: &str = "http://jabber.org/protocol/muc";
+pub const NS_MUC_USER: &str = "http://jabber.org/protocol/muc#user";
+pub const NS_MUC_ADMIN: &str = "http://jabber.org/protocol/muc#admin";
+pub const NS_MUC_OWNER: &str = "http://jabber.org/protocol/muc#owner";
+pub const NS_OCCUPANT_ID: &str = "urn:xmpp:occupant-id:0";
+
+/// The rooms this node runs, by room bare JID.
+#[derive(Default)]
+pub struct Rooms {
+    map: DashMap<String, (u64, Addr<Room>)>,
+}
+
+static NEXT_ROOM: AtomicU64 = AtomicU64::new(1);
+
+impl Rooms {
+    /// Hands a stanza to the room's actor, starting it if it is not
+    /// running here (it loads its state from the store first); false when
+    /// this node runs no actors yet.
+    pub fn deliver(&self, server: &Server, room: &str, el: Element) -> bool {
+        if let Some(e) = self.map.get(room)
+            && e.1.connected()
+        {
+            e.1.do_send(RoomStanza(el));
+            return true;
+        }
+        let Some(server) = server.services.server() else {
+            return false;
+        };
+        if server.services.arbiter(room).is_none() {
+            return false;
+        }
+        let mut entry = self.map.entry(room.to_owned()).or_insert_with(|| {
+            let id = NEXT_ROOM.fetch_add(1, Ordering::Relaxed);
+            (id, start(server.clone(), room.to_owned(), id))
+        });
+        if !entry.1.connected() {
+            let id = NEXT_ROOM.fetch_add(1, Ordering::Relaxed);
+            *entry = (id, start(server.clone(), room.to_owned(), id));
+        }
+        entry.1.do_send(RoomStanza(el));
+        true
+    }
+
+    /// Stops the room's actor here, if it runs here (it moved).
+    pub fn stop(&self, room: &str) {
+        if self.map.is_empty() {
+            return;
+        }
+        if let Some((_, (_, addr))) = self.map.remove(room) {
+            addr.do_send(Stop);
+        }
+    }
+
+    /// The room's actor `id` stopped: forget it unless a newer one runs.
+    pub fn forget(&self, room: &str, id: u64) {
+        self.map.remove_if(room, |_, (i, _)| *i == id);
+    }
+
+    /// Number of rooms running here.
+    pub fn running(&self) -> usize {
+        self.map.len()
+    }
+}
+
+fn start(server: std::sync::Arc<Server>, jid: String, id: u64) -> Addr<Room> {
+    let arbiter = server
+        .services
+        .arbiter(&jid)
+        .expect("checked by the caller")
+        .clone();
+    let room = Room::new(server, jid, id);
+    Room::start_in_arbiter(&arbiter, |_| room)
+}
+
+// ------------------------------------------------------------ the service
+
+/// A stanza to the service domain itself: disco, ping; the rest is
+/// `<service-unavailable/>` (or `<feature-not-implemented/>` for IQs).
+pub async fn service_stanza(server: &Server, el: Element) {
+    if el.name != "iq" {
+        if el.name == "message" && el.get_attr("type") != Some("error") {
+            bounce(server, &el, Condition::ServiceUnavailable);
+        }
+        return;
+    }
+    if !matches!(el.get_attr("type"), Some("get" | "set")) {
+        return;
+    }
+    let payload = el.elements().next().cloned();
+    let reply = match payload {
+        Some(p) if p.is("query", NS_INFO) && el.get_attr("type") == Some("get") => {
+            if p.get_attr("node").is_some() {
+                Err(Condition::ItemNotFound)
+            } else {
+                Ok(Some(service_info(server, &el)))
+            }
+        }
+        Some(p) if p.is("query", NS_ITEMS) && el.get_attr("type") == Some("get") => {
+            service_items(server, &el, &p).await.map(Some)
+        }
+        Some(p) if p.is("ping", "urn:xmpp:ping") && el.get_attr("type") == Some("get") => Ok(None),
+        _ => Err(Condition::ServiceUnavailable),
+    };
+    match reply {
+        Ok(payload) => {
+            let r = iq_result(&el, payload);
+            if let Some(to) = r.get_attr("to").map(str::to_owned) {
+                let _ = deliver_to_full(server, &to, r);
+            }
+        }
+        Err(c) => bounce(server, &el, c),
+    }
+}
+
+fn service_info(server: &Server, el: &Element) -> Element {
+    let domain = el.get_attr("to").unwrap_or_default();
+    let name = server
+        .services
+        .get(domain)
+        .map(|h| h.name.clone())
+        .unwrap_or_default();
+    let mut q = Element::new("query", NS_INFO).child(
+        Element::new("identity", NS_INFO)
+            .attr("category", "conference")
+            .attr("type", "text")
+            .attr("name", name),
+    );
+    for f in [
+        NS_INFO,
+        NS_ITEMS,
+        NS_MUC,
+        NS_OCCUPANT_ID,
+        "urn:xmpp:ping",
+        "http://jabber.org/protocol/muc#self-ping-optimization",
+        crate::modules::mam::NS_MAM,
+    ] {
+        q = q.child(Element::new("feature", NS_INFO).attr("var", f));
+    }
+    q
+}
+
+/// The public rooms of the service (XEP-0045 §6.3), read from the store.
+async fn service_items(server: &Server, el: &Element, q: &Element) -> Result<Element, Condition> {
+    if q.get_attr("node").is_some() {
+        return Err(Condition::ItemNotFound);
+    }
+    let service = el.get_attr("to").unwrap_or_default();
+    if server.storage.store.has_peers() {
+        let _ = server.storage.store.read_barrier().await;
+    }
+    let rooms: Vec<(String, RoomRecord)> = server
+        .storage
+        .muc_rooms(service)
+        .map_err(|_| Condition::InternalServerError)?;
+    let mut out = Element::new("query", NS_ITEMS);
+    for (jid, r) in rooms {
+        if !r.config.public || r.locked {
+            continue;
+        }
+        let name = if r.config.name.is_empty() {
+            split(&jid)
+                .0
+                .split('@')
+                .next()
+                .unwrap_or_default()
+                .to_owned()
+        } else {
+            r.config.name.clone()
+        };
+        out = out.child(
+            Element::new("item", NS_ITEMS)
+                .attr("jid", jid)
+                .attr("name", name),
+        );
+    }
+    Ok(out)
+}
+
+/// What the requester's node answers for a room from the replicated
+/// store (the room's archive, XEP-0313); hands back what goes to the room.
+pub async fn answer_here(server: &Server, el: Element) -> Option<Element> {
+    let to = el.get_attr("to").unwrap_or_default();
+    if el.name != "iq"
+        || split(to).1.is_some()
+        || !matches!(el.get_attr("type"), Some("get" | "set"))
+    {
+        return Some(el);
+    }
+    let is_mam = el
+        .elements()
+        .next()
+        .is_some_and(|p| p.ns == crate::modules::mam::NS_MAM && p.name == "query");
+    if !is_mam {
+        return Some(el);
+    }
+    let room = to.to_owned();
+    let from = el.get_attr("from").unwrap_or_default().to_owned();
+    if server.storage.store.has_peers() {
+        let _ = server.storage.store.read_barrier().await;
+    }
+    let rec: Option<RoomRecord> = match server.storage.muc_room(&room) {
+        Ok(r) => r,
+        Err(_) => {
+            bounce(server, &el, Condition::InternalServerError);
+            return None;
+        }
+    };
+    let Some(rec) = rec else {
+        bounce(server, &el, Condition::ItemNotFound);
+        return None;
+    };
+    // Members-only rooms show their archive to members; others to anyone
+    // who could join (not outcasts).
+    let aff = rec.affiliation(server, split(&from).0);
+    let allowed = aff != room::Affiliation::Outcast
+        && (!rec.config.members_only || aff >= room::Affiliation::Member)
+        && !rec.locked;
+    if !allowed {
+        bounce(server, &el, Condition::Forbidden);
+        return None;
+    }
+    crate::modules::mam::query_archive(server, &el, &room).await;
+    None
+}
+
+/// Sends a serialised stanza to a full JID wherever it is bound; false
+/// when no such session is known.
+pub fn send_raw(server: &Server, full: &str, xml: &std::sync::Arc<str>) -> bool {
+    let (bare, Some(res)) = split(full) else {
+        return false;
+    };
+    match server.router.find(bare, res) {
+        Some(at) => server.router.send(bare, res, &at, xml),
+        None => false,
+    }
+}
+
+/// Sends an element to a full JID (`to` set here).
+pub fn send_el(server: &Server, full: &str, mut el: Element) {
+    el.set_attr("to", full);
+    let xml: std::sync::Arc<str> = el.to_stream_xml(NS_CLIENT).into();
+    send_raw(server, full, &xml);
+}

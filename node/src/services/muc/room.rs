@@ -1,0 +1,2175 @@
+//! One XEP-0045 room: an actix actor on the node that owns the room. Its
+//! mailbox runs the room's stanzas one at a time (the handler waits for the
+//! room's durable writes before taking the next), so every occupant sees
+//! one order. State it must not lose (configuration, affiliations,
+//! subject, occupants) is written to the store when it changes; a
+//! groupchat message is archived (the room's archive is its history and
+//! its XEP-0313 archive) before it is reflected. An actor started on a new
+//! owner (its node died, the membership changed) loads all of it back.
+//!
+//! The fan-out is serialised once: the reflected message's text before and
+//! after its `to` (`services::Spliced`), spliced per occupant; occupants of
+//! this node get it straight into their session's mailbox (their handle
+//! is cached), those of other nodes in one envelope per node carrying the
+//! list of recipients. A room holds no timer.
+
+use super::{NS_MUC, NS_MUC_ADMIN, NS_MUC_OWNER, NS_MUC_USER, NS_OCCUPANT_ID, send_el, send_raw};
+use crate::modules::disco::{NS_INFO, NS_ITEMS};
+use crate::modules::mam;
+use crate::router::At;
+use crate::server::Server;
+use crate::services::{KIND_FANOUT, Spliced};
+use crate::session::im::bounce_with;
+use crate::stanza::{Condition, NS_CLIENT, NS_DELAY, StanzaError, iq_result, split};
+use crate::storage::ArchivedMessage;
+use crate::xml::{Element, Node};
+use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, WrapFuture};
+use serde::{Deserialize, Serialize};
+use starling_cluster::Envelope;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+const NS_DATA: &str = "jabber:x:data";
+const NS_PING: &str = "urn:xmpp:ping";
+const NS_ROOMCONFIG: &str = "http://jabber.org/protocol/muc#roomconfig";
+const NS_ROOMINFO: &str = "http://jabber.org/protocol/muc#roominfo";
+
+// ------------------------------------------------------------ records
+
+/// A user's long-lived standing in a room (XEP-0045 §5.2), ordered by
+/// privilege.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Affiliation {
+    Outcast,
+    None,
+    Member,
+    Admin,
+    Owner,
+}
+
+impl Affiliation {
+    pub fn name(self) -> &'static str {
+        match self {
+            Affiliation::Outcast => "outcast",
+            Affiliation::None => "none",
+            Affiliation::Member => "member",
+            Affiliation::Admin => "admin",
+            Affiliation::Owner => "owner",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "outcast" => Affiliation::Outcast,
+            "none" => Affiliation::None,
+            "member" => Affiliation::Member,
+            "admin" => Affiliation::Admin,
+            "owner" => Affiliation::Owner,
+            _ => return None,
+        })
+    }
+}
+
+/// An occupant's role while in the room (XEP-0045 §5.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Role {
+    None,
+    Visitor,
+    Participant,
+    Moderator,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::None => "none",
+            Role::Visitor => "visitor",
+            Role::Participant => "participant",
+            Role::Moderator => "moderator",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "none" => Role::None,
+            "visitor" => Role::Visitor,
+            "participant" => Role::Participant,
+            "moderator" => Role::Moderator,
+            _ => return None,
+        })
+    }
+}
+
+/// Who may send private messages (`muc#roomconfig_allowpm`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AllowPm {
+    Anyone,
+    Participants,
+    Moderators,
+    Nobody,
+}
+
+impl AllowPm {
+    fn name(self) -> &'static str {
+        match self {
+            AllowPm::Anyone => "anyone",
+            AllowPm::Participants => "participants",
+            AllowPm::Moderators => "moderators",
+            AllowPm::Nobody => "none",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "anyone" => AllowPm::Anyone,
+            "participants" => AllowPm::Participants,
+            "moderators" => AllowPm::Moderators,
+            "none" => AllowPm::Nobody,
+            _ => return None,
+        })
+    }
+}
+
+/// A room's configuration (`muc#roomconfig`, XEP-0045 §15.5.3).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RoomConfig {
+    pub name: String,
+    pub desc: String,
+    pub persistent: bool,
+    pub public: bool,
+    pub members_only: bool,
+    pub moderated: bool,
+    /// `Some`: password-protected.
+    pub password: Option<String>,
+    /// 0: no limit.
+    pub max_users: u32,
+    /// Real JIDs visible to anyone (non-anonymous), else to moderators.
+    pub whois_anyone: bool,
+    pub change_subject: bool,
+    pub allow_pm: AllowPm,
+    pub allow_invites: bool,
+    /// Public logging (status 170); the room archives either way.
+    pub logging: bool,
+}
+
+impl RoomConfig {
+    fn new(server: &Server) -> Self {
+        RoomConfig {
+            name: String::new(),
+            desc: String::new(),
+            persistent: false,
+            public: true,
+            members_only: false,
+            moderated: false,
+            password: None,
+            max_users: server.config.muc.default_max_users,
+            whois_anyone: false,
+            change_subject: false,
+            allow_pm: AllowPm::Anyone,
+            allow_invites: false,
+            logging: false,
+        }
+    }
+}
+
+/// What the store keeps of a room.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RoomRecord {
+    pub config: RoomConfig,
+    /// Bare JID -> affiliation other than `none`.
+    pub affiliations: BTreeMap<String, Affiliation>,
+    pub subject: String,
+    /// The nick that set the subject ("" : the room).
+    pub subject_by: String,
+    /// Created and not configured yet (XEP-0045 §10.1.2): only owners enter.
+    pub locked: bool,
+    /// Salt of the XEP-0421 occupant ids.
+    pub salt: u64,
+}
+
+impl RoomRecord {
+    /// The affiliation of a bare JID (the service's admins own every room).
+    pub fn affiliation(&self, server: &Server, bare: &str) -> Affiliation {
+        if server.config.muc.admins.iter().any(|a| a == bare) {
+            return Affiliation::Owner;
+        }
+        self.affiliations
+            .get(bare)
+            .copied()
+            .unwrap_or(Affiliation::None)
+    }
+}
+
+/// What the store keeps of an occupant.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct OccupantRecord {
+    /// The real full JID.
+    pub jid: String,
+    pub role: Role,
+    /// The payload of its last presence (show, status, ...), serialised.
+    pub presence: String,
+}
+
+/// An occupant in the room's memory.
+struct Occupant {
+    jid: String,
+    role: Role,
+    /// Its last presence's payload (what others see), without MUC's `<x/>`.
+    presence: Vec<Element>,
+    /// Where its session is (resolved at join; again after a failed send).
+    at: Option<At>,
+}
+
+impl Occupant {
+    fn bare(&self) -> &str {
+        split(&self.jid).0
+    }
+
+    fn record(&self) -> OccupantRecord {
+        let mut p = String::new();
+        for e in &self.presence {
+            e.write_to(&mut p, "");
+        }
+        OccupantRecord {
+            jid: self.jid.clone(),
+            role: self.role,
+            presence: p,
+        }
+    }
+}
+
+// ------------------------------------------------------------ the actor
+
+/// A stanza for the room (`to` the room or an occupant JID, `from` the
+/// sender's real full JID).
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+pub struct RoomStanza(pub Element);
+
+/// Stop: the room moved to another node.
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+pub struct Stop;
+
+pub struct Room {
+    server: Arc<Server>,
+    id: u64,
+    /// Out while a stanza is being handled (the mailbox waits meanwhile).
+    state: Option<Box<State>>,
+}
+
+impl Room {
+    pub fn new(server: Arc<Server>, jid: String, id: u64) -> Self {
+        Room {
+            server,
+            id,
+            state: Some(Box::new(State {
+                jid,
+                rec: None,
+                occupants: BTreeMap::new(),
+                by_jid: HashMap::new(),
+                loaded: false,
+                gone: false,
+            })),
+        }
+    }
+}
+
+impl Actor for Room {
+    type Context = Context<Self>;
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        if let Some(s) = &self.state {
+            self.server.services.muc.forget(&s.jid, self.id);
+        }
+    }
+}
+
+impl Handler<RoomStanza> for Room {
+    type Result = ();
+
+    fn handle(&mut self, msg: RoomStanza, ctx: &mut Context<Self>) {
+        let Some(mut state) = self.state.take() else {
+            return;
+        };
+        let server = self.server.clone();
+        // The next stanza waits until this one is done (its writes too).
+        ctx.wait(
+            async move {
+                state.handle(&server, msg.0).await;
+                state
+            }
+            .into_actor(self)
+            .map(|state, act, ctx| {
+                let gone = state.gone;
+                act.state = Some(state);
+                if gone {
+                    ctx.stop();
+                }
+            }),
+        );
+    }
+}
+
+impl Handler<Stop> for Room {
+    type Result = ();
+
+    fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+// ------------------------------------------------------------ state
+
+struct State {
+    /// The room's bare JID.
+    jid: String,
+    /// `None`: the room does not exist (yet).
+    rec: Option<RoomRecord>,
+    occupants: BTreeMap<String, Occupant>,
+    /// Real full JID -> nick.
+    by_jid: HashMap<String, String>,
+    loaded: bool,
+    /// Destroyed: the actor stops.
+    gone: bool,
+}
+
+fn err(c: Condition) -> StanzaError {
+    StanzaError::new(c)
+}
+
+fn status(code: u16) -> Element {
+    Element::new("status", NS_MUC_USER).attr("code", code.to_string())
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+impl State {
+    async fn handle(&mut self, server: &Server, el: Element) {
+        if !self.loaded {
+            if let Err(e) = self.load(server).await {
+                tracing::warn!(room = %self.jid, error = %e, "room state not loaded");
+                bounce_with(server, &el, &e.into());
+                return;
+            }
+            self.loaded = true;
+        }
+        let r = match el.name.as_str() {
+            "presence" => self.presence(server, &el).await,
+            "message" => self.message(server, &el).await,
+            "iq" => self.iq(server, &el).await,
+            _ => Ok(()),
+        };
+        if let Err(e) = r {
+            bounce_with(server, &el, &e);
+        }
+    }
+
+    /// Reads the room and its occupants from the store (this replica
+    /// caught up first); occupants whose session is gone are let go.
+    async fn load(&mut self, server: &Server) -> Result<(), starling_cluster::StoreError> {
+        let store = &server.storage.store;
+        if store.has_peers() {
+            store.read_barrier().await?;
+        }
+        self.rec = server.storage.muc_room(&self.jid)?;
+        if self.rec.is_none() {
+            return Ok(());
+        }
+        let stored: Vec<(String, OccupantRecord)> = server.storage.muc_occupants(&self.jid)?;
+        let mut gone = Vec::new();
+        for (nick, o) in stored {
+            let (bare, res) = split(&o.jid);
+            let at = res.and_then(|r| server.router.find(bare, r));
+            if at.is_none() {
+                gone.push(nick);
+                continue;
+            }
+            let presence = parse_payload(&o.presence);
+            self.by_jid.insert(o.jid.clone(), nick.clone());
+            self.occupants.insert(
+                nick,
+                Occupant {
+                    jid: o.jid,
+                    role: o.role,
+                    presence,
+                    at,
+                },
+            );
+        }
+        if !gone.is_empty() {
+            tracing::info!(room = %self.jid, n = gone.len(), "occupants whose sessions are gone left");
+            let changes: Vec<(&str, Option<&OccupantRecord>)> =
+                gone.iter().map(|n| (n.as_str(), None)).collect();
+            server
+                .storage
+                .muc_write::<RoomRecord, _>(&self.jid, None, &changes)
+                .await?;
+            for nick in &gone {
+                let un = self.unavailable_item(server, nick, None, Affiliation::None, &[]);
+                self.broadcast_el(server, un);
+            }
+            if self.occupants.is_empty() && self.rec.as_ref().is_some_and(|r| !r.config.persistent)
+            {
+                server.storage.muc_destroy(&self.jid).await?;
+                self.rec = None;
+            }
+        }
+        Ok(())
+    }
+
+    fn affiliation(&self, server: &Server, bare: &str) -> Affiliation {
+        self.rec
+            .as_ref()
+            .map_or(Affiliation::None, |r| r.affiliation(server, bare))
+    }
+
+    fn occupant_jid(&self, nick: &str) -> String {
+        format!("{}/{}", self.jid, nick)
+    }
+
+    fn occupant_id(&self, bare: &str) -> String {
+        use sha2::Digest;
+        let salt = self.rec.as_ref().map_or(0, |r| r.salt);
+        let mut h = sha2::Sha256::new();
+        h.update(salt.to_be_bytes());
+        h.update(self.jid.as_bytes());
+        h.update([0]);
+        h.update(bare.as_bytes());
+        b64(&h.finalize()[..18])
+    }
+
+    fn config(&self) -> Option<&RoomConfig> {
+        self.rec.as_ref().map(|r| &r.config)
+    }
+
+    fn whois_anyone(&self) -> bool {
+        self.config().is_some_and(|c| c.whois_anyone)
+    }
+
+    /// The role a user of `aff` gets on entering.
+    fn default_role(&self, aff: Affiliation) -> Role {
+        match aff {
+            Affiliation::Owner | Affiliation::Admin => Role::Moderator,
+            Affiliation::Member => Role::Participant,
+            Affiliation::None if self.config().is_some_and(|c| c.moderated) => Role::Visitor,
+            Affiliation::None => Role::Participant,
+            Affiliation::Outcast => Role::None,
+        }
+    }
+
+    async fn save(
+        &self,
+        server: &Server,
+        record: bool,
+        occupants: &[(&str, Option<OccupantRecord>)],
+    ) -> Result<(), StanzaError> {
+        let changes: Vec<(&str, Option<&OccupantRecord>)> =
+            occupants.iter().map(|(n, o)| (*n, o.as_ref())).collect();
+        server
+            .storage
+            .muc_write(
+                &self.jid,
+                if record { self.rec.as_ref() } else { None },
+                &changes,
+            )
+            .await
+            .map_err(StanzaError::from)
+    }
+
+    // -------------------------------------------------------- presence
+
+    /// An occupant's presence as `to_mod` (a moderator, or anyone in a
+    /// non-anonymous room: with the real JID) or not sees it.
+    fn presence_of(&self, server: &Server, nick: &str, with_jid: bool) -> Element {
+        let occ = &self.occupants[nick];
+        let aff = self.affiliation(server, occ.bare());
+        let mut p = Element::new("presence", NS_CLIENT).attr("from", self.occupant_jid(nick));
+        p.children = occ.presence.iter().cloned().map(Node::Element).collect();
+        let mut item = Element::new("item", NS_MUC_USER)
+            .attr("affiliation", aff.name())
+            .attr("role", occ.role.name());
+        if with_jid {
+            item.set_attr("jid", occ.jid.as_str());
+        }
+        p = p.child(Element::new("x", NS_MUC_USER).child(item));
+        p.child(
+            Element::new("occupant-id", NS_OCCUPANT_ID).attr("id", self.occupant_id(occ.bare())),
+        )
+    }
+
+    /// Sends `nick`'s presence (with `codes`, and `extra` in its `<x/>`) to
+    /// every occupant; its own copy gets 110 (and `self_codes`).
+    fn broadcast_presence(
+        &self,
+        server: &Server,
+        nick: &str,
+        codes: &[u16],
+        self_codes: &[u16],
+        extra: Option<Element>,
+    ) {
+        for (n, o) in &self.occupants {
+            let with_jid = self.whois_anyone() || o.role == Role::Moderator;
+            let mut p = self.presence_of(server, nick, with_jid);
+            if let Some(x) = p.get_child_mut("x", NS_MUC_USER) {
+                if let Some(e) = &extra
+                    && let Some(Node::Element(item)) = x.children.first_mut()
+                {
+                    item.children.push(Node::Element(e.clone()));
+                }
+                for c in codes {
+                    x.children.push(Node::Element(status(*c)));
+                }
+                if n == nick {
+                    for c in self_codes {
+                        x.children.push(Node::Element(status(*c)));
+                    }
+                    x.children.push(Node::Element(status(110)));
+                }
+            }
+            send_el(server, &o.jid, p);
+        }
+    }
+
+    /// The unavailable presence of a leaving occupant `nick` (already
+    /// removed or not) with `codes`.
+    fn unavailable_item(
+        &self,
+        server: &Server,
+        nick: &str,
+        jid: Option<&str>,
+        aff: Affiliation,
+        codes: &[u16],
+    ) -> Element {
+        let _ = server;
+        let mut item = Element::new("item", NS_MUC_USER)
+            .attr("affiliation", aff.name())
+            .attr("role", "none");
+        if let Some(j) = jid {
+            item.set_attr("jid", j);
+        }
+        let mut x = Element::new("x", NS_MUC_USER).child(item);
+        for c in codes {
+            x = x.child(status(*c));
+        }
+        Element::new("presence", NS_CLIENT)
+            .attr("from", self.occupant_jid(nick))
+            .attr("type", "unavailable")
+            .child(x)
+    }
+
+    /// Sends `el` (no `to`) to every occupant.
+    fn broadcast_el(&self, server: &Server, el: Element) {
+        let s = Spliced::of(&el);
+        for o in self.occupants.values() {
+            send_raw(server, &o.jid, &s.to(&o.jid));
+        }
+    }
+
+    async fn presence(&mut self, server: &Server, el: &Element) -> Result<(), StanzaError> {
+        let from = el.get_attr("from").unwrap_or_default().to_owned();
+        let to = el.get_attr("to").unwrap_or_default();
+        let nick = split(to).1.map(str::to_owned);
+        let current = self.by_jid.get(&from).cloned();
+        match el.get_attr("type") {
+            None => {}
+            Some("unavailable") => {
+                if let Some(cur) = current {
+                    self.leave(server, &cur, el, &[]).await?;
+                }
+                return Ok(());
+            }
+            Some("error") => {
+                // XEP-0045 §7.2.? : an error from an occupant's client means
+                // it is gone (status 333).
+                if let Some(cur) = current {
+                    self.leave(server, &cur, el, &[333]).await?;
+                }
+                return Ok(());
+            }
+            // Subscriptions and probes to a room: nothing to do.
+            _ => return Ok(()),
+        }
+        let Some(nick) = nick.filter(|n| valid_nick(n)) else {
+            return Err(StanzaError::with_text(
+                Condition::JidMalformed,
+                "a room nickname is required",
+            ));
+        };
+        match current {
+            Some(cur) if cur == nick => self.update_presence(server, &nick, el).await,
+            Some(cur) => self.change_nick(server, &cur, &nick, el).await,
+            None => self.join(server, &from, &nick, el).await,
+        }
+    }
+
+    async fn join(
+        &mut self,
+        server: &Server,
+        from: &str,
+        nick: &str,
+        el: &Element,
+    ) -> Result<(), StanzaError> {
+        let bare = split(from).0.to_owned();
+        let x = el.get_child("x", NS_MUC);
+        let mut created = false;
+        if self.rec.is_none() {
+            let allowed = match server.config.muc.create {
+                crate::config::MucCreate::Anyone => {
+                    let domain = bare.rsplit_once('@').map_or("", |(_, d)| d);
+                    server.is_local(domain)
+                }
+                crate::config::MucCreate::Admins => server.config.muc.admins.contains(&bare),
+            };
+            if !allowed {
+                return Err(StanzaError::with_text(
+                    Condition::NotAllowed,
+                    "room creation is restricted",
+                ));
+            }
+            let mut affiliations = BTreeMap::new();
+            affiliations.insert(bare.clone(), Affiliation::Owner);
+            self.rec = Some(RoomRecord {
+                config: RoomConfig::new(server),
+                affiliations,
+                subject: String::new(),
+                subject_by: String::new(),
+                // A client that does not speak MUC gets an instant room
+                // (XEP-0045 §10.1.1); others configure it first.
+                locked: x.is_some(),
+                salt: rand::random(),
+            });
+            created = true;
+        }
+        let rec = self.rec.as_ref().expect("room exists");
+        let aff = rec.affiliation(server, &bare);
+        if rec.locked && !created && aff != Affiliation::Owner {
+            return Err(StanzaError::with_text(
+                Condition::ItemNotFound,
+                "the room is locked until its owner configures it",
+            ));
+        }
+        if aff == Affiliation::Outcast {
+            return Err(StanzaError::with_text(
+                Condition::Forbidden,
+                "you are banned",
+            ));
+        }
+        if rec.config.members_only && aff < Affiliation::Member {
+            return Err(StanzaError::with_text(
+                Condition::RegistrationRequired,
+                "the room is members-only",
+            ));
+        }
+        if let Some(pw) = &rec.config.password
+            && !created
+        {
+            let given = x.and_then(|x| x.child_text("password", NS_MUC));
+            if given.as_deref() != Some(pw.as_str()) {
+                return Err(StanzaError::with_text(
+                    Condition::NotAuthorized,
+                    "a password is required",
+                ));
+            }
+        }
+        if rec.config.max_users > 0
+            && self.occupants.len() >= rec.config.max_users as usize
+            && aff < Affiliation::Admin
+        {
+            return Err(StanzaError::with_text(
+                Condition::ServiceUnavailable,
+                "the room is full",
+            ));
+        }
+        if self.occupants.contains_key(nick) {
+            return Err(StanzaError::with_text(
+                Condition::Conflict,
+                "that nickname is taken",
+            ));
+        }
+        let role = self.default_role(aff);
+        let (b, r) = split(from);
+        let at = r.and_then(|r| server.router.find(b, r));
+        let occ = Occupant {
+            jid: from.to_owned(),
+            role,
+            presence: presence_payload(el),
+            at,
+        };
+        let record = occ.record();
+        self.occupants.insert(nick.to_owned(), occ);
+        self.by_jid.insert(from.to_owned(), nick.to_owned());
+        if let Err(e) = self.save(server, created, &[(nick, Some(record))]).await {
+            self.occupants.remove(nick);
+            self.by_jid.remove(from);
+            if created {
+                self.rec = None;
+            }
+            return Err(e);
+        }
+        metrics::counter!("starling_muc_joins_total").increment(1);
+        // Existing occupants to the newcomer first.
+        let moderator = role == Role::Moderator;
+        for n in self.occupants.keys() {
+            if n != nick {
+                let p = self.presence_of(server, n, moderator || self.whois_anyone());
+                send_el(server, from, p);
+            }
+        }
+        // Its own presence to everyone, itself last with its codes.
+        let mut self_codes = Vec::new();
+        if self.whois_anyone() {
+            self_codes.push(100);
+        }
+        if self.config().is_some_and(|c| c.logging) {
+            self_codes.push(170);
+        }
+        if created {
+            self_codes.push(201);
+        }
+        self.broadcast_presence(server, nick, &[], &self_codes, None);
+        if !created {
+            self.send_history(server, from, x.and_then(|x| x.get_child("history", NS_MUC)))?;
+        }
+        // The subject, always (XEP-0045 §7.2.15), even an empty one.
+        let rec = self.rec.as_ref().expect("room exists");
+        let subject_from = if rec.subject_by.is_empty() {
+            self.jid.clone()
+        } else {
+            self.occupant_jid(&rec.subject_by)
+        };
+        let subj = Element::new("message", NS_CLIENT)
+            .attr("type", "groupchat")
+            .attr("from", subject_from)
+            .attr("id", crate::stream::new_id())
+            .child(Element::new("subject", NS_CLIENT).text(rec.subject.clone()));
+        send_el(server, from, subj);
+        Ok(())
+    }
+
+    async fn update_presence(
+        &mut self,
+        server: &Server,
+        nick: &str,
+        el: &Element,
+    ) -> Result<(), StanzaError> {
+        let payload = presence_payload(el);
+        let occ = self.occupants.get_mut(nick).expect("occupant");
+        occ.presence = payload;
+        let record = occ.record();
+        self.save(server, false, &[(nick, Some(record))]).await?;
+        self.broadcast_presence(server, nick, &[], &[], None);
+        Ok(())
+    }
+
+    async fn change_nick(
+        &mut self,
+        server: &Server,
+        old: &str,
+        new: &str,
+        el: &Element,
+    ) -> Result<(), StanzaError> {
+        if self.occupants.contains_key(new) {
+            return Err(StanzaError::with_text(
+                Condition::Conflict,
+                "that nickname is taken",
+            ));
+        }
+        let mut occ = self.occupants.remove(old).expect("occupant");
+        occ.presence = presence_payload(el);
+        let aff = self.affiliation(server, occ.bare());
+        let jid = occ.jid.clone();
+        let record = occ.record();
+        // Unavailable from the old nick with 303 and the new nick.
+        for o in self.occupants.values().chain(std::iter::once(&occ)) {
+            let with_jid = self.whois_anyone() || o.role == Role::Moderator;
+            let mut item = Element::new("item", NS_MUC_USER)
+                .attr("affiliation", aff.name())
+                .attr("role", occ.role.name())
+                .attr("nick", new);
+            if with_jid {
+                item.set_attr("jid", jid.as_str());
+            }
+            let mut x = Element::new("x", NS_MUC_USER)
+                .child(item)
+                .child(status(303));
+            if o.jid == jid {
+                x = x.child(status(110));
+            }
+            let p = Element::new("presence", NS_CLIENT)
+                .attr("from", self.occupant_jid(old))
+                .attr("type", "unavailable")
+                .child(x);
+            send_el(server, &o.jid, p);
+        }
+        self.occupants.insert(new.to_owned(), occ);
+        self.by_jid.insert(jid, new.to_owned());
+        self.save(server, false, &[(old, None), (new, Some(record))])
+            .await?;
+        self.broadcast_presence(server, new, &[], &[], None);
+        Ok(())
+    }
+
+    /// `nick` leaves (its own unavailable presence, or `codes` say why).
+    async fn leave(
+        &mut self,
+        server: &Server,
+        nick: &str,
+        el: &Element,
+        codes: &[u16],
+    ) -> Result<(), StanzaError> {
+        let Some(occ) = self.occupants.remove(nick) else {
+            return Ok(());
+        };
+        self.by_jid.remove(&occ.jid);
+        let aff = self.affiliation(server, occ.bare());
+        let payload: Vec<Element> = el
+            .elements()
+            .filter(|e| e.is("status", NS_CLIENT))
+            .cloned()
+            .collect();
+        for o in self.occupants.values().chain(std::iter::once(&occ)) {
+            let with_jid = self.whois_anyone() || o.role == Role::Moderator;
+            let mut p = self.unavailable_item(
+                server,
+                nick,
+                with_jid.then_some(occ.jid.as_str()),
+                aff,
+                codes,
+            );
+            for s in &payload {
+                p.children.insert(0, Node::Element(s.clone()));
+            }
+            if o.jid == occ.jid
+                && let Some(x) = p.get_child_mut("x", NS_MUC_USER)
+            {
+                x.children.push(Node::Element(status(110)));
+            }
+            send_el(server, &o.jid, p);
+        }
+        self.after_leave(server, &[nick]).await
+    }
+
+    /// Writes occupants' departures; an empty temporary room goes.
+    async fn after_leave(&mut self, server: &Server, nicks: &[&str]) -> Result<(), StanzaError> {
+        if self.occupants.is_empty() && self.config().is_some_and(|c| !c.persistent) {
+            server.storage.muc_destroy(&self.jid).await?;
+            self.rec = None;
+            self.gone = true;
+            return Ok(());
+        }
+        let changes: Vec<(&str, Option<OccupantRecord>)> =
+            nicks.iter().map(|n| (*n, None)).collect();
+        self.save(server, false, &changes).await
+    }
+
+    // -------------------------------------------------------- history
+
+    fn send_history(
+        &self,
+        server: &Server,
+        to: &str,
+        history: Option<&Element>,
+    ) -> Result<(), StanzaError> {
+        let max = server.config.muc.max_history;
+        let attr_num = |name: &str| -> Option<usize> {
+            history
+                .and_then(|h| h.get_attr(name))
+                .and_then(|v| v.trim().parse().ok())
+        };
+        let maxstanzas = attr_num("maxstanzas").map_or(max, |n| n.min(max));
+        if maxstanzas == 0 {
+            return Ok(());
+        }
+        let maxchars = attr_num("maxchars");
+        if maxchars == Some(0) {
+            return Ok(());
+        }
+        let now = chrono::Utc::now().timestamp_micros();
+        let mut lo_micros = attr_num("seconds").map(|s| now - (s as i64) * 1_000_000);
+        if let Some(since) = history.and_then(|h| h.get_attr("since"))
+            && let Ok(t) = chrono::DateTime::parse_from_rfc3339(since)
+        {
+            let t = t.timestamp_micros();
+            lo_micros = Some(lo_micros.map_or(t, |l| l.max(t)));
+        }
+        let items = server
+            .storage
+            .archive_range(&self.jid, 0, u64::MAX, true, maxstanzas)?;
+        let mut chosen: Vec<String> = Vec::new();
+        let mut chars = 0usize;
+        for (id, m) in items {
+            if lo_micros.is_some_and(|lo| mam::id_micros(id) < lo) {
+                break;
+            }
+            let Some(mut el) = crate::stanza::parse_serialised(&m.xml) else {
+                continue;
+            };
+            el.set_attr("to", to);
+            el.children.push(Node::Element(
+                Element::new("delay", NS_DELAY)
+                    .attr("xmlns", NS_DELAY)
+                    .attr("from", self.jid.as_str())
+                    .attr("stamp", mam::stamp(id)),
+            ));
+            el.attrs.retain(|(k, _)| k != "xmlns");
+            if let Some(Node::Element(d)) = el.children.last_mut() {
+                d.attrs.retain(|(k, _)| k != "xmlns");
+            }
+            let xml = el.to_stream_xml(NS_CLIENT);
+            if let Some(mc) = maxchars {
+                chars += xml.chars().count();
+                if chars > mc {
+                    break;
+                }
+            }
+            chosen.push(xml);
+        }
+        for xml in chosen.into_iter().rev() {
+            send_raw(server, to, &xml.into());
+        }
+        Ok(())
+    }
+
+    // -------------------------------------------------------- messages
+
+    async fn message(&mut self, server: &Server, el: &Element) -> Result<(), StanzaError> {
+        let from = el.get_attr("from").unwrap_or_default().to_owned();
+        let to = el.get_attr("to").unwrap_or_default();
+        let mtype = el.get_attr("type").unwrap_or("normal");
+        if mtype == "error" {
+            return Ok(());
+        }
+        if self.rec.is_none() {
+            return Err(err(Condition::ItemNotFound));
+        }
+        let sender = self.by_jid.get(&from).cloned();
+        if let Some(target) = split(to).1 {
+            return self.private_message(server, el, sender.as_deref(), target);
+        }
+        if mtype == "groupchat" {
+            let Some(nick) = sender else {
+                return Err(StanzaError::with_text(
+                    Condition::NotAcceptable,
+                    "only occupants may send messages to the room",
+                ));
+            };
+            return self.groupchat(server, el, &nick).await;
+        }
+        if let Some(x) = el.get_child("x", NS_MUC_USER) {
+            if let Some(inv) = x.get_child("invite", NS_MUC_USER) {
+                return self.invite(server, el, inv, sender.as_deref()).await;
+            }
+            if let Some(dec) = x.get_child("decline", NS_MUC_USER) {
+                return self.decline(server, &from, dec);
+            }
+        }
+        Err(StanzaError::with_text(
+            Condition::BadRequest,
+            "messages to the room are of type groupchat",
+        ))
+    }
+
+    async fn groupchat(
+        &mut self,
+        server: &Server,
+        el: &Element,
+        nick: &str,
+    ) -> Result<(), StanzaError> {
+        let role = self.occupants[nick].role;
+        if role < Role::Participant {
+            return Err(StanzaError::with_text(
+                Condition::Forbidden,
+                "visitors may not speak in a moderated room",
+            ));
+        }
+        let has_body = el.has_child("body", NS_CLIENT);
+        if let Some(subject) = el.get_child("subject", NS_CLIENT)
+            && !has_body
+        {
+            let allowed =
+                role == Role::Moderator || self.config().is_some_and(|c| c.change_subject);
+            if !allowed {
+                return Err(StanzaError::with_text(
+                    Condition::Forbidden,
+                    "you may not change the subject",
+                ));
+            }
+            let text = subject.text_content();
+            {
+                let rec = self.rec.as_mut().expect("room");
+                rec.subject = text;
+                rec.subject_by = nick.to_owned();
+            }
+            self.save(server, true, &[]).await?;
+            let mut out = reflected(el, &self.occupant_jid(nick));
+            out.children
+                .retain(|c| matches!(c, Node::Element(e) if e.is("subject", NS_CLIENT)));
+            self.broadcast_el(server, out);
+            return Ok(());
+        }
+        let bare = split(&self.occupants[nick].jid).0.to_owned();
+        let mut out = reflected(el, &self.occupant_jid(nick));
+        out.children.push(Node::Element(
+            Element::new("occupant-id", NS_OCCUPANT_ID).attr("id", self.occupant_id(&bare)),
+        ));
+        // Archived (durably) before anyone gets it: it is the history and
+        // the room's XEP-0313 archive, and survives the node.
+        let spliced = self.archive(server, &mut out, nick).await?;
+        self.fan_out(server, &spliced);
+        metrics::counter!("starling_muc_messages_total").increment(1);
+        Ok(())
+    }
+
+    /// Archives a reflected message under the room's JID with a new
+    /// stanza-id; returns it serialised for the fan-out.
+    async fn archive(
+        &self,
+        server: &Server,
+        out: &mut Element,
+        nick: &str,
+    ) -> Result<Spliced, StanzaError> {
+        for _ in 0..8 {
+            let id = mam::next_id(server.storage.store.node_id());
+            out.children.push(Node::Element(
+                Element::new("stanza-id", mam::NS_SID)
+                    .attr("by", self.jid.as_str())
+                    .attr("id", mam::encode_id(id)),
+            ));
+            let spliced = Spliced::of(out);
+            let record = ArchivedMessage {
+                outgoing: false,
+                with: self.jid.clone(),
+                with_resource: Some(nick.to_owned()),
+                xml: spliced.without_to(),
+            };
+            if server
+                .storage
+                .archive(&[(self.jid.as_str(), id, &record)])
+                .await?
+            {
+                return Ok(spliced);
+            }
+            out.children.pop();
+        }
+        Err(err(Condition::InternalServerError))
+    }
+
+    /// Sends one serialised message to every occupant: into the mailbox of
+    /// this node's sessions, one envelope per other node.
+    fn fan_out(&mut self, server: &Server, s: &Spliced) {
+        let mut remote: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+        for o in self.occupants.values_mut() {
+            if o.at.is_none() {
+                let (b, r) = split(&o.jid);
+                o.at = r.and_then(|r| server.router.find(b, r));
+            }
+            match &o.at {
+                Some(At::Here(h)) => {
+                    if !h.send_shared(&s.to(&o.jid)) {
+                        o.at = None;
+                    }
+                }
+                Some(At::Node { node, .. }) => remote.entry(*node).or_default().push(o.jid.clone()),
+                None => {}
+            }
+        }
+        for (node, recipients) in remote {
+            let env = Envelope {
+                kind: KIND_FANOUT,
+                stanza: s.prefix.as_bytes().to_vec(),
+                suffix: s.suffix.as_bytes().to_vec(),
+                recipients,
+                ..Envelope::default()
+            };
+            if let Err(e) = server.storage.store.deliver(node, env) {
+                tracing::debug!(node, error = %e, "room fan-out to a node failed");
+            }
+        }
+    }
+
+    fn private_message(
+        &self,
+        server: &Server,
+        el: &Element,
+        sender: Option<&str>,
+        target: &str,
+    ) -> Result<(), StanzaError> {
+        let Some(sender) = sender else {
+            return Err(StanzaError::with_text(
+                Condition::NotAcceptable,
+                "only occupants may send private messages",
+            ));
+        };
+        if el.get_attr("type") == Some("groupchat") {
+            return Err(StanzaError::with_text(
+                Condition::BadRequest,
+                "a private message is not of type groupchat",
+            ));
+        }
+        let Some(t) = self.occupants.get(target) else {
+            return Err(err(Condition::ItemNotFound));
+        };
+        let role = self.occupants[sender].role;
+        let allowed = match self.config().map_or(AllowPm::Anyone, |c| c.allow_pm) {
+            AllowPm::Anyone => true,
+            AllowPm::Participants => role >= Role::Participant,
+            AllowPm::Moderators => role == Role::Moderator,
+            AllowPm::Nobody => false,
+        };
+        if !allowed {
+            return Err(StanzaError::with_text(
+                Condition::Forbidden,
+                "private messages are not allowed here",
+            ));
+        }
+        let mut out = el.clone();
+        out.set_attr("from", self.occupant_jid(sender));
+        if !out.has_child("x", NS_MUC_USER) {
+            out.children
+                .push(Node::Element(Element::new("x", NS_MUC_USER)));
+        }
+        send_el(server, &t.jid, out);
+        Ok(())
+    }
+
+    /// A mediated invitation (XEP-0045 §7.8.2).
+    async fn invite(
+        &mut self,
+        server: &Server,
+        el: &Element,
+        inv: &Element,
+        sender: Option<&str>,
+    ) -> Result<(), StanzaError> {
+        let from = el.get_attr("from").unwrap_or_default();
+        let Some(sender) = sender else {
+            return Err(StanzaError::with_text(
+                Condition::NotAcceptable,
+                "only occupants may invite",
+            ));
+        };
+        let Some(to) = inv.get_attr("to").and_then(|t| jid::Jid::new(t).ok()) else {
+            return Err(StanzaError::with_text(
+                Condition::JidMalformed,
+                "invite to whom?",
+            ));
+        };
+        let to = to.to_string();
+        let bare = split(from).0;
+        let aff = self.affiliation(server, bare);
+        let cfg = self.config().expect("room").clone();
+        if cfg.members_only && !cfg.allow_invites && aff < Affiliation::Admin {
+            return Err(StanzaError::with_text(
+                Condition::Forbidden,
+                "only admins may invite to this room",
+            ));
+        }
+        let _ = sender;
+        // In a members-only room the invitee becomes a member.
+        let invitee = split(&to).0.to_owned();
+        if cfg.members_only && self.affiliation(server, &invitee) == Affiliation::None {
+            self.rec
+                .as_mut()
+                .expect("room")
+                .affiliations
+                .insert(invitee, Affiliation::Member);
+            self.save(server, true, &[]).await?;
+        }
+        let mut i = Element::new("invite", NS_MUC_USER).attr("from", from);
+        if let Some(r) = inv.get_child("reason", NS_MUC_USER) {
+            i = i.child(r.clone());
+        }
+        let mut x = Element::new("x", NS_MUC_USER).child(i);
+        if let Some(pw) = &cfg.password {
+            x = x.child(Element::new("password", NS_MUC_USER).text(pw.clone()));
+        }
+        let mut m = Element::new("message", NS_CLIENT)
+            .attr("from", self.jid.as_str())
+            .attr("to", to.as_str())
+            .child(x);
+        if let Some(id) = el.get_attr("id") {
+            m.set_attr("id", id);
+        }
+        route_out(server, m).await;
+        Ok(())
+    }
+
+    fn decline(&self, server: &Server, from: &str, dec: &Element) -> Result<(), StanzaError> {
+        let Some(to) = dec.get_attr("to").and_then(|t| jid::Jid::new(t).ok()) else {
+            return Err(StanzaError::with_text(
+                Condition::JidMalformed,
+                "decline to whom?",
+            ));
+        };
+        let mut d = Element::new("decline", NS_MUC_USER).attr("from", split(from).0);
+        if let Some(r) = dec.get_child("reason", NS_MUC_USER) {
+            d = d.child(r.clone());
+        }
+        let m = Element::new("message", NS_CLIENT)
+            .attr("from", self.jid.as_str())
+            .attr("to", to.to_string())
+            .child(Element::new("x", NS_MUC_USER).child(d));
+        let server_ptr = server.services.server();
+        if let Some(s) = server_ptr {
+            actix_rt::spawn(async move { route_out(&s, m).await });
+        }
+        Ok(())
+    }
+
+    // -------------------------------------------------------- IQ
+
+    async fn iq(&mut self, server: &Server, el: &Element) -> Result<(), StanzaError> {
+        let from = el.get_attr("from").unwrap_or_default().to_owned();
+        let to = el.get_attr("to").unwrap_or_default();
+        let itype = el.get_attr("type").unwrap_or_default();
+        let request = matches!(itype, "get" | "set");
+        let sender = self.by_jid.get(&from).cloned();
+        if let Some(target) = split(to).1 {
+            return self.occupant_iq(server, el, sender.as_deref(), target, request);
+        }
+        if !request {
+            return Ok(());
+        }
+        let Some(payload) = el.elements().next() else {
+            return Err(err(Condition::BadRequest));
+        };
+        let set = itype == "set";
+        if self.rec.is_none() {
+            return Err(err(Condition::ItemNotFound));
+        }
+        let reply = match (payload.name.as_str(), payload.ns.as_str(), set) {
+            ("query", NS_INFO, false) => {
+                if payload.get_attr("node").is_some() {
+                    return Err(err(Condition::ItemNotFound));
+                }
+                Some(self.disco_info(server))
+            }
+            ("query", NS_ITEMS, false) => Some(Element::new("query", NS_ITEMS)),
+            ("ping", NS_PING, false) => None,
+            ("query", NS_MUC_OWNER, _) => match self.owner_iq(server, &from, payload, set).await? {
+                Reply::Sent => return Ok(()),
+                Reply::Payload(p) => p,
+            },
+            ("query", NS_MUC_ADMIN, _) => self.admin_iq(server, &from, payload, set).await?,
+            _ => return Err(err(Condition::ServiceUnavailable)),
+        };
+        send_el(server, &from, iq_result(el, reply));
+        Ok(())
+    }
+
+    /// An IQ to an occupant JID: XEP-0410 self-ping, or passed on to the
+    /// occupant (requests from occupants, and the answers to them).
+    fn occupant_iq(
+        &self,
+        server: &Server,
+        el: &Element,
+        sender: Option<&str>,
+        target: &str,
+        request: bool,
+    ) -> Result<(), StanzaError> {
+        let Some(sender) = sender else {
+            return if request {
+                Err(StanzaError::with_text(
+                    Condition::NotAcceptable,
+                    "you are not an occupant of this room",
+                ))
+            } else {
+                Ok(())
+            };
+        };
+        let Some(t) = self.occupants.get(target) else {
+            return if request {
+                Err(err(Condition::ItemNotFound))
+            } else {
+                Ok(())
+            };
+        };
+        if target == sender && request && el.has_child("ping", NS_PING) {
+            // XEP-0410: the room answers a ping to one's own occupant JID.
+            send_el(server, &t.jid, iq_result(el, None));
+            return Ok(());
+        }
+        let mut out = el.clone();
+        out.set_attr("from", self.occupant_jid(sender));
+        send_el(server, &t.jid, out);
+        Ok(())
+    }
+
+    fn disco_info(&self, server: &Server) -> Element {
+        let rec = self.rec.as_ref().expect("room");
+        let c = &rec.config;
+        let name = if c.name.is_empty() {
+            self.jid.split('@').next().unwrap_or_default().to_owned()
+        } else {
+            c.name.clone()
+        };
+        let mut q = Element::new("query", NS_INFO).child(
+            Element::new("identity", NS_INFO)
+                .attr("category", "conference")
+                .attr("type", "text")
+                .attr("name", name.clone()),
+        );
+        let mut features = vec![
+            NS_MUC,
+            if c.persistent {
+                "muc_persistent"
+            } else {
+                "muc_temporary"
+            },
+            if c.members_only {
+                "muc_membersonly"
+            } else {
+                "muc_open"
+            },
+            if c.moderated {
+                "muc_moderated"
+            } else {
+                "muc_unmoderated"
+            },
+            if c.password.is_some() {
+                "muc_passwordprotected"
+            } else {
+                "muc_unsecured"
+            },
+            if c.public { "muc_public" } else { "muc_hidden" },
+            if c.whois_anyone {
+                "muc_nonanonymous"
+            } else {
+                "muc_semianonymous"
+            },
+            NS_OCCUPANT_ID,
+            "http://jabber.org/protocol/muc#self-ping-optimization",
+            "http://jabber.org/protocol/muc#stable_id",
+            mam::NS_SID,
+            NS_INFO,
+        ];
+        if server.config.mam.enabled {
+            features.push(mam::NS_MAM);
+        }
+        for f in features {
+            q = q.child(Element::new("feature", NS_INFO).attr("var", f));
+        }
+        let count = self.occupants.len().to_string();
+        let x = Element::new("x", NS_DATA)
+            .attr("type", "result")
+            .child(hidden_field("FORM_TYPE", NS_ROOMINFO))
+            .child(text_field(
+                "muc#roominfo_description",
+                "Description",
+                &c.desc,
+            ))
+            .child(text_field("muc#roominfo_subject", "Subject", &rec.subject))
+            .child(text_field(
+                "muc#roominfo_occupants",
+                "Number of occupants",
+                &count,
+            ))
+            .child(text_field("muc#roomconfig_roomname", "Name", &name))
+            .child(bool_field(
+                "muc#roominfo_subjectmod",
+                "Occupants may change the subject",
+                c.change_subject,
+            ));
+        q.child(x)
+    }
+
+    // -------------------------------------------------------- owner
+
+    async fn owner_iq(
+        &mut self,
+        server: &Server,
+        from: &str,
+        q: &Element,
+        set: bool,
+    ) -> Result<Reply, StanzaError> {
+        let bare = split(from).0;
+        if self.affiliation(server, bare) != Affiliation::Owner {
+            return Err(StanzaError::with_text(
+                Condition::Forbidden,
+                "only owners may configure the room",
+            ));
+        }
+        if !set {
+            return Ok(Reply::Payload(Some(
+                Element::new("query", NS_MUC_OWNER).child(self.config_form(server)),
+            )));
+        }
+        if let Some(d) = q.get_child("destroy", NS_MUC_OWNER) {
+            self.destroy(server, d).await?;
+            return Ok(Reply::Payload(None));
+        }
+        let Some(x) = q.get_child("x", NS_DATA) else {
+            return Err(err(Condition::BadRequest));
+        };
+        match x.get_attr("type") {
+            Some("submit") => {
+                let was_locked = self.rec.as_ref().is_some_and(|r| r.locked);
+                let old = self.config().cloned().expect("room");
+                let mut rec = self.rec.clone().expect("room");
+                apply_form(server, &mut rec, x)?;
+                rec.locked = false;
+                let now_private = rec.config.whois_anyone != old.whois_anyone;
+                let logging_changed = rec.config.logging != old.logging;
+                let new_cfg = rec.config.clone();
+                self.rec = Some(rec);
+                self.save(server, true, &[]).await?;
+                if !was_locked {
+                    let mut codes = vec![104];
+                    if now_private {
+                        codes.push(if new_cfg.whois_anyone { 172 } else { 173 });
+                    }
+                    if logging_changed {
+                        codes.push(if new_cfg.logging { 170 } else { 171 });
+                    }
+                    let mut x = Element::new("x", NS_MUC_USER);
+                    for c in codes {
+                        x = x.child(status(c));
+                    }
+                    let m = Element::new("message", NS_CLIENT)
+                        .attr("type", "groupchat")
+                        .attr("from", self.jid.as_str())
+                        .attr("id", crate::stream::new_id())
+                        .child(x);
+                    self.broadcast_el(server, m);
+                }
+                Ok(Reply::Payload(None))
+            }
+            Some("cancel") => {
+                // Cancelling the initial configuration destroys the room
+                // (XEP-0045 §10.1.3).
+                if self.rec.as_ref().is_some_and(|r| r.locked) {
+                    let d = Element::new("destroy", NS_MUC_OWNER);
+                    self.destroy(server, &d).await?;
+                }
+                Ok(Reply::Payload(None))
+            }
+            _ => Err(err(Condition::BadRequest)),
+        }
+    }
+
+    fn config_form(&self, server: &Server) -> Element {
+        let rec = self.rec.as_ref().expect("room");
+        let c = &rec.config;
+        let jids = |a: Affiliation| -> Vec<String> {
+            rec.affiliations
+                .iter()
+                .filter(|(_, x)| **x == a)
+                .map(|(j, _)| j.clone())
+                .collect()
+        };
+        let maxusers = if c.max_users == 0 {
+            "none".to_owned()
+        } else {
+            c.max_users.to_string()
+        };
+        let mut max_opts: Vec<String> = ["10", "20", "30", "50", "100", "200", "500", "1000"]
+            .iter()
+            .filter(|v| v.parse::<u32>().unwrap_or(0) <= server.config.muc.max_users_limit)
+            .map(|v| v.to_string())
+            .collect();
+        if !max_opts.contains(&maxusers) && maxusers != "none" {
+            max_opts.push(maxusers.clone());
+        }
+        Element::new("x", NS_DATA)
+            .attr("type", "form")
+            .child(Element::new("title", NS_DATA).text(format!("Configuration of {}", self.jid)))
+            .child(hidden_field("FORM_TYPE", NS_ROOMCONFIG))
+            .child(text_field("muc#roomconfig_roomname", "Name", &c.name))
+            .child(text_field(
+                "muc#roomconfig_roomdesc",
+                "Description",
+                &c.desc,
+            ))
+            .child(bool_field(
+                "muc#roomconfig_persistentroom",
+                "Persistent",
+                c.persistent,
+            ))
+            .child(bool_field(
+                "muc#roomconfig_publicroom",
+                "Public (listed)",
+                c.public,
+            ))
+            .child(bool_field(
+                "muc#roomconfig_membersonly",
+                "Members only",
+                c.members_only,
+            ))
+            .child(bool_field(
+                "muc#roomconfig_moderatedroom",
+                "Moderated",
+                c.moderated,
+            ))
+            .child(bool_field(
+                "muc#roomconfig_passwordprotectedroom",
+                "Password protected",
+                c.password.is_some(),
+            ))
+            .child(
+                Element::new("field", NS_DATA)
+                    .attr("var", "muc#roomconfig_roomsecret")
+                    .attr("type", "text-private")
+                    .attr("label", "Password")
+                    .child(value(c.password.as_deref().unwrap_or_default())),
+            )
+            .child(list_field(
+                "muc#roomconfig_maxusers",
+                "Maximum occupants",
+                &maxusers,
+                &max_opts
+                    .iter()
+                    .map(String::as_str)
+                    .chain(["none"])
+                    .collect::<Vec<_>>(),
+            ))
+            .child(list_field(
+                "muc#roomconfig_whois",
+                "Who may discover real JIDs",
+                if c.whois_anyone {
+                    "anyone"
+                } else {
+                    "moderators"
+                },
+                &["moderators", "anyone"],
+            ))
+            .child(bool_field(
+                "muc#roomconfig_changesubject",
+                "Occupants may change the subject",
+                c.change_subject,
+            ))
+            .child(list_field(
+                "muc#roomconfig_allowpm",
+                "Who may send private messages",
+                c.allow_pm.name(),
+                &["anyone", "participants", "moderators", "none"],
+            ))
+            .child(bool_field(
+                "muc#roomconfig_allowinvites",
+                "Occupants may invite",
+                c.allow_invites,
+            ))
+            .child(bool_field(
+                "muc#roomconfig_enablelogging",
+                "Public logging",
+                c.logging,
+            ))
+            .child(jid_multi(
+                "muc#roomconfig_roomowners",
+                "Owners",
+                &jids(Affiliation::Owner),
+            ))
+            .child(jid_multi(
+                "muc#roomconfig_roomadmins",
+                "Admins",
+                &jids(Affiliation::Admin),
+            ))
+    }
+
+    async fn destroy(&mut self, server: &Server, d: &Element) -> Result<(), StanzaError> {
+        let mut dest = Element::new("destroy", NS_MUC_USER);
+        if let Some(j) = d.get_attr("jid") {
+            let j = jid::Jid::new(j).map_err(|_| err(Condition::JidMalformed))?;
+            dest.set_attr("jid", j.to_string());
+        }
+        if let Some(r) = d.get_child("reason", NS_MUC_OWNER) {
+            dest = dest.child(Element::new("reason", NS_MUC_USER).text(r.text_content()));
+        }
+        if let Some(p) = d.get_child("password", NS_MUC_OWNER) {
+            dest = dest.child(Element::new("password", NS_MUC_USER).text(p.text_content()));
+        }
+        server.storage.muc_destroy(&self.jid).await?;
+        for (nick, o) in &self.occupants {
+            let aff = self.affiliation(server, o.bare());
+            let mut x = Element::new("x", NS_MUC_USER)
+                .child(
+                    Element::new("item", NS_MUC_USER)
+                        .attr("affiliation", aff.name())
+                        .attr("role", "none"),
+                )
+                .child(dest.clone());
+            x = x.child(status(110));
+            let p = Element::new("presence", NS_CLIENT)
+                .attr("from", self.occupant_jid(nick))
+                .attr("type", "unavailable")
+                .child(x);
+            send_el(server, &o.jid, p);
+        }
+        self.occupants.clear();
+        self.by_jid.clear();
+        self.rec = None;
+        self.gone = true;
+        metrics::counter!("starling_muc_destroyed_total").increment(1);
+        Ok(())
+    }
+
+    // -------------------------------------------------------- admin
+
+    async fn admin_iq(
+        &mut self,
+        server: &Server,
+        from: &str,
+        q: &Element,
+        set: bool,
+    ) -> Result<Option<Element>, StanzaError> {
+        let bare = split(from).0.to_owned();
+        let my_aff = self.affiliation(server, &bare);
+        let my_role = self
+            .by_jid
+            .get(from)
+            .map_or(Role::None, |n| self.occupants[n].role);
+        let items: Vec<&Element> = q
+            .elements()
+            .filter(|e| e.is("item", NS_MUC_ADMIN))
+            .collect();
+        if items.is_empty() {
+            return Err(err(Condition::BadRequest));
+        }
+        if !set {
+            let [item] = items.as_slice() else {
+                return Err(err(Condition::BadRequest));
+            };
+            return self.admin_list(server, item, my_aff, my_role).map(Some);
+        }
+        // Checked all first, then applied together.
+        let mut changes: Vec<Change> = Vec::new();
+        for item in &items {
+            changes.push(self.check_change(server, item, &bare, my_aff, my_role)?);
+        }
+        self.apply_changes(server, &bare, changes).await?;
+        Ok(None)
+    }
+
+    fn admin_list(
+        &self,
+        server: &Server,
+        item: &Element,
+        my_aff: Affiliation,
+        my_role: Role,
+    ) -> Result<Element, StanzaError> {
+        let mut q = Element::new("query", NS_MUC_ADMIN);
+        if let Some(a) = item.get_attr("affiliation") {
+            let a = Affiliation::parse(a).ok_or_else(|| err(Condition::BadRequest))?;
+            let needed = match a {
+                Affiliation::Owner | Affiliation::Admin => Affiliation::Admin,
+                _ => Affiliation::Admin,
+            };
+            if a == Affiliation::None {
+                return Err(err(Condition::BadRequest));
+            }
+            if my_aff < needed {
+                return Err(err(Condition::Forbidden));
+            }
+            let rec = self.rec.as_ref().expect("room");
+            for (j, x) in &rec.affiliations {
+                if *x == a {
+                    let mut it = Element::new("item", NS_MUC_ADMIN)
+                        .attr("affiliation", a.name())
+                        .attr("jid", j.as_str());
+                    if let Some((n, o)) = self.occupants.iter().find(|(_, o)| o.bare() == j) {
+                        it.set_attr("nick", n.as_str());
+                        it.set_attr("role", o.role.name());
+                    }
+                    q = q.child(it);
+                }
+            }
+            return Ok(q);
+        }
+        if let Some(r) = item.get_attr("role") {
+            let r = Role::parse(r).ok_or_else(|| err(Condition::BadRequest))?;
+            if my_role != Role::Moderator {
+                return Err(err(Condition::Forbidden));
+            }
+            for (n, o) in &self.occupants {
+                if o.role == r {
+                    q = q.child(
+                        Element::new("item", NS_MUC_ADMIN)
+                            .attr("role", r.name())
+                            .attr("nick", n.as_str())
+                            .attr("jid", o.jid.as_str())
+                            .attr("affiliation", self.affiliation(server, o.bare()).name()),
+                    );
+                }
+            }
+            return Ok(q);
+        }
+        Err(err(Condition::BadRequest))
+    }
+
+    fn check_change(
+        &self,
+        server: &Server,
+        item: &Element,
+        me: &str,
+        my_aff: Affiliation,
+        my_role: Role,
+    ) -> Result<Change, StanzaError> {
+        let reason = item.child_text("reason", NS_MUC_ADMIN);
+        if let Some(r) = item.get_attr("role") {
+            let role = Role::parse(r).ok_or_else(|| err(Condition::BadRequest))?;
+            let Some(nick) = item.get_attr("nick") else {
+                return Err(err(Condition::BadRequest));
+            };
+            let Some(o) = self.occupants.get(nick) else {
+                return Err(err(Condition::ItemNotFound));
+            };
+            let target_aff = self.affiliation(server, o.bare());
+            if my_role != Role::Moderator {
+                return Err(err(Condition::Forbidden));
+            }
+            if role == Role::Moderator {
+                if my_aff < Affiliation::Admin {
+                    return Err(err(Condition::Forbidden));
+                }
+            } else if target_aff >= Affiliation::Admin
+                || target_aff > my_aff
+                || (o.role == Role::Moderator && my_aff < Affiliation::Admin)
+            {
+                // A moderator may not kick, silence or demote an admin or
+                // owner, nor a moderator unless it is an admin (XEP-0045
+                // §8.2, §8.4, §9.7).
+                return Err(err(Condition::NotAllowed));
+            }
+            return Ok(Change::Role {
+                nick: nick.to_owned(),
+                role,
+                reason,
+            });
+        }
+        if let Some(a) = item.get_attr("affiliation") {
+            let aff = Affiliation::parse(a).ok_or_else(|| err(Condition::BadRequest))?;
+            let jid = match (item.get_attr("jid"), item.get_attr("nick")) {
+                (Some(j), _) => {
+                    let j = jid::Jid::new(j).map_err(|_| err(Condition::JidMalformed))?;
+                    j.to_bare().to_string()
+                }
+                (None, Some(n)) => match self.occupants.get(n) {
+                    Some(o) => o.bare().to_owned(),
+                    None => return Err(err(Condition::ItemNotFound)),
+                },
+                (None, None) => return Err(err(Condition::BadRequest)),
+            };
+            let current = self.affiliation(server, &jid);
+            let needed = match (aff, current) {
+                (Affiliation::Owner, _) | (_, Affiliation::Owner) => Affiliation::Owner,
+                (Affiliation::Admin, _) | (_, Affiliation::Admin) => Affiliation::Owner,
+                _ => Affiliation::Admin,
+            };
+            if my_aff < needed {
+                return Err(err(if my_aff >= Affiliation::Admin {
+                    Condition::NotAllowed
+                } else {
+                    Condition::Forbidden
+                }));
+            }
+            if server.config.muc.admins.iter().any(|a| *a == jid) && aff != Affiliation::Owner {
+                return Err(err(Condition::NotAllowed));
+            }
+            let _ = me;
+            return Ok(Change::Affiliation { jid, aff, reason });
+        }
+        Err(err(Condition::BadRequest))
+    }
+
+    async fn apply_changes(
+        &mut self,
+        server: &Server,
+        actor: &str,
+        changes: Vec<Change>,
+    ) -> Result<(), StanzaError> {
+        let mut rec = self.rec.clone().expect("room");
+        // Owners left after the changes: at least one (XEP-0045 §10.6).
+        for c in &changes {
+            if let Change::Affiliation { jid, aff, .. } = c {
+                if *aff == Affiliation::None {
+                    rec.affiliations.remove(jid);
+                } else {
+                    rec.affiliations.insert(jid.clone(), *aff);
+                }
+            }
+        }
+        let had_owner = self
+            .rec
+            .as_ref()
+            .is_some_and(|r| r.affiliations.values().any(|a| *a == Affiliation::Owner));
+        if had_owner && !rec.affiliations.values().any(|a| *a == Affiliation::Owner) {
+            return Err(StanzaError::with_text(
+                Condition::Conflict,
+                "the room must keep an owner",
+            ));
+        }
+        self.rec = Some(rec);
+        // What happens to occupants: new roles, or removal.
+        let mut removed: Vec<(String, Vec<u16>, Option<String>)> = Vec::new();
+        let mut changed: Vec<(String, Option<String>)> = Vec::new();
+        for c in changes {
+            match c {
+                Change::Role { nick, role, reason } => {
+                    if role == Role::None {
+                        removed.push((nick, vec![307], reason));
+                    } else if let Some(o) = self.occupants.get_mut(&nick) {
+                        o.role = role;
+                        changed.push((nick, reason));
+                    }
+                }
+                Change::Affiliation { jid, aff, reason } => {
+                    let nicks: Vec<String> = self
+                        .occupants
+                        .iter()
+                        .filter(|(_, o)| o.bare() == jid)
+                        .map(|(n, _)| n.clone())
+                        .collect();
+                    let members_only = self.config().is_some_and(|c| c.members_only);
+                    for n in nicks {
+                        if aff == Affiliation::Outcast {
+                            removed.push((n, vec![301], reason.clone()));
+                        } else if members_only && aff < Affiliation::Member {
+                            removed.push((n, vec![321], reason.clone()));
+                        } else {
+                            let role = self.default_role(aff);
+                            if let Some(o) = self.occupants.get_mut(&n) {
+                                o.role = role;
+                            }
+                            changed.push((n, reason.clone()));
+                        }
+                    }
+                }
+            }
+        }
+        let actor_nick = self.by_jid_bare(actor).map(str::to_owned);
+        let actor_el = |_: &Option<String>| -> Element {
+            let mut e = Element::new("actor", NS_MUC_USER);
+            if let Some(n) = &actor_nick {
+                e.set_attr("nick", n.as_str());
+            }
+            e
+        };
+        let mut writes: Vec<(String, Option<OccupantRecord>)> = Vec::new();
+        for (nick, reason) in &changed {
+            if let Some(o) = self.occupants.get(nick) {
+                writes.push((nick.clone(), Some(o.record())));
+            }
+            let mut extra = actor_el(reason);
+            if let Some(r) = reason {
+                extra = Element::new("reason", NS_MUC_USER).text(r.clone());
+            }
+            self.broadcast_presence(server, nick, &[], &[], Some(extra));
+        }
+        for (nick, codes, reason) in &removed {
+            let Some(occ) = self.occupants.remove(nick) else {
+                continue;
+            };
+            self.by_jid.remove(&occ.jid);
+            let aff = self.affiliation(server, occ.bare());
+            for o in self.occupants.values().chain(std::iter::once(&occ)) {
+                let with_jid = self.whois_anyone() || o.role == Role::Moderator;
+                let mut p = self.unavailable_item(
+                    server,
+                    nick,
+                    with_jid.then_some(occ.jid.as_str()),
+                    aff,
+                    codes,
+                );
+                if let Some(x) = p.get_child_mut("x", NS_MUC_USER)
+                    && let Some(Node::Element(item)) = x.children.first_mut()
+                {
+                    item.children.push(Node::Element(actor_el(reason)));
+                    if let Some(r) = reason {
+                        item.children.push(Node::Element(
+                            Element::new("reason", NS_MUC_USER).text(r.clone()),
+                        ));
+                    }
+                    if o.jid == occ.jid {
+                        x.children.push(Node::Element(status(110)));
+                    }
+                }
+                send_el(server, &o.jid, p);
+            }
+            writes.push((nick.clone(), None));
+        }
+        let w: Vec<(&str, Option<OccupantRecord>)> = writes
+            .iter()
+            .map(|(n, o)| (n.as_str(), o.clone()))
+            .collect();
+        self.save(server, true, &w).await
+    }
+
+    fn by_jid_bare(&self, bare: &str) -> Option<&str> {
+        self.occupants
+            .iter()
+            .find(|(_, o)| o.bare() == bare)
+            .map(|(n, _)| n.as_str())
+    }
+}
+
+enum Change {
+    Role {
+        nick: String,
+        role: Role,
+        reason: Option<String>,
+    },
+    Affiliation {
+        jid: String,
+        aff: Affiliation,
+        reason: Option<String>,
+    },
+}
+
+enum Reply {
+    Payload(Option<Element>),
+    #[allow(dead_code)]
+    Sent,
+}
+
+/// Routes a stanza the room originates to a user (any domain path).
+async fn route_out(server: &Server, m: Element) {
+    if let Err(b) = crate::session::im::route_message(server, m).await {
+        tracing::debug!(error = ?b.0, "room message not delivered");
+    }
+}
+
+/// Whether a nick is acceptable: non-empty, a valid resourcepart.
+fn valid_nick(n: &str) -> bool {
+    !n.trim().is_empty() && jid::ResourcePart::new(n).is_ok()
+}
+
+/// A groupchat message as the room reflects it.
+fn reflected(el: &Element, from: &str) -> Element {
+    let mut out = Element::new("message", NS_CLIENT);
+    out.attrs.push(("from".into(), from.to_owned()));
+    for (k, v) in &el.attrs {
+        if k != "from" && k != "to" {
+            out.attrs.push((k.clone(), v.clone()));
+        }
+    }
+    out.children = el
+        .children
+        .iter()
+        .filter(|c| {
+            !matches!(c, Node::Element(e) if e.is("stanza-id", mam::NS_SID) || e.is("occupant-id", NS_OCCUPANT_ID))
+        })
+        .cloned()
+        .collect();
+    out
+}
+
+/// The payload of a presence others see (its MUC `<x/>` removed).
+fn presence_payload(el: &Element) -> Vec<Element> {
+    el.elements()
+        .filter(|e| !(e.name == "x" && (e.ns == NS_MUC || e.ns == NS_MUC_USER)))
+        .filter(|e| !e.is("occupant-id", NS_OCCUPANT_ID))
+        .cloned()
+        .collect()
+}
+
+fn parse_payload(xml: &str) -> Vec<Element> {
+    if xml.is_empty() {
+        return Vec::new();
+    }
+    let wrapped = format!("<presence xmlns=\"jabber:client\">{xml}</presence>");
+    crate::stanza::parse_serialised(&wrapped)
+        .map(|p| p.elements().cloned().collect())
+        .unwrap_or_default()
+}
+
+// ------------------------------------------------------------ forms
+
+fn value(v: &str) -> Element {
+    Element::new("value", NS_DATA).text(v)
+}
+
+fn hidden_field(var: &str, v: &str) -> Element {
+    Element::new("field", NS_DATA)
+        .attr("var", var)
+        .attr("type", "hidden")
+        .child(value(v))
+}
+
+fn text_field(var: &str, label: &str, v: &str) -> Element {
+    Element::new("field", NS_DATA)
+        .attr("var", var)
+        .attr("type", "text-single")
+        .attr("label", label)
+        .child(value(v))
+}
+
+fn bool_field(var: &str, label: &str, v: bool) -> Element {
+    Element::new("field", NS_DATA)
+        .attr("var", var)
+        .attr("type", "boolean")
+        .attr("label", label)
+        .child(value(if v { "1" } else { "0" }))
+}
+
+fn list_field(var: &str, label: &str, v: &str, options: &[&str]) -> Element {
+    let mut f = Element::new("field", NS_DATA)
+        .attr("var", var)
+        .attr("type", "list-single")
+        .attr("label", label)
+        .child(value(v));
+    for o in options {
+        f = f.child(
+            Element::new("option", NS_DATA)
+                .attr("label", *o)
+                .child(value(o)),
+        );
+    }
+    f
+}
+
+fn jid_multi(var: &str, label: &str, v: &[String]) -> Element {
+    let mut f = Element::new("field", NS_DATA)
+        .attr("var", var)
+        .attr("type", "jid-multi")
+        .attr("label", label);
+    for j in v {
+        f = f.child(value(j));
+    }
+    f
+}
+
+fn bad(text: &str) -> StanzaError {
+    StanzaError::with_text(Condition::BadRequest, text)
+}
+
+fn values(f: &Element) -> Vec<String> {
+    f.elements()
+        .filter(|e| e.is("value", NS_DATA))
+        .map(Element::text_content)
+        .collect()
+}
+
+fn one(f: &Element, var: &str) -> Result<String, StanzaError> {
+    let v = values(f);
+    match v.as_slice() {
+        [] => Ok(String::new()),
+        [x] => Ok(x.clone()),
+        _ => Err(bad(&format!("{var} takes one value"))),
+    }
+}
+
+fn boolean(f: &Element, var: &str) -> Result<bool, StanzaError> {
+    match one(f, var)?.trim() {
+        "1" | "true" => Ok(true),
+        "0" | "false" => Ok(false),
+        _ => Err(bad(&format!("{var} is a boolean"))),
+    }
+}
+
+/// Applies a submitted `muc#roomconfig` form (an empty one: the defaults,
+/// an instant room). Values of the wrong type are `<bad-request/>`, values
+/// the room cannot take `<not-acceptable/>`; nothing is applied then.
+fn apply_form(server: &Server, rec: &mut RoomRecord, x: &Element) -> Result<(), StanzaError> {
+    let mut c = rec.config.clone();
+    let mut secret: Option<String> = None;
+    let mut protected: Option<bool> = None;
+    let mut owners: Option<Vec<String>> = None;
+    let mut admins: Option<Vec<String>> = None;
+    for f in x.elements().filter(|e| e.is("field", NS_DATA)) {
+        let Some(var) = f.get_attr("var") else {
+            continue;
+        };
+        match var {
+            "FORM_TYPE" => {
+                let v = one(f, var)?;
+                if v != NS_ROOMCONFIG {
+                    return Err(bad("FORM_TYPE is not muc#roomconfig"));
+                }
+            }
+            "muc#roomconfig_roomname" => c.name = one(f, var)?,
+            "muc#roomconfig_roomdesc" => c.desc = one(f, var)?,
+            "muc#roomconfig_persistentroom" => c.persistent = boolean(f, var)?,
+            "muc#roomconfig_publicroom" => c.public = boolean(f, var)?,
+            "muc#roomconfig_membersonly" => c.members_only = boolean(f, var)?,
+            "muc#roomconfig_moderatedroom" => c.moderated = boolean(f, var)?,
+            "muc#roomconfig_changesubject" => c.change_subject = boolean(f, var)?,
+            "muc#roomconfig_allowinvites" => c.allow_invites = boolean(f, var)?,
+            "muc#roomconfig_enablelogging" => c.logging = boolean(f, var)?,
+            "muc#roomconfig_passwordprotectedroom" => protected = Some(boolean(f, var)?),
+            "muc#roomconfig_roomsecret" => secret = Some(one(f, var)?),
+            "muc#roomconfig_maxusers" => {
+                let v = one(f, var)?;
+                let v = v.trim();
+                c.max_users = if v == "none" || v.is_empty() {
+                    0
+                } else {
+                    let n: u32 = v
+                        .parse()
+                        .map_err(|_| bad("maxusers is a number or 'none'"))?;
+                    if n == 0 || n > server.config.muc.max_users_limit {
+                        return Err(StanzaError::with_text(
+                            Condition::NotAcceptable,
+                            "maxusers is out of range",
+                        ));
+                    }
+                    n
+                };
+                if c.max_users == 0 {
+                    // "none" still means the service's limit.
+                    c.max_users = server.config.muc.max_users_limit;
+                }
+            }
+            "muc#roomconfig_whois" => {
+                c.whois_anyone = match one(f, var)?.trim() {
+                    "anyone" => true,
+                    "moderators" => false,
+                    _ => return Err(bad("whois is 'moderators' or 'anyone'")),
+                }
+            }
+            "muc#roomconfig_allowpm" => {
+                c.allow_pm = AllowPm::parse(one(f, var)?.trim())
+                    .ok_or_else(|| bad("allowpm is anyone, participants, moderators or none"))?;
+            }
+            "muc#roomconfig_roomowners" | "muc#roomconfig_roomadmins" => {
+                let mut list = Vec::new();
+                for v in values(f) {
+                    let j = jid::BareJid::new(v.trim())
+                        .map_err(|_| StanzaError::with_text(Condition::JidMalformed, "bad JID"))?;
+                    list.push(j.to_string());
+                }
+                if var.ends_with("owners") {
+                    owners = Some(list);
+                } else {
+                    admins = Some(list);
+                }
+            }
+            // Fields this service does not know are left alone.
+            _ => {}
+        }
+    }
+    match (protected, secret) {
+        (Some(true), Some(s)) if !s.is_empty() => c.password = Some(s),
+        (Some(true), _) if c.password.is_some() => {}
+        (Some(true), _) => {
+            return Err(StanzaError::with_text(
+                Condition::NotAcceptable,
+                "a password-protected room needs a password",
+            ));
+        }
+        (Some(false), _) => c.password = None,
+        (None, Some(s)) => c.password = (!s.is_empty()).then_some(s),
+        (None, None) => {}
+    }
+    if let Some(list) = owners {
+        if list.is_empty() {
+            return Err(StanzaError::with_text(
+                Condition::Conflict,
+                "the room must keep an owner",
+            ));
+        }
+        rec.affiliations.retain(|_, a| *a != Affiliation::Owner);
+        for j in list {
+            rec.affiliations.insert(j, Affiliation::Owner);
+        }
+    }
+    if let Some(list) = admins {
+        rec.affiliations.retain(|_, a| *a != Affiliation::Admin);
+        for j in list {
+            rec.affiliations.entry(j).or_insert(Affiliation::Admin);
+        }
+    }
+    rec.config = c;
+    Ok(())
+}
