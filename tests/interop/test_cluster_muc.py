@@ -1,0 +1,202 @@
+"""XEP-0045 rooms in a 3-node cluster: each room runs on one node (rendezvous hashing of the
+room JID over the live members), occupants anywhere.
+
+* occupants on all three nodes, 36 messages from senders on every node: every occupant gets
+  all of them, in one order (each sender's in the order it sent them);
+* kill -9 of the node that runs the room during a conversation: the room answers again on a
+  survivor (time from the kill, FIGURE), occupants on the surviving nodes stay joined, and no
+  message the room reflected before or after the kill is lost (FIGURE: lost count, goal 0);
+  the history a newcomer gets holds the messages of before the kill.
+"""
+
+import time
+import uuid
+
+import pytest
+
+from cluster import LEASE_TTL, Checks, cluster, online_on  # noqa: F401 (fixture)
+from rawxmpp import C, XMPPTimeout, q, tostring
+
+pytestmark = [pytest.mark.starling_only, pytest.mark.cluster, pytest.mark.timeout(240)]
+
+NS_MUC = "http://jabber.org/protocol/muc"
+NS_USER = NS_MUC + "#user"
+NS_OWNER = NS_MUC + "#owner"
+NS_DATA = "jabber:x:data"
+M64 = (1 << 64) - 1
+
+
+def score(node: int, key: str) -> int:
+    """The server's rendezvous score (services::score): FNV-1a then splitmix64's finaliser."""
+    h = 0xcbf29ce484222325
+    for b in node.to_bytes(8, "big") + key.encode():
+        h ^= b
+        h = (h * 0x100000001b3) & M64
+    h ^= h >> 30
+    h = (h * 0xbf58476d1ce4e5b9) & M64
+    h ^= h >> 27
+    h = (h * 0x94d049bb133111eb) & M64
+    return h ^ (h >> 31)
+
+
+def owner_of(nodes, key):
+    return max(nodes, key=lambda n: (score(n, key), n))
+
+
+def room_on(nodes, want, domain="localhost"):
+    for _ in range(1000):
+        room = f"cr{uuid.uuid4().hex[:8]}@conference.{domain}"
+        if owner_of(nodes, room) == want:
+            return room
+    raise AssertionError("no room name for that node")
+
+
+def codes(p):
+    x = p.find(q(NS_USER, "x"))
+    return set() if x is None else {s.get("code") for s in x.findall(q(NS_USER, "status"))}
+
+
+def join(c, room, nick, timeout=15):
+    c.presence(to=f"{room}/{nick}", extra=f"<x xmlns='{NS_MUC}'><history maxstanzas='0'/></x>")
+    own = c.recv(lambda e: e.tag == C("presence") and e.get("from") == f"{room}/{nick}"
+                 and ("110" in codes(e) or e.get("type") == "error"), timeout=timeout, what="own presence")
+    assert own.get("type") != "error", tostring(own)
+    c.recv(lambda e: e.tag == C("message") and e.find(C("subject")) is not None, timeout=timeout)
+    return own
+
+
+def bodies(c, n, timeout=15):
+    out = []
+    for _ in range(n):
+        e = c.recv(lambda e: e.tag == C("message") and e.get("type") == "groupchat"
+                   and e.findtext(C("body")) is not None, timeout=timeout, what="groupchat")
+        out.append((e.get("from").split("/", 1)[1], e.findtext(C("body"))))
+    return out
+
+
+def test_room_with_occupants_on_every_node(cluster, clients):
+    cl = cluster
+    ids = sorted(cl.nodes)
+    room = f"all{uuid.uuid4().hex[:8]}@conference.localhost"
+    occupants = []
+    for i in ids:
+        for j in range(2):
+            occupants.append((f"n{i}u{j}", clients.add(online_on(cl[i], "cm"))))
+    owner_nick, owner = occupants[0]
+    own = join(owner, room, owner_nick)
+    assert "201" in codes(own)
+    r = owner.iq("set", f"<query xmlns='{NS_OWNER}'><x xmlns='{NS_DATA}' type='submit'/></query>", to=room)
+    assert r.get("type") == "result", tostring(r)
+    for nick, c in occupants[1:]:
+        join(c, room, nick)
+    for _, c in occupants:
+        c.drain(0.5)
+    # One sender per node, round robin, without waiting.
+    senders = [occupants[0], occupants[2], occupants[4]]
+    sent = []
+    for k in range(36):
+        nick, c = senders[k % 3]
+        body = f"{nick}-{k}"
+        c.message(room, body, type_="groupchat")
+        sent.append((nick, body))
+    orders = {}
+    for nick, c in occupants:
+        got = bodies(c, len(sent))
+        assert sorted(got) == sorted(sent), (nick, got)
+        for s_nick, _ in senders:
+            mine = [b for n, b in got if n == s_nick]
+            assert mine == [b for n, b in sent if n == s_nick], (nick, s_nick, mine)
+        orders[nick] = got
+    first = next(iter(orders.values()))
+    for nick, got in orders.items():
+        assert got == first, f"{nick} saw another order"
+    cl.figure("muc_cluster_messages_checked", len(sent) * len(occupants))
+
+
+def test_kill9_of_the_rooms_node(cluster, clients):
+    cl = cluster
+    chk = Checks()
+    ids = sorted(cl.nodes)
+    leader = cl.leader()
+    k = next(i for i in ids if i != leader)
+    s1, s2 = [i for i in ids if i != k]
+    room = room_on(ids, k)
+    a = clients.add(online_on(cl[s1], "ka"))
+    b = clients.add(online_on(cl[s2], "kb"))
+    v = clients.add(online_on(cl[k], "kv"))
+    own = join(a, room, "a")
+    assert "201" in codes(own)
+    r = a.iq("set", f"<query xmlns='{NS_OWNER}'><x xmlns='{NS_DATA}' type='submit'>"
+             f"<field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#roomconfig</value></field>"
+             f"<field var='muc#roomconfig_persistentroom'><value>1</value></field></x></query>", to=room)
+    assert r.get("type") == "result", tostring(r)
+    join(b, room, "b")
+    join(v, room, "v")
+    for c in (a, b, v):
+        c.drain(0.5)
+
+    reflected = []   # (sender nick, body) whose reflection reached the sender
+
+    def say(c, nick, body, timeout):
+        c.message(room, body, type_="groupchat")
+        try:
+            c.recv(lambda e: e.tag == C("message") and e.get("type") == "groupchat"
+                   and e.findtext(C("body")) == body and e.get("from") == f"{room}/{nick}",
+                   timeout=timeout, what=f"reflection of {body}")
+        except XMPPTimeout:
+            return False
+        reflected.append((nick, body))
+        return True
+
+    for n in range(10):
+        c, nick = (a, "a") if n % 2 == 0 else (b, "b")
+        assert say(c, nick, f"before-{n}", 10)
+    t_kill = cl.kill9(k)
+    # Right after the kill: the next message waits for the room to run again.
+    answered = None
+    after = 0
+    for n in range(60):
+        c, nick = (a, "a") if n % 2 == 0 else (b, "b")
+        if say(c, nick, f"after-{n}", 30):
+            if answered is None:
+                answered = time.monotonic() - t_kill
+            after += 1
+            if after >= 10:
+                break
+        if time.monotonic() - t_kill > 90:
+            break
+    chk.expect(answered is not None, "the room never answered after the kill")
+    if answered is not None:
+        cl.figure("muc_kill9_room_answers_again_s", answered, "s")
+        chk.expect(answered < 6 * LEASE_TTL, f"room answered after {answered:.1f}s")
+    # Each survivor got every message the other one had reflected, in order (its own
+    # reflections were read by say()).
+    time.sleep(1.0)
+    lost = 0
+    for nick, c, other in (("a", a, "b"), ("b", b, "a")):
+        got = [e.findtext(C("body")) for e in c.drain(1.0)
+               if e.tag == C("message") and e.get("type") == "groupchat" and e.findtext(C("body"))]
+        expected = [body for n_, body in reflected if n_ == other]
+        missing = [x for x in expected if x not in got]
+        lost += len(missing)
+        chk.expect(not missing, f"{nick} missed {missing}")
+        order = [x for x in got if x in expected]
+        chk.expect(order == expected, f"{nick} saw {order}, expected {expected}")
+    cl.figure("muc_kill9_reflected_messages", len(reflected))
+    cl.figure("muc_kill9_lost_messages", lost)
+    # A newcomer on a survivor gets the history, the messages of before the kill included.
+    n = clients.add(online_on(cl[s1], "kn"))
+    n.presence(to=f"{room}/new", extra=f"<x xmlns='{NS_MUC}'><history maxstanzas='50'/></x>")
+    hist = []
+    for _ in range(80):
+        e = n.recv(lambda e: e.tag == C("message") and e.get("from", "").startswith(room), timeout=15)
+        if e.find(C("subject")) is not None and e.find(C("body")) is None:
+            break
+        hist.append(e.findtext(C("body")))
+    missing = [body for _, body in reflected if body not in hist]
+    chk.expect(not missing, f"history lacks {missing}")
+    cl.figure("muc_kill9_history_missing", len(missing))
+    for c in (a, b):
+        r = c.ping_server()
+        chk.expect(r.get("type") == "result", "survivor session unhealthy")
+    chk.done()
