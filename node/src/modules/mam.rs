@@ -887,7 +887,7 @@ fn query<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
 pub async fn query_archive(server: &Server, iq: &Element, owner: &str) {
     let requester = iq.get_attr("from").unwrap_or_default();
     let Some(payload) = iq.elements().next() else {
-        crate::session::im::bounce(server, iq, Condition::BadRequest.into());
+        crate::session::im::bounce(server, iq, Condition::BadRequest);
         return;
     };
     let r = if !server.config.mam.enabled {

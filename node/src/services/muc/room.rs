@@ -1067,14 +1067,16 @@ impl State {
                 let (b, r) = split(&o.jid);
                 o.at = r.and_then(|r| server.router.find(b, r));
             }
-            match &o.at {
-                Some(At::Here(h)) => {
-                    if !h.send_shared(&s.to(&o.jid)) {
-                        o.at = None;
-                    }
+            let failed = match &o.at {
+                Some(At::Here(h)) => !h.send_shared(&s.to(&o.jid)),
+                Some(At::Node { node, .. }) => {
+                    remote.entry(*node).or_default().push(o.jid.clone());
+                    false
                 }
-                Some(At::Node { node, .. }) => remote.entry(*node).or_default().push(o.jid.clone()),
-                None => {}
+                None => false,
+            };
+            if failed {
+                o.at = None;
             }
         }
         for (node, recipients) in remote {
@@ -1764,7 +1766,7 @@ impl State {
                     Condition::Forbidden
                 }));
             }
-            if server.config.muc.admins.iter().any(|a| *a == jid) && aff != Affiliation::Owner {
+            if server.config.muc.admins.contains(&jid) && aff != Affiliation::Owner {
                 return Err(err(Condition::NotAllowed));
             }
             let _ = me;
