@@ -200,3 +200,61 @@ def test_kill9_of_the_rooms_node(cluster, clients):
         r = c.ping_server()
         chk.expect(r.get("type") == "result", "survivor session unhealthy")
     chk.done()
+
+
+def test_room_moves_to_a_node_that_joins(cluster, clients):
+    """A 4th node joins during a conversation in a room it will own: the room moves there
+    (state from the store), its occupants stay joined and no reflected message is lost."""
+    cl = cluster
+    chk = Checks()
+    ids = sorted(cl.nodes)
+    new_id = max(ids) + 1
+    room = None
+    for _ in range(2000):
+        r = f"mv{uuid.uuid4().hex[:8]}@conference.localhost"
+        if owner_of(ids + [new_id], r) == new_id:
+            room = r
+            break
+    assert room
+    before_owner = owner_of(ids, room)
+    a = clients.add(online_on(cl[ids[0]], "ma"))
+    b = clients.add(online_on(cl[ids[1]], "mb"))
+    assert "201" in codes(join(a, room, "a"))
+    r = a.iq("set", f"<query xmlns='{NS_OWNER}'><x xmlns='{NS_DATA}' type='submit'/></query>", to=room)
+    assert r.get("type") == "result", tostring(r)
+    join(b, room, "b")
+    for c in (a, b):
+        c.drain(0.5)
+    sent = []
+
+    def talk(n0, n):
+        for i in range(n0, n0 + n):
+            c = a if i % 2 == 0 else b
+            body = f"mv-{i}"
+            c.message(room, body, type_="groupchat")
+            sent.append(body)
+            time.sleep(0.05)
+
+    talk(0, 10)
+    cl.add_node(via=ids[0])
+    cl.wait_members(ids + [new_id], timeout=30)
+    # Until every node sees the new one live, the two owners may differ for a moment.
+    time.sleep(LEASE_TTL / 2)
+    talk(10, 20)
+    got = {}
+    for nick, c in (("a", a), ("b", b)):
+        seen = []
+        for _ in range(len(sent)):
+            try:
+                e = c.recv(lambda e: e.tag == C("message") and e.get("type") == "groupchat"
+                           and e.findtext(C("body")) is not None, timeout=20)
+            except XMPPTimeout:
+                break
+            seen.append(e.findtext(C("body")))
+        got[nick] = seen
+        missing = [x for x in sent if x not in seen]
+        chk.expect(not missing, f"{nick} missed {missing}")
+    cl.figure("muc_move_on_join_lost_messages", sum(len([x for x in sent if x not in s]) for s in got.values()))
+    chk.expect(got["a"] == got["b"], f"orders differ: {got}")
+    cl.figure("muc_move_on_join_from_node", before_owner)
+    chk.done()

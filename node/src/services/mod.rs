@@ -24,6 +24,7 @@ use crate::stanza::{Condition, NS_CLIENT, split};
 use crate::xml::Element;
 use starling_cluster::{DeliveryResult, Envelope};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -62,6 +63,11 @@ pub struct Services {
     /// their actors run on; set once at start.
     server: OnceLock<Weak<Server>>,
     arbiters: OnceLock<Arc<Vec<actix_rt::ArbiterHandle>>>,
+    /// A hash of the live members last seen by [`owner`], and how often it
+    /// changed: an actor started under another membership reloads its
+    /// state (it may have run elsewhere meanwhile).
+    live_hash: AtomicU64,
+    live_epoch: AtomicU64,
 }
 
 impl Services {
@@ -84,6 +90,8 @@ impl Services {
             muc: muc::Rooms::default(),
             server: OnceLock::new(),
             arbiters: OnceLock::new(),
+            live_hash: AtomicU64::new(0),
+            live_epoch: AtomicU64::new(0),
         }
     }
 
@@ -99,6 +107,11 @@ impl Services {
 
     pub fn server(&self) -> Option<Arc<Server>> {
         self.server.get().and_then(Weak::upgrade)
+    }
+
+    /// Changes each time this node sees another set of live members.
+    pub fn live_epoch(&self) -> u64 {
+        self.live_epoch.load(Ordering::Acquire)
     }
 
     /// The arbiter the actor of `key` runs on (spread by its hash).
@@ -159,7 +172,33 @@ pub fn owner(server: &Server, key: &str) -> u64 {
     if !store.has_peers() {
         return me;
     }
-    owner_among(&store.live_nodes(), key).unwrap_or(me)
+    let mut live = store.live_nodes();
+    live.sort_unstable();
+    let h = live.iter().fold(0x9e37_79b9_7f4a_7c15u64, |h, n| {
+        score(*n, "") ^ h.rotate_left(5)
+    });
+    let s = &server.services;
+    if s.live_hash.swap(h, Ordering::AcqRel) != h {
+        s.live_epoch.fetch_add(1, Ordering::AcqRel);
+    }
+    owner_among(&live, key).unwrap_or(me)
+}
+
+/// Sends a service stanza to the node that owns its entity now, without
+/// waiting (a room that found it is no longer the owner hands on what it
+/// got).
+pub fn forward(server: &Server, node: u64, el: &Element) {
+    let env = Envelope {
+        kind: KIND_SERVICE,
+        to: el.get_attr("to").unwrap_or_default().to_owned(),
+        from: el.get_attr("from").unwrap_or_default().to_owned(),
+        stanza: el.to_stream_xml(NS_CLIENT).into_bytes(),
+        hops: 1,
+        ..Envelope::default()
+    };
+    if let Err(e) = server.storage.store.deliver(node, env) {
+        tracing::debug!(node, error = %e, "service stanza not forwarded");
+    }
 }
 
 // ------------------------------------------------------------ routing
@@ -308,18 +347,39 @@ impl Spliced {
     /// `el` without a `to`, serialised with its namespace declared so the
     /// parts before and after `to` can be put around each recipient.
     pub fn of(el: &Element) -> Spliced {
-        const MARK: &str = "\u{1}";
-        let mut e = Element::new(el.name.clone(), el.ns.clone());
-        e.attrs.reserve(el.attrs.len() + 1);
-        e.attrs.push(("to".into(), MARK.into()));
-        e.attrs
-            .extend(el.attrs.iter().filter(|(k, _)| k != "to").cloned());
-        e.children = el.children.clone();
-        let s = e.to_xml();
-        let at = s.find(MARK).expect("mark is in the serialisation");
+        use crate::xml::{Node, escape_into};
+        let mut prefix = String::with_capacity(el.name.len() + el.ns.len() + 20);
+        prefix.push('<');
+        prefix.push_str(&el.name);
+        prefix.push_str(" xmlns=\"");
+        escape_into(&mut prefix, &el.ns, true);
+        prefix.push_str("\" to=\"");
+        let mut suffix = String::with_capacity(256);
+        suffix.push('"');
+        for (k, v) in el.attrs.iter().filter(|(k, _)| k != "to") {
+            suffix.push(' ');
+            suffix.push_str(k);
+            suffix.push_str("=\"");
+            escape_into(&mut suffix, v, true);
+            suffix.push('"');
+        }
+        if el.children.is_empty() {
+            suffix.push_str("/>");
+        } else {
+            suffix.push('>');
+            for c in &el.children {
+                match c {
+                    Node::Element(e) => e.write_to(&mut suffix, &el.ns),
+                    Node::Text(t) => escape_into(&mut suffix, t, false),
+                }
+            }
+            suffix.push_str("</");
+            suffix.push_str(&el.name);
+            suffix.push('>');
+        }
         Spliced {
-            prefix: s[..at].into(),
-            suffix: s[at + MARK.len()..].into(),
+            prefix: prefix.into(),
+            suffix: suffix.into(),
         }
     }
 

@@ -269,6 +269,7 @@ impl Room {
                 occupants: BTreeMap::new(),
                 by_jid: HashMap::new(),
                 loaded: false,
+                epoch: 0,
                 gone: false,
             })),
         }
@@ -293,6 +294,20 @@ impl Handler<RoomStanza> for Room {
             return;
         };
         let server = self.server.clone();
+        if state.gone {
+            // Stopping (destroyed, or moved): what was queued behind goes to
+            // the room's current actor, here or on its owner.
+            let jid = state.jid.clone();
+            self.state = Some(state);
+            server.services.muc.forget(&jid, self.id);
+            let owner = crate::services::owner(&server, &jid);
+            if owner == server.storage.store.node_id() {
+                server.services.muc.deliver(&server, &jid, msg.0);
+            } else {
+                crate::services::forward(&server, owner, &msg.0);
+            }
+            return;
+        }
         // The next stanza waits until this one is done (its writes too).
         ctx.wait(
             async move {
@@ -302,10 +317,14 @@ impl Handler<RoomStanza> for Room {
             .into_actor(self)
             .map(|state, act, ctx| {
                 let gone = state.gone;
-                act.state = Some(state);
                 if gone {
-                    ctx.stop();
+                    // Nothing new reaches this actor once it is forgotten;
+                    // what its mailbox holds is handed on first (a stopping
+                    // actor's mailbox is not read), then it stops.
+                    act.server.services.muc.forget(&state.jid, act.id);
+                    ctx.notify(Stop);
                 }
+                act.state = Some(state);
             }),
         );
     }
@@ -330,6 +349,8 @@ struct State {
     /// Real full JID -> nick.
     by_jid: HashMap<String, String>,
     loaded: bool,
+    /// The membership epoch (`Services::live_epoch`) the state was loaded in.
+    epoch: u64,
     /// Destroyed: the actor stops.
     gone: bool,
 }
@@ -349,7 +370,23 @@ fn b64(bytes: &[u8]) -> String {
 
 impl State {
     async fn handle(&mut self, server: &Server, el: Element) {
+        let epoch = server.services.live_epoch();
+        if self.loaded && epoch != self.epoch {
+            // The membership changed since the state was loaded: the room
+            // may have run on another node meanwhile, or run there now.
+            let owner = crate::services::owner(server, &self.jid);
+            if owner != server.storage.store.node_id() {
+                crate::services::forward(server, owner, &el);
+                self.gone = true;
+                return;
+            }
+            self.occupants.clear();
+            self.by_jid.clear();
+            self.rec = None;
+            self.loaded = false;
+        }
         if !self.loaded {
+            self.epoch = epoch;
             if let Err(e) = self.load(server).await {
                 tracing::warn!(room = %self.jid, error = %e, "room state not loaded");
                 bounce_with(server, &el, &e.into());
