@@ -775,3 +775,15 @@ def test_slixmpp_join_and_talk(server):
         await asyncio.sleep(0.2)
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_turning_members_only_removes_non_members(server, clients):
+    room, owner, (p1, p2) = room_with(server, clients, 3)
+    ok(admin(owner, room, f"<item affiliation='member' jid='{bare(p1.jid)}'/>"))
+    ok(configure(owner, room, {"membersonly": 1}))
+    gone = p2.recv(is_pres_from(f"{room}/p2", "unavailable"))
+    assert {"322", "110"}.issubset(codes(gone)), tostring(gone)
+    owner.recv(lambda e: e.tag == C("presence") and e.get("from") == f"{room}/p2"
+               and e.get("type") == "unavailable" and "322" in codes(e))
+    p1.expect_nothing(lambda e: e.tag == C("presence") and e.get("from") == f"{room}/p1"
+                      and e.get("type") == "unavailable", timeout=0.5)

@@ -218,6 +218,8 @@ struct Occupant {
     presence: Vec<Element>,
     /// Where its session is (resolved at join; again after a failed send).
     at: Option<At>,
+    /// Its XEP-0421 occupant id (a hash: made once).
+    oid: String,
 }
 
 impl Occupant {
@@ -426,6 +428,7 @@ impl State {
                 continue;
             }
             let presence = parse_payload(&o.presence);
+            let oid = self.occupant_id(bare);
             self.by_jid.insert(o.jid.clone(), nick.clone());
             self.occupants.insert(
                 nick,
@@ -434,6 +437,7 @@ impl State {
                     role: o.role,
                     presence,
                     at,
+                    oid,
                 },
             );
         }
@@ -533,9 +537,7 @@ impl State {
             item.set_attr("jid", occ.jid.as_str());
         }
         p = p.child(Element::new("x", NS_MUC_USER).child(item));
-        p.child(
-            Element::new("occupant-id", NS_OCCUPANT_ID).attr("id", self.occupant_id(occ.bare())),
-        )
+        p.child(Element::new("occupant-id", NS_OCCUPANT_ID).attr("id", occ.oid.as_str()))
     }
 
     /// Sends `nick`'s presence (with `codes`, and `extra` in its `<x/>`) to
@@ -735,6 +737,7 @@ impl State {
             role,
             presence: presence_payload(el),
             at,
+            oid: self.occupant_id(&bare),
         };
         let record = occ.record();
         self.occupants.insert(nick.to_owned(), occ);
@@ -1048,10 +1051,10 @@ impl State {
             self.broadcast_el(server, out);
             return Ok(());
         }
-        let bare = split(&self.occupants[nick].jid).0.to_owned();
         let mut out = reflected(el, &self.occupant_jid(nick));
         out.children.push(Node::Element(
-            Element::new("occupant-id", NS_OCCUPANT_ID).attr("id", self.occupant_id(&bare)),
+            Element::new("occupant-id", NS_OCCUPANT_ID)
+                .attr("id", self.occupants[nick].oid.as_str()),
         ));
         // Archived (durably) before anyone gets it: it is the history and
         // the room's XEP-0313 archive, and survives the node.
@@ -1451,6 +1454,7 @@ impl State {
                 apply_form(server, &mut rec, x)?;
                 rec.locked = false;
                 let now_private = rec.config.whois_anyone != old.whois_anyone;
+                let now_members_only = rec.config.members_only && !old.members_only;
                 let logging_changed = rec.config.logging != old.logging;
                 let new_cfg = rec.config.clone();
                 self.rec = Some(rec);
@@ -1473,6 +1477,22 @@ impl State {
                         .attr("id", crate::stream::new_id())
                         .child(x);
                     self.broadcast_el(server, m);
+                }
+                if now_members_only {
+                    // Those who are not members leave (XEP-0045 §10.2, 322).
+                    let out: Vec<Change> = self
+                        .occupants
+                        .values()
+                        .filter(|o| self.affiliation(server, o.bare()) < Affiliation::Member)
+                        .map(|o| Change::Affiliation {
+                            jid: o.bare().to_owned(),
+                            aff: Affiliation::None,
+                            reason: None,
+                        })
+                        .collect();
+                    if !out.is_empty() {
+                        self.apply_changes(server, split(from).0, out, 322).await?;
+                    }
                 }
                 Ok(Reply::Payload(None))
             }
@@ -1677,7 +1697,7 @@ impl State {
         for item in &items {
             changes.push(self.check_change(server, item, &bare, my_aff, my_role)?);
         }
-        self.apply_changes(server, &bare, changes).await?;
+        self.apply_changes(server, &bare, changes, 321).await?;
         Ok(None)
     }
 
@@ -1817,6 +1837,7 @@ impl State {
         server: &Server,
         actor: &str,
         changes: Vec<Change>,
+        members_only_code: u16,
     ) -> Result<(), StanzaError> {
         let mut rec = self.rec.clone().expect("room");
         // Owners left after the changes: at least one (XEP-0045 §10.6).
@@ -1865,7 +1886,7 @@ impl State {
                         if aff == Affiliation::Outcast {
                             removed.push((n, vec![301], reason.clone()));
                         } else if members_only && aff < Affiliation::Member {
-                            removed.push((n, vec![321], reason.clone()));
+                            removed.push((n, vec![members_only_code], reason.clone()));
                         } else {
                             let role = self.default_role(aff);
                             if let Some(o) = self.occupants.get_mut(&n) {
