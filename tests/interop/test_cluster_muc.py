@@ -173,8 +173,12 @@ def test_kill9_of_the_rooms_node(cluster, clients):
     # reflections were read by say()).
     time.sleep(1.0)
     lost = 0
+    v_left = {}
     for nick, c, other in (("a", a, "b"), ("b", b, "a")):
-        got = [e.findtext(C("body")) for e in c.drain(1.0)
+        drained = c.drain(1.0)
+        v_left[nick] = any(e.tag == C("presence") and e.get("from") == f"{room}/v"
+                           and e.get("type") == "unavailable" for e in drained)
+        got = [e.findtext(C("body")) for e in drained
                if e.tag == C("message") and e.get("type") == "groupchat" and e.findtext(C("body"))]
         expected = [body for n_, body in reflected if n_ == other]
         missing = [x for x in expected if x not in got]
@@ -182,6 +186,17 @@ def test_kill9_of_the_rooms_node(cluster, clients):
         chk.expect(not missing, f"{nick} missed {missing}")
         order = [x for x in got if x in expected]
         chk.expect(order == expected, f"{nick} saw {order}, expected {expected}")
+    # The occupant of the dead node leaves the room (its route was dropped).
+    for nick, c in (("a", a), ("b", b)):
+        if not v_left[nick]:
+            try:
+                c.recv(lambda e: e.tag == C("presence") and e.get("from") == f"{room}/v"
+                       and e.get("type") == "unavailable", timeout=max(1.0, 6 * LEASE_TTL - (time.monotonic() - t_kill)))
+                v_left[nick] = True
+            except XMPPTimeout:
+                pass
+        chk.expect(v_left[nick], f"{nick} never saw the dead node's occupant leave")
+    cl.figure("muc_kill9_dead_occupant_left_s", time.monotonic() - t_kill, "s")
     cl.figure("muc_kill9_reflected_messages", len(reflected))
     cl.figure("muc_kill9_lost_messages", lost)
     # A newcomer on a survivor gets the history, the messages of before the kill included.

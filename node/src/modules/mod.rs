@@ -258,7 +258,19 @@ pub static MODULES: &[&Module] = &[
     &csi::MODULE,
     &OFFLINE,
     &mam::MODULE,
+    &MUC,
 ];
+
+/// Multi-user chat is a hosted service (`crate::services::muc`), routed to
+/// its own domain rather than answered here; it declares itself for the
+/// compliance list, its configuration section and its key spaces.
+static MUC: Module = Module {
+    name: "muc",
+    spec: "XEP-0045, XEP-0421, XEP-0410, XEP-0249 (passed through), XEP-0313 on rooms",
+    config_section: Some("muc"),
+    spaces: &[crate::storage::MUC_ROOMS, crate::storage::MUC_OCCUPANTS],
+    ..Module::EMPTY
+};
 
 /// Offline storage lives in the message path; it only declares itself.
 static OFFLINE: Module = Module {

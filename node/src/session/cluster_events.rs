@@ -73,10 +73,15 @@ impl ClusterEvents for NodeEvents {
             return;
         };
         let mut notified = 0u64;
+        let mut gone: Vec<String> = Vec::new();
         for r in dropped {
             let Some((old, info)) = parse_payload(&r.payload) else {
                 continue;
             };
+            if !server.services.muc.is_empty() && server.router.find(&r.bare, &r.resource).is_none()
+            {
+                gone.push(format!("{}/{}", r.bare, r.resource));
+            }
             if !info.available {
                 continue;
             }
@@ -112,5 +117,7 @@ impl ClusterEvents for NodeEvents {
                 "told contacts that users of a lost node went unavailable"
             );
         }
+        // Rooms running here let those sessions' occupants go.
+        server.services.muc.sessions_gone(gone);
     }
 }

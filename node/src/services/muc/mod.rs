@@ -81,6 +81,23 @@ impl Rooms {
         self.map.remove_if(room, |_, (i, _)| *i == id);
     }
 
+    /// Whether no room runs here.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Sessions that ended without a word (their node died): every room
+    /// here lets their occupants go.
+    pub fn sessions_gone(&self, full_jids: Vec<String>) {
+        if full_jids.is_empty() || self.map.is_empty() {
+            return;
+        }
+        let list = std::sync::Arc::new(full_jids);
+        for e in self.map.iter() {
+            e.value().1.do_send(room::SessionsGone(list.clone()));
+        }
+    }
+
     /// Number of rooms running here.
     pub fn running(&self) -> usize {
         self.map.len()

@@ -248,6 +248,11 @@ impl Occupant {
 #[rtype(result = "()")]
 pub struct RoomStanza(pub Element);
 
+/// Sessions that ended without telling the room (their node died).
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+pub struct SessionsGone(pub Arc<Vec<String>>);
+
 /// Stop: the room moved to another node.
 #[derive(actix::Message)]
 #[rtype(result = "()")]
@@ -323,6 +328,44 @@ impl Handler<RoomStanza> for Room {
                     // Nothing new reaches this actor once it is forgotten;
                     // what its mailbox holds is handed on first (a stopping
                     // actor's mailbox is not read), then it stops.
+                    act.server.services.muc.forget(&state.jid, act.id);
+                    ctx.notify(Stop);
+                }
+                act.state = Some(state);
+            }),
+        );
+    }
+}
+
+impl Handler<SessionsGone> for Room {
+    type Result = ();
+
+    fn handle(&mut self, msg: SessionsGone, ctx: &mut Context<Self>) {
+        let Some(mut state) = self.state.take() else {
+            return;
+        };
+        if state.gone || !state.loaded {
+            self.state = Some(state);
+            return;
+        }
+        let server = self.server.clone();
+        ctx.wait(
+            async move {
+                for jid in msg.0.iter() {
+                    if let Some(nick) = state.by_jid.get(jid).cloned() {
+                        let un = Element::new("presence", NS_CLIENT)
+                            .attr("from", jid.as_str())
+                            .attr("type", "unavailable");
+                        if let Err(e) = state.leave(&server, &nick, &un, &[]).await {
+                            tracing::debug!(error = ?e.condition, "occupant of a lost node not let go");
+                        }
+                    }
+                }
+                state
+            }
+            .into_actor(self)
+            .map(|state, act, ctx| {
+                if state.gone {
                     act.server.services.muc.forget(&state.jid, act.id);
                     ctx.notify(Stop);
                 }
