@@ -303,9 +303,12 @@ def test_join_without_nick_or_with_bad_nick_is_jid_malformed(server, clients):
     c.send_raw(f"<presence to='{room}/'><x xmlns='{NS_MUC}'/></presence>")
     e = c.recv(lambda e: e.tag == C("presence") and e.get("type") == "error", timeout=10)
     assert stanza_error(e)[1] == "jid-malformed"
-    # A nick resourceprep refuses (a prohibited character).
-    c.send_raw(f"<presence to='{room}/bad\u0007nick'><x xmlns='{NS_MUC}'/></presence>".encode("utf-8", "replace"))
-    server.assert_healthy(owner)
+    # A nick resourceprep refuses (a private-use character, RFC 3920 resourceprep C.3).
+    c.send_raw(f"<presence to='{room}/bad\ue000nick'><x xmlns='{NS_MUC}'/></presence>")
+    e = c.recv(lambda e: e.tag == C("presence") and e.get("type") == "error", timeout=10)
+    assert stanza_error(e)[1] == "jid-malformed"
+    owner.expect_nothing(lambda e: e.tag == C("presence") and e.get("from", "").startswith(room + "/bad"))
+    server.assert_healthy(owner, c)
 
 
 def test_nick_in_use_is_conflict(server, clients):
@@ -492,10 +495,10 @@ def test_history_on_join_with_limits(server, clients):
     assert history == []
     c.presence(to=f"{room}/since", type_="unavailable")
     c.recv(is_pres_from(f"{room}/since", "unavailable"))
-    time.sleep(1.2)
+    time.sleep(2.5)
     groupchat(owner, room, "fresh")
     recv_gc(owner, room, "fresh")
-    _, _, history, _ = join(c, room, "secs", history={"seconds": 1})
+    _, _, history, _ = join(c, room, "secs", history={"seconds": 2})
     assert [m.findtext(C("body")) for m in history] == ["fresh"]
 
 

@@ -174,7 +174,6 @@ fn service_info(server: &Server, el: &Element) -> Element {
         NS_OCCUPANT_ID,
         "urn:xmpp:ping",
         "http://jabber.org/protocol/muc#self-ping-optimization",
-        crate::modules::mam::NS_MAM,
     ] {
         q = q.child(Element::new("feature", NS_INFO).attr("var", f));
     }
