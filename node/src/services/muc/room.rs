@@ -1151,7 +1151,24 @@ impl State {
                 o.at = r.and_then(|r| server.router.find(b, r));
             }
             let failed = match &o.at {
-                Some(At::Here(h)) => !h.send_shared(&s.to(&o.jid)),
+                Some(At::Here(h)) => {
+                    let xml = s.to(&o.jid);
+                    if h.send_shared(&xml) {
+                        false
+                    } else {
+                        // The session may continue under another handle
+                        // (resumed, XEP-0198): find it again, once.
+                        let (b, r) = split(&o.jid);
+                        match r.and_then(|r| server.router.find(b, r)) {
+                            Some(At::Here(h2)) => {
+                                let ok = h2.send_shared(&xml);
+                                o.at = Some(At::Here(h2));
+                                !ok
+                            }
+                            _ => true,
+                        }
+                    }
+                }
                 Some(At::Node { node, .. }) => {
                     remote.entry(*node).or_default().push(o.jid.clone());
                     false
