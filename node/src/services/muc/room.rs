@@ -261,9 +261,25 @@ pub struct Stop;
 pub struct Room {
     server: Arc<Server>,
     id: u64,
-    /// Out while a stanza is being handled (the mailbox waits meanwhile).
+    /// Out while a batch is being handled.
     state: Option<Box<State>>,
+    /// What arrived and waits for the room, in order: the mailbox is read
+    /// while a batch runs, so what queues meanwhile is the next batch.
+    queue: Vec<Work>,
+    busy: bool,
+    /// Asked to stop (moved away): stops once idle, handing on its queue.
+    stopping: bool,
 }
+
+/// One thing for the room to do, in arrival order.
+pub enum Work {
+    Stanza(Element),
+    Gone(Arc<Vec<String>>),
+}
+
+/// The most stanzas one batch takes (one archive write for its run of
+/// messages).
+const MAX_BATCH: usize = 256;
 
 impl Room {
     pub fn new(server: Arc<Server>, jid: String, id: u64) -> Self {
@@ -272,6 +288,7 @@ impl Room {
             id,
             state: Some(Box::new(State {
                 jid,
+                actor: id,
                 rec: None,
                 occupants: BTreeMap::new(),
                 by_jid: HashMap::new(),
@@ -279,7 +296,69 @@ impl Room {
                 epoch: 0,
                 gone: false,
             })),
+            queue: Vec::new(),
+            busy: false,
+            stopping: false,
         }
+    }
+
+    /// Runs what is queued, one batch at a time, unless a batch runs.
+    fn kick(&mut self, ctx: &mut Context<Self>) {
+        if self.busy {
+            return;
+        }
+        if self.stopping || self.state.as_ref().is_some_and(|s| s.gone) {
+            self.hand_on(ctx);
+            return;
+        }
+        if self.queue.is_empty() {
+            return;
+        }
+        let Some(mut state) = self.state.take() else {
+            return;
+        };
+        let n = self.queue.len().min(MAX_BATCH);
+        let batch: Vec<Work> = self.queue.drain(..n).collect();
+        self.busy = true;
+        let server = self.server.clone();
+        ctx.spawn(
+            async move {
+                state.run(&server, batch).await;
+                state
+            }
+            .into_actor(self)
+            .map(|state, act, ctx| {
+                act.state = Some(state);
+                act.busy = false;
+                act.kick(ctx);
+            }),
+        );
+    }
+
+    /// Stops: this actor is forgotten (nothing new reaches it), what it
+    /// still holds goes to the room's current actor, here or on its owner.
+    fn hand_on(&mut self, ctx: &mut Context<Self>) {
+        let server = self.server.clone();
+        let Some(state) = self.state.as_ref() else {
+            return;
+        };
+        let jid = state.jid.clone();
+        server.services.muc.forget(&jid, self.id);
+        let queued = std::mem::take(&mut self.queue);
+        if !queued.is_empty() {
+            let owner = crate::services::owner(&server, &jid);
+            let me = server.storage.store.node_id();
+            for w in queued {
+                if let Work::Stanza(el) = w {
+                    if owner == me {
+                        server.services.muc.deliver(&server, &jid, el);
+                    } else {
+                        crate::services::forward(&server, owner, &el);
+                    }
+                }
+            }
+        }
+        ctx.stop();
     }
 }
 
@@ -297,43 +376,8 @@ impl Handler<RoomStanza> for Room {
     type Result = ();
 
     fn handle(&mut self, msg: RoomStanza, ctx: &mut Context<Self>) {
-        let Some(mut state) = self.state.take() else {
-            return;
-        };
-        let server = self.server.clone();
-        if state.gone {
-            // Stopping (destroyed, or moved): what was queued behind goes to
-            // the room's current actor, here or on its owner.
-            let jid = state.jid.clone();
-            self.state = Some(state);
-            server.services.muc.forget(&jid, self.id);
-            let owner = crate::services::owner(&server, &jid);
-            if owner == server.storage.store.node_id() {
-                server.services.muc.deliver(&server, &jid, msg.0);
-            } else {
-                crate::services::forward(&server, owner, &msg.0);
-            }
-            return;
-        }
-        // The next stanza waits until this one is done (its writes too).
-        ctx.wait(
-            async move {
-                state.handle(&server, msg.0).await;
-                state
-            }
-            .into_actor(self)
-            .map(|state, act, ctx| {
-                let gone = state.gone;
-                if gone {
-                    // Nothing new reaches this actor once it is forgotten;
-                    // what its mailbox holds is handed on first (a stopping
-                    // actor's mailbox is not read), then it stops.
-                    act.server.services.muc.forget(&state.jid, act.id);
-                    ctx.notify(Stop);
-                }
-                act.state = Some(state);
-            }),
-        );
+        self.queue.push(Work::Stanza(msg.0));
+        self.kick(ctx);
     }
 }
 
@@ -341,37 +385,8 @@ impl Handler<SessionsGone> for Room {
     type Result = ();
 
     fn handle(&mut self, msg: SessionsGone, ctx: &mut Context<Self>) {
-        let Some(mut state) = self.state.take() else {
-            return;
-        };
-        if state.gone || !state.loaded {
-            self.state = Some(state);
-            return;
-        }
-        let server = self.server.clone();
-        ctx.wait(
-            async move {
-                for jid in msg.0.iter() {
-                    if let Some(nick) = state.by_jid.get(jid).cloned() {
-                        let un = Element::new("presence", NS_CLIENT)
-                            .attr("from", jid.as_str())
-                            .attr("type", "unavailable");
-                        if let Err(e) = state.leave(&server, &nick, &un, &[]).await {
-                            tracing::debug!(error = ?e.condition, "occupant of a lost node not let go");
-                        }
-                    }
-                }
-                state
-            }
-            .into_actor(self)
-            .map(|state, act, ctx| {
-                if state.gone {
-                    act.server.services.muc.forget(&state.jid, act.id);
-                    ctx.notify(Stop);
-                }
-                act.state = Some(state);
-            }),
-        );
+        self.queue.push(Work::Gone(msg.0));
+        self.kick(ctx);
     }
 }
 
@@ -379,7 +394,8 @@ impl Handler<Stop> for Room {
     type Result = ();
 
     fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
-        ctx.stop();
+        self.stopping = true;
+        self.kick(ctx);
     }
 }
 
@@ -388,6 +404,8 @@ impl Handler<Stop> for Room {
 struct State {
     /// The room's bare JID.
     jid: String,
+    /// The id of the actor that holds it.
+    actor: u64,
     /// `None`: the room does not exist (yet).
     rec: Option<RoomRecord>,
     occupants: BTreeMap<String, Occupant>,
@@ -414,6 +432,120 @@ fn b64(bytes: &[u8]) -> String {
 }
 
 impl State {
+    /// Runs a batch in order. Consecutive groupchat messages that pass
+    /// the room's checks are archived together (one durable write), then
+    /// reflected in order; everything else runs one by one.
+    async fn run(&mut self, server: &Server, batch: Vec<Work>) {
+        let mut run: Vec<Element> = Vec::new();
+        for w in batch {
+            if self.gone {
+                self.flush(server, &mut run).await;
+                if let Work::Stanza(el) = w {
+                    self.redirect(server, el);
+                }
+                continue;
+            }
+            match w {
+                Work::Gone(list) => {
+                    self.flush(server, &mut run).await;
+                    self.sessions_gone(server, &list).await;
+                }
+                Work::Stanza(el) => {
+                    if self.loaded
+                        && server.services.live_epoch() == self.epoch
+                        && self.plain_groupchat(&el)
+                    {
+                        run.push(el);
+                        continue;
+                    }
+                    self.flush(server, &mut run).await;
+                    self.handle(server, el).await;
+                }
+            }
+        }
+        self.flush(server, &mut run).await;
+    }
+
+    /// A stanza that reached this room after it was destroyed or moved:
+    /// to the room's current actor, here or on its owner.
+    fn redirect(&self, server: &Server, el: Element) {
+        let owner = crate::services::owner(server, &self.jid);
+        if owner == server.storage.store.node_id() {
+            server.services.muc.forget(&self.jid, self.actor);
+            server.services.muc.deliver(server, &self.jid, el);
+        } else {
+            crate::services::forward(server, owner, &el);
+        }
+    }
+
+    async fn sessions_gone(&mut self, server: &Server, list: &[String]) {
+        if !self.loaded {
+            return;
+        }
+        for jid in list {
+            if let Some(nick) = self.by_jid.get(jid).cloned() {
+                let un = Element::new("presence", NS_CLIENT)
+                    .attr("from", jid.as_str())
+                    .attr("type", "unavailable");
+                if let Err(e) = self.leave(server, &nick, &un, &[]).await {
+                    tracing::debug!(error = ?e.condition, "occupant of a lost node not let go");
+                }
+            }
+            if self.gone {
+                return;
+            }
+        }
+    }
+
+    /// A groupchat message with a body from an occupant who may speak
+    /// (what the batch archives together).
+    fn plain_groupchat(&self, el: &Element) -> bool {
+        el.name == "message"
+            && el.get_attr("type") == Some("groupchat")
+            && el.get_attr("to").is_some_and(|t| !t.contains('/'))
+            && el.has_child("body", NS_CLIENT)
+            && el
+                .get_attr("from")
+                .and_then(|f| self.by_jid.get(f))
+                .and_then(|n| self.occupants.get(n))
+                .is_some_and(|o| o.role >= Role::Participant)
+    }
+
+    /// Archives a run of plain groupchat messages in one write, then
+    /// reflects them in order.
+    async fn flush(&mut self, server: &Server, run: &mut Vec<Element>) {
+        if run.is_empty() {
+            return;
+        }
+        let msgs = std::mem::take(run);
+        let mut outs: Vec<(Element, String)> = Vec::with_capacity(msgs.len());
+        for el in &msgs {
+            let from = el.get_attr("from").unwrap_or_default();
+            let Some(nick) = self.by_jid.get(from).cloned() else {
+                continue;
+            };
+            let mut out = reflected(el, &self.occupant_jid(&nick));
+            out.children.push(Node::Element(
+                Element::new("occupant-id", NS_OCCUPANT_ID)
+                    .attr("id", self.occupants[&nick].oid.as_str()),
+            ));
+            outs.push((out, nick));
+        }
+        match self.archive_all(server, &mut outs).await {
+            Ok(spliced) => {
+                for s in &spliced {
+                    self.fan_out(server, s);
+                }
+                metrics::counter!("starling_muc_messages_total").increment(spliced.len() as u64);
+            }
+            Err(e) => {
+                for el in &msgs {
+                    bounce_with(server, el, &e);
+                }
+            }
+        }
+    }
+
     async fn handle(&mut self, server: &Server, el: Element) {
         let epoch = server.services.live_epoch();
         if self.loaded && epoch != self.epoch {
@@ -1101,42 +1233,57 @@ impl State {
         ));
         // Archived (durably) before anyone gets it: it is the history and
         // the room's XEP-0313 archive, and survives the node.
-        let spliced = self.archive(server, &mut out, nick).await?;
-        self.fan_out(server, &spliced);
+        let mut outs = [(out, nick.to_owned())];
+        let spliced = self.archive_all(server, &mut outs).await?;
+        for sp in &spliced {
+            self.fan_out(server, sp);
+        }
         metrics::counter!("starling_muc_messages_total").increment(1);
         Ok(())
     }
 
-    /// Archives a reflected message under the room's JID with a new
-    /// stanza-id; returns it serialised for the fan-out.
-    async fn archive(
+    /// Archives reflected messages under the room's JID, each with a new
+    /// stanza-id, in one durable write; returns them serialised for the
+    /// fan-out.
+    async fn archive_all(
         &self,
         server: &Server,
-        out: &mut Element,
-        nick: &str,
-    ) -> Result<Spliced, StanzaError> {
+        outs: &mut [(Element, String)],
+    ) -> Result<Vec<Spliced>, StanzaError> {
         for _ in 0..8 {
-            let id = mam::next_id(server.storage.store.node_id());
-            out.children.push(Node::Element(
-                Element::new("stanza-id", mam::NS_SID)
-                    .attr("by", self.jid.as_str())
-                    .attr("id", mam::encode_id(id)),
-            ));
-            let spliced = Spliced::of(out);
-            let record = ArchivedMessage {
-                outgoing: false,
-                with: self.jid.clone(),
-                with_resource: Some(nick.to_owned()),
-                xml: spliced.without_to(),
-            };
-            if server
-                .storage
-                .archive(&[(self.jid.as_str(), id, &record)])
-                .await?
-            {
+            let node = server.storage.store.node_id();
+            let mut ids = Vec::with_capacity(outs.len());
+            let mut spliced = Vec::with_capacity(outs.len());
+            let mut records = Vec::with_capacity(outs.len());
+            for (out, nick) in outs.iter_mut() {
+                let id = mam::next_id(node);
+                out.children.push(Node::Element(
+                    Element::new("stanza-id", mam::NS_SID)
+                        .attr("by", self.jid.as_str())
+                        .attr("id", mam::encode_id(id)),
+                ));
+                let s = Spliced::of(out);
+                records.push(ArchivedMessage {
+                    outgoing: false,
+                    with: self.jid.clone(),
+                    with_resource: Some(nick.clone()),
+                    xml: s.without_to(),
+                });
+                ids.push(id);
+                spliced.push(s);
+            }
+            let entries: Vec<(&str, u64, &ArchivedMessage)> = ids
+                .iter()
+                .zip(&records)
+                .map(|(id, r)| (self.jid.as_str(), *id, r))
+                .collect();
+            if server.storage.archive(&entries).await? {
+                metrics::counter!("starling_muc_archive_writes_total").increment(1);
                 return Ok(spliced);
             }
-            out.children.pop();
+            for (out, _) in outs.iter_mut() {
+                out.children.pop();
+            }
         }
         Err(err(Condition::InternalServerError))
     }
