@@ -815,3 +815,31 @@ def test_a_burst_is_archived_in_few_writes_and_reflected_in_order(server, client
     writes = _counter(server, "starling_muc_archive_writes_total") - writes0
     print(f"FIGURE: muc_burst_archive_writes={writes:.0f} messages={n}")
     assert 1 <= writes < n, writes
+
+
+def test_voice_request_goes_to_moderators_and_approval_gives_voice(server, clients):
+    room, owner, _ = room_with(server, clients, 1, {"moderatedroom": 1})
+    v = clients.add(server.online("mvr"))
+    _, own, _, _ = join(v, room, "visitor")
+    assert item(own).get("role") == "visitor"
+    req = ("<x xmlns='jabber:x:data' type='submit'>"
+           "<field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#request</value></field>"
+           "<field var='muc#role' type='list-single'><value>participant</value></field></x>")
+    v.send_raw(f"<message to='{room}'>{req}</message>")
+    m = owner.recv(lambda e: e.tag == C("message") and e.get("from") == room
+                   and e.find(q(NS_DATA, "x")) is not None)
+    fields = {f.get("var"): f.findtext(q(NS_DATA, "value")) for f in m.find(q(NS_DATA, "x")).findall(q(NS_DATA, "field"))}
+    assert fields["FORM_TYPE"] == "http://jabber.org/protocol/muc#request"
+    assert fields["muc#roomnick"] == "visitor" and fields["muc#jid"] == v.jid
+    owner.send_raw(f"<message to='{room}'><x xmlns='jabber:x:data' type='submit'>"
+                   "<field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#request</value></field>"
+                   "<field var='muc#role'><value>participant</value></field>"
+                   "<field var='muc#roomnick'><value>visitor</value></field>"
+                   "<field var='muc#request_allow'><value>true</value></field></x></message>")
+    now = v.recv(lambda e: e.tag == C("presence") and e.get("from") == f"{room}/visitor" and e.get("type") is None)
+    assert item(now).get("role") == "participant"
+    # A participant asking again: not-acceptable.
+    mid = new_id()
+    v.send_raw(f"<message id='{mid}' to='{room}'>{req}</message>")
+    e = v.recv(lambda e: e.get("id") == mid and e.get("type") == "error")
+    assert stanza_error(e)[1] == "not-acceptable"

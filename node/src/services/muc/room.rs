@@ -33,6 +33,7 @@ const NS_DATA: &str = "jabber:x:data";
 const NS_PING: &str = "urn:xmpp:ping";
 const NS_ROOMCONFIG: &str = "http://jabber.org/protocol/muc#roomconfig";
 const NS_ROOMINFO: &str = "http://jabber.org/protocol/muc#roominfo";
+const NS_REQUEST: &str = "http://jabber.org/protocol/muc#request";
 
 // ------------------------------------------------------------ records
 
@@ -1182,6 +1183,17 @@ impl State {
                 return self.decline(server, &from, dec);
             }
         }
+        if let Some(form) = el.get_child("x", NS_DATA)
+            && form_type(form).as_deref() == Some(NS_REQUEST)
+        {
+            let Some(nick) = sender else {
+                return Err(StanzaError::with_text(
+                    Condition::NotAcceptable,
+                    "only occupants may ask for voice",
+                ));
+            };
+            return self.voice_request(server, &nick, form).await;
+        }
         Err(StanzaError::with_text(
             Condition::BadRequest,
             "messages to the room are of type groupchat",
@@ -1464,6 +1476,89 @@ impl State {
         let server_ptr = server.services.server();
         if let Some(s) = server_ptr {
             actix_rt::spawn(async move { route_out(&s, m).await });
+        }
+        Ok(())
+    }
+
+    /// A voice request (XEP-0045 §7.13) goes to the moderators as a form;
+    /// a moderator's approval (§8.6) gives the occupant voice.
+    async fn voice_request(
+        &mut self,
+        server: &Server,
+        nick: &str,
+        form: &Element,
+    ) -> Result<(), StanzaError> {
+        let fields: HashMap<String, String> = form
+            .elements()
+            .filter(|f| f.is("field", NS_DATA))
+            .filter_map(|f| Some((f.get_attr("var")?.to_owned(), one(f, "").ok()?)))
+            .collect();
+        let me = &self.occupants[nick];
+        if me.role == Role::Moderator && form.get_attr("type") == Some("submit") {
+            if let Some(target) = fields.get("muc#roomnick")
+                && fields.contains_key("muc#request_allow")
+            {
+                let allow = matches!(
+                    fields.get("muc#request_allow").map(|v| v.trim()),
+                    Some("1" | "true")
+                );
+                if !allow {
+                    return Ok(());
+                }
+                let Some(o) = self.occupants.get(target) else {
+                    return Err(err(Condition::ItemNotFound));
+                };
+                if o.role != Role::Visitor {
+                    return Ok(());
+                }
+                let change = Change::Role {
+                    nick: target.clone(),
+                    role: Role::Participant,
+                    reason: None,
+                };
+                let actor = split(&me.jid).0.to_owned();
+                return self.apply_changes(server, &actor, vec![change], 321).await;
+            }
+        }
+        if me.role != Role::Visitor {
+            return Err(StanzaError::with_text(
+                Condition::NotAcceptable,
+                "you have voice already",
+            ));
+        }
+        let x = Element::new("x", NS_DATA)
+            .attr("type", "form")
+            .child(Element::new("title", NS_DATA).text("Voice request"))
+            .child(hidden_field("FORM_TYPE", NS_REQUEST))
+            .child(list_field(
+                "muc#role",
+                "Requested role",
+                "participant",
+                &["participant"],
+            ))
+            .child(
+                Element::new("field", NS_DATA)
+                    .attr("var", "muc#jid")
+                    .attr("type", "jid-single")
+                    .attr("label", "User ID")
+                    .child(value(&me.jid)),
+            )
+            .child(text_field("muc#roomnick", "Room nickname", nick))
+            .child(bool_field(
+                "muc#request_allow",
+                "Grant voice to this person?",
+                false,
+            ));
+        let m = Element::new("message", NS_CLIENT)
+            .attr("from", self.jid.as_str())
+            .attr("id", crate::stream::new_id())
+            .child(x);
+        for o in self
+            .occupants
+            .values()
+            .filter(|o| o.role == Role::Moderator)
+        {
+            send_el(server, &o.jid, m.clone());
         }
         Ok(())
     }
@@ -2295,6 +2390,13 @@ fn jid_multi(var: &str, label: &str, v: &[String]) -> Element {
         f = f.child(value(j));
     }
     f
+}
+
+/// The FORM_TYPE of a data form.
+fn form_type(x: &Element) -> Option<String> {
+    x.elements()
+        .find(|f| f.is("field", NS_DATA) && f.get_attr("var") == Some("FORM_TYPE"))
+        .and_then(|f| f.child_text("value", NS_DATA))
 }
 
 fn bad(text: &str) -> StanzaError {
