@@ -1494,9 +1494,11 @@ impl State {
             .filter_map(|f| Some((f.get_attr("var")?.to_owned(), one(f, "").ok()?)))
             .collect();
         let me = &self.occupants[nick];
-        if me.role == Role::Moderator && form.get_attr("type") == Some("submit") {
-            if let Some(target) = fields.get("muc#roomnick")
-                && fields.contains_key("muc#request_allow")
+        if me.role == Role::Moderator
+            && form.get_attr("type") == Some("submit")
+            && let Some(target) = fields.get("muc#roomnick")
+            && fields.contains_key("muc#request_allow")
+        {
             {
                 let allow = matches!(
                     fields.get("muc#request_allow").map(|v| v.trim()),
