@@ -1499,28 +1499,26 @@ impl State {
             && let Some(target) = fields.get("muc#roomnick")
             && fields.contains_key("muc#request_allow")
         {
-            {
-                let allow = matches!(
-                    fields.get("muc#request_allow").map(|v| v.trim()),
-                    Some("1" | "true")
-                );
-                if !allow {
-                    return Ok(());
-                }
-                let Some(o) = self.occupants.get(target) else {
-                    return Err(err(Condition::ItemNotFound));
-                };
-                if o.role != Role::Visitor {
-                    return Ok(());
-                }
-                let change = Change::Role {
-                    nick: target.clone(),
-                    role: Role::Participant,
-                    reason: None,
-                };
-                let actor = split(&me.jid).0.to_owned();
-                return self.apply_changes(server, &actor, vec![change], 321).await;
+            let allow = matches!(
+                fields.get("muc#request_allow").map(|v| v.trim()),
+                Some("1" | "true")
+            );
+            if !allow {
+                return Ok(());
             }
+            let Some(o) = self.occupants.get(target) else {
+                return Err(err(Condition::ItemNotFound));
+            };
+            if o.role != Role::Visitor {
+                return Ok(());
+            }
+            let change = Change::Role {
+                nick: target.clone(),
+                role: Role::Participant,
+                reason: None,
+            };
+            let actor = split(&me.jid).0.to_owned();
+            return self.apply_changes(server, &actor, vec![change], 321).await;
         }
         if me.role != Role::Visitor {
             return Err(StanzaError::with_text(
