@@ -508,6 +508,13 @@ def test_private_messages_through_the_room(server, clients):
     m = p.recv(lambda e: e.tag == C("message") and e.findtext(C("body")) == "psst")
     assert m.get("from") == f"{room}/o" and m.get("type") == "chat"
     assert m.find(q(NS_USER, "x")) is not None
+    assert m.find(q(NS_OID, "occupant-id")) is not None
+    # A client cannot pass an occupant id of its own off as the room's.
+    owner.message(f"{room}/p1", "forged", type_="chat",
+                  extra=f"<occupant-id xmlns='{NS_OID}' id='forged'/>")
+    m = p.recv(lambda e: e.tag == C("message") and e.findtext(C("body")) == "forged")
+    assert [o.get("id") for o in m.findall(q(NS_OID, "occupant-id"))] != ["forged"]
+    assert len(m.findall(q(NS_OID, "occupant-id"))) == 1
     mid = owner.message(f"{room}/nobody", "?", type_="chat")
     e = owner.recv(lambda e: e.get("id") == mid and e.get("type") == "error")
     assert stanza_error(e)[1] == "item-not-found"

@@ -1389,6 +1389,12 @@ impl State {
         }
         let mut out = el.clone();
         out.set_attr("from", self.occupant_jid(sender));
+        // XEP-0421: the sender's occupant id, never one the client made.
+        out.remove_children("occupant-id", NS_OCCUPANT_ID);
+        out.children.push(Node::Element(
+            Element::new("occupant-id", NS_OCCUPANT_ID)
+                .attr("id", self.occupants[sender].oid.as_str()),
+        ));
         if !out.has_child("x", NS_MUC_USER) {
             out.children
                 .push(Node::Element(Element::new("x", NS_MUC_USER)));
