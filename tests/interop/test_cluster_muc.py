@@ -273,3 +273,19 @@ def test_room_moves_to_a_node_that_joins(cluster, clients):
     chk.expect(got["a"] == got["b"], f"orders differ: {got}")
     cl.figure("muc_move_on_join_from_node", before_owner)
     chk.done()
+
+
+def test_join_without_initial_presence_from_another_node(cluster, clients):
+    """A client that joins before sending initial presence, on a node that does not run the
+    room: the room (elsewhere) finds its session and answers at once."""
+    cl = cluster
+    ids = sorted(cl.nodes)
+    room = room_on(ids, ids[0])
+    owner = clients.add(online_on(cl[ids[0]], "jo"))
+    join(owner, room, "o")
+    r = owner.iq("set", f"<query xmlns='{NS_OWNER}'><x xmlns='{NS_DATA}' type='submit'/></query>", to=room)
+    assert r.get("type") == "result", tostring(r)
+    quiet = clients.add(cl[ids[1]].online("jq", presence=False))
+    join(quiet, room, "quiet")
+    owner.message(room, "hello quiet", type_="groupchat")
+    quiet.recv(lambda e: e.tag == C("message") and e.findtext(C("body")) == "hello quiet", timeout=10)

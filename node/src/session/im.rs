@@ -417,7 +417,7 @@ pub async fn presence(
         (Probe, None) => Ok(()),
         (Available | Unavailable, None) => broadcast(server, origin, state, el).await,
         (Available | Unavailable | Error, Some(to)) => {
-            directed(server, state, ptype, &to, el).await;
+            directed(server, origin, state, ptype, &to, el).await;
             Ok(())
         }
         // A presence error to nobody: nothing to do.
@@ -655,6 +655,7 @@ fn probe(
 /// it is tracked like any other, so the room sees the session go.
 async fn directed(
     server: &Server,
+    origin: &Origin<'_>,
     state: &mut PresenceState,
     ptype: PresenceType,
     to: &str,
@@ -678,6 +679,14 @@ async fn directed(
         _ => {}
     }
     if service {
+        // The service (a room, maybe on another node) answers this
+        // session at once: its route must be in the registry first.
+        if !state.published
+            && let Err(e) =
+                routing::publish(server, origin.bare, origin.session_id, &mut state.published).await
+        {
+            tracing::debug!(error = %e, "route not published before presence to a service");
+        }
         crate::services::route(server, el).await;
         return;
     }
