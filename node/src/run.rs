@@ -230,6 +230,12 @@ async fn run_listeners(server: Arc<Server>) -> anyhow::Result<()> {
     }
     shutdown_signal().await;
     tracing::info!(sessions = server.router.session_count(), "shutting down");
+    // Alone, this node's rooms go with it: their occupants are told
+    // (XEP-0045 status 332) before the sessions close. In a cluster the
+    // rooms run on again elsewhere.
+    if !server.storage.store.has_peers() && server.services.muc.shutdown() {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
     for bare in server.router.users() {
         server
             .router

@@ -850,3 +850,16 @@ def test_voice_request_goes_to_moderators_and_approval_gives_voice(server, clien
     v.send_raw(f"<message id='{mid}' to='{room}'>{req}</message>")
     e = v.recv(lambda e: e.get("id") == mid and e.get("type") == "error")
     assert stanza_error(e)[1] == "not-acceptable"
+
+
+@pytest.mark.starling_only
+def test_shutdown_tells_occupants_332(fresh_server, clients):
+    s = fresh_server
+    c = clients.add(s.online("msd"))
+    room = f"sd{uuid.uuid4().hex[:8]}@conference.{s.domain}"
+    instant(c, room, "me")
+    c.drain(0.3)
+    s.stop()
+    p = c.recv(lambda e: e.tag == C("presence") and e.get("from") == f"{room}/me"
+               and e.get("type") == "unavailable", timeout=10)
+    assert {"332", "110"}.issubset(codes(p)), tostring(p)

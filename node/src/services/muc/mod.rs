@@ -98,6 +98,15 @@ impl Rooms {
         }
     }
 
+    /// The node shuts down: every room here tells its occupants (332).
+    /// Whether any room runs here.
+    pub fn shutdown(&self) -> bool {
+        for e in self.map.iter() {
+            e.value().1.do_send(room::Shutdown);
+        }
+        !self.map.is_empty()
+    }
+
     /// Number of rooms running here.
     pub fn running(&self) -> usize {
         self.map.len()

@@ -254,6 +254,11 @@ pub struct RoomStanza(pub Element);
 #[rtype(result = "()")]
 pub struct SessionsGone(pub Arc<Vec<String>>);
 
+/// The node shuts down (and has no peers to run the room on).
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
 /// Stop: the room moved to another node.
 #[derive(actix::Message)]
 #[rtype(result = "()")]
@@ -276,6 +281,7 @@ pub struct Room {
 pub enum Work {
     Stanza(Element),
     Gone(Arc<Vec<String>>),
+    Shutdown,
 }
 
 /// The most stanzas one batch takes (one archive write for its run of
@@ -391,6 +397,15 @@ impl Handler<SessionsGone> for Room {
     }
 }
 
+impl Handler<Shutdown> for Room {
+    type Result = ();
+
+    fn handle(&mut self, _: Shutdown, ctx: &mut Context<Self>) {
+        self.queue.push(Work::Shutdown);
+        self.kick(ctx);
+    }
+}
+
 impl Handler<Stop> for Room {
     type Result = ();
 
@@ -451,6 +466,10 @@ impl State {
                     self.flush(server, &mut run).await;
                     self.sessions_gone(server, &list).await;
                 }
+                Work::Shutdown => {
+                    self.flush(server, &mut run).await;
+                    self.system_shutdown(server);
+                }
                 Work::Stanza(el) => {
                     if self.loaded
                         && server.services.live_epoch() == self.epoch
@@ -477,6 +496,21 @@ impl State {
         } else {
             crate::services::forward(server, owner, &el);
         }
+    }
+
+    /// Every occupant leaves with status 332 (the service shuts down).
+    fn system_shutdown(&mut self, server: &Server) {
+        for (nick, o) in &self.occupants {
+            let aff = self.affiliation(server, o.bare());
+            let mut p = self.unavailable_item(server, nick, None, aff, &[332]);
+            if let Some(x) = p.get_child_mut("x", NS_MUC_USER) {
+                x.children.push(Node::Element(status(110)));
+            }
+            send_el(server, &o.jid, p);
+        }
+        self.occupants.clear();
+        self.by_jid.clear();
+        self.loaded = false;
     }
 
     async fn sessions_gone(&mut self, server: &Server, list: &[String]) {
