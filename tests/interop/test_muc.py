@@ -863,3 +863,32 @@ def test_shutdown_tells_occupants_332(fresh_server, clients):
     p = c.recv(lambda e: e.tag == C("presence") and e.get("from") == f"{room}/me"
                and e.get("type") == "unavailable", timeout=10)
     assert {"332", "110"}.issubset(codes(p)), tostring(p)
+
+
+def test_nick_registration_reserves_the_nick(server, clients):
+    room, owner, _ = room_with(server, clients, 1, {"membersonly": 1})
+    u = clients.add(server.online("mrg"))
+    r = ok(u.iq("get", "<query xmlns='jabber:iq:register'/>", to=room))
+    x = r.find(q("jabber:iq:register", "query")).find(q(NS_DATA, "x"))
+    assert "muc#register_roomnick" in [f.get("var") for f in x.findall(q(NS_DATA, "field"))]
+    sub = ("<query xmlns='jabber:iq:register'><x xmlns='jabber:x:data' type='submit'>"
+           "<field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#register</value></field>"
+           "<field var='muc#register_roomnick'><value>{}</value></field></x></query>")
+    ok(u.iq("set", sub.format("reserved"), to=room))
+    r = ok(u.iq("get", "<query xmlns='jabber:iq:register'/>", to=room))
+    qel = r.find(q("jabber:iq:register", "query"))
+    assert qel.find(q("jabber:iq:register", "registered")) is not None
+    assert qel.findtext(q("jabber:iq:register", "username")) == "reserved"
+    r = ok(u.iq("get", f"<query xmlns='{NS_INFO}' node='x-roomuser-item'/>", to=room))
+    assert r.find(q(NS_INFO, "query")).find(q(NS_INFO, "identity")).get("name") == "reserved"
+    # Registered: a member of the members-only room, under its nick.
+    _, own, _, _ = join(u, room, "reserved")
+    assert item(own).get("affiliation") == "member"
+    # Someone else may neither register nor use the nick.
+    other = clients.add(server.online("mrh"))
+    assert err_of(other.iq("set", sub.format("reserved"), to=room)) == "conflict"
+    ok(admin(owner, room, f"<item affiliation='member' jid='{bare(other.jid)}'/>"))
+    u.presence(to=f"{room}/reserved", type_="unavailable")
+    u.recv(is_pres_from(f"{room}/reserved", "unavailable"))
+    assert join_error(other, room, "reserved") == "conflict"
+    assert err_of(other.iq("set", sub.format(""), to=room)) == "not-acceptable"

@@ -34,6 +34,8 @@ const NS_PING: &str = "urn:xmpp:ping";
 const NS_ROOMCONFIG: &str = "http://jabber.org/protocol/muc#roomconfig";
 const NS_ROOMINFO: &str = "http://jabber.org/protocol/muc#roominfo";
 const NS_REQUEST: &str = "http://jabber.org/protocol/muc#request";
+const NS_REGISTER: &str = "jabber:iq:register";
+const NS_MUC_REGISTER: &str = "http://jabber.org/protocol/muc#register";
 
 // ------------------------------------------------------------ records
 
@@ -186,6 +188,19 @@ pub struct RoomRecord {
     pub locked: bool,
     /// Salt of the XEP-0421 occupant ids.
     pub salt: u64,
+    /// Registered (reserved) nicks, bare JID -> nick (XEP-0045 §7.10).
+    #[serde(default)]
+    pub nicks: BTreeMap<String, String>,
+}
+
+impl RoomRecord {
+    /// The bare JID that registered `nick`, if one did.
+    fn nick_owner(&self, nick: &str) -> Option<&str> {
+        self.nicks
+            .iter()
+            .find(|(_, n)| n.as_str() == nick)
+            .map(|(b, _)| b.as_str())
+    }
 }
 
 impl RoomRecord {
@@ -890,6 +905,7 @@ impl State {
                 // (XEP-0045 §10.1.1); others configure it first.
                 locked: x.is_some(),
                 salt: rand::random(),
+                nicks: BTreeMap::new(),
             });
             created = true;
         }
@@ -933,7 +949,7 @@ impl State {
                 "the room is full",
             ));
         }
-        if self.occupants.contains_key(nick) {
+        if self.occupants.contains_key(nick) || rec.nick_owner(nick).is_some_and(|b| b != bare) {
             return Err(StanzaError::with_text(
                 Condition::Conflict,
                 "that nickname is taken",
@@ -1603,6 +1619,101 @@ impl State {
         Ok(())
     }
 
+    /// Nick registration (XEP-0045 §7.10): the form, a submission (the
+    /// user becomes a member with the nick reserved), or `<remove/>`.
+    async fn register(
+        &mut self,
+        server: &Server,
+        from: &str,
+        q: &Element,
+        set: bool,
+    ) -> Result<Element, StanzaError> {
+        let bare = split(from).0.to_owned();
+        let aff = self.affiliation(server, &bare);
+        if aff == Affiliation::Outcast {
+            return Err(err(Condition::Forbidden));
+        }
+        let rec = self.rec.as_ref().expect("room");
+        if !set {
+            if let Some(n) = rec.nicks.get(&bare) {
+                return Ok(Element::new("query", NS_REGISTER)
+                    .child(Element::new("registered", NS_REGISTER))
+                    .child(Element::new("username", NS_REGISTER).text(n.clone())));
+            }
+            let x = Element::new("x", NS_DATA)
+                .attr("type", "form")
+                .child(Element::new("title", NS_DATA).text("Nickname registration"))
+                .child(hidden_field("FORM_TYPE", NS_MUC_REGISTER))
+                .child(
+                    Element::new("field", NS_DATA)
+                        .attr("var", "muc#register_roomnick")
+                        .attr("type", "text-single")
+                        .attr("label", "Nickname")
+                        .child(Element::new("required", NS_DATA)),
+                );
+            return Ok(Element::new("query", NS_REGISTER)
+                .child(
+                    Element::new("instructions", NS_REGISTER)
+                        .text("Reserve a nickname in this room"),
+                )
+                .child(x));
+        }
+        let mut rec = rec.clone();
+        if q.has_child("remove", NS_REGISTER) {
+            if rec.nicks.remove(&bare).is_none() {
+                return Err(err(Condition::ItemNotFound));
+            }
+            if rec.affiliations.get(&bare) == Some(&Affiliation::Member) {
+                rec.affiliations.remove(&bare);
+            }
+            self.rec = Some(rec);
+            self.save(server, true, &[]).await?;
+            return Ok(Element::new("query", NS_REGISTER));
+        }
+        let Some(x) = q.get_child("x", NS_DATA) else {
+            return Err(err(Condition::BadRequest));
+        };
+        if x.get_attr("type") == Some("cancel") {
+            return Ok(Element::new("query", NS_REGISTER));
+        }
+        if form_type(x)
+            .as_deref()
+            .is_some_and(|t| t != NS_MUC_REGISTER)
+        {
+            return Err(bad("FORM_TYPE is not muc#register"));
+        }
+        let nick = x
+            .elements()
+            .find(|f| f.is("field", NS_DATA) && f.get_attr("var") == Some("muc#register_roomnick"))
+            .map(|f| one(f, "muc#register_roomnick"))
+            .transpose()?
+            .unwrap_or_default();
+        let nick = match jid::ResourcePart::new(nick.trim()) {
+            Ok(n) if !n.as_str().trim().is_empty() => n.as_str().to_owned(),
+            _ => {
+                return Err(StanzaError::with_text(
+                    Condition::NotAcceptable,
+                    "not a valid nickname",
+                ));
+            }
+        };
+        let taken = rec.nick_owner(&nick).is_some_and(|b| b != bare)
+            || self.occupants.get(&nick).is_some_and(|o| o.bare() != bare);
+        if taken {
+            return Err(StanzaError::with_text(
+                Condition::Conflict,
+                "that nickname is taken",
+            ));
+        }
+        rec.nicks.insert(bare.clone(), nick);
+        if aff < Affiliation::Member {
+            rec.affiliations.insert(bare, Affiliation::Member);
+        }
+        self.rec = Some(rec);
+        self.save(server, true, &[]).await?;
+        Ok(Element::new("query", NS_REGISTER))
+    }
+
     // -------------------------------------------------------- IQ
 
     async fn iq(&mut self, server: &Server, el: &Element) -> Result<(), StanzaError> {
@@ -1625,12 +1736,24 @@ impl State {
             return Err(err(Condition::ItemNotFound));
         }
         let reply = match (payload.name.as_str(), payload.ns.as_str(), set) {
-            ("query", NS_INFO, false) => {
-                if payload.get_attr("node").is_some() {
-                    return Err(err(Condition::ItemNotFound));
+            ("query", NS_INFO, false) => match payload.get_attr("node") {
+                // XEP-0045 §7.12: the requester's registered nick.
+                Some("x-roomuser-item") => {
+                    let mut q = Element::new("query", NS_INFO).attr("node", "x-roomuser-item");
+                    if let Some(n) = self.rec.as_ref().and_then(|r| r.nicks.get(split(&from).0)) {
+                        q = q.child(
+                            Element::new("identity", NS_INFO)
+                                .attr("category", "conference")
+                                .attr("type", "text")
+                                .attr("name", n.as_str()),
+                        );
+                    }
+                    Some(q)
                 }
-                Some(self.disco_info(server))
-            }
+                Some(_) => return Err(err(Condition::ItemNotFound)),
+                None => Some(self.disco_info(server)),
+            },
+            ("query", NS_REGISTER, _) => Some(self.register(server, &from, payload, set).await?),
             ("query", NS_ITEMS, false) => Some(Element::new("query", NS_ITEMS)),
             ("ping", NS_PING, false) => None,
             ("query", NS_MUC_OWNER, _) => match self.owner_iq(server, &from, payload, set).await? {
