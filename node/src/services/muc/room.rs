@@ -1177,14 +1177,9 @@ impl State {
             el.set_attr("to", to);
             el.children.push(Node::Element(
                 Element::new("delay", NS_DELAY)
-                    .attr("xmlns", NS_DELAY)
                     .attr("from", self.jid.as_str())
                     .attr("stamp", mam::stamp(id)),
             ));
-            el.attrs.retain(|(k, _)| k != "xmlns");
-            if let Some(Node::Element(d)) = el.children.last_mut() {
-                d.attrs.retain(|(k, _)| k != "xmlns");
-            }
             let xml = el.to_stream_xml(NS_CLIENT);
             if let Some(mc) = maxchars {
                 chars += xml.chars().count();
