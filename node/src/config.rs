@@ -501,6 +501,16 @@ impl UploadConfig {
                 "upload.slot_lifetime_secs and upload.cleanup_interval_secs must be positive"
             );
         }
+        for (key, url) in [
+            ("public_url", &self.public_url),
+            ("internal_url", &self.internal_url),
+        ] {
+            if let Some(u) = url
+                && !(u.starts_with("http://") || u.starts_with("https://"))
+            {
+                anyhow::bail!("upload.{key} must start with http:// or https://");
+            }
+        }
         if self.secret.as_ref().is_some_and(|s| s.len() < 16) {
             anyhow::bail!("upload.secret must be at least 16 characters");
         }

@@ -449,3 +449,40 @@ def test_file_survives_a_restart(tmp_path_factory):
         c.close()
     finally:
         s.stop()
+
+
+# ------------------------------------------------------------------ configuration
+
+def test_off_by_default(default_server):
+    """No [upload] section: no service listed, nothing answers for upload.<domain>."""
+    s = default_server
+    jid, _, pw = s.new_user("updef")
+    c = s.login(jid, pw)
+    try:
+        r = c.iq("get", f"<query xmlns='{NS_ITEMS}'/>", to="localhost")
+        assert r.get("type") == "result", tostring(r)
+        jids = [i.get("jid") for i in r.find(q(NS_ITEMS, "query")).findall(q(NS_ITEMS, "item"))]
+        assert "upload.localhost" not in jids
+        r = slot(c, "a.txt", 3)
+        assert r.get("type") == "error", tostring(r)
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("lines, key", [
+    (['public_url = "ftp://files.example.org"'], "upload.public_url"),
+    (["port = 0"], "upload.port"),
+    (['subdomain = "a.b"'], "upload.subdomain"),
+    (['secret = "short"'], "upload.secret"),
+])
+def test_bad_upload_config_is_refused(tmp_path, lines, key):
+    from conftest import STARLING_BIN, child_env
+    import subprocess
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("[upload]\nenabled = true\n" + "\n".join(lines) + "\n")
+    r = subprocess.run([STARLING_BIN, "serve", "--data-dir", str(tmp_path / "d"), "--config", str(cfg),
+                        "--c2s-port", str(free_port()), "--c2s-tls-port", str(free_port()),
+                        "--metrics-port", "0"],
+                       capture_output=True, text=True, timeout=30, env=child_env(), stdin=subprocess.DEVNULL)
+    assert r.returncode != 0
+    assert key in (r.stdout + r.stderr), r.stdout + r.stderr

@@ -523,6 +523,8 @@ async fn cached(server: &Server, slot: &str, meta: &FileMeta) -> anyhow::Result<
     tokio::fs::create_dir_all(cache_dir(server)).await?;
     let part = cache_dir(server).join(format!(".part-{slot}-{}", uuid::Uuid::new_v4().simple()));
     let result = fetch(server, &listener, slot, meta, &part).await;
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    metrics::counter!("starling_upload_fetches_total", "result" => outcome).increment(1);
     if let Err(e) = result {
         let _ = tokio::fs::remove_file(&part).await;
         return Err(e);

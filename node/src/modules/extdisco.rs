@@ -151,9 +151,10 @@ fn credentials<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResul
 mod tests {
     #[test]
     fn rest_credentials_match_coturn() {
-        // coturn: password = base64(hmac-sha1(secret, "expiry:user")).
-        let (u, p) = super::rest_credentials("north", "1700000000:a@b", 0);
-        assert_eq!(u, "0:1700000000:a@b");
-        assert_eq!(p.len(), 28);
+        // coturn's use-auth-secret: password = base64(HMAC-SHA1(secret,
+        // "expiry:user")); the expected value computed with Python's hmac.
+        let (u, p) = super::rest_credentials("north", "a@b", 1_700_000_000);
+        assert_eq!(u, "1700000000:a@b");
+        assert_eq!(p, "uSNJwY+BhWt12+CIwwq4YiYgXyg=");
     }
 }
