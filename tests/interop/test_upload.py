@@ -424,6 +424,27 @@ def test_expired_slot_and_file_expiry(tmp_path_factory):
         s.stop()
 
 
+def test_files_of_a_deleted_account_are_deleted(tmp_path_factory):
+    s = upload_server(tmp_path_factory, "updel", expire_after_secs=0, cleanup_interval_secs=1)
+    try:
+        c = s.online("upd", presence=False)
+        keep = s.online("upk", presence=False)
+        _, _, gone_url = upload(s, c, "mine.txt", b"of a deleted account")
+        _, _, kept_url = upload(s, keep, "kept.txt", b"of an account that stays")
+        c.close()
+        s.del_user(c.bare)
+        stored = os.path.join(s.data_dir, "upload", path_of(gone_url).split("/")[-2])
+        deadline = time.monotonic() + 20
+        while https(s, "GET", path_of(gone_url))[0] != 404 or os.path.exists(stored):
+            assert time.monotonic() < deadline, "file of a deleted account still served:\n" + s.log_tail()
+            time.sleep(0.5)
+        st, _, body = https(s, "GET", path_of(kept_url))
+        assert st == 200 and body == b"of an account that stays"
+        keep.close()
+    finally:
+        s.stop()
+
+
 def test_file_survives_a_restart(tmp_path_factory):
     s = upload_server(tmp_path_factory, "uprst")
     try:

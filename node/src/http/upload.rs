@@ -522,7 +522,14 @@ async fn cached(server: &Server, slot: &str, meta: &FileMeta) -> anyhow::Result<
         .ok_or_else(|| anyhow::anyhow!("node {} has no upload listener", meta.node))?;
     tokio::fs::create_dir_all(cache_dir(server)).await?;
     let part = cache_dir(server).join(format!(".part-{slot}-{}", uuid::Uuid::new_v4().simple()));
-    let result = fetch(server, &listener, slot, meta, &part).await;
+    // Bounded: a node that stops sending mid-file must not hold the GET
+    // forever (at least 1 MiB/s, and 30 s).
+    let limit = std::time::Duration::from_secs(30 + meta.size / (1024 * 1024));
+    let result =
+        match tokio::time::timeout(limit, fetch(server, &listener, slot, meta, &part)).await {
+            Ok(r) => r,
+            Err(_) => Err(anyhow::anyhow!("fetch took longer than {limit:?}")),
+        };
     let outcome = if result.is_ok() { "ok" } else { "error" };
     metrics::counter!("starling_upload_fetches_total", "result" => outcome).increment(1);
     if let Err(e) = result {
@@ -683,9 +690,10 @@ impl rustls::client::danger::ServerCertVerifier for Pinned {
     }
 }
 
-/// Deletes expired files every `cleanup_interval_secs`: each node its own
-/// files (record, bytes, quota), the leader the records of files whose
-/// node has not done so for two intervals (a node gone for good); every
+/// Deletes expired files, and those of deleted accounts, every
+/// `cleanup_interval_secs`: each node its own files (record, bytes,
+/// quota), the leader the records of files whose node has not done so for
+/// two intervals (a node gone for good); every
 /// node drops cached copies and unfinished uploads that are stale.
 pub async fn run_cleanup(server: Arc<Server>) {
     let cfg = &server.config.upload;
@@ -719,11 +727,19 @@ pub async fn cleanup(server: &Server, now: i64) -> anyhow::Result<usize> {
         let Ok(meta) = rmp_serde::from_slice::<FileMeta>(&v) else {
             continue;
         };
-        if !expired(server, &meta, now) {
+        // Expired, or its owner's account was deleted (checked only for a
+        // file older than two intervals: a replica that lags behind the
+        // account's creation must not take a new account for a deleted one).
+        let old = now - meta.created > grace;
+        let owner_gone = old && !server.storage.account_exists(&meta.owner)?;
+        let gone = owner_gone || expired(server, &meta, now);
+        if !gone {
             continue;
         }
         let mine = if shared { leader } else { meta.node == me };
-        let orphan = leader && expired(server, &meta, now - grace);
+        let orphan = leader
+            && (expired(server, &meta, now - grace)
+                || owner_gone && now - meta.created > 2 * grace);
         if !(mine || orphan) {
             continue;
         }
