@@ -11,14 +11,14 @@
 //! then serves it. With `[upload] shared_path`, every node reads the one
 //! directory instead.
 
-use crate::modules::upload::{self as m, Claims, FileMeta, NodeListener};
+use crate::modules::upload::{self as m, Claims};
 use crate::server::Server;
+use crate::storage::upload::{FileMeta, NodeListener};
 use actix_web::http::header::{self, ContentDisposition, DispositionParam, DispositionType};
 use actix_web::http::{Method, StatusCode};
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures::StreamExt;
 use sha2::Digest;
-use starling_cluster::{Op, OpResult};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
@@ -37,10 +37,6 @@ pub fn dir(server: &Server) -> PathBuf {
 
 fn cache_dir(server: &Server) -> PathBuf {
     dir(server).join(".cache")
-}
-
-fn node_key(id: u64) -> Vec<u8> {
-    format!("node\0{id}").into_bytes()
 }
 
 /// Starts the listener (when `[upload] enabled`) and publishes where it
@@ -130,16 +126,9 @@ async fn publish_listener(server: &Server) {
             Vec::new()
         },
     };
-    let value = rmp_serde::to_vec_named(&me).expect("serialises");
-    let store = &server.storage.store;
     for attempt in 0..60u32 {
-        let op = Op::Put {
-            space: m::META.into(),
-            key: node_key(store.node_id()),
-            value: value.clone(),
-        };
-        match store.write(vec![op]).await {
-            Ok(_) => return,
+        match server.storage.put_upload_listener(&me).await {
+            Ok(()) => return,
             Err(e) if attempt == 59 => {
                 tracing::warn!(error = %e, "could not publish the upload listener; other nodes cannot fetch files stored here");
             }
@@ -175,7 +164,9 @@ fn slot_and_name(req: &HttpRequest) -> Option<(String, String)> {
     let path = req.uri().path();
     let (rest, name) = path.rsplit_once('/')?;
     let (_, slot) = rest.rsplit_once('/')?;
-    if slot.is_empty() || !slot.bytes().all(|b| b.is_ascii_hexdigit()) {
+    // Slot ids are 32 hex digits: anything else is refused before any
+    // lookup (no read barrier for a scanner's guesses).
+    if slot.len() != 32 || !slot.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     let name = percent_encoding::percent_decode_str(name)
@@ -278,7 +269,7 @@ async fn put(
     } else {
         "application/octet-stream".to_owned()
     };
-    match m::file(server, slot) {
+    match server.storage.upload_file(slot) {
         Ok(Some(_)) => return status(StatusCode::CONFLICT, "this slot was already used"),
         Ok(None) => {}
         Err(_) => return status(StatusCode::SERVICE_UNAVAILABLE, "try again later"),
@@ -308,21 +299,9 @@ async fn put(
         node: server.storage.store.node_id(),
         upload: uuid::Uuid::new_v4().simple().to_string(),
     };
-    let ops = vec![
-        Op::Insert {
-            space: m::FILES.into(),
-            key: slot.as_bytes().to_vec(),
-            value: rmp_serde::to_vec_named(&meta).expect("serialises"),
-        },
-        Op::Put {
-            space: m::USER_FILES.into(),
-            key: crate::storage::user_key(&claims.owner, slot),
-            value: claims.size.to_be_bytes().to_vec(),
-        },
-    ];
-    match server.storage.store.write(ops).await {
-        Ok(r) if r.first() == Some(&OpResult::Done) => {}
-        Ok(_) => {
+    match server.storage.add_upload(slot, &meta).await {
+        Ok(true) => {}
+        Ok(false) => {
             let _ = tokio::fs::remove_file(&part).await;
             return status(StatusCode::CONFLICT, "this slot was already used");
         }
@@ -335,7 +314,7 @@ async fn put(
     if let Err(e) = tokio::fs::rename(&part, d.join(slot)).await {
         tracing::error!(error = %e, slot, "could not keep an uploaded file");
         let _ = tokio::fs::remove_file(&part).await;
-        let _ = forget(server, slot, &meta).await;
+        let _ = server.storage.remove_upload(slot, &meta.owner).await;
         return status(
             StatusCode::INTERNAL_SERVER_ERROR,
             "could not store the file",
@@ -377,29 +356,6 @@ async fn receive(payload: &mut web::Payload, part: &Path, size: u64) -> Result<(
     Ok(())
 }
 
-/// Drops a file's records (its bytes leave the owner's quota).
-async fn forget(
-    server: &Server,
-    slot: &str,
-    meta: &FileMeta,
-) -> Result<(), starling_cluster::StoreError> {
-    server
-        .storage
-        .store
-        .write(vec![
-            Op::Delete {
-                space: m::FILES.into(),
-                key: slot.as_bytes().to_vec(),
-            },
-            Op::Delete {
-                space: m::USER_FILES.into(),
-                key: crate::storage::user_key(&meta.owner, slot),
-            },
-        ])
-        .await
-        .map(drop)
-}
-
 fn expired(server: &Server, meta: &FileMeta, now: i64) -> bool {
     let after = server.config.upload.expire_after_secs;
     after > 0
@@ -424,11 +380,11 @@ fn inline(content_type: &str) -> bool {
 /// directory, or the owner node (fetched once into the cache).
 async fn get(req: &HttpRequest, server: &Server, slot: &str, name: &str) -> HttpResponse {
     let store = &server.storage.store;
-    let mut meta = m::file(server, slot).ok().flatten();
+    let mut meta = server.storage.upload_file(slot).ok().flatten();
     if meta.is_none() && store.has_peers() && req.headers().get(INTERNAL).is_none() {
         // Uploaded through another node a moment ago: catch up once.
         if store.read_barrier().await.is_ok() {
-            meta = m::file(server, slot).ok().flatten();
+            meta = server.storage.upload_file(slot).ok().flatten();
         }
     }
     let Some(meta) = meta.filter(|f| f.filename == name) else {
@@ -513,12 +469,9 @@ async fn cached(server: &Server, slot: &str, meta: &FileMeta) -> anyhow::Result<
     {
         return Ok(path);
     }
-    let listener: NodeListener = server
+    let listener = server
         .storage
-        .store
-        .get(m::META, &node_key(meta.node))?
-        .map(|v| rmp_serde::from_slice(&v))
-        .transpose()?
+        .upload_listener(meta.node)?
         .ok_or_else(|| anyhow::anyhow!("node {} has no upload listener", meta.node))?;
     tokio::fs::create_dir_all(cache_dir(server)).await?;
     let part = cache_dir(server).join(format!(".part-{slot}-{}", uuid::Uuid::new_v4().simple()));
@@ -720,13 +673,7 @@ pub async fn cleanup(server: &Server, now: i64) -> anyhow::Result<usize> {
     let shared = server.config.upload.shared_path.is_some();
     let grace = 2 * i64::try_from(server.config.upload.cleanup_interval_secs).unwrap_or(0);
     let mut deleted = 0;
-    for (k, v) in store.scan_prefix(m::FILES, b"")? {
-        let Ok(slot) = std::str::from_utf8(&k) else {
-            continue;
-        };
-        let Ok(meta) = rmp_serde::from_slice::<FileMeta>(&v) else {
-            continue;
-        };
+    for (slot, meta) in server.storage.upload_files()? {
         // Expired, or its owner's account was deleted (checked only for a
         // file older than two intervals: a replica that lags behind the
         // account's creation must not take a new account for a deleted one).
@@ -743,9 +690,9 @@ pub async fn cleanup(server: &Server, now: i64) -> anyhow::Result<usize> {
         if !(mine || orphan) {
             continue;
         }
-        forget(server, slot, &meta).await?;
+        server.storage.remove_upload(&slot, &meta.owner).await?;
         if mine {
-            let _ = tokio::fs::remove_file(dir(server).join(slot)).await;
+            let _ = tokio::fs::remove_file(dir(server).join(&slot)).await;
         }
         deleted += 1;
     }
@@ -765,7 +712,10 @@ pub async fn cleanup(server: &Server, now: i64) -> anyhow::Result<usize> {
                     .is_some_and(|age| age.as_secs() > 3600);
             let stale_copy = d == cache_dir(server)
                 && !name.starts_with('.')
-                && m::file(server, &name)?.is_none_or(|f| expired(server, &f, now));
+                && server
+                    .storage
+                    .upload_file(&name)?
+                    .is_none_or(|f| expired(server, &f, now));
             if stale_part || stale_copy {
                 let _ = tokio::fs::remove_file(e.path()).await;
             }

@@ -7,31 +7,20 @@
 //! The HTTP half (PUT, GET, expiry, fetching from another node) is
 //! `crate::http::upload`.
 //!
-//! Stored (replicated): `upload_file` slot id -> [`FileMeta`];
-//! `user_upload` `bare \0 slot id` -> size (8 bytes, big-endian), the
-//! owner's quota index; `upload_meta` the shared key and each node's
-//! listener.
+//! What is stored, and where: `crate::storage::upload`.
 
 use super::Module;
 use super::disco::{NS_INFO, NS_ITEMS};
 use crate::server::Server;
 use crate::stanza::{Condition, NS_CLIENT, StanzaError, error_reply, iq_result};
+use crate::storage::upload::{FILES, META, USER_FILES};
 use crate::xml::Element;
 use base64::Engine as _;
 use hmac::{KeyInit, Mac};
-use serde::{Deserialize, Serialize};
-use starling_cluster::{Op, OpResult, StoreError};
+use starling_cluster::StoreError;
 
 pub const NS_UPLOAD: &str = "urn:xmpp:http:upload:0";
 const NS_DATA: &str = "jabber:x:data";
-
-/// Slot id -> [`FileMeta`].
-pub const FILES: &str = "upload_file";
-/// `bare \0 slot id` -> size: what each user keeps, for the quota.
-pub const USER_FILES: &str = "user_upload";
-/// The shared token key (`secret`) and each node's listener
-/// (`node \0 id` -> [`NodeListener`]).
-pub const META: &str = "upload_meta";
 
 pub static MODULE: Module = Module {
     name: "upload",
@@ -40,31 +29,6 @@ pub static MODULE: Module = Module {
     spaces: &[FILES, USER_FILES, META],
     ..Module::EMPTY
 };
-
-/// A stored file.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct FileMeta {
-    pub owner: String,
-    pub filename: String,
-    pub size: u64,
-    pub content_type: String,
-    /// Unix seconds of the upload.
-    pub created: i64,
-    /// The node whose disk holds it.
-    pub node: u64,
-    /// Unique per PUT, so two racing PUTs of one slot never write equal
-    /// records (an equal insert counts as done).
-    pub upload: String,
-}
-
-/// Where a node's upload listener is, for the others to fetch from.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct NodeListener {
-    pub url: String,
-    /// SHA-256 of the certificates it presents (hex), pinned by the
-    /// fetching node; empty for plain HTTP.
-    pub pins: Vec<String>,
-}
 
 /// Per-server state: the shared key, read once.
 #[derive(Default)]
@@ -180,62 +144,26 @@ pub async fn secret(server: &Server) -> Result<&[u8], StoreError> {
 }
 
 async fn load_secret(server: &Server) -> Result<Vec<u8>, StoreError> {
-    if let Some(s) = &server.config.upload.secret {
-        return Ok(s.as_bytes().to_vec());
+    match &server.config.upload.secret {
+        Some(s) => Ok(s.as_bytes().to_vec()),
+        None => server.storage.upload_secret().await,
     }
-    let store = &server.storage.store;
-    if let Some(k) = store.get(META, b"secret")? {
-        return Ok(k);
-    }
-    let fresh: [u8; 32] = rand::random();
-    let r = store
-        .write(vec![Op::Insert {
-            space: META.into(),
-            key: b"secret".to_vec(),
-            value: fresh.to_vec(),
-        }])
-        .await?;
-    if r.first() == Some(&OpResult::Done) {
-        return Ok(fresh.to_vec());
-    }
-    // Another node made it first; its write is applied here by now.
-    store.read_barrier().await?;
-    store
-        .get(META, b"secret")?
-        .ok_or_else(|| StoreError::Unavailable("upload secret vanished".into()))
 }
 
-/// Bytes `bare` keeps stored, and the oldest of their files' upload time.
+/// Bytes `bare` keeps stored, and the oldest of their files' upload time
+/// (when files expire: it says when room is made).
 pub fn usage(server: &Server, bare: &str) -> Result<(u64, Option<i64>), StoreError> {
-    let store = &server.storage.store;
-    let prefix = crate::storage::user_prefix(bare);
     let mut total = 0u64;
     let mut oldest: Option<i64> = None;
-    for (k, v) in store.scan_prefix(USER_FILES, &prefix)? {
-        total = total.saturating_add(v.try_into().map(u64::from_be_bytes).unwrap_or(0));
+    for (slot, size) in server.storage.upload_usage(bare)? {
+        total = total.saturating_add(size);
         if server.config.upload.expire_after_secs > 0
-            && let Some(meta) = file(
-                server,
-                std::str::from_utf8(&k[prefix.len()..]).unwrap_or(""),
-            )?
+            && let Some(meta) = server.storage.upload_file(&slot)?
         {
             oldest = Some(oldest.map_or(meta.created, |o| o.min(meta.created)));
         }
     }
     Ok((total, oldest))
-}
-
-/// A stored file's record.
-pub fn file(server: &Server, slot: &str) -> Result<Option<FileMeta>, StoreError> {
-    server
-        .storage
-        .store
-        .get(FILES, slot.as_bytes())?
-        .map(|v| {
-            rmp_serde::from_slice(&v)
-                .map_err(|e| StoreError::Storage(format!("corrupt upload record: {e}")))
-        })
-        .transpose()
 }
 
 /// Whether `name` can be a file name: not empty, at most 255 bytes, not
