@@ -163,6 +163,20 @@ def test_domain_lists_the_upload_service_with_its_form(up):
         c.close()
 
 
+def peer_cert(port, sni):
+    ctx = tls_context()
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with ctx.wrap_socket(raw, server_hostname=sni) as tls:
+            return tls.getpeercert(binary_form=True)
+
+
+def test_https_presents_the_domains_certificates(up):
+    """The upload listener's certificate is the c2s one of the domain named by SNI."""
+    for domain in ("localhost", "example.org"):
+        assert peer_cert(up.upload_port, domain) == peer_cert(up.tls_port, domain), domain
+    assert peer_cert(up.upload_port, "localhost") != peer_cert(up.upload_port, "example.org")
+
+
 # ------------------------------------------------------------------ the happy path
 
 def test_put_then_get_with_headers(up):

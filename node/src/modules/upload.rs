@@ -488,6 +488,57 @@ mod tests {
         assert_eq!(Claims::verify(&tampered, b"k1k1k1k1k1k1k1k1"), None);
     }
 
+    async fn server(dir: &std::path::Path, enabled: bool) -> Server {
+        let mut cfg = crate::config::Config {
+            data_dir: dir.to_path_buf(),
+            domains: vec!["a.example".into(), "b.example".into()],
+            ..Default::default()
+        };
+        cfg.upload.enabled = enabled;
+        cfg.check().unwrap();
+        let store = starling_cluster::Store::open(starling_cluster::StoreConfig {
+            data_dir: dir.join("store"),
+            node_id: 1,
+            raft_addr: "127.0.0.1:1".into(),
+        })
+        .await
+        .unwrap();
+        let tls = crate::net::tls::server_config(&cfg).unwrap();
+        Server::new(cfg, crate::storage::Storage::new(store), tls)
+    }
+
+    #[tokio::test]
+    async fn the_service_of_every_domain_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = server(dir.path(), true).await;
+        assert_eq!(service_domain(&s, "upload.a.example"), Some("a.example"));
+        assert_eq!(service_domain(&s, "UPLOAD.B.Example"), Some("b.example"));
+        for not in [
+            "a.example",
+            "upload.c.example",
+            "files.a.example",
+            "upload.a.example.evil",
+            "uploada.example",
+            "upload.",
+            "",
+        ] {
+            assert_eq!(service_domain(&s, not), None, "{not:?}");
+        }
+        assert!(disco_items(&s, "a.example").is_some());
+        // The shared key is made once and then the same.
+        let k1 = secret(&s).await.unwrap().to_vec();
+        assert_eq!(s.storage.upload_secret().await.unwrap(), k1);
+        assert_eq!(k1.len(), 32);
+        assert_eq!(usage(&s, "u@a.example").unwrap(), (0, None));
+        s.storage.store.shutdown().await.unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        let off = server(dir.path(), false).await;
+        assert_eq!(service_domain(&off, "upload.a.example"), None);
+        assert!(disco_items(&off, "a.example").is_none());
+        off.storage.store.shutdown().await.unwrap();
+    }
+
     #[test]
     fn file_names_and_types() {
         for bad in [
