@@ -171,9 +171,12 @@ def peer_cert(port, sni):
 
 
 def test_https_presents_the_domains_certificates(up):
-    """The upload listener's certificate is the c2s one of the domain named by SNI."""
+    """The upload listener's certificate is the c2s one of the domain named by SNI, also
+    when SNI names the upload service."""
     for domain in ("localhost", "example.org"):
         assert peer_cert(up.upload_port, domain) == peer_cert(up.tls_port, domain), domain
+        # The service's own name (the host of the default URLs) gets its domain's certificate.
+        assert peer_cert(up.upload_port, f"upload.{domain}") == peer_cert(up.tls_port, domain), domain
     assert peer_cert(up.upload_port, "localhost") != peer_cert(up.upload_port, "example.org")
 
 

@@ -18,7 +18,10 @@ use actix_web::http::header::{self, ContentDisposition, DispositionParam, Dispos
 use actix_web::http::{Method, StatusCode};
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures::StreamExt;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use sha2::Digest;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
@@ -61,10 +64,18 @@ pub async fn start(server: Arc<Server>) -> anyhow::Result<Option<actix_web::dev:
     .workers(workers)
     .disable_signals()
     .shutdown_timeout(2);
+    let keys = if cfg.tls {
+        crate::net::tls::certified_keys(&server.config)?
+    } else {
+        Default::default()
+    };
+    let pins = keys
+        .values()
+        .filter_map(|k| k.end_entity_cert().ok())
+        .map(|c| hex(&sha2::Sha256::digest(c.as_ref())))
+        .collect();
     let http = if cfg.tls {
-        let mut tls = (*server.tls).clone();
-        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-        http.bind_rustls_0_23(&addr, tls)
+        http.bind_rustls_0_23(&addr, tls_config(&server, keys)?)
     } else {
         http.bind(&addr)
     }
@@ -74,7 +85,7 @@ pub async fn start(server: Arc<Server>) -> anyhow::Result<Option<actix_web::dev:
     actix_rt::spawn(running);
     tracing::info!(%addr, tls = cfg.tls, "upload (XEP-0363) listening");
     let s = server.clone();
-    actix_rt::spawn(async move { publish_listener(&s).await });
+    actix_rt::spawn(async move { publish_listener(&s, pins).await });
     Ok(Some(handle))
 }
 
@@ -90,25 +101,49 @@ fn internal_url(server: &Server) -> String {
     format!("{scheme}://{host}:{}", cfg.port)
 }
 
-/// SHA-256 (hex) of the leaf certificate of every served domain.
-fn certificate_pins(server: &Server) -> Vec<String> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    let cfg = &server.config;
-    cfg.domains
-        .iter()
-        .filter_map(|d| {
-            let path = cfg
-                .tls
-                .certs
-                .iter()
-                .find(|c| &c.domain == d)
-                .map(|c| c.cert.clone())
-                .unwrap_or_else(|| cfg.data_dir.join("certs").join(format!("{d}.crt")));
-            let der = CertificateDer::pem_file_iter(&path).ok()?.next()?.ok()?;
-            Some(hex(&sha2::Sha256::digest(der.as_ref())))
-        })
-        .collect()
+/// The listener's TLS: the certificates of the c2s listener, chosen by SNI
+/// for the domain or its upload service (`upload.<domain>`, which a
+/// deployment's certificate for the domain should also name).
+fn tls_config(
+    server: &Server,
+    by_domain: HashMap<String, Arc<CertifiedKey>>,
+) -> anyhow::Result<rustls::ServerConfig> {
+    let default = by_domain
+        .get(&server.config.domains[0])
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("no certificate for the first domain"))?;
+    let resolver = ServiceSni {
+        by_domain,
+        default,
+        prefix: format!("{}.", server.config.upload.subdomain.to_ascii_lowercase()),
+    };
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_cert_resolver(Arc::new(resolver));
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+#[derive(Debug)]
+struct ServiceSni {
+    by_domain: HashMap<String, Arc<CertifiedKey>>,
+    default: Arc<CertifiedKey>,
+    prefix: String,
+}
+
+impl ResolvesServerCert for ServiceSni {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let name = hello.server_name().map(str::to_ascii_lowercase);
+        let found = name.as_deref().and_then(|n| {
+            self.by_domain
+                .get(n)
+                .or_else(|| self.by_domain.get(n.strip_prefix(&self.prefix)?))
+        });
+        Some(found.unwrap_or(&self.default).clone())
+    }
 }
 
 fn hex(b: &[u8]) -> String {
@@ -117,14 +152,10 @@ fn hex(b: &[u8]) -> String {
 
 /// Records this node's listener in the store (retried while the cluster
 /// has no quorum yet).
-async fn publish_listener(server: &Server) {
+async fn publish_listener(server: &Server, pins: Vec<String>) {
     let me = NodeListener {
         url: internal_url(server),
-        pins: if server.config.upload.tls {
-            certificate_pins(server)
-        } else {
-            Vec::new()
-        },
+        pins,
     };
     for attempt in 0..60u32 {
         match server.storage.put_upload_listener(&me).await {
