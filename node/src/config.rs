@@ -454,6 +454,9 @@ pub struct UploadConfig {
     pub cleanup_interval_secs: u64,
     /// Seconds a slot's PUT URL stays valid.
     pub slot_lifetime_secs: u64,
+    /// Slot requests one user may make per minute on one node (a window
+    /// per node, like the authentication throttle); 0: no limit.
+    pub slots_per_minute: u32,
     /// Content types accepted (`image/*` matches a whole family); empty:
     /// any.
     pub allowed_types: Vec<String>,
@@ -479,6 +482,7 @@ impl Default for UploadConfig {
             expire_after_secs: 7 * 86_400,
             cleanup_interval_secs: 600,
             slot_lifetime_secs: 300,
+            slots_per_minute: 30,
             allowed_types: Vec::new(),
             secret: None,
         }

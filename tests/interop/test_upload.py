@@ -3,12 +3,14 @@ upload.<domain>, whose disco#info has identity store/file, the feature and the X
 form with max-file-size), slot requests with rawxmpp and slixmpp, the PUT and GET over
 HTTPS (content, Content-Type, Content-Disposition, nosniff, HEAD, Range), and every
 refusal: too large (not-acceptable + <file-too-large/>), bad file names, negative or
-non-numeric size (bad-request), quota (resource-constraint), a wrong / tampered / missing
-token (403), a wrong Content-Length or Content-Type (400/413), a second PUT (409), an
-expired slot (403), and expiry of stored files (deleted from disk, quota released).
+non-numeric size (bad-request), quota and slot rate (resource-constraint + retry), a
+wrong / tampered / missing token (403), a wrong Content-Length or Content-Type (400/413),
+a second PUT (409), an expired slot (403), expiry of stored files (deleted from disk,
+quota released), files of deleted accounts, restarts, and the configuration.
 """
 
 import asyncio
+import calendar
 import http.client
 import io
 import os
@@ -372,6 +374,29 @@ def test_quota_is_resource_constraint(up):
         d.close()
     finally:
         c.close()
+
+
+def test_slot_rate_limit(tmp_path_factory):
+    s = upload_server(tmp_path_factory, "uprate", slots_per_minute=3)
+    try:
+        c = s.online("uprt", presence=False)
+        # Refused requests do not count.
+        assert stanza_error(slot(c, "", 1))[1] == "bad-request"
+        for i in range(3):
+            assert slot(c, f"r{i}.txt", 1).get("type") == "result"
+        r = slot(c, "r3.txt", 1)
+        t, cond, err = error_of(r)
+        assert (t, cond) == ("wait", "resource-constraint"), tostring(r)
+        stamp = err.find(q(NS_UPLOAD, "retry")).get("stamp")
+        left = calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ")) - time.time()
+        assert 0 < left <= 62, stamp
+        d = s.online("uprt2", presence=False)
+        assert slot(d, "other.txt", 1).get("type") == "result"
+        s.assert_healthy(c, d)
+        c.close()
+        d.close()
+    finally:
+        s.stop()
 
 
 # ------------------------------------------------------------------ PUT refusals

@@ -30,10 +30,38 @@ pub static MODULE: Module = Module {
     ..Module::EMPTY
 };
 
-/// Per-server state: the shared key, read once.
+/// Per-server state: the shared key, read once, and each user's slot
+/// requests in the current minute.
 #[derive(Default)]
 pub struct State {
     secret: tokio::sync::OnceCell<Vec<u8>>,
+    requests: dashmap::DashMap<String, (std::time::Instant, u32)>,
+}
+
+/// The rate window of `[upload] slots_per_minute`.
+const WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl State {
+    /// Counts a slot request of `bare`; `Err(seconds)` until the window
+    /// that has reached `limit` ends.
+    fn take(&self, bare: &str, limit: u32) -> Result<(), u64> {
+        if limit == 0 {
+            return Ok(());
+        }
+        let now = std::time::Instant::now();
+        if self.requests.len() > 10_000 {
+            self.requests.retain(|_, (start, _)| now - *start < WINDOW);
+        }
+        let mut e = self.requests.entry(bare.to_owned()).or_insert((now, 0));
+        if now - e.0 >= WINDOW {
+            *e = (now, 0);
+        }
+        if e.1 >= limit {
+            return Err((WINDOW - (now - e.0)).as_secs() + 1);
+        }
+        e.1 += 1;
+        Ok(())
+    }
 }
 
 /// What a PUT token says.
@@ -423,6 +451,22 @@ async fn request(
                 app: retry,
             });
         }
+    }
+    if let Err(wait) = server.upload.take(bare, cfg.slots_per_minute) {
+        let at = chrono::Utc::now() + chrono::Duration::seconds(i64::try_from(wait).unwrap_or(60));
+        return Err(Refusal {
+            error: StanzaError::with_text(
+                Condition::ResourceConstraint,
+                format!(
+                    "Quota reached. You can only request {} upload slots a minute",
+                    cfg.slots_per_minute
+                ),
+            ),
+            app: Some(
+                Element::new("retry", NS_UPLOAD)
+                    .attr("stamp", at.format("%Y-%m-%dT%H:%M:%SZ").to_string()),
+            ),
+        });
     }
     let key = secret(server).await?;
     let claims = Claims {
