@@ -3,9 +3,11 @@
 (the others fetch it from the node that holds it, pinning its certificate), also after
 the owner restarts; a second PUT of the slot through a third node is refused (409); the
 quota counts the user's files cluster-wide; with the owner down, another node answers
-502 at once instead of hanging, and serves the file again once it is back.
+502 at once instead of hanging, and serves the file again once it is back. With
+[upload] shared_path every node reads the one directory.
 """
 
+import os
 import time
 
 import pytest
@@ -60,6 +62,11 @@ def test_upload_through_one_node_served_by_all(ucluster):
             st, h, body = get_on(cl[i], get_url)
             assert st == 200 and body == data, (i, st, h)
             assert h["content-type"] == "application/octet-stream" and h["x-content-type-options"] == "nosniff"
+        # Nodes 1 and 3 fetched it from node 2 into their caches; node 2 serves its own copy.
+        slot_id = path_of(get_url).split("/")[-2]
+        for i, cached in ((1, True), (2, False), (3, True)):
+            assert os.path.exists(os.path.join(cl[i].data_dir, "upload", ".cache", slot_id)) == cached, i
+        assert os.path.exists(os.path.join(cl[2].data_dir, "upload", slot_id))
         # Range on a node that fetched it.
         st, _, body = https(cl[3], "GET", path_of(get_url), headers={"Range": "bytes=10-19"},
                             port=cl[3].upload_port)
@@ -126,3 +133,28 @@ def test_upload_through_one_node_served_by_all(ucluster):
             cl[i].assert_healthy()
     finally:
         a.close()
+
+
+@pytest.mark.timeout(120)
+def test_shared_path_is_read_by_every_node(tmp_path_factory):
+    """With [upload] shared_path, every node reads the one directory: no fetching."""
+    shared = str(tmp_path_factory.mktemp("shared-uploads"))
+
+    def lines(node):
+        return upload_lines(node) + [f'shared_path = "{shared}"']
+
+    cl = Cluster(str(tmp_path_factory.mktemp("ushared")), 3, extra_config=lines)
+    try:
+        a = online_on(cl[1], "cs", presence=False)
+        data = b"on the shared volume\n" * 20
+        pu, hd, gu = parse_slot(slot(a, "shared.txt", len(data), "text/plain"))
+        assert put(cl[1], pu, data, hd, "text/plain")[0] == 201
+        slot_id = path_of(gu).split("/")[-2]
+        assert os.path.exists(os.path.join(shared, slot_id))
+        for i in (1, 2, 3):
+            st, _, body = get_on(cl[i], gu)
+            assert st == 200 and body == data, i
+            assert not os.path.exists(os.path.join(shared, ".cache", slot_id))
+        a.close()
+    finally:
+        cl.stop()
