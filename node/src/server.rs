@@ -29,7 +29,8 @@ pub struct Server {
     pub shaper: crate::net::shaping::Shaper,
     /// This node's resumable sessions (XEP-0198), by SM-ID.
     pub resumable: crate::session::sm::Resumable,
-    /// XEP-0363 file upload's shared key, read once.
+    /// XEP-0363 file upload: the shared token key (read once) and the
+    /// slot-request windows.
     pub upload: crate::modules::upload::State,
 }
 
