@@ -29,6 +29,9 @@ pub struct Server {
     pub shaper: crate::net::shaping::Shaper,
     /// This node's resumable sessions (XEP-0198), by SM-ID.
     pub resumable: crate::session::sm::Resumable,
+    /// XEP-0363 file upload: the shared token key (read once) and the
+    /// slot-request windows.
+    pub upload: crate::modules::upload::State,
 }
 
 impl Server {
@@ -60,6 +63,7 @@ impl Server {
             scram_secret,
             unauthenticated: AtomicUsize::new(0),
             resumable: Default::default(),
+            upload: Default::default(),
         }
     }
 

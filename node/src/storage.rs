@@ -10,6 +10,8 @@ use crate::auth::scram::StoredCredentials;
 use serde::{Deserialize, Serialize};
 use starling_cluster::{Op, OpResult, Store, StoreError, routes};
 
+pub mod upload;
+
 pub const ACCOUNTS: &str = "user_account";
 pub const ROSTER: &str = "user_roster";
 pub const ROSTER_VER: &str = "user_roster_ver";

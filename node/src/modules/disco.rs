@@ -43,8 +43,14 @@ fn handle<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
             q.set_attr("node", n);
         }
         if ns == NS_ITEMS {
-            // XEP-0030 §8: no items (also for an account that does not
-            // exist or does not share its presence with the requester).
+            // A domain lists its services (XEP-0363 upload); an account has
+            // no items (XEP-0030 §8, also one that does not exist or does
+            // not share its presence with the requester).
+            if let (IqTarget::Server(domain), None) = (ctx.target, node)
+                && let Some(item) = super::upload::disco_items(ctx.server, domain)
+            {
+                q = q.child(item);
+            }
             return Ok(q.into());
         }
         // XEP-0030 §8: info about an account needs its presence (or is

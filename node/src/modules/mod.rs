@@ -15,6 +15,7 @@ pub mod blocking;
 pub mod carbons;
 pub mod csi;
 pub mod disco;
+pub mod extdisco;
 pub mod last;
 pub mod mam;
 pub mod ping;
@@ -26,6 +27,7 @@ pub mod roster;
 pub mod session;
 pub mod sm;
 pub mod time;
+pub mod upload;
 pub mod vcard;
 pub mod version;
 
@@ -258,6 +260,8 @@ pub static MODULES: &[&Module] = &[
     &csi::MODULE,
     &OFFLINE,
     &mam::MODULE,
+    &upload::MODULE,
+    &extdisco::MODULE,
 ];
 
 /// Offline storage lives in the message path; it only declares itself.
