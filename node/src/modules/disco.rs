@@ -63,20 +63,20 @@ fn handle<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
             }
             _ => {}
         }
-        if node.is_some() {
+        if let Some(n) = node {
+            // XEP-0115 §6.2: the server's caps node answers as the server.
+            let ours = n
+                .strip_prefix(super::caps::SERVER_NODE)
+                .and_then(|r| r.strip_prefix('#'))
+                .is_some_and(|v| v == ctx.server.modules.server_ver());
+            if ours && matches!(ctx.target, IqTarget::Server(_)) {
+                return Ok(super::caps::server_info(ctx.server, q).into());
+            }
             return Err(Condition::ItemNotFound.into());
         }
         match ctx.target {
             IqTarget::Server(_) => {
-                q = q.child(
-                    Element::new("identity", NS_INFO)
-                        .attr("category", "server")
-                        .attr("type", "im")
-                        .attr("name", "Starling"),
-                );
-                for &f in ctx.server.modules.disco_features() {
-                    q = q.child(Element::new("feature", NS_INFO).attr("var", f));
-                }
+                q = super::caps::server_info(ctx.server, q);
             }
             IqTarget::Own | IqTarget::Account(_) | IqTarget::NoAccount(_) => {
                 q = q
@@ -86,6 +86,13 @@ fn handle<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
                             .attr("type", "registered"),
                     )
                     .child(Element::new("feature", NS_INFO).attr("var", NS_INFO));
+                for (category, kind) in ctx.server.modules.account_identities() {
+                    q = q.child(
+                        Element::new("identity", NS_INFO)
+                            .attr("category", category)
+                            .attr("type", kind),
+                    );
+                }
                 for f in ctx.server.modules.account_features(&ctx.server.config) {
                     q = q.child(Element::new("feature", NS_INFO).attr("var", f));
                 }

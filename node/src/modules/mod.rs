@@ -12,11 +12,13 @@
 //! [`Registry::new`]).
 
 pub mod blocking;
+pub mod caps;
 pub mod carbons;
 pub mod csi;
 pub mod disco;
 pub mod last;
 pub mod mam;
+pub mod pep;
 pub mod ping;
 pub mod presence;
 pub mod private;
@@ -135,6 +137,13 @@ pub struct AccountFeature {
     pub when: Option<fn(&Config) -> bool>,
 }
 
+/// An identity of every account's disco#info besides
+/// `account/registered`, such as `pubsub/pep` (XEP-0163 §6.1).
+pub struct AccountIdentity {
+    pub category: &'static str,
+    pub kind: &'static str,
+}
+
 /// A point in a stanza's path where modules can look at it, change it or
 /// take it over.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -211,6 +220,8 @@ pub struct Module {
     pub features: &'static [&'static str],
     /// Features it adds to each account's disco#info.
     pub account_features: &'static [AccountFeature],
+    /// Identities it adds to each account's disco#info.
+    pub account_identities: &'static [AccountIdentity],
     /// Stream features it advertises, in order.
     pub stream_features: &'static [StreamFeature],
     /// IQ payloads it answers.
@@ -230,6 +241,7 @@ impl Module {
         spec: "",
         features: &[],
         account_features: &[],
+        account_identities: &[],
         stream_features: &[],
         iq: &[],
         hooks: &[],
@@ -258,6 +270,8 @@ pub static MODULES: &[&Module] = &[
     &csi::MODULE,
     &OFFLINE,
     &mam::MODULE,
+    &caps::MODULE,
+    &pep::MODULE,
 ];
 
 /// Offline storage lives in the message path; it only declares itself.

@@ -501,6 +501,8 @@ async fn broadcast(
         if priority >= 0 {
             state.flush_offline = true;
         }
+        // XEP-0163 §4.3.4: the last items this session is interested in.
+        crate::modules::pep::initial_presence(server, origin.bare, origin.full, &roster, &el);
     }
     Ok(())
 }

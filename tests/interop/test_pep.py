@@ -1,0 +1,633 @@
+"""XEP-0163 PEP on XEP-0060: publish (item ids given or made), items (all, latest
+max_items, by id), retract (notify), delete and purge (notified), node configuration
+(get/set, type checks), publish-options preconditions (XEP-0060 7.1.5), access models
+(presence, open, whitelist, roster), the errors XEP-0060 names for each; notifications
+filtered by XEP-0115 caps (+notify), the caps query of an unknown ver (verified, once),
+the last item on initial presence, the server's own caps; OMEMO device lists and bundles,
+XEP-0084 avatars with the XEP-0398 conversions both ways (vCard PHOTO, presence hash),
+XEP-0402 and XEP-0048 bookmarks (through XEP-0223 and the XEP-0049 bridge), XEP-0172.
+
+Something that must NOT arrive is checked with a marker sent later over the same path
+(a publish on another node that the client does want): notifications of one publisher are
+sent in order, so anything let through would have come before the marker.
+"""
+
+import asyncio
+import base64
+import hashlib
+import os
+import ssl
+
+import pytest
+
+from im import make_mutual, roster_set
+from rawxmpp import C, bare, new_id, q, stanza_error, tostring, xml_escape
+
+NS_PUBSUB = "http://jabber.org/protocol/pubsub"
+NS_OWNER = NS_PUBSUB + "#owner"
+NS_EVENT = NS_PUBSUB + "#event"
+NS_ERRORS = NS_PUBSUB + "#errors"
+NS_CAPS = "http://jabber.org/protocol/caps"
+DISCO_INFO = "http://jabber.org/protocol/disco#info"
+NS_DATA = "jabber:x:data"
+NS_VCARD = "vcard-temp"
+NS_VCARD_UPDATE = "vcard-temp:x:update"
+NS_PRIVATE = "jabber:iq:private"
+AVATAR_DATA = "urn:xmpp:avatar:data"
+AVATAR_META = "urn:xmpp:avatar:metadata"
+OMEMO_DEVICES = "eu.siacs.conversations.axolotl.devicelist"
+OMEMO2_DEVICES = "urn:xmpp:omemo:2:devices"
+NS_NICK = "http://jabber.org/protocol/nick"
+BOOKMARKS2 = "urn:xmpp:bookmarks:1"
+TUNE = "http://jabber.org/protocol/tune"
+
+
+# ------------------------------------------------------------------ helpers
+
+def ok(r):
+    assert r.get("type") == "result", tostring(r)
+    return r
+
+
+def app_error(r):
+    """(condition, application condition) of an error reply."""
+    assert r.get("type") == "error", tostring(r)
+    err = r.find(C("error"))
+    app = [ch for ch in err if ch.tag.startswith("{" + NS_ERRORS + "}")]
+    return stanza_error(r)[1], (app[0].tag.split("}")[1] if app else None)
+
+
+def caps_ver(identities, features, forms=()):
+    """XEP-0115 section 5.1 (sha-1)."""
+    s = ""
+    for cat, typ, lang, name in sorted(identities):
+        s += f"{cat}/{typ}/{lang}/{name}<"
+    for f in sorted(features):
+        s += f + "<"
+    for form_type, fields in sorted(forms):
+        s += form_type + "<"
+        for var, values in sorted(fields):
+            s += var + "<" + "".join(v + "<" for v in sorted(values))
+    return base64.b64encode(hashlib.sha1(s.encode()).digest()).decode()
+
+
+class Caps:
+    """A client's capabilities: its disco#info, its ver, its <c/>."""
+
+    NODE = "https://starling.test/client"
+
+    def __init__(self, *notify, extra=(), wrong=False):
+        self.features = ["http://jabber.org/protocol/caps", DISCO_INFO,
+                         f"urn:test:{os.urandom(6).hex()}", *extra]
+        self.features += [n + "+notify" for n in notify]
+        self.identities = [("client", "pc", "", "test")]
+        self.ver = caps_ver(self.identities, self.features)
+        self.wrong = wrong  # answer with other features than the ver says
+
+    def c(self):
+        return f"<c xmlns='{NS_CAPS}' hash='sha-1' node='{self.NODE}' ver='{self.ver}'/>"
+
+    def answer(self, client, iq):
+        feats = self.features + (["urn:test:lie"] if self.wrong else [])
+        inner = "".join(f"<identity category='{c}' type='{t}' name='{n}'/>"
+                        for c, t, _, n in self.identities)
+        inner += "".join(f"<feature var='{f}'/>" for f in feats)
+        node = iq.find(q(DISCO_INFO, "query")).get("node")
+        client.send_raw(f"<iq type='result' id='{iq.get('id')}' to='{iq.get('from')}'>"
+                        f"<query xmlns='{DISCO_INFO}' node='{node}'>{inner}</query></iq>")
+
+
+def is_caps_query(e):
+    return (e.tag == C("iq") and e.get("type") == "get"
+            and e.find(q(DISCO_INFO, "query")) is not None)
+
+
+def available(client, caps=None, answer=True):
+    """Initial presence (after the roster, like a real client), with caps; answers the
+    server's caps query when one comes. Returns how many caps queries came."""
+    client.iq("get", "<query xmlns='jabber:iq:roster'/>")
+    client.presence(extra=caps.c() if caps else "")
+    queries = 0
+    own = None
+    while own is None:
+        e = client.recv(lambda e: is_caps_query(e) or (
+            e.tag == C("presence") and e.get("from") == client.jid and e.get("type") is None),
+            what="own presence or caps query")
+        if is_caps_query(e):
+            queries += 1
+            node = e.find(q(DISCO_INFO, "query")).get("node")
+            assert node == f"{caps.NODE}#{caps.ver}", tostring(e)
+            assert "@" not in (e.get("from") or ""), "caps query not from the server: " + tostring(e)
+            if answer:
+                caps.answer(client, e)
+        else:
+            own = e
+    return queries
+
+
+def login(server, caps=None, prefix="p"):
+    c = server.online(prefix, presence=False)
+    available(c, caps)
+    return c
+
+
+def publish(c, node, payload, item_id=None, options=None, to=None):
+    iid = f" id='{item_id}'" if item_id is not None else ""
+    opts = ""
+    if options:
+        fields = "".join(f"<field var='{k}'><value>{v}</value></field>" for k, v in options.items())
+        opts = (f"<publish-options><x xmlns='{NS_DATA}' type='submit'>"
+                f"<field var='FORM_TYPE' type='hidden'><value>{NS_PUBSUB}#publish-options</value></field>"
+                f"{fields}</x></publish-options>")
+    return c.iq("set", f"<pubsub xmlns='{NS_PUBSUB}'><publish node='{node}'><item{iid}>{payload}</item>"
+                       f"</publish>{opts}</pubsub>", to=to)
+
+
+def get_items(c, owner, node, max_items=None, ids=()):
+    m = f" max_items='{max_items}'" if max_items is not None else ""
+    inner = "".join(f"<item id='{i}'/>" for i in ids)
+    return c.iq("get", f"<pubsub xmlns='{NS_PUBSUB}'><items node='{node}'{m}>{inner}</items></pubsub>",
+                to=owner)
+
+
+def item_ids(r):
+    items = ok(r).find(q(NS_PUBSUB, "pubsub")).find(q(NS_PUBSUB, "items"))
+    return [i.get("id") for i in items.findall(q(NS_PUBSUB, "item"))]
+
+
+def is_event(e, owner, node):
+    if e.tag != C("message") or e.get("from") != owner:
+        return False
+    ev = e.find(q(NS_EVENT, "event"))
+    if ev is None:
+        return False
+    return any(ch.get("node") == node for ch in ev)
+
+
+def recv_event(c, owner, node, timeout=None):
+    e = c.recv(lambda e: is_event(e, owner, node), timeout, what=f"event {node} from {owner}")
+    assert e.get("type") == "headline", tostring(e)
+    assert e.get("to") == c.jid, "notifications go to full JIDs: " + tostring(e)
+    return e.find(q(NS_EVENT, "event"))
+
+
+def tune(title):
+    return f"<tune xmlns='{TUNE}'><title>{xml_escape(title)}</title></tune>"
+
+
+def configure(c, node, fields):
+    pairs = fields.items() if isinstance(fields, dict) else fields
+    inner = "".join(f"<field var='{k}'><value>{v}</value></field>" for k, v in pairs)
+    return c.iq("set", f"<pubsub xmlns='{NS_OWNER}'><configure node='{node}'>"
+                       f"<x xmlns='{NS_DATA}' type='submit'>"
+                       f"<field var='FORM_TYPE' type='hidden'><value>{NS_PUBSUB}#node_config</value></field>"
+                       f"{inner}</x></configure></pubsub>")
+
+
+def config_of(c, node):
+    r = ok(c.iq("get", f"<pubsub xmlns='{NS_OWNER}'><configure node='{node}'/></pubsub>"))
+    x = r.find(q(NS_OWNER, "pubsub")).find(q(NS_OWNER, "configure")).find(q(NS_DATA, "x"))
+    return {f.get("var"): [v.text or "" for v in f.findall(q(NS_DATA, "value"))]
+            for f in x.findall(q(NS_DATA, "field"))}
+
+
+# ------------------------------------------------------------------ discovery
+
+def test_account_disco_and_server_caps(server):
+    c = server.online("disco")
+    r = ok(c.iq("get", f"<query xmlns='{DISCO_INFO}'/>", to=bare(c.jid)))
+    qel = r.find(q(DISCO_INFO, "query"))
+    ids = {(i.get("category"), i.get("type")) for i in qel.findall(q(DISCO_INFO, "identity"))}
+    assert ("pubsub", "pep") in ids and ("account", "registered") in ids, tostring(r)
+    feats = {f.get("var") for f in qel.findall(q(DISCO_INFO, "feature"))}
+    for f in ("publish", "publish-options", "auto-create", "access-presence", "persistent-items",
+              "retract-items", "delete-items", "purge-nodes", "config-node", "last-published",
+              "item-ids", "retrieve-items", "access-open", "access-whitelist", "access-roster",
+              "filtered-notifications", "delete-nodes"):
+        assert f"{NS_PUBSUB}#{f}" in feats, f
+    assert "urn:xmpp:pep-vcard-conversion:0" in feats
+
+    # XEP-0115: the stream features carry the server's caps, whose ver is the hash of
+    # the server's disco#info, which the node#ver query answers alike.
+    raw = server.client()
+    raw.start()
+    raw.auth(c.jid.split("@")[0], c.password)
+    raw.bind()
+    cel = raw.features.find(q(NS_CAPS, "c"))
+    assert cel is not None and cel.get("hash") == "sha-1", tostring(raw.features)
+    r = ok(raw.iq("get", f"<query xmlns='{DISCO_INFO}' node='{cel.get('node')}#{cel.get('ver')}'/>",
+                  to=server.domain))
+    qel = r.find(q(DISCO_INFO, "query"))
+    idents = [(i.get("category"), i.get("type"), i.get("{http://www.w3.org/XML/1998/namespace}lang") or "",
+               i.get("name") or "") for i in qel.findall(q(DISCO_INFO, "identity"))]
+    feats = [f.get("var") for f in qel.findall(q(DISCO_INFO, "feature"))]
+    assert caps_ver(idents, feats) == cel.get("ver")
+    plain = ok(raw.iq("get", f"<query xmlns='{DISCO_INFO}'/>", to=server.domain))
+    assert sorted(f.get("var") for f in plain.find(q(DISCO_INFO, "query")).findall(q(DISCO_INFO, "feature"))) == sorted(feats)
+    bad = raw.iq("get", f"<query xmlns='{DISCO_INFO}' node='{cel.get('node')}#AAAA'/>", to=server.domain)
+    assert stanza_error(bad)[1] == "item-not-found", tostring(bad)
+    raw.close()
+    c.close()
+
+
+# ------------------------------------------------------------------ publish / items
+
+def test_publish_items_retract_and_errors(server):
+    a = server.online("pub")
+    node = "urn:test:node"
+    r = ok(publish(a, node, tune("one"), item_id="i1"))
+    assert r.find(f"{q(NS_PUBSUB, 'pubsub')}/{q(NS_PUBSUB, 'publish')}/{q(NS_PUBSUB, 'item')}").get("id") == "i1"
+    # no id: the server makes one and says which
+    r = ok(publish(a, node, tune("two")))
+    made = r.find(f"{q(NS_PUBSUB, 'pubsub')}/{q(NS_PUBSUB, 'publish')}/{q(NS_PUBSUB, 'item')}").get("id")
+    assert made, tostring(r)
+    # default max_items is 1 (XEP-0163 section 5): only the latest is kept
+    assert item_ids(get_items(a, None, node)) == [made]
+    ok(configure(a, node, {"pubsub#max_items": "10"}))
+    for i in range(3):
+        ok(publish(a, node, tune(f"n{i}"), item_id=f"n{i}"))
+    assert item_ids(get_items(a, None, node)) == [made, "n0", "n1", "n2"]
+    assert item_ids(get_items(a, None, node, max_items=2)) == ["n1", "n2"]
+    got = ok(get_items(a, None, node, ids=["n0"]))
+    items = got.find(q(NS_PUBSUB, "pubsub")).find(q(NS_PUBSUB, "items"))
+    assert items.find(q(NS_PUBSUB, "item")).find(q(TUNE, "tune")).findtext(q(TUNE, "title")) == "n0"
+    # same id again: replaced, moved to the end
+    ok(publish(a, node, tune("n0 again"), item_id="n0"))
+    assert item_ids(get_items(a, None, node)) == [made, "n1", "n2", "n0"]
+    ok(a.iq("set", f"<pubsub xmlns='{NS_PUBSUB}'><retract node='{node}'><item id='n1'/></retract></pubsub>"))
+    assert item_ids(get_items(a, None, node)) == [made, "n2", "n0"]
+
+    # errors of XEP-0060
+    assert app_error(a.iq("set", f"<pubsub xmlns='{NS_PUBSUB}'><publish><item>{tune('x')}</item></publish></pubsub>")) == ("bad-request", "nodeid-required")
+    assert app_error(a.iq("set", f"<pubsub xmlns='{NS_PUBSUB}'><publish node=''><item>{tune('x')}</item></publish></pubsub>")) == ("bad-request", "nodeid-required")
+    assert app_error(a.iq("set", f"<pubsub xmlns='{NS_PUBSUB}'><publish node='{node}'/></pubsub>")) == ("bad-request", "item-required")
+    assert app_error(a.iq("set", f"<pubsub xmlns='{NS_PUBSUB}'><publish node='{node}'><item id='e'/></publish></pubsub>")) == ("bad-request", "payload-required")
+    assert app_error(publish(a, node, tune("x") + tune("y"))) == ("bad-request", "invalid-payload")
+    big = "<blob xmlns='urn:test:blob'>" + "a" * 150_000 + "</blob>"
+    assert app_error(publish(a, node, big)) == ("not-acceptable", "payload-too-big")
+    assert stanza_error(get_items(a, None, "urn:test:missing"))[1] == "item-not-found"
+    assert stanza_error(get_items(a, None, node, ids=["nope"]))[1] == "item-not-found"
+    assert app_error(a.iq("get", f"<pubsub xmlns='{NS_PUBSUB}'><items/></pubsub>")) == ("bad-request", "nodeid-required")
+    assert stanza_error(a.iq("get", f"<pubsub xmlns='{NS_PUBSUB}'><items node='{node}' max_items='x'/></pubsub>"))[1] == "bad-request"
+    r = a.iq("set", f"<pubsub xmlns='{NS_PUBSUB}'><retract node='{node}'><item id='nope'/></retract></pubsub>")
+    assert stanza_error(r)[1] == "item-not-found", tostring(r)
+    r = a.iq("set", f"<pubsub xmlns='{NS_PUBSUB}'><retract node='{node}'/></pubsub>")
+    assert app_error(r) == ("bad-request", "item-required")
+    r = a.iq("set", f"<pubsub xmlns='{NS_PUBSUB}'><subscribe node='{node}' jid='{a.jid}'/></pubsub>")
+    assert app_error(r) == ("feature-not-implemented", "unsupported"), tostring(r)
+    r = a.iq("set", f"<pubsub xmlns='{NS_PUBSUB}'><create node='{node}'/></pubsub>")
+    assert stanza_error(r)[1] == "conflict", tostring(r)
+    # someone else cannot publish to, configure or delete a's nodes
+    b = server.online("pubb")
+    r = publish(b, node, tune("x"), to=bare(a.jid))
+    assert stanza_error(r)[1] == "forbidden", tostring(r)
+    r = b.iq("set", f"<pubsub xmlns='{NS_OWNER}'><delete node='{node}'/></pubsub>", to=bare(a.jid))
+    assert stanza_error(r)[1] == "forbidden", tostring(r)
+    server.assert_healthy(a, b)
+    a.close()
+    b.close()
+
+
+def test_configure_and_publish_options(server):
+    a = server.online("cfg")
+    node = "urn:test:cfg"
+    ok(publish(a, node, tune("x"), item_id="1"))
+    cfg = config_of(a, node)
+    assert cfg["FORM_TYPE"] == [f"{NS_PUBSUB}#node_config"]
+    assert cfg["pubsub#access_model"] == ["presence"]
+    assert cfg["pubsub#max_items"] == ["1"]
+    assert cfg["pubsub#send_last_published_item"] == ["on_sub_and_presence"]
+    ok(configure(a, node, {"pubsub#access_model": "open", "pubsub#max_items": "max"}))
+    cfg = config_of(a, node)
+    assert cfg["pubsub#access_model"] == ["open"] and cfg["pubsub#max_items"] == ["max"]
+    # wrong-typed values: not-acceptable, nothing changes
+    for k, v in (("pubsub#max_items", "many"), ("pubsub#persist_items", "perhaps"),
+                 ("pubsub#access_model", "everybody"), ("pubsub#max_items", "-1"),
+                 ("pubsub#send_last_published_item", "sometimes")):
+        r = configure(a, node, [("pubsub#title", "changed"), (k, v)])
+        assert stanza_error(r)[1] == "not-acceptable", (k, v, tostring(r))
+    cfg = config_of(a, node)
+    assert cfg["pubsub#access_model"] == ["open"] and cfg["pubsub#title"] == [""], cfg
+    r = a.iq("set", f"<pubsub xmlns='{NS_OWNER}'><configure node='{node}'><x xmlns='{NS_DATA}' type='submit'>"
+                    f"<field var='FORM_TYPE'><value>urn:wrong</value></field></x></configure></pubsub>")
+    assert stanza_error(r)[1] == "not-acceptable", tostring(r)
+    r = a.iq("get", f"<pubsub xmlns='{NS_OWNER}'><configure node='urn:test:none'/></pubsub>")
+    assert stanza_error(r)[1] == "item-not-found", tostring(r)
+
+    # publish-options: met -> published; not met -> conflict + precondition-not-met
+    ok(publish(a, node, tune("y"), options={"pubsub#access_model": "open"}))
+    r = publish(a, node, tune("z"), options={"pubsub#access_model": "whitelist"})
+    assert app_error(r) == ("conflict", "precondition-not-met"), tostring(r)
+    r = publish(a, node, tune("z"), options={"pubsub#max_items": "nonsense"})
+    assert app_error(r) == ("conflict", "precondition-not-met"), tostring(r)
+    # a new node is made with the options
+    ok(publish(a, "urn:test:cfg2", tune("z"), options={"pubsub#access_model": "whitelist",
+                                                       "pubsub#max_items": "max"}))
+    cfg = config_of(a, "urn:test:cfg2")
+    assert cfg["pubsub#access_model"] == ["whitelist"] and cfg["pubsub#max_items"] == ["max"]
+
+    # purge keeps the node, delete removes it
+    ok(a.iq("set", f"<pubsub xmlns='{NS_OWNER}'><purge node='{node}'/></pubsub>"))
+    assert item_ids(get_items(a, None, node)) == []
+    ok(a.iq("set", f"<pubsub xmlns='{NS_OWNER}'><delete node='{node}'/></pubsub>"))
+    assert stanza_error(get_items(a, None, node))[1] == "item-not-found"
+    r = a.iq("set", f"<pubsub xmlns='{NS_OWNER}'><delete node='{node}'/></pubsub>")
+    assert stanza_error(r)[1] == "item-not-found", tostring(r)
+    server.assert_healthy(a)
+    a.close()
+
+
+def test_access_models(server):
+    a = server.online("acc")
+    friend = server.online("accf")
+    stranger = server.online("accs")
+    make_mutual(a, friend)
+    owner = bare(a.jid)
+    ok(publish(a, "urn:test:presence", tune("p"), item_id="p"))
+    ok(publish(a, "urn:test:open", tune("o"), item_id="o", options={"pubsub#access_model": "open"}))
+    ok(publish(a, "urn:test:white", tune("w"), item_id="w", options={"pubsub#access_model": "whitelist"}))
+    ok(publish(a, "urn:test:roster", tune("r"), item_id="r"))
+    ok(a.iq("set", f"<pubsub xmlns='{NS_OWNER}'><configure node='urn:test:roster'>"
+                   f"<x xmlns='{NS_DATA}' type='submit'>"
+                   f"<field var='FORM_TYPE' type='hidden'><value>{NS_PUBSUB}#node_config</value></field>"
+                   f"<field var='pubsub#access_model'><value>roster</value></field>"
+                   f"<field var='pubsub#roster_groups_allowed'><value>Friends</value></field>"
+                   f"</x></configure></pubsub>"))
+
+    assert item_ids(get_items(friend, owner, "urn:test:presence")) == ["p"]
+    assert app_error(get_items(stranger, owner, "urn:test:presence")) == ("not-authorized", "presence-subscription-required")
+    assert item_ids(get_items(stranger, owner, "urn:test:open")) == ["o"]
+    assert app_error(get_items(friend, owner, "urn:test:white")) == ("not-allowed", "closed-node")
+    assert item_ids(get_items(a, None, "urn:test:white")) == ["w"]
+    assert app_error(get_items(friend, owner, "urn:test:roster")) == ("not-authorized", "not-in-roster-group")
+    ok(roster_set(a, bare(friend.jid), groups=["Friends"]))
+    assert item_ids(get_items(friend, owner, "urn:test:roster")) == ["r"]
+    assert app_error(get_items(stranger, owner, "urn:test:roster")) == ("not-authorized", "not-in-roster-group")
+    for c in (a, friend, stranger):
+        c.close()
+
+
+# ------------------------------------------------------------------ notifications
+
+def test_omemo_devicelist_notifications_follow_caps_and_subscription(server):
+    """An OMEMO device list reaches a contact whose caps have +notify, not one without
+    it, nor someone without a presence subscription; the owner's own +notify resource too."""
+    caps_yes = Caps(OMEMO_DEVICES, TUNE)
+    caps_no = Caps(TUNE)
+    a = login(server, Caps(OMEMO_DEVICES, TUNE), "om")
+    wants = login(server, caps_yes, "omy")
+    nowant = login(server, caps_no, "omn")
+    stranger = login(server, Caps(OMEMO_DEVICES, TUNE), "oms")
+    make_mutual(a, wants)
+    make_mutual(a, nowant)
+    owner = bare(a.jid)
+    devices = ("<list xmlns='eu.siacs.conversations.axolotl'><device id='12345'/>"
+               "<device id='4223'/></list>")
+    ok(publish(a, OMEMO_DEVICES, devices, item_id="current", options={"pubsub#access_model": "open"}))
+    ev = recv_event(wants, owner, OMEMO_DEVICES)
+    item = ev.find(q(NS_EVENT, "items")).find(q(NS_EVENT, "item"))
+    assert item.get("id") == "current"
+    ids = [d.get("id") for d in item.find("{eu.siacs.conversations.axolotl}list")]
+    assert ids == ["12345", "4223"]
+    recv_event(a, owner, OMEMO_DEVICES)
+    # the marker: a tune all of them want
+    ok(publish(a, TUNE, tune("marker"), item_id="m"))
+    for c in (nowant,):
+        e = c.recv(lambda e: e.tag == C("message") and e.find(q(NS_EVENT, "event")) is not None,
+                   what="the tune marker")
+        assert is_event(e, owner, TUNE), "an event for a node without +notify: " + tostring(e)
+    recv_event(wants, owner, TUNE)
+    # the stranger has no subscription: neither the list (open access) nor the tune
+    stranger.expect_nothing(lambda e: is_event(e, owner, OMEMO_DEVICES) or is_event(e, owner, TUNE), 1.0)
+    # but may fetch the open device list, and the bundle (XEP-0384)
+    bundle = ("<bundle xmlns='eu.siacs.conversations.axolotl'><signedPreKeyPublic signedPreKeyId='1'>"
+              "AAAA</signedPreKeyPublic><signedPreKeySignature>BBBB</signedPreKeySignature>"
+              "<identityKey>CCCC</identityKey><prekeys><preKeyPublic preKeyId='1'>DDDD</preKeyPublic>"
+              "</prekeys></bundle>")
+    bnode = "eu.siacs.conversations.axolotl.bundles:12345"
+    ok(publish(a, bnode, bundle, item_id="current", options={"pubsub#access_model": "open"}))
+    assert item_ids(get_items(stranger, owner, OMEMO_DEVICES)) == ["current"]
+    assert item_ids(get_items(stranger, owner, bnode)) == ["current"]
+    # OMEMO 2 nodes are plain PEP nodes too
+    ok(publish(a, OMEMO2_DEVICES, "<devices xmlns='urn:xmpp:omemo:2'><device id='1'/></devices>",
+               item_id="current", options={"pubsub#access_model": "open", "pubsub#max_items": "max"}))
+    assert item_ids(get_items(stranger, owner, OMEMO2_DEVICES)) == ["current"]
+
+    # retract with notify, delete: told to those who want the node
+    ok(a.iq("set", f"<pubsub xmlns='{NS_PUBSUB}'><retract node='{TUNE}' notify='true'><item id='m'/></retract></pubsub>"))
+    ev = recv_event(wants, owner, TUNE)
+    assert ev.find(q(NS_EVENT, "items")).find(q(NS_EVENT, "retract")).get("id") == "m"
+    ok(a.iq("set", f"<pubsub xmlns='{NS_OWNER}'><delete node='{TUNE}'/></pubsub>"))
+    ev = recv_event(wants, owner, TUNE)
+    assert ev.find(q(NS_EVENT, "delete")) is not None, tostring(ev)
+    server.assert_healthy(a, wants, nowant, stranger)
+    for c in (a, wants, nowant, stranger):
+        c.close()
+
+
+def test_unknown_caps_asked_once_and_verified(server):
+    caps = Caps(TUNE)
+    first = server.online("cq1", presence=False)
+    assert available(first, caps) == 1
+    # the same caps again, from another account: known, no query
+    second = server.online("cq2", presence=False)
+    assert available(second, caps) == 0
+    second.expect_nothing(is_caps_query, 1.0, what="a second caps query")
+    # caps that lie about their hash are not believed (and asked again next time)
+    liar = Caps(TUNE, wrong=True)
+    l1 = server.online("cq3", presence=False)
+    assert available(l1, liar) == 1
+    l2 = server.online("cq4", presence=False)
+    assert available(l2, liar) == 1
+    # and a liar gets no notifications through them
+    make_mutual(first, l1)
+    make_mutual(first, second)
+    ok(publish(first, TUNE, tune("t"), item_id="t"))
+    recv_event(second, bare(first.jid), TUNE)
+    l1.expect_nothing(lambda e: is_event(e, bare(first.jid), TUNE), 1.0)
+    server.assert_healthy(first, second, l1, l2)
+    for c in (first, second, l1, l2):
+        c.close()
+
+
+def test_last_item_on_initial_presence(server):
+    a = login(server, Caps(NS_NICK), "last")
+    b = server.online("lastb")
+    make_mutual(a, b)
+    owner = bare(a.jid)
+    ok(publish(a, NS_NICK, f"<nick xmlns='{NS_NICK}'>Romeo</nick>", item_id="current"))
+    b.close()
+    # b comes back with +notify for nick: it gets the last nick on its initial presence
+    b2 = server.login(bare(b.jid), b.password, presence=False)
+    available(b2, Caps(NS_NICK))
+    ev = recv_event(b2, owner, NS_NICK)
+    assert ev.find(q(NS_EVENT, "items")).find(q(NS_EVENT, "item")).findtext(q(NS_NICK, "nick")) == "Romeo"
+    # the same with caps already known
+    b2.close()
+    b3 = server.login(bare(b.jid), b.password, presence=False)
+    caps = Caps(NS_NICK)
+    c0 = server.online("lastc", presence=False)
+    available(c0, caps)
+    assert available(b3, caps) == 0
+    recv_event(b3, owner, NS_NICK)
+    for c in (a, b3, c0):
+        c.close()
+
+
+# ------------------------------------------------------------------ XEP-0084 / XEP-0398
+
+def test_avatar_to_vcard_and_back(server):
+    a = server.online("av")
+    watcher = login(server, Caps(AVATAR_META), "avw")
+    make_mutual(a, watcher)
+    img = os.urandom(300)
+    sha = hashlib.sha1(img).hexdigest()
+    b64 = base64.b64encode(img).decode()
+    ok(publish(a, AVATAR_DATA, f"<data xmlns='{AVATAR_DATA}'>{b64}</data>", item_id=sha))
+    ok(publish(a, AVATAR_META, f"<metadata xmlns='{AVATAR_META}'><info id='{sha}' bytes='300' "
+                               f"type='image/png' width='10' height='10'/></metadata>", item_id=sha))
+    ev = recv_event(watcher, bare(a.jid), AVATAR_META)
+    assert ev.find(q(NS_EVENT, "items")).find(q(NS_EVENT, "item")).get("id") == sha
+    # XEP-0398: the vCard has the photo
+    r = ok(watcher.iq("get", f"<vCard xmlns='{NS_VCARD}'/>", to=bare(a.jid)))
+    photo = r.find(q(NS_VCARD, "vCard")).find(q(NS_VCARD, "PHOTO"))
+    assert photo is not None, tostring(r)
+    assert photo.findtext(q(NS_VCARD, "TYPE")) == "image/png"
+    assert base64.b64decode(photo.findtext(q(NS_VCARD, "BINVAL"))) == img
+    # and the presence carries its hash (XEP-0153)
+    a.presence(status="with avatar")
+    p = watcher.recv(lambda e: e.tag == C("presence") and e.get("from") == a.jid
+                     and e.findtext(C("status")) == "with avatar", what="presence with photo hash")
+    assert p.find(q(NS_VCARD_UPDATE, "x")).findtext(q(NS_VCARD_UPDATE, "photo")) == sha, tostring(p)
+
+    # vCard set -> PEP avatar (data and metadata)
+    img2 = os.urandom(200)
+    sha2 = hashlib.sha1(img2).hexdigest()
+    ok(a.iq("set", f"<vCard xmlns='{NS_VCARD}'><FN>A</FN><PHOTO><TYPE>image/jpeg</TYPE>"
+                   f"<BINVAL>{base64.b64encode(img2).decode()}</BINVAL></PHOTO></vCard>"))
+    ev = recv_event(watcher, bare(a.jid), AVATAR_META)
+    info = ev.find(q(NS_EVENT, "items")).find(q(NS_EVENT, "item")).find(q(AVATAR_META, "metadata")).find(q(AVATAR_META, "info"))
+    assert info.get("id") == sha2 and info.get("type") == "image/jpeg" and info.get("bytes") == "200"
+    r = ok(get_items(watcher, bare(a.jid), AVATAR_DATA, ids=[sha2]))
+    data = r.find(q(NS_PUBSUB, "pubsub")).find(q(NS_PUBSUB, "items")).find(q(NS_PUBSUB, "item")).findtext(q(AVATAR_DATA, "data"))
+    assert base64.b64decode(data) == img2
+    a.presence(status="new avatar")
+    p = watcher.recv(lambda e: e.tag == C("presence") and e.get("from") == a.jid
+                     and e.findtext(C("status")) == "new avatar", what="presence with the new hash")
+    assert p.find(q(NS_VCARD_UPDATE, "x")).findtext(q(NS_VCARD_UPDATE, "photo")) == sha2
+    for c in (a, watcher):
+        c.close()
+
+
+# ------------------------------------------------------------------ bookmarks, nick
+
+def test_bookmarks_both_ways(server):
+    a = server.online("bm")
+    owner = bare(a.jid)
+    # XEP-0402: one item per room, whitelist, max_items=max
+    conf = "<conference xmlns='urn:xmpp:bookmarks:1' name='Room' autojoin='true'><nick>me</nick></conference>"
+    opts = {"pubsub#persist_items": "true", "pubsub#access_model": "whitelist",
+            "pubsub#max_items": "max", "pubsub#send_last_published_item": "never"}
+    ok(publish(a, BOOKMARKS2, conf, item_id="room1@conference.localhost", options=opts))
+    ok(publish(a, BOOKMARKS2, conf, item_id="room2@conference.localhost", options=opts))
+    assert sorted(item_ids(get_items(a, None, BOOKMARKS2))) == ["room1@conference.localhost", "room2@conference.localhost"]
+    b = server.online("bmb")
+    make_mutual(a, b)
+    assert app_error(get_items(b, owner, BOOKMARKS2)) == ("not-allowed", "closed-node")
+
+    # XEP-0049 private storage -> PEP storage:bookmarks (XEP-0048 via XEP-0223)
+    storage = ("<storage xmlns='storage:bookmarks'><conference jid='old@conference.localhost' "
+               "autojoin='true' name='Old'><nick>me</nick></conference></storage>")
+    ok(a.iq("set", f"<query xmlns='{NS_PRIVATE}'>{storage}</query>"))
+    r = ok(get_items(a, None, "storage:bookmarks"))
+    item = r.find(q(NS_PUBSUB, "pubsub")).find(q(NS_PUBSUB, "items")).find(q(NS_PUBSUB, "item"))
+    assert item.get("id") == "current"
+    assert item.find("{storage:bookmarks}storage/{storage:bookmarks}conference").get("jid") == "old@conference.localhost"
+    assert app_error(get_items(b, owner, "storage:bookmarks")) == ("not-allowed", "closed-node")
+    # PEP storage:bookmarks -> XEP-0049
+    storage2 = ("<storage xmlns='storage:bookmarks'><conference jid='new@conference.localhost' "
+                "autojoin='false' name='New'/></storage>")
+    ok(publish(a, "storage:bookmarks", storage2, item_id="current",
+               options={"pubsub#persist_items": "true", "pubsub#access_model": "whitelist"}))
+    r = ok(a.iq("get", f"<query xmlns='{NS_PRIVATE}'><storage xmlns='storage:bookmarks'/></query>"))
+    conf_el = r.find(q(NS_PRIVATE, "query")).find("{storage:bookmarks}storage/{storage:bookmarks}conference")
+    assert conf_el.get("jid") == "new@conference.localhost", tostring(r)
+    # other private data is untouched by the bridge
+    ok(a.iq("set", f"<query xmlns='{NS_PRIVATE}'><prefs xmlns='urn:test:prefs'>x</prefs></query>"))
+    r = ok(a.iq("get", f"<query xmlns='{NS_PRIVATE}'><prefs xmlns='urn:test:prefs'/></query>"))
+    assert r.find(q(NS_PRIVATE, "query")).findtext("{urn:test:prefs}prefs") == "x"
+    for c in (a, b):
+        c.close()
+
+
+def test_nickname_reaches_contact(server):
+    a = server.online("nk")
+    b = login(server, Caps(NS_NICK), "nkb")
+    make_mutual(a, b)
+    ok(publish(a, NS_NICK, f"<nick xmlns='{NS_NICK}'>Juliet</nick>"))
+    ev = recv_event(b, bare(a.jid), NS_NICK)
+    assert ev.find(q(NS_EVENT, "items")).find(q(NS_EVENT, "item")).findtext(q(NS_NICK, "nick")) == "Juliet"
+    for c in (a, b):
+        c.close()
+
+
+# ------------------------------------------------------------------ slixmpp
+
+slixmpp = pytest.importorskip("slixmpp")
+
+
+def slix(server, jid, password, notify=()):
+    c = slixmpp.ClientXMPP(jid, password)
+    for p in ("xep_0030", "xep_0060", "xep_0115", "xep_0163", "xep_0084", "xep_0172"):
+        c.register_plugin(p)
+    c.ssl_context.check_hostname = False
+    c.ssl_context.verify_mode = ssl.CERT_NONE
+    for ns in notify:
+        c["xep_0163"].add_interest(ns)
+    return c
+
+
+async def slix_connected(c, server):
+    started = asyncio.get_event_loop().create_future()
+    c.add_event_handler("session_start", lambda _: started.done() or started.set_result(True))
+    c.connect(server.host, server.c2s_port)
+    await asyncio.wait_for(started, 15)
+    await c.get_roster()
+    c.send_presence()
+
+
+def test_slixmpp_avatar_and_nick(server):
+    ajid, _, apw = server.new_user("sla")
+    bjid, _, bpw = server.new_user("slb")
+
+    async def scenario():
+        a = slix(server, ajid, apw)
+        b = slix(server, bjid, bpw, notify=[AVATAR_META, NS_NICK])
+        got_nick = asyncio.get_event_loop().create_future()
+        got_avatar = asyncio.get_event_loop().create_future()
+        b.add_event_handler("user_nick_publish", lambda m: got_nick.done() or got_nick.set_result(m))
+        b.add_event_handler("avatar_metadata_publish", lambda m: got_avatar.done() or got_avatar.set_result(m))
+        await slix_connected(a, server)
+        await slix_connected(b, server)
+        for x, y in ((a, b), (b, a)):
+            x.send_presence_subscription(pto=y.boundjid.bare)
+        await asyncio.sleep(1.0)
+        for x, y in ((a, b), (b, a)):
+            x.send_presence(pto=y.boundjid.bare, ptype="subscribed")
+        await asyncio.sleep(1.5)
+        await a["xep_0172"].publish_nick("Mercutio")
+        m = await asyncio.wait_for(got_nick, 10)
+        assert m["pubsub_event"]["items"]["item"]["nick"]["nick"] == "Mercutio"
+        img = os.urandom(128)
+        sha = hashlib.sha1(img).hexdigest()
+        await a["xep_0084"].publish_avatar(img)
+        await a["xep_0084"].publish_avatar_metadata([{"id": sha, "type": "image/png", "bytes": len(img)}])
+        m = await asyncio.wait_for(got_avatar, 10)
+        assert m["pubsub_event"]["items"]["item"]["id"] == sha
+        items = await b["xep_0060"].get_items(a.boundjid.bare, AVATAR_DATA, timeout=10)
+        assert items["pubsub"]["items"]["item"]["id"] == sha
+        for c in (a, b):
+            c.disconnect()
+        await asyncio.sleep(0.2)
+
+    asyncio.run(asyncio.wait_for(scenario(), 50))
