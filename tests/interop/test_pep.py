@@ -474,6 +474,21 @@ def test_last_item_on_initial_presence(server):
         c.close()
 
 
+def test_last_item_when_subscription_starts(server):
+    a = server.online("subs")
+    b = login(server, Caps(NS_NICK), "subsb")
+    owner = bare(a.jid)
+    ok(publish(a, NS_NICK, f"<nick xmlns='{NS_NICK}'>Benvolio</nick>", item_id="current"))
+    b.expect_nothing(lambda e: is_event(e, owner, NS_NICK), 0.5)
+    b.presence(to=owner, type_="subscribe")
+    a.recv(lambda e: e.tag == C("presence") and e.get("type") == "subscribe", what="subscribe")
+    a.presence(to=bare(b.jid), type_="subscribed")
+    ev = recv_event(b, owner, NS_NICK)
+    assert ev.find(q(NS_EVENT, "items")).find(q(NS_EVENT, "item")).findtext(q(NS_NICK, "nick")) == "Benvolio"
+    for c in (a, b):
+        c.close()
+
+
 # ------------------------------------------------------------------ XEP-0084 / XEP-0398
 
 def test_avatar_to_vcard_and_back(server):

@@ -203,6 +203,9 @@ pub fn answer(server: &Arc<Server>, from: &str, el: &Element) -> Option<Arc<[Str
     Some(shared)
 }
 
+/// A form field of a disco#info answer: its var and sorted values.
+type Field<'a> = (&'a str, Vec<String>);
+
 /// The XEP-0115 §5.1 verification string of a disco#info answer, hashed
 /// with `hash` and base64-encoded; `None` when the answer is not one a
 /// `ver` may name (§5.4: duplicate identities, features or form types,
@@ -233,7 +236,7 @@ pub fn ver_of(query: &Element, hash: &str) -> Option<String> {
     if features.windows(2).any(|w| w[0] == w[1]) {
         return None;
     }
-    let mut forms: Vec<(String, Vec<(&str, Vec<String>)>)> = Vec::new();
+    let mut forms: Vec<(String, Vec<Field<'_>>)> = Vec::new();
     for x in query.elements().filter(|e| e.is("x", NS_DATA)) {
         let mut form_type = None;
         let mut fields = Vec::new();

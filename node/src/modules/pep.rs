@@ -1084,56 +1084,62 @@ pub fn send_last_items(
             .map(|i| i.jid.as_str()),
     );
     for owner in owners {
-        let Ok(nodes) = server.storage.pep_nodes(owner) else {
+        last_items_of(server, owner, bare, full, features);
+    }
+}
+
+/// The last item of each of `owner`'s nodes that `full` (of `bare`) is
+/// interested in and may see.
+fn last_items_of(server: &Server, owner: &str, bare: &str, full: &str, features: &[String]) {
+    let Ok(nodes) = server.storage.pep_nodes(owner) else {
+        return;
+    };
+    for (node, rec) in nodes {
+        if !super::caps::wants_notify(features, &node) {
+            continue;
+        }
+        let Some(last) = rec.items.last() else {
             continue;
         };
-        for (node, rec) in nodes {
-            if !super::caps::wants_notify(features, &node) {
-                continue;
-            }
-            let Some(last) = rec.items.last() else {
-                continue;
-            };
-            let cfg = NodeConfig::decode(&rec.config);
-            if cfg.send_last != SendLast::OnSubAndPresence
-                || !cfg.deliver_notifications
-                || may_read(server, owner, bare, &cfg).is_err()
-            {
-                continue;
-            }
-            let Some(mut item) = server
-                .storage
-                .pep_item(owner, &node, last)
-                .ok()
-                .flatten()
-                .as_deref()
-                .and_then(parse_stored)
-            else {
-                continue;
-            };
-            item.ns = NS_EVENT.to_owned();
-            if !cfg.deliver_payloads {
-                item.children.clear();
-            }
-            let msg = Element::new("message", NS_CLIENT)
-                .attr("from", owner)
-                .attr("to", full)
-                .attr("type", cfg.notification_type.as_str())
-                .attr("id", new_item_id())
-                .child(
-                    Element::new("event", NS_EVENT).child(
-                        Element::new("items", NS_EVENT)
-                            .attr("node", node.as_str())
-                            .child(item),
-                    ),
-                )
-                .child(
-                    Element::new("delay", crate::stanza::NS_DELAY)
-                        .attr("from", owner)
-                        .attr("stamp", crate::stanza::now_stamp()),
-                );
-            let _ = crate::session::im::deliver_to_full(server, full, msg);
+        let cfg = NodeConfig::decode(&rec.config);
+        if cfg.send_last != SendLast::OnSubAndPresence
+            || !cfg.deliver_notifications
+            || may_read(server, owner, bare, &cfg).is_err()
+        {
+            continue;
         }
+        let Some(mut item) = server
+            .storage
+            .pep_item(owner, &node, last)
+            .ok()
+            .flatten()
+            .as_deref()
+            .and_then(parse_stored)
+        else {
+            continue;
+        };
+        item.ns = NS_EVENT.to_owned();
+        if !cfg.deliver_payloads {
+            item.children.clear();
+        }
+        let msg = Element::new("message", NS_CLIENT)
+            .attr("from", owner)
+            .attr("to", full)
+            .attr("type", cfg.notification_type.as_str())
+            .attr("id", new_item_id())
+            .child(
+                Element::new("event", NS_EVENT).child(
+                    Element::new("items", NS_EVENT)
+                        .attr("node", node.as_str())
+                        .child(item),
+                ),
+            )
+            .child(
+                Element::new("delay", crate::stanza::NS_DELAY)
+                    .attr("from", owner)
+                    .attr("stamp", crate::stanza::now_stamp()),
+            );
+        let _ = crate::session::im::deliver_to_full(server, full, msg);
     }
 }
 
@@ -1148,6 +1154,20 @@ pub fn initial_presence(
 ) {
     if let Some(features) = super::caps::features_of(server, presence) {
         send_last_items(server, bare, full, roster, &features);
+    }
+}
+
+/// `owner` approved `contact`'s subscription (XEP-0163 §4.3.4: the
+/// implicit subscription starts): the contact's available resources get
+/// the last items they are interested in.
+pub fn subscription_started(server: &Server, owner: &str, contact: &str) {
+    for p in server.router.presences(contact, 0) {
+        let Some(full) = p.get_attr("from") else {
+            continue;
+        };
+        if let Some(features) = super::caps::features_of(server, &p) {
+            last_items_of(server, owner, contact, full, &features);
+        }
     }
 }
 
