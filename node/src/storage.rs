@@ -1065,6 +1065,13 @@ impl Storage {
             .collect()
     }
 
+    /// How many PEP nodes `bare` has (reads their keys only).
+    pub fn pep_node_count(&self, bare: &str) -> Result<u64, StoreError> {
+        let mut end = bare.as_bytes().to_vec();
+        end.push(1);
+        self.store.count_range(PEP_NODE, &user_prefix(bare), &end)
+    }
+
     /// One stored PEP item, serialised.
     pub fn pep_item(&self, bare: &str, node: &str, id: &str) -> Result<Option<String>, StoreError> {
         self.doc(PEP_ITEM, &pep_item_key(bare, node, id))

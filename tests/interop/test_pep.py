@@ -122,6 +122,10 @@ def available(client, caps=None, answer=True):
                 caps.answer(client, e)
         else:
             own = e
+    if queries and answer:
+        # the session handles its stanzas in order: once the ping is answered, so is
+        # the caps answer (verified, cached)
+        ok(client.ping_server())
     return queries
 
 
@@ -487,6 +491,48 @@ def test_last_item_when_subscription_starts(server):
     assert ev.find(q(NS_EVENT, "items")).find(q(NS_EVENT, "item")).findtext(q(NS_NICK, "nick")) == "Benvolio"
     for c in (a, b):
         c.close()
+
+
+def test_last_item_when_notify_appears_in_new_caps(server):
+    a = server.online("cap")
+    b = login(server, Caps(TUNE), "capb")
+    make_mutual(a, b)
+    owner = bare(a.jid)
+    ok(publish(a, NS_NICK, f"<nick xmlns='{NS_NICK}'>Paris</nick>", item_id="current"))
+    b.expect_nothing(lambda e: is_event(e, owner, NS_NICK), 0.5)
+    # new caps, already known to the server (another client has them): at once
+    known = Caps(NS_NICK, TUNE)
+    other = server.online("capo", presence=False)
+    available(other, known)
+    b.presence(extra=known.c())
+    ev = recv_event(b, owner, NS_NICK)
+    assert ev.find(q(NS_EVENT, "items")).find(q(NS_EVENT, "item")).findtext(q(NS_NICK, "nick")) == "Paris"
+    # the same caps again: nothing new
+    b.presence(extra=known.c(), status="again")
+    b.expect_nothing(lambda e: is_event(e, owner, NS_NICK), 0.7)
+    # caps the server has to ask for: after the answer
+    fresh = Caps(NS_NICK, TUNE, AVATAR_META)
+    ok(publish(a, AVATAR_META, f"<metadata xmlns='{AVATAR_META}'/>", item_id="none"))
+    b.presence(extra=fresh.c())
+    query = b.recv(is_caps_query, what="caps query")
+    fresh.answer(b, query)
+    ok(b.ping_server())
+    recv_event(b, owner, AVATAR_META)
+    for c in (a, b, other):
+        c.close()
+
+
+def test_node_count_is_bounded(server):
+    a = server.online("many")
+    for i in range(256):
+        r = publish(a, f"urn:test:many:{i}", tune("x"), item_id="1")
+        assert r.get("type") == "result", (i, tostring(r))
+    r = publish(a, "urn:test:many:one-too-many", tune("x"))
+    assert stanza_error(r)[1] == "policy-violation", tostring(r)
+    # existing nodes still take items
+    ok(publish(a, "urn:test:many:0", tune("y"), item_id="2"))
+    server.assert_healthy(a)
+    a.close()
 
 
 # ------------------------------------------------------------------ XEP-0084 / XEP-0398

@@ -62,6 +62,15 @@ struct Asked {
     since: Instant,
 }
 
+/// Queries sent per session (full JID) within a window: a client that
+/// keeps changing its caps is not asked more than this, so no client can
+/// make the shared store grow fast.
+static PER_SESSION: LazyLock<DashMap<String, (u32, Instant)>> = LazyLock::new(DashMap::new);
+const MAX_PER_SESSION: u32 = 8;
+const SESSION_WINDOW: Duration = Duration::from_secs(600);
+/// The most features a verified entry may list.
+const MAX_FEATURES: usize = 512;
+
 /// A query left unanswered this long may be asked again (of anyone).
 const ASK_TIMEOUT: Duration = Duration::from_secs(30);
 /// Queries in flight at most on a node.
@@ -124,16 +133,37 @@ fn presence_out(ctx: &HookCtx<'_>, el: &mut Element) -> Flow {
     let Some(hash) = algorithm(hash) else {
         return Flow::Pass;
     };
-    if KNOWN.contains_key(ver) {
+    let Some(full) = ctx.full else {
         return Flow::Pass;
-    }
-    if lookup(ctx.server, hash, ver).is_some() {
-        return Flow::Pass;
-    }
-    if let Some(full) = ctx.full {
-        ask(ctx.server, ctx.user, full, hash, ver, node);
+    };
+    match lookup(ctx.server, hash, ver) {
+        Some(features) => changed(ctx.server, ctx.user, full, ver, &features),
+        None => ask(ctx.server, ctx.user, full, hash, ver, node),
     }
     Flow::Pass
+}
+
+/// A presence with known caps: when the session was available with other
+/// caps, the nodes it newly wants get their last items (the initial
+/// presence's are sent with its broadcast). One lookup of the session's
+/// previous presence.
+fn changed(server: &Server, bare: &str, full: &str, ver: &str, features: &[String]) {
+    let resource = crate::stanza::split(full).1.unwrap_or_default();
+    // None: not available before (or the same ver); Some(old features).
+    let old: Option<Option<Arc<[String]>>> = server.router.with_resources(bare, |rs| {
+        let r = rs
+            .iter()
+            .find(|r| &*r.resource == resource && r.available)?;
+        let before = r.presence.as_ref()?;
+        match caps_of(before) {
+            Some((_, v, _)) if v == ver => None,
+            Some((h, v, _)) => Some(algorithm(h).and_then(|h| lookup(server, h, v))),
+            None => Some(None),
+        }
+    });
+    if let Some(old) = old {
+        super::pep::caps_changed(server, full, old.as_deref(), features);
+    }
 }
 
 /// Sends the disco#info query for `ver` to `full`, unless one is in flight.
@@ -143,8 +173,14 @@ fn ask(server: &Server, bare: &str, full: &str, hash: &'static str, ver: &str, n
     {
         return;
     }
+    if !session_may_ask(full) {
+        return;
+    }
     if ASKED.len() >= MAX_ASKED {
         ASKED.retain(|_, a| a.since.elapsed() < ASK_TIMEOUT);
+        if !session_may_ask(full) {
+            return;
+        }
         if ASKED.len() >= MAX_ASKED {
             return;
         }
@@ -168,10 +204,24 @@ fn ask(server: &Server, bare: &str, full: &str, hash: &'static str, ver: &str, n
     let _ = crate::session::im::deliver_to_full(server, full, iq);
 }
 
+fn session_may_ask(full: &str) -> bool {
+    if PER_SESSION.len() >= MAX_ASKED {
+        PER_SESSION.retain(|_, (_, since)| since.elapsed() < SESSION_WINDOW);
+    }
+    let mut e = PER_SESSION
+        .entry(full.to_owned())
+        .or_insert((0, Instant::now()));
+    if e.1.elapsed() >= SESSION_WINDOW {
+        *e = (0, Instant::now());
+    }
+    e.0 += 1;
+    e.0 <= MAX_PER_SESSION
+}
+
 /// An IQ result or error a client (`from`, a full JID) sent to the
 /// server: the answer to a caps query is verified and, when its hash
 /// matches, remembered for everyone. Returns the features learned.
-pub fn answer(server: &Arc<Server>, from: &str, el: &Element) -> Option<Arc<[String]>> {
+pub async fn answer(server: &Server, from: &str, el: &Element) -> Option<Arc<[String]>> {
     let ver = el.get_attr("id")?.strip_prefix(QUERY_ID_PREFIX)?;
     let (_, asked) = ASKED.remove_if(ver, |_, a| a.full == from)?;
     if el.get_attr("type") != Some("result") {
@@ -192,14 +242,16 @@ pub fn answer(server: &Arc<Server>, from: &str, el: &Element) -> Option<Arc<[Str
         .filter(|e| e.is("feature", NS_INFO))
         .filter_map(|e| e.get_attr("var").map(str::to_owned))
         .collect();
+    if features.len() > MAX_FEATURES {
+        return None;
+    }
     let shared: Arc<[String]> = features.clone().into();
     KNOWN.insert(ver.to_owned(), shared.clone());
-    let (server2, ver, hash) = (server.clone(), ver.to_owned(), asked.hash);
-    actix_rt::spawn(async move {
-        if let Err(e) = server2.storage.put_caps(hash, &ver, &features).await {
-            tracing::debug!(error = %e, "could not store verified caps");
-        }
-    });
+    // Stored before the session handles its next stanza, so whatever the
+    // client does next finds the features on every node.
+    if let Err(e) = server.storage.put_caps(asked.hash, ver, &features).await {
+        tracing::debug!(error = %e, "could not store verified caps");
+    }
     Some(shared)
 }
 

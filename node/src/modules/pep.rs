@@ -41,6 +41,8 @@ pub const MAX_ITEMS: usize = 1000;
 /// The largest item (serialised) a node takes: larger ones are
 /// `<not-acceptable/>` + `<payload-too-big/>` (XEP-0060 §7.1.3.4).
 pub const MAX_ITEM_BYTES: usize = 128 * 1024;
+/// The most nodes an account has: creating more is `<policy-violation/>`.
+pub const MAX_NODES: usize = 256;
 /// The longest node id.
 const MAX_NODE_BYTES: usize = 1024;
 /// Compare-and-set rounds against concurrent writers of one node.
@@ -631,6 +633,17 @@ fn new_item_id() -> String {
     )
 }
 
+/// A new node past [`MAX_NODES`] is refused.
+fn too_many_nodes(server: &Server, owner: &str) -> Result<(), StanzaError> {
+    if server.storage.pep_node_count(owner)? >= MAX_NODES as u64 {
+        return Err(StanzaError::with_text(
+            Condition::PolicyViolation,
+            "too many PEP nodes",
+        ));
+    }
+    Ok(())
+}
+
 /// Publishes one item (XEP-0060 §7.1, with XEP-0163's auto-create and
 /// §7.1.5's publish-options); `hooks`: run the avatar conversion.
 pub async fn publish(
@@ -695,6 +708,7 @@ pub async fn publish(
                 (Some(raw), rec)
             }
             None => {
+                too_many_nodes(server, owner)?;
                 cfg = NodeConfig::default();
                 if let Some(fields) = &wanted {
                     for (var, values) in fields {
@@ -817,6 +831,7 @@ async fn create(
         // §8.1.2: PEP has no instant nodes.
         _ => return Err(app(Condition::NotAcceptable, "nodeid-required")),
     };
+    too_many_nodes(ctx.server, owner)?;
     let mut cfg = NodeConfig::default();
     if let Some(c) = configure.filter(|c| c.is("configure", NS_PUBSUB))
         && let Some(x) = c.elements().next()
@@ -1076,6 +1091,7 @@ pub fn send_last_items(
     full: &str,
     roster: &[RosterItem],
     features: &[String],
+    only: &dyn Fn(&str) -> bool,
 ) {
     let owners = std::iter::once(bare).chain(
         roster
@@ -1084,18 +1100,28 @@ pub fn send_last_items(
             .map(|i| i.jid.as_str()),
     );
     for owner in owners {
-        last_items_of(server, owner, bare, full, features);
+        last_items_of(server, owner, bare, full, features, only);
     }
 }
 
 /// The last item of each of `owner`'s nodes that `full` (of `bare`) is
 /// interested in and may see.
-fn last_items_of(server: &Server, owner: &str, bare: &str, full: &str, features: &[String]) {
+fn last_items_of(
+    server: &Server,
+    owner: &str,
+    bare: &str,
+    full: &str,
+    features: &[String],
+    only: &dyn Fn(&str) -> bool,
+) {
+    if owner != bare && super::blocking::either_blocks(server, owner, full) {
+        return;
+    }
     let Ok(nodes) = server.storage.pep_nodes(owner) else {
         return;
     };
     for (node, rec) in nodes {
-        if !super::caps::wants_notify(features, &node) {
+        if !super::caps::wants_notify(features, &node) || !only(&node) {
             continue;
         }
         let Some(last) = rec.items.last() else {
@@ -1153,7 +1179,7 @@ pub fn initial_presence(
     presence: &Element,
 ) {
     if let Some(features) = super::caps::features_of(server, presence) {
-        send_last_items(server, bare, full, roster, &features);
+        send_last_items(server, bare, full, roster, &features, &|_| true);
     }
 }
 
@@ -1166,8 +1192,19 @@ pub fn subscription_started(server: &Server, owner: &str, contact: &str) {
             continue;
         };
         if let Some(features) = super::caps::features_of(server, &p) {
-            last_items_of(server, owner, contact, full, &features);
+            last_items_of(server, owner, contact, full, &features, &|_| true);
         }
+    }
+}
+
+/// An available session changed its caps from `old` to the known
+/// `features`: it gets the last items of the nodes it newly wants
+/// (XEP-0163 §4.3.4, "+notify appears").
+pub fn caps_changed(server: &Server, full: &str, old: Option<&[String]>, features: &[String]) {
+    let (bare, _) = crate::stanza::split(full);
+    let new_interest = |node: &str| old.is_none_or(|o| !super::caps::wants_notify(o, node));
+    if let Ok(roster) = server.storage.roster(bare) {
+        send_last_items(server, bare, full, &roster, features, &new_interest);
     }
 }
 
@@ -1184,7 +1221,7 @@ pub fn caps_learned(server: &Server, full: &str, features: &[String]) {
         return;
     }
     if let Ok(roster) = server.storage.roster(bare) {
-        send_last_items(server, bare, full, &roster, features);
+        send_last_items(server, bare, full, &roster, features, &|_| true);
     }
 }
 
