@@ -692,3 +692,53 @@ def test_slixmpp_avatar_and_nick(server):
         await asyncio.sleep(0.2)
 
     asyncio.run(asyncio.wait_for(scenario(), 50))
+
+
+def test_slixmpp_bookmarks_both_ways(server):
+    """slixmpp's XEP-0048 through XEP-0049 and through XEP-0223 see one list; XEP-0402
+    conferences published with its stanza and the node's recommended options."""
+    jid, _, pw = server.new_user("slbm")
+
+    async def scenario():
+        from slixmpp.plugins.xep_0048.stanza import Bookmarks
+        from slixmpp.plugins.xep_0402.stanza import Conference
+        a = slix(server, jid, pw)
+        for p in ("xep_0004", "xep_0048", "xep_0049", "xep_0223", "xep_0402"):
+            a.register_plugin(p)
+        await slix_connected(a, server)
+        bm = Bookmarks()
+        bm.add_conference("hall@conference.localhost", "me", name="Hall", autojoin=True)
+        await a["xep_0048"].set_bookmarks(bm, method="xep_0049", timeout=10)
+        r = await a["xep_0048"].get_bookmarks(method="xep_0223", timeout=10)
+        got = r["pubsub"]["items"]["item"]["payload"]
+        confs = got.findall("{storage:bookmarks}conference")
+        assert [c.get("jid") for c in confs] == ["hall@conference.localhost"]
+        bm2 = Bookmarks()
+        bm2.add_conference("garden@conference.localhost", "me", name="Garden")
+        await a["xep_0048"].set_bookmarks(bm2, method="xep_0223", id="current", timeout=10)
+        r = await a["xep_0048"].get_bookmarks(method="xep_0049", timeout=10)
+        confs = r["private"]["bookmarks"]["conferences"]
+        assert [c["jid"] for c in confs] == ["garden@conference.localhost"]
+        # XEP-0402
+        conf = Conference()
+        conf["name"] = "Hall"
+        conf["autojoin"] = True
+        conf["nick"] = "me"
+        form = a["xep_0004"].stanza.Form()
+        form["type"] = "submit"
+        form.add_field(var="FORM_TYPE", ftype="hidden",
+                       value="http://jabber.org/protocol/pubsub#publish-options")
+        for k, v in (("pubsub#persist_items", "true"), ("pubsub#max_items", "max"),
+                     ("pubsub#send_last_published_item", "never"),
+                     ("pubsub#access_model", "whitelist")):
+            form.add_field(var=k, value=v)
+        await a["xep_0060"].publish(None, BOOKMARKS2, id="hall@conference.localhost",
+                                    payload=conf, options=form, timeout=10)
+        items = await a["xep_0060"].get_items(None, BOOKMARKS2, timeout=10)
+        item = items["pubsub"]["items"]["item"]
+        assert item["id"] == "hall@conference.localhost"
+        assert item["payload"].get("name") == "Hall"
+        a.disconnect()
+        await asyncio.sleep(0.2)
+
+    asyncio.run(asyncio.wait_for(scenario(), 40))

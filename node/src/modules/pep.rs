@@ -1443,7 +1443,8 @@ pub mod bookmarks {
                         .child(Element::new("value", NS_DATA).text(PUBLISH_OPTIONS)),
                 )
                 .child(field("pubsub#persist_items", "true"))
-                .child(field("pubsub#access_model", "whitelist")),
+                .child(field("pubsub#access_model", "whitelist"))
+                .child(field("pubsub#send_last_published_item", "never")),
         )
     }
 
@@ -1457,10 +1458,20 @@ pub mod bookmarks {
                     .child(storage.clone()),
             );
         // The node may have been made with other options (a client's):
-        // what matters is that the list is kept private.
+        // what matters is that the list stays private.
         match super::publish(server, owner, &publish, Some(&options()), false).await {
             Ok(_) => Ok(()),
             Err(e) if e.condition == Condition::Conflict => {
+                let private =
+                    server
+                        .storage
+                        .pep_node(owner, NS_BOOKMARKS)?
+                        .is_some_and(|(_, n)| {
+                            NodeConfig::decode(&n.config).access == Access::Whitelist
+                        });
+                if !private {
+                    return Err(e);
+                }
                 super::publish(server, owner, &publish, None, false)
                     .await
                     .map(drop)
