@@ -29,6 +29,7 @@ NS_EVENT = NS_PUBSUB + "#event"
 NS_ERRORS = NS_PUBSUB + "#errors"
 NS_CAPS = "http://jabber.org/protocol/caps"
 DISCO_INFO = "http://jabber.org/protocol/disco#info"
+DISCO_ITEMS = "http://jabber.org/protocol/disco#items"
 NS_DATA = "jabber:x:data"
 NS_VCARD = "vcard-temp"
 NS_VCARD_UPDATE = "vcard-temp:x:update"
@@ -232,6 +233,26 @@ def test_account_disco_and_server_caps(server):
     assert stanza_error(bad)[1] == "item-not-found", tostring(bad)
     raw.close()
     c.close()
+
+
+def test_disco_items_and_node_info(server):
+    a = server.online("dn")
+    b = server.online("dnb")
+    owner = bare(a.jid)
+    ok(publish(a, "urn:test:seen", tune("x"), options={"pubsub#access_model": "open"}))
+    ok(publish(a, "urn:test:hidden", tune("y")))
+    nodes = lambda c: sorted(i.get("node") for i in ok(c.iq("get", f"<query xmlns='{DISCO_ITEMS}'/>", to=owner))
+                             .find(q(DISCO_ITEMS, "query")).findall(q(DISCO_ITEMS, "item"))
+                             if i.get("jid") == owner)
+    assert nodes(a) == ["urn:test:hidden", "urn:test:seen"]
+    assert nodes(b) == ["urn:test:seen"], "a presence-access node listed to a stranger"
+    r = ok(a.iq("get", f"<query xmlns='{DISCO_INFO}' node='urn:test:hidden'/>", to=owner))
+    idents = [(i.get("category"), i.get("type")) for i in r.find(q(DISCO_INFO, "query")).findall(q(DISCO_INFO, "identity"))]
+    assert idents == [("pubsub", "leaf")], tostring(r)
+    r = a.iq("get", f"<query xmlns='{DISCO_INFO}' node='urn:test:none'/>", to=owner)
+    assert stanza_error(r)[1] == "item-not-found", tostring(r)
+    for c in (a, b):
+        c.close()
 
 
 # ------------------------------------------------------------------ publish / items

@@ -43,8 +43,21 @@ fn handle<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
             q.set_attr("node", n);
         }
         if ns == NS_ITEMS {
-            // XEP-0030 §8: no items (also for an account that does not
-            // exist or does not share its presence with the requester).
+            // An account's items are what modules show the requester (PEP
+            // nodes it may see); XEP-0030 §8: none for an account that
+            // does not exist, nor anywhere else.
+            let owner = match ctx.target {
+                IqTarget::Own => Some(ctx.origin.bare),
+                IqTarget::Account(b) => Some(b),
+                _ => None,
+            };
+            if let (Some(owner), None) = (owner, node) {
+                for m in ctx.server.modules.account_nodes() {
+                    for item in (m.items)(ctx.server, owner, ctx.origin.bare) {
+                        q = q.child(item);
+                    }
+                }
+            }
             return Ok(q.into());
         }
         // XEP-0030 §8: info about an account needs its presence (or is
@@ -71,6 +84,21 @@ fn handle<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
                 .is_some_and(|v| v == ctx.server.modules.server_ver());
             if ours && matches!(ctx.target, IqTarget::Server(_)) {
                 return Ok(super::caps::server_info(ctx.server, q).into());
+            }
+            let owner = match ctx.target {
+                IqTarget::Own => Some(ctx.origin.bare),
+                IqTarget::Account(b) => Some(b),
+                _ => None,
+            };
+            if let Some(owner) = owner {
+                for m in ctx.server.modules.account_nodes() {
+                    if let Some(info) = (m.info)(ctx.server, owner, ctx.origin.bare, n) {
+                        for el in info {
+                            q = q.child(el);
+                        }
+                        return Ok(q.into());
+                    }
+                }
             }
             return Err(Condition::ItemNotFound.into());
         }

@@ -144,6 +144,17 @@ pub struct AccountIdentity {
     pub kind: &'static str,
 }
 
+/// What a module shows in disco on an account's bare JID besides features
+/// and identities: the account's items (XEP-0030 §4.1, such as PEP nodes,
+/// XEP-0060 §5.2) and the info of one of its nodes (XEP-0060 §5.3).
+pub struct AccountNodes {
+    /// The `<item/>`s `requester` may see.
+    pub items: fn(&Server, owner: &str, requester: &str) -> Vec<Element>,
+    /// The identities and features of `node`, if the module has such a
+    /// node that `requester` may see.
+    pub info: fn(&Server, owner: &str, requester: &str, node: &str) -> Option<Vec<Element>>,
+}
+
 /// A point in a stanza's path where modules can look at it, change it or
 /// take it over.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -222,6 +233,8 @@ pub struct Module {
     pub account_features: &'static [AccountFeature],
     /// Identities it adds to each account's disco#info.
     pub account_identities: &'static [AccountIdentity],
+    /// Disco items and node info it adds on each account.
+    pub account_nodes: Option<&'static AccountNodes>,
     /// Stream features it advertises, in order.
     pub stream_features: &'static [StreamFeature],
     /// IQ payloads it answers.
@@ -242,6 +255,7 @@ impl Module {
         features: &[],
         account_features: &[],
         account_identities: &[],
+        account_nodes: None,
         stream_features: &[],
         iq: &[],
         hooks: &[],

@@ -18,8 +18,8 @@
 //! bookmarks bridge are in [`avatar`] and [`bookmarks`] below.
 
 use super::{
-    AccountFeature, AccountIdentity, Event, Flow, Hook, HookCtx, IqCtx, IqHandler, IqReply,
-    IqResult, IqTarget, Module,
+    AccountFeature, AccountIdentity, AccountNodes, Event, Flow, Hook, HookCtx, IqCtx, IqHandler,
+    IqReply, IqResult, IqTarget, Module,
 };
 use crate::server::Server;
 use crate::stanza::{Condition, NS_CLIENT, StanzaError};
@@ -164,6 +164,10 @@ pub static MODULE: Module = Module {
         category: "pubsub",
         kind: "pep",
     }],
+    account_nodes: Some(&AccountNodes {
+        items: disco_items,
+        info: disco_node_info,
+    }),
     iq: &[
         IqHandler {
             ns: NS_PUBSUB,
@@ -537,6 +541,45 @@ fn contact_notified(item: &RosterItem, cfg: &NodeConfig) -> bool {
         Access::Roster => in_groups(item, cfg),
         Access::Whitelist => false,
     }
+}
+
+// ------------------------------------------------------------ discovery
+
+/// XEP-0060 §5.2: the nodes of `owner` that `requester` may see.
+fn disco_items(server: &Server, owner: &str, requester: &str) -> Vec<Element> {
+    let Ok(nodes) = server.storage.pep_nodes(owner) else {
+        return Vec::new();
+    };
+    nodes
+        .into_iter()
+        .filter(|(_, rec)| {
+            may_read(server, owner, requester, &NodeConfig::decode(&rec.config)).is_ok()
+        })
+        .map(|(node, _)| {
+            Element::new("item", super::disco::NS_ITEMS)
+                .attr("jid", owner)
+                .attr("node", node)
+        })
+        .collect()
+}
+
+/// XEP-0060 §5.3: a node's identity (a leaf) and its configuration's
+/// metadata form type.
+fn disco_node_info(
+    server: &Server,
+    owner: &str,
+    requester: &str,
+    node: &str,
+) -> Option<Vec<Element>> {
+    let (_, rec) = server.storage.pep_node(owner, node).ok()??;
+    may_read(server, owner, requester, &NodeConfig::decode(&rec.config)).ok()?;
+    let info = super::disco::NS_INFO;
+    Some(vec![
+        Element::new("identity", info)
+            .attr("category", "pubsub")
+            .attr("type", "leaf"),
+        Element::new("feature", info).attr("var", NS_PUBSUB),
+    ])
 }
 
 // ------------------------------------------------------------ IQ handling

@@ -7,8 +7,8 @@
 //! errors and stop the server at start.
 
 use super::{
-    AccountFeature, AccountIdentity, Event, Flow, Handler, Hook, HookCtx, IqCtx, IqHandler,
-    IqTarget, MODULES, Module, Stage, StreamFeature,
+    AccountFeature, AccountIdentity, AccountNodes, Event, Flow, Handler, Hook, HookCtx, IqCtx,
+    IqHandler, IqTarget, MODULES, Module, Stage, StreamFeature,
 };
 use crate::config::Config;
 use crate::stanza::{Condition, StanzaError};
@@ -29,6 +29,7 @@ pub struct Registry {
     /// Features of each account's disco#info, in registry order.
     account_features: Vec<&'static AccountFeature>,
     account_identities: Vec<&'static AccountIdentity>,
+    account_nodes: Vec<&'static AccountNodes>,
     /// The server's XEP-0115 `ver` and its `<c/>` stream feature
     /// (advertised where a module declares
     /// [`caps::SERVER_CAPS_PLACEHOLDER`](super::caps::SERVER_CAPS_PLACEHOLDER)).
@@ -60,6 +61,7 @@ impl Registry {
         let mut features = Vec::new();
         let mut account_features = Vec::new();
         let mut account_identities = Vec::new();
+        let mut account_nodes = Vec::new();
         let (mut pre_auth, mut post_auth) = (Vec::new(), Vec::new());
         let mut names = HashSet::new();
         let mut spaces = HashMap::new();
@@ -82,6 +84,7 @@ impl Registry {
             features.extend_from_slice(m.features);
             account_features.extend(m.account_features);
             account_identities.extend(m.account_identities);
+            account_nodes.extend(m.account_nodes);
             for f in m.stream_features {
                 match f.stage {
                     Stage::PreAuth => pre_auth.push(f),
@@ -113,6 +116,7 @@ impl Registry {
             features,
             account_features,
             account_identities,
+            account_nodes,
             server_ver,
             server_caps,
             pre_auth,
@@ -150,6 +154,11 @@ impl Registry {
     /// `account/registered`: (category, type).
     pub fn account_identities(&self) -> impl Iterator<Item = (&'static str, &'static str)> + '_ {
         self.account_identities.iter().map(|i| (i.category, i.kind))
+    }
+
+    /// What modules show in disco on accounts besides features.
+    pub fn account_nodes(&self) -> &[&'static AccountNodes] {
+        &self.account_nodes
     }
 
     /// The server's XEP-0115 `ver` (sha-1 of its disco#info).
