@@ -36,13 +36,6 @@ const NS_DATA: &str = "jabber:x:data";
 const NODE_CONFIG: &str = "http://jabber.org/protocol/pubsub#node_config";
 const PUBLISH_OPTIONS: &str = "http://jabber.org/protocol/pubsub#publish-options";
 
-/// What `pubsub#max_items = max` means: the most items a node keeps.
-pub const MAX_ITEMS: usize = 1000;
-/// The largest item (serialised) a node takes: larger ones are
-/// `<not-acceptable/>` + `<payload-too-big/>` (XEP-0060 §7.1.3.4).
-pub const MAX_ITEM_BYTES: usize = 128 * 1024;
-/// The most nodes an account has: creating more is `<policy-violation/>`.
-pub const MAX_NODES: usize = 256;
 /// The longest node id.
 const MAX_NODE_BYTES: usize = 1024;
 /// Compare-and-set rounds against concurrent writers of one node.
@@ -189,6 +182,7 @@ pub static MODULE: Module = Module {
         priority: 0,
         handler: avatar::presence_out,
     }],
+    config_section: Some("pep"),
     spaces: &[PEP_NODE, PEP_ITEM, AVATAR_HASH],
     ..Module::EMPTY
 };
@@ -279,7 +273,7 @@ impl SendLast {
 pub struct NodeConfig {
     pub access: Access,
     pub roster_groups: Vec<String>,
-    /// `None`: `max` ([`MAX_ITEMS`]).
+    /// `None`: `max` (`[pep] max_items`).
     pub max_items: Option<usize>,
     pub persist_items: bool,
     pub send_last: SendLast,
@@ -310,8 +304,9 @@ impl Default for NodeConfig {
 }
 
 impl NodeConfig {
-    fn limit(&self) -> usize {
-        self.max_items.unwrap_or(MAX_ITEMS).min(MAX_ITEMS)
+    /// The items the node keeps, `cap` being `[pep] max_items`.
+    fn limit(&self, cap: usize) -> usize {
+        self.max_items.unwrap_or(cap).min(cap)
     }
 
     fn decode(raw: &[u8]) -> NodeConfig {
@@ -324,7 +319,8 @@ impl NodeConfig {
 
     /// Sets one field from a submitted form; `Err(())` for an unknown
     /// field or a value of the wrong type.
-    fn set(&mut self, var: &str, values: &[String]) -> Result<(), ()> {
+    /// `cap`: `[pep] max_items`, the most a node may be set to keep.
+    fn set(&mut self, var: &str, values: &[String], cap: usize) -> Result<(), ()> {
         let one = || values.first().map(|v| v.trim()).ok_or(());
         let boolean = || match one()? {
             "1" | "true" => Ok(true),
@@ -339,7 +335,7 @@ impl NodeConfig {
                     "max" => None,
                     n => {
                         let n: usize = n.parse().map_err(|_| ())?;
-                        if n == 0 || n > MAX_ITEMS {
+                        if n == 0 || n > cap {
                             return Err(());
                         }
                         Some(n)
@@ -676,9 +672,9 @@ fn new_item_id() -> String {
     )
 }
 
-/// A new node past [`MAX_NODES`] is refused.
+/// A new node past `[pep] max_nodes` is refused.
 fn too_many_nodes(server: &Server, owner: &str) -> Result<(), StanzaError> {
-    if server.storage.pep_node_count(owner)? >= MAX_NODES as u64 {
+    if server.storage.pep_node_count(owner)? >= server.config.pep.max_nodes as u64 {
         return Err(StanzaError::with_text(
             Condition::PolicyViolation,
             "too many PEP nodes",
@@ -697,6 +693,7 @@ pub async fn publish(
     hooks: bool,
 ) -> IqResult {
     let node = node_attr(publish)?;
+    let cap = server.config.pep.max_items;
     let items: Vec<&Element> = publish
         .elements()
         .filter(|e| e.is("item", NS_PUBSUB))
@@ -720,7 +717,7 @@ pub async fn publish(
         .attr("id", id.as_str())
         .child(payload.clone());
     let xml = stored.to_stream_xml(NS_PUBSUB);
-    if xml.len() > MAX_ITEM_BYTES {
+    if xml.len() > server.config.pep.max_item_bytes {
         return Err(app(Condition::NotAcceptable, "payload-too-big"));
     }
     let wanted: Option<Fields> = match options {
@@ -742,7 +739,8 @@ pub async fn publish(
                     // §7.1.5: every option must hold already.
                     let mut want = cfg.clone();
                     for (var, values) in fields {
-                        want.set(var, values).map_err(|()| precondition_not_met())?;
+                        want.set(var, values, cap)
+                            .map_err(|()| precondition_not_met())?;
                     }
                     if want != cfg {
                         return Err(precondition_not_met());
@@ -755,7 +753,8 @@ pub async fn publish(
                 cfg = NodeConfig::default();
                 if let Some(fields) = &wanted {
                     for (var, values) in fields {
-                        cfg.set(var, values).map_err(|()| precondition_not_met())?;
+                        cfg.set(var, values, cap)
+                            .map_err(|()| precondition_not_met())?;
                     }
                 }
                 (None, PepNode::default())
@@ -767,7 +766,7 @@ pub async fn publish(
         if cfg.persist_items {
             rec.items.retain(|i| *i != id);
             rec.items.push(id.clone());
-            let over = rec.items.len().saturating_sub(cfg.limit());
+            let over = rec.items.len().saturating_sub(cfg.limit(cap));
             remove.extend(rec.items.drain(..over));
             put.push((id.clone(), xml.clone()));
         } else {
@@ -881,7 +880,7 @@ async fn create(
     {
         let fields = form_fields(x, NODE_CONFIG).map_err(|()| Condition::NotAcceptable)?;
         for (var, values) in fields.unwrap_or_default() {
-            cfg.set(&var, &values)
+            cfg.set(&var, &values, ctx.server.config.pep.max_items)
                 .map_err(|()| Condition::NotAcceptable)?;
         }
     }
@@ -973,6 +972,7 @@ fn configure_get(ctx: &IqCtx<'_>, owner: &str, configure: &Element) -> IqResult 
 /// or value is `<not-acceptable/>` (§8.2.5.3) and nothing changes.
 async fn configure_set(ctx: &IqCtx<'_>, owner: &str, configure: &Element) -> IqResult {
     let node = node_attr(configure)?;
+    let cap = ctx.server.config.pep.max_items;
     let Some(x) = configure.elements().next() else {
         return Err(Condition::BadRequest.into());
     };
@@ -985,14 +985,14 @@ async fn configure_set(ctx: &IqCtx<'_>, owner: &str, configure: &Element) -> IqR
         };
         let mut cfg = NodeConfig::decode(&rec.config);
         for (var, values) in &fields {
-            cfg.set(var, values)
+            cfg.set(var, values, cap)
                 .map_err(|()| Condition::NotAcceptable)?;
         }
         let mut remove = Vec::new();
         if !cfg.persist_items {
             remove.append(&mut rec.items);
         } else {
-            let over = rec.items.len().saturating_sub(cfg.limit());
+            let over = rec.items.len().saturating_sub(cfg.limit(cap));
             remove.extend(rec.items.drain(..over));
         }
         rec.config = cfg.encode();
