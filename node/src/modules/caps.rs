@@ -53,6 +53,9 @@ pub const SERVER_CAPS_PLACEHOLDER: &str = "<c xmlns='http://jabber.org/protocol/
 /// Verified `ver` -> features, rebuilt from the store on demand.
 static KNOWN: LazyLock<DashMap<String, Arc<[String]>>> = LazyLock::new(DashMap::new);
 
+/// The most verified entries kept in memory on a node.
+const MAX_KNOWN: usize = 100_000;
+
 /// Queries in flight: `ver` -> who was asked, and when.
 static ASKED: LazyLock<DashMap<String, Asked>> = LazyLock::new(DashMap::new);
 
@@ -110,8 +113,16 @@ fn lookup(server: &Server, hash: &str, ver: &str) -> Option<Arc<[String]>> {
     }
     let stored = server.storage.caps(hash, ver).ok().flatten()?;
     let f: Arc<[String]> = stored.into();
-    KNOWN.insert(ver.to_owned(), f.clone());
+    remember(ver, f.clone());
     Some(f)
+}
+
+/// Keeps a verified entry in this node's map, up to [`MAX_KNOWN`] of them
+/// (past that, entries are read from the store when needed).
+fn remember(ver: &str, features: Arc<[String]>) {
+    if KNOWN.len() < MAX_KNOWN {
+        KNOWN.insert(ver.to_owned(), features);
+    }
 }
 
 /// Whether `features` has `<node>+notify` (XEP-0163 §4.2).
@@ -246,7 +257,7 @@ pub async fn answer(server: &Server, from: &str, el: &Element) -> Option<Arc<[St
         return None;
     }
     let shared: Arc<[String]> = features.clone().into();
-    KNOWN.insert(ver.to_owned(), shared.clone());
+    remember(ver, shared.clone());
     // Stored before the session handles its next stanza, so whatever the
     // client does next finds the features on every node.
     if let Err(e) = server.storage.put_caps(asked.hash, ver, &features).await {
