@@ -210,7 +210,9 @@ def test_account_disco_and_server_caps(server):
               "item-ids", "retrieve-items", "access-open", "access-whitelist", "access-roster",
               "filtered-notifications", "delete-nodes"):
         assert f"{NS_PUBSUB}#{f}" in feats, f
-    assert "urn:xmpp:pep-vcard-conversion:0" in feats
+    for f in ("urn:xmpp:pep-vcard-conversion:0", "urn:xmpp:bookmarks:1#compat",
+              "urn:xmpp:bookmarks:1#compat-pep", "urn:xmpp:bookmarks-conversion:0"):
+        assert f in feats, f
 
     # XEP-0115: the stream features carry the server's caps, whose ver is the hash of
     # the server's disco#info, which the node#ver query answers alike.
@@ -616,6 +618,16 @@ def test_bookmarks_both_ways(server):
     b = server.online("bmb")
     make_mutual(a, b)
     assert app_error(get_items(b, owner, BOOKMARKS2)) == ("not-allowed", "closed-node")
+    # XEP-0402 #compat: the items are the XEP-0048 list too (private storage and PEP)
+    r = ok(a.iq("get", f"<query xmlns='{NS_PRIVATE}'><storage xmlns='storage:bookmarks'/></query>"))
+    confs = r.find(q(NS_PRIVATE, "query")).findall("{storage:bookmarks}storage/{storage:bookmarks}conference")
+    assert sorted(c.get("jid") for c in confs) == ["room1@conference.localhost", "room2@conference.localhost"], tostring(r)
+    assert all(c.get("autojoin") == "true" and c.findtext("{storage:bookmarks}nick") == "me" for c in confs)
+    ok(a.iq("set", f"<pubsub xmlns='{NS_PUBSUB}'><retract node='{BOOKMARKS2}' notify='1'>"
+                   f"<item id='room2@conference.localhost'/></retract></pubsub>"))
+    r = ok(a.iq("get", f"<query xmlns='{NS_PRIVATE}'><storage xmlns='storage:bookmarks'/></query>"))
+    confs = r.find(q(NS_PRIVATE, "query")).findall("{storage:bookmarks}storage/{storage:bookmarks}conference")
+    assert [c.get("jid") for c in confs] == ["room1@conference.localhost"], tostring(r)
 
     # XEP-0049 private storage -> PEP storage:bookmarks (XEP-0048 via XEP-0223)
     storage = ("<storage xmlns='storage:bookmarks'><conference jid='old@conference.localhost' "
@@ -626,6 +638,12 @@ def test_bookmarks_both_ways(server):
     assert item.get("id") == "current"
     assert item.find("{storage:bookmarks}storage/{storage:bookmarks}conference").get("jid") == "old@conference.localhost"
     assert app_error(get_items(b, owner, "storage:bookmarks")) == ("not-allowed", "closed-node")
+    # ... and the XEP-0402 items follow the list set through XEP-0049
+    r = ok(get_items(a, None, BOOKMARKS2))
+    items = r.find(q(NS_PUBSUB, "pubsub")).find(q(NS_PUBSUB, "items")).findall(q(NS_PUBSUB, "item"))
+    assert [i.get("id") for i in items] == ["old@conference.localhost"], tostring(r)
+    conf2 = items[0].find(q(BOOKMARKS2, "conference"))
+    assert conf2.get("name") == "Old" and conf2.get("autojoin") == "true" and conf2.findtext(q(BOOKMARKS2, "nick")) == "me"
     # PEP storage:bookmarks -> XEP-0049
     storage2 = ("<storage xmlns='storage:bookmarks'><conference jid='new@conference.localhost' "
                 "autojoin='false' name='New'/></storage>")
@@ -634,6 +652,7 @@ def test_bookmarks_both_ways(server):
     r = ok(a.iq("get", f"<query xmlns='{NS_PRIVATE}'><storage xmlns='storage:bookmarks'/></query>"))
     conf_el = r.find(q(NS_PRIVATE, "query")).find("{storage:bookmarks}storage/{storage:bookmarks}conference")
     assert conf_el.get("jid") == "new@conference.localhost", tostring(r)
+    assert item_ids(get_items(a, None, BOOKMARKS2)) == ["new@conference.localhost"]
     # other private data is untouched by the bridge
     ok(a.iq("set", f"<query xmlns='{NS_PRIVATE}'><prefs xmlns='urn:test:prefs'>x</prefs></query>"))
     r = ok(a.iq("get", f"<query xmlns='{NS_PRIVATE}'><prefs xmlns='urn:test:prefs'/></query>"))

@@ -152,6 +152,18 @@ pub static MODULE: Module = Module {
             var: "urn:xmpp:pep-vcard-conversion:0",
             when: None,
         },
+        AccountFeature {
+            var: "urn:xmpp:bookmarks-conversion:0",
+            when: None,
+        },
+        AccountFeature {
+            var: "urn:xmpp:bookmarks:1#compat",
+            when: None,
+        },
+        AccountFeature {
+            var: "urn:xmpp:bookmarks:1#compat-pep",
+            when: None,
+        },
     ],
     account_identities: &[AccountIdentity {
         category: "pubsub",
@@ -619,13 +631,17 @@ fn handle<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
                 if !is_owner {
                     return Err(Condition::Forbidden.into());
                 }
-                publish(ctx.server, owner, first, options.copied(), true).await
+                let r = publish(ctx.server, owner, first, options.copied(), true).await?;
+                bookmarks::after_change(ctx.server, owner, first).await;
+                Ok(r)
             }
             ("retract", true) => {
                 if !is_owner {
                     return Err(Condition::Forbidden.into());
                 }
-                retract(ctx.server, owner, first).await
+                let r = retract(ctx.server, owner, first).await?;
+                bookmarks::after_change(ctx.server, owner, first).await;
+                Ok(r)
             }
             ("create", true) => {
                 if !is_owner {
@@ -1491,8 +1507,157 @@ pub mod bookmarks {
         )
     }
 
+    pub const NS_BOOKMARKS2: &str = "urn:xmpp:bookmarks:1";
+
+    /// The options XEP-0402 §3 publishes with.
+    fn options2() -> Element {
+        let field = |var: &str, v: &str| {
+            Element::new("field", NS_DATA)
+                .attr("var", var)
+                .child(Element::new("value", NS_DATA).text(v))
+        };
+        Element::new("publish-options", NS_PUBSUB).child(
+            Element::new("x", NS_DATA)
+                .attr("type", "submit")
+                .child(
+                    Element::new("field", NS_DATA)
+                        .attr("var", "FORM_TYPE")
+                        .attr("type", "hidden")
+                        .child(Element::new("value", NS_DATA).text(PUBLISH_OPTIONS)),
+                )
+                .child(field("pubsub#persist_items", "true"))
+                .child(field("pubsub#max_items", "max"))
+                .child(field("pubsub#send_last_published_item", "never"))
+                .child(field("pubsub#access_model", "whitelist")),
+        )
+    }
+
+    /// The payloads of a node's items, by id, oldest first.
+    fn payloads(server: &Server, owner: &str, node: &str) -> Vec<(String, Element)> {
+        let Ok(Some((_, rec))) = server.storage.pep_node(owner, node) else {
+            return Vec::new();
+        };
+        rec.items
+            .iter()
+            .filter_map(|id| {
+                let item = server.storage.pep_item(owner, node, id).ok()??;
+                let payload = parse_stored(&item)?.elements().next()?.clone();
+                Some((id.clone(), payload))
+            })
+            .collect()
+    }
+
+    /// A client changed one of the two bookmark stores through PEP (a
+    /// publish or retract of `op`): the other follows (XEP-0402 §5,
+    /// `#compat` and `#compat-pep`).
+    pub async fn after_change(server: &Server, owner: &str, op: &Element) {
+        match op.get_attr("node") {
+            Some(NS_BOOKMARKS2) => to_legacy(server, owner).await,
+            Some(NS_BOOKMARKS) if op.name == "publish" => {
+                if let Some(storage) = load(server, owner).ok().flatten() {
+                    from_legacy(server, owner, &storage).await;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The XEP-0402 items, cast into one `storage:bookmarks` item.
+    async fn to_legacy(server: &Server, owner: &str) {
+        let mut storage = Element::new("storage", NS_BOOKMARKS);
+        for (jid, conf) in payloads(server, owner, NS_BOOKMARKS2) {
+            if !conf.is("conference", NS_BOOKMARKS2) {
+                continue;
+            }
+            let mut c = Element::new("conference", NS_BOOKMARKS).attr("jid", jid);
+            for a in ["name", "autojoin"] {
+                if let Some(v) = conf.get_attr(a) {
+                    c.set_attr(a, v);
+                }
+            }
+            for child in ["nick", "password"] {
+                if let Some(t) = conf.child_text(child, NS_BOOKMARKS2) {
+                    c = c.child(Element::new(child, NS_BOOKMARKS).text(t));
+                }
+            }
+            storage = storage.child(c);
+        }
+        if let Err(e) = write_legacy(server, owner, &storage).await {
+            tracing::debug!(condition = ?e.condition, "could not convert bookmarks to XEP-0048");
+        }
+    }
+
+    /// A `storage:bookmarks` list, cast into XEP-0402 items: changed ones
+    /// published, missing ones retracted (with notifications).
+    async fn from_legacy(server: &Server, owner: &str, storage: &Element) {
+        let current = payloads(server, owner, NS_BOOKMARKS2);
+        let mut listed = Vec::new();
+        for c in storage
+            .elements()
+            .filter(|e| e.is("conference", NS_BOOKMARKS))
+        {
+            let Some(jid) = c.get_attr("jid").filter(|j| !j.is_empty()) else {
+                continue;
+            };
+            listed.push(jid.to_owned());
+            let old = current.iter().find(|(id, _)| id == jid).map(|(_, p)| p);
+            let mut conf = Element::new("conference", NS_BOOKMARKS2);
+            for a in ["name", "autojoin"] {
+                if let Some(v) = c.get_attr(a) {
+                    conf.set_attr(a, v);
+                }
+            }
+            for child in ["nick", "password"] {
+                if let Some(t) = c.child_text(child, NS_BOOKMARKS) {
+                    conf = conf.child(Element::new(child, NS_BOOKMARKS2).text(t));
+                }
+            }
+            // §3: what only XEP-0402 clients know is kept.
+            if let Some(ext) = old.and_then(|o| o.get_child("extensions", NS_BOOKMARKS2)) {
+                conf = conf.child(ext.clone());
+            }
+            if old == Some(&conf) {
+                continue;
+            }
+            let publish = Element::new("publish", NS_PUBSUB)
+                .attr("node", NS_BOOKMARKS2)
+                .child(Element::new("item", NS_PUBSUB).attr("id", jid).child(conf));
+            if let Err(e) = super::publish(server, owner, &publish, Some(&options2()), false).await
+            {
+                tracing::debug!(condition = ?e.condition, "could not convert a bookmark to XEP-0402");
+                return;
+            }
+        }
+        let gone: Vec<&String> = current
+            .iter()
+            .map(|(id, _)| id)
+            .filter(|id| !listed.contains(id))
+            .collect();
+        if gone.is_empty() {
+            return;
+        }
+        let mut retract = Element::new("retract", NS_PUBSUB)
+            .attr("node", NS_BOOKMARKS2)
+            .attr("notify", "true");
+        for id in gone {
+            retract = retract.child(Element::new("item", NS_PUBSUB).attr("id", id.as_str()));
+        }
+        let _ = super::retract(server, owner, &retract).await;
+    }
+
     /// A private-storage set of `<storage xmlns='storage:bookmarks'/>`.
     pub async fn store(server: &Server, owner: &str, storage: &Element) -> Result<(), StanzaError> {
+        write_legacy(server, owner, storage).await?;
+        from_legacy(server, owner, storage).await;
+        Ok(())
+    }
+
+    /// Publishes the `storage:bookmarks` item.
+    async fn write_legacy(
+        server: &Server,
+        owner: &str,
+        storage: &Element,
+    ) -> Result<(), StanzaError> {
         let publish = Element::new("publish", NS_PUBSUB)
             .attr("node", NS_BOOKMARKS)
             .child(
