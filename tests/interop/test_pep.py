@@ -364,6 +364,78 @@ def test_configure_and_publish_options(server):
     a.close()
 
 
+def test_create_with_configure_and_other_requests(server):
+    a = server.online("cr")
+    node = "urn:test:created"
+    form = (f"<configure><x xmlns='{NS_DATA}' type='submit'>"
+            f"<field var='FORM_TYPE' type='hidden'><value>{NS_PUBSUB}#node_config</value></field>"
+            f"<field var='pubsub#max_items'><value>3</value></field>"
+            f"<field var='pubsub#access_model'><value>open</value></field></x></configure>")
+    ok(a.iq("set", f"<pubsub xmlns='{NS_PUBSUB}'><create node='{node}'/>{form}</pubsub>"))
+    cfg = config_of(a, node)
+    assert cfg["pubsub#max_items"] == ["3"] and cfg["pubsub#access_model"] == ["open"]
+    assert item_ids(get_items(a, None, node)) == []
+    r = a.iq("set", f"<pubsub xmlns='{NS_PUBSUB}'><create/></pubsub>")
+    assert app_error(r) == ("not-acceptable", "nodeid-required"), tostring(r)
+    # publish-options may come first
+    r = a.iq("set", f"<pubsub xmlns='{NS_PUBSUB}'><publish-options><x xmlns='{NS_DATA}' type='submit'>"
+                    f"<field var='FORM_TYPE' type='hidden'><value>{NS_PUBSUB}#publish-options</value></field>"
+                    f"<field var='pubsub#access_model'><value>whitelist</value></field></x></publish-options>"
+                    f"<publish node='{node}'><item>{tune('x')}</item></publish></pubsub>")
+    assert app_error(r) == ("conflict", "precondition-not-met"), tostring(r)
+    for i in range(5):
+        ok(publish(a, node, tune(str(i)), item_id=str(i)))
+    assert item_ids(get_items(a, None, node)) == ["2", "3", "4"]
+    # the default configuration
+    r = ok(a.iq("get", f"<pubsub xmlns='{NS_OWNER}'><default/></pubsub>"))
+    assert r.find(f"{q(NS_OWNER, 'pubsub')}/{q(NS_OWNER, 'default')}/{q(NS_DATA, 'x')}") is not None
+    # not a pubsub service: the server, an account that does not exist
+    r = a.iq("get", f"<pubsub xmlns='{NS_PUBSUB}'><items node='{node}'/></pubsub>", to=server.domain)
+    assert stanza_error(r)[1] == "service-unavailable", tostring(r)
+    r = a.iq("get", f"<pubsub xmlns='{NS_PUBSUB}'><items node='{node}'/></pubsub>",
+             to=f"nobody-{os.urandom(4).hex()}@{server.domain}")
+    assert stanza_error(r)[1] == "service-unavailable", tostring(r)
+    r = a.iq("get", f"<pubsub xmlns='{NS_PUBSUB}'><frobnicate node='{node}'/></pubsub>")
+    assert stanza_error(r)[1] == "feature-not-implemented", tostring(r)
+    r = a.iq("get", f"<pubsub xmlns='{NS_PUBSUB}'/>")
+    assert stanza_error(r)[1] == "bad-request", tostring(r)
+    server.assert_healthy(a)
+    a.close()
+
+
+def test_roster_access_notifications_and_purge(server):
+    a = server.online("ro")
+    inside = login(server, Caps(TUNE), "roi")
+    outside = login(server, Caps(TUNE), "roo")
+    make_mutual(a, inside)
+    make_mutual(a, outside)
+    ok(roster_set(a, bare(inside.jid), groups=["Band"]))
+    owner = bare(a.jid)
+    ok(publish(a, TUNE, tune("first"), item_id="1"))
+    ok(a.iq("set", f"<pubsub xmlns='{NS_OWNER}'><configure node='{TUNE}'>"
+                   f"<x xmlns='{NS_DATA}' type='submit'>"
+                   f"<field var='FORM_TYPE' type='hidden'><value>{NS_PUBSUB}#node_config</value></field>"
+                   f"<field var='pubsub#access_model'><value>roster</value></field>"
+                   f"<field var='pubsub#roster_groups_allowed'><value>Band</value></field>"
+                   f"</x></configure></pubsub>"))
+    recv_event(inside, owner, TUNE)
+    recv_event(outside, owner, TUNE)
+    ok(publish(a, TUNE, tune("second"), item_id="2"))
+    ev = recv_event(inside, owner, TUNE)
+    assert ev.find(q(NS_EVENT, "items")).find(q(NS_EVENT, "item")).get("id") == "2"
+    ok(a.iq("set", f"<pubsub xmlns='{NS_OWNER}'><purge node='{TUNE}'/></pubsub>"))
+    ev = recv_event(inside, owner, TUNE)
+    assert ev.find(q(NS_EVENT, "purge")) is not None, tostring(ev)
+    # outside the group: neither the item nor the purge (both came before this marker)
+    ok(configure(a, TUNE, {"pubsub#access_model": "presence"}))
+    ok(publish(a, TUNE, tune("marker"), item_id="m"))
+    e = outside.recv(lambda e: is_event(e, owner, TUNE), what="the marker")
+    item = e.find(q(NS_EVENT, "event")).find(q(NS_EVENT, "items"))
+    assert item is not None and item.find(q(NS_EVENT, "item")).get("id") == "m", tostring(e)
+    for c in (a, inside, outside):
+        c.close()
+
+
 def test_access_models(server):
     a = server.online("acc")
     friend = server.online("accf")

@@ -603,7 +603,13 @@ fn handle<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
         };
         let is_owner = owner == ctx.origin.bare;
         let children: Vec<&Element> = ctx.payload.elements().collect();
-        let Some(first) = children.first() else {
+        // The operation; in the pubsub namespace, `publish-options` and
+        // `configure` only qualify a `publish` or `create` beside them.
+        let op = children.iter().find(|e| {
+            ctx.payload.ns == NS_OWNER
+                || !matches!(e.name.as_str(), "publish-options" | "configure")
+        });
+        let Some(first) = op.or(children.first()) else {
             return Err(Condition::BadRequest.into());
         };
         if ctx.payload.ns == NS_OWNER {
@@ -647,7 +653,8 @@ fn handle<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
                 if !is_owner {
                     return Err(Condition::Forbidden.into());
                 }
-                create(ctx, owner, first, children.get(1).copied()).await
+                let configure = children.iter().find(|e| e.is("configure", NS_PUBSUB));
+                create(ctx, owner, first, configure.copied()).await
             }
             ("items", false) => items(ctx, owner, first),
             ("subscribe" | "unsubscribe", true) => Err(unsupported("subscribe")),
