@@ -573,6 +573,29 @@ def test_last_item_on_initial_presence(server):
         c.close()
 
 
+def test_sessions_waiting_on_a_caps_query_get_last_items(server):
+    a = server.online("wq")
+    b = server.online("wqb")
+    make_mutual(a, b)
+    owner = bare(a.jid)
+    ok(publish(a, NS_NICK, f"<nick xmlns='{NS_NICK}'>Balthasar</nick>", item_id="current"))
+    caps = Caps(NS_NICK)
+    b1 = server.login(bare(b.jid), b.password, resource="one")
+    b2 = server.login(bare(b.jid), b.password, resource="two")
+    b1.iq("get", "<query xmlns='jabber:iq:roster'/>")
+    b1.presence(extra=caps.c())
+    query = b1.recv(is_caps_query, what="caps query")
+    # the same caps from another session while the query is unanswered: not asked
+    assert available(b2, caps) == 0
+    b2.expect_nothing(lambda e: is_event(e, owner, NS_NICK) or is_caps_query(e), 0.5)
+    caps.answer(b1, query)
+    for c in (b1, b2):
+        ev = recv_event(c, owner, NS_NICK)
+        assert ev.find(q(NS_EVENT, "items")).find(q(NS_EVENT, "item")).findtext(q(NS_NICK, "nick")) == "Balthasar"
+    for c in (a, b, b1, b2):
+        c.close()
+
+
 def test_last_item_when_subscription_starts(server):
     a = server.online("subs")
     b = login(server, Caps(NS_NICK), "subsb")

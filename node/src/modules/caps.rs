@@ -63,7 +63,13 @@ struct Asked {
     full: String,
     hash: &'static str,
     since: Instant,
+    /// Other sessions of this node that presented the same `ver` while
+    /// it was asked: they get their last items once it is known.
+    waiting: Vec<String>,
 }
+
+/// Sessions remembered per query in flight.
+const MAX_WAITING: usize = 64;
 
 /// Queries sent per session (full JID) within a window: a client that
 /// keeps changing its caps is not asked more than this, so no client can
@@ -179,9 +185,12 @@ fn changed(server: &Server, bare: &str, full: &str, ver: &str, features: &[Strin
 
 /// Sends the disco#info query for `ver` to `full`, unless one is in flight.
 fn ask(server: &Server, bare: &str, full: &str, hash: &'static str, ver: &str, node: &str) {
-    if let Some(a) = ASKED.get(ver)
+    if let Some(mut a) = ASKED.get_mut(ver)
         && a.since.elapsed() < ASK_TIMEOUT
     {
+        if a.full != full && a.waiting.len() < MAX_WAITING && !a.waiting.iter().any(|w| w == full) {
+            a.waiting.push(full.to_owned());
+        }
         return;
     }
     if !session_may_ask(full) {
@@ -189,9 +198,6 @@ fn ask(server: &Server, bare: &str, full: &str, hash: &'static str, ver: &str, n
     }
     if ASKED.len() >= MAX_ASKED {
         ASKED.retain(|_, a| a.since.elapsed() < ASK_TIMEOUT);
-        if !session_may_ask(full) {
-            return;
-        }
         if ASKED.len() >= MAX_ASKED {
             return;
         }
@@ -202,6 +208,7 @@ fn ask(server: &Server, bare: &str, full: &str, hash: &'static str, ver: &str, n
             full: full.to_owned(),
             hash,
             since: Instant::now(),
+            waiting: Vec::new(),
         },
     );
     let domain = bare.rsplit_once('@').map_or(bare, |(_, d)| d);
@@ -231,7 +238,8 @@ fn session_may_ask(full: &str) -> bool {
 
 /// An IQ result or error a client (`from`, a full JID) sent to the
 /// server: the answer to a caps query is verified and, when its hash
-/// matches, remembered for everyone. Returns the features learned.
+/// matches, remembered for everyone, and the sessions that presented it
+/// get the last PEP items they want. Returns the features learned.
 pub async fn answer(server: &Server, from: &str, el: &Element) -> Option<Arc<[String]>> {
     let ver = el.get_attr("id")?.strip_prefix(QUERY_ID_PREFIX)?;
     let (_, asked) = ASKED.remove_if(ver, |_, a| a.full == from)?;
@@ -262,6 +270,9 @@ pub async fn answer(server: &Server, from: &str, el: &Element) -> Option<Arc<[St
     // client does next finds the features on every node.
     if let Err(e) = server.storage.put_caps(asked.hash, ver, &features).await {
         tracing::debug!(error = %e, "could not store verified caps");
+    }
+    for full in std::iter::once(from).chain(asked.waiting.iter().map(String::as_str)) {
+        super::pep::caps_learned(server, full, &shared);
     }
     Some(shared)
 }

@@ -974,9 +974,7 @@ impl<S: Transport> Session<S> {
             // Answers to the server (e.g. pushes) need nothing more, but
             // for a capabilities query's (XEP-0115): its features, once
             // verified, tell which PEP notifications this client wants.
-            if let Some(features) = modules::caps::answer(&self.server, &self.full, &el).await {
-                modules::pep::caps_learned(&self.server, &self.full, &features);
-            }
+            modules::caps::answer(&self.server, &self.full, &el).await;
             return Ok(());
         }
         let payloads: Vec<&Element> = el.elements().collect();
