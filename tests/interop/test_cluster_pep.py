@@ -3,6 +3,8 @@ bound to the other nodes (filtered by their caps), items and configuration are r
 any node, a caps ver verified through one node is known on the others (no second query),
 and the last item reaches a contact logging in on another node."""
 
+import time
+
 import pytest
 
 from cluster import shared_cluster  # noqa: F401 (fixture)
@@ -30,9 +32,11 @@ def test_notifications_reach_contacts_on_other_nodes(shared_cluster, clients):
     make_mutual(owner_c, nowant)
     owner = bare(owner_c.jid)
     devices = "<list xmlns='eu.siacs.conversations.axolotl'><device id='777'/></list>"
+    t0 = time.monotonic()
     ok(publish(owner_c, OMEMO_DEVICES, devices, item_id="current",
                options={"pubsub#access_model": "open"}))
     ev = recv_event(wants, owner, OMEMO_DEVICES, timeout=10)
+    cl.figure("pep_publish_to_notification_other_node_ms", round((time.monotonic() - t0) * 1000, 1), "ms")
     assert ev.find(q_items()).find(q_item()).get("id") == "current"
     # the marker: a tune both want; the node-3 client must not have had the device list
     ok(publish(owner_c, TUNE, tune("marker"), item_id="m"))
