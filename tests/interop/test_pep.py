@@ -769,10 +769,8 @@ def test_nickname_reaches_contact(server):
 
 # ------------------------------------------------------------------ slixmpp
 
-slixmpp = pytest.importorskip("slixmpp")
-
-
 def slix(server, jid, password, notify=()):
+    slixmpp = pytest.importorskip("slixmpp")
     c = slixmpp.ClientXMPP(jid, password)
     for p in ("xep_0030", "xep_0060", "xep_0115", "xep_0163", "xep_0084", "xep_0172"):
         c.register_plugin(p)
@@ -793,6 +791,7 @@ async def slix_connected(c, server):
 
 
 def test_slixmpp_avatar_and_nick(server):
+    pytest.importorskip("slixmpp")
     ajid, _, apw = server.new_user("sla")
     bjid, _, bpw = server.new_user("slb")
 
@@ -832,6 +831,7 @@ def test_slixmpp_avatar_and_nick(server):
 def test_slixmpp_bookmarks_both_ways(server):
     """slixmpp's XEP-0048 through XEP-0049 and through XEP-0223 see one list; XEP-0402
     conferences published with its stanza and the node's recommended options."""
+    pytest.importorskip("slixmpp")
     jid, _, pw = server.new_user("slbm")
 
     async def scenario():
