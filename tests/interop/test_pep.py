@@ -315,6 +315,25 @@ def test_publish_items_retract_and_errors(server):
     b.close()
 
 
+def test_deleted_account_leaves_no_pep_data(server):
+    jid, _, pw = server.new_user("gone")
+    a = server.login(jid, pw)
+    ok(publish(a, NS_NICK, f"<nick xmlns='{NS_NICK}'>Ghost</nick>", item_id="current"))
+    img = os.urandom(64)
+    ok(a.iq("set", f"<vCard xmlns='{NS_VCARD}'><PHOTO><TYPE>image/png</TYPE>"
+                   f"<BINVAL>{base64.b64encode(img).decode()}</BINVAL></PHOTO></vCard>"))
+    a.close()
+    server.del_user(jid)
+    server.add_user(jid, pw)
+    again = server.login(jid, pw)
+    assert stanza_error(get_items(again, None, NS_NICK))[1] == "item-not-found"
+    assert stanza_error(get_items(again, None, AVATAR_META))[1] == "item-not-found"
+    again.presence()
+    p = again.recv(lambda e: e.tag == C("presence") and e.get("from") == again.jid, what="own presence")
+    assert p.find(q(NS_VCARD_UPDATE, "x")) is None, "an old avatar hash: " + tostring(p)
+    again.close()
+
+
 def test_configure_and_publish_options(server):
     a = server.online("cfg")
     node = "urn:test:cfg"
