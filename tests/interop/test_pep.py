@@ -360,6 +360,17 @@ def test_configure_and_publish_options(server):
     r = a.iq("get", f"<pubsub xmlns='{NS_OWNER}'><configure node='urn:test:none'/></pubsub>")
     assert stanza_error(r)[1] == "item-not-found", tostring(r)
 
+    # informational fields, the one publish model, a node's own payload limit
+    ok(configure(a, node, {"pubsub#type": "urn:test:tune", "pubsub#description": "songs",
+                           "pubsub#publish_model": "publishers", "pubsub#max_payload_size": "200"}))
+    cfg = config_of(a, node)
+    assert cfg["pubsub#type"] == ["urn:test:tune"] and cfg["pubsub#max_payload_size"] == ["200"]
+    r = configure(a, node, {"pubsub#publish_model": "open"})
+    assert stanza_error(r)[1] == "not-acceptable", tostring(r)
+    r = publish(a, node, tune("x" * 300))
+    assert app_error(r) == ("not-acceptable", "payload-too-big"), tostring(r)
+    ok(configure(a, node, {"pubsub#max_payload_size": "100000"}))
+
     # publish-options: met -> published; not met -> conflict + precondition-not-met
     ok(publish(a, node, tune("y"), options={"pubsub#access_model": "open"}))
     r = publish(a, node, tune("z"), options={"pubsub#access_model": "whitelist"})

@@ -295,6 +295,12 @@ pub struct NodeConfig {
     pub notify_delete: bool,
     pub notification_type: String,
     pub title: String,
+    pub description: String,
+    /// `pubsub#type`: the payload type, as the owner says.
+    pub payload_type: String,
+    /// `pubsub#max_payload_size`: a node's own limit below
+    /// `[pep] max_item_bytes` (`None`: that).
+    pub max_payload_size: Option<usize>,
 }
 
 impl Default for NodeConfig {
@@ -311,6 +317,9 @@ impl Default for NodeConfig {
             notify_delete: true,
             notification_type: "headline".into(),
             title: String::new(),
+            description: String::new(),
+            payload_type: String::new(),
+            max_payload_size: None,
         }
     }
 }
@@ -370,6 +379,21 @@ impl NodeConfig {
                 self.notification_type = t.to_owned();
             }
             "pubsub#title" => self.title = values.first().cloned().unwrap_or_default(),
+            "pubsub#description" => self.description = values.first().cloned().unwrap_or_default(),
+            "pubsub#type" => self.payload_type = values.first().cloned().unwrap_or_default(),
+            "pubsub#max_payload_size" => {
+                let n: usize = one()?.parse().map_err(|_| ())?;
+                if n == 0 {
+                    return Err(());
+                }
+                self.max_payload_size = Some(n);
+            }
+            // PEP has one publisher, the owner (XEP-0163 §2.2).
+            "pubsub#publish_model" => {
+                if one()? != "publishers" {
+                    return Err(());
+                }
+            }
             _ => return Err(()),
         }
         Ok(())
@@ -396,6 +420,9 @@ impl NodeConfig {
         }
         let b = |v: bool| if v { "1" } else { "0" };
         let max = self.max_items.map_or("max".to_owned(), |n| n.to_string());
+        let max_payload = self
+            .max_payload_size
+            .map_or_else(String::new, |n| n.to_string());
         let groups: Vec<&str> = self.roster_groups.iter().map(String::as_str).collect();
         Element::new("x", NS_DATA)
             .attr("type", kind)
@@ -452,6 +479,21 @@ impl NodeConfig {
                 &["headline", "normal"],
             ))
             .child(field("pubsub#title", "text-single", &[&self.title]))
+            .child(field(
+                "pubsub#description",
+                "text-single",
+                &[&self.description],
+            ))
+            .child(field("pubsub#type", "text-single", &[&self.payload_type]))
+            .child(field(
+                "pubsub#max_payload_size",
+                "text-single",
+                &[&max_payload],
+            ))
+            .child(options(
+                field("pubsub#publish_model", "list-single", &["publishers"]),
+                &["publishers"],
+            ))
     }
 }
 
@@ -783,6 +825,9 @@ pub async fn publish(
                 (None, PepNode::default())
             }
         };
+        if cfg.max_payload_size.is_some_and(|m| xml.len() > m) {
+            return Err(app(Condition::NotAcceptable, "payload-too-big"));
+        }
         rec.config = cfg.encode();
         let mut put = Vec::new();
         let mut remove = Vec::new();
