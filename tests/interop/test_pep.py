@@ -360,6 +360,16 @@ def test_configure_and_publish_options(server):
     r = a.iq("get", f"<pubsub xmlns='{NS_OWNER}'><configure node='urn:test:none'/></pubsub>")
     assert stanza_error(r)[1] == "item-not-found", tostring(r)
 
+    # the form as the server gave it, submitted back with one change (what clients do)
+    form = config_of(a, "urn:test:cfg")
+    form["pubsub#access_model"] = ["presence"]
+    fields = "".join(f"<field var='{k}'>" + "".join(f"<value>{xml_escape(v)}</value>" for v in vs) + "</field>"
+                     for k, vs in form.items())
+    ok(a.iq("set", f"<pubsub xmlns='{NS_OWNER}'><configure node='{node}'>"
+                   f"<x xmlns='{NS_DATA}' type='submit'>{fields}</x></configure></pubsub>"))
+    assert config_of(a, node)["pubsub#access_model"] == ["presence"]
+    ok(configure(a, node, {"pubsub#access_model": "open"}))
+
     # informational fields, the one publish model, a node's own payload limit
     ok(configure(a, node, {"pubsub#type": "urn:test:tune", "pubsub#description": "songs",
                            "pubsub#publish_model": "publishers", "pubsub#max_payload_size": "200"}))

@@ -382,11 +382,14 @@ impl NodeConfig {
             "pubsub#description" => self.description = values.first().cloned().unwrap_or_default(),
             "pubsub#type" => self.payload_type = values.first().cloned().unwrap_or_default(),
             "pubsub#max_payload_size" => {
-                let n: usize = one()?.parse().map_err(|_| ())?;
-                if n == 0 {
-                    return Err(());
-                }
-                self.max_payload_size = Some(n);
+                // Empty (as the form shows no limit of the node's own).
+                self.max_payload_size = match values.first().map(|v| v.trim()) {
+                    None | Some("") => None,
+                    Some(v) => match v.parse::<usize>() {
+                        Ok(n) if n > 0 => Some(n),
+                        _ => return Err(()),
+                    },
+                };
             }
             // PEP has one publisher, the owner (XEP-0163 §2.2).
             "pubsub#publish_model" => {
