@@ -253,6 +253,12 @@ def test_disco_items_and_node_info(server):
     assert idents == [("pubsub", "leaf")], tostring(r)
     r = a.iq("get", f"<query xmlns='{DISCO_INFO}' node='urn:test:none'/>", to=owner)
     assert stanza_error(r)[1] == "item-not-found", tostring(r)
+    # an open node's info for someone without a subscription (fetching OMEMO bundles
+    # of a stranger); a node it may not see is the same error as the account's info
+    r = ok(b.iq("get", f"<query xmlns='{DISCO_INFO}' node='urn:test:seen'/>", to=owner))
+    assert r.find(q(DISCO_INFO, "query")).find(q(DISCO_INFO, "identity")).get("type") == "leaf"
+    r = b.iq("get", f"<query xmlns='{DISCO_INFO}' node='urn:test:hidden'/>", to=owner)
+    assert stanza_error(r)[1] == "service-unavailable", tostring(r)
     for c in (a, b):
         c.close()
 

@@ -60,6 +60,23 @@ fn handle<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
             }
             return Ok(q.into());
         }
+        // A node of an account (a PEP node): its module says whether the
+        // requester may see it (XEP-0060 access models), presence or not.
+        let owner = match ctx.target {
+            IqTarget::Own => Some(ctx.origin.bare),
+            IqTarget::Account(b) => Some(b),
+            _ => None,
+        };
+        if let (Some(owner), Some(n)) = (owner, node) {
+            for m in ctx.server.modules.account_nodes() {
+                if let Some(info) = (m.info)(ctx.server, owner, ctx.origin.bare, n) {
+                    for el in info {
+                        q = q.child(el);
+                    }
+                    return Ok(q.into());
+                }
+            }
+        }
         // XEP-0030 §8: info about an account needs its presence (or is
         // the requester's own); an unknown account is service-unavailable.
         match ctx.target {
@@ -84,21 +101,6 @@ fn handle<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
                 .is_some_and(|v| v == ctx.server.modules.server_ver());
             if ours && matches!(ctx.target, IqTarget::Server(_)) {
                 return Ok(super::caps::server_info(ctx.server, q).into());
-            }
-            let owner = match ctx.target {
-                IqTarget::Own => Some(ctx.origin.bare),
-                IqTarget::Account(b) => Some(b),
-                _ => None,
-            };
-            if let Some(owner) = owner {
-                for m in ctx.server.modules.account_nodes() {
-                    if let Some(info) = (m.info)(ctx.server, owner, ctx.origin.bare, n) {
-                        for el in info {
-                            q = q.child(el);
-                        }
-                        return Ok(q.into());
-                    }
-                }
             }
             return Err(Condition::ItemNotFound.into());
         }
