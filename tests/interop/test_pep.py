@@ -251,6 +251,9 @@ def test_disco_items_and_node_info(server):
     r = ok(a.iq("get", f"<query xmlns='{DISCO_INFO}' node='urn:test:hidden'/>", to=owner))
     idents = [(i.get("category"), i.get("type")) for i in r.find(q(DISCO_INFO, "query")).findall(q(DISCO_INFO, "identity"))]
     assert idents == [("pubsub", "leaf")], tostring(r)
+    meta = r.find(q(DISCO_INFO, "query")).find(q(NS_DATA, "x"))
+    mfields = {f.get("var"): f.findtext(q(NS_DATA, "value")) for f in meta.findall(q(NS_DATA, "field"))}
+    assert mfields["FORM_TYPE"] == f"{NS_PUBSUB}#meta-data" and mfields["pubsub#owner"] == owner
     r = a.iq("get", f"<query xmlns='{DISCO_INFO}' node='urn:test:none'/>", to=owner)
     assert stanza_error(r)[1] == "item-not-found", tostring(r)
     # an open node's info for someone without a subscription (fetching OMEMO bundles

@@ -616,8 +616,8 @@ fn disco_items(server: &Server, owner: &str, requester: &str) -> Vec<Element> {
         .collect()
 }
 
-/// XEP-0060 §5.3: a node's identity (a leaf) and its configuration's
-/// metadata form type.
+/// XEP-0060 §5.3 and §5.4: a node's identity (a leaf) and its metadata
+/// (`pubsub#meta-data`).
 fn disco_node_info(
     server: &Server,
     owner: &str,
@@ -625,13 +625,31 @@ fn disco_node_info(
     node: &str,
 ) -> Option<Vec<Element>> {
     let (_, rec) = server.storage.pep_node(owner, node).ok()??;
-    may_read(server, owner, requester, &NodeConfig::decode(&rec.config)).ok()?;
+    let cfg = NodeConfig::decode(&rec.config);
+    may_read(server, owner, requester, &cfg).ok()?;
     let info = super::disco::NS_INFO;
+    let field = |var: &str, value: &str| {
+        Element::new("field", NS_DATA)
+            .attr("var", var)
+            .child(Element::new("value", NS_DATA).text(value))
+    };
+    let meta = Element::new("x", NS_DATA)
+        .attr("type", "result")
+        .child(
+            field("FORM_TYPE", "http://jabber.org/protocol/pubsub#meta-data")
+                .attr("type", "hidden"),
+        )
+        .child(field("pubsub#title", &cfg.title))
+        .child(field("pubsub#description", &cfg.description))
+        .child(field("pubsub#type", &cfg.payload_type))
+        .child(field("pubsub#access_model", cfg.access.as_str()))
+        .child(field("pubsub#owner", owner));
     Some(vec![
         Element::new("identity", info)
             .attr("category", "pubsub")
             .attr("type", "leaf"),
         Element::new("feature", info).attr("var", NS_PUBSUB),
+        meta,
     ])
 }
 
