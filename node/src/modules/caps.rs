@@ -53,6 +53,9 @@ pub const SERVER_CAPS_PLACEHOLDER: &str = "<c xmlns='http://jabber.org/protocol/
 /// Verified `ver` -> features, rebuilt from the store on demand.
 static KNOWN: LazyLock<DashMap<String, Arc<[String]>>> = LazyLock::new(DashMap::new);
 
+/// The longest `ver` worth looking up (a base64 SHA-256 is 44).
+const MAX_VER_LEN: usize = 64;
+
 /// The most verified entries kept in memory on a node.
 const MAX_KNOWN: usize = 100_000;
 
@@ -110,6 +113,9 @@ fn caps_of(presence: &Element) -> Option<(&str, &str, &str)> {
 /// `<c/>` names a known `ver` (this node's map, else the store).
 pub fn features_of(server: &Server, presence: &Element) -> Option<Arc<[String]>> {
     let (hash, ver, _) = caps_of(presence)?;
+    if ver.len() > MAX_VER_LEN {
+        return None;
+    }
     lookup(server, algorithm(hash)?, ver)
 }
 
@@ -147,7 +153,8 @@ fn presence_out(ctx: &HookCtx<'_>, el: &mut Element) -> Flow {
     let Some((hash, ver, node)) = caps_of(el) else {
         return Flow::Pass;
     };
-    let Some(hash) = algorithm(hash) else {
+    // A base64 hash of the algorithms above is at most 44 characters.
+    let Some(hash) = algorithm(hash).filter(|_| ver.len() <= MAX_VER_LEN) else {
         return Flow::Pass;
     };
     let Some(full) = ctx.full else {
