@@ -598,6 +598,35 @@ def test_unknown_caps_asked_once_and_verified(server):
         c.close()
 
 
+def test_bad_caps_input(server):
+    c = server.online("badcaps", presence=False)
+    c.iq("get", "<query xmlns='jabber:iq:roster'/>")
+    # no hash, an unknown hash, a huge ver: not asked, no harm
+    for extra in (f"<c xmlns='{NS_CAPS}' node='x' ver='abc'/>",
+                  f"<c xmlns='{NS_CAPS}' hash='md5' node='x' ver='abc'/>",
+                  f"<c xmlns='{NS_CAPS}' hash='sha-1' node='x' ver='{'A' * 5000}'/>",
+                  f"<c xmlns='{NS_CAPS}'/>"):
+        c.presence(extra=extra)
+    c.expect_nothing(is_caps_query, 0.7, what="a caps query")
+    # an answer nobody asked for, and one with duplicate features for a real query
+    c.send_raw(f"<iq type='result' id='caps:AAAA' to='{server.domain}'>"
+               f"<query xmlns='{DISCO_INFO}'/></iq>")
+    dup = Caps(TUNE)
+    c.presence(extra=dup.c())
+    query = c.recv(is_caps_query, what="caps query")
+    c.send_raw(f"<iq type='result' id='{query.get('id')}' to='{query.get('from')}'>"
+               f"<query xmlns='{DISCO_INFO}'><identity category='client' type='pc' name='test'/>"
+               + "".join(f"<feature var='{f}'/><feature var='{f}'/>" for f in dup.features)
+               + "</query></iq>")
+    ok(c.ping_server())
+    # not believed: the next session with these caps is asked again
+    other = server.online("badcaps2", presence=False)
+    assert available(other, dup) == 1
+    server.assert_healthy(c, other)
+    c.close()
+    other.close()
+
+
 def test_last_item_on_initial_presence(server):
     a = login(server, Caps(NS_NICK), "last")
     b = server.online("lastb")
