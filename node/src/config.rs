@@ -25,6 +25,7 @@ pub struct Config {
     pub offline: OfflineConfig,
     pub sm: SmConfig,
     pub mam: MamConfig,
+    pub pep: PepConfig,
     pub metrics: MetricsConfig,
     pub cluster: ClusterConfig,
     pub upload: UploadConfig,
@@ -45,6 +46,7 @@ impl Default for Config {
             offline: OfflineConfig::default(),
             sm: SmConfig::default(),
             mam: MamConfig::default(),
+            pep: PepConfig::default(),
             metrics: MetricsConfig::default(),
             cluster: ClusterConfig::default(),
             upload: UploadConfig::default(),
@@ -178,6 +180,30 @@ impl Default for AuthConfig {
 pub struct RegistrationConfig {
     /// Lets anyone create an account over XMPP. Off by default.
     pub enabled: bool,
+}
+
+/// XEP-0163 personal eventing (PEP): what one account may keep.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PepConfig {
+    /// Nodes per account; creating another is `<policy-violation/>`.
+    pub max_nodes: usize,
+    /// Items a node keeps at most: what `pubsub#max_items = max` means;
+    /// a larger number is `<not-acceptable/>`.
+    pub max_items: usize,
+    /// Largest item (serialised), in bytes; larger ones are
+    /// `<not-acceptable/>` with `<payload-too-big/>` (XEP-0060 §7.1.3.4).
+    pub max_item_bytes: usize,
+}
+
+impl Default for PepConfig {
+    fn default() -> Self {
+        PepConfig {
+            max_nodes: 256,
+            max_items: 1000,
+            max_item_bytes: 128 * 1024,
+        }
+    }
 }
 
 /// XEP-0352 client state indication: what an inactive client is spared.
@@ -601,6 +627,7 @@ impl Config {
             "offline",
             "sm",
             "mam",
+            "pep",
             "metrics",
             "cluster",
             "upload",
@@ -664,6 +691,9 @@ impl Config {
         // Held presence waits in the session's queue: half of it at most, so
         // what the client must see at once always has room.
         self.csi.max_held = self.csi.max_held.min(self.c2s.mailbox_size / 2);
+        if self.pep.max_items == 0 || self.pep.max_nodes == 0 || self.pep.max_item_bytes == 0 {
+            anyhow::bail!("pep.max_items, pep.max_nodes and pep.max_item_bytes must be at least 1");
+        }
         if self.c2s.mailbox_bytes < self.c2s.max_stanza_size {
             anyhow::bail!("c2s.mailbox_bytes must hold at least one stanza of c2s.max_stanza_size");
         }

@@ -983,7 +983,10 @@ impl<S: Transport> Session<S> {
             };
         }
         if !kind.is_request() {
-            // Answers to the server (e.g. pushes) need nothing more.
+            // Answers to the server (e.g. pushes) need nothing more, but
+            // for a capabilities query's (XEP-0115): its features, once
+            // verified, tell which PEP notifications this client wants.
+            modules::caps::answer(&self.server, &self.full, &el).await;
             return Ok(());
         }
         let payloads: Vec<&Element> = el.elements().collect();
