@@ -2,7 +2,7 @@
 # Side-by-side run of one scenario against ejabberd, Prosody, Starling and a TCP echo server.
 #
 #   bench/compare.sh SCENARIO [extra starling-bench options...]
-#   SCENARIO: login | idle | chat | chat-sat | presence | storm
+#   SCENARIO: login | idle | chat | chat-sat | presence | storm | muc
 #
 # Starts ejabberd and Prosody through the peers scripts with REQUIRE_TLS=1 (STARTTLS required, as
 # Starling does), Starling from target/release/starling if it exists (skipped with a message if it is
@@ -23,12 +23,21 @@
 # `starling` column (`[mam] enabled = false`). MAM=1 runs the peers with FEATURES=full (they archive
 # every message) and Starling with its archive on, next to a `starling-nomam` column (the same binary,
 # archive off, its own data dir and ports): `MAM=1 bench/compare.sh chat` is the archive's cost.
+# Group chat (`muc`): ROOMS (10) rooms of OCCUPANTS (50), RATE (20) groupchat messages/s into them in
+# total. The peers run with FEATURES=full (ejabberd's mod_muc, Prosody's muc component, both on
+# conference.perf.test; they also archive room messages), and no echo columns. The starling column
+# runs only if its binary lists conference.perf.test in the domain's disco#items (`starling-bench
+# muc --probe`); ST_EXTRA_TOML (e.g. a `[muc]` section) is appended to its configuration.
 set -euo pipefail
-SCEN="${1:?usage: bench/compare.sh login|idle|chat|chat-sat|presence|storm [bench options]}"; shift
+SCEN="${1:?usage: bench/compare.sh login|idle|chat|chat-sat|presence|storm|muc [bench options]}"; shift
 HERE="$(cd "$(dirname "$0")" && pwd)"; ROOT="$(cd "$HERE/.." && pwd)"
 RUNS="${RUNS:-3}"
 OUT="${OUT:-/tmp/starling-bench-compare}/$SCEN-$(date +%Y%m%d-%H%M%S)"
 MAM="${MAM:-0}"
+if [ "$SCEN" = muc ]; then
+  export FEATURES=full   # the peers' MUC services come with FEATURES=full only
+  SERVERS="${SERVERS:-ejabberd prosody starling}"
+fi
 if [ "$MAM" = 1 ]; then
   export FEATURES=full
   SERVERS="${SERVERS:-ejabberd prosody starling starling-nomam}"
@@ -69,6 +78,9 @@ case "$SCEN" in
             S="${SESSIONS:-2000}"; ACCOUNTS=$(( S > ACCOUNTS ? S : ACCOUNTS ))
             ARGS=(storm --sessions "$S" --spawn "${SPAWN:-$(( (S + 18999) / 19000 ))}" --jitter-ms "${JITTER:-2000}"
                   --timeout-secs "${STORM_SECS:-60}") ;;
+  muc)      # group chat: every occupant of ROOMS rooms of OCCUPANTS joins; RATE messages/s into the rooms
+            ROOMS="${ROOMS:-10}"; OCC="${OCCUPANTS:-50}"; ACCOUNTS=$(( ROOMS * OCC > ACCOUNTS ? ROOMS * OCC : ACCOUNTS ))
+            ARGS=(muc --rooms "$ROOMS" --occupants "$OCC" --rate "${RATE:-20}" --size "${SIZE:-100}" --duration-secs "${DURATION:-10}") ;;
   presence) # rosters made over XMPP by the bench itself (--subscribe), the same way on every server
             ARGS=(presence --users "${USERS:-500}" --subscribe "${ROSTER_SIZE:-10}" --updates "${UPDATES:-5}" --rate "${RATE:-200}") ;;
   *) echo "unknown scenario $SCEN" >&2; exit 2 ;;
@@ -163,6 +175,7 @@ for s in $SERVERS; do
       else
         rm -rf "$d"; mkdir -p "$d/data"
         printf 'domains = ["perf.test"]\ndata_dir = "%s"\n[auth]\nscram_iterations = 4096\n' "$d/data" > "$d/starling.toml"
+        [ -z "${ST_EXTRA_TOML:-}" ] || printf '%s\n' "$ST_EXTRA_TOML" >> "$d/starling.toml"
         launch "$s" || { echo "$s: column skipped" >&2; continue; }
         echo "$s: adding $ACCOUNTS accounts through its admin socket..." >&2
         if ! "$HERE/add-accounts.py" "$d/data/admin.sock" 1 "$ACCOUNTS" perf.test > "$d/useradd.log" 2>&1; then
@@ -172,9 +185,16 @@ for s in $SERVERS; do
       if ! "$BENCH" login --port "${ST_P[$s]}" --logins 1 --concurrency 1 --users 1 --quiet > "$d/probe.log" 2>&1 \
            || ! grep -q "errors  *0 " "$d/probe.log"; then
         echo "$s: listening, but a test login failed (see $d/probe.log): column skipped" >&2
-        halt "$s"; continue; fi ;;
+        halt "$s"; continue; fi
+      if [ "$SCEN" = muc ]; then
+        rc=0; "$BENCH" muc --probe --port "${ST_P[$s]}" --quiet >> "$d/probe.log" 2>&1 || rc=$?
+        if [ "$rc" != 0 ]; then
+          if [ "$rc" = 3 ]; then echo "$s: no MUC service (conference.perf.test not in disco#items): column skipped" >&2
+          else echo "$s: the MUC probe failed (see $d/probe.log): column skipped" >&2; fi
+          halt "$s"; continue; fi
+      fi ;;
     echo|echo-tls)
-      if [ "$SCEN" = presence ]; then continue; fi
+      if [ "$SCEN" = presence ] || [ "$SCEN" = muc ]; then continue; fi
       launch "$s" || { echo "$s did not start" >&2; exit 1; } ;;
     *) echo "unknown server $s" >&2; exit 2 ;;
   esac

@@ -6,6 +6,7 @@
 # Needs accounts user1..user100 / perfpass1..perfpass100 on perf.test (or pass --provision TEMPLATE,
 # --domain, --tls ...). Presence: users 1..20 first subscribe to their next SUBSCRIBE (3) users over
 # XMPP (skipped where the roster already has them), then every update must reach every contact.
+# Group chat (2 rooms of 5) runs only where the server lists conference.<domain> (see below).
 # Exits non-zero if a login fails, a message is lost, or a scenario errors. Each step is bounded.
 set -euo pipefail
 PORT="${1:?usage: bench/smoke.sh PORT [starling-bench options]}"; shift
@@ -43,5 +44,15 @@ step presence presence --users 20 --subscribe "$SUBSCRIBE" --updates 2 --rate 40
   check presence "$OUT/presence.json" "m['updates_sent'] == 40 and m['presence_expected'] > 0 and m['fanout_ratio'] >= 0.999"
 step storm storm --sessions 50 --jitter-ms 500 --settle-secs 0 &&
   check storm "$OUT/storm.json" "m['reconnected'] == 50 and m['errors_unshaped'] == 0"
+# Group chat only where the server lists its MUC service (conference.<domain>) in the domain's
+# disco#items: the probe exits 3 when it does not, and the step is skipped (a server without MUC
+# is not a failure of the bench); any other probe failure fails the smoke.
+rc=0; timeout 60 "$BENCH" muc --probe "${COMMON[@]}" > "$OUT/muc-probe.txt" 2>&1 || rc=$?
+case "$rc" in
+  0) step muc muc --rooms 2 --occupants 5 --rate 20 --duration-secs 2 --drain-secs 5 --join-secs 10 &&
+       check muc "$OUT/muc.json" "m['occupants_joined'] == 10 and m['rooms_complete'] == 2 and m['sent'] == 40 and m['lost'] == 0 and m['error_stanzas'] == 0" ;;
+  3) echo "skip  muc: $(tail -1 "$OUT/muc-probe.txt")" ;;
+  *) echo "FAIL  muc probe: $(tail -1 "$OUT/muc-probe.txt")"; fail=1 ;;
+esac
 echo "smoke: outputs in $OUT"
 exit $fail

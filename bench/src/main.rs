@@ -1,6 +1,6 @@
 //! `starling-bench`: an XMPP load generator for any server (Starling, ejabberd, Prosody) on loopback.
 //!
-//! Scenarios: `login`, `idle`, `chat`, `presence`, `storm`; `echo` is a TCP echo server giving the physical
+//! Scenarios: `login`, `idle`, `chat`, `presence`, `storm`, `muc`; `echo` is a TCP echo server giving the physical
 //! limit of the machine. Every loop is bounded in count and time, and non-loopback targets are
 //! refused unless `--allow-non-loopback` is given.
 
@@ -39,6 +39,8 @@ enum Cmd {
     Presence(scenario::presence::PresenceArgs),
     /// Reconnect storm: every session dropped at once, back to bound after a random delay.
     Storm(scenario::storm::StormArgs),
+    /// Group chat (XEP-0045): rooms of occupants, groupchat messages at a fixed rate.
+    Muc(scenario::muc::MucArgs),
     /// TCP echo server on loopback (the physical limit).
     Echo(echo::EchoArgs),
     /// Internal: one child process of `idle --spawn K`.
@@ -47,6 +49,9 @@ enum Cmd {
     /// Internal: one child process of `storm`.
     #[command(hide = true)]
     StormChild(scenario::storm::StormChildArgs),
+    /// Internal: one child process of `muc`.
+    #[command(hide = true)]
+    MucChild(scenario::muc::MucChildArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -69,9 +74,11 @@ fn main() -> std::process::ExitCode {
             Cmd::Chat(a) => scenario::chat::run(a).await,
             Cmd::Presence(a) => scenario::presence::run(a).await,
             Cmd::Storm(a) => scenario::storm::run(a).await,
+            Cmd::Muc(a) => scenario::muc::run(a).await,
             Cmd::Echo(a) => echo::run(a).await,
             Cmd::IdleChild(a) => scenario::idle::child(a).await,
             Cmd::StormChild(a) => scenario::storm::child(a).await,
+            Cmd::MucChild(a) => scenario::muc::child(a).await,
         }
     });
     // sessions still held by aborted tasks are dropped with the runtime, without waiting

@@ -26,8 +26,12 @@ pub struct Config {
     pub sm: SmConfig,
     pub mam: MamConfig,
     pub muc: MucConfig,
+    pub pep: PepConfig,
     pub metrics: MetricsConfig,
     pub cluster: ClusterConfig,
+    pub upload: UploadConfig,
+    /// XEP-0215 external services (STUN/TURN) announced to clients.
+    pub external_services: Vec<ExternalService>,
 }
 
 impl Default for Config {
@@ -44,8 +48,11 @@ impl Default for Config {
             sm: SmConfig::default(),
             mam: MamConfig::default(),
             muc: MucConfig::default(),
+            pep: PepConfig::default(),
             metrics: MetricsConfig::default(),
             cluster: ClusterConfig::default(),
+            upload: UploadConfig::default(),
+            external_services: Vec::new(),
         }
     }
 }
@@ -175,6 +182,30 @@ impl Default for AuthConfig {
 pub struct RegistrationConfig {
     /// Lets anyone create an account over XMPP. Off by default.
     pub enabled: bool,
+}
+
+/// XEP-0163 personal eventing (PEP): what one account may keep.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PepConfig {
+    /// Nodes per account; creating another is `<policy-violation/>`.
+    pub max_nodes: usize,
+    /// Items a node keeps at most: what `pubsub#max_items = max` means;
+    /// a larger number is `<not-acceptable/>`.
+    pub max_items: usize,
+    /// Largest item (serialised), in bytes; larger ones are
+    /// `<not-acceptable/>` with `<payload-too-big/>` (XEP-0060 §7.1.3.4).
+    pub max_item_bytes: usize,
+}
+
+impl Default for PepConfig {
+    fn default() -> Self {
+        PepConfig {
+            max_nodes: 256,
+            max_items: 1000,
+            max_item_bytes: 128 * 1024,
+        }
+    }
 }
 
 /// XEP-0352 client state indication: what an inactive client is spared.
@@ -460,6 +491,169 @@ impl ClusterConfig {
     }
 }
 
+/// XEP-0363 HTTP file upload: the `upload.<domain>` service of every
+/// served domain and the HTTP listener that takes and serves the files.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UploadConfig {
+    /// Off by default: it opens an HTTP(S) port.
+    pub enabled: bool,
+    /// The service's JID is `<subdomain>.<domain>` for each served domain.
+    pub subdomain: String,
+    /// Address and port of the HTTP listener.
+    pub bind: String,
+    pub port: u16,
+    /// HTTPS with the domains' certificates (those of the c2s listener);
+    /// false: plain HTTP, for a TLS-terminating proxy in front.
+    pub tls: bool,
+    /// The base of the URLs put in slots; `{domain}` is replaced by the
+    /// served domain. Default: `https://<subdomain>.{domain}:<port>`
+    /// (`http://` when `tls` is off).
+    pub public_url: Option<String>,
+    /// How the other nodes of a cluster reach this node's listener to
+    /// fetch a file stored here. Default: `<scheme>://<host of
+    /// cluster.advertise>:<port>`.
+    pub internal_url: Option<String>,
+    /// Where this node keeps files. Default: `<data_dir>/upload`.
+    pub path: Option<PathBuf>,
+    /// A directory every node of the cluster mounts (NFS and the like):
+    /// files are stored there and every node reads them directly instead
+    /// of fetching them from the node that took the upload.
+    pub shared_path: Option<PathBuf>,
+    /// Largest file accepted, in bytes.
+    pub max_file_size: u64,
+    /// Bytes each user may keep stored (all their files); 0: no limit.
+    pub quota_bytes: u64,
+    /// Files are deleted this many seconds after upload (and their bytes
+    /// leave the owner's quota); 0: kept forever.
+    pub expire_after_secs: u64,
+    /// Seconds between two expiry passes.
+    pub cleanup_interval_secs: u64,
+    /// Seconds a slot's PUT URL stays valid.
+    pub slot_lifetime_secs: u64,
+    /// Slot requests one user may make per minute on one node (a window
+    /// per node, like the authentication throttle); 0: no limit.
+    pub slots_per_minute: u32,
+    /// Content types accepted (`image/*` matches a whole family); empty:
+    /// any.
+    pub allowed_types: Vec<String>,
+    /// Key of the upload tokens, shared by every node. Unset: a random key
+    /// is made once and kept in the replicated store.
+    pub secret: Option<String>,
+}
+
+impl Default for UploadConfig {
+    fn default() -> Self {
+        UploadConfig {
+            enabled: false,
+            subdomain: "upload".into(),
+            bind: "0.0.0.0".into(),
+            port: 5443,
+            tls: true,
+            public_url: None,
+            internal_url: None,
+            path: None,
+            shared_path: None,
+            max_file_size: 10 * 1024 * 1024,
+            quota_bytes: 100 * 1024 * 1024,
+            expire_after_secs: 7 * 86_400,
+            cleanup_interval_secs: 600,
+            slot_lifetime_secs: 300,
+            slots_per_minute: 30,
+            allowed_types: Vec::new(),
+            secret: None,
+        }
+    }
+}
+
+impl UploadConfig {
+    fn check(&self) -> anyhow::Result<()> {
+        if !self.enabled {
+            return Ok(());
+        }
+        if self.port == 0 {
+            anyhow::bail!("upload.port must not be 0");
+        }
+        if self.subdomain.is_empty() || self.subdomain.contains(['.', '@', '/']) {
+            anyhow::bail!("upload.subdomain must be one DNS label");
+        }
+        if self.slot_lifetime_secs == 0 || self.cleanup_interval_secs == 0 {
+            anyhow::bail!(
+                "upload.slot_lifetime_secs and upload.cleanup_interval_secs must be positive"
+            );
+        }
+        for (key, url) in [
+            ("public_url", &self.public_url),
+            ("internal_url", &self.internal_url),
+        ] {
+            if let Some(u) = url
+                && !(u.starts_with("http://") || u.starts_with("https://"))
+            {
+                anyhow::bail!("upload.{key} must start with http:// or https://");
+            }
+        }
+        if self.secret.as_ref().is_some_and(|s| s.len() < 16) {
+            anyhow::bail!("upload.secret must be at least 16 characters");
+        }
+        Ok(())
+    }
+}
+
+/// One STUN/TURN service announced by XEP-0215.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalService {
+    pub host: String,
+    pub port: Option<u16>,
+    /// `stun`, `turn`, `stuns` or `turns`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `udp` or `tcp`.
+    pub transport: Option<String>,
+    /// A human-readable name.
+    pub name: Option<String>,
+    /// Needs credentials: with `secret`, time-limited ones of the TURN
+    /// REST scheme (coturn's `use-auth-secret`); else `username` and
+    /// `password` as given.
+    #[serde(default)]
+    pub restricted: bool,
+    pub secret: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// Lifetime of generated credentials, in seconds.
+    #[serde(default = "default_credentials_ttl")]
+    pub ttl_secs: u64,
+}
+
+fn default_credentials_ttl() -> u64 {
+    86_400
+}
+
+impl ExternalService {
+    fn check(&self) -> anyhow::Result<()> {
+        if !matches!(self.kind.as_str(), "stun" | "stuns" | "turn" | "turns") {
+            anyhow::bail!(
+                "external_services: type {:?} is not stun, stuns, turn or turns",
+                self.kind
+            );
+        }
+        if let Some(t) = &self.transport
+            && !matches!(t.as_str(), "udp" | "tcp")
+        {
+            anyhow::bail!("external_services: transport {t:?} is not udp or tcp");
+        }
+        if self.host.is_empty() {
+            anyhow::bail!("external_services: host is required");
+        }
+        if self.restricted && self.secret.is_none() && self.username.is_none() {
+            anyhow::bail!(
+                "external_services: a restricted service needs a secret or a username and password"
+            );
+        }
+        Ok(())
+    }
+}
+
 impl Config {
     /// Loads defaults, then `file` (if any), then `STARLING_*` variables.
     pub fn load(file: Option<&std::path::Path>) -> anyhow::Result<Config> {
@@ -485,8 +679,11 @@ impl Config {
             "sm",
             "mam",
             "muc",
+            "pep",
             "metrics",
             "cluster",
+            "upload",
+            "external_services",
         ];
         let env = Env::prefixed("STARLING_")
             .filter(|k| {
@@ -546,6 +743,9 @@ impl Config {
         // Held presence waits in the session's queue: half of it at most, so
         // what the client must see at once always has room.
         self.csi.max_held = self.csi.max_held.min(self.c2s.mailbox_size / 2);
+        if self.pep.max_items == 0 || self.pep.max_nodes == 0 || self.pep.max_item_bytes == 0 {
+            anyhow::bail!("pep.max_items, pep.max_nodes and pep.max_item_bytes must be at least 1");
+        }
         if self.c2s.mailbox_bytes < self.c2s.max_stanza_size {
             anyhow::bail!("c2s.mailbox_bytes must hold at least one stanza of c2s.max_stanza_size");
         }
@@ -572,6 +772,10 @@ impl Config {
         }
         if let Some(d) = self.mam.domains.keys().find(|d| !self.serves(d)) {
             anyhow::bail!("mam.domains: {d:?} is not one of the served domains");
+        }
+        self.upload.check()?;
+        for s in &self.external_services {
+            s.check()?;
         }
         Ok(())
     }

@@ -9,6 +9,7 @@ pub mod accounts;
 pub mod admin;
 pub mod auth;
 pub mod config;
+pub mod http;
 pub mod metrics;
 pub mod modules;
 pub mod net;

@@ -58,6 +58,9 @@ enum Command {
         /// Node-to-node gRPC port.
         #[arg(long)]
         cluster_port: Option<u16>,
+        /// HTTP upload (XEP-0363) listener port (`[upload] port`).
+        #[arg(long)]
+        upload_port: Option<u16>,
         /// This node's id in the cluster (unique per node).
         #[arg(long)]
         node_id: Option<u64>,
@@ -173,6 +176,7 @@ fn main() -> std::process::ExitCode {
             c2s_tls_port,
             metrics_port,
             cluster_port,
+            upload_port,
             node_id,
             join,
             log_json,
@@ -197,6 +201,9 @@ fn main() -> std::process::ExitCode {
             }
             if let Some(p) = cluster_port {
                 cfg.cluster.port = p;
+            }
+            if let Some(p) = upload_port {
+                cfg.upload.port = p;
             }
             starling::run::init_tracing(log_json);
             cfg.check()?;

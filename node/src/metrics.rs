@@ -25,6 +25,14 @@ pub fn describe() {
     );
     describe_counter!("starling_stanzas_routed_total", "Stanzas routed, by kind");
     describe_counter!(
+        "starling_upload_files_total",
+        "Files uploaded through this node (XEP-0363)"
+    );
+    describe_counter!(
+        "starling_upload_fetches_total",
+        "Uploaded files fetched from the node holding them, by result"
+    );
+    describe_counter!(
         "starling_router_delivered_total",
         "Stanzas queued to a local session"
     );

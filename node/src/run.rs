@@ -182,6 +182,7 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
     rt.spawn(trim_heap_periodically());
     rt.spawn(flush_last_activity_periodically(server.clone()));
     rt.spawn(crate::modules::mam::run_retention(server.clone()));
+    rt.spawn(crate::http::upload::run_cleanup(server.clone()));
     let system = actix_rt::System::new();
     let result = system.block_on(run_listeners(server.clone()));
     // Let the streams see their errors before the store goes.
@@ -228,7 +229,11 @@ async fn run_listeners(server: Arc<Server>) -> anyhow::Result<()> {
             handles.clone(),
         ));
     }
+    let upload = crate::http::upload::start(server.clone()).await?;
     shutdown_signal().await;
+    if let Some(h) = upload {
+        h.stop(true).await;
+    }
     tracing::info!(sessions = server.router.session_count(), "shutting down");
     // Alone, this node's rooms go with it: their occupants are told
     // (XEP-0045 status 332) before the sessions close. In a cluster the

@@ -31,6 +31,9 @@ pub struct Server {
     pub resumable: crate::session::sm::Resumable,
     /// Services hosted on subdomains (MUC), and the rooms this node runs.
     pub services: crate::services::Services,
+    /// XEP-0363 file upload: the shared token key (read once) and the
+    /// slot-request windows.
+    pub upload: crate::modules::upload::State,
 }
 
 impl Server {
@@ -64,6 +67,7 @@ impl Server {
             unauthenticated: AtomicUsize::new(0),
             resumable: Default::default(),
             services: crate::services::Services::new(&config_services),
+            upload: Default::default(),
         }
     }
 

@@ -89,6 +89,9 @@ impl Condition {
 pub struct StanzaError {
     pub condition: Condition,
     pub text: Option<String>,
+    /// An application-specific condition (RFC 6120 §8.3.4), such as
+    /// XEP-0060's `<nodeid-required xmlns='…pubsub#errors'/>`.
+    pub app: Option<Box<Element>>,
 }
 
 impl StanzaError {
@@ -96,6 +99,7 @@ impl StanzaError {
         StanzaError {
             condition,
             text: None,
+            app: None,
         }
     }
 
@@ -103,6 +107,16 @@ impl StanzaError {
         StanzaError {
             condition,
             text: Some(text.into()),
+            app: None,
+        }
+    }
+
+    /// A condition with an application-specific condition element.
+    pub fn with_app(condition: Condition, app: Element) -> Self {
+        StanzaError {
+            condition,
+            text: None,
+            app: Some(Box::new(app)),
         }
     }
 
@@ -116,6 +130,9 @@ impl StanzaError {
                     .attr("xml:lang", "en")
                     .text(t.clone()),
             );
+        }
+        if let Some(app) = &self.app {
+            e = e.child((**app).clone());
         }
         e
     }

@@ -10,6 +10,8 @@ use crate::auth::scram::StoredCredentials;
 use serde::{Deserialize, Serialize};
 use starling_cluster::{Op, OpResult, Store, StoreError, routes};
 
+pub mod upload;
+
 pub const ACCOUNTS: &str = "user_account";
 pub const ROSTER: &str = "user_roster";
 pub const ROSTER_VER: &str = "user_roster_ver";
@@ -23,6 +25,18 @@ pub const ARCHIVE_PREFS: &str = "user_archive_prefs";
 /// XEP-0191 blocklists: `bare` -> a marker rewritten by every change (only
 /// while the list has items), `bare \0 jid` -> an item.
 pub const BLOCKLIST: &str = "user_blocklist";
+/// XEP-0163 PEP nodes: `bare \0 node` -> [`PepNode`] (configuration and
+/// the item ids, oldest first).
+pub const PEP_NODE: &str = "user_pep_node";
+/// PEP items: `bare \0 node \0 id` -> the `<item/>` as published.
+pub const PEP_ITEM: &str = "user_pep_item";
+/// The SHA-1 of each account's avatar (XEP-0153 / XEP-0398): `bare` ->
+/// hex, absent without one. One lookup of a small key per broadcast
+/// presence.
+pub const AVATAR_HASH: &str = "user_avatar_hash";
+/// XEP-0115 capabilities, verified, shared by every user: `hash \0 ver`
+/// -> the features (MessagePack list).
+pub const CAPS: &str = "caps";
 
 /// Every per-user space, for account deletion.
 const USER_SPACES: &[&str] = &[
@@ -36,6 +50,9 @@ const USER_SPACES: &[&str] = &[
     ARCHIVE,
     ARCHIVE_PREFS,
     BLOCKLIST,
+    PEP_NODE,
+    PEP_ITEM,
+    AVATAR_HASH,
 ];
 
 /// How often a per-user read-modify-write is tried against concurrent
@@ -978,6 +995,173 @@ impl Storage {
             space: ARCHIVE_PREFS.into(),
             key: bare.as_bytes().to_vec(),
             value: ser(prefs),
+        }])
+        .await
+        .map(drop)
+    }
+}
+
+// ------------------------------------------------------------ PEP (XEP-0163)
+
+/// One PEP node of one account: its configuration (the module's own
+/// record, serialised by it) and its item ids, oldest first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct PepNode {
+    /// The node configuration as the PEP module keeps it.
+    pub config: Vec<u8>,
+    pub items: Vec<String>,
+}
+
+fn pep_node_key(bare: &str, node: &str) -> Vec<u8> {
+    user_key(bare, node)
+}
+
+fn pep_item_key(bare: &str, node: &str, id: &str) -> Vec<u8> {
+    let mut k = user_key(bare, node);
+    k.push(0);
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+/// A change to one PEP node, written as one compare-and-set on the node
+/// record as it was read.
+pub struct PepChange<'a> {
+    pub bare: &'a str,
+    pub node: &'a str,
+    /// The node record as read (`None`: absent).
+    pub read: Option<Vec<u8>>,
+    /// The new record (`None`: delete the node and all its items).
+    pub write: Option<PepNode>,
+    /// Items to store: (id, serialised `<item/>`).
+    pub put: Vec<(String, String)>,
+    /// Item ids to remove.
+    pub remove: Vec<String>,
+}
+
+impl Storage {
+    /// A PEP node record, raw (for a later compare-and-set) and decoded.
+    pub fn pep_node(
+        &self,
+        bare: &str,
+        node: &str,
+    ) -> Result<Option<(Vec<u8>, PepNode)>, StoreError> {
+        match self.store.get(PEP_NODE, &pep_node_key(bare, node))? {
+            Some(raw) => {
+                let n = de(&raw)?;
+                Ok(Some((raw, n)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Every PEP node of `bare`: (node id, record).
+    pub fn pep_nodes(&self, bare: &str) -> Result<Vec<(String, PepNode)>, StoreError> {
+        let prefix = user_prefix(bare);
+        self.store
+            .scan_prefix(PEP_NODE, &prefix)?
+            .into_iter()
+            .map(|(k, v)| {
+                let name = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+                Ok((name, de(&v)?))
+            })
+            .collect()
+    }
+
+    /// How many PEP nodes `bare` has (reads their keys only).
+    pub fn pep_node_count(&self, bare: &str) -> Result<u64, StoreError> {
+        let mut end = bare.as_bytes().to_vec();
+        end.push(1);
+        self.store.count_range(PEP_NODE, &user_prefix(bare), &end)
+    }
+
+    /// One stored PEP item, serialised.
+    pub fn pep_item(&self, bare: &str, node: &str, id: &str) -> Result<Option<String>, StoreError> {
+        self.doc(PEP_ITEM, &pep_item_key(bare, node, id))
+    }
+
+    /// Applies a PEP change; `Ok(false)` when the node record changed since
+    /// it was read (nothing was written: read again and retry).
+    pub async fn pep_write(&self, c: PepChange<'_>) -> Result<bool, StoreError> {
+        let key = pep_node_key(c.bare, c.node);
+        let mut ops = vec![Op::ExpectValue {
+            space: PEP_NODE.into(),
+            key: key.clone(),
+            value: c.read,
+        }];
+        match c.write {
+            Some(n) => ops.push(Op::Put {
+                space: PEP_NODE.into(),
+                key,
+                value: ser(&n),
+            }),
+            None => {
+                ops.push(Op::Delete {
+                    space: PEP_NODE.into(),
+                    key,
+                });
+                let mut prefix = user_key(c.bare, c.node);
+                prefix.push(0);
+                ops.push(Op::DeletePrefix {
+                    space: PEP_ITEM.into(),
+                    prefix,
+                });
+            }
+        }
+        for id in c.remove {
+            ops.push(Op::Delete {
+                space: PEP_ITEM.into(),
+                key: pep_item_key(c.bare, c.node, &id),
+            });
+        }
+        for (id, xml) in c.put {
+            ops.push(Op::Put {
+                space: PEP_ITEM.into(),
+                key: pep_item_key(c.bare, c.node, &id),
+                value: xml.into_bytes(),
+            });
+        }
+        Ok(!self.store.write(ops).await?.contains(&OpResult::Mismatch))
+    }
+
+    /// The account's avatar hash (hex SHA-1), if it has one.
+    pub fn avatar_hash(&self, bare: &str) -> Result<Option<String>, StoreError> {
+        self.doc(AVATAR_HASH, bare.as_bytes())
+    }
+
+    pub async fn set_avatar_hash(&self, bare: &str, hash: Option<&str>) -> Result<(), StoreError> {
+        let key = bare.as_bytes().to_vec();
+        let op = match hash {
+            Some(h) => Op::Put {
+                space: AVATAR_HASH.into(),
+                key,
+                value: h.as_bytes().to_vec(),
+            },
+            None => Op::Delete {
+                space: AVATAR_HASH.into(),
+                key,
+            },
+        };
+        self.write(vec![op]).await.map(drop)
+    }
+
+    /// The features of a verified XEP-0115 `ver`.
+    pub fn caps(&self, hash: &str, ver: &str) -> Result<Option<Vec<String>>, StoreError> {
+        self.store
+            .get(CAPS, &user_key(hash, ver))?
+            .map(|v| de(&v))
+            .transpose()
+    }
+
+    pub async fn put_caps(
+        &self,
+        hash: &str,
+        ver: &str,
+        features: &[String],
+    ) -> Result<(), StoreError> {
+        self.write(vec![Op::Put {
+            space: CAPS.into(),
+            key: user_key(hash, ver),
+            value: ser(&features),
         }])
         .await
         .map(drop)

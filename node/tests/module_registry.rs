@@ -166,7 +166,13 @@ async fn an_extra_module_adds_its_feature_everywhere() {
         .stream_features(Stage::PostAuth, &s.config)
         .collect();
     assert_eq!(post.last(), Some(&ECHO_FEATURE), "{post:?}");
-    assert_eq!(post.len(), 6, "session, sm, sub, ver, csi, echo: {post:?}");
+    assert_eq!(
+        post.len(),
+        7,
+        "session, sm, sub, ver, csi, caps, echo: {post:?}"
+    );
+    // The server's caps (XEP-0115) hash its disco#info, the extra feature included.
+    assert!(post[5].contains(s.modules.server_ver()), "{post:?}");
     assert!(
         !s.modules
             .stream_features(Stage::PreAuth, &s.config)

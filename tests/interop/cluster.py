@@ -265,6 +265,8 @@ class ClusterNode(StarlingServer):
             lines += [f'ca_cert = "{self.ca_cert}"', f'cert = "{self.cert}"', f'key = "{self.key}"']
         for k, v in self.cluster.cluster_options.items():
             lines.append(f"{k} = {json.dumps(v)}")
+        if self.cluster.extra_config:
+            lines += ["", *self.cluster.extra_config(self)]
         with open(self.config_path, "w") as f:
             f.write("\n".join(lines) + "\n")
 
@@ -488,8 +490,11 @@ class Cluster:
     """N starling processes forming one cluster; see the module docstring."""
 
     def __init__(self, workdir: str, n: int = 3, *, netns: bool = False, domain: str = "localhost",
-                 start: bool = True, cluster_options: Optional[dict] = None):
+                 start: bool = True, cluster_options: Optional[dict] = None,
+                 extra_config: Optional[Callable[["ClusterNode"], list]] = None):
         self.workdir = workdir
+        # more config lines (whole sections) for a node, appended to its node.toml
+        self.extra_config = extra_config
         self.domain = domain
         # extra [cluster] keys for every node's config, e.g. {"see_other_host": "lb:5222"}
         self.cluster_options = dict(cluster_options or {})

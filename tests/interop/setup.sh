@@ -13,7 +13,7 @@ if [ ${#missing[@]} -gt 0 ] && command -v apt-get >/dev/null; then
     || echo "setup.sh: could not install ${missing[*]}; the cluster tests that need them will fail" >&2
 fi
 VENV="$HERE/.venv"
-PINS="slixmpp==1.10.0 pytest==8.3.5 pytest-timeout==2.4.0 pytest-xdist==3.6.1"
+PINS="slixmpp==1.10.0 aiohttp==3.12.15 pytest==8.3.5 pytest-timeout==2.4.0 pytest-xdist==3.6.1"
 STAMP="$VENV/.pins"
 if [ -x "$VENV/bin/python" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$PINS" ]; then
   exit 0

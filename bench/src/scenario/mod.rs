@@ -3,5 +3,6 @@
 pub mod chat;
 pub mod idle;
 pub mod login;
+pub mod muc;
 pub mod presence;
 pub mod storm;

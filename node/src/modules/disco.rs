@@ -43,9 +43,10 @@ fn handle<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
             q.set_attr("node", n);
         }
         if ns == NS_ITEMS {
-            // The services hosted on the domain's subdomains (a MUC
-            // service); accounts have no items (XEP-0030 §8, also for one
-            // that does not exist or does not share its presence).
+            // A domain lists its services (XEP-0045 rooms at conference.,
+            // XEP-0363 upload); an account's items are what modules show
+            // the requester (PEP nodes it may see); XEP-0030 §8: none for
+            // an account that does not exist, nor anywhere else.
             if let (IqTarget::Server(domain), None) = (ctx.target, node) {
                 for (jid, h) in ctx.server.services.of_parent(domain) {
                     q = q.child(
@@ -55,7 +56,41 @@ fn handle<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
                     );
                 }
             }
+            if let (IqTarget::Server(domain), None) = (ctx.target, node)
+                && let Some(item) = super::upload::disco_items(ctx.server, domain)
+            {
+                q = q.child(item);
+            }
+            let owner = match ctx.target {
+                IqTarget::Own => Some(ctx.origin.bare),
+                IqTarget::Account(b) => Some(b),
+                _ => None,
+            };
+            if let (Some(owner), None) = (owner, node) {
+                for m in ctx.server.modules.account_nodes() {
+                    for item in (m.items)(ctx.server, owner, ctx.origin.bare) {
+                        q = q.child(item);
+                    }
+                }
+            }
             return Ok(q.into());
+        }
+        // A node of an account (a PEP node): its module says whether the
+        // requester may see it (XEP-0060 access models), presence or not.
+        let owner = match ctx.target {
+            IqTarget::Own => Some(ctx.origin.bare),
+            IqTarget::Account(b) => Some(b),
+            _ => None,
+        };
+        if let (Some(owner), Some(n)) = (owner, node) {
+            for m in ctx.server.modules.account_nodes() {
+                if let Some(info) = (m.info)(ctx.server, owner, ctx.origin.bare, n) {
+                    for el in info {
+                        q = q.child(el);
+                    }
+                    return Ok(q.into());
+                }
+            }
         }
         // XEP-0030 §8: info about an account needs its presence (or is
         // the requester's own); an unknown account is service-unavailable.
@@ -73,20 +108,20 @@ fn handle<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
             }
             _ => {}
         }
-        if node.is_some() {
+        if let Some(n) = node {
+            // XEP-0115 §6.2: the server's caps node answers as the server.
+            let ours = n
+                .strip_prefix(super::caps::SERVER_NODE)
+                .and_then(|r| r.strip_prefix('#'))
+                .is_some_and(|v| v == ctx.server.modules.server_ver());
+            if ours && matches!(ctx.target, IqTarget::Server(_)) {
+                return Ok(super::caps::server_info(ctx.server, q).into());
+            }
             return Err(Condition::ItemNotFound.into());
         }
         match ctx.target {
             IqTarget::Server(_) => {
-                q = q.child(
-                    Element::new("identity", NS_INFO)
-                        .attr("category", "server")
-                        .attr("type", "im")
-                        .attr("name", "Starling"),
-                );
-                for &f in ctx.server.modules.disco_features() {
-                    q = q.child(Element::new("feature", NS_INFO).attr("var", f));
-                }
+                q = super::caps::server_info(ctx.server, q);
             }
             IqTarget::Own | IqTarget::Account(_) | IqTarget::NoAccount(_) => {
                 q = q
@@ -96,6 +131,13 @@ fn handle<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
                             .attr("type", "registered"),
                     )
                     .child(Element::new("feature", NS_INFO).attr("var", NS_INFO));
+                for (category, kind) in ctx.server.modules.account_identities() {
+                    q = q.child(
+                        Element::new("identity", NS_INFO)
+                            .attr("category", category)
+                            .attr("type", kind),
+                    );
+                }
                 for f in ctx.server.modules.account_features(&ctx.server.config) {
                     q = q.child(Element::new("feature", NS_INFO).attr("var", f));
                 }

@@ -12,11 +12,14 @@
 //! [`Registry::new`]).
 
 pub mod blocking;
+pub mod caps;
 pub mod carbons;
 pub mod csi;
 pub mod disco;
+pub mod extdisco;
 pub mod last;
 pub mod mam;
+pub mod pep;
 pub mod ping;
 pub mod presence;
 pub mod private;
@@ -26,6 +29,7 @@ pub mod roster;
 pub mod session;
 pub mod sm;
 pub mod time;
+pub mod upload;
 pub mod vcard;
 pub mod version;
 
@@ -135,6 +139,24 @@ pub struct AccountFeature {
     pub when: Option<fn(&Config) -> bool>,
 }
 
+/// An identity of every account's disco#info besides
+/// `account/registered`, such as `pubsub/pep` (XEP-0163 §6.1).
+pub struct AccountIdentity {
+    pub category: &'static str,
+    pub kind: &'static str,
+}
+
+/// What a module shows in disco on an account's bare JID besides features
+/// and identities: the account's items (XEP-0030 §4.1, such as PEP nodes,
+/// XEP-0060 §5.2) and the info of one of its nodes (XEP-0060 §5.3).
+pub struct AccountNodes {
+    /// The `<item/>`s `requester` may see.
+    pub items: fn(&Server, owner: &str, requester: &str) -> Vec<Element>,
+    /// The identities and features of `node`, if the module has such a
+    /// node that `requester` may see.
+    pub info: fn(&Server, owner: &str, requester: &str, node: &str) -> Option<Vec<Element>>,
+}
+
 /// A point in a stanza's path where modules can look at it, change it or
 /// take it over.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -211,6 +233,10 @@ pub struct Module {
     pub features: &'static [&'static str],
     /// Features it adds to each account's disco#info.
     pub account_features: &'static [AccountFeature],
+    /// Identities it adds to each account's disco#info.
+    pub account_identities: &'static [AccountIdentity],
+    /// Disco items and node info it adds on each account.
+    pub account_nodes: Option<&'static AccountNodes>,
     /// Stream features it advertises, in order.
     pub stream_features: &'static [StreamFeature],
     /// IQ payloads it answers.
@@ -230,6 +256,8 @@ impl Module {
         spec: "",
         features: &[],
         account_features: &[],
+        account_identities: &[],
+        account_nodes: None,
         stream_features: &[],
         iq: &[],
         hooks: &[],
@@ -259,6 +287,10 @@ pub static MODULES: &[&Module] = &[
     &OFFLINE,
     &mam::MODULE,
     &MUC,
+    &upload::MODULE,
+    &extdisco::MODULE,
+    &caps::MODULE,
+    &pep::MODULE,
 ];
 
 /// Multi-user chat is a hosted service (`crate::services::muc`), routed to

@@ -1,6 +1,7 @@
 //! XEP-0049 Private XML Storage: per account, keyed by the stored
 //! element's name and namespace; only the owner can read or write.
 
+use super::pep::bookmarks;
 use super::{IqCtx, IqHandler, IqReply, IqResult, Module, own_only};
 use crate::stanza::{Condition, NS_CLIENT};
 use crate::storage::PRIVATE;
@@ -44,14 +45,25 @@ fn handle<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
         }
         let bare = ctx.origin.bare;
         if ctx.set {
+            // XEP-0048 §3 via XEP-0223: bookmarks live in PEP, where
+            // clients that use PEP find the same list.
+            for c in children.iter().filter(|c| bookmarks::bridged(c)) {
+                bookmarks::store(ctx.server, bare, c).await?;
+            }
             let fragments = children
                 .iter()
+                .filter(|c| !bookmarks::bridged(c))
                 .map(|c| (name_ns(c), c.to_stream_xml(NS_PRIVATE)))
                 .collect();
             ctx.server.storage.put_private(bare, fragments).await?;
             return Ok(IqReply::EMPTY);
         }
         let wanted = children[0];
+        if bookmarks::bridged(wanted)
+            && let Some(stored) = bookmarks::load(ctx.server, bare)?
+        {
+            return Ok(Element::new("query", NS_PRIVATE).child(stored).into());
+        }
         let scope = [(String::new(), NS_PRIVATE.to_owned())];
         let limits = Limits {
             max_stanza_bytes: usize::MAX,

@@ -7,8 +7,8 @@
 //! errors and stop the server at start.
 
 use super::{
-    AccountFeature, Event, Flow, Handler, Hook, HookCtx, IqCtx, IqHandler, IqTarget, MODULES,
-    Module, Stage, StreamFeature,
+    AccountFeature, AccountIdentity, AccountNodes, Event, Flow, Handler, Hook, HookCtx, IqCtx,
+    IqHandler, IqTarget, MODULES, Module, Stage, StreamFeature,
 };
 use crate::config::Config;
 use crate::stanza::{Condition, StanzaError};
@@ -28,6 +28,13 @@ pub struct Registry {
     features: Vec<&'static str>,
     /// Features of each account's disco#info, in registry order.
     account_features: Vec<&'static AccountFeature>,
+    account_identities: Vec<&'static AccountIdentity>,
+    account_nodes: Vec<&'static AccountNodes>,
+    /// The server's XEP-0115 `ver` and its `<c/>` stream feature
+    /// (advertised where a module declares
+    /// [`caps::SERVER_CAPS_PLACEHOLDER`](super::caps::SERVER_CAPS_PLACEHOLDER)).
+    server_ver: String,
+    server_caps: String,
     pre_auth: Vec<&'static StreamFeature>,
     post_auth: Vec<&'static StreamFeature>,
 }
@@ -53,6 +60,8 @@ impl Registry {
         let mut hooks: [Vec<&'static Hook>; Event::ALL.len()] = Default::default();
         let mut features = Vec::new();
         let mut account_features = Vec::new();
+        let mut account_identities = Vec::new();
+        let mut account_nodes = Vec::new();
         let (mut pre_auth, mut post_auth) = (Vec::new(), Vec::new());
         let mut names = HashSet::new();
         let mut spaces = HashMap::new();
@@ -74,6 +83,8 @@ impl Registry {
             }
             features.extend_from_slice(m.features);
             account_features.extend(m.account_features);
+            account_identities.extend(m.account_identities);
+            account_nodes.extend(m.account_nodes);
             for f in m.stream_features {
                 match f.stage {
                     Stage::PreAuth => pre_auth.push(f),
@@ -95,6 +106,8 @@ impl Registry {
         }
         features.sort_unstable();
         features.dedup();
+        let server_ver = super::caps::server_ver(&features);
+        let server_caps = super::caps::server_caps_xml(&features);
         Registry {
             modules,
             iq,
@@ -102,6 +115,10 @@ impl Registry {
             hooks,
             features,
             account_features,
+            account_identities,
+            account_nodes,
+            server_ver,
+            server_caps,
             pre_auth,
             post_auth,
         }
@@ -133,20 +150,42 @@ impl Registry {
             .map(|f| f.var)
     }
 
+    /// The identities of an account's disco#info besides
+    /// `account/registered`: (category, type).
+    pub fn account_identities(&self) -> impl Iterator<Item = (&'static str, &'static str)> + '_ {
+        self.account_identities.iter().map(|i| (i.category, i.kind))
+    }
+
+    /// What modules show in disco on accounts besides features.
+    pub fn account_nodes(&self) -> &[&'static AccountNodes] {
+        &self.account_nodes
+    }
+
+    /// The server's XEP-0115 `ver` (sha-1 of its disco#info).
+    pub fn server_ver(&self) -> &str {
+        &self.server_ver
+    }
+
     /// The stream features to advertise at `stage` under `config`, in
     /// registry order.
     pub fn stream_features<'a>(
         &'a self,
         stage: Stage,
         config: &'a Config,
-    ) -> impl Iterator<Item = &'static str> + 'a {
+    ) -> impl Iterator<Item = &'a str> + 'a {
         let list = match stage {
             Stage::PreAuth => &self.pre_auth,
             Stage::PostAuth => &self.post_auth,
         };
         list.iter()
             .filter(move |f| f.when.is_none_or(|w| w(config)))
-            .map(|f| f.xml)
+            .map(|f| {
+                if f.xml == super::caps::SERVER_CAPS_PLACEHOLDER {
+                    self.server_caps.as_str()
+                } else {
+                    f.xml
+                }
+            })
     }
 
     /// The declaration answering `<name xmlns='ns'/>`, if any.
@@ -343,13 +382,16 @@ mod tests {
         let reg = Registry::default();
         let mut cfg = Config::default();
         let post: String = reg.stream_features(Stage::PostAuth, &cfg).collect();
+        let caps = crate::modules::caps::server_caps_xml(reg.disco_features());
+        let post = post.replace(&caps, "<caps/>");
         assert_eq!(
             post,
             "<session xmlns='urn:ietf:params:xml:ns:xmpp-session'><optional/></session>\
              <sm xmlns='urn:xmpp:sm:3'/>\
              <sub xmlns='urn:xmpp:features:pre-approval'/>\
              <ver xmlns='urn:xmpp:features:rosterver'/>\
-             <csi xmlns='urn:xmpp:csi:0'/>"
+             <csi xmlns='urn:xmpp:csi:0'/>\
+             <caps/>"
         );
         cfg.sm.enabled = false;
         let post: String = reg.stream_features(Stage::PostAuth, &cfg).collect();
@@ -410,7 +452,7 @@ mod tests {
         for m in MODULES {
             if let Some(s) = m.config_section {
                 assert!(
-                    cfg.get(s).is_some_and(|v| v.is_object()),
+                    cfg.get(s).is_some_and(|v| v.is_object() || v.is_array()),
                     "module {:?} reads a config section {s:?} that does not exist",
                     m.name
                 );

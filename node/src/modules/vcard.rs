@@ -40,6 +40,8 @@ fn handle<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
                 .storage
                 .put_doc(VCARD, bare.as_bytes().to_vec(), xml)
                 .await?;
+            // XEP-0398: the PHOTO becomes the PEP avatar.
+            super::pep::avatar::vcard_set(ctx.server, bare, ctx.payload).await;
             return Ok(IqReply::EMPTY);
         }
         let stored = ctx.server.storage.doc(VCARD, bare.as_bytes())?;

@@ -41,6 +41,21 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// Builds the server TLS configuration for every domain of `cfg`.
 pub fn server_config(cfg: &Config) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     let provider = provider();
+    let by_domain = certified_keys(cfg)?;
+    let default = by_domain[&cfg.domains[0]].clone();
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(SniResolver { by_domain, default }));
+    // XEP-0368: direct TLS clients announce "xmpp-client".
+    config.alpn_protocols = vec![b"xmpp-client".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The certificate chain and key of every domain of `cfg` (configured, or
+/// generated on first use), by domain.
+pub fn certified_keys(cfg: &Config) -> anyhow::Result<HashMap<String, Arc<CertifiedKey>>> {
+    let provider = provider();
     let mut by_domain = HashMap::new();
     for domain in &cfg.domains {
         let (cert, key) = match cfg.tls.certs.iter().find(|c| &c.domain == domain) {
@@ -57,14 +72,7 @@ pub fn server_config(cfg: &Config) -> anyhow::Result<Arc<rustls::ServerConfig>> 
             .with_context(|| format!("certificate for {domain}"))?;
         by_domain.insert(domain.clone(), Arc::new(certified));
     }
-    let default = by_domain[&cfg.domains[0]].clone();
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(SniResolver { by_domain, default }));
-    // XEP-0368: direct TLS clients announce "xmpp-client".
-    config.alpn_protocols = vec![b"xmpp-client".to_vec()];
-    Ok(Arc::new(config))
+    Ok(by_domain)
 }
 
 /// How long a generated certificate is valid.

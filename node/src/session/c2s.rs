@@ -946,6 +946,18 @@ impl<S: Transport> Session<S> {
             return self.reply_error(&el, Condition::BadRequest.into()).await;
         };
         let to = el.get_attr("to").map(str::to_owned);
+        // XEP-0363: the upload service of a served domain.
+        if let Some(domain) = to
+            .as_deref()
+            .and_then(|t| modules::upload::service_domain(&self.server, t))
+        {
+            if !kind.is_request() {
+                return Ok(());
+            }
+            let mut reply = modules::upload::handle_iq(&self.server, &self.bare, domain, &el).await;
+            reply.set_attr("to", self.full.as_str());
+            return self.reply(&reply).await;
+        }
         let dest = match to.as_deref().map(|t| im::destination(&self.server, t)) {
             None => None,
             Some(Ok(d)) => Some(d),
@@ -979,7 +991,10 @@ impl<S: Transport> Session<S> {
             };
         }
         if !kind.is_request() {
-            // Answers to the server (e.g. pushes) need nothing more.
+            // Answers to the server (e.g. pushes) need nothing more, but
+            // for a capabilities query's (XEP-0115): its features, once
+            // verified, tell which PEP notifications this client wants.
+            modules::caps::answer(&self.server, &self.full, &el).await;
             return Ok(());
         }
         let payloads: Vec<&Element> = el.elements().collect();

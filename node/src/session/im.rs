@@ -521,6 +521,8 @@ async fn broadcast(
         if priority >= 0 {
             state.flush_offline = true;
         }
+        // XEP-0163 §4.3.4: the last items this session is interested in.
+        crate::modules::pep::initial_presence(server, origin.bare, origin.full, &roster, &el);
     }
     Ok(())
 }
@@ -876,6 +878,8 @@ pub async fn subscription_out(
         for p in available_presences(server, origin.bare, 0) {
             send_presence_to(server, contact, p);
         }
+        // XEP-0163 §4.3.4: and the last items of our PEP nodes.
+        crate::modules::pep::subscription_started(server, origin.bare, contact);
     }
     Ok(())
 }
@@ -1001,6 +1005,7 @@ async fn subscription_in_simple(
                 for p in available_presences(server, user, 0) {
                     send_presence_to(server, from, p);
                 }
+                crate::modules::pep::subscription_started(server, user, from);
             }
         }
         Inbound::Deliver => {

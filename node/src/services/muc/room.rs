@@ -1984,11 +1984,13 @@ impl State {
         } else {
             c.max_users.to_string()
         };
-        let mut max_opts: Vec<String> = ["1", "2", "5", "10", "20", "30", "50", "100", "200", "500", "1000"]
-            .iter()
-            .filter(|v| v.parse::<u32>().unwrap_or(0) <= server.config.muc.max_users_limit)
-            .map(|v| v.to_string())
-            .collect();
+        let mut max_opts: Vec<String> = [
+            "1", "2", "5", "10", "20", "30", "50", "100", "200", "500", "1000",
+        ]
+        .iter()
+        .filter(|v| v.parse::<u32>().unwrap_or(0) <= server.config.muc.max_users_limit)
+        .map(|v| v.to_string())
+        .collect();
         if !max_opts.contains(&maxusers) && maxusers != "none" {
             max_opts.push(maxusers.clone());
         }

@@ -1,0 +1,3 @@
+//! HTTP listeners on actix-web.
+
+pub mod upload;
