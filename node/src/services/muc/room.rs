@@ -517,7 +517,7 @@ impl State {
     fn system_shutdown(&mut self, server: &Server) {
         for (nick, o) in &self.occupants {
             let aff = self.affiliation(server, o.bare());
-            let mut p = self.unavailable_item(server, nick, None, aff, &[332]);
+            let mut p = self.unavailable_item(nick, None, aff, &[332]);
             if let Some(x) = p.get_child_mut("x", NS_MUC_USER) {
                 x.children.push(Node::Element(status(110)));
             }
@@ -675,7 +675,7 @@ impl State {
                 .muc_write::<RoomRecord, _>(&self.jid, None, &changes)
                 .await?;
             for nick in &gone {
-                let un = self.unavailable_item(server, nick, None, Affiliation::None, &[]);
+                let un = self.unavailable_item(nick, None, Affiliation::None, &[]);
                 self.broadcast_el(server, un);
             }
             if self.occupants.is_empty() && self.rec.as_ref().is_some_and(|r| !r.config.persistent)
@@ -802,13 +802,11 @@ impl State {
     /// removed or not) with `codes`.
     fn unavailable_item(
         &self,
-        server: &Server,
         nick: &str,
         jid: Option<&str>,
         aff: Affiliation,
         codes: &[u16],
     ) -> Element {
-        let _ = server;
         let mut item = Element::new("item", NS_MUC_USER)
             .attr("affiliation", aff.name())
             .attr("role", "none");
@@ -1099,13 +1097,8 @@ impl State {
             .collect();
         for o in self.occupants.values().chain(std::iter::once(&occ)) {
             let with_jid = self.whois_anyone() || o.role == Role::Moderator;
-            let mut p = self.unavailable_item(
-                server,
-                nick,
-                with_jid.then_some(occ.jid.as_str()),
-                aff,
-                codes,
-            );
+            let mut p =
+                self.unavailable_item(nick, with_jid.then_some(occ.jid.as_str()), aff, codes);
             for s in &payload {
                 p.children.insert(0, Node::Element(s.clone()));
             }
@@ -1457,12 +1450,12 @@ impl State {
         sender: Option<&str>,
     ) -> Result<(), StanzaError> {
         let from = el.get_attr("from").unwrap_or_default();
-        let Some(sender) = sender else {
+        if sender.is_none() {
             return Err(StanzaError::with_text(
                 Condition::NotAcceptable,
                 "only occupants may invite",
             ));
-        };
+        }
         let Some(to) = inv.get_attr("to").and_then(|t| jid::Jid::new(t).ok()) else {
             return Err(StanzaError::with_text(
                 Condition::JidMalformed,
@@ -1479,7 +1472,6 @@ impl State {
                 "only admins may invite to this room",
             ));
         }
-        let _ = sender;
         // In a members-only room the invitee becomes a member.
         let invitee = split(&to).0.to_owned();
         if cfg.members_only && self.affiliation(server, &invitee) == Affiliation::None {
@@ -2157,7 +2149,7 @@ impl State {
         // Checked all first, then applied together.
         let mut changes: Vec<Change> = Vec::new();
         for item in &items {
-            changes.push(self.check_change(server, item, &bare, my_aff, my_role)?);
+            changes.push(self.check_change(server, item, my_aff, my_role)?);
         }
         self.apply_changes(server, &bare, changes, 321).await?;
         Ok(None)
@@ -2223,7 +2215,6 @@ impl State {
         &self,
         server: &Server,
         item: &Element,
-        me: &str,
         my_aff: Affiliation,
         my_role: Role,
     ) -> Result<Change, StanzaError> {
@@ -2288,7 +2279,6 @@ impl State {
             if server.config.muc.admins.contains(&jid) && aff != Affiliation::Owner {
                 return Err(err(Condition::NotAllowed));
             }
-            let _ = me;
             return Ok(Change::Affiliation { jid, aff, reason });
         }
         Err(err(Condition::BadRequest))
@@ -2387,13 +2377,8 @@ impl State {
             let aff = self.affiliation(server, occ.bare());
             for o in self.occupants.values().chain(std::iter::once(&occ)) {
                 let with_jid = self.whois_anyone() || o.role == Role::Moderator;
-                let mut p = self.unavailable_item(
-                    server,
-                    nick,
-                    with_jid.then_some(occ.jid.as_str()),
-                    aff,
-                    codes,
-                );
+                let mut p =
+                    self.unavailable_item(nick, with_jid.then_some(occ.jid.as_str()), aff, codes);
                 if let Some(x) = p.get_child_mut("x", NS_MUC_USER)
                     && let Some(Node::Element(item)) = x.children.first_mut()
                 {
