@@ -88,7 +88,8 @@ impl Store {
         let transport = Arc::new(Transport::new(opts.tls.as_ref(), opts.source_ip)?);
         std::fs::create_dir_all(&cfg.data_dir).map_err(storage)?;
         let kv = open_kv(&cfg.data_dir).await?;
-        let log = LogStore::new(kv.clone()).map_err(storage)?;
+        let log =
+            LogStore::with_files(kv.clone(), &cfg.data_dir.join("raft-log")).map_err(storage)?;
         let committed = log.committed_index();
         let (hooks, expired_rx) = events::Hooks::new();
         let sm = StateMachine::new(kv.clone())

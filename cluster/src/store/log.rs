@@ -18,6 +18,7 @@ use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{LogState, OptionalSend, RaftLogReader, StorageIOError, Vote};
 use tokio::sync::mpsc;
 
+use super::filelog::FileLog;
 use crate::codec::{decode, encode};
 use crate::kv::{Kv, KvTree};
 use crate::metrics;
@@ -37,6 +38,9 @@ pub struct LogStore<K: Kv> {
     /// The last committed index openraft reported (openraft 0.9's metrics
     /// do not carry it).
     committed: Arc<AtomicU64>,
+    /// The durable group's entries live in segment files (`filelog.rs`);
+    /// without it (the registry group, tests) in the `raft_log` tree.
+    files: Option<Arc<FileLog>>,
 }
 
 fn rd(e: impl ToString) -> StorageError {
@@ -63,7 +67,36 @@ impl<K: Kv> LogStore<K> {
             meta,
             flusher: tx,
             committed: Arc::default(),
+            files: None,
         })
+    }
+
+    /// A log whose entries are kept in segment files in `dir` (vote,
+    /// committed index and purge point stay in the key-value store). A
+    /// log left in the `raft_log` tree by an earlier version moves there.
+    pub fn with_files(kv: K, dir: &std::path::Path) -> Result<Self, StorageError> {
+        let mut store = Self::new(kv)?;
+        let purged: Option<LogId> = store.get_meta(LAST_PURGED)?;
+        let files = FileLog::open(dir, purged.map(|p| p.index)).map_err(rd)?;
+        if files.is_empty() {
+            let old = store.log.range(&0u64.to_be_bytes(), None).map_err(rd)?;
+            if !old.is_empty() {
+                let mut entries = Vec::with_capacity(old.len());
+                for (_, v) in old {
+                    let e: Entry = decode(&v).map_err(rd)?;
+                    entries.push((e.log_id, v));
+                }
+                files.append(entries).map_err(wr)?;
+                files.sync().map_err(wr)?;
+                store
+                    .log
+                    .remove_range(&0u64.to_be_bytes(), None)
+                    .map_err(wr)?;
+                store.kv.flush().map_err(wr)?;
+            }
+        }
+        store.files = Some(Arc::new(files));
+        Ok(store)
     }
 
     /// A live view of the last committed log index.
@@ -140,6 +173,15 @@ impl<K: Kv> RaftLogReader<TypeConfig> for LogStore<K> {
         let Some((start, end)) = range_keys(range) else {
             return Ok(Vec::new());
         };
+        if let Some(files) = &self.files {
+            let to = |b: Vec<u8>| u64::from_be_bytes(b.try_into().unwrap_or_default());
+            return files
+                .read(to(start), end.map(to))
+                .map_err(rd)?
+                .iter()
+                .map(|v| decode::<Entry>(v).map_err(rd))
+                .collect();
+        }
         self.log
             .range(&start, end.as_deref())
             .map_err(rd)?
@@ -154,6 +196,12 @@ impl<K: Kv> RaftLogStorage<TypeConfig> for LogStore<K> {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged_log_id: Option<LogId> = self.get_meta(LAST_PURGED)?;
+        if let Some(files) = &self.files {
+            return Ok(LogState {
+                last_purged_log_id,
+                last_log_id: files.last_log_id().or(last_purged_log_id),
+            });
+        }
         let last = match self.log.last().map_err(rd)? {
             Some((_, v)) => Some(decode::<Entry>(&v).map_err(rd)?.log_id),
             None => last_purged_log_id,
@@ -206,6 +254,15 @@ impl<K: Kv> RaftLogStorage<TypeConfig> for LogStore<K> {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        if let Some(files) = &self.files {
+            let mut encoded = Vec::new();
+            for e in entries {
+                encoded.push((e.log_id, encode(&e).map_err(wr)?));
+            }
+            files.append(encoded).map_err(wr)?;
+            files.flush_then(callback);
+            return Ok(());
+        }
         let mut changes = Vec::new();
         for e in entries {
             let b = encode(&e).map_err(wr)?;
@@ -225,6 +282,19 @@ impl<K: Kv> RaftLogStorage<TypeConfig> for LogStore<K> {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        if let Some(files) = &self.files {
+            let index = log_id.index;
+            let previous = match index.checked_sub(1) {
+                Some(p) => match files.read(p, Some(index)).map_err(rd)?.first() {
+                    Some(v) => Some(decode::<Entry>(v).map_err(rd)?.log_id),
+                    None => self
+                        .get_meta::<LogId>(LAST_PURGED)?
+                        .filter(|l| l.index == p),
+                },
+                None => None,
+            };
+            return files.truncate(index, previous).map_err(wr);
+        }
         self.log
             .remove_range(&log_id.index.to_be_bytes(), None)
             .map_err(wr)
@@ -235,6 +305,11 @@ impl<K: Kv> RaftLogStorage<TypeConfig> for LogStore<K> {
         // that are merely redundant, never a hole.
         let b = encode(&log_id).map_err(wr)?;
         self.meta.insert(LAST_PURGED, &b).map_err(wr)?;
+        if let Some(files) = &self.files {
+            // The purge point is durable before any segment is deleted.
+            self.flush().await?;
+            return files.purge(log_id.index).map_err(wr);
+        }
         let end = log_id.index.checked_add(1).map(u64::to_be_bytes);
         self.log
             .remove_range(&0u64.to_be_bytes(), end.as_ref().map(|e| &e[..]))

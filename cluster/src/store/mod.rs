@@ -10,6 +10,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod apply;
+pub mod filelog;
 pub mod log;
 pub mod state_machine;
 #[cfg(test)]
