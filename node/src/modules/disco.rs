@@ -56,11 +56,6 @@ fn handle<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
                     );
                 }
             }
-            if let (IqTarget::Server(domain), None) = (ctx.target, node)
-                && let Some(item) = super::upload::disco_items(ctx.server, domain)
-            {
-                q = q.child(item);
-            }
             let owner = match ctx.target {
                 IqTarget::Own => Some(ctx.origin.bare),
                 IqTarget::Account(b) => Some(b),

@@ -127,37 +127,9 @@ fn mac(key: &[u8], text: &str) -> Vec<u8> {
     m.finalize().into_bytes().to_vec()
 }
 
-/// The served domain whose upload service `to` is, if it is one (a bare
-/// `<subdomain>.<domain>`, no node or resource).
-pub fn service_domain<'a>(server: &'a Server, to: &str) -> Option<&'a str> {
-    let cfg = &server.config.upload;
-    if !cfg.enabled {
-        return None;
-    }
-    let rest = to
-        .get(..cfg.subdomain.len())
-        .filter(|p| p.eq_ignore_ascii_case(&cfg.subdomain))
-        .and_then(|_| to[cfg.subdomain.len()..].strip_prefix('.'))?;
-    server
-        .config
-        .domains
-        .iter()
-        .find(|d| d.eq_ignore_ascii_case(rest))
-        .map(String::as_str)
-}
-
 /// The JID of `domain`'s upload service.
 pub fn service_jid(server: &Server, domain: &str) -> String {
     format!("{}.{domain}", server.config.upload.subdomain)
-}
-
-/// The disco#items entries of a served domain: its upload service.
-pub fn disco_items(server: &Server, domain: &str) -> Option<Element> {
-    server.config.upload.enabled.then(|| {
-        Element::new("item", NS_ITEMS)
-            .attr("jid", service_jid(server, domain))
-            .attr("name", "HTTP File Upload")
-    })
 }
 
 /// The shared key of upload tokens: `[upload] secret`, else one random key
@@ -555,8 +527,15 @@ mod tests {
     async fn the_service_of_every_domain_and_nothing_else() {
         let dir = tempfile::tempdir().unwrap();
         let s = server(dir.path(), true).await;
-        assert_eq!(service_domain(&s, "upload.a.example"), Some("a.example"));
-        assert_eq!(service_domain(&s, "UPLOAD.B.Example"), Some("b.example"));
+        use crate::services::ServiceKind;
+        let upload = |s: &Server, d: &str| {
+            s.services
+                .get(d)
+                .filter(|h| h.kind == ServiceKind::Upload)
+                .map(|h| h.parent.clone())
+        };
+        assert_eq!(upload(&s, "upload.a.example").as_deref(), Some("a.example"));
+        assert_eq!(upload(&s, "upload.b.example").as_deref(), Some("b.example"));
         for not in [
             "a.example",
             "upload.c.example",
@@ -566,9 +545,15 @@ mod tests {
             "upload.",
             "",
         ] {
-            assert_eq!(service_domain(&s, not), None, "{not:?}");
+            assert_eq!(upload(&s, not), None, "{not:?}");
         }
-        assert!(disco_items(&s, "a.example").is_some());
+        assert_eq!(
+            s.services
+                .of_parent("a.example")
+                .filter(|(_, h)| h.kind == ServiceKind::Upload)
+                .count(),
+            1
+        );
         // The shared key is made once and then the same.
         let k1 = secret(&s).await.unwrap().to_vec();
         assert_eq!(s.storage.upload_secret().await.unwrap(), k1);
@@ -578,8 +563,7 @@ mod tests {
 
         let dir = tempfile::tempdir().unwrap();
         let off = server(dir.path(), false).await;
-        assert_eq!(service_domain(&off, "upload.a.example"), None);
-        assert!(disco_items(&off, "a.example").is_none());
+        assert!(off.services.get("upload.a.example").is_none());
         off.storage.store.shutdown().await.unwrap();
     }
 

@@ -1,5 +1,6 @@
 //! Services hosted on a subdomain of every served domain (XEP-0045 rooms
-//! at `conference.<domain>` now; upload and pubsub would be more entries):
+//! at `conference.<domain>`, XEP-0363 file upload at `upload.<domain>`;
+//! pubsub would be one more entry):
 //! which domains are services ([`Services`], from the configuration), and
 //! how a stanza for one gets to where it is handled.
 //!
@@ -43,6 +44,8 @@ const OWNER_PATIENCE: Duration = Duration::from_secs(15);
 pub enum ServiceKind {
     /// XEP-0045 multi-user chat.
     Muc,
+    /// XEP-0363 HTTP file upload (slots; the files are `http::upload`'s).
+    Upload,
 }
 
 /// A service domain: what it hosts and the served domain it belongs to.
@@ -81,6 +84,18 @@ impl Services {
                         kind: ServiceKind::Muc,
                         parent: d.clone(),
                         name: config.muc.name.clone(),
+                    },
+                );
+            }
+        }
+        if config.upload.enabled {
+            for d in &config.domains {
+                by_domain.insert(
+                    format!("{}.{d}", config.upload.subdomain),
+                    Hosted {
+                        kind: ServiceKind::Upload,
+                        parent: d.clone(),
+                        name: "HTTP File Upload".into(),
                     },
                 );
             }
@@ -228,6 +243,7 @@ pub async fn route(server: &Server, el: Element) {
         // The service itself: any node answers from the replicated store.
         match kind {
             ServiceKind::Muc => muc::service_stanza(server, el).await,
+            ServiceKind::Upload => upload_stanza(server, el).await,
         }
         return;
     };
@@ -237,6 +253,13 @@ pub async fn route(server: &Server, el: Element) {
             Some(el) => el,
             None => return,
         },
+        // The upload service has no entities.
+        ServiceKind::Upload => {
+            if el.name != "presence" && !matches!(el.get_attr("type"), Some("error" | "result")) {
+                crate::session::im::bounce(server, &el, Condition::ServiceUnavailable);
+            }
+            return;
+        }
     };
     to_owner(server, kind, key, el, 0).await;
 }
@@ -266,6 +289,7 @@ async fn to_owner(server: &Server, kind: ServiceKind, key: &str, el: Element, ho
         // membership goes, so it cannot answer with stale state later.
         match kind {
             ServiceKind::Muc => server.services.muc.stop(key),
+            ServiceKind::Upload => {}
         }
         let stanza = xml
             .get_or_insert_with(|| el.to_stream_xml(NS_CLIENT).into_bytes())
@@ -297,6 +321,8 @@ async fn to_owner(server: &Server, kind: ServiceKind, key: &str, el: Element, ho
 fn local(server: &Server, kind: ServiceKind, key: &str, el: Element) -> bool {
     match kind {
         ServiceKind::Muc => server.services.muc.deliver(server, key, el),
+        // No entities: nothing is ever sent to one.
+        ServiceKind::Upload => false,
     }
 }
 
@@ -325,6 +351,7 @@ pub fn from_node(server: &Server, env: Envelope) -> DeliveryResult {
     }
     match kind {
         ServiceKind::Muc => server.services.muc.stop(key),
+        ServiceKind::Upload => {}
     }
     let fwd = Envelope {
         hops: env.hops + 1,
@@ -430,6 +457,26 @@ pub fn fanout_from_node(server: &Server, env: Envelope) -> DeliveryResult {
     } else {
         DeliveryResult::NoSession
     }
+}
+
+/// A stanza to an upload service (`upload.<domain>`): IQ requests are
+/// answered here (any node: slots and quotas are in the replicated store);
+/// a message gets `<service-unavailable/>`; presence and answers end here.
+async fn upload_stanza(server: &Server, el: Element) {
+    let request = el.name == "iq" && matches!(el.get_attr("type"), Some("get" | "set"));
+    if !request {
+        if el.name == "message" && el.get_attr("type") != Some("error") {
+            crate::session::im::bounce(server, &el, Condition::ServiceUnavailable);
+        }
+        return;
+    }
+    let to = el.get_attr("to").unwrap_or_default();
+    let Some(parent) = server.services.get(split(to).0).map(|h| h.parent.clone()) else {
+        return;
+    };
+    let from = el.get_attr("from").unwrap_or_default().to_owned();
+    let reply = crate::modules::upload::handle_iq(server, split(&from).0, &parent, &el).await;
+    let _ = crate::session::im::deliver_to_full(server, &from, reply);
 }
 
 #[cfg(test)]

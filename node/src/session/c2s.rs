@@ -946,18 +946,6 @@ impl<S: Transport> Session<S> {
             return self.reply_error(&el, Condition::BadRequest.into()).await;
         };
         let to = el.get_attr("to").map(str::to_owned);
-        // XEP-0363: the upload service of a served domain.
-        if let Some(domain) = to
-            .as_deref()
-            .and_then(|t| modules::upload::service_domain(&self.server, t))
-        {
-            if !kind.is_request() {
-                return Ok(());
-            }
-            let mut reply = modules::upload::handle_iq(&self.server, &self.bare, domain, &el).await;
-            reply.set_attr("to", self.full.as_str());
-            return self.reply(&reply).await;
-        }
         let dest = match to.as_deref().map(|t| im::destination(&self.server, t)) {
             None => None,
             Some(Ok(d)) => Some(d),
