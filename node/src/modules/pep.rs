@@ -1558,51 +1558,44 @@ pub mod bookmarks {
         el.is("storage", NS_BOOKMARKS)
     }
 
-    /// XEP-0223's options for private data.
-    fn options() -> Element {
+    /// Publish-options (XEP-0060 §7.1.5) with these fields.
+    fn publish_options(fields: &[(&str, &str)]) -> Element {
         let field = |var: &str, v: &str| {
             Element::new("field", NS_DATA)
                 .attr("var", var)
                 .child(Element::new("value", NS_DATA).text(v))
         };
-        Element::new("publish-options", NS_PUBSUB).child(
-            Element::new("x", NS_DATA)
-                .attr("type", "submit")
-                .child(
-                    Element::new("field", NS_DATA)
-                        .attr("var", "FORM_TYPE")
-                        .attr("type", "hidden")
-                        .child(Element::new("value", NS_DATA).text(PUBLISH_OPTIONS)),
-                )
-                .child(field("pubsub#persist_items", "true"))
-                .child(field("pubsub#access_model", "whitelist"))
-                .child(field("pubsub#send_last_published_item", "never")),
-        )
+        let mut x = Element::new("x", NS_DATA).attr("type", "submit").child(
+            Element::new("field", NS_DATA)
+                .attr("var", "FORM_TYPE")
+                .attr("type", "hidden")
+                .child(Element::new("value", NS_DATA).text(PUBLISH_OPTIONS)),
+        );
+        for (var, v) in fields {
+            x = x.child(field(var, v));
+        }
+        Element::new("publish-options", NS_PUBSUB).child(x)
+    }
+
+    /// XEP-0223's options for private data.
+    fn options() -> Element {
+        publish_options(&[
+            ("pubsub#persist_items", "true"),
+            ("pubsub#access_model", "whitelist"),
+            ("pubsub#send_last_published_item", "never"),
+        ])
     }
 
     pub const NS_BOOKMARKS2: &str = "urn:xmpp:bookmarks:1";
 
     /// The options XEP-0402 §3 publishes with.
     fn options2() -> Element {
-        let field = |var: &str, v: &str| {
-            Element::new("field", NS_DATA)
-                .attr("var", var)
-                .child(Element::new("value", NS_DATA).text(v))
-        };
-        Element::new("publish-options", NS_PUBSUB).child(
-            Element::new("x", NS_DATA)
-                .attr("type", "submit")
-                .child(
-                    Element::new("field", NS_DATA)
-                        .attr("var", "FORM_TYPE")
-                        .attr("type", "hidden")
-                        .child(Element::new("value", NS_DATA).text(PUBLISH_OPTIONS)),
-                )
-                .child(field("pubsub#persist_items", "true"))
-                .child(field("pubsub#max_items", "max"))
-                .child(field("pubsub#send_last_published_item", "never"))
-                .child(field("pubsub#access_model", "whitelist")),
-        )
+        publish_options(&[
+            ("pubsub#persist_items", "true"),
+            ("pubsub#max_items", "max"),
+            ("pubsub#send_last_published_item", "never"),
+            ("pubsub#access_model", "whitelist"),
+        ])
     }
 
     /// The payloads of a node's items, by id, oldest first.
