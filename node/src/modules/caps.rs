@@ -30,6 +30,10 @@ pub const SERVER_NODE: &str = "https://github.com/starling-xmpp/starling";
 pub static MODULE: Module = Module {
     name: "caps",
     spec: "XEP-0115",
+    // §6.3: an entity that supports caps MUST say so in its disco#info
+    // (clients, Smack's `areEntityCapsSupportedByServer` among them, look
+    // for it before they trust the stream feature).
+    features: &[NS_CAPS],
     stream_features: &[StreamFeature {
         stage: Stage::PostAuth,
         // Replaced by the registry with the element carrying this
