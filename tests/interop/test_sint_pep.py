@@ -479,3 +479,28 @@ def test_smack_publish_to_own_bare_jid(server):
     wait_payload(one, bare(one.jid), MOOD, marker, caps_one)
     one.close()
     two.close()
+
+
+# ------------------------------------------------------------ VersionIntegrationTest
+
+def test_version(server):
+    """VersionIntegrationTest.testVersion (XEP-0092 between clients, no subscription
+    between them): conOne's disco#info and jabber:iq:version get to conTwo's full JID are
+    delivered to conTwo (RFC 6121 8.5.3.1) and its answers come back."""
+    one = login(server, Caps(), "sintver1")
+    caps = Caps(extra=("jabber:iq:version",))
+    two = login(server, caps, "sintver2")
+    qel = _disco_full(one, two, caps)
+    assert "jabber:iq:version" in [f.get("var") for f in qel.findall(q(DISCO_INFO, "feature"))]
+    iid = f"sint-ver-{rnd()}"
+    name = f"Smack Integration Test {rnd()}"
+    one.send_raw(f"<iq type='get' id='{iid}' to='{two.jid}'><query xmlns='jabber:iq:version'/></iq>")
+    got = two.recv(lambda e: e.tag == C("iq") and e.get("id") == iid, what="the forwarded version query")
+    assert got.get("from") == one.jid and got.get("type") == "get", tostring(got)
+    two.send_raw(f"<iq type='result' id='{iid}' to='{one.jid}'><query xmlns='jabber:iq:version'>"
+                 f"<name>{name}</name><version>1.0</version></query></iq>")
+    r = one.recv(lambda e: e.tag == C("iq") and e.get("id") == iid, what="version result")
+    assert r.get("type") == "result" and r.get("from") == two.jid, tostring(r)
+    assert r.find("{jabber:iq:version}query").findtext("{jabber:iq:version}name") == name, tostring(r)
+    one.close()
+    two.close()
