@@ -504,3 +504,39 @@ def test_version(server):
     assert r.find("{jabber:iq:version}query").findtext("{jabber:iq:version}name") == name, tostring(r)
     one.close()
     two.close()
+
+
+# ------------------------------------------------- a filter change while a query is in flight
+
+NICK = "http://jabber.org/protocol/nick"
+
+
+def test_filter_change_back_while_caps_query_in_flight(server):
+    """Smack adds and removes PEP listeners (each a new presence with new caps) without
+    waiting for the server: a client that shows '+notify' for tune in caps X, then moves
+    on to caps Y without it before answering the server's query about X, must not get
+    the tune (XEP-0163 4.3: notifications, the last item included, go only to resources
+    whose current caps ask for them)."""
+    one, two = pair(server)
+    owner = bare(one.jid)
+    ok(smack_publish(one, TUNE, tune("not for two")))
+    x = Caps(TUNE)
+    two.presence(extra=x.c())
+    query_x = two.recv(is_caps_query, what="caps query about X")
+    y = Caps(NICK)
+    two.presence(extra=y.c())
+    y.answer(two, two.recv(is_caps_query, what="caps query about Y"))
+    x.answer(two, query_x)
+    ok(two.ping_server())
+    ok(smack_publish(one, NICK, f"<nick xmlns='{NICK}'>marker</nick>"))
+    got = []
+    for _ in range(20):
+        e = two.recv(lambda e: event_payload(e, owner, TUNE) is not None
+                     or event_payload(e, owner, NICK) is not None, what="the nick marker")
+        got.append(e)
+        if event_payload(e, owner, NICK) is not None:
+            break
+    assert not [e for e in got if event_payload(e, owner, TUNE) is not None], \
+        "tune sent for caps the client had left: " + tostring(got[0])
+    one.close()
+    two.close()

@@ -283,9 +283,30 @@ pub async fn answer(server: &Server, from: &str, el: &Element) -> Option<Arc<[St
         tracing::debug!(error = %e, "could not store verified caps");
     }
     for full in std::iter::once(from).chain(asked.waiting.iter().map(String::as_str)) {
-        super::pep::caps_learned(server, full, &shared);
+        // A session that has moved on to other caps meanwhile wants what
+        // those say (its presence with them was handled then), not these.
+        if presents(server, full, ver) {
+            super::pep::caps_learned(server, full, &shared);
+        }
     }
     Some(shared)
+}
+
+/// Whether `full` is available with `ver` in its current presence.
+fn presents(server: &Server, full: &str, ver: &str) -> bool {
+    let (bare, Some(resource)) = crate::stanza::split(full) else {
+        return false;
+    };
+    server.router.with_resources(bare, |rs| {
+        rs.iter().any(|r| {
+            &*r.resource == resource
+                && r.available
+                && r.presence
+                    .as_ref()
+                    .and_then(caps_of)
+                    .is_some_and(|(_, v, _)| v == ver)
+        })
+    })
 }
 
 /// A form field of a disco#info answer: its var and sorted values.
