@@ -540,3 +540,26 @@ def test_filter_change_back_while_caps_query_in_flight(server):
         "tune sent for caps the client had left: " + tostring(got[0])
     one.close()
     two.close()
+
+
+@pytest.mark.parametrize("node", [GEOLOC, MOOD, TUNE], ids=["geoloc", "mood", "tune"])
+def test_stop_publishing(server, node):
+    """What Smack's stopPublishing* send (XEP-0080 4, XEP-0107 2, XEP-0118 4: an empty
+    payload element means 'no longer'): accepted and delivered to the interested contact
+    as the new item."""
+    one, two = pair(server)
+    caps = show_interest(two, node)
+    local = node.rsplit("/", 1)[1]
+    ok(smack_publish(one, node, f"<{local} xmlns='{node}'/>"))
+    end = time.monotonic() + 8
+    while time.monotonic() < end:
+        e = two.recv(lambda e: is_caps_query(e) or event_payload(e, bare(one.jid), node) is not None,
+                     max(0.1, end - time.monotonic()), what=f"empty {local} notification")
+        if is_caps_query(e):
+            caps.answer(two, e)
+            continue
+        p = event_payload(e, bare(one.jid), node)
+        assert p.tag == q(node, local) and len(p) == 0 and not (p.text or "").strip(), tostring(p)
+        break
+    one.close()
+    two.close()
