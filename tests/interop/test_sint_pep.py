@@ -9,7 +9,14 @@ capabilities (XEP-0115) through the server:
   hash/node/ver attributes of the stream feature, verification string, mirrored node,
   SHA-1.
 - EntityCapabilitiesOptimizationIntegrationTest: testFirstPresence, testUpdated.
-- SoftwareInfoIntegrationTest (XEP-0232), EntityCaps2IntegrationTest (XEP-0390).
+- SoftwareInfoIntegrationTest (XEP-0232), EntityCaps2IntegrationTest (XEP-0390),
+  VersionIntegrationTest (XEP-0092 between clients).
+- Beyond the Java: caps changed again while the server's query about the previous ones
+  is in flight; the empty payloads of Smack's stopPublishing*.
+
+Not applicable: PubSubIntegrationTest and the server extensions' XEP-0060 section 5 and
+XEP-0248 tests need a pubsub service (pubsub.<domain>, category pubsub/service), which
+Starling does not host (Smack's getPubSubService finds none: 'not possible').
 
 Like Smack's managers, publishing sends a plain <publish/> without item id and without a
 'to' (the account's own PEP service), and a client shows interest by a new presence whose
