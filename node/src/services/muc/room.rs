@@ -1741,7 +1741,7 @@ impl State {
                 None => Some(self.disco_info(server)),
             },
             ("query", NS_REGISTER, _) => Some(self.register(server, &from, payload, set).await?),
-            ("query", NS_ITEMS, false) => Some(Element::new("query", NS_ITEMS)),
+            ("query", NS_ITEMS, false) => Some(self.disco_items(payload)),
             ("ping", NS_PING, false) => None,
             ("query", NS_MUC_OWNER, _) => match self.owner_iq(server, &from, payload, set).await? {
                 Reply::Sent => return Ok(()),
@@ -1765,9 +1765,17 @@ impl State {
         request: bool,
     ) -> Result<(), StanzaError> {
         let Some(sender) = sender else {
+            // XEP-0045 §6.6: a disco request from a non-occupant to an
+            // occupant JID MUST get <bad-request/>; anything else (a
+            // XEP-0410 self-ping among them) <not-acceptable/>.
+            let disco = el.has_child("query", NS_INFO) || el.has_child("query", NS_ITEMS);
             return if request {
                 Err(StanzaError::with_text(
-                    Condition::NotAcceptable,
+                    if disco {
+                        Condition::BadRequest
+                    } else {
+                        Condition::NotAcceptable
+                    },
                     "you are not an occupant of this room",
                 ))
             } else {
@@ -1790,6 +1798,24 @@ impl State {
         out.set_attr("from", self.occupant_jid(sender));
         send_el(server, &t.jid, out);
         Ok(())
+    }
+
+    /// XEP-0045 §6.5: the room's items. A public room lists its occupants'
+    /// room JIDs (nicks are what any visitor sees on entering anyway); a
+    /// hidden room, or a request for a node, gets an empty list.
+    fn disco_items(&self, payload: &Element) -> Element {
+        let mut q = Element::new("query", NS_ITEMS);
+        let public = self.rec.as_ref().is_some_and(|r| r.config.public);
+        if public && payload.get_attr("node").is_none() {
+            for nick in self.occupants.keys() {
+                q = q.child(
+                    Element::new("item", NS_ITEMS)
+                        .attr("jid", self.occupant_jid(nick))
+                        .attr("name", nick.as_str()),
+                );
+            }
+        }
+        q
     }
 
     fn disco_info(&self, server: &Server) -> Element {
