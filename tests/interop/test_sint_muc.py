@@ -1,6 +1,8 @@
 """Port of the XEP-0045 tests of the XMPP interop tests (Smack's smack-integration-test,
 package org.jivesoftware.smackx.muc): MultiUserChatIntegrationTest,
-MultiUserChatEntityIntegrationTest and MultiUserChatOccupantIntegrationTest.
+MultiUserChatEntityIntegrationTest, MultiUserChatOccupantIntegrationTest and
+MultiUserChatRolesAffiliationsPrivilegesIntegrationTest (its receiving / witnessing pairs and
+the three default-role tests are parametrised, one case per Java test or pair).
 
 One test per Java test, named after it, raw XML through rawxmpp. The Java fixtures map to:
 createMuc = join with <x xmlns='muc'/> (status 201) + the empty submit form (an instant
@@ -542,4 +544,157 @@ def test_mucLeaveTest(server, clients):
     p = leave(one, room, "nick-one")
     assert p.get("from") == f"{room}/nick-one" and p.get("to") == one.jid
     join(one, room, "nick-one")
+    try_destroy(one, room)
+
+
+# ----------------------------------------------------------------------------- MultiUserChatRolesAffiliationsPrivilegesIntegrationTest
+
+def _bare(c):
+    return c.jid.split("/")[0]
+
+
+def _is_item_change(room, nick, **attrs):
+    def pred(e):
+        if e.tag != C("presence") or e.get("from") != f"{room}/{nick}" or e.get("type") is not None:
+            return False
+        it = item(e)
+        return it is not None and all(it.get(k) == v for k, v in attrs.items())
+    return pred
+
+
+ROLE_CHANGES = [
+    # (Java test(s): receiving / witnessing, the changes made by the owner, the final item)
+    ("mucRoleTestForReceivingModerator / mucRoleTestForWitnessingModerator", "9.6",
+     [("role", "moderator")], {"role": "moderator"}),
+    ("mucRoleTestForRemovingModerator / mucRoleTestForWitnessingModeratorRemoval", "9.7",
+     [("role", "moderator"), ("role", "participant")], {"role": "participant"}),
+    ("mucRoleTestForRevokingVoice / mucRoleTestForWitnessingRevokingVoice", "8.4",
+     [("role", "visitor")], {"role": "visitor"}),
+    ("mucAffiliationTestForReceivingAdmin / mucAffiliationTestForWitnessingAdmin", "10.6",
+     [("affiliation", "admin")], {"affiliation": "admin", "role": "moderator"}),
+    ("mucAffiliationTestForRemovingAdmin / mucAffiliationTestForWitnessingAdminRemoval", "10.7",
+     [("affiliation", "admin"), ("affiliation", "none")], {"affiliation": "none", "role": "participant"}),
+]
+
+
+@pytest.mark.parametrize("java,section,changes,final", ROLE_CHANGES, ids=[r[1] for r in ROLE_CHANGES])
+def test_mucRoleOrAffiliationChangeIsReceivedAndWitnessed(server, clients, java, section, changes, final):
+    """MultiUserChatRolesAffiliationsPrivilegesIntegrationTest: the ten receiving / witnessing tests,
+    XEP-0045 5.1.3 / 5.2.2 and the section in the id: the changed occupant (self-presence, 110) and
+    another occupant both get the updated presence."""
+    one, two, three = users(3, server, clients)
+    room = new_room(server, "inttest")
+    n2, n3 = "two-" + rnd(), "three-" + rnd()
+    create_muc(one, room, "one-" + rnd())
+    join(two, room, n2)
+    join(three, room, n3)
+    two.drain(0.1)
+    three.drain(0.1)
+    for kind, value in changes:
+        target = f"nick='{n2}'" if kind == "role" else f"jid='{_bare(two)}'"
+        ok(admin(one, room, f"<item {target} {kind}='{value}'/>"))
+        attrs = {kind: value} if kind == "role" else {"affiliation": value}
+        own = two.recv(_is_item_change(room, n2, **attrs), timeout=10, what=f"{java}: own {kind} {value}")
+        assert "110" in codes(own), tostring(own)
+        three.recv(_is_item_change(room, n2, **attrs), timeout=10, what=f"{java}: witnessed {kind} {value}")
+    assert all(item(own).get(k) == v for k, v in final.items()), tostring(own)
+    try_destroy(one, room)
+
+
+@pytest.mark.parametrize("witness", [False, True], ids=["mucPresenceTestForGettingKicked",
+                                                        "mucPresenceTestForWitnessingKick"])
+def test_mucPresenceTestForKick(server, clients, witness):
+    """MultiUserChatRolesAffiliationsPrivilegesIntegrationTest.mucPresenceTestForGettingKicked /
+    mucPresenceTestForWitnessingKick, XEP-0045 8.2: unavailable with 307 and role none; 110 only for
+    the kicked occupant; an item jid, if any, is the kicked occupant's full JID."""
+    one, two, three = users(3, server, clients)
+    room = new_room(server, "inttest")
+    n2, n3 = "two-" + rnd(), "three-" + rnd()
+    create_muc(one, room, "one-" + rnd())
+    join(two, room, n2)
+    join(three, room, n3)
+    ok(admin(one, room, f"<item nick='{n2}' role='none'><reason>Nothing personal. Just a test.</reason></item>"))
+    c = three if witness else two
+    p = c.recv(is_pres_from(f"{room}/{n2}", "unavailable"), timeout=10)
+    assert "307" in codes(p), tostring(p)
+    assert ("110" in codes(p)) != witness, tostring(p)
+    assert item(p).get("role") == "none"
+    assert item(p).get("jid") in (None, two.jid)
+    try_destroy(one, room)
+
+
+def test_mucTestPersistentAffiliation(server, clients):
+    """MultiUserChatRolesAffiliationsPrivilegesIntegrationTest.mucTestPersistentAffiliation, XEP-0045
+    5.2: affiliations persist across visits (by bare JID)."""
+    one, two, three = users(3, server, clients)
+    room = new_room(server, "inttest")
+    n2, n3 = "two-" + rnd(), "three-" + rnd()
+    create_muc(one, room, "one-" + rnd())
+    join(two, room, n2)
+    join(three, room, n3)
+    ok(admin(one, room, f"<item jid='{_bare(two)}' affiliation='owner'/>"))
+    ok(admin(one, room, f"<item jid='{_bare(three)}' affiliation='admin'/>"))
+    leave(two, room, n2)
+    leave(three, room, n3)
+    _, p2, _, _ = join(two, room, n2)
+    _, p3, _, _ = join(three, room, n3)
+    assert item(p2).get("affiliation") == "owner", tostring(p2)
+    assert item(p3).get("affiliation") == "admin", tostring(p3)
+    try_destroy(one, room)
+
+
+def test_mucTestModeratorCannotRevokeVoiceFromOwner(server, clients):
+    """MultiUserChatRolesAffiliationsPrivilegesIntegrationTest.mucTestModeratorCannotRevokeVoiceFromOwner,
+    XEP-0045 5.1.1 / 8.4: revoking voice from an owner is <not-allowed/>."""
+    one, two = users(2, server, clients)
+    room = new_room(server, "inttest")
+    n1, n2 = "one-" + rnd(), "two-" + rnd()
+    create_muc(one, room, n1, {"moderatedroom": 1})
+    join(two, room, n2)
+    ok(admin(one, room, f"<item nick='{n2}' role='moderator'/>"))
+    assert err_of(admin(two, room, f"<item nick='{n1}' role='visitor'/>")) == "not-allowed"
+    try_destroy(one, room)
+
+
+def test_mucTestModeratorCannotBeRevokedFromHigherAffiliation(server, clients):
+    """MultiUserChatRolesAffiliationsPrivilegesIntegrationTest.mucTestModeratorCannotBeRevokedFromHigherAffiliation,
+    XEP-0045 5.1.3 (SHOULD NOT): an admin cannot take the moderator role of an owner, an unaffiliated
+    moderator not that of an owner or an admin; the Java test wants <not-allowed/> each time."""
+    one, two, three = users(3, server, clients)
+    room = new_room(server, "inttest")
+    n1, n2, n3 = "one-" + rnd(), "two-" + rnd(), "three-" + rnd()
+    create_muc(one, room, n1, {"moderatedroom": 1})
+    join(two, room, n2)
+    join(three, room, n3)
+    ok(admin(one, room, f"<item jid='{_bare(two)}' affiliation='admin'/>"))
+    ok(admin(one, room, f"<item nick='{n3}' role='moderator'/>"))
+    assert err_of(admin(two, room, f"<item nick='{n1}' role='participant'/>")) == "not-allowed"
+    assert err_of(admin(three, room, f"<item nick='{n1}' role='participant'/>")) == "not-allowed"
+    assert err_of(admin(three, room, f"<item nick='{n2}' role='participant'/>")) == "not-allowed"
+    try_destroy(one, room)
+
+
+@pytest.mark.parametrize("kind", ["Unmoderated", "Moderated", "MembersOnly"])
+def test_mucTestDefaultRoleForAffiliationInRoom(server, clients, kind):
+    """MultiUserChatRolesAffiliationsPrivilegesIntegrationTest.mucTestDefaultRoleForAffiliationIn{kind}Room,
+    XEP-0045 5.1.2 (SHOULD): owner and admin enter as moderators; an unaffiliated user as participant
+    (unmoderated) or visitor (moderated), a member of a members-only room as participant."""
+    one, two, three = users(3, server, clients)
+    room = new_room(server, kind.lower() + "roles")
+    n1, n2, n3 = "one-" + rnd(), "two-" + rnd(), "three-" + rnd()
+    fields = {"Unmoderated": None, "Moderated": {"moderatedroom": 1}, "MembersOnly": {"membersonly": 1}}[kind]
+    create_muc(one, room, n1, fields)
+    if kind == "MembersOnly":
+        ok(admin(one, room, f"<item jid='{_bare(two)}' affiliation='member'/>"))
+        ok(admin(one, room, f"<item jid='{_bare(three)}' affiliation='member'/>"))
+    ok(admin(one, room, f"<item jid='{_bare(two)}' affiliation='admin'/>"))
+    before, _, _, _ = join(two, room, n2)
+    join(three, room, n3)
+    seen = {f"{room}/{n1}": item(p).get("role") for p in before if p.get("from") == f"{room}/{n1}"}
+    for nick in (n2, n3):
+        p = one.recv(is_pres_from(f"{room}/{nick}"), timeout=10)
+        seen[nick] = item(p).get("role")
+    assert seen[f"{room}/{n1}"] == "moderator"
+    assert seen[n2] == "moderator"
+    assert seen[n3] == ("visitor" if kind == "Moderated" else "participant"), seen
     try_destroy(one, room)
