@@ -19,7 +19,7 @@ import time
 import pytest
 
 from rawxmpp import C, XMPPTimeout, q, stanza_error, tostring
-from test_muc import (NS_ADMIN, NS_DATA, NS_INFO, NS_ITEMS, NS_MUC, NS_OWNER, NS_USER, admin, codes,
+from test_muc import (NS_INFO, NS_ITEMS, NS_MUC, NS_OWNER, NS_USER, admin, codes,
                       configure, err_of, groupchat, instant, is_pres_from, item, join, join_error,
                       join_send, new_room, ok, recv_gc, service)
 from test_sint_helpers import rnd

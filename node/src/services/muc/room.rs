@@ -517,7 +517,7 @@ impl State {
     fn system_shutdown(&mut self, server: &Server) {
         for (nick, o) in &self.occupants {
             let aff = self.affiliation(server, o.bare());
-            let mut p = self.unavailable_item(nick, None, aff, &[332]);
+            let mut p = self.unavailable_item(nick, None, aff, &[332], &o.oid);
             if let Some(x) = p.get_child_mut("x", NS_MUC_USER) {
                 x.children.push(Node::Element(status(110)));
             }
@@ -649,7 +649,8 @@ impl State {
             let (bare, res) = split(&o.jid);
             let at = res.and_then(|r| server.router.find(bare, r));
             if at.is_none() {
-                gone.push(nick);
+                let oid = self.occupant_id(bare);
+                gone.push((nick, oid));
                 continue;
             }
             let presence = parse_payload(&o.presence);
@@ -669,13 +670,13 @@ impl State {
         if !gone.is_empty() {
             tracing::info!(room = %self.jid, n = gone.len(), "occupants whose sessions are gone left");
             let changes: Vec<(&str, Option<&OccupantRecord>)> =
-                gone.iter().map(|n| (n.as_str(), None)).collect();
+                gone.iter().map(|(n, _)| (n.as_str(), None)).collect();
             server
                 .storage
                 .muc_write::<RoomRecord, _>(&self.jid, None, &changes)
                 .await?;
-            for nick in &gone {
-                let un = self.unavailable_item(nick, None, Affiliation::None, &[]);
+            for (nick, oid) in &gone {
+                let un = self.unavailable_item(nick, None, Affiliation::None, &[], oid);
                 self.broadcast_el(server, un);
             }
             if self.occupants.is_empty() && self.rec.as_ref().is_some_and(|r| !r.config.persistent)
@@ -799,13 +800,15 @@ impl State {
     }
 
     /// The unavailable presence of a leaving occupant `nick` (already
-    /// removed or not) with `codes`.
+    /// removed or not) with `codes`; XEP-0421 §4: every presence the room
+    /// sends carries the occupant's id, so does this one.
     fn unavailable_item(
         &self,
         nick: &str,
         jid: Option<&str>,
         aff: Affiliation,
         codes: &[u16],
+        oid: &str,
     ) -> Element {
         let mut item = Element::new("item", NS_MUC_USER)
             .attr("affiliation", aff.name())
@@ -821,6 +824,7 @@ impl State {
             .attr("from", self.occupant_jid(nick))
             .attr("type", "unavailable")
             .child(x)
+            .child(Element::new("occupant-id", NS_OCCUPANT_ID).attr("id", oid))
     }
 
     /// Sends `el` (no `to`) to every occupant.
@@ -1066,7 +1070,8 @@ impl State {
             let p = Element::new("presence", NS_CLIENT)
                 .attr("from", self.occupant_jid(old))
                 .attr("type", "unavailable")
-                .child(x);
+                .child(x)
+                .child(Element::new("occupant-id", NS_OCCUPANT_ID).attr("id", occ.oid.as_str()));
             send_el(server, &o.jid, p);
         }
         self.occupants.insert(new.to_owned(), occ);
@@ -1097,8 +1102,13 @@ impl State {
             .collect();
         for o in self.occupants.values().chain(std::iter::once(&occ)) {
             let with_jid = self.whois_anyone() || o.role == Role::Moderator;
-            let mut p =
-                self.unavailable_item(nick, with_jid.then_some(occ.jid.as_str()), aff, codes);
+            let mut p = self.unavailable_item(
+                nick,
+                with_jid.then_some(occ.jid.as_str()),
+                aff,
+                codes,
+                &occ.oid,
+            );
             for s in &payload {
                 p.children.insert(0, Node::Element(s.clone()));
             }
@@ -1273,6 +1283,11 @@ impl State {
             let mut out = reflected(el, &self.occupant_jid(nick));
             out.children
                 .retain(|c| matches!(c, Node::Element(e) if e.is("subject", NS_CLIENT)));
+            // XEP-0421 §4: on every message the room sends.
+            out.children.push(Node::Element(
+                Element::new("occupant-id", NS_OCCUPANT_ID)
+                    .attr("id", self.occupants[nick].oid.as_str()),
+            ));
             self.broadcast_el(server, out);
             return Ok(());
         }
@@ -2133,7 +2148,8 @@ impl State {
             let p = Element::new("presence", NS_CLIENT)
                 .attr("from", self.occupant_jid(nick))
                 .attr("type", "unavailable")
-                .child(x);
+                .child(x)
+                .child(Element::new("occupant-id", NS_OCCUPANT_ID).attr("id", o.oid.as_str()));
             send_el(server, &o.jid, p);
         }
         self.occupants.clear();
@@ -2403,8 +2419,13 @@ impl State {
             let aff = self.affiliation(server, occ.bare());
             for o in self.occupants.values().chain(std::iter::once(&occ)) {
                 let with_jid = self.whois_anyone() || o.role == Role::Moderator;
-                let mut p =
-                    self.unavailable_item(nick, with_jid.then_some(occ.jid.as_str()), aff, codes);
+                let mut p = self.unavailable_item(
+                    nick,
+                    with_jid.then_some(occ.jid.as_str()),
+                    aff,
+                    codes,
+                    &occ.oid,
+                );
                 if let Some(x) = p.get_child_mut("x", NS_MUC_USER)
                     && let Some(Node::Element(item)) = x.children.first_mut()
                 {
