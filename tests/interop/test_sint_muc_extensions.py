@@ -119,7 +119,9 @@ CHANGES = {
     "Kick": ("nick", "role='none'", "unavailable", "307"),
     "Ban": ("jid", "affiliation='outcast'", "unavailable", "301"),
     "RoleChange": ("nick", "role='moderator'", None, None),
-    "AffiliationChange": ("jid", "affiliation='member'", None, None),
+    "AffiliationChangeToMember": ("jid", "affiliation='member'", None, None),
+    "AffiliationChangeToAdmin": ("jid", "affiliation='admin'", None, None),
+    "AffiliationChangeToOwner": ("jid", "affiliation='owner'", None, None),
     "RevokeVoice": ("nick", "role='visitor'", None, None),
 }
 
@@ -127,8 +129,10 @@ CHANGES = {
 @pytest.mark.parametrize("who", ["Reflected", "Broadcast"])
 @pytest.mark.parametrize("change", list(CHANGES))
 def test_testOccupantIdInModerationPresence(server, clients, change, who):
-    """OccupantIdIntegrationTest, the presences a moderator's action makes (kick, ban, role and
-    affiliation changes; the room owner acts), XEP-0421 4: "every presence sent by a MUC"."""
+    """OccupantIdIntegrationTest.testOccupantIdIn{Reflected,Broadcast}{RoleChangeToModerator,
+    RevokeVoice, AffiliationChangeToOutcast / Member / Admin / Owner} and the kick, XEP-0421 4:
+    "every presence sent by a MUC" (the owner acts). Kick and ban failed before: the unavailable
+    presence had no occupant-id."""
     room, one, two, three = occ_room(server, clients)
     join(two, room, "test-recipient")
     _, own, _, _ = join(one, room, "test-joiner")
@@ -142,6 +146,42 @@ def test_testOccupantIdInModerationPresence(server, clients, change, who):
     if code:
         assert code in codes(p), tostring(p)
     assert oid(p) == oid(own)
+
+
+@pytest.mark.parametrize("who", ["Reflected", "Broadcast"])
+def test_testOccupantIdInAffiliationChangeToNone(server, clients, who):
+    """OccupantIdIntegrationTest.testOccupantIdIn{Reflected,Broadcast}AffiliationChangeToNone."""
+    room, one, two, three = occ_room(server, clients)
+    join(two, room, "test-recipient")
+    _, own, _, _ = join(one, room, "test-joiner")
+    bare = one.jid.split("/")[0]
+    c = one if who == "Reflected" else two
+    for aff in ("member", "none"):
+        ok(admin(three, room, f"<item jid='{bare}' affiliation='{aff}'/>"))
+        p = c.recv(lambda e: e.tag == C("presence") and e.get("from") == f"{room}/test-joiner"
+                   and e.find(q("http://jabber.org/protocol/muc#user", "x")) is not None
+                   and e.find(q("http://jabber.org/protocol/muc#user", "x")).find(
+                       q("http://jabber.org/protocol/muc#user", "item")).get("affiliation") == aff, timeout=10)
+    assert oid(p) == oid(own)
+
+
+@pytest.mark.parametrize("same_nick", [True, False], ids=["", "AfterNicknameChange"])
+@pytest.mark.parametrize("who", ["Reflected", "Broadcast"])
+def test_testOccupantIdInJoinPresenceRemainsTheSame(server, clients, who, same_nick):
+    """OccupantIdIntegrationTest.testOccupantIdIn{Reflected,Broadcast}JoinPresenceRemainsTheSame[AfterNicknameChange],
+    XEP-0421 4.1: the id is stable across visits and nicks (it follows the real bare JID)."""
+    room, one, two, _ = occ_room(server, clients)
+    join(two, room, "test-recipient")
+    first, second = "test-joiner-A", ("test-joiner-A" if same_nick else "test-joiner-B")
+    ids = []
+    for nick in (first, second):
+        _, own, _, _ = join(one, room, nick)
+        p = own if who == "Reflected" else two.recv(is_pres_from(f"{room}/{nick}"), timeout=10)
+        ids.append(oid(p))
+        one.presence(to=f"{room}/{nick}", type_="unavailable")
+        one.recv(is_pres_from(f"{room}/{nick}", "unavailable"), timeout=10)
+        two.recv(is_pres_from(f"{room}/{nick}", "unavailable"), timeout=10)
+    assert ids[0] == ids[1]
 
 
 def test_testOccupantIdInDestroyPresence(server, clients):
