@@ -2,7 +2,8 @@
 package org.jivesoftware.smackx.muc): MultiUserChatIntegrationTest,
 MultiUserChatEntityIntegrationTest, MultiUserChatOccupantIntegrationTest and
 MultiUserChatRolesAffiliationsPrivilegesIntegrationTest (its receiving / witnessing pairs and
-the three default-role tests are parametrised, one case per Java test or pair).
+the three default-role tests are parametrised, one case per Java test or pair),
+UserStatusIntegrationTest and ParticipantStatusIntegrationTest.
 
 One test per Java test, named after it, raw XML through rawxmpp. The Java fixtures map to:
 createMuc = join with <x xmlns='muc'/> (status 201) + the empty submit form (an instant
@@ -697,4 +698,38 @@ def test_mucTestDefaultRoleForAffiliationInRoom(server, clients, kind):
     assert seen[f"{room}/{n1}"] == "moderator"
     assert seen[n2] == "moderator"
     assert seen[n3] == ("visitor" if kind == "Moderated" else "participant"), seen
+    try_destroy(one, room)
+
+
+# ----------------------------------------------------------------------------- UserStatusIntegrationTest / ParticipantStatusIntegrationTest
+
+@pytest.mark.parametrize("witness", [False, True], ids=["UserStatus", "ParticipantStatus"])
+@pytest.mark.parametrize("members_only", [False, True], ids=["InOpenRoom", "InMemberOnlyRoom"])
+def test_testMembershipRevoked(server, clients, members_only, witness):
+    """UserStatusIntegrationTest.testMembershipRevokedIn{Open,MemberOnly}Room (the target's view) and
+    ParticipantStatusIntegrationTest's same pair (another occupant's view), XEP-0045 9.4: revoking
+    membership sends presence with affiliation none; in a members-only room the user is removed
+    (unavailable, status 321)."""
+    one, two, three = users(3, server, clients)
+    room = new_room(server, "userstatus-membership-revoked")
+    target = "target-" + rnd()
+    create_muc(one, room, "owner-" + rnd(), {"membersonly": 1} if members_only else None)
+    ok(admin(one, room, f"<item jid='{two.jid.split('/')[0]}' affiliation='member'/>"))
+    if members_only:
+        ok(admin(one, room, f"<item jid='{three.jid.split('/')[0]}' affiliation='member'/>"))
+    join(three, room, "witness-" + rnd())
+    join(two, room, target)
+    for w in (one, three):
+        w.recv(is_pres_from(f"{room}/{target}"), timeout=10)
+    ok(admin(one, room, f"<item jid='{two.jid.split('/')[0]}' affiliation='none'/>"))
+    # the Java witness is the owner; a plain occupant is checked too
+    for c in ((one, three) if witness else (two,)):
+        p = c.recv(lambda e: e.tag == C("presence") and e.get("from") == f"{room}/{target}", timeout=10)
+        assert item(p).get("affiliation") == "none", tostring(p)
+        if members_only:
+            assert p.get("type") == "unavailable" and "321" in codes(p), tostring(p)
+            assert item(p).get("role") == "none"
+        else:
+            assert p.get("type") is None, tostring(p)
+        assert ("110" in codes(p)) != witness
     try_destroy(one, room)
