@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from rawxmpp import C, XMPPTimeout, q, stanza_error, tostring
+from rawxmpp import C, XMPPTimeout, q, stanza_error, tostring, xml_escape
 from test_muc import (NS_INFO, NS_ITEMS, NS_MUC, NS_OWNER, NS_USER, admin, codes,
                       configure, err_of, groupchat, instant, is_pres_from, item, join, join_error,
                       join_send, new_room, ok, recv_gc, service)
@@ -39,7 +39,8 @@ def create_muc(c, room, nick, fields=None):
 
 
 def try_destroy(c, room):
-    c.iq("set", f"<query xmlns='{NS_OWNER}'><destroy/></query>", to=room)
+    """The Java tests' clean-up (tryDestroy / destroy); here it must succeed too."""
+    ok(c.iq("set", f"<query xmlns='{NS_OWNER}'><destroy/></query>", to=room))
 
 
 def users(n, server, clients):
@@ -481,7 +482,8 @@ def test_mucJoinLockedRoomTest(server, clients):
     _, own, _, _ = join(one, room, "one-" + rnd())
     assert "201" in codes(own)
     assert join_error(two, room, "two-" + rnd()) == "item-not-found"
-    try_destroy(one, room)
+    # the Java test's clean-up: destroy() of the still locked room must succeed
+    ok(one.iq("set", f"<query xmlns='{NS_OWNER}'><destroy/></query>", to=room))
 
 
 def test_mucJoinRoomWithPublicLoggingTest(server, clients):
@@ -732,4 +734,29 @@ def test_testMembershipRevoked(server, clients, members_only, witness):
         else:
             assert p.get("type") is None, tostring(p)
         assert ("110" in codes(p)) != witness
+    try_destroy(one, room)
+
+
+def test_config_form_round_trip_as_smack_submits_it(server, clients):
+    """Not a Java test, the fixture under all of them: Smack's MucConfigFormManager fetches the
+    form, keeps the current muc#roomconfig_roomowners and submits them with the changed fields;
+    every form the room hands out must come back accepted unchanged."""
+    (one,) = users(1, server, clients)
+    room = new_room(server, "roundtrip")
+    create_muc(one, room, "one-" + rnd())
+    r = ok(one.iq("get", f"<query xmlns='{NS_OWNER}'/>", to=room))
+    x = r.find(q("http://jabber.org/protocol/muc#owner", "query")).find(q("jabber:x:data", "x"))
+    owners = [f for f in x.findall(q("jabber:x:data", "field")) if f.get("var") == "muc#roomconfig_roomowners"]
+    assert owners and [v.text for v in owners[0].findall(q("jabber:x:data", "value"))] == [one.jid.split("/")[0]]
+    fields = []
+    for f in x.findall(q("jabber:x:data", "field")):
+        if f.get("type") == "fixed" or f.get("var") is None:
+            continue
+        vals = "".join(f"<value>{xml_escape(v.text or '')}</value>" for v in f.findall(q("jabber:x:data", "value")))
+        if f.get("var") == "muc#roomconfig_roomname":
+            vals = "<value>Round Trip</value>"
+        fields.append(f"<field var='{f.get('var')}'>{vals}</field>")
+    ok(one.iq("set", f"<query xmlns='{NS_OWNER}'><x xmlns='jabber:x:data' type='submit'>{''.join(fields)}</x></query>",
+              to=room))
+    assert room_name(one, room) == "Round Trip"
     try_destroy(one, room)
