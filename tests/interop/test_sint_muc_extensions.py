@@ -184,6 +184,21 @@ def test_testOccupantIdInJoinPresenceRemainsTheSame(server, clients, who, same_n
     assert ids[0] == ids[1]
 
 
+def test_testOccupantIdDoesntContainUsernameAndLength(server, clients):
+    """OccupantIdIntegrationTest.testOccupantIdDoesntContainUsername and testOccupantIdLength,
+    XEP-0421 4.1: pseudonymous (not the localpart), at most 128 characters; and a join presence
+    carrying a client-made occupant-id still gets exactly one, the room's."""
+    room, one, two, _ = occ_room(server, clients)
+    join(two, room, "test-recipient")
+    needle = "ReplaceMe" + rnd(5)
+    one.presence(to=f"{room}/test-user", extra=f"<x xmlns='http://jabber.org/protocol/muc'/>{fake(needle)}")
+    own = one.recv(lambda e: e.tag == C("presence") and e.get("from") == f"{room}/test-user"
+                   and "110" in codes(e), timeout=10)
+    value = oid(own)
+    assert one.jid.split("@")[0] not in value and len(value) <= 128, value
+    assert oid(two.recv(is_pres_from(f"{room}/test-user"), timeout=10)) == value != needle
+
+
 def test_testOccupantIdInDestroyPresence(server, clients):
     """OccupantIdIntegrationTest: the unavailable presence of a destroyed room carries the id too."""
     room, one, _, three = occ_room(server, clients)
