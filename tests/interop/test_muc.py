@@ -857,12 +857,15 @@ def test_shutdown_tells_occupants_332(fresh_server, clients):
     s = fresh_server
     c = clients.add(s.online("msd"))
     room = f"sd{uuid.uuid4().hex[:8]}@conference.{s.domain}"
-    instant(c, room, "me")
+    own = instant(c, room, "me")
     c.drain(0.3)
     s.stop()
     p = c.recv(lambda e: e.tag == C("presence") and e.get("from") == f"{room}/me"
                and e.get("type") == "unavailable", timeout=10)
     assert {"332", "110"}.issubset(codes(p)), tostring(p)
+    # XEP-0421 4: on every presence the room sends, this one too
+    ids = [o.get("id") for o in p.findall(q(NS_OID, "occupant-id"))]
+    assert ids == [own.find(q(NS_OID, "occupant-id")).get("id")], tostring(p)
 
 
 def test_nick_registration_reserves_the_nick(server, clients):

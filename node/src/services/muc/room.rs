@@ -517,7 +517,7 @@ impl State {
     fn system_shutdown(&mut self, server: &Server) {
         for (nick, o) in &self.occupants {
             let aff = self.affiliation(server, o.bare());
-            let mut p = self.unavailable_item(nick, None, aff, &[332]);
+            let mut p = self.unavailable_item(nick, None, aff, &[332], &o.oid);
             if let Some(x) = p.get_child_mut("x", NS_MUC_USER) {
                 x.children.push(Node::Element(status(110)));
             }
@@ -649,7 +649,8 @@ impl State {
             let (bare, res) = split(&o.jid);
             let at = res.and_then(|r| server.router.find(bare, r));
             if at.is_none() {
-                gone.push(nick);
+                let oid = self.occupant_id(bare);
+                gone.push((nick, oid));
                 continue;
             }
             let presence = parse_payload(&o.presence);
@@ -669,13 +670,13 @@ impl State {
         if !gone.is_empty() {
             tracing::info!(room = %self.jid, n = gone.len(), "occupants whose sessions are gone left");
             let changes: Vec<(&str, Option<&OccupantRecord>)> =
-                gone.iter().map(|n| (n.as_str(), None)).collect();
+                gone.iter().map(|(n, _)| (n.as_str(), None)).collect();
             server
                 .storage
                 .muc_write::<RoomRecord, _>(&self.jid, None, &changes)
                 .await?;
-            for nick in &gone {
-                let un = self.unavailable_item(nick, None, Affiliation::None, &[]);
+            for (nick, oid) in &gone {
+                let un = self.unavailable_item(nick, None, Affiliation::None, &[], oid);
                 self.broadcast_el(server, un);
             }
             if self.occupants.is_empty() && self.rec.as_ref().is_some_and(|r| !r.config.persistent)
@@ -799,13 +800,15 @@ impl State {
     }
 
     /// The unavailable presence of a leaving occupant `nick` (already
-    /// removed or not) with `codes`.
+    /// removed or not) with `codes`; XEP-0421 §4: every presence the room
+    /// sends carries the occupant's id, so does this one.
     fn unavailable_item(
         &self,
         nick: &str,
         jid: Option<&str>,
         aff: Affiliation,
         codes: &[u16],
+        oid: &str,
     ) -> Element {
         let mut item = Element::new("item", NS_MUC_USER)
             .attr("affiliation", aff.name())
@@ -821,6 +824,7 @@ impl State {
             .attr("from", self.occupant_jid(nick))
             .attr("type", "unavailable")
             .child(x)
+            .child(Element::new("occupant-id", NS_OCCUPANT_ID).attr("id", oid))
     }
 
     /// Sends `el` (no `to`) to every occupant.
@@ -1066,7 +1070,8 @@ impl State {
             let p = Element::new("presence", NS_CLIENT)
                 .attr("from", self.occupant_jid(old))
                 .attr("type", "unavailable")
-                .child(x);
+                .child(x)
+                .child(Element::new("occupant-id", NS_OCCUPANT_ID).attr("id", occ.oid.as_str()));
             send_el(server, &o.jid, p);
         }
         self.occupants.insert(new.to_owned(), occ);
@@ -1097,8 +1102,13 @@ impl State {
             .collect();
         for o in self.occupants.values().chain(std::iter::once(&occ)) {
             let with_jid = self.whois_anyone() || o.role == Role::Moderator;
-            let mut p =
-                self.unavailable_item(nick, with_jid.then_some(occ.jid.as_str()), aff, codes);
+            let mut p = self.unavailable_item(
+                nick,
+                with_jid.then_some(occ.jid.as_str()),
+                aff,
+                codes,
+                &occ.oid,
+            );
             for s in &payload {
                 p.children.insert(0, Node::Element(s.clone()));
             }
@@ -1273,6 +1283,11 @@ impl State {
             let mut out = reflected(el, &self.occupant_jid(nick));
             out.children
                 .retain(|c| matches!(c, Node::Element(e) if e.is("subject", NS_CLIENT)));
+            // XEP-0421 §4: on every message the room sends.
+            out.children.push(Node::Element(
+                Element::new("occupant-id", NS_OCCUPANT_ID)
+                    .attr("id", self.occupants[nick].oid.as_str()),
+            ));
             self.broadcast_el(server, out);
             return Ok(());
         }
@@ -1741,7 +1756,7 @@ impl State {
                 None => Some(self.disco_info(server)),
             },
             ("query", NS_REGISTER, _) => Some(self.register(server, &from, payload, set).await?),
-            ("query", NS_ITEMS, false) => Some(Element::new("query", NS_ITEMS)),
+            ("query", NS_ITEMS, false) => Some(self.disco_items(payload)),
             ("ping", NS_PING, false) => None,
             ("query", NS_MUC_OWNER, _) => match self.owner_iq(server, &from, payload, set).await? {
                 Reply::Sent => return Ok(()),
@@ -1765,9 +1780,17 @@ impl State {
         request: bool,
     ) -> Result<(), StanzaError> {
         let Some(sender) = sender else {
+            // XEP-0045 §6.6: a disco request from a non-occupant to an
+            // occupant JID MUST get <bad-request/>; anything else (a
+            // XEP-0410 self-ping among them) <not-acceptable/>.
+            let disco = el.has_child("query", NS_INFO) || el.has_child("query", NS_ITEMS);
             return if request {
                 Err(StanzaError::with_text(
-                    Condition::NotAcceptable,
+                    if disco {
+                        Condition::BadRequest
+                    } else {
+                        Condition::NotAcceptable
+                    },
                     "you are not an occupant of this room",
                 ))
             } else {
@@ -1790,6 +1813,24 @@ impl State {
         out.set_attr("from", self.occupant_jid(sender));
         send_el(server, &t.jid, out);
         Ok(())
+    }
+
+    /// XEP-0045 §6.5: the room's items. A public room lists its occupants'
+    /// room JIDs (nicks are what any visitor sees on entering anyway); a
+    /// hidden room, or a request for a node, gets an empty list.
+    fn disco_items(&self, payload: &Element) -> Element {
+        let mut q = Element::new("query", NS_ITEMS);
+        let public = self.rec.as_ref().is_some_and(|r| r.config.public);
+        if public && payload.get_attr("node").is_none() {
+            for nick in self.occupants.keys() {
+                q = q.child(
+                    Element::new("item", NS_ITEMS)
+                        .attr("jid", self.occupant_jid(nick))
+                        .attr("name", nick.as_str()),
+                );
+            }
+        }
+        q
     }
 
     fn disco_info(&self, server: &Server) -> Element {
@@ -2107,7 +2148,8 @@ impl State {
             let p = Element::new("presence", NS_CLIENT)
                 .attr("from", self.occupant_jid(nick))
                 .attr("type", "unavailable")
-                .child(x);
+                .child(x)
+                .child(Element::new("occupant-id", NS_OCCUPANT_ID).attr("id", o.oid.as_str()));
             send_el(server, &o.jid, p);
         }
         self.occupants.clear();
@@ -2377,8 +2419,13 @@ impl State {
             let aff = self.affiliation(server, occ.bare());
             for o in self.occupants.values().chain(std::iter::once(&occ)) {
                 let with_jid = self.whois_anyone() || o.role == Role::Moderator;
-                let mut p =
-                    self.unavailable_item(nick, with_jid.then_some(occ.jid.as_str()), aff, codes);
+                let mut p = self.unavailable_item(
+                    nick,
+                    with_jid.then_some(occ.jid.as_str()),
+                    aff,
+                    codes,
+                    &occ.oid,
+                );
                 if let Some(x) = p.get_child_mut("x", NS_MUC_USER)
                     && let Some(Node::Element(item)) = x.children.first_mut()
                 {
