@@ -97,7 +97,146 @@ impl SledKv {
             .cache_capacity(SLED_CACHE_BYTES)
             .open()
             .map_err(err)?;
-        Ok(SledKv { db })
+        let kv = SledKv { db };
+        kv.finish_journaled()?;
+        Ok(kv)
+    }
+
+    fn journal(&self) -> KvResult<sled::Tree> {
+        self.db.open_tree(JOURNAL_TREE).map_err(err)
+    }
+
+    /// Redoes a journaled `write_multi` that a crash interrupted (its
+    /// changes are final values: applying them again is harmless).
+    fn finish_journaled(&self) -> KvResult<()> {
+        let journal = self.journal()?;
+        let Some(bytes) = journal.get(JOURNAL_KEY).map_err(err)? else {
+            return Ok(());
+        };
+        let mut named = Vec::new();
+        for (name, changes) in journal::decode(&bytes).map_err(err)? {
+            named.push((self.db.open_tree(name).map_err(err)?, changes));
+        }
+        tracing::info!(
+            trees = named.len(),
+            "finishing a multi-tree write that a crash interrupted"
+        );
+        apply_each(&named)?;
+        journal.remove(JOURNAL_KEY).map_err(err)?;
+        Ok(())
+    }
+}
+
+/// The tree holding the changes of the `write_multi` being applied.
+const JOURNAL_TREE: &str = "__starling_journal";
+const JOURNAL_KEY: &[u8] = b"pending";
+
+/// A `write_multi` whose journal record would be larger than this is
+/// written as a sled transaction instead: a large write amortises the
+/// transaction's cost, and sled would store such a record as a blob file.
+const MAX_JOURNALED_BYTES: usize = 64 << 10;
+
+fn apply_each<C: AsRef<[u8]>>(named: &[(sled::Tree, Vec<(C, Option<C>)>)]) -> KvResult<()> {
+    for (tree, changes) in named {
+        for (k, v) in changes {
+            match v {
+                Some(v) => tree.insert(k.as_ref(), v.as_ref()).map(drop),
+                None => tree.remove(k.as_ref()).map(drop),
+            }
+            .map_err(err)?;
+        }
+    }
+    Ok(())
+}
+
+/// The journal record: a tree count, then per tree its name and changes,
+/// each length-prefixed (u32, big endian), a change's value after a tag
+/// byte (1: set, 0: remove).
+mod journal {
+    use super::Change;
+
+    pub fn encoded_len(changes: &[(&[u8], &[Change])]) -> usize {
+        4 + changes
+            .iter()
+            .map(|(name, cs)| {
+                8 + name.len()
+                    + cs.iter()
+                        .map(|(k, v)| 5 + k.len() + v.as_ref().map_or(0, |v| 4 + v.len()))
+                        .sum::<usize>()
+            })
+            .sum::<usize>()
+    }
+
+    pub fn encode(changes: &[(&[u8], &[Change])]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(encoded_len(changes));
+        let len = |out: &mut Vec<u8>, n: usize| out.extend_from_slice(&(n as u32).to_be_bytes());
+        len(&mut out, changes.len());
+        for (name, cs) in changes {
+            len(&mut out, name.len());
+            out.extend_from_slice(name);
+            len(&mut out, cs.len());
+            for (k, v) in cs.iter() {
+                len(&mut out, k.len());
+                out.extend_from_slice(k);
+                match v {
+                    Some(v) => {
+                        out.push(1);
+                        len(&mut out, v.len());
+                        out.extend_from_slice(v);
+                    }
+                    None => out.push(0),
+                }
+            }
+        }
+        out
+    }
+
+    struct Reader<'a>(&'a [u8]);
+
+    impl<'a> Reader<'a> {
+        fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+            if self.0.len() < n {
+                return Err("journal record cut short".into());
+            }
+            let (head, rest) = self.0.split_at(n);
+            self.0 = rest;
+            Ok(head)
+        }
+
+        fn len(&mut self) -> Result<usize, String> {
+            let b = self.take(4)?;
+            Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        }
+
+        fn bytes(&mut self) -> Result<Vec<u8>, String> {
+            let n = self.len()?;
+            Ok(self.take(n)?.to_vec())
+        }
+    }
+
+    pub fn decode(b: &[u8]) -> Result<Vec<(Vec<u8>, Vec<Change>)>, String> {
+        let mut r = Reader(b);
+        let trees = r.len()?;
+        let mut out = Vec::new();
+        for _ in 0..trees {
+            let name = r.bytes()?;
+            let n = r.len()?;
+            let mut cs = Vec::new();
+            for _ in 0..n {
+                let k = r.bytes()?;
+                let v = match r.take(1)?[0] {
+                    1 => Some(r.bytes()?),
+                    0 => None,
+                    t => return Err(format!("journal record: bad tag {t}")),
+                };
+                cs.push((k, v));
+            }
+            out.push((name, cs));
+        }
+        if !r.0.is_empty() {
+            return Err("journal record: trailing bytes".into());
+        }
+        Ok(out)
     }
 }
 
@@ -234,15 +373,38 @@ impl Kv for SledKv {
             .collect())
     }
 
+    /// Atomic across a crash without a sled batch or transaction: each of
+    /// those rolls sled's I/O buffer through its thread pool, which wakes
+    /// all seven of its threads (`notify_all`) twice per write — most of
+    /// the cost of applying a Raft entry. Instead the changes go first into
+    /// one journal record, then into their trees one by one, then the
+    /// record goes. sled recovers a prefix of its log: a crash leaves
+    /// either no record and no change of this write, or the record, which
+    /// `open` applies again (the changes are final values).
     fn write_multi(&self, changes: Vec<(SledTree, Vec<Change>)>) -> KvResult<()> {
         use sled::transaction::{TransactionError, Transactional};
-        match changes.len() {
-            0 => return Ok(()),
-            1 => {
-                let (t, c) = changes.into_iter().next().expect("one");
-                return t.write(c);
-            }
-            _ => {}
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<sled::IVec> = changes.iter().map(|(t, _)| t.tree.name()).collect();
+        let listed: Vec<(&[u8], &[Change])> = names
+            .iter()
+            .zip(&changes)
+            .map(|(n, (_, c))| (n.as_ref(), c.as_slice()))
+            .collect();
+        if journal::encoded_len(&listed) <= MAX_JOURNALED_BYTES {
+            let record = journal::encode(&listed);
+            let journal = self.journal()?;
+            journal.insert(JOURNAL_KEY, record).map_err(err)?;
+            let named: Vec<(sled::Tree, Vec<Change>)> =
+                changes.into_iter().map(|(t, c)| (t.tree, c)).collect();
+            apply_each(&named)?;
+            journal.remove(JOURNAL_KEY).map_err(err)?;
+            return Ok(());
+        }
+        if changes.len() == 1 {
+            let (t, c) = changes.into_iter().next().expect("one");
+            return t.write(c);
         }
         let trees: Vec<sled::Tree> = changes.iter().map(|(t, _)| t.tree.clone()).collect();
         let batches: Vec<sled::Batch> = changes.into_iter().map(|(_, c)| batch(c)).collect();
@@ -458,6 +620,77 @@ impl Kv for MemKv {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_multi_tree_write_interrupted_by_a_crash_is_finished_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let kv = SledKv::open(dir.path()).unwrap();
+            let a = kv.tree("a").unwrap();
+            a.insert(b"gone", b"0").unwrap();
+            // What a crash after the journal record and the first change
+            // leaves behind.
+            let in_a: Vec<Change> = vec![
+                (b"k".to_vec(), Some(b"1".to_vec())),
+                (b"gone".to_vec(), None),
+            ];
+            let in_b: Vec<Change> = vec![(b"y".to_vec(), Some(b"2".to_vec()))];
+            let changes: Vec<(&[u8], &[Change])> = vec![(b"a", &in_a), (b"b", &in_b)];
+            kv.journal()
+                .unwrap()
+                .insert(JOURNAL_KEY, journal::encode(&changes))
+                .unwrap();
+            a.insert(b"k", b"1").unwrap();
+            kv.flush().unwrap();
+        }
+        let kv = SledKv::open(dir.path()).unwrap();
+        let (a, b) = (kv.tree("a").unwrap(), kv.tree("b").unwrap());
+        assert_eq!(a.get(b"k").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(a.get(b"gone").unwrap(), None);
+        assert_eq!(b.get(b"y").unwrap(), Some(b"2".to_vec()));
+        assert_eq!(kv.journal().unwrap().get(JOURNAL_KEY).unwrap(), None);
+    }
+
+    #[test]
+    fn journal_records_decode_to_what_was_encoded_and_refuse_damage() {
+        let cs: Vec<Change> = vec![
+            (b"k".to_vec(), Some(vec![7; 300])),
+            (Vec::new(), None),
+            (b"e".to_vec(), Some(Vec::new())),
+        ];
+        let listed: Vec<(&[u8], &[Change])> = vec![(b"t1", &cs), (b"", &[])];
+        let bytes = journal::encode(&listed);
+        assert_eq!(bytes.len(), journal::encoded_len(&listed));
+        let back = journal::decode(&bytes).unwrap();
+        assert_eq!(
+            back,
+            vec![(b"t1".to_vec(), cs.clone()), (Vec::new(), Vec::new())]
+        );
+        for cut in [1, bytes.len() / 2, bytes.len() - 1] {
+            assert!(journal::decode(&bytes[..cut]).is_err());
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(journal::decode(&longer).is_err());
+    }
+
+    #[test]
+    fn large_multi_tree_writes_still_apply_and_leave_no_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = SledKv::open(dir.path()).unwrap();
+        let (a, b) = (kv.tree("a").unwrap(), kv.tree("b").unwrap());
+        let big: Vec<Change> = (0..100u32)
+            .map(|i| (i.to_be_bytes().to_vec(), Some(vec![1; 1024])))
+            .collect();
+        kv.write_multi(vec![
+            (a.clone(), big),
+            (b.clone(), vec![(b"m".to_vec(), Some(b"1".to_vec()))]),
+        ])
+        .unwrap();
+        assert_eq!(a.count_prefix(b"").unwrap(), 100);
+        assert_eq!(b.get(b"m").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(kv.journal().unwrap().get(JOURNAL_KEY).unwrap(), None);
+    }
 
     #[test]
     fn trees_ranges_and_multi_tree_batches() {
