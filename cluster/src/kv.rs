@@ -136,7 +136,10 @@ const JOURNAL_KEY: &[u8] = b"pending";
 /// transaction's cost, and sled would store such a record as a blob file.
 const MAX_JOURNALED_BYTES: usize = 64 << 10;
 
-fn apply_each<C: AsRef<[u8]>>(named: &[(sled::Tree, Vec<(C, Option<C>)>)]) -> KvResult<()> {
+/// A tree and the changes (key, `Some(value)` sets, `None` removes) for it.
+type TreeChanges<C> = (sled::Tree, Vec<(C, Option<C>)>);
+
+fn apply_each<C: AsRef<[u8]>>(named: &[TreeChanges<C>]) -> KvResult<()> {
     for (tree, changes) in named {
         for (k, v) in changes {
             match v {
@@ -214,7 +217,10 @@ mod journal {
         }
     }
 
-    pub fn decode(b: &[u8]) -> Result<Vec<(Vec<u8>, Vec<Change>)>, String> {
+    /// Tree names and their changes.
+    pub type Decoded = Vec<(Vec<u8>, Vec<Change>)>;
+
+    pub fn decode(b: &[u8]) -> Result<Decoded, String> {
         let mut r = Reader(b);
         let trees = r.len()?;
         let mut out = Vec::new();
