@@ -8,6 +8,13 @@
 //!
 //! On a follower the batch goes to the leader's `ForwardWrite` instead.
 //!
+//! A write may also be queued "behind" ([`Writes::queue`]): its caller
+//! does not wait for it (the message archive, whose sender's session counts
+//! the message handled once it committed). An entry of such writes only
+//! lingers longer for company (`behind_linger`); a waited-for write that
+//! comes meanwhile ends the linger. While lingering the batcher sleeps,
+//! and queued writes do not wake it one by one.
+//!
 //! Must not interpret a write (that is `store::apply`) nor wait for this
 //! replica to apply it (`access` does): it only batches, proposes or
 //! forwards, and hands each caller its results.
@@ -16,7 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::error::{StoreError, client_write_error};
 use crate::metrics;
@@ -71,25 +78,110 @@ pub struct Pending {
     /// The store's own bookkeeping (lease renewals, expiry): not counted
     /// in `StoreStats`.
     pub internal: bool,
+    /// Nobody waits for it (`Writes::queue`).
+    pub behind: bool,
+}
+
+/// What a write's caller gets back: its results and the log index of the
+/// entry that carried it.
+pub type Reply = oneshot::Receiver<Result<(Vec<OpResult>, u64), StoreError>>;
+
+/// The way into one group's batcher. Cheap to clone.
+#[derive(Clone)]
+pub struct Writes {
+    tx: mpsc::Sender<Pending>,
+    linger: Arc<Linger>,
+}
+
+/// The batcher's side of [`Writes`].
+pub struct Queue {
+    rx: mpsc::Receiver<Pending>,
+    linger: Arc<Linger>,
+}
+
+/// Set while the batcher lingers for queued-behind writes only: a write
+/// whose caller waits then wakes it.
+#[derive(Default)]
+struct Linger {
+    behind: std::sync::atomic::AtomicBool,
+    wake: Notify,
+    /// Writes queued behind and not yet answered.
+    in_flight: AtomicU64,
+}
+
+pub fn channel() -> (Writes, Queue) {
+    let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+    let linger = Arc::new(Linger::default());
+    (
+        Writes {
+            tx,
+            linger: linger.clone(),
+        },
+        Queue { rx, linger },
+    )
+}
+
+impl Writes {
+    /// Queues `ops` and waits for their results and the log index of the
+    /// entry that carried them.
+    pub async fn submit(
+        &self,
+        ops: Vec<Op>,
+        internal: bool,
+    ) -> Result<(Vec<OpResult>, u64), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Pending {
+                ops,
+                reply,
+                internal,
+                behind: false,
+            })
+            .await
+            .map_err(|_| StoreError::Shutdown)?;
+        if self.linger.behind.load(Ordering::Acquire) {
+            self.linger.wake.notify_one();
+        }
+        rx.await.map_err(|_| StoreError::Shutdown)?
+    }
+
+    /// Queues `ops` now, without waiting: they are proposed whether or not
+    /// the reply is awaited. A full queue gives the ops back.
+    pub fn queue(&self, ops: Vec<Op>) -> Result<Reply, Vec<Op>> {
+        let (reply, rx) = oneshot::channel();
+        let pending = Pending {
+            ops,
+            reply,
+            internal: false,
+            behind: true,
+        };
+        match self.tx.try_send(pending) {
+            Ok(()) => {
+                self.linger.in_flight.fetch_add(1, Ordering::AcqRel);
+                Ok(rx)
+            }
+            Err(mpsc::error::TrySendError::Full(p) | mpsc::error::TrySendError::Closed(p)) => {
+                Err(p.ops)
+            }
+        }
+    }
+}
+
+impl Writes {
+    /// Whether writes queued behind are not answered yet.
+    pub fn behind_in_flight(&self) -> bool {
+        self.linger.in_flight.load(Ordering::Acquire) > 0
+    }
 }
 
 /// Queues `ops` for the batcher behind `writes` and waits for their
 /// results and the log index of the entry that carried them.
 pub async fn submit(
-    writes: &mpsc::Sender<Pending>,
+    writes: &Writes,
     ops: Vec<Op>,
     internal: bool,
 ) -> Result<(Vec<OpResult>, u64), StoreError> {
-    let (reply, rx) = oneshot::channel();
-    writes
-        .send(Pending {
-            ops,
-            reply,
-            internal,
-        })
-        .await
-        .map_err(|_| StoreError::Shutdown)?;
-    rx.await.map_err(|_| StoreError::Shutdown)?
+    writes.submit(ops, internal).await
 }
 
 /// Counters for diagnostics and tests.
@@ -99,15 +191,21 @@ pub struct Counters {
     pub writes: AtomicU64,
 }
 
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     raft: Raft,
     transport: Arc<Transport>,
-    mut rx: mpsc::Receiver<Pending>,
+    queue: Queue,
     counters: Arc<Counters>,
     timeout: Duration,
     linger: Duration,
+    behind_linger: Duration,
     tag: GroupTag,
 ) {
+    let Queue {
+        mut rx,
+        linger: lingering,
+    } = queue;
     let durable = tag.durable();
     let mut forwarder = Forwarder::new(transport, timeout, tag);
     // When the last entry was committed: a write that comes soon after it
@@ -115,27 +213,49 @@ pub async fn run(
     let mut last_commit: Option<Instant> = None;
     while let Some(first) = rx.recv().await {
         let mut bytes = write_bytes(&first.ops);
+        let mut behind = first.behind;
         let mut batch = vec![first];
         let busy = last_commit.is_some_and(|at| at.elapsed() < linger);
-        let until = tokio::time::Instant::now() + linger;
-        while batch.len() < MAX_WRITES_PER_ENTRY && bytes < MAX_ENTRY_BYTES {
-            let next = match rx.try_recv() {
-                Ok(p) => Some(p),
-                Err(_) if busy => tokio::time::timeout_at(until, rx.recv())
-                    .await
-                    .ok()
-                    .flatten(),
-                Err(_) => None,
-            };
-            match next {
-                Some(p) => {
-                    bytes += write_bytes(&p.ops);
-                    batch.push(p);
+        let opened = tokio::time::Instant::now();
+        loop {
+            while batch.len() < MAX_WRITES_PER_ENTRY && bytes < MAX_ENTRY_BYTES {
+                match rx.try_recv() {
+                    Ok(p) => {
+                        bytes += write_bytes(&p.ops);
+                        behind &= p.behind;
+                        batch.push(p);
+                    }
+                    Err(_) => break,
                 }
-                None => break,
             }
+            if batch.len() >= MAX_WRITES_PER_ENTRY || bytes >= MAX_ENTRY_BYTES {
+                break;
+            }
+            let wait = match (behind, busy) {
+                (true, _) => behind_linger.max(linger),
+                (false, true) => linger,
+                (false, false) => Duration::ZERO,
+            };
+            let until = opened + wait;
+            if tokio::time::Instant::now() >= until {
+                break;
+            }
+            // Asleep, not waiting on the queue: writes arriving meanwhile
+            // are taken when it ends, without a wake-up each. Only a
+            // waited-for write ends a linger for writes queued behind.
+            lingering.behind.store(behind, Ordering::Release);
+            if behind {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(until) => {}
+                    _ = lingering.wake.notified() => {}
+                }
+            } else {
+                tokio::time::sleep_until(until).await;
+            }
+            lingering.behind.store(false, Ordering::Release);
         }
         let external = batch.iter().filter(|p| !p.internal).count();
+        let behind_writes = batch.iter().filter(|p| p.behind).count() as u64;
         let (writes, replies): (Vec<_>, Vec<_>) =
             batch.into_iter().map(|p| (p.ops, p.reply)).unzip();
         let n = writes.len();
@@ -212,6 +332,9 @@ pub async fn run(
                 }
             }
         }
+        lingering
+            .in_flight
+            .fetch_sub(behind_writes, Ordering::AcqRel);
     }
 }
 

@@ -13,7 +13,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use openraft::{BasicNode, ServerState};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::batcher::{self, Counters};
 use crate::config::{StoreConfig, StoreOptions};
@@ -119,7 +119,7 @@ impl Store {
             alone = Store::await_start(&raft, cfg.node_id).await?;
         }
 
-        let (tx, rx) = mpsc::channel(batcher::WRITE_QUEUE);
+        let (tx, rx) = batcher::channel();
         let counters = Arc::new(Counters::default());
         tokio::spawn(batcher::run(
             raft.clone(),
@@ -128,6 +128,7 @@ impl Store {
             counters.clone(),
             Duration::from_millis(opts.write_timeout_ms.max(1)),
             Duration::from_micros(opts.write_linger_us),
+            Duration::from_micros(opts.behind_linger_us),
             raft::GroupTag::default(),
         ));
         tokio::spawn(report_metrics(raft.clone()));

@@ -53,6 +53,10 @@ pub struct StoreOptions {
     /// entry's commit), the durable group waits up to this long for more
     /// writes to share the entry (default 0: never).
     pub write_linger_us: u64,
+    /// How long an entry of writes nobody waits for (`Store::write_behind`:
+    /// the message archive) waits for more before it is proposed (default
+    /// 0: as other writes).
+    pub behind_linger_us: u64,
 }
 
 impl Default for StoreOptions {
@@ -64,6 +68,7 @@ impl Default for StoreOptions {
             lease: LeaseConfig::default(),
             write_timeout_ms: 10_000,
             write_linger_us: 0,
+            behind_linger_us: 0,
         }
     }
 }

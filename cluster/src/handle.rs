@@ -12,9 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
-
-use crate::batcher::{Counters, Pending};
+use crate::batcher::{self, Counters};
 use crate::delivery::Hub;
 use crate::error::{StoreError, storage};
 use crate::kv::{Kv, SledKv};
@@ -40,7 +38,7 @@ pub(crate) struct Inner {
     pub registry: Arc<Registry>,
     pub raft: raft::Raft,
     pub kv: SledKv,
-    pub writes: mpsc::Sender<Pending>,
+    pub writes: batcher::Writes,
     pub counters: Arc<Counters>,
     pub closed: AtomicBool,
 }

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use crate::batcher::{self, Pending};
+use crate::batcher;
 use crate::config::LeaseConfig;
 use crate::error::{StoreError, storage};
 use crate::events::{ClusterEvents, EXPIRED, Event, Hooks, LEASES, key_id, node_key};
@@ -128,7 +128,7 @@ pub fn check_health(leases: &Leases) -> bool {
 }
 
 async fn internal_write(
-    writes: &mpsc::Sender<Pending>,
+    writes: &batcher::Writes,
     ops: Vec<Op>,
     timeout: Duration,
 ) -> Result<(), StoreError> {
@@ -139,7 +139,7 @@ async fn internal_write(
 }
 
 /// Renews this node's lease until the store stops.
-pub async fn renew(leases: Arc<Leases>, writes: mpsc::Sender<Pending>) {
+pub async fn renew(leases: Arc<Leases>, writes: batcher::Writes) {
     let shared = &leases.shared;
     let cfg = leases.cfg;
     let mut stop = shared.stop.subscribe();
@@ -210,7 +210,7 @@ fn is_member(shared: &Shared) -> bool {
 /// Watches this node's health and, while it leads, the others' leases.
 pub async fn monitor(
     leases: Arc<Leases>,
-    writes: mpsc::Sender<Pending>,
+    writes: batcher::Writes,
     events: mpsc::UnboundedReceiver<Event>,
 ) {
     tokio::spawn(dispatch(leases.clone(), events));
@@ -360,7 +360,7 @@ pub fn expire_ops(id: u64) -> Vec<Op> {
 /// the dead node does not publish in.
 pub async fn expire(
     registry: &Registry,
-    writes: &mpsc::Sender<Pending>,
+    writes: &batcher::Writes,
     id: u64,
     timeout: Duration,
 ) -> Result<(), StoreError> {

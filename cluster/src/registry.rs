@@ -41,9 +41,8 @@ use std::time::{Duration, Instant};
 
 use openraft::{BasicNode, ChangeMembers, ServerState};
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
 
-use crate::batcher::{self, Counters, Pending};
+use crate::batcher::{self, Counters};
 use crate::codec::{decode, encode};
 use crate::config::LeaseConfig;
 use crate::error::{StoreError, client_write_error, storage};
@@ -173,7 +172,7 @@ pub struct Group {
     pub member: u64,
     pub raft: Raft,
     pub kv: MemKv,
-    pub writes: mpsc::Sender<Pending>,
+    pub writes: batcher::Writes,
     pub counters: Arc<Counters>,
     /// The trees of `routes::ROUTES`, `routes::NODE_ROUTES` and `READY`.
     trees: [MemTree; 3],
@@ -274,7 +273,7 @@ pub struct Registry {
     active: RwLock<Option<Arc<Group>>>,
     /// A group this node is joining: it already answers Raft RPCs.
     joining: RwLock<Option<Arc<Group>>>,
-    durable_writes: mpsc::Sender<Pending>,
+    durable_writes: batcher::Writes,
     lease: LeaseConfig,
     /// Set after this process dropped what an earlier run of the node left
     /// in the registry (its first activation).
@@ -301,7 +300,7 @@ impl Registry {
     pub fn new(
         shared: Arc<Shared>,
         hooks: Arc<Hooks>,
-        durable_writes: mpsc::Sender<Pending>,
+        durable_writes: batcher::Writes,
         lease: LeaseConfig,
     ) -> Registry {
         Registry {
@@ -411,7 +410,7 @@ impl Registry {
         )
         .await
         .map_err(storage)?;
-        let (tx, rx) = mpsc::channel(batcher::WRITE_QUEUE);
+        let (tx, rx) = batcher::channel();
         let counters = Arc::new(Counters::default());
         tokio::spawn(batcher::run(
             raft.clone(),
@@ -420,6 +419,7 @@ impl Registry {
             counters.clone(),
             self.shared.write_timeout,
             // The registry's entries are cheap (no fsync): no linger.
+            Duration::ZERO,
             Duration::ZERO,
             tag,
         ));
