@@ -80,6 +80,21 @@ impl Tree {
     }
 }
 
+/// A write queued by [`Store::write_behind`].
+pub struct QueuedWrite {
+    reply: batcher::Reply,
+    store: Store,
+}
+
+impl QueuedWrite {
+    /// The write's results, once committed and applied on this replica.
+    pub async fn done(self) -> Result<Vec<OpResult>, StoreError> {
+        let (results, index) = self.reply.await.map_err(|_| StoreError::Shutdown)??;
+        self.store.applied_here(index).await;
+        Ok(results)
+    }
+}
+
 /// Write-path counters since `open` (diagnostics).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StoreStats {
@@ -225,6 +240,44 @@ impl Store {
     /// the leader commits before this replica hears of the commit).
     async fn write_at(&self, ops: Vec<Op>) -> Result<(Vec<OpResult>, u64), StoreError> {
         let (results, index) = self.submit(ops, false).await?;
+        self.applied_here(index).await;
+        Ok((results, index))
+    }
+
+    /// Queues a write to the durable group now and returns at once: it is
+    /// proposed whether or not its [`QueuedWrite`] is awaited, in an entry
+    /// that may wait longer for company (`behind_linger_us`). For a caller
+    /// that learns of the commit later (the message archive, whose
+    /// sender's session acknowledges the message only then). The ops come
+    /// back when they are not for the durable group or its queue is full
+    /// (then `write` them).
+    pub fn write_behind(&self, ops: Vec<Op>) -> Result<QueuedWrite, Vec<Op>> {
+        if self.inner.closed.load(Ordering::SeqCst) || registry::write_group(&ops) != Some(false) {
+            return Err(ops);
+        }
+        let reply = self.inner.writes.queue(ops)?;
+        Ok(QueuedWrite {
+            reply,
+            store: self.clone(),
+        })
+    }
+
+    /// Returns once every write this node queued behind so far
+    /// ([`Store::write_behind`]) is committed (or failed): a read of what
+    /// they wrote (the message archive) then sees them. Free while none
+    /// is in flight; otherwise an empty write ends their entry's linger
+    /// and waits for it (entries commit in order).
+    pub async fn sync_behind(&self) {
+        if !self.inner.writes.behind_in_flight() {
+            return;
+        }
+        if let Err(e) = self.write_at(Vec::new()).await {
+            tracing::debug!(error = %e, "could not wait for the writes queued behind");
+        }
+    }
+
+    /// Waits (bounded) until this replica applied the entry at `index`.
+    async fn applied_here(&self, index: u64) {
         if self.applied_index() < index {
             let waited = self
                 .inner
@@ -237,7 +290,6 @@ impl Store {
                 tracing::warn!(index, error = %e, "write committed but not yet applied here");
             }
         }
-        Ok((results, index))
     }
 
     fn space(&self, space: &str) -> Result<Tree, StoreError> {

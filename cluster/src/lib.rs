@@ -40,7 +40,7 @@ mod status;
 mod store;
 mod transport;
 
-pub use crate::access::StoreStats;
+pub use crate::access::{QueuedWrite, StoreStats};
 pub use crate::config::{ClusterTls, LeaseConfig, StoreConfig, StoreOptions};
 pub use crate::delivery::{DeliveryError, DeliveryResult, Envelope, LocalDelivery};
 pub use crate::error::StoreError;

@@ -455,6 +455,12 @@ pub struct ClusterConfig {
     /// hand-offs for many. At 1,000 archived messages a second, 2 ms
     /// halves the server CPU per message for ~2 ms more latency. 0: never.
     pub write_linger_us: u64,
+    /// How long an entry holding only archive writes of messages already
+    /// delivered (to sessions of this node, from a session with stream
+    /// management: `session::im::route_message_behind`) waits for more
+    /// before it is proposed. It delays only the sender's acknowledgement
+    /// (`h`), not the delivery; a write somebody waits for ends it early.
+    pub behind_linger_us: u64,
 }
 
 impl Default for ClusterConfig {
@@ -470,6 +476,7 @@ impl Default for ClusterConfig {
             key: None,
             see_other_host: None,
             write_linger_us: 2000,
+            behind_linger_us: 10_000,
         }
     }
 }

@@ -48,6 +48,7 @@ fn store_options(cfg: &Config) -> StoreOptions {
     StoreOptions {
         tls: cfg.cluster.tls(),
         write_linger_us: cfg.cluster.write_linger_us,
+        behind_linger_us: cfg.cluster.behind_linger_us,
         ..StoreOptions::default()
     }
 }

@@ -857,6 +857,19 @@ pub struct ArchivePrefs {
     pub never: Vec<String>,
 }
 
+/// The writes that archive `entries` (owner, id, record); each fails
+/// with `Exists` where its id is taken.
+pub fn archive_ops(entries: &[(&str, u64, &ArchivedMessage)]) -> Vec<Op> {
+    entries
+        .iter()
+        .map(|(bare, id, m)| Op::Insert {
+            space: ARCHIVE.into(),
+            key: archive_key(bare, *id),
+            value: ser(m),
+        })
+        .collect()
+}
+
 fn archive_key(bare: &str, id: u64) -> Vec<u8> {
     let mut k = user_prefix(bare);
     k.extend_from_slice(&id.to_be_bytes());
@@ -891,14 +904,11 @@ impl Storage {
         &self,
         entries: &[(&str, u64, &ArchivedMessage)],
     ) -> Result<bool, StoreError> {
-        let ops = entries
-            .iter()
-            .map(|(bare, id, m)| Op::Insert {
-                space: ARCHIVE.into(),
-                key: archive_key(bare, *id),
-                value: ser(m),
-            })
-            .collect();
+        self.archive_ops(archive_ops(entries)).await
+    }
+
+    /// Writes [`archive_ops`]: false when an id was taken already.
+    pub async fn archive_ops(&self, ops: Vec<Op>) -> Result<bool, StoreError> {
         Ok(!self.write(ops).await?.contains(&OpResult::Exists))
     }
 

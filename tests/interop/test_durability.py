@@ -110,3 +110,27 @@ def test_last_activity_written_at_graceful_stop(fresh_server, clients):
     srv.start()
     _, status = _last_status(srv, clients, a_jid, a_pw, b.bare)
     assert status == "gone right before the stop"
+
+
+@pytest.mark.starling_only
+def test_messages_the_server_acked_are_archived_across_kill9(fresh_server, clients):
+    """XEP-0198: the h the server reports counts a message only once it is in the archive,
+    although a recipient on the same node gets it before the archive write commits."""
+    from test_mam import NS_MAM, mam
+    from test_sm import ack_h, login_sm
+    srv = fresh_server
+    a_jid, _, a_pw = srv.new_user("durackeda")
+    b = clients.add(srv.online("durackedb"))
+    b_jid, b_pw = b.bare, b.password
+    a, _ = login_sm(srv, a_jid, a_pw)
+    n = 30
+    for i in range(n):
+        a.message(b_jid, f"acked {i}")
+    # The ack is asked for at once and the server killed the moment it answers.
+    assert ack_h(a) == n + 1
+    kill9_and_restart(srv)
+    b2 = clients.add(srv.login(b_jid, b_pw, resource="after"))
+    results, _ = mam(b2, f"<x xmlns='jabber:x:data' type='submit'>"
+                         f"<field var='FORM_TYPE' type='hidden'><value>{NS_MAM}</value></field>"
+                         f"<field var='with'><value>{a_jid}</value></field></x>")
+    assert [r.body for r in results] == [f"acked {i}" for i in range(n)]

@@ -384,3 +384,28 @@ def test_slixmpp_stream_management(server):
 
     asyncio.run(asyncio.wait_for(scenario(), 40))
     sender.close()
+
+
+def test_messages_delivered_ahead_of_their_archive_write_are_in_a_query_sent_at_once(server):
+    """A sender with stream management and a recipient on the same node: the message is
+    delivered before its archive write commits (the sender's h waits for it). A query the
+    recipient sends the moment it has the messages (as Smack's MAM test does) still finds
+    every one."""
+    from test_mam import NS_MAM, mam
+    a_jid, _, a_pw = server.new_user("smbehinda")
+    b = server.online("smbehindb")
+    a, _ = login_sm(server, a_jid, a_pw)
+    n = 20
+    for i in range(n):
+        a.message(b.bare, f"ahead {i}")
+    got = bodies(b, n)
+    assert got == [f"ahead {i}" for i in range(n)]
+    results, fin = mam(b, f"<x xmlns='jabber:x:data' type='submit'>"
+                          f"<field var='FORM_TYPE' type='hidden'><value>{NS_MAM}</value></field>"
+                          f"<field var='with'><value>{a_jid}</value></field></x>")
+    assert [r.body for r in results] == got
+    assert fin.complete
+    # ...and the sender's h counts them (plus its presence).
+    assert ack_h(a) == n + 1
+    a.close()
+    b.close()

@@ -253,21 +253,35 @@ fn archives_with(
     })
 }
 
+/// A message's archive records, ready to write: the recipient's copy and
+/// the sender's (each if that account keeps it), under one id.
+pub struct Prepared {
+    id: u64,
+    records: Vec<(String, ArchivedMessage)>,
+    /// The message carries the recipient archive's `<stanza-id/>` (its
+    /// last child).
+    keep_in: bool,
+    started: std::time::Instant,
+}
+
 /// The archiving point, once per message a client sent to a local
 /// account (`session::im::route_message`, after the `MessageIn` hooks and
 /// before delivery or offline storage; a message the server routes again
 /// does not come here). Strips spoofed stanza-ids; then, when the message
-/// is worth keeping, writes the recipient's copy and the sender's (each
-/// if that account's preferences allow it) in one durable write, and adds
-/// the recipient archive's `<stanza-id/>` to the message about to be
-/// delivered. Returns once the write is committed: a stanza a session
-/// owes its client is in the archive before it is in the session.
-pub async fn archive(server: &Server, el: &mut Element, recipient: &str) -> Result<(), StoreError> {
+/// is worth keeping, makes the recipient's copy and the sender's (each if
+/// that account's preferences allow it) and adds the recipient archive's
+/// `<stanza-id/>` to the message about to be delivered. Nothing is
+/// written yet: see [`Prepared::write`] and [`Prepared::queue`].
+pub fn prepare(
+    server: &Server,
+    el: &mut Element,
+    recipient: &str,
+) -> Result<Option<Prepared>, StoreError> {
     let from = el.get_attr("from").unwrap_or_default().to_owned();
     let sender = split(&from).0.to_owned();
     strip_spoofed(el, recipient, &sender);
     if !server.config.mam.enabled || !worth_archiving(el) {
-        return Ok(());
+        return Ok(None);
     }
     let to = el.get_attr("to").unwrap_or_default().to_owned();
     let keep_in = archives_with(server, recipient, &prefs_of(server, recipient)?, &from)?;
@@ -280,46 +294,146 @@ pub async fn archive(server: &Server, el: &mut Element, recipient: &str) -> Resu
         && server.storage.account_exists(&sender)?
         && archives_with(server, &sender, &prefs_of(server, &sender)?, &to)?;
     if !keep_in && !keep_out {
-        return Ok(());
+        return Ok(None);
     }
     let started = std::time::Instant::now();
-    // An id is new unless this node's clock went back across a restart:
-    // then the write finds the key taken, and a later id is tried.
-    for _ in 0..ID_ATTEMPTS {
-        let id = next_id(server.storage.store.node_id());
-        let mut records = Vec::with_capacity(2);
-        // The sender's copy carries the sender archive's stanza-id, never
-        // the recipient's (XEP-0313 §3.5: only those who may read an
-        // archive see its ids); the message delivered carries the
-        // recipient's.
-        if keep_out {
-            el.children.push(Node::Element(stanza_id(&sender, id)));
-            records.push((sender.as_str(), copy(el, true, &to)));
-            el.children.pop();
-        }
-        if keep_in {
-            el.children.push(Node::Element(stanza_id(recipient, id)));
-            records.push((recipient, copy(el, false, &from)));
-        }
-        let entries: Vec<(&str, u64, &ArchivedMessage)> =
-            records.iter().map(|(owner, m)| (*owner, id, m)).collect();
-        let written = server.storage.archive(&entries).await;
-        if !matches!(written, Ok(true)) && keep_in {
-            // Not archived under this id: the message must not claim it.
-            el.children.pop();
-        }
-        if written? {
-            metrics::histogram!("starling_mam_write_seconds")
-                .record(started.elapsed().as_secs_f64());
-            metrics::counter!("starling_mam_archived_total").increment(records.len() as u64);
-            return Ok(());
-        }
+    let id = next_id(server.storage.store.node_id());
+    let mut records = Vec::with_capacity(2);
+    // The sender's copy carries the sender archive's stanza-id, never the
+    // recipient's (XEP-0313 §3.5: only those who may read an archive see
+    // its ids); the message delivered carries the recipient's.
+    if keep_out {
+        el.children.push(Node::Element(stanza_id(&sender, id)));
+        records.push((sender, copy(el, true, &to)));
+        el.children.pop();
+    }
+    if keep_in {
+        el.children.push(Node::Element(stanza_id(recipient, id)));
+        records.push((recipient.to_owned(), copy(el, false, &from)));
+    }
+    Ok(Some(Prepared {
+        id,
+        records,
+        keep_in,
+        started,
+    }))
+}
+
+impl Prepared {
+    fn ops(&self) -> Vec<starling_cluster::Op> {
+        let entries: Vec<(&str, u64, &ArchivedMessage)> = self
+            .records
+            .iter()
+            .map(|(owner, m)| (owner.as_str(), self.id, m))
+            .collect();
+        crate::storage::archive_ops(&entries)
+    }
+
+    fn written(&self) {
+        metrics::histogram!("starling_mam_write_seconds")
+            .record(self.started.elapsed().as_secs_f64());
+        metrics::counter!("starling_mam_archived_total").increment(self.records.len() as u64);
+    }
+
+    /// The same records under a later id: this one was taken (this node's
+    /// clock went back across a restart).
+    fn next(&mut self, server: &Server) {
+        let new = next_id(server.storage.store.node_id());
         tracing::warn!(
-            id,
+            id = self.id,
             "archive id already taken (clock went back?); taking the next"
         );
+        let (old, new_s) = (
+            format!(" id=\"{}\"", encode_id(self.id)),
+            format!(" id=\"{}\"", encode_id(new)),
+        );
+        for (_, m) in &mut self.records {
+            m.xml = m.xml.replace(&old, &new_s);
+        }
+        self.id = new;
     }
-    Err(StoreError::Storage("no free archive id".into()))
+
+    /// Writes the records durably; returns the id they were written under.
+    pub async fn write(mut self, server: &Server) -> Result<u64, StoreError> {
+        for _ in 0..ID_ATTEMPTS {
+            if server.storage.archive_ops(self.ops()).await? {
+                self.written();
+                return Ok(self.id);
+            }
+            self.next(server);
+        }
+        Err(StoreError::Storage("no free archive id".into()))
+    }
+
+    /// Queues the write now, committed whether or not the returned future
+    /// is polled (`Store::write_behind`); the future ends once it is
+    /// durable (or failed: logged). For a message delivered before its
+    /// write commits, whose sender's session counts it handled only then.
+    pub fn queue(self, server: &Arc<Server>) -> futures::future::LocalBoxFuture<'static, ()> {
+        let server = server.clone();
+        let queued = server.storage.store.write_behind(self.ops());
+        async move {
+            let done = match queued {
+                Ok(q) => q
+                    .done()
+                    .await
+                    .map(|r| !r.contains(&starling_cluster::OpResult::Exists)),
+                Err(ops) => server.storage.archive_ops(ops).await,
+            };
+            let result = match done {
+                Ok(true) => {
+                    self.written();
+                    Ok(self.id)
+                }
+                // Taken (the clock went back): the copy delivered names an
+                // id the archive gives to another message.
+                Ok(false) => {
+                    let mut again = self;
+                    again.next(&server);
+                    again.write(&server).await
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = result {
+                metrics::counter!("starling_mam_write_failed_total").increment(1);
+                tracing::warn!(error = %e, "a delivered message could not be archived");
+            }
+        }
+        .boxed_local()
+    }
+
+    /// Writes the records before `el` (the message they were prepared
+    /// from) is delivered: a message whose records could not be written
+    /// does not claim their id, and one written under a later id names
+    /// that one.
+    pub async fn commit(self, server: &Server, el: &mut Element) -> Result<(), StoreError> {
+        let (first, keep_in) = (self.id, self.keep_in);
+        match self.write(server).await {
+            Ok(id) if id != first && keep_in => {
+                if let Some(Node::Element(sid)) = el.children.last_mut() {
+                    sid.set_attr("id", encode_id(id));
+                }
+                Ok(())
+            }
+            Ok(_) => Ok(()),
+            Err(e) => {
+                if keep_in {
+                    el.children.pop();
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+/// [`prepare`] and [`Prepared::commit`]: returns once the write is
+/// committed, so a stanza a session owes its client is in the archive
+/// before it is in the session.
+pub async fn archive(server: &Server, el: &mut Element, recipient: &str) -> Result<(), StoreError> {
+    match prepare(server, el, recipient)? {
+        Some(prepared) => prepared.commit(server, el).await,
+        None => Ok(()),
+    }
 }
 
 /// Tries for an unused archive id before a message is refused.
@@ -399,6 +513,9 @@ fn bad_request(text: &str) -> StanzaError {
 /// archived through another node a moment ago (and maybe delivered to the
 /// requester already) is in the answer.
 async fn caught_up(server: &Server) -> Result<(), StanzaError> {
+    // Messages this node delivered ahead of their archive write
+    // (`session::im::route_message_behind`) are in the answer.
+    server.storage.store.sync_behind().await;
     if server.storage.store.has_peers() {
         server.storage.store.read_barrier().await?;
     }

@@ -136,7 +136,14 @@ struct Session<S> {
     /// Where the client is in the user's message archive, kept in the
     /// cluster's record of a resumable session (with peers only).
     archive: Option<ArchivePosition>,
+    /// Archive writes of messages this session delivered before they
+    /// committed (`im::route_message_behind`): the client's `h` counts
+    /// those messages only once these end ([`Session::settle`]).
+    behind: im::Behind,
 }
+
+/// Most archive writes one session lets go behind its deliveries.
+const MAX_BEHIND: usize = 1024;
 
 /// How far a resumable session's client acknowledged the user's message
 /// archive, and when that was last written to its record.
@@ -237,6 +244,7 @@ fn start_with<S: Transport + 'static>(
             request_at: None,
             addr: ctx.address(),
             archive: None,
+            behind: im::Behind::new(),
         });
         let csi = Csi::new(gate, server.config.csi.max_held, &s.full);
         let task = match transferred {
@@ -458,6 +466,7 @@ pub fn start_resumed<S: Transport + 'static>(
         request_at: None,
         addr: ctx.address(),
         archive: registry.then(|| ArchivePosition::new(archive)),
+        behind: im::Behind::new(),
     });
     let task = serve_resumed(s, outbox.clone(), resend).instrument(span);
     let mut ctx = ctx;
@@ -892,7 +901,14 @@ impl<S: Transport> Session<S> {
                 if self.outbound_hooks(Event::MessageOut, &mut el) == Flow::Handled {
                     return Ok(());
                 }
-                match im::route_message(&self.server, el).await {
+                let routed = if self.sm.is_some() {
+                    let r = im::route_message_behind(&self.server, el, &mut self.behind).await;
+                    self.prune_behind().await;
+                    r
+                } else {
+                    im::route_message(&self.server, el).await
+                };
+                match routed {
                     Ok(()) => Ok(()),
                     Err(b) => {
                         let (e, el) = *b;
@@ -1094,12 +1110,13 @@ impl<S: Transport> Session<S> {
                 }
                 Ok(())
             }
-            "r" => match &self.sm {
-                Some(sm) => {
-                    let a = sm::ack_xml(sm.h_in);
+            "r" => match self.sm.is_some() {
+                true => {
+                    self.settle().await;
+                    let a = sm::ack_xml(self.sm.as_ref().map_or(0, |sm| sm.h_in));
                     self.send_nonza(&a).await
                 }
-                None => {
+                false => {
                     self.send_nonza(&sm::failed_xml("unexpected-request", ""))
                         .await
                 }
@@ -1199,6 +1216,7 @@ impl<S: Transport> Session<S> {
     /// Gives the session to the connection that resumes it: what was
     /// queued goes with it, the old connection (if still open) is closed.
     async fn hand_over(&mut self, outbox: &Outbox, t: Takeover, connected: bool) {
+        self.settle().await;
         let pending = outbox.end();
         let Some(sm) = self.sm.take() else { return };
         if let Some(id) = &sm.id {
@@ -1274,6 +1292,32 @@ impl<S: Transport> Session<S> {
         }
     }
 
+    /// Waits for the archive writes of the messages delivered ahead of
+    /// them (`behind`), so that the `h` about to be reported or recorded
+    /// counts only messages in the archive.
+    async fn settle(&mut self) {
+        while let Some(write) = self.behind.pop_front() {
+            write.await;
+        }
+    }
+
+    /// Drops the writes already ended, and waits for the oldest while too
+    /// many are in flight (a client that never asks for acks).
+    async fn prune_behind(&mut self) {
+        use futures::FutureExt;
+        while let Some(write) = self.behind.front_mut() {
+            if write.now_or_never().is_none() {
+                break;
+            }
+            self.behind.pop_front();
+        }
+        while self.behind.len() > MAX_BEHIND {
+            if let Some(write) = self.behind.pop_front() {
+                write.await;
+            }
+        }
+    }
+
     async fn checkpoint(&mut self, force: bool) {
         let Some(sm) = &self.sm else { return };
         let Some(id) = sm.id.clone() else { return };
@@ -1285,6 +1329,9 @@ impl<S: Transport> Session<S> {
         {
             return;
         }
+        // The record's `h` counts only what is in the archive.
+        self.settle().await;
+        let Some(sm) = &self.sm else { return };
         let rec = self.record(sm, false);
         if let Some(pos) = &mut self.archive {
             pos.recorded = rec.acked_archive;
@@ -1352,6 +1399,10 @@ impl<S: Transport> Session<S> {
     /// archive does not hold (XEP-0198 §4), and leaves without telling
     /// anyone it went unavailable.
     async fn release(&mut self, outbox: &Outbox, h: u32, connected: bool) {
+        self.settle().await;
+        // What this node delivered ahead of its archive write, to this
+        // session too, is in the archive the new node replays from.
+        self.server.storage.store.sync_behind().await;
         let server = self.server.clone();
         let presence = self.presence();
         let owned = server.router.unbind(&self.bare, self.id);

@@ -7,7 +7,7 @@
 
 use crate::modules::blocking::either_blocks;
 use crate::modules::{Event, Flow, HookCtx};
-use crate::router::{Bound, Destination, Offer};
+use crate::router::{At, Bound, Destination, Offer};
 use crate::routing;
 use crate::server::Server;
 use crate::stanza::{
@@ -17,6 +17,7 @@ use crate::storage::{Committed, LastActivity, RosterItem, Subscription};
 use crate::xml::Element;
 use starling_cluster::StoreError;
 use std::collections::HashSet;
+use std::sync::Arc;
 
 pub use super::Origin;
 
@@ -163,10 +164,64 @@ pub enum Pass {
 /// (RFC 6121 §8.5). On failure the message comes back with the error its
 /// sender should get, so the hot path never copies a stanza.
 pub async fn route_message(server: &Server, el: Element) -> Result<(), Bounce> {
-    route(server, el, Pass::First).await
+    route(server, el, Pass::First, None).await
 }
 
-async fn route(server: &Server, el: Element, pass: Pass) -> Result<(), Bounce> {
+/// The archive writes a session with stream management (XEP-0198) let
+/// go behind the messages it delivered ([`route_message_behind`]); it
+/// counts each message handled (its client's `h`) once its write ended.
+pub type Behind = std::collections::VecDeque<futures::future::LocalBoxFuture<'static, ()>>;
+
+/// [`route_message`] for a client's session that counts what it handled
+/// (XEP-0198). A message whose every copy goes to sessions of this node
+/// is delivered before its archive write commits; the write goes on
+/// `behind`. Those sessions share the sender's fate: if the node dies
+/// before the write commits, the sender's client never had the message
+/// acknowledged, and sends it again when it resumes. A message for
+/// another node or offline storage is archived first, as always.
+pub async fn route_message_behind(
+    server: &Arc<Server>,
+    el: Element,
+    behind: &mut Behind,
+) -> Result<(), Bounce> {
+    route(server, el, Pass::First, Some((server, behind))).await
+}
+
+/// Where a message's archive write (if any) goes before the message is
+/// delivered: committed first, or queued behind it.
+struct Archiving<'a> {
+    prepared: Option<crate::modules::mam::Prepared>,
+    behind: Option<(&'a Arc<Server>, &'a mut Behind)>,
+}
+
+impl Archiving<'_> {
+    /// Before delivering `el` to sessions that are all on this node
+    /// (`here`) or not.
+    async fn before(
+        &mut self,
+        server: &Server,
+        el: &mut Element,
+        here: bool,
+    ) -> Result<(), StoreError> {
+        let Some(prepared) = self.prepared.take() else {
+            return Ok(());
+        };
+        match &mut self.behind {
+            Some((server, behind)) if here => {
+                behind.push_back(prepared.queue(server));
+                Ok(())
+            }
+            _ => prepared.commit(server, el).await,
+        }
+    }
+}
+
+async fn route(
+    server: &Server,
+    el: Element,
+    pass: Pass,
+    behind: Option<(&Arc<Server>, &mut Behind)>,
+) -> Result<(), Bounce> {
     let to = el.get_attr("to").unwrap_or_default().to_owned();
     let mtype = MessageType::of(&el);
     let (bare, resource) = match destination(server, &to) {
@@ -213,16 +268,27 @@ async fn route(server: &Server, el: Element, pass: Pass) -> Result<(), Bounce> {
         }
     }
     // Archived (durably) before anyone can receive it, offline storage
-    // included: it carries its stanza-id from here on.
-    if pass == Pass::First
-        && let Err(e) = crate::modules::mam::archive(server, &mut el, bare).await
-    {
-        return Err(Box::new((e.into(), el)));
+    // included (or, for a session counting it, before its sender's client
+    // has it acknowledged: `route_message_behind`); it carries its
+    // stanza-id from here on.
+    let mut archiving = Archiving {
+        prepared: None,
+        behind,
+    };
+    if pass == Pass::First {
+        match crate::modules::mam::prepare(server, &mut el, bare) {
+            Ok(p) => archiving.prepared = p,
+            Err(e) => return Err(Box::new((e.into(), el))),
+        }
     }
     if let Some(res) = resource {
         // §8.5.3: full JID.
         let el = match server.router.find(bare, res) {
             Some(at) => {
+                let here = matches!(at, At::Here(_));
+                if let Err(e) = archiving.before(server, &mut el, here).await {
+                    return Err(Box::new((e.into(), el)));
+                }
                 let xml: std::sync::Arc<str> = el.to_stream_xml(NS_CLIENT).into();
                 if server.router.send_acked(bare, res, &at, &xml).await {
                     crate::modules::carbons::received(server, bare, &el, [res]);
@@ -233,12 +299,22 @@ async fn route(server: &Server, el: Element, pass: Pass) -> Result<(), Bounce> {
             None => el,
         };
         return match mtype {
-            MessageType::Chat => deliver_to_bare(server, bare, mtype, el).await,
-            MessageType::Error | MessageType::Headline => Ok(()),
-            _ => bounce_of(Condition::ServiceUnavailable, el),
+            MessageType::Chat => deliver_to_bare(server, bare, mtype, el, archiving).await,
+            MessageType::Error | MessageType::Headline => {
+                let mut el = el;
+                match archiving.before(server, &mut el, false).await {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(Box::new((e.into(), el))),
+                }
+            }
+            _ => {
+                // Refused: nothing to archive.
+                archiving.prepared = None;
+                bounce_of(Condition::ServiceUnavailable, el)
+            }
         };
     }
-    deliver_to_bare(server, bare, mtype, el).await
+    deliver_to_bare(server, bare, mtype, el, archiving).await
 }
 
 /// A stanza that was queued for a session that ended before writing it:
@@ -251,7 +327,7 @@ pub async fn reroute(server: &Server, xml: &str) {
         let Some(el) = parse_stored(xml) else {
             return;
         };
-        if let Err(b) = route(server, el, Pass::Again).await {
+        if let Err(b) = route(server, el, Pass::Again, None).await {
             bounce_with(server, &b.1, &b.0);
         }
     } else if xml.starts_with("<iq")
@@ -273,7 +349,8 @@ async fn deliver_to_bare(
     server: &Server,
     bare: &str,
     mtype: MessageType,
-    el: Element,
+    mut el: Element,
+    mut archiving: Archiving<'_>,
 ) -> Result<(), Bounce> {
     match mtype {
         MessageType::Error => return Ok(()),
@@ -289,6 +366,10 @@ async fn deliver_to_bare(
     // highest priority (§8.5.2.1.1).
     let headline = mtype == MessageType::Headline;
     eligible.retain(|b| headline || Some(b.priority) == max);
+    let here = !eligible.is_empty() && eligible.iter().all(|b| matches!(b.at, At::Here(_)));
+    if let Err(e) = archiving.before(server, &mut el, here).await {
+        return Err(Box::new((e.into(), el)));
+    }
     // Serialised once, shared by every recipient.
     let mut delivered = false;
     if !eligible.is_empty() {
