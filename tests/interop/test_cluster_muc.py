@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 
-from cluster import LEASE_TTL, Checks, cluster, online_on  # noqa: F401 (fixture)
+from cluster import LEASE_TTL, Checks, cluster, online_on, shared_cluster  # noqa: F401 (fixtures)
 from rawxmpp import C, XMPPTimeout, q, tostring
 
 pytestmark = [pytest.mark.starling_only, pytest.mark.cluster, pytest.mark.timeout(240)]
@@ -289,3 +289,63 @@ def test_join_without_initial_presence_from_another_node(cluster, clients):
     join(quiet, room, "quiet")
     owner.message(room, "hello quiet", type_="groupchat")
     quiet.recv(lambda e: e.tag == C("message") and e.findtext(C("body")) == "hello quiet", timeout=10)
+
+
+def _stanzas(els):
+    return sum(1 for e in els if e.tag in (C("message"), C("presence"), C("iq")))
+
+
+@pytest.mark.parametrize("room_node", [1, 2])
+def test_occupant_resumed_on_another_node_keeps_getting_the_room(shared_cluster, clients,
+                                                                room_node):
+    """An occupant's session on node 1 (stream management) drops and resumes through
+    node 3 (XEP-0198): the room (on node 1, where the session was, or on node 2) keeps
+    sending it the room's messages and presence, and its messages still reach the room."""
+    from test_sm import NS_SM, drop, login_sm, resume, sm
+    cl = shared_cluster
+    room = room_on(sorted(cl.nodes), room_node)
+    owner = clients.add(online_on(cl[2], "cro"))
+    assert "201" in codes(join(owner, room, "owner"))
+    r = owner.iq("set", f"<query xmlns='{NS_OWNER}'><x xmlns='{NS_DATA}' type='submit'/></query>",
+                 to=room)
+    assert r.get("type") == "result", tostring(r)
+    jid, _, pw = cl[1].new_user("crm")
+    c, enabled = login_sm(cl[1], jid, pw)
+    clients.add(c)
+    received = 1  # its own presence
+    c.presence(to=f"{room}/mobile", extra=f"<x xmlns='{NS_MUC}'><history maxstanzas='0'/></x>")
+    c.recv(lambda e: e.tag == C("message") and e.find(C("subject")) is not None, timeout=15,
+           what="subject")
+    received += 1 + _stanzas(c.drain(0.5))
+    owner.message(room, "before", type_="groupchat")
+    assert bodies(c, 1) == [("owner", "before")]
+    received += 1 + _stanzas(c.drain(0.3))
+    c.send_raw(f"<a xmlns='{NS_SM}' h='{received}'/>")
+    assert c.ping_server().get("type") == "result"
+    received += 1
+    time.sleep(0.6)  # the checkpoint of what it acknowledged
+    drop(c)
+    owner.message(room, "while away", type_="groupchat")
+    time.sleep(0.3)
+    c3, r = resume(cl[3], jid, pw, enabled.get("id"), received)
+    clients.add(c3)
+    assert r.tag == sm("resumed"), tostring(r)
+    owner.drain(0.3)
+    # Presence from the room follows it too.
+    other = clients.add(online_on(cl[2], "crp"))
+    join(other, room, "late")
+    p = c3.recv(lambda e: e.tag == C("presence") and e.get("from") == f"{room}/late",
+                timeout=15, what="presence of the newcomer")
+    assert p.get("type") is None, tostring(p)
+    # What the room sent while the session was away reaches it (held by the session and
+    # handed on when it moved), then what the room sends after the move.
+    for k in range(5):
+        owner.message(room, f"after {k}", type_="groupchat")
+    got = [b for _, b in bodies(c3, 6)]
+    assert got == ["while away"] + [f"after {k}" for k in range(5)], got
+    # And the resumed session is still the occupant: it may speak.
+    c3.message(room, "back", type_="groupchat")
+    m = owner.recv(lambda e: e.tag == C("message") and e.findtext(C("body")) == "back",
+                   timeout=15, what="the resumed occupant's message")
+    assert m.get("from") == f"{room}/mobile", tostring(m)
+    assert c3.ping_server().get("type") == "result"

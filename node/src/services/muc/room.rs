@@ -1679,6 +1679,7 @@ impl State {
                 one.at = None;
             }
         }
+        let mut failed: Vec<u64> = Vec::new();
         for (node, recipients) in remote {
             let env = Envelope {
                 kind: KIND_FANOUT,
@@ -1689,6 +1690,32 @@ impl State {
             };
             if let Err(e) = server.storage.store.deliver(node, env) {
                 tracing::debug!(node, error = %e, "room fan-out to a node failed");
+                failed.push(node);
+            }
+        }
+        if failed.is_empty() {
+            return;
+        }
+        // The sessions of a node that took nothing (gone?) may be elsewhere
+        // now (resumed, XEP-0198): looked up again, each sent on its own.
+        for one in self
+            .occupants
+            .values_mut()
+            .flat_map(|o| o.sessions.iter_mut())
+        {
+            if !matches!(&one.at, Some(At::Node { node, .. }) if failed.contains(node)) {
+                continue;
+            }
+            let (b, r) = split(&one.jid);
+            one.at = r.and_then(|r| server.router.find(b, r));
+            match &one.at {
+                Some(At::Node { node, .. }) if failed.contains(node) => one.at = None,
+                Some(at) => {
+                    server
+                        .router
+                        .send(b, r.unwrap_or_default(), at, &s.to(&one.jid));
+                }
+                None => {}
             }
         }
     }
