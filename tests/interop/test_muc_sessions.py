@@ -206,6 +206,45 @@ def test_one_session_changing_nick_moves_alone(server, clients):
     server.assert_healthy(owner, a1, a2)
 
 
+def test_second_session_passes_the_room_checks_but_is_not_counted(server, clients):
+    """The second session is checked like any join (password), but is not a new occupant:
+    a full room still takes it."""
+    room = new_room(server)
+    owner = clients.add(server.online("mo"))
+    instant(owner, room, "o")
+    ok(configure(owner, room, {"passwordprotectedroom": "1", "roomsecret": "s3cret",
+                               "maxusers": "2"}))
+    a1 = clients.add(server.online("ms", resource="one"))
+    join(a1, room, "anna", password="s3cret")
+    a2 = second_session(server, clients, a1, "two")
+    assert join_error(a2, room, "anna") == "not-authorized"
+    assert join_error(a2, room, "anna", password="wrong") == "not-authorized"
+    # The room is full (two occupants), yet the same occupant's session gets in.
+    _, own, _, _ = join(a2, room, "anna", password="s3cret")
+    assert "110" in codes(own)
+    third = clients.add(server.online("mx"))
+    assert join_error(third, room, "x", password="s3cret") == "service-unavailable"
+    server.assert_healthy(owner, a1, a2)
+
+
+def test_self_ping_from_either_session_is_answered_by_the_room(server, clients):
+    """XEP-0410 with a multi-session nick: the room answers a ping to the nick from any of
+    its sessions; no session gets the request."""
+    room = new_room(server)
+    owner = clients.add(server.online("mo"))
+    instant(owner, room, "o")
+    a1 = clients.add(server.online("ms", resource="one"))
+    join(a1, room, "anna")
+    a2 = second_session(server, clients, a1, "two")
+    join(a2, room, "anna")
+    for s in (a1, a2):
+        r = s.iq("get", "<ping xmlns='urn:xmpp:ping'/>", to=f"{room}/anna")
+        assert r.get("type") == "result", tostring(r)
+    for s in (a1, a2):
+        assert not [e for e in s.drain(0.3) if e.tag == C("iq") and e.get("type") == "get"]
+    server.assert_healthy(owner)
+
+
 # ----------------------------------------------------------------------------- roomconfig
 
 def test_config_form_has_the_registry_fields(server, clients):
