@@ -295,12 +295,13 @@ def _stanzas(els):
     return sum(1 for e in els if e.tag in (C("message"), C("presence"), C("iq")))
 
 
-@pytest.mark.parametrize("room_node", [1, 2])
+@pytest.mark.parametrize("room_node", [1, 2, 3])
 def test_occupant_resumed_on_another_node_keeps_getting_the_room(shared_cluster, clients,
                                                                 room_node):
     """An occupant's session on node 1 (stream management) drops and resumes through
-    node 3 (XEP-0198): the room (on node 1, where the session was, or on node 2) keeps
-    sending it the room's messages and presence, and its messages still reach the room."""
+    node 3 (XEP-0198): the room (on node 1, where the session was, on node 2, or on node 3
+    where it goes) keeps sending it the room's messages and presence, and its messages still
+    reach the room."""
     from test_sm import NS_SM, drop, login_sm, resume, sm
     cl = shared_cluster
     room = room_on(sorted(cl.nodes), room_node)
