@@ -472,6 +472,12 @@ def test_history_since_edge_cases(server, clients):
         ({"maxstanzas": "0"}, []),
         ({"maxchars": "0"}, []),
         ({"seconds": "0"}, []),
+        ({"seconds": "99999999999999999999"}, ["h0", "h1", "h2"]),
+        ({"seconds": "18446744073709551615", "maxstanzas": "1"}, ["h2"]),
+        ({"maxstanzas": "18446744073709551615"}, ["h0", "h1", "h2"]),
+        ({"maxchars": "18446744073709551615"}, ["h0", "h1", "h2"]),
+        ({"since": "1970-01-01T00:00:00Z"}, ["h0", "h1", "h2"]),
+        ({"since": "9999-12-31T23:59:59Z"}, []),
     ]
     for i, (h, want) in enumerate(cases):
         u = clients.add(server.online("mh"))

@@ -1443,7 +1443,14 @@ impl State {
             return Ok(());
         }
         let now = chrono::Utc::now().timestamp_micros();
-        let mut lo_micros = attr_num("seconds").map(|s| now - (s as i64) * 1_000_000);
+        // Saturating: a huge `seconds` means "all of it", not an overflow.
+        let mut lo_micros = attr_num("seconds").map(|s| {
+            now.saturating_sub(
+                i64::try_from(s)
+                    .unwrap_or(i64::MAX)
+                    .saturating_mul(1_000_000),
+            )
+        });
         if let Some(since) = history.and_then(|h| h.get_attr("since"))
             && let Ok(t) = chrono::DateTime::parse_from_rfc3339(since)
         {
