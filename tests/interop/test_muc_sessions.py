@@ -295,6 +295,9 @@ def test_config_form_has_the_registry_fields(server, clients):
     "<field var='muc#roomconfig_allowpm'><value>friends</value></field>",
     "<field var='muc#roomconfig_whois'><value>everybody</value></field>",
     "<field var='muc#roomconfig_passwordprotectedroom'><value>yes</value></field>",
+    "<field var='muc#roomconfig_roomadmins'><value>not a jid@@</value></field>",
+    "<field var='muc#roomconfig_roomowners'><value>@example.org</value></field>",
+    "<field var='muc#roomconfig_maxusers'><value>10</value><value>20</value></field>",
 ])
 def test_config_values_of_the_wrong_type_are_bad_request(server, clients, fields_xml):
     room = new_room(server)

@@ -3181,8 +3181,10 @@ fn apply_form(server: &Server, rec: &mut RoomRecord, x: &Element) -> Result<(), 
             "muc#roomconfig_roomowners" | "muc#roomconfig_roomadmins" => {
                 let mut list = Vec::new();
                 for v in values(f) {
+                    // A value that is no JID in a jid-multi field: the
+                    // wrong type, like the other fields' (bad-request).
                     let j = jid::BareJid::new(v.trim())
-                        .map_err(|_| StanzaError::with_text(Condition::JidMalformed, "bad JID"))?;
+                        .map_err(|_| bad(&format!("{var} takes bare JIDs")))?;
                     list.push(j.to_string());
                 }
                 if var.ends_with("owners") {
