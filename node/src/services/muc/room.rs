@@ -1201,8 +1201,14 @@ impl State {
         el: &Element,
     ) -> Result<(), StanzaError> {
         let payload = presence_payload(el);
+        let from = el.get_attr("from").unwrap_or_default();
         let occ = self.occupants.get_mut(nick).expect("occupant");
         occ.presence = payload;
+        // Where the session is gets looked up again at the next fan-out
+        // (it may have moved to another node, XEP-0198).
+        if let Some(one) = occ.sessions.iter_mut().find(|s| s.jid == from) {
+            one.at = None;
+        }
         let record = occ.record();
         self.save(server, false, &[(nick, Some(record))]).await?;
         self.broadcast_presence(server, nick, &[], &[], None);
