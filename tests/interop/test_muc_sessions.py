@@ -277,7 +277,10 @@ def test_config_form_has_the_registry_fields(server, clients):
     assert info["muc#roominfo_occupants"] == ["1"]
     assert info["muc#maxhistoryfetch"] == ["7"]
     assert info["muc#roominfo_pubsub"] == ["xmpp:pubsub.example.org?;node=r"]
-    assert owner.bare in info["muc#roominfo_contactjid"]
+    # Owners as contacts only where real JIDs are shown anyway.
+    assert "muc#roominfo_contactjid" not in info
+    ok(configure(owner, room, {"whois": "anyone"}))
+    assert room_info(owner, room)["muc#roominfo_contactjid"] == [owner.bare]
     assert "muc#roominfo_subject" in info
     server.assert_healthy(owner)
 

@@ -2264,8 +2264,11 @@ impl State {
                 "muc#roomconfig_allowinvites",
                 "Occupants may invite",
                 c.allow_invites,
-            ))
-            .child(jid_multi(
+            ));
+        // The owners as contacts, where real JIDs are no secret anyway
+        // (a non-anonymous room).
+        let x = if c.whois_anyone {
+            x.child(jid_multi(
                 "muc#roominfo_contactjid",
                 "Contact addresses",
                 &rec.affiliations
@@ -2273,7 +2276,10 @@ impl State {
                     .filter(|(_, a)| **a == Affiliation::Owner)
                     .map(|(j, _)| j.clone())
                     .collect::<Vec<_>>(),
-            ));
+            ))
+        } else {
+            x
+        };
         let x = if c.pubsub.is_empty() {
             x
         } else {
