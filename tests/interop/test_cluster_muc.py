@@ -327,7 +327,10 @@ def test_occupant_resumed_on_another_node_keeps_getting_the_room(shared_cluster,
     time.sleep(0.6)  # the checkpoint of what it acknowledged
     drop(c)
     owner.message(room, "while away", type_="groupchat")
-    time.sleep(0.3)
+    # Reflected to the owner: the room sent it to every occupant at once.
+    owner.recv(lambda e: e.tag == C("message") and e.findtext(C("body")) == "while away",
+               timeout=15, what="the reflection")
+    time.sleep(0.5)
     c3, r = resume(cl[3], jid, pw, enabled.get("id"), received)
     clients.add(c3)
     assert r.tag == sm("resumed"), tostring(r)
