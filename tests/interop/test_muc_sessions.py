@@ -145,6 +145,38 @@ def test_a_session_that_ends_leaves_only_itself(server, clients):
     server.assert_healthy(owner)
 
 
+def test_an_error_from_one_session_removes_only_that_session(server, clients):
+    """XEP-0045 7.2.? (status 333): a presence error from a client means it is gone; with a
+    shared nick only that session goes. Bad nicks from the second session are refused on
+    their own."""
+    room = new_room(server)
+    owner = clients.add(server.online("mo"))
+    instant(owner, room, "o")
+    a1 = clients.add(server.online("ms", resource="one"))
+    join(a1, room, "anna")
+    a2 = second_session(server, clients, a1, "two")
+    join(a2, room, "anna")
+    owner.drain(0.3)
+    a2.send_raw(f"<presence to='{room}/anna' type='error'><error type='cancel'>"
+                "<remote-server-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>"
+                "</error></presence>")
+    p = a2.recv(is_pres_from(f"{room}/anna", "unavailable"), timeout=10)
+    assert {"333", "110"} <= codes(p), tostring(p)
+    owner.expect_nothing(is_pres_from(f"{room}/anna", "unavailable"), timeout=0.7)
+    groupchat(owner, room, "one left")
+    recv_gc(a1, room, "one left")
+    a2.expect_nothing(lambda e: e.tag == C("message") and e.findtext(C("body")) == "one left",
+                      timeout=0.5)
+    # A nick that is no resourcepart, from a session of the occupant: jid-malformed, and
+    # the occupant is untouched.
+    a2.send_raw(f"<presence to='{room}/'><x xmlns='http://jabber.org/protocol/muc'/></presence>")
+    e = a2.recv(lambda e: e.tag == C("presence") and e.get("type") == "error", timeout=10)
+    assert stanza_error(e)[1] == "jid-malformed", tostring(e)
+    groupchat(owner, room, "still one")
+    recv_gc(a1, room, "still one")
+    server.assert_healthy(owner, a1, a2)
+
+
 def test_same_nick_from_another_user_is_still_conflict(server, clients):
     room = new_room(server)
     owner = clients.add(server.online("mo"))
