@@ -352,4 +352,13 @@ def test_occupant_resumed_on_another_node_keeps_getting_the_room(shared_cluster,
     m = owner.recv(lambda e: e.tag == C("message") and e.findtext(C("body")) == "back",
                    timeout=15, what="the resumed occupant's message")
     assert m.get("from") == f"{room}/mobile", tostring(m)
-    assert c3.ping_server().get("type") == "result"
+    # A resumption with an unknown id through node 2: refused, and nothing else changes.
+    bad, r = resume(cl[2], jid, pw, "no-such-id", 0)
+    clients.add(bad)
+    assert r.tag == sm("failed"), tostring(r)
+    owner.message(room, "still here", type_="groupchat")
+    c3.recv(lambda e: e.tag == C("message") and e.findtext(C("body")) == "still here",
+            timeout=15, what="the room's message after a bogus resumption")
+    for n in (1, 2, 3):
+        cl[n].assert_healthy()
+    cl[3].assert_healthy(c3)
