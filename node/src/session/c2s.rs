@@ -630,9 +630,6 @@ async fn finish<S: Transport>(s: &mut Session<S>, outbox: &Outbox, end: End) {
     }
 }
 
-/// Whether a stanza the client never got is owed to the user elsewhere:
-/// not the server's own copies for this session (carbons, archive query
-/// results), which mean nothing to another resource or offline storage.
 /// A stanza that only this full JID's session can take: a groupchat
 /// message or a presence (routing it again would drop it).
 fn for_this_session(xml: &str) -> bool {
@@ -642,6 +639,9 @@ fn for_this_session(xml: &str) -> bool {
                 .is_some_and(|el| el.get_attr("type") == Some("groupchat")))
 }
 
+/// Whether a stanza the client never got is owed to the user elsewhere:
+/// not the server's own copies for this session (carbons, archive query
+/// results), which mean nothing to another resource or offline storage.
 fn owed(xml: &str) -> bool {
     // As `Element::write_to` writes them.
     const COPIES: [&str; 3] = [
