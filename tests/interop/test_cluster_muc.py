@@ -362,3 +362,51 @@ def test_occupant_resumed_on_another_node_keeps_getting_the_room(shared_cluster,
     for n in (1, 2, 3):
         cl[n].assert_healthy()
     cl[3].assert_healthy(c3)
+
+
+def test_occupant_resumed_after_its_node_was_killed_stays_in_the_room(cluster, clients):
+    """The node holding an occupant's resumable session is killed (SIGKILL); the client
+    resumes through node 3 (XEP-0198, from the record's checkpoint) before the cluster drops
+    the dead node's routes: the room (on node 2) keeps it as an occupant once the routes are
+    dropped, nobody sees it leave, and the room's messages reach it where it is now."""
+    from test_sm import drop, login_sm, resume, sm
+    cl = cluster
+    room = room_on(sorted(cl.nodes), 2)
+    owner = clients.add(online_on(cl[2], "cko"))
+    assert "201" in codes(join(owner, room, "owner"))
+    r = owner.iq("set", f"<query xmlns='{NS_OWNER}'><x xmlns='{NS_DATA}' type='submit'/></query>",
+                 to=room)
+    assert r.get("type") == "result", tostring(r)
+    jid, _, pw = cl[1].new_user("ckm")
+    c, enabled = login_sm(cl[1], jid, pw)
+    clients.add(c)
+    join(c, room, "mobile")
+    received = 1 + _stanzas(c.drain(1.0)) + 2  # own presence, the join's presence and subject
+    owner.drain(0.5)
+    cl.kill9(1)
+    drop(c)
+    c3, r = resume(cl[3], jid, pw, enabled.get("id"), received)
+    clients.add(c3)
+    assert r.tag == sm("resumed"), tostring(r)
+    # Past the dead node's lease: its routes are dropped everywhere.
+    time.sleep(LEASE_TTL + 2)
+    owner.expect_nothing(lambda e: e.tag == C("presence") and e.get("from") == f"{room}/mobile"
+                         and e.get("type") == "unavailable", timeout=1.0, what="mobile leaving")
+    deadline = time.monotonic() + 30
+    k = 0
+    while True:
+        owner.message(room, f"after kill {k}", type_="groupchat")
+        try:
+            c3.recv(lambda e: e.tag == C("message") and e.findtext(C("body")) == f"after kill {k}",
+                    timeout=2, what="the room's message")
+            break
+        except XMPPTimeout:
+            k += 1
+            assert time.monotonic() < deadline, "the room's messages never reached the resumed session"
+    cl.figure("muc_resume_after_kill_messages_missed", k)
+    c3.message(room, "back from the dead", type_="groupchat")
+    m = owner.recv(lambda e: e.tag == C("message") and e.findtext(C("body")) == "back from the dead",
+                   timeout=15, what="the resumed occupant's message")
+    assert m.get("from") == f"{room}/mobile", tostring(m)
+    for n in (2, 3):
+        cl[n].assert_healthy()
