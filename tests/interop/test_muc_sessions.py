@@ -361,6 +361,10 @@ def test_presencebroadcast_hides_visitors_presence(server, clients):
     # The visitor sees the moderator; nobody sees the visitor.
     assert f"{room}/o" in {p.get("from") for p in before}
     owner.expect_nothing(is_pres_from(f"{room}/vis"), timeout=0.7)
+    # Nor is it listed among the room's items.
+    r = ok(owner.iq("get", "<query xmlns='http://jabber.org/protocol/disco#items'/>", to=room))
+    names = [i.get("name") for i in r.iter("{http://jabber.org/protocol/disco#items}item")]
+    assert names == ["o"], tostring(r)
     # A second visitor does not get the first one's presence on joining either.
     v2 = clients.add(server.online("mv"))
     before2, _, _, _ = join(v2, room, "vis2")

@@ -2154,7 +2154,12 @@ impl State {
         let mut q = Element::new("query", NS_ITEMS);
         let public = self.rec.as_ref().is_some_and(|r| r.config.public);
         if public && payload.get_attr("node").is_none() {
-            for nick in self.occupants.keys() {
+            // Those whose presence the room does not broadcast stay unlisted.
+            let shown = self
+                .occupants
+                .iter()
+                .filter(|(_, o)| self.broadcasts(o.role));
+            for (nick, _) in shown {
                 q = q.child(
                     Element::new("item", NS_ITEMS)
                         .attr("jid", self.occupant_jid(nick))
