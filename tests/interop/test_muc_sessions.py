@@ -515,6 +515,7 @@ def test_history_since_edge_cases(server, clients):
         ({"maxchars": "0"}, []),
         ({"seconds": "0"}, []),
         ({"seconds": "99999999999999999999"}, ["h0", "h1", "h2"]),
+        ({"seconds": "9223372036854775"}, ["h0", "h1", "h2"]),
         ({"seconds": "18446744073709551615", "maxstanzas": "1"}, ["h2"]),
         ({"maxstanzas": "18446744073709551615"}, ["h0", "h1", "h2"]),
         ({"maxchars": "18446744073709551615"}, ["h0", "h1", "h2"]),
