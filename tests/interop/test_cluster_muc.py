@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 
-from cluster import LEASE_TTL, Checks, cluster, online_on  # noqa: F401 (fixture)
+from cluster import LEASE_TTL, Checks, cluster, online_on, shared_cluster  # noqa: F401 (fixtures)
 from rawxmpp import C, XMPPTimeout, q, tostring
 
 pytestmark = [pytest.mark.starling_only, pytest.mark.cluster, pytest.mark.timeout(240)]
@@ -289,3 +289,124 @@ def test_join_without_initial_presence_from_another_node(cluster, clients):
     join(quiet, room, "quiet")
     owner.message(room, "hello quiet", type_="groupchat")
     quiet.recv(lambda e: e.tag == C("message") and e.findtext(C("body")) == "hello quiet", timeout=10)
+
+
+def _stanzas(els):
+    return sum(1 for e in els if e.tag in (C("message"), C("presence"), C("iq")))
+
+
+@pytest.mark.parametrize("room_node", [1, 2, 3])
+def test_occupant_resumed_on_another_node_keeps_getting_the_room(shared_cluster, clients,
+                                                                room_node):
+    """An occupant's session on node 1 (stream management) drops and resumes through
+    node 3 (XEP-0198): the room (on node 1, where the session was, on node 2, or on node 3
+    where it goes) keeps sending it the room's messages and presence, and its messages still
+    reach the room."""
+    from test_sm import NS_SM, drop, login_sm, resume, sm
+    cl = shared_cluster
+    room = room_on(sorted(cl.nodes), room_node)
+    owner = clients.add(online_on(cl[2], "cro"))
+    assert "201" in codes(join(owner, room, "owner"))
+    r = owner.iq("set", f"<query xmlns='{NS_OWNER}'><x xmlns='{NS_DATA}' type='submit'/></query>",
+                 to=room)
+    assert r.get("type") == "result", tostring(r)
+    jid, _, pw = cl[1].new_user("crm")
+    c, enabled = login_sm(cl[1], jid, pw)
+    clients.add(c)
+    received = 1  # its own presence
+    c.presence(to=f"{room}/mobile", extra=f"<x xmlns='{NS_MUC}'><history maxstanzas='0'/></x>")
+    c.recv(lambda e: e.tag == C("message") and e.find(C("subject")) is not None, timeout=15,
+           what="subject")
+    received += 1 + _stanzas(c.drain(0.5))
+    owner.message(room, "before", type_="groupchat")
+    assert bodies(c, 1) == [("owner", "before")]
+    received += 1 + _stanzas(c.drain(0.3))
+    c.send_raw(f"<a xmlns='{NS_SM}' h='{received}'/>")
+    assert c.ping_server().get("type") == "result"
+    received += 1
+    time.sleep(0.6)  # the checkpoint of what it acknowledged
+    drop(c)
+    owner.message(room, "while away", type_="groupchat")
+    # Reflected to the owner: the room sent it to every occupant at once.
+    owner.recv(lambda e: e.tag == C("message") and e.findtext(C("body")) == "while away",
+               timeout=15, what="the reflection")
+    time.sleep(0.5)
+    c3, r = resume(cl[3], jid, pw, enabled.get("id"), received)
+    clients.add(c3)
+    assert r.tag == sm("resumed"), tostring(r)
+    owner.drain(0.3)
+    # Presence from the room follows it too.
+    other = clients.add(online_on(cl[2], "crp"))
+    join(other, room, "late")
+    p = c3.recv(lambda e: e.tag == C("presence") and e.get("from") == f"{room}/late",
+                timeout=15, what="presence of the newcomer")
+    assert p.get("type") is None, tostring(p)
+    # What the room sent while the session was away reaches it (held by the session and
+    # handed on when it moved), then what the room sends after the move.
+    for k in range(5):
+        owner.message(room, f"after {k}", type_="groupchat")
+    got = [b for _, b in bodies(c3, 6)]
+    assert got == ["while away"] + [f"after {k}" for k in range(5)], got
+    # And the resumed session is still the occupant: it may speak.
+    c3.message(room, "back", type_="groupchat")
+    m = owner.recv(lambda e: e.tag == C("message") and e.findtext(C("body")) == "back",
+                   timeout=15, what="the resumed occupant's message")
+    assert m.get("from") == f"{room}/mobile", tostring(m)
+    # A resumption with an unknown id through node 2: refused, and nothing else changes.
+    bad, r = resume(cl[2], jid, pw, "no-such-id", 0)
+    clients.add(bad)
+    assert r.tag == sm("failed"), tostring(r)
+    owner.message(room, "still here", type_="groupchat")
+    c3.recv(lambda e: e.tag == C("message") and e.findtext(C("body")) == "still here",
+            timeout=15, what="the room's message after a bogus resumption")
+    for n in (1, 2, 3):
+        cl[n].assert_healthy()
+    cl[3].assert_healthy(c3)
+
+
+def test_occupant_resumed_after_its_node_was_killed_stays_in_the_room(cluster, clients):
+    """The node holding an occupant's resumable session is killed (SIGKILL); the client
+    resumes through node 3 (XEP-0198, from the record's checkpoint) before the cluster drops
+    the dead node's routes: the room (on node 2) keeps it as an occupant once the routes are
+    dropped, nobody sees it leave, and the room's messages reach it where it is now."""
+    from test_sm import drop, login_sm, resume, sm
+    cl = cluster
+    room = room_on(sorted(cl.nodes), 2)
+    owner = clients.add(online_on(cl[2], "cko"))
+    assert "201" in codes(join(owner, room, "owner"))
+    r = owner.iq("set", f"<query xmlns='{NS_OWNER}'><x xmlns='{NS_DATA}' type='submit'/></query>",
+                 to=room)
+    assert r.get("type") == "result", tostring(r)
+    jid, _, pw = cl[1].new_user("ckm")
+    c, enabled = login_sm(cl[1], jid, pw)
+    clients.add(c)
+    join(c, room, "mobile")
+    received = 1 + _stanzas(c.drain(1.0)) + 2  # own presence, the join's presence and subject
+    owner.drain(0.5)
+    cl.kill9(1)
+    drop(c)
+    c3, r = resume(cl[3], jid, pw, enabled.get("id"), received)
+    clients.add(c3)
+    assert r.tag == sm("resumed"), tostring(r)
+    # Past the dead node's lease: its routes are dropped everywhere.
+    time.sleep(LEASE_TTL + 2)
+    owner.expect_nothing(lambda e: e.tag == C("presence") and e.get("from") == f"{room}/mobile"
+                         and e.get("type") == "unavailable", timeout=1.0, what="mobile leaving")
+    deadline = time.monotonic() + 30
+    k = 0
+    while True:
+        owner.message(room, f"after kill {k}", type_="groupchat")
+        try:
+            c3.recv(lambda e: e.tag == C("message") and e.findtext(C("body")) == f"after kill {k}",
+                    timeout=2, what="the room's message")
+            break
+        except XMPPTimeout:
+            k += 1
+            assert time.monotonic() < deadline, "the room's messages never reached the resumed session"
+    cl.figure("muc_resume_after_kill_messages_missed", k)
+    c3.message(room, "back from the dead", type_="groupchat")
+    m = owner.recv(lambda e: e.tag == C("message") and e.findtext(C("body")) == "back from the dead",
+                   timeout=15, what="the resumed occupant's message")
+    assert m.get("from") == f"{room}/mobile", tostring(m)
+    for n in (2, 3):
+        cl[n].assert_healthy()

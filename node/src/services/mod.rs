@@ -20,6 +20,7 @@
 pub mod muc;
 
 use crate::config::Config;
+use crate::router::At;
 use crate::server::Server;
 use crate::stanza::{Condition, NS_CLIENT, split};
 use crate::xml::Element;
@@ -444,13 +445,22 @@ pub fn fanout_from_node(server: &Server, env: Envelope) -> DeliveryResult {
         let (bare, Some(res)) = split(to) else {
             continue;
         };
-        if let Some(h) = server.router.handle(bare, res) {
-            let mut s = String::with_capacity(prefix.len() + to.len() + suffix.len() + 8);
-            s.push_str(prefix);
-            crate::xml::escape_into(&mut s, to, true);
-            s.push_str(suffix);
-            any |= h.send_shared(&s.into());
-        }
+        let mut s = String::with_capacity(prefix.len() + to.len() + suffix.len() + 8);
+        s.push_str(prefix);
+        crate::xml::escape_into(&mut s, to, true);
+        s.push_str(suffix);
+        let xml: Arc<str> = s.into();
+        let here = server
+            .router
+            .handle(bare, res)
+            .is_some_and(|h| h.send_shared(&xml));
+        // Not (or no longer) here: the session may have resumed on another
+        // node (XEP-0198) since the room looked it up; the router knows.
+        any |= here
+            || match server.router.find(bare, res) {
+                Some(at @ At::Node { .. }) => server.router.send(bare, res, &at, &xml),
+                _ => false,
+            };
     }
     if any || env.recipients.is_empty() {
         DeliveryResult::Delivered

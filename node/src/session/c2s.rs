@@ -393,7 +393,8 @@ async fn take_over_elsewhere(
     } else {
         "dead_node"
     };
-    let owed = super::resume::owed(server, &rec, &rec.received(h)).await;
+    let mut owed = super::resume::owed(server, &rec, &rec.received(h)).await;
+    owed.extend(rec.pending.iter().map(|x| Arc::<str>::from(x.as_str())));
     let state = sm::Detached {
         id: previd.into(),
         max: rec.max,
@@ -636,6 +637,15 @@ async fn finish<S: Transport>(s: &mut Session<S>, outbox: &Outbox, end: End) {
         End::ClientClosed => s.xs.close().await,
         End::Done | End::Lost | End::TakenOver(_) | End::Released(_) => {}
     }
+}
+
+/// A stanza that only this full JID's session can take: a groupchat
+/// message or a presence (routing it again would drop it).
+fn for_this_session(xml: &str) -> bool {
+    xml.starts_with("<presence")
+        || (xml.starts_with("<message")
+            && crate::stanza::parse_serialised(xml)
+                .is_some_and(|el| el.get_attr("type") == Some("groupchat")))
 }
 
 /// Whether a stanza the client never got is owed to the user elsewhere:
@@ -1390,6 +1400,7 @@ impl<S: Transport> Session<S> {
             acked_h: sm.acked(),
             unacked,
             flags,
+            pending: Vec::new(),
         }
     }
 
@@ -1414,7 +1425,22 @@ impl<S: Transport> Session<S> {
         }
         let id = sm.id.clone().unwrap_or_default();
         server.resumable.remove(&id, self.generation);
-        let rec = self.record_with(&sm, true, presence);
+        let mut rec = self.record_with(&sm, true, presence);
+        // What the client does not have and the archive does not hold:
+        // messages route again from here; what is for this full JID only
+        // (a room's groupchat and presence) goes in the record, for the
+        // node that resumes the session to send.
+        let mut reroute = Vec::new();
+        for xml in sm.into_unacked() {
+            if !owed(&xml) || super::resume::archive_id(&xml, &self.bare).is_some() {
+                continue;
+            }
+            if for_this_session(&xml) {
+                rec.pending.push(xml.to_string());
+            } else {
+                reroute.push(xml);
+            }
+        }
         if let Err(e) = super::resume::write(&server, &id, &rec).await {
             tracing::warn!(error = %e, "could not record the released session");
         }
@@ -1426,10 +1452,8 @@ impl<S: Transport> Session<S> {
         if self.user.send(detach).await.is_err() {
             tracing::warn!("the user actor was gone before the session was released");
         }
-        for xml in sm.into_unacked() {
-            if owed(&xml) && super::resume::archive_id(&xml, &self.bare).is_none() {
-                im::reroute(&server, &xml).await;
-            }
+        for xml in reroute {
+            im::reroute(&server, &xml).await;
         }
         metrics::counter!("starling_sm_released_total").increment(1);
         if connected {

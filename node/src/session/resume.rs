@@ -67,6 +67,12 @@ pub struct Record {
     /// What the session asked for, restored where it resumes.
     #[serde(default)]
     pub flags: Flags,
+    /// Set when released: stanzas the old node had taken for the client
+    /// and the client does not have, that neither the archive holds nor
+    /// routing again could bring (groupchat messages and presence a room
+    /// sent to this full JID): the new node sends them after the replay.
+    #[serde(default)]
+    pub pending: Vec<String>,
 }
 
 /// Per-resource requests a resumed session keeps (they live in the
@@ -282,6 +288,7 @@ mod tests {
             // a presence, then two archived messages
             unacked: vec![0, 11, 12],
             flags: Flags::default(),
+            pending: Vec::new(),
         };
         assert!(rec.received(u32::MAX).is_empty());
         assert!(

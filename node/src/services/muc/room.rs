@@ -153,6 +153,28 @@ pub struct RoomConfig {
     pub allow_invites: bool,
     /// Public logging (status 170); the room archives either way.
     pub logging: bool,
+    /// Roles whose presence goes to the others
+    /// (`muc#roomconfig_presencebroadcast`).
+    #[serde(default = "all_roles")]
+    pub presence_broadcast: Vec<Role>,
+    /// Roles of occupants that may get the member list besides admins and
+    /// owners (`muc#roomconfig_getmemberlist`; none by default).
+    #[serde(default)]
+    pub get_member_list: Vec<Role>,
+    /// The room's language (`muc#roomconfig_lang`), "" when unset.
+    #[serde(default)]
+    pub lang: String,
+    /// The room's associated pubsub node (`muc#roomconfig_pubsub`).
+    #[serde(default)]
+    pub pubsub: String,
+    /// Most history messages sent on joining (`muc#maxhistoryfetch`);
+    /// `None`: the service's limit.
+    #[serde(default)]
+    pub max_history: Option<u32>,
+}
+
+fn all_roles() -> Vec<Role> {
+    vec![Role::Moderator, Role::Participant, Role::Visitor]
 }
 
 impl RoomConfig {
@@ -171,6 +193,11 @@ impl RoomConfig {
             allow_pm: AllowPm::Anyone,
             allow_invites: false,
             logging: false,
+            presence_broadcast: all_roles(),
+            get_member_list: Vec::new(),
+            lang: String::new(),
+            pubsub: String::new(),
+            max_history: None,
         }
     }
 }
@@ -219,28 +246,57 @@ impl RoomRecord {
 /// What the store keeps of an occupant.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct OccupantRecord {
-    /// The real full JID.
+    /// The real full JID (of its first session).
     pub jid: String,
     pub role: Role,
     /// The payload of its last presence (show, status, ...), serialised.
     pub presence: String,
+    /// Its other sessions under the same nick (full JIDs of the same bare
+    /// JID, XEP-0045 §7.2: one occupant, several clients).
+    #[serde(default)]
+    pub more: Vec<String>,
 }
 
-/// An occupant in the room's memory.
-struct Occupant {
+/// One client session of an occupant.
+struct Session {
+    /// Its real full JID.
     jid: String,
+    /// Where it is (resolved at join; again after a failed send).
+    at: Option<At>,
+}
+
+impl Session {
+    fn new(server: &Server, jid: String) -> Self {
+        let (b, r) = split(&jid);
+        let at = r.and_then(|r| server.router.find(b, r));
+        Session { jid, at }
+    }
+}
+
+/// An occupant in the room's memory: one nick, one bare JID, one or more
+/// sessions (the first one's full JID is the one the room shows).
+struct Occupant {
+    /// Never empty.
+    sessions: Vec<Session>,
     role: Role,
     /// Its last presence's payload (what others see), without MUC's `<x/>`.
     presence: Vec<Element>,
-    /// Where its session is (resolved at join; again after a failed send).
-    at: Option<At>,
     /// Its XEP-0421 occupant id (a hash: made once).
     oid: String,
 }
 
 impl Occupant {
+    /// The real full JID the room shows (its first session's).
+    fn jid(&self) -> &str {
+        &self.sessions[0].jid
+    }
+
     fn bare(&self) -> &str {
-        split(&self.jid).0
+        split(self.jid()).0
+    }
+
+    fn has(&self, full: &str) -> bool {
+        self.sessions.iter().any(|s| s.jid == full)
     }
 
     fn record(&self) -> OccupantRecord {
@@ -249,9 +305,24 @@ impl Occupant {
             e.write_to(&mut p, "");
         }
         OccupantRecord {
-            jid: self.jid.clone(),
+            jid: self.jid().to_owned(),
             role: self.role,
             presence: p,
+            more: self.sessions[1..].iter().map(|s| s.jid.clone()).collect(),
+        }
+    }
+}
+
+/// Sends `el` to every session of an occupant (serialised once when it
+/// has several).
+fn send_occ(server: &Server, o: &Occupant, el: Element) {
+    match o.sessions.as_slice() {
+        [one] => send_el(server, &one.jid, el),
+        many => {
+            let s = Spliced::of(&el);
+            for one in many {
+                send_raw(server, &one.jid, &s.to(&one.jid));
+            }
         }
     }
 }
@@ -521,7 +592,7 @@ impl State {
             if let Some(x) = p.get_child_mut("x", NS_MUC_USER) {
                 x.children.push(Node::Element(status(110)));
             }
-            send_el(server, &o.jid, p);
+            send_occ(server, o, p);
         }
         self.occupants.clear();
         self.by_jid.clear();
@@ -537,7 +608,7 @@ impl State {
                 let un = Element::new("presence", NS_CLIENT)
                     .attr("from", jid.as_str())
                     .attr("type", "unavailable");
-                if let Err(e) = self.leave(server, &nick, &un, &[]).await {
+                if let Err(e) = self.leave_session(server, &nick, &un, &[]).await {
                     tracing::debug!(error = ?e.condition, "occupant of a lost node not let go");
                 }
             }
@@ -645,27 +716,49 @@ impl State {
         }
         let stored: Vec<(String, OccupantRecord)> = server.storage.muc_occupants(&self.jid)?;
         let mut gone = Vec::new();
+        let mut fewer: Vec<String> = Vec::new();
         for (nick, o) in stored {
-            let (bare, res) = split(&o.jid);
-            let at = res.and_then(|r| server.router.find(bare, r));
-            if at.is_none() {
-                let oid = self.occupant_id(bare);
+            let bare = split(&o.jid).0.to_owned();
+            let known = 1 + o.more.len();
+            let sessions: Vec<Session> = std::iter::once(o.jid)
+                .chain(o.more)
+                .map(|j| Session::new(server, j))
+                .filter(|s| s.at.is_some())
+                .collect();
+            if sessions.is_empty() {
+                let oid = self.occupant_id(&bare);
                 gone.push((nick, oid));
                 continue;
             }
+            if sessions.len() < known {
+                fewer.push(nick.clone());
+            }
             let presence = parse_payload(&o.presence);
-            let oid = self.occupant_id(bare);
-            self.by_jid.insert(o.jid.clone(), nick.clone());
+            let oid = self.occupant_id(&bare);
+            for s in &sessions {
+                self.by_jid.insert(s.jid.clone(), nick.clone());
+            }
             self.occupants.insert(
                 nick,
                 Occupant {
-                    jid: o.jid,
+                    sessions,
                     role: o.role,
                     presence,
-                    at,
                     oid,
                 },
             );
+        }
+        if !fewer.is_empty() {
+            let records: Vec<(String, OccupantRecord)> = fewer
+                .iter()
+                .map(|n| (n.clone(), self.occupants[n].record()))
+                .collect();
+            let changes: Vec<(&str, Option<&OccupantRecord>)> =
+                records.iter().map(|(n, r)| (n.as_str(), Some(r))).collect();
+            server
+                .storage
+                .muc_write::<RoomRecord, _>(&self.jid, None, &changes)
+                .await?;
         }
         if !gone.is_empty() {
             tracing::info!(room = %self.jid, n = gone.len(), "occupants whose sessions are gone left");
@@ -717,6 +810,13 @@ impl State {
         self.config().is_some_and(|c| c.whois_anyone)
     }
 
+    /// Whether the presence of an occupant of `role` goes to the others
+    /// (`muc#roomconfig_presencebroadcast`).
+    fn broadcasts(&self, role: Role) -> bool {
+        self.config()
+            .is_none_or(|c| c.presence_broadcast.contains(&role))
+    }
+
     /// The role a user of `aff` gets on entering.
     fn default_role(&self, aff: Affiliation) -> Role {
         match aff {
@@ -760,7 +860,7 @@ impl State {
             .attr("affiliation", aff.name())
             .attr("role", occ.role.name());
         if with_jid {
-            item.set_attr("jid", occ.jid.as_str());
+            item.set_attr("jid", occ.jid());
         }
         p = p.child(Element::new("x", NS_MUC_USER).child(item));
         p.child(Element::new("occupant-id", NS_OCCUPANT_ID).attr("id", occ.oid.as_str()))
@@ -776,7 +876,11 @@ impl State {
         self_codes: &[u16],
         extra: Option<Element>,
     ) {
+        let shown = self.broadcasts(self.occupants[nick].role);
         for (n, o) in &self.occupants {
+            if n != nick && !shown {
+                continue;
+            }
             let with_jid = self.whois_anyone() || o.role == Role::Moderator;
             let mut p = self.presence_of(server, nick, with_jid);
             if let Some(x) = p.get_child_mut("x", NS_MUC_USER) {
@@ -795,7 +899,7 @@ impl State {
                     x.children.push(Node::Element(status(110)));
                 }
             }
-            send_el(server, &o.jid, p);
+            send_occ(server, o, p);
         }
     }
 
@@ -831,7 +935,9 @@ impl State {
     fn broadcast_el(&self, server: &Server, el: Element) {
         let s = Spliced::of(&el);
         for o in self.occupants.values() {
-            send_raw(server, &o.jid, &s.to(&o.jid));
+            for one in &o.sessions {
+                send_raw(server, &one.jid, &s.to(&one.jid));
+            }
         }
     }
 
@@ -844,7 +950,7 @@ impl State {
             None => {}
             Some("unavailable") => {
                 if let Some(cur) = current {
-                    self.leave(server, &cur, el, &[]).await?;
+                    self.leave_session(server, &cur, el, &[]).await?;
                 }
                 return Ok(());
             }
@@ -852,7 +958,7 @@ impl State {
                 // XEP-0045 §7.2.? : an error from an occupant's client means
                 // it is gone (status 333).
                 if let Some(cur) = current {
-                    self.leave(server, &cur, el, &[333]).await?;
+                    self.leave_session(server, &cur, el, &[333]).await?;
                 }
                 return Ok(());
             }
@@ -942,6 +1048,27 @@ impl State {
                 ));
             }
         }
+        // Another client of the occupant's own bare JID joins under its
+        // nick: one more session of the same occupant (as ejabberd and
+        // Prosody allow); anyone else gets <conflict/>.
+        match self.occupants.get(nick) {
+            Some(o) if o.bare() == bare => {
+                return self.join_session(server, from, nick, x).await;
+            }
+            Some(_) => {
+                return Err(StanzaError::with_text(
+                    Condition::Conflict,
+                    "that nickname is taken",
+                ));
+            }
+            None => {}
+        }
+        if rec.nick_owner(nick).is_some_and(|b| b != bare) {
+            return Err(StanzaError::with_text(
+                Condition::Conflict,
+                "that nickname is reserved",
+            ));
+        }
         if rec.config.max_users > 0
             && self.occupants.len() >= rec.config.max_users as usize
             && aff < Affiliation::Admin
@@ -951,20 +1078,11 @@ impl State {
                 "the room is full",
             ));
         }
-        if self.occupants.contains_key(nick) || rec.nick_owner(nick).is_some_and(|b| b != bare) {
-            return Err(StanzaError::with_text(
-                Condition::Conflict,
-                "that nickname is taken",
-            ));
-        }
         let role = self.default_role(aff);
-        let (b, r) = split(from);
-        let at = r.and_then(|r| server.router.find(b, r));
         let occ = Occupant {
-            jid: from.to_owned(),
+            sessions: vec![Session::new(server, from.to_owned())],
             role,
             presence: presence_payload(el),
-            at,
             oid: self.occupant_id(&bare),
         };
         let record = occ.record();
@@ -980,14 +1098,34 @@ impl State {
         }
         metrics::counter!("starling_muc_joins_total").increment(1);
         // Existing occupants to the newcomer first.
-        let moderator = role == Role::Moderator;
-        for n in self.occupants.keys() {
-            if n != nick {
+        self.send_occupants_to(server, from, nick);
+        // Its own presence to everyone, itself last with its codes.
+        let self_codes = self.self_codes(created);
+        self.broadcast_presence(server, nick, &[], &self_codes, None);
+        if !created {
+            self.send_history(server, from, x.and_then(|x| x.get_child("history", NS_MUC)))?;
+        }
+        self.send_subject(server, from);
+        Ok(())
+    }
+
+    /// The presence of every other occupant, to the session `to` of
+    /// `nick` (the first thing a joining session gets, XEP-0045 §7.2.3).
+    fn send_occupants_to(&self, server: &Server, to: &str, nick: &str) {
+        let moderator = self
+            .occupants
+            .get(nick)
+            .is_some_and(|o| o.role == Role::Moderator);
+        for (n, o) in &self.occupants {
+            if n != nick && self.broadcasts(o.role) {
                 let p = self.presence_of(server, n, moderator || self.whois_anyone());
-                send_el(server, from, p);
+                send_el(server, to, p);
             }
         }
-        // Its own presence to everyone, itself last with its codes.
+    }
+
+    /// The status codes of a joining occupant's own presence (besides 110).
+    fn self_codes(&self, created: bool) -> Vec<u16> {
         let mut self_codes = Vec::new();
         if self.whois_anyone() {
             self_codes.push(100);
@@ -998,11 +1136,50 @@ impl State {
         if created {
             self_codes.push(201);
         }
-        self.broadcast_presence(server, nick, &[], &self_codes, None);
-        if !created {
-            self.send_history(server, from, x.and_then(|x| x.get_child("history", NS_MUC)))?;
+        self_codes
+    }
+
+    /// Another session of the occupant `nick` joins it: it gets what a
+    /// joining user gets (the others' presence, its own with 110, history,
+    /// subject); the others see no change (the occupant is the same).
+    async fn join_session(
+        &mut self,
+        server: &Server,
+        from: &str,
+        nick: &str,
+        x: Option<&Element>,
+    ) -> Result<(), StanzaError> {
+        let occ = self.occupants.get_mut(nick).expect("occupant");
+        occ.sessions.push(Session::new(server, from.to_owned()));
+        let record = occ.record();
+        self.by_jid.insert(from.to_owned(), nick.to_owned());
+        if let Err(e) = self.save(server, false, &[(nick, Some(record))]).await {
+            if let Some(o) = self.occupants.get_mut(nick) {
+                o.sessions.retain(|s| s.jid != from);
+            }
+            self.by_jid.remove(from);
+            return Err(e);
         }
-        // The subject, always (XEP-0045 §7.2.15), even an empty one.
+        metrics::counter!("starling_muc_joins_total").increment(1);
+        self.send_occupants_to(server, from, nick);
+        let occ = &self.occupants[nick];
+        let mut p = self.presence_of(server, nick, true);
+        if let Some(x) = p.get_child_mut("x", NS_MUC_USER) {
+            for c in self.self_codes(false) {
+                x.children.push(Node::Element(status(c)));
+            }
+            x.children.push(Node::Element(status(110)));
+        }
+        debug_assert!(occ.has(from));
+        send_el(server, from, p);
+        self.send_history(server, from, x.and_then(|x| x.get_child("history", NS_MUC)))?;
+        self.send_subject(server, from);
+        Ok(())
+    }
+
+    /// The subject, to a joining session, always (XEP-0045 §7.2.15), even
+    /// an empty one.
+    fn send_subject(&self, server: &Server, from: &str) {
         let rec = self.rec.as_ref().expect("room exists");
         let subject_from = if rec.subject_by.is_empty() {
             self.jid.clone()
@@ -1015,7 +1192,6 @@ impl State {
             .attr("id", crate::stream::new_id())
             .child(Element::new("subject", NS_CLIENT).text(rec.subject.clone()));
         send_el(server, from, subj);
-        Ok(())
     }
 
     async fn update_presence(
@@ -1025,8 +1201,14 @@ impl State {
         el: &Element,
     ) -> Result<(), StanzaError> {
         let payload = presence_payload(el);
+        let from = el.get_attr("from").unwrap_or_default();
         let occ = self.occupants.get_mut(nick).expect("occupant");
         occ.presence = payload;
+        // Where the session is gets looked up again at the next fan-out
+        // (it may have moved to another node, XEP-0198).
+        if let Some(one) = occ.sessions.iter_mut().find(|s| s.jid == from) {
+            one.at = None;
+        }
         let record = occ.record();
         self.save(server, false, &[(nick, Some(record))]).await?;
         self.broadcast_presence(server, nick, &[], &[], None);
@@ -1040,19 +1222,33 @@ impl State {
         new: &str,
         el: &Element,
     ) -> Result<(), StanzaError> {
-        if self.occupants.contains_key(new) {
+        let from = el.get_attr("from").unwrap_or_default();
+        let reserved = self.rec.as_ref().and_then(|r| r.nick_owner(new));
+        if self.occupants.contains_key(new) || reserved.is_some_and(|b| b != split(from).0) {
             return Err(StanzaError::with_text(
                 Condition::Conflict,
                 "that nickname is taken",
             ));
         }
+        if self
+            .occupants
+            .get(old)
+            .is_some_and(|o| o.sessions.len() > 1)
+        {
+            return self.split_session(server, old, new, el).await;
+        }
         let mut occ = self.occupants.remove(old).expect("occupant");
         occ.presence = presence_payload(el);
         let aff = self.affiliation(server, occ.bare());
-        let jid = occ.jid.clone();
+        let jid = occ.jid().to_owned();
         let record = occ.record();
+        let shown = self.broadcasts(occ.role);
         // Unavailable from the old nick with 303 and the new nick.
         for o in self.occupants.values().chain(std::iter::once(&occ)) {
+            let own = o.has(&jid);
+            if !own && !shown {
+                continue;
+            }
             let with_jid = self.whois_anyone() || o.role == Role::Moderator;
             let mut item = Element::new("item", NS_MUC_USER)
                 .attr("affiliation", aff.name())
@@ -1064,7 +1260,7 @@ impl State {
             let mut x = Element::new("x", NS_MUC_USER)
                 .child(item)
                 .child(status(303));
-            if o.jid == jid {
+            if own {
                 x = x.child(status(110));
             }
             let p = Element::new("presence", NS_CLIENT)
@@ -1072,7 +1268,7 @@ impl State {
                 .attr("type", "unavailable")
                 .child(x)
                 .child(Element::new("occupant-id", NS_OCCUPANT_ID).attr("id", occ.oid.as_str()));
-            send_el(server, &o.jid, p);
+            send_occ(server, o, p);
         }
         self.occupants.insert(new.to_owned(), occ);
         self.by_jid.insert(jid, new.to_owned());
@@ -1080,6 +1276,92 @@ impl State {
             .await?;
         self.broadcast_presence(server, new, &[], &[], None);
         Ok(())
+    }
+
+    /// One session of an occupant with several takes another nick: it
+    /// leaves the old one (to it: 303, 110), which stays with the other
+    /// sessions, and is a new occupant under the new nick.
+    async fn split_session(
+        &mut self,
+        server: &Server,
+        old: &str,
+        new: &str,
+        el: &Element,
+    ) -> Result<(), StanzaError> {
+        let from = el.get_attr("from").unwrap_or_default().to_owned();
+        let occ = self.occupants.get_mut(old).expect("occupant");
+        let Some(i) = occ.sessions.iter().position(|s| s.jid == from) else {
+            return Err(err(Condition::InternalServerError));
+        };
+        let session = occ.sessions.remove(i);
+        let (role, oid) = (occ.role, occ.oid.clone());
+        let old_record = occ.record();
+        let aff = self.affiliation(server, split(&from).0);
+        let moved = Occupant {
+            sessions: vec![session],
+            role,
+            presence: presence_payload(el),
+            oid: oid.clone(),
+        };
+        let new_record = moved.record();
+        self.occupants.insert(new.to_owned(), moved);
+        self.by_jid.insert(from.clone(), new.to_owned());
+        self.save(
+            server,
+            false,
+            &[(old, Some(old_record)), (new, Some(new_record))],
+        )
+        .await?;
+        let item = Element::new("item", NS_MUC_USER)
+            .attr("affiliation", aff.name())
+            .attr("role", role.name())
+            .attr("nick", new)
+            .attr("jid", from.as_str());
+        let p = Element::new("presence", NS_CLIENT)
+            .attr("from", self.occupant_jid(old))
+            .attr("type", "unavailable")
+            .child(
+                Element::new("x", NS_MUC_USER)
+                    .child(item)
+                    .child(status(303))
+                    .child(status(110)),
+            )
+            .child(Element::new("occupant-id", NS_OCCUPANT_ID).attr("id", oid));
+        send_el(server, &from, p);
+        self.broadcast_presence(server, new, &[], &[], None);
+        Ok(())
+    }
+
+    /// The session `el` is from leaves `nick`: the occupant leaves with
+    /// its last session; before that only the session is told (110).
+    async fn leave_session(
+        &mut self,
+        server: &Server,
+        nick: &str,
+        el: &Element,
+        codes: &[u16],
+    ) -> Result<(), StanzaError> {
+        let from = el.get_attr("from").unwrap_or_default();
+        let Some(occ) = self.occupants.get_mut(nick) else {
+            return Ok(());
+        };
+        if occ.sessions.len() < 2 {
+            return self.leave(server, nick, el, codes).await;
+        }
+        let Some(i) = occ.sessions.iter().position(|s| s.jid == from) else {
+            return Ok(());
+        };
+        let gone = occ.sessions.remove(i);
+        let record = occ.record();
+        let oid = occ.oid.clone();
+        self.by_jid.remove(&gone.jid);
+        let aff = self.affiliation(server, split(&gone.jid).0);
+        let mut p = self.unavailable_item(nick, Some(&gone.jid), aff, codes, &oid);
+        if let Some(x) = p.get_child_mut("x", NS_MUC_USER) {
+            x.children.push(Node::Element(status(110)));
+        }
+        send_el(server, &gone.jid, p);
+        self.save(server, false, &[(nick, Some(record))]).await
     }
 
     /// `nick` leaves (its own unavailable presence, or `codes` say why).
@@ -1093,31 +1375,35 @@ impl State {
         let Some(occ) = self.occupants.remove(nick) else {
             return Ok(());
         };
-        self.by_jid.remove(&occ.jid);
+        for s in &occ.sessions {
+            self.by_jid.remove(&s.jid);
+        }
         let aff = self.affiliation(server, occ.bare());
         let payload: Vec<Element> = el
             .elements()
             .filter(|e| e.is("status", NS_CLIENT))
             .cloned()
             .collect();
-        for o in self.occupants.values().chain(std::iter::once(&occ)) {
-            let with_jid = self.whois_anyone() || o.role == Role::Moderator;
-            let mut p = self.unavailable_item(
-                nick,
-                with_jid.then_some(occ.jid.as_str()),
-                aff,
-                codes,
-                &occ.oid,
-            );
+        let shown = self.broadcasts(occ.role);
+        for (o, own) in self
+            .occupants
+            .values()
+            .map(|o| (o, false))
+            .chain(std::iter::once((&occ, true)))
+        {
+            if !own && !shown {
+                continue;
+            }
+            let with_jid = own || self.whois_anyone() || o.role == Role::Moderator;
+            let mut p =
+                self.unavailable_item(nick, with_jid.then_some(occ.jid()), aff, codes, &occ.oid);
             for s in &payload {
                 p.children.insert(0, Node::Element(s.clone()));
             }
-            if o.jid == occ.jid
-                && let Some(x) = p.get_child_mut("x", NS_MUC_USER)
-            {
+            if own && let Some(x) = p.get_child_mut("x", NS_MUC_USER) {
                 x.children.push(Node::Element(status(110)));
             }
-            send_el(server, &o.jid, p);
+            send_occ(server, o, p);
         }
         self.after_leave(server, &[nick]).await
     }
@@ -1143,7 +1429,12 @@ impl State {
         to: &str,
         history: Option<&Element>,
     ) -> Result<(), StanzaError> {
-        let max = server.config.muc.max_history;
+        let max = self
+            .config()
+            .and_then(|c| c.max_history)
+            .map_or(server.config.muc.max_history, |m| {
+                (m as usize).min(server.config.muc.max_history)
+            });
         let attr_num = |name: &str| -> Option<usize> {
             history
                 .and_then(|h| h.get_attr(name))
@@ -1158,7 +1449,14 @@ impl State {
             return Ok(());
         }
         let now = chrono::Utc::now().timestamp_micros();
-        let mut lo_micros = attr_num("seconds").map(|s| now - (s as i64) * 1_000_000);
+        // Saturating: a huge `seconds` means "all of it", not an overflow.
+        let mut lo_micros = attr_num("seconds").map(|s| {
+            now.saturating_sub(
+                i64::try_from(s)
+                    .unwrap_or(i64::MAX)
+                    .saturating_mul(1_000_000),
+            )
+        });
         if let Some(since) = history.and_then(|h| h.get_attr("since"))
             && let Ok(t) = chrono::DateTime::parse_from_rfc3339(since)
         {
@@ -1357,40 +1655,44 @@ impl State {
     /// this node's sessions, one envelope per other node.
     fn fan_out(&mut self, server: &Server, s: &Spliced) {
         let mut remote: BTreeMap<u64, Vec<String>> = BTreeMap::new();
-        for o in self.occupants.values_mut() {
-            if o.at.is_none() {
-                let (b, r) = split(&o.jid);
-                o.at = r.and_then(|r| server.router.find(b, r));
+        for one in self
+            .occupants
+            .values_mut()
+            .flat_map(|o| o.sessions.iter_mut())
+        {
+            if one.at.is_none() {
+                let (b, r) = split(&one.jid);
+                one.at = r.and_then(|r| server.router.find(b, r));
             }
-            let failed = match &o.at {
-                Some(At::Here(h)) => {
-                    let xml = s.to(&o.jid);
-                    if h.send_shared(&xml) {
-                        false
-                    } else {
-                        // The session may continue under another handle
-                        // (resumed, XEP-0198): find it again, once.
-                        let (b, r) = split(&o.jid);
-                        match r.and_then(|r| server.router.find(b, r)) {
-                            Some(At::Here(h2)) => {
-                                let ok = h2.send_shared(&xml);
-                                o.at = Some(At::Here(h2));
-                                !ok
-                            }
-                            _ => true,
-                        }
-                    }
-                }
+            let mut sent = match &one.at {
+                Some(At::Here(h)) => h.send_shared(&s.to(&one.jid)),
                 Some(At::Node { node, .. }) => {
-                    remote.entry(*node).or_default().push(o.jid.clone());
-                    false
+                    // That node finds the session again if it moved on
+                    // (`services::fanout_from_node`).
+                    remote.entry(*node).or_default().push(one.jid.clone());
+                    true
                 }
-                None => false,
+                None => true,
             };
-            if failed {
-                o.at = None;
+            if !sent {
+                // The session may continue under another handle or on
+                // another node (resumed, XEP-0198): find it again, once.
+                let (b, r) = split(&one.jid);
+                one.at = r.and_then(|r| server.router.find(b, r));
+                sent = match &one.at {
+                    Some(At::Here(h)) => h.send_shared(&s.to(&one.jid)),
+                    Some(At::Node { node, .. }) => {
+                        remote.entry(*node).or_default().push(one.jid.clone());
+                        true
+                    }
+                    None => false,
+                };
+            }
+            if !sent {
+                one.at = None;
             }
         }
+        let mut failed: Vec<u64> = Vec::new();
         for (node, recipients) in remote {
             let env = Envelope {
                 kind: KIND_FANOUT,
@@ -1401,6 +1703,32 @@ impl State {
             };
             if let Err(e) = server.storage.store.deliver(node, env) {
                 tracing::debug!(node, error = %e, "room fan-out to a node failed");
+                failed.push(node);
+            }
+        }
+        if failed.is_empty() {
+            return;
+        }
+        // The sessions of a node that took nothing (gone?) may be elsewhere
+        // now (resumed, XEP-0198): looked up again, each sent on its own.
+        for one in self
+            .occupants
+            .values_mut()
+            .flat_map(|o| o.sessions.iter_mut())
+        {
+            if !matches!(&one.at, Some(At::Node { node, .. }) if failed.contains(node)) {
+                continue;
+            }
+            let (b, r) = split(&one.jid);
+            one.at = r.and_then(|r| server.router.find(b, r));
+            match &one.at {
+                Some(At::Node { node, .. }) if failed.contains(node) => one.at = None,
+                Some(at) => {
+                    server
+                        .router
+                        .send(b, r.unwrap_or_default(), at, &s.to(&one.jid));
+                }
+                None => {}
             }
         }
     }
@@ -1452,7 +1780,7 @@ impl State {
             out.children
                 .push(Node::Element(Element::new("x", NS_MUC_USER)));
         }
-        send_el(server, &t.jid, out);
+        send_occ(server, t, out);
         Ok(())
     }
 
@@ -1575,7 +1903,7 @@ impl State {
                 role: Role::Participant,
                 reason: None,
             };
-            let actor = split(&me.jid).0.to_owned();
+            let actor = me.bare().to_owned();
             return self.apply_changes(server, &actor, vec![change], 321).await;
         }
         if me.role != Role::Visitor {
@@ -1599,7 +1927,7 @@ impl State {
                     .attr("var", "muc#jid")
                     .attr("type", "jid-single")
                     .attr("label", "User ID")
-                    .child(value(&me.jid)),
+                    .child(value(me.jid())),
             )
             .child(text_field("muc#roomnick", "Room nickname", nick))
             .child(bool_field(
@@ -1616,7 +1944,7 @@ impl State {
             .values()
             .filter(|o| o.role == Role::Moderator)
         {
-            send_el(server, &o.jid, m.clone());
+            send_occ(server, o, m.clone());
         }
         Ok(())
     }
@@ -1806,12 +2134,16 @@ impl State {
         };
         if target == sender && request && el.has_child("ping", NS_PING) {
             // XEP-0410: the room answers a ping to one's own occupant JID.
-            send_el(server, &t.jid, iq_result(el, None));
+            send_el(
+                server,
+                el.get_attr("from").unwrap_or_default(),
+                iq_result(el, None),
+            );
             return Ok(());
         }
         let mut out = el.clone();
         out.set_attr("from", self.occupant_jid(sender));
-        send_el(server, &t.jid, out);
+        send_el(server, t.jid(), out);
         Ok(())
     }
 
@@ -1822,7 +2154,12 @@ impl State {
         let mut q = Element::new("query", NS_ITEMS);
         let public = self.rec.as_ref().is_some_and(|r| r.config.public);
         if public && payload.get_attr("node").is_none() {
-            for nick in self.occupants.keys() {
+            // Those whose presence the room does not broadcast stay unlisted.
+            let shown = self
+                .occupants
+                .iter()
+                .filter(|(_, o)| self.broadcasts(o.role));
+            for (nick, _) in shown {
                 q = q.child(
                     Element::new("item", NS_ITEMS)
                         .attr("jid", self.occupant_jid(nick))
@@ -1907,7 +2244,56 @@ impl State {
                 "muc#roominfo_subjectmod",
                 "Occupants may change the subject",
                 c.change_subject,
+            ))
+            .child(text_field(
+                "muc#roominfo_lang",
+                "Natural language of the room",
+                &c.lang,
+            ))
+            .child(text_field(
+                "muc#maxhistoryfetch",
+                "Most history messages sent on joining",
+                &c.max_history
+                    .map_or(server.config.muc.max_history, |m| {
+                        (m as usize).min(server.config.muc.max_history)
+                    })
+                    .to_string(),
+            ))
+            .child(list_field(
+                "muc#roomconfig_allowpm",
+                "Who may send private messages",
+                c.allow_pm.name(),
+                &["anyone", "participants", "moderators", "none"],
+            ))
+            .child(bool_field(
+                "muc#roomconfig_allowinvites",
+                "Occupants may invite",
+                c.allow_invites,
             ));
+        // The owners as contacts, where real JIDs are no secret anyway
+        // (a non-anonymous room).
+        let x = if c.whois_anyone {
+            x.child(jid_multi(
+                "muc#roominfo_contactjid",
+                "Contact addresses",
+                &rec.affiliations
+                    .iter()
+                    .filter(|(_, a)| **a == Affiliation::Owner)
+                    .map(|(j, _)| j.clone())
+                    .collect::<Vec<_>>(),
+            ))
+        } else {
+            x
+        };
+        let x = if c.pubsub.is_empty() {
+            x
+        } else {
+            x.child(text_field(
+                "muc#roominfo_pubsub",
+                "Associated pubsub node",
+                &c.pubsub,
+            ))
+        };
         q.child(x)
     }
 
@@ -2110,6 +2496,33 @@ impl State {
                 "Public logging",
                 c.logging,
             ))
+            .child(roles_field(
+                "muc#roomconfig_presencebroadcast",
+                "Roles whose presence is broadcast",
+                &c.presence_broadcast,
+            ))
+            .child(roles_field(
+                "muc#roomconfig_getmemberlist",
+                "Roles that may get the member list",
+                &c.get_member_list,
+            ))
+            .child(text_field(
+                "muc#roomconfig_lang",
+                "Natural language of the room",
+                &c.lang,
+            ))
+            .child(text_field(
+                "muc#roomconfig_pubsub",
+                "Associated pubsub node",
+                &c.pubsub,
+            ))
+            .child(text_field(
+                "muc#maxhistoryfetch",
+                "Most history messages sent on joining",
+                &c.max_history
+                    .unwrap_or(server.config.muc.max_history as u32)
+                    .to_string(),
+            ))
             .child(jid_multi(
                 "muc#roomconfig_roomowners",
                 "Owners",
@@ -2150,7 +2563,7 @@ impl State {
                 .attr("type", "unavailable")
                 .child(x)
                 .child(Element::new("occupant-id", NS_OCCUPANT_ID).attr("id", o.oid.as_str()));
-            send_el(server, &o.jid, p);
+            send_occ(server, o, p);
         }
         self.occupants.clear();
         self.by_jid.clear();
@@ -2207,14 +2620,17 @@ impl State {
         let mut q = Element::new("query", NS_MUC_ADMIN);
         if let Some(a) = item.get_attr("affiliation") {
             let a = Affiliation::parse(a).ok_or_else(|| err(Condition::BadRequest))?;
-            let needed = match a {
-                Affiliation::Owner | Affiliation::Admin => Affiliation::Admin,
-                _ => Affiliation::Admin,
-            };
             if a == Affiliation::None {
                 return Err(err(Condition::BadRequest));
             }
-            if my_aff < needed {
+            // The member list also goes to occupants of the roles
+            // `muc#roomconfig_getmemberlist` names.
+            let by_role = a == Affiliation::Member
+                && my_role != Role::None
+                && self
+                    .config()
+                    .is_some_and(|c| c.get_member_list.contains(&my_role));
+            if my_aff < Affiliation::Admin && !by_role {
                 return Err(err(Condition::Forbidden));
             }
             let rec = self.rec.as_ref().expect("room");
@@ -2243,7 +2659,7 @@ impl State {
                         Element::new("item", NS_MUC_ADMIN)
                             .attr("role", r.name())
                             .attr("nick", n.as_str())
-                            .attr("jid", o.jid.as_str())
+                            .attr("jid", o.jid())
                             .attr("affiliation", self.affiliation(server, o.bare()).name()),
                     );
                 }
@@ -2357,15 +2773,16 @@ impl State {
         self.rec = Some(rec);
         // What happens to occupants: new roles, or removal.
         let mut removed: Vec<(String, Vec<u16>, Option<String>)> = Vec::new();
-        let mut changed: Vec<(String, Option<String>)> = Vec::new();
+        // (nick, reason, role before)
+        let mut changed: Vec<(String, Option<String>, Role)> = Vec::new();
         for c in changes {
             match c {
                 Change::Role { nick, role, reason } => {
                     if role == Role::None {
                         removed.push((nick, vec![307], reason));
                     } else if let Some(o) = self.occupants.get_mut(&nick) {
-                        o.role = role;
-                        changed.push((nick, reason));
+                        let before = std::mem::replace(&mut o.role, role);
+                        changed.push((nick, reason, before));
                     }
                 }
                 Change::Affiliation { jid, aff, reason } => {
@@ -2384,9 +2801,9 @@ impl State {
                         } else {
                             let role = self.default_role(aff);
                             if let Some(o) = self.occupants.get_mut(&n) {
-                                o.role = role;
+                                let before = std::mem::replace(&mut o.role, role);
+                                changed.push((n, reason.clone(), before));
                             }
-                            changed.push((n, reason.clone()));
                         }
                     }
                 }
@@ -2401,27 +2818,41 @@ impl State {
             e
         };
         let mut writes: Vec<(String, Option<OccupantRecord>)> = Vec::new();
-        for (nick, reason) in &changed {
-            if let Some(o) = self.occupants.get(nick) {
-                writes.push((nick.clone(), Some(o.record())));
-            }
+        for (nick, reason, before) in &changed {
+            let Some(o) = self.occupants.get(nick) else {
+                continue;
+            };
+            writes.push((nick.clone(), Some(o.record())));
             let mut extra = actor_el(reason);
             if let Some(r) = reason {
                 extra = Element::new("reason", NS_MUC_USER).text(r.clone());
             }
             self.broadcast_presence(server, nick, &[], &[], Some(extra));
+            if self.broadcasts(*before) && !self.broadcasts(o.role) {
+                // Its presence is no longer broadcast: to the others it
+                // is gone.
+                let aff = self.affiliation(server, o.bare());
+                let un = self.unavailable_item(nick, None, aff, &[], &o.oid);
+                for (n, other) in &self.occupants {
+                    if n != nick {
+                        send_occ(server, other, un.clone());
+                    }
+                }
+            }
         }
         for (nick, codes, reason) in &removed {
             let Some(occ) = self.occupants.remove(nick) else {
                 continue;
             };
-            self.by_jid.remove(&occ.jid);
+            for s in &occ.sessions {
+                self.by_jid.remove(&s.jid);
+            }
             let aff = self.affiliation(server, occ.bare());
             for o in self.occupants.values().chain(std::iter::once(&occ)) {
                 let with_jid = self.whois_anyone() || o.role == Role::Moderator;
                 let mut p = self.unavailable_item(
                     nick,
-                    with_jid.then_some(occ.jid.as_str()),
+                    with_jid.then_some(occ.jid()),
                     aff,
                     codes,
                     &occ.oid,
@@ -2435,11 +2866,11 @@ impl State {
                             Element::new("reason", NS_MUC_USER).text(r.clone()),
                         ));
                     }
-                    if o.jid == occ.jid {
+                    if o.jid() == occ.jid() {
                         x.children.push(Node::Element(status(110)));
                     }
                 }
-                send_el(server, &o.jid, p);
+                send_occ(server, o, p);
             }
             writes.push((nick.clone(), None));
         }
@@ -2573,6 +3004,24 @@ fn list_field(var: &str, label: &str, v: &str, options: &[&str]) -> Element {
     f
 }
 
+fn roles_field(var: &str, label: &str, v: &[Role]) -> Element {
+    let mut f = Element::new("field", NS_DATA)
+        .attr("var", var)
+        .attr("type", "list-multi")
+        .attr("label", label);
+    for r in v {
+        f = f.child(value(r.name()));
+    }
+    for o in [Role::Moderator, Role::Participant, Role::Visitor] {
+        f = f.child(
+            Element::new("option", NS_DATA)
+                .attr("label", o.name())
+                .child(value(o.name())),
+        );
+    }
+    f
+}
+
 fn jid_multi(var: &str, label: &str, v: &[String]) -> Element {
     let mut f = Element::new("field", NS_DATA)
         .attr("var", var)
@@ -2609,6 +3058,40 @@ fn one(f: &Element, var: &str) -> Result<String, StanzaError> {
         [x] => Ok(x.clone()),
         _ => Err(bad(&format!("{var} takes one value"))),
     }
+}
+
+/// The roles of a list-multi field (`presencebroadcast`, `getmemberlist`).
+fn roles(f: &Element, var: &str) -> Result<Vec<Role>, StanzaError> {
+    let mut out = Vec::new();
+    for v in values(f) {
+        match Role::parse(v.trim()) {
+            Some(r) if r != Role::None => {
+                if !out.contains(&r) {
+                    out.push(r);
+                }
+            }
+            _ => {
+                return Err(bad(&format!(
+                    "{var} takes moderator, participant and visitor"
+                )));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Whether `v` looks like an RFC 5646 language tag (subtags of 1 to 8
+/// letters or digits, the first of letters).
+fn language_tag(v: &str) -> bool {
+    v.len() <= 64
+        && v.split('-').enumerate().all(|(i, t)| {
+            (1..=8).contains(&t.len())
+                && if i == 0 {
+                    t.chars().all(|c| c.is_ascii_alphabetic())
+                } else {
+                    t.chars().all(|c| c.is_ascii_alphanumeric())
+                }
+        })
 }
 
 fn boolean(f: &Element, var: &str) -> Result<bool, StanzaError> {
@@ -2683,11 +3166,42 @@ fn apply_form(server: &Server, rec: &mut RoomRecord, x: &Element) -> Result<(), 
                 c.allow_pm = AllowPm::parse(one(f, var)?.trim())
                     .ok_or_else(|| bad("allowpm is anyone, participants, moderators or none"))?;
             }
+            "muc#roomconfig_presencebroadcast" => c.presence_broadcast = roles(f, var)?,
+            "muc#roomconfig_getmemberlist" => c.get_member_list = roles(f, var)?,
+            "muc#roomconfig_lang" => {
+                let v = one(f, var)?;
+                let v = v.trim();
+                if !v.is_empty() && !language_tag(v) {
+                    return Err(bad("lang is a language tag (RFC 5646)"));
+                }
+                c.lang = v.to_owned();
+            }
+            "muc#roomconfig_pubsub" => {
+                let v = one(f, var)?;
+                if v.chars().any(char::is_control) {
+                    return Err(bad("pubsub is a node URI"));
+                }
+                c.pubsub = v.trim().to_owned();
+            }
+            "muc#maxhistoryfetch" | "muc#roomconfig_historylength" => {
+                let v = one(f, var)?;
+                let v = v.trim();
+                c.max_history = if v.is_empty() {
+                    None
+                } else {
+                    Some(
+                        v.parse::<u32>()
+                            .map_err(|_| bad("maxhistoryfetch is a number"))?,
+                    )
+                };
+            }
             "muc#roomconfig_roomowners" | "muc#roomconfig_roomadmins" => {
                 let mut list = Vec::new();
                 for v in values(f) {
+                    // A value that is no JID in a jid-multi field: the
+                    // wrong type, like the other fields' (bad-request).
                     let j = jid::BareJid::new(v.trim())
-                        .map_err(|_| StanzaError::with_text(Condition::JidMalformed, "bad JID"))?;
+                        .map_err(|_| bad(&format!("{var} takes bare JIDs")))?;
                     list.push(j.to_string());
                 }
                 if var.ends_with("owners") {
