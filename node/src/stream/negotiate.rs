@@ -208,6 +208,8 @@ async fn plain_phase(
             xs.send_raw("<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><encryption-required/></failure>")
                 .await
                 .ok()?;
+        } else if let Some(failed) = sm_before_auth(&el) {
+            xs.send_raw(&failed).await.ok()?;
         } else {
             unexpected_element(xs, &el).await;
             return None;
@@ -233,6 +235,15 @@ async fn next_element<S: Transport>(xs: &mut XmlStream<S>, deadline: Instant) ->
             None
         }
     }
+}
+
+/// XEP-0198 §3: stream management is negotiated only after authentication
+/// (and binding), and "the server SHALL enforce this order and return a
+/// `<failed/>` element": an `<enable/>` or `<resume/>` before SASL gets
+/// `<failed/>` with `<unexpected-request/>`, and the stream goes on.
+fn sm_before_auth(el: &Element) -> Option<String> {
+    (el.ns == crate::session::sm::NS_SM && matches!(el.name.as_str(), "enable" | "resume"))
+        .then(|| crate::session::sm::failed_xml("unexpected-request", ""))
 }
 
 /// A stanza where negotiation expects something else.
@@ -301,6 +312,8 @@ async fn secure_phases<S: Transport>(
         {
             let reply = crate::modules::register::pre_auth(server, &domain, &el).await;
             xs.send(&reply).await.ok()?;
+        } else if let Some(failed) = sm_before_auth(&el) {
+            xs.send_raw(&failed).await.ok()?;
         } else {
             unexpected_element(&mut xs, &el).await;
             return None;
