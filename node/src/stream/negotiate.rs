@@ -237,6 +237,16 @@ async fn next_element<S: Transport>(xs: &mut XmlStream<S>, deadline: Instant) ->
     }
 }
 
+/// An IQ with no 'to', or addressed to the stream's domain (or, once known,
+/// to the client's own bare JID): the server itself answers it.
+fn is_iq_to_server(el: &Element, domain: &str, own: Option<&jid::BareJid>) -> bool {
+    el.is("iq", NS_CLIENT)
+        && el.get_attr("to").is_none_or(|to| {
+            to.eq_ignore_ascii_case(domain)
+                || own.is_some_and(|b| to.eq_ignore_ascii_case(b.as_str()))
+        })
+}
+
 /// XEP-0198 §3: stream management is negotiated only after authentication
 /// (and binding), and "the server SHALL enforce this order and return a
 /// `<failed/>` element": an `<enable/>` or `<resume/>` before SASL gets
@@ -314,6 +324,19 @@ async fn secure_phases<S: Transport>(
             xs.send(&reply).await.ok()?;
         } else if let Some(failed) = sm_before_auth(&el) {
             xs.send_raw(&failed).await.ok()?;
+        } else if is_iq_to_server(&el, &domain, None) && !el.has_child("bind", NS_BIND) {
+            // RFC 6120 §7.1 closes the stream only for stanzas to other
+            // entities: an IQ to the server itself (or with no 'to') is
+            // refused with a stanza error and the stream goes on. Binding
+            // (stream negotiation, §4.9.3.12) and stanzas to anyone else
+            // still end it with <not-authorized/>.
+            if el
+                .get_attr("type")
+                .is_some_and(|t| t == "get" || t == "set")
+                && let Some(r) = stanza::error_reply(&el, &stanza::Condition::NotAuthorized.into())
+            {
+                xs.send(&r).await.ok()?;
+            }
         } else {
             unexpected_element(&mut xs, &el).await;
             return None;
@@ -345,7 +368,9 @@ async fn secure_phases<S: Transport>(
                 }
             }
         }
-        if !el.is("iq", NS_CLIENT) {
+        // RFC 6120 §7.1: before binding, a stanza to an entity other than
+        // the server or the client's own account closes the stream.
+        if !el.is("iq", NS_CLIENT) || !is_iq_to_server(&el, &domain, Some(&bare)) {
             unexpected_element(&mut xs, &el).await;
             return None;
         }
