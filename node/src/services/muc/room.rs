@@ -2191,7 +2191,7 @@ impl State {
         // Checked all first, then applied together.
         let mut changes: Vec<Change> = Vec::new();
         for item in &items {
-            changes.push(self.check_change(server, item, my_aff, my_role)?);
+            changes.push(self.check_change(server, item, &bare, my_aff, my_role)?);
         }
         self.apply_changes(server, &bare, changes, 321).await?;
         Ok(None)
@@ -2223,8 +2223,13 @@ impl State {
                     let mut it = Element::new("item", NS_MUC_ADMIN)
                         .attr("affiliation", a.name())
                         .attr("jid", j.as_str());
-                    if let Some((n, o)) = self.occupants.iter().find(|(_, o)| o.bare() == j) {
+                    // The registered nick if there is one (XEP-0045 §9.5
+                    // shows it on the member list), else the one in use.
+                    let present = self.occupants.iter().find(|(_, o)| o.bare() == j);
+                    if let Some(n) = rec.nicks.get(j).or(present.map(|(n, _)| n)) {
                         it.set_attr("nick", n.as_str());
+                    }
+                    if let Some((_, o)) = present {
                         it.set_attr("role", o.role.name());
                     }
                     q = q.child(it);
@@ -2257,6 +2262,7 @@ impl State {
         &self,
         server: &Server,
         item: &Element,
+        me: &str,
         my_aff: Affiliation,
         my_role: Role,
     ) -> Result<Change, StanzaError> {
@@ -2305,6 +2311,11 @@ impl State {
                 },
                 (None, None) => return Err(err(Condition::BadRequest)),
             };
+            // XEP-0045 §9.1: "If an admin or owner attempts to ban himself,
+            // the service MUST deny the request and return a <conflict/>".
+            if aff == Affiliation::Outcast && jid == me {
+                return Err(err(Condition::Conflict));
+            }
             let current = self.affiliation(server, &jid);
             let needed = match (aff, current) {
                 (Affiliation::Owner, _) | (_, Affiliation::Owner) => Affiliation::Owner,
@@ -2337,6 +2348,10 @@ impl State {
         // Owners left after the changes: at least one (XEP-0045 §10.6).
         for c in &changes {
             if let Change::Affiliation { jid, aff, .. } = c {
+                if *aff == Affiliation::Outcast {
+                    // §9.1: a ban also removes the outcast's registered nick.
+                    rec.nicks.remove(jid);
+                }
                 if *aff == Affiliation::None {
                     rec.affiliations.remove(jid);
                 } else {
