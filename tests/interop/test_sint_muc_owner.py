@@ -141,7 +141,7 @@ def test_room_unlocked_when_configured(server, clients):
     owner, other = users(2, server, clients)
     room = new_room(server, "unlock")
     create_presence(owner, room, "owner-" + rnd())
-    ok(configure(owner, room, {"muc#roomconfig_roomname": "Room " + rnd()}))
+    ok(configure(owner, room, {"roomname": "Room " + rnd()}))
     join(other, room, "participant-" + rnd())
     try_destroy(owner, room)
 
@@ -153,7 +153,7 @@ def test_destroy_persistent_or_temporary_room(server, clients, persistent):
     """testDestroyPersistentRoom / testDestroyTemporaryRoom."""
     (owner,) = users(1, server, clients)
     room = new_room(server, "destroy")
-    create_muc(owner, room, "owner-" + rnd(), {"muc#roomconfig_persistentroom": persistent})
+    create_muc(owner, room, "owner-" + rnd(), {"persistentroom": persistent})
     ok(owner.iq("set", f"<query xmlns='{NS_OWNER}'><destroy/></query>", to=room))
 
 
