@@ -36,6 +36,7 @@ const NS_ROOMINFO: &str = "http://jabber.org/protocol/muc#roominfo";
 const NS_REQUEST: &str = "http://jabber.org/protocol/muc#request";
 const NS_REGISTER: &str = "jabber:iq:register";
 const NS_MUC_REGISTER: &str = "http://jabber.org/protocol/muc#register";
+const NS_VCARD: &str = crate::modules::vcard::NS_VCARD;
 
 // ------------------------------------------------------------ records
 
@@ -191,6 +192,9 @@ pub struct RoomRecord {
     /// Registered (reserved) nicks, bare JID -> nick (XEP-0045 §7.10).
     #[serde(default)]
     pub nicks: BTreeMap<String, String>,
+    /// The room's vCard (XEP-0486 MUC avatars), as sent by an owner.
+    #[serde(default)]
+    pub vcard: Option<String>,
 }
 
 impl RoomRecord {
@@ -908,6 +912,7 @@ impl State {
                 locked: x.is_some(),
                 salt: rand::random(),
                 nicks: BTreeMap::new(),
+                vcard: None,
             });
             created = true;
         }
@@ -1763,10 +1768,51 @@ impl State {
                 Reply::Payload(p) => p,
             },
             ("query", NS_MUC_ADMIN, _) => self.admin_iq(server, &from, payload, set).await?,
+            ("vCard", NS_VCARD, _) => self.vcard_iq(server, &from, payload, set).await?,
             _ => return Err(err(Condition::ServiceUnavailable)),
         };
         send_el(server, &from, iq_result(el, reply));
         Ok(())
+    }
+
+    /// XEP-0486 MUC avatars: anyone reads the room's vCard (an empty one
+    /// when none is set); only an owner writes it, and an empty vCard
+    /// removes it (§3.2).
+    async fn vcard_iq(
+        &mut self,
+        server: &Server,
+        from: &str,
+        payload: &Element,
+        set: bool,
+    ) -> Result<Option<Element>, StanzaError> {
+        let rec = self.rec.as_ref().expect("room");
+        if !set {
+            let scope = [(String::new(), NS_CLIENT.to_owned())];
+            let limits = crate::xml::Limits {
+                max_stanza_bytes: usize::MAX,
+                ..Default::default()
+            };
+            let stored = rec
+                .vcard
+                .as_ref()
+                .and_then(|x| crate::xml::parse_element(x.as_bytes(), &scope, &limits).ok());
+            return Ok(Some(
+                stored.unwrap_or_else(|| Element::new("vCard", NS_VCARD)),
+            ));
+        }
+        if self.affiliation(server, split(from).0) != Affiliation::Owner {
+            return Err(err(Condition::Forbidden));
+        }
+        let vcard = payload
+            .elements()
+            .next()
+            .is_some()
+            .then(|| payload.to_stream_xml(NS_CLIENT));
+        let mut rec = rec.clone();
+        rec.vcard = vcard;
+        self.rec = Some(rec);
+        self.save(server, true, &[]).await?;
+        Ok(None)
     }
 
     /// An IQ to an occupant JID: XEP-0410 self-ping, or passed on to the
@@ -1880,6 +1926,7 @@ impl State {
             "http://jabber.org/protocol/muc#stable_id",
             mam::NS_SID,
             NS_INFO,
+            NS_VCARD,
         ];
         if server.config.mam.enabled {
             features.push(mam::NS_MAM);
