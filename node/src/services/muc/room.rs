@@ -1997,8 +1997,39 @@ impl State {
                 let now_members_only = rec.config.members_only && !old.members_only;
                 let logging_changed = rec.config.logging != old.logging;
                 let new_cfg = rec.config.clone();
+                let before: Vec<(String, Affiliation)> = self
+                    .occupants
+                    .iter()
+                    .map(|(n, o)| (n.clone(), self.affiliation(server, o.bare())))
+                    .collect();
                 self.rec = Some(rec);
-                self.save(server, true, &[]).await?;
+                // XEP-0045 §10.2: occupants who gained or lost owner or admin
+                // status through the form (roomowners / roomadmins) get the
+                // role of their new affiliation, and everyone is told.
+                let mut changed: Vec<String> = Vec::new();
+                let mut writes: Vec<(String, Option<OccupantRecord>)> = Vec::new();
+                for (nick, was) in before {
+                    let bare = self.occupants[&nick].bare().to_owned();
+                    let now = self.affiliation(server, &bare);
+                    if now == was || (now_members_only && now < Affiliation::Member) {
+                        continue;
+                    }
+                    let role = self.default_role(now);
+                    if let Some(o) = self.occupants.get_mut(&nick) {
+                        o.role = role;
+                        writes.push((nick.clone(), Some(o.record())));
+                    }
+                    changed.push(nick);
+                }
+                let refs: Vec<(&str, Option<OccupantRecord>)> = writes
+                    .iter()
+                    .map(|(n, r)| (n.as_str(), r.clone()))
+                    .collect();
+                self.save(server, true, &refs).await?;
+                drop(refs);
+                for nick in &changed {
+                    self.broadcast_presence(server, nick, &[], &[], None);
+                }
                 if !was_locked {
                     let mut codes = vec![104];
                     if now_private {
