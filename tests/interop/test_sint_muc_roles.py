@@ -1,0 +1,75 @@
+"""Port of the server extensions' MultiUserChatAdminGrantModeratorIntegrationTest (XEP-0045
+9.6), fixtures of test_sint_muc.py / test_sint_muc_admin.py: an admin grants moderator
+status by nick (with and without <reason/>); a participant may not (<forbidden/>); the target
+is then on the moderator list (role='moderator' items carry its nick); every occupant gets
+the target's updated presence with role 'moderator'."""
+
+import pytest
+
+from rawxmpp import C, bare, q, tostring
+from test_muc import NS_ADMIN, NS_USER, admin, err_of, join, new_room, ok
+from test_sint_helpers import rnd
+from test_sint_muc import create_muc, try_destroy
+from test_sint_muc_admin import grant
+
+pytestmark = [pytest.mark.timeout(120)]
+
+
+def users(n, server, clients):
+    return [clients.add(server.online(f"sintmucr{i}")) for i in range(n)]
+
+
+def setup(server, clients, name, make_admin=True):
+    owner, second, target = users(3, server, clients)
+    room = new_room(server, name)
+    nicks = {owner: "owner-" + rnd(), second: ("admin-" if make_admin else "participant-") + rnd(),
+             target: "target-" + rnd()}
+    create_muc(owner, room, nicks[owner])
+    if make_admin:
+        ok(grant(owner, room, bare(second.jid), "admin"))
+    join(second, room, nicks[second])
+    join(target, room, nicks[target])
+    second.recv(lambda e: e.tag == C("presence") and e.get("from") == f"{room}/{nicks[target]}", 10, what="join")
+    for c in (owner, second, target):
+        c.drain(0.2)
+    return owner, second, target, room, nicks
+
+
+@pytest.mark.parametrize("reason", [None, "Granting Moderator Status as part of an integration test."],
+                         ids=["no-reason", "reason"])
+def test_grant_moderator(server, clients, reason):
+    """testGrantModerator / testGrantModeratorOptionalReason."""
+    owner, adm, target, room, nicks = setup(server, clients, "moderator-grant")
+    r = f"<reason>{reason}</reason>" if reason else ""
+    ok(admin(adm, room, f"<item nick='{nicks[target]}' role='moderator'>{r}</item>"))
+    try_destroy(owner, room)
+
+
+def test_participant_not_allowed_to_grant_moderator_status(server, clients):
+    """testParticipantNotAllowedToGrantModeratorStatus (9: <forbidden/>)."""
+    owner, part, target, room, nicks = setup(server, clients, "moderator-notallowed", make_admin=False)
+    assert err_of(admin(part, room, f"<item nick='{nicks[target]}' role='moderator'/>")) == "forbidden"
+    try_destroy(owner, room)
+
+
+def test_moderator_on_moderator_list(server, clients):
+    """testModeratorOnModeratorList (9.6: the service MUST add the user to the moderator list)."""
+    owner, adm, target, room, nicks = setup(server, clients, "moderator-list")
+    ok(admin(adm, room, f"<item nick='{nicks[target]}' role='moderator'/>"))
+    r = ok(adm.iq("get", f"<query xmlns='{NS_ADMIN}'><item role='moderator'/></query>", to=room))
+    assert nicks[target] in [i.get("nick") for i in r.iter(q(NS_ADMIN, "item"))], tostring(r)
+    try_destroy(owner, room)
+
+
+def test_occupants_informed(server, clients):
+    """mucTestOccupantsInformed (9.6: updated presence from the individual to all occupants,
+    item role='moderator')."""
+    owner, adm, target, room, nicks = setup(server, clients, "moderator-broadcast")
+    ok(admin(adm, room, f"<item nick='{nicks[target]}' role='moderator'/>"))
+    for c in (owner, adm, target):
+        p = c.recv(lambda e: e.tag == C("presence") and e.get("from") == f"{room}/{nicks[target]}"
+                   and e.find(q(NS_USER, "x")) is not None
+                   and e.find(q(NS_USER, "x")).find(q(NS_USER, "item")).get("role") == "moderator", 10,
+                   what="moderator presence")
+        assert p.get("type") is None, tostring(p)
+    try_destroy(owner, room)
