@@ -1,5 +1,5 @@
-"""Port of the server extensions' MultiUserChatAdminGrantModeratorIntegrationTest (XEP-0045
-9.6), fixtures of test_sint_muc.py / test_sint_muc_admin.py: an admin grants moderator
+"""Ports of the server extensions' MultiUserChatAdminGrantModeratorIntegrationTest (XEP-0045
+9.6) and MultiUserChatAdminRevokeModeratorIntegrationTest (9.7, below), fixtures of test_sint_muc.py / test_sint_muc_admin.py: an admin grants moderator
 status by nick (with and without <reason/>); a participant may not (<forbidden/>); the target
 is then on the moderator list (role='moderator' items carry its nick); every occupant gets
 the target's updated presence with role 'moderator'."""
@@ -72,4 +72,71 @@ def test_occupants_informed(server, clients):
                    and e.find(q(NS_USER, "x")).find(q(NS_USER, "item")).get("role") == "moderator", 10,
                    what="moderator presence")
         assert p.get("type") is None, tostring(p)
+    try_destroy(owner, room)
+
+
+# ----------------------------------------------------------------- 9.7 revoking moderator status
+# MultiUserChatAdminRevokeModeratorIntegrationTest: the target is first made moderator (by the
+# admin, or by the owner when the actor is a mere participant).
+
+def moderator_first(actor_owner, room, nick):
+    ok(admin(actor_owner, room, f"<item nick='{nick}' role='moderator'/>"))
+
+
+@pytest.mark.parametrize("reason", [None, "Revoking moderator status as part of an integration test."],
+                         ids=["no-reason", "reason"])
+def test_revoke_moderator(server, clients, reason):
+    """testRevokeModerator / testRevokeModeratorWithReason (9.7: role 'participant')."""
+    owner, adm, target, room, nicks = setup(server, clients, "moderator-revoke")
+    moderator_first(adm, room, nicks[target])
+    r = f"<reason>{reason}</reason>" if reason else ""
+    ok(admin(adm, room, f"<item nick='{nicks[target]}' role='participant'>{r}</item>"))
+    try_destroy(owner, room)
+
+
+def test_participant_not_allowed_to_revoke_moderator(server, clients):
+    """testParticipantNotAllowedToRevokeModerator (9: <forbidden/>)."""
+    owner, part, target, room, nicks = setup(server, clients, "moderator-revoke-notallowed", make_admin=False)
+    moderator_first(owner, room, nicks[target])
+    assert err_of(admin(part, room, f"<item nick='{nicks[target]}' role='participant'/>")) == "forbidden"
+    try_destroy(owner, room)
+
+
+def test_moderator_not_on_moderator_list(server, clients):
+    """testModeratorNotOnModeratorList (9.7: the service MUST remove the user from the
+    moderator list)."""
+    owner, adm, target, room, nicks = setup(server, clients, "moderator-not-on-list")
+    moderator_first(adm, room, nicks[target])
+    ok(admin(adm, room, f"<item nick='{nicks[target]}' role='participant'/>"))
+    r = ok(adm.iq("get", f"<query xmlns='{NS_ADMIN}'><item role='moderator'/></query>", to=room))
+    assert nicks[target] not in [i.get("nick") for i in r.iter(q(NS_ADMIN, "item"))], tostring(r)
+    try_destroy(owner, room)
+
+
+def test_revoke_occupants_informed(server, clients):
+    """mucTestOccupantsInformed (9.7: updated presence to all occupants with role
+    'participant')."""
+    owner, adm, target, room, nicks = setup(server, clients, "moderator-revoke-broadcast")
+    moderator_first(adm, room, nicks[target])
+    for c in (owner, adm, target):
+        c.drain(0.3)
+    ok(admin(adm, room, f"<item nick='{nicks[target]}' role='participant'/>"))
+    for c in (owner, adm, target):
+        c.recv(lambda e: e.tag == C("presence") and e.get("from") == f"{room}/{nicks[target]}"
+               and e.find(q(NS_USER, "x")) is not None
+               and e.find(q(NS_USER, "x")).find(q(NS_USER, "item")).get("role") == "participant", 10,
+               what="participant presence")
+    try_destroy(owner, room)
+
+
+@pytest.mark.parametrize("victim", ["owner", "admin"])
+def test_admin_cannot_revoke_moderator_of_owner_or_admin(server, clients, victim):
+    """9.7: an admin MUST NOT be allowed to revoke moderator status from a user whose
+    affiliation is 'owner' or 'admin' (<not-allowed/>)."""
+    owner, adm, target, room, nicks = setup(server, clients, "moderator-revoke-higher")
+    who = owner
+    if victim == "admin":
+        ok(grant(owner, room, bare(target.jid), "admin"))
+        who = target
+    assert err_of(admin(adm, room, f"<item nick='{nicks[who]}' role='participant'/>")) == "not-allowed"
     try_destroy(owner, room)
