@@ -61,3 +61,41 @@ def test_revoke_owner(server, clients, in_room, reason):
     ok(grant(owner, room, bare(target.jid), "none", reason))
     assert bare(target.jid) not in [i.get("jid") for i in affiliation_list(owner, room, "owner")]
     try_destroy(owner, room)
+
+
+def _owner_and_target(server, clients, name, in_room):
+    owner, target = users(2, server, clients)
+    room = new_room(server, name)
+    create_muc(owner, room, "owner-" + rnd())
+    if in_room:
+        tnick = "target-" + rnd()
+        join(target, room, tnick)
+        owner.recv(lambda e: e.tag == C("presence") and e.get("from") == f"{room}/{tnick}", 10, what="target's join")
+    return owner, target, room
+
+
+@pytest.mark.parametrize("reason", [None, "Granting Admin Status as part of an integration test."],
+                         ids=["no-reason", "reason"])
+@pytest.mark.parametrize("in_room", [False, True], ids=["not-in-room", "in-room"])
+def test_grant_admin(server, clients, in_room, reason):
+    """MultiUserChatOwnerGrantAdminIntegrationTest (10.6): testGrantAdmin / ...WhileInRoom /
+    ...OptionalReason / ...OptionalReasonWhileInRoom; the JID is then on the admin list."""
+    owner, target, room = _owner_and_target(server, clients, "owner-admin-grant", in_room)
+    ok(grant(owner, room, bare(target.jid), "admin", reason))
+    assert bare(target.jid) in [i.get("jid") for i in affiliation_list(owner, room, "admin")]
+    try_destroy(owner, room)
+
+
+@pytest.mark.parametrize("reason", [None, "Revoking Admin Status as part of an integration test."],
+                         ids=["no-reason", "reason"])
+@pytest.mark.parametrize("in_room", [False, True], ids=["not-in-room", "in-room"])
+def test_revoke_admin(server, clients, in_room, reason):
+    """MultiUserChatOwnerRevokeAdminIntegrationTest (10.7): testRevokeAdmin / ...WhileInRoom /
+    ...OptionalReason / ...OptionalReasonWhileInRoom (that last one, as in the Java, changes the
+    affiliation to 'owner', which also ends admin status)."""
+    owner, target, room = _owner_and_target(server, clients, "owner-admin-revoke", in_room)
+    ok(grant(owner, room, bare(target.jid), "admin"))
+    new = "owner" if (in_room and reason) else "none"
+    ok(grant(owner, room, bare(target.jid), new, reason))
+    assert bare(target.jid) not in [i.get("jid") for i in affiliation_list(owner, room, "admin")]
+    try_destroy(owner, room)
