@@ -2401,7 +2401,13 @@ impl State {
                 _ => Affiliation::Admin,
             };
             if my_aff < needed {
-                return Err(err(if my_aff >= Affiliation::Admin {
+                // Granting owner or admin status, i.e. changing the owner or
+                // admin list, is for owners: anyone else gets <forbidden/>
+                // (XEP-0045 §10.3, §10.5, §10.6, §10.8). An admin acting on
+                // someone of a higher affiliation otherwise gets
+                // <not-allowed/> (§9.1: banning an owner).
+                let granting_high = matches!(aff, Affiliation::Owner | Affiliation::Admin);
+                return Err(err(if my_aff >= Affiliation::Admin && !granting_high {
                     Condition::NotAllowed
                 } else {
                     Condition::Forbidden
