@@ -140,3 +140,39 @@ def test_admin_cannot_revoke_moderator_of_owner_or_admin(server, clients, victim
         who = target
     assert err_of(admin(adm, room, f"<item nick='{nicks[who]}' role='participant'/>")) == "not-allowed"
     try_destroy(owner, room)
+
+
+# ----------------------------------------------------------------- 9.8 the moderator list
+# MultiUserChatAdminModeratorListIntegrationTest (as in the Java, the multi-item changes are
+# made by the owner: an owner can do anything an admin can, 5.2.1).
+
+def moderator_items(c, room):
+    r = ok(c.iq("get", f"<query xmlns='{NS_ADMIN}'><item role='moderator'/></query>", to=room))
+    return list(r.iter(q(NS_ADMIN, "item")))
+
+
+def test_admin_requests_moderator_list_and_item_check(server, clients):
+    """mucTestAdminRequestsModeratorList / mucTestAdminModeratorListItemCheck (9.8: each item
+    MUST include 'nick' and 'role')."""
+    owner, adm, target, room, nicks = setup(server, clients, "moderatorlist")
+    ok(admin(adm, room, f"<item nick='{nicks[target]}' role='moderator'/>"))
+    items = moderator_items(adm, room)
+    assert all(i.get("nick") and i.get("role") for i in items), [tostring(i) for i in items]
+    assert nicks[target] in {i.get("nick") for i in items}
+    try_destroy(owner, room)
+
+
+def test_moderator_list_multiple_items_revoke_and_delta(server, clients):
+    """mucTestAdminModeratorListMultipleItems / ...MultipleItemsRevoke / ...IsDelta."""
+    owner, one, two, room, nicks = setup(server, clients, "moderatorlist-multi", make_admin=False)
+    n1, n2 = nicks[one], nicks[two]
+    ok(admin(owner, room, f"<item nick='{n1}' role='moderator'/><item nick='{n2}' role='moderator'/>"))
+    assert {n1, n2} <= {i.get("nick") for i in moderator_items(owner, room)}
+    ok(admin(owner, room, f"<item nick='{n1}' role='participant'/><item nick='{n2}' role='participant'/>"))
+    assert not ({n1, n2} & {i.get("nick") for i in moderator_items(owner, room)})
+    ok(admin(owner, room, f"<item nick='{n1}' role='moderator'/>"))
+    ok(admin(owner, room, f"<item nick='{n2}' role='moderator'/>"))
+    ok(admin(owner, room, f"<item nick='{n1}' role='participant'/>"))
+    mods = {i.get("nick") for i in moderator_items(owner, room)}
+    assert n2 in mods and n1 not in mods and nicks[owner] in mods, mods
+    try_destroy(owner, room)
