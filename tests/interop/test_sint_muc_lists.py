@@ -1,5 +1,5 @@
-"""Ports of the server extensions' MultiUserChatOwnerOwnerListIntegrationTest (XEP-0045 10.5)
-and MultiUserChatOwnerIntegrationTest (10), fixtures of test_sint_muc.py:
+"""Ports of the server extensions' MultiUserChatOwnerOwnerListIntegrationTest (XEP-0045 10.5),
+MultiUserChatOwnerAdminListIntegrationTest (10.8, at the end) and MultiUserChatOwnerIntegrationTest (10), fixtures of test_sint_muc.py:
 
 - the owner gets the owner list; a user outside the room and a participant of a
   semi-anonymous room get <forbidden/>; each item has 'affiliation' and 'jid'; several
@@ -119,4 +119,67 @@ def test_room_has_owner_after_original_owner_leaves(server, clients):
     assert owners(owner, room) == {bare(owner.jid)}
     assert err_of(owner_list_request(part, room)) == "forbidden"
     join(owner, room, nick)
+    try_destroy(owner, room)
+
+
+# ----------------------------------------------------------------- 10.8 the admin list
+# MultiUserChatOwnerAdminListIntegrationTest: the same cases for affiliation 'admin'.
+
+def admins(c, room):
+    return {i.get("jid") for i in affiliation_list(c, room, "admin")}
+
+
+def test_owner_requests_admin_list_and_item_check(server, clients):
+    owner, target = users(2, server, clients)
+    room = new_room(server, "owner-requests-adminlist")
+    create_muc(owner, room, "owner-" + rnd())
+    ok(grant(owner, room, bare(target.jid), "admin"))
+    join(target, room, "target-" + rnd())
+    items = list(ok(owner.iq("get", f"<query xmlns='{NS_ADMIN}'><item affiliation='admin'/></query>", to=room))
+                 .iter(q(NS_ADMIN, "item")))
+    assert all(i.get("affiliation") and i.get("jid") for i in items), [tostring(i) for i in items]
+    assert bare(target.jid) in {i.get("jid") for i in items}
+    try_destroy(owner, room)
+
+
+@pytest.mark.parametrize("joined", [False, True], ids=["user", "participant"])
+def test_non_owner_requests_admin_list(server, clients, joined):
+    """testUserRequestsAdminList / testParticipantRequestsAdminList (semi-anonymous room:
+    <forbidden/>)."""
+    owner, other = users(2, server, clients)
+    room = new_room(server, "owner-user-requests-adminlist")
+    create_muc(owner, room, "owner-" + rnd(), {"whois": "moderators"})
+    if joined:
+        join(other, room, "participant-" + rnd())
+    r = other.iq("get", f"<query xmlns='{NS_ADMIN}'><item affiliation='admin'/></query>", to=room)
+    assert err_of(r) == "forbidden"
+    try_destroy(owner, room)
+
+
+def test_admin_list_multiple_items_revoke_and_delta(server, clients):
+    """testAdminListMultipleItems / testAdminAdminListMultipleItemsRevoke / testOwnerAdminListIsDelta."""
+    owner, two, three = users(3, server, clients)
+    room = new_room(server, "owner-adminlist-multiple")
+    create_muc(owner, room, "owner-" + rnd())
+    b2, b3 = bare(two.jid), bare(three.jid)
+    ok(admin(owner, room, f"<item affiliation='admin' jid='{b2}'/><item affiliation='admin' jid='{b3}'/>"))
+    assert {b2, b3} <= admins(owner, room)
+    ok(admin(owner, room, f"<item affiliation='none' jid='{b2}'/><item affiliation='none' jid='{b3}'/>"))
+    assert not ({b2, b3} & admins(owner, room))
+    ok(grant(owner, room, b2, "admin"))
+    ok(admin(owner, room, f"<item affiliation='none' jid='{b2}'/><item affiliation='admin' jid='{b3}'/>"))
+    a = admins(owner, room)
+    assert b3 in a and b2 not in a, a
+    try_destroy(owner, room)
+
+
+def test_admin_list_reject_admin(server, clients):
+    """Beyond the Java (the rule of testOwnerListRejectAdmin applied to 10.8): only owners
+    change the admin list; an admin's change gets <forbidden/>."""
+    owner, adm, three = users(3, server, clients)
+    room = new_room(server, "owner-adminlist-reject-admin")
+    create_muc(owner, room, "owner-" + rnd())
+    ok(grant(owner, room, bare(adm.jid), "admin"))
+    join(adm, room, "admin-" + rnd())
+    assert err_of(grant(adm, room, bare(three.jid), "admin")) == "forbidden"
     try_destroy(owner, room)
