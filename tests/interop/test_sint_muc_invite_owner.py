@@ -99,3 +99,15 @@ def test_revoke_admin(server, clients, in_room, reason):
     ok(grant(owner, room, bare(target.jid), new, reason))
     assert bare(target.jid) not in [i.get("jid") for i in affiliation_list(owner, room, "admin")]
     try_destroy(owner, room)
+
+
+@pytest.mark.parametrize("reason", [None, "Granting Owner Status as part of an integration test."],
+                         ids=["no-reason", "reason"])
+@pytest.mark.parametrize("in_room", [False, True], ids=["not-in-room", "in-room"])
+def test_grant_owner(server, clients, in_room, reason):
+    """MultiUserChatOwnerGrantOwnerIntegrationTest (10.3): testGrantOwner / ...WhileInRoom /
+    ...OptionalReason / ...OptionalReasonWhileInRoom; the JID is then on the owner list."""
+    owner, target, room = _owner_and_target(server, clients, "owner-owner-grant", in_room)
+    ok(grant(owner, room, bare(target.jid), "owner", reason))
+    assert bare(target.jid) in [i.get("jid") for i in affiliation_list(owner, room, "owner")]
+    try_destroy(owner, room)
