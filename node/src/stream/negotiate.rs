@@ -208,6 +208,8 @@ async fn plain_phase(
             xs.send_raw("<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><encryption-required/></failure>")
                 .await
                 .ok()?;
+        } else if let Some(failed) = sm_before_auth(&el) {
+            xs.send_raw(&failed).await.ok()?;
         } else {
             unexpected_element(xs, &el).await;
             return None;
@@ -233,6 +235,25 @@ async fn next_element<S: Transport>(xs: &mut XmlStream<S>, deadline: Instant) ->
             None
         }
     }
+}
+
+/// An IQ with no 'to', or addressed to the stream's domain (or, once known,
+/// to the client's own bare JID): the server itself answers it.
+fn is_iq_to_server(el: &Element, domain: &str, own: Option<&jid::BareJid>) -> bool {
+    el.is("iq", NS_CLIENT)
+        && el.get_attr("to").is_none_or(|to| {
+            to.eq_ignore_ascii_case(domain)
+                || own.is_some_and(|b| to.eq_ignore_ascii_case(b.as_str()))
+        })
+}
+
+/// XEP-0198 §3: stream management is negotiated only after authentication
+/// (and binding), and "the server SHALL enforce this order and return a
+/// `<failed/>` element": an `<enable/>` or `<resume/>` before SASL gets
+/// `<failed/>` with `<unexpected-request/>`, and the stream goes on.
+fn sm_before_auth(el: &Element) -> Option<String> {
+    (el.ns == crate::session::sm::NS_SM && matches!(el.name.as_str(), "enable" | "resume"))
+        .then(|| crate::session::sm::failed_xml("unexpected-request", ""))
 }
 
 /// A stanza where negotiation expects something else.
@@ -301,6 +322,21 @@ async fn secure_phases<S: Transport>(
         {
             let reply = crate::modules::register::pre_auth(server, &domain, &el).await;
             xs.send(&reply).await.ok()?;
+        } else if let Some(failed) = sm_before_auth(&el) {
+            xs.send_raw(&failed).await.ok()?;
+        } else if is_iq_to_server(&el, &domain, None) && !el.has_child("bind", NS_BIND) {
+            // RFC 6120 §7.1 closes the stream only for stanzas to other
+            // entities: an IQ to the server itself (or with no 'to') is
+            // refused with a stanza error and the stream goes on. Binding
+            // (stream negotiation, §4.9.3.12) and stanzas to anyone else
+            // still end it with <not-authorized/>.
+            if el
+                .get_attr("type")
+                .is_some_and(|t| t == "get" || t == "set")
+                && let Some(r) = stanza::error_reply(&el, &stanza::Condition::NotAuthorized.into())
+            {
+                xs.send(&r).await.ok()?;
+            }
         } else {
             unexpected_element(&mut xs, &el).await;
             return None;
@@ -332,7 +368,9 @@ async fn secure_phases<S: Transport>(
                 }
             }
         }
-        if !el.is("iq", NS_CLIENT) {
+        // RFC 6120 §7.1: before binding, a stanza to an entity other than
+        // the server or the client's own account closes the stream.
+        if !el.is("iq", NS_CLIENT) || !is_iq_to_server(&el, &domain, Some(&bare)) {
             unexpected_element(&mut xs, &el).await;
             return None;
         }

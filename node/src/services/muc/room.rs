@@ -36,6 +36,7 @@ const NS_ROOMINFO: &str = "http://jabber.org/protocol/muc#roominfo";
 const NS_REQUEST: &str = "http://jabber.org/protocol/muc#request";
 const NS_REGISTER: &str = "jabber:iq:register";
 const NS_MUC_REGISTER: &str = "http://jabber.org/protocol/muc#register";
+const NS_VCARD: &str = crate::modules::vcard::NS_VCARD;
 
 // ------------------------------------------------------------ records
 
@@ -218,6 +219,9 @@ pub struct RoomRecord {
     /// Registered (reserved) nicks, bare JID -> nick (XEP-0045 §7.10).
     #[serde(default)]
     pub nicks: BTreeMap<String, String>,
+    /// The room's vCard (XEP-0486 MUC avatars), as sent by an owner.
+    #[serde(default)]
+    pub vcard: Option<String>,
 }
 
 impl RoomRecord {
@@ -1014,6 +1018,7 @@ impl State {
                 locked: x.is_some(),
                 salt: rand::random(),
                 nicks: BTreeMap::new(),
+                vcard: None,
             });
             created = true;
         }
@@ -2091,10 +2096,51 @@ impl State {
                 Reply::Payload(p) => p,
             },
             ("query", NS_MUC_ADMIN, _) => self.admin_iq(server, &from, payload, set).await?,
+            ("vCard", NS_VCARD, _) => self.vcard_iq(server, &from, payload, set).await?,
             _ => return Err(err(Condition::ServiceUnavailable)),
         };
         send_el(server, &from, iq_result(el, reply));
         Ok(())
+    }
+
+    /// XEP-0486 MUC avatars: anyone reads the room's vCard (an empty one
+    /// when none is set); only an owner writes it, and an empty vCard
+    /// removes it (§3.2).
+    async fn vcard_iq(
+        &mut self,
+        server: &Server,
+        from: &str,
+        payload: &Element,
+        set: bool,
+    ) -> Result<Option<Element>, StanzaError> {
+        let rec = self.rec.as_ref().expect("room");
+        if !set {
+            let scope = [(String::new(), NS_CLIENT.to_owned())];
+            let limits = crate::xml::Limits {
+                max_stanza_bytes: usize::MAX,
+                ..Default::default()
+            };
+            let stored = rec
+                .vcard
+                .as_ref()
+                .and_then(|x| crate::xml::parse_element(x.as_bytes(), &scope, &limits).ok());
+            return Ok(Some(
+                stored.unwrap_or_else(|| Element::new("vCard", NS_VCARD)),
+            ));
+        }
+        if self.affiliation(server, split(from).0) != Affiliation::Owner {
+            return Err(err(Condition::Forbidden));
+        }
+        let vcard = payload
+            .elements()
+            .next()
+            .is_some()
+            .then(|| payload.to_stream_xml(NS_CLIENT));
+        let mut rec = rec.clone();
+        rec.vcard = vcard;
+        self.rec = Some(rec);
+        self.save(server, true, &[]).await?;
+        Ok(None)
     }
 
     /// An IQ to an occupant JID: XEP-0410 self-ping, or passed on to the
@@ -2217,6 +2263,7 @@ impl State {
             "http://jabber.org/protocol/muc#stable_id",
             mam::NS_SID,
             NS_INFO,
+            NS_VCARD,
         ];
         if server.config.mam.enabled {
             features.push(mam::NS_MAM);
@@ -2336,8 +2383,39 @@ impl State {
                 let now_members_only = rec.config.members_only && !old.members_only;
                 let logging_changed = rec.config.logging != old.logging;
                 let new_cfg = rec.config.clone();
+                let before: Vec<(String, Affiliation)> = self
+                    .occupants
+                    .iter()
+                    .map(|(n, o)| (n.clone(), self.affiliation(server, o.bare())))
+                    .collect();
                 self.rec = Some(rec);
-                self.save(server, true, &[]).await?;
+                // XEP-0045 §10.2: occupants who gained or lost owner or admin
+                // status through the form (roomowners / roomadmins) get the
+                // role of their new affiliation, and everyone is told.
+                let mut changed: Vec<String> = Vec::new();
+                let mut writes: Vec<(String, Option<OccupantRecord>)> = Vec::new();
+                for (nick, was) in before {
+                    let bare = self.occupants[&nick].bare().to_owned();
+                    let now = self.affiliation(server, &bare);
+                    if now == was || (now_members_only && now < Affiliation::Member) {
+                        continue;
+                    }
+                    let role = self.default_role(now);
+                    if let Some(o) = self.occupants.get_mut(&nick) {
+                        o.role = role;
+                        writes.push((nick.clone(), Some(o.record())));
+                    }
+                    changed.push(nick);
+                }
+                let refs: Vec<(&str, Option<OccupantRecord>)> = writes
+                    .iter()
+                    .map(|(n, r)| (n.as_str(), r.clone()))
+                    .collect();
+                self.save(server, true, &refs).await?;
+                drop(refs);
+                for nick in &changed {
+                    self.broadcast_presence(server, nick, &[], &[], None);
+                }
                 if !was_locked {
                     let mut codes = vec![104];
                     if now_private {
@@ -2604,7 +2682,7 @@ impl State {
         // Checked all first, then applied together.
         let mut changes: Vec<Change> = Vec::new();
         for item in &items {
-            changes.push(self.check_change(server, item, my_aff, my_role)?);
+            changes.push(self.check_change(server, item, &bare, my_aff, my_role)?);
         }
         self.apply_changes(server, &bare, changes, 321).await?;
         Ok(None)
@@ -2639,8 +2717,13 @@ impl State {
                     let mut it = Element::new("item", NS_MUC_ADMIN)
                         .attr("affiliation", a.name())
                         .attr("jid", j.as_str());
-                    if let Some((n, o)) = self.occupants.iter().find(|(_, o)| o.bare() == j) {
+                    // The registered nick if there is one (XEP-0045 §9.5
+                    // shows it on the member list), else the one in use.
+                    let present = self.occupants.iter().find(|(_, o)| o.bare() == j);
+                    if let Some(n) = rec.nicks.get(j).or(present.map(|(n, _)| n)) {
                         it.set_attr("nick", n.as_str());
+                    }
+                    if let Some((_, o)) = present {
                         it.set_attr("role", o.role.name());
                     }
                     q = q.child(it);
@@ -2673,6 +2756,7 @@ impl State {
         &self,
         server: &Server,
         item: &Element,
+        me: &str,
         my_aff: Affiliation,
         my_role: Role,
     ) -> Result<Change, StanzaError> {
@@ -2721,6 +2805,11 @@ impl State {
                 },
                 (None, None) => return Err(err(Condition::BadRequest)),
             };
+            // XEP-0045 §9.1: "If an admin or owner attempts to ban himself,
+            // the service MUST deny the request and return a <conflict/>".
+            if aff == Affiliation::Outcast && jid == me {
+                return Err(err(Condition::Conflict));
+            }
             let current = self.affiliation(server, &jid);
             let needed = match (aff, current) {
                 (Affiliation::Owner, _) | (_, Affiliation::Owner) => Affiliation::Owner,
@@ -2728,7 +2817,13 @@ impl State {
                 _ => Affiliation::Admin,
             };
             if my_aff < needed {
-                return Err(err(if my_aff >= Affiliation::Admin {
+                // Granting owner or admin status, i.e. changing the owner or
+                // admin list, is for owners: anyone else gets <forbidden/>
+                // (XEP-0045 §10.3, §10.5, §10.6, §10.8). An admin acting on
+                // someone of a higher affiliation otherwise gets
+                // <not-allowed/> (§9.1: banning an owner).
+                let granting_high = matches!(aff, Affiliation::Owner | Affiliation::Admin);
+                return Err(err(if my_aff >= Affiliation::Admin && !granting_high {
                     Condition::NotAllowed
                 } else {
                     Condition::Forbidden
@@ -2753,6 +2848,10 @@ impl State {
         // Owners left after the changes: at least one (XEP-0045 §10.6).
         for c in &changes {
             if let Change::Affiliation { jid, aff, .. } = c {
+                if *aff == Affiliation::Outcast {
+                    // §9.1: a ban also removes the outcast's registered nick.
+                    rec.nicks.remove(jid);
+                }
                 if *aff == Affiliation::None {
                     rec.affiliations.remove(jid);
                 } else {
