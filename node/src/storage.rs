@@ -1006,10 +1006,28 @@ impl Storage {
 /// One PEP node of one account: its configuration (the module's own
 /// record, serialised by it) and its item ids, oldest first.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default)]
 pub struct PepNode {
     /// The node configuration as the PEP module keeps it.
     pub config: Vec<u8>,
     pub items: Vec<String>,
+    /// XEP-0060 §4.1 affiliations set explicitly: (bare JID, affiliation
+    /// name as the XEP spells it). A PEP node's owner is its account and
+    /// is not listed.
+    pub affiliations: Vec<(String, String)>,
+    /// Explicit subscriptions (XEP-0060 §6.1), oldest first.
+    pub subscriptions: Vec<PepSub>,
+}
+
+/// One explicit subscription to a pubsub node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct PepSub {
+    /// The subscribed JID (bare or full, normalised).
+    pub jid: String,
+    pub subid: String,
+    /// `pubsub#deliver` of its options: notifications are sent.
+    pub deliver: bool,
 }
 
 fn pep_node_key(bare: &str, node: &str) -> Vec<u8> {

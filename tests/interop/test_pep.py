@@ -309,8 +309,11 @@ def test_publish_items_retract_and_errors(server):
     assert stanza_error(r)[1] == "item-not-found", tostring(r)
     r = a.iq("set", f"<pubsub xmlns='{NS_PUBSUB}'><retract node='{node}'/></pubsub>")
     assert app_error(r) == ("bad-request", "item-required")
-    r = a.iq("set", f"<pubsub xmlns='{NS_PUBSUB}'><subscribe node='{node}' jid='{a.jid}'/></pubsub>")
-    assert app_error(r) == ("feature-not-implemented", "unsupported"), tostring(r)
+    # explicit subscriptions (XEP-0060 6.1) are taken on PEP nodes too
+    r = ok(a.iq("set", f"<pubsub xmlns='{NS_PUBSUB}'><subscribe node='{node}' jid='{a.jid}'/></pubsub>"))
+    sub = r.find(q(NS_PUBSUB, "pubsub")).find(q(NS_PUBSUB, "subscription"))
+    assert sub.get("subscription") == "subscribed" and sub.get("subid"), tostring(r)
+    ok(a.iq("set", f"<pubsub xmlns='{NS_PUBSUB}'><unsubscribe node='{node}' jid='{a.jid}'/></pubsub>"))
     r = a.iq("set", f"<pubsub xmlns='{NS_PUBSUB}'><create node='{node}'/></pubsub>")
     assert stanza_error(r)[1] == "conflict", tostring(r)
     # someone else cannot publish to, configure or delete a's nodes

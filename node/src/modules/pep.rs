@@ -23,7 +23,7 @@ use super::{
 };
 use crate::server::Server;
 use crate::stanza::{Condition, NS_CLIENT, StanzaError};
-use crate::storage::{AVATAR_HASH, PEP_ITEM, PEP_NODE, PepChange, PepNode, RosterItem};
+use crate::storage::{AVATAR_HASH, PEP_ITEM, PEP_NODE, PepChange, PepNode, PepSub, RosterItem};
 use crate::xml::{Element, Limits};
 use futures::FutureExt;
 use serde::{Deserialize, Serialize};
@@ -146,6 +146,54 @@ pub static MODULE: Module = Module {
         },
         AccountFeature {
             var: "http://jabber.org/protocol/pubsub#retrieve-items",
+            when: None,
+        },
+        AccountFeature {
+            var: "http://jabber.org/protocol/pubsub#retrieve-subscriptions",
+            when: None,
+        },
+        AccountFeature {
+            var: "http://jabber.org/protocol/pubsub#retrieve-affiliations",
+            when: None,
+        },
+        AccountFeature {
+            var: "http://jabber.org/protocol/pubsub#subscribe",
+            when: None,
+        },
+        AccountFeature {
+            var: "http://jabber.org/protocol/pubsub#subscription-options",
+            when: None,
+        },
+        AccountFeature {
+            var: "http://jabber.org/protocol/pubsub#manage-subscriptions",
+            when: None,
+        },
+        AccountFeature {
+            var: "http://jabber.org/protocol/pubsub#modify-affiliations",
+            when: None,
+        },
+        AccountFeature {
+            var: "http://jabber.org/protocol/pubsub#member-affiliation",
+            when: None,
+        },
+        AccountFeature {
+            var: "http://jabber.org/protocol/pubsub#outcast-affiliation",
+            when: None,
+        },
+        AccountFeature {
+            var: "http://jabber.org/protocol/pubsub#publisher-affiliation",
+            when: None,
+        },
+        AccountFeature {
+            var: "http://jabber.org/protocol/pubsub#publish-only-affiliation",
+            when: None,
+        },
+        AccountFeature {
+            var: "http://jabber.org/protocol/pubsub#multi-subscribe",
+            when: None,
+        },
+        AccountFeature {
+            var: "http://jabber.org/protocol/pubsub#retrieve-default-sub",
             when: None,
         },
         AccountFeature {
@@ -301,6 +349,53 @@ pub struct NodeConfig {
     /// `pubsub#max_payload_size`: a node's own limit below
     /// `[pep] max_item_bytes` (`None`: that).
     pub max_payload_size: Option<usize>,
+    /// `pubsub#publish_model` (a PEP node's is always `publishers`).
+    pub publish_model: PublishModel,
+    /// `pubsub#subscribe`: whether entities may subscribe.
+    pub subscribe: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PublishModel {
+    #[default]
+    Publishers,
+    Subscribers,
+    Open,
+}
+
+impl PublishModel {
+    fn as_str(self) -> &'static str {
+        match self {
+            PublishModel::Publishers => "publishers",
+            PublishModel::Subscribers => "subscribers",
+            PublishModel::Open => "open",
+        }
+    }
+}
+
+/// Why a configuration field was refused: a bad value (`<not-acceptable/>`)
+/// or an option this service does not offer (`<feature-not-implemented/>`
+/// with `<unsupported feature='…'/>`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    Invalid,
+    Unsupported(&'static str),
+}
+
+impl From<()> for Refused {
+    fn from((): ()) -> Self {
+        Refused::Invalid
+    }
+}
+
+impl Refused {
+    fn into_error(self) -> StanzaError {
+        match self {
+            Refused::Invalid => Condition::NotAcceptable.into(),
+            Refused::Unsupported(f) => unsupported(f),
+        }
+    }
 }
 
 impl Default for NodeConfig {
@@ -320,11 +415,28 @@ impl Default for NodeConfig {
             description: String::new(),
             payload_type: String::new(),
             max_payload_size: None,
+            publish_model: PublishModel::Publishers,
+            subscribe: true,
         }
     }
 }
 
 impl NodeConfig {
+    /// A new node's configuration on `svc`: XEP-0163 §5's for PEP, the
+    /// XEP-0060 §16.4.4 defaults (open access, as many items as the
+    /// service keeps, no last item sent) for a generic service.
+    pub fn default_for(svc: Svc<'_>) -> NodeConfig {
+        if svc.generic.is_none() {
+            return NodeConfig::default();
+        }
+        NodeConfig {
+            access: Access::Open,
+            max_items: None,
+            send_last: SendLast::Never,
+            ..NodeConfig::default()
+        }
+    }
+
     /// The items the node keeps, `cap` being `[pep] max_items`.
     fn limit(&self, cap: usize) -> usize {
         self.max_items.unwrap_or(cap).min(cap)
@@ -338,10 +450,17 @@ impl NodeConfig {
         rmp_serde::to_vec_named(self).expect("config serialises")
     }
 
-    /// Sets one field from a submitted form; `Err(())` for an unknown
-    /// field or a value of the wrong type.
+    /// Sets one field from a submitted form; `Err` for an unknown field,
+    /// a value of the wrong type or an option `svc` does not offer.
     /// `cap`: `[pep] max_items`, the most a node may be set to keep.
-    fn set(&mut self, var: &str, values: &[String], cap: usize) -> Result<(), ()> {
+    fn set(
+        &mut self,
+        var: &str,
+        values: &[String],
+        cap: usize,
+        svc: Svc<'_>,
+    ) -> Result<(), Refused> {
+        let generic = svc.generic.is_some();
         let one = || values.first().map(|v| v.trim()).ok_or(());
         let boolean = || match one()? {
             "1" | "true" => Ok(true),
@@ -349,7 +468,10 @@ impl NodeConfig {
             _ => Err(()),
         };
         match var {
-            "pubsub#access_model" => self.access = Access::parse(one()?).ok_or(())?,
+            "pubsub#access_model" => match one()? {
+                "authorize" => return Err(Refused::Unsupported("access-authorize")),
+                m => self.access = Access::parse(m).ok_or(())?,
+            },
             "pubsub#roster_groups_allowed" => self.roster_groups = values.to_vec(),
             "pubsub#max_items" => {
                 self.max_items = match one()? {
@@ -357,7 +479,7 @@ impl NodeConfig {
                     n => {
                         let n: usize = n.parse().map_err(|_| ())?;
                         if n == 0 || n > cap {
-                            return Err(());
+                            return Err(Refused::Invalid);
                         }
                         Some(n)
                     }
@@ -374,7 +496,7 @@ impl NodeConfig {
             "pubsub#notification_type" => {
                 let t = one()?;
                 if t != "headline" && t != "normal" {
-                    return Err(());
+                    return Err(Refused::Invalid);
                 }
                 self.notification_type = t.to_owned();
             }
@@ -387,23 +509,43 @@ impl NodeConfig {
                     None | Some("") => None,
                     Some(v) => match v.parse::<usize>() {
                         Ok(n) if n > 0 => Some(n),
-                        _ => return Err(()),
+                        _ => return Err(Refused::Invalid),
                     },
                 };
             }
             // PEP has one publisher, the owner (XEP-0163 §2.2).
             "pubsub#publish_model" => {
-                if one()? != "publishers" {
-                    return Err(());
+                self.publish_model = match one()? {
+                    "publishers" => PublishModel::Publishers,
+                    "subscribers" if generic => PublishModel::Subscribers,
+                    "open" if generic => PublishModel::Open,
+                    _ => return Err(Refused::Invalid),
                 }
             }
-            _ => return Err(()),
+            "pubsub#subscribe" if generic => self.subscribe = boolean()?,
+            "pubsub#node_type" if generic => {
+                if one()? != "leaf" {
+                    return Err(Refused::Unsupported("collections"));
+                }
+            }
+            // What this service never does may be asked not to be done.
+            "pubsub#notify_config"
+            | "pubsub#notify_sub"
+            | "pubsub#presence_based_delivery"
+            | "pubsub#purge_offline"
+                if generic =>
+            {
+                if boolean()? {
+                    return Err(Refused::Invalid);
+                }
+            }
+            _ => return Err(Refused::Invalid),
         }
         Ok(())
     }
 
     /// The configuration as a data form (`form` or `result`).
-    fn form(&self, kind: &str) -> Element {
+    fn form(&self, kind: &str, svc: Svc<'_>) -> Element {
         fn field(var: &str, ftype: &str, values: &[&str]) -> Element {
             let mut f = Element::new("field", NS_DATA)
                 .attr("var", var)
@@ -427,7 +569,7 @@ impl NodeConfig {
             .max_payload_size
             .map_or_else(String::new, |n| n.to_string());
         let groups: Vec<&str> = self.roster_groups.iter().map(String::as_str).collect();
-        Element::new("x", NS_DATA)
+        let mut x = Element::new("x", NS_DATA)
             .attr("type", kind)
             .child(field("FORM_TYPE", "hidden", &[NODE_CONFIG]))
             .child(options(
@@ -493,10 +635,30 @@ impl NodeConfig {
                 "text-single",
                 &[&max_payload],
             ))
-            .child(options(
-                field("pubsub#publish_model", "list-single", &["publishers"]),
-                &["publishers"],
-            ))
+            .child(if svc.generic.is_some() {
+                options(
+                    field(
+                        "pubsub#publish_model",
+                        "list-single",
+                        &[self.publish_model.as_str()],
+                    ),
+                    &["publishers", "subscribers", "open"],
+                )
+            } else {
+                options(
+                    field("pubsub#publish_model", "list-single", &["publishers"]),
+                    &["publishers"],
+                )
+            });
+        if svc.generic.is_some() {
+            x = x
+                .child(field("pubsub#subscribe", "boolean", &[b(self.subscribe)]))
+                .child(options(
+                    field("pubsub#node_type", "list-single", &["leaf"]),
+                    &["leaf"],
+                ));
+        }
+        x
     }
 }
 
@@ -539,44 +701,205 @@ fn form_fields(x: &Element, form_type: &str) -> Result<Option<Fields>, ()> {
     Ok(Some(fields))
 }
 
+// ------------------------------------------------------------ services
+
+/// A publish-subscribe service: an account's PEP service (XEP-0163) or
+/// the generic service of a served domain (`pubsub.<domain>`). Its JID
+/// keys its nodes in the store and is where its notifications come from.
+#[derive(Clone, Copy, Debug)]
+pub struct Svc<'a> {
+    pub jid: &'a str,
+    /// For a generic service: the served domain it belongs to.
+    pub generic: Option<&'a str>,
+}
+
+impl<'a> Svc<'a> {
+    pub fn pep(owner: &'a str) -> Self {
+        Svc {
+            jid: owner,
+            generic: None,
+        }
+    }
+}
+
+/// A request to a service and who sent it.
+pub struct Req<'a> {
+    pub server: &'a Server,
+    pub svc: Svc<'a>,
+    /// The requester's bare and full JIDs.
+    pub bare: &'a str,
+    pub full: &'a str,
+}
+
+/// XEP-0060 §4.1 affiliations, least first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Aff {
+    Outcast,
+    None,
+    Member,
+    PublishOnly,
+    Publisher,
+    Owner,
+}
+
+impl Aff {
+    fn as_str(self) -> &'static str {
+        match self {
+            Aff::Outcast => "outcast",
+            Aff::None => "none",
+            Aff::Member => "member",
+            Aff::PublishOnly => "publish-only",
+            Aff::Publisher => "publisher",
+            Aff::Owner => "owner",
+        }
+    }
+    fn parse(s: &str) -> Option<Aff> {
+        Some(match s {
+            "outcast" => Aff::Outcast,
+            "none" => Aff::None,
+            "member" => Aff::Member,
+            "publish-only" => Aff::PublishOnly,
+            "publisher" => Aff::Publisher,
+            "owner" => Aff::Owner,
+            _ => return None,
+        })
+    }
+}
+
+fn is_admin(server: &Server, svc: Svc<'_>, who: &str) -> bool {
+    svc.generic.is_some() && server.config.pubsub.admins.iter().any(|a| a == who)
+}
+
+/// `who`'s affiliation with a node of `svc` (record `rec`): a PEP
+/// service's account and a generic service's admins own every node.
+fn affiliation(server: &Server, svc: Svc<'_>, rec: &PepNode, who: &str) -> Aff {
+    if (svc.generic.is_none() && who == svc.jid) || is_admin(server, svc, who) {
+        return Aff::Owner;
+    }
+    rec.affiliations
+        .iter()
+        .find(|(j, _)| j == who)
+        .and_then(|(_, a)| Aff::parse(a))
+        .unwrap_or(Aff::None)
+}
+
+/// The owners of a node: whose rosters the `presence` and `roster`
+/// access models consult.
+fn owners<'a>(svc: Svc<'a>, rec: &'a PepNode) -> impl Iterator<Item = &'a str> {
+    let pep = svc.generic.is_none().then_some(svc.jid);
+    pep.into_iter().chain(
+        rec.affiliations
+            .iter()
+            .filter(|(_, a)| a == "owner")
+            .map(|(j, _)| j.as_str()),
+    )
+}
+
+/// Whether `who` may create nodes on `svc`: on a PEP service its account;
+/// on a generic one as `[pubsub] create` says.
+pub fn may_create(server: &Server, svc: Svc<'_>, who: &str) -> bool {
+    let Some(parent) = svc.generic else {
+        return who == svc.jid;
+    };
+    if is_admin(server, svc, who) {
+        return true;
+    }
+    let domain = who.rsplit_once('@').map(|(_, d)| d);
+    match server.config.pubsub.create {
+        crate::config::PubsubCreate::Domain => domain == Some(parent),
+        crate::config::PubsubCreate::Server => domain.is_some_and(|d| server.config.serves(d)),
+        crate::config::PubsubCreate::Admins => false,
+    }
+}
+
 // ------------------------------------------------------------ access
 
-/// Whether `requester` may see `owner`'s node (XEP-0060 §4.5, §6.5.9).
+/// Whether `requester` may see a node (its items and metadata) and
+/// subscribe to it (XEP-0060 §4.5, §6.1.3, §6.5.9).
 fn may_read(
     server: &Server,
-    owner: &str,
+    svc: Svc<'_>,
+    rec: &PepNode,
     requester: &str,
     cfg: &NodeConfig,
 ) -> Result<(), StanzaError> {
-    if owner == requester {
-        return Ok(());
+    match affiliation(server, svc, rec, requester) {
+        Aff::Owner | Aff::Publisher | Aff::Member => return Ok(()),
+        Aff::Outcast | Aff::PublishOnly => return Err(Condition::Forbidden.into()),
+        Aff::None => {}
     }
     match cfg.access {
         Access::Open => Ok(()),
         Access::Presence => {
-            let ok = server
-                .storage
-                .roster_item(owner, requester)?
-                .is_some_and(|i| i.subscription.from());
-            if ok {
-                Ok(())
-            } else {
-                Err(app(
-                    Condition::NotAuthorized,
-                    "presence-subscription-required",
-                ))
+            for o in owners(svc, rec) {
+                if server
+                    .storage
+                    .roster_item(o, requester)?
+                    .is_some_and(|i| i.subscription.from())
+                {
+                    return Ok(());
+                }
             }
+            Err(app(
+                Condition::NotAuthorized,
+                "presence-subscription-required",
+            ))
         }
         Access::Roster => {
-            let item = server.storage.roster_item(owner, requester)?;
-            if item.is_some_and(|i| in_groups(&i, cfg)) {
-                Ok(())
-            } else {
-                Err(app(Condition::NotAuthorized, "not-in-roster-group"))
+            for o in owners(svc, rec) {
+                if server
+                    .storage
+                    .roster_item(o, requester)?
+                    .is_some_and(|i| in_groups(&i, cfg))
+                {
+                    return Ok(());
+                }
             }
+            Err(app(Condition::NotAuthorized, "not-in-roster-group"))
         }
         Access::Whitelist => Err(app(Condition::NotAllowed, "closed-node")),
     }
+}
+
+/// Whether the requester may publish to a node (XEP-0060 §7.1.3.1 and
+/// `pubsub#publish_model`).
+fn may_publish(req: &Req<'_>, rec: &PepNode, cfg: &NodeConfig) -> Result<(), StanzaError> {
+    let a = affiliation(req.server, req.svc, rec, req.bare);
+    let ok = match cfg.publish_model {
+        PublishModel::Publishers => a >= Aff::PublishOnly,
+        PublishModel::Open => a != Aff::Outcast,
+        PublishModel::Subscribers => {
+            a >= Aff::PublishOnly
+                || (a != Aff::Outcast
+                    && rec
+                        .subscriptions
+                        .iter()
+                        .any(|s| crate::stanza::split(&s.jid).0 == req.bare))
+        }
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(Condition::Forbidden.into())
+    }
+}
+
+/// The node owner's rights, else `<forbidden/>`.
+fn must_own(req: &Req<'_>, rec: &PepNode) -> Result<(), StanzaError> {
+    if affiliation(req.server, req.svc, rec, req.bare) == Aff::Owner {
+        Ok(())
+    } else {
+        Err(Condition::Forbidden.into())
+    }
+}
+
+/// A node that does not exist: `<item-not-found/>` (XEP-0060), except to
+/// whom may not touch another account's PEP service at all.
+fn no_node(req: &Req<'_>) -> StanzaError {
+    if req.svc.generic.is_none() && req.bare != req.svc.jid {
+        return Condition::Forbidden.into();
+    }
+    Condition::ItemNotFound.into()
 }
 
 fn in_groups(item: &RosterItem, cfg: &NodeConfig) -> bool {
@@ -600,39 +923,82 @@ fn contact_notified(item: &RosterItem, cfg: &NodeConfig) -> bool {
 
 /// XEP-0060 §5.2: the nodes of `owner` that `requester` may see.
 fn disco_items(server: &Server, owner: &str, requester: &str) -> Vec<Element> {
-    let Ok(nodes) = server.storage.pep_nodes(owner) else {
+    node_list(server, Svc::pep(owner), requester)
+}
+
+/// XEP-0060 §5.2: the nodes of `svc` that `requester` may see.
+pub fn node_list(server: &Server, svc: Svc<'_>, requester: &str) -> Vec<Element> {
+    let Ok(nodes) = server.storage.pep_nodes(svc.jid) else {
         return Vec::new();
     };
     nodes
         .into_iter()
-        .filter(|(_, rec)| {
-            may_read(server, owner, requester, &NodeConfig::decode(&rec.config)).is_ok()
-        })
-        .map(|(node, _)| {
-            Element::new("item", super::disco::NS_ITEMS)
-                .attr("jid", owner)
-                .attr("node", node)
+        .filter_map(|(node, rec)| {
+            let cfg = NodeConfig::decode(&rec.config);
+            may_read(server, svc, &rec, requester, &cfg).ok()?;
+            let mut item = Element::new("item", super::disco::NS_ITEMS)
+                .attr("jid", svc.jid)
+                .attr("node", node);
+            if !cfg.title.is_empty() {
+                item.set_attr("name", cfg.title.as_str());
+            }
+            Some(item)
         })
         .collect()
 }
 
-/// XEP-0060 §5.3 and §5.4: a node's identity (a leaf) and its metadata
-/// (`pubsub#meta-data`).
+/// XEP-0060 §5.5: the items of a node as disco items (their ids).
+pub fn node_item_list(
+    server: &Server,
+    svc: Svc<'_>,
+    requester: &str,
+    node: &str,
+) -> Option<Vec<Element>> {
+    let (_, rec) = server.storage.pep_node(svc.jid, node).ok()??;
+    let cfg = NodeConfig::decode(&rec.config);
+    may_read(server, svc, &rec, requester, &cfg).ok()?;
+    Some(
+        rec.items
+            .iter()
+            .map(|id| {
+                Element::new("item", super::disco::NS_ITEMS)
+                    .attr("jid", svc.jid)
+                    .attr("name", id.as_str())
+            })
+            .collect(),
+    )
+}
+
 fn disco_node_info(
     server: &Server,
     owner: &str,
     requester: &str,
     node: &str,
 ) -> Option<Vec<Element>> {
-    let (_, rec) = server.storage.pep_node(owner, node).ok()??;
+    node_info(server, Svc::pep(owner), requester, node)
+}
+
+/// XEP-0060 §5.3 and §5.4: a node's identity (a leaf) and its metadata
+/// (`pubsub#meta-data`).
+pub fn node_info(
+    server: &Server,
+    svc: Svc<'_>,
+    requester: &str,
+    node: &str,
+) -> Option<Vec<Element>> {
+    let (_, rec) = server.storage.pep_node(svc.jid, node).ok()??;
     let cfg = NodeConfig::decode(&rec.config);
-    may_read(server, owner, requester, &cfg).ok()?;
+    may_read(server, svc, &rec, requester, &cfg).ok()?;
     let info = super::disco::NS_INFO;
     let field = |var: &str, value: &str| {
         Element::new("field", NS_DATA)
             .attr("var", var)
             .child(Element::new("value", NS_DATA).text(value))
     };
+    let mut owner_field = Element::new("field", NS_DATA).attr("var", "pubsub#owner");
+    for o in owners(svc, &rec) {
+        owner_field = owner_field.child(Element::new("value", NS_DATA).text(o));
+    }
     let meta = Element::new("x", NS_DATA)
         .attr("type", "result")
         .child(
@@ -643,7 +1009,12 @@ fn disco_node_info(
         .child(field("pubsub#description", &cfg.description))
         .child(field("pubsub#type", &cfg.payload_type))
         .child(field("pubsub#access_model", cfg.access.as_str()))
-        .child(field("pubsub#owner", owner));
+        .child(field("pubsub#publish_model", cfg.publish_model.as_str()))
+        .child(owner_field)
+        .child(field(
+            "pubsub#num_subscribers",
+            &rec.subscriptions.len().to_string(),
+        ));
     Some(vec![
         Element::new("identity", info)
             .attr("category", "pubsub")
@@ -664,72 +1035,96 @@ fn handle<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
                 return Err(Condition::ServiceUnavailable.into());
             }
         };
-        let is_owner = owner == ctx.origin.bare;
-        let children: Vec<&Element> = ctx.payload.elements().collect();
-        // The operation; in the pubsub namespace, `publish-options` and
-        // `configure` only qualify a `publish` or `create` beside them.
-        let op = children.iter().find(|e| {
-            ctx.payload.ns == NS_OWNER
-                || !matches!(e.name.as_str(), "publish-options" | "configure")
-        });
-        let Some(first) = op.or(children.first()) else {
-            return Err(Condition::BadRequest.into());
+        // Only the account manages its PEP nodes.
+        if ctx.payload.ns == NS_OWNER && owner != ctx.origin.bare {
+            return Err(Condition::Forbidden.into());
+        }
+        let req = Req {
+            server: ctx.server,
+            svc: Svc::pep(owner),
+            bare: ctx.origin.bare,
+            full: ctx.origin.full,
         };
-        if ctx.payload.ns == NS_OWNER {
-            if !is_owner {
-                return Err(Condition::Forbidden.into());
-            }
-            return match (first.name.as_str(), ctx.set) {
-                ("configure", false) => configure_get(ctx, owner, first),
-                ("configure", true) => configure_set(ctx, owner, first).await,
-                ("delete", true) => delete(ctx, owner, first).await,
-                ("purge", true) => purge(ctx, owner, first).await,
-                ("default", false) => Ok(Element::new("pubsub", NS_OWNER)
-                    .child(
-                        Element::new("default", NS_OWNER).child(NodeConfig::default().form("form")),
-                    )
-                    .into()),
-                ("affiliations", _) => Err(unsupported("modify-affiliations")),
-                ("subscriptions", _) => Err(unsupported("manage-subscriptions")),
-                _ => Err(Condition::BadRequest.into()),
-            };
-        }
-        match (first.name.as_str(), ctx.set) {
-            ("publish", true) => {
-                let options = children.iter().find(|e| e.is("publish-options", NS_PUBSUB));
-                if !is_owner {
-                    return Err(Condition::Forbidden.into());
-                }
-                let r = publish(ctx.server, owner, first, options.copied(), true).await?;
-                bookmarks::after_change(ctx.server, owner, first).await;
-                Ok(r)
-            }
-            ("retract", true) => {
-                if !is_owner {
-                    return Err(Condition::Forbidden.into());
-                }
-                let r = retract(ctx.server, owner, first).await?;
-                bookmarks::after_change(ctx.server, owner, first).await;
-                Ok(r)
-            }
-            ("create", true) => {
-                if !is_owner {
-                    return Err(Condition::Forbidden.into());
-                }
-                let configure = children.iter().find(|e| e.is("configure", NS_PUBSUB));
-                create(ctx, owner, first, configure.copied()).await
-            }
-            ("items", false) => items(ctx, owner, first),
-            ("subscribe" | "unsubscribe", true) => Err(unsupported("subscribe")),
-            ("options", _) => Err(unsupported("subscription-options")),
-            ("subscriptions", false) => Err(unsupported("retrieve-subscriptions")),
-            ("affiliations", false) => Err(unsupported("retrieve-affiliations")),
-            ("publish" | "retract" | "create" | "subscribe" | "unsubscribe", false)
-            | ("items", true) => Err(Condition::BadRequest.into()),
-            _ => Err(Condition::FeatureNotImplemented.into()),
-        }
+        dispatch(&req, ctx.payload, ctx.set).await
     }
     .boxed()
+}
+
+/// Answers a `<pubsub/>` request (either namespace) to a service.
+pub async fn dispatch(req: &Req<'_>, payload: &Element, set: bool) -> IqResult {
+    let children: Vec<&Element> = payload.elements().collect();
+    // The operation; in the pubsub namespace, `publish-options`,
+    // `configure` and `options` only qualify a `publish`, `create` or
+    // `subscribe` beside them.
+    let op = children.iter().find(|e| {
+        payload.ns == NS_OWNER
+            || !matches!(e.name.as_str(), "publish-options" | "configure" | "options")
+    });
+    let Some(first) = op.or(children.first()).copied() else {
+        return Err(Condition::BadRequest.into());
+    };
+    if first.ns != payload.ns {
+        return Err(Condition::BadRequest.into());
+    }
+    let sibling = |name: &str| {
+        children
+            .iter()
+            .find(|e| e.is(name, NS_PUBSUB) && !std::ptr::eq(**e, first))
+            .copied()
+    };
+    if payload.ns == NS_OWNER {
+        return match (first.name.as_str(), set) {
+            ("configure", false) => configure_get(req, first).await,
+            ("configure", true) => configure_set(req, first).await,
+            ("delete", true) => delete(req, first).await,
+            ("purge", true) => purge(req, first).await,
+            ("default", false) => Ok(Element::new("pubsub", NS_OWNER)
+                .child(
+                    Element::new("default", NS_OWNER)
+                        .child(NodeConfig::default_for(req.svc).form("form", req.svc)),
+                )
+                .into()),
+            ("subscriptions", false) => owner_subscriptions(req, first).await,
+            ("subscriptions", true) => owner_subscriptions_set(req, first).await,
+            ("affiliations", false) => owner_affiliations(req, first).await,
+            ("affiliations", true) => owner_affiliations_set(req, first).await,
+            ("delete" | "purge", false) | ("default", true) => Err(Condition::BadRequest.into()),
+            _ => Err(Condition::FeatureNotImplemented.into()),
+        };
+    }
+    let pep = req.svc.generic.is_none();
+    match (first.name.as_str(), set) {
+        ("publish", true) => {
+            let r = publish_in(req, first, sibling("publish-options"), true).await?;
+            if pep {
+                bookmarks::after_change(req.server, req.svc.jid, first).await;
+            }
+            Ok(r)
+        }
+        ("retract", true) => {
+            let r = retract_in(req, first).await?;
+            if pep {
+                bookmarks::after_change(req.server, req.svc.jid, first).await;
+            }
+            Ok(r)
+        }
+        ("create", true) => create(req, first, sibling("configure")).await,
+        ("items", false) => items(req, first).await,
+        ("subscribe", true) => subscribe(req, first, sibling("options")).await,
+        ("unsubscribe", true) => unsubscribe(req, first).await,
+        ("options", false) => options_get(req, first).await,
+        ("options", true) => options_set(req, first).await,
+        ("subscriptions", false) => my_subscriptions(req, first).await,
+        ("affiliations", false) => my_affiliations(req, first).await,
+        ("default", false) => Ok(Element::new("pubsub", NS_PUBSUB)
+            .child(Element::new("default", NS_PUBSUB).child(sub_options_form(true)))
+            .into()),
+        ("publish" | "retract" | "create" | "subscribe" | "unsubscribe", false)
+        | ("items" | "subscriptions" | "affiliations" | "default", true) => {
+            Err(Condition::BadRequest.into())
+        }
+        _ => Err(Condition::FeatureNotImplemented.into()),
+    }
 }
 
 /// The node id of a request, required non-empty.
@@ -758,19 +1153,70 @@ fn new_item_id() -> String {
     )
 }
 
-/// A new node past `[pep] max_nodes` is refused.
-fn too_many_nodes(server: &Server, owner: &str) -> Result<(), StanzaError> {
-    if server.storage.pep_node_count(owner)? >= server.config.pep.max_nodes as u64 {
+/// A node record; when the local replica has none, read again after a
+/// read barrier (it may have been made through another cluster node a
+/// moment ago).
+async fn read_node(
+    server: &Server,
+    jid: &str,
+    node: &str,
+) -> Result<Option<(Vec<u8>, PepNode)>, StanzaError> {
+    if let Some(r) = server.storage.pep_node(jid, node)? {
+        return Ok(Some(r));
+    }
+    if !server.storage.store.has_peers() {
+        return Ok(None);
+    }
+    server.storage.store.read_barrier().await?;
+    Ok(server.storage.pep_node(jid, node)?)
+}
+
+/// Writes a node change (one compare-and-set); when the record changed
+/// since it was read, waits for this replica to catch up before the
+/// caller reads it again (a stale replica would fail every retry).
+async fn write_node(server: &Server, change: PepChange<'_>) -> Result<bool, StanzaError> {
+    if server.storage.pep_write(change).await? {
+        return Ok(true);
+    }
+    if server.storage.store.has_peers() {
+        let _ = server.storage.store.read_barrier().await;
+    }
+    Ok(false)
+}
+
+/// A new node past `[pep] max_nodes` (`[pubsub] max_nodes` for a generic
+/// service) is refused.
+fn too_many_nodes(server: &Server, svc: Svc<'_>) -> Result<(), StanzaError> {
+    let max = match svc.generic {
+        None => server.config.pep.max_nodes,
+        Some(_) => server.config.pubsub.max_nodes,
+    };
+    if server.storage.pep_node_count(svc.jid)? >= max as u64 {
         return Err(StanzaError::with_text(
             Condition::PolicyViolation,
-            "too many PEP nodes",
+            "too many nodes",
         ));
     }
     Ok(())
 }
 
-/// Publishes one item (XEP-0060 §7.1, with XEP-0163's auto-create and
-/// §7.1.5's publish-options); `hooks`: run the avatar conversion.
+/// The record of a node created by `req`: on a generic service its
+/// creator owns it.
+fn new_record(req: &Req<'_>, cfg: &NodeConfig) -> PepNode {
+    let mut rec = PepNode {
+        config: cfg.encode(),
+        ..PepNode::default()
+    };
+    if req.svc.generic.is_some() {
+        rec.affiliations
+            .push((req.bare.to_owned(), Aff::Owner.as_str().to_owned()));
+    }
+    rec
+}
+
+/// Publishes one item to an account's PEP node on its own behalf
+/// (XEP-0060 §7.1, with XEP-0163's auto-create and §7.1.5's
+/// publish-options); `hooks`: run the avatar conversion.
 pub async fn publish(
     server: &Server,
     owner: &str,
@@ -778,6 +1224,24 @@ pub async fn publish(
     options: Option<&Element>,
     hooks: bool,
 ) -> IqResult {
+    let req = Req {
+        server,
+        svc: Svc::pep(owner),
+        bare: owner,
+        full: owner,
+    };
+    publish_in(&req, publish, options, hooks).await
+}
+
+/// XEP-0060 §7.1 on any service.
+async fn publish_in(
+    req: &Req<'_>,
+    publish: &Element,
+    options: Option<&Element>,
+    hooks: bool,
+) -> IqResult {
+    let server = req.server;
+    let svc = req.svc;
     let node = node_attr(publish)?;
     let cap = server.config.pep.max_items;
     let items: Vec<&Element> = publish
@@ -785,23 +1249,23 @@ pub async fn publish(
         .filter(|e| e.is("item", NS_PUBSUB))
         .collect();
     let item = match items.as_slice() {
-        [] => return Err(app(Condition::BadRequest, "item-required")),
-        [one] => *one,
+        [] => None,
+        [one] => Some(*one),
         _ => return Err(app(Condition::BadRequest, "invalid-payload")),
     };
-    let payloads: Vec<&Element> = item.elements().collect();
-    let payload = match payloads.as_slice() {
-        [] => return Err(app(Condition::BadRequest, "payload-required")),
-        [one] => *one,
-        _ => return Err(app(Condition::BadRequest, "invalid-payload")),
+    let payload = match item.map(|i| i.elements().collect::<Vec<_>>()).as_deref() {
+        None | Some([]) => None,
+        Some([one]) => Some(*one),
+        Some(_) => return Err(app(Condition::BadRequest, "invalid-payload")),
     };
-    let id = match item.get_attr("id") {
+    let id = match item.and_then(|i| i.get_attr("id")) {
         Some(id) if !id.is_empty() => id.to_owned(),
         _ => new_item_id(),
     };
-    let stored = Element::new("item", NS_PUBSUB)
-        .attr("id", id.as_str())
-        .child(payload.clone());
+    let mut stored = Element::new("item", NS_PUBSUB).attr("id", id.as_str());
+    if let Some(p) = payload {
+        stored = stored.child(p.clone());
+    }
     let xml = stored.to_stream_xml(NS_PUBSUB);
     if xml.len() > server.config.pep.max_item_bytes {
         return Err(app(Condition::NotAcceptable, "payload-too-big"));
@@ -815,18 +1279,21 @@ pub async fn publish(
             form_fields(x, PUBLISH_OPTIONS).map_err(|()| Condition::BadRequest)?
         }
     };
-    let mut cfg = NodeConfig::default();
-    for attempt in 0..MAX_ATTEMPTS {
-        let read = server.storage.pep_node(owner, node)?;
+    let mut cfg;
+    let mut subs;
+    let mut attempt = 0;
+    loop {
+        let read = read_node(server, svc.jid, node).await?;
         let (raw, mut rec) = match read {
             Some((raw, rec)) => {
                 cfg = NodeConfig::decode(&rec.config);
+                may_publish(req, &rec, &cfg)?;
                 if let Some(fields) = &wanted {
                     // §7.1.5: every option must hold already.
                     let mut want = cfg.clone();
                     for (var, values) in fields {
-                        want.set(var, values, cap)
-                            .map_err(|()| precondition_not_met())?;
+                        want.set(var, values, cap, svc)
+                            .map_err(|_| precondition_not_met())?;
                     }
                     if want != cfg {
                         return Err(precondition_not_met());
@@ -835,17 +1302,31 @@ pub async fn publish(
                 (Some(raw), rec)
             }
             None => {
-                too_many_nodes(server, owner)?;
-                cfg = NodeConfig::default();
+                // §7.1.4: auto-create, for whoever may create nodes.
+                if !may_create(server, svc, req.bare) {
+                    return Err(no_node(req));
+                }
+                too_many_nodes(server, svc)?;
+                cfg = NodeConfig::default_for(svc);
                 if let Some(fields) = &wanted {
                     for (var, values) in fields {
-                        cfg.set(var, values, cap)
-                            .map_err(|()| precondition_not_met())?;
+                        cfg.set(var, values, cap, svc)
+                            .map_err(|_| precondition_not_met())?;
                     }
                 }
-                (None, PepNode::default())
+                (None, new_record(req, &cfg))
             }
         };
+        // §7.1.3.6: what the node's event type asks for.
+        if !cfg.persist_items && !cfg.deliver_payloads {
+            if item.is_some() {
+                return Err(app(Condition::BadRequest, "item-forbidden"));
+            }
+        } else if item.is_none() {
+            return Err(app(Condition::BadRequest, "item-required"));
+        } else if cfg.deliver_payloads && payload.is_none() {
+            return Err(app(Condition::BadRequest, "payload-required"));
+        }
         if cfg.max_payload_size.is_some_and(|m| xml.len() > m) {
             return Err(app(Condition::NotAcceptable, "payload-too-big"));
         }
@@ -861,47 +1342,67 @@ pub async fn publish(
         } else {
             remove.append(&mut rec.items);
         }
+        subs = rec.subscriptions.clone();
         let change = PepChange {
-            bare: owner,
+            bare: svc.jid,
             node,
             read: raw,
             write: Some(rec),
             put,
             remove,
         };
-        if server.storage.pep_write(change).await? {
+        if write_node(server, change).await? {
             break;
         }
-        if attempt + 1 == MAX_ATTEMPTS {
+        attempt += 1;
+        if attempt == MAX_ATTEMPTS {
             return Err(Condition::ResourceConstraint.into());
         }
     }
     metrics::counter!("starling_pep_published_total").increment(1);
     if cfg.deliver_notifications {
-        let mut ev_item = Element::new("item", NS_EVENT).attr("id", id.as_str());
-        if cfg.deliver_payloads {
-            ev_item = ev_item.child(payload.clone());
+        let mut event = Element::new("items", NS_EVENT).attr("node", node);
+        if item.is_some() {
+            let mut ev_item = Element::new("item", NS_EVENT).attr("id", id.as_str());
+            if cfg.deliver_payloads
+                && let Some(p) = payload
+            {
+                ev_item = ev_item.child(p.clone());
+            }
+            event = event.child(ev_item);
         }
-        let event = Element::new("items", NS_EVENT)
-            .attr("node", node)
-            .child(ev_item);
-        notify(server, owner, node, &cfg, event);
+        notify(server, svc, node, &cfg, &subs, event).await;
     }
-    if hooks && node == AVATAR_METADATA {
-        avatar::metadata_published(server, owner, payload).await;
+    if hooks
+        && svc.generic.is_none()
+        && node == AVATAR_METADATA
+        && let Some(p) = payload
+    {
+        avatar::metadata_published(server, svc.jid, p).await;
     }
-    Ok(Element::new("pubsub", NS_PUBSUB)
-        .child(
-            Element::new("publish", NS_PUBSUB)
-                .attr("node", node)
-                .child(Element::new("item", NS_PUBSUB).attr("id", id)),
-        )
-        .into())
+    let mut done = Element::new("publish", NS_PUBSUB).attr("node", node);
+    if item.is_some() {
+        done = done.child(Element::new("item", NS_PUBSUB).attr("id", id));
+    }
+    Ok(Element::new("pubsub", NS_PUBSUB).child(done).into())
+}
+
+/// XEP-0060 §7.2 on an account's own PEP node.
+async fn retract(server: &Server, owner: &str, retract: &Element) -> IqResult {
+    let req = Req {
+        server,
+        svc: Svc::pep(owner),
+        bare: owner,
+        full: owner,
+    };
+    retract_in(&req, retract).await
 }
 
 /// XEP-0060 §7.2: removes items; notifies when asked to (or, without
 /// `notify`, when the node is configured to).
-async fn retract(server: &Server, owner: &str, retract: &Element) -> IqResult {
+async fn retract_in(req: &Req<'_>, retract: &Element) -> IqResult {
+    let server = req.server;
+    let svc = req.svc;
     let node = node_attr(retract)?;
     let ids: Vec<&str> = retract
         .elements()
@@ -913,25 +1414,31 @@ async fn retract(server: &Server, owner: &str, retract: &Element) -> IqResult {
     }
     let notify_attr = retract.get_attr("notify").map(|v| v == "true" || v == "1");
     let mut cfg;
+    let mut subs;
     let mut attempt = 0;
     loop {
-        let Some((raw, mut rec)) = server.storage.pep_node(owner, node)? else {
-            return Err(Condition::ItemNotFound.into());
+        let Some((raw, mut rec)) = read_node(server, svc.jid, node).await? else {
+            return Err(no_node(req));
         };
         cfg = NodeConfig::decode(&rec.config);
+        // §7.2.3.1: publishers and owners retract.
+        if affiliation(server, svc, &rec, req.bare) < Aff::PublishOnly {
+            return Err(Condition::Forbidden.into());
+        }
         if ids.iter().any(|id| !rec.items.iter().any(|i| i == id)) {
             return Err(Condition::ItemNotFound.into());
         }
         rec.items.retain(|i| !ids.contains(&i.as_str()));
+        subs = rec.subscriptions.clone();
         let change = PepChange {
-            bare: owner,
+            bare: svc.jid,
             node,
             read: Some(raw),
             write: Some(rec),
             put: Vec::new(),
             remove: ids.iter().map(|s| (*s).to_owned()).collect(),
         };
-        if server.storage.pep_write(change).await? {
+        if write_node(server, change).await? {
             break;
         }
         attempt += 1;
@@ -939,60 +1446,68 @@ async fn retract(server: &Server, owner: &str, retract: &Element) -> IqResult {
             return Err(Condition::ResourceConstraint.into());
         }
     }
-    if notify_attr.unwrap_or(cfg.notify_retract) {
+    if notify_attr.unwrap_or(cfg.notify_retract) && cfg.deliver_notifications {
         let mut event = Element::new("items", NS_EVENT).attr("node", node);
         for id in &ids {
             event = event.child(Element::new("retract", NS_EVENT).attr("id", *id));
         }
-        notify(server, owner, node, &cfg, event);
+        notify(server, svc, node, &cfg, &subs, event).await;
     }
     Ok(IqReply::EMPTY)
 }
 
 /// XEP-0060 §8.1: a node created explicitly (with an optional
-/// configuration); an existing one is `<conflict/>`.
-async fn create(
-    ctx: &IqCtx<'_>,
-    owner: &str,
-    create: &Element,
-    configure: Option<&Element>,
-) -> IqResult {
+/// configuration); an existing one is `<conflict/>`. Without a node id a
+/// generic service makes one up (§8.1.2, instant nodes).
+async fn create(req: &Req<'_>, create: &Element, configure: Option<&Element>) -> IqResult {
+    let server = req.server;
+    let svc = req.svc;
+    let instant;
     let node = match create.get_attr("node") {
         Some(n) if !n.is_empty() => node_attr(create)?,
         // §8.1.2: PEP has no instant nodes.
-        _ => return Err(app(Condition::NotAcceptable, "nodeid-required")),
+        _ if svc.generic.is_none() => {
+            return Err(app(Condition::NotAcceptable, "nodeid-required"));
+        }
+        _ => {
+            instant = new_item_id();
+            instant.as_str()
+        }
     };
-    too_many_nodes(ctx.server, owner)?;
-    let mut cfg = NodeConfig::default();
-    if let Some(c) = configure.filter(|c| c.is("configure", NS_PUBSUB))
-        && let Some(x) = c.elements().next()
-    {
+    if !may_create(server, svc, req.bare) {
+        return Err(Condition::Forbidden.into());
+    }
+    too_many_nodes(server, svc)?;
+    let mut cfg = NodeConfig::default_for(svc);
+    if let Some(x) = configure.and_then(|c| c.elements().next()) {
         let fields = form_fields(x, NODE_CONFIG).map_err(|()| Condition::NotAcceptable)?;
         for (var, values) in fields.unwrap_or_default() {
-            cfg.set(&var, &values, ctx.server.config.pep.max_items)
-                .map_err(|()| Condition::NotAcceptable)?;
+            cfg.set(&var, &values, server.config.pep.max_items, svc)
+                .map_err(Refused::into_error)?;
         }
     }
-    let rec = PepNode {
-        config: cfg.encode(),
-        items: Vec::new(),
-    };
     let change = PepChange {
-        bare: owner,
+        bare: svc.jid,
         node,
         read: None,
-        write: Some(rec),
+        write: Some(new_record(req, &cfg)),
         put: Vec::new(),
         remove: Vec::new(),
     };
-    if !ctx.server.storage.pep_write(change).await? {
+    if !write_node(server, change).await? {
         return Err(Condition::Conflict.into());
     }
-    Ok(IqReply::EMPTY)
+    if create.get_attr("node").is_some_and(|n| !n.is_empty()) {
+        return Ok(IqReply::EMPTY);
+    }
+    Ok(Element::new("pubsub", NS_PUBSUB)
+        .child(Element::new("create", NS_PUBSUB).attr("node", node))
+        .into())
 }
 
 /// XEP-0060 §6.5: all items, the latest `max_items`, or some by id.
-fn items(ctx: &IqCtx<'_>, owner: &str, items: &Element) -> IqResult {
+async fn items(req: &Req<'_>, items: &Element) -> IqResult {
+    let server = req.server;
     let node = node_attr(items)?;
     let max = match items.get_attr("max_items") {
         None => None,
@@ -1006,11 +1521,11 @@ fn items(ctx: &IqCtx<'_>, owner: &str, items: &Element) -> IqResult {
         .filter(|e| e.is("item", NS_PUBSUB))
         .filter_map(|e| e.get_attr("id"))
         .collect();
-    let Some((_, rec)) = ctx.server.storage.pep_node(owner, node)? else {
+    let Some((_, rec)) = read_node(server, req.svc.jid, node).await? else {
         return Err(Condition::ItemNotFound.into());
     };
     let cfg = NodeConfig::decode(&rec.config);
-    may_read(ctx.server, owner, ctx.origin.bare, &cfg)?;
+    may_read(server, req.svc, &rec, req.bare, &cfg)?;
     let ids: Vec<&str> = if wanted.is_empty() {
         let n = max.unwrap_or(usize::MAX).min(rec.items.len());
         rec.items[rec.items.len() - n..]
@@ -1029,10 +1544,9 @@ fn items(ctx: &IqCtx<'_>, owner: &str, items: &Element) -> IqResult {
     };
     let mut out = Element::new("items", NS_PUBSUB).attr("node", node);
     for id in ids {
-        if let Some(item) = ctx
-            .server
+        if let Some(item) = server
             .storage
-            .pep_item(owner, node, id)?
+            .pep_item(req.svc.jid, node, id)?
             .as_deref()
             .and_then(parse_stored)
         {
@@ -1042,40 +1556,46 @@ fn items(ctx: &IqCtx<'_>, owner: &str, items: &Element) -> IqResult {
     Ok(Element::new("pubsub", NS_PUBSUB).child(out).into())
 }
 
-fn configure_get(ctx: &IqCtx<'_>, owner: &str, configure: &Element) -> IqResult {
-    let node = node_attr(configure)?;
-    let Some((_, rec)) = ctx.server.storage.pep_node(owner, node)? else {
+/// Reads a node the requester must own.
+async fn owned_node(req: &Req<'_>, node: &str) -> Result<(Vec<u8>, PepNode), StanzaError> {
+    let Some((raw, rec)) = read_node(req.server, req.svc.jid, node).await? else {
         return Err(Condition::ItemNotFound.into());
     };
+    must_own(req, &rec)?;
+    Ok((raw, rec))
+}
+
+async fn configure_get(req: &Req<'_>, configure: &Element) -> IqResult {
+    let node = node_attr(configure)?;
+    let (_, rec) = owned_node(req, node).await?;
     let cfg = NodeConfig::decode(&rec.config);
     Ok(Element::new("pubsub", NS_OWNER)
         .child(
             Element::new("configure", NS_OWNER)
                 .attr("node", node)
-                .child(cfg.form("form")),
+                .child(cfg.form("form", req.svc)),
         )
         .into())
 }
 
 /// XEP-0060 §8.2.4: a submitted configuration; a field of the wrong type
 /// or value is `<not-acceptable/>` (§8.2.5.3) and nothing changes.
-async fn configure_set(ctx: &IqCtx<'_>, owner: &str, configure: &Element) -> IqResult {
+async fn configure_set(req: &Req<'_>, configure: &Element) -> IqResult {
     let node = node_attr(configure)?;
-    let cap = ctx.server.config.pep.max_items;
+    let cap = req.server.config.pep.max_items;
     let Some(x) = configure.elements().next() else {
         return Err(Condition::BadRequest.into());
     };
     let Some(fields) = form_fields(x, NODE_CONFIG).map_err(|()| Condition::NotAcceptable)? else {
+        owned_node(req, node).await?;
         return Ok(IqReply::EMPTY);
     };
     for _ in 0..MAX_ATTEMPTS {
-        let Some((raw, mut rec)) = ctx.server.storage.pep_node(owner, node)? else {
-            return Err(Condition::ItemNotFound.into());
-        };
+        let (raw, mut rec) = owned_node(req, node).await?;
         let mut cfg = NodeConfig::decode(&rec.config);
         for (var, values) in &fields {
-            cfg.set(var, values, cap)
-                .map_err(|()| Condition::NotAcceptable)?;
+            cfg.set(var, values, cap, req.svc)
+                .map_err(Refused::into_error)?;
         }
         let mut remove = Vec::new();
         if !cfg.persist_items {
@@ -1086,14 +1606,14 @@ async fn configure_set(ctx: &IqCtx<'_>, owner: &str, configure: &Element) -> IqR
         }
         rec.config = cfg.encode();
         let change = PepChange {
-            bare: owner,
+            bare: req.svc.jid,
             node,
             read: Some(raw),
             write: Some(rec),
             put: Vec::new(),
             remove,
         };
-        if ctx.server.storage.pep_write(change).await? {
+        if write_node(req.server, change).await? {
             return Ok(IqReply::EMPTY);
         }
     }
@@ -1102,25 +1622,23 @@ async fn configure_set(ctx: &IqCtx<'_>, owner: &str, configure: &Element) -> IqR
 
 /// XEP-0060 §8.4: the node and its items go; whoever was notified of it
 /// learns so.
-async fn delete(ctx: &IqCtx<'_>, owner: &str, delete: &Element) -> IqResult {
+async fn delete(req: &Req<'_>, delete: &Element) -> IqResult {
     let node = node_attr(delete)?;
     for _ in 0..MAX_ATTEMPTS {
-        let Some((raw, rec)) = ctx.server.storage.pep_node(owner, node)? else {
-            return Err(Condition::ItemNotFound.into());
-        };
+        let (raw, rec) = owned_node(req, node).await?;
         let cfg = NodeConfig::decode(&rec.config);
         let change = PepChange {
-            bare: owner,
+            bare: req.svc.jid,
             node,
             read: Some(raw),
             write: None,
             put: Vec::new(),
             remove: Vec::new(),
         };
-        if ctx.server.storage.pep_write(change).await? {
+        if write_node(req.server, change).await? {
             if cfg.notify_delete {
                 let event = Element::new("delete", NS_EVENT).attr("node", node);
-                notify(ctx.server, owner, node, &cfg, event);
+                notify(req.server, req.svc, node, &cfg, &rec.subscriptions, event).await;
             }
             return Ok(IqReply::EMPTY);
         }
@@ -1129,27 +1647,474 @@ async fn delete(ctx: &IqCtx<'_>, owner: &str, delete: &Element) -> IqResult {
 }
 
 /// XEP-0060 §8.5: every item goes, the node stays.
-async fn purge(ctx: &IqCtx<'_>, owner: &str, purge: &Element) -> IqResult {
+async fn purge(req: &Req<'_>, purge: &Element) -> IqResult {
     let node = node_attr(purge)?;
     for _ in 0..MAX_ATTEMPTS {
-        let Some((raw, mut rec)) = ctx.server.storage.pep_node(owner, node)? else {
-            return Err(Condition::ItemNotFound.into());
-        };
+        let (raw, mut rec) = owned_node(req, node).await?;
         let cfg = NodeConfig::decode(&rec.config);
         let remove = std::mem::take(&mut rec.items);
+        let subs = rec.subscriptions.clone();
         let change = PepChange {
-            bare: owner,
+            bare: req.svc.jid,
             node,
             read: Some(raw),
             write: Some(rec),
             put: Vec::new(),
             remove,
         };
-        if ctx.server.storage.pep_write(change).await? {
+        if write_node(req.server, change).await? {
             if cfg.notify_retract || cfg.notify_delete {
                 let event = Element::new("purge", NS_EVENT).attr("node", node);
-                notify(ctx.server, owner, node, &cfg, event);
+                notify(req.server, req.svc, node, &cfg, &subs, event).await;
             }
+            return Ok(IqReply::EMPTY);
+        }
+    }
+    Err(Condition::ResourceConstraint.into())
+}
+
+// ------------------------------------------------------------ subscriptions
+
+/// Subscriptions one JID may hold to one node (XEP-0060 §6.1.6).
+const MAX_SUBS_PER_JID: usize = 8;
+/// Subscriptions to one node (they live in its record).
+const MAX_SUBS_PER_NODE: usize = 10_000;
+const SUBSCRIBE_OPTIONS: &str = "http://jabber.org/protocol/pubsub#subscribe_options";
+
+/// The `jid` attribute of a subscription request, normalised;
+/// `<bad-request/>` with `<invalid-jid/>` when absent or not a JID.
+fn jid_attr(el: &Element) -> Result<String, StanzaError> {
+    el.get_attr("jid")
+        .and_then(|j| jid::Jid::new(j).ok())
+        .map(|j| j.to_string())
+        .ok_or_else(|| app(Condition::BadRequest, "invalid-jid"))
+}
+
+/// The subscription options form (XEP-0060 §6.3): the options offered,
+/// and their current values.
+fn sub_options_form(deliver: bool) -> Element {
+    let field = |var: &str, ftype: &str, value: &str| {
+        Element::new("field", NS_DATA)
+            .attr("var", var)
+            .attr("type", ftype)
+            .child(Element::new("value", NS_DATA).text(value))
+    };
+    Element::new("x", NS_DATA)
+        .attr("type", "form")
+        .child(field("FORM_TYPE", "hidden", SUBSCRIBE_OPTIONS))
+        .child(field(
+            "pubsub#deliver",
+            "boolean",
+            if deliver { "1" } else { "0" },
+        ))
+        .child(field("pubsub#digest", "boolean", "0"))
+        .child(field("pubsub#digest_frequency", "text-single", "86400000"))
+        .child(field("pubsub#include_body", "boolean", "0"))
+}
+
+/// A submitted subscription options form: the `pubsub#deliver` it asks
+/// for (`Ok(None)`: cancelled or unchanged); `<bad-request/>` with
+/// `<invalid-options/>` for what this service does not do.
+fn parse_sub_options(x: &Element) -> Result<Option<bool>, StanzaError> {
+    let invalid = || app(Condition::BadRequest, "invalid-options");
+    let Some(fields) = form_fields(x, SUBSCRIBE_OPTIONS).map_err(|()| invalid())? else {
+        return Ok(None);
+    };
+    let mut deliver = None;
+    for (var, values) in fields {
+        let v = values.first().map(|v| v.trim()).unwrap_or_default();
+        let boolean = match v {
+            "1" | "true" => Some(true),
+            "0" | "false" => Some(false),
+            _ => None,
+        };
+        match var.as_str() {
+            "pubsub#deliver" => deliver = Some(boolean.ok_or_else(invalid)?),
+            // No digests, no bodies: only their absence may be asked for.
+            "pubsub#digest" | "pubsub#include_body" => {
+                if boolean.ok_or_else(invalid)? {
+                    return Err(invalid());
+                }
+            }
+            "pubsub#digest_frequency" => {
+                v.parse::<u64>().map_err(|_| invalid())?;
+            }
+            _ => return Err(invalid()),
+        }
+    }
+    Ok(deliver)
+}
+
+fn subscription_el(ns: &str, node: Option<&str>, s: &PepSub) -> Element {
+    let mut el = Element::new("subscription", ns);
+    if let Some(n) = node {
+        el.set_attr("node", n);
+    }
+    el.attr("jid", s.jid.as_str())
+        .attr("subscription", "subscribed")
+        .attr("subid", s.subid.as_str())
+}
+
+/// XEP-0060 §6.1: a new subscription (several per JID may exist, each
+/// with its own SubID, §6.1.6).
+async fn subscribe(req: &Req<'_>, sub: &Element, options: Option<&Element>) -> IqResult {
+    let server = req.server;
+    let node = node_attr(sub)?;
+    let jid = jid_attr(sub)?;
+    // §6.1.3.1: one subscribes oneself.
+    if crate::stanza::split(&jid).0 != req.bare {
+        return Err(app(Condition::BadRequest, "invalid-jid"));
+    }
+    let deliver = match options.and_then(|o| o.elements().next()) {
+        Some(x) => parse_sub_options(x)?.unwrap_or(true),
+        None => true,
+    };
+    let subid = new_item_id();
+    for _ in 0..MAX_ATTEMPTS {
+        let Some((raw, mut rec)) = read_node(server, req.svc.jid, node).await? else {
+            return Err(Condition::ItemNotFound.into());
+        };
+        let cfg = NodeConfig::decode(&rec.config);
+        if !cfg.subscribe {
+            return Err(unsupported("subscribe"));
+        }
+        may_read(server, req.svc, &rec, req.bare, &cfg)?;
+        if rec.subscriptions.iter().filter(|s| s.jid == jid).count() >= MAX_SUBS_PER_JID
+            || rec.subscriptions.len() >= MAX_SUBS_PER_NODE
+        {
+            return Err(StanzaError::with_text(
+                Condition::PolicyViolation,
+                "too many subscriptions",
+            ));
+        }
+        let new = PepSub {
+            jid: jid.clone(),
+            subid: subid.clone(),
+            deliver,
+        };
+        rec.subscriptions.push(new.clone());
+        let last = rec.items.last().cloned();
+        let change = PepChange {
+            bare: req.svc.jid,
+            node,
+            read: Some(raw),
+            write: Some(rec),
+            put: Vec::new(),
+            remove: Vec::new(),
+        };
+        if write_node(server, change).await? {
+            // §6.1.7: the last item, if the node sends it.
+            if cfg.send_last != SendLast::Never
+                && cfg.deliver_notifications
+                && deliver
+                && let Some(last) = last
+            {
+                send_last_to(server, req.svc, node, &cfg, &last, &jid).await;
+            }
+            return Ok(Element::new("pubsub", NS_PUBSUB)
+                .child(subscription_el(NS_PUBSUB, Some(node), &new))
+                .into());
+        }
+    }
+    Err(Condition::ResourceConstraint.into())
+}
+
+/// The subscription a request names among `jid`'s (XEP-0060 §6.2.3):
+/// its index, or the error the XEP names.
+fn pick_sub(rec: &PepNode, jid: &str, subid: Option<&str>) -> Result<usize, StanzaError> {
+    let mine: Vec<usize> = rec
+        .subscriptions
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.jid == jid)
+        .map(|(i, _)| i)
+        .collect();
+    if mine.is_empty() {
+        return Err(app(Condition::UnexpectedRequest, "not-subscribed"));
+    }
+    match subid.filter(|s| !s.is_empty()) {
+        Some(id) => mine
+            .into_iter()
+            .find(|i| rec.subscriptions[*i].subid == id)
+            .ok_or_else(|| app(Condition::NotAcceptable, "invalid-subid")),
+        None if mine.len() > 1 => Err(app(Condition::BadRequest, "subid-required")),
+        None => Ok(mine[0]),
+    }
+}
+
+/// May the requester act on `jid`'s subscriptions: its own, or as the
+/// node's owner.
+fn may_act_for(req: &Req<'_>, rec: &PepNode, jid: &str) -> Result<(), StanzaError> {
+    if crate::stanza::split(jid).0 == req.bare {
+        return Ok(());
+    }
+    must_own(req, rec)
+}
+
+/// XEP-0060 §6.2.
+async fn unsubscribe(req: &Req<'_>, unsub: &Element) -> IqResult {
+    let node = node_attr(unsub)?;
+    let jid = jid_attr(unsub)?;
+    for _ in 0..MAX_ATTEMPTS {
+        let Some((raw, mut rec)) = read_node(req.server, req.svc.jid, node).await? else {
+            return Err(Condition::ItemNotFound.into());
+        };
+        may_act_for(req, &rec, &jid)?;
+        let i = pick_sub(&rec, &jid, unsub.get_attr("subid"))?;
+        rec.subscriptions.remove(i);
+        let change = PepChange {
+            bare: req.svc.jid,
+            node,
+            read: Some(raw),
+            write: Some(rec),
+            put: Vec::new(),
+            remove: Vec::new(),
+        };
+        if write_node(req.server, change).await? {
+            return Ok(IqReply::EMPTY);
+        }
+    }
+    Err(Condition::ResourceConstraint.into())
+}
+
+/// XEP-0060 §6.3.2: a subscription's options.
+async fn options_get(req: &Req<'_>, opts: &Element) -> IqResult {
+    let node = node_attr(opts)?;
+    let Some(jid) = opts.get_attr("jid") else {
+        return Err(app(Condition::BadRequest, "jid-required"));
+    };
+    let jid = jid::Jid::new(jid)
+        .map_err(|_| app(Condition::BadRequest, "invalid-jid"))?
+        .to_string();
+    let Some((_, rec)) = read_node(req.server, req.svc.jid, node).await? else {
+        return Err(Condition::ItemNotFound.into());
+    };
+    may_act_for(req, &rec, &jid)?;
+    let s = &rec.subscriptions[pick_sub(&rec, &jid, opts.get_attr("subid"))?];
+    Ok(Element::new("pubsub", NS_PUBSUB)
+        .child(
+            Element::new("options", NS_PUBSUB)
+                .attr("node", node)
+                .attr("jid", jid.as_str())
+                .attr("subid", s.subid.as_str())
+                .child(sub_options_form(s.deliver)),
+        )
+        .into())
+}
+
+/// XEP-0060 §6.3.5: new options for a subscription.
+async fn options_set(req: &Req<'_>, opts: &Element) -> IqResult {
+    let node = node_attr(opts)?;
+    let Some(jid) = opts.get_attr("jid") else {
+        return Err(app(Condition::BadRequest, "jid-required"));
+    };
+    let jid = jid::Jid::new(jid)
+        .map_err(|_| app(Condition::BadRequest, "invalid-jid"))?
+        .to_string();
+    let Some(x) = opts.elements().next() else {
+        return Err(app(Condition::BadRequest, "invalid-options"));
+    };
+    let deliver = parse_sub_options(x)?;
+    for _ in 0..MAX_ATTEMPTS {
+        let Some((raw, mut rec)) = read_node(req.server, req.svc.jid, node).await? else {
+            return Err(Condition::ItemNotFound.into());
+        };
+        may_act_for(req, &rec, &jid)?;
+        let i = pick_sub(&rec, &jid, opts.get_attr("subid"))?;
+        let Some(deliver) = deliver else {
+            return Ok(IqReply::EMPTY);
+        };
+        rec.subscriptions[i].deliver = deliver;
+        let change = PepChange {
+            bare: req.svc.jid,
+            node,
+            read: Some(raw),
+            write: Some(rec),
+            put: Vec::new(),
+            remove: Vec::new(),
+        };
+        if write_node(req.server, change).await? {
+            return Ok(IqReply::EMPTY);
+        }
+    }
+    Err(Condition::ResourceConstraint.into())
+}
+
+/// The nodes a listing covers: one (which must exist) or all.
+async fn nodes_of(req: &Req<'_>, el: &Element) -> Result<Vec<(String, PepNode)>, StanzaError> {
+    match el.get_attr("node").filter(|n| !n.is_empty()) {
+        Some(n) => match read_node(req.server, req.svc.jid, n).await? {
+            Some((_, rec)) => Ok(vec![(n.to_owned(), rec)]),
+            None => Err(Condition::ItemNotFound.into()),
+        },
+        None => Ok(req.server.storage.pep_nodes(req.svc.jid)?),
+    }
+}
+
+/// XEP-0060 §5.6: the requester's subscriptions.
+async fn my_subscriptions(req: &Req<'_>, el: &Element) -> IqResult {
+    let mut out = Element::new("subscriptions", NS_PUBSUB);
+    if let Some(n) = el.get_attr("node").filter(|n| !n.is_empty()) {
+        out.set_attr("node", n);
+    }
+    for (node, rec) in nodes_of(req, el).await? {
+        for s in rec
+            .subscriptions
+            .iter()
+            .filter(|s| crate::stanza::split(&s.jid).0 == req.bare)
+        {
+            out = out.child(subscription_el(NS_PUBSUB, Some(&node), s));
+        }
+    }
+    Ok(Element::new("pubsub", NS_PUBSUB).child(out).into())
+}
+
+/// XEP-0060 §5.7: the requester's affiliations.
+async fn my_affiliations(req: &Req<'_>, el: &Element) -> IqResult {
+    let mut out = Element::new("affiliations", NS_PUBSUB);
+    if let Some(n) = el.get_attr("node").filter(|n| !n.is_empty()) {
+        out.set_attr("node", n);
+    }
+    for (node, rec) in nodes_of(req, el).await? {
+        let a = affiliation(req.server, req.svc, &rec, req.bare);
+        if a != Aff::None {
+            out = out.child(
+                Element::new("affiliation", NS_PUBSUB)
+                    .attr("node", node)
+                    .attr("affiliation", a.as_str()),
+            );
+        }
+    }
+    Ok(Element::new("pubsub", NS_PUBSUB).child(out).into())
+}
+
+/// XEP-0060 §8.8.1: every subscription to a node, for its owner.
+async fn owner_subscriptions(req: &Req<'_>, el: &Element) -> IqResult {
+    let node = node_attr(el)?;
+    let (_, rec) = owned_node(req, node).await?;
+    let mut out = Element::new("subscriptions", NS_OWNER).attr("node", node);
+    for s in &rec.subscriptions {
+        out = out.child(subscription_el(NS_OWNER, None, s));
+    }
+    Ok(Element::new("pubsub", NS_OWNER).child(out).into())
+}
+
+/// XEP-0060 §8.8.2: the owner adds (`subscribed`) or removes (`none`)
+/// subscriptions; anything else is `<not-acceptable/>` and nothing
+/// changes.
+async fn owner_subscriptions_set(req: &Req<'_>, el: &Element) -> IqResult {
+    let node = node_attr(el)?;
+    let mut changes = Vec::new();
+    for s in el.elements().filter(|e| e.is("subscription", NS_OWNER)) {
+        let jid = jid_attr(s).map_err(|_| StanzaError::from(Condition::NotAcceptable))?;
+        let state = match s.get_attr("subscription") {
+            Some("subscribed") => true,
+            Some("none") => false,
+            _ => return Err(Condition::NotAcceptable.into()),
+        };
+        changes.push((jid, state, s.get_attr("subid").map(str::to_owned)));
+    }
+    for _ in 0..MAX_ATTEMPTS {
+        let (raw, mut rec) = owned_node(req, node).await?;
+        for (jid, subscribed, subid) in &changes {
+            let has = rec.subscriptions.iter().any(|s| &s.jid == jid);
+            if *subscribed && !has {
+                if rec.subscriptions.len() >= MAX_SUBS_PER_NODE {
+                    return Err(Condition::PolicyViolation.into());
+                }
+                rec.subscriptions.push(PepSub {
+                    jid: jid.clone(),
+                    subid: new_item_id(),
+                    deliver: true,
+                });
+            } else if !subscribed {
+                rec.subscriptions
+                    .retain(|s| &s.jid != jid || subid.as_deref().is_some_and(|id| id != s.subid));
+            }
+        }
+        let change = PepChange {
+            bare: req.svc.jid,
+            node,
+            read: Some(raw),
+            write: Some(rec),
+            put: Vec::new(),
+            remove: Vec::new(),
+        };
+        if write_node(req.server, change).await? {
+            return Ok(IqReply::EMPTY);
+        }
+    }
+    Err(Condition::ResourceConstraint.into())
+}
+
+/// XEP-0060 §8.9.1: a node's affiliations, for its owner.
+async fn owner_affiliations(req: &Req<'_>, el: &Element) -> IqResult {
+    let node = node_attr(el)?;
+    let (_, rec) = owned_node(req, node).await?;
+    let mut out = Element::new("affiliations", NS_OWNER).attr("node", node);
+    if req.svc.generic.is_none() {
+        out = out.child(
+            Element::new("affiliation", NS_OWNER)
+                .attr("jid", req.svc.jid)
+                .attr("affiliation", "owner"),
+        );
+    }
+    for (jid, a) in &rec.affiliations {
+        out = out.child(
+            Element::new("affiliation", NS_OWNER)
+                .attr("jid", jid.as_str())
+                .attr("affiliation", a.as_str()),
+        );
+    }
+    Ok(Element::new("pubsub", NS_OWNER).child(out).into())
+}
+
+/// XEP-0060 §8.9.2: the owner changes affiliations (`none` removes one;
+/// an outcast loses its subscriptions). A node keeps at least one owner,
+/// and a PEP node only its account (else `<not-acceptable/>`).
+async fn owner_affiliations_set(req: &Req<'_>, el: &Element) -> IqResult {
+    let node = node_attr(el)?;
+    let mut changes = Vec::new();
+    for a in el.elements().filter(|e| e.is("affiliation", NS_OWNER)) {
+        let jid = a
+            .get_attr("jid")
+            .and_then(|j| jid::Jid::new(j).ok())
+            .map(|j| j.to_bare().to_string())
+            .ok_or(Condition::NotAcceptable)?;
+        let aff = a
+            .get_attr("affiliation")
+            .and_then(Aff::parse)
+            .ok_or(Condition::NotAcceptable)?;
+        if req.svc.generic.is_none() && (aff == Aff::Owner || jid == req.svc.jid) {
+            return Err(Condition::NotAcceptable.into());
+        }
+        changes.push((jid, aff));
+    }
+    for _ in 0..MAX_ATTEMPTS {
+        let (raw, mut rec) = owned_node(req, node).await?;
+        for (jid, aff) in &changes {
+            rec.affiliations.retain(|(j, _)| j != jid);
+            if *aff != Aff::None {
+                rec.affiliations
+                    .push((jid.clone(), aff.as_str().to_owned()));
+            }
+            if *aff == Aff::Outcast {
+                rec.subscriptions
+                    .retain(|s| crate::stanza::split(&s.jid).0 != jid);
+            }
+        }
+        if req.svc.generic.is_some() && owners(req.svc, &rec).next().is_none() {
+            return Err(Condition::NotAcceptable.into());
+        }
+        let change = PepChange {
+            bare: req.svc.jid,
+            node,
+            read: Some(raw),
+            write: Some(rec),
+            put: Vec::new(),
+            remove: Vec::new(),
+        };
+        if write_node(req.server, change).await? {
             return Ok(IqReply::EMPTY);
         }
     }
@@ -1194,24 +2159,129 @@ fn recipients(server: &Server, owner: &str, node: &str, cfg: &NodeConfig) -> Vec
     out
 }
 
-/// Sends `event` (the child of `<event/>`) from `owner`'s bare JID to
-/// every interested resource, wherever bound.
-fn notify(server: &Server, owner: &str, node: &str, cfg: &NodeConfig, event: Element) {
-    let to = recipients(server, owner, node, cfg);
-    if to.is_empty() {
+/// Sends `event` (the child of `<event/>`) from the service's JID to
+/// whoever gets the node's notifications, wherever bound: the explicit
+/// subscribers (once per JID, with their SubIDs as SHIM headers when
+/// they hold several, XEP-0060 §12.? / §7.1.2.2) and, on a PEP service,
+/// the interested resources of the owner and its contacts.
+async fn notify(
+    server: &Server,
+    svc: Svc<'_>,
+    node: &str,
+    cfg: &NodeConfig,
+    subs: &[PepSub],
+    event: Element,
+) {
+    let implicit = match svc.generic {
+        None => recipients(server, svc.jid, node, cfg),
+        Some(_) => Vec::new(),
+    };
+    if implicit.is_empty() && !subs.iter().any(|s| s.deliver) {
         return;
     }
     let msg = Element::new("message", NS_CLIENT)
-        .attr("from", owner)
+        .attr("from", svc.jid)
         .attr("type", cfg.notification_type.as_str())
         .child(Element::new("event", NS_EVENT).child(event));
-    for full in to {
+    for full in &implicit {
         let mut m = msg.clone();
         m.set_attr("to", full.as_str());
         m.set_attr("id", new_item_id());
         metrics::counter!("starling_pep_notifications_total").increment(1);
-        let _ = crate::session::im::deliver_to_full(server, &full, m);
+        let _ = crate::session::im::deliver_to_full(server, full, m);
     }
+    let mut done: Vec<&str> = Vec::new();
+    for s in subs.iter().filter(|s| s.deliver) {
+        if done.contains(&s.jid.as_str()) {
+            continue;
+        }
+        done.push(&s.jid);
+        // Already notified through presence (PEP).
+        if implicit
+            .iter()
+            .any(|f| *f == s.jid || crate::stanza::split(f).0 == s.jid)
+        {
+            continue;
+        }
+        let ids: Vec<&str> = subs
+            .iter()
+            .filter(|o| o.jid == s.jid && o.deliver)
+            .map(|o| o.subid.as_str())
+            .collect();
+        let mut m = msg.clone();
+        m.set_attr("to", s.jid.as_str());
+        m.set_attr("id", new_item_id());
+        if ids.len() > 1 {
+            let mut headers = Element::new("headers", NS_SHIM);
+            for id in ids {
+                headers = headers.child(
+                    Element::new("header", NS_SHIM)
+                        .attr("name", "SubID")
+                        .text(id),
+                );
+            }
+            m = m.child(headers);
+        }
+        metrics::counter!("starling_pep_notifications_total").increment(1);
+        if let Err(e) = route_boxed(server, m).await {
+            tracing::debug!(to = %s.jid, condition = ?e.0.condition, "pubsub notification not delivered");
+        }
+    }
+}
+
+const NS_SHIM: &str = "http://jabber.org/protocol/shim";
+
+/// Routes a notification like a message a client sent (to a bare JID:
+/// its available resources), boxed: routing can reach a pubsub service,
+/// whose requests notify.
+fn route_boxed(
+    server: &Server,
+    m: Element,
+) -> futures::future::BoxFuture<'_, Result<(), crate::session::im::Bounce>> {
+    crate::session::im::route_message(server, m).boxed()
+}
+
+/// XEP-0060 §6.1.7: the last item of a node, to a new subscriber.
+async fn send_last_to(
+    server: &Server,
+    svc: Svc<'_>,
+    node: &str,
+    cfg: &NodeConfig,
+    id: &str,
+    to: &str,
+) {
+    let Some(mut item) = server
+        .storage
+        .pep_item(svc.jid, node, id)
+        .ok()
+        .flatten()
+        .as_deref()
+        .and_then(parse_stored)
+    else {
+        return;
+    };
+    item.ns = NS_EVENT.to_owned();
+    if !cfg.deliver_payloads {
+        item.children.clear();
+    }
+    let msg = Element::new("message", NS_CLIENT)
+        .attr("from", svc.jid)
+        .attr("to", to)
+        .attr("type", cfg.notification_type.as_str())
+        .attr("id", new_item_id())
+        .child(
+            Element::new("event", NS_EVENT).child(
+                Element::new("items", NS_EVENT)
+                    .attr("node", node)
+                    .child(item),
+            ),
+        )
+        .child(
+            Element::new("delay", crate::stanza::NS_DELAY)
+                .attr("from", svc.jid)
+                .attr("stamp", crate::stanza::now_stamp()),
+        );
+    let _ = route_boxed(server, msg).await;
 }
 
 /// XEP-0163 §4.3.4: the last item of each node `full` is interested in
@@ -1262,7 +2332,7 @@ fn last_items_of(
         let cfg = NodeConfig::decode(&rec.config);
         if cfg.send_last != SendLast::OnSubAndPresence
             || !cfg.deliver_notifications
-            || may_read(server, owner, bare, &cfg).is_err()
+            || may_read(server, Svc::pep(owner), &rec, bare, &cfg).is_err()
         {
             continue;
         }

@@ -1,0 +1,155 @@
+//! The XEP-0060 publish-subscribe service of every served domain
+//! (`pubsub.<domain>`). It has no actors: its nodes, items, affiliations
+//! and subscriptions are records of the replicated store, written with
+//! one compare-and-set per node record, so any node of the cluster
+//! answers any request. The operations are PEP's ([`crate::modules::pep`]),
+//! run for a service whose nodes are owned by the JIDs their
+//! affiliations name instead of by one account.
+
+use crate::modules::disco::{NS_INFO, NS_ITEMS};
+use crate::modules::pep::{self, NS_OWNER, NS_PUBSUB, Req, Svc};
+use crate::modules::{IqReply, IqResult};
+use crate::server::Server;
+use crate::stanza::{Condition, error_reply, iq_result, split};
+use crate::xml::Element;
+
+/// The XEP-0060 §10 features this service implements.
+const FEATURES: &[&str] = &[
+    "access-open",
+    "access-presence",
+    "access-roster",
+    "access-whitelist",
+    "auto-create",
+    "config-node",
+    "config-node-max",
+    "create-and-configure",
+    "create-nodes",
+    "delete-items",
+    "delete-nodes",
+    "instant-nodes",
+    "item-ids",
+    "manage-subscriptions",
+    "member-affiliation",
+    "meta-data",
+    "modify-affiliations",
+    "multi-subscribe",
+    "outcast-affiliation",
+    "persistent-items",
+    "publish",
+    "publish-only-affiliation",
+    "publish-options",
+    "publisher-affiliation",
+    "purge-nodes",
+    "retract-items",
+    "retrieve-affiliations",
+    "retrieve-default",
+    "retrieve-default-sub",
+    "retrieve-items",
+    "retrieve-subscriptions",
+    "subscribe",
+    "subscription-options",
+];
+
+/// A stanza to a pubsub service: IQ requests are answered here (any
+/// node: everything is in the replicated store); a message gets
+/// `<service-unavailable/>`; presence and answers end here.
+pub async fn service_stanza(server: &Server, el: Element) {
+    let request = el.name == "iq" && matches!(el.get_attr("type"), Some("get" | "set"));
+    if !request {
+        if el.name == "message" && el.get_attr("type") != Some("error") {
+            crate::session::im::bounce(server, &el, Condition::ServiceUnavailable);
+        }
+        return;
+    }
+    let to = el.get_attr("to").unwrap_or_default();
+    let Some(parent) = server.services.get(split(to).0).map(|h| h.parent.clone()) else {
+        return;
+    };
+    let from = el.get_attr("from").unwrap_or_default().to_owned();
+    let svc = Svc {
+        jid: split(to).0,
+        generic: Some(&parent),
+    };
+    let req = Req {
+        server,
+        svc,
+        bare: split(&from).0,
+        full: &from,
+    };
+    let set = el.get_attr("type") == Some("set");
+    let payloads: Vec<&Element> = el.elements().collect();
+    let result = match payloads.as_slice() {
+        [p] => answer(&req, p, set).await,
+        _ => Err(Condition::BadRequest.into()),
+    };
+    let reply = match result {
+        Ok(IqReply::Result(payload)) => iq_result(&el, payload),
+        Ok(IqReply::Sent) => return,
+        Err(e) => match error_reply(&el, &e) {
+            Some(r) => r,
+            None => return,
+        },
+    };
+    let _ = crate::session::im::deliver_to_full(server, &from, reply);
+}
+
+async fn answer(req: &Req<'_>, p: &Element, set: bool) -> IqResult {
+    match (p.ns.as_str(), p.name.as_str(), set) {
+        (NS_INFO, "query", false) => info(req, p),
+        (NS_ITEMS, "query", false) => items(req, p),
+        (NS_PUBSUB | NS_OWNER, "pubsub", _) => pep::dispatch(req, p, set).await,
+        (NS_INFO | NS_ITEMS, "query", true) => Err(Condition::NotAllowed.into()),
+        _ => Err(Condition::ServiceUnavailable.into()),
+    }
+}
+
+/// XEP-0060 §5.1: the service's identity and features; §5.3: a node's.
+fn info(req: &Req<'_>, q: &Element) -> IqResult {
+    if let Some(node) = q.get_attr("node") {
+        let Some(info) = pep::node_info(req.server, req.svc, req.bare, node) else {
+            return Err(Condition::ItemNotFound.into());
+        };
+        let mut out = Element::new("query", NS_INFO).attr("node", node);
+        for el in info {
+            out = out.child(el);
+        }
+        return Ok(out.into());
+    }
+    let name = req
+        .server
+        .services
+        .get(req.svc.jid)
+        .map(|h| h.name.clone())
+        .unwrap_or_default();
+    let mut out = Element::new("query", NS_INFO)
+        .child(
+            Element::new("identity", NS_INFO)
+                .attr("category", "pubsub")
+                .attr("type", "service")
+                .attr("name", name),
+        )
+        .child(Element::new("feature", NS_INFO).attr("var", NS_INFO))
+        .child(Element::new("feature", NS_INFO).attr("var", NS_ITEMS))
+        .child(Element::new("feature", NS_INFO).attr("var", NS_PUBSUB));
+    for f in FEATURES {
+        out = out.child(Element::new("feature", NS_INFO).attr("var", format!("{NS_PUBSUB}#{f}")));
+    }
+    Ok(out.into())
+}
+
+/// XEP-0060 §5.2: the nodes the requester may see; §5.5: a node's items.
+fn items(req: &Req<'_>, q: &Element) -> IqResult {
+    let mut out = Element::new("query", NS_ITEMS);
+    let list = match q.get_attr("node") {
+        Some(node) => {
+            out.set_attr("node", node);
+            pep::node_item_list(req.server, req.svc, req.bare, node)
+                .ok_or(Condition::ItemNotFound)?
+        }
+        None => pep::node_list(req.server, req.svc, req.bare),
+    };
+    for el in list {
+        out = out.child(el);
+    }
+    Ok(out.into())
+}

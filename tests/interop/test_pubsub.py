@@ -1,0 +1,616 @@
+"""XEP-0060 publish-subscribe at pubsub.<domain> of every served domain: discovery (the
+domain's items, the service's identity and features, nodes, a node's meta-data and
+items), node creation (named, instant, with a configuration; who may create), publish /
+items / retract with notifications to subscribers (bare and full JIDs; notify_retract,
+deliver_payloads, persist_items, max_items), subscribe / unsubscribe with SubIDs
+(several per JID), subscription options, the requester's subscriptions and affiliations,
+the owner's management of both, access models (open, whitelist with members, outcasts,
+presence; authorize not offered), delete and purge notifications, and the errors XEP-0060
+names for each, with their pubsub#errors conditions. Explicit subscriptions to PEP nodes
+(XEP-0163 on the same code). slixmpp's xep_0060 plugin against the service, and one
+cluster test: a subscriber on another node gets the notification.
+
+Something that must NOT arrive is checked with a marker sent later over the same path
+(notifications of one node are sent in order).
+"""
+
+import asyncio
+import os
+import ssl
+
+import pytest
+
+from cluster import shared_cluster  # noqa: F401 (fixture)
+from im import make_mutual
+from rawxmpp import C, bare, q, stanza_error, tostring
+from test_pep import (DISCO_INFO, DISCO_ITEMS, NS_DATA, NS_ERRORS, NS_EVENT, NS_OWNER, NS_PUBSUB,
+                      app_error, ok, tune)
+
+NS_SHIM = "http://jabber.org/protocol/shim"
+SUB_OPTIONS = NS_PUBSUB + "#subscribe_options"
+
+
+def svc(server):
+    return f"pubsub.{server.domain}"
+
+
+def rnd():
+    return os.urandom(5).hex()
+
+
+def ps(c, type_, inner, to, ns=NS_PUBSUB):
+    return c.iq(type_, f"<pubsub xmlns='{ns}'>{inner}</pubsub>", to=to)
+
+
+def form(form_type, fields, type_="submit"):
+    pairs = fields.items() if isinstance(fields, dict) else fields
+    inner = "".join(f"<field var='{k}'><value>{v}</value></field>" for k, v in pairs)
+    return (f"<x xmlns='{NS_DATA}' type='{type_}'><field var='FORM_TYPE' type='hidden'>"
+            f"<value>{form_type}</value></field>{inner}</x>")
+
+
+def create(c, to, node=None, config=None):
+    n = f" node='{node}'" if node is not None else ""
+    cfg = f"<configure>{form(NS_PUBSUB + '#node_config', config)}</configure>" if config else ""
+    return ps(c, "set", f"<create{n}/>{cfg}", to)
+
+
+def publish(c, to, node, payload=None, item_id=None, with_item=True):
+    iid = f" id='{item_id}'" if item_id else ""
+    item = f"<item{iid}>{payload or ''}</item>" if with_item else ""
+    return ps(c, "set", f"<publish node='{node}'>{item}</publish>", to)
+
+
+def subscribe(c, to, node, jid=None, options=None):
+    opts = f"<options>{form(SUB_OPTIONS, options)}</options>" if options else ""
+    return ps(c, "set", f"<subscribe node='{node}' jid='{jid or c.jid}'/>{opts}", to)
+
+
+def sub_of(r):
+    return ok(r).find(q(NS_PUBSUB, "pubsub")).find(q(NS_PUBSUB, "subscription"))
+
+
+def unsubscribe(c, to, node, jid=None, subid=None):
+    s = f" subid='{subid}'" if subid else ""
+    return ps(c, "set", f"<unsubscribe node='{node}' jid='{jid or c.jid}'{s}/>", to)
+
+
+def items_of(c, to, node):
+    r = ok(ps(c, "get", f"<items node='{node}'/>", to))
+    return r.find(q(NS_PUBSUB, "pubsub")).find(q(NS_PUBSUB, "items")).findall(q(NS_PUBSUB, "item"))
+
+
+def is_event(e, service, node):
+    if e.tag != C("message") or e.get("from") != service:
+        return False
+    ev = e.find(q(NS_EVENT, "event"))
+    return ev is not None and any(ch.get("node") == node for ch in ev)
+
+
+def recv_event(c, service, node, timeout=None):
+    e = c.recv(lambda e: is_event(e, service, node), timeout, what=f"event {node} from {service}")
+    assert e.get("type") == "headline", tostring(e)
+    return e
+
+
+def ev_child(e):
+    return list(e.find(q(NS_EVENT, "event")))[0]
+
+
+def delete(c, to, node):
+    return ps(c, "set", f"<delete node='{node}'/>", to, ns=NS_OWNER)
+
+
+# ------------------------------------------------------------------ discovery
+
+def test_discovery_of_the_service_and_its_nodes(server):
+    a = server.online("psd")
+    s = svc(server)
+    for domain in (server.domain, "example.org"):
+        r = ok(a.iq("get", f"<query xmlns='{DISCO_ITEMS}'/>", to=domain))
+        jids = [i.get("jid") for i in r.find(q(DISCO_ITEMS, "query"))]
+        assert f"pubsub.{domain}" in jids, tostring(r)
+    r = ok(a.iq("get", f"<query xmlns='{DISCO_INFO}'/>", to=s))
+    qel = r.find(q(DISCO_INFO, "query"))
+    ids = [(i.get("category"), i.get("type")) for i in qel.findall(q(DISCO_INFO, "identity"))]
+    assert ids == [("pubsub", "service")], tostring(r)
+    feats = {f.get("var") for f in qel.findall(q(DISCO_INFO, "feature"))}
+    for f in ("create-nodes", "instant-nodes", "publish", "subscribe", "multi-subscribe",
+              "retrieve-subscriptions", "retrieve-affiliations", "manage-subscriptions",
+              "modify-affiliations", "subscription-options", "config-node", "delete-items",
+              "delete-nodes", "purge-nodes", "access-open", "access-whitelist", "meta-data"):
+        assert f"{NS_PUBSUB}#{f}" in feats, f
+    assert NS_PUBSUB in feats and f"{NS_PUBSUB}#access-authorize" not in feats
+    node = "disco-" + rnd()
+    ok(create(a, s, node, {"pubsub#title": "Princely Musings"}))
+    ok(publish(a, s, node, tune("one"), item_id="i1"))
+    r = ok(a.iq("get", f"<query xmlns='{DISCO_ITEMS}'/>", to=s))
+    mine = [i for i in r.find(q(DISCO_ITEMS, "query")) if i.get("node") == node]
+    assert len(mine) == 1 and mine[0].get("jid") == s and mine[0].get("name") == "Princely Musings"
+    r = ok(a.iq("get", f"<query xmlns='{DISCO_INFO}' node='{node}'/>", to=s))
+    qel = r.find(q(DISCO_INFO, "query"))
+    assert qel.get("node") == node
+    ident = qel.find(q(DISCO_INFO, "identity"))
+    assert (ident.get("category"), ident.get("type")) == ("pubsub", "leaf")
+    meta = {f.get("var"): [v.text for v in f.findall(q(NS_DATA, "value"))]
+            for f in qel.find(q(NS_DATA, "x")).findall(q(NS_DATA, "field"))}
+    assert meta["FORM_TYPE"] == [NS_PUBSUB + "#meta-data"]
+    assert meta["pubsub#owner"] == [bare(a.jid)] and meta["pubsub#title"] == ["Princely Musings"]
+    r = ok(a.iq("get", f"<query xmlns='{DISCO_ITEMS}' node='{node}'/>", to=s))
+    assert [i.get("name") for i in r.find(q(DISCO_ITEMS, "query"))] == ["i1"]
+    for ns in (DISCO_INFO, DISCO_ITEMS):
+        r = a.iq("get", f"<query xmlns='{ns}' node='missing-{rnd()}'/>", to=s)
+        assert stanza_error(r)[1] == "item-not-found", tostring(r)
+    ok(delete(a, s, node))
+    a.close()
+
+
+# ------------------------------------------------------------------ nodes and items
+
+def test_create_publish_retract_and_notifications(server):
+    s = svc(server)
+    owner = server.online("pso")
+    sub = server.online("pss")
+    node = "n-" + rnd()
+    ok(create(owner, s, node))
+    r = create(owner, s, node)
+    assert stanza_error(r)[1] == "conflict", tostring(r)
+    # instant node: the service names it
+    r = ok(create(owner, s))
+    instant = r.find(q(NS_PUBSUB, "pubsub")).find(q(NS_PUBSUB, "create")).get("node")
+    assert instant, tostring(r)
+    ok(delete(owner, s, instant))
+    # subscribe with the bare JID: every available resource is notified
+    sub2 = server.login(sub.bare, sub.password, presence=True)
+    el = sub_of(subscribe(sub, s, node, jid=bare(sub.jid)))
+    assert el.get("subscription") == "subscribed" and el.get("subid") and el.get("node") == node
+    assert el.get("jid") == bare(sub.jid)
+    r = ok(publish(owner, s, node, tune("hello"), item_id="first"))
+    assert r.find(q(NS_PUBSUB, "pubsub")).find(q(NS_PUBSUB, "publish")).find(q(NS_PUBSUB, "item")).get("id") == "first"
+    for c in (sub, sub2):
+        e = recv_event(c, s, node)
+        item = ev_child(e).find(q(NS_EVENT, "item"))
+        assert item.get("id") == "first" and "hello" in tostring(item), tostring(e)
+    # the publisher is not subscribed: nothing for it (marker: the items reply)
+    owner.expect_nothing(lambda e: is_event(e, s, node), 0.3, what="a notification to the publisher")
+    # an item id made by the service, then items, retract (notified: notify_retract)
+    r = ok(publish(owner, s, node, tune("second")))
+    made = r.find(q(NS_PUBSUB, "pubsub")).find(q(NS_PUBSUB, "publish")).find(q(NS_PUBSUB, "item")).get("id")
+    assert made and made != "first"
+    recv_event(sub, s, node)
+    recv_event(sub2, s, node)
+    assert [i.get("id") for i in items_of(sub, s, node)] == ["first", made]
+    ok(ps(owner, "set", f"<retract node='{node}' notify='true'><item id='first'/></retract>", s))
+    e = recv_event(sub, s, node)
+    assert ev_child(e).find(q(NS_EVENT, "retract")).get("id") == "first"
+    recv_event(sub2, s, node)
+    assert [i.get("id") for i in items_of(sub, s, node)] == [made]
+    # a subscriber cannot publish (publish_model publishers) or retract
+    r = publish(sub, s, node, tune("x"))
+    assert stanza_error(r)[1] == "forbidden", tostring(r)
+    r = ps(sub, "set", f"<retract node='{node}'><item id='{made}'/></retract>", s)
+    assert stanza_error(r)[1] == "forbidden", tostring(r)
+    # purge and delete, both notified
+    ok(ps(owner, "set", f"<purge node='{node}'/>", s, ns=NS_OWNER))
+    e = recv_event(sub, s, node)
+    assert ev_child(e).tag == q(NS_EVENT, "purge")
+    recv_event(sub2, s, node)
+    assert items_of(owner, s, node) == []
+    ok(delete(owner, s, node))
+    e = recv_event(sub, s, node)
+    assert ev_child(e).tag == q(NS_EVENT, "delete")
+    recv_event(sub2, s, node)
+    r = ps(sub, "get", f"<items node='{node}'/>", s)
+    assert stanza_error(r)[1] == "item-not-found", tostring(r)
+    r = delete(owner, s, node)
+    assert stanza_error(r)[1] == "item-not-found", tostring(r)
+    for c in (owner, sub, sub2):
+        c.close()
+
+
+def test_node_configuration_shapes_notifications(server):
+    s = svc(server)
+    owner = server.online("psc")
+    sub = server.online("psc")
+    node = "cfg-" + rnd()
+    ok(create(owner, s, node, {"pubsub#max_items": "2", "pubsub#notify_retract": "0",
+                               "pubsub#deliver_payloads": "0"}))
+    r = ok(ps(owner, "get", f"<configure node='{node}'/>", s, ns=NS_OWNER))
+    x = r.find(q(NS_OWNER, "pubsub")).find(q(NS_OWNER, "configure")).find(q(NS_DATA, "x"))
+    cfg = {f.get("var"): [v.text for v in f.findall(q(NS_DATA, "value"))] for f in x.findall(q(NS_DATA, "field"))}
+    assert cfg["pubsub#max_items"] == ["2"] and cfg["pubsub#access_model"] == ["open"]
+    assert cfg["pubsub#deliver_payloads"] == ["0"] and cfg["pubsub#notify_retract"] == ["0"]
+    ok(subscribe(sub, s, node))
+    for i in range(3):
+        ok(publish(owner, s, node, tune(f"t{i}"), item_id=f"i{i}"))
+        e = recv_event(sub, s, node)
+        item = ev_child(e).find(q(NS_EVENT, "item"))
+        assert item.get("id") == f"i{i}" and len(item) == 0, "payload delivered: " + tostring(e)
+    assert [i.get("id") for i in items_of(owner, s, node)] == ["i1", "i2"]
+    # no retract notification; the marker is the next publish
+    ok(ps(owner, "set", f"<retract node='{node}'><item id='i1'/></retract>", s))
+    ok(publish(owner, s, node, tune("marker"), item_id="m"))
+    e = recv_event(sub, s, node)
+    assert ev_child(e).find(q(NS_EVENT, "item")).get("id") == "m", "retract notified: " + tostring(e)
+    # transient, notification-only: no item allowed, a bare publish notifies
+    ok(ps(owner, "set", f"<configure node='{node}'>"
+                        f"{form(NS_PUBSUB + '#node_config', {'pubsub#persist_items': '0'})}</configure>",
+          s, ns=NS_OWNER))
+    assert items_of(owner, s, node) == []
+    assert app_error(publish(owner, s, node, tune("x"), item_id="x")) == ("bad-request", "item-forbidden")
+    ok(publish(owner, s, node, with_item=False))
+    e = recv_event(sub, s, node)
+    assert ev_child(e).tag == q(NS_EVENT, "items") and len(ev_child(e)) == 0, tostring(e)
+    # payload node: payload required; persistent notification node: item required
+    node2 = "cfg2-" + rnd()
+    ok(create(owner, s, node2))
+    assert app_error(publish(owner, s, node2, with_item=False)) == ("bad-request", "item-required")
+    assert app_error(publish(owner, s, node2, item_id="e")) == ("bad-request", "payload-required")
+    # bad values: not-acceptable; authorize is not offered
+    for field, value in (("pubsub#max_items", "zero"), ("pubsub#access_model", "nobody"),
+                         ("pubsub#deliver_payloads", "maybe"), ("pubsub#no_such_field", "1")):
+        r = ps(owner, "set", f"<configure node='{node2}'>{form(NS_PUBSUB + '#node_config', {field: value})}"
+                             "</configure>", s, ns=NS_OWNER)
+        assert stanza_error(r)[1] == "not-acceptable", (field, tostring(r))
+    r = create(owner, s, "auth-" + rnd(), {"pubsub#access_model": "authorize"})
+    assert app_error(r) == ("feature-not-implemented", "unsupported"), tostring(r)
+    assert r.find(C("error")).find(q(NS_ERRORS, "unsupported")).get("feature") == "access-authorize"
+    # default configuration (owner namespace)
+    r = ok(ps(owner, "get", "<default/>", s, ns=NS_OWNER))
+    assert r.find(f"{q(NS_OWNER, 'pubsub')}/{q(NS_OWNER, 'default')}/{q(NS_DATA, 'x')}") is not None
+    # someone else may neither configure nor delete
+    r = ps(sub, "get", f"<configure node='{node2}'/>", s, ns=NS_OWNER)
+    assert stanza_error(r)[1] == "forbidden", tostring(r)
+    assert stanza_error(delete(sub, s, node2))[1] == "forbidden"
+    for n in (node, node2):
+        ok(delete(owner, s, n))
+    owner.close()
+    sub.close()
+
+
+# ------------------------------------------------------------------ subscriptions
+
+def test_subscriptions_subids_and_their_errors(server):
+    s = svc(server)
+    owner = server.online("psu")
+    a = server.online("psu")
+    other = server.online("psu")
+    node = "sub-" + rnd()
+    ok(create(owner, s, node))
+    # another's JID: bad-request + invalid-jid; no jid; missing node; no node id
+    assert app_error(subscribe(a, s, node, jid=other.jid)) == ("bad-request", "invalid-jid")
+    assert app_error(subscribe(a, s, node, jid="this-jid-does-not-match@example.org")) == ("bad-request", "invalid-jid")
+    r = ps(a, "set", f"<subscribe node='{node}'/>", s)
+    assert app_error(r) == ("bad-request", "invalid-jid"), tostring(r)
+    assert stanza_error(subscribe(a, s, "missing-" + rnd()))[1] == "item-not-found"
+    r = ps(a, "set", f"<subscribe jid='{a.jid}'/>", s)
+    assert app_error(r) == ("bad-request", "nodeid-required"), tostring(r)
+    # not subscribed yet
+    assert app_error(unsubscribe(a, s, node)) == ("unexpected-request", "not-subscribed")
+    r = ok(ps(a, "get", f"<subscriptions node='{node}'/>", s))
+    assert len(r.find(q(NS_PUBSUB, "pubsub")).find(q(NS_PUBSUB, "subscriptions"))) == 0
+    # two subscriptions of one JID: distinct SubIDs
+    s1 = sub_of(subscribe(a, s, node)).get("subid")
+    s2 = sub_of(subscribe(a, s, node)).get("subid")
+    assert s1 and s2 and s1 != s2
+    r = ok(ps(a, "get", "<subscriptions/>", s))
+    subs = r.find(q(NS_PUBSUB, "pubsub")).find(q(NS_PUBSUB, "subscriptions"))
+    assert sorted(x.get("subid") for x in subs if x.get("node") == node) == sorted([s1, s2])
+    # one notification for both, with the SubIDs as SHIM headers
+    ok(publish(owner, s, node, tune("both")))
+    e = recv_event(a, s, node)
+    hdrs = e.find(q(NS_SHIM, "headers"))
+    assert hdrs is not None and sorted(h.text for h in hdrs) == sorted([s1, s2]), tostring(e)
+    a.expect_nothing(lambda e: is_event(e, s, node), 0.4, what="a second notification")
+    # unsubscribe: the SubID is required, must exist; someone else is forbidden
+    assert app_error(unsubscribe(a, s, node)) == ("bad-request", "subid-required")
+    assert app_error(unsubscribe(a, s, node, subid="nope")) == ("not-acceptable", "invalid-subid")
+    r = unsubscribe(other, s, node, jid=a.jid, subid=s1)
+    assert stanza_error(r)[1] == "forbidden", tostring(r)
+    ok(unsubscribe(a, s, node, subid=s1))
+    ok(unsubscribe(a, s, node))  # one left: no SubID needed
+    assert stanza_error(unsubscribe(a, s, "missing-" + rnd()))[1] == "item-not-found"
+    # affiliations: owner of the node, none for the subscriber
+    r = ok(ps(owner, "get", "<affiliations/>", s))
+    affs = {x.get("node"): x.get("affiliation") for x in r.find(q(NS_PUBSUB, "pubsub")).find(q(NS_PUBSUB, "affiliations"))}
+    assert affs.get(node) == "owner"
+    r = ok(ps(a, "get", f"<affiliations node='{node}'/>", s))
+    assert len(r.find(q(NS_PUBSUB, "pubsub")).find(q(NS_PUBSUB, "affiliations"))) == 0
+    server.assert_healthy(owner, a, other)
+    ok(delete(owner, s, node))
+    for c in (owner, a, other):
+        c.close()
+
+
+def test_subscription_options(server):
+    s = svc(server)
+    owner = server.online("pso")
+    a = server.online("pso")
+    node = "opt-" + rnd()
+    ok(create(owner, s, node))
+    r = ps(a, "get", f"<options node='{node}' jid='{a.jid}'/>", s)
+    assert app_error(r) == ("unexpected-request", "not-subscribed"), tostring(r)
+    subid = sub_of(subscribe(a, s, node, options={"pubsub#deliver": "1"})).get("subid")
+    r = ok(ps(a, "get", f"<options node='{node}' jid='{a.jid}'/>", s))
+    opts = r.find(q(NS_PUBSUB, "pubsub")).find(q(NS_PUBSUB, "options"))
+    assert opts.get("subid") == subid
+    x = opts.find(q(NS_DATA, "x"))
+    assert x.get("type") == "form"
+    fields = {f.get("var"): f.findtext(q(NS_DATA, "value")) for f in x.findall(q(NS_DATA, "field"))}
+    assert fields["FORM_TYPE"] == SUB_OPTIONS and fields["pubsub#deliver"] == "1"
+    # deliver off: no notification (the marker is a second node's)
+    ok(ps(a, "set", f"<options node='{node}' jid='{a.jid}'>{form(SUB_OPTIONS, {'pubsub#deliver': '0'})}</options>", s))
+    marker = "mark-" + rnd()
+    ok(create(owner, s, marker))
+    ok(subscribe(a, s, marker))
+    ok(publish(owner, s, node, tune("silent")))
+    ok(publish(owner, s, marker, tune("marker")))
+    e = a.recv(lambda e: is_event(e, s, node) or is_event(e, s, marker), what="the marker")
+    assert is_event(e, s, marker), "delivered though pubsub#deliver is off: " + tostring(e)
+    # bad option forms: invalid-options
+    for bad in ({"pubsub#deliver": "perhaps"}, {"pubsub#digest": "1"}, {"pubsub#whatever": "1"}):
+        r = ps(a, "set", f"<options node='{node}' jid='{a.jid}'>{form(SUB_OPTIONS, bad)}</options>", s)
+        assert app_error(r) == ("bad-request", "invalid-options"), (bad, tostring(r))
+    r = ps(a, "set", f"<options node='{node}' jid='{a.jid}'>{form('urn:wrong', {})}</options>", s)
+    assert app_error(r) == ("bad-request", "invalid-options"), tostring(r)
+    assert app_error(subscribe(a, s, node, options={"pubsub#include_body": "1"})) == ("bad-request", "invalid-options")
+    r = ps(a, "get", f"<options node='{node}'/>", s)
+    assert app_error(r) == ("bad-request", "jid-required"), tostring(r)
+    r = ok(ps(a, "get", "<default/>", s))
+    assert r.find(f"{q(NS_PUBSUB, 'pubsub')}/{q(NS_PUBSUB, 'default')}/{q(NS_DATA, 'x')}") is not None
+    server.assert_healthy(owner, a)
+    for n in (node, marker):
+        ok(delete(owner, s, n))
+    owner.close()
+    a.close()
+
+
+def test_owner_manages_subscriptions_and_affiliations(server):
+    s = svc(server)
+    owner = server.online("psm")
+    a = server.online("psm")
+    b = server.online("psm")
+    node = "wl-" + rnd()
+    ok(create(owner, s, node, {"pubsub#access_model": "whitelist"}))
+    # whitelist: not-allowed + closed-node, items and subscribe alike
+    assert app_error(subscribe(a, s, node)) == ("not-allowed", "closed-node")
+    assert app_error(ps(a, "get", f"<items node='{node}'/>", s)) == ("not-allowed", "closed-node")
+    # a member may
+    aff = f"<affiliation jid='{bare(a.jid)}' affiliation='member'/>"
+    ok(ps(owner, "set", f"<affiliations node='{node}'>{aff}</affiliations>", s, ns=NS_OWNER))
+    r = ok(ps(owner, "get", f"<affiliations node='{node}'/>", s, ns=NS_OWNER))
+    affs = {x.get("jid"): x.get("affiliation") for x in r.find(q(NS_OWNER, "pubsub")).find(q(NS_OWNER, "affiliations"))}
+    assert affs == {bare(owner.jid): "owner", bare(a.jid): "member"}, affs
+    ok(subscribe(a, s, node))
+    r = ok(ps(a, "get", f"<affiliations node='{node}'/>", s))
+    assert [x.get("affiliation") for x in r.find(q(NS_PUBSUB, "pubsub")).find(q(NS_PUBSUB, "affiliations"))] == ["member"]
+    # the owner subscribes b (full JID) and lists the subscriptions
+    sub = f"<subscription jid='{b.jid}' subscription='subscribed'/>"
+    ok(ps(owner, "set", f"<subscriptions node='{node}'>{sub}</subscriptions>", s, ns=NS_OWNER))
+    r = ok(ps(owner, "get", f"<subscriptions node='{node}'/>", s, ns=NS_OWNER))
+    subs = {x.get("jid"): x.get("subscription") for x in r.find(q(NS_OWNER, "pubsub")).find(q(NS_OWNER, "subscriptions"))}
+    assert subs == {a.jid: "subscribed", b.jid: "subscribed"}, subs
+    ok(publish(owner, s, node, tune("to both")))
+    recv_event(a, s, node)
+    e = recv_event(b, s, node)
+    assert e.get("to") == b.jid
+    # a publisher may publish; an outcast loses its subscription and access
+    ok(ps(owner, "set", f"<affiliations node='{node}'><affiliation jid='{bare(b.jid)}' affiliation='publisher'/>"
+                        f"<affiliation jid='{bare(a.jid)}' affiliation='outcast'/></affiliations>", s, ns=NS_OWNER))
+    ok(publish(b, s, node, tune("by b")))
+    recv_event(b, s, node)
+    assert stanza_error(ps(a, "get", f"<items node='{node}'/>", s))[1] == "forbidden"
+    assert stanza_error(subscribe(a, s, node))[1] == "forbidden"
+    # the owner removes b's subscription; the last owner cannot go; bad entries change nothing
+    ok(ps(owner, "set", f"<subscriptions node='{node}'><subscription jid='{b.jid}' subscription='none'/>"
+                        "</subscriptions>", s, ns=NS_OWNER))
+    r = ps(owner, "set", f"<affiliations node='{node}'><affiliation jid='{bare(owner.jid)}' affiliation='none'/>"
+                         "</affiliations>", s, ns=NS_OWNER)
+    assert stanza_error(r)[1] == "not-acceptable", tostring(r)
+    for bad in (f"<affiliation jid='{bare(b.jid)}' affiliation='king'/>", "<affiliation affiliation='member'/>"):
+        r = ps(owner, "set", f"<affiliations node='{node}'>{bad}</affiliations>", s, ns=NS_OWNER)
+        assert stanza_error(r)[1] == "not-acceptable", tostring(r)
+    r = ps(owner, "set", f"<subscriptions node='{node}'><subscription jid='{b.jid}' subscription='pending'/>"
+                         "</subscriptions>", s, ns=NS_OWNER)
+    assert stanza_error(r)[1] == "not-acceptable", tostring(r)
+    r = ok(ps(owner, "get", f"<subscriptions node='{node}'/>", s, ns=NS_OWNER))
+    assert len(r.find(q(NS_OWNER, "pubsub")).find(q(NS_OWNER, "subscriptions"))) == 0
+    # not the owner: forbidden
+    for inner in (f"<subscriptions node='{node}'/>", f"<affiliations node='{node}'/>"):
+        assert stanza_error(ps(b, "get", inner, s, ns=NS_OWNER))[1] == "forbidden"
+    ok(delete(owner, s, node))
+    for c in (owner, a, b):
+        c.close()
+
+
+def test_presence_access_model(server):
+    s = svc(server)
+    owner = server.online("psp")
+    friend = server.online("psp")
+    stranger = server.online("psp")
+    make_mutual(owner, friend)
+    node = "pr-" + rnd()
+    ok(create(owner, s, node, {"pubsub#access_model": "presence"}))
+    r = subscribe(stranger, s, node)
+    assert app_error(r) == ("not-authorized", "presence-subscription-required"), tostring(r)
+    ok(subscribe(friend, s, node))
+    ok(delete(owner, s, node))
+    for c in (owner, friend, stranger):
+        c.close()
+
+
+# ------------------------------------------------------------------ who may create, bad input
+
+def test_who_creates_and_bad_input(server):
+    s = svc(server)
+    local = server.online("psb")
+    foreign = server.online("psb", domain="example.org")
+    # a user of another served domain may not create here (default [pubsub] create = "domain")
+    assert stanza_error(create(foreign, s, "f-" + rnd()))[1] == "forbidden"
+    # ... nor auto-create by publishing: the node does not exist
+    r = publish(foreign, s, "f-" + rnd(), tune("x"))
+    assert stanza_error(r)[1] == "item-not-found", tostring(r)
+    # but on its own domain's service
+    node = "own-" + rnd()
+    ok(create(foreign, "pubsub.example.org", node))
+    ok(delete(foreign, "pubsub.example.org", node))
+    # publishing to a missing node auto-creates it for a local user, who owns it
+    auto = "auto-" + rnd()
+    ok(publish(local, s, auto, tune("auto")))
+    r = ok(ps(local, "get", f"<affiliations node='{auto}'/>", s))
+    assert [x.get("affiliation") for x in r.find(q(NS_PUBSUB, "pubsub")).find(q(NS_PUBSUB, "affiliations"))] == ["owner"]
+    # bad node ids and shapes
+    r = create(local, s, "x" * 2000)
+    assert stanza_error(r)[1] == "not-acceptable", tostring(r)
+    assert app_error(ps(local, "get", "<items/>", s)) == ("bad-request", "nodeid-required")
+    assert app_error(ps(local, "set", f"<retract node='{auto}'/>", s)) == ("bad-request", "item-required")
+    assert stanza_error(ps(local, "get", f"<items node='{auto}' max_items='many'/>", s))[1] == "bad-request"
+    assert stanza_error(ps(local, "set", "", s))[1] == "bad-request"
+    assert stanza_error(ps(local, "get", "<frobnicate/>", s))[1] == "feature-not-implemented"
+    assert stanza_error(ps(local, "get", f"<publish node='{auto}'/>", s))[1] == "bad-request"
+    # a malformed configuration form: wrong FORM_TYPE, not a form, wrong type
+    for cfg in (f"<configure>{form('urn:wrong', {})}</configure>",
+                f"<configure>{form(NS_PUBSUB + '#node_config', {}, type_='result')}</configure>",
+                "<configure><x xmlns='jabber:x:data' type='submit'><field/></x></configure>"):
+        r = ps(local, "set", f"<create node='bad-{rnd()}'/>{cfg}", s)
+        assert stanza_error(r)[1] == "not-acceptable", tostring(r)
+    r = ps(local, "set", f"<publish node='{auto}'><item>{tune('a')}</item></publish>"
+                         f"<publish-options>{form('urn:wrong', {})}</publish-options>", s)
+    assert stanza_error(r)[1] == "bad-request", tostring(r)
+    r = ps(local, "set", f"<publish node='{auto}'><item>{tune('a')}</item></publish>"
+                         f"<publish-options>{form(NS_PUBSUB + '#publish-options', {'pubsub#access_model': 'whitelist'})}"
+                         "</publish-options>", s)
+    assert app_error(r) == ("conflict", "precondition-not-met"), tostring(r)
+    # two payloads in one iq, a message, an unknown namespace, an entity of the service
+    r = local.iq("get", f"<pubsub xmlns='{NS_PUBSUB}'/><query xmlns='{DISCO_INFO}'/>", to=s)
+    assert stanza_error(r)[1] == "bad-request", tostring(r)
+    mid = local.message(s, "hello")
+    e = local.recv(lambda e: e.tag == C("message") and e.get("id") == mid, what="message error")
+    assert stanza_error(e)[1] == "service-unavailable", tostring(e)
+    r = local.iq("get", "<query xmlns='jabber:iq:version'/>", to=s)
+    assert stanza_error(r)[1] == "service-unavailable", tostring(r)
+    r = local.iq("get", f"<query xmlns='{DISCO_INFO}'/>", to=f"someone@{s}")
+    assert stanza_error(r)[1] == "service-unavailable", tostring(r)
+    server.assert_healthy(local, foreign)
+    ok(delete(local, s, auto))
+    local.close()
+    foreign.close()
+
+
+# ------------------------------------------------------------------ PEP
+
+def test_explicit_subscription_to_a_pep_node(server):
+    """XEP-0163 nodes take XEP-0060 subscriptions too: a stranger subscribes to an open
+    node (no presence subscription, no caps) and is notified at the JID it gave."""
+    owner = server.online("pepx")
+    other = server.online("pepx")
+    node = "urn:test:explicit:" + rnd()
+    ok(ps(owner, "set", f"<publish node='{node}'><item id='1'>{tune('one')}</item></publish>"
+                        f"<publish-options>{form(NS_PUBSUB + '#publish-options', {'pubsub#access_model': 'open'})}"
+                        "</publish-options>", None))
+    o = bare(owner.jid)
+    el = sub_of(subscribe(other, o, node))
+    assert el.get("subid") and el.get("jid") == other.jid
+    # send_last_published_item (PEP's default on_sub_and_presence): the last item at once
+    e = recv_event(other, o, node)
+    assert ev_child(e).find(q(NS_EVENT, "item")).get("id") == "1"
+    assert e.find(q("urn:xmpp:delay", "delay")) is not None, tostring(e)
+    ok(ps(owner, "set", f"<publish node='{node}'><item id='2'>{tune('two')}</item></publish>", None))
+    e = recv_event(other, o, node)
+    assert ev_child(e).find(q(NS_EVENT, "item")).get("id") == "2"
+    r = ok(ps(owner, "get", f"<subscriptions node='{node}'/>", None, ns=NS_OWNER))
+    subs = [x.get("jid") for x in r.find(q(NS_OWNER, "pubsub")).find(q(NS_OWNER, "subscriptions"))]
+    assert subs == [other.jid]
+    ok(unsubscribe(other, o, node))
+    # a whitelist PEP node refuses
+    node2 = "urn:test:closed:" + rnd()
+    ok(ps(owner, "set", f"<publish node='{node2}'><item id='1'>{tune('x')}</item></publish>"
+                        f"<publish-options>{form(NS_PUBSUB + '#publish-options', {'pubsub#access_model': 'whitelist'})}"
+                        "</publish-options>", None))
+    assert app_error(subscribe(other, o, node2)) == ("not-allowed", "closed-node")
+    owner.close()
+    other.close()
+
+
+# ------------------------------------------------------------------ slixmpp
+
+def test_slixmpp_xep_0060(server):
+    slixmpp = pytest.importorskip("slixmpp")
+    ajid, _, apw = server.new_user("slps")
+    bjid, _, bpw = server.new_user("slps")
+    s = svc(server)
+    node = "slix-" + rnd()
+
+    def client(jid, pw):
+        c = slixmpp.ClientXMPP(jid, pw)
+        for p in ("xep_0030", "xep_0004", "xep_0060"):
+            c.register_plugin(p)
+        c.ssl_context.check_hostname = False
+        c.ssl_context.verify_mode = ssl.CERT_NONE
+        return c
+
+    async def connected(c):
+        started = asyncio.get_event_loop().create_future()
+        c.add_event_handler("session_start", lambda _: started.done() or started.set_result(True))
+        c.connect(server.host, server.c2s_port)
+        await asyncio.wait_for(started, 15)
+        c.send_presence()
+
+    async def scenario():
+        a = client(ajid, apw)
+        b = client(bjid, bpw)
+        got = asyncio.get_event_loop().create_future()
+        b.add_event_handler("pubsub_publish", lambda m: got.done() or got.set_result(m))
+        await connected(a)
+        await connected(b)
+        info = await b["xep_0030"].get_info(jid=s, timeout=10)
+        assert any(i[:2] == ("pubsub", "service") for i in info["disco_info"]["identities"])
+        await a["xep_0060"].create_node(s, node, timeout=10)
+        r = await b["xep_0060"].subscribe(s, node, timeout=10)
+        assert r["pubsub"]["subscription"]["subscription"] == "subscribed"
+        payload = slixmpp.xmlstream.ET.fromstring(tune("slix"))
+        await a["xep_0060"].publish(s, node, id="one", payload=payload, timeout=10)
+        m = await asyncio.wait_for(got, 10)
+        assert m["pubsub_event"]["items"]["item"]["id"] == "one"
+        items = await b["xep_0060"].get_items(s, node, timeout=10)
+        assert items["pubsub"]["items"]["item"]["id"] == "one"
+        subs = await b["xep_0060"].get_subscriptions(s, node, timeout=10)
+        assert [x["node"] for x in subs["pubsub"]["subscriptions"]] == [node]
+        nodes = await b["xep_0060"].get_nodes(s, timeout=10)
+        assert node in [i[1] for i in nodes["disco_items"]["items"]]
+        await b["xep_0060"].unsubscribe(s, node, timeout=10)
+        await a["xep_0060"].delete_node(s, node, timeout=10)
+        for c in (a, b):
+            c.disconnect()
+        await asyncio.sleep(0.2)
+
+    asyncio.run(asyncio.wait_for(scenario(), 50))
+
+
+# ------------------------------------------------------------------ cluster
+
+@pytest.mark.cluster
+@pytest.mark.starling_only
+@pytest.mark.timeout(120)
+def test_cluster_subscriber_on_another_node(shared_cluster, clients):
+    cl = shared_cluster
+    owner = clients.add(cl[1].online("cpso"))
+    sub2 = clients.add(cl[2].online("cpss"))
+    sub3 = clients.add(cl[3].online("cpss"))
+    s = f"pubsub.{owner.jid.split('@')[1].split('/')[0]}"
+    node = "cl-" + rnd()
+    ok(create(owner, s, node))
+    ok(subscribe(sub2, s, node, jid=bare(sub2.jid)))
+    ok(subscribe(sub3, s, node))  # full JID, through node 3
+    ok(publish(owner, s, node, tune("across"), item_id="x"))
+    for c in (sub2, sub3):
+        e = recv_event(c, s, node, timeout=10)
+        assert ev_child(e).find(q(NS_EVENT, "item")).get("id") == "x", tostring(e)
+    # the items and the subscriptions are read through any node
+    assert [i.get("id") for i in items_of(sub3, s, node)] == ["x"]
+    r = ok(ps(owner, "get", f"<subscriptions node='{node}'/>", s, ns=NS_OWNER))
+    assert len(r.find(q(NS_OWNER, "pubsub")).find(q(NS_OWNER, "subscriptions"))) == 2
+    ok(delete(owner, s, node))
+    for c in (sub2, sub3):
+        e = recv_event(c, s, node, timeout=10)
+        assert ev_child(e).tag == q(NS_EVENT, "delete")
