@@ -988,7 +988,17 @@ pub fn node_info(
 ) -> Option<Vec<Element>> {
     let (_, rec) = server.storage.pep_node(svc.jid, node).ok()??;
     let cfg = NodeConfig::decode(&rec.config);
-    may_read(server, svc, &rec, requester, &cfg).ok()?;
+    // On a generic service a node's information is public (but to its
+    // outcasts): a client looks at it before it asks to subscribe, and
+    // must then learn why it may not (XEP-0060 §6.1.3).
+    match svc.generic {
+        Some(_) => {
+            if affiliation(server, svc, &rec, requester) == Aff::Outcast {
+                return None;
+            }
+        }
+        None => may_read(server, svc, &rec, requester, &cfg).ok()?,
+    }
     let info = super::disco::NS_INFO;
     let field = |var: &str, value: &str| {
         Element::new("field", NS_DATA)
