@@ -238,6 +238,11 @@ def test_node_configuration_shapes_notifications(server):
           s, ns=NS_OWNER))
     assert items_of(owner, s, node) == []
     assert app_error(publish(owner, s, node, tune("x"), item_id="x")) == ("bad-request", "item-forbidden")
+    # nothing kept: retract and purge are not offered (7.2.3.5, 8.5.3.3)
+    for r in (ps(owner, "set", f"<retract node='{node}'><item id='m'/></retract>", s),
+              ps(owner, "set", f"<purge node='{node}'/>", s, ns=NS_OWNER)):
+        assert app_error(r) == ("feature-not-implemented", "unsupported"), tostring(r)
+        assert r.find(C("error")).find(q(NS_ERRORS, "unsupported")).get("feature") == "persistent-items"
     ok(publish(owner, s, node, with_item=False))
     e = recv_event(sub, s, node)
     assert ev_child(e).tag == q(NS_EVENT, "items") and len(ev_child(e)) == 0, tostring(e)

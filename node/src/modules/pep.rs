@@ -46,7 +46,7 @@ pub const AVATAR_METADATA: &str = "urn:xmpp:avatar:metadata";
 
 pub static MODULE: Module = Module {
     name: "pep",
-    spec: "XEP-0163, XEP-0060 (PEP subset), XEP-0084, XEP-0398, XEP-0223, XEP-0402, XEP-0172",
+    spec: "XEP-0163, XEP-0060 (also pubsub.<domain>), XEP-0084, XEP-0398, XEP-0223, XEP-0402, XEP-0172",
     account_features: &[
         AccountFeature {
             var: NS_PUBSUB,
@@ -1435,6 +1435,10 @@ async fn retract_in(req: &Req<'_>, retract: &Element) -> IqResult {
         if affiliation(server, svc, &rec, req.bare) < Aff::PublishOnly {
             return Err(Condition::Forbidden.into());
         }
+        // §7.2.3.5: nothing kept, nothing to retract.
+        if !cfg.persist_items {
+            return Err(unsupported("persistent-items"));
+        }
         if ids.iter().any(|id| !rec.items.iter().any(|i| i == id)) {
             return Err(Condition::ItemNotFound.into());
         }
@@ -1662,6 +1666,10 @@ async fn purge(req: &Req<'_>, purge: &Element) -> IqResult {
     for _ in 0..MAX_ATTEMPTS {
         let (raw, mut rec) = owned_node(req, node).await?;
         let cfg = NodeConfig::decode(&rec.config);
+        // §8.5.3.3: a node that keeps no items has none to purge.
+        if !cfg.persist_items {
+            return Err(unsupported("persistent-items"));
+        }
         let remove = std::mem::take(&mut rec.items);
         let subs = rec.subscriptions.clone();
         let change = PepChange {
@@ -2848,5 +2856,153 @@ pub mod bookmarks {
             .as_deref()
             .and_then(parse_stored)
             .and_then(|item| item.get_child("storage", NS_BOOKMARKS).cloned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GENERIC: Svc<'static> = Svc {
+        jid: "pubsub.a.example",
+        generic: Some("a.example"),
+    };
+
+    fn set(cfg: &mut NodeConfig, svc: Svc<'_>, var: &str, v: &str) -> Result<(), Refused> {
+        cfg.set(var, &[v.to_owned()], 1000, svc)
+    }
+
+    #[test]
+    fn generic_nodes_take_more_options_than_pep_nodes() {
+        let pep = Svc::pep("u@a.example");
+        let mut p = NodeConfig::default_for(pep);
+        let mut g = NodeConfig::default_for(GENERIC);
+        assert_eq!(p.access, Access::Presence);
+        assert_eq!(
+            (g.access, g.max_items, g.send_last),
+            (Access::Open, None, SendLast::Never)
+        );
+        assert_eq!(
+            set(&mut p, pep, "pubsub#publish_model", "open"),
+            Err(Refused::Invalid)
+        );
+        assert_eq!(set(&mut g, GENERIC, "pubsub#publish_model", "open"), Ok(()));
+        assert_eq!(g.publish_model, PublishModel::Open);
+        assert_eq!(
+            set(&mut p, pep, "pubsub#subscribe", "0"),
+            Err(Refused::Invalid)
+        );
+        assert_eq!(set(&mut g, GENERIC, "pubsub#subscribe", "0"), Ok(()));
+        assert!(!g.subscribe);
+        assert_eq!(
+            set(&mut g, GENERIC, "pubsub#access_model", "authorize"),
+            Err(Refused::Unsupported("access-authorize"))
+        );
+        assert_eq!(
+            set(&mut g, GENERIC, "pubsub#node_type", "collection"),
+            Err(Refused::Unsupported("collections"))
+        );
+        assert_eq!(
+            set(&mut g, GENERIC, "pubsub#notify_sub", "1"),
+            Err(Refused::Invalid)
+        );
+        assert_eq!(set(&mut g, GENERIC, "pubsub#notify_sub", "0"), Ok(()));
+        // The form shows what may be set.
+        let vars: Vec<String> = g
+            .form("form", GENERIC)
+            .elements()
+            .filter_map(|f| f.get_attr("var").map(str::to_owned))
+            .collect();
+        assert!(vars.iter().any(|v| v == "pubsub#node_type"));
+        let vars: Vec<String> = p
+            .form("form", pep)
+            .elements()
+            .filter_map(|f| f.get_attr("var").map(str::to_owned))
+            .collect();
+        assert!(!vars.iter().any(|v| v == "pubsub#node_type"));
+    }
+
+    #[test]
+    fn affiliations_order_and_names() {
+        for a in [
+            Aff::Outcast,
+            Aff::None,
+            Aff::Member,
+            Aff::PublishOnly,
+            Aff::Publisher,
+            Aff::Owner,
+        ] {
+            assert_eq!(Aff::parse(a.as_str()), Some(a));
+        }
+        assert!(Aff::Outcast < Aff::None && Aff::PublishOnly < Aff::Publisher);
+        assert_eq!(Aff::parse("king"), None);
+    }
+
+    #[test]
+    fn picking_a_subscription_names_the_xep_errors() {
+        let sub = |jid: &str, id: &str| PepSub {
+            jid: jid.into(),
+            subid: id.into(),
+            deliver: true,
+        };
+        let rec = PepNode {
+            subscriptions: vec![sub("a@x", "1"), sub("a@x", "2"), sub("b@x/r", "3")],
+            ..PepNode::default()
+        };
+        let app_of = |e: StanzaError| (e.condition, e.app.map(|a| a.name.clone()));
+        assert_eq!(
+            app_of(pick_sub(&rec, "a@x", None).unwrap_err()),
+            (Condition::BadRequest, Some("subid-required".into()))
+        );
+        assert_eq!(
+            app_of(pick_sub(&rec, "a@x", Some("9")).unwrap_err()),
+            (Condition::NotAcceptable, Some("invalid-subid".into()))
+        );
+        assert_eq!(
+            app_of(pick_sub(&rec, "c@x", None).unwrap_err()),
+            (Condition::UnexpectedRequest, Some("not-subscribed".into()))
+        );
+        assert_eq!(pick_sub(&rec, "a@x", Some("2")).unwrap(), 1);
+        assert_eq!(pick_sub(&rec, "b@x/r", None).unwrap(), 2);
+    }
+
+    #[test]
+    fn subscription_options_forms() {
+        let form = |fields: &[(&str, &str)]| {
+            let mut x = Element::new("x", NS_DATA).attr("type", "submit").child(
+                Element::new("field", NS_DATA)
+                    .attr("var", "FORM_TYPE")
+                    .child(Element::new("value", NS_DATA).text(SUBSCRIBE_OPTIONS)),
+            );
+            for (k, v) in fields {
+                x = x.child(
+                    Element::new("field", NS_DATA)
+                        .attr("var", *k)
+                        .child(Element::new("value", NS_DATA).text(*v)),
+                );
+            }
+            x
+        };
+        assert_eq!(
+            parse_sub_options(&form(&[("pubsub#deliver", "0")])).unwrap(),
+            Some(false)
+        );
+        assert_eq!(
+            parse_sub_options(&form(&[("pubsub#digest_frequency", "2")])).unwrap(),
+            None
+        );
+        for bad in [
+            ("pubsub#deliver", "maybe"),
+            ("pubsub#digest", "1"),
+            ("pubsub#include_body", "true"),
+            ("pubsub#digest_frequency", "-1"),
+            ("pubsub#unknown", "1"),
+        ] {
+            assert!(parse_sub_options(&form(&[bad])).is_err(), "{bad:?}");
+        }
+        // The form offered parses as submitted.
+        let mut offered = sub_options_form(true);
+        offered.set_attr("type", "submit");
+        assert_eq!(parse_sub_options(&offered).unwrap(), Some(true));
     }
 }

@@ -153,3 +153,44 @@ fn items(req: &Req<'_>, q: &Element) -> IqResult {
     }
     Ok(out.into())
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+    use crate::services::{ServiceKind, Services};
+
+    #[test]
+    fn a_service_for_every_domain_unless_disabled() {
+        let mut cfg = Config {
+            domains: vec!["a.example".into(), "b.example".into()],
+            ..Default::default()
+        };
+        cfg.check().unwrap();
+        let s = Services::new(&cfg);
+        for d in ["a.example", "b.example"] {
+            let h = s.get(&format!("pubsub.{d}")).expect("service");
+            assert_eq!((h.kind, h.parent.as_str()), (ServiceKind::Pubsub, d));
+            assert!(s.of_parent(d).any(|(j, _)| j == format!("pubsub.{d}")));
+        }
+        assert!(s.get("pubsub.c.example").is_none());
+        cfg.pubsub.enabled = false;
+        assert!(Services::new(&cfg).get("pubsub.a.example").is_none());
+    }
+
+    #[test]
+    fn configuration_is_checked() {
+        let bad = |f: fn(&mut Config)| {
+            let mut cfg = Config::default();
+            f(&mut cfg);
+            cfg.check().is_err()
+        };
+        assert!(bad(|c| c.pubsub.subdomain = "a.b".into()));
+        assert!(bad(|c| c.pubsub.subdomain = "conference".into()));
+        assert!(bad(|c| c.pubsub.max_nodes = 0));
+        assert!(bad(|c| c.pubsub.admins = vec!["not a jid@@".into()]));
+        let mut cfg = Config::default();
+        cfg.pubsub.admins = vec!["Admin@LocalHost".into()];
+        cfg.check().unwrap();
+        assert_eq!(cfg.pubsub.admins, vec!["admin@localhost".to_owned()]);
+    }
+}
