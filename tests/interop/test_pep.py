@@ -302,7 +302,8 @@ def test_publish_items_retract_and_errors(server):
     big = "<blob xmlns='urn:test:blob'>" + "a" * 150_000 + "</blob>"
     assert app_error(publish(a, node, big)) == ("not-acceptable", "payload-too-big")
     assert stanza_error(get_items(a, None, "urn:test:missing"))[1] == "item-not-found"
-    assert stanza_error(get_items(a, None, node, ids=["nope"]))[1] == "item-not-found"
+    # XEP-0060 6.5.9.11: items that do not exist: a result without them
+    assert item_ids(get_items(a, None, node, ids=["nope"])) == []
     assert app_error(a.iq("get", f"<pubsub xmlns='{NS_PUBSUB}'><items/></pubsub>")) == ("bad-request", "nodeid-required")
     assert stanza_error(a.iq("get", f"<pubsub xmlns='{NS_PUBSUB}'><items node='{node}' max_items='x'/></pubsub>"))[1] == "bad-request"
     r = a.iq("set", f"<pubsub xmlns='{NS_PUBSUB}'><retract node='{node}'><item id='nope'/></retract></pubsub>")

@@ -236,11 +236,11 @@ def test_node_configuration_shapes_notifications(server):
     ok(ps(owner, "set", f"<configure node='{node}'>"
                         f"{form(NS_PUBSUB + '#node_config', {'pubsub#persist_items': '0'})}</configure>",
           s, ns=NS_OWNER))
-    assert items_of(owner, s, node) == []
     assert app_error(publish(owner, s, node, tune("x"), item_id="x")) == ("bad-request", "item-forbidden")
-    # nothing kept: retract and purge are not offered (7.2.3.5, 8.5.3.3)
+    # nothing kept: items, retract and purge are not offered (6.5.9.4, 7.2.3.5, 8.5.3.3)
     for r in (ps(owner, "set", f"<retract node='{node}'><item id='m'/></retract>", s),
-              ps(owner, "set", f"<purge node='{node}'/>", s, ns=NS_OWNER)):
+              ps(owner, "set", f"<purge node='{node}'/>", s, ns=NS_OWNER),
+              ps(sub, "get", f"<items node='{node}'/>", s)):
         assert app_error(r) == ("feature-not-implemented", "unsupported"), tostring(r)
         assert r.find(C("error")).find(q(NS_ERRORS, "unsupported")).get("feature") == "persistent-items"
     ok(publish(owner, s, node, with_item=False))
@@ -258,8 +258,30 @@ def test_node_configuration_shapes_notifications(server):
                              "</configure>", s, ns=NS_OWNER)
         assert stanza_error(r)[1] == "not-acceptable", (field, tostring(r))
     r = create(owner, s, "auth-" + rnd(), {"pubsub#access_model": "authorize"})
+    assert app_error(r) == ("not-acceptable", "unsupported-access-model"), tostring(r)
+    # item expiry is not offered; a configuration naming a node of its own is bad
+    r = create(owner, s, "exp-" + rnd(), {"pubsub#item_expire": "604800"})
     assert app_error(r) == ("feature-not-implemented", "unsupported"), tostring(r)
-    assert r.find(C("error")).find(q(NS_ERRORS, "unsupported")).get("feature") == "access-authorize"
+    r = ps(owner, "set", f"<create node='c-{rnd()}'/><configure node='other'>"
+                         f"{form(NS_PUBSUB + '#node_config', {})}</configure>", s)
+    assert stanza_error(r)[1] == "bad-request", tostring(r)
+    # the XEP's own create-and-configure form (fields this service keeps or ignores)
+    xep = "xep-" + rnd()
+    ok(create(owner, s, xep, [("pubsub#title", "Princely Musings (Atom)"), ("pubsub#deliver_notifications", "1"),
+                              ("pubsub#deliver_payloads", "1"), ("pubsub#persist_items", "1"),
+                              ("pubsub#max_items", "10"), ("pubsub#access_model", "open"),
+                              ("pubsub#publish_model", "publishers"), ("pubsub#purge_offline", "0"),
+                              ("pubsub#send_last_published_item", "never"),
+                              ("pubsub#presence_based_delivery", "false"),
+                              ("pubsub#notification_type", "headline"), ("pubsub#notify_config", "0"),
+                              ("pubsub#notify_delete", "0"), ("pubsub#notify_retract", "0"),
+                              ("pubsub#notify_sub", "0"), ("pubsub#max_payload_size", "1028"),
+                              ("pubsub#type", "http://www.w3.org/2005/Atom"),
+                              ("pubsub#body_xslt", "http://jabxslt.jabberstudio.org/atom_body.xslt")]))
+    # pubsub#type: the payload namespace
+    assert app_error(publish(owner, s, xep, tune("x"))) == ("bad-request", "invalid-payload")
+    ok(publish(owner, s, xep, "<entry xmlns='http://www.w3.org/2005/Atom'><title>t</title></entry>"))
+    ok(delete(owner, s, xep))
     # default configuration (owner namespace)
     r = ok(ps(owner, "get", "<default/>", s, ns=NS_OWNER))
     assert r.find(f"{q(NS_OWNER, 'pubsub')}/{q(NS_OWNER, 'default')}/{q(NS_DATA, 'x')}") is not None
@@ -301,6 +323,12 @@ def test_subscriptions_subids_and_their_errors(server):
     r = ok(ps(a, "get", "<subscriptions/>", s))
     subs = r.find(q(NS_PUBSUB, "pubsub")).find(q(NS_PUBSUB, "subscriptions"))
     assert sorted(x.get("subid") for x in subs if x.get("node") == node) == sorted([s1, s2])
+    # items: with two subscriptions a SubID is named (6.5.9.1), and must be one of them
+    r = ps(a, "get", f"<items node='{node}'/>", s)
+    assert app_error(r) == ("bad-request", "subid-required"), tostring(r)
+    r = ps(a, "get", f"<items node='{node}' subid='nope'/>", s)
+    assert app_error(r) == ("not-acceptable", "invalid-subid"), tostring(r)
+    ok(ps(a, "get", f"<items node='{node}' subid='{s1}'/>", s))
     # one notification for both, with the SubIDs as SHIM headers
     ok(publish(owner, s, node, tune("both")))
     e = recv_event(a, s, node)
@@ -313,6 +341,8 @@ def test_subscriptions_subids_and_their_errors(server):
     r = unsubscribe(other, s, node, jid=a.jid, subid=s1)
     assert stanza_error(r)[1] == "forbidden", tostring(r)
     ok(unsubscribe(a, s, node, subid=s1))
+    r = ok(ps(a, "get", f"<items node='{node}'><item id='no-such-item'/></items>", s))
+    assert len(r.find(q(NS_PUBSUB, "pubsub")).find(q(NS_PUBSUB, "items"))) == 0  # 6.5.9.11
     ok(unsubscribe(a, s, node))  # one left: no SubID needed
     assert stanza_error(unsubscribe(a, s, "missing-" + rnd()))[1] == "item-not-found"
     # affiliations: owner of the node, none for the subscriber
@@ -335,7 +365,15 @@ def test_subscription_options(server):
     ok(create(owner, s, node))
     r = ps(a, "get", f"<options node='{node}' jid='{a.jid}'/>", s)
     assert app_error(r) == ("unexpected-request", "not-subscribed"), tostring(r)
-    subid = sub_of(subscribe(a, s, node, options={"pubsub#deliver": "1"})).get("subid")
+    r = subscribe(a, s, node, options={"pubsub#deliver": "1"})
+    subid = sub_of(r).get("subid")
+    # 6.3.7: the result carries the options in effect
+    x = r.find(f"{q(NS_PUBSUB, 'pubsub')}/{q(NS_PUBSUB, 'options')}/{q(NS_DATA, 'x')}")
+    assert x is not None and x.get("type") == "result", tostring(r)
+    # options naming a node or JID of their own are bad
+    r = ps(a, "set", f"<subscribe node='{node}' jid='{a.jid}'/><options node='{node}'>"
+                     f"{form(SUB_OPTIONS, {})}</options>", s)
+    assert stanza_error(r)[1] == "bad-request", tostring(r)
     r = ok(ps(a, "get", f"<options node='{node}' jid='{a.jid}'/>", s))
     opts = r.find(q(NS_PUBSUB, "pubsub")).find(q(NS_PUBSUB, "options"))
     assert opts.get("subid") == subid
@@ -361,8 +399,11 @@ def test_subscription_options(server):
     assert app_error(subscribe(a, s, node, options={"pubsub#include_body": "1"})) == ("bad-request", "invalid-options")
     r = ps(a, "get", f"<options node='{node}'/>", s)
     assert app_error(r) == ("bad-request", "jid-required"), tostring(r)
-    r = ok(ps(a, "get", "<default/>", s))
-    assert r.find(f"{q(NS_PUBSUB, 'pubsub')}/{q(NS_PUBSUB, 'default')}/{q(NS_DATA, 'x')}") is not None
+    for inner in ("<default/>", f"<default node='{node}'/>"):
+        r = ok(ps(a, "get", inner, s))
+        x = r.find(f"{q(NS_PUBSUB, 'pubsub')}/{q(NS_PUBSUB, 'default')}/{q(NS_DATA, 'x')}")
+        assert x is not None and x.get("type") == "result", tostring(r)
+    assert stanza_error(ps(a, "get", f"<default node='missing-{rnd()}'/>", s))[1] == "item-not-found"
     server.assert_healthy(owner, a)
     for n in (node, marker):
         ok(delete(owner, s, n))
@@ -392,6 +433,9 @@ def test_owner_manages_subscriptions_and_affiliations(server):
     # the owner subscribes b (full JID) and lists the subscriptions
     sub = f"<subscription jid='{b.jid}' subscription='subscribed'/>"
     ok(ps(owner, "set", f"<subscriptions node='{node}'>{sub}</subscriptions>", s, ns=NS_OWNER))
+    e = recv_event(b, s, node)  # 8.8.4: b is told
+    ch = ev_child(e)
+    assert ch.tag == q(NS_EVENT, "subscription") and ch.get("subscription") == "subscribed", tostring(e)
     r = ok(ps(owner, "get", f"<subscriptions node='{node}'/>", s, ns=NS_OWNER))
     subs = {x.get("jid"): x.get("subscription") for x in r.find(q(NS_OWNER, "pubsub")).find(q(NS_OWNER, "subscriptions"))}
     assert subs == {a.jid: "subscribed", b.jid: "subscribed"}, subs
@@ -409,9 +453,21 @@ def test_owner_manages_subscriptions_and_affiliations(server):
     # the owner removes b's subscription; the last owner cannot go; bad entries change nothing
     ok(ps(owner, "set", f"<subscriptions node='{node}'><subscription jid='{b.jid}' subscription='none'/>"
                         "</subscriptions>", s, ns=NS_OWNER))
+    e = recv_event(b, s, node)
+    assert ev_child(e).get("subscription") == "none", tostring(e)
+    # the last owner cannot go; the valid entries of the same request still apply (8.9.2.4)
+    c = f"carol-{rnd()}@{server.domain}"
     r = ps(owner, "set", f"<affiliations node='{node}'><affiliation jid='{bare(owner.jid)}' affiliation='none'/>"
-                         "</affiliations>", s, ns=NS_OWNER)
+                         f"<affiliation jid='{c}' affiliation='member'/></affiliations>", s, ns=NS_OWNER)
     assert stanza_error(r)[1] == "not-acceptable", tostring(r)
+    r = ok(ps(owner, "get", f"<affiliations node='{node}'/>", s, ns=NS_OWNER))
+    affs = {x.get("jid"): x.get("affiliation") for x in r.find(q(NS_OWNER, "pubsub")).find(q(NS_OWNER, "affiliations"))}
+    assert affs[bare(owner.jid)] == "owner" and affs[c] == "member", affs
+    # one entity twice: bad-request; no affiliation attribute: unchanged
+    r = ps(owner, "set", f"<affiliations node='{node}'><affiliation jid='{c}' affiliation='none'/>"
+                         f"<affiliation jid='{c}' affiliation='member'/></affiliations>", s, ns=NS_OWNER)
+    assert stanza_error(r)[1] == "bad-request", tostring(r)
+    ok(ps(owner, "set", f"<affiliations node='{node}'><affiliation jid='{c}'/></affiliations>", s, ns=NS_OWNER))
     for bad in (f"<affiliation jid='{bare(b.jid)}' affiliation='king'/>", "<affiliation affiliation='member'/>"):
         r = ps(owner, "set", f"<affiliations node='{node}'>{bad}</affiliations>", s, ns=NS_OWNER)
         assert stanza_error(r)[1] == "not-acceptable", tostring(r)
@@ -420,6 +476,12 @@ def test_owner_manages_subscriptions_and_affiliations(server):
     assert stanza_error(r)[1] == "not-acceptable", tostring(r)
     r = ok(ps(owner, "get", f"<subscriptions node='{node}'/>", s, ns=NS_OWNER))
     assert len(r.find(q(NS_OWNER, "pubsub")).find(q(NS_OWNER, "subscriptions"))) == 0
+    # deleted with a redirect: the subscribers learn where to go (8.4.1)
+    ok(subscribe(b, s, node))
+    ok(ps(owner, "set", f"<delete node='{node}'><redirect uri='xmpp:{s}?;node=next'/></delete>", s, ns=NS_OWNER))
+    e = recv_event(b, s, node)
+    assert ev_child(e).find(q(NS_EVENT, "redirect")).get("uri") == f"xmpp:{s}?;node=next", tostring(e)
+    ok(create(owner, s, node))
     # not the owner: forbidden
     for inner in (f"<subscriptions node='{node}'/>", f"<affiliations node='{node}'/>"):
         assert stanza_error(ps(b, "get", inner, s, ns=NS_OWNER))[1] == "forbidden"
@@ -500,6 +562,36 @@ def test_who_creates_and_bad_input(server):
     ok(delete(local, s, auto))
     local.close()
     foreign.close()
+
+
+def test_deleted_account_leaves_no_affiliation_or_subscription(server):
+    """A new account of a deleted one's name inherits nothing: the nodes it alone owned
+    are gone, its subscriptions and its affiliations on other nodes too."""
+    s = svc(server)
+    keeper = server.online("psk")
+    jid, _, pw = server.new_user("psgone")
+    gone = server.login(jid, pw)
+    own = "own-" + rnd()
+    ok(create(gone, s, own))
+    shared = "shared-" + rnd()
+    ok(create(keeper, s, shared, {"pubsub#access_model": "whitelist"}))
+    ok(ps(keeper, "set", f"<affiliations node='{shared}'><affiliation jid='{jid}' affiliation='publisher'/>"
+                         "</affiliations>", s, ns=NS_OWNER))
+    ok(subscribe(gone, s, shared))
+    gone.close()
+    server.del_user(jid)
+    server.add_user(jid, pw)
+    again = server.login(jid, pw)
+    assert stanza_error(ps(again, "get", f"<items node='{own}'/>", s))[1] == "item-not-found"
+    assert app_error(ps(again, "get", f"<items node='{shared}'/>", s)) == ("not-allowed", "closed-node")
+    r = ok(ps(keeper, "get", f"<subscriptions node='{shared}'/>", s, ns=NS_OWNER))
+    assert len(r.find(q(NS_OWNER, "pubsub")).find(q(NS_OWNER, "subscriptions"))) == 0
+    r = ok(ps(keeper, "get", f"<affiliations node='{shared}'/>", s, ns=NS_OWNER))
+    affs = [x.get("jid") for x in r.find(q(NS_OWNER, "pubsub")).find(q(NS_OWNER, "affiliations"))]
+    assert affs == [bare(keeper.jid)], affs
+    ok(delete(keeper, s, shared))
+    keeper.close()
+    again.close()
 
 
 # ------------------------------------------------------------------ PEP

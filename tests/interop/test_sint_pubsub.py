@@ -215,11 +215,12 @@ def test_authorize_access_model_not_possible(sint):
     """subscribePendingSubscriptionTest (6.1.3.7) and
     subscribeApprovalRequiredGeneratesNotificationTest (6.1.4) need a node with the
     'authorize' access model; this service refuses to create one (the Java tests are
-    'not possible'), with the XEP-0060 unsupported-feature error."""
+    'not possible'), with the error XEP-0060 8.1.3 names for an access model it does
+    not support."""
     one = sint[0]
     r = one.create(f"sinttest-subscribe-nodename-{rnd()}", access_model="authorize")
-    assert stanza_error(r)[1] == "feature-not-implemented", tostring(r)
-    assert r.find(C("error")).find(q(NS_ERRORS, "unsupported")).get("feature") == "access-authorize"
+    assert stanza_error(r)[1] == "not-acceptable", tostring(r)
+    assert r.find(C("error")).find(q(NS_ERRORS, "unsupported-access-model")) is not None, tostring(r)
     assert NS_PUBSUB + "#access-authorize" not in one.features()
 
 

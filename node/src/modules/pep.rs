@@ -381,6 +381,8 @@ impl PublishModel {
 pub enum Refused {
     Invalid,
     Unsupported(&'static str),
+    /// An access model this service does not offer (§8.1.3).
+    AccessModel,
 }
 
 impl From<()> for Refused {
@@ -394,6 +396,7 @@ impl Refused {
         match self {
             Refused::Invalid => Condition::NotAcceptable.into(),
             Refused::Unsupported(f) => unsupported(f),
+            Refused::AccessModel => app(Condition::NotAcceptable, "unsupported-access-model"),
         }
     }
 }
@@ -469,7 +472,7 @@ impl NodeConfig {
         };
         match var {
             "pubsub#access_model" => match one()? {
-                "authorize" => return Err(Refused::Unsupported("access-authorize")),
+                "authorize" => return Err(Refused::AccessModel),
                 m => self.access = Access::parse(m).ok_or(())?,
             },
             "pubsub#roster_groups_allowed" => self.roster_groups = values.to_vec(),
@@ -528,6 +531,19 @@ impl NodeConfig {
                     return Err(Refused::Unsupported("collections"));
                 }
             }
+            // Registered fields that change nothing here: taken, not kept.
+            "pubsub#body_xslt" | "pubsub#dataform_xslt" | "pubsub#contact" | "pubsub#language"
+                if generic => {}
+            "pubsub#itemreply" if generic => {
+                if !matches!(one()?, "owner" | "publisher") {
+                    return Err(Refused::Invalid);
+                }
+            }
+            // Items do not expire here; a node may say so (0 or empty).
+            "pubsub#item_expire" if generic => match values.first().map(|v| v.trim()) {
+                None | Some("" | "0") => {}
+                Some(_) => return Err(Refused::Unsupported("item-expire")),
+            },
             // What this service never does may be asked not to be done.
             "pubsub#notify_config"
             | "pubsub#notify_sub"
@@ -1126,9 +1142,7 @@ pub async fn dispatch(req: &Req<'_>, payload: &Element, set: bool) -> IqResult {
         ("options", true) => options_set(req, first).await,
         ("subscriptions", false) => my_subscriptions(req, first).await,
         ("affiliations", false) => my_affiliations(req, first).await,
-        ("default", false) => Ok(Element::new("pubsub", NS_PUBSUB)
-            .child(Element::new("default", NS_PUBSUB).child(sub_options_form(true)))
-            .into()),
+        ("default", false) => default_sub_options(req, first).await,
         ("publish" | "retract" | "create" | "subscribe" | "unsubscribe", false)
         | ("items" | "subscriptions" | "affiliations" | "default", true) => {
             Err(Condition::BadRequest.into())
@@ -1340,6 +1354,13 @@ async fn publish_in(
         if cfg.max_payload_size.is_some_and(|m| xml.len() > m) {
             return Err(app(Condition::NotAcceptable, "payload-too-big"));
         }
+        // §7.1.3.5: a generic node's `pubsub#type` is its payload namespace.
+        if svc.generic.is_some()
+            && !cfg.payload_type.is_empty()
+            && payload.is_some_and(|p| p.ns != cfg.payload_type)
+        {
+            return Err(app(Condition::BadRequest, "invalid-payload"));
+        }
         rec.config = cfg.encode();
         let mut put = Vec::new();
         let mut remove = Vec::new();
@@ -1493,6 +1514,10 @@ async fn create(req: &Req<'_>, create: &Element, configure: Option<&Element>) ->
     }
     too_many_nodes(server, svc)?;
     let mut cfg = NodeConfig::default_for(svc);
+    // §8.1.3: the configuration names no node of its own.
+    if configure.is_some_and(|c| c.get_attr("node").is_some()) {
+        return Err(Condition::BadRequest.into());
+    }
     if let Some(x) = configure.and_then(|c| c.elements().next()) {
         let fields = form_fields(x, NODE_CONFIG).map_err(|()| Condition::NotAcceptable)?;
         for (var, values) in fields.unwrap_or_default() {
@@ -1540,6 +1565,25 @@ async fn items(req: &Req<'_>, items: &Element) -> IqResult {
     };
     let cfg = NodeConfig::decode(&rec.config);
     may_read(server, req.svc, &rec, req.bare, &cfg)?;
+    // §6.5.9.4: a node that keeps nothing has nothing to return.
+    if !cfg.persist_items {
+        return Err(unsupported("persistent-items"));
+    }
+    // §6.5.9.1 and .2: a subscriber with several subscriptions names one.
+    if affiliation(server, req.svc, &rec, req.bare) < Aff::Publisher {
+        let mine: Vec<&PepSub> = rec
+            .subscriptions
+            .iter()
+            .filter(|s| s.jid == req.full || s.jid == req.bare)
+            .collect();
+        match items.get_attr("subid").filter(|s| !s.is_empty()) {
+            None if mine.len() > 1 => return Err(app(Condition::BadRequest, "subid-required")),
+            Some(id) if !mine.is_empty() && !mine.iter().any(|s| s.subid == id) => {
+                return Err(app(Condition::NotAcceptable, "invalid-subid"));
+            }
+            _ => {}
+        }
+    }
     let ids: Vec<&str> = if wanted.is_empty() {
         let n = max.unwrap_or(usize::MAX).min(rec.items.len());
         rec.items[rec.items.len() - n..]
@@ -1547,14 +1591,11 @@ async fn items(req: &Req<'_>, items: &Element) -> IqResult {
             .map(String::as_str)
             .collect()
     } else {
-        let found: Vec<&str> = wanted
+        // §6.5.9.11: items that do not exist are left out (maybe all).
+        wanted
             .into_iter()
             .filter(|w| rec.items.iter().any(|i| i == w))
-            .collect();
-        if found.is_empty() {
-            return Err(Condition::ItemNotFound.into());
-        }
-        found
+            .collect()
     };
     let mut out = Element::new("items", NS_PUBSUB).attr("node", node);
     for id in ids {
@@ -1651,7 +1692,14 @@ async fn delete(req: &Req<'_>, delete: &Element) -> IqResult {
         };
         if write_node(req.server, change).await? {
             if cfg.notify_delete {
-                let event = Element::new("delete", NS_EVENT).attr("node", node);
+                let mut event = Element::new("delete", NS_EVENT).attr("node", node);
+                // §8.4.1: where its subscribers may go instead.
+                if let Some(uri) = delete
+                    .get_child("redirect", NS_OWNER)
+                    .and_then(|r| r.get_attr("uri"))
+                {
+                    event = event.child(Element::new("redirect", NS_EVENT).attr("uri", uri));
+                }
                 notify(req.server, req.svc, node, &cfg, &rec.subscriptions, event).await;
             }
             return Ok(IqReply::EMPTY);
@@ -1783,6 +1831,10 @@ async fn subscribe(req: &Req<'_>, sub: &Element, options: Option<&Element>) -> I
     if crate::stanza::split(&jid).0 != req.bare {
         return Err(app(Condition::BadRequest, "invalid-jid"));
     }
+    // §6.3.7: the options name neither node nor JID of their own.
+    if options.is_some_and(|o| o.get_attr("node").is_some() || o.get_attr("jid").is_some()) {
+        return Err(Condition::BadRequest.into());
+    }
     let deliver = match options.and_then(|o| o.elements().next()) {
         Some(x) => parse_sub_options(x)?.unwrap_or(true),
         None => true,
@@ -1829,9 +1881,18 @@ async fn subscribe(req: &Req<'_>, sub: &Element, options: Option<&Element>) -> I
             {
                 send_last_to(server, req.svc, node, &cfg, &last, &jid).await;
             }
-            return Ok(Element::new("pubsub", NS_PUBSUB)
-                .child(subscription_el(NS_PUBSUB, Some(node), &new))
-                .into());
+            let mut out = Element::new("pubsub", NS_PUBSUB).child(subscription_el(
+                NS_PUBSUB,
+                Some(node),
+                &new,
+            ));
+            // §6.3.7: the options in effect, when some were given.
+            if options.is_some() {
+                let mut x = sub_options_form(deliver);
+                x.set_attr("type", "result");
+                out = out.child(Element::new("options", NS_PUBSUB).child(x));
+            }
+            return Ok(out.into());
         }
     }
     Err(Condition::ResourceConstraint.into())
@@ -1958,6 +2019,21 @@ async fn options_set(req: &Req<'_>, opts: &Element) -> IqResult {
     Err(Condition::ResourceConstraint.into())
 }
 
+/// XEP-0060 §6.4: the default subscription options, of the service or
+/// of one (existing) node.
+async fn default_sub_options(req: &Req<'_>, el: &Element) -> IqResult {
+    let mut out = Element::new("default", NS_PUBSUB);
+    if let Some(node) = el.get_attr("node").filter(|n| !n.is_empty()) {
+        if read_node(req.server, req.svc.jid, node).await?.is_none() {
+            return Err(Condition::ItemNotFound.into());
+        }
+        out.set_attr("node", node);
+    }
+    let mut x = sub_options_form(true);
+    x.set_attr("type", "result");
+    Ok(Element::new("pubsub", NS_PUBSUB).child(out.child(x)).into())
+}
+
 /// The nodes a listing covers: one (which must exist) or all.
 async fn nodes_of(req: &Req<'_>, el: &Element) -> Result<Vec<(String, PepNode)>, StanzaError> {
     match el.get_attr("node").filter(|n| !n.is_empty()) {
@@ -2018,22 +2094,33 @@ async fn owner_subscriptions(req: &Req<'_>, el: &Element) -> IqResult {
 }
 
 /// XEP-0060 §8.8.2: the owner adds (`subscribed`) or removes (`none`)
-/// subscriptions; anything else is `<not-acceptable/>` and nothing
-/// changes.
+/// subscriptions; an entry without `subscription` changes nothing. The
+/// valid entries take effect; any other (a bad JID or state) makes the
+/// answer `<not-acceptable/>` (§8.8.2.4). Each entity whose subscription
+/// changed is told (§8.8.4).
 async fn owner_subscriptions_set(req: &Req<'_>, el: &Element) -> IqResult {
     let node = node_attr(el)?;
     let mut changes = Vec::new();
+    let mut invalid = false;
     for s in el.elements().filter(|e| e.is("subscription", NS_OWNER)) {
-        let jid = jid_attr(s).map_err(|_| StanzaError::from(Condition::NotAcceptable))?;
         let state = match s.get_attr("subscription") {
+            None => continue,
             Some("subscribed") => true,
             Some("none") => false,
-            _ => return Err(Condition::NotAcceptable.into()),
+            Some(_) => {
+                invalid = true;
+                continue;
+            }
         };
-        changes.push((jid, state, s.get_attr("subid").map(str::to_owned)));
+        match jid_attr(s) {
+            Ok(jid) => changes.push((jid, state, s.get_attr("subid").map(str::to_owned))),
+            Err(_) => invalid = true,
+        }
     }
     for _ in 0..MAX_ATTEMPTS {
         let (raw, mut rec) = owned_node(req, node).await?;
+        let kind = NodeConfig::decode(&rec.config).notification_type;
+        let mut changed: Vec<(String, bool)> = Vec::new();
         for (jid, subscribed, subid) in &changes {
             let has = rec.subscriptions.iter().any(|s| &s.jid == jid);
             if *subscribed && !has {
@@ -2045,9 +2132,13 @@ async fn owner_subscriptions_set(req: &Req<'_>, el: &Element) -> IqResult {
                     subid: new_item_id(),
                     deliver: true,
                 });
-            } else if !subscribed {
+                changed.push((jid.clone(), true));
+            } else if !subscribed && has {
                 rec.subscriptions
                     .retain(|s| &s.jid != jid || subid.as_deref().is_some_and(|id| id != s.subid));
+                if !rec.subscriptions.iter().any(|s| &s.jid == jid) {
+                    changed.push((jid.clone(), false));
+                }
             }
         }
         let change = PepChange {
@@ -2059,6 +2150,26 @@ async fn owner_subscriptions_set(req: &Req<'_>, el: &Element) -> IqResult {
             remove: Vec::new(),
         };
         if write_node(req.server, change).await? {
+            for (jid, subscribed) in changed {
+                let state = if subscribed { "subscribed" } else { "none" };
+                let msg = Element::new("message", NS_CLIENT)
+                    .attr("from", req.svc.jid)
+                    .attr("to", jid.as_str())
+                    .attr("type", kind.as_str())
+                    .attr("id", new_item_id())
+                    .child(
+                        Element::new("event", NS_EVENT).child(
+                            Element::new("subscription", NS_EVENT)
+                                .attr("node", node)
+                                .attr("jid", jid.as_str())
+                                .attr("subscription", state),
+                        ),
+                    );
+                let _ = route_boxed(req.server, msg).await;
+            }
+            if invalid {
+                return Err(Condition::NotAcceptable.into());
+            }
             return Ok(IqReply::EMPTY);
         }
     }
@@ -2088,41 +2199,55 @@ async fn owner_affiliations(req: &Req<'_>, el: &Element) -> IqResult {
 }
 
 /// XEP-0060 §8.9.2: the owner changes affiliations (`none` removes one;
-/// an outcast loses its subscriptions). A node keeps at least one owner,
-/// and a PEP node only its account (else `<not-acceptable/>`).
+/// an outcast loses its subscriptions); an entry without `affiliation`
+/// changes nothing, one entity named twice is `<bad-request/>`. The valid
+/// entries take effect; one that is not (an unknown affiliation or JID,
+/// the last owner leaving, a PEP node's account) makes the answer
+/// `<not-acceptable/>` (§8.9.2.4).
 async fn owner_affiliations_set(req: &Req<'_>, el: &Element) -> IqResult {
     let node = node_attr(el)?;
-    let mut changes = Vec::new();
+    let mut changes: Vec<(String, Aff)> = Vec::new();
+    let mut invalid = false;
     for a in el.elements().filter(|e| e.is("affiliation", NS_OWNER)) {
+        let Some(name) = a.get_attr("affiliation") else {
+            continue;
+        };
         let jid = a
             .get_attr("jid")
             .and_then(|j| jid::Jid::new(j).ok())
-            .map(|j| j.to_bare().to_string())
-            .ok_or(Condition::NotAcceptable)?;
-        let aff = a
-            .get_attr("affiliation")
-            .and_then(Aff::parse)
-            .ok_or(Condition::NotAcceptable)?;
+            .map(|j| j.to_bare().to_string());
+        let (Some(jid), Some(aff)) = (jid, Aff::parse(name)) else {
+            invalid = true;
+            continue;
+        };
+        if changes.iter().any(|(j, _)| *j == jid) {
+            return Err(Condition::BadRequest.into());
+        }
         if req.svc.generic.is_none() && (aff == Aff::Owner || jid == req.svc.jid) {
-            return Err(Condition::NotAcceptable.into());
+            invalid = true;
+            continue;
         }
         changes.push((jid, aff));
     }
     for _ in 0..MAX_ATTEMPTS {
         let (raw, mut rec) = owned_node(req, node).await?;
+        let mut refused = invalid;
         for (jid, aff) in &changes {
+            let before = rec.affiliations.clone();
             rec.affiliations.retain(|(j, _)| j != jid);
             if *aff != Aff::None {
                 rec.affiliations
                     .push((jid.clone(), aff.as_str().to_owned()));
             }
+            if req.svc.generic.is_some() && owners(req.svc, &rec).next().is_none() {
+                rec.affiliations = before;
+                refused = true;
+                continue;
+            }
             if *aff == Aff::Outcast {
                 rec.subscriptions
                     .retain(|s| crate::stanza::split(&s.jid).0 != jid);
             }
-        }
-        if req.svc.generic.is_some() && owners(req.svc, &rec).next().is_none() {
-            return Err(Condition::NotAcceptable.into());
         }
         let change = PepChange {
             bare: req.svc.jid,
@@ -2133,10 +2258,63 @@ async fn owner_affiliations_set(req: &Req<'_>, el: &Element) -> IqResult {
             remove: Vec::new(),
         };
         if write_node(req.server, change).await? {
+            if refused {
+                return Err(Condition::NotAcceptable.into());
+            }
             return Ok(IqReply::EMPTY);
         }
     }
     Err(Condition::ResourceConstraint.into())
+}
+
+/// An account is deleted: its affiliations and subscriptions on the
+/// nodes of every domain's pubsub service go, and so do the nodes it alone
+/// owned (a later account of that name must not inherit them). One
+/// compare-and-set per node it appears in.
+pub async fn forget_account(
+    storage: &crate::storage::Storage,
+    config: &crate::config::Config,
+    bare: &str,
+) -> Result<(), starling_cluster::StoreError> {
+    if !config.pubsub.enabled {
+        return Ok(());
+    }
+    let mine = |rec: &PepNode| {
+        rec.affiliations.iter().any(|(j, _)| j == bare)
+            || rec
+                .subscriptions
+                .iter()
+                .any(|s| crate::stanza::split(&s.jid).0 == bare)
+    };
+    for domain in &config.domains {
+        let svc = format!("{}.{domain}", config.pubsub.subdomain);
+        for (node, _) in storage.pep_nodes(&svc)? {
+            for _ in 0..MAX_ATTEMPTS {
+                let Some((raw, mut rec)) = storage.pep_node(&svc, &node)? else {
+                    break;
+                };
+                if !mine(&rec) {
+                    break;
+                }
+                rec.affiliations.retain(|(j, _)| j != bare);
+                rec.subscriptions
+                    .retain(|s| crate::stanza::split(&s.jid).0 != bare);
+                let orphan = !rec.affiliations.iter().any(|(_, a)| a == "owner");
+                let change = PepChange {
+                    bare: &svc,
+                    node: &node,
+                    read: Some(raw),
+                    write: (!orphan).then_some(rec),
+                    put: Vec::new(),
+                    remove: Vec::new(),
+                };
+                if storage.pep_write(change).await? {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 // ------------------------------------------------------------ notifications
@@ -2896,7 +3074,16 @@ mod tests {
         assert!(!g.subscribe);
         assert_eq!(
             set(&mut g, GENERIC, "pubsub#access_model", "authorize"),
-            Err(Refused::Unsupported("access-authorize"))
+            Err(Refused::AccessModel)
+        );
+        assert_eq!(set(&mut g, GENERIC, "pubsub#item_expire", "0"), Ok(()));
+        assert_eq!(
+            set(&mut g, GENERIC, "pubsub#item_expire", "60"),
+            Err(Refused::Unsupported("item-expire"))
+        );
+        assert_eq!(
+            set(&mut p, pep, "pubsub#body_xslt", "x"),
+            Err(Refused::Invalid)
         );
         assert_eq!(
             set(&mut g, GENERIC, "pubsub#node_type", "collection"),
