@@ -136,6 +136,10 @@ def test_discovery_of_the_service_and_its_nodes(server):
             for f in qel.find(q(NS_DATA, "x")).findall(q(NS_DATA, "field"))}
     assert meta["FORM_TYPE"] == [NS_PUBSUB + "#meta-data"]
     assert meta["pubsub#owner"] == [bare(a.jid)] and meta["pubsub#title"] == ["Princely Musings"]
+    # 5.4: the configured options and the automatic information
+    assert meta["pubsub#creator"] == [bare(a.jid)] and meta["pubsub#creation_date"][0]
+    assert meta["pubsub#access_model"] == ["open"] and meta["pubsub#persist_items"] == ["1"]
+    assert meta["pubsub#num_subscribers"] == ["0"]
     r = ok(a.iq("get", f"<query xmlns='{DISCO_ITEMS}' node='{node}'/>", to=s))
     assert [i.get("name") for i in r.find(q(DISCO_ITEMS, "query"))] == ["i1"]
     for ns in (DISCO_INFO, DISCO_ITEMS):

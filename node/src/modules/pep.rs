@@ -353,6 +353,9 @@ pub struct NodeConfig {
     pub publish_model: PublishModel,
     /// `pubsub#subscribe`: whether entities may subscribe.
     pub subscribe: bool,
+    /// Who created the node and when (XEP-0082), for its meta-data.
+    pub creator: String,
+    pub created: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -420,6 +423,8 @@ impl Default for NodeConfig {
             max_payload_size: None,
             publish_model: PublishModel::Publishers,
             subscribe: true,
+            creator: String::new(),
+            created: String::new(),
         }
     }
 }
@@ -1021,26 +1026,46 @@ pub fn node_info(
             .attr("var", var)
             .child(Element::new("value", NS_DATA).text(value))
     };
-    let mut owner_field = Element::new("field", NS_DATA).attr("var", "pubsub#owner");
-    for o in owners(svc, &rec) {
-        owner_field = owner_field.child(Element::new("value", NS_DATA).text(o));
+    let jids = |var: &str, list: &mut dyn Iterator<Item = &str>| {
+        let mut f = Element::new("field", NS_DATA)
+            .attr("var", var)
+            .attr("type", "jid-multi");
+        for j in list {
+            f = f.child(Element::new("value", NS_DATA).text(j));
+        }
+        f
+    };
+    // §5.4: the configured options, and what is known about the node.
+    let mut meta = Element::new("x", NS_DATA).attr("type", "result").child(
+        field("FORM_TYPE", "http://jabber.org/protocol/pubsub#meta-data").attr("type", "hidden"),
+    );
+    for f in cfg.form("result", svc).elements() {
+        if f.get_attr("var") == Some("FORM_TYPE") {
+            continue;
+        }
+        let mut f = f.clone();
+        f.remove_children("option", NS_DATA);
+        meta = meta.child(f);
     }
-    let meta = Element::new("x", NS_DATA)
-        .attr("type", "result")
-        .child(
-            field("FORM_TYPE", "http://jabber.org/protocol/pubsub#meta-data")
-                .attr("type", "hidden"),
-        )
-        .child(field("pubsub#title", &cfg.title))
-        .child(field("pubsub#description", &cfg.description))
-        .child(field("pubsub#type", &cfg.payload_type))
-        .child(field("pubsub#access_model", cfg.access.as_str()))
-        .child(field("pubsub#publish_model", cfg.publish_model.as_str()))
-        .child(owner_field)
+    meta = meta
+        .child(jids("pubsub#owner", &mut owners(svc, &rec)))
+        .child(jids(
+            "pubsub#publisher",
+            &mut rec
+                .affiliations
+                .iter()
+                .filter(|(_, a)| a == "publisher")
+                .map(|(j, _)| j.as_str()),
+        ))
         .child(field(
             "pubsub#num_subscribers",
             &rec.subscriptions.len().to_string(),
         ));
+    if !cfg.creator.is_empty() {
+        meta = meta
+            .child(field("pubsub#creator", &cfg.creator).attr("type", "jid-single"))
+            .child(field("pubsub#creation_date", &cfg.created));
+    }
     Some(vec![
         Element::new("identity", info)
             .attr("category", "pubsub")
@@ -1332,6 +1357,8 @@ async fn publish_in(
                 }
                 too_many_nodes(server, svc)?;
                 cfg = NodeConfig::default_for(svc);
+                cfg.creator = req.bare.to_owned();
+                cfg.created = crate::stanza::now_stamp();
                 if let Some(fields) = &wanted {
                     for (var, values) in fields {
                         cfg.set(var, values, cap, svc)
@@ -1514,6 +1541,8 @@ async fn create(req: &Req<'_>, create: &Element, configure: Option<&Element>) ->
     }
     too_many_nodes(server, svc)?;
     let mut cfg = NodeConfig::default_for(svc);
+    cfg.creator = req.bare.to_owned();
+    cfg.created = crate::stanza::now_stamp();
     // §8.1.3: the configuration names no node of its own.
     if configure.is_some_and(|c| c.get_attr("node").is_some()) {
         return Err(Condition::BadRequest.into());
