@@ -349,6 +349,11 @@ def test_subscriptions_subids_and_their_errors(server):
     assert len(r.find(q(NS_PUBSUB, "pubsub")).find(q(NS_PUBSUB, "items"))) == 0  # 6.5.9.11
     ok(unsubscribe(a, s, node))  # one left: no SubID needed
     assert stanza_error(unsubscribe(a, s, "missing-" + rnd()))[1] == "item-not-found"
+    # too many subscriptions of one JID (6.1.3.9)
+    for _ in range(8):
+        ok(subscribe(other, s, node))
+    r = subscribe(other, s, node)
+    assert app_error(r) == ("policy-violation", "too-many-subscriptions"), tostring(r)
     # affiliations: owner of the node, none for the subscriber
     r = ok(ps(owner, "get", "<affiliations/>", s))
     affs = {x.get("node"): x.get("affiliation") for x in r.find(q(NS_PUBSUB, "pubsub")).find(q(NS_PUBSUB, "affiliations"))}
@@ -394,8 +399,15 @@ def test_subscription_options(server):
     ok(publish(owner, s, marker, tune("marker")))
     e = a.recv(lambda e: is_event(e, s, node) or is_event(e, s, marker), what="the marker")
     assert is_event(e, s, marker), "delivered though pubsub#deliver is off: " + tostring(e)
+    # the XEP's example form: presence filters are taken
+    xep = (f"<x xmlns='{NS_DATA}' type='submit'><field var='FORM_TYPE' type='hidden'><value>{SUB_OPTIONS}</value>"
+           "</field><field var='pubsub#deliver'><value>1</value></field><field var='pubsub#digest'><value>0</value>"
+           "</field><field var='pubsub#include_body'><value>false</value></field><field var='pubsub#show-values'>"
+           "<value>chat</value><value>online</value><value>away</value></field></x>")
+    ok(ps(a, "set", f"<subscribe node='{marker}' jid='{bare(a.jid)}'/><options>{xep}</options>", s))
     # bad option forms: invalid-options
-    for bad in ({"pubsub#deliver": "perhaps"}, {"pubsub#digest": "1"}, {"pubsub#whatever": "1"}):
+    for bad in ({"pubsub#deliver": "perhaps"}, {"pubsub#digest": "1"}, {"pubsub#whatever": "1"},
+                {"pubsub#show-values": "sleepy"}, {"pubsub#subscription_type": "nodes"}):
         r = ps(a, "set", f"<options node='{node}' jid='{a.jid}'>{form(SUB_OPTIONS, bad)}</options>", s)
         assert app_error(r) == ("bad-request", "invalid-options"), (bad, tostring(r))
     r = ps(a, "set", f"<options node='{node}' jid='{a.jid}'>{form('urn:wrong', {})}</options>", s)

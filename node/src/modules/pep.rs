@@ -1834,6 +1834,20 @@ fn parse_sub_options(x: &Element) -> Result<Option<bool>, StanzaError> {
             "pubsub#digest_frequency" => {
                 v.parse::<u64>().map_err(|_| invalid())?;
             }
+            // Presence filters are taken but not applied (notifications
+            // go to the subscribed JID whatever its show).
+            "pubsub#show-values" => {
+                if values
+                    .iter()
+                    .any(|v| !matches!(v.trim(), "away" | "chat" | "dnd" | "online" | "xa"))
+                {
+                    return Err(invalid());
+                }
+            }
+            // A leaf's items, and no expiry: only what that already is.
+            "pubsub#subscription_type" if matches!(v, "" | "items") => {}
+            "pubsub#subscription_depth" if matches!(v, "" | "1") => {}
+            "pubsub#expire" if v.is_empty() => {}
             _ => return Err(invalid()),
         }
     }
@@ -1881,10 +1895,8 @@ async fn subscribe(req: &Req<'_>, sub: &Element, options: Option<&Element>) -> I
         if rec.subscriptions.iter().filter(|s| s.jid == jid).count() >= MAX_SUBS_PER_JID
             || rec.subscriptions.len() >= MAX_SUBS_PER_NODE
         {
-            return Err(StanzaError::with_text(
-                Condition::PolicyViolation,
-                "too many subscriptions",
-            ));
+            // §6.1.3.9.
+            return Err(app(Condition::PolicyViolation, "too-many-subscriptions"));
         }
         let new = PepSub {
             jid: jid.clone(),
