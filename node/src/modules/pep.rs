@@ -25,7 +25,7 @@ use crate::server::Server;
 use crate::stanza::{Condition, NS_CLIENT, StanzaError};
 use crate::storage::{AVATAR_HASH, PEP_ITEM, PEP_NODE, PepChange, PepNode, PepSub, RosterItem};
 use crate::xml::{Element, Limits};
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt};
 use serde::{Deserialize, Serialize};
 
 pub const NS_PUBSUB: &str = "http://jabber.org/protocol/pubsub";
@@ -2427,44 +2427,58 @@ async fn notify(
         metrics::counter!("starling_pep_notifications_total").increment(1);
         let _ = crate::session::im::deliver_to_full(server, full, m);
     }
-    let mut done: Vec<&str> = Vec::new();
+    // One notification per subscribed JID, with its SubIDs (§6.1.6).
+    let mut order: Vec<&str> = Vec::new();
+    let mut by_jid: std::collections::HashMap<&str, Vec<&str>> = std::collections::HashMap::new();
     for s in subs.iter().filter(|s| s.deliver) {
-        if done.contains(&s.jid.as_str()) {
-            continue;
-        }
-        done.push(&s.jid);
+        by_jid
+            .entry(s.jid.as_str())
+            .or_insert_with(|| {
+                order.push(&s.jid);
+                Vec::new()
+            })
+            .push(&s.subid);
+    }
+    let notes = order.into_iter().filter_map(|jid| {
         // Already notified through presence (PEP).
         if implicit
             .iter()
-            .any(|f| *f == s.jid || crate::stanza::split(f).0 == s.jid)
+            .any(|f| f == jid || crate::stanza::split(f).0 == jid)
         {
-            continue;
+            return None;
         }
-        let ids: Vec<&str> = subs
-            .iter()
-            .filter(|o| o.jid == s.jid && o.deliver)
-            .map(|o| o.subid.as_str())
-            .collect();
         let mut m = msg.clone();
-        m.set_attr("to", s.jid.as_str());
+        m.set_attr("to", jid);
         m.set_attr("id", new_item_id());
+        let ids = &by_jid[jid];
         if ids.len() > 1 {
             let mut headers = Element::new("headers", NS_SHIM);
             for id in ids {
                 headers = headers.child(
                     Element::new("header", NS_SHIM)
                         .attr("name", "SubID")
-                        .text(id),
+                        .text(*id),
                 );
             }
             m = m.child(headers);
         }
-        metrics::counter!("starling_pep_notifications_total").increment(1);
-        if let Err(e) = route_boxed(server, m).await {
-            tracing::debug!(to = %s.jid, condition = ?e.0.condition, "pubsub notification not delivered");
-        }
-    }
+        Some(m)
+    });
+    // Sent before the request is answered (so one publisher's events
+    // arrive in order), several at a time: each may wait for another
+    // cluster node's acknowledgement.
+    futures::stream::iter(notes)
+        .for_each_concurrent(NOTIFY_CONCURRENCY, |m| async move {
+            metrics::counter!("starling_pep_notifications_total").increment(1);
+            if let Err(e) = route_boxed(server, m).await {
+                tracing::debug!(condition = ?e.0.condition, "pubsub notification not delivered");
+            }
+        })
+        .await;
 }
+
+/// Notifications of one event in flight at once.
+const NOTIFY_CONCURRENCY: usize = 32;
 
 const NS_SHIM: &str = "http://jabber.org/protocol/shim";
 
