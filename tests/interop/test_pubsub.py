@@ -610,6 +610,53 @@ def test_deleted_account_leaves_no_affiliation_or_subscription(server):
     again.close()
 
 
+@pytest.mark.starling_only
+def test_configuration_subdomain_admins_and_off(tmp_path_factory):
+    """[pubsub] subdomain, create = "admins" with admins, and enabled = false."""
+    from conftest import make_server
+    srv = make_server(tmp_path_factory, "psconf")
+    with open(srv.config_path, "a") as f:
+        f.write('\n[pubsub]\nsubdomain = "events"\ncreate = "admins"\nadmins = ["Boss@LocalHost"]\n')
+    off = make_server(tmp_path_factory, "psoff")
+    with open(off.config_path, "a") as f:
+        f.write("\n[pubsub]\nenabled = false\n")
+    srv.start()
+    off.start()
+    try:
+        srv.add_user("boss@localhost", "boss-pw")
+        boss = srv.login("boss@localhost", "boss-pw", presence=True)
+        user = srv.online("psu")
+        other = srv.online("psu")
+        r = ok(user.iq("get", f"<query xmlns='{DISCO_ITEMS}'/>", to="localhost"))
+        jids = [i.get("jid") for i in r.find(q(DISCO_ITEMS, "query"))]
+        assert "events.localhost" in jids and "pubsub.localhost" not in jids, jids
+        s = "events.localhost"
+        assert stanza_error(create(user, s, "n-" + rnd()))[1] == "forbidden"
+        assert stanza_error(publish(user, s, "n-" + rnd(), tune("x")))[1] == "item-not-found"
+        node = "n-" + rnd()
+        ok(create(boss, s, node))
+        ok(subscribe(user, s, node))
+        ok(publish(boss, s, node, tune("from the boss")))
+        recv_event(user, s, node)
+        # an admin owns every node, also one an ex-owner made over to someone else
+        aff = f"<affiliation jid='{bare(other.jid)}' affiliation='owner'/>"
+        ok(ps(boss, "set", f"<affiliations node='{node}'>{aff}</affiliations>", s, ns=NS_OWNER))
+        ok(ps(other, "set", f"<affiliations node='{node}'><affiliation jid='boss@localhost' affiliation='none'/>"
+                            "</affiliations>", s, ns=NS_OWNER))
+        ok(ps(boss, "get", f"<configure node='{node}'/>", s, ns=NS_OWNER))
+        ok(delete(boss, s, node))
+        srv.assert_healthy(boss, user, other)
+        c = off.online("psoff")
+        r = ok(c.iq("get", f"<query xmlns='{DISCO_ITEMS}'/>", to="localhost"))
+        assert not any("pubsub" in (i.get("jid") or "") for i in r.find(q(DISCO_ITEMS, "query"))), tostring(r)
+        r = c.iq("get", f"<query xmlns='{DISCO_INFO}'/>", to="pubsub.localhost")
+        assert r.get("type") == "error", tostring(r)
+        off.assert_healthy(c)
+    finally:
+        srv.stop()
+        off.stop()
+
+
 # ------------------------------------------------------------------ PEP
 
 def test_explicit_subscription_to_a_pep_node(server):
