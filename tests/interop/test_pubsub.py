@@ -299,6 +299,36 @@ def test_node_configuration_shapes_notifications(server):
     sub.close()
 
 
+def test_last_item_on_subscription(server):
+    """send_last_published_item = on_sub: a new subscriber gets the last item at once,
+    with a delay stamp (6.1.7); never (the default): nothing; on_sub_and_presence is not
+    offered on this service (it does not follow subscribers' presence)."""
+    s = svc(server)
+    owner = server.online("psl")
+    a = server.online("psl")
+    node = "last-" + rnd()
+    ok(create(owner, s, node, {"pubsub#send_last_published_item": "on_sub"}))
+    ok(publish(owner, s, node, tune("first"), item_id="1"))
+    ok(publish(owner, s, node, tune("second"), item_id="2"))
+    ok(subscribe(a, s, node))
+    e = recv_event(a, s, node)
+    assert ev_child(e).find(q(NS_EVENT, "item")).get("id") == "2", tostring(e)
+    assert e.find(q("urn:xmpp:delay", "delay")) is not None, tostring(e)
+    quiet = "quiet-" + rnd()
+    ok(create(owner, s, quiet))
+    ok(publish(owner, s, quiet, tune("x"), item_id="x"))
+    ok(subscribe(a, s, quiet))
+    ok(publish(owner, s, node, tune("marker"), item_id="m"))
+    e = a.recv(lambda e: is_event(e, s, node) or is_event(e, s, quiet), what="the marker")
+    assert is_event(e, s, node), "last item sent though send_last is never: " + tostring(e)
+    r = create(owner, s, "p-" + rnd(), {"pubsub#send_last_published_item": "on_sub_and_presence"})
+    assert stanza_error(r)[1] == "not-acceptable", tostring(r)
+    for n in (node, quiet):
+        ok(delete(owner, s, n))
+    owner.close()
+    a.close()
+
+
 # ------------------------------------------------------------------ subscriptions
 
 def test_subscriptions_subids_and_their_errors(server):

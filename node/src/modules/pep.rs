@@ -495,7 +495,12 @@ impl NodeConfig {
             }
             "pubsub#persist_items" => self.persist_items = boolean()?,
             "pubsub#send_last_published_item" => {
-                self.send_last = SendLast::parse(one()?).ok_or(())?
+                self.send_last = SendLast::parse(one()?).ok_or(())?;
+                // A generic node sends it on subscription only: it does not
+                // follow its subscribers' presence.
+                if generic && self.send_last == SendLast::OnSubAndPresence {
+                    return Err(Refused::Invalid);
+                }
             }
             "pubsub#deliver_notifications" => self.deliver_notifications = boolean()?,
             "pubsub#deliver_payloads" => self.deliver_payloads = boolean()?,
@@ -614,7 +619,11 @@ impl NodeConfig {
                     "list-single",
                     &[self.send_last.as_str()],
                 ),
-                &["never", "on_sub", "on_sub_and_presence"],
+                if svc.generic.is_some() {
+                    &["never", "on_sub"]
+                } else {
+                    &["never", "on_sub", "on_sub_and_presence"]
+                },
             ))
             .child(field(
                 "pubsub#deliver_notifications",
