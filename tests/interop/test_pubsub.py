@@ -536,6 +536,34 @@ def test_owner_manages_subscriptions_and_affiliations(server):
         c.close()
 
 
+def test_access_model_change_ends_subscriptions(server):
+    """An owner closing a node (whitelist) ends the subscriptions of who is no longer let
+    in; they are told (a subscription event, 'none'), members keep theirs."""
+    s = svc(server)
+    owner = server.online("psw")
+    member = server.online("psw")
+    stranger = server.online("psw")
+    node = "close-" + rnd()
+    ok(create(owner, s, node))
+    ok(ps(owner, "set", f"<affiliations node='{node}'><affiliation jid='{bare(member.jid)}' affiliation='member'/>"
+                        "</affiliations>", s, ns=NS_OWNER))
+    ok(subscribe(member, s, node))
+    ok(subscribe(stranger, s, node))
+    ok(ps(owner, "set", f"<configure node='{node}'>"
+                        f"{form(NS_PUBSUB + '#node_config', {'pubsub#access_model': 'whitelist'})}</configure>",
+          s, ns=NS_OWNER))
+    e = recv_event(stranger, s, node)
+    ch = ev_child(e)
+    assert ch.tag == q(NS_EVENT, "subscription") and ch.get("subscription") == "none", tostring(e)
+    r = ok(ps(owner, "get", f"<subscriptions node='{node}'/>", s, ns=NS_OWNER))
+    assert [x.get("jid") for x in r.find(q(NS_OWNER, "pubsub")).find(q(NS_OWNER, "subscriptions"))] == [member.jid]
+    ok(publish(owner, s, node, tune("closed")))
+    recv_event(member, s, node)
+    ok(delete(owner, s, node))
+    for c in (owner, member, stranger):
+        c.close()
+
+
 def test_presence_access_model(server):
     s = svc(server)
     owner = server.online("psp")

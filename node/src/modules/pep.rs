@@ -1697,6 +1697,17 @@ async fn configure_set(req: &Req<'_>, configure: &Element) -> IqResult {
             let over = rec.items.len().saturating_sub(cfg.limit(cap));
             remove.extend(rec.items.drain(..over));
         }
+        // Subscribers the new access model no longer lets in lose their
+        // subscriptions, and are told.
+        let mut lost: std::collections::BTreeSet<String> = Default::default();
+        for sub in &rec.subscriptions {
+            let bare = crate::stanza::split(&sub.jid).0;
+            if !lost.contains(&sub.jid) && may_read(req.server, req.svc, &rec, bare, &cfg).is_err()
+            {
+                lost.insert(sub.jid.clone());
+            }
+        }
+        rec.subscriptions.retain(|s| !lost.contains(&s.jid));
         rec.config = cfg.encode();
         let change = PepChange {
             bare: req.svc.jid,
@@ -1707,10 +1718,40 @@ async fn configure_set(req: &Req<'_>, configure: &Element) -> IqResult {
             remove,
         };
         if write_node(req.server, change).await? {
+            for jid in lost {
+                subscription_changed(req.server, req.svc, node, &cfg, &jid, false).await;
+            }
             return Ok(IqReply::EMPTY);
         }
     }
     Err(Condition::ResourceConstraint.into())
+}
+
+/// Tells `jid` its subscription to `node` is now `subscribed` or `none`
+/// (XEP-0060 §8.8.4).
+async fn subscription_changed(
+    server: &Server,
+    svc: Svc<'_>,
+    node: &str,
+    cfg: &NodeConfig,
+    jid: &str,
+    subscribed: bool,
+) {
+    let state = if subscribed { "subscribed" } else { "none" };
+    let msg = Element::new("message", NS_CLIENT)
+        .attr("from", svc.jid)
+        .attr("to", jid)
+        .attr("type", cfg.notification_type.as_str())
+        .attr("id", new_item_id())
+        .child(
+            Element::new("event", NS_EVENT).child(
+                Element::new("subscription", NS_EVENT)
+                    .attr("node", node)
+                    .attr("jid", jid)
+                    .attr("subscription", state),
+            ),
+        );
+    let _ = route_boxed(server, msg).await;
 }
 
 /// XEP-0060 §8.4: the node and its items go; whoever was notified of it
@@ -2169,7 +2210,7 @@ async fn owner_subscriptions_set(req: &Req<'_>, el: &Element) -> IqResult {
     }
     for _ in 0..MAX_ATTEMPTS {
         let (raw, mut rec) = owned_node(req, node).await?;
-        let kind = NodeConfig::decode(&rec.config).notification_type;
+        let cfg = NodeConfig::decode(&rec.config);
         let mut changed: Vec<(String, bool)> = Vec::new();
         for (jid, subscribed, subid) in &changes {
             let has = rec.subscriptions.iter().any(|s| &s.jid == jid);
@@ -2201,21 +2242,7 @@ async fn owner_subscriptions_set(req: &Req<'_>, el: &Element) -> IqResult {
         };
         if write_node(req.server, change).await? {
             for (jid, subscribed) in changed {
-                let state = if subscribed { "subscribed" } else { "none" };
-                let msg = Element::new("message", NS_CLIENT)
-                    .attr("from", req.svc.jid)
-                    .attr("to", jid.as_str())
-                    .attr("type", kind.as_str())
-                    .attr("id", new_item_id())
-                    .child(
-                        Element::new("event", NS_EVENT).child(
-                            Element::new("subscription", NS_EVENT)
-                                .attr("node", node)
-                                .attr("jid", jid.as_str())
-                                .attr("subscription", state),
-                        ),
-                    );
-                let _ = route_boxed(req.server, msg).await;
+                subscription_changed(req.server, req.svc, node, &cfg, &jid, subscribed).await;
             }
             if invalid {
                 return Err(Condition::NotAcceptable.into());
