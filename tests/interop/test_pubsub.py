@@ -564,6 +564,36 @@ def test_access_model_change_ends_subscriptions(server):
         c.close()
 
 
+def test_notify_config_and_notify_sub(server):
+    """pubsub#notify_config: subscribers get the new configuration (8.2.5.4, as a form
+    when payloads are delivered); pubsub#notify_sub: owners hear of subscriptions and
+    unsubscriptions."""
+    s = svc(server)
+    owner = server.online("psn")
+    a = server.online("psn")
+    node = "nc-" + rnd()
+    ok(create(owner, s, node, {"pubsub#notify_config": "1", "pubsub#notify_sub": "true"}))
+    ok(subscribe(a, s, node))
+    e = recv_event(owner, s, node)
+    ch = ev_child(e)
+    assert (ch.tag, ch.get("jid"), ch.get("subscription")) == (q(NS_EVENT, "subscription"), a.jid, "subscribed")
+    ok(ps(owner, "set", f"<configure node='{node}'>"
+                        f"{form(NS_PUBSUB + '#node_config', {'pubsub#title': 'Renamed'})}</configure>",
+          s, ns=NS_OWNER))
+    e = recv_event(a, s, node)
+    ch = ev_child(e)
+    assert ch.tag == q(NS_EVENT, "configuration"), tostring(e)
+    x = ch.find(q(NS_DATA, "x"))
+    fields = {f.get("var"): f.findtext(q(NS_DATA, "value")) for f in x.findall(q(NS_DATA, "field"))}
+    assert x.get("type") == "result" and fields["pubsub#title"] == "Renamed", tostring(e)
+    ok(unsubscribe(a, s, node))
+    e = recv_event(owner, s, node)
+    assert ev_child(e).get("subscription") == "none", tostring(e)
+    ok(delete(owner, s, node))
+    owner.close()
+    a.close()
+
+
 def test_presence_access_model(server):
     s = svc(server)
     owner = server.online("psp")

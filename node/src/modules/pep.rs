@@ -353,6 +353,10 @@ pub struct NodeConfig {
     pub publish_model: PublishModel,
     /// `pubsub#subscribe`: whether entities may subscribe.
     pub subscribe: bool,
+    /// `pubsub#notify_config`: subscribers hear of configuration changes.
+    pub notify_config: bool,
+    /// `pubsub#notify_sub`: owners hear of subscriptions and unsubscriptions.
+    pub notify_sub: bool,
     /// Who created the node and when (XEP-0082), for its meta-data.
     pub creator: String,
     pub created: String,
@@ -423,6 +427,8 @@ impl Default for NodeConfig {
             max_payload_size: None,
             publish_model: PublishModel::Publishers,
             subscribe: true,
+            notify_config: false,
+            notify_sub: false,
             creator: String::new(),
             created: String::new(),
         }
@@ -555,12 +561,9 @@ impl NodeConfig {
                 Some(_) => return Err(Refused::Unsupported("item-expire")),
             },
             // What this service never does may be asked not to be done.
-            "pubsub#notify_config"
-            | "pubsub#notify_sub"
-            | "pubsub#presence_based_delivery"
-            | "pubsub#purge_offline"
-                if generic =>
-            {
+            "pubsub#notify_config" if generic => self.notify_config = boolean()?,
+            "pubsub#notify_sub" if generic => self.notify_sub = boolean()?,
+            "pubsub#presence_based_delivery" | "pubsub#purge_offline" if generic => {
                 if boolean()? {
                     return Err(Refused::Invalid);
                 }
@@ -683,6 +686,12 @@ impl NodeConfig {
         if svc.generic.is_some() {
             x = x
                 .child(field("pubsub#subscribe", "boolean", &[b(self.subscribe)]))
+                .child(field(
+                    "pubsub#notify_config",
+                    "boolean",
+                    &[b(self.notify_config)],
+                ))
+                .child(field("pubsub#notify_sub", "boolean", &[b(self.notify_sub)]))
                 .child(options(
                     field("pubsub#node_type", "list-single", &["leaf"]),
                     &["leaf"],
@@ -1709,6 +1718,11 @@ async fn configure_set(req: &Req<'_>, configure: &Element) -> IqResult {
         }
         rec.subscriptions.retain(|s| !lost.contains(&s.jid));
         rec.config = cfg.encode();
+        let subs = if cfg.notify_config {
+            rec.subscriptions.clone()
+        } else {
+            Vec::new()
+        };
         let change = PepChange {
             bare: req.svc.jid,
             node,
@@ -1721,10 +1735,64 @@ async fn configure_set(req: &Req<'_>, configure: &Element) -> IqResult {
             for jid in lost {
                 subscription_changed(req.server, req.svc, node, &cfg, &jid, false).await;
             }
+            // §8.2.5.4: the new configuration (as a form when payloads
+            // are delivered).
+            if cfg.notify_config && cfg.deliver_notifications {
+                let mut event = Element::new("configuration", NS_EVENT).attr("node", node);
+                if cfg.deliver_payloads {
+                    let mut x = cfg.form("result", req.svc);
+                    for f in x.children.iter_mut() {
+                        if let crate::xml::Node::Element(f) = f {
+                            f.remove_children("option", NS_DATA);
+                        }
+                    }
+                    event = event.child(x);
+                }
+                notify(req.server, req.svc, node, &cfg, &subs, event).await;
+            }
             return Ok(IqReply::EMPTY);
         }
     }
     Err(Condition::ResourceConstraint.into())
+}
+
+/// The owners to tell of a subscription change (none unless the node's
+/// `pubsub#notify_sub` says so).
+fn owners_to_tell(svc: Svc<'_>, rec: &PepNode, cfg: &NodeConfig) -> Vec<String> {
+    if !cfg.notify_sub {
+        return Vec::new();
+    }
+    owners(svc, rec).map(str::to_owned).collect()
+}
+
+/// `pubsub#notify_sub`: the node's owners hear that `jid` subscribed or
+/// unsubscribed (a subscription event, as §8.8.4's).
+async fn tell_owners(
+    server: &Server,
+    svc: Svc<'_>,
+    node: &str,
+    cfg: &NodeConfig,
+    owners: &[String],
+    jid: &str,
+    subscribed: bool,
+) {
+    let state = if subscribed { "subscribed" } else { "none" };
+    for o in owners {
+        let msg = Element::new("message", NS_CLIENT)
+            .attr("from", svc.jid)
+            .attr("to", o.as_str())
+            .attr("type", cfg.notification_type.as_str())
+            .attr("id", new_item_id())
+            .child(
+                Element::new("event", NS_EVENT).child(
+                    Element::new("subscription", NS_EVENT)
+                        .attr("node", node)
+                        .attr("jid", jid)
+                        .attr("subscription", state),
+                ),
+            );
+        let _ = route_boxed(server, msg).await;
+    }
 }
 
 /// Tells `jid` its subscription to `node` is now `subscribed` or `none`
@@ -1955,6 +2023,7 @@ async fn subscribe(req: &Req<'_>, sub: &Element, options: Option<&Element>) -> I
         };
         rec.subscriptions.push(new.clone());
         let last = rec.items.last().cloned();
+        let to_tell = owners_to_tell(req.svc, &rec, &cfg);
         let change = PepChange {
             bare: req.svc.jid,
             node,
@@ -1972,6 +2041,7 @@ async fn subscribe(req: &Req<'_>, sub: &Element, options: Option<&Element>) -> I
             {
                 send_last_to(server, req.svc, node, &cfg, &last, &jid).await;
             }
+            tell_owners(server, req.svc, node, &cfg, &to_tell, &jid, true).await;
             let mut out = Element::new("pubsub", NS_PUBSUB).child(subscription_el(
                 NS_PUBSUB,
                 Some(node),
@@ -2032,6 +2102,8 @@ async fn unsubscribe(req: &Req<'_>, unsub: &Element) -> IqResult {
         may_act_for(req, &rec, &jid)?;
         let i = pick_sub(&rec, &jid, unsub.get_attr("subid"))?;
         rec.subscriptions.remove(i);
+        let cfg = NodeConfig::decode(&rec.config);
+        let to_tell = owners_to_tell(req.svc, &rec, &cfg);
         let change = PepChange {
             bare: req.svc.jid,
             node,
@@ -2041,6 +2113,7 @@ async fn unsubscribe(req: &Req<'_>, unsub: &Element) -> IqResult {
             remove: Vec::new(),
         };
         if write_node(req.server, change).await? {
+            tell_owners(req.server, req.svc, node, &cfg, &to_tell, &jid, false).await;
             return Ok(IqReply::EMPTY);
         }
     }
@@ -3181,10 +3254,19 @@ mod tests {
             Err(Refused::Unsupported("collections"))
         );
         assert_eq!(
-            set(&mut g, GENERIC, "pubsub#notify_sub", "1"),
+            set(&mut g, GENERIC, "pubsub#presence_based_delivery", "1"),
             Err(Refused::Invalid)
         );
-        assert_eq!(set(&mut g, GENERIC, "pubsub#notify_sub", "0"), Ok(()));
+        assert_eq!(
+            set(&mut g, GENERIC, "pubsub#presence_based_delivery", "0"),
+            Ok(())
+        );
+        assert_eq!(set(&mut g, GENERIC, "pubsub#notify_sub", "1"), Ok(()));
+        assert!(g.notify_sub);
+        assert_eq!(
+            set(&mut p, pep, "pubsub#notify_config", "1"),
+            Err(Refused::Invalid)
+        );
         // The form shows what may be set.
         let vars: Vec<String> = g
             .form("form", GENERIC)
