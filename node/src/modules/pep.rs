@@ -2461,6 +2461,11 @@ pub async fn forget_account(
                 if storage.pep_write(change).await? {
                     break;
                 }
+                // Changed meanwhile (maybe through another node): read again
+                // once this replica has caught up.
+                if storage.store.has_peers() {
+                    storage.store.read_barrier().await?;
+                }
             }
         }
     }
