@@ -23,7 +23,9 @@ use super::{
 };
 use crate::server::Server;
 use crate::stanza::{Condition, NS_CLIENT, StanzaError};
-use crate::storage::{AVATAR_HASH, PEP_ITEM, PEP_NODE, PepChange, PepNode, PepSub, RosterItem};
+use crate::storage::{
+    AVATAR_HASH, NodeWrite, PEP_ITEM, PEP_NODE, PEP_SUB, PepChange, PepNode, PepSub, RosterItem,
+};
 use crate::xml::{Element, Limits};
 use futures::{FutureExt, StreamExt};
 use serde::{Deserialize, Serialize};
@@ -243,7 +245,7 @@ pub static MODULE: Module = Module {
         handler: avatar::presence_out,
     }],
     config_section: Some("pep"),
-    spaces: &[PEP_NODE, PEP_ITEM, AVATAR_HASH],
+    spaces: &[PEP_NODE, PEP_ITEM, PEP_SUB, AVATAR_HASH],
     ..Module::EMPTY
 };
 
@@ -902,7 +904,12 @@ fn may_read(
 
 /// Whether the requester may publish to a node (XEP-0060 §7.1.3.1 and
 /// `pubsub#publish_model`).
-fn may_publish(req: &Req<'_>, rec: &PepNode, cfg: &NodeConfig) -> Result<(), StanzaError> {
+fn may_publish(
+    req: &Req<'_>,
+    node: &str,
+    rec: &PepNode,
+    cfg: &NodeConfig,
+) -> Result<(), StanzaError> {
     let a = affiliation(req.server, req.svc, rec, req.bare);
     let ok = match cfg.publish_model {
         PublishModel::Publishers => a >= Aff::PublishOnly,
@@ -910,8 +917,10 @@ fn may_publish(req: &Req<'_>, rec: &PepNode, cfg: &NodeConfig) -> Result<(), Sta
         PublishModel::Subscribers => {
             a >= Aff::PublishOnly
                 || (a != Aff::Outcast
-                    && rec
-                        .subscriptions
+                    && req
+                        .server
+                        .storage
+                        .pep_subs(req.svc.jid, node)?
                         .iter()
                         .any(|s| crate::stanza::split(&s.jid).0 == req.bare))
         }
@@ -1077,7 +1086,11 @@ pub fn node_info(
         ))
         .child(field(
             "pubsub#num_subscribers",
-            &rec.subscriptions.len().to_string(),
+            &server
+                .storage
+                .pep_sub_count(svc.jid, node)
+                .unwrap_or_default()
+                .to_string(),
         ));
     if !cfg.creator.is_empty() {
         meta = meta
@@ -1347,14 +1360,13 @@ async fn publish_in(
         }
     };
     let mut cfg;
-    let mut subs;
     let mut attempt = 0;
     loop {
         let read = read_node(server, svc.jid, node).await?;
         let (raw, mut rec) = match read {
             Some((raw, rec)) => {
                 cfg = NodeConfig::decode(&rec.config);
-                may_publish(req, &rec, &cfg)?;
+                may_publish(req, node, &rec, &cfg)?;
                 if let Some(fields) = &wanted {
                     // §7.1.5: every option must hold already.
                     let mut want = cfg.clone();
@@ -1418,14 +1430,15 @@ async fn publish_in(
         } else {
             remove.append(&mut rec.items);
         }
-        subs = rec.subscriptions.clone();
         let change = PepChange {
             bare: svc.jid,
             node,
             read: raw,
-            write: Some(rec),
+            write: NodeWrite::Put(rec),
             put,
             remove,
+            subs_put: Vec::new(),
+            subs_remove: Vec::new(),
         };
         if write_node(server, change).await? {
             break;
@@ -1447,6 +1460,7 @@ async fn publish_in(
             }
             event = event.child(ev_item);
         }
+        let subs = server.storage.pep_subs(svc.jid, node)?;
         notify(server, svc, node, &cfg, &subs, event).await;
     }
     if hooks
@@ -1490,7 +1504,6 @@ async fn retract_in(req: &Req<'_>, retract: &Element) -> IqResult {
     }
     let notify_attr = retract.get_attr("notify").map(|v| v == "true" || v == "1");
     let mut cfg;
-    let mut subs;
     let mut attempt = 0;
     loop {
         let Some((raw, mut rec)) = read_node(server, svc.jid, node).await? else {
@@ -1509,14 +1522,15 @@ async fn retract_in(req: &Req<'_>, retract: &Element) -> IqResult {
             return Err(Condition::ItemNotFound.into());
         }
         rec.items.retain(|i| !ids.contains(&i.as_str()));
-        subs = rec.subscriptions.clone();
         let change = PepChange {
             bare: svc.jid,
             node,
             read: Some(raw),
-            write: Some(rec),
+            write: NodeWrite::Put(rec),
             put: Vec::new(),
             remove: ids.iter().map(|s| (*s).to_owned()).collect(),
+            subs_put: Vec::new(),
+            subs_remove: Vec::new(),
         };
         if write_node(server, change).await? {
             break;
@@ -1531,6 +1545,7 @@ async fn retract_in(req: &Req<'_>, retract: &Element) -> IqResult {
         for id in &ids {
             event = event.child(Element::new("retract", NS_EVENT).attr("id", *id));
         }
+        let subs = server.storage.pep_subs(svc.jid, node)?;
         notify(server, svc, node, &cfg, &subs, event).await;
     }
     Ok(IqReply::EMPTY)
@@ -1576,9 +1591,11 @@ async fn create(req: &Req<'_>, create: &Element, configure: Option<&Element>) ->
         bare: svc.jid,
         node,
         read: None,
-        write: Some(new_record(req, &cfg)),
+        write: NodeWrite::Put(new_record(req, &cfg)),
         put: Vec::new(),
         remove: Vec::new(),
+        subs_put: Vec::new(),
+        subs_remove: Vec::new(),
     };
     if !write_node(server, change).await? {
         return Err(Condition::Conflict.into());
@@ -1618,11 +1635,10 @@ async fn items(req: &Req<'_>, items: &Element) -> IqResult {
     }
     // §6.5.9.1 and .2: a subscriber with several subscriptions names one.
     if affiliation(server, req.svc, &rec, req.bare) < Aff::Publisher {
-        let mine: Vec<&PepSub> = rec
-            .subscriptions
-            .iter()
-            .filter(|s| s.jid == req.full || s.jid == req.bare)
-            .collect();
+        let mut mine = server.storage.pep_subs_of(req.svc.jid, node, req.full)?;
+        if req.full != req.bare {
+            mine.extend(server.storage.pep_subs_of(req.svc.jid, node, req.bare)?);
+        }
         match items.get_attr("subid").filter(|s| !s.is_empty()) {
             None if mine.len() > 1 => return Err(app(Condition::BadRequest, "subid-required")),
             Some(id) if !mine.is_empty() && !mine.iter().any(|s| s.subid == id) => {
@@ -1708,32 +1724,30 @@ async fn configure_set(req: &Req<'_>, configure: &Element) -> IqResult {
         }
         // Subscribers the new access model no longer lets in lose their
         // subscriptions, and are told.
+        let subs = req.server.storage.pep_subs(req.svc.jid, node)?;
         let mut lost: std::collections::BTreeSet<String> = Default::default();
-        for sub in &rec.subscriptions {
+        let mut subs_remove = Vec::new();
+        for sub in &subs {
             let bare = crate::stanza::split(&sub.jid).0;
-            if !lost.contains(&sub.jid) && may_read(req.server, req.svc, &rec, bare, &cfg).is_err()
-            {
+            if lost.contains(&sub.jid) || may_read(req.server, req.svc, &rec, bare, &cfg).is_err() {
                 lost.insert(sub.jid.clone());
+                subs_remove.push((sub.jid.clone(), sub.subid.clone()));
             }
         }
-        rec.subscriptions.retain(|s| !lost.contains(&s.jid));
         rec.config = cfg.encode();
-        let subs = if cfg.notify_config {
-            rec.subscriptions.clone()
-        } else {
-            Vec::new()
-        };
         let change = PepChange {
             bare: req.svc.jid,
             node,
             read: Some(raw),
-            write: Some(rec),
+            write: NodeWrite::Put(rec),
             put: Vec::new(),
             remove,
+            subs_put: Vec::new(),
+            subs_remove,
         };
         if write_node(req.server, change).await? {
-            for jid in lost {
-                subscription_changed(req.server, req.svc, node, &cfg, &jid, false).await;
+            for jid in &lost {
+                subscription_changed(req.server, req.svc, node, &cfg, jid, false).await;
             }
             // §8.2.5.4: the new configuration (as a form when payloads
             // are delivered).
@@ -1748,7 +1762,11 @@ async fn configure_set(req: &Req<'_>, configure: &Element) -> IqResult {
                     }
                     event = event.child(x);
                 }
-                notify(req.server, req.svc, node, &cfg, &subs, event).await;
+                let kept: Vec<PepSub> = subs
+                    .into_iter()
+                    .filter(|s| !lost.contains(&s.jid))
+                    .collect();
+                notify(req.server, req.svc, node, &cfg, &kept, event).await;
             }
             return Ok(IqReply::EMPTY);
         }
@@ -1829,13 +1847,17 @@ async fn delete(req: &Req<'_>, delete: &Element) -> IqResult {
     for _ in 0..MAX_ATTEMPTS {
         let (raw, rec) = owned_node(req, node).await?;
         let cfg = NodeConfig::decode(&rec.config);
+        // Whoever is subscribed now hears of the deletion.
+        let subs = req.server.storage.pep_subs(req.svc.jid, node)?;
         let change = PepChange {
             bare: req.svc.jid,
             node,
             read: Some(raw),
-            write: None,
+            write: NodeWrite::Delete,
             put: Vec::new(),
             remove: Vec::new(),
+            subs_put: Vec::new(),
+            subs_remove: Vec::new(),
         };
         if write_node(req.server, change).await? {
             if cfg.notify_delete {
@@ -1847,7 +1869,7 @@ async fn delete(req: &Req<'_>, delete: &Element) -> IqResult {
                 {
                     event = event.child(Element::new("redirect", NS_EVENT).attr("uri", uri));
                 }
-                notify(req.server, req.svc, node, &cfg, &rec.subscriptions, event).await;
+                notify(req.server, req.svc, node, &cfg, &subs, event).await;
             }
             return Ok(IqReply::EMPTY);
         }
@@ -1866,18 +1888,20 @@ async fn purge(req: &Req<'_>, purge: &Element) -> IqResult {
             return Err(unsupported("persistent-items"));
         }
         let remove = std::mem::take(&mut rec.items);
-        let subs = rec.subscriptions.clone();
         let change = PepChange {
             bare: req.svc.jid,
             node,
             read: Some(raw),
-            write: Some(rec),
+            write: NodeWrite::Put(rec),
             put: Vec::new(),
             remove,
+            subs_put: Vec::new(),
+            subs_remove: Vec::new(),
         };
         if write_node(req.server, change).await? {
             if cfg.notify_retract || cfg.notify_delete {
                 let event = Element::new("purge", NS_EVENT).attr("node", node);
+                let subs = req.server.storage.pep_subs(req.svc.jid, node)?;
                 notify(req.server, req.svc, node, &cfg, &subs, event).await;
             }
             return Ok(IqReply::EMPTY);
@@ -1890,7 +1914,7 @@ async fn purge(req: &Req<'_>, purge: &Element) -> IqResult {
 
 /// Subscriptions one JID may hold to one node (XEP-0060 §6.1.6).
 const MAX_SUBS_PER_JID: usize = 8;
-/// Subscriptions to one node (they live in its record).
+/// Subscriptions to one node.
 const MAX_SUBS_PER_NODE: usize = 10_000;
 const SUBSCRIBE_OPTIONS: &str = "http://jabber.org/protocol/pubsub#subscribe_options";
 
@@ -2002,7 +2026,7 @@ async fn subscribe(req: &Req<'_>, sub: &Element, options: Option<&Element>) -> I
     };
     let subid = new_item_id();
     for _ in 0..MAX_ATTEMPTS {
-        let Some((raw, mut rec)) = read_node(server, req.svc.jid, node).await? else {
+        let Some((raw, rec)) = read_node(server, req.svc.jid, node).await? else {
             return Err(Condition::ItemNotFound.into());
         };
         let cfg = NodeConfig::decode(&rec.config);
@@ -2010,8 +2034,8 @@ async fn subscribe(req: &Req<'_>, sub: &Element, options: Option<&Element>) -> I
             return Err(unsupported("subscribe"));
         }
         may_read(server, req.svc, &rec, req.bare, &cfg)?;
-        if rec.subscriptions.iter().filter(|s| s.jid == jid).count() >= MAX_SUBS_PER_JID
-            || rec.subscriptions.len() >= MAX_SUBS_PER_NODE
+        if server.storage.pep_subs_of(req.svc.jid, node, &jid)?.len() >= MAX_SUBS_PER_JID
+            || server.storage.pep_sub_count(req.svc.jid, node)? >= MAX_SUBS_PER_NODE as u64
         {
             // §6.1.3.9.
             return Err(app(Condition::PolicyViolation, "too-many-subscriptions"));
@@ -2021,16 +2045,18 @@ async fn subscribe(req: &Req<'_>, sub: &Element, options: Option<&Element>) -> I
             subid: subid.clone(),
             deliver,
         };
-        rec.subscriptions.push(new.clone());
         let last = rec.items.last().cloned();
         let to_tell = owners_to_tell(req.svc, &rec, &cfg);
+        // The node record stays as it is: the change only needs it to.
         let change = PepChange {
             bare: req.svc.jid,
             node,
             read: Some(raw),
-            write: Some(rec),
+            write: NodeWrite::Keep,
             put: Vec::new(),
             remove: Vec::new(),
+            subs_put: vec![new.clone()],
+            subs_remove: Vec::new(),
         };
         if write_node(server, change).await? {
             // §6.1.7: the last item, if the node sends it.
@@ -2059,26 +2085,19 @@ async fn subscribe(req: &Req<'_>, sub: &Element, options: Option<&Element>) -> I
     Err(Condition::ResourceConstraint.into())
 }
 
-/// The subscription a request names among `jid`'s (XEP-0060 §6.2.3):
-/// its index, or the error the XEP names.
-fn pick_sub(rec: &PepNode, jid: &str, subid: Option<&str>) -> Result<usize, StanzaError> {
-    let mine: Vec<usize> = rec
-        .subscriptions
-        .iter()
-        .enumerate()
-        .filter(|(_, s)| s.jid == jid)
-        .map(|(i, _)| i)
-        .collect();
+/// The subscription a request names among `jid`'s (`mine`, XEP-0060
+/// §6.2.3), or the error the XEP names.
+fn pick_sub(mut mine: Vec<PepSub>, subid: Option<&str>) -> Result<PepSub, StanzaError> {
     if mine.is_empty() {
         return Err(app(Condition::UnexpectedRequest, "not-subscribed"));
     }
     match subid.filter(|s| !s.is_empty()) {
         Some(id) => mine
             .into_iter()
-            .find(|i| rec.subscriptions[*i].subid == id)
+            .find(|s| s.subid == id)
             .ok_or_else(|| app(Condition::NotAcceptable, "invalid-subid")),
         None if mine.len() > 1 => Err(app(Condition::BadRequest, "subid-required")),
-        None => Ok(mine[0]),
+        None => Ok(mine.swap_remove(0)),
     }
 }
 
@@ -2096,21 +2115,23 @@ async fn unsubscribe(req: &Req<'_>, unsub: &Element) -> IqResult {
     let node = node_attr(unsub)?;
     let jid = jid_attr(unsub)?;
     for _ in 0..MAX_ATTEMPTS {
-        let Some((raw, mut rec)) = read_node(req.server, req.svc.jid, node).await? else {
+        let Some((raw, rec)) = read_node(req.server, req.svc.jid, node).await? else {
             return Err(Condition::ItemNotFound.into());
         };
         may_act_for(req, &rec, &jid)?;
-        let i = pick_sub(&rec, &jid, unsub.get_attr("subid"))?;
-        rec.subscriptions.remove(i);
+        let mine = req.server.storage.pep_subs_of(req.svc.jid, node, &jid)?;
+        let gone = pick_sub(mine, unsub.get_attr("subid"))?;
         let cfg = NodeConfig::decode(&rec.config);
         let to_tell = owners_to_tell(req.svc, &rec, &cfg);
         let change = PepChange {
             bare: req.svc.jid,
             node,
             read: Some(raw),
-            write: Some(rec),
+            write: NodeWrite::Keep,
             put: Vec::new(),
             remove: Vec::new(),
+            subs_put: Vec::new(),
+            subs_remove: vec![(gone.jid, gone.subid)],
         };
         if write_node(req.server, change).await? {
             tell_owners(req.server, req.svc, node, &cfg, &to_tell, &jid, false).await;
@@ -2133,7 +2154,8 @@ async fn options_get(req: &Req<'_>, opts: &Element) -> IqResult {
         return Err(Condition::ItemNotFound.into());
     };
     may_act_for(req, &rec, &jid)?;
-    let s = &rec.subscriptions[pick_sub(&rec, &jid, opts.get_attr("subid"))?];
+    let mine = req.server.storage.pep_subs_of(req.svc.jid, node, &jid)?;
+    let s = pick_sub(mine, opts.get_attr("subid"))?;
     Ok(Element::new("pubsub", NS_PUBSUB)
         .child(
             Element::new("options", NS_PUBSUB)
@@ -2159,22 +2181,25 @@ async fn options_set(req: &Req<'_>, opts: &Element) -> IqResult {
     };
     let deliver = parse_sub_options(x)?;
     for _ in 0..MAX_ATTEMPTS {
-        let Some((raw, mut rec)) = read_node(req.server, req.svc.jid, node).await? else {
+        let Some((raw, rec)) = read_node(req.server, req.svc.jid, node).await? else {
             return Err(Condition::ItemNotFound.into());
         };
         may_act_for(req, &rec, &jid)?;
-        let i = pick_sub(&rec, &jid, opts.get_attr("subid"))?;
+        let mine = req.server.storage.pep_subs_of(req.svc.jid, node, &jid)?;
+        let mut sub = pick_sub(mine, opts.get_attr("subid"))?;
         let Some(deliver) = deliver else {
             return Ok(IqReply::EMPTY);
         };
-        rec.subscriptions[i].deliver = deliver;
+        sub.deliver = deliver;
         let change = PepChange {
             bare: req.svc.jid,
             node,
             read: Some(raw),
-            write: Some(rec),
+            write: NodeWrite::Keep,
             put: Vec::new(),
             remove: Vec::new(),
+            subs_put: vec![sub],
+            subs_remove: Vec::new(),
         };
         if write_node(req.server, change).await? {
             return Ok(IqReply::EMPTY);
@@ -2215,14 +2240,21 @@ async fn my_subscriptions(req: &Req<'_>, el: &Element) -> IqResult {
     if let Some(n) = el.get_attr("node").filter(|n| !n.is_empty()) {
         out.set_attr("node", n);
     }
-    for (node, rec) in nodes_of(req, el).await? {
-        for s in rec
-            .subscriptions
-            .iter()
-            .filter(|s| crate::stanza::split(&s.jid).0 == req.bare)
-        {
-            out = out.child(subscription_el(NS_PUBSUB, Some(&node), s));
+    let subs: Vec<(String, PepSub)> = match el.get_attr("node").filter(|n| !n.is_empty()) {
+        Some(n) => {
+            if read_node(req.server, req.svc.jid, n).await?.is_none() {
+                return Err(Condition::ItemNotFound.into());
+            }
+            let all = req.server.storage.pep_subs(req.svc.jid, n)?;
+            all.into_iter().map(|s| (n.to_owned(), s)).collect()
         }
+        None => req.server.storage.pep_service_subs(req.svc.jid)?,
+    };
+    for (node, s) in subs
+        .iter()
+        .filter(|(_, s)| crate::stanza::split(&s.jid).0 == req.bare)
+    {
+        out = out.child(subscription_el(NS_PUBSUB, Some(node), s));
     }
     Ok(Element::new("pubsub", NS_PUBSUB).child(out).into())
 }
@@ -2249,9 +2281,9 @@ async fn my_affiliations(req: &Req<'_>, el: &Element) -> IqResult {
 /// XEP-0060 §8.8.1: every subscription to a node, for its owner.
 async fn owner_subscriptions(req: &Req<'_>, el: &Element) -> IqResult {
     let node = node_attr(el)?;
-    let (_, rec) = owned_node(req, node).await?;
+    owned_node(req, node).await?;
     let mut out = Element::new("subscriptions", NS_OWNER).attr("node", node);
-    for s in &rec.subscriptions {
+    for s in &req.server.storage.pep_subs(req.svc.jid, node)? {
         out = out.child(subscription_el(NS_OWNER, None, s));
     }
     Ok(Element::new("pubsub", NS_OWNER).child(out).into())
@@ -2282,36 +2314,46 @@ async fn owner_subscriptions_set(req: &Req<'_>, el: &Element) -> IqResult {
         }
     }
     for _ in 0..MAX_ATTEMPTS {
-        let (raw, mut rec) = owned_node(req, node).await?;
+        let (raw, rec) = owned_node(req, node).await?;
         let cfg = NodeConfig::decode(&rec.config);
+        let mut count = req.server.storage.pep_sub_count(req.svc.jid, node)?;
         let mut changed: Vec<(String, bool)> = Vec::new();
+        let mut subs_put = Vec::new();
+        let mut subs_remove = Vec::new();
         for (jid, subscribed, subid) in &changes {
-            let has = rec.subscriptions.iter().any(|s| &s.jid == jid);
+            let mine = req.server.storage.pep_subs_of(req.svc.jid, node, jid)?;
+            let has = !mine.is_empty() || subs_put.iter().any(|s: &PepSub| &s.jid == jid);
             if *subscribed && !has {
-                if rec.subscriptions.len() >= MAX_SUBS_PER_NODE {
+                if count >= MAX_SUBS_PER_NODE as u64 {
                     return Err(Condition::PolicyViolation.into());
                 }
-                rec.subscriptions.push(PepSub {
+                count += 1;
+                subs_put.push(PepSub {
                     jid: jid.clone(),
                     subid: new_item_id(),
                     deliver: true,
                 });
                 changed.push((jid.clone(), true));
-            } else if !subscribed && has {
-                rec.subscriptions
-                    .retain(|s| &s.jid != jid || subid.as_deref().is_some_and(|id| id != s.subid));
-                if !rec.subscriptions.iter().any(|s| &s.jid == jid) {
+            } else if !subscribed && !mine.is_empty() {
+                let going: Vec<&PepSub> = mine
+                    .iter()
+                    .filter(|s| subid.as_deref().is_none_or(|id| id == s.subid))
+                    .collect();
+                if going.len() == mine.len() {
                     changed.push((jid.clone(), false));
                 }
+                subs_remove.extend(going.into_iter().map(|s| (s.jid.clone(), s.subid.clone())));
             }
         }
         let change = PepChange {
             bare: req.svc.jid,
             node,
             read: Some(raw),
-            write: Some(rec),
+            write: NodeWrite::Keep,
             put: Vec::new(),
             remove: Vec::new(),
+            subs_put,
+            subs_remove,
         };
         if write_node(req.server, change).await? {
             for (jid, subscribed) in changed {
@@ -2382,6 +2424,7 @@ async fn owner_affiliations_set(req: &Req<'_>, el: &Element) -> IqResult {
     for _ in 0..MAX_ATTEMPTS {
         let (raw, mut rec) = owned_node(req, node).await?;
         let mut refused = invalid;
+        let mut subs_remove = Vec::new();
         for (jid, aff) in &changes {
             let before = rec.affiliations.clone();
             rec.affiliations.retain(|(j, _)| j != jid);
@@ -2395,17 +2438,25 @@ async fn owner_affiliations_set(req: &Req<'_>, el: &Element) -> IqResult {
                 continue;
             }
             if *aff == Aff::Outcast {
-                rec.subscriptions
-                    .retain(|s| crate::stanza::split(&s.jid).0 != jid);
+                subs_remove.extend(
+                    req.server
+                        .storage
+                        .pep_subs(req.svc.jid, node)?
+                        .into_iter()
+                        .filter(|s| crate::stanza::split(&s.jid).0 == jid)
+                        .map(|s| (s.jid, s.subid)),
+                );
             }
         }
         let change = PepChange {
             bare: req.svc.jid,
             node,
             read: Some(raw),
-            write: Some(rec),
+            write: NodeWrite::Put(rec),
             put: Vec::new(),
             remove: Vec::new(),
+            subs_put: Vec::new(),
+            subs_remove,
         };
         if write_node(req.server, change).await? {
             if refused {
@@ -2429,34 +2480,51 @@ pub async fn forget_account(
     if !config.pubsub.enabled {
         return Ok(());
     }
-    let mine = |rec: &PepNode| {
-        rec.affiliations.iter().any(|(j, _)| j == bare)
-            || rec
-                .subscriptions
-                .iter()
-                .any(|s| crate::stanza::split(&s.jid).0 == bare)
-    };
     for domain in &config.domains {
         let svc = format!("{}.{domain}", config.pubsub.subdomain);
+        // Its subscriptions: plain deletes (no node record depends on them).
+        let subs: Vec<(String, PepSub)> = storage
+            .pep_service_subs(&svc)?
+            .into_iter()
+            .filter(|(_, s)| crate::stanza::split(&s.jid).0 == bare)
+            .collect();
+        for (node, sub) in subs {
+            let change = PepChange {
+                bare: &svc,
+                node: &node,
+                read: storage.pep_node(&svc, &node)?.map(|(raw, _)| raw),
+                write: NodeWrite::Keep,
+                put: Vec::new(),
+                remove: Vec::new(),
+                subs_put: Vec::new(),
+                subs_remove: vec![(sub.jid, sub.subid)],
+            };
+            let _ = storage.pep_write(change).await?;
+        }
+        // Its affiliations, and the nodes it alone owned.
         for (node, _) in storage.pep_nodes(&svc)? {
             for _ in 0..MAX_ATTEMPTS {
                 let Some((raw, mut rec)) = storage.pep_node(&svc, &node)? else {
                     break;
                 };
-                if !mine(&rec) {
+                if !rec.affiliations.iter().any(|(j, _)| j == bare) {
                     break;
                 }
                 rec.affiliations.retain(|(j, _)| j != bare);
-                rec.subscriptions
-                    .retain(|s| crate::stanza::split(&s.jid).0 != bare);
                 let orphan = !rec.affiliations.iter().any(|(_, a)| a == "owner");
                 let change = PepChange {
                     bare: &svc,
                     node: &node,
                     read: Some(raw),
-                    write: (!orphan).then_some(rec),
+                    write: if orphan {
+                        NodeWrite::Delete
+                    } else {
+                        NodeWrite::Put(rec)
+                    },
                     put: Vec::new(),
                     remove: Vec::new(),
+                    subs_put: Vec::new(),
+                    subs_remove: Vec::new(),
                 };
                 if storage.pep_write(change).await? {
                     break;
@@ -3310,25 +3378,27 @@ mod tests {
             subid: id.into(),
             deliver: true,
         };
-        let rec = PepNode {
-            subscriptions: vec![sub("a@x", "1"), sub("a@x", "2"), sub("b@x/r", "3")],
-            ..PepNode::default()
-        };
+        let two = || vec![sub("a@x", "1"), sub("a@x", "2")];
         let app_of = |e: StanzaError| (e.condition, e.app.map(|a| a.name.clone()));
         assert_eq!(
-            app_of(pick_sub(&rec, "a@x", None).unwrap_err()),
+            app_of(pick_sub(two(), None).unwrap_err()),
             (Condition::BadRequest, Some("subid-required".into()))
         );
         assert_eq!(
-            app_of(pick_sub(&rec, "a@x", Some("9")).unwrap_err()),
+            app_of(pick_sub(two(), Some("9")).unwrap_err()),
             (Condition::NotAcceptable, Some("invalid-subid".into()))
         );
         assert_eq!(
-            app_of(pick_sub(&rec, "c@x", None).unwrap_err()),
+            app_of(pick_sub(Vec::new(), None).unwrap_err()),
             (Condition::UnexpectedRequest, Some("not-subscribed".into()))
         );
-        assert_eq!(pick_sub(&rec, "a@x", Some("2")).unwrap(), 1);
-        assert_eq!(pick_sub(&rec, "b@x/r", None).unwrap(), 2);
+        assert_eq!(pick_sub(two(), Some("2")).unwrap().subid, "2");
+        assert_eq!(pick_sub(vec![sub("b@x/r", "3")], None).unwrap().subid, "3");
+        // An empty SubID is none.
+        assert_eq!(
+            pick_sub(vec![sub("b@x/r", "3")], Some("")).unwrap().subid,
+            "3"
+        );
     }
 
     #[test]
