@@ -6,7 +6,9 @@ deliver_payloads, persist_items, max_items), subscribe / unsubscribe with SubIDs
 (several per JID), subscription options, the requester's subscriptions and affiliations,
 the owner's management of both, access models (open, whitelist with members, outcasts,
 presence; authorize not offered), delete and purge notifications, and the errors XEP-0060
-names for each, with their pubsub#errors conditions. Explicit subscriptions to PEP nodes
+names for each, with their pubsub#errors conditions; the last item on subscription,
+notify_config and notify_sub, subscriptions ended by a closing configuration, the
+[pubsub] configuration, and account deletion. Explicit subscriptions to PEP nodes
 (XEP-0163 on the same code). slixmpp's xep_0060 plugin against the service, and one
 cluster test: a subscriber on another node gets the notification.
 
