@@ -12,6 +12,14 @@
 //! the presence registry, whose last presence of each resource carries
 //! its `<c/>`).
 //!
+//! The same code serves the generic XEP-0060 service of every served
+//! domain (`pubsub.<domain>`, [`crate::services::pubsub`]): a [`Svc`]
+//! names the service (an account, or a service JID with its domain), and
+//! a node's owners are then the JIDs its affiliations name. Explicit
+//! subscriptions (`user_pep_sub`, with SubIDs and options) and
+//! affiliations work on both; on a PEP node they add to the implicit,
+//! presence-based ones.
+//!
 //! Payload conventions built on PEP are plain nodes here (OMEMO device
 //! lists and bundles, XEP-0402 bookmarks, XEP-0172 nicknames, XEP-0223
 //! private storage); the avatar conversions of XEP-0398 and the XEP-0049
