@@ -828,6 +828,36 @@ def test_slixmpp_xep_0060(server):
         assert [x["node"] for x in subs["pubsub"]["subscriptions"]] == [node]
         nodes = await b["xep_0060"].get_nodes(s, timeout=10)
         assert node in [i[1] for i in nodes["disco_items"]["items"]]
+        ids = await b["xep_0030"].get_items(jid=s, node=node, timeout=10)  # 5.5, item ids
+        assert [i[2] for i in ids["disco_items"]["items"]] == ["one"]
+        # the owner's side: configuration (default and the node's), affiliations,
+        # subscriptions, retract and purge
+        default = await a["xep_0060"].get_node_config(s, timeout=10)
+        assert default["pubsub_owner"]["default"]["form"].get_fields()["pubsub#access_model"]["value"] == "open"
+        r = await a["xep_0060"].get_node_config(s, node, timeout=10)
+        form = r["pubsub_owner"]["configure"]["form"]
+        form["type"] = "submit"
+        form.field["pubsub#max_items"]["value"] = "5"
+        await a["xep_0060"].set_node_config(s, node, form, timeout=10)
+        r = await a["xep_0060"].get_node_config(s, node, timeout=10)
+        assert r["pubsub_owner"]["configure"]["form"].get_fields()["pubsub#max_items"]["value"] == "5"
+        await a["xep_0060"].modify_affiliations(s, node, [(b.boundjid.bare, "publisher")], timeout=10)
+        r = await a["xep_0060"].get_node_affiliations(s, node, timeout=10)
+        affs = {x["jid"].bare: x["affiliation"] for x in r["pubsub_owner"]["affiliations"]}
+        assert affs == {a.boundjid.bare: "owner", b.boundjid.bare: "publisher"}
+        r = await a["xep_0060"].get_node_subscriptions(s, node, timeout=10)
+        assert [x["jid"].bare for x in r["pubsub_owner"]["subscriptions"]] == [b.boundjid.bare]
+        await b["xep_0060"].publish(s, node, id="two", payload=slixmpp.xmlstream.ET.fromstring(tune("b")),
+                                    timeout=10)
+        await a["xep_0060"].retract(s, node, "one", timeout=10)
+        items = await b["xep_0060"].get_items(s, node, timeout=10)
+        assert [i["id"] for i in items["pubsub"]["items"]] == ["two"]
+        await a["xep_0060"].purge(s, node, timeout=10)
+        items = await b["xep_0060"].get_items(s, node, timeout=10)
+        assert len(items["pubsub"]["items"]) == 0
+        r = await b["xep_0060"].get_subscription_options(s, node, timeout=10)
+        x = r["pubsub"]["default"].xml.find(f"{{{NS_DATA}}}x")
+        assert x is not None and x.get("type") == "result", str(r)
         await b["xep_0060"].unsubscribe(s, node, timeout=10)
         await a["xep_0060"].delete_node(s, node, timeout=10)
         for c in (a, b):
