@@ -214,6 +214,39 @@ def test_create_publish_retract_and_notifications(server):
         c.close()
 
 
+def test_open_publish_model_and_item_publishers(server):
+    """publish_model open: anyone (not an outcast) publishes; the service records the
+    publisher (7.1.2, the 'publisher' attribute), who may retract its own items and no
+    other's; subscribers (publish_model subscribers) likewise."""
+    s = svc(server)
+    owner = server.online("pso")
+    anyone = server.online("psa")
+    node = "open-" + rnd()
+    ok(create(owner, s, node, {"pubsub#publish_model": "open"}))
+    ok(subscribe(owner, s, node))
+    ok(publish(owner, s, node, tune("owner's"), item_id="o"))
+    recv_event(owner, s, node)
+    ok(publish(anyone, s, node, tune("anyone's"), item_id="a"))
+    e = recv_event(owner, s, node)
+    assert ev_child(e).find(q(NS_EVENT, "item")).get("publisher") == bare(anyone.jid), tostring(e)
+    stored = {i.get("id"): i.get("publisher") for i in items_of(owner, s, node)}
+    assert stored == {"o": bare(owner.jid), "a": bare(anyone.jid)}, stored
+    r = ps(anyone, "set", f"<retract node='{node}'><item id='o'/></retract>", s)
+    assert stanza_error(r)[1] == "forbidden", tostring(r)
+    ok(ps(anyone, "set", f"<retract node='{node}'><item id='a'/></retract>", s))
+    assert [i.get("id") for i in items_of(owner, s, node)] == ["o"]
+    # subscribers model: a subscriber publishes, a stranger may not
+    sub_node = "subs-" + rnd()
+    ok(create(owner, s, sub_node, {"pubsub#publish_model": "subscribers"}))
+    assert stanza_error(publish(anyone, s, sub_node, tune("x")))[1] == "forbidden"
+    ok(subscribe(anyone, s, sub_node))
+    ok(publish(anyone, s, sub_node, tune("x")))
+    for n in (node, sub_node):
+        ok(delete(owner, s, n))
+    owner.close()
+    anyone.close()
+
+
 def test_node_configuration_shapes_notifications(server):
     s = svc(server)
     owner = server.online("psc")

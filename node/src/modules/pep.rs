@@ -1351,6 +1351,11 @@ async fn publish_in(
         _ => new_item_id(),
     };
     let mut stored = Element::new("item", NS_PUBSUB).attr("id", id.as_str());
+    // §7.1.2: a generic service records who published an item (its
+    // publisher may retract it whatever its affiliation).
+    if svc.generic.is_some() {
+        stored.set_attr("publisher", req.bare);
+    }
     if let Some(p) = payload {
         stored = stored.child(p.clone());
     }
@@ -1461,6 +1466,9 @@ async fn publish_in(
         let mut event = Element::new("items", NS_EVENT).attr("node", node);
         if item.is_some() {
             let mut ev_item = Element::new("item", NS_EVENT).attr("id", id.as_str());
+            if svc.generic.is_some() {
+                ev_item.set_attr("publisher", req.bare);
+            }
             if cfg.deliver_payloads
                 && let Some(p) = payload
             {
@@ -1518,8 +1526,10 @@ async fn retract_in(req: &Req<'_>, retract: &Element) -> IqResult {
             return Err(no_node(req));
         };
         cfg = NodeConfig::decode(&rec.config);
-        // §7.2.3.1: publishers and owners retract.
-        if affiliation(server, svc, &rec, req.bare) < Aff::PublishOnly {
+        // §7.2.3.1: publishers and owners retract, and whoever published
+        // the items (on an open or subscribers node).
+        let aff = affiliation(server, svc, &rec, req.bare);
+        if aff == Aff::Outcast || (aff < Aff::PublishOnly && svc.generic.is_none()) {
             return Err(Condition::Forbidden.into());
         }
         // §7.2.3.5: nothing kept, nothing to retract.
@@ -1528,6 +1538,19 @@ async fn retract_in(req: &Req<'_>, retract: &Element) -> IqResult {
         }
         if ids.iter().any(|id| !rec.items.iter().any(|i| i == id)) {
             return Err(Condition::ItemNotFound.into());
+        }
+        if aff < Aff::PublishOnly {
+            for id in &ids {
+                let publisher = server
+                    .storage
+                    .pep_item(svc.jid, node, id)?
+                    .as_deref()
+                    .and_then(parse_stored)
+                    .and_then(|i| i.get_attr("publisher").map(str::to_owned));
+                if publisher.as_deref() != Some(req.bare) {
+                    return Err(Condition::Forbidden.into());
+                }
+            }
         }
         rec.items.retain(|i| !ids.contains(&i.as_str()));
         let change = PepChange {
