@@ -599,6 +599,32 @@ def test_access_model_change_ends_subscriptions(server):
         c.close()
 
 
+def test_presence_based_delivery(server):
+    """Notifications of type normal to an unavailable subscriber wait in offline storage;
+    with pubsub#presence_based_delivery they are not sent at all."""
+    s = svc(server)
+    owner = server.online("psd")
+    jid, _, pw = server.new_user("psd")
+    sub = server.login(jid, pw, presence=True)
+    kept, dropped = "kept-" + rnd(), "dropped-" + rnd()
+    ok(create(owner, s, kept, {"pubsub#notification_type": "normal"}))
+    ok(create(owner, s, dropped, {"pubsub#notification_type": "normal",
+                                   "pubsub#presence_based_delivery": "1"}))
+    for n in (dropped, kept):
+        ok(subscribe(sub, s, n, jid=jid))
+    sub.close()
+    ok(publish(owner, s, dropped, tune("not for later")))
+    ok(publish(owner, s, kept, tune("for later")))
+    again = server.login(jid, pw, presence=True)
+    e = again.recv(lambda e: is_event(e, s, kept) or is_event(e, s, dropped), what="the offline notification")
+    assert is_event(e, s, kept), "a presence-based notification was kept: " + tostring(e)
+    again.expect_nothing(lambda e: is_event(e, s, dropped), 0.7, what="the presence-based notification")
+    for n in (kept, dropped):
+        ok(delete(owner, s, n))
+    owner.close()
+    again.close()
+
+
 def test_notify_config_and_notify_sub(server):
     """pubsub#notify_config: subscribers get the new configuration (8.2.5.4, as a form
     when payloads are delivered); pubsub#notify_sub: owners hear of subscriptions and

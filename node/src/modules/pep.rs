@@ -367,6 +367,9 @@ pub struct NodeConfig {
     pub notify_config: bool,
     /// `pubsub#notify_sub`: owners hear of subscriptions and unsubscriptions.
     pub notify_sub: bool,
+    /// `pubsub#presence_based_delivery`: notifications only to subscribers
+    /// that are available (none kept for later).
+    pub presence_based_delivery: bool,
     /// Who created the node and when (XEP-0082), for its meta-data.
     pub creator: String,
     pub created: String,
@@ -439,6 +442,7 @@ impl Default for NodeConfig {
             subscribe: true,
             notify_config: false,
             notify_sub: false,
+            presence_based_delivery: false,
             creator: String::new(),
             created: String::new(),
         }
@@ -573,7 +577,10 @@ impl NodeConfig {
             // What this service never does may be asked not to be done.
             "pubsub#notify_config" if generic => self.notify_config = boolean()?,
             "pubsub#notify_sub" if generic => self.notify_sub = boolean()?,
-            "pubsub#presence_based_delivery" | "pubsub#purge_offline" if generic => {
+            "pubsub#presence_based_delivery" if generic => {
+                self.presence_based_delivery = boolean()?
+            }
+            "pubsub#purge_offline" if generic => {
                 if boolean()? {
                     return Err(Refused::Invalid);
                 }
@@ -702,6 +709,11 @@ impl NodeConfig {
                     &[b(self.notify_config)],
                 ))
                 .child(field("pubsub#notify_sub", "boolean", &[b(self.notify_sub)]))
+                .child(field(
+                    "pubsub#presence_based_delivery",
+                    "boolean",
+                    &[b(self.presence_based_delivery)],
+                ))
                 .child(options(
                     field("pubsub#node_type", "list-single", &["leaf"]),
                     &["leaf"],
@@ -2660,6 +2672,9 @@ async fn notify(
         {
             return None;
         }
+        if cfg.presence_based_delivery && !available(server, jid) {
+            return None;
+        }
         let mut m = msg.clone();
         m.set_attr("to", jid);
         m.set_attr("id", new_item_id());
@@ -2688,6 +2703,17 @@ async fn notify(
             }
         })
         .await;
+}
+
+/// Whether `jid` (a bare JID: any of its resources) is available now,
+/// wherever bound.
+fn available(server: &Server, jid: &str) -> bool {
+    let (bare, res) = crate::stanza::split(jid);
+    server
+        .router
+        .presences(bare, 0)
+        .iter()
+        .any(|p| res.is_none() || p.get_attr("from") == Some(jid))
 }
 
 /// Notifications of one event in flight at once.
@@ -3358,11 +3384,12 @@ mod tests {
             Err(Refused::Unsupported("collections"))
         );
         assert_eq!(
-            set(&mut g, GENERIC, "pubsub#presence_based_delivery", "1"),
+            set(&mut g, GENERIC, "pubsub#purge_offline", "1"),
             Err(Refused::Invalid)
         );
+        assert_eq!(set(&mut g, GENERIC, "pubsub#purge_offline", "0"), Ok(()));
         assert_eq!(
-            set(&mut g, GENERIC, "pubsub#presence_based_delivery", "0"),
+            set(&mut g, GENERIC, "pubsub#presence_based_delivery", "1"),
             Ok(())
         );
         assert_eq!(set(&mut g, GENERIC, "pubsub#notify_sub", "1"), Ok(()));
