@@ -1032,6 +1032,8 @@ pub struct PepSub {
     pub subid: String,
     /// `pubsub#deliver` of its options: notifications are sent.
     pub deliver: bool,
+    /// Awaiting an owner's approval (access model `authorize`).
+    pub pending: bool,
 }
 
 fn pep_node_key(bare: &str, node: &str) -> Vec<u8> {
@@ -1146,6 +1148,26 @@ impl Storage {
             .into_iter()
             .map(|(_, v)| de(&v))
             .collect()
+    }
+
+    /// The subscriptions to one node of `bare`'s JIDs (bare or full).
+    pub fn pep_service_subs_of_node_bare(
+        &self,
+        service: &str,
+        node: &str,
+        bare: &str,
+    ) -> Result<Vec<PepSub>, StoreError> {
+        let mut prefix = pep_sub_prefix(service, node);
+        prefix.extend_from_slice(bare.as_bytes());
+        Ok(self
+            .store
+            .scan_prefix(PEP_SUB, &prefix)?
+            .into_iter()
+            .map(|(_, v)| de::<PepSub>(&v))
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .filter(|s| s.jid.split('/').next() == Some(bare))
+            .collect())
     }
 
     /// How many subscriptions a node has (reads their keys only).

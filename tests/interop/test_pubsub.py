@@ -5,7 +5,7 @@ items / retract with notifications to subscribers (bare and full JIDs; notify_re
 deliver_payloads, persist_items, max_items), subscribe / unsubscribe with SubIDs
 (several per JID), subscription options, the requester's subscriptions and affiliations,
 the owner's management of both, access models (open, whitelist with members, outcasts,
-presence; authorize not offered), delete and purge notifications, and the errors XEP-0060
+presence, authorize with the owners' approval), delete and purge notifications, and the errors XEP-0060
 names for each, with their pubsub#errors conditions; the last item on subscription,
 notify_config and notify_sub, subscriptions ended by a closing configuration, the
 [pubsub] configuration, and account deletion. Explicit subscriptions to PEP nodes
@@ -122,7 +122,7 @@ def test_discovery_of_the_service_and_its_nodes(server):
               "modify-affiliations", "subscription-options", "config-node", "delete-items",
               "delete-nodes", "purge-nodes", "access-open", "access-whitelist", "meta-data"):
         assert f"{NS_PUBSUB}#{f}" in feats, f
-    assert NS_PUBSUB in feats and f"{NS_PUBSUB}#access-authorize" not in feats
+    assert NS_PUBSUB in feats and f"{NS_PUBSUB}#access-authorize" in feats
     node = "disco-" + rnd()
     ok(create(a, s, node, {"pubsub#title": "Princely Musings"}))
     ok(publish(a, s, node, tune("one"), item_id="i1"))
@@ -290,14 +290,12 @@ def test_node_configuration_shapes_notifications(server):
     ok(create(owner, s, node2))
     assert app_error(publish(owner, s, node2, with_item=False)) == ("bad-request", "item-required")
     assert app_error(publish(owner, s, node2, item_id="e")) == ("bad-request", "payload-required")
-    # bad values: not-acceptable; authorize is not offered
+    # bad values: not-acceptable
     for field, value in (("pubsub#max_items", "zero"), ("pubsub#access_model", "nobody"),
                          ("pubsub#deliver_payloads", "maybe"), ("pubsub#no_such_field", "1")):
         r = ps(owner, "set", f"<configure node='{node2}'>{form(NS_PUBSUB + '#node_config', {field: value})}"
                              "</configure>", s, ns=NS_OWNER)
         assert stanza_error(r)[1] == "not-acceptable", (field, tostring(r))
-    r = create(owner, s, "auth-" + rnd(), {"pubsub#access_model": "authorize"})
-    assert app_error(r) == ("not-acceptable", "unsupported-access-model"), tostring(r)
     # item expiry is not offered; a configuration naming a node of its own is bad
     r = create(owner, s, "exp-" + rnd(), {"pubsub#item_expire": "604800"})
     assert app_error(r) == ("feature-not-implemented", "unsupported"), tostring(r)
@@ -655,6 +653,84 @@ def test_notify_config_and_notify_sub(server):
     a.close()
 
 
+def test_authorize_access_model(server):
+    """access_model authorize: a subscription waits (6.1.4, 'pending'), the owners get an
+    approval form (8.6), a second request meanwhile is refused (6.1.3.7), items are for
+    approved subscribers only (6.5.9.3); an owner's submitted form approves it (the
+    subscriber is told) or denies it; approving through the owner's subscription list
+    works too; a non-owner's answer is refused."""
+    s = svc(server)
+    owner = server.online("psz")
+    a = server.online("psz")
+    b = server.online("psz")
+    node = "auth-" + rnd()
+    ok(create(owner, s, node, {"pubsub#access_model": "authorize"}))
+    ok(publish(owner, s, node, tune("secret"), item_id="1"))
+    el = sub_of(subscribe(a, s, node))
+    assert el.get("subscription") == "pending" and el.get("subid"), tostring(el)
+    ask = owner.recv(lambda e: e.tag == C("message") and e.get("from") == s
+                     and e.find(q(NS_DATA, "x")) is not None, what="the approval request")
+    x = ask.find(q(NS_DATA, "x"))
+    fields = {f.get("var"): f.findtext(q(NS_DATA, "value")) for f in x.findall(q(NS_DATA, "field"))}
+    assert fields["FORM_TYPE"] == NS_PUBSUB + "#subscribe_authorization", tostring(ask)
+    assert (fields["pubsub#node"], fields["pubsub#subscriber_jid"]) == (node, a.jid), tostring(ask)
+    assert app_error(subscribe(a, s, node)) == ("not-authorized", "pending-subscription")
+    assert app_error(ps(a, "get", f"<items node='{node}'/>", s)) == ("not-authorized", "not-subscribed")
+    # pending subscribers are not notified
+    ok(publish(owner, s, node, tune("still secret"), item_id="2"))
+
+    def answer(c, allow, who=a.jid):
+        submit = (f"<x xmlns='{NS_DATA}' type='submit'><field var='FORM_TYPE' type='hidden'>"
+                  f"<value>{NS_PUBSUB}#subscribe_authorization</value></field>"
+                  f"<field var='pubsub#node'><value>{node}</value></field>"
+                  f"<field var='pubsub#subscriber_jid'><value>{who}</value></field>"
+                  f"<field var='pubsub#allow'><value>{allow}</value></field></x>")
+        mid = "appr-" + rnd()
+        c.send_raw(f"<message to='{s}' id='{mid}'>{submit}</message>")
+        return mid
+
+    # someone else's answer: forbidden, nothing changes
+    mid = answer(b, "true")
+    e = b.recv(lambda e: e.tag == C("message") and e.get("id") == mid, what="the refusal")
+    assert stanza_error(e)[1] == "forbidden", tostring(e)
+    answer(owner, "true")
+    e = recv_event(a, s, node)
+    assert ev_child(e).get("subscription") == "subscribed", tostring(e)
+    assert [i.get("id") for i in items_of(a, s, node)] == ["1", "2"]
+    ok(publish(owner, s, node, tune("for a"), item_id="3"))
+    e = recv_event(a, s, node)
+    assert ev_child(e).find(q(NS_EVENT, "item")).get("id") == "3", tostring(e)
+    # b is denied; then, asking again, approved through the owner's list
+    ok(subscribe(b, s, node))
+    owner.recv(lambda e: e.tag == C("message") and e.find(q(NS_DATA, "x")) is not None, what="b's request")
+    answer(owner, "false", who=b.jid)
+    e = recv_event(b, s, node)
+    assert ev_child(e).get("subscription") == "none", tostring(e)
+    r = ok(ps(owner, "get", f"<subscriptions node='{node}'/>", s, ns=NS_OWNER))
+    assert [x.get("jid") for x in r.find(q(NS_OWNER, "pubsub")).find(q(NS_OWNER, "subscriptions"))] == [a.jid]
+    el = sub_of(subscribe(b, s, node))
+    assert el.get("subscription") == "pending"
+    r = ok(ps(owner, "get", f"<subscriptions node='{node}'/>", s, ns=NS_OWNER))
+    states = {x.get("jid"): x.get("subscription") for x in r.find(q(NS_OWNER, "pubsub")).find(q(NS_OWNER, "subscriptions"))}
+    assert states == {a.jid: "subscribed", b.jid: "pending"}, states
+    ok(ps(owner, "set", f"<subscriptions node='{node}'><subscription jid='{b.jid}' subscription='subscribed'/>"
+                        "</subscriptions>", s, ns=NS_OWNER))
+    e = recv_event(b, s, node)
+    assert ev_child(e).get("subscription") == "subscribed", tostring(e)
+    assert [i.get("id") for i in items_of(b, s, node)] == ["1", "2", "3"]
+    # a malformed answer: bad-request
+    mid = "bad-" + rnd()
+    owner.send_raw(f"<message to='{s}' id='{mid}'><x xmlns='{NS_DATA}' type='submit'>"
+                   f"<field var='FORM_TYPE' type='hidden'><value>{NS_PUBSUB}#subscribe_authorization</value></field>"
+                   "</x></message>")
+    e = owner.recv(lambda e: e.tag == C("message") and e.get("id") == mid, what="the error")
+    assert stanza_error(e)[1] == "bad-request", tostring(e)
+    server.assert_healthy(owner, a, b)
+    ok(delete(owner, s, node))
+    for c in (owner, a, b):
+        c.close()
+
+
 def test_presence_access_model(server):
     s = svc(server)
     owner = server.online("psp")
@@ -837,6 +913,14 @@ def test_explicit_subscription_to_a_pep_node(server):
                         f"<publish-options>{form(NS_PUBSUB + '#publish-options', {'pubsub#access_model': 'whitelist'})}"
                         "</publish-options>", None))
     assert app_error(subscribe(other, o, node2)) == ("not-allowed", "closed-node")
+    # XEP-0163 nodes have no authorize model (8.1.3's error)
+    r = ps(owner, "set", f"<publish node='{node2}-a'><item id='1'>{tune('x')}</item></publish>"
+                         f"<publish-options>{form(NS_PUBSUB + '#publish-options', {'pubsub#access_model': 'authorize'})}"
+                         "</publish-options>", None)
+    assert app_error(r) == ("conflict", "precondition-not-met"), tostring(r)
+    r = ps(owner, "set", f"<create node='{node2}-b'/><configure>"
+                         f"{form(NS_PUBSUB + '#node_config', {'pubsub#access_model': 'authorize'})}</configure>", None)
+    assert app_error(r) == ("not-acceptable", "unsupported-access-model"), tostring(r)
     owner.close()
     other.close()
 

@@ -2,7 +2,8 @@
 pubsub.<domain> service, reimplemented in raw XML (the Java is not copied):
 
 - PubSubIntegrationTest (Florian Schmaus, Guus der Kinderen, Paul Schaub): publish, the
-  subscription use cases of section 6.1 / 6.2 with their errors, multiple subscriptions
+  subscription use cases of section 6.1 / 6.2 with their errors (the pending subscription
+  of an 'authorize' node among them), multiple subscriptions
   (SubIDs), the empty subscription list (5.6), notifications of a publish and of a node
   deletion, transient notification-only nodes (7.1.3.6), item deletion (7.2), deleting a
   missing node (8.4.3.2), an item published again under its id (7.1.2).
@@ -14,9 +15,8 @@ Each client does what Smack's PubSubManager does: it finds the service among the
 disco#items by the 'http://jabber.org/protocol/pubsub' feature, checks that it may create
 nodes (an instant node, deleted again), takes the owner's default configuration form and
 submits only the fields it sets, and looks a node up (disco#info, identity pubsub/leaf)
-before it subscribes. Where the Java test is 'not possible' on this server (the authorize
-access model, collection nodes, a service without multi-subscribe) the test asserts what
-makes it so.
+before it subscribes. Where the Java test is 'not possible' on this server (collection
+nodes, a service without multi-subscribe) the test asserts what makes it so.
 """
 
 import pytest
@@ -211,17 +211,31 @@ def test_subscribe_presence_model_lets_a_contact_in(sint):
     assert one.delete(node)
 
 
-def test_authorize_access_model_not_possible(sint):
-    """subscribePendingSubscriptionTest (6.1.3.7) and
-    subscribeApprovalRequiredGeneratesNotificationTest (6.1.4) need a node with the
-    'authorize' access model; this service refuses to create one (the Java tests are
-    'not possible'), with the error XEP-0060 8.1.3 names for an access model it does
-    not support."""
-    one = sint[0]
-    r = one.create(f"sinttest-subscribe-nodename-{rnd()}", access_model="authorize")
-    assert stanza_error(r)[1] == "not-acceptable", tostring(r)
-    assert r.find(C("error")).find(q(NS_ERRORS, "unsupported-access-model")) is not None, tostring(r)
-    assert NS_PUBSUB + "#access-authorize" not in one.features()
+def test_subscribe_pending_subscription(sint):
+    """subscribePendingSubscriptionTest (6.1.3.7): "If the requesting entity has a
+    pending subscription, the service MUST return a <not-authorized/> error to the
+    subscriber, specifying a pubsub-specific error condition of <pending-subscription/>"."""
+    one, two = sint[0], sint[1]
+    node = f"sinttest-subscribe-nodename-{rnd()}"
+    ok(one.create(node, access_model="authorize"))
+    me = bare(two.c.jid)
+    ok(two.subscribe(node, me))
+    r = two.subscribe(node, me)
+    assert stanza_error(r)[1] == "not-authorized", tostring(r)
+    assert r.find(C("error")).find(q(NS_ERRORS, "pending-subscription")) is not None, tostring(r)
+    assert one.delete(node)
+
+
+def test_subscribe_approval_required_generates_notification(sint):
+    """subscribeApprovalRequiredGeneratesNotificationTest (6.1.4): "Because the
+    subscription request may or may not be approved, the service MUST return a pending
+    notification to the subscriber"."""
+    one, two = sint[0], sint[1]
+    node = f"sinttest-subscribe-nodename-{rnd()}"
+    ok(one.create(node, access_model="authorize"))
+    sub = ok(two.subscribe(node, bare(two.c.jid))).find(f"{q(NS_PUBSUB, 'pubsub')}/{q(NS_PUBSUB, 'subscription')}")
+    assert sub.get("subscription") == "pending", tostring(sub)
+    assert one.delete(node)
 
 
 def test_subscribe_multiple_subscriptions(sint):

@@ -42,7 +42,7 @@ pub const NS_PUBSUB: &str = "http://jabber.org/protocol/pubsub";
 pub const NS_OWNER: &str = "http://jabber.org/protocol/pubsub#owner";
 pub const NS_EVENT: &str = "http://jabber.org/protocol/pubsub#event";
 pub const NS_ERRORS: &str = "http://jabber.org/protocol/pubsub#errors";
-const NS_DATA: &str = "jabber:x:data";
+pub const NS_DATA: &str = "jabber:x:data";
 const NODE_CONFIG: &str = "http://jabber.org/protocol/pubsub#node_config";
 const PUBLISH_OPTIONS: &str = "http://jabber.org/protocol/pubsub#publish-options";
 
@@ -288,6 +288,8 @@ pub enum Access {
     Presence,
     Roster,
     Whitelist,
+    /// Subscriptions wait for an owner's approval (generic nodes only).
+    Authorize,
 }
 
 impl Access {
@@ -297,6 +299,7 @@ impl Access {
             Access::Presence => "presence",
             Access::Roster => "roster",
             Access::Whitelist => "whitelist",
+            Access::Authorize => "authorize",
         }
     }
     fn parse(s: &str) -> Option<Access> {
@@ -305,6 +308,7 @@ impl Access {
             "presence" => Access::Presence,
             "roster" => Access::Roster,
             "whitelist" => Access::Whitelist,
+            "authorize" => Access::Authorize,
             _ => return None,
         })
     }
@@ -497,7 +501,7 @@ impl NodeConfig {
         };
         match var {
             "pubsub#access_model" => match one()? {
-                "authorize" => return Err(Refused::AccessModel),
+                "authorize" if !generic => return Err(Refused::AccessModel),
                 m => self.access = Access::parse(m).ok_or(())?,
             },
             "pubsub#roster_groups_allowed" => self.roster_groups = values.to_vec(),
@@ -624,7 +628,11 @@ impl NodeConfig {
                     "list-single",
                     &[self.access.as_str()],
                 ),
-                &["open", "presence", "roster", "whitelist"],
+                if svc.generic.is_some() {
+                    &["authorize", "open", "presence", "roster", "whitelist"]
+                } else {
+                    &["open", "presence", "roster", "whitelist"]
+                },
             ))
             .child(field("pubsub#roster_groups_allowed", "list-multi", &groups))
             .child(field("pubsub#max_items", "text-single", &[&max]))
@@ -880,6 +888,7 @@ pub fn may_create(server: &Server, svc: Svc<'_>, who: &str) -> bool {
 fn may_read(
     server: &Server,
     svc: Svc<'_>,
+    node: &str,
     rec: &PepNode,
     requester: &str,
     cfg: &NodeConfig,
@@ -919,6 +928,19 @@ fn may_read(
             Err(app(Condition::NotAuthorized, "not-in-roster-group"))
         }
         Access::Whitelist => Err(app(Condition::NotAllowed, "closed-node")),
+        // §6.5.9.3: only approved subscribers (a pending one is not yet).
+        Access::Authorize => {
+            let approved = server
+                .storage
+                .pep_service_subs_of_node_bare(svc.jid, node, requester)?
+                .iter()
+                .any(|s| !s.pending);
+            if approved {
+                Ok(())
+            } else {
+                Err(app(Condition::NotAuthorized, "not-subscribed"))
+            }
+        }
     }
 }
 
@@ -983,7 +1005,7 @@ fn contact_notified(item: &RosterItem, cfg: &NodeConfig) -> bool {
     match cfg.access {
         Access::Open | Access::Presence => true,
         Access::Roster => in_groups(item, cfg),
-        Access::Whitelist => false,
+        Access::Whitelist | Access::Authorize => false,
     }
 }
 
@@ -1003,7 +1025,15 @@ pub fn node_list(server: &Server, svc: Svc<'_>, requester: &str) -> Vec<Element>
         .into_iter()
         .filter_map(|(node, rec)| {
             let cfg = NodeConfig::decode(&rec.config);
-            may_read(server, svc, &rec, requester, &cfg).ok()?;
+            // A node one subscribes to with approval is listed to all
+            // (but its outcasts).
+            if cfg.access == Access::Authorize {
+                if affiliation(server, svc, &rec, requester) == Aff::Outcast {
+                    return None;
+                }
+            } else {
+                may_read(server, svc, &node, &rec, requester, &cfg).ok()?;
+            }
             let mut item = Element::new("item", super::disco::NS_ITEMS)
                 .attr("jid", svc.jid)
                 .attr("node", node);
@@ -1024,7 +1054,7 @@ pub fn node_item_list(
 ) -> Option<Vec<Element>> {
     let (_, rec) = server.storage.pep_node(svc.jid, node).ok()??;
     let cfg = NodeConfig::decode(&rec.config);
-    may_read(server, svc, &rec, requester, &cfg).ok()?;
+    may_read(server, svc, &node, &rec, requester, &cfg).ok()?;
     Some(
         rec.items
             .iter()
@@ -1065,7 +1095,7 @@ pub fn node_info(
                 return None;
             }
         }
-        None => may_read(server, svc, &rec, requester, &cfg).ok()?,
+        None => may_read(server, svc, &node, &rec, requester, &cfg).ok()?,
     }
     let info = super::disco::NS_INFO;
     let field = |var: &str, value: &str| {
@@ -1671,7 +1701,7 @@ async fn items(req: &Req<'_>, items: &Element) -> IqResult {
         return Err(Condition::ItemNotFound.into());
     };
     let cfg = NodeConfig::decode(&rec.config);
-    may_read(server, req.svc, &rec, req.bare, &cfg)?;
+    may_read(server, req.svc, node, &rec, req.bare, &cfg)?;
     // §6.5.9.4: a node that keeps nothing has nothing to return.
     if !cfg.persist_items {
         return Err(unsupported("persistent-items"));
@@ -1770,9 +1800,11 @@ async fn configure_set(req: &Req<'_>, configure: &Element) -> IqResult {
         let subs = req.server.storage.pep_subs(req.svc.jid, node)?;
         let mut lost: std::collections::BTreeSet<String> = Default::default();
         let mut subs_remove = Vec::new();
-        for sub in &subs {
+        for sub in subs.iter().filter(|s| !s.pending) {
             let bare = crate::stanza::split(&sub.jid).0;
-            if lost.contains(&sub.jid) || may_read(req.server, req.svc, &rec, bare, &cfg).is_err() {
+            if lost.contains(&sub.jid)
+                || may_read(req.server, req.svc, node, &rec, bare, &cfg).is_err()
+            {
                 lost.insert(sub.jid.clone());
                 subs_remove.push((sub.jid.clone(), sub.subid.clone()));
             }
@@ -2045,7 +2077,10 @@ fn subscription_el(ns: &str, node: Option<&str>, s: &PepSub) -> Element {
         el.set_attr("node", n);
     }
     el.attr("jid", s.jid.as_str())
-        .attr("subscription", "subscribed")
+        .attr(
+            "subscription",
+            if s.pending { "pending" } else { "subscribed" },
+        )
         .attr("subid", s.subid.as_str())
 }
 
@@ -2076,7 +2111,21 @@ async fn subscribe(req: &Req<'_>, sub: &Element, options: Option<&Element>) -> I
         if !cfg.subscribe {
             return Err(unsupported("subscribe"));
         }
-        may_read(server, req.svc, &rec, req.bare, &cfg)?;
+        // §6.1.4: on an `authorize` node the subscription of whoever is not
+        // affiliated waits for an owner's approval; a second request
+        // meanwhile is §6.1.3.7's error.
+        let aff = affiliation(server, req.svc, &rec, req.bare);
+        let pending = cfg.access == Access::Authorize && aff == Aff::None;
+        if pending {
+            let mine = server
+                .storage
+                .pep_service_subs_of_node_bare(req.svc.jid, node, req.bare)?;
+            if mine.iter().any(|s| s.pending) {
+                return Err(app(Condition::NotAuthorized, "pending-subscription"));
+            }
+        } else if cfg.access != Access::Authorize || aff == Aff::Outcast {
+            may_read(server, req.svc, node, &rec, req.bare, &cfg)?;
+        }
         if server.storage.pep_subs_of(req.svc.jid, node, &jid)?.len() >= MAX_SUBS_PER_JID
             || server.storage.pep_sub_count(req.svc.jid, node)? >= MAX_SUBS_PER_NODE as u64
         {
@@ -2087,6 +2136,12 @@ async fn subscribe(req: &Req<'_>, sub: &Element, options: Option<&Element>) -> I
             jid: jid.clone(),
             subid: subid.clone(),
             deliver,
+            pending,
+        };
+        let approvers: Vec<String> = if pending {
+            owners(req.svc, &rec).map(str::to_owned).collect()
+        } else {
+            Vec::new()
         };
         let last = rec.items.last().cloned();
         let to_tell = owners_to_tell(req.svc, &rec, &cfg);
@@ -2102,15 +2157,21 @@ async fn subscribe(req: &Req<'_>, sub: &Element, options: Option<&Element>) -> I
             subs_remove: Vec::new(),
         };
         if write_node(server, change).await? {
+            for owner in &approvers {
+                ask_approval(server, req.svc, node, &new, owner).await;
+            }
             // §6.1.7: the last item, if the node sends it.
             if cfg.send_last != SendLast::Never
                 && cfg.deliver_notifications
                 && deliver
+                && !pending
                 && let Some(last) = last
             {
                 send_last_to(server, req.svc, node, &cfg, &last, &jid).await;
             }
-            tell_owners(server, req.svc, node, &cfg, &to_tell, &jid, true).await;
+            if !pending {
+                tell_owners(server, req.svc, node, &cfg, &to_tell, &jid, true).await;
+            }
             let mut out = Element::new("pubsub", NS_PUBSUB).child(subscription_el(
                 NS_PUBSUB,
                 Some(node),
@@ -2123,6 +2184,121 @@ async fn subscribe(req: &Req<'_>, sub: &Element, options: Option<&Element>) -> I
                 out = out.child(Element::new("options", NS_PUBSUB).child(x));
             }
             return Ok(out.into());
+        }
+    }
+    Err(Condition::ResourceConstraint.into())
+}
+
+const SUBSCRIBE_AUTHORIZATION: &str = "http://jabber.org/protocol/pubsub#subscribe_authorization";
+
+/// XEP-0060 §8.6: asks an owner to approve a pending subscription (a
+/// data form in a message; the answer is [`approval`]).
+async fn ask_approval(server: &Server, svc: Svc<'_>, node: &str, sub: &PepSub, owner: &str) {
+    let field = |var: &str, ftype: &str, value: &str| {
+        Element::new("field", NS_DATA)
+            .attr("var", var)
+            .attr("type", ftype)
+            .child(Element::new("value", NS_DATA).text(value))
+    };
+    let form = Element::new("x", NS_DATA)
+        .attr("type", "form")
+        .child(Element::new("title", NS_DATA).text("PubSub subscriber request"))
+        .child(field("FORM_TYPE", "hidden", SUBSCRIBE_AUTHORIZATION))
+        .child(field("pubsub#node", "text-single", node))
+        .child(field("pubsub#subscriber_jid", "jid-single", &sub.jid))
+        .child(field("pubsub#subid", "hidden", &sub.subid))
+        .child(field("pubsub#allow", "boolean", "false"));
+    let msg = Element::new("message", NS_CLIENT)
+        .attr("from", svc.jid)
+        .attr("to", owner)
+        .attr("id", new_item_id())
+        .child(form);
+    let _ = route_boxed(server, msg).await;
+}
+
+/// An owner's answer to [`ask_approval`] (a submitted form in a message
+/// from `from`): the pending subscription becomes one, or goes; the
+/// subscriber is told (§8.6). `Err` for what is not such an answer, or
+/// not the owner's to give.
+pub async fn approval(
+    server: &Server,
+    svc: Svc<'_>,
+    from: &str,
+    x: &Element,
+) -> Result<(), StanzaError> {
+    let Some(fields) = form_fields(x, SUBSCRIBE_AUTHORIZATION)
+        .map_err(|()| StanzaError::from(Condition::BadRequest))?
+    else {
+        // Cancelled: it stays pending.
+        return Ok(());
+    };
+    let value = |var: &str| {
+        fields
+            .iter()
+            .find(|(v, _)| v == var)
+            .and_then(|(_, vals)| vals.first())
+            .map(|v| v.trim().to_owned())
+    };
+    let (Some(node), Some(jid), Some(allow)) = (
+        value("pubsub#node"),
+        value("pubsub#subscriber_jid").and_then(|j| jid::Jid::new(&j).ok()),
+        value("pubsub#allow"),
+    ) else {
+        return Err(Condition::BadRequest.into());
+    };
+    let jid = jid.to_string();
+    let allow = match allow.as_str() {
+        "1" | "true" => true,
+        "0" | "false" => false,
+        _ => return Err(Condition::BadRequest.into()),
+    };
+    let subid = value("pubsub#subid");
+    let req = Req {
+        server,
+        svc,
+        bare: crate::stanza::split(from).0,
+        full: from,
+    };
+    for _ in 0..MAX_ATTEMPTS {
+        let (raw, rec) = owned_node(&req, &node).await?;
+        let cfg = NodeConfig::decode(&rec.config);
+        let pending: Vec<PepSub> = server
+            .storage
+            .pep_subs_of(svc.jid, &node, &jid)?
+            .into_iter()
+            .filter(|s| s.pending && subid.as_deref().is_none_or(|id| id == s.subid))
+            .collect();
+        if pending.is_empty() {
+            return Err(app(Condition::UnexpectedRequest, "not-subscribed"));
+        }
+        let (subs_put, subs_remove) = if allow {
+            let approved = pending
+                .into_iter()
+                .map(|s| PepSub {
+                    pending: false,
+                    ..s
+                })
+                .collect();
+            (approved, Vec::new())
+        } else {
+            (
+                Vec::new(),
+                pending.into_iter().map(|s| (s.jid, s.subid)).collect(),
+            )
+        };
+        let change = PepChange {
+            bare: svc.jid,
+            node: &node,
+            read: Some(raw),
+            write: NodeWrite::Keep,
+            put: Vec::new(),
+            remove: Vec::new(),
+            subs_put,
+            subs_remove,
+        };
+        if write_node(server, change).await? {
+            subscription_changed(server, svc, &node, &cfg, &jid, allow).await;
+            return Ok(());
         }
     }
     Err(Condition::ResourceConstraint.into())
@@ -2366,7 +2542,14 @@ async fn owner_subscriptions_set(req: &Req<'_>, el: &Element) -> IqResult {
         for (jid, subscribed, subid) in &changes {
             let mine = req.server.storage.pep_subs_of(req.svc.jid, node, jid)?;
             let has = !mine.is_empty() || subs_put.iter().any(|s: &PepSub| &s.jid == jid);
-            if *subscribed && !has {
+            if *subscribed && mine.iter().any(|s| s.pending) {
+                // §8.8.2: approving a pending subscription.
+                subs_put.extend(mine.iter().filter(|s| s.pending).map(|s| PepSub {
+                    pending: false,
+                    ..s.clone()
+                }));
+                changed.push((jid.clone(), true));
+            } else if *subscribed && !has {
                 if count >= MAX_SUBS_PER_NODE as u64 {
                     return Err(Condition::PolicyViolation.into());
                 }
@@ -2375,6 +2558,7 @@ async fn owner_subscriptions_set(req: &Req<'_>, el: &Element) -> IqResult {
                     jid: jid.clone(),
                     subid: new_item_id(),
                     deliver: true,
+                    pending: false,
                 });
                 changed.push((jid.clone(), true));
             } else if !subscribed && !mine.is_empty() {
@@ -2638,7 +2822,7 @@ async fn notify(
         None => recipients(server, svc.jid, node, cfg),
         Some(_) => Vec::new(),
     };
-    if implicit.is_empty() && !subs.iter().any(|s| s.deliver) {
+    if implicit.is_empty() && !subs.iter().any(|s| s.deliver && !s.pending) {
         return;
     }
     let msg = Element::new("message", NS_CLIENT)
@@ -2655,7 +2839,7 @@ async fn notify(
     // One notification per subscribed JID, with its SubIDs (§6.1.6).
     let mut order: Vec<&str> = Vec::new();
     let mut by_jid: std::collections::HashMap<&str, Vec<&str>> = std::collections::HashMap::new();
-    for s in subs.iter().filter(|s| s.deliver) {
+    for s in subs.iter().filter(|s| s.deliver && !s.pending) {
         by_jid
             .entry(s.jid.as_str())
             .or_insert_with(|| {
@@ -2822,7 +3006,7 @@ fn last_items_of(
         let cfg = NodeConfig::decode(&rec.config);
         if cfg.send_last != SendLast::OnSubAndPresence
             || !cfg.deliver_notifications
-            || may_read(server, Svc::pep(owner), &rec, bare, &cfg).is_err()
+            || may_read(server, Svc::pep(owner), &node, &rec, bare, &cfg).is_err()
         {
             continue;
         }
@@ -3368,6 +3552,11 @@ mod tests {
         assert!(!g.subscribe);
         assert_eq!(
             set(&mut g, GENERIC, "pubsub#access_model", "authorize"),
+            Ok(())
+        );
+        assert_eq!(g.access, Access::Authorize);
+        assert_eq!(
+            set(&mut p, pep, "pubsub#access_model", "authorize"),
             Err(Refused::AccessModel)
         );
         assert_eq!(set(&mut g, GENERIC, "pubsub#item_expire", "0"), Ok(()));
@@ -3435,6 +3624,7 @@ mod tests {
             jid: jid.into(),
             subid: id.into(),
             deliver: true,
+            pending: false,
         };
         let two = || vec![sub("a@x", "1"), sub("a@x", "2")];
         let app_of = |e: StanzaError| (e.condition, e.app.map(|a| a.name.clone()));

@@ -15,6 +15,7 @@ use crate::xml::Element;
 
 /// The XEP-0060 §10 features this service implements.
 const FEATURES: &[&str] = &[
+    "access-authorize",
     "access-open",
     "access-presence",
     "access-roster",
@@ -51,13 +52,14 @@ const FEATURES: &[&str] = &[
 ];
 
 /// A stanza to a pubsub service: IQ requests are answered here (any
-/// node: everything is in the replicated store); a message gets
+/// node: everything is in the replicated store); a message is an owner's
+/// answer to a subscription approval request (XEP-0060 §8.6), or gets
 /// `<service-unavailable/>`; presence and answers end here.
 pub async fn service_stanza(server: &Server, el: Element) {
     let request = el.name == "iq" && matches!(el.get_attr("type"), Some("get" | "set"));
     if !request {
         if el.name == "message" && el.get_attr("type") != Some("error") {
-            crate::session::im::bounce(server, &el, Condition::ServiceUnavailable);
+            message(server, &el).await;
         }
         return;
     }
@@ -91,6 +93,27 @@ pub async fn service_stanza(server: &Server, el: Element) {
         },
     };
     let _ = crate::session::im::deliver_to_full(server, &from, reply);
+}
+
+/// A message to the service: an approval form, else `<service-unavailable/>`.
+async fn message(server: &Server, el: &Element) {
+    let to = el.get_attr("to").unwrap_or_default();
+    let Some(parent) = server.services.get(split(to).0).map(|h| h.parent.clone()) else {
+        return;
+    };
+    let form = el.get_child("x", crate::modules::pep::NS_DATA);
+    let Some(x) = form else {
+        crate::session::im::bounce(server, el, Condition::ServiceUnavailable);
+        return;
+    };
+    let svc = Svc {
+        jid: split(to).0,
+        generic: Some(&parent),
+    };
+    let from = el.get_attr("from").unwrap_or_default();
+    if let Err(e) = pep::approval(server, svc, from, x).await {
+        crate::session::im::bounce_with(server, el, &e);
+    }
 }
 
 async fn answer(req: &Req<'_>, p: &Element, set: bool) -> IqResult {
