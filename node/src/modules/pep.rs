@@ -1054,7 +1054,7 @@ pub fn node_item_list(
 ) -> Option<Vec<Element>> {
     let (_, rec) = server.storage.pep_node(svc.jid, node).ok()??;
     let cfg = NodeConfig::decode(&rec.config);
-    may_read(server, svc, &node, &rec, requester, &cfg).ok()?;
+    may_read(server, svc, node, &rec, requester, &cfg).ok()?;
     Some(
         rec.items
             .iter()
@@ -1095,7 +1095,7 @@ pub fn node_info(
                 return None;
             }
         }
-        None => may_read(server, svc, &node, &rec, requester, &cfg).ok()?,
+        None => may_read(server, svc, node, &rec, requester, &cfg).ok()?,
     }
     let info = super::disco::NS_INFO;
     let field = |var: &str, value: &str| {
