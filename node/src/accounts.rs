@@ -75,10 +75,17 @@ pub async fn set_password(
     Ok(())
 }
 
-pub async fn delete(storage: &Storage, bare: &str) -> Result<(), AccountError> {
+/// Deletes an account, and its place on the domains' pubsub nodes
+/// (affiliations, subscriptions, the nodes it alone owned).
+pub async fn delete(
+    storage: &Storage,
+    config: &crate::config::Config,
+    bare: &str,
+) -> Result<(), AccountError> {
     if !storage.account_exists(bare)? {
         return Err(AccountError::Missing(bare.to_owned()));
     }
     storage.delete_account(bare).await?;
+    crate::modules::pep::forget_account(storage, config, bare).await?;
     Ok(())
 }

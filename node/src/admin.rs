@@ -64,7 +64,7 @@ pub async fn execute(
             }
             Request::UserDel { jid } => {
                 let j = accounts::account_jid(&jid, &config.domains)?;
-                accounts::delete(storage, j.as_str()).await?;
+                accounts::delete(storage, config, j.as_str()).await?;
                 if let Some(s) = server {
                     s.router
                         .close_all(j.as_str(), StreamCondition::NotAuthorized);

@@ -27,6 +27,7 @@ pub struct Config {
     pub mam: MamConfig,
     pub muc: MucConfig,
     pub pep: PepConfig,
+    pub pubsub: PubsubConfig,
     pub metrics: MetricsConfig,
     pub cluster: ClusterConfig,
     pub upload: UploadConfig,
@@ -49,6 +50,7 @@ impl Default for Config {
             mam: MamConfig::default(),
             muc: MucConfig::default(),
             pep: PepConfig::default(),
+            pubsub: PubsubConfig::default(),
             metrics: MetricsConfig::default(),
             cluster: ClusterConfig::default(),
             upload: UploadConfig::default(),
@@ -204,6 +206,50 @@ impl Default for PepConfig {
             max_nodes: 256,
             max_items: 1000,
             max_item_bytes: 128 * 1024,
+        }
+    }
+}
+
+/// XEP-0060 publish-subscribe: the `pubsub.<domain>` service of every
+/// served domain. Item limits are `[pep]`'s (`max_items`,
+/// `max_item_bytes`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PubsubConfig {
+    pub enabled: bool,
+    /// The service JID is `<subdomain>.<domain>`.
+    pub subdomain: String,
+    /// Its name in the domain's disco#items and its identity.
+    pub name: String,
+    /// Who creates nodes (explicitly or by publishing to a missing one).
+    pub create: PubsubCreate,
+    /// Bare JIDs that may create nodes and own every node.
+    pub admins: Vec<String>,
+    /// Nodes per service; creating another is `<policy-violation/>`.
+    pub max_nodes: usize,
+}
+
+/// Who may create nodes on a domain's pubsub service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PubsubCreate {
+    /// Users of that domain.
+    Domain,
+    /// Users of any served domain.
+    Server,
+    /// Only `admins`.
+    Admins,
+}
+
+impl Default for PubsubConfig {
+    fn default() -> Self {
+        PubsubConfig {
+            enabled: true,
+            subdomain: "pubsub".into(),
+            name: "Publish-Subscribe".into(),
+            create: PubsubCreate::Domain,
+            admins: Vec::new(),
+            max_nodes: 10_000,
         }
     }
 }
@@ -687,6 +733,7 @@ impl Config {
             "mam",
             "muc",
             "pep",
+            "pubsub",
             "metrics",
             "cluster",
             "upload",
@@ -776,6 +823,32 @@ impl Config {
                     anyhow::bail!("muc.subdomain: {sub}.{d} is a served domain");
                 }
             }
+        }
+        if self.pubsub.enabled {
+            let sub = &self.pubsub.subdomain;
+            if sub.is_empty() || sub.contains(['.', '@', '/']) {
+                anyhow::bail!("pubsub.subdomain must be one non-empty DNS label");
+            }
+            if self.muc.enabled && *sub == self.muc.subdomain
+                || self.upload.enabled && *sub == self.upload.subdomain
+            {
+                anyhow::bail!("pubsub.subdomain is taken by another service");
+            }
+            if self.pubsub.max_nodes == 0 {
+                anyhow::bail!("pubsub.max_nodes must be positive");
+            }
+            for d in &self.domains {
+                if self.domains.contains(&format!("{sub}.{d}")) {
+                    anyhow::bail!("pubsub.subdomain: {sub}.{d} is a served domain");
+                }
+            }
+            let mut admins = Vec::new();
+            for a in &self.pubsub.admins {
+                let j = jid::BareJid::new(a)
+                    .map_err(|e| anyhow::anyhow!("pubsub.admins: {a:?} is not a bare JID: {e}"))?;
+                admins.push(j.to_string());
+            }
+            self.pubsub.admins = admins;
         }
         if let Some(d) = self.mam.domains.keys().find(|d| !self.serves(d)) {
             anyhow::bail!("mam.domains: {d:?} is not one of the served domains");

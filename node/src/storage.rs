@@ -30,6 +30,11 @@ pub const BLOCKLIST: &str = "user_blocklist";
 pub const PEP_NODE: &str = "user_pep_node";
 /// PEP items: `bare \0 node \0 id` -> the `<item/>` as published.
 pub const PEP_ITEM: &str = "user_pep_item";
+/// Explicit pubsub subscriptions (XEP-0060 §6.1), of PEP nodes and of the
+/// `pubsub.<domain>` services alike: `service \0 node \0 jid \0 subid`
+/// -> [`PepSub`]. Kept out of the node record, which every publish
+/// rewrites.
+pub const PEP_SUB: &str = "user_pep_sub";
 /// The SHA-1 of each account's avatar (XEP-0153 / XEP-0398): `bare` ->
 /// hex, absent without one. One lookup of a small key per broadcast
 /// presence.
@@ -52,6 +57,7 @@ const USER_SPACES: &[&str] = &[
     BLOCKLIST,
     PEP_NODE,
     PEP_ITEM,
+    PEP_SUB,
     AVATAR_HASH,
 ];
 
@@ -1016,14 +1022,46 @@ impl Storage {
 /// One PEP node of one account: its configuration (the module's own
 /// record, serialised by it) and its item ids, oldest first.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default)]
 pub struct PepNode {
     /// The node configuration as the PEP module keeps it.
     pub config: Vec<u8>,
     pub items: Vec<String>,
+    /// XEP-0060 §4.1 affiliations set explicitly: (bare JID, affiliation
+    /// name as the XEP spells it). A PEP node's owner is its account and
+    /// is not listed.
+    pub affiliations: Vec<(String, String)>,
+}
+
+/// One explicit subscription to a pubsub node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct PepSub {
+    /// The subscribed JID (bare or full, normalised).
+    pub jid: String,
+    pub subid: String,
+    /// `pubsub#deliver` of its options: notifications are sent.
+    pub deliver: bool,
+    /// Awaiting an owner's approval (access model `authorize`).
+    pub pending: bool,
 }
 
 fn pep_node_key(bare: &str, node: &str) -> Vec<u8> {
     user_key(bare, node)
+}
+
+fn pep_sub_prefix(bare: &str, node: &str) -> Vec<u8> {
+    let mut k = user_key(bare, node);
+    k.push(0);
+    k
+}
+
+fn pep_sub_key(bare: &str, node: &str, jid: &str, subid: &str) -> Vec<u8> {
+    let mut k = pep_sub_prefix(bare, node);
+    k.extend_from_slice(jid.as_bytes());
+    k.push(0);
+    k.extend_from_slice(subid.as_bytes());
+    k
 }
 
 fn pep_item_key(bare: &str, node: &str, id: &str) -> Vec<u8> {
@@ -1033,6 +1071,15 @@ fn pep_item_key(bare: &str, node: &str, id: &str) -> Vec<u8> {
     k
 }
 
+/// What a [`PepChange`] does to the node record.
+pub enum NodeWrite {
+    /// Leave it as read (the change only depends on it).
+    Keep,
+    Put(PepNode),
+    /// Delete the node with its items and subscriptions.
+    Delete,
+}
+
 /// A change to one PEP node, written as one compare-and-set on the node
 /// record as it was read.
 pub struct PepChange<'a> {
@@ -1040,12 +1087,15 @@ pub struct PepChange<'a> {
     pub node: &'a str,
     /// The node record as read (`None`: absent).
     pub read: Option<Vec<u8>>,
-    /// The new record (`None`: delete the node and all its items).
-    pub write: Option<PepNode>,
+    pub write: NodeWrite,
     /// Items to store: (id, serialised `<item/>`).
     pub put: Vec<(String, String)>,
     /// Item ids to remove.
     pub remove: Vec<String>,
+    /// Subscriptions to store (new or changed).
+    pub subs_put: Vec<PepSub>,
+    /// Subscriptions to remove: (jid, subid).
+    pub subs_remove: Vec<(String, String)>,
 }
 
 impl Storage {
@@ -1084,6 +1134,72 @@ impl Storage {
         self.store.count_range(PEP_NODE, &user_prefix(bare), &end)
     }
 
+    /// The explicit subscriptions to one node, by JID then SubID.
+    pub fn pep_subs(&self, bare: &str, node: &str) -> Result<Vec<PepSub>, StoreError> {
+        self.store
+            .scan_prefix(PEP_SUB, &pep_sub_prefix(bare, node))?
+            .into_iter()
+            .map(|(_, v)| de(&v))
+            .collect()
+    }
+
+    /// The subscriptions of exactly `jid` to one node.
+    pub fn pep_subs_of(
+        &self,
+        bare: &str,
+        node: &str,
+        jid: &str,
+    ) -> Result<Vec<PepSub>, StoreError> {
+        let mut prefix = pep_sub_prefix(bare, node);
+        prefix.extend_from_slice(jid.as_bytes());
+        prefix.push(0);
+        self.store
+            .scan_prefix(PEP_SUB, &prefix)?
+            .into_iter()
+            .map(|(_, v)| de(&v))
+            .collect()
+    }
+
+    /// The subscriptions to one node of `bare`'s JIDs (bare or full).
+    pub fn pep_service_subs_of_node_bare(
+        &self,
+        service: &str,
+        node: &str,
+        bare: &str,
+    ) -> Result<Vec<PepSub>, StoreError> {
+        let mut prefix = pep_sub_prefix(service, node);
+        prefix.extend_from_slice(bare.as_bytes());
+        Ok(self
+            .store
+            .scan_prefix(PEP_SUB, &prefix)?
+            .into_iter()
+            .map(|(_, v)| de::<PepSub>(&v))
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .filter(|s| s.jid.split('/').next() == Some(bare))
+            .collect())
+    }
+
+    /// How many subscriptions a node has (reads their keys only).
+    pub fn pep_sub_count(&self, bare: &str, node: &str) -> Result<u64, StoreError> {
+        self.store
+            .count_prefix(PEP_SUB, &pep_sub_prefix(bare, node))
+    }
+
+    /// Every subscription to every node of `bare`'s service: (node, sub).
+    pub fn pep_service_subs(&self, bare: &str) -> Result<Vec<(String, PepSub)>, StoreError> {
+        let prefix = user_prefix(bare);
+        self.store
+            .scan_prefix(PEP_SUB, &prefix)?
+            .into_iter()
+            .map(|(k, v)| {
+                let rest = &k[prefix.len()..];
+                let end = rest.iter().position(|b| *b == 0).unwrap_or(rest.len());
+                Ok((String::from_utf8_lossy(&rest[..end]).into_owned(), de(&v)?))
+            })
+            .collect()
+    }
+
     /// One stored PEP item, serialised.
     pub fn pep_item(&self, bare: &str, node: &str, id: &str) -> Result<Option<String>, StoreError> {
         self.doc(PEP_ITEM, &pep_item_key(bare, node, id))
@@ -1099,12 +1215,13 @@ impl Storage {
             value: c.read,
         }];
         match c.write {
-            Some(n) => ops.push(Op::Put {
+            NodeWrite::Keep => {}
+            NodeWrite::Put(n) => ops.push(Op::Put {
                 space: PEP_NODE.into(),
                 key,
                 value: ser(&n),
             }),
-            None => {
+            NodeWrite::Delete => {
                 ops.push(Op::Delete {
                     space: PEP_NODE.into(),
                     key,
@@ -1113,9 +1230,26 @@ impl Storage {
                 prefix.push(0);
                 ops.push(Op::DeletePrefix {
                     space: PEP_ITEM.into(),
+                    prefix: prefix.clone(),
+                });
+                ops.push(Op::DeletePrefix {
+                    space: PEP_SUB.into(),
                     prefix,
                 });
             }
+        }
+        for (jid, subid) in c.subs_remove {
+            ops.push(Op::Delete {
+                space: PEP_SUB.into(),
+                key: pep_sub_key(c.bare, c.node, &jid, &subid),
+            });
+        }
+        for sub in c.subs_put {
+            ops.push(Op::Put {
+                space: PEP_SUB.into(),
+                key: pep_sub_key(c.bare, c.node, &sub.jid, &sub.subid),
+                value: ser(&sub),
+            });
         }
         for id in c.remove {
             ops.push(Op::Delete {

@@ -302,15 +302,19 @@ def test_publish_items_retract_and_errors(server):
     big = "<blob xmlns='urn:test:blob'>" + "a" * 150_000 + "</blob>"
     assert app_error(publish(a, node, big)) == ("not-acceptable", "payload-too-big")
     assert stanza_error(get_items(a, None, "urn:test:missing"))[1] == "item-not-found"
-    assert stanza_error(get_items(a, None, node, ids=["nope"]))[1] == "item-not-found"
+    # XEP-0060 6.5.9.11: items that do not exist: a result without them
+    assert item_ids(get_items(a, None, node, ids=["nope"])) == []
     assert app_error(a.iq("get", f"<pubsub xmlns='{NS_PUBSUB}'><items/></pubsub>")) == ("bad-request", "nodeid-required")
     assert stanza_error(a.iq("get", f"<pubsub xmlns='{NS_PUBSUB}'><items node='{node}' max_items='x'/></pubsub>"))[1] == "bad-request"
     r = a.iq("set", f"<pubsub xmlns='{NS_PUBSUB}'><retract node='{node}'><item id='nope'/></retract></pubsub>")
     assert stanza_error(r)[1] == "item-not-found", tostring(r)
     r = a.iq("set", f"<pubsub xmlns='{NS_PUBSUB}'><retract node='{node}'/></pubsub>")
     assert app_error(r) == ("bad-request", "item-required")
-    r = a.iq("set", f"<pubsub xmlns='{NS_PUBSUB}'><subscribe node='{node}' jid='{a.jid}'/></pubsub>")
-    assert app_error(r) == ("feature-not-implemented", "unsupported"), tostring(r)
+    # explicit subscriptions (XEP-0060 6.1) are taken on PEP nodes too
+    r = ok(a.iq("set", f"<pubsub xmlns='{NS_PUBSUB}'><subscribe node='{node}' jid='{a.jid}'/></pubsub>"))
+    sub = r.find(q(NS_PUBSUB, "pubsub")).find(q(NS_PUBSUB, "subscription"))
+    assert sub.get("subscription") == "subscribed" and sub.get("subid"), tostring(r)
+    ok(a.iq("set", f"<pubsub xmlns='{NS_PUBSUB}'><unsubscribe node='{node}' jid='{a.jid}'/></pubsub>"))
     r = a.iq("set", f"<pubsub xmlns='{NS_PUBSUB}'><create node='{node}'/></pubsub>")
     assert stanza_error(r)[1] == "conflict", tostring(r)
     # someone else cannot publish to, configure or delete a's nodes

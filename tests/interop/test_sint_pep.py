@@ -14,9 +14,7 @@ capabilities (XEP-0115) through the server:
 - Beyond the Java: caps changed again while the server's query about the previous ones
   is in flight; the empty payloads of Smack's stopPublishing*.
 
-Not applicable: PubSubIntegrationTest and the server extensions' XEP-0060 section 5 and
-XEP-0248 tests need a pubsub service (pubsub.<domain>, category pubsub/service), which
-Starling does not host (Smack's getPubSubService finds none: 'not possible').
+PubSubIntegrationTest (XEP-0060 at pubsub.<domain>) is ported in test_sint_pubsub.py.
 
 Like Smack's managers, publishing sends a plain <publish/> without item id and without a
 'to' (the account's own PEP service), and a client shows interest by a new presence whose

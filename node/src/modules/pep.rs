@@ -12,6 +12,14 @@
 //! the presence registry, whose last presence of each resource carries
 //! its `<c/>`).
 //!
+//! The same code serves the generic XEP-0060 service of every served
+//! domain (`pubsub.<domain>`, [`crate::services::pubsub`]): a [`Svc`]
+//! names the service (an account, or a service JID with its domain), and
+//! a node's owners are then the JIDs its affiliations name. Explicit
+//! subscriptions (`user_pep_sub`, with SubIDs and options) and
+//! affiliations work on both; on a PEP node they add to the implicit,
+//! presence-based ones.
+//!
 //! Payload conventions built on PEP are plain nodes here (OMEMO device
 //! lists and bundles, XEP-0402 bookmarks, XEP-0172 nicknames, XEP-0223
 //! private storage); the avatar conversions of XEP-0398 and the XEP-0049
@@ -23,16 +31,18 @@ use super::{
 };
 use crate::server::Server;
 use crate::stanza::{Condition, NS_CLIENT, StanzaError};
-use crate::storage::{AVATAR_HASH, PEP_ITEM, PEP_NODE, PepChange, PepNode, RosterItem};
+use crate::storage::{
+    AVATAR_HASH, NodeWrite, PEP_ITEM, PEP_NODE, PEP_SUB, PepChange, PepNode, PepSub, RosterItem,
+};
 use crate::xml::{Element, Limits};
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt};
 use serde::{Deserialize, Serialize};
 
 pub const NS_PUBSUB: &str = "http://jabber.org/protocol/pubsub";
 pub const NS_OWNER: &str = "http://jabber.org/protocol/pubsub#owner";
 pub const NS_EVENT: &str = "http://jabber.org/protocol/pubsub#event";
 pub const NS_ERRORS: &str = "http://jabber.org/protocol/pubsub#errors";
-const NS_DATA: &str = "jabber:x:data";
+pub const NS_DATA: &str = "jabber:x:data";
 const NODE_CONFIG: &str = "http://jabber.org/protocol/pubsub#node_config";
 const PUBLISH_OPTIONS: &str = "http://jabber.org/protocol/pubsub#publish-options";
 
@@ -46,7 +56,7 @@ pub const AVATAR_METADATA: &str = "urn:xmpp:avatar:metadata";
 
 pub static MODULE: Module = Module {
     name: "pep",
-    spec: "XEP-0163, XEP-0060 (PEP subset), XEP-0084, XEP-0398, XEP-0223, XEP-0402, XEP-0172",
+    spec: "XEP-0163, XEP-0060 (also pubsub.<domain>), XEP-0084, XEP-0398, XEP-0223, XEP-0402, XEP-0172",
     account_features: &[
         AccountFeature {
             var: NS_PUBSUB,
@@ -149,6 +159,54 @@ pub static MODULE: Module = Module {
             when: None,
         },
         AccountFeature {
+            var: "http://jabber.org/protocol/pubsub#retrieve-subscriptions",
+            when: None,
+        },
+        AccountFeature {
+            var: "http://jabber.org/protocol/pubsub#retrieve-affiliations",
+            when: None,
+        },
+        AccountFeature {
+            var: "http://jabber.org/protocol/pubsub#subscribe",
+            when: None,
+        },
+        AccountFeature {
+            var: "http://jabber.org/protocol/pubsub#subscription-options",
+            when: None,
+        },
+        AccountFeature {
+            var: "http://jabber.org/protocol/pubsub#manage-subscriptions",
+            when: None,
+        },
+        AccountFeature {
+            var: "http://jabber.org/protocol/pubsub#modify-affiliations",
+            when: None,
+        },
+        AccountFeature {
+            var: "http://jabber.org/protocol/pubsub#member-affiliation",
+            when: None,
+        },
+        AccountFeature {
+            var: "http://jabber.org/protocol/pubsub#outcast-affiliation",
+            when: None,
+        },
+        AccountFeature {
+            var: "http://jabber.org/protocol/pubsub#publisher-affiliation",
+            when: None,
+        },
+        AccountFeature {
+            var: "http://jabber.org/protocol/pubsub#publish-only-affiliation",
+            when: None,
+        },
+        AccountFeature {
+            var: "http://jabber.org/protocol/pubsub#multi-subscribe",
+            when: None,
+        },
+        AccountFeature {
+            var: "http://jabber.org/protocol/pubsub#retrieve-default-sub",
+            when: None,
+        },
+        AccountFeature {
             var: "urn:xmpp:pep-vcard-conversion:0",
             when: None,
         },
@@ -195,7 +253,7 @@ pub static MODULE: Module = Module {
         handler: avatar::presence_out,
     }],
     config_section: Some("pep"),
-    spaces: &[PEP_NODE, PEP_ITEM, AVATAR_HASH],
+    spaces: &[PEP_NODE, PEP_ITEM, PEP_SUB, AVATAR_HASH],
     ..Module::EMPTY
 };
 
@@ -230,6 +288,8 @@ pub enum Access {
     Presence,
     Roster,
     Whitelist,
+    /// Subscriptions wait for an owner's approval (generic nodes only).
+    Authorize,
 }
 
 impl Access {
@@ -239,6 +299,7 @@ impl Access {
             Access::Presence => "presence",
             Access::Roster => "roster",
             Access::Whitelist => "whitelist",
+            Access::Authorize => "authorize",
         }
     }
     fn parse(s: &str) -> Option<Access> {
@@ -247,6 +308,7 @@ impl Access {
             "presence" => Access::Presence,
             "roster" => Access::Roster,
             "whitelist" => Access::Whitelist,
+            "authorize" => Access::Authorize,
             _ => return None,
         })
     }
@@ -301,6 +363,66 @@ pub struct NodeConfig {
     /// `pubsub#max_payload_size`: a node's own limit below
     /// `[pep] max_item_bytes` (`None`: that).
     pub max_payload_size: Option<usize>,
+    /// `pubsub#publish_model` (a PEP node's is always `publishers`).
+    pub publish_model: PublishModel,
+    /// `pubsub#subscribe`: whether entities may subscribe.
+    pub subscribe: bool,
+    /// `pubsub#notify_config`: subscribers hear of configuration changes.
+    pub notify_config: bool,
+    /// `pubsub#notify_sub`: owners hear of subscriptions and unsubscriptions.
+    pub notify_sub: bool,
+    /// `pubsub#presence_based_delivery`: notifications only to subscribers
+    /// that are available (none kept for later).
+    pub presence_based_delivery: bool,
+    /// Who created the node and when (XEP-0082), for its meta-data.
+    pub creator: String,
+    pub created: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PublishModel {
+    #[default]
+    Publishers,
+    Subscribers,
+    Open,
+}
+
+impl PublishModel {
+    fn as_str(self) -> &'static str {
+        match self {
+            PublishModel::Publishers => "publishers",
+            PublishModel::Subscribers => "subscribers",
+            PublishModel::Open => "open",
+        }
+    }
+}
+
+/// Why a configuration field was refused: a bad value (`<not-acceptable/>`)
+/// or an option this service does not offer (`<feature-not-implemented/>`
+/// with `<unsupported feature='…'/>`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    Invalid,
+    Unsupported(&'static str),
+    /// An access model this service does not offer (§8.1.3).
+    AccessModel,
+}
+
+impl From<()> for Refused {
+    fn from((): ()) -> Self {
+        Refused::Invalid
+    }
+}
+
+impl Refused {
+    fn into_error(self) -> StanzaError {
+        match self {
+            Refused::Invalid => Condition::NotAcceptable.into(),
+            Refused::Unsupported(f) => unsupported(f),
+            Refused::AccessModel => app(Condition::NotAcceptable, "unsupported-access-model"),
+        }
+    }
 }
 
 impl Default for NodeConfig {
@@ -320,11 +442,33 @@ impl Default for NodeConfig {
             description: String::new(),
             payload_type: String::new(),
             max_payload_size: None,
+            publish_model: PublishModel::Publishers,
+            subscribe: true,
+            notify_config: false,
+            notify_sub: false,
+            presence_based_delivery: false,
+            creator: String::new(),
+            created: String::new(),
         }
     }
 }
 
 impl NodeConfig {
+    /// A new node's configuration on `svc`: XEP-0163 §5's for PEP, the
+    /// XEP-0060 §16.4.4 defaults (open access, as many items as the
+    /// service keeps, no last item sent) for a generic service.
+    pub fn default_for(svc: Svc<'_>) -> NodeConfig {
+        if svc.generic.is_none() {
+            return NodeConfig::default();
+        }
+        NodeConfig {
+            access: Access::Open,
+            max_items: None,
+            send_last: SendLast::Never,
+            ..NodeConfig::default()
+        }
+    }
+
     /// The items the node keeps, `cap` being `[pep] max_items`.
     fn limit(&self, cap: usize) -> usize {
         self.max_items.unwrap_or(cap).min(cap)
@@ -338,10 +482,17 @@ impl NodeConfig {
         rmp_serde::to_vec_named(self).expect("config serialises")
     }
 
-    /// Sets one field from a submitted form; `Err(())` for an unknown
-    /// field or a value of the wrong type.
+    /// Sets one field from a submitted form; `Err` for an unknown field,
+    /// a value of the wrong type or an option `svc` does not offer.
     /// `cap`: `[pep] max_items`, the most a node may be set to keep.
-    fn set(&mut self, var: &str, values: &[String], cap: usize) -> Result<(), ()> {
+    fn set(
+        &mut self,
+        var: &str,
+        values: &[String],
+        cap: usize,
+        svc: Svc<'_>,
+    ) -> Result<(), Refused> {
+        let generic = svc.generic.is_some();
         let one = || values.first().map(|v| v.trim()).ok_or(());
         let boolean = || match one()? {
             "1" | "true" => Ok(true),
@@ -349,7 +500,10 @@ impl NodeConfig {
             _ => Err(()),
         };
         match var {
-            "pubsub#access_model" => self.access = Access::parse(one()?).ok_or(())?,
+            "pubsub#access_model" => match one()? {
+                "authorize" if !generic => return Err(Refused::AccessModel),
+                m => self.access = Access::parse(m).ok_or(())?,
+            },
             "pubsub#roster_groups_allowed" => self.roster_groups = values.to_vec(),
             "pubsub#max_items" => {
                 self.max_items = match one()? {
@@ -357,7 +511,7 @@ impl NodeConfig {
                     n => {
                         let n: usize = n.parse().map_err(|_| ())?;
                         if n == 0 || n > cap {
-                            return Err(());
+                            return Err(Refused::Invalid);
                         }
                         Some(n)
                     }
@@ -365,7 +519,12 @@ impl NodeConfig {
             }
             "pubsub#persist_items" => self.persist_items = boolean()?,
             "pubsub#send_last_published_item" => {
-                self.send_last = SendLast::parse(one()?).ok_or(())?
+                self.send_last = SendLast::parse(one()?).ok_or(())?;
+                // A generic node sends it on subscription only: it does not
+                // follow its subscribers' presence.
+                if generic && self.send_last == SendLast::OnSubAndPresence {
+                    return Err(Refused::Invalid);
+                }
             }
             "pubsub#deliver_notifications" => self.deliver_notifications = boolean()?,
             "pubsub#deliver_payloads" => self.deliver_payloads = boolean()?,
@@ -374,7 +533,7 @@ impl NodeConfig {
             "pubsub#notification_type" => {
                 let t = one()?;
                 if t != "headline" && t != "normal" {
-                    return Err(());
+                    return Err(Refused::Invalid);
                 }
                 self.notification_type = t.to_owned();
             }
@@ -387,23 +546,56 @@ impl NodeConfig {
                     None | Some("") => None,
                     Some(v) => match v.parse::<usize>() {
                         Ok(n) if n > 0 => Some(n),
-                        _ => return Err(()),
+                        _ => return Err(Refused::Invalid),
                     },
                 };
             }
             // PEP has one publisher, the owner (XEP-0163 §2.2).
             "pubsub#publish_model" => {
-                if one()? != "publishers" {
-                    return Err(());
+                self.publish_model = match one()? {
+                    "publishers" => PublishModel::Publishers,
+                    "subscribers" if generic => PublishModel::Subscribers,
+                    "open" if generic => PublishModel::Open,
+                    _ => return Err(Refused::Invalid),
                 }
             }
-            _ => return Err(()),
+            "pubsub#subscribe" if generic => self.subscribe = boolean()?,
+            "pubsub#node_type" if generic => {
+                if one()? != "leaf" {
+                    return Err(Refused::Unsupported("collections"));
+                }
+            }
+            // Registered fields that change nothing here: taken, not kept.
+            "pubsub#body_xslt" | "pubsub#dataform_xslt" | "pubsub#contact" | "pubsub#language"
+                if generic => {}
+            "pubsub#itemreply" if generic => {
+                if !matches!(one()?, "owner" | "publisher") {
+                    return Err(Refused::Invalid);
+                }
+            }
+            // Items do not expire here; a node may say so (0 or empty).
+            "pubsub#item_expire" if generic => match values.first().map(|v| v.trim()) {
+                None | Some("" | "0") => {}
+                Some(_) => return Err(Refused::Unsupported("item-expire")),
+            },
+            // What this service never does may be asked not to be done.
+            "pubsub#notify_config" if generic => self.notify_config = boolean()?,
+            "pubsub#notify_sub" if generic => self.notify_sub = boolean()?,
+            "pubsub#presence_based_delivery" if generic => {
+                self.presence_based_delivery = boolean()?
+            }
+            "pubsub#purge_offline" if generic => {
+                if boolean()? {
+                    return Err(Refused::Invalid);
+                }
+            }
+            _ => return Err(Refused::Invalid),
         }
         Ok(())
     }
 
     /// The configuration as a data form (`form` or `result`).
-    fn form(&self, kind: &str) -> Element {
+    fn form(&self, kind: &str, svc: Svc<'_>) -> Element {
         fn field(var: &str, ftype: &str, values: &[&str]) -> Element {
             let mut f = Element::new("field", NS_DATA)
                 .attr("var", var)
@@ -427,7 +619,7 @@ impl NodeConfig {
             .max_payload_size
             .map_or_else(String::new, |n| n.to_string());
         let groups: Vec<&str> = self.roster_groups.iter().map(String::as_str).collect();
-        Element::new("x", NS_DATA)
+        let mut x = Element::new("x", NS_DATA)
             .attr("type", kind)
             .child(field("FORM_TYPE", "hidden", &[NODE_CONFIG]))
             .child(options(
@@ -436,7 +628,11 @@ impl NodeConfig {
                     "list-single",
                     &[self.access.as_str()],
                 ),
-                &["open", "presence", "roster", "whitelist"],
+                if svc.generic.is_some() {
+                    &["authorize", "open", "presence", "roster", "whitelist"]
+                } else {
+                    &["open", "presence", "roster", "whitelist"]
+                },
             ))
             .child(field("pubsub#roster_groups_allowed", "list-multi", &groups))
             .child(field("pubsub#max_items", "text-single", &[&max]))
@@ -451,7 +647,11 @@ impl NodeConfig {
                     "list-single",
                     &[self.send_last.as_str()],
                 ),
-                &["never", "on_sub", "on_sub_and_presence"],
+                if svc.generic.is_some() {
+                    &["never", "on_sub"]
+                } else {
+                    &["never", "on_sub", "on_sub_and_presence"]
+                },
             ))
             .child(field(
                 "pubsub#deliver_notifications",
@@ -493,10 +693,41 @@ impl NodeConfig {
                 "text-single",
                 &[&max_payload],
             ))
-            .child(options(
-                field("pubsub#publish_model", "list-single", &["publishers"]),
-                &["publishers"],
-            ))
+            .child(if svc.generic.is_some() {
+                options(
+                    field(
+                        "pubsub#publish_model",
+                        "list-single",
+                        &[self.publish_model.as_str()],
+                    ),
+                    &["publishers", "subscribers", "open"],
+                )
+            } else {
+                options(
+                    field("pubsub#publish_model", "list-single", &["publishers"]),
+                    &["publishers"],
+                )
+            });
+        if svc.generic.is_some() {
+            x = x
+                .child(field("pubsub#subscribe", "boolean", &[b(self.subscribe)]))
+                .child(field(
+                    "pubsub#notify_config",
+                    "boolean",
+                    &[b(self.notify_config)],
+                ))
+                .child(field("pubsub#notify_sub", "boolean", &[b(self.notify_sub)]))
+                .child(field(
+                    "pubsub#presence_based_delivery",
+                    "boolean",
+                    &[b(self.presence_based_delivery)],
+                ))
+                .child(options(
+                    field("pubsub#node_type", "list-single", &["leaf"]),
+                    &["leaf"],
+                ));
+        }
+        x
     }
 }
 
@@ -539,44 +770,226 @@ fn form_fields(x: &Element, form_type: &str) -> Result<Option<Fields>, ()> {
     Ok(Some(fields))
 }
 
+// ------------------------------------------------------------ services
+
+/// A publish-subscribe service: an account's PEP service (XEP-0163) or
+/// the generic service of a served domain (`pubsub.<domain>`). Its JID
+/// keys its nodes in the store and is where its notifications come from.
+#[derive(Clone, Copy, Debug)]
+pub struct Svc<'a> {
+    pub jid: &'a str,
+    /// For a generic service: the served domain it belongs to.
+    pub generic: Option<&'a str>,
+}
+
+impl<'a> Svc<'a> {
+    pub fn pep(owner: &'a str) -> Self {
+        Svc {
+            jid: owner,
+            generic: None,
+        }
+    }
+}
+
+/// A request to a service and who sent it.
+pub struct Req<'a> {
+    pub server: &'a Server,
+    pub svc: Svc<'a>,
+    /// The requester's bare and full JIDs.
+    pub bare: &'a str,
+    pub full: &'a str,
+}
+
+/// XEP-0060 §4.1 affiliations, least first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Aff {
+    Outcast,
+    None,
+    Member,
+    PublishOnly,
+    Publisher,
+    Owner,
+}
+
+impl Aff {
+    fn as_str(self) -> &'static str {
+        match self {
+            Aff::Outcast => "outcast",
+            Aff::None => "none",
+            Aff::Member => "member",
+            Aff::PublishOnly => "publish-only",
+            Aff::Publisher => "publisher",
+            Aff::Owner => "owner",
+        }
+    }
+    fn parse(s: &str) -> Option<Aff> {
+        Some(match s {
+            "outcast" => Aff::Outcast,
+            "none" => Aff::None,
+            "member" => Aff::Member,
+            "publish-only" => Aff::PublishOnly,
+            "publisher" => Aff::Publisher,
+            "owner" => Aff::Owner,
+            _ => return None,
+        })
+    }
+}
+
+fn is_admin(server: &Server, svc: Svc<'_>, who: &str) -> bool {
+    svc.generic.is_some() && server.config.pubsub.admins.iter().any(|a| a == who)
+}
+
+/// `who`'s affiliation with a node of `svc` (record `rec`): a PEP
+/// service's account and a generic service's admins own every node.
+fn affiliation(server: &Server, svc: Svc<'_>, rec: &PepNode, who: &str) -> Aff {
+    if (svc.generic.is_none() && who == svc.jid) || is_admin(server, svc, who) {
+        return Aff::Owner;
+    }
+    rec.affiliations
+        .iter()
+        .find(|(j, _)| j == who)
+        .and_then(|(_, a)| Aff::parse(a))
+        .unwrap_or(Aff::None)
+}
+
+/// The owners of a node: whose rosters the `presence` and `roster`
+/// access models consult.
+fn owners<'a>(svc: Svc<'a>, rec: &'a PepNode) -> impl Iterator<Item = &'a str> {
+    let pep = svc.generic.is_none().then_some(svc.jid);
+    pep.into_iter().chain(
+        rec.affiliations
+            .iter()
+            .filter(|(_, a)| a == "owner")
+            .map(|(j, _)| j.as_str()),
+    )
+}
+
+/// Whether `who` may create nodes on `svc`: on a PEP service its account;
+/// on a generic one as `[pubsub] create` says.
+pub fn may_create(server: &Server, svc: Svc<'_>, who: &str) -> bool {
+    let Some(parent) = svc.generic else {
+        return who == svc.jid;
+    };
+    if is_admin(server, svc, who) {
+        return true;
+    }
+    let domain = who.rsplit_once('@').map(|(_, d)| d);
+    match server.config.pubsub.create {
+        crate::config::PubsubCreate::Domain => domain == Some(parent),
+        crate::config::PubsubCreate::Server => domain.is_some_and(|d| server.config.serves(d)),
+        crate::config::PubsubCreate::Admins => false,
+    }
+}
+
 // ------------------------------------------------------------ access
 
-/// Whether `requester` may see `owner`'s node (XEP-0060 §4.5, §6.5.9).
+/// Whether `requester` may see a node (its items and metadata) and
+/// subscribe to it (XEP-0060 §4.5, §6.1.3, §6.5.9).
 fn may_read(
     server: &Server,
-    owner: &str,
+    svc: Svc<'_>,
+    node: &str,
+    rec: &PepNode,
     requester: &str,
     cfg: &NodeConfig,
 ) -> Result<(), StanzaError> {
-    if owner == requester {
-        return Ok(());
+    match affiliation(server, svc, rec, requester) {
+        Aff::Owner | Aff::Publisher | Aff::Member => return Ok(()),
+        Aff::Outcast | Aff::PublishOnly => return Err(Condition::Forbidden.into()),
+        Aff::None => {}
     }
     match cfg.access {
         Access::Open => Ok(()),
         Access::Presence => {
-            let ok = server
-                .storage
-                .roster_item(owner, requester)?
-                .is_some_and(|i| i.subscription.from());
-            if ok {
-                Ok(())
-            } else {
-                Err(app(
-                    Condition::NotAuthorized,
-                    "presence-subscription-required",
-                ))
+            for o in owners(svc, rec) {
+                if server
+                    .storage
+                    .roster_item(o, requester)?
+                    .is_some_and(|i| i.subscription.from())
+                {
+                    return Ok(());
+                }
             }
+            Err(app(
+                Condition::NotAuthorized,
+                "presence-subscription-required",
+            ))
         }
         Access::Roster => {
-            let item = server.storage.roster_item(owner, requester)?;
-            if item.is_some_and(|i| in_groups(&i, cfg)) {
-                Ok(())
-            } else {
-                Err(app(Condition::NotAuthorized, "not-in-roster-group"))
+            for o in owners(svc, rec) {
+                if server
+                    .storage
+                    .roster_item(o, requester)?
+                    .is_some_and(|i| in_groups(&i, cfg))
+                {
+                    return Ok(());
+                }
             }
+            Err(app(Condition::NotAuthorized, "not-in-roster-group"))
         }
         Access::Whitelist => Err(app(Condition::NotAllowed, "closed-node")),
+        // §6.5.9.3: only approved subscribers (a pending one is not yet).
+        Access::Authorize => {
+            let approved = server
+                .storage
+                .pep_service_subs_of_node_bare(svc.jid, node, requester)?
+                .iter()
+                .any(|s| !s.pending);
+            if approved {
+                Ok(())
+            } else {
+                Err(app(Condition::NotAuthorized, "not-subscribed"))
+            }
+        }
     }
+}
+
+/// Whether the requester may publish to a node (XEP-0060 §7.1.3.1 and
+/// `pubsub#publish_model`).
+fn may_publish(
+    req: &Req<'_>,
+    node: &str,
+    rec: &PepNode,
+    cfg: &NodeConfig,
+) -> Result<(), StanzaError> {
+    let a = affiliation(req.server, req.svc, rec, req.bare);
+    let ok = match cfg.publish_model {
+        PublishModel::Publishers => a >= Aff::PublishOnly,
+        PublishModel::Open => a != Aff::Outcast,
+        PublishModel::Subscribers => {
+            a >= Aff::PublishOnly
+                || (a != Aff::Outcast
+                    && req
+                        .server
+                        .storage
+                        .pep_subs(req.svc.jid, node)?
+                        .iter()
+                        .any(|s| crate::stanza::split(&s.jid).0 == req.bare))
+        }
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(Condition::Forbidden.into())
+    }
+}
+
+/// The node owner's rights, else `<forbidden/>`.
+fn must_own(req: &Req<'_>, rec: &PepNode) -> Result<(), StanzaError> {
+    if affiliation(req.server, req.svc, rec, req.bare) == Aff::Owner {
+        Ok(())
+    } else {
+        Err(Condition::Forbidden.into())
+    }
+}
+
+/// A node that does not exist: `<item-not-found/>` (XEP-0060), except to
+/// whom may not touch another account's PEP service at all.
+fn no_node(req: &Req<'_>) -> StanzaError {
+    if req.svc.generic.is_none() && req.bare != req.svc.jid {
+        return Condition::Forbidden.into();
+    }
+    Condition::ItemNotFound.into()
 }
 
 fn in_groups(item: &RosterItem, cfg: &NodeConfig) -> bool {
@@ -592,7 +1005,7 @@ fn contact_notified(item: &RosterItem, cfg: &NodeConfig) -> bool {
     match cfg.access {
         Access::Open | Access::Presence => true,
         Access::Roster => in_groups(item, cfg),
-        Access::Whitelist => false,
+        Access::Whitelist | Access::Authorize => false,
     }
 }
 
@@ -600,50 +1013,140 @@ fn contact_notified(item: &RosterItem, cfg: &NodeConfig) -> bool {
 
 /// XEP-0060 §5.2: the nodes of `owner` that `requester` may see.
 fn disco_items(server: &Server, owner: &str, requester: &str) -> Vec<Element> {
-    let Ok(nodes) = server.storage.pep_nodes(owner) else {
+    node_list(server, Svc::pep(owner), requester)
+}
+
+/// XEP-0060 §5.2: the nodes of `svc` that `requester` may see.
+pub fn node_list(server: &Server, svc: Svc<'_>, requester: &str) -> Vec<Element> {
+    let Ok(nodes) = server.storage.pep_nodes(svc.jid) else {
         return Vec::new();
     };
     nodes
         .into_iter()
-        .filter(|(_, rec)| {
-            may_read(server, owner, requester, &NodeConfig::decode(&rec.config)).is_ok()
-        })
-        .map(|(node, _)| {
-            Element::new("item", super::disco::NS_ITEMS)
-                .attr("jid", owner)
-                .attr("node", node)
+        .filter_map(|(node, rec)| {
+            let cfg = NodeConfig::decode(&rec.config);
+            // A node one subscribes to with approval is listed to all
+            // (but its outcasts).
+            if cfg.access == Access::Authorize {
+                if affiliation(server, svc, &rec, requester) == Aff::Outcast {
+                    return None;
+                }
+            } else {
+                may_read(server, svc, &node, &rec, requester, &cfg).ok()?;
+            }
+            let mut item = Element::new("item", super::disco::NS_ITEMS)
+                .attr("jid", svc.jid)
+                .attr("node", node);
+            if !cfg.title.is_empty() {
+                item.set_attr("name", cfg.title.as_str());
+            }
+            Some(item)
         })
         .collect()
 }
 
-/// XEP-0060 §5.3 and §5.4: a node's identity (a leaf) and its metadata
-/// (`pubsub#meta-data`).
+/// XEP-0060 §5.5: the items of a node as disco items (their ids).
+pub fn node_item_list(
+    server: &Server,
+    svc: Svc<'_>,
+    requester: &str,
+    node: &str,
+) -> Option<Vec<Element>> {
+    let (_, rec) = server.storage.pep_node(svc.jid, node).ok()??;
+    let cfg = NodeConfig::decode(&rec.config);
+    may_read(server, svc, node, &rec, requester, &cfg).ok()?;
+    Some(
+        rec.items
+            .iter()
+            .map(|id| {
+                Element::new("item", super::disco::NS_ITEMS)
+                    .attr("jid", svc.jid)
+                    .attr("name", id.as_str())
+            })
+            .collect(),
+    )
+}
+
 fn disco_node_info(
     server: &Server,
     owner: &str,
     requester: &str,
     node: &str,
 ) -> Option<Vec<Element>> {
-    let (_, rec) = server.storage.pep_node(owner, node).ok()??;
+    node_info(server, Svc::pep(owner), requester, node)
+}
+
+/// XEP-0060 §5.3 and §5.4: a node's identity (a leaf) and its metadata
+/// (`pubsub#meta-data`).
+pub fn node_info(
+    server: &Server,
+    svc: Svc<'_>,
+    requester: &str,
+    node: &str,
+) -> Option<Vec<Element>> {
+    let (_, rec) = server.storage.pep_node(svc.jid, node).ok()??;
     let cfg = NodeConfig::decode(&rec.config);
-    may_read(server, owner, requester, &cfg).ok()?;
+    // On a generic service a node's information is public (but to its
+    // outcasts): a client looks at it before it asks to subscribe, and
+    // must then learn why it may not (XEP-0060 §6.1.3).
+    match svc.generic {
+        Some(_) => {
+            if affiliation(server, svc, &rec, requester) == Aff::Outcast {
+                return None;
+            }
+        }
+        None => may_read(server, svc, node, &rec, requester, &cfg).ok()?,
+    }
     let info = super::disco::NS_INFO;
     let field = |var: &str, value: &str| {
         Element::new("field", NS_DATA)
             .attr("var", var)
             .child(Element::new("value", NS_DATA).text(value))
     };
-    let meta = Element::new("x", NS_DATA)
-        .attr("type", "result")
-        .child(
-            field("FORM_TYPE", "http://jabber.org/protocol/pubsub#meta-data")
-                .attr("type", "hidden"),
-        )
-        .child(field("pubsub#title", &cfg.title))
-        .child(field("pubsub#description", &cfg.description))
-        .child(field("pubsub#type", &cfg.payload_type))
-        .child(field("pubsub#access_model", cfg.access.as_str()))
-        .child(field("pubsub#owner", owner));
+    let jids = |var: &str, list: &mut dyn Iterator<Item = &str>| {
+        let mut f = Element::new("field", NS_DATA)
+            .attr("var", var)
+            .attr("type", "jid-multi");
+        for j in list {
+            f = f.child(Element::new("value", NS_DATA).text(j));
+        }
+        f
+    };
+    // §5.4: the configured options, and what is known about the node.
+    let mut meta = Element::new("x", NS_DATA).attr("type", "result").child(
+        field("FORM_TYPE", "http://jabber.org/protocol/pubsub#meta-data").attr("type", "hidden"),
+    );
+    for f in cfg.form("result", svc).elements() {
+        if f.get_attr("var") == Some("FORM_TYPE") {
+            continue;
+        }
+        let mut f = f.clone();
+        f.remove_children("option", NS_DATA);
+        meta = meta.child(f);
+    }
+    meta = meta
+        .child(jids("pubsub#owner", &mut owners(svc, &rec)))
+        .child(jids(
+            "pubsub#publisher",
+            &mut rec
+                .affiliations
+                .iter()
+                .filter(|(_, a)| a == "publisher")
+                .map(|(j, _)| j.as_str()),
+        ))
+        .child(field(
+            "pubsub#num_subscribers",
+            &server
+                .storage
+                .pep_sub_count(svc.jid, node)
+                .unwrap_or_default()
+                .to_string(),
+        ));
+    if !cfg.creator.is_empty() {
+        meta = meta
+            .child(field("pubsub#creator", &cfg.creator).attr("type", "jid-single"))
+            .child(field("pubsub#creation_date", &cfg.created));
+    }
     Some(vec![
         Element::new("identity", info)
             .attr("category", "pubsub")
@@ -664,72 +1167,94 @@ fn handle<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
                 return Err(Condition::ServiceUnavailable.into());
             }
         };
-        let is_owner = owner == ctx.origin.bare;
-        let children: Vec<&Element> = ctx.payload.elements().collect();
-        // The operation; in the pubsub namespace, `publish-options` and
-        // `configure` only qualify a `publish` or `create` beside them.
-        let op = children.iter().find(|e| {
-            ctx.payload.ns == NS_OWNER
-                || !matches!(e.name.as_str(), "publish-options" | "configure")
-        });
-        let Some(first) = op.or(children.first()) else {
-            return Err(Condition::BadRequest.into());
+        // Only the account manages its PEP nodes.
+        if ctx.payload.ns == NS_OWNER && owner != ctx.origin.bare {
+            return Err(Condition::Forbidden.into());
+        }
+        let req = Req {
+            server: ctx.server,
+            svc: Svc::pep(owner),
+            bare: ctx.origin.bare,
+            full: ctx.origin.full,
         };
-        if ctx.payload.ns == NS_OWNER {
-            if !is_owner {
-                return Err(Condition::Forbidden.into());
-            }
-            return match (first.name.as_str(), ctx.set) {
-                ("configure", false) => configure_get(ctx, owner, first),
-                ("configure", true) => configure_set(ctx, owner, first).await,
-                ("delete", true) => delete(ctx, owner, first).await,
-                ("purge", true) => purge(ctx, owner, first).await,
-                ("default", false) => Ok(Element::new("pubsub", NS_OWNER)
-                    .child(
-                        Element::new("default", NS_OWNER).child(NodeConfig::default().form("form")),
-                    )
-                    .into()),
-                ("affiliations", _) => Err(unsupported("modify-affiliations")),
-                ("subscriptions", _) => Err(unsupported("manage-subscriptions")),
-                _ => Err(Condition::BadRequest.into()),
-            };
-        }
-        match (first.name.as_str(), ctx.set) {
-            ("publish", true) => {
-                let options = children.iter().find(|e| e.is("publish-options", NS_PUBSUB));
-                if !is_owner {
-                    return Err(Condition::Forbidden.into());
-                }
-                let r = publish(ctx.server, owner, first, options.copied(), true).await?;
-                bookmarks::after_change(ctx.server, owner, first).await;
-                Ok(r)
-            }
-            ("retract", true) => {
-                if !is_owner {
-                    return Err(Condition::Forbidden.into());
-                }
-                let r = retract(ctx.server, owner, first).await?;
-                bookmarks::after_change(ctx.server, owner, first).await;
-                Ok(r)
-            }
-            ("create", true) => {
-                if !is_owner {
-                    return Err(Condition::Forbidden.into());
-                }
-                let configure = children.iter().find(|e| e.is("configure", NS_PUBSUB));
-                create(ctx, owner, first, configure.copied()).await
-            }
-            ("items", false) => items(ctx, owner, first),
-            ("subscribe" | "unsubscribe", true) => Err(unsupported("subscribe")),
-            ("options", _) => Err(unsupported("subscription-options")),
-            ("subscriptions", false) => Err(unsupported("retrieve-subscriptions")),
-            ("affiliations", false) => Err(unsupported("retrieve-affiliations")),
-            ("publish" | "retract" | "create" | "subscribe" | "unsubscribe", false)
-            | ("items", true) => Err(Condition::BadRequest.into()),
-            _ => Err(Condition::FeatureNotImplemented.into()),
-        }
+        dispatch(&req, ctx.payload, ctx.set).await
     }
     .boxed()
+}
+
+/// Answers a `<pubsub/>` request (either namespace) to a service.
+pub async fn dispatch(req: &Req<'_>, payload: &Element, set: bool) -> IqResult {
+    let children: Vec<&Element> = payload.elements().collect();
+    // The operation; in the pubsub namespace, `publish-options`,
+    // `configure` and `options` only qualify a `publish`, `create` or
+    // `subscribe` beside them.
+    let op = children.iter().find(|e| {
+        payload.ns == NS_OWNER
+            || !matches!(e.name.as_str(), "publish-options" | "configure" | "options")
+    });
+    let Some(first) = op.or(children.first()).copied() else {
+        return Err(Condition::BadRequest.into());
+    };
+    if first.ns != payload.ns {
+        return Err(Condition::BadRequest.into());
+    }
+    let sibling = |name: &str| {
+        children
+            .iter()
+            .find(|e| e.is(name, NS_PUBSUB) && !std::ptr::eq(**e, first))
+            .copied()
+    };
+    if payload.ns == NS_OWNER {
+        return match (first.name.as_str(), set) {
+            ("configure", false) => configure_get(req, first).await,
+            ("configure", true) => configure_set(req, first).await,
+            ("delete", true) => delete(req, first).await,
+            ("purge", true) => purge(req, first).await,
+            ("default", false) => Ok(Element::new("pubsub", NS_OWNER)
+                .child(
+                    Element::new("default", NS_OWNER)
+                        .child(NodeConfig::default_for(req.svc).form("form", req.svc)),
+                )
+                .into()),
+            ("subscriptions", false) => owner_subscriptions(req, first).await,
+            ("subscriptions", true) => owner_subscriptions_set(req, first).await,
+            ("affiliations", false) => owner_affiliations(req, first).await,
+            ("affiliations", true) => owner_affiliations_set(req, first).await,
+            ("delete" | "purge", false) | ("default", true) => Err(Condition::BadRequest.into()),
+            _ => Err(Condition::FeatureNotImplemented.into()),
+        };
+    }
+    let pep = req.svc.generic.is_none();
+    match (first.name.as_str(), set) {
+        ("publish", true) => {
+            let r = publish_in(req, first, sibling("publish-options"), true).await?;
+            if pep {
+                bookmarks::after_change(req.server, req.svc.jid, first).await;
+            }
+            Ok(r)
+        }
+        ("retract", true) => {
+            let r = retract_in(req, first).await?;
+            if pep {
+                bookmarks::after_change(req.server, req.svc.jid, first).await;
+            }
+            Ok(r)
+        }
+        ("create", true) => create(req, first, sibling("configure")).await,
+        ("items", false) => items(req, first).await,
+        ("subscribe", true) => subscribe(req, first, sibling("options")).await,
+        ("unsubscribe", true) => unsubscribe(req, first).await,
+        ("options", false) => options_get(req, first).await,
+        ("options", true) => options_set(req, first).await,
+        ("subscriptions", false) => my_subscriptions(req, first).await,
+        ("affiliations", false) => my_affiliations(req, first).await,
+        ("default", false) => default_sub_options(req, first).await,
+        ("publish" | "retract" | "create" | "subscribe" | "unsubscribe", false)
+        | ("items" | "subscriptions" | "affiliations" | "default", true) => {
+            Err(Condition::BadRequest.into())
+        }
+        _ => Err(Condition::FeatureNotImplemented.into()),
+    }
 }
 
 /// The node id of a request, required non-empty.
@@ -758,19 +1283,70 @@ fn new_item_id() -> String {
     )
 }
 
-/// A new node past `[pep] max_nodes` is refused.
-fn too_many_nodes(server: &Server, owner: &str) -> Result<(), StanzaError> {
-    if server.storage.pep_node_count(owner)? >= server.config.pep.max_nodes as u64 {
+/// A node record; when the local replica has none, read again after a
+/// read barrier (it may have been made through another cluster node a
+/// moment ago).
+async fn read_node(
+    server: &Server,
+    jid: &str,
+    node: &str,
+) -> Result<Option<(Vec<u8>, PepNode)>, StanzaError> {
+    if let Some(r) = server.storage.pep_node(jid, node)? {
+        return Ok(Some(r));
+    }
+    if !server.storage.store.has_peers() {
+        return Ok(None);
+    }
+    server.storage.store.read_barrier().await?;
+    Ok(server.storage.pep_node(jid, node)?)
+}
+
+/// Writes a node change (one compare-and-set); when the record changed
+/// since it was read, waits for this replica to catch up before the
+/// caller reads it again (a stale replica would fail every retry).
+async fn write_node(server: &Server, change: PepChange<'_>) -> Result<bool, StanzaError> {
+    if server.storage.pep_write(change).await? {
+        return Ok(true);
+    }
+    if server.storage.store.has_peers() {
+        let _ = server.storage.store.read_barrier().await;
+    }
+    Ok(false)
+}
+
+/// A new node past `[pep] max_nodes` (`[pubsub] max_nodes` for a generic
+/// service) is refused.
+fn too_many_nodes(server: &Server, svc: Svc<'_>) -> Result<(), StanzaError> {
+    let max = match svc.generic {
+        None => server.config.pep.max_nodes,
+        Some(_) => server.config.pubsub.max_nodes,
+    };
+    if server.storage.pep_node_count(svc.jid)? >= max as u64 {
         return Err(StanzaError::with_text(
             Condition::PolicyViolation,
-            "too many PEP nodes",
+            "too many nodes",
         ));
     }
     Ok(())
 }
 
-/// Publishes one item (XEP-0060 §7.1, with XEP-0163's auto-create and
-/// §7.1.5's publish-options); `hooks`: run the avatar conversion.
+/// The record of a node created by `req`: on a generic service its
+/// creator owns it.
+fn new_record(req: &Req<'_>, cfg: &NodeConfig) -> PepNode {
+    let mut rec = PepNode {
+        config: cfg.encode(),
+        ..PepNode::default()
+    };
+    if req.svc.generic.is_some() {
+        rec.affiliations
+            .push((req.bare.to_owned(), Aff::Owner.as_str().to_owned()));
+    }
+    rec
+}
+
+/// Publishes one item to an account's PEP node on its own behalf
+/// (XEP-0060 §7.1, with XEP-0163's auto-create and §7.1.5's
+/// publish-options); `hooks`: run the avatar conversion.
 pub async fn publish(
     server: &Server,
     owner: &str,
@@ -778,6 +1354,24 @@ pub async fn publish(
     options: Option<&Element>,
     hooks: bool,
 ) -> IqResult {
+    let req = Req {
+        server,
+        svc: Svc::pep(owner),
+        bare: owner,
+        full: owner,
+    };
+    publish_in(&req, publish, options, hooks).await
+}
+
+/// XEP-0060 §7.1 on any service.
+async fn publish_in(
+    req: &Req<'_>,
+    publish: &Element,
+    options: Option<&Element>,
+    hooks: bool,
+) -> IqResult {
+    let server = req.server;
+    let svc = req.svc;
     let node = node_attr(publish)?;
     let cap = server.config.pep.max_items;
     let items: Vec<&Element> = publish
@@ -785,23 +1379,28 @@ pub async fn publish(
         .filter(|e| e.is("item", NS_PUBSUB))
         .collect();
     let item = match items.as_slice() {
-        [] => return Err(app(Condition::BadRequest, "item-required")),
-        [one] => *one,
+        [] => None,
+        [one] => Some(*one),
         _ => return Err(app(Condition::BadRequest, "invalid-payload")),
     };
-    let payloads: Vec<&Element> = item.elements().collect();
-    let payload = match payloads.as_slice() {
-        [] => return Err(app(Condition::BadRequest, "payload-required")),
-        [one] => *one,
-        _ => return Err(app(Condition::BadRequest, "invalid-payload")),
+    let payload = match item.map(|i| i.elements().collect::<Vec<_>>()).as_deref() {
+        None | Some([]) => None,
+        Some([one]) => Some(*one),
+        Some(_) => return Err(app(Condition::BadRequest, "invalid-payload")),
     };
-    let id = match item.get_attr("id") {
+    let id = match item.and_then(|i| i.get_attr("id")) {
         Some(id) if !id.is_empty() => id.to_owned(),
         _ => new_item_id(),
     };
-    let stored = Element::new("item", NS_PUBSUB)
-        .attr("id", id.as_str())
-        .child(payload.clone());
+    let mut stored = Element::new("item", NS_PUBSUB).attr("id", id.as_str());
+    // §7.1.2: a generic service records who published an item (its
+    // publisher may retract it whatever its affiliation).
+    if svc.generic.is_some() {
+        stored.set_attr("publisher", req.bare);
+    }
+    if let Some(p) = payload {
+        stored = stored.child(p.clone());
+    }
     let xml = stored.to_stream_xml(NS_PUBSUB);
     if xml.len() > server.config.pep.max_item_bytes {
         return Err(app(Condition::NotAcceptable, "payload-too-big"));
@@ -815,18 +1414,20 @@ pub async fn publish(
             form_fields(x, PUBLISH_OPTIONS).map_err(|()| Condition::BadRequest)?
         }
     };
-    let mut cfg = NodeConfig::default();
-    for attempt in 0..MAX_ATTEMPTS {
-        let read = server.storage.pep_node(owner, node)?;
+    let mut cfg;
+    let mut attempt = 0;
+    loop {
+        let read = read_node(server, svc.jid, node).await?;
         let (raw, mut rec) = match read {
             Some((raw, rec)) => {
                 cfg = NodeConfig::decode(&rec.config);
+                may_publish(req, node, &rec, &cfg)?;
                 if let Some(fields) = &wanted {
                     // §7.1.5: every option must hold already.
                     let mut want = cfg.clone();
                     for (var, values) in fields {
-                        want.set(var, values, cap)
-                            .map_err(|()| precondition_not_met())?;
+                        want.set(var, values, cap, svc)
+                            .map_err(|_| precondition_not_met())?;
                     }
                     if want != cfg {
                         return Err(precondition_not_met());
@@ -835,19 +1436,42 @@ pub async fn publish(
                 (Some(raw), rec)
             }
             None => {
-                too_many_nodes(server, owner)?;
-                cfg = NodeConfig::default();
+                // §7.1.4: auto-create, for whoever may create nodes.
+                if !may_create(server, svc, req.bare) {
+                    return Err(no_node(req));
+                }
+                too_many_nodes(server, svc)?;
+                cfg = NodeConfig::default_for(svc);
+                cfg.creator = req.bare.to_owned();
+                cfg.created = crate::stanza::now_stamp();
                 if let Some(fields) = &wanted {
                     for (var, values) in fields {
-                        cfg.set(var, values, cap)
-                            .map_err(|()| precondition_not_met())?;
+                        cfg.set(var, values, cap, svc)
+                            .map_err(|_| precondition_not_met())?;
                     }
                 }
-                (None, PepNode::default())
+                (None, new_record(req, &cfg))
             }
         };
+        // §7.1.3.6: what the node's event type asks for.
+        if !cfg.persist_items && !cfg.deliver_payloads {
+            if item.is_some() {
+                return Err(app(Condition::BadRequest, "item-forbidden"));
+            }
+        } else if item.is_none() {
+            return Err(app(Condition::BadRequest, "item-required"));
+        } else if cfg.deliver_payloads && payload.is_none() {
+            return Err(app(Condition::BadRequest, "payload-required"));
+        }
         if cfg.max_payload_size.is_some_and(|m| xml.len() > m) {
             return Err(app(Condition::NotAcceptable, "payload-too-big"));
+        }
+        // §7.1.3.5: a generic node's `pubsub#type` is its payload namespace.
+        if svc.generic.is_some()
+            && !cfg.payload_type.is_empty()
+            && payload.is_some_and(|p| p.ns != cfg.payload_type)
+        {
+            return Err(app(Condition::BadRequest, "invalid-payload"));
         }
         rec.config = cfg.encode();
         let mut put = Vec::new();
@@ -862,46 +1486,71 @@ pub async fn publish(
             remove.append(&mut rec.items);
         }
         let change = PepChange {
-            bare: owner,
+            bare: svc.jid,
             node,
             read: raw,
-            write: Some(rec),
+            write: NodeWrite::Put(rec),
             put,
             remove,
+            subs_put: Vec::new(),
+            subs_remove: Vec::new(),
         };
-        if server.storage.pep_write(change).await? {
+        if write_node(server, change).await? {
             break;
         }
-        if attempt + 1 == MAX_ATTEMPTS {
+        attempt += 1;
+        if attempt == MAX_ATTEMPTS {
             return Err(Condition::ResourceConstraint.into());
         }
     }
     metrics::counter!("starling_pep_published_total").increment(1);
     if cfg.deliver_notifications {
-        let mut ev_item = Element::new("item", NS_EVENT).attr("id", id.as_str());
-        if cfg.deliver_payloads {
-            ev_item = ev_item.child(payload.clone());
+        let mut event = Element::new("items", NS_EVENT).attr("node", node);
+        if item.is_some() {
+            let mut ev_item = Element::new("item", NS_EVENT).attr("id", id.as_str());
+            if svc.generic.is_some() {
+                ev_item.set_attr("publisher", req.bare);
+            }
+            if cfg.deliver_payloads
+                && let Some(p) = payload
+            {
+                ev_item = ev_item.child(p.clone());
+            }
+            event = event.child(ev_item);
         }
-        let event = Element::new("items", NS_EVENT)
-            .attr("node", node)
-            .child(ev_item);
-        notify(server, owner, node, &cfg, event);
+        let subs = server.storage.pep_subs(svc.jid, node)?;
+        notify(server, svc, node, &cfg, &subs, event).await;
     }
-    if hooks && node == AVATAR_METADATA {
-        avatar::metadata_published(server, owner, payload).await;
+    if hooks
+        && svc.generic.is_none()
+        && node == AVATAR_METADATA
+        && let Some(p) = payload
+    {
+        avatar::metadata_published(server, svc.jid, p).await;
     }
-    Ok(Element::new("pubsub", NS_PUBSUB)
-        .child(
-            Element::new("publish", NS_PUBSUB)
-                .attr("node", node)
-                .child(Element::new("item", NS_PUBSUB).attr("id", id)),
-        )
-        .into())
+    let mut done = Element::new("publish", NS_PUBSUB).attr("node", node);
+    if item.is_some() {
+        done = done.child(Element::new("item", NS_PUBSUB).attr("id", id));
+    }
+    Ok(Element::new("pubsub", NS_PUBSUB).child(done).into())
+}
+
+/// XEP-0060 §7.2 on an account's own PEP node.
+async fn retract(server: &Server, owner: &str, retract: &Element) -> IqResult {
+    let req = Req {
+        server,
+        svc: Svc::pep(owner),
+        bare: owner,
+        full: owner,
+    };
+    retract_in(&req, retract).await
 }
 
 /// XEP-0060 §7.2: removes items; notifies when asked to (or, without
 /// `notify`, when the node is configured to).
-async fn retract(server: &Server, owner: &str, retract: &Element) -> IqResult {
+async fn retract_in(req: &Req<'_>, retract: &Element) -> IqResult {
+    let server = req.server;
+    let svc = req.svc;
     let node = node_attr(retract)?;
     let ids: Vec<&str> = retract
         .elements()
@@ -915,23 +1564,48 @@ async fn retract(server: &Server, owner: &str, retract: &Element) -> IqResult {
     let mut cfg;
     let mut attempt = 0;
     loop {
-        let Some((raw, mut rec)) = server.storage.pep_node(owner, node)? else {
-            return Err(Condition::ItemNotFound.into());
+        let Some((raw, mut rec)) = read_node(server, svc.jid, node).await? else {
+            return Err(no_node(req));
         };
         cfg = NodeConfig::decode(&rec.config);
+        // §7.2.3.1: publishers and owners retract, and whoever published
+        // the items (on an open or subscribers node).
+        let aff = affiliation(server, svc, &rec, req.bare);
+        if aff == Aff::Outcast || (aff < Aff::PublishOnly && svc.generic.is_none()) {
+            return Err(Condition::Forbidden.into());
+        }
+        // §7.2.3.5: nothing kept, nothing to retract.
+        if !cfg.persist_items {
+            return Err(unsupported("persistent-items"));
+        }
         if ids.iter().any(|id| !rec.items.iter().any(|i| i == id)) {
             return Err(Condition::ItemNotFound.into());
         }
+        if aff < Aff::PublishOnly {
+            for id in &ids {
+                let publisher = server
+                    .storage
+                    .pep_item(svc.jid, node, id)?
+                    .as_deref()
+                    .and_then(parse_stored)
+                    .and_then(|i| i.get_attr("publisher").map(str::to_owned));
+                if publisher.as_deref() != Some(req.bare) {
+                    return Err(Condition::Forbidden.into());
+                }
+            }
+        }
         rec.items.retain(|i| !ids.contains(&i.as_str()));
         let change = PepChange {
-            bare: owner,
+            bare: svc.jid,
             node,
             read: Some(raw),
-            write: Some(rec),
+            write: NodeWrite::Put(rec),
             put: Vec::new(),
             remove: ids.iter().map(|s| (*s).to_owned()).collect(),
+            subs_put: Vec::new(),
+            subs_remove: Vec::new(),
         };
-        if server.storage.pep_write(change).await? {
+        if write_node(server, change).await? {
             break;
         }
         attempt += 1;
@@ -939,60 +1613,77 @@ async fn retract(server: &Server, owner: &str, retract: &Element) -> IqResult {
             return Err(Condition::ResourceConstraint.into());
         }
     }
-    if notify_attr.unwrap_or(cfg.notify_retract) {
+    if notify_attr.unwrap_or(cfg.notify_retract) && cfg.deliver_notifications {
         let mut event = Element::new("items", NS_EVENT).attr("node", node);
         for id in &ids {
             event = event.child(Element::new("retract", NS_EVENT).attr("id", *id));
         }
-        notify(server, owner, node, &cfg, event);
+        let subs = server.storage.pep_subs(svc.jid, node)?;
+        notify(server, svc, node, &cfg, &subs, event).await;
     }
     Ok(IqReply::EMPTY)
 }
 
 /// XEP-0060 §8.1: a node created explicitly (with an optional
-/// configuration); an existing one is `<conflict/>`.
-async fn create(
-    ctx: &IqCtx<'_>,
-    owner: &str,
-    create: &Element,
-    configure: Option<&Element>,
-) -> IqResult {
+/// configuration); an existing one is `<conflict/>`. Without a node id a
+/// generic service makes one up (§8.1.2, instant nodes).
+async fn create(req: &Req<'_>, create: &Element, configure: Option<&Element>) -> IqResult {
+    let server = req.server;
+    let svc = req.svc;
+    let instant;
     let node = match create.get_attr("node") {
         Some(n) if !n.is_empty() => node_attr(create)?,
         // §8.1.2: PEP has no instant nodes.
-        _ => return Err(app(Condition::NotAcceptable, "nodeid-required")),
+        _ if svc.generic.is_none() => {
+            return Err(app(Condition::NotAcceptable, "nodeid-required"));
+        }
+        _ => {
+            instant = new_item_id();
+            instant.as_str()
+        }
     };
-    too_many_nodes(ctx.server, owner)?;
-    let mut cfg = NodeConfig::default();
-    if let Some(c) = configure.filter(|c| c.is("configure", NS_PUBSUB))
-        && let Some(x) = c.elements().next()
-    {
+    if !may_create(server, svc, req.bare) {
+        return Err(Condition::Forbidden.into());
+    }
+    too_many_nodes(server, svc)?;
+    let mut cfg = NodeConfig::default_for(svc);
+    cfg.creator = req.bare.to_owned();
+    cfg.created = crate::stanza::now_stamp();
+    // §8.1.3: the configuration names no node of its own.
+    if configure.is_some_and(|c| c.get_attr("node").is_some()) {
+        return Err(Condition::BadRequest.into());
+    }
+    if let Some(x) = configure.and_then(|c| c.elements().next()) {
         let fields = form_fields(x, NODE_CONFIG).map_err(|()| Condition::NotAcceptable)?;
         for (var, values) in fields.unwrap_or_default() {
-            cfg.set(&var, &values, ctx.server.config.pep.max_items)
-                .map_err(|()| Condition::NotAcceptable)?;
+            cfg.set(&var, &values, server.config.pep.max_items, svc)
+                .map_err(Refused::into_error)?;
         }
     }
-    let rec = PepNode {
-        config: cfg.encode(),
-        items: Vec::new(),
-    };
     let change = PepChange {
-        bare: owner,
+        bare: svc.jid,
         node,
         read: None,
-        write: Some(rec),
+        write: NodeWrite::Put(new_record(req, &cfg)),
         put: Vec::new(),
         remove: Vec::new(),
+        subs_put: Vec::new(),
+        subs_remove: Vec::new(),
     };
-    if !ctx.server.storage.pep_write(change).await? {
+    if !write_node(server, change).await? {
         return Err(Condition::Conflict.into());
     }
-    Ok(IqReply::EMPTY)
+    if create.get_attr("node").is_some_and(|n| !n.is_empty()) {
+        return Ok(IqReply::EMPTY);
+    }
+    Ok(Element::new("pubsub", NS_PUBSUB)
+        .child(Element::new("create", NS_PUBSUB).attr("node", node))
+        .into())
 }
 
 /// XEP-0060 §6.5: all items, the latest `max_items`, or some by id.
-fn items(ctx: &IqCtx<'_>, owner: &str, items: &Element) -> IqResult {
+async fn items(req: &Req<'_>, items: &Element) -> IqResult {
+    let server = req.server;
     let node = node_attr(items)?;
     let max = match items.get_attr("max_items") {
         None => None,
@@ -1006,11 +1697,29 @@ fn items(ctx: &IqCtx<'_>, owner: &str, items: &Element) -> IqResult {
         .filter(|e| e.is("item", NS_PUBSUB))
         .filter_map(|e| e.get_attr("id"))
         .collect();
-    let Some((_, rec)) = ctx.server.storage.pep_node(owner, node)? else {
+    let Some((_, rec)) = read_node(server, req.svc.jid, node).await? else {
         return Err(Condition::ItemNotFound.into());
     };
     let cfg = NodeConfig::decode(&rec.config);
-    may_read(ctx.server, owner, ctx.origin.bare, &cfg)?;
+    may_read(server, req.svc, node, &rec, req.bare, &cfg)?;
+    // §6.5.9.4: a node that keeps nothing has nothing to return.
+    if !cfg.persist_items {
+        return Err(unsupported("persistent-items"));
+    }
+    // §6.5.9.1 and .2: a subscriber with several subscriptions names one.
+    if affiliation(server, req.svc, &rec, req.bare) < Aff::Publisher {
+        let mut mine = server.storage.pep_subs_of(req.svc.jid, node, req.full)?;
+        if req.full != req.bare {
+            mine.extend(server.storage.pep_subs_of(req.svc.jid, node, req.bare)?);
+        }
+        match items.get_attr("subid").filter(|s| !s.is_empty()) {
+            None if mine.len() > 1 => return Err(app(Condition::BadRequest, "subid-required")),
+            Some(id) if !mine.is_empty() && !mine.iter().any(|s| s.subid == id) => {
+                return Err(app(Condition::NotAcceptable, "invalid-subid"));
+            }
+            _ => {}
+        }
+    }
     let ids: Vec<&str> = if wanted.is_empty() {
         let n = max.unwrap_or(usize::MAX).min(rec.items.len());
         rec.items[rec.items.len() - n..]
@@ -1018,21 +1727,17 @@ fn items(ctx: &IqCtx<'_>, owner: &str, items: &Element) -> IqResult {
             .map(String::as_str)
             .collect()
     } else {
-        let found: Vec<&str> = wanted
+        // §6.5.9.11: items that do not exist are left out (maybe all).
+        wanted
             .into_iter()
             .filter(|w| rec.items.iter().any(|i| i == w))
-            .collect();
-        if found.is_empty() {
-            return Err(Condition::ItemNotFound.into());
-        }
-        found
+            .collect()
     };
     let mut out = Element::new("items", NS_PUBSUB).attr("node", node);
     for id in ids {
-        if let Some(item) = ctx
-            .server
+        if let Some(item) = server
             .storage
-            .pep_item(owner, node, id)?
+            .pep_item(req.svc.jid, node, id)?
             .as_deref()
             .and_then(parse_stored)
         {
@@ -1042,40 +1747,46 @@ fn items(ctx: &IqCtx<'_>, owner: &str, items: &Element) -> IqResult {
     Ok(Element::new("pubsub", NS_PUBSUB).child(out).into())
 }
 
-fn configure_get(ctx: &IqCtx<'_>, owner: &str, configure: &Element) -> IqResult {
-    let node = node_attr(configure)?;
-    let Some((_, rec)) = ctx.server.storage.pep_node(owner, node)? else {
+/// Reads a node the requester must own.
+async fn owned_node(req: &Req<'_>, node: &str) -> Result<(Vec<u8>, PepNode), StanzaError> {
+    let Some((raw, rec)) = read_node(req.server, req.svc.jid, node).await? else {
         return Err(Condition::ItemNotFound.into());
     };
+    must_own(req, &rec)?;
+    Ok((raw, rec))
+}
+
+async fn configure_get(req: &Req<'_>, configure: &Element) -> IqResult {
+    let node = node_attr(configure)?;
+    let (_, rec) = owned_node(req, node).await?;
     let cfg = NodeConfig::decode(&rec.config);
     Ok(Element::new("pubsub", NS_OWNER)
         .child(
             Element::new("configure", NS_OWNER)
                 .attr("node", node)
-                .child(cfg.form("form")),
+                .child(cfg.form("form", req.svc)),
         )
         .into())
 }
 
 /// XEP-0060 §8.2.4: a submitted configuration; a field of the wrong type
 /// or value is `<not-acceptable/>` (§8.2.5.3) and nothing changes.
-async fn configure_set(ctx: &IqCtx<'_>, owner: &str, configure: &Element) -> IqResult {
+async fn configure_set(req: &Req<'_>, configure: &Element) -> IqResult {
     let node = node_attr(configure)?;
-    let cap = ctx.server.config.pep.max_items;
+    let cap = req.server.config.pep.max_items;
     let Some(x) = configure.elements().next() else {
         return Err(Condition::BadRequest.into());
     };
     let Some(fields) = form_fields(x, NODE_CONFIG).map_err(|()| Condition::NotAcceptable)? else {
+        owned_node(req, node).await?;
         return Ok(IqReply::EMPTY);
     };
     for _ in 0..MAX_ATTEMPTS {
-        let Some((raw, mut rec)) = ctx.server.storage.pep_node(owner, node)? else {
-            return Err(Condition::ItemNotFound.into());
-        };
+        let (raw, mut rec) = owned_node(req, node).await?;
         let mut cfg = NodeConfig::decode(&rec.config);
         for (var, values) in &fields {
-            cfg.set(var, values, cap)
-                .map_err(|()| Condition::NotAcceptable)?;
+            cfg.set(var, values, cap, req.svc)
+                .map_err(Refused::into_error)?;
         }
         let mut remove = Vec::new();
         if !cfg.persist_items {
@@ -1084,43 +1795,156 @@ async fn configure_set(ctx: &IqCtx<'_>, owner: &str, configure: &Element) -> IqR
             let over = rec.items.len().saturating_sub(cfg.limit(cap));
             remove.extend(rec.items.drain(..over));
         }
+        // Subscribers the new access model no longer lets in lose their
+        // subscriptions, and are told.
+        let subs = req.server.storage.pep_subs(req.svc.jid, node)?;
+        let mut lost: std::collections::BTreeSet<String> = Default::default();
+        let mut subs_remove = Vec::new();
+        for sub in subs.iter().filter(|s| !s.pending) {
+            let bare = crate::stanza::split(&sub.jid).0;
+            if lost.contains(&sub.jid)
+                || may_read(req.server, req.svc, node, &rec, bare, &cfg).is_err()
+            {
+                lost.insert(sub.jid.clone());
+                subs_remove.push((sub.jid.clone(), sub.subid.clone()));
+            }
+        }
         rec.config = cfg.encode();
         let change = PepChange {
-            bare: owner,
+            bare: req.svc.jid,
             node,
             read: Some(raw),
-            write: Some(rec),
+            write: NodeWrite::Put(rec),
             put: Vec::new(),
             remove,
+            subs_put: Vec::new(),
+            subs_remove,
         };
-        if ctx.server.storage.pep_write(change).await? {
+        if write_node(req.server, change).await? {
+            for jid in &lost {
+                subscription_changed(req.server, req.svc, node, &cfg, jid, false).await;
+            }
+            // §8.2.5.4: the new configuration (as a form when payloads
+            // are delivered).
+            if cfg.notify_config && cfg.deliver_notifications {
+                let mut event = Element::new("configuration", NS_EVENT).attr("node", node);
+                if cfg.deliver_payloads {
+                    let mut x = cfg.form("result", req.svc);
+                    for f in x.children.iter_mut() {
+                        if let crate::xml::Node::Element(f) = f {
+                            f.remove_children("option", NS_DATA);
+                        }
+                    }
+                    event = event.child(x);
+                }
+                let kept: Vec<PepSub> = subs
+                    .into_iter()
+                    .filter(|s| !lost.contains(&s.jid))
+                    .collect();
+                notify(req.server, req.svc, node, &cfg, &kept, event).await;
+            }
             return Ok(IqReply::EMPTY);
         }
     }
     Err(Condition::ResourceConstraint.into())
 }
 
+/// The owners to tell of a subscription change (none unless the node's
+/// `pubsub#notify_sub` says so).
+fn owners_to_tell(svc: Svc<'_>, rec: &PepNode, cfg: &NodeConfig) -> Vec<String> {
+    if !cfg.notify_sub {
+        return Vec::new();
+    }
+    owners(svc, rec).map(str::to_owned).collect()
+}
+
+/// `pubsub#notify_sub`: the node's owners hear that `jid` subscribed or
+/// unsubscribed (a subscription event, as §8.8.4's).
+async fn tell_owners(
+    server: &Server,
+    svc: Svc<'_>,
+    node: &str,
+    cfg: &NodeConfig,
+    owners: &[String],
+    jid: &str,
+    subscribed: bool,
+) {
+    let state = if subscribed { "subscribed" } else { "none" };
+    for o in owners {
+        let msg = Element::new("message", NS_CLIENT)
+            .attr("from", svc.jid)
+            .attr("to", o.as_str())
+            .attr("type", cfg.notification_type.as_str())
+            .attr("id", new_item_id())
+            .child(
+                Element::new("event", NS_EVENT).child(
+                    Element::new("subscription", NS_EVENT)
+                        .attr("node", node)
+                        .attr("jid", jid)
+                        .attr("subscription", state),
+                ),
+            );
+        let _ = route_boxed(server, msg).await;
+    }
+}
+
+/// Tells `jid` its subscription to `node` is now `subscribed` or `none`
+/// (XEP-0060 §8.8.4).
+async fn subscription_changed(
+    server: &Server,
+    svc: Svc<'_>,
+    node: &str,
+    cfg: &NodeConfig,
+    jid: &str,
+    subscribed: bool,
+) {
+    let state = if subscribed { "subscribed" } else { "none" };
+    let msg = Element::new("message", NS_CLIENT)
+        .attr("from", svc.jid)
+        .attr("to", jid)
+        .attr("type", cfg.notification_type.as_str())
+        .attr("id", new_item_id())
+        .child(
+            Element::new("event", NS_EVENT).child(
+                Element::new("subscription", NS_EVENT)
+                    .attr("node", node)
+                    .attr("jid", jid)
+                    .attr("subscription", state),
+            ),
+        );
+    let _ = route_boxed(server, msg).await;
+}
+
 /// XEP-0060 §8.4: the node and its items go; whoever was notified of it
 /// learns so.
-async fn delete(ctx: &IqCtx<'_>, owner: &str, delete: &Element) -> IqResult {
+async fn delete(req: &Req<'_>, delete: &Element) -> IqResult {
     let node = node_attr(delete)?;
     for _ in 0..MAX_ATTEMPTS {
-        let Some((raw, rec)) = ctx.server.storage.pep_node(owner, node)? else {
-            return Err(Condition::ItemNotFound.into());
-        };
+        let (raw, rec) = owned_node(req, node).await?;
         let cfg = NodeConfig::decode(&rec.config);
+        // Whoever is subscribed now hears of the deletion.
+        let subs = req.server.storage.pep_subs(req.svc.jid, node)?;
         let change = PepChange {
-            bare: owner,
+            bare: req.svc.jid,
             node,
             read: Some(raw),
-            write: None,
+            write: NodeWrite::Delete,
             put: Vec::new(),
             remove: Vec::new(),
+            subs_put: Vec::new(),
+            subs_remove: Vec::new(),
         };
-        if ctx.server.storage.pep_write(change).await? {
+        if write_node(req.server, change).await? {
             if cfg.notify_delete {
-                let event = Element::new("delete", NS_EVENT).attr("node", node);
-                notify(ctx.server, owner, node, &cfg, event);
+                let mut event = Element::new("delete", NS_EVENT).attr("node", node);
+                // §8.4.1: where its subscribers may go instead.
+                if let Some(uri) = delete
+                    .get_child("redirect", NS_OWNER)
+                    .and_then(|r| r.get_attr("uri"))
+                {
+                    event = event.child(Element::new("redirect", NS_EVENT).attr("uri", uri));
+                }
+                notify(req.server, req.svc, node, &cfg, &subs, event).await;
             }
             return Ok(IqReply::EMPTY);
         }
@@ -1129,31 +1953,818 @@ async fn delete(ctx: &IqCtx<'_>, owner: &str, delete: &Element) -> IqResult {
 }
 
 /// XEP-0060 §8.5: every item goes, the node stays.
-async fn purge(ctx: &IqCtx<'_>, owner: &str, purge: &Element) -> IqResult {
+async fn purge(req: &Req<'_>, purge: &Element) -> IqResult {
     let node = node_attr(purge)?;
     for _ in 0..MAX_ATTEMPTS {
-        let Some((raw, mut rec)) = ctx.server.storage.pep_node(owner, node)? else {
-            return Err(Condition::ItemNotFound.into());
-        };
+        let (raw, mut rec) = owned_node(req, node).await?;
         let cfg = NodeConfig::decode(&rec.config);
+        // §8.5.3.3: a node that keeps no items has none to purge.
+        if !cfg.persist_items {
+            return Err(unsupported("persistent-items"));
+        }
         let remove = std::mem::take(&mut rec.items);
         let change = PepChange {
-            bare: owner,
+            bare: req.svc.jid,
             node,
             read: Some(raw),
-            write: Some(rec),
+            write: NodeWrite::Put(rec),
             put: Vec::new(),
             remove,
+            subs_put: Vec::new(),
+            subs_remove: Vec::new(),
         };
-        if ctx.server.storage.pep_write(change).await? {
+        if write_node(req.server, change).await? {
             if cfg.notify_retract || cfg.notify_delete {
                 let event = Element::new("purge", NS_EVENT).attr("node", node);
-                notify(ctx.server, owner, node, &cfg, event);
+                let subs = req.server.storage.pep_subs(req.svc.jid, node)?;
+                notify(req.server, req.svc, node, &cfg, &subs, event).await;
             }
             return Ok(IqReply::EMPTY);
         }
     }
     Err(Condition::ResourceConstraint.into())
+}
+
+// ------------------------------------------------------------ subscriptions
+
+/// Subscriptions one JID may hold to one node (XEP-0060 §6.1.6).
+const MAX_SUBS_PER_JID: usize = 8;
+/// Subscriptions to one node.
+const MAX_SUBS_PER_NODE: usize = 10_000;
+const SUBSCRIBE_OPTIONS: &str = "http://jabber.org/protocol/pubsub#subscribe_options";
+
+/// The `jid` attribute of a subscription request, normalised;
+/// `<bad-request/>` with `<invalid-jid/>` when absent or not a JID.
+fn jid_attr(el: &Element) -> Result<String, StanzaError> {
+    el.get_attr("jid")
+        .and_then(|j| jid::Jid::new(j).ok())
+        .map(|j| j.to_string())
+        .ok_or_else(|| app(Condition::BadRequest, "invalid-jid"))
+}
+
+/// The subscription options form (XEP-0060 §6.3): the options offered,
+/// and their current values.
+fn sub_options_form(deliver: bool) -> Element {
+    let field = |var: &str, ftype: &str, value: &str| {
+        Element::new("field", NS_DATA)
+            .attr("var", var)
+            .attr("type", ftype)
+            .child(Element::new("value", NS_DATA).text(value))
+    };
+    Element::new("x", NS_DATA)
+        .attr("type", "form")
+        .child(field("FORM_TYPE", "hidden", SUBSCRIBE_OPTIONS))
+        .child(field(
+            "pubsub#deliver",
+            "boolean",
+            if deliver { "1" } else { "0" },
+        ))
+        .child(field("pubsub#digest", "boolean", "0"))
+        .child(field("pubsub#digest_frequency", "text-single", "86400000"))
+        .child(field("pubsub#include_body", "boolean", "0"))
+}
+
+/// A submitted subscription options form: the `pubsub#deliver` it asks
+/// for (`Ok(None)`: cancelled or unchanged); `<bad-request/>` with
+/// `<invalid-options/>` for what this service does not do.
+fn parse_sub_options(x: &Element) -> Result<Option<bool>, StanzaError> {
+    let invalid = || app(Condition::BadRequest, "invalid-options");
+    let Some(fields) = form_fields(x, SUBSCRIBE_OPTIONS).map_err(|()| invalid())? else {
+        return Ok(None);
+    };
+    let mut deliver = None;
+    for (var, values) in fields {
+        let v = values.first().map(|v| v.trim()).unwrap_or_default();
+        let boolean = match v {
+            "1" | "true" => Some(true),
+            "0" | "false" => Some(false),
+            _ => None,
+        };
+        match var.as_str() {
+            "pubsub#deliver" => deliver = Some(boolean.ok_or_else(invalid)?),
+            // No digests, no bodies: only their absence may be asked for.
+            "pubsub#digest" | "pubsub#include_body" => {
+                if boolean.ok_or_else(invalid)? {
+                    return Err(invalid());
+                }
+            }
+            "pubsub#digest_frequency" => {
+                v.parse::<u64>().map_err(|_| invalid())?;
+            }
+            // Presence filters are taken but not applied (notifications
+            // go to the subscribed JID whatever its show).
+            "pubsub#show-values" => {
+                if values
+                    .iter()
+                    .any(|v| !matches!(v.trim(), "away" | "chat" | "dnd" | "online" | "xa"))
+                {
+                    return Err(invalid());
+                }
+            }
+            // A leaf's items, and no expiry: only what that already is.
+            "pubsub#subscription_type" if matches!(v, "" | "items") => {}
+            "pubsub#subscription_depth" if matches!(v, "" | "1") => {}
+            "pubsub#expire" if v.is_empty() => {}
+            _ => return Err(invalid()),
+        }
+    }
+    Ok(deliver)
+}
+
+fn subscription_el(ns: &str, node: Option<&str>, s: &PepSub) -> Element {
+    let mut el = Element::new("subscription", ns);
+    if let Some(n) = node {
+        el.set_attr("node", n);
+    }
+    el.attr("jid", s.jid.as_str())
+        .attr(
+            "subscription",
+            if s.pending { "pending" } else { "subscribed" },
+        )
+        .attr("subid", s.subid.as_str())
+}
+
+/// XEP-0060 §6.1: a new subscription (several per JID may exist, each
+/// with its own SubID, §6.1.6).
+async fn subscribe(req: &Req<'_>, sub: &Element, options: Option<&Element>) -> IqResult {
+    let server = req.server;
+    let node = node_attr(sub)?;
+    let jid = jid_attr(sub)?;
+    // §6.1.3.1: one subscribes oneself.
+    if crate::stanza::split(&jid).0 != req.bare {
+        return Err(app(Condition::BadRequest, "invalid-jid"));
+    }
+    // §6.3.7: the options name neither node nor JID of their own.
+    if options.is_some_and(|o| o.get_attr("node").is_some() || o.get_attr("jid").is_some()) {
+        return Err(Condition::BadRequest.into());
+    }
+    let deliver = match options.and_then(|o| o.elements().next()) {
+        Some(x) => parse_sub_options(x)?.unwrap_or(true),
+        None => true,
+    };
+    let subid = new_item_id();
+    for _ in 0..MAX_ATTEMPTS {
+        let Some((raw, rec)) = read_node(server, req.svc.jid, node).await? else {
+            return Err(Condition::ItemNotFound.into());
+        };
+        let cfg = NodeConfig::decode(&rec.config);
+        if !cfg.subscribe {
+            return Err(unsupported("subscribe"));
+        }
+        // §6.1.4: on an `authorize` node the subscription of whoever is not
+        // affiliated waits for an owner's approval; a second request
+        // meanwhile is §6.1.3.7's error.
+        let aff = affiliation(server, req.svc, &rec, req.bare);
+        let pending = cfg.access == Access::Authorize && aff == Aff::None;
+        if pending {
+            let mine = server
+                .storage
+                .pep_service_subs_of_node_bare(req.svc.jid, node, req.bare)?;
+            if mine.iter().any(|s| s.pending) {
+                return Err(app(Condition::NotAuthorized, "pending-subscription"));
+            }
+        } else if cfg.access != Access::Authorize || aff == Aff::Outcast {
+            may_read(server, req.svc, node, &rec, req.bare, &cfg)?;
+        }
+        if server.storage.pep_subs_of(req.svc.jid, node, &jid)?.len() >= MAX_SUBS_PER_JID
+            || server.storage.pep_sub_count(req.svc.jid, node)? >= MAX_SUBS_PER_NODE as u64
+        {
+            // §6.1.3.9.
+            return Err(app(Condition::PolicyViolation, "too-many-subscriptions"));
+        }
+        let new = PepSub {
+            jid: jid.clone(),
+            subid: subid.clone(),
+            deliver,
+            pending,
+        };
+        let approvers: Vec<String> = if pending {
+            owners(req.svc, &rec).map(str::to_owned).collect()
+        } else {
+            Vec::new()
+        };
+        let last = rec.items.last().cloned();
+        let to_tell = owners_to_tell(req.svc, &rec, &cfg);
+        // The node record stays as it is: the change only needs it to.
+        let change = PepChange {
+            bare: req.svc.jid,
+            node,
+            read: Some(raw),
+            write: NodeWrite::Keep,
+            put: Vec::new(),
+            remove: Vec::new(),
+            subs_put: vec![new.clone()],
+            subs_remove: Vec::new(),
+        };
+        if write_node(server, change).await? {
+            for owner in &approvers {
+                ask_approval(server, req.svc, node, &new, owner).await;
+            }
+            // §6.1.7: the last item, if the node sends it.
+            if cfg.send_last != SendLast::Never
+                && cfg.deliver_notifications
+                && deliver
+                && !pending
+                && let Some(last) = last
+            {
+                send_last_to(server, req.svc, node, &cfg, &last, &jid).await;
+            }
+            if !pending {
+                tell_owners(server, req.svc, node, &cfg, &to_tell, &jid, true).await;
+            }
+            let mut out = Element::new("pubsub", NS_PUBSUB).child(subscription_el(
+                NS_PUBSUB,
+                Some(node),
+                &new,
+            ));
+            // §6.3.7: the options in effect, when some were given.
+            if options.is_some() {
+                let mut x = sub_options_form(deliver);
+                x.set_attr("type", "result");
+                out = out.child(Element::new("options", NS_PUBSUB).child(x));
+            }
+            return Ok(out.into());
+        }
+    }
+    Err(Condition::ResourceConstraint.into())
+}
+
+const SUBSCRIBE_AUTHORIZATION: &str = "http://jabber.org/protocol/pubsub#subscribe_authorization";
+
+/// XEP-0060 §8.6: asks an owner to approve a pending subscription (a
+/// data form in a message; the answer is [`approval`]).
+async fn ask_approval(server: &Server, svc: Svc<'_>, node: &str, sub: &PepSub, owner: &str) {
+    let field = |var: &str, ftype: &str, value: &str| {
+        Element::new("field", NS_DATA)
+            .attr("var", var)
+            .attr("type", ftype)
+            .child(Element::new("value", NS_DATA).text(value))
+    };
+    let form = Element::new("x", NS_DATA)
+        .attr("type", "form")
+        .child(Element::new("title", NS_DATA).text("PubSub subscriber request"))
+        .child(field("FORM_TYPE", "hidden", SUBSCRIBE_AUTHORIZATION))
+        .child(field("pubsub#node", "text-single", node))
+        .child(field("pubsub#subscriber_jid", "jid-single", &sub.jid))
+        .child(field("pubsub#subid", "hidden", &sub.subid))
+        .child(field("pubsub#allow", "boolean", "false"));
+    let msg = Element::new("message", NS_CLIENT)
+        .attr("from", svc.jid)
+        .attr("to", owner)
+        .attr("id", new_item_id())
+        .child(form);
+    let _ = route_boxed(server, msg).await;
+}
+
+/// An owner's answer to [`ask_approval`] (a submitted form in a message
+/// from `from`): the pending subscription becomes one, or goes; the
+/// subscriber is told (§8.6). `Err` for what is not such an answer, or
+/// not the owner's to give.
+pub async fn approval(
+    server: &Server,
+    svc: Svc<'_>,
+    from: &str,
+    x: &Element,
+) -> Result<(), StanzaError> {
+    let Some(fields) = form_fields(x, SUBSCRIBE_AUTHORIZATION)
+        .map_err(|()| StanzaError::from(Condition::BadRequest))?
+    else {
+        // Cancelled: it stays pending.
+        return Ok(());
+    };
+    let value = |var: &str| {
+        fields
+            .iter()
+            .find(|(v, _)| v == var)
+            .and_then(|(_, vals)| vals.first())
+            .map(|v| v.trim().to_owned())
+    };
+    let (Some(node), Some(jid), Some(allow)) = (
+        value("pubsub#node"),
+        value("pubsub#subscriber_jid").and_then(|j| jid::Jid::new(&j).ok()),
+        value("pubsub#allow"),
+    ) else {
+        return Err(Condition::BadRequest.into());
+    };
+    let jid = jid.to_string();
+    let allow = match allow.as_str() {
+        "1" | "true" => true,
+        "0" | "false" => false,
+        _ => return Err(Condition::BadRequest.into()),
+    };
+    let subid = value("pubsub#subid");
+    let req = Req {
+        server,
+        svc,
+        bare: crate::stanza::split(from).0,
+        full: from,
+    };
+    for _ in 0..MAX_ATTEMPTS {
+        let (raw, rec) = owned_node(&req, &node).await?;
+        let cfg = NodeConfig::decode(&rec.config);
+        let pending: Vec<PepSub> = server
+            .storage
+            .pep_subs_of(svc.jid, &node, &jid)?
+            .into_iter()
+            .filter(|s| s.pending && subid.as_deref().is_none_or(|id| id == s.subid))
+            .collect();
+        if pending.is_empty() {
+            return Err(app(Condition::UnexpectedRequest, "not-subscribed"));
+        }
+        let (subs_put, subs_remove) = if allow {
+            let approved = pending
+                .into_iter()
+                .map(|s| PepSub {
+                    pending: false,
+                    ..s
+                })
+                .collect();
+            (approved, Vec::new())
+        } else {
+            (
+                Vec::new(),
+                pending.into_iter().map(|s| (s.jid, s.subid)).collect(),
+            )
+        };
+        let change = PepChange {
+            bare: svc.jid,
+            node: &node,
+            read: Some(raw),
+            write: NodeWrite::Keep,
+            put: Vec::new(),
+            remove: Vec::new(),
+            subs_put,
+            subs_remove,
+        };
+        if write_node(server, change).await? {
+            subscription_changed(server, svc, &node, &cfg, &jid, allow).await;
+            return Ok(());
+        }
+    }
+    Err(Condition::ResourceConstraint.into())
+}
+
+/// The subscription a request names among `jid`'s (`mine`, XEP-0060
+/// §6.2.3), or the error the XEP names.
+fn pick_sub(mut mine: Vec<PepSub>, subid: Option<&str>) -> Result<PepSub, StanzaError> {
+    if mine.is_empty() {
+        return Err(app(Condition::UnexpectedRequest, "not-subscribed"));
+    }
+    match subid.filter(|s| !s.is_empty()) {
+        Some(id) => mine
+            .into_iter()
+            .find(|s| s.subid == id)
+            .ok_or_else(|| app(Condition::NotAcceptable, "invalid-subid")),
+        None if mine.len() > 1 => Err(app(Condition::BadRequest, "subid-required")),
+        None => Ok(mine.swap_remove(0)),
+    }
+}
+
+/// May the requester act on `jid`'s subscriptions: its own, or as the
+/// node's owner.
+fn may_act_for(req: &Req<'_>, rec: &PepNode, jid: &str) -> Result<(), StanzaError> {
+    if crate::stanza::split(jid).0 == req.bare {
+        return Ok(());
+    }
+    must_own(req, rec)
+}
+
+/// XEP-0060 §6.2.
+async fn unsubscribe(req: &Req<'_>, unsub: &Element) -> IqResult {
+    let node = node_attr(unsub)?;
+    let jid = jid_attr(unsub)?;
+    for _ in 0..MAX_ATTEMPTS {
+        let Some((raw, rec)) = read_node(req.server, req.svc.jid, node).await? else {
+            return Err(Condition::ItemNotFound.into());
+        };
+        may_act_for(req, &rec, &jid)?;
+        let mine = req.server.storage.pep_subs_of(req.svc.jid, node, &jid)?;
+        let gone = pick_sub(mine, unsub.get_attr("subid"))?;
+        let cfg = NodeConfig::decode(&rec.config);
+        let to_tell = owners_to_tell(req.svc, &rec, &cfg);
+        let change = PepChange {
+            bare: req.svc.jid,
+            node,
+            read: Some(raw),
+            write: NodeWrite::Keep,
+            put: Vec::new(),
+            remove: Vec::new(),
+            subs_put: Vec::new(),
+            subs_remove: vec![(gone.jid, gone.subid)],
+        };
+        if write_node(req.server, change).await? {
+            tell_owners(req.server, req.svc, node, &cfg, &to_tell, &jid, false).await;
+            return Ok(IqReply::EMPTY);
+        }
+    }
+    Err(Condition::ResourceConstraint.into())
+}
+
+/// XEP-0060 §6.3.2: a subscription's options.
+async fn options_get(req: &Req<'_>, opts: &Element) -> IqResult {
+    let node = node_attr(opts)?;
+    let Some(jid) = opts.get_attr("jid") else {
+        return Err(app(Condition::BadRequest, "jid-required"));
+    };
+    let jid = jid::Jid::new(jid)
+        .map_err(|_| app(Condition::BadRequest, "invalid-jid"))?
+        .to_string();
+    let Some((_, rec)) = read_node(req.server, req.svc.jid, node).await? else {
+        return Err(Condition::ItemNotFound.into());
+    };
+    may_act_for(req, &rec, &jid)?;
+    let mine = req.server.storage.pep_subs_of(req.svc.jid, node, &jid)?;
+    let s = pick_sub(mine, opts.get_attr("subid"))?;
+    Ok(Element::new("pubsub", NS_PUBSUB)
+        .child(
+            Element::new("options", NS_PUBSUB)
+                .attr("node", node)
+                .attr("jid", jid.as_str())
+                .attr("subid", s.subid.as_str())
+                .child(sub_options_form(s.deliver)),
+        )
+        .into())
+}
+
+/// XEP-0060 §6.3.5: new options for a subscription.
+async fn options_set(req: &Req<'_>, opts: &Element) -> IqResult {
+    let node = node_attr(opts)?;
+    let Some(jid) = opts.get_attr("jid") else {
+        return Err(app(Condition::BadRequest, "jid-required"));
+    };
+    let jid = jid::Jid::new(jid)
+        .map_err(|_| app(Condition::BadRequest, "invalid-jid"))?
+        .to_string();
+    let Some(x) = opts.elements().next() else {
+        return Err(app(Condition::BadRequest, "invalid-options"));
+    };
+    let deliver = parse_sub_options(x)?;
+    for _ in 0..MAX_ATTEMPTS {
+        let Some((raw, rec)) = read_node(req.server, req.svc.jid, node).await? else {
+            return Err(Condition::ItemNotFound.into());
+        };
+        may_act_for(req, &rec, &jid)?;
+        let mine = req.server.storage.pep_subs_of(req.svc.jid, node, &jid)?;
+        let mut sub = pick_sub(mine, opts.get_attr("subid"))?;
+        let Some(deliver) = deliver else {
+            return Ok(IqReply::EMPTY);
+        };
+        sub.deliver = deliver;
+        let change = PepChange {
+            bare: req.svc.jid,
+            node,
+            read: Some(raw),
+            write: NodeWrite::Keep,
+            put: Vec::new(),
+            remove: Vec::new(),
+            subs_put: vec![sub],
+            subs_remove: Vec::new(),
+        };
+        if write_node(req.server, change).await? {
+            return Ok(IqReply::EMPTY);
+        }
+    }
+    Err(Condition::ResourceConstraint.into())
+}
+
+/// XEP-0060 §6.4: the default subscription options, of the service or
+/// of one (existing) node.
+async fn default_sub_options(req: &Req<'_>, el: &Element) -> IqResult {
+    let mut out = Element::new("default", NS_PUBSUB);
+    if let Some(node) = el.get_attr("node").filter(|n| !n.is_empty()) {
+        if read_node(req.server, req.svc.jid, node).await?.is_none() {
+            return Err(Condition::ItemNotFound.into());
+        }
+        out.set_attr("node", node);
+    }
+    let mut x = sub_options_form(true);
+    x.set_attr("type", "result");
+    Ok(Element::new("pubsub", NS_PUBSUB).child(out.child(x)).into())
+}
+
+/// The nodes a listing covers: one (which must exist) or all.
+async fn nodes_of(req: &Req<'_>, el: &Element) -> Result<Vec<(String, PepNode)>, StanzaError> {
+    match el.get_attr("node").filter(|n| !n.is_empty()) {
+        Some(n) => match read_node(req.server, req.svc.jid, n).await? {
+            Some((_, rec)) => Ok(vec![(n.to_owned(), rec)]),
+            None => Err(Condition::ItemNotFound.into()),
+        },
+        None => Ok(req.server.storage.pep_nodes(req.svc.jid)?),
+    }
+}
+
+/// XEP-0060 §5.6: the requester's subscriptions.
+async fn my_subscriptions(req: &Req<'_>, el: &Element) -> IqResult {
+    let mut out = Element::new("subscriptions", NS_PUBSUB);
+    if let Some(n) = el.get_attr("node").filter(|n| !n.is_empty()) {
+        out.set_attr("node", n);
+    }
+    let subs: Vec<(String, PepSub)> = match el.get_attr("node").filter(|n| !n.is_empty()) {
+        Some(n) => {
+            if read_node(req.server, req.svc.jid, n).await?.is_none() {
+                return Err(Condition::ItemNotFound.into());
+            }
+            let all = req.server.storage.pep_subs(req.svc.jid, n)?;
+            all.into_iter().map(|s| (n.to_owned(), s)).collect()
+        }
+        None => req.server.storage.pep_service_subs(req.svc.jid)?,
+    };
+    for (node, s) in subs
+        .iter()
+        .filter(|(_, s)| crate::stanza::split(&s.jid).0 == req.bare)
+    {
+        out = out.child(subscription_el(NS_PUBSUB, Some(node), s));
+    }
+    Ok(Element::new("pubsub", NS_PUBSUB).child(out).into())
+}
+
+/// XEP-0060 §5.7: the requester's affiliations.
+async fn my_affiliations(req: &Req<'_>, el: &Element) -> IqResult {
+    let mut out = Element::new("affiliations", NS_PUBSUB);
+    if let Some(n) = el.get_attr("node").filter(|n| !n.is_empty()) {
+        out.set_attr("node", n);
+    }
+    for (node, rec) in nodes_of(req, el).await? {
+        let a = affiliation(req.server, req.svc, &rec, req.bare);
+        if a != Aff::None {
+            out = out.child(
+                Element::new("affiliation", NS_PUBSUB)
+                    .attr("node", node)
+                    .attr("affiliation", a.as_str()),
+            );
+        }
+    }
+    Ok(Element::new("pubsub", NS_PUBSUB).child(out).into())
+}
+
+/// XEP-0060 §8.8.1: every subscription to a node, for its owner.
+async fn owner_subscriptions(req: &Req<'_>, el: &Element) -> IqResult {
+    let node = node_attr(el)?;
+    owned_node(req, node).await?;
+    let mut out = Element::new("subscriptions", NS_OWNER).attr("node", node);
+    for s in &req.server.storage.pep_subs(req.svc.jid, node)? {
+        out = out.child(subscription_el(NS_OWNER, None, s));
+    }
+    Ok(Element::new("pubsub", NS_OWNER).child(out).into())
+}
+
+/// XEP-0060 §8.8.2: the owner adds (`subscribed`) or removes (`none`)
+/// subscriptions; an entry without `subscription` changes nothing. The
+/// valid entries take effect; any other (a bad JID or state) makes the
+/// answer `<not-acceptable/>` (§8.8.2.4). Each entity whose subscription
+/// changed is told (§8.8.4).
+async fn owner_subscriptions_set(req: &Req<'_>, el: &Element) -> IqResult {
+    let node = node_attr(el)?;
+    let mut changes = Vec::new();
+    let mut invalid = false;
+    for s in el.elements().filter(|e| e.is("subscription", NS_OWNER)) {
+        let state = match s.get_attr("subscription") {
+            None => continue,
+            Some("subscribed") => true,
+            Some("none") => false,
+            Some(_) => {
+                invalid = true;
+                continue;
+            }
+        };
+        match jid_attr(s) {
+            Ok(jid) => changes.push((jid, state, s.get_attr("subid").map(str::to_owned))),
+            Err(_) => invalid = true,
+        }
+    }
+    for _ in 0..MAX_ATTEMPTS {
+        let (raw, rec) = owned_node(req, node).await?;
+        let cfg = NodeConfig::decode(&rec.config);
+        let mut count = req.server.storage.pep_sub_count(req.svc.jid, node)?;
+        let mut changed: Vec<(String, bool)> = Vec::new();
+        let mut subs_put = Vec::new();
+        let mut subs_remove = Vec::new();
+        for (jid, subscribed, subid) in &changes {
+            let mine = req.server.storage.pep_subs_of(req.svc.jid, node, jid)?;
+            let has = !mine.is_empty() || subs_put.iter().any(|s: &PepSub| &s.jid == jid);
+            if *subscribed && mine.iter().any(|s| s.pending) {
+                // §8.8.2: approving a pending subscription.
+                subs_put.extend(mine.iter().filter(|s| s.pending).map(|s| PepSub {
+                    pending: false,
+                    ..s.clone()
+                }));
+                changed.push((jid.clone(), true));
+            } else if *subscribed && !has {
+                if count >= MAX_SUBS_PER_NODE as u64 {
+                    return Err(Condition::PolicyViolation.into());
+                }
+                count += 1;
+                subs_put.push(PepSub {
+                    jid: jid.clone(),
+                    subid: new_item_id(),
+                    deliver: true,
+                    pending: false,
+                });
+                changed.push((jid.clone(), true));
+            } else if !subscribed && !mine.is_empty() {
+                let going: Vec<&PepSub> = mine
+                    .iter()
+                    .filter(|s| subid.as_deref().is_none_or(|id| id == s.subid))
+                    .collect();
+                if going.len() == mine.len() {
+                    changed.push((jid.clone(), false));
+                }
+                subs_remove.extend(going.into_iter().map(|s| (s.jid.clone(), s.subid.clone())));
+            }
+        }
+        let change = PepChange {
+            bare: req.svc.jid,
+            node,
+            read: Some(raw),
+            write: NodeWrite::Keep,
+            put: Vec::new(),
+            remove: Vec::new(),
+            subs_put,
+            subs_remove,
+        };
+        if write_node(req.server, change).await? {
+            for (jid, subscribed) in changed {
+                subscription_changed(req.server, req.svc, node, &cfg, &jid, subscribed).await;
+            }
+            if invalid {
+                return Err(Condition::NotAcceptable.into());
+            }
+            return Ok(IqReply::EMPTY);
+        }
+    }
+    Err(Condition::ResourceConstraint.into())
+}
+
+/// XEP-0060 §8.9.1: a node's affiliations, for its owner.
+async fn owner_affiliations(req: &Req<'_>, el: &Element) -> IqResult {
+    let node = node_attr(el)?;
+    let (_, rec) = owned_node(req, node).await?;
+    let mut out = Element::new("affiliations", NS_OWNER).attr("node", node);
+    if req.svc.generic.is_none() {
+        out = out.child(
+            Element::new("affiliation", NS_OWNER)
+                .attr("jid", req.svc.jid)
+                .attr("affiliation", "owner"),
+        );
+    }
+    for (jid, a) in &rec.affiliations {
+        out = out.child(
+            Element::new("affiliation", NS_OWNER)
+                .attr("jid", jid.as_str())
+                .attr("affiliation", a.as_str()),
+        );
+    }
+    Ok(Element::new("pubsub", NS_OWNER).child(out).into())
+}
+
+/// XEP-0060 §8.9.2: the owner changes affiliations (`none` removes one;
+/// an outcast loses its subscriptions); an entry without `affiliation`
+/// changes nothing, one entity named twice is `<bad-request/>`. The valid
+/// entries take effect; one that is not (an unknown affiliation or JID,
+/// the last owner leaving, a PEP node's account) makes the answer
+/// `<not-acceptable/>` (§8.9.2.4).
+async fn owner_affiliations_set(req: &Req<'_>, el: &Element) -> IqResult {
+    let node = node_attr(el)?;
+    let mut changes: Vec<(String, Aff)> = Vec::new();
+    let mut invalid = false;
+    for a in el.elements().filter(|e| e.is("affiliation", NS_OWNER)) {
+        let Some(name) = a.get_attr("affiliation") else {
+            continue;
+        };
+        let jid = a
+            .get_attr("jid")
+            .and_then(|j| jid::Jid::new(j).ok())
+            .map(|j| j.to_bare().to_string());
+        let (Some(jid), Some(aff)) = (jid, Aff::parse(name)) else {
+            invalid = true;
+            continue;
+        };
+        if changes.iter().any(|(j, _)| *j == jid) {
+            return Err(Condition::BadRequest.into());
+        }
+        if req.svc.generic.is_none() && (aff == Aff::Owner || jid == req.svc.jid) {
+            invalid = true;
+            continue;
+        }
+        changes.push((jid, aff));
+    }
+    for _ in 0..MAX_ATTEMPTS {
+        let (raw, mut rec) = owned_node(req, node).await?;
+        let mut refused = invalid;
+        let mut subs_remove = Vec::new();
+        for (jid, aff) in &changes {
+            let before = rec.affiliations.clone();
+            rec.affiliations.retain(|(j, _)| j != jid);
+            if *aff != Aff::None {
+                rec.affiliations
+                    .push((jid.clone(), aff.as_str().to_owned()));
+            }
+            if req.svc.generic.is_some() && owners(req.svc, &rec).next().is_none() {
+                rec.affiliations = before;
+                refused = true;
+                continue;
+            }
+            if *aff == Aff::Outcast {
+                subs_remove.extend(
+                    req.server
+                        .storage
+                        .pep_subs(req.svc.jid, node)?
+                        .into_iter()
+                        .filter(|s| crate::stanza::split(&s.jid).0 == jid)
+                        .map(|s| (s.jid, s.subid)),
+                );
+            }
+        }
+        let change = PepChange {
+            bare: req.svc.jid,
+            node,
+            read: Some(raw),
+            write: NodeWrite::Put(rec),
+            put: Vec::new(),
+            remove: Vec::new(),
+            subs_put: Vec::new(),
+            subs_remove,
+        };
+        if write_node(req.server, change).await? {
+            if refused {
+                return Err(Condition::NotAcceptable.into());
+            }
+            return Ok(IqReply::EMPTY);
+        }
+    }
+    Err(Condition::ResourceConstraint.into())
+}
+
+/// An account is deleted: its affiliations and subscriptions on the
+/// nodes of every domain's pubsub service go, and so do the nodes it alone
+/// owned (a later account of that name must not inherit them). One
+/// compare-and-set per node it appears in.
+pub async fn forget_account(
+    storage: &crate::storage::Storage,
+    config: &crate::config::Config,
+    bare: &str,
+) -> Result<(), starling_cluster::StoreError> {
+    if !config.pubsub.enabled {
+        return Ok(());
+    }
+    for domain in &config.domains {
+        let svc = format!("{}.{domain}", config.pubsub.subdomain);
+        // Its subscriptions: plain deletes (no node record depends on them).
+        let subs: Vec<(String, PepSub)> = storage
+            .pep_service_subs(&svc)?
+            .into_iter()
+            .filter(|(_, s)| crate::stanza::split(&s.jid).0 == bare)
+            .collect();
+        for (node, sub) in subs {
+            let change = PepChange {
+                bare: &svc,
+                node: &node,
+                read: storage.pep_node(&svc, &node)?.map(|(raw, _)| raw),
+                write: NodeWrite::Keep,
+                put: Vec::new(),
+                remove: Vec::new(),
+                subs_put: Vec::new(),
+                subs_remove: vec![(sub.jid, sub.subid)],
+            };
+            let _ = storage.pep_write(change).await?;
+        }
+        // Its affiliations, and the nodes it alone owned.
+        for (node, _) in storage.pep_nodes(&svc)? {
+            for _ in 0..MAX_ATTEMPTS {
+                let Some((raw, mut rec)) = storage.pep_node(&svc, &node)? else {
+                    break;
+                };
+                if !rec.affiliations.iter().any(|(j, _)| j == bare) {
+                    break;
+                }
+                rec.affiliations.retain(|(j, _)| j != bare);
+                let orphan = !rec.affiliations.iter().any(|(_, a)| a == "owner");
+                let change = PepChange {
+                    bare: &svc,
+                    node: &node,
+                    read: Some(raw),
+                    write: if orphan {
+                        NodeWrite::Delete
+                    } else {
+                        NodeWrite::Put(rec)
+                    },
+                    put: Vec::new(),
+                    remove: Vec::new(),
+                    subs_put: Vec::new(),
+                    subs_remove: Vec::new(),
+                };
+                if storage.pep_write(change).await? {
+                    break;
+                }
+                // Changed meanwhile (maybe through another node): read again
+                // once this replica has caught up.
+                if storage.store.has_peers() {
+                    storage.store.read_barrier().await?;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 // ------------------------------------------------------------ notifications
@@ -1194,24 +2805,157 @@ fn recipients(server: &Server, owner: &str, node: &str, cfg: &NodeConfig) -> Vec
     out
 }
 
-/// Sends `event` (the child of `<event/>`) from `owner`'s bare JID to
-/// every interested resource, wherever bound.
-fn notify(server: &Server, owner: &str, node: &str, cfg: &NodeConfig, event: Element) {
-    let to = recipients(server, owner, node, cfg);
-    if to.is_empty() {
+/// Sends `event` (the child of `<event/>`) from the service's JID to
+/// whoever gets the node's notifications, wherever bound: the explicit
+/// subscribers (once per JID, with their SubIDs as SHIM headers when
+/// they hold several, XEP-0060 §12.? / §7.1.2.2) and, on a PEP service,
+/// the interested resources of the owner and its contacts.
+async fn notify(
+    server: &Server,
+    svc: Svc<'_>,
+    node: &str,
+    cfg: &NodeConfig,
+    subs: &[PepSub],
+    event: Element,
+) {
+    let implicit = match svc.generic {
+        None => recipients(server, svc.jid, node, cfg),
+        Some(_) => Vec::new(),
+    };
+    if implicit.is_empty() && !subs.iter().any(|s| s.deliver && !s.pending) {
         return;
     }
     let msg = Element::new("message", NS_CLIENT)
-        .attr("from", owner)
+        .attr("from", svc.jid)
         .attr("type", cfg.notification_type.as_str())
         .child(Element::new("event", NS_EVENT).child(event));
-    for full in to {
+    for full in &implicit {
         let mut m = msg.clone();
         m.set_attr("to", full.as_str());
         m.set_attr("id", new_item_id());
         metrics::counter!("starling_pep_notifications_total").increment(1);
-        let _ = crate::session::im::deliver_to_full(server, &full, m);
+        let _ = crate::session::im::deliver_to_full(server, full, m);
     }
+    // One notification per subscribed JID, with its SubIDs (§6.1.6).
+    let mut order: Vec<&str> = Vec::new();
+    let mut by_jid: std::collections::HashMap<&str, Vec<&str>> = std::collections::HashMap::new();
+    for s in subs.iter().filter(|s| s.deliver && !s.pending) {
+        by_jid
+            .entry(s.jid.as_str())
+            .or_insert_with(|| {
+                order.push(&s.jid);
+                Vec::new()
+            })
+            .push(&s.subid);
+    }
+    let notes = order.into_iter().filter_map(|jid| {
+        // Already notified through presence (PEP).
+        if implicit
+            .iter()
+            .any(|f| f == jid || crate::stanza::split(f).0 == jid)
+        {
+            return None;
+        }
+        if cfg.presence_based_delivery && !available(server, jid) {
+            return None;
+        }
+        let mut m = msg.clone();
+        m.set_attr("to", jid);
+        m.set_attr("id", new_item_id());
+        let ids = &by_jid[jid];
+        if ids.len() > 1 {
+            let mut headers = Element::new("headers", NS_SHIM);
+            for id in ids {
+                headers = headers.child(
+                    Element::new("header", NS_SHIM)
+                        .attr("name", "SubID")
+                        .text(*id),
+                );
+            }
+            m = m.child(headers);
+        }
+        Some(m)
+    });
+    // Sent before the request is answered (so one publisher's events
+    // arrive in order), several at a time: each may wait for another
+    // cluster node's acknowledgement.
+    futures::stream::iter(notes)
+        .for_each_concurrent(NOTIFY_CONCURRENCY, |m| async move {
+            metrics::counter!("starling_pep_notifications_total").increment(1);
+            if let Err(e) = route_boxed(server, m).await {
+                tracing::debug!(condition = ?e.0.condition, "pubsub notification not delivered");
+            }
+        })
+        .await;
+}
+
+/// Whether `jid` (a bare JID: any of its resources) is available now,
+/// wherever bound.
+fn available(server: &Server, jid: &str) -> bool {
+    let (bare, res) = crate::stanza::split(jid);
+    server
+        .router
+        .presences(bare, 0)
+        .iter()
+        .any(|p| res.is_none() || p.get_attr("from") == Some(jid))
+}
+
+/// Notifications of one event in flight at once.
+const NOTIFY_CONCURRENCY: usize = 32;
+
+const NS_SHIM: &str = "http://jabber.org/protocol/shim";
+
+/// Routes a notification like a message a client sent (to a bare JID:
+/// its available resources), boxed: routing can reach a pubsub service,
+/// whose requests notify.
+fn route_boxed(
+    server: &Server,
+    m: Element,
+) -> futures::future::BoxFuture<'_, Result<(), crate::session::im::Bounce>> {
+    crate::session::im::route_message(server, m).boxed()
+}
+
+/// XEP-0060 §6.1.7: the last item of a node, to a new subscriber.
+async fn send_last_to(
+    server: &Server,
+    svc: Svc<'_>,
+    node: &str,
+    cfg: &NodeConfig,
+    id: &str,
+    to: &str,
+) {
+    let Some(mut item) = server
+        .storage
+        .pep_item(svc.jid, node, id)
+        .ok()
+        .flatten()
+        .as_deref()
+        .and_then(parse_stored)
+    else {
+        return;
+    };
+    item.ns = NS_EVENT.to_owned();
+    if !cfg.deliver_payloads {
+        item.children.clear();
+    }
+    let msg = Element::new("message", NS_CLIENT)
+        .attr("from", svc.jid)
+        .attr("to", to)
+        .attr("type", cfg.notification_type.as_str())
+        .attr("id", new_item_id())
+        .child(
+            Element::new("event", NS_EVENT).child(
+                Element::new("items", NS_EVENT)
+                    .attr("node", node)
+                    .child(item),
+            ),
+        )
+        .child(
+            Element::new("delay", crate::stanza::NS_DELAY)
+                .attr("from", svc.jid)
+                .attr("stamp", crate::stanza::now_stamp()),
+        );
+    let _ = route_boxed(server, msg).await;
 }
 
 /// XEP-0163 §4.3.4: the last item of each node `full` is interested in
@@ -1262,7 +3006,7 @@ fn last_items_of(
         let cfg = NodeConfig::decode(&rec.config);
         if cfg.send_last != SendLast::OnSubAndPresence
             || !cfg.deliver_notifications
-            || may_read(server, owner, bare, &cfg).is_err()
+            || may_read(server, Svc::pep(owner), &node, &rec, bare, &cfg).is_err()
         {
             continue;
         }
@@ -1768,5 +3512,180 @@ pub mod bookmarks {
             .as_deref()
             .and_then(parse_stored)
             .and_then(|item| item.get_child("storage", NS_BOOKMARKS).cloned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GENERIC: Svc<'static> = Svc {
+        jid: "pubsub.a.example",
+        generic: Some("a.example"),
+    };
+
+    fn set(cfg: &mut NodeConfig, svc: Svc<'_>, var: &str, v: &str) -> Result<(), Refused> {
+        cfg.set(var, &[v.to_owned()], 1000, svc)
+    }
+
+    #[test]
+    fn generic_nodes_take_more_options_than_pep_nodes() {
+        let pep = Svc::pep("u@a.example");
+        let mut p = NodeConfig::default_for(pep);
+        let mut g = NodeConfig::default_for(GENERIC);
+        assert_eq!(p.access, Access::Presence);
+        assert_eq!(
+            (g.access, g.max_items, g.send_last),
+            (Access::Open, None, SendLast::Never)
+        );
+        assert_eq!(
+            set(&mut p, pep, "pubsub#publish_model", "open"),
+            Err(Refused::Invalid)
+        );
+        assert_eq!(set(&mut g, GENERIC, "pubsub#publish_model", "open"), Ok(()));
+        assert_eq!(g.publish_model, PublishModel::Open);
+        assert_eq!(
+            set(&mut p, pep, "pubsub#subscribe", "0"),
+            Err(Refused::Invalid)
+        );
+        assert_eq!(set(&mut g, GENERIC, "pubsub#subscribe", "0"), Ok(()));
+        assert!(!g.subscribe);
+        assert_eq!(
+            set(&mut g, GENERIC, "pubsub#access_model", "authorize"),
+            Ok(())
+        );
+        assert_eq!(g.access, Access::Authorize);
+        assert_eq!(
+            set(&mut p, pep, "pubsub#access_model", "authorize"),
+            Err(Refused::AccessModel)
+        );
+        assert_eq!(set(&mut g, GENERIC, "pubsub#item_expire", "0"), Ok(()));
+        assert_eq!(
+            set(&mut g, GENERIC, "pubsub#item_expire", "60"),
+            Err(Refused::Unsupported("item-expire"))
+        );
+        assert_eq!(
+            set(&mut p, pep, "pubsub#body_xslt", "x"),
+            Err(Refused::Invalid)
+        );
+        assert_eq!(
+            set(&mut g, GENERIC, "pubsub#node_type", "collection"),
+            Err(Refused::Unsupported("collections"))
+        );
+        assert_eq!(
+            set(&mut g, GENERIC, "pubsub#purge_offline", "1"),
+            Err(Refused::Invalid)
+        );
+        assert_eq!(set(&mut g, GENERIC, "pubsub#purge_offline", "0"), Ok(()));
+        assert_eq!(
+            set(&mut g, GENERIC, "pubsub#presence_based_delivery", "1"),
+            Ok(())
+        );
+        assert_eq!(set(&mut g, GENERIC, "pubsub#notify_sub", "1"), Ok(()));
+        assert!(g.notify_sub);
+        assert_eq!(
+            set(&mut p, pep, "pubsub#notify_config", "1"),
+            Err(Refused::Invalid)
+        );
+        // The form shows what may be set.
+        let vars: Vec<String> = g
+            .form("form", GENERIC)
+            .elements()
+            .filter_map(|f| f.get_attr("var").map(str::to_owned))
+            .collect();
+        assert!(vars.iter().any(|v| v == "pubsub#node_type"));
+        let vars: Vec<String> = p
+            .form("form", pep)
+            .elements()
+            .filter_map(|f| f.get_attr("var").map(str::to_owned))
+            .collect();
+        assert!(!vars.iter().any(|v| v == "pubsub#node_type"));
+    }
+
+    #[test]
+    fn affiliations_order_and_names() {
+        for a in [
+            Aff::Outcast,
+            Aff::None,
+            Aff::Member,
+            Aff::PublishOnly,
+            Aff::Publisher,
+            Aff::Owner,
+        ] {
+            assert_eq!(Aff::parse(a.as_str()), Some(a));
+        }
+        assert!(Aff::Outcast < Aff::None && Aff::PublishOnly < Aff::Publisher);
+        assert_eq!(Aff::parse("king"), None);
+    }
+
+    #[test]
+    fn picking_a_subscription_names_the_xep_errors() {
+        let sub = |jid: &str, id: &str| PepSub {
+            jid: jid.into(),
+            subid: id.into(),
+            deliver: true,
+            pending: false,
+        };
+        let two = || vec![sub("a@x", "1"), sub("a@x", "2")];
+        let app_of = |e: StanzaError| (e.condition, e.app.map(|a| a.name.clone()));
+        assert_eq!(
+            app_of(pick_sub(two(), None).unwrap_err()),
+            (Condition::BadRequest, Some("subid-required".into()))
+        );
+        assert_eq!(
+            app_of(pick_sub(two(), Some("9")).unwrap_err()),
+            (Condition::NotAcceptable, Some("invalid-subid".into()))
+        );
+        assert_eq!(
+            app_of(pick_sub(Vec::new(), None).unwrap_err()),
+            (Condition::UnexpectedRequest, Some("not-subscribed".into()))
+        );
+        assert_eq!(pick_sub(two(), Some("2")).unwrap().subid, "2");
+        assert_eq!(pick_sub(vec![sub("b@x/r", "3")], None).unwrap().subid, "3");
+        // An empty SubID is none.
+        assert_eq!(
+            pick_sub(vec![sub("b@x/r", "3")], Some("")).unwrap().subid,
+            "3"
+        );
+    }
+
+    #[test]
+    fn subscription_options_forms() {
+        let form = |fields: &[(&str, &str)]| {
+            let mut x = Element::new("x", NS_DATA).attr("type", "submit").child(
+                Element::new("field", NS_DATA)
+                    .attr("var", "FORM_TYPE")
+                    .child(Element::new("value", NS_DATA).text(SUBSCRIBE_OPTIONS)),
+            );
+            for (k, v) in fields {
+                x = x.child(
+                    Element::new("field", NS_DATA)
+                        .attr("var", *k)
+                        .child(Element::new("value", NS_DATA).text(*v)),
+                );
+            }
+            x
+        };
+        assert_eq!(
+            parse_sub_options(&form(&[("pubsub#deliver", "0")])).unwrap(),
+            Some(false)
+        );
+        assert_eq!(
+            parse_sub_options(&form(&[("pubsub#digest_frequency", "2")])).unwrap(),
+            None
+        );
+        for bad in [
+            ("pubsub#deliver", "maybe"),
+            ("pubsub#digest", "1"),
+            ("pubsub#include_body", "true"),
+            ("pubsub#digest_frequency", "-1"),
+            ("pubsub#unknown", "1"),
+        ] {
+            assert!(parse_sub_options(&form(&[bad])).is_err(), "{bad:?}");
+        }
+        // The form offered parses as submitted.
+        let mut offered = sub_options_form(true);
+        offered.set_attr("type", "submit");
+        assert_eq!(parse_sub_options(&offered).unwrap(), Some(true));
     }
 }

@@ -114,7 +114,7 @@ fn handle<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
                 .into());
         }
         if ctx.payload.has_child("remove", NS_REGISTER) {
-            accounts::delete(&ctx.server.storage, bare)
+            accounts::delete(&ctx.server.storage, &ctx.server.config, bare)
                 .await
                 .map_err(map_err)?;
             // The result goes out first; then every session of the account

@@ -1,6 +1,6 @@
 //! Services hosted on a subdomain of every served domain (XEP-0045 rooms
-//! at `conference.<domain>`, XEP-0363 file upload at `upload.<domain>`;
-//! pubsub would be one more entry):
+//! at `conference.<domain>`, XEP-0363 file upload at `upload.<domain>`,
+//! XEP-0060 publish-subscribe at `pubsub.<domain>`):
 //! which domains are services ([`Services`], from the configuration), and
 //! how a stanza for one gets to where it is handled.
 //!
@@ -18,6 +18,7 @@
 //! for a moment still agree on one place.
 
 pub mod muc;
+pub mod pubsub;
 
 use crate::config::Config;
 use crate::router::At;
@@ -47,6 +48,8 @@ pub enum ServiceKind {
     Muc,
     /// XEP-0363 HTTP file upload (slots; the files are `http::upload`'s).
     Upload,
+    /// XEP-0060 publish-subscribe (nodes in the replicated store).
+    Pubsub,
 }
 
 /// A service domain: what it hosts and the served domain it belongs to.
@@ -97,6 +100,18 @@ impl Services {
                         kind: ServiceKind::Upload,
                         parent: d.clone(),
                         name: "HTTP File Upload".into(),
+                    },
+                );
+            }
+        }
+        if config.pubsub.enabled {
+            for d in &config.domains {
+                by_domain.insert(
+                    format!("{}.{d}", config.pubsub.subdomain),
+                    Hosted {
+                        kind: ServiceKind::Pubsub,
+                        parent: d.clone(),
+                        name: config.pubsub.name.clone(),
                     },
                 );
             }
@@ -245,6 +260,7 @@ pub async fn route(server: &Server, el: Element) {
         match kind {
             ServiceKind::Muc => muc::service_stanza(server, el).await,
             ServiceKind::Upload => upload_stanza(server, el).await,
+            ServiceKind::Pubsub => pubsub::service_stanza(server, el).await,
         }
         return;
     };
@@ -254,8 +270,8 @@ pub async fn route(server: &Server, el: Element) {
             Some(el) => el,
             None => return,
         },
-        // The upload service has no entities.
-        ServiceKind::Upload => {
+        // The upload and pubsub services have no entities.
+        ServiceKind::Upload | ServiceKind::Pubsub => {
             if el.name != "presence" && !matches!(el.get_attr("type"), Some("error" | "result")) {
                 crate::session::im::bounce(server, &el, Condition::ServiceUnavailable);
             }
@@ -290,7 +306,7 @@ async fn to_owner(server: &Server, kind: ServiceKind, key: &str, el: Element, ho
         // membership goes, so it cannot answer with stale state later.
         match kind {
             ServiceKind::Muc => server.services.muc.stop(key),
-            ServiceKind::Upload => {}
+            ServiceKind::Upload | ServiceKind::Pubsub => {}
         }
         let stanza = xml
             .get_or_insert_with(|| el.to_stream_xml(NS_CLIENT).into_bytes())
@@ -323,7 +339,7 @@ fn local(server: &Server, kind: ServiceKind, key: &str, el: Element) -> bool {
     match kind {
         ServiceKind::Muc => server.services.muc.deliver(server, key, el),
         // No entities: nothing is ever sent to one.
-        ServiceKind::Upload => false,
+        ServiceKind::Upload | ServiceKind::Pubsub => false,
     }
 }
 
@@ -352,7 +368,7 @@ pub fn from_node(server: &Server, env: Envelope) -> DeliveryResult {
     }
     match kind {
         ServiceKind::Muc => server.services.muc.stop(key),
-        ServiceKind::Upload => {}
+        ServiceKind::Upload | ServiceKind::Pubsub => {}
     }
     let fwd = Envelope {
         hops: env.hops + 1,
