@@ -369,7 +369,7 @@ impl Prepared {
     /// is polled (`Store::write_behind`); the future ends once it is
     /// durable (or failed: logged). For a message delivered before its
     /// write commits, whose sender's session counts it handled only then.
-    pub fn queue(self, server: &Arc<Server>) -> futures::future::LocalBoxFuture<'static, ()> {
+    pub fn queue(self, server: &Arc<Server>) -> futures::future::BoxFuture<'static, ()> {
         let server = server.clone();
         let queued = server.storage.store.write_behind(self.ops());
         async move {
@@ -399,7 +399,7 @@ impl Prepared {
                 tracing::warn!(error = %e, "a delivered message could not be archived");
             }
         }
-        .boxed_local()
+        .boxed()
     }
 
     /// Writes the records before `el` (the message they were prepared

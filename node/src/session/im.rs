@@ -170,7 +170,7 @@ pub async fn route_message(server: &Server, el: Element) -> Result<(), Bounce> {
 /// The archive writes a session with stream management (XEP-0198) let
 /// go behind the messages it delivered ([`route_message_behind`]); it
 /// counts each message handled (its client's `h`) once its write ended.
-pub type Behind = std::collections::VecDeque<futures::future::LocalBoxFuture<'static, ()>>;
+pub type Behind = std::collections::VecDeque<futures::future::BoxFuture<'static, ()>>;
 
 /// [`route_message`] for a client's session that counts what it handled
 /// (XEP-0198). A message whose every copy goes to sessions of this node
