@@ -13,13 +13,18 @@ use serde::{Deserialize, Serialize};
 ///
 /// Ops are in the Raft log (MessagePack through `codec`): a variant is
 /// written by its name and its fields by position, so a variant must not
-/// be renamed nor its fields reordered; new variants go at the end.
+/// be renamed nor its fields reordered; new variants go at the end. Byte
+/// fields are written as MessagePack binaries (`serde_bytes`: one copy,
+/// not a call per byte); entries written before, with those fields as
+/// arrays of integers, still decode.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
     /// Set `key` to `value`.
     Put {
         space: String,
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
     /// Set `key` only if it is absent; fails with `OpResult::Exists`
@@ -27,25 +32,39 @@ pub enum Op {
     /// that a write retried after a lost reply is harmless).
     Insert {
         space: String,
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
     /// Remove `key` (no error if absent).
-    Delete { space: String, key: Vec<u8> },
+    Delete {
+        space: String,
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+    },
     /// Remove every key starting with `prefix`.
-    DeletePrefix { space: String, prefix: Vec<u8> },
+    DeletePrefix {
+        space: String,
+        #[serde(with = "serde_bytes")]
+        prefix: Vec<u8>,
+    },
     /// Remove `key` if its value starts with `prefix` (no error
     /// otherwise): "remove it if it is still mine".
     DeleteIf {
         space: String,
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         prefix: Vec<u8>,
     },
     /// Go on only if `key` exists and its value starts with `prefix`;
     /// otherwise the write fails with `OpResult::Mismatch`.
     Expect {
         space: String,
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         prefix: Vec<u8>,
     },
     /// Drop what an index names: for every key `prefix ++ rest` in space
@@ -55,6 +74,7 @@ pub enum Op {
     DeleteIndexed {
         space: String,
         index: String,
+        #[serde(with = "serde_bytes")]
         prefix: Vec<u8>,
     },
     /// Store `value` under `prefix ++ u64 big-endian sequence number` (the
@@ -62,7 +82,9 @@ pub enum Op {
     /// when `max` keys already exist under `prefix`.
     Append {
         space: String,
+        #[serde(with = "serde_bytes")]
         prefix: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
         max: u64,
     },
@@ -72,7 +94,9 @@ pub enum Op {
     /// the version they read here, so two nodes never lose each other's update.
     ExpectValue {
         space: String,
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         value: Option<Vec<u8>>,
     },
 }
@@ -105,8 +129,9 @@ mod tests {
         b.iter().map(|x| format!("{x:02x}")).collect()
     }
 
-    /// The bytes each variant has in Raft logs already written: a change
-    /// here means old logs no longer decode.
+    /// The bytes each variant is written as now, and the bytes it had in
+    /// logs written before byte fields became MessagePack binaries: a
+    /// change here means logs already written no longer decode.
     #[test]
     fn log_encoding_is_stable() {
         let s = || "s".to_string();
@@ -121,6 +146,7 @@ mod tests {
                     value: v(),
                 },
                 "81a350757493a173916b9176",
+                "81a350757493a173c4016bc40176",
             ),
             (
                 Op::Insert {
@@ -129,6 +155,7 @@ mod tests {
                     value: v(),
                 },
                 "81a6496e7365727493a173916b9176",
+                "81a6496e7365727493a173c4016bc40176",
             ),
             (
                 Op::Delete {
@@ -136,6 +163,7 @@ mod tests {
                     key: k(),
                 },
                 "81a644656c65746592a173916b",
+                "81a644656c65746592a173c4016b",
             ),
             (
                 Op::DeletePrefix {
@@ -143,6 +171,7 @@ mod tests {
                     prefix: p(),
                 },
                 "81ac44656c65746550726566697892a1739170",
+                "81ac44656c65746550726566697892a173c40170",
             ),
             (
                 Op::DeleteIf {
@@ -151,6 +180,7 @@ mod tests {
                     prefix: p(),
                 },
                 "81a844656c657465496693a173916b9170",
+                "81a844656c657465496693a173c4016bc40170",
             ),
             (
                 Op::Expect {
@@ -159,6 +189,7 @@ mod tests {
                     prefix: p(),
                 },
                 "81a645787065637493a173916b9170",
+                "81a645787065637493a173c4016bc40170",
             ),
             (
                 Op::DeleteIndexed {
@@ -167,6 +198,7 @@ mod tests {
                     prefix: p(),
                 },
                 "81ad44656c657465496e646578656493a173a1699170",
+                "81ad44656c657465496e646578656493a173a169c40170",
             ),
             (
                 Op::Append {
@@ -176,6 +208,7 @@ mod tests {
                     max: 3,
                 },
                 "81a6417070656e6494a1739170917603",
+                "81a6417070656e6494a173c40170c4017603",
             ),
             (
                 Op::ExpectValue {
@@ -184,6 +217,7 @@ mod tests {
                     value: None,
                 },
                 "81ab45787065637456616c756593a173916bc0",
+                "81ab45787065637456616c756593a173c4016bc0",
             ),
             (
                 Op::ExpectValue {
@@ -192,15 +226,19 @@ mod tests {
                     value: Some(v()),
                 },
                 "81ab45787065637456616c756593a173916b9176",
+                "81ab45787065637456616c756593a173c4016bc40176",
             ),
         ];
-        for (op, bytes) in ops {
-            assert_eq!(hex(&encode(&op).unwrap()), bytes, "{op:?}");
-            let b: Vec<u8> = (0..bytes.len())
+        let unhex = |h: &str| -> Vec<u8> {
+            (0..h.len())
                 .step_by(2)
-                .map(|i| u8::from_str_radix(&bytes[i..i + 2], 16).unwrap())
-                .collect();
-            assert_eq!(decode::<Op>(&b).unwrap(), op);
+                .map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap())
+                .collect()
+        };
+        for (op, legacy, current) in ops {
+            assert_eq!(hex(&encode(&op).unwrap()), current, "{op:?}");
+            assert_eq!(decode::<Op>(&unhex(current)).unwrap(), op);
+            assert_eq!(decode::<Op>(&unhex(legacy)).unwrap(), op, "legacy {op:?}");
         }
         let results = [
             (OpResult::Done, "a4446f6e65"),
