@@ -84,6 +84,8 @@ fn err(e: impl std::fmt::Display) -> KvError {
 #[derive(Clone)]
 pub struct SledKv {
     db: sled::Db,
+    /// One journaled `write_multi` at a time (they share the record).
+    journaling: Arc<std::sync::Mutex<()>>,
 }
 
 /// sled's page cache; its default (1 GiB) is too much beside a node that
@@ -97,7 +99,10 @@ impl SledKv {
             .cache_capacity(SLED_CACHE_BYTES)
             .open()
             .map_err(err)?;
-        let kv = SledKv { db };
+        let kv = SledKv {
+            db,
+            journaling: Arc::default(),
+        };
         kv.finish_journaled()?;
         Ok(kv)
     }
@@ -400,6 +405,7 @@ impl Kv for SledKv {
             .collect();
         if journal::encoded_len(&listed) <= MAX_JOURNALED_BYTES {
             let record = journal::encode(&listed);
+            let _one = self.journaling.lock().unwrap_or_else(|e| e.into_inner());
             let journal = self.journal()?;
             journal.insert(JOURNAL_KEY, record).map_err(err)?;
             let named: Vec<(sled::Tree, Vec<Change>)> =
