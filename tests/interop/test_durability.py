@@ -2,7 +2,9 @@
 
 A session handles its stanzas in order and a stored stanza is committed to
 the Raft log (and fsynced) before the next one is read, so the reply to an
-IQ sent after a batch of messages acknowledges the whole batch.
+IQ sent after a batch of messages acknowledges the whole batch. With stream
+management, a message to a session of the same node may be delivered before
+its archive write commits; the server's h then counts it only once it is.
 """
 
 import os
