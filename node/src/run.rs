@@ -183,6 +183,13 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
     rt.spawn(trim_heap_periodically());
     rt.spawn(flush_last_activity_periodically(server.clone()));
     rt.spawn(crate::modules::mam::run_retention(server.clone()));
+    if server.config.mam.enabled {
+        // Before any message: archive ids start above the previous runs'.
+        if let Err(e) = rt.block_on(crate::modules::mam::reserve_ids(&server)) {
+            tracing::warn!(error = %e, "archive ids not reserved yet; writes check for taken ids");
+        }
+        rt.spawn(crate::modules::mam::run_reservations(server.clone()));
+    }
     rt.spawn(crate::http::upload::run_cleanup(server.clone()));
     let system = actix_rt::System::new();
     let result = system.block_on(run_listeners(server.clone()));

@@ -83,7 +83,7 @@ pub static MODULE: Module = Module {
         },
     ],
     config_section: Some("mam"),
-    spaces: &[ARCHIVE, ARCHIVE_PREFS],
+    spaces: &[ARCHIVE, ARCHIVE_PREFS, ID_FLOOR],
     ..Module::EMPTY
 };
 
@@ -95,14 +95,30 @@ const ID_EPOCH_MICROS: i64 = 1_704_067_200_000_000;
 /// Low bits of an id: the node id's, so two nodes never make the same id.
 const NODE_BITS: u32 = 12;
 
+/// The time part (microseconds since 2024) of the last id this process
+/// made; at start, at least the floor its previous runs reserved.
+static LAST: AtomicU64 = AtomicU64::new(0);
+
+/// Ids whose time part is below this are new for certain (see
+/// [`reserve_ids`]); 0 until this process reserved any.
+static RESERVED: AtomicU64 = AtomicU64::new(0);
+
+/// Key space of the reservations: node id (big endian) -> the time part
+/// (big endian) below which that node made its ids so far.
+pub const ID_FLOOR: &str = "mam_id_floor";
+
+/// How far ahead of the clock a reservation goes; it is renewed when less
+/// than half of it is left.
+const RESERVE_AHEAD_MICROS: u64 = 600_000_000;
+
 /// The next archive id of this process: the time in microseconds since
 /// 2024 in the high 52 bits, the node id's low 12 bits in the low ones.
 /// Strictly increasing per process (an id made in the same microsecond as
 /// the last takes the next microsecond), unique in the cluster without
 /// coordination (nodes differ in the low bits), and in time order across
-/// nodes as far as their clocks agree.
+/// nodes as far as their clocks agree. Across restarts, and a clock set
+/// back meanwhile, by [`reserve_ids`].
 pub fn next_id(node_id: u64) -> u64 {
-    static LAST: AtomicU64 = AtomicU64::new(0);
     let now = u64::try_from(chrono::Utc::now().timestamp_micros() - ID_EPOCH_MICROS).unwrap_or(0);
     let mut last = LAST.load(Ordering::Relaxed);
     loop {
@@ -110,6 +126,66 @@ pub fn next_id(node_id: u64) -> u64 {
         match LAST.compare_exchange_weak(last, t, Ordering::AcqRel, Ordering::Relaxed) {
             Ok(_) => return (t << NODE_BITS) | (node_id & ((1 << NODE_BITS) - 1)),
             Err(seen) => last = seen,
+        }
+    }
+}
+
+/// Whether no id equal to `id` was ever made by any run of its node (so
+/// its archive records may be written without looking for one).
+fn reserved(id: u64) -> bool {
+    (id >> NODE_BITS) < RESERVED.load(Ordering::Acquire)
+}
+
+/// Reserves archive ids: reads the floor this node's previous runs wrote
+/// (through a read barrier: the last one may not have reached this replica
+/// yet), starts this process's ids above it, and writes a new floor ahead
+/// of the clock. Once that write is committed, ids below it are unique
+/// whatever the clock does across restarts, and their records are written
+/// without an existence check (`Op::Put`). Called at start and then
+/// periodically ([`run_reservations`]); until it succeeds, records are
+/// written with one (`Op::Insert`).
+pub async fn reserve_ids(server: &Server) -> Result<(), StoreError> {
+    reserve_ids_in(&server.storage.store).await
+}
+
+async fn reserve_ids_in(store: &starling_cluster::Store) -> Result<(), StoreError> {
+    let key = store.node_id().to_be_bytes().to_vec();
+    if store.has_peers() {
+        store.read_barrier().await?;
+    }
+    let floor = store
+        .get(ID_FLOOR, &key)?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+        .map_or(0, u64::from_be_bytes);
+    LAST.fetch_max(floor, Ordering::AcqRel);
+    let now = u64::try_from(chrono::Utc::now().timestamp_micros() - ID_EPOCH_MICROS).unwrap_or(0);
+    let until = now.max(LAST.load(Ordering::Acquire)) + RESERVE_AHEAD_MICROS;
+    store
+        .write(vec![starling_cluster::Op::Put {
+            space: ID_FLOOR.into(),
+            key,
+            value: until.to_be_bytes().to_vec(),
+        }])
+        .await?;
+    RESERVED.fetch_max(until, Ordering::AcqRel);
+    Ok(())
+}
+
+/// Renews the id reservation before half of it is used (one write a few
+/// minutes per node).
+pub async fn run_reservations(server: Arc<Server>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let last = LAST.load(Ordering::Acquire).max(
+            u64::try_from(chrono::Utc::now().timestamp_micros() - ID_EPOCH_MICROS).unwrap_or(0),
+        );
+        if last + RESERVE_AHEAD_MICROS / 2 < RESERVED.load(Ordering::Acquire) {
+            continue;
+        }
+        if let Err(e) = reserve_ids(&server).await {
+            tracing::warn!(error = %e, "could not renew the archive id reservation");
         }
     }
 }
@@ -327,7 +403,20 @@ impl Prepared {
             .iter()
             .map(|(owner, m)| (owner.as_str(), self.id, m))
             .collect();
-        crate::storage::archive_ops(&entries)
+        let mut ops = crate::storage::archive_ops(&entries);
+        if reserved(self.id) {
+            // No record can hold this id yet: no existence check.
+            for op in &mut ops {
+                if let starling_cluster::Op::Insert { space, key, value } = op {
+                    *op = starling_cluster::Op::Put {
+                        space: std::mem::take(space),
+                        key: std::mem::take(key),
+                        value: std::mem::take(value),
+                    };
+                }
+            }
+        }
+        ops
     }
 
     fn written(&self) {
@@ -1370,6 +1459,55 @@ mod tests {
         assert_ne!(next_id(8) & 0xfff, next_id(7) & 0xfff);
         let many: Vec<u64> = (0..10_000).map(|_| next_id(1)).collect();
         assert!(many.windows(2).all(|w| w[1] > w[0]));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ids_start_above_the_floor_a_previous_run_reserved() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = storage(dir.path()).await;
+        let key = storage.store.node_id().to_be_bytes().to_vec();
+        // A previous run's floor, 2 s ahead of this clock (as if the clock
+        // went back since).
+        let now = u64::try_from(chrono::Utc::now().timestamp_micros() - ID_EPOCH_MICROS).unwrap();
+        let floor = now + 2_000_000;
+        storage
+            .store
+            .write(vec![starling_cluster::Op::Put {
+                space: ID_FLOOR.into(),
+                key: key.clone(),
+                value: floor.to_be_bytes().to_vec(),
+            }])
+            .await
+            .unwrap();
+        reserve_ids_in(&storage.store).await.unwrap();
+        let id = next_id(storage.store.node_id());
+        assert!(id >> NODE_BITS > floor, "an id at or below the old floor");
+        assert!(reserved(id));
+        // The new floor is written ahead, and ids beyond it are not
+        // taken for new.
+        let written = storage.store.get(ID_FLOOR, &key).unwrap().unwrap();
+        let written = u64::from_be_bytes(written.try_into().unwrap());
+        assert!(written >= floor + RESERVE_AHEAD_MICROS);
+        assert!(RESERVED.load(Ordering::Acquire) >= written);
+        assert!(!reserved(
+            (RESERVED.load(Ordering::Acquire) + 1) << NODE_BITS
+        ));
+        // Records under a reserved id are written without a check.
+        let p = Prepared {
+            id,
+            records: vec![("b@x".into(), record(false, 1))],
+            keep_in: true,
+            started: std::time::Instant::now(),
+        };
+        assert!(matches!(p.ops()[0], starling_cluster::Op::Put { .. }));
+        let unreserved = Prepared {
+            id: (RESERVED.load(Ordering::Acquire) + 10) << NODE_BITS,
+            ..p
+        };
+        assert!(matches!(
+            unreserved.ops()[0],
+            starling_cluster::Op::Insert { .. }
+        ));
     }
 
     #[test]
