@@ -158,3 +158,35 @@ def test_resumable_after_the_registry_was_founded_again(cluster, clients):
         c2.close()
         time.sleep(0.5)
     assert r is not None and r.tag == sm("resumed"), tostring(r)
+
+
+def test_messages_delivered_ahead_of_their_archive_write_are_replayed_elsewhere(
+        tmp_path_factory, clients):
+    """Sender and recipient on one node, both with stream management: the messages are
+    delivered before their archive writes commit (here they would wait 2 s for company).
+    The recipient drops without acknowledging them and resumes through another node at once:
+    the node that held it lets go only once its writes are in the archive, so the new node
+    replays every one, once."""
+    from cluster import Cluster
+    cl = Cluster(str(tmp_path_factory.mktemp("cluster")), 3,
+                 cluster_options={"behind_linger_us": 2_000_000})
+    try:
+        a_jid, _, a_pw = cl[1].new_user("cba")
+        b_jid, _, b_pw = cl[1].new_user("cbb")
+        a, _ = login_sm(cl[1], a_jid, a_pw)
+        clients.add(a)
+        b, enabled = login_sm(cl[1], b_jid, b_pw)
+        clients.add(b)
+        t0 = time.monotonic()
+        for i in range(10):
+            a.message(b_jid, f"ahead {i}")
+        assert bodies(b, 10) == [f"ahead {i}" for i in range(10)]
+        assert time.monotonic() - t0 < 1.5, "delivery waited for the archive"
+        drop(b)
+        b3, r = resume(cl[3], b_jid, b_pw, enabled.get("id"), 1)  # only its own presence
+        clients.add(b3)
+        assert r.tag == sm("resumed"), tostring(r)
+        assert bodies(b3, 10) == [f"ahead {i}" for i in range(10)]
+        b3.expect_nothing(lambda e: e.tag == C("message"), 0.7, what="a duplicate")
+    finally:
+        cl.stop()
