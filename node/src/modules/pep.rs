@@ -1858,6 +1858,32 @@ fn owners_to_tell(svc: Svc<'_>, rec: &PepNode, cfg: &NodeConfig) -> Vec<String> 
     owners(svc, rec).map(str::to_owned).collect()
 }
 
+/// A subscription event (XEP-0060 §8.8.4): `jid`'s subscription to
+/// `node` is now `subscribed` or `none`; sent to `to`.
+fn subscription_event(
+    svc: Svc<'_>,
+    node: &str,
+    cfg: &NodeConfig,
+    to: &str,
+    jid: &str,
+    subscribed: bool,
+) -> Element {
+    let state = if subscribed { "subscribed" } else { "none" };
+    Element::new("message", NS_CLIENT)
+        .attr("from", svc.jid)
+        .attr("to", to)
+        .attr("type", cfg.notification_type.as_str())
+        .attr("id", new_item_id())
+        .child(
+            Element::new("event", NS_EVENT).child(
+                Element::new("subscription", NS_EVENT)
+                    .attr("node", node)
+                    .attr("jid", jid)
+                    .attr("subscription", state),
+            ),
+        )
+}
+
 /// `pubsub#notify_sub`: the node's owners hear that `jid` subscribed or
 /// unsubscribed (a subscription event, as §8.8.4's).
 async fn tell_owners(
@@ -1869,21 +1895,8 @@ async fn tell_owners(
     jid: &str,
     subscribed: bool,
 ) {
-    let state = if subscribed { "subscribed" } else { "none" };
     for o in owners {
-        let msg = Element::new("message", NS_CLIENT)
-            .attr("from", svc.jid)
-            .attr("to", o.as_str())
-            .attr("type", cfg.notification_type.as_str())
-            .attr("id", new_item_id())
-            .child(
-                Element::new("event", NS_EVENT).child(
-                    Element::new("subscription", NS_EVENT)
-                        .attr("node", node)
-                        .attr("jid", jid)
-                        .attr("subscription", state),
-                ),
-            );
+        let msg = subscription_event(svc, node, cfg, o, jid, subscribed);
         let _ = route_boxed(server, msg).await;
     }
 }
@@ -1898,20 +1911,7 @@ async fn subscription_changed(
     jid: &str,
     subscribed: bool,
 ) {
-    let state = if subscribed { "subscribed" } else { "none" };
-    let msg = Element::new("message", NS_CLIENT)
-        .attr("from", svc.jid)
-        .attr("to", jid)
-        .attr("type", cfg.notification_type.as_str())
-        .attr("id", new_item_id())
-        .child(
-            Element::new("event", NS_EVENT).child(
-                Element::new("subscription", NS_EVENT)
-                    .attr("node", node)
-                    .attr("jid", jid)
-                    .attr("subscription", state),
-            ),
-        );
+    let msg = subscription_event(svc, node, cfg, jid, jid, subscribed);
     let _ = route_boxed(server, msg).await;
 }
 
