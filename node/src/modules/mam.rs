@@ -492,6 +492,14 @@ impl Prepared {
         .boxed()
     }
 
+    /// Drops the records of a message that is not delivered after all,
+    /// and the `<stanza-id/>` they gave it.
+    pub fn discard(self, el: &mut Element) {
+        if self.keep_in {
+            el.children.pop();
+        }
+    }
+
     /// Writes the records before `el` (the message they were prepared
     /// from) is delivered: a message whose records could not be written
     /// does not claim their id, and one written under a later id names

@@ -308,8 +308,11 @@ async fn route(
                 }
             }
             _ => {
-                // Refused: nothing to archive.
-                archiving.prepared = None;
+                // Refused: nothing archived, and no id claimed.
+                let mut el = el;
+                if let Some(p) = archiving.prepared.take() {
+                    p.discard(&mut el);
+                }
                 bounce_of(Condition::ServiceUnavailable, el)
             }
         };
