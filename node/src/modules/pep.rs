@@ -2915,6 +2915,49 @@ fn route_boxed(
     crate::session::im::route_message(server, m).boxed()
 }
 
+/// The notification of item `id` of `node` (of the service `from`), sent
+/// after the fact (XEP-0203 delay): the last item a subscriber or a newly
+/// interested session gets. `None` if the item is gone.
+fn last_item_message(
+    server: &Server,
+    from: &str,
+    node: &str,
+    cfg: &NodeConfig,
+    id: &str,
+    to: &str,
+) -> Option<Element> {
+    let mut item = server
+        .storage
+        .pep_item(from, node, id)
+        .ok()
+        .flatten()
+        .as_deref()
+        .and_then(parse_stored)?;
+    item.ns = NS_EVENT.to_owned();
+    if !cfg.deliver_payloads {
+        item.children.clear();
+    }
+    Some(
+        Element::new("message", NS_CLIENT)
+            .attr("from", from)
+            .attr("to", to)
+            .attr("type", cfg.notification_type.as_str())
+            .attr("id", new_item_id())
+            .child(
+                Element::new("event", NS_EVENT).child(
+                    Element::new("items", NS_EVENT)
+                        .attr("node", node)
+                        .child(item),
+                ),
+            )
+            .child(
+                Element::new("delay", crate::stanza::NS_DELAY)
+                    .attr("from", from)
+                    .attr("stamp", crate::stanza::now_stamp()),
+            ),
+    )
+}
+
 /// XEP-0060 §6.1.7: the last item of a node, to a new subscriber.
 async fn send_last_to(
     server: &Server,
@@ -2924,38 +2967,9 @@ async fn send_last_to(
     id: &str,
     to: &str,
 ) {
-    let Some(mut item) = server
-        .storage
-        .pep_item(svc.jid, node, id)
-        .ok()
-        .flatten()
-        .as_deref()
-        .and_then(parse_stored)
-    else {
-        return;
-    };
-    item.ns = NS_EVENT.to_owned();
-    if !cfg.deliver_payloads {
-        item.children.clear();
+    if let Some(msg) = last_item_message(server, svc.jid, node, cfg, id, to) {
+        let _ = route_boxed(server, msg).await;
     }
-    let msg = Element::new("message", NS_CLIENT)
-        .attr("from", svc.jid)
-        .attr("to", to)
-        .attr("type", cfg.notification_type.as_str())
-        .attr("id", new_item_id())
-        .child(
-            Element::new("event", NS_EVENT).child(
-                Element::new("items", NS_EVENT)
-                    .attr("node", node)
-                    .child(item),
-            ),
-        )
-        .child(
-            Element::new("delay", crate::stanza::NS_DELAY)
-                .attr("from", svc.jid)
-                .attr("stamp", crate::stanza::now_stamp()),
-        );
-    let _ = route_boxed(server, msg).await;
 }
 
 /// XEP-0163 §4.3.4: the last item of each node `full` is interested in
@@ -3010,38 +3024,9 @@ fn last_items_of(
         {
             continue;
         }
-        let Some(mut item) = server
-            .storage
-            .pep_item(owner, &node, last)
-            .ok()
-            .flatten()
-            .as_deref()
-            .and_then(parse_stored)
-        else {
-            continue;
-        };
-        item.ns = NS_EVENT.to_owned();
-        if !cfg.deliver_payloads {
-            item.children.clear();
+        if let Some(msg) = last_item_message(server, owner, &node, &cfg, last, full) {
+            let _ = crate::session::im::deliver_to_full(server, full, msg);
         }
-        let msg = Element::new("message", NS_CLIENT)
-            .attr("from", owner)
-            .attr("to", full)
-            .attr("type", cfg.notification_type.as_str())
-            .attr("id", new_item_id())
-            .child(
-                Element::new("event", NS_EVENT).child(
-                    Element::new("items", NS_EVENT)
-                        .attr("node", node.as_str())
-                        .child(item),
-                ),
-            )
-            .child(
-                Element::new("delay", crate::stanza::NS_DELAY)
-                    .attr("from", owner)
-                    .attr("stamp", crate::stanza::now_stamp()),
-            );
-        let _ = crate::session::im::deliver_to_full(server, full, msg);
     }
 }
 
