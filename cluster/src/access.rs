@@ -118,7 +118,7 @@ impl Store {
         if self.inner.closed.load(Ordering::SeqCst) {
             return Err(StoreError::Shutdown);
         }
-        batcher::submit(&self.inner.writes, ops, internal).await
+        self.inner.writes.submit(ops, internal).await
     }
 
     /// The index of the last log entry this replica has applied.

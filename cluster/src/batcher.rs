@@ -145,6 +145,11 @@ impl Writes {
         rx.await.map_err(|_| StoreError::Shutdown)?
     }
 
+    /// Whether writes queued behind are not answered yet.
+    pub fn behind_in_flight(&self) -> bool {
+        self.linger.in_flight.load(Ordering::Acquire) > 0
+    }
+
     /// Queues `ops` now, without waiting: they are proposed whether or not
     /// the reply is awaited. A full queue gives the ops back.
     pub fn queue(&self, ops: Vec<Op>) -> Result<Reply, Vec<Op>> {
@@ -165,23 +170,6 @@ impl Writes {
             }
         }
     }
-}
-
-impl Writes {
-    /// Whether writes queued behind are not answered yet.
-    pub fn behind_in_flight(&self) -> bool {
-        self.linger.in_flight.load(Ordering::Acquire) > 0
-    }
-}
-
-/// Queues `ops` for the batcher behind `writes` and waits for their
-/// results and the log index of the entry that carried them.
-pub async fn submit(
-    writes: &Writes,
-    ops: Vec<Op>,
-    internal: bool,
-) -> Result<(Vec<OpResult>, u64), StoreError> {
-    writes.submit(ops, internal).await
 }
 
 /// Counters for diagnostics and tests.

@@ -132,7 +132,7 @@ async fn internal_write(
     ops: Vec<Op>,
     timeout: Duration,
 ) -> Result<(), StoreError> {
-    match tokio::time::timeout(timeout, batcher::submit(writes, ops, true)).await {
+    match tokio::time::timeout(timeout, writes.submit(ops, true)).await {
         Ok(r) => r.map(drop),
         Err(_) => Err(StoreError::Unavailable("lease write timed out".into())),
     }

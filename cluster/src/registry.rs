@@ -233,7 +233,7 @@ impl Group {
                 .metrics(|m| m.current_leader.is_some(), "a registry leader")
                 .await;
         }
-        batcher::submit(&self.writes, ops, internal).await
+        self.writes.submit(ops, internal).await
     }
 
     /// `submit`, returning once this replica applied the write too.
@@ -523,7 +523,7 @@ impl Registry {
                 value: encode(&record).map_err(StoreError::Storage)?,
             },
         ];
-        let (results, _) = batcher::submit(&self.durable_writes, ops, true).await?;
+        let (results, _) = self.durable_writes.submit(ops, true).await?;
         if results.contains(&OpResult::Mismatch) {
             let _ = group.raft.shutdown().await;
             return Ok(false);

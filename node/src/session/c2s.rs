@@ -1120,17 +1120,16 @@ impl<S: Transport> Session<S> {
                 }
                 Ok(())
             }
-            "r" => match self.sm.is_some() {
-                true => {
-                    self.settle().await;
-                    let a = sm::ack_xml(self.sm.as_ref().map_or(0, |sm| sm.h_in));
-                    self.send_nonza(&a).await
+            "r" => {
+                if self.sm.is_none() {
+                    return self
+                        .send_nonza(&sm::failed_xml("unexpected-request", ""))
+                        .await;
                 }
-                false => {
-                    self.send_nonza(&sm::failed_xml("unexpected-request", ""))
-                        .await
-                }
-            },
+                self.settle().await;
+                let a = sm::ack_xml(self.sm.as_ref().map_or(0, |sm| sm.h_in));
+                self.send_nonza(&a).await
+            }
             "a" => {
                 let Some(sm) = &mut self.sm else {
                     return self
