@@ -49,6 +49,44 @@ pub fn bind(server: &Server, bare: &str, resource: &str) -> Result<(), StoreErro
     Ok(())
 }
 
+/// Ends the sessions of `bare` (only `resource`'s when given) wherever
+/// they are bound, with `condition`: this node's through their actors, the
+/// other nodes' through a close request to their node (sessions there
+/// that have not published their route yet are not seen). Returns how
+/// many were asked to close.
+pub fn close_everywhere(
+    server: &Server,
+    bare: &str,
+    resource: Option<&str>,
+    condition: StreamCondition,
+) -> usize {
+    let mut n = 0;
+    for r in server.router.resources(bare) {
+        if resource.is_none_or(|x| *r.resource == *x) {
+            r.handle.close(condition);
+            n += 1;
+        }
+    }
+    for r in crate::router::table::remote(&server.storage.store, bare) {
+        if resource.is_some_and(|x| x != r.resource) {
+            continue;
+        }
+        let sent = server.storage.store.deliver(
+            r.node,
+            Envelope {
+                to: format!("{bare}/{}", r.resource),
+                session_id: r.session,
+                close: condition.name().into(),
+                ..Envelope::default()
+            },
+        );
+        if sent.is_ok() {
+            n += 1;
+        }
+    }
+    n
+}
+
 /// Records a session's new presence or roster interest, if the route is
 /// still this session's (a newer session elsewhere may have taken it).
 pub async fn update(
