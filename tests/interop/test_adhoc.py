@@ -178,7 +178,8 @@ def test_commands_listed_for_admin_and_only_public_ones_for_users(srv, clients):
     for to in ("localhost", "admin@localhost"):
         got = items(admin, to)
         nodes = {i.get("node") for i in got}
-        for name in ("add-user", "delete-user", "change-user-password", "end-user-session",
+        for name in ("add-user", "delete-user", "disable-user", "reenable-user",
+                     "change-user-password", "end-user-session", "get-disabled-users-num",
                      "get-registered-users-num", "get-online-users-num", "get-online-users-list",
                      "announce", "get-user-roster"):
             assert f"{ADMIN}#{name}" in nodes, (to, nodes)
@@ -295,6 +296,37 @@ def test_delete_user_with_review_stage(srv, clients):
     assert can_login(srv, keep_jid, keep_pw)
     completed_ok(run(admin, "delete-user", accountjids=[keep_jid + "/res"]))
     assert not can_login(srv, keep_jid, keep_pw)
+
+
+def test_disable_and_reenable_user(srv, clients):
+    """XEP-0133 4.3 / 4.4: disabling ends the user's sessions and refuses logins
+    (<account-disabled/>, only once the password is right) while keeping its data;
+    re-enabling lets it log in again; the disabled count and list follow."""
+    admin = login_admin(srv, clients)
+    u = clients.add(srv.online("adv"))
+    u2 = clients.add(srv.login(u.bare, u.password, resource="second"))
+    contact = new_name()
+    u.iq("set", f"<query xmlns='{NS_ROSTER}'><item jid='{contact}' name='Kept'/></query>")
+    n0 = count(admin, "get-disabled-users-num", "disabledusersnum")
+    completed_ok(run(admin, "disable-user", accountjids=[u.bare]))
+    assert u.expect_stream_error() == "not-authorized"
+    assert u2.expect_stream_error() == "not-authorized"
+    for mech in ("SCRAM-SHA-1", "PLAIN"):
+        with pytest.raises(SASLFailure) as e:
+            srv.login(u.bare, u.password, mech=mech)
+        assert e.value.condition == "account-disabled", mech
+        with pytest.raises(SASLFailure) as e:
+            srv.login(u.bare, "wrong", mech=mech)
+        assert e.value.condition == "not-authorized", mech
+    assert count(admin, "get-disabled-users-num", "disabledusersnum") == n0 + 1
+    assert u.bare in fields_of(run(admin, "get-disabled-users-list"))["disableduserjids"]
+    roster = run(admin, "get-user-roster", accountjid=u.bare).find(f"{q(NS_DATA, 'x')}/{q(NS_ROSTER, 'query')}")
+    assert contact in {i.get("jid") for i in roster.findall(q(NS_ROSTER, "item"))}
+    completed_ok(run(admin, "reenable-user", accountjids=[u.bare]))
+    assert can_login(srv, u.bare, u.password)
+    assert count(admin, "get-disabled-users-num", "disabledusersnum") == n0
+    completed_failed(run(admin, "reenable-user", accountjids=[new_name()]), "does not exist")
+    completed_failed(run(admin, "disable-user", accountjids=["x@elsewhere.example"]), "not served here")
 
 
 # ----------------------------------------------------------------------------- counts and lists

@@ -179,6 +179,26 @@ static COMMANDS: &[Command] = &[
         run: run_delete_user,
     },
     Command {
+        node: "http://jabber.org/protocol/admin#disable-user",
+        name: "Disable a User",
+        admin: true,
+        stages: 1,
+        early_complete: false,
+        form: form_disable,
+        check: no_check,
+        run: run_disable,
+    },
+    Command {
+        node: "http://jabber.org/protocol/admin#reenable-user",
+        name: "Re-Enable a User",
+        admin: true,
+        stages: 1,
+        early_complete: false,
+        form: form_reenable,
+        check: no_check,
+        run: run_reenable,
+    },
+    Command {
         node: "http://jabber.org/protocol/admin#end-user-session",
         name: "End User Session",
         admin: true,
@@ -237,6 +257,26 @@ static COMMANDS: &[Command] = &[
         form: form_max_items,
         check: no_check,
         run: run_registered_list,
+    },
+    Command {
+        node: "http://jabber.org/protocol/admin#get-disabled-users-num",
+        name: "Get Number of Disabled Users",
+        admin: true,
+        stages: 0,
+        early_complete: false,
+        form: no_form,
+        check: no_check,
+        run: run_disabled_num,
+    },
+    Command {
+        node: "http://jabber.org/protocol/admin#get-disabled-users-list",
+        name: "Get List of Disabled Users",
+        admin: true,
+        stages: 1,
+        early_complete: false,
+        form: form_max_items,
+        check: no_check,
+        run: run_disabled_list,
     },
     Command {
         node: "http://jabber.org/protocol/admin#get-online-users-num",
@@ -476,6 +516,33 @@ fn form_delete_user(stage: usize, v: &Fields) -> Element {
     ))
 }
 
+fn form_disable(_: usize, v: &Fields) -> Element {
+    admin_form(
+        "Disabling a User",
+        "Fill out this form to disable users: their sessions end and they cannot log in until re-enabled; nothing of theirs is deleted.",
+    )
+    .child(with_values(
+        field("accountjids", "jid-multi", "The Jabber ID(s) to disable", true),
+        values(v, "accountjids").iter().map(String::as_str),
+    ))
+}
+
+fn form_reenable(_: usize, v: &Fields) -> Element {
+    admin_form(
+        "Re-Enabling a User",
+        "Fill out this form to re-enable users.",
+    )
+    .child(with_values(
+        field(
+            "accountjids",
+            "jid-multi",
+            "The Jabber ID(s) to re-enable",
+            true,
+        ),
+        values(v, "accountjids").iter().map(String::as_str),
+    ))
+}
+
 fn form_max_items(_: usize, _: &Fields) -> Element {
     let mut f = field(
         "max_items",
@@ -666,17 +733,7 @@ fn run_add_user<'a>(run: &'a Run<'a>, v: &'a Fields) -> BoxFuture<'a, Result<Don
 
 fn run_delete_user<'a>(run: &'a Run<'a>, v: &'a Fields) -> BoxFuture<'a, Result<Done, Fail>> {
     async move {
-        // All checked before any is deleted.
-        let mut jids = Vec::new();
-        for s in many(v)? {
-            let j = managed_account(run, s)?;
-            if !run.server.storage.account_exists(&j)? {
-                return Err(account_error(AccountError::Missing(j)));
-            }
-            if !jids.contains(&j) {
-                jids.push(j);
-            }
-        }
+        let jids = existing_accounts(run, v)?;
         for j in &jids {
             match accounts::delete(&run.server.storage, &run.server.config, j).await {
                 Ok(()) | Err(AccountError::Missing(_)) => {}
@@ -686,6 +743,85 @@ fn run_delete_user<'a>(run: &'a Run<'a>, v: &'a Fields) -> BoxFuture<'a, Result<
             tracing::info!(account = %j, admin = %run.requester, "account deleted (XEP-0133)");
         }
         done(format!("{DONE}: deleted {}", jids.join(", ")), None)
+    }
+    .boxed()
+}
+
+/// The accounts `accountjids` names, all existing and administered by
+/// the requester (checked before any is changed).
+fn existing_accounts(run: &Run<'_>, v: &Fields) -> Result<Vec<String>, Fail> {
+    let mut jids = Vec::new();
+    for s in many(v)? {
+        let j = managed_account(run, s)?;
+        if !run.server.storage.account_exists(&j)? {
+            return Err(account_error(AccountError::Missing(j)));
+        }
+        if !jids.contains(&j) {
+            jids.push(j);
+        }
+    }
+    Ok(jids)
+}
+
+fn run_disable<'a>(run: &'a Run<'a>, v: &'a Fields) -> BoxFuture<'a, Result<Done, Fail>> {
+    async move {
+        let jids = existing_accounts(run, v)?;
+        for j in &jids {
+            accounts::set_disabled(&run.server.storage, j, true)
+                .await
+                .map_err(account_error)?;
+            // XEP-0133 §4.3: disabling ends the user's sessions.
+            crate::routing::close_everywhere(run.server, j, None, StreamCondition::NotAuthorized);
+            tracing::info!(account = %j, admin = %run.requester, "account disabled (XEP-0133)");
+        }
+        done(format!("{DONE}: disabled {}", jids.join(", ")), None)
+    }
+    .boxed()
+}
+
+fn run_reenable<'a>(run: &'a Run<'a>, v: &'a Fields) -> BoxFuture<'a, Result<Done, Fail>> {
+    async move {
+        let jids = existing_accounts(run, v)?;
+        for j in &jids {
+            accounts::set_disabled(&run.server.storage, j, false)
+                .await
+                .map_err(account_error)?;
+            tracing::info!(account = %j, admin = %run.requester, "account re-enabled (XEP-0133)");
+        }
+        done(format!("{DONE}: re-enabled {}", jids.join(", ")), None)
+    }
+    .boxed()
+}
+
+fn run_disabled_num<'a>(run: &'a Run<'a>, _: &'a Fields) -> BoxFuture<'a, Result<Done, Fail>> {
+    async move {
+        let n = run.server.storage.disabled_accounts(run.domain)?.len();
+        done(
+            DONE,
+            Some(count_form(
+                "disabledusersnum",
+                "The number of disabled users",
+                n,
+            )),
+        )
+    }
+    .boxed()
+}
+
+fn run_disabled_list<'a>(run: &'a Run<'a>, v: &'a Fields) -> BoxFuture<'a, Result<Done, Fail>> {
+    async move {
+        let max = max_items(v)?;
+        let mut list = run.server.storage.disabled_accounts(run.domain)?;
+        list.sort_unstable();
+        list.truncate(max);
+        done(
+            DONE,
+            Some(list_form(
+                "disableduserjids",
+                "The list of all disabled users",
+                &list,
+            )),
+        )
     }
     .boxed()
 }
