@@ -16,14 +16,19 @@ at the domain (node/src/modules/adhoc.rs). The fixture ``admin_server`` configur
 no admin command, executing one is <forbidden/>), testGetCommandsForAdmin (non-empty list),
 and the command tests Smack can run against Starling: testAddUser (then log in),
 testAddUserWithMismatchedPassword / WithRemoteJid / WithInvalidJid (failed: an error note),
-testDeleteUser / WithFullJid, testChangePassword, testGetRegisteredUsersNumber,
-testGetOnlineUsersNumber, testGetOnlineUsersListSimple, testEndUserSessionBareJid,
-testSendAnnouncementToOnlineUsers. Smack's executeCommandWithArgs is execute (status executing,
-a form) then complete with the filled form; assertCommandCompletedSuccessfully is a result with
-status completed and no error note, assertCommandFailed an IQ error or an error note. Not
-possible on Starling (commands it does not offer): disable / re-enable (no disabled accounts),
-MOTD and welcome messages, edit-admin (administrators come from the configuration),
-blacklist / whitelist, restart / shutdown.
+testDeleteUser / WithFullJid, testDisableUser / GetsSessionsTerminated / CantLogin /
+DoesntAffectRoster, testReenableUser / CanLogin / NonExistingUser / RemoteUser,
+testEndUserSessionFullJid / BareJid / TwoUsers, testChangePassword, testUserRoster,
+testGetUserStatistics, testGetRegisteredUsersNumber, testDisabledUsersNumber,
+testGetOnlineUsersNumber, testGetActiveUsersNumber, testGetIdleUsersNumber,
+testGetRegisteredUsersList, testDisabledUsersList, testGetOnlineUsersListSimple,
+testGetActiveUsersListSimple, testGetIdleUsersList, testSendAnnouncementToOnlineUsers.
+Smack's executeCommandWithArgs is execute (status executing, a form) then complete with the
+filled form (a field the form lacks is an error of the test); assertCommandCompletedSuccessfully
+is a result with status completed and no error note, assertCommandFailed an IQ error or an
+error note. Not possible on Starling (commands it does not offer, so checkServerSupportCommand
+skips them there): last login, MOTD and welcome messages, edit-admin (administrators come from
+the configuration), blacklist / whitelist, restart / shutdown.
 """
 
 import pytest
@@ -382,6 +387,112 @@ def test_registered_and_online_numbers_and_list(admin_server, admin, clients):
         r = execute_with_args(admin, f"{ADMIN}#{name}")
         assert_completed_successfully(r)
         assert {c.bare for c in cons} <= set(form_value(r, var)), tostring(r)
+
+
+def add_user(admin, jid, pw="password"):
+    assert_completed_successfully(execute_with_args(admin, f"{ADMIN}#add-user", accountjid=jid, password=pw,
+                                                    **{"password-verify": pw}))
+
+
+def test_disable_user(admin_server, admin, clients):
+    """testDisableUser / testDisableUserGetsSessionsTerminated / testDisableUserCantLogin /
+    testDisableUserDoesntAffectRoster (get-user-roster filled through 'accountjids', as the
+    Java test does), then testReenableUser / testReenableUserCanLogin."""
+    jid = f"disableusertest-{rnd(5)}@localhost"
+    add_user(admin, jid)
+    one = clients.add(admin_server.login(jid, "password", resource=f"resource-one-{rnd(5)}"))
+    two = clients.add(admin_server.login(jid, "password", resource=f"resource-two-{rnd(5)}"))
+    r = one.iq("set", "<query xmlns='jabber:iq:roster'><item jid='foo@bar.example.org' name='test user'/></query>")
+    assert r.get("type") == "result", tostring(r)
+    assert_completed_successfully(execute_with_args(admin, f"{ADMIN}#disable-user", accountjids=jid))
+    one.wait_closed()
+    two.wait_closed()
+    try:
+        admin_server.login(jid, "password").close()
+        raise AssertionError("a disabled account logged in")
+    except SASLFailure:
+        pass
+    r = execute_with_args(admin, f"{ADMIN}#get-user-roster", accountjids=jid)
+    assert_completed_successfully(r)
+    roster = r.find(f".//{q(NS_DATA, 'x')}/{q('jabber:iq:roster', 'query')}")
+    assert roster is not None, tostring(r)
+    assert ("foo@bar.example.org", "test user") in {(i.get("jid"), i.get("name")) for i in roster}, tostring(r)
+    r = execute_simple(admin, f"{ADMIN}#get-disabled-users-num")
+    assert_completed_successfully(r)
+    assert int(form_value(r, "disabledusersnum")[0]) >= 1
+    r = execute_with_args(admin, f"{ADMIN}#get-disabled-users-list")
+    assert_completed_successfully(r)
+    assert jid in form_value(r, "disableduserjids")
+    assert_completed_successfully(execute_with_args(admin, f"{ADMIN}#reenable-user", accountjids=jid))
+    assert logs_in(admin_server, jid, "password")
+
+
+def test_reenable_non_existing_and_remote_user(admin):
+    """testReenableNonExistingUser / testReenableRemoteUser: failed."""
+    assert_failed(execute_with_args(admin, f"{ADMIN}#reenable-user",
+                                    accountjids=f"reenablenonexistingusertest-{rnd(5)}@localhost"))
+    assert_failed(execute_with_args(admin, f"{ADMIN}#reenable-user",
+                                    accountjids=f"reenableremoteusertest-{rnd(5)}@elsewhere.org"))
+
+
+def test_end_user_session_full_jid(admin_server, admin, clients):
+    """testEndUserSessionFullJid: only that session ends; a message the admin sends the other
+    resource afterwards still arrives."""
+    jid = f"endsessiontest-full-{rnd(5)}@localhost"
+    add_user(admin, jid)
+    one = clients.add(admin_server.login(jid, "password", resource=f"resource-one-{rnd(5)}"))
+    two = clients.add(admin_server.login(jid, "password", resource=f"resource-two-{rnd(5)}"))
+    assert_completed_successfully(execute_with_args(admin, f"{ADMIN}#end-user-session", accountjids=one.jid))
+    needle = rnd(13)
+    admin.message(two.jid, f"Wait for me {needle}", type_=None, mid=needle)
+    two.recv(lambda e: e.tag == C("message") and e.get("id") == needle, 5, what="message after the kick")
+    one.wait_closed()
+
+
+def test_end_user_session_two_users(admin_server, admin, clients):
+    jids = [f"endsessiontest-{n}-{rnd(5)}@localhost" for n in ("one", "two")]
+    cons = []
+    for jid in jids:
+        add_user(admin, jid)
+        cons.append(clients.add(admin_server.login(jid, "password")))
+    assert_completed_successfully(execute_with_args(admin, f"{ADMIN}#end-user-session",
+                                                    accountjids=",".join(jids)))
+    for c in cons:
+        c.wait_closed()
+
+
+def test_user_roster_and_statistics(admin_server, admin, clients):
+    """testUserRoster (conOne and conTwo subscribed to each other: conTwo on conOne's roster)
+    and testGetUserStatistics (at least one field)."""
+    one = clients.add(admin_server.online("sintro"))
+    two = clients.add(admin_server.online("sintro"))
+    one.presence(to=two.bare, type_="subscribe")
+    two.recv(lambda e: e.tag == C("presence") and e.get("type") == "subscribe", 5, what="subscribe")
+    two.presence(to=one.bare, type_="subscribed")
+    one.recv(lambda e: e.tag == C("presence") and e.get("type") == "subscribed", 5, what="subscribed")
+    r = execute_with_args(admin, f"{ADMIN}#get-user-roster", accountjids=one.bare)
+    assert_completed_successfully(r)
+    roster = r.find(f".//{q(NS_DATA, 'x')}/{q('jabber:iq:roster', 'query')}")
+    assert two.bare in {i.get("jid") for i in roster}, tostring(r)
+    r = execute_with_args(admin, f"{ADMIN}#user-stats", accountjids=one.bare)
+    assert_completed_successfully(r)
+    assert len([f for f in r.iter(q(NS_DATA, "field")) if f.get("type") != "hidden"]) >= 1
+
+
+def test_active_idle_numbers_and_lists(admin_server, admin, clients):
+    """testGetActiveUsersNumber (>= 3), testGetIdleUsersNumber (>= 0), testGetIdleUsersList,
+    testGetRegisteredUsersList (the three test accounts listed)."""
+    cons = [clients.add(admin_server.online("sintact")) for _ in range(3)]
+    r = execute_simple(admin, f"{ADMIN}#get-active-users-num")
+    assert_completed_successfully(r)
+    assert int(form_value(r, "activeusersnum")[0]) >= 3
+    r = execute_simple(admin, f"{ADMIN}#get-idle-users-num")
+    assert_completed_successfully(r)
+    assert int(form_value(r, "idleusersnum")[0]) >= 0
+    assert_completed_successfully(execute_with_args(admin, f"{ADMIN}#get-idle-users"))
+    r = execute_with_args(admin, f"{ADMIN}#get-registered-users-list")
+    assert_completed_successfully(r)
+    assert {c.bare for c in cons} <= set(form_value(r, "registereduserjids"))
 
 
 def test_end_user_session_bare_jid(admin_server, admin, clients):
