@@ -533,6 +533,64 @@ def test_sessions_are_bounded_and_expire(srv, clients):
         == ("cancel", "not-allowed", "session-expired")
 
 
+# ----------------------------------------------------------------------------- slixmpp
+
+def test_slixmpp_xep_0050_add_user(srv):
+    """slixmpp's xep_0050 client workflow: get_commands, start_command (the form),
+    complete_command with the filled form; the account then logs in."""
+    import asyncio
+    import ssl
+    slixmpp = pytest.importorskip("slixmpp")
+    jid = new_name()
+
+    async def scenario():
+        c = slixmpp.ClientXMPP("admin@localhost", PW)
+        for p in ("xep_0030", "xep_0004", "xep_0050"):
+            c.register_plugin(p)
+        c.ssl_context.check_hostname = False
+        c.ssl_context.verify_mode = ssl.CERT_NONE
+        started = asyncio.get_event_loop().create_future()
+        c.add_event_handler("session_start", lambda _: started.done() or started.set_result(True))
+        c.connect(srv.host, srv.c2s_port)
+        await asyncio.wait_for(started, 15)
+        try:
+            found = await c["xep_0050"].get_commands(jid="localhost", timeout=10)
+            nodes = {item[1] for item in found["disco_items"]["items"]}
+            assert f"{ADMIN}#add-user" in nodes, nodes
+            done = asyncio.get_event_loop().create_future()
+
+            def on_form(iq, session):
+                form = iq["command"]["form"]
+                assert iq["command"]["status"] == "executing"
+                assert "accountjid" in form.get_fields()
+                answer = c["xep_0004"].make_form(ftype="submit")
+                answer.add_field(var="FORM_TYPE", ftype="hidden", value=ADMIN)
+                answer.add_field(var="accountjid", value=jid)
+                answer.add_field(var="password", value="slix-pw")
+                answer.add_field(var="password-verify", value="slix-pw")
+                session["payload"] = answer
+                session["next"] = on_done
+                c["xep_0050"].complete_command(session)
+
+            def on_done(iq, session):
+                done.done() or done.set_result(iq)
+
+            def on_error(iq, session):
+                done.done() or done.set_exception(AssertionError(str(iq)))
+
+            c["xep_0050"].start_command("localhost", f"{ADMIN}#add-user",
+                                        {"next": on_form, "error": on_error})
+            iq = await asyncio.wait_for(done, 10)
+            assert iq["command"]["status"] == "completed", str(iq)
+            assert [n[0] for n in iq["command"]["notes"]] == ["info"], str(iq)
+        finally:
+            c.disconnect()
+            await asyncio.sleep(0.2)
+
+    asyncio.run(asyncio.wait_for(scenario(), 40))
+    assert can_login(srv, jid, "slix-pw")
+
+
 # ----------------------------------------------------------------------------- cluster
 
 @pytest.mark.cluster
