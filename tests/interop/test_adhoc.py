@@ -224,7 +224,7 @@ def test_public_commands_run_for_anyone(srv, clients):
 
 def test_add_user_then_log_in(srv, clients):
     """XEP-0133 4.1: the form (FORM_TYPE, accountjid, password, password-verify), completed:
-    the account exists and logs in; the same JID again fails with an error note."""
+    the account exists and logs in; the same JID again is <conflict/> (XEP-0133 5)."""
     admin = login_admin(srv, clients)
     node = f"{ADMIN}#add-user"
     first = command_of(cmd(admin, node, "execute"))
@@ -241,7 +241,14 @@ def test_add_user_then_log_in(srv, clients):
     assert done.get("sessionid") == first.get("sessionid")
     assert can_login(srv, jid, "pw-1")
     assert not can_login(srv, jid, "other")
-    completed_failed(run(admin, "add-user", accountjid=jid, password="x"), "already exists")
+    # XEP-0133 5: an existing user is a <conflict/> error; the session survives it.
+    first = command_of(cmd(admin, node))
+    r = cmd(admin, node, "complete", first.get("sessionid"), submit(accountjid=jid, password="x"))
+    assert cmd_error(r)[:2] == ("cancel", "conflict"), tostring(r)
+    again = new_name()
+    completed_ok(command_of(cmd(admin, node, "complete", first.get("sessionid"),
+                                submit(accountjid=again, password="pw-2"))))
+    assert can_login(srv, again, "pw-2")
     # Mismatched passwords: nothing created.
     other = new_name()
     completed_failed(run(admin, "add-user", accountjid=other, password="a",

@@ -93,12 +93,14 @@ struct Done {
     form: Option<Element>,
 }
 
-/// Why a command did not do what it was asked. XEP-0050 names stanza
-/// errors for what is wrong with the request itself (its action, session,
-/// payload, the requester's rights); what the command could not do with
-/// well-formed input (an account that exists, a JID that is not valid or
-/// not served here) completes the command with an error note, as XEP-0050
-/// §3.4 has notes for and as clients of XEP-0133 expect.
+/// Why a command did not do what it was asked. XEP-0050 §4.6 and
+/// XEP-0133 §5 name stanza errors for what is wrong with the request
+/// itself (its action, session, payload, the requester's rights) and for
+/// a conflict (an account that already exists); what else the command
+/// could not do with well-formed input (a JID that is not valid or not
+/// served here, an account that does not exist, passwords that differ)
+/// completes the command with an error note, as XEP-0050 §3.4 has notes
+/// for and as clients of XEP-0133 (Smack's suite) expect.
 enum Fail {
     Stanza(StanzaError),
     Note(String),
@@ -672,7 +674,11 @@ fn account_error(e: AccountError) -> Fail {
     match e {
         AccountError::Store(e) => e.into(),
         AccountError::Missing(j) => Fail::Note(format!("User does not exist: {j}")),
-        AccountError::Exists(j) => Fail::Note(format!("User already exists: {j}")),
+        // XEP-0133 §5: a user that already exists is an error stanza.
+        AccountError::Exists(j) => Fail::Stanza(StanzaError::with_text(
+            Condition::Conflict,
+            format!("User already exists: {j}"),
+        )),
         e => Fail::Note(e.to_string()),
     }
 }
