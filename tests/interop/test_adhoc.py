@@ -292,7 +292,8 @@ def test_delete_user_with_review_stage(srv, clients):
     assert back.get("status") == "executing" and fields_of(back)["accountjids"] == [victim.bare]
     assert actions_of(back) == ("complete", ["next", "complete"])
     command_of(cmd(admin, node, "next", sid, submit(accountjids=[victim.bare])))
-    completed_ok(command_of(cmd(admin, node, "complete", sid, submit())))
+    # The review stage asks nothing new: complete needs no form.
+    completed_ok(command_of(cmd(admin, node, "complete", sid)))
     assert victim.expect_stream_error() == "not-authorized"
     assert not can_login(srv, victim.bare, victim.password)
     assert can_login(srv, keep_jid, keep_pw)
@@ -301,8 +302,13 @@ def test_delete_user_with_review_stage(srv, clients):
     completed_failed(run(admin, "delete-user", accountjids=[keep_jid, new_name()]),
                      "does not exist")
     assert can_login(srv, keep_jid, keep_pw)
+    completed_failed(run(admin, "delete-user", accountjids=["not@a@jid"]), "not a valid JID")
     completed_ok(run(admin, "delete-user", accountjids=[keep_jid + "/res"]))
     assert not can_login(srv, keep_jid, keep_pw)
+    # At 'next', what the first stage names is checked before the review: bad-payload.
+    first = command_of(cmd(admin, node))
+    r = cmd(admin, node, "next", first.get("sessionid"), submit(accountjids=[new_name()]))
+    assert cmd_error(r) == ("modify", "bad-request", "bad-payload"), tostring(r)
 
 
 def test_disable_and_reenable_user(srv, clients):

@@ -662,12 +662,7 @@ fn stanza_only(r: Result<(), Fail>) -> Result<(), StanzaError> {
 }
 
 fn check_accountjids(run: &Run<'_>, _: usize, v: &Fields) -> Result<(), StanzaError> {
-    stanza_only((|| {
-        for s in many(v)? {
-            managed_account(run, s)?;
-        }
-        Ok(())
-    })())
+    stanza_only(existing_accounts(run, v).map(|_| ()))
 }
 
 fn account_error(e: AccountError) -> Fail {
@@ -1460,9 +1455,15 @@ fn valid_lang(s: &str) -> bool {
 /// not valid, an account that does not exist) is the command's to judge.
 fn submitted(payload: &Element, form: &Element, prior: &Fields) -> Result<Fields, StanzaError> {
     let Some(x) = payload.get_child("x", NS_DATA) else {
-        return Err(bad_payload(
-            "a submitted data form (jabber:x:data) is required",
-        ));
+        // Nothing submitted: fine when the stage asks nothing that is
+        // still unanswered (a review stage, a listing's optional limit).
+        let empty = Element::new("x", NS_DATA).attr("type", "submit");
+        return submitted(
+            &Element::new("command", NS_COMMANDS).child(empty),
+            form,
+            prior,
+        )
+        .map_err(|_| bad_payload("a submitted data form (jabber:x:data) is required"));
     };
     if x.get_attr("type") != Some("submit") {
         return Err(bad_payload("the data form must be of type 'submit'"));
@@ -1636,7 +1637,9 @@ fn handle<'a>(ctx: &'a IqCtx<'a>) -> BoxFuture<'a, IqResult> {
                     let fields = submitted(c, &stage_form, &live.values)?;
                     let mut all = live.values.clone();
                     merge(&mut all, fields);
-                    (cmd.check)(&run, live.stage, &all)?;
+                    if action == Action::Next {
+                        (cmd.check)(&run, live.stage, &all)?;
+                    }
                     Ok::<Fields, StanzaError>(all)
                 };
                 let all = match step.await {
