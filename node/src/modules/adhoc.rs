@@ -1426,6 +1426,7 @@ fn failed(cmd: &Command, sessionid: &str, why: String) -> Element {
 }
 
 fn completed(cmd: &Command, sessionid: &str, done: Done) -> Element {
+    metrics::counter!("starling_adhoc_commands_total", "node" => cmd.node).increment(1);
     let mut c = reply(cmd, sessionid, "completed").child(
         Element::new("note", NS_COMMANDS)
             .attr("type", "info")
