@@ -899,6 +899,17 @@ impl Config {
         }
         self.muc.admins = bare_jids("muc.admins", &self.muc.admins)?;
         self.admin.admins = bare_jids("admin.admins", &self.admin.admins)?;
+        if let Some(a) = self
+            .admin
+            .admins
+            .iter()
+            .find(|a| !a.rsplit_once('@').is_some_and(|(_, d)| self.serves(d)))
+        {
+            anyhow::bail!(
+                "admin.admins: {a:?} is not at a served domain (an admin of its own domain; \
+                 [admin.domains] names admins of a domain)"
+            );
+        }
         let mut by_domain = std::collections::BTreeMap::new();
         for (d, list) in &self.admin.domains {
             let domain = jid::BareJid::new(d)
@@ -940,5 +951,58 @@ impl Config {
             .domains
             .get(domain)
             .is_some_and(|l| l.iter().any(|a| a == who))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checked(f: impl FnOnce(&mut Config)) -> anyhow::Result<Config> {
+        let mut c = Config {
+            domains: vec!["a.example".into(), "b.example".into()],
+            ..Config::default()
+        };
+        f(&mut c);
+        c.check().map(|()| c)
+    }
+
+    #[test]
+    fn administrators_by_domain() {
+        let c = checked(|c| {
+            c.admin.admins = vec!["Root@A.example".into()];
+            c.admin
+                .domains
+                .insert("b.example".into(), vec!["root@a.example".into()]);
+        })
+        .unwrap();
+        assert_eq!(c.admin.admins, ["root@a.example"], "normalised");
+        assert!(c.is_admin("root@a.example", "a.example"));
+        assert!(c.is_admin("root@a.example", "b.example"), "[admin.domains]");
+        assert!(!c.is_admin("root@a.example", "c.example"), "not served");
+        assert!(!c.is_admin("other@a.example", "a.example"));
+        let own_only = checked(|c| c.admin.admins = vec!["boss@b.example".into()]).unwrap();
+        assert!(own_only.is_admin("boss@b.example", "b.example"));
+        assert!(
+            !own_only.is_admin("boss@b.example", "a.example"),
+            "an admin of its own domain only"
+        );
+    }
+
+    #[test]
+    fn administrator_configuration_is_checked() {
+        assert!(checked(|c| c.admin.admins = vec!["not a jid@@".into()]).is_err());
+        assert!(checked(|c| c.admin.admins = vec!["a.example".into()]).is_err());
+        assert!(checked(|c| c.admin.admins = vec!["x@elsewhere.example".into()]).is_err());
+        assert!(
+            checked(|c| {
+                c.admin
+                    .domains
+                    .insert("elsewhere.example".into(), vec!["x@a.example".into()]);
+            })
+            .is_err()
+        );
+        assert!(checked(|c| c.admin.max_sessions = 0).is_err());
+        assert!(checked(|c| c.admin.session_timeout_secs = 0).is_err());
     }
 }
