@@ -612,7 +612,7 @@ def test_cluster_online_count_kick_and_announce(tmp_path_factory):
     """3 nodes: the admin on node 1 counts users online on every node, ends a session on
     node 3 and reaches users on all nodes with an announcement."""
     cl = Cluster(str(tmp_path_factory.mktemp("adhoc-cluster")), 3,
-                 extra_config=lambda node: ADMIN_LINES[:2])
+                 extra_config=lambda node: ["[admin]", 'admins = ["admin@localhost"]'])
     made = []
     try:
         cl[1].add_user("admin@localhost", PW)
