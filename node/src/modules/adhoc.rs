@@ -1123,64 +1123,19 @@ fn active(available: bool, presence: Option<&Element>) -> bool {
             .is_some_and(|s| s == "away" || s == "xa")
 }
 
-/// The users of `domain` with a session anywhere in the cluster (sorted
-/// by bare JID), and their sessions: this node's from its router, the
-/// other nodes' from this node's replica of the routing table (a session
-/// there shows once it has published its route, i.e. from its initial
-/// presence or roster request on). An administrator's command, not a hot
-/// path: it walks the whole table.
+/// The users of `domain` with a session anywhere in the cluster, sorted
+/// by bare JID, and their sessions ([`Router::sessions_of_domain`](crate::router::Router::sessions_of_domain)).
 pub fn online_users(
     server: &Server,
     domain: &str,
 ) -> std::collections::BTreeMap<String, Vec<Online>> {
-    let in_domain = |bare: &str| bare.rsplit_once('@').is_some_and(|(_, d)| d == domain);
     let mut out: std::collections::BTreeMap<String, Vec<Online>> = Default::default();
-    for bare in server.router.users() {
-        if !in_domain(&bare) {
-            continue;
-        }
-        let here: Vec<Online> = server.router.with_resources(&bare, |rs| {
-            rs.iter()
-                .map(|r| Online {
-                    resource: r.resource.to_string(),
-                    at: At::Here(r.handle.clone()),
-                    active: active(r.available, r.presence.as_ref()),
-                })
-                .collect()
+    for s in server.router.sessions_of_domain(domain) {
+        out.entry(s.bare).or_default().push(Online {
+            resource: s.resource.to_string(),
+            active: active(s.available, s.presence.as_ref()),
+            at: s.at,
         });
-        if !here.is_empty() {
-            out.entry(bare).or_default().extend(here);
-        }
-    }
-    let store = &server.storage.store;
-    if store.has_peers() {
-        let me = store.node_id();
-        let routes = store
-            .scan_prefix(starling_cluster::routes::ROUTES, b"")
-            .unwrap_or_default();
-        for (k, v) in routes {
-            let Some(r) = starling_cluster::routes::Route::parse(&k, &v) else {
-                continue;
-            };
-            if r.node_id == me || !in_domain(&r.bare) {
-                continue;
-            }
-            let Some((session, info)) = crate::router::table::parse_payload(&r.payload) else {
-                continue;
-            };
-            let presence = info
-                .presence
-                .as_deref()
-                .and_then(crate::stanza::parse_serialised);
-            out.entry(r.bare).or_default().push(Online {
-                resource: r.resource,
-                at: At::Node {
-                    node: r.node_id,
-                    session,
-                },
-                active: active(info.available, presence.as_ref()),
-            });
-        }
     }
     out
 }
