@@ -50,10 +50,11 @@ pub fn bind(server: &Server, bare: &str, resource: &str) -> Result<(), StoreErro
 }
 
 /// Ends the sessions of `bare` (only `resource`'s when given) wherever
-/// they are bound, with `condition`: this node's through their actors, the
-/// other nodes' through a close request to their node (sessions there
-/// that have not published their route yet are not seen). Returns how
-/// many were asked to close.
+/// they are bound, with `condition`: this node's through their actors;
+/// every other member node is asked to close its own (a close request
+/// for the bare or full JID, any session), so a session there that has
+/// not published its route yet ends too. Returns how many sessions were
+/// known to be closed: this node's and the other nodes' published ones.
 pub fn close_everywhere(
     server: &Server,
     bare: &str,
@@ -67,22 +68,28 @@ pub fn close_everywhere(
             n += 1;
         }
     }
-    for r in crate::router::table::remote(&server.storage.store, bare) {
-        if resource.is_some_and(|x| x != r.resource) {
-            continue;
-        }
-        let sent = server.storage.store.deliver(
-            r.node,
+    let store = &server.storage.store;
+    if !store.has_peers() {
+        return n;
+    }
+    n += crate::router::table::remote(store, bare)
+        .iter()
+        .filter(|r| resource.is_none_or(|x| x == r.resource))
+        .count();
+    let to = match resource {
+        Some(r) => format!("{bare}/{r}"),
+        None => bare.to_owned(),
+    };
+    let me = store.node_id();
+    for m in store.status().members.iter().filter(|m| m.node_id != me) {
+        let _ = store.deliver(
+            m.node_id,
             Envelope {
-                to: format!("{bare}/{}", r.resource),
-                session_id: r.session,
+                to: to.clone(),
                 close: condition.name().into(),
                 ..Envelope::default()
             },
         );
-        if sent.is_ok() {
-            n += 1;
-        }
     }
     n
 }
@@ -264,6 +271,20 @@ impl LocalDelivery for NodeDelivery {
             _ => {}
         }
         let (bare, Some(resource)) = crate::stanza::split(&env.to) else {
+            // A close for a bare JID (`routing::close_everywhere`): every
+            // session of the user here.
+            if !env.close.is_empty() && env.close != crate::session::resume::RELEASE {
+                let condition = StreamCondition::from_name(&env.close)
+                    .unwrap_or(StreamCondition::SystemShutdown);
+                let (bare, _) = crate::stanza::split(&env.to);
+                let sessions = server.router.resources(bare);
+                for r in &sessions {
+                    r.handle.close(condition);
+                }
+                if !sessions.is_empty() {
+                    return DeliveryResult::Delivered;
+                }
+            }
             return DeliveryResult::NoSession;
         };
         let Some(handle) = server

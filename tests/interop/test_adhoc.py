@@ -643,6 +643,24 @@ def test_cluster_online_count_kick_and_announce(tmp_path_factory):
         completed_ok(run(admin, "delete-user", to="localhost", accountjids=[users[1].bare]))
         assert users[1].expect_stream_error(10) == "not-authorized"
         assert users[0].ping_server().get("type") == "result"
+        # Sessions that never sent presence nor asked for the roster have no route in the
+        # table: every node is still asked to close the user's sessions.
+        jid, _, pw = cl[1].new_user("adq")
+        quiet2 = cl[2].login_eventually(jid, pw, resource="q2")[0]
+        quiet3 = cl[3].login_eventually(jid, pw, resource="q3")[0]
+        made.extend([quiet2, quiet3])
+        completed_ok(run(admin, "disable-user", to="localhost", accountjids=[jid]))
+        assert quiet2.expect_stream_error(10) == "not-authorized"
+        assert quiet3.expect_stream_error(10) == "not-authorized"
+        for i in (1, 2, 3):
+            with pytest.raises(SASLFailure) as e:
+                cl[i].login(jid, pw)
+            assert e.value.condition == "account-disabled", i
+        other, _, opw = cl[1].new_user("adq")
+        quiet = cl[3].login_eventually(other, opw, resource="only")[0]
+        made.append(quiet)
+        completed_ok(run(admin, "end-user-session", to="localhost", accountjids=[f"{other}/only"]))
+        assert quiet.expect_stream_error(10) == "policy-violation"
     finally:
         for c in made:
             c.shutdown()
