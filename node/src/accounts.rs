@@ -53,6 +53,7 @@ pub async fn create(
     let account = Account {
         credentials,
         created: chrono::Utc::now().timestamp(),
+        disabled: false,
     };
     if storage.create_account(bare, &account).await? {
         Ok(())
@@ -73,6 +74,25 @@ pub async fn set_password(
     account.credentials = credentials(password, iterations).await?;
     storage.set_account(bare, &account).await?;
     Ok(())
+}
+
+/// Disables (XEP-0133 §4.3) or re-enables an account; whether it
+/// changed. A disabled account keeps everything but cannot log in (its
+/// sessions are the caller's to end).
+pub async fn set_disabled(
+    storage: &Storage,
+    bare: &str,
+    disabled: bool,
+) -> Result<bool, AccountError> {
+    let Some(mut account) = storage.account(bare)? else {
+        return Err(AccountError::Missing(bare.to_owned()));
+    };
+    if account.disabled == disabled {
+        return Ok(false);
+    }
+    account.disabled = disabled;
+    storage.set_account(bare, &account).await?;
+    Ok(true)
 }
 
 /// Deletes an account, and its place on the domains' pubsub nodes

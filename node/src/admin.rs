@@ -66,8 +66,13 @@ pub async fn execute(
                 let j = accounts::account_jid(&jid, &config.domains)?;
                 accounts::delete(storage, config, j.as_str()).await?;
                 if let Some(s) = server {
-                    s.router
-                        .close_all(j.as_str(), StreamCondition::NotAuthorized);
+                    // Its sessions on every node of the cluster.
+                    crate::routing::close_everywhere(
+                        s,
+                        j.as_str(),
+                        None,
+                        StreamCondition::NotAuthorized,
+                    );
                 }
                 Ok(none)
             }

@@ -31,6 +31,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub cluster: ClusterConfig,
     pub upload: UploadConfig,
+    /// Server administrators (XEP-0133 service administration).
+    pub admin: AdminConfig,
     /// XEP-0215 external services (STUN/TURN) announced to clients.
     pub external_services: Vec<ExternalService>,
 }
@@ -54,9 +56,59 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             cluster: ClusterConfig::default(),
             upload: UploadConfig::default(),
+            admin: AdminConfig::default(),
             external_services: Vec::new(),
         }
     }
+}
+
+/// Server administrators: who may run the XEP-0133 commands (add, delete
+/// and kick users, count them, announce) at a served domain, and the
+/// XEP-0050 command sessions they open.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Bare JIDs, each an administrator of its own domain.
+    pub admins: Vec<String>,
+    /// More administrators per served domain (`[admin.domains]`,
+    /// `"example.net" = ["root@example.org"]`): they administer that
+    /// domain besides their own.
+    pub domains: std::collections::BTreeMap<String, Vec<String>>,
+    /// Seconds a multi-stage command session waits for its next step
+    /// before it expires.
+    pub session_timeout_secs: u64,
+    /// Command sessions one requester (full JID) may have open at once;
+    /// starting another ends its oldest.
+    pub max_sessions: usize,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            admins: Vec::new(),
+            domains: Default::default(),
+            session_timeout_secs: 600,
+            max_sessions: 8,
+        }
+    }
+}
+
+/// Normalises a list of bare JIDs from the configuration (`key` names it
+/// in the error).
+fn bare_jids(key: &str, list: &[String]) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::with_capacity(list.len());
+    for a in list {
+        let j = jid::BareJid::new(a)
+            .map_err(|e| anyhow::anyhow!("{key}: {a:?} is not a bare JID: {e}"))?;
+        if j.node().is_none() {
+            anyhow::bail!("{key}: {a:?} is not a user's bare JID");
+        }
+        let j = j.to_string();
+        if !out.contains(&j) {
+            out.push(j);
+        }
+    }
+    Ok(out)
 }
 
 /// Client-to-server listeners and stream limits.
@@ -737,6 +789,7 @@ impl Config {
             "metrics",
             "cluster",
             "upload",
+            "admin",
             "external_services",
         ];
         let env = Env::prefixed("STARLING_")
@@ -842,13 +895,34 @@ impl Config {
                     anyhow::bail!("pubsub.subdomain: {sub}.{d} is a served domain");
                 }
             }
-            let mut admins = Vec::new();
-            for a in &self.pubsub.admins {
-                let j = jid::BareJid::new(a)
-                    .map_err(|e| anyhow::anyhow!("pubsub.admins: {a:?} is not a bare JID: {e}"))?;
-                admins.push(j.to_string());
-            }
-            self.pubsub.admins = admins;
+            self.pubsub.admins = bare_jids("pubsub.admins", &self.pubsub.admins)?;
+        }
+        self.muc.admins = bare_jids("muc.admins", &self.muc.admins)?;
+        self.admin.admins = bare_jids("admin.admins", &self.admin.admins)?;
+        if let Some(a) = self
+            .admin
+            .admins
+            .iter()
+            .find(|a| !a.rsplit_once('@').is_some_and(|(_, d)| self.serves(d)))
+        {
+            anyhow::bail!(
+                "admin.admins: {a:?} is not at a served domain (an admin of its own domain; \
+                 [admin.domains] names admins of a domain)"
+            );
+        }
+        let mut by_domain = std::collections::BTreeMap::new();
+        for (d, list) in &self.admin.domains {
+            let domain = jid::BareJid::new(d)
+                .ok()
+                .filter(|j| j.node().is_none())
+                .map(|j| j.domain().as_str().to_owned())
+                .filter(|d| self.serves(d))
+                .ok_or_else(|| anyhow::anyhow!("admin.domains: {d:?} is not a served domain"))?;
+            by_domain.insert(domain, bare_jids(&format!("admin.domains.{d}"), list)?);
+        }
+        self.admin.domains = by_domain;
+        if self.admin.session_timeout_secs == 0 || self.admin.max_sessions == 0 {
+            anyhow::bail!("admin.session_timeout_secs and admin.max_sessions must be positive");
         }
         if let Some(d) = self.mam.domains.keys().find(|d| !self.serves(d)) {
             anyhow::bail!("mam.domains: {d:?} is not one of the served domains");
@@ -862,5 +936,73 @@ impl Config {
 
     pub fn serves(&self, domain: &str) -> bool {
         self.domains.iter().any(|d| d == domain)
+    }
+
+    /// Whether the bare JID `who` administers the served domain `domain`
+    /// (`[admin]`: an admin of its own domain, or listed for it).
+    pub fn is_admin(&self, who: &str, domain: &str) -> bool {
+        if !self.serves(domain) {
+            return false;
+        }
+        let own = who.rsplit_once('@').is_some_and(|(_, d)| d == domain)
+            && self.admin.admins.iter().any(|a| a == who);
+        own || self
+            .admin
+            .domains
+            .get(domain)
+            .is_some_and(|l| l.iter().any(|a| a == who))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checked(f: impl FnOnce(&mut Config)) -> anyhow::Result<Config> {
+        let mut c = Config {
+            domains: vec!["a.example".into(), "b.example".into()],
+            ..Config::default()
+        };
+        f(&mut c);
+        c.check().map(|()| c)
+    }
+
+    #[test]
+    fn administrators_by_domain() {
+        let c = checked(|c| {
+            c.admin.admins = vec!["Root@A.example".into()];
+            c.admin
+                .domains
+                .insert("b.example".into(), vec!["root@a.example".into()]);
+        })
+        .unwrap();
+        assert_eq!(c.admin.admins, ["root@a.example"], "normalised");
+        assert!(c.is_admin("root@a.example", "a.example"));
+        assert!(c.is_admin("root@a.example", "b.example"), "[admin.domains]");
+        assert!(!c.is_admin("root@a.example", "c.example"), "not served");
+        assert!(!c.is_admin("other@a.example", "a.example"));
+        let own_only = checked(|c| c.admin.admins = vec!["boss@b.example".into()]).unwrap();
+        assert!(own_only.is_admin("boss@b.example", "b.example"));
+        assert!(
+            !own_only.is_admin("boss@b.example", "a.example"),
+            "an admin of its own domain only"
+        );
+    }
+
+    #[test]
+    fn administrator_configuration_is_checked() {
+        assert!(checked(|c| c.admin.admins = vec!["not a jid@@".into()]).is_err());
+        assert!(checked(|c| c.admin.admins = vec!["a.example".into()]).is_err());
+        assert!(checked(|c| c.admin.admins = vec!["x@elsewhere.example".into()]).is_err());
+        assert!(
+            checked(|c| {
+                c.admin
+                    .domains
+                    .insert("elsewhere.example".into(), vec!["x@a.example".into()]);
+            })
+            .is_err()
+        );
+        assert!(checked(|c| c.admin.max_sessions = 0).is_err());
+        assert!(checked(|c| c.admin.session_timeout_secs = 0).is_err());
     }
 }

@@ -49,6 +49,51 @@ pub fn bind(server: &Server, bare: &str, resource: &str) -> Result<(), StoreErro
     Ok(())
 }
 
+/// Ends the sessions of `bare` (only `resource`'s when given) wherever
+/// they are bound, with `condition`: this node's through their actors;
+/// every other member node is asked to close its own (a close request
+/// for the bare or full JID, any session), so a session there that has
+/// not published its route yet ends too. Returns how many sessions were
+/// known to be closed: this node's and the other nodes' published ones.
+pub fn close_everywhere(
+    server: &Server,
+    bare: &str,
+    resource: Option<&str>,
+    condition: StreamCondition,
+) -> usize {
+    let mut n = 0;
+    for r in server.router.resources(bare) {
+        if resource.is_none_or(|x| *r.resource == *x) {
+            r.handle.close(condition);
+            n += 1;
+        }
+    }
+    let store = &server.storage.store;
+    if !store.has_peers() {
+        return n;
+    }
+    n += crate::router::table::remote(store, bare)
+        .iter()
+        .filter(|r| resource.is_none_or(|x| x == r.resource))
+        .count();
+    let to = match resource {
+        Some(r) => format!("{bare}/{r}"),
+        None => bare.to_owned(),
+    };
+    let me = store.node_id();
+    for m in store.status().members.iter().filter(|m| m.node_id != me) {
+        let _ = store.deliver(
+            m.node_id,
+            Envelope {
+                to: to.clone(),
+                close: condition.name().into(),
+                ..Envelope::default()
+            },
+        );
+    }
+    n
+}
+
 /// Records a session's new presence or roster interest, if the route is
 /// still this session's (a newer session elsewhere may have taken it).
 pub async fn update(
@@ -226,6 +271,20 @@ impl LocalDelivery for NodeDelivery {
             _ => {}
         }
         let (bare, Some(resource)) = crate::stanza::split(&env.to) else {
+            // A close for a bare JID (`routing::close_everywhere`): every
+            // session of the user here.
+            if !env.close.is_empty() && env.close != crate::session::resume::RELEASE {
+                let condition = StreamCondition::from_name(&env.close)
+                    .unwrap_or(StreamCondition::SystemShutdown);
+                let (bare, _) = crate::stanza::split(&env.to);
+                let sessions = server.router.resources(bare);
+                for r in &sessions {
+                    r.handle.close(condition);
+                }
+                if !sessions.is_empty() {
+                    return DeliveryResult::Delivered;
+                }
+            }
             return DeliveryResult::NoSession;
         };
         let Some(handle) = server

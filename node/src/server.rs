@@ -34,6 +34,8 @@ pub struct Server {
     /// XEP-0363 file upload: the shared token key (read once) and the
     /// slot-request windows.
     pub upload: crate::modules::upload::State,
+    /// XEP-0050 command sessions in progress on this node.
+    pub adhoc: crate::modules::adhoc::Sessions,
 }
 
 impl Server {
@@ -68,6 +70,7 @@ impl Server {
             resumable: Default::default(),
             services: crate::services::Services::new(&config_services),
             upload: Default::default(),
+            adhoc: Default::default(),
         }
     }
 

@@ -92,6 +92,9 @@ pub struct StanzaError {
     /// An application-specific condition (RFC 6120 §8.3.4), such as
     /// XEP-0060's `<nodeid-required xmlns='…pubsub#errors'/>`.
     pub app: Option<Box<Element>>,
+    /// The error type when a specification names another than the
+    /// condition's usual one (XEP-0050 §4.6: `<forbidden/>` is `cancel`).
+    pub kind: Option<&'static str>,
 }
 
 impl StanzaError {
@@ -100,6 +103,7 @@ impl StanzaError {
             condition,
             text: None,
             app: None,
+            kind: None,
         }
     }
 
@@ -108,6 +112,7 @@ impl StanzaError {
             condition,
             text: Some(text.into()),
             app: None,
+            kind: None,
         }
     }
 
@@ -117,12 +122,13 @@ impl StanzaError {
             condition,
             text: None,
             app: Some(Box::new(app)),
+            kind: None,
         }
     }
 
     pub fn to_element(&self) -> Element {
         let mut e = Element::new("error", NS_CLIENT)
-            .attr("type", self.condition.error_type())
+            .attr("type", self.kind.unwrap_or(self.condition.error_type()))
             .child(Element::new(self.condition.name(), NS_STANZAS));
         if let Some(t) = &self.text {
             e = e.child(

@@ -83,6 +83,11 @@ pub fn user_key(bare: &str, rest: &str) -> Vec<u8> {
 pub struct Account {
     pub credentials: StoredCredentials,
     pub created: i64,
+    /// Disabled by an administrator (XEP-0133 §4.3): the account keeps
+    /// its data but cannot log in until re-enabled. Absent in accounts
+    /// written before it existed.
+    #[serde(default)]
+    pub disabled: bool,
 }
 
 /// Subscription state of a roster item (RFC 6121 §2.1.2.5).
@@ -226,6 +231,21 @@ impl Storage {
     }
 
     /// Bare JIDs of all accounts, optionally of one domain.
+    /// The disabled accounts of `domain`.
+    pub fn disabled_accounts(&self, domain: &str) -> Result<Vec<String>, StoreError> {
+        let all = self.store.scan_prefix(ACCOUNTS, b"")?;
+        let mut out = Vec::new();
+        for (k, v) in all {
+            let Ok(j) = String::from_utf8(k) else {
+                continue;
+            };
+            if j.rsplit('@').next() == Some(domain) && de::<Account>(&v)?.disabled {
+                out.push(j);
+            }
+        }
+        Ok(out)
+    }
+
     pub fn list_accounts(&self, domain: Option<&str>) -> Result<Vec<String>, StoreError> {
         let all = self.store.scan_prefix(ACCOUNTS, b"")?;
         Ok(all

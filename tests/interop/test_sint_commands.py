@@ -8,17 +8,33 @@ as Smack's AdHocCommandManager plays it: singleStage, multiStage (a=42, b=23, '+
 multiStageWithPrev (a=42, prev, a=77 -> 100), multiStageInvalidArg (a='forty-two' ->
 <bad-request/>).
 
-The server extensions' ServiceAdministrationIntegrationTest (XEP-0133) needs an administrator
-account and server-side commands. Starling offers no XEP-0050 commands of its own (an
-<iq><command/></iq> to the domain gets <service-unavailable/>) and has no server
-administrators (accounts are managed with the CLI and the admin API), so every one of its
-command tests is 'not possible' there (checkServerSupportCommand); testGetCommandsForUser has
-no assertion beyond an answer: the account's command list (disco#items, node
-'http://jabber.org/protocol/commands') is answered, empty. testGetCommandsForAdmin needs the
-admin account the suite is configured with; Starling has none to configure.
+The server extensions' ServiceAdministrationIntegrationTest (XEP-0133) runs the server's own
+commands as the administrator the suite is configured with, addressed (like Smack's
+AdHocCommandManager there) to the administrator's own bare JID: Starling answers them there as
+at the domain (node/src/modules/adhoc.rs). The fixture ``admin_server`` configures
+``[admin] admins = ["admin@localhost"]``. Ported: testGetCommandsForUser (the user's list has
+no admin command, executing one is <forbidden/>), testGetCommandsForAdmin (non-empty list),
+and the command tests Smack can run against Starling: testAddUser (then log in),
+testAddUserWithMismatchedPassword / WithRemoteJid / WithInvalidJid (failed: an error note),
+testDeleteUser / WithFullJid, testDisableUser / GetsSessionsTerminated / CantLogin /
+DoesntAffectRoster, testReenableUser / CanLogin / NonExistingUser / RemoteUser,
+testEndUserSessionFullJid / BareJid / TwoUsers, testChangePassword, testUserRoster,
+testGetUserStatistics, testGetRegisteredUsersNumber, testDisabledUsersNumber,
+testGetOnlineUsersNumber, testGetActiveUsersNumber, testGetIdleUsersNumber,
+testGetRegisteredUsersList, testDisabledUsersList, testGetOnlineUsersListSimple,
+testGetActiveUsersListSimple, testGetIdleUsersList, testSendAnnouncementToOnlineUsers.
+Smack's executeCommandWithArgs is execute (status executing, a form) then complete with the
+filled form (a field the form lacks is an error of the test); assertCommandCompletedSuccessfully
+is a result with status completed and no error note, assertCommandFailed an IQ error or an
+error note. Not possible on Starling (commands it does not offer, so checkServerSupportCommand
+skips them there): last login, MOTD and welcome messages, edit-admin (administrators come from
+the configuration), blacklist / whitelist, restart / shutdown.
 """
 
-from rawxmpp import C, q, tostring
+import pytest
+
+from conftest import TARGET, StarlingServer
+from rawxmpp import C, SASLFailure, q, tostring
 from test_sint_helpers import error_condition, rnd
 
 NS_CMD = "http://jabber.org/protocol/commands"
@@ -197,15 +213,304 @@ def test_multi_stage_invalid_arg_ad_hoc_command(server, clients):
 
 def test_get_commands_for_user(server, clients):
     """ServiceAdministrationIntegrationTest.testGetCommandsForUser (XEP-0133 3, XEP-0050 2.2):
-    the command list of conOne's own bare JID is answered (Starling has none to list); the
-    domain's list is answered too, and executing an admin command there is refused with
-    <service-unavailable/> (no XEP-0133 on Starling: Smack's per-command tests are 'not
-    possible')."""
+    the command list of conOne's own bare JID is answered, and so is the domain's; neither
+    lists an admin command to a user, and executing one is refused with <forbidden/>."""
     one = clients.add(server.online("sintcmd"))
     for to in (one.bare, server.domain):
         r = one.iq("get", f"<query xmlns='{NS_ITEMS}' node='{NS_CMD}'/>", to=to)
         assert r.get("type") == "result", tostring(r)
         assert r.find(q(NS_ITEMS, "query")).get("node") == NS_CMD, tostring(r)
-    r = one.iq("set", f"<command xmlns='{NS_CMD}' node='http://jabber.org/protocol/admin#add-user' action='execute'/>",
+        nodes = [i.get("node") for i in r.iter(q(NS_ITEMS, "item"))]
+        assert not any(n.startswith(ADMIN) for n in nodes), nodes
+    r = one.iq("set", f"<command xmlns='{NS_CMD}' node='{ADMIN}#add-user' action='execute'/>",
                to=server.domain)
-    assert r.get("type") == "error" and error_condition(r) == "service-unavailable", tostring(r)
+    assert r.get("type") == "error" and error_condition(r) == "forbidden", tostring(r)
+
+
+# ------------------------------------------------------------------ ServiceAdministrationIntegrationTest
+
+ADMIN = "http://jabber.org/protocol/admin"
+ADMIN_PW = "sint-admin-pw"
+
+
+@pytest.fixture(scope="module")
+def admin_server(tmp_path_factory):
+    """A server whose configuration names admin@localhost an administrator (the suite's
+    adminAccountUsername). Starling's configuration: not run against Prosody."""
+    if TARGET == "prosody":
+        pytest.skip("Starling's [admin] configuration")
+    s = StarlingServer(str(tmp_path_factory.mktemp("sintadmin")))
+    with open(s.config_path, "a") as f:
+        f.write('\n[admin]\nadmins = ["admin@localhost"]\n')
+    s.start()
+    s.add_user("admin@localhost", ADMIN_PW)
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def admin(admin_server, clients):
+    c = clients.add(admin_server.login("admin@localhost", ADMIN_PW, presence=True))
+    c.bare = "admin@localhost"
+    return c
+
+
+def discover_commands(c, to):
+    r = c.iq("get", f"<query xmlns='{NS_ITEMS}' node='{NS_CMD}'/>", to=to)
+    assert r.get("type") == "result", tostring(r)
+    return [i.get("node") for i in r.iter(q(NS_ITEMS, "item"))]
+
+
+def execute_with_args(admin, node, **args):
+    """executeCommandWithArgs: execute (executing, a form with the named fields), fill the
+    form, complete; returns the answer IQ (result or error)."""
+    iid = f"sa-{rnd()}"
+    r = admin.iq("set", f"<command xmlns='{NS_CMD}' node='{node}' action='execute'/>", to=admin.bare, iid=iid)
+    c = r.find(q(NS_CMD, "command"))
+    assert r.get("type") == "result" and c.get("status") == "executing", tostring(r)
+    form = c.find(q(NS_DATA, "x"))
+    assert form is not None and form.get("type") == "form", tostring(r)
+    kinds = {f.get("var"): f.get("type") for f in form.findall(q(NS_DATA, "field"))}
+    out = [f"<x xmlns='{NS_DATA}' type='submit'>"]
+    for f in form.findall(q(NS_DATA, "field")):
+        if f.get("type") == "hidden":
+            out.append(f"<field var='{f.get('var')}'><value>{f.findtext(q(NS_DATA, 'value'))}</value></field>")
+    for var, val in args.items():
+        assert var in kinds, f"Field {var} not found in form: {tostring(form)}"
+        vals = [v.strip() for v in val.split(",")] if kinds[var] in ("jid-multi", "list-multi") else [val]
+        out.append(f"<field var='{var}'>" + "".join(f"<value>{v}</value>" for v in vals) + "</field>")
+    out.append("</x>")
+    return admin.iq("set", f"<command xmlns='{NS_CMD}' node='{node}' action='complete' "
+                           f"sessionid='{c.get('sessionid')}'>{''.join(out)}</command>", to=admin.bare)
+
+
+def execute_simple(admin, node):
+    return admin.iq("set", f"<command xmlns='{NS_CMD}' node='{node}' action='execute'/>", to=admin.bare)
+
+
+def note_types(r):
+    return [n.get("type") for n in r.iter(q(NS_CMD, "note"))]
+
+
+def assert_completed_successfully(r):
+    assert r.get("type") == "result", tostring(r)
+    assert r.find(q(NS_CMD, "command")).get("status") == "completed", tostring(r)
+    assert "error" not in note_types(r), tostring(r)
+
+
+def assert_failed(r):
+    assert r.get("type") == "error" or "error" in note_types(r), tostring(r)
+
+
+def form_value(r, var):
+    for f in r.iter(q(NS_DATA, "field")):
+        if f.get("var") == var:
+            return [v.text for v in f.findall(q(NS_DATA, "value"))]
+    raise AssertionError(f"no field {var}: {tostring(r)}")
+
+
+def logs_in(srv, jid, pw):
+    try:
+        srv.login(jid, pw).close()
+        return True
+    except SASLFailure:
+        return False
+
+
+def test_get_commands_for_admin(admin):
+    """testGetCommandsForAdmin: the administrator's command list is not empty (and has the
+    commands the rest of the suite checks for with checkServerSupportCommand)."""
+    nodes = discover_commands(admin, admin.bare)
+    assert nodes, "empty command list for an administrator"
+    for name in ("add-user", "delete-user", "change-user-password", "end-user-session",
+                 "get-registered-users-num", "get-online-users-num", "get-online-users-list",
+                 "get-active-users", "announce", "get-user-roster"):
+        assert f"{ADMIN}#{name}" in nodes, nodes
+
+
+def test_add_user(admin_server, admin):
+    jid = f"addusertest-{rnd(5)}@localhost"
+    r = execute_with_args(admin, f"{ADMIN}#add-user", accountjid=jid, password="password",
+                          **{"password-verify": "password"})
+    assert_completed_successfully(r)
+    assert logs_in(admin_server, jid, "password")
+
+
+def test_add_user_with_mismatched_password(admin_server, admin):
+    jid = f"addusermismatchedpasswordtest-{rnd(5)}@localhost"
+    assert_failed(execute_with_args(admin, f"{ADMIN}#add-user", accountjid=jid, password="password",
+                                    **{"password-verify": "password2"}))
+    assert not logs_in(admin_server, jid, "password")
+
+
+def test_add_user_with_remote_jid(admin):
+    assert_failed(execute_with_args(admin, f"{ADMIN}#add-user",
+                                    accountjid=f"adduserinvalidjidtest-{rnd(5)}@somewhereelse.org",
+                                    password="password", **{"password-verify": "password2"}))
+
+
+def test_add_user_with_invalid_jid(admin):
+    assert_failed(execute_with_args(admin, f"{ADMIN}#add-user",
+                                    accountjid=f"adduserinvalidjidtest-{rnd(5)}@invalid@domain",
+                                    password="password", **{"password-verify": "password2"}))
+
+
+@pytest.mark.parametrize("suffix", ["", "/resource"], ids=["bare", "full"])
+def test_delete_user(admin_server, admin, suffix):
+    """testDeleteUser / testDeleteUserWithFullJid: a full JID is taken as its bare JID."""
+    jid = f"deleteusertest-{rnd(5)}@localhost"
+    assert_completed_successfully(execute_with_args(admin, f"{ADMIN}#add-user", accountjid=jid,
+                                                    password="password", **{"password-verify": "password"}))
+    assert_completed_successfully(execute_with_args(admin, f"{ADMIN}#delete-user", accountjids=jid + suffix))
+    assert not logs_in(admin_server, jid, "password")
+
+
+def test_change_password(admin_server, admin):
+    jid = f"changepasswordtest-{rnd(5)}@localhost"
+    execute_with_args(admin, f"{ADMIN}#add-user", accountjid=jid, password="password",
+                      **{"password-verify": "password"})
+    assert_completed_successfully(execute_with_args(admin, f"{ADMIN}#change-user-password",
+                                                    accountjid=jid, password="password2"))
+    assert logs_in(admin_server, jid, "password2")
+    assert not logs_in(admin_server, jid, "password")
+
+
+def test_registered_and_online_numbers_and_list(admin_server, admin, clients):
+    """testGetRegisteredUsersNumber / testGetOnlineUsersNumber (at least the three test
+    accounts) / testGetOnlineUsersListSimple (they are listed)."""
+    cons = [clients.add(admin_server.online("sintadm")) for _ in range(3)]
+    r = execute_simple(admin, f"{ADMIN}#get-registered-users-num")
+    assert_completed_successfully(r)
+    assert int(form_value(r, "registeredusersnum")[0]) >= 3
+    r = execute_simple(admin, f"{ADMIN}#get-online-users-num")
+    assert_completed_successfully(r)
+    assert int(form_value(r, "onlineusersnum")[0]) >= 3
+    for name, var in (("get-online-users-list", "onlineuserjids"), ("get-active-users", "activeuserjids")):
+        r = execute_with_args(admin, f"{ADMIN}#{name}")
+        assert_completed_successfully(r)
+        assert {c.bare for c in cons} <= set(form_value(r, var)), tostring(r)
+
+
+def add_user(admin, jid, pw="password"):
+    assert_completed_successfully(execute_with_args(admin, f"{ADMIN}#add-user", accountjid=jid, password=pw,
+                                                    **{"password-verify": pw}))
+
+
+def test_disable_user(admin_server, admin, clients):
+    """testDisableUser / testDisableUserGetsSessionsTerminated / testDisableUserCantLogin /
+    testDisableUserDoesntAffectRoster (get-user-roster filled through 'accountjids', as the
+    Java test does), then testReenableUser / testReenableUserCanLogin."""
+    jid = f"disableusertest-{rnd(5)}@localhost"
+    add_user(admin, jid)
+    one = clients.add(admin_server.login(jid, "password", resource=f"resource-one-{rnd(5)}"))
+    two = clients.add(admin_server.login(jid, "password", resource=f"resource-two-{rnd(5)}"))
+    r = one.iq("set", "<query xmlns='jabber:iq:roster'><item jid='foo@bar.example.org' name='test user'/></query>")
+    assert r.get("type") == "result", tostring(r)
+    assert_completed_successfully(execute_with_args(admin, f"{ADMIN}#disable-user", accountjids=jid))
+    one.wait_closed()
+    two.wait_closed()
+    try:
+        admin_server.login(jid, "password").close()
+        raise AssertionError("a disabled account logged in")
+    except SASLFailure:
+        pass
+    r = execute_with_args(admin, f"{ADMIN}#get-user-roster", accountjids=jid)
+    assert_completed_successfully(r)
+    roster = r.find(f".//{q(NS_DATA, 'x')}/{q('jabber:iq:roster', 'query')}")
+    assert roster is not None, tostring(r)
+    assert ("foo@bar.example.org", "test user") in {(i.get("jid"), i.get("name")) for i in roster}, tostring(r)
+    r = execute_simple(admin, f"{ADMIN}#get-disabled-users-num")
+    assert_completed_successfully(r)
+    assert int(form_value(r, "disabledusersnum")[0]) >= 1
+    r = execute_with_args(admin, f"{ADMIN}#get-disabled-users-list")
+    assert_completed_successfully(r)
+    assert jid in form_value(r, "disableduserjids")
+    assert_completed_successfully(execute_with_args(admin, f"{ADMIN}#reenable-user", accountjids=jid))
+    assert logs_in(admin_server, jid, "password")
+
+
+def test_reenable_non_existing_and_remote_user(admin):
+    """testReenableNonExistingUser / testReenableRemoteUser: failed."""
+    assert_failed(execute_with_args(admin, f"{ADMIN}#reenable-user",
+                                    accountjids=f"reenablenonexistingusertest-{rnd(5)}@localhost"))
+    assert_failed(execute_with_args(admin, f"{ADMIN}#reenable-user",
+                                    accountjids=f"reenableremoteusertest-{rnd(5)}@elsewhere.org"))
+
+
+def test_end_user_session_full_jid(admin_server, admin, clients):
+    """testEndUserSessionFullJid: only that session ends; a message the admin sends the other
+    resource afterwards still arrives."""
+    jid = f"endsessiontest-full-{rnd(5)}@localhost"
+    add_user(admin, jid)
+    one = clients.add(admin_server.login(jid, "password", resource=f"resource-one-{rnd(5)}"))
+    two = clients.add(admin_server.login(jid, "password", resource=f"resource-two-{rnd(5)}"))
+    assert_completed_successfully(execute_with_args(admin, f"{ADMIN}#end-user-session", accountjids=one.jid))
+    needle = rnd(13)
+    admin.message(two.jid, f"Wait for me {needle}", type_=None, mid=needle)
+    two.recv(lambda e: e.tag == C("message") and e.get("id") == needle, 5, what="message after the kick")
+    one.wait_closed()
+
+
+def test_end_user_session_two_users(admin_server, admin, clients):
+    jids = [f"endsessiontest-{n}-{rnd(5)}@localhost" for n in ("one", "two")]
+    cons = []
+    for jid in jids:
+        add_user(admin, jid)
+        cons.append(clients.add(admin_server.login(jid, "password")))
+    assert_completed_successfully(execute_with_args(admin, f"{ADMIN}#end-user-session",
+                                                    accountjids=",".join(jids)))
+    for c in cons:
+        c.wait_closed()
+
+
+def test_user_roster_and_statistics(admin_server, admin, clients):
+    """testUserRoster (conOne and conTwo subscribed to each other: conTwo on conOne's roster)
+    and testGetUserStatistics (at least one field)."""
+    one = clients.add(admin_server.online("sintro"))
+    two = clients.add(admin_server.online("sintro"))
+    one.presence(to=two.bare, type_="subscribe")
+    two.recv(lambda e: e.tag == C("presence") and e.get("type") == "subscribe", 5, what="subscribe")
+    two.presence(to=one.bare, type_="subscribed")
+    one.recv(lambda e: e.tag == C("presence") and e.get("type") == "subscribed", 5, what="subscribed")
+    r = execute_with_args(admin, f"{ADMIN}#get-user-roster", accountjids=one.bare)
+    assert_completed_successfully(r)
+    roster = r.find(f".//{q(NS_DATA, 'x')}/{q('jabber:iq:roster', 'query')}")
+    assert two.bare in {i.get("jid") for i in roster}, tostring(r)
+    r = execute_with_args(admin, f"{ADMIN}#user-stats", accountjids=one.bare)
+    assert_completed_successfully(r)
+    assert len([f for f in r.iter(q(NS_DATA, "field")) if f.get("type") != "hidden"]) >= 1
+
+
+def test_active_idle_numbers_and_lists(admin_server, admin, clients):
+    """testGetActiveUsersNumber (>= 3), testGetIdleUsersNumber (>= 0), testGetIdleUsersList,
+    testGetRegisteredUsersList (the three test accounts listed)."""
+    cons = [clients.add(admin_server.online("sintact")) for _ in range(3)]
+    r = execute_simple(admin, f"{ADMIN}#get-active-users-num")
+    assert_completed_successfully(r)
+    assert int(form_value(r, "activeusersnum")[0]) >= 3
+    r = execute_simple(admin, f"{ADMIN}#get-idle-users-num")
+    assert_completed_successfully(r)
+    assert int(form_value(r, "idleusersnum")[0]) >= 0
+    assert_completed_successfully(execute_with_args(admin, f"{ADMIN}#get-idle-users"))
+    r = execute_with_args(admin, f"{ADMIN}#get-registered-users-list")
+    assert_completed_successfully(r)
+    assert {c.bare for c in cons} <= set(form_value(r, "registereduserjids"))
+
+
+def test_end_user_session_bare_jid(admin_server, admin, clients):
+    jid = f"endsessiontest-bare-{rnd(5)}@localhost"
+    execute_with_args(admin, f"{ADMIN}#add-user", accountjid=jid, password="password",
+                      **{"password-verify": "password"})
+    one = clients.add(admin_server.login(jid, "password", resource=f"resource-one-{rnd(5)}"))
+    two = clients.add(admin_server.login(jid, "password", resource=f"resource-two-{rnd(5)}"))
+    assert_completed_successfully(execute_with_args(admin, f"{ADMIN}#end-user-session", accountjids=jid))
+    one.wait_closed()  # fails unless the server closes the connection
+    two.wait_closed()
+
+
+def test_send_announcement_to_online_users(admin_server, admin, clients):
+    con_one = clients.add(admin_server.online("sintann"))
+    text = f"testAnnouncement-{rnd(5)}"
+    assert_completed_successfully(execute_with_args(admin, f"{ADMIN}#announce", announcement=text))
+    con_one.recv(lambda e: e.tag == C("message") and text in (e.findtext(C("body")) or ""), 5,
+                 what="announcement")

@@ -42,7 +42,28 @@ fn handle<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
         if let Some(n) = node {
             q.set_attr("node", n);
         }
+        // A node of the domain (XEP-0050 commands), also asked at the
+        // requester's own bare JID: its module answers.
+        let domain_node = match (ctx.target, node) {
+            (IqTarget::Server(d), Some(n)) => Some((d, d, n)),
+            (IqTarget::Own, Some(n)) => ctx
+                .origin
+                .bare
+                .rsplit_once('@')
+                .map(|(_, d)| (d, ctx.origin.bare, n)),
+            _ => None,
+        };
         if ns == NS_ITEMS {
+            if let Some((domain, at, n)) = domain_node {
+                for m in ctx.server.modules.server_nodes() {
+                    if let Some(items) = (m.items)(ctx.server, domain, at, ctx.origin.bare, n) {
+                        for item in items {
+                            q = q.child(item);
+                        }
+                        return Ok(q.into());
+                    }
+                }
+            }
             // A domain lists its services (XEP-0045 rooms at conference.,
             // XEP-0363 upload); an account's items are what modules show
             // the requester (PEP nodes it may see); XEP-0030 §8: none for
@@ -81,6 +102,16 @@ fn handle<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
             for m in ctx.server.modules.account_nodes() {
                 if let Some(info) = (m.info)(ctx.server, owner, ctx.origin.bare, n) {
                     for el in info {
+                        q = q.child(el);
+                    }
+                    return Ok(q.into());
+                }
+            }
+        }
+        if let Some((domain, _, n)) = domain_node {
+            for m in ctx.server.modules.server_nodes() {
+                if let Some(info) = (m.info)(ctx.server, domain, ctx.origin.bare, n) {
+                    for el in info? {
                         q = q.child(el);
                     }
                     return Ok(q.into());

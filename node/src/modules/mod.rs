@@ -11,6 +11,7 @@
 //! line in [`MODULES`] (or, in tests, an extra module given to
 //! [`Registry::new`]).
 
+pub mod adhoc;
 pub mod blocking;
 pub mod caps;
 pub mod carbons;
@@ -157,6 +158,24 @@ pub struct AccountNodes {
     pub info: fn(&Server, owner: &str, requester: &str, node: &str) -> Option<Vec<Element>>,
 }
 
+/// What a module shows in disco under a node of a served domain (such as
+/// XEP-0050's command list and command nodes). The node is addressed at
+/// the domain, or, as some clients do, at the requester's own bare JID;
+/// `at` is the JID addressed, for the items' `jid`.
+pub struct ServerNodes {
+    /// The `<item/>`s of `node` for `requester`, if the module has such a
+    /// node.
+    pub items:
+        fn(&Server, domain: &str, at: &str, requester: &str, node: &str) -> Option<Vec<Element>>,
+    /// The identities and features of `node` (or the error that answers
+    /// `requester`), if the module has such a node.
+    pub info: fn(&Server, domain: &str, requester: &str, node: &str) -> Option<NodeInfo>,
+}
+
+/// The identities and features of a node, or the error that answers the
+/// requester.
+pub type NodeInfo = Result<Vec<Element>, StanzaError>;
+
 /// A point in a stanza's path where modules can look at it, change it or
 /// take it over.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -237,6 +256,8 @@ pub struct Module {
     pub account_identities: &'static [AccountIdentity],
     /// Disco items and node info it adds on each account.
     pub account_nodes: Option<&'static AccountNodes>,
+    /// Disco nodes it answers on each served domain.
+    pub server_nodes: Option<&'static ServerNodes>,
     /// Stream features it advertises, in order.
     pub stream_features: &'static [StreamFeature],
     /// IQ payloads it answers.
@@ -258,6 +279,7 @@ impl Module {
         account_features: &[],
         account_identities: &[],
         account_nodes: None,
+        server_nodes: None,
         stream_features: &[],
         iq: &[],
         hooks: &[],
@@ -291,6 +313,7 @@ pub static MODULES: &[&Module] = &[
     &extdisco::MODULE,
     &caps::MODULE,
     &pep::MODULE,
+    &adhoc::MODULE,
 ];
 
 /// Multi-user chat is a hosted service (`crate::services::muc`), routed to

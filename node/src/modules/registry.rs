@@ -8,7 +8,7 @@
 
 use super::{
     AccountFeature, AccountIdentity, AccountNodes, Event, Flow, Handler, Hook, HookCtx, IqCtx,
-    IqHandler, IqTarget, MODULES, Module, Stage, StreamFeature,
+    IqHandler, IqTarget, MODULES, Module, ServerNodes, Stage, StreamFeature,
 };
 use crate::config::Config;
 use crate::stanza::{Condition, StanzaError};
@@ -30,6 +30,7 @@ pub struct Registry {
     account_features: Vec<&'static AccountFeature>,
     account_identities: Vec<&'static AccountIdentity>,
     account_nodes: Vec<&'static AccountNodes>,
+    server_nodes: Vec<&'static ServerNodes>,
     /// The server's XEP-0115 `ver` and its `<c/>` stream feature
     /// (advertised where a module declares
     /// [`caps::SERVER_CAPS_PLACEHOLDER`](super::caps::SERVER_CAPS_PLACEHOLDER)).
@@ -62,6 +63,7 @@ impl Registry {
         let mut account_features = Vec::new();
         let mut account_identities = Vec::new();
         let mut account_nodes = Vec::new();
+        let mut server_nodes = Vec::new();
         let (mut pre_auth, mut post_auth) = (Vec::new(), Vec::new());
         let mut names = HashSet::new();
         let mut spaces = HashMap::new();
@@ -85,6 +87,7 @@ impl Registry {
             account_features.extend(m.account_features);
             account_identities.extend(m.account_identities);
             account_nodes.extend(m.account_nodes);
+            server_nodes.extend(m.server_nodes);
             for f in m.stream_features {
                 match f.stage {
                     Stage::PreAuth => pre_auth.push(f),
@@ -117,6 +120,7 @@ impl Registry {
             account_features,
             account_identities,
             account_nodes,
+            server_nodes,
             server_ver,
             server_caps,
             pre_auth,
@@ -159,6 +163,11 @@ impl Registry {
     /// What modules show in disco on accounts besides features.
     pub fn account_nodes(&self) -> &[&'static AccountNodes] {
         &self.account_nodes
+    }
+
+    /// What modules show in disco under nodes of a served domain.
+    pub fn server_nodes(&self) -> &[&'static ServerNodes] {
+        &self.server_nodes
     }
 
     /// The server's XEP-0115 `ver` (sha-1 of its disco#info).

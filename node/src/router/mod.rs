@@ -307,6 +307,19 @@ pub struct Bound {
     pub at: At,
 }
 
+/// A bound session of a user of some domain, wherever it is
+/// ([`Router::sessions_of_domain`]).
+#[derive(Clone, Debug)]
+pub struct DomainSession {
+    pub bare: String,
+    pub resource: Arc<str>,
+    /// Sent initial presence and not yet unavailable.
+    pub available: bool,
+    /// Its last available presence.
+    pub presence: Option<Element>,
+    pub at: At,
+}
+
 /// The sessions of this node by bare JID, and the way to those of others.
 pub struct Router {
     users: DashMap<String, UserEntry>,
@@ -558,6 +571,42 @@ impl Router {
         for r in self.resources(bare) {
             r.handle.close(condition);
         }
+    }
+
+    /// Every bound session of users of `domain` in the cluster: this
+    /// node's from its map, the others' from this node's replica of the
+    /// routing table (a session there shows once it has published its
+    /// route: from its first presence or roster request on). It walks
+    /// both whole: for administration (XEP-0133), never a stanza's path.
+    pub fn sessions_of_domain(&self, domain: &str) -> Vec<DomainSession> {
+        let in_domain = |bare: &str| bare.rsplit_once('@').is_some_and(|(_, d)| d == domain);
+        let mut out = Vec::new();
+        for e in self.users.iter().filter(|e| in_domain(e.key())) {
+            out.extend(e.value().resources.iter().map(|r| DomainSession {
+                bare: e.key().clone(),
+                resource: r.resource.clone(),
+                available: r.available,
+                presence: r.presence.clone(),
+                at: At::Here(r.handle.clone()),
+            }));
+        }
+        for (bare, r) in table::remote_where(&self.store, in_domain) {
+            out.push(DomainSession {
+                bare,
+                resource: r.resource.into(),
+                available: r.info.available,
+                presence: r
+                    .info
+                    .presence
+                    .as_deref()
+                    .and_then(crate::stanza::parse_serialised),
+                at: At::Node {
+                    node: r.node,
+                    session: r.session,
+                },
+            });
+        }
+        out
     }
 
     /// Bare JIDs with sessions on this node.

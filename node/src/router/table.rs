@@ -89,6 +89,38 @@ pub fn remote(store: &Store, bare: &str) -> Vec<RemoteResource> {
         .collect()
 }
 
+/// Every session bound on another node of a user `keep` accepts, from
+/// this node's replica, with the user's bare JID. A walk of the whole
+/// table: for administration, never on a stanza's path.
+pub fn remote_where(store: &Store, keep: impl Fn(&str) -> bool) -> Vec<(String, RemoteResource)> {
+    if !store.has_peers() {
+        return Vec::new();
+    }
+    let me = store.node_id();
+    let Ok(pairs) = store.scan_prefix(routes::ROUTES, b"") else {
+        return Vec::new();
+    };
+    pairs
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let r = Route::parse(&k, &v)?;
+            if r.node_id == me || !keep(&r.bare) {
+                return None;
+            }
+            let (session, info) = parse_payload(&r.payload)?;
+            Some((
+                r.bare,
+                RemoteResource {
+                    node: r.node_id,
+                    resource: r.resource,
+                    session,
+                    info,
+                },
+            ))
+        })
+        .collect()
+}
+
 /// The session of `bare/resource` if it is bound on another node.
 pub fn remote_one(store: &Store, bare: &str, resource: &str) -> Option<RemoteResource> {
     if !store.has_peers() {

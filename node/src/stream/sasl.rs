@@ -206,6 +206,7 @@ async fn plain<S: Transport>(
         .account(bare.as_str())
         .map_err(|_| SaslFailure::TemporaryAuthFailure)?;
     let password = creds.password.clone();
+    let disabled = stored.as_ref().is_some_and(|a| a.disabled);
     // PBKDF2 is CPU work: keep it off the session threads.
     let ok = tokio::task::spawn_blocking(move || {
         stored.is_some_and(|a| a.credentials.verify_plain(&password))
@@ -214,6 +215,10 @@ async fn plain<S: Transport>(
     .unwrap_or(false);
     if !ok {
         return Err(SaslFailure::NotAuthorized);
+    }
+    // Only once the password is right: a wrong one learns nothing.
+    if disabled {
+        return Err(SaslFailure::AccountDisabled);
     }
     check_authzid(creds.authzid.as_deref(), &bare)?;
     Ok(Some((bare, None)))
@@ -262,8 +267,10 @@ async fn scram<S: Transport>(
     match scram.client_final(&client_final)? {
         ScramStep::Success { server_final, .. } => {
             let bare = bare?;
-            if stored.is_none() {
-                return Err(SaslFailure::NotAuthorized);
+            match &stored {
+                None => return Err(SaslFailure::NotAuthorized),
+                Some(a) if a.disabled => return Err(SaslFailure::AccountDisabled),
+                Some(_) => {}
             }
             check_authzid(scram.authzid(), &bare)?;
             Ok(Some((bare, Some(server_final))))
