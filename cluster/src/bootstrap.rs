@@ -221,7 +221,9 @@ impl Store {
     }
 }
 
-/// Mirrors openraft's metrics into gauges until Raft stops.
+/// Mirrors openraft's metrics into gauges until Raft stops, at most
+/// every `METRICS_EVERY`: they change several times per entry, and a wake
+/// per change would cost every write a thread hand-off.
 async fn report_metrics(raft: raft::Raft) {
     let mut rx = raft.metrics();
     drop(raft);
@@ -243,5 +245,8 @@ async fn report_metrics(raft: raft::Raft) {
         if rx.changed().await.is_err() {
             break;
         }
+        tokio::time::sleep(METRICS_EVERY).await;
     }
 }
+
+const METRICS_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
