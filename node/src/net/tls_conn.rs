@@ -340,20 +340,54 @@ impl TlsConn {
         }
     }
 
+    /// Encrypts into this thread's buffer and writes at once; only what
+    /// the socket does not take is kept (in `unsent`) and waited for. A
+    /// reader that keeps up costs no allocation and no wait per write.
     async fn write_inner(&mut self, data: &[u8]) -> io::Result<()> {
-        if !self.unsent.is_empty() {
-            let unsent = mem::take(&mut self.unsent);
-            AsyncWriteExt::write_all(&mut self.tcp, &unsent).await?;
-        }
-        let mut out = Vec::new();
+        self.flush_unsent().await?;
         for chunk in data.chunks(WRITE_CHUNK) {
-            out.clear();
-            self.encrypt(chunk, &mut out)?;
-            AsyncWriteExt::write_all(&mut self.tcp, &out).await?;
+            ENCRYPTED.with_borrow_mut(|out| {
+                out.clear();
+                let r = self
+                    .encrypt(chunk, out)
+                    .and_then(|()| send_now(&self.tcp, &mut self.unsent, out));
+                if out.capacity() > ENCRYPTED_KEEP {
+                    *out = Vec::new();
+                }
+                r
+            })?;
+            self.flush_unsent().await?;
+        }
+        Ok(())
+    }
+
+    /// Waits until the socket took everything in `unsent`, then frees it.
+    async fn flush_unsent(&mut self) -> io::Result<()> {
+        while !self.unsent.is_empty() {
+            self.tcp.writable().await?;
+            match self.tcp.try_write(&self.unsent) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.unsent.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if self.unsent.capacity() > 0 {
+            self.unsent = Vec::new();
         }
         Ok(())
     }
 }
+
+thread_local! {
+    /// Where each write is encrypted before it goes to the socket.
+    static ENCRYPTED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The most a thread keeps of its encryption buffer between writes.
+const ENCRYPTED_KEEP: usize = 2 * WRITE_CHUNK;
 
 impl Transport for TlsConn {
     async fn readable(&self) -> io::Result<()> {
