@@ -94,3 +94,15 @@ pub fn describe() {
     metrics::gauge!("starling_c2s_sessions").set(0.0);
     metrics::counter!("starling_auth_failures_total", "mechanism" => "PLAIN").absolute(0);
 }
+
+/// A counter looked up once per call site. `metrics::counter!` hashes its
+/// name and labels into the registry on every call, which per stanza adds
+/// up. The recorder is installed before any session runs (`run::serve`);
+/// where none is, the cached counter records nothing, like the macro.
+#[macro_export]
+macro_rules! hot_counter {
+    ($name:literal $(, $k:literal => $v:literal)*) => {{
+        static COUNTER: std::sync::OnceLock<metrics::Counter> = std::sync::OnceLock::new();
+        COUNTER.get_or_init(|| metrics::counter!($name $(, $k => $v)*))
+    }};
+}

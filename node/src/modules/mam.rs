@@ -422,7 +422,7 @@ impl Prepared {
     fn written(&self) {
         metrics::histogram!("starling_mam_write_seconds")
             .record(self.started.elapsed().as_secs_f64());
-        metrics::counter!("starling_mam_archived_total").increment(self.records.len() as u64);
+        crate::hot_counter!("starling_mam_archived_total").increment(self.records.len() as u64);
     }
 
     /// The same records under a later id: this one was taken (this node's

@@ -254,7 +254,7 @@ pub async fn route(server: &Server, el: Element) {
         crate::session::im::bounce(server, &el, Condition::ServiceUnavailable);
         return;
     };
-    metrics::counter!("starling_stanzas_routed_total", "kind" => "service").increment(1);
+    crate::hot_counter!("starling_stanzas_routed_total", "kind" => "service").increment(1);
     let Some(key) = entity else {
         // The service itself: any node answers from the replicated store.
         match kind {

@@ -667,6 +667,10 @@ impl<S: Transport> Session<S> {
         let keepalive = Duration::from_secs(self.server.config.c2s.keepalive_secs);
         let mut last_read = Instant::now();
         let mut last_write = Instant::now();
+        // One timer for the session's life, moved rather than made anew
+        // for every wake-up (a later deadline costs no timer wheel work).
+        let timer = tokio::time::sleep_until(last_read + idle);
+        tokio::pin!(timer);
         loop {
             // Handle everything already parsed before waiting again.
             loop {
@@ -696,6 +700,9 @@ impl<S: Transport> Session<S> {
             if let Some(at) = self.checkpoint_due() {
                 wake_at = wake_at.min(at);
             }
+            if timer.deadline() != wake_at {
+                timer.as_mut().reset(wake_at);
+            }
             tokio::select! {
                 r = self.xs.fill(None) => {
                     match r {
@@ -709,7 +716,7 @@ impl<S: Transport> Session<S> {
                     }
                     last_write = Instant::now();
                 }
-                _ = tokio::time::sleep_until(wake_at) => {
+                _ = &mut timer => {
                     let now = Instant::now();
                     if now >= idle_at {
                         return End::Error(StreamCondition::ConnectionTimeout);
@@ -854,12 +861,18 @@ impl<S: Transport> Session<S> {
     async fn handle_counted(&mut self, el: Element) -> Result<(), End> {
         let mut stanza =
             Stanza::try_from(el).map_err(|_| End::Error(StreamCondition::UnsupportedStanzaType))?;
-        let kind = match &stanza {
-            Stanza::Message(_) => "message",
-            Stanza::Presence(_) => "presence",
-            Stanza::Iq(_) => "iq",
-        };
-        metrics::counter!("starling_c2s_stanzas_received_total", "kind" => kind).increment(1);
+        match &stanza {
+            Stanza::Message(_) => {
+                crate::hot_counter!("starling_c2s_stanzas_received_total", "kind" => "message")
+            }
+            Stanza::Presence(_) => {
+                crate::hot_counter!("starling_c2s_stanzas_received_total", "kind" => "presence")
+            }
+            Stanza::Iq(_) => {
+                crate::hot_counter!("starling_c2s_stanzas_received_total", "kind" => "iq")
+            }
+        }
+        .increment(1);
         let el = stanza.el_mut();
         if let Some(from) = el.get_attr("from") {
             // A client may only name itself (§8.1.2.1, §4.9.3.9).
@@ -1044,7 +1057,7 @@ impl<S: Transport> Session<S> {
             set: kind == IqType::Set,
         };
         let result = modules::handle_iq(&ctx).await;
-        metrics::counter!("starling_stanzas_routed_total", "kind" => "iq").increment(1);
+        crate::hot_counter!("starling_stanzas_routed_total", "kind" => "iq").increment(1);
         match result {
             Ok(modules::IqReply::Sent) => Ok(()),
             Ok(modules::IqReply::Result(payload)) => {

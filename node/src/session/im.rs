@@ -255,7 +255,7 @@ async fn route(
         Ok(Destination::Remote { .. }) => return bounce_of(Condition::RemoteServerNotFound, el),
         Err(e) => return Err(Box::new((e.into(), el))),
     };
-    metrics::counter!("starling_stanzas_routed_total", "kind" => "message").increment(1);
+    crate::hot_counter!("starling_stanzas_routed_total", "kind" => "message").increment(1);
     let mut el = el;
     if server.modules.has_hooks(Event::MessageIn) {
         let ctx = HookCtx {
@@ -542,7 +542,7 @@ async fn broadcast(
     {
         tracing::debug!(error = %e, "registry not settled; broadcasting to what it has");
     }
-    metrics::counter!("starling_stanzas_routed_total", "kind" => "presence").increment(1);
+    crate::hot_counter!("starling_stanzas_routed_total", "kind" => "presence").increment(1);
     let roster = server.storage.roster(origin.bare)?;
     // To every contact with a subscription from us (their available resources).
     for item in roster.iter().filter(|i| i.subscription.from()) {

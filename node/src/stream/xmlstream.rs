@@ -84,7 +84,7 @@ impl<S: Transport> XmlStream<S> {
             match self.io.try_read(&mut |bytes| parser.feed(bytes)) {
                 Ok(0) => return Err(ReadError::Closed),
                 Ok(n) => {
-                    metrics::counter!("starling_c2s_bytes_received_total").increment(n as u64);
+                    crate::hot_counter!("starling_c2s_bytes_received_total").increment(n as u64);
                     return Ok(());
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}

@@ -661,7 +661,7 @@ impl State {
                 for s in &spliced {
                     self.fan_out(server, s);
                 }
-                metrics::counter!("starling_muc_messages_total").increment(spliced.len() as u64);
+                crate::hot_counter!("starling_muc_messages_total").increment(spliced.len() as u64);
             }
             Err(e) => {
                 for el in &msgs {
@@ -1606,7 +1606,7 @@ impl State {
         for sp in &spliced {
             self.fan_out(server, sp);
         }
-        metrics::counter!("starling_muc_messages_total").increment(1);
+        crate::hot_counter!("starling_muc_messages_total").increment(1);
         Ok(())
     }
 
