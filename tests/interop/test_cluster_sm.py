@@ -190,3 +190,38 @@ def test_messages_delivered_ahead_of_their_archive_write_are_replayed_elsewhere(
         b3.expect_nothing(lambda e: e.tag == C("message"), 0.7, what="a duplicate")
     finally:
         cl.stop()
+
+
+def test_a_received_carbon_on_another_node_is_in_that_nodes_archive_at_once(
+        tmp_path_factory, clients):
+    """Sender and recipient on one node, both with stream management, so the message would be
+    delivered before its archive write (which here waits 2 s for company). The recipient has
+    a second resource with carbons on another node: its received copy goes out with the
+    message, and a query through that node the moment the copy arrives finds the message
+    (the write is not left behind when a copy leaves the node)."""
+    from cluster import Cluster
+    from test_carbons import carbon, enable
+    from test_mam import mam
+    cl = Cluster(str(tmp_path_factory.mktemp("cluster")), 2,
+                 cluster_options={"behind_linger_us": 2_000_000})
+    try:
+        a_jid, _, a_pw = cl[1].new_user("cca")
+        b_jid, _, b_pw = cl[1].new_user("ccb")
+        a, _ = login_sm(cl[1], a_jid, a_pw)
+        clients.add(a)
+        b, _ = login_sm(cl[1], b_jid, b_pw)
+        clients.add(b)
+        b2 = clients.add(cl[2].login_eventually(b_jid, b_pw, resource="desk")[0])
+        enable(b2)
+        b2.presence()
+        b2.recv(lambda e: e.tag == C("presence") and e.get("from") == b2.jid, what="own presence")
+        # Node 1 knows the second resource once its presence reached the first one there.
+        b.recv(lambda e: e.tag == C("presence") and e.get("from") == b2.jid, what="the desk's presence")
+        time.sleep(0.3)
+        a.message(b.jid, "copied", mid="cc1")  # to the phone: the desk gets a copy
+        assert bodies(b, 1) == ["copied"]
+        carbon(b2, "received", "cc1")
+        results, _ = mam(b2)
+        assert [r.body for r in results] == ["copied"], "the copy came before the archive had it"
+    finally:
+        cl.stop()

@@ -20,7 +20,7 @@
 //!   arriving from anyone else loses its wrapper.
 
 use super::{Event, Flow, Hook, HookCtx, IqCtx, IqHandler, IqReply, IqResult, IqTarget, Module};
-use crate::router::ToUser;
+use crate::router::{At, ToUser};
 use crate::server::Server;
 use crate::stanza::{Condition, MessageType, NS_CLIENT, StanzaError, split};
 use crate::xml::{Element, Node};
@@ -214,6 +214,24 @@ fn copy_to(server: &Server, bare: &str, dir: Direction, el: &Element, skip: impl
     let label = dir.wrapper();
     metrics::counter!("starling_carbons_copies_total", "direction" => label)
         .increment(targets.len() as u64);
+}
+
+/// Whether the recipient of `el` has a resource on another node that gets
+/// a received copy of it. That copy goes out with the message, so its
+/// archive write must not wait behind the delivery: a query through that
+/// node must find what the copy announced (a node waits only for its own
+/// writes behind, `Store::sync_behind`).
+pub fn copied_elsewhere(server: &Server, el: &Element) -> bool {
+    if !server.storage.store.has_peers() || !eligible(el, Direction::Received) {
+        return false;
+    }
+    el.get_attr("to").is_some_and(|to| {
+        server
+            .router
+            .bound(split(to).0)
+            .iter()
+            .any(|b| b.carbons && b.available && matches!(b.at, At::Node { .. }))
+    })
 }
 
 /// Received copies (§7): `el`, as delivered to the user `bare`'s resources

@@ -207,7 +207,9 @@ impl Archiving<'_> {
             return Ok(());
         };
         match &mut self.behind {
-            Some((server, behind)) if here => {
+            Some((server, behind))
+                if here && !crate::modules::carbons::copied_elsewhere(server, el) =>
+            {
                 behind.push_back(prepared.queue(server));
                 Ok(())
             }
