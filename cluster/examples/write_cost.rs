@@ -1,8 +1,9 @@
 //! Server CPU of one replicated write on a single node, entry by entry:
-//! `cargo run --release -p starling-cluster --example write_cost -- [writes] [gap_ms]`.
-//! Each write is one `Put` of 600 bytes, awaited before the next, with
-//! `gap_ms` of idleness between them (as writes arrive at a low rate);
-//! prints the process CPU per write and the share of each thread.
+//! `cargo run --release -p starling-cluster --example write_cost -- [rounds] [gap_ms] [batch]`.
+//! Each round is `batch` concurrent writes (one Raft entry), each one `Put`
+//! of 600 bytes, awaited before the next round, with `gap_ms` of idleness
+//! between rounds (as writes arrive at a low rate); prints the process CPU
+//! per write and the share of each thread.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -48,6 +49,7 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let n: u64 = args.next().and_then(|v| v.parse().ok()).unwrap_or(500);
     let gap = Duration::from_millis(args.next().and_then(|v| v.parse().ok()).unwrap_or(20));
+    let batch: u64 = args.next().and_then(|v| v.parse().ok()).unwrap_or(1);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(
             std::env::var("THREADS")
@@ -69,12 +71,17 @@ fn main() {
         .unwrap();
     let value = vec![b'x'; 600];
     let write = |i: u64| {
-        let op = Op::Put {
-            space: "archive".into(),
-            key: i.to_be_bytes().to_vec(),
-            value: value.clone(),
-        };
-        rt.block_on(store.write(vec![op])).unwrap();
+        let writes = (0..batch).map(|j| {
+            let op = Op::Put {
+                space: "archive".into(),
+                key: (i * batch + j).to_be_bytes().to_vec(),
+                value: value.clone(),
+            };
+            store.write(vec![op])
+        });
+        for r in rt.block_on(futures::future::join_all(writes)) {
+            r.unwrap();
+        }
     };
     for i in 0..50 {
         write(i);
@@ -97,8 +104,9 @@ fn main() {
         e.1 += v.1 - b.1;
     }
     let total: u64 = by_name.values().map(|v| v.0).sum();
+    let n = n * batch;
     println!(
-        "{n} writes, {gap:?} apart, {:.1} s: {:.1} µs CPU per write",
+        "{n} writes in entries of {batch}, {gap:?} apart, {:.1} s: {:.1} µs CPU per write",
         wall.as_secs_f64(),
         total as f64 / n as f64 / 1e3
     );
