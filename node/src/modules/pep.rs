@@ -163,6 +163,14 @@ pub static MODULE: Module = Module {
             when: None,
         },
         AccountFeature {
+            var: "http://jabber.org/protocol/pubsub#rsm",
+            when: None,
+        },
+        AccountFeature {
+            var: "http://jabber.org/protocol/pubsub#shim",
+            when: None,
+        },
+        AccountFeature {
             var: "http://jabber.org/protocol/pubsub#retrieve-affiliations",
             when: None,
         },
@@ -229,6 +237,7 @@ pub static MODULE: Module = Module {
     }],
     account_nodes: Some(&AccountNodes {
         items: disco_items,
+        node_items: disco_node_items,
         info: disco_node_info,
     }),
     iq: &[
@@ -1067,6 +1076,15 @@ pub fn node_item_list(
     )
 }
 
+fn disco_node_items(
+    server: &Server,
+    owner: &str,
+    requester: &str,
+    node: &str,
+) -> Option<Vec<Element>> {
+    node_item_list(server, Svc::pep(owner), requester, node)
+}
+
 fn disco_node_info(
     server: &Server,
     owner: &str,
@@ -1189,8 +1207,9 @@ pub async fn dispatch(req: &Req<'_>, payload: &Element, set: bool) -> IqResult {
     // `configure` and `options` only qualify a `publish`, `create` or
     // `subscribe` beside them.
     let op = children.iter().find(|e| {
-        payload.ns == NS_OWNER
-            || !matches!(e.name.as_str(), "publish-options" | "configure" | "options")
+        e.ns != crate::rsm::NS_RSM
+            && (payload.ns == NS_OWNER
+                || !matches!(e.name.as_str(), "publish-options" | "configure" | "options"))
     });
     let Some(first) = op.or(children.first()).copied() else {
         return Err(Condition::BadRequest.into());
@@ -1241,7 +1260,14 @@ pub async fn dispatch(req: &Req<'_>, payload: &Element, set: bool) -> IqResult {
             Ok(r)
         }
         ("create", true) => create(req, first, sibling("configure")).await,
-        ("items", false) => items(req, first).await,
+        ("items", false) => {
+            let rsm = children
+                .iter()
+                .find(|e| e.is("set", crate::rsm::NS_RSM))
+                .map(|s| crate::rsm::Request::parse(s))
+                .transpose()?;
+            items(req, first, rsm).await
+        }
         ("subscribe", true) => subscribe(req, first, sibling("options")).await,
         ("unsubscribe", true) => unsubscribe(req, first).await,
         ("options", false) => options_get(req, first).await,
@@ -1681,8 +1707,10 @@ async fn create(req: &Req<'_>, create: &Element, configure: Option<&Element>) ->
         .into())
 }
 
-/// XEP-0060 §6.5: all items, the latest `max_items`, or some by id.
-async fn items(req: &Req<'_>, items: &Element) -> IqResult {
+/// XEP-0060 §6.5: all items, the latest `max_items`, or some by id; a
+/// page of them with XEP-0059 (§6.5.4), oldest first as always, with the
+/// `<set/>` after `<items/>`.
+async fn items(req: &Req<'_>, items: &Element, rsm: Option<crate::rsm::Request>) -> IqResult {
     let server = req.server;
     let node = node_attr(items)?;
     let max = match items.get_attr("max_items") {
@@ -1733,6 +1761,13 @@ async fn items(req: &Req<'_>, items: &Element) -> IqResult {
             .filter(|w| rec.items.iter().any(|i| i == w))
             .collect()
     };
+    let (ids, set) = match rsm {
+        Some(r) => {
+            let (range, set) = r.page(&ids)?;
+            (&ids[range], Some(set))
+        }
+        None => (&ids[..], None),
+    };
     let mut out = Element::new("items", NS_PUBSUB).attr("node", node);
     for id in ids {
         if let Some(item) = server
@@ -1744,7 +1779,11 @@ async fn items(req: &Req<'_>, items: &Element) -> IqResult {
             out = out.child(item);
         }
     }
-    Ok(Element::new("pubsub", NS_PUBSUB).child(out).into())
+    let mut pubsub = Element::new("pubsub", NS_PUBSUB).child(out);
+    if let Some(set) = set {
+        pubsub = pubsub.child(set);
+    }
+    Ok(pubsub.into())
 }
 
 /// Reads a node the requester must own.
@@ -2172,11 +2211,12 @@ async fn subscribe(req: &Req<'_>, sub: &Element, options: Option<&Element>) -> I
             if !pending {
                 tell_owners(server, req.svc, node, &cfg, &to_tell, &jid, true).await;
             }
-            let mut out = Element::new("pubsub", NS_PUBSUB).child(subscription_el(
-                NS_PUBSUB,
-                Some(node),
-                &new,
-            ));
+            // §6.1.5: options may be configured, and need not be.
+            let mut sub_el = subscription_el(NS_PUBSUB, Some(node), &new);
+            if !pending {
+                sub_el = sub_el.child(Element::new("subscribe-options", NS_PUBSUB));
+            }
+            let mut out = Element::new("pubsub", NS_PUBSUB).child(sub_el);
             // §6.3.7: the options in effect, when some were given.
             if options.is_some() {
                 let mut x = sub_options_form(deliver);

@@ -29,6 +29,7 @@ const FEATURES: &[&str] = &[
     "delete-nodes",
     "instant-nodes",
     "item-ids",
+    "last-published",
     "manage-subscriptions",
     "member-affiliation",
     "meta-data",
@@ -36,6 +37,7 @@ const FEATURES: &[&str] = &[
     "multi-subscribe",
     "outcast-affiliation",
     "persistent-items",
+    "presence-notifications",
     "publish",
     "publish-only-affiliation",
     "publish-options",
@@ -47,7 +49,10 @@ const FEATURES: &[&str] = &[
     "retrieve-default-sub",
     "retrieve-items",
     "retrieve-subscriptions",
+    "rsm",
+    "shim",
     "subscribe",
+    "subscription-notifications",
     "subscription-options",
 ];
 
@@ -153,26 +158,34 @@ fn info(req: &Req<'_>, q: &Element) -> IqResult {
         )
         .child(Element::new("feature", NS_INFO).attr("var", NS_INFO))
         .child(Element::new("feature", NS_INFO).attr("var", NS_ITEMS))
-        .child(Element::new("feature", NS_INFO).attr("var", NS_PUBSUB));
+        .child(Element::new("feature", NS_INFO).attr("var", NS_PUBSUB))
+        .child(Element::new("feature", NS_INFO).attr("var", crate::rsm::NS_RSM));
     for f in FEATURES {
         out = out.child(Element::new("feature", NS_INFO).attr("var", format!("{NS_PUBSUB}#{f}")));
     }
     Ok(out.into())
 }
 
-/// XEP-0060 §5.2: the nodes the requester may see; §5.5: a node's items.
+/// XEP-0060 §5.2: the nodes the requester may see; §5.5: a node's items;
+/// either paged with XEP-0059.
 fn items(req: &Req<'_>, q: &Element) -> IqResult {
     let mut out = Element::new("query", NS_ITEMS);
-    let list = match q.get_attr("node") {
+    let (list, key) = match q.get_attr("node") {
         Some(node) => {
             out.set_attr("node", node);
-            pep::node_item_list(req.server, req.svc, req.bare, node)
-                .ok_or(Condition::ItemNotFound)?
+            let list = pep::node_item_list(req.server, req.svc, req.bare, node)
+                .ok_or(Condition::ItemNotFound)?;
+            (list, "name")
         }
-        None => pep::node_list(req.server, req.svc, req.bare),
+        None => (pep::node_list(req.server, req.svc, req.bare), "node"),
     };
+    // XEP-0059 §1: a long list is paged when the requester asks.
+    let (list, set) = crate::rsm::page_items(q, list, key)?;
     for el in list {
         out = out.child(el);
+    }
+    if let Some(set) = set {
+        out = out.child(set);
     }
     Ok(out.into())
 }

@@ -1,0 +1,347 @@
+"""XEP-0060 / XEP-0163 conformance, written from the XEPs' use cases and error sections
+(raw XML): XEP-0059 result set management on items retrieval (6.5.4: max / after / before /
+index, the <set/> in the answer, with max_items) and on disco#items of a service's nodes, of
+a node's items and of an account's PEP nodes; items asked by an id that does not exist
+(6.5.8: an empty <items/>); the service's features (none the service does not implement);
+<subscribe-options/> in the subscription (6.1.5); and the error of each XEP section with its
+pubsub#errors condition: retract (7.2.3), purge and items of a node without persistent items
+(8.5.3.3, 6.5.9.9), the owner's lists and configuration for a non-owner (8.8.1.3, 8.9.1.3,
+8.2.3.2), configuration values of the wrong type (8.2.5.3), unsupported options
+(collections, item expiry), publish-options preconditions (7.1.5), max_payload_size
+(7.1.3.4), pubsub#type (7.1.3.5), notification_type, unsubscribe / options errors (6.2.3,
+6.3.4), delete with redirect (8.4.1); item expiry (pubsub#item_expire).
+"""
+
+from rawxmpp import C, q, stanza_error, tostring
+from test_pep import DISCO_INFO, DISCO_ITEMS, NS_EVENT, NS_OWNER, NS_PUBSUB, app_error, ok, tune
+from test_pubsub import create, delete, ev_child, form, items_of, ps, publish, rnd, subscribe, svc
+
+NS_RSM = "http://jabber.org/protocol/rsm"
+NODE_CONFIG = NS_PUBSUB + "#node_config"
+
+# XEP-0060 section 10's features that this service does not implement.
+NOT_IMPLEMENTED = ("collections", "get-pending", "leased-subscription", "multi-collection",
+                   "presence-subscribe", "auto-subscribe", "filtered-notifications",
+                   "purge-offline")
+
+
+def rsm(inner):
+    return f"<set xmlns='{NS_RSM}'>{inner}</set>"
+
+
+def page(c, to, node, set_inner, extra=""):
+    """(item ids, <set/>) of an items request with an RSM <set/>."""
+    r = ok(ps(c, "get", f"<items node='{node}'{extra}/>{rsm(set_inner)}", to))
+    p = r.find(q(NS_PUBSUB, "pubsub"))
+    ids = [i.get("id") for i in p.find(q(NS_PUBSUB, "items")).findall(q(NS_PUBSUB, "item"))]
+    return ids, p.find(q(NS_RSM, "set"))
+
+
+def set_info(s):
+    """(first, first index, last, count) of a result <set/>."""
+    assert s is not None, "no <set/> in the answer"
+    first = s.find(q(NS_RSM, "first"))
+    last = s.find(q(NS_RSM, "last"))
+    count = s.find(q(NS_RSM, "count"))
+    return (first.text if first is not None else None,
+            first.get("index") if first is not None else None,
+            last.text if last is not None else None,
+            int(count.text) if count is not None else None)
+
+
+def disco_items(c, to, node=None, set_inner=None):
+    n = f" node='{node}'" if node else ""
+    s = rsm(set_inner) if set_inner is not None else ""
+    r = ok(c.iq("get", f"<query xmlns='{DISCO_ITEMS}'{n}>{s}</query>", to=to))
+    qel = r.find(q(DISCO_ITEMS, "query"))
+    return qel.findall(q(DISCO_ITEMS, "item")), qel.find(q(NS_RSM, "set"))
+
+
+def configure(c, to, node, fields):
+    return ps(c, "set", f"<configure node='{node}'>{form(NODE_CONFIG, fields)}</configure>", to,
+              ns=NS_OWNER)
+
+
+def check_rsm_pages(c, to, node, ids):
+    """The RSM paging of XEP-0059 over a node holding exactly `ids` (oldest first)."""
+    n = len(ids)
+    got, s = page(c, to, node, "<max>2</max>")
+    assert got == ids[:2] and set_info(s) == (ids[0], "0", ids[1], n), (got, tostring(s))
+    got, s = page(c, to, node, f"<max>2</max><after>{ids[1]}</after>")
+    assert got == ids[2:4] and set_info(s) == (ids[2], "2", ids[3], n)
+    got, s = page(c, to, node, "<max>2</max><before/>")
+    assert got == ids[-2:] and set_info(s) == (ids[-2], str(n - 2), ids[-1], n)
+    got, s = page(c, to, node, f"<max>2</max><before>{ids[3]}</before>")
+    assert got == ids[1:3] and set_info(s)[1] == "1"
+    got, s = page(c, to, node, f"<max>9</max><index>{n - 1}</index>")
+    assert got == ids[-1:]
+    # XEP-0059 2.6: max 0 is the count alone
+    got, s = page(c, to, node, "<max>0</max>")
+    assert got == [] and set_info(s) == (None, None, None, n)
+    # past the end: an empty page that still counts
+    got, s = page(c, to, node, f"<max>2</max><after>{ids[-1]}</after>")
+    assert got == [] and set_info(s)[3] == n
+    # paging forward through the whole set: every item once, in order
+    seen, after = [], None
+    for _ in range(n + 2):
+        a = f"<after>{after}</after>" if after else ""
+        got, s = page(c, to, node, f"<max>2</max>{a}")
+        if not got:
+            break
+        assert len(got) <= 2
+        seen += got
+        after = set_info(s)[2]
+    assert seen == ids
+    # max_items narrows the set first (the latest items), RSM pages it
+    got, s = page(c, to, node, "<max>2</max>", extra=" max_items='3'")
+    assert got == ids[-3:-1] and set_info(s) == (ids[-3], "0", ids[-2], 3)
+    # errors: an unknown <after/> id, a <max/> that is no number
+    r = ps(c, "get", f"<items node='{node}'/>{rsm('<after>no-such-id</after>')}", to)
+    assert stanza_error(r)[1] == "item-not-found", tostring(r)
+    r = ps(c, "get", f"<items node='{node}'/>{rsm('<max>many</max>')}", to)
+    assert stanza_error(r)[1] == "bad-request", tostring(r)
+    # without a <set/>: all of them, and no <set/>
+    r = ok(ps(c, "get", f"<items node='{node}'/>", to))
+    assert r.find(q(NS_PUBSUB, "pubsub")).find(q(NS_RSM, "set")) is None
+    assert [i.get("id") for i in items_of(c, to, node)] == ids
+
+
+def test_rsm_on_items_of_a_service_node_and_a_pep_node(server):
+    s = svc(server)
+    owner = server.online("rsm")
+    reader = server.online("rsr")
+    node = "rsm-" + rnd()
+    ok(create(owner, s, node))
+    ids = [f"i{k}" for k in range(6)]
+    for i in ids:
+        ok(publish(owner, s, node, tune(i), item_id=i))
+    check_rsm_pages(reader, s, node, ids)
+    # PEP: the same on the account's own node (kept items: max_items 6)
+    pep_node = "urn:test:rsm:" + rnd()
+    ok(ps(owner, "set", f"<create node='{pep_node}'/><configure>"
+          f"{form(NODE_CONFIG, {'pubsub#max_items': '6', 'pubsub#access_model': 'open'})}"
+          "</configure>", None))
+    for i in ids:
+        ok(publish(owner, None, pep_node, tune(i), item_id=i))
+    check_rsm_pages(owner, None, pep_node, ids)
+    check_rsm_pages(reader, owner.bare, pep_node, ids)
+    ok(delete(owner, s, node))
+    server.assert_healthy(owner, reader)
+    owner.close()
+    reader.close()
+
+
+def test_rsm_on_disco_items(server):
+    s = svc(server)
+    owner = server.online("rsd")
+    prefix = "rsd-" + rnd()
+    mine = [f"{prefix}-{k}" for k in range(3)]
+    for n in mine:
+        ok(create(owner, s, n))
+    # the service's nodes (shared with other tests): page through all of them
+    total = None
+    seen, after = [], None
+    for _ in range(200):
+        a = f"<after>{after}</after>" if after else ""
+        items, st = disco_items(owner, s, set_inner=f"<max>2</max>{a}")
+        first, _, last, count = set_info(st)
+        total = count if total is None else total
+        if not items:
+            break
+        assert len(items) <= 2
+        seen += [i.get("node") for i in items]
+        assert first == items[0].get("node") and last == items[-1].get("node")
+        after = last
+    assert len(seen) == len(set(seen)) and len(seen) >= total, (len(seen), total)
+    assert set(mine) <= set(seen)
+    # without <set/>: no <set/>
+    items, st = disco_items(owner, s)
+    assert st is None and set(mine) <= {i.get("node") for i in items}
+    # a node's items, paged by their ids (the disco item's name)
+    for i in ("a", "b", "c"):
+        ok(publish(owner, s, mine[0], tune(i), item_id=i))
+    items, st = disco_items(owner, s, node=mine[0], set_inner="<max>2</max>")
+    assert [i.get("name") for i in items] == ["a", "b"] and set_info(st) == ("a", "0", "b", 3)
+    items, st = disco_items(owner, s, node=mine[0], set_inner="<max>2</max><after>b</after>")
+    assert [i.get("name") for i in items] == ["c"]
+    # an account's PEP nodes, and a PEP node's items
+    peps = [f"urn:test:{prefix}:{k}" for k in range(3)]
+    for n in peps:
+        ok(ps(owner, "set", f"<create node='{n}'/><configure>"
+              f"{form(NODE_CONFIG, {'pubsub#max_items': '5'})}</configure>", None))
+    items, st = disco_items(owner, owner.bare, set_inner="<max>2</max>")
+    assert len(items) == 2 and set_info(st)[3] == 3, tostring(st)
+    items2, st2 = disco_items(owner, owner.bare, set_inner=f"<max>2</max><after>{set_info(st)[2]}</after>")
+    assert {i.get("node") for i in items + items2} == set(peps)
+    for i in ("x", "y"):
+        ok(publish(owner, None, peps[0], tune(i), item_id=i))
+    items, st = disco_items(owner, owner.bare, node=peps[0])
+    assert [(i.get("jid"), i.get("name")) for i in items] == [(owner.bare, "x"), (owner.bare, "y")]
+    items, st = disco_items(owner, owner.bare, node=peps[0], set_inner="<max>1</max><before/>")
+    assert [i.get("name") for i in items] == ["y"] and set_info(st) == ("y", "1", "y", 2)
+    r = owner.iq("get", f"<query xmlns='{DISCO_ITEMS}'>{rsm('<after>nope</after>')}</query>", to=s)
+    assert stanza_error(r)[1] == "item-not-found", tostring(r)
+    for n in mine:
+        ok(delete(owner, s, n))
+    owner.close()
+
+
+def test_features_are_what_the_service_does(server):
+    c = server.online("feat")
+    r = ok(c.iq("get", f"<query xmlns='{DISCO_INFO}'/>", to=svc(server)))
+    feats = {f.get("var") for f in r.find(q(DISCO_INFO, "query")).findall(q(DISCO_INFO, "feature"))}
+    for f in ("rsm", "retrieve-items", "publish-options", "item-ids", "last-published",
+              "subscription-options", "config-node", "purge-nodes", "retract-items"):
+        assert f"{NS_PUBSUB}#{f}" in feats, f
+    assert NS_RSM in feats
+    for f in NOT_IMPLEMENTED:
+        assert f"{NS_PUBSUB}#{f}" not in feats, f
+    # PEP (the account's disco#info): it pages too
+    r = ok(c.iq("get", f"<query xmlns='{DISCO_INFO}'/>", to=c.bare))
+    feats = {f.get("var") for f in r.find(q(DISCO_INFO, "query")).findall(q(DISCO_INFO, "feature"))}
+    for f in ("rsm", "auto-create", "publish-options", "retrieve-items", "last-published"):
+        assert f"{NS_PUBSUB}#{f}" in feats, f
+    for f in ("collections", "get-pending", "leased-subscription", "instant-nodes"):
+        assert f"{NS_PUBSUB}#{f}" not in feats, f
+    c.close()
+
+
+def test_items_by_id_and_generated_ids(server):
+    s = svc(server)
+    owner = server.online("iid")
+    node = "iid-" + rnd()
+    ok(create(owner, s, node))
+    r = ok(publish(owner, s, node, tune("no id")))
+    made = r.find(q(NS_PUBSUB, "pubsub")).find(q(NS_PUBSUB, "publish")).find(q(NS_PUBSUB, "item")).get("id")
+    assert made
+    # 6.5.8: by id; an id that does not exist is left out (an empty <items/>)
+    r = ok(ps(owner, "get", f"<items node='{node}'><item id='{made}'/></items>", s))
+    got = r.find(q(NS_PUBSUB, "pubsub")).find(q(NS_PUBSUB, "items")).findall(q(NS_PUBSUB, "item"))
+    assert [i.get("id") for i in got] == [made] and "no id" in tostring(got[0])
+    r = ok(ps(owner, "get", f"<items node='{node}'><item id='nonexistent'/></items>", s))
+    its = r.find(q(NS_PUBSUB, "pubsub")).find(q(NS_PUBSUB, "items"))
+    assert its is not None and its.get("node") == node and len(its) == 0, tostring(r)
+    # a max_items that is no number
+    r = ps(owner, "get", f"<items node='{node}' max_items='lots'/>", s)
+    assert stanza_error(r)[1] == "bad-request", tostring(r)
+    ok(delete(owner, s, node))
+    owner.close()
+
+
+def test_subscription_says_options_are_supported(server):
+    s = svc(server)
+    owner = server.online("sbo")
+    sub = server.online("sbs")
+    node = "sbo-" + rnd()
+    ok(create(owner, s, node))
+    r = ok(subscribe(sub, s, node))
+    el = r.find(q(NS_PUBSUB, "pubsub")).find(q(NS_PUBSUB, "subscription"))
+    assert el.get("subscription") == "subscribed", tostring(r)
+    opts = el.find(q(NS_PUBSUB, "subscribe-options"))
+    assert opts is not None and opts.find(q(NS_PUBSUB, "required")) is None, tostring(r)
+    ok(delete(owner, s, node))
+    owner.close()
+    sub.close()
+
+
+def test_error_conditions_of_each_use_case(server):
+    s = svc(server)
+    owner = server.online("err")
+    other = server.online("ero")
+    node = "err-" + rnd()
+    ok(create(owner, s, node))
+    ok(publish(owner, s, node, tune("x"), item_id="x"))
+
+    def err(r):
+        return app_error(r)
+
+    # 7.2.3: retract
+    assert err(ps(owner, "set", f"<retract node='{node}'><item id='zz'/></retract>", s)) == ("item-not-found", None)
+    assert err(ps(owner, "set", f"<retract node='{node}'/>", s)) == ("bad-request", "item-required")
+    assert err(ps(owner, "set", "<retract><item id='x'/></retract>", s)) == ("bad-request", "nodeid-required")
+    assert err(ps(owner, "set", "<retract node='no-such'><item id='x'/></retract>", s))[0] == "item-not-found"
+    assert err(ps(other, "set", f"<retract node='{node}'><item id='x'/></retract>", s))[0] == "forbidden"
+    # 6.5.9: items without a node
+    assert err(ps(owner, "get", "<items/>", s)) == ("bad-request", "nodeid-required")
+    # the owner's lists, configuration, purge and delete: forbidden to others
+    for inner, type_ in ((f"<affiliations node='{node}'/>", "get"),
+                         (f"<subscriptions node='{node}'/>", "get"),
+                         (f"<configure node='{node}'/>", "get"),
+                         (f"<affiliations node='{node}'><affiliation jid='{other.bare}' affiliation='owner'/></affiliations>", "set"),
+                         (f"<subscriptions node='{node}'><subscription jid='{other.bare}' subscription='subscribed'/></subscriptions>", "set"),
+                         (f"<purge node='{node}'/>", "set"),
+                         (f"<delete node='{node}'/>", "set")):
+        r = ps(other, type_, inner, s, ns=NS_OWNER)
+        assert stanza_error(r)[1] == "forbidden", (inner, tostring(r))
+    r = ps(owner, "get", "<configure node='no-such-node'/>", s, ns=NS_OWNER)
+    assert stanza_error(r)[1] == "item-not-found", tostring(r)
+    # 8.2.5.3: values of the wrong type are refused, nothing changes
+    for field, value in (("pubsub#max_items", "abc"), ("pubsub#deliver_payloads", "maybe"),
+                         ("pubsub#access_model", "nobody"), ("pubsub#max_payload_size", "-3"),
+                         ("pubsub#notification_type", "chat")):
+        r = configure(owner, s, node, {field: value})
+        assert stanza_error(r)[1] == "not-acceptable", (field, tostring(r))
+    # options the service does not offer: feature-not-implemented + unsupported
+    r = configure(owner, s, node, {"pubsub#node_type": "collection"})
+    assert err(r) == ("feature-not-implemented", "unsupported"), tostring(r)
+    assert r.find(C("error")).find(q(NS_PUBSUB + "#errors", "unsupported")).get("feature") == "collections"
+    # 7.1.5: publish-options that do not hold
+    opts = form(NS_PUBSUB + "#publish-options", {"pubsub#access_model": "whitelist"})
+    r = ps(owner, "set", f"<publish node='{node}'><item>{tune('p')}</item></publish>"
+           f"<publish-options>{opts}</publish-options>", s)
+    assert err(r) == ("conflict", "precondition-not-met"), tostring(r)
+    opts = form(NS_PUBSUB + "#publish-options", {"pubsub#access_model": "open"})
+    ok(ps(owner, "set", f"<publish node='{node}'><item>{tune('p')}</item></publish>"
+          f"<publish-options>{opts}</publish-options>", s))
+    # 7.1.3.4: max_payload_size; 7.1.3.5: pubsub#type
+    ok(configure(owner, s, node, {"pubsub#max_payload_size": "200"}))
+    r = publish(owner, s, node, tune("y" * 400))
+    assert err(r) == ("not-acceptable", "payload-too-big"), tostring(r)
+    ok(configure(owner, s, node, {"pubsub#max_payload_size": "", "pubsub#type": "urn:test:other"}))
+    r = publish(owner, s, node, tune("typed"))
+    assert err(r) == ("bad-request", "invalid-payload"), tostring(r)
+    ok(publish(owner, s, node, "<x xmlns='urn:test:other'/>"))
+    ok(configure(owner, s, node, {"pubsub#type": ""}))
+    # 6.2.3.2 / 6.3.4: not subscribed
+    r = ps(other, "set", f"<unsubscribe node='{node}' jid='{other.jid}'/>", s)
+    assert err(r) == ("unexpected-request", "not-subscribed"), tostring(r)
+    r = ps(other, "get", f"<options node='{node}' jid='{other.jid}'/>", s)
+    assert err(r) == ("unexpected-request", "not-subscribed"), tostring(r)
+    r = ps(other, "get", f"<options node='{node}'/>", s)
+    assert err(r) == ("bad-request", "jid-required"), tostring(r)
+    r = ps(other, "set", f"<subscribe node='{node}' jid='{owner.bare}'/>", s)
+    assert err(r) == ("bad-request", "invalid-jid"), tostring(r)
+    # 8.5.3.3 and 6.5.9.9: a node that keeps no items
+    ok(configure(owner, s, node, {"pubsub#persist_items": "0"}))
+    for r in (ps(owner, "set", f"<purge node='{node}'/>", s, ns=NS_OWNER),
+              ps(owner, "get", f"<items node='{node}'/>", s)):
+        assert err(r) == ("feature-not-implemented", "unsupported"), tostring(r)
+        assert r.find(C("error")).find(q(NS_PUBSUB + "#errors", "unsupported")).get("feature") == "persistent-items"
+    server.assert_healthy(owner, other)
+    ok(delete(owner, s, node))
+    owner.close()
+    other.close()
+
+
+def test_notification_type_retract_notify_and_delete_redirect(server):
+    s = svc(server)
+    owner = server.online("ntf")
+    sub = server.online("nts")
+    node = "ntf-" + rnd()
+    ok(create(owner, s, node, {"pubsub#notification_type": "normal", "pubsub#notify_retract": "0"}))
+    ok(subscribe(sub, s, node))
+    ok(publish(owner, s, node, tune("n"), item_id="n1"))
+    e = sub.recv(lambda e: e.tag == C("message") and e.get("from") == s, what="notification")
+    assert e.get("type") == "normal", tostring(e)
+    # notify='true' on retract overrides notify_retract=0 (7.2.2.1)
+    ok(ps(owner, "set", f"<retract node='{node}' notify='true'><item id='n1'/></retract>", s))
+    e = sub.recv(lambda e: e.tag == C("message") and e.get("from") == s, what="retraction")
+    assert ev_child(e).find(q(NS_EVENT, "retract")).get("id") == "n1", tostring(e)
+    # 8.4.1: delete with a redirect
+    uri = f"xmpp:{s}?;node=elsewhere"
+    ok(ps(owner, "set", f"<delete node='{node}'><redirect uri='{uri}'/></delete>", s, ns=NS_OWNER))
+    e = sub.recv(lambda e: e.tag == C("message") and e.get("from") == s, what="deletion")
+    d = ev_child(e)
+    assert d.tag == q(NS_EVENT, "delete") and d.find(q(NS_EVENT, "redirect")).get("uri") == uri, tostring(e)
+    owner.close()
+    sub.close()
