@@ -12,9 +12,12 @@ pubsub#errors condition: retract (7.2.3), purge and items of a node without pers
 6.3.4), delete with redirect (8.4.1); item expiry (pubsub#item_expire).
 """
 
+import time
+
 from rawxmpp import C, q, stanza_error, tostring
 from test_pep import DISCO_INFO, DISCO_ITEMS, NS_EVENT, NS_OWNER, NS_PUBSUB, app_error, ok, tune
-from test_pubsub import create, delete, ev_child, form, items_of, ps, publish, rnd, subscribe, svc
+from test_pubsub import (create, delete, ev_child, form, items_of, ps, publish, recv_event, rnd,
+                         subscribe, svc)
 
 NS_RSM = "http://jabber.org/protocol/rsm"
 NODE_CONFIG = NS_PUBSUB + "#node_config"
@@ -343,5 +346,62 @@ def test_notification_type_retract_notify_and_delete_redirect(server):
     e = sub.recv(lambda e: e.tag == C("message") and e.get("from") == s, what="deletion")
     d = ev_child(e)
     assert d.tag == q(NS_EVENT, "delete") and d.find(q(NS_EVENT, "redirect")).get("uri") == uri, tostring(e)
+    owner.close()
+    sub.close()
+
+
+def test_item_expire(server):
+    """pubsub#item_expire: an item is gone that many seconds after its publication: not
+    retrieved, not listed, not sent as the last item; the others stay."""
+    s = svc(server)
+    owner = server.online("exp")
+    sub = server.online("exs")
+    node = "exp-" + rnd()
+    ok(create(owner, s, node, {"pubsub#item_expire": "2", "pubsub#send_last_published_item": "on_sub"}))
+    r = ok(ps(owner, "get", f"<configure node='{node}'/>", s, ns=NS_OWNER))
+    fields = {f.get("var"): [v.text for v in f.findall(q("jabber:x:data", "value"))]
+              for f in r.iter(q("jabber:x:data", "field"))}
+    assert fields["pubsub#item_expire"] == ["2"], fields
+    t0 = time.monotonic()
+    ok(publish(owner, s, node, tune("old"), item_id="old"))
+    time.sleep(1.2)
+    ok(publish(owner, s, node, tune("new"), item_id="new"))
+    assert [i.get("id") for i in items_of(owner, s, node)] == ["old", "new"]
+    # "old" expires about 2 s after its publication, "new" stays a while longer
+    time.sleep(max(0.0, t0 + 2.4 - time.monotonic()))
+    left = [i.get("id") for i in items_of(owner, s, node)]
+    assert left == ["new"], left
+    items, _ = disco_items(owner, s, node=node)
+    assert [i.get("name") for i in items] == ["new"]
+    r = ok(ps(owner, "get", f"<items node='{node}'><item id='old'/></items>", s))
+    assert len(r.find(q(NS_PUBSUB, "pubsub")).find(q(NS_PUBSUB, "items"))) == 0
+    # everything expired: nothing listed, nothing sent on subscription
+    deadline = time.monotonic() + 5
+    while items_of(owner, s, node) and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert items_of(owner, s, node) == []
+    ok(subscribe(sub, s, node))
+    sub.expect_nothing(lambda e: e.tag == C("message") and e.get("from") == s, 0.5,
+                       what="an expired last item")
+    # a new item after that: it is there (the expired ones were dropped on publish)
+    ok(publish(owner, s, node, tune("fresh"), item_id="fresh"))
+    recv_event(sub, s, node)
+    assert [i.get("id") for i in items_of(owner, s, node)] == ["fresh"]
+    # 0 (or empty) is never; a negative or non-numeric value is refused
+    ok(configure(owner, s, node, {"pubsub#item_expire": "0"}))
+    for bad in ("-1", "soon"):
+        r = configure(owner, s, node, {"pubsub#item_expire": bad})
+        assert stanza_error(r)[1] == "not-acceptable", tostring(r)
+    # PEP nodes expire items too
+    pep_node = "urn:test:exp:" + rnd()
+    ok(ps(owner, "set", f"<create node='{pep_node}'/><configure>"
+          f"{form(NODE_CONFIG, {'pubsub#item_expire': '1', 'pubsub#max_items': '5'})}</configure>", None))
+    ok(publish(owner, None, pep_node, tune("p"), item_id="p"))
+    assert [i.get("id") for i in items_of(owner, None, pep_node)] == ["p"]
+    deadline = time.monotonic() + 5
+    while items_of(owner, None, pep_node) and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert items_of(owner, None, pep_node) == []
+    ok(delete(owner, s, node))
     owner.close()
     sub.close()

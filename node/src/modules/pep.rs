@@ -383,6 +383,9 @@ pub struct NodeConfig {
     /// `pubsub#presence_based_delivery`: notifications only to subscribers
     /// that are available (none kept for later).
     pub presence_based_delivery: bool,
+    /// `pubsub#item_expire`: items go this many seconds after they were
+    /// published (`None`: never).
+    pub item_expire: Option<u64>,
     /// Who created the node and when (XEP-0082), for its meta-data.
     pub creator: String,
     pub created: String,
@@ -456,6 +459,7 @@ impl Default for NodeConfig {
             notify_config: false,
             notify_sub: false,
             presence_based_delivery: false,
+            item_expire: None,
             creator: String::new(),
             created: String::new(),
         }
@@ -476,6 +480,13 @@ impl NodeConfig {
             send_last: SendLast::Never,
             ..NodeConfig::default()
         }
+    }
+
+    /// Whether an item published at `at` (Unix milliseconds; `None`:
+    /// before items were stamped) has expired at `now`.
+    fn expired(&self, at: Option<u64>, now: u64) -> bool {
+        matches!((self.item_expire, at),
+            (Some(e), Some(t)) if t.saturating_add(e.saturating_mul(1000)) <= now)
     }
 
     /// The items the node keeps, `cap` being `[pep] max_items`.
@@ -582,11 +593,13 @@ impl NodeConfig {
                     return Err(Refused::Invalid);
                 }
             }
-            // Items do not expire here; a node may say so (0 or empty).
-            "pubsub#item_expire" if generic => match values.first().map(|v| v.trim()) {
-                None | Some("" | "0") => {}
-                Some(_) => return Err(Refused::Unsupported("item-expire")),
-            },
+            // Seconds; 0 or empty: never.
+            "pubsub#item_expire" => {
+                self.item_expire = match values.first().map(|v| v.trim()) {
+                    None | Some("" | "0") => None,
+                    Some(v) => Some(v.parse::<u64>().map_err(|_| ())?),
+                }
+            }
             // What this service never does may be asked not to be done.
             "pubsub#notify_config" if generic => self.notify_config = boolean()?,
             "pubsub#notify_sub" if generic => self.notify_sub = boolean()?,
@@ -627,6 +640,7 @@ impl NodeConfig {
         let max_payload = self
             .max_payload_size
             .map_or_else(String::new, |n| n.to_string());
+        let expire = self.item_expire.map_or_else(String::new, |n| n.to_string());
         let groups: Vec<&str> = self.roster_groups.iter().map(String::as_str).collect();
         let mut x = Element::new("x", NS_DATA)
             .attr("type", kind)
@@ -702,6 +716,7 @@ impl NodeConfig {
                 "text-single",
                 &[&max_payload],
             ))
+            .child(field("pubsub#item_expire", "text-single", &[&expire]))
             .child(if svc.generic.is_some() {
                 options(
                     field(
@@ -1064,8 +1079,9 @@ pub fn node_item_list(
     let (_, rec) = server.storage.pep_node(svc.jid, node).ok()??;
     let cfg = NodeConfig::decode(&rec.config);
     may_read(server, svc, node, &rec, requester, &cfg).ok()?;
+    let expired = expired_count(server, svc.jid, node, &rec, &cfg).ok()?;
     Some(
-        rec.items
+        rec.items[expired..]
             .iter()
             .map(|id| {
                 Element::new("item", super::disco::NS_ITEMS)
@@ -1301,6 +1317,54 @@ fn parse_stored(xml: &str) -> Option<Element> {
     crate::xml::parse_element(xml.as_bytes(), &scope, &limits).ok()
 }
 
+/// The attribute of a stored item that says when it was published (Unix
+/// milliseconds), for `pubsub#item_expire` and the last item's delay; never
+/// shown (see [`stored_item`]).
+const STORED_AT: &str = "published";
+
+fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A stored item as it is shown, and when it was published.
+fn stored_item(xml: &str) -> Option<(Element, Option<u64>)> {
+    let mut el = parse_stored(xml)?;
+    let at = el.remove_attr(STORED_AT).and_then(|t| t.parse().ok());
+    Some((el, at))
+}
+
+/// How many of a node's items have expired (`pubsub#item_expire`): they
+/// are kept oldest first (a republished id moves to the end), so the
+/// expired ones lead, and only they and the first live one are read.
+fn expired_count(
+    server: &Server,
+    jid: &str,
+    node: &str,
+    rec: &PepNode,
+    cfg: &NodeConfig,
+) -> Result<usize, StanzaError> {
+    if cfg.item_expire.is_none() {
+        return Ok(0);
+    }
+    let now = now_millis();
+    let mut n = 0;
+    for id in &rec.items {
+        let at = server
+            .storage
+            .pep_item(jid, node, id)?
+            .as_deref()
+            .and_then(stored_item)
+            .and_then(|(_, at)| at);
+        if !cfg.expired(at, now) {
+            break;
+        }
+        n += 1;
+    }
+    Ok(n)
+}
+
 fn new_item_id() -> String {
     format!(
         "{:016x}{:016x}",
@@ -1418,7 +1482,9 @@ async fn publish_in(
         Some(id) if !id.is_empty() => id.to_owned(),
         _ => new_item_id(),
     };
-    let mut stored = Element::new("item", NS_PUBSUB).attr("id", id.as_str());
+    let mut stored = Element::new("item", NS_PUBSUB)
+        .attr("id", id.as_str())
+        .attr(STORED_AT, now_millis().to_string());
     // §7.1.2: a generic service records who published an item (its
     // publisher may retract it whatever its affiliation).
     if svc.generic.is_some() {
@@ -1504,6 +1570,9 @@ async fn publish_in(
         let mut remove = Vec::new();
         if cfg.persist_items {
             rec.items.retain(|i| *i != id);
+            // Expired items go with the next publish.
+            let gone = expired_count(server, svc.jid, node, &rec, &cfg)?;
+            remove.extend(rec.items.drain(..gone));
             rec.items.push(id.clone());
             let over = rec.items.len().saturating_sub(cfg.limit(cap));
             remove.extend(rec.items.drain(..over));
@@ -1748,17 +1817,15 @@ async fn items(req: &Req<'_>, items: &Element, rsm: Option<crate::rsm::Request>)
             _ => {}
         }
     }
+    let live = &rec.items[expired_count(server, req.svc.jid, node, &rec, &cfg)?..];
     let ids: Vec<&str> = if wanted.is_empty() {
-        let n = max.unwrap_or(usize::MAX).min(rec.items.len());
-        rec.items[rec.items.len() - n..]
-            .iter()
-            .map(String::as_str)
-            .collect()
+        let n = max.unwrap_or(usize::MAX).min(live.len());
+        live[live.len() - n..].iter().map(String::as_str).collect()
     } else {
         // §6.5.9.11: items that do not exist are left out (maybe all).
         wanted
             .into_iter()
-            .filter(|w| rec.items.iter().any(|i| i == w))
+            .filter(|w| live.iter().any(|i| i == w))
             .collect()
     };
     let (ids, set) = match rsm {
@@ -1770,11 +1837,11 @@ async fn items(req: &Req<'_>, items: &Element, rsm: Option<crate::rsm::Request>)
     };
     let mut out = Element::new("items", NS_PUBSUB).attr("node", node);
     for id in ids {
-        if let Some(item) = server
+        if let Some((item, _)) = server
             .storage
             .pep_item(req.svc.jid, node, id)?
             .as_deref()
-            .and_then(parse_stored)
+            .and_then(stored_item)
         {
             out = out.child(item);
         }
@@ -2966,13 +3033,22 @@ fn last_item_message(
     id: &str,
     to: &str,
 ) -> Option<Element> {
-    let mut item = server
+    let (mut item, at) = server
         .storage
         .pep_item(from, node, id)
         .ok()
         .flatten()
         .as_deref()
-        .and_then(parse_stored)?;
+        .and_then(stored_item)?;
+    if cfg.expired(at, now_millis()) {
+        return None;
+    }
+    // XEP-0203: when it was published, if known.
+    let stamp = at
+        .and_then(|t| chrono::DateTime::from_timestamp_millis(i64::try_from(t).ok()?))
+        .map_or_else(crate::stanza::now_stamp, |d| {
+            d.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+        });
     item.ns = NS_EVENT.to_owned();
     if !cfg.deliver_payloads {
         item.children.clear();
@@ -2993,7 +3069,7 @@ fn last_item_message(
             .child(
                 Element::new("delay", crate::stanza::NS_DELAY)
                     .attr("from", from)
-                    .attr("stamp", crate::stanza::now_stamp()),
+                    .attr("stamp", stamp),
             ),
     )
 }
@@ -3585,10 +3661,17 @@ mod tests {
             Err(Refused::AccessModel)
         );
         assert_eq!(set(&mut g, GENERIC, "pubsub#item_expire", "0"), Ok(()));
+        assert_eq!(g.item_expire, None);
+        assert_eq!(set(&mut g, GENERIC, "pubsub#item_expire", "60"), Ok(()));
+        assert_eq!(g.item_expire, Some(60));
+        assert_eq!(set(&mut p, pep, "pubsub#item_expire", "60"), Ok(()));
         assert_eq!(
-            set(&mut g, GENERIC, "pubsub#item_expire", "60"),
-            Err(Refused::Unsupported("item-expire"))
+            set(&mut g, GENERIC, "pubsub#item_expire", "-1"),
+            Err(Refused::Invalid)
         );
+        let now = 100_000;
+        assert!(g.expired(Some(40_000), now) && !g.expired(Some(40_001), now));
+        assert!(!g.expired(None, now));
         assert_eq!(
             set(&mut p, pep, "pubsub#body_xslt", "x"),
             Err(Refused::Invalid)
