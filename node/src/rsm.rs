@@ -92,19 +92,24 @@ impl Request {
             let start = self.index.unwrap_or(0).min(n);
             start..start.saturating_add(max).min(n)
         };
-        let mut set = Element::new("set", NS_RSM);
-        if !range.is_empty() {
-            set = set
-                .child(
-                    Element::new("first", NS_RSM)
-                        .attr("index", range.start.to_string())
-                        .text(keys[range.start].as_ref()),
-                )
-                .child(Element::new("last", NS_RSM).text(keys[range.end - 1].as_ref()));
-        }
-        set = set.child(Element::new("count", NS_RSM).text(n.to_string()));
+        let set = describe(keys, range.clone());
         Ok((range, set))
     }
+}
+
+/// The `<set/>` describing the page `range` of `keys` (the whole set).
+pub fn describe<S: AsRef<str>>(keys: &[S], range: std::ops::Range<usize>) -> Element {
+    let mut set = Element::new("set", NS_RSM);
+    if !range.is_empty() {
+        set = set
+            .child(
+                Element::new("first", NS_RSM)
+                    .attr("index", range.start.to_string())
+                    .text(keys[range.start].as_ref()),
+            )
+            .child(Element::new("last", NS_RSM).text(keys[range.end - 1].as_ref()));
+    }
+    set.child(Element::new("count", NS_RSM).text(keys.len().to_string()))
 }
 
 /// Pages a list of disco `<item/>`s by `key` (an attribute of each) when

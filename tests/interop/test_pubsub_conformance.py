@@ -405,3 +405,31 @@ def test_item_expire(server):
     ok(delete(owner, s, node))
     owner.close()
     sub.close()
+
+
+def test_long_answer_is_cut_and_paged(server):
+    """6.5.4: items too large for one answer come in part, with an RSM <set/> (count, first,
+    last) through which the rest is paged; a small answer carries no <set/>."""
+    s = svc(server)
+    owner = server.online("big")
+    node = "big-" + rnd()
+    ok(create(owner, s, node))
+    blob = "z" * (100 * 1024)
+    for i in ("b0", "b1", "b2", "b3"):
+        ok(publish(owner, s, node, f"<blob xmlns='urn:test:blob'>{blob}</blob>", item_id=i))
+    r = ok(ps(owner, "get", f"<items node='{node}'/>", s))
+    p = r.find(q(NS_PUBSUB, "pubsub"))
+    got = [i.get("id") for i in p.find(q(NS_PUBSUB, "items")).findall(q(NS_PUBSUB, "item"))]
+    first, index, last, count = set_info(p.find(q(NS_RSM, "set")))
+    assert 1 <= len(got) < 4 and got == ["b0", "b1", "b2", "b3"][:len(got)], got
+    assert (first, index, last, count) == ("b0", "0", got[-1], 4)
+    seen, after = list(got), last
+    for _ in range(5):
+        more, st = page(owner, s, node, f"<after>{after}</after>")
+        if not more:
+            break
+        seen += more
+        after = set_info(st)[2]
+    assert seen == ["b0", "b1", "b2", "b3"], seen
+    ok(delete(owner, s, node))
+    owner.close()

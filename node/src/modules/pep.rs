@@ -1776,6 +1776,9 @@ async fn create(req: &Req<'_>, create: &Element, configure: Option<&Element>) ->
         .into())
 }
 
+/// The most item bytes one items answer carries (beyond its first item).
+const ITEMS_PAGE_BYTES: usize = 256 * 1024;
+
 /// XEP-0060 §6.5: all items, the latest `max_items`, or some by id; a
 /// page of them with XEP-0059 (§6.5.4), oldest first as always, with the
 /// `<set/>` after `<items/>`.
@@ -1828,27 +1831,32 @@ async fn items(req: &Req<'_>, items: &Element, rsm: Option<crate::rsm::Request>)
             .filter(|w| live.iter().any(|i| i == w))
             .collect()
     };
-    let (ids, set) = match rsm {
-        Some(r) => {
-            let (range, set) = r.page(&ids)?;
-            (&ids[range], Some(set))
-        }
-        None => (&ids[..], None),
+    let range = match &rsm {
+        Some(r) => r.page(&ids)?.0,
+        None => 0..ids.len(),
     };
+    // §6.5.4: a long answer is cut (at least one item) and says so with
+    // a `<set/>`; the rest is paged for with RSM.
     let mut out = Element::new("items", NS_PUBSUB).attr("node", node);
-    for id in ids {
-        if let Some((item, _)) = server
-            .storage
-            .pep_item(req.svc.jid, node, id)?
-            .as_deref()
-            .and_then(stored_item)
-        {
+    let mut bytes = 0;
+    let mut end = range.start;
+    for id in &ids[range.clone()] {
+        let Some(xml) = server.storage.pep_item(req.svc.jid, node, id)? else {
+            end += 1;
+            continue;
+        };
+        if end > range.start && bytes + xml.len() > ITEMS_PAGE_BYTES {
+            break;
+        }
+        bytes += xml.len();
+        end += 1;
+        if let Some((item, _)) = stored_item(&xml) {
             out = out.child(item);
         }
     }
     let mut pubsub = Element::new("pubsub", NS_PUBSUB).child(out);
-    if let Some(set) = set {
-        pubsub = pubsub.child(set);
+    if rsm.is_some() || end < range.end {
+        pubsub = pubsub.child(crate::rsm::describe(&ids, range.start..end));
     }
     Ok(pubsub.into())
 }
