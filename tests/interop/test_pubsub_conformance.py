@@ -23,7 +23,7 @@ NS_RSM = "http://jabber.org/protocol/rsm"
 NODE_CONFIG = NS_PUBSUB + "#node_config"
 
 # XEP-0060 section 10's features that this service does not implement.
-NOT_IMPLEMENTED = ("collections", "get-pending", "leased-subscription", "multi-collection",
+NOT_IMPLEMENTED = ("collections", "leased-subscription", "multi-collection",
                    "presence-subscribe", "auto-subscribe", "filtered-notifications",
                    "purge-offline")
 
@@ -194,7 +194,9 @@ def test_features_are_what_the_service_does(server):
     r = ok(c.iq("get", f"<query xmlns='{DISCO_INFO}'/>", to=svc(server)))
     feats = {f.get("var") for f in r.find(q(DISCO_INFO, "query")).findall(q(DISCO_INFO, "feature"))}
     for f in ("rsm", "retrieve-items", "publish-options", "item-ids", "last-published",
-              "subscription-options", "config-node", "purge-nodes", "retract-items"):
+              "subscription-options", "config-node", "purge-nodes", "retract-items",
+              "multi-items", "shim", "subscription-notifications", "presence-notifications",
+              "get-pending"):
         assert f"{NS_PUBSUB}#{f}" in feats, f
     assert NS_RSM in feats
     for f in NOT_IMPLEMENTED:
@@ -202,7 +204,8 @@ def test_features_are_what_the_service_does(server):
     # PEP (the account's disco#info): it pages too
     r = ok(c.iq("get", f"<query xmlns='{DISCO_INFO}'/>", to=c.bare))
     feats = {f.get("var") for f in r.find(q(DISCO_INFO, "query")).findall(q(DISCO_INFO, "feature"))}
-    for f in ("rsm", "auto-create", "publish-options", "retrieve-items", "last-published"):
+    for f in ("rsm", "auto-create", "publish-options", "retrieve-items", "last-published",
+              "pubsub-on-a-jid", "auto-subscribe", "filtered-notifications"):
         assert f"{NS_PUBSUB}#{f}" in feats, f
     for f in ("collections", "get-pending", "leased-subscription", "instant-nodes"):
         assert f"{NS_PUBSUB}#{f}" not in feats, f
@@ -433,3 +436,82 @@ def test_long_answer_is_cut_and_paged(server):
     assert seen == ["b0", "b1", "b2", "b3"], seen
     ok(delete(owner, s, node))
     owner.close()
+
+
+NS_COMMANDS = "http://jabber.org/protocol/commands"
+GET_PENDING = NS_PUBSUB + "#get-pending"
+NS_DATA = "jabber:x:data"
+
+
+def command(c, to, inner="", attrs=""):
+    return c.iq("set", f"<command xmlns='{NS_COMMANDS}' node='{GET_PENDING}'{attrs}>{inner}</command>", to=to)
+
+
+def test_get_pending_command(server):
+    """8.7: the owner's XEP-0050 command get-pending: the form lists its nodes with pending
+    subscriptions; submitting one re-sends an approval request (8.6) per pending
+    subscription, which the owner answers. Discovery lists the command; who owns no node is
+    forbidden, a node not its own forbidden, a missing node item-not-found."""
+    s = svc(server)
+    owner = server.online("gpo")
+    a = server.online("gpa")
+    stranger = server.online("gps")
+    node = "gp-" + rnd()
+    plain = "gpp-" + rnd()
+    ok(create(owner, s, node, {"pubsub#access_model": "authorize"}))
+    ok(create(owner, s, plain))
+    r = ok(subscribe(a, s, node))
+    assert r.find(q(NS_PUBSUB, "pubsub")).find(q(NS_PUBSUB, "subscription")).get("subscription") == "pending"
+
+    def is_ask(e):
+        return e.tag == C("message") and e.get("from") == s and e.find(q(NS_DATA, "x")) is not None
+
+    owner.recv(is_ask, what="the first approval request")
+    # discovery: the service says it does commands and get-pending, and lists the command
+    r = ok(owner.iq("get", f"<query xmlns='{DISCO_INFO}'/>", to=s))
+    feats = {f.get("var") for f in r.find(q(DISCO_INFO, "query")).findall(q(DISCO_INFO, "feature"))}
+    assert NS_COMMANDS in feats and GET_PENDING in feats
+    items, _ = disco_items(owner, s, node=NS_COMMANDS)
+    assert [(i.get("jid"), i.get("node")) for i in items] == [(s, GET_PENDING)]
+    r = ok(owner.iq("get", f"<query xmlns='{DISCO_INFO}' node='{GET_PENDING}'/>", to=s))
+    ident = r.find(q(DISCO_INFO, "query")).find(q(DISCO_INFO, "identity"))
+    assert (ident.get("category"), ident.get("type")) == ("automation", "command-node")
+    # execute: the form names the node with a pending subscription (not the other one)
+    r = ok(command(owner, s, attrs=" action='execute'"))
+    cmd = r.find(q(NS_COMMANDS, "command"))
+    assert cmd.get("status") == "executing" and cmd.get("sessionid"), tostring(r)
+    x = cmd.find(q(NS_DATA, "x"))
+    fields = {f.get("var"): f for f in x.findall(q(NS_DATA, "field"))}
+    assert fields["FORM_TYPE"].findtext(q(NS_DATA, "value")) == NS_PUBSUB + "#subscribe_authorization"
+    options = [o.findtext(q(NS_DATA, "value")) for o in fields["pubsub#node"].findall(q(NS_DATA, "option"))]
+    assert node in options and plain not in options, options
+    # submit the node: completed, and the approval request comes again
+    submit = (f"<x xmlns='{NS_DATA}' type='submit'><field var='pubsub#node'><value>{node}</value>"
+              "</field></x>")
+    r = ok(command(owner, s, submit, attrs=f" sessionid='{cmd.get('sessionid')}'"))
+    assert r.find(q(NS_COMMANDS, "command")).get("status") == "completed", tostring(r)
+    ask = owner.recv(is_ask, what="the approval request again")
+    vals = {f.get("var"): f.findtext(q(NS_DATA, "value")) for f in ask.find(q(NS_DATA, "x")).findall(q(NS_DATA, "field"))}
+    assert (vals["pubsub#node"], vals["pubsub#subscriber_jid"]) == (node, a.jid), tostring(ask)
+    answer = (f"<x xmlns='{NS_DATA}' type='submit'><field var='FORM_TYPE' type='hidden'>"
+              f"<value>{NS_PUBSUB}#subscribe_authorization</value></field>"
+              f"<field var='pubsub#node'><value>{node}</value></field>"
+              f"<field var='pubsub#subscriber_jid'><value>{a.jid}</value></field>"
+              "<field var='pubsub#allow'><value>true</value></field></x>")
+    owner.send_raw(f"<message to='{s}' id='ap-{rnd()}'>{answer}</message>")
+    e = recv_event(a, s, node)
+    assert ev_child(e).get("subscription") == "subscribed", tostring(e)
+    # errors: no node owned, a node not one's own, a node that does not exist, cancel
+    assert stanza_error(command(stranger, s, attrs=" action='execute'"))[1] == "forbidden"
+    assert stanza_error(command(stranger, s, submit))[1] == "forbidden"
+    missing = submit.replace(node, "no-such-node-" + rnd())
+    assert stanza_error(command(owner, s, missing))[1] == "item-not-found"
+    r = ok(command(owner, s, attrs=" action='cancel' sessionid='x'"))
+    assert r.find(q(NS_COMMANDS, "command")).get("status") == "canceled"
+    r = owner.iq("set", f"<command xmlns='{NS_COMMANDS}' node='urn:no-such-command'/>", to=s)
+    assert stanza_error(r)[1] == "item-not-found", tostring(r)
+    server.assert_healthy(owner, a, stranger)
+    for n in (node, plain):
+        ok(delete(owner, s, n))
+    for c in (owner, a, stranger):
+        c.close()

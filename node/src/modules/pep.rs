@@ -138,6 +138,11 @@ pub static MODULE: Module = Module {
             var: "http://jabber.org/protocol/pubsub#publish",
             when: None,
         },
+        // XEP-0060 §9: an account that is a virtual pubsub service says so.
+        AccountFeature {
+            var: "http://jabber.org/protocol/pubsub#pubsub-on-a-jid",
+            when: None,
+        },
         AccountFeature {
             var: "http://jabber.org/protocol/pubsub#publish-options",
             when: None,
@@ -2417,6 +2422,100 @@ pub async fn approval(
         }
     }
     Err(Condition::ResourceConstraint.into())
+}
+
+/// The XEP-0050 command of XEP-0060 §8.7.
+pub const GET_PENDING: &str = "http://jabber.org/protocol/pubsub#get-pending";
+
+/// XEP-0060 §8.7 (`get-pending`, an XEP-0050 command of a generic
+/// service): executed, a form listing the requester's nodes with pending
+/// subscriptions; submitted with one of them, an approval request (§8.6)
+/// for each of its pending subscriptions, sent to the requester. Nothing
+/// is kept between the two steps (the form names the node), so any node
+/// of a cluster answers either.
+pub async fn get_pending(req: &Req<'_>, cmd: &Element) -> IqResult {
+    use crate::modules::adhoc::NS_COMMANDS;
+    let sessionid = cmd
+        .get_attr("sessionid")
+        .filter(|s| !s.is_empty())
+        .map_or_else(
+            || format!("pubsub-get-pending:{}", new_item_id()),
+            str::to_owned,
+        );
+    let answer = |status: &str| {
+        Element::new("command", NS_COMMANDS)
+            .attr("node", GET_PENDING)
+            .attr("sessionid", sessionid.as_str())
+            .attr("status", status)
+    };
+    if cmd.get_attr("action") == Some("cancel") {
+        return Ok(answer("canceled").into());
+    }
+    let submitted = cmd
+        .get_child("x", NS_DATA)
+        .filter(|x| x.get_attr("type") == Some("submit"));
+    let Some(x) = submitted else {
+        // The nodes the requester owns that have pending subscriptions.
+        let mut owns_any = false;
+        let mut field = Element::new("field", NS_DATA)
+            .attr("var", "pubsub#node")
+            .attr("type", "list-single");
+        for (node, rec) in req.server.storage.pep_nodes(req.svc.jid)? {
+            if affiliation(req.server, req.svc, &rec, req.bare) != Aff::Owner {
+                continue;
+            }
+            owns_any = true;
+            let subs = req.server.storage.pep_subs(req.svc.jid, &node)?;
+            if subs.iter().any(|s| s.pending) {
+                field = field.child(
+                    Element::new("option", NS_DATA)
+                        .child(Element::new("value", NS_DATA).text(node.as_str())),
+                );
+            }
+        }
+        // §8.7.3.3: whoever owns no node approves nothing.
+        if !owns_any {
+            return Err(Condition::Forbidden.into());
+        }
+        let form = Element::new("x", NS_DATA)
+            .attr("type", "form")
+            .child(
+                Element::new("field", NS_DATA)
+                    .attr("var", "FORM_TYPE")
+                    .attr("type", "hidden")
+                    .child(Element::new("value", NS_DATA).text(SUBSCRIBE_AUTHORIZATION)),
+            )
+            .child(field);
+        return Ok(answer("executing")
+            .child(
+                Element::new("actions", NS_COMMANDS)
+                    .attr("execute", "complete")
+                    .child(Element::new("complete", NS_COMMANDS)),
+            )
+            .child(form)
+            .into());
+    };
+    let node = x
+        .elements()
+        .find(|f| f.is("field", NS_DATA) && f.get_attr("var") == Some("pubsub#node"))
+        .and_then(|f| f.get_child("value", NS_DATA))
+        .map(|v| v.text_content())
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| StanzaError::from(Condition::BadRequest))?;
+    let Some((_, rec)) = read_node(req.server, req.svc.jid, &node).await? else {
+        return Err(Condition::ItemNotFound.into());
+    };
+    must_own(req, &rec)?;
+    for sub in req
+        .server
+        .storage
+        .pep_subs(req.svc.jid, &node)?
+        .iter()
+        .filter(|s| s.pending)
+    {
+        ask_approval(req.server, req.svc, &node, sub, req.full).await;
+    }
+    Ok(answer("completed").into())
 }
 
 /// The subscription a request names among `jid`'s (`mine`, XEP-0060
