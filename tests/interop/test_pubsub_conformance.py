@@ -515,3 +515,48 @@ def test_get_pending_command(server):
         ok(delete(owner, s, n))
     for c in (owner, a, stranger):
         c.close()
+
+
+def test_owner_changes_with_refused_entries(server):
+    """8.9.2.4 / 8.8.2.4: of several changes, the valid ones take effect; the error
+    (not-acceptable) returns only the refused entries, each with the affiliation or
+    subscription it keeps; one entity named twice is bad-request."""
+    s = svc(server)
+    owner = server.online("oca")
+    b = server.online("ocb")
+    c = server.online("occ")
+    node = "oc-" + rnd()
+    ok(create(owner, s, node))
+    r = ps(owner, "set", f"<affiliations node='{node}'>"
+           f"<affiliation jid='{owner.bare}' affiliation='none'/>"
+           f"<affiliation jid='{b.bare}' affiliation='publisher'/>"
+           f"<affiliation jid='{c.bare}' affiliation='emperor'/>"
+           "</affiliations>", s, ns=NS_OWNER)
+    assert stanza_error(r)[1] == "not-acceptable", tostring(r)
+    back = r.find(q(NS_OWNER, "pubsub")).find(q(NS_OWNER, "affiliations"))
+    got = {a.get("jid"): a.get("affiliation") for a in back.findall(q(NS_OWNER, "affiliation"))}
+    assert got == {owner.bare: "owner", c.bare: "none"}, tostring(r)
+    r = ok(ps(owner, "get", f"<affiliations node='{node}'/>", s, ns=NS_OWNER))
+    now = {a.get("jid"): a.get("affiliation")
+           for a in r.find(q(NS_OWNER, "pubsub")).find(q(NS_OWNER, "affiliations"))}
+    assert now == {owner.bare: "owner", b.bare: "publisher"}, now
+    r = ps(owner, "set", f"<affiliations node='{node}'>"
+           f"<affiliation jid='{c.bare}' affiliation='member'/>"
+           f"<affiliation jid='{c.bare}' affiliation='outcast'/></affiliations>", s, ns=NS_OWNER)
+    assert stanza_error(r)[1] == "bad-request", tostring(r)
+    r = ps(owner, "set", f"<subscriptions node='{node}'>"
+           f"<subscription jid='{b.bare}' subscription='subscribed'/>"
+           f"<subscription jid='{c.bare}' subscription='unconfigured-ish'/>"
+           "</subscriptions>", s, ns=NS_OWNER)
+    assert stanza_error(r)[1] == "not-acceptable", tostring(r)
+    back = r.find(q(NS_OWNER, "pubsub")).find(q(NS_OWNER, "subscriptions"))
+    got = {x.get("jid"): x.get("subscription") for x in back.findall(q(NS_OWNER, "subscription"))}
+    assert got == {c.bare: "none"}, tostring(r)
+    recv_event(b, s, node)  # b is told it is subscribed
+    r = ok(ps(owner, "get", f"<subscriptions node='{node}'/>", s, ns=NS_OWNER))
+    subs = [x.get("jid") for x in r.find(q(NS_OWNER, "pubsub")).find(q(NS_OWNER, "subscriptions"))]
+    assert subs == [b.bare], subs
+    server.assert_healthy(owner, b, c)
+    ok(delete(owner, s, node))
+    for x in (owner, b, c):
+        x.close()

@@ -2730,20 +2730,22 @@ async fn owner_subscriptions(req: &Req<'_>, el: &Element) -> IqResult {
 async fn owner_subscriptions_set(req: &Req<'_>, el: &Element) -> IqResult {
     let node = node_attr(el)?;
     let mut changes = Vec::new();
-    let mut invalid = false;
+    // The entries refused (the JID as given).
+    let mut invalid: Vec<String> = Vec::new();
     for s in el.elements().filter(|e| e.is("subscription", NS_OWNER)) {
+        let given = s.get_attr("jid").unwrap_or_default();
         let state = match s.get_attr("subscription") {
             None => continue,
             Some("subscribed") => true,
             Some("none") => false,
             Some(_) => {
-                invalid = true;
+                invalid.push(given.to_owned());
                 continue;
             }
         };
         match jid_attr(s) {
             Ok(jid) => changes.push((jid, state, s.get_attr("subid").map(str::to_owned))),
-            Err(_) => invalid = true,
+            Err(_) => invalid.push(given.to_owned()),
         }
     }
     for _ in 0..MAX_ATTEMPTS {
@@ -2800,10 +2802,32 @@ async fn owner_subscriptions_set(req: &Req<'_>, el: &Element) -> IqResult {
             for (jid, subscribed) in changed {
                 subscription_changed(req.server, req.svc, node, &cfg, &jid, subscribed).await;
             }
-            if invalid {
-                return Err(Condition::NotAcceptable.into());
+            if invalid.is_empty() {
+                return Ok(IqReply::EMPTY);
             }
-            return Ok(IqReply::EMPTY);
+            // §8.8.2.4: the refused entries, with the state they keep.
+            let mut list = Element::new("subscriptions", NS_OWNER).attr("node", node);
+            for given in &invalid {
+                let subs = match jid::Jid::new(given) {
+                    Ok(j) => req
+                        .server
+                        .storage
+                        .pep_subs_of(req.svc.jid, node, &j.to_string())?,
+                    Err(_) => Vec::new(),
+                };
+                let state = match subs.first() {
+                    None => "none",
+                    Some(s) if s.pending => "pending",
+                    Some(_) => "subscribed",
+                };
+                list = list.child(
+                    Element::new("subscription", NS_OWNER)
+                        .attr("jid", given.as_str())
+                        .attr("subscription", state),
+                );
+            }
+            return Err(StanzaError::from(Condition::NotAcceptable)
+                .with_payload(Element::new("pubsub", NS_OWNER).child(list)));
         }
     }
     Err(Condition::ResourceConstraint.into())
@@ -2840,31 +2864,30 @@ async fn owner_affiliations(req: &Req<'_>, el: &Element) -> IqResult {
 async fn owner_affiliations_set(req: &Req<'_>, el: &Element) -> IqResult {
     let node = node_attr(el)?;
     let mut changes: Vec<(String, Aff)> = Vec::new();
-    let mut invalid = false;
+    // The entries refused (the JID as given, or normalised).
+    let mut invalid: Vec<String> = Vec::new();
     for a in el.elements().filter(|e| e.is("affiliation", NS_OWNER)) {
         let Some(name) = a.get_attr("affiliation") else {
             continue;
         };
-        let jid = a
-            .get_attr("jid")
-            .and_then(|j| jid::Jid::new(j).ok())
-            .map(|j| j.to_bare().to_string());
+        let given = a.get_attr("jid").unwrap_or_default();
+        let jid = jid::Jid::new(given).ok().map(|j| j.to_bare().to_string());
         let (Some(jid), Some(aff)) = (jid, Aff::parse(name)) else {
-            invalid = true;
+            invalid.push(given.to_owned());
             continue;
         };
         if changes.iter().any(|(j, _)| *j == jid) {
             return Err(Condition::BadRequest.into());
         }
         if req.svc.generic.is_none() && (aff == Aff::Owner || jid == req.svc.jid) {
-            invalid = true;
+            invalid.push(jid);
             continue;
         }
         changes.push((jid, aff));
     }
     for _ in 0..MAX_ATTEMPTS {
         let (raw, mut rec) = owned_node(req, node).await?;
-        let mut refused = invalid;
+        let mut refused = invalid.clone();
         let mut subs_remove = Vec::new();
         for (jid, aff) in &changes {
             let before = rec.affiliations.clone();
@@ -2875,7 +2898,7 @@ async fn owner_affiliations_set(req: &Req<'_>, el: &Element) -> IqResult {
             }
             if req.svc.generic.is_some() && owners(req.svc, &rec).next().is_none() {
                 rec.affiliations = before;
-                refused = true;
+                refused.push(jid.clone());
                 continue;
             }
             if *aff == Aff::Outcast {
@@ -2889,6 +2912,22 @@ async fn owner_affiliations_set(req: &Req<'_>, el: &Element) -> IqResult {
                 );
             }
         }
+        // §8.9.2.4: the refused entries, with the affiliations they keep.
+        let refusal = (!refused.is_empty()).then(|| {
+            let mut list = Element::new("affiliations", NS_OWNER).attr("node", node);
+            for j in &refused {
+                list = list.child(
+                    Element::new("affiliation", NS_OWNER)
+                        .attr("jid", j.as_str())
+                        .attr(
+                            "affiliation",
+                            affiliation(req.server, req.svc, &rec, j).as_str(),
+                        ),
+                );
+            }
+            StanzaError::from(Condition::NotAcceptable)
+                .with_payload(Element::new("pubsub", NS_OWNER).child(list))
+        });
         let change = PepChange {
             bare: req.svc.jid,
             node,
@@ -2900,8 +2939,8 @@ async fn owner_affiliations_set(req: &Req<'_>, el: &Element) -> IqResult {
             subs_remove,
         };
         if write_node(req.server, change).await? {
-            if refused {
-                return Err(Condition::NotAcceptable.into());
+            if let Some(e) = refusal {
+                return Err(e);
             }
             return Ok(IqReply::EMPTY);
         }
