@@ -288,9 +288,11 @@ def test_error_conditions_of_each_use_case(server):
         r = configure(owner, s, node, {field: value})
         assert stanza_error(r)[1] == "not-acceptable", (field, tostring(r))
     # options the service does not offer: feature-not-implemented + unsupported
-    r = configure(owner, s, node, {"pubsub#node_type": "collection"})
-    assert err(r) == ("feature-not-implemented", "unsupported"), tostring(r)
-    assert r.find(C("error")).find(q(NS_PUBSUB + "#errors", "unsupported")).get("feature") == "collections"
+    for field, value in (("pubsub#node_type", "collection"), ("pubsub#collection", "parent"),
+                         ("pubsub#children_max", "5")):
+        r = configure(owner, s, node, {field: value})
+        assert err(r) == ("feature-not-implemented", "unsupported"), tostring(r)
+        assert r.find(C("error")).find(q(NS_PUBSUB + "#errors", "unsupported")).get("feature") == "collections"
     # 7.1.5: publish-options that do not hold
     opts = form(NS_PUBSUB + "#publish-options", {"pubsub#access_model": "whitelist"})
     r = ps(owner, "set", f"<publish node='{node}'><item>{tune('p')}</item></publish>"
@@ -302,6 +304,11 @@ def test_error_conditions_of_each_use_case(server):
     # 7.1.3.4: max_payload_size; 7.1.3.5: pubsub#type
     ok(configure(owner, s, node, {"pubsub#max_payload_size": "200"}))
     r = publish(owner, s, node, tune("y" * 400))
+    assert err(r) == ("not-acceptable", "payload-too-big"), tostring(r)
+    # the limit is the payload's own size: 198 bytes pass, 208 do not
+    assert len(tune("y" * 130)) == 198
+    ok(publish(owner, s, node, tune("y" * 130)))
+    r = publish(owner, s, node, tune("y" * 140))
     assert err(r) == ("not-acceptable", "payload-too-big"), tostring(r)
     ok(configure(owner, s, node, {"pubsub#max_payload_size": "", "pubsub#type": "urn:test:other"}))
     r = publish(owner, s, node, tune("typed"))

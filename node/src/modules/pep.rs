@@ -590,6 +590,16 @@ impl NodeConfig {
                     return Err(Refused::Unsupported("collections"));
                 }
             }
+            // XEP-0248's fields: only "none of that" is taken.
+            "pubsub#collection"
+            | "pubsub#children"
+            | "pubsub#children_association_policy"
+            | "pubsub#children_association_whitelist"
+            | "pubsub#children_max" => {
+                if values.iter().any(|v| !v.trim().is_empty()) {
+                    return Err(Refused::Unsupported("collections"));
+                }
+            }
             // Registered fields that change nothing here: taken, not kept.
             "pubsub#body_xslt" | "pubsub#dataform_xslt" | "pubsub#contact" | "pubsub#language"
                 if generic => {}
@@ -1560,7 +1570,10 @@ async fn publish_in(
         } else if cfg.deliver_payloads && payload.is_none() {
             return Err(app(Condition::BadRequest, "payload-required"));
         }
-        if cfg.max_payload_size.is_some_and(|m| xml.len() > m) {
+        // The payload's own size (not the stored item's wrapper).
+        if let (Some(m), Some(p)) = (cfg.max_payload_size, payload)
+            && p.to_stream_xml(NS_PUBSUB).len() > m
+        {
             return Err(app(Condition::NotAcceptable, "payload-too-big"));
         }
         // §7.1.3.5: a generic node's `pubsub#type` is its payload namespace.
