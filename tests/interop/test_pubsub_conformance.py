@@ -567,3 +567,33 @@ def test_owner_changes_with_refused_entries(server):
     ok(delete(owner, s, node))
     for x in (owner, b, c):
         x.close()
+
+
+def test_affiliation_changes_settle_pending_requests(server):
+    """8.7 (note): a pending subscriber made member (or publisher, owner) is approved, an
+    outcast loses its subscriptions; each is told with a subscription event (8.8.4)."""
+    s = svc(server)
+    owner = server.online("apo")
+    a = server.online("apa")
+    b = server.online("apb")
+    node = "ap-" + rnd()
+    ok(create(owner, s, node, {"pubsub#access_model": "authorize"}))
+    for c in (a, b):
+        r = ok(subscribe(c, s, node))
+        assert r.find(q(NS_PUBSUB, "pubsub")).find(q(NS_PUBSUB, "subscription")).get("subscription") == "pending"
+    ok(ps(owner, "set", f"<affiliations node='{node}'><affiliation jid='{a.bare}' affiliation='member'/>"
+          f"<affiliation jid='{b.bare}' affiliation='outcast'/></affiliations>", s, ns=NS_OWNER))
+    e = recv_event(a, s, node)
+    assert ev_child(e).get("subscription") == "subscribed" and ev_child(e).get("jid") == a.jid, tostring(e)
+    e = recv_event(b, s, node)
+    assert ev_child(e).get("subscription") == "none", tostring(e)
+    r = ok(ps(owner, "get", f"<subscriptions node='{node}'/>", s, ns=NS_OWNER))
+    states = {x.get("jid"): x.get("subscription")
+              for x in r.find(q(NS_OWNER, "pubsub")).find(q(NS_OWNER, "subscriptions"))}
+    assert states == {a.jid: "subscribed"}, states
+    ok(publish(owner, s, node, tune("for members"), item_id="m"))
+    e = recv_event(a, s, node)
+    assert ev_child(e).find(q(NS_EVENT, "item")).get("id") == "m"
+    ok(delete(owner, s, node))
+    for c in (owner, a, b):
+        c.close()

@@ -2900,8 +2900,12 @@ async fn owner_affiliations_set(req: &Req<'_>, el: &Element) -> IqResult {
     }
     for _ in 0..MAX_ATTEMPTS {
         let (raw, mut rec) = owned_node(req, node).await?;
+        let cfg = NodeConfig::decode(&rec.config);
         let mut refused = invalid.clone();
         let mut subs_remove = Vec::new();
+        let mut subs_put = Vec::new();
+        // Subscribers to tell: subscribed (approved) or not (cancelled).
+        let mut told: Vec<(String, bool)> = Vec::new();
         for (jid, aff) in &changes {
             let before = rec.affiliations.clone();
             rec.affiliations.retain(|(j, _)| j != jid);
@@ -2914,15 +2918,33 @@ async fn owner_affiliations_set(req: &Req<'_>, el: &Element) -> IqResult {
                 refused.push(jid.clone());
                 continue;
             }
+            let theirs = || -> Result<Vec<PepSub>, StanzaError> {
+                Ok(req
+                    .server
+                    .storage
+                    .pep_subs(req.svc.jid, node)?
+                    .into_iter()
+                    .filter(|s| crate::stanza::split(&s.jid).0 == jid)
+                    .collect())
+            };
             if *aff == Aff::Outcast {
-                subs_remove.extend(
-                    req.server
-                        .storage
-                        .pep_subs(req.svc.jid, node)?
-                        .into_iter()
-                        .filter(|s| crate::stanza::split(&s.jid).0 == jid)
-                        .map(|s| (s.jid, s.subid)),
-                );
+                // An outcast's subscriptions (and requests) end, told so.
+                for s in theirs()? {
+                    if !told.iter().any(|(j, _)| *j == s.jid) {
+                        told.push((s.jid.clone(), false));
+                    }
+                    subs_remove.push((s.jid, s.subid));
+                }
+            } else if *aff >= Aff::Member {
+                // §8.7: a pending request of a new member, publisher or
+                // owner is approved.
+                for s in theirs()?.into_iter().filter(|s| s.pending) {
+                    told.push((s.jid.clone(), true));
+                    subs_put.push(PepSub {
+                        pending: false,
+                        ..s
+                    });
+                }
             }
         }
         // §8.9.2.4: the refused entries, with the affiliations they keep.
@@ -2948,10 +2970,13 @@ async fn owner_affiliations_set(req: &Req<'_>, el: &Element) -> IqResult {
             write: NodeWrite::Put(rec),
             put: Vec::new(),
             remove: Vec::new(),
-            subs_put: Vec::new(),
+            subs_put,
             subs_remove,
         };
         if write_node(req.server, change).await? {
+            for (jid, subscribed) in &told {
+                subscription_changed(req.server, req.svc, node, &cfg, jid, *subscribed).await;
+            }
             if let Some(e) = refusal {
                 return Err(e);
             }
