@@ -1427,10 +1427,9 @@ fn too_many_nodes(server: &Server, svc: Svc<'_>) -> Result<(), StanzaError> {
         Some(_) => server.config.pubsub.max_nodes,
     };
     if server.storage.pep_node_count(svc.jid)? >= max as u64 {
-        return Err(StanzaError::with_text(
-            Condition::PolicyViolation,
-            "too many nodes",
-        ));
+        let mut e = app(Condition::PolicyViolation, "max-nodes-exceeded");
+        e.text = Some("too many nodes".into());
+        return Err(e);
     }
     Ok(())
 }
