@@ -597,3 +597,44 @@ def test_affiliation_changes_settle_pending_requests(server):
     ok(delete(owner, s, node))
     for c in (owner, a, b):
         c.close()
+
+
+def test_show_values_subscription_option(server):
+    """6.3 pubsub#show-values: a bare-JID subscription with show-values 'dnd' notifies only
+    the resource showing dnd; the options form returns the values; changed to
+    'online', the other resource is notified instead; a state not in the list is
+    invalid-options."""
+    s = svc(server)
+    owner = server.online("shv")
+    busy = server.online("shb", resource="busy", presence=False)
+    free = server.login(busy.bare, busy.password, resource="free", presence=True)
+    busy.presence(extra="<show>dnd</show>")
+    busy.ping_server()
+    free.ping_server()
+    node = "shv-" + rnd()
+    ok(create(owner, s, node))
+    r = ok(ps(busy, "set", f"<subscribe node='{node}' jid='{busy.bare}'/>"
+              f"<options>{form(NS_PUBSUB + '#subscribe_options', {'pubsub#show-values': 'dnd'})}</options>", s))
+    subid = r.find(q(NS_PUBSUB, "pubsub")).find(q(NS_PUBSUB, "subscription")).get("subid")
+    ok(publish(owner, s, node, tune("one"), item_id="1"))
+    e = recv_event(busy, s, node)
+    assert e.get("to") == busy.jid, tostring(e)
+    free.expect_nothing(lambda e: e.tag == C("message") and e.get("from") == s, 0.6,
+                        what="a notification to the resource not showing dnd")
+    r = ok(ps(busy, "get", f"<options node='{node}' jid='{busy.bare}' subid='{subid}'/>", s))
+    x = r.find(q(NS_PUBSUB, "pubsub")).find(q(NS_PUBSUB, "options")).find(q(NS_DATA, "x"))
+    shows = [f for f in x.findall(q(NS_DATA, "field")) if f.get("var") == "pubsub#show-values"]
+    assert [v.text for v in shows[0].findall(q(NS_DATA, "value"))] == ["dnd"], tostring(r)
+    ok(ps(busy, "set", f"<options node='{node}' jid='{busy.bare}' subid='{subid}'>"
+          f"{form(NS_PUBSUB + '#subscribe_options', {'pubsub#show-values': 'online'})}</options>", s))
+    ok(publish(owner, s, node, tune("two"), item_id="2"))
+    e = recv_event(free, s, node)
+    assert e.get("to") == free.jid, tostring(e)
+    busy.expect_nothing(lambda e: e.tag == C("message") and e.get("from") == s, 0.6,
+                        what="a notification to the dnd resource")
+    r = ps(busy, "set", f"<options node='{node}' jid='{busy.bare}' subid='{subid}'>"
+           f"{form(NS_PUBSUB + '#subscribe_options', {'pubsub#show-values': 'sleeping'})}</options>", s)
+    assert app_error(r) == ("bad-request", "invalid-options"), tostring(r)
+    ok(delete(owner, s, node))
+    for c in (owner, busy, free):
+        c.close()

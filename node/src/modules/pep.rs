@@ -2135,13 +2135,23 @@ fn jid_attr(el: &Element) -> Result<String, StanzaError> {
 
 /// The subscription options form (XEP-0060 §6.3): the options offered,
 /// and their current values.
-fn sub_options_form(deliver: bool) -> Element {
+fn sub_options_form(deliver: bool, show: &[String]) -> Element {
     let field = |var: &str, ftype: &str, value: &str| {
         Element::new("field", NS_DATA)
             .attr("var", var)
             .attr("type", ftype)
             .child(Element::new("value", NS_DATA).text(value))
     };
+    let mut shows = Element::new("field", NS_DATA)
+        .attr("var", "pubsub#show-values")
+        .attr("type", "list-multi");
+    for o in SHOW_VALUES {
+        shows = shows
+            .child(Element::new("option", NS_DATA).child(Element::new("value", NS_DATA).text(*o)));
+    }
+    for v in show {
+        shows = shows.child(Element::new("value", NS_DATA).text(v.as_str()));
+    }
     Element::new("x", NS_DATA)
         .attr("type", "form")
         .child(field("FORM_TYPE", "hidden", SUBSCRIBE_OPTIONS))
@@ -2153,17 +2163,43 @@ fn sub_options_form(deliver: bool) -> Element {
         .child(field("pubsub#digest", "boolean", "0"))
         .child(field("pubsub#digest_frequency", "text-single", "86400000"))
         .child(field("pubsub#include_body", "boolean", "0"))
+        .child(shows)
 }
 
-/// A submitted subscription options form: the `pubsub#deliver` it asks
-/// for (`Ok(None)`: cancelled or unchanged); `<bad-request/>` with
-/// `<invalid-options/>` for what this service does not do.
-fn parse_sub_options(x: &Element) -> Result<Option<bool>, StanzaError> {
+/// The presence states `pubsub#show-values` may name.
+const SHOW_VALUES: &[&str] = &["away", "chat", "dnd", "online", "xa"];
+
+/// What a submitted subscription options form changes.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct SubOptions {
+    deliver: Option<bool>,
+    show_values: Option<Vec<String>>,
+}
+
+impl SubOptions {
+    /// Applies the options to `sub`; whether anything changed.
+    fn apply(self, sub: &mut PepSub) -> bool {
+        let before = (sub.deliver, sub.show_values.clone());
+        if let Some(d) = self.deliver {
+            sub.deliver = d;
+        }
+        if let Some(v) = self.show_values {
+            sub.show_values = v;
+        }
+        before != (sub.deliver, sub.show_values.clone())
+    }
+}
+
+/// A submitted subscription options form: the `pubsub#deliver` and
+/// `pubsub#show-values` it asks for (nothing: cancelled or unchanged);
+/// `<bad-request/>` with `<invalid-options/>` for what this service does
+/// not do.
+fn parse_sub_options(x: &Element) -> Result<SubOptions, StanzaError> {
     let invalid = || app(Condition::BadRequest, "invalid-options");
     let Some(fields) = form_fields(x, SUBSCRIBE_OPTIONS).map_err(|()| invalid())? else {
-        return Ok(None);
+        return Ok(SubOptions::default());
     };
-    let mut deliver = None;
+    let mut out = SubOptions::default();
     for (var, values) in fields {
         let v = values.first().map(|v| v.trim()).unwrap_or_default();
         let boolean = match v {
@@ -2172,7 +2208,7 @@ fn parse_sub_options(x: &Element) -> Result<Option<bool>, StanzaError> {
             _ => None,
         };
         match var.as_str() {
-            "pubsub#deliver" => deliver = Some(boolean.ok_or_else(invalid)?),
+            "pubsub#deliver" => out.deliver = Some(boolean.ok_or_else(invalid)?),
             // No digests, no bodies: only their absence may be asked for.
             "pubsub#digest" | "pubsub#include_body" => {
                 if boolean.ok_or_else(invalid)? {
@@ -2182,15 +2218,18 @@ fn parse_sub_options(x: &Element) -> Result<Option<bool>, StanzaError> {
             "pubsub#digest_frequency" => {
                 v.parse::<u64>().map_err(|_| invalid())?;
             }
-            // Presence filters are taken but not applied (notifications
-            // go to the subscribed JID whatever its show).
+            // Notifications only to resources showing one of these.
             "pubsub#show-values" => {
-                if values
-                    .iter()
-                    .any(|v| !matches!(v.trim(), "away" | "chat" | "dnd" | "online" | "xa"))
-                {
-                    return Err(invalid());
+                let mut shows: Vec<String> = Vec::new();
+                for v in values.iter().map(|v| v.trim()) {
+                    if !SHOW_VALUES.contains(&v) {
+                        return Err(invalid());
+                    }
+                    if !shows.iter().any(|s| s == v) {
+                        shows.push(v.to_owned());
+                    }
                 }
+                out.show_values = Some(shows);
             }
             // A leaf's items, and no expiry: only what that already is.
             "pubsub#subscription_type" if matches!(v, "" | "items") => {}
@@ -2199,7 +2238,7 @@ fn parse_sub_options(x: &Element) -> Result<Option<bool>, StanzaError> {
             _ => return Err(invalid()),
         }
     }
-    Ok(deliver)
+    Ok(out)
 }
 
 fn subscription_el(ns: &str, node: Option<&str>, s: &PepSub) -> Element {
@@ -2229,10 +2268,12 @@ async fn subscribe(req: &Req<'_>, sub: &Element, options: Option<&Element>) -> I
     if options.is_some_and(|o| o.get_attr("node").is_some() || o.get_attr("jid").is_some()) {
         return Err(Condition::BadRequest.into());
     }
-    let deliver = match options.and_then(|o| o.elements().next()) {
-        Some(x) => parse_sub_options(x)?.unwrap_or(true),
-        None => true,
+    let opts = match options.and_then(|o| o.elements().next()) {
+        Some(x) => parse_sub_options(x)?,
+        None => SubOptions::default(),
     };
+    let deliver = opts.deliver.unwrap_or(true);
+    let show_values = opts.show_values.unwrap_or_default();
     let subid = new_item_id();
     for _ in 0..MAX_ATTEMPTS {
         let Some((raw, rec)) = read_node(server, req.svc.jid, node).await? else {
@@ -2268,6 +2309,7 @@ async fn subscribe(req: &Req<'_>, sub: &Element, options: Option<&Element>) -> I
             subid: subid.clone(),
             deliver,
             pending,
+            show_values: show_values.clone(),
         };
         let approvers: Vec<String> = if pending {
             owners(req.svc, &rec).map(str::to_owned).collect()
@@ -2311,7 +2353,7 @@ async fn subscribe(req: &Req<'_>, sub: &Element, options: Option<&Element>) -> I
             let mut out = Element::new("pubsub", NS_PUBSUB).child(sub_el);
             // §6.3.7: the options in effect, when some were given.
             if options.is_some() {
-                let mut x = sub_options_form(deliver);
+                let mut x = sub_options_form(deliver, &show_values);
                 x.set_attr("type", "result");
                 out = out.child(Element::new("options", NS_PUBSUB).child(x));
             }
@@ -2607,7 +2649,7 @@ async fn options_get(req: &Req<'_>, opts: &Element) -> IqResult {
                 .attr("node", node)
                 .attr("jid", jid.as_str())
                 .attr("subid", s.subid.as_str())
-                .child(sub_options_form(s.deliver)),
+                .child(sub_options_form(s.deliver, &s.show_values)),
         )
         .into())
 }
@@ -2624,7 +2666,7 @@ async fn options_set(req: &Req<'_>, opts: &Element) -> IqResult {
     let Some(x) = opts.elements().next() else {
         return Err(app(Condition::BadRequest, "invalid-options"));
     };
-    let deliver = parse_sub_options(x)?;
+    let wanted = parse_sub_options(x)?;
     for _ in 0..MAX_ATTEMPTS {
         let Some((raw, rec)) = read_node(req.server, req.svc.jid, node).await? else {
             return Err(Condition::ItemNotFound.into());
@@ -2632,10 +2674,13 @@ async fn options_set(req: &Req<'_>, opts: &Element) -> IqResult {
         may_act_for(req, &rec, &jid)?;
         let mine = req.server.storage.pep_subs_of(req.svc.jid, node, &jid)?;
         let mut sub = pick_sub(mine, opts.get_attr("subid"))?;
-        let Some(deliver) = deliver else {
-            return Ok(IqReply::EMPTY);
+        let change = SubOptions {
+            deliver: wanted.deliver,
+            show_values: wanted.show_values.clone(),
         };
-        sub.deliver = deliver;
+        if !change.apply(&mut sub) {
+            return Ok(IqReply::EMPTY);
+        }
         let change = PepChange {
             bare: req.svc.jid,
             node,
@@ -2663,7 +2708,7 @@ async fn default_sub_options(req: &Req<'_>, el: &Element) -> IqResult {
         }
         out.set_attr("node", node);
     }
-    let mut x = sub_options_form(true);
+    let mut x = sub_options_form(true, &[]);
     x.set_attr("type", "result");
     Ok(Element::new("pubsub", NS_PUBSUB).child(out.child(x)).into())
 }
@@ -2786,7 +2831,7 @@ async fn owner_subscriptions_set(req: &Req<'_>, el: &Element) -> IqResult {
                     jid: jid.clone(),
                     subid: new_item_id(),
                     deliver: true,
-                    pending: false,
+                    ..PepSub::default()
                 });
                 changed.push((jid.clone(), true));
             } else if !subscribed && !mine.is_empty() {
@@ -3128,7 +3173,8 @@ async fn notify(
     }
     // One notification per subscribed JID, with its SubIDs (§6.1.6).
     let mut order: Vec<&str> = Vec::new();
-    let mut by_jid: std::collections::HashMap<&str, Vec<&str>> = std::collections::HashMap::new();
+    let mut by_jid: std::collections::HashMap<&str, Vec<&PepSub>> =
+        std::collections::HashMap::new();
     for s in subs.iter().filter(|s| s.deliver && !s.pending) {
         by_jid
             .entry(s.jid.as_str())
@@ -3136,35 +3182,47 @@ async fn notify(
                 order.push(&s.jid);
                 Vec::new()
             })
-            .push(&s.subid);
+            .push(s);
     }
-    let notes = order.into_iter().filter_map(|jid| {
+    let notes = order.into_iter().flat_map(|jid| {
         // Already notified through presence (PEP).
         if implicit
             .iter()
             .any(|f| f == jid || crate::stanza::split(f).0 == jid)
         {
-            return None;
+            return Vec::new();
         }
         if cfg.presence_based_delivery && !available(server, jid) {
-            return None;
+            return Vec::new();
         }
-        let mut m = msg.clone();
-        m.set_attr("to", jid);
-        m.set_attr("id", new_item_id());
-        let ids = &by_jid[jid];
-        if ids.len() > 1 {
-            let mut headers = Element::new("headers", NS_SHIM);
-            for id in ids {
-                headers = headers.child(
-                    Element::new("header", NS_SHIM)
-                        .attr("name", "SubID")
-                        .text(*id),
-                );
-            }
-            m = m.child(headers);
-        }
-        Some(m)
+        let mine = &by_jid[jid];
+        // `pubsub#show-values`: only the resources showing one of them,
+        // unless a subscription of this JID has no such filter.
+        let targets = if mine.iter().any(|s| s.show_values.is_empty()) {
+            vec![jid.to_owned()]
+        } else {
+            showing(server, jid, mine)
+        };
+        targets
+            .into_iter()
+            .map(|to| {
+                let mut m = msg.clone();
+                m.set_attr("to", to);
+                m.set_attr("id", new_item_id());
+                if mine.len() > 1 {
+                    let mut headers = Element::new("headers", NS_SHIM);
+                    for s in mine {
+                        headers = headers.child(
+                            Element::new("header", NS_SHIM)
+                                .attr("name", "SubID")
+                                .text(s.subid.as_str()),
+                        );
+                    }
+                    m = m.child(headers);
+                }
+                m
+            })
+            .collect()
     });
     // Sent before the request is answered (so one publisher's events
     // arrive in order), several at a time: each may wait for another
@@ -3181,6 +3239,35 @@ async fn notify(
 
 /// Whether `jid` (a bare JID: any of its resources) is available now,
 /// wherever bound.
+/// The available resources of `jid` (itself, if a full JID) whose
+/// presence shows a state one of `subs` names (`online`: no `<show/>`).
+fn showing(server: &Server, jid: &str, subs: &[&PepSub]) -> Vec<String> {
+    let (bare, res) = crate::stanza::split(jid);
+    server
+        .router
+        .presences(bare, 0)
+        .iter()
+        .filter_map(|p| {
+            let from = p.get_attr("from")?;
+            if res.is_some() && from != jid {
+                return None;
+            }
+            let show = p
+                .elements()
+                .find(|e| e.name == "show")
+                .map(|e| e.text_content());
+            let show = show
+                .as_deref()
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .unwrap_or("online");
+            subs.iter()
+                .any(|s| s.show_values.iter().any(|v| v == show))
+                .then(|| from.to_owned())
+        })
+        .collect()
+}
+
 fn available(server: &Server, jid: &str) -> bool {
     let (bare, res) = crate::stanza::split(jid);
     server
@@ -3915,7 +4002,7 @@ mod tests {
             jid: jid.into(),
             subid: id.into(),
             deliver: true,
-            pending: false,
+            ..PepSub::default()
         };
         let two = || vec![sub("a@x", "1"), sub("a@x", "2")];
         let app_of = |e: StanzaError| (e.condition, e.app.map(|a| a.name.clone()));
@@ -3959,12 +4046,22 @@ mod tests {
         };
         assert_eq!(
             parse_sub_options(&form(&[("pubsub#deliver", "0")])).unwrap(),
-            Some(false)
+            SubOptions {
+                deliver: Some(false),
+                show_values: None
+            }
         );
         assert_eq!(
             parse_sub_options(&form(&[("pubsub#digest_frequency", "2")])).unwrap(),
-            None
+            SubOptions::default()
         );
+        assert_eq!(
+            parse_sub_options(&form(&[("pubsub#show-values", "dnd")]))
+                .unwrap()
+                .show_values,
+            Some(vec!["dnd".to_owned()])
+        );
+        assert!(parse_sub_options(&form(&[("pubsub#show-values", "busy")])).is_err());
         for bad in [
             ("pubsub#deliver", "maybe"),
             ("pubsub#digest", "1"),
@@ -3975,8 +4072,14 @@ mod tests {
             assert!(parse_sub_options(&form(&[bad])).is_err(), "{bad:?}");
         }
         // The form offered parses as submitted.
-        let mut offered = sub_options_form(true);
+        let mut offered = sub_options_form(true, &["away".to_owned()]);
         offered.set_attr("type", "submit");
-        assert_eq!(parse_sub_options(&offered).unwrap(), Some(true));
+        assert_eq!(
+            parse_sub_options(&offered).unwrap(),
+            SubOptions {
+                deliver: Some(true),
+                show_values: Some(vec!["away".to_owned()])
+            }
+        );
     }
 }
