@@ -9,7 +9,10 @@ pubsub#errors condition: retract (7.2.3), purge and items of a node without pers
 8.2.3.2), configuration values of the wrong type (8.2.5.3), unsupported options
 (collections, item expiry), publish-options preconditions (7.1.5), max_payload_size
 (7.1.3.4), pubsub#type (7.1.3.5), notification_type, unsubscribe / options errors (6.2.3,
-6.3.4), delete with redirect (8.4.1); item expiry (pubsub#item_expire).
+6.3.4), delete with redirect (8.4.1); item expiry (pubsub#item_expire); a long items answer
+cut and paged (6.5.4); the get-pending command (8.7); several owner changes with refused
+entries (8.8.2.4, 8.9.2.4); affiliation changes settling pending requests; the
+pubsub#show-values subscription option.
 """
 
 import time
