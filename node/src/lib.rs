@@ -15,6 +15,7 @@ pub mod modules;
 pub mod net;
 pub mod router;
 pub mod routing;
+pub mod rsm;
 pub mod run;
 pub mod server;
 pub mod services;

@@ -95,6 +95,9 @@ pub struct StanzaError {
     /// The error type when a specification names another than the
     /// condition's usual one (XEP-0050 §4.6: `<forbidden/>` is `cancel`).
     pub kind: Option<&'static str>,
+    /// What the error reply carries instead of the request's payload
+    /// (XEP-0060 §8.9.2.4: only the entries that failed).
+    pub payload: Option<Box<Element>>,
 }
 
 impl StanzaError {
@@ -104,6 +107,7 @@ impl StanzaError {
             text: None,
             app: None,
             kind: None,
+            payload: None,
         }
     }
 
@@ -113,6 +117,7 @@ impl StanzaError {
             text: Some(text.into()),
             app: None,
             kind: None,
+            payload: None,
         }
     }
 
@@ -123,7 +128,14 @@ impl StanzaError {
             text: None,
             app: Some(Box::new(app)),
             kind: None,
+            payload: None,
         }
+    }
+
+    /// The error with `payload` in its reply in place of the request's.
+    pub fn with_payload(mut self, payload: Element) -> Self {
+        self.payload = Some(Box::new(payload));
+        self
     }
 
     pub fn to_element(&self) -> Element {
@@ -180,7 +192,9 @@ pub fn error_reply(stanza: &Element, err: &StanzaError) -> Option<Element> {
         reply.set_attr("from", to);
     }
     reply.set_attr("type", "error");
-    if stanza.name != "iq" || stanza.get_attr("type") != Some("result") {
+    if let Some(p) = &err.payload {
+        reply.children = vec![crate::xml::Node::Element((**p).clone())];
+    } else if stanza.name != "iq" || stanza.get_attr("type") != Some("result") {
         reply.children = stanza.children.clone();
     }
     reply

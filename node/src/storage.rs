@@ -1064,6 +1064,10 @@ pub struct PepSub {
     pub deliver: bool,
     /// Awaiting an owner's approval (access model `authorize`).
     pub pending: bool,
+    /// `pubsub#show-values` of its options: notifications only to
+    /// resources whose presence shows one of these (`online`: no
+    /// `<show/>`); empty: whatever they show.
+    pub show_values: Vec<String>,
 }
 
 fn pep_node_key(bare: &str, node: &str) -> Vec<u8> {

@@ -728,7 +728,7 @@ def test_node_count_is_bounded(server):
         r = publish(a, f"urn:test:many:{i}", tune("x"), item_id="1")
         assert r.get("type") == "result", (i, tostring(r))
     r = publish(a, "urn:test:many:one-too-many", tune("x"))
-    assert stanza_error(r)[1] == "policy-violation", tostring(r)
+    assert app_error(r) == ("policy-violation", "max-nodes-exceeded"), tostring(r)
     # existing nodes still take items
     ok(publish(a, "urn:test:many:0", tune("y"), item_id="2"))
     server.assert_healthy(a)

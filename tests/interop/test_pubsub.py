@@ -296,9 +296,11 @@ def test_node_configuration_shapes_notifications(server):
         r = ps(owner, "set", f"<configure node='{node2}'>{form(NS_PUBSUB + '#node_config', {field: value})}"
                              "</configure>", s, ns=NS_OWNER)
         assert stanza_error(r)[1] == "not-acceptable", (field, tostring(r))
-    # item expiry is not offered; a configuration naming a node of its own is bad
-    r = create(owner, s, "exp-" + rnd(), {"pubsub#item_expire": "604800"})
-    assert app_error(r) == ("feature-not-implemented", "unsupported"), tostring(r)
+    # item expiry is taken (test_pubsub_conformance checks it), a negative one is not;
+    # a configuration naming a node of its own is bad
+    ok(create(owner, s, "exp-" + rnd(), {"pubsub#item_expire": "604800"}))
+    r = create(owner, s, "exp-" + rnd(), {"pubsub#item_expire": "-5"})
+    assert stanza_error(r)[1] == "not-acceptable", tostring(r)
     r = ps(owner, "set", f"<create node='c-{rnd()}'/><configure node='other'>"
                          f"{form(NS_PUBSUB + '#node_config', {})}</configure>", s)
     assert stanza_error(r)[1] == "bad-request", tostring(r)

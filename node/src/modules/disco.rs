@@ -82,11 +82,33 @@ fn handle<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
                 IqTarget::Account(b) => Some(b),
                 _ => None,
             };
-            if let (Some(owner), None) = (owner, node) {
+            // XEP-0060 §5.5: the items of an account's node it may see.
+            if let (Some(owner), Some(n)) = (owner, node) {
                 for m in ctx.server.modules.account_nodes() {
-                    for item in (m.items)(ctx.server, owner, ctx.origin.bare) {
-                        q = q.child(item);
+                    if let Some(list) = (m.node_items)(ctx.server, owner, ctx.origin.bare, n) {
+                        let (list, set) = crate::rsm::page_items(ctx.payload, list, "name")?;
+                        for item in list {
+                            q = q.child(item);
+                        }
+                        if let Some(set) = set {
+                            q = q.child(set);
+                        }
+                        return Ok(q.into());
                     }
+                }
+            }
+            if let (Some(owner), None) = (owner, node) {
+                let mut list = Vec::new();
+                for m in ctx.server.modules.account_nodes() {
+                    list.extend((m.items)(ctx.server, owner, ctx.origin.bare));
+                }
+                // XEP-0059: the nodes paged when the requester asks.
+                let (list, set) = crate::rsm::page_items(ctx.payload, list, "node")?;
+                for item in list {
+                    q = q.child(item);
+                }
+                if let Some(set) = set {
+                    q = q.child(set);
                 }
             }
             return Ok(q.into());

@@ -153,6 +153,9 @@ pub struct AccountIdentity {
 pub struct AccountNodes {
     /// The `<item/>`s `requester` may see.
     pub items: fn(&Server, owner: &str, requester: &str) -> Vec<Element>,
+    /// The `<item/>`s of `node`, if the module has such a node that
+    /// `requester` may see.
+    pub node_items: fn(&Server, owner: &str, requester: &str, node: &str) -> Option<Vec<Element>>,
     /// The identities and features of `node`, if the module has such a
     /// node that `requester` may see.
     pub info: fn(&Server, owner: &str, requester: &str, node: &str) -> Option<Vec<Element>>,

@@ -138,6 +138,11 @@ pub static MODULE: Module = Module {
             var: "http://jabber.org/protocol/pubsub#publish",
             when: None,
         },
+        // XEP-0060 §9: an account that is a virtual pubsub service says so.
+        AccountFeature {
+            var: "http://jabber.org/protocol/pubsub#pubsub-on-a-jid",
+            when: None,
+        },
         AccountFeature {
             var: "http://jabber.org/protocol/pubsub#publish-options",
             when: None,
@@ -160,6 +165,14 @@ pub static MODULE: Module = Module {
         },
         AccountFeature {
             var: "http://jabber.org/protocol/pubsub#retrieve-subscriptions",
+            when: None,
+        },
+        AccountFeature {
+            var: "http://jabber.org/protocol/pubsub#rsm",
+            when: None,
+        },
+        AccountFeature {
+            var: "http://jabber.org/protocol/pubsub#shim",
             when: None,
         },
         AccountFeature {
@@ -229,6 +242,7 @@ pub static MODULE: Module = Module {
     }],
     account_nodes: Some(&AccountNodes {
         items: disco_items,
+        node_items: disco_node_items,
         info: disco_node_info,
     }),
     iq: &[
@@ -374,6 +388,9 @@ pub struct NodeConfig {
     /// `pubsub#presence_based_delivery`: notifications only to subscribers
     /// that are available (none kept for later).
     pub presence_based_delivery: bool,
+    /// `pubsub#item_expire`: items go this many seconds after they were
+    /// published (`None`: never).
+    pub item_expire: Option<u64>,
     /// Who created the node and when (XEP-0082), for its meta-data.
     pub creator: String,
     pub created: String,
@@ -447,6 +464,7 @@ impl Default for NodeConfig {
             notify_config: false,
             notify_sub: false,
             presence_based_delivery: false,
+            item_expire: None,
             creator: String::new(),
             created: String::new(),
         }
@@ -467,6 +485,13 @@ impl NodeConfig {
             send_last: SendLast::Never,
             ..NodeConfig::default()
         }
+    }
+
+    /// Whether an item published at `at` (Unix milliseconds; `None`:
+    /// before items were stamped) has expired at `now`.
+    fn expired(&self, at: Option<u64>, now: u64) -> bool {
+        matches!((self.item_expire, at),
+            (Some(e), Some(t)) if t.saturating_add(e.saturating_mul(1000)) <= now)
     }
 
     /// The items the node keeps, `cap` being `[pep] max_items`.
@@ -565,6 +590,16 @@ impl NodeConfig {
                     return Err(Refused::Unsupported("collections"));
                 }
             }
+            // XEP-0248's fields: only "none of that" is taken.
+            "pubsub#collection"
+            | "pubsub#children"
+            | "pubsub#children_association_policy"
+            | "pubsub#children_association_whitelist"
+            | "pubsub#children_max" => {
+                if values.iter().any(|v| !v.trim().is_empty()) {
+                    return Err(Refused::Unsupported("collections"));
+                }
+            }
             // Registered fields that change nothing here: taken, not kept.
             "pubsub#body_xslt" | "pubsub#dataform_xslt" | "pubsub#contact" | "pubsub#language"
                 if generic => {}
@@ -573,11 +608,13 @@ impl NodeConfig {
                     return Err(Refused::Invalid);
                 }
             }
-            // Items do not expire here; a node may say so (0 or empty).
-            "pubsub#item_expire" if generic => match values.first().map(|v| v.trim()) {
-                None | Some("" | "0") => {}
-                Some(_) => return Err(Refused::Unsupported("item-expire")),
-            },
+            // Seconds; 0 or empty: never.
+            "pubsub#item_expire" => {
+                self.item_expire = match values.first().map(|v| v.trim()) {
+                    None | Some("" | "0") => None,
+                    Some(v) => Some(v.parse::<u64>().map_err(|_| ())?),
+                }
+            }
             // What this service never does may be asked not to be done.
             "pubsub#notify_config" if generic => self.notify_config = boolean()?,
             "pubsub#notify_sub" if generic => self.notify_sub = boolean()?,
@@ -618,6 +655,7 @@ impl NodeConfig {
         let max_payload = self
             .max_payload_size
             .map_or_else(String::new, |n| n.to_string());
+        let expire = self.item_expire.map_or_else(String::new, |n| n.to_string());
         let groups: Vec<&str> = self.roster_groups.iter().map(String::as_str).collect();
         let mut x = Element::new("x", NS_DATA)
             .attr("type", kind)
@@ -693,6 +731,7 @@ impl NodeConfig {
                 "text-single",
                 &[&max_payload],
             ))
+            .child(field("pubsub#item_expire", "text-single", &[&expire]))
             .child(if svc.generic.is_some() {
                 options(
                     field(
@@ -1055,8 +1094,9 @@ pub fn node_item_list(
     let (_, rec) = server.storage.pep_node(svc.jid, node).ok()??;
     let cfg = NodeConfig::decode(&rec.config);
     may_read(server, svc, node, &rec, requester, &cfg).ok()?;
+    let expired = expired_count(server, svc.jid, node, &rec, &cfg).ok()?;
     Some(
-        rec.items
+        rec.items[expired..]
             .iter()
             .map(|id| {
                 Element::new("item", super::disco::NS_ITEMS)
@@ -1065,6 +1105,15 @@ pub fn node_item_list(
             })
             .collect(),
     )
+}
+
+fn disco_node_items(
+    server: &Server,
+    owner: &str,
+    requester: &str,
+    node: &str,
+) -> Option<Vec<Element>> {
+    node_item_list(server, Svc::pep(owner), requester, node)
 }
 
 fn disco_node_info(
@@ -1189,8 +1238,9 @@ pub async fn dispatch(req: &Req<'_>, payload: &Element, set: bool) -> IqResult {
     // `configure` and `options` only qualify a `publish`, `create` or
     // `subscribe` beside them.
     let op = children.iter().find(|e| {
-        payload.ns == NS_OWNER
-            || !matches!(e.name.as_str(), "publish-options" | "configure" | "options")
+        e.ns != crate::rsm::NS_RSM
+            && (payload.ns == NS_OWNER
+                || !matches!(e.name.as_str(), "publish-options" | "configure" | "options"))
     });
     let Some(first) = op.or(children.first()).copied() else {
         return Err(Condition::BadRequest.into());
@@ -1241,7 +1291,14 @@ pub async fn dispatch(req: &Req<'_>, payload: &Element, set: bool) -> IqResult {
             Ok(r)
         }
         ("create", true) => create(req, first, sibling("configure")).await,
-        ("items", false) => items(req, first).await,
+        ("items", false) => {
+            let rsm = children
+                .iter()
+                .find(|e| e.is("set", crate::rsm::NS_RSM))
+                .map(|s| crate::rsm::Request::parse(s))
+                .transpose()?;
+            items(req, first, rsm).await
+        }
         ("subscribe", true) => subscribe(req, first, sibling("options")).await,
         ("unsubscribe", true) => unsubscribe(req, first).await,
         ("options", false) => options_get(req, first).await,
@@ -1273,6 +1330,54 @@ fn parse_stored(xml: &str) -> Option<Element> {
         ..Default::default()
     };
     crate::xml::parse_element(xml.as_bytes(), &scope, &limits).ok()
+}
+
+/// The attribute of a stored item that says when it was published (Unix
+/// milliseconds), for `pubsub#item_expire` and the last item's delay; never
+/// shown (see [`stored_item`]).
+const STORED_AT: &str = "published";
+
+fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A stored item as it is shown, and when it was published.
+fn stored_item(xml: &str) -> Option<(Element, Option<u64>)> {
+    let mut el = parse_stored(xml)?;
+    let at = el.remove_attr(STORED_AT).and_then(|t| t.parse().ok());
+    Some((el, at))
+}
+
+/// How many of a node's items have expired (`pubsub#item_expire`): they
+/// are kept oldest first (a republished id moves to the end), so the
+/// expired ones lead, and only they and the first live one are read.
+fn expired_count(
+    server: &Server,
+    jid: &str,
+    node: &str,
+    rec: &PepNode,
+    cfg: &NodeConfig,
+) -> Result<usize, StanzaError> {
+    if cfg.item_expire.is_none() {
+        return Ok(0);
+    }
+    let now = now_millis();
+    let mut n = 0;
+    for id in &rec.items {
+        let at = server
+            .storage
+            .pep_item(jid, node, id)?
+            .as_deref()
+            .and_then(stored_item)
+            .and_then(|(_, at)| at);
+        if !cfg.expired(at, now) {
+            break;
+        }
+        n += 1;
+    }
+    Ok(n)
 }
 
 fn new_item_id() -> String {
@@ -1322,10 +1427,9 @@ fn too_many_nodes(server: &Server, svc: Svc<'_>) -> Result<(), StanzaError> {
         Some(_) => server.config.pubsub.max_nodes,
     };
     if server.storage.pep_node_count(svc.jid)? >= max as u64 {
-        return Err(StanzaError::with_text(
-            Condition::PolicyViolation,
-            "too many nodes",
-        ));
+        let mut e = app(Condition::PolicyViolation, "max-nodes-exceeded");
+        e.text = Some("too many nodes".into());
+        return Err(e);
     }
     Ok(())
 }
@@ -1392,7 +1496,9 @@ async fn publish_in(
         Some(id) if !id.is_empty() => id.to_owned(),
         _ => new_item_id(),
     };
-    let mut stored = Element::new("item", NS_PUBSUB).attr("id", id.as_str());
+    let mut stored = Element::new("item", NS_PUBSUB)
+        .attr("id", id.as_str())
+        .attr(STORED_AT, now_millis().to_string());
     // §7.1.2: a generic service records who published an item (its
     // publisher may retract it whatever its affiliation).
     if svc.generic.is_some() {
@@ -1463,7 +1569,10 @@ async fn publish_in(
         } else if cfg.deliver_payloads && payload.is_none() {
             return Err(app(Condition::BadRequest, "payload-required"));
         }
-        if cfg.max_payload_size.is_some_and(|m| xml.len() > m) {
+        // The payload's own size (not the stored item's wrapper).
+        if let (Some(m), Some(p)) = (cfg.max_payload_size, payload)
+            && p.to_stream_xml(NS_PUBSUB).len() > m
+        {
             return Err(app(Condition::NotAcceptable, "payload-too-big"));
         }
         // §7.1.3.5: a generic node's `pubsub#type` is its payload namespace.
@@ -1478,6 +1587,9 @@ async fn publish_in(
         let mut remove = Vec::new();
         if cfg.persist_items {
             rec.items.retain(|i| *i != id);
+            // Expired items go with the next publish.
+            let gone = expired_count(server, svc.jid, node, &rec, &cfg)?;
+            remove.extend(rec.items.drain(..gone));
             rec.items.push(id.clone());
             let over = rec.items.len().saturating_sub(cfg.limit(cap));
             remove.extend(rec.items.drain(..over));
@@ -1681,8 +1793,13 @@ async fn create(req: &Req<'_>, create: &Element, configure: Option<&Element>) ->
         .into())
 }
 
-/// XEP-0060 §6.5: all items, the latest `max_items`, or some by id.
-async fn items(req: &Req<'_>, items: &Element) -> IqResult {
+/// The most item bytes one items answer carries (beyond its first item).
+const ITEMS_PAGE_BYTES: usize = 256 * 1024;
+
+/// XEP-0060 §6.5: all items, the latest `max_items`, or some by id; a
+/// page of them with XEP-0059 (§6.5.4), oldest first as always, with the
+/// `<set/>` after `<items/>`.
+async fn items(req: &Req<'_>, items: &Element, rsm: Option<crate::rsm::Request>) -> IqResult {
     let server = req.server;
     let node = node_attr(items)?;
     let max = match items.get_attr("max_items") {
@@ -1720,31 +1837,45 @@ async fn items(req: &Req<'_>, items: &Element) -> IqResult {
             _ => {}
         }
     }
+    let live = &rec.items[expired_count(server, req.svc.jid, node, &rec, &cfg)?..];
     let ids: Vec<&str> = if wanted.is_empty() {
-        let n = max.unwrap_or(usize::MAX).min(rec.items.len());
-        rec.items[rec.items.len() - n..]
-            .iter()
-            .map(String::as_str)
-            .collect()
+        let n = max.unwrap_or(usize::MAX).min(live.len());
+        live[live.len() - n..].iter().map(String::as_str).collect()
     } else {
         // §6.5.9.11: items that do not exist are left out (maybe all).
         wanted
             .into_iter()
-            .filter(|w| rec.items.iter().any(|i| i == w))
+            .filter(|w| live.iter().any(|i| i == w))
             .collect()
     };
+    let range = match &rsm {
+        Some(r) => r.page(&ids)?.0,
+        None => 0..ids.len(),
+    };
+    // §6.5.4: a long answer is cut (at least one item) and says so with
+    // a `<set/>`; the rest is paged for with RSM.
     let mut out = Element::new("items", NS_PUBSUB).attr("node", node);
-    for id in ids {
-        if let Some(item) = server
-            .storage
-            .pep_item(req.svc.jid, node, id)?
-            .as_deref()
-            .and_then(parse_stored)
-        {
+    let mut bytes = 0;
+    let mut end = range.start;
+    for id in &ids[range.clone()] {
+        let Some(xml) = server.storage.pep_item(req.svc.jid, node, id)? else {
+            end += 1;
+            continue;
+        };
+        if end > range.start && bytes + xml.len() > ITEMS_PAGE_BYTES {
+            break;
+        }
+        bytes += xml.len();
+        end += 1;
+        if let Some((item, _)) = stored_item(&xml) {
             out = out.child(item);
         }
     }
-    Ok(Element::new("pubsub", NS_PUBSUB).child(out).into())
+    let mut pubsub = Element::new("pubsub", NS_PUBSUB).child(out);
+    if rsm.is_some() || end < range.end {
+        pubsub = pubsub.child(crate::rsm::describe(&ids, range.start..end));
+    }
+    Ok(pubsub.into())
 }
 
 /// Reads a node the requester must own.
@@ -2004,13 +2135,23 @@ fn jid_attr(el: &Element) -> Result<String, StanzaError> {
 
 /// The subscription options form (XEP-0060 §6.3): the options offered,
 /// and their current values.
-fn sub_options_form(deliver: bool) -> Element {
+fn sub_options_form(deliver: bool, show: &[String]) -> Element {
     let field = |var: &str, ftype: &str, value: &str| {
         Element::new("field", NS_DATA)
             .attr("var", var)
             .attr("type", ftype)
             .child(Element::new("value", NS_DATA).text(value))
     };
+    let mut shows = Element::new("field", NS_DATA)
+        .attr("var", "pubsub#show-values")
+        .attr("type", "list-multi");
+    for o in SHOW_VALUES {
+        shows = shows
+            .child(Element::new("option", NS_DATA).child(Element::new("value", NS_DATA).text(*o)));
+    }
+    for v in show {
+        shows = shows.child(Element::new("value", NS_DATA).text(v.as_str()));
+    }
     Element::new("x", NS_DATA)
         .attr("type", "form")
         .child(field("FORM_TYPE", "hidden", SUBSCRIBE_OPTIONS))
@@ -2022,17 +2163,43 @@ fn sub_options_form(deliver: bool) -> Element {
         .child(field("pubsub#digest", "boolean", "0"))
         .child(field("pubsub#digest_frequency", "text-single", "86400000"))
         .child(field("pubsub#include_body", "boolean", "0"))
+        .child(shows)
 }
 
-/// A submitted subscription options form: the `pubsub#deliver` it asks
-/// for (`Ok(None)`: cancelled or unchanged); `<bad-request/>` with
-/// `<invalid-options/>` for what this service does not do.
-fn parse_sub_options(x: &Element) -> Result<Option<bool>, StanzaError> {
+/// The presence states `pubsub#show-values` may name.
+const SHOW_VALUES: &[&str] = &["away", "chat", "dnd", "online", "xa"];
+
+/// What a submitted subscription options form changes.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct SubOptions {
+    deliver: Option<bool>,
+    show_values: Option<Vec<String>>,
+}
+
+impl SubOptions {
+    /// Applies the options to `sub`; whether anything changed.
+    fn apply(self, sub: &mut PepSub) -> bool {
+        let before = (sub.deliver, sub.show_values.clone());
+        if let Some(d) = self.deliver {
+            sub.deliver = d;
+        }
+        if let Some(v) = self.show_values {
+            sub.show_values = v;
+        }
+        before != (sub.deliver, sub.show_values.clone())
+    }
+}
+
+/// A submitted subscription options form: the `pubsub#deliver` and
+/// `pubsub#show-values` it asks for (nothing: cancelled or unchanged);
+/// `<bad-request/>` with `<invalid-options/>` for what this service does
+/// not do.
+fn parse_sub_options(x: &Element) -> Result<SubOptions, StanzaError> {
     let invalid = || app(Condition::BadRequest, "invalid-options");
     let Some(fields) = form_fields(x, SUBSCRIBE_OPTIONS).map_err(|()| invalid())? else {
-        return Ok(None);
+        return Ok(SubOptions::default());
     };
-    let mut deliver = None;
+    let mut out = SubOptions::default();
     for (var, values) in fields {
         let v = values.first().map(|v| v.trim()).unwrap_or_default();
         let boolean = match v {
@@ -2041,7 +2208,7 @@ fn parse_sub_options(x: &Element) -> Result<Option<bool>, StanzaError> {
             _ => None,
         };
         match var.as_str() {
-            "pubsub#deliver" => deliver = Some(boolean.ok_or_else(invalid)?),
+            "pubsub#deliver" => out.deliver = Some(boolean.ok_or_else(invalid)?),
             // No digests, no bodies: only their absence may be asked for.
             "pubsub#digest" | "pubsub#include_body" => {
                 if boolean.ok_or_else(invalid)? {
@@ -2051,15 +2218,18 @@ fn parse_sub_options(x: &Element) -> Result<Option<bool>, StanzaError> {
             "pubsub#digest_frequency" => {
                 v.parse::<u64>().map_err(|_| invalid())?;
             }
-            // Presence filters are taken but not applied (notifications
-            // go to the subscribed JID whatever its show).
+            // Notifications only to resources showing one of these.
             "pubsub#show-values" => {
-                if values
-                    .iter()
-                    .any(|v| !matches!(v.trim(), "away" | "chat" | "dnd" | "online" | "xa"))
-                {
-                    return Err(invalid());
+                let mut shows: Vec<String> = Vec::new();
+                for v in values.iter().map(|v| v.trim()) {
+                    if !SHOW_VALUES.contains(&v) {
+                        return Err(invalid());
+                    }
+                    if !shows.iter().any(|s| s == v) {
+                        shows.push(v.to_owned());
+                    }
                 }
+                out.show_values = Some(shows);
             }
             // A leaf's items, and no expiry: only what that already is.
             "pubsub#subscription_type" if matches!(v, "" | "items") => {}
@@ -2068,7 +2238,7 @@ fn parse_sub_options(x: &Element) -> Result<Option<bool>, StanzaError> {
             _ => return Err(invalid()),
         }
     }
-    Ok(deliver)
+    Ok(out)
 }
 
 fn subscription_el(ns: &str, node: Option<&str>, s: &PepSub) -> Element {
@@ -2098,10 +2268,12 @@ async fn subscribe(req: &Req<'_>, sub: &Element, options: Option<&Element>) -> I
     if options.is_some_and(|o| o.get_attr("node").is_some() || o.get_attr("jid").is_some()) {
         return Err(Condition::BadRequest.into());
     }
-    let deliver = match options.and_then(|o| o.elements().next()) {
-        Some(x) => parse_sub_options(x)?.unwrap_or(true),
-        None => true,
+    let opts = match options.and_then(|o| o.elements().next()) {
+        Some(x) => parse_sub_options(x)?,
+        None => SubOptions::default(),
     };
+    let deliver = opts.deliver.unwrap_or(true);
+    let show_values = opts.show_values.unwrap_or_default();
     let subid = new_item_id();
     for _ in 0..MAX_ATTEMPTS {
         let Some((raw, rec)) = read_node(server, req.svc.jid, node).await? else {
@@ -2137,6 +2309,7 @@ async fn subscribe(req: &Req<'_>, sub: &Element, options: Option<&Element>) -> I
             subid: subid.clone(),
             deliver,
             pending,
+            show_values: show_values.clone(),
         };
         let approvers: Vec<String> = if pending {
             owners(req.svc, &rec).map(str::to_owned).collect()
@@ -2172,14 +2345,15 @@ async fn subscribe(req: &Req<'_>, sub: &Element, options: Option<&Element>) -> I
             if !pending {
                 tell_owners(server, req.svc, node, &cfg, &to_tell, &jid, true).await;
             }
-            let mut out = Element::new("pubsub", NS_PUBSUB).child(subscription_el(
-                NS_PUBSUB,
-                Some(node),
-                &new,
-            ));
+            // §6.1.5: options may be configured, and need not be.
+            let mut sub_el = subscription_el(NS_PUBSUB, Some(node), &new);
+            if !pending {
+                sub_el = sub_el.child(Element::new("subscribe-options", NS_PUBSUB));
+            }
+            let mut out = Element::new("pubsub", NS_PUBSUB).child(sub_el);
             // §6.3.7: the options in effect, when some were given.
             if options.is_some() {
-                let mut x = sub_options_form(deliver);
+                let mut x = sub_options_form(deliver, &show_values);
                 x.set_attr("type", "result");
                 out = out.child(Element::new("options", NS_PUBSUB).child(x));
             }
@@ -2304,6 +2478,100 @@ pub async fn approval(
     Err(Condition::ResourceConstraint.into())
 }
 
+/// The XEP-0050 command of XEP-0060 §8.7.
+pub const GET_PENDING: &str = "http://jabber.org/protocol/pubsub#get-pending";
+
+/// XEP-0060 §8.7 (`get-pending`, an XEP-0050 command of a generic
+/// service): executed, a form listing the requester's nodes with pending
+/// subscriptions; submitted with one of them, an approval request (§8.6)
+/// for each of its pending subscriptions, sent to the requester. Nothing
+/// is kept between the two steps (the form names the node), so any node
+/// of a cluster answers either.
+pub async fn get_pending(req: &Req<'_>, cmd: &Element) -> IqResult {
+    use crate::modules::adhoc::NS_COMMANDS;
+    let sessionid = cmd
+        .get_attr("sessionid")
+        .filter(|s| !s.is_empty())
+        .map_or_else(
+            || format!("pubsub-get-pending:{}", new_item_id()),
+            str::to_owned,
+        );
+    let answer = |status: &str| {
+        Element::new("command", NS_COMMANDS)
+            .attr("node", GET_PENDING)
+            .attr("sessionid", sessionid.as_str())
+            .attr("status", status)
+    };
+    if cmd.get_attr("action") == Some("cancel") {
+        return Ok(answer("canceled").into());
+    }
+    let submitted = cmd
+        .get_child("x", NS_DATA)
+        .filter(|x| x.get_attr("type") == Some("submit"));
+    let Some(x) = submitted else {
+        // The nodes the requester owns that have pending subscriptions.
+        let mut owns_any = false;
+        let mut field = Element::new("field", NS_DATA)
+            .attr("var", "pubsub#node")
+            .attr("type", "list-single");
+        for (node, rec) in req.server.storage.pep_nodes(req.svc.jid)? {
+            if affiliation(req.server, req.svc, &rec, req.bare) != Aff::Owner {
+                continue;
+            }
+            owns_any = true;
+            let subs = req.server.storage.pep_subs(req.svc.jid, &node)?;
+            if subs.iter().any(|s| s.pending) {
+                field = field.child(
+                    Element::new("option", NS_DATA)
+                        .child(Element::new("value", NS_DATA).text(node.as_str())),
+                );
+            }
+        }
+        // §8.7.3.3: whoever owns no node approves nothing.
+        if !owns_any {
+            return Err(Condition::Forbidden.into());
+        }
+        let form = Element::new("x", NS_DATA)
+            .attr("type", "form")
+            .child(
+                Element::new("field", NS_DATA)
+                    .attr("var", "FORM_TYPE")
+                    .attr("type", "hidden")
+                    .child(Element::new("value", NS_DATA).text(SUBSCRIBE_AUTHORIZATION)),
+            )
+            .child(field);
+        return Ok(answer("executing")
+            .child(
+                Element::new("actions", NS_COMMANDS)
+                    .attr("execute", "complete")
+                    .child(Element::new("complete", NS_COMMANDS)),
+            )
+            .child(form)
+            .into());
+    };
+    let node = x
+        .elements()
+        .find(|f| f.is("field", NS_DATA) && f.get_attr("var") == Some("pubsub#node"))
+        .and_then(|f| f.get_child("value", NS_DATA))
+        .map(|v| v.text_content())
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| StanzaError::from(Condition::BadRequest))?;
+    let Some((_, rec)) = read_node(req.server, req.svc.jid, &node).await? else {
+        return Err(Condition::ItemNotFound.into());
+    };
+    must_own(req, &rec)?;
+    for sub in req
+        .server
+        .storage
+        .pep_subs(req.svc.jid, &node)?
+        .iter()
+        .filter(|s| s.pending)
+    {
+        ask_approval(req.server, req.svc, &node, sub, req.full).await;
+    }
+    Ok(answer("completed").into())
+}
+
 /// The subscription a request names among `jid`'s (`mine`, XEP-0060
 /// §6.2.3), or the error the XEP names.
 fn pick_sub(mut mine: Vec<PepSub>, subid: Option<&str>) -> Result<PepSub, StanzaError> {
@@ -2381,7 +2649,7 @@ async fn options_get(req: &Req<'_>, opts: &Element) -> IqResult {
                 .attr("node", node)
                 .attr("jid", jid.as_str())
                 .attr("subid", s.subid.as_str())
-                .child(sub_options_form(s.deliver)),
+                .child(sub_options_form(s.deliver, &s.show_values)),
         )
         .into())
 }
@@ -2398,7 +2666,7 @@ async fn options_set(req: &Req<'_>, opts: &Element) -> IqResult {
     let Some(x) = opts.elements().next() else {
         return Err(app(Condition::BadRequest, "invalid-options"));
     };
-    let deliver = parse_sub_options(x)?;
+    let wanted = parse_sub_options(x)?;
     for _ in 0..MAX_ATTEMPTS {
         let Some((raw, rec)) = read_node(req.server, req.svc.jid, node).await? else {
             return Err(Condition::ItemNotFound.into());
@@ -2406,10 +2674,13 @@ async fn options_set(req: &Req<'_>, opts: &Element) -> IqResult {
         may_act_for(req, &rec, &jid)?;
         let mine = req.server.storage.pep_subs_of(req.svc.jid, node, &jid)?;
         let mut sub = pick_sub(mine, opts.get_attr("subid"))?;
-        let Some(deliver) = deliver else {
-            return Ok(IqReply::EMPTY);
+        let change = SubOptions {
+            deliver: wanted.deliver,
+            show_values: wanted.show_values.clone(),
         };
-        sub.deliver = deliver;
+        if !change.apply(&mut sub) {
+            return Ok(IqReply::EMPTY);
+        }
         let change = PepChange {
             bare: req.svc.jid,
             node,
@@ -2437,7 +2708,7 @@ async fn default_sub_options(req: &Req<'_>, el: &Element) -> IqResult {
         }
         out.set_attr("node", node);
     }
-    let mut x = sub_options_form(true);
+    let mut x = sub_options_form(true, &[]);
     x.set_attr("type", "result");
     Ok(Element::new("pubsub", NS_PUBSUB).child(out.child(x)).into())
 }
@@ -2516,20 +2787,22 @@ async fn owner_subscriptions(req: &Req<'_>, el: &Element) -> IqResult {
 async fn owner_subscriptions_set(req: &Req<'_>, el: &Element) -> IqResult {
     let node = node_attr(el)?;
     let mut changes = Vec::new();
-    let mut invalid = false;
+    // The entries refused (the JID as given).
+    let mut invalid: Vec<String> = Vec::new();
     for s in el.elements().filter(|e| e.is("subscription", NS_OWNER)) {
+        let given = s.get_attr("jid").unwrap_or_default();
         let state = match s.get_attr("subscription") {
             None => continue,
             Some("subscribed") => true,
             Some("none") => false,
             Some(_) => {
-                invalid = true;
+                invalid.push(given.to_owned());
                 continue;
             }
         };
         match jid_attr(s) {
             Ok(jid) => changes.push((jid, state, s.get_attr("subid").map(str::to_owned))),
-            Err(_) => invalid = true,
+            Err(_) => invalid.push(given.to_owned()),
         }
     }
     for _ in 0..MAX_ATTEMPTS {
@@ -2558,7 +2831,7 @@ async fn owner_subscriptions_set(req: &Req<'_>, el: &Element) -> IqResult {
                     jid: jid.clone(),
                     subid: new_item_id(),
                     deliver: true,
-                    pending: false,
+                    ..PepSub::default()
                 });
                 changed.push((jid.clone(), true));
             } else if !subscribed && !mine.is_empty() {
@@ -2586,10 +2859,32 @@ async fn owner_subscriptions_set(req: &Req<'_>, el: &Element) -> IqResult {
             for (jid, subscribed) in changed {
                 subscription_changed(req.server, req.svc, node, &cfg, &jid, subscribed).await;
             }
-            if invalid {
-                return Err(Condition::NotAcceptable.into());
+            if invalid.is_empty() {
+                return Ok(IqReply::EMPTY);
             }
-            return Ok(IqReply::EMPTY);
+            // §8.8.2.4: the refused entries, with the state they keep.
+            let mut list = Element::new("subscriptions", NS_OWNER).attr("node", node);
+            for given in &invalid {
+                let subs = match jid::Jid::new(given) {
+                    Ok(j) => req
+                        .server
+                        .storage
+                        .pep_subs_of(req.svc.jid, node, &j.to_string())?,
+                    Err(_) => Vec::new(),
+                };
+                let state = match subs.first() {
+                    None => "none",
+                    Some(s) if s.pending => "pending",
+                    Some(_) => "subscribed",
+                };
+                list = list.child(
+                    Element::new("subscription", NS_OWNER)
+                        .attr("jid", given.as_str())
+                        .attr("subscription", state),
+                );
+            }
+            return Err(StanzaError::from(Condition::NotAcceptable)
+                .with_payload(Element::new("pubsub", NS_OWNER).child(list)));
         }
     }
     Err(Condition::ResourceConstraint.into())
@@ -2626,32 +2921,35 @@ async fn owner_affiliations(req: &Req<'_>, el: &Element) -> IqResult {
 async fn owner_affiliations_set(req: &Req<'_>, el: &Element) -> IqResult {
     let node = node_attr(el)?;
     let mut changes: Vec<(String, Aff)> = Vec::new();
-    let mut invalid = false;
+    // The entries refused (the JID as given, or normalised).
+    let mut invalid: Vec<String> = Vec::new();
     for a in el.elements().filter(|e| e.is("affiliation", NS_OWNER)) {
         let Some(name) = a.get_attr("affiliation") else {
             continue;
         };
-        let jid = a
-            .get_attr("jid")
-            .and_then(|j| jid::Jid::new(j).ok())
-            .map(|j| j.to_bare().to_string());
+        let given = a.get_attr("jid").unwrap_or_default();
+        let jid = jid::Jid::new(given).ok().map(|j| j.to_bare().to_string());
         let (Some(jid), Some(aff)) = (jid, Aff::parse(name)) else {
-            invalid = true;
+            invalid.push(given.to_owned());
             continue;
         };
         if changes.iter().any(|(j, _)| *j == jid) {
             return Err(Condition::BadRequest.into());
         }
         if req.svc.generic.is_none() && (aff == Aff::Owner || jid == req.svc.jid) {
-            invalid = true;
+            invalid.push(jid);
             continue;
         }
         changes.push((jid, aff));
     }
     for _ in 0..MAX_ATTEMPTS {
         let (raw, mut rec) = owned_node(req, node).await?;
-        let mut refused = invalid;
+        let cfg = NodeConfig::decode(&rec.config);
+        let mut refused = invalid.clone();
         let mut subs_remove = Vec::new();
+        let mut subs_put = Vec::new();
+        // Subscribers to tell: subscribed (approved) or not (cancelled).
+        let mut told: Vec<(String, bool)> = Vec::new();
         for (jid, aff) in &changes {
             let before = rec.affiliations.clone();
             rec.affiliations.retain(|(j, _)| j != jid);
@@ -2661,20 +2959,54 @@ async fn owner_affiliations_set(req: &Req<'_>, el: &Element) -> IqResult {
             }
             if req.svc.generic.is_some() && owners(req.svc, &rec).next().is_none() {
                 rec.affiliations = before;
-                refused = true;
+                refused.push(jid.clone());
                 continue;
             }
+            let theirs = || -> Result<Vec<PepSub>, StanzaError> {
+                Ok(req
+                    .server
+                    .storage
+                    .pep_subs(req.svc.jid, node)?
+                    .into_iter()
+                    .filter(|s| crate::stanza::split(&s.jid).0 == jid)
+                    .collect())
+            };
             if *aff == Aff::Outcast {
-                subs_remove.extend(
-                    req.server
-                        .storage
-                        .pep_subs(req.svc.jid, node)?
-                        .into_iter()
-                        .filter(|s| crate::stanza::split(&s.jid).0 == jid)
-                        .map(|s| (s.jid, s.subid)),
-                );
+                // An outcast's subscriptions (and requests) end, told so.
+                for s in theirs()? {
+                    if !told.iter().any(|(j, _)| *j == s.jid) {
+                        told.push((s.jid.clone(), false));
+                    }
+                    subs_remove.push((s.jid, s.subid));
+                }
+            } else if *aff >= Aff::Member {
+                // §8.7: a pending request of a new member, publisher or
+                // owner is approved.
+                for s in theirs()?.into_iter().filter(|s| s.pending) {
+                    told.push((s.jid.clone(), true));
+                    subs_put.push(PepSub {
+                        pending: false,
+                        ..s
+                    });
+                }
             }
         }
+        // §8.9.2.4: the refused entries, with the affiliations they keep.
+        let refusal = (!refused.is_empty()).then(|| {
+            let mut list = Element::new("affiliations", NS_OWNER).attr("node", node);
+            for j in &refused {
+                list = list.child(
+                    Element::new("affiliation", NS_OWNER)
+                        .attr("jid", j.as_str())
+                        .attr(
+                            "affiliation",
+                            affiliation(req.server, req.svc, &rec, j).as_str(),
+                        ),
+                );
+            }
+            StanzaError::from(Condition::NotAcceptable)
+                .with_payload(Element::new("pubsub", NS_OWNER).child(list))
+        });
         let change = PepChange {
             bare: req.svc.jid,
             node,
@@ -2682,12 +3014,15 @@ async fn owner_affiliations_set(req: &Req<'_>, el: &Element) -> IqResult {
             write: NodeWrite::Put(rec),
             put: Vec::new(),
             remove: Vec::new(),
-            subs_put: Vec::new(),
+            subs_put,
             subs_remove,
         };
         if write_node(req.server, change).await? {
-            if refused {
-                return Err(Condition::NotAcceptable.into());
+            for (jid, subscribed) in &told {
+                subscription_changed(req.server, req.svc, node, &cfg, jid, *subscribed).await;
+            }
+            if let Some(e) = refusal {
+                return Err(e);
             }
             return Ok(IqReply::EMPTY);
         }
@@ -2838,7 +3173,8 @@ async fn notify(
     }
     // One notification per subscribed JID, with its SubIDs (§6.1.6).
     let mut order: Vec<&str> = Vec::new();
-    let mut by_jid: std::collections::HashMap<&str, Vec<&str>> = std::collections::HashMap::new();
+    let mut by_jid: std::collections::HashMap<&str, Vec<&PepSub>> =
+        std::collections::HashMap::new();
     for s in subs.iter().filter(|s| s.deliver && !s.pending) {
         by_jid
             .entry(s.jid.as_str())
@@ -2846,35 +3182,47 @@ async fn notify(
                 order.push(&s.jid);
                 Vec::new()
             })
-            .push(&s.subid);
+            .push(s);
     }
-    let notes = order.into_iter().filter_map(|jid| {
+    let notes = order.into_iter().flat_map(|jid| {
         // Already notified through presence (PEP).
         if implicit
             .iter()
             .any(|f| f == jid || crate::stanza::split(f).0 == jid)
         {
-            return None;
+            return Vec::new();
         }
         if cfg.presence_based_delivery && !available(server, jid) {
-            return None;
+            return Vec::new();
         }
-        let mut m = msg.clone();
-        m.set_attr("to", jid);
-        m.set_attr("id", new_item_id());
-        let ids = &by_jid[jid];
-        if ids.len() > 1 {
-            let mut headers = Element::new("headers", NS_SHIM);
-            for id in ids {
-                headers = headers.child(
-                    Element::new("header", NS_SHIM)
-                        .attr("name", "SubID")
-                        .text(*id),
-                );
-            }
-            m = m.child(headers);
-        }
-        Some(m)
+        let mine = &by_jid[jid];
+        // `pubsub#show-values`: only the resources showing one of them,
+        // unless a subscription of this JID has no such filter.
+        let targets = if mine.iter().any(|s| s.show_values.is_empty()) {
+            vec![jid.to_owned()]
+        } else {
+            showing(server, jid, mine)
+        };
+        targets
+            .into_iter()
+            .map(|to| {
+                let mut m = msg.clone();
+                m.set_attr("to", to);
+                m.set_attr("id", new_item_id());
+                if mine.len() > 1 {
+                    let mut headers = Element::new("headers", NS_SHIM);
+                    for s in mine {
+                        headers = headers.child(
+                            Element::new("header", NS_SHIM)
+                                .attr("name", "SubID")
+                                .text(s.subid.as_str()),
+                        );
+                    }
+                    m = m.child(headers);
+                }
+                m
+            })
+            .collect()
     });
     // Sent before the request is answered (so one publisher's events
     // arrive in order), several at a time: each may wait for another
@@ -2891,6 +3239,35 @@ async fn notify(
 
 /// Whether `jid` (a bare JID: any of its resources) is available now,
 /// wherever bound.
+/// The available resources of `jid` (itself, if a full JID) whose
+/// presence shows a state one of `subs` names (`online`: no `<show/>`).
+fn showing(server: &Server, jid: &str, subs: &[&PepSub]) -> Vec<String> {
+    let (bare, res) = crate::stanza::split(jid);
+    server
+        .router
+        .presences(bare, 0)
+        .iter()
+        .filter_map(|p| {
+            let from = p.get_attr("from")?;
+            if res.is_some() && from != jid {
+                return None;
+            }
+            let show = p
+                .elements()
+                .find(|e| e.name == "show")
+                .map(|e| e.text_content());
+            let show = show
+                .as_deref()
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .unwrap_or("online");
+            subs.iter()
+                .any(|s| s.show_values.iter().any(|v| v == show))
+                .then(|| from.to_owned())
+        })
+        .collect()
+}
+
 fn available(server: &Server, jid: &str) -> bool {
     let (bare, res) = crate::stanza::split(jid);
     server
@@ -2926,13 +3303,22 @@ fn last_item_message(
     id: &str,
     to: &str,
 ) -> Option<Element> {
-    let mut item = server
+    let (mut item, at) = server
         .storage
         .pep_item(from, node, id)
         .ok()
         .flatten()
         .as_deref()
-        .and_then(parse_stored)?;
+        .and_then(stored_item)?;
+    if cfg.expired(at, now_millis()) {
+        return None;
+    }
+    // XEP-0203: when it was published, if known.
+    let stamp = at
+        .and_then(|t| chrono::DateTime::from_timestamp_millis(i64::try_from(t).ok()?))
+        .map_or_else(crate::stanza::now_stamp, |d| {
+            d.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+        });
     item.ns = NS_EVENT.to_owned();
     if !cfg.deliver_payloads {
         item.children.clear();
@@ -2953,7 +3339,7 @@ fn last_item_message(
             .child(
                 Element::new("delay", crate::stanza::NS_DELAY)
                     .attr("from", from)
-                    .attr("stamp", crate::stanza::now_stamp()),
+                    .attr("stamp", stamp),
             ),
     )
 }
@@ -3545,10 +3931,17 @@ mod tests {
             Err(Refused::AccessModel)
         );
         assert_eq!(set(&mut g, GENERIC, "pubsub#item_expire", "0"), Ok(()));
+        assert_eq!(g.item_expire, None);
+        assert_eq!(set(&mut g, GENERIC, "pubsub#item_expire", "60"), Ok(()));
+        assert_eq!(g.item_expire, Some(60));
+        assert_eq!(set(&mut p, pep, "pubsub#item_expire", "60"), Ok(()));
         assert_eq!(
-            set(&mut g, GENERIC, "pubsub#item_expire", "60"),
-            Err(Refused::Unsupported("item-expire"))
+            set(&mut g, GENERIC, "pubsub#item_expire", "-1"),
+            Err(Refused::Invalid)
         );
+        let now = 100_000;
+        assert!(g.expired(Some(40_000), now) && !g.expired(Some(40_001), now));
+        assert!(!g.expired(None, now));
         assert_eq!(
             set(&mut p, pep, "pubsub#body_xslt", "x"),
             Err(Refused::Invalid)
@@ -3609,7 +4002,7 @@ mod tests {
             jid: jid.into(),
             subid: id.into(),
             deliver: true,
-            pending: false,
+            ..PepSub::default()
         };
         let two = || vec![sub("a@x", "1"), sub("a@x", "2")];
         let app_of = |e: StanzaError| (e.condition, e.app.map(|a| a.name.clone()));
@@ -3653,12 +4046,22 @@ mod tests {
         };
         assert_eq!(
             parse_sub_options(&form(&[("pubsub#deliver", "0")])).unwrap(),
-            Some(false)
+            SubOptions {
+                deliver: Some(false),
+                show_values: None
+            }
         );
         assert_eq!(
             parse_sub_options(&form(&[("pubsub#digest_frequency", "2")])).unwrap(),
-            None
+            SubOptions::default()
         );
+        assert_eq!(
+            parse_sub_options(&form(&[("pubsub#show-values", "dnd")]))
+                .unwrap()
+                .show_values,
+            Some(vec!["dnd".to_owned()])
+        );
+        assert!(parse_sub_options(&form(&[("pubsub#show-values", "busy")])).is_err());
         for bad in [
             ("pubsub#deliver", "maybe"),
             ("pubsub#digest", "1"),
@@ -3669,8 +4072,14 @@ mod tests {
             assert!(parse_sub_options(&form(&[bad])).is_err(), "{bad:?}");
         }
         // The form offered parses as submitted.
-        let mut offered = sub_options_form(true);
+        let mut offered = sub_options_form(true, &["away".to_owned()]);
         offered.set_attr("type", "submit");
-        assert_eq!(parse_sub_options(&offered).unwrap(), Some(true));
+        assert_eq!(
+            parse_sub_options(&offered).unwrap(),
+            SubOptions {
+                deliver: Some(true),
+                show_values: Some(vec!["away".to_owned()])
+            }
+        );
     }
 }

@@ -6,8 +6,9 @@
 //! run for a service whose nodes are owned by the JIDs their
 //! affiliations name instead of by one account.
 
+use crate::modules::adhoc::NS_COMMANDS;
 use crate::modules::disco::{NS_INFO, NS_ITEMS};
-use crate::modules::pep::{self, NS_OWNER, NS_PUBSUB, Req, Svc};
+use crate::modules::pep::{self, NS_DATA, NS_OWNER, NS_PUBSUB, Req, Svc};
 use crate::modules::{IqReply, IqResult};
 use crate::server::Server;
 use crate::stanza::{Condition, error_reply, iq_result, split};
@@ -27,15 +28,19 @@ const FEATURES: &[&str] = &[
     "create-nodes",
     "delete-items",
     "delete-nodes",
+    "get-pending",
     "instant-nodes",
     "item-ids",
+    "last-published",
     "manage-subscriptions",
     "member-affiliation",
     "meta-data",
     "modify-affiliations",
+    "multi-items",
     "multi-subscribe",
     "outcast-affiliation",
     "persistent-items",
+    "presence-notifications",
     "publish",
     "publish-only-affiliation",
     "publish-options",
@@ -47,7 +52,10 @@ const FEATURES: &[&str] = &[
     "retrieve-default-sub",
     "retrieve-items",
     "retrieve-subscriptions",
+    "rsm",
+    "shim",
     "subscribe",
+    "subscription-notifications",
     "subscription-options",
 ];
 
@@ -121,6 +129,11 @@ async fn answer(req: &Req<'_>, p: &Element, set: bool) -> IqResult {
         (NS_INFO, "query", false) => info(req, p),
         (NS_ITEMS, "query", false) => items(req, p),
         (NS_PUBSUB | NS_OWNER, "pubsub", _) => pep::dispatch(req, p, set).await,
+        (NS_COMMANDS, "command", true) => match p.get_attr("node") {
+            Some(pep::GET_PENDING) => pep::get_pending(req, p).await,
+            Some(_) => Err(Condition::ItemNotFound.into()),
+            None => Err(Condition::BadRequest.into()),
+        },
         (NS_INFO | NS_ITEMS, "query", true) => Err(Condition::NotAllowed.into()),
         _ => Err(Condition::ServiceUnavailable.into()),
     }
@@ -128,6 +141,20 @@ async fn answer(req: &Req<'_>, p: &Element, set: bool) -> IqResult {
 
 /// XEP-0060 §5.1: the service's identity and features; §5.3: a node's.
 fn info(req: &Req<'_>, q: &Element) -> IqResult {
+    // XEP-0050 §2.3: the command node (§8.7's get-pending).
+    if q.get_attr("node") == Some(pep::GET_PENDING) {
+        return Ok(Element::new("query", NS_INFO)
+            .attr("node", pep::GET_PENDING)
+            .child(
+                Element::new("identity", NS_INFO)
+                    .attr("category", "automation")
+                    .attr("type", "command-node")
+                    .attr("name", "Get pending subscriptions"),
+            )
+            .child(Element::new("feature", NS_INFO).attr("var", NS_COMMANDS))
+            .child(Element::new("feature", NS_INFO).attr("var", NS_DATA))
+            .into());
+    }
     if let Some(node) = q.get_attr("node") {
         let Some(info) = pep::node_info(req.server, req.svc, req.bare, node) else {
             return Err(Condition::ItemNotFound.into());
@@ -153,26 +180,47 @@ fn info(req: &Req<'_>, q: &Element) -> IqResult {
         )
         .child(Element::new("feature", NS_INFO).attr("var", NS_INFO))
         .child(Element::new("feature", NS_INFO).attr("var", NS_ITEMS))
-        .child(Element::new("feature", NS_INFO).attr("var", NS_PUBSUB));
+        .child(Element::new("feature", NS_INFO).attr("var", NS_PUBSUB))
+        .child(Element::new("feature", NS_INFO).attr("var", crate::rsm::NS_RSM))
+        .child(Element::new("feature", NS_INFO).attr("var", NS_COMMANDS));
     for f in FEATURES {
         out = out.child(Element::new("feature", NS_INFO).attr("var", format!("{NS_PUBSUB}#{f}")));
     }
     Ok(out.into())
 }
 
-/// XEP-0060 §5.2: the nodes the requester may see; §5.5: a node's items.
+/// XEP-0060 §5.2: the nodes the requester may see; §5.5: a node's items;
+/// either paged with XEP-0059.
 fn items(req: &Req<'_>, q: &Element) -> IqResult {
     let mut out = Element::new("query", NS_ITEMS);
-    let list = match q.get_attr("node") {
+    // XEP-0050 §2.2: the service's commands.
+    if q.get_attr("node") == Some(NS_COMMANDS) {
+        return Ok(out
+            .attr("node", NS_COMMANDS)
+            .child(
+                Element::new("item", NS_ITEMS)
+                    .attr("jid", req.svc.jid)
+                    .attr("node", pep::GET_PENDING)
+                    .attr("name", "Get pending subscriptions"),
+            )
+            .into());
+    }
+    let (list, key) = match q.get_attr("node") {
         Some(node) => {
             out.set_attr("node", node);
-            pep::node_item_list(req.server, req.svc, req.bare, node)
-                .ok_or(Condition::ItemNotFound)?
+            let list = pep::node_item_list(req.server, req.svc, req.bare, node)
+                .ok_or(Condition::ItemNotFound)?;
+            (list, "name")
         }
-        None => pep::node_list(req.server, req.svc, req.bare),
+        None => (pep::node_list(req.server, req.svc, req.bare), "node"),
     };
+    // XEP-0059 §1: a long list is paged when the requester asks.
+    let (list, set) = crate::rsm::page_items(q, list, key)?;
     for el in list {
         out = out.child(el);
+    }
+    if let Some(set) = set {
+        out = out.child(set);
     }
     Ok(out.into())
 }
