@@ -269,7 +269,10 @@ pub async fn answer_here(server: &Server, el: Element) -> Option<Element> {
         bounce(server, &el, Condition::Forbidden);
         return None;
     }
-    crate::modules::mam::query_archive(server, &el, &room).await;
+    // Real JIDs in the results (XEP-0313 §5.1.2): in a non-anonymous room,
+    // and to admins and owners (moderators by their affiliation).
+    let reveal = rec.config.whois_anyone || aff >= room::Affiliation::Admin;
+    crate::modules::mam::query_archive(server, &el, &room, reveal).await;
     None
 }
 

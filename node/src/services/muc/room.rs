@@ -1636,6 +1636,10 @@ impl State {
                     with: self.jid.clone(),
                     with_resource: Some(nick.clone()),
                     xml: s.without_to(),
+                    jid: self
+                        .occupants
+                        .get(nick.as_str())
+                        .map(|o| o.jid().to_owned()),
                 });
                 ids.push(id);
                 spliced.push(s);
@@ -2766,13 +2770,15 @@ impl State {
             let Some(nick) = item.get_attr("nick") else {
                 return Err(err(Condition::BadRequest));
             };
+            // Privileges first: who may not change roles learns nothing
+            // about who is in the room (XEP-0045 §8: moderators only).
+            if my_role != Role::Moderator {
+                return Err(err(Condition::Forbidden));
+            }
             let Some(o) = self.occupants.get(nick) else {
                 return Err(err(Condition::ItemNotFound));
             };
             let target_aff = self.affiliation(server, o.bare());
-            if my_role != Role::Moderator {
-                return Err(err(Condition::Forbidden));
-            }
             if role == Role::Moderator {
                 if my_aff < Affiliation::Admin {
                     return Err(err(Condition::Forbidden));
@@ -2794,6 +2800,11 @@ impl State {
         }
         if let Some(a) = item.get_attr("affiliation") {
             let aff = Affiliation::parse(a).ok_or_else(|| err(Condition::BadRequest))?;
+            // Affiliations are changed by admins and owners (XEP-0045 §9,
+            // §10): anyone else is refused before the target is looked up.
+            if my_aff < Affiliation::Admin {
+                return Err(err(Condition::Forbidden));
+            }
             let jid = match (item.get_attr("jid"), item.get_attr("nick")) {
                 (Some(j), _) => {
                     let j = jid::Jid::new(j).map_err(|_| err(Condition::JidMalformed))?;
@@ -3031,8 +3042,13 @@ fn reflected(el: &Element, from: &str) -> Element {
     out.children = el
         .children
         .iter()
+        // What only the room may say about the sender: its stanza-id, its
+        // occupant id (XEP-0421) and muc#user data such as a real JID
+        // (XEP-0313 §5.1.2: pre-existing <x/> elements are stripped).
         .filter(|c| {
-            !matches!(c, Node::Element(e) if e.is("stanza-id", mam::NS_SID) || e.is("occupant-id", NS_OCCUPANT_ID))
+            !matches!(c, Node::Element(e) if e.is("stanza-id", mam::NS_SID)
+                || e.is("occupant-id", NS_OCCUPANT_ID)
+                || e.is("x", NS_MUC_USER))
         })
         .cloned()
         .collect();

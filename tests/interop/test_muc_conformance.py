@@ -1,0 +1,332 @@
+"""XEP-0045 conformance details (and XEP-0313 on rooms) the main MUC tests do not pin down,
+written from the XEP text: what a client may not forge, errors in the order the XEP puts the
+checks, and the room archive's MUST/SHOULD rules (§5.1.2). Raw XML throughout.
+"""
+
+import uuid
+
+import pytest
+
+from rawxmpp import C, q, stanza_error, tostring
+from test_muc import (NS_ADMIN, NS_DATA, NS_MAM, NS_OWNER, NS_USER, admin, codes, configure, err_of,
+                      groupchat, instant, is_pres_from, item, join, join_error, new_room, ok, recv_gc,
+                      room_with)
+
+pytestmark = [pytest.mark.timeout(120)]
+
+NS_FWD = "urn:xmpp:forward:0"
+
+
+def room_archive(c, room, inner=""):
+    """(forwarded messages, answer IQ) of a MAM query on the room."""
+    qid = f"q{uuid.uuid4().hex[:6]}"
+    iid = f"m{uuid.uuid4().hex[:6]}"
+    c.send_raw(f"<iq type='set' id='{iid}' to='{room}'><query xmlns='{NS_MAM}' queryid='{qid}'>"
+               f"{inner}</query></iq>")
+    out = []
+    for _ in range(200):
+        e = c.recv(lambda e: (e.tag == C("iq") and e.get("id") == iid)
+                   or (e.tag == C("message") and e.find(q(NS_MAM, "result")) is not None
+                       and e.find(q(NS_MAM, "result")).get("queryid") == qid), timeout=10)
+        if e.tag == C("iq"):
+            return out, e
+        out.append(e.find(q(NS_MAM, "result")).find(q(NS_FWD, "forwarded")).find(C("message")))
+    raise AssertionError("too many results")
+
+
+# ----------------------------------------------------------------------------- forged data
+
+def test_a_client_cannot_forge_muc_user_data_in_a_groupchat_message(server, clients):
+    """XEP-0313 §5.1.2: the archiving entity MUST strip any pre-existing muc#user <x/> from
+    room messages; a reflected message is the room's word on who sent it, so a forged
+    <item jid=.../> must reach neither the occupants nor the archive."""
+    room, owner, (p,) = room_with(server, clients, 2)
+    forged = (f"<x xmlns='{NS_USER}'><item jid='boss@{server.domain}/desk' affiliation='owner' "
+              f"role='moderator'/><status code='110'/></x>")
+    p.send_raw(f"<message to='{room}' type='groupchat' id='f1'><body>forged</body>{forged}</message>")
+    for c in (owner, p):
+        got = recv_gc(c, room, "forged")
+        assert got.find(q(NS_USER, "x")) is None, tostring(got)
+    msgs, fin = room_archive(owner, room)
+    ok(fin)
+    m = [m for m in msgs if m.findtext(C("body")) == "forged"]
+    assert len(m) == 1
+    x = m[0].find(q(NS_USER, "x"))
+    assert x is None or all(i.get("jid") != f"boss@{server.domain}/desk" for i in x.findall(q(NS_USER, "item"))), \
+        tostring(m[0])
+    server.assert_healthy(owner, p)
+
+
+# ----------------------------------------------------------------------------- room archive
+
+def test_room_archive_results_have_no_to_and_the_occupant_as_sender(server, clients):
+    room, owner, (p,) = room_with(server, clients, 2)
+    groupchat(p, room, "archived one")
+    recv_gc(owner, room, "archived one")
+    msgs, fin = room_archive(p, room)
+    ok(fin)
+    m = [m for m in msgs if m.findtext(C("body")) == "archived one"][0]
+    assert m.get("to") is None and m.get("from") == f"{room}/p1", tostring(m)
+    assert m.get("type") == "groupchat"
+
+
+def test_room_archive_shows_real_jids_where_the_requester_may_see_them(server, clients):
+    """XEP-0313 §5.1.2: in a non-anonymous room, or to a requester allowed to see real JIDs
+    (a moderator), an archived message carries muc#user <item jid=.../> of its sender; in a
+    semi-anonymous room a participant never sees it."""
+    room, owner, (p, p2) = room_with(server, clients, 3)
+    groupchat(p, room, "who am i")
+    recv_gc(owner, room, "who am i")
+
+    def sender_jid(c):
+        msgs, fin = room_archive(c, room)
+        ok(fin)
+        m = [m for m in msgs if m.findtext(C("body")) == "who am i"][0]
+        x = m.find(q(NS_USER, "x"))
+        it = None if x is None else x.find(q(NS_USER, "item"))
+        return None if it is None else it.get("jid")
+
+    # Semi-anonymous: the owner (a moderator) sees it, another participant does not.
+    assert sender_jid(owner) == p.jid
+    assert sender_jid(p2) is None
+    # 'with' a real bare JID (§4.1.1: the publisher): only for who may know it.
+    by_real = (f"<x xmlns='{NS_DATA}' type='submit'><field var='FORM_TYPE' type='hidden'>"
+               f"<value>{NS_MAM}</value></field><field var='with'><value>{p.bare}</value></field></x>")
+    msgs, fin = room_archive(owner, room, by_real)
+    assert [m.findtext(C("body")) for m in msgs] == ["who am i"]
+    msgs, fin = room_archive(p2, room, by_real)
+    ok(fin)
+    assert msgs == []
+    # Non-anonymous: everyone does.
+    ok(configure(owner, room, {"whois": "anyone"}))
+    for c in (owner, p, p2):
+        c.drain(0.3)
+    assert sender_jid(p2) == p.jid
+
+
+def test_room_archive_with_filters_by_occupant_jid(server, clients):
+    room, owner, (p,) = room_with(server, clients, 2)
+    groupchat(p, room, "from p1")
+    recv_gc(owner, room, "from p1")
+    groupchat(owner, room, "from o")
+    recv_gc(owner, room, "from o")
+    form = (f"<x xmlns='{NS_DATA}' type='submit'><field var='FORM_TYPE' type='hidden'>"
+            f"<value>{NS_MAM}</value></field><field var='with'><value>{room}/p1</value></field></x>")
+    msgs, fin = room_archive(owner, room, form)
+    ok(fin)
+    assert [m.findtext(C("body")) for m in msgs] == ["from p1"]
+
+
+def test_room_archive_refuses_outcasts_and_non_members_of_members_only_rooms(server, clients):
+    """XEP-0313 §5.1.2: only who may enter may read: not an outcast of an open room, only
+    members (and up) of a members-only one."""
+    room, owner, _ = room_with(server, clients, 1)
+    groupchat(owner, room, "secret")
+    recv_gc(owner, room, "secret")
+    outcast = clients.add(server.online("mx"))
+    ok(admin(owner, room, f"<item affiliation='outcast' jid='{outcast.bare}'/>"))
+    r = outcast.iq("set", f"<query xmlns='{NS_MAM}'/>", to=room)
+    assert err_of(r) == "forbidden"
+    stranger = clients.add(server.online("ms"))
+    msgs, fin = room_archive(stranger, room)
+    ok(fin)
+    assert "secret" in [m.findtext(C("body")) for m in msgs]
+    ok(configure(owner, room, {"membersonly": 1}))
+    r = stranger.iq("set", f"<query xmlns='{NS_MAM}'/>", to=room)
+    assert err_of(r) == "forbidden"
+    ok(admin(owner, room, f"<item affiliation='member' jid='{stranger.bare}'/>"))
+    msgs, fin = room_archive(stranger, room)
+    ok(fin)
+    assert "secret" in [m.findtext(C("body")) for m in msgs]
+    server.assert_healthy(owner, stranger)
+
+
+# ----------------------------------------------------------------------------- errors
+
+def test_errors_of_the_admin_use_cases(server, clients):
+    """XEP-0045 §8, §9, §10: who may do what, and the condition each refusal names."""
+    room, owner, (p, p2) = room_with(server, clients, 3)
+    # A participant may not change roles (§8: only moderators): <forbidden/>, also for a nick
+    # that is not there (no probing of who is in the room).
+    assert err_of(admin(p, room, "<item nick='p2' role='visitor'/>")) == "forbidden"
+    assert err_of(admin(p, room, "<item nick='nobody' role='visitor'/>")) == "forbidden"
+    assert err_of(admin(p, room, "<item nick='p2' role='none'/>")) == "forbidden"
+    # A moderator kicking a nick not in the room: <item-not-found/>.
+    assert err_of(admin(owner, room, "<item nick='nobody' role='none'/>")) == "item-not-found"
+    # Lists: a participant asks for the role lists / the ban list: <forbidden/>.
+    assert err_of(p.iq("get", f"<query xmlns='{NS_ADMIN}'><item role='moderator'/></query>", to=room)) == "forbidden"
+    assert err_of(p.iq("get", f"<query xmlns='{NS_ADMIN}'><item affiliation='outcast'/></query>", to=room)) == "forbidden"
+    # A member may not grant membership (§9.3: admins): <forbidden/>.
+    ok(admin(owner, room, f"<item affiliation='member' jid='{p.bare}'/>"))
+    assert err_of(admin(p, room, f"<item affiliation='member' jid='{p2.bare}'/>")) == "forbidden"
+    # Owner things by a member: the configuration form, destroying the room (§10.2, §10.9).
+    assert err_of(p.iq("get", f"<query xmlns='{NS_OWNER}'/>", to=room)) == "forbidden"
+    assert err_of(p.iq("set", f"<query xmlns='{NS_OWNER}'><destroy/></query>", to=room)) == "forbidden"
+    # ... and by an admin.
+    ok(admin(owner, room, f"<item affiliation='admin' jid='{p2.bare}'/>"))
+    assert err_of(p2.iq("set", f"<query xmlns='{NS_OWNER}'><destroy/></query>", to=room)) == "forbidden"
+    # The only owner giving up ownership (§10.6, §10.7): <conflict/>.
+    assert err_of(admin(owner, room, f"<item affiliation='admin' jid='{owner.bare}'/>")) == "conflict"
+    assert err_of(admin(owner, room, f"<item affiliation='none' jid='{owner.bare}'/>")) == "conflict"
+    # The room is unchanged and works.
+    groupchat(p, room, "still here")
+    recv_gc(owner, room, "still here")
+    server.assert_healthy(owner, p, p2)
+
+
+def test_message_errors(server, clients):
+    """§7.4: a visitor of a moderated room may not speak (<forbidden/>); a non-occupant
+    (<not-acceptable/>); §7.5: a private message to a nick not in the room (<item-not-found/>),
+    of type groupchat (<bad-request/>)."""
+    room, owner, (p,) = room_with(server, clients, 2, {"moderatedroom": 1})
+    stranger = clients.add(server.online("mz"))
+    stranger.send_raw(f"<message to='{room}' type='groupchat' id='s1'><body>x</body></message>")
+    e = stranger.recv(lambda e: e.tag == C("message") and e.get("id") == "s1", timeout=10)
+    assert stanza_error(e)[1] == "not-acceptable", tostring(e)
+    assert e.get("from") == room
+    ok(admin(owner, room, "<item nick='p1' role='visitor'/>"))
+    p.drain(0.3)
+    p.send_raw(f"<message to='{room}' type='groupchat' id='v1'><body>x</body></message>")
+    e = p.recv(lambda e: e.tag == C("message") and e.get("id") == "v1", timeout=10)
+    assert stanza_error(e)[1] == "forbidden", tostring(e)
+    p.send_raw(f"<message to='{room}/ghost' type='chat' id='pm1'><body>x</body></message>")
+    e = p.recv(lambda e: e.tag == C("message") and e.get("id") == "pm1", timeout=10)
+    assert stanza_error(e)[1] == "item-not-found", tostring(e)
+    p.send_raw(f"<message to='{room}/o' type='groupchat' id='pm2'><body>x</body></message>")
+    e = p.recv(lambda e: e.tag == C("message") and e.get("id") == "pm2", timeout=10)
+    assert stanza_error(e)[1] == "bad-request", tostring(e)
+    server.assert_healthy(owner, p, stranger)
+
+
+def test_join_errors_and_their_order(server, clients):
+    """§7.2: banned (<forbidden/>), members-only (<registration-required/>), password
+    (<not-authorized/>), full (<service-unavailable/>); the error comes from the occupant
+    JID asked for, and the client is not in the room afterwards."""
+    room, owner, _ = room_with(server, clients, 1, {"passwordprotectedroom": 1, "roomsecret": "pw",
+                                                     "maxusers": 2})
+    c = clients.add(server.online("mj"))
+    assert join_error(c, room, "c") == "not-authorized"
+    assert join_error(c, room, "c", password="wrong") == "not-authorized"
+    join(c, room, "c", password="pw")
+    d = clients.add(server.online("mk"))
+    assert join_error(d, room, "d", password="pw") == "service-unavailable"
+    # A ban is checked before the password.
+    ok(admin(owner, room, f"<item affiliation='outcast' jid='{d.bare}'/>"))
+    assert join_error(d, room, "d") == "forbidden"
+    ok(admin(owner, room, f"<item affiliation='member' jid='{c.bare}'/>"))
+    ok(configure(owner, room, {"membersonly": 1, "maxusers": 20}))
+    e = clients.add(server.online("ml"))
+    assert join_error(e, room, "e", password="pw") == "registration-required"
+    groupchat(owner, room, "members")
+    recv_gc(c, room, "members")
+    e.expect_nothing(lambda x: x.tag == C("message") and x.findtext(C("body")) == "members")
+    server.assert_healthy(owner, c, d, e)
+
+
+def test_nick_change_errors(server, clients):
+    """§7.6: to a nick in use: <conflict/>; to an invalid nick: <jid-malformed/>; either way
+    the occupant keeps its nick."""
+    room, owner, (p,) = room_with(server, clients, 2)
+    p.presence(to=f"{room}/o")
+    e = p.recv(lambda e: e.tag == C("presence") and e.get("type") == "error", timeout=10)
+    assert stanza_error(e)[1] == "conflict" and e.get("from") == f"{room}/o", tostring(e)
+    p.send_raw(f"<presence to='{room}/bad\ue000nick'/>")
+    e = p.recv(lambda e: e.tag == C("presence") and e.get("type") == "error", timeout=10)
+    assert stanza_error(e)[1] == "jid-malformed", tostring(e)
+    owner.expect_nothing(lambda e: e.tag == C("presence") and e.get("from", "").startswith(room + "/"))
+    groupchat(p, room, "same nick")
+    assert recv_gc(owner, room, "same nick").get("from") == f"{room}/p1"
+
+
+# ----------------------------------------------------------------------------- status codes
+
+def test_status_codes_on_join_in_a_logged_non_anonymous_room(server, clients):
+    """§7.2.3/§7.2.12: 100 (non-anonymous) and 170 (logged) in the joining occupant's own
+    presence, with 110; never in what the others get."""
+    room, owner, _ = room_with(server, clients, 1, {"whois": "anyone", "enablelogging": 1})
+    c = clients.add(server.online("mc"))
+    _, own, _, _ = join(c, room, "c")
+    assert {"100", "110", "170"}.issubset(codes(own)), tostring(own)
+    assert "201" not in codes(own)
+    seen = owner.recv(is_pres_from(f"{room}/c"))
+    assert not {"100", "110", "170"} & codes(seen)
+
+
+def test_status_codes_of_removals(server, clients):
+    """§8.2 kick: 307; §9.1 ban: 301; §9.4/§10.2 removal from a members-only room: 321 and
+    322; each to the removed occupant with 110 and to the others without."""
+    room, owner, (p, p2, p3) = room_with(server, clients, 4)
+    ok(admin(owner, room, "<item nick='p1' role='none'><reason>out</reason></item>"))
+    mine = p.recv(is_pres_from(f"{room}/p1", "unavailable"))
+    assert {"307", "110"}.issubset(codes(mine)), tostring(mine)
+    assert item(mine).findtext(q(NS_USER, "reason")) == "out"
+    theirs = owner.recv(is_pres_from(f"{room}/p1", "unavailable"))
+    assert "307" in codes(theirs) and "110" not in codes(theirs)
+    ok(admin(owner, room, f"<item affiliation='outcast' jid='{p2.bare}'/>"))
+    mine = p2.recv(is_pres_from(f"{room}/p2", "unavailable"))
+    assert {"301", "110"}.issubset(codes(mine)) and item(mine).get("affiliation") == "outcast"
+    owner.recv(is_pres_from(f"{room}/p2", "unavailable"))
+    ok(configure(owner, room, {"membersonly": 1}))
+    mine = p3.recv(is_pres_from(f"{room}/p3", "unavailable"))
+    assert {"322", "110"}.issubset(codes(mine)), tostring(mine)
+    # 321: a member removed from the member list of a members-only room.
+    m = clients.add(server.online("mm"))
+    ok(admin(owner, room, f"<item affiliation='member' jid='{m.bare}'/>"))
+    join(m, room, "m")
+    owner.drain(0.3)
+    ok(admin(owner, room, f"<item affiliation='none' jid='{m.bare}'/>"))
+    mine = m.recv(is_pres_from(f"{room}/m", "unavailable"))
+    assert {"321", "110"}.issubset(codes(mine)), tostring(mine)
+
+
+def test_status_codes_of_configuration_changes(server, clients):
+    """§10.2.1: a configuration change is announced with 104; becoming non-anonymous /
+    semi-anonymous adds 172 / 173; logging on / off 170 / 171."""
+    room, owner, (p,) = room_with(server, clients, 2)
+
+    def announced():
+        m = p.recv(lambda e: e.tag == C("message") and e.get("from") == room
+                   and e.find(q(NS_USER, "x")) is not None, timeout=10)
+        assert m.get("type") == "groupchat"
+        return codes(m)
+
+    ok(configure(owner, room, {"roomname": "renamed"}))
+    assert announced() == {"104"}
+    ok(configure(owner, room, {"whois": "anyone", "enablelogging": 1}))
+    assert announced() == {"104", "172", "170"}
+    ok(configure(owner, room, {"whois": "moderators", "enablelogging": 0}))
+    assert announced() == {"104", "173", "171"}
+
+
+def test_role_change_presence_has_110_for_the_target(server, clients):
+    room, owner, (p,) = room_with(server, clients, 2)
+    ok(admin(owner, room, "<item nick='p1' role='visitor'/>"))
+    mine = p.recv(is_pres_from(f"{room}/p1"))
+    assert "110" in codes(mine) and item(mine).get("role") == "visitor"
+    theirs = owner.recv(is_pres_from(f"{room}/p1"))
+    assert "110" not in codes(theirs) and item(theirs).get("role") == "visitor"
+
+
+def test_destroy_tells_every_occupant(server, clients):
+    """§10.9: every occupant gets unavailable presence with <destroy/> (and the reason)."""
+    room, owner, (p,) = room_with(server, clients, 2)
+    ok(owner.iq("set", f"<query xmlns='{NS_OWNER}'><destroy jid='elsewhere@{server.domain}'>"
+                       f"<reason>bye</reason></destroy></query>", to=room))
+    for c, nick in ((owner, "o"), (p, "p1")):
+        gone = c.recv(is_pres_from(f"{room}/{nick}", "unavailable"))
+        d = gone.find(q(NS_USER, "x")).find(q(NS_USER, "destroy"))
+        assert d is not None and d.get("jid") == f"elsewhere@{server.domain}", tostring(gone)
+        assert d.findtext(q(NS_USER, "reason")) == "bye"
+    # Gone: a message to it is item-not-found.
+    p.send_raw(f"<message to='{room}' type='groupchat' id='after'><body>x</body></message>")
+    e = p.recv(lambda e: e.tag == C("message") and e.get("id") == "after", timeout=10)
+    assert stanza_error(e)[1] in ("item-not-found", "not-acceptable"), tostring(e)
+
+
+def test_instant_room_is_owned_by_its_creator(server, clients):
+    room = new_room(server)
+    c = clients.add(server.online("mi"))
+    own = instant(c, room, "creator")
+    assert {"110", "201"}.issubset(codes(own))
+    r = ok(c.iq("get", f"<query xmlns='{NS_ADMIN}'><item affiliation='owner'/></query>", to=room))
+    assert [i.get("jid") for i in r.iter(q(NS_ADMIN, "item"))] == [c.bare]
