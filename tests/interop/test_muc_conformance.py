@@ -330,3 +330,48 @@ def test_instant_room_is_owned_by_its_creator(server, clients):
     assert {"110", "201"}.issubset(codes(own))
     r = ok(c.iq("get", f"<query xmlns='{NS_ADMIN}'><item affiliation='owner'/></query>", to=room))
     assert [i.get("jid") for i in r.iter(q(NS_ADMIN, "item"))] == [c.bare]
+
+
+def test_room_archive_is_extended_with_metadata_and_id_fields(server, clients):
+    """The room advertises urn:xmpp:mam:2#extended and answers what it promises (XEP-0313
+    §4.1.3 before-id / after-id / ids, §6 <metadata/>), under the same access rules."""
+    room, owner, (p,) = room_with(server, clients, 2)
+    r = ok(p.iq("get", "<query xmlns='http://jabber.org/protocol/disco#info'/>", to=room))
+    feats = {f.get("var") for f in r.iter("{http://jabber.org/protocol/disco#info}feature")}
+    assert {NS_MAM, NS_MAM + "#extended"}.issubset(feats), feats
+    md = ok(p.iq("get", f"<metadata xmlns='{NS_MAM}'/>", to=room)).find(q(NS_MAM, "metadata"))
+    assert md is not None and list(md) == [], "an empty archive has no start/end"
+    for i in range(4):
+        groupchat(p, room, f"m{i}")
+        recv_gc(owner, room, f"m{i}")
+    qid_ids = []
+    msgs, fin = room_archive(p, room)
+    ok(fin)
+    assert [m.findtext(C("body")) for m in msgs] == ["m0", "m1", "m2", "m3"]
+    for m in msgs:
+        sid = m.find("{urn:xmpp:sid:0}stanza-id")
+        assert sid is not None and sid.get("by") == room, tostring(m)
+        qid_ids.append(sid.get("id"))
+    md = ok(p.iq("get", f"<metadata xmlns='{NS_MAM}'/>", to=room)).find(q(NS_MAM, "metadata"))
+    assert md.find(q(NS_MAM, "start")).get("id") == qid_ids[0]
+    assert md.find(q(NS_MAM, "end")).get("id") == qid_ids[-1]
+    assert md.find(q(NS_MAM, "end")).get("timestamp")
+
+    def form(fields):
+        out = [f"<x xmlns='{NS_DATA}' type='submit'><field var='FORM_TYPE' type='hidden'>"
+               f"<value>{NS_MAM}</value></field>"]
+        for var, vals in fields.items():
+            out.append(f"<field var='{var}'>" + "".join(f"<value>{v}</value>" for v in vals) + "</field>")
+        return "".join(out) + "</x>"
+
+    msgs, fin = room_archive(p, room, form({"after-id": [qid_ids[0]], "before-id": [qid_ids[3]]}))
+    assert [m.findtext(C("body")) for m in msgs] == ["m1", "m2"]
+    msgs, fin = room_archive(p, room, form({"ids": [qid_ids[3], qid_ids[1]]}))
+    assert [m.findtext(C("body")) for m in msgs] == ["m1", "m3"]
+    _, fin = room_archive(p, room, form({"after-id": ["AAAAAAAAAAA"]}))
+    assert stanza_error(fin)[1] == "item-not-found", tostring(fin)
+    # Members-only: a stranger gets neither the messages nor the metadata.
+    ok(configure(owner, room, {"membersonly": 1}))
+    stranger = clients.add(server.online("mt"))
+    assert err_of(stranger.iq("get", f"<metadata xmlns='{NS_MAM}'/>", to=room)) == "forbidden"
+    server.assert_healthy(owner, p, stranger)

@@ -1119,6 +1119,23 @@ pub async fn query_archive(server: &Server, iq: &Element, owner: &str, reveal: b
     };
     let r = if !server.config.mam.enabled {
         Err(Condition::ServiceUnavailable.into())
+    } else if payload.name == "metadata" {
+        // XEP-0313 §6 (`#extended`): the archive's first and last message.
+        match iq.get_attr("type") {
+            Some("get") => match caught_up(server).await {
+                Ok(()) => match metadata_of(&server.storage, owner) {
+                    Ok(md) => {
+                        let mut reply = iq_result(iq, Some(md));
+                        reply.set_attr("to", requester);
+                        let _ = crate::session::im::deliver_to_full(server, requester, reply);
+                        Ok(())
+                    }
+                    Err(e) => Err(e.into()),
+                },
+                Err(e) => Err(e),
+            },
+            _ => Err(Condition::BadRequest.into()),
+        }
     } else if iq.get_attr("type") == Some("get") {
         let mut reply = iq_result(iq, Some(form_element()));
         reply.set_attr("to", requester);
@@ -1297,23 +1314,27 @@ fn metadata<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> 
     async move {
         own_archive(ctx)?;
         caught_up(ctx.server).await?;
-        let storage = &ctx.server.storage;
-        let bare = ctx.origin.bare;
-        let mut md = Element::new("metadata", NS_MAM);
-        let first = storage.archive_range(bare, 0, u64::MAX, false, 1)?;
-        let last = storage.archive_range(bare, 0, u64::MAX, true, 1)?;
-        if let (Some((first, _)), Some((last, _))) = (first.first(), last.first()) {
-            for (name, id) in [("start", *first), ("end", *last)] {
-                md = md.child(
-                    Element::new(name, NS_MAM)
-                        .attr("id", encode_id(id))
-                        .attr("timestamp", stamp(id)),
-                );
-            }
-        }
-        Ok(md.into())
+        Ok(metadata_of(&ctx.server.storage, ctx.origin.bare)?.into())
     }
     .boxed()
+}
+
+/// `<metadata/>` of the archive of `bare`: its first and last message
+/// (none for an empty archive).
+fn metadata_of(storage: &Storage, bare: &str) -> Result<Element, StoreError> {
+    let mut md = Element::new("metadata", NS_MAM);
+    let first = storage.archive_range(bare, 0, u64::MAX, false, 1)?;
+    let last = storage.archive_range(bare, 0, u64::MAX, true, 1)?;
+    if let (Some((first, _)), Some((last, _))) = (first.first(), last.first()) {
+        for (name, id) in [("start", *first), ("end", *last)] {
+            md = md.child(
+                Element::new(name, NS_MAM)
+                    .attr("id", encode_id(id))
+                    .attr("timestamp", stamp(id)),
+            );
+        }
+    }
+    Ok(md)
 }
 
 // ---------------------------------------------------------------- preferences

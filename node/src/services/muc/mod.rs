@@ -236,10 +236,9 @@ pub async fn answer_here(server: &Server, el: Element) -> Option<Element> {
     {
         return Some(el);
     }
-    let is_mam = el
-        .elements()
-        .next()
-        .is_some_and(|p| p.ns == crate::modules::mam::NS_MAM && p.name == "query");
+    let is_mam = el.elements().next().is_some_and(|p| {
+        p.ns == crate::modules::mam::NS_MAM && matches!(p.name.as_str(), "query" | "metadata")
+    });
     if !is_mam {
         return Some(el);
     }

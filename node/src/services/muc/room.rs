@@ -2271,6 +2271,7 @@ impl State {
         ];
         if server.config.mam.enabled {
             features.push(mam::NS_MAM);
+            features.push(mam::NS_MAM_EXTENDED);
         }
         for f in features {
             q = q.child(Element::new("feature", NS_INFO).attr("var", f));
