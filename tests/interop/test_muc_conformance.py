@@ -97,6 +97,13 @@ def test_room_archive_shows_real_jids_where_the_requester_may_see_them(server, c
     msgs, fin = room_archive(p2, room, by_real)
     ok(fin)
     assert msgs == []
+    # A participant made moderator may see real JIDs (§5.1.2: "at the time of the query").
+    ok(admin(owner, room, "<item nick='p2' role='moderator'/>"))
+    p2.drain(0.3)
+    assert sender_jid(p2) == p.jid
+    ok(admin(owner, room, "<item nick='p2' role='participant'/>"))
+    p2.drain(0.3)
+    assert sender_jid(p2) is None
     # Non-anonymous: everyone does.
     ok(configure(owner, room, {"whois": "anyone"}))
     for c in (owner, p, p2):
@@ -375,3 +382,23 @@ def test_room_archive_is_extended_with_metadata_and_id_fields(server, clients):
     stranger = clients.add(server.online("mt"))
     assert err_of(stranger.iq("get", f"<metadata xmlns='{NS_MAM}'/>", to=room)) == "forbidden"
     server.assert_healthy(owner, p, stranger)
+
+
+def test_password_protected_room_archive_is_for_occupants_and_members(server, clients):
+    """XEP-0313 §5.1.2: the archive is for who has the right to enter: in a password
+    protected room, not for a stranger who never gave the password."""
+    room, owner, _ = room_with(server, clients, 1, {"passwordprotectedroom": 1, "roomsecret": "pw"})
+    p = clients.add(server.online("mv"))
+    join(p, room, "p1", password="pw")
+    groupchat(p, room, "behind the password")
+    recv_gc(owner, room, "behind the password")
+    stranger = clients.add(server.online("mw"))
+    r = stranger.iq("set", f"<query xmlns='{NS_MAM}'/>", to=room)
+    assert err_of(r) == "forbidden"
+    msgs, fin = room_archive(p, room)
+    ok(fin)
+    assert "behind the password" in [m.findtext(C("body")) for m in msgs]
+    ok(admin(owner, room, f"<item affiliation='member' jid='{stranger.bare}'/>"))
+    msgs, fin = room_archive(stranger, room)
+    ok(fin)
+    assert "behind the password" in [m.findtext(C("body")) for m in msgs]
