@@ -402,3 +402,29 @@ def test_password_protected_room_archive_is_for_occupants_and_members(server, cl
     msgs, fin = room_archive(stranger, room)
     ok(fin)
     assert "behind the password" in [m.findtext(C("body")) for m in msgs]
+
+
+def test_an_occupant_whose_client_bounces_room_traffic_is_removed_with_333(server, clients):
+    """Status 333 (removed for technical reasons): an error of delivery from an occupant's
+    client for what the room sent it (as for a presence error); an error about one private
+    message does not remove anyone."""
+    room, owner, (p, p2) = room_with(server, clients, 3)
+    # A bounced private message: nothing happens to anyone.
+    p.send_raw(f"<message to='{room}/o' type='error' id='e0'><error type='cancel'>"
+               "<service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>")
+    # A complaint that is not about delivery: nothing happens either.
+    p.send_raw(f"<message to='{room}' type='error' id='e1'><error type='modify'>"
+               "<bad-request xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>")
+    owner.expect_nothing(lambda e: e.tag == C("presence") and e.get("from") == f"{room}/p1")
+    groupchat(p, room, "still in")
+    recv_gc(owner, room, "still in")
+    # A delivery error for the room's traffic: p1 is gone, with 333.
+    p.send_raw(f"<message to='{room}' type='error' id='e2'><error type='cancel'>"
+               "<recipient-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>")
+    gone = owner.recv(is_pres_from(f"{room}/p1", "unavailable"))
+    assert "333" in codes(gone) and item(gone).get("role") == "none", tostring(gone)
+    p2.recv(is_pres_from(f"{room}/p1", "unavailable"))
+    p.send_raw(f"<message to='{room}' type='groupchat' id='after'><body>x</body></message>")
+    e = p.recv(lambda e: e.tag == C("message") and e.get("id") == "after", timeout=10)
+    assert stanza_error(e)[1] == "not-acceptable", tostring(e)
+    server.assert_healthy(owner, p, p2)

@@ -20,7 +20,7 @@ use crate::router::At;
 use crate::server::Server;
 use crate::services::{KIND_FANOUT, Spliced};
 use crate::session::im::bounce_with;
-use crate::stanza::{Condition, NS_CLIENT, NS_DELAY, StanzaError, iq_result, split};
+use crate::stanza::{Condition, NS_CLIENT, NS_DELAY, NS_STANZAS, StanzaError, iq_result, split};
 use crate::storage::ArchivedMessage;
 use crate::xml::{Element, Node};
 use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, WrapFuture};
@@ -1508,6 +1508,16 @@ impl State {
         let to = el.get_attr("to").unwrap_or_default();
         let mtype = el.get_attr("type").unwrap_or("normal");
         if mtype == "error" {
+            // An occupant's client that bounces what the room sent it is
+            // gone: its session leaves with 333 (XEP-0045 §7.2, status
+            // codes; as for presence errors). Errors about private
+            // messages (to an occupant JID) only concern that message.
+            if split(to).1.is_none()
+                && kickable(el)
+                && let Some(cur) = self.by_jid.get(&from).cloned()
+            {
+                self.leave_session(server, &cur, el, &[333]).await?;
+            }
             return Ok(());
         }
         if self.rec.is_none() {
@@ -3023,6 +3033,29 @@ enum Reply {
 async fn route_out(server: &Server, m: Element) {
     if let Err(b) = crate::session::im::route_message(server, m).await {
         tracing::debug!(error = ?b.0, "room message not delivered");
+    }
+}
+
+/// Whether an error from an occupant's client means it can no longer take
+/// the room's traffic (a delivery failure), not a complaint about one
+/// stanza.
+fn kickable(el: &Element) -> bool {
+    const GONE: &[&str] = &[
+        "gone",
+        "internal-server-error",
+        "item-not-found",
+        "jid-malformed",
+        "recipient-unavailable",
+        "redirect",
+        "remote-server-not-found",
+        "remote-server-timeout",
+        "service-unavailable",
+    ];
+    match el.get_child("error", NS_CLIENT) {
+        Some(e) => e
+            .elements()
+            .any(|c| c.ns == NS_STANZAS && GONE.contains(&c.name.as_str())),
+        None => false,
     }
 }
 
