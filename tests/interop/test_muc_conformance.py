@@ -428,3 +428,26 @@ def test_an_occupant_whose_client_bounces_room_traffic_is_removed_with_333(serve
     e = p.recv(lambda e: e.tag == C("message") and e.get("id") == "after", timeout=10)
     assert stanza_error(e)[1] == "not-acceptable", tostring(e)
     server.assert_healthy(owner, p, p2)
+
+
+def test_subject_changes_are_archived_but_are_not_history(server, clients):
+    """XEP-0313 §5.1.2: a room archive SHOULD keep subject changes; XEP-0045 §7.2.15: the
+    subject comes after the discussion history, so a newcomer's history holds no subject
+    message and the current subject follows it."""
+    room, owner, (p,) = room_with(server, clients, 2)
+    groupchat(owner, room, "h1")
+    recv_gc(p, room, "h1")
+    owner.send_raw(f"<message to='{room}' type='groupchat' id='s1'><subject>Topic A</subject></message>")
+    got = p.recv(lambda e: e.tag == C("message") and e.findtext(C("subject")) == "Topic A", timeout=10)
+    assert got.get("from") == f"{room}/o"
+    assert got.find("{urn:xmpp:sid:0}stanza-id") is not None, tostring(got)
+    groupchat(owner, room, "h2")
+    recv_gc(p, room, "h2")
+    msgs, fin = room_archive(p, room)
+    ok(fin)
+    assert [(m.findtext(C("body")), m.findtext(C("subject"))) for m in msgs] == \
+        [("h1", None), (None, "Topic A"), ("h2", None)]
+    newcomer = clients.add(server.online("mh"))
+    _, _, history, subject = join(newcomer, room, "n", history={"maxstanzas": 2})
+    assert [h.findtext(C("body")) for h in history] == ["h1", "h2"]
+    assert subject.findtext(C("subject")) == "Topic A"

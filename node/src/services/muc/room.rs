@@ -1468,11 +1468,28 @@ impl State {
             let t = t.timestamp_micros();
             lo_micros = Some(lo_micros.map_or(t, |l| l.max(t)));
         }
-        let items = server
-            .storage
-            .archive_range(&self.jid, 0, u64::MAX, true, maxstanzas)?;
+        // The archive also keeps subject changes (XEP-0313 §5.1.2), which
+        // are not history (the subject comes after it): read on past them,
+        // a few pages at most.
         let mut chosen: Vec<String> = Vec::new();
         let mut chars = 0usize;
+        let mut hi = u64::MAX;
+        let mut items = Vec::new();
+        for _ in 0..4 {
+            let page = server
+                .storage
+                .archive_range(&self.jid, 0, hi, true, maxstanzas)?;
+            let Some(&(last, _)) = page.last() else {
+                break;
+            };
+            let short = page.len() < maxstanzas;
+            items.extend(page.into_iter().filter(|(_, m)| m.xml.contains("<body")));
+            match last.checked_sub(1) {
+                Some(h) if !short && items.len() < maxstanzas => hi = h,
+                _ => break,
+            }
+        }
+        items.truncate(maxstanzas);
         for (id, m) in items {
             if lo_micros.is_some_and(|lo| mam::id_micros(id) < lo) {
                 break;
@@ -1480,6 +1497,9 @@ impl State {
             let Some(mut el) = crate::stanza::parse_serialised(&m.xml) else {
                 continue;
             };
+            if !el.has_child("body", NS_CLIENT) {
+                continue;
+            }
             el.set_attr("to", to);
             el.children.push(Node::Element(
                 Element::new("delay", NS_DELAY)
@@ -1601,7 +1621,12 @@ impl State {
                 Element::new("occupant-id", NS_OCCUPANT_ID)
                     .attr("id", self.occupants[nick].oid.as_str()),
             ));
-            self.broadcast_el(server, out);
+            // The room's archive keeps subject changes too (XEP-0313
+            // §5.1.2), with a stanza-id like any message it reflects.
+            let mut outs = [(out, nick.to_owned())];
+            for sp in &self.archive_all(server, &mut outs).await? {
+                self.fan_out(server, sp);
+            }
             return Ok(());
         }
         let mut out = reflected(el, &self.occupant_jid(nick));
