@@ -451,3 +451,23 @@ def test_subject_changes_are_archived_but_are_not_history(server, clients):
     _, _, history, subject = join(newcomer, room, "n", history={"maxstanzas": 2})
     assert [h.findtext(C("body")) for h in history] == ["h1", "h2"]
     assert subject.findtext(C("subject")) == "Topic A"
+
+
+def test_chat_states_are_reflected_but_not_archived(server, clients):
+    """XEP-0313 §5.1.2: the room archive keeps messages with a body (and subject changes);
+    a chat state alone is reflected to the occupants and is not archived (nor history)."""
+    room, owner, (p,) = room_with(server, clients, 2)
+    p.send_raw(f"<message to='{room}' type='groupchat' id='cs1'>"
+               "<composing xmlns='http://jabber.org/protocol/chatstates'/></message>")
+    got = owner.recv(lambda e: e.tag == C("message") and e.get("id") == "cs1", timeout=10)
+    assert got.get("from") == f"{room}/p1"
+    assert got.find("{http://jabber.org/protocol/chatstates}composing") is not None
+    groupchat(p, room, "with body")
+    recv_gc(owner, room, "with body")
+    p.send_raw(f"<message to='{room}' type='groupchat' id='st1'><store xmlns='urn:xmpp:hints'/>"
+               "<reactions xmlns='urn:xmpp:reactions:0' id='x'><reaction>+1</reaction></reactions></message>")
+    owner.recv(lambda e: e.tag == C("message") and e.get("id") == "st1", timeout=10)
+    msgs, fin = room_archive(owner, room)
+    ok(fin)
+    assert [m.get("id") for m in msgs if m.get("id") in ("cs1", "st1")] == ["st1"]
+    assert [m.findtext(C("body")) for m in msgs if m.findtext(C("body"))] == ["with body"]

@@ -250,6 +250,14 @@ fn worth_archiving(el: &Element) -> bool {
     if !matches!(MessageType::of(el), MessageType::Chat | MessageType::Normal) {
         return false;
     }
+    archivable_payload(el)
+}
+
+/// Whether a message's payload is worth keeping in an archive, whatever
+/// its type (also a room's, XEP-0313 §5.1.2): a body, an encrypted
+/// payload, a reaction or retraction, or a XEP-0334 `<store/>` hint; not
+/// chat states alone, nor with a `<no-store/>` or `<no-permanent-store/>`.
+pub fn archivable_payload(el: &Element) -> bool {
     if el.has_child("no-store", NS_HINTS) || el.has_child("no-permanent-store", NS_HINTS) {
         return false;
     }

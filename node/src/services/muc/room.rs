@@ -1634,6 +1634,12 @@ impl State {
             Element::new("occupant-id", NS_OCCUPANT_ID)
                 .attr("id", self.occupants[nick].oid.as_str()),
         ));
+        if !mam::archivable_payload(el) {
+            // Chat states and the like: reflected, not archived (XEP-0313
+            // §5.1.2 stores messages with a body, and subject changes).
+            self.broadcast_el(server, out);
+            return Ok(());
+        }
         // Archived (durably) before anyone gets it: it is the history and
         // the room's XEP-0313 archive, and survives the node.
         let mut outs = [(out, nick.to_owned())];
