@@ -471,3 +471,23 @@ def test_chat_states_are_reflected_but_not_archived(server, clients):
     ok(fin)
     assert [m.get("id") for m in msgs if m.get("id") in ("cs1", "st1")] == ["st1"]
     assert [m.findtext(C("body")) for m in msgs if m.findtext(C("body"))] == ["with body"]
+
+
+def test_a_new_moderator_of_a_semi_anonymous_room_learns_the_real_jids(server, clients):
+    """In a semi-anonymous room only moderators see real JIDs (XEP-0045 §5.1, §7.2.3): an
+    occupant made moderator gets the others' presence again, with their JIDs; made
+    participant again, without."""
+    room, owner, (p, p2) = room_with(server, clients, 3)
+    ok(admin(owner, room, "<item nick='p1' role='moderator'/>"))
+    p.recv(lambda e: e.tag == C("presence") and e.get("from") == f"{room}/p1" and "110" in codes(e))
+    seen = p.recv(is_pres_from(f"{room}/p2"))
+    assert item(seen).get("jid") == p2.jid, tostring(seen)
+    seen = p.recv(is_pres_from(f"{room}/o"))
+    assert item(seen).get("jid") == owner.jid, tostring(seen)
+    # The others learn nothing new (their view did not change).
+    p2.recv(is_pres_from(f"{room}/p1"))
+    p2.expect_nothing(lambda e: e.tag == C("presence") and e.get("from") == f"{room}/o")
+    ok(admin(owner, room, "<item nick='p1' role='participant'/>"))
+    p.recv(lambda e: e.tag == C("presence") and e.get("from") == f"{room}/p1" and "110" in codes(e))
+    seen = p.recv(is_pres_from(f"{room}/p2"))
+    assert item(seen).get("jid") is None, tostring(seen)

@@ -1129,6 +1129,22 @@ impl State {
         }
     }
 
+    /// `nick` became a moderator or stopped being one (its role was
+    /// `before`): in a room where only moderators see real JIDs, its
+    /// sessions get every other occupant's presence again, with or
+    /// without them (as Prosody does; what a moderator sees changed).
+    fn moderator_view_changed(&self, server: &Server, nick: &str, before: Role) {
+        let Some(o) = self.occupants.get(nick) else {
+            return;
+        };
+        if self.whois_anyone() || (before == Role::Moderator) == (o.role == Role::Moderator) {
+            return;
+        }
+        for s in &o.sessions {
+            self.send_occupants_to(server, &s.jid, nick);
+        }
+    }
+
     /// The status codes of a joining occupant's own presence (besides 110).
     fn self_codes(&self, created: bool) -> Vec<u16> {
         let mut self_codes = Vec::new();
@@ -2438,7 +2454,7 @@ impl State {
                 // XEP-0045 §10.2: occupants who gained or lost owner or admin
                 // status through the form (roomowners / roomadmins) get the
                 // role of their new affiliation, and everyone is told.
-                let mut changed: Vec<String> = Vec::new();
+                let mut changed: Vec<(String, Role)> = Vec::new();
                 let mut writes: Vec<(String, Option<OccupantRecord>)> = Vec::new();
                 for (nick, was) in before {
                     let bare = self.occupants[&nick].bare().to_owned();
@@ -2447,11 +2463,12 @@ impl State {
                         continue;
                     }
                     let role = self.default_role(now);
+                    let mut was_role = role;
                     if let Some(o) = self.occupants.get_mut(&nick) {
-                        o.role = role;
+                        was_role = std::mem::replace(&mut o.role, role);
                         writes.push((nick.clone(), Some(o.record())));
                     }
-                    changed.push(nick);
+                    changed.push((nick, was_role));
                 }
                 let refs: Vec<(&str, Option<OccupantRecord>)> = writes
                     .iter()
@@ -2459,8 +2476,9 @@ impl State {
                     .collect();
                 self.save(server, true, &refs).await?;
                 drop(refs);
-                for nick in &changed {
+                for (nick, was) in &changed {
                     self.broadcast_presence(server, nick, &[], &[], None);
+                    self.moderator_view_changed(server, nick, *was);
                 }
                 if !was_locked {
                     let mut codes = vec![104];
@@ -2980,6 +2998,7 @@ impl State {
                 extra = Element::new("reason", NS_MUC_USER).text(r.clone());
             }
             self.broadcast_presence(server, nick, &[], &[], Some(extra));
+            self.moderator_view_changed(server, nick, *before);
             if self.broadcasts(*before) && !self.broadcasts(o.role) {
                 // Its presence is no longer broadcast: to the others it
                 // is gone.
