@@ -491,3 +491,18 @@ def test_a_new_moderator_of_a_semi_anonymous_room_learns_the_real_jids(server, c
     p.recv(lambda e: e.tag == C("presence") and e.get("from") == f"{room}/p1" and "110" in codes(e))
     seen = p.recv(is_pres_from(f"{room}/p2"))
     assert item(seen).get("jid") is None, tostring(seen)
+
+
+def test_turning_non_anonymous_shows_real_jids_to_everyone(server, clients):
+    """172 (now non-anonymous): every occupant may see real JIDs from then on, so each gets
+    the others' presence with them; 173 (semi-anonymous again): without."""
+    room, owner, (p, p2) = room_with(server, clients, 3)
+    ok(configure(owner, room, {"whois": "anyone"}))
+    m = p.recv(lambda e: e.tag == C("message") and e.get("from") == room, timeout=10)
+    assert "172" in codes(m)
+    seen = p.recv(is_pres_from(f"{room}/p2"))
+    assert item(seen).get("jid") == p2.jid, tostring(seen)
+    ok(configure(owner, room, {"whois": "moderators"}))
+    m = p.recv(lambda e: e.tag == C("message") and e.get("from") == room and "173" in codes(e), timeout=10)
+    seen = p.recv(is_pres_from(f"{room}/p2"))
+    assert item(seen).get("jid") is None, tostring(seen)

@@ -2499,6 +2499,18 @@ impl State {
                         .child(x);
                     self.broadcast_el(server, m);
                 }
+                if now_private {
+                    // Who sees real JIDs changed (172/173): the occupants
+                    // who are not moderators get the others' presence again,
+                    // with or without them.
+                    for (nick, o) in &self.occupants {
+                        if o.role != Role::Moderator {
+                            for s in &o.sessions {
+                                self.send_occupants_to(server, &s.jid, nick);
+                            }
+                        }
+                    }
+                }
                 if now_members_only {
                     // Those who are not members leave (XEP-0045 §10.2, 322).
                     let out: Vec<Change> = self
