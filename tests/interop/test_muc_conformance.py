@@ -506,3 +506,23 @@ def test_turning_non_anonymous_shows_real_jids_to_everyone(server, clients):
     m = p.recv(lambda e: e.tag == C("message") and e.get("from") == room and "173" in codes(e), timeout=10)
     seen = p.recv(is_pres_from(f"{room}/p2"))
     assert item(seen).get("jid") is None, tostring(seen)
+
+
+def test_joining_again_under_the_same_nick_gets_the_join_answer_again(server, clients):
+    """A client that believes it left (it sends the MUC join presence again, same nick) gets
+    the whole join answer again: the others' presence, its own with 110 last, history and the
+    subject; the others see only a presence update, no new join."""
+    room, owner, (p,) = room_with(server, clients, 2)
+    groupchat(owner, room, "before rejoin")
+    recv_gc(p, room, "before rejoin")
+    p.drain(0.3)
+    before, own, history, subject = join(p, room, "p1", history={"maxstanzas": 5})
+    assert f"{room}/o" in [b.get("from") for b in before if b.tag == C("presence")]
+    assert "110" in codes(own)
+    assert "before rejoin" in [h.findtext(C("body")) for h in history]
+    assert subject.find(C("subject")) is not None
+    seen = owner.recv(is_pres_from(f"{room}/p1"))
+    assert "110" not in codes(seen)
+    owner.expect_nothing(lambda e: e.tag == C("presence") and e.get("from") == f"{room}/p1")
+    groupchat(p, room, "after rejoin")
+    recv_gc(owner, room, "after rejoin")

@@ -976,6 +976,9 @@ impl State {
             ));
         };
         match current {
+            Some(cur) if cur == nick && el.has_child("x", NS_MUC) => {
+                self.rejoin(server, &from, &nick, el).await
+            }
             Some(cur) if cur == nick => self.update_presence(server, &nick, el).await,
             Some(cur) => self.change_nick(server, &cur, &nick, el).await,
             None => self.join(server, &from, &nick, el).await,
@@ -1213,6 +1216,34 @@ impl State {
             .attr("id", crate::stream::new_id())
             .child(Element::new("subject", NS_CLIENT).text(rec.subject.clone()));
         send_el(server, from, subj);
+    }
+
+    /// A session already in the room under `nick` joins it again (a client
+    /// that lost track, e.g. after a reconnection the server did not
+    /// notice): it gets the whole join answer again (the others'
+    /// presence, its own with its codes and 110, history, subject) and the
+    /// others its presence as an update, as Prosody and ejabberd do.
+    async fn rejoin(
+        &mut self,
+        server: &Server,
+        from: &str,
+        nick: &str,
+        el: &Element,
+    ) -> Result<(), StanzaError> {
+        let occ = self.occupants.get_mut(nick).expect("occupant");
+        occ.presence = presence_payload(el);
+        if let Some(one) = occ.sessions.iter_mut().find(|s| s.jid == from) {
+            one.at = None;
+        }
+        let record = occ.record();
+        self.save(server, false, &[(nick, Some(record))]).await?;
+        self.send_occupants_to(server, from, nick);
+        let codes = self.self_codes(false);
+        self.broadcast_presence(server, nick, &[], &codes, None);
+        let x = el.get_child("x", NS_MUC);
+        self.send_history(server, from, x.and_then(|x| x.get_child("history", NS_MUC)))?;
+        self.send_subject(server, from);
+        Ok(())
     }
 
     async fn update_presence(
