@@ -870,6 +870,10 @@ pub struct ArchivedMessage {
     /// `jabber:client` namespace declared so it can be embedded as it is.
     #[serde(rename = "x")]
     pub xml: String,
+    /// In a room's archive: the sender's real (full) JID, shown only to
+    /// who may see real JIDs (XEP-0313 §5.1.2).
+    #[serde(rename = "j", default, skip_serializing_if = "Option::is_none")]
+    pub jid: Option<String>,
 }
 
 /// A user's archiving preferences (XEP-0441); absent: the configured

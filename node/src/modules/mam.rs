@@ -35,6 +35,7 @@ pub const NS_SID: &str = "urn:xmpp:sid:0";
 pub const NS_RSM: &str = "http://jabber.org/protocol/rsm";
 pub const NS_FORWARD: &str = "urn:xmpp:forward:0";
 const NS_DATA: &str = "jabber:x:data";
+const NS_MUC_USER: &str = crate::services::muc::NS_MUC_USER;
 const NS_HINTS: &str = "urn:xmpp:hints";
 const NS_XDATA_VALIDATE: &str = "http://jabber.org/protocol/xdata-validate";
 
@@ -249,6 +250,14 @@ fn worth_archiving(el: &Element) -> bool {
     if !matches!(MessageType::of(el), MessageType::Chat | MessageType::Normal) {
         return false;
     }
+    archivable_payload(el)
+}
+
+/// Whether a message's payload is worth keeping in an archive, whatever
+/// its type (also a room's, XEP-0313 §5.1.2): a body, an encrypted
+/// payload, a reaction or retraction, or a XEP-0334 `<store/>` hint; not
+/// chat states alone, nor with a `<no-store/>` or `<no-permanent-store/>`.
+pub fn archivable_payload(el: &Element) -> bool {
     if el.has_child("no-store", NS_HINTS) || el.has_child("no-permanent-store", NS_HINTS) {
         return false;
     }
@@ -545,6 +554,7 @@ fn copy(el: &Element, outgoing: bool, with: &str) -> ArchivedMessage {
         with: bare.to_owned(),
         with_resource: resource.map(str::to_owned),
         xml: el.to_stream_xml(""),
+        jid: None,
     }
 }
 
@@ -638,6 +648,9 @@ fn own_archive(ctx: &IqCtx<'_>) -> Result<(), StanzaError> {
 enum With {
     Bare(String),
     Full(String, String),
+    /// In a room's archive, to who may see real JIDs: the messages of the
+    /// sender with this real bare JID (XEP-0313 §4.1.1).
+    Sender(String),
 }
 
 impl With {
@@ -645,6 +658,7 @@ impl With {
         match self {
             With::Bare(b) => m.with == *b,
             With::Full(b, r) => m.with == *b && m.with_resource.as_deref() == Some(r.as_str()),
+            With::Sender(b) => m.jid.as_deref().is_some_and(|j| split(j).0 == b),
         }
     }
 }
@@ -775,6 +789,7 @@ fn parse_form(ctx: &Req<'_>, x: &Element, q: &mut Query) -> Result<(), StanzaErr
                     let jid = jid.to_string();
                     q.with = Some(match split(&jid) {
                         (b, Some(r)) => With::Full(b.to_owned(), r.to_owned()),
+                        (b, None) if ctx.reveal && b != bare => With::Sender(b.to_owned()),
                         (b, None) => With::Bare(b.to_owned()),
                     });
                 }
@@ -1076,6 +1091,9 @@ struct Req<'a> {
     requester: &'a str,
     iq: &'a Element,
     payload: &'a Element,
+    /// A room's archive to who may see real JIDs: results name the
+    /// sender's (XEP-0313 §5.1.2).
+    reveal: bool,
 }
 
 /// `set` of the query: the matching messages, then the `<fin/>` result.
@@ -1088,6 +1106,7 @@ fn query<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
             requester: ctx.origin.full,
             iq: ctx.iq,
             payload: ctx.payload,
+            reveal: false,
         })
         .await?;
         Ok(IqReply::Sent)
@@ -1098,8 +1117,9 @@ fn query<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
 /// A query (`get`: the form; `set`: the messages) on the archive of
 /// `owner` that is not the requester's own (a MUC room's, whose service
 /// checked the requester may read it). The requester is a session of this
-/// node (`iq`'s `from`); errors are sent to it.
-pub async fn query_archive(server: &Server, iq: &Element, owner: &str) {
+/// node (`iq`'s `from`); errors are sent to it. With `reveal`, results
+/// carry their sender's real JID where the archive has it.
+pub async fn query_archive(server: &Server, iq: &Element, owner: &str, reveal: bool) {
     let requester = iq.get_attr("from").unwrap_or_default();
     let Some(payload) = iq.elements().next() else {
         crate::session::im::bounce(server, iq, Condition::BadRequest);
@@ -1107,6 +1127,23 @@ pub async fn query_archive(server: &Server, iq: &Element, owner: &str) {
     };
     let r = if !server.config.mam.enabled {
         Err(Condition::ServiceUnavailable.into())
+    } else if payload.name == "metadata" {
+        // XEP-0313 §6 (`#extended`): the archive's first and last message.
+        match iq.get_attr("type") {
+            Some("get") => match caught_up(server).await {
+                Ok(()) => match metadata_of(&server.storage, owner) {
+                    Ok(md) => {
+                        let mut reply = iq_result(iq, Some(md));
+                        reply.set_attr("to", requester);
+                        let _ = crate::session::im::deliver_to_full(server, requester, reply);
+                        Ok(())
+                    }
+                    Err(e) => Err(e.into()),
+                },
+                Err(e) => Err(e),
+            },
+            _ => Err(Condition::BadRequest.into()),
+        }
     } else if iq.get_attr("type") == Some("get") {
         let mut reply = iq_result(iq, Some(form_element()));
         reply.set_attr("to", requester);
@@ -1119,6 +1156,7 @@ pub async fn query_archive(server: &Server, iq: &Element, owner: &str) {
             requester,
             iq,
             payload,
+            reveal,
         })
         .await
     };
@@ -1160,7 +1198,8 @@ async fn run_query(ctx: &Req<'_>) -> Result<(), StanzaError> {
         order.reverse();
     }
     for (n, (id, m)) in order.into_iter().enumerate() {
-        out.push(result_message(full, bare, queryid, *id, &m.xml, n).into());
+        let jid = m.jid.as_deref().filter(|_| ctx.reveal);
+        out.push(result_message(full, bare, queryid, *id, &m.xml, jid, n).into());
     }
     let mut set = Element::new("set", NS_RSM);
     if let (Some((first, _)), Some((last, _))) = (page.items.first(), page.items.last()) {
@@ -1198,6 +1237,7 @@ fn result_message(
     queryid: Option<&str>,
     id: u64,
     xml: &str,
+    jid: Option<&str>,
     n: usize,
 ) -> String {
     let mut s = String::with_capacity(xml.len() + 320);
@@ -1226,7 +1266,19 @@ fn result_message(
     s.push_str("\" stamp=\"");
     s.push_str(&stamp(id));
     s.push_str("\"/>");
-    s.push_str(xml);
+    match jid.and_then(|j| xml.strip_suffix("</message>").map(|head| (j, head))) {
+        // A room message to who may see its sender's real JID: muc#user
+        // <item jid=.../> as in non-anonymous room presence.
+        Some((j, head)) => {
+            s.push_str(head);
+            s.push_str("<x xmlns=\"");
+            s.push_str(NS_MUC_USER);
+            s.push_str("\"><item jid=\"");
+            escape_into(&mut s, j, true);
+            s.push_str("\"/></x></message>");
+        }
+        None => s.push_str(xml),
+    }
     s.push_str("</forwarded></result></message>");
     s
 }
@@ -1270,23 +1322,27 @@ fn metadata<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> 
     async move {
         own_archive(ctx)?;
         caught_up(ctx.server).await?;
-        let storage = &ctx.server.storage;
-        let bare = ctx.origin.bare;
-        let mut md = Element::new("metadata", NS_MAM);
-        let first = storage.archive_range(bare, 0, u64::MAX, false, 1)?;
-        let last = storage.archive_range(bare, 0, u64::MAX, true, 1)?;
-        if let (Some((first, _)), Some((last, _))) = (first.first(), last.first()) {
-            for (name, id) in [("start", *first), ("end", *last)] {
-                md = md.child(
-                    Element::new(name, NS_MAM)
-                        .attr("id", encode_id(id))
-                        .attr("timestamp", stamp(id)),
-                );
-            }
-        }
-        Ok(md.into())
+        Ok(metadata_of(&ctx.server.storage, ctx.origin.bare)?.into())
     }
     .boxed()
+}
+
+/// `<metadata/>` of the archive of `bare`: its first and last message
+/// (none for an empty archive).
+fn metadata_of(storage: &Storage, bare: &str) -> Result<Element, StoreError> {
+    let mut md = Element::new("metadata", NS_MAM);
+    let first = storage.archive_range(bare, 0, u64::MAX, false, 1)?;
+    let last = storage.archive_range(bare, 0, u64::MAX, true, 1)?;
+    if let (Some((first, _)), Some((last, _))) = (first.first(), last.first()) {
+        for (name, id) in [("start", *first), ("end", *last)] {
+            md = md.child(
+                Element::new(name, NS_MAM)
+                    .attr("id", encode_id(id))
+                    .attr("timestamp", stamp(id)),
+            );
+        }
+    }
+    Ok(md)
 }
 
 // ---------------------------------------------------------------- preferences
@@ -1595,7 +1651,7 @@ mod tests {
         let stored =
             msg("<message from='a@x/r' to='b@x' type='chat'><body>hi &amp; bye</body></message>")
                 .to_stream_xml("");
-        let r = result_message("b@x/r", "b@x", Some("q'1"), 77, &stored, 0);
+        let r = result_message("b@x/r", "b@x", Some("q'1"), 77, &stored, None, 0);
         let el = msg(&r);
         let result = el.get_child("result", NS_MAM).unwrap();
         assert_eq!(result.get_attr("queryid"), Some("q'1"));
@@ -1626,6 +1682,7 @@ mod tests {
             with: "c@x".into(),
             with_resource: None,
             xml: format!("<message xmlns='jabber:client'><body>{n}</body></message>"),
+            jid: None,
         }
     }
 

@@ -236,10 +236,9 @@ pub async fn answer_here(server: &Server, el: Element) -> Option<Element> {
     {
         return Some(el);
     }
-    let is_mam = el
-        .elements()
-        .next()
-        .is_some_and(|p| p.ns == crate::modules::mam::NS_MAM && p.name == "query");
+    let is_mam = el.elements().next().is_some_and(|p| {
+        p.ns == crate::modules::mam::NS_MAM && matches!(p.name.as_str(), "query" | "metadata")
+    });
     if !is_mam {
         return Some(el);
     }
@@ -259,18 +258,53 @@ pub async fn answer_here(server: &Server, el: Element) -> Option<Element> {
         bounce(server, &el, Condition::ItemNotFound);
         return None;
     };
-    // Members-only rooms show their archive to members; others to anyone
-    // who could join (not outcasts).
+    // XEP-0313 §5.1.2: who has the right to enter the room now may read
+    // its archive. Members-only rooms show it to members; a password
+    // protected one to members and its occupants (who gave the password);
+    // others to anyone who could join (not outcasts).
     let aff = rec.affiliation(server, split(&from).0);
+    let needs_occupant = rec.config.password.is_some() && aff < room::Affiliation::Member;
+    let needs_role = !rec.config.whois_anyone && aff < room::Affiliation::Admin;
+    // The requester's role when it is an occupant (read only when it
+    // decides something).
+    let role = if needs_occupant || needs_role {
+        match occupant_role(server, &room, &from) {
+            Ok(r) => r,
+            Err(_) => {
+                bounce(server, &el, Condition::InternalServerError);
+                return None;
+            }
+        }
+    } else {
+        None
+    };
     let allowed = aff != room::Affiliation::Outcast
         && (!rec.config.members_only || aff >= room::Affiliation::Member)
+        && (!needs_occupant || role.is_some())
         && !rec.locked;
     if !allowed {
         bounce(server, &el, Condition::Forbidden);
         return None;
     }
-    crate::modules::mam::query_archive(server, &el, &room).await;
+    // Real JIDs in the results (XEP-0313 §5.1.2): in a non-anonymous room,
+    // to admins and owners, and to occupants who are moderators now.
+    let reveal = !needs_role || role == Some(room::Role::Moderator);
+    crate::modules::mam::query_archive(server, &el, &room, reveal).await;
     None
+}
+
+/// The role of the occupant of `room` with the session `full`, if any
+/// (from the replicated store).
+fn occupant_role(
+    server: &Server,
+    room: &str,
+    full: &str,
+) -> Result<Option<room::Role>, starling_cluster::StoreError> {
+    let occupants: Vec<(String, room::OccupantRecord)> = server.storage.muc_occupants(room)?;
+    Ok(occupants
+        .into_iter()
+        .find(|(_, o)| o.jid == full || o.more.iter().any(|m| m == full))
+        .map(|(_, o)| o.role))
 }
 
 /// Sends a serialised stanza to a full JID wherever it is bound; false

@@ -20,7 +20,7 @@ use crate::router::At;
 use crate::server::Server;
 use crate::services::{KIND_FANOUT, Spliced};
 use crate::session::im::bounce_with;
-use crate::stanza::{Condition, NS_CLIENT, NS_DELAY, StanzaError, iq_result, split};
+use crate::stanza::{Condition, NS_CLIENT, NS_DELAY, NS_STANZAS, StanzaError, iq_result, split};
 use crate::storage::ArchivedMessage;
 use crate::xml::{Element, Node};
 use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, WrapFuture};
@@ -976,6 +976,9 @@ impl State {
             ));
         };
         match current {
+            Some(cur) if cur == nick && el.has_child("x", NS_MUC) => {
+                self.rejoin(server, &from, &nick, el).await
+            }
             Some(cur) if cur == nick => self.update_presence(server, &nick, el).await,
             Some(cur) => self.change_nick(server, &cur, &nick, el).await,
             None => self.join(server, &from, &nick, el).await,
@@ -1129,6 +1132,22 @@ impl State {
         }
     }
 
+    /// `nick` became a moderator or stopped being one (its role was
+    /// `before`): in a room where only moderators see real JIDs, its
+    /// sessions get every other occupant's presence again, with or
+    /// without them (as Prosody does; what a moderator sees changed).
+    fn moderator_view_changed(&self, server: &Server, nick: &str, before: Role) {
+        let Some(o) = self.occupants.get(nick) else {
+            return;
+        };
+        if self.whois_anyone() || (before == Role::Moderator) == (o.role == Role::Moderator) {
+            return;
+        }
+        for s in &o.sessions {
+            self.send_occupants_to(server, &s.jid, nick);
+        }
+    }
+
     /// The status codes of a joining occupant's own presence (besides 110).
     fn self_codes(&self, created: bool) -> Vec<u16> {
         let mut self_codes = Vec::new();
@@ -1197,6 +1216,34 @@ impl State {
             .attr("id", crate::stream::new_id())
             .child(Element::new("subject", NS_CLIENT).text(rec.subject.clone()));
         send_el(server, from, subj);
+    }
+
+    /// A session already in the room under `nick` joins it again (a client
+    /// that lost track, e.g. after a reconnection the server did not
+    /// notice): it gets the whole join answer again (the others'
+    /// presence, its own with its codes and 110, history, subject) and the
+    /// others its presence as an update, as Prosody and ejabberd do.
+    async fn rejoin(
+        &mut self,
+        server: &Server,
+        from: &str,
+        nick: &str,
+        el: &Element,
+    ) -> Result<(), StanzaError> {
+        let occ = self.occupants.get_mut(nick).expect("occupant");
+        occ.presence = presence_payload(el);
+        if let Some(one) = occ.sessions.iter_mut().find(|s| s.jid == from) {
+            one.at = None;
+        }
+        let record = occ.record();
+        self.save(server, false, &[(nick, Some(record))]).await?;
+        self.send_occupants_to(server, from, nick);
+        let codes = self.self_codes(false);
+        self.broadcast_presence(server, nick, &[], &codes, None);
+        let x = el.get_child("x", NS_MUC);
+        self.send_history(server, from, x.and_then(|x| x.get_child("history", NS_MUC)))?;
+        self.send_subject(server, from);
+        Ok(())
     }
 
     async fn update_presence(
@@ -1468,11 +1515,28 @@ impl State {
             let t = t.timestamp_micros();
             lo_micros = Some(lo_micros.map_or(t, |l| l.max(t)));
         }
-        let items = server
-            .storage
-            .archive_range(&self.jid, 0, u64::MAX, true, maxstanzas)?;
+        // The archive also keeps subject changes (XEP-0313 §5.1.2), which
+        // are not history (the subject comes after it): read on past them,
+        // a few pages at most.
         let mut chosen: Vec<String> = Vec::new();
         let mut chars = 0usize;
+        let mut hi = u64::MAX;
+        let mut items = Vec::new();
+        for _ in 0..4 {
+            let page = server
+                .storage
+                .archive_range(&self.jid, 0, hi, true, maxstanzas)?;
+            let Some(&(last, _)) = page.last() else {
+                break;
+            };
+            let short = page.len() < maxstanzas;
+            items.extend(page.into_iter().filter(|(_, m)| m.xml.contains("<body")));
+            match last.checked_sub(1) {
+                Some(h) if !short && items.len() < maxstanzas => hi = h,
+                _ => break,
+            }
+        }
+        items.truncate(maxstanzas);
         for (id, m) in items {
             if lo_micros.is_some_and(|lo| mam::id_micros(id) < lo) {
                 break;
@@ -1480,6 +1544,9 @@ impl State {
             let Some(mut el) = crate::stanza::parse_serialised(&m.xml) else {
                 continue;
             };
+            if !el.has_child("body", NS_CLIENT) {
+                continue;
+            }
             el.set_attr("to", to);
             el.children.push(Node::Element(
                 Element::new("delay", NS_DELAY)
@@ -1508,6 +1575,16 @@ impl State {
         let to = el.get_attr("to").unwrap_or_default();
         let mtype = el.get_attr("type").unwrap_or("normal");
         if mtype == "error" {
+            // An occupant's client that bounces what the room sent it is
+            // gone: its session leaves with 333 (XEP-0045 §7.2, status
+            // codes; as for presence errors). Errors about private
+            // messages (to an occupant JID) only concern that message.
+            if split(to).1.is_none()
+                && kickable(el)
+                && let Some(cur) = self.by_jid.get(&from).cloned()
+            {
+                self.leave_session(server, &cur, el, &[333]).await?;
+            }
             return Ok(());
         }
         if self.rec.is_none() {
@@ -1591,7 +1668,12 @@ impl State {
                 Element::new("occupant-id", NS_OCCUPANT_ID)
                     .attr("id", self.occupants[nick].oid.as_str()),
             ));
-            self.broadcast_el(server, out);
+            // The room's archive keeps subject changes too (XEP-0313
+            // §5.1.2), with a stanza-id like any message it reflects.
+            let mut outs = [(out, nick.to_owned())];
+            for sp in &self.archive_all(server, &mut outs).await? {
+                self.fan_out(server, sp);
+            }
             return Ok(());
         }
         let mut out = reflected(el, &self.occupant_jid(nick));
@@ -1599,6 +1681,12 @@ impl State {
             Element::new("occupant-id", NS_OCCUPANT_ID)
                 .attr("id", self.occupants[nick].oid.as_str()),
         ));
+        if !mam::archivable_payload(el) {
+            // Chat states and the like: reflected, not archived (XEP-0313
+            // §5.1.2 stores messages with a body, and subject changes).
+            self.broadcast_el(server, out);
+            return Ok(());
+        }
         // Archived (durably) before anyone gets it: it is the history and
         // the room's XEP-0313 archive, and survives the node.
         let mut outs = [(out, nick.to_owned())];
@@ -1636,6 +1724,10 @@ impl State {
                     with: self.jid.clone(),
                     with_resource: Some(nick.clone()),
                     xml: s.without_to(),
+                    jid: self
+                        .occupants
+                        .get(nick.as_str())
+                        .map(|o| o.jid().to_owned()),
                 });
                 ids.push(id);
                 spliced.push(s);
@@ -2267,6 +2359,7 @@ impl State {
         ];
         if server.config.mam.enabled {
             features.push(mam::NS_MAM);
+            features.push(mam::NS_MAM_EXTENDED);
         }
         for f in features {
             q = q.child(Element::new("feature", NS_INFO).attr("var", f));
@@ -2392,7 +2485,7 @@ impl State {
                 // XEP-0045 §10.2: occupants who gained or lost owner or admin
                 // status through the form (roomowners / roomadmins) get the
                 // role of their new affiliation, and everyone is told.
-                let mut changed: Vec<String> = Vec::new();
+                let mut changed: Vec<(String, Role)> = Vec::new();
                 let mut writes: Vec<(String, Option<OccupantRecord>)> = Vec::new();
                 for (nick, was) in before {
                     let bare = self.occupants[&nick].bare().to_owned();
@@ -2401,11 +2494,12 @@ impl State {
                         continue;
                     }
                     let role = self.default_role(now);
+                    let mut was_role = role;
                     if let Some(o) = self.occupants.get_mut(&nick) {
-                        o.role = role;
+                        was_role = std::mem::replace(&mut o.role, role);
                         writes.push((nick.clone(), Some(o.record())));
                     }
-                    changed.push(nick);
+                    changed.push((nick, was_role));
                 }
                 let refs: Vec<(&str, Option<OccupantRecord>)> = writes
                     .iter()
@@ -2413,8 +2507,9 @@ impl State {
                     .collect();
                 self.save(server, true, &refs).await?;
                 drop(refs);
-                for nick in &changed {
+                for (nick, was) in &changed {
                     self.broadcast_presence(server, nick, &[], &[], None);
+                    self.moderator_view_changed(server, nick, *was);
                 }
                 if !was_locked {
                     let mut codes = vec![104];
@@ -2434,6 +2529,18 @@ impl State {
                         .attr("id", crate::stream::new_id())
                         .child(x);
                     self.broadcast_el(server, m);
+                }
+                if now_private {
+                    // Who sees real JIDs changed (172/173): the occupants
+                    // who are not moderators get the others' presence again,
+                    // with or without them.
+                    for (nick, o) in &self.occupants {
+                        if o.role != Role::Moderator {
+                            for s in &o.sessions {
+                                self.send_occupants_to(server, &s.jid, nick);
+                            }
+                        }
+                    }
                 }
                 if now_members_only {
                     // Those who are not members leave (XEP-0045 §10.2, 322).
@@ -2766,13 +2873,15 @@ impl State {
             let Some(nick) = item.get_attr("nick") else {
                 return Err(err(Condition::BadRequest));
             };
+            // Privileges first: who may not change roles learns nothing
+            // about who is in the room (XEP-0045 §8: moderators only).
+            if my_role != Role::Moderator {
+                return Err(err(Condition::Forbidden));
+            }
             let Some(o) = self.occupants.get(nick) else {
                 return Err(err(Condition::ItemNotFound));
             };
             let target_aff = self.affiliation(server, o.bare());
-            if my_role != Role::Moderator {
-                return Err(err(Condition::Forbidden));
-            }
             if role == Role::Moderator {
                 if my_aff < Affiliation::Admin {
                     return Err(err(Condition::Forbidden));
@@ -2794,6 +2903,11 @@ impl State {
         }
         if let Some(a) = item.get_attr("affiliation") {
             let aff = Affiliation::parse(a).ok_or_else(|| err(Condition::BadRequest))?;
+            // Affiliations are changed by admins and owners (XEP-0045 §9,
+            // §10): anyone else is refused before the target is looked up.
+            if my_aff < Affiliation::Admin {
+                return Err(err(Condition::Forbidden));
+            }
             let jid = match (item.get_attr("jid"), item.get_attr("nick")) {
                 (Some(j), _) => {
                     let j = jid::Jid::new(j).map_err(|_| err(Condition::JidMalformed))?;
@@ -2927,6 +3041,7 @@ impl State {
                 extra = Element::new("reason", NS_MUC_USER).text(r.clone());
             }
             self.broadcast_presence(server, nick, &[], &[], Some(extra));
+            self.moderator_view_changed(server, nick, *before);
             if self.broadcasts(*before) && !self.broadcasts(o.role) {
                 // Its presence is no longer broadcast: to the others it
                 // is gone.
@@ -3014,6 +3129,29 @@ async fn route_out(server: &Server, m: Element) {
     }
 }
 
+/// Whether an error from an occupant's client means it can no longer take
+/// the room's traffic (a delivery failure), not a complaint about one
+/// stanza.
+fn kickable(el: &Element) -> bool {
+    const GONE: &[&str] = &[
+        "gone",
+        "internal-server-error",
+        "item-not-found",
+        "jid-malformed",
+        "recipient-unavailable",
+        "redirect",
+        "remote-server-not-found",
+        "remote-server-timeout",
+        "service-unavailable",
+    ];
+    match el.get_child("error", NS_CLIENT) {
+        Some(e) => e
+            .elements()
+            .any(|c| c.ns == NS_STANZAS && GONE.contains(&c.name.as_str())),
+        None => false,
+    }
+}
+
 /// Whether a nick is acceptable: non-empty, a valid resourcepart.
 fn valid_nick(n: &str) -> bool {
     !n.trim().is_empty() && jid::ResourcePart::new(n).is_ok()
@@ -3031,8 +3169,13 @@ fn reflected(el: &Element, from: &str) -> Element {
     out.children = el
         .children
         .iter()
+        // What only the room may say about the sender: its stanza-id, its
+        // occupant id (XEP-0421) and muc#user data such as a real JID
+        // (XEP-0313 §5.1.2: pre-existing <x/> elements are stripped).
         .filter(|c| {
-            !matches!(c, Node::Element(e) if e.is("stanza-id", mam::NS_SID) || e.is("occupant-id", NS_OCCUPANT_ID))
+            !matches!(c, Node::Element(e) if e.is("stanza-id", mam::NS_SID)
+                || e.is("occupant-id", NS_OCCUPANT_ID)
+                || e.is("x", NS_MUC_USER))
         })
         .cloned()
         .collect();
