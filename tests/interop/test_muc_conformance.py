@@ -473,6 +473,25 @@ def test_chat_states_are_reflected_but_not_archived(server, clients):
     assert [m.findtext(C("body")) for m in msgs if m.findtext(C("body"))] == ["with body"]
 
 
+def test_a_message_with_a_no_store_hint_is_reflected_but_not_archived(server, clients):
+    """XEP-0334: a groupchat message with a body and <no-store/> (or <no-permanent-store/>)
+    reaches every occupant and stays out of the room's archive and history; the messages
+    around it are archived as usual."""
+    room, owner, (p,) = room_with(server, clients, 2)
+    groupchat(p, room, "before")
+    recv_gc(owner, room, "before")
+    for i, hint in enumerate(("no-store", "no-permanent-store")):
+        p.send_raw(f"<message to='{room}' type='groupchat' id='ns{i}'><body>secret {i}</body>"
+                   f"<{hint} xmlns='urn:xmpp:hints'/></message>")
+        got = owner.recv(lambda e: e.tag == C("message") and e.get("id") == f"ns{i}", timeout=10)
+        assert got.findtext(C("body")) == f"secret {i}"
+    groupchat(p, room, "after")
+    recv_gc(owner, room, "after")
+    msgs, fin = room_archive(owner, room)
+    ok(fin)
+    assert [m.findtext(C("body")) for m in msgs if m.findtext(C("body"))] == ["before", "after"]
+
+
 def test_a_new_moderator_of_a_semi_anonymous_room_learns_the_real_jids(server, clients):
     """In a semi-anonymous room only moderators see real JIDs (XEP-0045 §5.1, §7.2.3): an
     occupant made moderator gets the others' presence again, with their JIDs; made

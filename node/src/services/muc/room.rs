@@ -623,12 +623,14 @@ impl State {
     }
 
     /// A groupchat message with a body from an occupant who may speak
-    /// (what the batch archives together).
+    /// (what the batch archives together); not one that asks not to be
+    /// stored (XEP-0334), which takes the path that honours that.
     fn plain_groupchat(&self, el: &Element) -> bool {
         el.name == "message"
             && el.get_attr("type") == Some("groupchat")
             && el.get_attr("to").is_some_and(|t| !t.contains('/'))
             && el.has_child("body", NS_CLIENT)
+            && mam::archivable_payload(el)
             && el
                 .get_attr("from")
                 .and_then(|f| self.by_jid.get(f))
