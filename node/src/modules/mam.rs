@@ -377,7 +377,7 @@ pub fn prepare(
             .rsplit_once('@')
             .is_some_and(|(_, d)| server.is_local(d))
         // A user with a session here exists (no store read per message).
-        && (server.router.user(&sender).is_some() || server.storage.account_exists(&sender)?)
+        && (server.router.has_user(&sender) || server.storage.account_exists(&sender)?)
         && archives_with(server, &sender, &prefs_of(server, &sender)?, &to)?;
     if !keep_in && !keep_out {
         return Ok(None);

@@ -532,6 +532,12 @@ impl Router {
         self.users.get(bare).map(|e| e.actor.clone())
     }
 
+    /// Whether `bare` has a session on this node (so its account exists:
+    /// deleting one closes its sessions everywhere).
+    pub fn has_user(&self, bare: &str) -> bool {
+        self.users.contains_key(bare)
+    }
+
     /// Changes one resource's state under the map's lock (the user's actor
     /// does, for its own sessions).
     pub fn update(&self, bare: &str, id: u64, f: impl FnOnce(&mut Resource)) {

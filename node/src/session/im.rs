@@ -79,7 +79,8 @@ pub fn destination<'a>(server: &Server, to: &'a str) -> Result<Destination<'a>, 
         Some(_) => Destination::Account {
             bare,
             resource,
-            exists: server.storage.account_exists(bare)?,
+            // A user with a session here exists (no store read per stanza).
+            exists: server.router.has_user(bare) || server.storage.account_exists(bare)?,
         },
     })
 }
