@@ -124,6 +124,29 @@ def test_room_archive_with_filters_by_occupant_jid(server, clients):
     assert [m.findtext(C("body")) for m in msgs] == ["from p1"]
 
 
+def test_room_archive_names_the_session_that_sent_under_a_shared_nick(server, clients):
+    """Two sessions of one user under one nick (XEP-0045 §7.2.1 allows it): in a non-anonymous
+    room the archived message names, in <item jid/>, the real full JID of the session that
+    sent it, not the first session's."""
+    from test_muc_sessions import second_session
+    room, owner, (p,) = room_with(server, clients, 2)
+    ok(configure(owner, room, {"whois": "anyone"}))
+    for c in (owner, p):
+        c.drain(0.3)
+    p2 = second_session(server, clients, p, "second")
+    join(p2, room, "p1")
+    p2.drain(0.5)
+    groupchat(p2, room, "from the second")
+    recv_gc(owner, room, "from the second")
+    groupchat(p, room, "from the first")
+    recv_gc(owner, room, "from the first")
+    msgs, fin = room_archive(owner, room)
+    ok(fin)
+    sent_by = {m.findtext(C("body")): m.find(q(NS_USER, "x")).find(q(NS_USER, "item")).get("jid")
+               for m in msgs if m.findtext(C("body"))}
+    assert sent_by == {"from the second": p2.jid, "from the first": p.jid}, sent_by
+
+
 def test_room_archive_refuses_outcasts_and_non_members_of_members_only_rooms(server, clients):
     """XEP-0313 §5.1.2: only who may enter may read: not an outcast of an open room, only
     members (and up) of a members-only one."""

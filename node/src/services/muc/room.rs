@@ -645,7 +645,7 @@ impl State {
             return;
         }
         let msgs = std::mem::take(run);
-        let mut outs: Vec<(Element, String)> = Vec::with_capacity(msgs.len());
+        let mut outs: Vec<(Element, String, Option<String>)> = Vec::with_capacity(msgs.len());
         for el in &msgs {
             let from = el.get_attr("from").unwrap_or_default();
             let Some(nick) = self.by_jid.get(from).cloned() else {
@@ -656,7 +656,7 @@ impl State {
                 Element::new("occupant-id", NS_OCCUPANT_ID)
                     .attr("id", self.occupants[&nick].oid.as_str()),
             ));
-            outs.push((out, nick));
+            outs.push((out, nick, Some(from.to_owned())));
         }
         match self.archive_all(server, &mut outs).await {
             Ok(spliced) => {
@@ -1672,7 +1672,7 @@ impl State {
             ));
             // The room's archive keeps subject changes too (XEP-0313
             // §5.1.2), with a stanza-id like any message it reflects.
-            let mut outs = [(out, nick.to_owned())];
+            let mut outs = [(out, nick.to_owned(), el.get_attr("from").map(str::to_owned))];
             for sp in &self.archive_all(server, &mut outs).await? {
                 self.fan_out(server, sp);
             }
@@ -1691,7 +1691,7 @@ impl State {
         }
         // Archived (durably) before anyone gets it: it is the history and
         // the room's XEP-0313 archive, and survives the node.
-        let mut outs = [(out, nick.to_owned())];
+        let mut outs = [(out, nick.to_owned(), el.get_attr("from").map(str::to_owned))];
         let spliced = self.archive_all(server, &mut outs).await?;
         for sp in &spliced {
             self.fan_out(server, sp);
@@ -1700,20 +1700,21 @@ impl State {
         Ok(())
     }
 
-    /// Archives reflected messages under the room's JID, each with a new
-    /// stanza-id, in one durable write; returns them serialised for the
-    /// fan-out.
+    /// Archives reflected messages (each with its sender's nick and real
+    /// full JID: the session that sent it, of an occupant that may have
+    /// several) under the room's JID, each with a new stanza-id, in one
+    /// durable write; returns them serialised for the fan-out.
     async fn archive_all(
         &self,
         server: &Server,
-        outs: &mut [(Element, String)],
+        outs: &mut [(Element, String, Option<String>)],
     ) -> Result<Vec<Spliced>, StanzaError> {
         for _ in 0..8 {
             let node = server.storage.store.node_id();
             let mut ids = Vec::with_capacity(outs.len());
             let mut spliced = Vec::with_capacity(outs.len());
             let mut records = Vec::with_capacity(outs.len());
-            for (out, nick) in outs.iter_mut() {
+            for (out, nick, sender) in outs.iter_mut() {
                 let id = mam::next_id(node);
                 out.children.push(Node::Element(
                     Element::new("stanza-id", mam::NS_SID)
@@ -1726,10 +1727,11 @@ impl State {
                     with: self.jid.clone(),
                     with_resource: Some(nick.clone()),
                     xml: s.without_to(),
-                    jid: self
-                        .occupants
-                        .get(nick.as_str())
-                        .map(|o| o.jid().to_owned()),
+                    jid: sender.clone().or_else(|| {
+                        self.occupants
+                            .get(nick.as_str())
+                            .map(|o| o.jid().to_owned())
+                    }),
                 });
                 ids.push(id);
                 spliced.push(s);
@@ -1743,7 +1745,7 @@ impl State {
                 metrics::counter!("starling_muc_archive_writes_total").increment(1);
                 return Ok(spliced);
             }
-            for (out, _) in outs.iter_mut() {
+            for (out, ..) in outs.iter_mut() {
                 out.children.pop();
             }
         }
