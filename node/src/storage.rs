@@ -230,7 +230,6 @@ impl Storage {
         Ok(())
     }
 
-    /// Bare JIDs of all accounts, optionally of one domain.
     /// The disabled accounts of `domain`.
     pub fn disabled_accounts(&self, domain: &str) -> Result<Vec<String>, StoreError> {
         let all = self.store.scan_prefix(ACCOUNTS, b"")?;
@@ -246,6 +245,7 @@ impl Storage {
         Ok(out)
     }
 
+    /// Bare JIDs of all accounts, optionally of one domain.
     pub fn list_accounts(&self, domain: Option<&str>) -> Result<Vec<String>, StoreError> {
         let all = self.store.scan_prefix(ACCOUNTS, b"")?;
         Ok(all

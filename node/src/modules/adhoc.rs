@@ -77,6 +77,13 @@ fn first<'f>(fields: &'f Fields, var: &str) -> Option<&'f str> {
         .filter(|s| !s.is_empty())
 }
 
+/// The first value of a field the command cannot do without
+/// (`<bad-payload/>` when it is missing or empty).
+fn required<'f>(fields: &'f Fields, var: &str) -> Result<&'f str, Fail> {
+    first(fields, var)
+        .ok_or_else(|| Fail::Stanza(bad_payload(format!("the field {var} is required"))))
+}
+
 /// Who runs a command, where.
 pub struct Run<'a> {
     pub server: &'a Server,
@@ -710,9 +717,7 @@ fn run_uptime<'a>(run: &'a Run<'a>, _: &'a Fields) -> BoxFuture<'a, Result<Done,
 fn run_add_user<'a>(run: &'a Run<'a>, v: &'a Fields) -> BoxFuture<'a, Result<Done, Fail>> {
     async move {
         let jid = one_account(run, v)?;
-        let Some(password) = first(v, "password") else {
-            return Err(Fail::Stanza(bad_payload("the field password is required")));
-        };
+        let password = required(v, "password")?;
         if let Some(again) = first(v, "password-verify")
             && again != password
         {
@@ -851,9 +856,7 @@ fn run_end_user_session<'a>(run: &'a Run<'a>, v: &'a Fields) -> BoxFuture<'a, Re
 fn run_change_password<'a>(run: &'a Run<'a>, v: &'a Fields) -> BoxFuture<'a, Result<Done, Fail>> {
     async move {
         let jid = one_account(run, v)?;
-        let Some(password) = first(v, "password") else {
-            return Err(Fail::Stanza(bad_payload("the field password is required")));
-        };
+        let password = required(v, "password")?;
         accounts::set_password(
             &run.server.storage,
             &jid,

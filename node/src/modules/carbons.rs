@@ -20,7 +20,7 @@
 //!   arriving from anyone else loses its wrapper.
 
 use super::{Event, Flow, Hook, HookCtx, IqCtx, IqHandler, IqReply, IqResult, IqTarget, Module};
-use crate::router::{At, ToUser};
+use crate::router::ToUser;
 use crate::server::Server;
 use crate::stanza::{Condition, MessageType, NS_CLIENT, StanzaError, split};
 use crate::xml::{Element, Node};
@@ -228,9 +228,7 @@ pub fn copied_elsewhere(server: &Server, el: &Element) -> bool {
     el.get_attr("to").is_some_and(|to| {
         server
             .router
-            .bound(split(to).0)
-            .iter()
-            .any(|b| b.carbons && b.available && matches!(b.at, At::Node { .. }))
+            .any_remote(split(to).0, |r| r.carbons && r.available)
     })
 }
 

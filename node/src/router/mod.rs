@@ -532,6 +532,14 @@ impl Router {
         self.users.get(bare).map(|e| e.actor.clone())
     }
 
+    /// Whether a session of `bare` on another node matches `keep` (its
+    /// route's info); never with no peers.
+    pub fn any_remote(&self, bare: &str, keep: impl Fn(&table::RouteInfo) -> bool) -> bool {
+        table::remote(&self.store, bare)
+            .iter()
+            .any(|r| keep(&r.info))
+    }
+
     /// Whether `bare` has a session on this node (so its account exists:
     /// deleting one closes its sessions everywhere).
     pub fn has_user(&self, bare: &str) -> bool {

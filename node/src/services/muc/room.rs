@@ -645,7 +645,7 @@ impl State {
             return;
         }
         let msgs = std::mem::take(run);
-        let mut outs: Vec<(Element, String, Option<String>)> = Vec::with_capacity(msgs.len());
+        let mut outs: Vec<(Element, String, Option<&str>)> = Vec::with_capacity(msgs.len());
         for el in &msgs {
             let from = el.get_attr("from").unwrap_or_default();
             let Some(nick) = self.by_jid.get(from).cloned() else {
@@ -656,7 +656,7 @@ impl State {
                 Element::new("occupant-id", NS_OCCUPANT_ID)
                     .attr("id", self.occupants[&nick].oid.as_str()),
             ));
-            outs.push((out, nick, Some(from.to_owned())));
+            outs.push((out, nick, Some(from)));
         }
         match self.archive_all(server, &mut outs).await {
             Ok(spliced) => {
@@ -1672,7 +1672,7 @@ impl State {
             ));
             // The room's archive keeps subject changes too (XEP-0313
             // §5.1.2), with a stanza-id like any message it reflects.
-            let mut outs = [(out, nick.to_owned(), el.get_attr("from").map(str::to_owned))];
+            let mut outs = [(out, nick.to_owned(), el.get_attr("from"))];
             for sp in &self.archive_all(server, &mut outs).await? {
                 self.fan_out(server, sp);
             }
@@ -1691,7 +1691,7 @@ impl State {
         }
         // Archived (durably) before anyone gets it: it is the history and
         // the room's XEP-0313 archive, and survives the node.
-        let mut outs = [(out, nick.to_owned(), el.get_attr("from").map(str::to_owned))];
+        let mut outs = [(out, nick.to_owned(), el.get_attr("from"))];
         let spliced = self.archive_all(server, &mut outs).await?;
         for sp in &spliced {
             self.fan_out(server, sp);
@@ -1707,7 +1707,7 @@ impl State {
     async fn archive_all(
         &self,
         server: &Server,
-        outs: &mut [(Element, String, Option<String>)],
+        outs: &mut [(Element, String, Option<&str>)],
     ) -> Result<Vec<Spliced>, StanzaError> {
         for _ in 0..8 {
             let node = server.storage.store.node_id();
@@ -1727,7 +1727,7 @@ impl State {
                     with: self.jid.clone(),
                     with_resource: Some(nick.clone()),
                     xml: s.without_to(),
-                    jid: sender.clone().or_else(|| {
+                    jid: sender.map(str::to_owned).or_else(|| {
                         self.occupants
                             .get(nick.as_str())
                             .map(|o| o.jid().to_owned())
