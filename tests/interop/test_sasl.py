@@ -182,3 +182,46 @@ def test_plain_without_tls_refused(server, clients, source_ip):
         conds = [local(x.tag) for x in el if local(x.tag) != "text"]
         assert conds in (["encryption-required"], ["invalid-mechanism"]), tostring(el)
     server.assert_healthy(good)
+
+
+def _read_until(c, pattern, timeout=10.0):
+    """Raw bytes from the socket until `pattern` (a regex) matches them."""
+    import re
+    import time
+    data, deadline = b"", time.monotonic() + timeout
+    while not re.search(pattern, data) and time.monotonic() < deadline:
+        c.sock.settimeout(max(0.05, deadline - time.monotonic()))
+        try:
+            chunk = c.sock.recv(65536)
+        except (TimeoutError, OSError):
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def test_new_stream_pipelined_behind_auth(server, clients):
+    """RFC 6120 6.4.6: the restart after <success/>. Tsung (and other pipelining clients) send
+    the new stream header, bind and session right behind <auth/>, in one write, before the
+    server has answered: the server must read them as the new stream, not lose them with the
+    old parser's buffer."""
+    jid, user, pw = server.new_user("pipe")
+    c = clients.add(server.client()).start()
+    payload = base64.b64encode(f"\0{user}\0{pw}".encode()).decode()
+    c.send_raw(
+        f"<auth xmlns='{NS_SASL}' mechanism='PLAIN'>{payload}</auth>"
+        + c.stream_header()
+        + "<iq type='set' id='pipe-bind'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
+          "<resource>pipe</resource></bind></iq>"
+        + "<iq type='set' id='pipe-sess'><session xmlns='urn:ietf:params:xml:ns:xmpp-session'/></iq>"
+    )
+    data = _read_until(c, rb"id=['\"]pipe-sess['\"]")
+    text = data.decode("utf-8", "replace")
+    assert "<success" in text, text
+    assert "stream:error" not in text, text
+    assert f"<jid>{jid}/pipe</jid>" in text, text
+    assert text.index("<success") < text.index("<stream:stream") < text.index("<jid>"), text
+    import re
+    session = re.search(r"<iq[^>]*id=['\"]pipe-sess['\"][^>]*>", text)
+    assert session and "type='result'" in session.group(0).replace('"', "'"), text

@@ -29,7 +29,6 @@ impl From<XmlError> for ReadError {
 pub struct XmlStream<S> {
     pub io: S,
     parser: StreamParser,
-    limits: Limits,
     /// Whether our stream header went out on this stream.
     pub header_sent: bool,
     /// Our domain, for the header sent before an early error.
@@ -42,16 +41,17 @@ impl<S: Transport> XmlStream<S> {
         XmlStream {
             io,
             parser: StreamParser::new(limits),
-            limits,
             header_sent: false,
             domain,
             write_timeout,
         }
     }
 
-    /// Starts a new stream on the same transport (after SASL success).
+    /// Starts a new stream on the same transport (after SASL success),
+    /// keeping bytes the client sent behind the element that ended the
+    /// old one. Never used for a TLS upgrade, where such bytes are refused.
     pub fn restart(&mut self) {
-        self.parser = StreamParser::new(self.limits);
+        self.parser = self.parser.restarted();
         self.header_sent = false;
     }
 

@@ -148,6 +148,18 @@ impl StreamParser {
         self.buf.len() - self.start
     }
 
+    /// A parser for a new stream on the same connection (RFC 6120 §6.4.6:
+    /// after SASL success) that keeps what was read but not consumed: a
+    /// client may send its new stream header right behind `<auth/>`, in
+    /// the same read (Tsung does).
+    pub fn restarted(&self) -> Self {
+        let mut next = StreamParser::new(self.limits);
+        if self.failed.is_none() && self.start < self.buf.len() {
+            next.feed(&self.buf[self.start..]);
+        }
+        next
+    }
+
     /// Appends bytes read from the connection.
     pub fn feed(&mut self, data: &[u8]) {
         // Drop what earlier events consumed, once per read rather than
