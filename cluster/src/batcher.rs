@@ -64,6 +64,7 @@ fn op_bytes(op: &Op) -> usize {
         Op::ExpectValue { space, key, value } => {
             space.len() + key.len() + value.as_ref().map_or(0, Vec::len)
         }
+        Op::Incr { space, key } => space.len() + key.len(),
     }
 }
 
@@ -349,13 +350,14 @@ fn retryable(e: &StoreError, request: &Request) -> bool {
 
 /// Whether applying the writes a second time leaves the same state: sets,
 /// deletes, inserts (the same one again is `Done`) and conditions do (a
-/// repeated condition fails and its caller reads again); `Append` does not.
+/// repeated condition fails and its caller reads again); `Append` and
+/// `Incr` do not.
 fn idempotent(request: &Request) -> bool {
     request
         .writes
         .iter()
         .flatten()
-        .all(|op| !matches!(op, Op::Append { .. }))
+        .all(|op| !matches!(op, Op::Append { .. } | Op::Incr { .. }))
 }
 
 /// Whether the group has other voters (a leader can then lose its place).

@@ -99,6 +99,15 @@ pub enum Op {
         #[serde(with = "serde_bytes")]
         value: Option<Vec<u8>>,
     },
+    /// Add one to the counter at `key` (a u64, big-endian; absent: 0) and
+    /// store it: `OpResult::Seq(new value)`. A version that concurrent
+    /// writes each bump in log order, without reading it first (so they
+    /// need not conflict on it).
+    Incr {
+        space: String,
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+    },
 }
 
 /// What happened to one operation.
@@ -227,6 +236,14 @@ mod tests {
                 },
                 "81ab45787065637456616c756593a173916b9176",
                 "81ab45787065637456616c756593a173c4016bc40176",
+            ),
+            (
+                Op::Incr {
+                    space: s(),
+                    key: k(),
+                },
+                "81a4496e637292a173916b",
+                "81a4496e637292a173c4016b",
             ),
         ];
         let unhex = |h: &str| -> Vec<u8> {

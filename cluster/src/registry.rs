@@ -118,7 +118,8 @@ fn op_space(op: &Op) -> &str {
         | Op::Expect { space, .. }
         | Op::DeleteIndexed { space, .. }
         | Op::Append { space, .. }
-        | Op::ExpectValue { space, .. } => space,
+        | Op::ExpectValue { space, .. }
+        | Op::Incr { space, .. } => space,
     }
 }
 

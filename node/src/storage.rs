@@ -301,8 +301,7 @@ impl Storage {
                 checks: Vec::new(),
                 checked: Vec::new(),
                 ops: Vec::new(),
-                roster_ver: None,
-                new_ver: None,
+                bump_at: None,
             };
             let out = f(&mut txn);
             if !confirmed && (out.is_err() || txn.ops.is_empty()) {
@@ -315,29 +314,32 @@ impl Storage {
                 continue;
             }
             let out = out?;
-            let new_ver = txn.new_ver;
             if txn.ops.is_empty() {
                 return Ok((out, Committed { roster_ver: None }));
             }
+            let bump_at = txn.bump_at.map(|i| i + txn.checks.len());
             let mut ops = txn.checks;
             ops.append(&mut txn.ops);
             let results = self.store.write(ops).await?;
             if !results.contains(&OpResult::Mismatch) {
-                return Ok((
-                    out,
-                    Committed {
-                        roster_ver: new_ver,
-                    },
-                ));
+                let roster_ver = bump_at.and_then(|i| match results.get(i) {
+                    Some(OpResult::Seq(v)) => Some(*v),
+                    _ => None,
+                });
+                return Ok((out, Committed { roster_ver }));
             }
-            // Another write changed what we read; the local replica has
-            // applied it by now (it came first in the log), so read again.
-            // Many writers for one user (contacts' sessions answering at
-            // once) mostly land in one Raft entry where only the first
-            // wins: after two lost rounds, step aside for a random moment so
-            // every writer gets its turn.
+            // Another write changed a record we read. On a node with peers
+            // the write was decided on the leader, and this replica may not
+            // have applied the change yet: catch up before reading again,
+            // or the next attempt is decided on the same stale state.
+            // Many writers for one record mostly land in one Raft entry
+            // where only the first wins: after two lost rounds, step aside
+            // for a random moment so every writer gets its turn.
             metrics::counter!("starling_storage_txn_retries_total").increment(1);
             tracing::debug!(bare, attempt, "per-user write raced another; retrying");
+            if self.store.has_peers() {
+                self.store.read_barrier().await?;
+            }
             if attempt >= 1 {
                 let cap_ms = (2u64 << attempt.min(5)).min(50);
                 let pause = rand::random_range(1..=cap_ms);
@@ -679,8 +681,8 @@ pub struct UserTxn<'a> {
     /// The (space, key) pairs already in `checks`.
     checked: Vec<(&'static str, Vec<u8>)>,
     ops: Vec<Op>,
-    roster_ver: Option<u64>,
-    new_ver: Option<u64>,
+    /// Where in `ops` the roster version is bumped, if the roster changes.
+    bump_at: Option<usize>,
 }
 
 impl UserTxn<'_> {
@@ -698,24 +700,13 @@ impl UserTxn<'_> {
         Ok(value)
     }
 
-    /// The roster version as read (every roster change bumps it, so a
-    /// condition on it covers every item).
-    fn roster_version(&mut self) -> Result<u64, StoreError> {
-        if let Some(v) = self.roster_ver {
-            return Ok(v);
-        }
-        let v = self
-            .read(ROSTER_VER, self.bare.as_bytes().to_vec())?
-            .and_then(|v| v.try_into().ok().map(u64::from_be_bytes))
-            .unwrap_or(0);
-        self.roster_ver = Some(v);
-        Ok(v)
-    }
-
-    /// One roster item of the user.
+    /// One roster item of the user; the write depends on that item only
+    /// (changes to other items commute with it: the roster version is
+    /// bumped by the write itself, `Op::Incr`, not read and checked).
     pub fn roster_item(&mut self, contact: &str) -> Result<Option<RosterItem>, StoreError> {
-        self.roster_version()?;
-        self.storage.roster_item(self.bare, contact)
+        self.read(ROSTER, user_key(self.bare, contact))?
+            .map(|v| de(&v))
+            .transpose()
     }
 
     /// Whether `contact` has a subscription request waiting for the user.
@@ -741,13 +732,11 @@ impl UserTxn<'_> {
                 value: ser(item),
             }
         });
-        if self.new_ver.is_none() {
-            let ver = self.roster_version()? + 1;
-            self.new_ver = Some(ver);
-            self.ops.push(Op::Put {
+        if self.bump_at.is_none() {
+            self.bump_at = Some(self.ops.len());
+            self.ops.push(Op::Incr {
                 space: ROSTER_VER.into(),
                 key: self.bare.as_bytes().to_vec(),
-                value: ver.to_be_bytes().to_vec(),
             });
         }
         Ok(())

@@ -214,6 +214,20 @@ impl Overlay {
                         OpResult::Seq(seq)
                     }
                 }
+                Op::Incr { space, key } => {
+                    let next = self
+                        .get(base, space, key)?
+                        .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+                        .map_or(0, u64::from_be_bytes)
+                        + 1;
+                    self.set(
+                        space,
+                        key.clone(),
+                        Some(next.to_be_bytes().to_vec()),
+                        &mut undo,
+                    );
+                    OpResult::Seq(next)
+                }
             };
             if matches!(r, OpResult::Exists | OpResult::Full | OpResult::Mismatch) {
                 self.rollback(undo);
@@ -523,6 +537,37 @@ mod tests {
         assert_eq!(
             ov.spaces["roster"].get(&b"alice"[..]),
             Some(&Some(b"from node 1".to_vec()))
+        );
+    }
+
+    #[test]
+    fn incr_counts_in_log_order_and_an_aborted_write_takes_its_bump_back() {
+        let mut base = Mem::default();
+        base.0
+            .insert(("v".into(), b"u".to_vec()), 41u64.to_be_bytes().to_vec());
+        let incr = |k: &[u8]| Op::Incr {
+            space: "v".into(),
+            key: k.to_vec(),
+        };
+        let mut ov = Overlay::default();
+        assert_eq!(
+            ov.apply_write(&base, &[incr(b"u")]).unwrap(),
+            vec![OpResult::Seq(42)]
+        );
+        assert_eq!(
+            ov.apply_write(&base, &[incr(b"new")]).unwrap(),
+            vec![OpResult::Seq(1)]
+        );
+        let failing = Op::Expect {
+            space: "s".into(),
+            key: b"absent".to_vec(),
+            prefix: Vec::new(),
+        };
+        let r = ov.apply_write(&base, &[incr(b"u"), failing]).unwrap();
+        assert_eq!(r, vec![OpResult::Aborted, OpResult::Mismatch]);
+        assert_eq!(
+            ov.apply_write(&base, &[incr(b"u")]).unwrap(),
+            vec![OpResult::Seq(43)]
         );
     }
 }

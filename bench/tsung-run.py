@@ -1,0 +1,213 @@
+#!/usr/bin/env python3
+"""One Tsung 1.7 chat run against a server on loopback, measured from outside the server.
+
+usage: tsung-run.py --port P --server-pid PID --label NAME --json OUT.json
+                    [--users 1000] [--arrival-secs 10] [--messages 45] [--size 100]
+                    [--domain perf.test] [--max-secs 180]
+
+Tsung logs in USERS accounts user<i>@DOMAIN / perfpass<i> over ARRIVAL_SECS (STARTTLS, SASL PLAIN,
+bind, session, roster get, initial presence: Tsung's `auth_sasl` sequence), lets each think 15 s,
+then each sends MESSAGES chat messages of SIZE bytes, one a second, to a random online user
+(`destination="online"`, stamped so Tsung measures delivery latency), and closes. (Tsung's
+arrivals are random: the phase ends at USERS or after twice ARRIVAL_SECS.) Tsung prints its
+statistics every 5 s; this script samples the server's CPU (utime+stime of SERVER_PID) twice a
+second and divides the server CPU between the first and last statistics dump in which every user
+was sending by the messages Tsung sent between them. Every run stops by itself: Tsung's own
+`duration` and MAX_SECS (the Tsung process is killed by PID after that).
+
+Writes OUT.json in starling-bench's format (`figures`, `runs[0]`), so bench/compare.sh and
+bench/summarize.py treat it like any other scenario.
+"""
+import argparse, json, os, re, shutil, signal, subprocess, sys, tempfile, threading, time
+
+p = argparse.ArgumentParser()
+p.add_argument("--port", type=int, required=True)
+p.add_argument("--server-pid", type=int, required=True)
+p.add_argument("--label", default="server")
+p.add_argument("--json", required=True)
+p.add_argument("--users", type=int, default=1000)
+p.add_argument("--arrival-secs", type=int, default=10)
+p.add_argument("--messages", type=int, default=45)
+p.add_argument("--size", type=int, default=100)
+p.add_argument("--domain", default="perf.test")
+p.add_argument("--max-secs", type=int, default=180)
+a = p.parse_args()
+THINK = 15
+if a.messages < a.arrival_secs + 15:
+    sys.exit("--messages must exceed --arrival-secs by 15 or more (a window where all users send)")
+if not shutil.which("tsung"):
+    sys.exit("tsung is not installed (Debian: apt-get install tsung)")
+
+CONFIG = f"""<?xml version="1.0"?>
+<!DOCTYPE tsung SYSTEM "/usr/share/tsung/tsung-1.0.dtd">
+<tsung loglevel="warning" dumptraffic="false" version="1.0">
+  <clients><client host="localhost" use_controller_vm="true" maxusers="{a.users + 10}"/></clients>
+  <servers><server host="127.0.0.1" port="{a.port}" type="tcp"/></servers>
+  <load duration="{2 * a.arrival_secs + THINK + a.messages + 30}" unit="second">
+    <arrivalphase phase="1" duration="{2 * a.arrival_secs}" unit="second">
+      <users arrivalrate="{a.users / a.arrival_secs:.3f}" unit="second" maxnumber="{a.users}"/>
+    </arrivalphase>
+  </load>
+  <options>
+    <option type="ts_jabber" name="global_number" value="{a.users}"/>
+    <option type="ts_jabber" name="userid_max" value="{a.users}"/>
+    <option type="ts_jabber" name="domain" value="{a.domain}"/>
+    <option type="ts_jabber" name="username" value="user"/>
+    <option type="ts_jabber" name="passwd" value="perfpass"/>
+  </options>
+  <sessions>
+    <session probability="100" name="chat" type="ts_jabber" bidi="true">
+      <request><jabber type="connect" ack="local"/></request>
+      <request><jabber type="starttls" ack="bidi_ack"/></request>
+      <request><jabber type="connect" ack="local"/></request>
+      <transaction name="authenticate">
+        <request><jabber type="auth_sasl" ack="local"/></request>
+        <request><jabber type="connect" ack="local"/></request>
+        <request><jabber type="auth_sasl_bind" ack="local"/></request>
+        <request><jabber type="auth_sasl_session" ack="local"/></request>
+      </transaction>
+      <transaction name="roster"><request><jabber type="iq:roster:get" ack="local"/></request></transaction>
+      <request><jabber type="presence:initial" ack="no_ack"/></request>
+      <thinktime value="{THINK}"/>
+      <for from="1" to="{a.messages}" incr="1" var="i">
+        <transaction name="online">
+          <request><jabber type="chat" ack="no_ack" size="{a.size}" destination="online" stamped="true"/></request>
+        </transaction>
+        <thinktime value="1"/>
+      </for>
+      <thinktime value="3"/>
+      <transaction name="close"><request><jabber type="close" ack="local"/></request></transaction>
+    </session>
+  </sessions>
+</tsung>
+"""
+
+work = tempfile.mkdtemp(prefix="tsung-run-")
+cfg = os.path.join(work, "chat.xml")
+open(cfg, "w").write(CONFIG)
+
+
+def server_cpu():
+    """utime+stime of the server in seconds (None once it is gone)."""
+    try:
+        f = open(f"/proc/{a.server_pid}/stat").read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
+samples, stop = [], threading.Event()
+
+
+def sampler():
+    while not stop.is_set():
+        c = server_cpu()
+        if c is not None:
+            samples.append((time.time(), c))
+        stop.wait(0.5)
+
+
+threading.Thread(target=sampler, daemon=True).start()
+# Tsung's controller writes its statistics every `dumpstats_interval` ms (an application
+# environment variable, not a command-line option in 1.7); -n: no web GUI (it would listen on
+# every interface).
+cmd = ["tsung", "-n", "-f", cfg, "-l", work, "start"]
+env = dict(os.environ, ERL_FLAGS="-tsung_controller dumpstats_interval 5000")
+t0 = time.time()
+proc = subprocess.Popen(cmd, stdout=open(os.path.join(work, "tsung.out"), "w"),
+                        stderr=subprocess.STDOUT, env=env, start_new_session=True)
+try:
+    proc.wait(timeout=a.max_secs)
+except subprocess.TimeoutExpired:
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+stop.set()
+logs = [os.path.join(d, "tsung.log") for d, _, fs in os.walk(work) if "tsung.log" in fs]
+if not logs:
+    sys.exit(f"tsung wrote no tsung.log (see {work}/tsung.out)")
+text = open(logs[0]).read()
+
+# Statistics blocks: "# stats: dump at T" then "stats: NAME COUNT ..." (COUNT: in this interval;
+# for counters, the second number is the total).
+dumps = []
+for block in re.split(r"^# stats: dump at ", text, flags=re.M)[1:]:
+    t = float(block.split("\n", 1)[0])
+    st = {}
+    for m in re.finditer(r"^stats: (\S+) (.*)$", block, re.M):
+        st[m.group(1)] = [float(x) for x in m.group(2).split()]
+    dumps.append((t, st))
+
+
+def cpu_at(t):
+    """Server CPU at wall time t, interpolated between samples."""
+    prev = None
+    for ts, c in samples:
+        if ts >= t:
+            if prev is None:
+                return c
+            return prev[1] + (c - prev[1]) * (t - prev[0]) / max(ts - prev[0], 1e-9)
+        prev = (ts, c)
+    return prev[1] if prev else None
+
+
+def total(name, col=1):
+    """A counter's total (or, with col=6, a sample statistic's count) from the last dump."""
+    for _, st in reversed(dumps):
+        if name in st:
+            return st[name][col]
+    return None
+
+
+# The window: dumps in which every user was logged in and sending, i.e. the messages of the
+# interval are at least 90% of one a second per logged-in user. (Tsung's arrivals are random:
+# the phase ends at USERS or after twice ARRIVAL_SECS.)
+logged_in = total("tr_authenticate", 6) or 0
+full = [i for i, (t, st) in enumerate(dumps) if i > 0 and logged_in
+        and st.get("tr_online", [0])[0] >= 0.9 * logged_in * (t - dumps[i - 1][0])]
+fig = {}
+if len(full) >= 2:
+    i0, i1 = full[0], full[-1]
+    sent = sum(dumps[i][1].get("tr_online", [0])[0] for i in range(i0 + 1, i1 + 1))
+    c0, c1 = cpu_at(dumps[i0][0]), cpu_at(dumps[i1][0])
+    secs = dumps[i1][0] - dumps[i0][0]
+    fig["window_secs"] = secs
+    fig["messages_per_s"] = sent / secs if secs else None
+    fig["server_cpu_us_per_msg"] = (c1 - c0) * 1e6 / sent if sent and c0 is not None else None
+    fig["server_cpu_cores"] = (c1 - c0) / secs if secs and c0 is not None else None
+
+
+def mean_over_run(name):
+    """Tsung's 'stats: name n mean stddev max min global_mean global_n': the run's mean."""
+    for _, st in reversed(dumps):
+        if name in st and len(st[name]) >= 7:
+            return st[name][5]
+    return None
+
+
+fig["users_logged_in"] = logged_in
+fig["login_ms_mean"] = mean_over_run("tr_authenticate")
+fig["latency_mean_ms"] = mean_over_run("xmpp_msg_latency")
+fig["messages_sent"] = sum(st.get("tr_online", [0])[0] for _, st in dumps)
+errors = {k: v[1] for _, st in dumps for k, v in st.items() if k.startswith("error_")}
+fig["errors"] = sum(errors.values())
+fig["wall_secs"] = time.time() - t0
+doc = {
+    "scenario": "tsung-chat",
+    "target": {"label": a.label, "port": a.port, "server_pid": a.server_pid, "tls": "Starttls",
+               "mech": "PLAIN", "domain": a.domain},
+    "params": {"users": a.users, "arrival_secs": a.arrival_secs, "messages": a.messages,
+               "size": a.size, "tsung_log": logs[0]},
+    "errors_by_kind": errors,
+    "figures": list(fig),
+    "median": fig,
+    "runs": [fig],
+    "unix_time": int(t0),
+}
+json.dump(doc, open(a.json, "w"), indent=2, sort_keys=True)
+for k, v in fig.items():
+    print(f"{k:28} {v if v is None else round(v, 3)}")
+if errors:
+    print("errors:", errors)
+if len(full) < 2:
+    print(f"no steady window (every user sending) in Tsung's statistics: see {logs[0]}")
+    sys.exit(1)
