@@ -1063,7 +1063,7 @@ impl State {
         // Prosody allow); anyone else gets <conflict/>.
         match self.occupants.get(nick) {
             Some(o) if o.bare() == bare => {
-                return self.join_session(server, from, nick, x).await;
+                return self.join_session(server, from, nick, el).await;
             }
             Some(_) => {
                 return Err(StanzaError::with_text(
@@ -1110,7 +1110,7 @@ impl State {
         // Existing occupants to the newcomer first.
         self.send_occupants_to(server, from, nick);
         // Its own presence to everyone, itself last with its codes.
-        let self_codes = self.self_codes(created);
+        let self_codes = self.self_codes(created, renamed(el, nick));
         self.broadcast_presence(server, nick, &[], &self_codes, None);
         if !created {
             self.send_history(server, from, x.and_then(|x| x.get_child("history", NS_MUC)))?;
@@ -1150,8 +1150,9 @@ impl State {
         }
     }
 
-    /// The status codes of a joining occupant's own presence (besides 110).
-    fn self_codes(&self, created: bool) -> Vec<u16> {
+    /// The status codes of a joining occupant's own presence (besides 110);
+    /// `renamed`: its nick is not the one it asked for (210).
+    fn self_codes(&self, created: bool, renamed: bool) -> Vec<u16> {
         let mut self_codes = Vec::new();
         if self.whois_anyone() {
             self_codes.push(100);
@@ -1161,6 +1162,9 @@ impl State {
         }
         if created {
             self_codes.push(201);
+        }
+        if renamed {
+            self_codes.push(210);
         }
         self_codes
     }
@@ -1173,8 +1177,9 @@ impl State {
         server: &Server,
         from: &str,
         nick: &str,
-        x: Option<&Element>,
+        el: &Element,
     ) -> Result<(), StanzaError> {
+        let x = el.get_child("x", NS_MUC);
         let occ = self.occupants.get_mut(nick).expect("occupant");
         occ.sessions.push(Session::new(server, from.to_owned()));
         let record = occ.record();
@@ -1191,7 +1196,7 @@ impl State {
         let occ = &self.occupants[nick];
         let mut p = self.presence_of(server, nick, true);
         if let Some(x) = p.get_child_mut("x", NS_MUC_USER) {
-            for c in self.self_codes(false) {
+            for c in self.self_codes(false, renamed(el, nick)) {
                 x.children.push(Node::Element(status(c)));
             }
             x.children.push(Node::Element(status(110)));
@@ -1240,7 +1245,7 @@ impl State {
         let record = occ.record();
         self.save(server, false, &[(nick, Some(record))]).await?;
         self.send_occupants_to(server, from, nick);
-        let codes = self.self_codes(false);
+        let codes = self.self_codes(false, renamed(el, nick));
         self.broadcast_presence(server, nick, &[], &codes, None);
         let x = el.get_child("x", NS_MUC);
         self.send_history(server, from, x.and_then(|x| x.get_child("history", NS_MUC)))?;
@@ -2992,6 +2997,8 @@ impl State {
         let mut removed: Vec<(String, Vec<u16>, Option<String>)> = Vec::new();
         // (nick, reason, role before)
         let mut changed: Vec<(String, Option<String>, Role)> = Vec::new();
+        // Affiliations changed of users not in the room (bare JID, new one).
+        let mut absent: Vec<(String, Affiliation, Option<String>)> = Vec::new();
         for c in changes {
             match c {
                 Change::Role { nick, role, reason } => {
@@ -3010,6 +3017,9 @@ impl State {
                         .map(|(n, _)| n.clone())
                         .collect();
                     let members_only = self.config().is_some_and(|c| c.members_only);
+                    if nicks.is_empty() {
+                        absent.push((jid.clone(), aff, reason.clone()));
+                    }
                     for n in nicks {
                         if aff == Affiliation::Outcast {
                             removed.push((n, vec![301], reason.clone()));
@@ -3096,7 +3106,25 @@ impl State {
             .iter()
             .map(|(n, o)| (n.as_str(), o.clone()))
             .collect();
-        self.save(server, true, &w).await
+        self.save(server, true, &w).await?;
+        // XEP-0045 status code 101: a user whose affiliation changed while
+        // not in the room hears of it out of band, a message from the room
+        // to its bare JID.
+        for (jid, aff, reason) in absent {
+            let mut it = Element::new("item", NS_MUC_USER)
+                .attr("affiliation", aff.name())
+                .attr("jid", jid.as_str());
+            if let Some(r) = reason {
+                it = it.child(Element::new("reason", NS_MUC_USER).text(r));
+            }
+            let m = Element::new("message", NS_CLIENT)
+                .attr("from", self.jid.as_str())
+                .attr("to", jid.as_str())
+                .attr("id", crate::stream::new_id())
+                .child(Element::new("x", NS_MUC_USER).child(it).child(status(101)));
+            route_out(server, m).await;
+        }
+        Ok(())
     }
 
     fn by_jid_bare(&self, bare: &str) -> Option<&str> {
@@ -3154,6 +3182,13 @@ fn kickable(el: &Element) -> bool {
             .any(|c| c.ns == NS_STANZAS && GONE.contains(&c.name.as_str())),
         None => false,
     }
+}
+
+/// Whether the service changed the nick a joining client asked for
+/// (resourceprep did, in its session: `muc::REQUESTED_NICK`).
+fn renamed(el: &Element, nick: &str) -> bool {
+    el.get_attr(super::REQUESTED_NICK)
+        .is_some_and(|asked| asked != nick)
 }
 
 /// Whether a nick is acceptable: non-empty, a valid resourcepart.
