@@ -599,6 +599,16 @@ def test_a_nick_the_service_normalised_gets_status_210(server, clients):
     own = v.recv(lambda e: e.tag == C("presence") and e.get("from") == f"{room}/plain"
                  and "110" in codes(e), timeout=10, what="own presence")
     assert "210" not in codes(own), tostring(own)
+    # A nick change to a nick the service normalises: 303 with the new nick as made, then the
+    # new presence with 210 (§7.6).
+    v.drain(0.3)
+    v.send_raw(f"<presence to='{room}/\uff30lain2'/>")  # fullwidth P
+    gone = v.recv(is_pres_from(f"{room}/plain", "unavailable"), timeout=10)
+    assert "303" in codes(gone) and item(gone).get("nick") == "Plain2", tostring(gone)
+    new = v.recv(is_pres_from(f"{room}/Plain2"), timeout=10)
+    assert {"110", "210"} <= codes(new), tostring(new)
+    seen = owner.recv(is_pres_from(f"{room}/Plain2"), timeout=10)
+    assert "210" not in codes(seen), tostring(seen)
     server.assert_healthy(owner, p, u, v)
 
 
@@ -611,15 +621,26 @@ def test_an_affiliation_change_of_an_absent_user_is_told_with_status_101(server,
     """XEP-0045 status code 101 (registry: "message (out of band)", affiliation change):
     a user whose affiliation changes while not in the room gets a message from the room to
     its bare JID with <item affiliation jid/> and 101; an occupant learns it from the
-    room's presence instead (no 101)."""
+    room's presence instead (no 101). "Notifications of Changes" (1.34.7): the occupants who
+    may see real JIDs (moderators; everyone in a non-anonymous room) get a message from the
+    room with the item."""
     room, owner, (p,) = room_with(server, clients, 2)
     away = clients.add(server.online("ma"))
+
+    def note_for(jid, aff):
+        return lambda e: (e.tag == C("message") and e.get("from") == room and item(e) is not None
+                          and item(e).get("jid") == jid and item(e).get("affiliation") == aff
+                          and "101" not in codes(e))
+
     ok(admin(owner, room, f"<item affiliation='member' jid='{away.bare}'><reason>welcome</reason></item>"))
     m = away.recv(is_101_for(room), timeout=10, what="101 message")
     it = item(m)
     assert it.get("affiliation") == "member" and it.get("jid") == away.bare, tostring(m)
     assert it.findtext(q(NS_USER, "reason")) == "welcome", tostring(m)
     assert m.get("type") in (None, "normal"), tostring(m)
+    note = owner.recv(note_for(away.bare, "member"), timeout=10, what="notification to the moderator")
+    assert note.get("type") in (None, "normal") and note.find(C("body")) is None, tostring(note)
+    p.expect_nothing(note_for(away.bare, "member"), what="notification to a participant (semi-anonymous)")
     # A ban of an absent user too.
     ok(admin(owner, room, f"<item affiliation='outcast' jid='{away.bare}'/>"))
     m = away.recv(is_101_for(room), timeout=10, what="101 message (ban)")
@@ -629,4 +650,14 @@ def test_an_affiliation_change_of_an_absent_user_is_told_with_status_101(server,
     pr = p.recv(is_pres_from(f"{room}/p1"), timeout=10)
     assert item(pr).get("affiliation") == "member", tostring(pr)
     p.expect_nothing(is_101_for(room), timeout=0.7, what="101 message to an occupant")
+    # Non-anonymous: every occupant is told.
+    ok(configure(owner, room, {"whois": "anyone"}))
+    ok(admin(owner, room, f"<item affiliation='admin' jid='{away.bare}'/>"))
+    for c in (owner, p):
+        c.recv(note_for(away.bare, "admin"), timeout=10, what="notification (non-anonymous)")
+    assert item(away.recv(is_101_for(room), timeout=10)).get("affiliation") == "admin"
+    # The owner list of the configuration form changes affiliations too (§10.2).
+    ok(configure(owner, room, {"roomowners": [owner.bare, away.bare]}))
+    assert item(away.recv(is_101_for(room), timeout=10)).get("affiliation") == "owner"
+    owner.recv(note_for(away.bare, "owner"), timeout=10, what="notification (form)")
     server.assert_healthy(owner, p, away)

@@ -1333,7 +1333,10 @@ impl State {
         self.by_jid.insert(jid, new.to_owned());
         self.save(server, false, &[(old, None), (new, Some(record))])
             .await?;
-        self.broadcast_presence(server, new, &[], &[], None);
+        // The new nick as the service made it (§7.6): 210 when it is not
+        // the one asked for.
+        let codes: &[u16] = if renamed(el, new) { &[210] } else { &[] };
+        self.broadcast_presence(server, new, &[], codes, None);
         Ok(())
     }
 
@@ -1387,7 +1390,10 @@ impl State {
             )
             .child(Element::new("occupant-id", NS_OCCUPANT_ID).attr("id", oid));
         send_el(server, &from, p);
-        self.broadcast_presence(server, new, &[], &[], None);
+        // The new nick as the service made it (§7.6): 210 when it is not
+        // the one asked for.
+        let codes: &[u16] = if renamed(el, new) { &[210] } else { &[] };
+        self.broadcast_presence(server, new, &[], codes, None);
         Ok(())
     }
 
@@ -2478,6 +2484,7 @@ impl State {
             Some("submit") => {
                 let was_locked = self.rec.as_ref().is_some_and(|r| r.locked);
                 let old = self.config().cloned().expect("room");
+                let old_affs = self.rec.as_ref().expect("room").affiliations.clone();
                 let mut rec = self.rec.clone().expect("room");
                 apply_form(server, &mut rec, x)?;
                 rec.locked = false;
@@ -2516,6 +2523,23 @@ impl State {
                     .collect();
                 self.save(server, true, &refs).await?;
                 drop(refs);
+                // Owners and admins the form added or removed who are not
+                // in the room hear of it as with the admin IQ.
+                let now_affs = &self.rec.as_ref().expect("room").affiliations;
+                let touched: std::collections::BTreeSet<&String> = old_affs
+                    .keys()
+                    .chain(now_affs.keys())
+                    .filter(|j| old_affs.get(*j) != now_affs.get(*j))
+                    .filter(|j| self.by_jid_bare(j).is_none())
+                    .collect();
+                let absent: Vec<(String, Affiliation, Option<String>)> = touched
+                    .into_iter()
+                    .map(|j| {
+                        let aff = now_affs.get(j).copied().unwrap_or(Affiliation::None);
+                        (j.clone(), aff, None)
+                    })
+                    .collect();
+                self.notify_absent(server, absent).await;
                 for (nick, was) in &changed {
                     self.broadcast_presence(server, nick, &[], &[], None);
                     self.moderator_view_changed(server, nick, *was);
@@ -3107,10 +3131,43 @@ impl State {
             .map(|(n, o)| (n.as_str(), o.clone()))
             .collect();
         self.save(server, true, &w).await?;
-        // XEP-0045 status code 101: a user whose affiliation changed while
-        // not in the room hears of it out of band, a message from the room
-        // to its bare JID.
+        self.notify_absent(server, absent).await;
+        Ok(())
+    }
+
+    /// Affiliations changed of users not in the room (bare JID, new
+    /// affiliation, reason): who may see real JIDs in the room is told,
+    /// and the user (status 101).
+    async fn notify_absent(
+        &self,
+        server: &Server,
+        absent: Vec<(String, Affiliation, Option<String>)>,
+    ) {
         for (jid, aff, reason) in absent {
+            // XEP-0045 (1.34.7 on) "Notifications of Changes": the
+            // occupants who may see real JIDs learn of the change of a user
+            // who is not in the room from a message of the room.
+            let note = Element::new("message", NS_CLIENT)
+                .attr("from", self.jid.as_str())
+                .attr("id", crate::stream::new_id())
+                .child(
+                    Element::new("x", NS_MUC_USER).child(
+                        Element::new("item", NS_MUC_USER)
+                            .attr("affiliation", aff.name())
+                            .attr("jid", jid.as_str())
+                            .attr("role", Role::None.name()),
+                    ),
+                );
+            let s = Spliced::of(&note);
+            for o in self.occupants.values() {
+                if self.whois_anyone() || o.role == Role::Moderator {
+                    for one in &o.sessions {
+                        send_raw(server, &one.jid, &s.to(&one.jid));
+                    }
+                }
+            }
+            // XEP-0045 status code 101: the user hears of it out of band,
+            // a message from the room to its bare JID.
             let mut it = Element::new("item", NS_MUC_USER)
                 .attr("affiliation", aff.name())
                 .attr("jid", jid.as_str());
@@ -3124,7 +3181,6 @@ impl State {
                 .child(Element::new("x", NS_MUC_USER).child(it).child(status(101)));
             route_out(server, m).await;
         }
-        Ok(())
     }
 
     fn by_jid_bare(&self, bare: &str) -> Option<&str> {
