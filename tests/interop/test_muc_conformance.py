@@ -661,3 +661,41 @@ def test_an_affiliation_change_of_an_absent_user_is_told_with_status_101(server,
     assert item(away.recv(is_101_for(room), timeout=10)).get("affiliation") == "owner"
     owner.recv(note_for(away.bare, "owner"), timeout=10, what="notification (form)")
     server.assert_healthy(owner, p, away)
+
+
+# ----------------------------------------------------------------------------- registration, voice
+
+def test_room_advertises_registration_and_voice_requests(server, clients):
+    """The room answers jabber:iq:register (§7.10, muc#register form) and voice requests
+    (§7.13, muc#request form): its disco#info says so, as clients look there first."""
+    room, owner, _ = room_with(server, clients, 1)
+    r = ok(owner.iq("get", "<query xmlns='http://jabber.org/protocol/disco#info'/>", to=room))
+    feats = {f.get("var") for f in r.iter("{http://jabber.org/protocol/disco#info}feature")}
+    assert {"jabber:iq:register", "http://jabber.org/protocol/muc#register",
+            "http://jabber.org/protocol/muc#request"} <= feats, feats
+    server.assert_healthy(owner)
+
+
+def test_voice_approval_naming_the_occupant_by_real_jid(server, clients):
+    """§8.6: the moderator's approval form carries the request's fields back; one that names
+    the occupant only by muc#jid (the real JID of the request) gives voice too, and a denial
+    (request_allow false) leaves the visitor a visitor."""
+    room, owner, _ = room_with(server, clients, 1, {"moderatedroom": 1})
+    v = clients.add(server.online("mvj"))
+    _, own, _, _ = join(v, room, "vis")
+    assert item(own).get("role") == "visitor"
+    owner.recv(is_pres_from(f"{room}/vis"), timeout=10)
+
+    def approval(allow):
+        return (f"<message to='{room}'><x xmlns='{NS_DATA}' type='submit'>"
+                "<field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#request</value></field>"
+                "<field var='muc#role'><value>participant</value></field>"
+                f"<field var='muc#jid'><value>{v.jid}</value></field>"
+                f"<field var='muc#request_allow'><value>{allow}</value></field></x></message>")
+
+    owner.send_raw(approval("false"))
+    v.expect_nothing(is_pres_from(f"{room}/vis"), what="role change after a denial")
+    owner.send_raw(approval("true"))
+    now = v.recv(is_pres_from(f"{room}/vis"), timeout=10)
+    assert item(now).get("role") == "participant", tostring(now)
+    server.assert_healthy(owner, v)

@@ -1992,9 +1992,17 @@ impl State {
             .filter_map(|f| Some((f.get_attr("var")?.to_owned(), one(f, "").ok()?)))
             .collect();
         let me = &self.occupants[nick];
+        // The approval names the occupant by nick, or (a client that
+        // kept only that) by the real JID of the request (§8.6).
+        let target = fields.get("muc#roomnick").cloned().or_else(|| {
+            fields
+                .get("muc#jid")
+                .and_then(|j| self.by_jid.get(j.trim()))
+                .cloned()
+        });
         if me.role == Role::Moderator
             && form.get_attr("type") == Some("submit")
-            && let Some(target) = fields.get("muc#roomnick")
+            && let Some(target) = target
             && fields.contains_key("muc#request_allow")
         {
             let allow = matches!(
@@ -2004,14 +2012,14 @@ impl State {
             if !allow {
                 return Ok(());
             }
-            let Some(o) = self.occupants.get(target) else {
+            let Some(o) = self.occupants.get(&target) else {
                 return Err(err(Condition::ItemNotFound));
             };
             if o.role != Role::Visitor {
                 return Ok(());
             }
             let change = Change::Role {
-                nick: target.clone(),
+                nick: target,
                 role: Role::Participant,
                 reason: None,
             };
@@ -2371,6 +2379,11 @@ impl State {
             mam::NS_SID,
             NS_INFO,
             NS_VCARD,
+            // Nick registration (§7.10) and voice requests (§7.13), which
+            // clients look for before offering them.
+            NS_REGISTER,
+            NS_MUC_REGISTER,
+            NS_REQUEST,
         ];
         if server.config.mam.enabled {
             features.push(mam::NS_MAM);
