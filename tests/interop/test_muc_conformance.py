@@ -573,7 +573,7 @@ def test_joining_again_under_the_same_nick_gets_the_join_answer_again(server, cl
 # ----------------------------------------------------------------------------- status codes 210, 101
 
 def test_a_nick_the_service_normalised_gets_status_210(server, clients):
-    """XEP-0045 §7.2.4 (status 210): nicks are resourceprep'd (RFC 7622 via the session's JID
+    """XEP-0045 §7.2.3 (status 210): nicks are resourceprep'd (RFC 6122 via the session's JID
     normalisation), so a nick asked for as 'ﬁsh' (U+FB01) is 'fish' in the room. The new
     occupant's own presence comes from the nick it got, with 210 and 110; the others see no
     210; a nick used as asked gets no 210, and a client cannot ask the room for one."""

@@ -894,7 +894,7 @@ impl<S: Transport> Session<S> {
                     let normalized = j.to_string();
                     if el.name == "presence" && normalized != to {
                         // The room nick changed under resourceprep: the room
-                        // says so with status 210 (XEP-0045 §7.2.4).
+                        // says so with status 210 (XEP-0045 §7.2.3).
                         crate::services::muc::note_requested_nick(&self.server, el, &j);
                     }
                     el.set_attr("to", normalized);

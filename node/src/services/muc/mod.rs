@@ -31,7 +31,7 @@ pub const NS_OCCUPANT_ID: &str = "urn:xmpp:occupant-id:0";
 
 /// The attribute a client's presence to a room carries from its session
 /// to the room when resourceprep changed the nick it asked for (the room
-/// then sends status 210, XEP-0045 §7.2.4); sessions strip it from what
+/// then sends status 210, XEP-0045 §7.2.3); sessions strip it from what
 /// clients send.
 pub const REQUESTED_NICK: &str = "starling-requested-nick";
 
