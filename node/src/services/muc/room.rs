@@ -1083,10 +1083,10 @@ impl State {
             && self.occupants.len() >= rec.config.max_users as usize
             && aff < Affiliation::Admin
         {
-            return Err(StanzaError::with_text(
-                Condition::ServiceUnavailable,
-                "the room is full",
-            ));
+            // XEP-0045 §7.2.10: of type "wait" (someone may leave).
+            let mut e = StanzaError::with_text(Condition::ServiceUnavailable, "the room is full");
+            e.kind = Some("wait");
+            return Err(e);
         }
         let role = self.default_role(aff);
         let occ = Occupant {
