@@ -410,3 +410,29 @@ def test_occupant_resumed_after_its_node_was_killed_stays_in_the_room(cluster, c
     assert m.get("from") == f"{room}/mobile", tostring(m)
     for n in (2, 3):
         cl[n].assert_healthy()
+
+
+def test_status_210_and_101_across_nodes(shared_cluster, clients):
+    """The nick a client asked for travels with its presence to the room's node (status 210
+    when resourceprep changed it), and the 101 message of an affiliation change reaches a
+    user who is not in the room on another node."""
+    cl = shared_cluster
+    ids = sorted(cl.nodes)
+    room = room_on(ids, ids[0])
+    owner = clients.add(online_on(cl[ids[0]], "c210o"))
+    join(owner, room, "o")
+    r = owner.iq("set", f"<query xmlns='{NS_OWNER}'><x xmlns='{NS_DATA}' type='submit'/></query>", to=room)
+    assert r.get("type") == "result", tostring(r)
+    u = clients.add(online_on(cl[ids[1]], "c210u"))
+    u.send_raw(f"<presence to='{room}/\u2168'><x xmlns='{NS_MUC}'><history maxstanzas='0'/></x></presence>")
+    own = u.recv(lambda e: e.tag == C("presence") and e.get("from") == f"{room}/IX" and "110" in codes(e),
+                 timeout=15, what="own presence under the nick resourceprep made (U+2168 -> IX)")
+    assert "210" in codes(own), tostring(own)
+    away = clients.add(online_on(cl[ids[2]], "c210a"))
+    r = owner.iq("set", f"<query xmlns='{NS_MUC}#admin'><item affiliation='member' jid='{away.bare}'/></query>",
+                 to=room)
+    assert r.get("type") == "result", tostring(r)
+    m = away.recv(lambda e: e.tag == C("message") and e.get("from") == room and "101" in codes(e),
+                  timeout=15, what="101 message")
+    it = m.find(q(NS_USER, "x")).find(q(NS_USER, "item"))
+    assert it.get("affiliation") == "member" and it.get("jid") == away.bare, tostring(m)

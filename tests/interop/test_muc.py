@@ -370,6 +370,11 @@ def test_max_users_is_service_unavailable(server, clients):
     ok(configure(owner, room, {"maxusers": 2}))
     c = clients.add(server.online("mf"))
     assert join_error(c, room, "third") == "service-unavailable"
+    # §7.2.10's example: <error type='wait'> (the room may have room later).
+    c.presence(to=f"{room}/fourth", extra=f"<x xmlns='{NS_MUC}'/>")
+    e = c.recv(is_pres_from(f"{room}/fourth", "error"), timeout=10)
+    assert stanza_error(e) == ("wait", "service-unavailable"), tostring(e)
+    server.assert_healthy(owner, p, c)
 
 
 @pytest.mark.starling_only

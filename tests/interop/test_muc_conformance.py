@@ -8,9 +8,9 @@ import uuid
 import pytest
 
 from rawxmpp import C, q, stanza_error, tostring
-from test_muc import (NS_ADMIN, NS_DATA, NS_MAM, NS_OWNER, NS_USER, admin, codes, configure, err_of,
-                      groupchat, instant, is_pres_from, item, join, join_error, new_room, ok, recv_gc,
-                      room_with)
+from test_muc import (NS_ADMIN, NS_DATA, NS_MAM, NS_MUC, NS_OWNER, NS_USER, admin, codes, configure,
+                      err_of, groupchat, instant, is_pres_from, item, join, join_error, new_room, ok,
+                      recv_gc, room_with)
 
 pytestmark = [pytest.mark.timeout(120)]
 
@@ -568,3 +568,134 @@ def test_joining_again_under_the_same_nick_gets_the_join_answer_again(server, cl
     owner.expect_nothing(lambda e: e.tag == C("presence") and e.get("from") == f"{room}/p1")
     groupchat(p, room, "after rejoin")
     recv_gc(owner, room, "after rejoin")
+
+
+# ----------------------------------------------------------------------------- status codes 210, 101
+
+def test_a_nick_the_service_normalised_gets_status_210(server, clients):
+    """XEP-0045 §7.2.3 (status 210): nicks are resourceprep'd (RFC 6122 via the session's JID
+    normalisation), so a nick asked for as 'ﬁsh' (U+FB01) is 'fish' in the room. The new
+    occupant's own presence comes from the nick it got, with 210 and 110; the others see no
+    210; a nick used as asked gets no 210, and a client cannot ask the room for one."""
+    room, owner, (p,) = room_with(server, clients, 2)
+    u = clients.add(server.online("mn"))
+    u.send_raw(f"<presence to='{room}/\ufb01sh'><x xmlns='{NS_MUC}'/></presence>")
+    own = u.recv(lambda e: e.tag == C("presence") and e.get("from") == f"{room}/fish"
+                 and "110" in codes(e), timeout=10, what="own presence under the normalised nick")
+    assert own.get("type") is None, tostring(own)
+    assert "210" in codes(own), tostring(own)
+    for c in (owner, p):
+        seen = c.recv(is_pres_from(f"{room}/fish"), timeout=10)
+        assert "210" not in codes(seen), tostring(seen)
+    # The room knows the occupant by the normalised nick: a groupchat comes from it.
+    u.recv(lambda e: e.tag == C("message") and e.find(C("subject")) is not None, timeout=10)
+    groupchat(u, room, "fished")
+    assert recv_gc(owner, room, "fished").get("from") == f"{room}/fish"
+    # A nick taken as asked: no 210, even when the client names one in the attribute the
+    # session uses to tell the room (it is stripped from what clients send).
+    v = clients.add(server.online("mn"))
+    v.send_raw(f"<presence to='{room}/plain' starling-requested-nick='other'>"
+               f"<x xmlns='{NS_MUC}'/></presence>")
+    own = v.recv(lambda e: e.tag == C("presence") and e.get("from") == f"{room}/plain"
+                 and "110" in codes(e), timeout=10, what="own presence")
+    assert "210" not in codes(own), tostring(own)
+    # A nick change to a nick the service normalises: 303 with the new nick as made, then the
+    # new presence with 210 (§7.6).
+    v.drain(0.3)
+    v.send_raw(f"<presence to='{room}/\uff30lain2'/>")  # fullwidth P
+    gone = v.recv(is_pres_from(f"{room}/plain", "unavailable"), timeout=10)
+    assert "303" in codes(gone) and item(gone).get("nick") == "Plain2", tostring(gone)
+    new = v.recv(is_pres_from(f"{room}/Plain2"), timeout=10)
+    assert {"110", "210"} <= codes(new), tostring(new)
+    seen = owner.recv(is_pres_from(f"{room}/Plain2"), timeout=10)
+    assert "210" not in codes(seen), tostring(seen)
+    server.assert_healthy(owner, p, u, v)
+
+
+def is_101_for(room):
+    return lambda e: (e.tag == C("message") and e.get("from") == room
+                      and e.find(q(NS_USER, "x")) is not None and "101" in codes(e))
+
+
+def test_an_affiliation_change_of_an_absent_user_is_told_with_status_101(server, clients):
+    """XEP-0045 status code 101 (registry: "message (out of band)", affiliation change):
+    a user whose affiliation changes while not in the room gets a message from the room to
+    its bare JID with <item affiliation jid/> and 101; an occupant learns it from the
+    room's presence instead (no 101). "Notifications of Changes" (1.34.7): the occupants who
+    may see real JIDs (moderators; everyone in a non-anonymous room) get a message from the
+    room with the item."""
+    room, owner, (p,) = room_with(server, clients, 2)
+    away = clients.add(server.online("ma"))
+
+    def note_for(jid, aff):
+        return lambda e: (e.tag == C("message") and e.get("from") == room and item(e) is not None
+                          and item(e).get("jid") == jid and item(e).get("affiliation") == aff
+                          and "101" not in codes(e))
+
+    ok(admin(owner, room, f"<item affiliation='member' jid='{away.bare}'><reason>welcome</reason></item>"))
+    m = away.recv(is_101_for(room), timeout=10, what="101 message")
+    it = item(m)
+    assert it.get("affiliation") == "member" and it.get("jid") == away.bare, tostring(m)
+    assert it.findtext(q(NS_USER, "reason")) == "welcome", tostring(m)
+    assert m.get("type") in (None, "normal"), tostring(m)
+    note = owner.recv(note_for(away.bare, "member"), timeout=10, what="notification to the moderator")
+    assert note.get("type") in (None, "normal") and note.find(C("body")) is None, tostring(note)
+    p.expect_nothing(note_for(away.bare, "member"), what="notification to a participant (semi-anonymous)")
+    # A ban of an absent user too.
+    ok(admin(owner, room, f"<item affiliation='outcast' jid='{away.bare}'/>"))
+    m = away.recv(is_101_for(room), timeout=10, what="101 message (ban)")
+    assert item(m).get("affiliation") == "outcast", tostring(m)
+    # An occupant gets presence with its new affiliation, and no 101 message.
+    ok(admin(owner, room, f"<item affiliation='member' jid='{p.bare}'/>"))
+    pr = p.recv(is_pres_from(f"{room}/p1"), timeout=10)
+    assert item(pr).get("affiliation") == "member", tostring(pr)
+    p.expect_nothing(is_101_for(room), timeout=0.7, what="101 message to an occupant")
+    # Non-anonymous: every occupant is told.
+    ok(configure(owner, room, {"whois": "anyone"}))
+    ok(admin(owner, room, f"<item affiliation='admin' jid='{away.bare}'/>"))
+    for c in (owner, p):
+        c.recv(note_for(away.bare, "admin"), timeout=10, what="notification (non-anonymous)")
+    assert item(away.recv(is_101_for(room), timeout=10)).get("affiliation") == "admin"
+    # The owner list of the configuration form changes affiliations too (§10.2).
+    ok(configure(owner, room, {"roomowners": [owner.bare, away.bare]}))
+    assert item(away.recv(is_101_for(room), timeout=10)).get("affiliation") == "owner"
+    owner.recv(note_for(away.bare, "owner"), timeout=10, what="notification (form)")
+    server.assert_healthy(owner, p, away)
+
+
+# ----------------------------------------------------------------------------- registration, voice
+
+def test_room_advertises_registration_and_voice_requests(server, clients):
+    """The room answers jabber:iq:register (§7.10, muc#register form) and voice requests
+    (§7.13, muc#request form): its disco#info says so, as clients look there first."""
+    room, owner, _ = room_with(server, clients, 1)
+    r = ok(owner.iq("get", "<query xmlns='http://jabber.org/protocol/disco#info'/>", to=room))
+    feats = {f.get("var") for f in r.iter("{http://jabber.org/protocol/disco#info}feature")}
+    assert {"jabber:iq:register", "http://jabber.org/protocol/muc#register",
+            "http://jabber.org/protocol/muc#request"} <= feats, feats
+    server.assert_healthy(owner)
+
+
+def test_voice_approval_naming_the_occupant_by_real_jid(server, clients):
+    """§8.6: the moderator's approval form carries the request's fields back; one that names
+    the occupant only by muc#jid (the real JID of the request) gives voice too, and a denial
+    (request_allow false) leaves the visitor a visitor."""
+    room, owner, _ = room_with(server, clients, 1, {"moderatedroom": 1})
+    v = clients.add(server.online("mvj"))
+    _, own, _, _ = join(v, room, "vis")
+    assert item(own).get("role") == "visitor"
+    owner.recv(is_pres_from(f"{room}/vis"), timeout=10)
+
+    def approval(allow):
+        return (f"<message to='{room}'><x xmlns='{NS_DATA}' type='submit'>"
+                "<field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#request</value></field>"
+                "<field var='muc#role'><value>participant</value></field>"
+                f"<field var='muc#jid'><value>{v.jid}</value></field>"
+                f"<field var='muc#request_allow'><value>{allow}</value></field></x></message>")
+
+    owner.send_raw(approval("false"))
+    v.expect_nothing(is_pres_from(f"{room}/vis"), what="role change after a denial")
+    owner.send_raw(approval("true"))
+    now = v.recv(is_pres_from(f"{room}/vis"), timeout=10)
+    assert item(now).get("role") == "participant", tostring(now)
+    server.assert_healthy(owner, v)

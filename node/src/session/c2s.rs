@@ -884,10 +884,19 @@ impl<S: Transport> Session<S> {
             }
         }
         el.set_attr("from", self.full.as_str());
+        if el.name == "presence" {
+            // Only this session says which nick a room was asked for.
+            el.remove_attr(crate::services::muc::REQUESTED_NICK);
+        }
         if let Some(to) = el.get_attr("to") {
             match jid::Jid::new(to) {
                 Ok(j) => {
                     let normalized = j.to_string();
+                    if el.name == "presence" && normalized != to {
+                        // The room nick changed under resourceprep: the room
+                        // says so with status 210 (XEP-0045 §7.2.3).
+                        crate::services::muc::note_requested_nick(&self.server, el, &j);
+                    }
                     el.set_attr("to", normalized);
                 }
                 Err(_) => {

@@ -29,6 +29,31 @@ pub const NS_MUC_ADMIN: &str = "http://jabber.org/protocol/muc#admin";
 pub const NS_MUC_OWNER: &str = "http://jabber.org/protocol/muc#owner";
 pub const NS_OCCUPANT_ID: &str = "urn:xmpp:occupant-id:0";
 
+/// The attribute a client's presence to a room carries from its session
+/// to the room when resourceprep changed the nick it asked for (the room
+/// then sends status 210, XEP-0045 §7.2.3); sessions strip it from what
+/// clients send.
+pub const REQUESTED_NICK: &str = "starling-requested-nick";
+
+/// Marks a presence whose `to` (as sent, before normalisation) names an
+/// occupant JID of a room of this server with the nick asked for.
+pub fn note_requested_nick(server: &Server, el: &mut Element, to: &jid::Jid) {
+    let Some(raw) = el.get_attr("to") else {
+        return;
+    };
+    let Some((_, asked)) = raw.split_once('/') else {
+        return;
+    };
+    let to_room = server
+        .services
+        .get(to.domain().as_str())
+        .is_some_and(|h| h.kind == crate::services::ServiceKind::Muc);
+    if to_room && to.resource().is_some() {
+        let asked = asked.to_owned();
+        el.set_attr(REQUESTED_NICK, asked);
+    }
+}
+
 /// The rooms this node runs, by room bare JID.
 #[derive(Default)]
 pub struct Rooms {

@@ -1063,7 +1063,7 @@ impl State {
         // Prosody allow); anyone else gets <conflict/>.
         match self.occupants.get(nick) {
             Some(o) if o.bare() == bare => {
-                return self.join_session(server, from, nick, x).await;
+                return self.join_session(server, from, nick, el).await;
             }
             Some(_) => {
                 return Err(StanzaError::with_text(
@@ -1083,10 +1083,10 @@ impl State {
             && self.occupants.len() >= rec.config.max_users as usize
             && aff < Affiliation::Admin
         {
-            return Err(StanzaError::with_text(
-                Condition::ServiceUnavailable,
-                "the room is full",
-            ));
+            // XEP-0045 §7.2.10: of type "wait" (someone may leave).
+            let mut e = StanzaError::with_text(Condition::ServiceUnavailable, "the room is full");
+            e.kind = Some("wait");
+            return Err(e);
         }
         let role = self.default_role(aff);
         let occ = Occupant {
@@ -1110,7 +1110,7 @@ impl State {
         // Existing occupants to the newcomer first.
         self.send_occupants_to(server, from, nick);
         // Its own presence to everyone, itself last with its codes.
-        let self_codes = self.self_codes(created);
+        let self_codes = self.self_codes(created, renamed(el, nick));
         self.broadcast_presence(server, nick, &[], &self_codes, None);
         if !created {
             self.send_history(server, from, x.and_then(|x| x.get_child("history", NS_MUC)))?;
@@ -1150,8 +1150,9 @@ impl State {
         }
     }
 
-    /// The status codes of a joining occupant's own presence (besides 110).
-    fn self_codes(&self, created: bool) -> Vec<u16> {
+    /// The status codes of a joining occupant's own presence (besides 110);
+    /// `renamed`: its nick is not the one it asked for (210).
+    fn self_codes(&self, created: bool, renamed: bool) -> Vec<u16> {
         let mut self_codes = Vec::new();
         if self.whois_anyone() {
             self_codes.push(100);
@@ -1161,6 +1162,9 @@ impl State {
         }
         if created {
             self_codes.push(201);
+        }
+        if renamed {
+            self_codes.push(210);
         }
         self_codes
     }
@@ -1173,8 +1177,9 @@ impl State {
         server: &Server,
         from: &str,
         nick: &str,
-        x: Option<&Element>,
+        el: &Element,
     ) -> Result<(), StanzaError> {
+        let x = el.get_child("x", NS_MUC);
         let occ = self.occupants.get_mut(nick).expect("occupant");
         occ.sessions.push(Session::new(server, from.to_owned()));
         let record = occ.record();
@@ -1191,7 +1196,7 @@ impl State {
         let occ = &self.occupants[nick];
         let mut p = self.presence_of(server, nick, true);
         if let Some(x) = p.get_child_mut("x", NS_MUC_USER) {
-            for c in self.self_codes(false) {
+            for c in self.self_codes(false, renamed(el, nick)) {
                 x.children.push(Node::Element(status(c)));
             }
             x.children.push(Node::Element(status(110)));
@@ -1240,7 +1245,7 @@ impl State {
         let record = occ.record();
         self.save(server, false, &[(nick, Some(record))]).await?;
         self.send_occupants_to(server, from, nick);
-        let codes = self.self_codes(false);
+        let codes = self.self_codes(false, renamed(el, nick));
         self.broadcast_presence(server, nick, &[], &codes, None);
         let x = el.get_child("x", NS_MUC);
         self.send_history(server, from, x.and_then(|x| x.get_child("history", NS_MUC)))?;
@@ -1328,7 +1333,10 @@ impl State {
         self.by_jid.insert(jid, new.to_owned());
         self.save(server, false, &[(old, None), (new, Some(record))])
             .await?;
-        self.broadcast_presence(server, new, &[], &[], None);
+        // The new nick as the service made it (§7.6): 210 when it is not
+        // the one asked for.
+        let codes: &[u16] = if renamed(el, new) { &[210] } else { &[] };
+        self.broadcast_presence(server, new, &[], codes, None);
         Ok(())
     }
 
@@ -1382,7 +1390,10 @@ impl State {
             )
             .child(Element::new("occupant-id", NS_OCCUPANT_ID).attr("id", oid));
         send_el(server, &from, p);
-        self.broadcast_presence(server, new, &[], &[], None);
+        // The new nick as the service made it (§7.6): 210 when it is not
+        // the one asked for.
+        let codes: &[u16] = if renamed(el, new) { &[210] } else { &[] };
+        self.broadcast_presence(server, new, &[], codes, None);
         Ok(())
     }
 
@@ -1981,9 +1992,17 @@ impl State {
             .filter_map(|f| Some((f.get_attr("var")?.to_owned(), one(f, "").ok()?)))
             .collect();
         let me = &self.occupants[nick];
+        // The approval names the occupant by nick, or (a client that
+        // kept only that) by the real JID of the request (§8.6).
+        let target = fields.get("muc#roomnick").cloned().or_else(|| {
+            fields
+                .get("muc#jid")
+                .and_then(|j| self.by_jid.get(j.trim()))
+                .cloned()
+        });
         if me.role == Role::Moderator
             && form.get_attr("type") == Some("submit")
-            && let Some(target) = fields.get("muc#roomnick")
+            && let Some(target) = target
             && fields.contains_key("muc#request_allow")
         {
             let allow = matches!(
@@ -1993,14 +2012,14 @@ impl State {
             if !allow {
                 return Ok(());
             }
-            let Some(o) = self.occupants.get(target) else {
+            let Some(o) = self.occupants.get(&target) else {
                 return Err(err(Condition::ItemNotFound));
             };
             if o.role != Role::Visitor {
                 return Ok(());
             }
             let change = Change::Role {
-                nick: target.clone(),
+                nick: target,
                 role: Role::Participant,
                 reason: None,
             };
@@ -2360,6 +2379,11 @@ impl State {
             mam::NS_SID,
             NS_INFO,
             NS_VCARD,
+            // Nick registration (§7.10) and voice requests (§7.13), which
+            // clients look for before offering them.
+            NS_REGISTER,
+            NS_MUC_REGISTER,
+            NS_REQUEST,
         ];
         if server.config.mam.enabled {
             features.push(mam::NS_MAM);
@@ -2473,6 +2497,7 @@ impl State {
             Some("submit") => {
                 let was_locked = self.rec.as_ref().is_some_and(|r| r.locked);
                 let old = self.config().cloned().expect("room");
+                let old_affs = self.rec.as_ref().expect("room").affiliations.clone();
                 let mut rec = self.rec.clone().expect("room");
                 apply_form(server, &mut rec, x)?;
                 rec.locked = false;
@@ -2511,6 +2536,23 @@ impl State {
                     .collect();
                 self.save(server, true, &refs).await?;
                 drop(refs);
+                // Owners and admins the form added or removed who are not
+                // in the room hear of it as with the admin IQ.
+                let now_affs = &self.rec.as_ref().expect("room").affiliations;
+                let touched: std::collections::BTreeSet<&String> = old_affs
+                    .keys()
+                    .chain(now_affs.keys())
+                    .filter(|j| old_affs.get(*j) != now_affs.get(*j))
+                    .filter(|j| self.by_jid_bare(j).is_none())
+                    .collect();
+                let absent: Vec<(String, Affiliation, Option<String>)> = touched
+                    .into_iter()
+                    .map(|j| {
+                        let aff = now_affs.get(j).copied().unwrap_or(Affiliation::None);
+                        (j.clone(), aff, None)
+                    })
+                    .collect();
+                self.notify_absent(server, absent).await;
                 for (nick, was) in &changed {
                     self.broadcast_presence(server, nick, &[], &[], None);
                     self.moderator_view_changed(server, nick, *was);
@@ -2992,6 +3034,8 @@ impl State {
         let mut removed: Vec<(String, Vec<u16>, Option<String>)> = Vec::new();
         // (nick, reason, role before)
         let mut changed: Vec<(String, Option<String>, Role)> = Vec::new();
+        // Affiliations changed of users not in the room (bare JID, new one).
+        let mut absent: Vec<(String, Affiliation, Option<String>)> = Vec::new();
         for c in changes {
             match c {
                 Change::Role { nick, role, reason } => {
@@ -3010,6 +3054,9 @@ impl State {
                         .map(|(n, _)| n.clone())
                         .collect();
                     let members_only = self.config().is_some_and(|c| c.members_only);
+                    if nicks.is_empty() {
+                        absent.push((jid.clone(), aff, reason.clone()));
+                    }
                     for n in nicks {
                         if aff == Affiliation::Outcast {
                             removed.push((n, vec![301], reason.clone()));
@@ -3096,7 +3143,57 @@ impl State {
             .iter()
             .map(|(n, o)| (n.as_str(), o.clone()))
             .collect();
-        self.save(server, true, &w).await
+        self.save(server, true, &w).await?;
+        self.notify_absent(server, absent).await;
+        Ok(())
+    }
+
+    /// Affiliations changed of users not in the room (bare JID, new
+    /// affiliation, reason): who may see real JIDs in the room is told,
+    /// and the user (status 101).
+    async fn notify_absent(
+        &self,
+        server: &Server,
+        absent: Vec<(String, Affiliation, Option<String>)>,
+    ) {
+        for (jid, aff, reason) in absent {
+            // XEP-0045 (1.34.7 on) "Notifications of Changes": the
+            // occupants who may see real JIDs learn of the change of a user
+            // who is not in the room from a message of the room.
+            let note = Element::new("message", NS_CLIENT)
+                .attr("from", self.jid.as_str())
+                .attr("id", crate::stream::new_id())
+                .child(
+                    Element::new("x", NS_MUC_USER).child(
+                        Element::new("item", NS_MUC_USER)
+                            .attr("affiliation", aff.name())
+                            .attr("jid", jid.as_str())
+                            .attr("role", Role::None.name()),
+                    ),
+                );
+            let s = Spliced::of(&note);
+            for o in self.occupants.values() {
+                if self.whois_anyone() || o.role == Role::Moderator {
+                    for one in &o.sessions {
+                        send_raw(server, &one.jid, &s.to(&one.jid));
+                    }
+                }
+            }
+            // XEP-0045 status code 101: the user hears of it out of band,
+            // a message from the room to its bare JID.
+            let mut it = Element::new("item", NS_MUC_USER)
+                .attr("affiliation", aff.name())
+                .attr("jid", jid.as_str());
+            if let Some(r) = reason {
+                it = it.child(Element::new("reason", NS_MUC_USER).text(r));
+            }
+            let m = Element::new("message", NS_CLIENT)
+                .attr("from", self.jid.as_str())
+                .attr("to", jid.as_str())
+                .attr("id", crate::stream::new_id())
+                .child(Element::new("x", NS_MUC_USER).child(it).child(status(101)));
+            route_out(server, m).await;
+        }
     }
 
     fn by_jid_bare(&self, bare: &str) -> Option<&str> {
@@ -3154,6 +3251,13 @@ fn kickable(el: &Element) -> bool {
             .any(|c| c.ns == NS_STANZAS && GONE.contains(&c.name.as_str())),
         None => false,
     }
+}
+
+/// Whether the service changed the nick a joining client asked for
+/// (resourceprep did, in its session: `muc::REQUESTED_NICK`).
+fn renamed(el: &Element, nick: &str) -> bool {
+    el.get_attr(super::REQUESTED_NICK)
+        .is_some_and(|asked| asked != nick)
 }
 
 /// Whether a nick is acceptable: non-empty, a valid resourcepart.
