@@ -266,6 +266,36 @@ def test_disco_items_and_node_info(server):
         c.close()
 
 
+def test_disco_items_of_a_missing_node_is_item_not_found(server):
+    """XEP-0060 5.5 / XEP-0030 7: disco#items of a node the account does not have is
+    <item-not-found/> (for the owner and a contact sharing presence), while the nodes
+    other modules answer at the bare JID keep working (the XEP-0050 commands node) and
+    XEP-0030 8 still holds: no presence subscription, an empty result."""
+    a = server.online("dnx")
+    b = server.online("dnxc")
+    s = server.online("dnxs")
+    owner = bare(a.jid)
+    make_mutual(a, b)
+    ok(publish(a, "urn:test:there", tune("x")))
+    items_of = lambda c, node, to=owner: c.iq("get", f"<query xmlns='{DISCO_ITEMS}' node='{node}'/>", to=to)
+    for c in (a, b):
+        r = items_of(c, "urn:test:absent")
+        assert stanza_error(r) == ("cancel", "item-not-found"), tostring(r)
+        r = ok(items_of(c, "urn:test:there"))
+        assert len(r.find(q(DISCO_ITEMS, "query")).findall(q(DISCO_ITEMS, "item"))) == 1, tostring(r)
+    # the commands node at one's own bare JID (answered by the ad-hoc module)
+    r = ok(items_of(a, "http://jabber.org/protocol/commands"))
+    assert r.find(q(DISCO_ITEMS, "query")).get("node") == "http://jabber.org/protocol/commands"
+    # no presence subscription: the empty result of XEP-0030 8, as for a missing account
+    r = ok(items_of(s, "urn:test:absent"))
+    assert r.find(q(DISCO_ITEMS, "query")).findall(q(DISCO_ITEMS, "item")) == [], tostring(r)
+    r = ok(items_of(s, "urn:test:absent", to=f"nobody-{new_id()}@localhost"))
+    assert r.find(q(DISCO_ITEMS, "query")).findall(q(DISCO_ITEMS, "item")) == [], tostring(r)
+    server.assert_healthy(a, b, s)
+    for c in (a, b, s):
+        c.close()
+
+
 # ------------------------------------------------------------------ publish / items
 
 def test_publish_items_retract_and_errors(server):

@@ -96,6 +96,21 @@ fn handle<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
                         return Ok(q.into());
                     }
                 }
+                // XEP-0060 §5.5 / XEP-0030 §7: a node no module has (or
+                // that the requester may not see) is item-not-found, for
+                // the owner and those it shares presence with; XEP-0030
+                // §8: anyone else gets the empty result.
+                let sees = match ctx.target {
+                    IqTarget::Account(b) => ctx
+                        .server
+                        .storage
+                        .roster_item(b, ctx.origin.bare)?
+                        .is_some_and(|i| i.subscription.from()),
+                    _ => true,
+                };
+                if sees {
+                    return Err(Condition::ItemNotFound.into());
+                }
             }
             if let (Some(owner), None) = (owner, node) {
                 let mut list = Vec::new();
