@@ -16,6 +16,7 @@ import io
 import os
 import socket
 import ssl
+import subprocess
 import time
 import urllib.parse
 import xml.etree.ElementTree as ET
@@ -35,9 +36,13 @@ MAX_FILE = 4096
 QUOTA = 10000
 
 
-def upload_server(tmp_path_factory, name, **cfg):
-    """A server with [upload] on a free port; URLs point at 127.0.0.1."""
+def upload_server(tmp_path_factory, name, extra="", **cfg):
+    """A server with [upload] on a free port; URLs point at 127.0.0.1. ``extra``: more
+    configuration (other sections)."""
     s = make_server(tmp_path_factory, name)
+    if extra:
+        with open(s.config_path, "a") as f:
+            f.write("\n" + extra + "\n")
     s.upload_port = int(cfg.get("port") or free_port())
     opts = {"enabled": "true", "bind": '"127.0.0.1"', "port": str(s.upload_port),
             "public_url": f'"https://127.0.0.1:{s.upload_port}"',
@@ -180,6 +185,76 @@ def test_https_presents_the_domains_certificates(up):
         # The service's own name (the host of the default URLs) gets its domain's certificate.
         assert peer_cert(up.upload_port, f"upload.{domain}") == peer_cert(up.tls_port, domain), domain
     assert peer_cert(up.upload_port, "localhost") != peer_cert(up.upload_port, "example.org")
+
+
+def test_generated_certificate_is_valid_for_the_upload_host(up, tmp_path):
+    """The host of the default slot URLs is upload.<domain>: the generated certificate of
+    each domain names it, so a client that trusts the certificate and checks the host name
+    (as every browser and HTTP library does) accepts the HTTPS listener under that name."""
+    for domain in ("localhost", "example.org"):
+        pem = ssl.DER_cert_to_PEM_cert(peer_cert(up.upload_port, f"upload.{domain}"))
+        ca = tmp_path / f"{domain}.pem"
+        ca.write_text(pem)
+        ctx = ssl.create_default_context(cafile=str(ca))
+        assert ctx.check_hostname and ctx.verify_mode == ssl.CERT_REQUIRED
+        for name in (f"upload.{domain}", domain):
+            with socket.create_connection(("127.0.0.1", up.upload_port), timeout=5) as raw:
+                with ctx.wrap_socket(raw, server_hostname=name) as tls:
+                    assert tls.version() is not None
+        # and the same certificate is refused for a name it does not carry
+        with socket.create_connection(("127.0.0.1", up.upload_port), timeout=5) as raw:
+            with pytest.raises(ssl.SSLCertVerificationError):
+                ctx.wrap_socket(raw, server_hostname=f"files.{domain}")
+
+
+def test_configured_certificate_of_the_upload_host(tmp_path_factory, tmp_path):
+    """[tls] certs may give upload.<domain> a certificate of its own: the listener presents
+    it for that name (SNI), and the domain keeps its own."""
+    stem = tmp_path / "upload.localhost"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-nodes", "-days", "30", "-subj", "/CN=upload.localhost",
+                    "-addext", "subjectAltName=DNS:upload.localhost",
+                    "-keyout", f"{stem}.key", "-out", f"{stem}.crt"], check=True, capture_output=True)
+    extra = f'[tls]\ncerts = [{{ domain = "upload.localhost", cert = "{stem}.crt", key = "{stem}.key" }}]'
+    s = upload_server(tmp_path_factory, "upcert", extra=extra)
+    try:
+        with open(f"{stem}.crt") as f:
+            want = ssl.PEM_cert_to_DER_cert(f.read())
+        assert peer_cert(s.upload_port, "upload.localhost") == want
+        assert peer_cert(s.upload_port, "localhost") != want
+        assert peer_cert(s.upload_port, "localhost") == peer_cert(s.tls_port, "localhost")
+    finally:
+        s.stop()
+
+
+def test_cors_lets_web_clients_put_and_get(up):
+    """XEP-0363 for web clients (Converse.js): the browser's preflight OPTIONS for a PUT with
+    the slot's Authorization header and a Content-Type is allowed, and the PUT and GET
+    answers carry Access-Control-Allow-Origin."""
+    c = up.online("upcors", presence=False)
+    try:
+        data = b"from a browser"
+        put_url, headers, get_url = parse_slot(slot(c, "web.txt", len(data), "text/plain"))
+        origin = {"Origin": "https://web.example.net"}
+        st, h, _ = https(up, "OPTIONS", path_of(put_url), headers={
+            **origin, "Access-Control-Request-Method": "PUT",
+            "Access-Control-Request-Headers": "authorization,content-type"})
+        assert 200 <= st < 300, (st, h)
+        assert h.get("access-control-allow-origin") in ("*", origin["Origin"]), h
+        methods = {m.strip().upper() for m in h.get("access-control-allow-methods", "").split(",")}
+        assert {"PUT", "GET"} <= methods, h
+        allowed = {x.strip().lower() for x in h.get("access-control-allow-headers", "").split(",")}
+        assert {"authorization", "content-type"} <= allowed, h
+        st, h, body = put(up, put_url, data, {**headers, **origin}, "text/plain")
+        assert st == 201 and h.get("access-control-allow-origin") in ("*", origin["Origin"]), (st, h, body)
+        st, h, body = https(up, "GET", path_of(get_url), headers=origin)
+        assert st == 200 and body == data
+        assert h.get("access-control-allow-origin") in ("*", origin["Origin"]), h
+        st, h, _ = https(up, "HEAD", path_of(get_url), headers=origin)
+        assert st == 200 and h.get("access-control-allow-origin") in ("*", origin["Origin"]), h
+        up.assert_healthy(c)
+    finally:
+        c.close()
 
 
 # ------------------------------------------------------------------ the happy path
