@@ -551,6 +551,40 @@ def test_access_models(server):
 
 # ------------------------------------------------------------------ notifications
 
+def test_replyto_names_the_publisher_only_to_those_sharing_presence(server):
+    """XEP-0163 4.3.1.3: a notification to an entity with a presence subscription to the
+    owner carries an XEP-0033 replyto address naming the publishing resource; one to an
+    explicit subscriber without a presence subscription MUST NOT."""
+    node = "urn:test:replyto"
+    caps = Caps(node)
+    a = login(server, caps, "rto")
+    friend = login(server, caps, "rtof")
+    stranger = login(server, caps, "rtos")
+    make_mutual(a, friend)
+    owner = bare(a.jid)
+    ok(publish(a, node, tune("first"), item_id="1", options={"pubsub#access_model": "open"}))
+    recv_event(friend, owner, node)
+    ok(stranger.iq("set", f"<pubsub xmlns='{NS_PUBSUB}'><subscribe node='{node}' jid='{bare(stranger.jid)}'/>"
+                          f"</pubsub>", to=owner))
+    stranger.drain(0.3)
+    friend.drain(0.3)
+    ok(publish(a, node, tune("second"), item_id="2"))
+    ns_addr = "http://jabber.org/protocol/address"
+
+    def replyto(c):
+        e = c.recv(lambda e: is_event(e, owner, node), what="the notification")
+        items = e.find(q(NS_EVENT, "event")).find(q(NS_EVENT, "items"))
+        assert items.find(q(NS_EVENT, "item")).get("id") == "2", tostring(e)
+        return [x.get("jid") for x in e.findall(f"{q(ns_addr, 'addresses')}/{q(ns_addr, 'address')}")
+                if x.get("type") == "replyto"]
+
+    assert replyto(friend) == [a.jid]
+    assert replyto(stranger) == []
+    server.assert_healthy(a, friend, stranger)
+    for c in (a, friend, stranger):
+        c.close()
+
+
 def test_omemo_devicelist_notifications_follow_caps_and_subscription(server):
     """An OMEMO device list reaches a contact whose caps have +notify, not one without
     it, nor someone without a presence subscription; the owner's own +notify resource too."""

@@ -1631,7 +1631,9 @@ async fn publish_in(
             event = event.child(ev_item);
         }
         let subs = server.storage.pep_subs(svc.jid, node)?;
-        notify(server, svc, node, &cfg, &subs, event).await;
+        // XEP-0163 §4.3.1.3: who published, for those sharing presence.
+        let replyto = (svc.generic.is_none() && req.full.contains('/')).then_some(req.full);
+        notify(server, svc, node, &cfg, &subs, event, replyto).await;
     }
     if hooks
         && svc.generic.is_none()
@@ -1731,7 +1733,7 @@ async fn retract_in(req: &Req<'_>, retract: &Element) -> IqResult {
             event = event.child(Element::new("retract", NS_EVENT).attr("id", *id));
         }
         let subs = server.storage.pep_subs(svc.jid, node)?;
-        notify(server, svc, node, &cfg, &subs, event).await;
+        notify(server, svc, node, &cfg, &subs, event, None).await;
     }
     Ok(IqReply::EMPTY)
 }
@@ -1972,7 +1974,7 @@ async fn configure_set(req: &Req<'_>, configure: &Element) -> IqResult {
                     .into_iter()
                     .filter(|s| !lost.contains(&s.jid))
                     .collect();
-                notify(req.server, req.svc, node, &cfg, &kept, event).await;
+                notify(req.server, req.svc, node, &cfg, &kept, event, None).await;
             }
             return Ok(IqReply::EMPTY);
         }
@@ -2075,7 +2077,7 @@ async fn delete(req: &Req<'_>, delete: &Element) -> IqResult {
                 {
                     event = event.child(Element::new("redirect", NS_EVENT).attr("uri", uri));
                 }
-                notify(req.server, req.svc, node, &cfg, &subs, event).await;
+                notify(req.server, req.svc, node, &cfg, &subs, event, None).await;
             }
             return Ok(IqReply::EMPTY);
         }
@@ -2108,7 +2110,7 @@ async fn purge(req: &Req<'_>, purge: &Element) -> IqResult {
             if cfg.notify_retract || cfg.notify_delete {
                 let event = Element::new("purge", NS_EVENT).attr("node", node);
                 let subs = req.server.storage.pep_subs(req.svc.jid, node)?;
-                notify(req.server, req.svc, node, &cfg, &subs, event).await;
+                notify(req.server, req.svc, node, &cfg, &subs, event, None).await;
             }
             return Ok(IqReply::EMPTY);
         }
@@ -3144,7 +3146,9 @@ fn recipients(server: &Server, owner: &str, node: &str, cfg: &NodeConfig) -> Vec
 /// whoever gets the node's notifications, wherever bound: the explicit
 /// subscribers (once per JID, with their SubIDs as SHIM headers when
 /// they hold several, XEP-0060 §12.? / §7.1.2.2) and, on a PEP service,
-/// the interested resources of the owner and its contacts.
+/// the interested resources of the owner and its contacts. `replyto`: the
+/// publishing resource, named to those (and only those) who share the
+/// owner's presence in an XEP-0033 `replyto` address (XEP-0163 §4.3.1.3).
 async fn notify(
     server: &Server,
     svc: Svc<'_>,
@@ -3152,6 +3156,7 @@ async fn notify(
     cfg: &NodeConfig,
     subs: &[PepSub],
     event: Element,
+    replyto: Option<&str>,
 ) {
     let implicit = match svc.generic {
         None => recipients(server, svc.jid, node, cfg),
@@ -3164,8 +3169,18 @@ async fn notify(
         .attr("from", svc.jid)
         .attr("type", cfg.notification_type.as_str())
         .child(Element::new("event", NS_EVENT).child(event));
+    let shared = match replyto {
+        Some(publisher) => &msg.clone().child(
+            Element::new("addresses", NS_ADDRESS).child(
+                Element::new("address", NS_ADDRESS)
+                    .attr("type", "replyto")
+                    .attr("jid", publisher),
+            ),
+        ),
+        None => &msg,
+    };
     for full in &implicit {
-        let mut m = msg.clone();
+        let mut m = shared.clone();
         m.set_attr("to", full.as_str());
         m.set_attr("id", new_item_id());
         metrics::counter!("starling_pep_notifications_total").increment(1);
@@ -3281,6 +3296,7 @@ fn available(server: &Server, jid: &str) -> bool {
 const NOTIFY_CONCURRENCY: usize = 32;
 
 const NS_SHIM: &str = "http://jabber.org/protocol/shim";
+const NS_ADDRESS: &str = "http://jabber.org/protocol/address";
 
 /// Routes a notification like a message a client sent (to a bare JID:
 /// its available resources), boxed: routing can reach a pubsub service,
