@@ -585,6 +585,31 @@ def test_replyto_names_the_publisher_only_to_those_sharing_presence(server):
         c.close()
 
 
+def test_no_notification_to_an_explicit_subscriber_the_owner_blocks(server):
+    """XEP-0163 4.3.2: a PEP service MUST NOT send notifications to a subscriber the user has
+    blocked (XEP-0191), also one that subscribed explicitly before it was blocked."""
+    node = "urn:test:blocked-sub"
+    a = server.online("pbk")
+    b = login(server, Caps(), "pbks")
+    owner = bare(a.jid)
+    ok(publish(a, node, tune("open"), item_id="0", options={"pubsub#access_model": "open"}))
+    ok(b.iq("set", f"<pubsub xmlns='{NS_PUBSUB}'><subscribe node='{node}' jid='{bare(b.jid)}'/></pubsub>",
+            to=owner))
+    b.drain(0.3)
+    block = lambda verb: ok(a.iq("set", f"<{verb} xmlns='urn:xmpp:blocking'><item jid='{bare(b.jid)}'/></{verb}>"))
+    block("block")
+    ok(publish(a, node, tune("hidden"), item_id="hidden"))
+    block("unblock")
+    ok(publish(a, node, tune("marker"), item_id="marker"))
+    # in order from one publisher: had "hidden" been sent, it would come first
+    e = b.recv(lambda e: is_event(e, owner, node), what="the marker")
+    item = e.find(q(NS_EVENT, "event")).find(q(NS_EVENT, "items")).find(q(NS_EVENT, "item"))
+    assert item.get("id") == "marker", tostring(e)
+    server.assert_healthy(a, b)
+    for c in (a, b):
+        c.close()
+
+
 def test_omemo_devicelist_notifications_follow_caps_and_subscription(server):
     """An OMEMO device list reaches a contact whose caps have +notify, not one without
     it, nor someone without a presence subscription; the owner's own +notify resource too."""

@@ -3210,6 +3210,11 @@ async fn notify(
         if cfg.presence_based_delivery && !available(server, jid) {
             return Vec::new();
         }
+        // XEP-0163 §4.3.2: none to a subscriber the owner blocks (or
+        // that blocks the owner), XEP-0191.
+        if svc.generic.is_none() && super::blocking::either_blocks(server, svc.jid, jid) {
+            return Vec::new();
+        }
         let mine = &by_jid[jid];
         // `pubsub#show-values`: only the resources showing one of them,
         // unless a subscription of this JID has no such filter.
