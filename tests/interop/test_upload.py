@@ -377,6 +377,11 @@ def test_too_large_is_not_acceptable_with_max_size(up):
         assert (t, cond) == ("modify", "not-acceptable"), tostring(r)
         ftl = err.find(q(NS_UPLOAD, "file-too-large"))
         assert ftl is not None and ftl.findtext(q(NS_UPLOAD, "max-file-size")) == str(MAX_FILE), tostring(r)
+        # A size beyond 64 bits is still a size: too large, not malformed.
+        r = slot(c, "huge.bin", "99999999999999999999999")
+        t, cond, err = error_of(r)
+        assert (t, cond) == ("modify", "not-acceptable"), tostring(r)
+        assert err.find(q(NS_UPLOAD, "file-too-large")).findtext(q(NS_UPLOAD, "max-file-size")) == str(MAX_FILE)
         # Exactly the maximum is fine.
         assert slot(c, "max.bin", MAX_FILE).get("type") == "result"
         up.assert_healthy(c)
@@ -385,10 +390,15 @@ def test_too_large_is_not_acceptable_with_max_size(up):
 
 
 @pytest.mark.parametrize("name", ["", "../../etc/passwd", "..", "a/b.txt", "a\\b.txt", "/etc/passwd"])
-def test_bad_file_names_are_bad_request(up, name):
+def test_bad_file_names_are_not_acceptable(up, name):
+    """A name the service will not store is a request it understands but refuses
+    (RFC 6120 8.3.3.9 not-acceptable); a missing filename is malformed (bad-request)."""
     c = up.online("upn", presence=False)
     try:
         r = slot(c, name, 10)
+        assert stanza_error(r) == ("modify", "not-acceptable"), tostring(r)
+        assert r.find(C("error")).find(q(NS_UPLOAD, "file-too-large")) is None, tostring(r)
+        r = c.iq("get", f"<request xmlns='{NS_UPLOAD}' size='10'/>", to="upload.localhost")
         assert stanza_error(r) == ("modify", "bad-request"), tostring(r)
         up.assert_healthy(c)
     finally:
@@ -396,19 +406,19 @@ def test_bad_file_names_are_bad_request(up, name):
 
 
 @pytest.mark.parametrize("ref", ["&#9;", "&#10;", "&#133;", "&#127;"])
-def test_control_character_in_name_is_bad_request(up, ref):
+def test_control_character_in_name_is_not_acceptable(up, ref):
     """Control characters, sent as character references (a raw tab or newline in an
     attribute would be normalised to a space by the XML parser)."""
     c = up.online("upc", presence=False)
     try:
         r = c.iq("get", f"<request xmlns='{NS_UPLOAD}' filename='a{ref}b.txt' size='10'/>", to="upload.localhost")
-        assert stanza_error(r) == ("modify", "bad-request"), tostring(r)
+        assert stanza_error(r) == ("modify", "not-acceptable"), tostring(r)
         up.assert_healthy(c)
     finally:
         c.close()
 
 
-@pytest.mark.parametrize("size", ["-1", "ten", "", "1.5", "99999999999999999999999"])
+@pytest.mark.parametrize("size", ["-1", "ten", "", "1.5", "0x10"])
 def test_bad_sizes_are_bad_request(up, size):
     c = up.online("ups", presence=False)
     try:
@@ -456,7 +466,7 @@ def test_slot_rate_limit(tmp_path_factory):
     try:
         c = s.online("uprt", presence=False)
         # Refused requests do not count.
-        assert stanza_error(slot(c, "", 1))[1] == "bad-request"
+        assert stanza_error(slot(c, "", 1))[1] == "not-acceptable"
         for i in range(3):
             assert slot(c, f"r{i}.txt", 1).get("type") == "result"
         r = slot(c, "r3.txt", 1)
