@@ -286,6 +286,10 @@ def test_disco_items_of_a_missing_node_is_item_not_found(server):
     # the commands node at one's own bare JID (answered by the ad-hoc module)
     r = ok(items_of(a, "http://jabber.org/protocol/commands"))
     assert r.find(q(DISCO_ITEMS, "query")).get("node") == "http://jabber.org/protocol/commands"
+    # a command's own node is known too (a leaf: no items), as at the domain
+    for to in (owner, "localhost"):
+        r = ok(items_of(a, "ping", to=to))
+        assert r.find(q(DISCO_ITEMS, "query")).findall(q(DISCO_ITEMS, "item")) == [], tostring(r)
     # no presence subscription: the empty result of XEP-0030 8, as for a missing account
     r = ok(items_of(s, "urn:test:absent"))
     assert r.find(q(DISCO_ITEMS, "query")).findall(q(DISCO_ITEMS, "item")) == [], tostring(r)
