@@ -670,6 +670,35 @@ def test_omemo_devicelist_notifications_follow_caps_and_subscription(server):
         c.close()
 
 
+def test_negative_priority_resource_gets_no_notifications(server):
+    """XEP-0163 4.3.1 / 4.3.2: notifications, and the last item on initial presence, go
+    only to resources with a non-negative priority; a sibling resource with priority 0
+    still gets them."""
+    node = "urn:test:priority"
+    caps = Caps(node)
+    a = server.online("prn")
+    jid, _, pw = server.new_user("prnc")
+    pos = server.login(jid, pw, resource="pos")
+    available(pos, caps)
+    make_mutual(a, pos)
+    owner = bare(a.jid)
+    ok(publish(a, node, tune("first"), item_id="1"))
+    recv_event(pos, owner, node)
+    neg = server.login(jid, pw, resource="neg")
+    neg.iq("get", "<query xmlns='jabber:iq:roster'/>")
+    neg.presence(priority=-1, extra=caps.c())
+    neg.recv(lambda e: e.tag == C("presence") and e.get("from") == neg.jid, what="own presence")
+    ok(neg.ping_server())
+    neg.expect_nothing(lambda e: is_event(e, owner, node), 1.0, what="the last item")
+    ok(publish(a, node, tune("second"), item_id="2"))
+    ev = recv_event(pos, owner, node)
+    assert ev.find(q(NS_EVENT, "items")).find(q(NS_EVENT, "item")).get("id") == "2"
+    neg.expect_nothing(lambda e: is_event(e, owner, node), 1.0, what="a notification")
+    server.assert_healthy(a, pos, neg)
+    for c in (a, pos, neg):
+        c.close()
+
+
 def test_unknown_caps_asked_once_and_verified(server):
     caps = Caps(TUNE)
     first = server.online("cq1", presence=False)

@@ -3116,8 +3116,9 @@ fn recipients(server: &Server, owner: &str, node: &str, cfg: &NodeConfig) -> Vec
         let Some(from) = presence.get_attr("from") else {
             return;
         };
-        if super::caps::features_of(server, &presence)
-            .is_some_and(|f| super::caps::wants_notify(&f, node))
+        if non_negative(&presence)
+            && super::caps::features_of(server, &presence)
+                .is_some_and(|f| super::caps::wants_notify(&f, node))
         {
             out.push(from.to_owned());
         }
@@ -3140,6 +3141,17 @@ fn recipients(server: &Server, owner: &str, node: &str, cfg: &NodeConfig) -> Vec
         }
     }
     out
+}
+
+/// Whether an available presence has a non-negative priority: only such
+/// resources get PEP notifications and last items (XEP-0163 §4.3.1,
+/// §4.3.2).
+fn non_negative(presence: &Element) -> bool {
+    presence
+        .elements()
+        .find(|e| e.name == "priority")
+        .and_then(|p| p.text_content().trim().parse::<i8>().ok())
+        .is_none_or(|p| p >= 0)
 }
 
 /// Sends `event` (the child of `<event/>`) from the service's JID to
@@ -3446,6 +3458,9 @@ pub fn initial_presence(
     roster: &[RosterItem],
     presence: &Element,
 ) {
+    if !non_negative(presence) {
+        return;
+    }
     if let Some(features) = super::caps::features_of(server, presence) {
         send_last_items(server, bare, full, roster, &features, &|_| true);
     }
@@ -3459,6 +3474,9 @@ pub fn subscription_started(server: &Server, owner: &str, contact: &str) {
         let Some(full) = p.get_attr("from") else {
             continue;
         };
+        if !non_negative(&p) {
+            continue;
+        }
         if let Some(features) = super::caps::features_of(server, &p) {
             last_items_of(server, owner, contact, full, &features, &|_| true);
         }
@@ -3466,11 +3484,20 @@ pub fn subscription_started(server: &Server, owner: &str, contact: &str) {
 }
 
 /// An available session changed its caps from `old` to the known
-/// `features`: it gets the last items of the nodes it newly wants
+/// `features` (in its new `presence`): it gets the last items of the nodes it newly wants
 /// (XEP-0163 §4.3.4, "+notify appears").
-pub fn caps_changed(server: &Server, full: &str, old: Option<&[String]>, features: &[String]) {
+pub fn caps_changed(
+    server: &Server,
+    full: &str,
+    presence: &Element,
+    old: Option<&[String]>,
+    features: &[String],
+) {
     let (bare, _) = crate::stanza::split(full);
     let new_interest = |node: &str| old.is_none_or(|o| !super::caps::wants_notify(o, node));
+    if !non_negative(presence) {
+        return;
+    }
     if let Ok(roster) = server.storage.roster(bare) {
         send_last_items(server, bare, full, &roster, features, &new_interest);
     }
@@ -3483,7 +3510,9 @@ pub fn caps_learned(server: &Server, full: &str, features: &[String]) {
         return;
     };
     let available = server.router.with_resources(bare, |rs| {
-        rs.iter().any(|r| &*r.resource == res && r.available)
+        rs.iter().any(|r| {
+            &*r.resource == res && r.available && r.presence.as_ref().is_some_and(non_negative)
+        })
     });
     if !available {
         return;
