@@ -556,6 +556,8 @@ async fn broadcast(
     // To the user's own other available resources (and back to itself).
     send_to_available(server, origin.bare, &el);
     if !available {
+        // XEP-0060 §12.4: its temporary pubsub subscriptions end.
+        crate::modules::pep::presence_ended(server, origin.bare, origin.full).await;
         for target in state.directed.drain() {
             if !roster
                 .iter()
