@@ -502,6 +502,7 @@ def test_temporary_subscriptions_end_with_presence(server):
     temp = server.online("pstt")
     keep = server.online("pstk")
     gone = server.online("pstg")
+    silent = server.online("psts", presence=False)
     jid, _, pw = server.new_user("pstb")
     b1 = server.login(jid, pw, resource="one", presence=True)
     b2 = server.login(jid, pw, resource="two", presence=True)
@@ -514,6 +515,7 @@ def test_temporary_subscriptions_end_with_presence(server):
     assert fields.get("pubsub#expire") == "presence", tostring(r)
     ok(subscribe(keep, s, node))
     ok(subscribe(gone, s, node, options=expire))
+    ok(subscribe(silent, s, node, options=expire))
     ok(subscribe(b1, s, node, jid=jid, options=expire))
     r = ok(ps(temp, "get", f"<options node='{node}' jid='{temp.jid}'/>", s))
     fields = {f.get("var"): f.findtext(q(NS_DATA, "value")) for f in r.iter(q(NS_DATA, "field"))}
@@ -526,11 +528,13 @@ def test_temporary_subscriptions_end_with_presence(server):
         r = ok(ps(owner, "get", f"<subscriptions node='{node}'/>", s, ns=NS_OWNER))
         return sorted(e.get("jid") for e in r.iter(q(NS_OWNER, "subscription")))
 
-    assert subscribers() == sorted([temp.jid, keep.jid, gone.jid, jid])
+    assert subscribers() == sorted([temp.jid, keep.jid, gone.jid, silent.jid, jid])
     temp.presence(type_="unavailable")
     ok(temp.ping_server())
-    assert subscribers() == sorted([keep.jid, gone.jid, jid])
+    assert subscribers() == sorted([keep.jid, gone.jid, silent.jid, jid])
+    # ended sessions: one that was available, one that never sent presence
     gone.close()
+    silent.close()
     b1.close()
     deadline = time.monotonic() + 10
     while subscribers() != sorted([keep.jid, jid]):

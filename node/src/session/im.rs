@@ -804,6 +804,9 @@ pub async fn session_ended(server: &Server, origin: &Origin<'_>, state: &mut Pre
             .attr("from", origin.full)
             .attr("type", "unavailable");
         let _ = broadcast(server, origin, state, el).await;
+    } else {
+        // Never available: its temporary subscriptions end all the same.
+        crate::modules::pep::presence_ended(server, origin.bare, origin.full).await;
     }
 }
 
