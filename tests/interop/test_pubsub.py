@@ -503,6 +503,7 @@ def test_temporary_subscriptions_end_with_presence(server):
     keep = server.online("pstk")
     gone = server.online("pstg")
     silent = server.online("psts", presence=False)
+    later = server.online("pstl")
     jid, _, pw = server.new_user("pstb")
     b1 = server.login(jid, pw, resource="one", presence=True)
     b2 = server.login(jid, pw, resource="two", presence=True)
@@ -516,6 +517,9 @@ def test_temporary_subscriptions_end_with_presence(server):
     ok(subscribe(keep, s, node))
     ok(subscribe(gone, s, node, options=expire))
     ok(subscribe(silent, s, node, options=expire))
+    # made temporary afterwards, through the options of the subscription (6.3.5)
+    ok(subscribe(later, s, node))
+    ok(ps(later, "set", f"<options node='{node}' jid='{later.jid}'>{form(SUB_OPTIONS, expire)}</options>", s))
     ok(subscribe(b1, s, node, jid=jid, options=expire))
     r = ok(ps(temp, "get", f"<options node='{node}' jid='{temp.jid}'/>", s))
     fields = {f.get("var"): f.findtext(q(NS_DATA, "value")) for f in r.iter(q(NS_DATA, "field"))}
@@ -528,9 +532,10 @@ def test_temporary_subscriptions_end_with_presence(server):
         r = ok(ps(owner, "get", f"<subscriptions node='{node}'/>", s, ns=NS_OWNER))
         return sorted(e.get("jid") for e in r.iter(q(NS_OWNER, "subscription")))
 
-    assert subscribers() == sorted([temp.jid, keep.jid, gone.jid, silent.jid, jid])
-    temp.presence(type_="unavailable")
-    ok(temp.ping_server())
+    assert subscribers() == sorted([temp.jid, keep.jid, gone.jid, silent.jid, later.jid, jid])
+    for c in (temp, later):
+        c.presence(type_="unavailable")
+        ok(c.ping_server())
     assert subscribers() == sorted([keep.jid, gone.jid, silent.jid, jid])
     # ended sessions: one that was available, one that never sent presence
     gone.close()
@@ -548,7 +553,7 @@ def test_temporary_subscriptions_end_with_presence(server):
     recv_event(keep, s, node)
     server.assert_healthy(owner, temp, keep)
     ok(delete(owner, s, node))
-    for c in (owner, temp, keep, b2):
+    for c in (owner, temp, keep, later, b2):
         c.close()
 
 
