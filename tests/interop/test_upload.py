@@ -5,7 +5,7 @@ HTTPS (content, Content-Type, Content-Disposition, nosniff, HEAD, Range), and ev
 refusal: too large (not-acceptable + <file-too-large/>), bad file names, negative or
 non-numeric size (bad-request), quota and slot rate (resource-constraint + retry), a
 wrong / tampered / missing token (403), a wrong Content-Length or Content-Type (400/413),
-a second PUT (409), an expired slot (403), expiry of stored files (deleted from disk,
+a second PUT (409), an expired slot (410), expiry of stored files (deleted from disk,
 quota released), files of deleted accounts, restarts, and the configuration.
 """
 
@@ -524,7 +524,7 @@ def test_expired_slot_and_file_expiry(tmp_path_factory):
     try:
         c = s.online("upx", presence=False)
         data = b"e" * MAX_FILE
-        # A slot not used in time: 403.
+        # A slot not used in time: 410 Gone.
         late_url, late_headers, _ = parse_slot(slot(c, "late.bin", 4))
         # A file that fills the quota.
         _, _, get_url = upload(s, c, "full.bin", data, "application/octet-stream")
@@ -535,7 +535,7 @@ def test_expired_slot_and_file_expiry(tmp_path_factory):
         retry = err.find(q(NS_UPLOAD, "retry"))
         assert retry is not None and retry.get("stamp", "").endswith("Z"), tostring(r)
         time.sleep(2.5)
-        assert put(s, late_url, b"late", late_headers)[0] == 403
+        assert put(s, late_url, b"late", late_headers)[0] == 410
         stored = os.path.join(s.data_dir, "upload", path_of(get_url).split("/")[-2])
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:

@@ -261,7 +261,8 @@ async fn put(
     }
     let now = chrono::Utc::now().timestamp();
     if claims.expires <= now {
-        return status(StatusCode::FORBIDDEN, "the upload slot has expired");
+        // The slot existed and is gone for good (a new one is needed).
+        return status(StatusCode::GONE, "the upload slot has expired");
     }
     let length = req
         .headers()
