@@ -3201,8 +3201,11 @@ async fn notify(
     };
     // A temporary subscription whose JID is gone (its node died before
     // it could end it, [`presence_ended`]) gets nothing.
-    let live = |s: &&PepSub| s.deliver && !s.pending && (!s.temporary || available(server, &s.jid));
-    if implicit.is_empty() && !subs.iter().any(|s| live(&s)) {
+    let live: Vec<&PepSub> = subs
+        .iter()
+        .filter(|s| s.deliver && !s.pending && (!s.temporary || available(server, &s.jid)))
+        .collect();
+    if implicit.is_empty() && live.is_empty() {
         return;
     }
     let msg = Element::new("message", NS_CLIENT)
@@ -3230,7 +3233,7 @@ async fn notify(
     let mut order: Vec<&str> = Vec::new();
     let mut by_jid: std::collections::HashMap<&str, Vec<&PepSub>> =
         std::collections::HashMap::new();
-    for s in subs.iter().filter(live) {
+    for s in live {
         by_jid
             .entry(s.jid.as_str())
             .or_insert_with(|| {
@@ -3579,8 +3582,9 @@ pub fn subscription_started(server: &Server, owner: &str, contact: &str) {
 }
 
 /// An available session changed its caps from `old` to the known
-/// `features` (in its new `presence`): it gets the last items of the nodes it newly wants
-/// (XEP-0163 §4.3.4, "+notify appears").
+/// `features` (in its new `presence`): it gets the last items of the
+/// nodes it newly wants (XEP-0163 §4.3.4, "+notify appears"), unless its
+/// priority is negative.
 pub fn caps_changed(
     server: &Server,
     full: &str,
