@@ -290,6 +290,9 @@ def test_disco_items_of_a_missing_node_is_item_not_found(server):
     for to in (owner, "localhost"):
         r = ok(items_of(a, "ping", to=to))
         assert r.find(q(DISCO_ITEMS, "query")).findall(q(DISCO_ITEMS, "item")) == [], tostring(r)
+    # the domain: a node no module has is item-not-found too
+    r = items_of(a, "urn:test:absent", to="localhost")
+    assert stanza_error(r) == ("cancel", "item-not-found"), tostring(r)
     # no presence subscription: the empty result of XEP-0030 8, as for a missing account
     r = ok(items_of(s, "urn:test:absent"))
     assert r.find(q(DISCO_ITEMS, "query")).findall(q(DISCO_ITEMS, "item")) == [], tostring(r)
