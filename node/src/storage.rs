@@ -35,6 +35,12 @@ pub const PEP_ITEM: &str = "user_pep_item";
 /// -> [`PepSub`]. Kept out of the node record, which every publish
 /// rewrites.
 pub const PEP_SUB: &str = "user_pep_sub";
+/// Temporary subscriptions (XEP-0060 §12.4, `pubsub#expire` =
+/// `presence`) by subscriber: `subscriber bare \0 service \0 node \0 jid
+/// \0 subid` -> empty. Written and removed with the subscription; read
+/// when one of the subscriber's sessions goes unavailable (usually an
+/// empty prefix).
+pub const PEP_TEMP: &str = "user_pep_temp";
 /// The SHA-1 of each account's avatar (XEP-0153 / XEP-0398): `bare` ->
 /// hex, absent without one. One lookup of a small key per broadcast
 /// presence.
@@ -58,6 +64,7 @@ const USER_SPACES: &[&str] = &[
     PEP_NODE,
     PEP_ITEM,
     PEP_SUB,
+    PEP_TEMP,
     AVATAR_HASH,
 ];
 
@@ -1061,6 +1068,24 @@ pub struct PepSub {
     /// resources whose presence shows one of these (`online`: no
     /// `<show/>`); empty: whatever they show.
     pub show_values: Vec<String>,
+    /// `pubsub#expire` = `presence` (XEP-0060 §12.4): ends when the
+    /// subscribed JID goes unavailable (indexed in [`PEP_TEMP`]).
+    pub temporary: bool,
+}
+
+/// A temporary subscription as indexed by its subscriber: (service, node,
+/// jid, subid).
+pub type TempSub = (String, String, String, String);
+
+fn pep_temp_key(service: &str, node: &str, jid: &str, subid: &str) -> Vec<u8> {
+    let bare = jid.split('/').next().unwrap_or(jid);
+    let mut k = user_prefix(bare);
+    for part in [service, node, jid] {
+        k.extend_from_slice(part.as_bytes());
+        k.push(0);
+    }
+    k.extend_from_slice(subid.as_bytes());
+    k
 }
 
 fn pep_node_key(bare: &str, node: &str) -> Vec<u8> {
@@ -1158,6 +1183,35 @@ impl Storage {
             .into_iter()
             .map(|(_, v)| de(&v))
             .collect()
+    }
+
+    /// The temporary subscriptions of `bare`'s JIDs (bare or full), from
+    /// the local replica.
+    pub fn pep_temp_subs(&self, bare: &str) -> Result<Vec<TempSub>, StoreError> {
+        let prefix = user_prefix(bare);
+        Ok(self
+            .store
+            .scan_prefix(PEP_TEMP, &prefix)?
+            .into_iter()
+            .filter_map(|(k, _)| {
+                let rest = String::from_utf8(k[prefix.len()..].to_vec()).ok()?;
+                let mut it = rest.split('\0').map(str::to_owned);
+                Some((it.next()?, it.next()?, it.next()?, it.next()?))
+            })
+            .collect())
+    }
+
+    /// Drops index entries of temporary subscriptions that no longer
+    /// exist (their node was deleted).
+    pub async fn pep_temp_forget(&self, gone: &[TempSub]) -> Result<(), StoreError> {
+        let ops = gone
+            .iter()
+            .map(|(service, node, jid, subid)| Op::Delete {
+                space: PEP_TEMP.into(),
+                key: pep_temp_key(service, node, jid, subid),
+            })
+            .collect();
+        self.store.write(ops).await.map(drop)
     }
 
     /// The subscriptions of exactly `jid` to one node.
@@ -1260,8 +1314,25 @@ impl Storage {
                 space: PEP_SUB.into(),
                 key: pep_sub_key(c.bare, c.node, &jid, &subid),
             });
+            ops.push(Op::Delete {
+                space: PEP_TEMP.into(),
+                key: pep_temp_key(c.bare, c.node, &jid, &subid),
+            });
         }
         for sub in c.subs_put {
+            let temp = pep_temp_key(c.bare, c.node, &sub.jid, &sub.subid);
+            ops.push(if sub.temporary {
+                Op::Put {
+                    space: PEP_TEMP.into(),
+                    key: temp,
+                    value: Vec::new(),
+                }
+            } else {
+                Op::Delete {
+                    space: PEP_TEMP.into(),
+                    key: temp,
+                }
+            });
             ops.push(Op::Put {
                 space: PEP_SUB.into(),
                 key: pep_sub_key(c.bare, c.node, &sub.jid, &sub.subid),

@@ -131,3 +131,62 @@ def test_credentials_request(ext):
         ext.assert_healthy(c)
     finally:
         c.close()
+
+
+MULTI = f"""
+[[external_services]]
+host = "turn.example.org"
+port = 3478
+type = "turn"
+transport = "udp"
+restricted = true
+secret = "{SECRET}"
+ttl_secs = 600
+
+[[external_services]]
+host = "turn.example.org"
+port = 3479
+type = "turn"
+transport = "tcp"
+restricted = true
+secret = "{SECRET}"
+ttl_secs = 600
+
+[[external_services]]
+host = "turn.example.org"
+port = 3478
+type = "stun"
+transport = "udp"
+"""
+
+
+def test_credentials_for_every_port_and_host_and_type_required(tmp_path_factory):
+    """XEP-0215 3.3: the <service/> of a credentials request MUST carry 'host' and 'type'
+    (bad-request without either); without 'port' every service of that host and type
+    answers (one <service/> each, here two ports), with one only that port's."""
+    s = make_server(tmp_path_factory, "extdisco-multi")
+    with open(s.config_path, "a") as f:
+        f.write(MULTI)
+    s.start()
+    try:
+        c = s.online("xm", presence=False)
+        r = c.iq("get", f"<credentials xmlns='{NS}'><service host='turn.example.org' type='turn'/></credentials>",
+                 to="localhost")
+        assert r.get("type") == "result", tostring(r)
+        got = r.find(q(NS, "credentials")).findall(q(NS, "service"))
+        assert [(x.get("type"), x.get("port"), x.get("transport")) for x in got] == [
+            ("turn", "3478", "udp"), ("turn", "3479", "tcp")], tostring(r)
+        for svc in got:
+            check_rest_credentials(svc, c.bare)
+        r = c.iq("get", f"<credentials xmlns='{NS}'><service host='turn.example.org' type='turn' port='3479'/>"
+                        "</credentials>", to="localhost")
+        got = r.find(q(NS, "credentials")).findall(q(NS, "service"))
+        assert [x.get("port") for x in got] == ["3479"], tostring(r)
+        for bad in ("<service host='turn.example.org'/>", "<service type='turn'/>",
+                    "<service host='turn.example.org' type='turn' port='x'/>"):
+            r = c.iq("get", f"<credentials xmlns='{NS}'>{bad}</credentials>", to="localhost")
+            assert stanza_error(r) == ("modify", "bad-request"), tostring(r)
+        s.assert_healthy(c)
+        c.close()
+    finally:
+        s.stop()

@@ -266,6 +266,43 @@ def test_disco_items_and_node_info(server):
         c.close()
 
 
+def test_disco_items_of_a_missing_node_is_item_not_found(server):
+    """XEP-0060 5.5 / XEP-0030 7: disco#items of a node the account does not have is
+    <item-not-found/> (for the owner and a contact sharing presence), while the nodes
+    other modules answer at the bare JID keep working (the XEP-0050 commands node) and
+    XEP-0030 8 still holds: no presence subscription, an empty result."""
+    a = server.online("dnx")
+    b = server.online("dnxc")
+    s = server.online("dnxs")
+    owner = bare(a.jid)
+    make_mutual(a, b)
+    ok(publish(a, "urn:test:there", tune("x")))
+    items_of = lambda c, node, to=owner: c.iq("get", f"<query xmlns='{DISCO_ITEMS}' node='{node}'/>", to=to)
+    for c in (a, b):
+        r = items_of(c, "urn:test:absent")
+        assert stanza_error(r) == ("cancel", "item-not-found"), tostring(r)
+        r = ok(items_of(c, "urn:test:there"))
+        assert len(r.find(q(DISCO_ITEMS, "query")).findall(q(DISCO_ITEMS, "item"))) == 1, tostring(r)
+    # the commands node at one's own bare JID (answered by the ad-hoc module)
+    r = ok(items_of(a, "http://jabber.org/protocol/commands"))
+    assert r.find(q(DISCO_ITEMS, "query")).get("node") == "http://jabber.org/protocol/commands"
+    # a command's own node is known too (a leaf: no items), as at the domain
+    for to in (owner, "localhost"):
+        r = ok(items_of(a, "ping", to=to))
+        assert r.find(q(DISCO_ITEMS, "query")).findall(q(DISCO_ITEMS, "item")) == [], tostring(r)
+    # the domain: a node no module has is item-not-found too
+    r = items_of(a, "urn:test:absent", to="localhost")
+    assert stanza_error(r) == ("cancel", "item-not-found"), tostring(r)
+    # no presence subscription: the empty result of XEP-0030 8, as for a missing account
+    r = ok(items_of(s, "urn:test:absent"))
+    assert r.find(q(DISCO_ITEMS, "query")).findall(q(DISCO_ITEMS, "item")) == [], tostring(r)
+    r = ok(items_of(s, "urn:test:absent", to=f"nobody-{new_id()}@localhost"))
+    assert r.find(q(DISCO_ITEMS, "query")).findall(q(DISCO_ITEMS, "item")) == [], tostring(r)
+    server.assert_healthy(a, b, s)
+    for c in (a, b, s):
+        c.close()
+
+
 # ------------------------------------------------------------------ publish / items
 
 def test_publish_items_retract_and_errors(server):
@@ -521,6 +558,65 @@ def test_access_models(server):
 
 # ------------------------------------------------------------------ notifications
 
+def test_replyto_names_the_publisher_only_to_those_sharing_presence(server):
+    """XEP-0163 4.3.1.3: a notification to an entity with a presence subscription to the
+    owner carries an XEP-0033 replyto address naming the publishing resource; one to an
+    explicit subscriber without a presence subscription MUST NOT."""
+    node = "urn:test:replyto"
+    caps = Caps(node)
+    a = login(server, caps, "rto")
+    friend = login(server, caps, "rtof")
+    stranger = login(server, caps, "rtos")
+    make_mutual(a, friend)
+    owner = bare(a.jid)
+    ok(publish(a, node, tune("first"), item_id="1", options={"pubsub#access_model": "open"}))
+    recv_event(friend, owner, node)
+    ok(stranger.iq("set", f"<pubsub xmlns='{NS_PUBSUB}'><subscribe node='{node}' jid='{bare(stranger.jid)}'/>"
+                          f"</pubsub>", to=owner))
+    stranger.drain(0.3)
+    friend.drain(0.3)
+    ok(publish(a, node, tune("second"), item_id="2"))
+    ns_addr = "http://jabber.org/protocol/address"
+
+    def replyto(c):
+        e = c.recv(lambda e: is_event(e, owner, node), what="the notification")
+        items = e.find(q(NS_EVENT, "event")).find(q(NS_EVENT, "items"))
+        assert items.find(q(NS_EVENT, "item")).get("id") == "2", tostring(e)
+        return [x.get("jid") for x in e.findall(f"{q(ns_addr, 'addresses')}/{q(ns_addr, 'address')}")
+                if x.get("type") == "replyto"]
+
+    assert replyto(friend) == [a.jid]
+    assert replyto(stranger) == []
+    server.assert_healthy(a, friend, stranger)
+    for c in (a, friend, stranger):
+        c.close()
+
+
+def test_no_notification_to_an_explicit_subscriber_the_owner_blocks(server):
+    """XEP-0163 4.3.2: a PEP service MUST NOT send notifications to a subscriber the user has
+    blocked (XEP-0191), also one that subscribed explicitly before it was blocked."""
+    node = "urn:test:blocked-sub"
+    a = server.online("pbk")
+    b = login(server, Caps(), "pbks")
+    owner = bare(a.jid)
+    ok(publish(a, node, tune("open"), item_id="0", options={"pubsub#access_model": "open"}))
+    ok(b.iq("set", f"<pubsub xmlns='{NS_PUBSUB}'><subscribe node='{node}' jid='{bare(b.jid)}'/></pubsub>",
+            to=owner))
+    b.drain(0.3)
+    block = lambda verb: ok(a.iq("set", f"<{verb} xmlns='urn:xmpp:blocking'><item jid='{bare(b.jid)}'/></{verb}>"))
+    block("block")
+    ok(publish(a, node, tune("hidden"), item_id="hidden"))
+    block("unblock")
+    ok(publish(a, node, tune("marker"), item_id="marker"))
+    # in order from one publisher: had "hidden" been sent, it would come first
+    e = b.recv(lambda e: is_event(e, owner, node), what="the marker")
+    item = e.find(q(NS_EVENT, "event")).find(q(NS_EVENT, "items")).find(q(NS_EVENT, "item"))
+    assert item.get("id") == "marker", tostring(e)
+    server.assert_healthy(a, b)
+    for c in (a, b):
+        c.close()
+
+
 def test_omemo_devicelist_notifications_follow_caps_and_subscription(server):
     """An OMEMO device list reaches a contact whose caps have +notify, not one without
     it, nor someone without a presence subscription; the owner's own +notify resource too."""
@@ -574,6 +670,35 @@ def test_omemo_devicelist_notifications_follow_caps_and_subscription(server):
     assert ev.find(q(NS_EVENT, "delete")) is not None, tostring(ev)
     server.assert_healthy(a, wants, nowant, stranger)
     for c in (a, wants, nowant, stranger):
+        c.close()
+
+
+def test_negative_priority_resource_gets_no_notifications(server):
+    """XEP-0163 4.3.1 / 4.3.2: notifications, and the last item on initial presence, go
+    only to resources with a non-negative priority; a sibling resource with priority 0
+    still gets them."""
+    node = "urn:test:priority"
+    caps = Caps(node)
+    a = server.online("prn")
+    jid, _, pw = server.new_user("prnc")
+    pos = server.login(jid, pw, resource="pos")
+    available(pos, caps)
+    make_mutual(a, pos)
+    owner = bare(a.jid)
+    ok(publish(a, node, tune("first"), item_id="1"))
+    recv_event(pos, owner, node)
+    neg = server.login(jid, pw, resource="neg")
+    neg.iq("get", "<query xmlns='jabber:iq:roster'/>")
+    neg.presence(priority=-1, extra=caps.c())
+    neg.recv(lambda e: e.tag == C("presence") and e.get("from") == neg.jid, what="own presence")
+    ok(neg.ping_server())
+    neg.expect_nothing(lambda e: is_event(e, owner, node), 1.0, what="the last item")
+    ok(publish(a, node, tune("second"), item_id="2"))
+    ev = recv_event(pos, owner, node)
+    assert ev.find(q(NS_EVENT, "items")).find(q(NS_EVENT, "item")).get("id") == "2"
+    neg.expect_nothing(lambda e: is_event(e, owner, node), 1.0, what="a notification")
+    server.assert_healthy(a, pos, neg)
+    for c in (a, pos, neg):
         c.close()
 
 

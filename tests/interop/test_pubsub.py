@@ -492,6 +492,71 @@ def test_subscription_options(server):
     a.close()
 
 
+def test_temporary_subscriptions_end_with_presence(server):
+    """XEP-0060 12.4: a subscription with pubsub#expire = presence lasts while its JID is
+    available: it ends on unavailable presence, and when the session ends without one; a
+    bare JID's when its last resource goes; others stay. The options form shows it."""
+    import time
+    s = svc(server)
+    owner = server.online("pst")
+    temp = server.online("pstt")
+    keep = server.online("pstk")
+    gone = server.online("pstg")
+    silent = server.online("psts", presence=False)
+    later = server.online("pstl")
+    jid, _, pw = server.new_user("pstb")
+    b1 = server.login(jid, pw, resource="one", presence=True)
+    b2 = server.login(jid, pw, resource="two", presence=True)
+    node = "tmp-" + rnd()
+    ok(create(owner, s, node))
+    expire = {"pubsub#expire": "presence"}
+    r = subscribe(temp, s, node, options=expire)
+    x = r.find(f"{q(NS_PUBSUB, 'pubsub')}/{q(NS_PUBSUB, 'options')}/{q(NS_DATA, 'x')}")
+    fields = {f.get("var"): f.findtext(q(NS_DATA, "value")) for f in x.findall(q(NS_DATA, "field"))}
+    assert fields.get("pubsub#expire") == "presence", tostring(r)
+    ok(subscribe(keep, s, node))
+    ok(subscribe(gone, s, node, options=expire))
+    ok(subscribe(silent, s, node, options=expire))
+    # made temporary afterwards, through the options of the subscription (6.3.5)
+    ok(subscribe(later, s, node))
+    ok(ps(later, "set", f"<options node='{node}' jid='{later.jid}'>{form(SUB_OPTIONS, expire)}</options>", s))
+    ok(subscribe(b1, s, node, jid=jid, options=expire))
+    r = ok(ps(temp, "get", f"<options node='{node}' jid='{temp.jid}'/>", s))
+    fields = {f.get("var"): f.findtext(q(NS_DATA, "value")) for f in r.iter(q(NS_DATA, "field"))}
+    assert fields.get("pubsub#expire") == "presence", tostring(r)
+    # a lease (a date) is not offered
+    r = subscribe(keep, s, node, options={"pubsub#expire": "2030-01-01T00:00:00Z"})
+    assert app_error(r) == ("bad-request", "invalid-options"), tostring(r)
+
+    def subscribers():
+        r = ok(ps(owner, "get", f"<subscriptions node='{node}'/>", s, ns=NS_OWNER))
+        return sorted(e.get("jid") for e in r.iter(q(NS_OWNER, "subscription")))
+
+    assert subscribers() == sorted([temp.jid, keep.jid, gone.jid, silent.jid, later.jid, jid])
+    for c in (temp, later):
+        c.presence(type_="unavailable")
+        ok(c.ping_server())
+    assert subscribers() == sorted([keep.jid, gone.jid, silent.jid, jid])
+    # ended sessions: one that was available, one that never sent presence
+    gone.close()
+    silent.close()
+    b1.close()
+    deadline = time.monotonic() + 10
+    while subscribers() != sorted([keep.jid, jid]):
+        assert time.monotonic() < deadline, subscribers()
+        time.sleep(0.2)
+    # the bare JID's ends with its last resource
+    b2.presence(type_="unavailable")
+    ok(b2.ping_server())
+    assert subscribers() == [keep.jid]
+    ok(publish(owner, s, node, tune("still here")))
+    recv_event(keep, s, node)
+    server.assert_healthy(owner, temp, keep)
+    ok(delete(owner, s, node))
+    for c in (owner, temp, keep, later, b2):
+        c.close()
+
+
 def test_owner_manages_subscriptions_and_affiliations(server):
     s = svc(server)
     owner = server.online("psm")

@@ -5,7 +5,7 @@ HTTPS (content, Content-Type, Content-Disposition, nosniff, HEAD, Range), and ev
 refusal: too large (not-acceptable + <file-too-large/>), bad file names, negative or
 non-numeric size (bad-request), quota and slot rate (resource-constraint + retry), a
 wrong / tampered / missing token (403), a wrong Content-Length or Content-Type (400/413),
-a second PUT (409), an expired slot (403), expiry of stored files (deleted from disk,
+a second PUT (409), an expired slot (410), expiry of stored files (deleted from disk,
 quota released), files of deleted accounts, restarts, and the configuration.
 """
 
@@ -16,6 +16,7 @@ import io
 import os
 import socket
 import ssl
+import subprocess
 import time
 import urllib.parse
 import xml.etree.ElementTree as ET
@@ -35,9 +36,13 @@ MAX_FILE = 4096
 QUOTA = 10000
 
 
-def upload_server(tmp_path_factory, name, **cfg):
-    """A server with [upload] on a free port; URLs point at 127.0.0.1."""
+def upload_server(tmp_path_factory, name, extra="", **cfg):
+    """A server with [upload] on a free port; URLs point at 127.0.0.1. ``extra``: more
+    configuration (other sections)."""
     s = make_server(tmp_path_factory, name)
+    if extra:
+        with open(s.config_path, "a") as f:
+            f.write("\n" + extra + "\n")
     s.upload_port = int(cfg.get("port") or free_port())
     opts = {"enabled": "true", "bind": '"127.0.0.1"', "port": str(s.upload_port),
             "public_url": f'"https://127.0.0.1:{s.upload_port}"',
@@ -182,6 +187,76 @@ def test_https_presents_the_domains_certificates(up):
     assert peer_cert(up.upload_port, "localhost") != peer_cert(up.upload_port, "example.org")
 
 
+def test_generated_certificate_is_valid_for_the_upload_host(up, tmp_path):
+    """The host of the default slot URLs is upload.<domain>: the generated certificate of
+    each domain names it, so a client that trusts the certificate and checks the host name
+    (as every browser and HTTP library does) accepts the HTTPS listener under that name."""
+    for domain in ("localhost", "example.org"):
+        pem = ssl.DER_cert_to_PEM_cert(peer_cert(up.upload_port, f"upload.{domain}"))
+        ca = tmp_path / f"{domain}.pem"
+        ca.write_text(pem)
+        ctx = ssl.create_default_context(cafile=str(ca))
+        assert ctx.check_hostname and ctx.verify_mode == ssl.CERT_REQUIRED
+        for name in (f"upload.{domain}", domain):
+            with socket.create_connection(("127.0.0.1", up.upload_port), timeout=5) as raw:
+                with ctx.wrap_socket(raw, server_hostname=name) as tls:
+                    assert tls.version() is not None
+        # and the same certificate is refused for a name it does not carry
+        with socket.create_connection(("127.0.0.1", up.upload_port), timeout=5) as raw:
+            with pytest.raises(ssl.SSLCertVerificationError):
+                ctx.wrap_socket(raw, server_hostname=f"files.{domain}")
+
+
+def test_configured_certificate_of_the_upload_host(tmp_path_factory, tmp_path):
+    """[tls] certs may give upload.<domain> a certificate of its own: the listener presents
+    it for that name (SNI), and the domain keeps its own."""
+    stem = tmp_path / "upload.localhost"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-nodes", "-days", "30", "-subj", "/CN=upload.localhost",
+                    "-addext", "subjectAltName=DNS:upload.localhost",
+                    "-keyout", f"{stem}.key", "-out", f"{stem}.crt"], check=True, capture_output=True)
+    extra = f'[tls]\ncerts = [{{ domain = "upload.localhost", cert = "{stem}.crt", key = "{stem}.key" }}]'
+    s = upload_server(tmp_path_factory, "upcert", extra=extra)
+    try:
+        with open(f"{stem}.crt") as f:
+            want = ssl.PEM_cert_to_DER_cert(f.read())
+        assert peer_cert(s.upload_port, "upload.localhost") == want
+        assert peer_cert(s.upload_port, "localhost") != want
+        assert peer_cert(s.upload_port, "localhost") == peer_cert(s.tls_port, "localhost")
+    finally:
+        s.stop()
+
+
+def test_cors_lets_web_clients_put_and_get(up):
+    """XEP-0363 for web clients (Converse.js): the browser's preflight OPTIONS for a PUT with
+    the slot's Authorization header and a Content-Type is allowed, and the PUT and GET
+    answers carry Access-Control-Allow-Origin."""
+    c = up.online("upcors", presence=False)
+    try:
+        data = b"from a browser"
+        put_url, headers, get_url = parse_slot(slot(c, "web.txt", len(data), "text/plain"))
+        origin = {"Origin": "https://web.example.net"}
+        st, h, _ = https(up, "OPTIONS", path_of(put_url), headers={
+            **origin, "Access-Control-Request-Method": "PUT",
+            "Access-Control-Request-Headers": "authorization,content-type"})
+        assert 200 <= st < 300, (st, h)
+        assert h.get("access-control-allow-origin") in ("*", origin["Origin"]), h
+        methods = {m.strip().upper() for m in h.get("access-control-allow-methods", "").split(",")}
+        assert {"PUT", "GET"} <= methods, h
+        allowed = {x.strip().lower() for x in h.get("access-control-allow-headers", "").split(",")}
+        assert {"authorization", "content-type"} <= allowed, h
+        st, h, body = put(up, put_url, data, {**headers, **origin}, "text/plain")
+        assert st == 201 and h.get("access-control-allow-origin") in ("*", origin["Origin"]), (st, h, body)
+        st, h, body = https(up, "GET", path_of(get_url), headers=origin)
+        assert st == 200 and body == data
+        assert h.get("access-control-allow-origin") in ("*", origin["Origin"]), h
+        st, h, _ = https(up, "HEAD", path_of(get_url), headers=origin)
+        assert st == 200 and h.get("access-control-allow-origin") in ("*", origin["Origin"]), h
+        up.assert_healthy(c)
+    finally:
+        c.close()
+
+
 # ------------------------------------------------------------------ the happy path
 
 def test_put_then_get_with_headers(up):
@@ -302,6 +377,11 @@ def test_too_large_is_not_acceptable_with_max_size(up):
         assert (t, cond) == ("modify", "not-acceptable"), tostring(r)
         ftl = err.find(q(NS_UPLOAD, "file-too-large"))
         assert ftl is not None and ftl.findtext(q(NS_UPLOAD, "max-file-size")) == str(MAX_FILE), tostring(r)
+        # A size beyond 64 bits is still a size: too large, not malformed.
+        r = slot(c, "huge.bin", "99999999999999999999999")
+        t, cond, err = error_of(r)
+        assert (t, cond) == ("modify", "not-acceptable"), tostring(r)
+        assert err.find(q(NS_UPLOAD, "file-too-large")).findtext(q(NS_UPLOAD, "max-file-size")) == str(MAX_FILE)
         # Exactly the maximum is fine.
         assert slot(c, "max.bin", MAX_FILE).get("type") == "result"
         up.assert_healthy(c)
@@ -310,10 +390,15 @@ def test_too_large_is_not_acceptable_with_max_size(up):
 
 
 @pytest.mark.parametrize("name", ["", "../../etc/passwd", "..", "a/b.txt", "a\\b.txt", "/etc/passwd"])
-def test_bad_file_names_are_bad_request(up, name):
+def test_bad_file_names_are_not_acceptable(up, name):
+    """A name the service will not store is a request it understands but refuses
+    (RFC 6120 8.3.3.9 not-acceptable); a missing filename is malformed (bad-request)."""
     c = up.online("upn", presence=False)
     try:
         r = slot(c, name, 10)
+        assert stanza_error(r) == ("modify", "not-acceptable"), tostring(r)
+        assert r.find(C("error")).find(q(NS_UPLOAD, "file-too-large")) is None, tostring(r)
+        r = c.iq("get", f"<request xmlns='{NS_UPLOAD}' size='10'/>", to="upload.localhost")
         assert stanza_error(r) == ("modify", "bad-request"), tostring(r)
         up.assert_healthy(c)
     finally:
@@ -321,19 +406,19 @@ def test_bad_file_names_are_bad_request(up, name):
 
 
 @pytest.mark.parametrize("ref", ["&#9;", "&#10;", "&#133;", "&#127;"])
-def test_control_character_in_name_is_bad_request(up, ref):
+def test_control_character_in_name_is_not_acceptable(up, ref):
     """Control characters, sent as character references (a raw tab or newline in an
     attribute would be normalised to a space by the XML parser)."""
     c = up.online("upc", presence=False)
     try:
         r = c.iq("get", f"<request xmlns='{NS_UPLOAD}' filename='a{ref}b.txt' size='10'/>", to="upload.localhost")
-        assert stanza_error(r) == ("modify", "bad-request"), tostring(r)
+        assert stanza_error(r) == ("modify", "not-acceptable"), tostring(r)
         up.assert_healthy(c)
     finally:
         c.close()
 
 
-@pytest.mark.parametrize("size", ["-1", "ten", "", "1.5", "99999999999999999999999"])
+@pytest.mark.parametrize("size", ["-1", "ten", "", "1.5", "0x10"])
 def test_bad_sizes_are_bad_request(up, size):
     c = up.online("ups", presence=False)
     try:
@@ -381,7 +466,7 @@ def test_slot_rate_limit(tmp_path_factory):
     try:
         c = s.online("uprt", presence=False)
         # Refused requests do not count.
-        assert stanza_error(slot(c, "", 1))[1] == "bad-request"
+        assert stanza_error(slot(c, "", 1))[1] == "not-acceptable"
         for i in range(3):
             assert slot(c, f"r{i}.txt", 1).get("type") == "result"
         r = slot(c, "r3.txt", 1)
@@ -439,7 +524,7 @@ def test_expired_slot_and_file_expiry(tmp_path_factory):
     try:
         c = s.online("upx", presence=False)
         data = b"e" * MAX_FILE
-        # A slot not used in time: 403.
+        # A slot not used in time: 410 Gone.
         late_url, late_headers, _ = parse_slot(slot(c, "late.bin", 4))
         # A file that fills the quota.
         _, _, get_url = upload(s, c, "full.bin", data, "application/octet-stream")
@@ -450,7 +535,7 @@ def test_expired_slot_and_file_expiry(tmp_path_factory):
         retry = err.find(q(NS_UPLOAD, "retry"))
         assert retry is not None and retry.get("stamp", "").endswith("Z"), tostring(r)
         time.sleep(2.5)
-        assert put(s, late_url, b"late", late_headers)[0] == 403
+        assert put(s, late_url, b"late", late_headers)[0] == 410
         stored = os.path.join(s.data_dir, "upload", path_of(get_url).split("/")[-2])
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:

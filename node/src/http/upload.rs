@@ -102,8 +102,9 @@ fn internal_url(server: &Server) -> String {
 }
 
 /// The listener's TLS: the certificates of the c2s listener, chosen by SNI
-/// for the domain or its upload service (`upload.<domain>`, which a
-/// deployment's certificate for the domain should also name).
+/// for the domain or one of its service hosts (`upload.<domain>`, the host
+/// of `public_url`), which a generated certificate names and a configured
+/// one should name too.
 fn tls_config(
     server: &Server,
     by_domain: HashMap<String, Arc<CertifiedKey>>,
@@ -112,11 +113,16 @@ fn tls_config(
         .get(&server.config.domains[0])
         .cloned()
         .ok_or_else(|| anyhow::anyhow!("no certificate for the first domain"))?;
-    let resolver = ServiceSni {
-        by_domain,
-        default,
-        prefix: format!("{}.", server.config.upload.subdomain.to_ascii_lowercase()),
-    };
+    // The service hosts of each domain (upload.<domain>, the host of
+    // public_url) get that domain's certificate.
+    let mut by_name = HashMap::new();
+    for (domain, key) in &by_domain {
+        for host in crate::net::tls::service_hosts(&server.config, domain) {
+            by_name.entry(host).or_insert_with(|| key.clone());
+        }
+    }
+    by_name.extend(by_domain);
+    let resolver = ServiceSni { by_name, default };
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -129,19 +135,16 @@ fn tls_config(
 
 #[derive(Debug)]
 struct ServiceSni {
-    by_domain: HashMap<String, Arc<CertifiedKey>>,
+    /// Each domain and each of its service hosts, lower case.
+    by_name: HashMap<String, Arc<CertifiedKey>>,
     default: Arc<CertifiedKey>,
-    prefix: String,
 }
 
 impl ResolvesServerCert for ServiceSni {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let name = hello.server_name().map(str::to_ascii_lowercase);
-        let found = name.as_deref().and_then(|n| {
-            self.by_domain
-                .get(n)
-                .or_else(|| self.by_domain.get(n.strip_prefix(&self.prefix)?))
-        });
+        let found = hello
+            .server_name()
+            .and_then(|n| self.by_name.get(&n.to_ascii_lowercase()));
         Some(found.unwrap_or(&self.default).clone())
     }
 }
@@ -258,7 +261,8 @@ async fn put(
     }
     let now = chrono::Utc::now().timestamp();
     if claims.expires <= now {
-        return status(StatusCode::FORBIDDEN, "the upload slot has expired");
+        // The slot existed and is gone for good (a new one is needed).
+        return status(StatusCode::GONE, "the upload slot has expired");
     }
     let length = req
         .headers()

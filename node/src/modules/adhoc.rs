@@ -1653,7 +1653,8 @@ fn disco_items(
     node: &str,
 ) -> Option<Vec<Element>> {
     if node != NS_COMMANDS {
-        return None;
+        // A command's node is a leaf: no items, but a known node.
+        return command(node).map(|_| Vec::new());
     }
     Some(
         COMMANDS

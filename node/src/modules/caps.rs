@@ -165,7 +165,7 @@ fn presence_out(ctx: &HookCtx<'_>, el: &mut Element) -> Flow {
         return Flow::Pass;
     };
     match lookup(ctx.server, hash, ver) {
-        Some(features) => changed(ctx.server, ctx.user, full, ver, &features),
+        Some(features) => changed(ctx.server, ctx.user, full, el, ver, &features),
         None => ask(ctx.server, ctx.user, full, hash, ver, node),
     }
     Flow::Pass
@@ -175,7 +175,14 @@ fn presence_out(ctx: &HookCtx<'_>, el: &mut Element) -> Flow {
 /// caps, the nodes it newly wants get their last items (the initial
 /// presence's are sent with its broadcast). One lookup of the session's
 /// previous presence.
-fn changed(server: &Server, bare: &str, full: &str, ver: &str, features: &[String]) {
+fn changed(
+    server: &Server,
+    bare: &str,
+    full: &str,
+    presence: &Element,
+    ver: &str,
+    features: &[String],
+) {
     let resource = crate::stanza::split(full).1.unwrap_or_default();
     // None: not available before (or the same ver); Some(old features).
     let old: Option<Option<Arc<[String]>>> = server.router.with_resources(bare, |rs| {
@@ -190,7 +197,7 @@ fn changed(server: &Server, bare: &str, full: &str, ver: &str, features: &[Strin
         }
     });
     if let Some(old) = old {
-        super::pep::caps_changed(server, full, old.as_deref(), features);
+        super::pep::caps_changed(server, full, presence, old.as_deref(), features);
     }
 }
 

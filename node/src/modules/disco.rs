@@ -64,6 +64,14 @@ fn handle<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
                     }
                 }
             }
+            // XEP-0030 §7: a node of the domain that no module has is
+            // item-not-found (the caps node names the server: no items).
+            if let (IqTarget::Server(_), Some(n)) = (ctx.target, node) {
+                if !server_caps_node(ctx, n) {
+                    return Err(Condition::ItemNotFound.into());
+                }
+                return Ok(q.into());
+            }
             // A domain lists its services (XEP-0045 rooms at conference.,
             // XEP-0363 upload); an account's items are what modules show
             // the requester (PEP nodes it may see); XEP-0030 §8: none for
@@ -95,6 +103,21 @@ fn handle<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
                         }
                         return Ok(q.into());
                     }
+                }
+                // XEP-0060 §5.5 / XEP-0030 §7: a node no module has (or
+                // that the requester may not see) is item-not-found, for
+                // the owner and those it shares presence with; XEP-0030
+                // §8: anyone else gets the empty result.
+                let sees = match ctx.target {
+                    IqTarget::Account(b) => ctx
+                        .server
+                        .storage
+                        .roster_item(b, ctx.origin.bare)?
+                        .is_some_and(|i| i.subscription.from()),
+                    _ => true,
+                };
+                if sees {
+                    return Err(Condition::ItemNotFound.into());
                 }
             }
             if let (Some(owner), None) = (owner, node) {
@@ -158,11 +181,7 @@ fn handle<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
         }
         if let Some(n) = node {
             // XEP-0115 §6.2: the server's caps node answers as the server.
-            let ours = n
-                .strip_prefix(super::caps::SERVER_NODE)
-                .and_then(|r| r.strip_prefix('#'))
-                .is_some_and(|v| v == ctx.server.modules.server_ver());
-            if ours && matches!(ctx.target, IqTarget::Server(_)) {
+            if server_caps_node(ctx, n) && matches!(ctx.target, IqTarget::Server(_)) {
                 return Ok(super::caps::server_info(ctx.server, q).into());
             }
             return Err(Condition::ItemNotFound.into());
@@ -194,4 +213,11 @@ fn handle<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
         Ok(q.into())
     }
     .boxed()
+}
+
+/// Whether `n` is the server's XEP-0115 caps node (`node#ver`).
+fn server_caps_node(ctx: &IqCtx<'_>, n: &str) -> bool {
+    n.strip_prefix(super::caps::SERVER_NODE)
+        .and_then(|r| r.strip_prefix('#'))
+        .is_some_and(|v| v == ctx.server.modules.server_ver())
 }

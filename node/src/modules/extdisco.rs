@@ -114,35 +114,37 @@ fn services<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> 
     .boxed()
 }
 
-/// `<credentials><service host type [port]/></credentials>` (XEP-0215 §4):
-/// credentials for one restricted service; `item-not-found` for one not
-/// configured.
+/// `<credentials><service host type [port]/></credentials>` (XEP-0215
+/// §3.3): credentials for the services of that host and type (every port
+/// unless one is named: several may match); `host` and `type` are
+/// required (`bad-request`), and a service not configured is
+/// `item-not-found`.
 fn credentials<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
     async move {
         to_server(ctx)?;
         let Some(want) = ctx.payload.get_child("service", NS_EXTDISCO) else {
             return Err(Condition::BadRequest.into());
         };
-        let Some(host) = want.get_attr("host") else {
+        let (Some(host), Some(kind)) = (want.get_attr("host"), want.get_attr("type")) else {
             return Err(Condition::BadRequest.into());
         };
-        let kind = want.get_attr("type");
         let port = match want.get_attr("port").map(str::parse::<u16>) {
             None => None,
             Some(Ok(p)) => Some(p),
             Some(Err(_)) => return Err(Condition::BadRequest.into()),
         };
-        let found = ctx.server.config.external_services.iter().find(|s| {
+        let mut out = Element::new("credentials", NS_EXTDISCO);
+        for s in ctx.server.config.external_services.iter().filter(|s| {
             s.host.eq_ignore_ascii_case(host)
-                && kind.is_none_or(|k| k == s.kind)
+                && s.kind == kind
                 && port.is_none_or(|p| s.port == Some(p))
-        });
-        let Some(s) = found else {
+        }) {
+            out = out.child(service_element(s, ctx.origin.bare));
+        }
+        if out.elements().next().is_none() {
             return Err(Condition::ItemNotFound.into());
-        };
-        Ok(Element::new("credentials", NS_EXTDISCO)
-            .child(service_element(s, ctx.origin.bare))
-            .into())
+        }
+        Ok(out.into())
     }
     .boxed()
 }

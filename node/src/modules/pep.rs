@@ -32,7 +32,8 @@ use super::{
 use crate::server::Server;
 use crate::stanza::{Condition, NS_CLIENT, StanzaError};
 use crate::storage::{
-    AVATAR_HASH, NodeWrite, PEP_ITEM, PEP_NODE, PEP_SUB, PepChange, PepNode, PepSub, RosterItem,
+    AVATAR_HASH, NodeWrite, PEP_ITEM, PEP_NODE, PEP_SUB, PEP_TEMP, PepChange, PepNode, PepSub,
+    RosterItem,
 };
 use crate::xml::{Element, Limits};
 use futures::{FutureExt, StreamExt};
@@ -267,7 +268,7 @@ pub static MODULE: Module = Module {
         handler: avatar::presence_out,
     }],
     config_section: Some("pep"),
-    spaces: &[PEP_NODE, PEP_ITEM, PEP_SUB, AVATAR_HASH],
+    spaces: &[PEP_NODE, PEP_ITEM, PEP_SUB, PEP_TEMP, AVATAR_HASH],
     ..Module::EMPTY
 };
 
@@ -1631,7 +1632,9 @@ async fn publish_in(
             event = event.child(ev_item);
         }
         let subs = server.storage.pep_subs(svc.jid, node)?;
-        notify(server, svc, node, &cfg, &subs, event).await;
+        // XEP-0163 §4.3.1.3: who published, for those sharing presence.
+        let replyto = (svc.generic.is_none() && req.full.contains('/')).then_some(req.full);
+        notify(server, svc, node, &cfg, &subs, event, replyto).await;
     }
     if hooks
         && svc.generic.is_none()
@@ -1731,7 +1734,7 @@ async fn retract_in(req: &Req<'_>, retract: &Element) -> IqResult {
             event = event.child(Element::new("retract", NS_EVENT).attr("id", *id));
         }
         let subs = server.storage.pep_subs(svc.jid, node)?;
-        notify(server, svc, node, &cfg, &subs, event).await;
+        notify(server, svc, node, &cfg, &subs, event, None).await;
     }
     Ok(IqReply::EMPTY)
 }
@@ -1972,7 +1975,7 @@ async fn configure_set(req: &Req<'_>, configure: &Element) -> IqResult {
                     .into_iter()
                     .filter(|s| !lost.contains(&s.jid))
                     .collect();
-                notify(req.server, req.svc, node, &cfg, &kept, event).await;
+                notify(req.server, req.svc, node, &cfg, &kept, event, None).await;
             }
             return Ok(IqReply::EMPTY);
         }
@@ -2075,7 +2078,7 @@ async fn delete(req: &Req<'_>, delete: &Element) -> IqResult {
                 {
                     event = event.child(Element::new("redirect", NS_EVENT).attr("uri", uri));
                 }
-                notify(req.server, req.svc, node, &cfg, &subs, event).await;
+                notify(req.server, req.svc, node, &cfg, &subs, event, None).await;
             }
             return Ok(IqReply::EMPTY);
         }
@@ -2108,7 +2111,7 @@ async fn purge(req: &Req<'_>, purge: &Element) -> IqResult {
             if cfg.notify_retract || cfg.notify_delete {
                 let event = Element::new("purge", NS_EVENT).attr("node", node);
                 let subs = req.server.storage.pep_subs(req.svc.jid, node)?;
-                notify(req.server, req.svc, node, &cfg, &subs, event).await;
+                notify(req.server, req.svc, node, &cfg, &subs, event, None).await;
             }
             return Ok(IqReply::EMPTY);
         }
@@ -2135,7 +2138,7 @@ fn jid_attr(el: &Element) -> Result<String, StanzaError> {
 
 /// The subscription options form (XEP-0060 §6.3): the options offered,
 /// and their current values.
-fn sub_options_form(deliver: bool, show: &[String]) -> Element {
+fn sub_options_form(deliver: bool, show: &[String], temporary: bool) -> Element {
     let field = |var: &str, ftype: &str, value: &str| {
         Element::new("field", NS_DATA)
             .attr("var", var)
@@ -2152,6 +2155,13 @@ fn sub_options_form(deliver: bool, show: &[String]) -> Element {
     for v in show {
         shows = shows.child(Element::new("value", NS_DATA).text(v.as_str()));
     }
+    // XEP-0060 §12.4: `presence` (a temporary subscription), or none.
+    let mut expire = Element::new("field", NS_DATA)
+        .attr("var", "pubsub#expire")
+        .attr("type", "text-single");
+    if temporary {
+        expire = expire.child(Element::new("value", NS_DATA).text("presence"));
+    }
     Element::new("x", NS_DATA)
         .attr("type", "form")
         .child(field("FORM_TYPE", "hidden", SUBSCRIBE_OPTIONS))
@@ -2162,6 +2172,7 @@ fn sub_options_form(deliver: bool, show: &[String]) -> Element {
         ))
         .child(field("pubsub#digest", "boolean", "0"))
         .child(field("pubsub#digest_frequency", "text-single", "86400000"))
+        .child(expire)
         .child(field("pubsub#include_body", "boolean", "0"))
         .child(shows)
 }
@@ -2174,19 +2185,24 @@ const SHOW_VALUES: &[&str] = &["away", "chat", "dnd", "online", "xa"];
 struct SubOptions {
     deliver: Option<bool>,
     show_values: Option<Vec<String>>,
+    /// `pubsub#expire`: `presence` (true) or none (false).
+    temporary: Option<bool>,
 }
 
 impl SubOptions {
     /// Applies the options to `sub`; whether anything changed.
     fn apply(self, sub: &mut PepSub) -> bool {
-        let before = (sub.deliver, sub.show_values.clone());
+        let before = (sub.deliver, sub.show_values.clone(), sub.temporary);
         if let Some(d) = self.deliver {
             sub.deliver = d;
         }
         if let Some(v) = self.show_values {
             sub.show_values = v;
         }
-        before != (sub.deliver, sub.show_values.clone())
+        if let Some(t) = self.temporary {
+            sub.temporary = t;
+        }
+        before != (sub.deliver, sub.show_values.clone(), sub.temporary)
     }
 }
 
@@ -2234,7 +2250,15 @@ fn parse_sub_options(x: &Element) -> Result<SubOptions, StanzaError> {
             // A leaf's items, and no expiry: only what that already is.
             "pubsub#subscription_type" if matches!(v, "" | "items") => {}
             "pubsub#subscription_depth" if matches!(v, "" | "1") => {}
-            "pubsub#expire" if v.is_empty() => {}
+            // XEP-0060 §12.4: a temporary subscription, or none; no
+            // leases (a date).
+            "pubsub#expire" => {
+                out.temporary = Some(match v {
+                    "" => false,
+                    "presence" => true,
+                    _ => return Err(invalid()),
+                });
+            }
             _ => return Err(invalid()),
         }
     }
@@ -2274,6 +2298,7 @@ async fn subscribe(req: &Req<'_>, sub: &Element, options: Option<&Element>) -> I
     };
     let deliver = opts.deliver.unwrap_or(true);
     let show_values = opts.show_values.unwrap_or_default();
+    let temporary = opts.temporary.unwrap_or(false);
     let subid = new_item_id();
     for _ in 0..MAX_ATTEMPTS {
         let Some((raw, rec)) = read_node(server, req.svc.jid, node).await? else {
@@ -2310,6 +2335,7 @@ async fn subscribe(req: &Req<'_>, sub: &Element, options: Option<&Element>) -> I
             deliver,
             pending,
             show_values: show_values.clone(),
+            temporary,
         };
         let approvers: Vec<String> = if pending {
             owners(req.svc, &rec).map(str::to_owned).collect()
@@ -2353,7 +2379,7 @@ async fn subscribe(req: &Req<'_>, sub: &Element, options: Option<&Element>) -> I
             let mut out = Element::new("pubsub", NS_PUBSUB).child(sub_el);
             // §6.3.7: the options in effect, when some were given.
             if options.is_some() {
-                let mut x = sub_options_form(deliver, &show_values);
+                let mut x = sub_options_form(deliver, &show_values, temporary);
                 x.set_attr("type", "result");
                 out = out.child(Element::new("options", NS_PUBSUB).child(x));
             }
@@ -2649,7 +2675,7 @@ async fn options_get(req: &Req<'_>, opts: &Element) -> IqResult {
                 .attr("node", node)
                 .attr("jid", jid.as_str())
                 .attr("subid", s.subid.as_str())
-                .child(sub_options_form(s.deliver, &s.show_values)),
+                .child(sub_options_form(s.deliver, &s.show_values, s.temporary)),
         )
         .into())
 }
@@ -2677,6 +2703,7 @@ async fn options_set(req: &Req<'_>, opts: &Element) -> IqResult {
         let change = SubOptions {
             deliver: wanted.deliver,
             show_values: wanted.show_values.clone(),
+            temporary: wanted.temporary,
         };
         if !change.apply(&mut sub) {
             return Ok(IqReply::EMPTY);
@@ -2708,7 +2735,7 @@ async fn default_sub_options(req: &Req<'_>, el: &Element) -> IqResult {
         }
         out.set_attr("node", node);
     }
-    let mut x = sub_options_form(true, &[]);
+    let mut x = sub_options_form(true, &[], false);
     x.set_attr("type", "result");
     Ok(Element::new("pubsub", NS_PUBSUB).child(out.child(x)).into())
 }
@@ -3114,8 +3141,9 @@ fn recipients(server: &Server, owner: &str, node: &str, cfg: &NodeConfig) -> Vec
         let Some(from) = presence.get_attr("from") else {
             return;
         };
-        if super::caps::features_of(server, &presence)
-            .is_some_and(|f| super::caps::wants_notify(&f, node))
+        if non_negative(&presence)
+            && super::caps::features_of(server, &presence)
+                .is_some_and(|f| super::caps::wants_notify(&f, node))
         {
             out.push(from.to_owned());
         }
@@ -3140,11 +3168,24 @@ fn recipients(server: &Server, owner: &str, node: &str, cfg: &NodeConfig) -> Vec
     out
 }
 
+/// Whether an available presence has a non-negative priority: only such
+/// resources get PEP notifications and last items (XEP-0163 §4.3.1,
+/// §4.3.2).
+fn non_negative(presence: &Element) -> bool {
+    presence
+        .elements()
+        .find(|e| e.name == "priority")
+        .and_then(|p| p.text_content().trim().parse::<i8>().ok())
+        .is_none_or(|p| p >= 0)
+}
+
 /// Sends `event` (the child of `<event/>`) from the service's JID to
 /// whoever gets the node's notifications, wherever bound: the explicit
 /// subscribers (once per JID, with their SubIDs as SHIM headers when
 /// they hold several, XEP-0060 §12.? / §7.1.2.2) and, on a PEP service,
-/// the interested resources of the owner and its contacts.
+/// the interested resources of the owner and its contacts. `replyto`: the
+/// publishing resource, named to those (and only those) who share the
+/// owner's presence in an XEP-0033 `replyto` address (XEP-0163 §4.3.1.3).
 async fn notify(
     server: &Server,
     svc: Svc<'_>,
@@ -3152,20 +3193,37 @@ async fn notify(
     cfg: &NodeConfig,
     subs: &[PepSub],
     event: Element,
+    replyto: Option<&str>,
 ) {
     let implicit = match svc.generic {
         None => recipients(server, svc.jid, node, cfg),
         Some(_) => Vec::new(),
     };
-    if implicit.is_empty() && !subs.iter().any(|s| s.deliver && !s.pending) {
+    // A temporary subscription whose JID is gone (its node died before
+    // it could end it, [`presence_ended`]) gets nothing.
+    let live: Vec<&PepSub> = subs
+        .iter()
+        .filter(|s| s.deliver && !s.pending && (!s.temporary || available(server, &s.jid)))
+        .collect();
+    if implicit.is_empty() && live.is_empty() {
         return;
     }
     let msg = Element::new("message", NS_CLIENT)
         .attr("from", svc.jid)
         .attr("type", cfg.notification_type.as_str())
         .child(Element::new("event", NS_EVENT).child(event));
+    let shared = match replyto {
+        Some(publisher) => &msg.clone().child(
+            Element::new("addresses", NS_ADDRESS).child(
+                Element::new("address", NS_ADDRESS)
+                    .attr("type", "replyto")
+                    .attr("jid", publisher),
+            ),
+        ),
+        None => &msg,
+    };
     for full in &implicit {
-        let mut m = msg.clone();
+        let mut m = shared.clone();
         m.set_attr("to", full.as_str());
         m.set_attr("id", new_item_id());
         metrics::counter!("starling_pep_notifications_total").increment(1);
@@ -3175,7 +3233,7 @@ async fn notify(
     let mut order: Vec<&str> = Vec::new();
     let mut by_jid: std::collections::HashMap<&str, Vec<&PepSub>> =
         std::collections::HashMap::new();
-    for s in subs.iter().filter(|s| s.deliver && !s.pending) {
+    for s in live {
         by_jid
             .entry(s.jid.as_str())
             .or_insert_with(|| {
@@ -3193,6 +3251,11 @@ async fn notify(
             return Vec::new();
         }
         if cfg.presence_based_delivery && !available(server, jid) {
+            return Vec::new();
+        }
+        // XEP-0163 §4.3.2: none to a subscriber the owner blocks (or
+        // that blocks the owner), XEP-0191.
+        if svc.generic.is_none() && super::blocking::either_blocks(server, svc.jid, jid) {
             return Vec::new();
         }
         let mine = &by_jid[jid];
@@ -3281,6 +3344,7 @@ fn available(server: &Server, jid: &str) -> bool {
 const NOTIFY_CONCURRENCY: usize = 32;
 
 const NS_SHIM: &str = "http://jabber.org/protocol/shim";
+const NS_ADDRESS: &str = "http://jabber.org/protocol/address";
 
 /// Routes a notification like a message a client sent (to a bare JID:
 /// its available resources), boxed: routing can reach a pubsub service,
@@ -3425,9 +3489,79 @@ pub fn initial_presence(
     roster: &[RosterItem],
     presence: &Element,
 ) {
+    if !non_negative(presence) {
+        return;
+    }
     if let Some(features) = super::caps::features_of(server, presence) {
         send_last_items(server, bare, full, roster, &features, &|_| true);
     }
+}
+
+/// A session of `bare` (`full`) went unavailable: its temporary
+/// subscriptions end (XEP-0060 §12.4), and those of the bare JID when no
+/// resource is left available. One read of a usually empty prefix.
+pub async fn presence_ended(server: &Server, bare: &str, full: &str) {
+    let temps = match server.storage.pep_temp_subs(bare) {
+        Ok(t) if !t.is_empty() => t,
+        _ => return,
+    };
+    let bare_gone = server.router.presences(bare, 0).is_empty();
+    let mut dangling = Vec::new();
+    for t in temps {
+        let (service, node, jid, subid) = &t;
+        if jid != full && !(bare_gone && jid == bare) {
+            continue;
+        }
+        match end_subscription(server, service, node, jid, subid).await {
+            Ok(true) => {}
+            Ok(false) => dangling.push(t),
+            Err(e) => {
+                tracing::debug!(condition = ?e.condition, node, "temporary subscription not ended")
+            }
+        }
+    }
+    if !dangling.is_empty()
+        && let Err(e) = server.storage.pep_temp_forget(&dangling).await
+    {
+        tracing::debug!(error = %e, "temporary subscription index not cleaned");
+    }
+}
+
+/// Removes one subscription; `false` if it (or its node) is gone already.
+async fn end_subscription(
+    server: &Server,
+    service: &str,
+    node: &str,
+    jid: &str,
+    subid: &str,
+) -> Result<bool, StanzaError> {
+    for _ in 0..MAX_ATTEMPTS {
+        let Some((raw, _)) = read_node(server, service, node).await? else {
+            return Ok(false);
+        };
+        if !server
+            .storage
+            .pep_subs_of(service, node, jid)?
+            .iter()
+            .any(|s| s.subid == subid)
+        {
+            return Ok(false);
+        }
+        let change = PepChange {
+            bare: service,
+            node,
+            read: Some(raw),
+            write: NodeWrite::Keep,
+            put: Vec::new(),
+            remove: Vec::new(),
+            subs_put: Vec::new(),
+            subs_remove: vec![(jid.to_owned(), subid.to_owned())],
+        };
+        if write_node(server, change).await? {
+            return Ok(true);
+        }
+    }
+    Err(Condition::ResourceConstraint.into())
 }
 
 /// `owner` approved `contact`'s subscription (XEP-0163 §4.3.4: the
@@ -3438,6 +3572,9 @@ pub fn subscription_started(server: &Server, owner: &str, contact: &str) {
         let Some(full) = p.get_attr("from") else {
             continue;
         };
+        if !non_negative(&p) {
+            continue;
+        }
         if let Some(features) = super::caps::features_of(server, &p) {
             last_items_of(server, owner, contact, full, &features, &|_| true);
         }
@@ -3445,11 +3582,21 @@ pub fn subscription_started(server: &Server, owner: &str, contact: &str) {
 }
 
 /// An available session changed its caps from `old` to the known
-/// `features`: it gets the last items of the nodes it newly wants
-/// (XEP-0163 §4.3.4, "+notify appears").
-pub fn caps_changed(server: &Server, full: &str, old: Option<&[String]>, features: &[String]) {
+/// `features` (in its new `presence`): it gets the last items of the
+/// nodes it newly wants (XEP-0163 §4.3.4, "+notify appears"), unless its
+/// priority is negative.
+pub fn caps_changed(
+    server: &Server,
+    full: &str,
+    presence: &Element,
+    old: Option<&[String]>,
+    features: &[String],
+) {
     let (bare, _) = crate::stanza::split(full);
     let new_interest = |node: &str| old.is_none_or(|o| !super::caps::wants_notify(o, node));
+    if !non_negative(presence) {
+        return;
+    }
     if let Ok(roster) = server.storage.roster(bare) {
         send_last_items(server, bare, full, &roster, features, &new_interest);
     }
@@ -3462,7 +3609,9 @@ pub fn caps_learned(server: &Server, full: &str, features: &[String]) {
         return;
     };
     let available = server.router.with_resources(bare, |rs| {
-        rs.iter().any(|r| &*r.resource == res && r.available)
+        rs.iter().any(|r| {
+            &*r.resource == res && r.available && r.presence.as_ref().is_some_and(non_negative)
+        })
     });
     if !available {
         return;
@@ -4048,7 +4197,8 @@ mod tests {
             parse_sub_options(&form(&[("pubsub#deliver", "0")])).unwrap(),
             SubOptions {
                 deliver: Some(false),
-                show_values: None
+                show_values: None,
+                temporary: None
             }
         );
         assert_eq!(
@@ -4072,14 +4222,22 @@ mod tests {
             assert!(parse_sub_options(&form(&[bad])).is_err(), "{bad:?}");
         }
         // The form offered parses as submitted.
-        let mut offered = sub_options_form(true, &["away".to_owned()]);
+        let mut offered = sub_options_form(true, &["away".to_owned()], true);
         offered.set_attr("type", "submit");
         assert_eq!(
             parse_sub_options(&offered).unwrap(),
             SubOptions {
                 deliver: Some(true),
-                show_values: Some(vec!["away".to_owned()])
+                show_values: Some(vec!["away".to_owned()]),
+                temporary: Some(true)
             }
         );
+        assert_eq!(
+            parse_sub_options(&form(&[("pubsub#expire", "")]))
+                .unwrap()
+                .temporary,
+            Some(false)
+        );
+        assert!(parse_sub_options(&form(&[("pubsub#expire", "2030-01-01T00:00:00Z")])).is_err());
     }
 }

@@ -354,16 +354,27 @@ async fn request(
     p: &Element,
 ) -> Result<Element, Refusal> {
     let cfg = &server.config.upload;
-    let filename = p.get_attr("filename").unwrap_or("");
+    // Both attributes are required (XEP-0363 §4): without one the request
+    // is malformed (bad-request); a name this service will not store
+    // (a path, `..`, control characters) is a request it understands but
+    // refuses (RFC 6120 §8.3.3.9 not-acceptable).
+    let Some(filename) = p.get_attr("filename") else {
+        return Err(Refusal::text(Condition::BadRequest, "filename is required"));
+    };
     if !valid_filename(filename) {
         return Err(Refusal::text(
-            Condition::BadRequest,
+            Condition::NotAcceptable,
             "The file name must be a plain name: no path, no control characters",
         ));
     }
-    let size: u64 = match p.get_attr("size").map(|s| s.trim().parse::<u64>()) {
-        Some(Ok(n)) => n,
-        _ => {
+    let size_attr = p.get_attr("size").map(str::trim).unwrap_or("");
+    let size: u64 = match size_attr.parse::<u64>() {
+        Ok(n) => n,
+        // A size beyond any u64 is still a size: too large.
+        Err(_) if !size_attr.is_empty() && size_attr.bytes().all(|b| b.is_ascii_digit()) => {
+            u64::MAX
+        }
+        Err(_) => {
             return Err(Refusal::text(
                 Condition::BadRequest,
                 "size must be a non-negative integer",

@@ -7,6 +7,12 @@
 //! start, one that is about to expire, unreadable, or of the kind older
 //! versions made (CN "rcgen self signed cert", valid until 4096) is made
 //! anew; certificates from `[tls] certs` are never touched.
+//!
+//! A generated certificate also names the host names of the domain's HTTP
+//! services ([`service_hosts`]: `upload.<domain>` and the host of
+//! `[upload] public_url`), which appear in the URLs clients are handed
+//! (XEP-0363 slots) and are checked against it; one that lacks a name is
+//! made anew at start. A configured certificate should name them too.
 
 use crate::config::Config;
 use anyhow::Context as _;
@@ -53,26 +59,81 @@ pub fn server_config(cfg: &Config) -> anyhow::Result<Arc<rustls::ServerConfig>> 
 }
 
 /// The certificate chain and key of every domain of `cfg` (configured, or
-/// generated on first use), by domain.
+/// generated on first use), by domain; and of each service host
+/// ([`service_hosts`]) that `[tls] certs` gives its own certificate.
 pub fn certified_keys(cfg: &Config) -> anyhow::Result<HashMap<String, Arc<CertifiedKey>>> {
     let provider = provider();
+    let load = |name: &str, cert: &Path, key: &Path| -> anyhow::Result<Arc<CertifiedKey>> {
+        let chain = CertificateDer::pem_file_iter(cert)
+            .with_context(|| format!("reading {}", cert.display()))?
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("parsing {}", cert.display()))?;
+        let key_der = PrivateKeyDer::from_pem_file(key)
+            .with_context(|| format!("reading key {}", key.display()))?;
+        let certified = CertifiedKey::from_der(chain, key_der, &provider)
+            .with_context(|| format!("certificate for {name}"))?;
+        Ok(Arc::new(certified))
+    };
     let mut by_domain = HashMap::new();
     for domain in &cfg.domains {
         let (cert, key) = match cfg.tls.certs.iter().find(|c| &c.domain == domain) {
             Some(c) => (c.cert.clone(), c.key.clone()),
-            None => self_signed(&cfg.data_dir, domain)?,
+            None => self_signed(&cfg.data_dir, &names(cfg, domain))?,
         };
-        let chain = CertificateDer::pem_file_iter(&cert)
-            .with_context(|| format!("reading {}", cert.display()))?
-            .collect::<Result<Vec<_>, _>>()
-            .with_context(|| format!("parsing {}", cert.display()))?;
-        let key_der = PrivateKeyDer::from_pem_file(&key)
-            .with_context(|| format!("reading key {}", key.display()))?;
-        let certified = CertifiedKey::from_der(chain, key_der, &provider)
-            .with_context(|| format!("certificate for {domain}"))?;
-        by_domain.insert(domain.clone(), Arc::new(certified));
+        by_domain.insert(domain.clone(), load(domain, &cert, &key)?);
+    }
+    let hosts: Vec<String> = cfg
+        .domains
+        .iter()
+        .flat_map(|d| service_hosts(cfg, d))
+        .collect();
+    for c in &cfg.tls.certs {
+        let name = c.domain.to_ascii_lowercase();
+        if !by_domain.contains_key(&name) && hosts.contains(&name) {
+            let key = load(&name, &c.cert, &c.key)?;
+            by_domain.insert(name, key);
+        }
     }
     Ok(by_domain)
+}
+
+/// The names a generated certificate for `domain` carries: the domain,
+/// then its [`service_hosts`].
+fn names(cfg: &Config, domain: &str) -> Vec<String> {
+    let mut names = vec![domain.to_owned()];
+    for h in service_hosts(cfg, domain) {
+        if !names.contains(&h) {
+            names.push(h);
+        }
+    }
+    names
+}
+
+/// The host names (not IP addresses) other than `domain` under which its
+/// HTTP services are reached: with `[upload] enabled`, `upload.<domain>`
+/// (the service JID, the host of the default slot URLs) and the host of
+/// `public_url` for that domain. Lower case.
+pub fn service_hosts(cfg: &Config, domain: &str) -> Vec<String> {
+    let up = &cfg.upload;
+    if !up.enabled {
+        return Vec::new();
+    }
+    let mut hosts = vec![format!("{}.{domain}", up.subdomain).to_ascii_lowercase()];
+    let public = up
+        .public_url
+        .as_deref()
+        .map(|u| u.replace("{domain}", domain))
+        .and_then(|u| u.parse::<hyper::Uri>().ok())
+        .and_then(|u| u.host().map(str::to_ascii_lowercase));
+    if let Some(h) = public
+        && h != domain
+        && !hosts.contains(&h)
+        && h.parse::<std::net::IpAddr>().is_err()
+        && !h.starts_with('[')
+    {
+        hosts.push(h);
+    }
+    hosts
 }
 
 /// How long a generated certificate is valid.
@@ -81,16 +142,18 @@ const GENERATED_VALID_DAYS: i64 = 365;
 /// at start.
 const RENEW_WITHIN_DAYS: i64 = 30;
 
-/// Returns the paths of the self-signed certificate for `domain`, making it
-/// on first use and again when [`renewal_reason`] finds one.
-fn self_signed(data_dir: &Path, domain: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
+/// Returns the paths of the self-signed certificate for `names[0]` (the
+/// domain; the other names are its service hosts), making it on first use
+/// and again when [`renewal_reason`] finds one.
+fn self_signed(data_dir: &Path, names: &[String]) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let domain = names[0].as_str();
     let dir = data_dir.join("certs");
     let cert = dir.join(format!("{domain}.crt"));
     let key = dir.join(format!("{domain}.key"));
     let now = time::OffsetDateTime::now_utc();
     if cert.exists() && key.exists() {
         let reason = match std::fs::read(&cert) {
-            Ok(pem) => renewal_reason(&pem, domain, now),
+            Ok(pem) => renewal_reason(&pem, names, now),
             Err(e) => Some(format!("unreadable: {e}")),
         };
         let Some(reason) = reason else {
@@ -99,7 +162,7 @@ fn self_signed(data_dir: &Path, domain: &str) -> anyhow::Result<(PathBuf, PathBu
         tracing::warn!(%domain, path = %cert.display(), %reason, "renewing the generated certificate");
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let (cert_pem, key_pem) = generate(domain, now)?;
+    let (cert_pem, key_pem) = generate(names, now)?;
     // Each file is replaced whole (write, then rename), key first: a crash
     // in between leaves an old certificate, which is renewed at next start.
     let tmp = |p: &Path| p.with_extension("tmp");
@@ -111,11 +174,13 @@ fn self_signed(data_dir: &Path, domain: &str) -> anyhow::Result<(PathBuf, PathBu
     Ok((cert, key))
 }
 
-/// A self-signed certificate and its key (PEM) for `domain`: subject CN and
-/// DNS subjectAltName the domain, valid from a day before `now` (clients
-/// with a slow clock) for [`GENERATED_VALID_DAYS`].
-fn generate(domain: &str, now: time::OffsetDateTime) -> anyhow::Result<(String, String)> {
-    let mut params = rcgen::CertificateParams::new(vec![domain.to_owned()])?;
+/// A self-signed certificate and its key (PEM) for `names[0]` (the
+/// domain): subject CN the domain, a DNS subjectAltName for each name,
+/// valid from a day before `now` (clients with a slow clock) for
+/// [`GENERATED_VALID_DAYS`].
+fn generate(names: &[String], now: time::OffsetDateTime) -> anyhow::Result<(String, String)> {
+    let domain = names[0].as_str();
+    let mut params = rcgen::CertificateParams::new(names.to_vec())?;
     let mut name = rcgen::DistinguishedName::new();
     name.push(rcgen::DnType::CommonName, domain);
     params.distinguished_name = name;
@@ -127,9 +192,11 @@ fn generate(domain: &str, now: time::OffsetDateTime) -> anyhow::Result<(String, 
 }
 
 /// Why the certificate file `pem` in `data_dir/certs/` must be generated
-/// again for `domain`, or `None` to keep it. A certificate someone put
-/// there that is not self-signed (issued by a CA) is kept whatever it says.
-fn renewal_reason(pem: &[u8], domain: &str, now: time::OffsetDateTime) -> Option<String> {
+/// again for `names` (the domain first), or `None` to keep it. A
+/// certificate someone put there that is not self-signed (issued by a CA)
+/// is kept whatever it says.
+fn renewal_reason(pem: &[u8], names: &[String], now: time::OffsetDateTime) -> Option<String> {
+    let domain = names[0].as_str();
     let der = match CertificateDer::from_pem_slice(pem) {
         Ok(der) => der,
         Err(e) => return Some(format!("not a PEM certificate: {e}")),
@@ -154,17 +221,16 @@ fn renewal_reason(pem: &[u8], domain: &str, now: time::OffsetDateTime) -> Option
     if cn != Some(domain) {
         return Some(format!("subject CN is {cn:?}, not the domain"));
     }
-    let names_domain = cert
-        .subject_alternative_name()
-        .ok()
-        .flatten()
-        .is_some_and(|san| {
+    let san = cert.subject_alternative_name().ok().flatten();
+    let named = |name: &str| {
+        san.as_ref().is_some_and(|san| {
             san.value.general_names.iter().any(
-                |n| matches!(n, x509_parser::extensions::GeneralName::DNSName(d) if *d == domain),
+                |n| matches!(n, x509_parser::extensions::GeneralName::DNSName(d) if d.eq_ignore_ascii_case(name)),
             )
-        });
-    if !names_domain {
-        return Some("no DNS subjectAltName for the domain".into());
+        })
+    };
+    if let Some(missing) = names.iter().find(|n| !named(n)) {
+        return Some(format!("no DNS subjectAltName for {missing}"));
     }
     if days_left < RENEW_WITHIN_DAYS {
         return Some(format!("expires in {days_left} days"));
@@ -198,6 +264,10 @@ mod tests {
     use super::*;
     use time::{Duration, OffsetDateTime};
 
+    fn n(domain: &str) -> Vec<String> {
+        vec![domain.to_owned()]
+    }
+
     fn parse(pem: &[u8]) -> (Option<String>, Vec<String>, i64, i64) {
         let der = CertificateDer::from_pem_slice(pem).unwrap();
         let (_, c) = x509_parser::parse_x509_certificate(&der).unwrap();
@@ -222,7 +292,7 @@ mod tests {
     #[test]
     fn generated_certificate_names_the_domain_for_a_year() {
         let now = OffsetDateTime::now_utc();
-        let (cert, _) = generate("example.org", now).unwrap();
+        let (cert, _) = generate(&n("example.org"), now).unwrap();
         let (cn, sans, from, until) = parse(cert.as_bytes());
         assert_eq!(cn.as_deref(), Some("example.org"));
         assert_eq!(sans, ["DNSName(example.org)"]);
@@ -232,24 +302,68 @@ mod tests {
             "{from} vs {t}"
         );
         assert!((until - t - 365 * 86_400).abs() <= 1);
-        assert_eq!(renewal_reason(cert.as_bytes(), "example.org", now), None);
+        assert_eq!(
+            renewal_reason(cert.as_bytes(), &n("example.org"), now),
+            None
+        );
         // another domain's certificate is not this domain's
-        assert!(renewal_reason(cert.as_bytes(), "example.net", now).is_some());
+        assert!(renewal_reason(cert.as_bytes(), &n("example.net"), now).is_some());
+    }
+
+    #[test]
+    fn generated_certificate_names_the_upload_hosts() {
+        let mut cfg = Config {
+            domains: vec!["example.org".into()],
+            ..Default::default()
+        };
+        assert_eq!(names(&cfg, "example.org"), ["example.org"]);
+        cfg.upload.enabled = true;
+        assert_eq!(
+            names(&cfg, "example.org"),
+            ["example.org", "upload.example.org"]
+        );
+        cfg.upload.public_url = Some("https://files.{domain}:8443/up".into());
+        assert_eq!(
+            names(&cfg, "example.org"),
+            ["example.org", "upload.example.org", "files.example.org"]
+        );
+        // IP addresses are not DNS names.
+        cfg.upload.public_url = Some("https://127.0.0.1:5443".into());
+        assert_eq!(
+            names(&cfg, "example.org"),
+            ["example.org", "upload.example.org"]
+        );
+        let now = OffsetDateTime::now_utc();
+        let all = names(&cfg, "example.org");
+        let (cert, _) = generate(&all, now).unwrap();
+        let (cn, sans, _, _) = parse(cert.as_bytes());
+        assert_eq!(cn.as_deref(), Some("example.org"));
+        assert_eq!(
+            sans,
+            ["DNSName(example.org)", "DNSName(upload.example.org)"]
+        );
+        assert_eq!(renewal_reason(cert.as_bytes(), &all, now), None);
+        // One made before upload was enabled lacks the name: made anew.
+        let (old, _) = generate(&n("example.org"), now).unwrap();
+        let reason = renewal_reason(old.as_bytes(), &all, now).unwrap();
+        assert!(reason.contains("upload.example.org"), "{reason}");
     }
 
     #[test]
     fn renewed_when_expiring_unreadable_or_of_the_old_kind() {
         let now = OffsetDateTime::now_utc();
-        let (cert, _) = generate("localhost", now).unwrap();
+        let (cert, _) = generate(&n("localhost"), now).unwrap();
         // 336 days later, 29 left: renewed; at 31 left, kept.
-        assert!(renewal_reason(cert.as_bytes(), "localhost", now + Duration::days(336)).is_some());
+        assert!(
+            renewal_reason(cert.as_bytes(), &n("localhost"), now + Duration::days(336)).is_some()
+        );
         assert_eq!(
-            renewal_reason(cert.as_bytes(), "localhost", now + Duration::days(334)),
+            renewal_reason(cert.as_bytes(), &n("localhost"), now + Duration::days(334)),
             None
         );
-        assert!(renewal_reason(b"garbage", "localhost", now).is_some());
+        assert!(renewal_reason(b"garbage", &n("localhost"), now).is_some());
         let old = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-        let reason = renewal_reason(old.cert.pem().as_bytes(), "localhost", now).unwrap();
+        let reason = renewal_reason(old.cert.pem().as_bytes(), &n("localhost"), now).unwrap();
         assert!(reason.contains("CN"), "{reason}");
     }
 
@@ -268,7 +382,7 @@ mod tests {
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &issuer).unwrap();
         assert_eq!(
-            renewal_reason(cert.pem().as_bytes(), "localhost", now),
+            renewal_reason(cert.pem().as_bytes(), &n("localhost"), now),
             None
         );
     }
@@ -290,8 +404,11 @@ mod tests {
             first,
             "a good certificate is kept"
         );
-        let (old, key) =
-            generate("localhost", OffsetDateTime::now_utc() - Duration::days(350)).unwrap();
+        let (old, key) = generate(
+            &n("localhost"),
+            OffsetDateTime::now_utc() - Duration::days(350),
+        )
+        .unwrap();
         std::fs::write(&path, &old).unwrap();
         std::fs::write(dir.path().join("certs/localhost.key"), key).unwrap();
         server_config(&cfg).unwrap();

@@ -556,6 +556,8 @@ async fn broadcast(
     // To the user's own other available resources (and back to itself).
     send_to_available(server, origin.bare, &el);
     if !available {
+        // XEP-0060 §12.4: its temporary pubsub subscriptions end.
+        crate::modules::pep::presence_ended(server, origin.bare, origin.full).await;
         for target in state.directed.drain() {
             if !roster
                 .iter()
@@ -802,6 +804,9 @@ pub async fn session_ended(server: &Server, origin: &Origin<'_>, state: &mut Pre
             .attr("from", origin.full)
             .attr("type", "unavailable");
         let _ = broadcast(server, origin, state, el).await;
+    } else {
+        // Never available: its temporary subscriptions end all the same.
+        crate::modules::pep::presence_ended(server, origin.bare, origin.full).await;
     }
 }
 
