@@ -19,6 +19,7 @@
 //!   which only the server uses. A client that sends one is refused; one
 //!   arriving from anyone else loses its wrapper.
 
+use super::mam::NS_SID;
 use super::{Event, Flow, Hook, HookCtx, IqCtx, IqHandler, IqReply, IqResult, IqTarget, Module};
 use crate::router::ToUser;
 use crate::server::Server;
@@ -190,9 +191,15 @@ fn wrap(bare: &str, dir: Direction, original: &Element) -> Element {
     if let Some(t) = original.get_attr("type") {
         copy.set_attr("type", t);
     }
+    let mut inner = original.clone();
+    // XEP-0359 §7: a `<stanza-id/>` naming the user's archive is only ever
+    // the archive's; one the sending client made up is not passed on.
+    inner.children.retain(|c| {
+        !matches!(c, Node::Element(e) if e.is("stanza-id", NS_SID) && e.get_attr("by") == Some(bare))
+    });
     copy.child(
         Element::new(dir.wrapper(), NS_CARBONS)
-            .child(Element::new("forwarded", NS_FORWARD).child(original.clone())),
+            .child(Element::new("forwarded", NS_FORWARD).child(inner)),
     )
 }
 
@@ -230,6 +237,24 @@ pub fn copied_elsewhere(server: &Server, el: &Element) -> bool {
             .router
             .any_remote(split(to).0, |r| r.carbons && r.available)
     })
+}
+
+/// §6: an error in answer to an eligible message is eligible too. The
+/// error `reply` to `original` (a message the user's resource `to` sent),
+/// about to be delivered to it, goes to the user's other enabled
+/// resources as a received copy. Only on the error path.
+pub fn error_received(server: &Server, to: &str, original: &Element, reply: &Element) {
+    let (bare, Some(res)) = split(to) else {
+        return;
+    };
+    if MessageType::of(original) == MessageType::Error
+        || !eligible(original, Direction::Sent)
+        // A message to the user's own JID was never copied as sent.
+        || original.get_attr("to").is_some_and(|t| split(t).0 == bare)
+    {
+        return;
+    }
+    copy_to(server, bare, Direction::Received, reply, |r| r == res);
 }
 
 /// Received copies (§7): `el`, as delivered to the user `bare`'s resources

@@ -14,6 +14,9 @@ use crate::stanza::{
     Condition, MessageType, NS_CLIENT, NS_DELAY, NS_ROSTER, PresenceType, StanzaError, error_reply,
 };
 use crate::storage::{Committed, LastActivity, RosterItem, Subscription};
+
+/// XEP-0334 message processing hints.
+const NS_HINTS: &str = "urn:xmpp:hints";
 use crate::xml::Element;
 use starling_cluster::StoreError;
 use std::collections::HashSet;
@@ -95,6 +98,9 @@ pub fn bounce_with(server: &Server, stanza: &Element, err: &StanzaError) {
     if let Some(reply) = error_reply(stanza, err)
         && let Some(to) = reply.get_attr("to").map(str::to_owned)
     {
+        if stanza.name == "message" {
+            crate::modules::carbons::error_received(server, &to, stanza, &reply);
+        }
         let _ = deliver_to_full(server, &to, reply);
     }
 }
@@ -390,7 +396,8 @@ async fn deliver_to_bare(
     // XEP-0280: copies for the user's other resources, whether the message
     // reached one or waits offline.
     crate::modules::carbons::received(server, bare, &el, eligible.iter().map(|b| &*b.resource));
-    if delivered || headline {
+    // XEP-0334 §4.4: a headline with `<store/>` waits offline too.
+    if delivered || (headline && !el.has_child("store", NS_HINTS)) {
         return Ok(());
     }
     store_offline(server, bare, el).await
@@ -402,6 +409,15 @@ async fn store_offline(server: &Server, bare: &str, mut el: Element) -> Result<(
     // Only messages worth keeping: with a body or other payload.
     if el.children.is_empty() {
         return Ok(());
+    }
+    // XEP-0334 §4.2: `<no-store/>` forbids keeping it even for a while;
+    // not stored, it is undeliverable (RFC 6121 §8.5.2.2.1). A headline
+    // is never answered with an error.
+    if el.has_child("no-store", NS_HINTS) {
+        return match MessageType::of(&el) {
+            MessageType::Headline => Ok(()),
+            _ => bounce_of(Condition::ServiceUnavailable, el),
+        };
     }
     el.children.push(crate::xml::Node::Element(
         Element::new("delay", NS_DELAY)
