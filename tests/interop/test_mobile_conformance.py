@@ -219,6 +219,41 @@ def test_presence_held_while_inactive_is_not_lost_when_the_session_resumes(serve
     u2.recv(presence_from(contact.jid, "back"), timeout=5, what="presence on the resumed stream")
 
 
+def test_inactive_said_before_binding_applies_to_the_bound_session(server, clients):
+    """The CSI feature is offered with binding, after authentication: a client may say it
+    is inactive before it binds; the nonza gets no answer and the stream goes on."""
+    jid, user, pw = server.new_user("csib")
+    u = clients.add(server.client())
+    u.start()
+    u.auth(user, pw)
+    u.send_raw(INACTIVE)
+    u.bind("phone")
+    u.bare = jid
+    u.iq("get", "<query xmlns='jabber:iq:roster'/>")
+    u.presence()
+    u.recv(presence_from(u.jid), what="own presence")
+    contact = clients.add(server.online("csibc"))
+    make_mutual(u, contact)
+    u.drain(0.3)
+    contact.presence(status="held from the start")
+    held = seen_before(u, contact.message(u.jid, None, extra=CHATSTATE),
+                       presence_from(contact.jid, "held from the start"))
+    assert not held, "the session did not start inactive: " + tostring(held[0])
+    u.send_raw(ACTIVE)
+    u.recv(presence_from(contact.jid, "held from the start"), what="presence on <active/>")
+    server.assert_healthy(u)
+
+
+def test_unknown_csi_element_before_binding_is_unsupported_stanza_type(server, clients):
+    jid, user, pw = server.new_user("csiu")
+    u = clients.add(server.client())
+    u.start()
+    u.auth(user, pw)
+    u.send_raw(f"<sleepy xmlns='{NS_CSI}'/>")
+    assert u.expect_stream_error() == "unsupported-stanza-type"
+    server.assert_healthy()
+
+
 # ------------------------------------------------------------------ XEP-0334
 
 def test_no_store_message_is_not_kept_offline(server, clients):
@@ -248,6 +283,26 @@ def test_headline_with_store_hint_waits_offline(server, clients):
     m = b.recv(message_id(stored), what="the stored headline")
     assert m.findtext(C("body")) == "keep me"
     assert not [e for e in b.queue if message_id(plain)(e)], "a headline without <store/> was kept"
+
+
+def test_headline_with_store_hint_is_archived(server, clients):
+    """XEP-0334 4.4: a message of any type but error with <store/> is archived (XEP-0313)."""
+    a = clients.add(server.online("nsm"))
+    b = clients.add(server.online("nsn"))
+    plain = a.message(b.bare, "not archived", type_="headline")
+    stored = a.message(b.bare, "archived", type_="headline", extra=f"<store xmlns='{NS_HINTS}'/>")
+    got = b.recv(message_id(stored), what="the stored headline")
+    assert [s.get("by") for s in got.findall(q(NS_SID, "stanza-id"))] == [b.bare], tostring(got)
+    b.recv(message_id(plain), what="the plain headline")
+    qid = new_id("q")
+    iid = new_id("mam")
+    b.send_raw(f"<iq type='set' id='{iid}'><query xmlns='urn:xmpp:mam:2' queryid='{qid}'/></iq>")
+    fin = b.recv(lambda e: e.tag == C("iq") and e.get("id") == iid, what="fin")
+    assert fin.get("type") == "result", tostring(fin)
+    archived = [e.find(f"{q('urn:xmpp:mam:2', 'result')}/{q(NS_FORWARD, 'forwarded')}/{C('message')}")
+                for e in b.queue if e.tag == C("message")]
+    ids = [m.get("id") for m in archived if m is not None]
+    assert ids == [stored], ids
 
 
 # ------------------------------------------------------------------ XEP-0280 / XEP-0359
@@ -364,6 +419,33 @@ def test_blocked_full_jid_blocks_iqs_from_that_resource_only(server, clients):
     r = good.recv(lambda e: e.tag == C("iq") and e.get("id") == iid, what="pong")
     assert r.get("type") == "result", tostring(r)
     assert not [tostring(e) for e in u.queue if e.tag == C("iq") and e.get("from") == bad.jid]
+
+
+def test_offline_message_from_a_jid_blocked_since_is_not_delivered(server, clients):
+    """3.3: the server does not deliver stanzas from a blocked JID to the user, also
+    those it stored before the block."""
+    a = clients.add(server.online("bof"))
+    friend = clients.add(server.online("bfriend"))
+    jid, _, pw = server.new_user("bou")
+    before = a.message(jid, "stored before the block")
+    kept = friend.message(jid, "from a friend")
+    for c in (a, friend):
+        assert c.ping_server().get("type") == "result"  # stored
+    u = clients.add(server.login(jid, pw, resource="r"))
+    r = u.iq("set", f"<block xmlns='{NS_BLOCK}'><item jid='{a.bare}'/></block>")
+    assert r.get("type") == "result", tostring(r)
+    u.presence()
+    u.recv(message_id(kept), what="the friend's offline message")
+    stray = [tostring(e) for e in u.queue if message_id(before)(e)]
+    assert not stray, "a blocked JID's stored message was delivered: " + stray[0]
+    u.expect_nothing(message_id(before), 0.3, what="the blocked JID's message")
+    # not kept for later either: unblocked, the next login has nothing of it
+    r = u.iq("set", f"<unblock xmlns='{NS_BLOCK}'><item jid='{a.bare}'/></unblock>")
+    assert r.get("type") == "result", tostring(r)
+    u.close()
+    u2 = clients.add(server.login(jid, pw, resource="again", presence=True))
+    marker = friend.message(jid, "marker")
+    assert not seen_before(u2, marker, message_id(before)), "kept and delivered later"
 
 
 def test_unblocking_a_jid_not_in_the_list_is_no_error(server, clients):

@@ -247,10 +247,12 @@ pub fn stamp(id: u64) -> String {
 /// `<store/>` hint), never errors, headlines, groupchat, or chat states
 /// alone; a `<no-store/>` or `<no-permanent-store/>` hint keeps it out.
 fn worth_archiving(el: &Element) -> bool {
-    if !matches!(MessageType::of(el), MessageType::Chat | MessageType::Normal) {
-        return false;
+    match MessageType::of(el) {
+        MessageType::Chat | MessageType::Normal => archivable_payload(el),
+        // XEP-0334 §4.4: a message of any type but error with `<store/>`.
+        MessageType::Headline => el.has_child("store", NS_HINTS) && archivable_payload(el),
+        MessageType::Groupchat | MessageType::Error => false,
     }
-    archivable_payload(el)
 }
 
 /// Whether a message's payload is worth keeping in an archive, whatever

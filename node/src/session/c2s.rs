@@ -198,7 +198,7 @@ pub fn start<S: Transport + 'static>(
     slot: crate::net::ConnSlot,
 ) {
     let (bare, full) = (bound.bare.to_string(), bound.full.to_string());
-    start_with(server, bound.stream, bare, full, slot, None);
+    start_with(server, bound.stream, bare, full, slot, None, bound.inactive);
 }
 
 /// A session resumed from another node's (or a dead node's) record: what
@@ -224,6 +224,7 @@ fn start_with<S: Transport + 'static>(
     full: String,
     slot: crate::net::ConnSlot,
     transferred: Option<Transferred>,
+    inactive: bool,
 ) {
     C2s::create(move |ctx| {
         // The gate bounds what is queued for the socket (in the mailbox
@@ -261,7 +262,11 @@ fn start_with<S: Transport + 'static>(
             archive: None,
             behind: im::Behind::new(),
         });
-        let csi = Csi::new(gate, server.config.csi.max_held, &s.full);
+        let mut csi = Csi::new(gate, server.config.csi.max_held, &s.full);
+        if inactive {
+            // Said before binding (XEP-0352 is offered with it).
+            csi.set(ClientState::Inactive, |_| {});
+        }
         let task = match transferred {
             None => Box::pin(serve(s, outbox.clone()).instrument(span))
                 as std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>,
@@ -448,7 +453,7 @@ pub fn start_resumed<S: Transport + 'static>(
     let r = match r {
         Resumption::Local(r) => r,
         Resumption::Transferred { bare, full, state } => {
-            return start_with(server, stream, bare, full, slot, Some(*state));
+            return start_with(server, stream, bare, full, slot, Some(*state), false);
         }
     };
     let LocalResumption {

@@ -5,7 +5,7 @@
 //! Functions here decide *who* gets a stanza and change roster state; they
 //! hand stanzas to the router and never touch a socket.
 
-use crate::modules::blocking::either_blocks;
+use crate::modules::blocking::{blocks, either_blocks};
 use crate::modules::{Event, Flow, HookCtx};
 use crate::router::{At, Bound, Destination, Offer};
 use crate::routing;
@@ -471,8 +471,19 @@ pub async fn flush_offline(server: &Server, origin: &Origin<'_>) {
     // session is not closed for it); what is not handed on within the write
     // timeout stays stored for the next time.
     let patience = std::time::Duration::from_secs(server.config.c2s.write_timeout_secs);
+    // XEP-0191: nothing from a JID the user blocks is delivered, also what
+    // was stored before the block (looked at only if the user blocks anyone).
+    let blocking = server.storage.blocks_anyone(origin.bare).unwrap_or(false);
     let mut done = Vec::new();
     'messages: for (key, xml) in msgs {
+        if blocking
+            && parse_stored(&xml)
+                .and_then(|el| el.get_attr("from").map(|f| blocks(server, origin.bare, f)))
+                .unwrap_or(false)
+        {
+            done.push(key);
+            continue;
+        }
         let xml: std::sync::Arc<str> = xml.into();
         let since = std::time::Instant::now();
         loop {
