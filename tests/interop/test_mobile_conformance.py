@@ -162,6 +162,42 @@ def test_a_smaller_max_asked_by_the_client_is_honoured(server, clients):
     assert enabled.get("max") == "7", tostring(enabled)
 
 
+def delays_from(el, domain):
+    return [d for d in el.findall(q("urn:xmpp:delay", "delay")) if d.get("from") == domain]
+
+
+def test_unacked_message_routed_elsewhere_carries_a_delay(server, clients):
+    """Section 4: a stanza never acknowledged goes to another resource (or offline
+    storage) when the session ends, with a XEP-0203 <delay/> (one of the server's)."""
+    a = clients.add(server.online("smda"))
+    jid, _, pw = server.new_user("smdu")
+    c, _ = login_sm(server, jid, pw, max_=1)
+    c.iq("get", "<query xmlns='jabber:iq:roster'/>")
+    c.presence()
+    c.recv(presence_from(c.jid), what="own presence")
+    other = clients.add(server.login(jid, pw, resource="desk", presence=True))
+    mid = a.message(c.jid, "to the phone")
+    c.recv(message_id(mid), what="the message on the phone")
+    drop(c)
+    m = other.recv(message_id(mid), timeout=6, what="the message routed to the other resource")
+    d = delays_from(m, server.domain)
+    assert len(d) == 1, "no (or several) <delay/> of the server's: " + tostring(m)
+    assert d[0].get("stamp"), tostring(m)
+    # to offline storage: still one delay of the server's
+    other.close()
+    c, _ = login_sm(server, jid, pw, max_=1)
+    c.iq("get", "<query xmlns='jabber:iq:roster'/>")
+    c.presence()
+    c.recv(presence_from(c.jid), what="own presence")
+    mid = a.message(c.jid, "to the phone again")
+    c.recv(message_id(mid), what="the message on the phone")
+    drop(c)
+    time.sleep(2)
+    again = clients.add(server.login(jid, pw, resource="later", presence=True))
+    m = again.recv(message_id(mid), timeout=6, what="the message from offline storage")
+    assert len(delays_from(m, server.domain)) == 1, tostring(m)
+
+
 # ------------------------------------------------------------------ XEP-0352
 
 def test_active_then_a_request_gets_the_held_presence_before_the_answer(server, clients):

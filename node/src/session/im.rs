@@ -336,9 +336,10 @@ async fn route(
 /// left waiting; presence to the gone session is dropped.
 pub async fn reroute(server: &Server, xml: &str) {
     if xml.starts_with("<message") {
-        let Some(el) = parse_stored(xml) else {
+        let Some(mut el) = parse_stored(xml) else {
             return;
         };
+        delay_stamp(&mut el, xml);
         if let Err(b) = route(server, el, Pass::Again, None).await {
             bounce_with(server, &b.1, &b.0);
         }
@@ -348,6 +349,31 @@ pub async fn reroute(server: &Server, xml: &str) {
     {
         bounce(server, &el, Condition::ServiceUnavailable);
     }
+}
+
+/// XEP-0198 §4: a message that failed to reach its client and goes
+/// elsewhere (another resource, offline storage) carries a XEP-0203
+/// `<delay/>` with the time it was first delivered: its archive id's, else
+/// now. One of the server's it already carries (offline storage's) is kept.
+fn delay_stamp(el: &mut Element, xml: &str) {
+    let Some(to) = el.get_attr("to") else {
+        return;
+    };
+    let bare = split(to).0;
+    if has_delay_from(el, domain_of(bare)) {
+        return;
+    }
+    let stamp = super::resume::archive_id(xml, bare)
+        .map_or_else(crate::stanza::now_stamp, crate::modules::mam::stamp);
+    let delay = Element::new("delay", NS_DELAY)
+        .attr("from", domain_of(bare))
+        .attr("stamp", stamp);
+    el.children.push(crate::xml::Node::Element(delay));
+}
+
+fn has_delay_from(el: &Element, from: &str) -> bool {
+    el.elements()
+        .any(|c| c.is("delay", NS_DELAY) && c.get_attr("from") == Some(from))
 }
 
 /// Parses a stanza the server serialised itself (offline store, mailbox,
@@ -419,18 +445,24 @@ async fn store_offline(server: &Server, bare: &str, mut el: Element) -> Result<(
             _ => bounce_of(Condition::ServiceUnavailable, el),
         };
     }
-    el.children.push(crate::xml::Node::Element(
-        Element::new("delay", NS_DELAY)
-            .attr("from", domain_of(bare))
-            .attr("stamp", crate::stanza::now_stamp())
-            .text("Offline Storage"),
-    ));
+    // The server's delay once: a message routed again has it already.
+    let stamped = !has_delay_from(&el, domain_of(bare));
+    if stamped {
+        el.children.push(crate::xml::Node::Element(
+            Element::new("delay", NS_DELAY)
+                .attr("from", domain_of(bare))
+                .attr("stamp", crate::stanza::now_stamp())
+                .text("Offline Storage"),
+        ));
+    }
     let xml = el.to_stream_xml(NS_CLIENT);
     let stored = server
         .storage
         .store_offline(bare, xml, server.config.offline.max_messages)
         .await;
-    el.children.pop();
+    if stamped {
+        el.children.pop();
+    }
     match stored {
         Ok(true) => {
             metrics::counter!("starling_offline_stored_total").increment(1);
