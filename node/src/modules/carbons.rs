@@ -19,7 +19,6 @@
 //!   which only the server uses. A client that sends one is refused; one
 //!   arriving from anyone else loses its wrapper.
 
-use super::mam::NS_SID;
 use super::{Event, Flow, Hook, HookCtx, IqCtx, IqHandler, IqReply, IqResult, IqTarget, Module};
 use crate::router::ToUser;
 use crate::server::Server;
@@ -192,11 +191,10 @@ fn wrap(bare: &str, dir: Direction, original: &Element) -> Element {
         copy.set_attr("type", t);
     }
     let mut inner = original.clone();
-    // XEP-0359 §7: a `<stanza-id/>` naming the user's archive is only ever
-    // the archive's; one the sending client made up is not passed on.
-    inner.children.retain(|c| {
-        !matches!(c, Node::Element(e) if e.is("stanza-id", NS_SID) && e.get_attr("by") == Some(bare))
-    });
+    // XEP-0359: a `<stanza-id/>` naming the user's archive (or server) is
+    // only ever the archive's; one the sending client made up is not
+    // passed on.
+    super::mam::strip_spoofed(&mut inner, bare, bare);
     copy.child(
         Element::new(dir.wrapper(), NS_CARBONS)
             .child(Element::new("forwarded", NS_FORWARD).child(inner)),

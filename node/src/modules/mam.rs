@@ -279,12 +279,14 @@ pub fn archivable_payload(el: &Element) -> bool {
 }
 
 /// XEP-0359 §5: a `<stanza-id/>` only the archive may set. Those a client
-/// put in, naming the recipient's or the sender's archive, go.
-fn strip_spoofed(el: &mut Element, recipient: &str, sender: &str) {
+/// put in, naming the recipient's or the sender's archive (or either's
+/// server, which sets none: a client must not be led to trust one), go.
+pub fn strip_spoofed(el: &mut Element, recipient: &str, sender: &str) {
+    let rd = recipient.rsplit_once('@').map_or(recipient, |(_, d)| d);
+    let sd = sender.rsplit_once('@').map_or(sender, |(_, d)| d);
     el.children.retain(|c| match c {
-        Node::Element(e) if e.is("stanza-id", NS_SID) => {
-            !matches!(e.get_attr("by"), Some(by) if by == recipient || by == sender)
-        }
+        Node::Element(e) if e.is("stanza-id", NS_SID) => !matches!(e.get_attr("by"),
+            Some(by) if by == recipient || by == sender || by == rd || by == sd),
         _ => true,
     });
 }
@@ -1638,7 +1640,8 @@ mod tests {
         let mut m = msg("<message><body>x</body>\
              <stanza-id xmlns='urn:xmpp:sid:0' by='b@x' id='1'/>\
              <stanza-id xmlns='urn:xmpp:sid:0' by='a@x' id='2'/>\
-             <stanza-id xmlns='urn:xmpp:sid:0' by='room@muc.x' id='3'/></message>");
+             <stanza-id xmlns='urn:xmpp:sid:0' by='room@muc.x' id='3'/>\
+             <stanza-id xmlns='urn:xmpp:sid:0' by='x' id='4'/></message>");
         strip_spoofed(&mut m, "b@x", "a@x");
         let left: Vec<_> = m
             .elements()
