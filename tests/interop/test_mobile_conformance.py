@@ -23,6 +23,7 @@ test_sint_*) leave untested:
 Something that must NOT arrive is checked with a marker sent later over the same path.
 """
 
+import re
 import time
 
 from im import make_mutual
@@ -152,6 +153,29 @@ def test_enable_on_a_resumed_stream_is_unexpected_request(server, clients):
     assert h_of(c2) == 0
     assert c2.ping_server().get("type") == "result"
     assert h_of(c2) == 1
+
+
+def test_an_older_ack_acknowledges_nothing_and_is_no_error(server, clients):
+    """Section 4: the error is for an 'h' above what was sent; an <a/> behind the last
+    one (reordered, repeated) is no such thing. The count stays where the newest put it."""
+    a = clients.add(server.online("smoa"))
+    jid, _, pw = server.new_user("smol")
+    c, _ = login_sm(server, jid, pw, resume=False)
+    clients.add(c)
+    mids = [a.message(jid + "/phone", f"m{i}") for i in range(3)]
+    for mid in mids:
+        c.recv(message_id(mid), what=mid)
+    c.send_raw(f"<a xmlns='{NS_SM}' h='3'/><a xmlns='{NS_SM}' h='1'/>")
+    assert c.ping_server().get("type") == "result"  # the 4th stanza sent
+    assert c.stream_error is None
+    # still counted from 3: 4 is exact, 5 is one too many
+    c.send_raw(f"<a xmlns='{NS_SM}' h='4'/><a xmlns='{NS_SM}' h='5'/>")
+    err = c.expect_stream_error()
+    assert err == "undefined-condition", err
+    raw = b"".join(c.log).decode("utf-8", "replace")
+    assert re.search(r"<handled-count-too-high [^>]*h=['\"]5['\"]", raw), raw[-600:]
+    assert re.search(r"send-count=['\"]4['\"]", raw), raw[-600:]
+    server.assert_healthy(a)
 
 
 def test_a_smaller_max_asked_by_the_client_is_honoured(server, clients):
