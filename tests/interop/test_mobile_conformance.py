@@ -26,6 +26,9 @@ Something that must NOT arrive is checked with a marker sent later over the same
 import re
 import time
 
+import pytest
+
+from cluster import cluster  # noqa: F401 (fixture)
 from im import make_mutual
 from rawxmpp import C, bare, new_id, q, stanza_error, tostring
 
@@ -312,6 +315,33 @@ def test_unknown_csi_element_before_binding_is_unsupported_stanza_type(server, c
     u.send_raw(f"<sleepy xmlns='{NS_CSI}'/>")
     assert u.expect_stream_error() == "unsupported-stanza-type"
     server.assert_healthy()
+
+
+@pytest.mark.starling_only
+@pytest.mark.cluster
+@pytest.mark.timeout(120)
+def test_presence_held_while_inactive_reaches_a_session_resumed_on_another_node(cluster, clients):  # noqa: F811
+    """5.2 across nodes: the node that lets the session go hands what its inactive client
+    held to the node that resumes it."""
+    cl = cluster
+    jid, _, pw = cl[1].new_user("csix")
+    u, enabled = login_sm(cl[1], jid, pw)
+    u.iq("get", "<query xmlns='jabber:iq:roster'/>")
+    u.presence()
+    u.recv(presence_from(u.jid), what="own presence")
+    contact = clients.add(cl[1].online("csixc"))
+    make_mutual(u, contact)
+    go_inactive(u)
+    contact.presence(status="held on node 1")
+    held = seen_before(u, contact.message(u.jid, None, extra=CHATSTATE),
+                       presence_from(contact.jid, "held on node 1"))
+    assert not held, "presence reached an inactive client: " + tostring(held[0])
+    drop(u)
+    u2, r = resume(cl[2], jid, pw, enabled.get("id"), 0)
+    clients.add(u2)
+    assert r.tag == sm("resumed"), tostring(r)
+    u2.recv(presence_from(contact.jid, "held on node 1"), timeout=10,
+            what="the presence held on node 1")
 
 
 # ------------------------------------------------------------------ XEP-0334
