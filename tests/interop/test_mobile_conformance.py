@@ -269,6 +269,12 @@ def test_presence_held_while_inactive_is_not_lost_when_the_session_resumes(serve
     held = seen_before(u, contact.message(u.jid, None, extra=CHATSTATE),
                        presence_from(contact.jid, "while you were away"))
     assert not held, "presence reached an inactive client: " + tostring(held[0])
+    # directed presence from someone without a subscription: no probe fetches it again
+    stranger = clients.add(server.online("csirs"))
+    stranger.presence(to=u.jid, status="directed while away")
+    held = seen_before(u, stranger.message(u.jid, None, extra=CHATSTATE),
+                       presence_from(stranger.jid, "directed while away"))
+    assert not held, "presence reached an inactive client: " + tostring(held[0])
     drop(u)
     # h='0': the client says it handled nothing, so everything is sent again
     u2, r = resume(server, jid, pw, enabled.get("id"), 0)
@@ -277,6 +283,8 @@ def test_presence_held_while_inactive_is_not_lost_when_the_session_resumes(serve
     p = u2.recv(presence_from(contact.jid, "while you were away"), timeout=5,
                 what="the presence held before the resumption")
     assert p is not None
+    u2.recv(presence_from(stranger.jid, "directed while away"), timeout=5,
+            what="the directed presence held before the resumption")
     # active now: the next update comes at once
     contact.presence(status="back")
     u2.recv(presence_from(contact.jid, "back"), timeout=5, what="presence on the resumed stream")
@@ -329,18 +337,18 @@ def test_presence_held_while_inactive_reaches_a_session_resumed_on_another_node(
     u.iq("get", "<query xmlns='jabber:iq:roster'/>")
     u.presence()
     u.recv(presence_from(u.jid), what="own presence")
-    contact = clients.add(cl[1].online("csixc"))
-    make_mutual(u, contact)
     go_inactive(u)
-    contact.presence(status="held on node 1")
-    held = seen_before(u, contact.message(u.jid, None, extra=CHATSTATE),
-                       presence_from(contact.jid, "held on node 1"))
+    # directed presence from someone without a subscription: no probe fetches it again
+    stranger = clients.add(cl[1].online("csixs"))
+    stranger.presence(to=u.jid, status="held on node 1")
+    held = seen_before(u, stranger.message(u.jid, None, extra=CHATSTATE),
+                       presence_from(stranger.jid, "held on node 1"))
     assert not held, "presence reached an inactive client: " + tostring(held[0])
     drop(u)
     u2, r = resume(cl[2], jid, pw, enabled.get("id"), 0)
     clients.add(u2)
     assert r.tag == sm("resumed"), tostring(r)
-    u2.recv(presence_from(contact.jid, "held on node 1"), timeout=10,
+    u2.recv(presence_from(stranger.jid, "held on node 1"), timeout=10,
             what="the presence held on node 1")
 
 
