@@ -225,6 +225,32 @@ def test_unacked_message_routed_elsewhere_carries_a_delay(server, clients):
     assert len(delays_from(m, server.domain)) == 1, tostring(m)
 
 
+@pytest.fixture
+def no_resume_server(tmp_path_factory):
+    """A server whose sessions cannot be resumed (sm.resume_timeout_secs = 0)."""
+    from conftest import make_server
+    s = make_server(tmp_path_factory, "nores")
+    if s.kind != "starling":
+        pytest.skip("a Starling configuration key")
+    with open(s.config_path, "a") as f:
+        f.write("\n[sm]\nresume_timeout_secs = 0\n")
+    s.start()
+    yield s
+    s.stop()
+
+
+@pytest.mark.starling_only
+def test_no_resumption_offered_when_sessions_cannot_be_resumed(no_resume_server, clients):
+    """Section 5: <enabled/> says resume='true' (with an id) only if the server will allow
+    the stream to be resumed."""
+    server = no_resume_server
+    jid, _, pw = server.new_user("smnr")
+    c, enabled = login_sm(server, jid, pw, resume=True)
+    clients.add(c)
+    assert enabled.get("resume") not in ("true", "1") and enabled.get("id") is None, tostring(enabled)
+    assert h_of(c) == 0
+
+
 # ------------------------------------------------------------------ XEP-0352
 
 def test_active_then_a_request_gets_the_held_presence_before_the_answer(server, clients):

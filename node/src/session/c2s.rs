@@ -1150,8 +1150,10 @@ impl<S: Transport> Session<S> {
                         .send_nonza(&sm::failed_xml("unexpected-request", ""))
                         .await;
                 }
-                let resume = matches!(el.get_attr("resume"), Some("true" | "1"));
                 let ours = self.server.config.sm.resume_timeout_secs;
+                // §5: 'resume' (and an id) only if the session can be
+                // resumed: not with a resumption time of 0.
+                let resume = matches!(el.get_attr("resume"), Some("true" | "1")) && ours > 0;
                 let max = sm::parse_h(el.get_attr("max"))
                     .filter(|m| *m > 0)
                     .map_or(ours, |m| m.min(ours));
