@@ -244,8 +244,9 @@ pub fn stamp(id: u64) -> String {
 
 /// Whether a message belongs in an archive (XEP-0313 §5.1.1): chat and
 /// normal messages with a body or an encrypted payload (or a XEP-0334
-/// `<store/>` hint), never errors, headlines, groupchat, or chat states
-/// alone; a `<no-store/>` or `<no-permanent-store/>` hint keeps it out.
+/// `<store/>` hint; a headline only with that hint), never errors,
+/// groupchat, or chat states alone; a `<no-store/>` or
+/// `<no-permanent-store/>` hint keeps it out.
 fn worth_archiving(el: &Element) -> bool {
     match MessageType::of(el) {
         MessageType::Chat | MessageType::Normal => archivable_payload(el),

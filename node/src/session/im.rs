@@ -14,13 +14,13 @@ use crate::stanza::{
     Condition, MessageType, NS_CLIENT, NS_DELAY, NS_ROSTER, PresenceType, StanzaError, error_reply,
 };
 use crate::storage::{Committed, LastActivity, RosterItem, Subscription};
-
-/// XEP-0334 message processing hints.
-const NS_HINTS: &str = "urn:xmpp:hints";
 use crate::xml::Element;
 use starling_cluster::StoreError;
 use std::collections::HashSet;
 use std::sync::Arc;
+
+/// XEP-0334 message processing hints.
+const NS_HINTS: &str = "urn:xmpp:hints";
 
 pub use super::Origin;
 
