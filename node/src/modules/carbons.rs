@@ -190,9 +190,14 @@ fn wrap(bare: &str, dir: Direction, original: &Element) -> Element {
     if let Some(t) = original.get_attr("type") {
         copy.set_attr("type", t);
     }
+    let mut inner = original.clone();
+    // XEP-0359: a `<stanza-id/>` naming the user's archive (or server) is
+    // only ever the archive's; one the sending client made up is not
+    // passed on.
+    super::mam::strip_spoofed(&mut inner, bare, bare);
     copy.child(
         Element::new(dir.wrapper(), NS_CARBONS)
-            .child(Element::new("forwarded", NS_FORWARD).child(original.clone())),
+            .child(Element::new("forwarded", NS_FORWARD).child(inner)),
     )
 }
 
@@ -230,6 +235,24 @@ pub fn copied_elsewhere(server: &Server, el: &Element) -> bool {
             .router
             .any_remote(split(to).0, |r| r.carbons && r.available)
     })
+}
+
+/// §6: an error in answer to an eligible message is eligible too. The
+/// error `reply` to `original` (a message the user's resource `to` sent),
+/// about to be delivered to it, goes to the user's other enabled
+/// resources as a received copy. Only on the error path.
+pub fn error_received(server: &Server, to: &str, original: &Element, reply: &Element) {
+    let (bare, Some(res)) = split(to) else {
+        return;
+    };
+    if MessageType::of(original) == MessageType::Error
+        || !eligible(original, Direction::Sent)
+        // A message to the user's own JID was never copied as sent.
+        || original.get_attr("to").is_some_and(|t| split(t).0 == bare)
+    {
+        return;
+    }
+    copy_to(server, bare, Direction::Received, reply, |r| r == res);
 }
 
 /// Received copies (§7): `el`, as delivered to the user `bare`'s resources

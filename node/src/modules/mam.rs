@@ -244,13 +244,16 @@ pub fn stamp(id: u64) -> String {
 
 /// Whether a message belongs in an archive (XEP-0313 §5.1.1): chat and
 /// normal messages with a body or an encrypted payload (or a XEP-0334
-/// `<store/>` hint), never errors, headlines, groupchat, or chat states
-/// alone; a `<no-store/>` or `<no-permanent-store/>` hint keeps it out.
+/// `<store/>` hint; a headline only with that hint), never errors,
+/// groupchat, or chat states alone; a `<no-store/>` or
+/// `<no-permanent-store/>` hint keeps it out.
 fn worth_archiving(el: &Element) -> bool {
-    if !matches!(MessageType::of(el), MessageType::Chat | MessageType::Normal) {
-        return false;
+    match MessageType::of(el) {
+        MessageType::Chat | MessageType::Normal => archivable_payload(el),
+        // XEP-0334 §4.4: a message of any type but error with `<store/>`.
+        MessageType::Headline => el.has_child("store", NS_HINTS) && archivable_payload(el),
+        MessageType::Groupchat | MessageType::Error => false,
     }
-    archivable_payload(el)
 }
 
 /// Whether a message's payload is worth keeping in an archive, whatever
@@ -277,12 +280,14 @@ pub fn archivable_payload(el: &Element) -> bool {
 }
 
 /// XEP-0359 §5: a `<stanza-id/>` only the archive may set. Those a client
-/// put in, naming the recipient's or the sender's archive, go.
-fn strip_spoofed(el: &mut Element, recipient: &str, sender: &str) {
+/// put in, naming the recipient's or the sender's archive (or either's
+/// server, which sets none: a client must not be led to trust one), go.
+pub fn strip_spoofed(el: &mut Element, recipient: &str, sender: &str) {
+    let rd = recipient.rsplit_once('@').map_or(recipient, |(_, d)| d);
+    let sd = sender.rsplit_once('@').map_or(sender, |(_, d)| d);
     el.children.retain(|c| match c {
-        Node::Element(e) if e.is("stanza-id", NS_SID) => {
-            !matches!(e.get_attr("by"), Some(by) if by == recipient || by == sender)
-        }
+        Node::Element(e) if e.is("stanza-id", NS_SID) => !matches!(e.get_attr("by"),
+            Some(by) if by == recipient || by == sender || by == rd || by == sd),
         _ => true,
     });
 }
@@ -1636,7 +1641,8 @@ mod tests {
         let mut m = msg("<message><body>x</body>\
              <stanza-id xmlns='urn:xmpp:sid:0' by='b@x' id='1'/>\
              <stanza-id xmlns='urn:xmpp:sid:0' by='a@x' id='2'/>\
-             <stanza-id xmlns='urn:xmpp:sid:0' by='room@muc.x' id='3'/></message>");
+             <stanza-id xmlns='urn:xmpp:sid:0' by='room@muc.x' id='3'/>\
+             <stanza-id xmlns='urn:xmpp:sid:0' by='x' id='4'/></message>");
         strip_spoofed(&mut m, "b@x", "a@x");
         let left: Vec<_> = m
             .elements()

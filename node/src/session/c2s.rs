@@ -69,7 +69,10 @@ impl Handler<ToSession> for C2s {
                 self.csi.pass(xml, |xml| queue(outbox, server, xml));
             }
             ToSession::Close(condition) => self.outbox.close(condition),
-            ToSession::Release(h) => self.outbox.release(h),
+            ToSession::Release(h) => {
+                self.release_held();
+                self.outbox.release(h)
+            }
             ToSession::Checkpoint => self.outbox.checkpoint(),
         }
     }
@@ -87,6 +90,7 @@ impl Handler<Takeover> for C2s {
         if self.outbox.is_ended() || !self.server.router.replace_handle(&self.bare, to) {
             return;
         }
+        self.release_held();
         let _ = self.outbox.takeover(t);
     }
 }
@@ -97,6 +101,17 @@ impl Handler<ClientState> for C2s {
     fn handle(&mut self, state: ClientState, _: &mut Context<Self>) {
         let (outbox, server) = (&self.outbox, &self.server);
         self.csi.set(state, |xml| queue(outbox, server, xml));
+    }
+}
+
+impl C2s {
+    /// The session goes on on another connection, which starts active
+    /// (XEP-0352 §5.2): what the inactive client's filter held goes into
+    /// the outbox, whose content the resuming connection writes.
+    fn release_held(&mut self) {
+        let (outbox, server) = (&self.outbox, &self.server);
+        self.csi
+            .set(ClientState::Active, |xml| queue(outbox, server, xml));
     }
 }
 
@@ -183,7 +198,7 @@ pub fn start<S: Transport + 'static>(
     slot: crate::net::ConnSlot,
 ) {
     let (bare, full) = (bound.bare.to_string(), bound.full.to_string());
-    start_with(server, bound.stream, bare, full, slot, None);
+    start_with(server, bound.stream, bare, full, slot, None, bound.inactive);
 }
 
 /// A session resumed from another node's (or a dead node's) record: what
@@ -209,6 +224,7 @@ fn start_with<S: Transport + 'static>(
     full: String,
     slot: crate::net::ConnSlot,
     transferred: Option<Transferred>,
+    inactive: bool,
 ) {
     C2s::create(move |ctx| {
         // The gate bounds what is queued for the socket (in the mailbox
@@ -246,7 +262,11 @@ fn start_with<S: Transport + 'static>(
             archive: None,
             behind: im::Behind::new(),
         });
-        let csi = Csi::new(gate, server.config.csi.max_held, &s.full);
+        let mut csi = Csi::new(gate, server.config.csi.max_held, &s.full);
+        if inactive {
+            // Said before binding (XEP-0352 is offered with it).
+            csi.set(ClientState::Inactive, |_| {});
+        }
         let task = match transferred {
             None => Box::pin(serve(s, outbox.clone()).instrument(span))
                 as std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>,
@@ -433,7 +453,7 @@ pub fn start_resumed<S: Transport + 'static>(
     let r = match r {
         Resumption::Local(r) => r,
         Resumption::Transferred { bare, full, state } => {
-            return start_with(server, stream, bare, full, slot, Some(*state));
+            return start_with(server, stream, bare, full, slot, Some(*state), false);
         }
     };
     let LocalResumption {
@@ -678,7 +698,7 @@ impl<S: Transport> Session<S> {
                     Ok(Some(StreamEvent::Stanza(el))) => {
                         // Boxed: handling a stanza awaits deep futures that
                         // must not size the idle session's task.
-                        if let Err(end) = Box::pin(self.handle_stanza(el)).await {
+                        if let Err(end) = Box::pin(self.handle_stanza(el, outbox)).await {
                             return end;
                         }
                     }
@@ -828,6 +848,20 @@ impl<S: Transport> Session<S> {
         self.write_msg(Outgoing::Stanzas(batch)).await
     }
 
+    /// The error for a message this client sent, which the user's other
+    /// carbons-enabled resources see too if they saw the message
+    /// (XEP-0280 §6).
+    async fn reply_message_error(&mut self, stanza: &Element, err: StanzaError) -> Result<(), End> {
+        match error_reply(stanza, &err) {
+            Some(mut r) => {
+                r.set_attr("to", self.full.as_str());
+                modules::carbons::error_received(&self.server, &self.full, stanza, &r);
+                self.reply(&r).await
+            }
+            None => Ok(()),
+        }
+    }
+
     async fn reply_error(&mut self, stanza: &Element, err: StanzaError) -> Result<(), End> {
         match error_reply(stanza, &err) {
             Some(mut r) => {
@@ -842,11 +876,9 @@ impl<S: Transport> Session<S> {
 
     /// Checks and stamps addresses (RFC 6120 §8.1.2), then dispatches;
     /// stream management's elements are not stanzas and are not counted.
-    async fn handle_stanza(&mut self, el: Element) -> Result<(), End> {
-        // A client state nonza (XEP-0352) is for this session's actor.
+    async fn handle_stanza(&mut self, el: Element, outbox: &Outbox) -> Result<(), End> {
         if el.ns == NS_CSI {
-            self.addr.do_send(ClientState::of(&el).map_err(End::Error)?);
-            return Ok(());
+            return self.client_state(&el, outbox).await;
         }
         if el.ns == NS_SM {
             return self.handle_sm(el).await;
@@ -856,6 +888,21 @@ impl<S: Transport> Session<S> {
             sm.handled();
         }
         r
+    }
+
+    /// A client state nonza (XEP-0352), for this session's actor, which
+    /// owns the filter. §5.1 (in-order processing): what the new state
+    /// sends (the presence held while inactive) is written before anything
+    /// the client sent after the nonza is answered, so the actor is waited
+    /// for and what it queued is written at once.
+    async fn client_state(&mut self, el: &Element, outbox: &Outbox) -> Result<(), End> {
+        let state = ClientState::of(el).map_err(End::Error)?;
+        // Fails only when the actor stopped: the session is ending anyway.
+        let _ = self.addr.send(state).await;
+        match outbox.take_stanzas() {
+            Some(batch) => self.write_msg(Outgoing::Stanzas(batch)).await,
+            None => Ok(()),
+        }
     }
 
     async fn handle_counted(&mut self, el: Element) -> Result<(), End> {
@@ -944,7 +991,7 @@ impl<S: Transport> Session<S> {
                     Ok(()) => Ok(()),
                     Err(b) => {
                         let (e, el) = *b;
-                        self.reply_error(&el, e).await
+                        self.reply_message_error(&el, e).await
                     }
                 }
             }
@@ -1112,8 +1159,10 @@ impl<S: Transport> Session<S> {
                         .send_nonza(&sm::failed_xml("unexpected-request", ""))
                         .await;
                 }
-                let resume = matches!(el.get_attr("resume"), Some("true" | "1"));
                 let ours = self.server.config.sm.resume_timeout_secs;
+                // §5: 'resume' (and an id) only if the session can be
+                // resumed: not with a resumption time of 0.
+                let resume = matches!(el.get_attr("resume"), Some("true" | "1")) && ours > 0;
                 let max = sm::parse_h(el.get_attr("max"))
                     .filter(|m| *m > 0)
                     .map_or(ours, |m| m.min(ours));

@@ -5,7 +5,7 @@
 //! Functions here decide *who* gets a stanza and change roster state; they
 //! hand stanzas to the router and never touch a socket.
 
-use crate::modules::blocking::either_blocks;
+use crate::modules::blocking::{blocks, either_blocks};
 use crate::modules::{Event, Flow, HookCtx};
 use crate::router::{At, Bound, Destination, Offer};
 use crate::routing;
@@ -18,6 +18,9 @@ use crate::xml::Element;
 use starling_cluster::StoreError;
 use std::collections::HashSet;
 use std::sync::Arc;
+
+/// XEP-0334 message processing hints.
+const NS_HINTS: &str = "urn:xmpp:hints";
 
 pub use super::Origin;
 
@@ -95,6 +98,9 @@ pub fn bounce_with(server: &Server, stanza: &Element, err: &StanzaError) {
     if let Some(reply) = error_reply(stanza, err)
         && let Some(to) = reply.get_attr("to").map(str::to_owned)
     {
+        if stanza.name == "message" {
+            crate::modules::carbons::error_received(server, &to, stanza, &reply);
+        }
         let _ = deliver_to_full(server, &to, reply);
     }
 }
@@ -330,9 +336,10 @@ async fn route(
 /// left waiting; presence to the gone session is dropped.
 pub async fn reroute(server: &Server, xml: &str) {
     if xml.starts_with("<message") {
-        let Some(el) = parse_stored(xml) else {
+        let Some(mut el) = parse_stored(xml) else {
             return;
         };
+        delay_stamp(&mut el, xml);
         if let Err(b) = route(server, el, Pass::Again, None).await {
             bounce_with(server, &b.1, &b.0);
         }
@@ -342,6 +349,31 @@ pub async fn reroute(server: &Server, xml: &str) {
     {
         bounce(server, &el, Condition::ServiceUnavailable);
     }
+}
+
+/// XEP-0198 §4: a message that failed to reach its client and goes
+/// elsewhere (another resource, offline storage) carries a XEP-0203
+/// `<delay/>` with the time it was first delivered: its archive id's, else
+/// now. One of the server's it already carries (offline storage's) is kept.
+fn delay_stamp(el: &mut Element, xml: &str) {
+    let Some(to) = el.get_attr("to") else {
+        return;
+    };
+    let bare = split(to).0;
+    if has_delay_from(el, domain_of(bare)) {
+        return;
+    }
+    let stamp = super::resume::archive_id(xml, bare)
+        .map_or_else(crate::stanza::now_stamp, crate::modules::mam::stamp);
+    let delay = Element::new("delay", NS_DELAY)
+        .attr("from", domain_of(bare))
+        .attr("stamp", stamp);
+    el.children.push(crate::xml::Node::Element(delay));
+}
+
+fn has_delay_from(el: &Element, from: &str) -> bool {
+    el.elements()
+        .any(|c| c.is("delay", NS_DELAY) && c.get_attr("from") == Some(from))
 }
 
 /// Parses a stanza the server serialised itself (offline store, mailbox,
@@ -390,7 +422,8 @@ async fn deliver_to_bare(
     // XEP-0280: copies for the user's other resources, whether the message
     // reached one or waits offline.
     crate::modules::carbons::received(server, bare, &el, eligible.iter().map(|b| &*b.resource));
-    if delivered || headline {
+    // XEP-0334 §4.4: a headline with `<store/>` waits offline too.
+    if delivered || (headline && !el.has_child("store", NS_HINTS)) {
         return Ok(());
     }
     store_offline(server, bare, el).await
@@ -403,18 +436,33 @@ async fn store_offline(server: &Server, bare: &str, mut el: Element) -> Result<(
     if el.children.is_empty() {
         return Ok(());
     }
-    el.children.push(crate::xml::Node::Element(
-        Element::new("delay", NS_DELAY)
-            .attr("from", domain_of(bare))
-            .attr("stamp", crate::stanza::now_stamp())
-            .text("Offline Storage"),
-    ));
+    // XEP-0334 §4.2: `<no-store/>` forbids keeping it even for a while;
+    // not stored, it is undeliverable (RFC 6121 §8.5.2.2.1). A headline
+    // is never answered with an error.
+    if el.has_child("no-store", NS_HINTS) {
+        return match MessageType::of(&el) {
+            MessageType::Headline => Ok(()),
+            _ => bounce_of(Condition::ServiceUnavailable, el),
+        };
+    }
+    // The server's delay once: a message routed again has it already.
+    let stamped = !has_delay_from(&el, domain_of(bare));
+    if stamped {
+        el.children.push(crate::xml::Node::Element(
+            Element::new("delay", NS_DELAY)
+                .attr("from", domain_of(bare))
+                .attr("stamp", crate::stanza::now_stamp())
+                .text("Offline Storage"),
+        ));
+    }
     let xml = el.to_stream_xml(NS_CLIENT);
     let stored = server
         .storage
         .store_offline(bare, xml, server.config.offline.max_messages)
         .await;
-    el.children.pop();
+    if stamped {
+        el.children.pop();
+    }
     match stored {
         Ok(true) => {
             metrics::counter!("starling_offline_stored_total").increment(1);
@@ -455,8 +503,19 @@ pub async fn flush_offline(server: &Server, origin: &Origin<'_>) {
     // session is not closed for it); what is not handed on within the write
     // timeout stays stored for the next time.
     let patience = std::time::Duration::from_secs(server.config.c2s.write_timeout_secs);
+    // XEP-0191: nothing from a JID the user blocks is delivered, also what
+    // was stored before the block (looked at only if the user blocks anyone).
+    let blocking = server.storage.blocks_anyone(origin.bare).unwrap_or(false);
     let mut done = Vec::new();
     'messages: for (key, xml) in msgs {
+        if blocking
+            && parse_stored(&xml)
+                .and_then(|el| el.get_attr("from").map(|f| blocks(server, origin.bare, f)))
+                .unwrap_or(false)
+        {
+            done.push(key);
+            continue;
+        }
         let xml: std::sync::Arc<str> = xml.into();
         let since = std::time::Instant::now();
         loop {

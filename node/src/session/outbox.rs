@@ -96,6 +96,21 @@ impl Outbox {
         }
     }
 
+    /// The stanzas queued now, without waiting (`None` if there are none).
+    pub fn take_stanzas(&self) -> Option<VecDeque<Arc<str>>> {
+        let batch = {
+            let mut st = self.state.lock().expect("outbox lock");
+            if st.queue.is_empty() {
+                return None;
+            }
+            // Taking the deque leaves one with no allocation.
+            std::mem::take(&mut st.queue)
+        };
+        let bytes = batch.iter().map(|x| x.len()).sum();
+        self.gate.release(batch.len(), bytes);
+        Some(batch)
+    }
+
     /// Waits for a close request or a takeover, leaving stanzas queued (a
     /// detached session: the gate still bounds them).
     pub async fn control(&self) -> Control {

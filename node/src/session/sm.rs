@@ -65,7 +65,30 @@ impl Counts {
     /// than were sent.
     pub fn valid(&self, h: u32) -> bool {
         let (sent, acked) = self.get();
-        h.wrapping_sub(acked) <= sent.wrapping_sub(acked)
+        place(h, sent, acked) != Place::TooHigh
+    }
+}
+
+/// Where a client's `h` lies, modulo 2^32, against what was sent and what
+/// it acknowledged before.
+#[derive(Debug, PartialEq, Eq)]
+enum Place {
+    /// From the last ack to what was sent.
+    Within,
+    /// Before the last ack: an old or reordered `<a/>`, which acknowledges
+    /// nothing new (XEP-0198's error is for an `h` above what was sent).
+    Behind,
+    /// Beyond what was sent (within half the counter's range of it).
+    TooHigh,
+}
+
+fn place(h: u32, sent: u32, acked: u32) -> Place {
+    if h.wrapping_sub(acked) <= sent.wrapping_sub(acked) {
+        Place::Within
+    } else if h.wrapping_sub(sent) < 1 << 31 {
+        Place::TooHigh
+    } else {
+        Place::Behind
     }
 }
 
@@ -101,14 +124,15 @@ impl Sm {
     /// handled `h` of the stanzas sent: returns it with what is to be
     /// written again (counted again, after `h`, as the client counts them).
     pub fn resumed(d: Detached, h: u32) -> Result<(Self, VecDeque<Arc<str>>), TooHigh> {
-        if !d.fits(h) {
+        if place(h, d.sent, d.acked) == Place::TooHigh {
             return Err(TooHigh { h, sent: d.sent });
         }
         Ok(Self::resumed_or_all(d, h))
     }
 
     /// As [`Sm::resumed`] for an `h` checked before (`Counts::valid`):
-    /// should it no longer fit, everything unacknowledged is sent again.
+    /// should it no longer fit (or be behind the last ack), everything
+    /// unacknowledged is sent again.
     pub fn resumed_or_all(d: Detached, h: u32) -> (Self, VecDeque<Arc<str>>) {
         let h = if d.fits(h) { h } else { d.acked };
         let mut resend = d.unacked;
@@ -151,10 +175,12 @@ impl Sm {
     /// The client handled `h` of the stanzas written to it.
     pub fn ack(&mut self, h: u32) -> Result<(), TooHigh> {
         let (sent, acked) = self.counts.get();
-        let n = h.wrapping_sub(acked);
-        if n > sent.wrapping_sub(acked) {
-            return Err(TooHigh { h, sent });
+        match place(h, sent, acked) {
+            Place::Within => {}
+            Place::Behind => return Ok(()),
+            Place::TooHigh => return Err(TooHigh { h, sent }),
         }
+        let n = h.wrapping_sub(acked);
         self.unacked.drain(..n as usize);
         self.counts.set(sent, h);
         Ok(())
@@ -347,6 +373,9 @@ mod tests {
         assert_eq!(sm.ack(4), Err(TooHigh { h: 4, sent: 3 }));
         assert_eq!(sm.ack(3), Ok(()));
         assert_eq!(sm.unacked().count(), 0);
+        assert_eq!(sm.ack(1), Ok(()), "an older ack acknowledges nothing new");
+        assert_eq!(sm.acked(), 3);
+        assert!(sm.counts().valid(1));
         assert!(sm.counts().valid(3));
         assert!(!sm.counts().valid(4));
     }
@@ -379,7 +408,8 @@ mod tests {
             Some(TooHigh { h: 6, sent: 5 }),
             "the never-written stanza cannot have been handled"
         );
-        assert!(Sm::resumed(d(), 1).is_err(), "h before the last ack");
+        let (_, resend) = Sm::resumed(d(), 1).expect("h before the last ack");
+        assert_eq!(resend.len(), 4, "everything unacknowledged again");
     }
 
     #[test]

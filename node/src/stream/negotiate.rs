@@ -24,6 +24,8 @@ pub struct Bound<S> {
     pub stream: XmlStream<S>,
     pub bare: jid::BareJid,
     pub full: jid::FullJid,
+    /// The client said it is inactive (XEP-0352) before binding.
+    pub inactive: bool,
 }
 
 /// How negotiation ended: a new session, or an earlier one resumed
@@ -357,8 +359,23 @@ async fn secure_phases<S: Transport>(
     }
     features.push_str("</stream:features>");
     xs.send_raw(&features).await.ok()?;
+    let mut inactive = false;
     loop {
         let el = next_element(&mut xs, deadline).await?;
+        // XEP-0352 is offered with binding: a client state said before
+        // binding is the state of the session about to be bound (no
+        // answer, as ever; an unknown element of it ends the stream).
+        if el.ns == crate::session::csi::NS_CSI {
+            use crate::session::csi::ClientState;
+            match ClientState::of(&el) {
+                Ok(state) => inactive = state == ClientState::Inactive,
+                Err(condition) => {
+                    xs.fail(condition, None).await;
+                    return None;
+                }
+            }
+            continue;
+        }
         if el.ns == crate::session::sm::NS_SM {
             match resume(server, &bare, &el).await {
                 Ok(r) => return Some(Negotiated::Resumed(xs, r)),
@@ -415,6 +432,7 @@ async fn secure_phases<S: Transport>(
             stream: xs,
             bare,
             full,
+            inactive,
         }));
     }
 }
