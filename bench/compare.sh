@@ -2,7 +2,7 @@
 # Side-by-side run of one scenario against ejabberd, Prosody, Starling and a TCP echo server.
 #
 #   bench/compare.sh SCENARIO [extra starling-bench options...]
-#   SCENARIO: login | idle | chat | chat-sat | presence | storm | muc
+#   SCENARIO: login | idle | chat | chat-sat | presence | storm | muc | tsung
 #
 # Starts ejabberd and Prosody through the peers scripts with REQUIRE_TLS=1 (STARTTLS required, as
 # Starling does), Starling from target/release/starling if it exists (skipped with a message if it is
@@ -28,8 +28,12 @@
 # conference.perf.test; they also archive room messages), and no echo columns. The starling column
 # runs only if its binary lists conference.perf.test in the domain's disco#items (`starling-bench
 # muc --probe`); ST_EXTRA_TOML (e.g. a `[muc]` section) is appended to its configuration.
+# Outside load tool (`tsung`): the same chat load made by Tsung 1.7 instead of starling-bench
+# (bench/tsung-run.py: USERS (1000) log in with STARTTLS and SASL PLAIN over ARRIVAL (10) s, then
+# each sends one 100-byte message a second to a random online user); Tsung must be installed
+# (Debian: apt-get install tsung); no echo columns.
 set -euo pipefail
-SCEN="${1:?usage: bench/compare.sh login|idle|chat|chat-sat|presence|storm|muc [bench options]}"; shift
+SCEN="${1:?usage: bench/compare.sh login|idle|chat|chat-sat|presence|storm|muc|tsung [bench options]}"; shift
 HERE="$(cd "$(dirname "$0")" && pwd)"; ROOT="$(cd "$HERE/.." && pwd)"
 RUNS="${RUNS:-3}"
 OUT="${OUT:-/tmp/starling-bench-compare}/$SCEN-$(date +%Y%m%d-%H%M%S)"
@@ -37,6 +41,10 @@ MAM="${MAM:-0}"
 if [ "$SCEN" = muc ]; then
   export FEATURES=full   # the peers' MUC services come with FEATURES=full only
   SERVERS="${SERVERS:-ejabberd prosody starling}"
+fi
+if [ "$SCEN" = tsung ]; then
+  SERVERS="${SERVERS:-ejabberd prosody starling}"
+  command -v tsung > /dev/null || { echo "tsung is not installed (Debian: apt-get install tsung)" >&2; exit 2; }
 fi
 if [ "$MAM" = 1 ]; then
   export FEATURES=full
@@ -81,6 +89,9 @@ case "$SCEN" in
   muc)      # group chat: every occupant of ROOMS rooms of OCCUPANTS joins; RATE messages/s into the rooms
             ROOMS="${ROOMS:-10}"; OCC="${OCCUPANTS:-50}"; ACCOUNTS=$(( ROOMS * OCC > ACCOUNTS ? ROOMS * OCC : ACCOUNTS ))
             ARGS=(muc --rooms "$ROOMS" --occupants "$OCC" --rate "${RATE:-20}" --size "${SIZE:-100}" --duration-secs "${DURATION:-10}") ;;
+  tsung)    # the outside load tool: Tsung's chat run (bench/tsung-run.py), one message a second per user
+            U="${USERS:-1000}"; ACCOUNTS=$(( U > ACCOUNTS ? U : ACCOUNTS ))
+            ARGS=(--users "$U" --arrival-secs "${ARRIVAL:-10}" --messages "${MESSAGES:-45}" --size "${SIZE:-100}") ;;
   presence) # rosters made over XMPP by the bench itself (--subscribe), the same way on every server
             ARGS=(presence --users "${USERS:-500}" --subscribe "${ROSTER_SIZE:-10}" --updates "${UPDATES:-5}" --rate "${RATE:-200}") ;;
   *) echo "unknown scenario $SCEN" >&2; exit 2 ;;
@@ -194,7 +205,7 @@ for s in $SERVERS; do
           halt "$s"; continue; fi
       fi ;;
     echo|echo-tls)
-      if [ "$SCEN" = presence ] || [ "$SCEN" = muc ]; then continue; fi
+      if [ "$SCEN" = presence ] || [ "$SCEN" = muc ] || [ "$SCEN" = tsung ]; then continue; fi
       launch "$s" || { echo "$s did not start" >&2; exit 1; } ;;
     *) echo "unknown server $s" >&2; exit 2 ;;
   esac
@@ -209,10 +220,16 @@ for r in $(seq 1 "$RUNS"); do
       # memory figures need a server that has never held sessions: freed memory stays in its heap
       halt "$s"; sleep 1; launch "$s" || { echo "   $s did not restart"; continue; }
     fi
-    # shellcheck disable=SC2086
-    "$BENCH" "${ARGS[@]}" --port "${PORT[$s]}" --server-pid "${PID[$s]}" ${EXTRA[$s]} --label "$s" \
-      --runs 1 --quiet --json "$OUT/$s-$r.json" "$@" > "$OUT/$s-$r.txt" 2>&1 \
-      || { echo "   $s failed: $(tail -1 "$OUT/$s-$r.txt")"; }
+    if [ "$SCEN" = tsung ]; then
+      "$HERE/tsung-run.py" "${ARGS[@]}" --port "${PORT[$s]}" --server-pid "${PID[$s]}" --label "$s" \
+        --json "$OUT/$s-$r.json" "$@" > "$OUT/$s-$r.txt" 2>&1 \
+        || { echo "   $s failed: $(tail -1 "$OUT/$s-$r.txt")"; }
+    else
+      # shellcheck disable=SC2086
+      "$BENCH" "${ARGS[@]}" --port "${PORT[$s]}" --server-pid "${PID[$s]}" ${EXTRA[$s]} --label "$s" \
+        --runs 1 --quiet --json "$OUT/$s-$r.json" "$@" > "$OUT/$s-$r.txt" 2>&1 \
+        || { echo "   $s failed: $(tail -1 "$OUT/$s-$r.txt")"; }
+    fi
     sleep 2
   done
 done
