@@ -387,7 +387,7 @@ impl Storage {
     pub async fn store_offline(
         &self,
         bare: &str,
-        xml: String,
+        xml: &str,
         max: u64,
     ) -> Result<Option<Vec<u8>>, StoreError> {
         let mut prefix = user_prefix(bare);
@@ -396,7 +396,7 @@ impl Storage {
             .write(vec![Op::Append {
                 space: OFFLINE.into(),
                 prefix: prefix.clone(),
-                value: xml.into_bytes(),
+                value: xml.as_bytes().to_vec(),
                 max,
             }])
             .await?;
@@ -467,16 +467,16 @@ impl Storage {
     /// Puts claimed messages that could not be handed on back where they
     /// were (their keys are never reused: the sequence only grows), so
     /// they keep their place for the next flush.
-    pub async fn restore_offline(&self, msgs: Vec<(Vec<u8>, String)>) -> Result<(), StoreError> {
+    pub async fn restore_offline(&self, msgs: &[(Vec<u8>, String)]) -> Result<(), StoreError> {
         if msgs.is_empty() {
             return Ok(());
         }
         let ops = msgs
-            .into_iter()
+            .iter()
             .map(|(key, xml)| Op::Put {
                 space: OFFLINE.into(),
-                key,
-                value: xml.into_bytes(),
+                key: key.clone(),
+                value: xml.as_bytes().to_vec(),
             })
             .collect();
         self.store.write(ops).await?;

@@ -465,7 +465,7 @@ async fn store_offline(server: &Server, bare: &str, mut el: Element) -> Result<(
     let xml = el.to_stream_xml(NS_CLIENT);
     let stored = server
         .storage
-        .store_offline(bare, xml, server.config.offline.max_messages)
+        .store_offline(bare, &xml, server.config.offline.max_messages)
         .await;
     if stamped {
         el.children.pop();
@@ -473,7 +473,7 @@ async fn store_offline(server: &Server, bare: &str, mut el: Element) -> Result<(
     match stored {
         Ok(Some(key)) => {
             metrics::counter!("starling_offline_stored_total").increment(1);
-            recheck_offline(server, bare, vec![key]).await;
+            recheck_offline(server, bare, vec![(key, xml)]).await;
             Ok(())
         }
         Ok(None) => {
@@ -513,7 +513,7 @@ async fn available_now(server: &Server, bare: &str) -> Vec<Bound> {
 /// (RFC 6121 §8.5.2.2 / XEP-0160: stored messages go out when the user
 /// sends initial presence). A session flushes the store after it became
 /// available; a message stored after that flush read the store would wait
-/// for the next login. So the sender, its message stored (`keys`), looks
+/// for the next login. So the sender, its message stored (`stored`), looks
 /// again: if the user now has an available resource, it takes the message
 /// back out (an atomic claim: whichever of this and a flush takes it
 /// delivers it, exactly once) and delivers it there. Carbons were sent
@@ -526,21 +526,14 @@ async fn available_now(server: &Server, bare: &str) -> Vec<Bound> {
 /// availability (after the registry's barrier in a cluster). Of two
 /// linearizable writes each followed by a read of the other's, at least
 /// one read sees the other's write.
-async fn recheck_offline(server: &Server, bare: &str, mut keys: Vec<Vec<u8>>) {
+async fn recheck_offline(server: &Server, bare: &str, mut stored: Vec<(Vec<u8>, String)>) {
     for _ in 0..RECHECKS {
         let targets = available_now(server, bare).await;
         if targets.is_empty() {
             return;
         }
-        let claimed = match server.storage.take_offline(keys).await {
-            Ok(claimed) => claimed,
-            Err(e) => {
-                // The claim may or may not have applied: the message is
-                // still stored, or was taken by a flush, or (a lost reply)
-                // is gone.
-                tracing::warn!(error = %e, "could not take a message back out of offline storage");
-                return;
-            }
+        let Some(claimed) = claim(server, stored).await else {
+            return;
         };
         if claimed.is_empty() {
             // A flush took it.
@@ -564,10 +557,29 @@ async fn recheck_offline(server: &Server, bare: &str, mut keys: Vec<Vec<u8>>) {
         if left.is_empty() {
             return;
         }
-        keys = left.iter().map(|(k, _)| k.clone()).collect();
-        if let Err(e) = server.storage.restore_offline(left).await {
+        if let Err(e) = server.storage.restore_offline(&left).await {
             tracing::error!(error = %e, "could not put undelivered messages back into offline storage");
             return;
+        }
+        stored = left;
+    }
+}
+
+/// Takes the stored messages `stored` (keys and what was read under them)
+/// out of offline storage for delivery: those no one else took first.
+/// When the write fails it may still have applied (its reply lost), so
+/// what was read is put back: a message may then come twice, but is not
+/// lost.
+async fn claim(server: &Server, stored: Vec<(Vec<u8>, String)>) -> Option<Vec<(Vec<u8>, String)>> {
+    let keys = stored.iter().map(|(k, _)| k.clone()).collect();
+    match server.storage.take_offline(keys).await {
+        Ok(claimed) => Some(claimed),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not claim offline messages; putting them back");
+            if let Err(e) = server.storage.restore_offline(&stored).await {
+                tracing::error!(error = %e, "could not put offline messages back");
+            }
+            None
         }
     }
 }
@@ -606,13 +618,8 @@ pub async fn flush_offline(server: &Server, origin: &Origin<'_>) {
     else {
         return;
     };
-    let keys = stored.into_iter().map(|(k, _)| k).collect();
-    let msgs = match server.storage.take_offline(keys).await {
-        Ok(msgs) => msgs,
-        Err(e) => {
-            tracing::error!(error = %e, "could not claim offline messages for delivery");
-            return;
-        }
+    let Some(msgs) = claim(server, stored).await else {
+        return;
     };
     // Stored serialised: handed on as they are, without parsing. A backlog
     // larger than the session's bound goes out as the client reads it (the
@@ -648,7 +655,7 @@ pub async fn flush_offline(server: &Server, origin: &Origin<'_>) {
         }
     }
     left.extend(msgs);
-    if let Err(e) = server.storage.restore_offline(left).await {
+    if let Err(e) = server.storage.restore_offline(&left).await {
         tracing::error!(error = %e, "could not put undelivered offline messages back");
     }
 }
