@@ -187,13 +187,15 @@ def test_two_resources_share_stored_messages_one_node(server, clients):
 # ------------------------------------------------------------------ cluster
 
 @pytest.mark.cluster
-def test_message_at_initial_presence_delivered_once_across_nodes(shared_cluster, clients):
+@pytest.mark.parametrize("where", ["another node", "the sender's node"])
+def test_message_at_initial_presence_delivered_once_in_a_cluster(shared_cluster, clients, where):
     cl = shared_cluster
     sender = clients.add(cl[1].online("ors"))
     jid, _, pw = cl[1].new_user("orr")
-    slow, tally = race_rounds(sender, cl[2], jid, pw)
-    check(slow, tally, "offline_race_two_nodes")
-    cl[2].assert_healthy(sender)
+    node = cl[2] if where == "another node" else cl[1]
+    slow, tally = race_rounds(sender, node, jid, pw)
+    check(slow, tally, "offline_race_" + ("two_nodes" if where == "another node" else "cluster_one_node"))
+    node.assert_healthy(sender)
 
 
 @pytest.mark.cluster
