@@ -527,8 +527,11 @@ async fn available_now(server: &Server, bare: &str) -> Vec<Bound> {
 /// linearizable writes each followed by a read of the other's, at least
 /// one read sees the other's write.
 async fn recheck_offline(server: &Server, bare: &str, mut stored: Vec<(Vec<u8>, String)>) {
+    // Sessions that refused it (ending, or full): not tried again.
+    let mut refused: Vec<(bool, u64, u64)> = Vec::new();
     for _ in 0..RECHECKS {
-        let targets = available_now(server, bare).await;
+        let mut targets = available_now(server, bare).await;
+        targets.retain(|b| !refused.contains(&session_of(&b.at)));
         if targets.is_empty() {
             return;
         }
@@ -557,11 +560,20 @@ async fn recheck_offline(server: &Server, bare: &str, mut stored: Vec<(Vec<u8>, 
         if left.is_empty() {
             return;
         }
+        refused.extend(targets.iter().map(|b| session_of(&b.at)));
         if let Err(e) = server.storage.restore_offline(&left).await {
             tracing::error!(error = %e, "could not put undelivered messages back into offline storage");
             return;
         }
         stored = left;
+    }
+}
+
+/// Which session `at` is: (on this node, node, session id).
+fn session_of(at: &At) -> (bool, u64, u64) {
+    match at {
+        At::Here(h) => (true, 0, h.id),
+        At::Node { node, session } => (false, *node, *session),
     }
 }
 
