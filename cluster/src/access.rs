@@ -22,6 +22,10 @@ use crate::store::with_space_tree;
 /// committed.
 const APPLY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// How long a follower waits for the leader's read index before it falls
+/// back to a barrier by an empty write.
+const READ_INDEX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A key space's tree in the group that holds it.
 enum Tree {
     Durable(kv::SledTree),
@@ -355,12 +359,30 @@ impl Store {
         let raft = &self.inner.raft;
         match raft.ensure_linearizable().await {
             Ok(_) => Ok(()),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
-                // A follower: an empty write through the leader marks a
-                // point at or after every write committed before this
-                // call; once applied here, reads see all of them. It rides
-                // in a batch with other writes, so it rarely costs an fsync
-                // of its own.
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                // A follower: the leader's read index, once applied here,
+                // covers every write committed before this call, without
+                // a log entry.
+                if let Some(leader) = f.leader_node {
+                    match self.leader_read_index(&leader.addr).await {
+                        Ok(index) => {
+                            return raft
+                                .wait(Some(START_TIMEOUT))
+                                .applied_index_at_least(Some(index), "read barrier")
+                                .await
+                                .map(|_| ())
+                                .map_err(|e| StoreError::Unavailable(e.to_string()));
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "read index failed; barrier by an empty write");
+                        }
+                    }
+                }
+                // Else (no leader known, or one without `ReadIndex`): an
+                // empty write through the leader marks a point at or after
+                // every write committed before this call; once applied
+                // here, reads see all of them. It rides in a batch with
+                // other writes, so it rarely costs an fsync of its own.
                 let (_, index) = self.write_at(Vec::new()).await?;
                 raft.wait(Some(START_TIMEOUT))
                     .applied_index_at_least(Some(index), "read barrier")
@@ -370,6 +392,40 @@ impl Store {
             }
             Err(e) => Err(leader_error(e)),
         }
+    }
+
+    /// Asks the durable leader at `addr` for its read index (a client kept
+    /// per leader address: a new one would cost a TLS handshake).
+    async fn leader_read_index(&self, addr: &str) -> Result<u64, StoreError> {
+        let cached = {
+            let slot = self
+                .inner
+                .read_index
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            slot.as_ref()
+                .filter(|(a, _)| a == addr)
+                .map(|(_, c)| c.clone())
+        };
+        let mut client = match cached {
+            Some(c) => c,
+            None => {
+                let ch = self
+                    .inner
+                    .shared
+                    .transport
+                    .channel(addr)
+                    .map_err(StoreError::Unavailable)?;
+                let c = starling_proto::cluster::admin_client::AdminClient::new(ch);
+                *self
+                    .inner
+                    .read_index
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some((addr.to_string(), c.clone()));
+                c
+            }
+        };
+        crate::raft::admin_client::read_index(&mut client, addr, READ_INDEX_TIMEOUT).await
     }
 
     /// Write-path counters since `open`: how many Raft entries carried how

@@ -64,7 +64,7 @@ fn op_bytes(op: &Op) -> usize {
         Op::ExpectValue { space, key, value } => {
             space.len() + key.len() + value.as_ref().map_or(0, Vec::len)
         }
-        Op::Incr { space, key } => space.len() + key.len(),
+        Op::Incr { space, key } | Op::Take { space, key } => space.len() + key.len(),
     }
 }
 
@@ -350,14 +350,14 @@ fn retryable(e: &StoreError, request: &Request) -> bool {
 
 /// Whether applying the writes a second time leaves the same state: sets,
 /// deletes, inserts (the same one again is `Done`) and conditions do (a
-/// repeated condition fails and its caller reads again); `Append` and
-/// `Incr` do not.
+/// repeated condition fails and its caller reads again); `Append`,
+/// `Incr` and `Take` (whose second run finds nothing to take) do not.
 fn idempotent(request: &Request) -> bool {
     request
         .writes
         .iter()
         .flatten()
-        .all(|op| !matches!(op, Op::Append { .. } | Op::Incr { .. }))
+        .all(|op| !matches!(op, Op::Append { .. } | Op::Incr { .. } | Op::Take { .. }))
 }
 
 /// Whether the group has other voters (a leader can then lose its place).

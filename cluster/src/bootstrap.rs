@@ -186,6 +186,7 @@ impl Store {
                 writes: tx,
                 counters,
                 closed: AtomicBool::new(false),
+                read_index: std::sync::Mutex::new(None),
             }),
         })
     }

@@ -20,6 +20,8 @@ use crate::lease::Leases;
 use crate::registry::Registry;
 use crate::shared::Shared;
 use crate::{metrics, raft};
+use starling_proto::cluster::admin_client::AdminClient;
+use tonic::transport::Channel;
 
 /// How long a call waits for Raft to reach a state it asked for (started,
 /// leader, applied, snapshot built).
@@ -41,6 +43,8 @@ pub(crate) struct Inner {
     pub writes: batcher::Writes,
     pub counters: Arc<Counters>,
     pub closed: AtomicBool,
+    /// The durable leader's admin client for read barriers, by address.
+    pub read_index: std::sync::Mutex<Option<(String, AdminClient<Channel>)>>,
 }
 
 impl Drop for Inner {

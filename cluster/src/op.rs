@@ -108,6 +108,16 @@ pub enum Op {
         #[serde(with = "serde_bytes")]
         key: Vec<u8>,
     },
+    /// Remove `key` and say what it held: `OpResult::Removed` with the one
+    /// `(key, value)` pair, or with none when the key was absent. An
+    /// atomic claim: of several writers taking the same key, exactly one
+    /// gets its value (an offline message delivered once by whichever
+    /// flush takes it). Not idempotent: a retry would find it gone.
+    Take {
+        space: String,
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+    },
 }
 
 /// What happened to one operation.
@@ -123,7 +133,7 @@ pub enum OpResult {
     /// `Expect` or `ExpectValue` found another value (or none): the write
     /// was aborted.
     Mismatch,
-    /// `DeleteIndexed` removed these `(key, value)` pairs of its space.
+    /// `DeleteIndexed` or `Take` removed these `(key, value)` pairs of its space.
     Removed(Vec<(Vec<u8>, Vec<u8>)>),
     /// Not applied because another operation of the same write failed.
     Aborted,
@@ -244,6 +254,14 @@ mod tests {
                 },
                 "81a4496e637292a173916b",
                 "81a4496e637292a173c4016b",
+            ),
+            (
+                Op::Take {
+                    space: s(),
+                    key: k(),
+                },
+                "81a454616b6592a173916b",
+                "81a454616b6592a173c4016b",
             ),
         ];
         let unhex = |h: &str| -> Vec<u8> {

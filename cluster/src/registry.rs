@@ -119,7 +119,8 @@ fn op_space(op: &Op) -> &str {
         | Op::DeleteIndexed { space, .. }
         | Op::Append { space, .. }
         | Op::ExpectValue { space, .. }
-        | Op::Incr { space, .. } => space,
+        | Op::Incr { space, .. }
+        | Op::Take { space, .. } => space,
     }
 }
 

@@ -57,6 +57,10 @@ pub fn describe() {
         "Messages refused because offline storage was full"
     );
     describe_counter!(
+        "starling_offline_rechecked_total",
+        "Messages taken back out of offline storage by their sender because the user became available meanwhile"
+    );
+    describe_counter!(
         "starling_mam_archived_total",
         "Message copies written to user archives (XEP-0313)"
     );

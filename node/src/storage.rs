@@ -382,23 +382,31 @@ impl Storage {
 
     // --- offline messages ---
 
-    /// Stores a message; `Ok(false)` when the user's quota is full.
+    /// Stores a message under a new key, returned; `Ok(None)` when the
+    /// user's quota is full.
     pub async fn store_offline(
         &self,
         bare: &str,
-        xml: String,
+        xml: &str,
         max: u64,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut prefix = user_prefix(bare);
         let r = self
             .store
             .write(vec![Op::Append {
                 space: OFFLINE.into(),
-                prefix: user_prefix(bare),
-                value: xml.into_bytes(),
+                prefix: prefix.clone(),
+                value: xml.as_bytes().to_vec(),
                 max,
             }])
             .await?;
-        Ok(matches!(r.first(), Some(OpResult::Seq(_))))
+        Ok(match r.first() {
+            Some(OpResult::Seq(seq)) => {
+                prefix.extend_from_slice(&seq.to_be_bytes());
+                Some(prefix)
+            }
+            _ => None,
+        })
     }
 
     /// The stored messages with their keys, oldest first.
@@ -420,6 +428,55 @@ impl Storage {
             .map(|key| Op::Delete {
                 space: OFFLINE.into(),
                 key,
+            })
+            .collect();
+        self.store.write(ops).await?;
+        Ok(())
+    }
+
+    /// Claims stored messages for delivery: removes those of `keys` that
+    /// are still stored and returns them, oldest first, in one write. Of
+    /// flushes racing for a message (two resources logging in on two
+    /// nodes, a sender that found the user online right after storing),
+    /// exactly one gets it.
+    pub async fn take_offline(
+        &self,
+        keys: Vec<Vec<u8>>,
+    ) -> Result<Vec<(Vec<u8>, String)>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ops = keys
+            .into_iter()
+            .map(|key| Op::Take {
+                space: OFFLINE.into(),
+                key,
+            })
+            .collect();
+        let results = self.store.write(ops).await?;
+        Ok(results
+            .into_iter()
+            .flat_map(|r| match r {
+                OpResult::Removed(pairs) => pairs,
+                _ => Vec::new(),
+            })
+            .filter_map(|(k, v)| Some((k, String::from_utf8(v).ok()?)))
+            .collect())
+    }
+
+    /// Puts claimed messages that could not be handed on back where they
+    /// were (their keys are never reused: the sequence only grows), so
+    /// they keep their place for the next flush.
+    pub async fn restore_offline(&self, msgs: &[(Vec<u8>, String)]) -> Result<(), StoreError> {
+        if msgs.is_empty() {
+            return Ok(());
+        }
+        let ops = msgs
+            .iter()
+            .map(|(key, xml)| Op::Put {
+                space: OFFLINE.into(),
+                key: key.clone(),
+                value: xml.as_bytes().to_vec(),
             })
             .collect();
         self.store.write(ops).await?;

@@ -198,6 +198,33 @@ def test_unavailable_resource_gets_no_copies(server, clients):
     no_carbon_before(quiet, mid, s.message(quiet.jid, "marker"))
 
 
+@pytest.mark.parametrize("goes_to", ["another resource", "offline storage"])
+def test_message_routed_again_is_not_copied_again(server, clients, goes_to):
+    """A message its resource never acknowledged (XEP-0198) is routed again when that
+    session ends: to the next resource or to offline storage. The enabled resource that
+    got its received copy on the first delivery gets no second copy."""
+    from test_sm import login_sm
+    s = clients.add(server.online("cbsnd"))
+    jid, pw, res = account(server, clients, *([1, -1] if goes_to == "another resource" else [-1]))
+    watcher = res[-1]  # negative priority: never a recipient, copies only
+    enable(watcher)
+    phone, _ = login_sm(server, jid, pw, resource="phone", resume=False, presence=False)
+    clients.add(phone)
+    phone.send_raw("<presence><priority>5</priority></presence>")
+    phone.recv(lambda e: e.tag == C("presence") and e.get("from") == phone.jid, what="own presence")
+    mid = s.message(jid, "routed twice")
+    got(phone, mid)
+    carbon(watcher, "received", mid)
+    phone.close()  # unacknowledged: the message is routed again
+    if goes_to == "another resource":
+        got(res[0], mid)
+    else:
+        back = clients.add(server.login(jid, pw, resource="back"))
+        back.presence()
+        got(back, mid)
+    no_carbon_before(watcher, mid, s.message(watcher.jid, "marker"))
+
+
 # ------------------------------------------------------------------ sent copies
 
 def test_sent_copy(server, clients):

@@ -234,6 +234,26 @@ impl Admin for AdminService {
         Ok(Response::new(status::local(&self.leases).into()))
     }
 
+    async fn read_index(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        let group = req.into_inner().group;
+        if group != 0 {
+            return Err(Status::invalid_argument(format!(
+                "read index of group {group}"
+            )));
+        }
+        let reply = match self.shared.raft.ensure_linearizable().await {
+            Ok(read) => RaftReply {
+                data: read.map_or(0, |l| l.index).to_be_bytes().to_vec(),
+                error: String::new(),
+            },
+            Err(e) => RaftReply {
+                data: Vec::new(),
+                error: e.to_string(),
+            },
+        };
+        Ok(Response::new(reply))
+    }
+
     async fn forward_write(
         &self,
         req: Request<RaftRequest>,

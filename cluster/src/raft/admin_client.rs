@@ -183,6 +183,36 @@ pub async fn leave(transport: &Transport, addr: &str, node_id: NodeId) -> Result
     }
 }
 
+/// The durable group's read index from its leader (`client`, at `addr`):
+/// the commit index it had once it confirmed it still leads.
+pub async fn read_index(
+    client: &mut AdminClient<Channel>,
+    addr: &str,
+    timeout: Duration,
+) -> Result<u64, StoreError> {
+    let mut req = Request::new(RaftRequest {
+        data: Vec::new(),
+        group: 0,
+        epoch: 0,
+        target: 0,
+    });
+    req.set_timeout(timeout);
+    let reply = tokio::time::timeout(timeout, client.read_index(req))
+        .await
+        .map_err(|_| StoreError::Unavailable(format!("read index at {addr}: timed out")))?
+        .map_err(unavailable("read index", addr))?
+        .into_inner();
+    if !reply.error.is_empty() {
+        return Err(StoreError::Unavailable(format!(
+            "read index at {addr}: {}",
+            reply.error
+        )));
+    }
+    <[u8; 8]>::try_from(reply.data.as_slice())
+        .map(u64::from_be_bytes)
+        .map_err(|_| StoreError::Unavailable(format!("read index at {addr}: malformed reply")))
+}
+
 /// The status the node at `addr` reports.
 pub async fn status(transport: &Transport, addr: &str) -> Result<StatusReply, StoreError> {
     let ch = transport.channel(addr).map_err(StoreError::Unavailable)?;

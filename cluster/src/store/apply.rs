@@ -228,6 +228,13 @@ impl Overlay {
                     );
                     OpResult::Seq(next)
                 }
+                Op::Take { space, key } => match self.get(base, space, key)? {
+                    Some(v) => {
+                        self.set(space, key.clone(), None, &mut undo);
+                        OpResult::Removed(vec![(key.clone(), v)])
+                    }
+                    None => OpResult::Removed(Vec::new()),
+                },
             };
             if matches!(r, OpResult::Exists | OpResult::Full | OpResult::Mismatch) {
                 self.rollback(undo);
@@ -569,5 +576,32 @@ mod tests {
             ov.apply_write(&base, &[incr(b"u")]).unwrap(),
             vec![OpResult::Seq(43)]
         );
+    }
+
+    #[test]
+    fn take_gives_a_value_to_the_first_taker_only() {
+        let mut base = Mem::default();
+        base.0
+            .insert(("off".into(), b"u/1".to_vec()), b"m1".to_vec());
+        let take = |k: &[u8]| Op::Take {
+            space: "off".into(),
+            key: k.to_vec(),
+        };
+        let mut ov = Overlay::default();
+        // Two flushes claim the same stored message in one entry: the
+        // first write gets it, the second finds it gone.
+        assert_eq!(
+            ov.apply_write(&base, &[take(b"u/1"), take(b"u/2")])
+                .unwrap(),
+            vec![
+                OpResult::Removed(vec![(b"u/1".to_vec(), b"m1".to_vec())]),
+                OpResult::Removed(Vec::new()),
+            ]
+        );
+        assert_eq!(
+            ov.apply_write(&base, &[take(b"u/1")]).unwrap(),
+            vec![OpResult::Removed(Vec::new())]
+        );
+        assert_eq!(ov.spaces["off"].get(&b"u/1"[..]), Some(&None));
     }
 }

@@ -300,7 +300,9 @@ async fn route(
                 }
                 let xml: std::sync::Arc<str> = el.to_stream_xml(NS_CLIENT).into();
                 if server.router.send_acked(bare, res, &at, &xml).await {
-                    crate::modules::carbons::received(server, bare, &el, [res]);
+                    if pass == Pass::First {
+                        crate::modules::carbons::received(server, bare, &el, [res]);
+                    }
                     return Ok(());
                 }
                 el
@@ -308,7 +310,7 @@ async fn route(
             None => el,
         };
         return match mtype {
-            MessageType::Chat => deliver_to_bare(server, bare, mtype, el, archiving).await,
+            MessageType::Chat => deliver_to_bare(server, bare, mtype, el, pass, archiving).await,
             MessageType::Error | MessageType::Headline => {
                 let mut el = el;
                 match archiving.before(server, &mut el, false).await {
@@ -326,7 +328,7 @@ async fn route(
             }
         };
     }
-    deliver_to_bare(server, bare, mtype, el, archiving).await
+    deliver_to_bare(server, bare, mtype, el, pass, archiving).await
 }
 
 /// A stanza that was queued for a session that ended before writing it:
@@ -388,6 +390,7 @@ async fn deliver_to_bare(
     bare: &str,
     mtype: MessageType,
     mut el: Element,
+    pass: Pass,
     mut archiving: Archiving<'_>,
 ) -> Result<(), Bounce> {
     match mtype {
@@ -420,8 +423,12 @@ async fn deliver_to_bare(
         }
     }
     // XEP-0280: copies for the user's other resources, whether the message
-    // reached one or waits offline.
-    crate::modules::carbons::received(server, bare, &el, eligible.iter().map(|b| &*b.resource));
+    // reached one or waits offline. Once: a message routed again (its
+    // session ended before its client had it) was copied on its first
+    // pass, and the resources that got a copy then must not get another.
+    if pass == Pass::First {
+        crate::modules::carbons::received(server, bare, &el, eligible.iter().map(|b| &*b.resource));
+    }
     // XEP-0334 §4.4: a headline with `<store/>` waits offline too.
     if delivered || (headline && !el.has_child("store", NS_HINTS)) {
         return Ok(());
@@ -458,17 +465,18 @@ async fn store_offline(server: &Server, bare: &str, mut el: Element) -> Result<(
     let xml = el.to_stream_xml(NS_CLIENT);
     let stored = server
         .storage
-        .store_offline(bare, xml, server.config.offline.max_messages)
+        .store_offline(bare, &xml, server.config.offline.max_messages)
         .await;
     if stamped {
         el.children.pop();
     }
     match stored {
-        Ok(true) => {
+        Ok(Some(key)) => {
             metrics::counter!("starling_offline_stored_total").increment(1);
+            recheck_offline(server, bare, vec![(key, xml)]).await;
             Ok(())
         }
-        Ok(false) => {
+        Ok(None) => {
             metrics::counter!("starling_offline_quota_full_total").increment(1);
             let err = StanzaError::with_text(
                 Condition::ServiceUnavailable,
@@ -480,16 +488,140 @@ async fn store_offline(server: &Server, bare: &str, mut el: Element) -> Result<(
     }
 }
 
+/// Times a message stored while its user came online is taken back out
+/// for them ([`recheck_offline`]) before it is left stored.
+const RECHECKS: usize = 3;
+
+/// The user's available resources of the highest non-negative priority
+/// (where a message to the bare JID goes, §8.5.2.1.1), as the router sees
+/// them now: in a cluster after the registry's read barrier, so that an
+/// initial presence committed anywhere before this call is seen.
+async fn available_now(server: &Server, bare: &str) -> Vec<Bound> {
+    if server.storage.store.has_peers()
+        && let Err(e) = server.storage.store.registry_barrier().await
+    {
+        tracing::debug!(error = %e, "registry barrier failed; rechecking with what this node has");
+    }
+    let mut found = server.router.bound(bare);
+    found.retain(|b| b.available && b.priority >= 0);
+    let max = found.iter().map(|b| b.priority).max();
+    found.retain(|b| Some(b.priority) == max);
+    found
+}
+
+/// Closes the window between "no available resource" and the store write
+/// (RFC 6121 §8.5.2.2 / XEP-0160: stored messages go out when the user
+/// sends initial presence). A session flushes the store after it became
+/// available; a message stored after that flush read the store would wait
+/// for the next login. So the sender, its message stored (`stored`), looks
+/// again: if the user now has an available resource, it takes the message
+/// back out (an atomic claim: whichever of this and a flush takes it
+/// delivers it, exactly once) and delivers it there. Carbons were sent
+/// when it was first routed.
+///
+/// Why no message is missed: the session marks itself available (in this
+/// node's router, and in the registry with a Raft write) before its flush
+/// reads the store, after a read barrier in a cluster
+/// ([`flush_offline`]); the sender writes the store, then reads the
+/// availability (after the registry's barrier in a cluster). Of two
+/// linearizable writes each followed by a read of the other's, at least
+/// one read sees the other's write.
+async fn recheck_offline(server: &Server, bare: &str, mut stored: Vec<(Vec<u8>, String)>) {
+    // Sessions that refused it (ending, or full): not tried again.
+    let mut refused: Vec<(bool, u64, u64)> = Vec::new();
+    for _ in 0..RECHECKS {
+        let mut targets = available_now(server, bare).await;
+        targets.retain(|b| !refused.contains(&session_of(&b.at)));
+        if targets.is_empty() {
+            return;
+        }
+        let Some(claimed) = claim(server, stored).await else {
+            return;
+        };
+        if claimed.is_empty() {
+            // A flush took it.
+            return;
+        }
+        metrics::counter!("starling_offline_rechecked_total").increment(claimed.len() as u64);
+        let mut left = Vec::new();
+        for (key, xml) in claimed {
+            let xml: Arc<str> = xml.into();
+            let mut delivered = false;
+            for b in &targets {
+                delivered |= server
+                    .router
+                    .send_acked(bare, &b.resource, &b.at, &xml)
+                    .await;
+            }
+            if !delivered {
+                left.push((key, xml.to_string()));
+            }
+        }
+        if left.is_empty() {
+            return;
+        }
+        refused.extend(targets.iter().map(|b| session_of(&b.at)));
+        if let Err(e) = server.storage.restore_offline(&left).await {
+            tracing::error!(error = %e, "could not put undelivered messages back into offline storage");
+            return;
+        }
+        stored = left;
+    }
+}
+
+/// Which session `at` is: (on this node, node, session id).
+fn session_of(at: &At) -> (bool, u64, u64) {
+    match at {
+        At::Here(h) => (true, 0, h.id),
+        At::Node { node, session } => (false, *node, *session),
+    }
+}
+
+/// Takes the stored messages `stored` (keys and what was read under them)
+/// out of offline storage for delivery: those no one else took first.
+/// When the write fails it may still have applied (its reply lost), so
+/// what was read is put back: a message may then come twice, but is not
+/// lost.
+async fn claim(server: &Server, stored: Vec<(Vec<u8>, String)>) -> Option<Vec<(Vec<u8>, String)>> {
+    let keys = stored.iter().map(|(k, _)| k.clone()).collect();
+    match server.storage.take_offline(keys).await {
+        Ok(claimed) => Some(claimed),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not claim offline messages; putting them back");
+            if let Err(e) = server.storage.restore_offline(&stored).await {
+                tracing::error!(error = %e, "could not put offline messages back");
+            }
+            None
+        }
+    }
+}
+
 /// Sends the stored messages to a session that became available with a
-/// non-negative priority, then deletes them.
+/// non-negative priority.
 /// Runs on its own (the user actor spawns it): it waits for the client to
 /// read when the backlog is larger than the session's bound, and the
 /// session must not be waiting for it meanwhile.
+///
+/// The messages are claimed (taken out of the store, one write) before
+/// they are handed on, so that of several flushes (resources logging in at
+/// once, on any nodes) and senders rechecking ([`recheck_offline`]) exactly
+/// one delivers each message. What cannot be handed on goes back.
 pub async fn flush_offline(server: &Server, origin: &Origin<'_>) {
-    let Ok(msgs) = server.storage.offline(origin.bare) else {
+    // In a cluster, a message another node stored a moment ago, after
+    // taking the user for offline, may not be applied here yet; that node
+    // may not see this session available either (the registry is another
+    // group). Reading after a barrier, this flush sees every message whose
+    // store committed before it, and the sender of any later one sees this
+    // session available.
+    if server.storage.store.has_peers()
+        && let Err(e) = server.storage.store.read_barrier().await
+    {
+        tracing::debug!(error = %e, "read barrier failed; flushing what this replica has");
+    }
+    let Ok(stored) = server.storage.offline(origin.bare) else {
         return;
     };
-    if msgs.is_empty() {
+    if stored.is_empty() {
         return;
     }
     let Some(handle) = split(origin.full)
@@ -498,38 +630,45 @@ pub async fn flush_offline(server: &Server, origin: &Origin<'_>) {
     else {
         return;
     };
+    let Some(msgs) = claim(server, stored).await else {
+        return;
+    };
     // Stored serialised: handed on as they are, without parsing. A backlog
     // larger than the session's bound goes out as the client reads it (the
     // session is not closed for it); what is not handed on within the write
-    // timeout stays stored for the next time.
+    // timeout is stored again for the next time.
     let patience = std::time::Duration::from_secs(server.config.c2s.write_timeout_secs);
     // XEP-0191: nothing from a JID the user blocks is delivered, also what
     // was stored before the block (looked at only if the user blocks anyone).
     let blocking = server.storage.blocks_anyone(origin.bare).unwrap_or(false);
-    let mut done = Vec::new();
-    'messages: for (key, xml) in msgs {
+    let mut left = Vec::new();
+    let mut msgs = msgs.into_iter();
+    'messages: for (key, xml) in msgs.by_ref() {
         if blocking
             && parse_stored(&xml)
                 .and_then(|el| el.get_attr("from").map(|f| blocks(server, origin.bare, f)))
                 .unwrap_or(false)
         {
-            done.push(key);
             continue;
         }
-        let xml: std::sync::Arc<str> = xml.into();
+        let xml: Arc<str> = xml.into();
         let since = std::time::Instant::now();
         loop {
             match handle.offer(&xml) {
                 Offer::Queued => break,
-                Offer::Ended => break 'messages,
-                Offer::Full if since.elapsed() >= patience => break 'messages,
-                Offer::Full => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
+                Offer::Full if since.elapsed() < patience => {
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+                Offer::Ended | Offer::Full => {
+                    left.push((key, xml.to_string()));
+                    break 'messages;
+                }
             }
         }
-        done.push(key);
     }
-    if let Err(e) = server.storage.delete_offline(done).await {
-        tracing::error!(error = %e, "could not delete delivered offline messages");
+    left.extend(msgs);
+    if let Err(e) = server.storage.restore_offline(&left).await {
+        tracing::error!(error = %e, "could not put undelivered offline messages back");
     }
 }
 
