@@ -785,6 +785,54 @@ mod tests {
     }
 
     #[test]
+    fn room_traffic_is_matched_by_the_from_of_its_start_tag() {
+        let f = ServiceBlocks::default();
+        let gc = |from: &str| {
+            format!(
+                "<message xmlns=\"jabber:client\" to=\"u@x/r\" from=\"{from}\" \
+                 type=\"groupchat\" id=\"1\"><body>hi</body></message>"
+            )
+        };
+        assert!(
+            !f.drops(&gc("room@muc.x/loud")),
+            "no items: nothing dropped"
+        );
+        f.set(list(&["other@muc.x", "room@muc.x/l'o&d"]));
+        assert!(
+            f.drops(&gc("room@muc.x/l&apos;o&amp;d")),
+            "escaped in the stanza"
+        );
+        assert!(!f.drops(&gc("room@muc.x/loud")));
+        assert!(f.drops(&gc("other@muc.x/anyone")));
+        assert!(f.drops(&gc("other@muc.x")));
+        assert!(f.drops("<presence from='other@muc.x/n' to='u@x/r'><x xmlns='a'/></presence>"));
+        assert!(!f.drops("<presence to='u@x/r'/>"), "no from");
+        assert!(
+            !f.drops("<message from=\"room@muc.x/a\"><body from=\"other@muc.x\"/></message>"),
+            "only the start tag counts"
+        );
+        let answer = format!(
+            "<message xmlns=\"jabber:client\" from=\"other@muc.x\" to=\"u@x/r\" \
+             type=\"error\"><error type=\"cancel\"><not-acceptable \
+             xmlns=\"urn:ietf:params:xml:ns:xmpp-stanzas\"/><blocked xmlns=\"{NS_BLOCKING_ERRORS}\"/>\
+             </error></message>"
+        );
+        assert!(
+            !f.drops(&answer),
+            "the refusal of what the user sent is the user's"
+        );
+        f.set(Vec::new());
+        assert!(!f.drops(&gc("other@muc.x/anyone")));
+    }
+
+    #[test]
+    fn attribute_values_are_unescaped() {
+        assert_eq!(unescape("a@b/c"), "a@b/c");
+        assert_eq!(unescape("&lt;&gt;&amp;&quot;&apos;&#xA;&#65;"), "<>&\"'\nA");
+        assert_eq!(unescape("a&b;c&"), "a&b;c&");
+    }
+
+    #[test]
     fn items_are_normalised_deduplicated_and_checked() {
         let payload = Element::new("block", NS_BLOCKING)
             .child(item("Romeo@Montague.NET/orchard"))
