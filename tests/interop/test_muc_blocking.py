@@ -304,3 +304,46 @@ def test_block_through_one_node_filters_sessions_on_the_others(shared_cluster, c
             what="the unblock push")
     loud_speaks(loud, room, "loud", "quiet", "a")
     got_all(u2, room, "loud", "a")
+
+
+# ------------------------------------------------------------------ a pubsub service
+
+def test_blocked_pubsub_service_notifications_are_not_delivered(server, clients):
+    """The same holds for the other hosted services: a pubsub service's notifications stop
+    while its domain is blocked (they pass the message hooks already; the sessions'
+    filter covers whatever a service delivers straight to them), and the user's IQs to it
+    are refused with <blocked/>."""
+    NS_PUBSUB = "http://jabber.org/protocol/pubsub"
+    NS_EVENT = NS_PUBSUB + "#event"
+    s = f"pubsub.{server.domain}"
+    owner = clients.add(server.online("mbpo"))
+    u = clients.add(server.online("mbpu"))
+    friend = clients.add(server.online("mbpf"))
+    node = "n-" + uuid.uuid4().hex[:8]
+    ok(owner.iq("set", f"<pubsub xmlns='{NS_PUBSUB}'><create node='{node}'/></pubsub>", to=s))
+    ok(u.iq("set", f"<pubsub xmlns='{NS_PUBSUB}'><subscribe node='{node}' jid='{u.jid}'/></pubsub>",
+            to=s))
+
+    def publish(item_id):
+        ok(owner.iq("set", f"<pubsub xmlns='{NS_PUBSUB}'><publish node='{node}'>"
+                    f"<item id='{item_id}'><entry xmlns='urn:x'/></item></publish></pubsub>", to=s))
+
+    def event(item_id):
+        def pred(e):
+            ev = e.find(q(NS_EVENT, "event"))
+            return (e.tag == C("message") and e.get("from") == s and ev is not None
+                    and any(i.get("id") == item_id for items in ev for i in items))
+        return pred
+
+    publish("before")
+    u.recv(event("before"), what="the notification before the block")
+    block(u, s)
+    publish("blocked")
+    mid = friend.message(u.jid, "marker")
+    u.recv(lambda e: e.get("id") == mid, what="the marker")
+    u.expect_nothing(event("blocked"), 0.5, what="a notification from the blocked service")
+    r = u.iq("get", f"<pubsub xmlns='{NS_PUBSUB}'><items node='{node}'/></pubsub>", to=s)
+    assert stanza_error(r) == ("cancel", "not-acceptable"), tostring(r)
+    unblock(u, s)
+    publish("after")
+    u.recv(event("after"), what="the notification after the unblock")

@@ -161,20 +161,20 @@ pub fn either_blocks(server: &Server, from: &str, to: &str) -> bool {
     blocks(server, split(from).0, to) || blocks(server, split(to).0, from)
 }
 
-// ------------------------------------------------------------ room traffic
+// ------------------------------------------------------------ what services send
 
-/// The items of one user's blocklist that can match what a hosted MUC
-/// service sends (a room, an occupant, the service itself), for that
-/// user's sessions on this node to drop it as it reaches them (§3.3:
-/// nothing from a blocked JID is delivered). Rooms deliver straight to
-/// sessions, past the routing hooks, so the check is where every such
-/// stanza passes: the session actor, before its outbox.
+/// The items of one user's blocklist that can match what a hosted
+/// service sends (a MUC room, an occupant, a pubsub service, the service
+/// domain itself), for that user's sessions on this node to drop it as it
+/// reaches them (§3.3: nothing from a blocked JID is delivered). Rooms
+/// deliver straight to sessions, past the routing hooks, so the check is
+/// where every such stanza passes: the session actor, before its outbox.
 ///
 /// One per user with a session on this node (in the router's entry, shared
 /// by the user's sessions), loaded with the entry and replaced after every
 /// change of the list, on this node and, by an envelope
 /// ([`KIND_BLOCKLIST`]), on each other node with a session of the user.
-/// A session whose user blocks nothing at a room service reads one atomic
+/// A session whose user blocks nothing at a hosted service reads one atomic
 /// flag per stanza: no store read, no parse, no lock.
 #[derive(Debug, Default)]
 pub struct ServiceBlocks {
@@ -291,18 +291,16 @@ fn unescape(v: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
-/// Whether an item (any of the four forms) is at a hosted MUC service:
-/// only those can match what a room sends.
-fn at_room_service(server: &Server, item: &str) -> bool {
+/// Whether an item (any of the four forms) is at a hosted service (MUC,
+/// pubsub, upload): only those can match what a service sends straight
+/// to sessions (a room's fan-out, a pubsub notification to a full JID).
+fn at_service(server: &Server, item: &str) -> bool {
     let bare = split(item).0;
     let domain = bare.split_once('@').map_or(bare, |(_, d)| d);
-    server
-        .services
-        .get(domain)
-        .is_some_and(|h| h.kind == crate::services::ServiceKind::Muc)
+    server.services.get(domain).is_some()
 }
 
-/// `bare`'s items at hosted room services, from this node's replica (for
+/// `bare`'s items at hosted services, from this node's replica (for
 /// most users one lookup of an absent key). A store failure leaves none
 /// (and is logged), as [`blocks`] lets a stanza pass.
 pub fn service_items(server: &Server, bare: &str) -> Vec<String> {
@@ -311,11 +309,11 @@ pub fn service_items(server: &Server, bare: &str) -> Vec<String> {
             return Ok(Vec::new());
         }
         let mut items = server.storage.blocklist(bare)?;
-        items.retain(|i| at_room_service(server, i));
+        items.retain(|i| at_service(server, i));
         Ok(items)
     };
     read().unwrap_or_else(|e| {
-        tracing::warn!(error = %e, "could not read a blocklist; not filtering room traffic");
+        tracing::warn!(error = %e, "could not read a blocklist; not filtering service traffic");
         Vec::new()
     })
 }

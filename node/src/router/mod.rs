@@ -250,7 +250,7 @@ struct UserEntry {
     actor_id: u64,
     actor: UserHandle,
     resources: Vec<Resource>,
-    /// The user's blocklist items that can match room traffic, read by
+    /// The user's blocklist items that can match what services send, read by
     /// each of its sessions here as stanzas reach it.
     blocks: Arc<ServiceBlocks>,
 }
@@ -448,8 +448,8 @@ impl Router {
 
     /// Binds `resource` for `bare`, starting the user's actor with
     /// `start_user` (which returns the actor's id and address) if the user
-    /// had no session here, and its blocklist items that can match room
-    /// traffic with `load_blocks` (under the entry's lock, so a change
+    /// had no session here, and (again) its blocklist items that can match
+    /// service traffic with `load_blocks` (under the entry's lock, so a change
     /// that [`Router::reload_blocks`] applies meanwhile is never lost).
     /// An existing session
     /// with the same resource is returned so the caller can close it with
@@ -468,9 +468,12 @@ impl Router {
                 actor_id,
                 actor: Arc::new(actor),
                 resources: Vec::new(),
-                blocks: Arc::new(ServiceBlocks::new(load_blocks())),
+                blocks: Arc::default(),
             }
         });
+        // Read again at every bind: a session that binds always starts
+        // with this replica's list, whatever an earlier reload missed.
+        entry.blocks.set(load_blocks());
         let list = &mut entry.resources;
         let old = list
             .iter()
@@ -493,7 +496,7 @@ impl Router {
         (old, entry.actor.clone(), entry.blocks.clone())
     }
 
-    /// Replaces the room-traffic blocklist items of `bare`'s sessions here
+    /// Replaces the service-traffic blocklist items of `bare`'s sessions here
     /// with what `load` reads (under the entry's lock: a later reload
     /// always wins); nothing without a session of `bare` here.
     pub fn reload_blocks(&self, bare: &str, load: impl FnOnce() -> Vec<String>) {
@@ -545,7 +548,7 @@ impl Router {
             .is_some()
     }
 
-    /// The room-traffic blocklist items of `bare`'s sessions here, if the
+    /// The service-traffic blocklist items of `bare`'s sessions here, if the
     /// user has a session here.
     pub fn blocks(&self, bare: &str) -> Option<Arc<ServiceBlocks>> {
         self.users.get(bare).map(|e| e.blocks.clone())

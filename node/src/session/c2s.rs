@@ -53,7 +53,7 @@ pub struct C2s {
     bare: Arc<str>,
     /// XEP-0352: holds presence back while the client is inactive.
     csi: Csi,
-    /// The user's blocklist items that room traffic is checked against
+    /// The user's blocklist items that what services (rooms) send is checked against
     /// (XEP-0191 §3.3; shared by the user's sessions on this node).
     blocks: Arc<modules::blocking::ServiceBlocks>,
 }
