@@ -122,12 +122,26 @@ fn forms(jid: &str) -> [Option<Cow<'_, str>>; 4] {
     ]
 }
 
-/// Whether the sorted list `items` blocks `jid`.
+/// Whether the sorted list `items` blocks `jid` (by [`forms`], without
+/// allocating: sessions ask it for every stanza a service sends them).
 fn list_matches(items: &[String], jid: &str) -> bool {
-    forms(jid)
-        .iter()
-        .flatten()
-        .any(|f| items.binary_search_by(|i| i.as_str().cmp(f)).is_ok())
+    let has = |f: &str| items.binary_search_by(|i| i.as_str().cmp(f)).is_ok();
+    let (bare, resource) = split(jid);
+    let (node, domain) = match bare.split_once('@') {
+        Some((_, domain)) => (true, domain),
+        None => (false, bare),
+    };
+    if resource.is_some() && has(jid) || node && has(bare) {
+        return true;
+    }
+    if let Some(r) = resource.filter(|_| node) {
+        // `domain/resource`, compared in place.
+        let joined = || domain.bytes().chain(std::iter::once(b'/')).chain(r.bytes());
+        if items.binary_search_by(|i| i.bytes().cmp(joined())).is_ok() {
+            return true;
+        }
+    }
+    has(domain)
 }
 
 /// Whether the local account `user` blocks `other` (a normalised full or
@@ -773,6 +787,19 @@ mod tests {
         assert!(list_matches(&domain_res, "romeo@montague.net/orchard"));
         assert!(!list_matches(&domain_res, "romeo@montague.net"));
         assert!(!list_matches(&domain_res, "montague.net"));
+
+        let among = list(&[
+            "a",
+            "montague.net/orc",
+            "montague.net/orchard",
+            "montague.net/orchard2",
+            "montague.net0",
+            "z@z",
+        ]);
+        assert!(list_matches(&among, "romeo@montague.net/orchard"));
+        assert!(list_matches(&among, "romeo@montague.net/orc"));
+        assert!(!list_matches(&among, "romeo@montague.net/orch"));
+        assert!(!list_matches(&among, "romeo@montague.net/orchard3"));
 
         let domain = list(&["montague.net"]);
         assert!(list_matches(&domain, "montague.net"));
