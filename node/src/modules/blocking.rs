@@ -27,7 +27,7 @@
 //! get them, and send IQs to clients that never asked.
 
 use super::{Event, Flow, Hook, HookCtx, IqCtx, IqHandler, IqReply, IqResult, Module, own_only};
-use crate::router::{At, Destination, ToUser};
+use crate::router::{Destination, ToUser};
 use crate::server::Server;
 use crate::session::im;
 use crate::stanza::{
@@ -187,7 +187,7 @@ pub fn either_blocks(server: &Server, from: &str, to: &str) -> bool {
 /// One per user with a session on this node (in the router's entry, shared
 /// by the user's sessions), loaded with the entry and replaced after every
 /// change of the list, on this node and, by an envelope
-/// ([`KIND_BLOCKLIST`]), on each other node with a session of the user.
+/// ([`KIND_BLOCKLIST`]), on every other live node.
 /// A session whose user blocks nothing at a hosted service reads one atomic
 /// flag per stanza: no store read, no parse, no lock.
 #[derive(Debug, Default)]
@@ -340,23 +340,20 @@ pub const KIND_BLOCKLIST: u32 = 3;
 
 /// After a change of `bare`'s list: this node's sessions of the user
 /// filter by the new list at once (before the change is answered), and
-/// each other node with a session of the user is told to reload.
+/// every other live node is told to reload (each one that has a session
+/// of the user does). Every node, not only those the routing table names:
+/// a session bound a moment ago may not have written its route yet, and a
+/// change is rare enough for a few small envelopes.
 fn refresh_service_blocks(server: &Server, bare: &str) {
     server
         .router
         .reload_blocks(bare, || service_items(server, bare));
-    let mut nodes: Vec<u64> = server
-        .router
-        .bound(bare)
-        .into_iter()
-        .filter_map(|b| match b.at {
-            At::Node { node, .. } => Some(node),
-            At::Here(_) => None,
-        })
-        .collect();
-    nodes.sort_unstable();
-    nodes.dedup();
-    for node in nodes {
+    let store = &server.storage.store;
+    if !store.has_peers() {
+        return;
+    }
+    let me = store.node_id();
+    for node in store.live_nodes().into_iter().filter(|n| *n != me) {
         let env = Envelope {
             kind: KIND_BLOCKLIST,
             to: bare.to_owned(),
