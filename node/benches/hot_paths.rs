@@ -135,6 +135,7 @@ fn router(c: &mut Criterion) {
                     std::sync::Arc::new(Gate::new(16, 1 << 16)),
                 ),
                 || (0, sink.clone().recipient()),
+                Vec::new,
             );
         }
     });

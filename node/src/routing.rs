@@ -268,6 +268,9 @@ impl LocalDelivery for NodeDelivery {
             crate::services::KIND_FANOUT => {
                 return crate::services::fanout_from_node(&server, env);
             }
+            crate::modules::blocking::KIND_BLOCKLIST => {
+                return crate::modules::blocking::from_node(&server, &env);
+            }
             _ => {}
         }
         let (bare, Some(resource)) = crate::stanza::split(&env.to) else {

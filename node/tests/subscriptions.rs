@@ -58,9 +58,13 @@ fn bind_all(server: Arc<Server>, users: Vec<String>) -> Vec<Bound> {
                     Arc::new(Gate::new(1000, 1 << 24)),
                 );
                 let id = h.id;
-                let (_, user) = server.router.bind(&bare, "r", h, || {
-                    starling::session::user::start(server.clone(), &bare)
-                });
+                let (_, user, _) = server.router.bind(
+                    &bare,
+                    "r",
+                    h,
+                    || starling::session::user::start(server.clone(), &bare),
+                    Vec::new,
+                );
                 // Available and interested, as after initial presence and
                 // a roster get.
                 server.router.update(&bare, id, |r| {

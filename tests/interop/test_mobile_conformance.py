@@ -574,7 +574,6 @@ def test_offline_message_from_a_jid_blocked_since_is_not_delivered(server, clien
     assert not seen_before(u2, marker, message_id(before)), "kept and delivered later"
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: rooms deliver straight to sessions, past XEP-0191")
 def test_blocked_room_occupant_is_not_delivered(server, clients):
     """3.3: nothing from a blocked JID reaches the user, a room occupant's JID included
     (its groupchat messages and private messages)."""

@@ -36,7 +36,10 @@ use crate::stanza::{
 use crate::storage::BLOCKLIST;
 use crate::xml::{Element, Node};
 use futures::FutureExt;
+use starling_cluster::{DeliveryResult, Envelope};
 use std::borrow::Cow;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 
 pub const NS_BLOCKING: &str = "urn:xmpp:blocking";
 pub const NS_BLOCKING_ERRORS: &str = "urn:xmpp:blocking:errors";
@@ -119,12 +122,26 @@ fn forms(jid: &str) -> [Option<Cow<'_, str>>; 4] {
     ]
 }
 
-/// Whether the sorted list `items` blocks `jid`.
+/// Whether the sorted list `items` blocks `jid` (by [`forms`], without
+/// allocating: sessions ask it for every stanza a service sends them).
 fn list_matches(items: &[String], jid: &str) -> bool {
-    forms(jid)
-        .iter()
-        .flatten()
-        .any(|f| items.binary_search_by(|i| i.as_str().cmp(f)).is_ok())
+    let has = |f: &str| items.binary_search_by(|i| i.as_str().cmp(f)).is_ok();
+    let (bare, resource) = split(jid);
+    let (node, domain) = match bare.split_once('@') {
+        Some((_, domain)) => (true, domain),
+        None => (false, bare),
+    };
+    if resource.is_some() && has(jid) || node && has(bare) {
+        return true;
+    }
+    if let Some(r) = resource.filter(|_| node) {
+        // `domain/resource`, compared in place.
+        let joined = || domain.bytes().chain(std::iter::once(b'/')).chain(r.bytes());
+        if items.binary_search_by(|i| i.bytes().cmp(joined())).is_ok() {
+            return true;
+        }
+    }
+    has(domain)
 }
 
 /// Whether the local account `user` blocks `other` (a normalised full or
@@ -158,6 +175,208 @@ pub fn either_blocks(server: &Server, from: &str, to: &str) -> bool {
     blocks(server, split(from).0, to) || blocks(server, split(to).0, from)
 }
 
+// ------------------------------------------------------------ what services send
+
+/// The items of one user's blocklist that can match what a hosted
+/// service sends (a MUC room, an occupant, a pubsub service, the service
+/// domain itself), for that user's sessions on this node to drop it as it
+/// reaches them (§3.3: nothing from a blocked JID is delivered). Rooms
+/// deliver straight to sessions, past the routing hooks, so the check is
+/// where every such stanza passes: the session actor, before its outbox.
+///
+/// One per user with a session on this node (in the router's entry, shared
+/// by the user's sessions), loaded with the entry and replaced after every
+/// change of the list, on this node and, by an envelope
+/// ([`KIND_BLOCKLIST`]), on every other live node.
+/// A session whose user blocks nothing at a hosted service reads one atomic
+/// flag per stanza: no store read, no parse, no lock.
+#[derive(Debug, Default)]
+pub struct ServiceBlocks {
+    any: AtomicBool,
+    /// Sorted, as the store keeps the list.
+    items: RwLock<Arc<[String]>>,
+}
+
+impl ServiceBlocks {
+    pub fn new(items: Vec<String>) -> Self {
+        let f = ServiceBlocks::default();
+        f.set(items);
+        f
+    }
+
+    /// Replaces the items (sorted).
+    pub fn set(&self, items: Vec<String>) {
+        let any = !items.is_empty();
+        *self.items.write().unwrap_or_else(|e| e.into_inner()) = items.into();
+        self.any.store(any, Ordering::Release);
+    }
+
+    /// Whether the serialised stanza `xml` comes from a JID an item blocks
+    /// (its `from`, read from its start tag only).
+    #[inline]
+    pub fn drops(&self, xml: &str) -> bool {
+        self.any.load(Ordering::Acquire) && self.drops_slow(xml)
+    }
+
+    #[cold]
+    fn drops_slow(&self, xml: &str) -> bool {
+        let Some(tag) = start_tag(xml) else {
+            return false;
+        };
+        let Some(from) = attr(tag, "from") else {
+            return false;
+        };
+        let from = unescape(from);
+        if !list_matches(&self.items.read().unwrap_or_else(|e| e.into_inner()), &from) {
+            return false;
+        }
+        // The server's own answer to what the user sent to the blocked JID
+        // (`message_out`: from that JID, with `<blocked/>`) is for the user.
+        if attr(tag, "type") == Some("error") && xml.contains(NS_BLOCKING_ERRORS) {
+            return false;
+        }
+        refused("service");
+        true
+    }
+}
+
+/// The attributes of a serialised stanza's start tag (attribute values
+/// are escaped, '>' included: it ends at the first '>').
+fn start_tag(xml: &str) -> Option<&str> {
+    let tag = xml.strip_prefix('<')?;
+    let tag = tag.split_once('>').map_or(tag, |(t, _)| t);
+    // Past the element's name.
+    Some(tag.split_once(char::is_whitespace)?.1)
+}
+
+/// The raw (still escaped) value of attribute `name` among `attrs`.
+fn attr<'a>(mut attrs: &'a str, name: &str) -> Option<&'a str> {
+    loop {
+        let (key, rest) = attrs.split_once('=')?;
+        let rest = rest.trim_start();
+        let quote = rest.chars().next().filter(|q| *q == '"' || *q == '\'')?;
+        let (value, after) = rest[1..].split_once(quote)?;
+        if key.trim() == name {
+            return Some(value);
+        }
+        attrs = after;
+    }
+}
+
+/// An attribute value as written by `xml::escape_into`, unescaped (a
+/// JID rarely holds anything escaped: then it is borrowed).
+fn unescape(v: &str) -> Cow<'_, str> {
+    if !v.contains('&') {
+        return Cow::Borrowed(v);
+    }
+    let mut out = String::with_capacity(v.len());
+    let mut rest = v;
+    while let Some(i) = rest.find('&') {
+        out.push_str(&rest[..i]);
+        rest = &rest[i..];
+        let Some(end) = rest.find(';') else {
+            break;
+        };
+        let entity = &rest[1..end];
+        let c = match entity {
+            "lt" => Some('<'),
+            "gt" => Some('>'),
+            "amp" => Some('&'),
+            "quot" => Some('"'),
+            "apos" => Some('\''),
+            _ => entity
+                .strip_prefix("#x")
+                .and_then(|h| u32::from_str_radix(h, 16).ok())
+                .or_else(|| entity.strip_prefix('#').and_then(|d| d.parse().ok()))
+                .and_then(char::from_u32),
+        };
+        match c {
+            Some(c) => {
+                out.push(c);
+                rest = &rest[end + 1..];
+            }
+            None => {
+                out.push('&');
+                rest = &rest[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    Cow::Owned(out)
+}
+
+/// Whether an item (any of the four forms) is at a hosted service (MUC,
+/// pubsub, upload): only those can match what a service sends straight
+/// to sessions (a room's fan-out, a pubsub notification to a full JID).
+fn at_service(server: &Server, item: &str) -> bool {
+    let bare = split(item).0;
+    let domain = bare.split_once('@').map_or(bare, |(_, d)| d);
+    server.services.get(domain).is_some()
+}
+
+/// `bare`'s items at hosted services, from this node's replica (for
+/// most users one lookup of an absent key). A store failure leaves none
+/// (and is logged), as [`blocks`] lets a stanza pass.
+pub fn service_items(server: &Server, bare: &str) -> Vec<String> {
+    let read = || -> Result<Vec<String>, starling_cluster::StoreError> {
+        if !server.storage.blocks_anyone(bare)? {
+            return Ok(Vec::new());
+        }
+        let mut items = server.storage.blocklist(bare)?;
+        items.retain(|i| at_service(server, i));
+        Ok(items)
+    };
+    read().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "could not read a blocklist; not filtering service traffic");
+        Vec::new()
+    })
+}
+
+/// Envelope kind: `to` is a bare JID whose blocklist changed; the node
+/// reloads the [`ServiceBlocks`] of its sessions of that user. The
+/// envelope carries the sender's applied index, so the receiver's replica
+/// has the change by the time it reads.
+pub const KIND_BLOCKLIST: u32 = 3;
+
+/// After a change of `bare`'s list: this node's sessions of the user
+/// filter by the new list at once (before the change is answered), and
+/// every other live node is told to reload (each one that has a session
+/// of the user does). Every node, not only those the routing table names:
+/// a session bound a moment ago may not have written its route yet, and a
+/// change is rare enough for a few small envelopes.
+fn refresh_service_blocks(server: &Server, bare: &str) {
+    server
+        .router
+        .reload_blocks(bare, || service_items(server, bare));
+    let store = &server.storage.store;
+    if !store.has_peers() {
+        return;
+    }
+    let me = store.node_id();
+    for node in store.live_nodes().into_iter().filter(|n| *n != me) {
+        let env = Envelope {
+            kind: KIND_BLOCKLIST,
+            to: bare.to_owned(),
+            ..Envelope::default()
+        };
+        if let Err(e) = server.storage.store.deliver(node, env) {
+            tracing::warn!(node, error = %e, "could not tell a node of a blocklist change");
+        }
+    }
+}
+
+/// A [`KIND_BLOCKLIST`] envelope from another node.
+pub fn from_node(server: &Server, env: &Envelope) -> DeliveryResult {
+    let bare = split(&env.to).0;
+    if !server.router.has_user(bare) {
+        return DeliveryResult::NoSession;
+    }
+    server
+        .router
+        .reload_blocks(bare, || service_items(server, bare));
+    DeliveryResult::Delivered
+}
+
 /// What becomes of an IQ that [`refuse_iq`] stops.
 pub enum Refusal {
     /// A result or error: dropped without a word.
@@ -167,7 +386,8 @@ pub enum Refusal {
 }
 
 /// Stops an IQ the user's session sends to another account or its
-/// resource (`dest`) when either blocks the other (XEP-0191 §3.3): to a
+/// resource, or to a hosted service or its entity (a MUC room or
+/// occupant) (`dest`), when either blocks the other (XEP-0191 §3.3): to a
 /// JID the user blocks, `<not-acceptable/>` with `<blocked/>`; from a JID
 /// the addressee blocks, `<service-unavailable/>` (as though the account
 /// were offline). Results and errors are dropped either way.
@@ -180,7 +400,9 @@ pub fn refuse_iq(
     let to = iq.get_attr("to")?;
     let addressee = match dest? {
         Destination::Account { bare, exists, .. } if bare != user => exists.then_some(bare),
-        Destination::Remote { has_node: true, .. } => None,
+        // A hosted service (a room, an occupant): only the user's own
+        // list applies (a room keeps none).
+        Destination::Remote { has_node: true, .. } | Destination::Service { .. } => None,
         _ => return None,
     };
     let request = matches!(iq.get_attr("type"), Some("get" | "set"));
@@ -396,6 +618,8 @@ async fn change(ctx: &IqCtx<'_>, change: Change) -> IqResult {
             Ok((old, new))
         })
         .await?;
+    // Room traffic stops (or flows again) before the change is answered.
+    refresh_service_blocks(server, bare);
     // The result goes out first, then the pushes (the requesting session
     // gets one too if it requested the list).
     let _ = im::deliver_to_full(server, ctx.origin.full, iq_result(ctx.iq, None));
@@ -561,12 +785,73 @@ mod tests {
         assert!(!list_matches(&domain_res, "romeo@montague.net"));
         assert!(!list_matches(&domain_res, "montague.net"));
 
+        let among = list(&[
+            "a",
+            "montague.net/orc",
+            "montague.net/orchard",
+            "montague.net/orchard2",
+            "montague.net0",
+            "z@z",
+        ]);
+        assert!(list_matches(&among, "romeo@montague.net/orchard"));
+        assert!(list_matches(&among, "romeo@montague.net/orc"));
+        assert!(!list_matches(&among, "romeo@montague.net/orch"));
+        assert!(!list_matches(&among, "romeo@montague.net/orchard3"));
+
         let domain = list(&["montague.net"]);
         assert!(list_matches(&domain, "montague.net"));
         assert!(list_matches(&domain, "romeo@montague.net/orchard"));
         assert!(list_matches(&domain, "montague.net/orchard"));
         assert!(!list_matches(&domain, "romeo@capulet.com"));
         assert!(!list_matches(&domain, "evil.montague.net"));
+    }
+
+    #[test]
+    fn room_traffic_is_matched_by_the_from_of_its_start_tag() {
+        let f = ServiceBlocks::default();
+        let gc = |from: &str| {
+            format!(
+                "<message xmlns=\"jabber:client\" to=\"u@x/r\" from=\"{from}\" \
+                 type=\"groupchat\" id=\"1\"><body>hi</body></message>"
+            )
+        };
+        assert!(
+            !f.drops(&gc("room@muc.x/loud")),
+            "no items: nothing dropped"
+        );
+        f.set(list(&["other@muc.x", "room@muc.x/l'o&d"]));
+        assert!(
+            f.drops(&gc("room@muc.x/l&apos;o&amp;d")),
+            "escaped in the stanza"
+        );
+        assert!(!f.drops(&gc("room@muc.x/loud")));
+        assert!(f.drops(&gc("other@muc.x/anyone")));
+        assert!(f.drops(&gc("other@muc.x")));
+        assert!(f.drops("<presence from='other@muc.x/n' to='u@x/r'><x xmlns='a'/></presence>"));
+        assert!(!f.drops("<presence to='u@x/r'/>"), "no from");
+        assert!(
+            !f.drops("<message from=\"room@muc.x/a\"><body from=\"other@muc.x\"/></message>"),
+            "only the start tag counts"
+        );
+        let answer = format!(
+            "<message xmlns=\"jabber:client\" from=\"other@muc.x\" to=\"u@x/r\" \
+             type=\"error\"><error type=\"cancel\"><not-acceptable \
+             xmlns=\"urn:ietf:params:xml:ns:xmpp-stanzas\"/><blocked xmlns=\"{NS_BLOCKING_ERRORS}\"/>\
+             </error></message>"
+        );
+        assert!(
+            !f.drops(&answer),
+            "the refusal of what the user sent is the user's"
+        );
+        f.set(Vec::new());
+        assert!(!f.drops(&gc("other@muc.x/anyone")));
+    }
+
+    #[test]
+    fn attribute_values_are_unescaped() {
+        assert_eq!(unescape("a@b/c"), "a@b/c");
+        assert_eq!(unescape("&lt;&gt;&amp;&quot;&apos;&#xA;&#65;"), "<>&\"'\nA");
+        assert_eq!(unescape("a&b;c&"), "a&b;c&");
     }
 
     #[test]

@@ -18,6 +18,7 @@
 
 pub mod table;
 
+use crate::modules::blocking::ServiceBlocks;
 use crate::stanza::StreamCondition;
 use crate::xml::Element;
 use dashmap::DashMap;
@@ -249,6 +250,9 @@ struct UserEntry {
     actor_id: u64,
     actor: UserHandle,
     resources: Vec<Resource>,
+    /// The user's blocklist items that can match what services send, read by
+    /// each of its sessions here as stanzas reach it.
+    blocks: Arc<ServiceBlocks>,
 }
 
 /// Where an address points, seen from this server: the one distinction
@@ -444,7 +448,10 @@ impl Router {
 
     /// Binds `resource` for `bare`, starting the user's actor with
     /// `start_user` (which returns the actor's id and address) if the user
-    /// had no session here. An existing session
+    /// had no session here, and (again) its blocklist items that can match
+    /// service traffic with `load_blocks` (under the entry's lock, so a change
+    /// that [`Router::reload_blocks`] applies meanwhile is never lost).
+    /// An existing session
     /// with the same resource is returned so the caller can close it with
     /// `<conflict/>` (RFC 6120 §7.7.2.2: the older session is replaced).
     pub fn bind(
@@ -453,15 +460,20 @@ impl Router {
         resource: &str,
         handle: SessionHandle,
         start_user: impl FnOnce() -> (u64, actix::Recipient<ToUser>),
-    ) -> (Option<SessionHandle>, UserHandle) {
+        load_blocks: impl FnOnce() -> Vec<String>,
+    ) -> (Option<SessionHandle>, UserHandle, Arc<ServiceBlocks>) {
         let mut entry = self.users.entry(bare.to_owned()).or_insert_with(|| {
             let (actor_id, actor) = start_user();
             UserEntry {
                 actor_id,
                 actor: Arc::new(actor),
                 resources: Vec::new(),
+                blocks: Arc::default(),
             }
         });
+        // Read again at every bind: a session that binds always starts
+        // with this replica's list, whatever an earlier reload missed.
+        entry.blocks.set(load_blocks());
         let list = &mut entry.resources;
         let old = list
             .iter()
@@ -481,7 +493,16 @@ impl Router {
         if old.is_some() {
             metrics::gauge!("starling_c2s_sessions").decrement(1.0);
         }
-        (old, entry.actor.clone())
+        (old, entry.actor.clone(), entry.blocks.clone())
+    }
+
+    /// Replaces the service-traffic blocklist items of `bare`'s sessions here
+    /// with what `load` reads (under the entry's lock: a later reload
+    /// always wins); nothing without a session of `bare` here.
+    pub fn reload_blocks(&self, bare: &str, load: impl FnOnce() -> Vec<String>) {
+        if let Some(entry) = self.users.get_mut(bare) {
+            entry.blocks.set(load());
+        }
     }
 
     /// Removes the session `id`; returns whether it was still bound. The
@@ -525,6 +546,12 @@ impl Router {
                 e.resources.is_empty() && e.actor_id == actor_id
             })
             .is_some()
+    }
+
+    /// The service-traffic blocklist items of `bare`'s sessions here, if the
+    /// user has a session here.
+    pub fn blocks(&self, bare: &str) -> Option<Arc<ServiceBlocks>> {
+        self.users.get(bare).map(|e| e.blocks.clone())
     }
 
     /// The actor of `bare`, if the user has a session here.

@@ -53,6 +53,9 @@ pub struct C2s {
     bare: Arc<str>,
     /// XEP-0352: holds presence back while the client is inactive.
     csi: Csi,
+    /// The user's blocklist items that what services (rooms) send is checked against
+    /// (XEP-0191 §3.3; shared by the user's sessions on this node).
+    blocks: Arc<modules::blocking::ServiceBlocks>,
 }
 
 impl Actor for C2s {
@@ -65,6 +68,13 @@ impl Handler<ToSession> for C2s {
     fn handle(&mut self, msg: ToSession, _: &mut Context<Self>) {
         match msg {
             ToSession::Stanza(xml) => {
+                if self.blocks.drops(&xml) {
+                    // From a JID the user blocks (rooms deliver here past
+                    // the routing hooks): never written, so its room in
+                    // the gate is free.
+                    self.outbox.discard(&xml);
+                    return;
+                }
                 let (outbox, server) = (&self.outbox, &self.server);
                 self.csi.pass(xml, |xml| queue(outbox, server, xml));
             }
@@ -237,9 +247,13 @@ fn start_with<S: Transport + 'static>(
         let handle = SessionHandle::new(ctx.address().recipient(), gate.clone());
         let resource = im::split(&full).1.unwrap_or_default().to_owned();
         let id = handle.id;
-        let (old, user) = server.router.bind(&bare, &resource, handle, || {
-            super::user::start(server.clone(), &bare)
-        });
+        let (old, user, blocks) = server.router.bind(
+            &bare,
+            &resource,
+            handle,
+            || super::user::start(server.clone(), &bare),
+            || modules::blocking::service_items(&server, &bare),
+        );
         if let Some(old) = old {
             // RFC 6120 §7.7.2.2: the new session replaces the old one.
             old.close(StreamCondition::Conflict);
@@ -290,6 +304,7 @@ fn start_with<S: Transport + 'static>(
             server,
             bare: actor_bare,
             csi,
+            blocks,
         }
     });
 }
@@ -492,11 +507,17 @@ pub fn start_resumed<S: Transport + 'static>(
     let task = serve_resumed(s, outbox.clone(), resend).instrument(span);
     let mut ctx = ctx;
     ctx.spawn(actix::fut::wrap_future::<_, C2s>(task).map(|(), _, ctx| ctx.stop()));
+    // The resumed session is still bound here: its user's entry has them.
+    let blocks = server.router.blocks(&actor_bare).unwrap_or_else(|| {
+        let items = modules::blocking::service_items(&server, &actor_bare);
+        Arc::new(modules::blocking::ServiceBlocks::new(items))
+    });
     ctx.run(C2s {
         outbox,
         server,
         bare: actor_bare,
         csi,
+        blocks,
     });
 }
 

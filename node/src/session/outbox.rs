@@ -174,6 +174,12 @@ impl Outbox {
         self.state.lock().expect("outbox lock").takeover.take()
     }
 
+    /// Gives back the room `xml` took in the gate when it was sent: it
+    /// will not be written (filtered out before the outbox).
+    pub fn discard(&self, xml: &str) {
+        self.gate.release(1, xml.len());
+    }
+
     /// Queues `xml` (admitted by the gate when it was sent).
     pub fn push(&self, xml: Arc<str>) -> Result<(), Refused> {
         {
