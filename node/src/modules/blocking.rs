@@ -34,6 +34,7 @@ use crate::stanza::{
     Condition, MessageType, NS_CLIENT, StanzaError, error_reply, iq_result, split,
 };
 use crate::storage::BLOCKLIST;
+use crate::xml::scan::{raw_attr, start_tag_attrs};
 use crate::xml::{Element, Node};
 use futures::FutureExt;
 use starling_cluster::{DeliveryResult, Envelope};
@@ -220,10 +221,10 @@ impl ServiceBlocks {
 
     #[cold]
     fn drops_slow(&self, xml: &str) -> bool {
-        let Some(tag) = start_tag(xml) else {
+        let Some(tag) = start_tag_attrs(xml) else {
             return false;
         };
-        let Some(from) = attr(tag, "from") else {
+        let Some(from) = raw_attr(tag, "from") else {
             return false;
         };
         let from = unescape(from);
@@ -232,34 +233,11 @@ impl ServiceBlocks {
         }
         // The server's own answer to what the user sent to the blocked JID
         // (`message_out`: from that JID, with `<blocked/>`) is for the user.
-        if attr(tag, "type") == Some("error") && xml.contains(NS_BLOCKING_ERRORS) {
+        if raw_attr(tag, "type") == Some("error") && xml.contains(NS_BLOCKING_ERRORS) {
             return false;
         }
         refused("service");
         true
-    }
-}
-
-/// The attributes of a serialised stanza's start tag (attribute values
-/// are escaped, '>' included: it ends at the first '>').
-fn start_tag(xml: &str) -> Option<&str> {
-    let tag = xml.strip_prefix('<')?;
-    let tag = tag.split_once('>').map_or(tag, |(t, _)| t);
-    // Past the element's name.
-    Some(tag.split_once(char::is_whitespace)?.1)
-}
-
-/// The raw (still escaped) value of attribute `name` among `attrs`.
-fn attr<'a>(mut attrs: &'a str, name: &str) -> Option<&'a str> {
-    loop {
-        let (key, rest) = attrs.split_once('=')?;
-        let rest = rest.trim_start();
-        let quote = rest.chars().next().filter(|q| *q == '"' || *q == '\'')?;
-        let (value, after) = rest[1..].split_once(quote)?;
-        if key.trim() == name {
-            return Some(value);
-        }
-        attrs = after;
     }
 }
 

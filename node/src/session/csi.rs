@@ -26,6 +26,7 @@
 use crate::router::Gate;
 use crate::stanza::StreamCondition;
 use crate::xml::Element;
+use crate::xml::scan::raw_attr;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -182,8 +183,10 @@ fn classify(xml: &str) -> Class<'_> {
         // Attribute values are escaped ('>' included): the start tag ends
         // at the first '>'.
         let tag = rest.split_once('>').map_or(rest, |(t, _)| t);
-        return match attr(tag, "type") {
-            None | Some("unavailable") => Class::Presence(attr(tag, "from").unwrap_or_default()),
+        return match raw_attr(tag, "type") {
+            None | Some("unavailable") => {
+                Class::Presence(raw_attr(tag, "from").unwrap_or_default())
+            }
             Some(_) => Class::Urgent,
         };
     }
@@ -195,21 +198,6 @@ fn classify(xml: &str) -> Class<'_> {
         };
     }
     Class::Urgent
-}
-
-/// The raw (still escaped) value of attribute `name` in the attributes of
-/// a start tag as the server serialises them (`name="value"`).
-fn attr<'a>(mut attrs: &'a str, name: &str) -> Option<&'a str> {
-    loop {
-        let (key, rest) = attrs.split_once('=')?;
-        let rest = rest.trim_start();
-        let quote = rest.chars().next().filter(|q| *q == '"' || *q == '\'')?;
-        let (value, after) = rest[1..].split_once(quote)?;
-        if key.trim() == name {
-            return Some(value);
-        }
-        attrs = after;
-    }
 }
 
 #[cfg(test)]

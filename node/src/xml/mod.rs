@@ -3,6 +3,7 @@
 
 mod element;
 mod parser;
+pub mod scan;
 
 pub use element::{Element, Node, escape, escape_into};
 pub use parser::{
