@@ -117,7 +117,22 @@ impl ClusterEvents for NodeEvents {
                 "told contacts that users of a lost node went unavailable"
             );
         }
-        // Rooms running here let those sessions' occupants go.
-        server.services.muc.sessions_gone(gone);
+        if gone.is_empty() {
+            return;
+        }
+        // Rooms running here let those sessions' occupants go, unless a
+        // session was resumed on another node (XEP-0198) and its new route
+        // is committed but not yet applied here: decided on a caught-up
+        // registry replica (bounded wait; only when a node was lost).
+        tokio::spawn(async move {
+            if let Err(e) = server.storage.store.registry_barrier().await {
+                tracing::debug!(error = %e, "registry barrier before letting occupants go");
+            }
+            gone.retain(|full| {
+                let (bare, resource) = full.split_once('/').unwrap_or((full.as_str(), ""));
+                server.router.find(bare, resource).is_none()
+            });
+            server.services.muc.sessions_gone(gone);
+        });
     }
 }
