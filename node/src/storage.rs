@@ -1197,6 +1197,29 @@ pub struct PepChange<'a> {
     pub subs_remove: Vec<(String, String)>,
 }
 
+impl<'a> PepChange<'a> {
+    /// A change that removes one subscription and leaves the node record
+    /// and its items as they are.
+    pub fn unsubscribe(
+        bare: &'a str,
+        node: &'a str,
+        read: Option<Vec<u8>>,
+        jid: String,
+        subid: String,
+    ) -> Self {
+        PepChange {
+            bare,
+            node,
+            read,
+            write: NodeWrite::Keep,
+            put: Vec::new(),
+            remove: Vec::new(),
+            subs_put: Vec::new(),
+            subs_remove: vec![(jid, subid)],
+        }
+    }
+}
+
 impl Storage {
     /// A PEP node record, raw (for a later compare-and-set) and decoded.
     pub fn pep_node(

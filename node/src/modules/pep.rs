@@ -2636,16 +2636,7 @@ async fn unsubscribe(req: &Req<'_>, unsub: &Element) -> IqResult {
         let gone = pick_sub(mine, unsub.get_attr("subid"))?;
         let cfg = NodeConfig::decode(&rec.config);
         let to_tell = owners_to_tell(req.svc, &rec, &cfg);
-        let change = PepChange {
-            bare: req.svc.jid,
-            node,
-            read: Some(raw),
-            write: NodeWrite::Keep,
-            put: Vec::new(),
-            remove: Vec::new(),
-            subs_put: Vec::new(),
-            subs_remove: vec![(gone.jid, gone.subid)],
-        };
+        let change = PepChange::unsubscribe(req.svc.jid, node, Some(raw), gone.jid, gone.subid);
         if write_node(req.server, change).await? {
             tell_owners(req.server, req.svc, node, &cfg, &to_tell, &jid, false).await;
             return Ok(IqReply::EMPTY);
@@ -3078,16 +3069,8 @@ pub async fn forget_account(
             .filter(|(_, s)| crate::stanza::split(&s.jid).0 == bare)
             .collect();
         for (node, sub) in subs {
-            let change = PepChange {
-                bare: &svc,
-                node: &node,
-                read: storage.pep_node(&svc, &node)?.map(|(raw, _)| raw),
-                write: NodeWrite::Keep,
-                put: Vec::new(),
-                remove: Vec::new(),
-                subs_put: Vec::new(),
-                subs_remove: vec![(sub.jid, sub.subid)],
-            };
+            let read = storage.pep_node(&svc, &node)?.map(|(raw, _)| raw);
+            let change = PepChange::unsubscribe(&svc, &node, read, sub.jid, sub.subid);
             let _ = storage.pep_write(change).await?;
         }
         // Its affiliations, and the nodes it alone owned.
@@ -3547,16 +3530,8 @@ async fn end_subscription(
         {
             return Ok(false);
         }
-        let change = PepChange {
-            bare: service,
-            node,
-            read: Some(raw),
-            write: NodeWrite::Keep,
-            put: Vec::new(),
-            remove: Vec::new(),
-            subs_put: Vec::new(),
-            subs_remove: vec![(jid.to_owned(), subid.to_owned())],
-        };
+        let change =
+            PepChange::unsubscribe(service, node, Some(raw), jid.to_owned(), subid.to_owned());
         if write_node(server, change).await? {
             return Ok(true);
         }
