@@ -23,6 +23,7 @@ pub struct Config {
     pub registration: RegistrationConfig,
     pub csi: CsiConfig,
     pub offline: OfflineConfig,
+    pub push: PushConfig,
     pub sm: SmConfig,
     pub mam: MamConfig,
     pub muc: MucConfig,
@@ -48,6 +49,7 @@ impl Default for Config {
             registration: RegistrationConfig::default(),
             csi: CsiConfig::default(),
             offline: OfflineConfig::default(),
+            push: PushConfig::default(),
             sm: SmConfig::default(),
             mam: MamConfig::default(),
             muc: MucConfig::default(),
@@ -334,6 +336,35 @@ pub struct OfflineConfig {
 impl Default for OfflineConfig {
     fn default() -> Self {
         OfflineConfig { max_messages: 1000 }
+    }
+}
+
+/// XEP-0357 push notifications: what the server publishes to a client's
+/// app server while the client cannot be reached.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PushConfig {
+    /// Offer `urn:xmpp:push:0` on accounts and send notifications.
+    pub enabled: bool,
+    /// Put the sender's JID (`last-message-sender`) in the summary.
+    pub include_sender: bool,
+    /// Put the message body (`last-message-body`) in the summary. Off by
+    /// default: the app server and the push service in between are third
+    /// parties.
+    pub include_body: bool,
+    /// Registrations one account may hold; another `<enable/>` beyond
+    /// them is `<resource-constraint/>`.
+    pub max_registrations: usize,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        PushConfig {
+            enabled: true,
+            include_sender: false,
+            include_body: false,
+            max_registrations: 20,
+        }
     }
 }
 
@@ -781,6 +812,7 @@ impl Config {
             "registration",
             "csi",
             "offline",
+            "push",
             "sm",
             "mam",
             "muc",

@@ -25,6 +25,8 @@ pub const ARCHIVE_PREFS: &str = "user_archive_prefs";
 /// XEP-0191 blocklists: `bare` -> a marker rewritten by every change (only
 /// while the list has items), `bare \0 jid` -> an item.
 pub const BLOCKLIST: &str = "user_blocklist";
+/// XEP-0357 push registrations: `bare \0 jid \0 node` -> [`PushRegistration`].
+pub const PUSH: &str = "user_push";
 /// XEP-0163 PEP nodes: `bare \0 node` -> [`PepNode`] (configuration and
 /// the item ids, oldest first).
 pub const PEP_NODE: &str = "user_pep_node";
@@ -61,6 +63,7 @@ const USER_SPACES: &[&str] = &[
     ARCHIVE,
     ARCHIVE_PREFS,
     BLOCKLIST,
+    PUSH,
     PEP_NODE,
     PEP_ITEM,
     PEP_SUB,
@@ -95,6 +98,32 @@ pub struct Account {
     /// written before it existed.
     #[serde(default)]
     pub disabled: bool,
+}
+
+/// A XEP-0357 push registration of one account: where to publish a
+/// notification and what to publish it with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushRegistration {
+    /// The app server (any JID).
+    pub jid: String,
+    pub node: String,
+    /// The `<x/>` publish-options form the client gave, serialised.
+    #[serde(default)]
+    pub options: Option<String>,
+    /// The resource whose client enabled it: a session of that resource
+    /// waiting for resumption notifies this registration.
+    #[serde(default)]
+    pub resource: String,
+}
+
+/// `bare \0 jid \0 node`, or the prefix of all of `jid`'s nodes.
+fn push_key(bare: &str, jid: &str, node: Option<&str>) -> Vec<u8> {
+    let mut k = user_key(bare, jid);
+    k.push(0);
+    if let Some(node) = node {
+        k.extend_from_slice(node.as_bytes());
+    }
+    k
 }
 
 /// Subscription state of a roster item (RFC 6121 §2.1.2.5).
@@ -410,6 +439,11 @@ impl Storage {
     }
 
     /// The stored messages with their keys, oldest first.
+    /// How many messages wait in `bare`'s offline storage.
+    pub fn offline_count(&self, bare: &str) -> Result<u64, StoreError> {
+        self.store.count_prefix(OFFLINE, &user_prefix(bare))
+    }
+
     pub fn offline(&self, bare: &str) -> Result<Vec<(Vec<u8>, String)>, StoreError> {
         Ok(self
             .store
@@ -553,6 +587,49 @@ impl Storage {
             .into_iter()
             .filter_map(|(k, _)| String::from_utf8(k[prefix.len()..].to_vec()).ok())
             .collect())
+    }
+
+    // --- push registrations (XEP-0357) ---
+
+    /// `bare`'s push registrations, in key order (by app server, then node).
+    pub fn push_registrations(&self, bare: &str) -> Result<Vec<PushRegistration>, StoreError> {
+        self.store
+            .scan_prefix(PUSH, &user_prefix(bare))?
+            .into_iter()
+            .map(|(_, v)| de(&v))
+            .collect()
+    }
+
+    /// Stores (or replaces) the registration of `reg.jid` and `reg.node`.
+    pub async fn put_push(&self, bare: &str, reg: &PushRegistration) -> Result<(), StoreError> {
+        self.write(vec![Op::Put {
+            space: PUSH.into(),
+            key: push_key(bare, &reg.jid, Some(&reg.node)),
+            value: ser(reg),
+        }])
+        .await
+        .map(drop)
+    }
+
+    /// Removes the registration of `jid` and `node`, or every one of
+    /// `jid`'s when `node` is `None`.
+    pub async fn delete_push(
+        &self,
+        bare: &str,
+        jid: &str,
+        node: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let op = match node {
+            Some(node) => Op::Delete {
+                space: PUSH.into(),
+                key: push_key(bare, jid, Some(node)),
+            },
+            None => Op::DeletePrefix {
+                space: PUSH.into(),
+                prefix: push_key(bare, jid, None),
+            },
+        };
+        self.write(vec![op]).await.map(drop)
     }
 
     // --- the routing table (layout in `starling_cluster::routes`) ---

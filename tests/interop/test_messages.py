@@ -266,6 +266,24 @@ def test_offline_headline_not_stored(server, clients):
     nothing(r, mid)
 
 
+def test_offline_chat_states_alone_are_not_stored(server, clients):
+    """XEP-0160 3: a chat message with only chat state notifications SHOULD NOT be
+    stored offline (one with a body and a chat state is)."""
+    s = clients.add(server.online("snd"))
+    jid, user, pw = server.new_user("cso")
+    states = new_id("cs")
+    s.send_raw(f"<message id='{states}' to='{jid}' type='chat'>"
+               "<composing xmlns='http://jabber.org/protocol/chatstates'/>"
+               "<thread>t1</thread></message>")
+    both = new_id("cb")
+    s.send_raw(f"<message id='{both}' to='{jid}' type='chat'><body>hi</body>"
+               "<active xmlns='http://jabber.org/protocol/chatstates'/></message>")
+    s.expect_nothing(lambda e: e.get("type") == "error", 0.5)
+    r = clients.add(server.login(jid, pw, presence=True))
+    got(r, both)
+    nothing(r, states)
+
+
 def test_offline_groupchat_is_service_unavailable(server, clients):
     s = clients.add(server.online("snd"))
     jid, user, pw = server.new_user("gco")

@@ -24,6 +24,7 @@ pub mod pep;
 pub mod ping;
 pub mod presence;
 pub mod private;
+pub mod push;
 pub mod register;
 pub mod registry;
 pub mod roster;
@@ -310,6 +311,7 @@ pub static MODULES: &[&Module] = &[
     &carbons::MODULE,
     &csi::MODULE,
     &OFFLINE,
+    &push::MODULE,
     &mam::MODULE,
     &MUC,
     &upload::MODULE,

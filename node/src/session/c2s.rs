@@ -1097,7 +1097,18 @@ impl<S: Transport> Session<S> {
         if !kind.is_request() {
             // Answers to the server (e.g. pushes) need nothing more, but
             // for a capabilities query's (XEP-0115): its features, once
-            // verified, tell which PEP notifications this client wants.
+            // verified, tell which PEP notifications this client wants;
+            // and an app server's to a push notification (XEP-0357),
+            // addressed to the account it was published for.
+            if let Some(Destination::Account {
+                bare,
+                resource: None,
+                exists: true,
+            }) = dest
+                && modules::push::answer(&self.server, bare, &self.full, &el).await
+            {
+                return Ok(());
+            }
             modules::caps::answer(&self.server, &self.full, &el).await;
             return Ok(());
         }
@@ -1298,11 +1309,39 @@ impl<S: Transport> Session<S> {
         tracing::debug!(max, "connection lost; waiting for resumption");
         metrics::gauge!("starling_sm_detached_sessions").increment(1.0);
         let deadline = Instant::now() + Duration::from_secs(u64::from(max));
+        // XEP-0357: with a push registration of this resource, what its
+        // client never had (unacknowledged, or queued since) is notified.
+        let full = self.full.clone();
+        let resource = im::split(&full).1.unwrap_or_default();
+        let mut push = modules::push::has_registration(&self.server, &self.bare, resource)
+            .then(PushWatch::default);
+        if let Some(w) = &mut push {
+            let owed: Vec<Arc<str>> = self
+                .sm
+                .as_ref()
+                .map(|sm| sm.unacked().cloned().collect())
+                .unwrap_or_default();
+            let queued = outbox.peek();
+            w.seen = queued.len();
+            w.notify(
+                &self.server,
+                &self.bare,
+                resource,
+                owed.iter().chain(&queued),
+            )
+            .await;
+        }
         let r = loop {
             tokio::select! {
-                c = outbox.control() => match c {
-                    Control::Checkpoint => self.record_again().await,
-                    c => break Some(c),
+                c = outbox.control_or_queued(push.as_ref().map(|w| w.seen)) => match c {
+                    Ok(Control::Checkpoint) => self.record_again().await,
+                    Ok(c) => break Some(c),
+                    Err(new) => {
+                        if let Some(w) = &mut push {
+                            w.seen += new.len();
+                            w.notify(&self.server, &self.bare, resource, new.iter()).await;
+                        }
+                    }
                 },
                 _ = tokio::time::sleep_until(deadline) => {
                     metrics::counter!("starling_sm_timed_out_total").increment(1);
@@ -1578,5 +1617,37 @@ fn shell_of(el: &Element) -> Element {
         ns: el.ns.clone(),
         attrs: el.attrs.clone(),
         children: Vec::new(),
+    }
+}
+
+/// What a session waiting for resumption has notified its client's app
+/// servers of (XEP-0357).
+#[derive(Default)]
+struct PushWatch {
+    /// Stanzas of the outbox already looked at.
+    seen: usize,
+    /// Important stanzas owed to the client so far.
+    count: u64,
+}
+
+impl PushWatch {
+    /// Notifies if any of `stanzas` is important.
+    async fn notify<'a>(
+        &mut self,
+        server: &Server,
+        bare: &str,
+        resource: &str,
+        stanzas: impl Iterator<Item = &'a Arc<str>>,
+    ) {
+        let mut last = None;
+        for el in stanzas.filter_map(|xml| im::parse_stored(xml)) {
+            if modules::push::important(&el) {
+                self.count += 1;
+                last = Some(el);
+            }
+        }
+        if let Some(last) = last {
+            modules::push::detached(server, bare, resource, self.count, &last).await;
+        }
     }
 }

@@ -439,8 +439,10 @@ async fn deliver_to_bare(
 /// Keeps a message for later with a XEP-0203 delay stamp; a full store is
 /// `<service-unavailable/>` (RFC 6121 §8.5.2.1.1).
 async fn store_offline(server: &Server, bare: &str, mut el: Element) -> Result<(), Bounce> {
-    // Only messages worth keeping: with a body or other payload.
-    if el.children.is_empty() {
+    // Only messages worth keeping: with a body or other payload, and not
+    // chat states alone (XEP-0160 §3: stale by the time they would be
+    // delivered), unless a XEP-0334 `<store/>` asks for it.
+    if el.children.is_empty() || (only_chat_states(&el) && !el.has_child("store", NS_HINTS)) {
         return Ok(());
     }
     // XEP-0334 §4.2: `<no-store/>` forbids keeping it even for a while;
@@ -474,6 +476,8 @@ async fn store_offline(server: &Server, bare: &str, mut el: Element) -> Result<(
         Ok(Some(key)) => {
             metrics::counter!("starling_offline_stored_total").increment(1);
             recheck_offline(server, bare, vec![(key, xml)]).await;
+            // XEP-0357: the user's app servers hear of it.
+            crate::modules::push::offline(server, bare, &el).await;
             Ok(())
         }
         Ok(None) => {
@@ -486,6 +490,22 @@ async fn store_offline(server: &Server, bare: &str, mut el: Element) -> Result<(
         }
         Err(e) => Err(Box::new((e.into(), el))),
     }
+}
+
+/// Whether a message carries XEP-0085 chat states and nothing else but
+/// metadata (thread, hints, ids, delay).
+fn only_chat_states(el: &Element) -> bool {
+    const NS_CHATSTATES: &str = "http://jabber.org/protocol/chatstates";
+    let mut states = false;
+    for c in el.elements() {
+        match c.ns.as_str() {
+            NS_CHATSTATES => states = true,
+            NS_HINTS | NS_DELAY | "urn:xmpp:sid:0" => {}
+            NS_CLIENT if c.name == "thread" => {}
+            _ => return false,
+        }
+    }
+    states
 }
 
 /// Times a message stored while its user came online is taken back out

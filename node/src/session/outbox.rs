@@ -96,6 +96,17 @@ impl Outbox {
         }
     }
 
+    /// Copies of the stanzas queued now (they stay queued).
+    pub fn peek(&self) -> Vec<Arc<str>> {
+        self.state
+            .lock()
+            .expect("outbox lock")
+            .queue
+            .iter()
+            .cloned()
+            .collect()
+    }
+
     /// The stanzas queued now, without waiting (`None` if there are none).
     pub fn take_stanzas(&self) -> Option<VecDeque<Arc<str>>> {
         let batch = {
@@ -112,22 +123,29 @@ impl Outbox {
     }
 
     /// Waits for a close request or a takeover, leaving stanzas queued (a
-    /// detached session: the gate still bounds them).
-    pub async fn control(&self) -> Control {
+    /// detached session: the gate still bounds them). With `Some(seen)`,
+    /// also returns (copies of) the stanzas queued after the first `seen`,
+    /// which stay queued.
+    pub async fn control_or_queued(&self, seen: Option<usize>) -> Result<Control, Vec<Arc<str>>> {
         loop {
             {
                 let mut st = self.state.lock().expect("outbox lock");
+                if let Some(seen) = seen
+                    && st.queue.len() > seen
+                {
+                    return Err(st.queue.iter().skip(seen).cloned().collect());
+                }
                 if st.close.take().is_some() {
-                    return Control::Close;
+                    return Ok(Control::Close);
                 }
                 if let Some(t) = st.takeover.take() {
-                    return Control::Takeover(t);
+                    return Ok(Control::Takeover(t));
                 }
                 if let Some(h) = st.release.take() {
-                    return Control::Released(h);
+                    return Ok(Control::Released(h));
                 }
                 if std::mem::take(&mut st.checkpoint) {
-                    return Control::Checkpoint;
+                    return Ok(Control::Checkpoint);
                 }
             }
             self.notify.notified().await;
