@@ -13,8 +13,10 @@ notifications as IQ sets from the user's bare JID and answers them.
 - <disable/> with a node, and without one (all of that app server's nodes);
 - an error from the app server disables the registration; a 'wait' error does not;
 - bad input: no jid (bad-request), a malformed jid (jid-malformed), no node
-  (bad-request), a form of another FORM_TYPE (bad-request), enable on another
-  account (forbidden): each refused, nothing registered, the stream goes on;
+  (bad-request), a form of another FORM_TYPE (bad-request), an app server on another
+  domain (remote-server-not-found: no federation yet) or a bare account
+  (not-acceptable), enable on another account (forbidden): each refused, nothing
+  registered, the stream goes on;
 - in a cluster: registered through one node, notified for a message that went offline
   through another.
 """
@@ -211,13 +213,18 @@ def test_an_error_from_the_app_server_disables_the_registration(server, clients)
      ("modify", "bad-request")),
     ("set", "<disable xmlns='urn:xmpp:push:0'/>", ("modify", "bad-request")),
     ("get", "<enable xmlns='urn:xmpp:push:0' jid='APP' node='x'/>", None),
+    # no federation yet: an app server on another domain could never be reached
+    ("set", "<enable xmlns='urn:xmpp:push:0' jid='push.example.net' node='x'/>",
+     ("cancel", "remote-server-not-found")),
+    # the server answers for a bare account itself: nothing would reach a client
+    ("set", "<enable xmlns='urn:xmpp:push:0' jid='BARE' node='x'/>", ("modify", "not-acceptable")),
 ])
 def test_bad_requests_are_refused_and_register_nothing(server, clients, kind, payload, condition):
     app = clients.add(server.online("papp", resource="push"))
     a = clients.add(server.online("pa"))
     jid, user, pw = server.new_user("pu")
     u = clients.add(server.login(jid, pw, resource="phone"))
-    r = u.iq(kind, payload.replace("APP", app.jid))
+    r = u.iq(kind, payload.replace("APP", app.jid).replace("BARE", app.bare))
     assert r.get("type") == "error", tostring(r)
     if condition is not None:
         assert stanza_error(r) == condition, tostring(r)

@@ -20,9 +20,12 @@
 //! IQ from the user's bare JID (XEP-0357 §7) with the summary form
 //! (`message-count`; the sender and the body only when the configuration
 //! says so: the app server and the push services behind it are third
-//! parties). The app server is any JID: a session's full JID or a service
-//! hosted here; another domain needs federation (not built yet: such a
-//! notification is counted as undeliverable). An error from the app server
+//! parties). The app server is a session's full JID or a service hosted
+//! here; one on another domain needs federation (not built yet), so
+//! `<enable/>` refuses it with `<remote-server-not-found/>` rather than let
+//! the client rely on notifications that could never reach it (a
+//! registration made through a future version with federation is counted
+//! as undeliverable). An error from the app server
 //! other than `wait` disables that registration (§8 "the user's server MAY").
 
 use super::{AccountFeature, IqCtx, IqHandler, IqResult, Module, own_only};
@@ -156,6 +159,7 @@ async fn set_enable(ctx: &IqCtx<'_>) -> IqResult {
         }
     };
     let server = ctx.server;
+    deliverable(server, &jid)?;
     let bare = ctx.origin.bare;
     let existing = server.storage.push_registrations(bare)?;
     let replaces = existing.iter().any(|r| r.jid == jid && r.node == node);
@@ -174,6 +178,30 @@ async fn set_enable(ctx: &IqCtx<'_>) -> IqResult {
     server.storage.put_push(bare, &reg).await?;
     metrics::counter!("starling_push_enabled_total").increment(1);
     Ok(super::IqReply::EMPTY)
+}
+
+/// Refuses an app server no notification could reach, so that the client
+/// knows it must not rely on push (and keeps its connection instead): one
+/// on another domain (that needs federation, not built yet), or a bare
+/// account or a domain served here (the server answers for those itself).
+fn deliverable(server: &Server, jid: &str) -> Result<(), StanzaError> {
+    match im::destination(server, jid)? {
+        Destination::Service { .. }
+        | Destination::Account {
+            resource: Some(_), ..
+        }
+        | Destination::Server {
+            resource: Some(_), ..
+        } => Ok(()),
+        Destination::Remote { .. } => Err(StanzaError::with_text(
+            Condition::RemoteServerNotFound,
+            "app servers on other domains need federation, which this server does not offer yet",
+        )),
+        _ => Err(StanzaError::with_text(
+            Condition::NotAcceptable,
+            "the app server must be a full JID or a service",
+        )),
+    }
 }
 
 /// §6: removes the registration of `jid` and `node`, or all of `jid`'s.
