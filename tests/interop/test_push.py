@@ -80,6 +80,14 @@ def answer(app, iq, error=None):
                      "</error></iq>")
 
 
+def parties(server, clients):
+    """The app server (a session with a full JID), a sender, and the user's account."""
+    app = clients.add(server.online("papp", resource="push"))
+    a = clients.add(server.online("pa"))
+    jid, _, pw = server.new_user("pu")
+    return app, a, jid, pw
+
+
 def login_sm(server, jid, pw, resource="phone"):
     c = server.client()
     c.start()
@@ -105,9 +113,7 @@ def test_the_account_advertises_push(server, clients):
 
 
 def test_offline_message_notifies_the_app_server(server, clients):
-    app = clients.add(server.online("papp", resource="push"))
-    a = clients.add(server.online("pa"))
-    jid, user, pw = server.new_user("pu")
+    app, a, jid, pw = parties(server, clients)
     u = server.login(jid, pw, resource="phone")
     node = "n-" + new_id()
     r = enable(u, app.jid, node)
@@ -140,9 +146,7 @@ def test_offline_message_notifies_the_app_server(server, clients):
 
 
 def test_a_detached_session_notifies_for_what_its_client_never_had(server, clients):
-    app = clients.add(server.online("papp", resource="push"))
-    a = clients.add(server.online("pa"))
-    jid, user, pw = server.new_user("pu")
+    app, a, jid, pw = parties(server, clients)
     u = login_sm(server, jid, pw)
     node = "n-" + new_id()
     assert enable(u, app.jid, node, form="").get("type") == "result"
@@ -163,9 +167,7 @@ def test_a_detached_session_notifies_for_what_its_client_never_had(server, clien
 
 
 def test_disable_stops_notifications(server, clients):
-    app = clients.add(server.online("papp", resource="push"))
-    a = clients.add(server.online("pa"))
-    jid, user, pw = server.new_user("pu")
+    app, a, jid, pw = parties(server, clients)
     u = clients.add(server.login(jid, pw, resource="phone"))
     n1, n2, n3 = ("n1-" + new_id(), "n2-" + new_id(), "n3-" + new_id())
     for n in (n1, n2, n3):
@@ -186,9 +188,7 @@ def test_disable_stops_notifications(server, clients):
 
 
 def test_an_error_from_the_app_server_disables_the_registration(server, clients):
-    app = clients.add(server.online("papp", resource="push"))
-    a = clients.add(server.online("pa"))
-    jid, user, pw = server.new_user("pu")
+    app, a, jid, pw = parties(server, clients)
     u = server.login(jid, pw, resource="phone")
     node = "n-" + new_id()
     assert enable(u, app.jid, node).get("type") == "result"
@@ -220,9 +220,7 @@ def test_an_error_from_the_app_server_disables_the_registration(server, clients)
     ("set", "<enable xmlns='urn:xmpp:push:0' jid='BARE' node='x'/>", ("modify", "not-acceptable")),
 ])
 def test_bad_requests_are_refused_and_register_nothing(server, clients, kind, payload, condition):
-    app = clients.add(server.online("papp", resource="push"))
-    a = clients.add(server.online("pa"))
-    jid, user, pw = server.new_user("pu")
+    app, a, jid, pw = parties(server, clients)
     u = clients.add(server.login(jid, pw, resource="phone"))
     r = u.iq(kind, payload.replace("APP", app.jid).replace("BARE", app.bare))
     assert r.get("type") == "error", tostring(r)
@@ -258,9 +256,7 @@ def chatty_server(tmp_path_factory):
 
 def test_sender_and_body_when_configured(chatty_server, clients):
     server = chatty_server
-    app = clients.add(server.online("papp", resource="push"))
-    a = clients.add(server.online("pa"))
-    jid, user, pw = server.new_user("pu")
+    app, a, jid, pw = parties(server, clients)
     u = server.login(jid, pw, resource="phone")
     node = "n-" + new_id()
     assert enable(u, app.jid, node).get("type") == "result"
