@@ -48,6 +48,12 @@ def test_malformed_xml(server, clients):
     assert stream_error_after(server, clients, "<message><body>x</bod></message>") == "not-well-formed"
 
 
+def test_end_tag_of_an_outer_element_is_not_well_formed_at_once(server, clients):
+    """XML 1.0 3 (element type match): </message> while <body> is open is an error then
+    and there, not a stanza waiting for one more end tag until the connection times out."""
+    assert stream_error_after(server, clients, "<message><body>unclosed</message>") == "not-well-formed"
+
+
 def test_malformed_xml_before_auth(server, clients):
     assert stream_error_after(server, clients, "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl'<<", authed=False) \
         == "not-well-formed"

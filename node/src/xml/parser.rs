@@ -117,6 +117,10 @@ pub struct StreamParser {
     /// default namespace has prefix "".
     scope: Vec<(String, String)>,
     header_qname: String,
+    /// The open elements of the current stanza, outermost first: where
+    /// each start tag's name is, relative to `stanza_start`, and its
+    /// length (an end tag must name the element it closes).
+    open: Vec<(usize, usize)>,
     failed: Option<XmlError>,
 }
 
@@ -134,6 +138,7 @@ impl StreamParser {
             at_start: true,
             scope: Vec::new(),
             header_qname: String::new(),
+            open: Vec::new(),
             failed: None,
         }
     }
@@ -371,6 +376,13 @@ impl StreamParser {
             }
             return Ok(None);
         }
+        let stanza_start = self.stanza_start.unwrap_or(self.tag_start);
+        let name_len = self.buf[self.tag_start + 1..self.pos]
+            .iter()
+            .position(|c| matches!(c, b' ' | b'\t' | b'\r' | b'\n' | b'>' | b'/'))
+            .unwrap_or(0);
+        self.open
+            .push((self.tag_start + 1 - stanza_start, name_len));
         self.depth += 1;
         if self.depth > self.limits.max_depth + 1 {
             return Err(XmlError::PolicyViolation);
@@ -392,12 +404,23 @@ impl StreamParser {
                 self.consume(end);
                 Ok(Some(StreamEvent::End))
             }
-            2 => {
-                self.depth = 1;
-                self.stanza_done().map(Some)
-            }
-            _ => {
+            depth => {
+                // XML 1.0 §3 (element type match): the end tag names the
+                // element it closes.
+                let (at, len) = self.open.pop().ok_or(XmlError::NotWellFormed)?;
+                let at = self.stanza_start.unwrap_or(self.tag_start) + at;
+                let name = self.buf[self.tag_start + 2..self.pos - 1].trim_ascii_end();
+                if name != &self.buf[at..at + len] {
+                    return Err(XmlError::NotWellFormed);
+                }
                 self.depth -= 1;
+                if depth == 2 {
+                    if self.open.capacity() > 16 {
+                        // A deeply nested stanza does not leave its stack.
+                        self.open = Vec::new();
+                    }
+                    return self.stanza_done().map(Some);
+                }
                 Ok(None)
             }
         }
@@ -806,6 +829,20 @@ mod tests {
         events(&mut p, HEADER.as_bytes()).unwrap();
         let e = events(&mut p, b"<message><body>\xff\xfe</body></message>").unwrap_err();
         assert_eq!(e, XmlError::UnsupportedEncoding);
+    }
+
+    #[test]
+    fn an_end_tag_must_close_the_element_it_names() {
+        // `</message>` closes <body>: not well-formed at once, not a
+        // stanza that waits for one more end tag.
+        let mut p = parser();
+        events(&mut p, HEADER.as_bytes()).unwrap();
+        let e = events(&mut p, b"<message><body>x</message>").unwrap_err();
+        assert_eq!(e, XmlError::NotWellFormed);
+        let mut p = parser();
+        events(&mut p, HEADER.as_bytes()).unwrap();
+        let evs = events(&mut p, b"<a:m xmlns:a='jabber:client'><b><b/></b ></a:m>").unwrap();
+        assert!(matches!(evs[..], [StreamEvent::Stanza(_)]));
     }
 
     #[test]
