@@ -32,6 +32,7 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub cluster: ClusterConfig,
     pub upload: UploadConfig,
+    pub websocket: WebSocketConfig,
     /// Server administrators (XEP-0133 service administration).
     pub admin: AdminConfig,
     /// XEP-0215 external services (STUN/TURN) announced to clients.
@@ -58,6 +59,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             cluster: ClusterConfig::default(),
             upload: UploadConfig::default(),
+            websocket: WebSocketConfig::default(),
             admin: AdminConfig::default(),
             external_services: Vec::new(),
         }
@@ -336,6 +338,33 @@ pub struct OfflineConfig {
 impl Default for OfflineConfig {
     fn default() -> Self {
         OfflineConfig { max_messages: 1000 }
+    }
+}
+
+/// XMPP over WebSocket (RFC 7395), for web clients.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebSocketConfig {
+    /// Off by default: it opens one more port.
+    pub enabled: bool,
+    /// Port of the WebSocket listener, on `c2s.bind`.
+    pub port: u16,
+    /// `wss` with the domains' certificates. Off only behind a proxy that
+    /// terminates TLS: STARTTLS does not exist over WebSocket, so a plain
+    /// listener authenticates clients over whatever reached it.
+    pub tls: bool,
+    /// The HTTP path of the endpoint.
+    pub path: String,
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        WebSocketConfig {
+            enabled: false,
+            port: 5280,
+            tls: true,
+            path: "/xmpp-websocket".into(),
+        }
     }
 }
 
@@ -702,6 +731,37 @@ impl Default for UploadConfig {
     }
 }
 
+impl Config {
+    fn check_websocket(&self) -> anyhow::Result<()> {
+        let ws = &self.websocket;
+        if !ws.enabled {
+            return Ok(());
+        }
+        if ws.port == 0 {
+            anyhow::bail!("websocket.port must not be 0");
+        }
+        let taken = [
+            ("c2s.port", self.c2s.port),
+            ("c2s.tls_port", self.c2s.tls_port),
+            (
+                "upload.port",
+                if self.upload.enabled {
+                    self.upload.port
+                } else {
+                    0
+                },
+            ),
+        ];
+        if let Some((name, _)) = taken.iter().find(|(_, p)| *p == ws.port) {
+            anyhow::bail!("websocket.port {} is also {name}", ws.port);
+        }
+        if !ws.path.starts_with('/') || ws.path.contains(['?', '#', ' ']) {
+            anyhow::bail!("websocket.path must be an absolute path such as /xmpp-websocket");
+        }
+        Ok(())
+    }
+}
+
 impl UploadConfig {
     fn check(&self) -> anyhow::Result<()> {
         if !self.enabled {
@@ -821,6 +881,7 @@ impl Config {
             "metrics",
             "cluster",
             "upload",
+            "websocket",
             "admin",
             "external_services",
         ];
@@ -960,6 +1021,7 @@ impl Config {
             anyhow::bail!("mam.domains: {d:?} is not one of the served domains");
         }
         self.upload.check()?;
+        self.check_websocket()?;
         for s in &self.external_services {
             s.check()?;
         }
@@ -997,6 +1059,23 @@ mod tests {
         };
         f(&mut c);
         c.check().map(|()| c)
+    }
+
+    #[test]
+    fn websocket_listener_settings_are_checked() {
+        assert!(checked(|c| c.websocket.enabled = true).is_ok());
+        let same_port = checked(|c| {
+            c.websocket.enabled = true;
+            c.websocket.port = c.c2s.port;
+        });
+        assert!(same_port.unwrap_err().to_string().contains("c2s.port"));
+        let relative = checked(|c| {
+            c.websocket.enabled = true;
+            c.websocket.path = "xmpp".into();
+        });
+        assert!(relative.is_err());
+        let off = checked(|c| c.websocket.port = c.c2s.port);
+        assert!(off.is_ok(), "not checked while off");
     }
 
     #[test]

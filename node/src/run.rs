@@ -217,11 +217,15 @@ async fn run_listeners(server: Arc<Server>) -> anyhow::Result<()> {
         .services
         .init(Arc::downgrade(&server), handles.clone());
     let c2s = &server.config.c2s;
-    let mut ports = vec![(c2s.port, false)];
+    use crate::net::Listener;
+    let mut ports = vec![(c2s.port, Listener::Starttls)];
     if c2s.tls_port != 0 {
-        ports.push((c2s.tls_port, true));
+        ports.push((c2s.tls_port, Listener::DirectTls));
     }
-    for (port, direct_tls) in ports {
+    if server.config.websocket.enabled {
+        ports.push((server.config.websocket.port, Listener::WebSocket));
+    }
+    for (port, kind) in ports {
         let addr = format!("{}:{}", c2s.bind, port);
         let sock: std::net::SocketAddr = tokio::net::lookup_host(&addr)
             .await
@@ -229,11 +233,11 @@ async fn run_listeners(server: Arc<Server>) -> anyhow::Result<()> {
             .next()
             .with_context(|| format!("no address for {addr}"))?;
         let listener = crate::net::listen(sock).with_context(|| format!("listening on {addr}"))?;
-        tracing::info!(%addr, direct_tls, domains = ?server.config.domains, "c2s listening");
+        tracing::info!(%addr, ?kind, domains = ?server.config.domains, "c2s listening");
         actix_rt::spawn(crate::net::accept_loop(
             server.clone(),
             listener,
-            direct_tls,
+            kind,
             handles.clone(),
         ));
     }

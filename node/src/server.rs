@@ -16,6 +16,9 @@ pub struct Server {
     pub storage: Storage,
     pub router: Router,
     pub tls: Arc<rustls::ServerConfig>,
+    /// The same certificates for HTTP clients (the WebSocket listener):
+    /// ALPN `http/1.1` instead of XEP-0368's `xmpp-client`.
+    pub tls_http: Arc<rustls::ServerConfig>,
     /// What the modules declared: IQ dispatch, hooks, disco and stream
     /// features.
     pub modules: Registry,
@@ -62,6 +65,7 @@ impl Server {
             config,
             router: Router::new(storage.store.clone()),
             storage,
+            tls_http: crate::net::tls::for_http(&tls),
             tls,
             modules,
             started: Instant::now(),

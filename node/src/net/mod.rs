@@ -6,6 +6,7 @@ pub mod shaping;
 pub mod tls;
 pub mod tls_conn;
 pub mod transport;
+pub mod websocket;
 
 use crate::server::Server;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -82,11 +83,22 @@ pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
+/// What a c2s listener speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listener {
+    /// XML stream, STARTTLS required (RFC 6120).
+    Starttls,
+    /// TLS first (XEP-0368).
+    DirectTls,
+    /// XMPP over WebSocket (RFC 7395).
+    WebSocket,
+}
+
 /// Accepts connections on `listener` until the process ends.
 pub async fn accept_loop(
     server: Arc<Server>,
     listener: TcpListener,
-    direct_tls: bool,
+    kind: Listener,
     arbiters: Arc<Vec<actix_rt::ArbiterHandle>>,
 ) {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -130,16 +142,23 @@ pub async fn accept_loop(
             // the context of a session actor it is about to start
             // (XEP-0198 resumption), which never leaves its thread.
             actix_rt::spawn(async move {
-                use crate::stream::negotiate::Negotiated;
-                let negotiated = crate::stream::negotiate::serve_connection(
-                    server.clone(),
-                    tcp,
-                    peer,
-                    direct_tls,
-                );
+                use crate::stream::negotiate::{self, Negotiated};
                 // Negotiation ends by handing over a bound stream; the
                 // session actor takes it from there on this same arbiter.
-                match negotiated.await {
+                if kind == Listener::WebSocket {
+                    match negotiate::serve_websocket(server.clone(), tcp, peer).await {
+                        Some(Negotiated::Bound(bound)) => {
+                            crate::session::c2s::start(server, bound, slot)
+                        }
+                        Some(Negotiated::Resumed(stream, r)) => {
+                            crate::session::c2s::start_resumed(server, stream, r, slot)
+                        }
+                        None => {}
+                    }
+                    return;
+                }
+                let direct_tls = kind == Listener::DirectTls;
+                match negotiate::serve_connection(server.clone(), tcp, peer, direct_tls).await {
                     Some(Negotiated::Bound(bound)) => {
                         crate::session::c2s::start(server, bound, slot)
                     }

@@ -58,6 +58,14 @@ pub fn server_config(cfg: &Config) -> anyhow::Result<Arc<rustls::ServerConfig>> 
     Ok(Arc::new(config))
 }
 
+/// `config` for HTTP clients (WebSocket): ALPN `http/1.1`; a client that
+/// offers no ALPN is served too.
+pub fn for_http(config: &Arc<rustls::ServerConfig>) -> Arc<rustls::ServerConfig> {
+    let mut http = rustls::ServerConfig::clone(config);
+    http.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(http)
+}
+
 /// The certificate chain and key of every domain of `cfg` (configured, or
 /// generated on first use), by domain; and of each service host
 /// ([`service_hosts`]) that `[tls] certs` gives its own certificate.

@@ -8,6 +8,7 @@ use super::sasl::{self, SaslOutcome};
 use super::xmlstream::{XmlStream, new_id, read_failed};
 use crate::net::tls_conn::TlsConn;
 use crate::net::transport::Transport;
+use crate::net::websocket::{self, MaybeTls, WsConn};
 use crate::server::Server;
 use crate::stanza::StreamCondition;
 use crate::stanza::{self, NS_BIND, NS_CLIENT, NS_SASL, NS_TLS};
@@ -118,6 +119,42 @@ pub async fn serve_connection(
         }
     };
     let xs = XmlStream::new(tls, limits(&server), default_domain, write_timeout);
+    let ip = peer.ip().to_string();
+    let negotiated = Box::pin(secure_phases(&server, xs, &ip, deadline)).await?;
+    guard.done();
+    Some(negotiated)
+}
+
+/// Negotiates one accepted WebSocket connection (RFC 7395): TLS unless the
+/// listener is plain (behind a TLS-terminating proxy), the HTTP upgrade,
+/// then the same phases as a TLS stream (no STARTTLS over WebSocket).
+pub async fn serve_websocket(
+    server: Arc<Server>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) -> Option<Negotiated<WsConn<MaybeTls>>> {
+    let _ = tcp.set_nodelay(true);
+    metrics::counter!("starling_c2s_connections_total").increment(1);
+    let n = server.unauthenticated.fetch_add(1, Ordering::Relaxed);
+    let mut guard = UnauthGuard(&server, true);
+    // No stream to say it on yet: over the limits the connection is closed.
+    if n >= server.config.c2s.max_unauthenticated || !server.shaper.admit_address(peer.ip()) {
+        return None;
+    }
+    let deadline = Instant::now() + Duration::from_secs(server.config.c2s.handshake_timeout_secs);
+    let write_timeout = Duration::from_secs(server.config.c2s.write_timeout_secs);
+    let cfg = &server.config.websocket;
+    let io = if cfg.tls {
+        let tls = TlsConn::accept(tcp, server.tls_http.clone());
+        let tls = tokio::time::timeout_at(deadline, Box::pin(tls));
+        MaybeTls::Tls(Box::new(tls.await.ok()?.ok()?))
+    } else {
+        MaybeTls::Plain(tcp)
+    };
+    let max = server.config.c2s.max_stanza_size;
+    let ws = Box::pin(websocket::accept(io, &cfg.path, deadline, max)).await?;
+    let default_domain = server.config.domains[0].clone();
+    let xs = XmlStream::new(ws, limits(&server), default_domain, write_timeout);
     let ip = peer.ip().to_string();
     let negotiated = Box::pin(secure_phases(&server, xs, &ip, deadline)).await?;
     guard.done();
