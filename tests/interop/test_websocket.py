@@ -4,6 +4,7 @@
 Every message is parsed on its own (ElementTree): RFC 7395 3.3.3 makes each a complete
 XML document, so namespaces must be declared in it.
 
+- XEP-0156 host-meta (XRD and JSON) names the endpoint;
 - the whole login: <open/>, features without STARTTLS (3.8), SASL PLAIN, <open/> again
   (stream restart, 3.5), bind, presence, a message each way with a client on the TCP
   port, ping, <close/> answered with <close/> and the WebSocket close;
@@ -195,6 +196,27 @@ def test_the_xmpp_subprotocol_is_required(ws_server):
 
     run(scenario())
     ws_server.assert_healthy()
+
+
+def test_host_meta_names_the_endpoint(ws_server):
+    """XEP-0156: web clients find the WebSocket endpoint in host-meta (XRD and JSON)."""
+    server = ws_server
+    base = f"{'https' if server.ws_scheme == 'wss' else 'http'}://127.0.0.1:{server.ws_port}"
+
+    async def scenario():
+        async with aiohttp.ClientSession() as s:
+            async with s.get(base + "/.well-known/host-meta", ssl=False) as r:
+                assert r.status == 200
+                xrd = ET.fromstring(await r.text())
+                links = xrd.findall("{http://docs.oasis-open.org/ns/xri/xrd-1.0}Link")
+                assert [(link.get("rel"), link.get("href")) for link in links] == [
+                    ("urn:xmpp:alt-connections:websocket", f"wss://127.0.0.1:{server.ws_port}{PATH}")]
+            async with s.get(base + "/.well-known/host-meta.json", ssl=False) as r:
+                assert r.status == 200
+                doc = await r.json(content_type=None)
+                assert doc["links"][0]["rel"] == "urn:xmpp:alt-connections:websocket"
+
+    run(scenario())
 
 
 def test_not_well_formed_xml_is_a_stream_error(ws_server, clients):

@@ -419,7 +419,9 @@ pub async fn accept<T: Transport>(
         )
         .into_bytes(),
         Err(refusal) => {
-            metrics::counter!("starling_websocket_refused_total").increment(1);
+            if !refusal.starts_with(b"HTTP/1.1 200") {
+                metrics::counter!("starling_websocket_refused_total").increment(1);
+            }
             let _ = inner.write_all(&refusal).await;
             let _ = inner.shutdown().await;
             return None;
@@ -439,6 +441,36 @@ pub async fn accept<T: Transport>(
     })
 }
 
+/// XEP-0156: where web clients find the endpoint, for the host they
+/// asked (a proxy in front of a plain listener serves it as `wss` too).
+fn host_meta(host: &str, path: &str, json: bool) -> Vec<u8> {
+    let host: String = host
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
+        .collect();
+    let href = format!("wss://{host}{path}");
+    let (kind, body) = if json {
+        (
+            "application/json",
+            format!(
+                "{{\"links\":[{{\"rel\":\"urn:xmpp:alt-connections:websocket\",\"href\":\"{href}\"}}]}}"
+            ),
+        )
+    } else {
+        (
+            "application/xrd+xml",
+            format!(
+                "<?xml version='1.0' encoding='utf-8'?>\n<XRD xmlns='http://docs.oasis-open.org/ns/xri/xrd-1.0'>\n  <Link rel='urn:xmpp:alt-connections:websocket' href='{href}'/>\n</XRD>\n"
+            ),
+        )
+    };
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: {kind}\r\nAccess-Control-Allow-Origin: *\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
 /// Checks an upgrade request; its `Sec-WebSocket-Key`, or the refusal.
 fn upgrade(head: &[u8], path: &str) -> Result<String, Vec<u8>> {
     let mut headers = [httparse::EMPTY_HEADER; 32];
@@ -450,10 +482,6 @@ fn upgrade(head: &[u8], path: &str) -> Result<String, Vec<u8>> {
     if r.method != Some("GET") {
         return Err(refuse("405 Method Not Allowed", "GET only"));
     }
-    let asked = r.path.unwrap_or_default();
-    if asked.split('?').next() != Some(path) {
-        return Err(refuse("404 Not Found", "no such endpoint"));
-    }
     let header = |name: &str| {
         r.headers
             .iter()
@@ -462,6 +490,22 @@ fn upgrade(head: &[u8], path: &str) -> Result<String, Vec<u8>> {
             .collect::<Vec<_>>()
             .join(",")
     };
+    let asked = r
+        .path
+        .unwrap_or_default()
+        .split('?')
+        .next()
+        .unwrap_or_default();
+    if let Some(json) = match asked {
+        "/.well-known/host-meta" => Some(false),
+        "/.well-known/host-meta.json" => Some(true),
+        _ => None,
+    } {
+        return Err(host_meta(&header("host"), path, json));
+    }
+    if asked != path {
+        return Err(refuse("404 Not Found", "no such endpoint"));
+    }
     let tokens = |v: String| -> Vec<String> {
         v.split(',')
             .map(|t| t.trim().to_ascii_lowercase())
@@ -556,6 +600,13 @@ mod tests {
             "dGhlIHNhbXBsZSBub25jZQ=="
         );
         assert!(upgrade(ok, "/other").is_err());
+        let meta = b"GET /.well-known/host-meta.json HTTP/1.1\r\nHost: chat.example:5280\r\n\r\n";
+        let answer = String::from_utf8(upgrade(meta, "/xmpp-websocket").unwrap_err()).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(
+            answer.contains("\"href\":\"wss://chat.example:5280/xmpp-websocket\""),
+            "{answer}"
+        );
         let no_xmpp = String::from_utf8_lossy(ok).replace("chat, xmpp", "chat");
         let refusal = upgrade(no_xmpp.as_bytes(), "/xmpp-websocket").unwrap_err();
         assert!(refusal.starts_with(b"HTTP/1.1 400"));
