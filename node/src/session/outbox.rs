@@ -130,11 +130,6 @@ impl Outbox {
         loop {
             {
                 let mut st = self.state.lock().expect("outbox lock");
-                if let Some(seen) = seen
-                    && st.queue.len() > seen
-                {
-                    return Err(st.queue.iter().skip(seen).cloned().collect());
-                }
                 if st.close.take().is_some() {
                     return Ok(Control::Close);
                 }
@@ -146,6 +141,13 @@ impl Outbox {
                 }
                 if std::mem::take(&mut st.checkpoint) {
                     return Ok(Control::Checkpoint);
+                }
+                // Control first: a resumption taking the session over
+                // needs no notification of what it takes with it.
+                if let Some(seen) = seen
+                    && st.queue.len() > seen
+                {
+                    return Err(st.queue.iter().skip(seen).cloned().collect());
                 }
             }
             self.notify.notified().await;
