@@ -24,6 +24,7 @@ use crate::codec::{decode, encode};
 use crate::events::{Hooks, Observed};
 use crate::kv::{Change, Kv, KvResult, KvTree, Pairs};
 use crate::metrics;
+use crate::op::Op;
 use crate::raft::{Entry, LogId, Node, NodeId, Response, StorageError, TypeConfig};
 use crate::store::apply::{Base, Overlay};
 
@@ -257,14 +258,17 @@ impl<K: Kv> RaftStateMachine<TypeConfig> for StateMachine<K> {
         let mut last_applied = None;
         let mut membership = None;
         let mut observed = Observed::default();
+        // Whether every op is a blind `Put` or `Delete`: see `write_in_order`.
+        let mut blind = true;
         for entry in entries {
             last_applied = Some(entry.log_id);
             match entry.payload {
                 EntryPayload::Blank => replies.push(Response::default()),
-                EntryPayload::Normal(req) => {
+                EntryPayload::Normal(mut req) => {
+                    blind &= req.writes.iter().flatten().all(Op::is_blind);
                     let mut results = Vec::with_capacity(req.writes.len());
-                    for w in &req.writes {
-                        let r = overlay.apply_write(self, w).map_err(|e| {
+                    for w in &mut req.writes {
+                        let r = overlay.apply_write_owned(self, w).map_err(|e| {
                             StorageIOError::apply(entry.log_id, openraft::AnyError::error(e))
                         })?;
                         observed.write(w, &r);
@@ -276,6 +280,7 @@ impl<K: Kv> RaftStateMachine<TypeConfig> for StateMachine<K> {
                     });
                 }
                 EntryPayload::Membership(m) => {
+                    blind = false;
                     membership = Some(StoredMembership::new(Some(entry.log_id), m));
                     replies.push(Response::default());
                 }
@@ -303,8 +308,18 @@ impl<K: Kv> RaftStateMachine<TypeConfig> for StateMachine<K> {
         if let Some(m) = membership {
             meta.push((MEMBERSHIP.to_vec(), Some(encode(&m).map_err(wr)?)));
         }
+        // The applied log id goes last.
         changes.push((self.meta.clone(), meta));
-        self.kv.write_multi(changes).map_err(wr)?;
+        if blind {
+            // No journal record: a crash leaves a prefix of these changes,
+            // and with it the previous applied log id, from which openraft
+            // applies the same entries again (kept in the log: it is purged
+            // only up to a snapshot). Blind sets and removals end in the
+            // same state whatever part of them was already made.
+            self.kv.write_in_order(changes).map_err(wr)?;
+        } else {
+            self.kv.write_multi(changes).map_err(wr)?;
+        }
         if let Some(h) = &self.hooks {
             h.fire(observed);
         }
