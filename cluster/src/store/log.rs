@@ -19,7 +19,7 @@ use openraft::{LogState, OptionalSend, RaftLogReader, StorageIOError, Vote};
 use tokio::sync::mpsc;
 
 use super::filelog::FileLog;
-use crate::codec::{decode, encode};
+use crate::codec::{decode, encode, encode_sized};
 use crate::kv::{Kv, KvTree};
 use crate::metrics;
 use crate::raft::{Entry, LogId, NodeId, StorageError, TypeConfig};
@@ -257,7 +257,7 @@ impl<K: Kv> RaftLogStorage<TypeConfig> for LogStore<K> {
         if let Some(files) = &self.files {
             let mut encoded = Vec::new();
             for e in entries {
-                encoded.push((e.log_id, encode(&e).map_err(wr)?));
+                encoded.push((e.log_id, encode_sized(&e, size_hint(&e)).map_err(wr)?));
             }
             files.append(encoded).map_err(wr)?;
             files.flush_then(callback);
@@ -314,5 +314,20 @@ impl<K: Kv> RaftLogStorage<TypeConfig> for LogStore<K> {
         self.log
             .remove_range(&0u64.to_be_bytes(), end.as_ref().map(|e| &e[..]))
             .map_err(wr)
+    }
+}
+
+/// About the encoded size of an entry (its ops' bytes and some framing).
+fn size_hint(e: &Entry) -> usize {
+    match &e.payload {
+        openraft::EntryPayload::Normal(req) => {
+            req.writes
+                .iter()
+                .flatten()
+                .map(|op| crate::batcher::op_bytes(op) + 16)
+                .sum::<usize>()
+                + 64
+        }
+        _ => 256,
     }
 }

@@ -425,11 +425,16 @@ impl Prepared {
         crate::storage::archive_ops(&entries, !reserved(self.id))
     }
 
-    fn written(&self) {
+    /// Counts the records written; `waited`: the message waited for the
+    /// write (its time goes in the histogram; a write behind a delivery
+    /// lingers for company, and recording each costs a lock-free push).
+    fn written(&self, waited: bool) {
         static WRITE_SECONDS: std::sync::OnceLock<metrics::Histogram> = std::sync::OnceLock::new();
-        WRITE_SECONDS
-            .get_or_init(|| metrics::histogram!("starling_mam_write_seconds"))
-            .record(self.started.elapsed().as_secs_f64());
+        if waited {
+            WRITE_SECONDS
+                .get_or_init(|| metrics::histogram!("starling_mam_write_seconds"))
+                .record(self.started.elapsed().as_secs_f64());
+        }
         crate::hot_counter!("starling_mam_archived_total").increment(self.records.len() as u64);
     }
 
@@ -455,7 +460,7 @@ impl Prepared {
     pub async fn write(mut self, server: &Server) -> Result<u64, StoreError> {
         for _ in 0..ID_ATTEMPTS {
             if server.storage.archive_ops(self.ops()).await? {
-                self.written();
+                self.written(true);
                 return Ok(self.id);
             }
             self.next(server);
@@ -480,7 +485,7 @@ impl Prepared {
             };
             let result = match done {
                 Ok(true) => {
-                    self.written();
+                    self.written(false);
                     Ok(self.id)
                 }
                 // Taken (the clock went back): the copy delivered names an
