@@ -40,7 +40,7 @@ pub const WRITE_QUEUE: usize = 16 * 1024;
 /// entry stays cheap to replicate and to apply.
 pub const MAX_ENTRY_BYTES: usize = 4 << 20;
 
-fn op_bytes(op: &Op) -> usize {
+pub(crate) fn op_bytes(op: &Op) -> usize {
     match op {
         Op::Put { space, key, value } | Op::Insert { space, key, value } => {
             space.len() + key.len() + value.len()

@@ -71,6 +71,14 @@ pub trait Kv: Clone + Send + Sync + 'static {
     fn tree_names(&self) -> KvResult<Vec<String>>;
     /// Applies changes to several trees as one atomic unit, also across a crash.
     fn write_multi(&self, changes: Vec<(Self::Tree, Vec<Change>)>) -> KvResult<()>;
+    /// Applies changes key by key, in the order given, with no atomicity:
+    /// a crash may leave any prefix of them (never a later change without
+    /// the earlier ones). For changes that may be made again after a crash
+    /// (the state machine's batches of blind `Put`s and `Delete`s, whose
+    /// applied log id is the last change).
+    fn write_in_order(&self, changes: Vec<(Self::Tree, Vec<Change>)>) -> KvResult<()> {
+        self.write_multi(changes)
+    }
     /// Makes everything written so far durable. Blocks on I/O: call it off
     /// the async executor (`spawn_blocking`).
     fn flush(&self) -> KvResult<()>;
@@ -429,6 +437,15 @@ impl Kv for SledKv {
                 Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
             })
             .map_err(|e: TransactionError<()>| err(format!("{e:?}")))
+    }
+
+    /// sled recovers a prefix of its log (the premise of `write_multi`'s
+    /// journal too): changes made one by one survive a crash as a prefix.
+    fn write_in_order(&self, changes: Vec<(SledTree, Vec<Change>)>) -> KvResult<()> {
+        for (t, c) in changes {
+            apply_each(&[(t.tree, c)])?;
+        }
+        Ok(())
     }
 
     fn flush(&self) -> KvResult<()> {

@@ -120,6 +120,15 @@ pub enum Op {
     },
 }
 
+impl Op {
+    /// A set or a removal of one key whatever it held: applying it again
+    /// on any state between before and after it ends in the same state
+    /// (the state machine writes a batch of only these without a journal).
+    pub fn is_blind(&self) -> bool {
+        matches!(self, Op::Put { .. } | Op::Delete { .. })
+    }
+}
+
 /// What happened to one operation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OpResult {

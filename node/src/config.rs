@@ -634,7 +634,7 @@ impl Default for ClusterConfig {
             key: None,
             see_other_host: None,
             write_linger_us: 2000,
-            behind_linger_us: 10_000,
+            behind_linger_us: 25_000,
         }
     }
 }

@@ -1017,15 +1017,19 @@ pub struct ArchivePrefs {
     pub never: Vec<String>,
 }
 
-/// The writes that archive `entries` (owner, id, record); each fails
-/// with `Exists` where its id is taken.
-pub fn archive_ops(entries: &[(&str, u64, &ArchivedMessage)]) -> Vec<Op> {
+/// The writes that archive `entries` (owner, id, record); `checked`,
+/// each fails with `Exists` where its id is taken (otherwise blind `Put`s,
+/// for ids no record can hold yet).
+pub fn archive_ops(entries: &[(&str, u64, &ArchivedMessage)], checked: bool) -> Vec<Op> {
     entries
         .iter()
-        .map(|(bare, id, m)| Op::Insert {
-            space: ARCHIVE.into(),
-            key: archive_key(bare, *id),
-            value: ser(m),
+        .map(|(bare, id, m)| {
+            let (space, key, value) = (ARCHIVE.into(), archive_key(bare, *id), ser(m));
+            if checked {
+                Op::Insert { space, key, value }
+            } else {
+                Op::Put { space, key, value }
+            }
         })
         .collect()
 }
@@ -1064,7 +1068,7 @@ impl Storage {
         &self,
         entries: &[(&str, u64, &ArchivedMessage)],
     ) -> Result<bool, StoreError> {
-        self.archive_ops(archive_ops(entries)).await
+        self.archive_ops(archive_ops(entries, true)).await
     }
 
     /// Writes [`archive_ops`]: false when an id was taken already.

@@ -57,12 +57,15 @@ impl Overlay {
     }
 
     fn set(&mut self, space: &str, key: Vec<u8>, value: Option<Vec<u8>>, undo: &mut Vec<Undo>) {
-        let prev = self
-            .spaces
-            .entry(space.to_string())
-            .or_default()
-            .insert(key.clone(), value);
+        let prev = self.space_mut(space).insert(key.clone(), value);
         undo.push(Undo::Key(space.to_string(), key, prev));
+    }
+
+    fn space_mut(&mut self, space: &str) -> &mut BTreeMap<Vec<u8>, Option<Vec<u8>>> {
+        if !self.spaces.contains_key(space) {
+            self.spaces.insert(space.to_string(), BTreeMap::new());
+        }
+        self.spaces.get_mut(space).expect("just inserted")
     }
 
     fn count(&self, base: &impl Base, space: &str, prefix: &[u8]) -> KvResult<u64> {
@@ -119,6 +122,38 @@ impl Overlay {
                 }
             }
         }
+    }
+
+    /// Evaluates one write of only blind ops (`Op::is_blind`, which never
+    /// fail: nothing to undo), taking their values.
+    fn apply_blind(&mut self, ops: &mut [Op]) -> Vec<OpResult> {
+        for op in ops.iter_mut() {
+            match op {
+                Op::Put { space, key, value } => {
+                    let value = std::mem::take(value);
+                    self.space_mut(space).insert(key.clone(), Some(value));
+                }
+                Op::Delete { space, key } => {
+                    self.space_mut(space).insert(key.clone(), None);
+                }
+                _ => unreachable!("only blind ops"),
+            }
+        }
+        vec![OpResult::Done; ops.len()]
+    }
+
+    /// [`Overlay::apply_write`] for a write the caller owns: a write of
+    /// only blind ops gives up its values (`Put`'s `value` is left empty)
+    /// instead of copying them.
+    pub fn apply_write_owned(
+        &mut self,
+        base: &impl Base,
+        ops: &mut [Op],
+    ) -> KvResult<Vec<OpResult>> {
+        if ops.iter().all(Op::is_blind) {
+            return Ok(self.apply_blind(ops));
+        }
+        self.apply_write(base, ops)
     }
 
     /// Evaluates one write: all its ops in order, or none of them.

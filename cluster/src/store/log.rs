@@ -19,7 +19,7 @@ use openraft::{LogState, OptionalSend, RaftLogReader, StorageIOError, Vote};
 use tokio::sync::mpsc;
 
 use super::filelog::FileLog;
-use crate::codec::{decode, encode};
+use crate::codec::{decode, encode, encode_sized};
 use crate::kv::{Kv, KvTree};
 use crate::metrics;
 use crate::raft::{Entry, LogId, NodeId, StorageError, TypeConfig};
@@ -41,6 +41,78 @@ pub struct LogStore<K: Kv> {
     /// The durable group's entries live in segment files (`filelog.rs`);
     /// without it (the registry group, tests) in the `raft_log` tree.
     files: Option<Arc<FileLog>>,
+    /// The last entries appended to the files, not read yet: the first
+    /// read of them (applying them, on a single node) takes them from
+    /// here instead of decoding them back. Shared with the log readers.
+    recent: Arc<std::sync::Mutex<Recent>>,
+}
+
+/// Entries appended in index order, at most `RECENT_ENTRIES` and about
+/// `RECENT_BYTES` (with their encoded sizes).
+#[derive(Default)]
+struct Recent(std::collections::VecDeque<(Entry, usize)>, usize);
+
+const RECENT_ENTRIES: usize = 64;
+const RECENT_BYTES: usize = 8 << 20;
+
+impl Recent {
+    fn first(&self) -> Option<u64> {
+        self.0.front().map(|(e, _)| e.log_id.index)
+    }
+
+    fn last(&self) -> Option<u64> {
+        self.0.back().map(|(e, _)| e.log_id.index)
+    }
+
+    fn pop_front(&mut self) -> Option<Entry> {
+        let (e, n) = self.0.pop_front()?;
+        self.1 -= n;
+        Some(e)
+    }
+
+    /// The entries of `start..end` if all are here (taken out, with any
+    /// older ones), else `None` (nothing changes).
+    fn take(&mut self, start: u64, end: Option<u64>) -> Option<Vec<Entry>> {
+        let (first, last) = (self.first()?, self.last()?);
+        let end = end.unwrap_or(last + 1);
+        if start < first || end > last + 1 || start >= end {
+            return None;
+        }
+        for _ in first..start {
+            self.pop_front();
+        }
+        (start..end).map(|_| self.pop_front()).collect()
+    }
+
+    fn push(&mut self, e: Entry, bytes: usize) {
+        if self.last().is_some_and(|l| l + 1 != e.log_id.index) {
+            self.0.clear();
+            self.1 = 0;
+        }
+        while !self.0.is_empty()
+            && (self.0.len() >= RECENT_ENTRIES || self.1 + bytes > RECENT_BYTES)
+        {
+            self.pop_front();
+        }
+        self.1 += bytes;
+        self.0.push_back((e, bytes));
+    }
+
+    /// Forgets entries from `index` on (the log is truncated there).
+    fn truncate(&mut self, index: u64) {
+        while self.last().is_some_and(|l| l >= index) {
+            if let Some((_, n)) = self.0.pop_back() {
+                self.1 -= n;
+            }
+        }
+    }
+
+    /// Forgets entries up to `index` (purged).
+    fn purge(&mut self, index: u64) {
+        while self.first().is_some_and(|f| f <= index) {
+            self.pop_front();
+        }
+    }
 }
 
 fn rd(e: impl ToString) -> StorageError {
@@ -68,6 +140,7 @@ impl<K: Kv> LogStore<K> {
             flusher: tx,
             committed: Arc::default(),
             files: None,
+            recent: Arc::default(),
         })
     }
 
@@ -175,8 +248,17 @@ impl<K: Kv> RaftLogReader<TypeConfig> for LogStore<K> {
         };
         if let Some(files) = &self.files {
             let to = |b: Vec<u8>| u64::from_be_bytes(b.try_into().unwrap_or_default());
+            let (start, end) = (to(start), end.map(to));
+            let recent = self
+                .recent
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(start, end);
+            if let Some(entries) = recent {
+                return Ok(entries);
+            }
             return files
-                .read(to(start), end.map(to))
+                .read(start, end)
                 .map_err(rd)?
                 .iter()
                 .map(|v| decode::<Entry>(v).map_err(rd))
@@ -256,10 +338,18 @@ impl<K: Kv> RaftLogStorage<TypeConfig> for LogStore<K> {
     {
         if let Some(files) = &self.files {
             let mut encoded = Vec::new();
+            let mut appended = Vec::new();
             for e in entries {
-                encoded.push((e.log_id, encode(&e).map_err(wr)?));
+                let b = encode_sized(&e, size_hint(&e)).map_err(wr)?;
+                appended.push((e, b.len()));
+                encoded.push((appended[appended.len() - 1].0.log_id, b));
             }
             files.append(encoded).map_err(wr)?;
+            let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+            for (e, n) in appended {
+                recent.push(e, n);
+            }
+            drop(recent);
             files.flush_then(callback);
             return Ok(());
         }
@@ -283,6 +373,10 @@ impl<K: Kv> RaftLogStorage<TypeConfig> for LogStore<K> {
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         if let Some(files) = &self.files {
+            self.recent
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .truncate(log_id.index);
             let index = log_id.index;
             let previous = match index.checked_sub(1) {
                 Some(p) => match files.read(p, Some(index)).map_err(rd)?.first() {
@@ -306,6 +400,10 @@ impl<K: Kv> RaftLogStorage<TypeConfig> for LogStore<K> {
         let b = encode(&log_id).map_err(wr)?;
         self.meta.insert(LAST_PURGED, &b).map_err(wr)?;
         if let Some(files) = &self.files {
+            self.recent
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .purge(log_id.index);
             // The purge point is durable before any segment is deleted.
             self.flush().await?;
             return files.purge(log_id.index).map_err(wr);
@@ -314,5 +412,69 @@ impl<K: Kv> RaftLogStorage<TypeConfig> for LogStore<K> {
         self.log
             .remove_range(&0u64.to_be_bytes(), end.as_ref().map(|e| &e[..]))
             .map_err(wr)
+    }
+}
+
+/// About the encoded size of an entry (its ops' bytes and some framing).
+fn size_hint(e: &Entry) -> usize {
+    match &e.payload {
+        openraft::EntryPayload::Normal(req) => {
+            req.writes
+                .iter()
+                .flatten()
+                .map(|op| crate::batcher::op_bytes(op) + 16)
+                .sum::<usize>()
+                + 64
+        }
+        _ => 256,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    fn entry(index: u64) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    fn indexes(entries: Option<Vec<Entry>>) -> Option<Vec<u64>> {
+        entries.map(|v| v.iter().map(|e| e.log_id.index).collect())
+    }
+
+    #[test]
+    fn recent_entries_are_taken_once_whole_ranges_only_and_forgotten_on_truncate() {
+        let mut r = Recent::default();
+        for i in 5..10 {
+            r.push(entry(i), 10);
+        }
+        // Not all here: nothing taken.
+        assert_eq!(indexes(r.take(4, Some(7))), None);
+        assert_eq!(indexes(r.take(8, Some(11))), None);
+        assert_eq!(indexes(r.take(6, Some(8))), Some(vec![6, 7]));
+        // Taken (with the older 5): a second read goes to the files.
+        assert_eq!(indexes(r.take(6, Some(8))), None);
+        assert_eq!(r.1, 20);
+        r.truncate(9);
+        assert_eq!(indexes(r.take(8, None)), Some(vec![8]));
+        assert_eq!(r.1, 0);
+        // A gap (entries appended after a truncation elsewhere) starts over.
+        r.push(entry(12), 10);
+        r.push(entry(14), 10);
+        assert_eq!(indexes(r.take(12, None)), None);
+        assert_eq!(indexes(r.take(14, None)), Some(vec![14]));
+        // Bounded in count and bytes.
+        for i in 0..(RECENT_ENTRIES as u64 + 5) {
+            r.push(entry(100 + i), 1);
+        }
+        assert_eq!(r.0.len(), RECENT_ENTRIES);
+        r.push(entry(100 + RECENT_ENTRIES as u64 + 5), RECENT_BYTES);
+        assert_eq!(r.0.len(), 1);
+        r.purge(u64::MAX);
+        assert_eq!((r.0.len(), r.1), (0, 0));
     }
 }

@@ -24,6 +24,7 @@ use crate::codec::{decode, encode};
 use crate::events::{Hooks, Observed};
 use crate::kv::{Change, Kv, KvResult, KvTree, Pairs};
 use crate::metrics;
+use crate::op::Op;
 use crate::raft::{Entry, LogId, Node, NodeId, Response, StorageError, TypeConfig};
 use crate::store::apply::{Base, Overlay};
 
@@ -257,14 +258,17 @@ impl<K: Kv> RaftStateMachine<TypeConfig> for StateMachine<K> {
         let mut last_applied = None;
         let mut membership = None;
         let mut observed = Observed::default();
+        // Whether every op is a blind `Put` or `Delete`: see `write_in_order`.
+        let mut blind = true;
         for entry in entries {
             last_applied = Some(entry.log_id);
             match entry.payload {
                 EntryPayload::Blank => replies.push(Response::default()),
-                EntryPayload::Normal(req) => {
+                EntryPayload::Normal(mut req) => {
+                    blind &= req.writes.iter().flatten().all(Op::is_blind);
                     let mut results = Vec::with_capacity(req.writes.len());
-                    for w in &req.writes {
-                        let r = overlay.apply_write(self, w).map_err(|e| {
+                    for w in &mut req.writes {
+                        let r = overlay.apply_write_owned(self, w).map_err(|e| {
                             StorageIOError::apply(entry.log_id, openraft::AnyError::error(e))
                         })?;
                         observed.write(w, &r);
@@ -276,6 +280,7 @@ impl<K: Kv> RaftStateMachine<TypeConfig> for StateMachine<K> {
                     });
                 }
                 EntryPayload::Membership(m) => {
+                    blind = false;
                     membership = Some(StoredMembership::new(Some(entry.log_id), m));
                     replies.push(Response::default());
                 }
@@ -303,8 +308,18 @@ impl<K: Kv> RaftStateMachine<TypeConfig> for StateMachine<K> {
         if let Some(m) = membership {
             meta.push((MEMBERSHIP.to_vec(), Some(encode(&m).map_err(wr)?)));
         }
+        // The applied log id goes last.
         changes.push((self.meta.clone(), meta));
-        self.kv.write_multi(changes).map_err(wr)?;
+        if blind {
+            // No journal record: a crash leaves a prefix of these changes,
+            // and with it the previous applied log id, from which openraft
+            // applies the same entries again (kept in the log: it is purged
+            // only up to a snapshot). Blind sets and removals end in the
+            // same state whatever part of them was already made.
+            self.kv.write_in_order(changes).map_err(wr)?;
+        } else {
+            self.kv.write_multi(changes).map_err(wr)?;
+        }
         if let Some(h) = &self.hooks {
             h.fire(observed);
         }
@@ -420,6 +435,87 @@ impl<K: Kv> RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn put(key: &str, value: &str) -> Op {
+        Op::Put {
+            space: "s".into(),
+            key: key.into(),
+            value: value.into(),
+        }
+    }
+
+    fn entry(index: u64, ops: Vec<Op>) -> Entry {
+        Entry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(crate::raft::Request { writes: vec![ops] }),
+        }
+    }
+
+    fn entries() -> Vec<Entry> {
+        vec![
+            entry(1, vec![put("a", "1"), put("b", "1")]),
+            entry(
+                2,
+                vec![
+                    put("a", "2"),
+                    Op::Delete {
+                        space: "s".into(),
+                        key: b"b".to_vec(),
+                    },
+                    put("c", "3"),
+                ],
+            ),
+        ]
+    }
+
+    fn contents(sm: &StateMachine<crate::kv::SledKv>) -> Pairs {
+        sm.kv
+            .tree(&space_tree("s"))
+            .unwrap()
+            .scan_prefix(b"")
+            .unwrap()
+    }
+
+    /// A batch of only `Put`s and `Delete`s is applied without a journal
+    /// record: a crash can leave part of its changes with the previous
+    /// applied log id, and applying the same entries again from there
+    /// (openraft does, from the log) ends where applying them once did.
+    #[tokio::test]
+    async fn a_blind_batch_cut_short_by_a_crash_applies_again_to_the_same_state() {
+        let whole = tempfile::tempdir().unwrap();
+        let mut sm = StateMachine::new(crate::kv::SledKv::open(whole.path()).unwrap()).unwrap();
+        sm.apply(entries()).await.unwrap();
+        let want = contents(&sm);
+        assert_eq!(want.len(), 2);
+
+        let cut = tempfile::tempdir().unwrap();
+        {
+            let kv = crate::kv::SledKv::open(cut.path()).unwrap();
+            let mut sm = StateMachine::new(kv.clone()).unwrap();
+            let mut all = entries();
+            let second = all.pop().unwrap();
+            sm.apply(all).await.unwrap();
+            // What a crash in the middle of the second entry may leave:
+            // some of its changes, not its applied log id.
+            sm.kv
+                .tree(&space_tree("s"))
+                .unwrap()
+                .write(vec![
+                    (b"b".to_vec(), None),
+                    (b"a".to_vec(), Some(b"2".to_vec())),
+                ])
+                .unwrap();
+            kv.flush().unwrap();
+            drop(second);
+        }
+        let mut sm = StateMachine::new(crate::kv::SledKv::open(cut.path()).unwrap()).unwrap();
+        let (applied, _) = sm.applied_state().await.unwrap();
+        assert_eq!(applied.map(|l| l.index), Some(1));
+        sm.apply(entries().into_iter().skip(1)).await.unwrap();
+        assert_eq!(contents(&sm), want);
+        let (applied, _) = sm.applied_state().await.unwrap();
+        assert_eq!(applied.map(|l| l.index), Some(2));
+    }
 
     #[test]
     fn a_tree_name_built_on_the_stack_is_the_same_name() {

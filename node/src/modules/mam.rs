@@ -393,14 +393,18 @@ pub fn prepare(
     // The sender's copy carries the sender archive's stanza-id, never the
     // recipient's (XEP-0313 §3.5: only those who may read an archive see
     // its ids); the message delivered carries the recipient's.
+    // The message is serialised once; each copy is that with its
+    // stanza-id as the last child.
+    let xml = el.to_stream_xml("");
     if keep_out {
-        el.children.push(Node::Element(stanza_id(&sender, id)));
-        records.push((sender, copy(el, true, &to)));
-        el.children.pop();
+        records.push((sender.clone(), copy(&xml, &sender, id, true, &to)));
     }
     if keep_in {
+        records.push((
+            recipient.to_owned(),
+            copy(&xml, recipient, id, false, &from),
+        ));
         el.children.push(Node::Element(stanza_id(recipient, id)));
-        records.push((recipient.to_owned(), copy(el, false, &from)));
     }
     Ok(Some(Prepared {
         id,
@@ -417,25 +421,20 @@ impl Prepared {
             .iter()
             .map(|(owner, m)| (owner.as_str(), self.id, m))
             .collect();
-        let mut ops = crate::storage::archive_ops(&entries);
-        if reserved(self.id) {
-            // No record can hold this id yet: no existence check.
-            for op in &mut ops {
-                if let starling_cluster::Op::Insert { space, key, value } = op {
-                    *op = starling_cluster::Op::Put {
-                        space: std::mem::take(space),
-                        key: std::mem::take(key),
-                        value: std::mem::take(value),
-                    };
-                }
-            }
-        }
-        ops
+        // A reserved id: no record can hold it yet, no existence check.
+        crate::storage::archive_ops(&entries, !reserved(self.id))
     }
 
-    fn written(&self) {
-        metrics::histogram!("starling_mam_write_seconds")
-            .record(self.started.elapsed().as_secs_f64());
+    /// Counts the records written; `waited`: the message waited for the
+    /// write (its time goes in the histogram; a write behind a delivery
+    /// lingers for company, and recording each costs a lock-free push).
+    fn written(&self, waited: bool) {
+        static WRITE_SECONDS: std::sync::OnceLock<metrics::Histogram> = std::sync::OnceLock::new();
+        if waited {
+            WRITE_SECONDS
+                .get_or_init(|| metrics::histogram!("starling_mam_write_seconds"))
+                .record(self.started.elapsed().as_secs_f64());
+        }
         crate::hot_counter!("starling_mam_archived_total").increment(self.records.len() as u64);
     }
 
@@ -461,7 +460,7 @@ impl Prepared {
     pub async fn write(mut self, server: &Server) -> Result<u64, StoreError> {
         for _ in 0..ID_ATTEMPTS {
             if server.storage.archive_ops(self.ops()).await? {
-                self.written();
+                self.written(true);
                 return Ok(self.id);
             }
             self.next(server);
@@ -486,7 +485,7 @@ impl Prepared {
             };
             let result = match done {
                 Ok(true) => {
-                    self.written();
+                    self.written(false);
                     Ok(self.id)
                 }
                 // Taken (the clock went back): the copy delivered names an
@@ -551,14 +550,24 @@ pub async fn archive(server: &Server, el: &mut Element, recipient: &str) -> Resu
 /// Tries for an unused archive id before a message is refused.
 const ID_ATTEMPTS: usize = 8;
 
-/// The record of `el` in one archive: sent to, or received from, `with`.
-fn copy(el: &Element, outgoing: bool, with: &str) -> ArchivedMessage {
+/// The record of a message in `owner`'s archive under `id`: sent to, or
+/// received from, `with`. `xml` is the message serialised (`to_stream_xml("")`,
+/// with children: an archived message has a payload); the record holds it
+/// with `owner`'s `<stanza-id/>` as its last child, as
+/// `Element::to_stream_xml` would write it.
+fn copy(xml: &str, owner: &str, id: u64, outgoing: bool, with: &str) -> ArchivedMessage {
     let (bare, resource) = split(with);
+    debug_assert!(xml.ends_with('>') && !xml.ends_with("/>"), "{xml}");
+    let close = xml.rfind("</").unwrap_or(xml.len());
+    let mut out = String::with_capacity(xml.len() + 96);
+    out.push_str(&xml[..close]);
+    stanza_id(owner, id).write_to(&mut out, "");
+    out.push_str(&xml[close..]);
     ArchivedMessage {
         outgoing,
         with: bare.to_owned(),
         with_resource: resource.map(str::to_owned),
-        xml: el.to_stream_xml(""),
+        xml: out,
         jid: None,
     }
 }
@@ -1650,6 +1659,23 @@ mod tests {
             .map(|e| e.get_attr("id").unwrap().to_owned())
             .collect();
         assert_eq!(left, ["3"]);
+    }
+
+    #[test]
+    fn a_copy_is_the_message_serialised_with_its_archive_stanza_id_last() {
+        let mut m = msg(
+            "<message from='a@x/r' to='b@x' type='chat'><body>1 &lt; 2</body>\
+             <x xmlns='jabber:x:oob'><url>u</url></x></message>",
+        );
+        let xml = m.to_stream_xml("");
+        let got = copy(&xml, "b@x", 77, false, "a@x/r");
+        m.children.push(Node::Element(stanza_id("b@x", 77)));
+        assert_eq!(got.xml, m.to_stream_xml(""));
+        assert_eq!(
+            (got.with.as_str(), got.with_resource.as_deref()),
+            ("a@x", Some("r"))
+        );
+        assert!(!got.outgoing);
     }
 
     #[test]

@@ -175,19 +175,26 @@ impl Element {
 
 /// Escapes text for element content or (with `attr`) a quoted attribute.
 pub fn escape_into(out: &mut String, s: &str, attr: bool) {
-    for c in s.chars() {
-        match c {
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '&' => out.push_str("&amp;"),
-            '"' if attr => out.push_str("&quot;"),
-            '\'' if attr => out.push_str("&apos;"),
-            '\r' => out.push_str("&#xD;"),
-            '\n' if attr => out.push_str("&#xA;"),
-            '\t' if attr => out.push_str("&#x9;"),
-            c => out.push(c),
-        }
+    // Runs of bytes that need nothing go in one copy (every byte escaped
+    // is ASCII, so the cuts fall on character boundaries).
+    let mut from = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let esc = match b {
+            b'<' => "&lt;",
+            b'>' => "&gt;",
+            b'&' => "&amp;",
+            b'"' if attr => "&quot;",
+            b'\'' if attr => "&apos;",
+            b'\r' => "&#xD;",
+            b'\n' if attr => "&#xA;",
+            b'\t' if attr => "&#x9;",
+            _ => continue,
+        };
+        out.push_str(&s[from..i]);
+        out.push_str(esc);
+        from = i + 1;
     }
+    out.push_str(&s[from..]);
 }
 
 /// Escapes a string into a new `String`.
@@ -202,5 +209,28 @@ impl std::fmt::Display for Element {
         let mut s = String::new();
         self.write_to(&mut s, "");
         f.write_str(&s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape_into;
+
+    #[test]
+    fn escaping_replaces_only_what_it_must_and_keeps_other_characters() {
+        let cases = [
+            ("", false, ""),
+            ("plain é ☃ text", true, "plain é ☃ text"),
+            ("a<b>&c", false, "a&lt;b&gt;&amp;c"),
+            ("'\"\t\n\r", true, "&apos;&quot;&#x9;&#xA;&#xD;"),
+            ("'\"\t\n\r", false, "'\"\t\n&#xD;"),
+            ("ü<", false, "ü&lt;"),
+            ("<ü", true, "&lt;ü"),
+        ];
+        for (input, attr, want) in cases {
+            let mut out = String::from("x");
+            escape_into(&mut out, input, attr);
+            assert_eq!(out, format!("x{want}"), "{input:?} attr={attr}");
+        }
     }
 }
