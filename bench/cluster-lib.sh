@@ -1,6 +1,7 @@
 # Shared by cluster-login.sh and cluster-storm.sh (sourced): ports, start and stop of Starling
 # nodes on loopback, their metrics, and account creation through a node's admin socket.
-# The caller sets STARLING_BIN, PORT_BASE, NODES, DOMAIN, CA (the cluster CA directory) and OUT.
+# The caller sets STARLING_BIN, PORT_BASE, NODES, DOMAIN, CA (the cluster CA directory) and OUT;
+# NODE_EXTRA_CONF (optional) is appended to every node's configuration file.
 # Node n uses c2s PORT_BASE+202+10n, direct TLS +203+10n, metrics +900+10n, cluster +700+10n.
 
 c2s_port()     { echo $(( PORT_BASE + 202 + 10 * $1 )); }
@@ -55,6 +56,7 @@ port = $(cluster_port "$n")
 ca_cert = "$CA/ca.pem"
 cert = "$CA/node$id.pem"
 key = "$CA/node$id-key.pem"
+${NODE_EXTRA_CONF:-}
 CONF
   local args=(serve --config "$dir/node$n.toml")
   [ -n "$join" ] && args+=(--join "$join")
