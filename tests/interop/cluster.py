@@ -711,6 +711,7 @@ class Peer(threading.Thread):
         self.pings: dict = {}   # ping id -> number of messages sent before it
         self.received: dict = {}  # sender tag -> list of seq (in arrival order)
         self.errors: list = []
+        self.refused: set = set()  # seqs of own messages the server answered with an error
         self.closed: Optional[str] = None
         self.stream_error: Optional[str] = None
         self.closed_at: Optional[float] = None
@@ -738,6 +739,10 @@ class Peer(threading.Thread):
         elif el.tag == C("message"):
             if el.get("type") == "error":
                 self.errors.append(tostring(el)[:400])
+                # A bounce of one of ours (it carries the body): refused, not lost.
+                tag, _, seq = (el.findtext(C("body")) or "").rpartition(":")
+                if tag == self.tag and seq.isdigit():
+                    self.refused.add(int(seq))
                 return
             body = el.findtext(C("body")) or ""
             tag, _, seq = body.rpartition(":")
@@ -817,13 +822,17 @@ class Traffic:
             yield pb, pa
 
     def report(self, label: str, fig=None) -> dict:
-        """Counts per direction; returns {"sent", "acked", "delivered", "lost": [...], ...}."""
+        """Counts per direction; returns {"sent", "acked", "delivered", "lost": [...], ...}.
+        A message the server answered with an error (a bounce back to its sender, e.g. while
+        the cluster had no leader for longer than a write waits) was refused, not accepted:
+        it counts in "refused", not in "lost"."""
         tot = {"sent": 0, "acked": 0, "delivered": 0, "lost": [], "duplicates": 0, "errors": 0,
-               "closed": []}
+               "refused": 0, "closed": []}
         for s, r in self.directions():
             got = r.received.get(s.tag, [])
             acked = set(range(s.acked))
-            lost = sorted(acked - set(got))
+            tot["refused"] += len(acked & s.refused)
+            lost = sorted(acked - set(got) - s.refused)
             tot["sent"] += s.sent
             tot["acked"] += s.acked
             tot["delivered"] += len(set(got))
@@ -835,7 +844,7 @@ class Traffic:
             if s.closed:
                 tot["closed"].append(f"{s.client.jid}: {s.closed}")
         if fig:
-            for k in ("sent", "acked", "delivered", "duplicates", "errors"):
+            for k in ("sent", "acked", "delivered", "duplicates", "errors", "refused"):
                 fig(f"{label}_{k}", tot[k])
         return tot
 

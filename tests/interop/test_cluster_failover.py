@@ -4,7 +4,10 @@ While pairs of users on the two surviving nodes exchange messages (same-node and
 cross-node pairs, 5 messages a second per direction, each followed by an IQ ping
 that acknowledges it), one node is killed with SIGKILL. Then:
 
-* every acknowledged message between surviving users was delivered;
+* every acknowledged message between surviving users was delivered; a message the
+  server answered with an error instead (its archive write found no leader within
+  the time a write waits, 5 s, on a machine slow enough that the election took
+  longer) was refused, not lost: its sender knows, and it counts as "refused";
 * a leader (a new one when the leader died) is known within LEADER_MAX seconds;
 * the contacts (on surviving nodes) of a user of the killed node receive its
   unavailable presence within NOTIFY_MAX seconds (the leader expires the dead
