@@ -438,12 +438,12 @@ impl Storage {
         })
     }
 
-    /// The stored messages with their keys, oldest first.
     /// How many messages wait in `bare`'s offline storage.
     pub fn offline_count(&self, bare: &str) -> Result<u64, StoreError> {
         self.store.count_prefix(OFFLINE, &user_prefix(bare))
     }
 
+    /// The stored messages with their keys, oldest first.
     pub fn offline(&self, bare: &str) -> Result<Vec<(Vec<u8>, String)>, StoreError> {
         Ok(self
             .store

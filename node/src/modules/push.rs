@@ -238,20 +238,28 @@ pub fn important(el: &Element) -> bool {
     })
 }
 
+/// `bare`'s registrations (none when push is off or the store cannot
+/// be read: a notification is never worth failing a delivery for).
+fn registrations(server: &Server, bare: &str) -> Vec<PushRegistration> {
+    if !server.config.push.enabled {
+        return Vec::new();
+    }
+    server.storage.push_registrations(bare).unwrap_or_else(|e| {
+        tracing::debug!(error = %e, "could not read push registrations");
+        Vec::new()
+    })
+}
+
 /// A message for `bare` went to offline storage: every registration of
 /// the account hears of it.
 pub async fn offline(server: &Server, bare: &str, el: &Element) {
-    if !server.config.push.enabled || !important(el) {
+    if !important(el) {
         return;
     }
-    let regs = match server.storage.push_registrations(bare) {
-        Ok(regs) if !regs.is_empty() => regs,
-        Ok(_) => return,
-        Err(e) => {
-            tracing::debug!(error = %e, "could not read push registrations");
-            return;
-        }
-    };
+    let regs = registrations(server, bare);
+    if regs.is_empty() {
+        return;
+    }
     let count = server.storage.offline_count(bare).unwrap_or(1).max(1);
     for reg in &regs {
         notify(server, bare, reg, count, el).await;
@@ -262,17 +270,10 @@ pub async fn offline(server: &Server, bare: &str, el: &Element) {
 /// important stanzas its client has not had, `last` the newest: the
 /// registrations that resource enabled hear of it.
 pub async fn detached(server: &Server, bare: &str, resource: &str, count: u64, last: &Element) {
-    if !server.config.push.enabled {
-        return;
-    }
-    let regs = match server.storage.push_registrations(bare) {
-        Ok(regs) => regs,
-        Err(e) => {
-            tracing::debug!(error = %e, "could not read push registrations");
-            return;
-        }
-    };
-    for reg in regs.iter().filter(|r| r.resource == resource) {
+    for reg in registrations(server, bare)
+        .iter()
+        .filter(|r| r.resource == resource)
+    {
         notify(server, bare, reg, count, last).await;
     }
 }
@@ -280,11 +281,9 @@ pub async fn detached(server: &Server, bare: &str, resource: &str, count: u64, l
 /// Whether `bare` has a registration its `resource` enabled (one store
 /// read of a usually empty prefix, made once per detachment).
 pub fn has_registration(server: &Server, bare: &str, resource: &str) -> bool {
-    server.config.push.enabled
-        && server
-            .storage
-            .push_registrations(bare)
-            .is_ok_and(|regs| regs.iter().any(|r| r.resource == resource))
+    registrations(server, bare)
+        .iter()
+        .any(|r| r.resource == resource)
 }
 
 /// The notification (§7): a pubsub publish from the user's bare JID to
