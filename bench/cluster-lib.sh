@@ -61,7 +61,7 @@ CONF
   local args=(serve --config "$dir/node$n.toml")
   [ -n "$join" ] && args+=(--join "$join")
   (ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-   exec "$STARLING_BIN" "${args[@]}" > "$dir/node$n.log" 2>&1 < /dev/null) &
+   STARLING_S2S__ENABLED=false exec "$STARLING_BIN" "${args[@]}" > "$dir/node$n.log" 2>&1 < /dev/null) &
   NODE_PID[$n]=$!
   if ! wait_port "$(c2s_port "$n")" || ! kill -0 "${NODE_PID[$n]}" 2>/dev/null; then
     echo "node $n (id $id) did not open its c2s port; see $dir/node$n.log" >&2; return 1

@@ -129,6 +129,10 @@ launch() { # start server $1 (accounts already set up); sets PORT, PID, EXTRA; n
       if grep -qa cleanup_interval_secs "${ST_BIN[$1]}"; then
         printf '[mam]\nenabled = %s\n' "${ST_MAM[$1]}" >> "$d/starling.toml"
       fi
+      # No federation listener (port 5269) for a benchmark; builds from before it refuse the section.
+      if grep -qa '_xmpp-server._tcp' "${ST_BIN[$1]}"; then
+        printf '[s2s]\nenabled = false\n' >> "$d/starling.toml"
+      fi
       (ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
        exec "${ST_BIN[$1]}" serve --config "$d/starling.toml" --data-dir "$d/data" --domain perf.test \
          --c2s-port "${ST_P[$1]}" --c2s-tls-port "${ST_TP[$1]}" --metrics-port "${ST_MP[$1]}" >> "$d/console.log" 2>&1 < /dev/null) &

@@ -33,6 +33,7 @@ pub struct Config {
     pub cluster: ClusterConfig,
     pub upload: UploadConfig,
     pub websocket: WebSocketConfig,
+    pub s2s: S2sConfig,
     /// Server administrators (XEP-0133 service administration).
     pub admin: AdminConfig,
     /// XEP-0215 external services (STUN/TURN) announced to clients.
@@ -60,6 +61,7 @@ impl Default for Config {
             cluster: ClusterConfig::default(),
             upload: UploadConfig::default(),
             websocket: WebSocketConfig::default(),
+            s2s: S2sConfig::default(),
             admin: AdminConfig::default(),
             external_services: Vec::new(),
         }
@@ -364,6 +366,61 @@ impl Default for WebSocketConfig {
             port: 5280,
             tls: true,
             path: "/xmpp-websocket".into(),
+        }
+    }
+}
+
+/// Server-to-server federation (RFC 6120 §3, §5, XEP-0220 dialback): the
+/// listener other domains' servers connect to, and the links this node
+/// opens to them.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct S2sConfig {
+    /// Federation with other domains. Off: stanzas to them bounce with
+    /// `<remote-server-not-found/>` and no port is opened.
+    pub enabled: bool,
+    /// Address of the listener.
+    pub bind: String,
+    /// Port other servers connect to (RFC 6120 §14.7: 5269). A port that
+    /// cannot be bound is logged and the node runs without incoming
+    /// federation (its outgoing links still work).
+    pub port: u16,
+    /// Streams must be encrypted (STARTTLS) before dialback, both ways
+    /// (RFC 7590). Off only on a private network.
+    pub require_tls: bool,
+    /// Find other domains' servers in DNS (`_xmpp-server._tcp` SRV
+    /// records, then the domain itself on port 5269). Off: only `hosts`.
+    pub dns: bool,
+    /// Fixed addresses (`"host:port"`) of other domains' servers, tried
+    /// before DNS (`[s2s.hosts] "example.net" = "10.0.0.5:5269"`).
+    pub hosts: std::collections::BTreeMap<String, String>,
+    /// Seconds to find, connect to and authenticate with a server before
+    /// what waits for it bounces with `<remote-server-timeout/>`.
+    pub connect_timeout_secs: u64,
+    /// Seconds a link with no traffic either way stays open.
+    pub idle_timeout_secs: u64,
+    /// Stanzas queued for one remote domain while its link is made; more
+    /// bounce with `<resource-constraint/>`.
+    pub max_queue: usize,
+    /// Dialback secret (XEP-0185). Unset: one random secret, made by the
+    /// first node that needs it and kept in the replicated store, so every
+    /// node of a cluster answers for the links of the others.
+    pub secret: Option<String>,
+}
+
+impl Default for S2sConfig {
+    fn default() -> Self {
+        S2sConfig {
+            enabled: true,
+            bind: "0.0.0.0".into(),
+            port: 5269,
+            require_tls: true,
+            dns: true,
+            hosts: Default::default(),
+            connect_timeout_secs: 15,
+            idle_timeout_secs: 600,
+            max_queue: 1000,
+            secret: None,
         }
     }
 }
@@ -732,6 +789,38 @@ impl Default for UploadConfig {
 }
 
 impl Config {
+    fn check_s2s(&mut self) -> anyhow::Result<()> {
+        let s2s = &mut self.s2s;
+        if !s2s.enabled {
+            return Ok(());
+        }
+        if s2s.connect_timeout_secs == 0 || s2s.max_queue == 0 {
+            anyhow::bail!("s2s.connect_timeout_secs and s2s.max_queue must be positive");
+        }
+        let mut hosts = std::collections::BTreeMap::new();
+        for (domain, addr) in &s2s.hosts {
+            let d = jid::BareJid::new(domain)
+                .ok()
+                .filter(|j| j.node().is_none())
+                .map(|j| j.domain().as_str().to_owned())
+                .ok_or_else(|| anyhow::anyhow!("s2s.hosts: {domain:?} is not a domain"))?;
+            let port_ok = addr
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+            if !port_ok {
+                anyhow::bail!("s2s.hosts: {domain:?} = {addr:?} is not \"host:port\"");
+            }
+            hosts.insert(d, addr.clone());
+        }
+        s2s.hosts = hosts;
+        if s2s.port != 0
+            && [self.c2s.port, self.c2s.tls_port, self.cluster.port].contains(&s2s.port)
+        {
+            anyhow::bail!("s2s.port {} is also a c2s or cluster port", s2s.port);
+        }
+        Ok(())
+    }
+
     fn check_websocket(&self) -> anyhow::Result<()> {
         let ws = &self.websocket;
         if !ws.enabled {
@@ -882,6 +971,7 @@ impl Config {
             "cluster",
             "upload",
             "websocket",
+            "s2s",
             "admin",
             "external_services",
         ];
@@ -934,6 +1024,7 @@ impl Config {
         if self.cluster.node_id == 0 {
             anyhow::bail!("cluster.node_id must be positive");
         }
+        self.check_s2s()?;
         if self.auth.scram_iterations < 4096 {
             anyhow::bail!("auth.scram_iterations must be at least 4096 (RFC 7677)");
         }

@@ -17,6 +17,7 @@ pub mod router;
 pub mod routing;
 pub mod rsm;
 pub mod run;
+pub mod s2s;
 pub mod server;
 pub mod services;
 pub mod session;

@@ -61,6 +61,9 @@ enum Command {
         /// HTTP upload (XEP-0363) listener port (`[upload] port`).
         #[arg(long)]
         upload_port: Option<u16>,
+        /// Server-to-server listener port (`[s2s] port`).
+        #[arg(long)]
+        s2s_port: Option<u16>,
         /// This node's id in the cluster (unique per node).
         #[arg(long)]
         node_id: Option<u64>,
@@ -177,6 +180,7 @@ fn main() -> std::process::ExitCode {
             metrics_port,
             cluster_port,
             upload_port,
+            s2s_port,
             node_id,
             join,
             log_json,
@@ -204,6 +208,9 @@ fn main() -> std::process::ExitCode {
             }
             if let Some(p) = upload_port {
                 cfg.upload.port = p;
+            }
+            if let Some(p) = s2s_port {
+                cfg.s2s.port = p;
             }
             starling::run::init_tracing(log_json);
             cfg.check()?;

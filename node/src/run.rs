@@ -241,6 +241,7 @@ async fn run_listeners(server: Arc<Server>) -> anyhow::Result<()> {
             handles.clone(),
         ));
     }
+    crate::s2s::start_listener(server.clone()).await;
     let upload = crate::http::upload::start(server.clone()).await?;
     shutdown_signal().await;
     if let Some(h) = upload {

@@ -39,6 +39,8 @@ pub struct Server {
     pub upload: crate::modules::upload::State,
     /// XEP-0050 command sessions in progress on this node.
     pub adhoc: crate::modules::adhoc::Sessions,
+    /// Federation: this node's links to other domains' servers.
+    pub s2s: crate::s2s::S2s,
 }
 
 impl Server {
@@ -75,6 +77,7 @@ impl Server {
             services: crate::services::Services::new(&config_services),
             upload: Default::default(),
             adhoc: Default::default(),
+            s2s: Default::default(),
         }
     }
 

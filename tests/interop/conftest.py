@@ -71,6 +71,10 @@ def child_env() -> dict:
     (starling reads STARLING_* as configuration overrides)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("STARLING_")}
     env.setdefault("RUST_LOG", "info")
+    # Tests reach only loopback: other domains' servers come from [s2s] hosts, never DNS.
+    env["STARLING_S2S__DNS"] = "false"
+    # And no listener on the fixed port 5269: servers that federate pass --s2s-port (a free one).
+    env["STARLING_S2S__PORT"] = "0"
     return env
 
 
@@ -242,12 +246,17 @@ def _starling_has_flag(flag: str) -> bool:
 class StarlingServer(Server):
     kind = "starling"
 
-    def __init__(self, workdir, **kw):
+    def __init__(self, workdir, *, domains=None, extra_toml="", **kw):
         super().__init__(workdir, **kw)
+        if domains:
+            self.domains = list(domains)
+            self.domain = self.domains[0]
+        self.extra_toml = extra_toml
+        self.s2s_port = free_port()
         self.data_dir = os.path.join(workdir, "data")
         os.makedirs(self.data_dir, exist_ok=True)
         self.config_path = None
-        if self.registration or self.limits:
+        if self.registration or self.limits or extra_toml:
             self.config_path = os.path.join(workdir, "starling.toml")
             lines = [f"domains = {self.domains!r}".replace("'", '"')]
             if self.registration:
@@ -257,6 +266,8 @@ class StarlingServer(Server):
                           "", "[c2s]", f"max_stanza_size = {self.max_stanza}",
                           f"handshake_timeout_secs = {HANDSHAKE_TIMEOUT}",
                           f"idle_timeout_secs = {self.idle_timeout}"]
+            if extra_toml:
+                lines += ["", extra_toml]
             with open(self.config_path, "w") as f:
                 f.write("\n".join(lines) + "\n")
 
@@ -275,6 +286,8 @@ class StarlingServer(Server):
             if not hasattr(self, "cluster_port"):
                 self.cluster_port = free_port()
             cmd += ["--cluster-port", str(self.cluster_port)]
+        if _starling_has_flag("--s2s-port"):  # federation's listener on a free port, not 5269
+            cmd += ["--s2s-port", str(self.s2s_port)]
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      cwd=self.workdir, env=child_env())

@@ -374,7 +374,12 @@ pub fn prepare(
         return Ok(None);
     }
     let to = el.get_attr("to").unwrap_or_default().to_owned();
-    let keep_in = archives_with(server, recipient, &prefs_of(server, recipient)?, &from)?;
+    // The recipient's copy: only in an archive kept here (another
+    // domain's server keeps its users').
+    let keep_in = recipient
+        .rsplit_once('@')
+        .is_some_and(|(_, d)| server.is_local(d))
+        && archives_with(server, recipient, &prefs_of(server, recipient)?, &from)?;
     // The sender's copy: a local account other than the recipient (a note
     // to self is archived once, as received).
     let keep_out = sender != recipient

@@ -1082,17 +1082,17 @@ impl<S: Transport> Session<S> {
             }
             return Ok(());
         }
+        // IQs to another domain (requests and answers alike) go to its
+        // server over federation; a failure comes back as an error reply.
+        if let Some(Destination::Remote { .. }) = dest {
+            crate::s2s::send(&self.server, el);
+            return Ok(());
+        }
         // IQs to a full JID go to that session, wherever it is bound.
         if let Some(to) = &to
             && im::split(to).1.is_some()
         {
-            return match dest {
-                Some(Destination::Remote { .. }) => {
-                    self.reply_error(&el, Condition::RemoteServerNotFound.into())
-                        .await
-                }
-                _ => self.route_iq(to, el).await,
-            };
+            return self.route_iq(to, el).await;
         }
         if !kind.is_request() {
             // Answers to the server (e.g. pushes) need nothing more, but
@@ -1124,12 +1124,7 @@ impl<S: Transport> Session<S> {
                 bare, exists: true, ..
             }) => IqTarget::Account(bare),
             Some(Destination::Account { bare, .. }) => IqTarget::NoAccount(bare),
-            Some(Destination::Remote { .. }) => {
-                return self
-                    .reply_error(&el, Condition::RemoteServerNotFound.into())
-                    .await;
-            }
-            Some(Destination::Service { .. }) => return Ok(()),
+            Some(Destination::Remote { .. }) | Some(Destination::Service { .. }) => return Ok(()),
         };
         let origin = Origin {
             bare: &self.bare,

@@ -109,6 +109,10 @@ pub fn bounce_with(server: &Server, stanza: &Element, err: &StanzaError) {
 /// another node's answer); hands the stanza back when no such session is
 /// known.
 pub fn deliver_to_full(server: &Server, full: &str, el: Element) -> Result<(), Element> {
+    if crate::s2s::is_remote(server, full) {
+        crate::s2s::send(server, el);
+        return Ok(());
+    }
     let (bare, Some(res)) = split(full) else {
         return Err(el);
     };
@@ -132,6 +136,10 @@ pub async fn deliver_to_full_acked(
     full: &str,
     el: Element,
 ) -> Result<(), Element> {
+    if crate::s2s::is_remote(server, full) {
+        crate::s2s::send(server, el);
+        return Ok(());
+    }
     let (bare, Some(res)) = split(full) else {
         return Err(el);
     };
@@ -261,6 +269,9 @@ async fn route(
             return Ok(());
         }
         Ok(Destination::Server { .. }) => return bounce_of(Condition::ServiceUnavailable, el),
+        Ok(Destination::Remote { .. }) if server.config.s2s.enabled => {
+            return route_remote(server, el, pass).await;
+        }
         Ok(Destination::Remote { .. }) => return bounce_of(Condition::RemoteServerNotFound, el),
         Err(e) => return Err(Box::new((e.into(), el))),
     };
@@ -329,6 +340,27 @@ async fn route(
         };
     }
     deliver_to_bare(server, bare, mtype, el, pass, archiving).await
+}
+
+/// A message to another domain: the sender's archive keeps its copy
+/// (durably, before it leaves), then it goes over federation, which
+/// bounces it if the remote server cannot be reached.
+async fn route_remote(server: &Server, mut el: Element, pass: Pass) -> Result<(), Bounce> {
+    crate::hot_counter!("starling_stanzas_routed_total", "kind" => "message").increment(1);
+    if pass == Pass::First {
+        let to = el.get_attr("to").unwrap_or_default().to_owned();
+        match crate::modules::mam::prepare(server, &mut el, split(&to).0) {
+            Ok(Some(p)) => {
+                if let Err(e) = p.commit(server, &mut el).await {
+                    return Err(Box::new((e.into(), el)));
+                }
+            }
+            Ok(None) => {}
+            Err(e) => return Err(Box::new((e.into(), el))),
+        }
+    }
+    crate::s2s::send(server, el);
+    Ok(())
 }
 
 /// A stanza that was queued for a session that ended before writing it:
@@ -905,6 +937,15 @@ fn addressed_to(el: &Element, bare: &str) -> std::sync::Arc<str> {
 /// Sends `el` to the resources of `bare` that `want` selects, wherever
 /// they are bound.
 fn send_to(server: &Server, bare: &str, el: &Element, want: Want) {
+    if crate::s2s::is_remote(server, bare) {
+        // Another domain's contact: its server delivers (RFC 6121 §4.4.2).
+        let mut el = el.clone();
+        if el.get_attr("to").is_none_or(|to| split(to).0 != bare) {
+            el.set_attr("to", bare);
+        }
+        crate::s2s::send(server, el);
+        return;
+    }
     let mut targets = server.router.bound(bare);
     targets.retain(|b| want.wants(b.available, b.interested));
     if targets.is_empty() {
@@ -934,17 +975,37 @@ fn send_presence_to(server: &Server, to: &str, el: Element) {
     }
 }
 
+/// Presence from another domain's contact (available, unavailable,
+/// error) to a local user or one of its resources.
+pub fn presence_in(server: &Server, to: &str, el: Element) {
+    send_presence_to(server, to, el);
+}
+
 /// Answers a probe from `prober` for `contact`'s presence, if the contact
 /// has approved the prober (RFC 6121 §4.3.2).
-fn probe(
+pub fn probe(
     server: &Server,
     prober_bare: &str,
     prober_full: &str,
     contact: &str,
 ) -> Result<(), StanzaError> {
-    if !matches!(destination(server, contact)?, Destination::Account { .. })
-        || either_blocks(server, prober_full, contact)
-    {
+    match destination(server, contact)? {
+        Destination::Account { .. } => {}
+        // Another domain's contact: its server answers (RFC 6121 §4.3.1:
+        // a probe comes from the bare JID).
+        Destination::Remote { has_node: true, .. } if server.config.s2s.enabled => {
+            if !either_blocks(server, prober_full, contact) {
+                let probe = Element::new("presence", NS_CLIENT)
+                    .attr("from", prober_bare)
+                    .attr("to", contact)
+                    .attr("type", "probe");
+                crate::s2s::send(server, probe);
+            }
+            return Ok(());
+        }
+        _ => return Ok(()),
+    }
+    if either_blocks(server, prober_full, contact) {
         return Ok(());
     }
     let approved = server
@@ -971,7 +1032,7 @@ async fn directed(
     el: Element,
 ) {
     let service = match destination(server, to) {
-        Ok(Destination::Remote { has_node: true, .. }) => {
+        Ok(Destination::Remote { has_node: true, .. }) if !server.config.s2s.enabled => {
             bounce(server, &el, Condition::RemoteServerNotFound);
             return;
         }
@@ -1204,8 +1265,14 @@ pub async fn deliver_subscription(
 ) -> Result<(), StanzaError> {
     match destination(server, user)? {
         Destination::Account { exists: true, .. } => {}
-        // §8.5.1: subscription stanzas to no such user are ignored; to
-        // another domain, too (no federation yet).
+        // To another domain's user: its server applies it (§3.1.3).
+        Destination::Remote { has_node: true, .. } => {
+            if !either_blocks(server, from, user) {
+                crate::s2s::send(server, el);
+            }
+            return Ok(());
+        }
+        // §8.5.1: subscription stanzas to no such user are ignored.
         _ => return Ok(()),
     }
     // XEP-0191: dropped without a word, and without changing any state.

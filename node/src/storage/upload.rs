@@ -11,7 +11,8 @@ use starling_cluster::{Op, OpResult, StoreError};
 pub const FILES: &str = "upload_file";
 /// `bare \0 slot id` -> size (8 bytes, big-endian): what each user keeps.
 pub const USER_FILES: &str = "user_upload";
-/// `secret` -> the token key; `node \0 id` -> [`NodeListener`].
+/// `secret` -> the token key; `dialback` -> the S2S dialback secret
+/// (XEP-0185); `node \0 id` -> [`NodeListener`].
 pub const META: &str = "upload_meta";
 
 /// A stored file.
@@ -47,15 +48,27 @@ impl Storage {
     /// The shared token key; made (random, 32 bytes) by the first node
     /// that needs it. Every node gets the same one.
     pub async fn upload_secret(&self) -> Result<Vec<u8>, StoreError> {
+        self.shared_secret(b"secret").await
+    }
+
+    /// The S2S dialback secret (XEP-0185): every node computes and checks
+    /// the same keys, so any node answers for another's link.
+    pub async fn dialback_secret(&self) -> Result<Vec<u8>, StoreError> {
+        self.shared_secret(b"dialback").await
+    }
+
+    /// A random 32-byte secret under `key`, made by the first node that
+    /// needs it; every node gets the same one.
+    async fn shared_secret(&self, key: &[u8]) -> Result<Vec<u8>, StoreError> {
         let store = &self.store;
-        if let Some(k) = store.get(META, b"secret")? {
+        if let Some(k) = store.get(META, key)? {
             return Ok(k);
         }
         let fresh: [u8; 32] = rand::random();
         let r = store
             .write(vec![Op::Insert {
                 space: META.into(),
-                key: b"secret".to_vec(),
+                key: key.to_vec(),
                 value: fresh.to_vec(),
             }])
             .await?;
@@ -65,8 +78,8 @@ impl Storage {
         // Another node made it first; its write is applied here by now.
         store.read_barrier().await?;
         store
-            .get(META, b"secret")?
-            .ok_or_else(|| StoreError::Unavailable("upload secret vanished".into()))
+            .get(META, key)?
+            .ok_or_else(|| StoreError::Unavailable("shared secret vanished".into()))
     }
 
     /// A stored file's record.

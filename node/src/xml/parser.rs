@@ -67,6 +67,8 @@ pub struct StreamHeader {
     pub from: Option<String>,
     pub version: Option<String>,
     pub lang: Option<String>,
+    /// The stream id (a server's answer on a stream we opened).
+    pub id: Option<String>,
     /// The default namespace declared on the stream (`jabber:client`).
     pub default_ns: String,
 }
@@ -163,6 +165,18 @@ impl StreamParser {
             next.feed(&self.buf[self.start..]);
         }
         next
+    }
+
+    /// Reads the stream's stanzas as if its default namespace `from` were
+    /// `to` (called after the header): a server-to-server stream's
+    /// `jabber:server` stanzas are handled as the `jabber:client` ones
+    /// everything else knows, and written back the same way.
+    pub fn alias_default_ns(&mut self, from: &str, to: &str) {
+        for (prefix, uri) in &mut self.scope {
+            if prefix.is_empty() && uri == from {
+                *uri = to.to_owned();
+            }
+        }
     }
 
     /// Appends bytes read from the connection.
@@ -455,6 +469,7 @@ impl StreamParser {
                 "to" => header.to = Some(value),
                 "from" => header.from = Some(value),
                 "version" => header.version = Some(value),
+                "id" => header.id = Some(value),
                 "xml:lang" => header.lang = Some(value),
                 _ => {}
             }

@@ -1,0 +1,500 @@
+//! Streams other servers open to this node (RFC 6120 §4 with `jabber:server`,
+//! XEP-0220 as the receiving and as the authoritative server).
+
+use super::io::{Conn, Io, ReadError, xml_condition};
+use super::outgoing::{self, Verdict};
+use super::{NS_DIALBACK, NS_DIALBACK_FEATURE, NS_SERVER, NS_TLS, domain_of, header};
+use crate::server::Server;
+use crate::stanza::{Condition, StreamCondition};
+use crate::xml::NS_STREAMS;
+use crate::xml::{Element, StreamEvent};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// Binds `[s2s] port` and accepts streams on it. A port that cannot be
+/// bound is logged: the node serves its clients and its outgoing links
+/// without it.
+pub async fn start(server: Arc<Server>) {
+    let cfg = &server.config.s2s;
+    if !cfg.enabled || cfg.port == 0 {
+        return;
+    }
+    let addr = format!("{}:{}", cfg.bind, cfg.port);
+    let listener = match tokio::net::lookup_host(&addr).await {
+        Ok(mut a) => match a.next() {
+            Some(sock) => crate::net::listen(sock),
+            None => Err(std::io::Error::other("no address")),
+        },
+        Err(e) => Err(e),
+    };
+    match listener {
+        Ok(l) => {
+            tracing::info!(%addr, "s2s listening");
+            actix_rt::spawn(accept_loop(server, l));
+        }
+        Err(e) => {
+            tracing::error!(%addr, error = %e, "s2s listener not started: no incoming federation on this node");
+        }
+    }
+}
+
+async fn accept_loop(server: Arc<Server>, listener: tokio::net::TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((tcp, peer)) => {
+                let _ = tcp.set_nodelay(true);
+                actix_rt::spawn(serve(server.clone(), tcp, peer));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "s2s accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// A dialback check's outcome, back to the stream that asked.
+struct Checked {
+    remote: String,
+    local: String,
+    verdict: Verdict,
+}
+
+struct Stream {
+    server: Arc<Server>,
+    conn: Conn,
+    /// The id of the current stream (the dialback key covers it).
+    id: String,
+    /// (remote domain, served domain) pairs dialback authorised.
+    authorized: HashSet<(String, String)>,
+    checks: mpsc::UnboundedSender<Checked>,
+}
+
+async fn serve(server: Arc<Server>, tcp: tokio::net::TcpStream, peer: std::net::SocketAddr) {
+    metrics::gauge!("starling_s2s_links", "direction" => "in").increment(1.0);
+    let limits = super::limits(&server);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut s = Stream {
+        server,
+        conn: Conn::new(Io::Plain(tcp), limits, false),
+        id: String::new(),
+        authorized: HashSet::new(),
+        checks: tx,
+    };
+    s.run(&mut rx).await;
+    tracing::debug!(%peer, authorized = s.authorized.len(), "s2s stream ended");
+    metrics::gauge!("starling_s2s_links", "direction" => "in").decrement(1.0);
+}
+
+/// What ends a stream, or restarts it (after STARTTLS).
+enum Next {
+    Restart,
+    End,
+}
+
+impl Stream {
+    async fn run(&mut self, checks: &mut mpsc::UnboundedReceiver<Checked>) {
+        let hs = Duration::from_secs(self.server.config.c2s.handshake_timeout_secs.max(1));
+        loop {
+            if !self.open(Instant::now() + hs).await {
+                return;
+            }
+            match self.stanzas(checks).await {
+                Next::Restart => continue,
+                Next::End => return,
+            }
+        }
+    }
+
+    /// Reads the peer's header and answers it with ours and the features.
+    async fn open(&mut self, deadline: Instant) -> bool {
+        let h = match self.conn.next(deadline).await {
+            Ok(StreamEvent::Header(h)) => h,
+            Ok(_) => {
+                self.header_then_fail(None, StreamCondition::NotWellFormed)
+                    .await;
+                return false;
+            }
+            Err(e) => {
+                if let ReadError::Xml(x) = e {
+                    self.header_then_fail(None, xml_condition(x)).await;
+                }
+                return false;
+            }
+        };
+        let to = h.to.as_deref().and_then(normal_domain);
+        if h.default_ns != NS_SERVER {
+            self.header_then_fail(to.as_deref(), StreamCondition::InvalidNamespace)
+                .await;
+            return false;
+        }
+        // §4.7.2: `to` names a domain served here (or a service of one).
+        let Some(to) = to.filter(|d| self.serves(d)) else {
+            self.header_then_fail(None, StreamCondition::HostUnknown)
+                .await;
+            return false;
+        };
+        self.id = crate::stream::xmlstream::new_id();
+        let from = h.from.as_deref().and_then(normal_domain);
+        let v1 = h.version.as_deref().is_some_and(|v| v.starts_with("1."));
+        let mut out = header(Some(&to), from.as_deref(), Some(&self.id), v1);
+        if v1 {
+            out.push_str("<stream:features>");
+            if !self.conn.tls {
+                out.push_str("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'>");
+                if self.server.config.s2s.require_tls {
+                    out.push_str("<required/>");
+                }
+                out.push_str("</starttls>");
+            }
+            if self.conn.tls || !self.server.config.s2s.require_tls {
+                out.push_str("<dialback xmlns='");
+                out.push_str(NS_DIALBACK_FEATURE);
+                out.push_str("'><errors/></dialback>");
+            }
+            out.push_str("</stream:features>");
+        }
+        self.conn.send(&out).await.is_ok()
+    }
+
+    async fn header_then_fail(&mut self, from: Option<&str>, condition: StreamCondition) {
+        let h = header(from, None, Some(&crate::stream::xmlstream::new_id()), true);
+        let _ = self.conn.send(&h).await;
+        self.conn.fail(condition, None).await;
+    }
+
+    fn serves(&self, domain: &str) -> bool {
+        self.server.is_local(domain) || self.server.services.get(domain).is_some()
+    }
+
+    async fn stanzas(&mut self, checks: &mut mpsc::UnboundedReceiver<Checked>) -> Next {
+        let idle = Duration::from_secs(self.server.config.s2s.idle_timeout_secs.max(1));
+        loop {
+            loop {
+                match self.conn.next_buffered() {
+                    Ok(Some(ev)) => {
+                        if let Some(next) = self.event(ev).await {
+                            return next;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => return self.read_failed(e).await,
+                }
+            }
+            tokio::select! {
+                r = self.conn.read_some() => {
+                    if let Err(e) = r {
+                        return self.read_failed(e).await;
+                    }
+                }
+                Some(c) = checks.recv() => self.checked(c).await,
+                _ = tokio::time::sleep(idle) => {
+                    self.conn.fail(StreamCondition::ConnectionTimeout, None).await;
+                    return Next::End;
+                }
+            }
+        }
+    }
+
+    async fn read_failed(&mut self, e: ReadError) -> Next {
+        if let ReadError::Xml(x) = e {
+            self.conn.fail(xml_condition(x), None).await;
+        }
+        Next::End
+    }
+
+    async fn event(&mut self, ev: StreamEvent) -> Option<Next> {
+        let el = match ev {
+            StreamEvent::End => {
+                self.conn.close().await;
+                return Some(Next::End);
+            }
+            StreamEvent::Header(_) => {
+                self.conn.fail(StreamCondition::NotWellFormed, None).await;
+                return Some(Next::End);
+            }
+            StreamEvent::Stanza(el) => el,
+        };
+        if el.is("starttls", NS_TLS) {
+            return Some(self.starttls().await);
+        }
+        if el.is("result", NS_DIALBACK) {
+            self.db_result(el).await;
+            return None;
+        }
+        if el.is("verify", NS_DIALBACK) {
+            self.db_verify(el).await;
+            return None;
+        }
+        if el.is("error", NS_STREAMS) {
+            self.conn.close().await;
+            return Some(Next::End);
+        }
+        if !matches!(el.name.as_str(), "message" | "presence" | "iq")
+            || el.ns != crate::stanza::NS_CLIENT
+        {
+            self.conn
+                .fail(StreamCondition::UnsupportedStanzaType, None)
+                .await;
+            return Some(Next::End);
+        }
+        self.stanza(el).await
+    }
+
+    async fn starttls(&mut self) -> Next {
+        if self.conn.tls {
+            // RFC 6120 §5.4.3.1: once only.
+            self.conn.fail(StreamCondition::PolicyViolation, None).await;
+            return Next::End;
+        }
+        if self
+            .conn
+            .send("<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+            .await
+            .is_err()
+            || self.conn.buffered() > 0
+        {
+            return Next::End;
+        }
+        match self.conn.upgrade_server(server_tls(&self.server)).await {
+            Ok(()) => Next::Restart,
+            Err(e) => {
+                tracing::debug!(error = %e, "s2s TLS handshake failed");
+                Next::End
+            }
+        }
+    }
+
+    /// `<db:result/>` with a key: the remote server asks to send as its
+    /// domain; its authoritative server is asked (XEP-0220 §2.1.2).
+    async fn db_result(&mut self, el: Element) {
+        let from = el.get_attr("from").and_then(normal_domain);
+        let to = el.get_attr("to").and_then(normal_domain);
+        let (Some(remote), Some(local)) = (from, to) else {
+            self.conn
+                .fail(StreamCondition::ImproperAddressing, None)
+                .await;
+            return;
+        };
+        if !self.serves(&local) {
+            return self
+                .result_error(&local, &remote, Condition::ItemNotFound)
+                .await;
+        }
+        if self.server.is_local(&remote) || self.serves(&remote) {
+            // A server claiming to be this one.
+            return self
+                .result_error(&local, &remote, Condition::NotAuthorized)
+                .await;
+        }
+        if self.server.config.s2s.require_tls && !self.conn.tls {
+            return self
+                .result_error(&local, &remote, Condition::PolicyViolation)
+                .await;
+        }
+        let key = el.text_content().trim().to_owned();
+        if key.is_empty() {
+            return self
+                .result_error(&local, &remote, Condition::BadRequest)
+                .await;
+        }
+        if self.authorized.contains(&(remote.clone(), local.clone())) {
+            return self.send_result(&local, &remote, "valid").await;
+        }
+        let server = self.server.clone();
+        let id = self.id.clone();
+        let tx = self.checks.clone();
+        tokio::spawn(async move {
+            let verdict = outgoing::verify(&server, &local, &remote, &id, &key).await;
+            let _ = tx.send(Checked {
+                remote,
+                local,
+                verdict,
+            });
+        });
+    }
+
+    async fn checked(&mut self, c: Checked) {
+        let result = match c.verdict {
+            Verdict::Valid => "valid",
+            Verdict::Invalid => "invalid",
+            Verdict::Unreachable => {
+                metrics::counter!("starling_s2s_dialback_total", "direction" => "in", "result" => "unreachable").increment(1);
+                return self
+                    .result_error(&c.local, &c.remote, Condition::RemoteServerNotFound)
+                    .await;
+            }
+        };
+        metrics::counter!("starling_s2s_dialback_total", "direction" => "in", "result" => result)
+            .increment(1);
+        if c.verdict == Verdict::Valid {
+            tracing::info!(remote = %c.remote, local = %c.local, "s2s stream authorised (dialback)");
+            self.authorized.insert((c.remote.clone(), c.local.clone()));
+        }
+        self.send_result(&c.local, &c.remote, result).await;
+    }
+
+    async fn send_result(&mut self, local: &str, remote: &str, t: &str) {
+        let r = dialback_xml("result", local, remote, None, t, None);
+        let _ = self.conn.send(&r).await;
+    }
+
+    /// XEP-0220 §2.4: `<db:result type='error'/>` with the condition.
+    async fn result_error(&mut self, local: &str, remote: &str, condition: Condition) {
+        let r = dialback_xml("result", local, remote, None, "error", Some(condition));
+        let _ = self.conn.send(&r).await;
+    }
+
+    /// `<db:verify/>`: another server asks whether a key is one we made
+    /// for a stream we (any node) opened to it (XEP-0220 §2.1.4).
+    async fn db_verify(&mut self, el: Element) {
+        let from = el.get_attr("from").and_then(normal_domain);
+        let to = el.get_attr("to").and_then(normal_domain);
+        let id = el.get_attr("id").map(str::to_owned);
+        let (Some(receiving), Some(local), Some(id)) = (from, to, id) else {
+            self.conn
+                .fail(StreamCondition::ImproperAddressing, None)
+                .await;
+            return;
+        };
+        let answer = if !self.serves(&local) {
+            dialback_xml(
+                "verify",
+                &local,
+                &receiving,
+                Some(&id),
+                "error",
+                Some(Condition::ItemNotFound),
+            )
+        } else {
+            let valid = match super::secret(&self.server).await {
+                Ok(secret) => super::same_key(
+                    &super::dialback_key(secret, &receiving, &local, &id),
+                    el.text_content().trim(),
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no dialback secret to check a key with");
+                    false
+                }
+            };
+            let t = if valid { "valid" } else { "invalid" };
+            dialback_xml("verify", &local, &receiving, Some(&id), t, None)
+        };
+        let _ = self.conn.send(&answer).await;
+    }
+
+    /// A stanza: accepted only for a domain pair this stream authorised
+    /// (RFC 6120 §13.7.1.3, XEP-0220 §2.1.2), then routed like a client's.
+    async fn stanza(&mut self, mut el: Element) -> Option<Next> {
+        let from = el.get_attr("from").map(jid::Jid::new);
+        let to = el.get_attr("to").map(jid::Jid::new);
+        let (Some(from), Some(to)) = (from, to) else {
+            self.conn
+                .fail(StreamCondition::ImproperAddressing, None)
+                .await;
+            return Some(Next::End);
+        };
+        let Ok(from) = from else {
+            self.conn.fail(StreamCondition::InvalidFrom, None).await;
+            return Some(Next::End);
+        };
+        let from = from.to_string();
+        let Ok(to) = to else {
+            // Addressed to nothing that can exist: the sender hears so,
+            // from the served domain its stream is authorised for.
+            let local = self
+                .authorized
+                .iter()
+                .find(|(r, _)| r == domain_of(&from))
+                .map(|(_, l)| l.clone());
+            if let Some(local) = local {
+                el.set_attr("from", from.as_str());
+                el.set_attr("to", local.as_str());
+                if let Some(reply) =
+                    crate::stanza::error_reply(&el, &Condition::JidMalformed.into())
+                {
+                    super::send(&self.server, reply);
+                }
+            }
+            return None;
+        };
+        let to = to.to_string();
+        let pair = (domain_of(&from).to_owned(), domain_of(&to).to_owned());
+        if !self.authorized.contains(&pair) {
+            // RFC 6120 §4.9.3.6, §4.9.3.10: a `to` not served here, or a
+            // `from` this stream was not authorised for.
+            let condition = if self.serves(&pair.1) {
+                StreamCondition::InvalidFrom
+            } else {
+                StreamCondition::HostUnknown
+            };
+            self.conn.fail(condition, None).await;
+            return Some(Next::End);
+        }
+        el.set_attr("from", from.as_str());
+        el.set_attr("to", to.as_str());
+        metrics::counter!("starling_s2s_stanzas_total", "direction" => "in").increment(1);
+        super::deliver::incoming(&self.server, el).await;
+        None
+    }
+}
+
+/// A dialback element (`db:result` or `db:verify`, `type` and `id` when
+/// given), with a XEP-0220 §2.4 error child for `type='error'`.
+fn dialback_xml(
+    name: &str,
+    from: &str,
+    to: &str,
+    id: Option<&str>,
+    t: &str,
+    error: Option<Condition>,
+) -> String {
+    use crate::xml::escape_into;
+    let mut s = String::with_capacity(160);
+    s.push_str("<db:");
+    s.push_str(name);
+    for (k, v) in [
+        ("from", Some(from)),
+        ("to", Some(to)),
+        ("id", id),
+        ("type", Some(t)),
+    ] {
+        if let Some(v) = v {
+            s.push(' ');
+            s.push_str(k);
+            s.push_str("='");
+            escape_into(&mut s, v, true);
+            s.push('\'');
+        }
+    }
+    match error {
+        None => s.push_str("/>"),
+        Some(c) => {
+            s.push_str("><error type='");
+            s.push_str(c.error_type());
+            s.push_str("'><");
+            s.push_str(c.name());
+            s.push_str(" xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></db:");
+            s.push_str(name);
+            s.push('>');
+        }
+    }
+    s
+}
+
+/// A domain from a header or dialback attribute, normalised; none if it
+/// is not a bare domain.
+fn normal_domain(s: &str) -> Option<String> {
+    let j = jid::BareJid::new(s).ok()?;
+    j.node().is_none().then(|| j.domain().as_str().to_owned())
+}
+
+/// The domains' certificates for other servers (no ALPN: STARTTLS).
+fn server_tls(server: &Server) -> Arc<rustls::ServerConfig> {
+    let mut c = rustls::ServerConfig::clone(&server.tls);
+    c.alpn_protocols.clear();
+    Arc::new(c)
+}

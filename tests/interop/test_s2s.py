@@ -1,0 +1,321 @@
+"""Server-to-server federation (RFC 6120 §3-§5, §13.7; XEP-0220 dialback, XEP-0185 keys).
+
+Two Starling servers on loopback, a.test and b.test, each finding the other through
+`[s2s] hosts` (DNS is off in tests). Clients talk to their own server only; everything
+between the domains crosses a real s2s link: STARTTLS, dialback (each side asks the
+other's authoritative server over its own outgoing link), then stanzas.
+
+The raw-stream tests open server streams by hand with rawxmpp: they play another
+domain's server, with the dialback secret of a.test known to the test (`[s2s] secret`),
+to reach the checks a real peer never trips (spoofed `from`, bad keys, bad namespaces).
+"""
+import hashlib
+import hmac
+import time
+import uuid
+
+import pytest
+
+import rawxmpp
+from conftest import StarlingServer, free_port, _starling_has_flag
+from rawxmpp import C, q, tostring
+
+NS_SERVER = "jabber:server"
+NS_DB = "jabber:server:dialback"
+NS_STREAM = "http://etherx.jabber.org/streams"
+NS_STREAMS_ERR = "urn:ietf:params:xml:ns:xmpp-streams"
+NS_TLS = "urn:ietf:params:xml:ns:xmpp-tls"
+NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
+SECRET_A = "a-test-dialback-secret"
+
+
+def S(name):
+    return q(NS_SERVER, name)
+
+
+def dialback_key(secret: str, receiving: str, originating: str, stream_id: str) -> str:
+    """XEP-0185: HMAC-SHA256 keyed with hex(SHA-256(secret))."""
+    k = hashlib.sha256(secret.encode()).hexdigest().encode()
+    return hmac.new(k, f"{receiving} {originating} {stream_id}".encode(), hashlib.sha256).hexdigest()
+
+
+def s2s_toml(hosts: dict, secret=None, extra="") -> str:
+    lines = ["[s2s]", "enabled = true", "connect_timeout_secs = 5"]
+    if secret:
+        lines.append(f'secret = "{secret}"')
+    lines += [extra, "", "[s2s.hosts]"]
+    lines += [f'"{d}" = "127.0.0.1:{p}"' for d, p in hosts.items()]
+    return "\n".join(lines)
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    if not _starling_has_flag("--s2s-port"):
+        pytest.fail("this starling has no --s2s-port: no federation")
+    pa, pb, closed = free_port(), free_port(), free_port()
+    a = StarlingServer(str(tmp_path_factory.mktemp("s2s-a")), domains=["a.test"],
+                       extra_toml=s2s_toml({"b.test": pb, "closed.test": closed}, secret=SECRET_A))
+    b = StarlingServer(str(tmp_path_factory.mktemp("s2s-b")), domains=["b.test"],
+                       extra_toml=s2s_toml({"a.test": pa}) + "\n\n[mam]\nenabled = true")
+    a.s2s_port, b.s2s_port = pa, pb
+    a.start()
+    b.start()
+    yield a, b
+    a.stop()
+    b.stop()
+
+
+def online(server, clients, prefix="u"):
+    c = server.online(prefix)
+    clients.add(c)
+    return c
+
+
+def subscribe_both(x, y):
+    """x and y (clients of different servers) subscribe to each other's presence."""
+    x.presence(to=y.bare, type_="subscribe")
+    req = y.recv(lambda e: e.tag == C("presence") and e.get("type") == "subscribe", 15,
+                 what="subscribe request across domains")
+    assert req.get("from") == x.bare
+    y.presence(to=x.bare, type_="subscribed")
+    x.recv(lambda e: e.tag == C("presence") and e.get("type") == "subscribed", 15, what="subscribed")
+    y.presence(to=x.bare, type_="subscribe")
+    x.recv(lambda e: e.tag == C("presence") and e.get("type") == "subscribe", 15, what="subscribe back")
+    x.presence(to=y.bare, type_="subscribed")
+    y.recv(lambda e: e.tag == C("presence") and e.get("type") == "subscribed", 15, what="subscribed back")
+
+
+# ------------------------------------------------------------------ through clients
+
+def test_message_both_ways(pair, clients):
+    a, b = pair
+    ua, ub = online(a, clients, "fa"), online(b, clients, "fb")
+    mid = ua.message(ub.jid, "hello from a.test")
+    m = ub.recv_stanza("message", id=mid, timeout=15)
+    assert m.get("from") == ua.jid
+    assert m.findtext(C("body")) == "hello from a.test"
+    mid = ub.message(ua.bare, "and back from b.test")
+    m = ua.recv_stanza("message", id=mid, timeout=15)
+    assert m.get("from") == ub.jid and m.findtext(C("body")) == "and back from b.test"
+
+
+def test_many_messages_arrive_in_order(pair, clients):
+    a, b = pair
+    ua, ub = online(a, clients, "oa"), online(b, clients, "ob")
+    for i in range(100):
+        ua.message(ub.jid, f"n{i}", mid=f"ord{i}")
+    got = []
+    deadline = time.time() + 20
+    while len(got) < 100 and time.time() < deadline:
+        m = ub.recv_stanza("message", timeout=max(0.1, deadline - time.time()))
+        got.append(m.findtext(C("body")))
+    assert got == [f"n{i}" for i in range(100)]
+
+
+def test_offline_message_for_remote_user(pair, clients):
+    a, b = pair
+    ua = online(a, clients, "xa")
+    jid_b, user_b, pw_b = b.new_user("xb")
+    mid = ua.message(jid_b, "kept for later")
+    ua.expect_nothing(lambda e: e.tag == C("message") and e.get("type") == "error", timeout=2)
+    ub = clients.add(b.login(jid_b, pw_b, presence=True))
+    m = ub.recv_stanza("message", id=mid, timeout=15)
+    assert m.findtext(C("body")) == "kept for later"
+    assert m.find(q("urn:xmpp:delay", "delay")) is not None
+
+
+def test_iq_to_remote_server_and_to_remote_client(pair, clients):
+    a, b = pair
+    ua, ub = online(a, clients, "ia"), online(b, clients, "ib")
+    r = ua.iq("get", "<ping xmlns='urn:xmpp:ping'/>", to="b.test", timeout=15)
+    assert r.get("type") == "result" and r.get("from") == "b.test", tostring(r)
+    r = ua.iq("get", "<query xmlns='http://jabber.org/protocol/disco#info'/>", to="b.test", timeout=15)
+    assert r.get("type") == "result"
+    features = {f.get("var") for f in r.iter(q("http://jabber.org/protocol/disco#info", "feature"))}
+    assert "urn:xmpp:ping" in features
+    # A request to a client of b.test, answered by that client.
+    iid = rawxmpp.new_id("v")
+    ua.send_raw(f"<iq type='get' id='{iid}' to='{ub.jid}'><query xmlns='jabber:iq:version'/></iq>")
+    req = ub.recv(lambda e: e.tag == C("iq") and e.get("id") == iid, 15, what="iq across domains")
+    assert req.get("from") == ua.jid
+    ub.send_raw(f"<iq type='result' id='{iid}' to='{ua.jid}'><query xmlns='jabber:iq:version'>"
+                f"<name>t</name><version>1</version></query></iq>")
+    res = ua.recv(lambda e: e.tag == C("iq") and e.get("id") == iid, 15, what="iq result")
+    assert res.get("type") == "result" and res.get("from") == ub.jid
+
+
+def test_iq_to_gone_remote_resource_is_service_unavailable(pair, clients):
+    a, b = pair
+    ua, ub = online(a, clients, "ga"), online(b, clients, "gb")
+    r = ua.iq("get", "<query xmlns='jabber:iq:version'/>", to=ub.bare + "/no-such-resource", timeout=15)
+    assert r.get("type") == "error"
+    assert r.find(f"{C('error')}/{q(NS_STANZAS, 'service-unavailable')}") is not None, tostring(r)
+
+
+def test_subscription_and_presence_across_domains(pair, clients):
+    a, b = pair
+    ua, ub = online(a, clients, "pa"), online(b, clients, "pb")
+    subscribe_both(ua, ub)
+    # Roster state on both sides: both.
+    for c, other in ((ua, ub), (ub, ua)):
+        r = c.iq("get", "<query xmlns='jabber:iq:roster'/>", timeout=10)
+        items = {i.get("jid"): i.get("subscription") for i in r.iter(q("jabber:iq:roster", "item"))}
+        assert items.get(other.bare) == "both", (c.bare, items)
+    # A new resource of ub: its available presence reaches ua, and a probe answers it.
+    jid, pw = ub.bare, ub.password
+    ub2 = clients.add(b.login(jid, pw, resource="second", presence=True))
+    p = ua.recv(lambda e: e.tag == C("presence") and e.get("from") == ub2.jid and e.get("type") is None,
+                15, what="presence of a remote contact's new resource")
+    assert p is not None
+    ub2.presence(type_="unavailable")
+    ua.recv(lambda e: e.tag == C("presence") and e.get("from") == ub2.jid
+            and e.get("type") == "unavailable", 15, what="unavailable across domains")
+    # A second resource of ua logging in probes b.test and learns ub's presence.
+    ua2 = clients.add(a.login(ua.bare, ua.password, resource="late", presence=True))
+    ua2.recv(lambda e: e.tag == C("presence") and e.get("from") == ub.jid and e.get("type") is None,
+             15, what="probe answered across domains")
+
+
+def test_message_to_unreachable_domain_bounces(pair, clients):
+    a, _ = pair
+    ua = online(a, clients, "ua")
+    # closed.test maps to a port nobody listens on; nowhere.test to nothing (no DNS in tests).
+    for target in ("someone@closed.test", "someone@nowhere.test"):
+        mid = ua.message(target, "into the void")
+        err = ua.recv(lambda e: e.tag == C("message") and e.get("id") == mid, 15, what="bounce")
+        assert err.get("type") == "error" and err.get("from") == target
+        assert err.find(f"{C('error')}/{q(NS_STANZAS, 'remote-server-not-found')}") is not None, tostring(err)
+    a.assert_healthy(ua)
+
+
+def test_outgoing_message_is_in_the_senders_archive(pair, clients):
+    a, b = pair
+    # b.test archives (its [mam] section): the sender's copy of a message to a.test.
+    ub, ua = online(b, clients, "ma"), online(a, clients, "mb")
+    body = "archived " + uuid.uuid4().hex[:8]
+    mid = ub.message(ua.bare, body)
+    ua.recv_stanza("message", id=mid, timeout=15)
+    qid = rawxmpp.new_id("mam")
+    ub.send_raw(f"<iq type='set' id='{qid}'><query xmlns='urn:xmpp:mam:2' queryid='{qid}'/></iq>")
+    found = []
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        e = ub.recv(lambda e: e.tag == C("message") or (e.tag == C("iq") and e.get("id") == qid), 10,
+                    what="archive results")
+        if e.tag == C("iq"):
+            break
+        found += [b_.text for b_ in e.iter(C("body"))]
+    assert body in found
+
+
+# ------------------------------------------------------------------ raw server streams
+
+class RawServer(rawxmpp.Client):
+    """A hand-made server stream to `domain`'s s2s port, claiming to be `origin`."""
+
+    def __init__(self, port, to, origin):
+        super().__init__("127.0.0.1", port, to, timeout=15)
+        self.origin = origin
+
+    def open(self, tls=True, to=None, ns=NS_SERVER):
+        self.connect()
+        extra = f" xmlns:db='{NS_DB}'" + (f" from='{self.origin}'" if self.origin else "")
+        self.open_stream(ns=ns, to=to, extra=extra)
+        if tls:
+            assert self.feature(NS_TLS, "starttls") is not None, tostring(self.features)
+            self.send_raw(f"<starttls xmlns='{NS_TLS}'/>")
+            el = self.recv(lambda e: rawxmpp.ns_of(e.tag) == NS_TLS, what="proceed")
+            assert rawxmpp.local(el.tag) == "proceed"
+            self._wrap_tls()
+            self.open_stream(ns=ns, to=to, extra=extra)
+        return self
+
+    def stream_id(self):
+        return self.parser.header_attrs.get("id")
+
+    def db_result(self, key, origin=None, to=None):
+        origin = origin or self.origin
+        self.send_raw(f"<db:result from='{origin}' to='{to or self.domain}'>{key}</db:result>")
+        return self.recv(lambda e: e.tag == q(NS_DB, "result"), 15, what="db:result answer")
+
+
+def test_stream_with_client_namespace_is_invalid_namespace(pair):
+    _, b = pair
+    s = RawServer(b.s2s_port, "b.test", "a.test")
+    s.connect()
+    s.send_raw(s.stream_header(ns="jabber:client", extra=f" xmlns:db='{NS_DB}'"))
+    assert s.expect_stream_error() == "invalid-namespace"
+
+
+def test_stream_to_unknown_domain_is_host_unknown(pair):
+    _, b = pair
+    s = RawServer(b.s2s_port, "elsewhere.test", "a.test")
+    s.connect()
+    s.send_raw(s.stream_header(ns=NS_SERVER, extra=f" xmlns:db='{NS_DB}'"))
+    assert s.expect_stream_error() == "host-unknown"
+
+
+def test_tls_is_required_before_dialback(pair):
+    _, b = pair
+    s = RawServer(b.s2s_port, "b.test", "a.test").open(tls=False)
+    starttls = s.feature(NS_TLS, "starttls")
+    assert starttls is not None and starttls.find(q(NS_TLS, "required")) is not None
+    assert s.feature("urn:xmpp:features:dialback", "dialback") is None
+    r = s.db_result("00")
+    assert r.get("type") == "error"
+    assert r.find(f"{S('error')}/{q(NS_STANZAS, 'policy-violation')}") is not None, tostring(r)
+
+
+def test_dialback_with_a_wrong_key_is_invalid_and_stanzas_are_refused(pair):
+    a, b = pair
+    s = RawServer(b.s2s_port, "b.test", "a.test").open()
+    assert s.feature("urn:xmpp:features:dialback", "dialback") is not None
+    # b.test asks a.test's server (the real one) about a key it never made.
+    r = s.db_result("0" * 64)
+    assert r.get("type") == "invalid", tostring(r)
+    s.send_raw("<message from='x@a.test' to='y@b.test'><body>sneak</body></message>")
+    assert s.expect_stream_error() == "invalid-from"
+    b.assert_healthy()
+
+
+def test_dialback_valid_key_then_spoofed_from_is_invalid_from(pair, clients):
+    a, b = pair
+    ub = online(b, clients, "sb")
+    s = RawServer(b.s2s_port, "b.test", "a.test").open()
+    # Knowing a.test's secret, the test makes the key a.test's server would make: b.test
+    # checks it with a.test's server (db:verify), which finds it valid.
+    key = dialback_key(SECRET_A, "b.test", "a.test", s.stream_id())
+    r = s.db_result(key)
+    assert r.get("type") == "valid", tostring(r)
+    # Authorised for a.test: a stanza from a.test is delivered...
+    s.send_raw(f"<message from='ghost@a.test/r' to='{ub.jid}' id='ok1' type='chat'><body>hi</body></message>")
+    m = ub.recv_stanza("message", id="ok1", timeout=10)
+    assert m.get("from") == "ghost@a.test/r"
+    # ...one from another domain ends the stream.
+    s.send_raw(f"<message from='mallory@evil.test' to='{ub.jid}' id='bad1'><body>x</body></message>")
+    assert s.expect_stream_error() == "invalid-from"
+    ub.expect_nothing(lambda e: e.tag == C("message") and e.get("id") == "bad1", timeout=1)
+    b.assert_healthy(ub)
+
+
+def test_db_verify_answers_for_keys_this_server_made(pair):
+    a, _ = pair
+    s = RawServer(a.s2s_port, "a.test", "b.test").open()
+    good = dialback_key(SECRET_A, "b.test", "a.test", "stream-123")
+    s.send_raw(f"<db:verify from='b.test' to='a.test' id='stream-123'>{good}</db:verify>")
+    v = s.recv(lambda e: e.tag == q(NS_DB, "verify"), 10, what="db:verify answer")
+    assert v.get("type") == "valid" and v.get("id") == "stream-123" and v.get("from") == "a.test"
+    s.send_raw(f"<db:verify from='b.test' to='a.test' id='stream-123'>{'1' * 64}</db:verify>")
+    v = s.recv(lambda e: e.tag == q(NS_DB, "verify"), 10, what="db:verify answer")
+    assert v.get("type") == "invalid"
+
+
+def test_stanza_before_dialback_and_malformed_xml(pair):
+    a, _ = pair
+    s = RawServer(a.s2s_port, "a.test", "b.test").open()
+    s.send_raw("<presence from='x@b.test' to='y@a.test'/>")
+    assert s.expect_stream_error() == "invalid-from"
+    s2 = RawServer(a.s2s_port, "a.test", "b.test").open()
+    s2.send_raw("<message><body>x</message>")
+    assert s2.expect_stream_error() == "not-well-formed"
+    a.assert_healthy()
