@@ -280,6 +280,8 @@ class ClusterNode(StarlingServer):
         if not os.path.exists(STARLING_BIN):
             pytest.fail(f"starling binary not found at {STARLING_BIN} (set STARLING_BIN)")
         cmd = [STARLING_BIN, "serve", "--config", self.config_path]
+        if getattr(self, "s2s_port", None):  # federation's listener (extra_config sets the port)
+            cmd += ["--s2s-port", str(self.s2s_port)]
         if join:
             cmd += ["--join", join]
         with open(self.log_path, "ab") as log:

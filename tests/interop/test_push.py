@@ -1,7 +1,7 @@
 """XEP-0357 push notifications, the user's server's side, raw XML.
 
 The app server is a session of another account on the same server (a full JID: XEP-0357
-lets it be any JID; one on another domain would need federation). It receives the
+lets it be any JID; one on another domain is reached over federation: test_s2s.py). It receives the
 notifications as IQ sets from the user's bare JID and answers them.
 
 - disco: urn:xmpp:push:0 on the account;
@@ -13,8 +13,7 @@ notifications as IQ sets from the user's bare JID and answers them.
 - <disable/> with a node, and without one (all of that app server's nodes);
 - an error from the app server disables the registration; a 'wait' error does not;
 - bad input: no jid (bad-request), a malformed jid (jid-malformed), no node
-  (bad-request), a form of another FORM_TYPE (bad-request), an app server on another
-  domain (remote-server-not-found: no federation yet) or a bare account
+  (bad-request), a form of another FORM_TYPE (bad-request), a bare account
   (not-acceptable), enable on another account (forbidden): each refused, nothing
   registered, the stream goes on;
 - in a cluster: registered through one node, notified for a message that went offline
@@ -213,9 +212,6 @@ def test_an_error_from_the_app_server_disables_the_registration(server, clients)
      ("modify", "bad-request")),
     ("set", "<disable xmlns='urn:xmpp:push:0'/>", ("modify", "bad-request")),
     ("get", "<enable xmlns='urn:xmpp:push:0' jid='APP' node='x'/>", None),
-    # no federation yet: an app server on another domain could never be reached
-    ("set", "<enable xmlns='urn:xmpp:push:0' jid='push.example.net' node='x'/>",
-     ("cancel", "remote-server-not-found")),
     # the server answers for a bare account itself: nothing would reach a client
     ("set", "<enable xmlns='urn:xmpp:push:0' jid='BARE' node='x'/>", ("modify", "not-acceptable")),
 ])

@@ -17,6 +17,7 @@ import uuid
 import pytest
 
 import rawxmpp
+from cluster import Cluster
 from conftest import StarlingServer, free_port, _starling_has_flag
 from rawxmpp import C, q, tostring
 
@@ -40,7 +41,7 @@ def dialback_key(secret: str, receiving: str, originating: str, stream_id: str) 
 
 
 def s2s_toml(hosts: dict, secret=None, extra="") -> str:
-    lines = ["[s2s]", "enabled = true", "connect_timeout_secs = 5"]
+    lines = ["[s2s]", "enabled = true", 'bind = "127.0.0.1"', "connect_timeout_secs = 5"]
     if secret:
         lines.append(f'secret = "{secret}"')
     lines += [extra, "", "[s2s.hosts]"]
@@ -54,7 +55,8 @@ def pair(tmp_path_factory):
         pytest.fail("this starling has no --s2s-port: no federation")
     pa, pb, closed = free_port(), free_port(), free_port()
     a = StarlingServer(str(tmp_path_factory.mktemp("s2s-a")), domains=["a.test"],
-                       extra_toml=s2s_toml({"b.test": pb, "closed.test": closed}, secret=SECRET_A))
+                       extra_toml=s2s_toml({"b.test": pb, "conference.b.test": pb, "closed.test": closed},
+                                         secret=SECRET_A))
     b = StarlingServer(str(tmp_path_factory.mktemp("s2s-b")), domains=["b.test"],
                        extra_toml=s2s_toml({"a.test": pa}) + "\n\n[mam]\nenabled = true")
     a.s2s_port, b.s2s_port = pa, pb
@@ -319,3 +321,114 @@ def test_stanza_before_dialback_and_malformed_xml(pair):
     s2.send_raw("<message><body>x</message>")
     assert s2.expect_stream_error() == "not-well-formed"
     a.assert_healthy()
+
+
+# ------------------------------------------------------------------ push over federation
+
+NS_PUSH = "urn:xmpp:push:0"
+NS_PUBSUB = "http://jabber.org/protocol/pubsub"
+
+
+def is_push(e):
+    return (e.tag == C("iq") and e.get("type") == "set"
+            and e.find(f"{q(NS_PUBSUB, 'pubsub')}/{q(NS_PUBSUB, 'publish')}") is not None)
+
+
+def test_push_notification_to_an_app_server_on_another_domain(pair, clients):
+    """XEP-0357: the public app servers are on other domains; the notification crosses."""
+    a, b = pair
+    app = clients.add(b.online("app", resource="push"))
+    jid, _, pw = a.new_user("pu")
+    u = clients.add(a.login(jid, pw, resource="phone"))
+    r = u.iq("set", f"<enable xmlns='{NS_PUSH}' jid='{app.jid}' node='n1'/>")
+    assert r.get("type") == "result", tostring(r)
+    u.close()
+    sender = online(a, clients, "ps")
+    sender.message(jid, "wake up")
+    iq = app.recv(is_push, 15, what="push notification across domains")
+    assert iq.get("from") == jid
+    assert iq.find(f".//{q(NS_PUBSUB, 'publish')}").get("node") == "n1"
+    app.send_raw(f"<iq type='error' id='{iq.get('id')}' to='{iq.get('from')}'><error type='cancel'>"
+                 "<item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>")
+    # The app server's error (crossing back) disabled the registration.
+    time.sleep(1)
+    sender.message(jid, "again")
+    app.expect_nothing(is_push, timeout=2, what="a notification after the app server's error")
+
+
+def test_without_federation_a_remote_app_server_is_refused(tmp_path_factory, clients):
+    s = StarlingServer(str(tmp_path_factory.mktemp("nofed")), extra_toml="[s2s]\nenabled = false")
+    s.start()
+    try:
+        u = clients.add(s.online("nf"))
+        r = u.iq("set", f"<enable xmlns='{NS_PUSH}' jid='push.example.net' node='x'/>")
+        assert rawxmpp.stanza_error(r) == ("cancel", "remote-server-not-found"), tostring(r)
+        mid = u.message("someone@example.net", "no federation")
+        err = u.recv(lambda e: e.tag == C("message") and e.get("id") == mid, 10, what="bounce")
+        assert err.find(f"{C('error')}/{q(NS_STANZAS, 'remote-server-not-found')}") is not None
+        s.assert_healthy(u)
+    finally:
+        s.stop()
+
+
+# ------------------------------------------------------------------ group chat across domains
+
+def test_user_of_another_domain_in_a_room(pair, clients):
+    """XEP-0045 over federation: a.test's user joins a room of conference.b.test, talks and leaves."""
+    from test_muc import NS_USER, codes, instant, join
+    a, b = pair
+    ub, ua = online(b, clients, "rb"), online(a, clients, "ra")
+    room = f"fed{uuid.uuid4().hex[:6]}@conference.b.test"
+    instant(ub, room, "owner")
+    before, own, _, _ = join(ua, room, "visitor")
+    assert any(p.get("from") == f"{room}/owner" for p in before)
+    assert "110" in codes(own)
+    p = ub.recv(lambda e: e.tag == C("presence") and e.get("from") == f"{room}/visitor", 15,
+                what="remote occupant's join")
+    assert p.find(q(NS_USER, "x")) is not None
+    ua.send_raw(f"<message to='{room}' type='groupchat' id='g1'><body>from a.test</body></message>")
+    for c in (ub, ua):
+        m = c.recv(lambda e: e.tag == C("message") and e.get("id") == "g1", 15, what="groupchat")
+        assert m.get("from") == f"{room}/visitor" and m.findtext(C("body")) == "from a.test"
+    ub.send_raw(f"<message to='{room}' type='groupchat' id='g2'><body>from b.test</body></message>")
+    m = ua.recv(lambda e: e.tag == C("message") and e.get("id") == "g2", 15, what="groupchat to remote")
+    assert m.get("from") == f"{room}/owner"
+    # Leaving: the room hears the unavailable presence from a.test.
+    ua.presence(to=f"{room}/visitor", type_="unavailable")
+    ub.recv(lambda e: e.tag == C("presence") and e.get("from") == f"{room}/visitor"
+            and e.get("type") == "unavailable", 15, what="remote occupant left")
+
+
+# ------------------------------------------------------------------ a cluster as one domain
+
+def test_cluster_domain_federates_through_any_node(tmp_path_factory, clients):
+    """c.test is a 3-node cluster; x.test knows only node 1's address. Node 2's outgoing link
+    is verified by x.test through node 1 (the dialback secret is shared through the store),
+    and what x.test sends through node 1 reaches a user on node 3."""
+    px = free_port()
+    ports = {}
+
+    def extra(node):
+        node.s2s_port = ports.setdefault(node.node_id, free_port())
+        return [s2s_toml({"x.test": px})]
+
+    c = Cluster(str(tmp_path_factory.mktemp("s2s-cluster")), 3, domain="c.test", extra_config=extra)
+    x = None
+    try:
+        x = StarlingServer(str(tmp_path_factory.mktemp("s2s-x")), domains=["x.test"],
+                           extra_toml=s2s_toml({"c.test": ports[1]}))
+        x.s2s_port = px
+        x.start()
+        ux = clients.add(x.online("cx"))
+        u2 = clients.add(c[2].online("c2"))
+        u3 = clients.add(c[3].online("c3"))
+        mid = u2.message(ux.jid, "from node 2")
+        m = ux.recv_stanza("message", id=mid, timeout=20)
+        assert m.get("from") == u2.jid
+        mid = ux.message(u3.jid, "to node 3")
+        m = u3.recv_stanza("message", id=mid, timeout=20)
+        assert m.get("from") == ux.jid and m.findtext(C("body")) == "to node 3"
+    finally:
+        if x:
+            x.stop()
+        c.stop()

@@ -20,12 +20,12 @@
 //! IQ from the user's bare JID (XEP-0357 §7) with the summary form
 //! (`message-count`; the sender and the body only when the configuration
 //! says so: the app server and the push services behind it are third
-//! parties). The app server is a session's full JID or a service hosted
-//! here; one on another domain needs federation (not built yet), so
-//! `<enable/>` refuses it with `<remote-server-not-found/>` rather than let
-//! the client rely on notifications that could never reach it (a
-//! registration made through a future version with federation is counted
-//! as undeliverable). An error from the app server
+//! parties). The app server is a session's full JID, a service hosted
+//! here, or any JID of another domain (the public app servers are: it is
+//! reached over federation, `crate::s2s`); with `[s2s] enabled = false`
+//! `<enable/>` refuses one on another domain with
+//! `<remote-server-not-found/>` rather than let the client rely on
+//! notifications that could never reach it. An error from the app server
 //! other than `wait` disables that registration (§8 "the user's server MAY").
 
 use super::{AccountFeature, IqCtx, IqHandler, IqResult, Module, own_only};
@@ -182,8 +182,8 @@ async fn set_enable(ctx: &IqCtx<'_>) -> IqResult {
 
 /// Refuses an app server no notification could reach, so that the client
 /// knows it must not rely on push (and keeps its connection instead): one
-/// on another domain (that needs federation, not built yet), or a bare
-/// account or a domain served here (the server answers for those itself).
+/// on another domain while federation is off, or a bare account or a
+/// domain served here (the server answers for those itself).
 fn deliverable(server: &Server, jid: &str) -> Result<(), StanzaError> {
     match im::destination(server, jid)? {
         Destination::Service { .. }
@@ -193,9 +193,10 @@ fn deliverable(server: &Server, jid: &str) -> Result<(), StanzaError> {
         | Destination::Server {
             resource: Some(_), ..
         } => Ok(()),
+        Destination::Remote { .. } if server.config.s2s.enabled => Ok(()),
         Destination::Remote { .. } => Err(StanzaError::with_text(
             Condition::RemoteServerNotFound,
-            "app servers on other domains need federation, which this server does not offer yet",
+            "app servers on other domains need federation, which is off here ([s2s] enabled)",
         )),
         _ => Err(StanzaError::with_text(
             Condition::NotAcceptable,
@@ -360,8 +361,13 @@ async fn notify(server: &Server, bare: &str, reg: &PushRegistration, count: u64,
         | Ok(Destination::Server {
             resource: Some(_), ..
         }) => im::deliver_to_full(server, &reg.jid, iq).is_ok(),
-        // Another domain's app server needs federation (not built yet);
-        // a bare account or a served domain would answer for itself.
+        // Another domain's app server, over federation (a failure comes
+        // back as an error answer).
+        Ok(Destination::Remote { .. }) if server.config.s2s.enabled => {
+            crate::s2s::send(server, iq);
+            true
+        }
+        // A bare account or a served domain would answer for itself.
         _ => false,
     };
     if sent {

@@ -49,7 +49,7 @@ async fn presence(server: &Arc<Server>, mut el: Element) {
             im::deliver_subscription(server, &from_bare, &to_bare, t, el).await
         }
         // §4.3.2: answered if the user approved the prober.
-        Probe => im::probe(server, &from_bare, &from, &to_bare).map_err(Into::into),
+        Probe => im::probe(server, &from_bare, &from, &to_bare),
         Available | Unavailable | Error => {
             im::presence_in(server, &to, el);
             Ok(())

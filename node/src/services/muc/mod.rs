@@ -335,6 +335,16 @@ fn occupant_role(
 /// Sends a serialised stanza to a full JID wherever it is bound; false
 /// when no such session is known.
 pub fn send_raw(server: &Server, full: &str, xml: &std::sync::Arc<str>) -> bool {
+    if crate::s2s::is_remote(server, full) {
+        // An occupant of another domain: over federation.
+        return match crate::stanza::parse_serialised(xml) {
+            Some(el) => {
+                crate::s2s::send(server, el);
+                true
+            }
+            None => false,
+        };
+    }
     let (bare, Some(res)) = split(full) else {
         return false;
     };

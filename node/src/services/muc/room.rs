@@ -267,13 +267,16 @@ struct Session {
     jid: String,
     /// Where it is (resolved at join; again after a failed send).
     at: Option<At>,
+    /// A user of another domain: reached over federation.
+    remote: bool,
 }
 
 impl Session {
     fn new(server: &Server, jid: String) -> Self {
         let (b, r) = split(&jid);
         let at = r.and_then(|r| server.router.find(b, r));
-        Session { jid, at }
+        let remote = crate::s2s::is_remote(server, &jid);
+        Session { jid, at, remote }
     }
 }
 
@@ -1772,6 +1775,10 @@ impl State {
             .values_mut()
             .flat_map(|o| o.sessions.iter_mut())
         {
+            if one.remote {
+                send_raw(server, &one.jid, &s.to(&one.jid));
+                continue;
+            }
             if one.at.is_none() {
                 let (b, r) = split(&one.jid);
                 one.at = r.and_then(|r| server.router.find(b, r));
