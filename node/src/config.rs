@@ -413,6 +413,10 @@ pub struct SmConfig {
     /// ...or this many milliseconds after a stanza was written that no
     /// request covers yet (so the last of a burst is acked too).
     pub request_after_ms: u64,
+    /// Seconds the `h` of a resumable session that ended (timed out,
+    /// replaced, closed) is kept, so that a late `<resume/>` gets it in its
+    /// `<failed/>` (XEP-0198 §5); 0: not kept.
+    pub ended_retention_secs: u64,
 }
 
 impl Default for SmConfig {
@@ -423,6 +427,7 @@ impl Default for SmConfig {
             request_every: 5,
             request_bytes: 64 * 1024,
             request_after_ms: 1000,
+            ended_retention_secs: 3600,
         }
     }
 }

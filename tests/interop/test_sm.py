@@ -7,6 +7,7 @@ import time
 from rawxmpp import C, NS_DELAY, bare, local, new_id, ns_of, q, stanza_error, tostring
 
 NS_SM = "urn:xmpp:sm:3"
+NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 STANZAS = {"message", "presence", "iq"}
 
 
@@ -275,6 +276,78 @@ def test_resume_after_clean_close_fails(server):
     c.close()
     c2, r = resume(server, jid, pw, enabled.get("id"), 1)
     assert r.tag == sm("failed")
+    c2.close()
+
+
+def handled(c, n):
+    """Sends n IQs the server answers, waits for the answers; the server handled n more."""
+    for _ in range(n):
+        assert c.ping_server().get("type") == "result"
+
+
+def failed_h(r):
+    """The h of a <failed/> for an ended session (XEP-0198 section 5), checked for its
+    condition."""
+    assert r.tag == sm("failed"), tostring(r)
+    assert r.find(q(NS_STANZAS, "item-not-found")) is not None, tostring(r)
+    assert r.get("h") is not None, "no h in the <failed/>: " + tostring(r)
+    return int(r.get("h"))
+
+
+def test_resume_after_timeout_fails_with_the_h_the_session_handled(server):
+    """XEP-0198 section 5: a session that timed out is not resumed, but the <failed/>
+    says how many of the client's stanzas it handled (its presence and three IQs), so the
+    client knows what to send again; a new session binds on the same stream."""
+    jid, _, pw = server.new_user("smto")
+    c, enabled = login_sm(server, jid, pw, max_=1)
+    handled(c, 3)
+    drop(c)
+    time.sleep(3)  # the resumption time (1 s) is over
+    c2, r = resume(server, jid, pw, enabled.get("id"), 0)
+    assert failed_h(r) == 4, tostring(r)
+    assert c2.bind("fresh")
+    assert c2.ping_server().get("type") == "result"
+    c2.close()
+    # asked again, the same answer; still not resumable
+    c3, r = resume(server, jid, pw, enabled.get("id"), 0)
+    assert failed_h(r) == 4
+    c3.close()
+    server.assert_healthy()
+
+
+def test_resume_of_a_replaced_session_fails_with_its_h(server):
+    """A session replaced by a new one of the same resource (RFC 6120 conflict) ended: its
+    SM-ID fails with item-not-found and the h it had."""
+    jid, _, pw = server.new_user("smrp")
+    c, enabled = login_sm(server, jid, pw, resource="desk")
+    handled(c, 2)
+    n = server.client()
+    n.start()
+    n.auth(jid.split("@")[0], pw)
+    n.bind("desk")
+    assert c.expect_stream_error() == "conflict"
+    c2, r = resume(server, jid, pw, enabled.get("id"), 0)
+    assert failed_h(r) == 3, tostring(r)
+    c2.close()
+    assert n.ping_server().get("type") == "result"
+    n.close()
+
+
+def test_ended_session_h_is_told_only_to_its_user(server):
+    """A cleanly closed session's SM-ID fails with its h for its user; anyone else gets a
+    bare item-not-found (the h is the owner's)."""
+    jid, _, pw = server.new_user("smow")
+    other, _, opw = server.new_user("smot")
+    c, enabled = login_sm(server, jid, pw)
+    handled(c, 1)
+    c.close()
+    c3, r = resume(server, other, opw, enabled.get("id"), 0)
+    assert r.tag == sm("failed"), tostring(r)
+    assert r.find(q(NS_STANZAS, "item-not-found")) is not None, tostring(r)
+    assert r.get("h") is None, tostring(r)
+    c3.close()
+    c2, r = resume(server, jid, pw, enabled.get("id"), 0)
+    assert failed_h(r) == 2
     c2.close()
 
 

@@ -355,7 +355,12 @@ pub async fn take_over(
         None if server.storage.store.registry_active() => {
             return take_over_elsewhere(server, bare, previd, h).await;
         }
-        None => return Err(not_found()),
+        None => {
+            return Err(server
+                .resumable
+                .ended(previd, bare)
+                .map_or_else(not_found, sm::failed_ended_xml));
+        }
     };
     if !entry.counts.valid(h) {
         let (sent, _) = entry.counts.get();
@@ -423,6 +428,9 @@ async fn take_over_elsewhere(
     let Some(rec) = super::resume::fetch(server, bare, previd, h).await else {
         return Err(sm::failed_xml("item-not-found", ""));
     };
+    if rec.is_ended() {
+        return Err(sm::failed_ended_xml(rec.h_in));
+    }
     let from = if rec.released {
         "other_node"
     } else {
@@ -636,6 +644,11 @@ async fn finish<S: Transport>(s: &mut Session<S>, outbox: &Outbox, end: End) {
     if let Some(t) = outbox.take_takeover() {
         return s.hand_over(outbox, t, true).await;
     }
+    // The client's `h` counts the messages it sent only once they are in
+    // the archive: the last one is the one a late `<resume/>` is told.
+    if s.sm.as_ref().is_some_and(|sm| sm.id.is_some()) {
+        s.settle().await;
+    }
     let server: &Server = &s.server;
     // Leave the router first, so nothing more is queued here, then hand on
     // what was queued but never written: it is owed to the user.
@@ -645,8 +658,13 @@ async fn finish<S: Transport>(s: &mut Session<S>, outbox: &Outbox, end: End) {
         Some(sm) => {
             if let Some(id) = &sm.id {
                 server.resumable.remove(id, s.generation);
-                if s.archive.is_some() {
-                    super::resume::remove(server, id).await;
+                let keep = server.config.sm.ended_retention_secs;
+                if server.storage.store.registry_active() {
+                    super::resume::write_ended(server, id, &s.bare, sm.h_in, keep).await;
+                } else {
+                    let bare: Arc<str> = s.bare.as_str().into();
+                    let keep = Duration::from_secs(keep);
+                    server.resumable.end(id.clone(), bare, sm.h_in, keep);
                 }
             }
             sm.into_unacked()
@@ -1531,6 +1549,7 @@ impl<S: Transport> Session<S> {
             unacked,
             flags,
             pending: Vec::new(),
+            ended_until: 0,
         }
     }
 

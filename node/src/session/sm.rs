@@ -283,7 +283,21 @@ pub struct TakenOver {
 #[derive(Default)]
 pub struct Resumable {
     sessions: DashMap<Arc<str>, Entry>,
+    /// Sessions that ended without being resumed, on a node without peers
+    /// (with peers, the registry keeps them: `resume::write_ended`).
+    ended: DashMap<Arc<str>, Ended>,
 }
+
+/// What a node without peers keeps of a session that ended, for a late
+/// `<resume/>` (XEP-0198 §5: `<failed h='...'/>`).
+struct Ended {
+    bare: Arc<str>,
+    h_in: u32,
+    until: std::time::Instant,
+}
+
+/// Most ended sessions a node without peers keeps at once.
+const MAX_ENDED: usize = 100_000;
 
 /// One resumable session.
 #[derive(Clone)]
@@ -312,6 +326,34 @@ impl Resumable {
         self.sessions.iter().map(|e| e.value().clone()).collect()
     }
 
+    /// Keeps, for `keep`, that session `id` of `bare` ended having handled
+    /// `h_in` of its client's stanzas (none kept past [`MAX_ENDED`]).
+    pub fn end(&self, id: Arc<str>, bare: Arc<str>, h_in: u32, keep: std::time::Duration) {
+        if keep.is_zero() {
+            return;
+        }
+        let now = std::time::Instant::now();
+        if self.ended.len() >= MAX_ENDED {
+            self.sweep_ended(now);
+            if self.ended.len() >= MAX_ENDED {
+                return;
+            }
+        }
+        let until = now + keep;
+        self.ended.insert(id, Ended { bare, h_in, until });
+    }
+
+    /// The `h` an ended session `id` of `bare` reported last, while kept.
+    pub fn ended(&self, id: &str, bare: &str) -> Option<u32> {
+        let e = self.ended.get(id)?;
+        (&*e.bare == bare && e.until > std::time::Instant::now()).then_some(e.h_in)
+    }
+
+    /// Forgets the ended sessions whose time is up.
+    pub fn sweep_ended(&self, now: std::time::Instant) {
+        self.ended.retain(|_, e| e.until > now);
+    }
+
     /// Removes `id` if it is still the one connection `generation` listed
     /// (a resumed session keeps its id and session number).
     pub fn remove(&self, id: &str, generation: u64) {
@@ -337,6 +379,15 @@ pub const REQUEST_XML: &str = "<r xmlns='urn:xmpp:sm:3'/>";
 pub fn failed_xml(condition: &str, extra: &str) -> String {
     format!(
         "<failed xmlns='{NS_SM}'><{condition} xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>{extra}</failed>"
+    )
+}
+
+/// The `<failed/>` for a `<resume/>` of a session that ended: item not
+/// found, with the `h` of the client's stanzas the session handled
+/// (XEP-0198 §5), so the client knows which to send again.
+pub fn failed_ended_xml(h: u32) -> String {
+    format!(
+        "<failed xmlns='{NS_SM}' h='{h}'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></failed>"
     )
 }
 
