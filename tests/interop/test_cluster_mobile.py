@@ -2,6 +2,8 @@
 node, and a session resumed on another node keeps what it asked for (carbons, roster
 pushes) and its presence."""
 
+import time
+
 import pytest
 
 from cluster import shared_cluster  # noqa: F401 (fixture)
@@ -63,3 +65,31 @@ def test_session_resumed_on_another_node_keeps_carbons_roster_pushes_and_presenc
     push = p2.recv(lambda e: e.tag == C("iq") and e.get("type") == "set"
                    and e.find("{jabber:iq:roster}query") is not None, what="roster push")
     assert push.find("{jabber:iq:roster}query/{jabber:iq:roster}item").get("jid") == "friend@localhost"
+
+
+def test_resume_on_another_node_of_a_timed_out_session_fails_with_its_h(shared_cluster, clients):
+    """XEP-0198 section 5 across nodes: the session timed out on node 1; a <resume/> on node 2
+    fails with item-not-found and the h of the client's stanzas node 1 handled (its
+    presence and two IQs); node 2 lets the client bind a new session."""
+    cl = shared_cluster
+    jid, _, pw = cl[1].new_user("cmt")
+    c, enabled = login_sm(cl[1], jid, pw, max_=1)
+    for _ in range(2):
+        assert c.ping_server().get("type") == "result"
+    drop(c)
+    time.sleep(3)  # the resumption time (1 s) is over
+    c2, r = resume(cl[2], jid, pw, enabled.get("id"), 0)
+    clients.add(c2)
+    assert r.tag == sm("failed"), tostring(r)
+    assert r.find("{urn:ietf:params:xml:ns:xmpp-stanzas}item-not-found") is not None, tostring(r)
+    assert r.get("h") == "3", tostring(r)
+    assert c2.bind("again")
+    assert c2.ping_server().get("type") == "result"
+    # node 3 answers the same, and someone else gets no h
+    c3, r = resume(cl[3], jid, pw, enabled.get("id"), 0)
+    clients.add(c3)
+    assert r.get("h") == "3", tostring(r)
+    ojid, _, opw = cl[3].new_user("cmo")
+    c4, r = resume(cl[3], ojid, opw, enabled.get("id"), 0)
+    clients.add(c4)
+    assert r.tag == sm("failed") and r.get("h") is None, tostring(r)

@@ -500,6 +500,19 @@ mod tests {
     }
 
     #[test]
+    fn ended_sessions_tell_their_h_to_their_user_until_their_time_is_up() {
+        use std::time::{Duration, Instant};
+        let r = Resumable::default();
+        r.end("s1".into(), "a@x".into(), 7, Duration::from_secs(60));
+        r.end("s2".into(), "a@x".into(), 1, Duration::ZERO);
+        assert_eq!(r.ended("s1", "a@x"), Some(7));
+        assert_eq!(r.ended("s1", "b@x"), None, "someone else's");
+        assert_eq!(r.ended("s2", "a@x"), None, "not kept with no retention");
+        r.sweep_ended(Instant::now() + Duration::from_secs(61));
+        assert_eq!(r.ended("s1", "a@x"), None, "swept");
+    }
+
+    #[test]
     fn ids_name_their_node() {
         let id = new_id(0x2a);
         assert!(id.starts_with("2a-") && id.len() > 10, "{id}");
