@@ -266,7 +266,11 @@ def test_resume_with_h_larger_than_sent_fails(server):
     drop(c)
     c2, r = resume(server, jid, pw, enabled.get("id"), 50)
     assert r.tag == sm("failed"), tostring(r)
+    assert r.find(q(NS_STANZAS, "undefined-condition")) is not None, tostring(r)
     assert r.find(sm("handled-count-too-high")) is not None, tostring(r)
+    # the old session ends over it: the client is told what it had handled (its presence)
+    assert r.get("h") == "1", tostring(r)
+    assert c2.bind("after")
     c2.close()
 
 

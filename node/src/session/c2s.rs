@@ -370,7 +370,13 @@ pub async fn take_over(
         entry
             .close
             .do_send(ToSession::Close(StreamCondition::UndefinedCondition));
-        return Err(sm::failed_xml("undefined-condition", &too_high));
+        // §5: the session is over; the `h` tells the client which of its
+        // stanzas to send again.
+        return Err(sm::failed_with_h(
+            "undefined-condition",
+            entry.counts.handled(),
+            &too_high,
+        ));
     }
     let Some(user) = server.router.user(bare) else {
         return Err(not_found());

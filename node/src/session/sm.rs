@@ -19,7 +19,7 @@ use crate::router::{SessionHandle, ToSession};
 use dashmap::DashMap;
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 pub const NS_SM: &str = "urn:xmpp:sm:3";
 
@@ -43,13 +43,18 @@ pub struct Sm {
     bytes_since_request: usize,
 }
 
-/// `sent` and `acked` in one word, so a reader sees a consistent pair.
+/// `sent` and `acked` in one word, so a reader sees a consistent pair;
+/// and the client's stanzas handled, for a `<failed/>` that ends the
+/// session (XEP-0198 §5: the client learns what to send again).
 #[derive(Debug, Default)]
-pub struct Counts(AtomicU64);
+pub struct Counts(AtomicU64, AtomicU32);
 
 impl Counts {
-    fn new(sent: u32, acked: u32) -> Arc<Self> {
-        Arc::new(Counts(AtomicU64::new(pack(sent, acked))))
+    fn new(sent: u32, acked: u32, h_in: u32) -> Arc<Self> {
+        Arc::new(Counts(
+            AtomicU64::new(pack(sent, acked)),
+            AtomicU32::new(h_in),
+        ))
     }
 
     /// (sent, acked).
@@ -59,6 +64,11 @@ impl Counts {
 
     fn set(&self, sent: u32, acked: u32) {
         self.0.store(pack(sent, acked), Ordering::Release);
+    }
+
+    /// The client's stanzas the session handled.
+    pub fn handled(&self) -> u32 {
+        self.1.load(Ordering::Relaxed)
     }
 
     /// Whether a client that handled `h` of our stanzas claims no more
@@ -113,7 +123,7 @@ impl Sm {
             id,
             max,
             h_in: 0,
-            counts: Counts::new(0, 0),
+            counts: Counts::new(0, 0, 0),
             unacked: VecDeque::new(),
             since_request: 0,
             bytes_since_request: 0,
@@ -141,7 +151,7 @@ impl Sm {
             id: Some(d.id),
             max: d.max,
             h_in: d.h_in,
-            counts: Counts::new(h, h),
+            counts: Counts::new(h, h, d.h_in),
             unacked: VecDeque::new(),
             since_request: 0,
             bytes_since_request: 0,
@@ -161,6 +171,7 @@ impl Sm {
     /// One more stanza of the client's handled.
     pub fn handled(&mut self) {
         self.h_in = self.h_in.wrapping_add(1);
+        self.counts.1.store(self.h_in, Ordering::Relaxed);
     }
 
     /// One more stanza written to the client.
@@ -382,13 +393,19 @@ pub fn failed_xml(condition: &str, extra: &str) -> String {
     )
 }
 
-/// The `<failed/>` for a `<resume/>` of a session that ended: item not
-/// found, with the `h` of the client's stanzas the session handled
-/// (XEP-0198 §5), so the client knows which to send again.
-pub fn failed_ended_xml(h: u32) -> String {
+/// `<failed/>` for a `<resume/>` of a session that is over, with the `h` of
+/// the client's stanzas it handled (XEP-0198 §5), so the client knows
+/// which to send again.
+pub fn failed_with_h(condition: &str, h: u32, extra: &str) -> String {
     format!(
-        "<failed xmlns='{NS_SM}' h='{h}'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></failed>"
+        "<failed xmlns='{NS_SM}' h='{h}'><{condition} xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>{extra}</failed>"
     )
+}
+
+/// The `<failed/>` for a `<resume/>` of a session that ended: item not
+/// found, with its `h`.
+pub fn failed_ended_xml(h: u32) -> String {
+    failed_with_h("item-not-found", h, "")
 }
 
 /// The `<handled-count-too-high/>` that explains an `h` beyond what was sent.
