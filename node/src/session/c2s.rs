@@ -397,11 +397,22 @@ pub async fn take_over(
         to: handle.clone(),
         reply,
     };
+    // The session ended meanwhile: what it left for a late `<resume/>`.
+    let ended = || {
+        let h = if server.storage.store.registry_active() {
+            super::resume::read(server, previd)
+                .filter(|r| r.is_ended() && r.bare == bare)
+                .map(|r| r.h_in)
+        } else {
+            server.resumable.ended(previd, bare)
+        };
+        h.map_or_else(not_found, sm::failed_ended_xml)
+    };
     if entry.takeover.try_send(ask).is_err() {
-        return Err(not_found());
+        return Err(ended());
     }
     let Ok(Some(TakenOver { sm: state, full })) = taken.await else {
-        return Err(not_found());
+        return Err(ended());
     };
     // Checked above against counters that only grow; should the client's
     // `h` still not fit, everything unacknowledged is sent again.

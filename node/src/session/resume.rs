@@ -353,7 +353,7 @@ pub async fn fetch(server: &Server, bare: &str, id: &str, h: u32) -> Option<Reco
     let deadline = std::time::Instant::now() + RELEASE_WAIT;
     loop {
         let rec = read(server, id).filter(|r| r.bare == bare)?;
-        if rec.released || std::time::Instant::now() >= deadline {
+        if rec.released || rec.is_ended() || std::time::Instant::now() >= deadline {
             return Some(rec);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
