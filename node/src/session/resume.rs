@@ -241,6 +241,7 @@ pub async fn sweep_ended(server: &Server, now: u64) -> Result<usize, StoreError>
         });
     }
     store.write(ops).await?;
+    metrics::counter!("starling_sm_ended_swept_total").increment(n as u64);
     Ok(n)
 }
 
