@@ -450,6 +450,20 @@ mod tests {
     }
 
     #[test]
+    fn the_index_of_tombstones_sorts_by_expiry_apart_from_every_sm_id() {
+        let (a, b) = (ended_index_key(5, "2a-x"), ended_index_key(300, "1-y"));
+        assert!(a < b, "earlier expiry first, whatever the id");
+        let (lo, hi) = (ended_index_key(0, ""), ended_index_key(6, ""));
+        assert!(lo <= a && a < hi && b >= hi, "a sweep at 5 takes the first only");
+        assert_eq!(&a[ENDED_INDEX.len() + 8..], b"2a-x");
+        // An SM-ID (and any previd XML can carry) sorts after the index.
+        assert!(b.as_slice() < crate::session::sm::new_id(0).as_bytes());
+        assert!(b.as_slice() < " ".as_bytes());
+        let rec = Record::ended("a@x", 1, 9, 100);
+        assert!(rec.is_ended() && rec.h_in == 9 && rec.bare == "a@x");
+    }
+
+    #[test]
     fn finds_the_archive_id_the_user_s_archive_stamped() {
         let id = crate::modules::mam::encode_id(42);
         let xml = format!(
