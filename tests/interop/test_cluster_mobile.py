@@ -93,3 +93,27 @@ def test_resume_on_another_node_of_a_timed_out_session_fails_with_its_h(shared_c
     c4, r = resume(cl[3], ojid, opw, enabled.get("id"), 0)
     clients.add(c4)
     assert r.tag == sm("failed") and r.get("h") is None, tostring(r)
+
+
+def test_session_replaced_from_another_node_answers_a_late_resume_with_its_h(
+        shared_cluster, clients):
+    """The resource is bound again through node 2 (RFC 6120 conflict): the session on node 1
+    ends, and its SM-ID answers a <resume/> through node 3 with item-not-found and its h
+    (its presence and one IQ)."""
+    cl = shared_cluster
+    jid, _, pw = cl[1].new_user("cmx")
+    c, enabled = login_sm(cl[1], jid, pw, resource="tab")
+    assert c.ping_server().get("type") == "result"
+    n, _ = cl[2].login_eventually(jid, pw, resource="tab")
+    clients.add(n)
+    assert c.expect_stream_error(timeout=10) == "conflict"
+    deadline = time.monotonic() + 5
+    while True:  # the tombstone is written as the old session ends, before its stream closes
+        c3, r = resume(cl[3], jid, pw, enabled.get("id"), 0)
+        clients.add(c3)
+        if r.get("h") is not None or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert r.tag == sm("failed"), tostring(r)
+    assert r.get("h") == "2", tostring(r)
+    assert n.ping_server().get("type") == "result"
