@@ -454,7 +454,10 @@ mod tests {
         let (a, b) = (ended_index_key(5, "2a-x"), ended_index_key(300, "1-y"));
         assert!(a < b, "earlier expiry first, whatever the id");
         let (lo, hi) = (ended_index_key(0, ""), ended_index_key(6, ""));
-        assert!(lo <= a && a < hi && b >= hi, "a sweep at 5 takes the first only");
+        assert!(
+            lo <= a && a < hi && b >= hi,
+            "a sweep at 5 takes the first only"
+        );
         assert_eq!(&a[ENDED_INDEX.len() + 8..], b"2a-x");
         // An SM-ID (and any previd XML can carry) sorts after the index.
         assert!(b.as_slice() < crate::session::sm::new_id(0).as_bytes());
