@@ -117,3 +117,32 @@ def test_session_replaced_from_another_node_answers_a_late_resume_with_its_h(
     assert r.tag == sm("failed"), tostring(r)
     assert r.get("h") == "2", tostring(r)
     assert n.ping_server().get("type") == "result"
+
+
+def test_resume_on_another_node_with_h_beyond_what_was_sent_fails_and_ends_the_session(
+        shared_cluster, clients):
+    """XEP-0198 sections 5 and 6 across nodes: a <resume/> through node 2 claiming more than
+    node 1 sent (its own presence only) fails with <undefined-condition/> and
+    <handled-count-too-high/>; node 1 does not let the session go but ends it (its stream
+    gets an error), and the <failed/> carries the h it handled (the presence and one IQ);
+    a later, sane <resume/> gets item-not-found with that h."""
+    cl = shared_cluster
+    jid, _, pw = cl[1].new_user("cmh")
+    c, enabled = login_sm(cl[1], jid, pw)
+    clients.add(c)
+    assert c.ping_server().get("type") == "result"
+    c2, r = resume(cl[2], jid, pw, enabled.get("id"), 50)
+    clients.add(c2)
+    assert r.tag == sm("failed"), tostring(r)
+    assert r.find("{urn:ietf:params:xml:ns:xmpp-stanzas}undefined-condition") is not None, tostring(r)
+    too_high = r.find(sm("handled-count-too-high"))
+    assert too_high is not None, tostring(r)
+    assert too_high.get("h") == "50" and too_high.get("send-count") == "2", tostring(r)
+    assert r.get("h") == "2", tostring(r)
+    assert c.expect_stream_error(timeout=10) == "undefined-condition"
+    assert c2.bind("fresh")
+    assert c2.ping_server().get("type") == "result"
+    c3, r = resume(cl[3], jid, pw, enabled.get("id"), 2)
+    clients.add(c3)
+    assert r.tag == sm("failed") and r.get("h") == "2", tostring(r)
+    assert r.find("{urn:ietf:params:xml:ns:xmpp-stanzas}item-not-found") is not None, tostring(r)

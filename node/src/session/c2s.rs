@@ -446,6 +446,18 @@ async fn take_over_elsewhere(
         return Err(sm::failed_xml("item-not-found", ""));
     };
     if rec.is_ended() {
+        // Ended over this very `h` (its node refused to let it go): as
+        // for a session of this node.
+        if let Some(sent) = rec.refused_sent
+            && !sm::Counts::fits(h, sent)
+        {
+            let too_high = sm::too_high_xml(&sm::TooHigh { h, sent });
+            return Err(sm::failed_with_h(
+                "undefined-condition",
+                rec.h_in,
+                &too_high,
+            ));
+        }
         return Err(sm::failed_ended_xml(rec.h_in));
     }
     let from = if rec.released {
@@ -642,16 +654,32 @@ async fn serve<S: Transport>(mut s: Box<Session<S>>, outbox: Arc<Outbox>) {
 /// contacts and remove the route, hands on what was owed to the client
 /// (XEP-0198 §4) and closes the stream (boxed by the caller: it runs once).
 async fn finish<S: Transport>(s: &mut Session<S>, outbox: &Outbox, end: End) {
+    // A release asked for with an `h` beyond what the session sent is
+    // refused (XEP-0198 §6): the session ends here, and its tombstone tells
+    // the resuming node why.
+    let mut refused = None;
     let end = match end {
         End::TakenOver(t) => return s.hand_over(outbox, t, true).await,
-        End::Released(h) => return s.release(outbox, h, true).await,
+        End::Released(h) => match s.refuse_release(h) {
+            None => return s.release(outbox, h, true).await,
+            Some(sent) => {
+                refused = Some(sent);
+                End::Error(StreamCondition::UndefinedCondition)
+            }
+        },
         End::Lost | End::Error(StreamCondition::ConnectionTimeout) if s.resumable() => {
             if let End::Error(condition) = end {
                 s.xs.fail(condition, None).await;
             }
             match s.wait_detached(outbox).await {
                 Some(Control::Takeover(t)) => return s.hand_over(outbox, t, false).await,
-                Some(Control::Released(h)) => return s.release(outbox, h, false).await,
+                Some(Control::Released(h)) => match s.refuse_release(h) {
+                    None => return s.release(outbox, h, false).await,
+                    Some(sent) => {
+                        refused = Some(sent);
+                        End::Done
+                    }
+                },
                 Some(Control::Close | Control::Checkpoint) | None => End::Done,
             }
         }
@@ -677,7 +705,13 @@ async fn finish<S: Transport>(s: &mut Session<S>, outbox: &Outbox, end: End) {
                 server.resumable.remove(id, s.generation);
                 let keep = server.config.sm.ended_retention_secs;
                 if server.storage.store.registry_active() {
-                    super::resume::write_ended(server, id, &s.bare, sm.h_in, keep).await;
+                    let rec = super::resume::Record::ended(
+                        &s.bare,
+                        server.storage.store.node_id(),
+                        sm.h_in,
+                        refused,
+                    );
+                    super::resume::write_ended(server, id, rec, keep).await;
                 } else {
                     let bare: Arc<str> = s.bare.as_str().into();
                     let keep = Duration::from_secs(keep);
@@ -1567,7 +1601,16 @@ impl<S: Transport> Session<S> {
             flags,
             pending: Vec::new(),
             ended_until: 0,
+            refused_sent: None,
         }
+    }
+
+    /// `Some(sent)` when a client that reports `h` claims more than the
+    /// session sent: it is not let go (the resuming node fails the
+    /// resumption, as this node would).
+    fn refuse_release(&self, h: u32) -> Option<u32> {
+        let counts = self.sm.as_ref()?.counts();
+        (!counts.valid(h)).then(|| counts.get().0)
     }
 
     /// Lets the session go to another node, whose client handled `h` of

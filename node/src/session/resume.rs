@@ -88,6 +88,10 @@ pub struct Record {
     /// a tombstone until then (unix seconds), and `h_in` is exact.
     #[serde(default)]
     pub ended_until: u64,
+    /// In a tombstone: the session ended because a resumption elsewhere
+    /// claimed more than it had sent (this many).
+    #[serde(default)]
+    pub refused_sent: Option<u32>,
 }
 
 /// Per-resource requests a resumed session keeps (they live in the
@@ -106,8 +110,9 @@ pub struct Flags {
 pub const MAX_LISTED: usize = 256;
 
 impl Record {
-    /// A tombstone of a session that ended: what a late `<resume/>` is told.
-    pub fn ended(bare: &str, node: u64, h_in: u32, until: u64) -> Self {
+    /// A tombstone of a session that ended: what a late `<resume/>` is told
+    /// (`ended_until` is set when it is written).
+    pub fn ended(bare: &str, node: u64, h_in: u32, refused_sent: Option<u32>) -> Self {
         Record {
             bare: bare.to_owned(),
             full: String::new(),
@@ -122,7 +127,8 @@ impl Record {
             unacked: Vec::new(),
             flags: Flags::default(),
             pending: Vec::new(),
-            ended_until: until,
+            ended_until: 0,
+            refused_sent,
         }
     }
 
@@ -186,15 +192,15 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Replaces the record of session `id` of `bare`, which ended without
-/// being resumed, with a tombstone that says how many of the client's
-/// stanzas it handled (`h_in`), kept `keep_secs` (0: the record goes).
-pub async fn write_ended(server: &Server, id: &str, bare: &str, h_in: u32, keep_secs: u64) {
+/// Replaces the record of session `id`, which ended without being
+/// resumed, with its tombstone `rec` ([`Record::ended`]: how many of the
+/// client's stanzas it handled), kept `keep_secs` (0: the record goes).
+pub async fn write_ended(server: &Server, id: &str, mut rec: Record, keep_secs: u64) {
     if keep_secs == 0 {
         return remove(server, id).await;
     }
     let until = unix_now().saturating_add(keep_secs);
-    let rec = Record::ended(bare, server.storage.store.node_id(), h_in, until);
+    rec.ended_until = until;
     let value = rmp_serde::to_vec_named(&rec).expect("records serialise");
     let ops = vec![
         Op::Put {
@@ -439,6 +445,7 @@ mod tests {
             flags: Flags::default(),
             pending: Vec::new(),
             ended_until: 0,
+            refused_sent: None,
         };
         assert!(rec.received(u32::MAX).is_empty());
         assert!(
@@ -462,7 +469,9 @@ mod tests {
         // An SM-ID (and any previd XML can carry) sorts after the index.
         assert!(b.as_slice() < crate::session::sm::new_id(0).as_bytes());
         assert!(b.as_slice() < " ".as_bytes());
-        let rec = Record::ended("a@x", 1, 9, 100);
+        let mut rec = Record::ended("a@x", 1, 9, None);
+        assert!(!rec.is_ended(), "until its time is set");
+        rec.ended_until = 100;
         assert!(rec.is_ended() && rec.h_in == 9 && rec.bare == "a@x");
     }
 

@@ -71,6 +71,12 @@ impl Counts {
         self.1.load(Ordering::Relaxed)
     }
 
+    /// Whether a client that reports `h` claims no more than `sent` (of a
+    /// session that is over: nothing is acked any more).
+    pub fn fits(h: u32, sent: u32) -> bool {
+        place(h, sent, sent) != Place::TooHigh
+    }
+
     /// Whether a client that handled `h` of our stanzas claims no more
     /// than were sent.
     pub fn valid(&self, h: u32) -> bool {
