@@ -470,7 +470,15 @@ pub struct SmConfig {
     /// ...or this many milliseconds after a stanza was written that no
     /// request covers yet (so the last of a burst is acked too).
     pub request_after_ms: u64,
+    /// Seconds the `h` of a resumable session that ended (timed out,
+    /// replaced, closed) is kept, so that a late `<resume/>` gets it in its
+    /// `<failed/>` (XEP-0198 §5); 0: not kept.
+    pub ended_retention_secs: u64,
 }
+
+/// The longest `sm.ended_retention_secs` (30 days): tombstones live in
+/// memory (the registry group, or the node's table).
+pub const MAX_SM_ENDED_RETENTION_SECS: u64 = 30 * 24 * 3600;
 
 impl Default for SmConfig {
     fn default() -> Self {
@@ -480,6 +488,7 @@ impl Default for SmConfig {
             request_every: 5,
             request_bytes: 64 * 1024,
             request_after_ms: 1000,
+            ended_retention_secs: 3600,
         }
     }
 }
@@ -1009,6 +1018,11 @@ impl Config {
         if self.c2s.port == 0 {
             anyhow::bail!("c2s.port must not be 0");
         }
+        if self.sm.ended_retention_secs > MAX_SM_ENDED_RETENTION_SECS {
+            anyhow::bail!(
+                "sm.ended_retention_secs must be at most {MAX_SM_ENDED_RETENTION_SECS} (30 days)"
+            );
+        }
         if self.c2s.port == self.cluster.port || self.c2s.tls_port == self.cluster.port {
             anyhow::bail!("cluster.port must differ from the c2s ports");
         }
@@ -1150,6 +1164,13 @@ mod tests {
         };
         f(&mut c);
         c.check().map(|()| c)
+    }
+
+    #[test]
+    fn sm_ended_retention_is_bounded() {
+        assert!(checked(|c| c.sm.ended_retention_secs = 0).is_ok());
+        assert!(checked(|c| c.sm.ended_retention_secs = MAX_SM_ENDED_RETENTION_SECS).is_ok());
+        assert!(checked(|c| c.sm.ended_retention_secs = u64::MAX).is_err());
     }
 
     #[test]

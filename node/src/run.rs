@@ -183,6 +183,7 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
     rt.spawn(trim_heap_periodically());
     rt.spawn(flush_last_activity_periodically(server.clone()));
     rt.spawn(crate::modules::mam::run_retention(server.clone()));
+    rt.spawn(crate::session::resume::run_sweeper(server.clone()));
     if server.config.mam.enabled {
         // Before any message: archive ids start above the previous runs'.
         if let Err(e) = rt.block_on(crate::modules::mam::reserve_ids(&server)) {

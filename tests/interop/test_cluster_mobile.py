@@ -2,6 +2,8 @@
 node, and a session resumed on another node keeps what it asked for (carbons, roster
 pushes) and its presence."""
 
+import time
+
 import pytest
 
 from cluster import shared_cluster  # noqa: F401 (fixture)
@@ -63,3 +65,84 @@ def test_session_resumed_on_another_node_keeps_carbons_roster_pushes_and_presenc
     push = p2.recv(lambda e: e.tag == C("iq") and e.get("type") == "set"
                    and e.find("{jabber:iq:roster}query") is not None, what="roster push")
     assert push.find("{jabber:iq:roster}query/{jabber:iq:roster}item").get("jid") == "friend@localhost"
+
+
+def test_resume_on_another_node_of_a_timed_out_session_fails_with_its_h(shared_cluster, clients):
+    """XEP-0198 section 5 across nodes: the session timed out on node 1; a <resume/> on node 2
+    fails with item-not-found and the h of the client's stanzas node 1 handled (its
+    presence and two IQs); node 2 lets the client bind a new session."""
+    cl = shared_cluster
+    jid, _, pw = cl[1].new_user("cmt")
+    c, enabled = login_sm(cl[1], jid, pw, max_=1)
+    for _ in range(2):
+        assert c.ping_server().get("type") == "result"
+    drop(c)
+    time.sleep(3)  # the resumption time (1 s) is over
+    c2, r = resume(cl[2], jid, pw, enabled.get("id"), 0)
+    clients.add(c2)
+    assert r.tag == sm("failed"), tostring(r)
+    assert r.find("{urn:ietf:params:xml:ns:xmpp-stanzas}item-not-found") is not None, tostring(r)
+    assert r.get("h") == "3", tostring(r)
+    assert c2.bind("again")
+    assert c2.ping_server().get("type") == "result"
+    # node 3 answers the same, and someone else gets no h
+    c3, r = resume(cl[3], jid, pw, enabled.get("id"), 0)
+    clients.add(c3)
+    assert r.get("h") == "3", tostring(r)
+    ojid, _, opw = cl[3].new_user("cmo")
+    c4, r = resume(cl[3], ojid, opw, enabled.get("id"), 0)
+    clients.add(c4)
+    assert r.tag == sm("failed") and r.get("h") is None, tostring(r)
+
+
+def test_session_replaced_from_another_node_answers_a_late_resume_with_its_h(
+        shared_cluster, clients):
+    """The resource is bound again through node 2 (RFC 6120 conflict): the session on node 1
+    ends, and its SM-ID answers a <resume/> through node 3 with item-not-found and its h
+    (its presence and one IQ)."""
+    cl = shared_cluster
+    jid, _, pw = cl[1].new_user("cmx")
+    c, enabled = login_sm(cl[1], jid, pw, resource="tab")
+    assert c.ping_server().get("type") == "result"
+    n, _ = cl[2].login_eventually(jid, pw, resource="tab")
+    clients.add(n)
+    assert c.expect_stream_error(timeout=10) == "conflict"
+    deadline = time.monotonic() + 5
+    while True:  # the tombstone is written as the old session ends, before its stream closes
+        c3, r = resume(cl[3], jid, pw, enabled.get("id"), 0)
+        clients.add(c3)
+        if r.get("h") is not None or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert r.tag == sm("failed"), tostring(r)
+    assert r.get("h") == "2", tostring(r)
+    assert n.ping_server().get("type") == "result"
+
+
+def test_resume_on_another_node_with_h_beyond_what_was_sent_fails_and_ends_the_session(
+        shared_cluster, clients):
+    """XEP-0198 sections 5 and 6 across nodes: a <resume/> through node 2 claiming more than
+    node 1 sent (its own presence only) fails with <undefined-condition/> and
+    <handled-count-too-high/>; node 1 does not let the session go but ends it (its stream
+    gets an error), and the <failed/> carries the h it handled (the presence and one IQ);
+    a later, sane <resume/> gets item-not-found with that h."""
+    cl = shared_cluster
+    jid, _, pw = cl[1].new_user("cmh")
+    c, enabled = login_sm(cl[1], jid, pw)
+    clients.add(c)
+    assert c.ping_server().get("type") == "result"
+    c2, r = resume(cl[2], jid, pw, enabled.get("id"), 50)
+    clients.add(c2)
+    assert r.tag == sm("failed"), tostring(r)
+    assert r.find("{urn:ietf:params:xml:ns:xmpp-stanzas}undefined-condition") is not None, tostring(r)
+    too_high = r.find(sm("handled-count-too-high"))
+    assert too_high is not None, tostring(r)
+    assert too_high.get("h") == "50" and too_high.get("send-count") == "2", tostring(r)
+    assert r.get("h") == "2", tostring(r)
+    assert c.expect_stream_error(timeout=10) == "undefined-condition"
+    assert c2.bind("fresh")
+    assert c2.ping_server().get("type") == "result"
+    c3, r = resume(cl[3], jid, pw, enabled.get("id"), 2)
+    clients.add(c3)
+    assert r.tag == sm("failed") and r.get("h") == "2", tostring(r)
+    assert r.find("{urn:ietf:params:xml:ns:xmpp-stanzas}item-not-found") is not None, tostring(r)

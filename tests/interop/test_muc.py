@@ -629,8 +629,11 @@ def test_config_form_with_wrong_types_is_refused(server, clients):
 def test_configuration_change_is_announced(server, clients):
     room, owner, (p,) = room_with(server, clients, 2)
     ok(configure(owner, room, {"whois": "anyone"}))
-    m = p.recv(lambda e: e.tag == C("message") and e.get("from") == room and "104" in codes(e))
-    assert "172" in codes(m)
+    m = p.recv(lambda e: e.tag == C("message") and e.get("from") == room and codes(e))
+    assert codes(m) == {"172"}, "a privacy change only (XEP-0045 10.2.1): " + tostring(m)
+    ok(configure(owner, room, {"roomname": "now named"}))
+    m = p.recv(lambda e: e.tag == C("message") and e.get("from") == room and codes(e))
+    assert codes(m) == {"104"}, tostring(m)
 
 
 def test_destroy_with_reason_and_alternate_venue(server, clients):

@@ -310,22 +310,38 @@ def test_status_codes_of_removals(server, clients):
 
 
 def test_status_codes_of_configuration_changes(server, clients):
-    """§10.2.1: a configuration change is announced with 104; becoming non-anonymous /
-    semi-anonymous adds 172 / 173; logging on / off 170 / 171."""
+    """§10.2.1: a change that touches privacy is announced with its own code only (170 / 171
+    logging on / off, 172 / 173 non- / semi-anonymous); 104 is for any other change (with
+    those when one form makes both kinds); a form that changes nothing announces nothing.
+    Each announcement is a groupchat message from the room with only status codes."""
     room, owner, (p,) = room_with(server, clients, 2)
 
     def announced():
         m = p.recv(lambda e: e.tag == C("message") and e.get("from") == room
                    and e.find(q(NS_USER, "x")) is not None, timeout=10)
         assert m.get("type") == "groupchat"
+        assert m.find(C("body")) is None and m.find(C("subject")) is None, tostring(m)
+        x = m.find(q(NS_USER, "x"))
+        assert all(el.tag == q(NS_USER, "status") for el in x), tostring(m)
         return codes(m)
 
     ok(configure(owner, room, {"roomname": "renamed"}))
     assert announced() == {"104"}
-    ok(configure(owner, room, {"whois": "anyone", "enablelogging": 1}))
-    assert announced() == {"104", "172", "170"}
+    ok(configure(owner, room, {"whois": "anyone"}))
+    assert announced() == {"172"}
+    ok(configure(owner, room, {"enablelogging": 1}))
+    assert announced() == {"170"}
     ok(configure(owner, room, {"whois": "moderators", "enablelogging": 0}))
-    assert announced() == {"104", "173", "171"}
+    assert announced() == {"173", "171"}
+    ok(configure(owner, room, {"roomdesc": "a place", "enablelogging": 1}))
+    assert announced() == {"104", "170"}
+    ok(configure(owner, room, {"maxusers": 30}))
+    assert announced() == {"104"}
+    # the same values again: no change, nothing said
+    ok(configure(owner, room, {"roomdesc": "a place", "enablelogging": 1}))
+    p.expect_nothing(lambda e: e.tag == C("message") and e.get("from") == room, 1.0,
+                     what="an announcement of no change")
+    server.assert_healthy(owner, p)
 
 
 def test_role_change_presence_has_110_for_the_target(server, clients):

@@ -4,9 +4,13 @@ ack and resume by itself and hide what the server counts."""
 
 import time
 
+import pytest
+
+from conftest import make_server
 from rawxmpp import C, NS_DELAY, bare, local, new_id, ns_of, q, stanza_error, tostring
 
 NS_SM = "urn:xmpp:sm:3"
+NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 STANZAS = {"message", "presence", "iq"}
 
 
@@ -265,7 +269,11 @@ def test_resume_with_h_larger_than_sent_fails(server):
     drop(c)
     c2, r = resume(server, jid, pw, enabled.get("id"), 50)
     assert r.tag == sm("failed"), tostring(r)
+    assert r.find(q(NS_STANZAS, "undefined-condition")) is not None, tostring(r)
     assert r.find(sm("handled-count-too-high")) is not None, tostring(r)
+    # the old session ends over it: the client is told what it had handled (its presence)
+    assert r.get("h") == "1", tostring(r)
+    assert c2.bind("after")
     c2.close()
 
 
@@ -276,6 +284,145 @@ def test_resume_after_clean_close_fails(server):
     c2, r = resume(server, jid, pw, enabled.get("id"), 1)
     assert r.tag == sm("failed")
     c2.close()
+
+
+def handled(c, n):
+    """Sends n IQs the server answers, waits for the answers; the server handled n more."""
+    for _ in range(n):
+        assert c.ping_server().get("type") == "result"
+
+
+def failed_h(r):
+    """The h of a <failed/> for an ended session (XEP-0198 section 5), checked for its
+    condition."""
+    assert r.tag == sm("failed"), tostring(r)
+    assert r.find(q(NS_STANZAS, "item-not-found")) is not None, tostring(r)
+    assert r.get("h") is not None, "no h in the <failed/>: " + tostring(r)
+    return int(r.get("h"))
+
+
+def test_resume_after_timeout_fails_with_the_h_the_session_handled(server):
+    """XEP-0198 section 5: a session that timed out is not resumed, but the <failed/>
+    says how many of the client's stanzas it handled (its presence and three IQs), so the
+    client knows what to send again; a new session binds on the same stream."""
+    jid, _, pw = server.new_user("smto")
+    c, enabled = login_sm(server, jid, pw, max_=1)
+    handled(c, 3)
+    drop(c)
+    time.sleep(3)  # the resumption time (1 s) is over
+    c2, r = resume(server, jid, pw, enabled.get("id"), 0)
+    assert failed_h(r) == 4, tostring(r)
+    assert c2.bind("fresh")
+    assert c2.ping_server().get("type") == "result"
+    c2.close()
+    # asked again, the same answer; still not resumable
+    c3, r = resume(server, jid, pw, enabled.get("id"), 0)
+    assert failed_h(r) == 4
+    c3.close()
+    server.assert_healthy()
+
+
+@pytest.mark.prosody_deviates("keeps the h of a session that timed out only, not of one closed or replaced",
+                                strict=False)
+def test_resume_of_a_replaced_session_fails_with_its_h(server):
+    """A session replaced by a new one of the same resource (RFC 6120 conflict) ended: its
+    SM-ID fails with item-not-found and the h it had."""
+    jid, _, pw = server.new_user("smrp")
+    c, enabled = login_sm(server, jid, pw, resource="desk")
+    handled(c, 2)
+    n = server.client()
+    n.start()
+    n.auth(jid.split("@")[0], pw)
+    n.bind("desk")
+    assert c.expect_stream_error() == "conflict"
+    c2, r = resume(server, jid, pw, enabled.get("id"), 0)
+    assert failed_h(r) == 3, tostring(r)
+    c2.close()
+    assert n.ping_server().get("type") == "result"
+    n.close()
+
+
+@pytest.mark.prosody_deviates("keeps the h of a session that timed out only, not of one closed or replaced",
+                                strict=False)
+def test_ended_session_h_is_told_only_to_its_user(server):
+    """A cleanly closed session's SM-ID fails with its h for its user; anyone else gets a
+    bare item-not-found (the h is the owner's)."""
+    jid, _, pw = server.new_user("smow")
+    other, _, opw = server.new_user("smot")
+    c, enabled = login_sm(server, jid, pw)
+    handled(c, 1)
+    c.close()
+    c3, r = resume(server, other, opw, enabled.get("id"), 0)
+    assert r.tag == sm("failed"), tostring(r)
+    assert r.find(q(NS_STANZAS, "item-not-found")) is not None, tostring(r)
+    assert r.get("h") is None, tostring(r)
+    c3.close()
+    c2, r = resume(server, jid, pw, enabled.get("id"), 0)
+    assert failed_h(r) == 2
+    c2.close()
+
+
+def sm_server(tmp_path_factory, name, sm_toml):
+    s = make_server(tmp_path_factory, name)
+    if s.kind != "starling":
+        pytest.skip("a Starling configuration key")
+    with open(s.config_path, "a") as f:
+        f.write("\n[sm]\n" + sm_toml + "\n")
+    s.start()
+    return s
+
+
+@pytest.fixture
+def short_retention_server(tmp_path_factory):
+    """What is kept of an ended session is kept 2 s."""
+    s = sm_server(tmp_path_factory, "smret", "ended_retention_secs = 2")
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def no_resumption_server(tmp_path_factory):
+    """Stream management without resumption (a resumption time of 0)."""
+    s = sm_server(tmp_path_factory, "smnores", "resume_timeout_secs = 0")
+    yield s
+    s.stop()
+
+
+@pytest.mark.starling_only
+def test_an_ended_session_s_h_is_kept_for_the_retention_time_only(short_retention_server):
+    server = short_retention_server
+    jid, _, pw = server.new_user("smrt")
+    c, enabled = login_sm(server, jid, pw)
+    handled(c, 1)
+    c.close()
+    c2, r = resume(server, jid, pw, enabled.get("id"), 0)
+    assert failed_h(r) == 2
+    c2.close()
+    time.sleep(3)
+    c3, r = resume(server, jid, pw, enabled.get("id"), 0)
+    assert r.tag == sm("failed"), tostring(r)
+    assert r.find(q(NS_STANZAS, "item-not-found")) is not None, tostring(r)
+    assert r.get("h") is None, "kept past its time: " + tostring(r)
+    c3.close()
+    server.assert_healthy()
+
+
+@pytest.mark.starling_only
+def test_resume_where_resumption_is_not_offered_is_feature_not_implemented(no_resumption_server):
+    """XEP-0198 section 5: a server that does not support resumption answers <resume/> with
+    <feature-not-implemented/>; the client binds a new session on the same stream."""
+    server = no_resumption_server
+    jid, _, pw = server.new_user("smnr")
+    c, enabled = login_sm(server, jid, pw)
+    assert enabled.get("id") is None and enabled.get("resume") is None, tostring(enabled)
+    c.close()
+    c2, r = resume(server, jid, pw, "1-anything", 0)
+    assert r.tag == sm("failed"), tostring(r)
+    assert r.find(q(NS_STANZAS, "feature-not-implemented")) is not None, tostring(r)
+    assert c2.bind("fresh")
+    assert c2.ping_server().get("type") == "result"
+    c2.close()
+    server.assert_healthy()
 
 
 def test_resume_on_a_bound_stream_is_unexpected_request(server):

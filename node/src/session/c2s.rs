@@ -355,7 +355,12 @@ pub async fn take_over(
         None if server.storage.store.registry_active() => {
             return take_over_elsewhere(server, bare, previd, h).await;
         }
-        None => return Err(not_found()),
+        None => {
+            return Err(server
+                .resumable
+                .ended(previd, bare)
+                .map_or_else(not_found, sm::failed_ended_xml));
+        }
     };
     if !entry.counts.valid(h) {
         let (sent, _) = entry.counts.get();
@@ -365,7 +370,13 @@ pub async fn take_over(
         entry
             .close
             .do_send(ToSession::Close(StreamCondition::UndefinedCondition));
-        return Err(sm::failed_xml("undefined-condition", &too_high));
+        // §5: the session is over; the `h` tells the client which of its
+        // stanzas to send again.
+        return Err(sm::failed_with_h(
+            "undefined-condition",
+            entry.counts.handled(),
+            &too_high,
+        ));
     }
     let Some(user) = server.router.user(bare) else {
         return Err(not_found());
@@ -386,11 +397,22 @@ pub async fn take_over(
         to: handle.clone(),
         reply,
     };
+    // The session ended meanwhile: what it left for a late `<resume/>`.
+    let ended = || {
+        let h = if server.storage.store.registry_active() {
+            super::resume::read(server, previd)
+                .filter(|r| r.is_ended() && r.bare == bare)
+                .map(|r| r.h_in)
+        } else {
+            server.resumable.ended(previd, bare)
+        };
+        h.map_or_else(not_found, sm::failed_ended_xml)
+    };
     if entry.takeover.try_send(ask).is_err() {
-        return Err(not_found());
+        return Err(ended());
     }
     let Ok(Some(TakenOver { sm: state, full })) = taken.await else {
-        return Err(not_found());
+        return Err(ended());
     };
     // Checked above against counters that only grow; should the client's
     // `h` still not fit, everything unacknowledged is sent again.
@@ -423,6 +445,21 @@ async fn take_over_elsewhere(
     let Some(rec) = super::resume::fetch(server, bare, previd, h).await else {
         return Err(sm::failed_xml("item-not-found", ""));
     };
+    if rec.is_ended() {
+        // Ended over this very `h` (its node refused to let it go): as
+        // for a session of this node.
+        if let Some(sent) = rec.refused_sent
+            && !sm::Counts::fits(h, sent)
+        {
+            let too_high = sm::too_high_xml(&sm::TooHigh { h, sent });
+            return Err(sm::failed_with_h(
+                "undefined-condition",
+                rec.h_in,
+                &too_high,
+            ));
+        }
+        return Err(sm::failed_ended_xml(rec.h_in));
+    }
     let from = if rec.released {
         "other_node"
     } else {
@@ -617,16 +654,32 @@ async fn serve<S: Transport>(mut s: Box<Session<S>>, outbox: Arc<Outbox>) {
 /// contacts and remove the route, hands on what was owed to the client
 /// (XEP-0198 §4) and closes the stream (boxed by the caller: it runs once).
 async fn finish<S: Transport>(s: &mut Session<S>, outbox: &Outbox, end: End) {
+    // A release asked for with an `h` beyond what the session sent is
+    // refused (XEP-0198 §6): the session ends here, and its tombstone tells
+    // the resuming node why.
+    let mut refused = None;
     let end = match end {
         End::TakenOver(t) => return s.hand_over(outbox, t, true).await,
-        End::Released(h) => return s.release(outbox, h, true).await,
+        End::Released(h) => match s.refuse_release(h) {
+            None => return s.release(outbox, h, true).await,
+            Some(sent) => {
+                refused = Some(sent);
+                End::Error(StreamCondition::UndefinedCondition)
+            }
+        },
         End::Lost | End::Error(StreamCondition::ConnectionTimeout) if s.resumable() => {
             if let End::Error(condition) = end {
                 s.xs.fail(condition, None).await;
             }
             match s.wait_detached(outbox).await {
                 Some(Control::Takeover(t)) => return s.hand_over(outbox, t, false).await,
-                Some(Control::Released(h)) => return s.release(outbox, h, false).await,
+                Some(Control::Released(h)) => match s.refuse_release(h) {
+                    None => return s.release(outbox, h, false).await,
+                    Some(sent) => {
+                        refused = Some(sent);
+                        End::Done
+                    }
+                },
                 Some(Control::Close | Control::Checkpoint) | None => End::Done,
             }
         }
@@ -635,6 +688,11 @@ async fn finish<S: Transport>(s: &mut Session<S>, outbox: &Outbox, end: End) {
     // Resumed just as it ended: the new connection has it.
     if let Some(t) = outbox.take_takeover() {
         return s.hand_over(outbox, t, true).await;
+    }
+    // The client's `h` counts the messages it sent only once they are in
+    // the archive: the last one is the one a late `<resume/>` is told.
+    if s.sm.as_ref().is_some_and(|sm| sm.id.is_some()) {
+        s.settle().await;
     }
     let server: &Server = &s.server;
     // Leave the router first, so nothing more is queued here, then hand on
@@ -645,8 +703,19 @@ async fn finish<S: Transport>(s: &mut Session<S>, outbox: &Outbox, end: End) {
         Some(sm) => {
             if let Some(id) = &sm.id {
                 server.resumable.remove(id, s.generation);
-                if s.archive.is_some() {
-                    super::resume::remove(server, id).await;
+                let keep = server.config.sm.ended_retention_secs;
+                if server.storage.store.registry_active() {
+                    let rec = super::resume::Record::ended(
+                        &s.bare,
+                        server.storage.store.node_id(),
+                        sm.h_in,
+                        refused,
+                    );
+                    super::resume::write_ended(server, id, rec, keep).await;
+                } else {
+                    let bare: Arc<str> = s.bare.as_str().into();
+                    let keep = Duration::from_secs(keep);
+                    server.resumable.end(id.clone(), bare, sm.h_in, keep);
                 }
             }
             sm.into_unacked()
@@ -1526,7 +1595,17 @@ impl<S: Transport> Session<S> {
             unacked,
             flags,
             pending: Vec::new(),
+            ended_until: 0,
+            refused_sent: None,
         }
+    }
+
+    /// `Some(sent)` when a client that reports `h` claims more than the
+    /// session sent: it is not let go (the resuming node fails the
+    /// resumption, as this node would).
+    fn refuse_release(&self, h: u32) -> Option<u32> {
+        let counts = self.sm.as_ref()?.counts();
+        (!counts.valid(h)).then(|| counts.get().0)
     }
 
     /// Lets the session go to another node, whose client handled `h` of

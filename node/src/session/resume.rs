@@ -16,6 +16,17 @@
 //! way the new node replays, from the archive, the messages to the user's
 //! bare JID or to that full JID after `acked_archive`, and removes from
 //! offline storage those it replayed.
+//!
+//! A session that ended without being resumed (timed out, replaced,
+//! closed) leaves its record behind as a tombstone for
+//! `sm.ended_retention_secs` ([`write_ended`]): only who it was and the
+//! `h` of the client's stanzas it handled, so that a late `<resume/>` on
+//! any node gets `<failed h='...'/>` (XEP-0198 §5) and the client knows
+//! which of its stanzas to send again. One registry write when the
+//! session ends (it replaces the record's removal); an index by expiry
+//! lets the leader sweep old tombstones ([`sweep_ended`]) without reading
+//! the live records. A node without peers keeps them in its resumable
+//! table instead (`sm::Resumable::end`): there is nothing to share.
 
 use crate::server::Server;
 use crate::stanza::{NS_CLIENT, NS_DELAY};
@@ -73,6 +84,14 @@ pub struct Record {
     /// sent to this full JID): the new node sends them after the replay.
     #[serde(default)]
     pub pending: Vec<String>,
+    /// Set when the session ended without being resumed: the record is
+    /// a tombstone until then (unix seconds), and `h_in` is exact.
+    #[serde(default)]
+    pub ended_until: u64,
+    /// In a tombstone: the session ended because a resumption elsewhere
+    /// claimed more than it had sent (this many).
+    #[serde(default)]
+    pub refused_sent: Option<u32>,
 }
 
 /// Per-resource requests a resumed session keeps (they live in the
@@ -91,6 +110,33 @@ pub struct Flags {
 pub const MAX_LISTED: usize = 256;
 
 impl Record {
+    /// A tombstone of a session that ended: what a late `<resume/>` is told
+    /// (`ended_until` is set when it is written).
+    pub fn ended(bare: &str, node: u64, h_in: u32, refused_sent: Option<u32>) -> Self {
+        Record {
+            bare: bare.to_owned(),
+            full: String::new(),
+            node,
+            session: 0,
+            max: 0,
+            h_in,
+            acked_archive: 0,
+            presence: None,
+            released: false,
+            acked_h: 0,
+            unacked: Vec::new(),
+            flags: Flags::default(),
+            pending: Vec::new(),
+            ended_until: 0,
+            refused_sent,
+        }
+    }
+
+    /// Whether this is the tombstone of a session that ended.
+    pub fn is_ended(&self) -> bool {
+        self.ended_until != 0
+    }
+
     /// The archive ids of the messages a client that reports `h` received
     /// after the record was written.
     pub fn received(&self, h: u32) -> HashSet<u64> {
@@ -104,14 +150,9 @@ impl Record {
     }
 }
 
+/// The record of `id`; a tombstone only while its time lasts.
 pub fn read(server: &Server, id: &str) -> Option<Record> {
-    let v = server
-        .storage
-        .store
-        .get(SM_SESSIONS, id.as_bytes())
-        .ok()
-        .flatten()?;
-    rmp_serde::from_slice(&v).ok()
+    read_raw(server, id.as_bytes()).filter(|r| !r.is_ended() || r.ended_until > unix_now())
 }
 
 pub async fn write(server: &Server, id: &str, rec: &Record) -> Result<(), StoreError> {
@@ -126,6 +167,119 @@ pub async fn write(server: &Server, id: &str, rec: &Record) -> Result<(), StoreE
         }])
         .await?;
     Ok(())
+}
+
+/// Keys of the index of tombstones by expiry: this prefix, the expiry
+/// (unix seconds, big-endian), the SM-ID. Never an SM-ID itself: XML
+/// cannot carry U+0001, so no `previd` reads it.
+const ENDED_INDEX: &[u8] = b"\x01ended/";
+
+/// Most tombstones one sweep removes.
+const SWEEP_BATCH: usize = 512;
+
+fn ended_index_key(until: u64, id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(ENDED_INDEX.len() + 8 + id.len());
+    k.extend_from_slice(ENDED_INDEX);
+    k.extend_from_slice(&until.to_be_bytes());
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+/// Unix time in seconds.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Replaces the record of session `id`, which ended without being
+/// resumed, with its tombstone `rec` ([`Record::ended`]: how many of the
+/// client's stanzas it handled), kept `keep_secs` (0: the record goes).
+pub async fn write_ended(server: &Server, id: &str, mut rec: Record, keep_secs: u64) {
+    if keep_secs == 0 {
+        return remove(server, id).await;
+    }
+    let until = unix_now().saturating_add(keep_secs);
+    rec.ended_until = until;
+    let value = rmp_serde::to_vec_named(&rec).expect("records serialise");
+    let ops = vec![
+        Op::Put {
+            space: SM_SESSIONS.into(),
+            key: id.as_bytes().to_vec(),
+            value,
+        },
+        Op::Put {
+            space: SM_SESSIONS.into(),
+            key: ended_index_key(until, id),
+            value: Vec::new(),
+        },
+    ];
+    if let Err(e) = server.storage.store.write(ops).await {
+        tracing::debug!(error = %e, "could not record the end of a resumable session");
+    }
+}
+
+/// Removes the tombstones whose time is up (at most [`SWEEP_BATCH`]);
+/// returns how many.
+pub async fn sweep_ended(server: &Server, now: u64) -> Result<usize, StoreError> {
+    let store = &server.storage.store;
+    let start = ended_index_key(0, "");
+    let end = ended_index_key(now.saturating_add(1), "");
+    let keys = store.scan_range(SM_SESSIONS, &start, &end, false, SWEEP_BATCH)?;
+    if keys.is_empty() {
+        return Ok(0);
+    }
+    let n = keys.len();
+    let mut ops = Vec::with_capacity(2 * n);
+    for (k, _) in keys {
+        let id = k[ENDED_INDEX.len() + 8..].to_vec();
+        // Only a tombstone goes: an SM-ID is never used again, but a
+        // record written there since is not this one to remove.
+        if read_raw(server, &id).is_some_and(|r| r.is_ended()) {
+            ops.push(Op::Delete {
+                space: SM_SESSIONS.into(),
+                key: id,
+            });
+        }
+        ops.push(Op::Delete {
+            space: SM_SESSIONS.into(),
+            key: k,
+        });
+    }
+    store.write(ops).await?;
+    metrics::counter!("starling_sm_ended_swept_total").increment(n as u64);
+    Ok(n)
+}
+
+/// Sweeps the tombstones every minute on the node that leads the durable
+/// group (every node runs the loop; the others skip the pass), and the
+/// node's own table of ended sessions on every node.
+pub async fn run_sweeper(server: Arc<Server>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        server.resumable.sweep_ended(std::time::Instant::now());
+        let store = &server.storage.store;
+        if !store.registry_active() || store.leader() != Some(store.node_id()) {
+            continue;
+        }
+        loop {
+            match sweep_ended(&server, unix_now()).await {
+                Ok(n) if n == SWEEP_BATCH => continue,
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "could not sweep ended stream management records");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn read_raw(server: &Server, id: &[u8]) -> Option<Record> {
+    let v = server.storage.store.get(SM_SESSIONS, id).ok().flatten()?;
+    rmp_serde::from_slice(&v).ok()
 }
 
 pub async fn remove(server: &Server, id: &str) {
@@ -186,7 +340,8 @@ pub async fn fetch(server: &Server, bare: &str, id: &str, h: u32) -> Option<Reco
     let store = &server.storage.store;
     let rec = read(server, id).filter(|r| r.bare == bare)?;
     let me = store.node_id();
-    if rec.released || (rec.node == me) || !store.live_nodes().contains(&rec.node) {
+    if rec.is_ended() || rec.released || (rec.node == me) || !store.live_nodes().contains(&rec.node)
+    {
         return Some(rec);
     }
     // Alive elsewhere: ask that node to let go, then read what it wrote.
@@ -205,7 +360,7 @@ pub async fn fetch(server: &Server, bare: &str, id: &str, h: u32) -> Option<Reco
     let deadline = std::time::Instant::now() + RELEASE_WAIT;
     loop {
         let rec = read(server, id).filter(|r| r.bare == bare)?;
-        if rec.released || std::time::Instant::now() >= deadline {
+        if rec.released || rec.is_ended() || std::time::Instant::now() >= deadline {
             return Some(rec);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -289,6 +444,8 @@ mod tests {
             unacked: vec![0, 11, 12],
             flags: Flags::default(),
             pending: Vec::new(),
+            ended_until: 0,
+            refused_sent: None,
         };
         assert!(rec.received(u32::MAX).is_empty());
         assert!(
@@ -297,6 +454,25 @@ mod tests {
         );
         assert_eq!(rec.received(1), HashSet::from([11]));
         assert_eq!(rec.received(7), HashSet::from([11, 12]));
+    }
+
+    #[test]
+    fn the_index_of_tombstones_sorts_by_expiry_apart_from_every_sm_id() {
+        let (a, b) = (ended_index_key(5, "2a-x"), ended_index_key(300, "1-y"));
+        assert!(a < b, "earlier expiry first, whatever the id");
+        let (lo, hi) = (ended_index_key(0, ""), ended_index_key(6, ""));
+        assert!(
+            lo <= a && a < hi && b >= hi,
+            "a sweep at 5 takes the first only"
+        );
+        assert_eq!(&a[ENDED_INDEX.len() + 8..], b"2a-x");
+        // An SM-ID (and any previd XML can carry) sorts after the index.
+        assert!(b.as_slice() < crate::session::sm::new_id(0).as_bytes());
+        assert!(b.as_slice() < " ".as_bytes());
+        let mut rec = Record::ended("a@x", 1, 9, None);
+        assert!(!rec.is_ended(), "until its time is set");
+        rec.ended_until = 100;
+        assert!(rec.is_ended() && rec.h_in == 9 && rec.bare == "a@x");
     }
 
     #[test]

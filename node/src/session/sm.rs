@@ -19,7 +19,7 @@ use crate::router::{SessionHandle, ToSession};
 use dashmap::DashMap;
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 pub const NS_SM: &str = "urn:xmpp:sm:3";
 
@@ -43,13 +43,18 @@ pub struct Sm {
     bytes_since_request: usize,
 }
 
-/// `sent` and `acked` in one word, so a reader sees a consistent pair.
+/// `sent` and `acked` in one word, so a reader sees a consistent pair;
+/// and the client's stanzas handled, for a `<failed/>` that ends the
+/// session (XEP-0198 §5: the client learns what to send again).
 #[derive(Debug, Default)]
-pub struct Counts(AtomicU64);
+pub struct Counts(AtomicU64, AtomicU32);
 
 impl Counts {
-    fn new(sent: u32, acked: u32) -> Arc<Self> {
-        Arc::new(Counts(AtomicU64::new(pack(sent, acked))))
+    fn new(sent: u32, acked: u32, h_in: u32) -> Arc<Self> {
+        Arc::new(Counts(
+            AtomicU64::new(pack(sent, acked)),
+            AtomicU32::new(h_in),
+        ))
     }
 
     /// (sent, acked).
@@ -59,6 +64,17 @@ impl Counts {
 
     fn set(&self, sent: u32, acked: u32) {
         self.0.store(pack(sent, acked), Ordering::Release);
+    }
+
+    /// The client's stanzas the session handled.
+    pub fn handled(&self) -> u32 {
+        self.1.load(Ordering::Relaxed)
+    }
+
+    /// Whether a client that reports `h` claims no more than `sent` (of a
+    /// session that is over: nothing is acked any more).
+    pub fn fits(h: u32, sent: u32) -> bool {
+        place(h, sent, sent) != Place::TooHigh
     }
 
     /// Whether a client that handled `h` of our stanzas claims no more
@@ -113,7 +129,7 @@ impl Sm {
             id,
             max,
             h_in: 0,
-            counts: Counts::new(0, 0),
+            counts: Counts::new(0, 0, 0),
             unacked: VecDeque::new(),
             since_request: 0,
             bytes_since_request: 0,
@@ -141,7 +157,7 @@ impl Sm {
             id: Some(d.id),
             max: d.max,
             h_in: d.h_in,
-            counts: Counts::new(h, h),
+            counts: Counts::new(h, h, d.h_in),
             unacked: VecDeque::new(),
             since_request: 0,
             bytes_since_request: 0,
@@ -161,6 +177,7 @@ impl Sm {
     /// One more stanza of the client's handled.
     pub fn handled(&mut self) {
         self.h_in = self.h_in.wrapping_add(1);
+        self.counts.1.store(self.h_in, Ordering::Relaxed);
     }
 
     /// One more stanza written to the client.
@@ -283,7 +300,21 @@ pub struct TakenOver {
 #[derive(Default)]
 pub struct Resumable {
     sessions: DashMap<Arc<str>, Entry>,
+    /// Sessions that ended without being resumed, on a node without peers
+    /// (with peers, the registry keeps them: `resume::write_ended`).
+    ended: DashMap<Arc<str>, Ended>,
 }
+
+/// What a node without peers keeps of a session that ended, for a late
+/// `<resume/>` (XEP-0198 §5: `<failed h='...'/>`).
+struct Ended {
+    bare: Arc<str>,
+    h_in: u32,
+    until: std::time::Instant,
+}
+
+/// Most ended sessions a node without peers keeps at once.
+const MAX_ENDED: usize = 100_000;
 
 /// One resumable session.
 #[derive(Clone)]
@@ -312,6 +343,34 @@ impl Resumable {
         self.sessions.iter().map(|e| e.value().clone()).collect()
     }
 
+    /// Keeps, for `keep`, that session `id` of `bare` ended having handled
+    /// `h_in` of its client's stanzas (none kept past [`MAX_ENDED`]).
+    pub fn end(&self, id: Arc<str>, bare: Arc<str>, h_in: u32, keep: std::time::Duration) {
+        if keep.is_zero() {
+            return;
+        }
+        let now = std::time::Instant::now();
+        if self.ended.len() >= MAX_ENDED {
+            self.sweep_ended(now);
+            if self.ended.len() >= MAX_ENDED {
+                return;
+            }
+        }
+        let until = now + keep;
+        self.ended.insert(id, Ended { bare, h_in, until });
+    }
+
+    /// The `h` an ended session `id` of `bare` reported last, while kept.
+    pub fn ended(&self, id: &str, bare: &str) -> Option<u32> {
+        let e = self.ended.get(id)?;
+        (&*e.bare == bare && e.until > std::time::Instant::now()).then_some(e.h_in)
+    }
+
+    /// Forgets the ended sessions whose time is up.
+    pub fn sweep_ended(&self, now: std::time::Instant) {
+        self.ended.retain(|_, e| e.until > now);
+    }
+
     /// Removes `id` if it is still the one connection `generation` listed
     /// (a resumed session keeps its id and session number).
     pub fn remove(&self, id: &str, generation: u64) {
@@ -338,6 +397,21 @@ pub fn failed_xml(condition: &str, extra: &str) -> String {
     format!(
         "<failed xmlns='{NS_SM}'><{condition} xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>{extra}</failed>"
     )
+}
+
+/// `<failed/>` for a `<resume/>` of a session that is over, with the `h` of
+/// the client's stanzas it handled (XEP-0198 §5), so the client knows
+/// which to send again.
+pub fn failed_with_h(condition: &str, h: u32, extra: &str) -> String {
+    format!(
+        "<failed xmlns='{NS_SM}' h='{h}'><{condition} xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>{extra}</failed>"
+    )
+}
+
+/// The `<failed/>` for a `<resume/>` of a session that ended: item not
+/// found, with its `h`.
+pub fn failed_ended_xml(h: u32) -> String {
+    failed_with_h("item-not-found", h, "")
 }
 
 /// The `<handled-count-too-high/>` that explains an `h` beyond what was sent.
@@ -446,6 +520,19 @@ mod tests {
         assert!(!sm.request_due(2, 0), "counted again from the request");
         sm.sent(xml("<long-stanza/>"));
         assert!(sm.request_due(0, 10));
+    }
+
+    #[test]
+    fn ended_sessions_tell_their_h_to_their_user_until_their_time_is_up() {
+        use std::time::{Duration, Instant};
+        let r = Resumable::default();
+        r.end("s1".into(), "a@x".into(), 7, Duration::from_secs(60));
+        r.end("s2".into(), "a@x".into(), 1, Duration::ZERO);
+        assert_eq!(r.ended("s1", "a@x"), Some(7));
+        assert_eq!(r.ended("s1", "b@x"), None, "someone else's");
+        assert_eq!(r.ended("s2", "a@x"), None, "not kept with no retention");
+        r.sweep_ended(Instant::now() + Duration::from_secs(61));
+        assert_eq!(r.ended("s1", "a@x"), None, "swept");
     }
 
     #[test]

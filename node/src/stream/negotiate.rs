@@ -486,7 +486,9 @@ async fn resume(
     if el.name != "resume" {
         return Err(sm::failed_xml("unexpected-request", ""));
     }
-    if !server.config.sm.enabled {
+    // §5: a server that does not support resumption (none offered with a
+    // resumption time of 0) says so.
+    if !server.config.sm.enabled || server.config.sm.resume_timeout_secs == 0 {
         return Err(sm::failed_xml("feature-not-implemented", ""));
     }
     let (Some(previd), Some(h)) = (el.get_attr("previd"), sm::parse_h(el.get_attr("h"))) else {

@@ -135,7 +135,7 @@ impl AllowPm {
 }
 
 /// A room's configuration (`muc#roomconfig`, XEP-0045 §15.5.3).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RoomConfig {
     pub name: String,
     pub desc: String,
@@ -529,6 +529,30 @@ struct State {
 
 fn err(c: Condition) -> StanzaError {
     StanzaError::new(c)
+}
+
+/// The status codes that announce a configuration change (XEP-0045
+/// §10.2.1): 170/171 logging on/off and 172/173 non-/semi-anonymous for
+/// what touches privacy, 104 for any other change; none when nothing
+/// changed. (The room has no fully-anonymous mode (174) and no setting
+/// for showing unavailable members (102/103).)
+fn config_change_codes(old: &RoomConfig, new: &RoomConfig) -> Vec<u16> {
+    let mut codes = Vec::new();
+    let privacy_aside = RoomConfig {
+        whois_anyone: old.whois_anyone,
+        logging: old.logging,
+        ..new.clone()
+    };
+    if privacy_aside != *old {
+        codes.push(104);
+    }
+    if new.logging != old.logging {
+        codes.push(if new.logging { 170 } else { 171 });
+    }
+    if new.whois_anyone != old.whois_anyone {
+        codes.push(if new.whois_anyone { 172 } else { 173 });
+    }
+    codes
 }
 
 fn status(code: u16) -> Element {
@@ -2510,7 +2534,6 @@ impl State {
                 rec.locked = false;
                 let now_private = rec.config.whois_anyone != old.whois_anyone;
                 let now_members_only = rec.config.members_only && !old.members_only;
-                let logging_changed = rec.config.logging != old.logging;
                 let new_cfg = rec.config.clone();
                 let before: Vec<(String, Affiliation)> = self
                     .occupants
@@ -2564,14 +2587,8 @@ impl State {
                     self.broadcast_presence(server, nick, &[], &[], None);
                     self.moderator_view_changed(server, nick, *was);
                 }
-                if !was_locked {
-                    let mut codes = vec![104];
-                    if now_private {
-                        codes.push(if new_cfg.whois_anyone { 172 } else { 173 });
-                    }
-                    if logging_changed {
-                        codes.push(if new_cfg.logging { 170 } else { 171 });
-                    }
+                let codes = config_change_codes(&old, &new_cfg);
+                if !was_locked && !codes.is_empty() {
                     let mut x = Element::new("x", NS_MUC_USER);
                     for c in codes {
                         x = x.child(status(c));
