@@ -8,6 +8,9 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 missing=()
 command -v ip >/dev/null || missing+=(iproute2)
 command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
+# Federation interop (test_s2s_interop.py) runs Prosody as the other domain's server.
+command -v prosody >/dev/null || missing+=(prosody)
+command -v openssl >/dev/null || missing+=(openssl)
 if [ ${#missing[@]} -gt 0 ] && command -v apt-get >/dev/null; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}") >/dev/null \
     || echo "setup.sh: could not install ${missing[*]}; the cluster tests that need them will fail" >&2
