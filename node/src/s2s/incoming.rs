@@ -71,7 +71,12 @@ struct Stream {
     /// (remote domain, served domain) pairs dialback authorised.
     authorized: HashSet<(String, String)>,
     checks: mpsc::UnboundedSender<Checked>,
+    /// Dialback checks in flight.
+    checking: usize,
 }
+
+/// Dialback checks one stream may have in flight.
+const MAX_CHECKS: usize = 16;
 
 async fn serve(server: Arc<Server>, tcp: tokio::net::TcpStream, peer: std::net::SocketAddr) {
     metrics::gauge!("starling_s2s_links", "direction" => "in").increment(1.0);
@@ -83,6 +88,7 @@ async fn serve(server: Arc<Server>, tcp: tokio::net::TcpStream, peer: std::net::
         id: String::new(),
         authorized: HashSet::new(),
         checks: tx,
+        checking: 0,
     };
     s.run(&mut rx).await;
     tracing::debug!(%peer, authorized = s.authorized.len(), "s2s stream ended");
@@ -172,6 +178,14 @@ impl Stream {
 
     async fn stanzas(&mut self, checks: &mut mpsc::UnboundedReceiver<Checked>) -> Next {
         let idle = Duration::from_secs(self.server.config.s2s.idle_timeout_secs.max(1));
+        // Until a domain pair is authorised, the stream has the handshake
+        // time (plus the time a dialback check may take); then it may idle.
+        let handshake = Duration::from_secs(
+            self.server.config.c2s.handshake_timeout_secs.max(1)
+                + self.server.config.s2s.connect_timeout_secs
+                + 5,
+        );
+        let opened = Instant::now();
         loop {
             loop {
                 match self.conn.next_buffered() {
@@ -191,7 +205,11 @@ impl Stream {
                     }
                 }
                 Some(c) = checks.recv() => self.checked(c).await,
-                _ = tokio::time::sleep(idle) => {
+                _ = tokio::time::sleep(idle), if !self.authorized.is_empty() => {
+                    self.conn.fail(StreamCondition::ConnectionTimeout, None).await;
+                    return Next::End;
+                }
+                _ = tokio::time::sleep_until(opened + handshake), if self.authorized.is_empty() => {
                     self.conn.fail(StreamCondition::ConnectionTimeout, None).await;
                     return Next::End;
                 }
@@ -304,6 +322,14 @@ impl Stream {
         if self.authorized.contains(&(remote.clone(), local.clone())) {
             return self.send_result(&local, &remote, "valid").await;
         }
+        if self.checking >= MAX_CHECKS {
+            // Each check makes a link to the claimed domain: a stream may
+            // not make many at once.
+            return self
+                .result_error(&local, &remote, Condition::ResourceConstraint)
+                .await;
+        }
+        self.checking += 1;
         let server = self.server.clone();
         let id = self.id.clone();
         let tx = self.checks.clone();
@@ -318,6 +344,7 @@ impl Stream {
     }
 
     async fn checked(&mut self, c: Checked) {
+        self.checking = self.checking.saturating_sub(1);
         let result = match c.verdict {
             Verdict::Valid => "valid",
             Verdict::Invalid => "invalid",

@@ -190,12 +190,19 @@ async fn run(
     // worked and closed) as not found.
     stanzas.close();
     verifies.close();
-    let condition = failure.unwrap_or(Failure::NotFound).condition();
     let mut bounced = 0u64;
     while let Ok(xml) = stanzas.try_recv() {
-        if let Some(el) = crate::session::im::parse_stored(&xml) {
-            crate::session::im::bounce(&server, &el, condition);
-            bounced += 1;
+        let Some(el) = crate::session::im::parse_stored(&xml) else {
+            continue;
+        };
+        match failure {
+            // A link that worked and closed (idle, or the peer closed it)
+            // as this was queued: on a new link.
+            None => enqueue(&server, key.clone(), xml, el),
+            Some(f) => {
+                crate::session::im::bounce(&server, &el, f.condition());
+                bounced += 1;
+            }
         }
     }
     while let Ok(v) = verifies.try_recv() {
@@ -388,7 +395,7 @@ impl Running<'_> {
                         self.conn.conn.close().await;
                         return Some(Failure::Timeout);
                     }
-                    if self.pending.is_empty() {
+                    if self.pending.is_empty() && stanzas.is_empty() {
                         tracing::debug!(local = %self.local, remote = %self.remote, "s2s link idle: closed");
                         self.conn.conn.close().await;
                         return None;
