@@ -1,17 +1,20 @@
-"""Federation with another implementation: Starling (starling.interop) and Prosody
-(prosody.interop, the Debian package) in a network namespace this test creates, each finding the other through DNS SRV
+"""Federation with other implementations: Starling (starling.interop), Prosody 0.12
+(prosody.interop) and ejabberd 23.01 (ejabberd.interop), the Debian packages, in a network
+namespace this test creates, each finding the others through DNS SRV
 records (`_xmpp-server._tcp`) served by fakedns.py (not under .test: Prosody's libunbound
 answers the RFC 6761 special-use names itself) on the namespace's 127.0.0.1:53 (the
-namespace's resolv.conf, bind-mounted by `ip netns exec`, names it). Prosody requires
-encryption and authenticates with dialback (its certificates, like ours, are self-signed):
+namespace's resolv.conf, bind-mounted by `ip netns exec`, names it). The peers require
+encryption and authenticate with dialback (their certificates, like ours, are self-signed):
 each server verifies the other's links through its own outgoing link, as on the Internet.
 
-Checked, both ways: chat messages, a subscription with its roster state and presence, IQ
-(ping and disco) to the other server, and an error from the other side (a message to a user
-Prosody does not have).
+Checked with each peer, both ways: chat messages, a subscription with its roster state and
+presence, IQ (ping, disco, version) to the other server, and an error from the other side (a
+message to a user it does not have).
 """
+import contextlib
 import json
 import os
+import signal
 import shutil
 import socket
 import subprocess
@@ -30,6 +33,7 @@ pytestmark = pytest.mark.starling_only
 
 PROSODY = shutil.which("prosody")
 PROSODYCTL = shutil.which("prosodyctl")
+EJABBERDCTL = shutil.which("ejabberdctl") or "/usr/sbin/ejabberdctl"
 
 PROSODY_CFG = """
 run_as_root = true
@@ -106,6 +110,8 @@ class NsStarling(StarlingServer):
 
 
 class NsProsody:
+    domain = "prosody.interop"
+
     def __init__(self, workdir, ns):
         self.dir, self.ns = workdir, ns
         self.c2s, self.s2s = free_port(), free_port()
@@ -133,10 +139,10 @@ class NsProsody:
                        check=True, capture_output=True, timeout=60)
 
     def login(self, user, password):
-        c = NetnsClient("127.0.0.1", self.c2s, "prosody.interop")
+        c = NetnsClient("127.0.0.1", self.c2s, self.domain)
         c.netns = self.ns
         c.login(user, password, presence=True)
-        c.bare = f"{user}@prosody.interop"
+        c.bare = f"{user}@{self.domain}"
         return c
 
     def log_tail(self):
@@ -150,10 +156,121 @@ class NsProsody:
         _stop_pid(self.proc)
 
 
+EJABBERD_YML = """
+hosts:
+  - "ejabberd.interop"
+loglevel: info
+log_rotate_count: 0
+certfiles:
+  - "{dir}/cert.pem"
+s2s_use_starttls: required
+listen:
+  -
+    port: {c2s}
+    ip: "127.0.0.1"
+    module: ejabberd_c2s
+    starttls: true
+  -
+    port: {s2s}
+    ip: "127.0.0.1"
+    module: ejabberd_s2s_in
+auth_method: internal
+acl:
+  loopback:
+    ip:
+      - 127.0.0.0/8
+access_rules:
+  local:
+    allow: all
+  c2s:
+    allow: all
+api_permissions:
+  "console commands":
+    from:
+      - ejabberd_ctl
+    who: all
+    what: "*"
+modules:
+  mod_disco: {{}}
+  mod_roster: {{}}
+  mod_ping: {{}}
+  mod_version: {{}}
+  mod_s2s_dialback: {{}}
+  mod_admin_extra: {{}}
+"""
+
+
+class NsEjabberd:
+    """ejabberd (`ejabberdctl foreground`, a private copy that does not switch user) in `ns`."""
+
+    domain = "ejabberd.interop"
+
+    def __init__(self, workdir, ns):
+        self.dir, self.ns = workdir, ns
+        self.c2s, self.s2s = free_port(), free_port()
+        for d in ("etc", "db", "log"):
+            os.makedirs(f"{workdir}/{d}", exist_ok=True)
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                        "-subj", f"/CN={self.domain}", "-addext", f"subjectAltName=DNS:{self.domain}",
+                        "-keyout", f"{workdir}/etc/key.pem", "-out", f"{workdir}/etc/crt.pem"],
+                       check=True, capture_output=True, timeout=60)
+        with open(f"{workdir}/etc/cert.pem", "w") as out:
+            for part in ("key.pem", "crt.pem"):
+                with open(f"{workdir}/etc/{part}") as f:
+                    out.write(f.read())
+        with open(f"{workdir}/etc/ejabberd.yml", "w") as f:
+            f.write(EJABBERD_YML.format(dir=f"{workdir}/etc", c2s=self.c2s, s2s=self.s2s))
+        node = f"fed{uuid.uuid4().hex[:6]}@localhost"
+        with open(f"{workdir}/etc/ejabberdctl.cfg", "w") as f:
+            f.write(f'ERLANG_NODE={node}\nERL_OPTIONS="-setcookie {uuid.uuid4().hex}"\n'
+                    "INET_DIST_INTERFACE=127.0.0.1\nERL_EPMD_ADDRESS=127.0.0.1\n"
+                    "EJABBERD_BYPASS_WARNINGS=true\n")
+        with open(EJABBERDCTL) as f:
+            ctl = f.read().replace("\nINSTALLUSER=ejabberd\n", "\nINSTALLUSER=\n")
+        self.ctl = f"{workdir}/ejabberdctl"
+        with open(self.ctl, "w") as f:
+            f.write(ctl)
+        os.chmod(self.ctl, 0o755)
+        self.proc = None
+
+    def _ctl(self, *args, **kw):
+        return ["ip", "netns", "exec", self.ns, self.ctl, "--config-dir", f"{self.dir}/etc",
+                "--logs", f"{self.dir}/log", "--spool", f"{self.dir}/db", *args]
+
+    def start(self):
+        log = open(f"{self.dir}/log/console.log", "ab")
+        self.proc = subprocess.Popen(self._ctl("foreground"), stdout=log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, cwd=self.dir, start_new_session=True)
+        log.close()
+        wait_port_in(self.ns, self.c2s, 90, self.proc)
+
+    def add_user(self, user, password):
+        subprocess.run(self._ctl("register", user, self.domain, password), check=True,
+                       capture_output=True, timeout=60)
+
+    def login(self, user, password):
+        c = NetnsClient("127.0.0.1", self.c2s, self.domain)
+        c.netns = self.ns
+        c.login(user, password, presence=True)
+        c.bare = f"{user}@{self.domain}"
+        return c
+
+    def log_tail(self):
+        try:
+            with open(f"{self.dir}/log/ejabberd.log", "rb") as f:
+                return f.read()[-3000:].decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def stop(self):
+        _stop_pid(self.proc)
+
+
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory):
-    if not PROSODY or not PROSODYCTL:
-        pytest.fail("prosody is not installed (tests/interop/setup.sh installs it from Debian)")
+    """Starling, Prosody and ejabberd in one network namespace with its own DNS."""
+    if not PROSODY or not PROSODYCTL or not os.path.exists(EJABBERDCTL):
+        pytest.fail("prosody and ejabberd must be installed (tests/interop/setup.sh installs them)")
     ns = f"stls2s{os.getpid()}{uuid.uuid4().hex[:4]}"
     etc = f"/etc/netns/{ns}"
     made = []
@@ -167,91 +284,108 @@ def federation(tmp_path_factory):
             f.write("nameserver 127.0.0.1\noptions timeout:1 attempts:2\n")
         a = NsStarling(str(tmp_path_factory.mktemp("fed-a")), ns, domains=["starling.interop"],
                        extra_toml="[s2s]\nenabled = true\nbind = \"127.0.0.1\"\nconnect_timeout_secs = 10")
-        p = NsProsody(str(tmp_path_factory.mktemp("fed-p")), ns)
-        zone = {"a": {"starling.interop": "127.0.0.1", "prosody.interop": "127.0.0.1"},
-                "srv": {"_xmpp-server._tcp.starling.interop": [[0, 5, a.s2s_port, "starling.interop"]],
-                        "_xmpp-server._tcp.prosody.interop": [[0, 5, p.s2s, "prosody.interop"]]}}
-        zonefile = os.path.join(p.dir, "zone.json")
+        peers = {"prosody": NsProsody(str(tmp_path_factory.mktemp("fed-p")), ns),
+                 "ejabberd": NsEjabberd(str(tmp_path_factory.mktemp("fed-e")), ns)}
+        zone = {"a": {"starling.interop": "127.0.0.1"},
+                "srv": {"_xmpp-server._tcp.starling.interop": [[0, 5, a.s2s_port, "starling.interop"]]}}
+        for peer in peers.values():
+            zone["a"][peer.domain] = "127.0.0.1"
+            zone["srv"][f"_xmpp-server._tcp.{peer.domain}"] = [[0, 5, peer.s2s, peer.domain]]
+        zonefile = os.path.join(a.workdir, "zone.json")
         with open(zonefile, "w") as f:
             json.dump(zone, f)
         here = os.path.dirname(os.path.abspath(__file__))
         dns = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, os.path.join(here, "fakedns.py"),
-                                "127.0.0.1", "53", zonefile, "--max-secs", "900"],
+                                "127.0.0.1", "53", zonefile, "--max-secs", "1200"],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         made.append(dns)
         assert dns.stdout.readline().strip() == b"ready"
-        p.start()
-        made.append(p)
-        a.start()
+        for peer in peers.values():
+            made.append(peer)
+            peer.start()
         made.append(a)
-        yield a, p
+        a.start()
+        yield a, peers
     finally:
         for m in reversed(made):
-            if isinstance(m, (NsStarling, NsProsody)):
-                m.stop()
-            elif isinstance(m, subprocess.Popen):
+            if isinstance(m, subprocess.Popen):
                 _stop_pid(m)
+            elif not isinstance(m, str):
+                m.stop()
+        if "ns" in made:
+            # What ejabberd started on its own (epmd) lives in the namespace: stopped by PID.
+            pids = _ip("netns", "pids", ns, check=False).stdout.split()
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pid), signal.SIGKILL)
+            _ip("netns", "del", ns, check=False)
         if "etc" in made:
             shutil.rmtree(etc, ignore_errors=True)
-        if "ns" in made:
-            _ip("netns", "del", ns, check=False)
 
 
-def prosody_user(p, clients, prefix):
+PEERS = ["prosody", "ejabberd"]
+
+
+def peer_user(peer, clients, prefix):
     user = f"{prefix}{uuid.uuid4().hex[:8]}"
-    p.add_user(user, "pw-" + user)
-    return clients.add(p.login(user, "pw-" + user))
+    peer.add_user(user, "pw-" + user)
+    return clients.add(peer.login(user, "pw-" + user))
 
 
-def test_chat_both_ways_with_prosody(federation, clients):
-    a, p = federation
+@pytest.mark.parametrize("name", PEERS)
+def test_chat_both_ways(federation, clients, name):
+    a, peers = federation
+    p = peers[name]
     ua = clients.add(a.online("sa"))
-    up = prosody_user(p, clients, "pp")
-    mid = ua.message(up.bare, "hello prosody")
+    up = peer_user(p, clients, "pp")
+    mid = ua.message(up.bare, f"hello {name}")
     try:
         m = up.recv_stanza("message", id=mid, timeout=20)
     except AssertionError as e:
-        raise AssertionError(f"{e}\n--- prosody log:\n{p.log_tail()}\n--- starling log:\n{a.log_tail()}")
-    assert m.get("from") == ua.jid and m.findtext(C("body")) == "hello prosody"
+        raise AssertionError(f"{e}\n--- {name} log:\n{p.log_tail()}\n--- starling log:\n{a.log_tail()}")
+    assert m.get("from") == ua.jid and m.findtext(C("body")) == f"hello {name}"
     mid = up.message(ua.jid, "hello starling")
     m = ua.recv_stanza("message", id=mid, timeout=20)
     assert m.get("from") == up.jid and m.findtext(C("body")) == "hello starling"
 
 
-def test_subscription_and_presence_with_prosody(federation, clients):
-    a, p = federation
+@pytest.mark.parametrize("name", PEERS)
+def test_subscription_and_presence(federation, clients, name):
+    a, peers = federation
     ua = clients.add(a.online("sb"))
-    up = prosody_user(p, clients, "pq")
+    up = peer_user(peers[name], clients, "pq")
     ua.presence(to=up.bare, type_="subscribe")
     req = up.recv(lambda e: e.tag == C("presence") and e.get("type") == "subscribe", 20,
-                  what="subscribe at prosody")
+                  what=f"subscribe at {name}")
     assert req.get("from") == ua.bare
     up.presence(to=ua.bare, type_="subscribed")
     ua.recv(lambda e: e.tag == C("presence") and e.get("type") == "subscribed" and e.get("from") == up.bare,
-            20, what="subscribed from prosody")
-    # Prosody sends its user's presence once subscribed.
+            20, what=f"subscribed from {name}")
+    # The peer sends its user's presence once subscribed.
     ua.recv(lambda e: e.tag == C("presence") and e.get("from") == up.jid and e.get("type") is None,
-            20, what="presence of the prosody contact")
+            20, what=f"presence of the {name} contact")
     r = ua.iq("get", "<query xmlns='jabber:iq:roster'/>")
     items = {i.get("jid"): i.get("subscription") for i in r.iter(q("jabber:iq:roster", "item"))}
     assert items.get(up.bare) == "to", items
-    # And the other way: prosody's user subscribes to ours, who approves.
+    # And the other way: the peer's user subscribes to ours, who approves.
     up.presence(to=ua.bare, type_="subscribe")
     ua.recv(lambda e: e.tag == C("presence") and e.get("type") == "subscribe" and e.get("from") == up.bare,
-            20, what="subscribe from prosody")
+            20, what=f"subscribe from {name}")
     ua.presence(to=up.bare, type_="subscribed")
     up.recv(lambda e: e.tag == C("presence") and e.get("from") == ua.jid and e.get("type") is None,
-            20, what="our presence at prosody")
+            20, what=f"our presence at {name}")
     ua.presence(type_="unavailable")
     up.recv(lambda e: e.tag == C("presence") and e.get("from") == ua.jid and e.get("type") == "unavailable",
-            20, what="unavailable at prosody")
+            20, what=f"unavailable at {name}")
 
 
-def test_iq_between_starling_and_prosody(federation, clients):
-    a, p = federation
+@pytest.mark.parametrize("name", PEERS)
+def test_iq_both_ways(federation, clients, name):
+    a, peers = federation
+    p = peers[name]
     ua = clients.add(a.online("sc"))
-    up = prosody_user(p, clients, "pr")
-    r = ua.iq("get", "<ping xmlns='urn:xmpp:ping'/>", to="prosody.interop", timeout=20)
+    up = peer_user(p, clients, "pr")
+    r = ua.iq("get", "<ping xmlns='urn:xmpp:ping'/>", to=p.domain, timeout=20)
     assert r.get("type") == "result", tostring(r)
     r = up.iq("get", "<query xmlns='http://jabber.org/protocol/disco#info'/>", to="starling.interop", timeout=20)
     assert r.get("type") == "result", tostring(r)
@@ -259,13 +393,22 @@ def test_iq_between_starling_and_prosody(federation, clients):
     assert "urn:xmpp:ping" in feats
     r = up.iq("get", "<query xmlns='jabber:iq:version'/>", to="starling.interop", timeout=20)
     assert r.get("type") == "result" and r.find(q("jabber:iq:version", "query")) is not None
+    # A request to our client, answered by it.
+    up.send_raw(f"<iq type='get' id='cping' to='{ua.jid}'><ping xmlns='urn:xmpp:ping'/></iq>")
+    req = ua.recv(lambda e: e.tag == C("iq") and e.get("id") == "cping", 20, what=f"ping from {name}")
+    assert req.get("from") == up.jid
+    ua.send_raw(f"<iq type='result' id='cping' to='{up.jid}'/>")
+    r = up.recv(lambda e: e.tag == C("iq") and e.get("id") == "cping", 20, what="ping result")
+    assert r.get("type") == "result" and r.get("from") == ua.jid, tostring(r)
 
 
-def test_error_from_prosody_comes_back(federation, clients):
-    a, p = federation
+@pytest.mark.parametrize("name", PEERS)
+def test_error_from_the_peer_comes_back(federation, clients, name):
+    a, peers = federation
+    p = peers[name]
     ua = clients.add(a.online("sd"))
-    mid = ua.message("nobody-here@prosody.interop", "anyone?")
-    err = ua.recv(lambda e: e.tag == C("message") and e.get("id") == mid, 20, what="error from prosody")
+    mid = ua.message(f"nobody-here@{p.domain}", "anyone?")
+    err = ua.recv(lambda e: e.tag == C("message") and e.get("id") == mid, 20, what=f"error from {name}")
     assert err.get("type") == "error", tostring(err)
     assert err.find(f"{C('error')}/{q('urn:ietf:params:xml:ns:xmpp-stanzas', 'service-unavailable')}") \
         is not None, tostring(err)
