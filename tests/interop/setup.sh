@@ -8,12 +8,20 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 missing=()
 command -v ip >/dev/null || missing+=(iproute2)
 command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
-# Federation interop (test_s2s_interop.py) runs Prosody as the other domain's server.
+# Federation interop (test_s2s_interop.py) runs Prosody and ejabberd as other domains' servers.
 command -v prosody >/dev/null || missing+=(prosody)
+command -v ejabberdctl >/dev/null || [ -x /usr/sbin/ejabberdctl ] || missing+=(ejabberd)
 command -v openssl >/dev/null || missing+=(openssl)
 if [ ${#missing[@]} -gt 0 ] && command -v apt-get >/dev/null; then
+  # The packages' own services must not start (they would take 5222/5269): the tests run
+  # private copies. policy-rc.d refuses service starts during the install, then goes.
+  made_policy=0
+  if [ ! -e /usr/sbin/policy-rc.d ] && [ -w /usr/sbin ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && made_policy=1
+  fi
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}") >/dev/null \
-    || echo "setup.sh: could not install ${missing[*]}; the cluster tests that need them will fail" >&2
+    || echo "setup.sh: could not install ${missing[*]}; the tests that need them will fail" >&2
+  [ "$made_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d
 fi
 VENV="$HERE/.venv"
 PINS="slixmpp==1.10.0 aiohttp==3.12.15 pytest==8.3.5 pytest-timeout==2.4.0 pytest-xdist==3.6.1"
