@@ -1191,6 +1191,33 @@ mod tests {
     }
 
     #[test]
+    fn federation_settings_are_checked() {
+        let c = checked(|c| {
+            c.s2s
+                .hosts
+                .insert("Example.NET".into(), "10.0.0.5:5269".into());
+        })
+        .unwrap();
+        assert_eq!(
+            c.s2s.hosts["example.net"], "10.0.0.5:5269",
+            "domains normalised"
+        );
+        for bad in ["10.0.0.5", "10.0.0.5:0", ":5269", "host:port"] {
+            let r = checked(|c| {
+                c.s2s.hosts.insert("example.net".into(), bad.into());
+            });
+            assert!(r.is_err(), "{bad:?} accepted");
+        }
+        let user = checked(|c| {
+            c.s2s.hosts.insert("u@example.net".into(), "h:1".into());
+        });
+        assert!(user.is_err(), "a JID with a node is not a domain");
+        let clash = checked(|c| c.s2s.port = c.c2s.port);
+        assert!(clash.unwrap_err().to_string().contains("s2s.port"));
+        assert!(checked(|c| c.s2s.port = 0).is_ok(), "0: no listener");
+    }
+
+    #[test]
     fn administrators_by_domain() {
         let c = checked(|c| {
             c.admin.admins = vec!["Root@A.example".into()];

@@ -47,6 +47,17 @@ pub struct ChatArgs {
     /// With --sm: receivers also send `<a/>` unasked after this many stanzas (0: only when asked).
     #[arg(long, default_value_t = 0)]
     pub sm_ack_every: u64,
+    /// Receivers log in to this other server's c2s port (same host, accounts
+    /// `--user-prefix` N at `--peer-domain`): every message crosses a
+    /// server-to-server link (federation).
+    #[arg(long)]
+    pub peer_port: Option<u16>,
+    /// The receivers' domain on the `--peer-port` server.
+    #[arg(long, default_value = "peer.test")]
+    pub peer_domain: String,
+    /// The `--peer-port` server's PID: its CPU is counted with the server's.
+    #[arg(long)]
+    pub peer_pid: Option<u32>,
 }
 
 /// Receive-side state of one pair.
@@ -235,13 +246,38 @@ async fn one_run(a: &ChatArgs, run: u32) -> Result<Figures> {
     let c = &a.common;
     let t = c.target().await?;
     let per_pair = if c.echo { 1 } else { 2 };
-    let users: Vec<u64> = (c.first_user..c.first_user + a.pairs * per_pair).collect();
-    let (sessions, _, errs) =
-        login_many(c, &t, &users, "chat", true, &format!("login r{}", run + 1)).await;
-    if !errs.is_empty() {
-        bail!("{} logins failed; first: {}", errs.len(), errs[0]);
-    }
-    let mut sessions: Vec<_> = sessions.into_iter().flatten().collect();
+    let mut sessions: Vec<_> = match a.peer_port.filter(|_| !c.echo) {
+        None => {
+            let users: Vec<u64> = (c.first_user..c.first_user + a.pairs * per_pair).collect();
+            let (sessions, _, errs) =
+                login_many(c, &t, &users, "chat", true, &format!("login r{}", run + 1)).await;
+            if !errs.is_empty() {
+                bail!("{} logins failed; first: {}", errs.len(), errs[0]);
+            }
+            sessions.into_iter().flatten().collect()
+        }
+        Some(port) => {
+            // Senders here, receivers (the same account numbers) on the peer.
+            let users: Vec<u64> = (c.first_user..c.first_user + a.pairs).collect();
+            let mut pc = c.clone();
+            pc.ports = vec![port];
+            pc.domain = a.peer_domain.clone();
+            pc.provision = None;
+            let pt = pc.target().await?;
+            let label = format!("login r{}", run + 1);
+            let (senders, _, errs) = login_many(c, &t, &users, "chat", true, &label).await;
+            let (receivers, _, errs2) = login_many(&pc, &pt, &users, "chat", true, &label).await;
+            if let Some(e) = errs.iter().chain(&errs2).next() {
+                bail!("{} logins failed; first: {e}", errs.len() + errs2.len());
+            }
+            senders
+                .into_iter()
+                .flatten()
+                .zip(receivers.into_iter().flatten())
+                .flat_map(|(s, r)| [s, r])
+                .collect()
+        }
+    };
     if a.sm && !c.echo {
         for s in &mut sessions {
             s.send("<enable xmlns='urn:xmpp:sm:3' resume='true'/>")
@@ -308,6 +344,7 @@ async fn one_run(a: &ChatArgs, run: u32) -> Result<Figures> {
     let pb = c.bar(dur.as_secs(), &format!("chat r{}", run + 1));
     tokio::time::sleep_until(start.into()).await;
     let cpu = CpuWindow::start(c.server_pid())?;
+    let peer_cpu = CpuWindow::start(a.peer_pid)?;
     let t_start_us = now_us();
     while Instant::now() < end {
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -329,7 +366,13 @@ async fn one_run(a: &ChatArgs, run: u32) -> Result<Figures> {
     while received() < total_sent && Instant::now() < drain_until {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let cpu = cpu.stop()?;
+    let (server, me, wall) = cpu.stop()?;
+    // Both servers of a federated run count.
+    let server = match (server, peer_cpu.stop()?.0) {
+        (Some(a), Some(b)) => Some(a + b),
+        (s, _) => s,
+    };
+    let cpu = (server, me, wall);
     let total_recv = received();
     let _ = stop_tx.send(true);
     let mut h = hist();
