@@ -33,6 +33,8 @@ pub struct Config {
     pub cluster: ClusterConfig,
     pub upload: UploadConfig,
     pub websocket: WebSocketConfig,
+    /// XEP-0114 external components (gateways, bridges).
+    pub components: ComponentsConfig,
     /// Server administrators (XEP-0133 service administration).
     pub admin: AdminConfig,
     /// XEP-0215 external services (STUN/TURN) announced to clients.
@@ -60,6 +62,7 @@ impl Default for Config {
             cluster: ClusterConfig::default(),
             upload: UploadConfig::default(),
             websocket: WebSocketConfig::default(),
+            components: ComponentsConfig::default(),
             admin: AdminConfig::default(),
             external_services: Vec::new(),
         }
@@ -365,6 +368,128 @@ impl Default for WebSocketConfig {
             tls: true,
             path: "/xmpp-websocket".into(),
         }
+    }
+}
+
+/// XEP-0114 external components: a listener where gateways and bridges
+/// (Slidge, Biboumi, Spectrum2) log in with a shared secret as a domain of
+/// their own, and the secret of each.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ComponentsConfig {
+    /// Off by default: the port logs in with a shared secret only.
+    pub enabled: bool,
+    /// Port of the component listener (`jabber:component:accept`).
+    pub port: u16,
+    /// Address it listens on: loopback by default (the handshake is
+    /// neither encrypted nor rate-limited).
+    pub bind: String,
+    /// Component JID (a domain) -> its shared secret. Each must be a
+    /// subdomain of a served domain (listed in that domain's
+    /// disco#items) or be named in `other_domains`.
+    pub secrets: std::collections::BTreeMap<String, String>,
+    /// Component domains allowed although they are no subdomain of a
+    /// served domain (listed in no domain's disco#items).
+    pub other_domains: Vec<String>,
+    /// Stanzas and bytes waiting for one component's socket at most (its
+    /// connection carries a whole gateway's traffic).
+    pub mailbox_size: usize,
+    pub mailbox_bytes: usize,
+}
+
+impl Default for ComponentsConfig {
+    fn default() -> Self {
+        ComponentsConfig {
+            enabled: false,
+            port: 5347,
+            bind: "127.0.0.1".into(),
+            secrets: Default::default(),
+            other_domains: Vec::new(),
+            mailbox_size: 10_000,
+            mailbox_bytes: 64 << 20,
+        }
+    }
+}
+
+impl Config {
+    /// Normalises the component domains and checks each is allowed: a
+    /// subdomain of a served domain or listed in `other_domains`, and
+    /// neither a served domain nor another service's.
+    fn check_components(&mut self) -> anyhow::Result<()> {
+        let normalise = |key: &str, d: &str| -> anyhow::Result<String> {
+            let jid = jid::BareJid::new(d)
+                .ok()
+                .filter(|j| j.node().is_none())
+                .ok_or_else(|| anyhow::anyhow!("{key}: {d:?} is not a domain"))?;
+            Ok(jid.domain().as_str().to_owned())
+        };
+        let mut others = Vec::new();
+        for d in &self.components.other_domains {
+            others.push(normalise("components.other_domains", d)?);
+        }
+        self.components.other_domains = others;
+        let mut secrets = std::collections::BTreeMap::new();
+        for (d, secret) in &self.components.secrets {
+            let domain = normalise("components.secrets", d)?;
+            if secret.is_empty() {
+                anyhow::bail!("components.secrets: {d:?} has an empty secret");
+            }
+            if self.serves(&domain) {
+                anyhow::bail!("components.secrets: {d:?} is a served domain");
+            }
+            let services = [
+                (self.muc.enabled, &self.muc.subdomain),
+                (self.upload.enabled, &self.upload.subdomain),
+                (self.pubsub.enabled, &self.pubsub.subdomain),
+            ];
+            for (on, sub) in services {
+                if on && self.domains.iter().any(|p| domain == format!("{sub}.{p}")) {
+                    anyhow::bail!("components.secrets: {d:?} is a hosted service's domain");
+                }
+            }
+            if self.component_parent(&domain).is_none()
+                && !self.components.other_domains.contains(&domain)
+            {
+                anyhow::bail!(
+                    "components.secrets: {d:?} is no subdomain of a served domain \
+                     (list it in components.other_domains to allow it)"
+                );
+            }
+            secrets.insert(domain, secret.clone());
+        }
+        self.components.secrets = secrets;
+        if self.components.enabled {
+            if self.components.port == 0 {
+                anyhow::bail!("components.port must not be 0");
+            }
+            if [self.c2s.port, self.c2s.tls_port, self.cluster.port].contains(&self.components.port)
+                || self.websocket.enabled && self.websocket.port == self.components.port
+            {
+                anyhow::bail!("components.port is taken by another listener");
+            }
+            if self.components.mailbox_size == 0
+                || self.components.mailbox_bytes < self.c2s.max_stanza_size
+            {
+                anyhow::bail!(
+                    "components.mailbox_size must be positive and components.mailbox_bytes \
+                     must hold one stanza of c2s.max_stanza_size"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The served domain `domain` is a subdomain of (the longest), if any.
+    pub fn component_parent(&self, domain: &str) -> Option<&str> {
+        self.domains
+            .iter()
+            .filter(|p| {
+                domain
+                    .strip_suffix(p.as_str())
+                    .is_some_and(|head| head.len() > 1 && head.ends_with('.'))
+            })
+            .max_by_key(|p| p.len())
+            .map(String::as_str)
     }
 }
 
@@ -1022,6 +1147,7 @@ impl Config {
         }
         self.upload.check()?;
         self.check_websocket()?;
+        self.check_components()?;
         for s in &self.external_services {
             s.check()?;
         }

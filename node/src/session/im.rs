@@ -110,7 +110,7 @@ pub fn bounce_with(server: &Server, stanza: &Element, err: &StanzaError) {
 /// known.
 pub fn deliver_to_full(server: &Server, full: &str, el: Element) -> Result<(), Element> {
     let (bare, Some(res)) = split(full) else {
-        return Err(el);
+        return to_component(server, full, el);
     };
     match server.router.find(bare, res) {
         Some(at) => {
@@ -121,7 +121,17 @@ pub fn deliver_to_full(server: &Server, full: &str, el: Element) -> Result<(), E
                 Err(el)
             }
         }
-        None => Err(el),
+        None => to_component(server, full, el),
+    }
+}
+
+/// A stanza for a JID no session has: the component it is at, if any
+/// (XEP-0114), gets it (looked at only once no session was found, so the
+/// path to sessions pays nothing for components).
+fn to_component(server: &Server, to: &str, el: Element) -> Result<(), Element> {
+    match crate::services::component::domain_of(server, to) {
+        Some(domain) if crate::services::component::send(server, domain, &el) => Ok(()),
+        _ => Err(el),
     }
 }
 
@@ -133,16 +143,24 @@ pub async fn deliver_to_full_acked(
     el: Element,
 ) -> Result<(), Element> {
     let (bare, Some(res)) = split(full) else {
-        return Err(el);
+        return component_acked(server, full, el).await;
     };
     let Some(at) = server.router.find(bare, res) else {
-        return Err(el);
+        return component_acked(server, full, el).await;
     };
     let xml: std::sync::Arc<str> = el.to_stream_xml(NS_CLIENT).into();
     if server.router.send_acked(bare, res, &at, &xml).await {
         Ok(())
     } else {
         Err(el)
+    }
+}
+
+/// As [`to_component`], waiting for another node's answer.
+async fn component_acked(server: &Server, to: &str, el: Element) -> Result<(), Element> {
+    match crate::services::component::domain_of(server, to) {
+        Some(domain) => crate::services::component::deliver(server, domain, el).await,
+        None => Err(el),
     }
 }
 
@@ -906,6 +924,19 @@ fn addressed_to(el: &Element, bare: &str) -> std::sync::Arc<str> {
 /// they are bound.
 fn send_to(server: &Server, bare: &str, el: &Element, want: Want) {
     let mut targets = server.router.bound(bare);
+    if targets.is_empty() {
+        // A contact at a component (XEP-0114) gets presence there.
+        if let Some(domain) = crate::services::component::domain_of(server, bare) {
+            if el.get_attr("to").is_some_and(|to| split(to).0 == bare) {
+                crate::services::component::send(server, domain, el);
+            } else {
+                let mut el = el.clone();
+                el.set_attr("to", bare);
+                crate::services::component::send(server, domain, &el);
+            }
+        }
+        return;
+    }
     targets.retain(|b| want.wants(b.available, b.interested));
     if targets.is_empty() {
         return;
@@ -918,7 +949,7 @@ fn send_to(server: &Server, bare: &str, el: &Element, want: Want) {
 
 /// Presence to a bare JID goes to its available resources; to a full JID
 /// to that resource only.
-fn send_presence_to(server: &Server, to: &str, el: Element) {
+pub(crate) fn send_presence_to(server: &Server, to: &str, el: Element) {
     // XEP-0191: none between a user and a JID either of them blocks.
     if el
         .get_attr("from")
@@ -936,12 +967,21 @@ fn send_presence_to(server: &Server, to: &str, el: Element) {
 
 /// Answers a probe from `prober` for `contact`'s presence, if the contact
 /// has approved the prober (RFC 6121 §4.3.2).
-fn probe(
+pub(crate) fn probe(
     server: &Server,
     prober_bare: &str,
     prober_full: &str,
     contact: &str,
 ) -> Result<(), StanzaError> {
+    if let Some(domain) = crate::services::component::domain_of(server, contact) {
+        // XEP-0114: the component answers for its JIDs itself.
+        let el = Element::new("presence", NS_CLIENT)
+            .attr("from", prober_bare)
+            .attr("to", contact)
+            .attr("type", "probe");
+        crate::services::component::send(server, domain, &el);
+        return Ok(());
+    }
     if !matches!(destination(server, contact)?, Destination::Account { .. })
         || either_blocks(server, prober_full, contact)
     {
@@ -1204,6 +1244,15 @@ pub async fn deliver_subscription(
 ) -> Result<(), StanzaError> {
     match destination(server, user)? {
         Destination::Account { exists: true, .. } => {}
+        // XEP-0114: a component keeps its own subscription state.
+        Destination::Service {
+            domain,
+            kind: crate::services::ServiceKind::Component,
+            ..
+        } => {
+            crate::services::component::send(server, domain, &el);
+            return Ok(());
+        }
         // §8.5.1: subscription stanzas to no such user are ignored; to
         // another domain, too (no federation yet).
         _ => return Ok(()),

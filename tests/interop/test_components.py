@@ -1,0 +1,463 @@
+"""XEP-0114 external components: the accept protocol (handshake, its stream errors),
+routing between components and local users both ways (messages with offline storage,
+IQ, presence subscriptions), address checks, and a component reached from every node
+of a 3-node cluster, with <service-unavailable/> once it is gone.
+
+The component side is raw XML (``Component``, a rawxmpp client speaking
+jabber:component:accept); one test uses slixmpp's ComponentXMPP.
+"""
+
+import hashlib
+import os
+import socket
+import time
+import uuid
+
+import pytest
+
+from cluster import Cluster, pick_port
+from conftest import HOST, StarlingServer, free_port
+from rawxmpp import NS_STANZAS, C, Client, StreamClosed, XMPPTimeout, new_id, q, tostring, xml_escape
+
+pytestmark = [pytest.mark.starling_only]
+
+NS_COMPONENT = "jabber:component:accept"
+NS_DISCO_ITEMS = "http://jabber.org/protocol/disco#items"
+NS_DISCO_INFO = "http://jabber.org/protocol/disco#info"
+NS_PING = "urn:xmpp:ping"
+
+GW = "gw.localhost"
+GW2 = "other.example.org"
+SECRET = "s3cret-" + uuid.uuid4().hex[:6]
+
+
+def K(name: str) -> str:
+    """Tag in the component namespace."""
+    return q(NS_COMPONENT, name)
+
+
+class Component(Client):
+    """A raw XEP-0114 component connection."""
+
+    def __init__(self, host, port, domain, **kw):
+        super().__init__(host, port, domain, **kw)
+
+    def open(self, to=None, ns=NS_COMPONENT) -> dict:
+        """Connects and sends the stream header; returns the server's header attributes."""
+        self.connect()
+        to = self.domain if to is None else to
+        self.send_raw(f"<?xml version='1.0'?><stream:stream xmlns='{ns}' "
+                      f"xmlns:stream='http://etherx.jabber.org/streams' to='{to}'>")
+        deadline = time.monotonic() + self.timeout
+        while self.header is None:
+            if not self._read_some(deadline):
+                raise XMPPTimeout("no stream header from the server")
+        return self.header
+
+    def handshake(self, secret: str):
+        sid = self.header.get("id")
+        digest = hashlib.sha1((sid + secret).encode()).hexdigest()
+        self.send_raw(f"<handshake>{digest}</handshake>")
+        return self.recv(lambda e: e.tag == K("handshake"), what="<handshake/>")
+
+    def login(self, secret: str) -> "Component":
+        self.open()
+        self.handshake(secret)
+        return self
+
+    def recv_stanza(self, name: str, timeout=None, **attrs):
+        def pred(e):
+            return e.tag == K(name) and all(e.get(k.rstrip("_")) == v for k, v in attrs.items())
+        return self.recv(pred, timeout, what=f"<{name} {attrs}>")
+
+    def iq_from(self, frm: str, to: str, type_: str, payload: str, timeout=None):
+        iid = new_id("ciq")
+        self.send_raw(f"<iq from='{frm}' to='{to}' type='{type_}' id='{iid}'>{payload}</iq>")
+        return self.recv(lambda e: e.tag == K("iq") and e.get("id") == iid and
+                         e.get("type") in ("result", "error"), timeout, what=f"iq reply {iid}")
+
+
+
+
+def error_condition(el) -> str:
+    err = el.find(K("error"))
+    if err is None:
+        err = el.find(C("error"))
+    assert err is not None, tostring(el)
+    for child in err:
+        if child.tag.startswith("{%s}" % NS_STANZAS) and not child.tag.endswith("}text"):
+            return child.tag.split("}")[1]
+    raise AssertionError(f"no condition in {tostring(el)}")
+
+
+class ComponentServer(StarlingServer):
+    """A server with the component listener on and two components configured."""
+
+    def __init__(self, workdir, **kw):
+        super().__init__(workdir, **kw)
+        self.component_port = free_port()
+        with open(self.config_path, "a") as f:
+            f.write("\n".join([
+                "", "[components]", "enabled = true", f'bind = "{HOST}"', f"port = {self.component_port}",
+                "[components.secrets]", f'"{GW}" = "{SECRET}"', f'"{GW2}" = "{SECRET}2"', "",
+            ]))
+
+    def start(self):
+        super().start()
+        from conftest import wait_port
+        wait_port(self.component_port, 10, self.proc)
+
+    def component(self, domain=GW, timeout=None) -> Component:
+        kw = {} if timeout is None else {"timeout": timeout}
+        return Component(self.host, self.component_port, domain, **kw)
+
+
+@pytest.fixture(scope="module")
+def cserver(tmp_path_factory):
+    s = ComponentServer(str(tmp_path_factory.mktemp("components")))
+    s.start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def gw(cserver, clients):
+    """The component gw.localhost, logged in (one at a time: a test gets it to itself)."""
+    c = clients.add(cserver.component())
+    c.login(SECRET)
+    yield c
+    c.close()
+    # Gone from the routes before the next test logs in again.
+    time.sleep(0.2)
+
+
+# ------------------------------------------------------------ the accept protocol
+
+def test_handshake_accepted(cserver, clients):
+    c = clients.add(cserver.component())
+    h = c.open()
+    assert h.get("from") == GW
+    assert h.get("id"), h
+    assert c.parser.root.tag == q("http://etherx.jabber.org/streams", "stream")
+    ok = c.handshake(SECRET)
+    assert len(ok) == 0 and not (ok.text or "").strip()
+    # The connection serves: a ping to the server is answered.
+    r = c.iq_from(GW, "localhost", "get", f"<ping xmlns='{NS_PING}'/>")
+    assert r.get("type") == "result", tostring(r)
+    assert r.get("to") == GW and r.get("from") == "localhost"
+    c.close()
+
+
+def test_wrong_secret_is_not_authorized(cserver, clients):
+    c = clients.add(cserver.component())
+    c.open()
+    c.send_raw("<handshake>%s</handshake>" % hashlib.sha1((c.header["id"] + "wrong").encode()).hexdigest())
+    assert c.expect_stream_error() == "not-authorized"
+    c.wait_closed()
+    cserver.assert_healthy()
+
+
+def test_unknown_component_is_host_unknown(cserver, clients):
+    c = clients.add(cserver.component(domain="nobody.localhost"))
+    c.open()
+    assert c.expect_stream_error() == "host-unknown"
+    # A served domain is no component either.
+    c2 = clients.add(cserver.component(domain="localhost"))
+    c2.open()
+    assert c2.expect_stream_error() == "host-unknown"
+    cserver.assert_healthy()
+
+
+def test_client_namespace_is_invalid_namespace(cserver, clients):
+    c = clients.add(cserver.component())
+    c.open(ns="jabber:client")
+    assert c.expect_stream_error() == "invalid-namespace"
+    cserver.assert_healthy()
+
+
+def test_bad_xml_is_not_well_formed(cserver, clients):
+    c = clients.add(cserver.component())
+    c.open()
+    c.send_raw("<handshake>abc</hand>")
+    assert c.expect_stream_error() == "not-well-formed"
+    # After the handshake too.
+    gw = clients.add(cserver.component())
+    gw.login(SECRET)
+    gw.send_raw("<message from='a@gw.localhost' to='x@localhost'><body>x</body></mess>")
+    assert gw.expect_stream_error() == "not-well-formed"
+    gw.wait_closed()
+    cserver.assert_healthy()
+
+
+def test_second_connection_for_a_component_is_conflict(cserver, gw, clients):
+    second = clients.add(cserver.component())
+    second.open()
+    second.send_raw("<handshake>%s</handshake>" % hashlib.sha1((second.header["id"] + SECRET).encode()).hexdigest())
+    assert second.expect_stream_error() == "conflict"
+    # The first one still serves.
+    r = gw.iq_from(GW, "localhost", "get", f"<ping xmlns='{NS_PING}'/>")
+    assert r.get("type") == "result"
+
+
+# ------------------------------------------------------------ routing
+
+def test_messages_both_ways(cserver, gw, clients):
+    u = clients.add(cserver.online("cu"))
+    mid = u.message(f"contact@{GW}", "to the gateway")
+    m = gw.recv_stanza("message", id=mid)
+    assert m.get("from") == u.jid and m.get("to") == f"contact@{GW}"
+    assert m.findtext(K("body")) == "to the gateway"
+    # And back, to the full JID and to the bare JID.
+    gw.send_raw(f"<message from='contact@{GW}/legacy' to='{u.jid}' id='r1' type='chat'>"
+                f"<body>from the gateway</body></message>")
+    r = u.recv_stanza("message", id="r1")
+    assert r.get("from") == f"contact@{GW}/legacy"
+    assert r.findtext(C("body")) == "from the gateway"
+    gw.send_raw(f"<message from='{GW}' to='{u.bare}' id='r2' type='chat'><body>bare</body></message>")
+    assert u.recv_stanza("message", id="r2").get("from") == GW
+
+
+def test_message_to_offline_user_is_stored(cserver, gw, clients):
+    jid, user, pw = cserver.new_user("off")
+    gw.send_raw(f"<message from='bot@{GW}' to='{jid}' id='off1' type='chat'><body>while away</body></message>")
+    # A message to an account that does not exist bounces to the component.
+    gw.send_raw(f"<message from='bot@{GW}' to='nobody-{uuid.uuid4().hex[:6]}@localhost' id='nx' type='chat'>"
+                f"<body>x</body></message>")
+    err = gw.recv_stanza("message", id="nx", type="error")
+    assert error_condition(err) == "service-unavailable"
+    time.sleep(0.3)
+    u = clients.add(cserver.login(jid, pw, presence=True))
+    m = u.recv_stanza("message", id="off1")
+    assert m.findtext(C("body")) == "while away"
+    assert m.find(q("urn:xmpp:delay", "delay")) is not None, tostring(m)
+    # The user's message to the component, sent while the component is away, bounces.
+    gw.close()
+    time.sleep(0.3)
+    mid = u.message(f"bot@{GW}", "anyone?")
+    err = u.recv_stanza("message", id=mid, type="error")
+    assert error_condition(err) == "service-unavailable"
+
+
+def test_iq_user_to_component_and_its_result(cserver, gw, clients):
+    u = clients.add(cserver.online("iq"))
+    iid = new_id("q")
+    u.send_raw(f"<iq type='get' id='{iid}' to='{GW}'><query xmlns='{NS_DISCO_INFO}'/></iq>")
+    got = gw.recv_stanza("iq", id=iid)
+    assert got.get("from") == u.jid and got.get("type") == "get"
+    gw.send_raw(f"<iq type='result' id='{iid}' from='{GW}' to='{u.jid}'>"
+                f"<query xmlns='{NS_DISCO_INFO}'><identity category='gateway' type='irc' name='IRC'/></query></iq>")
+    r = u.recv_stanza("iq", id=iid)
+    assert r.get("type") == "result" and r.get("from") == GW
+    assert r.find(f"{{{NS_DISCO_INFO}}}query/{{{NS_DISCO_INFO}}}identity").get("type") == "irc"
+    # The component asks the user's client; the client's answer goes to the component
+    # (an IQ result to its bare domain).
+    gw.send_raw(f"<iq type='get' id='g1' from='{GW}' to='{u.jid}'><ping xmlns='{NS_PING}'/></iq>")
+    p = u.recv_stanza("iq", id="g1")
+    assert p.get("from") == GW
+    u.send_raw(f"<iq type='result' id='g1' to='{GW}'/>")
+    assert gw.recv_stanza("iq", id="g1", type="result").get("from") == u.jid
+    # An IQ to a resource that is not there: service-unavailable (RFC 6121 8.5.3.2.3).
+    r = gw.iq_from(GW, f"{u.bare}/gone", "get", f"<ping xmlns='{NS_PING}'/>")
+    assert r.get("type") == "error" and error_condition(r) == "service-unavailable"
+    # The server answers for the account's bare JID (disco#info of an account).
+    r = gw.iq_from(GW, u.bare, "get", f"<query xmlns='{NS_DISCO_INFO}'/>")
+    assert r.get("type") == "result", tostring(r)
+
+
+def test_component_listed_in_disco_items_of_its_domain(cserver, clients):
+    u = clients.add(cserver.online("dis"))
+    r = u.iq("get", f"<query xmlns='{NS_DISCO_ITEMS}'/>", to="localhost")
+    jids = [i.get("jid") for i in r.iter(f"{{{NS_DISCO_ITEMS}}}item")]
+    assert GW in jids, tostring(r)
+    # A component outside the served domains is listed nowhere.
+    assert GW2 not in jids
+
+
+def test_presence_subscription_from_component(cserver, gw, clients):
+    u = clients.add(cserver.online("sub"))
+    contact = f"friend@{GW}"
+    gw.send_raw(f"<presence from='{contact}/x' to='{u.bare}' type='subscribe'/>")
+    s = u.recv_stanza("presence", type="subscribe")
+    assert s.get("from") == contact  # bare, RFC 6121 3.1.2
+    u.presence(to=contact, type_="subscribed")
+    got = gw.recv_stanza("presence", type="subscribed")
+    assert got.get("from") == u.bare and got.get("to") == contact
+    # Now the contact sees the user's presence (RFC 6121 3.1.5, and later broadcasts).
+    avail = gw.recv(lambda e: e.tag == K("presence") and e.get("type") is None and
+                    e.get("from") == u.jid, what="the user's presence")
+    assert avail.get("to") == contact
+    u.presence(status="busy")
+    upd = gw.recv(lambda e: e.tag == K("presence") and e.get("from") == u.jid and
+                  e.findtext(K("status")) == "busy", what="presence broadcast")
+    assert upd.get("to") == contact
+    # The roster of the user has the contact with subscription 'from'.
+    r = u.iq("get", "<query xmlns='jabber:iq:roster'/>")
+    items = {i.get("jid"): i.get("subscription") for i in r.iter("{jabber:iq:roster}item")}
+    assert items.get(contact) == "from", tostring(r)
+    # The component's available presence reaches the user.
+    gw.send_raw(f"<presence from='{contact}/x' to='{u.bare}'><status>here</status></presence>")
+    p = u.recv(lambda e: e.tag == C("presence") and e.get("from") == f"{contact}/x", what="contact presence")
+    assert p.findtext(C("status")) == "here"
+
+
+def test_user_subscribes_to_component_contact(cserver, gw, clients):
+    u = clients.add(cserver.online("sub2"))
+    contact = f"buddy@{GW}"
+    u.presence(to=contact, type_="subscribe")
+    s = gw.recv_stanza("presence", type="subscribe")
+    assert s.get("from") == u.bare and s.get("to") == contact
+    gw.send_raw(f"<presence from='{contact}' to='{u.bare}' type='subscribed'/>")
+    u.recv_stanza("presence", type="subscribed")
+    # Subscribed 'to': the user's next login probes the contact at the component.
+    u.close()
+    time.sleep(0.2)
+    u2 = clients.add(cserver.login(u.bare, u.password, presence=True))
+    probe = gw.recv_stanza("presence", type="probe")
+    assert probe.get("from") == u.bare and probe.get("to") == contact
+    assert u2.jid
+
+
+def test_spoofed_from_is_invalid_from(cserver, clients):
+    victim = clients.add(cserver.online("vic"))
+    c = clients.add(cserver.component())
+    c.login(SECRET)
+    c.send_raw(f"<message from='admin@localhost' to='{victim.jid}' id='spoof'><body>x</body></message>")
+    assert c.expect_stream_error() == "invalid-from"
+    victim.expect_nothing(lambda e: e.get("id") == "spoof", timeout=0.5)
+    # Another component's domain is no better; a missing from is improper addressing.
+    c2 = clients.add(cserver.component())
+    c2.login(SECRET)
+    c2.send_raw(f"<message from='x@{GW2}' to='{victim.jid}'><body>x</body></message>")
+    assert c2.expect_stream_error() == "invalid-from"
+    c3 = clients.add(cserver.component())
+    c3.login(SECRET)
+    c3.send_raw(f"<message to='{victim.jid}'><body>x</body></message>")
+    assert c3.expect_stream_error() == "improper-addressing"
+    cserver.assert_healthy(victim)
+
+
+def test_component_to_component(cserver, gw, clients):
+    other = clients.add(cserver.component(domain=GW2))
+    other.login(SECRET + "2")
+    gw.send_raw(f"<message from='a@{GW}' to='b@{GW2}' id='cc'><body>hop</body></message>")
+    m = other.recv_stanza("message", id="cc")
+    assert m.get("from") == f"a@{GW}"
+
+
+def test_slixmpp_component(cserver, clients):
+    """slixmpp's ComponentXMPP logs in and exchanges a message with a user."""
+    import asyncio
+    import threading
+    from slixmpp.componentxmpp import ComponentXMPP
+
+    u = clients.add(cserver.online("sli"))
+    got = {}
+    done = threading.Event()
+
+    def run():
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        xmpp = ComponentXMPP(GW, SECRET, HOST, cserver.component_port)
+
+        def on_message(msg):
+            got["body"] = msg["body"]
+            got["from"] = str(msg["from"])
+            msg.reply("echo " + msg["body"]).send()
+
+        def on_start(_):
+            got["connected"] = True
+            done.set()
+        xmpp.add_event_handler("session_start", on_start)
+        xmpp.add_event_handler("message", on_message)
+        xmpp.connect()
+        end = loop.time() + 15
+        while loop.time() < end and "body" not in got:
+            loop.run_until_complete(asyncio.sleep(0.1))
+        loop.run_until_complete(asyncio.sleep(0.5))
+        xmpp.disconnect()
+        loop.run_until_complete(asyncio.sleep(0.5))
+        loop.close()
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    assert done.wait(15), "slixmpp component did not connect"
+    mid = u.message(f"echo@{GW}", "ping")
+    r = u.recv(lambda e: e.tag == C("message") and e.findtext(C("body")) == "echo ping", timeout=10,
+               what="echo")
+    assert r.get("from", "").endswith(GW)
+    assert got["from"] == u.jid and got["body"] == "ping"
+    assert mid
+    t.join(20)
+
+
+# ------------------------------------------------------------ cluster
+
+@pytest.mark.cluster
+@pytest.mark.timeout(150)
+def test_component_reached_from_every_node(tmp_path_factory, clients):
+    def extra(node):
+        if not hasattr(node, "component_port"):
+            node.component_port = pick_port()
+        return ["[components]", "enabled = true", f'bind = "{HOST}"', f"port = {node.component_port}",
+                "[components.secrets]", f'"{GW}" = "{SECRET}"']
+    cl = Cluster(str(tmp_path_factory.mktemp("ccluster")), 3, extra_config=extra)
+    try:
+        gw = clients.add(Component(HOST, cl[1].component_port, GW))
+        gw.login(SECRET)
+        u2 = clients.add(cl[2].online("n2"))
+        u3 = clients.add(cl[3].online("n3"))
+        # From node 2 to the component on node 1, and back (first try may race the
+        # route's replication: retried for a few seconds).
+        deadline = time.monotonic() + 5
+        while True:
+            mid = u2.message(f"c@{GW}", "across")
+            try:
+                m = gw.recv_stanza("message", id=mid, timeout=1)
+                break
+            except XMPPTimeout:
+                u2.drain(0.1)
+                assert time.monotonic() < deadline, "the component on node 1 never got node 2's message"
+        assert m.get("from") == u2.jid
+        gw.send_raw(f"<message from='c@{GW}' to='{u2.jid}' id='back'><body>back</body></message>")
+        assert u2.recv_stanza("message", id="back").findtext(C("body")) == "back"
+        # IQ from node 3 and its result.
+        iid = new_id("x")
+        u3.send_raw(f"<iq type='get' id='{iid}' to='{GW}'><query xmlns='{NS_DISCO_INFO}'/></iq>")
+        gw.recv_stanza("iq", id=iid)
+        gw.send_raw(f"<iq type='result' id='{iid}' from='{GW}' to='{u3.jid}'/>")
+        assert u3.recv_stanza("iq", id=iid).get("type") == "result"
+        # A second connection for the component on node 2: conflict (one in the cluster).
+        dup = clients.add(Component(HOST, cl[2].component_port, GW))
+        dup.open()
+        dup.send_raw("<handshake>%s</handshake>" % hashlib.sha1((dup.header["id"] + SECRET).encode()).hexdigest())
+        assert dup.expect_stream_error() == "conflict"
+        # The component goes: stanzas to it from node 2 bounce with service-unavailable.
+        gw.close()
+        deadline = time.monotonic() + 5
+        while True:
+            mid = u2.message(f"c@{GW}", "gone?")
+            try:
+                err = u2.recv_stanza("message", id=mid, type="error", timeout=1)
+                break
+            except XMPPTimeout:
+                assert time.monotonic() < deadline, "no error for a message to a disconnected component"
+        assert error_condition(err) == "service-unavailable"
+        r = u3.iq("get", f"<query xmlns='{NS_DISCO_INFO}'/>", to=GW)
+        assert r.get("type") == "error" and error_condition(r) == "service-unavailable"
+        # It can connect to another node now, and is reached from node 1.
+        gw3 = clients.add(Component(HOST, cl[3].component_port, GW))
+        gw3.login(SECRET)
+        u1 = clients.add(cl[1].online("n1"))
+        deadline = time.monotonic() + 5
+        while True:
+            mid = u1.message(f"c@{GW}", "to node 3")
+            try:
+                gw3.recv_stanza("message", id=mid, timeout=1)
+                break
+            except XMPPTimeout:
+                u1.drain(0.1)
+                assert time.monotonic() < deadline, "the component on node 3 never got node 1's message"
+        for i in (1, 2, 3):
+            assert cl[i].alive(), cl[i].log_tail()
+    finally:
+        cl.stop()
