@@ -8,16 +8,14 @@ jabber:component:accept); one test uses slixmpp's ComponentXMPP.
 """
 
 import hashlib
-import os
-import socket
 import time
 import uuid
 
 import pytest
 
 from cluster import Cluster, pick_port
-from conftest import HOST, StarlingServer, free_port
-from rawxmpp import NS_STANZAS, C, Client, StreamClosed, XMPPTimeout, new_id, q, tostring, xml_escape
+from conftest import HOST, StarlingServer, free_port, wait_port
+from rawxmpp import NS_STANZAS, C, Client, XMPPTimeout, new_id, q, tostring
 
 pytestmark = [pytest.mark.starling_only]
 
@@ -104,7 +102,6 @@ class ComponentServer(StarlingServer):
 
     def start(self):
         super().start()
-        from conftest import wait_port
         wait_port(self.component_port, 10, self.proc)
 
     def component(self, domain=GW, timeout=None) -> Component:
@@ -259,9 +256,17 @@ def test_iq_user_to_component_and_its_result(cserver, gw, clients):
     # An IQ to a resource that is not there: service-unavailable (RFC 6121 8.5.3.2.3).
     r = gw.iq_from(GW, f"{u.bare}/gone", "get", f"<ping xmlns='{NS_PING}'/>")
     assert r.get("type") == "error" and error_condition(r) == "service-unavailable"
-    # The server answers for the account's bare JID (disco#info of an account).
-    r = gw.iq_from(GW, u.bare, "get", f"<query xmlns='{NS_DISCO_INFO}'/>")
+    # The server answers for the account's bare JID (its vCard, XEP-0054).
+    assert u.iq("set", "<vCard xmlns='vcard-temp'><FN>Ann</FN></vCard>").get("type") == "result"
+    r = gw.iq_from(GW, u.bare, "get", "<vCard xmlns='vcard-temp'/>")
     assert r.get("type") == "result", tostring(r)
+    assert r.findtext("{vcard-temp}vCard/{vcard-temp}FN") == "Ann", tostring(r)
+    # A vCard set for another account is not the component's to make.
+    r = gw.iq_from(GW, u.bare, "set", "<vCard xmlns='vcard-temp'><FN>Eve</FN></vCard>")
+    assert r.get("type") == "error" and error_condition(r) == "forbidden", tostring(r)
+    # ... and an account that does not exist is service-unavailable (RFC 6121 8.5.1).
+    r = gw.iq_from(GW, f"nobody-{uuid.uuid4().hex[:6]}@localhost", "get", "<vCard xmlns='vcard-temp'/>")
+    assert r.get("type") == "error" and error_condition(r) == "service-unavailable", tostring(r)
 
 
 def test_component_listed_in_disco_items_of_its_domain(cserver, clients):
@@ -347,47 +352,35 @@ def test_component_to_component(cserver, gw, clients):
 def test_slixmpp_component(cserver, clients):
     """slixmpp's ComponentXMPP logs in and exchanges a message with a user."""
     import asyncio
-    import threading
     from slixmpp.componentxmpp import ComponentXMPP
 
     u = clients.add(cserver.online("sli"))
-    got = {}
-    done = threading.Event()
 
-    def run():
-        loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
+    async def scenario():
         xmpp = ComponentXMPP(GW, SECRET, HOST, cserver.component_port)
+        started = asyncio.get_event_loop().create_future()
+        got = asyncio.get_event_loop().create_future()
+        xmpp.add_event_handler("session_start", lambda _: started.done() or started.set_result(True))
 
         def on_message(msg):
-            got["body"] = msg["body"]
-            got["from"] = str(msg["from"])
+            if not got.done():
+                got.set_result((str(msg["from"]), msg["body"]))
             msg.reply("echo " + msg["body"]).send()
-
-        def on_start(_):
-            got["connected"] = True
-            done.set()
-        xmpp.add_event_handler("session_start", on_start)
         xmpp.add_event_handler("message", on_message)
         xmpp.connect()
-        end = loop.time() + 15
-        while loop.time() < end and "body" not in got:
-            loop.run_until_complete(asyncio.sleep(0.1))
-        loop.run_until_complete(asyncio.sleep(0.5))
+        await asyncio.wait_for(started, 15)
+        mid = u.message(f"echo@{GW}", "ping")
+        frm, body = await asyncio.wait_for(got, 10)
+        assert (frm, body) == (u.jid, "ping")
+        loop = asyncio.get_event_loop()
+        r = await loop.run_in_executor(None, lambda: u.recv(
+            lambda e: e.tag == C("message") and e.findtext(C("body")) == "echo ping", timeout=10, what="echo"))
+        assert r.get("from") == f"echo@{GW}", tostring(r)
+        assert mid
         xmpp.disconnect()
-        loop.run_until_complete(asyncio.sleep(0.5))
-        loop.close()
+        await asyncio.sleep(0.3)
 
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    assert done.wait(15), "slixmpp component did not connect"
-    mid = u.message(f"echo@{GW}", "ping")
-    r = u.recv(lambda e: e.tag == C("message") and e.findtext(C("body")) == "echo ping", timeout=10,
-               what="echo")
-    assert r.get("from", "").endswith(GW)
-    assert got["from"] == u.jid and got["body"] == "ping"
-    assert mid
-    t.join(20)
+    asyncio.run(asyncio.wait_for(scenario(), 40))
 
 
 # ------------------------------------------------------------ cluster
