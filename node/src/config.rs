@@ -1205,6 +1205,55 @@ mod tests {
     }
 
     #[test]
+    fn component_domains_are_checked() {
+        let secret = |c: &mut Config, d: &str| {
+            c.components.secrets.insert(d.into(), "s".into());
+        };
+        let c = checked(|c| secret(c, "GW.a.example")).unwrap();
+        assert!(
+            c.components.secrets.contains_key("gw.a.example"),
+            "normalised"
+        );
+        assert_eq!(c.component_parent("gw.a.example"), Some("a.example"));
+        assert_eq!(c.component_parent("x.gw.b.example"), Some("b.example"));
+        assert_eq!(c.component_parent("xa.example"), None, "no subdomain");
+        let outside = checked(|c| secret(c, "irc.other.net"));
+        assert!(outside.unwrap_err().to_string().contains("other_domains"));
+        assert!(
+            checked(|c| {
+                secret(c, "irc.other.net");
+                c.components.other_domains = vec!["IRC.other.net".into()];
+            })
+            .is_ok()
+        );
+        assert!(
+            checked(|c| secret(c, "a.example")).is_err(),
+            "a served domain"
+        );
+        assert!(
+            checked(|c| secret(c, "conference.a.example")).is_err(),
+            "a MUC service"
+        );
+        assert!(checked(|c| secret(c, "user@gw.a.example")).is_err());
+        assert!(
+            checked(|c| {
+                secret(c, "gw.a.example");
+                c.components
+                    .secrets
+                    .insert("gw.b.example".into(), String::new());
+            })
+            .is_err(),
+            "an empty secret"
+        );
+        let taken = checked(|c| {
+            c.components.enabled = true;
+            c.components.port = c.c2s.port;
+        });
+        assert!(taken.is_err());
+        assert!(checked(|c| c.components.enabled = true).is_ok());
+    }
+
+    #[test]
     fn administrators_by_domain() {
         let c = checked(|c| {
             c.admin.admins = vec!["Root@A.example".into()];

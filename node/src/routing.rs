@@ -229,8 +229,7 @@ async fn republish_once(server: &Server, me: u64) -> Result<(), StoreError> {
     // connection then yields to it.
     for (domain, id) in server.services.components.connected() {
         if !server.storage.claim_component(&domain, id).await?
-            && server.storage.component_route(&domain)
-                != Some((me, id))
+            && server.storage.component_route(&domain) != Some((me, id))
             && let Some(h) = server.services.components.handle(&domain)
         {
             h.close(StreamCondition::Conflict);

@@ -284,8 +284,7 @@ impl<S: Transport> Conn<S> {
             "presence" => "presence",
             _ => "iq",
         };
-        metrics::counter!("starling_component_stanzas_received_total", "kind" => kind)
-            .increment(1);
+        metrics::counter!("starling_component_stanzas_received_total", "kind" => kind).increment(1);
         // RFC 6120 §8.1.2.1 / XEP-0114: the component names itself, at
         // its own domain; every stanza is addressed.
         let (Some(from), Some(to)) = (el.get_attr("from"), el.get_attr("to")) else {
@@ -344,7 +343,8 @@ impl<S: Transport> Conn<S> {
                         el.set_attr("from", from_bare.as_str());
                         el.set_attr("to", bare);
                         let t = ptype.attr().unwrap_or_default();
-                        if let Err(e) = im::deliver_subscription(&server, &from_bare, bare, t, el.clone()).await
+                        if let Err(e) =
+                            im::deliver_subscription(&server, &from_bare, bare, t, el.clone()).await
                         {
                             return self.reply_error(&el, e).await;
                         }
@@ -451,10 +451,7 @@ mod tests {
             for_component(r#"<presence to="a@b"/>"#),
             r#"<presence to="a@b"/>"#
         );
-        assert_eq!(
-            for_component(r#"<iq xmlns="jabber:client"/>"#),
-            r#"<iq/>"#
-        );
+        assert_eq!(for_component(r#"<iq xmlns="jabber:client"/>"#), r#"<iq/>"#);
     }
 
     #[test]

@@ -96,12 +96,11 @@ pub async fn negotiate<S: Transport>(server: &Server, io: S) -> Option<Verified<
         }
     };
     let id = super::new_id();
-    let to = h
-        .to
-        .as_deref()
-        .and_then(|t| jid::BareJid::new(t).ok())
-        .filter(|j| j.node().is_none())
-        .map(|j| j.domain().as_str().to_owned());
+    let to =
+        h.to.as_deref()
+            .and_then(|t| jid::BareJid::new(t).ok())
+            .filter(|j| j.node().is_none())
+            .map(|j| j.domain().as_str().to_owned());
     let from = to.as_deref().unwrap_or(xs.domain.as_str()).to_owned();
     if xs.send_raw(&header(&from, &id)).await.is_err() {
         return None;
