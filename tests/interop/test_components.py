@@ -299,6 +299,14 @@ def test_presence_subscription_from_component(cserver, gw, clients):
     r = u.iq("get", "<query xmlns='jabber:iq:roster'/>")
     items = {i.get("jid"): i.get("subscription") for i in r.iter("{jabber:iq:roster}item")}
     assert items.get(contact) == "from", tostring(r)
+    # A probe from the contact is answered with the user's presence (it has 'from').
+    gw.send_raw(f"<presence from='{contact}/x' to='{u.bare}' type='probe'/>")
+    pr = gw.recv(lambda e: e.tag == K("presence") and e.get("from") == u.jid and
+                 e.get("to") == f"{contact}/x", what="probe answer")
+    assert pr.findtext(K("status")) == "busy", tostring(pr)
+    # ... and one from a JID of the component without a subscription is not.
+    gw.send_raw(f"<presence from='stranger@{GW}' to='{u.bare}' type='probe'/>")
+    gw.expect_nothing(lambda e: e.tag == K("presence") and e.get("to") == f"stranger@{GW}", timeout=0.5)
     # The component's available presence reaches the user.
     gw.send_raw(f"<presence from='{contact}/x' to='{u.bare}'><status>here</status></presence>")
     p = u.recv(lambda e: e.tag == C("presence") and e.get("from") == f"{contact}/x", what="contact presence")
