@@ -462,3 +462,67 @@ def test_component_reached_from_every_node(tmp_path_factory, clients):
             assert cl[i].alive(), cl[i].log_tail()
     finally:
         cl.stop()
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(150)
+def test_component_of_a_killed_node(tmp_path_factory, clients):
+    """The node holding the component dies (kill -9): stanzas for it from the other
+    nodes get <service-unavailable/>, and once the dead node's lease lapsed (its routes
+    dropped) the component logs in on a survivor and is reached again."""
+    def extra(node):
+        if not hasattr(node, "component_port"):
+            node.component_port = pick_port()
+        return ["[components]", "enabled = true", f'bind = "{HOST}"', f"port = {node.component_port}",
+                "[components.secrets]", f'"{GW}" = "{SECRET}"']
+    cl = Cluster(str(tmp_path_factory.mktemp("ckill")), 3, extra_config=extra)
+    try:
+        gw = clients.add(Component(HOST, cl[3].component_port, GW))
+        gw.login(SECRET)
+        u1 = clients.add(cl[1].online("k1"))
+        u2 = clients.add(cl[2].online("k2"))
+        deadline = time.monotonic() + 5
+        while True:
+            mid = u2.message(f"c@{GW}", "before")
+            try:
+                gw.recv_stanza("message", id=mid, timeout=1)
+                break
+            except XMPPTimeout:
+                u2.drain(0.1)
+                assert time.monotonic() < deadline, "the component on node 3 never got node 2's message"
+        t_kill = cl.kill9(3)
+        # A message to it is answered with an error (not lost silently).
+        mid = u2.message(f"c@{GW}", "anyone?")
+        err = u2.recv_stanza("message", id=mid, type="error", timeout=15)
+        assert error_condition(err) == "service-unavailable", tostring(err)
+        cl.figure("component_unavailable_after_kill_s", time.monotonic() - t_kill, "s")
+        r = u1.iq("get", f"<query xmlns='{NS_DISCO_INFO}'/>", to=GW, timeout=15)
+        assert r.get("type") == "error" and error_condition(r) == "service-unavailable", tostring(r)
+        # It logs in on node 1 once node 3's lease lapsed (conflict until then).
+        deadline = time.monotonic() + 30
+        while True:
+            again = clients.add(Component(HOST, cl[1].component_port, GW))
+            again.open()
+            sid = again.header["id"]
+            again.send_raw("<handshake>%s</handshake>" % hashlib.sha1((sid + SECRET).encode()).hexdigest())
+            got = again.recv(lambda e: e.tag == K("handshake") or e.tag.endswith("}error"), timeout=10,
+                             what="handshake answer")
+            if got.tag == K("handshake"):
+                break
+            assert again.stream_error == "conflict", again.stream_error
+            again.shutdown()
+            assert time.monotonic() < deadline, "the component could not log in again after its node died"
+            time.sleep(0.5)
+        cl.figure("component_relogin_after_kill_s", time.monotonic() - t_kill, "s")
+        deadline = time.monotonic() + 5
+        while True:
+            mid = u2.message(f"c@{GW}", "after")
+            try:
+                again.recv_stanza("message", id=mid, timeout=1)
+                break
+            except XMPPTimeout:
+                u2.drain(0.1)
+                assert time.monotonic() < deadline, "the component on node 1 never got node 2's message"
+        cl[1].assert_healthy(u1)
+    finally:
+        cl.stop()
