@@ -214,6 +214,25 @@ def test_messages_both_ways(cserver, gw, clients):
     assert u.recv_stanza("message", id="r2").get("from") == GW
 
 
+def test_messages_with_a_component_are_archived(cserver, gw, clients):
+    """XEP-0313: the user's archive keeps what the user sent to a JID at the component and
+    what came from one; the component gets no stanza-id of the user's archive."""
+    from test_mam import mam, stanza_ids
+    u = clients.add(cserver.online("arc"))
+    mid = u.message(f"pal@{GW}", "sent to the gateway")
+    got = gw.recv_stanza("message", id=mid)
+    assert not got.findall(q("urn:xmpp:sid:0", "stanza-id")), tostring(got)
+    gw.send_raw(f"<message from='pal@{GW}/x' to='{u.jid}' id='in1' type='chat'><body>from the gateway</body></message>")
+    m = u.recv_stanza("message", id="in1")
+    ids = stanza_ids(m, by=u.bare)
+    assert len(ids) == 1, tostring(m)
+    results, fin = mam(u)
+    bodies = [r.body for r in results]
+    assert bodies == ["sent to the gateway", "from the gateway"], bodies
+    assert results[0].msg.get("to") == f"pal@{GW}"
+    assert results[1].id == ids[0]
+
+
 def test_message_to_offline_user_is_stored(cserver, gw, clients):
     jid, user, pw = cserver.new_user("off")
     gw.send_raw(f"<message from='bot@{GW}' to='{jid}' id='off1' type='chat'><body>while away</body></message>")

@@ -274,6 +274,24 @@ async fn route(
         ) if mtype == MessageType::Error => {
             return Ok(());
         }
+        Ok(Destination::Service {
+            kind: crate::services::ServiceKind::Component,
+            ..
+        }) if pass == Pass::First => {
+            // XEP-0313: the sender's copy, as for a message to a user.
+            let mut el = el;
+            match crate::modules::mam::prepare_sent(server, &mut el) {
+                Ok(Some(p)) => {
+                    if let Err(e) = p.commit(server, &mut el).await {
+                        return Err(Box::new((e.into(), el)));
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => return Err(Box::new((e.into(), el))),
+            }
+            crate::services::route(server, el).await;
+            return Ok(());
+        }
         Ok(Destination::Service { .. }) => {
             crate::services::route(server, el).await;
             return Ok(());
