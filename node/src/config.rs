@@ -381,8 +381,8 @@ pub struct ComponentsConfig {
     pub enabled: bool,
     /// Port of the component listener (`jabber:component:accept`).
     pub port: u16,
-    /// Address it listens on: loopback by default (the handshake is
-    /// neither encrypted nor rate-limited).
+    /// Address it listens on: loopback by default (the stream is not
+    /// encrypted; failed handshakes are only slowed down).
     pub bind: String,
     /// Component JID (a domain) -> its shared secret. Each must be a
     /// subdomain of a served domain (listed in that domain's

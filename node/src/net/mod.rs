@@ -182,7 +182,7 @@ pub async fn accept_components(
 ) {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     loop {
-        let (tcp, _peer) = match listener.accept().await {
+        let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed (components)");
@@ -201,7 +201,8 @@ pub async fn accept_components(
             let Ok(tcp) = tokio::net::TcpStream::from_std(std) else {
                 return;
             };
-            if let Some(verified) = crate::stream::accept::negotiate(&server, tcp).await {
+            let ip = peer.ip().to_string();
+            if let Some(verified) = crate::stream::accept::negotiate(&server, tcp, &ip).await {
                 crate::session::component::start(server, verified, slot);
             }
         });

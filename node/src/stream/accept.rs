@@ -73,7 +73,7 @@ fn limits(server: &Server) -> Limits {
 
 /// Reads the component's header and handshake; `None` when the stream
 /// ended (with the stream error sent).
-pub async fn negotiate<S: Transport>(server: &Server, io: S) -> Option<Verified<S>> {
+pub async fn negotiate<S: Transport>(server: &Server, io: S, ip: &str) -> Option<Verified<S>> {
     let cfg = &server.config;
     let domain = cfg.domains.first().cloned().unwrap_or_default();
     let write_timeout = Duration::from_secs(cfg.c2s.write_timeout_secs);
@@ -142,7 +142,12 @@ pub async fn negotiate<S: Transport>(server: &Server, io: S) -> Option<Verified<
         );
     if !ok {
         fail("not-authorized");
-        tracing::info!(component = %domain, "component handshake refused");
+        tracing::info!(component = %domain, ip, "component handshake refused");
+        // Guessing the secret is slowed down as guessing a password is
+        // (`[auth]` failure delays, by address and by component).
+        let key = format!("component:{domain}");
+        server.throttle.record_failure(ip, Some(&key));
+        tokio::time::sleep(server.throttle.failure_delay(ip, Some(&key))).await;
         xs.fail(StreamCondition::NotAuthorized, None).await;
         return None;
     }
