@@ -43,6 +43,7 @@ use tracing::Instrument;
 /// into its outbox, which its stream task writes.
 pub struct ComponentConn {
     outbox: Arc<Outbox>,
+    server: Arc<Server>,
 }
 
 impl Actor for ComponentConn {
@@ -56,7 +57,12 @@ impl Handler<ToSession> for ComponentConn {
         match msg {
             ToSession::Stanza(xml) => {
                 if self.outbox.push(xml.clone()).is_err() {
+                    // Sent while the connection was ending: answered as
+                    // for a component that is not connected.
                     self.outbox.discard(&xml);
+                    if let Some(el) = im::parse_stored(&xml) {
+                        crate::services::component::bounce_unreachable(&self.server, &el);
+                    }
                 }
             }
             ToSession::Close(condition) => self.outbox.close(condition),
@@ -87,7 +93,7 @@ pub fn start<S: Transport + 'static>(
         };
         let task = Box::pin(serve(conn, outbox.clone()).instrument(span));
         ctx.spawn(actix::fut::wrap_future::<_, ComponentConn>(task).map(|(), _, ctx| ctx.stop()));
-        ComponentConn { outbox }
+        ComponentConn { outbox, server }
     });
 }
 
