@@ -992,6 +992,9 @@ pub(crate) fn probe(
     contact: &str,
 ) -> Result<(), StanzaError> {
     if let Some(domain) = crate::services::component::domain_of(server, contact) {
+        if either_blocks(server, prober_full, contact) {
+            return Ok(());
+        }
         // XEP-0114: the component answers for its JIDs itself.
         let el = Element::new("presence", NS_CLIENT)
             .attr("from", prober_bare)
