@@ -349,6 +349,45 @@ def test_user_subscribes_to_component_contact(cserver, gw, clients):
     assert u2.jid
 
 
+def test_component_as_push_app_server(cserver, gw, clients):
+    """XEP-0357 with the app server a component (as push gateways usually are): notified
+    for a message that went to offline storage; an error answer disables the registration."""
+    from test_push import enable, is_push
+
+    def push_at_component(node):
+        def pred(e):
+            return e.tag == K("iq") and is_push(node)(_client_ns(e))
+        return pred
+    a = clients.add(cserver.online("ppa"))
+    jid, _, pw = cserver.new_user("ppu")
+    u = cserver.login(jid, pw, resource="phone")
+    node = "n-" + new_id()
+    assert enable(u, GW, node).get("type") == "result"
+    u.close()
+    time.sleep(0.2)
+    a.message(jid, "one")
+    iq = gw.recv(push_at_component(node), what="first notification")
+    assert iq.get("from") == jid and iq.get("to") == GW
+    gw.send_raw(f"<iq type='result' id='{iq.get('id')}' from='{GW}' to='{jid}'/>")
+    a.message(jid, "two")
+    iq = gw.recv(push_at_component(node), what="second notification")
+    gw.send_raw(f"<iq type='error' id='{iq.get('id')}' from='{GW}' to='{jid}'>"
+                f"<error type='cancel'><item-not-found xmlns='{NS_STANZAS}'/></error></iq>")
+    assert gw.iq_from(GW, "localhost", "get", f"<ping xmlns='{NS_PING}'/>").get("type") == "result"
+    a.message(jid, "three")
+    gw.expect_nothing(push_at_component(node), timeout=1.5, what="a notification after the error")
+
+
+def _client_ns(el):
+    """A copy of a component-namespace stanza in jabber:client (for jabber:client matchers)."""
+    import copy
+    c = copy.deepcopy(el)
+    for e in c.iter():
+        if e.tag.startswith("{%s}" % NS_COMPONENT):
+            e.tag = C(e.tag.split("}", 1)[1])
+    return c
+
+
 def test_spoofed_from_is_invalid_from(cserver, clients):
     victim = clients.add(cserver.online("vic"))
     c = clients.add(cserver.component())

@@ -413,7 +413,12 @@ impl<S: Transport> Conn<S> {
             Destination::Account { bare, .. } => IqTarget::NoAccount(bare),
         };
         if !kind.is_request() {
-            // An answer to the server or an account: nothing waits for it.
+            // An answer to the server or an account: nothing waits for it,
+            // but for an app server's (this component, XEP-0357) to a push
+            // notification: an error disables that registration.
+            if let IqTarget::Account(bare) = target {
+                modules::push::answer(&server, bare, from, &el).await;
+            }
             return Ok(());
         }
         let payloads: Vec<&Element> = el.elements().collect();
