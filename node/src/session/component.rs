@@ -176,7 +176,9 @@ async fn refuse<S: Transport>(c: &mut Conn<S>, condition: StreamCondition) {
 /// the client one (what the rest of the server routes).
 fn to_client_ns(el: &mut Element) {
     if el.ns == NS_COMPONENT {
-        el.ns = NS_CLIENT.to_owned();
+        // In place: the longer name's buffer takes the shorter one.
+        el.ns.clear();
+        el.ns.push_str(NS_CLIENT);
     }
     for c in &mut el.children {
         if let Node::Element(e) = c {
@@ -230,13 +232,12 @@ impl<S: Transport> Conn<S> {
                 msg = outbox.recv() => {
                     match msg {
                         Outgoing::Stanzas(batch) => {
-                            let mut out = String::with_capacity(
-                                batch.iter().map(|x| x.len()).sum::<usize>(),
-                            );
-                            for xml in &batch {
-                                out.push_str(&for_component(xml));
-                            }
-                            if self.xs.send_raw(&out).await.is_err() {
+                            let written = if batch.len() == 1 {
+                                self.xs.send_raw(&for_component(&batch[0])).await
+                            } else {
+                                self.write_batch(&batch).await
+                            };
+                            if written.is_err() {
                                 return End::Done;
                             }
                         }
@@ -254,6 +255,18 @@ impl<S: Transport> Conn<S> {
                 }
             }
         }
+    }
+
+    /// Writes several queued stanzas in one write.
+    async fn write_batch(
+        &mut self,
+        batch: &std::collections::VecDeque<Arc<str>>,
+    ) -> std::io::Result<()> {
+        let mut out = String::with_capacity(batch.iter().map(|x| x.len()).sum::<usize>());
+        for xml in batch {
+            out.push_str(&for_component(xml));
+        }
+        self.xs.send_raw(&out).await
     }
 
     async fn read_end(&mut self, e: ReadError) -> End {
