@@ -90,6 +90,7 @@ pub fn start<S: Transport + 'static>(
             domain: verified.domain,
             handle,
             _slot: slot,
+            behind: im::Behind::new(),
         };
         let task = Box::pin(serve(conn, outbox.clone()).instrument(span));
         ctx.spawn(actix::fut::wrap_future::<_, ComponentConn>(task).map(|(), _, ctx| ctx.stop()));
@@ -104,7 +105,14 @@ struct Conn<S> {
     domain: String,
     handle: SessionHandle,
     _slot: crate::net::ConnSlot,
+    /// Archive writes of messages delivered to sessions of this node
+    /// before they committed (`im::route_message_behind`): a gateway's
+    /// messages share fsyncs instead of waiting for one each.
+    behind: im::Behind,
 }
+
+/// Most archive writes one connection lets go behind its deliveries.
+const MAX_BEHIND: usize = 1024;
 
 /// Why the connection ended.
 enum End {
@@ -146,6 +154,10 @@ async fn serve<S: Transport>(mut c: Conn<S>, outbox: Arc<Outbox>) {
     } else {
         c.run(&outbox).await
     };
+    // The archive writes of what it delivered end before it is gone.
+    while let Some(write) = c.behind.pop_front() {
+        write.await;
+    }
     // Leave the routes first, so nothing more is queued here; what was
     // queued and never written gets the answer an absent component gets.
     server.services.components.detach(&c.domain, id);
@@ -257,6 +269,23 @@ impl<S: Transport> Conn<S> {
         }
     }
 
+    /// Drops the archive writes already ended, and waits for the oldest
+    /// while too many are in flight.
+    async fn prune_behind(&mut self) {
+        use futures::FutureExt;
+        while let Some(write) = self.behind.front_mut() {
+            if write.now_or_never().is_none() {
+                break;
+            }
+            self.behind.pop_front();
+        }
+        while self.behind.len() > MAX_BEHIND {
+            if let Some(write) = self.behind.pop_front() {
+                write.await;
+            }
+        }
+    }
+
     /// Writes several queued stanzas in one write.
     async fn write_batch(
         &mut self,
@@ -333,7 +362,10 @@ impl<S: Transport> Conn<S> {
     }
 
     async fn message(&mut self, el: Element) -> Result<(), End> {
-        match im::route_message(&self.server, el).await {
+        let server = self.server.clone();
+        let routed = im::route_message_behind(&server, el, &mut self.behind).await;
+        self.prune_behind().await;
+        match routed {
             Ok(()) => Ok(()),
             Err(b) => {
                 let (err, el) = *b;

@@ -276,18 +276,20 @@ async fn route(
         }
         Ok(Destination::Service {
             kind: crate::services::ServiceKind::Component,
+            domain,
             ..
         }) if pass == Pass::First => {
-            // XEP-0313: the sender's copy, as for a message to a user.
+            // XEP-0313: the sender's copy, as for a message to a user
+            // (behind the delivery to a component connected here).
             let mut el = el;
-            match crate::modules::mam::prepare_sent(server, &mut el) {
-                Ok(Some(p)) => {
-                    if let Err(e) = p.commit(server, &mut el).await {
-                        return Err(Box::new((e.into(), el)));
-                    }
-                }
-                Ok(None) => {}
+            let prepared = match crate::modules::mam::prepare_sent(server, &mut el) {
+                Ok(p) => p,
                 Err(e) => return Err(Box::new((e.into(), el))),
+            };
+            let here = server.services.components.handle(domain).is_some();
+            let mut archiving = Archiving { prepared, behind };
+            if let Err(e) = archiving.before(server, &mut el, here).await {
+                return Err(Box::new((e.into(), el)));
             }
             crate::services::route(server, el).await;
             return Ok(());
