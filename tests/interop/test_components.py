@@ -388,6 +388,27 @@ def _client_ns(el):
     return c
 
 
+def test_component_user_in_a_local_room(cserver, gw, clients):
+    """A gateway's user (a JID at the component) joins a MUC room of the server: it gets
+    the room's presence and groupchat through the component, and speaks in it."""
+    from test_muc import instant, recv_gc
+    NS_MUC = "http://jabber.org/protocol/muc"
+    u = clients.add(cserver.online("mucu"))
+    room = f"r{uuid.uuid4().hex[:8]}@conference.localhost"
+    instant(u, room, "owner")
+    gw.send_raw(f"<presence from='irc@{GW}/x' to='{room}/ircnick'><x xmlns='{NS_MUC}'/></presence>")
+    own = gw.recv(lambda e: e.tag == K("presence") and e.get("from") == f"{room}/ircnick", timeout=10,
+                  what="own presence in the room")
+    assert own.get("to") == f"irc@{GW}/x" and own.get("type") is None, tostring(own)
+    u.recv(lambda e: e.tag == C("presence") and e.get("from") == f"{room}/ircnick", what="join seen")
+    u.message(room, "hello bridge", type_="groupchat")
+    m = gw.recv(lambda e: e.tag == K("message") and e.findtext(K("body")) == "hello bridge", timeout=10,
+                what="groupchat at the component")
+    assert m.get("from") == f"{room}/owner" and m.get("to") == f"irc@{GW}/x"
+    gw.send_raw(f"<message from='irc@{GW}/x' to='{room}' type='groupchat'><body>hello room</body></message>")
+    assert recv_gc(u, room, "hello room").get("from") == f"{room}/ircnick"
+
+
 def test_spoofed_from_is_invalid_from(cserver, clients):
     victim = clients.add(cserver.online("vic"))
     c = clients.add(cserver.component())

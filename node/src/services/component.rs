@@ -143,6 +143,33 @@ pub fn send(server: &Server, domain: &str, el: &Element) -> bool {
     sent
 }
 
+/// Queues a stanza serialised for `to` (a JID at a component) without
+/// waiting; false when `to` is at no connected component. For senders that
+/// serialise once for many recipients (a room's fan-out).
+pub fn send_serialised(server: &Server, to: &str, xml: &Arc<str>) -> bool {
+    let Some(domain) = domain_of(server, to) else {
+        return false;
+    };
+    let sent = match locate(server, domain) {
+        Where::Here(h) => h.send_shared(xml),
+        Where::Node { node, session } => {
+            let env = Envelope {
+                kind: KIND_COMPONENT,
+                to: to.to_owned(),
+                session_id: session,
+                stanza: xml.as_bytes().to_vec(),
+                ..Envelope::default()
+            };
+            server.storage.store.deliver(node, env).is_ok()
+        }
+        Where::Nowhere => false,
+    };
+    if sent {
+        crate::hot_counter!("starling_component_stanzas_sent_total").increment(1);
+    }
+    sent
+}
+
 /// Delivers `el` to its component and, for another node, waits for its
 /// answer; hands the stanza back when the component is not connected.
 pub async fn deliver(server: &Server, domain: &str, el: Element) -> Result<(), Element> {
