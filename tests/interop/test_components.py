@@ -26,6 +26,7 @@ NS_PING = "urn:xmpp:ping"
 
 GW = "gw.localhost"
 GW2 = "other.example.org"
+GW3 = "irc.elsewhere.net"  # no subdomain of a served domain: allowed by other_domains
 SECRET = "s3cret-" + uuid.uuid4().hex[:6]
 
 
@@ -97,7 +98,9 @@ class ComponentServer(StarlingServer):
         with open(self.config_path, "a") as f:
             f.write("\n".join([
                 "", "[components]", "enabled = true", f'bind = "{HOST}"', f"port = {self.component_port}",
-                "[components.secrets]", f'"{GW}" = "{SECRET}"', f'"{GW2}" = "{SECRET}2"', "",
+                f'other_domains = ["{GW3}"]',
+                "[components.secrets]", f'"{GW}" = "{SECRET}"', f'"{GW2}" = "{SECRET}2"',
+                f'"{GW3}" = "{SECRET}3"', "",
             ]))
 
     def start(self):
@@ -293,8 +296,16 @@ def test_component_listed_in_disco_items_of_its_domain(cserver, clients):
     r = u.iq("get", f"<query xmlns='{NS_DISCO_ITEMS}'/>", to="localhost")
     jids = [i.get("jid") for i in r.iter(f"{{{NS_DISCO_ITEMS}}}item")]
     assert GW in jids, tostring(r)
-    # A component outside the served domains is listed nowhere.
-    assert GW2 not in jids
+    assert GW2 not in jids and GW3 not in jids
+    # Another served domain lists its own; one outside the served domains is listed nowhere.
+    r = u.iq("get", f"<query xmlns='{NS_DISCO_ITEMS}'/>", to="example.org")
+    jids = [i.get("jid") for i in r.iter(f"{{{NS_DISCO_ITEMS}}}item")]
+    assert GW2 in jids and GW not in jids and GW3 not in jids, tostring(r)
+    # It is reachable all the same.
+    c = clients.add(cserver.component(domain=GW3))
+    c.login(SECRET + "3")
+    mid = u.message(f"nick@{GW3}", "elsewhere")
+    assert c.recv_stanza("message", id=mid).get("from") == u.jid
 
 
 def test_presence_subscription_from_component(cserver, gw, clients):
