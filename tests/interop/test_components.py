@@ -439,6 +439,28 @@ def test_spoofed_from_is_invalid_from(cserver, clients):
     cserver.assert_healthy(victim)
 
 
+def test_bad_stanzas_from_a_component(cserver, gw, clients):
+    # A malformed 'to' is a stanza error; the connection goes on.
+    gw.send_raw(f"<message from='a@{GW}' to='a@b@c' id='bad1'><body>x</body></message>")
+    err = gw.recv_stanza("message", id="bad1", type="error")
+    assert error_condition(err) == "jid-malformed"
+    iq = gw.iq_from(GW, "localhost", "get", f"<ping xmlns='{NS_PING}'/>")
+    assert iq.get("type") == "result"
+    # An IQ without an id, or with two payloads to the server: bad-request.
+    gw.send_raw(f"<iq from='{GW}' to='localhost' type='get' id='two'><ping xmlns='{NS_PING}'/>"
+                f"<ping xmlns='{NS_PING}'/></iq>")
+    assert error_condition(gw.recv_stanza("iq", id="two", type="error")) == "bad-request"
+    # To another domain: no federation here.
+    r = gw.iq_from(GW, "example.net", "get", f"<ping xmlns='{NS_PING}'/>")
+    assert error_condition(r) == "remote-server-not-found", tostring(r)
+    # Something that is no stanza ends the stream.
+    other = clients.add(cserver.component(domain=GW2))
+    other.login(SECRET + "2")
+    other.send_raw("<foo xmlns='urn:example:x'/>")
+    assert other.expect_stream_error() == "unsupported-stanza-type"
+    cserver.assert_healthy()
+
+
 def test_component_to_component(cserver, gw, clients):
     other = clients.add(cserver.component(domain=GW2))
     other.login(SECRET + "2")
