@@ -199,6 +199,40 @@ def test_second_connection_for_a_component_is_conflict(cserver, gw, clients):
     assert r.get("type") == "result"
 
 
+def test_component_port_flag_and_defaults(tmp_path, clients):
+    """`starling serve --component-port P` moves the listener (the config file only
+    enables it); with `enabled` left at its default there is no listener at all."""
+    import subprocess
+    from conftest import STARLING_BIN, _stop_pid, child_env
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("\n".join(["[components]", "enabled = true", "[components.secrets]",
+                               f'"{GW}" = "{SECRET}"', ""]))
+    off = tmp_path / "off.toml"
+    off.write_text("\n".join(["[components.secrets]", f'"{GW}" = "{SECRET}"', ""]))
+    for conf, enabled in ((cfg, True), (off, False)):
+        data = tmp_path / f"data-{enabled}"
+        c2s, port = free_port(), free_port()
+        cmd = [STARLING_BIN, "serve", "--data-dir", str(data), "--domain", "localhost",
+               "--c2s-port", str(c2s), "--c2s-tls-port", str(free_port()), "--metrics-port", "0",
+               "--cluster-port", str(free_port()), "--component-port", str(port), "--config", str(conf)]
+        with open(tmp_path / f"log-{enabled}", "wb") as log:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    cwd=str(tmp_path), env=child_env())
+        try:
+            wait_port(c2s, 60, proc)
+            if enabled:
+                wait_port(port, 10, proc)
+                c = clients.add(Component(HOST, port, GW))
+                c.login(SECRET)
+                r = c.iq_from(GW, "localhost", "get", f"<ping xmlns='{NS_PING}'/>")
+                assert r.get("type") == "result"
+            else:
+                with pytest.raises(OSError):
+                    Component(HOST, port, GW).connect()
+        finally:
+            _stop_pid(proc)
+
+
 # ------------------------------------------------------------ routing
 
 def test_messages_both_ways(cserver, gw, clients):
