@@ -669,6 +669,7 @@ def test_component_of_a_killed_node(tmp_path_factory, clients):
             except XMPPTimeout:
                 u2.drain(0.1)
                 assert time.monotonic() < deadline, "the component on node 1 never got node 2's message"
+        cl.wait_leader(exclude=(3,), via=1)
         cl[1].assert_healthy(u1)
     finally:
         cl.stop()
