@@ -461,15 +461,23 @@ def test_spoofed_from_is_invalid_from(cserver, clients):
     c.send_raw(f"<message from='admin@localhost' to='{victim.jid}' id='spoof'><body>x</body></message>")
     assert c.expect_stream_error() == "invalid-from"
     victim.expect_nothing(lambda e: e.get("id") == "spoof", timeout=0.5)
-    # Another component's domain is no better; a missing from is improper addressing.
+    # Another component's domain is no better, nor is no 'from' at all.
     c2 = clients.add(cserver.component())
     c2.login(SECRET)
     c2.send_raw(f"<message from='x@{GW2}' to='{victim.jid}'><body>x</body></message>")
     assert c2.expect_stream_error() == "invalid-from"
     c3 = clients.add(cserver.component())
     c3.login(SECRET)
-    c3.send_raw(f"<message to='{victim.jid}'><body>x</body></message>")
-    assert c3.expect_stream_error() == "improper-addressing"
+    c3.send_raw(f"<message to='{victim.jid}' id='nofrom'><body>x</body></message>")
+    assert c3.expect_stream_error() == "invalid-from"
+    victim.expect_nothing(lambda e: e.get("id") == "nofrom", timeout=0.5)
+    # No 'to': bad-request, and the connection goes on.
+    c4 = clients.add(cserver.component())
+    c4.login(SECRET)
+    c4.send_raw(f"<presence from='{GW}' id='noto'/>")
+    err = c4.recv_stanza("presence", id="noto", type="error")
+    assert error_condition(err) == "bad-request" and err.get("to") == GW
+    assert c4.iq_from(GW, "localhost", "get", f"<ping xmlns='{NS_PING}'/>").get("type") == "result"
     cserver.assert_healthy(victim)
 
 

@@ -10,10 +10,10 @@
 //! offline storage and the archive, subscription presence through the
 //! user's roster, presence and IQs to resources), to the server and to an
 //! account's bare JID for the modules to answer, and to hosted services
-//! and other components. Its `from` must be at its own domain, else the
-//! stream ends with `<invalid-from/>` (RFC 6120 §4.9.3.9); a stanza
-//! without `to` or `from` ends it with `<improper-addressing/>`
-//! (§4.9.3.14).
+//! and other components. Its `from` must be present and at its own domain,
+//! else the stream ends with `<invalid-from/>` (RFC 6120 §4.9.3.9); a
+//! stanza without `to` is answered with `<bad-request/>` (the server cannot
+//! tell whom it is for; one bad stanza does not cut a gateway's users off).
 //!
 //! One connection per component domain in the whole cluster: a second is
 //! refused with `<conflict/>` (XEP-0114 §3 leaves the choice to the
@@ -334,13 +334,16 @@ impl<S: Transport> Conn<S> {
         };
         metrics::counter!("starling_component_stanzas_received_total", "kind" => kind).increment(1);
         // RFC 6120 §8.1.2.1 / XEP-0114: the component names itself, at
-        // its own domain; every stanza is addressed.
-        let (Some(from), Some(to)) = (el.get_attr("from"), el.get_attr("to")) else {
-            return Err(End::Error(StreamCondition::ImproperAddressing));
-        };
-        let from = match jid::Jid::new(from) {
-            Ok(j) if j.domain().as_str() == self.domain => j.to_string(),
+        // its own domain.
+        let from = match el.get_attr("from").map(jid::Jid::new) {
+            Some(Ok(j)) if j.domain().as_str() == self.domain => j.to_string(),
             _ => return Err(End::Error(StreamCondition::InvalidFrom)),
+        };
+        let Some(to) = el.get_attr("to") else {
+            el.set_attr("from", from.as_str());
+            let err =
+                StanzaError::with_text(Condition::BadRequest, "a component's stanza needs a 'to'");
+            return self.reply_error(&el, err).await;
         };
         let to = jid::Jid::new(to).map(|j| j.to_string());
         el.set_attr("from", from.as_str());
