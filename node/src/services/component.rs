@@ -173,7 +173,16 @@ pub fn send_serialised(server: &Server, to: &str, xml: &Arc<str>) -> bool {
 /// Delivers `el` to its component and, for another node, waits for its
 /// answer; hands the stanza back when the component is not connected.
 pub async fn deliver(server: &Server, domain: &str, el: Element) -> Result<(), Element> {
-    let sent = match locate(server, domain) {
+    let mut at = locate(server, domain);
+    let store = &server.storage.store;
+    if matches!(at, Where::Nowhere) && store.has_peers() {
+        // Not taken for gone on a lagging replica: a component that just
+        // connected to another node may not be applied here yet.
+        if store.registry_barrier().await.is_ok() {
+            at = locate(server, domain);
+        }
+    }
+    let sent = match at {
         Where::Here(h) => h.send_shared(&el.to_stream_xml(NS_CLIENT).into()),
         Where::Node { node, session } => {
             let xml = el.to_stream_xml(NS_CLIENT);
