@@ -365,7 +365,7 @@ pub async fn expire(
     timeout: Duration,
 ) -> Result<(), StoreError> {
     if let Some(g) = registry.active() {
-        internal_write(&g.writes, vec![routes::drop_node(id)], timeout).await?;
+        internal_write(&g.writes, routes::drop_node_all(id), timeout).await?;
     }
     internal_write(writes, expire_ops(id), timeout).await
 }

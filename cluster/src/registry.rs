@@ -88,7 +88,12 @@ const READY_WAIT: Duration = Duration::from_secs(5);
 pub fn is_registry_space(space: &str) -> bool {
     matches!(
         space,
-        routes::ROUTES | routes::NODE_ROUTES | READY | SM_SESSIONS
+        routes::ROUTES
+            | routes::NODE_ROUTES
+            | routes::COMPONENTS
+            | routes::NODE_COMPONENTS
+            | READY
+            | SM_SESSIONS
     )
 }
 
@@ -451,12 +456,14 @@ impl Registry {
         if !self.cleaned.swap(true, Ordering::SeqCst) {
             let me = self.shared.node_id;
             let _ = group.barrier().await;
-            let left = group
-                .tree(routes::NODE_ROUTES)
-                .and_then(|t| t.count_prefix(&me.to_be_bytes()).map_err(storage))
-                .unwrap_or(0);
-            if left > 0
-                && let Err(e) = group.write(vec![routes::drop_node(me)]).await
+            let left = |index| {
+                group
+                    .tree(index)
+                    .and_then(|t| t.count_prefix(&me.to_be_bytes()).map_err(storage))
+                    .unwrap_or(0)
+            };
+            if left(routes::NODE_ROUTES) + left(routes::NODE_COMPONENTS) > 0
+                && let Err(e) = group.write(routes::drop_node_all(me)).await
             {
                 tracing::warn!(error = %e, "registry: dropping this node's old routes failed");
             }

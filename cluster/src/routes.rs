@@ -130,3 +130,78 @@ pub fn drop_node(node_id: u64) -> Op {
         prefix: node_id.to_be_bytes().to_vec(),
     }
 }
+
+/// Space (registry group): XEP-0114 component domain -> `node_id ++
+/// session id` of the one connection that serves it in the cluster.
+pub const COMPONENTS: &str = "component_route";
+/// Space (registry group): `node_id ++ domain` -> empty, the index of
+/// each node's components (dropped with its routes).
+pub const NODE_COMPONENTS: &str = "node_component";
+
+fn component_index_key(node_id: u64, domain: &str) -> Vec<u8> {
+    let mut k = node_id.to_be_bytes().to_vec();
+    k.extend_from_slice(domain.as_bytes());
+    k
+}
+
+/// `node_id ++ session`: the value of a component's route, and the prefix
+/// that says a route is still that connection's.
+pub fn component_value(node_id: u64, session: u64) -> Vec<u8> {
+    let mut v = node_id.to_be_bytes().to_vec();
+    v.extend_from_slice(&session.to_be_bytes());
+    v
+}
+
+/// The node and session of a stored component route.
+pub fn parse_component_value(v: &[u8]) -> Option<(u64, u64)> {
+    let (node, session) = v.split_at_checked(8)?;
+    Some((
+        u64::from_be_bytes(node.try_into().ok()?),
+        u64::from_be_bytes(session.try_into().ok()?),
+    ))
+}
+
+/// The ops that claim `domain` for a component connection: the write
+/// fails with `OpResult::Exists` while another connection holds it.
+pub fn claim_component(node_id: u64, domain: &str, session: u64) -> Vec<Op> {
+    vec![
+        Op::Insert {
+            space: COMPONENTS.into(),
+            key: domain.as_bytes().to_vec(),
+            value: component_value(node_id, session),
+        },
+        Op::Put {
+            space: NODE_COMPONENTS.into(),
+            key: component_index_key(node_id, domain),
+            value: Vec::new(),
+        },
+    ]
+}
+
+/// The ops that let `domain` go if this connection still holds it.
+pub fn release_component(node_id: u64, domain: &str, session: u64) -> Vec<Op> {
+    vec![
+        Op::DeleteIf {
+            space: COMPONENTS.into(),
+            key: domain.as_bytes().to_vec(),
+            prefix: component_value(node_id, session),
+        },
+        Op::Delete {
+            space: NODE_COMPONENTS.into(),
+            key: component_index_key(node_id, domain),
+        },
+    ]
+}
+
+/// The ops that drop every route (sessions and components) `node_id`
+/// still owns: when it dies or restarts.
+pub fn drop_node_all(node_id: u64) -> Vec<Op> {
+    vec![
+        drop_node(node_id),
+        Op::DeleteIndexed {
+            space: COMPONENTS.into(),
+            index: NODE_COMPONENTS.into(),
+            prefix: node_id.to_be_bytes().to_vec(),
+        },
+    ]
+}

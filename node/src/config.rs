@@ -34,6 +34,8 @@ pub struct Config {
     pub upload: UploadConfig,
     pub websocket: WebSocketConfig,
     pub s2s: S2sConfig,
+    /// XEP-0114 external components (gateways, bridges).
+    pub components: ComponentsConfig,
     /// Server administrators (XEP-0133 service administration).
     pub admin: AdminConfig,
     /// XEP-0215 external services (STUN/TURN) announced to clients.
@@ -62,6 +64,7 @@ impl Default for Config {
             upload: UploadConfig::default(),
             websocket: WebSocketConfig::default(),
             s2s: S2sConfig::default(),
+            components: ComponentsConfig::default(),
             admin: AdminConfig::default(),
             external_services: Vec::new(),
         }
@@ -422,6 +425,128 @@ impl Default for S2sConfig {
             max_queue: 1000,
             secret: None,
         }
+    }
+}
+
+/// XEP-0114 external components: a listener where gateways and bridges
+/// (Slidge, Biboumi, Spectrum2) log in with a shared secret as a domain of
+/// their own, and the secret of each.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ComponentsConfig {
+    /// Off by default: the port logs in with a shared secret only.
+    pub enabled: bool,
+    /// Port of the component listener (`jabber:component:accept`).
+    pub port: u16,
+    /// Address it listens on: loopback by default (the stream is not
+    /// encrypted; failed handshakes are only slowed down).
+    pub bind: String,
+    /// Component JID (a domain) -> its shared secret. Each must be a
+    /// subdomain of a served domain (listed in that domain's
+    /// disco#items) or be named in `other_domains`.
+    pub secrets: std::collections::BTreeMap<String, String>,
+    /// Component domains allowed although they are no subdomain of a
+    /// served domain (listed in no domain's disco#items).
+    pub other_domains: Vec<String>,
+    /// Stanzas and bytes waiting for one component's socket at most (its
+    /// connection carries a whole gateway's traffic).
+    pub mailbox_size: usize,
+    pub mailbox_bytes: usize,
+}
+
+impl Default for ComponentsConfig {
+    fn default() -> Self {
+        ComponentsConfig {
+            enabled: false,
+            port: 5347,
+            bind: "127.0.0.1".into(),
+            secrets: Default::default(),
+            other_domains: Vec::new(),
+            mailbox_size: 10_000,
+            mailbox_bytes: 64 << 20,
+        }
+    }
+}
+
+impl Config {
+    /// Normalises the component domains and checks each is allowed: a
+    /// subdomain of a served domain or listed in `other_domains`, and
+    /// neither a served domain nor another service's.
+    fn check_components(&mut self) -> anyhow::Result<()> {
+        let normalise = |key: &str, d: &str| -> anyhow::Result<String> {
+            let jid = jid::BareJid::new(d)
+                .ok()
+                .filter(|j| j.node().is_none())
+                .ok_or_else(|| anyhow::anyhow!("{key}: {d:?} is not a domain"))?;
+            Ok(jid.domain().as_str().to_owned())
+        };
+        let mut others = Vec::new();
+        for d in &self.components.other_domains {
+            others.push(normalise("components.other_domains", d)?);
+        }
+        self.components.other_domains = others;
+        let mut secrets = std::collections::BTreeMap::new();
+        for (d, secret) in &self.components.secrets {
+            let domain = normalise("components.secrets", d)?;
+            if secret.is_empty() {
+                anyhow::bail!("components.secrets: {d:?} has an empty secret");
+            }
+            if self.serves(&domain) {
+                anyhow::bail!("components.secrets: {d:?} is a served domain");
+            }
+            let services = [
+                (self.muc.enabled, &self.muc.subdomain),
+                (self.upload.enabled, &self.upload.subdomain),
+                (self.pubsub.enabled, &self.pubsub.subdomain),
+            ];
+            for (on, sub) in services {
+                if on && self.domains.iter().any(|p| domain == format!("{sub}.{p}")) {
+                    anyhow::bail!("components.secrets: {d:?} is a hosted service's domain");
+                }
+            }
+            if self.component_parent(&domain).is_none()
+                && !self.components.other_domains.contains(&domain)
+            {
+                anyhow::bail!(
+                    "components.secrets: {d:?} is no subdomain of a served domain \
+                     (list it in components.other_domains to allow it)"
+                );
+            }
+            secrets.insert(domain, secret.clone());
+        }
+        self.components.secrets = secrets;
+        if self.components.enabled {
+            if self.components.port == 0 {
+                anyhow::bail!("components.port must not be 0");
+            }
+            if [self.c2s.port, self.c2s.tls_port, self.cluster.port].contains(&self.components.port)
+                || self.websocket.enabled && self.websocket.port == self.components.port
+            {
+                anyhow::bail!("components.port is taken by another listener");
+            }
+            if self.components.mailbox_size == 0
+                || self.components.mailbox_bytes < self.c2s.max_stanza_size
+            {
+                anyhow::bail!(
+                    "components.mailbox_size must be positive and components.mailbox_bytes \
+                     must hold one stanza of c2s.max_stanza_size"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The served domain `domain` is a subdomain of (the longest), if any.
+    pub fn component_parent(&self, domain: &str) -> Option<&str> {
+        self.domains
+            .iter()
+            .filter(|p| {
+                domain
+                    .strip_suffix(p.as_str())
+                    .is_some_and(|head| head.len() > 1 && head.ends_with('.'))
+            })
+            .max_by_key(|p| p.len())
+            .map(String::as_str)
     }
 }
 
@@ -1127,6 +1252,7 @@ impl Config {
         }
         self.upload.check()?;
         self.check_websocket()?;
+        self.check_components()?;
         for s in &self.external_services {
             s.check()?;
         }
@@ -1215,6 +1341,55 @@ mod tests {
         let clash = checked(|c| c.s2s.port = c.c2s.port);
         assert!(clash.unwrap_err().to_string().contains("s2s.port"));
         assert!(checked(|c| c.s2s.port = 0).is_ok(), "0: no listener");
+    }
+
+    #[test]
+    fn component_domains_are_checked() {
+        let secret = |c: &mut Config, d: &str| {
+            c.components.secrets.insert(d.into(), "s".into());
+        };
+        let c = checked(|c| secret(c, "GW.a.example")).unwrap();
+        assert!(
+            c.components.secrets.contains_key("gw.a.example"),
+            "normalised"
+        );
+        assert_eq!(c.component_parent("gw.a.example"), Some("a.example"));
+        assert_eq!(c.component_parent("x.gw.b.example"), Some("b.example"));
+        assert_eq!(c.component_parent("xa.example"), None, "no subdomain");
+        let outside = checked(|c| secret(c, "irc.other.net"));
+        assert!(outside.unwrap_err().to_string().contains("other_domains"));
+        assert!(
+            checked(|c| {
+                secret(c, "irc.other.net");
+                c.components.other_domains = vec!["IRC.other.net".into()];
+            })
+            .is_ok()
+        );
+        assert!(
+            checked(|c| secret(c, "a.example")).is_err(),
+            "a served domain"
+        );
+        assert!(
+            checked(|c| secret(c, "conference.a.example")).is_err(),
+            "a MUC service"
+        );
+        assert!(checked(|c| secret(c, "user@gw.a.example")).is_err());
+        assert!(
+            checked(|c| {
+                secret(c, "gw.a.example");
+                c.components
+                    .secrets
+                    .insert("gw.b.example".into(), String::new());
+            })
+            .is_err(),
+            "an empty secret"
+        );
+        let taken = checked(|c| {
+            c.components.enabled = true;
+            c.components.port = c.c2s.port;
+        });
+        assert!(taken.is_err());
+        assert!(checked(|c| c.components.enabled = true).is_ok());
     }
 
     #[test]

@@ -55,6 +55,9 @@ enum Command {
         /// Prometheus /metrics port; 0 disables.
         #[arg(long)]
         metrics_port: Option<u16>,
+        /// XEP-0114 component port (`[components] port`).
+        #[arg(long)]
+        component_port: Option<u16>,
         /// Node-to-node gRPC port.
         #[arg(long)]
         cluster_port: Option<u16>,
@@ -178,6 +181,7 @@ fn main() -> std::process::ExitCode {
             c2s_port,
             c2s_tls_port,
             metrics_port,
+            component_port,
             cluster_port,
             upload_port,
             s2s_port,
@@ -202,6 +206,9 @@ fn main() -> std::process::ExitCode {
             }
             if let Some(p) = metrics_port {
                 cfg.metrics.port = p;
+            }
+            if let Some(p) = component_port {
+                cfg.components.port = p;
             }
             if let Some(p) = cluster_port {
                 cfg.cluster.port = p;

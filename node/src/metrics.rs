@@ -24,6 +24,26 @@ pub fn describe() {
         "Bytes read from client connections"
     );
     describe_counter!("starling_stanzas_routed_total", "Stanzas routed, by kind");
+    describe_gauge!(
+        "starling_components_connected",
+        "XEP-0114 component connections on this node"
+    );
+    describe_counter!(
+        "starling_component_handshakes_total",
+        "XEP-0114 component logins, by result"
+    );
+    describe_counter!(
+        "starling_component_stanzas_received_total",
+        "Stanzas received from components, by kind"
+    );
+    describe_counter!(
+        "starling_component_stanzas_sent_total",
+        "Stanzas handed to a component connection"
+    );
+    describe_counter!(
+        "starling_component_unavailable_total",
+        "Stanzas for a component that was not connected, answered with service-unavailable"
+    );
     describe_counter!(
         "starling_upload_files_total",
         "Files uploaded through this node (XEP-0363)"

@@ -224,6 +224,17 @@ async fn republish_once(server: &Server, me: u64) -> Result<(), StoreError> {
     if !ops.is_empty() {
         server.storage.store.write(ops).await?;
     }
+    // This node's components (XEP-0114): a new epoch starts without them.
+    // One that connected to another node meanwhile keeps that claim; this
+    // connection then yields to it.
+    for (domain, id) in server.services.components.connected() {
+        if !server.storage.claim_component(&domain, id).await?
+            && server.storage.component_route(&domain) != Some((me, id))
+            && let Some(h) = server.services.components.handle(&domain)
+        {
+            h.close(StreamCondition::Conflict);
+        }
+    }
     // Sessions that ended while their route was being written: their own
     // removal may have come first.
     for (bare, resource, session) in written {
@@ -267,6 +278,9 @@ impl LocalDelivery for NodeDelivery {
             crate::services::KIND_SERVICE => return crate::services::from_node(&server, env),
             crate::services::KIND_FANOUT => {
                 return crate::services::fanout_from_node(&server, env);
+            }
+            crate::services::component::KIND_COMPONENT => {
+                return crate::services::component::from_node(&server, env);
             }
             crate::modules::blocking::KIND_BLOCKLIST => {
                 return crate::modules::blocking::from_node(&server, &env);

@@ -243,6 +243,22 @@ async fn run_listeners(server: Arc<Server>) -> anyhow::Result<()> {
         ));
     }
     crate::s2s::start_listener(server.clone()).await;
+    let components = &server.config.components;
+    if components.enabled {
+        let addr = format!("{}:{}", components.bind, components.port);
+        let sock: std::net::SocketAddr = tokio::net::lookup_host(&addr)
+            .await
+            .with_context(|| format!("resolving {addr}"))?
+            .next()
+            .with_context(|| format!("no address for {addr}"))?;
+        let listener = crate::net::listen(sock).with_context(|| format!("listening on {addr}"))?;
+        tracing::info!(%addr, components = ?components.secrets.keys().collect::<Vec<_>>(), "component listener (XEP-0114)");
+        actix_rt::spawn(crate::net::accept_components(
+            server.clone(),
+            listener,
+            handles.clone(),
+        ));
+    }
     let upload = crate::http::upload::start(server.clone()).await?;
     shutdown_signal().await;
     if let Some(h) = upload {
@@ -259,6 +275,11 @@ async fn run_listeners(server: Arc<Server>) -> anyhow::Result<()> {
         server
             .router
             .close_all(&bare, StreamCondition::SystemShutdown);
+    }
+    for (domain, _) in server.services.components.connected() {
+        if let Some(h) = server.services.components.handle(&domain) {
+            h.close(StreamCondition::SystemShutdown);
+        }
     }
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     for a in arbiters {

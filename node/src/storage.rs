@@ -711,6 +711,39 @@ impl Storage {
         route.await
     }
 
+    // --- component routes (XEP-0114; layout in `starling_cluster::routes`) ---
+
+    /// Claims `domain` for this node's component connection `session`:
+    /// false when another connection holds it anywhere in the cluster.
+    /// Nothing is written without a registry group (this node alone).
+    pub async fn claim_component(&self, domain: &str, session: u64) -> Result<bool, StoreError> {
+        if !self.store.registry_active() {
+            return Ok(true);
+        }
+        let ops = routes::claim_component(self.store.node_id(), domain, session);
+        let results = self.write(ops).await?;
+        Ok(results.first() != Some(&OpResult::Exists))
+    }
+
+    /// Lets `domain` go if this node's connection `session` still holds it.
+    pub async fn release_component(&self, domain: &str, session: u64) -> Result<(), StoreError> {
+        if !self.store.registry_active() {
+            return Ok(());
+        }
+        let ops = routes::release_component(self.store.node_id(), domain, session);
+        self.write(ops).await.map(drop)
+    }
+
+    /// The node and connection holding the component `domain`, from this
+    /// node's replica of the registry.
+    pub fn component_route(&self, domain: &str) -> Option<(u64, u64)> {
+        self.store
+            .get(routes::COMPONENTS, domain.as_bytes())
+            .ok()
+            .flatten()
+            .and_then(|v| routes::parse_component_value(&v))
+    }
+
     fn pending_last(
         &self,
     ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, LastActivity>> {

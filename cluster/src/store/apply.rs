@@ -434,6 +434,47 @@ mod tests {
     }
 
     #[test]
+    fn one_component_connection_per_domain_dropped_with_its_node() {
+        use crate::routes;
+        let base = Mem::default();
+        let mut ov = Overlay::default();
+        let claim = |node, session| routes::claim_component(node, "gw.example", session);
+        assert_eq!(
+            ov.apply_write(&base, &claim(1, 7)).unwrap()[0],
+            OpResult::Done
+        );
+        // The same claim again (a retried write, a new registry epoch): fine.
+        assert_eq!(
+            ov.apply_write(&base, &claim(1, 7)).unwrap()[0],
+            OpResult::Done
+        );
+        // Another connection, here or on another node: refused, nothing written.
+        for (node, session) in [(1, 8), (2, 7)] {
+            assert_eq!(
+                ov.apply_write(&base, &claim(node, session)).unwrap(),
+                vec![OpResult::Exists, OpResult::Aborted]
+            );
+        }
+        // Only the holder lets it go.
+        ov.apply_write(&base, &routes::release_component(2, "gw.example", 7))
+            .unwrap();
+        let held = |ov: &Overlay| ov.get(&base, routes::COMPONENTS, b"gw.example").unwrap();
+        assert_eq!(held(&ov), Some(routes::component_value(1, 7)));
+        // Its node dies: gone with the node's session routes.
+        let r = ov.apply_write(&base, &routes::drop_node_all(1)).unwrap();
+        assert_eq!(r.len(), 2);
+        assert_eq!(held(&ov), None);
+        assert_eq!(
+            ov.apply_write(&base, &claim(2, 9)).unwrap()[0],
+            OpResult::Done
+        );
+        assert_eq!(
+            routes::parse_component_value(&held(&ov).unwrap()),
+            Some((2, 9))
+        );
+    }
+
+    #[test]
     fn delete_if_and_expect_check_the_owner() {
         let mut base = Mem::default();
         base.0

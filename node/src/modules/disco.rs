@@ -78,11 +78,12 @@ fn handle<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
             // an account that does not exist, nor anywhere else.
             if let (IqTarget::Server(domain), None) = (ctx.target, node) {
                 for (jid, h) in ctx.server.services.of_parent(domain) {
-                    q = q.child(
-                        Element::new("item", NS_ITEMS)
-                            .attr("jid", jid)
-                            .attr("name", h.name.as_str()),
-                    );
+                    let mut item = Element::new("item", NS_ITEMS).attr("jid", jid);
+                    // A component names itself (its own disco#info).
+                    if !h.name.is_empty() {
+                        item.set_attr("name", h.name.as_str());
+                    }
+                    q = q.child(item);
                 }
             }
             let owner = match ctx.target {

@@ -367,6 +367,22 @@ pub fn prepare(
     el: &mut Element,
     recipient: &str,
 ) -> Result<Option<Prepared>, StoreError> {
+    prepare_copies(server, el, recipient, true)
+}
+
+/// As [`prepare`] for a message a local user sends to an entity with no
+/// archive here (a XEP-0114 component's JID): the sender's copy only.
+pub fn prepare_sent(server: &Server, el: &mut Element) -> Result<Option<Prepared>, StoreError> {
+    let to = el.get_attr("to").unwrap_or_default().to_owned();
+    prepare_copies(server, el, split(&to).0, false)
+}
+
+fn prepare_copies(
+    server: &Server,
+    el: &mut Element,
+    recipient: &str,
+    recipient_archives: bool,
+) -> Result<Option<Prepared>, StoreError> {
     let from = el.get_attr("from").unwrap_or_default().to_owned();
     let sender = split(&from).0.to_owned();
     strip_spoofed(el, recipient, &sender);
@@ -374,11 +390,7 @@ pub fn prepare(
         return Ok(None);
     }
     let to = el.get_attr("to").unwrap_or_default().to_owned();
-    // The recipient's copy: only in an archive kept here (another
-    // domain's server keeps its users').
-    let keep_in = recipient
-        .rsplit_once('@')
-        .is_some_and(|(_, d)| server.is_local(d))
+    let keep_in = recipient_archives
         && archives_with(server, recipient, &prefs_of(server, recipient)?, &from)?;
     // The sender's copy: a local account other than the recipient (a note
     // to self is archived once, as received).

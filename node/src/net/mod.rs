@@ -171,3 +171,40 @@ pub async fn accept_loop(
         });
     }
 }
+
+/// Accepts XEP-0114 component connections on `listener` until the process
+/// ends: each is negotiated (`stream::accept`) and served by its session
+/// actor (`session::component`) on one of the arbiters.
+pub async fn accept_components(
+    server: Arc<Server>,
+    listener: TcpListener,
+    arbiters: Arc<Vec<actix_rt::ArbiterHandle>>,
+) {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed (components)");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        OPEN.fetch_add(1, Ordering::Relaxed);
+        let slot = ConnSlot(());
+        let Ok(std) = tcp.into_std() else {
+            continue;
+        };
+        let server = server.clone();
+        let i = NEXT.fetch_add(1, Ordering::Relaxed) % arbiters.len();
+        arbiters[i].spawn(async move {
+            let Ok(tcp) = tokio::net::TcpStream::from_std(std) else {
+                return;
+            };
+            let ip = peer.ip().to_string();
+            if let Some(verified) = crate::stream::accept::negotiate(&server, tcp, &ip).await {
+                crate::session::component::start(server, verified, slot);
+            }
+        });
+    }
+}

@@ -17,6 +17,7 @@
 //! most [`MAX_HOPS`] times, so nodes whose views of the membership differ
 //! for a moment still agree on one place.
 
+pub mod component;
 pub mod muc;
 pub mod pubsub;
 
@@ -50,6 +51,9 @@ pub enum ServiceKind {
     Upload,
     /// XEP-0060 publish-subscribe (nodes in the replicated store).
     Pubsub,
+    /// A XEP-0114 external component: everything for its domain (and
+    /// JIDs at it) goes to its connection ([`component`]).
+    Component,
 }
 
 /// A service domain: what it hosts and the served domain it belongs to.
@@ -66,6 +70,8 @@ pub struct Hosted {
 pub struct Services {
     by_domain: HashMap<String, Hosted>,
     pub muc: muc::Rooms,
+    /// The component connections of this node.
+    pub components: component::Components,
     /// The server itself (actors of services hold it) and the arbiter
     /// their actors run on; set once at start.
     server: OnceLock<Weak<Server>>,
@@ -116,9 +122,22 @@ impl Services {
                 );
             }
         }
+        // XEP-0114 components: listed in their parent domain's
+        // disco#items (none for one outside the served domains).
+        for d in config.components.secrets.keys() {
+            by_domain.insert(
+                d.clone(),
+                Hosted {
+                    kind: ServiceKind::Component,
+                    parent: config.component_parent(d).unwrap_or_default().to_owned(),
+                    name: String::new(),
+                },
+            );
+        }
         Services {
             by_domain,
             muc: muc::Rooms::default(),
+            components: component::Components::default(),
             server: OnceLock::new(),
             arbiters: OnceLock::new(),
             live_hash: AtomicU64::new(0),
@@ -255,12 +274,19 @@ pub async fn route(server: &Server, el: Element) {
         return;
     };
     crate::hot_counter!("starling_stanzas_routed_total", "kind" => "service").increment(1);
+    if kind == ServiceKind::Component {
+        let domain = split(&to).0;
+        let domain = domain.rsplit_once('@').map_or(domain, |(_, d)| d);
+        component::route(server, domain, el).await;
+        return;
+    }
     let Some(key) = entity else {
         // The service itself: any node answers from the replicated store.
         match kind {
             ServiceKind::Muc => muc::service_stanza(server, el).await,
             ServiceKind::Upload => upload_stanza(server, el).await,
             ServiceKind::Pubsub => pubsub::service_stanza(server, el).await,
+            ServiceKind::Component => {}
         }
         return;
     };
@@ -271,7 +297,7 @@ pub async fn route(server: &Server, el: Element) {
             None => return,
         },
         // The upload and pubsub services have no entities.
-        ServiceKind::Upload | ServiceKind::Pubsub => {
+        ServiceKind::Upload | ServiceKind::Pubsub | ServiceKind::Component => {
             if el.name != "presence" && !matches!(el.get_attr("type"), Some("error" | "result")) {
                 crate::session::im::bounce(server, &el, Condition::ServiceUnavailable);
             }
@@ -306,7 +332,7 @@ async fn to_owner(server: &Server, kind: ServiceKind, key: &str, el: Element, ho
         // membership goes, so it cannot answer with stale state later.
         match kind {
             ServiceKind::Muc => server.services.muc.stop(key),
-            ServiceKind::Upload | ServiceKind::Pubsub => {}
+            ServiceKind::Upload | ServiceKind::Pubsub | ServiceKind::Component => {}
         }
         let stanza = xml
             .get_or_insert_with(|| el.to_stream_xml(NS_CLIENT).into_bytes())
@@ -339,7 +365,7 @@ fn local(server: &Server, kind: ServiceKind, key: &str, el: Element) -> bool {
     match kind {
         ServiceKind::Muc => server.services.muc.deliver(server, key, el),
         // No entities: nothing is ever sent to one.
-        ServiceKind::Upload | ServiceKind::Pubsub => false,
+        ServiceKind::Upload | ServiceKind::Pubsub | ServiceKind::Component => false,
     }
 }
 
@@ -368,7 +394,7 @@ pub fn from_node(server: &Server, env: Envelope) -> DeliveryResult {
     }
     match kind {
         ServiceKind::Muc => server.services.muc.stop(key),
-        ServiceKind::Upload | ServiceKind::Pubsub => {}
+        ServiceKind::Upload | ServiceKind::Pubsub | ServiceKind::Component => {}
     }
     let fwd = Envelope {
         hops: env.hops + 1,

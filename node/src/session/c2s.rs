@@ -1145,8 +1145,12 @@ impl<S: Transport> Session<S> {
         }
         // IQs to a hosted service (a MUC room, an occupant) go to it,
         // wherever it runs; it answers.
-        if let Some(Destination::Service { .. }) = dest {
-            if kind.is_request() || to.as_deref().is_some_and(|t| im::split(t).1.is_some()) {
+        if let Some(Destination::Service { kind: service, .. }) = dest {
+            // A component (XEP-0114) also gets the answers to its requests.
+            if kind.is_request()
+                || service == crate::services::ServiceKind::Component
+                || to.as_deref().is_some_and(|t| im::split(t).1.is_some())
+            {
                 crate::services::route(&self.server, el).await;
             }
             return Ok(());

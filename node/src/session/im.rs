@@ -114,7 +114,7 @@ pub fn deliver_to_full(server: &Server, full: &str, el: Element) -> Result<(), E
         return Ok(());
     }
     let (bare, Some(res)) = split(full) else {
-        return Err(el);
+        return to_component(server, full, el);
     };
     match server.router.find(bare, res) {
         Some(at) => {
@@ -125,7 +125,17 @@ pub fn deliver_to_full(server: &Server, full: &str, el: Element) -> Result<(), E
                 Err(el)
             }
         }
-        None => Err(el),
+        None => to_component(server, full, el),
+    }
+}
+
+/// A stanza for a JID no session has: the component it is at, if any
+/// (XEP-0114), gets it (looked at only once no session was found, so the
+/// path to sessions pays nothing for components).
+fn to_component(server: &Server, to: &str, el: Element) -> Result<(), Element> {
+    match crate::services::component::domain_of(server, to) {
+        Some(domain) if crate::services::component::send(server, domain, &el) => Ok(()),
+        _ => Err(el),
     }
 }
 
@@ -141,16 +151,24 @@ pub async fn deliver_to_full_acked(
         return Ok(());
     }
     let (bare, Some(res)) = split(full) else {
-        return Err(el);
+        return component_acked(server, full, el).await;
     };
     let Some(at) = server.router.find(bare, res) else {
-        return Err(el);
+        return component_acked(server, full, el).await;
     };
     let xml: std::sync::Arc<str> = el.to_stream_xml(NS_CLIENT).into();
     if server.router.send_acked(bare, res, &at, &xml).await {
         Ok(())
     } else {
         Err(el)
+    }
+}
+
+/// As [`to_component`], waiting for another node's answer.
+async fn component_acked(server: &Server, to: &str, el: Element) -> Result<(), Element> {
+    match crate::services::component::domain_of(server, to) {
+        Some(domain) => crate::services::component::deliver(server, domain, el).await,
+        None => Err(el),
     }
 }
 
@@ -264,6 +282,26 @@ async fn route(
         ) if mtype == MessageType::Error => {
             return Ok(());
         }
+        Ok(Destination::Service {
+            kind: crate::services::ServiceKind::Component,
+            domain,
+            ..
+        }) if pass == Pass::First => {
+            // XEP-0313: the sender's copy, as for a message to a user
+            // (behind the delivery to a component connected here).
+            let mut el = el;
+            let prepared = match crate::modules::mam::prepare_sent(server, &mut el) {
+                Ok(p) => p,
+                Err(e) => return Err(Box::new((e.into(), el))),
+            };
+            let here = server.services.components.handle(domain).is_some();
+            let mut archiving = Archiving { prepared, behind };
+            if let Err(e) = archiving.before(server, &mut el, here).await {
+                return Err(Box::new((e.into(), el)));
+            }
+            crate::services::route(server, el).await;
+            return Ok(());
+        }
         Ok(Destination::Service { .. }) => {
             crate::services::route(server, el).await;
             return Ok(());
@@ -348,8 +386,7 @@ async fn route(
 async fn route_remote(server: &Server, mut el: Element, pass: Pass) -> Result<(), Bounce> {
     crate::hot_counter!("starling_stanzas_routed_total", "kind" => "message").increment(1);
     if pass == Pass::First {
-        let to = el.get_attr("to").unwrap_or_default().to_owned();
-        match crate::modules::mam::prepare(server, &mut el, split(&to).0) {
+        match crate::modules::mam::prepare_sent(server, &mut el) {
             Ok(Some(p)) => {
                 if let Err(e) = p.commit(server, &mut el).await {
                     return Err(Box::new((e.into(), el)));
@@ -947,6 +984,19 @@ fn send_to(server: &Server, bare: &str, el: &Element, want: Want) {
         return;
     }
     let mut targets = server.router.bound(bare);
+    if targets.is_empty() {
+        // A contact at a component (XEP-0114) gets presence there.
+        if let Some(domain) = crate::services::component::domain_of(server, bare) {
+            if el.get_attr("to").is_some_and(|to| split(to).0 == bare) {
+                crate::services::component::send(server, domain, el);
+            } else {
+                let mut el = el.clone();
+                el.set_attr("to", bare);
+                crate::services::component::send(server, domain, &el);
+            }
+        }
+        return;
+    }
     targets.retain(|b| want.wants(b.available, b.interested));
     if targets.is_empty() {
         return;
@@ -959,7 +1009,7 @@ fn send_to(server: &Server, bare: &str, el: &Element, want: Want) {
 
 /// Presence to a bare JID goes to its available resources; to a full JID
 /// to that resource only.
-fn send_presence_to(server: &Server, to: &str, el: Element) {
+pub(crate) fn send_presence_to(server: &Server, to: &str, el: Element) {
     // XEP-0191: none between a user and a JID either of them blocks.
     if el
         .get_attr("from")
@@ -989,6 +1039,18 @@ pub fn probe(
     prober_full: &str,
     contact: &str,
 ) -> Result<(), StanzaError> {
+    if let Some(domain) = crate::services::component::domain_of(server, contact) {
+        if either_blocks(server, prober_full, contact) {
+            return Ok(());
+        }
+        // XEP-0114: the component answers for its JIDs itself.
+        let el = Element::new("presence", NS_CLIENT)
+            .attr("from", prober_bare)
+            .attr("to", contact)
+            .attr("type", "probe");
+        crate::services::component::send(server, domain, &el);
+        return Ok(());
+    }
     match destination(server, contact)? {
         Destination::Account { .. } => {}
         // Another domain's contact: its server answers (RFC 6121 §4.3.1:
@@ -1270,6 +1332,15 @@ pub async fn deliver_subscription(
             if !either_blocks(server, from, user) {
                 crate::s2s::send(server, el);
             }
+            return Ok(());
+        }
+        // XEP-0114: a component keeps its own subscription state.
+        Destination::Service {
+            domain,
+            kind: crate::services::ServiceKind::Component,
+            ..
+        } => {
+            crate::services::component::send(server, domain, &el);
             return Ok(());
         }
         // §8.5.1: subscription stanzas to no such user are ignored.

@@ -4,6 +4,7 @@
 
 pub mod c2s;
 pub mod cluster_events;
+pub mod component;
 pub mod csi;
 pub mod im;
 mod outbox;

@@ -1,6 +1,7 @@
 //! Stream negotiation: STARTTLS, SASL, binding. Knows streams and
 //! authentication, not routing.
 
+pub mod accept;
 pub mod negotiate;
 pub mod sasl;
 pub mod xmlstream;

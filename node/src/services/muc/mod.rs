@@ -350,7 +350,8 @@ pub fn send_raw(server: &Server, full: &str, xml: &std::sync::Arc<str>) -> bool 
     };
     match server.router.find(bare, res) {
         Some(at) => server.router.send(bare, res, &at, xml),
-        None => false,
+        // An occupant at a XEP-0114 component (a gateway's user).
+        None => crate::services::component::send_serialised(server, full, xml),
     }
 }
 

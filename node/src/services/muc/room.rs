@@ -1815,7 +1815,18 @@ impl State {
                     remote.entry(*node).or_default().push(one.jid.clone());
                     true
                 }
-                None => true,
+                // No session: an occupant at a XEP-0114 component (a
+                // gateway's user) gets it there; else nobody does.
+                None => {
+                    if crate::services::component::domain_of(server, &one.jid).is_some() {
+                        crate::services::component::send_serialised(
+                            server,
+                            &one.jid,
+                            &s.to(&one.jid),
+                        );
+                    }
+                    true
+                }
             };
             if !sent {
                 // The session may continue under another handle or on
