@@ -228,12 +228,7 @@ async fn run_listeners(server: Arc<Server>) -> anyhow::Result<()> {
     }
     for (port, kind) in ports {
         let addr = format!("{}:{}", c2s.bind, port);
-        let sock: std::net::SocketAddr = tokio::net::lookup_host(&addr)
-            .await
-            .with_context(|| format!("resolving {addr}"))?
-            .next()
-            .with_context(|| format!("no address for {addr}"))?;
-        let listener = crate::net::listen(sock).with_context(|| format!("listening on {addr}"))?;
+        let listener = crate::net::bind(&addr).await?;
         tracing::info!(%addr, ?kind, domains = ?server.config.domains, "c2s listening");
         actix_rt::spawn(crate::net::accept_loop(
             server.clone(),
@@ -246,12 +241,7 @@ async fn run_listeners(server: Arc<Server>) -> anyhow::Result<()> {
     let components = &server.config.components;
     if components.enabled {
         let addr = format!("{}:{}", components.bind, components.port);
-        let sock: std::net::SocketAddr = tokio::net::lookup_host(&addr)
-            .await
-            .with_context(|| format!("resolving {addr}"))?
-            .next()
-            .with_context(|| format!("no address for {addr}"))?;
-        let listener = crate::net::listen(sock).with_context(|| format!("listening on {addr}"))?;
+        let listener = crate::net::bind(&addr).await?;
         tracing::info!(%addr, components = ?components.secrets.keys().collect::<Vec<_>>(), "component listener (XEP-0114)");
         actix_rt::spawn(crate::net::accept_components(
             server.clone(),

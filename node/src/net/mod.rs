@@ -72,6 +72,17 @@ fn raise_fd_limit() -> usize {
 pub const LISTEN_BACKLOG: u32 = 4096;
 
 /// Binds a c2s listener with a backlog for login storms.
+/// Resolves `addr` ("host:port") and listens on its first address.
+pub async fn bind(addr: &str) -> anyhow::Result<TcpListener> {
+    use anyhow::Context as _;
+    let sock = tokio::net::lookup_host(addr)
+        .await
+        .with_context(|| format!("resolving {addr}"))?
+        .next()
+        .with_context(|| format!("no address for {addr}"))?;
+    listen(sock).with_context(|| format!("listening on {addr}"))
+}
+
 pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?

@@ -23,14 +23,7 @@ pub async fn start(server: Arc<Server>) {
         return;
     }
     let addr = format!("{}:{}", cfg.bind, cfg.port);
-    let listener = match tokio::net::lookup_host(&addr).await {
-        Ok(mut a) => match a.next() {
-            Some(sock) => crate::net::listen(sock),
-            None => Err(std::io::Error::other("no address")),
-        },
-        Err(e) => Err(e),
-    };
-    match listener {
+    match crate::net::bind(&addr).await {
         Ok(l) => {
             tracing::info!(%addr, "s2s listening");
             actix_rt::spawn(accept_loop(server, l));

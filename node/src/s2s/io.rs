@@ -67,18 +67,7 @@ pub enum ReadError {
     Timeout,
 }
 
-/// The stream error RFC 6120 names for what the parser refused.
-pub fn xml_condition(e: XmlError) -> StreamCondition {
-    match e {
-        XmlError::NotWellFormed => StreamCondition::NotWellFormed,
-        XmlError::BadNamespacePrefix => StreamCondition::BadNamespacePrefix,
-        XmlError::InvalidXml => StreamCondition::InvalidXml,
-        XmlError::RestrictedXml => StreamCondition::RestrictedXml,
-        XmlError::PolicyViolation => StreamCondition::PolicyViolation,
-        XmlError::UnsupportedEncoding => StreamCondition::UnsupportedEncoding,
-        XmlError::InvalidNamespace => StreamCondition::InvalidNamespace,
-    }
-}
+pub use crate::stream::xmlstream::xml_condition;
 
 pub struct Conn {
     /// `None` only while STARTTLS swaps the transport.

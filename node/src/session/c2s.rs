@@ -167,9 +167,6 @@ struct Session<S> {
     behind: im::Behind,
 }
 
-/// Most archive writes one session lets go behind its deliveries.
-const MAX_BEHIND: usize = 1024;
-
 /// How far a resumable session's client acknowledged the user's message
 /// archive, and when that was last written to its record.
 struct ArchivePosition {
@@ -1512,18 +1509,7 @@ impl<S: Transport> Session<S> {
     /// Drops the writes already ended, and waits for the oldest while too
     /// many are in flight (a client that never asks for acks).
     async fn prune_behind(&mut self) {
-        use futures::FutureExt;
-        while let Some(write) = self.behind.front_mut() {
-            if write.now_or_never().is_none() {
-                break;
-            }
-            self.behind.pop_front();
-        }
-        while self.behind.len() > MAX_BEHIND {
-            if let Some(write) = self.behind.pop_front() {
-                write.await;
-            }
-        }
+        im::prune_behind(&mut self.behind).await;
     }
 
     async fn checkpoint(&mut self, force: bool) {

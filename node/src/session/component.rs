@@ -111,9 +111,6 @@ struct Conn<S> {
     behind: im::Behind,
 }
 
-/// Most archive writes one connection lets go behind its deliveries.
-const MAX_BEHIND: usize = 1024;
-
 /// Why the connection ended.
 enum End {
     /// Closed already, or broken.
@@ -272,18 +269,7 @@ impl<S: Transport> Conn<S> {
     /// Drops the archive writes already ended, and waits for the oldest
     /// while too many are in flight.
     async fn prune_behind(&mut self) {
-        use futures::FutureExt;
-        while let Some(write) = self.behind.front_mut() {
-            if write.now_or_never().is_none() {
-                break;
-            }
-            self.behind.pop_front();
-        }
-        while self.behind.len() > MAX_BEHIND {
-            if let Some(write) = self.behind.pop_front() {
-                write.await;
-            }
-        }
+        im::prune_behind(&mut self.behind).await;
     }
 
     /// Writes several queued stanzas in one write.

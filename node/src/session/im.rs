@@ -205,6 +205,27 @@ pub async fn route_message(server: &Server, el: Element) -> Result<(), Bounce> {
 /// counts each message handled (its client's `h`) once its write ended.
 pub type Behind = std::collections::VecDeque<futures::future::BoxFuture<'static, ()>>;
 
+/// Most archive writes one connection lets go behind its deliveries.
+pub const MAX_BEHIND: usize = 1024;
+
+/// Drops the writes of `behind` already ended, and waits for the oldest
+/// while more than [`MAX_BEHIND`] are in flight (a sender that never asks
+/// for acks).
+pub async fn prune_behind(behind: &mut Behind) {
+    use futures::FutureExt;
+    while let Some(write) = behind.front_mut() {
+        if write.now_or_never().is_none() {
+            break;
+        }
+        behind.pop_front();
+    }
+    while behind.len() > MAX_BEHIND {
+        if let Some(write) = behind.pop_front() {
+            write.await;
+        }
+    }
+}
+
 /// [`route_message`] for a client's session that counts what it handled
 /// (XEP-0198). A message whose every copy goes to sessions of this node
 /// is delivered before its archive write commits; the write goes on

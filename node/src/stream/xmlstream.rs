@@ -193,7 +193,7 @@ impl<S: Transport> XmlStream<S> {
 }
 
 /// The stream error RFC 6120 names for what the parser refused.
-fn xml_condition(e: XmlError) -> StreamCondition {
+pub fn xml_condition(e: XmlError) -> StreamCondition {
     match e {
         XmlError::NotWellFormed => StreamCondition::NotWellFormed,
         XmlError::BadNamespacePrefix => StreamCondition::BadNamespacePrefix,
