@@ -109,34 +109,21 @@ class NsStarling(StarlingServer):
         return c
 
 
-class NsProsody:
-    domain = "prosody.interop"
+class NsPeer:
+    """Another implementation's server in namespace `ns`: its c2s and s2s ports, clients, log."""
+
+    domain = ""
+    log_file = ""
 
     def __init__(self, workdir, ns):
         self.dir, self.ns = workdir, ns
         self.c2s, self.s2s = free_port(), free_port()
-        os.makedirs(f"{workdir}/certs", exist_ok=True)
-        os.makedirs(f"{workdir}/data", exist_ok=True)
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                        "-subj", "/CN=prosody.interop", "-addext", "subjectAltName=DNS:prosody.interop",
-                        "-keyout", f"{workdir}/certs/prosody.interop.key", "-out", f"{workdir}/certs/prosody.interop.crt"],
-                       check=True, capture_output=True, timeout=60)
-        self.cfg = f"{workdir}/prosody.cfg.lua"
-        with open(self.cfg, "w") as f:
-            f.write(PROSODY_CFG.format(dir=workdir, c2s=self.c2s, s2s=self.s2s))
         self.proc = None
 
-    def start(self):
-        log = open(f"{self.dir}/console.log", "ab")
-        self.proc = subprocess.Popen(["ip", "netns", "exec", self.ns, PROSODY, "-F", "--config", self.cfg],
-                                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     cwd=self.dir)
-        log.close()
-        wait_port_in(self.ns, self.c2s, 30, self.proc)
-
-    def add_user(self, user, password):
-        subprocess.run([PROSODYCTL, "--config", self.cfg, "register", user, "prosody.interop", password],
-                       check=True, capture_output=True, timeout=60)
+    def self_signed(self, key, crt):
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                        "-subj", f"/CN={self.domain}", "-addext", f"subjectAltName=DNS:{self.domain}",
+                        "-keyout", key, "-out", crt], check=True, capture_output=True, timeout=60)
 
     def login(self, user, password):
         c = NetnsClient("127.0.0.1", self.c2s, self.domain)
@@ -147,13 +134,39 @@ class NsProsody:
 
     def log_tail(self):
         try:
-            with open(f"{self.dir}/prosody.log", "rb") as f:
+            with open(os.path.join(self.dir, self.log_file), "rb") as f:
                 return f.read()[-3000:].decode("utf-8", "replace")
         except OSError:
             return ""
 
     def stop(self):
         _stop_pid(self.proc)
+
+
+class NsProsody(NsPeer):
+    domain = "prosody.interop"
+    log_file = "prosody.log"
+
+    def __init__(self, workdir, ns):
+        super().__init__(workdir, ns)
+        os.makedirs(f"{workdir}/certs", exist_ok=True)
+        os.makedirs(f"{workdir}/data", exist_ok=True)
+        self.self_signed(f"{workdir}/certs/{self.domain}.key", f"{workdir}/certs/{self.domain}.crt")
+        self.cfg = f"{workdir}/prosody.cfg.lua"
+        with open(self.cfg, "w") as f:
+            f.write(PROSODY_CFG.format(dir=workdir, c2s=self.c2s, s2s=self.s2s))
+
+    def start(self):
+        log = open(f"{self.dir}/console.log", "ab")
+        self.proc = subprocess.Popen(["ip", "netns", "exec", self.ns, PROSODY, "-F", "--config", self.cfg],
+                                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     cwd=self.dir)
+        log.close()
+        wait_port_in(self.ns, self.c2s, 30, self.proc)
+
+    def add_user(self, user, password):
+        subprocess.run([PROSODYCTL, "--config", self.cfg, "register", user, self.domain, password],
+                       check=True, capture_output=True, timeout=60)
 
 
 EJABBERD_YML = """
@@ -200,20 +213,17 @@ modules:
 """
 
 
-class NsEjabberd:
+class NsEjabberd(NsPeer):
     """ejabberd (`ejabberdctl foreground`, a private copy that does not switch user) in `ns`."""
 
     domain = "ejabberd.interop"
+    log_file = "log/ejabberd.log"
 
     def __init__(self, workdir, ns):
-        self.dir, self.ns = workdir, ns
-        self.c2s, self.s2s = free_port(), free_port()
+        super().__init__(workdir, ns)
         for d in ("etc", "db", "log"):
             os.makedirs(f"{workdir}/{d}", exist_ok=True)
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                        "-subj", f"/CN={self.domain}", "-addext", f"subjectAltName=DNS:{self.domain}",
-                        "-keyout", f"{workdir}/etc/key.pem", "-out", f"{workdir}/etc/crt.pem"],
-                       check=True, capture_output=True, timeout=60)
+        self.self_signed(f"{workdir}/etc/key.pem", f"{workdir}/etc/crt.pem")
         with open(f"{workdir}/etc/cert.pem", "w") as out:
             for part in ("key.pem", "crt.pem"):
                 with open(f"{workdir}/etc/{part}") as f:
@@ -231,7 +241,6 @@ class NsEjabberd:
         with open(self.ctl, "w") as f:
             f.write(ctl)
         os.chmod(self.ctl, 0o755)
-        self.proc = None
 
     def _ctl(self, *args, **kw):
         return ["ip", "netns", "exec", self.ns, self.ctl, "--config-dir", f"{self.dir}/etc",
@@ -247,23 +256,6 @@ class NsEjabberd:
     def add_user(self, user, password):
         subprocess.run(self._ctl("register", user, self.domain, password), check=True,
                        capture_output=True, timeout=60)
-
-    def login(self, user, password):
-        c = NetnsClient("127.0.0.1", self.c2s, self.domain)
-        c.netns = self.ns
-        c.login(user, password, presence=True)
-        c.bare = f"{user}@{self.domain}"
-        return c
-
-    def log_tail(self):
-        try:
-            with open(f"{self.dir}/log/ejabberd.log", "rb") as f:
-                return f.read()[-3000:].decode("utf-8", "replace")
-        except OSError:
-            return ""
-
-    def stop(self):
-        _stop_pid(self.proc)
 
 
 @pytest.fixture(scope="module")
