@@ -420,7 +420,7 @@ impl Default for S2sConfig {
             require_tls: true,
             dns: true,
             hosts: Default::default(),
-            connect_timeout_secs: 15,
+            connect_timeout_secs: 10,
             idle_timeout_secs: 600,
             max_queue: 1000,
             secret: None,

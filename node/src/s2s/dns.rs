@@ -9,7 +9,14 @@ use crate::server::Server;
 pub async fn targets(server: &Server, domain: &str) -> Vec<(String, u16)> {
     let resolver = server.s2s.resolver.get_or_init(|| {
         match hickory_resolver::TokioResolver::builder_tokio() {
-            Ok(b) => Some(b.build()),
+            Ok(mut b) => {
+                // A domain that does not resolve must bounce within the
+                // connect timeout, not after the resolver's retries.
+                let opts = b.options_mut();
+                opts.timeout = std::time::Duration::from_secs(3);
+                opts.attempts = 1;
+                Some(b.build())
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "no DNS resolver configuration; only [s2s] hosts are reached");
                 None

@@ -496,12 +496,16 @@ async fn tcp_connect(server: &Server, remote: &str) -> Result<tokio::net::TcpStr
             continue;
         };
         for a in addrs {
-            match tokio::net::TcpStream::connect(a).await {
-                Ok(s) => {
+            // One address that drops SYNs must leave time for the next.
+            let attempt =
+                tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(a));
+            match attempt.await {
+                Ok(Ok(s)) => {
                     let _ = s.set_nodelay(true);
                     return Ok(s);
                 }
-                Err(e) => tracing::debug!(%remote, addr = %a, error = %e, "s2s connect failed"),
+                Ok(Err(e)) => tracing::debug!(%remote, addr = %a, error = %e, "s2s connect failed"),
+                Err(_) => tracing::debug!(%remote, addr = %a, "s2s connect timed out"),
             }
         }
     }
