@@ -28,6 +28,8 @@ NS_STREAMS_ERR = "urn:ietf:params:xml:ns:xmpp-streams"
 NS_TLS = "urn:ietf:params:xml:ns:xmpp-tls"
 NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 SECRET_A = "a-test-dialback-secret"
+GW_A = "gw.a.test"  # a XEP-0114 component of a.test
+GW_SECRET = "gw-secret"
 
 
 def S(name):
@@ -53,13 +55,16 @@ def s2s_toml(hosts: dict, secret=None, extra="") -> str:
 def pair(tmp_path_factory):
     if not _starling_has_flag("--s2s-port"):
         pytest.fail("this starling has no --s2s-port: no federation")
-    pa, pb, closed = free_port(), free_port(), free_port()
+    pa, pb, closed, pc = free_port(), free_port(), free_port(), free_port()
+    components = "\n".join(["", "[components]", "enabled = true", 'bind = "127.0.0.1"', f"port = {pc}",
+                             "[components.secrets]", f'"{GW_A}" = "{GW_SECRET}"'])
     a = StarlingServer(str(tmp_path_factory.mktemp("s2s-a")), domains=["a.test"],
                        extra_toml=s2s_toml({"b.test": pb, "conference.b.test": pb, "closed.test": closed},
-                                         secret=SECRET_A))
+                                         secret=SECRET_A) + "\n" + components)
     b = StarlingServer(str(tmp_path_factory.mktemp("s2s-b")), domains=["b.test"],
-                       extra_toml=s2s_toml({"a.test": pa}) + "\n\n[mam]\nenabled = true")
+                       extra_toml=s2s_toml({"a.test": pa, GW_A: pa}) + "\n\n[mam]\nenabled = true")
     a.s2s_port, b.s2s_port = pa, pb
+    a.component_port = pc
     a.start()
     b.start()
     yield a, b
@@ -432,3 +437,22 @@ def test_cluster_domain_federates_through_any_node(tmp_path_factory, clients):
         if x:
             x.stop()
         c.stop()
+
+
+# ------------------------------------------------------------------ a component of one domain, federating
+
+def test_component_talks_to_another_domain(pair, clients):
+    """A XEP-0114 component of a.test (gw.a.test) reaches b.test over a link of its own domain
+    (b.test checks gw.a.test's dialback key with a.test's server), and b.test's user answers it."""
+    from test_components import Component, K
+    a, b = pair
+    ub = online(b, clients, "cb")
+    comp = Component("127.0.0.1", a.component_port, GW_A, timeout=15)
+    clients.add(comp)
+    comp.login(GW_SECRET)
+    comp.send_raw(f"<message from='bot@{GW_A}' to='{ub.jid}' id='c1' type='chat'><body>from a gateway</body></message>")
+    m = ub.recv_stanza("message", id="c1", timeout=15)
+    assert m.get("from") == f"bot@{GW_A}" and m.findtext(C("body")) == "from a gateway"
+    ub.message(f"bot@{GW_A}", "and back", mid="c2")
+    m = comp.recv(lambda e: e.tag == K("message") and e.get("id") == "c2", 15, what="reply at the component")
+    assert m.get("from") == ub.jid
