@@ -109,10 +109,6 @@ pub fn bounce_with(server: &Server, stanza: &Element, err: &StanzaError) {
 /// another node's answer); hands the stanza back when no such session is
 /// known.
 pub fn deliver_to_full(server: &Server, full: &str, el: Element) -> Result<(), Element> {
-    if crate::s2s::is_remote(server, full) {
-        crate::s2s::send(server, el);
-        return Ok(());
-    }
     let (bare, Some(res)) = split(full) else {
         return to_component(server, full, el);
     };
@@ -130,11 +126,16 @@ pub fn deliver_to_full(server: &Server, full: &str, el: Element) -> Result<(), E
 }
 
 /// A stanza for a JID no session has: the component it is at, if any
-/// (XEP-0114), gets it (looked at only once no session was found, so the
-/// path to sessions pays nothing for components).
+/// (XEP-0114), gets it; one at another domain goes over federation
+/// (looked at only once no session was found, so the path to sessions
+/// pays nothing for components or federation).
 fn to_component(server: &Server, to: &str, el: Element) -> Result<(), Element> {
     match crate::services::component::domain_of(server, to) {
         Some(domain) if crate::services::component::send(server, domain, &el) => Ok(()),
+        None if crate::s2s::is_remote(server, to) => {
+            crate::s2s::send(server, el);
+            Ok(())
+        }
         _ => Err(el),
     }
 }
@@ -146,10 +147,6 @@ pub async fn deliver_to_full_acked(
     full: &str,
     el: Element,
 ) -> Result<(), Element> {
-    if crate::s2s::is_remote(server, full) {
-        crate::s2s::send(server, el);
-        return Ok(());
-    }
     let (bare, Some(res)) = split(full) else {
         return component_acked(server, full, el).await;
     };
@@ -164,10 +161,15 @@ pub async fn deliver_to_full_acked(
     }
 }
 
-/// As [`to_component`], waiting for another node's answer.
+/// As [`to_component`], waiting for another node's answer (federation
+/// answers later, with an error if the stanza cannot be delivered).
 async fn component_acked(server: &Server, to: &str, el: Element) -> Result<(), Element> {
     match crate::services::component::domain_of(server, to) {
         Some(domain) => crate::services::component::deliver(server, domain, el).await,
+        None if crate::s2s::is_remote(server, to) => {
+            crate::s2s::send(server, el);
+            Ok(())
+        }
         None => Err(el),
     }
 }
@@ -995,26 +997,25 @@ fn addressed_to(el: &Element, bare: &str) -> std::sync::Arc<str> {
 /// Sends `el` to the resources of `bare` that `want` selects, wherever
 /// they are bound.
 fn send_to(server: &Server, bare: &str, el: &Element, want: Want) {
-    if crate::s2s::is_remote(server, bare) {
-        // Another domain's contact: its server delivers (RFC 6121 §4.4.2).
-        let mut el = el.clone();
-        if el.get_attr("to").is_none_or(|to| split(to).0 != bare) {
-            el.set_attr("to", bare);
-        }
-        crate::s2s::send(server, el);
-        return;
-    }
     let mut targets = server.router.bound(bare);
     if targets.is_empty() {
-        // A contact at a component (XEP-0114) gets presence there.
+        // A contact at a component (XEP-0114) gets presence there; one at
+        // another domain from its server (RFC 6121 §4.4.2).
+        let addressed = el.get_attr("to").is_some_and(|to| split(to).0 == bare);
         if let Some(domain) = crate::services::component::domain_of(server, bare) {
-            if el.get_attr("to").is_some_and(|to| split(to).0 == bare) {
+            if addressed {
                 crate::services::component::send(server, domain, el);
             } else {
                 let mut el = el.clone();
                 el.set_attr("to", bare);
                 crate::services::component::send(server, domain, &el);
             }
+        } else if crate::s2s::is_remote(server, bare) {
+            let mut el = el.clone();
+            if !addressed {
+                el.set_attr("to", bare);
+            }
+            crate::s2s::send(server, el);
         }
         return;
     }
