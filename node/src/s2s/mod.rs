@@ -68,13 +68,6 @@ fn limits(server: &Server) -> crate::xml::Limits {
     }
 }
 
-impl S2s {
-    /// How many outgoing links this node has (made or being made).
-    pub fn links(&self) -> usize {
-        self.links.len()
-    }
-}
-
 /// Whether `to` (a JID, normalised) is at a domain neither served here
 /// nor hosted as a service: federation's business.
 pub fn is_remote(server: &Server, to: &str) -> bool {
