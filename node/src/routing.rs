@@ -285,6 +285,9 @@ impl LocalDelivery for NodeDelivery {
             crate::modules::blocking::KIND_BLOCKLIST => {
                 return crate::modules::blocking::from_node(&server, &env);
             }
+            crate::modules::pep::remote::KIND_PEP_REMOTE => {
+                return crate::modules::pep::remote::from_node(&server, &env);
+            }
             _ => {}
         }
         let (bare, Some(resource)) = crate::stanza::split(&env.to) else {

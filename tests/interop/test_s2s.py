@@ -12,6 +12,7 @@ to reach the checks a real peer never trips (spoofed `from`, bad keys, bad names
 import hashlib
 import hmac
 import time
+import urllib.request
 import uuid
 
 import pytest
@@ -404,12 +405,107 @@ def test_user_of_another_domain_in_a_room(pair, clients):
             and e.get("type") == "unavailable", 15, what="remote occupant left")
 
 
+# ------------------------------------------------------------------ PEP across domains
+
+def caps_query_from(domain):
+    return lambda e: (e.tag == C("iq") and e.get("type") == "get" and e.get("from") == domain
+                      and e.find(q("http://jabber.org/protocol/disco#info", "query")) is not None)
+
+
+def remote_notifications(server):
+    text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read().decode()
+    for line in text.splitlines():
+        if line.startswith("starling_pep_remote_notifications_total "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def test_pep_notifications_reach_contacts_on_another_domain(pair, clients):
+    """XEP-0163 4.3 over federation: a.test learns b.test contacts' resources and caps from
+    the presence b.test sends, asks an unknown ver of the resource itself (its answer comes
+    back over federation and is verified), sends the last item once it is known, then every
+    notification; a new resource with known caps gets the last item on its presence; a
+    contact the owner has not approved, or whose caps lack +notify, gets nothing."""
+    from test_pep import Caps, available, is_event, ok, publish, recv_event, OMEMO_DEVICES, NS_EVENT, TUNE
+    a, b = pair
+    ua = online(a, clients, "pea")
+    owner = ua.bare
+    caps = Caps(OMEMO_DEVICES)
+    ub = clients.add(b.online("peb", presence=False))
+    available(ub, caps)
+    subscribe_both(ua, ub)
+
+    def devices(*ids):
+        inner = "".join(f"<device id='{i}'/>" for i in ids)
+        return f"<list xmlns='eu.siacs.conversations.axolotl'>{inner}</list>"
+
+    def device_ids(ev):
+        item = ev.find(q(NS_EVENT, "items")).find(q(NS_EVENT, "item"))
+        return [d.get("id") for d in item.find("{eu.siacs.conversations.axolotl}list")]
+
+    ok(publish(ua, OMEMO_DEVICES, devices(1), item_id="current", options={"pubsub#access_model": "open"}))
+    # a.test has never seen this ver: it asks the b.test resource, over federation
+    query = ub.recv(caps_query_from("a.test"), 15, what="a.test's caps query")
+    ub.expect_nothing(lambda e: is_event(e, owner, OMEMO_DEVICES), 0.5,
+                      what="a notification before the caps are known")
+    caps.answer(ub, query)
+    m = ub.recv(lambda e: is_event(e, owner, OMEMO_DEVICES), 15, what="the last item, caps verified")
+    assert m.get("to") == ub.jid and m.find(q("urn:xmpp:delay", "delay")) is not None, tostring(m)
+    assert device_ids(m.find(q(NS_EVENT, "event"))) == ["1"]
+
+    ok(publish(ua, OMEMO_DEVICES, devices(1, 2), item_id="current"))
+    ev = recv_event(ub, owner, OMEMO_DEVICES, timeout=15)
+    assert device_ids(ev) == ["1", "2"]
+
+    # a second resource of the contact with the same (now known) caps: the last item on
+    # its presence, no query
+    jid_b, pw_b = ub.bare, ub.password
+    ub2 = clients.add(b.login(jid_b, pw_b, resource="second", presence=False))
+    available(ub2, caps)
+    m = ub2.recv(lambda e: is_event(e, owner, OMEMO_DEVICES), 15, what="last item for a new resource")
+    assert device_ids(m.find(q(NS_EVENT, "event"))) == ["1", "2"]
+    ub2.expect_nothing(caps_query_from("a.test"), 0.5, what="a query for a known ver")
+
+    # not approved by the owner (ua subscribes to it, it does not to ua): it gets nothing,
+    # though a.test has its presence and verified caps; nor does a contact without +notify
+    stranger = clients.add(b.online("pes", presence=False))
+    available(stranger, caps)
+    ua.presence(to=stranger.bare, type_="subscribe")
+    stranger.recv(lambda e: e.tag == C("presence") and e.get("type") == "subscribe", 15, what="subscribe")
+    stranger.presence(to=ua.bare, type_="subscribed")
+    ua.recv(lambda e: e.tag == C("presence") and e.get("from", "").startswith(stranger.bare)
+            and e.get("type") is None, 15, what="the stranger's presence")
+    tunes = Caps(TUNE)
+    other = clients.add(b.online("pet", presence=False))
+    available(other, tunes)
+    subscribe_both(ua, other)
+    query = other.recv(caps_query_from("a.test"), 15, what="a.test's caps query")
+    tunes.answer(other, query)
+    ok(other.ping_server())
+    ok(publish(ua, OMEMO_DEVICES, devices(1, 2, 3), item_id="current"))
+    for c in (ub, ub2):
+        assert device_ids(recv_event(c, owner, OMEMO_DEVICES, timeout=15)) == ["1", "2", "3"]
+    for c in (stranger, other):
+        c.expect_nothing(lambda e: is_event(e, owner, OMEMO_DEVICES), 1.5, what="a notification")
+
+    # the contact's resource goes: no more notifications for it (a.test sends one across,
+    # counted), still for the other one
+    ub2.close()
+    ua.recv(lambda e: e.tag == C("presence") and e.get("from") == ub2.jid
+            and e.get("type") == "unavailable", 15, what="the second resource's unavailable")
+    before = remote_notifications(a)
+    ok(publish(ua, OMEMO_DEVICES, devices(4), item_id="current"))
+    assert device_ids(recv_event(ub, owner, OMEMO_DEVICES, timeout=15)) == ["4"]
+    assert remote_notifications(a) - before == 1
+    a.assert_healthy(ua)
+    b.assert_healthy(ub)
+
+
 # ------------------------------------------------------------------ a cluster as one domain
 
-def test_cluster_domain_federates_through_any_node(tmp_path_factory, clients):
-    """c.test is a 3-node cluster; x.test knows only node 1's address. Node 2's outgoing link
-    is verified by x.test through node 1 (the dialback secret is shared through the store),
-    and what x.test sends through node 1 reaches a user on node 3."""
+@pytest.fixture(scope="module")
+def federated_cluster(tmp_path_factory):
+    """c.test, a 3-node cluster, and x.test, which knows only node 1's address."""
     px = free_port()
     ports = {}
 
@@ -424,19 +520,56 @@ def test_cluster_domain_federates_through_any_node(tmp_path_factory, clients):
                            extra_toml=s2s_toml({"c.test": ports[1]}))
         x.s2s_port = px
         x.start()
-        ux = clients.add(x.online("cx"))
-        u2 = clients.add(c[2].online("c2"))
-        u3 = clients.add(c[3].online("c3"))
-        mid = u2.message(ux.jid, "from node 2")
-        m = ux.recv_stanza("message", id=mid, timeout=20)
-        assert m.get("from") == u2.jid
-        mid = ux.message(u3.jid, "to node 3")
-        m = u3.recv_stanza("message", id=mid, timeout=20)
-        assert m.get("from") == ux.jid and m.findtext(C("body")) == "to node 3"
+        yield c, x
     finally:
         if x:
             x.stop()
         c.stop()
+
+
+def test_cluster_domain_federates_through_any_node(federated_cluster, clients):
+    """Node 2's outgoing link is verified by x.test through node 1 (the dialback secret is
+    shared through the store), and what x.test sends through node 1 reaches a user on node 3."""
+    c, x = federated_cluster
+    ux = clients.add(x.online("cx"))
+    u2 = clients.add(c[2].online("c2"))
+    u3 = clients.add(c[3].online("c3"))
+    mid = u2.message(ux.jid, "from node 2")
+    m = ux.recv_stanza("message", id=mid, timeout=20)
+    assert m.get("from") == u2.jid
+    mid = ux.message(u3.jid, "to node 3")
+    m = u3.recv_stanza("message", id=mid, timeout=20)
+    assert m.get("from") == ux.jid and m.findtext(C("body")) == "to node 3"
+
+
+def test_cluster_pep_reaches_remote_contact_known_to_another_node(federated_cluster, clients):
+    """x.test's presence (and caps answer) reaches c.test through node 1 only; the owner
+    publishes on node 2, which asks every node to notify the remote contacts it knows."""
+    from test_pep import Caps, available, is_event, ok, publish, recv_event, NS_EVENT
+    c, x = federated_cluster
+    node = "urn:xmpp:omemo:2:devices"
+    caps = Caps(node)
+    ux = clients.add(x.online("px", presence=False))
+    available(ux, caps)
+    u2 = clients.add(c[2].online("p2"))
+    owner = u2.bare
+    subscribe_both(u2, ux)
+    ok(publish(u2, node, "<devices xmlns='urn:xmpp:omemo:2'><device id='7'/></devices>", item_id="current"))
+    query = ux.recv(caps_query_from("c.test"), 20, what="c.test's caps query")
+    caps.answer(ux, query)
+
+    def devices(e):
+        ev = e.find(q(NS_EVENT, "event"))
+        item = ev.find(q(NS_EVENT, "items")).find(q(NS_EVENT, "item"))
+        return [d.get("id") for d in item.find("{urn:xmpp:omemo:2}devices")]
+
+    # the last item once node 1 verified the caps (or, if node 2's request to notify
+    # reached node 1 after that, the notification itself)
+    m = ux.recv(lambda e: is_event(e, owner, node), 20, what="the last item")
+    assert devices(m) == ["7"]
+    ok(publish(u2, node, "<devices xmlns='urn:xmpp:omemo:2'><device id='8'/></devices>", item_id="current"))
+    m = ux.recv(lambda e: is_event(e, owner, node) and devices(e) == ["8"], 20, what="the notification")
+    assert m.get("type") == "headline" and m.find(q("urn:xmpp:delay", "delay")) is None, tostring(m)
 
 
 # ------------------------------------------------------------------ a component of one domain, federating

@@ -405,3 +405,42 @@ def test_error_from_the_peer_comes_back(federation, clients, name):
     assert err.find(f"{C('error')}/{q('urn:ietf:params:xml:ns:xmpp-stanzas', 'service-unavailable')}") \
         is not None, tostring(err)
     a.assert_healthy(ua)
+
+
+@pytest.mark.parametrize("name", PEERS)
+def test_pep_notifications_to_a_contact_at_the_peer(federation, clients, name):
+    """XEP-0163 across federation: the peer's user, a mutual contact, comes online with caps
+    whose +notify our server does not know; our server asks it through the peer, then
+    sends it the last item of our user's node and the next notification."""
+    from test_pep import Caps, ok, publish, is_event, NS_EVENT
+    a, peers = federation
+    node = "urn:xmpp:omemo:2:devices"
+    caps = Caps(node)
+    ua = clients.add(a.online("pe"))
+    up = peer_user(peers[name], clients, "pf")
+    ua.presence(to=up.bare, type_="subscribe")
+    up.recv(lambda e: e.tag == C("presence") and e.get("type") == "subscribe", 20, what=f"subscribe at {name}")
+    up.presence(to=ua.bare, type_="subscribed")
+    up.presence(to=ua.bare, type_="subscribe")
+    ua.recv(lambda e: e.tag == C("presence") and e.get("type") == "subscribe" and e.get("from") == up.bare,
+            20, what=f"subscribe from {name}")
+    ua.presence(to=up.bare, type_="subscribed")
+    up.recv(lambda e: e.tag == C("presence") and e.get("from") == ua.jid and e.get("type") is None,
+            20, what=f"our presence at {name}")
+
+    def devices(e):
+        item = e.find(q(NS_EVENT, "event")).find(q(NS_EVENT, "items")).find(q(NS_EVENT, "item"))
+        return [d.get("id") for d in item.find("{urn:xmpp:omemo:2}devices")]
+
+    ok(publish(ua, node, "<devices xmlns='urn:xmpp:omemo:2'><device id='1'/></devices>", item_id="current"))
+    up.presence(extra=caps.c())
+    query = up.recv(lambda e: e.tag == C("iq") and e.get("type") == "get" and e.get("from") == a.domain
+                    and e.find(q("http://jabber.org/protocol/disco#info", "query")) is not None,
+                    20, what=f"our caps query through {name}")
+    caps.answer(up, query)
+    m = up.recv(lambda e: is_event(e, ua.bare, node), 20, what=f"the last item at {name}")
+    assert devices(m) == ["1"] and m.find(q("urn:xmpp:delay", "delay")) is not None
+    ok(publish(ua, node, "<devices xmlns='urn:xmpp:omemo:2'><device id='2'/></devices>", item_id="current"))
+    m = up.recv(lambda e: is_event(e, ua.bare, node) and devices(e) == ["2"], 20,
+                what=f"the notification at {name}")
+    assert m.get("to") == up.jid and m.get("type") == "headline"

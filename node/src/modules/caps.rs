@@ -113,6 +113,13 @@ fn caps_of(presence: &Element) -> Option<(&str, &str, &str)> {
     ))
 }
 
+/// The `<c/>` of a presence whose hash this server can verify:
+/// (algorithm, ver, node).
+pub fn presented(presence: &Element) -> Option<(&'static str, &str, &str)> {
+    let (hash, ver, node) = caps_of(presence)?;
+    Some((algorithm(hash)?, ver, node)).filter(|_| ver.len() <= MAX_VER_LEN)
+}
+
 /// The verified features of the client that sent `presence`, if its
 /// `<c/>` names a known `ver` (this node's map, else the store).
 pub fn features_of(server: &Server, presence: &Element) -> Option<Arc<[String]>> {
@@ -121,6 +128,11 @@ pub fn features_of(server: &Server, presence: &Element) -> Option<Arc<[String]>>
         return None;
     }
     lookup(server, algorithm(hash)?, ver)
+}
+
+/// The verified features of `ver` (this node's map, else the store).
+pub fn known(server: &Server, hash: &str, ver: &str) -> Option<Arc<[String]>> {
+    lookup(server, hash, ver)
 }
 
 fn lookup(server: &Server, hash: &str, ver: &str) -> Option<Arc<[String]>> {
@@ -166,7 +178,14 @@ fn presence_out(ctx: &HookCtx<'_>, el: &mut Element) -> Flow {
     };
     match lookup(ctx.server, hash, ver) {
         Some(features) => changed(ctx.server, ctx.user, full, el, ver, &features),
-        None => ask(ctx.server, ctx.user, full, hash, ver, node),
+        None => ask(
+            ctx.server,
+            crate::s2s::domain_of(ctx.user),
+            full,
+            hash,
+            ver,
+            node,
+        ),
     }
     Flow::Pass
 }
@@ -201,8 +220,10 @@ fn changed(
     }
 }
 
-/// Sends the disco#info query for `ver` to `full`, unless one is in flight.
-fn ask(server: &Server, bare: &str, full: &str, hash: &'static str, ver: &str, node: &str) {
+/// Sends the disco#info query for `ver` to `full` (from the served
+/// `domain`; `full` may be a resource of another domain's user), unless
+/// one is in flight.
+pub fn ask(server: &Server, domain: &str, full: &str, hash: &'static str, ver: &str, node: &str) {
     if let Some(mut a) = ASKED.get_mut(ver)
         && a.since.elapsed() < ASK_TIMEOUT
     {
@@ -229,7 +250,6 @@ fn ask(server: &Server, bare: &str, full: &str, hash: &'static str, ver: &str, n
             waiting: Vec::new(),
         },
     );
-    let domain = bare.rsplit_once('@').map_or(bare, |(_, d)| d);
     let iq = Element::new("iq", NS_CLIENT)
         .attr("type", "get")
         .attr("id", format!("{QUERY_ID_PREFIX}{ver}"))
@@ -294,6 +314,8 @@ pub async fn answer(server: &Server, from: &str, el: &Element) -> Option<Arc<[St
         // those say (its presence with them was handled then), not these.
         if presents(server, full, ver) {
             super::pep::caps_learned(server, full, &shared);
+        } else if crate::s2s::is_remote(server, full) {
+            super::pep::remote::caps_learned(server, full, ver, &shared);
         }
     }
     Some(shared)

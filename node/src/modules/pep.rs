@@ -3154,7 +3154,7 @@ fn recipients(server: &Server, owner: &str, node: &str, cfg: &NodeConfig) -> Vec
 /// Whether an available presence has a non-negative priority: only such
 /// resources get PEP notifications and last items (XEP-0163 §4.3.1,
 /// §4.3.2).
-fn non_negative(presence: &Element) -> bool {
+pub(crate) fn non_negative(presence: &Element) -> bool {
     presence
         .elements()
         .find(|e| e.name == "priority")
@@ -3178,17 +3178,26 @@ async fn notify(
     event: Element,
     replyto: Option<&str>,
 ) {
-    let implicit = match svc.generic {
+    let mut implicit = match svc.generic {
         None => recipients(server, svc.jid, node, cfg),
         Some(_) => Vec::new(),
     };
+    // Contacts on other domains: those whose presence this node took,
+    // and (below) every other node's.
+    let federated = svc.generic.is_none() && server.config.s2s.enabled;
+    if federated {
+        let remote = remote::recipients_here(server, svc.jid, node, cfg);
+        metrics::counter!("starling_pep_remote_notifications_total").increment(remote.len() as u64);
+        implicit.extend(remote);
+    }
+    let tell_nodes = federated && server.storage.store.has_peers();
     // A temporary subscription whose JID is gone (its node died before
     // it could end it, [`presence_ended`]) gets nothing.
     let live: Vec<&PepSub> = subs
         .iter()
         .filter(|s| s.deliver && !s.pending && (!s.temporary || available(server, &s.jid)))
         .collect();
-    if implicit.is_empty() && live.is_empty() {
+    if implicit.is_empty() && live.is_empty() && !tell_nodes {
         return;
     }
     let msg = Element::new("message", NS_CLIENT)
@@ -3205,6 +3214,9 @@ async fn notify(
         ),
         None => &msg,
     };
+    if tell_nodes {
+        remote::tell_nodes(server, svc.jid, node, cfg, shared);
+    }
     for full in &implicit {
         let mut m = shared.clone();
         m.set_attr("to", full.as_str());
@@ -3543,6 +3555,7 @@ async fn end_subscription(
 /// implicit subscription starts): the contact's available resources get
 /// the last items they are interested in.
 pub fn subscription_started(server: &Server, owner: &str, contact: &str) {
+    remote::subscription_started(server, owner, contact);
     for p in server.router.presences(contact, 0) {
         let Some(full) = p.get_attr("from") else {
             continue;
@@ -3593,6 +3606,218 @@ pub fn caps_learned(server: &Server, full: &str, features: &[String]) {
     }
     if let Ok(roster) = server.storage.roster(bare) {
         send_last_items(server, bare, full, &roster, features, &|_| true);
+    }
+}
+
+// ------------------------------------------------------------ federation
+
+pub mod remote {
+    //! PEP for contacts on other domains (XEP-0163 §4.3 across
+    //! federation). A remote contact's available resources and caps are
+    //! known from the presence its server sends the owner
+    //! (`s2s::contacts`, kept by the node that took it):
+    //! - on a publish, the node that handles it notifies the ones it
+    //!   knows and tells every other node ([`KIND_PEP_REMOTE`]) to
+    //!   notify the ones they know;
+    //! - a new or changed available presence gets the last items the
+    //!   resource newly wants, once its caps are known (asked of it over
+    //!   federation when no one verified them yet);
+    //! - an approved subscription (§4.3.4) gets them too.
+    //!
+    //! As for local contacts: only contacts with a subscription `from` or
+    //! `both` whose caps have `<node>+notify` and whose priority is not
+    //! negative, within the node's access model, neither side blocking.
+
+    use super::*;
+    use crate::s2s::contacts::{Remote, Seen};
+    use starling_cluster::{DeliveryResult, Envelope};
+
+    /// Envelope kind: a PEP notification of the owner `to` for node
+    /// `from`; the stanza is the node's configuration (length-prefixed)
+    /// followed by the notification without its `to`.
+    pub const KIND_PEP_REMOTE: u32 = 5;
+
+    /// Presence from another domain's `from` to the local `to` (a
+    /// resource or the bare JID): available (`true`) or not.
+    pub fn presence(server: &Server, to: &str, from: &str, el: &Element, available: bool) {
+        let owner = crate::stanza::split(to).0;
+        let contacts = &server.s2s.contacts;
+        if !available {
+            contacts.unavailable(owner, from);
+            return;
+        }
+        let (contact, Some(_)) = crate::stanza::split(from) else {
+            return;
+        };
+        let caps = super::super::caps::presented(el);
+        let remote = Remote {
+            full: from.to_owned(),
+            caps: caps.map(|(h, v, _)| (h, v.to_owned())),
+            non_negative: non_negative(el),
+        };
+        let old = match contacts.available(owner, remote) {
+            Seen::Same => return,
+            Seen::New => None,
+            Seen::Changed(old) => old,
+        };
+        let Some((hash, ver, caps_node)) = caps else {
+            return;
+        };
+        // Asked whether or not the contact is approved yet: it may be
+        // soon, and then its interests must be known.
+        let Some(features) = super::super::caps::known(server, hash, ver) else {
+            let domain = crate::s2s::domain_of(owner);
+            super::super::caps::ask(server, domain, from, hash, ver, caps_node);
+            return;
+        };
+        if !non_negative(el) || !approved(server, owner, contact) {
+            return;
+        }
+        let old = old.and_then(|(h, v)| super::super::caps::known(server, h, &v));
+        let new_interest = |node: &str| {
+            old.as_deref()
+                .is_none_or(|o| !super::super::caps::wants_notify(o, node))
+        };
+        last_items_of(server, owner, contact, from, &features, &new_interest);
+    }
+
+    /// Whether `owner` approved `contact`'s subscription.
+    fn approved(server: &Server, owner: &str, contact: &str) -> bool {
+        server
+            .storage
+            .roster_item(owner, contact)
+            .ok()
+            .flatten()
+            .is_some_and(|i| i.subscription.from())
+    }
+
+    /// The caps `ver` of the remote resource `full` were just verified:
+    /// the owners it is available to send it the last items it wants.
+    pub fn caps_learned(server: &Server, full: &str, ver: &str, features: &[String]) {
+        let contact = crate::stanza::split(full).0;
+        for owner in server.s2s.contacts.owners_of(full, ver) {
+            let wanted = server
+                .s2s
+                .contacts
+                .of(&owner)
+                .iter()
+                .any(|r| r.full == full && r.non_negative);
+            if wanted && approved(server, &owner, contact) {
+                last_items_of(server, &owner, contact, full, features, &|_| true);
+            }
+        }
+    }
+
+    /// `owner` approved `contact` (of another domain): its resources
+    /// known here get the last items they want (§4.3.4).
+    pub fn subscription_started(server: &Server, owner: &str, contact: &str) {
+        for r in server.s2s.contacts.of(owner) {
+            if crate::stanza::split(&r.full).0 != contact || !r.non_negative {
+                continue;
+            }
+            let Some(features) = r
+                .caps
+                .as_ref()
+                .and_then(|(h, v)| super::super::caps::known(server, h, v))
+            else {
+                continue;
+            };
+            last_items_of(server, owner, contact, &r.full, &features, &|_| true);
+        }
+    }
+
+    /// The remote resources known on this node that get `owner`'s
+    /// notifications for `node`.
+    pub fn recipients_here(
+        server: &Server,
+        owner: &str,
+        node: &str,
+        cfg: &NodeConfig,
+    ) -> Vec<String> {
+        let known = server.s2s.contacts.of(owner);
+        if known.is_empty() || cfg.access == Access::Whitelist {
+            return Vec::new();
+        }
+        let Ok(roster) = server.storage.roster(owner) else {
+            return Vec::new();
+        };
+        known
+            .into_iter()
+            .filter(|r| {
+                let contact = crate::stanza::split(&r.full).0;
+                r.non_negative
+                    && roster
+                        .iter()
+                        .any(|i| i.jid == contact && contact_notified(i, cfg))
+                    && r.caps.as_ref().is_some_and(|(h, v)| {
+                        super::super::caps::known(server, h, v)
+                            .is_some_and(|f| super::super::caps::wants_notify(&f, node))
+                    })
+                    && !super::super::blocking::either_blocks(server, owner, &r.full)
+            })
+            .map(|r| r.full)
+            .collect()
+    }
+
+    /// Asks every other live node to notify the remote contacts it knows
+    /// of `owner` with `msg` (a notification without `to`).
+    pub fn tell_nodes(server: &Server, owner: &str, node: &str, cfg: &NodeConfig, msg: &Element) {
+        let store = &server.storage.store;
+        let config = cfg.encode();
+        let xml = msg.to_stream_xml(NS_CLIENT);
+        let mut payload = Vec::with_capacity(4 + config.len() + xml.len());
+        payload.extend_from_slice(&u32::try_from(config.len()).unwrap_or(0).to_le_bytes());
+        payload.extend_from_slice(&config);
+        payload.extend_from_slice(xml.as_bytes());
+        let me = store.node_id();
+        for peer in store.live_nodes().into_iter().filter(|n| *n != me) {
+            let env = Envelope {
+                kind: KIND_PEP_REMOTE,
+                to: owner.to_owned(),
+                from: node.to_owned(),
+                stanza: payload.clone(),
+                ..Envelope::default()
+            };
+            if let Err(e) = store.deliver(peer, env) {
+                tracing::debug!(peer, error = %e, "could not ask a node to notify remote contacts");
+            }
+        }
+    }
+
+    /// A [`KIND_PEP_REMOTE`] envelope from another node.
+    pub fn from_node(server: &Server, env: &Envelope) -> DeliveryResult {
+        let owner = env.to.as_str();
+        let node = env.from.as_str();
+        let Some((len, rest)) = env.stanza.split_first_chunk::<4>() else {
+            return DeliveryResult::Refused;
+        };
+        let len = u32::from_le_bytes(*len) as usize;
+        if rest.len() < len {
+            return DeliveryResult::Refused;
+        }
+        let (config, xml) = rest.split_at(len);
+        let cfg = NodeConfig::decode(config);
+        let targets = recipients_here(server, owner, node, &cfg);
+        if targets.is_empty() {
+            return DeliveryResult::Delivered;
+        }
+        let scope = [(String::new(), NS_CLIENT.to_owned())];
+        let limits = Limits {
+            max_stanza_bytes: usize::MAX,
+            ..Default::default()
+        };
+        let Ok(msg) = crate::xml::parse_element(xml, &scope, &limits) else {
+            return DeliveryResult::Refused;
+        };
+        for full in targets {
+            let mut m = msg.clone();
+            m.set_attr("to", full.as_str());
+            m.set_attr("id", new_item_id());
+            metrics::counter!("starling_pep_notifications_total").increment(1);
+            metrics::counter!("starling_pep_remote_notifications_total").increment(1);
+            crate::s2s::send(server, m);
+        }
+        DeliveryResult::Delivered
     }
 }
 

@@ -51,6 +51,11 @@ async fn presence(server: &Arc<Server>, mut el: Element) {
         // §4.3.2: answered if the user approved the prober.
         Probe => im::probe(server, &from_bare, &from, &to_bare),
         Available | Unavailable | Error => {
+            if server.is_local(crate::s2s::domain_of(&to))
+                && !modules::blocking::either_blocks(server, &from, &to)
+            {
+                modules::pep::remote::presence(server, &to, &from, &el, ptype == Available);
+            }
             im::presence_in(server, &to, el);
             Ok(())
         }
@@ -94,15 +99,20 @@ async fn iq(server: &Arc<Server>, el: Element) {
         return;
     }
     if !request {
-        // An answer to something the server (or an account) asked, e.g. a
-        // push app server's (XEP-0357).
-        if let Destination::Account {
-            bare,
-            resource: None,
-            exists: true,
-        } = dest
-        {
-            modules::push::answer(server, bare, &from, &el).await;
+        // An answer to something the server (or an account) asked: a caps
+        // query (XEP-0115), a push app server's (XEP-0357).
+        match dest {
+            Destination::Server { .. } => {
+                modules::caps::answer(server, &from, &el).await;
+            }
+            Destination::Account {
+                bare,
+                resource: None,
+                exists: true,
+            } => {
+                modules::push::answer(server, bare, &from, &el).await;
+            }
+            _ => {}
         }
         return;
     }

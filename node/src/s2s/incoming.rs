@@ -19,7 +19,11 @@ use tokio::time::Instant;
 /// without it.
 pub async fn start(server: Arc<Server>) {
     let cfg = &server.config.s2s;
-    if !cfg.enabled || cfg.port == 0 {
+    if !cfg.enabled {
+        return;
+    }
+    actix_rt::spawn(sweep_contacts(server.clone()));
+    if cfg.port == 0 {
         return;
     }
     let addr = format!("{}:{}", cfg.bind, cfg.port);
@@ -31,6 +35,19 @@ pub async fn start(server: Arc<Server>) {
         Err(e) => {
             tracing::error!(%addr, error = %e, "s2s listener not started: no incoming federation on this node");
         }
+    }
+}
+
+/// Forgets, every minute, the remote contacts of users no longer
+/// available anywhere (`contacts`).
+async fn sweep_contacts(server: Arc<Server>) {
+    let mut tick = tokio::time::interval(super::contacts::SWEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let contacts = &server.s2s.contacts;
+        contacts.sweep(|owner| !server.router.presences(owner, 0).is_empty());
+        metrics::gauge!("starling_s2s_remote_contacts").set(contacts.resources() as f64);
     }
 }
 

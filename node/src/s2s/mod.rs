@@ -20,12 +20,15 @@
 //!   between two domains are allowed) and accepts streams; the dialback
 //!   secret is shared through the replicated store, so any node answers a
 //!   `<db:verify/>` for a key another node made. Nothing else is shared:
-//!   a link is the state of one connection.
+//!   a link is the state of one connection, and the presence remote
+//!   servers send is remembered (for PEP, `contacts`) by the node that
+//!   took it; a publish asks every node to notify from what it knows.
 //!
 //! Certificates are not verified (self-signed ones are the rule between
 //! small servers): TLS gives privacy, dialback the domain's authentication,
 //! as with Prosody's and ejabberd's default settings.
 
+pub mod contacts;
 mod deliver;
 mod dns;
 mod incoming;
@@ -57,6 +60,9 @@ pub struct S2s {
     secret: tokio::sync::OnceCell<Vec<u8>>,
     client_tls: std::sync::OnceLock<Arc<rustls::ClientConfig>>,
     resolver: std::sync::OnceLock<Option<hickory_resolver::TokioResolver>>,
+    /// Other domains' users available to local ones, as their servers
+    /// told this node (for PEP).
+    pub contacts: contacts::Contacts,
 }
 
 /// The stream limits of c2s, for server streams too.
