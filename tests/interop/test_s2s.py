@@ -501,6 +501,46 @@ def test_pep_notifications_reach_contacts_on_another_domain(pair, clients):
     b.assert_healthy(ub)
 
 
+def remote_contacts(server):
+    text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read().decode()
+    for line in text.splitlines():
+        if line.startswith("starling_s2s_remote_contacts "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def test_remote_presence_is_remembered_only_for_roster_contacts_and_bounded(pair, clients):
+    """A server (here a raw stream authorised as a.test) cannot make b.test remember
+    resources that are not its users' roster contacts, nor more than 256 per user; an
+    unavailable presence forgets them; the user's session is unaffected throughout."""
+    a, b = pair
+    ub = online(b, clients, "rc")
+    ok_roster = ub.iq("set", "<query xmlns='jabber:iq:roster'><item jid='friend@a.test'/></query>")
+    assert ok_roster.get("type") == "result", tostring(ok_roster)
+    s = RawServer(b.s2s_port, "b.test", "a.test").open()
+    assert s.db_result(dialback_key(SECRET_A, "b.test", "a.test", s.stream_id())).get("type") == "valid"
+    base = remote_contacts(b)
+    c = "<c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='n' ver='AAAAAAAAAAAAAAAAAAAAAAAAAAA='/>"
+    for i in range(50):
+        s.send_raw(f"<presence from='ghost{i}@a.test/r' to='{ub.bare}'>{c}</presence>")
+    for i in range(300):
+        s.send_raw(f"<presence from='friend@a.test/r{i}' to='{ub.bare}'>{c}</presence>")
+    # the stream's stanzas are handled in order: once the last one reached the user...
+    got = 0
+    deadline = time.time() + 20
+    while got < 300 and time.time() < deadline:
+        ub.recv(lambda e: e.tag == C("presence") and e.get("from", "").startswith("friend@a.test/"), 20,
+                what="presence from a roster contact")
+        got += 1
+    assert got == 300
+    assert remote_contacts(b) - base == 256
+    s.send_raw(f"<presence from='friend@a.test' to='{ub.bare}' type='unavailable'/>")
+    ub.recv(lambda e: e.tag == C("presence") and e.get("from") == "friend@a.test"
+            and e.get("type") == "unavailable", 20, what="unavailable")
+    assert remote_contacts(b) == base
+    b.assert_healthy(ub)
+
+
 # ------------------------------------------------------------------ a cluster as one domain
 
 @pytest.fixture(scope="module")

@@ -3649,6 +3649,14 @@ pub mod remote {
         let (contact, Some(_)) = crate::stanza::split(from) else {
             return;
         };
+        // A new one only from a roster contact of an available owner: a
+        // server cannot fill this node's memory with made-up resources.
+        if !contacts.has(owner, from)
+            && (!server.router.bound(owner).iter().any(|b| b.available)
+                || !matches!(server.storage.roster_item(owner, contact), Ok(Some(_))))
+        {
+            return;
+        }
         let caps = super::super::caps::presented(el);
         let remote = Remote {
             full: from.to_owned(),

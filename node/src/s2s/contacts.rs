@@ -7,10 +7,12 @@
 //! Kept by the node whose incoming stream took the presence (any node of
 //! a cluster may hold a remote server's stream). A publish on another node
 //! therefore asks every node to notify from what it knows
-//! (`pep::remote`). Per local user, at most [`MAX_PER_OWNER`] resources
-//! (the oldest go first); a user none of whose resources has been
-//! available anywhere in the cluster for a sweep period is forgotten
-//! (its contacts' servers probe-answer again when it logs in).
+//! (`pep::remote`). Only resources of the user's roster contacts are
+//! taken, while the user is available somewhere in the cluster; per local
+//! user, at most [`MAX_PER_OWNER`] (the oldest go first); a user none of
+//! whose resources has been available anywhere in the cluster for a sweep
+//! period is forgotten (its contacts' servers answer its probes again
+//! when it logs in).
 
 use dashmap::DashMap;
 use std::time::{Duration, Instant};
@@ -49,6 +51,11 @@ pub enum Seen {
     Same,
 }
 
+/// `starling_s2s_remote_contacts`: the remote resources nodes remember.
+fn gauge() -> metrics::Gauge {
+    metrics::gauge!("starling_s2s_remote_contacts")
+}
+
 #[derive(Default)]
 pub struct Contacts {
     owners: DashMap<String, Owner>,
@@ -79,6 +86,8 @@ impl Contacts {
         }
         if o.resources.len() >= MAX_PER_OWNER {
             o.resources.remove(0);
+        } else {
+            gauge().increment(1.0);
         }
         o.resources.push(remote);
         Seen::New
@@ -90,6 +99,7 @@ impl Contacts {
         let bare = !from.contains('/');
         let gone = match self.owners.get_mut(owner) {
             Some(mut o) => {
+                let before = o.resources.len();
                 o.resources.retain(|r| {
                     if bare {
                         crate::stanza::split(&r.full).0 != from
@@ -97,6 +107,7 @@ impl Contacts {
                         r.full != from
                     }
                 });
+                gauge().decrement((before - o.resources.len()) as f64);
                 o.resources.is_empty()
             }
             None => false,
@@ -104,6 +115,13 @@ impl Contacts {
         if gone {
             self.owners.remove_if(owner, |_, o| o.resources.is_empty());
         }
+    }
+
+    /// Whether `full` is known as available to `owner`.
+    pub fn has(&self, owner: &str, full: &str) -> bool {
+        self.owners
+            .get(owner)
+            .is_some_and(|o| o.resources.iter().any(|r| r.full == full))
     }
 
     /// The remote resources available to `owner`.
@@ -130,8 +148,13 @@ impl Contacts {
     /// Forgets the owners `keep` refuses that were not refreshed for a
     /// sweep period.
     pub fn sweep(&self, keep: impl Fn(&str) -> bool) {
-        self.owners
-            .retain(|owner, o| o.since.elapsed() < SWEEP_EVERY || keep(owner));
+        self.owners.retain(|owner, o| {
+            let kept = o.since.elapsed() < SWEEP_EVERY || keep(owner);
+            if !kept {
+                gauge().decrement(o.resources.len() as f64);
+            }
+            kept
+        });
     }
 
     pub fn resources(&self) -> usize {
@@ -161,6 +184,7 @@ mod tests {
             Seen::Changed(Some(("sha-1", "v1".into())))
         );
         assert_eq!(c.available("u@a", r("x@b/2", None)), Seen::New);
+        assert!(c.has("u@a", "x@b/2") && !c.has("u@a", "x@b/3") && !c.has("v@a", "x@b/2"));
         assert_eq!(c.owners_of("x@b/1", "v2"), vec!["u@a".to_owned()]);
         assert!(c.owners_of("x@b/1", "v1").is_empty());
         c.unavailable("u@a", "x@b/1");

@@ -45,9 +45,7 @@ async fn sweep_contacts(server: Arc<Server>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let contacts = &server.s2s.contacts;
-        contacts.sweep(|owner| !server.router.presences(owner, 0).is_empty());
-        metrics::gauge!("starling_s2s_remote_contacts").set(contacts.resources() as f64);
+        (server.s2s.contacts).sweep(|owner| server.router.bound(owner).iter().any(|b| b.available));
     }
 }
 
