@@ -27,7 +27,7 @@ import pytest
 import rawxmpp
 from cluster import NetnsClient, _ip, socket_in_netns
 from conftest import STARLING_BIN, StarlingServer, _stop_pid, child_env, free_port
-from rawxmpp import C, q, tostring
+from rawxmpp import XMPPTimeout, C, q, tostring
 
 pytestmark = pytest.mark.starling_only
 
@@ -51,7 +51,7 @@ s2s_require_encryption = true
 s2s_secure_auth = false
 authentication = "internal_hashed"
 storage = "internal"
-modules_enabled = {{ "roster"; "saslauth"; "tls"; "dialback"; "disco"; "ping"; "version" }}
+modules_enabled = {{ "roster"; "saslauth"; "tls"; "dialback"; "disco"; "ping"; "version"; "pep" }}
 certificates = "{dir}/certs"
 ssl = {{ key = "{dir}/certs/prosody.interop.key"; certificate = "{dir}/certs/prosody.interop.crt" }}
 VirtualHost "prosody.interop"
@@ -210,6 +210,11 @@ modules:
   mod_version: {{}}
   mod_s2s_dialback: {{}}
   mod_admin_extra: {{}}
+  mod_caps: {{}}
+  mod_pubsub:
+    plugins:
+      - "flat"
+      - "pep"
 """
 
 
@@ -444,3 +449,64 @@ def test_pep_notifications_to_a_contact_at_the_peer(federation, clients, name):
     m = up.recv(lambda e: is_event(e, ua.bare, node) and devices(e) == ["2"], 20,
                 what=f"the notification at {name}")
     assert m.get("to") == up.jid and m.get("type") == "headline"
+
+
+
+@pytest.mark.parametrize("name", PEERS)
+def test_pep_notifications_from_a_contact_at_the_peer(federation, clients, name):
+    """The other way: the peer's PEP service asks our user's caps (an IQ to our client,
+    through our server) and sends our user the notifications it wants."""
+    from test_pep import Caps, ok, publish, is_event, NS_EVENT
+    a, peers = federation
+    node = "urn:xmpp:omemo:2:devices"
+    caps = Caps(node)
+    ua = clients.add(a.online("pg"))
+    up = peer_user(peers[name], clients, "ph")
+    up.presence(to=ua.bare, type_="subscribe")
+    ua.recv(lambda e: e.tag == C("presence") and e.get("type") == "subscribe" and e.get("from") == up.bare,
+            20, what=f"subscribe from {name}")
+    ua.presence(to=up.bare, type_="subscribed")
+    ua.presence(to=up.bare, type_="subscribe")
+    up.recv(lambda e: e.tag == C("presence") and e.get("type") == "subscribe", 20, what=f"subscribe at {name}")
+    up.presence(to=ua.bare, type_="subscribed")
+    ua.recv(lambda e: e.tag == C("presence") and e.get("from") == up.jid and e.get("type") is None,
+            20, what=f"presence of the {name} contact")
+
+    def devices(e):
+        item = e.find(q(NS_EVENT, "event")).find(q(NS_EVENT, "items")).find(q(NS_EVENT, "item"))
+        return [d.get("id") for d in item.find("{urn:xmpp:omemo:2}devices")]
+
+    # the peer's user publishes; ours then advertises +notify and answers whoever asks its
+    # caps (our server, the peer): the peer sends the last item (or, if it does not, the
+    # next publish's notification)
+    r = publish(up, node, "<devices xmlns='urn:xmpp:omemo:2'><device id='5'/></devices>", item_id="current")
+    assert r.get("type") == "result", tostring(r)
+    ua.presence(extra=caps.c())
+
+    def wanted(e):
+        return ((e.tag == C("iq") and e.get("type") == "get"
+                 and e.find(q("http://jabber.org/protocol/disco#info", "query")) is not None)
+                or is_event(e, up.bare, node))
+
+    deadline = time.time() + 30
+    peer_asked_at = None
+    republished = False
+    got = None
+    while got is None and time.time() < deadline:
+        if peer_asked_at and not republished and time.time() - peer_asked_at > 3:
+            r = publish(up, node, "<devices xmlns='urn:xmpp:omemo:2'><device id='6'/></devices>",
+                        item_id="current")
+            assert r.get("type") == "result", tostring(r)
+            republished = True
+        try:
+            e = ua.recv(wanted, 0.5, what=f"caps queries, then the notification from {name}")
+        except XMPPTimeout:
+            continue
+        if e.tag == C("iq"):
+            caps.answer(ua, e)
+            if (e.get("from") or "") != a.domain and peer_asked_at is None:
+                peer_asked_at = time.time()
+            continue
+        got = e
+    assert got is not None, f"no notification from {name} (peer asked our caps: {peer_asked_at is not None})"
+    assert got.get("to") == ua.jid and devices(got) in (["5"], ["6"]), tostring(got)
