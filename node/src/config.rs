@@ -409,6 +409,18 @@ pub struct S2sConfig {
     /// first node that needs it and kept in the replicated store, so every
     /// node of a cluster answers for the links of the others.
     pub secret: Option<String>,
+    /// SASL EXTERNAL with certificates (RFC 6120 §6.4, §13.8.4; XEP-0178):
+    /// offered to a server whose TLS client certificate a trusted CA
+    /// issued for the domain it claims, and used on our links when the
+    /// other server offers it (presenting the domain's certificate), with
+    /// dialback when either side cannot.
+    pub sasl_external: bool,
+    /// Trust the operating system's certificate authorities
+    /// (`/etc/ssl/certs`) for other servers' certificates.
+    pub system_roots: bool,
+    /// More certificate authorities (a PEM file) to trust for other
+    /// servers' certificates.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for S2sConfig {
@@ -424,6 +436,9 @@ impl Default for S2sConfig {
             idle_timeout_secs: 600,
             max_queue: 1000,
             secret: None,
+            sasl_external: true,
+            system_roots: true,
+            ca_file: None,
         }
     }
 }

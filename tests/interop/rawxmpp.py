@@ -196,6 +196,10 @@ class Client:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
+        # (certificate file, key file) to present: a server's, for SASL EXTERNAL
+        client_cert = getattr(self, "client_cert", None)
+        if client_cert:
+            ctx.load_cert_chain(*client_cert)
         if alpn:
             ctx.set_alpn_protocols(alpn)
         self.sock = ctx.wrap_socket(self.sock, server_hostname=self.domain)

@@ -9,8 +9,10 @@ The raw-stream tests open server streams by hand with rawxmpp: they play another
 domain's server, with the dialback secret of a.test known to the test (`[s2s] secret`),
 to reach the checks a real peer never trips (spoofed `from`, bad keys, bad namespaces).
 """
+import base64
 import hashlib
 import hmac
+import subprocess
 import time
 import urllib.request
 import uuid
@@ -539,6 +541,148 @@ def test_remote_presence_is_remembered_only_for_roster_contacts_and_bounded(pair
             and e.get("type") == "unavailable", 20, what="unavailable")
     assert remote_contacts(b) == base
     b.assert_healthy(ub)
+
+
+# ------------------------------------------------------------------ SASL EXTERNAL (XEP-0178)
+
+NS_SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
+
+
+def openssl(*args):
+    subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+
+class CertAuthority:
+    """A certificate authority of the test's own, and certificates it issues for domains."""
+
+    def __init__(self, d):
+        self.dir = d
+        self.crt, self.key = f"{d}/ca.crt", f"{d}/ca.key"
+        openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                "-days", "2", "-subj", "/CN=Starling test CA", "-keyout", self.key, "-out", self.crt,
+                "-addext", "basicConstraints=critical,CA:TRUE",
+                "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+
+    def issue(self, domain, name=None):
+        name = name or domain
+        key, csr, crt, ext = (f"{self.dir}/{name}.{x}" for x in ("key", "csr", "crt", "ext"))
+        openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                "-subj", f"/CN={domain}", "-keyout", key, "-out", csr)
+        with open(ext, "w") as f:
+            f.write(f"subjectAltName=DNS:{domain}\nextendedKeyUsage=serverAuth,clientAuth\n"
+                    "basicConstraints=CA:FALSE\n")
+        openssl("x509", "-req", "-in", csr, "-CA", self.crt, "-CAkey", self.key, "-CAcreateserial",
+                "-days", "2", "-out", crt, "-extfile", ext)
+        return crt, key
+
+    def self_signed(self, domain, name):
+        key, crt = f"{self.dir}/{name}.key", f"{self.dir}/{name}.crt"
+        openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                "-days", "2", "-subj", f"/CN={domain}", "-addext", f"subjectAltName=DNS:{domain}",
+                "-keyout", key, "-out", crt)
+        return crt, key
+
+
+def metric(server, name, **labels):
+    text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+@pytest.fixture(scope="module")
+def external_pair(tmp_path_factory):
+    """e1.test and e2.test, each with a certificate of the test's CA, each trusting it."""
+    ca = CertAuthority(str(tmp_path_factory.mktemp("ca")))
+    p1, p2 = free_port(), free_port()
+    servers = []
+    for domain, other, port in (("e1.test", "e2.test", p2), ("e2.test", "e1.test", p1)):
+        crt, key = ca.issue(domain)
+        toml = (s2s_toml({other: port}, extra=f'ca_file = "{ca.crt}"\nsystem_roots = false')
+                + f'\n\n[[tls.certs]]\ndomain = "{domain}"\ncert = "{crt}"\nkey = "{key}"\n')
+        servers.append(StarlingServer(str(tmp_path_factory.mktemp(domain)), domains=[domain], extra_toml=toml))
+    e1, e2 = servers
+    e1.s2s_port, e2.s2s_port = p1, p2
+    e1.start()
+    e2.start()
+    yield e1, e2, ca
+    e1.stop()
+    e2.stop()
+
+
+def test_sasl_external_between_servers_with_ca_certificates(external_pair, clients):
+    """XEP-0178 / RFC 6120 §13.8.4: with certificates of a CA both trust, each link is
+    authenticated with SASL EXTERNAL (the receiving server offers it after checking the
+    certificate the link presented) and no dialback is done."""
+    e1, e2, _ = external_pair
+    u1, u2 = online(e1, clients, "x1"), online(e2, clients, "x2")
+    mid = u1.message(u2.jid, "over EXTERNAL")
+    assert u2.recv_stanza("message", id=mid, timeout=15).findtext(C("body")) == "over EXTERNAL"
+    mid = u2.message(u1.jid, "and back")
+    assert u1.recv_stanza("message", id=mid, timeout=15).findtext(C("body")) == "and back"
+    for s in (e1, e2):
+        assert metric(s, "starling_s2s_sasl_external_total", direction="out", result="success") >= 1
+        assert metric(s, "starling_s2s_sasl_external_total", direction="in", result="success") >= 1
+        assert metric(s, "starling_s2s_dialback_total") == 0
+
+
+def external_stream(server, origin, cert=None):
+    s = RawServer(server.s2s_port, server.domain, origin)
+    s.client_cert = cert
+    return s.open()
+
+
+def test_sasl_external_offered_only_for_a_trusted_certificate_of_the_claimed_domain(external_pair, clients):
+    """The receiving side: EXTERNAL is offered only when a certificate the CA issued for the
+    stream's `from` was presented; the authorization identity must be that domain
+    (<invalid-authzid/>), EXTERNAL not offered is <invalid-mechanism/>; after <success/> and a
+    new stream, stanzas of that domain are taken without dialback."""
+    e1, e2, ca = external_pair
+    u2 = online(e2, clients, "x3")
+    # No certificate, a self-signed one, one of the CA for another domain: not offered.
+    cert_other = ca.issue("e3.test")
+    for origin, cert in (("e1.test", None), ("e1.test", ca.self_signed("e1.test", "e1-self")),
+                         ("e1.test", cert_other)):
+        s = external_stream(e2, origin, cert)
+        assert "EXTERNAL" not in s.mechanisms(), tostring(s.features)
+        assert s.feature("urn:xmpp:features:dialback", "dialback") is not None
+        s.send_raw(f"<auth xmlns='{NS_SASL}' mechanism='EXTERNAL'>=</auth>")
+        f = s.recv(lambda e: e.tag == q(NS_SASL, "failure"), 10, what="SASL failure")
+        assert f.find(q(NS_SASL, "invalid-mechanism")) is not None, tostring(f)
+        s.close()
+    # A CA certificate of e1.test, presented as e1.test.
+    cert1 = (f"{ca.dir}/e1.test.crt", f"{ca.dir}/e1.test.key")
+    s = external_stream(e2, "e1.test", cert1)
+    assert s.mechanisms() == ["EXTERNAL"], tostring(s.features)
+    s.send_raw(f"<auth xmlns='{NS_SASL}' mechanism='PLAIN'>AGEAYg==</auth>")
+    f = s.recv(lambda e: e.tag == q(NS_SASL, "failure"), 10, what="SASL failure")
+    assert f.find(q(NS_SASL, "invalid-mechanism")) is not None, tostring(f)
+    s.send_raw(f"<auth xmlns='{NS_SASL}' mechanism='EXTERNAL'>{base64.b64encode(b'e3.test').decode()}</auth>")
+    f = s.recv(lambda e: e.tag == q(NS_SASL, "failure"), 10, what="SASL failure")
+    assert f.find(q(NS_SASL, "invalid-authzid")) is not None, tostring(f)
+    s.send_raw(f"<auth xmlns='{NS_SASL}' mechanism='EXTERNAL'>{base64.b64encode(b'e1.test').decode()}</auth>")
+    s.recv(lambda e: e.tag == q(NS_SASL, "success"), 10, what="SASL success")
+    s.open_stream(ns=NS_SERVER, extra=f" xmlns:db='{NS_DB}' from='e1.test'")
+    assert "EXTERNAL" not in s.mechanisms()
+    s.send_raw(f"<message from='ext@e1.test/r' to='{u2.jid}' id='ext1' type='chat'><body>hi</body></message>")
+    m = u2.recv_stanza("message", id="ext1", timeout=10)
+    assert m.get("from") == "ext@e1.test/r"
+    # still only for e1.test
+    s.send_raw(f"<message from='m@e3.test' to='{u2.jid}' id='ext2'><body>x</body></message>")
+    assert s.expect_stream_error() == "invalid-from"
+    u2.expect_nothing(lambda e: e.tag == C("message") and e.get("id") == "ext2", timeout=1)
+    # Three failures end the stream.
+    s = external_stream(e2, "e1.test", cert1)
+    for _ in range(3):
+        s.send_raw(f"<auth xmlns='{NS_SASL}' mechanism='EXTERNAL'>!!!</auth>")
+    f = s.recv(lambda e: e.tag == q(NS_SASL, "failure"), 10, what="SASL failure")
+    assert f.find(q(NS_SASL, "incorrect-encoding")) is not None, tostring(f)
+    assert s.expect_stream_error() == "policy-violation"
+    e2.assert_healthy(u2)
 
 
 # ------------------------------------------------------------------ a cluster as one domain

@@ -14,6 +14,7 @@ message to a user it does not have).
 import contextlib
 import json
 import os
+import re
 import signal
 import shutil
 import socket
@@ -28,6 +29,7 @@ import rawxmpp
 from cluster import NetnsClient, _ip, socket_in_netns
 from conftest import STARLING_BIN, StarlingServer, _stop_pid, child_env, free_port
 from rawxmpp import XMPPTimeout, C, q, tostring
+from test_s2s import CertAuthority
 
 pytestmark = pytest.mark.starling_only
 
@@ -53,7 +55,7 @@ authentication = "internal_hashed"
 storage = "internal"
 modules_enabled = {{ "roster"; "saslauth"; "tls"; "dialback"; "disco"; "ping"; "version"; "pep" }}
 certificates = "{dir}/certs"
-ssl = {{ key = "{dir}/certs/prosody.interop.key"; certificate = "{dir}/certs/prosody.interop.crt" }}
+ssl = {{ key = "{dir}/certs/prosody.interop.key"; certificate = "{dir}/certs/prosody.interop.crt"; cafile = "{ca}" }}
 VirtualHost "prosody.interop"
 """
 
@@ -115,15 +117,16 @@ class NsPeer:
     domain = ""
     log_file = ""
 
-    def __init__(self, workdir, ns):
-        self.dir, self.ns = workdir, ns
+    def __init__(self, workdir, ns, ca):
+        self.dir, self.ns, self.ca = workdir, ns, ca
         self.c2s, self.s2s = free_port(), free_port()
         self.proc = None
 
-    def self_signed(self, key, crt):
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                        "-subj", f"/CN={self.domain}", "-addext", f"subjectAltName=DNS:{self.domain}",
-                        "-keyout", key, "-out", crt], check=True, capture_output=True, timeout=60)
+    def issued(self, key, crt):
+        """A certificate for the domain from the test's CA (which every server trusts)."""
+        c, k = self.ca.issue(self.domain)
+        shutil.copy(c, crt)
+        shutil.copy(k, key)
 
     def login(self, user, password):
         c = NetnsClient("127.0.0.1", self.c2s, self.domain)
@@ -147,14 +150,14 @@ class NsProsody(NsPeer):
     domain = "prosody.interop"
     log_file = "prosody.log"
 
-    def __init__(self, workdir, ns):
-        super().__init__(workdir, ns)
+    def __init__(self, workdir, ns, ca):
+        super().__init__(workdir, ns, ca)
         os.makedirs(f"{workdir}/certs", exist_ok=True)
         os.makedirs(f"{workdir}/data", exist_ok=True)
-        self.self_signed(f"{workdir}/certs/{self.domain}.key", f"{workdir}/certs/{self.domain}.crt")
+        self.issued(f"{workdir}/certs/{self.domain}.key", f"{workdir}/certs/{self.domain}.crt")
         self.cfg = f"{workdir}/prosody.cfg.lua"
         with open(self.cfg, "w") as f:
-            f.write(PROSODY_CFG.format(dir=workdir, c2s=self.c2s, s2s=self.s2s))
+            f.write(PROSODY_CFG.format(dir=workdir, c2s=self.c2s, s2s=self.s2s, ca=ca.crt))
 
     def start(self):
         log = open(f"{self.dir}/console.log", "ab")
@@ -176,6 +179,7 @@ loglevel: info
 log_rotate_count: 0
 certfiles:
   - "{dir}/cert.pem"
+ca_file: "{ca}"
 s2s_use_starttls: required
 listen:
   -
@@ -224,17 +228,17 @@ class NsEjabberd(NsPeer):
     domain = "ejabberd.interop"
     log_file = "log/ejabberd.log"
 
-    def __init__(self, workdir, ns):
-        super().__init__(workdir, ns)
+    def __init__(self, workdir, ns, ca):
+        super().__init__(workdir, ns, ca)
         for d in ("etc", "db", "log"):
             os.makedirs(f"{workdir}/{d}", exist_ok=True)
-        self.self_signed(f"{workdir}/etc/key.pem", f"{workdir}/etc/crt.pem")
+        self.issued(f"{workdir}/etc/key.pem", f"{workdir}/etc/crt.pem")
         with open(f"{workdir}/etc/cert.pem", "w") as out:
             for part in ("key.pem", "crt.pem"):
                 with open(f"{workdir}/etc/{part}") as f:
                     out.write(f.read())
         with open(f"{workdir}/etc/ejabberd.yml", "w") as f:
-            f.write(EJABBERD_YML.format(dir=f"{workdir}/etc", c2s=self.c2s, s2s=self.s2s))
+            f.write(EJABBERD_YML.format(dir=f"{workdir}/etc", c2s=self.c2s, s2s=self.s2s, ca=ca.crt))
         node = f"fed{uuid.uuid4().hex[:6]}@localhost"
         with open(f"{workdir}/etc/ejabberdctl.cfg", "w") as f:
             f.write(f'ERLANG_NODE={node}\nERL_OPTIONS="-setcookie {uuid.uuid4().hex}"\n'
@@ -279,12 +283,21 @@ def federation(tmp_path_factory):
         made.append("etc")
         with open(f"{etc}/resolv.conf", "w") as f:
             f.write("nameserver 127.0.0.1\noptions timeout:1 attempts:2\n")
-        a = NsStarling(str(tmp_path_factory.mktemp("fed-a")), ns, domains=["starling.interop"],
-                       extra_toml="[s2s]\nenabled = true\nbind = \"127.0.0.1\"\nconnect_timeout_secs = 10")
-        peers = {"prosody": NsProsody(str(tmp_path_factory.mktemp("fed-p")), ns),
-                 "ejabberd": NsEjabberd(str(tmp_path_factory.mktemp("fed-e")), ns)}
-        zone = {"a": {"starling.interop": "127.0.0.1"},
-                "srv": {"_xmpp-server._tcp.starling.interop": [[0, 5, a.s2s_port, "starling.interop"]]}}
+        # One CA issued every server's certificate and is trusted by all: SASL EXTERNAL
+        # (XEP-0178) where a server supports it, dialback where not.
+        ca = CertAuthority(str(tmp_path_factory.mktemp("fed-ca")))
+        crt, key = ca.issue("starling.interop")
+        # dialback.interop: a second domain of the same server, with the certificate Starling
+        # generates for itself (no CA): its links to the peers are authorised by dialback.
+        a = NsStarling(str(tmp_path_factory.mktemp("fed-a")), ns, domains=["starling.interop", "dialback.interop"],
+                       extra_toml="[s2s]\nenabled = true\nbind = \"127.0.0.1\"\nconnect_timeout_secs = 10\n"
+                                  f"ca_file = \"{ca.crt}\"\nsystem_roots = false\n\n[[tls.certs]]\n"
+                                  f"domain = \"starling.interop\"\ncert = \"{crt}\"\nkey = \"{key}\"\n")
+        peers = {"prosody": NsProsody(str(tmp_path_factory.mktemp("fed-p")), ns, ca),
+                 "ejabberd": NsEjabberd(str(tmp_path_factory.mktemp("fed-e")), ns, ca)}
+        zone = {"a": {"starling.interop": "127.0.0.1", "dialback.interop": "127.0.0.1"},
+                "srv": {"_xmpp-server._tcp.starling.interop": [[0, 5, a.s2s_port, "starling.interop"]],
+                        "_xmpp-server._tcp.dialback.interop": [[0, 5, a.s2s_port, "dialback.interop"]]}}
         for peer in peers.values():
             zone["a"][peer.domain] = "127.0.0.1"
             zone["srv"][f"_xmpp-server._tcp.{peer.domain}"] = [[0, 5, peer.s2s, peer.domain]]
@@ -510,3 +523,44 @@ def test_pep_notifications_from_a_contact_at_the_peer(federation, clients, name)
         got = e
     assert got is not None, f"no notification from {name} (peer asked our caps: {peer_asked_at is not None})"
     assert got.get("to") == ua.jid and devices(got) in (["5"], ["6"]), tostring(got)
+
+
+
+@pytest.mark.parametrize("name", PEERS)
+def test_sasl_external_with_the_peer(federation, clients, name):
+    """With certificates of a CA both sides trust, the links between Starling and the peer
+    authenticate with SASL EXTERNAL (XEP-0178), as Starling's log says, not dialback."""
+    a, peers = federation
+    p = peers[name]
+    ua = clients.add(a.online("xe"))
+    up = peer_user(p, clients, "xf")
+    mid = ua.message(up.bare, "external out")
+    up.recv(lambda e: e.tag == C("message") and e.get("id") == mid, 20, what=f"message at {name}")
+    up.send_raw(f"<message to='{ua.jid}' id='xe2' type='chat'><body>external in</body></message>")
+    ua.recv_stanza("message", id="xe2", timeout=20)
+    with open(a.log_path, "rb") as f:
+        log = re.sub(r"\x1b\[[0-9;]*m", "", f.read().decode("utf-8", "replace"))
+    out = [l for l in log.splitlines() if "link authorised" in l and f"remote={p.domain}" in l]
+    inn = [l for l in log.splitlines() if "stream authorised" in l and f"remote={p.domain}" in l]
+    assert out and all("SASL EXTERNAL" in l for l in out), out
+    assert inn and all("SASL EXTERNAL" in l for l in inn), inn
+
+
+
+@pytest.mark.parametrize("name", PEERS)
+def test_dialback_with_the_peer_when_it_does_not_trust_our_certificate(federation, clients, name):
+    """dialback.interop presents the self-signed certificate Starling made for it: the peer
+    does not offer EXTERNAL to its link, which is authorised by dialback instead."""
+    a, peers = federation
+    p = peers[name]
+    ua = clients.add(a.online("db", domain="dialback.interop"))
+    up = peer_user(p, clients, "dc")
+    mid = ua.message(up.bare, "dialback out")
+    up.recv(lambda e: e.tag == C("message") and e.get("id") == mid, 20, what=f"message at {name}")
+    up.send_raw(f"<message to='{ua.jid}' id='db2' type='chat'><body>and in</body></message>")
+    ua.recv_stanza("message", id="db2", timeout=20)
+    with open(a.log_path, "rb") as f:
+        log = re.sub(r"\x1b\[[0-9;]*m", "", f.read().decode("utf-8", "replace"))
+    out = [l for l in log.splitlines() if "link authorised" in l and f"remote={p.domain}" in l
+           and "local=dialback.interop" in l]
+    assert out and all("(dialback)" in l for l in out), out

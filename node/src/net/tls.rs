@@ -434,16 +434,28 @@ mod tests {
 /// (federation: the domain is proved by dialback, not by the certificate).
 /// The handshake's signatures are checked either way.
 pub fn client_config(pins: Option<Vec<String>>) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    client_config_with(pins, None)
+}
+
+/// As [`client_config`], presenting the certificate `own` resolves (a
+/// served domain's, to another server: SASL EXTERNAL).
+pub fn client_config_with(
+    pins: Option<Vec<String>>,
+    own: Option<Arc<dyn rustls::client::ResolvesClientCert>>,
+) -> anyhow::Result<Arc<rustls::ClientConfig>> {
     let provider = provider();
     let verifier = PeerCertificate {
         pins,
         provider: provider.clone(),
     };
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_no_client_auth();
+        .with_custom_certificate_verifier(Arc::new(verifier));
+    let config = match own {
+        Some(own) => builder.with_client_cert_resolver(own),
+        None => builder.with_no_client_auth(),
+    };
     Ok(Arc::new(config))
 }
 

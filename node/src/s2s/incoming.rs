@@ -81,10 +81,22 @@ struct Stream {
     checks: mpsc::UnboundedSender<Checked>,
     /// Dialback checks in flight.
     checking: usize,
+    /// The served domain the current stream is to.
+    local: String,
+    /// The domain the other server's certificate was verified for (SASL
+    /// EXTERNAL is offered), and whether it authenticated with it.
+    external: Option<String>,
+    sasl_done: bool,
+    /// SASL attempts on this stream (RFC 6120 §6.4.5: a few, then the
+    /// stream ends).
+    sasl_failures: u8,
 }
 
 /// Dialback checks one stream may have in flight.
 const MAX_CHECKS: usize = 16;
+/// Failed SASL attempts before the stream ends.
+const MAX_SASL_FAILURES: u8 = 3;
+const NS_SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
 
 async fn serve(server: Arc<Server>, tcp: tokio::net::TcpStream, peer: std::net::SocketAddr) {
     metrics::gauge!("starling_s2s_links", "direction" => "in").increment(1.0);
@@ -97,6 +109,10 @@ async fn serve(server: Arc<Server>, tcp: tokio::net::TcpStream, peer: std::net::
         authorized: HashSet::new(),
         checks: tx,
         checking: 0,
+        local: String::new(),
+        external: None,
+        sasl_done: false,
+        sasl_failures: 0,
     };
     s.run(&mut rx).await;
     tracing::debug!(%peer, authorized = s.authorized.len(), "s2s stream ended");
@@ -155,8 +171,28 @@ impl Stream {
         let from = h.from.as_deref().and_then(normal_domain);
         let v1 = h.version.as_deref().is_some_and(|v| v.starts_with("1."));
         let mut out = header(Some(&to), from.as_deref(), Some(&self.id), v1);
+        self.local.clone_from(&to);
+        // XEP-0178: EXTERNAL when the certificate a trusted CA issued is
+        // for the domain the header claims.
+        self.external = None;
+        if v1
+            && self.conn.tls
+            && !self.sasl_done
+            && self.server.config.s2s.sasl_external
+            && let Some(from) = from.as_deref()
+            && !self.serves(from)
+            && let Some(chain) = self.conn.peer_certificates()
+            && self.server.s2s.trust(&self.server).verify(&chain, from)
+        {
+            self.external = Some(from.to_owned());
+        }
         if v1 {
             out.push_str("<stream:features>");
+            if self.external.is_some() {
+                out.push_str("<mechanisms xmlns='");
+                out.push_str(NS_SASL);
+                out.push_str("'><mechanism>EXTERNAL</mechanism></mechanisms>");
+            }
             if !self.conn.tls {
                 out.push_str("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'>");
                 if self.server.config.s2s.require_tls {
@@ -247,6 +283,9 @@ impl Stream {
         if el.is("starttls", NS_TLS) {
             return Some(self.starttls().await);
         }
+        if el.is("auth", NS_SASL) {
+            return self.auth(&el).await;
+        }
         if el.is("result", NS_DIALBACK) {
             self.db_result(el).await;
             return None;
@@ -290,6 +329,71 @@ impl Stream {
             Err(e) => {
                 tracing::debug!(error = %e, "s2s TLS handshake failed");
                 Next::End
+            }
+        }
+    }
+
+    /// `<auth mechanism='EXTERNAL'/>` (RFC 6120 §6.4, XEP-0178 §3): the
+    /// domain the certificate was verified for, as the authorization
+    /// identity (`=`, or that domain in base64); then a new stream.
+    async fn auth(&mut self, el: &Element) -> Option<Next> {
+        let outcome = match (&self.external, el.get_attr("mechanism")) {
+            _ if self.sasl_done => Err("aborted"),
+            (Some(domain), Some("EXTERNAL")) => {
+                let text = el.text_content();
+                let text = text.trim();
+                if text.is_empty() || text == "=" {
+                    Ok(domain.clone())
+                } else {
+                    use base64::Engine;
+                    match base64::engine::general_purpose::STANDARD
+                        .decode(text)
+                        .ok()
+                        .and_then(|b| String::from_utf8(b).ok())
+                    {
+                        None => Err("incorrect-encoding"),
+                        Some(z) if normal_domain(z.trim_end()).as_ref() == Some(domain) => {
+                            Ok(domain.clone())
+                        }
+                        Some(_) => Err("invalid-authzid"),
+                    }
+                }
+            }
+            // Not offered (no certificate a trusted CA issued for the
+            // domain), or another mechanism.
+            _ => Err("invalid-mechanism"),
+        };
+        match outcome {
+            Ok(remote) => {
+                if self
+                    .conn
+                    .send("<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>")
+                    .await
+                    .is_err()
+                {
+                    return Some(Next::End);
+                }
+                metrics::counter!("starling_s2s_sasl_external_total", "direction" => "in", "result" => "success").increment(1);
+                tracing::info!(%remote, local = %self.local, "s2s stream authorised (SASL EXTERNAL)");
+                self.authorized.insert((remote, self.local.clone()));
+                self.sasl_done = true;
+                self.conn.restart_stream();
+                Some(Next::Restart)
+            }
+            Err(condition) => {
+                metrics::counter!("starling_s2s_sasl_external_total", "direction" => "in", "result" => condition).increment(1);
+                let f = format!(
+                    "<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><{condition}/></failure>"
+                );
+                if self.conn.send(&f).await.is_err() {
+                    return Some(Next::End);
+                }
+                self.sasl_failures += 1;
+                if self.sasl_failures >= MAX_SASL_FAILURES {
+                    self.conn.fail(StreamCondition::PolicyViolation, None).await;
+                    return Some(Next::End);
+                }
+                None
             }
         }
     }
@@ -527,9 +631,12 @@ fn normal_domain(s: &str) -> Option<String> {
     j.node().is_none().then(|| j.domain().as_str().to_owned())
 }
 
-/// The domains' certificates for other servers (no ALPN: STARTTLS).
+/// The domains' certificates for other servers, theirs asked for (no
+/// ALPN: STARTTLS).
 fn server_tls(server: &Server) -> Arc<rustls::ServerConfig> {
-    let mut c = rustls::ServerConfig::clone(&server.tls);
-    c.alpn_protocols.clear();
-    Arc::new(c)
+    server
+        .s2s
+        .server_tls
+        .get_or_init(|| super::certs::server_config(server))
+        .clone()
 }

@@ -210,6 +210,21 @@ impl Conn {
         Ok(())
     }
 
+    /// A new stream on the same transport (after SASL success): what was
+    /// read past the old one is dropped.
+    pub fn restart_stream(&mut self) {
+        self.parser = StreamParser::new(self.limits);
+    }
+
+    /// The certificates the other end presented in the TLS handshake (end
+    /// entity first), on a stream we accepted.
+    pub fn peer_certificates(&self) -> Option<Vec<rustls::pki_types::CertificateDer<'static>>> {
+        match self.io.as_ref()? {
+            Io::Server(s) => s.get_ref().1.peer_certificates().map(<[_]>::to_vec),
+            _ => None,
+        }
+    }
+
     fn restart(&mut self) {
         self.parser = StreamParser::new(self.limits);
         self.tls = true;

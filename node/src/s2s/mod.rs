@@ -24,10 +24,14 @@
 //!   servers send is remembered (for PEP, `contacts`) by the node that
 //!   took it; a publish asks every node to notify from what it knows.
 //!
-//! Certificates are not verified (self-signed ones are the rule between
-//! small servers): TLS gives privacy, dialback the domain's authentication,
-//! as with Prosody's and ejabberd's default settings.
+//! Authentication: SASL EXTERNAL (XEP-0178) when the initiating server's
+//! certificate was issued for its domain by a CA we trust (`certs`), else
+//! dialback. A receiving server's certificate is not verified (self-signed
+//! ones are the rule between small servers): TLS gives privacy, SASL or
+//! dialback the domain's authentication, as with Prosody's and ejabberd's
+//! default settings.
 
+mod certs;
 pub mod contacts;
 mod deliver;
 mod dns;
@@ -58,11 +62,50 @@ pub struct S2s {
     /// Outgoing links by (served domain, remote domain).
     links: DashMap<(String, String), outgoing::Link>,
     secret: tokio::sync::OnceCell<Vec<u8>>,
-    client_tls: std::sync::OnceLock<Arc<rustls::ClientConfig>>,
+    /// TLS of links, by served domain (its certificate presented).
+    client_tls: DashMap<String, Arc<rustls::ClientConfig>>,
+    /// TLS of accepted streams (the other server's certificate asked for).
+    server_tls: std::sync::OnceLock<Arc<rustls::ServerConfig>>,
+    /// The served domains' certificates and keys.
+    keys: std::sync::OnceLock<std::collections::HashMap<String, Arc<rustls::sign::CertifiedKey>>>,
+    /// The CAs other servers' certificates are checked against.
+    trust: std::sync::OnceLock<certs::Trust>,
     resolver: std::sync::OnceLock<Option<hickory_resolver::TokioResolver>>,
     /// Other domains' users available to local ones, as their servers
     /// told this node (for PEP).
     pub contacts: contacts::Contacts,
+}
+
+impl S2s {
+    /// The certificate of the served domain `local` (a service's: its
+    /// domain's).
+    fn certified_key(
+        &self,
+        server: &Server,
+        local: &str,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        let keys = self.keys.get_or_init(|| {
+            crate::net::tls::certified_keys(&server.config).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "no certificates to present to other servers");
+                Default::default()
+            })
+        });
+        keys.get(local)
+            .or_else(|| {
+                server
+                    .config
+                    .domains
+                    .iter()
+                    .find(|d| local.ends_with(&format!(".{d}")))
+                    .and_then(|d| keys.get(d))
+            })
+            .cloned()
+    }
+
+    fn trust(&self, server: &Server) -> &certs::Trust {
+        self.trust
+            .get_or_init(|| certs::Trust::load(&server.config.s2s))
+    }
 }
 
 /// The stream limits of c2s, for server streams too.

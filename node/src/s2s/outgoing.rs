@@ -20,6 +20,8 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+const NS_SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
+
 /// A link's handle in [`super::S2s`]: its two queues.
 pub struct Link {
     id: u64,
@@ -167,13 +169,14 @@ async fn run(
     let failure = match connect(&server, local, remote).await {
         Ok(conn) => {
             tracing::info!(%local, %remote, "s2s link up to its stream");
+            let authorized = conn.authorized;
             let mut link = Running {
                 server: &server,
                 local,
                 remote,
                 conn,
                 pending: &mut pending,
-                authorized: false,
+                authorized,
             };
             link.serve(&mut stanzas, &mut verifies).await
         }
@@ -245,7 +248,7 @@ async fn connect(server: &Arc<Server>, local: &str, remote: &str) -> Result<Open
                     }
                     let name = rustls::pki_types::ServerName::try_from(remote.to_owned())
                         .map_err(|_| Failure::NotFound)?;
-                    conn.upgrade_client(client_tls(server), name)
+                    conn.upgrade_client(client_tls(server, local), name)
                         .await
                         .map_err(|e| {
                             tracing::info!(%remote, error = %e, "s2s TLS handshake failed");
@@ -262,10 +265,45 @@ async fn connect(server: &Arc<Server>, local: &str, remote: &str) -> Result<Open
                 None => {}
             }
         }
+        // XEP-0178: SASL EXTERNAL with the domain's certificate when the
+        // other server offers it; dialback otherwise (or when it fails).
+        let mut authorized = false;
+        let offers_external = stream_id.1.as_ref().is_some_and(|f| {
+            f.get_child("mechanisms", NS_SASL).is_some_and(|m| {
+                m.elements()
+                    .any(|e| e.name == "mechanism" && e.text_content().trim() == "EXTERNAL")
+            })
+        });
+        if conn.tls && offers_external && server.config.s2s.sasl_external {
+            use base64::Engine;
+            let authzid = base64::engine::general_purpose::STANDARD.encode(local);
+            conn.send(&format!(
+                "<auth xmlns='{NS_SASL}' mechanism='EXTERNAL'>{authzid}</auth>"
+            ))
+            .await
+            .map_err(|_| Failure::NotFound)?;
+            match conn.next(deadline).await {
+                Ok(StreamEvent::Stanza(r)) if r.is("success", NS_SASL) => {
+                    metrics::counter!("starling_s2s_sasl_external_total", "direction" => "out", "result" => "success").increment(1);
+                    tracing::info!(%local, %remote, "s2s link authorised (SASL EXTERNAL)");
+                    conn.restart_stream();
+                    stream_id = open(&mut conn, local, remote, deadline).await?;
+                    authorized = true;
+                }
+                Ok(StreamEvent::Stanza(r)) if r.is("failure", NS_SASL) => {
+                    let condition = r.elements().next().map(|c| c.name.clone());
+                    metrics::counter!("starling_s2s_sasl_external_total", "direction" => "out", "result" => "failure").increment(1);
+                    tracing::info!(%local, %remote, ?condition, "s2s SASL EXTERNAL refused; dialback");
+                }
+                Err(ReadError::Timeout) => return Err(Failure::Timeout),
+                _ => return Err(Failure::NotFound),
+            }
+        }
         Ok(Open {
             conn,
             stream_id: stream_id.0,
             deadline,
+            authorized,
         })
     };
     match tokio::time::timeout_at(deadline, attempt).await {
@@ -279,6 +317,8 @@ struct Open {
     conn: Conn,
     stream_id: String,
     deadline: Instant,
+    /// Authenticated with SASL EXTERNAL: no dialback.
+    authorized: bool,
 }
 
 /// Sends our header and reads the peer's and its features (none from a
@@ -332,6 +372,22 @@ impl Running<'_> {
         stanzas: &mut mpsc::Receiver<String>,
         verifies: &mut mpsc::UnboundedReceiver<Verify>,
     ) -> Option<Failure> {
+        if !self.authorized
+            && let Some(f) = self.dialback().await
+        {
+            return Some(f);
+        }
+        let idle = Duration::from_secs(self.server.config.s2s.idle_timeout_secs.max(1));
+        let until = if self.authorized {
+            Instant::now() + idle
+        } else {
+            self.conn.deadline
+        };
+        self.run_loop(stanzas, verifies, idle, until).await
+    }
+
+    /// Sends our `<db:result/>`; its answer comes in the link's loop.
+    async fn dialback(&mut self) -> Option<Failure> {
         let key = match super::secret(self.server).await {
             Ok(s) => super::dialback_key(s, self.remote, self.local, &self.conn.stream_id),
             Err(e) => {
@@ -348,8 +404,17 @@ impl Running<'_> {
         if self.conn.conn.send(&result).await.is_err() {
             return Some(Failure::NotFound);
         }
-        let idle = Duration::from_secs(self.server.config.s2s.idle_timeout_secs.max(1));
-        let mut until = self.conn.deadline;
+        None
+    }
+
+    /// The link's life, once set up.
+    async fn run_loop(
+        &mut self,
+        stanzas: &mut mpsc::Receiver<String>,
+        verifies: &mut mpsc::UnboundedReceiver<Verify>,
+        idle: Duration,
+        mut until: Instant,
+    ) -> Option<Failure> {
         loop {
             // What was read already, before waiting for more.
             loop {
@@ -512,14 +577,15 @@ async fn tcp_connect(server: &Server, remote: &str) -> Result<tokio::net::TcpStr
     Err(Failure::NotFound)
 }
 
-/// TLS as a client of other servers: certificates are not checked (the
-/// domain is proved by dialback), handshake signatures are.
-fn client_tls(server: &Server) -> Arc<rustls::ClientConfig> {
-    server
-        .s2s
-        .client_tls
-        .get_or_init(|| {
-            crate::net::tls::client_config(None).expect("ring supports the default versions")
-        })
-        .clone()
+/// TLS as a client of other servers, for the served domain `local`: its
+/// certificate presented (SASL EXTERNAL); the other server's is not
+/// checked (the domain is proved by SASL or dialback), handshake
+/// signatures are.
+fn client_tls(server: &Server, local: &str) -> Arc<rustls::ClientConfig> {
+    if let Some(c) = server.s2s.client_tls.get(local) {
+        return c.clone();
+    }
+    let c = super::certs::client_config(server, local).expect("ring supports the default versions");
+    server.s2s.client_tls.insert(local.to_owned(), c.clone());
+    c
 }
