@@ -95,6 +95,17 @@ def subscribe_both(x, y):
     y.recv(lambda e: e.tag == C("presence") and e.get("type") == "subscribed", 15, what="subscribed back")
 
 
+def metric(server, name, **labels):
+    text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
 # ------------------------------------------------------------------ through clients
 
 def test_message_both_ways(pair, clients):
@@ -414,14 +425,6 @@ def caps_query_from(domain):
                       and e.find(q("http://jabber.org/protocol/disco#info", "query")) is not None)
 
 
-def remote_notifications(server):
-    text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read().decode()
-    for line in text.splitlines():
-        if line.startswith("starling_pep_remote_notifications_total "):
-            return float(line.split()[1])
-    return 0.0
-
-
 def test_pep_notifications_reach_contacts_on_another_domain(pair, clients):
     """XEP-0163 4.3 over federation: a.test learns b.test contacts' resources and caps from
     the presence b.test sends, asks an unknown ver of the resource itself (its answer comes
@@ -495,20 +498,12 @@ def test_pep_notifications_reach_contacts_on_another_domain(pair, clients):
     ub2.close()
     ua.recv(lambda e: e.tag == C("presence") and e.get("from") == ub2.jid
             and e.get("type") == "unavailable", 15, what="the second resource's unavailable")
-    before = remote_notifications(a)
+    before = metric(a, "starling_pep_remote_notifications_total")
     ok(publish(ua, OMEMO_DEVICES, devices(4), item_id="current"))
     assert device_ids(recv_event(ub, owner, OMEMO_DEVICES, timeout=15)) == ["4"]
-    assert remote_notifications(a) - before == 1
+    assert metric(a, "starling_pep_remote_notifications_total") - before == 1
     a.assert_healthy(ua)
     b.assert_healthy(ub)
-
-
-def remote_contacts(server):
-    text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read().decode()
-    for line in text.splitlines():
-        if line.startswith("starling_s2s_remote_contacts "):
-            return float(line.split()[1])
-    return 0.0
 
 
 def test_remote_presence_is_remembered_only_for_roster_contacts_and_bounded(pair, clients):
@@ -521,7 +516,7 @@ def test_remote_presence_is_remembered_only_for_roster_contacts_and_bounded(pair
     assert ok_roster.get("type") == "result", tostring(ok_roster)
     s = RawServer(b.s2s_port, "b.test", "a.test").open()
     assert s.db_result(dialback_key(SECRET_A, "b.test", "a.test", s.stream_id())).get("type") == "valid"
-    base = remote_contacts(b)
+    base = metric(b, "starling_s2s_remote_contacts")
     c = "<c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='n' ver='AAAAAAAAAAAAAAAAAAAAAAAAAAA='/>"
     for i in range(50):
         s.send_raw(f"<presence from='ghost{i}@a.test/r' to='{ub.bare}'>{c}</presence>")
@@ -535,11 +530,11 @@ def test_remote_presence_is_remembered_only_for_roster_contacts_and_bounded(pair
                 what="presence from a roster contact")
         got += 1
     assert got == 300
-    assert remote_contacts(b) - base == 256
+    assert metric(b, "starling_s2s_remote_contacts") - base == 256
     s.send_raw(f"<presence from='friend@a.test' to='{ub.bare}' type='unavailable'/>")
     ub.recv(lambda e: e.tag == C("presence") and e.get("from") == "friend@a.test"
             and e.get("type") == "unavailable", 20, what="unavailable")
-    assert remote_contacts(b) == base
+    assert metric(b, "starling_s2s_remote_contacts") == base
     b.assert_healthy(ub)
 
 
@@ -581,17 +576,6 @@ class CertAuthority:
                 "-days", "2", "-subj", f"/CN={domain}", "-addext", f"subjectAltName=DNS:{domain}",
                 "-keyout", key, "-out", crt)
         return crt, key
-
-
-def metric(server, name, **labels):
-    text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read().decode()
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        if all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 @pytest.fixture(scope="module")

@@ -526,6 +526,14 @@ def test_pep_notifications_from_a_contact_at_the_peer(federation, clients, name)
 
 
 
+def authorised(server, kind, remote):
+    """Starling's log lines saying how a `link` (ours) or `stream` (theirs) with `remote`
+    was authorised."""
+    with open(server.log_path, "rb") as f:
+        log = re.sub(r"\x1b\[[0-9;]*m", "", f.read().decode("utf-8", "replace"))
+    return [l for l in log.splitlines() if f"{kind} authorised" in l and f"remote={remote}" in l]
+
+
 @pytest.mark.parametrize("name", PEERS)
 def test_sasl_external_with_the_peer(federation, clients, name):
     """With certificates of a CA both sides trust, the links between Starling and the peer
@@ -538,10 +546,8 @@ def test_sasl_external_with_the_peer(federation, clients, name):
     up.recv(lambda e: e.tag == C("message") and e.get("id") == mid, 20, what=f"message at {name}")
     up.send_raw(f"<message to='{ua.jid}' id='xe2' type='chat'><body>external in</body></message>")
     ua.recv_stanza("message", id="xe2", timeout=20)
-    with open(a.log_path, "rb") as f:
-        log = re.sub(r"\x1b\[[0-9;]*m", "", f.read().decode("utf-8", "replace"))
-    out = [l for l in log.splitlines() if "link authorised" in l and f"remote={p.domain}" in l]
-    inn = [l for l in log.splitlines() if "stream authorised" in l and f"remote={p.domain}" in l]
+    out = authorised(a, "link", p.domain)
+    inn = authorised(a, "stream", p.domain)
     assert out and all("SASL EXTERNAL" in l for l in out), out
     assert inn and all("SASL EXTERNAL" in l for l in inn), inn
 
@@ -559,8 +565,5 @@ def test_dialback_with_the_peer_when_it_does_not_trust_our_certificate(federatio
     up.recv(lambda e: e.tag == C("message") and e.get("id") == mid, 20, what=f"message at {name}")
     up.send_raw(f"<message to='{ua.jid}' id='db2' type='chat'><body>and in</body></message>")
     ua.recv_stanza("message", id="db2", timeout=20)
-    with open(a.log_path, "rb") as f:
-        log = re.sub(r"\x1b\[[0-9;]*m", "", f.read().decode("utf-8", "replace"))
-    out = [l for l in log.splitlines() if "link authorised" in l and f"remote={p.domain}" in l
-           and "local=dialback.interop" in l]
+    out = [l for l in authorised(a, "link", p.domain) if "local=dialback.interop" in l]
     assert out and all("(dialback)" in l for l in out), out
