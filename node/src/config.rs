@@ -388,6 +388,9 @@ pub struct S2sConfig {
     /// cannot be bound is logged and the node runs without incoming
     /// federation (its outgoing links still work).
     pub port: u16,
+    /// Port for other servers' direct TLS (XEP-0368, `_xmpps-server._tcp`
+    /// SRV records; 5270 is usual). 0: none.
+    pub tls_port: u16,
     /// Streams must be encrypted (STARTTLS) before dialback, both ways
     /// (RFC 7590). Off only on a private network.
     pub require_tls: bool,
@@ -429,6 +432,7 @@ impl Default for S2sConfig {
             enabled: true,
             bind: "0.0.0.0".into(),
             port: 5269,
+            tls_port: 0,
             require_tls: true,
             dns: true,
             hosts: Default::default(),
@@ -954,6 +958,8 @@ impl Config {
                 .map(|j| j.domain().as_str().to_owned())
                 .ok_or_else(|| anyhow::anyhow!("s2s.hosts: {domain:?} is not a domain"))?;
             let port_ok = addr
+                .strip_prefix("tls://")
+                .unwrap_or(addr)
                 .rsplit_once(':')
                 .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
             if !port_ok {
@@ -962,6 +968,20 @@ impl Config {
             hosts.insert(d, addr.clone());
         }
         s2s.hosts = hosts;
+        if s2s.tls_port != 0
+            && [
+                s2s.port,
+                self.c2s.port,
+                self.c2s.tls_port,
+                self.cluster.port,
+            ]
+            .contains(&s2s.tls_port)
+        {
+            anyhow::bail!(
+                "s2s.tls_port {} is also another listener's port",
+                s2s.tls_port
+            );
+        }
         if s2s.port != 0
             && [self.c2s.port, self.c2s.tls_port, self.cluster.port].contains(&s2s.port)
         {
@@ -1343,7 +1363,23 @@ mod tests {
             c.s2s.hosts["example.net"], "10.0.0.5:5269",
             "domains normalised"
         );
-        for bad in ["10.0.0.5", "10.0.0.5:0", ":5269", "host:port"] {
+        let direct = checked(|c| {
+            c.s2s
+                .hosts
+                .insert("example.net".into(), "tls://10.0.0.5:5270".into());
+        });
+        assert_eq!(
+            direct.unwrap().s2s.hosts["example.net"],
+            "tls://10.0.0.5:5270"
+        );
+        for bad in [
+            "10.0.0.5",
+            "10.0.0.5:0",
+            ":5269",
+            "host:port",
+            "tls://",
+            "tls://h",
+        ] {
             let r = checked(|c| {
                 c.s2s.hosts.insert("example.net".into(), bad.into());
             });
@@ -1356,6 +1392,8 @@ mod tests {
         let clash = checked(|c| c.s2s.port = c.c2s.port);
         assert!(clash.unwrap_err().to_string().contains("s2s.port"));
         assert!(checked(|c| c.s2s.port = 0).is_ok(), "0: no listener");
+        let same = checked(|c| c.s2s.tls_port = c.s2s.port);
+        assert!(same.unwrap_err().to_string().contains("s2s.tls_port"));
     }
 
     #[test]

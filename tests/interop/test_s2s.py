@@ -12,6 +12,7 @@ to reach the checks a real peer never trips (spoofed `from`, bad keys, bad names
 import base64
 import hashlib
 import hmac
+import socket
 import subprocess
 import time
 import urllib.request
@@ -582,15 +583,21 @@ class CertAuthority:
 def external_pair(tmp_path_factory):
     """e1.test and e2.test, each with a certificate of the test's CA, each trusting it."""
     ca = CertAuthority(str(tmp_path_factory.mktemp("ca")))
-    p1, p2 = free_port(), free_port()
+    p1, p2, p2_tls = free_port(), free_port(), free_port()
     servers = []
-    for domain, other, port in (("e1.test", "e2.test", p2), ("e2.test", "e1.test", p1)):
+    # e1 reaches e2 over direct TLS (XEP-0368, e2's tls_port), e2 reaches e1 with STARTTLS.
+    for domain, other, addr, extra in (("e1.test", "e2.test", f"tls://127.0.0.1:{p2_tls}", ""),
+                                       ("e2.test", "e1.test", f"127.0.0.1:{p1}", f"\ntls_port = {p2_tls}")):
         crt, key = ca.issue(domain)
-        toml = (s2s_toml({other: port}, extra=f'ca_file = "{ca.crt}"\nsystem_roots = false')
+        lines = ["[s2s]", "enabled = true", 'bind = "127.0.0.1"', "connect_timeout_secs = 5",
+                 f'ca_file = "{ca.crt}"', "system_roots = false" + extra, "", "[s2s.hosts]",
+                 f'"{other}" = "{addr}"']
+        toml = ("\n".join(lines)
                 + f'\n\n[[tls.certs]]\ndomain = "{domain}"\ncert = "{crt}"\nkey = "{key}"\n')
         servers.append(StarlingServer(str(tmp_path_factory.mktemp(domain)), domains=[domain], extra_toml=toml))
     e1, e2 = servers
     e1.s2s_port, e2.s2s_port = p1, p2
+    e2.s2s_tls_port = p2_tls
     e1.start()
     e2.start()
     yield e1, e2, ca
@@ -612,6 +619,42 @@ def test_sasl_external_between_servers_with_ca_certificates(external_pair, clien
         assert metric(s, "starling_s2s_sasl_external_total", direction="out", result="success") >= 1
         assert metric(s, "starling_s2s_sasl_external_total", direction="in", result="success") >= 1
         assert metric(s, "starling_s2s_dialback_total") == 0
+    # XEP-0368: e1's link went to e2's direct TLS port, e2's to e1's STARTTLS port
+    assert metric(e1, "starling_s2s_connections_total", direction="out", tls="direct") >= 1
+    assert metric(e2, "starling_s2s_connections_total", direction="in", tls="direct") >= 1
+    assert metric(e2, "starling_s2s_connections_total", direction="out", tls="starttls") >= 1
+    assert metric(e1, "starling_s2s_connections_total", direction="in", tls="starttls") >= 1
+    assert metric(e1, "starling_s2s_connections_total", direction="out", tls="starttls") == 0
+
+
+def test_direct_tls_port_for_servers(external_pair):
+    """XEP-0368 on the receiving side: TLS at once with ALPN xmpp-server, then a stream
+    whose features offer no STARTTLS (and EXTERNAL for a trusted certificate)."""
+    e1, e2, ca = external_pair
+    s = RawServer(e2.s2s_tls_port, "e2.test", "e1.test")
+    s.client_cert = (f"{ca.dir}/e1.test.crt", f"{ca.dir}/e1.test.key")
+    s.connect()
+    s._wrap_tls(alpn=["xmpp-server"])
+    assert s.sock.selected_alpn_protocol() == "xmpp-server"
+    s.open_stream(ns=NS_SERVER, extra=f" xmlns:db='{NS_DB}' from='e1.test'")
+    assert s.feature(NS_TLS, "starttls") is None, tostring(s.features)
+    assert s.mechanisms() == ["EXTERNAL"]
+    assert s.feature("urn:xmpp:features:dialback", "dialback") is not None
+    # A second STARTTLS on a TLS stream is a policy violation (RFC 6120 §5.4.3.1).
+    s.send_raw(f"<starttls xmlns='{NS_TLS}'/>")
+    assert s.expect_stream_error() == "policy-violation"
+    # Plain bytes on the TLS port: the connection closes, the server stays healthy.
+    raw = socket.create_connection(("127.0.0.1", e2.s2s_tls_port), timeout=5)
+    raw.sendall(b"<?xml version='1.0'?><stream:stream xmlns='jabber:server'>")
+    raw.settimeout(5)
+    data = b""
+    try:
+        while chunk := raw.recv(100):
+            data += chunk
+    finally:
+        raw.close()
+    assert data == b"" or data[0] == 0x15, data  # nothing, or a TLS alert; then closed
+    e2.assert_healthy()
 
 
 def external_stream(server, origin, cert=None):

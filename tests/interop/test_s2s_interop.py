@@ -48,6 +48,7 @@ interfaces = {{ "127.0.0.1" }}
 c2s_ports = {{ {c2s} }}
 c2s_direct_tls_ports = {{}}
 s2s_ports = {{ {s2s} }}
+s2s_direct_tls_ports = {{ {s2s_tls} }}
 c2s_require_encryption = true
 s2s_require_encryption = true
 s2s_secure_auth = false
@@ -119,7 +120,7 @@ class NsPeer:
 
     def __init__(self, workdir, ns, ca):
         self.dir, self.ns, self.ca = workdir, ns, ca
-        self.c2s, self.s2s = free_port(), free_port()
+        self.c2s, self.s2s, self.s2s_tls = free_port(), free_port(), free_port()
         self.proc = None
 
     def issued(self, key, crt):
@@ -157,7 +158,7 @@ class NsProsody(NsPeer):
         self.issued(f"{workdir}/certs/{self.domain}.key", f"{workdir}/certs/{self.domain}.crt")
         self.cfg = f"{workdir}/prosody.cfg.lua"
         with open(self.cfg, "w") as f:
-            f.write(PROSODY_CFG.format(dir=workdir, c2s=self.c2s, s2s=self.s2s, ca=ca.crt))
+            f.write(PROSODY_CFG.format(dir=workdir, c2s=self.c2s, s2s=self.s2s, s2s_tls=self.s2s_tls, ca=ca.crt))
 
     def start(self):
         log = open(f"{self.dir}/console.log", "ab")
@@ -191,6 +192,11 @@ listen:
     port: {s2s}
     ip: "127.0.0.1"
     module: ejabberd_s2s_in
+  -
+    port: {s2s_tls}
+    ip: "127.0.0.1"
+    module: ejabberd_s2s_in
+    tls: true
 auth_method: internal
 acl:
   loopback:
@@ -238,7 +244,8 @@ class NsEjabberd(NsPeer):
                 with open(f"{workdir}/etc/{part}") as f:
                     out.write(f.read())
         with open(f"{workdir}/etc/ejabberd.yml", "w") as f:
-            f.write(EJABBERD_YML.format(dir=f"{workdir}/etc", c2s=self.c2s, s2s=self.s2s, ca=ca.crt))
+            f.write(EJABBERD_YML.format(dir=f"{workdir}/etc", c2s=self.c2s, s2s=self.s2s, s2s_tls=self.s2s_tls,
+                                        ca=ca.crt))
         node = f"fed{uuid.uuid4().hex[:6]}@localhost"
         with open(f"{workdir}/etc/ejabberdctl.cfg", "w") as f:
             f.write(f'ERLANG_NODE={node}\nERL_OPTIONS="-setcookie {uuid.uuid4().hex}"\n'
@@ -289,18 +296,22 @@ def federation(tmp_path_factory):
         crt, key = ca.issue("starling.interop")
         # dialback.interop: a second domain of the same server, with the certificate Starling
         # generates for itself (no CA): its links to the peers are authorised by dialback.
+        a_tls = free_port()  # XEP-0368 direct TLS for servers
         a = NsStarling(str(tmp_path_factory.mktemp("fed-a")), ns, domains=["starling.interop", "dialback.interop"],
                        extra_toml="[s2s]\nenabled = true\nbind = \"127.0.0.1\"\nconnect_timeout_secs = 10\n"
+                                  f"tls_port = {a_tls}\n"
                                   f"ca_file = \"{ca.crt}\"\nsystem_roots = false\n\n[[tls.certs]]\n"
                                   f"domain = \"starling.interop\"\ncert = \"{crt}\"\nkey = \"{key}\"\n")
         peers = {"prosody": NsProsody(str(tmp_path_factory.mktemp("fed-p")), ns, ca),
                  "ejabberd": NsEjabberd(str(tmp_path_factory.mktemp("fed-e")), ns, ca)}
         zone = {"a": {"starling.interop": "127.0.0.1", "dialback.interop": "127.0.0.1"},
-                "srv": {"_xmpp-server._tcp.starling.interop": [[0, 5, a.s2s_port, "starling.interop"]],
-                        "_xmpp-server._tcp.dialback.interop": [[0, 5, a.s2s_port, "dialback.interop"]]}}
-        for peer in peers.values():
-            zone["a"][peer.domain] = "127.0.0.1"
-            zone["srv"][f"_xmpp-server._tcp.{peer.domain}"] = [[0, 5, peer.s2s, peer.domain]]
+                "srv": {}}
+        # Each server on both: _xmpps-server (direct TLS) and _xmpp-server (STARTTLS).
+        for d, plain, tls in [("starling.interop", a.s2s_port, a_tls), ("dialback.interop", a.s2s_port, a_tls),
+                              *[(p.domain, p.s2s, p.s2s_tls) for p in peers.values()]]:
+            zone["a"][d] = "127.0.0.1"
+            zone["srv"][f"_xmpp-server._tcp.{d}"] = [[0, 5, plain, d]]
+            zone["srv"][f"_xmpps-server._tcp.{d}"] = [[0, 5, tls, d]]
         zonefile = os.path.join(a.workdir, "zone.json")
         with open(zonefile, "w") as f:
             json.dump(zone, f)
@@ -567,3 +578,32 @@ def test_dialback_with_the_peer_when_it_does_not_trust_our_certificate(federatio
     ua.recv_stanza("message", id="db2", timeout=20)
     out = [l for l in authorised(a, "link", p.domain) if "local=dialback.interop" in l]
     assert out and all("(dialback)" in l for l in out), out
+
+
+
+def test_direct_tls_links(federation, clients):
+    """XEP-0368: with _xmpps-server and _xmpp-server records of equal priority, Starling's
+    links to both peers use direct TLS (ALPN xmpp-server), none STARTTLS; what the peers
+    open to Starling is counted by kind (reported, as it is the peers' choice)."""
+    a, peers = federation
+    ua = clients.add(a.online("dt"))
+    for name, p in peers.items():
+        up = peer_user(p, clients, "du")
+        mid = ua.message(up.bare, "direct")
+        up.recv(lambda e: e.tag == C("message") and e.get("id") == mid, 20, what=f"message at {name}")
+        up.send_raw(f"<message to='{ua.jid}' id='dt-{name}' type='chat'><body>back</body></message>")
+        ua.recv_stanza("message", id=f"dt-{name}", timeout=20)
+    # the metrics port is in the namespace
+    text = subprocess.run(["ip", "netns", "exec", a.ns, sys.executable, "-c",
+                           "import urllib.request,sys; sys.stdout.write(urllib.request.urlopen("
+                           f"'http://127.0.0.1:{a.metrics_port}/metrics', timeout=5).read().decode())"],
+                          check=True, capture_output=True, text=True, timeout=30).stdout
+    counts = {}
+    for line in text.splitlines():
+        m = re.match(r'starling_s2s_connections_total\{(.*)\} (\S+)', line)
+        if m:
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+            counts[(labels["direction"], labels["tls"])] = float(m.group(2))
+    print("s2s connections by kind:", counts)
+    assert counts.get(("out", "direct"), 0) >= 2, counts
+    assert counts.get(("out", "starttls"), 0) == 0, counts

@@ -23,17 +23,19 @@ pub async fn start(server: Arc<Server>) {
         return;
     }
     actix_rt::spawn(sweep_contacts(server.clone()));
-    if cfg.port == 0 {
-        return;
-    }
-    let addr = format!("{}:{}", cfg.bind, cfg.port);
-    match crate::net::bind(&addr).await {
-        Ok(l) => {
-            tracing::info!(%addr, "s2s listening");
-            actix_rt::spawn(accept_loop(server, l));
+    for (port, direct_tls) in [(cfg.port, false), (cfg.tls_port, true)] {
+        if port == 0 {
+            continue;
         }
-        Err(e) => {
-            tracing::error!(%addr, error = %e, "s2s listener not started: no incoming federation on this node");
+        let addr = format!("{}:{}", cfg.bind, port);
+        match crate::net::bind(&addr).await {
+            Ok(l) => {
+                tracing::info!(%addr, direct_tls, "s2s listening");
+                actix_rt::spawn(accept_loop(server.clone(), l, direct_tls));
+            }
+            Err(e) => {
+                tracing::error!(%addr, direct_tls, error = %e, "s2s listener not started: no incoming federation on it");
+            }
         }
     }
 }
@@ -49,12 +51,12 @@ async fn sweep_contacts(server: Arc<Server>) {
     }
 }
 
-async fn accept_loop(server: Arc<Server>, listener: tokio::net::TcpListener) {
+async fn accept_loop(server: Arc<Server>, listener: tokio::net::TcpListener, direct_tls: bool) {
     loop {
         match listener.accept().await {
             Ok((tcp, peer)) => {
                 let _ = tcp.set_nodelay(true);
-                actix_rt::spawn(serve(server.clone(), tcp, peer));
+                actix_rt::spawn(serve(server.clone(), tcp, peer, direct_tls));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "s2s accept failed");
@@ -98,13 +100,36 @@ const MAX_CHECKS: usize = 16;
 const MAX_SASL_FAILURES: u8 = 3;
 const NS_SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
 
-async fn serve(server: Arc<Server>, tcp: tokio::net::TcpStream, peer: std::net::SocketAddr) {
+async fn serve(
+    server: Arc<Server>,
+    tcp: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    direct_tls: bool,
+) {
+    let io = if direct_tls {
+        // XEP-0368: TLS first, within the handshake time.
+        let hs = Duration::from_secs(server.config.c2s.handshake_timeout_secs.max(1));
+        let acceptor = tokio_rustls::TlsAcceptor::from(direct_tls_config(&server));
+        match tokio::time::timeout(hs, acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => Io::Server(Box::new(tls)),
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "s2s direct TLS handshake failed");
+                return;
+            }
+            Err(_) => return,
+        }
+    } else {
+        Io::Plain(tcp)
+    };
+    let tls = if direct_tls { "direct" } else { "starttls" };
+    metrics::counter!("starling_s2s_connections_total", "direction" => "in", "tls" => tls)
+        .increment(1);
     metrics::gauge!("starling_s2s_links", "direction" => "in").increment(1.0);
     let limits = super::limits(&server);
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut s = Stream {
         server,
-        conn: Conn::new(Io::Plain(tcp), limits, false),
+        conn: Conn::new(io, limits, direct_tls),
         id: String::new(),
         authorized: HashSet::new(),
         checks: tx,
@@ -629,6 +654,19 @@ fn dialback_xml(
 fn normal_domain(s: &str) -> Option<String> {
     let j = jid::BareJid::new(s).ok()?;
     j.node().is_none().then(|| j.domain().as_str().to_owned())
+}
+
+/// As [`server_tls`], for direct TLS: ALPN `xmpp-server` (XEP-0368).
+fn direct_tls_config(server: &Server) -> Arc<rustls::ServerConfig> {
+    server
+        .s2s
+        .server_direct_tls
+        .get_or_init(|| {
+            let mut c = rustls::ServerConfig::clone(&server_tls(server));
+            c.alpn_protocols = vec![b"xmpp-server".to_vec()];
+            Arc::new(c)
+        })
+        .clone()
 }
 
 /// The domains' certificates for other servers, theirs asked for (no

@@ -62,10 +62,13 @@ pub struct S2s {
     /// Outgoing links by (served domain, remote domain).
     links: DashMap<(String, String), outgoing::Link>,
     secret: tokio::sync::OnceCell<Vec<u8>>,
-    /// TLS of links, by served domain (its certificate presented).
-    client_tls: DashMap<String, Arc<rustls::ClientConfig>>,
-    /// TLS of accepted streams (the other server's certificate asked for).
+    /// TLS of links, by served domain (its certificate presented) and
+    /// whether for direct TLS.
+    client_tls: DashMap<(String, bool), Arc<rustls::ClientConfig>>,
+    /// TLS of accepted streams (the other server's certificate asked
+    /// for): after STARTTLS, and direct (XEP-0368).
     server_tls: std::sync::OnceLock<Arc<rustls::ServerConfig>>,
+    server_direct_tls: std::sync::OnceLock<Arc<rustls::ServerConfig>>,
     /// The served domains' certificates and keys.
     keys: std::sync::OnceLock<std::collections::HashMap<String, Arc<rustls::sign::CertifiedKey>>>,
     /// The CAs other servers' certificates are checked against.

@@ -225,9 +225,27 @@ async fn connect(server: &Arc<Server>, local: &str, remote: &str) -> Result<Open
     let cfg = &server.config.s2s;
     let deadline = Instant::now() + Duration::from_secs(cfg.connect_timeout_secs);
     let attempt = async {
-        let tcp = tcp_connect(server, remote).await?;
+        let (tcp, direct_tls) = tcp_connect(server, remote).await?;
         let limits = super::limits(server);
-        let mut conn = Conn::new(Io::Plain(tcp), limits, false);
+        let io = if direct_tls {
+            // XEP-0368: TLS first, then the stream.
+            let name = rustls::pki_types::ServerName::try_from(remote.to_owned())
+                .map_err(|_| Failure::NotFound)?;
+            let tls = tokio_rustls::TlsConnector::from(client_tls(server, local, true))
+                .connect(name, tcp)
+                .await
+                .map_err(|e| {
+                    tracing::info!(%remote, error = %e, "s2s direct TLS handshake failed");
+                    Failure::NotFound
+                })?;
+            Io::Client(Box::new(tls))
+        } else {
+            Io::Plain(tcp)
+        };
+        let tls = if direct_tls { "direct" } else { "starttls" };
+        metrics::counter!("starling_s2s_connections_total", "direction" => "out", "tls" => tls)
+            .increment(1);
+        let mut conn = Conn::new(io, limits, direct_tls);
         let mut stream_id = open(&mut conn, local, remote, deadline).await?;
         if !conn.tls {
             match stream_id
@@ -248,7 +266,7 @@ async fn connect(server: &Arc<Server>, local: &str, remote: &str) -> Result<Open
                     }
                     let name = rustls::pki_types::ServerName::try_from(remote.to_owned())
                         .map_err(|_| Failure::NotFound)?;
-                    conn.upgrade_client(client_tls(server, local), name)
+                    conn.upgrade_client(client_tls(server, local, false), name)
                         .await
                         .map_err(|e| {
                             tracing::info!(%remote, error = %e, "s2s TLS handshake failed");
@@ -539,15 +557,27 @@ fn attr(s: &str) -> String {
     out
 }
 
-/// A TCP connection to `remote`'s server: `[s2s] hosts`, else DNS.
-async fn tcp_connect(server: &Server, remote: &str) -> Result<tokio::net::TcpStream, Failure> {
+/// A TCP connection to `remote`'s server (`[s2s] hosts`, else DNS), and
+/// whether TLS comes first on it (XEP-0368).
+async fn tcp_connect(
+    server: &Server,
+    remote: &str,
+) -> Result<(tokio::net::TcpStream, bool), Failure> {
     let cfg = &server.config.s2s;
-    let mut targets: Vec<(String, u16)> = Vec::new();
+    let mut targets: Vec<super::dns::Target> = Vec::new();
     if let Some(addr) = cfg.hosts.get(remote) {
+        let (direct_tls, addr) = match addr.strip_prefix("tls://") {
+            Some(a) => (true, a),
+            None => (false, addr.as_str()),
+        };
         if let Some((h, p)) = addr.rsplit_once(':')
-            && let Ok(p) = p.parse()
+            && let Ok(port) = p.parse()
         {
-            targets.push((h.trim_matches(['[', ']']).to_owned(), p));
+            targets.push(super::dns::Target {
+                host: h.trim_matches(['[', ']']).to_owned(),
+                port,
+                direct_tls,
+            });
         }
     } else if cfg.dns {
         targets = super::dns::targets(server, remote).await;
@@ -556,7 +586,12 @@ async fn tcp_connect(server: &Server, remote: &str) -> Result<tokio::net::TcpStr
         tracing::debug!(%remote, "no address for the remote domain's server");
         return Err(Failure::NotFound);
     }
-    for (host, port) in targets {
+    for super::dns::Target {
+        host,
+        port,
+        direct_tls,
+    } in targets
+    {
         let Ok(addrs) = tokio::net::lookup_host((host.as_str(), port)).await else {
             continue;
         };
@@ -567,7 +602,7 @@ async fn tcp_connect(server: &Server, remote: &str) -> Result<tokio::net::TcpStr
             match attempt.await {
                 Ok(Ok(s)) => {
                     let _ = s.set_nodelay(true);
-                    return Ok(s);
+                    return Ok((s, direct_tls));
                 }
                 Ok(Err(e)) => tracing::debug!(%remote, addr = %a, error = %e, "s2s connect failed"),
                 Err(_) => tracing::debug!(%remote, addr = %a, "s2s connect timed out"),
@@ -581,11 +616,19 @@ async fn tcp_connect(server: &Server, remote: &str) -> Result<tokio::net::TcpStr
 /// certificate presented (SASL EXTERNAL); the other server's is not
 /// checked (the domain is proved by SASL or dialback), handshake
 /// signatures are.
-fn client_tls(server: &Server, local: &str) -> Arc<rustls::ClientConfig> {
-    if let Some(c) = server.s2s.client_tls.get(local) {
+/// `direct`: for XEP-0368 direct TLS (ALPN `xmpp-server`).
+fn client_tls(server: &Server, local: &str, direct: bool) -> Arc<rustls::ClientConfig> {
+    let key = (local.to_owned(), direct);
+    if let Some(c) = server.s2s.client_tls.get(&key) {
         return c.clone();
     }
-    let c = super::certs::client_config(server, local).expect("ring supports the default versions");
-    server.s2s.client_tls.insert(local.to_owned(), c.clone());
+    let mut c =
+        super::certs::client_config(server, local).expect("ring supports the default versions");
+    if direct {
+        let mut d = rustls::ClientConfig::clone(&c);
+        d.alpn_protocols = vec![b"xmpp-server".to_vec()];
+        c = Arc::new(d);
+    }
+    server.s2s.client_tls.insert(key, c.clone());
     c
 }
