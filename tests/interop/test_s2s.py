@@ -12,8 +12,10 @@ to reach the checks a real peer never trips (spoofed `from`, bad keys, bad names
 import base64
 import hashlib
 import hmac
+import re
 import socket
 import subprocess
+import threading
 import time
 import urllib.request
 import uuid
@@ -23,7 +25,7 @@ import pytest
 import rawxmpp
 from cluster import Cluster
 from conftest import StarlingServer, free_port, _starling_has_flag
-from rawxmpp import C, q, tostring
+from rawxmpp import C, q, stanza_error, tostring
 
 NS_SERVER = "jabber:server"
 NS_DB = "jabber:server:dialback"
@@ -292,12 +294,31 @@ def test_dialback_with_a_wrong_key_is_invalid_and_stanzas_are_refused(pair):
     a, b = pair
     s = RawServer(b.s2s_port, "b.test", "a.test").open()
     assert s.feature("urn:xmpp:features:dialback", "dialback") is not None
-    # b.test asks a.test's server (the real one) about a key it never made.
+    # b.test asks a.test's server (the real one) about a key it never made: `invalid`, and
+    # the stream is closed (XEP-0220 §2.2.1).
     r = s.db_result("0" * 64)
     assert r.get("type") == "invalid", tostring(r)
-    s.send_raw("<message from='x@a.test' to='y@b.test'><body>sneak</body></message>")
-    assert s.expect_stream_error() == "invalid-from"
+    with pytest.raises(rawxmpp.StreamClosed):
+        s.recv(lambda e: False, 5, what="the end of the stream")
     b.assert_healthy()
+
+
+def test_invalid_key_on_a_stream_with_another_domain_is_a_forbidden_error(pair, clients):
+    """XEP-0220 §2.1.2: when the stream carries an authorised domain pair, an invalid key
+    for another pair gets a <forbidden/> dialback error and the stream (with its pair) stays."""
+    a, b = pair
+    ub = online(b, clients, "fz")
+    s = RawServer(b.s2s_port, "b.test", "a.test").open()
+    assert s.db_result(dialback_key(SECRET_A, "b.test", "a.test", s.stream_id())).get("type") == "valid"
+    # gw.a.test is a component of a.test: its key, made with another stream id, is invalid
+    r = s.db_result(dialback_key(SECRET_A, "b.test", GW_A, "not-this-stream"), origin=GW_A)
+    assert r.get("type") == "error", tostring(r)
+    assert r.find(q(NS_DB, "error")) is None  # the error child is in jabber:server
+    err = [ch for ch in r if rawxmpp.local(ch.tag) == "error"]
+    assert err and err[0].find(q(NS_STANZAS, "forbidden")) is not None, tostring(r)
+    s.send_raw(f"<message from='still@a.test' to='{ub.jid}' id='fz1' type='chat'><body>ok</body></message>")
+    assert ub.recv_stanza("message", id="fz1", timeout=10).get("from") == "still@a.test"
+    b.assert_healthy(ub)
 
 
 def test_dialback_valid_key_then_spoofed_from_is_invalid_from(pair, clients):
@@ -417,6 +438,79 @@ def test_user_of_another_domain_in_a_room(pair, clients):
     ua.presence(to=f"{room}/visitor", type_="unavailable")
     ub.recv(lambda e: e.tag == C("presence") and e.get("from") == f"{room}/visitor"
             and e.get("type") == "unavailable", 15, what="remote occupant left")
+
+
+class FakeReceivingServer(threading.Thread):
+    """A receiving server for `domain` on loopback (no TLS) that answers every
+    <db:result/> with `answer` (a db:result type) and records what it was sent."""
+
+    def __init__(self, domain, answer):
+        super().__init__(daemon=True)
+        self.domain, self.answer = domain, answer
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(4)
+        self.sock.settimeout(20)
+        self.port = self.sock.getsockname()[1]
+        self.got = b""
+
+    def run(self):
+        try:
+            conn, _ = self.sock.accept()
+        except OSError:
+            return
+        conn.settimeout(20)
+        try:
+            while b"<stream:stream" not in self.got:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return
+                self.got += chunk
+            conn.sendall(f"<?xml version='1.0'?><stream:stream xmlns='jabber:server' "
+                         f"xmlns:db='jabber:server:dialback' xmlns:stream='{NS_STREAM}' id='fake1' "
+                         f"from='{self.domain}' version='1.0'><stream:features><dialback "
+                         f"xmlns='urn:xmpp:features:dialback'><errors/></dialback></stream:features>".encode())
+            while b"</db:result>" not in self.got:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return
+                self.got += chunk
+            frm = re.search(rb"<db:result[^>]*from=['\"]([^'\"]+)", self.got).group(1).decode()
+            reply = f"<db:result from='{self.domain}' to='{frm}' type='{self.answer}'"
+            if self.answer == "error":
+                reply += "><error type='cancel'><remote-server-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></db:result>"
+            else:
+                reply += "/>"
+            conn.sendall(reply.encode())
+            while chunk := conn.recv(4096):
+                self.got += chunk
+        except OSError:
+            pass
+        finally:
+            conn.close()
+            self.sock.close()
+
+
+@pytest.mark.parametrize("answer,condition", [("invalid", "internal-server-error"),
+                                              ("error", "remote-server-timeout")])
+def test_refused_dialback_returns_queued_stanzas(tmp_path_factory, clients, answer, condition):
+    """XEP-0220 §2.1.1: when the receiving server says our key is `invalid`, what waits for
+    the link returns with <internal-server-error/>; a dialback error, <remote-server-timeout/>."""
+    fake = FakeReceivingServer("evil.test", answer)
+    fake.start()
+    a = StarlingServer(str(tmp_path_factory.mktemp("s2s-refused")), domains=["a3.test"],
+                       extra_toml=s2s_toml({"evil.test": fake.port}, extra="require_tls = false"))
+    a.start()
+    try:
+        u = clients.add(a.online("rf"))
+        u.send_raw("<message to='x@evil.test' id='rf1' type='chat'><body>waits</body></message>")
+        e = u.recv(lambda e: e.tag == C("message") and e.get("id") == "rf1", 20, what="the bounce")
+        assert e.get("type") == "error" and stanza_error(e)[1] == condition, tostring(e)
+        assert b"<db:result" in fake.got
+        a.assert_healthy(u)
+    finally:
+        a.stop()
+        fake.join(5)
 
 
 # ------------------------------------------------------------------ PEP across domains

@@ -273,7 +273,11 @@ impl Stream {
                         return self.read_failed(e).await;
                     }
                 }
-                Some(c) = checks.recv() => self.checked(c).await,
+                Some(c) = checks.recv() => {
+                    if let Some(next) = self.checked(c).await {
+                        return next;
+                    }
+                }
                 _ = tokio::time::sleep(idle), if !self.authorized.is_empty() => {
                     self.conn.fail(StreamCondition::ConnectionTimeout, None).await;
                     return Next::End;
@@ -480,25 +484,39 @@ impl Stream {
         });
     }
 
-    async fn checked(&mut self, c: Checked) {
+    /// A dialback check's outcome; `Some` ends the stream.
+    async fn checked(&mut self, c: Checked) -> Option<Next> {
         self.checking = self.checking.saturating_sub(1);
         let result = match c.verdict {
             Verdict::Valid => "valid",
             Verdict::Invalid => "invalid",
             Verdict::Unreachable => {
                 metrics::counter!("starling_s2s_dialback_total", "direction" => "in", "result" => "unreachable").increment(1);
-                return self
-                    .result_error(&c.local, &c.remote, Condition::RemoteServerNotFound)
+                self.result_error(&c.local, &c.remote, Condition::RemoteServerNotFound)
                     .await;
+                return None;
             }
         };
         metrics::counter!("starling_s2s_dialback_total", "direction" => "in", "result" => result)
             .increment(1);
-        if c.verdict == Verdict::Valid {
-            tracing::info!(remote = %c.remote, local = %c.local, "s2s stream authorised (dialback)");
-            self.authorized.insert((c.remote.clone(), c.local.clone()));
+        if c.verdict == Verdict::Invalid {
+            tracing::warn!(remote = %c.remote, local = %c.local, "s2s dialback key refused by the domain's server: a spoofing attempt");
+            if self.authorized.is_empty() {
+                // XEP-0220 §2.2.1: `invalid`, and the stream is closed.
+                self.send_result(&c.local, &c.remote, result).await;
+                self.conn.close().await;
+                return Some(Next::End);
+            }
+            // Other domain pairs use this stream: a dialback error keeps
+            // them (§2.1.2).
+            self.result_error(&c.local, &c.remote, Condition::Forbidden)
+                .await;
+            return None;
         }
+        tracing::info!(remote = %c.remote, local = %c.local, "s2s stream authorised (dialback)");
+        self.authorized.insert((c.remote.clone(), c.local.clone()));
         self.send_result(&c.local, &c.remote, result).await;
+        None
     }
 
     async fn send_result(&mut self, local: &str, remote: &str, t: &str) {

@@ -52,6 +52,9 @@ pub enum Verdict {
 enum Failure {
     NotFound,
     Timeout,
+    /// The other server said our dialback key is `invalid` (XEP-0220
+    /// §2.1.1: what waits returns with `<internal-server-error/>`).
+    Invalid,
 }
 
 impl Failure {
@@ -59,6 +62,7 @@ impl Failure {
         match self {
             Failure::NotFound => Condition::RemoteServerNotFound,
             Failure::Timeout => Condition::RemoteServerTimeout,
+            Failure::Invalid => Condition::InternalServerError,
         }
     }
 }
@@ -529,7 +533,15 @@ impl Running<'_> {
                     metrics::counter!("starling_s2s_dialback_total", "direction" => "out", "result" => "refused").increment(1);
                     tracing::info!(local = %self.local, remote = %self.remote, r#type = ?t, "s2s dialback refused");
                     self.conn.conn.close().await;
-                    return Some(Some(Failure::NotFound));
+                    // XEP-0220 §2.1.1: `invalid` returns what waits with
+                    // `<internal-server-error/>`, an error with
+                    // `<remote-server-timeout/>`.
+                    let f = match t {
+                        Some("invalid") => Failure::Invalid,
+                        Some("error") => Failure::Timeout,
+                        _ => Failure::NotFound,
+                    };
+                    return Some(Some(f));
                 }
             }
         } else if el.is("verify", NS_DIALBACK) {
