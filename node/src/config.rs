@@ -424,6 +424,11 @@ pub struct S2sConfig {
     /// More certificate authorities (a PEM file) to trust for other
     /// servers' certificates.
     pub ca_file: Option<PathBuf>,
+    /// Domains (and their subdomains) federation refuses, both ways.
+    pub blocked_domains: Vec<String>,
+    /// When not empty, the only domains (and their subdomains) federation
+    /// talks to.
+    pub allowed_domains: Vec<String>,
 }
 
 impl Default for S2sConfig {
@@ -443,6 +448,8 @@ impl Default for S2sConfig {
             sasl_external: true,
             system_roots: true,
             ca_file: None,
+            blocked_domains: Vec::new(),
+            allowed_domains: Vec::new(),
         }
     }
 }
@@ -968,6 +975,15 @@ impl Config {
             hosts.insert(d, addr.clone());
         }
         s2s.hosts = hosts;
+        for list in [&mut s2s.blocked_domains, &mut s2s.allowed_domains] {
+            for d in list.iter_mut() {
+                *d = jid::BareJid::new(d)
+                    .ok()
+                    .filter(|j| j.node().is_none())
+                    .map(|j| j.domain().as_str().to_owned())
+                    .ok_or_else(|| anyhow::anyhow!("s2s: {d:?} is not a domain"))?;
+            }
+        }
         if s2s.tls_port != 0
             && [
                 s2s.port,

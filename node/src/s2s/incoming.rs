@@ -206,6 +206,7 @@ impl Stream {
             && self.server.config.s2s.sasl_external
             && let Some(from) = from.as_deref()
             && !self.serves(from)
+            && super::permitted(&self.server, from)
             && let Some(chain) = self.conn.peer_certificates()
             && self.server.s2s.trust(&self.server).verify(&chain, from)
         {
@@ -452,6 +453,12 @@ impl Stream {
         if self.server.config.s2s.require_tls && !self.conn.tls {
             return self
                 .result_error(&local, &remote, Condition::PolicyViolation)
+                .await;
+        }
+        if !super::permitted(&self.server, &remote) {
+            // `[s2s] blocked_domains` / `allowed_domains`.
+            return self
+                .result_error(&local, &remote, Condition::Forbidden)
                 .await;
         }
         let key = el.text_content().trim().to_owned();

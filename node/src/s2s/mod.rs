@@ -127,6 +127,24 @@ pub fn is_remote(server: &Server, to: &str) -> bool {
     !server.is_local(domain) && server.services.get(domain).is_none()
 }
 
+/// Whether `[s2s] blocked_domains` / `allowed_domains` let federation
+/// talk to `domain` (a listed domain covers its subdomains).
+pub fn permitted(server: &Server, domain: &str) -> bool {
+    let cfg = &server.config.s2s;
+    !listed(&cfg.blocked_domains, domain)
+        && (cfg.allowed_domains.is_empty() || listed(&cfg.allowed_domains, domain))
+}
+
+/// Whether `domain` is one of `list` or a subdomain of one.
+fn listed(list: &[String], domain: &str) -> bool {
+    list.iter().any(|d| {
+        domain == d
+            || domain
+                .strip_suffix(d.as_str())
+                .is_some_and(|p| p.ends_with('.'))
+    })
+}
+
 /// The domain part of a JID.
 pub fn domain_of(jid: &str) -> &str {
     let bare = jid.split_once('/').map_or(jid, |(b, _)| b);
@@ -143,6 +161,11 @@ pub fn send(server: &Server, el: Element) {
     let speaks = server.is_local(from_domain) || server.services.get(from_domain).is_some();
     if !server.config.s2s.enabled || !speaks || to_domain.is_empty() {
         crate::session::im::bounce(server, &el, Condition::RemoteServerNotFound);
+        return;
+    }
+    if !permitted(server, to_domain) {
+        metrics::counter!("starling_s2s_bounced_total", "reason" => "policy").increment(1);
+        crate::session::im::bounce(server, &el, Condition::Forbidden);
         return;
     }
     let key = (from_domain.to_owned(), to_domain.to_owned());
@@ -231,6 +254,16 @@ mod tests {
             ),
             "37c69b1cf07a3f67c04a5ef5902fa5114f2c76fe4a2686482ba5b89323075643"
         );
+    }
+
+    #[test]
+    fn a_listed_domain_covers_its_subdomains_only() {
+        let list = vec!["spam.example".to_owned()];
+        assert!(listed(&list, "spam.example"));
+        assert!(listed(&list, "muc.spam.example"));
+        assert!(!listed(&list, "notspam.example"));
+        assert!(!listed(&list, "example"));
+        assert!(!listed(&[], "spam.example"));
     }
 
     #[test]
