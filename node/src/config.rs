@@ -33,6 +33,7 @@ pub struct Config {
     pub cluster: ClusterConfig,
     pub upload: UploadConfig,
     pub websocket: WebSocketConfig,
+    pub bosh: BoshConfig,
     pub s2s: S2sConfig,
     /// XEP-0114 external components (gateways, bridges).
     pub components: ComponentsConfig,
@@ -63,6 +64,7 @@ impl Default for Config {
             cluster: ClusterConfig::default(),
             upload: UploadConfig::default(),
             websocket: WebSocketConfig::default(),
+            bosh: BoshConfig::default(),
             s2s: S2sConfig::default(),
             components: ComponentsConfig::default(),
             admin: AdminConfig::default(),
@@ -369,6 +371,42 @@ impl Default for WebSocketConfig {
             port: 5280,
             tls: true,
             path: "/xmpp-websocket".into(),
+        }
+    }
+}
+
+/// XMPP over BOSH (XEP-0124, XEP-0206) for web clients.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BoshConfig {
+    /// Off by default: it opens one more port.
+    pub enabled: bool,
+    /// Port of the HTTP listener, on `c2s.bind`.
+    pub port: u16,
+    /// HTTPS with the domains' certificates. Off only behind a proxy that
+    /// terminates TLS.
+    pub tls: bool,
+    /// The HTTP path of the endpoint.
+    pub path: String,
+    /// The longest a request is held open (the client's `wait`, at most
+    /// this).
+    pub max_wait_secs: u64,
+    /// A session with no request for this long ends.
+    pub inactivity_secs: u64,
+    /// BOSH sessions at most on this node.
+    pub max_sessions: usize,
+}
+
+impl Default for BoshConfig {
+    fn default() -> Self {
+        BoshConfig {
+            enabled: false,
+            port: 5281,
+            tls: true,
+            path: "/http-bind".into(),
+            max_wait_secs: 60,
+            inactivity_secs: 60,
+            max_sessions: 100_000,
         }
     }
 }
@@ -1034,6 +1072,35 @@ impl Config {
         }
         Ok(())
     }
+
+    fn check_bosh(&self) -> anyhow::Result<()> {
+        let b = &self.bosh;
+        if !b.enabled {
+            return Ok(());
+        }
+        if b.port == 0 || b.max_wait_secs == 0 || b.inactivity_secs == 0 {
+            anyhow::bail!(
+                "bosh.port, bosh.max_wait_secs and bosh.inactivity_secs must be positive"
+            );
+        }
+        let on = |enabled: bool, port: u16| if enabled { port } else { 0 };
+        let taken = [
+            ("c2s.port", self.c2s.port),
+            ("c2s.tls_port", self.c2s.tls_port),
+            ("upload.port", on(self.upload.enabled, self.upload.port)),
+            (
+                "websocket.port",
+                on(self.websocket.enabled, self.websocket.port),
+            ),
+        ];
+        if let Some((name, _)) = taken.iter().find(|(_, p)| *p == b.port) {
+            anyhow::bail!("bosh.port {} is also {name}", b.port);
+        }
+        if !b.path.starts_with('/') || b.path.contains(['?', '#', ' ']) {
+            anyhow::bail!("bosh.path must be an absolute path such as /http-bind");
+        }
+        Ok(())
+    }
 }
 
 impl UploadConfig {
@@ -1303,6 +1370,7 @@ impl Config {
         }
         self.upload.check()?;
         self.check_websocket()?;
+        self.check_bosh()?;
         self.check_components()?;
         for s in &self.external_services {
             s.check()?;

@@ -250,8 +250,12 @@ async fn run_listeners(server: Arc<Server>) -> anyhow::Result<()> {
         ));
     }
     let upload = crate::http::upload::start(server.clone()).await?;
+    let bosh = crate::http::bosh::start(server.clone(), handles.clone()).await?;
     shutdown_signal().await;
     if let Some(h) = upload {
+        h.stop(true).await;
+    }
+    if let Some(h) = bosh {
         h.stop(true).await;
     }
     tracing::info!(sessions = server.router.session_count(), "shutting down");

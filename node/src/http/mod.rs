@@ -1,3 +1,4 @@
 //! HTTP listeners on actix-web.
 
+pub mod bosh;
 pub mod upload;

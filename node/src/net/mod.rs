@@ -183,6 +183,32 @@ pub async fn accept_loop(
     }
 }
 
+/// Negotiates and serves a BOSH session (XEP-0206) on one of the
+/// arbiters, as [`accept_loop`] does a TCP connection.
+pub(crate) fn spawn_bosh(
+    server: Arc<Server>,
+    arbiters: &[actix_rt::ArbiterHandle],
+    conn: crate::http::bosh::BoshConn,
+    ip: String,
+) {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    OPEN.fetch_add(1, Ordering::Relaxed);
+    let slot = ConnSlot(());
+    let i = NEXT.fetch_add(1, Ordering::Relaxed) % arbiters.len();
+    arbiters[i].spawn(async move {
+        actix_rt::spawn(async move {
+            use crate::stream::negotiate::{self, Negotiated};
+            match negotiate::serve_bosh(server.clone(), conn, ip).await {
+                Some(Negotiated::Bound(bound)) => crate::session::c2s::start(server, bound, slot),
+                Some(Negotiated::Resumed(stream, r)) => {
+                    crate::session::c2s::start_resumed(server, stream, r, slot)
+                }
+                None => {}
+            }
+        });
+    });
+}
+
 /// Accepts XEP-0114 component connections on `listener` until the process
 /// ends: each is negotiated (`stream::accept`) and served by its session
 /// actor (`session::component`) on one of the arbiters.

@@ -219,7 +219,7 @@ fn push_attr(out: &mut String, name: &str, raw: &str) {
 
 /// One top-level piece of what the server writes.
 #[derive(Debug, PartialEq, Eq)]
-enum Piece<'a> {
+pub(crate) enum Piece<'a> {
     Header(&'a str),
     Close,
     Element(&'a str),
@@ -228,7 +228,7 @@ enum Piece<'a> {
 /// Cuts the complete top-level pieces off the front of `out` (server
 /// output: escaped text, no comments or CDATA); returns them and the bytes
 /// they took.
-fn pieces(out: &str) -> (Vec<Piece<'_>>, usize) {
+pub(crate) fn pieces(out: &str) -> (Vec<Piece<'_>>, usize) {
     let mut found = Vec::new();
     let mut pos = 0;
     let mut depth = 0usize;
@@ -279,7 +279,7 @@ fn pieces(out: &str) -> (Vec<Piece<'_>>, usize) {
 }
 
 /// A piece as one WebSocket message (§3.3).
-fn outbound(piece: &Piece<'_>) -> String {
+pub(crate) fn outbound(piece: &Piece<'_>) -> String {
     match piece {
         Piece::Header(tag) => {
             let attrs = crate::xml::scan::start_tag_attrs(tag).unwrap_or_default();

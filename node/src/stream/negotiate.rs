@@ -161,6 +161,36 @@ pub async fn serve_websocket(
     Some(negotiated)
 }
 
+/// Negotiates one BOSH session (XEP-0206): its transport carries what the
+/// client posts as a stream (TLS, if any, is the HTTP listener's), so the
+/// same phases as a TLS stream follow.
+pub async fn serve_bosh(
+    server: Arc<Server>,
+    conn: crate::http::bosh::BoshConn,
+    ip: String,
+) -> Option<Negotiated<crate::http::bosh::BoshConn>> {
+    metrics::counter!("starling_c2s_connections_total").increment(1);
+    let n = server.unauthenticated.fetch_add(1, Ordering::Relaxed);
+    let mut guard = UnauthGuard(&server, true);
+    let deadline = Instant::now() + Duration::from_secs(server.config.c2s.handshake_timeout_secs);
+    let write_timeout = Duration::from_secs(server.config.c2s.write_timeout_secs);
+    let default_domain = server.config.domains[0].clone();
+    let mut xs = XmlStream::new(conn, limits(&server), default_domain, write_timeout);
+    if n >= server.config.c2s.max_unauthenticated
+        || ip.parse().is_ok_and(|a| !server.shaper.admit_address(a))
+    {
+        xs.fail(
+            StreamCondition::PolicyViolation,
+            Some("too many connections"),
+        )
+        .await;
+        return None;
+    }
+    let negotiated = Box::pin(secure_phases(&server, xs, &ip, deadline)).await?;
+    guard.done();
+    Some(negotiated)
+}
+
 /// Reads and checks a stream header, answers with ours; `None` when the
 /// stream was ended with an error.
 async fn open_stream<S: Transport>(
