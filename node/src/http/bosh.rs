@@ -61,6 +61,12 @@ struct Shared {
     input_ready: Notify,
     output: Mutex<Output>,
     output_ready: Notify,
+    /// Output taken by a response: a writer waiting for room goes on.
+    drained: Notify,
+    /// Output bytes queued at most before the session's writes wait (as
+    /// on a TCP socket whose reader is slow; the session's write timeout
+    /// then ends it).
+    max_pending: usize,
     /// Releases the request held open when a newer one arrives.
     release: Notify,
     order: Mutex<Order>,
@@ -80,6 +86,7 @@ struct Input {
 #[derive(Default)]
 struct Output {
     items: Vec<String>,
+    bytes: usize,
     /// `id` and `from` of the stream header the session wrote.
     header: Option<(String, String)>,
     terminated: bool,
@@ -161,7 +168,9 @@ impl Transport for BoshConn {
                         if el.starts_with("<stream:error") {
                             out.stream_error = true;
                         }
-                        out.items.push(outbound(p));
+                        let item = outbound(p);
+                        out.bytes += item.len();
+                        out.items.push(item);
                     }
                 }
             }
@@ -173,7 +182,19 @@ impl Transport for BoshConn {
         } else {
             self.out.drain(..used);
         }
-        Ok(())
+        // Backpressure: wait while the client has not taken enough.
+        loop {
+            let drained = self.shared.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            {
+                let out = self.shared.output.lock().unwrap_or_else(|e| e.into_inner());
+                if out.bytes <= self.shared.max_pending || out.terminated {
+                    return Ok(());
+                }
+            }
+            drained.await;
+        }
     }
 
     async fn shutdown(&mut self) -> io::Result<()> {
@@ -197,9 +218,16 @@ impl Shared {
         self.input_ready.notify_waiters();
     }
 
+    /// The client is gone: the stream reads its end, and a write waiting
+    /// for room goes on (nobody will take its output).
     fn close_input(&self) {
         self.input.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
         self.input_ready.notify_waiters();
+        self.output
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .terminated = true;
+        self.drained.notify_waiters();
     }
 
     fn header(&self) -> Vec<u8> {
@@ -224,11 +252,15 @@ impl Shared {
             {
                 let mut out = self.output.lock().unwrap_or_else(|e| e.into_inner());
                 if !out.items.is_empty() || out.terminated {
-                    return (
+                    out.bytes = 0;
+                    let taken = (
                         std::mem::take(&mut out.items),
                         out.terminated,
                         out.stream_error,
                     );
+                    drop(out);
+                    self.drained.notify_waiters();
+                    return taken;
                 }
             }
             tokio::select! {
@@ -540,6 +572,8 @@ async fn create(server: &Arc<Server>, req: &HttpRequest, el: &Element, rid: u64)
         input_ready: Notify::new(),
         output: Mutex::default(),
         output_ready: Notify::new(),
+        drained: Notify::new(),
+        max_pending: server.config.c2s.mailbox_bytes.max(64 * 1024),
         release: Notify::new(),
         order: Mutex::new(Order {
             next: rid.wrapping_add(1),
@@ -583,8 +617,22 @@ async fn create(server: &Arc<Server>, req: &HttpRequest, el: &Element, rid: u64)
             || (header.is_some() && !items.is_empty())
             || tokio::time::Instant::now() >= deadline
         {
+            let header = header.filter(|_| !ended);
             let Some((id, from)) = header else {
-                sessions().remove(&sid);
+                // Refused at once (a stream error), or no answer in time.
+                if sessions().remove(&sid).is_some() {
+                    metrics::gauge!("starling_bosh_sessions").decrement(1.0);
+                }
+                shared.close_input();
+                if ended {
+                    return ok(body(
+                        &[
+                            ("type", "terminate".into()),
+                            ("condition", "remote-stream-error".into()),
+                        ],
+                        &items,
+                    ));
+                }
                 return terminate("remote-connection-failed");
             };
             let attrs = [
