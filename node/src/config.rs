@@ -41,6 +41,38 @@ pub struct Config {
     pub admin: AdminConfig,
     /// XEP-0215 external services (STUN/TURN) announced to clients.
     pub external_services: Vec<ExternalService>,
+    /// XEP-0157 contact addresses, in each served domain's disco#info.
+    pub contact: ContactConfig,
+}
+
+/// XEP-0157: whom to contact about a served domain (URIs: `mailto:`,
+/// `xmpp:`, `https:`); `{domain}` stands for the domain. Empty lists are
+/// left out; `admin` empty means the domain's `[admin]` administrators.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ContactConfig {
+    pub abuse: Vec<String>,
+    pub admin: Vec<String>,
+    pub feedback: Vec<String>,
+    pub sales: Vec<String>,
+    pub security: Vec<String>,
+    pub status: Vec<String>,
+    pub support: Vec<String>,
+}
+
+impl Default for ContactConfig {
+    fn default() -> Self {
+        ContactConfig {
+            // RFC 2142: every domain's abuse mailbox.
+            abuse: vec!["mailto:abuse@{domain}".into()],
+            admin: Vec::new(),
+            feedback: Vec::new(),
+            sales: Vec::new(),
+            security: Vec::new(),
+            status: Vec::new(),
+            support: Vec::new(),
+        }
+    }
 }
 
 impl Default for Config {
@@ -69,6 +101,7 @@ impl Default for Config {
             components: ComponentsConfig::default(),
             admin: AdminConfig::default(),
             external_services: Vec::new(),
+            contact: ContactConfig::default(),
         }
     }
 }

@@ -31,6 +31,24 @@ def test_disco_info_server(server, clients):
         assert var in f, f"{var} not in {sorted(f)}"
 
 
+def test_server_contact_addresses(server, clients):
+    """XEP-0157: each served domain's disco#info carries the serverinfo form; by default
+    the domain's abuse mailbox (RFC 2142). The server's caps node answers without it (the
+    caps ver covers what is the same for every domain)."""
+    c = clients.add(server.online("ca"))
+    for domain in server.domains:
+        r = c.iq("get", f"<query xmlns='{DISCO_INFO}'/>", to=domain)
+        forms = r.find(q(DISCO_INFO, "query")).findall("{jabber:x:data}x")
+        info = [x for x in forms
+                if any(f.get("var") == "FORM_TYPE" and f.findtext("{jabber:x:data}value") ==
+                       "http://jabber.org/network/serverinfo" for f in x.findall("{jabber:x:data}field"))]
+        assert len(info) == 1, tostring(r)
+        fields = {f.get("var"): [v.text for v in f.findall("{jabber:x:data}value")]
+                  for f in info[0].findall("{jabber:x:data}field")}
+        assert fields["abuse-addresses"] == [f"mailto:abuse@{domain}"], fields
+        assert info[0].get("type") == "result"
+
+
 def test_disco_info_own_account(server, clients):
     """XEP-0030 / RFC 6121: the server answers disco#info on behalf of the user's bare JID."""
     c = clients.add(server.online("da"))

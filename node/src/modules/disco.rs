@@ -188,8 +188,11 @@ fn handle<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
             return Err(Condition::ItemNotFound.into());
         }
         match ctx.target {
-            IqTarget::Server(_) => {
+            IqTarget::Server(domain) => {
                 q = super::caps::server_info(ctx.server, q);
+                if let Some(form) = contact_form(ctx.server, domain) {
+                    q = q.child(form);
+                }
             }
             IqTarget::Own | IqTarget::Account(_) | IqTarget::NoAccount(_) => {
                 q = q
@@ -214,6 +217,66 @@ fn handle<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
         Ok(q.into())
     }
     .boxed()
+}
+
+/// XEP-0157: the domain's contact addresses as a XEP-0128 extension form
+/// (`http://jabber.org/network/serverinfo`); `None` when none is set. Not
+/// part of the server's caps `ver` (which its node answers without it).
+fn contact_form(server: &crate::server::Server, domain: &str) -> Option<Element> {
+    const NS_DATA: &str = "jabber:x:data";
+    let c = &server.config.contact;
+    let admins: Vec<String> = if c.admin.is_empty() {
+        server
+            .config
+            .admin
+            .admins
+            .iter()
+            .filter(|a| crate::s2s::domain_of(a) == domain)
+            .chain(
+                server
+                    .config
+                    .admin
+                    .domains
+                    .get(domain)
+                    .into_iter()
+                    .flatten(),
+            )
+            .map(|a| format!("xmpp:{a}"))
+            .collect()
+    } else {
+        c.admin.clone()
+    };
+    let fields = [
+        ("abuse-addresses", &c.abuse),
+        ("admin-addresses", &admins),
+        ("feedback-addresses", &c.feedback),
+        ("sales-addresses", &c.sales),
+        ("security-addresses", &c.security),
+        ("status-addresses", &c.status),
+        ("support-addresses", &c.support),
+    ];
+    if fields.iter().all(|(_, v)| v.is_empty()) {
+        return None;
+    }
+    let mut x = Element::new("x", NS_DATA).attr("type", "result").child(
+        Element::new("field", NS_DATA)
+            .attr("var", "FORM_TYPE")
+            .attr("type", "hidden")
+            .child(Element::new("value", NS_DATA).text("http://jabber.org/network/serverinfo")),
+    );
+    for (var, values) in fields {
+        if values.is_empty() {
+            continue;
+        }
+        let mut f = Element::new("field", NS_DATA)
+            .attr("var", var)
+            .attr("type", "list-multi");
+        for v in values {
+            f = f.child(Element::new("value", NS_DATA).text(v.replace("{domain}", domain)));
+        }
+        x = x.child(f);
+    }
+    Some(x)
 }
 
 /// Whether `n` is the server's XEP-0115 caps node (`node#ver`).
