@@ -34,6 +34,7 @@ pub struct Config {
     pub upload: UploadConfig,
     pub websocket: WebSocketConfig,
     pub bosh: BoshConfig,
+    pub proxy65: Proxy65Config,
     pub s2s: S2sConfig,
     /// XEP-0114 external components (gateways, bridges).
     pub components: ComponentsConfig,
@@ -97,6 +98,7 @@ impl Default for Config {
             upload: UploadConfig::default(),
             websocket: WebSocketConfig::default(),
             bosh: BoshConfig::default(),
+            proxy65: Proxy65Config::default(),
             s2s: S2sConfig::default(),
             components: ComponentsConfig::default(),
             admin: AdminConfig::default(),
@@ -408,6 +410,36 @@ impl Default for WebSocketConfig {
     }
 }
 
+/// XEP-0065 SOCKS5 bytestreams proxy at `proxy.<domain>`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Proxy65Config {
+    /// Off by default: it opens one more port.
+    pub enabled: bool,
+    pub subdomain: String,
+    /// Address and port of the SOCKS5 listener.
+    pub bind: String,
+    pub port: u16,
+    /// The address clients are told to connect to (this node's: in a
+    /// cluster, each node its own). Default: the served domain.
+    pub host: Option<String>,
+    /// Proxy connections open at most on this node.
+    pub max_connections: usize,
+}
+
+impl Default for Proxy65Config {
+    fn default() -> Self {
+        Proxy65Config {
+            enabled: false,
+            subdomain: "proxy".into(),
+            bind: "0.0.0.0".into(),
+            port: 7777,
+            host: None,
+            max_connections: 10_000,
+        }
+    }
+}
+
 /// XMPP over BOSH (XEP-0124, XEP-0206) for web clients.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -595,6 +627,7 @@ impl Config {
                 (self.muc.enabled, &self.muc.subdomain),
                 (self.upload.enabled, &self.upload.subdomain),
                 (self.pubsub.enabled, &self.pubsub.subdomain),
+                (self.proxy65.enabled, &self.proxy65.subdomain),
             ];
             for (on, sub) in services {
                 if on && self.domains.iter().any(|p| domain == format!("{sub}.{p}")) {
@@ -1363,6 +1396,23 @@ impl Config {
             }
             if self.pubsub.max_nodes == 0 {
                 anyhow::bail!("pubsub.max_nodes must be positive");
+            }
+        }
+        if self.proxy65.enabled {
+            let sub = &self.proxy65.subdomain;
+            if sub.is_empty() || sub.contains(['.', '@', '/']) {
+                anyhow::bail!("proxy65.subdomain must be one non-empty DNS label");
+            }
+            let others = [
+                (self.muc.enabled, &self.muc.subdomain),
+                (self.upload.enabled, &self.upload.subdomain),
+                (self.pubsub.enabled, &self.pubsub.subdomain),
+            ];
+            if others.iter().any(|(on, o)| *on && *o == sub) {
+                anyhow::bail!("proxy65.subdomain is taken by another service");
+            }
+            if self.proxy65.port == 0 || self.proxy65.max_connections == 0 {
+                anyhow::bail!("proxy65.port and proxy65.max_connections must be positive");
             }
             for d in &self.domains {
                 if self.domains.contains(&format!("{sub}.{d}")) {

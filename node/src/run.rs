@@ -251,6 +251,7 @@ async fn run_listeners(server: Arc<Server>) -> anyhow::Result<()> {
     }
     let upload = crate::http::upload::start(server.clone()).await?;
     let bosh = crate::http::bosh::start(server.clone(), handles.clone()).await?;
+    actix_rt::spawn(crate::services::proxy65::start(server.clone()));
     shutdown_signal().await;
     if let Some(h) = upload {
         h.stop(true).await;

@@ -19,6 +19,7 @@
 
 pub mod component;
 pub mod muc;
+pub mod proxy65;
 pub mod pubsub;
 
 use crate::config::Config;
@@ -51,6 +52,9 @@ pub enum ServiceKind {
     Upload,
     /// XEP-0060 publish-subscribe (nodes in the replicated store).
     Pubsub,
+    /// XEP-0065 SOCKS5 bytestreams proxy (its connections are this
+    /// node's: [`proxy65`]).
+    Proxy65,
     /// A XEP-0114 external component: everything for its domain (and
     /// JIDs at it) goes to its connection ([`component`]).
     Component,
@@ -72,6 +76,8 @@ pub struct Services {
     pub muc: muc::Rooms,
     /// The component connections of this node.
     pub components: component::Components,
+    /// The SOCKS5 connections this node's proxy holds (XEP-0065).
+    pub proxy65: proxy65::Proxy,
     /// The server itself (actors of services hold it) and the arbiter
     /// their actors run on; set once at start.
     server: OnceLock<Weak<Server>>,
@@ -122,6 +128,18 @@ impl Services {
                 );
             }
         }
+        if config.proxy65.enabled {
+            for d in &config.domains {
+                by_domain.insert(
+                    format!("{}.{d}", config.proxy65.subdomain),
+                    Hosted {
+                        kind: ServiceKind::Proxy65,
+                        parent: d.clone(),
+                        name: "SOCKS5 Bytestreams Service".into(),
+                    },
+                );
+            }
+        }
         // XEP-0114 components: listed in their parent domain's
         // disco#items (none for one outside the served domains).
         for d in config.components.secrets.keys() {
@@ -138,6 +156,7 @@ impl Services {
             by_domain,
             muc: muc::Rooms::default(),
             components: component::Components::default(),
+            proxy65: proxy65::Proxy::default(),
             server: OnceLock::new(),
             arbiters: OnceLock::new(),
             live_hash: AtomicU64::new(0),
@@ -286,6 +305,7 @@ pub async fn route(server: &Server, el: Element) {
             ServiceKind::Muc => muc::service_stanza(server, el).await,
             ServiceKind::Upload => upload_stanza(server, el).await,
             ServiceKind::Pubsub => pubsub::service_stanza(server, el).await,
+            ServiceKind::Proxy65 => proxy65::service_stanza(server, el).await,
             ServiceKind::Component => {}
         }
         return;
@@ -297,7 +317,10 @@ pub async fn route(server: &Server, el: Element) {
             None => return,
         },
         // The upload and pubsub services have no entities.
-        ServiceKind::Upload | ServiceKind::Pubsub | ServiceKind::Component => {
+        ServiceKind::Upload
+        | ServiceKind::Pubsub
+        | ServiceKind::Proxy65
+        | ServiceKind::Component => {
             if el.name != "presence" && !matches!(el.get_attr("type"), Some("error" | "result")) {
                 crate::session::im::bounce(server, &el, Condition::ServiceUnavailable);
             }
@@ -332,7 +355,10 @@ async fn to_owner(server: &Server, kind: ServiceKind, key: &str, el: Element, ho
         // membership goes, so it cannot answer with stale state later.
         match kind {
             ServiceKind::Muc => server.services.muc.stop(key),
-            ServiceKind::Upload | ServiceKind::Pubsub | ServiceKind::Component => {}
+            ServiceKind::Upload
+            | ServiceKind::Pubsub
+            | ServiceKind::Proxy65
+            | ServiceKind::Component => {}
         }
         let stanza = xml
             .get_or_insert_with(|| el.to_stream_xml(NS_CLIENT).into_bytes())
@@ -365,7 +391,10 @@ fn local(server: &Server, kind: ServiceKind, key: &str, el: Element) -> bool {
     match kind {
         ServiceKind::Muc => server.services.muc.deliver(server, key, el),
         // No entities: nothing is ever sent to one.
-        ServiceKind::Upload | ServiceKind::Pubsub | ServiceKind::Component => false,
+        ServiceKind::Upload
+        | ServiceKind::Pubsub
+        | ServiceKind::Proxy65
+        | ServiceKind::Component => false,
     }
 }
 
@@ -394,7 +423,10 @@ pub fn from_node(server: &Server, env: Envelope) -> DeliveryResult {
     }
     match kind {
         ServiceKind::Muc => server.services.muc.stop(key),
-        ServiceKind::Upload | ServiceKind::Pubsub | ServiceKind::Component => {}
+        ServiceKind::Upload
+        | ServiceKind::Pubsub
+        | ServiceKind::Proxy65
+        | ServiceKind::Component => {}
     }
     let fwd = Envelope {
         hops: env.hops + 1,
