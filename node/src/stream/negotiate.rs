@@ -4,7 +4,7 @@
 //! session. A phase is a function that consumes the stream of the previous
 //! one, so a stanza handler cannot run on a stream that is not bound.
 
-use super::sasl::{self, SaslOutcome};
+use super::sasl::{self, NS_SASL2, Profile, SaslOutcome};
 use super::xmlstream::{XmlStream, new_id, read_failed};
 use crate::net::tls_conn::TlsConn;
 use crate::net::transport::Transport;
@@ -27,13 +27,41 @@ pub struct Bound<S> {
     pub full: jid::FullJid,
     /// The client said it is inactive (XEP-0352) before binding.
     pub inactive: bool,
+    /// Bound by XEP-0386 inside a SASL2 `<authenticate/>`: the session
+    /// answers with `<success/>` once it has done what was asked inline.
+    pub bind2: Option<Box<Bind2>>,
 }
+
+/// What a XEP-0386 bind asked for, for the session to do before it sends
+/// SASL2's `<success/>`.
+pub struct Bind2 {
+    /// `<success>` up to its `<bound/>`: additional data, the full JID, a
+    /// failed inline resumption's `<failed/>`.
+    pub success_head: String,
+    /// XEP-0280 `<enable/>` inside `<bind/>`.
+    pub carbons: bool,
+    /// XEP-0198 `<enable/>` inside `<bind/>`.
+    pub enable_sm: Option<Element>,
+}
+
+/// XEP-0386's namespace.
+pub const NS_BIND2: &str = "urn:xmpp:bind:0";
+
+/// The longest Bind2 `<tag/>` taken into a resource (a client name, not
+/// a resource of its own: XEP-0386 §Resource identifier generation).
+const MAX_TAG_CHARS: usize = 64;
 
 /// How negotiation ended: a new session, or an earlier one resumed
 /// (XEP-0198) instead of binding.
 pub enum Negotiated<S> {
     Bound(Bound<S>),
-    Resumed(XmlStream<S>, crate::session::c2s::Resumption),
+    /// With SASL2 (XEP-0198 inline), the `<success>` to open before
+    /// `<resumed/>`.
+    Resumed(
+        XmlStream<S>,
+        crate::session::c2s::Resumption,
+        Option<String>,
+    ),
 }
 
 /// Decrements the unauthenticated-connection count when dropped.
@@ -325,6 +353,7 @@ async fn secure_phases<S: Transport>(
         features.push_str("</mechanism>");
     }
     features.push_str("</mechanisms>");
+    push_sasl2_feature(server, &mut features);
     for f in server
         .modules
         .stream_features(crate::modules::Stage::PreAuth, &server.config)
@@ -335,11 +364,33 @@ async fn secure_phases<S: Transport>(
     xs.send_raw(&features).await.ok()?;
 
     let mut failures = 0;
+    let mut sasl2 = None;
     let bare = loop {
         let el = next_element(&mut xs, deadline).await?;
-        if el.is("auth", NS_SASL) {
-            match sasl::authenticate(server, &mut xs, &el, &domain, ip, deadline).await {
-                SaslOutcome::Success(bare) => break bare,
+        let profile = if el.is("auth", NS_SASL) {
+            Profile::Legacy
+        } else if el.is("authenticate", NS_SASL2) {
+            if let Err(text) = check_inline(&el) {
+                // Refused before any credential is looked at: no
+                // failure counted against the account.
+                let msg = format!(
+                    "<failure xmlns='{NS_SASL2}'><malformed-request xmlns='{NS_SASL}'/><text>{text}</text></failure>"
+                );
+                xs.send_raw(&msg).await.ok()?;
+                continue;
+            }
+            Profile::Sasl2
+        } else {
+            Profile::Legacy
+        };
+        if el.is("auth", NS_SASL) || profile == Profile::Sasl2 {
+            match sasl::authenticate(server, &mut xs, &el, &domain, ip, deadline, profile).await {
+                SaslOutcome::Success(bare, additional) => {
+                    if profile == Profile::Sasl2 {
+                        sasl2 = Some((el, additional));
+                    }
+                    break bare;
+                }
                 SaslOutcome::Failure => {
                     failures += 1;
                     if failures >= 5 {
@@ -382,12 +433,75 @@ async fn secure_phases<S: Transport>(
         }
     };
 
-    // Authenticated: a new stream, then resource binding (RFC 6120 §7).
-    xs.restart();
-    open_stream(server, &mut xs, deadline, Some(&domain)).await?;
+    let mut features = String::new();
+    if let Some((auth, additional)) = sasl2 {
+        // XEP-0388: no stream restart. What was asked inline is done now,
+        // resumption first (XEP-0386 §Performing the bind).
+        let mut head = format!("<success xmlns='{NS_SASL2}'>");
+        if let Some(data) = additional {
+            head.push_str("<additional-data>");
+            head.push_str(&crate::auth::encode_b64(&data));
+            head.push_str("</additional-data>");
+        }
+        let mut failed = String::new();
+        if let Some(el) = auth.get_child("resume", crate::session::sm::NS_SM) {
+            match resume(server, &bare, el).await {
+                Ok(r) => return Some(Negotiated::Resumed(xs, r, Some(head))),
+                Err(f) => failed = f,
+            }
+        }
+        if let Some(bind) = auth.get_child("bind", NS_BIND2) {
+            let full = match bind2_resource(&bare, &auth, bind) {
+                Some(full) => full,
+                None => {
+                    // Checked before authenticating; never here.
+                    xs.fail(StreamCondition::InternalServerError, None).await;
+                    return None;
+                }
+            };
+            head.push_str("<authorization-identifier>");
+            head.push_str(&crate::xml::escape(full.as_str()));
+            head.push_str("</authorization-identifier>");
+            head.push_str(&failed);
+            let mut inactive = false;
+            let mut carbons = false;
+            let mut enable_sm = None;
+            for c in bind.elements() {
+                if c.is("enable", crate::modules::carbons::NS_CARBONS) {
+                    carbons = true;
+                } else if c.is("enable", crate::session::sm::NS_SM) {
+                    enable_sm = Some(c.clone());
+                } else if c.ns == crate::session::csi::NS_CSI {
+                    inactive = c.name == "inactive";
+                }
+            }
+            metrics::counter!("starling_bind2_total").increment(1);
+            return Some(Negotiated::Bound(Bound {
+                stream: xs,
+                bare,
+                full,
+                inactive,
+                bind2: Some(Box::new(Bind2 {
+                    success_head: head,
+                    carbons,
+                    enable_sm,
+                })),
+            }));
+        }
+        // Authenticated, not bound: legacy binding follows on this stream.
+        head.push_str("<authorization-identifier>");
+        head.push_str(&crate::xml::escape(bare.as_str()));
+        head.push_str("</authorization-identifier>");
+        head.push_str(&failed);
+        head.push_str("</success>");
+        features = head;
+    } else {
+        // Authenticated: a new stream, then resource binding (RFC 6120 §7).
+        xs.restart();
+        open_stream(server, &mut xs, deadline, Some(&domain)).await?;
+    }
     // Binding is core (RFC 6120 §7); the rest is what the modules declare.
-    let mut features =
-        String::from("<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/>");
+    features.push_str("<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/>");
     for f in server
         .modules
         .stream_features(crate::modules::Stage::PostAuth, &server.config)
@@ -415,7 +529,7 @@ async fn secure_phases<S: Transport>(
         }
         if el.ns == crate::session::sm::NS_SM {
             match resume(server, &bare, &el).await {
-                Ok(r) => return Some(Negotiated::Resumed(xs, r)),
+                Ok(r) => return Some(Negotiated::Resumed(xs, r, None)),
                 Err(failed) => {
                     xs.send_raw(&failed).await.ok()?;
                     continue;
@@ -470,6 +584,7 @@ async fn secure_phases<S: Transport>(
             bare,
             full,
             inactive,
+            bind2: None,
         }));
     }
 }
@@ -495,4 +610,83 @@ async fn resume(
         return Err(sm::failed_xml("bad-request", ""));
     };
     crate::session::c2s::take_over(server, bare.as_str(), previd, h).await
+}
+
+/// XEP-0388's feature (same mechanisms as `<mechanisms/>`), with what can
+/// be done inline: Bind2 (XEP-0386) with carbons, CSI and stream
+/// management, and XEP-0198 resumption.
+fn push_sasl2_feature(server: &Server, features: &mut String) {
+    features.push_str("<authentication xmlns='urn:xmpp:sasl:2'>");
+    for m in sasl::MECHANISMS {
+        features.push_str("<mechanism>");
+        features.push_str(m);
+        features.push_str("</mechanism>");
+    }
+    features.push_str(
+        "<inline><bind xmlns='urn:xmpp:bind:0'><inline><feature var='urn:xmpp:carbons:2'/><feature var='urn:xmpp:csi:0'/>",
+    );
+    let sm = server.config.sm.enabled;
+    if sm {
+        features.push_str("<feature var='urn:xmpp:sm:3'/>");
+    }
+    features.push_str("</inline></bind>");
+    if sm && server.config.sm.resume_timeout_secs > 0 {
+        features.push_str("<sm xmlns='urn:xmpp:sm:3'/>");
+    }
+    features.push_str("</inline></authentication>");
+}
+
+/// Checks what a SASL2 `<authenticate/>` asks to do inline before it is
+/// run; `Err` is the `<text/>` of the `<malformed-request/>` failure.
+fn check_inline(auth: &Element) -> Result<(), &'static str> {
+    if let Some(bind) = auth.get_child("bind", NS_BIND2) {
+        if let Some(tag) = bind.child_text("tag", NS_BIND2) {
+            if tag.chars().count() > MAX_TAG_CHARS {
+                return Err("the bind tag is too long");
+            }
+            // The tag must make a valid resourcepart (RFC 7622 §3.4).
+            if tag.is_empty() || jid::ResourcePart::new(&tag).is_err() {
+                return Err("the bind tag is not valid in a resource");
+            }
+        }
+    }
+    if let Some(ua) = auth.get_child("user-agent", NS_SASL2)
+        && ua.get_attr("id").is_some_and(|id| id.len() > 128)
+    {
+        return Err("the user-agent id is too long");
+    }
+    Ok(())
+}
+
+/// The resource XEP-0386 binds: `tag/unique`, the unique part chosen by
+/// the server. With a SASL2 user-agent id it is stable for that id (a
+/// digest of account and id, which it does not reveal), so a client that
+/// reconnects gets its resource back and replaces its old session; else
+/// random.
+fn bind2_resource(bare: &jid::BareJid, auth: &Element, bind: &Element) -> Option<jid::FullJid> {
+    use sha2::{Digest, Sha256};
+    let unique = match auth
+        .get_child("user-agent", NS_SASL2)
+        .and_then(|ua| ua.get_attr("id"))
+        .filter(|id| !id.is_empty())
+    {
+        Some(id) => {
+            let mut h = Sha256::new();
+            h.update(b"starling-bind2\0");
+            h.update(bare.as_str().as_bytes());
+            h.update(b"\0");
+            h.update(id.as_bytes());
+            let d = h.finalize();
+            d[..6]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        }
+        None => new_id()[..12].to_owned(),
+    };
+    let resource = match bind.child_text("tag", NS_BIND2) {
+        Some(tag) => format!("{tag}/{unique}"),
+        None => unique,
+    };
+    bare.with_resource_str(&resource).ok()
 }
