@@ -399,6 +399,9 @@ def test_inline_resume_on_another_cluster_node(shared_cluster, clients):
     jid, user, pw = cl[1].new_user("s2cr")
     c, full, previd = login_bind2_sm(cl[1], clients, user, pw)
     clients.add(c)
+    # as a client does after Bind2: initial presence (which publishes its route)
+    c.presence()
+    c.recv(lambda e: e.tag == C("presence") and e.get("from") == full, what="own presence")
     for i in range(6):
         sender.message(full, f"k{i}")
     assert bodies(c, 6) == [f"k{i}" for i in range(6)]
@@ -408,7 +411,7 @@ def test_inline_resume_on_another_cluster_node(shared_cluster, clients):
         sender.message(full, f"k{i}")
     assert sender.ping_server().get("type") == "result"
     time.sleep(0.6)  # the holding node records its checkpoint
-    r, ok = resume_inline(cl[3], user, pw, previd, 6)
+    r, ok = resume_inline(cl[3], user, pw, previd, 1 + 6)
     clients.add(r)
     resumed = ok.find(q(NS_SM, "resumed"))
     assert resumed is not None and resumed.get("previd") == previd, tostring(ok)
