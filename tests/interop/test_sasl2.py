@@ -259,6 +259,9 @@ def test_bind2_with_inline_carbons_and_sm(server, clients):
     assert bound is not None, tostring(ok)
     enabled = bound.find(q(NS_SM, "enabled"))
     assert enabled is not None and enabled.get("id") and enabled.get("resume") == "true", tostring(ok)
+    # the archive's state at binding (XEP-0386, XEP-0313 metadata): empty so far
+    md = bound.find("{urn:xmpp:mam:2}metadata")
+    assert md is not None and md.find("{urn:xmpp:mam:2}end") is None, tostring(ok)
     # bound: stanzas work at once, initial presence is the client's to send
     assert c.ping_server().get("type") == "result"
     # stream management is on: <r/> is answered with what it handled (the ping)

@@ -1396,6 +1396,9 @@ impl<S: Transport> Session<S> {
         }
         let mut out = b.success_head;
         out.push_str("<bound xmlns='urn:xmpp:bind:0'>");
+        if let Some(md) = modules::mam::bind2_metadata(&self.server, &self.bare) {
+            md.write_to(&mut out, "");
+        }
         let mut enabled = false;
         if let Some(el) = &b.enable_sm {
             let (reply, on) = self.enable_sm(el);

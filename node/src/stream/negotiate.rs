@@ -639,15 +639,16 @@ fn push_sasl2_feature(server: &Server, features: &mut String) {
 /// Checks what a SASL2 `<authenticate/>` asks to do inline before it is
 /// run; `Err` is the `<text/>` of the `<malformed-request/>` failure.
 fn check_inline(auth: &Element) -> Result<(), &'static str> {
-    if let Some(bind) = auth.get_child("bind", NS_BIND2) {
-        if let Some(tag) = bind.child_text("tag", NS_BIND2) {
-            if tag.chars().count() > MAX_TAG_CHARS {
-                return Err("the bind tag is too long");
-            }
-            // The tag must make a valid resourcepart (RFC 7622 §3.4).
-            if tag.is_empty() || jid::ResourcePart::new(&tag).is_err() {
-                return Err("the bind tag is not valid in a resource");
-            }
+    if let Some(tag) = auth
+        .get_child("bind", NS_BIND2)
+        .and_then(|bind| bind.child_text("tag", NS_BIND2))
+    {
+        if tag.chars().count() > MAX_TAG_CHARS {
+            return Err("the bind tag is too long");
+        }
+        // The tag must make a valid resourcepart (RFC 7622 §3.4).
+        if tag.is_empty() || jid::ResourcePart::new(&tag).is_err() {
+            return Err("the bind tag is not valid in a resource");
         }
     }
     if let Some(ua) = auth.get_child("user-agent", NS_SASL2)

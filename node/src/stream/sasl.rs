@@ -35,6 +35,13 @@ impl Profile {
     }
 }
 
+/// How the client is waited for, and in which profile.
+#[derive(Clone, Copy)]
+struct Turn {
+    deadline: Instant,
+    profile: Profile,
+}
+
 /// XEP-0388's namespace.
 pub const NS_SASL2: &str = "urn:xmpp:sasl:2";
 
@@ -67,6 +74,7 @@ pub async fn authenticate<S: Transport>(
 ) -> SaslOutcome {
     let mechanism = auth.get_attr("mechanism").unwrap_or("");
     let mut account: Option<String> = None;
+    let turn = Turn { deadline, profile };
     // A node cut off from its cluster's majority cannot commit: it takes
     // no new logins until it can (clients retry, or go elsewhere).
     let healthy = server.storage.store.is_healthy();
@@ -75,9 +83,9 @@ pub async fn authenticate<S: Transport>(
     }
     let result = match mechanism {
         _ if !healthy => Err(SaslFailure::TemporaryAuthFailure),
-        "PLAIN" => plain(server, xs, auth, domain, deadline, profile, &mut account).await,
+        "PLAIN" => plain(server, xs, auth, domain, turn, &mut account).await,
         m => match ScramHash::from_mechanism(m) {
-            Some(h) => scram(server, xs, auth, h, domain, deadline, profile, &mut account).await,
+            Some(h) => scram(server, xs, auth, h, domain, turn, &mut account).await,
             None => Err(SaslFailure::InvalidMechanism),
         },
     };
@@ -162,9 +170,9 @@ fn initial_response(auth: &Element, profile: Profile) -> Result<Option<Vec<u8>>,
 async fn challenge<S: Transport>(
     xs: &mut XmlStream<S>,
     data: &[u8],
-    deadline: Instant,
-    profile: Profile,
+    turn: Turn,
 ) -> Result<Option<Reply>, SaslFailure> {
+    let Turn { deadline, profile } = turn;
     let ns = profile.ns();
     let msg = if data.is_empty() {
         format!("<challenge xmlns='{ns}'/>")
@@ -232,13 +240,12 @@ async fn plain<S: Transport>(
     xs: &mut XmlStream<S>,
     auth: &Element,
     domain: &str,
-    deadline: Instant,
-    profile: Profile,
+    turn: Turn,
     account: &mut Option<String>,
 ) -> Result<Authenticated, SaslFailure> {
-    let data = match initial_response(auth, profile)? {
+    let data = match initial_response(auth, turn.profile)? {
         Some(d) => d,
-        None => match challenge(xs, &[], deadline, profile).await? {
+        None => match challenge(xs, &[], turn).await? {
             Some(Reply::Data(d)) => d,
             Some(Reply::Abort) => return Err(SaslFailure::Aborted),
             None => return Ok(None),
@@ -279,13 +286,12 @@ async fn scram<S: Transport>(
     auth: &Element,
     hash: ScramHash,
     domain: &str,
-    deadline: Instant,
-    profile: Profile,
+    turn: Turn,
     account: &mut Option<String>,
 ) -> Result<Authenticated, SaslFailure> {
-    let first = match initial_response(auth, profile)? {
+    let first = match initial_response(auth, turn.profile)? {
         Some(d) => d,
-        None => match challenge(xs, &[], deadline, profile).await? {
+        None => match challenge(xs, &[], turn).await? {
             Some(Reply::Data(d)) => d,
             Some(Reply::Abort) => return Err(SaslFailure::Aborted),
             None => return Ok(None),
@@ -309,7 +315,7 @@ async fn scram<S: Transport>(
         Err(_) => None,
     };
     let server_first = scram.server_first(stored.as_ref().map(|a| a.credentials.get(hash)));
-    let client_final = match challenge(xs, &server_first, deadline, profile).await? {
+    let client_final = match challenge(xs, &server_first, turn).await? {
         Some(Reply::Data(d)) => d,
         Some(Reply::Abort) => return Err(SaslFailure::Aborted),
         None => return Ok(None),
