@@ -424,3 +424,152 @@ def test_inline_resume_on_another_cluster_node(shared_cluster, clients):
                      what="a duplicate")
     mid = sender.message(full, "after the move")
     assert r.recv_stanza("message", id=mid).get("to") == full
+
+
+# ------------------------------------------------------------------- XEP-0484 FAST
+
+NS_FAST = "urn:xmpp:fast:0"
+HT = "HT-SHA-256-NONE"
+
+
+def get_token(c, user, pw, ua_id, inline=""):
+    ok = authenticate(c, user, pw, inline=f"<request-token xmlns='{NS_FAST}' mechanism='{HT}'/>"
+                      + inline, ua_id=ua_id)
+    tok = ok.find(q(NS_FAST, "token"))
+    assert tok is not None and tok.get("token") and tok.get("expiry"), tostring(ok)
+    return tok.get("token"), ok
+
+
+def fast_login(c, user, token, ua_id, inline="", fast_attrs=""):
+    """A HT-SHA-256-NONE login; returns <success/> (raises SASLFailure)."""
+    proof = hmac.new(token.encode(), b"Initiator", hashlib.sha256).digest()
+    ir = base64.b64encode(user.encode() + b"\0" + proof).decode()
+    c.send_raw(f"<authenticate xmlns='{NS_SASL2}' mechanism='{HT}'>"
+               f"<initial-response>{ir}</initial-response>{user_agent(ua_id)}"
+               f"<fast xmlns='{NS_FAST}'{fast_attrs}/>{inline}</authenticate>")
+    el = check(reply(c))
+    assert el.tag == s2("success"), tostring(el)
+    # the server proves it knows the token too
+    want = hmac.new(token.encode(), b"Responder", hashlib.sha256).digest()
+    assert base64.b64decode(el.findtext(s2("additional-data")) or "") == want, tostring(el)
+    c.jid = el.findtext(s2("authorization-identifier"))
+    c.features = c.recv(lambda e: e.tag == q(NS_STREAM, "features"), what="features after success")
+    return el
+
+
+def test_fast_offered_inline(server, clients):
+    c = clients.add(server.client()).start()
+    fast = c.feature(NS_SASL2, "authentication").find(s2("inline")).find(q(NS_FAST, "fast"))
+    assert fast is not None, tostring(c.features)
+    assert [m.text for m in fast.findall(q(NS_FAST, "mechanism"))] == [HT]
+    # a token mechanism is for SASL2 with a token only, not a legacy mechanism
+    assert HT not in c.mechanisms()
+
+
+def test_fast_token_login_with_bind2(server, clients):
+    jid, user, pw = server.new_user("f2")
+    ua = new_id("ua")
+    c = clients.add(server.client()).start()
+    token, ok = get_token(c, user, pw, ua, inline=bind2("Fast"))
+    assert ok.find(q(NS_BIND2, "bound")) is not None
+    expiry = ok.find(q(NS_FAST, "token")).get("expiry")
+    assert expiry.endswith("Z") and expiry[:4].isdigit(), expiry
+    c.close()
+    d = clients.add(server.client()).start()
+    el = fast_login(d, user, token, ua, inline=bind2("Fast"))
+    assert el.findtext(s2("authorization-identifier")).startswith(jid + "/Fast/")
+    assert el.find(q(NS_FAST, "token")) is None, "a fresh token is not rotated: " + tostring(el)
+    assert d.ping_server().get("type") == "result"
+
+
+def test_fast_token_is_stored_hashed(server, clients):
+    jid, user, pw = server.new_user("f2h")
+    c = clients.add(server.client()).start()
+    token, _ = get_token(c, user, pw, new_id("ua"))
+    needle = token.encode()
+    digest = hashlib.sha256(needle).hexdigest().encode()
+    seen_digest = False
+    for root, _, files in os.walk(server.data_dir):
+        for f in files:
+            path = os.path.join(root, f)
+            if not os.path.isfile(path) or os.path.islink(path):
+                continue  # the admin socket
+            with open(path, "rb") as fh:
+                data = fh.read()
+            assert needle not in data, f"the token is stored as is in {f}"
+            seen_digest = seen_digest or digest in data
+    # what is kept is on disk (the Raft log is written before the token is given out)
+    assert seen_digest, "the token's digest was not found: the check read nothing"
+
+
+def test_fast_wrong_token_or_other_client_is_not_authorized(server, clients, source_ip):
+    jid, user, pw = server.new_user("f2w")
+    ua = new_id("ua")
+    c = clients.add(server.client()).start()
+    token, _ = get_token(c, user, pw, ua, inline=bind2("W"))
+    for tok, agent in ((token[:-1] + ("A" if token[-1] != "A" else "B"), ua), (token, new_id("ua"))):
+        d = clients.add(server.client(source_ip=source_ip)).start()
+        with pytest.raises(SASLFailure) as e:
+            fast_login(d, user, tok, agent)
+        assert e.value.condition == "not-authorized"
+    server.assert_healthy(c)
+
+
+def test_fast_rotation_keeps_the_old_token_until_the_new_one_is_used(server, clients):
+    jid, user, pw = server.new_user("f2r")
+    ua = new_id("ua")
+    t1, _ = get_token(clients.add(server.client()).start(), user, pw, ua)
+    fast_login(clients.add(server.client()).start(), user, t1, ua)  # t1 in use
+    t2, _ = get_token(clients.add(server.client()).start(), user, pw, ua)
+    assert t2 != t1
+    # the client may not have received t2: t1 still works
+    fast_login(clients.add(server.client()).start(), user, t1, ua)
+    # t2 used: every earlier token is invalid (XEP-0484 §Token rotation)
+    fast_login(clients.add(server.client()).start(), user, t2, ua)
+    with pytest.raises(SASLFailure) as e:
+        fast_login(clients.add(server.client()).start(), user, t1, ua)
+    assert e.value.condition == "not-authorized"
+
+
+def test_fast_invalidate(server, clients):
+    jid, user, pw = server.new_user("f2i")
+    ua = new_id("ua")
+    token, _ = get_token(clients.add(server.client()).start(), user, pw, ua)
+    el = fast_login(clients.add(server.client()).start(), user, token, ua,
+                    fast_attrs=" invalidate='true'")
+    assert el.find(q(NS_FAST, "token")) is None, tostring(el)
+    with pytest.raises(SASLFailure) as e:
+        fast_login(clients.add(server.client()).start(), user, token, ua)
+    assert e.value.condition == "not-authorized"
+
+
+@pytest.mark.parametrize("inline,ua", [
+    (f"<request-token xmlns='{NS_FAST}' mechanism='HT-SHA-256-ENDP'/>", "ua-x"),
+    (f"<request-token xmlns='{NS_FAST}' mechanism='{HT}'/>", None),
+])
+def test_fast_bad_token_request_is_malformed_request(server, clients, inline, ua):
+    jid, user, pw = server.new_user("f2b")
+    c = clients.add(server.client()).start()
+    with pytest.raises(SASLFailure) as e:
+        authenticate(c, user, pw, inline=inline, ua_id=ua)
+    assert e.value.condition == "malformed-request"
+    server.assert_healthy()
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(180)
+def test_fast_token_from_one_node_works_on_another(shared_cluster, clients):
+    cl = shared_cluster
+    jid, user, pw = cl[1].new_user("f2c")
+    ua = new_id("ua")
+    token, _ = get_token(clients.add(cl[1].client()).start(), user, pw, ua)
+    deadline = time.monotonic() + 10
+    while True:  # the token's write is replicated to node 3 promptly
+        try:
+            el = fast_login(clients.add(cl[3].client()).start(), user, token, ua, inline=bind2("C"))
+            break
+        except SASLFailure:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    assert el.findtext(s2("authorization-identifier")).startswith(jid + "/C/")

@@ -18,6 +18,7 @@ pub mod carbons;
 pub mod csi;
 pub mod disco;
 pub mod extdisco;
+pub mod fast;
 pub mod last;
 pub mod mam;
 pub mod pep;
@@ -312,6 +313,7 @@ pub static MODULES: &[&Module] = &[
     &csi::MODULE,
     &OFFLINE,
     &push::MODULE,
+    &fast::MODULE,
     &mam::MODULE,
     &MUC,
     &upload::MODULE,

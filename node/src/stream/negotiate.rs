@@ -6,6 +6,7 @@
 
 use super::sasl::{self, NS_SASL2, Profile, SaslOutcome};
 use super::xmlstream::{XmlStream, new_id, read_failed};
+use crate::modules::fast;
 use crate::net::tls_conn::TlsConn;
 use crate::net::transport::Transport;
 use crate::net::websocket::{self, MaybeTls, WsConn};
@@ -385,9 +386,9 @@ async fn secure_phases<S: Transport>(
         };
         if el.is("auth", NS_SASL) || profile == Profile::Sasl2 {
             match sasl::authenticate(server, &mut xs, &el, &domain, ip, deadline, profile).await {
-                SaslOutcome::Success(bare, additional) => {
+                SaslOutcome::Success(bare, additional, rotate) => {
                     if profile == Profile::Sasl2 {
-                        sasl2 = Some((el, additional));
+                        sasl2 = Some((el, additional, rotate));
                     }
                     break bare;
                 }
@@ -434,7 +435,7 @@ async fn secure_phases<S: Transport>(
     };
 
     let mut features = String::new();
-    if let Some((auth, additional)) = sasl2 {
+    if let Some((auth, additional, rotate)) = sasl2 {
         // XEP-0388: no stream restart. What was asked inline is done now,
         // resumption first (XEP-0386 §Performing the bind).
         let mut head = format!("<success xmlns='{NS_SASL2}'>");
@@ -442,6 +443,9 @@ async fn secure_phases<S: Transport>(
             head.push_str("<additional-data>");
             head.push_str(&crate::auth::encode_b64(&data));
             head.push_str("</additional-data>");
+        }
+        if let Some(token) = fast_tokens(server, &bare, &auth, rotate).await {
+            head.push_str(&token);
         }
         let mut failed = String::new();
         if let Some(el) = auth.get_child("resume", crate::session::sm::NS_SM) {
@@ -633,6 +637,8 @@ fn push_sasl2_feature(server: &Server, features: &mut String) {
     if sm && server.config.sm.resume_timeout_secs > 0 {
         features.push_str("<sm xmlns='urn:xmpp:sm:3'/>");
     }
+    features
+        .push_str("<fast xmlns='urn:xmpp:fast:0'><mechanism>HT-SHA-256-NONE</mechanism></fast>");
     features.push_str("</inline></authentication>");
 }
 
@@ -656,7 +662,42 @@ fn check_inline(auth: &Element) -> Result<(), &'static str> {
     {
         return Err("the user-agent id is too long");
     }
+    if let Some(req) = auth.get_child("request-token", fast::NS_FAST) {
+        if req.get_attr("mechanism") != Some(fast::HT_SHA_256_NONE) {
+            return Err("no such FAST mechanism");
+        }
+        // XEP-0484 §Business Rules: tokens are per client.
+        if fast::user_agent_id(auth).is_none() {
+            return Err("a FAST token needs a user-agent id");
+        }
+    }
     Ok(())
+}
+
+/// XEP-0484 after a SASL2 success: `<fast invalidate='true'/>` drops the
+/// client's token; a `<request-token/>`, or a token login due for
+/// rotation (not invalidating), gets a new `<token/>`.
+async fn fast_tokens(
+    server: &Server,
+    bare: &jid::BareJid,
+    auth: &Element,
+    rotate: bool,
+) -> Option<String> {
+    let ua = fast::user_agent_id(auth)?;
+    let with_token = auth.get_attr("mechanism") == Some(fast::HT_SHA_256_NONE);
+    let invalidate = with_token
+        && auth
+            .get_child("fast", fast::NS_FAST)
+            .and_then(|f| f.get_attr("invalidate"))
+            .is_some_and(|v| v == "true" || v == "1");
+    if invalidate {
+        fast::invalidate(server, bare.as_str(), ua).await;
+    }
+    let requested = auth.get_child("request-token", fast::NS_FAST).is_some();
+    if requested || (rotate && !invalidate) {
+        return fast::issue(server, bare.as_str(), ua).await;
+    }
+    None
 }
 
 /// The resource XEP-0386 binds: `tag/unique`, the unique part chosen by

@@ -7,6 +7,7 @@ use super::xmlstream::XmlStream;
 use super::xmlstream::read_failed;
 use crate::auth::scram::{ScramHash, ScramServer, ScramStep};
 use crate::auth::{SaslFailure, decode_b64, encode_b64, plain::parse_plain};
+use crate::modules::fast;
 use crate::net::transport::Transport;
 use crate::server::Server;
 use crate::stanza::NS_SASL;
@@ -49,7 +50,8 @@ pub enum SaslOutcome {
     /// Authenticated. With the legacy profile `<success/>` was sent; with
     /// SASL2 the caller sends it, with this additional data (the SCRAM
     /// server-final) in it.
-    Success(jid::BareJid, Option<Vec<u8>>),
+    /// The last field: logged in with a XEP-0484 token due for rotation.
+    Success(jid::BareJid, Option<Vec<u8>>, bool),
     /// A `<failure/>` was sent; the client may try again.
     Failure,
     /// The stream was closed.
@@ -81,8 +83,22 @@ pub async fn authenticate<S: Transport>(
     if !healthy {
         tracing::warn!("refusing a login: this node cannot commit to the cluster");
     }
+    let mut rotate = false;
     let result = match mechanism {
         _ if !healthy => Err(SaslFailure::TemporaryAuthFailure),
+        // XEP-0484: offered inside SASL2's feature only, one round trip.
+        fast::HT_SHA_256_NONE if profile == Profile::Sasl2 => {
+            match initial_response(auth, profile) {
+                Ok(Some(data)) => fast::login(server, auth, &data, domain, &mut account)
+                    .await
+                    .map(|(bare, responder, used)| {
+                        rotate = used.rotate;
+                        Some((bare, Some(responder)))
+                    }),
+                Ok(None) => Err(SaslFailure::MalformedRequest),
+                Err(e) => Err(e),
+            }
+        }
         "PLAIN" => plain(server, xs, auth, domain, turn, &mut account).await,
         m => match ScramHash::from_mechanism(m) {
             Some(h) => scram(server, xs, auth, h, domain, turn, &mut account).await,
@@ -93,7 +109,7 @@ pub async fn authenticate<S: Transport>(
         Ok(Some((bare, additional))) if profile == Profile::Sasl2 => {
             metrics::counter!("starling_auth_success_total", "mechanism" => mechanism_label(mechanism))
                 .increment(1);
-            SaslOutcome::Success(bare, additional)
+            SaslOutcome::Success(bare, additional, rotate)
         }
         Ok(Some((bare, additional))) => {
             let msg = match additional {
@@ -105,7 +121,7 @@ pub async fn authenticate<S: Transport>(
             }
             metrics::counter!("starling_auth_success_total", "mechanism" => mechanism_label(mechanism))
                 .increment(1);
-            SaslOutcome::Success(bare, None)
+            SaslOutcome::Success(bare, None, false)
         }
         Ok(None) => SaslOutcome::StreamEnded,
         Err(failure) => {
@@ -142,6 +158,9 @@ pub async fn authenticate<S: Transport>(
 }
 
 fn mechanism_label(m: &str) -> &'static str {
+    if m == fast::HT_SHA_256_NONE {
+        return fast::HT_SHA_256_NONE;
+    }
     MECHANISMS
         .iter()
         .find(|x| **x == m)
