@@ -47,7 +47,7 @@ pub const PEP_TEMP: &str = "user_pep_temp";
 /// hex, absent without one. One lookup of a small key per broadcast
 /// presence.
 pub const AVATAR_HASH: &str = "user_avatar_hash";
-/// XEP-0484 FAST tokens: `bare \0 client` (the hex SHA-256 of the SASL2
+/// XEP-0484 FAST tokens: `bare \0 client` (the SHA-256 of the SASL2
 /// user-agent id) -> [`FastTokens`]: the token's SHA-256, never the token.
 pub const FAST: &str = "user_fast";
 /// XEP-0115 capabilities, verified, shared by every user: `hash \0 ver`
@@ -124,7 +124,7 @@ pub struct PushRegistration {
 /// the HMAC block, so HMAC keyed with it equals HMAC keyed with this).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FastToken {
-    /// Hex.
+    /// Unpadded URL-safe base64.
     pub hash: String,
     pub mechanism: String,
     /// Unix seconds.

@@ -487,7 +487,7 @@ def test_fast_token_is_stored_hashed(server, clients):
     c = clients.add(server.client()).start()
     token, _ = get_token(c, user, pw, new_id("ua"))
     needle = token.encode()
-    digest = hashlib.sha256(needle).hexdigest().encode()
+    digest = base64.urlsafe_b64encode(hashlib.sha256(needle).digest()).rstrip(b"=")
     seen_digest = False
     for root, _, files in os.walk(server.data_dir):
         for f in files:

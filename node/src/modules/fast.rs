@@ -39,13 +39,22 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// Digests as stored: unpadded URL-safe base64.
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn unb64(s: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s)
+        .ok()
 }
 
 /// The record key of a client: its user-agent id, hashed.
 pub fn client_key(ua_id: &str) -> String {
-    hex(&Sha256::digest(ua_id.as_bytes()))
+    b64(&Sha256::digest(ua_id.as_bytes()))
 }
 
 /// The SASL2 user-agent id of an `<authenticate/>`, if any.
@@ -105,7 +114,7 @@ pub async fn login(
     let now = now();
     let matches = |t: &Option<FastToken>| {
         t.as_ref().and_then(|t| {
-            let key = decode_hex(&t.hash)?;
+            let key = unb64(&t.hash)?;
             let mut mac = Hmac::<Sha256>::new_from_slice(&key).ok()?;
             mac.update(b"Initiator");
             // Constant time (XEP-0484 §Security Considerations).
@@ -138,23 +147,13 @@ pub async fn login(
             .await
             .map_err(|_| SaslFailure::TemporaryAuthFailure)?;
     }
-    let key = decode_hex(&token.hash).ok_or(SaslFailure::TemporaryAuthFailure)?;
+    let key = unb64(&token.hash).ok_or(SaslFailure::TemporaryAuthFailure)?;
     let mut mac =
         Hmac::<Sha256>::new_from_slice(&key).map_err(|_| SaslFailure::TemporaryAuthFailure)?;
     mac.update(b"Responder");
     let responder = mac.finalize().into_bytes().to_vec();
     let rotate = token.expiry.saturating_sub(now) < TOKEN_LIFETIME / 2;
     Ok((bare, responder, Used { rotate }))
-}
-
-fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 /// Issues a token for `ua` (into the `new` slot, replacing an unused one);
@@ -170,7 +169,7 @@ pub async fn issue(server: &Server, bare: &str, ua: &str) -> Option<String> {
     let client = client_key(ua);
     let mut tokens = server.storage.fast_tokens(bare, &client).ok()?;
     tokens.new = Some(FastToken {
-        hash: hex(&Sha256::digest(token.as_bytes())),
+        hash: b64(&Sha256::digest(token.as_bytes())),
         mechanism: HT_SHA_256_NONE.to_owned(),
         expiry,
     });
