@@ -29,6 +29,7 @@ pub mod push;
 pub mod register;
 pub mod registry;
 pub mod roster;
+pub mod sasl2;
 pub mod session;
 pub mod sm;
 pub mod time;
@@ -313,6 +314,7 @@ pub static MODULES: &[&Module] = &[
     &csi::MODULE,
     &OFFLINE,
     &push::MODULE,
+    &sasl2::MODULE,
     &fast::MODULE,
     &mam::MODULE,
     &MUC,
