@@ -243,6 +243,21 @@ def test_abort(server, clients):
     assert e.value.condition == "aborted"
 
 
+def test_other_traffic_during_the_exchange_disconnects(server, clients):
+    """XEP-0388 §During Authentication: only <response/> or <abort/>; anything else ends
+    the stream (and only this one)."""
+    jid, user, pw = server.new_user("s2d")
+    other = clients.add(server.online("s2do"))
+    c = clients.add(server.client()).start()
+    ir = base64.b64encode(f"n,,n={user},r=abc".encode()).decode()
+    c.send_raw(f"<authenticate xmlns='{NS_SASL2}' mechanism='SCRAM-SHA-256'>"
+               f"<initial-response>{ir}</initial-response></authenticate>")
+    assert reply(c).tag == s2("challenge")
+    c.send_raw("<iq type='get' id='x'><ping xmlns='urn:xmpp:ping'/></iq>")
+    assert c.expect_stream_error() == "policy-violation"
+    server.assert_healthy(other)
+
+
 # ---------------------------------------------------------------------------- Bind2
 
 def test_bind2_with_inline_carbons_and_sm(server, clients):
@@ -529,6 +544,15 @@ def test_fast_rotation_keeps_the_old_token_until_the_new_one_is_used(server, cli
     with pytest.raises(SASLFailure) as e:
         fast_login(clients.add(server.client()).start(), user, t1, ua)
     assert e.value.condition == "not-authorized"
+
+
+def test_fast_login_without_user_agent_is_malformed_request(server, clients):
+    jid, user, pw = server.new_user("f2u")
+    ua = new_id("ua")
+    token, _ = get_token(clients.add(server.client()).start(), user, pw, ua)
+    with pytest.raises(SASLFailure) as e:
+        fast_login(clients.add(server.client()).start(), user, token, None)
+    assert e.value.condition == "malformed-request"
 
 
 def test_fast_invalidate(server, clients):
