@@ -194,3 +194,34 @@ pub async fn invalidate(server: &Server, bare: &str, ua: &str) {
         tracing::warn!(error = %e, "could not invalidate a FAST token");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What lets the server keep only the digest: HMAC keyed with a token
+    /// longer than the block is HMAC keyed with the token's SHA-256.
+    #[test]
+    fn hmac_with_the_digest_equals_hmac_with_the_token() {
+        use base64::Engine;
+        let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([7u8; 60]);
+        assert_eq!(token.len(), 80);
+        let mac = |key: &[u8]| {
+            let mut m = Hmac::<Sha256>::new_from_slice(key).unwrap();
+            m.update(b"Initiator");
+            m.finalize().into_bytes()
+        };
+        let digest = unb64(&b64(&Sha256::digest(token.as_bytes()))).unwrap();
+        assert_eq!(mac(token.as_bytes()), mac(&digest));
+        // Not so for a key within the block: tokens must stay long.
+        assert_ne!(mac(b"short"), mac(&Sha256::digest(b"short")));
+    }
+
+    #[test]
+    fn client_keys_hide_the_user_agent_id() {
+        let k = client_key("d4565fa7-4d72-4749-b3d3-740edbf87770");
+        assert!(!k.contains("d4565fa7"));
+        assert_eq!(k, client_key("d4565fa7-4d72-4749-b3d3-740edbf87770"));
+        assert_ne!(k, client_key("other"));
+    }
+}
