@@ -256,13 +256,21 @@ impl Storage {
         Ok(r.first() == Some(&OpResult::Done))
     }
 
+    /// Replaces an account's record (a new password, disabled or not): its
+    /// XEP-0484 tokens go in the same write, so a token outlives neither.
     pub async fn set_account(&self, bare: &str, account: &Account) -> Result<(), StoreError> {
         self.store
-            .write(vec![Op::Put {
-                space: ACCOUNTS.into(),
-                key: bare.as_bytes().to_vec(),
-                value: ser(account),
-            }])
+            .write(vec![
+                Op::Put {
+                    space: ACCOUNTS.into(),
+                    key: bare.as_bytes().to_vec(),
+                    value: ser(account),
+                },
+                Op::DeletePrefix {
+                    space: FAST.into(),
+                    prefix: user_prefix(bare),
+                },
+            ])
             .await?;
         Ok(())
     }

@@ -567,6 +567,19 @@ def test_fast_invalidate(server, clients):
     assert e.value.condition == "not-authorized"
 
 
+def test_fast_tokens_end_with_a_password_change(server, clients):
+    jid, user, pw = server.new_user("f2p")
+    ua = new_id("ua")
+    c = clients.add(server.client()).start()
+    token, _ = get_token(c, user, pw, ua, inline=bind2("P"))
+    r = c.iq("set", f"<query xmlns='jabber:iq:register'><username>{user}</username>"
+                    f"<password>changed-pw</password></query>")
+    assert r.get("type") == "result", tostring(r)
+    with pytest.raises(SASLFailure) as e:
+        fast_login(clients.add(server.client()).start(), user, token, ua)
+    assert e.value.condition == "not-authorized"
+
+
 @pytest.mark.parametrize("inline,ua", [
     (f"<request-token xmlns='{NS_FAST}' mechanism='HT-SHA-256-ENDP'/>", "ua-x"),
     (f"<request-token xmlns='{NS_FAST}' mechanism='{HT}'/>", None),
