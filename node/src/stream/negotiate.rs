@@ -354,7 +354,6 @@ async fn secure_phases<S: Transport>(
         features.push_str("</mechanism>");
     }
     features.push_str("</mechanisms>");
-    push_sasl2_feature(server, &mut features);
     for f in server
         .modules
         .stream_features(crate::modules::Stage::PreAuth, &server.config)
@@ -614,32 +613,6 @@ async fn resume(
         return Err(sm::failed_xml("bad-request", ""));
     };
     crate::session::c2s::take_over(server, bare.as_str(), previd, h).await
-}
-
-/// XEP-0388's feature (same mechanisms as `<mechanisms/>`), with what can
-/// be done inline: Bind2 (XEP-0386) with carbons, CSI and stream
-/// management, and XEP-0198 resumption.
-fn push_sasl2_feature(server: &Server, features: &mut String) {
-    features.push_str("<authentication xmlns='urn:xmpp:sasl:2'>");
-    for m in sasl::MECHANISMS {
-        features.push_str("<mechanism>");
-        features.push_str(m);
-        features.push_str("</mechanism>");
-    }
-    features.push_str(
-        "<inline><bind xmlns='urn:xmpp:bind:0'><inline><feature var='urn:xmpp:carbons:2'/><feature var='urn:xmpp:csi:0'/>",
-    );
-    let sm = server.config.sm.enabled;
-    if sm {
-        features.push_str("<feature var='urn:xmpp:sm:3'/>");
-    }
-    features.push_str("</inline></bind>");
-    if sm && server.config.sm.resume_timeout_secs > 0 {
-        features.push_str("<sm xmlns='urn:xmpp:sm:3'/>");
-    }
-    features
-        .push_str("<fast xmlns='urn:xmpp:fast:0'><mechanism>HT-SHA-256-NONE</mechanism></fast>");
-    features.push_str("</inline></authentication>");
 }
 
 /// Checks what a SASL2 `<authenticate/>` asks to do inline before it is
