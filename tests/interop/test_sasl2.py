@@ -13,7 +13,7 @@ import pytest
 from cluster import shared_cluster  # noqa: F401 (fixture)
 from rawxmpp import (C, NS_SASL, NS_STREAM, SASLFailure, StreamClosed, XMPPTimeout, local,
                      new_id, ns_of, q, tostring)
-from test_sm import drop
+from test_sm import drop, no_resumption_server  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.starling_only
 
@@ -405,6 +405,24 @@ def test_inline_resume_of_someone_elses_session_fails(server, clients):
     # not bound (no bind asked): legacy binding is offered
     assert r.feature("urn:ietf:params:xml:ns:xmpp-bind", "bind") is not None
     server.assert_healthy(victim)
+
+
+def test_without_resumption_no_inline_sm_and_resume_is_feature_not_implemented(
+        no_resumption_server, clients):
+    server = no_resumption_server
+    jid, user, pw = server.new_user("s2n")
+    c = clients.add(server.client()).start()
+    inline = c.feature(NS_SASL2, "authentication").find(s2("inline"))
+    assert inline.find(q(NS_SM, "sm")) is None, "resumption offered with a resumption time of 0"
+    r, ok = resume_inline(server, user, pw, "whatever", 0, also_bind=True)
+    clients.add(r)
+    failed = ok.find(q(NS_SM, "failed"))
+    assert failed is not None, tostring(ok)
+    assert failed.find("{urn:ietf:params:xml:ns:xmpp-stanzas}feature-not-implemented") is not None
+    # Bind2 goes on; its <enable resume='true'/> gives a session without resumption
+    enabled = ok.find(q(NS_BIND2, "bound")).find(q(NS_SM, "enabled"))
+    assert enabled is not None and enabled.get("resume") is None and enabled.get("id") is None
+    assert r.ping_server().get("type") == "result"
 
 
 # -------------------------------------------------------------------------- cluster
