@@ -47,6 +47,9 @@ pub const PEP_TEMP: &str = "user_pep_temp";
 /// hex, absent without one. One lookup of a small key per broadcast
 /// presence.
 pub const AVATAR_HASH: &str = "user_avatar_hash";
+/// XEP-0484 FAST tokens: `bare \0 client` (the SHA-256 of the SASL2
+/// user-agent id) -> [`FastTokens`]: the token's SHA-256, never the token.
+pub const FAST: &str = "user_fast";
 /// XEP-0115 capabilities, verified, shared by every user: `hash \0 ver`
 /// -> the features (MessagePack list).
 pub const CAPS: &str = "caps";
@@ -69,6 +72,7 @@ const USER_SPACES: &[&str] = &[
     PEP_SUB,
     PEP_TEMP,
     AVATAR_HASH,
+    FAST,
 ];
 
 /// How often a per-user read-modify-write is tried against concurrent
@@ -114,6 +118,25 @@ pub struct PushRegistration {
     /// waiting for resumption notifies this registration.
     #[serde(default)]
     pub resource: String,
+}
+
+/// One XEP-0484 token as stored: its SHA-256 (the token is longer than
+/// the HMAC block, so HMAC keyed with it equals HMAC keyed with this).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FastToken {
+    /// Unpadded URL-safe base64.
+    pub hash: String,
+    pub mechanism: String,
+    /// Unix seconds.
+    pub expiry: u64,
+}
+
+/// A client's FAST tokens: the one in use and one issued and not yet used
+/// (XEP-0484 §Implementation Notes: two slots).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FastTokens {
+    pub current: Option<FastToken>,
+    pub new: Option<FastToken>,
 }
 
 /// `bare \0 jid \0 node`, or the prefix of all of `jid`'s nodes.
@@ -233,13 +256,21 @@ impl Storage {
         Ok(r.first() == Some(&OpResult::Done))
     }
 
+    /// Replaces an account's record (a new password, disabled or not): its
+    /// XEP-0484 tokens go in the same write, so a token outlives neither.
     pub async fn set_account(&self, bare: &str, account: &Account) -> Result<(), StoreError> {
         self.store
-            .write(vec![Op::Put {
-                space: ACCOUNTS.into(),
-                key: bare.as_bytes().to_vec(),
-                value: ser(account),
-            }])
+            .write(vec![
+                Op::Put {
+                    space: ACCOUNTS.into(),
+                    key: bare.as_bytes().to_vec(),
+                    value: ser(account),
+                },
+                Op::DeletePrefix {
+                    space: FAST.into(),
+                    prefix: user_prefix(bare),
+                },
+            ])
             .await?;
         Ok(())
     }
@@ -628,6 +659,38 @@ impl Storage {
                 space: PUSH.into(),
                 prefix: push_key(bare, jid, None),
             },
+        };
+        self.write(vec![op]).await.map(drop)
+    }
+
+    // --- XEP-0484 FAST tokens ---
+
+    pub fn fast_tokens(&self, bare: &str, client: &str) -> Result<FastTokens, StoreError> {
+        match self.store.get(FAST, &user_key(bare, client))? {
+            Some(v) => de(&v),
+            None => Ok(FastTokens::default()),
+        }
+    }
+
+    /// Replaces a client's tokens (removes the record when both are empty).
+    pub async fn put_fast_tokens(
+        &self,
+        bare: &str,
+        client: &str,
+        tokens: &FastTokens,
+    ) -> Result<(), StoreError> {
+        let key = user_key(bare, client);
+        let op = if tokens.current.is_none() && tokens.new.is_none() {
+            Op::Delete {
+                space: FAST.into(),
+                key,
+            }
+        } else {
+            Op::Put {
+                space: FAST.into(),
+                key,
+                value: ser(tokens),
+            }
         };
         self.write(vec![op]).await.map(drop)
     }

@@ -282,3 +282,37 @@ def test_many_stanzas_in_one_write_arrive_as_separate_messages(ws_server, client
             await c.close()
 
     run(scenario())
+
+
+def test_sasl2_and_bind2_over_websocket(ws_server, clients):
+    """XEP-0388/0386 over WebSocket: <success/> and the features after it (no restart, no
+    new <open/>) arrive as two messages, each a complete document."""
+    server = ws_server
+    tcp = clients.add(server.online("ws2t"))
+    jid, user, pw = server.new_user("ws2")
+    ns2 = "urn:xmpp:sasl:2"
+
+    async def scenario():
+        c = await Ws.connect(server)
+        try:
+            features = await c.open(server.domain)
+            assert features.find(q(ns2, "authentication")) is not None, ET.tostring(features)
+            token = base64.b64encode(f"\0{user}\0{pw}".encode()).decode()
+            await c.send(f"<authenticate xmlns='{ns2}' mechanism='PLAIN'>"
+                         f"<initial-response>{token}</initial-response>"
+                         "<bind xmlns='urn:xmpp:bind:0'><tag>Web</tag></bind></authenticate>")
+            ok = await c.recv()
+            assert ok.tag == q(ns2, "success"), ET.tostring(ok)
+            full = ok.findtext(q(ns2, "authorization-identifier"))
+            assert full.startswith(jid + "/Web/"), full
+            assert ok.find(q("urn:xmpp:bind:0", "bound")) is not None
+            after = await c.recv()
+            assert after.tag == q(NS_STREAMS, "features"), ET.tostring(after)
+            mid = await asyncio.to_thread(tcp.message, full, "to the bound web client")
+            got = await c.recv_el(C("message"))
+            assert got.get("id") == mid
+        finally:
+            await c.close()
+
+    run(scenario())
+    server.assert_healthy(tcp)

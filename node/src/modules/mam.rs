@@ -1358,6 +1358,16 @@ fn metadata<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> 
     .boxed()
 }
 
+/// XEP-0386: the archive's `<metadata/>` for a Bind2 `<bound/>`, as this
+/// node's replica has it (a hint for the client's first query, which
+/// itself reads the archive as the cluster has it).
+pub fn bind2_metadata(server: &Server, bare: &str) -> Option<Element> {
+    if !enabled(&server.config) {
+        return None;
+    }
+    metadata_of(&server.storage, bare).ok()
+}
+
 /// `<metadata/>` of the archive of `bare`: its first and last message
 /// (none for an empty archive).
 fn metadata_of(storage: &Storage, bare: &str) -> Result<Element, StoreError> {

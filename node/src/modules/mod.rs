@@ -18,6 +18,7 @@ pub mod carbons;
 pub mod csi;
 pub mod disco;
 pub mod extdisco;
+pub mod fast;
 pub mod last;
 pub mod mam;
 pub mod pep;
@@ -28,6 +29,7 @@ pub mod push;
 pub mod register;
 pub mod registry;
 pub mod roster;
+pub mod sasl2;
 pub mod session;
 pub mod sm;
 pub mod time;
@@ -312,6 +314,8 @@ pub static MODULES: &[&Module] = &[
     &csi::MODULE,
     &OFFLINE,
     &push::MODULE,
+    &sasl2::MODULE,
+    &fast::MODULE,
     &mam::MODULE,
     &MUC,
     &upload::MODULE,

@@ -406,12 +406,17 @@ mod tests {
         let post: String = reg.stream_features(Stage::PostAuth, &cfg).collect();
         assert!(!post.contains("urn:xmpp:sm:3"), "not offered when disabled");
         cfg.registration.enabled = false;
-        assert_eq!(reg.stream_features(Stage::PreAuth, &cfg).count(), 0);
+        // XEP-0388's feature only (one variant per configuration).
+        let pre: Vec<&str> = reg.stream_features(Stage::PreAuth, &cfg).collect();
+        assert_eq!(pre.len(), 1);
+        assert!(pre[0].starts_with("<authentication xmlns='urn:xmpp:sasl:2'>"));
         cfg.registration.enabled = true;
         let pre: String = reg.stream_features(Stage::PreAuth, &cfg).collect();
-        assert_eq!(
-            pre,
-            "<register xmlns='http://jabber.org/features/iq-register'/>"
+        assert!(
+            pre.starts_with(
+                "<register xmlns='http://jabber.org/features/iq-register'/><authentication "
+            ),
+            "{pre}"
         );
     }
 

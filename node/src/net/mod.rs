@@ -161,8 +161,8 @@ pub async fn accept_loop(
                         Some(Negotiated::Bound(bound)) => {
                             crate::session::c2s::start(server, bound, slot)
                         }
-                        Some(Negotiated::Resumed(stream, r)) => {
-                            crate::session::c2s::start_resumed(server, stream, r, slot)
+                        Some(Negotiated::Resumed(stream, r, sasl2)) => {
+                            crate::session::c2s::start_resumed(server, stream, r, sasl2, slot)
                         }
                         None => {}
                     }
@@ -173,8 +173,8 @@ pub async fn accept_loop(
                     Some(Negotiated::Bound(bound)) => {
                         crate::session::c2s::start(server, bound, slot)
                     }
-                    Some(Negotiated::Resumed(stream, r)) => {
-                        crate::session::c2s::start_resumed(server, stream, r, slot)
+                    Some(Negotiated::Resumed(stream, r, sasl2)) => {
+                        crate::session::c2s::start_resumed(server, stream, r, sasl2, slot)
                     }
                     None => {}
                 }

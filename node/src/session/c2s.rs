@@ -17,7 +17,7 @@ use crate::stanza::StreamCondition;
 use crate::stanza::{
     Condition, Iq, IqType, Message, Presence, Stanza, StanzaError, error_reply, iq_result,
 };
-use crate::stream::negotiate::Bound;
+use crate::stream::negotiate::{Bind2, Bound};
 use crate::stream::xmlstream::{ReadError, XmlStream, read_failed};
 use crate::xml::{Element, StreamEvent};
 use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler};
@@ -205,7 +205,16 @@ pub fn start<S: Transport + 'static>(
     slot: crate::net::ConnSlot,
 ) {
     let (bare, full) = (bound.bare.to_string(), bound.full.to_string());
-    start_with(server, bound.stream, bare, full, slot, None, bound.inactive);
+    let start = Start::New(bound.bind2);
+    start_with(
+        server,
+        bound.stream,
+        bare,
+        full,
+        slot,
+        start,
+        bound.inactive,
+    );
 }
 
 /// A session resumed from another node's (or a dead node's) record: what
@@ -220,6 +229,14 @@ pub struct Transferred {
     archive: u64,
 }
 
+/// How a session started by `start_with` begins.
+enum Start {
+    /// Newly bound (by XEP-0386 inside SASL2, with what it asked inline).
+    New(Option<Box<Bind2>>),
+    /// Resumed from another node (with SASL2, the `<success>` to open).
+    Transferred(Box<Transferred>, Option<String>),
+}
+
 /// Starts a session actor (new, or resumed from another node) on the
 /// current arbiter. The session's state is boxed before its task starts,
 /// so the long-lived task holds a pointer to it rather than copies of it
@@ -230,7 +247,7 @@ fn start_with<S: Transport + 'static>(
     bare: String,
     full: String,
     slot: crate::net::ConnSlot,
-    transferred: Option<Transferred>,
+    start: Start,
     inactive: bool,
 ) {
     C2s::create(move |ctx| {
@@ -278,10 +295,11 @@ fn start_with<S: Transport + 'static>(
             // Said before binding (XEP-0352 is offered with it).
             csi.set(ClientState::Inactive, |_| {});
         }
-        let task = match transferred {
-            None => Box::pin(serve(s, outbox.clone()).instrument(span))
+        let task = match start {
+            Start::New(bind2) => Box::pin(serve(s, outbox.clone(), bind2).instrument(span))
                 as std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>,
-            Some(t) => {
+            Start::Transferred(t, sasl2) => {
+                let t = *t;
                 s.sm = Some(t.sm);
                 s.archive = s
                     .server
@@ -290,7 +308,7 @@ fn start_with<S: Transport + 'static>(
                     .registry_active()
                     .then(|| ArchivePosition::new(t.archive));
                 Box::pin(
-                    serve_transferred(s, outbox.clone(), t.resend, t.presence, t.flags)
+                    serve_transferred(s, outbox.clone(), t.resend, t.presence, t.flags, sasl2)
                         .instrument(span),
                 )
             }
@@ -497,12 +515,14 @@ pub fn start_resumed<S: Transport + 'static>(
     server: Arc<Server>,
     stream: XmlStream<S>,
     r: Resumption,
+    sasl2: Option<String>,
     slot: crate::net::ConnSlot,
 ) {
     let r = match r {
         Resumption::Local(r) => r,
         Resumption::Transferred { bare, full, state } => {
-            return start_with(server, stream, bare, full, slot, Some(*state), false);
+            let start = Start::Transferred(state, sasl2);
+            return start_with(server, stream, bare, full, slot, start, false);
         }
     };
     let LocalResumption {
@@ -538,7 +558,7 @@ pub fn start_resumed<S: Transport + 'static>(
         archive: registry.then(|| ArchivePosition::new(archive)),
         behind: im::Behind::new(),
     });
-    let task = serve_resumed(s, outbox.clone(), resend).instrument(span);
+    let task = serve_resumed(s, outbox.clone(), resend, sasl2).instrument(span);
     let mut ctx = ctx;
     ctx.spawn(actix::fut::wrap_future::<_, C2s>(task).map(|(), _, ctx| ctx.stop()));
     // The resumed session is still bound here: its user's entry has them.
@@ -560,10 +580,11 @@ async fn serve_resumed<S: Transport>(
     mut s: Box<Session<S>>,
     outbox: Arc<Outbox>,
     resend: VecDeque<Arc<str>>,
+    sasl2: Option<String>,
 ) {
     tracing::info!(resent = resend.len(), "session resumed");
     s.register_resumable();
-    let end = match Box::pin(s.resumed(resend)).await {
+    let end = match Box::pin(s.resumed(resend, sasl2)).await {
         Ok(()) => s.run(&outbox).await,
         Err(end) => end,
     };
@@ -579,6 +600,7 @@ async fn serve_transferred<S: Transport>(
     resend: VecDeque<Arc<str>>,
     presence: Option<String>,
     flags: super::resume::Flags,
+    sasl2: Option<String>,
 ) {
     tracing::info!(resent = resend.len(), "session resumed from another node");
     let attach = ToUser::Attach {
@@ -589,7 +611,7 @@ async fn serve_transferred<S: Transport>(
         tracing::error!("could not record the resumed session's route");
     }
     s.register_resumable();
-    let end = match Box::pin(s.resumed(resend)).await {
+    let end = match Box::pin(s.resumed(resend, sasl2)).await {
         Ok(()) => {
             // What it asked for, then its presence, as its client did.
             let id = s.id;
@@ -628,14 +650,24 @@ async fn serve_transferred<S: Transport>(
 }
 
 /// The stream task: serves the bound stream to its end.
-async fn serve<S: Transport>(mut s: Box<Session<S>>, outbox: Arc<Outbox>) {
+async fn serve<S: Transport>(
+    mut s: Box<Session<S>>,
+    outbox: Arc<Outbox>,
+    bind2: Option<Box<Bind2>>,
+) {
     tracing::info!("session bound");
     let attach = ToUser::Attach {
         session: s.id,
         full: s.full.clone(),
     };
     let end = match s.user.send(attach).await {
-        Ok(Ok(())) => s.run(&outbox).await,
+        Ok(Ok(())) => match bind2 {
+            Some(b) => match Box::pin(s.bound2(*b)).await {
+                Ok(()) => s.run(&outbox).await,
+                Err(end) => end,
+            },
+            None => s.run(&outbox).await,
+        },
         Ok(Err(_)) | Err(_) => {
             tracing::error!("could not record the session's route");
             End::Error(StreamCondition::InternalServerError)
@@ -1246,45 +1278,10 @@ impl<S: Transport> Session<S> {
     async fn handle_sm(&mut self, el: Element) -> Result<(), End> {
         match el.name.as_str() {
             "enable" => {
-                if !self.server.config.sm.enabled {
-                    return self
-                        .send_nonza(&sm::failed_xml("feature-not-implemented", ""))
-                        .await;
-                }
-                if self.sm.is_some() {
-                    return self
-                        .send_nonza(&sm::failed_xml("unexpected-request", ""))
-                        .await;
-                }
-                let ours = self.server.config.sm.resume_timeout_secs;
-                // §5: 'resume' (and an id) only if the session can be
-                // resumed: not with a resumption time of 0.
-                let resume = matches!(el.get_attr("resume"), Some("true" | "1")) && ours > 0;
-                let max = sm::parse_h(el.get_attr("max"))
-                    .filter(|m| *m > 0)
-                    .map_or(ours, |m| m.min(ours));
-                let id = resume.then(|| sm::new_id(self.server.storage.store.node_id()));
-                let enabled = match &id {
-                    Some(id) => {
-                        format!("<enabled xmlns='{NS_SM}' id='{id}' resume='true' max='{max}'/>")
-                    }
-                    None => format!("<enabled xmlns='{NS_SM}'/>"),
-                };
-                self.sm = Some(Sm::new(id, max));
-                metrics::counter!("starling_sm_enabled_total", "resume" => if resume { "true" } else { "false" })
-                    .increment(1);
-                self.send_nonza(&enabled).await?;
-                if resume {
-                    self.register_resumable();
-                    if self.server.storage.store.registry_active() {
-                        // Nothing archived before now is owed to this session.
-                        let floor = crate::modules::mam::last_id(&self.server.storage, &self.bare)
-                            .ok()
-                            .flatten()
-                            .unwrap_or(0);
-                        self.archive = Some(ArchivePosition::new(floor));
-                        self.checkpoint(true).await;
-                    }
+                let (reply, enabled) = self.enable_sm(&el);
+                self.send_nonza(&reply).await?;
+                if enabled {
+                    self.after_enable().await;
                 }
                 Ok(())
             }
@@ -1335,6 +1332,93 @@ impl<S: Transport> Session<S> {
             }
             _ => Err(End::Error(StreamCondition::UnsupportedStanzaType)),
         }
+    }
+
+    /// XEP-0198 `<enable/>` (on the stream, or inside a XEP-0386 bind):
+    /// the `<enabled/>` or `<failed/>` to answer with, and whether it was
+    /// enabled (then `after_enable` runs once the answer is written).
+    fn enable_sm(&mut self, el: &Element) -> (String, bool) {
+        if !self.server.config.sm.enabled {
+            return (sm::failed_xml("feature-not-implemented", ""), false);
+        }
+        if self.sm.is_some() {
+            return (sm::failed_xml("unexpected-request", ""), false);
+        }
+        let ours = self.server.config.sm.resume_timeout_secs;
+        // §5: 'resume' (and an id) only if the session can be
+        // resumed: not with a resumption time of 0.
+        let resume = matches!(el.get_attr("resume"), Some("true" | "1")) && ours > 0;
+        let max = sm::parse_h(el.get_attr("max"))
+            .filter(|m| *m > 0)
+            .map_or(ours, |m| m.min(ours));
+        let id = resume.then(|| sm::new_id(self.server.storage.store.node_id()));
+        let enabled = match &id {
+            Some(id) => format!("<enabled xmlns='{NS_SM}' id='{id}' resume='true' max='{max}'/>"),
+            None => format!("<enabled xmlns='{NS_SM}'/>"),
+        };
+        self.sm = Some(Sm::new(id, max));
+        metrics::counter!("starling_sm_enabled_total", "resume" => if resume { "true" } else { "false" })
+            .increment(1);
+        (enabled, true)
+    }
+
+    /// Once `<enabled/>` is written: a resumable session is listed (and,
+    /// in a cluster, recorded).
+    async fn after_enable(&mut self) {
+        if !self.resumable() {
+            return;
+        }
+        self.register_resumable();
+        if self.server.storage.store.registry_active() {
+            // Nothing archived before now is owed to this session.
+            let floor = crate::modules::mam::last_id(&self.server.storage, &self.bare)
+                .ok()
+                .flatten()
+                .unwrap_or(0);
+            self.archive = Some(ArchivePosition::new(floor));
+            self.checkpoint(true).await;
+        }
+    }
+
+    /// XEP-0386: the session is bound (its route recorded); what the bind
+    /// asked inline is done, then SASL2's `<success/>` with `<bound/>`
+    /// and the bound stream's features (XEP-0388: no restart). Initial
+    /// presence is the client's to send.
+    async fn bound2(&mut self, b: Bind2) -> Result<(), End> {
+        if b.carbons {
+            let msg = ToUser::Carbons {
+                session: self.id,
+                enabled: true,
+            };
+            if !matches!(self.user.send(msg).await, Ok(Ok(()))) {
+                return Err(End::Error(StreamCondition::InternalServerError));
+            }
+        }
+        let mut out = b.success_head;
+        out.push_str("<bound xmlns='urn:xmpp:bind:0'>");
+        if let Some(md) = modules::mam::bind2_metadata(&self.server, &self.bare) {
+            md.write_to(&mut out, "");
+        }
+        let mut enabled = false;
+        if let Some(el) = &b.enable_sm {
+            let (reply, on) = self.enable_sm(el);
+            out.push_str(&reply);
+            enabled = on;
+        }
+        out.push_str("</bound></success><stream:features>");
+        for f in self
+            .server
+            .modules
+            .stream_features(modules::Stage::PostAuth, &self.server.config)
+        {
+            out.push_str(f);
+        }
+        out.push_str("</stream:features>");
+        self.send_nonza(&out).await?;
+        if enabled {
+            self.after_enable().await;
+        }
+        Ok(())
     }
 
     async fn send_nonza(&mut self, xml: &str) -> Result<(), End> {
@@ -1659,14 +1743,31 @@ impl<S: Transport> Session<S> {
 
     /// Tells the client its session is back and writes what it had not
     /// acknowledged (counted again).
-    async fn resumed(&mut self, resend: VecDeque<Arc<str>>) -> Result<(), End> {
+    /// With SASL2 (XEP-0198 §SASL2 inline resumption), `<resumed/>` is
+    /// inside `<success/>`, after the full JID, and the stream's features
+    /// follow (XEP-0388: no restart).
+    async fn resumed(
+        &mut self,
+        resend: VecDeque<Arc<str>>,
+        sasl2: Option<String>,
+    ) -> Result<(), End> {
         let Some(sm) = &self.sm else { return Ok(()) };
         let resumed = format!(
             "<resumed xmlns='{NS_SM}' previd='{}' h='{}'/>",
             sm.id.as_deref().unwrap_or_default(),
             sm.h_in
         );
-        self.send_nonza(&resumed).await?;
+        match sasl2 {
+            None => self.send_nonza(&resumed).await?,
+            Some(mut out) => {
+                out.push_str("<authorization-identifier>");
+                out.push_str(&crate::xml::escape(&self.full));
+                out.push_str("</authorization-identifier>");
+                out.push_str(&resumed);
+                out.push_str("</success><stream:features/>");
+                self.send_nonza(&out).await?;
+            }
+        }
         if resend.is_empty() {
             return Ok(());
         }

@@ -4,8 +4,9 @@
 //! session. A phase is a function that consumes the stream of the previous
 //! one, so a stanza handler cannot run on a stream that is not bound.
 
-use super::sasl::{self, SaslOutcome};
+use super::sasl::{self, NS_SASL2, Profile, SaslOutcome};
 use super::xmlstream::{XmlStream, new_id, read_failed};
+use crate::modules::fast;
 use crate::net::tls_conn::TlsConn;
 use crate::net::transport::Transport;
 use crate::net::websocket::{self, MaybeTls, WsConn};
@@ -27,13 +28,41 @@ pub struct Bound<S> {
     pub full: jid::FullJid,
     /// The client said it is inactive (XEP-0352) before binding.
     pub inactive: bool,
+    /// Bound by XEP-0386 inside a SASL2 `<authenticate/>`: the session
+    /// answers with `<success/>` once it has done what was asked inline.
+    pub bind2: Option<Box<Bind2>>,
 }
+
+/// What a XEP-0386 bind asked for, for the session to do before it sends
+/// SASL2's `<success/>`.
+pub struct Bind2 {
+    /// `<success>` up to its `<bound/>`: additional data, the full JID, a
+    /// failed inline resumption's `<failed/>`.
+    pub success_head: String,
+    /// XEP-0280 `<enable/>` inside `<bind/>`.
+    pub carbons: bool,
+    /// XEP-0198 `<enable/>` inside `<bind/>`.
+    pub enable_sm: Option<Element>,
+}
+
+/// XEP-0386's namespace.
+pub const NS_BIND2: &str = "urn:xmpp:bind:0";
+
+/// The longest Bind2 `<tag/>` taken into a resource (a client name, not
+/// a resource of its own: XEP-0386 §Resource identifier generation).
+const MAX_TAG_CHARS: usize = 64;
 
 /// How negotiation ended: a new session, or an earlier one resumed
 /// (XEP-0198) instead of binding.
 pub enum Negotiated<S> {
     Bound(Bound<S>),
-    Resumed(XmlStream<S>, crate::session::c2s::Resumption),
+    /// With SASL2 (XEP-0198 inline), the `<success>` to open before
+    /// `<resumed/>`.
+    Resumed(
+        XmlStream<S>,
+        crate::session::c2s::Resumption,
+        Option<String>,
+    ),
 }
 
 /// Decrements the unauthenticated-connection count when dropped.
@@ -365,11 +394,33 @@ async fn secure_phases<S: Transport>(
     xs.send_raw(&features).await.ok()?;
 
     let mut failures = 0;
+    let mut sasl2 = None;
     let bare = loop {
         let el = next_element(&mut xs, deadline).await?;
-        if el.is("auth", NS_SASL) {
-            match sasl::authenticate(server, &mut xs, &el, &domain, ip, deadline).await {
-                SaslOutcome::Success(bare) => break bare,
+        let profile = if el.is("auth", NS_SASL) {
+            Profile::Legacy
+        } else if el.is("authenticate", NS_SASL2) {
+            if let Err(text) = check_inline(&el) {
+                // Refused before any credential is looked at: no
+                // failure counted against the account.
+                let msg = format!(
+                    "<failure xmlns='{NS_SASL2}'><malformed-request xmlns='{NS_SASL}'/><text>{text}</text></failure>"
+                );
+                xs.send_raw(&msg).await.ok()?;
+                continue;
+            }
+            Profile::Sasl2
+        } else {
+            Profile::Legacy
+        };
+        if el.is("auth", NS_SASL) || profile == Profile::Sasl2 {
+            match sasl::authenticate(server, &mut xs, &el, &domain, ip, deadline, profile).await {
+                SaslOutcome::Success(bare, additional, rotate) => {
+                    if profile == Profile::Sasl2 {
+                        sasl2 = Some((el, additional, rotate));
+                    }
+                    break bare;
+                }
                 SaslOutcome::Failure => {
                     failures += 1;
                     if failures >= 5 {
@@ -412,12 +463,78 @@ async fn secure_phases<S: Transport>(
         }
     };
 
-    // Authenticated: a new stream, then resource binding (RFC 6120 §7).
-    xs.restart();
-    open_stream(server, &mut xs, deadline, Some(&domain)).await?;
+    let mut features = String::new();
+    if let Some((auth, additional, rotate)) = sasl2 {
+        // XEP-0388: no stream restart. What was asked inline is done now,
+        // resumption first (XEP-0386 §Performing the bind).
+        let mut head = format!("<success xmlns='{NS_SASL2}'>");
+        if let Some(data) = additional {
+            head.push_str("<additional-data>");
+            head.push_str(&crate::auth::encode_b64(&data));
+            head.push_str("</additional-data>");
+        }
+        if let Some(token) = fast_tokens(server, &bare, &auth, rotate).await {
+            head.push_str(&token);
+        }
+        let mut failed = String::new();
+        if let Some(el) = auth.get_child("resume", crate::session::sm::NS_SM) {
+            match resume(server, &bare, el).await {
+                Ok(r) => return Some(Negotiated::Resumed(xs, r, Some(head))),
+                Err(f) => failed = f,
+            }
+        }
+        if let Some(bind) = auth.get_child("bind", NS_BIND2) {
+            let full = match bind2_resource(&bare, &auth, bind) {
+                Some(full) => full,
+                None => {
+                    // Checked before authenticating; never here.
+                    xs.fail(StreamCondition::InternalServerError, None).await;
+                    return None;
+                }
+            };
+            head.push_str("<authorization-identifier>");
+            head.push_str(&crate::xml::escape(full.as_str()));
+            head.push_str("</authorization-identifier>");
+            head.push_str(&failed);
+            let mut inactive = false;
+            let mut carbons = false;
+            let mut enable_sm = None;
+            for c in bind.elements() {
+                if c.is("enable", crate::modules::carbons::NS_CARBONS) {
+                    carbons = true;
+                } else if c.is("enable", crate::session::sm::NS_SM) {
+                    enable_sm = Some(c.clone());
+                } else if c.ns == crate::session::csi::NS_CSI {
+                    inactive = c.name == "inactive";
+                }
+            }
+            metrics::counter!("starling_bind2_total").increment(1);
+            return Some(Negotiated::Bound(Bound {
+                stream: xs,
+                bare,
+                full,
+                inactive,
+                bind2: Some(Box::new(Bind2 {
+                    success_head: head,
+                    carbons,
+                    enable_sm,
+                })),
+            }));
+        }
+        // Authenticated, not bound: legacy binding follows on this stream.
+        head.push_str("<authorization-identifier>");
+        head.push_str(&crate::xml::escape(bare.as_str()));
+        head.push_str("</authorization-identifier>");
+        head.push_str(&failed);
+        head.push_str("</success>");
+        features = head;
+    } else {
+        // Authenticated: a new stream, then resource binding (RFC 6120 §7).
+        xs.restart();
+        open_stream(server, &mut xs, deadline, Some(&domain)).await?;
+    }
     // Binding is core (RFC 6120 §7); the rest is what the modules declare.
-    let mut features =
-        String::from("<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/>");
+    features.push_str("<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/>");
     for f in server
         .modules
         .stream_features(crate::modules::Stage::PostAuth, &server.config)
@@ -445,7 +562,7 @@ async fn secure_phases<S: Transport>(
         }
         if el.ns == crate::session::sm::NS_SM {
             match resume(server, &bare, &el).await {
-                Ok(r) => return Some(Negotiated::Resumed(xs, r)),
+                Ok(r) => return Some(Negotiated::Resumed(xs, r, None)),
                 Err(failed) => {
                     xs.send_raw(&failed).await.ok()?;
                     continue;
@@ -500,6 +617,7 @@ async fn secure_phases<S: Transport>(
             bare,
             full,
             inactive,
+            bind2: None,
         }));
     }
 }
@@ -525,4 +643,95 @@ async fn resume(
         return Err(sm::failed_xml("bad-request", ""));
     };
     crate::session::c2s::take_over(server, bare.as_str(), previd, h).await
+}
+
+/// Checks what a SASL2 `<authenticate/>` asks to do inline before it is
+/// run; `Err` is the `<text/>` of the `<malformed-request/>` failure.
+fn check_inline(auth: &Element) -> Result<(), &'static str> {
+    if let Some(tag) = auth
+        .get_child("bind", NS_BIND2)
+        .and_then(|bind| bind.child_text("tag", NS_BIND2))
+    {
+        if tag.chars().count() > MAX_TAG_CHARS {
+            return Err("the bind tag is too long");
+        }
+        // The tag must make a valid resourcepart (RFC 7622 §3.4).
+        if tag.is_empty() || jid::ResourcePart::new(&tag).is_err() {
+            return Err("the bind tag is not valid in a resource");
+        }
+    }
+    if let Some(ua) = auth.get_child("user-agent", NS_SASL2)
+        && ua.get_attr("id").is_some_and(|id| id.len() > 128)
+    {
+        return Err("the user-agent id is too long");
+    }
+    if let Some(req) = auth.get_child("request-token", fast::NS_FAST) {
+        if req.get_attr("mechanism") != Some(fast::HT_SHA_256_NONE) {
+            return Err("no such FAST mechanism");
+        }
+        // XEP-0484 §Business Rules: tokens are per client.
+        if fast::user_agent_id(auth).is_none() {
+            return Err("a FAST token needs a user-agent id");
+        }
+    }
+    Ok(())
+}
+
+/// XEP-0484 after a SASL2 success: `<fast invalidate='true'/>` drops the
+/// client's token; a `<request-token/>`, or a token login due for
+/// rotation (not invalidating), gets a new `<token/>`.
+async fn fast_tokens(
+    server: &Server,
+    bare: &jid::BareJid,
+    auth: &Element,
+    rotate: bool,
+) -> Option<String> {
+    let ua = fast::user_agent_id(auth)?;
+    let with_token = auth.get_attr("mechanism") == Some(fast::HT_SHA_256_NONE);
+    let invalidate = with_token
+        && auth
+            .get_child("fast", fast::NS_FAST)
+            .and_then(|f| f.get_attr("invalidate"))
+            .is_some_and(|v| v == "true" || v == "1");
+    if invalidate {
+        fast::invalidate(server, bare.as_str(), ua).await;
+    }
+    let requested = auth.get_child("request-token", fast::NS_FAST).is_some();
+    if requested || (rotate && !invalidate) {
+        return fast::issue(server, bare.as_str(), ua).await;
+    }
+    None
+}
+
+/// The resource XEP-0386 binds: `tag/unique`, the unique part chosen by
+/// the server. With a SASL2 user-agent id it is stable for that id (a
+/// digest of account and id, which it does not reveal), so a client that
+/// reconnects gets its resource back and replaces its old session; else
+/// random.
+fn bind2_resource(bare: &jid::BareJid, auth: &Element, bind: &Element) -> Option<jid::FullJid> {
+    use sha2::{Digest, Sha256};
+    let unique = match auth
+        .get_child("user-agent", NS_SASL2)
+        .and_then(|ua| ua.get_attr("id"))
+        .filter(|id| !id.is_empty())
+    {
+        Some(id) => {
+            let mut h = Sha256::new();
+            h.update(b"starling-bind2\0");
+            h.update(bare.as_str().as_bytes());
+            h.update(b"\0");
+            h.update(id.as_bytes());
+            let d = h.finalize();
+            d[..6]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        }
+        None => new_id()[..12].to_owned(),
+    };
+    let resource = match bind.child_text("tag", NS_BIND2) {
+        Some(tag) => format!("{tag}/{unique}"),
+        None => unique,
+    };
+    bare.with_resource_str(&resource).ok()
 }

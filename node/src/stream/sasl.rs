@@ -7,6 +7,7 @@ use super::xmlstream::XmlStream;
 use super::xmlstream::read_failed;
 use crate::auth::scram::{ScramHash, ScramServer, ScramStep};
 use crate::auth::{SaslFailure, decode_b64, encode_b64, plain::parse_plain};
+use crate::modules::fast;
 use crate::net::transport::Transport;
 use crate::server::Server;
 use crate::stanza::NS_SASL;
@@ -17,8 +18,40 @@ use tokio::time::Instant;
 /// Offered mechanisms, strongest first.
 pub const MECHANISMS: [&str; 4] = ["SCRAM-SHA-512", "SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN"];
 
+/// Which SASL profile an exchange speaks: RFC 6120's, or XEP-0388's
+/// (SASL2: `<authenticate/>`, the initial response in its own element,
+/// `<success/>` composed by the caller with what was done inline).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    Legacy,
+    Sasl2,
+}
+
+impl Profile {
+    fn ns(self) -> &'static str {
+        match self {
+            Profile::Legacy => NS_SASL,
+            Profile::Sasl2 => NS_SASL2,
+        }
+    }
+}
+
+/// How the client is waited for, and in which profile.
+#[derive(Clone, Copy)]
+struct Turn {
+    deadline: Instant,
+    profile: Profile,
+}
+
+/// XEP-0388's namespace.
+pub const NS_SASL2: &str = "urn:xmpp:sasl:2";
+
 pub enum SaslOutcome {
-    Success(jid::BareJid),
+    /// Authenticated. With the legacy profile `<success/>` was sent; with
+    /// SASL2 the caller sends it, with this additional data (the SCRAM
+    /// server-final) in it.
+    /// The last field: logged in with a XEP-0484 token due for rotation.
+    Success(jid::BareJid, Option<Vec<u8>>, bool),
     /// A `<failure/>` was sent; the client may try again.
     Failure,
     /// The stream was closed.
@@ -39,24 +72,45 @@ pub async fn authenticate<S: Transport>(
     domain: &str,
     ip: &str,
     deadline: Instant,
+    profile: Profile,
 ) -> SaslOutcome {
     let mechanism = auth.get_attr("mechanism").unwrap_or("");
     let mut account: Option<String> = None;
+    let turn = Turn { deadline, profile };
     // A node cut off from its cluster's majority cannot commit: it takes
     // no new logins until it can (clients retry, or go elsewhere).
     let healthy = server.storage.store.is_healthy();
     if !healthy {
         tracing::warn!("refusing a login: this node cannot commit to the cluster");
     }
+    let mut rotate = false;
     let result = match mechanism {
         _ if !healthy => Err(SaslFailure::TemporaryAuthFailure),
-        "PLAIN" => plain(server, xs, auth, domain, deadline, &mut account).await,
+        // XEP-0484: offered inside SASL2's feature only, one round trip.
+        fast::HT_SHA_256_NONE if profile == Profile::Sasl2 => {
+            match initial_response(auth, profile) {
+                Ok(Some(data)) => fast::login(server, auth, &data, domain, &mut account)
+                    .await
+                    .map(|(bare, responder, used)| {
+                        rotate = used.rotate;
+                        Some((bare, Some(responder)))
+                    }),
+                Ok(None) => Err(SaslFailure::MalformedRequest),
+                Err(e) => Err(e),
+            }
+        }
+        "PLAIN" => plain(server, xs, auth, domain, turn, &mut account).await,
         m => match ScramHash::from_mechanism(m) {
-            Some(h) => scram(server, xs, auth, h, domain, deadline, &mut account).await,
+            Some(h) => scram(server, xs, auth, h, domain, turn, &mut account).await,
             None => Err(SaslFailure::InvalidMechanism),
         },
     };
     match result {
+        Ok(Some((bare, additional))) if profile == Profile::Sasl2 => {
+            metrics::counter!("starling_auth_success_total", "mechanism" => mechanism_label(mechanism))
+                .increment(1);
+            SaslOutcome::Success(bare, additional, rotate)
+        }
         Ok(Some((bare, additional))) => {
             let msg = match additional {
                 Some(data) => format!("<success xmlns='{NS_SASL}'>{}</success>", encode_b64(&data)),
@@ -67,7 +121,7 @@ pub async fn authenticate<S: Transport>(
             }
             metrics::counter!("starling_auth_success_total", "mechanism" => mechanism_label(mechanism))
                 .increment(1);
-            SaslOutcome::Success(bare)
+            SaslOutcome::Success(bare, None, false)
         }
         Ok(None) => SaslOutcome::StreamEnded,
         Err(failure) => {
@@ -84,10 +138,17 @@ pub async fn authenticate<S: Transport>(
                 // more so for an address that keeps failing.
                 tokio::time::sleep(server.throttle.failure_delay(ip, account.as_deref())).await;
             }
-            let msg = format!(
-                "<failure xmlns='{NS_SASL}'><{}/></failure>",
-                failure.condition()
-            );
+            let msg = match profile {
+                Profile::Legacy => format!(
+                    "<failure xmlns='{NS_SASL}'><{}/></failure>",
+                    failure.condition()
+                ),
+                // XEP-0388 §Failure: RFC 6120's condition, in its namespace.
+                Profile::Sasl2 => format!(
+                    "<failure xmlns='{NS_SASL2}'><{} xmlns='{NS_SASL}'/></failure>",
+                    failure.condition()
+                ),
+            };
             if xs.send_raw(&msg).await.is_err() {
                 return SaslOutcome::StreamEnded;
             }
@@ -97,6 +158,9 @@ pub async fn authenticate<S: Transport>(
 }
 
 fn mechanism_label(m: &str) -> &'static str {
+    if m == fast::HT_SHA_256_NONE {
+        return fast::HT_SHA_256_NONE;
+    }
     MECHANISMS
         .iter()
         .find(|x| **x == m)
@@ -105,8 +169,15 @@ fn mechanism_label(m: &str) -> &'static str {
 }
 
 /// The payload of `<auth>`; `None` when it carried none (the client waits
-/// for an empty challenge), per RFC 6120 §6.4.2.
-fn initial_response(auth: &Element) -> Result<Option<Vec<u8>>, SaslFailure> {
+/// for an empty challenge), per RFC 6120 §6.4.2. With SASL2 it is the
+/// `<initial-response/>` child, absent when there is none (XEP-0388).
+fn initial_response(auth: &Element, profile: Profile) -> Result<Option<Vec<u8>>, SaslFailure> {
+    if profile == Profile::Sasl2 {
+        return match auth.get_child("initial-response", NS_SASL2) {
+            None => Ok(None),
+            Some(el) => decode_b64(&el.text_content()).map(Some),
+        };
+    }
     let text = auth.text_content();
     if text.trim().is_empty() {
         return Ok(None);
@@ -118,21 +189,20 @@ fn initial_response(auth: &Element) -> Result<Option<Vec<u8>>, SaslFailure> {
 async fn challenge<S: Transport>(
     xs: &mut XmlStream<S>,
     data: &[u8],
-    deadline: Instant,
+    turn: Turn,
 ) -> Result<Option<Reply>, SaslFailure> {
+    let Turn { deadline, profile } = turn;
+    let ns = profile.ns();
     let msg = if data.is_empty() {
-        format!("<challenge xmlns='{NS_SASL}'/>")
+        format!("<challenge xmlns='{ns}'/>")
     } else {
-        format!(
-            "<challenge xmlns='{NS_SASL}'>{}</challenge>",
-            encode_b64(data)
-        )
+        format!("<challenge xmlns='{ns}'>{}</challenge>", encode_b64(data))
     };
     if xs.send_raw(&msg).await.is_err() {
         return Ok(None);
     }
     match xs.next(Some(deadline)).await {
-        Ok(StreamEvent::Stanza(el)) if el.is("response", NS_SASL) => {
+        Ok(StreamEvent::Stanza(el)) if el.is("response", ns) => {
             let text = el.text_content();
             let data = if text.trim().is_empty() {
                 Vec::new()
@@ -141,7 +211,12 @@ async fn challenge<S: Transport>(
             };
             Ok(Some(Reply::Data(data)))
         }
-        Ok(StreamEvent::Stanza(el)) if el.is("abort", NS_SASL) => Ok(Some(Reply::Abort)),
+        Ok(StreamEvent::Stanza(el)) if el.is("abort", ns) => Ok(Some(Reply::Abort)),
+        // XEP-0388 §During Authentication: anything else disconnects.
+        Ok(StreamEvent::Stanza(_)) if profile == Profile::Sasl2 => {
+            xs.fail(StreamCondition::PolicyViolation, None).await;
+            Ok(None)
+        }
         Ok(StreamEvent::Stanza(_)) => Err(SaslFailure::MalformedRequest),
         Ok(StreamEvent::End) => {
             xs.close().await;
@@ -184,12 +259,12 @@ async fn plain<S: Transport>(
     xs: &mut XmlStream<S>,
     auth: &Element,
     domain: &str,
-    deadline: Instant,
+    turn: Turn,
     account: &mut Option<String>,
 ) -> Result<Authenticated, SaslFailure> {
-    let data = match initial_response(auth)? {
+    let data = match initial_response(auth, turn.profile)? {
         Some(d) => d,
-        None => match challenge(xs, &[], deadline).await? {
+        None => match challenge(xs, &[], turn).await? {
             Some(Reply::Data(d)) => d,
             Some(Reply::Abort) => return Err(SaslFailure::Aborted),
             None => return Ok(None),
@@ -230,12 +305,12 @@ async fn scram<S: Transport>(
     auth: &Element,
     hash: ScramHash,
     domain: &str,
-    deadline: Instant,
+    turn: Turn,
     account: &mut Option<String>,
 ) -> Result<Authenticated, SaslFailure> {
-    let first = match initial_response(auth)? {
+    let first = match initial_response(auth, turn.profile)? {
         Some(d) => d,
-        None => match challenge(xs, &[], deadline).await? {
+        None => match challenge(xs, &[], turn).await? {
             Some(Reply::Data(d)) => d,
             Some(Reply::Abort) => return Err(SaslFailure::Aborted),
             None => return Ok(None),
@@ -259,7 +334,7 @@ async fn scram<S: Transport>(
         Err(_) => None,
     };
     let server_first = scram.server_first(stored.as_ref().map(|a| a.credentials.get(hash)));
-    let client_final = match challenge(xs, &server_first, deadline).await? {
+    let client_final = match challenge(xs, &server_first, turn).await? {
         Some(Reply::Data(d)) => d,
         Some(Reply::Abort) => return Err(SaslFailure::Aborted),
         None => return Ok(None),
