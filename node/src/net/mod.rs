@@ -200,8 +200,8 @@ pub(crate) fn spawn_bosh(
             use crate::stream::negotiate::{self, Negotiated};
             match negotiate::serve_bosh(server.clone(), conn, ip).await {
                 Some(Negotiated::Bound(bound)) => crate::session::c2s::start(server, bound, slot),
-                Some(Negotiated::Resumed(stream, r)) => {
-                    crate::session::c2s::start_resumed(server, stream, r, slot)
+                Some(Negotiated::Resumed(stream, r, sasl2)) => {
+                    crate::session::c2s::start_resumed(server, stream, r, sasl2, slot)
                 }
                 None => {}
             }
