@@ -1397,6 +1397,12 @@ impl Config {
             if self.pubsub.max_nodes == 0 {
                 anyhow::bail!("pubsub.max_nodes must be positive");
             }
+            for d in &self.domains {
+                if self.domains.contains(&format!("{sub}.{d}")) {
+                    anyhow::bail!("pubsub.subdomain: {sub}.{d} is a served domain");
+                }
+            }
+            self.pubsub.admins = bare_jids("pubsub.admins", &self.pubsub.admins)?;
         }
         if self.proxy65.enabled {
             let sub = &self.proxy65.subdomain;
@@ -1416,10 +1422,9 @@ impl Config {
             }
             for d in &self.domains {
                 if self.domains.contains(&format!("{sub}.{d}")) {
-                    anyhow::bail!("pubsub.subdomain: {sub}.{d} is a served domain");
+                    anyhow::bail!("proxy65.subdomain: {sub}.{d} is a served domain");
                 }
             }
-            self.pubsub.admins = bare_jids("pubsub.admins", &self.pubsub.admins)?;
         }
         self.muc.admins = bare_jids("muc.admins", &self.muc.admins)?;
         self.admin.admins = bare_jids("admin.admins", &self.admin.admins)?;
