@@ -40,8 +40,10 @@ pub struct LogStore<K: Kv> {
     committed: Arc<AtomicU64>,
     /// Set while this node is its group's only member: an append then
     /// syncs the segment file itself instead of handing the sync to the
-    /// flusher thread (see `append`).
+    /// flusher thread, if the runtime has one worker (see `append`).
     sole: Arc<AtomicBool>,
+    /// The runtime the log was opened on has a single worker thread.
+    one_worker: bool,
     /// The durable group's entries live in segment files (`filelog.rs`);
     /// without it (the registry group, tests) in the `raft_log` tree.
     files: Option<Arc<FileLog>>,
@@ -144,6 +146,8 @@ impl<K: Kv> LogStore<K> {
             flusher: tx,
             committed: Arc::default(),
             sole: Arc::default(),
+            one_worker: tokio::runtime::Handle::try_current()
+                .is_ok_and(|h| h.metrics().num_workers() == 1),
             files: None,
             recent: Arc::default(),
         })
@@ -364,12 +368,15 @@ impl<K: Kv> RaftLogStorage<TypeConfig> for LogStore<K> {
             // openraft 0.9 waits for this callback before it does anything
             // else (`RaftCore::append_to_log`), so a separate flusher adds
             // no overlap, only two thread wake-ups per entry (to it and
-            // back). Alone, the append syncs here, on the Raft task; with
+            // back, the runtime's only worker parking meanwhile). Alone on
+            // such a runtime, the append syncs here, on the Raft task; with
             // peers the sync goes to the flusher thread, so that the
             // store runtime's other tasks (Raft RPCs, deliveries between
-            // nodes) never wait behind a disk flush. Either way the entry
-            // is acknowledged only once `fdatasync` returned.
-            if self.sole.load(Ordering::Relaxed) {
+            // nodes) never wait behind a disk flush. With two workers
+            // syncing here measured no better (the other one is woken to
+            // take the tasks meanwhile). Either way the entry is
+            // acknowledged only once `fdatasync` returned.
+            if self.one_worker && self.sole.load(Ordering::Relaxed) {
                 callback.log_io_completed(files.sync());
             } else {
                 files.flush_then(callback);
