@@ -7,7 +7,7 @@
 //! 46 context switches per message against 2.6 with the archive off. Here
 //! an append is one `write` to the current segment and a flush is one
 //! `fdatasync`: on the appending task itself when the node is its group's
-//! only member (`LogStore::append`: openraft 0.9 waits for each append's
+//! only member and the store runtime has one worker (`LogStore::append`: openraft 0.9 waits for each append's
 //! flush anyway, and a hand-off costs two thread wake-ups per entry), else
 //! on a dedicated thread, shared by every append queued meanwhile.
 //!
