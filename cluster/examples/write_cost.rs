@@ -3,7 +3,8 @@
 //! Each round is `batch` concurrent writes (one Raft entry), each one `Put`
 //! of 600 bytes, awaited before the next round, with `gap_ms` of idleness
 //! between rounds (as writes arrive at a low rate); prints the process CPU
-//! per write and the share of each thread.
+//! per write and the share of each thread. `THREADS` sets the store
+//! runtime's workers (default 2; a node on up to two cores runs 1).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

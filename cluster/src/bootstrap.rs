@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use openraft::{BasicNode, ServerState};
@@ -91,6 +91,7 @@ impl Store {
         let log =
             LogStore::with_files(kv.clone(), &cfg.data_dir.join("raft-log")).map_err(storage)?;
         let committed = log.committed_index();
+        let sole = log.sole_member();
         let (hooks, expired_rx) = events::Hooks::new();
         let sm = StateMachine::new(kv.clone())
             .map_err(storage)?
@@ -131,7 +132,7 @@ impl Store {
             Duration::from_micros(opts.behind_linger_us),
             raft::GroupTag::default(),
         ));
-        tokio::spawn(report_metrics(raft.clone()));
+        tokio::spawn(report_metrics(raft.clone(), sole));
         let (stop, _) = watch::channel(false);
         let shared = Arc::new(Shared {
             node_id: cfg.node_id,
@@ -224,8 +225,11 @@ impl Store {
 
 /// Mirrors openraft's metrics into gauges until Raft stops, at most
 /// every `METRICS_EVERY`: they change several times per entry, and a wake
-/// per change would cost every write a thread hand-off.
-async fn report_metrics(raft: raft::Raft) {
+/// per change would cost every write a thread hand-off. Also tells the
+/// log (`sole`) whether this node is the group's only member, voter or
+/// learner (how it syncs appends, `LogStore::append`; either way is
+/// durable, so lagging a membership change by `METRICS_EVERY` is harmless).
+async fn report_metrics(raft: raft::Raft, sole: Arc<AtomicBool>) {
     let mut rx = raft.metrics();
     drop(raft);
     let mut leader = None;
@@ -242,6 +246,9 @@ async fn report_metrics(raft: raft::Raft) {
             if let Some(a) = m.last_applied {
                 metrics::applied_index(a.index);
             }
+            let members = m.membership_config.membership();
+            let alone = members.nodes().count() == 1 && members.get_node(&m.id).is_some();
+            sole.store(alone, Ordering::Relaxed);
         }
         if rx.changed().await.is_err() {
             break;

@@ -940,6 +940,12 @@ pub struct ClusterConfig {
     /// before it is proposed. It delays only the sender's acknowledgement
     /// (`h`), not the delivery; a write somebody waits for ends it early.
     pub behind_linger_us: u64,
+    /// Worker threads of the store's runtime (Raft, applying entries, gRPC
+    /// between nodes). 0: one on a machine of up to two cores, where a
+    /// second worker mostly adds thread wake-ups to every durable write
+    /// (tokio wakes an idle worker to steal each task handed over), else
+    /// two.
+    pub store_threads: usize,
 }
 
 impl Default for ClusterConfig {
@@ -956,11 +962,23 @@ impl Default for ClusterConfig {
             see_other_host: None,
             write_linger_us: 2000,
             behind_linger_us: 25_000,
+            store_threads: 0,
         }
     }
 }
 
 impl ClusterConfig {
+    /// The store runtime's worker threads (`store_threads`, 0: by cores).
+    pub fn store_threads(&self) -> usize {
+        match self.store_threads {
+            0 => {
+                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+                if cores <= 2 { 1 } else { 2 }
+            }
+            n => n,
+        }
+    }
+
     /// The mutual-TLS files, when configured.
     pub fn tls(&self) -> Option<starling_cluster::ClusterTls> {
         Some(starling_cluster::ClusterTls {
@@ -1654,5 +1672,17 @@ mod tests {
         );
         assert!(checked(|c| c.admin.max_sessions = 0).is_err());
         assert!(checked(|c| c.admin.session_timeout_secs = 0).is_err());
+    }
+
+    #[test]
+    fn store_threads_by_cores_unless_set() {
+        use figment::providers::{Format, Toml};
+        let parse = |s: &str| -> ClusterConfig {
+            figment::Figment::from(Toml::string(s)).extract().unwrap()
+        };
+        assert_eq!(parse("store_threads = 3").store_threads(), 3);
+        let c = parse("node_id = 2");
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(c.store_threads(), if cores <= 2 { 1 } else { 2 });
     }
 }

@@ -28,9 +28,11 @@ pub fn init_tracing(json: bool) {
     }
 }
 
-fn store_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+/// The runtime of the replicated store (openraft, the batcher, applying,
+/// gRPC between nodes): `cluster.store_threads` workers.
+fn store_runtime(cfg: &Config) -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(cfg.cluster.store_threads())
         .thread_name("starling-store")
         .enable_all()
         .build()?)
@@ -121,7 +123,7 @@ fn retriable(e: &starling_cluster::StoreError) -> bool {
 pub fn serve(cfg: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
-    let rt = store_runtime()?;
+    let rt = store_runtime(&cfg)?;
     if cfg.metrics.port != 0 {
         let _guard = rt.enter();
         let addr: std::net::SocketAddr = format!("{}:{}", cfg.metrics.bind, cfg.metrics.port)
@@ -324,7 +326,7 @@ async fn shutdown_signal() {
 /// Runs an admin request against the running node, or against the store
 /// directly when no node runs on this data directory.
 pub fn admin_request(cfg: Config, req: Request) -> anyhow::Result<Response> {
-    let rt = store_runtime()?;
+    let rt = store_runtime(&cfg)?;
     rt.block_on(async {
         if let Some(r) = admin::call(&cfg.data_dir, &req).await {
             return r;
@@ -342,7 +344,7 @@ pub fn admin_request(cfg: Config, req: Request) -> anyhow::Result<Response> {
 
 /// `starling cluster status --addr`: asks any member over mutual TLS.
 pub fn remote_status(cfg: &Config, addr: &str) -> anyhow::Result<starling_cluster::ClusterStatus> {
-    let rt = store_runtime()?;
+    let rt = store_runtime(cfg)?;
     let tls = cfg.cluster.tls();
     rt.block_on(async { Ok(starling_cluster::query_status(addr, tls.as_ref()).await?) })
 }

@@ -6,8 +6,10 @@
 //! on the chat bench with the archive on (one durable entry per message):
 //! 46 context switches per message against 2.6 with the archive off. Here
 //! an append is one `write` to the current segment and a flush is one
-//! `fdatasync` on a dedicated thread, shared by every append queued
-//! meanwhile (group commit, as before).
+//! `fdatasync`: on the appending task itself when the node is its group's
+//! only member and the store runtime has one worker (`LogStore::append`: openraft 0.9 waits for each append's
+//! flush anyway, and a hand-off costs two thread wake-ups per entry), else
+//! on a dedicated thread, shared by every append queued meanwhile.
 //!
 //! Layout: `<dir>/<first index, 20 digits>.log`; each record is
 //! `len: u32 | crc32(index, payload): u32 | index: u64 | payload` (little
