@@ -92,50 +92,43 @@ pub struct Services {
 impl Services {
     pub fn new(config: &Config) -> Self {
         let mut by_domain = HashMap::new();
-        if config.muc.enabled {
-            for d in &config.domains {
-                by_domain.insert(
-                    format!("{}.{d}", config.muc.subdomain),
-                    Hosted {
-                        kind: ServiceKind::Muc,
-                        parent: d.clone(),
-                        name: config.muc.name.clone(),
-                    },
-                );
+        let hosted = [
+            (
+                config.muc.enabled,
+                &config.muc.subdomain,
+                ServiceKind::Muc,
+                config.muc.name.as_str(),
+            ),
+            (
+                config.upload.enabled,
+                &config.upload.subdomain,
+                ServiceKind::Upload,
+                "HTTP File Upload",
+            ),
+            (
+                config.pubsub.enabled,
+                &config.pubsub.subdomain,
+                ServiceKind::Pubsub,
+                config.pubsub.name.as_str(),
+            ),
+            (
+                config.proxy65.enabled,
+                &config.proxy65.subdomain,
+                ServiceKind::Proxy65,
+                "SOCKS5 Bytestreams Service",
+            ),
+        ];
+        for (enabled, subdomain, kind, name) in hosted {
+            if !enabled {
+                continue;
             }
-        }
-        if config.upload.enabled {
             for d in &config.domains {
                 by_domain.insert(
-                    format!("{}.{d}", config.upload.subdomain),
+                    format!("{subdomain}.{d}"),
                     Hosted {
-                        kind: ServiceKind::Upload,
+                        kind,
                         parent: d.clone(),
-                        name: "HTTP File Upload".into(),
-                    },
-                );
-            }
-        }
-        if config.pubsub.enabled {
-            for d in &config.domains {
-                by_domain.insert(
-                    format!("{}.{d}", config.pubsub.subdomain),
-                    Hosted {
-                        kind: ServiceKind::Pubsub,
-                        parent: d.clone(),
-                        name: config.pubsub.name.clone(),
-                    },
-                );
-            }
-        }
-        if config.proxy65.enabled {
-            for d in &config.domains {
-                by_domain.insert(
-                    format!("{}.{d}", config.proxy65.subdomain),
-                    Hosted {
-                        kind: ServiceKind::Proxy65,
-                        parent: d.clone(),
-                        name: "SOCKS5 Bytestreams Service".into(),
+                        name: name.to_owned(),
                     },
                 );
             }
