@@ -18,6 +18,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
+from cluster import Cluster
 from conftest import StarlingServer, free_port
 from rawxmpp import C, q, tostring
 
@@ -251,3 +252,31 @@ def test_inactive_session_ends_and_contacts_see_it(server, clients):
     status, t = post(server, f"<body xmlns='{NS_BIND}' rid='{b.rid + 1}' sid='{b.sid}'/>")
     assert status == 404 and t.get("condition") == "item-not-found"
     server.assert_healthy(tcp)
+
+
+def test_bosh_session_in_a_cluster(tmp_path_factory, clients):
+    """A BOSH session on node 1 is a session of the cluster: a TCP client on node 2 and the
+    web user exchange presence and messages across the nodes."""
+    ports = {}
+
+    def extra(node):
+        ports[node.node_id] = free_port()
+        return ["[bosh]", "enabled = true", f"port = {ports[node.node_id]}", "tls = true"]
+
+    c = Cluster(str(tmp_path_factory.mktemp("bosh-cluster")), 3, extra_config=extra)
+    try:
+        node1 = c[1]
+        node1.bosh_port = ports[1]
+        tcp = clients.add(c[2].online("bc"))
+        jid, user, pw = node1.new_user("bd")
+        b = Bosh(node1)
+        full = b.login(user, pw)
+        b.send("<presence xmlns='jabber:client'/>")
+        make_mutual_bosh(node1, b, tcp, jid)
+        tcp.message(full, "across nodes", mid="x1")
+        m = b.recv(lambda e: e.tag == C("message") and e.get("id") == "x1", what="the message from node 2")
+        assert m.findtext(C("body")) == "across nodes"
+        b.send(f"<message xmlns='jabber:client' to='{tcp.jid}' id='x2' type='chat'><body>back</body></message>")
+        assert tcp.recv_stanza("message", id="x2", timeout=15).get("from") == full
+    finally:
+        c.stop()
