@@ -73,7 +73,10 @@ class Bosh:
     def send(self, payload="", **attrs):
         self.rid += 1
         extra = "".join(f" {k.replace('_', ':')}='{v}'" for k, v in attrs.items())
-        status, b = post(self.server, f"<body xmlns='{NS_BIND}' xmlns:xmpp='{NS_XBOSH}' rid='{self.rid}' "
+        # `via`: the nodes to send through in turn (a load balancer that keeps no client on
+        # one node); default, the node the session was made on
+        target = self.via[self.rid % len(self.via)] if getattr(self, "via", None) else self.server
+        status, b = post(target, f"<body xmlns='{NS_BIND}' xmlns:xmpp='{NS_XBOSH}' rid='{self.rid}' "
                                       f"sid='{self.sid}'{extra}>{payload}</body>")
         assert status == 200, (status, tostring(b) if b is not None else None)
         self.queue.extend(list(b))
@@ -255,8 +258,9 @@ def test_inactive_session_ends_and_contacts_see_it(server, clients):
 
 
 def test_bosh_session_in_a_cluster(tmp_path_factory, clients):
-    """A BOSH session on node 1 is a session of the cluster: a TCP client on node 2 and the
-    web user exchange presence and messages across the nodes."""
+    """A BOSH session made on node 1 is a session of the cluster: its requests may reach any
+    node (they are forwarded to node 1), and a TCP client on node 2 and the web user exchange
+    presence and messages across the nodes."""
     ports = {}
 
     def extra(node):
@@ -270,6 +274,10 @@ def test_bosh_session_in_a_cluster(tmp_path_factory, clients):
         tcp = clients.add(c[2].online("bc"))
         jid, user, pw = node1.new_user("bd")
         b = Bosh(node1)
+        assert b.sid.startswith("1-"), "the sid names the node"
+        for i in (2, 3):
+            c[i].bosh_port = ports[i]
+        b.via = [c[1], c[2], c[3]]
         full = b.login(user, pw)
         b.send("<presence xmlns='jabber:client'/>")
         make_mutual_bosh(node1, b, tcp, jid)
@@ -278,5 +286,8 @@ def test_bosh_session_in_a_cluster(tmp_path_factory, clients):
         assert m.findtext(C("body")) == "across nodes"
         b.send(f"<message xmlns='jabber:client' to='{tcp.jid}' id='x2' type='chat'><body>back</body></message>")
         assert tcp.recv_stanza("message", id="x2", timeout=15).get("from") == full
+        # an unknown session named for node 3 is unknown there too
+        status, t = post(c[2], f"<body xmlns='{NS_BIND}' rid='5' sid='3-00ff'/>")
+        assert status == 404 and t.get("condition") == "item-not-found"
     finally:
         c.stop()

@@ -18,8 +18,11 @@
 //! as a closed TCP connection would.
 //!
 //! A session lives on the node that created it (it is the state of a
-//! connection): behind a load balancer, BOSH needs sticky sessions (a
-//! cookie, or the client's address).
+//! connection); its `sid` names that node. A request that another node
+//! gets is forwarded to it (over HTTPS pinned to the certificates the node
+//! published in the replicated store) and its answer passed back, so a
+//! load balancer need not keep a client on one node (it saves a hop if it
+//! does).
 
 use crate::net::transport::Transport;
 use crate::server::Server;
@@ -36,6 +39,8 @@ use tokio::sync::Notify;
 pub const NS_HTTPBIND: &str = "http://jabber.org/protocol/httpbind";
 const NS_XBOSH: &str = "urn:xmpp:xbosh";
 const NS_STREAMS: &str = "http://etherx.jabber.org/streams";
+/// Marks a request forwarded by another node (never forwarded again).
+const FORWARDED: &str = "x-starling-bosh-forwarded";
 
 /// Requests a client may have open at once (`hold` + 1).
 const REQUESTS: u64 = 2;
@@ -367,6 +372,8 @@ pub async fn start(
     let handle = running.handle();
     actix_rt::spawn(running);
     actix_rt::spawn(sweep(server.clone()));
+    let s = server.clone();
+    actix_rt::spawn(async move { publish_listener(&s).await });
     tracing::info!(%addr, tls = cfg.tls, path = %cfg.path, "BOSH (XEP-0206) listening");
     Ok(Some(handle))
 }
@@ -519,9 +526,140 @@ async fn request(
         None => create(&server, &req, &el, rid).await,
         Some(sid) => match sessions().get(sid).map(|s| s.clone()) {
             Some(s) => in_session(&server, &s, &el, rid).await,
-            None => terminate("item-not-found"),
+            None => match node_of(sid) {
+                Some(node)
+                    if node != server.storage.store.node_id()
+                        && req.headers().get(FORWARDED).is_none() =>
+                {
+                    forward(&server, node, &payload, el.get_attr("wait")).await
+                }
+                _ => terminate("item-not-found"),
+            },
         },
     }
+}
+
+/// The node a `sid` was made on (`<node id in hex>-<random>`).
+fn node_of(sid: &str) -> Option<u64> {
+    u64::from_str_radix(sid.split_once('-')?.0, 16).ok()
+}
+
+/// Where this node's listener is, for other nodes (its HTTPS certificates
+/// pinned by their SHA-256).
+async fn publish_listener(server: &Server) {
+    use sha2::Digest;
+    let cfg = &server.config.bosh;
+    let adv = server.config.cluster.advertised();
+    let host = adv.rsplit_once(':').map_or(adv.as_str(), |(h, _)| h);
+    let scheme = if cfg.tls { "https" } else { "http" };
+    let pins = if cfg.tls {
+        crate::net::tls::certified_keys(&server.config)
+            .unwrap_or_default()
+            .values()
+            .filter_map(|k| k.end_entity_cert().ok())
+            .map(|c| {
+                sha2::Sha256::digest(c.as_ref())
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect()
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let me = crate::storage::upload::NodeListener {
+        url: format!("{scheme}://{host}:{}{}", cfg.port, cfg.path),
+        pins,
+    };
+    for attempt in 0..60u32 {
+        match server.storage.put_bosh_listener(&me).await {
+            Ok(()) => return,
+            Err(e) if attempt == 59 => {
+                tracing::warn!(error = %e, "could not publish the BOSH listener; other nodes cannot forward to it");
+            }
+            Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+        }
+    }
+}
+
+/// Passes a request for a session of `node` on to it, and its answer back.
+async fn forward(server: &Server, node: u64, body: &[u8], wait: Option<&str>) -> HttpResponse {
+    let Ok(Some(listener)) = server.storage.bosh_listener(node) else {
+        return terminate("item-not-found");
+    };
+    let wait = wait
+        .and_then(|w| w.parse::<u64>().ok())
+        .unwrap_or(server.config.bosh.max_wait_secs)
+        .min(server.config.bosh.max_wait_secs);
+    let limit = Duration::from_secs(wait + 10);
+    match tokio::time::timeout(limit, post(server, &listener, body)).await {
+        Ok(Ok((status, text))) => {
+            metrics::counter!("starling_bosh_forwarded_total").increment(1);
+            respond(
+                actix_web::http::StatusCode::from_u16(status)
+                    .unwrap_or(actix_web::http::StatusCode::BAD_GATEWAY),
+                text,
+            )
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(node, error = %e, "BOSH request not forwarded");
+            terminate("remote-connection-failed")
+        }
+        Err(_) => terminate("remote-connection-failed"),
+    }
+}
+
+/// POSTs `body` to another node's listener (HTTPS pinned to its
+/// certificates): the status and the answer's text.
+async fn post(
+    server: &Server,
+    listener: &crate::storage::upload::NodeListener,
+    body: &[u8],
+) -> anyhow::Result<(u16, String)> {
+    use hyper_util::rt::TokioIo;
+    let url: hyper::Uri = listener.url.parse()?;
+    let https = url.scheme_str() == Some("https");
+    let host = url
+        .host()
+        .ok_or_else(|| anyhow::anyhow!("no host in {}", listener.url))?
+        .to_owned();
+    let port = url.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let path = url.path().to_owned();
+    let tcp = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::net::TcpStream::connect((host.as_str(), port)),
+    )
+    .await??;
+    let body = body.to_vec();
+    if https {
+        let config = crate::net::tls::client_config(Some(listener.pins.clone()))?;
+        let sni = rustls::pki_types::ServerName::try_from(server.config.domains[0].clone())?;
+        let tls = tokio_rustls::TlsConnector::from(config)
+            .connect(sni, tcp)
+            .await?;
+        exchange(TokioIo::new(tls), &host, &path, body).await
+    } else {
+        exchange(TokioIo::new(tcp), &host, &path, body).await
+    }
+}
+
+async fn exchange<I>(io: I, host: &str, path: &str, body: Vec<u8>) -> anyhow::Result<(u16, String)>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    use http_body_util::BodyExt;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+    let driver = tokio::spawn(conn);
+    let req = hyper::Request::post(path)
+        .header(hyper::header::HOST, host)
+        .header(hyper::header::CONTENT_TYPE, "text/xml; charset=utf-8")
+        .header(FORWARDED, "1")
+        .body(http_body_util::Full::new(hyper::body::Bytes::from(body)))?;
+    let resp = sender.send_request(req).await?;
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await?.to_bytes();
+    driver.abort();
+    Ok((status, String::from_utf8(bytes.to_vec())?))
 }
 
 /// The payload of a request body, as stream input.
@@ -559,9 +697,11 @@ async fn create(server: &Arc<Server>, req: &HttpRequest, el: &Element, rid: u64)
         .and_then(|w| w.parse::<u64>().ok())
         .unwrap_or(cfg.max_wait_secs)
         .clamp(1, cfg.max_wait_secs);
+    // The node's id first: any node can tell where the session lives.
     let sid = {
         let bytes: [u8; 16] = rand::random();
-        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        format!("{:x}-{hex}", server.storage.store.node_id())
     };
     let shared = Arc::new(Shared {
         sid: sid.clone(),

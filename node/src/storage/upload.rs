@@ -164,6 +164,27 @@ impl Storage {
             .map(drop)
     }
 
+    /// Publishes where this node's BOSH listener is (XEP-0206), for the
+    /// others to forward a session's requests to.
+    pub async fn put_bosh_listener(&self, me: &NodeListener) -> Result<(), StoreError> {
+        self.store
+            .write(vec![Op::Put {
+                space: META.into(),
+                key: format!("bosh\0{}", self.store.node_id()).into_bytes(),
+                value: ser(me),
+            }])
+            .await
+            .map(drop)
+    }
+
+    /// Where node `id`'s BOSH listener is, if it published it.
+    pub fn bosh_listener(&self, id: u64) -> Result<Option<NodeListener>, StoreError> {
+        self.store
+            .get(META, format!("bosh\0{id}").as_bytes())?
+            .map(|v| de(&v))
+            .transpose()
+    }
+
     /// Where node `id`'s upload listener is, if it published it.
     pub fn upload_listener(&self, id: u64) -> Result<Option<NodeListener>, StoreError> {
         self.store
