@@ -371,7 +371,7 @@ pub async fn start(
     let running = http.run();
     let handle = running.handle();
     actix_rt::spawn(running);
-    actix_rt::spawn(sweep(server.clone()));
+    actix_rt::spawn(sweep());
     let s = server.clone();
     actix_rt::spawn(async move { publish_listener(&s).await });
     tracing::info!(%addr, tls = cfg.tls, path = %cfg.path, "BOSH (XEP-0206) listening");
@@ -461,8 +461,7 @@ async fn info() -> HttpResponse {
 }
 
 /// Ends sessions idle past their `inactivity` (no request in flight).
-async fn sweep(server: Arc<Server>) {
-    let _ = server;
+async fn sweep() {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
@@ -525,7 +524,7 @@ async fn request(
     match el.get_attr("sid") {
         None => create(&server, &req, &el, rid).await,
         Some(sid) => match sessions().get(sid).map(|s| s.clone()) {
-            Some(s) => in_session(&server, &s, &el, rid).await,
+            Some(s) => in_session(&s, &el, rid).await,
             None => match node_of(sid) {
                 Some(node)
                     if node != server.storage.store.node_id()
@@ -802,8 +801,7 @@ async fn create(server: &Arc<Server>, req: &HttpRequest, el: &Element, rid: u64)
 }
 
 /// A request of an existing session.
-async fn in_session(server: &Server, s: &Arc<Shared>, el: &Element, rid: u64) -> HttpResponse {
-    let _ = server;
+async fn in_session(s: &Arc<Shared>, el: &Element, rid: u64) -> HttpResponse {
     s.in_flight.fetch_add(1, Ordering::Relaxed);
     let _flight = InFlight(s);
     // In `rid` order: a request that overtook an earlier one waits for it.
