@@ -436,12 +436,19 @@ def test_error_from_the_peer_comes_back(federation, clients, name):
     a.assert_healthy(ua)
 
 
+def omemo2_devices(e):
+    """The device ids of an OMEMO 2 device list notification."""
+    from test_pep import NS_EVENT
+    item = e.find(q(NS_EVENT, "event")).find(q(NS_EVENT, "items")).find(q(NS_EVENT, "item"))
+    return [d.get("id") for d in item.find("{urn:xmpp:omemo:2}devices")]
+
+
 @pytest.mark.parametrize("name", PEERS)
 def test_pep_notifications_to_a_contact_at_the_peer(federation, clients, name):
     """XEP-0163 across federation: the peer's user, a mutual contact, comes online with caps
     whose +notify our server does not know; our server asks it through the peer, then
     sends it the last item of our user's node and the next notification."""
-    from test_pep import Caps, ok, publish, is_event, NS_EVENT
+    from test_pep import Caps, ok, publish, is_event
     a, peers = federation
     node = "urn:xmpp:omemo:2:devices"
     caps = Caps(node)
@@ -457,10 +464,6 @@ def test_pep_notifications_to_a_contact_at_the_peer(federation, clients, name):
     up.recv(lambda e: e.tag == C("presence") and e.get("from") == ua.jid and e.get("type") is None,
             20, what=f"our presence at {name}")
 
-    def devices(e):
-        item = e.find(q(NS_EVENT, "event")).find(q(NS_EVENT, "items")).find(q(NS_EVENT, "item"))
-        return [d.get("id") for d in item.find("{urn:xmpp:omemo:2}devices")]
-
     ok(publish(ua, node, "<devices xmlns='urn:xmpp:omemo:2'><device id='1'/></devices>", item_id="current"))
     up.presence(extra=caps.c())
     query = up.recv(lambda e: e.tag == C("iq") and e.get("type") == "get" and e.get("from") == a.domain
@@ -468,9 +471,9 @@ def test_pep_notifications_to_a_contact_at_the_peer(federation, clients, name):
                     20, what=f"our caps query through {name}")
     caps.answer(up, query)
     m = up.recv(lambda e: is_event(e, ua.bare, node), 20, what=f"the last item at {name}")
-    assert devices(m) == ["1"] and m.find(q("urn:xmpp:delay", "delay")) is not None
+    assert omemo2_devices(m) == ["1"] and m.find(q("urn:xmpp:delay", "delay")) is not None
     ok(publish(ua, node, "<devices xmlns='urn:xmpp:omemo:2'><device id='2'/></devices>", item_id="current"))
-    m = up.recv(lambda e: is_event(e, ua.bare, node) and devices(e) == ["2"], 20,
+    m = up.recv(lambda e: is_event(e, ua.bare, node) and omemo2_devices(e) == ["2"], 20,
                 what=f"the notification at {name}")
     assert m.get("to") == up.jid and m.get("type") == "headline"
 
@@ -480,7 +483,7 @@ def test_pep_notifications_to_a_contact_at_the_peer(federation, clients, name):
 def test_pep_notifications_from_a_contact_at_the_peer(federation, clients, name):
     """The other way: the peer's PEP service asks our user's caps (an IQ to our client,
     through our server) and sends our user the notifications it wants."""
-    from test_pep import Caps, ok, publish, is_event, NS_EVENT
+    from test_pep import Caps, ok, publish, is_event
     a, peers = federation
     node = "urn:xmpp:omemo:2:devices"
     caps = Caps(node)
@@ -495,10 +498,6 @@ def test_pep_notifications_from_a_contact_at_the_peer(federation, clients, name)
     up.presence(to=ua.bare, type_="subscribed")
     ua.recv(lambda e: e.tag == C("presence") and e.get("from") == up.jid and e.get("type") is None,
             20, what=f"presence of the {name} contact")
-
-    def devices(e):
-        item = e.find(q(NS_EVENT, "event")).find(q(NS_EVENT, "items")).find(q(NS_EVENT, "item"))
-        return [d.get("id") for d in item.find("{urn:xmpp:omemo:2}devices")]
 
     # the peer's user publishes; ours then advertises +notify and answers whoever asks its
     # caps (our server, the peer): the peer sends the last item (or, if it does not, the
@@ -533,7 +532,7 @@ def test_pep_notifications_from_a_contact_at_the_peer(federation, clients, name)
             continue
         got = e
     assert got is not None, f"no notification from {name} (peer asked our caps: {peer_asked_at is not None})"
-    assert got.get("to") == ua.jid and devices(got) in (["5"], ["6"]), tostring(got)
+    assert got.get("to") == ua.jid and omemo2_devices(got) in (["5"], ["6"]), tostring(got)
 
 
 
