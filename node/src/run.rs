@@ -182,7 +182,6 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
             }
         });
     }
-    rt.spawn(trim_heap_periodically());
     rt.spawn(flush_last_activity_periodically(server.clone()));
     rt.spawn(crate::modules::mam::run_retention(server.clone()));
     rt.spawn(crate::session::resume::run_sweeper(server.clone()));
@@ -294,22 +293,6 @@ async fn flush_last_activity_periodically(server: Arc<Server>) {
         tick.tick().await;
         if let Err(e) = server.storage.flush_last_activity().await {
             tracing::debug!(error = %e, "writing last activity; retried next second");
-        }
-    }
-}
-
-/// Gives memory freed after a load spike (a login storm's TLS handshakes)
-/// back to the kernel. glibc keeps freed memory in its arenas otherwise,
-/// and an idle server would look as big as its busiest minute.
-async fn trim_heap_periodically() {
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
-    loop {
-        tick.tick().await;
-        #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        // SAFETY: malloc_trim only releases free memory; it takes the
-        // allocator's own locks and has no preconditions.
-        unsafe {
-            libc::malloc_trim(0);
         }
     }
 }
