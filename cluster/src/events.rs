@@ -8,7 +8,8 @@
 //! queued, and `lease` hands them to the node from a task.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use tokio::sync::mpsc;
@@ -80,6 +81,9 @@ enum Seen {
 pub struct Hooks {
     seen: Mutex<HashMap<u64, Instant>>,
     events: mpsc::UnboundedSender<Event>,
+    /// Change counters of the key spaces somebody asked to follow
+    /// ([`Hooks::space_version`]).
+    versions: RwLock<HashMap<String, Arc<AtomicU64>>>,
 }
 
 /// Lease and expiry writes found in applied writes, reported after the
@@ -127,6 +131,7 @@ impl Hooks {
             Arc::new(Hooks {
                 seen: Mutex::default(),
                 events: tx,
+                versions: RwLock::default(),
             }),
             rx,
         )
@@ -153,6 +158,50 @@ impl Hooks {
                     let _ = self.events.send(Event::RoutesDropped(r));
                 }
             }
+        }
+    }
+
+    /// The change counter of `space` on this replica: it grows after every
+    /// applied batch that changed a key of the space (and after a snapshot
+    /// was installed), once the change can be read. A cache of what a
+    /// space holds stays valid while the counter it was read at does (read
+    /// the counter first, then the space).
+    pub fn space_version(&self, space: &str) -> Arc<AtomicU64> {
+        if let Some(v) = self
+            .versions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(space)
+        {
+            return v.clone();
+        }
+        self.versions
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(space.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// The counter of `space` if it is followed (for the state machine,
+    /// before it writes a batch that changes the space).
+    pub fn followed(&self, space: &str) -> Option<Arc<AtomicU64>> {
+        self.versions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(space)
+            .cloned()
+    }
+
+    /// Every followed space may have changed (a snapshot was installed).
+    pub fn all_changed(&self) {
+        for v in self
+            .versions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
+            v.fetch_add(1, Ordering::AcqRel);
         }
     }
 

@@ -86,4 +86,11 @@ impl Store {
     pub fn node_id(&self) -> u64 {
         self.inner.shared.node_id
     }
+
+    /// The change counter of `space` on this replica (`events::Hooks::
+    /// space_version`): for a node-local cache of what the space holds,
+    /// valid while the counter does not move. Read it before the space.
+    pub fn space_version(&self, space: &str) -> Arc<std::sync::atomic::AtomicU64> {
+        self.inner.leases.hooks.space_version(space)
+    }
 }

@@ -508,3 +508,46 @@ async fn limited_range_reads() {
     );
     store.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_followed_space_counts_its_changes() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(cfg(dir.path())).await.unwrap();
+    let blocks = store.space_version("blocks");
+    let v0 = blocks.load(Ordering::Acquire);
+    // Another space, and a write that aborts, leave it where it was.
+    store.write(vec![put("vcard", "alice", "x")]).await.unwrap();
+    store
+        .write(vec![insert("vcard", "alice", "y")])
+        .await
+        .unwrap();
+    assert_eq!(blocks.load(Ordering::Acquire), v0);
+    let r = store
+        .write(vec![
+            insert("vcard", "bob", "z"),
+            insert("blocks", "alice", ""),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(r, vec![OpResult::Done; 2]);
+    // Moved by the time the write is answered, and what it counts is readable.
+    let v1 = blocks.load(Ordering::Acquire);
+    assert!(v1 > v0);
+    assert_eq!(store.get("blocks", b"alice").unwrap(), Some(Vec::new()));
+    // The same counter for every caller; a removal counts too.
+    let again = store.space_version("blocks");
+    store
+        .write(vec![Op::DeletePrefix {
+            space: "blocks".into(),
+            prefix: b"alice".to_vec(),
+        }])
+        .await
+        .unwrap();
+    assert!(again.load(Ordering::Acquire) > v1);
+    assert_eq!(
+        blocks.load(Ordering::Acquire),
+        again.load(Ordering::Acquire)
+    );
+    store.shutdown().await.unwrap();
+}

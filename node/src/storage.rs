@@ -217,6 +217,9 @@ pub struct Storage {
     pub store: Store,
     /// Last-activity records not yet written (`flush_last_activity`).
     last_pending: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, LastActivity>>>,
+    /// The change counter of [`BLOCKLIST`] on this replica, for the lists
+    /// kept by the router's user entries (`modules::blocking::UserBlocks`).
+    blocklist_version: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Last-activity records per durable write.
@@ -225,6 +228,7 @@ const LAST_BATCH: usize = 512;
 impl Storage {
     pub fn new(store: Store) -> Self {
         Storage {
+            blocklist_version: store.space_version(BLOCKLIST),
             store,
             last_pending: Default::default(),
         }
@@ -602,6 +606,12 @@ impl Storage {
     /// most users) a stanza costs before any item is looked at.
     pub fn blocks_anyone(&self, bare: &str) -> Result<bool, StoreError> {
         Ok(self.store.get(BLOCKLIST, bare.as_bytes())?.is_some())
+    }
+
+    /// The change counter of the blocklist space on this replica.
+    pub fn blocklist_version(&self) -> u64 {
+        self.blocklist_version
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Whether `jid` (normalised) is an item of `bare`'s blocklist.

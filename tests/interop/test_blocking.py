@@ -491,6 +491,11 @@ def test_blocking_holds_across_nodes(shared_cluster, clients):
         # request for the list) has been applied on node 1.
         mid = a.message(a1.jid, "requested the list")
         a1.recv_stanza("message", id=mid)
+    # Before the block the contacts' messages pass, and the nodes of the blocker's other
+    # sessions (2 and 3) keep its list as they read it then: the block must replace it there.
+    for c in (c2, c3):
+        mid = c.message(a1.jid, "before the block")
+        a1.recv_stanza("message", id=mid)
 
     ok(block(a1, c2.bare, c3.bare))
     # A push is applied on its node after the write it follows: nodes 2 and 3 know the block.

@@ -290,8 +290,14 @@ impl<K: Kv> RaftStateMachine<TypeConfig> for StateMachine<K> {
             return Ok(replies);
         };
         let mut changes = Vec::new();
+        // Counters of followed spaces this batch changes, moved on once the
+        // change is written (`Hooks::space_version`).
+        let mut changed = Vec::new();
         for (space, m) in overlay.spaces {
             if !m.is_empty() {
+                if let Some(v) = self.hooks.as_ref().and_then(|h| h.followed(&space)) {
+                    changed.push(v);
+                }
                 let tree = self.kv.tree(&space_tree(&space)).map_err(wr)?;
                 changes.push((tree, m.into_iter().collect()));
             }
@@ -319,6 +325,9 @@ impl<K: Kv> RaftStateMachine<TypeConfig> for StateMachine<K> {
             self.kv.write_in_order(changes).map_err(wr)?;
         } else {
             self.kv.write_multi(changes).map_err(wr)?;
+        }
+        for v in changed {
+            v.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         }
         if let Some(h) = &self.hooks {
             h.fire(observed);
@@ -390,6 +399,9 @@ impl<K: Kv> RaftStateMachine<TypeConfig> for StateMachine<K> {
         self.meta.insert(INSTALLING, b"1").map_err(wr)?;
         flush(&self.kv).await?;
         self.restore(meta, &data)?;
+        if let Some(h) = &self.hooks {
+            h.all_changed();
+        }
         flush(&self.kv).await
     }
 

@@ -146,15 +146,36 @@ fn list_matches(items: &[String], jid: &str) -> bool {
 }
 
 /// Whether the local account `user` blocks `other` (a normalised full or
-/// bare JID, or a domain). A user who blocks nobody costs one lookup of an
-/// absent key and no allocation; the user's own resources are never
-/// blocked. Read from this node's replica; a store failure lets the
-/// stanza pass (and is logged).
+/// bare JID, or a domain). The user's own resources are never blocked.
+/// Read from this node's replica: for a user with a session here, from
+/// the list its router entry keeps while the blocklist space does not
+/// change ([`UserBlocks::cached`]: no store read, no allocation); for
+/// others, a user who blocks nobody costs one lookup of an absent key. A
+/// store failure lets the stanza pass (and is logged).
 pub fn blocks(server: &Server, user: &str, other: &str) -> bool {
     if split(other).0 == user {
         return false;
     }
     let storage = &server.storage;
+    if let Some(entry) = server.router.blocks(user) {
+        // The counter before the list: a change applied in between only
+        // makes the next call read again.
+        let version = storage.blocklist_version();
+        if let Some(hit) = entry.cached(version, other) {
+            return hit;
+        }
+        match read_list(server, user) {
+            Ok(items) => {
+                let hit = list_matches(&items, other);
+                entry.cache(version, items);
+                return hit;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read a blocklist; not blocking");
+                return false;
+            }
+        }
+    }
     match storage.blocks_anyone(user) {
         Ok(false) => return false,
         Ok(true) => {}
@@ -169,6 +190,15 @@ pub fn blocks(server: &Server, user: &str, other: &str) -> bool {
         .any(|f| storage.blocklist_has(user, f).unwrap_or(false))
 }
 
+/// `bare`'s whole list from this node's replica, sorted (one lookup of an
+/// absent key for most users).
+fn read_list(server: &Server, bare: &str) -> Result<Vec<String>, starling_cluster::StoreError> {
+    if !server.storage.blocks_anyone(bare)? {
+        return Ok(Vec::new());
+    }
+    server.storage.blocklist(bare)
+}
+
 /// Whether a stanza from `from` to `to` (JIDs of any form) must not pass
 /// because either party blocks the other: the sender's list refuses what
 /// it sends, the recipient's what it gets.
@@ -178,31 +208,56 @@ pub fn either_blocks(server: &Server, from: &str, to: &str) -> bool {
 
 // ------------------------------------------------------------ what services send
 
-/// The items of one user's blocklist that can match what a hosted
-/// service sends (a MUC room, an occupant, a pubsub service, the service
-/// domain itself), for that user's sessions on this node to drop it as it
-/// reaches them (§3.3: nothing from a blocked JID is delivered). Rooms
-/// deliver straight to sessions, past the routing hooks, so the check is
-/// where every such stanza passes: the session actor, before its outbox.
+/// One user's blocklist as this node's sessions of the user need it, in
+/// the router's entry of a user with a session here (shared by those
+/// sessions).
 ///
-/// One per user with a session on this node (in the router's entry, shared
-/// by the user's sessions), loaded with the entry and replaced after every
-/// change of the list, on this node and, by an envelope
-/// ([`KIND_BLOCKLIST`]), on every other live node.
-/// A session whose user blocks nothing at a hosted service reads one atomic
-/// flag per stanza: no store read, no parse, no lock.
+/// The items that can match what a hosted service sends (a MUC room, an
+/// occupant, a pubsub service, the service domain itself), for the
+/// sessions to drop it as it reaches them (§3.3: nothing from a blocked
+/// JID is delivered). Rooms deliver straight to sessions, past the
+/// routing hooks, so the check is where every such stanza passes: the
+/// session actor, before its outbox. Loaded with the entry and replaced
+/// after every change of the list, on this node and, by an envelope
+/// ([`KIND_BLOCKLIST`]), on every other live node. A session whose user
+/// blocks nothing at a hosted service reads one atomic flag per stanza:
+/// no store read, no parse, no lock.
+///
+/// And the whole list for [`blocks`], which every message, presence and
+/// IQ between the user and another party asks: read when first needed
+/// and kept while the change counter of the blocklist space on this
+/// replica stays where it was when it was read. A change of any user's
+/// list makes it read again; one that no envelope announced (lost on the
+/// way) is seen all the same.
 #[derive(Debug, Default)]
-pub struct ServiceBlocks {
+pub struct UserBlocks {
     any: AtomicBool,
     /// Sorted, as the store keeps the list.
     items: RwLock<Arc<[String]>>,
+    /// The whole list and the space's counter it was read at.
+    all: RwLock<Option<(u64, Vec<String>)>>,
 }
 
-impl ServiceBlocks {
+impl UserBlocks {
     pub fn new(items: Vec<String>) -> Self {
-        let f = ServiceBlocks::default();
+        let f = UserBlocks::default();
         f.set(items);
         f
+    }
+
+    /// Whether the cached list blocks `jid`, if it was read at `version`.
+    pub fn cached(&self, version: u64, jid: &str) -> Option<bool> {
+        match &*self.all.read().unwrap_or_else(|e| e.into_inner()) {
+            Some((v, items)) if *v == version => {
+                Some(!items.is_empty() && list_matches(items, jid))
+            }
+            _ => None,
+        }
+    }
+
+    /// Keeps `items` (sorted), read at `version`.
+    pub fn cache(&self, version: u64, items: Vec<String>) {
+        *self.all.write().unwrap_or_else(|e| e.into_inner()) = Some((version, items));
     }
 
     /// Replaces the items (sorted).
@@ -311,7 +366,7 @@ pub fn service_items(server: &Server, bare: &str) -> Vec<String> {
 }
 
 /// Envelope kind: `to` is a bare JID whose blocklist changed; the node
-/// reloads the [`ServiceBlocks`] of its sessions of that user. The
+/// reloads the [`UserBlocks`] of its sessions of that user. The
 /// envelope carries the sender's applied index, so the receiver's replica
 /// has the change by the time it reads.
 pub const KIND_BLOCKLIST: u32 = 3;
@@ -786,7 +841,7 @@ mod tests {
 
     #[test]
     fn room_traffic_is_matched_by_the_from_of_its_start_tag() {
-        let f = ServiceBlocks::default();
+        let f = UserBlocks::default();
         let gc = |from: &str| {
             format!(
                 "<message xmlns=\"jabber:client\" to=\"u@x/r\" from=\"{from}\" \

@@ -18,7 +18,7 @@
 
 pub mod table;
 
-use crate::modules::blocking::ServiceBlocks;
+use crate::modules::blocking::UserBlocks;
 use crate::stanza::StreamCondition;
 use crate::xml::Element;
 use dashmap::DashMap;
@@ -252,7 +252,7 @@ struct UserEntry {
     resources: Vec<Resource>,
     /// The user's blocklist items that can match what services send, read by
     /// each of its sessions here as stanzas reach it.
-    blocks: Arc<ServiceBlocks>,
+    blocks: Arc<UserBlocks>,
 }
 
 /// Where an address points, seen from this server: the one distinction
@@ -461,7 +461,7 @@ impl Router {
         handle: SessionHandle,
         start_user: impl FnOnce() -> (u64, actix::Recipient<ToUser>),
         load_blocks: impl FnOnce() -> Vec<String>,
-    ) -> (Option<SessionHandle>, UserHandle, Arc<ServiceBlocks>) {
+    ) -> (Option<SessionHandle>, UserHandle, Arc<UserBlocks>) {
         let mut entry = self.users.entry(bare.to_owned()).or_insert_with(|| {
             let (actor_id, actor) = start_user();
             UserEntry {
@@ -550,7 +550,7 @@ impl Router {
 
     /// The service-traffic blocklist items of `bare`'s sessions here, if the
     /// user has a session here.
-    pub fn blocks(&self, bare: &str) -> Option<Arc<ServiceBlocks>> {
+    pub fn blocks(&self, bare: &str) -> Option<Arc<UserBlocks>> {
         self.users.get(bare).map(|e| e.blocks.clone())
     }
 

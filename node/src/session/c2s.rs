@@ -55,7 +55,7 @@ pub struct C2s {
     csi: Csi,
     /// The user's blocklist items that what services (rooms) send is checked against
     /// (XEP-0191 §3.3; shared by the user's sessions on this node).
-    blocks: Arc<modules::blocking::ServiceBlocks>,
+    blocks: Arc<modules::blocking::UserBlocks>,
 }
 
 impl Actor for C2s {
@@ -564,7 +564,7 @@ pub fn start_resumed<S: Transport + 'static>(
     // The resumed session is still bound here: its user's entry has them.
     let blocks = server.router.blocks(&actor_bare).unwrap_or_else(|| {
         let items = modules::blocking::service_items(&server, &actor_bare);
-        Arc::new(modules::blocking::ServiceBlocks::new(items))
+        Arc::new(modules::blocking::UserBlocks::new(items))
     });
     ctx.run(C2s {
         outbox,
