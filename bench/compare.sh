@@ -16,7 +16,8 @@
 # Environment: RUNS (3), OUT (/tmp/starling-bench-compare), PEERS (/work/shared/peers or
 # ../shared/peers), SERVERS ("ejabberd prosody starling echo"), sizes per scenario below.
 # Before/after a change in one run: SERVERS="starling starling-base ..." with STARLING_BASE_BIN
-# pointing at the binary built from the commit before it (its own data dir and ports).
+# pointing at the binary built from the commit before it (its own data dir and ports), or at the
+# same binary with ST_BASE_TOML (TOML appended to the starling-base column's configuration only).
 # REUSE_DATA=1 keeps a Starling data dir that already holds enough accounts; otherwise a new one is
 # made and the accounts are added through the running node's admin socket (15,000 in under a minute).
 # Message archive (XEP-0313): by default the peers run without MAM (FEATURES=core), and so does the
@@ -132,6 +133,11 @@ launch() { # start server $1 (accounts already set up); sets PORT, PID, EXTRA; n
       # No federation listener (port 5269) for a benchmark; builds from before it refuse the section.
       if grep -qa '_xmpp-server._tcp' "${ST_BIN[$1]}"; then
         printf '[s2s]\nenabled = false\n' >> "$d/starling.toml"
+      fi
+      # ST_BASE_TOML: settings for the starling-base column only (the same binary with one setting
+      # changed, against the default: STARLING_BASE_BIN=$STARLING_BIN).
+      if [ "$1" = starling-base ] && [ -n "${ST_BASE_TOML:-}" ]; then
+        printf '%s\n' "$ST_BASE_TOML" >> "$d/starling.toml"
       fi
       (ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
        exec "${ST_BIN[$1]}" serve --config "$d/starling.toml" --data-dir "$d/data" --domain perf.test \
