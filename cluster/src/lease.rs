@@ -364,10 +364,52 @@ pub async fn expire(
     id: u64,
     timeout: Duration,
 ) -> Result<(), StoreError> {
-    if let Some(g) = registry.active() {
-        internal_write(&g.writes, routes::drop_node_all(id), timeout).await?;
-    }
+    drop_routes(registry, id, timeout).await?;
     internal_write(writes, expire_ops(id), timeout).await
+}
+
+/// Drops node `id`'s routes from the active registry group, following
+/// the registry to a new epoch.
+///
+/// The race this closes: the group written to can be replaced while the
+/// write is pending (a node founds the next epoch because the group lost
+/// its quorum, e.g. the member of a node that just left was one of two;
+/// this node joins that epoch, and `Registry::activate` shuts the old
+/// group's Raft down). The pending write then fails with the old Raft's
+/// `Fatal::Stopped` (`StoreError::Shutdown`, or the same text from the
+/// group's leader when forwarded), though this store runs on: a leader's
+/// `leave` failed with `Shutdown` before expiring itself or leaving the
+/// membership. The drop is idempotent, so it is written again to the
+/// group now active (where the node's routes exist only if it published
+/// them again), within the same `timeout`.
+async fn drop_routes(registry: &Registry, id: u64, timeout: Duration) -> Result<(), StoreError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut group = registry.active();
+    while let Some(g) = group {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let Err(e) = internal_write(&g.writes, routes::drop_node_all(id), left).await else {
+            return Ok(());
+        };
+        if registry.stopping() {
+            return Err(StoreError::Shutdown);
+        }
+        group = registry
+            .active()
+            .filter(|now| (now.epoch, now.member) != (g.epoch, g.member));
+        match &group {
+            Some(now) if tokio::time::Instant::now() < deadline => tracing::debug!(
+                node_id = id,
+                from = g.epoch,
+                to = now.epoch,
+                error = %e,
+                "registry replaced while dropping a node's routes; again in the new group"
+            ),
+            _ => return Err(e),
+        }
+    }
+    // Without an active registry (a cluster re-founding it) the routes are
+    // left to the new epoch, which the dead node does not publish in.
+    Ok(())
 }
 
 /// Calls the node's `ClusterEvents` for each applied expiry and bulk

@@ -329,6 +329,11 @@ impl Registry {
         read_lock(&self.active)
     }
 
+    /// Whether the store is stopping (its groups stop with it).
+    pub fn stopping(&self) -> bool {
+        *self.shared.stop.borrow()
+    }
+
     /// (epoch, member) of the active group and of the one being joined.
     pub fn members(&self) -> [Option<(u64, u64)>; 2] {
         [read_lock(&self.active), read_lock(&self.joining)].map(|g| g.map(|g| (g.epoch, g.member)))
