@@ -32,7 +32,7 @@ use crate::server::Server;
 use crate::stanza::{NS_CLIENT, NS_DELAY};
 use serde::{Deserialize, Serialize};
 use starling_cluster::{Envelope, Op, SM_SESSIONS, StoreError};
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -275,6 +275,39 @@ pub async fn run_sweeper(server: Arc<Server>) {
             }
         }
     }
+}
+
+/// Of the sessions `gone` (full JID, the node that held it) whose routes
+/// were dropped with their node, those that may still be resumed on
+/// another node: a live record (not a tombstone) of that node names them.
+/// With the seconds their client has to resume (`max`, at most what the
+/// configuration grants). A walk of every record: only when a node was
+/// lost, never on a stanza's path.
+pub fn resumable(server: &Server, gone: &[(String, u64)]) -> HashMap<String, u32> {
+    let mut out = HashMap::new();
+    let cap = server.config.sm.resume_timeout_secs;
+    if gone.is_empty() || cap == 0 {
+        return out;
+    }
+    let wanted: HashMap<&str, u64> = gone.iter().map(|(f, n)| (f.as_str(), *n)).collect();
+    let Ok(records) = server.storage.store.scan_prefix(SM_SESSIONS, b"") else {
+        return out;
+    };
+    for (k, v) in records {
+        if k.starts_with(ENDED_INDEX) {
+            continue;
+        }
+        let Ok(rec) = rmp_serde::from_slice::<Record>(&v) else {
+            continue;
+        };
+        if !rec.is_ended() && wanted.get(rec.full.as_str()) == Some(&rec.node) {
+            let secs = rec.max.min(cap);
+            if secs > 0 {
+                out.insert(rec.full, secs);
+            }
+        }
+    }
+    out
 }
 
 fn read_raw(server: &Server, id: &[u8]) -> Option<Record> {
