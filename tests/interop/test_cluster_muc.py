@@ -368,7 +368,10 @@ def test_occupant_resumed_after_its_node_was_killed_stays_in_the_room(cluster, c
     """The node holding an occupant's resumable session is killed (SIGKILL); the client
     resumes through node 3 (XEP-0198, from the record's checkpoint) before the cluster drops
     the dead node's routes: the room (on node 2) keeps it as an occupant once the routes are
-    dropped, nobody sees it leave, and the room's messages reach it where it is now."""
+    dropped, nobody sees it leave, and the room's messages reach it where it is now.
+    (Node 1 leads the registry group here: the resumed session's route and the drop both
+    wait for the next leader, in either order; the room holds the resumable session for its
+    window, so neither order lets it go.)"""
     from test_sm import drop, login_sm, resume, sm
     cl = cluster
     room = room_on(sorted(cl.nodes), 2)
