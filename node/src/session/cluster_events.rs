@@ -73,8 +73,7 @@ impl ClusterEvents for NodeEvents {
             return;
         };
         let mut notified = 0u64;
-        // (full JID, the node its dropped route named)
-        let mut gone: Vec<(String, u64)> = Vec::new();
+        let mut gone: Vec<String> = Vec::new();
         for r in dropped {
             let Some((old, info)) = parse_payload(&r.payload) else {
                 continue;
@@ -83,7 +82,7 @@ impl ClusterEvents for NodeEvents {
             // rooms now): a room that moves here meanwhile must know which
             // occupants are held (below).
             if server.config.muc.enabled && server.router.find(&r.bare, &r.resource).is_none() {
-                gone.push((format!("{}/{}", r.bare, r.resource), r.node_id));
+                gone.push(format!("{}/{}", r.bare, r.resource));
             }
             if !info.available {
                 continue;
@@ -152,7 +151,7 @@ impl ClusterEvents for NodeEvents {
                 tracing::debug!(error = %e, "registry barrier before letting occupants go");
             }
             let mut at_once = Vec::new();
-            for (full, _) in gone {
+            for full in gone {
                 if routed(&server, &full) {
                     // Resumed elsewhere already: stays.
                     if windows.remove(&full).is_some() {

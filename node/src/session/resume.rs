@@ -277,19 +277,21 @@ pub async fn run_sweeper(server: Arc<Server>) {
     }
 }
 
-/// Of the sessions `gone` (full JID, the node that held it) whose routes
-/// were dropped with their node, those that may still be resumed on
-/// another node: a live record (not a tombstone) of that node names them.
+/// Of the sessions `gone` (full JIDs) whose routes were dropped with
+/// their node, those that may still be resumed: a live record (not a
+/// tombstone) names them. It may name another node already: one that
+/// resumed the session and wrote its record before its route (a session
+/// without presence publishes its route a moment after `<resumed/>`).
 /// With the seconds their client has to resume (`max`, at most what the
 /// configuration grants). A walk of every record: only when a node was
 /// lost, never on a stanza's path.
-pub fn resumable(server: &Server, gone: &[(String, u64)]) -> HashMap<String, u32> {
+pub fn resumable(server: &Server, gone: &[String]) -> HashMap<String, u32> {
     let mut out = HashMap::new();
     let cap = server.config.sm.resume_timeout_secs;
     if gone.is_empty() || cap == 0 {
         return out;
     }
-    let wanted: HashMap<&str, u64> = gone.iter().map(|(f, n)| (f.as_str(), *n)).collect();
+    let wanted: HashSet<&str> = gone.iter().map(String::as_str).collect();
     let Ok(records) = server.storage.store.scan_prefix(SM_SESSIONS, b"") else {
         return out;
     };
@@ -300,7 +302,7 @@ pub fn resumable(server: &Server, gone: &[(String, u64)]) -> HashMap<String, u32
         let Ok(rec) = rmp_serde::from_slice::<Record>(&v) else {
             continue;
         };
-        if !rec.is_ended() && wanted.get(rec.full.as_str()) == Some(&rec.node) {
+        if !rec.is_ended() && wanted.contains(rec.full.as_str()) {
             let secs = rec.max.min(cap);
             if secs > 0 {
                 out.insert(rec.full, secs);
