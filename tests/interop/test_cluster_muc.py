@@ -368,7 +368,10 @@ def test_occupant_resumed_after_its_node_was_killed_stays_in_the_room(cluster, c
     """The node holding an occupant's resumable session is killed (SIGKILL); the client
     resumes through node 3 (XEP-0198, from the record's checkpoint) before the cluster drops
     the dead node's routes: the room (on node 2) keeps it as an occupant once the routes are
-    dropped, nobody sees it leave, and the room's messages reach it where it is now."""
+    dropped, nobody sees it leave, and the room's messages reach it where it is now.
+    (Node 1 leads the registry group here: the resumed session's route and the drop both
+    wait for the next leader, in either order; the room holds the resumable session for its
+    window, so neither order lets it go.)"""
     from test_sm import drop, login_sm, resume, sm
     cl = cluster
     room = room_on(sorted(cl.nodes), 2)
@@ -408,6 +411,63 @@ def test_occupant_resumed_after_its_node_was_killed_stays_in_the_room(cluster, c
     m = owner.recv(lambda e: e.tag == C("message") and e.findtext(C("body")) == "back from the dead",
                    timeout=15, what="the resumed occupant's message")
     assert m.get("from") == f"{room}/mobile", tostring(m)
+    for n in (2, 3):
+        cl[n].assert_healthy()
+
+
+def test_occupant_resumed_after_its_dead_node_was_expired_stays_in_the_room(cluster, clients):
+    """The node holding an occupant's resumable session is killed (SIGKILL) and expired:
+    its routes are dropped, as the room's node sees (`cluster status`: no route of node 1
+    left), before the client comes back, as a client that notices a dead connection only
+    later does. The session may still be resumed (its window is not over), so the room (on
+    node 2) keeps the occupant, as it keeps one whose connection broke: nobody sees it leave,
+    and once resumed through node 3 it gets the room's messages and may speak."""
+    from test_sm import drop, login_sm, resume, sm
+    cl = cluster
+    room = room_on(sorted(cl.nodes), 2)
+    owner = clients.add(online_on(cl[2], "cxo"))
+    assert "201" in codes(join(owner, room, "owner"))
+    r = owner.iq("set", f"<query xmlns='{NS_OWNER}'><x xmlns='{NS_DATA}' type='submit'/></query>",
+                 to=room)
+    assert r.get("type") == "result", tostring(r)
+    jid, _, pw = cl[1].new_user("cxm")
+    c, enabled = login_sm(cl[1], jid, pw)
+    clients.add(c)
+    join(c, room, "mobile")
+    received = 1 + _stanzas(c.drain(1.0)) + 2  # own presence, the join's presence and subject
+    owner.drain(0.5)
+    # Node 2's replica holds node 1's routes (this session's among them)...
+    cl.wait_status(lambda st: (st["members"].get(1, {}).get("sessions") or 0) >= 1, timeout=15, via=2,
+                   what="node 1's routes in node 2's registry replica")
+    cl.kill9(1)
+    drop(c)
+    # ...until the expiry drops them.
+    cl.wait_status(lambda st: st["members"].get(1, {}).get("sessions") == 0, timeout=12 * LEASE_TTL, via=2,
+                   what="node 1's routes dropped")
+    left = lambda e: (e.tag == C("presence") and e.get("from") == f"{room}/mobile"  # noqa: E731
+                      and e.get("type") == "unavailable")
+    # Where the room let the session go at once, this is when the others were told.
+    owner.expect_nothing(left, timeout=LEASE_TTL, what="mobile leaving after the drop")
+    c3, r = resume(cl[3], jid, pw, enabled.get("id"), received)
+    clients.add(c3)
+    assert r.tag == sm("resumed"), tostring(r)
+    deadline = time.monotonic() + 30
+    k = 0
+    while True:
+        owner.message(room, f"after resume {k}", type_="groupchat")
+        try:
+            c3.recv(lambda e: e.tag == C("message") and e.findtext(C("body")) == f"after resume {k}",
+                    timeout=2, what="the room's message")
+            break
+        except XMPPTimeout:
+            k += 1
+            assert time.monotonic() < deadline, "the room's messages never reached the resumed session"
+    cl.figure("muc_resume_after_expiry_messages_missed", k)
+    c3.message(room, "back after the expiry", type_="groupchat")
+    m = owner.recv(lambda e: e.tag == C("message") and e.findtext(C("body")) == "back after the expiry",
+                   timeout=15, what="the resumed occupant's message")
+    assert m.get("from") == f"{room}/mobile", tostring(m)
+    owner.expect_nothing(left, timeout=0.5, what="mobile leaving")
     for n in (2, 3):
         cl[n].assert_healthy()
 

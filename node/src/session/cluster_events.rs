@@ -78,8 +78,10 @@ impl ClusterEvents for NodeEvents {
             let Some((old, info)) = parse_payload(&r.payload) else {
                 continue;
             };
-            if !server.services.muc.is_empty() && server.router.find(&r.bare, &r.resource).is_none()
-            {
+            // Every node with the service looks (not only those running
+            // rooms now): a room that moves here meanwhile must know which
+            // occupants are held (below).
+            if server.config.muc.enabled && server.router.find(&r.bare, &r.resource).is_none() {
                 gone.push(format!("{}/{}", r.bare, r.resource));
             }
             if !info.available {
@@ -124,15 +126,70 @@ impl ClusterEvents for NodeEvents {
         // session was resumed on another node (XEP-0198) and its new route
         // is committed but not yet applied here: decided on a caught-up
         // registry replica (bounded wait; only when a node was lost).
+        //
+        // A session that may still be resumed (its stream management record
+        // is live) is held instead, for its resumption window, as a session
+        // whose connection broke is on a live node: its occupants stay, and
+        // it is let go only if no route for it appeared by the window's end.
+        // Without that hold there was a race: the dead node led the registry
+        // group, so the route the resuming node writes waited for the next
+        // leader together with this drop, and when the drop was committed
+        // first the rooms let a session go that its client had resumed
+        // already (`<resumed/>` is sent before the route is written), and the
+        // occupant was seen leaving, and got none of the room's messages.
         tokio::spawn(async move {
+            // Held first (a room that reloads meanwhile keeps them), then
+            // looked at on a caught-up replica.
+            let mut windows = crate::session::resume::resumable(&server, &gone);
+            let rooms = &server.services.muc;
+            let now = tokio::time::Instant::now();
+            let until = |secs: u32| now + std::time::Duration::from_secs(u64::from(secs));
+            for (full, secs) in &windows {
+                rooms.hold(full, until(*secs).into_std());
+            }
             if let Err(e) = server.storage.store.registry_barrier().await {
                 tracing::debug!(error = %e, "registry barrier before letting occupants go");
             }
-            gone.retain(|full| {
-                let (bare, resource) = full.split_once('/').unwrap_or((full.as_str(), ""));
-                server.router.find(bare, resource).is_none()
-            });
-            server.services.muc.sessions_gone(gone);
+            let mut at_once = Vec::new();
+            for full in gone {
+                if routed(&server, &full) {
+                    // Resumed elsewhere already: stays.
+                    if windows.remove(&full).is_some() {
+                        rooms.unhold(&full);
+                    }
+                } else if !windows.contains_key(&full) {
+                    at_once.push(full);
+                }
+            }
+            rooms.sessions_gone(at_once);
+            if windows.is_empty() {
+                return;
+            }
+            let mut held: Vec<(tokio::time::Instant, String)> = windows
+                .into_iter()
+                .map(|(full, secs)| (until(secs), full))
+                .collect();
+            tracing::info!(
+                sessions = held.len(),
+                "sessions of a lost node may be resumed: their rooms keep them meanwhile"
+            );
+            held.sort();
+            for (until, full) in held {
+                tokio::time::sleep_until(until).await;
+                if let Err(e) = server.storage.store.registry_barrier().await {
+                    tracing::debug!(error = %e, "registry barrier before letting occupants go");
+                }
+                rooms.unhold(&full);
+                if !routed(&server, &full) {
+                    rooms.sessions_gone(vec![full]);
+                }
+            }
         });
     }
+}
+
+/// Whether the full JID `full` has a route (here or on another node).
+fn routed(server: &Server, full: &str) -> bool {
+    let (bare, resource) = full.split_once('/').unwrap_or((full, ""));
+    server.router.find(bare, resource).is_some()
 }

@@ -32,7 +32,7 @@ use crate::server::Server;
 use crate::stanza::{NS_CLIENT, NS_DELAY};
 use serde::{Deserialize, Serialize};
 use starling_cluster::{Envelope, Op, SM_SESSIONS, StoreError};
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -275,6 +275,41 @@ pub async fn run_sweeper(server: Arc<Server>) {
             }
         }
     }
+}
+
+/// Of the sessions `gone` (full JIDs) whose routes were dropped with
+/// their node, those that may still be resumed: a live record (not a
+/// tombstone) names them. It may name another node already: one that
+/// resumed the session and wrote its record before its route (a session
+/// without presence publishes its route a moment after `<resumed/>`).
+/// With the seconds their client has to resume (`max`, at most what the
+/// configuration grants). A walk of every record: only when a node was
+/// lost, never on a stanza's path.
+pub fn resumable(server: &Server, gone: &[String]) -> HashMap<String, u32> {
+    let mut out = HashMap::new();
+    let cap = server.config.sm.resume_timeout_secs;
+    if gone.is_empty() || cap == 0 {
+        return out;
+    }
+    let wanted: HashSet<&str> = gone.iter().map(String::as_str).collect();
+    let Ok(records) = server.storage.store.scan_prefix(SM_SESSIONS, b"") else {
+        return out;
+    };
+    for (k, v) in records {
+        if k.starts_with(ENDED_INDEX) {
+            continue;
+        }
+        let Ok(rec) = rmp_serde::from_slice::<Record>(&v) else {
+            continue;
+        };
+        if !rec.is_ended() && wanted.contains(rec.full.as_str()) {
+            let secs = rec.max.min(cap);
+            if secs > 0 {
+                out.insert(rec.full, secs);
+            }
+        }
+    }
+    out
 }
 
 fn read_raw(server: &Server, id: &[u8]) -> Option<Record> {

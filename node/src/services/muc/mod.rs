@@ -58,6 +58,13 @@ pub fn note_requested_nick(server: &Server, el: &mut Element, to: &jid::Jid) {
 #[derive(Default)]
 pub struct Rooms {
     map: DashMap<String, (u64, Addr<Room>)>,
+    /// Sessions of a lost node that their clients may still resume on
+    /// another node (XEP-0198), by full JID, with the end of their
+    /// resumption window: until then a room keeps their occupants without
+    /// a route (`session::cluster_events`). Every node with the service
+    /// derives the same entries from the same registry events, so a room
+    /// that moves meanwhile keeps them too. Empty but after a node died.
+    held: DashMap<String, std::time::Instant>,
 }
 
 static NEXT_ROOM: AtomicU64 = AtomicU64::new(1);
@@ -109,6 +116,29 @@ impl Rooms {
     /// Whether no room runs here.
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
+    }
+
+    /// Holds the session `full` of a lost node until `until` (it may be
+    /// resumed elsewhere meanwhile).
+    pub fn hold(&self, full: &str, until: std::time::Instant) {
+        self.held.insert(full.to_owned(), until);
+    }
+
+    /// Ends the hold of `full` (resumed, or its window is over).
+    pub fn unhold(&self, full: &str) {
+        if !self.held.is_empty() {
+            self.held.remove(full);
+        }
+    }
+
+    /// Whether the session `full`, which has no route, is held: a room
+    /// keeps its occupant.
+    pub fn held(&self, full: &str) -> bool {
+        !self.held.is_empty()
+            && self
+                .held
+                .get(full)
+                .is_some_and(|until| *until > std::time::Instant::now())
     }
 
     /// Sessions that ended without a word (their node died): every room

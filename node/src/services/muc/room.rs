@@ -756,7 +756,9 @@ impl State {
             let sessions: Vec<Session> = std::iter::once(o.jid)
                 .chain(o.more)
                 .map(|j| Session::new(server, j))
-                .filter(|s| s.at.is_some())
+                // A session of a lost node that may be resumed elsewhere
+                // stays (found again once it has a route).
+                .filter(|s| s.at.is_some() || server.services.muc.held(&s.jid))
                 .collect();
             if sessions.is_empty() {
                 let oid = self.occupant_id(&bare);
