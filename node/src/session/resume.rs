@@ -283,33 +283,47 @@ pub async fn run_sweeper(server: Arc<Server>) {
 /// resumed the session and wrote its record before its route (a session
 /// without presence publishes its route a moment after `<resumed/>`).
 /// With the seconds their client has to resume (`max`, at most what the
-/// configuration grants). A walk of every record: only when a node was
-/// lost, never on a stanza's path.
+/// configuration grants). A walk of every record, a page at a time (a
+/// large deployment holds millions): only when a node was lost, never on
+/// a stanza's path.
 pub fn resumable(server: &Server, gone: &[String]) -> HashMap<String, u32> {
+    const PAGE: usize = 1024;
     let mut out = HashMap::new();
     let cap = server.config.sm.resume_timeout_secs;
     if gone.is_empty() || cap == 0 {
         return out;
     }
     let wanted: HashSet<&str> = gone.iter().map(String::as_str).collect();
-    let Ok(records) = server.storage.store.scan_prefix(SM_SESSIONS, b"") else {
-        return out;
-    };
-    for (k, v) in records {
-        if k.starts_with(ENDED_INDEX) {
-            continue;
-        }
-        let Ok(rec) = rmp_serde::from_slice::<Record>(&v) else {
-            continue;
+    // Records are keyed by their id (printable); the ended index sorts
+    // before them.
+    let mut start = vec![ENDED_INDEX[0] + 1];
+    loop {
+        let Ok(page) = server
+            .storage
+            .store
+            .scan_range(SM_SESSIONS, &start, &[0xff], false, PAGE)
+        else {
+            return out;
         };
-        if !rec.is_ended() && wanted.contains(rec.full.as_str()) {
-            let secs = rec.max.min(cap);
-            if secs > 0 {
-                out.insert(rec.full, secs);
+        let full_page = page.len() == PAGE;
+        for (k, v) in &page {
+            let Ok(rec) = rmp_serde::from_slice::<Record>(v) else {
+                continue;
+            };
+            if !rec.is_ended() && wanted.contains(rec.full.as_str()) {
+                let secs = rec.max.min(cap);
+                if secs > 0 {
+                    out.insert(rec.full, secs);
+                }
             }
+            start.clone_from(k);
         }
+        if !full_page {
+            return out;
+        }
+        // The next page starts right after the last key read.
+        start.push(0);
     }
-    out
 }
 
 fn read_raw(server: &Server, id: &[u8]) -> Option<Record> {
