@@ -364,6 +364,47 @@ def test_occupant_resumed_on_another_node_keeps_getting_the_room(shared_cluster,
     cl[3].assert_healthy(c3)
 
 
+def _room_with_a_mobile_occupant(cl, clients, prefix):
+    """A room on node 2 with its owner there, and an occupant `mobile` on node 1 whose
+    session has stream management with resumption: (room, owner, jid, password, enabled,
+    stanzas the mobile client received) and the mobile client."""
+    from test_sm import login_sm
+    room = room_on(sorted(cl.nodes), 2)
+    owner = clients.add(online_on(cl[2], f"{prefix}o"))
+    assert "201" in codes(join(owner, room, "owner"))
+    r = owner.iq("set", f"<query xmlns='{NS_OWNER}'><x xmlns='{NS_DATA}' type='submit'/></query>",
+                 to=room)
+    assert r.get("type") == "result", tostring(r)
+    jid, _, pw = cl[1].new_user(f"{prefix}m")
+    c, enabled = login_sm(cl[1], jid, pw)
+    clients.add(c)
+    join(c, room, "mobile")
+    received = 1 + _stanzas(c.drain(1.0)) + 2  # own presence, the join's presence and subject
+    owner.drain(0.5)
+    return room, owner, jid, pw, enabled, received, c
+
+
+def _resumed_occupant_gets_and_speaks(cl, room, owner, resumed, label, figure):
+    """The room's messages reach the resumed session (how many were sent before the first
+    did is recorded as `figure`), and what it says reaches the owner from its nick."""
+    deadline = time.monotonic() + 30
+    k = 0
+    while True:
+        owner.message(room, f"{label} {k}", type_="groupchat")
+        try:
+            resumed.recv(lambda e: e.tag == C("message") and e.findtext(C("body")) == f"{label} {k}",
+                         timeout=2, what="the room's message")
+            break
+        except XMPPTimeout:
+            k += 1
+            assert time.monotonic() < deadline, "the room's messages never reached the resumed session"
+    cl.figure(figure, k)
+    resumed.message(room, f"back, {label}", type_="groupchat")
+    m = owner.recv(lambda e: e.tag == C("message") and e.findtext(C("body")) == f"back, {label}",
+                   timeout=15, what="the resumed occupant's message")
+    assert m.get("from") == f"{room}/mobile", tostring(m)
+
+
 def test_occupant_resumed_after_its_node_was_killed_stays_in_the_room(cluster, clients):
     """The node holding an occupant's resumable session is killed (SIGKILL); the client
     resumes through node 3 (XEP-0198, from the record's checkpoint) before the cluster drops
@@ -372,20 +413,9 @@ def test_occupant_resumed_after_its_node_was_killed_stays_in_the_room(cluster, c
     (Node 1 leads the registry group here: the resumed session's route and the drop both
     wait for the next leader, in either order; the room holds the resumable session for its
     window, so neither order lets it go.)"""
-    from test_sm import drop, login_sm, resume, sm
+    from test_sm import drop, resume, sm
     cl = cluster
-    room = room_on(sorted(cl.nodes), 2)
-    owner = clients.add(online_on(cl[2], "cko"))
-    assert "201" in codes(join(owner, room, "owner"))
-    r = owner.iq("set", f"<query xmlns='{NS_OWNER}'><x xmlns='{NS_DATA}' type='submit'/></query>",
-                 to=room)
-    assert r.get("type") == "result", tostring(r)
-    jid, _, pw = cl[1].new_user("ckm")
-    c, enabled = login_sm(cl[1], jid, pw)
-    clients.add(c)
-    join(c, room, "mobile")
-    received = 1 + _stanzas(c.drain(1.0)) + 2  # own presence, the join's presence and subject
-    owner.drain(0.5)
+    room, owner, jid, pw, enabled, received, c = _room_with_a_mobile_occupant(cl, clients, "ck")
     cl.kill9(1)
     drop(c)
     c3, r = resume(cl[3], jid, pw, enabled.get("id"), received)
@@ -395,22 +425,8 @@ def test_occupant_resumed_after_its_node_was_killed_stays_in_the_room(cluster, c
     time.sleep(LEASE_TTL + 2)
     owner.expect_nothing(lambda e: e.tag == C("presence") and e.get("from") == f"{room}/mobile"
                          and e.get("type") == "unavailable", timeout=1.0, what="mobile leaving")
-    deadline = time.monotonic() + 30
-    k = 0
-    while True:
-        owner.message(room, f"after kill {k}", type_="groupchat")
-        try:
-            c3.recv(lambda e: e.tag == C("message") and e.findtext(C("body")) == f"after kill {k}",
-                    timeout=2, what="the room's message")
-            break
-        except XMPPTimeout:
-            k += 1
-            assert time.monotonic() < deadline, "the room's messages never reached the resumed session"
-    cl.figure("muc_resume_after_kill_messages_missed", k)
-    c3.message(room, "back from the dead", type_="groupchat")
-    m = owner.recv(lambda e: e.tag == C("message") and e.findtext(C("body")) == "back from the dead",
-                   timeout=15, what="the resumed occupant's message")
-    assert m.get("from") == f"{room}/mobile", tostring(m)
+    _resumed_occupant_gets_and_speaks(cl, room, owner, c3, "after kill",
+                                      "muc_resume_after_kill_messages_missed")
     for n in (2, 3):
         cl[n].assert_healthy()
 
@@ -422,20 +438,9 @@ def test_occupant_resumed_after_its_dead_node_was_expired_stays_in_the_room(clus
     later does. The session may still be resumed (its window is not over), so the room (on
     node 2) keeps the occupant, as it keeps one whose connection broke: nobody sees it leave,
     and once resumed through node 3 it gets the room's messages and may speak."""
-    from test_sm import drop, login_sm, resume, sm
+    from test_sm import drop, resume, sm
     cl = cluster
-    room = room_on(sorted(cl.nodes), 2)
-    owner = clients.add(online_on(cl[2], "cxo"))
-    assert "201" in codes(join(owner, room, "owner"))
-    r = owner.iq("set", f"<query xmlns='{NS_OWNER}'><x xmlns='{NS_DATA}' type='submit'/></query>",
-                 to=room)
-    assert r.get("type") == "result", tostring(r)
-    jid, _, pw = cl[1].new_user("cxm")
-    c, enabled = login_sm(cl[1], jid, pw)
-    clients.add(c)
-    join(c, room, "mobile")
-    received = 1 + _stanzas(c.drain(1.0)) + 2  # own presence, the join's presence and subject
-    owner.drain(0.5)
+    room, owner, jid, pw, enabled, received, c = _room_with_a_mobile_occupant(cl, clients, "cx")
     # Node 2's replica holds node 1's routes (this session's among them)...
     cl.wait_status(lambda st: (st["members"].get(1, {}).get("sessions") or 0) >= 1, timeout=15, via=2,
                    what="node 1's routes in node 2's registry replica")
@@ -451,22 +456,8 @@ def test_occupant_resumed_after_its_dead_node_was_expired_stays_in_the_room(clus
     c3, r = resume(cl[3], jid, pw, enabled.get("id"), received)
     clients.add(c3)
     assert r.tag == sm("resumed"), tostring(r)
-    deadline = time.monotonic() + 30
-    k = 0
-    while True:
-        owner.message(room, f"after resume {k}", type_="groupchat")
-        try:
-            c3.recv(lambda e: e.tag == C("message") and e.findtext(C("body")) == f"after resume {k}",
-                    timeout=2, what="the room's message")
-            break
-        except XMPPTimeout:
-            k += 1
-            assert time.monotonic() < deadline, "the room's messages never reached the resumed session"
-    cl.figure("muc_resume_after_expiry_messages_missed", k)
-    c3.message(room, "back after the expiry", type_="groupchat")
-    m = owner.recv(lambda e: e.tag == C("message") and e.findtext(C("body")) == "back after the expiry",
-                   timeout=15, what="the resumed occupant's message")
-    assert m.get("from") == f"{room}/mobile", tostring(m)
+    _resumed_occupant_gets_and_speaks(cl, room, owner, c3, "after resume",
+                                      "muc_resume_after_expiry_messages_missed")
     owner.expect_nothing(left, timeout=0.5, what="mobile leaving")
     for n in (2, 3):
         cl[n].assert_healthy()
