@@ -93,16 +93,7 @@ pub async fn login(
     if user.is_empty() || user.contains('@') || proof.len() != 32 {
         return Err(SaslFailure::NotAuthorized);
     }
-    let bare =
-        jid::BareJid::new(&format!("{user}@{domain}")).map_err(|_| SaslFailure::NotAuthorized)?;
-    *account = Some(bare.to_string());
-    if server.throttle.locked(account.as_deref()) {
-        return Err(SaslFailure::TemporaryAuthFailure);
-    }
-    let stored = server
-        .storage
-        .account(bare.as_str())
-        .map_err(|_| SaslFailure::TemporaryAuthFailure)?;
+    let (bare, stored) = crate::stream::sasl::locked_or_read(server, user, domain, account)?;
     let Some(acct) = stored else {
         return Err(SaslFailure::NotAuthorized);
     };

@@ -243,6 +243,27 @@ fn account_jid(username: &str, domain: &str) -> Result<jid::BareJid, SaslFailure
     jid::BareJid::new(&format!("{username}@{domain}")).map_err(|_| SaslFailure::NotAuthorized)
 }
 
+/// The account a SASL `username` names at `domain`, as stored: noted in
+/// `account` first (throttling counts failures by it), refused for now
+/// while that account is locked out.
+pub(crate) fn locked_or_read(
+    server: &Server,
+    username: &str,
+    domain: &str,
+    account: &mut Option<String>,
+) -> Result<(jid::BareJid, Option<crate::storage::Account>), SaslFailure> {
+    let bare = account_jid(username, domain)?;
+    *account = Some(bare.to_string());
+    if server.throttle.locked(account.as_deref()) {
+        return Err(SaslFailure::TemporaryAuthFailure);
+    }
+    let stored = server
+        .storage
+        .account(bare.as_str())
+        .map_err(|_| SaslFailure::TemporaryAuthFailure)?;
+    Ok((bare, stored))
+}
+
 /// An authzid, if any, must name the authenticated account itself.
 fn check_authzid(authzid: Option<&str>, bare: &jid::BareJid) -> Result<(), SaslFailure> {
     match authzid {
@@ -271,15 +292,7 @@ async fn plain<S: Transport>(
         },
     };
     let creds = parse_plain(&data)?;
-    let bare = account_jid(&creds.authcid, domain)?;
-    *account = Some(bare.to_string());
-    if server.throttle.locked(account.as_deref()) {
-        return Err(SaslFailure::TemporaryAuthFailure);
-    }
-    let stored = server
-        .storage
-        .account(bare.as_str())
-        .map_err(|_| SaslFailure::TemporaryAuthFailure)?;
+    let (bare, stored) = locked_or_read(server, &creds.authcid, domain, account)?;
     let password = creds.password.clone();
     let disabled = stored.as_ref().is_some_and(|a| a.disabled);
     // PBKDF2 is CPU work: keep it off the session threads.
