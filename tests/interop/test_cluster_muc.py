@@ -399,6 +399,8 @@ def _resumed_occupant_gets_and_speaks(cl, room, owner, resumed, label, figure):
             k += 1
             assert time.monotonic() < deadline, "the room's messages never reached the resumed session"
     cl.figure(figure, k)
+    # The route is written before `<resumed/>`: the first message after it already reaches it.
+    assert k == 0, f"{k} of the room's messages sent after <resumed/> missed the resumed session"
     resumed.message(room, f"back, {label}", type_="groupchat")
     m = owner.recv(lambda e: e.tag == C("message") and e.findtext(C("body")) == f"back, {label}",
                    timeout=15, what="the resumed occupant's message")

@@ -607,7 +607,13 @@ async fn serve_transferred<S: Transport>(
         session: s.id,
         full: s.full.clone(),
     };
-    if !matches!(s.user.send(attach).await, Ok(Ok(()))) {
+    // The route is in the registry before `<resumed/>`: what other nodes
+    // send to the full JID once the client has it (a room's next message,
+    // a contact's reply) finds the session here, not on its old node.
+    let publish = ToUser::Publish { session: s.id };
+    if !matches!(s.user.send(attach).await, Ok(Ok(())))
+        || !matches!(s.user.send(publish).await, Ok(Ok(())))
+    {
         tracing::error!("could not record the resumed session's route");
     }
     s.register_resumable();
