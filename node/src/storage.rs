@@ -220,6 +220,10 @@ pub struct Storage {
     /// The change counter of [`BLOCKLIST`] on this replica, for the lists
     /// kept by the router's user entries (`modules::blocking::UserBlocks`).
     blocklist_version: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The change counter of [`ARCHIVE_PREFS`] on this replica, for the
+    /// preferences kept by the router's user entries
+    /// (`modules::mam::PrefsCache`).
+    archive_prefs_version: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Last-activity records per durable write.
@@ -229,6 +233,7 @@ impl Storage {
     pub fn new(store: Store) -> Self {
         Storage {
             blocklist_version: store.space_version(BLOCKLIST),
+            archive_prefs_version: store.space_version(ARCHIVE_PREFS),
             store,
             last_pending: Default::default(),
         }
@@ -1257,6 +1262,12 @@ impl Storage {
             })
             .collect();
         self.write(ops).await.map(drop)
+    }
+
+    /// The change counter of the archive preferences space on this replica.
+    pub fn archive_prefs_version(&self) -> u64 {
+        self.archive_prefs_version
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub fn archive_prefs(&self, bare: &str) -> Result<Option<ArchivePrefs>, StoreError> {

@@ -146,3 +146,35 @@ def test_resume_on_another_node_with_h_beyond_what_was_sent_fails_and_ends_the_s
     clients.add(c3)
     assert r.tag == sm("failed") and r.get("h") == "2", tostring(r)
     assert r.find("{urn:ietf:params:xml:ns:xmpp-stanzas}item-not-found") is not None, tostring(r)
+
+
+def test_archive_preferences_set_through_another_node_apply_there_too(shared_cluster, clients):
+    """XEP-0441 across nodes: the sender's node decides what goes in the recipient's archive,
+    from the preferences it keeps for the recipient's session there. A change made through
+    another node of the cluster (the recipient's other resource) applies on the sender's
+    node as soon as its replica has it, and back again."""
+    from test_mam import archived_bodies, chat, prefs_set, stanza_ids
+    cl = shared_cluster
+    a = clients.add(cl[1].online("cpa"))
+    b = clients.add(cl[1].online("cpb"))
+    b2, _ = cl[2].login_eventually(b.bare, b.password, resource="other", presence=False)
+    clients.add(b2)
+    assert stanza_ids(chat(a, b, "kept"), by=b.bare), "archived by default"
+
+    def until(kept, label):
+        # Node 1's replica applies the change a moment after node 2 answered.
+        deadline = time.monotonic() + 10
+        for k in range(100):
+            got = chat(a, b, f"{label} {k}")
+            if bool(stanza_ids(got, by=b.bare)) == kept:
+                return k
+            assert time.monotonic() < deadline, f"node 1 still archives as before ({label})"
+        raise AssertionError(label)
+
+    assert prefs_set(b2, "always", never=[a.bare]).get("type") == "result"
+    skipped = until(False, "not kept")
+    assert prefs_set(b2, "always").get("type") == "result"
+    k = until(True, "kept again")
+    bodies = archived_bodies(b)
+    assert bodies[0] == "kept" and bodies[-1] == f"kept again {k}", bodies
+    assert f"not kept {skipped}" not in bodies, bodies

@@ -298,16 +298,55 @@ fn stanza_id(by: &str, id: u64) -> Element {
         .attr("id", encode_id(id))
 }
 
-/// A user's preferences, or the configured default.
-fn prefs_of(server: &Server, bare: &str) -> Result<ArchivePrefs, StoreError> {
-    Ok(server
-        .storage
-        .archive_prefs(bare)?
-        .unwrap_or_else(|| ArchivePrefs {
-            default: server.config.mam.default_policy,
-            always: Vec::new(),
-            never: Vec::new(),
-        }))
+/// A user's preferences, or the configured default. For a user with a
+/// session here, from its router entry while the preferences space does
+/// not change on this replica ([`PrefsCache`]: no store read per message).
+fn prefs_of(server: &Server, bare: &str) -> Result<Arc<ArchivePrefs>, StoreError> {
+    let read = || -> Result<Arc<ArchivePrefs>, StoreError> {
+        Ok(Arc::new(
+            server
+                .storage
+                .archive_prefs(bare)?
+                .unwrap_or_else(|| ArchivePrefs {
+                    default: server.config.mam.default_policy,
+                    always: Vec::new(),
+                    never: Vec::new(),
+                }),
+        ))
+    };
+    let Some(cache) = server.router.archive_prefs(bare) else {
+        return read();
+    };
+    // The counter before the record: a change applied in between only
+    // makes the next call read again.
+    let version = server.storage.archive_prefs_version();
+    if let Some(prefs) = cache.get(version) {
+        return Ok(prefs);
+    }
+    let prefs = read()?;
+    cache.keep(version, prefs.clone());
+    Ok(prefs)
+}
+
+/// One user's archiving preferences as read at a change counter of their
+/// space on this replica, kept in the router's entry of a user with a
+/// session here: every message the user sends or gets asks them. Any
+/// change of anyone's preferences (here, or applied from another node)
+/// moves the counter and makes them read again.
+#[derive(Debug, Default)]
+pub struct PrefsCache(std::sync::RwLock<Option<(u64, Arc<ArchivePrefs>)>>);
+
+impl PrefsCache {
+    fn get(&self, version: u64) -> Option<Arc<ArchivePrefs>> {
+        match &*self.0.read().unwrap_or_else(|e| e.into_inner()) {
+            Some((v, prefs)) if *v == version => Some(prefs.clone()),
+            _ => None,
+        }
+    }
+
+    fn keep(&self, version: u64, prefs: Arc<ArchivePrefs>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Some((version, prefs));
+    }
 }
 
 /// Whether `owner`'s preferences archive a message with `with` (the
@@ -391,7 +430,7 @@ fn prepare_copies(
     }
     let to = el.get_attr("to").unwrap_or_default().to_owned();
     let keep_in = recipient_archives
-        && archives_with(server, recipient, &prefs_of(server, recipient)?, &from)?;
+        && archives_with(server, recipient, &*prefs_of(server, recipient)?, &from)?;
     // The sender's copy: a local account other than the recipient (a note
     // to self is archived once, as received).
     let keep_out = sender != recipient
@@ -400,7 +439,7 @@ fn prepare_copies(
             .is_some_and(|(_, d)| server.is_local(d))
         // A user with a session here exists (no store read per message).
         && (server.router.has_user(&sender) || server.storage.account_exists(&sender)?)
-        && archives_with(server, &sender, &prefs_of(server, &sender)?, &to)?;
+        && archives_with(server, &sender, &*prefs_of(server, &sender)?, &to)?;
     if !keep_in && !keep_out {
         return Ok(None);
     }
@@ -1423,7 +1462,7 @@ fn prefs<'a>(ctx: &'a IqCtx<'a>) -> futures::future::BoxFuture<'a, IqResult> {
         let server = ctx.server;
         let bare = ctx.origin.bare;
         if !ctx.set {
-            return Ok(prefs_element(&prefs_of(server, bare)?).into());
+            return Ok(prefs_element(&*prefs_of(server, bare)?).into());
         }
         let default = ctx
             .payload

@@ -253,6 +253,8 @@ struct UserEntry {
     /// The user's blocklist items that can match what services send, read by
     /// each of its sessions here as stanzas reach it.
     blocks: Arc<UserBlocks>,
+    /// The user's archiving preferences, read when first needed.
+    archive_prefs: Arc<crate::modules::mam::PrefsCache>,
 }
 
 /// Where an address points, seen from this server: the one distinction
@@ -469,6 +471,7 @@ impl Router {
                 actor: Arc::new(actor),
                 resources: Vec::new(),
                 blocks: Arc::default(),
+                archive_prefs: Arc::default(),
             }
         });
         // Read again at every bind: a session that binds always starts
@@ -552,6 +555,12 @@ impl Router {
     /// user has a session here.
     pub fn blocks(&self, bare: &str) -> Option<Arc<UserBlocks>> {
         self.users.get(bare).map(|e| e.blocks.clone())
+    }
+
+    /// The archiving preferences kept for `bare`, if the user has a
+    /// session here.
+    pub fn archive_prefs(&self, bare: &str) -> Option<Arc<crate::modules::mam::PrefsCache>> {
+        self.users.get(bare).map(|e| e.archive_prefs.clone())
     }
 
     /// The actor of `bare`, if the user has a session here.
