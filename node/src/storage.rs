@@ -211,6 +211,14 @@ fn ser<T: Serialize>(v: &T) -> Vec<u8> {
     rmp_serde::to_vec_named(v).expect("records serialise")
 }
 
+/// [`ser`] into a buffer of about the record's size (no doublings of a
+/// growing one for a record of a few hundred bytes).
+fn ser_sized<T: Serialize>(v: &T, size: usize) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(size);
+    rmp_serde::encode::write_named(&mut buf, v).expect("records serialise");
+    buf
+}
+
 /// Typed facade over the [`Store`].
 #[derive(Clone)]
 pub struct Storage {
@@ -1135,7 +1143,12 @@ pub fn archive_ops(entries: &[(&str, u64, &ArchivedMessage)], checked: bool) -> 
     entries
         .iter()
         .map(|(bare, id, m)| {
-            let (space, key, value) = (ARCHIVE.into(), archive_key(bare, *id), ser(m));
+            let size = m.xml.len()
+                + m.with.len()
+                + m.with_resource.as_ref().map_or(0, String::len)
+                + m.jid.as_ref().map_or(0, String::len)
+                + 32;
+            let (space, key, value) = (ARCHIVE.into(), archive_key(bare, *id), ser_sized(m, size));
             if checked {
                 Op::Insert { space, key, value }
             } else {
@@ -1146,7 +1159,9 @@ pub fn archive_ops(entries: &[(&str, u64, &ArchivedMessage)], checked: bool) -> 
 }
 
 fn archive_key(bare: &str, id: u64) -> Vec<u8> {
-    let mut k = user_prefix(bare);
+    let mut k = Vec::with_capacity(bare.len() + 9);
+    k.extend_from_slice(bare.as_bytes());
+    k.push(0);
     k.extend_from_slice(&id.to_be_bytes());
     k
 }

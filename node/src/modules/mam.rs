@@ -292,6 +292,19 @@ pub fn strip_spoofed(el: &mut Element, recipient: &str, sender: &str) {
     });
 }
 
+/// [`stanza_id`] serialised into `out` as `Element::write_to` would
+/// (inside an element of another namespace), without building it.
+fn write_stanza_id(out: &mut String, by: &str, id: u64) {
+    use base64::Engine;
+    out.push_str("<stanza-id xmlns=\"");
+    out.push_str(NS_SID);
+    out.push_str("\" by=\"");
+    escape_into(out, by, true);
+    out.push_str("\" id=\"");
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode_string(id.to_be_bytes(), out);
+    out.push_str("\"/>");
+}
+
 fn stanza_id(by: &str, id: u64) -> Element {
     Element::new("stanza-id", NS_SID)
         .attr("by", by)
@@ -615,9 +628,9 @@ fn copy(xml: &str, owner: &str, id: u64, outgoing: bool, with: &str) -> Archived
     let (bare, resource) = split(with);
     debug_assert!(xml.ends_with('>') && !xml.ends_with("/>"), "{xml}");
     let close = xml.rfind("</").unwrap_or(xml.len());
-    let mut out = String::with_capacity(xml.len() + 96);
+    let mut out = String::with_capacity(xml.len() + 64 + owner.len());
     out.push_str(&xml[..close]);
-    stanza_id(owner, id).write_to(&mut out, "");
+    write_stanza_id(&mut out, owner, id);
     out.push_str(&xml[close..]);
     ArchivedMessage {
         outgoing,
