@@ -200,6 +200,9 @@ pub struct C2sConfig {
     /// bucket shape); beyond it the stream is refused with
     /// `<policy-violation/>` (on the direct TLS port: closed). 0: no limit.
     pub connect_rate_per_ip: u32,
+    /// Single-threaded arbiters the sessions (and rooms) are spread over.
+    /// 0: one per core.
+    pub arbiters: usize,
 }
 
 /// `c2s.connect_rate` when the configuration does not set it.
@@ -226,6 +229,17 @@ impl Default for C2sConfig {
             max_unauthenticated: 10_000,
             connect_rate: default_connect_rate(),
             connect_rate_per_ip: 0,
+            arbiters: 0,
+        }
+    }
+}
+
+impl C2sConfig {
+    /// The session arbiters to start (`arbiters`, 0: one per core).
+    pub fn arbiters(&self) -> usize {
+        match self.arbiters {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
         }
     }
 }
@@ -1684,5 +1698,15 @@ mod tests {
         let c = parse("node_id = 2");
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         assert_eq!(c.store_threads(), if cores <= 2 { 1 } else { 2 });
+    }
+
+    #[test]
+    fn arbiters_one_per_core_unless_set() {
+        use figment::providers::{Format, Toml};
+        let parse =
+            |s: &str| -> C2sConfig { figment::Figment::from(Toml::string(s)).extract().unwrap() };
+        assert_eq!(parse("arbiters = 1").arbiters(), 1);
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        assert_eq!(parse("port = 5222").arbiters(), cores);
     }
 }

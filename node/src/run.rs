@@ -211,8 +211,9 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
 }
 
 async fn run_listeners(server: Arc<Server>) -> anyhow::Result<()> {
-    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let arbiters: Vec<actix_rt::Arbiter> = (0..cores).map(|_| actix_rt::Arbiter::new()).collect();
+    let arbiters: Vec<actix_rt::Arbiter> = (0..server.config.c2s.arbiters())
+        .map(|_| actix_rt::Arbiter::new())
+        .collect();
     let handles = Arc::new(arbiters.iter().map(|a| a.handle()).collect::<Vec<_>>());
     // Rooms (and other services' actors) run on the same arbiters.
     server
