@@ -206,6 +206,20 @@ impl Store {
         self.inner.registry.live_nodes()
     }
 
+    /// The nodes whose members vote in the registry group this node is in,
+    /// as its replica sees the group's membership (empty: in none).
+    pub fn registry_voters(&self) -> Vec<u64> {
+        self.inner.registry.active().map_or_else(Vec::new, |g| {
+            let m = g.raft.metrics();
+            let m = m.borrow();
+            m.membership_config
+                .membership()
+                .voter_ids()
+                .map(crate::registry::member_node)
+                .collect()
+        })
+    }
+
     /// The registry epoch this node is in (0: none).
     pub fn registry_epoch(&self) -> u64 {
         self.inner.registry.active().map_or(0, |g| g.epoch)

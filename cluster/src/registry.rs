@@ -81,6 +81,9 @@ const ORPHAN_GRACE: Duration = Duration::from_secs(1);
 const LEADER_WAIT: Duration = Duration::from_secs(3);
 /// How often the supervisor looks at the epoch record and the group.
 const TICK: Duration = Duration::from_millis(200);
+/// How long a member's node must be out of the cluster before the
+/// registry leader removes the member (`Registry::prune_departed`).
+const PRUNE_AFTER: Duration = Duration::from_secs(3);
 /// How long `registry_barrier` waits for every live node to be ready.
 const READY_WAIT: Duration = Duration::from_secs(5);
 
@@ -690,6 +693,61 @@ impl Registry {
         Ok(())
     }
 
+    /// Removes from the active group the members of nodes that are no
+    /// longer in the cluster (a node that left): as voters they would
+    /// count toward the group's quorum until the next join. A member is
+    /// removed once its node has been out of this replica's view of the
+    /// cluster for `PRUNE_AFTER` (`gone_since`): a node that has just
+    /// joined may ask to be a member before this replica has its join.
+    /// Leader only; nothing to do most of the time (no write then).
+    async fn prune_departed(
+        &self,
+        g: &Group,
+        gone_since: &mut HashMap<u64, Instant>,
+    ) -> Result<(), StoreError> {
+        if !g.is_leader() {
+            gone_since.clear();
+            return Ok(());
+        }
+        let nodes: BTreeSet<u64> = self.durable_members().iter().map(|(id, _)| *id).collect();
+        if nodes.is_empty() {
+            return Ok(());
+        }
+        let gone = |id: &u64| *id != g.member && !nodes.contains(&member_node(*id));
+        let (voters, others): (BTreeSet<u64>, BTreeSet<u64>) = {
+            let m = g.raft.metrics();
+            let m = m.borrow();
+            let mem = m.membership_config.membership();
+            (
+                mem.voter_ids().filter(gone).collect(),
+                mem.learner_ids().filter(gone).collect(),
+            )
+        };
+        let now = Instant::now();
+        gone_since.retain(|id, _| voters.contains(id) || others.contains(id));
+        let due =
+            |id: &u64| now.duration_since(*gone_since.entry(*id).or_insert(now)) >= PRUNE_AFTER;
+        let mut due = due;
+        let voters: BTreeSet<u64> = voters.into_iter().filter(&mut due).collect();
+        let others: BTreeSet<u64> = others.into_iter().filter(&mut due).collect();
+        if voters.is_empty() && others.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(?voters, learners = ?others, epoch = g.epoch, "registry: removing the members of nodes that left");
+        if !voters.is_empty() {
+            g.raft
+                .change_membership(ChangeMembers::RemoveVoters(voters.clone()), false)
+                .await
+                .map_err(client_write_error)?;
+        }
+        let nodes: BTreeSet<u64> = voters.into_iter().chain(others).collect();
+        g.raft
+            .change_membership(ChangeMembers::RemoveNodes(nodes), false)
+            .await
+            .map_err(client_write_error)?;
+        Ok(())
+    }
+
     /// Whether the active group has had a leader within `FOUND_AFTER`,
     /// counting only the time the durable group had one: a node cut off
     /// from the others cannot tell a dead registry from its own isolation,
@@ -820,6 +878,7 @@ impl Registry {
 pub async fn supervise(registry: Arc<Registry>) {
     let mut stop = registry.shared.stop.subscribe();
     let mut trying_since: HashMap<u64, Instant> = HashMap::new();
+    let mut gone_since: HashMap<u64, Instant> = HashMap::new();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(TICK) => {}
@@ -839,7 +898,7 @@ pub async fn supervise(registry: Arc<Registry>) {
             (Some(g), Some(r)) if g.epoch == r.epoch => {
                 if registry.group_alive(g) {
                     trying_since.clear();
-                    Ok(())
+                    registry.prune_departed(g, &mut gone_since).await
                 } else {
                     tracing::warn!(epoch = g.epoch, "registry: no leader; re-founding it");
                     registry.found(Some(r)).await.map(drop)

@@ -132,6 +132,15 @@ async fn join_via_follower_status_leave_and_foreign_ca() {
             .all(|n| n.store.status().members.len() == 3 && n.events.saw(4))
     })
     .await;
+    // Its registry member is no longer a voter either (it would count
+    // toward the registry group's quorum).
+    eventually("node 4 out of the registry group", 15, || {
+        nodes.iter().all(|n| {
+            let v = n.store.registry_voters();
+            !v.is_empty() && !v.contains(&4)
+        })
+    })
+    .await;
     nodes[2]
         .store
         .write(vec![put("after_leave")])
@@ -155,6 +164,13 @@ async fn join_via_follower_status_leave_and_foreign_ca() {
     assert_eq!(r.unwrap(), vec![OpResult::Done]);
     eventually("node 1's expiry announced", 10, || {
         nodes.iter().all(|n| n.events.saw(1))
+    })
+    .await;
+    eventually("node 1 out of the registry group", 15, || {
+        nodes.iter().all(|n| {
+            let v = n.store.registry_voters();
+            !v.is_empty() && !v.contains(&1)
+        })
     })
     .await;
     let _ = n1.crash().await;
