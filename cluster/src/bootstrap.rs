@@ -229,10 +229,16 @@ impl Store {
 /// log (`sole`) whether this node is the group's only member, voter or
 /// learner (how it syncs appends, `LogStore::append`; either way is
 /// durable, so lagging a membership change by `METRICS_EVERY` is harmless).
+///
+/// A group's only member that leads it turns Raft's ticker off: with no
+/// one to send heartbeats to and nobody to elect, it would only wake the
+/// store runtime (and these metrics) several times a second on an idle
+/// server. It is turned on again as soon as the membership has another
+/// node (a learner being added) or this node stops leading.
 async fn report_metrics(raft: raft::Raft, sole: Arc<AtomicBool>) {
     let mut rx = raft.metrics();
-    drop(raft);
     let mut leader = None;
+    let mut ticking = true;
     loop {
         {
             let m = rx.borrow_and_update();
@@ -249,6 +255,11 @@ async fn report_metrics(raft: raft::Raft, sole: Arc<AtomicBool>) {
             let members = m.membership_config.membership();
             let alone = members.nodes().count() == 1 && members.get_node(&m.id).is_some();
             sole.store(alone, Ordering::Relaxed);
+            let tick = !(alone && m.current_leader == Some(m.id));
+            if tick != ticking {
+                raft.runtime_config().tick(tick);
+                ticking = tick;
+            }
         }
         if rx.changed().await.is_err() {
             break;
