@@ -187,6 +187,29 @@ def test_a_service_of_another_served_domain(server, clients):
     recv_gc(c, room, "in example.org")
 
 
+def test_the_service_hands_out_unique_room_names(server, clients):
+    """XEP-0045 section 10.1.4: the service advertises muc#unique and answers each request
+    with a room name of its own, different every time; a room created under it works."""
+    ns = "http://jabber.org/protocol/muc#unique"
+    c = clients.add(server.online("mu"))
+    info = ok(c.iq("get", f"<query xmlns='{NS_INFO}'/>", to=service(server)))
+    assert ns in {f.get("var") for f in info.iter(q(NS_INFO, "feature"))}
+    names = []
+    for _ in range(2):
+        r = ok(c.iq("get", f"<unique xmlns='{ns}'/>", to=service(server)))
+        u = r.find(q(ns, "unique"))
+        assert u is not None and u.text, tostring(r)
+        names.append(u.text)
+    assert names[0] != names[1]
+    room = f"{names[0]}@{service(server)}"
+    instant(c, room, "me")
+    groupchat(c, room, "in a unique room")
+    recv_gc(c, room, "in a unique room")
+    # Not a set.
+    r = c.iq("set", f"<unique xmlns='{ns}'/>", to=service(server))
+    assert stanza_error(r) is not None, tostring(r)
+
+
 def test_public_rooms_are_listed_and_hidden_ones_are_not(server, clients):
     c = clients.add(server.online("ml"))
     pub, hid = new_room(server, "pub"), new_room(server, "hid")

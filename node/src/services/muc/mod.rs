@@ -27,6 +27,8 @@ pub const NS_MUC: &str = "http://jabber.org/protocol/muc";
 pub const NS_MUC_USER: &str = "http://jabber.org/protocol/muc#user";
 pub const NS_MUC_ADMIN: &str = "http://jabber.org/protocol/muc#admin";
 pub const NS_MUC_OWNER: &str = "http://jabber.org/protocol/muc#owner";
+/// XEP-0045 §10.1.4: unique room names.
+pub const NS_MUC_UNIQUE: &str = "http://jabber.org/protocol/muc#unique";
 pub const NS_OCCUPANT_ID: &str = "urn:xmpp:occupant-id:0";
 
 /// The attribute a client's presence to a room carries from its session
@@ -205,6 +207,12 @@ pub async fn service_stanza(server: &Server, el: Element) {
             service_items(server, &el, &p).await.map(Some)
         }
         Some(p) if p.is("ping", "urn:xmpp:ping") && el.get_attr("type") == Some("get") => Ok(None),
+        // XEP-0045 §10.1.4: a room name nobody has, for a room the
+        // requester is about to create (128 random bits: never reused).
+        Some(p) if p.is("unique", NS_MUC_UNIQUE) && el.get_attr("type") == Some("get") => {
+            let name = format!("{:032x}", rand::random::<u128>());
+            Ok(Some(Element::new("unique", NS_MUC_UNIQUE).text(name)))
+        }
         _ => Err(Condition::ServiceUnavailable),
     };
     match reply {
@@ -238,6 +246,7 @@ fn service_info(server: &Server, el: &Element) -> Element {
         NS_OCCUPANT_ID,
         "urn:xmpp:ping",
         "http://jabber.org/protocol/muc#self-ping-optimization",
+        NS_MUC_UNIQUE,
     ] {
         q = q.child(Element::new("feature", NS_INFO).attr("var", f));
     }
