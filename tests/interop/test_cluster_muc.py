@@ -439,7 +439,8 @@ def test_occupant_resumed_after_its_dead_node_was_expired_stays_in_the_room(clus
     left), before the client comes back, as a client that notices a dead connection only
     later does. The session may still be resumed (its window is not over), so the room (on
     node 2) keeps the occupant, as it keeps one whose connection broke: nobody sees it leave,
-    and once resumed through node 3 it gets the room's messages and may speak."""
+    what the room said meanwhile reaches it once resumed through node 3, in order, and it
+    gets the room's messages and may speak."""
     from test_sm import drop, resume, sm
     cl = cluster
     room, owner, jid, pw, enabled, received, c = _room_with_a_mobile_occupant(cl, clients, "cx")
@@ -455,9 +456,19 @@ def test_occupant_resumed_after_its_dead_node_was_expired_stays_in_the_room(clus
                       and e.get("type") == "unavailable")
     # Where the room let the session go at once, this is when the others were told.
     owner.expect_nothing(left, timeout=LEASE_TTL, what="mobile leaving after the drop")
+    # What the room says while the session waits to be resumed is kept for it.
+    away = [f"while away {i}" for i in range(3)]
+    for text in away:
+        owner.message(room, text, type_="groupchat")
+        owner.recv(lambda e: e.tag == C("message") and e.findtext(C("body")) == text,
+                   timeout=10, what="the room reflecting it")
     c3, r = resume(cl[3], jid, pw, enabled.get("id"), received)
     clients.add(c3)
     assert r.tag == sm("resumed"), tostring(r)
+    got = [c3.recv(lambda e: e.tag == C("message") and (e.findtext(C("body")) or "").startswith("while away"),
+                   timeout=10, what="a room message sent while the session was held").findtext(C("body"))
+           for _ in away]
+    assert got == away, got
     _resumed_occupant_gets_and_speaks(cl, room, owner, c3, "after resume",
                                       "muc_resume_after_expiry_messages_missed")
     owner.expect_nothing(left, timeout=0.5, what="mobile leaving")

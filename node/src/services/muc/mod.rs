@@ -67,6 +67,9 @@ pub struct Rooms {
     /// derives the same entries from the same registry events, so a room
     /// that moves meanwhile keeps them too. Empty but after a node died.
     held: DashMap<String, std::time::Instant>,
+    /// Whether `held` may have entries (read per delivery, so not the
+    /// map's own `is_empty`, which locks every shard).
+    any_held: std::sync::atomic::AtomicBool,
 }
 
 static NEXT_ROOM: AtomicU64 = AtomicU64::new(1);
@@ -124,19 +127,23 @@ impl Rooms {
     /// resumed elsewhere meanwhile).
     pub fn hold(&self, full: &str, until: std::time::Instant) {
         self.held.insert(full.to_owned(), until);
+        self.any_held.store(true, Ordering::Release);
     }
 
     /// Ends the hold of `full` (resumed, or its window is over).
     pub fn unhold(&self, full: &str) {
-        if !self.held.is_empty() {
+        if self.any_held.load(Ordering::Acquire) {
             self.held.remove(full);
+            if self.held.is_empty() {
+                self.any_held.store(false, Ordering::Release);
+            }
         }
     }
 
     /// Whether the session `full`, which has no route, is held: a room
     /// keeps its occupant.
     pub fn held(&self, full: &str) -> bool {
-        !self.held.is_empty()
+        self.any_held.load(Ordering::Acquire)
             && self
                 .held
                 .get(full)

@@ -26,7 +26,7 @@ use crate::xml::{Element, Node};
 use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, WrapFuture};
 use serde::{Deserialize, Serialize};
 use starling_cluster::Envelope;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 const NS_DATA: &str = "jabber:x:data";
@@ -269,14 +269,54 @@ struct Session {
     at: Option<At>,
     /// A user of another domain: reached over federation.
     remote: bool,
+    /// What the room sent while the session was held without a route (its
+    /// node died; its client may resume it elsewhere): sent, in order,
+    /// once it has a route again. At most `MISSED_MAX`, the latest.
+    missed: VecDeque<Arc<str>>,
 }
+
+/// Stanzas a held session keeps (`Session::missed`); older ones are in
+/// the room's archive.
+const MISSED_MAX: usize = 100;
 
 impl Session {
     fn new(server: &Server, jid: String) -> Self {
         let (b, r) = split(&jid);
         let at = r.and_then(|r| server.router.find(b, r));
         let remote = crate::s2s::is_remote(server, &jid);
-        Session { jid, at, remote }
+        Session {
+            jid,
+            at,
+            remote,
+            missed: VecDeque::new(),
+        }
+    }
+
+    /// Keeps `xml` for a session held without a route; false if it is not
+    /// held (nobody gets it).
+    fn keep_missed(&mut self, server: &Server, xml: Arc<str>) -> bool {
+        if !server.services.muc.held(&self.jid) {
+            self.missed = VecDeque::new();
+            return false;
+        }
+        if self.missed.len() == MISSED_MAX {
+            self.missed.pop_front();
+            metrics::counter!("starling_muc_held_dropped_total").increment(1);
+        }
+        self.missed.push_back(xml);
+        true
+    }
+
+    /// Sends what the session missed while held, now that it has a route.
+    fn send_missed(&mut self, server: &Server) {
+        if self.missed.is_empty() {
+            return;
+        }
+        let n = self.missed.len();
+        for xml in std::mem::take(&mut self.missed) {
+            super::send_raw(server, &self.jid, &xml);
+        }
+        tracing::info!(jid = %self.jid, n, "room stanzas held for a resumed session sent");
     }
 }
 
@@ -368,6 +408,9 @@ pub struct Room {
     busy: bool,
     /// Asked to stop (moved away): stops once idle, handing on its queue.
     stopping: bool,
+    /// A look for the routes of held sessions that missed stanzas is
+    /// scheduled (`Work::Missed`).
+    missed_check: bool,
 }
 
 /// One thing for the room to do, in arrival order.
@@ -375,7 +418,14 @@ pub enum Work {
     Stanza(Element),
     Gone(Arc<Vec<String>>),
     Shutdown,
+    /// Sends held sessions that have a route again what they missed.
+    Missed,
 }
+
+/// How often a room looks for the routes of held sessions that missed
+/// stanzas (a resumed session gets them within this, or with the room's
+/// next stanza).
+const MISSED_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The most stanzas one batch takes (one archive write for its run of
 /// messages).
@@ -395,10 +445,12 @@ impl Room {
                 loaded: false,
                 epoch: 0,
                 gone: false,
+                missed: false,
             })),
             queue: Vec::new(),
             busy: false,
             stopping: false,
+            missed_check: false,
         }
     }
 
@@ -428,6 +480,14 @@ impl Room {
             }
             .into_actor(self)
             .map(|state, act, ctx| {
+                if state.missed && !act.missed_check {
+                    act.missed_check = true;
+                    ctx.run_later(MISSED_EVERY, |act, ctx| {
+                        act.missed_check = false;
+                        act.queue.push(Work::Missed);
+                        act.kick(ctx);
+                    });
+                }
                 act.state = Some(state);
                 act.busy = false;
                 act.kick(ctx);
@@ -525,6 +585,8 @@ struct State {
     epoch: u64,
     /// Destroyed: the actor stops.
     gone: bool,
+    /// Some held session keeps what it missed (`Session::missed`).
+    missed: bool,
 }
 
 fn err(c: Condition) -> StanzaError {
@@ -587,6 +649,10 @@ impl State {
                     self.flush(server, &mut run).await;
                     self.system_shutdown(server);
                 }
+                Work::Missed => {
+                    self.flush(server, &mut run).await;
+                    self.send_missed(server);
+                }
                 Work::Stanza(el) => {
                     if self.loaded
                         && server.services.live_epoch() == self.epoch
@@ -601,6 +667,29 @@ impl State {
             }
         }
         self.flush(server, &mut run).await;
+    }
+
+    /// Sends the held sessions that have a route again what they missed;
+    /// forgets it for those no longer held.
+    fn send_missed(&mut self, server: &Server) {
+        let mut left = false;
+        for one in self
+            .occupants
+            .values_mut()
+            .flat_map(|o| o.sessions.iter_mut())
+            .filter(|one| !one.missed.is_empty())
+        {
+            let (b, r) = split(&one.jid);
+            one.at = r.and_then(|r| server.router.find(b, r));
+            if one.at.is_some() {
+                one.send_missed(server);
+            } else if server.services.muc.held(&one.jid) {
+                left = true;
+            } else {
+                one.missed = VecDeque::new();
+            }
+        }
+        self.missed = left;
     }
 
     /// A stanza that reached this room after it was destroyed or moved:
@@ -1805,9 +1894,26 @@ impl State {
                 send_raw(server, &one.jid, &s.to(&one.jid));
                 continue;
             }
+            if server.services.muc.held(&one.jid) {
+                // Its node was lost: it is where its client resumed it, or
+                // it keeps what it misses meanwhile (not sent to the dead
+                // node, whose stream would drop it).
+                let (b, r) = split(&one.jid);
+                let live = server.storage.store.live_nodes();
+                one.at = r
+                    .and_then(|r| server.router.find(b, r))
+                    .filter(|at| !matches!(at, At::Node { node, .. } if !live.contains(node)));
+                if one.at.is_none() {
+                    self.missed |= one.keep_missed(server, s.to(&one.jid));
+                    continue;
+                }
+            }
             if one.at.is_none() {
                 let (b, r) = split(&one.jid);
                 one.at = r.and_then(|r| server.router.find(b, r));
+            }
+            if one.at.is_some() && !one.missed.is_empty() {
+                one.send_missed(server);
             }
             let mut sent = match &one.at {
                 Some(At::Here(h)) => h.send_shared(&s.to(&one.jid)),
@@ -1818,7 +1924,8 @@ impl State {
                     true
                 }
                 // No session: an occupant at a XEP-0114 component (a
-                // gateway's user) gets it there; else nobody does.
+                // gateway's user) gets it there; a session held for its
+                // client to resume keeps it; else nobody gets it.
                 None => {
                     if crate::services::component::domain_of(server, &one.jid).is_some() {
                         crate::services::component::send_serialised(
@@ -1826,6 +1933,8 @@ impl State {
                             &one.jid,
                             &s.to(&one.jid),
                         );
+                    } else {
+                        self.missed |= one.keep_missed(server, s.to(&one.jid));
                     }
                     true
                 }
@@ -1846,6 +1955,7 @@ impl State {
             }
             if !sent {
                 one.at = None;
+                self.missed |= one.keep_missed(server, s.to(&one.jid));
             }
         }
         let mut failed: Vec<u64> = Vec::new();
@@ -1878,13 +1988,18 @@ impl State {
             let (b, r) = split(&one.jid);
             one.at = r.and_then(|r| server.router.find(b, r));
             match &one.at {
-                Some(At::Node { node, .. }) if failed.contains(node) => one.at = None,
+                Some(At::Node { node, .. }) if failed.contains(node) => {
+                    one.at = None;
+                    self.missed |= one.keep_missed(server, s.to(&one.jid));
+                }
                 Some(at) => {
                     server
                         .router
                         .send(b, r.unwrap_or_default(), at, &s.to(&one.jid));
                 }
-                None => {}
+                None => {
+                    self.missed |= one.keep_missed(server, s.to(&one.jid));
+                }
             }
         }
     }
