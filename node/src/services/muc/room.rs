@@ -279,6 +279,18 @@ struct Session {
 /// the room's archive.
 const MISSED_MAX: usize = 100;
 
+/// Where the session `full` of a lost node is now: its route, unless that
+/// is still the route on a node whose lease lapsed (whose delivery stream
+/// would drop what is sent).
+fn live_route(server: &Server, full: &str) -> Option<At> {
+    let (b, r) = split(full);
+    let at = server.router.find(b, r?)?;
+    match at {
+        At::Node { node, .. } if !server.storage.store.live_nodes().contains(&node) => None,
+        at => Some(at),
+    }
+}
+
 impl Session {
     fn new(server: &Server, jid: String) -> Self {
         let (b, r) = split(&jid);
@@ -679,8 +691,7 @@ impl State {
             .flat_map(|o| o.sessions.iter_mut())
             .filter(|one| !one.missed.is_empty())
         {
-            let (b, r) = split(&one.jid);
-            one.at = r.and_then(|r| server.router.find(b, r));
+            one.at = live_route(server, &one.jid);
             if one.at.is_some() {
                 one.send_missed(server);
             } else if server.services.muc.held(&one.jid) {
@@ -1896,13 +1907,8 @@ impl State {
             }
             if server.services.muc.held(&one.jid) {
                 // Its node was lost: it is where its client resumed it, or
-                // it keeps what it misses meanwhile (not sent to the dead
-                // node, whose stream would drop it).
-                let (b, r) = split(&one.jid);
-                let live = server.storage.store.live_nodes();
-                one.at = r
-                    .and_then(|r| server.router.find(b, r))
-                    .filter(|at| !matches!(at, At::Node { node, .. } if !live.contains(node)));
+                // it keeps what it misses meanwhile.
+                one.at = live_route(server, &one.jid);
                 if one.at.is_none() {
                     self.missed |= one.keep_missed(server, s.to(&one.jid));
                     continue;
