@@ -725,9 +725,8 @@ impl Registry {
         };
         let now = Instant::now();
         gone_since.retain(|id, _| voters.contains(id) || others.contains(id));
-        let due =
+        let mut due =
             |id: &u64| now.duration_since(*gone_since.entry(*id).or_insert(now)) >= PRUNE_AFTER;
-        let mut due = due;
         let voters: BTreeSet<u64> = voters.into_iter().filter(&mut due).collect();
         let others: BTreeSet<u64> = others.into_iter().filter(&mut due).collect();
         if voters.is_empty() && others.is_empty() {

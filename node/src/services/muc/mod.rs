@@ -67,9 +67,10 @@ pub struct Rooms {
     /// derives the same entries from the same registry events, so a room
     /// that moves meanwhile keeps them too. Empty but after a node died.
     held: DashMap<String, std::time::Instant>,
-    /// Whether `held` may have entries (read per delivery, so not the
-    /// map's own `is_empty`, which locks every shard).
-    any_held: std::sync::atomic::AtomicBool,
+    /// How many entries `held` has (read per delivery, so not the map's
+    /// own `is_empty`, which locks every shard); moved only by an insert
+    /// or removal that changed the map, so concurrent ones keep it exact.
+    held_count: std::sync::atomic::AtomicUsize,
 }
 
 static NEXT_ROOM: AtomicU64 = AtomicU64::new(1);
@@ -126,24 +127,22 @@ impl Rooms {
     /// Holds the session `full` of a lost node until `until` (it may be
     /// resumed elsewhere meanwhile).
     pub fn hold(&self, full: &str, until: std::time::Instant) {
-        self.held.insert(full.to_owned(), until);
-        self.any_held.store(true, Ordering::Release);
+        if self.held.insert(full.to_owned(), until).is_none() {
+            self.held_count.fetch_add(1, Ordering::AcqRel);
+        }
     }
 
     /// Ends the hold of `full` (resumed, or its window is over).
     pub fn unhold(&self, full: &str) {
-        if self.any_held.load(Ordering::Acquire) {
-            self.held.remove(full);
-            if self.held.is_empty() {
-                self.any_held.store(false, Ordering::Release);
-            }
+        if self.held_count.load(Ordering::Acquire) > 0 && self.held.remove(full).is_some() {
+            self.held_count.fetch_sub(1, Ordering::AcqRel);
         }
     }
 
     /// Whether the session `full`, which has no route, is held: a room
     /// keeps its occupant.
     pub fn held(&self, full: &str) -> bool {
-        self.any_held.load(Ordering::Acquire)
+        self.held_count.load(Ordering::Acquire) > 0
             && self
                 .held
                 .get(full)
