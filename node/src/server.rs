@@ -41,6 +41,8 @@ pub struct Server {
     pub adhoc: crate::modules::adhoc::Sessions,
     /// Federation: this node's links to other domains' servers.
     pub s2s: crate::s2s::S2s,
+    /// Archive writes behind deliveries that no session waits for.
+    pub archive_followups: crate::modules::mam::Followups,
 }
 
 impl Server {
@@ -78,6 +80,7 @@ impl Server {
             upload: Default::default(),
             adhoc: Default::default(),
             s2s: Default::default(),
+            archive_followups: Default::default(),
         }
     }
 

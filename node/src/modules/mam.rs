@@ -616,6 +616,65 @@ pub async fn archive(server: &Server, el: &mut Element, recipient: &str) -> Resu
     }
 }
 
+/// Sees archive writes queued behind deliveries ([`Prepared::queue`])
+/// to their end for sessions that do not wait for them (a client without
+/// stream management has no `h` to hold back): counts them, writes again
+/// under a free id the rare one whose id was taken, logs failures. One
+/// task per node, started by the first write handed over; a batch of
+/// writes that commit together wakes it once.
+#[derive(Default)]
+pub struct Followups {
+    tx: std::sync::OnceLock<
+        tokio::sync::mpsc::UnboundedSender<futures::future::BoxFuture<'static, ()>>,
+    >,
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Writes the follower may have in flight before sessions keep their own
+/// again (and wait past [`crate::session::im::MAX_BEHIND`] each, as with
+/// stream management): a store that stopped committing slows senders
+/// rather than filling memory.
+const MAX_FOLLOWED: usize = 16 * 1024;
+
+impl Followups {
+    /// Whether the follower takes no more writes for now.
+    pub fn busy(&self) -> bool {
+        self.in_flight.load(Ordering::Relaxed) >= MAX_FOLLOWED
+    }
+
+    pub fn hand_over(&self, writes: impl Iterator<Item = futures::future::BoxFuture<'static, ()>>) {
+        let tx = self.tx.get_or_init(|| {
+            let (tx, mut rx) =
+                tokio::sync::mpsc::unbounded_channel::<futures::future::BoxFuture<'static, ()>>();
+            let in_flight = self.in_flight.clone();
+            tokio::spawn(async move {
+                use futures::StreamExt;
+                let mut running = futures::stream::FuturesUnordered::new();
+                loop {
+                    tokio::select! {
+                        write = rx.recv() => match write {
+                            Some(w) => running.push(w),
+                            None => break,
+                        },
+                        Some(()) = running.next(), if !running.is_empty() => {
+                            in_flight.fetch_sub(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                while running.next().await.is_some() {}
+            });
+            tx
+        });
+        for w in writes {
+            self.in_flight.fetch_add(1, Ordering::Relaxed);
+            // The receiver lives as long as the runtime that runs it.
+            if tx.send(w).is_err() {
+                self.in_flight.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
 /// Tries for an unused archive id before a message is refused.
 const ID_ATTEMPTS: usize = 8;
 

@@ -162,8 +162,9 @@ struct Session<S> {
     /// cluster's record of a resumable session (with peers only).
     archive: Option<ArchivePosition>,
     /// Archive writes of messages this session delivered before they
-    /// committed (`im::route_message_behind`): the client's `h` counts
-    /// those messages only once these end ([`Session::settle`]).
+    /// committed (`im::route_message_behind`): with stream management,
+    /// the client's `h` counts those messages only once these end
+    /// ([`Session::settle`]).
     behind: im::Behind,
 }
 
@@ -1105,13 +1106,18 @@ impl<S: Transport> Session<S> {
                 if self.outbound_hooks(Event::MessageOut, &mut el) == Flow::Handled {
                     return Ok(());
                 }
-                let routed = if self.sm.is_some() {
-                    let r = im::route_message_behind(&self.server, el, &mut self.behind).await;
+                // With or without stream management: a client without it
+                // has no acknowledgement that a commit first would keep
+                // true, and would wait for a Raft commit per message. Its
+                // writes go to the node's follower: it has no `h` to hold.
+                let routed = im::route_message_behind(&self.server, el, &mut self.behind).await;
+                if self.sm.is_some() || self.server.archive_followups.busy() {
                     self.prune_behind().await;
-                    r
                 } else {
-                    im::route_message(&self.server, el).await
-                };
+                    self.server
+                        .archive_followups
+                        .hand_over(self.behind.drain(..));
+                }
                 match routed {
                     Ok(()) => Ok(()),
                     Err(b) => {

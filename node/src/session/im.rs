@@ -202,9 +202,10 @@ pub async fn route_message(server: &Server, el: Element) -> Result<(), Bounce> {
     route(server, el, Pass::First, None).await
 }
 
-/// The archive writes a session with stream management (XEP-0198) let
-/// go behind the messages it delivered ([`route_message_behind`]); it
-/// counts each message handled (its client's `h`) once its write ended.
+/// The archive writes a client's session let go behind the messages it
+/// delivered ([`route_message_behind`]); with stream management
+/// (XEP-0198) it counts each message handled (its client's `h`) once its
+/// write ended.
 pub type Behind = std::collections::VecDeque<futures::future::BoxFuture<'static, ()>>;
 
 /// Most archive writes one connection lets go behind its deliveries.
@@ -228,13 +229,14 @@ pub async fn prune_behind(behind: &mut Behind) {
     }
 }
 
-/// [`route_message`] for a client's session that counts what it handled
-/// (XEP-0198). A message whose every copy goes to sessions of this node
-/// is delivered before its archive write commits; the write goes on
-/// `behind`. Those sessions share the sender's fate: if the node dies
-/// before the write commits, the sender's client never had the message
-/// acknowledged, and sends it again when it resumes. A message for
-/// another node or offline storage is archived first, as always.
+/// [`route_message`] for a client's session. A message whose every copy
+/// goes to sessions of this node is delivered before its archive write
+/// commits; the write goes on `behind`. Those sessions share the sender's
+/// fate: if the node dies before the write commits, the sender's client
+/// never had the message acknowledged (with stream management, XEP-0198,
+/// it sends it again when it resumes; without, nothing acknowledges a
+/// message). A message for another node or offline storage is archived
+/// first, as always: its recipient outlives this node.
 pub async fn route_message_behind(
     server: &Arc<Server>,
     el: Element,
