@@ -58,7 +58,9 @@ struct Messages {
 impl Messages {
     fn new() -> Messages {
         let mut letters = Rng(12345);
-        let value = (0..520).map(|_| b'a' + (letters.next() % 26) as u8).collect();
+        let value = (0..520)
+            .map(|_| b'a' + (letters.next() % 26) as u8)
+            .collect();
         Messages {
             rng: Rng(88172645463325252),
             value,
@@ -93,7 +95,8 @@ fn run(engine: &str, dir: &Path, n: u64, batch: u64) {
                     t.insert(k1, v).expect("insert");
                     t.insert(k2, v).expect("insert");
                 }
-                meta.insert(b"last_applied", &b.to_be_bytes()).expect("insert");
+                meta.insert(b"last_applied", &b.to_be_bytes())
+                    .expect("insert");
             }
             db.flush().expect("flush");
         }
