@@ -133,7 +133,7 @@ pub fn next_id(node_id: u64) -> u64 {
 
 /// Whether no id equal to `id` was ever made by any run of its node (so
 /// its archive records may be written without looking for one).
-fn reserved(id: u64) -> bool {
+pub fn reserved(id: u64) -> bool {
     (id >> NODE_BITS) < RESERVED.load(Ordering::Acquire)
 }
 

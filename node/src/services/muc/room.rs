@@ -1881,7 +1881,12 @@ impl State {
                 .zip(&records)
                 .map(|(id, r)| (self.jid.as_str(), *id, r))
                 .collect();
-            if server.storage.archive(&entries).await? {
+            // Reserved ids (the usual case): no record can hold them yet,
+            // so no existence check, and the write is blind (applied
+            // without a journal record, `Kv::write_in_order`).
+            let checked = !ids.iter().all(|id| mam::reserved(*id));
+            let ops = crate::storage::archive_ops(&entries, checked);
+            if server.storage.archive_ops(ops).await? {
                 metrics::counter!("starling_muc_archive_writes_total").increment(1);
                 return Ok(spliced);
             }
