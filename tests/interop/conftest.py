@@ -111,6 +111,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def metric_sum(server, name: str) -> float:
+    """The sum of every series of metric `name` (any labels) on `server`'s /metrics."""
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return sum(float(line.split()[-1]) for line in text.splitlines()
+               if line.split("{")[0].split(" ")[0] == name)
+
+
 def wait_port(port: int, timeout: float, proc=None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -11,6 +11,7 @@ import uuid
 
 import pytest
 
+from conftest import metric_sum
 from rawxmpp import C, NS_DELAY, XMPPTimeout, bare, new_id, q, stanza_error, tostring, xml_escape
 
 pytestmark = [pytest.mark.timeout(120)]
@@ -830,27 +831,19 @@ def test_turning_members_only_removes_non_members(server, clients):
                       and e.get("type") == "unavailable", timeout=0.5)
 
 
-def _counter(server, name):
-    import urllib.request
-    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    return sum(float(line.split()[-1]) for line in text.splitlines()
-               if line.startswith(name) and not line.startswith("#"))
-
-
 @pytest.mark.starling_only
 def test_a_burst_is_archived_in_few_writes_and_reflected_in_order(server, clients):
     """Messages that queue while the room's archive write is in flight are archived
     together (one durable write for the run), and still reflected in the order sent."""
     room, owner, (p,) = room_with(server, clients, 2)
-    writes0 = _counter(server, "starling_muc_archive_writes_total")
+    writes0 = metric_sum(server, "starling_muc_archive_writes_total")
     n = 60
     for i in range(n):
         groupchat(owner, room, f"b{i}")
     seen = [p.recv(lambda e: e.tag == C("message") and e.get("type") == "groupchat"
                    and e.findtext(C("body")) is not None, timeout=10).findtext(C("body")) for _ in range(n)]
     assert seen == [f"b{i}" for i in range(n)]
-    writes = _counter(server, "starling_muc_archive_writes_total") - writes0
+    writes = metric_sum(server, "starling_muc_archive_writes_total") - writes0
     print(f"FIGURE: muc_burst_archive_writes={writes:.0f} messages={n}")
     assert 1 <= writes < n, writes
 
