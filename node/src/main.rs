@@ -68,9 +68,22 @@ enum Command {
         /// Node-to-node gRPC port.
         #[arg(long)]
         cluster_port: Option<u16>,
-        /// HTTP upload (XEP-0363) listener port (`[upload] port`).
+        /// HTTP upload (XEP-0363): turns `[upload]` on, on this port; 0
+        /// turns it off.
         #[arg(long)]
         upload_port: Option<u16>,
+        /// XMPP over WebSocket (RFC 7395): turns `[websocket]` on, on this
+        /// port; 0 turns it off.
+        #[arg(long)]
+        websocket_port: Option<u16>,
+        /// XMPP over BOSH (XEP-0206): turns `[bosh]` on, on this port; 0
+        /// turns it off.
+        #[arg(long)]
+        bosh_port: Option<u16>,
+        /// SOCKS5 bytestreams proxy (XEP-0065): turns `[proxy65]` on, on
+        /// this port; 0 turns it off.
+        #[arg(long)]
+        proxy65_port: Option<u16>,
         /// Server-to-server listener port (`[s2s] port`).
         #[arg(long)]
         s2s_port: Option<u16>,
@@ -200,6 +213,9 @@ fn main() -> std::process::ExitCode {
             component_port,
             cluster_port,
             upload_port,
+            websocket_port,
+            bosh_port,
+            proxy65_port,
             s2s_port,
             node_id,
             join,
@@ -229,8 +245,18 @@ fn main() -> std::process::ExitCode {
             if let Some(p) = cluster_port {
                 cfg.cluster.port = p;
             }
+            // An optional listener's port turns it on (0: off).
             if let Some(p) = upload_port {
-                cfg.upload.port = p;
+                (cfg.upload.enabled, cfg.upload.port) = (p != 0, p);
+            }
+            if let Some(p) = websocket_port {
+                (cfg.websocket.enabled, cfg.websocket.port) = (p != 0, p);
+            }
+            if let Some(p) = bosh_port {
+                (cfg.bosh.enabled, cfg.bosh.port) = (p != 0, p);
+            }
+            if let Some(p) = proxy65_port {
+                (cfg.proxy65.enabled, cfg.proxy65.port) = (p != 0, p);
             }
             if let Some(p) = s2s_port {
                 cfg.s2s.port = p;

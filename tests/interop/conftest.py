@@ -297,6 +297,7 @@ class StarlingServer(Server):
             cmd += ["--cluster-port", str(self.cluster_port)]
         if _starling_has_flag("--s2s-port"):  # federation's listener on a free port, not 5269
             cmd += ["--s2s-port", str(self.s2s_port)]
+        cmd += getattr(self, "extra_args", [])  # more `serve` flags (a test of the flags)
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      cwd=self.workdir, env=child_env())

@@ -83,3 +83,64 @@ def test_system_shutdown_stream_error(fresh_server, clients):
     for c in (a, b):
         assert c.wait_closed(10) == "system-shutdown"
         assert c.stream_ended or c.closed
+
+
+@pytest.mark.starling_only
+def test_port_flags_turn_on_the_optional_listeners(tmp_path_factory, clients):
+    """`--upload-port`, `--websocket-port`, `--bosh-port`, `--proxy65-port` with no config
+    file: each listener is on, on its port, and its service is discovered. The slot URLs of
+    the default `localhost` domain name a host that resolves (not `upload.localhost`)."""
+    import http.client
+    import urllib.parse
+    from conftest import free_port, make_server
+    from rawxmpp import q, tostring
+
+    s = make_server(tmp_path_factory, "flags", registration=False, limits=False)
+    up, ws, bosh, px = (free_port() for _ in range(4))
+    s.extra_args = ["--upload-port", str(up), "--websocket-port", str(ws),
+                    "--bosh-port", str(bosh), "--proxy65-port", str(px)]
+    s.start()
+    try:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+
+        def https(port, method, path, body=None, headers=None, host="127.0.0.1"):
+            conn = http.client.HTTPSConnection(host, port, context=ctx, timeout=10)
+            try:
+                conn.request(method, path, body=body, headers=headers or {})
+                r = conn.getresponse()
+                return r.status, r.read()
+            finally:
+                conn.close()
+
+        for port in (ws, bosh):  # XEP-0156 host-meta on both web listeners
+            st, body = https(port, "GET", "/.well-known/host-meta")
+            assert st == 200 and f":{port}/" in body.decode(), (port, st, body)
+
+        c = clients.add(s.online("flags"))
+        items = c.iq("get", "<query xmlns='http://jabber.org/protocol/disco#items'/>", to="localhost")
+        jids = {i.get("jid") for i in items.iter(q("http://jabber.org/protocol/disco#items", "item"))}
+        assert {"upload.localhost", "proxy.localhost"} <= jids, tostring(items)
+
+        bs = "http://jabber.org/protocol/bytestreams"
+        r = c.iq("get", f"<query xmlns='{bs}'/>", to="proxy.localhost")
+        host = r.find(q(bs, "query")).find(q(bs, "streamhost"))
+        assert host is not None and host.get("port") == str(px), tostring(r)
+
+        ns = "urn:xmpp:http:upload:0"
+        r = c.iq("get", f"<request xmlns='{ns}' filename='f.txt' size='5' content-type='text/plain'/>",
+                 to="upload.localhost")
+        slot = r.find(q(ns, "slot"))
+        assert slot is not None, tostring(r)
+        put = urllib.parse.urlsplit(slot.find(q(ns, "put")).get("url"))
+        get = urllib.parse.urlsplit(slot.find(q(ns, "get")).get("url"))
+        assert (put.scheme, put.hostname, put.port) == ("https", "localhost", up), put
+        socket.getaddrinfo(put.hostname, put.port)  # the URL's host resolves
+        headers = {h.get("name"): h.text for h in slot.find(q(ns, "put")).findall(q(ns, "header"))}
+        headers["Content-Type"] = "text/plain"
+        st, body = https(up, "PUT", put.path, b"hello", headers, host=put.hostname)
+        assert st == 201, (st, body)
+        assert https(up, "GET", get.path, host=get.hostname) == (200, b"hello")
+    finally:
+        s.stop()

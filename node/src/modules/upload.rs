@@ -226,12 +226,16 @@ pub fn public_base(server: &Server, domain: &str) -> String {
             .replace("{domain}", domain)
             .trim_end_matches('/')
             .to_owned(),
-        None => format!(
-            "{}://{}.{domain}:{}",
-            if cfg.tls { "https" } else { "http" },
-            cfg.subdomain,
-            cfg.port
-        ),
+        None => {
+            let scheme = if cfg.tls { "https" } else { "http" };
+            if domain.contains('.') {
+                format!("{scheme}://{}.{domain}:{}", cfg.subdomain, cfg.port)
+            } else {
+                // A single-label domain (`localhost`): its subdomains
+                // resolve nowhere (no DNS, not /etc/hosts), the domain does.
+                format!("{scheme}://{domain}:{}", cfg.port)
+            }
+        }
     }
 }
 
