@@ -371,7 +371,7 @@ impl Store {
             return Err(StoreError::Shutdown);
         }
         let raft = &self.inner.raft;
-        match raft.ensure_linearizable().await {
+        match crate::raft::confirm_leadership(raft).await {
             Ok(_) => Ok(()),
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
                 // A follower: the leader's read index, once applied here,

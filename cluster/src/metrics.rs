@@ -101,3 +101,9 @@ pub fn registry_epoch(e: u64) {
 pub fn registry_switch() {
     metrics::counter!("starling_registry_switches_total").increment(1);
 }
+
+/// A linearizable read asked its followers again: too few had confirmed
+/// this leader in time (slow followers, or a leader cut off).
+pub fn leadership_reconfirmed() {
+    metrics::counter!("starling_raft_leadership_reconfirmed_total").increment(1);
+}

@@ -199,3 +199,38 @@ def test_node_stopped_and_restarted_keeps_its_new_sessions(cluster):
         bob2.close()
     finally:
         alice.close()
+
+
+def test_a_read_on_the_leader_outlasts_followers_that_answer_late(cluster, clients):
+    """A linearizable read on the leader (an archive query: its read barrier confirms the
+    leadership with both followers) while both followers are stopped (SIGSTOP) for 0.6 s,
+    as on a machine too loaded for them to answer a heartbeat in time: the query is
+    answered once they answer, not refused after the first heartbeat's 100 ms."""
+    import os
+    import signal
+
+    cl = cluster
+    leader = cl.leader_node()
+    followers = [cl[i] for i in sorted(cl.nodes) if i != leader.node_id]
+    c = clients.add(online_on(leader, "lr"))
+    r = c.iq("set", "<query xmlns='urn:xmpp:mam:2' queryid='before'/>")
+    assert r.get("type") == "result", tostring(r)
+
+    def resume():
+        for f in followers:
+            os.kill(f.proc.pid, signal.SIGCONT)
+
+    for f in followers:
+        os.kill(f.proc.pid, signal.SIGSTOP)
+    timer = threading.Timer(0.6, resume)
+    timer.start()
+    try:
+        t0 = time.monotonic()
+        r = c.iq("set", "<query xmlns='urn:xmpp:mam:2' queryid='late'/>", timeout=15)
+        waited = time.monotonic() - t0
+    finally:
+        timer.join()
+        resume()
+    assert r.get("type") == "result", tostring(r)
+    # The barrier was really taken: the answer waited for the followers.
+    assert waited >= 0.5, waited

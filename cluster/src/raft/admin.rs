@@ -241,7 +241,7 @@ impl Admin for AdminService {
                 "read index of group {group}"
             )));
         }
-        let reply = match self.shared.raft.ensure_linearizable().await {
+        let reply = match crate::raft::confirm_leadership(&self.shared.raft).await {
             Ok(read) => RaftReply {
                 data: read.map_or(0, |l| l.index).to_be_bytes().to_vec(),
                 error: String::new(),

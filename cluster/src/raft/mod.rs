@@ -83,3 +83,32 @@ pub fn config() -> openraft::Config {
         ..Default::default()
     }
 }
+
+/// How long a leader keeps asking its followers to confirm its leadership
+/// for a linearizable read when too few answered in time.
+pub const CONFIRM_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `ensure_linearizable`, asked again (bounded by [`CONFIRM_WAIT`]) when
+/// too few followers answered: openraft gives each one a heartbeat
+/// interval, which a loaded machine's followers can miss without anything
+/// being lost; a leader cut off from its majority still fails, later.
+pub async fn confirm_leadership(
+    raft: &Raft,
+) -> Result<
+    Option<LogId>,
+    openraft::error::RaftError<NodeId, openraft::error::CheckIsLeaderError<NodeId, Node>>,
+> {
+    use openraft::error::{CheckIsLeaderError, RaftError};
+    let deadline = std::time::Instant::now() + CONFIRM_WAIT;
+    loop {
+        match raft.ensure_linearizable().await {
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))
+                if std::time::Instant::now() < deadline =>
+            {
+                crate::metrics::leadership_reconfirmed();
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            other => return other,
+        }
+    }
+}
