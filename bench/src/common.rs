@@ -22,8 +22,9 @@ pub struct Common {
     /// Server host (must resolve to loopback unless --allow-non-loopback).
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
-    /// c2s port (the direct-TLS port with --tls direct). Only `storm` takes several (repeat the
-    /// option or give a comma-separated list, also as `--ports`): its sessions go round-robin over them.
+    /// c2s port (the direct-TLS port with --tls direct). Only `storm` and `muc` take several
+    /// (repeat the option or give a comma-separated list, also as `--ports`): their sessions go
+    /// round-robin over them.
     #[arg(
         long = "port",
         visible_alias = "ports",
