@@ -108,6 +108,13 @@ pub async fn confirm_leadership(
                 crate::metrics::leadership_reconfirmed();
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
+            Err(e @ RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
+                tracing::warn!(
+                    error = %e,
+                    "leadership not confirmed by a majority within {CONFIRM_WAIT:?}: a linearizable read fails"
+                );
+                return Err(e);
+            }
             other => return other,
         }
     }
