@@ -25,11 +25,12 @@ pub fn init_tracing(json: bool) {
     } else {
         fmt.boxed()
     };
+    // The env filter for the whole subscriber (a callsite it disables costs
+    // nothing); the call-site filter, also decided once per call site, on
+    // the output only.
     tracing_subscriber::registry()
-        .with(
-            fmt.with_filter(env)
-                .with_filter(filter_fn(|m| !late_follower_line(m))),
-        )
+        .with(env)
+        .with(fmt.with_filter(filter_fn(|m| !late_follower_line(m))))
         .init();
 }
 
