@@ -1,13 +1,16 @@
 """Limits and behaviour set from the config file, the certificate, restarts."""
 
 import hashlib
+import http.client
 import socket
 import ssl
 import time
+import urllib.parse
 
 import pytest
 
-from rawxmpp import C
+from conftest import free_port, make_server
+from rawxmpp import C, q, tostring
 
 
 def cert_fingerprint(server):
@@ -90,11 +93,6 @@ def test_port_flags_turn_on_the_optional_listeners(tmp_path_factory, clients):
     """`--upload-port`, `--websocket-port`, `--bosh-port`, `--proxy65-port` with no config
     file: each listener is on, on its port, and its service is discovered. The slot URLs of
     the default `localhost` domain name a host that resolves (not `upload.localhost`)."""
-    import http.client
-    import urllib.parse
-    from conftest import free_port, make_server
-    from rawxmpp import q, tostring
-
     s = make_server(tmp_path_factory, "flags", registration=False, limits=False)
     up, ws, bosh, px = (free_port() for _ in range(4))
     s.extra_args = ["--upload-port", str(up), "--websocket-port", str(ws),
