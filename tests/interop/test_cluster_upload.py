@@ -2,9 +2,11 @@
 (the token key is shared through the replicated store), and every node serves the file
 (the others fetch it from the node that holds it, pinning its certificate), also after
 the owner restarts; a second PUT of the slot through a third node is refused (409); the
-quota counts the user's files cluster-wide; with the owner down, another node answers
-502 at once instead of hanging, and serves the file again once it is back. With
-[upload] shared_path every node reads the one directory.
+quota counts the user's files cluster-wide. Right after a PUT one other node fetches a
+copy: with the owner down (stopped, or killed before anyone asked for the file) the
+others serve the file from that copy; with no copy reachable either, another node
+answers 502 at once instead of hanging, and serves the file again once the owner is
+back. With [upload] shared_path every node reads the one directory.
 """
 
 import os
@@ -31,6 +33,21 @@ def ucluster(tmp_path_factory):
     c = Cluster(str(tmp_path_factory.mktemp("ucluster")), 3, extra_config=upload_lines)
     yield c
     c.stop()
+
+
+def copy_path(node, slot_id):
+    return os.path.join(node.data_dir, "upload", ".cache", slot_id)
+
+
+def wait_copy(cl, slot_id, owner, timeout=15):
+    """The id of the node (not ``owner``) that took a copy of the file after its PUT."""
+    deadline = time.monotonic() + timeout
+    while True:
+        held = [i for i in sorted(cl.nodes) if i != owner and os.path.exists(copy_path(cl[i], slot_id))]
+        if held:
+            return held[0]
+        assert time.monotonic() < deadline, "no node took a copy of the upload"
+        time.sleep(0.2)
 
 
 def get_on(node, url, timeout=20):
@@ -105,17 +122,23 @@ def test_upload_through_one_node_served_by_all(ucluster):
         st, _, body = get_on(cl[2], gu2)
         assert st == 200 and body == data2
 
-        # A third file held by node 2; node 2 down: node 1 answers 502 quickly; back: 200.
+        # A third file held by node 2, copied right after its PUT to one other node.
         b = online_on(cl[2], "cw", presence=False)
         data3 = b"third" * 100
         pu, hd, gu3 = parse_slot(slot(b, "third.txt", len(data3), "text/plain"))
         assert put(cl[2], pu, data3, hd, "text/plain")[0] == 201
         b.close()
-        st, _, _ = get_on(cl[1], gu3)  # node 1 caught up on the record
-        assert st == 200
+        slot3 = path_of(gu3).split("/")[-2]
+        wait_copy(cl, slot3, owner=2)
         b_port = cl[2].upload_port
         cl[2].stop()
-        # node 1 has it cached now; node 3 has not.
+        # Node 2 down: the others serve it (the copy, or fetched from the node with it).
+        for i in (1, 3):
+            st, _, body = get_on(cl[i], gu3)
+            assert st == 200 and body == data3, (i, st)
+        # No copy left on a reachable node: 502 at once, not a hang.
+        for i in (1, 3):
+            os.remove(copy_path(cl[i], slot3))
         t0 = time.monotonic()
         st, _, _ = get_on(cl[3], gu3)
         assert st == 502 and time.monotonic() - t0 < 10, st
@@ -133,6 +156,30 @@ def test_upload_through_one_node_served_by_all(ucluster):
             cl[i].assert_healthy()
     finally:
         a.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_file_outlives_its_owner_killed(ucluster):
+    """Uploaded through node 1 and fetched by nobody; node 1 killed (-9): both survivors
+    serve it, the one with the copy made after the PUT and the other through it."""
+    cl = ucluster
+    a = online_on(cl[1], "ck", presence=False)
+    try:
+        data = os.urandom(3000)
+        put_url, headers, get_url = parse_slot(slot(a, "keep.bin", len(data), "application/octet-stream"))
+        assert put(cl[1], put_url, data, headers, "application/octet-stream")[0] == 201
+    finally:
+        a.close()
+    slot_id = path_of(get_url).split("/")[-2]
+    holder = wait_copy(cl, slot_id, owner=1)
+    other = next(i for i in (2, 3) if i != holder)
+    assert not os.path.exists(copy_path(cl[other], slot_id))
+    cl.kill9(1)
+    for i in (other, holder):
+        st, h, body = get_on(cl[i], get_url)
+        assert st == 200 and body == data, (i, st)
+        assert h["content-type"] == "application/octet-stream"
+    assert os.path.exists(copy_path(cl[other], slot_id))
 
 
 @pytest.mark.timeout(120)

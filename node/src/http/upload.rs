@@ -8,8 +8,11 @@
 //! the replicated store. A GET on another node fetches the file from the
 //! owner's listener (its URL and certificate fingerprints are in the
 //! store, so the fetch pins the owner's certificate) into a local cache,
-//! then serves it. With `[upload] shared_path`, every node reads the one
-//! directory instead.
+//! then serves it. Right after a PUT the owner also has one other node
+//! (by rendezvous hashing of the slot over the live nodes) fetch a copy, so
+//! that a file outlives its owner's death: a GET whose owner is unreachable
+//! is served from another node's copy. With `[upload] shared_path`, every
+//! node reads the one directory instead.
 
 use crate::modules::upload::{self as m, Claims};
 use crate::server::Server;
@@ -26,8 +29,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 
-/// Marks a fetch between nodes: answered only from the node's own disk.
+/// Marks a request between nodes. A GET is answered only from the node's
+/// own disk (its files and its copies of others', never fetched on); a
+/// POST with the value [`COPY`] asks the node to fetch a copy of the file.
 const INTERNAL: &str = "x-starling-internal";
+const COPY: &str = "copy";
 
 /// Where this node keeps files (the shared directory when there is one).
 pub fn dir(server: &Server) -> PathBuf {
@@ -219,8 +225,17 @@ async fn dispatch(
         return status(StatusCode::NOT_FOUND, "not found");
     };
     match *req.method() {
-        Method::PUT => put(&req, payload, &server, &slot, &name).await,
+        Method::PUT => {
+            let resp = put(&req, payload, &server, &slot, &name).await;
+            if resp.status() == StatusCode::CREATED {
+                actix_web::rt::spawn(copy_elsewhere(server.get_ref().clone(), slot, name));
+            }
+            resp
+        }
         Method::GET | Method::HEAD => get(&req, &server, &slot, &name).await,
+        Method::POST if req.headers().get(INTERNAL).is_some_and(|v| v == COPY) => {
+            copy_here(&server, &slot, &name).await
+        }
         Method::OPTIONS => cors(HttpResponse::NoContent()).finish(),
         _ => cors(HttpResponse::MethodNotAllowed())
             .insert_header((header::ALLOW, "GET, HEAD, PUT, OPTIONS"))
@@ -432,9 +447,12 @@ async fn get(req: &HttpRequest, server: &Server, slot: &str, name: &str) -> Http
     let path = if local {
         dir(server).join(slot)
     } else if req.headers().get(INTERNAL).is_some() {
-        // Another node asked for a file this node does not hold: never
-        // forward a fetch (no loops).
-        return status(StatusCode::NOT_FOUND, "not stored on this node");
+        // Another node asked for a file this node does not own: its copy,
+        // if it has a whole one; never a fetch on (no loops).
+        match complete_copy(server, slot, &meta).await {
+            Some(p) => p,
+            None => return status(StatusCode::NOT_FOUND, "not stored on this node"),
+        }
     } else {
         match cached(server, slot, &meta).await {
             Ok(p) => p,
@@ -495,29 +513,61 @@ fn filename_param(name: &str) -> DispositionParam {
     }
 }
 
-/// The cached copy of a file another node holds, fetched first if need be.
-async fn cached(server: &Server, slot: &str, meta: &FileMeta) -> anyhow::Result<PathBuf> {
+/// This node's copy of a file another node owns, when it is whole.
+async fn complete_copy(server: &Server, slot: &str, meta: &FileMeta) -> Option<PathBuf> {
     let path = cache_dir(server).join(slot);
-    if tokio::fs::metadata(&path)
+    tokio::fs::metadata(&path)
         .await
         .is_ok_and(|md| md.len() == meta.size)
-    {
+        .then_some(path)
+}
+
+/// The cached copy of a file another node holds, fetched first if need be:
+/// from its owner, else (the owner unreachable) from a node that has a
+/// copy.
+async fn cached(server: &Server, slot: &str, meta: &FileMeta) -> anyhow::Result<PathBuf> {
+    if let Some(path) = complete_copy(server, slot, meta).await {
         return Ok(path);
     }
-    let listener = server
-        .storage
-        .upload_listener(meta.node)?
-        .ok_or_else(|| anyhow::anyhow!("node {} has no upload listener", meta.node))?;
+    let store = &server.storage.store;
+    let others = store
+        .live_nodes()
+        .into_iter()
+        .filter(|n| *n != meta.node && *n != store.node_id());
+    let mut last = anyhow::anyhow!("node {} has no upload listener", meta.node);
+    for node in std::iter::once(meta.node).chain(others) {
+        let Some(listener) = server.storage.upload_listener(node)? else {
+            continue;
+        };
+        match fetch_from(server, &listener, slot, meta).await {
+            Ok(path) => return Ok(path),
+            Err(e) => {
+                tracing::debug!(error = %e, slot, node, "no copy of an upload from that node");
+                last = e.context(format!("node {node}"));
+            }
+        }
+    }
+    Err(last)
+}
+
+/// Fetches `slot` from one node's listener into the cache.
+async fn fetch_from(
+    server: &Server,
+    listener: &NodeListener,
+    slot: &str,
+    meta: &FileMeta,
+) -> anyhow::Result<PathBuf> {
+    let path = cache_dir(server).join(slot);
     tokio::fs::create_dir_all(cache_dir(server)).await?;
     let part = cache_dir(server).join(format!(".part-{slot}-{}", uuid::Uuid::new_v4().simple()));
     // Bounded: a node that stops sending mid-file must not hold the GET
     // forever (at least 1 MiB/s, and 30 s).
     let limit = std::time::Duration::from_secs(30 + meta.size / (1024 * 1024));
-    let result =
-        match tokio::time::timeout(limit, fetch(server, &listener, slot, meta, &part)).await {
-            Ok(r) => r,
-            Err(_) => Err(anyhow::anyhow!("fetch took longer than {limit:?}")),
-        };
+    let result = match tokio::time::timeout(limit, fetch(server, listener, slot, meta, &part)).await
+    {
+        Ok(r) => r,
+        Err(_) => Err(anyhow::anyhow!("fetch took longer than {limit:?}")),
+    };
     let outcome = if result.is_ok() { "ok" } else { "error" };
     metrics::counter!("starling_upload_fetches_total", "result" => outcome).increment(1);
     if let Err(e) = result {
@@ -528,8 +578,93 @@ async fn cached(server: &Server, slot: &str, meta: &FileMeta) -> anyhow::Result<
     Ok(path)
 }
 
-/// GETs `slot` from the owner's listener into `part` (exactly
-/// `meta.size` bytes), over TLS pinned to the owner's certificates.
+/// Right after a PUT: one other live node fetches a copy, so the file
+/// outlives this node. The nodes are tried in rendezvous order of the slot;
+/// a node that just started may not know the others live yet (it has seen
+/// none of their lease renewals), so it asks again for a few seconds. Best
+/// effort: a failure leaves the file on its owner alone, as before.
+async fn copy_elsewhere(server: Arc<Server>, slot: String, name: String) {
+    let store = &server.storage.store;
+    if server.config.upload.shared_path.is_some() || !store.has_peers() {
+        return;
+    }
+    let me = store.node_id();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut last = anyhow::anyhow!("no other node is live");
+    loop {
+        let mut others: Vec<u64> = store
+            .live_nodes()
+            .into_iter()
+            .filter(|n| *n != me)
+            .collect();
+        while let Some(node) = crate::services::owner_among(&others, &slot) {
+            others.retain(|n| *n != node);
+            match copy_to(&server, node, &slot, &name).await {
+                Ok(()) => {
+                    metrics::counter!("starling_upload_copies_total", "result" => "ok")
+                        .increment(1);
+                    return;
+                }
+                Err(e) => last = e.context(format!("node {node}")),
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+    metrics::counter!("starling_upload_copies_total", "result" => "error").increment(1);
+    tracing::warn!(error = %last, slot, "an upload was not copied to another node");
+}
+
+/// Asks `node` to fetch a copy of the file (`copy_here` there).
+async fn copy_to(server: &Server, node: u64, slot: &str, name: &str) -> anyhow::Result<()> {
+    let listener = server
+        .storage
+        .upload_listener(node)?
+        .ok_or_else(|| anyhow::anyhow!("no upload listener"))?;
+    let path = file_path(slot, name);
+    let (resp, driver) = node_request(server, &listener, hyper::Method::POST, &path, COPY).await?;
+    driver.abort();
+    if resp.status() != hyper::StatusCode::NO_CONTENT {
+        anyhow::bail!("answered {}", resp.status());
+    }
+    Ok(())
+}
+
+/// Another node (the owner, right after a PUT) asks this one to keep a
+/// copy: fetched into the cache, then 204.
+async fn copy_here(server: &Server, slot: &str, name: &str) -> HttpResponse {
+    let store = &server.storage.store;
+    let mut meta = server.storage.upload_file(slot).ok().flatten();
+    if meta.is_none() && store.read_barrier().await.is_ok() {
+        meta = server.storage.upload_file(slot).ok().flatten();
+    }
+    let Some(meta) = meta.filter(|f| f.filename == name) else {
+        return status(StatusCode::NOT_FOUND, "no such file");
+    };
+    if meta.node == store.node_id() || server.config.upload.shared_path.is_some() {
+        return HttpResponse::NoContent().finish();
+    }
+    match cached(server, slot, &meta).await {
+        Ok(_) => HttpResponse::NoContent().finish(),
+        Err(e) => {
+            tracing::debug!(error = %e, slot, "no copy of an upload made");
+            status(StatusCode::BAD_GATEWAY, "the file could not be fetched")
+        }
+    }
+}
+
+/// The request path of a file on a node's listener.
+fn file_path(slot: &str, name: &str) -> String {
+    format!(
+        "/{slot}/{}",
+        percent_encoding::utf8_percent_encode(name, m::PATH_SEGMENT)
+    )
+}
+
+/// GETs `slot` from a node's listener into `part` (exactly `meta.size`
+/// bytes).
 async fn fetch(
     server: &Server,
     listener: &NodeListener,
@@ -537,6 +672,49 @@ async fn fetch(
     meta: &FileMeta,
     part: &Path,
 ) -> anyhow::Result<()> {
+    use http_body_util::BodyExt;
+    let path = file_path(slot, &meta.filename);
+    let (resp, driver) = node_request(server, listener, hyper::Method::GET, &path, "1").await?;
+    if resp.status() != hyper::StatusCode::OK {
+        driver.abort();
+        anyhow::bail!("node answered {}", resp.status());
+    }
+    let size = meta.size;
+    let mut body = resp.into_body();
+    let mut file = tokio::fs::File::create(part).await?;
+    let mut got = 0u64;
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            got += data.len() as u64;
+            if got > size {
+                anyhow::bail!("node sent more than the file's size");
+            }
+            file.write_all(&data).await?;
+        }
+    }
+    driver.abort();
+    if got != size {
+        anyhow::bail!("node sent {got} of {size} bytes");
+    }
+    file.flush().await?;
+    Ok(())
+}
+
+/// Sends a request marked [`INTERNAL`] (with `internal` as its value) to a
+/// node's listener, over TLS pinned to the certificates it published;
+/// returns the response and the task driving the connection (abort it
+/// once the body is read).
+async fn node_request(
+    server: &Server,
+    listener: &NodeListener,
+    method: hyper::Method,
+    path: &str,
+    internal: &'static str,
+) -> anyhow::Result<(
+    hyper::Response<hyper::body::Incoming>,
+    tokio::task::JoinHandle<()>,
+)> {
+    use hyper::client::conn::http1::handshake;
     use hyper_util::rt::TokioIo;
     let base: hyper::Uri = listener.url.parse()?;
     let https = base.scheme_str() == Some("https");
@@ -545,61 +723,37 @@ async fn fetch(
         .ok_or_else(|| anyhow::anyhow!("no host in {}", listener.url))?
         .to_owned();
     let port = base.port_u16().unwrap_or(if https { 443 } else { 80 });
-    let path = format!(
-        "/{slot}/{}",
-        percent_encoding::utf8_percent_encode(&meta.filename, m::PATH_SEGMENT)
-    );
     let tcp = tokio::time::timeout(
         std::time::Duration::from_secs(5),
         tokio::net::TcpStream::connect((host.as_str(), port)),
     )
     .await??;
-    if https {
+    type Body = http_body_util::Empty<hyper::body::Bytes>;
+    let (mut sender, driver) = if https {
         let config = pinned_client(&listener.pins)?;
         let sni = rustls::pki_types::ServerName::try_from(server.config.domains[0].clone())?;
         let tls = tokio_rustls::TlsConnector::from(config)
             .connect(sni, tcp)
             .await?;
-        download(TokioIo::new(tls), &host, &path, meta.size, part).await
+        let (sender, conn) = handshake::<_, Body>(TokioIo::new(tls)).await?;
+        (sender, tokio::spawn(async move { drop(conn.await) }))
     } else {
-        download(TokioIo::new(tcp), &host, &path, meta.size, part).await
-    }
-}
-
-async fn download<I>(io: I, host: &str, path: &str, size: u64, part: &Path) -> anyhow::Result<()>
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    use http_body_util::BodyExt;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
-    let driver = tokio::spawn(conn);
-    let req = hyper::Request::get(path)
+        let (sender, conn) = handshake::<_, Body>(TokioIo::new(tcp)).await?;
+        (sender, tokio::spawn(async move { drop(conn.await) }))
+    };
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
         .header(hyper::header::HOST, host)
-        .header(INTERNAL, "1")
-        .body(http_body_util::Empty::<hyper::body::Bytes>::new())?;
-    let resp = sender.send_request(req).await?;
-    if resp.status() != hyper::StatusCode::OK {
-        driver.abort();
-        anyhow::bail!("owner node answered {}", resp.status());
-    }
-    let mut body = resp.into_body();
-    let mut file = tokio::fs::File::create(part).await?;
-    let mut got = 0u64;
-    while let Some(frame) = body.frame().await {
-        if let Ok(data) = frame?.into_data() {
-            got += data.len() as u64;
-            if got > size {
-                anyhow::bail!("owner node sent more than the file's size");
-            }
-            file.write_all(&data).await?;
+        .header(INTERNAL, internal)
+        .body(Body::new())?;
+    match sender.send_request(req).await {
+        Ok(resp) => Ok((resp, driver)),
+        Err(e) => {
+            driver.abort();
+            Err(e.into())
         }
     }
-    driver.abort();
-    if got != size {
-        anyhow::bail!("owner node sent {got} of {size} bytes");
-    }
-    file.flush().await?;
-    Ok(())
 }
 
 /// A TLS client that accepts exactly the certificates whose SHA-256 is
