@@ -624,8 +624,7 @@ async fn copy_to(server: &Server, node: u64, slot: &str, name: &str) -> anyhow::
         .upload_listener(node)?
         .ok_or_else(|| anyhow::anyhow!("no upload listener"))?;
     let path = file_path(slot, name);
-    let (resp, driver) = node_request(server, &listener, hyper::Method::POST, &path, COPY).await?;
-    driver.abort();
+    let (resp, _conn) = node_request(server, &listener, hyper::Method::POST, &path, COPY).await?;
     if resp.status() != hyper::StatusCode::NO_CONTENT {
         anyhow::bail!("answered {}", resp.status());
     }
@@ -674,9 +673,8 @@ async fn fetch(
 ) -> anyhow::Result<()> {
     use http_body_util::BodyExt;
     let path = file_path(slot, &meta.filename);
-    let (resp, driver) = node_request(server, listener, hyper::Method::GET, &path, "1").await?;
+    let (resp, _conn) = node_request(server, listener, hyper::Method::GET, &path, "1").await?;
     if resp.status() != hyper::StatusCode::OK {
-        driver.abort();
         anyhow::bail!("node answered {}", resp.status());
     }
     let size = meta.size;
@@ -692,7 +690,6 @@ async fn fetch(
             file.write_all(&data).await?;
         }
     }
-    driver.abort();
     if got != size {
         anyhow::bail!("node sent {got} of {size} bytes");
     }
@@ -702,18 +699,15 @@ async fn fetch(
 
 /// Sends a request marked [`INTERNAL`] (with `internal` as its value) to a
 /// node's listener, over TLS pinned to the certificates it published;
-/// returns the response and the task driving the connection (abort it
-/// once the body is read).
+/// returns the response and the connection, closed when dropped (keep it
+/// until the body is read).
 async fn node_request(
     server: &Server,
     listener: &NodeListener,
     method: hyper::Method,
     path: &str,
     internal: &'static str,
-) -> anyhow::Result<(
-    hyper::Response<hyper::body::Incoming>,
-    tokio::task::JoinHandle<()>,
-)> {
+) -> anyhow::Result<(hyper::Response<hyper::body::Incoming>, Conn)> {
     use hyper::client::conn::http1::handshake;
     use hyper_util::rt::TokioIo;
     let base: hyper::Uri = listener.url.parse()?;
@@ -736,10 +730,10 @@ async fn node_request(
             .connect(sni, tcp)
             .await?;
         let (sender, conn) = handshake::<_, Body>(TokioIo::new(tls)).await?;
-        (sender, tokio::spawn(async move { drop(conn.await) }))
+        (sender, Conn(tokio::spawn(async move { drop(conn.await) })))
     } else {
         let (sender, conn) = handshake::<_, Body>(TokioIo::new(tcp)).await?;
-        (sender, tokio::spawn(async move { drop(conn.await) }))
+        (sender, Conn(tokio::spawn(async move { drop(conn.await) })))
     };
     let req = hyper::Request::builder()
         .method(method)
@@ -747,12 +741,16 @@ async fn node_request(
         .header(hyper::header::HOST, host)
         .header(INTERNAL, internal)
         .body(Body::new())?;
-    match sender.send_request(req).await {
-        Ok(resp) => Ok((resp, driver)),
-        Err(e) => {
-            driver.abort();
-            Err(e.into())
-        }
+    Ok((sender.send_request(req).await?, driver))
+}
+
+/// The task driving a connection to another node's listener: aborted when
+/// dropped, so that no early return leaves it behind.
+struct Conn(tokio::task::JoinHandle<()>);
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
