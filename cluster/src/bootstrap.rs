@@ -100,10 +100,7 @@ impl Store {
         let raft = raft::Raft::new(
             cfg.node_id,
             config,
-            raft::network::Network {
-                transport: transport.clone(),
-                tag: raft::GroupTag::default(),
-            },
+            raft::network::Network::new(transport.clone(), raft::GroupTag::default()),
             log,
             sm,
         )

@@ -416,10 +416,7 @@ impl Registry {
         let raft = Raft::new(
             member,
             cfg,
-            raft::network::Network {
-                transport: self.shared.transport.clone(),
-                tag,
-            },
+            raft::network::Network::new(self.shared.transport.clone(), tag),
             log,
             sm,
         )

@@ -12,6 +12,8 @@ command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 command -v prosody >/dev/null || missing+=(prosody)
 command -v ejabberdctl >/dev/null || [ -x /usr/sbin/ejabberdctl ] || missing+=(ejabberd)
 command -v openssl >/dev/null || missing+=(openssl)
+# strace counts the connections a node opens (test_cluster_failover.py).
+command -v strace >/dev/null || missing+=(strace)
 if [ ${#missing[@]} -gt 0 ] && command -v apt-get >/dev/null; then
   # The packages' own services must not start (they would take 5222/5269): the tests run
   # private copies. policy-rc.d refuses service starts during the install, then goes.

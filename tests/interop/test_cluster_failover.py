@@ -20,6 +20,8 @@ that acknowledges it), one node is killed with SIGKILL. Then:
 The measured times are printed as FIGURE: lines and recorded in figures.jsonl.
 """
 
+import os
+import subprocess
 import threading
 import time
 
@@ -240,3 +242,41 @@ def test_a_read_on_the_leader_outlasts_followers_that_answer_late(cluster, clien
     log = leader.log_since_start()
     assert "confirming leadership" not in log, log[-3000:]
     assert "leadership not confirmed" not in log, log[-3000:]
+
+
+
+def test_reads_on_the_leader_reuse_its_connections_to_the_followers(cluster, clients):
+    """Every linearizable read on the leader (here an archive query) confirms the leadership
+    with a heartbeat to each follower, and openraft asks for a new network client for each
+    of those: they must go over the connections the leader already has, not over a new TCP
+    connection (and mutual TLS handshake) per follower per read, which under a storm of
+    reads (every login's offline flush, every room's first join) makes followers late and
+    costs each read two handshakes. The leader's connect() calls are counted with strace."""
+    cl = cluster
+    leader = cl.leader_node()
+    ports = {cl[i].cluster_port for i in sorted(cl.nodes) if i != leader.node_id}
+    c = clients.add(online_on(leader, "rc"))
+    r = c.iq("set", "<query xmlns='urn:xmpp:mam:2' queryid='warm'/>")
+    assert r.get("type") == "result", tostring(r)
+    trace = os.path.join(cl.workdir, "connect.strace")
+    st = subprocess.Popen(["strace", "-f", "-qq", "-e", "trace=connect", "-o", trace,
+                           "-p", str(leader.proc.pid)], stderr=subprocess.PIPE, text=True)
+    try:
+        # strace is attached once it has written its first line, or after a moment.
+        time.sleep(1.0)
+        assert st.poll() is None, f"strace could not attach: {st.stderr.read()}"
+        reads = 30
+        for i in range(reads):
+            r = c.iq("set", f"<query xmlns='urn:xmpp:mam:2' queryid='q{i}'/>")
+            assert r.get("type") == "result", tostring(r)
+        time.sleep(0.3)
+    finally:
+        st.terminate()
+        st.wait(timeout=10)
+    with open(trace) as f:
+        lines = f.read().splitlines()
+    to_followers = [ln for ln in lines if "connect(" in ln
+                    and any(f"htons({p})" in ln for p in ports)]
+    # A reconnect may happen (a keep-alive timing out on a loaded machine); one per read may not.
+    assert len(to_followers) <= 2, \
+        f"{len(to_followers)} connections to the followers for {reads} reads: {to_followers[:4]}"

@@ -1,12 +1,13 @@
 //! openraft's outgoing RPCs over tonic: one lazily connected channel per
-//! target node. Requests and replies are this crate's codec bytes inside the
+//! target address, shared by every client openraft makes for it. Requests and replies are this crate's codec bytes inside the
 //! `starling.cluster.v1.Raft` messages; a reply carries the remote openraft
 //! `Result`, so remote Raft errors come back typed.
 //!
 //! It only carries what openraft sends: which RPC goes where, and when, is
 //! openraft's.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
@@ -29,9 +30,35 @@ use crate::transport::Transport;
 /// Creates a [`Connection`] per target.
 #[derive(Clone)]
 pub struct Network {
-    pub transport: Arc<Transport>,
+    transport: Arc<Transport>,
     /// The group (and registry epoch) this Raft node belongs to.
-    pub tag: GroupTag,
+    tag: GroupTag,
+    /// One channel (one HTTP/2 connection) per peer address. openraft asks
+    /// for a new client per replication stream, and per target for every
+    /// election and every leadership check, i.e. every linearizable read:
+    /// a new channel each time would be a new TCP and TLS handshake per
+    /// follower per read.
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl Network {
+    pub fn new(transport: Arc<Transport>, tag: GroupTag) -> Self {
+        Network {
+            transport,
+            tag,
+            channels: Arc::default(),
+        }
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel, String> {
+        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = channels.get(addr) {
+            return Ok(c.clone());
+        }
+        let c = self.transport.channel(addr)?;
+        channels.insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -42,8 +69,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             addr: node.addr.clone(),
             client: None,
-            transport: self.transport.clone(),
-            tag: self.tag,
+            network: self.clone(),
         }
     }
 }
@@ -52,8 +78,7 @@ pub struct Connection {
     target: NodeId,
     addr: String,
     client: Option<RaftClient<Channel>>,
-    transport: Arc<Transport>,
-    tag: GroupTag,
+    network: Network,
 }
 
 #[derive(Clone, Copy)]
@@ -74,7 +99,7 @@ impl Connection {
         if let Some(c) = &self.client {
             return Ok(c.clone());
         }
-        let channel = self.transport.channel(&self.addr)?;
+        let channel = self.network.channel(&self.addr)?;
         let c = RaftClient::new(channel)
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX);
@@ -97,8 +122,8 @@ impl Connection {
         let mut client = self.client().map_err(net_err)?;
         let mut request = tonic::Request::new(RaftRequest {
             data,
-            group: self.tag.group,
-            epoch: self.tag.epoch,
+            group: self.network.tag.group,
+            epoch: self.network.tag.epoch,
             target: self.target,
         });
         request.set_timeout(option.hard_ttl());
