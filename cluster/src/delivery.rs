@@ -5,13 +5,16 @@
 //! and returns at once; a full queue is `DeliveryError::Backpressure`, never
 //! growth. One task per peer owns the stream: it connects (mutual TLS when
 //! configured), keeps at most `WINDOW` envelopes unacknowledged, and
-//! reconnects with exponential backoff. Envelopes unacknowledged when a
-//! stream breaks, and envelopes queued while the peer is unreachable, fail
-//! (`Unavailable`) rather than being retried: a retry could deliver twice,
-//! and the caller can fall back (offline storage) on its own terms.
+//! reconnects with exponential backoff. Only envelopes whose sender waits
+//! for the outcome (`deliver_acked`) are acknowledged: the others (a room's
+//! fan-out, most of the traffic) cost no ack frame. Envelopes
+//! unacknowledged when a stream breaks, and envelopes queued while the peer
+//! is unreachable, fail (`Unavailable`) rather than being retried: a retry
+//! could deliver twice, and the caller can fall back (offline storage) on
+//! its own terms.
 //!
 //! Receiving: each envelope goes to the node's [`LocalDelivery`], whose
-//! answer travels back in the ack.
+//! answer travels back in the ack when one is wanted, and is counted there.
 //!
 //! Owns the delivery contract with the node (`Envelope`, `DeliveryResult`,
 //! `DeliveryError`, `LocalDelivery`) and its state (`Hub`). Must not parse
@@ -103,6 +106,11 @@ pub trait LocalDelivery: Send + Sync + 'static {
 
 /// Envelopes sent and not yet acknowledged, per stream.
 pub const WINDOW: usize = 256;
+/// A receiver acknowledges envelopes whose sender does not wait for them
+/// only once per this many (one ack covers every envelope up to its
+/// sequence number, as a stream is handled in order): enough for the
+/// sender to keep its window, a quarter of it.
+const NO_ACK_EVERY: usize = WINDOW / 4;
 /// How long `deliver_acked` waits for the ack.
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a receiver waits to apply what the sender had applied.
@@ -124,13 +132,13 @@ impl Outgoing {
     }
 
     fn done(self, r: DeliveryResult) {
-        record(r);
         if let Some(a) = self.ack {
             let _ = a.send(Ok(r));
         }
     }
 }
 
+/// Counts what the receiving node did with an envelope (on that node).
 fn record(r: DeliveryResult) {
     match r {
         DeliveryResult::Delivered => metrics::delivered(),
@@ -206,6 +214,7 @@ pub fn send(
     }
     if peer == shared.node_id {
         let r = local(hub, env);
+        record(r);
         Outgoing {
             env: Envelope::default(),
             ack,
@@ -374,11 +383,27 @@ async fn session(
     tracing::debug!(peer, addr, "delivery stream open");
 
     let mut inflight: HashMap<u64, Outgoing> = HashMap::new();
+    // Sequence numbers of envelopes nobody waits for, not yet covered by an
+    // ack: they count against the window too.
+    let mut unwaited: std::collections::VecDeque<u64> = std::collections::VecDeque::new();
     let mut seq = 0u64;
     let end = loop {
         tokio::select! {
-            item = async { match held.take() { Some(o) => Some(o), None => rx.recv().await } }, if inflight.len() < WINDOW => {
+            // A slot on the outbound stream first, then the envelope: one
+            // taken from the queue always has somewhere to go. (Cancel
+            // safe: `held` is taken only once the slot is there, and the
+            // future then completes in the same poll.)
+            next = async {
+                let slot = out_tx.reserve().await;
+                let item = match held.take() { Some(o) => Some(o), None => rx.recv().await };
+                (slot, item)
+            }, if inflight.len() + unwaited.len() < WINDOW => {
+                let (slot, item) = next;
                 let Some(o) = item else { break Ok(()) };
+                let Ok(slot) = slot else {
+                    o.fail(DeliveryError::Unavailable("stream closed".into()), "disconnected");
+                    break Err(Connected(true, "outbound stream closed".into()));
+                };
                 metrics::delivery_queue_depth(peer, rx.len());
                 seq += 1;
                 let Outgoing { env, ack } = o;
@@ -396,19 +421,26 @@ async fn session(
                     recipients: env.recipients,
                     suffix: env.suffix,
                     hops: env.hops,
+                    no_ack: ack.is_none(),
                 };
-                let o = Outgoing { env: Envelope::default(), ack };
-                // Cannot be full: at most WINDOW are in flight.
-                if out_tx.try_send(msg).is_err() {
-                    o.fail(DeliveryError::Unavailable("stream closed".into()), "disconnected");
-                    break Err(Connected(true, "outbound stream closed".into()));
+                slot.send(msg);
+                // Only a sender that waits for the outcome is told it.
+                match ack {
+                    Some(ack) => {
+                        inflight.insert(seq, Outgoing { env: Envelope::default(), ack: Some(ack) });
+                    }
+                    None => unwaited.push_back(seq),
                 }
-                inflight.insert(seq, o);
             }
             ack = acks.message() => match ack {
                 Ok(Some(a)) => {
                     if let Some(o) = inflight.remove(&a.seq) {
                         o.done(from_code(a.delivered, a.result));
+                    }
+                    // The receiver handles a stream in order: everything
+                    // up to this one is done.
+                    while unwaited.front().is_some_and(|s| *s <= a.seq) {
+                        unwaited.pop_front();
                     }
                 }
                 Ok(None) => break Err(Connected(true, "stream ended".into())),
@@ -447,6 +479,8 @@ impl Delivery for DeliveryService {
         tokio::spawn(async move {
             let shared = &hub.shared;
             let mut stop = shared.stop.subscribe();
+            // Envelopes nobody waits for, handled since the last ack.
+            let mut unacked = 0usize;
             loop {
                 let msg = tokio::select! {
                     m = inbound.message() => m,
@@ -477,6 +511,7 @@ impl Delivery for DeliveryService {
                         )
                         .await;
                 }
+                let (seq, no_ack) = (e.seq, e.no_ack);
                 let r = local(
                     &hub,
                     Envelope {
@@ -494,8 +529,16 @@ impl Delivery for DeliveryService {
                         hops: e.hops,
                     },
                 );
+                record(r);
+                if no_ack {
+                    unacked += 1;
+                    if unacked < NO_ACK_EVERY {
+                        continue;
+                    }
+                }
+                unacked = 0;
                 let ack = pb::Ack {
-                    seq: e.seq,
+                    seq,
                     delivered: r == DeliveryResult::Delivered,
                     result: result_code(r),
                 };

@@ -53,13 +53,16 @@ pub fn delivery_queue_depth(peer: u64, n: usize) {
         .set(n as f64);
 }
 
-/// Envelopes another node acknowledged as delivered.
+/// Envelopes from another node (or this one) that this node delivered:
+/// counted where they are delivered, whether or not the sender waits for
+/// the ack.
 pub fn delivered() {
     metrics::counter!("starling_cluster_delivered_total").increment(1);
 }
 
-/// Envelopes not delivered, by `kind`: `backpressure`, `unknown_node`,
-/// `unavailable`, `disconnected`, `timeout`, `no_session`, `refused`.
+/// Envelopes not delivered, by `kind`: on the sender `backpressure`,
+/// `unknown_node`, `unavailable`, `disconnected` (an acked envelope whose
+/// stream broke first), `timeout`; on the receiver `no_session`, `refused`.
 pub fn delivery_error(kind: &'static str) {
     metrics::counter!("starling_cluster_delivery_errors_total", "kind" => kind).increment(1);
 }

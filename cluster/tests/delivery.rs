@@ -104,23 +104,41 @@ async fn delivery_with_acks_and_backpressure() {
     assert_eq!(r, Ok(DeliveryResult::Delivered));
     eventually("both delivered", 10, || rx.got.lock().unwrap().len() == 4).await;
     rx.got.lock().unwrap().drain(2..);
-    // Fire and forget, in order.
-    for i in 0..50 {
-        s1.deliver(2, env("alice@example.com/a", 100 + i)).unwrap();
+    // Fire and forget, in order; they are acknowledged only now and then,
+    // so a window's worth of them (and more) must not stall the stream.
+    let n = 3 * WINDOW + 7;
+    let until = Instant::now() + Duration::from_secs(10);
+    for i in 0..n {
+        loop {
+            match s1.deliver(2, env("alice@example.com/a", 100 + i)) {
+                Ok(()) => break,
+                Err(DeliveryError::Backpressure) if Instant::now() < until => {
+                    tokio::time::sleep(Duration::from_millis(5)).await
+                }
+                Err(e) => panic!("envelope {i} of {n}: {e}"),
+            }
+        }
     }
-    eventually("50 delivered", 10, || rx.got.lock().unwrap().len() == 52).await;
+    eventually("fire-and-forget delivered", 10, || {
+        rx.got.lock().unwrap().len() == 2 + n
+    })
+    .await;
     {
         let got = rx.got.lock().unwrap();
         let ids: Vec<_> = got[2..]
             .iter()
             .map(|e| String::from_utf8(e.stanza.clone()).unwrap())
             .collect();
-        let want: Vec<_> = (0..50)
+        let want: Vec<_> = (0..n)
             .map(|i| format!("<message id='{}'/>", 100 + i))
             .collect();
         assert_eq!(ids, want);
         assert_eq!(got[2].session_id, 7);
     }
+    // An acked envelope after them still gets its own answer.
+    let r = s1.deliver_acked(2, env("alice@example.com/a", 4)).await;
+    assert_eq!(r, Ok(DeliveryResult::Delivered));
+    rx.got.lock().unwrap().truncate(52);
 
     // A hung receiver: nothing gets through, no acks come back, at most
     // WINDOW are in flight and then the bounded queue refuses. (Resumed
