@@ -1,4 +1,4 @@
-# Shared by cluster-login.sh and cluster-storm.sh (sourced): ports, start and stop of Starling
+# Shared by the cluster-*.sh benches (sourced): ports, start and stop of Starling
 # nodes on loopback, their metrics, and account creation through a node's admin socket.
 # The caller sets STARLING_BIN, PORT_BASE, NODES, DOMAIN, CA (the cluster CA directory) and OUT;
 # NODE_EXTRA_CONF (optional) is appended to every node's configuration file.
@@ -83,4 +83,17 @@ wait_replicated() { # $@ = node ns: until every node applied what the first one 
 
 add_accounts() { # $1 = admin socket, $2 = first, $3 = last: user<i>@DOMAIN / perfpass<i>
   "$(dirname "${BASH_SOURCE[0]}")/add-accounts.py" "$1" "$2" "$3" "$DOMAIN" > /dev/null
+}
+
+start_three() { # $1 = dir, $2 = accounts: certificates in $1/ca, nodes 1..3 joined to node 1,
+                # accounts 1..$2 added and applied everywhere
+  CA=$1/ca; mkdir -p "$1"
+  make_certs
+  start_node 1 1 "$1" "" || return 1
+  sleep 2
+  start_node 2 2 "$1" "127.0.0.1:$(cluster_port 1)" || return 1
+  start_node 3 3 "$1" "127.0.0.1:$(cluster_port 1)" || return 1
+  sleep 3
+  add_accounts "$1/data1/admin.sock" 1 "$2"
+  wait_replicated 1 2 3
 }

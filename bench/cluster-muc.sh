@@ -51,15 +51,7 @@ tasks() { # per thread of every node: "node:comm:tid cpu_ns voluntary_switches"
 
 run_one() { # $1 = round
   local round=$1 dir="$OUT/round-$1"
-  CA=$dir/ca; mkdir -p "$dir"
-  make_certs
-  start_node 1 1 "$dir" "" || return 1
-  sleep 2
-  start_node 2 2 "$dir" "127.0.0.1:$(cluster_port 1)" || return 1
-  start_node 3 3 "$dir" "127.0.0.1:$(cluster_port 1)" || return 1
-  sleep 3
-  add_accounts "$dir/data1/admin.sock" 1 $((ROOMS * OCCUPANTS))
-  wait_replicated 1 2 3 || return 1
+  start_three "$dir" $((ROOMS * OCCUPANTS)) || return 1
   "$BENCH" muc --port "$(c2s_port 1),$(c2s_port 2),$(c2s_port 3)" \
     --server-pid "${NODE_PID[1]},${NODE_PID[2]},${NODE_PID[3]}" --rooms "$ROOMS" --occupants "$OCCUPANTS" \
     --rate "$RATE" --size 100 --duration-secs "$DURATION" --json "$dir.json" > "$dir/bench.out" 2>&1 &

@@ -29,15 +29,7 @@ leader_n() { # the n (1..3) of the node that leads, from its cluster status
 
 run_one() { # $1 = round
   local round=$1 dir="$OUT/round-$1"
-  CA=$dir/ca; mkdir -p "$dir"
-  make_certs
-  start_node 1 1 "$dir" "" || return 1
-  sleep 2
-  start_node 2 2 "$dir" "127.0.0.1:$(cluster_port 1)" || return 1
-  start_node 3 3 "$dir" "127.0.0.1:$(cluster_port 1)" || return 1
-  sleep 3
-  add_accounts "$dir/data1/admin.sock" 1 2
-  wait_replicated 1 2 3 || return 1
+  start_three "$dir" 2 || return 1
   local lead; lead=$(leader_n "$dir")
   [ -n "$lead" ] || { echo "round $round: no leader known" >&2; return 1; }
   local fol=1; [ "$lead" = 1 ] && fol=2
