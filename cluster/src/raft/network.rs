@@ -1,5 +1,6 @@
 //! openraft's outgoing RPCs over tonic: one lazily connected channel per
-//! target address, shared by every client openraft makes for it. Requests and replies are this crate's codec bytes inside the
+//! target address, shared by every client openraft makes for it. Requests
+//! and replies are this crate's codec bytes inside the
 //! `starling.cluster.v1.Raft` messages; a reply carries the remote openraft
 //! `Result`, so remote Raft errors come back typed.
 //!
