@@ -59,12 +59,13 @@ def post(server, text, timeout=20):
 class Bosh:
     """One BOSH session, driven by hand."""
 
-    def __init__(self, server, wait=5):
+    def __init__(self, server, wait=5, **attrs):
         self.server = server
         self.rid = 4000 + int(uuid.uuid4().int % 100000)
+        extra = "".join(f" {k}='{v}'" for k, v in attrs.items())
         status, b = post(server, f"<body xmlns='{NS_BIND}' xmlns:xmpp='{NS_XBOSH}' rid='{self.rid}' "
                                  f"to='{server.domain}' wait='{wait}' hold='1' ver='1.6' xml:lang='en' "
-                                 "xmpp:version='1.0'/>")
+                                 f"xmpp:version='1.0'{extra}/>")
         assert status == 200 and b.get("type") is None, tostring(b)
         self.sid = b.get("sid")
         self.created = b
@@ -239,6 +240,57 @@ def test_bad_requests(server):
     s.send(f"<auth xmlns='{NS_SASL}' mechanism='PLAIN'>{token}</auth>")
     f = s.recv(lambda e: e.tag == q(NS_SASL, "failure"), what="SASL failure")
     assert f.find(q(NS_SASL, "not-authorized")) is not None
+    server.assert_healthy()
+
+
+def test_key_sequence_protects_the_session(server):
+    """XEP-0124 15: a session created with a newkey takes each new request only with the key
+    before the last one (hex SHA-1 of the key = the last key); a client switches to a new
+    sequence by sending its last key with a newkey; a wrong or missing key ends the session
+    with item-not-found, its payload not processed; a retransmitted request is answered again."""
+    import hashlib
+
+    def sequence(n):
+        keys = [hashlib.sha1(uuid.uuid4().hex.encode()).hexdigest()]
+        for _ in range(n - 1):
+            keys.append(hashlib.sha1(keys[-1].encode()).hexdigest())
+        return keys  # K(1) .. K(n); K(n) is sent first, as newkey
+
+    ping = f"<iq xmlns='jabber:client' type='get' id='{{}}' to='{server.domain}'><ping xmlns='urn:xmpp:ping'/></iq>"
+    # (every request carries a ping, so that it is answered at once: an unauthenticated
+    # stream would time out during empty polls)
+    k = sequence(4)
+    s = Bosh(server, newkey=k[3].upper())  # a key is checked as a number: hex in either case
+    s.send(ping.format("k1"), key=k[2])
+    s.recv(lambda e: e.get("id") == "k1", what="ping answer")
+    first = s.send(ping.format("k2"), key=k[1])
+    # a retransmission: the same answer again, although its key is no longer the next one
+    status, again = post(server, f"<body xmlns='{NS_BIND}' rid='{s.rid}' sid='{s.sid}' key='{k[1]}'>"
+                                 f"{ping.format('k2')}</body>")
+    assert status == 200 and ET.tostring(again) == ET.tostring(first)
+    # the last key of the sequence, with the first key of a new one
+    k2 = sequence(3)
+    s.send(ping.format("k3"), key=k[0], newkey=k2[2])
+    s.send(ping.format("k4"), key=k2[1])
+    s.recv(lambda e: e.get("id") == "k4", what="ping answer in the new sequence")
+    # an old key: the session ends, the payload is not processed
+    s.rid += 1
+    status, b = post(server, f"<body xmlns='{NS_BIND}' rid='{s.rid}' sid='{s.sid}' key='{k[0]}'>"
+                             f"{ping.format('stolen')}</body>")
+    assert status == 404 and b.get("type") == "terminate" and b.get("condition") == "item-not-found"
+    assert len(b) == 0, tostring(b)  # nothing answered: the payload was not taken
+    status, b = post(server, f"<body xmlns='{NS_BIND}' rid='{s.rid + 1}' sid='{s.sid}' key='{k2[0]}'/>")
+    assert status == 404 and b.get("condition") == "item-not-found", "the session must be gone"
+    # no key at all, in a session that has one: the same
+    k3 = sequence(2)
+    s = Bosh(server, newkey=k3[1])
+    s.rid += 1
+    status, b = post(server, f"<body xmlns='{NS_BIND}' rid='{s.rid}' sid='{s.sid}'/>")
+    assert status == 404 and b.get("condition") == "item-not-found"
+    # a session created without a newkey ignores keys
+    s = Bosh(server)
+    s.send(ping.format("nk"), key="whatever")
+    s.recv(lambda e: e.get("id") == "nk", what="ping answer without keys")
     server.assert_healthy()
 
 

@@ -12,7 +12,10 @@
 //! TCP clients have.
 //!
 //! Requests are taken in `rid` order (up to `requests` ahead; a repeated
-//! `rid` gets its response again, XEP-0124 §14.3). One request at a time
+//! `rid` gets its response again, XEP-0124 §14.3). A session created with
+//! a `newkey` checks each new request's `key` against it (XEP-0124 §15:
+//! the SHA-1 of each key, in hex, is the previous one): a wrong or missing
+//! key ends the session with `item-not-found`. One request at a time
 //! is held open (`hold` 1) for up to `wait` seconds; a newer request
 //! releases it. A session with no request for `inactivity` seconds ends,
 //! as a closed TCP connection would.
@@ -103,6 +106,23 @@ struct Order {
     next: u64,
     /// The last responses, by `rid`.
     kept: VecDeque<(u64, String)>,
+    /// The last key of the session's key sequence (hex), when it was
+    /// created with one (XEP-0124 §15).
+    key: Option<String>,
+}
+
+/// Whether `key` is the one before `last` in a key sequence:
+/// hex(SHA-1(key)) = last (XEP-0124 §15.1).
+fn key_follows(key: &str, last: &str) -> bool {
+    use sha1::Digest;
+    let digest = sha1::Sha1::digest(key.as_bytes());
+    last.len() == 2 * digest.len()
+        && digest.iter().zip(last.as_bytes().chunks(2)).all(|(b, h)| {
+            std::str::from_utf8(h)
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                == Some(*b)
+        })
 }
 
 static EPOCH: OnceLock<Instant> = OnceLock::new();
@@ -717,6 +737,7 @@ async fn create(server: &Arc<Server>, req: &HttpRequest, el: &Element, rid: u64)
         order: Mutex::new(Order {
             next: rid.wrapping_add(1),
             kept: VecDeque::new(),
+            key: el.get_attr("newkey").map(str::to_owned),
         }),
         order_ready: Notify::new(),
         in_flight: AtomicUsize::new(1),
@@ -811,9 +832,10 @@ async fn in_session(s: &Arc<Shared>, el: &Element, rid: u64) -> HttpResponse {
         tokio::pin!(ready);
         ready.as_mut().enable();
         {
-            let order = s.order.lock().unwrap_or_else(|e| e.into_inner());
+            let mut order = s.order.lock().unwrap_or_else(|e| e.into_inner());
             if rid < order.next {
-                // A retransmission (§14.3).
+                // A retransmission (§14.3): answered again, its key not
+                // checked again (the sequence has moved on).
                 return match order.kept.iter().find(|(r, _)| *r == rid) {
                     Some((_, text)) => ok(text.clone()),
                     None => terminate("item-not-found"),
@@ -823,6 +845,16 @@ async fn in_session(s: &Arc<Shared>, el: &Element, rid: u64) -> HttpResponse {
                 return terminate("item-not-found");
             }
             if rid == order.next {
+                if let Some(last) = &order.key {
+                    let Some(key) = el.get_attr("key").filter(|k| key_follows(k, last)) else {
+                        // §15.3: a wrong key ends the session, its payload
+                        // unread.
+                        drop(order);
+                        end(s);
+                        return terminate("item-not-found");
+                    };
+                    order.key = Some(el.get_attr("newkey").unwrap_or(key).to_owned());
+                }
                 break;
             }
         }
@@ -843,10 +875,7 @@ async fn in_session(s: &Arc<Shared>, el: &Element, rid: u64) -> HttpResponse {
         s.push_input(input);
     }
     if el.get_attr("type") == Some("terminate") {
-        s.push_input(b"</stream:stream>".to_vec());
-        s.close_input();
-        sessions().remove(&s.sid);
-        metrics::gauge!("starling_bosh_sessions").decrement(1.0);
+        end(s);
         let text = body(&[("type", "terminate".into())], &[]);
         keep(s, rid, &text);
         return ok(text);
@@ -866,6 +895,16 @@ async fn in_session(s: &Arc<Shared>, el: &Element, rid: u64) -> HttpResponse {
     };
     keep(s, rid, &text);
     ok(text)
+}
+
+/// Ends the session as a client's `terminate` does: the stream is closed
+/// and the `sid` forgotten.
+fn end(s: &Shared) {
+    s.push_input(b"</stream:stream>".to_vec());
+    s.close_input();
+    if sessions().remove(&s.sid).is_some() {
+        metrics::gauge!("starling_bosh_sessions").decrement(1.0);
+    }
 }
 
 fn keep(s: &Shared, rid: u64, text: &str) {
