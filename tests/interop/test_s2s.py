@@ -690,13 +690,15 @@ class CertAuthority:
                 "-addext", "basicConstraints=critical,CA:TRUE",
                 "-addext", "keyUsage=critical,keyCertSign,cRLSign")
 
-    def issue(self, domain, name=None):
+    def issue(self, domain, name=None, san=None):
+        """A certificate for `domain` (its subject CN); its subjectAltName is `san` (OpenSSL's
+        syntax), by default the DNS name of the domain."""
         name = name or domain
         key, csr, crt, ext = (f"{self.dir}/{name}.{x}" for x in ("key", "csr", "crt", "ext"))
         openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
                 "-subj", f"/CN={domain}", "-keyout", key, "-out", csr)
         with open(ext, "w") as f:
-            f.write(f"subjectAltName=DNS:{domain}\nextendedKeyUsage=serverAuth,clientAuth\n"
+            f.write(f"subjectAltName={san or 'DNS:' + domain}\nextendedKeyUsage=serverAuth,clientAuth\n"
                     "basicConstraints=CA:FALSE\n")
         openssl("x509", "-req", "-in", csr, "-CA", self.crt, "-CAkey", self.key, "-CAcreateserial",
                 "-days", "2", "-out", crt, "-extfile", ext)
@@ -841,6 +843,38 @@ def test_sasl_external_offered_only_for_a_trusted_certificate_of_the_claimed_dom
     assert f.find(q(NS_SASL, "incorrect-encoding")) is not None, tostring(f)
     assert s.expect_stream_error() == "policy-violation"
     e2.assert_healthy(u2)
+
+
+XMPP_ADDR, SRV_NAME = "1.3.6.1.5.5.7.8.5", "1.3.6.1.5.5.7.8.7"
+
+
+@pytest.mark.parametrize("san,offered", [
+    (f"otherName:{XMPP_ADDR};UTF8:e1.test", True),
+    (f"otherName:{SRV_NAME};IA5:_xmpp-server.e1.test", True),
+    (f"otherName:{SRV_NAME};IA5:_XMPP-Server.E1.test", True),
+    (f"otherName:{SRV_NAME};IA5:_xmpp-client.e1.test", False),
+    (f"otherName:{XMPP_ADDR};UTF8:someone@e1.test", False),
+    (f"otherName:{XMPP_ADDR};UTF8:e3.test,otherName:{SRV_NAME};IA5:_xmpp-server.e3.test", False),
+    ("DNS:*.e1.test", False),
+], ids=["xmppAddr", "SRV-ID", "SRV-ID-case", "SRV-ID-client", "xmppAddr-user", "other-domain",
+        "wildcard-below"])
+def test_sasl_external_for_each_kind_of_server_identity(external_pair, san, offered):
+    """RFC 6120 §13.7.1.2 / RFC 6125: a server certificate names its domain by a DNS-ID
+    (wildcards included), an SRV-ID `_xmpp-server.<domain>` or an XmppAddr. A certificate of the
+    trusted CA naming e1.test in any of these ways gets EXTERNAL for a stream from e1.test (and
+    the authentication succeeds); an SRV-ID of the client service, a user's address, another
+    domain's identities or a wildcard a level below do not (dialback is still offered)."""
+    e1, e2, ca = external_pair
+    cert = ca.issue("e1.test", name="e1-" + hashlib.sha1(san.encode()).hexdigest()[:10], san=san)
+    s = external_stream(e2, "e1.test", cert)
+    assert ("EXTERNAL" in s.mechanisms()) == offered, tostring(s.features)
+    assert s.feature("urn:xmpp:features:dialback", "dialback") is not None
+    if offered:
+        s.send_raw(f"<auth xmlns='{NS_SASL}' mechanism='EXTERNAL'>=</auth>")
+        s.recv(lambda e: e.tag == q(NS_SASL, "success"), 10, what="SASL success")
+        s.open_stream(ns=NS_SERVER, extra=f" xmlns:db='{NS_DB}' from='e1.test'")
+        assert "EXTERNAL" not in s.mechanisms()
+    s.close()
 
 
 # ------------------------------------------------------------------ a cluster as one domain

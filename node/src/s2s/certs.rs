@@ -70,12 +70,67 @@ impl Trust {
         };
         match v.verify_server_cert(end, intermediates, &name, &[], UnixTime::now()) {
             Ok(_) => true,
+            // The chain is checked before the name (rustls' WebPKI
+            // verifier): a trusted certificate that names the domain other
+            // than by a DNS name.
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForName
+                | rustls::CertificateError::NotValidForNameContext { .. },
+            )) if names_server_by_other_name(end, domain) => true,
             Err(e) => {
                 tracing::debug!(%domain, error = %e, "s2s peer certificate not trusted");
                 false
             }
         }
     }
+}
+
+/// id-on-xmppAddr (RFC 6120 §13.7.1.4) and id-on-dnsSRV (RFC 4985).
+const XMPP_ADDR: &str = "1.3.6.1.5.5.7.8.5";
+const SRV_NAME: &str = "1.3.6.1.5.5.7.8.7";
+
+/// Whether the certificate `der` names the server of `domain` by an
+/// otherName of its subjectAltName: an SRV-ID `_xmpp-server.<domain>`
+/// (an IA5String) or an XmppAddr `<domain>` (a UTF8String). Compared as
+/// DNS names are, without regard to ASCII case (RFC 6125 §6.4.1, §6.5.1);
+/// an SRV-ID of another service (`_xmpp-client`) does not name a server.
+fn names_server_by_other_name(der: &[u8], domain: &str) -> bool {
+    use x509_parser::der_parser::asn1_rs::{Any, FromDer, Tag};
+    use x509_parser::extensions::GeneralName;
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return false;
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return false;
+    };
+    let domain = domain.trim_end_matches('.');
+    san.value.general_names.iter().any(|name| {
+        let GeneralName::OtherName(oid, value) = name else {
+            return false;
+        };
+        // `[0] EXPLICIT` around the value.
+        let Some(inner) = Any::from_der(value)
+            .ok()
+            .filter(|(_, v)| v.tag() == Tag(0))
+            .and_then(|(_, v)| Any::from_der(v.data).ok())
+            .map(|(_, v)| v)
+        else {
+            return false;
+        };
+        let Ok(text) = std::str::from_utf8(inner.data) else {
+            return false;
+        };
+        match oid.to_id_string().as_str() {
+            XMPP_ADDR if inner.tag() == Tag::Utf8String => text.eq_ignore_ascii_case(domain),
+            SRV_NAME if inner.tag() == Tag::Ia5String => {
+                text.split_once('.').is_some_and(|(service, name)| {
+                    service.eq_ignore_ascii_case("_xmpp-server")
+                        && name.trim_end_matches('.').eq_ignore_ascii_case(domain)
+                })
+            }
+            _ => false,
+        }
+    })
 }
 
 /// TLS for the streams other servers open to us: the domains'
@@ -176,5 +231,53 @@ impl ResolvesClientCert for OwnCertificate {
 
     fn has_certs(&self) -> bool {
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{CertificateParams, KeyPair, OtherNameValue, SanType};
+
+    fn cert(sans: Vec<SanType>) -> Vec<u8> {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.subject_alt_names = sans;
+        let key = KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    fn xmpp_addr(jid: &str) -> SanType {
+        SanType::OtherName((
+            vec![1, 3, 6, 1, 5, 5, 7, 8, 5],
+            OtherNameValue::Utf8String(jid.into()),
+        ))
+    }
+
+    #[test]
+    fn an_xmpp_addr_of_the_domain_names_its_server() {
+        let c = cert(vec![xmpp_addr("Example.ORG")]);
+        assert!(names_server_by_other_name(&c, "example.org"));
+        assert!(names_server_by_other_name(&c, "example.org."));
+        assert!(!names_server_by_other_name(&c, "example.com"));
+        assert!(!names_server_by_other_name(&c, "sub.example.org"));
+    }
+
+    #[test]
+    fn other_identities_do_not_name_a_server() {
+        let dns = cert(vec![SanType::DnsName("example.org".try_into().unwrap())]);
+        assert!(!names_server_by_other_name(&dns, "example.org"));
+        // A user's address is not the server's.
+        let user = cert(vec![xmpp_addr("juliet@example.org")]);
+        assert!(!names_server_by_other_name(&user, "example.org"));
+        // Another otherName type carrying the domain.
+        let other = cert(vec![SanType::OtherName((
+            vec![1, 3, 6, 1, 4, 1, 311, 20, 2, 3],
+            OtherNameValue::Utf8String("example.org".into()),
+        ))]);
+        assert!(!names_server_by_other_name(&other, "example.org"));
+        assert!(!names_server_by_other_name(
+            b"not a certificate",
+            "example.org"
+        ));
     }
 }
