@@ -2,7 +2,7 @@
 # Side-by-side run of one scenario against ejabberd, Prosody, Starling and a TCP echo server.
 #
 #   bench/compare.sh SCENARIO [extra starling-bench options...]
-#   SCENARIO: login | idle | chat | chat-sat | presence | storm | muc | tsung
+#   SCENARIO: login | idle | chat | chat-sat | presence | storm | muc | tsung | tsung-muc
 #
 # Starts ejabberd and Prosody through the peers scripts with REQUIRE_TLS=1 (STARTTLS required, as
 # Starling does), Starling from target/release/starling if it exists (skipped with a message if it is
@@ -32,18 +32,20 @@
 # Outside load tool (`tsung`): the same chat load made by Tsung 1.7 instead of starling-bench
 # (bench/tsung-run.py: USERS (1000) log in with STARTTLS and SASL PLAIN over ARRIVAL (10) s, then
 # each sends one 100-byte message a second to a random online user); Tsung must be installed
-# (Debian: apt-get install tsung); no echo columns.
+# (Debian: apt-get install tsung); no echo columns. `tsung-muc`: the group chat load made by Tsung
+# (tsung-run.py --rooms): ROOMS (10) rooms of OCCUPANTS (50) users who log in over ARRIVAL (5) s and
+# join, then RATE (20) groupchat messages/s in total, MESSAGES (3) per user; the peers as for `muc`.
 set -euo pipefail
-SCEN="${1:?usage: bench/compare.sh login|idle|chat|chat-sat|presence|storm|muc|tsung [bench options]}"; shift
+SCEN="${1:?usage: bench/compare.sh login|idle|chat|chat-sat|presence|storm|muc|tsung|tsung-muc [bench options]}"; shift
 HERE="$(cd "$(dirname "$0")" && pwd)"; ROOT="$(cd "$HERE/.." && pwd)"
 RUNS="${RUNS:-3}"
 OUT="${OUT:-/tmp/starling-bench-compare}/$SCEN-$(date +%Y%m%d-%H%M%S)"
 MAM="${MAM:-0}"
-if [ "$SCEN" = muc ]; then
+if [ "$SCEN" = muc ] || [ "$SCEN" = tsung-muc ]; then
   export FEATURES=full   # the peers' MUC services come with FEATURES=full only
   SERVERS="${SERVERS:-ejabberd prosody starling}"
 fi
-if [ "$SCEN" = tsung ]; then
+if [ "$SCEN" = tsung ] || [ "$SCEN" = tsung-muc ]; then
   SERVERS="${SERVERS:-ejabberd prosody starling}"
   command -v tsung > /dev/null || { echo "tsung is not installed (Debian: apt-get install tsung)" >&2; exit 2; }
 fi
@@ -93,6 +95,10 @@ case "$SCEN" in
   tsung)    # the outside load tool: Tsung's chat run (bench/tsung-run.py), one message a second per user
             U="${USERS:-1000}"; ACCOUNTS=$(( U > ACCOUNTS ? U : ACCOUNTS ))
             ARGS=(--users "$U" --arrival-secs "${ARRIVAL:-10}" --messages "${MESSAGES:-45}" --size "${SIZE:-100}") ;;
+  tsung-muc) # the outside load tool in group chat (bench/tsung-run.py --rooms)
+            ROOMS="${ROOMS:-10}"; U=$(( ROOMS * ${OCCUPANTS:-50} )); ACCOUNTS=$(( U > ACCOUNTS ? U : ACCOUNTS ))
+            ARGS=(--users "$U" --rooms "$ROOMS" --rate "${RATE:-20}" --arrival-secs "${ARRIVAL:-5}"
+                  --messages "${MESSAGES:-3}" --size "${SIZE:-100}") ;;
   presence) # rosters made over XMPP by the bench itself (--subscribe), the same way on every server
             ARGS=(presence --users "${USERS:-500}" --subscribe "${ROSTER_SIZE:-10}" --updates "${UPDATES:-5}" --rate "${RATE:-200}") ;;
   *) echo "unknown scenario $SCEN" >&2; exit 2 ;;
@@ -207,7 +213,7 @@ for s in $SERVERS; do
            || ! grep -q "errors  *0 " "$d/probe.log"; then
         echo "$s: listening, but a test login failed (see $d/probe.log): column skipped" >&2
         halt "$s"; continue; fi
-      if [ "$SCEN" = muc ]; then
+      if [ "$SCEN" = muc ] || [ "$SCEN" = tsung-muc ]; then
         rc=0; "$BENCH" muc --probe --port "${ST_P[$s]}" --quiet >> "$d/probe.log" 2>&1 || rc=$?
         if [ "$rc" != 0 ]; then
           if [ "$rc" = 3 ]; then echo "$s: no MUC service (conference.perf.test not in disco#items): column skipped" >&2
@@ -215,7 +221,7 @@ for s in $SERVERS; do
           halt "$s"; continue; fi
       fi ;;
     echo|echo-tls)
-      if [ "$SCEN" = presence ] || [ "$SCEN" = muc ] || [ "$SCEN" = tsung ]; then continue; fi
+      case "$SCEN" in presence|muc|tsung|tsung-muc) continue ;; esac
       launch "$s" || { echo "$s did not start" >&2; exit 1; } ;;
     *) echo "unknown server $s" >&2; exit 2 ;;
   esac
@@ -230,7 +236,7 @@ for r in $(seq 1 "$RUNS"); do
       # memory figures need a server that has never held sessions: freed memory stays in its heap
       halt "$s"; sleep 1; launch "$s" || { echo "   $s did not restart"; continue; }
     fi
-    if [ "$SCEN" = tsung ]; then
+    if [ "$SCEN" = tsung ] || [ "$SCEN" = tsung-muc ]; then
       "$HERE/tsung-run.py" "${ARGS[@]}" --port "${PORT[$s]}" --server-pid "${PID[$s]}" --label "$s" \
         --json "$OUT/$s-$r.json" "$@" > "$OUT/$s-$r.txt" 2>&1 \
         || { echo "   $s failed: $(tail -1 "$OUT/$s-$r.txt")"; }
