@@ -203,6 +203,13 @@ pub struct C2sConfig {
     /// Single-threaded arbiters the sessions (and rooms) are spread over.
     /// 0: one per core.
     pub arbiters: usize,
+    /// XEP-0178: PEM file of the certificate authorities whose client
+    /// certificates log in with SASL EXTERNAL. When set, the TLS handshake
+    /// asks clients for a certificate (they may send none), and a client
+    /// whose certificate one of these CAs issued, valid now, with an
+    /// XmppAddr of an account of the stream's domain, is offered EXTERNAL.
+    /// Unset: no client is asked for a certificate.
+    pub client_ca_file: Option<PathBuf>,
 }
 
 /// `c2s.connect_rate` when the configuration does not set it.
@@ -230,6 +237,7 @@ impl Default for C2sConfig {
             connect_rate: default_connect_rate(),
             connect_rate_per_ip: 0,
             arbiters: 0,
+            client_ca_file: None,
         }
     }
 }

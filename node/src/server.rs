@@ -43,6 +43,8 @@ pub struct Server {
     pub s2s: crate::s2s::S2s,
     /// Archive writes behind deliveries that no session waits for.
     pub archive_followups: crate::modules::mam::Followups,
+    /// XEP-0178: the CAs of `[c2s] client_ca_file`, when set and usable.
+    pub client_trust: Option<crate::auth::external::ClientTrust>,
 }
 
 impl Server {
@@ -60,6 +62,11 @@ impl Server {
     ) -> Self {
         let scram_secret = load_or_make_secret(&config.data_dir);
         let config_services = config.clone();
+        let client_trust = config
+            .c2s
+            .client_ca_file
+            .as_deref()
+            .and_then(|path| crate::auth::external::ClientTrust::load(path, true));
         Server {
             throttle: Throttle::new(&config),
             shaper: crate::net::shaping::Shaper::new(
@@ -81,6 +88,7 @@ impl Server {
             adhoc: Default::default(),
             s2s: Default::default(),
             archive_followups: Default::default(),
+            client_trust,
         }
     }
 

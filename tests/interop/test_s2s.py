@@ -14,7 +14,6 @@ import hashlib
 import hmac
 import re
 import socket
-import subprocess
 import threading
 import time
 import urllib.request
@@ -25,6 +24,7 @@ import pytest
 import rawxmpp
 from cluster import Cluster
 from conftest import StarlingServer, free_port, _starling_has_flag
+from pki import SRV_NAME, XMPP_ADDR, CertAuthority
 from rawxmpp import C, q, stanza_error, tostring
 
 NS_SERVER = "jabber:server"
@@ -675,43 +675,6 @@ def test_remote_presence_is_remembered_only_for_roster_contacts_and_bounded(pair
 NS_SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
 
 
-def openssl(*args):
-    subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
-
-
-class CertAuthority:
-    """A certificate authority of the test's own, and certificates it issues for domains."""
-
-    def __init__(self, d):
-        self.dir = d
-        self.crt, self.key = f"{d}/ca.crt", f"{d}/ca.key"
-        openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                "-days", "2", "-subj", "/CN=Starling test CA", "-keyout", self.key, "-out", self.crt,
-                "-addext", "basicConstraints=critical,CA:TRUE",
-                "-addext", "keyUsage=critical,keyCertSign,cRLSign")
-
-    def issue(self, domain, name=None, san=None):
-        """A certificate for `domain` (its subject CN); its subjectAltName is `san` (OpenSSL's
-        syntax), by default the DNS name of the domain."""
-        name = name or domain
-        key, csr, crt, ext = (f"{self.dir}/{name}.{x}" for x in ("key", "csr", "crt", "ext"))
-        openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                "-subj", f"/CN={domain}", "-keyout", key, "-out", csr)
-        with open(ext, "w") as f:
-            f.write(f"subjectAltName={san or 'DNS:' + domain}\nextendedKeyUsage=serverAuth,clientAuth\n"
-                    "basicConstraints=CA:FALSE\n")
-        openssl("x509", "-req", "-in", csr, "-CA", self.crt, "-CAkey", self.key, "-CAcreateserial",
-                "-days", "2", "-out", crt, "-extfile", ext)
-        return crt, key
-
-    def self_signed(self, domain, name):
-        key, crt = f"{self.dir}/{name}.key", f"{self.dir}/{name}.crt"
-        openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                "-days", "2", "-subj", f"/CN={domain}", "-addext", f"subjectAltName=DNS:{domain}",
-                "-keyout", key, "-out", crt)
-        return crt, key
-
-
 @pytest.fixture(scope="module")
 def external_pair(tmp_path_factory):
     """e1.test and e2.test, each with a certificate of the test's CA, each trusting it."""
@@ -843,9 +806,6 @@ def test_sasl_external_offered_only_for_a_trusted_certificate_of_the_claimed_dom
     assert f.find(q(NS_SASL, "incorrect-encoding")) is not None, tostring(f)
     assert s.expect_stream_error() == "policy-violation"
     e2.assert_healthy(u2)
-
-
-XMPP_ADDR, SRV_NAME = "1.3.6.1.5.5.7.8.5", "1.3.6.1.5.5.7.8.7"
 
 
 @pytest.mark.parametrize("san,offered", [

@@ -1,11 +1,14 @@
 //! SASL authentication mechanisms (RFC 6120 §6): SCRAM-SHA-1, SCRAM-SHA-256,
 //! SCRAM-SHA-512 (RFC 5802, RFC 7677) and PLAIN (RFC 4616).
 //!
+//! EXTERNAL with client certificates (XEP-0178) is in [`external`].
+//!
 //! This module is pure: no I/O, no account storage. The stream layer base64-decodes
 //! the `<auth/>`/`<response/>` payloads with [`decode_b64`], feeds the bytes to the
 //! mechanism and maps a [`SaslFailure`] to the `<failure/>` condition element
 //! returned by [`SaslFailure::condition`].
 
+pub mod external;
 pub mod plain;
 pub mod scram;
 pub mod scram_client;

@@ -2,6 +2,7 @@
 //! arbiters (one actix arbiter per core), negotiate (`stream::negotiate`),
 //! and start the session actor of each bound stream (`session::c2s`).
 
+pub mod pki;
 pub mod shaping;
 pub mod tls;
 pub mod tls_conn;

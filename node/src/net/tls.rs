@@ -49,19 +49,36 @@ pub fn server_config(cfg: &Config) -> anyhow::Result<Arc<rustls::ServerConfig>> 
     let provider = provider();
     let by_domain = certified_keys(cfg)?;
     let default = by_domain[&cfg.domains[0]].clone();
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(SniResolver { by_domain, default }));
+    let builder = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?;
+    // XEP-0178: with client CAs configured, clients are asked for a
+    // certificate (naming those CAs); any is taken, and checked after.
+    let client_trust = cfg
+        .c2s
+        .client_ca_file
+        .as_deref()
+        .and_then(|path| crate::auth::external::ClientTrust::load(path, false));
+    let builder = match client_trust {
+        Some(trust) => builder.with_client_cert_verifier(Arc::new(
+            crate::net::pki::AnyCertificate::new(trust.hints()),
+        )),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(SniResolver { by_domain, default }));
     // XEP-0368: direct TLS clients announce "xmpp-client".
     config.alpn_protocols = vec![b"xmpp-client".to_vec()];
     Ok(Arc::new(config))
 }
 
-/// `config` for HTTP clients (WebSocket): ALPN `http/1.1`; a client that
-/// offers no ALPN is served too.
+/// The certificates of `config` for HTTP clients (WebSocket, BOSH): ALPN
+/// `http/1.1` (a client that offers no ALPN is served too), and no client
+/// certificate asked for (a browser would ask its user to pick one).
 pub fn for_http(config: &Arc<rustls::ServerConfig>) -> Arc<rustls::ServerConfig> {
-    let mut http = rustls::ServerConfig::clone(config);
+    let mut http = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default versions")
+        .with_no_client_auth()
+        .with_cert_resolver(config.cert_resolver.clone());
     http.alpn_protocols = vec![b"http/1.1".to_vec()];
     Arc::new(http)
 }

@@ -390,6 +390,10 @@ thread_local! {
 const ENCRYPTED_KEEP: usize = 2 * WRITE_CHUNK;
 
 impl Transport for TlsConn {
+    fn peer_certificates(&self) -> Option<&[rustls::pki_types::CertificateDer<'static>]> {
+        self.conn.peer_certificates()
+    }
+
     async fn readable(&self) -> io::Result<()> {
         if self.has_pending() {
             return Ok(());

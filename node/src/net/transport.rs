@@ -39,6 +39,12 @@ pub trait Transport: Unpin {
 
     /// Closes the sending side (TLS close_notify, then TCP FIN).
     fn shutdown(&mut self) -> impl Future<Output = io::Result<()>>;
+
+    /// The certificate chain the peer presented in a TLS handshake (end
+    /// entity first), if any.
+    fn peer_certificates(&self) -> Option<&[rustls::pki_types::CertificateDer<'static>]> {
+        None
+    }
 }
 
 impl Transport for TcpStream {

@@ -10,19 +10,15 @@
 //!
 //! Trusted CAs: the system's (`[s2s] system_roots`) and `[s2s] ca_file`.
 
+use crate::net::pki;
 use crate::server::Server;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerifier as _};
+use rustls::SignatureScheme;
+use rustls::client::danger::ServerCertVerifier as _;
 use rustls::client::{ResolvesClientCert, WebPkiServerVerifier};
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::danger::ClientCertVerifier;
 use rustls::sign::CertifiedKey;
-use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use std::sync::Arc;
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
 
 /// The CAs other servers' certificates are checked against.
 pub struct Trust {
@@ -38,11 +34,9 @@ impl Trust {
             tracing::debug!(added, "system certificate authorities for s2s");
         }
         if let Some(path) = &cfg.ca_file {
-            match CertificateDer::pem_file_iter(path) {
-                Ok(certs) => {
-                    let (added, ignored) =
-                        roots.add_parsable_certificates(certs.filter_map(Result::ok));
-                    tracing::info!(path = %path.display(), added, ignored, "s2s certificate authorities");
+            match pki::add_roots(&mut roots, path) {
+                Ok((added, ignored)) => {
+                    tracing::info!(path = %path.display(), added, ignored, "s2s certificate authorities")
                 }
                 Err(e) => {
                     tracing::error!(path = %path.display(), error = %e, "s2s.ca_file not read")
@@ -51,7 +45,7 @@ impl Trust {
         }
         let verifier = (!roots.is_empty())
             .then(|| {
-                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), pki::provider())
                     .build()
                     .ok()
             })
@@ -85,59 +79,28 @@ impl Trust {
     }
 }
 
-/// id-on-xmppAddr (RFC 6120 §13.7.1.4) and id-on-dnsSRV (RFC 4985).
-const XMPP_ADDR: &str = "1.3.6.1.5.5.7.8.5";
-const SRV_NAME: &str = "1.3.6.1.5.5.7.8.7";
-
 /// Whether the certificate `der` names the server of `domain` by an
 /// otherName of its subjectAltName: an SRV-ID `_xmpp-server.<domain>`
 /// (an IA5String) or an XmppAddr `<domain>` (a UTF8String). Compared as
 /// DNS names are, without regard to ASCII case (RFC 6125 §6.4.1, §6.5.1);
 /// an SRV-ID of another service (`_xmpp-client`) does not name a server.
 fn names_server_by_other_name(der: &[u8], domain: &str) -> bool {
-    use x509_parser::der_parser::asn1_rs::{Any, FromDer, Tag};
-    use x509_parser::extensions::GeneralName;
-    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
-        return false;
-    };
-    let Ok(Some(san)) = cert.subject_alternative_name() else {
-        return false;
-    };
     let domain = domain.trim_end_matches('.');
-    san.value.general_names.iter().any(|name| {
-        let GeneralName::OtherName(oid, value) = name else {
-            return false;
-        };
-        // `[0] EXPLICIT` around the value.
-        let Some(inner) = Any::from_der(value)
-            .ok()
-            .filter(|(_, v)| v.tag() == Tag(0))
-            .and_then(|(_, v)| Any::from_der(v.data).ok())
-            .map(|(_, v)| v)
-        else {
-            return false;
-        };
-        let Ok(text) = std::str::from_utf8(inner.data) else {
-            return false;
-        };
-        match oid.to_id_string().as_str() {
-            XMPP_ADDR if inner.tag() == Tag::Utf8String => text.eq_ignore_ascii_case(domain),
-            SRV_NAME if inner.tag() == Tag::Ia5String => {
-                text.split_once('.').is_some_and(|(service, name)| {
-                    service.eq_ignore_ascii_case("_xmpp-server")
-                        && name.trim_end_matches('.').eq_ignore_ascii_case(domain)
-                })
-            }
-            _ => false,
-        }
+    pki::other_names(der).iter().any(|n| match n.oid.as_str() {
+        pki::XMPP_ADDR if !n.ia5 => n.text.eq_ignore_ascii_case(domain),
+        pki::SRV_NAME if n.ia5 => n.text.split_once('.').is_some_and(|(service, name)| {
+            service.eq_ignore_ascii_case("_xmpp-server")
+                && name.trim_end_matches('.').eq_ignore_ascii_case(domain)
+        }),
+        _ => false,
     })
 }
 
 /// TLS for the streams other servers open to us: the domains'
 /// certificates, and the other server's asked for.
 pub fn server_config(server: &Server) -> Arc<rustls::ServerConfig> {
-    let verifier: Arc<dyn ClientCertVerifier> = Arc::new(AnyCertificate(provider()));
-    let config = rustls::ServerConfig::builder_with_provider(provider())
+    let verifier: Arc<dyn ClientCertVerifier> = Arc::new(pki::AnyCertificate::new(Vec::new()));
+    let config = rustls::ServerConfig::builder_with_provider(pki::provider())
         .with_safe_default_protocol_versions()
         .expect("ring supports the default versions")
         .with_client_cert_verifier(verifier)
@@ -154,66 +117,6 @@ pub fn client_config(server: &Server, local: &str) -> anyhow::Result<Arc<rustls:
         None,
         key.map(|k| Arc::new(OwnCertificate(k)) as Arc<dyn ResolvesClientCert>),
     )
-}
-
-/// Accepts any client certificate at the TLS level (its handshake
-/// signature is checked); what it is worth is decided after.
-#[derive(Debug)]
-struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
-
-impl ClientCertVerifier for AnyCertificate {
-    fn offer_client_auth(&self) -> bool {
-        true
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
-        false
-    }
-
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &[]
-    }
-
-    fn verify_client_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        Ok(ClientCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }
 
 /// The served domain's certificate, as a TLS client's.

@@ -367,6 +367,9 @@ async fn unexpected_element<S: Transport>(xs: &mut XmlStream<S>, el: &Element) {
     xs.fail(condition, None).await;
 }
 
+/// How XEP-0388's stream feature starts (`modules::sasl2`).
+const SASL2_HEAD: &str = "<authentication xmlns='urn:xmpp:sasl:2'>";
+
 /// TLS is up: SASL (and registration), then binding.
 async fn secure_phases<S: Transport>(
     server: &Arc<Server>,
@@ -376,8 +379,18 @@ async fn secure_phases<S: Transport>(
 ) -> Option<Negotiated<S>> {
     open_stream(server, &mut xs, deadline, None).await?;
     let domain = xs.domain.clone();
+    // XEP-0178: EXTERNAL for a certificate of the client CAs naming
+    // accounts of the domain.
+    let external = match (&server.client_trust, xs.io.peer_certificates()) {
+        (Some(trust), Some(chain)) => trust.jids(chain, &domain),
+        _ => Vec::new(),
+    };
+    const EXTERNAL: &str = "<mechanism>EXTERNAL</mechanism>";
     let mut features =
         String::from("<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>");
+    if !external.is_empty() {
+        features.push_str(EXTERNAL);
+    }
     for m in sasl::MECHANISMS {
         features.push_str("<mechanism>");
         features.push_str(m);
@@ -388,7 +401,15 @@ async fn secure_phases<S: Transport>(
         .modules
         .stream_features(crate::modules::Stage::PreAuth, &server.config)
     {
-        features.push_str(f);
+        match f.strip_prefix(SASL2_HEAD) {
+            // SASL2 lists the same mechanisms.
+            Some(rest) if !external.is_empty() => {
+                features.push_str(SASL2_HEAD);
+                features.push_str(EXTERNAL);
+                features.push_str(rest);
+            }
+            _ => features.push_str(f),
+        }
     }
     features.push_str("</stream:features>");
     xs.send_raw(&features).await.ok()?;
@@ -414,7 +435,14 @@ async fn secure_phases<S: Transport>(
             Profile::Legacy
         };
         if el.is("auth", NS_SASL) || profile == Profile::Sasl2 {
-            match sasl::authenticate(server, &mut xs, &el, &domain, ip, deadline, profile).await {
+            let exchange = sasl::Exchange {
+                domain: &domain,
+                ip,
+                deadline,
+                profile,
+                external: &external,
+            };
+            match sasl::authenticate(server, &mut xs, &el, exchange).await {
                 SaslOutcome::Success(bare, additional, rotate) => {
                     if profile == Profile::Sasl2 {
                         sasl2 = Some((el, additional, rotate));

@@ -1,6 +1,7 @@
 //! The SASL exchange of RFC 6120 §6 over an XML stream: SCRAM-SHA-512,
 //! -256, -1 and PLAIN (PLAIN is reached only over TLS, since the plain
-//! phase offers nothing but STARTTLS). Failed attempts are delayed and
+//! phase offers nothing but STARTTLS), and EXTERNAL for a client
+//! certificate (XEP-0178) where `[c2s] client_ca_file` is set. Failed attempts are delayed and
 //! counted per account and per client address.
 
 use super::xmlstream::XmlStream;
@@ -64,16 +65,33 @@ enum Reply {
     Abort,
 }
 
+/// What an exchange is about besides the client's element.
+pub struct Exchange<'a> {
+    /// The stream's domain.
+    pub domain: &'a str,
+    /// The client's address (failures are throttled by it).
+    pub ip: &'a str,
+    pub deadline: Instant,
+    pub profile: Profile,
+    /// The accounts the client's certificate names, if any (XEP-0178):
+    /// EXTERNAL was offered for them.
+    pub external: &'a [jid::BareJid],
+}
+
 /// Runs one exchange that starts with `auth`.
 pub async fn authenticate<S: Transport>(
     server: &Server,
     xs: &mut XmlStream<S>,
     auth: &Element,
-    domain: &str,
-    ip: &str,
-    deadline: Instant,
-    profile: Profile,
+    exchange: Exchange<'_>,
 ) -> SaslOutcome {
+    let Exchange {
+        domain,
+        ip,
+        deadline,
+        profile,
+        external,
+    } = exchange;
     let mechanism = auth.get_attr("mechanism").unwrap_or("");
     let mut account: Option<String> = None;
     let turn = Turn { deadline, profile };
@@ -98,6 +116,9 @@ pub async fn authenticate<S: Transport>(
                 Ok(None) => Err(SaslFailure::MalformedRequest),
                 Err(e) => Err(e),
             }
+        }
+        "EXTERNAL" if !external.is_empty() => {
+            certificate(server, xs, auth, external, turn, &mut account).await
         }
         "PLAIN" => plain(server, xs, auth, domain, turn, &mut account).await,
         m => match ScramHash::from_mechanism(m) {
@@ -160,6 +181,9 @@ pub async fn authenticate<S: Transport>(
 fn mechanism_label(m: &str) -> &'static str {
     if m == fast::HT_SHA_256_NONE {
         return fast::HT_SHA_256_NONE;
+    }
+    if m == "EXTERNAL" {
+        return "EXTERNAL";
     }
     MECHANISMS
         .iter()
@@ -310,6 +334,39 @@ async fn plain<S: Transport>(
     }
     check_authzid(creds.authzid.as_deref(), &bare)?;
     Ok(Some((bare, None)))
+}
+
+/// EXTERNAL (XEP-0178 §2): the payload is the authorization identity
+/// (empty, or `=` on the wire, for none), which picks among the accounts
+/// the certificate names; that account must exist and be enabled.
+async fn certificate<S: Transport>(
+    server: &Server,
+    xs: &mut XmlStream<S>,
+    auth: &Element,
+    named: &[jid::BareJid],
+    turn: Turn,
+    account: &mut Option<String>,
+) -> Result<Authenticated, SaslFailure> {
+    let data = match initial_response(auth, turn.profile)? {
+        Some(d) => d,
+        None => match challenge(xs, &[], turn).await? {
+            Some(Reply::Data(d)) => d,
+            Some(Reply::Abort) => return Err(SaslFailure::Aborted),
+            None => return Ok(None),
+        },
+    };
+    let authzid = std::str::from_utf8(&data).map_err(|_| SaslFailure::InvalidAuthzid)?;
+    let bare = crate::auth::external::authorize(authzid, named)?;
+    *account = Some(bare.to_string());
+    if server.throttle.locked(account.as_deref()) {
+        return Err(SaslFailure::TemporaryAuthFailure);
+    }
+    match server.storage.account(bare.as_str()) {
+        Err(_) => Err(SaslFailure::TemporaryAuthFailure),
+        Ok(None) => Err(SaslFailure::NotAuthorized),
+        Ok(Some(a)) if a.disabled => Err(SaslFailure::AccountDisabled),
+        Ok(Some(_)) => Ok(Some((bare, None))),
+    }
 }
 
 async fn scram<S: Transport>(

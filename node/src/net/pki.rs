@@ -1,0 +1,183 @@
+//! What certificates a peer presents are worth, for servers (s2s) and
+//! clients (c2s) alike: the TLS handshake takes any certificate whose key
+//! the peer proves ([`AnyCertificate`]), and whom it names is read after
+//! ([`other_names`]) once its chain is checked against the CAs configured
+//! ([`roots`]).
+
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use std::path::Path;
+use std::sync::Arc;
+
+/// id-on-xmppAddr (RFC 6120 §13.7.1.4): a JID, as a UTF8String.
+pub const XMPP_ADDR: &str = "1.3.6.1.5.5.7.8.5";
+/// id-on-dnsSRV (RFC 4985): `_service.name`, as an IA5String.
+pub const SRV_NAME: &str = "1.3.6.1.5.5.7.8.7";
+
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Adds the certificates of the PEM file `path` to `roots`: how many were
+/// added and how many were not usable.
+pub fn add_roots(
+    roots: &mut rustls::RootCertStore,
+    path: &Path,
+) -> Result<(usize, usize), rustls::pki_types::pem::Error> {
+    let certs = CertificateDer::pem_file_iter(path)?;
+    Ok(roots.add_parsable_certificates(certs.filter_map(Result::ok)))
+}
+
+/// An otherName of a certificate's subjectAltName whose value is a
+/// string.
+#[derive(Debug, PartialEq, Eq)]
+pub struct OtherName {
+    /// The type, as a dotted OID.
+    pub oid: String,
+    /// An IA5String (else a UTF8String).
+    pub ia5: bool,
+    pub text: String,
+}
+
+/// The string-valued otherNames of the certificate `der`'s
+/// subjectAltName (nothing for what does not parse).
+pub fn other_names(der: &[u8]) -> Vec<OtherName> {
+    use x509_parser::der_parser::asn1_rs::{Any, FromDer, Tag};
+    use x509_parser::extensions::GeneralName;
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return Vec::new();
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|name| {
+            let GeneralName::OtherName(oid, value) = name else {
+                return None;
+            };
+            // `[0] EXPLICIT` around the value.
+            let (_, explicit) = Any::from_der(value).ok()?;
+            if explicit.tag() != Tag(0) {
+                return None;
+            }
+            let (_, inner) = Any::from_der(explicit.data).ok()?;
+            let ia5 = match inner.tag() {
+                Tag::Ia5String => true,
+                Tag::Utf8String => false,
+                _ => return None,
+            };
+            let text = std::str::from_utf8(inner.data).ok()?.to_owned();
+            Some(OtherName {
+                oid: oid.to_id_string(),
+                ia5,
+                text,
+            })
+        })
+        .collect()
+}
+
+/// Accepts any client certificate at the TLS level (its handshake
+/// signature is checked) without requiring one; what it is worth is
+/// decided after. `hints`: the CAs named to the client in the request.
+#[derive(Debug)]
+pub struct AnyCertificate {
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    hints: Vec<DistinguishedName>,
+}
+
+impl AnyCertificate {
+    pub fn new(hints: Vec<DistinguishedName>) -> AnyCertificate {
+        AnyCertificate {
+            provider: provider(),
+            hints,
+        }
+    }
+}
+
+impl ClientCertVerifier for AnyCertificate {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &self.hints
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{CertificateParams, KeyPair, OtherNameValue, SanType};
+
+    #[test]
+    fn string_other_names_are_read() {
+        let mut params = CertificateParams::new(vec!["example.org".to_owned()]).unwrap();
+        params.subject_alt_names.push(SanType::OtherName((
+            vec![1, 3, 6, 1, 5, 5, 7, 8, 5],
+            OtherNameValue::Utf8String("juliet@example.org".into()),
+        )));
+        let key = KeyPair::generate().unwrap();
+        let der = params.self_signed(&key).unwrap().der().to_vec();
+        assert_eq!(
+            other_names(&der),
+            [OtherName {
+                oid: XMPP_ADDR.into(),
+                ia5: false,
+                text: "juliet@example.org".into()
+            }]
+        );
+        assert!(other_names(b"not a certificate").is_empty());
+    }
+}
