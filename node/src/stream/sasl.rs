@@ -209,6 +209,23 @@ fn initial_response(auth: &Element, profile: Profile) -> Result<Option<Vec<u8>>,
     decode_b64(&text).map(Some)
 }
 
+/// The client's first message: the initial response, or else its
+/// response to an empty challenge. `None`: the stream ended.
+async fn first_message<S: Transport>(
+    xs: &mut XmlStream<S>,
+    auth: &Element,
+    turn: Turn,
+) -> Result<Option<Vec<u8>>, SaslFailure> {
+    if let Some(data) = initial_response(auth, turn.profile)? {
+        return Ok(Some(data));
+    }
+    match challenge(xs, &[], turn).await? {
+        Some(Reply::Data(d)) => Ok(Some(d)),
+        Some(Reply::Abort) => Err(SaslFailure::Aborted),
+        None => Ok(None),
+    }
+}
+
 /// Sends a challenge and waits for the response (or abort).
 async fn challenge<S: Transport>(
     xs: &mut XmlStream<S>,
@@ -307,13 +324,8 @@ async fn plain<S: Transport>(
     turn: Turn,
     account: &mut Option<String>,
 ) -> Result<Authenticated, SaslFailure> {
-    let data = match initial_response(auth, turn.profile)? {
-        Some(d) => d,
-        None => match challenge(xs, &[], turn).await? {
-            Some(Reply::Data(d)) => d,
-            Some(Reply::Abort) => return Err(SaslFailure::Aborted),
-            None => return Ok(None),
-        },
+    let Some(data) = first_message(xs, auth, turn).await? else {
+        return Ok(None);
     };
     let creds = parse_plain(&data)?;
     let (bare, stored) = locked_or_read(server, &creds.authcid, domain, account)?;
@@ -347,13 +359,8 @@ async fn certificate<S: Transport>(
     turn: Turn,
     account: &mut Option<String>,
 ) -> Result<Authenticated, SaslFailure> {
-    let data = match initial_response(auth, turn.profile)? {
-        Some(d) => d,
-        None => match challenge(xs, &[], turn).await? {
-            Some(Reply::Data(d)) => d,
-            Some(Reply::Abort) => return Err(SaslFailure::Aborted),
-            None => return Ok(None),
-        },
+    let Some(data) = first_message(xs, auth, turn).await? else {
+        return Ok(None);
     };
     let authzid = std::str::from_utf8(&data).map_err(|_| SaslFailure::InvalidAuthzid)?;
     let bare = crate::auth::external::authorize(authzid, named)?;
@@ -378,13 +385,8 @@ async fn scram<S: Transport>(
     turn: Turn,
     account: &mut Option<String>,
 ) -> Result<Authenticated, SaslFailure> {
-    let first = match initial_response(auth, turn.profile)? {
-        Some(d) => d,
-        None => match challenge(xs, &[], turn).await? {
-            Some(Reply::Data(d)) => d,
-            Some(Reply::Abort) => return Err(SaslFailure::Aborted),
-            None => return Ok(None),
-        },
+    let Some(first) = first_message(xs, auth, turn).await? else {
+        return Ok(None);
     };
     let mut scram = ScramServer::with_secret(hash, &server.scram_secret)
         .fake_iterations(server.config.auth.scram_iterations);
