@@ -222,9 +222,20 @@ pub async fn monitor(
     let mut leader_since: Option<Instant> = None;
     let mut first_seen: HashMap<u64, Instant> = HashMap::new();
     let expiring: Arc<Mutex<HashSet<u64>>> = Arc::default();
+    // A cluster of one has no other lease to watch, and its health is its
+    // own renewal's (`renew`): it waits for its membership or state to
+    // change instead of waking every period.
+    let mut server = shared.raft.server_metrics();
+    leases.health.update(shared.node_id, check_health(&leases));
     loop {
+        let solo = alone(shared);
         tokio::select! {
-            _ = tokio::time::sleep(period) => {}
+            _ = tokio::time::sleep(period), if !solo => {}
+            changed = server.changed(), if solo => {
+                if changed.is_err() {
+                    break;
+                }
+            }
             _ = stop.wait_for(|s| *s) => break,
         }
         leases.health.update(shared.node_id, check_health(&leases));

@@ -875,9 +875,19 @@ pub async fn supervise(registry: Arc<Registry>) {
     let mut stop = registry.shared.stop.subscribe();
     let mut trying_since: HashMap<u64, Instant> = HashMap::new();
     let mut gone_since: HashMap<u64, Instant> = HashMap::new();
+    // Changes only with the node's state and membership (not with each
+    // entry applied): a node alone waits on it instead of waking every
+    // tick for nothing.
+    let mut server = registry.shared.raft.server_metrics();
     loop {
+        let alone = registry.active().is_none() && !registry.durable_has_peers();
         tokio::select! {
-            _ = tokio::time::sleep(TICK) => {}
+            _ = tokio::time::sleep(TICK), if !alone => {}
+            changed = server.changed(), if alone => {
+                if changed.is_err() {
+                    break;
+                }
+            }
             _ = stop.wait_for(|s| *s) => break,
         }
         let active = registry.active();
