@@ -15,6 +15,7 @@
 //! made anew at start. A configured certificate should name them too.
 
 use crate::config::Config;
+use crate::net::pki::provider;
 use anyhow::Context as _;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -38,10 +39,6 @@ impl ResolvesServerCert for SniResolver {
             .unwrap_or(&self.default);
         Some(key.clone())
     }
-}
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
 }
 
 /// Builds the server TLS configuration for every domain of `cfg`.
