@@ -116,21 +116,10 @@ pub fn authorize(authzid: &str, named: &[jid::BareJid]) -> Result<jid::BareJid, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rcgen::{CertificateParams, KeyPair, OtherNameValue, SanType};
+    use crate::net::pki::testing::{cert, xmpp_addr};
 
     fn with_xmpp_addrs(addrs: &[&str]) -> Vec<u8> {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.subject_alt_names = addrs
-            .iter()
-            .map(|a| {
-                SanType::OtherName((
-                    vec![1, 3, 6, 1, 5, 5, 7, 8, 5],
-                    OtherNameValue::Utf8String((*a).into()),
-                ))
-            })
-            .collect();
-        let key = KeyPair::generate().unwrap();
-        params.self_signed(&key).unwrap().der().to_vec()
+        cert(addrs.iter().map(|a| xmpp_addr(a)).collect())
     }
 
     fn b(s: &str) -> jid::BareJid {

@@ -156,20 +156,39 @@ impl ClientCertVerifier for AnyCertificate {
     }
 }
 
+/// Certificates for tests: self-signed, with the subjectAltNames given.
+#[cfg(test)]
+pub mod testing {
+    use rcgen::{CertificateParams, KeyPair, OtherNameValue, SanType};
+
+    pub fn cert(sans: Vec<SanType>) -> Vec<u8> {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.subject_alt_names = sans;
+        let key = KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    /// An XmppAddr (id-on-xmppAddr, a UTF8String).
+    pub fn xmpp_addr(jid: &str) -> SanType {
+        SanType::OtherName((
+            vec![1, 3, 6, 1, 5, 5, 7, 8, 5],
+            OtherNameValue::Utf8String(jid.into()),
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::testing::{cert, xmpp_addr};
     use super::*;
-    use rcgen::{CertificateParams, KeyPair, OtherNameValue, SanType};
+    use rcgen::SanType;
 
     #[test]
     fn string_other_names_are_read() {
-        let mut params = CertificateParams::new(vec!["example.org".to_owned()]).unwrap();
-        params.subject_alt_names.push(SanType::OtherName((
-            vec![1, 3, 6, 1, 5, 5, 7, 8, 5],
-            OtherNameValue::Utf8String("juliet@example.org".into()),
-        )));
-        let key = KeyPair::generate().unwrap();
-        let der = params.self_signed(&key).unwrap().der().to_vec();
+        let der = cert(vec![
+            SanType::DnsName("example.org".try_into().unwrap()),
+            xmpp_addr("juliet@example.org"),
+        ]);
         assert_eq!(
             other_names(&der),
             [OtherName {

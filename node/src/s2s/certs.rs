@@ -140,21 +140,8 @@ impl ResolvesClientCert for OwnCertificate {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rcgen::{CertificateParams, KeyPair, OtherNameValue, SanType};
-
-    fn cert(sans: Vec<SanType>) -> Vec<u8> {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.subject_alt_names = sans;
-        let key = KeyPair::generate().unwrap();
-        params.self_signed(&key).unwrap().der().to_vec()
-    }
-
-    fn xmpp_addr(jid: &str) -> SanType {
-        SanType::OtherName((
-            vec![1, 3, 6, 1, 5, 5, 7, 8, 5],
-            OtherNameValue::Utf8String(jid.into()),
-        ))
-    }
+    use crate::net::pki::testing::{cert, xmpp_addr};
+    use rcgen::{OtherNameValue, SanType};
 
     #[test]
     fn an_xmpp_addr_of_the_domain_names_its_server() {
