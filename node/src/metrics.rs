@@ -77,6 +77,10 @@ pub fn describe() {
         "Messages refused because offline storage was full"
     );
     describe_counter!(
+        "starling_offline_cleared_by_bind2_total",
+        "Archived offline messages dropped at a XEP-0386 bind (the client reads them from its archive)"
+    );
+    describe_counter!(
         "starling_offline_rechecked_total",
         "Messages taken back out of offline storage by their sender because the user became available meanwhile"
     );

@@ -45,6 +45,9 @@ pub struct Server {
     pub archive_followups: crate::modules::mam::Followups,
     /// XEP-0178: the CAs of `[c2s] client_ca_file`, when set and usable.
     pub client_trust: Option<crate::auth::external::ClientTrust>,
+    /// The `tls-server-end-point` channel bindings of the certificates
+    /// `tls` presents (XEP-0484's `HT-SHA-256-ENDP`).
+    pub end_points: crate::net::tls::EndPoints,
 }
 
 impl Server {
@@ -67,6 +70,10 @@ impl Server {
             .client_ca_file
             .as_deref()
             .and_then(|path| crate::auth::external::ClientTrust::load(path, true));
+        let end_points = crate::net::tls::EndPoints::load(&config).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "no tls-server-end-point channel binding");
+            Default::default()
+        });
         Server {
             throttle: Throttle::new(&config),
             shaper: crate::net::shaping::Shaper::new(
@@ -89,6 +96,7 @@ impl Server {
             s2s: Default::default(),
             archive_followups: Default::default(),
             client_trust,
+            end_points,
         }
     }
 

@@ -132,11 +132,14 @@ pub struct FastToken {
 }
 
 /// A client's FAST tokens: the one in use and one issued and not yet used
-/// (XEP-0484 §Implementation Notes: two slots).
+/// (XEP-0484 §Implementation Notes: two slots), and the digests of a few
+/// no longer trusted (invalidated or replaced) that have not expired.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FastTokens {
     pub current: Option<FastToken>,
     pub new: Option<FastToken>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revoked: Vec<FastToken>,
 }
 
 /// `bare \0 jid \0 node`, or the prefix of all of `jid`'s nodes.
@@ -695,7 +698,7 @@ impl Storage {
         }
     }
 
-    /// Replaces a client's tokens (removes the record when both are empty).
+    /// Replaces a client's tokens (removes the record when all are empty).
     pub async fn put_fast_tokens(
         &self,
         bare: &str,
@@ -703,7 +706,7 @@ impl Storage {
         tokens: &FastTokens,
     ) -> Result<(), StoreError> {
         let key = user_key(bare, client);
-        let op = if tokens.current.is_none() && tokens.new.is_none() {
+        let op = if tokens.current.is_none() && tokens.new.is_none() && tokens.revoked.is_empty() {
             Op::Delete {
                 space: FAST.into(),
                 key,

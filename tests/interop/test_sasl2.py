@@ -20,6 +20,7 @@ pytestmark = pytest.mark.starling_only
 NS_SASL2 = "urn:xmpp:sasl:2"
 NS_BIND2 = "urn:xmpp:bind:0"
 NS_SM = "urn:xmpp:sm:3"
+ENDP = "HT-SHA-256-ENDP"
 NS_CARBONS = "urn:xmpp:carbons:2"
 NS_CSI = "urn:xmpp:csi:0"
 CHATSTATE = "<active xmlns='http://jabber.org/protocol/chatstates'/>"
@@ -334,6 +335,36 @@ def test_bind2_inactive_holds_presence(server, clients):
 
 # ----------------------------------------------------------------- inline resumption
 
+def test_bind2_clears_archived_offline_messages_and_keeps_the_rest(server, clients):
+    """XEP-0386 §3.2: the bind clears the user's offline messages "without sending them (as
+    they will be provided by MAM)". A message the archive does not hold (archiving preference
+    'never' when it came) is not in MAM: it still comes with initial presence, as for any
+    client; the archived one is read from the archive."""
+    from test_mam import NS_MAM, archived_bodies
+    jid, user, pw = server.new_user("b2o")
+    sender = clients.add(server.online("b2os"))
+    c = clients.add(server.login(jid, pw))  # bound, never available: messages are stored
+    for default, body in (("never", "kept offline"), ("always", "in the archive")):
+        r = c.iq("set", f"<prefs xmlns='{NS_MAM}' default='{default}'/>")
+        assert r.get("type") == "result", tostring(r)
+        sender.message(jid, body)
+        assert sender.ping_server().get("type") == "result"  # handled (and stored) first
+    c.close()
+    d = clients.add(server.client()).start()
+    authenticate(d, user, pw, inline=bind2("B"), ua_id=new_id("ua"))
+    d.iq("get", "<query xmlns='jabber:iq:roster'/>")
+    d.presence()
+    got = bodies(d, 1)
+    assert got == ["kept offline"], got
+    with pytest.raises(XMPPTimeout):
+        d.recv(lambda e: local(e.tag) == "message" and e.find(C("body")) is not None, timeout=1.5)
+    assert archived_bodies(d) == ["in the archive"]
+    # and gone from offline storage: a legacy login with presence gets nothing either
+    e = clients.add(server.login(jid, pw, presence=True))
+    with pytest.raises(XMPPTimeout):
+        e.recv(lambda m: local(m.tag) == "message" and m.find(C("body")) is not None, timeout=1.5)
+
+
 def login_bind2_sm(server, clients, user, pw, tag="Phone"):
     c = server.client().start()
     ok = authenticate(c, user, pw, inline=bind2(tag, sm=True), ua_id=new_id("ua"))
@@ -473,17 +504,24 @@ def get_token(c, user, pw, ua_id, inline=""):
     return tok.get("token"), ok
 
 
-def fast_login(c, user, token, ua_id, inline="", fast_attrs=""):
-    """A HT-SHA-256-NONE login; returns <success/> (raises SASLFailure)."""
-    proof = hmac.new(token.encode(), b"Initiator", hashlib.sha256).digest()
+def end_point(c):
+    """RFC 5929 tls-server-end-point of the connection: the server certificate's SHA-256
+    (it is signed with ecdsa-with-SHA256)."""
+    return hashlib.sha256(c.sock.getpeercert(binary_form=True)).digest()
+
+
+def fast_login(c, user, token, ua_id, inline="", fast_attrs="", mech=HT, cb=b""):
+    """A HT-SHA-256-* login (`cb`: the channel binding the proofs cover); returns
+    <success/> (raises SASLFailure)."""
+    proof = hmac.new(token.encode(), b"Initiator" + cb, hashlib.sha256).digest()
     ir = base64.b64encode(user.encode() + b"\0" + proof).decode()
-    c.send_raw(f"<authenticate xmlns='{NS_SASL2}' mechanism='{HT}'>"
+    c.send_raw(f"<authenticate xmlns='{NS_SASL2}' mechanism='{mech}'>"
                f"<initial-response>{ir}</initial-response>{user_agent(ua_id)}"
                f"<fast xmlns='{NS_FAST}'{fast_attrs}/>{inline}</authenticate>")
     el = check(reply(c))
     assert el.tag == s2("success"), tostring(el)
     # the server proves it knows the token too
-    want = hmac.new(token.encode(), b"Responder", hashlib.sha256).digest()
+    want = hmac.new(token.encode(), b"Responder" + cb, hashlib.sha256).digest()
     assert base64.b64decode(el.findtext(s2("additional-data")) or "") == want, tostring(el)
     c.jid = el.findtext(s2("authorization-identifier"))
     c.features = c.recv(lambda e: e.tag == q(NS_STREAM, "features"), what="features after success")
@@ -494,9 +532,10 @@ def test_fast_offered_inline(server, clients):
     c = clients.add(server.client()).start()
     fast = c.feature(NS_SASL2, "authentication").find(s2("inline")).find(q(NS_FAST, "fast"))
     assert fast is not None, tostring(c.features)
-    assert [m.text for m in fast.findall(q(NS_FAST, "mechanism"))] == [HT]
+    # bound to the TLS channel by the certificate's hash first, then without binding
+    assert [m.text for m in fast.findall(q(NS_FAST, "mechanism"))] == [ENDP, HT]
     # a token mechanism is for SASL2 with a token only, not a legacy mechanism
-    assert HT not in c.mechanisms()
+    assert HT not in c.mechanisms() and ENDP not in c.mechanisms()
 
 
 def test_fast_token_login_with_bind2(server, clients):
@@ -557,11 +596,12 @@ def test_fast_rotation_keeps_the_old_token_until_the_new_one_is_used(server, cli
     assert t2 != t1
     # the client may not have received t2: t1 still works
     fast_login(clients.add(server.client()).start(), user, t1, ua)
-    # t2 used: every earlier token is invalid (XEP-0484 §Token rotation)
+    # t2 used: every earlier token is invalid (XEP-0484 §Token rotation), and says so
+    # (§Server responsibilities: "credentials-expired", the client falls back to others)
     fast_login(clients.add(server.client()).start(), user, t2, ua)
     with pytest.raises(SASLFailure) as e:
         fast_login(clients.add(server.client()).start(), user, t1, ua)
-    assert e.value.condition == "not-authorized"
+    assert e.value.condition == "credentials-expired"
 
 
 def test_fast_login_without_user_agent_is_malformed_request(server, clients):
@@ -580,9 +620,13 @@ def test_fast_invalidate(server, clients):
     el = fast_login(clients.add(server.client()).start(), user, token, ua,
                     fast_attrs=" invalidate='true'")
     assert el.find(q(NS_FAST, "token")) is None, tostring(el)
+    d = clients.add(server.client()).start()
     with pytest.raises(SASLFailure) as e:
-        fast_login(clients.add(server.client()).start(), user, token, ua)
-    assert e.value.condition == "not-authorized"
+        fast_login(d, user, token, ua)
+    assert e.value.condition == "credentials-expired"
+    # "and then allow the client to authenticate using other mechanisms"
+    authenticate(d, user, pw)
+    assert d.bind("after") == jid + "/after"
 
 
 def test_fast_tokens_end_with_a_password_change(server, clients):
@@ -598,16 +642,90 @@ def test_fast_tokens_end_with_a_password_change(server, clients):
     assert e.value.condition == "not-authorized"
 
 
-@pytest.mark.parametrize("inline,ua", [
-    (f"<request-token xmlns='{NS_FAST}' mechanism='HT-SHA-256-ENDP'/>", "ua-x"),
-    (f"<request-token xmlns='{NS_FAST}' mechanism='{HT}'/>", None),
+@pytest.mark.parametrize("inline,ua,condition", [
+    # not offered (tls-exporter: rustls exports nothing from the streams' connections)
+    (f"<request-token xmlns='{NS_FAST}' mechanism='HT-SHA-256-EXPR'/>", "ua-x", "invalid-mechanism"),
+    (f"<request-token xmlns='{NS_FAST}'/>", "ua-x", "invalid-mechanism"),
+    # tokens are per client
+    (f"<request-token xmlns='{NS_FAST}' mechanism='{HT}'/>", None, "malformed-request"),
 ])
-def test_fast_bad_token_request_is_malformed_request(server, clients, inline, ua):
+def test_fast_bad_token_request_is_refused(server, clients, inline, ua, condition):
     jid, user, pw = server.new_user("f2b")
     c = clients.add(server.client()).start()
     with pytest.raises(SASLFailure) as e:
         authenticate(c, user, pw, inline=inline, ua_id=ua)
+    assert e.value.condition == condition
+    # refused before the password was looked at: the stream goes on
+    authenticate(c, user, pw)
+    assert c.bind("after") == jid + "/after"
+    server.assert_healthy()
+
+
+def test_fast_endp_token_is_bound_to_the_channel(server, clients, source_ip):
+    """HT-SHA-256-ENDP (draft-schmaus-kitten-sasl-ht: the proofs cover the channel binding,
+    RFC 5929 tls-server-end-point here): a token asked for it logs in with the binding of
+    the new connection, and the server's proof covers it too; the same proof without the
+    binding (what a man in the middle with another certificate would have to send) and the
+    token under the other mechanism are refused."""
+    jid, user, pw = server.new_user("f2e")
+    ua = new_id("ua")
+    c = clients.add(server.client()).start()
+    ok = authenticate(c, user, pw, inline=f"<request-token xmlns='{NS_FAST}' mechanism='{ENDP}'/>",
+                      ua_id=ua)
+    token = ok.find(q(NS_FAST, "token")).get("token")
+    c.close()
+    d = clients.add(server.client()).start()
+    el = fast_login(d, user, token, ua, inline=bind2("E"), mech=ENDP, cb=end_point(d))
+    assert el.findtext(s2("authorization-identifier")).startswith(jid + "/E/")
+    for mech, cb in ((ENDP, b""), (ENDP, b"\0" * 32), (HT, b"")):
+        e2 = clients.add(server.client(source_ip=source_ip)).start()
+        with pytest.raises(SASLFailure) as e:
+            fast_login(e2, user, token, ua, mech=mech, cb=cb)
+        assert e.value.condition == "not-authorized", (mech, cb)
+    assert d.ping_server().get("type") == "result"
+
+
+def test_fast_login_without_fast_element_is_malformed_request(server, clients):
+    """XEP-0484 §Client authenticates using FAST: a client providing a token "MUST include a
+    <fast/> element"; without it the token is not looked at."""
+    jid, user, pw = server.new_user("f2n")
+    ua = new_id("ua")
+    token, _ = get_token(clients.add(server.client()).start(), user, pw, ua)
+    c = clients.add(server.client()).start()
+    proof = hmac.new(token.encode(), b"Initiator", hashlib.sha256).digest()
+    ir = base64.b64encode(user.encode() + b"\0" + proof).decode()
+    c.send_raw(f"<authenticate xmlns='{NS_SASL2}' mechanism='{HT}'>"
+               f"<initial-response>{ir}</initial-response>{user_agent(ua)}</authenticate>")
+    with pytest.raises(SASLFailure) as e:
+        check(reply(c))
     assert e.value.condition == "malformed-request"
+    # the token was not used up: it still logs in
+    fast_login(clients.add(server.client()).start(), user, token, ua)
+
+
+@pytest.mark.parametrize("mech", ["SCRAM-SHA-256", "PLAIN"])
+def test_whitespace_inside_the_exchange_is_a_policy_violation(server, clients, mech):
+    """XEP-0388 §2.4: "Clients MUST NOT send whitespace [...] Servers MUST disconnect Clients
+    immediately if any other traffic is received": a space after <authenticate/> (sent
+    before the challenge) or between the challenge and the response ends the stream with
+    <policy-violation/>; whitespace before <authenticate/> is fine."""
+    jid, user, pw = server.new_user("f2s")
+    c = clients.add(server.client()).start()
+    c.send_raw(f" \n<authenticate xmlns='{NS_SASL2}' mechanism='{mech}'/> ")
+    err = c.recv(lambda e: e.tag == q(NS_STREAM, "error"), what="stream error")
+    assert err.find(q("urn:ietf:params:xml:ns:xmpp-streams", "policy-violation")) is not None, \
+        tostring(err)
+    with pytest.raises(StreamClosed):
+        c.recv(lambda e: False, what="the end of the stream", timeout=5)
+    # legacy SASL (RFC 6120 allows whitespace between elements) is not affected
+    d = clients.add(server.client()).start()
+    d.send_raw(f"<auth xmlns='{NS_SASL}' mechanism='PLAIN'/>")
+    ch = d.recv(lambda e: ns_of(e.tag) == NS_SASL, what="challenge")
+    assert local(ch.tag) == "challenge", tostring(ch)
+    resp = base64.b64encode(f"\0{user}\0{pw}".encode()).decode()
+    d.send_raw(f" \n<response xmlns='{NS_SASL}'>{resp}</response>")
+    ok = d.recv(lambda e: ns_of(e.tag) == NS_SASL, what="success")
+    assert local(ok.tag) == "success", tostring(ok)
     server.assert_healthy()
 
 

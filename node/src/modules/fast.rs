@@ -1,7 +1,11 @@
 //! XEP-0484 Fast Authentication Streamlining Tokens, with the
-//! `HT-SHA-256-NONE` mechanism of draft-schmaus-kitten-sasl-ht: a client
-//! that logged in with its password asks, inside SASL2, for a token, and
-//! logs in with it in one round trip afterwards.
+//! `HT-SHA-256-ENDP` and `HT-SHA-256-NONE` mechanisms of
+//! draft-schmaus-kitten-sasl-ht: a client that logged in with its password
+//! asks, inside SASL2, for a token, and logs in with it in one round trip
+//! afterwards. `-ENDP` binds the proof to the TLS channel with RFC 5929's
+//! `tls-server-end-point` (the hash of this server's certificate: all
+//! rustls gives us, it exports no keying material from the connection
+//! type the streams use), offered where the certificate defines one.
 //!
 //! Tokens are per account and per SASL2 user-agent id, in the replicated
 //! store (`user_fast`), hashed: a token is 80 characters, longer than
@@ -10,7 +14,11 @@
 //! (§Implementation Notes): a new token waits in `new` until its first use
 //! moves it to `current` (dropping the older one); issuing one replaces an
 //! unused `new`. A token lives `TOKEN_LIFETIME`, and one used in the last
-//! half of its life is rotated (a new one comes with `<success/>`).
+//! half of its life is rotated (a new one comes with `<success/>`). The
+//! digests of tokens no longer trusted (invalidated, replaced) are kept
+//! until they would have expired, so that using one fails with
+//! `<credentials-expired/>` (§Server responsibilities) rather than
+//! `<not-authorized/>`, and the client falls back to its password.
 
 use super::Module;
 use crate::auth::SaslFailure;
@@ -21,14 +29,23 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
 
 pub const NS_FAST: &str = "urn:xmpp:fast:0";
-/// The one mechanism offered (no channel binding: see ARCHITECTURE on -PLUS).
+/// Without channel binding.
 pub const HT_SHA_256_NONE: &str = "HT-SHA-256-NONE";
+/// Bound to the TLS channel by `tls-server-end-point` (RFC 5929).
+pub const HT_SHA_256_ENDP: &str = "HT-SHA-256-ENDP";
+/// The mechanisms' `<fast/>` list inside SASL2's feature, with and without
+/// a channel binding to offer (`modules::sasl2` has the latter).
+pub const MECHANISMS_ENDP: &str =
+    "<mechanism>HT-SHA-256-ENDP</mechanism><mechanism>HT-SHA-256-NONE</mechanism>";
+pub const MECHANISMS_NONE: &str = "<mechanism>HT-SHA-256-NONE</mechanism>";
+/// Digests of tokens no longer trusted kept per client (the newest).
+const REVOKED_KEPT: usize = 4;
 /// How long a token is valid.
 pub const TOKEN_LIFETIME: u64 = 14 * 24 * 3600;
 
 pub static MODULE: Module = Module {
     name: "fast",
-    spec: "XEP-0484 v0.2 (HT-SHA-256-NONE)",
+    spec: "XEP-0484 v0.2 (HT-SHA-256-ENDP, HT-SHA-256-NONE)",
     spaces: &[FAST],
     ..Module::EMPTY
 };
@@ -70,18 +87,45 @@ pub struct Used {
     pub rotate: bool,
 }
 
-/// Verifies an `HT-SHA-256-NONE` initial response (`authcid NUL
-/// HMAC(token, "Initiator")`); on success the authenticated account, the
-/// server's `HMAC(token, "Responder")`, and whether to rotate.
+/// Whether `m` is one of the token mechanisms.
+pub fn is_mechanism(m: &str) -> bool {
+    matches!(m, HT_SHA_256_NONE | HT_SHA_256_ENDP)
+}
+
+/// The channel binding a mechanism offered on this connection needs:
+/// `Some(data)` (empty for `-NONE`), or `None` when it is not offered here.
+pub fn binding<'a>(mechanism: &str, end_point: Option<&'a [u8]>) -> Option<&'a [u8]> {
+    match mechanism {
+        HT_SHA_256_NONE => Some(&[]),
+        HT_SHA_256_ENDP => end_point,
+        _ => None,
+    }
+}
+
+/// `HMAC(token, label || channel binding)`, from the token's digest.
+fn ht_mac(hash: &str, label: &[u8], cb: &[u8]) -> Option<Hmac<Sha256>> {
+    let key = unb64(hash)?;
+    let mut mac = Hmac::<Sha256>::new_from_slice(&key).ok()?;
+    mac.update(label);
+    mac.update(cb);
+    Some(mac)
+}
+
+/// Verifies an `HT-SHA-256-*` initial response (`authcid NUL HMAC(token,
+/// "Initiator" || cb)`, `cb` the channel binding of `mechanism`); on
+/// success the authenticated account, the server's `HMAC(token,
+/// "Responder" || cb)`, and whether to rotate.
 pub async fn login(
     server: &Server,
     auth: &Element,
+    (mechanism, cb): (&str, &[u8]),
     data: &[u8],
     domain: &str,
     account: &mut Option<String>,
 ) -> Result<(jid::BareJid, Vec<u8>, Used), SaslFailure> {
-    let Some(ua) = user_agent_id(auth) else {
-        // §Business Rules: a FAST client always names itself.
+    // §Client authenticates using FAST: a client providing a token says so
+    // with `<fast/>`; §Business Rules: a FAST client always names itself.
+    let Some(ua) = user_agent_id(auth).filter(|_| auth.has_child("fast", NS_FAST)) else {
         return Err(SaslFailure::MalformedRequest);
     };
     let nul = data
@@ -103,24 +147,19 @@ pub async fn login(
         .fast_tokens(bare.as_str(), &client)
         .map_err(|_| SaslFailure::TemporaryAuthFailure)?;
     let now = now();
-    let matches = |t: &Option<FastToken>| {
-        t.as_ref().and_then(|t| {
-            let key = unb64(&t.hash)?;
-            let mut mac = Hmac::<Sha256>::new_from_slice(&key).ok()?;
-            mac.update(b"Initiator");
-            // Constant time (XEP-0484 §Security Considerations).
-            mac.verify_slice(proof).ok()?;
-            Some(t.clone())
-        })
+    // Constant time (XEP-0484 §Security Considerations).
+    let proves = |t: &FastToken| {
+        ht_mac(&t.hash, b"Initiator", cb).is_some_and(|m| m.verify_slice(proof).is_ok())
     };
-    let (token, was_new) = match (matches(&tokens.new), matches(&tokens.current)) {
-        (Some(t), _) => (t, true),
-        (None, Some(t)) => (t, false),
-        (None, None) => return Err(SaslFailure::NotAuthorized),
+    let (token, was_new) = match (&tokens.new, &tokens.current) {
+        (Some(t), _) if proves(t) => (t.clone(), true),
+        (_, Some(t)) if proves(t) => (t.clone(), false),
+        // No longer trusted: the client falls back to its password.
+        _ if tokens.revoked.iter().any(proves) => return Err(SaslFailure::CredentialsExpired),
+        _ => return Err(SaslFailure::NotAuthorized),
     };
-    // Bound to the mechanism it was issued for; expired: the client falls
-    // back to its password (§Business Rules: credentials-expired).
-    if token.mechanism != HT_SHA_256_NONE {
+    // Bound to the mechanism it was issued for.
+    if token.mechanism != mechanism {
         return Err(SaslFailure::NotAuthorized);
     }
     if token.expiry <= now {
@@ -130,40 +169,56 @@ pub async fn login(
         return Err(SaslFailure::AccountDisabled);
     }
     if was_new {
-        // First use of the new token: the older one is invalid now.
+        // First use of the new token: the older one is not trusted now
+        // (§Server initiates token rotation).
+        let old = tokens.current.take();
         tokens.current = tokens.new.take();
+        tokens.revoke(old, now);
         server
             .storage
             .put_fast_tokens(bare.as_str(), &client, &tokens)
             .await
             .map_err(|_| SaslFailure::TemporaryAuthFailure)?;
     }
-    let key = unb64(&token.hash).ok_or(SaslFailure::TemporaryAuthFailure)?;
-    let mut mac =
-        Hmac::<Sha256>::new_from_slice(&key).map_err(|_| SaslFailure::TemporaryAuthFailure)?;
-    mac.update(b"Responder");
-    let responder = mac.finalize().into_bytes().to_vec();
+    let responder = ht_mac(&token.hash, b"Responder", cb)
+        .ok_or(SaslFailure::TemporaryAuthFailure)?
+        .finalize()
+        .into_bytes()
+        .to_vec();
     let rotate = token.expiry.saturating_sub(now) < TOKEN_LIFETIME / 2;
     Ok((bare, responder, Used { rotate }))
 }
 
-/// Issues a token for `ua` (into the `new` slot, replacing an unused one);
-/// the `<token/>` for `<success/>`.
-pub async fn issue(server: &Server, bare: &str, ua: &str) -> Option<String> {
+impl FastTokens {
+    /// Keeps `old`'s digest as no longer trusted, until it would have
+    /// expired; drops the expired ones and all but the newest few.
+    fn revoke(&mut self, old: Option<FastToken>, now: u64) {
+        self.revoked.extend(old);
+        self.revoked.retain(|t| t.expiry > now);
+        self.revoked.sort_by_key(|t| std::cmp::Reverse(t.expiry));
+        self.revoked.truncate(REVOKED_KEPT);
+    }
+}
+
+/// Issues a token for `ua` and `mechanism` (into the `new` slot, replacing
+/// an unused one); the `<token/>` for `<success/>`.
+pub async fn issue(server: &Server, bare: &str, ua: &str, mechanism: &str) -> Option<String> {
     use base64::Engine;
     use rand::RngCore;
     let mut raw = [0u8; 60];
     rand::rng().fill_bytes(&mut raw);
     // 80 characters: longer than the HMAC block (see the module's doc).
     let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
-    let expiry = now() + TOKEN_LIFETIME;
+    let now = now();
+    let expiry = now + TOKEN_LIFETIME;
     let client = client_key(ua);
     let mut tokens = server.storage.fast_tokens(bare, &client).ok()?;
-    tokens.new = Some(FastToken {
+    let unused = tokens.new.replace(FastToken {
         hash: b64(&Sha256::digest(token.as_bytes())),
-        mechanism: HT_SHA_256_NONE.to_owned(),
+        mechanism: mechanism.to_owned(),
         expiry,
     });
+    tokens.revoke(unused, now);
     if let Err(e) = server.storage.put_fast_tokens(bare, &client, &tokens).await {
         tracing::warn!(error = %e, "could not store a FAST token");
         return None;
@@ -177,11 +232,17 @@ pub async fn issue(server: &Server, bare: &str, ua: &str) -> Option<String> {
     ))
 }
 
-/// `<fast invalidate='true'/>`: the client's tokens are dropped.
+/// `<fast invalidate='true'/>`: the client's tokens are no longer trusted.
 pub async fn invalidate(server: &Server, bare: &str, ua: &str) {
     let client = client_key(ua);
-    let none = FastTokens::default();
-    if let Err(e) = server.storage.put_fast_tokens(bare, &client, &none).await {
+    let Ok(mut tokens) = server.storage.fast_tokens(bare, &client) else {
+        return;
+    };
+    let now = now();
+    let (current, new) = (tokens.current.take(), tokens.new.take());
+    tokens.revoke(current, now);
+    tokens.revoke(new, now);
+    if let Err(e) = server.storage.put_fast_tokens(bare, &client, &tokens).await {
         tracing::warn!(error = %e, "could not invalidate a FAST token");
     }
 }
@@ -206,6 +267,54 @@ mod tests {
         assert_eq!(mac(token.as_bytes()), mac(&digest));
         // Not so for a key within the block: tokens must stay long.
         assert_ne!(mac(b"short"), mac(&Sha256::digest(b"short")));
+    }
+
+    /// Replaced and invalidated tokens are remembered until they would
+    /// have expired, the newest few.
+    #[test]
+    fn revoked_tokens_are_kept_until_they_expire() {
+        let t = |n: u64| FastToken {
+            hash: format!("h{n}"),
+            mechanism: HT_SHA_256_NONE.into(),
+            expiry: n,
+        };
+        let mut tokens = FastTokens::default();
+        tokens.revoke(None, 100);
+        assert!(tokens.revoked.is_empty());
+        for n in [90, 150, 160, 170, 180, 190] {
+            tokens.revoke(Some(t(n)), 100);
+        }
+        let kept: Vec<u64> = tokens.revoked.iter().map(|t| t.expiry).collect();
+        assert_eq!(kept, [190, 180, 170, 160]);
+        tokens.revoke(None, 175);
+        let kept: Vec<u64> = tokens.revoked.iter().map(|t| t.expiry).collect();
+        assert_eq!(kept, [190, 180]);
+    }
+
+    /// `HMAC(token, label || binding)` from the digest, as the client
+    /// computes it from the token.
+    #[test]
+    fn proofs_cover_the_channel_binding() {
+        use base64::Engine;
+        let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([9u8; 60]);
+        let hash = b64(&Sha256::digest(token.as_bytes()));
+        let client = |label: &[u8], cb: &[u8]| {
+            let mut m = Hmac::<Sha256>::new_from_slice(token.as_bytes()).unwrap();
+            m.update(label);
+            m.update(cb);
+            m.finalize().into_bytes()
+        };
+        let cb = [1u8; 32];
+        let ours = ht_mac(&hash, b"Initiator", &cb)
+            .unwrap()
+            .finalize()
+            .into_bytes();
+        assert_eq!(ours, client(b"Initiator", &cb));
+        assert_ne!(ours, client(b"Initiator", &[]));
+        assert_eq!(binding(HT_SHA_256_ENDP, None), None);
+        assert_eq!(binding(HT_SHA_256_ENDP, Some(&cb)), Some(&cb[..]));
+        assert_eq!(binding(HT_SHA_256_NONE, None), Some(&[][..]));
+        assert_eq!(binding("HT-SHA-256-EXPR", Some(&cb)), None);
     }
 
     #[test]

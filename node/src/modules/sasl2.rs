@@ -67,6 +67,7 @@ pub static MODULE: Module = Module {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::modules::fast;
 
     #[test]
     fn the_same_mechanisms_as_legacy_sasl() {
@@ -77,6 +78,19 @@ mod tests {
         want.push_str("<inline>");
         for f in MODULE.stream_features {
             assert!(f.xml.starts_with(&want), "{}", f.xml);
+        }
+    }
+
+    /// What `stream::negotiate` replaces to offer `HT-SHA-256-ENDP` too.
+    #[test]
+    fn fast_mechanisms_listed_once() {
+        let want = format!(
+            "<fast xmlns='urn:xmpp:fast:0'>{}</fast>",
+            fast::MECHANISMS_NONE
+        );
+        for f in MODULE.stream_features {
+            assert_eq!(f.xml.matches(&want).count(), 1, "{}", f.xml);
+            assert_eq!(f.xml.matches(fast::MECHANISMS_NONE).count(), 1, "{}", f.xml);
         }
     }
 

@@ -80,29 +80,17 @@ pub fn for_http(config: &Arc<rustls::ServerConfig>) -> Arc<rustls::ServerConfig>
     Arc::new(http)
 }
 
-/// The certificate chain and key of every domain of `cfg` (configured, or
-/// generated on first use), by domain; and of each service host
-/// ([`service_hosts`]) that `[tls] certs` gives its own certificate.
-pub fn certified_keys(cfg: &Config) -> anyhow::Result<HashMap<String, Arc<CertifiedKey>>> {
-    let provider = provider();
-    let load = |name: &str, cert: &Path, key: &Path| -> anyhow::Result<Arc<CertifiedKey>> {
-        let chain = CertificateDer::pem_file_iter(cert)
-            .with_context(|| format!("reading {}", cert.display()))?
-            .collect::<Result<Vec<_>, _>>()
-            .with_context(|| format!("parsing {}", cert.display()))?;
-        let key_der = PrivateKeyDer::from_pem_file(key)
-            .with_context(|| format!("reading key {}", key.display()))?;
-        let certified = CertifiedKey::from_der(chain, key_der, &provider)
-            .with_context(|| format!("certificate for {name}"))?;
-        Ok(Arc::new(certified))
-    };
-    let mut by_domain = HashMap::new();
+/// The certificate and key files of every domain of `cfg` (configured, or
+/// generated on first use), the first domain's first; and of each service
+/// host ([`service_hosts`]) that `[tls] certs` gives its own certificate.
+fn certificate_files(cfg: &Config) -> anyhow::Result<Vec<(String, PathBuf, PathBuf)>> {
+    let mut files: Vec<(String, PathBuf, PathBuf)> = Vec::new();
     for domain in &cfg.domains {
         let (cert, key) = match cfg.tls.certs.iter().find(|c| &c.domain == domain) {
             Some(c) => (c.cert.clone(), c.key.clone()),
             None => self_signed(&cfg.data_dir, &names(cfg, domain))?,
         };
-        by_domain.insert(domain.clone(), load(domain, &cert, &key)?);
+        files.push((domain.clone(), cert, key));
     }
     let hosts: Vec<String> = cfg
         .domains
@@ -111,12 +99,96 @@ pub fn certified_keys(cfg: &Config) -> anyhow::Result<HashMap<String, Arc<Certif
         .collect();
     for c in &cfg.tls.certs {
         let name = c.domain.to_ascii_lowercase();
-        if !by_domain.contains_key(&name) && hosts.contains(&name) {
-            let key = load(&name, &c.cert, &c.key)?;
-            by_domain.insert(name, key);
+        if !files.iter().any(|(n, ..)| *n == name) && hosts.contains(&name) {
+            files.push((name, c.cert.clone(), c.key.clone()));
         }
     }
+    Ok(files)
+}
+
+fn read_chain(cert: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("reading {}", cert.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("parsing {}", cert.display()))
+}
+
+/// The certificate chain and key of every domain of `cfg` (configured, or
+/// generated on first use), by domain; and of each service host
+/// ([`service_hosts`]) that `[tls] certs` gives its own certificate.
+pub fn certified_keys(cfg: &Config) -> anyhow::Result<HashMap<String, Arc<CertifiedKey>>> {
+    let provider = provider();
+    let mut by_domain = HashMap::new();
+    for (name, cert, key) in certificate_files(cfg)? {
+        let chain = read_chain(&cert)?;
+        let key_der = PrivateKeyDer::from_pem_file(&key)
+            .with_context(|| format!("reading key {}", key.display()))?;
+        let certified = CertifiedKey::from_der(chain, key_der, &provider)
+            .with_context(|| format!("certificate for {name}"))?;
+        by_domain.insert(name, Arc::new(certified));
+    }
     Ok(by_domain)
+}
+
+/// RFC 5929 `tls-server-end-point` channel-binding data of the
+/// certificates [`server_config`] presents, chosen as its resolver
+/// chooses: by SNI, else the first domain's.
+#[derive(Debug, Default)]
+pub struct EndPoints {
+    by_name: HashMap<String, Vec<u8>>,
+    default: Option<Vec<u8>>,
+}
+
+impl EndPoints {
+    /// From the certificate files of `cfg` (read again: only the chains).
+    /// A certificate whose signature names no single hash (Ed25519,
+    /// RSASSA-PSS) has none (RFC 5929 §4.1 leaves it undefined).
+    pub fn load(cfg: &Config) -> anyhow::Result<EndPoints> {
+        let mut eps = EndPoints::default();
+        for (i, (name, cert, _)) in certificate_files(cfg)?.into_iter().enumerate() {
+            let Some(hash) = read_chain(&cert)?.first().and_then(|c| end_point(c)) else {
+                continue;
+            };
+            if i == 0 {
+                eps.default = Some(hash.clone());
+            }
+            eps.by_name.insert(name, hash);
+        }
+        Ok(eps)
+    }
+
+    /// The data of a connection whose client sent `sni`.
+    pub fn get(&self, sni: Option<&str>) -> Option<&[u8]> {
+        match sni.map(str::to_ascii_lowercase) {
+            Some(n) if self.by_name.contains_key(&n) => self.by_name.get(&n),
+            _ => self.default.as_ref(),
+        }
+        .map(Vec::as_slice)
+    }
+}
+
+/// RFC 5929 §4.1: the certificate hashed with its signature's hash, SHA-256
+/// for MD5 and SHA-1; `None` for a signature without a single hash.
+pub fn end_point(cert: &CertificateDer) -> Option<Vec<u8>> {
+    use sha2::Digest;
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
+    let der = cert.as_ref();
+    Some(
+        match parsed.signature_algorithm.algorithm.to_id_string().as_str() {
+            // md5WithRSA, sha1WithRSA, ecdsa-with-SHA1, dsa-with-sha1 (all to
+            // SHA-256), sha256WithRSA, ecdsa-with-SHA256, dsa-with-sha256
+            "1.2.840.113549.1.1.4"
+            | "1.2.840.113549.1.1.5"
+            | "1.2.840.10045.4.1"
+            | "1.2.840.10040.4.3"
+            | "1.2.840.113549.1.1.11"
+            | "1.2.840.10045.4.3.2"
+            | "2.16.840.1.101.3.4.3.2" => sha2::Sha256::digest(der).to_vec(),
+            "1.2.840.113549.1.1.12" | "1.2.840.10045.4.3.3" => sha2::Sha384::digest(der).to_vec(),
+            "1.2.840.113549.1.1.13" | "1.2.840.10045.4.3.4" => sha2::Sha512::digest(der).to_vec(),
+            _ => return None,
+        },
+    )
 }
 
 /// The names a generated certificate for `domain` carries: the domain,
@@ -438,6 +510,49 @@ mod tests {
         assert_ne!(renewed, old.as_bytes());
         let until = parse(&renewed).3;
         assert!(until - OffsetDateTime::now_utc().unix_timestamp() > 364 * 86_400);
+    }
+
+    /// RFC 5929 §4.1 by the certificate's signature: the generated one
+    /// (ecdsa-with-SHA256) hashes with SHA-256, SHA-384 signatures with
+    /// SHA-384; Ed25519 names no hash, so no binding.
+    #[test]
+    fn end_point_hash_follows_the_signature_algorithm() {
+        use sha2::Digest;
+        let der = |alg: &'static rcgen::SignatureAlgorithm| {
+            let key = rcgen::KeyPair::generate_for(alg).unwrap();
+            let params = rcgen::CertificateParams::new(vec!["example.org".to_owned()]).unwrap();
+            params.self_signed(&key).unwrap().der().clone()
+        };
+        let p256 = der(&rcgen::PKCS_ECDSA_P256_SHA256);
+        assert_eq!(end_point(&p256), Some(sha2::Sha256::digest(&p256).to_vec()));
+        let p384 = der(&rcgen::PKCS_ECDSA_P384_SHA384);
+        assert_eq!(end_point(&p384), Some(sha2::Sha384::digest(&p384).to_vec()));
+        assert_eq!(end_point(&der(&rcgen::PKCS_ED25519)), None);
+    }
+
+    /// The certificate a connection was given, as the resolver picks it:
+    /// by SNI (any case), else the first domain's.
+    #[test]
+    fn end_points_are_chosen_as_the_certificates_are() {
+        use sha2::Digest;
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config {
+            domains: vec!["a.example".into(), "b.example".into()],
+            data_dir: dir.path().to_owned(),
+            ..Default::default()
+        };
+        server_config(&cfg).unwrap();
+        let hash = |name: &str| {
+            let pem = std::fs::read(dir.path().join(format!("certs/{name}.crt"))).unwrap();
+            sha2::Sha256::digest(CertificateDer::from_pem_slice(&pem).unwrap()).to_vec()
+        };
+        let eps = EndPoints::load(&cfg).unwrap();
+        assert_eq!(eps.get(Some("b.example")), Some(&hash("b.example")[..]));
+        assert_eq!(eps.get(Some("B.Example")), Some(&hash("b.example")[..]));
+        assert_eq!(eps.get(Some("a.example")), Some(&hash("a.example")[..]));
+        assert_eq!(eps.get(None), Some(&hash("a.example")[..]));
+        assert_eq!(eps.get(Some("other.example")), Some(&hash("a.example")[..]));
+        assert_ne!(hash("a.example"), hash("b.example"));
     }
 }
 

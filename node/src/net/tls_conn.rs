@@ -394,6 +394,10 @@ impl Transport for TlsConn {
         self.conn.peer_certificates()
     }
 
+    fn tls_server_name(&self) -> Option<Option<&str>> {
+        Some(self.server_name())
+    }
+
     async fn readable(&self) -> io::Result<()> {
         if self.has_pending() {
             return Ok(());

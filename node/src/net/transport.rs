@@ -45,6 +45,11 @@ pub trait Transport: Unpin {
     fn peer_certificates(&self) -> Option<&[rustls::pki_types::CertificateDer<'static>]> {
         None
     }
+
+    /// `Some` for a TLS connection: the SNI the client sent, if any.
+    fn tls_server_name(&self) -> Option<Option<&str>> {
+        None
+    }
 }
 
 impl Transport for TcpStream {

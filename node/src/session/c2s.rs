@@ -1397,6 +1397,7 @@ impl<S: Transport> Session<S> {
     /// and the bound stream's features (XEP-0388: no restart). Initial
     /// presence is the client's to send.
     async fn bound2(&mut self, b: Bind2) -> Result<(), End> {
+        im::clear_archived_offline(&self.server, self.bare.as_str()).await;
         if b.carbons {
             let msg = ToUser::Carbons {
                 session: self.id,

@@ -710,6 +710,41 @@ async fn claim(server: &Server, stored: Vec<(Vec<u8>, String)>) -> Option<Vec<(V
     }
 }
 
+/// XEP-0386 §3.2: a Bind 2 bind clears the user's offline messages
+/// "without sending them (as they will be provided by MAM)". Only those
+/// the user's archive holds (a stanza-id by the account): what was stored
+/// without being archived (a headline, a message the archive preferences
+/// kept out) would be lost otherwise, and still comes with initial
+/// presence.
+pub async fn clear_archived_offline(server: &Server, bare: &str) {
+    let Ok(stored) = server.storage.offline(bare) else {
+        return;
+    };
+    let archived: Vec<Vec<u8>> = stored
+        .into_iter()
+        .filter(|(_, xml)| {
+            parse_stored(xml).is_some_and(|el| {
+                el.elements().any(|c| {
+                    c.is("stanza-id", crate::modules::mam::NS_SID)
+                        && c.get_attr("by")
+                            .is_some_and(|by| by.eq_ignore_ascii_case(bare))
+                })
+            })
+        })
+        .map(|(k, _)| k)
+        .collect();
+    if archived.is_empty() {
+        return;
+    }
+    match server.storage.take_offline(archived).await {
+        Ok(taken) => {
+            metrics::counter!("starling_offline_cleared_by_bind2_total")
+                .increment(taken.len() as u64);
+        }
+        Err(e) => tracing::warn!(error = %e, "could not clear archived offline messages"),
+    }
+}
+
 /// Sends the stored messages to a session that became available with a
 /// non-negative priority.
 /// Runs on its own (the user actor spawns it): it waits for the client to

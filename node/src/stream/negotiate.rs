@@ -6,6 +6,7 @@
 
 use super::sasl::{self, NS_SASL2, Profile, SaslOutcome};
 use super::xmlstream::{XmlStream, new_id, read_failed};
+use crate::auth::SaslFailure;
 use crate::modules::fast;
 use crate::net::tls_conn::TlsConn;
 use crate::net::transport::Transport;
@@ -386,6 +387,12 @@ async fn secure_phases<S: Transport>(
         _ => Vec::new(),
     };
     const EXTERNAL: &str = "<mechanism>EXTERNAL</mechanism>";
+    // XEP-0484: tokens bound to this TLS channel where its certificate
+    // defines a `tls-server-end-point`.
+    let end_point = xs
+        .io
+        .tls_server_name()
+        .and_then(|sni| server.end_points.get(sni));
     let mut features =
         String::from("<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>");
     if !external.is_empty() {
@@ -403,12 +410,21 @@ async fn secure_phases<S: Transport>(
     {
         match f.strip_prefix(SASL2_HEAD) {
             // SASL2 lists the same mechanisms.
-            Some(rest) if !external.is_empty() => {
+            Some(rest) => {
                 features.push_str(SASL2_HEAD);
-                features.push_str(EXTERNAL);
-                features.push_str(rest);
+                if !external.is_empty() {
+                    features.push_str(EXTERNAL);
+                }
+                match end_point {
+                    Some(_) => features.push_str(&rest.replacen(
+                        fast::MECHANISMS_NONE,
+                        fast::MECHANISMS_ENDP,
+                        1,
+                    )),
+                    None => features.push_str(rest),
+                }
             }
-            _ => features.push_str(f),
+            None => features.push_str(f),
         }
     }
     features.push_str("</stream:features>");
@@ -421,11 +437,12 @@ async fn secure_phases<S: Transport>(
         let profile = if el.is("auth", NS_SASL) {
             Profile::Legacy
         } else if el.is("authenticate", NS_SASL2) {
-            if let Err(text) = check_inline(&el) {
+            if let Err((failure, text)) = check_inline(&el, end_point) {
                 // Refused before any credential is looked at: no
                 // failure counted against the account.
                 let msg = format!(
-                    "<failure xmlns='{NS_SASL2}'><malformed-request xmlns='{NS_SASL}'/><text>{text}</text></failure>"
+                    "<failure xmlns='{NS_SASL2}'><{} xmlns='{NS_SASL}'/><text>{text}</text></failure>",
+                    failure.condition()
                 );
                 xs.send_raw(&msg).await.ok()?;
                 continue;
@@ -441,6 +458,7 @@ async fn secure_phases<S: Transport>(
                 deadline,
                 profile,
                 external: &external,
+                end_point,
             };
             match sasl::authenticate(server, &mut xs, &el, exchange).await {
                 SaslOutcome::Success(bare, additional, rotate) => {
@@ -674,32 +692,41 @@ async fn resume(
 }
 
 /// Checks what a SASL2 `<authenticate/>` asks to do inline before it is
-/// run; `Err` is the `<text/>` of the `<malformed-request/>` failure.
-fn check_inline(auth: &Element) -> Result<(), &'static str> {
+/// run (`end_point`: the channel binding XEP-0484 tokens may use); `Err`
+/// is the failure's condition and `<text/>`.
+fn check_inline(
+    auth: &Element,
+    end_point: Option<&[u8]>,
+) -> Result<(), (SaslFailure, &'static str)> {
+    const MALFORMED: SaslFailure = SaslFailure::MalformedRequest;
     if let Some(tag) = auth
         .get_child("bind", NS_BIND2)
         .and_then(|bind| bind.child_text("tag", NS_BIND2))
     {
         if tag.chars().count() > MAX_TAG_CHARS {
-            return Err("the bind tag is too long");
+            return Err((MALFORMED, "the bind tag is too long"));
         }
         // The tag must make a valid resourcepart (RFC 7622 §3.4).
         if tag.is_empty() || jid::ResourcePart::new(&tag).is_err() {
-            return Err("the bind tag is not valid in a resource");
+            return Err((MALFORMED, "the bind tag is not valid in a resource"));
         }
     }
     if let Some(ua) = auth.get_child("user-agent", NS_SASL2)
         && ua.get_attr("id").is_some_and(|id| id.len() > 128)
     {
-        return Err("the user-agent id is too long");
+        return Err((MALFORMED, "the user-agent id is too long"));
     }
     if let Some(req) = auth.get_child("request-token", fast::NS_FAST) {
-        if req.get_attr("mechanism") != Some(fast::HT_SHA_256_NONE) {
-            return Err("no such FAST mechanism");
+        // §Client performs initial authentication: one the server offered.
+        let offered = req
+            .get_attr("mechanism")
+            .is_some_and(|m| fast::binding(m, end_point).is_some());
+        if !offered {
+            return Err((SaslFailure::InvalidMechanism, "no such FAST mechanism"));
         }
         // XEP-0484 §Business Rules: tokens are per client.
         if fast::user_agent_id(auth).is_none() {
-            return Err("a FAST token needs a user-agent id");
+            return Err((MALFORMED, "a FAST token needs a user-agent id"));
         }
     }
     Ok(())
@@ -715,7 +742,8 @@ async fn fast_tokens(
     rotate: bool,
 ) -> Option<String> {
     let ua = fast::user_agent_id(auth)?;
-    let with_token = auth.get_attr("mechanism") == Some(fast::HT_SHA_256_NONE);
+    let used = auth.get_attr("mechanism").unwrap_or("");
+    let with_token = fast::is_mechanism(used);
     let invalidate = with_token
         && auth
             .get_child("fast", fast::NS_FAST)
@@ -724,9 +752,14 @@ async fn fast_tokens(
     if invalidate {
         fast::invalidate(server, bare.as_str(), ua).await;
     }
-    let requested = auth.get_child("request-token", fast::NS_FAST).is_some();
-    if requested || (rotate && !invalidate) {
-        return fast::issue(server, bare.as_str(), ua).await;
+    // Checked before authenticating: a mechanism offered here.
+    let requested = auth
+        .get_child("request-token", fast::NS_FAST)
+        .and_then(|r| r.get_attr("mechanism"));
+    match requested {
+        Some(m) => return fast::issue(server, bare.as_str(), ua, m).await,
+        None if rotate && !invalidate => return fast::issue(server, bare.as_str(), ua, used).await,
+        None => {}
     }
     None
 }

@@ -76,6 +76,9 @@ pub struct Exchange<'a> {
     /// The accounts the client's certificate names, if any (XEP-0178):
     /// EXTERNAL was offered for them.
     pub external: &'a [jid::BareJid],
+    /// The connection's `tls-server-end-point`, when XEP-0484's `-ENDP`
+    /// was offered.
+    pub end_point: Option<&'a [u8]>,
 }
 
 /// Runs one exchange that starts with `auth`.
@@ -91,8 +94,13 @@ pub async fn authenticate<S: Transport>(
         deadline,
         profile,
         external,
+        end_point,
     } = exchange;
     let mechanism = auth.get_attr("mechanism").unwrap_or("");
+    if profile == Profile::Sasl2 {
+        // Whitespace before `<authenticate/>` is fine; from here on none.
+        xs.forget_whitespace();
+    }
     let mut account: Option<String> = None;
     let turn = Turn { deadline, profile };
     // A node cut off from its cluster's majority cannot commit: it takes
@@ -102,12 +110,18 @@ pub async fn authenticate<S: Transport>(
         tracing::warn!("refusing a login: this node cannot commit to the cluster");
     }
     let mut rotate = false;
+    // A XEP-0484 token mechanism offered here: its channel binding.
+    let token_binding = match profile {
+        Profile::Sasl2 => fast::binding(mechanism, end_point),
+        Profile::Legacy => None,
+    };
     let result = match mechanism {
         _ if !healthy => Err(SaslFailure::TemporaryAuthFailure),
         // XEP-0484: offered inside SASL2's feature only, one round trip.
-        fast::HT_SHA_256_NONE if profile == Profile::Sasl2 => {
+        m if token_binding.is_some() => {
+            let cb = token_binding.unwrap_or_default();
             match initial_response(auth, profile) {
-                Ok(Some(data)) => fast::login(server, auth, &data, domain, &mut account)
+                Ok(Some(data)) => fast::login(server, auth, (m, cb), &data, domain, &mut account)
                     .await
                     .map(|(bare, responder, used)| {
                         rotate = used.rotate;
@@ -179,8 +193,10 @@ pub async fn authenticate<S: Transport>(
 }
 
 fn mechanism_label(m: &str) -> &'static str {
-    if m == fast::HT_SHA_256_NONE {
-        return fast::HT_SHA_256_NONE;
+    for ht in [fast::HT_SHA_256_NONE, fast::HT_SHA_256_ENDP] {
+        if m == ht {
+            return ht;
+        }
     }
     if m == "EXTERNAL" {
         return "EXTERNAL";
@@ -242,7 +258,11 @@ async fn challenge<S: Transport>(
     if xs.send_raw(&msg).await.is_err() {
         return Ok(None);
     }
-    match xs.next(Some(deadline)).await {
+    let next = match profile {
+        Profile::Legacy => xs.next(Some(deadline)).await,
+        Profile::Sasl2 => xs.next_unspaced(Some(deadline)).await,
+    };
+    match next {
         Ok(StreamEvent::Stanza(el)) if el.is("response", ns) => {
             let text = el.text_content();
             let data = if text.trim().is_empty() {

@@ -71,6 +71,32 @@ impl<S: Transport> XmlStream<S> {
         }
     }
 
+    /// As [`XmlStream::next`] inside an exchange where nothing may come
+    /// between the elements (XEP-0388 §2.4: "Clients MUST NOT send
+    /// whitespace", and the server disconnects them): whitespace since
+    /// [`XmlStream::forget_whitespace`] is a policy violation.
+    pub async fn next_unspaced(
+        &mut self,
+        deadline: Option<Instant>,
+    ) -> Result<StreamEvent, ReadError> {
+        loop {
+            let ev = self.parser.next_event()?;
+            if self.parser.take_whitespace() {
+                return Err(ReadError::Xml(XmlError::PolicyViolation));
+            }
+            if let Some(ev) = ev {
+                return Ok(ev);
+            }
+            self.fill(deadline).await?;
+        }
+    }
+
+    /// Starts an exchange read with [`XmlStream::next_unspaced`]: the
+    /// whitespace read before it is allowed.
+    pub fn forget_whitespace(&mut self) {
+        self.parser.take_whitespace();
+    }
+
     /// The next event from what is already buffered, without reading.
     pub fn next_buffered(&mut self) -> Result<Option<StreamEvent>, ReadError> {
         Ok(self.parser.next_event()?)

@@ -124,6 +124,9 @@ pub struct StreamParser {
     /// length (an end tag must name the element it closes).
     open: Vec<(usize, usize)>,
     failed: Option<XmlError>,
+    /// Whitespace came between top-level elements since the last
+    /// [`StreamParser::take_whitespace`].
+    spaced: bool,
 }
 
 impl StreamParser {
@@ -142,7 +145,14 @@ impl StreamParser {
             header_qname: String::new(),
             open: Vec::new(),
             failed: None,
+            spaced: false,
         }
+    }
+
+    /// Whether whitespace came between top-level elements since the last
+    /// call (a SASL2 exchange allows none: XEP-0388 §2.4).
+    pub fn take_whitespace(&mut self) -> bool {
+        std::mem::take(&mut self.spaced)
     }
 
     /// True when no partial data is held.
@@ -257,6 +267,8 @@ impl StreamParser {
                     } else if self.depth <= 1 && !matches!(b, b' ' | b'\t' | b'\r' | b'\n') {
                         // Character data outside any stanza.
                         return Err(XmlError::NotWellFormed);
+                    } else if self.depth == 1 {
+                        self.spaced = true;
                     }
                     self.pos += 1;
                 }
@@ -735,6 +747,22 @@ mod tests {
             out.push(e);
         }
         Ok(out)
+    }
+
+    /// What a SASL2 exchange checks: whitespace between stanzas, not the
+    /// text inside one.
+    #[test]
+    fn whitespace_between_stanzas_is_noticed() {
+        let mut p = parser();
+        events(&mut p, HEADER.as_bytes()).unwrap();
+        p.take_whitespace();
+        events(&mut p, b"<message><body> x \n</body></message>").unwrap();
+        assert!(!p.take_whitespace(), "text inside a stanza");
+        events(&mut p, b"\n<presence/>").unwrap();
+        assert!(p.take_whitespace(), "before a stanza");
+        events(&mut p, b"<iq/> ").unwrap();
+        assert!(p.take_whitespace(), "after one, alone in its read");
+        assert!(!p.take_whitespace(), "taken");
     }
 
     #[test]
