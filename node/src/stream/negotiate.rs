@@ -415,13 +415,13 @@ async fn secure_phases<S: Transport>(
                 if !external.is_empty() {
                     features.push_str(EXTERNAL);
                 }
-                match end_point {
-                    Some(_) => features.push_str(&rest.replacen(
-                        fast::MECHANISMS_NONE,
-                        fast::MECHANISMS_ENDP,
-                        1,
-                    )),
-                    None => features.push_str(rest),
+                match (end_point, rest.split_once(fast::MECHANISMS_NONE)) {
+                    (Some(_), Some((head, tail))) => {
+                        features.push_str(head);
+                        features.push_str(fast::MECHANISMS_ENDP);
+                        features.push_str(tail);
+                    }
+                    _ => features.push_str(rest),
                 }
             }
             None => features.push_str(f),
