@@ -191,6 +191,23 @@ def test_bad_version(server, clients):
     server.assert_healthy(good)
 
 
+def test_header_missing_a_quote_is_not_well_formed_at_once(server, clients):
+    """XML 1.0 3.1: after an attribute value's closing quote comes whitespace or the tag's end.
+    A header whose value runs into the next name (the one compliance.conversations.im sends,
+    with the default namespace's closing quote missing) is <not-well-formed/> as soon as it is
+    read (our header first, RFC 6120 4.9.1.1), not when the handshake times out waiting for a
+    '>' that would not end the tag; and the same inside a stanza."""
+    good = clients.add(server.online("good"))
+    c = clients.add(server.client().connect())
+    c.send_raw("<?xml version='1.0'?><stream:stream to='localhost' version='1.0' "
+               "xmlns='jabber:client xmlns:stream='http://etherx.jabber.org/streams'>")
+    assert c.expect_stream_error(1.0) == "not-well-formed"
+    c.wait_closed()
+    assert stream_error_after(server, clients, "<message to='a@localhost'type='chat'", timeout=1.0) \
+        == "not-well-formed"
+    server.assert_healthy(good)
+
+
 def test_not_a_stream_header(server, clients):
     """Some other root element than <stream:stream/> -> an error in the streams namespace."""
     good = clients.add(server.online("good"))

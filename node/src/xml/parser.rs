@@ -343,6 +343,16 @@ impl StreamParser {
                 }
                 Scan::StartTag(quote) => {
                     self.pos += 1;
+                    // A value's closing quote is followed by whitespace or
+                    // the tag's end: anything else is not well-formed, known
+                    // at once (a header missing a quote must not wait for
+                    // a `>` that would end its value).
+                    if quote.is_none()
+                        && matches!(self.buf[self.pos - 2], b'"' | b'\'')
+                        && !matches!(b, b' ' | b'\t' | b'\r' | b'\n' | b'/' | b'>')
+                    {
+                        return Err(XmlError::NotWellFormed);
+                    }
                     match (quote, b) {
                         (Some(q), c) if c == q => self.state = Scan::StartTag(None),
                         (Some(_), b'<') => return Err(XmlError::NotWellFormed),
@@ -747,6 +757,26 @@ mod tests {
             out.push(e);
         }
         Ok(out)
+    }
+
+    /// A closing quote followed by a name: the value ended early (a
+    /// header missing a quote, as one compliance checker sends it), known
+    /// before any `>` comes.
+    #[test]
+    fn attribute_value_running_into_a_name_fails_at_once() {
+        let mut p = parser();
+        let r = events(
+            &mut p,
+            b"<?xml version='1.0'?><stream:stream to='a' xmlns='jabber:client xmlns:stream='http://etherx.jabber.org/streams'",
+        );
+        assert!(matches!(r, Err(XmlError::NotWellFormed)), "{r:?}");
+        let mut p = parser();
+        events(&mut p, HEADER.as_bytes()).unwrap();
+        assert!(matches!(events(&mut p, b"<message a='1'b='2'"), Err(XmlError::NotWellFormed)));
+        let mut p = parser();
+        events(&mut p, HEADER.as_bytes()).unwrap();
+        let ok = events(&mut p, b"<message a='1'\tb=\"2\"/><iq a='x'\n/>").unwrap();
+        assert_eq!(ok.len(), 2);
     }
 
     /// What a SASL2 exchange checks: whitespace between stanzas, not the
