@@ -210,6 +210,12 @@ pub struct C2sConfig {
     /// XmppAddr of an account of the stream's domain, is offered EXTERNAL.
     /// Unset: no client is asked for a certificate.
     pub client_ca_file: Option<PathBuf>,
+    /// PEM file of certificate revocation lists (RFC 5280) of those CAs: a
+    /// certificate a list revokes is not offered EXTERNAL. Read again when
+    /// the file changes (a CA publishes new lists on its schedule; a file
+    /// that does not parse keeps the lists read before). A CA without a
+    /// list here is not checked. Unset: no revocation check.
+    pub client_crl_file: Option<PathBuf>,
 }
 
 /// `c2s.connect_rate` when the configuration does not set it.
@@ -238,6 +244,7 @@ impl Default for C2sConfig {
             connect_rate_per_ip: 0,
             arbiters: 0,
             client_ca_file: None,
+            client_crl_file: None,
         }
     }
 }
@@ -1367,6 +1374,9 @@ impl Config {
         if self.c2s.port == 0 {
             anyhow::bail!("c2s.port must not be 0");
         }
+        if self.c2s.client_crl_file.is_some() && self.c2s.client_ca_file.is_none() {
+            anyhow::bail!("c2s.client_crl_file needs c2s.client_ca_file (the CAs it revokes for)");
+        }
         if self.sm.ended_retention_secs > MAX_SM_ENDED_RETENTION_SECS {
             anyhow::bail!(
                 "sm.ended_retention_secs must be at most {MAX_SM_ENDED_RETENTION_SECS} (30 days)"
@@ -1706,6 +1716,19 @@ mod tests {
         let c = parse("node_id = 2");
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         assert_eq!(c.store_threads(), if cores <= 2 { 1 } else { 2 });
+    }
+
+    #[test]
+    fn revocation_lists_need_their_authorities() {
+        let crl = Some(PathBuf::from("/etc/ssl/client-crls.pem"));
+        assert!(checked(|c| c.c2s.client_crl_file = crl.clone()).is_err());
+        assert!(
+            checked(|c| {
+                c.c2s.client_crl_file = crl.clone();
+                c.c2s.client_ca_file = Some(PathBuf::from("/etc/ssl/client-cas.pem"));
+            })
+            .is_ok()
+        );
     }
 
     #[test]

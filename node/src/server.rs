@@ -65,11 +65,10 @@ impl Server {
     ) -> Self {
         let scram_secret = load_or_make_secret(&config.data_dir);
         let config_services = config.clone();
-        let client_trust = config
-            .c2s
-            .client_ca_file
-            .as_deref()
-            .and_then(|path| crate::auth::external::ClientTrust::load(path, true));
+        let client_trust = config.c2s.client_ca_file.as_deref().and_then(|path| {
+            let crls = config.c2s.client_crl_file.as_deref();
+            crate::auth::external::ClientTrust::load(path, crls, true)
+        });
         let end_points = crate::net::tls::EndPoints::load(&config).unwrap_or_else(|e| {
             tracing::warn!(error = %e, "no tls-server-end-point channel binding");
             Default::default()

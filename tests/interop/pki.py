@@ -1,6 +1,7 @@
 """A certificate authority of a test's own, made with the openssl command: certificates for
 servers (DNS names, SRV-IDs, XmppAddrs) and for clients (XEP-0178: XmppAddrs of accounts)."""
 
+import os
 import subprocess
 
 
@@ -48,3 +49,27 @@ class CertAuthority:
                 "-days", "2", "-subj", f"/CN={domain}", "-addext", f"subjectAltName={san or 'DNS:' + domain}",
                 "-keyout", key, "-out", crt)
         return crt, key
+
+    def revoke(self, crt):
+        """Adds the certificate `crt` to the CA's list of revoked ones (`openssl ca`)."""
+        openssl("ca", "-config", self._ca_config(), "-revoke", crt)
+
+    def crl(self, path):
+        """Writes the CA's current revocation list (PEM, RFC 5280, valid a day) to `path`, as a
+        new file put in place (a server watching `path` sees it change at once, never half of it)."""
+        tmp = f"{path}.new"
+        openssl("ca", "-config", self._ca_config(), "-gencrl", "-out", tmp)
+        os.replace(tmp, path)
+        return path
+
+    def _ca_config(self):
+        cnf = f"{self.dir}/ca.cnf"
+        if not os.path.exists(cnf):
+            open(f"{self.dir}/index.txt", "w").close()
+            with open(f"{self.dir}/crlnumber", "w") as f:
+                f.write("01\n")
+            with open(cnf, "w") as f:
+                f.write(f"[ca]\ndefault_ca = test_ca\n[test_ca]\ndatabase = {self.dir}/index.txt\n"
+                        f"crlnumber = {self.dir}/crlnumber\ncertificate = {self.crt}\n"
+                        f"private_key = {self.key}\ndefault_md = sha256\ndefault_crl_days = 1\n")
+        return cnf

@@ -10,6 +10,7 @@ names (`<invalid-authzid/>` otherwise); an account that does not exist is `<not-
 
 import base64
 import subprocess
+import time
 
 import pytest
 
@@ -125,6 +126,56 @@ def test_external_is_not_offered_for_other_certificates(ext_server, ca, clients,
     c.client_cert = other
     c.start()
     assert "EXTERNAL" in c.mechanisms()
+
+
+def test_a_revoked_certificate_is_not_trusted(tmp_path_factory, clients):
+    """`[c2s] client_crl_file` (RFC 5280 revocation lists of the client CAs): a certificate the
+    CA revokes is no longer offered EXTERNAL once the CA's new list is in the file (read again
+    when it changes, without a restart), while the CA's other certificates still log in; a list
+    file that no longer parses keeps the lists read before (the revoked stays revoked)."""
+    d = str(tmp_path_factory.mktemp("crl-ca"))
+    ca = CertAuthority(d)
+    crls = ca.crl(f"{d}/crls.pem")
+    s = StarlingServer(str(tmp_path_factory.mktemp("sasl-external-crl")), limits=False,
+                       extra_toml=f'[c2s]\nclient_ca_file = "{ca.crt}"\nclient_crl_file = "{crls}"')
+    s.start()
+    try:
+        a, ua, apw = s.new_user("crla")
+        b, ub, _ = s.new_user("crlb")
+        alice, bob = ca.client(ua, a), ca.client(ub, b)
+        for cert, jid in ((alice, a), (bob, b)):
+            c = clients.add(connect(s, cert))
+            assert c.mechanisms()[0] == "EXTERNAL", tostring(c.features)
+            auth_external(c)
+            assert c.bind("r").startswith(jid + "/")
+        ca.revoke(alice[0])
+        ca.crl(crls)
+        deadline = time.monotonic() + 10
+        while True:
+            c = clients.add(connect(s, alice))
+            if "EXTERNAL" not in c.mechanisms():
+                break
+            assert time.monotonic() < deadline, "the new list was not read: " + tostring(c.features)
+            c.close()
+            time.sleep(0.3)
+        with pytest.raises(SASLFailure) as e:
+            auth_external(c)
+        assert e.value.condition == "invalid-mechanism"
+        c.auth(ua, apw, "SCRAM-SHA-256")  # the password still works
+        assert c.bind("pw").startswith(a + "/")
+        d2 = clients.add(connect(s, bob))
+        auth_external(d2)
+        # a broken list file: the lists read before stay
+        with open(crls, "w") as f:
+            f.write("-----BEGIN X509 CRL-----\nnot a list\n-----END X509 CRL-----\n")
+        time.sleep(1.5)
+        c = clients.add(connect(s, alice))
+        assert "EXTERNAL" not in c.mechanisms(), tostring(c.features)
+        e2 = clients.add(connect(s, bob))
+        assert c.mechanisms() != e2.mechanisms() and e2.mechanisms()[0] == "EXTERNAL"
+        s.assert_healthy()
+    finally:
+        s.stop()
 
 
 def test_an_account_that_does_not_exist(ext_server, ca, clients):

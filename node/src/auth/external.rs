@@ -2,28 +2,75 @@
 //! §13.7.1.4): the TLS handshake asks for a certificate without requiring
 //! one and takes any ([`crate::net::pki::AnyCertificate`]); after it,
 //! [`ClientTrust::jids`] checks the chain against `[c2s] client_ca_file`
-//! and reads the certificate's XmppAddrs, and [`authorize`] picks the
-//! account the exchange logs in.
+//! (and the revocation lists of `[c2s] client_crl_file`) and reads the
+//! certificate's XmppAddrs, and [`authorize`] picks the account the
+//! exchange logs in.
 
 use super::SaslFailure;
 use crate::net::pki;
+use anyhow::Context as _;
 use rustls::DistinguishedName;
-use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::ClientCertVerifier;
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
-/// The certificate authorities of `[c2s] client_ca_file`.
+/// How often a login with a certificate looks whether the revocation
+/// lists' file changed (a CA publishes new lists on its own schedule).
+const CRL_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// The certificate authorities of `[c2s] client_ca_file`, and the
+/// revocation lists of `[c2s] client_crl_file`.
 pub struct ClientTrust {
+    roots: Arc<rustls::RootCertStore>,
+    crl_file: Option<PathBuf>,
+    current: Mutex<Current>,
+}
+
+/// The verifier of the revocation lists last read.
+struct Current {
     verifier: Arc<dyn ClientCertVerifier>,
+    /// The lists' file as it was when read.
+    crl_modified: Option<SystemTime>,
+    checked: Instant,
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// A verifier for `roots`, with the CRLs of the PEM file `crl_file`: a
+/// certificate one of them revokes is not trusted; one whose issuer has
+/// no list here is (lists are the CAs' to publish, not all may).
+fn verifier(
+    roots: &Arc<rustls::RootCertStore>,
+    crl_file: Option<&Path>,
+) -> anyhow::Result<Arc<dyn ClientCertVerifier>> {
+    let builder = WebPkiClientVerifier::builder_with_provider(roots.clone(), pki::provider());
+    let builder = match crl_file {
+        None => builder,
+        Some(path) => {
+            let crls = CertificateRevocationListDer::pem_file_iter(path)
+                .with_context(|| format!("reading {}", path.display()))?
+                .collect::<Result<Vec<_>, _>>()
+                .with_context(|| format!("parsing {}", path.display()))?;
+            anyhow::ensure!(!crls.is_empty(), "{}: no revocation list", path.display());
+            builder.with_crls(crls).allow_unknown_revocation_status()
+        }
+    };
+    Ok(builder.build()?)
 }
 
 impl ClientTrust {
-    /// The CAs of the PEM file `path`; `None` when it holds none usable.
-    /// Errors are logged when `log` (once per start: the TLS
+    /// The CAs of the PEM file `path` (and the CRLs of `crl_file`);
+    /// `None` when it holds none usable, or the CRLs cannot be read (no
+    /// certificate is trusted without the lists it was meant to be checked
+    /// against). Errors are logged when `log` (once per start: the TLS
     /// configuration reads the file too, for [`ClientTrust::hints`]).
-    pub fn load(path: &Path, log: bool) -> Option<ClientTrust> {
+    pub fn load(path: &Path, crl_file: Option<&Path>, log: bool) -> Option<ClientTrust> {
         let mut roots = rustls::RootCertStore::empty();
         match pki::add_roots(&mut roots, path) {
             Ok((added, ignored)) if log => {
@@ -40,11 +87,24 @@ impl ClientTrust {
             }
             return None;
         }
-        match WebPkiClientVerifier::builder_with_provider(Arc::new(roots), pki::provider()).build()
-        {
-            Ok(verifier) => Some(ClientTrust { verifier }),
+        let roots = Arc::new(roots);
+        match verifier(&roots, crl_file) {
+            Ok(verifier) => Some(ClientTrust {
+                roots,
+                crl_file: crl_file.map(Path::to_owned),
+                current: Mutex::new(Current {
+                    verifier,
+                    crl_modified: crl_file.and_then(modified),
+                    checked: Instant::now(),
+                }),
+            }),
             Err(e) => {
-                tracing::error!(error = %e, "c2s.client_ca_file: SASL EXTERNAL is off");
+                if log {
+                    tracing::error!(
+                        error = format!("{e:#}"),
+                        "c2s client certificates: SASL EXTERNAL is off"
+                    );
+                }
                 None
             }
         }
@@ -52,18 +112,47 @@ impl ClientTrust {
 
     /// The CAs a client is told its certificate should come from.
     pub fn hints(&self) -> Vec<DistinguishedName> {
-        self.verifier.root_hint_subjects().to_vec()
+        self.verifier().root_hint_subjects().to_vec()
+    }
+
+    /// The verifier of the newest revocation lists: their file is read
+    /// again when it changed (looked at once a second at most); a file
+    /// that does not read keeps the lists read before.
+    fn verifier(&self) -> Arc<dyn ClientCertVerifier> {
+        let mut cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(path) = &self.crl_file
+            && cur.checked.elapsed() >= CRL_CHECK_EVERY
+        {
+            cur.checked = Instant::now();
+            let now = modified(path);
+            if now != cur.crl_modified {
+                match verifier(&self.roots, Some(path)) {
+                    Ok(v) => {
+                        tracing::info!(path = %path.display(), "c2s.client_crl_file read again");
+                        cur.verifier = v;
+                        cur.crl_modified = now;
+                    }
+                    Err(e) => {
+                        tracing::error!(
+                            error = format!("{e:#}"),
+                            "c2s.client_crl_file: keeping the lists read before"
+                        );
+                    }
+                }
+            }
+        }
+        cur.verifier.clone()
     }
 
     /// The accounts of `domain` that the certificate `chain` (end entity
     /// first) names by XmppAddr, if one of the CAs issued it for client
-    /// authentication and it is valid now; empty otherwise.
+    /// authentication, it is valid now and not revoked; empty otherwise.
     pub fn jids(&self, chain: &[CertificateDer<'_>], domain: &str) -> Vec<jid::BareJid> {
         let Some((end, intermediates)) = chain.split_first() else {
             return Vec::new();
         };
         if let Err(e) = self
-            .verifier
+            .verifier()
             .verify_client_cert(end, intermediates, UnixTime::now())
         {
             tracing::debug!(error = %e, "client certificate not trusted");

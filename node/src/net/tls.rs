@@ -54,7 +54,7 @@ pub fn server_config(cfg: &Config) -> anyhow::Result<Arc<rustls::ServerConfig>> 
         .c2s
         .client_ca_file
         .as_deref()
-        .and_then(|path| crate::auth::external::ClientTrust::load(path, false));
+        .and_then(|path| crate::auth::external::ClientTrust::load(path, None, false));
     let builder = match client_trust {
         Some(trust) => builder.with_client_cert_verifier(Arc::new(
             crate::net::pki::AnyCertificate::new(trust.hints()),

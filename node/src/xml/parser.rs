@@ -772,7 +772,10 @@ mod tests {
         assert!(matches!(r, Err(XmlError::NotWellFormed)), "{r:?}");
         let mut p = parser();
         events(&mut p, HEADER.as_bytes()).unwrap();
-        assert!(matches!(events(&mut p, b"<message a='1'b='2'"), Err(XmlError::NotWellFormed)));
+        assert!(matches!(
+            events(&mut p, b"<message a='1'b='2'"),
+            Err(XmlError::NotWellFormed)
+        ));
         let mut p = parser();
         events(&mut p, HEADER.as_bytes()).unwrap();
         let ok = events(&mut p, b"<message a='1'\tb=\"2\"/><iq a='x'\n/>").unwrap();
