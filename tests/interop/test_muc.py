@@ -19,6 +19,7 @@ pytestmark = [pytest.mark.timeout(120)]
 NS_MUC = "http://jabber.org/protocol/muc"
 NS_USER = NS_MUC + "#user"
 NS_ADMIN = NS_MUC + "#admin"
+RSM = "http://jabber.org/protocol/rsm"
 NS_OWNER = NS_MUC + "#owner"
 NS_DATA = "jabber:x:data"
 NS_INFO = "http://jabber.org/protocol/disco#info"
@@ -222,6 +223,42 @@ def test_public_rooms_are_listed_and_hidden_ones_are_not(server, clients):
     items = {i.get("jid"): i.get("name") for i in r.find(q(NS_ITEMS, "query")).findall(q(NS_ITEMS, "item"))}
     assert items.get(pub) == "The Public One"
     assert hid not in items
+
+
+def test_the_room_directory_pages_with_rsm(server, clients):
+    """XEP-0045 §6.3 (a service's room list may be long) with XEP-0059: the service advertises
+    RSM; <max/> gives a page and a <set/> (first, last, count), <after/> the next; without a
+    <set/> the whole list comes; a malformed <max/> is <bad-request/>."""
+    c = clients.add(server.online("mr"))
+    rooms = sorted(new_room(server, f"dir{i}") for i in range(3))
+    for r in rooms:
+        instant(c, r, "n")
+        ok(configure(c, r, {"publicroom": 1}))
+    info = ok(c.iq("get", f"<query xmlns='{NS_INFO}'/>", to=service(server)))
+    assert RSM in {f.get("var") for f in info.iter(q(NS_INFO, "feature"))}, tostring(info)
+
+    def page(rsm):
+        r = ok(c.iq("get", f"<query xmlns='{NS_ITEMS}'><set xmlns='{RSM}'>{rsm}</set></query>",
+                    to=service(server)))
+        query = r.find(q(NS_ITEMS, "query"))
+        return [i.get("jid") for i in query.findall(q(NS_ITEMS, "item"))], query.find(q(RSM, "set"))
+
+    everything = [i.get("jid") for i in ok(c.iq("get", f"<query xmlns='{NS_ITEMS}'/>", to=service(server)))
+                  .find(q(NS_ITEMS, "query")).findall(q(NS_ITEMS, "item"))]
+    assert set(rooms) <= set(everything)
+    first, s = page("<max>2</max>")
+    assert len(first) == 2 and first == everything[:2], (first, everything)
+    assert s.findtext(q(RSM, "count")) == str(len(everything))
+    assert s.findtext(q(RSM, "first")) == first[0] and s.findtext(q(RSM, "last")) == first[1]
+    seen = list(first)
+    while len(seen) < len(everything):
+        nxt, s = page(f"<max>2</max><after>{seen[-1]}</after>")
+        assert nxt, (seen, everything)
+        seen += nxt
+    assert seen == everything
+    r = c.iq("get", f"<query xmlns='{NS_ITEMS}'><set xmlns='{RSM}'><max>x</max></set></query>",
+             to=service(server))
+    assert err_of(r) == "bad-request", tostring(r)
 
 
 def test_room_disco_info_features_follow_the_configuration(server, clients):

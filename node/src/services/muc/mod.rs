@@ -15,8 +15,8 @@ pub mod room;
 
 use crate::modules::disco::{NS_INFO, NS_ITEMS};
 use crate::server::Server;
-use crate::session::im::{bounce, deliver_to_full};
-use crate::stanza::{Condition, NS_CLIENT, iq_result, split};
+use crate::session::im::{bounce, bounce_with, deliver_to_full};
+use crate::stanza::{Condition, NS_CLIENT, StanzaError, iq_result, split};
 use crate::xml::Element;
 use actix::{Actor, Addr};
 use dashmap::DashMap;
@@ -210,7 +210,13 @@ pub async fn service_stanza(server: &Server, el: Element) {
             }
         }
         Some(p) if p.is("query", NS_ITEMS) && el.get_attr("type") == Some("get") => {
-            service_items(server, &el, &p).await.map(Some)
+            match service_items(server, &el, &p).await {
+                Ok(items) => Ok(Some(items)),
+                Err(e) => {
+                    bounce_with(server, &el, &e);
+                    return;
+                }
+            }
         }
         Some(p) if p.is("ping", "urn:xmpp:ping") && el.get_attr("type") == Some("get") => Ok(None),
         // XEP-0045 §10.1.4: a room name nobody has, for a room the
@@ -253,16 +259,19 @@ fn service_info(server: &Server, el: &Element) -> Element {
         "urn:xmpp:ping",
         "http://jabber.org/protocol/muc#self-ping-optimization",
         NS_MUC_UNIQUE,
+        crate::rsm::NS_RSM,
     ] {
         q = q.child(Element::new("feature", NS_INFO).attr("var", f));
     }
     q
 }
 
-/// The public rooms of the service (XEP-0045 §6.3), read from the store.
-async fn service_items(server: &Server, el: &Element, q: &Element) -> Result<Element, Condition> {
+/// The public rooms of the service (XEP-0045 §6.3), read from the store;
+/// a page of them when the request holds a XEP-0059 `<set/>` (a
+/// service's list can be long), by room JID.
+async fn service_items(server: &Server, el: &Element, q: &Element) -> Result<Element, StanzaError> {
     if q.get_attr("node").is_some() {
-        return Err(Condition::ItemNotFound);
+        return Err(Condition::ItemNotFound.into());
     }
     let service = el.get_attr("to").unwrap_or_default();
     if server.storage.store.has_peers() {
@@ -271,8 +280,8 @@ async fn service_items(server: &Server, el: &Element, q: &Element) -> Result<Ele
     let rooms: Vec<(String, RoomRecord)> = server
         .storage
         .muc_rooms(service)
-        .map_err(|_| Condition::InternalServerError)?;
-    let mut out = Element::new("query", NS_ITEMS);
+        .map_err(|_| StanzaError::from(Condition::InternalServerError))?;
+    let mut items = Vec::new();
     for (jid, r) in rooms {
         if !r.config.public || r.locked {
             continue;
@@ -287,11 +296,19 @@ async fn service_items(server: &Server, el: &Element, q: &Element) -> Result<Ele
         } else {
             r.config.name.clone()
         };
-        out = out.child(
+        items.push(
             Element::new("item", NS_ITEMS)
                 .attr("jid", jid)
                 .attr("name", name),
         );
+    }
+    let (items, set) = crate::rsm::page_items(q, items, "jid")?;
+    let mut out = Element::new("query", NS_ITEMS);
+    for item in items {
+        out = out.child(item);
+    }
+    if let Some(set) = set {
+        out = out.child(set);
     }
     Ok(out)
 }
