@@ -454,6 +454,10 @@ pub struct Proxy65Config {
     pub host: Option<String>,
     /// Proxy connections open at most on this node.
     pub max_connections: usize,
+    /// Bytes per second each way of one transfer may move, at most (a
+    /// proxy's bandwidth is the operator's: a client that relays a film
+    /// does not get all of it). 0: no limit.
+    pub max_bytes_per_second: u64,
 }
 
 impl Default for Proxy65Config {
@@ -465,6 +469,7 @@ impl Default for Proxy65Config {
             port: 7777,
             host: None,
             max_connections: 10_000,
+            max_bytes_per_second: 0,
         }
     }
 }

@@ -9,6 +9,7 @@ import os
 import socket
 import struct
 import threading
+import time
 
 import pytest
 
@@ -127,6 +128,52 @@ def test_bytestream_through_the_proxy(server, clients):
     r = activate(initiator, server, sid, target.jid)
     assert stanza_error(r)[1] == "item-not-found"
     server.assert_healthy(initiator, target)
+
+
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory):
+    port = free_port()
+    s = StarlingServer(str(tmp_path_factory.mktemp("proxy65-limited")),
+                       extra_toml=f"[proxy65]\nenabled = true\nbind = \"127.0.0.1\"\nport = {port}\n"
+                                  "host = \"127.0.0.1\"\nmax_bytes_per_second = 32768\n")
+    s.proxy_port = port
+    s.start()
+    yield s
+    s.stop()
+
+
+def test_transfers_keep_to_the_bandwidth_limit(limited, clients):
+    """`[proxy65] max_bytes_per_second`: each direction of a transfer moves at most that many
+    bytes a second (96 KiB at 32 KiB/s take at least ~2.5 s, both ways at once), and every
+    byte arrives; a limit is a floor on the time, never a loss."""
+    initiator = clients.add(limited.online("li"))
+    target = clients.add(limited.online("lt"))
+    sid = "l" + os.urandom(6).hex()
+    addr = address(sid, initiator.jid, target.jid)
+    t_sock = socks5(limited.proxy_port, addr)
+    i_sock = socks5(limited.proxy_port, addr)
+    assert activate(initiator, limited, sid, target.jid).get("type") == "result"
+    data, back = os.urandom(96 << 10), os.urandom(96 << 10)
+    got = {}
+
+    def read(sock, n, key):
+        sock.settimeout(30)
+        got[key] = recv_exact(sock, n)
+    readers = [threading.Thread(target=read, args=(t_sock, len(data), "t")),
+               threading.Thread(target=read, args=(i_sock, len(back), "i"))]
+    start = time.monotonic()
+    for th in readers:
+        th.start()
+    i_sock.sendall(data)
+    t_sock.sendall(back)
+    for th in readers:
+        th.join(40)
+    took = time.monotonic() - start
+    assert got.get("t") == data and got.get("i") == back
+    assert took >= 2.4, f"96 KiB each way in {took:.2f} s: the limit was not applied"
+    i_sock.close()
+    t_sock.close()
+    limited.assert_healthy(initiator, target)
 
 
 def test_activation_errors(server, clients):

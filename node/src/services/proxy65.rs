@@ -15,7 +15,8 @@
 //!   has that address, `<not-allowed/>` when only one party is connected.
 //!
 //! Connections wait at most [`PARKED_FOR`] for activation; at most
-//! `max_connections` are open on a node.
+//! `max_connections` are open on a node, and each direction of a transfer
+//! moves at most `max_bytes_per_second` ([`copy_limited`]).
 
 use crate::server::Server;
 use crate::stanza::{Condition, iq_result, split};
@@ -305,8 +306,17 @@ fn activate(server: &Server, iq: &Element, q: &Element) -> Result<(), Condition>
         return Err(Condition::InternalServerError);
     };
     metrics::counter!("starling_proxy65_activated_total").increment(1);
+    let limit = server.config.proxy65.max_bytes_per_second;
     actix_rt::spawn(async move {
-        let moved = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+        let moved = if limit == 0 {
+            tokio::io::copy_bidirectional(&mut a, &mut b).await
+        } else {
+            let ((ar, mut aw), (br, mut bw)) = (a.split(), b.split());
+            tokio::try_join!(
+                copy_limited(ar, &mut bw, limit),
+                copy_limited(br, &mut aw, limit)
+            )
+        };
         if let Ok((x, y)) = moved {
             metrics::counter!("starling_proxy65_bytes_total").increment(x + y);
         }
@@ -315,9 +325,49 @@ fn activate(server: &Server, iq: &Element, q: &Element) -> Result<(), Condition>
     Ok(())
 }
 
+/// Copies `from` to `to` until `from` ends (then shuts `to`'s sending
+/// side), at most `rate` bytes a second on average: after each read it
+/// sleeps until the bytes moved so far are due.
+async fn copy_limited<R, W>(mut from: R, to: &mut W, rate: u64) -> std::io::Result<u64>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let started = tokio::time::Instant::now();
+    let mut buf = vec![0u8; (rate as usize).clamp(512, 16 * 1024)];
+    let mut moved: u64 = 0;
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            to.shutdown().await?;
+            return Ok(moved);
+        }
+        to.write_all(&buf[..n]).await?;
+        moved += n as u64;
+        let due = started + Duration::from_secs_f64(moved as f64 / rate as f64);
+        tokio::time::sleep_until(due).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The limit holds on average (10 KiB at 4 KiB/s: 2.5 s of virtual
+    /// time, the paused clock moving only when everything sleeps), and
+    /// every byte arrives.
+    #[tokio::test(start_paused = true)]
+    async fn limited_copies_keep_to_the_rate() {
+        let data: Vec<u8> = (0..10_240u32).map(|i| i as u8).collect();
+        let mut out = Vec::new();
+        let start = tokio::time::Instant::now();
+        let n = copy_limited(&data[..], &mut out, 4096).await.unwrap();
+        assert_eq!(n, 10_240);
+        assert_eq!(out, data);
+        let took = start.elapsed();
+        assert!(took >= Duration::from_millis(2400), "{took:?}");
+        assert!(took <= Duration::from_millis(2600), "{took:?}");
+    }
 
     #[test]
     fn address_is_the_sha1_hex_of_sid_initiator_target() {
