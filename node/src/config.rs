@@ -561,6 +561,12 @@ pub struct S2sConfig {
     /// More certificate authorities (a PEM file) to trust for other
     /// servers' certificates.
     pub ca_file: Option<PathBuf>,
+    /// PEM file of certificate revocation lists (RFC 5280) of those CAs: a
+    /// server whose certificate a list revokes is not offered SASL
+    /// EXTERNAL (dialback still proves its domain). Read again when the
+    /// file changes; a CA without a list here is not checked. Unset: no
+    /// revocation check.
+    pub crl_file: Option<PathBuf>,
     /// Domains (and their subdomains) federation refuses, both ways.
     pub blocked_domains: Vec<String>,
     /// When not empty, the only domains (and their subdomains) federation
@@ -585,6 +591,7 @@ impl Default for S2sConfig {
             sasl_external: true,
             system_roots: true,
             ca_file: None,
+            crl_file: None,
             blocked_domains: Vec::new(),
             allowed_domains: Vec::new(),
         }

@@ -837,6 +837,47 @@ def test_sasl_external_for_each_kind_of_server_identity(external_pair, san, offe
     s.close()
 
 
+def test_a_revoked_server_certificate_gets_no_external(tmp_path_factory):
+    """`[s2s] crl_file` (RFC 5280 revocation lists of the CAs of `ca_file`): a server whose
+    certificate the CA revokes is no longer offered EXTERNAL once the CA's new list is in the
+    file (read again when it changes, no restart); dialback is still offered, so the domain can
+    still prove itself the other way. A certificate the list does not name keeps EXTERNAL."""
+    d = str(tmp_path_factory.mktemp("crl-ca"))
+    ca = CertAuthority(d)
+    crls = ca.crl(f"{d}/crls.pem")
+    crt, key = ca.issue("e4.test")
+    port = free_port()
+    toml = ("\n".join(["[s2s]", "enabled = true", 'bind = "127.0.0.1"', f'ca_file = "{ca.crt}"',
+                       f'crl_file = "{crls}"', "system_roots = false"])
+            + f'\n\n[[tls.certs]]\ndomain = "e4.test"\ncert = "{crt}"\nkey = "{key}"\n')
+    e4 = StarlingServer(str(tmp_path_factory.mktemp("e4.test")), domains=["e4.test"], extra_toml=toml)
+    e4.s2s_port = port
+    e4.start()
+    try:
+        revoked, kept = ca.issue("e5.test"), ca.issue("e6.test")
+        for origin, cert in (("e5.test", revoked), ("e6.test", kept)):
+            s = external_stream(e4, origin, cert)
+            assert "EXTERNAL" in s.mechanisms(), tostring(s.features)
+            s.close()
+        ca.revoke(revoked[0])
+        ca.crl(crls)
+        deadline = time.monotonic() + 10
+        while True:
+            s = external_stream(e4, "e5.test", revoked)
+            if "EXTERNAL" not in s.mechanisms():
+                break
+            s.close()
+            assert time.monotonic() < deadline, "the new list was not read"
+            time.sleep(0.3)
+        assert s.feature("urn:xmpp:features:dialback", "dialback") is not None, tostring(s.features)
+        s.close()
+        s = external_stream(e4, "e6.test", kept)
+        assert "EXTERNAL" in s.mechanisms(), tostring(s.features)
+        s.close()
+    finally:
+        e4.stop()
+
+
 # ------------------------------------------------------------------ a cluster as one domain
 
 @pytest.fixture(scope="module")

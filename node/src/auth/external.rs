@@ -8,38 +8,18 @@
 
 use super::SaslFailure;
 use crate::net::pki;
-use anyhow::Context as _;
 use rustls::DistinguishedName;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, UnixTime};
+use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::ClientCertVerifier;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
-
-/// How often a login with a certificate looks whether the revocation
-/// lists' file changed (a CA publishes new lists on its own schedule).
-const CRL_CHECK_EVERY: Duration = Duration::from_secs(1);
+use std::path::Path;
+use std::sync::Arc;
 
 /// The certificate authorities of `[c2s] client_ca_file`, and the
-/// revocation lists of `[c2s] client_crl_file`.
+/// revocation lists of `[c2s] client_crl_file` (read again when the file
+/// changes: [`pki::Revocable`]).
 pub struct ClientTrust {
-    roots: Arc<rustls::RootCertStore>,
-    crl_file: Option<PathBuf>,
-    current: Mutex<Current>,
-}
-
-/// The verifier of the revocation lists last read.
-struct Current {
-    verifier: Arc<dyn ClientCertVerifier>,
-    /// The lists' file as it was when read.
-    crl_modified: Option<SystemTime>,
-    checked: Instant,
-}
-
-fn modified(path: &Path) -> Option<SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+    verifier: pki::Revocable<Arc<dyn ClientCertVerifier>>,
 }
 
 /// A verifier for `roots`, with the CRLs of the PEM file `crl_file`: a
@@ -52,14 +32,9 @@ fn verifier(
     let builder = WebPkiClientVerifier::builder_with_provider(roots.clone(), pki::provider());
     let builder = match crl_file {
         None => builder,
-        Some(path) => {
-            let crls = CertificateRevocationListDer::pem_file_iter(path)
-                .with_context(|| format!("reading {}", path.display()))?
-                .collect::<Result<Vec<_>, _>>()
-                .with_context(|| format!("parsing {}", path.display()))?;
-            anyhow::ensure!(!crls.is_empty(), "{}: no revocation list", path.display());
-            builder.with_crls(crls).allow_unknown_revocation_status()
-        }
+        Some(path) => builder
+            .with_crls(pki::read_crls(path)?)
+            .allow_unknown_revocation_status(),
     };
     Ok(builder.build()?)
 }
@@ -88,16 +63,8 @@ impl ClientTrust {
             return None;
         }
         let roots = Arc::new(roots);
-        match verifier(&roots, crl_file) {
-            Ok(verifier) => Some(ClientTrust {
-                roots,
-                crl_file: crl_file.map(Path::to_owned),
-                current: Mutex::new(Current {
-                    verifier,
-                    crl_modified: crl_file.and_then(modified),
-                    checked: Instant::now(),
-                }),
-            }),
+        match pki::Revocable::new(crl_file, move |crls| verifier(&roots, crls)) {
+            Ok(verifier) => Some(ClientTrust { verifier }),
             Err(e) => {
                 if log {
                     tracing::error!(
@@ -112,36 +79,7 @@ impl ClientTrust {
 
     /// The CAs a client is told its certificate should come from.
     pub fn hints(&self) -> Vec<DistinguishedName> {
-        self.verifier().root_hint_subjects().to_vec()
-    }
-
-    /// The verifier of the newest revocation lists: their file is read
-    /// again when it changed (looked at once a second at most); a file
-    /// that does not read keeps the lists read before.
-    fn verifier(&self) -> Arc<dyn ClientCertVerifier> {
-        let mut cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(path) = &self.crl_file
-            && cur.checked.elapsed() >= CRL_CHECK_EVERY
-        {
-            cur.checked = Instant::now();
-            let now = modified(path);
-            if now != cur.crl_modified {
-                match verifier(&self.roots, Some(path)) {
-                    Ok(v) => {
-                        tracing::info!(path = %path.display(), "c2s.client_crl_file read again");
-                        cur.verifier = v;
-                        cur.crl_modified = now;
-                    }
-                    Err(e) => {
-                        tracing::error!(
-                            error = format!("{e:#}"),
-                            "c2s.client_crl_file: keeping the lists read before"
-                        );
-                    }
-                }
-            }
-        }
-        cur.verifier.clone()
+        self.verifier.get().root_hint_subjects().to_vec()
     }
 
     /// The accounts of `domain` that the certificate `chain` (end entity
@@ -152,7 +90,8 @@ impl ClientTrust {
             return Vec::new();
         };
         if let Err(e) = self
-            .verifier()
+            .verifier
+            .get()
             .verify_client_cert(end, intermediates, UnixTime::now())
         {
             tracing::debug!(error = %e, "client certificate not trusted");

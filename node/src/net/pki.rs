@@ -31,6 +31,86 @@ pub fn add_roots(
     Ok(roots.add_parsable_certificates(certs.filter_map(Result::ok)))
 }
 
+/// The certificate revocation lists (RFC 5280) of the PEM file `path`;
+/// an error for a file that holds none.
+pub fn read_crls(
+    path: &Path,
+) -> anyhow::Result<Vec<rustls::pki_types::CertificateRevocationListDer<'static>>> {
+    use anyhow::Context as _;
+    let crls = rustls::pki_types::CertificateRevocationListDer::pem_file_iter(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("parsing {}", path.display()))?;
+    anyhow::ensure!(!crls.is_empty(), "{}: no revocation list", path.display());
+    Ok(crls)
+}
+
+/// A verifier built with the revocation lists of a file, built again when
+/// the file changes (CAs publish new lists on their own schedules): the
+/// callers of [`Revocable::get`] look at the file, at most once a second,
+/// so nothing runs while nobody verifies. A file that no longer builds
+/// keeps the verifier built before. Without a file, a fixed verifier.
+pub struct Revocable<V> {
+    crl_file: Option<std::path::PathBuf>,
+    build: Box<dyn Fn(Option<&Path>) -> anyhow::Result<V> + Send + Sync>,
+    current: std::sync::Mutex<Built<V>>,
+}
+
+struct Built<V> {
+    verifier: V,
+    modified: Option<std::time::SystemTime>,
+    checked: std::time::Instant,
+}
+
+fn modified(path: &Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+impl<V: Clone> Revocable<V> {
+    /// Builds the verifier once (`build` gets the lists' file, if any).
+    pub fn new(
+        crl_file: Option<&Path>,
+        build: impl Fn(Option<&Path>) -> anyhow::Result<V> + Send + Sync + 'static,
+    ) -> anyhow::Result<Revocable<V>> {
+        let verifier = build(crl_file)?;
+        Ok(Revocable {
+            crl_file: crl_file.map(Path::to_owned),
+            build: Box::new(build),
+            current: std::sync::Mutex::new(Built {
+                verifier,
+                modified: crl_file.and_then(modified),
+                checked: std::time::Instant::now(),
+            }),
+        })
+    }
+
+    /// The verifier of the newest lists.
+    pub fn get(&self) -> V {
+        let mut cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(path) = &self.crl_file
+            && cur.checked.elapsed() >= std::time::Duration::from_secs(1)
+        {
+            cur.checked = std::time::Instant::now();
+            let now = modified(path);
+            if now != cur.modified {
+                match (self.build)(Some(path)) {
+                    Ok(v) => {
+                        tracing::info!(path = %path.display(), "certificate revocation lists read again");
+                        cur.verifier = v;
+                        cur.modified = now;
+                    }
+                    Err(e) => tracing::error!(
+                        path = %path.display(),
+                        error = format!("{e:#}"),
+                        "certificate revocation lists not read: keeping those read before"
+                    ),
+                }
+            }
+        }
+        cur.verifier.clone()
+    }
+}
+
 /// An otherName of a certificate's subjectAltName whose value is a
 /// string.
 #[derive(Debug, PartialEq, Eq)]

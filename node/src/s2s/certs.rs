@@ -8,7 +8,8 @@
 //!   offered;
 //! - links we open present the served domain's certificate.
 //!
-//! Trusted CAs: the system's (`[s2s] system_roots`) and `[s2s] ca_file`.
+//! Trusted CAs: the system's (`[s2s] system_roots`) and `[s2s] ca_file`;
+//! revoked certificates: the lists of `[s2s] crl_file`.
 
 use crate::net::pki;
 use crate::server::Server;
@@ -20,9 +21,11 @@ use rustls::server::danger::ClientCertVerifier;
 use rustls::sign::CertifiedKey;
 use std::sync::Arc;
 
-/// The CAs other servers' certificates are checked against.
+/// The CAs other servers' certificates are checked against (and the
+/// revocation lists of `[s2s] crl_file`, read again when the file
+/// changes: [`pki::Revocable`]).
 pub struct Trust {
-    verifier: Option<Arc<WebPkiServerVerifier>>,
+    verifier: Option<pki::Revocable<Arc<WebPkiServerVerifier>>>,
 }
 
 impl Trust {
@@ -43,13 +46,33 @@ impl Trust {
                 }
             }
         }
-        let verifier = (!roots.is_empty())
-            .then(|| {
-                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), pki::provider())
-                    .build()
-                    .ok()
-            })
-            .flatten();
+        if roots.is_empty() {
+            return Trust { verifier: None };
+        }
+        let roots = Arc::new(roots);
+        let build = move |crls: Option<&std::path::Path>| {
+            let builder =
+                WebPkiServerVerifier::builder_with_provider(roots.clone(), pki::provider());
+            let builder = match crls {
+                None => builder,
+                Some(path) => builder
+                    .with_crls(pki::read_crls(path)?)
+                    .allow_unknown_revocation_status(),
+            };
+            Ok(builder.build()?)
+        };
+        let verifier = match pki::Revocable::new(cfg.crl_file.as_deref(), build) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                // No server is trusted without the lists it was meant to be
+                // checked against: dialback only.
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    "s2s certificates: SASL EXTERNAL is off"
+                );
+                None
+            }
+        };
         Trust { verifier }
     }
 
@@ -62,7 +85,10 @@ impl Trust {
         let Ok(name) = ServerName::try_from(domain.to_owned()) else {
             return false;
         };
-        match v.verify_server_cert(end, intermediates, &name, &[], UnixTime::now()) {
+        match v
+            .get()
+            .verify_server_cert(end, intermediates, &name, &[], UnixTime::now())
+        {
             Ok(_) => true,
             // The chain is checked before the name (rustls' WebPKI
             // verifier): a trusted certificate that names the domain other
