@@ -52,9 +52,12 @@ pub fn read_crls(
 /// keeps the verifier built before. Without a file, a fixed verifier.
 pub struct Revocable<V> {
     crl_file: Option<std::path::PathBuf>,
-    build: Box<dyn Fn(Option<&Path>) -> anyhow::Result<V> + Send + Sync>,
+    build: Build<V>,
     current: std::sync::Mutex<Built<V>>,
 }
+
+/// Makes a verifier with the lists of a file, if any.
+type Build<V> = Box<dyn Fn(Option<&Path>) -> anyhow::Result<V> + Send + Sync>;
 
 struct Built<V> {
     verifier: V,
