@@ -264,6 +264,38 @@ pub mod testing {
 mod tests {
     use super::testing::{cert, xmpp_addr};
     use super::*;
+
+    /// Built again when the file changes, not before a second passed, and
+    /// a file that does not build keeps what was built.
+    #[test]
+    fn revocable_is_built_again_when_its_file_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lists");
+        std::fs::write(&path, "1").unwrap();
+        let read = |p: Option<&Path>| -> anyhow::Result<u32> {
+            Ok(std::fs::read_to_string(p.unwrap())?.trim().parse()?)
+        };
+        let r = Revocable::new(Some(&path), read).unwrap();
+        assert_eq!(r.get(), 1);
+        let later = |n: u64| std::time::SystemTime::now() + std::time::Duration::from_secs(n);
+        let set = |text: &str, at| {
+            std::fs::write(&path, text).unwrap();
+            let f = std::fs::File::options().write(true).open(&path).unwrap();
+            f.set_modified(at).unwrap();
+        };
+        set("2", later(10));
+        assert_eq!(r.get(), 1, "looked at once a second at most");
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        assert_eq!(r.get(), 2);
+        set("not a number", later(20));
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        assert_eq!(r.get(), 2, "kept");
+        assert!(
+            Revocable::new(Some(&path), read).is_err(),
+            "nothing to keep at the start"
+        );
+        assert_eq!(Revocable::new(None, |_| Ok(7)).unwrap().get(), 7);
+    }
     use rcgen::SanType;
 
     #[test]
