@@ -1123,14 +1123,12 @@ def turn(s: Session) -> Outcome:
 # -- HTTP, as OkHttp 4.9 makes it
 
 def resolve(server, host: str) -> str:
-    """The system resolver; a name under the served domain it cannot resolve
-    (``upload.localhost``) is 127.0.0.1, the stand-in for the deployment's DNS."""
-    try:
-        return socket.getaddrinfo(host, None, socket.AF_INET)[0][4][0]
-    except socket.gaierror:
-        if host == server.domain or host.endswith("." + server.domain):
-            return server.host
-        raise
+    """The served domain and the names under it (``upload.localhost``) are the server's
+    loopback address, the stand-in for the deployment's DNS (no query leaves the machine);
+    anything else must be an address already."""
+    if host == server.domain or host.endswith("." + server.domain):
+        return server.host
+    return socket.getaddrinfo(host, None, socket.AF_INET, 0, 0, socket.AI_NUMERICHOST)[0][4][0]
 
 
 def http_request(server, method: str, url: str, headers=None, follow=False):
