@@ -21,14 +21,21 @@ DISCO_INFO = "http://jabber.org/protocol/disco#info"
 DISCO_ITEMS = "http://jabber.org/protocol/disco#items"
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def proxy_server(tmp_path_factory, name, more=""):
+    """A server with the proxy on a free port of 127.0.0.1 (and the `[proxy65]` settings
+    `more`); started, its proxy's port in `proxy_port`."""
     port = free_port()
-    s = StarlingServer(str(tmp_path_factory.mktemp("proxy65")),
+    s = StarlingServer(str(tmp_path_factory.mktemp(name)),
                        extra_toml=f"[proxy65]\nenabled = true\nbind = \"127.0.0.1\"\nport = {port}\n"
-                                  "host = \"127.0.0.1\"\n")
+                                  f"host = \"127.0.0.1\"\n{more}")
     s.proxy_port = port
     s.start()
+    return s
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    s = proxy_server(tmp_path_factory, "proxy65")
     yield s
     s.stop()
 
@@ -132,12 +139,7 @@ def test_bytestream_through_the_proxy(server, clients):
 
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory):
-    port = free_port()
-    s = StarlingServer(str(tmp_path_factory.mktemp("proxy65-limited")),
-                       extra_toml=f"[proxy65]\nenabled = true\nbind = \"127.0.0.1\"\nport = {port}\n"
-                                  "host = \"127.0.0.1\"\nmax_bytes_per_second = 32768\n")
-    s.proxy_port = port
-    s.start()
+    s = proxy_server(tmp_path_factory, "proxy65-limited", "max_bytes_per_second = 32768\n")
     yield s
     s.stop()
 
