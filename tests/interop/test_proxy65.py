@@ -63,6 +63,25 @@ def socks5(port, address):
     return s
 
 
+def both_ways(i_sock, t_sock, data, back, timeout):
+    """Sends `data` from the initiator and `back` from the target at once, each read by a
+    thread of its own; returns what (target, initiator) received (None: nothing complete)."""
+    got = {}
+
+    def read(sock, n, key):
+        sock.settimeout(timeout)
+        got[key] = recv_exact(sock, n)
+    readers = [threading.Thread(target=read, args=(t_sock, len(data), "t")),
+               threading.Thread(target=read, args=(i_sock, len(back), "i"))]
+    for th in readers:
+        th.start()
+    i_sock.sendall(data)
+    t_sock.sendall(back)
+    for th in readers:
+        th.join(timeout)
+    return got.get("t"), got.get("i")
+
+
 def address(sid, initiator, target):
     return hashlib.sha1((sid + initiator + target).encode()).hexdigest()
 
@@ -114,19 +133,8 @@ def test_bytestream_through_the_proxy(server, clients):
     assert recv_exact(t_sock, 5) == b"early"
     data = os.urandom(1 << 20)
     back = os.urandom(1 << 20)
-    got = {}
-
-    def read(sock, n, key):
-        got[key] = recv_exact(sock, n)
-    readers = [threading.Thread(target=read, args=(t_sock, len(data), "t")),
-               threading.Thread(target=read, args=(i_sock, len(back), "i"))]
-    for th in readers:
-        th.start()
-    i_sock.sendall(data)
-    t_sock.sendall(back)
-    for th in readers:
-        th.join(30)
-    assert got.get("t") == data and got.get("i") == back
+    got_t, got_i = both_ways(i_sock, t_sock, data, back, 30)
+    assert got_t == data and got_i == back
     i_sock.close()
     t_sock.settimeout(10)
     assert t_sock.recv(10) == b"", "the other side is closed with it"
@@ -156,22 +164,10 @@ def test_transfers_keep_to_the_bandwidth_limit(limited, clients):
     i_sock = socks5(limited.proxy_port, addr)
     assert activate(initiator, limited, sid, target.jid).get("type") == "result"
     data, back = os.urandom(96 << 10), os.urandom(96 << 10)
-    got = {}
-
-    def read(sock, n, key):
-        sock.settimeout(30)
-        got[key] = recv_exact(sock, n)
-    readers = [threading.Thread(target=read, args=(t_sock, len(data), "t")),
-               threading.Thread(target=read, args=(i_sock, len(back), "i"))]
     start = time.monotonic()
-    for th in readers:
-        th.start()
-    i_sock.sendall(data)
-    t_sock.sendall(back)
-    for th in readers:
-        th.join(40)
+    got_t, got_i = both_ways(i_sock, t_sock, data, back, 40)
     took = time.monotonic() - start
-    assert got.get("t") == data and got.get("i") == back
+    assert got_t == data and got_i == back
     assert took >= 2.4, f"96 KiB each way in {took:.2f} s: the limit was not applied"
     i_sock.close()
     t_sock.close()
